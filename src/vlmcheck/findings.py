@@ -1,0 +1,187 @@
+"""The findings catalogue: every problem vlmcheck can report, with a stable code.
+
+Codes never change meaning once released; docs/findings.md is generated from :data:`CATALOGUE`
+(``python -m vlmcheck.findings > docs/findings.md``) and a test fails when the two drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+
+class Severity(IntEnum):
+    """Ordered so that ``--fail-on warning`` means "warning or worse"."""
+
+    INFO = 10
+    WARNING = 20
+    ERROR = 30
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, value: str) -> Severity:
+        try:
+            return cls[value.upper()]
+        except KeyError:
+            raise ValueError(f"unknown severity {value!r}; use one of: info, warning, error") from None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One entry of the catalogue."""
+
+    code: str
+    name: str
+    severity: Severity
+    title: str
+    why: str
+    fix: str
+
+    @property
+    def anchor(self) -> str:
+        return self.code.lower()
+
+
+@dataclass
+class Finding:
+    """One problem in one sample. ``data`` holds the numbers the message quotes."""
+
+    code: str
+    message: str
+    fix: str
+    index: int | None = None
+    id: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rule(self) -> Rule:
+        return CATALOGUE[self.code]
+
+    @property
+    def severity(self) -> Severity:
+        return self.rule.severity
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "name": self.rule.name,
+            "severity": str(self.severity),
+            "index": self.index,
+            "id": self.id,
+            "message": self.message,
+            "fix": self.fix,
+            "data": self.data,
+        }
+
+    def __str__(self) -> str:
+        where = f"sample {self.index}" if self.index is not None else "dataset"
+        if self.id is not None and str(self.id) != str(self.index):
+            where += f" (id {self.id!r})"
+        return f"{self.code} {self.severity}: {where}: {self.message}. Fix: {self.fix}"
+
+
+_RULES = [
+    # -- rows ---------------------------------------------------------------------------------
+    Rule("VC001", "malformed-row", Severity.ERROR, "A row cannot be read as a conversation",
+         "Invalid JSON, a row that is not an object, wrong field types, no conversation, or bytes that "
+         "are not UTF-8. Frameworks either crash on it at load time or skip it silently.",
+         "Fix or remove the row; the message names the field."),
+    Rule("VC002", "placeholder-mismatch", Severity.ERROR, "Image placeholders and images differ in number",
+         "The processor pairs the i-th placeholder with the i-th image. A missing or extra `<image>` tag "
+         "raises in the processor or model (\"Image features and image tokens do not match\"), or pairs "
+         "images with the wrong text.",
+         "Make the number of `<image>` tags (or image content parts) equal the number of images."),
+    Rule("VC003", "no-supervised-tokens", Severity.ERROR, "The sample has no assistant tokens to learn from",
+         "With every label masked, the loss of this sample is 0 (or NaN when the whole batch is masked).",
+         "Add the assistant turn, or drop the sample."),
+    # -- images -------------------------------------------------------------------------------
+    Rule("VC101", "image-missing", Severity.ERROR, "An image file does not exist",
+         "The data loader raises FileNotFoundError at the step that reaches this sample.",
+         "Fix the path, or pass --image-root with the folder the paths are relative to."),
+    Rule("VC102", "image-unreadable", Severity.ERROR, "An image cannot be decoded",
+         "An empty file, a file that is not an image, or a corrupt header: PIL raises "
+         "UnidentifiedImageError when the processor opens it.",
+         "Replace the file, or drop the sample."),
+    Rule("VC103", "image-truncated", Severity.ERROR, "An image file ends before its image data does",
+         "The header reads fine, but decoding raises \"OSError: image file is truncated\" in the middle "
+         "of training (unless ImageFile.LOAD_TRUNCATED_IMAGES is set, which trains on a grey block).",
+         "Re-download or re-encode the file."),
+    Rule("VC104", "image-outside-root", Severity.ERROR, "An image path points outside the image root",
+         "An absolute path or `..` that leaves the dataset folder: usually a path from another machine, "
+         "and a way for a dataset to read files it should not.",
+         "Make the path relative to the image root, or pass --allow-outside-root if this is intended."),
+    Rule("VC105", "image-too-large", Severity.ERROR, "An image declares more pixels than PIL will decode",
+         "PIL refuses images over 2 x Image.MAX_IMAGE_PIXELS (DecompressionBombError) and decoding one "
+         "near the limit takes gigabytes of memory per data-loader worker.",
+         "Downscale the file, or drop the sample."),
+    Rule("VC106", "image-too-small", Severity.WARNING, "An image is below the family's minimum size",
+         "The processor upsamples it to the minimum (wasted tokens, a blurry image); transformers "
+         "before 4.50 raised ValueError for Qwen2-VL images under 28 px on a side.",
+         "Check that the image is what you meant to train on."),
+    Rule("VC107", "image-aspect-ratio", Severity.ERROR, "An image is more elongated than the processor accepts",
+         "Qwen2-VL-family processors raise \"absolute aspect ratio must be smaller than 200\".",
+         "Crop or pad the image, or drop the sample."),
+    # -- length -------------------------------------------------------------------------------
+    Rule("VC201", "image-span-cut", Severity.ERROR, "Truncation cuts through an image's placeholder span",
+         "The text keeps fewer image tokens than the image has features: the model raises \"Image "
+         "features and image tokens do not match\" (or a shape-mismatch IndexError) at the step that "
+         "reaches this sample.",
+         "Raise the max length, cap max_pixels, or drop/split the sample (`vlmcheck repair`)."),
+    Rule("VC202", "supervision-truncated", Severity.ERROR, "Truncation removes every supervised token",
+         "All labels of the sample are masked after truncation: its loss is 0, or NaN if the whole batch "
+         "is like it.",
+         "Raise the max length, shorten the prompt, or drop the sample."),
+    Rule("VC203", "text-truncated", Severity.WARNING, "The sample is over the max length; the cut falls in text",
+         "No crash, but the model never sees the end of the sample; supervised tokens lost there are not "
+         "learned.",
+         "Raise the max length if the tail matters."),
+    Rule("VC204", "sample-dropped", Severity.WARNING, "The framework will drop this over-length sample",
+         "ms-swift's truncation_strategy=delete skips samples over max_length: they are silently not "
+         "trained on.",
+         "Raise the max length, or accept the loss of the sample."),
+]
+
+CATALOGUE: dict[str, Rule] = {rule.code: rule for rule in _RULES}
+BY_NAME: dict[str, Rule] = {rule.name: rule for rule in _RULES}
+
+
+def make(code: str, message: str, *, fix: str | None = None, **data: Any) -> Finding:
+    """Build a finding for ``code``; index/id are filled in by the scan."""
+    if code not in CATALOGUE:
+        raise KeyError(f"unknown finding code {code!r}")
+    return Finding(code=code, message=message, fix=fix or CATALOGUE[code].fix, data=data)
+
+
+def render_markdown() -> str:
+    """The findings page, generated from the catalogue."""
+    lines = [
+        "# Findings",
+        "",
+        "<!-- Generated by `python -m vlmcheck.findings`; do not edit by hand. -->",
+        "",
+        "Every problem vlmcheck reports has a stable code. `--fail-on` picks the severity that makes "
+        "`vlmcheck scan` exit 1 (default: error).",
+        "",
+        "| code | name | severity | what |",
+        "|---|---|---|---|",
+    ]
+    for rule in _RULES:
+        lines.append(f"| [{rule.code}](#{rule.anchor}) | `{rule.name}` | {rule.severity} | {rule.title} |")
+    for rule in _RULES:
+        lines += [
+            "",
+            f'<a id="{rule.anchor}"></a>',
+            f"## {rule.code} `{rule.name}` ({rule.severity})",
+            "",
+            f"**{rule.title}.** {rule.why}",
+            "",
+            f"Fix: {rule.fix}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_markdown(), end="")
