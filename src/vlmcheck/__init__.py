@@ -1,0 +1,62 @@
+"""vlmcheck: find the samples that will crash or silently ruin a VLM fine-tuning run, before step 1.
+
+>>> import vlmcheck
+>>> report = vlmcheck.scan("data.jsonl", model="Qwen/Qwen2-VL-7B-Instruct", max_length=4096)  # doctest: +SKIP
+>>> report.counts  # doctest: +SKIP
+{'VC201': 3}
+
+Importing vlmcheck never imports torch; integrations load transformers/TRL lazily.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlmcheck.errors import (
+    DatasetError,
+    MissingDependencyError,
+    ModelError,
+    UnknownFamilyError,
+    UsageError,
+    VlmcheckError,
+)
+from vlmcheck.findings import CATALOGUE, Finding, Severity
+
+__version__ = "0.1.0"
+
+# Names resolved on first use, so that `import vlmcheck` stays light.
+_LAZY: dict[str, str] = {
+    "scan": "vlmcheck.scan",
+    "Report": "vlmcheck.report",
+    "load_model": "vlmcheck.model",
+    "ModelSpec": "vlmcheck.model",
+    # -- integrations (guards, callbacks): helper block --------------------------------------
+    # -- lint: helper block --------------------------------------------------------------------
+}
+
+__all__ = sorted(
+    [
+        "CATALOGUE",
+        "DatasetError",
+        "Finding",
+        "MissingDependencyError",
+        "ModelError",
+        "Severity",
+        "UnknownFamilyError",
+        "UsageError",
+        "VlmcheckError",
+        "__version__",
+        *_LAZY,
+    ]
+)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vlmcheck' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,128 @@
+"""The `vlmcheck` command. Each subcommand parses options, calls the library function of the same
+name, formats the result and owns the exit code: 0 clean, 1 findings at or above --fail-on,
+2 usage error."""
+
+from __future__ import annotations
+
+import click
+
+from vlmcheck import __version__
+from vlmcheck.data.formats import FORMATS
+from vlmcheck.errors import VlmcheckError
+from vlmcheck.families.base import RESIZE_MODES
+from vlmcheck.findings import Severity
+from vlmcheck.layout import TRUNCATIONS
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="vlmcheck")
+def main() -> None:
+    """Check vision-language training data, templates and configs before training."""
+
+
+# Subcommands are registered below, one line each.
+
+
+class _Progress:
+    """A one-line progress display on stderr for long scans (only on a terminal)."""
+
+    def __init__(self, enabled: bool) -> None:
+        import sys
+        import time
+
+        self.enabled = enabled
+        self.stream = sys.stderr
+        self.time = time.perf_counter
+        self.started = self.time()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int | None) -> None:
+        now = self.time()
+        if not self.enabled or (now - self.last < 0.2 and done != total):
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-9)
+        if total:
+            width = 30
+            filled = int(width * done / total)
+            bar = "#" * filled + "-" * (width - filled)
+            line = f"\rscanning [{bar}] {done:,}/{total:,} ({rate:,.0f}/s)"
+        else:
+            line = f"\rscanning {done:,} samples ({rate:,.0f}/s)"
+        self.stream.write(line)
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.last:
+            self.stream.write("\r" + " " * 70 + "\r")
+            self.stream.flush()
+
+
+def _fail_on(_ctx: click.Context, _param: click.Parameter, value: str) -> Severity:
+    return Severity.parse(value)
+
+
+@main.command("scan")
+@click.argument("dataset", type=click.Path(path_type=str))
+@click.option("--model", "-m", required=True, help="Checkpoint folder or Hugging Face model id.")
+@click.option("--max-length", type=click.IntRange(min=1), help="The framework's max_length / cutoff_len.")
+@click.option("--truncation", type=click.Choice(TRUNCATIONS), default="right", show_default=True,
+              help="right: transformers/TRL; llamafactory: cutoff_len split per turn; left/delete: ms-swift.")
+@click.option("--format", "format_", type=click.Choice(FORMATS), help="Force the dataset format (default: detect).")
+@click.option("--image-root", type=click.Path(file_okay=False, path_type=str),
+              help="Folder image paths are relative to (default: the dataset's folder).")
+@click.option("--max-pixels", type=click.IntRange(min=1), help="Pixel budget per image (see --resize).")
+@click.option("--min-pixels", type=click.IntRange(min=1), help="Minimum pixels per image (see --resize).")
+@click.option("--resize", type=click.Choice(RESIZE_MODES), default="processor", show_default=True,
+              help="How --max/--min-pixels apply: processor kwargs (TRL); prescale (LLaMA-Factory "
+                   "image_max_pixels, EasyR1/verl); qwen-vl-utils (ms-swift MAX_PIXELS).")
+@click.option("--qwen-vl-utils", is_flag=True, help="Images go through qwen-vl-utils first (= --resize qwen-vl-utils).")
+@click.option("--no-exif", is_flag=True, help="Ignore EXIF orientation (images passed as opened PIL images).")
+@click.option("--allow-outside-root", is_flag=True, help="Read image paths outside the image root.")
+@click.option("--chat-template", type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="A Jinja chat template file to use instead of the checkpoint's.")
+@click.option("--split", help="Split of a DatasetDict save_to_disk folder (default: train).")
+@click.option("--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True, help="Processes.")
+@click.option("--limit", type=click.IntRange(min=1), help="Scan only the first N rows.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), help="Write the summary as JSON.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str),
+              help="Write one JSON record per sample (.jsonl).")
+@click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default="error", show_default=True,
+              callback=_fail_on, help="Exit 1 when a finding of this severity or worse is found.")
+@click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, help="Findings to print.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing; use the exit code.")
+def scan_command(dataset: str, model: str, max_length: int | None, truncation: str, format_: str | None,
+                 image_root: str | None, max_pixels: int | None, min_pixels: int | None, resize: str,
+                 qwen_vl_utils: bool, no_exif: bool, allow_outside_root: bool, chat_template: str | None,
+                 split: str | None, workers: int, limit: int | None, json_path: str | None, output: str | None,
+                 fail_on: Severity, show: int, quiet: bool) -> None:
+    """Count every sample's tokens as the model's processor would and report what will break."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from vlmcheck.scan import scan
+    from vlmcheck.util import atomic_write_text
+
+    if qwen_vl_utils:
+        if resize not in ("processor", "qwen-vl-utils"):
+            raise click.UsageError("--qwen-vl-utils contradicts --resize " + resize)
+        resize = "qwen-vl-utils"
+    template = Path(chat_template).read_text(encoding="utf-8") if chat_template else None
+    progress = _Progress(enabled=not quiet and sys.stderr.isatty())
+    try:
+        report = scan(
+            dataset, model=model, max_length=max_length, truncation=truncation, format=format_,
+            image_root=image_root, max_pixels=max_pixels, min_pixels=min_pixels, resize=resize,
+            exif_transpose=not no_exif, allow_outside_root=allow_outside_root, chat_template=template,
+            split=split, workers=workers, limit=limit, output=output, progress=progress,
+        )
+    except VlmcheckError as e:
+        progress.close()
+        raise click.UsageError(str(e)) from None
+    progress.close()
+    if json_path:
+        atomic_write_text(Path(json_path), json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    if not quiet:
+        click.echo(report.render(show=show), nl=False)
+    sys.exit(report.exit_code(fail_on))

@@ -1,0 +1,40 @@
+"""Model families, one module each, named after ``config.json``'s ``model_type``.
+
+>>> from vlmcheck.families import get_family
+>>> get_family("qwen2_vl").title
+'Qwen2-VL'
+"""
+
+from __future__ import annotations
+
+from vlmcheck.errors import UnknownFamilyError
+from vlmcheck.families import qwen2_5_vl, qwen2_vl, qwen3_vl
+from vlmcheck.families.base import Family, ImageIssue, Overrides
+
+_FAMILIES: dict[str, Family] = {
+    "qwen2_vl": qwen2_vl.FAMILY,
+    "qwen2_5_vl": qwen2_5_vl.FAMILY,
+    "qwen3_vl": qwen3_vl.FAMILY,
+}
+
+
+def register_family(family: Family, *, replace: bool = False) -> None:
+    """Add a family (a third-party module, or a fork's model_type) to the registry."""
+    if family.name in _FAMILIES and not replace:
+        raise ValueError(f"family {family.name!r} is already registered; pass replace=True")
+    _FAMILIES[family.name] = family
+
+
+def get_family(model_type: str) -> Family:
+    """The family for ``model_type``; unknown types raise an error listing the known ones."""
+    try:
+        return _FAMILIES[model_type]
+    except KeyError:
+        raise UnknownFamilyError(model_type, list(_FAMILIES)) from None
+
+
+def known_families() -> dict[str, Family]:
+    return dict(_FAMILIES)
+
+
+__all__ = ["Family", "ImageIssue", "Overrides", "get_family", "known_families", "register_family"]

@@ -1,0 +1,76 @@
+"""The family contract: what the scan engine needs from a model family.
+
+A family answers three questions for its processor: which string the chat template writes for an
+image, how many placeholder tokens an image of W x H becomes under the checkpoint's processor
+settings, and what text that placeholder expands to. Everything else (rendering, tokenizing,
+truncation, findings) is shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Processor settings the user changes the way their framework does.
+
+    ``resize`` says how ``max_pixels``/``min_pixels`` are applied:
+
+    - ``"processor"``: passed to the image processor (TRL, transformers, ``processor(min_pixels=...)``).
+    - ``"prescale"``: the image is first scaled to fit the pixel budget, as LLaMA-Factory's
+      ``image_max_pixels``/``image_min_pixels`` and EasyR1/verl's ``max_pixels`` do, then the processor
+      runs with the checkpoint's own settings.
+    - ``"qwen-vl-utils"``: qwen-vl-utils' ``fetch_image`` resizes first (ms-swift's ``MAX_PIXELS``,
+      scripts built on ``process_vision_info``), then the processor.
+    """
+
+    max_pixels: int | None = None
+    min_pixels: int | None = None
+    resize: str = "processor"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+RESIZE_MODES = ("processor", "prescale", "qwen-vl-utils")
+
+
+@dataclass(frozen=True)
+class ImageIssue:
+    """A property of one image the processor rejects or degrades on: (finding code, message, numbers)."""
+
+    code: str
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Family(Protocol):
+    """One model family (a ``config.model_type``). Implementations live one per file."""
+
+    name: str  # the model_type
+    title: str
+    placeholder: str  # what the chat template writes for one image
+    image_token: str  # the token repeated once per image feature
+    exactness: str  # how the count is known to be right (shown by `vlmcheck families`)
+    settings_read: tuple[str, ...]  # checkpoint keys this family reads
+
+    def settings(self, *, preprocessor: dict[str, Any], config: dict[str, Any], overrides: Overrides) -> Any:
+        """Processor settings from the checkpoint's files, with the user's overrides applied."""
+        ...
+
+    def image_tokens(self, width: int, height: int, settings: Any) -> int:
+        """Number of ``image_token`` placeholders (image features) for a W x H image."""
+        ...
+
+    def expansion(self, settings: Any) -> str:
+        """What one ``placeholder`` becomes, with ``image_token`` written once (the engine repeats it)."""
+        ...
+
+    def check_image(self, width: int, height: int, settings: Any) -> list[ImageIssue]:
+        """Problems the processor has with this image size (aspect limit, minimum size)."""
+        ...
+
+    def with_max_pixels(self, settings: Any, max_pixels: int) -> Any | None:
+        """The settings with a different pixel budget, or None when the family has none."""
+        ...

@@ -1,0 +1,123 @@
+"""The token layout of one sample, and what each framework's truncation does to it.
+
+A layout is computed on a *collapsed* text, where each image's placeholder run is written once:
+the placeholder is a special token, so the tokenizer splits around it and ``n`` copies make exactly
+``n`` tokens in the same place. Positions are then shifted arithmetically into the full sequence,
+which is what makes scanning fast while staying exact.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass, field
+
+TRUNCATIONS = ("right", "left", "llamafactory", "delete")
+Range = tuple[int, int]  # [start, end) in full-sequence positions
+
+
+@dataclass
+class Layout:
+    total: int  # full sequence length, as the processor's input_ids
+    images: list[Range]  # each image's placeholder run
+    supervised: list[Range]  # assistant tokens (content and its end-of-turn token)
+    turns: list[tuple[Range, Range]] = field(default_factory=list)  # (source, target) pairs
+
+    @property
+    def supervised_tokens(self) -> int:
+        return sum(e - s for s, e in self.supervised)
+
+    @property
+    def image_tokens(self) -> list[int]:
+        return [e - s for s, e in self.images]
+
+
+def overlap(a: Range, ranges: list[Range]) -> int:
+    return sum(max(0, min(a[1], e) - max(a[0], s)) for s, e in ranges)
+
+
+def build_layout(
+    ids: list[int],
+    offsets: list[tuple[int, int]],
+    *,
+    image_token_id: int,
+    image_sizes: list[int],
+    supervised_chars: list[Range],
+) -> Layout:
+    """``ids``/``offsets``: the tokenized collapsed text; ``image_sizes``: tokens per placeholder
+    (extra placeholders beyond the images get 1); ``supervised_chars``: character spans of
+    assistant turns in the rendered text."""
+    positions = [i for i, t in enumerate(ids) if t == image_token_id]
+    shifts: list[int] = []  # cumulative extra tokens after each placeholder
+    extra = 0
+    images: list[Range] = []
+    for k, pos in enumerate(positions):
+        n = image_sizes[k] if k < len(image_sizes) else 1
+        start = pos + extra
+        images.append((start, start + n))
+        extra += n - 1
+        shifts.append(extra)
+
+    def full(i: int) -> int:
+        # tokens before collapsed index i, plus the expansions of placeholders before it
+        k = bisect_left(positions, i)
+        return i + (shifts[k - 1] if k else 0)
+
+    starts = [s for s, _ in offsets]
+    ends = [e for _, e in offsets]
+    supervised: list[Range] = []
+    for a, b in supervised_chars:
+        first = bisect_right(ends, a)  # first token ending after a
+        last = bisect_left(starts, b)  # first token starting at/after b
+        if first < last:
+            supervised.append((full(first), full(last - 1) + 1))
+    total = len(ids) + extra
+    turns: list[tuple[Range, Range]] = []
+    cursor = 0
+    for s, e in supervised:
+        turns.append(((cursor, s), (s, e)))
+        cursor = e
+    return Layout(total=total, images=images, supervised=supervised, turns=turns)
+
+
+def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
+    """LLaMA-Factory ``data/processor/processor_utils.py::infer_seqlen``: how a turn's budget is
+    split between prompt (source) and response (target)."""
+    if target_len * 2 < cutoff_len:
+        max_target_len = cutoff_len
+    elif source_len * 2 < cutoff_len:
+        max_target_len = cutoff_len - source_len
+    else:
+        max_target_len = int(cutoff_len * (target_len / (source_len + target_len)))
+    new_target_len = min(max_target_len, target_len)
+    max_source_len = max(cutoff_len - new_target_len, 0)
+    new_source_len = min(max_source_len, source_len)
+    return new_source_len, new_target_len
+
+
+def kept_ranges(layout: Layout, max_length: int, truncation: str) -> list[Range] | None:
+    """Positions that survive truncation; None when the framework drops the sample instead."""
+    total = layout.total
+    if total <= max_length:
+        return [(0, total)]
+    if truncation == "right":
+        return [(0, max_length)]
+    if truncation == "left":
+        return [(total - max_length, total)]
+    if truncation == "delete":
+        return None
+    if truncation == "llamafactory":
+        # supervised.py::_encode_supervised_example: turn pairs in order, each cut to its share of
+        # what is left of cutoff_len; text after the last response is not encoded at all.
+        kept: list[Range] = []
+        used = 0
+        for (s0, s1), (t0, t1) in layout.turns:
+            if used >= max_length:
+                break
+            src, tgt = infer_seqlen(s1 - s0, t1 - t0, max_length - used)
+            if src:
+                kept.append((s0, s0 + src))
+            if tgt:
+                kept.append((t0, t0 + tgt))
+            used += src + tgt
+        return kept
+    raise ValueError(f"unknown truncation {truncation!r}; use one of {TRUNCATIONS}")

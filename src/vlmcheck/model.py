@@ -1,0 +1,183 @@
+"""Find a model's processor files where users have them, and read them without transformers.
+
+``--model`` is a local checkpoint/processor folder, or a Hugging Face model id resolved from the
+local HF cache (and, when ``huggingface_hub`` is installed and the hub is reachable, by fetching
+only the small config/tokenizer files, never weights).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vlmcheck.errors import ModelError
+from vlmcheck.families import Family, Overrides, get_family
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+# The files a processor is made of (no weights).
+PROCESSOR_FILES = (
+    "config.json", "preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.json",
+    "chat_template.jinja", "generation_config.json", "added_tokens.json",
+)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise ModelError(f"{path} must hold a JSON object")
+    return value
+
+
+def _hf_cache_roots() -> list[Path]:
+    roots = []
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            roots.append(Path(os.environ[var]))
+    hf_home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+    roots.append(hf_home / "hub")
+    return roots
+
+
+def _from_hf_cache(repo_id: str, revision: str | None) -> Path | None:
+    """The snapshot folder of ``repo_id`` in the HF cache layout ``models--org--name/snapshots/<sha>``."""
+    for root in _hf_cache_roots():
+        repo = root / ("models--" + repo_id.replace("/", "--"))
+        if not repo.is_dir():
+            continue
+        ref = repo / "refs" / (revision or "main")
+        if ref.is_file():
+            snapshot = repo / "snapshots" / ref.read_text().strip()
+            if snapshot.is_dir():
+                return snapshot
+        if revision and (repo / "snapshots" / revision).is_dir():
+            return repo / "snapshots" / revision
+        snapshots = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime)
+        if snapshots:
+            return snapshots[-1]
+    return None
+
+
+def resolve_model_path(model: str | os.PathLike[str], *, revision: str | None = None) -> Path:
+    """A local folder holding the model's processor files."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    text = str(model)
+    if path.exists():
+        raise ModelError(f"--model {text!r} is a file; pass the checkpoint folder that holds config.json")
+    if text.count("/") != 1 or text.startswith((".", "/")):
+        raise ModelError(f"--model {text!r}: no such folder, and not a Hugging Face model id (org/name)")
+    cached = _from_hf_cache(text, revision)
+    if cached is not None:
+        return cached
+    if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0"):
+        raise ModelError(f"model {text!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ModelError(
+            f"model {text!r} is not in the local Hugging Face cache; download its processor files "
+            f"(`huggingface-cli download {text} --include '*.json' '*.jinja'`) or pass a local folder"
+        ) from None
+    try:
+        return Path(snapshot_download(text, revision=revision, allow_patterns=["*.json", "*.jinja"]))
+    except Exception as e:  # network, auth, unknown repo: all a usage error here
+        raise ModelError(f"could not fetch the processor files of {text!r}: {e}") from e
+
+
+def _chat_template(folder: Path, tokenizer_config: dict[str, Any]) -> str | None:
+    """The template ``processor.apply_chat_template`` uses: the processor's own first
+    (chat_template.jinja, chat_template.json, processor_config.json), then the tokenizer's."""
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    for name in ("chat_template.json", "processor_config.json"):
+        value = _read_json(folder / name).get("chat_template")
+        if isinstance(value, str):
+            return value
+    value = tokenizer_config.get("chat_template")
+    if isinstance(value, list):  # named templates: [{"name": "default", "template": ...}, ...]
+        named = {item.get("name"): item.get("template") for item in value if isinstance(item, dict)}
+        value = named.get("default") or next(iter(named.values()), None)
+    return value if isinstance(value, str) else None
+
+
+def _token_content(value: Any) -> str | None:
+    if isinstance(value, dict):  # serialized AddedToken
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+@dataclass
+class ModelSpec:
+    """A resolved model: its folder, family, processor settings, tokenizer and chat template."""
+
+    path: Path
+    model_type: str
+    family: Family
+    settings: Any
+    chat_template: str | None
+    special_tokens: dict[str, Any]
+    overrides: Overrides = field(default_factory=Overrides)
+
+    @cached_property
+    def tokenizer(self) -> Tokenizer:
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(self.path / "tokenizer.json"))
+
+    def token_id(self, token: str) -> int:
+        token_id = self.tokenizer.token_to_id(token)
+        if token_id is None:
+            raise ModelError(f"the tokenizer in {self.path} has no token {token!r}")
+        return int(token_id)
+
+
+def load_model(
+    model: str | os.PathLike[str],
+    *,
+    overrides: Overrides | None = None,
+    chat_template: str | None = None,
+    revision: str | None = None,
+) -> ModelSpec:
+    """Resolve ``model`` and read what scanning needs from its files.
+
+    >>> spec = load_model("Qwen/Qwen2-VL-7B-Instruct", overrides=Overrides(max_pixels=1003520))  # doctest: +SKIP
+    """
+    overrides = overrides or Overrides()
+    folder = resolve_model_path(model, revision=revision)
+    config = _read_json(folder / "config.json")
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str):
+        raise ModelError(f"{folder / 'config.json'} is missing or has no model_type")
+    family = get_family(model_type)
+    if not (folder / "tokenizer.json").is_file():
+        raise ModelError(
+            f"{folder} has no tokenizer.json; vlmcheck reads the fast tokenizer file "
+            "(save one with `AutoTokenizer.from_pretrained(...).save_pretrained(folder)`)"
+        )
+    preprocessor = _read_json(folder / "preprocessor_config.json")
+    preprocessor.update(_read_json(folder / "processor_config.json").get("image_processor", {}) or {})
+    tokenizer_config = _read_json(folder / "tokenizer_config.json")
+    special: dict[str, Any] = {}
+    specials_map = _read_json(folder / "special_tokens_map.json")
+    for key in ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token"):
+        value = _token_content(tokenizer_config.get(key, specials_map.get(key)))
+        if value is not None:
+            special[key] = value
+    template = chat_template if chat_template is not None else _chat_template(folder, tokenizer_config)
+    settings = family.settings(preprocessor=preprocessor, config=config, overrides=overrides)
+    return ModelSpec(path=folder, model_type=model_type, family=family, settings=settings,
+                     chat_template=template, special_tokens=special, overrides=overrides)

@@ -1,0 +1,230 @@
+"""The result of a scan: per-code counts, the length distribution, recommendations, findings.
+
+Memory stays bounded on any dataset size: lengths are kept as a histogram of distinct values and
+only the first ``keep`` findings are held (``--output`` has every sample).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import TYPE_CHECKING, Any
+
+from vlmcheck.findings import CATALOGUE, Finding, Severity
+
+if TYPE_CHECKING:
+    from vlmcheck.scan import SampleResult, ScanOptions
+
+KEEP_LEVELS = (("100%", 1.0), ("99.9%", 0.999), ("99%", 0.99))
+_NEVER = -1  # a sample no pixel budget makes fit
+
+
+def _quantile_up(hist: Counter[int], q: float) -> int | None:
+    """Smallest value v with at least ceil(q * n) samples <= v."""
+    n = sum(hist.values())
+    if not n:
+        return None
+    need = math.ceil(q * n - 1e-9)
+    seen = 0
+    for value in sorted(hist):
+        seen += hist[value]
+        if seen >= need:
+            return value
+    return max(hist)
+
+
+def _quantile_down(hist: Counter[int], q: float) -> int | None:
+    """Largest value v with at least ceil(q * n) samples >= v."""
+    n = sum(hist.values())
+    if not n:
+        return None
+    need = math.ceil(q * n - 1e-9)
+    seen = 0
+    for value in sorted(hist, reverse=True):
+        seen += hist[value]
+        if seen >= need:
+            return value
+    return min(hist)
+
+
+@dataclass
+class Report:
+    """What :func:`vlmcheck.scan` returns."""
+
+    summary: dict[str, Any]
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Findings per code, e.g. ``{"VC201": 3}``."""
+        return dict(self.summary["counts"])
+
+    @property
+    def ok(self) -> bool:
+        return not self.summary["counts"]
+
+    def worst(self) -> Severity | None:
+        levels = [CATALOGUE[c].severity for c in self.summary["counts"]]
+        return max(levels) if levels else None
+
+    def exit_code(self, fail_on: Severity = Severity.ERROR) -> int:
+        worst = self.worst()
+        return 1 if worst is not None and worst >= fail_on else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"summary": self.summary, "findings": [f.to_dict() for f in self.findings]}
+
+    def render(self, *, show: int = 20) -> str:
+        return render_text(self, show=show)
+
+
+class ReportBuilder:
+    def __init__(self, *, dataset: str, model: str, model_type: str, options: ScanOptions, settings: Any,
+                 keep: int = 10_000) -> None:
+        self.dataset = dataset
+        self.model = model
+        self.model_type = model_type
+        self.options = options
+        self.settings = settings
+        self.keep = keep
+        self.scanned = 0
+        self.with_findings = 0
+        self.counts: Counter[str] = Counter()
+        self.lengths: Counter[int] = Counter()
+        self.budgets: Counter[int] = Counter()
+        self.images = 0
+        self.image_tokens = 0
+        self.max_image_tokens = 0
+        self.unknown_length = 0
+        self.findings: list[Finding] = []
+
+    def add(self, result: SampleResult) -> None:
+        self.scanned += 1
+        for f in result.findings:
+            f.index, f.id = result.index, result.id
+            self.counts[f.code] += 1
+            if len(self.findings) < self.keep:
+                self.findings.append(f)
+        if result.findings:
+            self.with_findings += 1
+        known = [n for n in result.image_tokens if n is not None]
+        self.images += len(result.image_tokens)
+        self.image_tokens += sum(known)
+        self.max_image_tokens = max([self.max_image_tokens, *known])
+        if result.tokens is None:
+            self.unknown_length += 1
+            return
+        self.lengths[result.tokens] += 1
+        max_length = self.options.max_length
+        if max_length is not None:
+            if result.fits_max_pixels is not None:
+                self.budgets[result.fits_max_pixels] += 1
+            elif not any(result.image_tokens):
+                # no image: a pixel budget cannot change whether it fits
+                self.budgets[2**62 if result.tokens <= max_length else _NEVER] += 1
+            else:
+                self.budgets[_NEVER] += 1
+
+    def build(self, *, seconds: float) -> Report:
+        lengths = self.lengths
+        n = sum(lengths.values())
+        stats: dict[str, Any] = {}
+        if n:
+            stats = {
+                "min": min(lengths), "p50": _quantile_up(lengths, 0.5), "p90": _quantile_up(lengths, 0.9),
+                "p99": _quantile_up(lengths, 0.99), "max": max(lengths),
+                "mean": round(sum(v * c for v, c in lengths.items()) / n, 1),
+            }
+        keep_length = {label: _quantile_up(lengths, q) for label, q in KEEP_LEVELS}
+        keep_pixels: dict[str, Any] | None = None
+        never = self.budgets.pop(_NEVER, 0)
+        if self.options.max_length is not None and self.budgets:
+            # over the samples a pixel cap can make fit; the others are counted apart
+            keep_pixels = {"unfixable_samples": never}
+            for label, q in KEEP_LEVELS:
+                value = _quantile_down(self.budgets, q)
+                keep_pixels[label] = None if value is None else min(value, _current_budget(self.settings))
+        severity = Counter(str(CATALOGUE[c].severity) for c in self.counts for _ in range(self.counts[c]))
+        summary = {
+            "dataset": self.dataset,
+            "model": self.model,
+            "model_type": self.model_type,
+            "samples": self.scanned,
+            "samples_with_findings": self.with_findings,
+            "samples_without_length": self.unknown_length,
+            "counts": dict(sorted(self.counts.items())),
+            "severity": dict(severity),
+            "max_length": self.options.max_length,
+            "truncation": self.options.truncation,
+            "settings": asdict(self.settings) if is_dataclass(self.settings) else repr(self.settings),
+            "images": self.images,
+            "image_tokens": {"total": self.image_tokens, "max": self.max_image_tokens},
+            "tokens": stats,
+            "recommended_max_length": keep_length,
+            "recommended_max_pixels": keep_pixels,
+            "seconds": round(seconds, 3),
+            "samples_per_second": round(self.scanned / seconds, 1) if seconds > 0 else None,
+        }
+        return Report(summary=summary, findings=self.findings)
+
+
+def _current_budget(settings: Any) -> int:
+    return int(getattr(settings, "pre_max_pixels", None) or getattr(settings, "max_pixels", 2**62))
+
+
+def _n(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "-" if value is None else str(value)
+
+
+def render_text(report: Report, *, show: int = 20) -> str:
+    s = report.summary
+    lines = []
+    limit = f"max_length={_n(s['max_length'])} ({s['truncation']} truncation)" if s["max_length"] else "no max_length"
+    lines.append(f"vlmcheck scan: {s['dataset']}: {_n(s['samples'])} samples, {s['model_type']} at {limit}")
+    settings = s["settings"]
+    if isinstance(settings, dict):
+        shown = ", ".join(f"{k} {_n(v)}" for k, v in settings.items() if v is not None and k != "resize")
+        lines.append(f"  processor: {shown}; resize by {settings.get('resize', 'processor')}")
+    lines.append("")
+    if s["counts"]:
+        lines.append("Findings")
+        for code, count in s["counts"].items():
+            rule = CATALOGUE[code]
+            lines.append(f"  {code}  {str(rule.severity):<7}  {rule.name:<22} {count:>7,}  {rule.title}")
+        lines.append("")
+        lines.append(f"First {min(show, len(report.findings))} of {sum(s['counts'].values()):,} findings")
+        ordered = sorted(report.findings, key=lambda f: (-f.severity, f.index if f.index is not None else -1))
+        for f in ordered[:show]:
+            where = f"sample {f.index}" + (f" (id {f.id!r})" if f.id is not None and f.id != str(f.index) else "")
+            lines.append(f"  {f.code} {where}: {f.message}")
+            lines.append(f"        fix: {f.fix}")
+        lines.append("")
+    else:
+        lines.append("No findings.")
+        lines.append("")
+    tokens = s["tokens"]
+    if tokens:
+        lines.append(
+            f"Tokens per sample: min {_n(tokens['min'])}, median {_n(tokens['p50'])}, p90 {_n(tokens['p90'])}, "
+            f"p99 {_n(tokens['p99'])}, max {_n(tokens['max'])}"
+        )
+        keep = s["recommended_max_length"]
+        lines.append("max_length that keeps samples whole: " + ", ".join(f"{k} -> {_n(v)}" for k, v in keep.items()))
+    pixels = s.get("recommended_max_pixels")
+    if pixels:
+        levels = ", ".join(f"{label} -> {_n(pixels[label])}" for label, _ in KEEP_LEVELS)
+        line = f"max_pixels that keeps samples whole at max_length={_n(s['max_length'])}: {levels}"
+        if pixels["unfixable_samples"]:
+            line += f" (of the samples it can fix; {pixels['unfixable_samples']:,} are too long at any max_pixels)"
+        lines.append(line)
+    if s["samples_without_length"]:
+        lines.append(f"{s['samples_without_length']:,} sample(s) have no length: a row or image could not be read")
+    sev = s["severity"]
+    verdict = ", ".join(f"{sev[k]:,} {k}{'s' if sev[k] != 1 else ''}" for k in ("error", "warning", "info") if k in sev)
+    lines.append("")
+    lines.append(
+        f"Result: {verdict or 'clean'} in {s['samples_with_findings']:,} of {s['samples']:,} samples "
+        f"({s['seconds']:.2f} s, {_n(s['samples_per_second'])} samples/s)"
+    )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,489 @@
+"""``scan()``: exact token accounting for every sample of a dataset, before training.
+
+>>> report = scan("train.jsonl", model="Qwen/Qwen2-VL-7B-Instruct", max_length=4096)  # doctest: +SKIP
+>>> report.counts  # doctest: +SKIP
+{'VC201': 12, 'VC101': 1}
+
+For each sample: render the conversation with the checkpoint's chat template, count each image's
+placeholder tokens from its header, tokenize with the real tokenizer, locate the assistant tokens,
+and simulate the framework's truncation at ``max_length``. Problems become findings; the scan
+always finishes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from vlmcheck import findings as F
+from vlmcheck.chat import render_chat
+from vlmcheck.data.formats import FORMATS, Conversation, ImageRef, RowError, detect_format, to_conversation
+from vlmcheck.data.images import ImageInfo, ImageProblem, decode_data_url, probe_bytes, probe_path
+from vlmcheck.data.readers import BadRow, count_rows, iter_rows
+from vlmcheck.errors import DatasetError, UsageError
+from vlmcheck.families import Overrides
+from vlmcheck.families.base import RESIZE_MODES
+from vlmcheck.layout import TRUNCATIONS, Layout, build_layout, kept_ranges, overlap
+from vlmcheck.model import ModelSpec, load_model
+from vlmcheck.report import Report, ReportBuilder
+
+_CHUNK = 64
+_Prepared = tuple[Conversation, str, list[int | None], list[tuple[int, int]]]
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    max_length: int | None = None
+    truncation: str = "right"
+    format: str | None = None
+    image_root: str | None = None
+    exif_transpose: bool = True
+    allow_outside_root: bool = False
+    check_integrity: bool = True
+    split: str | None = None
+
+
+@dataclass
+class SampleResult:
+    """What the scan learned about one sample (one line of ``--output``)."""
+
+    index: int
+    id: str
+    tokens: int | None
+    image_tokens: list[int | None]
+    supervised_tokens: int | None
+    findings: list[F.Finding] = field(default_factory=list)
+    # largest max_pixels under which the sample fits max_length whole (None: never / not applicable)
+    fits_max_pixels: int | None = None
+    text_only_tokens: int | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "id": self.id,
+            "tokens": self.tokens,
+            "image_tokens": self.image_tokens,
+            "supervised_tokens": self.supervised_tokens,
+            "findings": [f.code for f in self.findings],
+        }
+
+
+class Scanner:
+    """Analyzes samples for one model and one set of options. Built once per worker process."""
+
+    def __init__(self, spec: ModelSpec, options: ScanOptions, root: Path) -> None:
+        if spec.chat_template is None:
+            raise UsageError(
+                f"{spec.path} has no chat template (chat_template.jinja/.json or tokenizer_config.json); "
+                "pass --chat-template FILE"
+            )
+        self.spec = spec
+        self.family = spec.family
+        self.options = options
+        self.root = root
+        self.real_root = os.path.realpath(root)
+        self.tokenizer = spec.tokenizer
+        self.image_token_id = spec.token_id(self.family.image_token)
+        self.expansion = self.family.expansion(spec.settings)
+        self.eos = spec.special_tokens.get("eos_token")
+        self._budget_unit = self._pixel_unit()
+
+    def _pixel_unit(self) -> int | None:
+        factor = getattr(self.spec.settings, "factor", None)
+        return int(factor) ** 2 if factor else None
+
+    # -- images ---------------------------------------------------------------------------
+    def _probe(self, ref: ImageRef) -> ImageInfo:
+        check = self.options.check_integrity
+        if ref.kind == "bytes":
+            return probe_bytes(ref.value, check_integrity=check)
+        if ref.kind == "data_url":
+            return probe_bytes(decode_data_url(ref.value), check_integrity=check)
+        if ref.kind == "url":
+            raise ImageProblem("VC101", f"remote image {ref.value} is not downloaded by vlmcheck; "
+                                        "download the images and point the dataset at local files")
+        raw = str(ref.value)
+        if not raw:
+            raise ImageProblem("VC101", "empty image path")
+        path = Path(raw).expanduser()
+        if not path.is_absolute():
+            path = self.root / path
+        if not self.options.allow_outside_root:
+            real = os.path.realpath(path)
+            if os.path.commonpath([real, self.real_root]) != self.real_root:
+                raise ImageProblem("VC104", f"{raw} resolves to {real}, outside the image root {self.real_root}")
+        return probe_path(path, check_integrity=check)
+
+    def _images(self, conv: Conversation, found: list[F.Finding]) -> tuple[list[int | None], list[tuple[int, int]]]:
+        counts: list[int | None] = []
+        sizes: list[tuple[int, int]] = []
+        settings = self.spec.settings
+        for k, ref in enumerate(conv.images, 1):
+            label = f"image {k} of {len(conv.images)} ({ref.describe()[:120]})"
+            try:
+                info = self._probe(ref)
+            except ImageProblem as p:
+                found.append(F.make(p.code, f"{label}: {p.message}", image=k, **p.data))
+                counts.append(None)
+                continue
+            width, height = info.size(exif_transpose=self.options.exif_transpose)
+            sizes.append((width, height))
+            for issue in self.family.check_image(width, height, settings):
+                found.append(F.make(issue.code, f"{label}: {issue.message}", image=k, **issue.data))
+            counts.append(self.family.image_tokens(width, height, settings))
+        return counts, sizes
+
+    # -- text -----------------------------------------------------------------------------
+    def _render(self, conv: Conversation) -> str:
+        assert self.spec.chat_template is not None
+        return render_chat(self.spec.chat_template, conv.messages, special_tokens=self.spec.special_tokens)
+
+    def _collapse(self, text: str) -> str:
+        placeholder = self.family.placeholder
+        if self.expansion == placeholder:
+            return text
+        return text.replace(placeholder, self.expansion)
+
+    def _supervised_chars(self, conv: Conversation, text: str) -> list[tuple[int, int]]:
+        """Character spans of assistant content in ``text``, found in message order so that a
+        reply quoting the prompt is not matched inside the prompt."""
+        spans: list[tuple[int, int]] = []
+        cursor = 0
+        for message in conv.messages:
+            content = message.get("content")
+            pieces = [content] if isinstance(content, str) else [
+                p["text"] for p in content or [] if isinstance(p, dict) and isinstance(p.get("text"), str)
+            ]
+            for piece in pieces:
+                if not piece:
+                    continue
+                at = text.find(piece, cursor)
+                if at < 0:
+                    continue
+                end = at + len(piece)
+                if message.get("role") == "assistant":
+                    if self.eos and text.startswith(self.eos, end):
+                        end += len(self.eos)
+                    spans.append((at, end))
+                cursor = end
+        return spans
+
+    # -- one batch --------------------------------------------------------------------------
+    def analyze(self, items: list[tuple[int, Any]]) -> list[SampleResult]:
+        results: list[SampleResult] = []
+        pending: list[tuple[SampleResult, Conversation, str, list[int | None], list[tuple[int, int]]]] = []
+        for index, item in items:
+            result, prepared = self._prepare(index, item)
+            results.append(result)
+            if prepared is not None:
+                pending.append((result, *prepared))
+        if pending:
+            encodings = self.tokenizer.encode_batch([p[2] for p in pending], add_special_tokens=True)
+            for (result, conv, text, counts, sizes), enc in zip(pending, encodings):
+                self._finish(result, conv, text, counts, sizes, enc.ids, enc.offsets)
+        return results
+
+    def _prepare(self, index: int, item: Any) -> tuple[SampleResult, _Prepared | None]:
+        result = SampleResult(index=index, id=str(index), tokens=None, image_tokens=[], supervised_tokens=None)
+        if isinstance(item, BadRow):
+            result.findings.append(F.make("VC001", item.reason))
+            return result, None
+        fmt = self.options.format or detect_format(item)
+        if fmt is None and isinstance(item, dict) and ("messages" in item or "conversations" in item):
+            fmt = "sharegpt"  # has the field, in the wrong shape: let the reader name what is wrong
+        if fmt is None:
+            keys = sorted(item)[:8] if isinstance(item, dict) else type(item).__name__
+            result.findings.append(F.make("VC001", f"no conversation found (fields: {keys})"))
+            return result, None
+        try:
+            conv = to_conversation(item, fmt)
+        except RowError as e:
+            result.findings.append(F.make("VC001", str(e)))
+            return result, None
+        if conv.id is not None:
+            result.id = conv.id
+        found = result.findings
+        counts, sizes = self._images(conv, found)
+        result.image_tokens = counts
+        if conv.mismatch is not None:
+            tags, images = conv.mismatch
+            found.append(F.make("VC002", f"{tags} image placeholder(s) in the text but {images} image(s)",
+                                placeholders=tags, images=images))
+        if not any(m.get("role") == "assistant" and _has_text(m.get("content")) for m in conv.messages):
+            found.append(F.make("VC003", "no assistant turn with content: every label is masked"))
+        try:
+            text = self._collapse(self._render(conv))
+        except jinja2.TemplateError as e:
+            found.append(F.make("VC001", f"the chat template rejects this conversation: {e}"))
+            return result, None
+        return result, (conv, text, counts, sizes)
+
+    def _finish(self, result: SampleResult, conv: Conversation, text: str, counts: list[int | None],
+                sizes: list[tuple[int, int]], ids: list[int], offsets: list[tuple[int, int]]) -> None:
+        known = [c if c is not None else 1 for c in counts]
+        layout = build_layout(ids, offsets, image_token_id=self.image_token_id, image_sizes=known,
+                              supervised_chars=self._supervised_chars(conv, text))
+        placeholders = len(layout.images)
+        if placeholders != len(counts) and conv.mismatch is None:
+            result.findings.append(F.make(
+                "VC002", f"the rendered text has {placeholders} image placeholder(s) for {len(counts)} image(s)",
+                placeholders=placeholders, images=len(counts),
+            ))
+        if any(c is None for c in counts):
+            return  # lengths are unknown while an image is unreadable
+        result.tokens = layout.total
+        result.supervised_tokens = layout.supervised_tokens
+        result.text_only_tokens = layout.total - sum(layout.image_tokens)
+        if self.options.max_length is not None and placeholders == len(counts):
+            self._truncation(result, layout, self.options.max_length)
+            result.fits_max_pixels = self._fit_budget(sizes, result.text_only_tokens)
+
+    def _truncation(self, result: SampleResult, layout: Layout, max_length: int) -> None:
+        if layout.total <= max_length:
+            return
+        kept = kept_ranges(layout, max_length, self.options.truncation)
+        over = layout.total - max_length
+        if kept is None:
+            result.findings.append(F.make(
+                "VC204", f"{layout.total:,} tokens > max_length={max_length:,}: dropped by truncation_strategy=delete",
+                tokens=layout.total, max_length=max_length))
+            return
+        cut_any = False
+        n = len(layout.images)
+        for k, span in enumerate(layout.images, 1):
+            size = span[1] - span[0]
+            survive = overlap(span, kept)
+            if survive < size:
+                cut_any = True
+                result.findings.append(F.make(
+                    "VC201",
+                    f"image {k} of {n} needs {size:,} tokens, only {survive:,} survive truncation at "
+                    f"max_length={max_length:,} ({self.options.truncation}); the sample is {layout.total:,} tokens",
+                    fix=self._cut_fix(layout.total, max_length),
+                    image=k, image_tokens=size, kept=survive, tokens=layout.total, max_length=max_length))
+        supervised = layout.supervised_tokens
+        kept_supervised = sum(overlap(r, kept) for r in layout.supervised)
+        if supervised and not kept_supervised:
+            result.findings.append(F.make(
+                "VC202",
+                f"all {supervised:,} supervised tokens fall past the cut at max_length={max_length:,} "
+                f"(sample is {layout.total:,} tokens)",
+                supervised=supervised, tokens=layout.total, max_length=max_length))
+        elif not cut_any and over > 0:
+            result.findings.append(F.make(
+                "VC203",
+                f"{layout.total:,} tokens > max_length={max_length:,}: {over:,} text tokens cut, "
+                f"{supervised - kept_supervised:,} of {supervised:,} supervised tokens lost",
+                tokens=layout.total, max_length=max_length, supervised_lost=supervised - kept_supervised))
+
+    def _cut_fix(self, total: int, max_length: int) -> str:
+        fix = f"raise max_length to {total:,}"
+        return fix + ", cap max_pixels (see the summary), or drop/split the sample with `vlmcheck repair`"
+
+    def _fit_budget(self, sizes: list[tuple[int, int]], text_tokens: int) -> int | None:
+        """Largest pixel budget (a multiple of factor**2) under which the sample fits whole."""
+        unit = self._budget_unit
+        max_length = self.options.max_length
+        if unit is None or max_length is None or not sizes:
+            return None
+        settings = self.spec.settings
+        current = getattr(settings, "pre_max_pixels", None) or getattr(settings, "max_pixels", None)
+        if current is None:
+            return None
+
+        def fits(budget: int) -> bool:
+            s = self.family.with_max_pixels(settings, budget)
+            return text_tokens + sum(self.family.image_tokens(w, h, s) for w, h in sizes) <= max_length
+
+        hi = current // unit
+        if fits(hi * unit):
+            return hi * unit
+        lo = 1
+        if not fits(lo * unit):
+            return None
+        while lo < hi - 1:
+            mid = (lo + hi) // 2
+            if fits(mid * unit):
+                lo = mid
+            else:
+                hi = mid
+        return lo * unit
+
+
+def _has_text(content: Any) -> bool:
+    if isinstance(content, str):
+        return bool(content.strip())
+    return any(isinstance(p, dict) and str(p.get("text") or "").strip() for p in content or [])
+
+
+# -- worker processes ---------------------------------------------------------------------------
+_WORKER: Scanner | None = None
+
+
+def _init_worker(model_path: str, overrides: Overrides, chat_template: str | None, options: ScanOptions,
+                 root: str) -> None:
+    global _WORKER
+    spec = load_model(model_path, overrides=overrides, chat_template=chat_template)
+    _WORKER = Scanner(spec, options, Path(root))
+
+
+def _work(items: list[tuple[int, Any]]) -> list[SampleResult]:
+    assert _WORKER is not None
+    return _WORKER.analyze(items)
+
+
+def _chunks(rows: Iterator[Any], size: int, limit: int | None) -> Iterator[list[tuple[int, Any]]]:
+    chunk: list[tuple[int, Any]] = []
+    for index, row in enumerate(rows):
+        if limit is not None and index >= limit:
+            break
+        chunk.append((index, row))
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _results(scanner: Scanner, spec: ModelSpec, chunks: Iterator[list[tuple[int, Any]]], workers: int,
+             options: ScanOptions, root: Path) -> Iterator[SampleResult]:
+    if workers <= 1:
+        for chunk in chunks:
+            yield from scanner.analyze(chunk)
+        return
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
+    args = (str(spec.path), spec.overrides, spec.chat_template, options, str(root))
+    with ctx.Pool(workers, initializer=_init_worker, initargs=args) as pool:
+        # Bounded in-flight queue: Pool.imap would read the whole dataset ahead of the workers.
+        inflight: deque[Any] = deque()
+        for chunk in chunks:
+            inflight.append(pool.apply_async(_work, (chunk,)))
+            if len(inflight) >= 4 * workers:
+                yield from inflight.popleft().get()
+        while inflight:
+            yield from inflight.popleft().get()
+
+
+def scan(
+    dataset: str | os.PathLike[str],
+    *,
+    model: str | os.PathLike[str] | ModelSpec,
+    max_length: int | None = None,
+    truncation: str = "right",
+    format: str | None = None,
+    image_root: str | os.PathLike[str] | None = None,
+    max_pixels: int | None = None,
+    min_pixels: int | None = None,
+    resize: str = "processor",
+    exif_transpose: bool = True,
+    allow_outside_root: bool = False,
+    chat_template: str | None = None,
+    split: str | None = None,
+    workers: int = 1,
+    limit: int | None = None,
+    output: str | os.PathLike[str] | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> Report:
+    """Scan ``dataset`` for samples that would crash or not train under ``model`` at ``max_length``.
+
+    Raises only for misuse (unknown family, missing dataset, bad option); every problem in the
+    data is a finding in the returned :class:`~vlmcheck.report.Report`.
+
+    Args:
+        dataset: a .json / .jsonl / .parquet file or a ``save_to_disk`` folder.
+        model: a checkpoint folder, a Hugging Face model id, or a :class:`ModelSpec`.
+        max_length: the framework's ``max_length`` / ``cutoff_len``; None skips truncation checks.
+        truncation: ``right`` (transformers, TRL), ``left`` / ``delete`` (ms-swift),
+            ``llamafactory`` (LLaMA-Factory's per-turn split of cutoff_len).
+        resize: how ``max_pixels``/``min_pixels`` apply: ``processor``, ``prescale``
+            (LLaMA-Factory ``image_max_pixels``, EasyR1/verl) or ``qwen-vl-utils`` (ms-swift).
+        output: write one JSON record per sample to this .jsonl file (atomically).
+        progress: called as ``progress(done, total_or_None)`` while scanning.
+    """
+    if truncation not in TRUNCATIONS:
+        raise UsageError(f"truncation must be one of {', '.join(TRUNCATIONS)}, not {truncation!r}")
+    if resize not in RESIZE_MODES:
+        raise UsageError(f"resize must be one of {', '.join(RESIZE_MODES)}, not {resize!r}")
+    if format is not None and format not in FORMATS:
+        raise UsageError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
+    if max_length is not None and max_length <= 0:
+        raise UsageError("max_length must be positive")
+    if workers < 1:
+        raise UsageError("workers must be at least 1")
+    for name, value in (("max_pixels", max_pixels), ("min_pixels", min_pixels)):
+        if value is not None and value <= 0:
+            raise UsageError(f"{name} must be positive")
+    if isinstance(model, ModelSpec):
+        spec = model
+    else:
+        overrides = Overrides(max_pixels=max_pixels, min_pixels=min_pixels, resize=resize)
+        spec = load_model(model, overrides=overrides, chat_template=chat_template)
+    path = Path(dataset)
+    if not path.exists():
+        raise DatasetError(f"dataset not found: {path}")
+    root = Path(image_root) if image_root is not None else (path if path.is_dir() else path.parent)
+    options = ScanOptions(max_length=max_length, truncation=truncation, format=format,
+                          image_root=str(root), exif_transpose=exif_transpose,
+                          allow_outside_root=allow_outside_root, split=split)
+    scanner = Scanner(spec, options, root)
+    total = count_rows(path, split=split) if progress else None
+    if total is not None and limit is not None:
+        total = min(total, limit)
+    builder = ReportBuilder(dataset=str(path), model=str(spec.path), model_type=spec.model_type,
+                            options=options, settings=spec.settings)
+    started = time.perf_counter()
+    chunks = _chunks(iter_rows(path, split=split), _CHUNK, limit)
+    sink = _AtomicLines(Path(output)) if output is not None else None
+    try:
+        for result in _results(scanner, spec, chunks, workers, options, root):
+            builder.add(result)
+            if sink is not None:
+                sink.write(result.to_record())
+            if progress is not None:
+                progress(builder.scanned, total)
+        if sink is not None:
+            sink.commit()
+    finally:
+        if sink is not None:
+            sink.discard()
+    return builder.build(seconds=time.perf_counter() - started)
+
+
+class _AtomicLines:
+    """A JSON Lines file that appears complete or not at all (temp file + rename)."""
+
+    def __init__(self, path: Path) -> None:
+        import json
+        import tempfile
+
+        self._json = json
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        self.tmp = Path(tmp)
+        self.fp = os.fdopen(fd, "w", encoding="utf-8")
+        self.done = False
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.fp.write(self._json.dumps(record, ensure_ascii=False) + "\n")
+
+    def commit(self) -> None:
+        self.fp.flush()
+        os.fsync(self.fp.fileno())
+        self.fp.close()
+        os.replace(self.tmp, self.path)
+        self.done = True
+
+    def discard(self) -> None:
+        if not self.done:
+            self.fp.close()
+            self.tmp.unlink(missing_ok=True)
