@@ -126,3 +126,22 @@ def scan_command(dataset: str, model: str, max_length: int | None, truncation: s
     if not quiet:
         click.echo(report.render(show=show), nl=False)
     sys.exit(report.exit_code(fail_on))
+
+
+@main.command("demo")
+@click.option("--max-length", type=click.IntRange(min=1), default=4096, show_default=True)
+@click.option("--model-type", type=click.Choice(["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]), default="qwen2_vl",
+              show_default=True)
+def demo_command(max_length: int, model_type: str) -> None:
+    """Scan the bundled demo dataset (real images, real Qwen2 tokenizer; offline).
+
+    Needs the `dashscope` package for the tokenizer's BPE ranks: pip install --no-deps dashscope==2.0.2
+    """
+    from vlmcheck.demo.run import demo
+
+    try:
+        report, command = demo(max_length=max_length, model_type=model_type)
+    except FileNotFoundError as e:
+        raise click.UsageError(str(e)) from None
+    click.echo(f"$ {command}\n")
+    click.echo(report.render(), nl=False)

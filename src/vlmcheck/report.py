@@ -192,8 +192,9 @@ def render_text(report: Report, *, show: int = 20) -> str:
         for code, count in s["counts"].items():
             rule = CATALOGUE[code]
             lines.append(f"  {code}  {str(rule.severity):<7}  {rule.name:<22} {count:>7,}  {rule.title}")
-        lines.append("")
-        lines.append(f"First {min(show, len(report.findings))} of {sum(s['counts'].values()):,} findings")
+        if show:
+            lines.append("")
+            lines.append(f"First {min(show, len(report.findings))} of {sum(s['counts'].values()):,} findings")
         ordered = sorted(report.findings, key=lambda f: (-f.severity, f.index if f.index is not None else -1))
         for f in ordered[:show]:
             where = f"sample {f.index}" + (f" (id {f.id!r})" if f.id is not None and f.id != str(f.index) else "")
