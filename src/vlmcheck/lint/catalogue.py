@@ -149,14 +149,17 @@ _RULES = [
         "Use `truncation_mode: keep_start` (the default), or `max_length: null`.",
     ),
     LintRule(
-        "VL305", "unsloth-collator-no-max-length", Severity.WARNING, "Unsloth's vision collator has no max length",
-        "With `dataset_kwargs={'skip_prepare_dataset': True}` (Unsloth's vision recipe) SFTConfig's "
-        "max_length is never applied: UnslothVisionDataCollator truncates only with its own "
-        "max_seq_length (or the model's, from FastVisionModel.from_pretrained). Without either, long "
-        "samples go through whole and run out of memory at the step that reaches them.",
-        "unsloth-zoo UnslothVisionDataCollator (all versions with the max_seq_length argument).",
-        "Pass `UnslothVisionDataCollator(model, tokenizer, max_seq_length=...)`, or "
-        "`FastVisionModel.from_pretrained(..., max_seq_length=...)`.",
+        "VL305", "unsloth-collator-no-max-length", Severity.WARNING,
+        "Unsloth's vision collator does not truncate where SFTConfig says",
+        "Vision datasets skip TRL's preparation (and Unsloth's recipe sets `skip_prepare_dataset`), so "
+        "SFTConfig's max_length is never applied: UnslothVisionDataCollator truncates with its own "
+        "max_seq_length, else the model's (FastVisionModel.from_pretrained, default 2048), else not at "
+        "all. A different SFTConfig max_length is silently ignored: samples are cut at the model's "
+        "length (through image spans), or long samples go through whole and run out of memory.",
+        "unsloth-zoo UnslothVisionDataCollator (max_seq_length argument); unsloth "
+        "FastBaseModel.from_pretrained(max_seq_length=2048).",
+        "Pass the length to the collator: `UnslothVisionDataCollator(model, tokenizer, "
+        "max_seq_length=...)`, equal to SFTConfig's max_length.",
     ),
     # -- distributed and hardware -------------------------------------------------------------
     LintRule(
@@ -175,7 +178,8 @@ _RULES = [
         "transformers raises \"Your setup doesn't support bf16/gpu\" for bf16 training on pre-Ampere "
         "GPUs (V100, T4); a model loaded in bfloat16 there is emulated, slow, or fails in attention "
         "kernels. Checked only where torch is importable and a GPU is visible.",
-        "All frameworks on NVIDIA GPUs older than compute capability 8.0.",
+        "All frameworks on NVIDIA GPUs older than compute capability 8.0; TRL >= 0.19 configs turn bf16 on "
+        "by default (bf16=None becomes `not fp16`).",
         "Use fp16: `fp16: true` and `bf16: false` (`--torch_dtype float16` for model loading).",
     ),
     LintRule(

@@ -56,6 +56,10 @@ class RunConfig:
     calls: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: launcher flags that switch off plain DDP (deepspeed, fsdp)
     distributed: str | None = None
+    #: keys added on purpose with Hydra's ``+key=value`` (not reported as unknown)
+    added: set[str] = field(default_factory=set)
+    #: how options are written, for fixes: "yaml", "cli" (--key value), "dotted" (key=value), "python"
+    style: str = "yaml"
     notes: list[str] = field(default_factory=list)
 
 
@@ -137,13 +141,16 @@ def parse_hf_args(tokens: list[str]) -> dict[str, Any]:
     return out
 
 
-def parse_dotted(tokens: Iterable[str]) -> dict[str, Any]:
-    """verl / EasyR1 (Hydra, OmegaConf.from_cli) overrides: ``a.b=c``, ``+a.b=c`` (add), ``++a.b=c``."""
+def parse_dotted(tokens: Iterable[str], added: set[str] | None = None) -> dict[str, Any]:
+    """verl / EasyR1 (Hydra, OmegaConf.from_cli) overrides: ``a.b=c``, ``+a.b=c`` (add a key the
+    schema does not have; collected in ``added``), ``++a.b=c``."""
     out: dict[str, Any] = {}
     for tok in tokens:
         if "=" not in tok or tok.startswith(("-", "~")):
             continue
         key, _, value = tok.partition("=")
+        if key.startswith("+") and added is not None:
+            added.add(key.lstrip("+"))
         out[key.lstrip("+")] = coerce(value)
     return out
 
@@ -347,7 +354,8 @@ def _read_shell(text: str, path: Path | None) -> RunConfig:
         run.num_processes = found.nproc_per_node * (found.nnodes or 1)
     base = path.parent if path else Path.cwd()
     if framework in ("verl", "easyr1"):
-        overrides = parse_dotted(found.args)
+        run.style = "dotted"
+        overrides = parse_dotted(found.args, run.added)
         config_file = overrides.pop("config", None)
         if isinstance(config_file, str):
             loaded = _load_yaml_file(config_file, base, run)
@@ -365,6 +373,7 @@ def _read_shell(text: str, path: Path | None) -> RunConfig:
         if run.num_processes is None and env_true(found.env.get("FORCE_TORCHRUN")):
             run.notes.append("FORCE_TORCHRUN without NPROC_PER_NODE: process count unknown")
     else:
+        run.style = "cli"
         run.options.update(parse_hf_args(found.args))
         if framework == "swift":
             run.entry = found.entry  # sft / rlhf / pt / infer
@@ -493,7 +502,8 @@ def _read_python(text: str, path: Path | None) -> RunConfig:
         options.update(calls.get(name, {}))
     framework = "unsloth" if unsloth or "UnslothVisionDataCollator" in calls else "trl"
     return RunConfig(framework=framework, options=options, path=str(path) if path else None,
-                     launcher="python", entry=str(path) if path else None, calls=calls, notes=notes)
+                     launcher="python", entry=str(path) if path else None, calls=calls, notes=notes,
+                     style="python")
 
 
 # -- entry point -----------------------------------------------------------------------------------

@@ -1,0 +1,155 @@
+"""``vlmcheck.lint(config, ...)``: read a training config, run every rule, return a report."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from vlmcheck.errors import UsageError, VlmcheckError
+from vlmcheck.lint.device import DeviceInfo, probe_device
+from vlmcheck.lint.frameworks import View
+from vlmcheck.lint.readers import RunConfig, read_config
+from vlmcheck.lint.records import LintReport
+from vlmcheck.lint.rules import RULES, Context
+
+# Model names -> family (`config.model_type`), for configs that name a hub id or a local folder.
+_FAMILY_NAMES = [
+    (re.compile(r"qwen3[-_.]?vl", re.IGNORECASE), "qwen3_vl"),
+    (re.compile(r"qwen2[._]5[-_]?vl", re.IGNORECASE), "qwen2_5_vl"),
+    (re.compile(r"qwen2[-_]?vl", re.IGNORECASE), "qwen2_vl"),
+]
+
+
+def family_from_name(name: str) -> str | None:
+    """``Qwen/Qwen2.5-VL-7B-Instruct`` -> ``qwen2_5_vl``; LLaMA-Factory templates read the same way."""
+    for pattern, family in _FAMILY_NAMES:
+        if pattern.search(name):
+            return family
+    return None
+
+
+def _read_checkpoint(model: str | os.PathLike[str]) -> tuple[str | None, int | None]:
+    """model_type and the image processor's max_pixels of a local checkpoint folder."""
+    folder = Path(model)
+    family: str | None = None
+    max_pixels: int | None = None
+    if (folder / "config.json").is_file():
+        family = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    pre = folder / "preprocessor_config.json"
+    if pre.is_file():
+        values = json.loads(pre.read_text(encoding="utf-8"))
+        if isinstance(values.get("max_pixels"), int):
+            max_pixels = values["max_pixels"]
+        elif isinstance(values.get("size"), dict) and isinstance(values["size"].get("longest_edge"), int):
+            max_pixels = values["size"]["longest_edge"]  # Qwen3-VL spells the pixel cap this way
+    if family is None and not folder.exists():
+        family = family_from_name(str(model))
+    return family, max_pixels
+
+
+def _config_family(view: View) -> str | None:
+    names = []
+    for concept in ("model", "template"):
+        opt = view.opt(concept)
+        if opt is not None and isinstance(opt.value, str):
+            names.append(opt.value)
+    for name in names:
+        folder = Path(name)
+        if (folder / "config.json").is_file():
+            family, _ = _read_checkpoint(folder)
+            if family:
+                return family
+        family = family_from_name(name)
+        if family:
+            return family
+    return None
+
+
+def _scan_summary(data: str | os.PathLike[str], model: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        from vlmcheck.scan import scan
+    except ImportError as exc:
+        raise VlmcheckError(
+            f"--data needs vlmcheck.scan, which this build does not have yet ({exc}); lint without --data"
+        ) from None
+    report = scan(str(data), model=str(model))
+    summary = getattr(report, "summary", None)
+    if not isinstance(summary, dict):
+        raise VlmcheckError("vlmcheck.scan returned a report without a summary dict; cannot check lengths")
+    return summary
+
+
+def lint(
+    config: str | os.PathLike[str],
+    *,
+    data: str | os.PathLike[str] | None = None,
+    model: str | os.PathLike[str] | None = None,
+    framework: str | None = None,
+    num_processes: int | None = None,
+    device: DeviceInfo | None | Literal["auto"] = "auto",
+) -> LintReport:
+    """Lint a training config; problems are findings in the report, never exceptions.
+
+    ``config`` is a LLaMA-Factory / TRL / verl / EasyR1 YAML or JSON file, a shell script or file
+    holding the launch command (torchrun, accelerate launch, deepspeed, python, swift,
+    llamafactory-cli), or a Python training script. ``data`` (with ``model``, or the model the config
+    names when it is a local folder) checks the length options against a real scan of the dataset.
+    ``framework`` overrides detection; ``num_processes`` gives the launch's process count when the
+    config does not say it; ``device`` is the hardware to check against (``"auto"``: read it with
+    torch when importable, skipping the hardware rules when torch or a GPU is absent).
+
+    Raises :class:`vlmcheck.UsageError` only for misuse: a missing file, a config that cannot be
+    parsed at all, an unknown framework, or ``data`` without a model.
+
+    >>> import vlmcheck
+    >>> report = vlmcheck.lint("tests/lint/configs/vlmr1_grpo_rec.sh")  # doctest: +SKIP
+    >>> report.counts  # doctest: +SKIP
+    {'VL101': 1, 'VL104': 1}
+    """
+    run: RunConfig = read_config(config, framework=framework)
+    view = View(run)
+    family: str | None = None
+    model_max_pixels: int | None = None
+    if model is not None:
+        family, model_max_pixels = _read_checkpoint(model)
+    if family is None:
+        family = _config_family(view)
+    summary = None
+    if data is not None:
+        scan_model = model
+        if scan_model is None:
+            named = view.opt("model")
+            if named is not None and isinstance(named.value, str) and Path(named.value).is_dir():
+                scan_model = named.value
+        if scan_model is None:
+            raise UsageError("--data needs --model (a checkpoint folder or hub id) to count tokens")
+        summary = _scan_summary(data, scan_model)
+    ctx = Context(
+        run=run,
+        view=view,
+        device=probe_device() if device == "auto" else device,
+        num_processes=num_processes,
+        family=family,
+        model_max_pixels=model_max_pixels,
+        data_summary=summary,
+        data_name=str(data) if data is not None else None,
+    )
+    findings = []
+    for rule in RULES:
+        findings.extend(rule(ctx))
+    findings.extend(ctx.problems)
+    report_summary: dict[str, Any] = {
+        "launcher": run.launcher,
+        "entry": run.entry,
+        "num_processes": ctx.world_size,
+        "family": family,
+        "grpo": view.is_grpo,
+        "options": len(run.options),
+        "notes": run.notes,
+    }
+    if summary is not None:
+        report_summary["data"] = {"recommended_max_length": summary.get("recommended_max_length")}
+    return LintReport(config=str(config), framework=run.framework, findings=findings, summary=report_summary)

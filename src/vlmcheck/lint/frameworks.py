@@ -1,0 +1,243 @@
+"""One view over every framework's options: which option plays which part, and its default.
+
+Rules ask for a *concept* (``num_generations``, ``max_length``, ``max_pixels`` ...) and get back the
+option as that framework spells it (so the fix can name it), its value, and whether the config set
+it or the framework's default applies. Each default cites where it comes from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from vlmcheck.lint import options as known
+from vlmcheck.lint.readers import RunConfig
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Opt:
+    """An option's value. ``name`` is the framework's own spelling."""
+
+    name: str
+    value: Any
+    explicit: bool
+
+
+# concept -> (option name, default). _MISSING: no default we can rely on (the rule is skipped unless
+# the config sets it).
+_Table = dict[str, tuple[str, Any]]
+
+# transformers TrainingArguments defaults (training_args.py): per_device_train_batch_size=8,
+# gradient_accumulation_steps=1, ddp_find_unused_parameters=None.
+_HF: _Table = {
+    "per_device_train_batch_size": ("per_device_train_batch_size", 8),
+    "gradient_accumulation_steps": ("gradient_accumulation_steps", 1),
+    "generation_batch_size": ("generation_batch_size", None),
+    "steps_per_generation": ("steps_per_generation", None),
+    "ddp_find_unused_parameters": ("ddp_find_unused_parameters", None),
+    "gradient_checkpointing_kwargs": ("gradient_checkpointing_kwargs", None),
+    "fp16": ("fp16", False),
+    "torch_dtype": ("torch_dtype", None),
+    "deepspeed": ("deepspeed", None),
+    "fsdp": ("fsdp", None),
+    "model": ("model_name_or_path", None),
+}
+
+TABLES: dict[str, _Table] = {
+    # TRL 1.16 trl/trainer/grpo_config.py, sft_config.py, base_config.py: num_generations=8,
+    # temperature=1.0, gradient_checkpointing=True, bf16=None (-> True unless fp16), SFT max_length=1024.
+    "trl": {
+        **_HF,
+        "num_generations": ("num_generations", 8),
+        "temperature": ("temperature", 1.0),
+        "bf16": ("bf16", None),
+        "gradient_checkpointing": ("gradient_checkpointing", True),
+        "lora": ("use_peft", False),
+        "max_length": ("max_length", 1024),
+        "max_prompt_length": ("max_prompt_length", None),
+        "packing": ("packing", False),
+        "padding_free": ("padding_free", False),
+        "assistant_only_loss": ("assistant_only_loss", False),
+        "truncation_mode": ("truncation_mode", "keep_start"),
+        "max_pixels": ("max_pixels", _MISSING),
+    },
+    # Unsloth scripts drive TRL's SFTConfig; the collator's own max_seq_length is read from the call.
+    "unsloth": {
+        **_HF,
+        "bf16": ("bf16", None),
+        "gradient_checkpointing": ("gradient_checkpointing", True),
+        "max_length": ("max_length", 1024),
+        "packing": ("packing", False),
+        "padding_free": ("padding_free", False),
+        "assistant_only_loss": ("assistant_only_loss", False),
+        "truncation_mode": ("truncation_mode", "keep_start"),
+        "max_pixels": ("max_pixels", _MISSING),
+    },
+    # VLM-R1 pins trl==0.17.0 / transformers==4.49.0 (src/open-r1-multimodal/setup.py); its script
+    # arguments (grpo_jsonl.py) default max_pixels=12845056; TrainingArguments 4.49 defaults bf16=False,
+    # gradient_checkpointing=False.
+    "vlm-r1": {
+        **_HF,
+        "num_generations": ("num_generations", 8),
+        "temperature": ("temperature", 1.0),
+        "bf16": ("bf16", False),
+        "gradient_checkpointing": ("gradient_checkpointing", False),
+        "lora": ("use_peft", False),
+        "max_prompt_length": ("max_prompt_length", None),
+        "max_pixels": ("max_pixels", 12845056),
+    },
+    # ms-swift 4.x: swift/trainers/arguments.py (per_device_train_batch_size=1,
+    # gradient_checkpointing=True), rlhf_args.py (num_generations=8, temperature=0.9), base_args.py
+    # (tuner_type, formerly train_type, defaults to lora), template_args.py (max_length=None,
+    # max_pixels=None).
+    "swift": {
+        **_HF,
+        "per_device_train_batch_size": ("per_device_train_batch_size", 1),
+        "gradient_accumulation_steps": ("gradient_accumulation_steps", _MISSING),  # derived at run time
+        "num_generations": ("num_generations", 8),
+        "temperature": ("temperature", 0.9),
+        "bf16": ("bf16", None),
+        "gradient_checkpointing": ("gradient_checkpointing", True),
+        "lora": ("tuner_type", "lora"),
+        "max_length": ("max_length", None),
+        "max_pixels": ("max_pixels", None),
+        "model": ("model", None),
+    },
+    # LLaMA-Factory hparams: cutoff_len=2048 (data_args.py), image_max_pixels=768*768
+    # (model_args.py ProcessorArguments), use_reentrant_gc=True, disable_gradient_checkpointing=False
+    # (model_args.py), finetuning_type="lora", stage="sft" (finetuning_args.py).
+    "llamafactory": {
+        **_HF,
+        "stage": ("stage", "sft"),
+        "bf16": ("bf16", False),
+        "lora": ("finetuning_type", "lora"),
+        "disable_gradient_checkpointing": ("disable_gradient_checkpointing", False),
+        "use_reentrant_gc": ("use_reentrant_gc", True),
+        "max_length": ("cutoff_len", 2048),
+        "max_pixels": ("image_max_pixels", 768 * 768),
+        "template": ("template", None),
+    },
+    # EasyR1 verl/trainer/config.py (DataConfig: max_prompt_length=512, rollout_batch_size=512,
+    # max_pixels=4194304; AlgorithmConfig.adv_estimator="grpo"; TrainerConfig n_gpus_per_node=8,
+    # nnodes=1), verl/workers/rollout/config.py (n=1, temperature=1.0), verl/workers/actor/config.py
+    # (global_batch_size=256, micro_batch_size_per_device_for_experience=16).
+    "easyr1": {
+        "adv_estimator": ("algorithm.adv_estimator", "grpo"),
+        "num_generations": ("worker.rollout.n", 1),
+        "temperature": ("worker.rollout.temperature", 1.0),
+        "rollout_batch_size": ("data.rollout_batch_size", 512),
+        "global_batch_size": ("worker.actor.global_batch_size", 256),
+        "micro_batch_size_for_experience": ("worker.actor.micro_batch_size_per_device_for_experience", 16),
+        "max_length": ("data.max_prompt_length", 512),
+        "max_pixels": ("data.max_pixels", 4194304),
+        "n_gpus_per_node": ("trainer.n_gpus_per_node", 8),
+        "nnodes": ("trainer.nnodes", 1),
+        "model": ("worker.actor.model.model_path", None),
+    },
+    # verl verl/trainer/config/_generated_ppo_trainer.yaml: algorithm.adv_estimator=gae,
+    # actor_rollout_ref.rollout.n=1, temperature=1.0, data.train_batch_size=1024,
+    # data.max_prompt_length=512, trainer.n_gpus_per_node=8, trainer.nnodes=1.
+    "verl": {
+        "adv_estimator": ("algorithm.adv_estimator", "gae"),
+        "num_generations": ("actor_rollout_ref.rollout.n", 1),
+        "temperature": ("actor_rollout_ref.rollout.temperature", 1.0),
+        "train_batch_size": ("data.train_batch_size", 1024),
+        "max_length": ("data.max_prompt_length", 512),
+        "n_gpus_per_node": ("trainer.n_gpus_per_node", 8),
+        "nnodes": ("trainer.nnodes", 1),
+        "model": ("actor_rollout_ref.model.path", None),
+    },
+}
+
+# Aliases a framework accepts for the same option (ms-swift 4 renamed train_type -> tuner_type;
+# transformers 5 accepts activation_checkpointing* for gradient_checkpointing*; TRL 1.x and
+# transformers 5 call torch_dtype `dtype` in model init kwargs).
+ALIASES: dict[str, dict[str, tuple[str, ...]]] = {
+    "swift": {"tuner_type": ("train_type",), "torch_dtype": ("dtype",)},
+    "trl": {"gradient_checkpointing": ("activation_checkpointing",),
+            "gradient_checkpointing_kwargs": ("activation_checkpointing_kwargs",), "torch_dtype": ("dtype",)},
+}
+
+
+def known_options(framework: str) -> Callable[[str], bool] | None:
+    """A predicate telling whether an option name is one the framework accepts (None: not checked)."""
+    ta = known.TRANSFORMERS_TRAINING_ARGUMENTS
+    if framework in ("trl", "unsloth"):
+        names = ta | known.TRL
+        return names.__contains__
+    if framework == "vlm-r1":
+        names = ta | known.TRL | known.VLM_R1
+        return names.__contains__
+    if framework == "llamafactory":
+        names = ta | known.LLAMAFACTORY
+        return names.__contains__
+    if framework == "swift":
+        names = ta | known.TRL | known.SWIFT
+        return names.__contains__
+    if framework == "verl":
+        return known.VERL.__contains__
+    if framework == "easyr1":
+        # worker.* holds deep per-worker dataclasses; data / algorithm / trainer are checked
+        def easyr1(name: str) -> bool:
+            return not name.startswith(("data.", "algorithm.", "trainer.")) or name in known.EASYR1
+
+        return easyr1
+    return None
+
+
+class View:
+    """A :class:`RunConfig` read through its framework's table."""
+
+    def __init__(self, run: RunConfig) -> None:
+        self.run = run
+        self.framework = run.framework
+        self.table = TABLES.get(run.framework, {})
+
+    def opt(self, concept: str) -> Opt | None:
+        """The option for ``concept``: set in the config, else the framework's default, else None."""
+        entry = self.table.get(concept)
+        if entry is None:
+            return None
+        name, default = entry
+        for candidate in (name, *ALIASES.get(self.framework, {}).get(name, ())):
+            if candidate in self.run.options:
+                return Opt(candidate, self.run.options[candidate], True)
+        if default is _MISSING:
+            return None
+        return Opt(name, default, False)
+
+    def name(self, concept: str) -> str:
+        """The framework's spelling of ``concept`` (for fixes), even when unset."""
+        entry = self.table.get(concept)
+        return entry[0] if entry else concept
+
+    @property
+    def is_grpo(self) -> bool:
+        """Whether the run samples groups for GRPO-style advantages."""
+        fw, options = self.framework, self.run.options
+        if fw == "vlm-r1":
+            return True
+        if fw in ("verl", "easyr1"):
+            est = self.opt("adv_estimator")
+            return est is not None and str(est.value).lower() in ("grpo", "rloo", "grpo_passk", "dapo", "gspo")
+        if fw == "swift":
+            return self.run.entry == "rlhf" and str(options.get("rlhf_type", "")).lower() == "grpo"
+        if fw == "trl":
+            entry = (self.run.entry or "").lower()
+            return "grpo" in entry or "GRPOConfig" in self.run.calls or "num_generations" in options
+        return False
+
+    @property
+    def is_sft(self) -> bool:
+        fw = self.framework
+        if fw == "unsloth":
+            return True
+        if fw == "trl":
+            return not self.is_grpo and "dpo" not in (self.run.entry or "").lower()
+        if fw == "llamafactory":
+            stage = self.opt("stage")
+            return stage is None or str(stage.value) == "sft"
+        return False
