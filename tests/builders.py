@@ -1,0 +1,73 @@
+"""Small builders for scan tests: real image files made with PIL, datasets written in the layouts
+users have, and the per-sample records of a scan (``--output``)."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from tokenizers import Tokenizer
+
+import vlmcheck
+from vlmcheck.families import Overrides
+from vlmcheck.model import ModelSpec, load_model
+
+
+@cache
+def spec(checkpoint: Path, *, max_pixels: int | None = None, resize: str = "processor") -> ModelSpec:
+    """A loaded model, shared between tests: reading tokenizer.json takes about a second."""
+    return load_model(checkpoint, overrides=Overrides(max_pixels=max_pixels, resize=resize))
+
+
+@cache
+def tokenizer(checkpoint: Path) -> Tokenizer:
+    """The checkpoint's real tokenizer, loaded by the tests themselves (not through vlmcheck)."""
+    return Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
+
+
+def image(path: Path, width: int, height: int, *, fmt: str | None = None, color: str = "red") -> Path:
+    """A real, small (one-colour) image file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (width, height), color).save(path, format=fmt)
+    return path
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose IHDR declares ``width`` x ``height`` with a valid CRC, and one tiny IDAT: PIL reads
+    the size from the header without allocating the pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00"))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def write_json(path: Path, rows: list[Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    return path
+
+
+def records(dataset: Path, *, model: Path, out: Path | None = None, **options: Any) -> list[dict[str, Any]]:
+    """Scan ``dataset`` and return its ``--output`` records, in order."""
+    out = out or dataset.parent / f"{dataset.name}.records.jsonl"
+    vlmcheck.scan(dataset, model=spec(model), output=out, **options)
+    return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+
+
+def by_id(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["id"]: r for r in rows}
