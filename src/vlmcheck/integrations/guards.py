@@ -666,13 +666,14 @@ class SpanGuardCollator:
 _MISMATCH_MARKERS = ("features and image tokens do not match", "features and video tokens do not match")
 
 
-def _is_mismatch(error: BaseException) -> bool:
+def _mismatch_message(error: BaseException) -> str | None:
+    """The model's own mismatch message, also when a trainer re-raised it with its own words."""
     seen: BaseException | None = error
     while seen is not None:
         if any(marker in str(seen) for marker in _MISMATCH_MARKERS):
-            return True
+            return str(seen)
         seen = seen.__cause__ or seen.__context__
-    return False
+    return None
 
 
 @contextlib.contextmanager
@@ -709,17 +710,18 @@ def explain_vision_mismatch(
     try:
         yield
     except Exception as error:
-        if not _is_mismatch(error) or "input_ids" not in latest:
+        original = _mismatch_message(error)
+        if original is None or "input_ids" not in latest:
             raise
         batch = {k: v for k, v in latest.items() if v is not None}
         try:
             accounts = account_batch(batch, spec=spec)
         except SpanMismatchError as unknown:
-            raise SpanMismatchError(f"{error}\nvlmcheck: {unknown}") from error
+            raise SpanMismatchError(f"{original}\nvlmcheck: {unknown}") from error
         lines = "\n".join("  " + a.describe() for a in accounts)
         bad = [a.index for a in accounts if not a.ok]
         raise SpanMismatchError(
-            f"{error}\nvlmcheck: samples {bad} of the failing batch are involved. Per sample:\n{lines}\n"
+            f"{original}\nvlmcheck: samples {bad} of the failing batch are involved. Per sample:\n{lines}\n"
             f"Fix: {_fix_hint(next(a for a in accounts if not a.ok), max_length=None) if bad else 'see above'}.",
             accounts,
         ) from error
