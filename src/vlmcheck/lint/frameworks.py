@@ -162,9 +162,18 @@ ALIASES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
+# TrainingArguments options of transformers 4.x that 5.x dropped; LLaMA-Factory, VLM-R1 and ms-swift
+# run on 4.x, so they are still valid there.
+TRANSFORMERS_4_ONLY = frozenset({
+    "warmup_ratio", "overwrite_output_dir", "logging_dir", "evaluation_strategy", "no_cuda", "use_mps_device",
+    "per_gpu_train_batch_size", "per_gpu_eval_batch_size", "save_safetensors", "fp16_backend",
+    "half_precision_backend", "include_tokens_per_second", "include_inputs_for_metrics", "use_ipex",
+})
+
+
 def known_options(framework: str) -> Callable[[str], bool] | None:
     """A predicate telling whether an option name is one the framework accepts (None: not checked)."""
-    ta = known.TRANSFORMERS_TRAINING_ARGUMENTS
+    ta = known.TRANSFORMERS_TRAINING_ARGUMENTS | TRANSFORMERS_4_ONLY
     if framework in ("trl", "unsloth"):
         names = ta | known.TRL
         return names.__contains__

@@ -376,14 +376,15 @@ def max_pixels_exceeds_length(ctx: Context) -> list[LintFinding]:
     if tokens <= length:
         return []
     fit_pixels = (length - IMAGE_WRAP_TOKENS) * side * side
+    cap = (length * 3 // 4 - IMAGE_WRAP_TOKENS) * side * side  # leaves a quarter of the length to text
     default = "" if explicit else f" ({ctx.view.framework}'s default)"
+    pix_fix = f"`MAX_PIXELS={cap}` in the environment" if pix_name == "MAX_PIXELS" else ctx.spell(pix_name, cap)
     return [make(
         "VL202",
         f"an image at {pix_name}={pixels:,}{default} takes up to {tokens:,} tokens ({ctx.family}: one per "
         f"{side}x{side} px), more than {len_opt.name}={length:,}; images over {fit_pixels:,} px cannot fit "
         "even alone (run with --data to check the real images)",
-        fix=f"{ctx.spell(pix_name if pix_name != 'MAX_PIXELS' else 'MAX_PIXELS', fit_pixels // 2)} "
-        f"(half the length for the image), or {ctx.spell(len_opt.name, tokens + 512)}",
+        fix=f"{pix_fix} (leaves a quarter of {len_opt.name} to text), or {ctx.spell(len_opt.name, tokens + 512)}",
         option=pix_name, max_pixels=pixels, image_tokens=tokens, max_length=length, family=ctx.family,
     )]
 
