@@ -24,7 +24,15 @@ import jinja2
 
 from vlmcheck import findings as F
 from vlmcheck.chat import render_chat
-from vlmcheck.data.formats import FORMATS, Conversation, ImageRef, RowError, detect_format, to_conversation
+from vlmcheck.data.formats import (
+    FORMATS,
+    Conversation,
+    ImageRef,
+    RowError,
+    detect_format,
+    row_id,
+    to_conversation,
+)
 from vlmcheck.data.images import ImageInfo, ImageProblem, decode_data_url, probe_bytes, probe_path
 from vlmcheck.data.readers import BadRow, count_rows, iter_rows
 from vlmcheck.errors import DatasetError, UsageError
@@ -195,6 +203,8 @@ class Scanner:
         if isinstance(item, BadRow):
             result.findings.append(F.make("VC001", item.reason))
             return result, None
+        if isinstance(item, dict):  # a malformed row is still reported under its id
+            result.id = row_id(item) or result.id
         fmt = self.options.format or detect_format(item)
         if fmt is None and isinstance(item, dict) and ("messages" in item or "conversations" in item):
             fmt = "sharegpt"  # has the field, in the wrong shape: let the reader name what is wrong

@@ -99,7 +99,7 @@ def _images_field(row: dict[str, Any]) -> list[ImageRef]:
     return [image_ref(v) for v in value if v is not None]
 
 
-def _row_id(row: dict[str, Any]) -> str | None:
+def row_id(row: dict[str, Any]) -> str | None:
     for key in _ID_KEYS:
         if key in row and isinstance(row[key], (str, int)) and not isinstance(row[key], bool):
             return str(row[key])
@@ -149,7 +149,7 @@ def _tagged(row: dict[str, Any], turns: list[Any], role_key: str, text_key: str,
         # Text-only turns stay strings: templates render strings and parts differently.
         messages.append({"role": role, "content": _split_tags(text) if n else text})
     mismatch = (tags, len(images)) if tags != len(images) else None
-    return Conversation(messages=messages, images=images, id=_row_id(row), mismatch=mismatch)
+    return Conversation(messages=messages, images=images, id=row_id(row), mismatch=mismatch)
 
 
 def _typed(row: dict[str, Any], turns: list[Any]) -> Conversation:
@@ -204,7 +204,7 @@ def _typed(row: dict[str, Any], turns: list[Any]) -> Conversation:
     images = inline or listed
     placeholders = tags + bare + len(inline)
     mismatch = (placeholders, len(images)) if placeholders != len(images) else None
-    return Conversation(messages=messages, images=images, id=_row_id(row), mismatch=mismatch)
+    return Conversation(messages=messages, images=images, id=row_id(row), mismatch=mismatch)
 
 
 def detect_format(row: Any) -> str | None:

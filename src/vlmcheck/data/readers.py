@@ -104,7 +104,8 @@ def _json_lines(path: Path) -> Iterator[Any]:
             if not raw.strip():
                 continue
             try:
-                text = raw.decode("utf-8")
+                # without the newline, so that an error at the end of the line names its column
+                text = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as e:
                 yield BadRow(f"line {lineno} is not UTF-8 (byte {e.start})", lineno)
                 continue
