@@ -58,7 +58,8 @@ _CHECKS = {
     ),
     "grad-nan": (
         "non-finite gradients: lower the learning rate, set max_grad_norm, use bf16 instead of fp16, and look "
-        "for samples with extreme lengths or corrupt images in the steps just before."
+        "for samples with extreme lengths or corrupt images in the steps just before. The logged loss may look "
+        "finite: Trainer's logging_nan_inf_filter=True (the default) logs a NaN loss as the running mean."
     ),
     "reward-std-zero": (
         "every completion of every group got the same reward, so GRPO's advantages are 0 and nothing is learned: "
