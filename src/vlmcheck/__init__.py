@@ -31,6 +31,19 @@ _LAZY: dict[str, str] = {
     "load_model": "vlmcheck.model",
     "ModelSpec": "vlmcheck.model",
     # -- integrations (guards, callbacks): helper block --------------------------------------
+    "SpanGuardCollator": "vlmcheck.integrations.guards",
+    "SpanMismatchError": "vlmcheck.integrations.guards",
+    "VisionSpec": "vlmcheck.integrations.guards",
+    "explain_vision_mismatch": "vlmcheck.integrations.guards",
+    "truncate_batch": "vlmcheck.integrations.guards",
+    "vision_spec": "vlmcheck.integrations.guards",
+    "VisionTokenSuppressor": "vlmcheck.integrations.rollout",
+    "check_rollout": "vlmcheck.integrations.rollout",
+    "sanitize_completion_ids": "vlmcheck.integrations.rollout",
+    "vision_token_ids": "vlmcheck.integrations.rollout",
+    "vllm_sampling_kwargs": "vlmcheck.integrations.rollout",
+    "TrainingHealthCallback": "vlmcheck.integrations.callbacks",
+    # -- end of integrations block ------------------------------------------------------------
     # -- lint: helper block --------------------------------------------------------------------
 }
 
