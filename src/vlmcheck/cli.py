@@ -77,7 +77,9 @@ def _fail_on(_ctx: click.Context, _param: click.Parameter, value: str) -> Severi
               help="How --max/--min-pixels apply: processor kwargs (TRL); prescale (LLaMA-Factory "
                    "image_max_pixels, EasyR1/verl); qwen-vl-utils (ms-swift MAX_PIXELS).")
 @click.option("--qwen-vl-utils", is_flag=True, help="Images go through qwen-vl-utils first (= --resize qwen-vl-utils).")
-@click.option("--no-exif", is_flag=True, help="Ignore EXIF orientation (images passed as opened PIL images).")
+@click.option("--exif/--no-exif", default=None,
+              help="Whether images are seen EXIF-rotated (default: yes with --resize processor, where "
+                   "transformers loads paths; no otherwise, and for images passed as opened PIL images).")
 @click.option("--allow-outside-root", is_flag=True, help="Read image paths outside the image root.")
 @click.option("--chat-template", type=click.Path(exists=True, dir_okay=False, path_type=str),
               help="A Jinja chat template file to use instead of the checkpoint's.")
@@ -93,7 +95,7 @@ def _fail_on(_ctx: click.Context, _param: click.Parameter, value: str) -> Severi
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing; use the exit code.")
 def scan_command(dataset: str, model: str, max_length: int | None, truncation: str, format_: str | None,
                  image_root: str | None, max_pixels: int | None, min_pixels: int | None, resize: str,
-                 qwen_vl_utils: bool, no_exif: bool, allow_outside_root: bool, chat_template: str | None,
+                 qwen_vl_utils: bool, exif: bool | None, allow_outside_root: bool, chat_template: str | None,
                  split: str | None, workers: int, limit: int | None, json_path: str | None, output: str | None,
                  fail_on: Severity, show: int, quiet: bool) -> None:
     """Count every sample's tokens as the model's processor would and report what will break."""
@@ -114,7 +116,7 @@ def scan_command(dataset: str, model: str, max_length: int | None, truncation: s
         report = scan(
             dataset, model=model, max_length=max_length, truncation=truncation, format=format_,
             image_root=image_root, max_pixels=max_pixels, min_pixels=min_pixels, resize=resize,
-            exif_transpose=not no_exif, allow_outside_root=allow_outside_root, chat_template=template,
+            exif_transpose=exif, allow_outside_root=allow_outside_root, chat_template=template,
             split=split, workers=workers, limit=limit, output=output, progress=progress,
         )
     except VlmcheckError as e:

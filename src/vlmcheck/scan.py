@@ -394,7 +394,7 @@ def scan(
     max_pixels: int | None = None,
     min_pixels: int | None = None,
     resize: str = "processor",
-    exif_transpose: bool = True,
+    exif_transpose: bool | None = None,
     allow_outside_root: bool = False,
     chat_template: str | None = None,
     split: str | None = None,
@@ -416,6 +416,9 @@ def scan(
             ``llamafactory`` (LLaMA-Factory's per-turn split of cutoff_len).
         resize: how ``max_pixels``/``min_pixels`` apply: ``processor``, ``prescale``
             (LLaMA-Factory ``image_max_pixels``, EasyR1/verl) or ``qwen-vl-utils`` (ms-swift).
+        exif_transpose: whether images are seen EXIF-rotated. Default: yes for ``processor``
+            (transformers' ``load_image`` applies it to paths), no for ``prescale`` and
+            ``qwen-vl-utils`` (LLaMA-Factory, EasyR1 and qwen-vl-utils call ``Image.open`` only).
         output: write one JSON record per sample to this .jsonl file (atomically).
         progress: called as ``progress(done, total_or_None)`` while scanning.
     """
@@ -441,6 +444,8 @@ def scan(
     if not path.exists():
         raise DatasetError(f"dataset not found: {path}")
     root = Path(image_root) if image_root is not None else (path if path.is_dir() else path.parent)
+    if exif_transpose is None:
+        exif_transpose = resize == "processor"
     options = ScanOptions(max_length=max_length, truncation=truncation, format=format,
                           image_root=str(root), exif_transpose=exif_transpose,
                           allow_outside_root=allow_outside_root, split=split)
