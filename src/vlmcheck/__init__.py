@@ -45,6 +45,10 @@ _LAZY: dict[str, str] = {
     "TrainingHealthCallback": "vlmcheck.integrations.callbacks",
     # -- end of integrations block ------------------------------------------------------------
     # -- lint: helper block --------------------------------------------------------------------
+    "lint": "vlmcheck.lint",  # imported eagerly at the end of this file; see there
+    "LintFinding": "vlmcheck.lint",
+    "LintReport": "vlmcheck.lint",
+    # -- end of lint block ----------------------------------------------------------------------
 }
 
 __all__ = sorted(
@@ -73,3 +77,10 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+# -- lint: eager import ----------------------------------------------------------------------------
+# `vlmcheck.lint` is both a subpackage and its function: importing any vlmcheck.lint.* module binds the
+# attribute to the package, which a lazy name would never override. Importing the function here (the
+# package is light: no torch, no YAML until used) makes `vlmcheck.lint(...)` the function for good.
+from vlmcheck.lint import lint as lint  # noqa: E402
