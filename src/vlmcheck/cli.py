@@ -147,3 +147,8 @@ def demo_command(max_length: int, model_type: str) -> None:
         raise click.UsageError(str(e)) from None
     click.echo(f"$ {command}\n")
     click.echo(report.render(), nl=False)
+
+
+from vlmcheck.lint.cli import lint_command  # noqa: E402  (lint: registration)
+
+main.add_command(lint_command)
