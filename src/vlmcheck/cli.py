@@ -149,6 +149,27 @@ def demo_command(max_length: int, model_type: str) -> None:
     click.echo(report.render(), nl=False)
 
 
+@main.command("families")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def families_command(as_json: bool) -> None:
+    """List the model families vlmcheck counts, how exactly, and the settings each reads.
+
+    A model_type not listed here is an error naming these; nothing is guessed.
+    """
+    import json
+
+    from vlmcheck.families import families
+
+    rows = families()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        settings = ", ".join(str(s) for s in row["settings"])  # type: ignore[attr-defined]
+        click.echo(f"{row['model_type']:<12} {row['title']:<12} {row['exactness']}")
+        click.echo(f"{'':<12} placeholder {row['placeholder']}; reads preprocessor_config.json: {settings}")
+
+
 from vlmcheck.lint.cli import lint_command  # noqa: E402  (lint: registration)
 
 main.add_command(lint_command)

@@ -252,8 +252,8 @@ class Scanner:
         result.supervised_tokens = layout.supervised_tokens
         result.text_only_tokens = layout.total - sum(layout.image_tokens)
         if self.options.max_length is not None and placeholders == len(counts):
-            self._truncation(result, layout, self.options.max_length)
             result.fits_max_pixels = self._fit_budget(sizes, result.text_only_tokens)
+            self._truncation(result, layout, self.options.max_length)
 
     def _truncation(self, result: SampleResult, layout: Layout, max_length: int) -> None:
         if layout.total <= max_length:
@@ -276,7 +276,7 @@ class Scanner:
                     "VC201",
                     f"image {k} of {n} needs {size:,} tokens, only {survive:,} survive truncation at "
                     f"max_length={max_length:,} ({self.options.truncation}); the sample is {layout.total:,} tokens",
-                    fix=self._cut_fix(layout.total, max_length),
+                    fix=self._cut_fix(layout.total, result.fits_max_pixels),
                     image=k, image_tokens=size, kept=survive, tokens=layout.total, max_length=max_length))
         supervised = layout.supervised_tokens
         kept_supervised = sum(overlap(r, kept) for r in layout.supervised)
@@ -293,9 +293,11 @@ class Scanner:
                 f"{supervised - kept_supervised:,} of {supervised:,} supervised tokens lost",
                 tokens=layout.total, max_length=max_length, supervised_lost=supervised - kept_supervised))
 
-    def _cut_fix(self, total: int, max_length: int) -> str:
+    def _cut_fix(self, total: int, fits_max_pixels: int | None) -> str:
         fix = f"raise max_length to {total:,}"
-        return fix + ", cap max_pixels (see the summary), or drop/split the sample with `vlmcheck repair`"
+        if fits_max_pixels is not None:
+            fix += f", or cap max_pixels at {fits_max_pixels:,} (the sample then fits whole)"
+        return fix + ", or drop the sample"
 
     def _fit_budget(self, sizes: list[tuple[int, int]], text_tokens: int) -> int | None:
         """Largest pixel budget (a multiple of factor**2) under which the sample fits whole."""

@@ -37,4 +37,13 @@ def known_families() -> dict[str, Family]:
     return dict(_FAMILIES)
 
 
-__all__ = ["Family", "ImageIssue", "Overrides", "get_family", "known_families", "register_family"]
+__all__ = ["Family", "ImageIssue", "Overrides", "families", "get_family", "known_families", "register_family"]
+
+
+def families() -> list[dict[str, object]]:
+    """What `vlmcheck families` prints: each family, how exact its count is, the settings it reads."""
+    return [
+        {"model_type": f.name, "title": f.title, "exactness": f.exactness, "settings": list(f.settings_read),
+         "placeholder": f.placeholder, "image_token": f.image_token}
+        for f in _FAMILIES.values()
+    ]
