@@ -13,8 +13,8 @@ import random
 
 import pytest
 from PIL import Image
-from realparts import qwen_processor, tiny_qwen2_vl_model
 
+from realparts import qwen_processor, tiny_qwen2_vl_model
 from vlmcheck import scan
 
 pytestmark = pytest.mark.slow

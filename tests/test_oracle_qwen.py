@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from realparts import qwen_processor
 
+from realparts import qwen_processor
 from vlmcheck import scan
 
 IMAGE_PAD_ID = 151655

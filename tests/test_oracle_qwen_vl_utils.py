@@ -11,8 +11,8 @@ from itertools import groupby
 
 import pytest
 from PIL import Image
-from realparts import qwen_processor
 
+from realparts import qwen_processor
 from vlmcheck import scan
 
 

@@ -157,7 +157,7 @@ class ReportBuilder:
             "severity": dict(severity),
             "max_length": self.options.max_length,
             "truncation": self.options.truncation,
-            "settings": asdict(self.settings) if is_dataclass(self.settings) else repr(self.settings),
+            "settings": _settings_dict(self.settings),
             "images": self.images,
             "image_tokens": {"total": self.image_tokens, "max": self.max_image_tokens},
             "tokens": stats,
@@ -170,7 +170,13 @@ class ReportBuilder:
 
 
 def _current_budget(settings: Any) -> int:
-    return int(getattr(settings, "pre_max_pixels", None) or getattr(settings, "max_pixels", 2**62))
+    return int(getattr(settings, "pre_max_pixels", None) or getattr(settings, "max_pixels", None) or 2**62)
+
+
+def _settings_dict(settings: Any) -> dict[str, Any] | str:
+    if is_dataclass(settings) and not isinstance(settings, type):
+        return asdict(settings)
+    return repr(settings)
 
 
 def _n(value: Any) -> str:

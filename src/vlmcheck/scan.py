@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,7 +239,7 @@ class Scanner:
                 sizes: list[tuple[int, int]], ids: list[int], offsets: list[tuple[int, int]]) -> None:
         known = [c if c is not None else 1 for c in counts]
         layout = build_layout(ids, offsets, image_token_id=self.image_token_id, image_sizes=known,
-                              supervised_chars=self._supervised_chars(conv, text))
+                              supervised_chars=self._supervised_chars(conv, text), text=text)
         placeholders = len(layout.images)
         if placeholders != len(counts) and conv.mismatch is None:
             result.findings.append(F.make(

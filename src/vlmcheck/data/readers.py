@@ -136,7 +136,7 @@ def _arrow_files(folder: Path, split: str | None) -> list[Path]:
     if (folder / "dataset_dict.json").is_file():
         splits = json.loads((folder / "dataset_dict.json").read_text()).get("splits", [])
         chosen = split or ("train" if "train" in splits else (splits[0] if splits else None))
-        if chosen not in splits:
+        if chosen is None or chosen not in splits:
             raise DatasetError(f"{folder} has splits {splits}; pick one with --split")
         folder = folder / chosen
     state = folder / "state.json"

@@ -107,8 +107,8 @@ def vocab_and_merges(tiktoken: bytes) -> tuple[dict[str, int], list[tuple[str, s
     ranks: dict[bytes, int] = {}
     for line in tiktoken.splitlines():
         if line:
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
+            encoded, rank = line.split()
+            ranks[base64.b64decode(encoded)] = int(rank)
     alphabet = _byte_to_unicode()
 
     def as_str(token: bytes) -> str:
@@ -116,19 +116,28 @@ def vocab_and_merges(tiktoken: bytes) -> tuple[dict[str, int], list[tuple[str, s
 
     vocab: dict[str, int] = {}
     merges: list[tuple[int, int, int, bytes, bytes]] = []
-    for token, rank in ranks.items():
-        vocab[as_str(token)] = rank
-        for cut in range(1, len(token)):
-            left, right = token[:cut], token[cut:]
+    for piece, piece_rank in ranks.items():
+        vocab[as_str(piece)] = piece_rank
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
             if left in ranks and right in ranks:
-                merges.append((rank, ranks[left], ranks[right], left, right))
+                merges.append((piece_rank, ranks[left], ranks[right], left, right))
     merges.sort()
     return vocab, [(as_str(left), as_str(right)) for _, _, _, left, right in merges]
 
 
 def build_qwen2_tokenizer(tiktoken: bytes, *, qwen25: bool = True):  # -> tokenizers.Tokenizer
     """The Qwen2(-VL) tokenizer as a `tokenizers.Tokenizer`."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
 
     vocab, merges = vocab_and_merges(tiktoken)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=False, ignore_merges=False))

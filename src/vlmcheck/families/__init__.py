@@ -12,9 +12,7 @@ from vlmcheck.families import qwen2_5_vl, qwen2_vl, qwen3_vl
 from vlmcheck.families.base import Family, ImageIssue, Overrides
 
 _FAMILIES: dict[str, Family] = {
-    "qwen2_vl": qwen2_vl.FAMILY,
-    "qwen2_5_vl": qwen2_5_vl.FAMILY,
-    "qwen3_vl": qwen3_vl.FAMILY,
+    family.name: family for family in (qwen2_vl.FAMILY, qwen2_5_vl.FAMILY, qwen3_vl.FAMILY)
 }
 
 

@@ -48,12 +48,28 @@ class ImageIssue:
 class Family(Protocol):
     """One model family (a ``config.model_type``). Implementations live one per file."""
 
-    name: str  # the model_type
-    title: str
-    placeholder: str  # what the chat template writes for one image
-    image_token: str  # the token repeated once per image feature
-    exactness: str  # how the count is known to be right (shown by `vlmcheck families`)
-    settings_read: tuple[str, ...]  # checkpoint keys this family reads
+    @property
+    def name(self) -> str:
+        """The ``model_type`` this family handles."""
+
+    @property
+    def title(self) -> str: ...
+
+    @property
+    def placeholder(self) -> str:
+        """What the chat template writes for one image."""
+
+    @property
+    def image_token(self) -> str:
+        """The token repeated once per image feature."""
+
+    @property
+    def exactness(self) -> str:
+        """How the count is known to be right (shown by `vlmcheck families`)."""
+
+    @property
+    def settings_read(self) -> tuple[str, ...]:
+        """Checkpoint keys this family reads."""
 
     def settings(self, *, preprocessor: dict[str, Any], config: dict[str, Any], overrides: Overrides) -> Any:
         """Processor settings from the checkpoint's files, with the user's overrides applied."""
