@@ -68,14 +68,29 @@ def _config_family(view: View) -> str | None:
     return None
 
 
-def _scan_summary(data: str | os.PathLike[str], model: str | os.PathLike[str]) -> dict[str, Any]:
+def _pixel_cap(run: RunConfig, view: View) -> int | None:
+    """The image size cap the run resizes with, so the scan counts the tokens training will see."""
+    if run.framework == "swift" and str(run.env.get("MAX_PIXELS", "")).isdigit():
+        return int(run.env["MAX_PIXELS"])
+    opt = view.opt("max_pixels")
+    if opt is not None and isinstance(opt.value, int) and not isinstance(opt.value, bool):
+        return opt.value
+    return None
+
+
+def _scan_summary(
+    data: str | os.PathLike[str], model: str | os.PathLike[str], max_pixels: int | None
+) -> dict[str, Any]:
     try:
         from vlmcheck.scan import scan
     except ImportError as exc:
         raise VlmcheckError(
             f"--data needs vlmcheck.scan, which this build does not have yet ({exc}); lint without --data"
         ) from None
-    report = scan(str(data), model=str(model))
+    if max_pixels is not None:
+        report = scan(str(data), model=str(model), max_pixels=max_pixels)
+    else:
+        report = scan(str(data), model=str(model))
     summary = getattr(report, "summary", None)
     if not isinstance(summary, dict):
         raise VlmcheckError("vlmcheck.scan returned a report without a summary dict; cannot check lengths")
@@ -126,7 +141,7 @@ def lint(
                 scan_model = named.value
         if scan_model is None:
             raise UsageError("--data needs --model (a checkpoint folder or hub id) to count tokens")
-        summary = _scan_summary(data, scan_model)
+        summary = _scan_summary(data, scan_model, _pixel_cap(run, view))
     ctx = Context(
         run=run,
         view=view,
