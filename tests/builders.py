@@ -20,13 +20,16 @@ from vlmcheck.model import ModelSpec, load_model
 
 @cache
 def spec(checkpoint: Path, *, max_pixels: int | None = None, resize: str = "processor") -> ModelSpec:
-    """A loaded model, shared between tests: reading tokenizer.json takes about a second."""
-    return load_model(checkpoint, overrides=Overrides(max_pixels=max_pixels, resize=resize))
+    """A loaded model, shared between tests: reading tokenizer.json takes about a second, so models
+    that differ only in processor settings share one tokenizer."""
+    loaded = load_model(checkpoint, overrides=Overrides(max_pixels=max_pixels, resize=resize))
+    loaded.__dict__["tokenizer"] = tokenizer(checkpoint)  # ModelSpec.tokenizer is a cached_property
+    return loaded
 
 
 @cache
 def tokenizer(checkpoint: Path) -> Tokenizer:
-    """The checkpoint's real tokenizer, loaded by the tests themselves (not through vlmcheck)."""
+    """The checkpoint's real tokenizer (tokenizer.json read by the `tokenizers` library)."""
     return Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
 
 
@@ -65,7 +68,9 @@ def write_json(path: Path, rows: list[Any]) -> Path:
 def records(dataset: Path, *, model: Path, out: Path | None = None, **options: Any) -> list[dict[str, Any]]:
     """Scan ``dataset`` and return its ``--output`` records, in order."""
     out = out or dataset.parent / f"{dataset.name}.records.jsonl"
-    vlmcheck.scan(dataset, model=spec(model), output=out, **options)
+    # a loaded ModelSpec carries its own processor settings: build it with the pixel options
+    loaded = spec(model, max_pixels=options.pop("max_pixels", None), resize=options.pop("resize", "processor"))
+    vlmcheck.scan(dataset, model=loaded, output=out, **options)
     return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
 
 

@@ -42,10 +42,12 @@ def build_layout(
     image_token_id: int,
     image_sizes: list[int],
     supervised_chars: list[Range],
+    text: str | None = None,
 ) -> Layout:
     """``ids``/``offsets``: the tokenized collapsed text; ``image_sizes``: tokens per placeholder
     (extra placeholders beyond the images get 1); ``supervised_chars``: character spans of
-    assistant turns in the rendered text."""
+    assistant turns in the rendered text; ``text``: that text, to give each turn's response the
+    whitespace tokens after it (LLaMA-Factory's response slot is ``{{content}}<|im_end|>\n``)."""
     positions = [i for i, t in enumerate(ids) if t == image_token_id]
     shifts: list[int] = []  # cumulative extra tokens after each placeholder
     extra = 0
@@ -65,15 +67,20 @@ def build_layout(
     starts = [s for s, _ in offsets]
     ends = [e for _, e in offsets]
     supervised: list[Range] = []
+    targets: list[Range] = []
     for a, b in supervised_chars:
         first = bisect_right(ends, a)  # first token ending after a
         last = bisect_left(starts, b)  # first token starting at/after b
         if first < last:
             supervised.append((full(first), full(last - 1) + 1))
+            while (text is not None and last < len(ids) and ids[last] != image_token_id
+                   and not text[offsets[last][0]:offsets[last][1]].strip()):
+                last += 1
+            targets.append((supervised[-1][0], full(last - 1) + 1))
     total = len(ids) + extra
     turns: list[tuple[Range, Range]] = []
     cursor = 0
-    for s, e in supervised:
+    for s, e in targets:
         turns.append(((cursor, s), (s, e)))
         cursor = e
     return Layout(total=total, images=images, supervised=supervised, turns=turns)
