@@ -4,6 +4,7 @@ codes (0 clean, 1 findings at or above --fail-on, 2 usage), and the files --json
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -14,7 +15,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import vlmcheck.scan
 from builders import image, tokenizer, write_jsonl
 from vlmcheck.cli import main
 
@@ -24,14 +24,15 @@ QA = [{"role": "user", "content": "<image>What is it?"}, {"role": "assistant", "
 @pytest.fixture(autouse=True)
 def shared_tokenizer(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI loads the model as usual; only the one-second read of tokenizer.json is shared."""
-    real = vlmcheck.scan.load_model
+    scan_module = importlib.import_module("vlmcheck.scan")  # the module; `vlmcheck.scan` is the function
+    real = scan_module.load_model
 
     def load_model(model, **kwargs):
         spec = real(model, **kwargs)
         spec.__dict__["tokenizer"] = tokenizer(Path(spec.path))
         return spec
 
-    monkeypatch.setattr(vlmcheck.scan, "load_model", load_model)
+    monkeypatch.setattr(scan_module, "load_model", load_model)
 
 
 def run(*args: str | Path) -> tuple[int, str]:
@@ -174,3 +175,14 @@ def test_scanning_does_not_import_torch(tmp_path: Path) -> None:
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "[]\n"
+
+
+def test_vlmcheck_scan_stays_the_function_after_its_module_is_imported() -> None:
+    # The CLI imports `vlmcheck.scan` the module; `vlmcheck.scan(...)` must still be the function.
+    code = (
+        "from vlmcheck.scan import ScanOptions\n"
+        "import vlmcheck\n"
+        "print(vlmcheck.scan.__name__, vlmcheck.scan.__module__, callable(vlmcheck.lint))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout == "scan vlmcheck.scan True\n"

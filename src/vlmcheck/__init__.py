@@ -10,6 +10,8 @@ Importing vlmcheck never imports torch; integrations load transformers/TRL lazil
 
 from __future__ import annotations
 
+import sys as _sys
+from types import ModuleType as _ModuleType
 from typing import Any
 
 from vlmcheck.errors import (
@@ -84,3 +86,17 @@ def __getattr__(name: str) -> Any:
 # attribute to the package, which a lazy name would never override. Importing the function here (the
 # package is light: no torch, no YAML until used) makes `vlmcheck.lint(...)` the function for good.
 from vlmcheck.lint import lint as lint  # noqa: E402
+
+
+# -- `vlmcheck.scan` is both a module and its function -----------------------------------------------
+# Importing the submodule first (`from vlmcheck.scan import ScanOptions`, the CLI) makes the import
+# system bind the package attribute `scan` to the module, and the lazy `__getattr__` is then never
+# asked. The package's class keeps the public object under such a name instead.
+class _Package(_ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LAZY and isinstance(value, _ModuleType) and value.__name__ == f"{__name__}.{name}":
+            value = getattr(value, name, value)
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
