@@ -302,3 +302,12 @@ def test_recommended_max_pixels_under_other_resize_modes(resize: str, tmp_path: 
     budget = vlmcheck.scan(path, model=model, max_length=1024).summary["recommended_max_pixels"]["100%"]
     (row,) = records(path, model=qwen2_vl_checkpoint, max_length=1024, max_pixels=budget, resize=resize)
     assert row["findings"] == [] and row["tokens"] <= 1024
+
+
+def test_pixel_options_with_a_loaded_model_are_a_usage_error(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:
+    # a ModelSpec already holds its processor settings: silently ignoring max_pixels would mislead
+    path = write(tmp_path, TWO_IMAGES, SIZES)
+    with pytest.raises(vlmcheck.UsageError, match="max_pixels cannot change a loaded ModelSpec"):
+        vlmcheck.scan(path, model=spec(qwen2_vl_checkpoint), max_pixels=200_704)
+    with pytest.raises(vlmcheck.UsageError, match="resize cannot change a loaded ModelSpec"):
+        vlmcheck.scan(path, model=spec(qwen2_vl_checkpoint), resize="prescale")

@@ -438,6 +438,12 @@ def scan(
         if value is not None and value <= 0:
             raise UsageError(f"{name} must be positive")
     if isinstance(model, ModelSpec):
+        # a loaded model carries its processor settings and template: these would be ignored
+        given = [name for name, value in (("max_pixels", max_pixels), ("min_pixels", min_pixels),
+                                          ("chat_template", chat_template)) if value is not None]
+        if given or resize != "processor":
+            raise UsageError(f"{', '.join(given) or 'resize'} cannot change a loaded ModelSpec; pass the "
+                             "model path, or load_model(model, overrides=Overrides(...), chat_template=...)")
         spec = model
     else:
         overrides = Overrides(max_pixels=max_pixels, min_pixels=min_pixels, resize=resize)
