@@ -2,7 +2,7 @@
 docs/findings.md (the findings catalogue).
 
     python scripts/gen_docs.py          # rewrite the pages
-    python scripts/gen_docs.py --check  # exit 1 if a page is out of date (tests/test_docs.py does this)
+    python scripts/gen_docs.py --check  # exit 1 if a page is out of date (tests/test_docs_generated.py does this)
 """
 
 from __future__ import annotations
