@@ -64,6 +64,43 @@ def _complete(fp: IO[bytes], fmt: str | None) -> bool:
     return tail.rstrip(b"\x00").endswith(b";")
 
 
+def _png_chunks_after_pixels(fp: IO[bytes]) -> bool:
+    """Whether a PNG has any chunk after its image data besides IEND (or cannot be walked).
+
+    Chunk headers only: 8 bytes read per chunk, the data skipped with a seek.
+    """
+    start = fp.tell()
+    try:
+        fp.seek(8)  # signature
+        seen_idat = False
+        while True:
+            head = fp.read(8)
+            if len(head) < 8:
+                return True
+            length, kind = int.from_bytes(head[:4], "big"), head[4:]
+            if kind == b"IEND":
+                return False
+            if kind == b"IDAT":
+                seen_idat = True
+            elif seen_idat:
+                return True
+            fp.seek(length + 4, os.SEEK_CUR)  # data and CRC
+    finally:
+        fp.seek(start)
+
+
+def _exif(im: Image.Image, fp: IO[bytes]) -> Image.Exif:
+    """``im.getexif()`` without decoding pixels where that changes nothing.
+
+    Pillow's ``PngImageFile.getexif`` calls ``load()`` (a full decode) whenever no eXIf chunk
+    precedes the pixels, to pick up metadata chunks written after them. When the file has no chunk
+    there, loading adds nothing to ``im.info`` and the base ``Image.getexif`` gives the same answer.
+    """
+    if im.format == "PNG" and "exif" not in im.info and not _png_chunks_after_pixels(fp):
+        return Image.Image.getexif(im)
+    return im.getexif()
+
+
 def probe_stream(fp: IO[bytes], *, check_integrity: bool = True) -> ImageInfo:
     try:
         with warnings.catch_warnings():
@@ -74,7 +111,7 @@ def probe_stream(fp: IO[bytes], *, check_integrity: bool = True) -> ImageInfo:
                 orientation = 1
                 if fmt in ("JPEG", "PNG", "WEBP", "TIFF", "MPO", "HEIF", "AVIF"):
                     try:
-                        orientation = int(im.getexif().get(ORIENTATION_TAG, 1) or 1)
+                        orientation = int(_exif(im, fp).get(ORIENTATION_TAG, 1) or 1)
                     except Exception:  # a broken EXIF block: PIL's exif_transpose ignores it too
                         orientation = 1
     except Image.DecompressionBombError as e:
