@@ -51,6 +51,11 @@ _LAZY: dict[str, str] = {
     "LintFinding": "vlmcheck.lint",
     "LintReport": "vlmcheck.lint",
     # -- end of lint block ----------------------------------------------------------------------
+    "check_template": "vlmcheck.templates",  # template: issue 6
+    # -- repair: helper block ------------------------------------------------------------------
+    "repair": "vlmcheck.repairing",  # module named apart so that vlmcheck.repair stays the function
+    "RepairReport": "vlmcheck.repairing",
+    # -- end of repair block --------------------------------------------------------------------
 }
 
 __all__ = sorted(

@@ -173,3 +173,61 @@ def families_command(as_json: bool) -> None:
 from vlmcheck.lint.cli import lint_command  # noqa: E402  (lint: registration)
 
 main.add_command(lint_command)
+
+
+@main.command("repair")  # (repair: registration)
+@click.argument("dataset", type=click.Path(path_type=str))
+@click.option("--model", "-m", required=True, help="Checkpoint folder or Hugging Face model id.")
+@click.option("--max-length", type=click.IntRange(min=1), required=True, help="The framework's max_length / cutoff_len.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str),
+              help="The repaired dataset (same format as DATASET); its manifest goes to OUT.manifest.jsonl.")
+@click.option("--dry-run", is_flag=True, help="Print what would change, per strategy; write nothing.")
+@click.option("--on-overlong", type=click.Choice(["cap-pixels", "drop"]), default="cap-pixels", show_default=True,
+              help="Samples over --max-length with an image or all supervision cut: resize their images to "
+                   "the largest pixel budget that fits (else drop), or drop them.")
+@click.option("--truncation", type=click.Choice(TRUNCATIONS), default="right", show_default=True,
+              help="As for scan.")
+@click.option("--format", "format_", type=click.Choice(FORMATS), help="Force the dataset format (default: detect).")
+@click.option("--image-root", type=click.Path(file_okay=False, path_type=str),
+              help="Folder image paths are relative to (default: the dataset's folder).")
+@click.option("--max-pixels", type=click.IntRange(min=1), help="Pixel budget per image (see scan --resize).")
+@click.option("--min-pixels", type=click.IntRange(min=1), help="Minimum pixels per image (see scan --resize).")
+@click.option("--resize", type=click.Choice(RESIZE_MODES), default="processor", show_default=True,
+              help="How --max/--min-pixels apply, as for scan.")
+@click.option("--exif/--no-exif", default=None, help="Whether images are seen EXIF-rotated, as for scan.")
+@click.option("--allow-outside-root", is_flag=True, help="Read image paths outside the image root.")
+@click.option("--chat-template", type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="A Jinja chat template file to use instead of the checkpoint's.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), help="Write the summary as JSON.")
+def repair_command(dataset: str, model: str, max_length: int, output: str | None, dry_run: bool, on_overlong: str,
+                   truncation: str, format_: str | None, image_root: str | None, max_pixels: int | None,
+                   min_pixels: int | None, resize: str, exif: bool | None, allow_outside_root: bool,
+                   chat_template: str | None, json_path: str | None) -> None:
+    """Write a copy of DATASET that trains at --max-length: keep, fix (cap-pixels) or drop each sample,
+    every one accounted for in the manifest. The input is never modified."""
+    import json
+    from pathlib import Path
+
+    from vlmcheck.repairing import repair
+    from vlmcheck.util import atomic_write_text
+
+    if output is None and not dry_run:
+        raise click.UsageError("pass --output FILE (or --dry-run)")
+    template = Path(chat_template).read_text(encoding="utf-8") if chat_template else None
+    try:
+        report = repair(
+            dataset, model=model, max_length=max_length, output=output, dry_run=dry_run, on_overlong=on_overlong,
+            truncation=truncation, format=format_, image_root=image_root, max_pixels=max_pixels,
+            min_pixels=min_pixels, resize=resize, exif_transpose=exif, allow_outside_root=allow_outside_root,
+            chat_template=template,
+        )
+    except VlmcheckError as e:
+        raise click.UsageError(str(e)) from None
+    if json_path:
+        atomic_write_text(Path(json_path), json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    click.echo(report.render(), nl=False)
+
+
+from vlmcheck.templates.cli import template_command  # noqa: E402  (template: registration)
+
+main.add_command(template_command)

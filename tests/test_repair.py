@@ -1,0 +1,273 @@
+"""`vlmcheck repair`: every input row accounted for exactly once, unchanged rows kept as they were,
+the input never modified, outputs atomic, and the output scans clean and repairs to itself."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import vlmcheck
+from builders import image, spec, tokenizer, write_json, write_jsonl
+from vlmcheck.cli import main
+from vlmcheck.data.readers import iter_rows
+from vlmcheck.demo.run import DATA as DEMO_DATA
+from vlmcheck.errors import UsageError
+from vlmcheck.findings import CATALOGUE, Severity
+from vlmcheck.repairing import OUTCOMES, images_dir, manifest_path
+
+MAX_LENGTH = 512
+ERROR_CODES = {c for c, r in CATALOGUE.items() if r.severity >= Severity.ERROR}
+
+
+def qa(prompt: str = "<image>What is it?", answer: str = "A square.") -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+
+# One row per kind, and the outcome repair must give it at MAX_LENGTH.
+KINDS: dict[str, tuple[Any, str]] = {
+    "good": ({"id": "good", "messages": qa(), "images": ["small.png"], "extra": {"keep": [1, 2]}}, "kept"),
+    "text-only": ({"messages": qa("Hi", "Hello"), "source": "chat"}, "kept"),
+    "overlong-image": ({"id": "big", "messages": qa(), "images": ["big.png"]}, "changed"),
+    "overlong-two": ({"id": "two", "messages": qa("<image><image>Compare."), "images": ["small.png", "big.png"]},
+                     "changed"),
+    "overlong-text": ({"id": "essay", "messages": qa("<image>" + "lorem ipsum " * 400), "images": ["small.png"]},
+                      "dropped"),
+    "missing-image": ({"id": "gone", "messages": qa(), "images": ["nope.png"]}, "dropped"),
+    "mismatch": ({"id": "tags", "messages": qa("<image><image>Two?"), "images": ["small.png"]}, "dropped"),
+    "no-answer": ({"id": "mute", "messages": qa()[:1], "images": ["small.png"]}, "dropped"),
+    "not-an-object": ([1, 2, 3], "dropped"),
+}
+
+
+@pytest.fixture(scope="module")
+def model(qwen2_vl_checkpoint: Path) -> Any:
+    return spec(qwen2_vl_checkpoint)
+
+
+@pytest.fixture(autouse=True)
+def shared_tokenizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI loads the model as usual; only the one-second read of tokenizer.json is shared."""
+    repairing = importlib.import_module("vlmcheck.repairing")
+    real = repairing.load_model
+
+    def load_model(model: Any, **kwargs: Any) -> Any:
+        loaded = real(model, **kwargs)
+        loaded.__dict__["tokenizer"] = tokenizer(Path(loaded.path))
+        return loaded
+
+    monkeypatch.setattr(repairing, "load_model", load_model)
+
+
+def images(folder: Path) -> None:
+    image(folder / "small.png", 280, 224)  # 80 tokens
+    image(folder / "big.png", 1400, 1120)  # 2,000 tokens: over MAX_LENGTH, fits when capped
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def manifest(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in manifest_path(out).read_text(encoding="utf-8").splitlines()]
+
+
+def check_conservation(records: list[dict[str, Any]], n: int, out_rows: int) -> None:
+    assert [r["index"] for r in records] == list(range(n))  # every input index, once, in order
+    assert all(r["outcome"] in OUTCOMES for r in records)
+    written = [r["output_index"] for r in records if r["outcome"] != "dropped"]
+    assert written == list(range(out_rows))
+    assert all(r["output_index"] is None and r["reason"] for r in records if r["outcome"] == "dropped")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kinds=st.lists(st.sampled_from([*KINDS, "bad-json"]), max_size=10), as_array=st.booleans())
+def test_every_input_row_is_accounted_for_exactly_once(model: Any, kinds: list[str], as_array: bool) -> None:
+    if as_array:
+        kinds = [k for k in kinds if k != "bad-json"]  # an array with a bad element is unreadable past it
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        images(folder)
+        rows = [KINDS[k][0] for k in kinds if k != "bad-json"]
+        data = folder / ("data.json" if as_array else "data.jsonl")
+        if as_array:
+            write_json(data, rows)
+        else:
+            data.write_text("".join("{oops\n" if k == "bad-json" else json.dumps(KINDS[k][0]) + "\n"
+                                    for k in kinds), encoding="utf-8")
+        before = digest(data)
+        out = folder / ("fixed.json" if as_array else "fixed.jsonl")
+        report = vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=out)
+        records = manifest(out)
+        written = list(iter_rows(out))
+        check_conservation(records, len(kinds), len(written))
+        assert [r["outcome"] for r in records] == [KINDS[k][1] if k in KINDS else "dropped" for k in kinds]
+        assert report.counts == {o: sum(r["outcome"] == o for r in records) for o in OUTCOMES}
+        assert digest(data) == before
+
+
+def test_jsonl_round_trip_keeps_unchanged_rows_byte_for_byte(tmp_path: Path, model: Any) -> None:
+    images(tmp_path)
+    kinds = ["good", "overlong-image", "text-only", "missing-image", "good"]
+    raw = [json.dumps(KINDS[k][0], indent=None, separators=(", ", ":")) for k in kinds]  # an unusual spacing
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(("\n".join(raw) + "\r\n\n").encode())
+    before = digest(data)
+    out = tmp_path / "fixed.jsonl"
+    vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=out)
+    lines = out.read_bytes().splitlines(keepends=True)
+    records = manifest(out)
+    for record, line in zip(records, raw):
+        if record["outcome"] == "kept":
+            assert lines[record["output_index"]].rstrip(b"\r\n") == line.encode()
+    changed = [r for r in records if r["outcome"] == "changed"]
+    assert len(changed) == 1 and changed[0]["change"]["strategy"] == "cap-pixels"
+    new = json.loads(lines[changed[0]["output_index"]])
+    assert list(new) == list(KINDS["overlong-image"][0])  # same keys, same order
+    assert new["images"] == [changed[0]["change"]["images"][0]["to"]]
+    assert new["images"][0].startswith("fixed.images/") and (tmp_path / new["images"][0]).is_file()
+    assert digest(data) == before
+
+
+def test_json_array_round_trip_keeps_fields_and_key_order(tmp_path: Path, model: Any) -> None:
+    images(tmp_path)
+    rows = [KINDS[k][0] for k in ["good", "mismatch", "text-only", "overlong-two"]]
+    data = write_json(tmp_path / "data.json", rows)
+    before, big = digest(data), digest(tmp_path / "big.png")
+    out = tmp_path / "fixed.json"
+    vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=out)
+    written = json.loads(out.read_text(encoding="utf-8"))
+    records = manifest(out)
+    check_conservation(records, len(rows), len(written))
+    for record, row in zip(records, rows):
+        if record["outcome"] == "kept":
+            kept = written[record["output_index"]]
+            assert kept == row and list(kept) == list(row)
+    two = written[records[3]["output_index"]]
+    assert two["images"][0] == "small.png" and two["images"][1].startswith("fixed.images/")
+    assert (digest(data), digest(tmp_path / "big.png")) == (before, big)
+
+
+def test_output_scans_clean_and_repairs_to_itself(tmp_path: Path, model: Any) -> None:
+    images(tmp_path)
+    data = write_jsonl(tmp_path / "data.jsonl", [KINDS[k][0] for k in KINDS])
+    out = tmp_path / "fixed.jsonl"
+    first = vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=out)
+    assert first.counts == {"kept": 2, "changed": 2, "dropped": 5}
+    rescan = vlmcheck.scan(out, model=model, max_length=MAX_LENGTH)
+    assert not set(rescan.counts) & ERROR_CODES, rescan.counts
+    again = tmp_path / "again.jsonl"
+    second = vlmcheck.repair(out, model=model, max_length=MAX_LENGTH, output=again)
+    assert second.counts == {"kept": 4, "changed": 0, "dropped": 0}
+    assert again.read_bytes() == out.read_bytes()
+    assert not images_dir(again).exists()
+
+
+def test_resized_images_fit_and_have_deterministic_names(tmp_path: Path, model: Any) -> None:
+    images(tmp_path)
+    data = write_jsonl(tmp_path / "data.jsonl", [KINDS["overlong-image"][0]])
+    out_a, out_b = tmp_path / "a" / "fixed.jsonl", tmp_path / "b" / "fixed.jsonl"
+    for out in (out_a, out_b):
+        vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=out, image_root=tmp_path)
+    names = [sorted(p.name for p in images_dir(o).iterdir()) for o in (out_a, out_b)]
+    assert names[0] == names[1] and len(names[0]) == 1
+    (record,) = manifest(out_a)
+    w, h = record["change"]["images"][0]["resized"]
+    assert w * h <= record["change"]["max_pixels"] and w % 28 == 0 and h % 28 == 0
+    # with --image-root, the rewritten path is relative to it
+    assert json.loads(out_a.read_text())["images"] == ["a/fixed.images/" + names[0][0]]
+    assert not set(vlmcheck.scan(out_a, model=model, max_length=MAX_LENGTH, image_root=tmp_path).counts) & ERROR_CODES
+
+
+def test_on_overlong_drop(tmp_path: Path, model: Any) -> None:
+    images(tmp_path)
+    data = write_jsonl(tmp_path / "data.jsonl", [KINDS["overlong-image"][0], KINDS["good"][0]])
+    out = tmp_path / "fixed.jsonl"
+    report = vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=out, on_overlong="drop")
+    assert report.counts == {"kept": 1, "changed": 0, "dropped": 1}
+    assert "VC201" in manifest(out)[0]["codes"] and "--on-overlong drop" in manifest(out)[0]["reason"]
+
+
+def test_interrupted_repair_leaves_input_intact_and_no_output(tmp_path: Path, model: Any,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    images(tmp_path)
+    data = write_jsonl(tmp_path / "data.jsonl", [KINDS[k][0] for k in ["good", "overlong-image", "good", "good"]])
+    before = sorted((p.name, digest(p)) for p in tmp_path.iterdir() if p.is_file())
+    repairing = importlib.import_module("vlmcheck.repairing")
+    real = repairing._Writer.add_row
+
+    def add_row(self: Any, row: Any, raw: bytes | None) -> int:
+        if self.rows == 2:  # after the resized image of row 1 is written
+            raise KeyboardInterrupt
+        return real(self, row, raw)
+
+    monkeypatch.setattr(repairing._Writer, "add_row", add_row)
+    with pytest.raises(KeyboardInterrupt):
+        vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=tmp_path / "fixed.jsonl")
+    assert sorted((p.name, digest(p)) for p in tmp_path.iterdir()) == before  # no output, no temp files
+
+
+def test_dry_run_counts_and_writes_nothing(tmp_path: Path, model: Any) -> None:
+    images(tmp_path)
+    data = write_jsonl(tmp_path / "data.jsonl", [KINDS[k][0] for k in KINDS])
+    listing = sorted(tmp_path.iterdir())
+    dry = vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=tmp_path / "fixed.jsonl", dry_run=True)
+    assert sorted(tmp_path.iterdir()) == listing
+    real = vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=tmp_path / "fixed.jsonl")
+    assert dry.counts == real.counts and dry.dropped_codes == real.dropped_codes
+
+
+def test_output_must_not_be_the_input(tmp_path: Path, model: Any) -> None:
+    data = write_jsonl(tmp_path / "data.jsonl", [KINDS["text-only"][0]])
+    with pytest.raises(UsageError):
+        vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=data)
+
+
+def test_demo_data_manifest_matches_the_scan(tmp_path: Path, model: Any) -> None:
+    shutil.copytree(DEMO_DATA.parent, tmp_path / "demo")
+    data = tmp_path / "demo" / DEMO_DATA.name
+    records_path = tmp_path / "scan.jsonl"
+    vlmcheck.scan(data, model=model, max_length=4096, output=records_path)
+    scanned = [json.loads(line) for line in records_path.read_text().splitlines()]
+    out = tmp_path / "demo" / "fixed.jsonl"
+    vlmcheck.repair(data, model=model, max_length=4096, output=out)
+    records = manifest(out)
+    check_conservation(records, len(scanned), len(out.read_text().splitlines()))
+    for record, sample in zip(records, scanned):
+        assert (record["id"], record["codes"]) == (sample["id"], sample["findings"])
+        errors = set(sample["findings"]) & ERROR_CODES
+        if not errors:
+            assert record["outcome"] == "kept"
+        elif errors - {"VC201", "VC202"}:
+            assert record["outcome"] == "dropped"
+        if record["outcome"] != "kept":
+            assert all(code in record["reason"] for code in errors)
+    by_id = {r["id"]: r["outcome"] for r in records}
+    assert by_id["camera-12mp"] == "changed" and by_id["long-prompt"] == "dropped"
+    assert not set(vlmcheck.scan(out, model=model, max_length=4096).counts) & ERROR_CODES
+
+
+def test_cli(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:
+    images(tmp_path)
+    data = write_jsonl(tmp_path / "data.jsonl", [KINDS[k][0] for k in ["good", "overlong-image", "mismatch"]])
+    base = ["repair", str(data), "--model", str(qwen2_vl_checkpoint), "--max-length", str(MAX_LENGTH)]
+    runner = CliRunner()
+    dry = runner.invoke(main, [*base, "--dry-run"], catch_exceptions=False)
+    assert dry.exit_code == 0
+    assert dry.output == (f"would repair {data}: 3 samples\n  kept            1\n  changed         1\n"
+                          "  dropped         1\n  dropped for: VC002 x1\ndry run: nothing written\n")
+    assert runner.invoke(main, base).exit_code == 2  # no --output
+    out = tmp_path / "fixed.jsonl"
+    done = runner.invoke(main, [*base, "-o", str(out), "--json", str(tmp_path / "summary.json")],
+                         catch_exceptions=False)
+    assert done.exit_code == 0 and f"manifest: {manifest_path(out)}" in done.output
+    assert json.loads((tmp_path / "summary.json").read_text())["counts"] == {"kept": 1, "changed": 1, "dropped": 1}
