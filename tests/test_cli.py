@@ -110,7 +110,7 @@ def test_unknown_model_type_is_a_usage_error(folder: Path) -> None:
     code, out = run("scan", folder / "clean.jsonl", "--model", model)
     assert code == 2
     assert out.endswith(
-        "Error: vlmcheck has no module for model_type 'llava_next'. Known families: qwen2_5_vl, qwen2_vl, "
+        "Error: vlmcheck has no module for model_type 'llava_next'. Known families: llava, qwen2_5_vl, qwen2_vl, "
         "qwen3_vl. Run `vlmcheck families` for details.\n")
 
 

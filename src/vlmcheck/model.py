@@ -169,7 +169,13 @@ def load_model(
             "(save one with `AutoTokenizer.from_pretrained(...).save_pretrained(folder)`)"
         )
     preprocessor = _read_json(folder / "preprocessor_config.json")
-    preprocessor.update(_read_json(folder / "processor_config.json").get("image_processor", {}) or {})
+    processor_config = _read_json(folder / "processor_config.json")
+    preprocessor.update(processor_config.get("image_processor", {}) or {})
+    # The processor's own arguments (LlavaProcessor's patch_size, num_additional_image_tokens, ...)
+    # ride along under one key, so they never shadow an image processor value of the same name.
+    preprocessor["processor_config"] = {
+        k: v for k, v in processor_config.items() if k not in ("image_processor", "chat_template")
+    }
     tokenizer_config = _read_json(folder / "tokenizer_config.json")
     special: dict[str, Any] = {}
     specials_map = _read_json(folder / "special_tokens_map.json")

@@ -8,11 +8,11 @@
 from __future__ import annotations
 
 from vlmcheck.errors import UnknownFamilyError
-from vlmcheck.families import qwen2_5_vl, qwen2_vl, qwen3_vl
+from vlmcheck.families import llava, qwen2_5_vl, qwen2_vl, qwen3_vl
 from vlmcheck.families.base import Family, ImageIssue, Overrides
 
 _FAMILIES: dict[str, Family] = {
-    family.name: family for family in (qwen2_vl.FAMILY, qwen2_5_vl.FAMILY, qwen3_vl.FAMILY)
+    family.name: family for family in (qwen2_vl.FAMILY, qwen2_5_vl.FAMILY, qwen3_vl.FAMILY, llava.FAMILY)
 }
 
 
