@@ -97,6 +97,7 @@ class Scanner:
         self.options = options
         self.root = root
         self.real_root = os.path.realpath(root)
+        self._real_dirs: dict[str, str] = {}
         self.tokenizer = spec.tokenizer
         self.image_token_id = spec.token_id(self.family.image_token)
         self.expansion = self.family.expansion(spec.settings)
@@ -124,10 +125,23 @@ class Scanner:
         if not path.is_absolute():
             path = self.root / path
         if not self.options.allow_outside_root:
-            real = os.path.realpath(path)
+            real = self._realpath(path)
             if os.path.commonpath([real, self.real_root]) != self.real_root:
                 raise ImageProblem("VC104", f"{raw} resolves to {real}, outside the image root {self.real_root}")
         return probe_path(path, check_integrity=check)
+
+    def _realpath(self, path: Path) -> str:
+        """``os.path.realpath(path)``, resolving each image folder once: realpath costs one lstat per
+        path component, and a dataset's images share a few folders."""
+        parent, name = os.path.split(path)
+        if name in ("", ".", "..") or os.path.islink(path):
+            return os.path.realpath(path)
+        real_parent = self._real_dirs.get(parent)
+        if real_parent is None:
+            if len(self._real_dirs) >= 4096:
+                self._real_dirs.clear()
+            real_parent = self._real_dirs[parent] = os.path.realpath(parent)
+        return os.path.join(real_parent, name)
 
     def _images(self, conv: Conversation, found: list[F.Finding]) -> tuple[list[int | None], list[tuple[int, int]]]:
         counts: list[int | None] = []
