@@ -231,3 +231,9 @@ def repair_command(dataset: str, model: str, max_length: int, output: str | None
 from vlmcheck.templates.cli import template_command  # noqa: E402  (template: registration)
 
 main.add_command(template_command)
+
+
+# Commands defined in their own modules get the group's -h too; set here once, because click
+# caches a command's help option the first time any context builds it.
+for _command in main.commands.values():
+    _command.context_settings.setdefault("help_option_names", ["-h", "--help"])
