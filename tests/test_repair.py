@@ -57,15 +57,15 @@ def model(qwen2_vl_checkpoint: Path) -> Any:
 @pytest.fixture(autouse=True)
 def shared_tokenizer(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI loads the model as usual; only the one-second read of tokenizer.json is shared."""
-    repairing = importlib.import_module("vlmcheck.repairing")
-    real = repairing.load_model
+    scan_module = importlib.import_module("vlmcheck.scan")  # repair loads the model through it
+    real = scan_module.load_model
 
     def load_model(model: Any, **kwargs: Any) -> Any:
         loaded = real(model, **kwargs)
         loaded.__dict__["tokenizer"] = tokenizer(Path(loaded.path))
         return loaded
 
-    monkeypatch.setattr(repairing, "load_model", load_model)
+    monkeypatch.setattr(scan_module, "load_model", load_model)
 
 
 def images(folder: Path) -> None:

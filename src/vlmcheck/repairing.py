@@ -36,15 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from vlmcheck import findings as F
-from vlmcheck.data.formats import FORMATS, RowError, detect_format, to_conversation
+from vlmcheck.data.formats import RowError, detect_format, to_conversation
 from vlmcheck.data.images import ImageProblem
 from vlmcheck.data.readers import BadRow, dataset_kind, iter_rows
 from vlmcheck.errors import DatasetError, UsageError
-from vlmcheck.families import Overrides
-from vlmcheck.families.base import RESIZE_MODES
-from vlmcheck.layout import TRUNCATIONS
-from vlmcheck.model import ModelSpec, load_model
-from vlmcheck.scan import SampleResult, Scanner, ScanOptions
+from vlmcheck.model import ModelSpec
+from vlmcheck.scan import SampleResult, Scanner, build_scanner
 
 ON_OVERLONG = ("cap-pixels", "drop")
 OUTCOMES = ("kept", "changed", "dropped")
@@ -265,12 +262,6 @@ def repair(
         raise UsageError("max_length must be positive")
     if on_overlong not in ON_OVERLONG:
         raise UsageError(f"on_overlong must be one of {', '.join(ON_OVERLONG)}, not {on_overlong!r}")
-    if truncation not in TRUNCATIONS:
-        raise UsageError(f"truncation must be one of {', '.join(TRUNCATIONS)}, not {truncation!r}")
-    if resize not in RESIZE_MODES:
-        raise UsageError(f"resize must be one of {', '.join(RESIZE_MODES)}, not {resize!r}")
-    if format is not None and format not in FORMATS:
-        raise UsageError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
     path = Path(dataset)
     if not path.exists():
         raise DatasetError(f"dataset not found: {path}")
@@ -284,17 +275,12 @@ def repair(
             raise UsageError("the output must not be the input: repair never modifies its input")
     elif not dry_run:
         raise UsageError("pass an output path (or dry_run=True)")
-    if isinstance(model, ModelSpec):
-        spec = model
-    else:
-        overrides = Overrides(max_pixels=max_pixels, min_pixels=min_pixels, resize=resize)
-        spec = load_model(model, overrides=overrides, chat_template=chat_template)
-    root = Path(image_root) if image_root is not None else path.parent
-    if exif_transpose is None:
-        exif_transpose = resize == "processor"
-    options = ScanOptions(max_length=max_length, truncation=truncation, format=format, image_root=str(root),
-                          exif_transpose=exif_transpose, allow_outside_root=allow_outside_root)
-    scanner = Scanner(spec, options, root)
+    scanner = build_scanner(
+        path, model=model, max_length=max_length, truncation=truncation, format=format, image_root=image_root,
+        max_pixels=max_pixels, min_pixels=min_pixels, resize=resize, exif_transpose=exif_transpose,
+        allow_outside_root=allow_outside_root, chat_template=chat_template,
+    )
+    root = scanner.root
     # The output is scanned with the same --image-root, or by default its own folder.
     out_root = root if image_root is not None else (out.parent if out is not None else path.parent)
     final_images = images_dir(out) if out is not None else None
@@ -329,7 +315,7 @@ def repair(
                     if plan is not None:
                         for im in plan.images:
                             writer.add_image(im["source"], im["name"], tuple(im["resized"]),
-                                             exif_transpose=exif_transpose)
+                                             exif_transpose=scanner.options.exif_transpose)
                     writer.add_record(record)
                 elif outcome != "dropped":
                     record["output_index"] = counts["kept"] + counts["changed"] - 1

@@ -399,6 +399,57 @@ def _results(scanner: Scanner, spec: ModelSpec, chunks: Iterator[list[tuple[int,
             yield from inflight.popleft().get()
 
 
+def build_scanner(
+    path: Path,
+    *,
+    model: str | os.PathLike[str] | ModelSpec,
+    max_length: int | None,
+    truncation: str = "right",
+    format: str | None = None,
+    image_root: str | os.PathLike[str] | None = None,
+    max_pixels: int | None = None,
+    min_pixels: int | None = None,
+    resize: str = "processor",
+    exif_transpose: bool | None = None,
+    allow_outside_root: bool = False,
+    chat_template: str | None = None,
+    split: str | None = None,
+) -> Scanner:
+    """Validate the options :func:`scan` and :func:`vlmcheck.repair` share, load the model and
+    return the per-sample analyzer. Raises :class:`UsageError`/:class:`DatasetError` for misuse."""
+    if truncation not in TRUNCATIONS:
+        raise UsageError(f"truncation must be one of {', '.join(TRUNCATIONS)}, not {truncation!r}")
+    if resize not in RESIZE_MODES:
+        raise UsageError(f"resize must be one of {', '.join(RESIZE_MODES)}, not {resize!r}")
+    if format is not None and format not in FORMATS:
+        raise UsageError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
+    if max_length is not None and max_length <= 0:
+        raise UsageError("max_length must be positive")
+    for name, value in (("max_pixels", max_pixels), ("min_pixels", min_pixels)):
+        if value is not None and value <= 0:
+            raise UsageError(f"{name} must be positive")
+    if isinstance(model, ModelSpec):
+        # a loaded model carries its processor settings and template: these would be ignored
+        given = [name for name, value in (("max_pixels", max_pixels), ("min_pixels", min_pixels),
+                                          ("chat_template", chat_template)) if value is not None]
+        if given or resize != "processor":
+            raise UsageError(f"{', '.join(given) or 'resize'} cannot change a loaded ModelSpec; pass the "
+                             "model path, or load_model(model, overrides=Overrides(...), chat_template=...)")
+        spec = model
+    else:
+        overrides = Overrides(max_pixels=max_pixels, min_pixels=min_pixels, resize=resize)
+        spec = load_model(model, overrides=overrides, chat_template=chat_template)
+    if not path.exists():
+        raise DatasetError(f"dataset not found: {path}")
+    root = Path(image_root) if image_root is not None else (path if path.is_dir() else path.parent)
+    if exif_transpose is None:
+        exif_transpose = resize == "processor"
+    options = ScanOptions(max_length=max_length, truncation=truncation, format=format,
+                          image_root=str(root), exif_transpose=exif_transpose,
+                          allow_outside_root=allow_outside_root, split=split)
+    return Scanner(spec, options, root)
+
+
 def scan(
     dataset: str | os.PathLike[str],
     *,
@@ -438,40 +489,15 @@ def scan(
         output: write one JSON record per sample to this .jsonl file (atomically).
         progress: called as ``progress(done, total_or_None)`` while scanning.
     """
-    if truncation not in TRUNCATIONS:
-        raise UsageError(f"truncation must be one of {', '.join(TRUNCATIONS)}, not {truncation!r}")
-    if resize not in RESIZE_MODES:
-        raise UsageError(f"resize must be one of {', '.join(RESIZE_MODES)}, not {resize!r}")
-    if format is not None and format not in FORMATS:
-        raise UsageError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
-    if max_length is not None and max_length <= 0:
-        raise UsageError("max_length must be positive")
     if workers < 1:
         raise UsageError("workers must be at least 1")
-    for name, value in (("max_pixels", max_pixels), ("min_pixels", min_pixels)):
-        if value is not None and value <= 0:
-            raise UsageError(f"{name} must be positive")
-    if isinstance(model, ModelSpec):
-        # a loaded model carries its processor settings and template: these would be ignored
-        given = [name for name, value in (("max_pixels", max_pixels), ("min_pixels", min_pixels),
-                                          ("chat_template", chat_template)) if value is not None]
-        if given or resize != "processor":
-            raise UsageError(f"{', '.join(given) or 'resize'} cannot change a loaded ModelSpec; pass the "
-                             "model path, or load_model(model, overrides=Overrides(...), chat_template=...)")
-        spec = model
-    else:
-        overrides = Overrides(max_pixels=max_pixels, min_pixels=min_pixels, resize=resize)
-        spec = load_model(model, overrides=overrides, chat_template=chat_template)
     path = Path(dataset)
-    if not path.exists():
-        raise DatasetError(f"dataset not found: {path}")
-    root = Path(image_root) if image_root is not None else (path if path.is_dir() else path.parent)
-    if exif_transpose is None:
-        exif_transpose = resize == "processor"
-    options = ScanOptions(max_length=max_length, truncation=truncation, format=format,
-                          image_root=str(root), exif_transpose=exif_transpose,
-                          allow_outside_root=allow_outside_root, split=split)
-    scanner = Scanner(spec, options, root)
+    scanner = build_scanner(
+        path, model=model, max_length=max_length, truncation=truncation, format=format, image_root=image_root,
+        max_pixels=max_pixels, min_pixels=min_pixels, resize=resize, exif_transpose=exif_transpose,
+        allow_outside_root=allow_outside_root, chat_template=chat_template, split=split,
+    )
+    spec, options, root = scanner.spec, scanner.options, scanner.root
     total = count_rows(path, split=split) if progress else None
     if total is not None and limit is not None:
         total = min(total, limit)
