@@ -18,9 +18,11 @@ Range = tuple[int, int]  # [start, end) in full-sequence positions
 @dataclass
 class Layout:
     total: int  # full sequence length, as the processor's input_ids
-    images: list[Range]  # each image's placeholder run
+    images: list[Range]  # each image's span: from its first placeholder run to the end of its last
     supervised: list[Range]  # assistant tokens (content and its end-of-turn token)
     turns: list[tuple[Range, Range]] = field(default_factory=list)  # (source, target) pairs
+    # each image's placeholder runs (one for most families; tiles/rows/crops give several)
+    runs: list[list[Range]] = field(default_factory=list)
 
     @property
     def supervised_tokens(self) -> int:
@@ -28,6 +30,9 @@ class Layout:
 
     @property
     def image_tokens(self) -> list[int]:
+        """Placeholder tokens per image (the features the model must find for it)."""
+        if self.runs:
+            return [sum(e - s for s, e in runs) for runs in self.runs]
         return [e - s for s, e in self.images]
 
 
@@ -40,24 +45,33 @@ def build_layout(
     offsets: list[tuple[int, int]],
     *,
     image_token_id: int,
-    image_sizes: list[int],
+    image_runs: list[tuple[int, ...]],
     supervised_chars: list[Range],
     text: str | None = None,
 ) -> Layout:
-    """``ids``/``offsets``: the tokenized collapsed text; ``image_sizes``: tokens per placeholder
-    (extra placeholders beyond the images get 1); ``supervised_chars``: character spans of
-    assistant turns in the rendered text; ``text``: that text, to give each turn's response the
-    whitespace tokens after it (LLaMA-Factory's response slot is ``{{content}}<|im_end|>\n``)."""
+    """``ids``/``offsets``: the tokenized collapsed text, where each run of placeholders is one
+    token; ``image_runs``: each image's run lengths, in order (placeholders beyond them count as
+    one-token images); ``supervised_chars``: character spans of assistant turns in the rendered
+    text; ``text``: that text, to give each turn's response the whitespace tokens after it
+    (LLaMA-Factory's response slot is ``{{content}}<|im_end|>\n``)."""
     positions = [i for i, t in enumerate(ids) if t == image_token_id]
+    owner: list[int] = []  # which image each position belongs to
+    lengths: list[int] = []
+    for k, image in enumerate(image_runs):
+        owner.extend([k] * len(image))
+        lengths.extend(image)
     shifts: list[int] = []  # cumulative extra tokens after each placeholder
     extra = 0
-    images: list[Range] = []
-    for k, pos in enumerate(positions):
-        n = image_sizes[k] if k < len(image_sizes) else 1
+    grouped: dict[int, list[Range]] = {}
+    for j, pos in enumerate(positions):
+        n = lengths[j] if j < len(lengths) else 1
+        key = owner[j] if j < len(owner) else len(image_runs) + j
         start = pos + extra
-        images.append((start, start + n))
+        grouped.setdefault(key, []).append((start, start + n))
         extra += n - 1
         shifts.append(extra)
+    runs = list(grouped.values())
+    images = [(r[0][0], r[-1][1]) for r in runs]
 
     def full(i: int) -> int:
         # tokens before collapsed index i, plus the expansions of placeholders before it
@@ -83,7 +97,7 @@ def build_layout(
     for s, e in targets:
         turns.append(((cursor, s), (s, e)))
         cursor = e
-    return Layout(total=total, images=images, supervised=supervised, turns=turns)
+    return Layout(total=total, images=images, supervised=supervised, turns=turns, runs=runs)
 
 
 def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:

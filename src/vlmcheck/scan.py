@@ -13,6 +13,7 @@ always finishes.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -37,13 +38,14 @@ from vlmcheck.data.images import ImageInfo, ImageProblem, decode_data_url, probe
 from vlmcheck.data.readers import BadRow, count_rows, iter_rows
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.families import Overrides
-from vlmcheck.families.base import RESIZE_MODES
+from vlmcheck.families.base import RESIZE_MODES, Expansion
 from vlmcheck.layout import TRUNCATIONS, Layout, build_layout, kept_ranges, overlap
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.report import Report, ReportBuilder
 
 _CHUNK = 512  # one encode_batch call per chunk; larger batches tokenize faster (docs/performance.md)
-_Prepared = tuple[Conversation, str, list[int | None], list[tuple[int, int]]]
+# conversation, collapsed text, features per image, image sizes, placeholder runs per image
+_Prepared = tuple[Conversation, str, list[int | None], list[tuple[int, int]], list[tuple[int, ...]]]
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class Scanner:
         self.tokenizer = spec.tokenizer
         self.image_token_id = spec.token_id(self.family.image_token)
         self.expansion = self.family.expansion(spec.settings)
+        self._placeholder_re = re.compile(re.escape(self.family.placeholder))
         self.eos = spec.special_tokens.get("eos_token")
         self._budget_unit = self._pixel_unit()
 
@@ -143,9 +146,11 @@ class Scanner:
             real_parent = self._real_dirs[parent] = os.path.realpath(parent)
         return os.path.join(real_parent, name)
 
-    def _images(self, conv: Conversation, found: list[F.Finding]) -> tuple[list[int | None], list[tuple[int, int]]]:
+    def _images(self, conv: Conversation, found: list[F.Finding]
+                ) -> tuple[list[int | None], list[tuple[int, int]], list[Expansion | None]]:
         counts: list[int | None] = []
         sizes: list[tuple[int, int]] = []
+        expansions: list[Expansion | None] = []
         settings = self.spec.settings
         for k, ref in enumerate(conv.images, 1):
             label = f"image {k} of {len(conv.images)} ({ref.describe()[:120]})"
@@ -154,24 +159,37 @@ class Scanner:
             except ImageProblem as p:
                 found.append(F.make(p.code, f"{label}: {p.message}", image=k, **p.data))
                 counts.append(None)
+                expansions.append(None)
                 continue
             width, height = info.size(exif_transpose=self.options.exif_transpose)
             sizes.append((width, height))
             for issue in self.family.check_image(width, height, settings):
                 found.append(F.make(issue.code, f"{label}: {issue.message}", image=k, **issue.data))
-            counts.append(self.family.image_tokens(width, height, settings))
-        return counts, sizes
+            expansion = self.family.expand(width, height, settings)
+            expansions.append(expansion)
+            counts.append(expansion.features)
+        return counts, sizes, expansions
 
     # -- text -----------------------------------------------------------------------------
     def _render(self, conv: Conversation) -> str:
         assert self.spec.chat_template is not None
         return render_chat(self.spec.chat_template, conv.messages, special_tokens=self.spec.special_tokens)
 
-    def _collapse(self, text: str) -> str:
-        placeholder = self.family.placeholder
-        if self.expansion == placeholder:
-            return text
-        return text.replace(placeholder, self.expansion)
+    def _collapse(self, text: str, expansions: list[Expansion | None]) -> tuple[str, list[tuple[int, ...]]]:
+        """Replace the k-th placeholder with image k's collapsed expansion, as the processor's
+        ``get_text_with_replacements`` does; returns the text and each placeholder's runs."""
+        runs: list[tuple[int, ...]] = []
+
+        def replace(match: re.Match[str]) -> str:
+            k = len(runs)
+            expansion = expansions[k] if k < len(expansions) else None
+            if expansion is None:  # unreadable image, or a placeholder without an image
+                runs.append((1,))
+                return self.expansion
+            runs.append(expansion.runs)
+            return expansion.text
+
+        return self._placeholder_re.sub(replace, text), runs
 
     def _supervised_chars(self, conv: Conversation, text: str) -> list[tuple[int, int]]:
         """Character spans of assistant content in ``text``, found in message order so that a
@@ -200,16 +218,16 @@ class Scanner:
     # -- one batch --------------------------------------------------------------------------
     def analyze(self, items: list[tuple[int, Any]]) -> list[SampleResult]:
         results: list[SampleResult] = []
-        pending: list[tuple[SampleResult, Conversation, str, list[int | None], list[tuple[int, int]]]] = []
+        pending: list[tuple[SampleResult, _Prepared]] = []
         for index, item in items:
             result, prepared = self._prepare(index, item)
             results.append(result)
             if prepared is not None:
-                pending.append((result, *prepared))
+                pending.append((result, prepared))
         if pending:
-            encodings = self.tokenizer.encode_batch([p[2] for p in pending], add_special_tokens=True)
-            for (result, conv, text, counts, sizes), enc in zip(pending, encodings):
-                self._finish(result, conv, text, counts, sizes, enc.ids, enc.offsets)
+            encodings = self.tokenizer.encode_batch([p[1][1] for p in pending], add_special_tokens=True)
+            for (result, (conv, text, counts, sizes, runs)), enc in zip(pending, encodings):
+                self._finish(result, conv, text, counts, sizes, runs, enc.ids, enc.offsets)
         return results
 
     def _prepare(self, index: int, item: Any) -> tuple[SampleResult, _Prepared | None]:
@@ -234,7 +252,7 @@ class Scanner:
         if conv.id is not None:
             result.id = conv.id
         found = result.findings
-        counts, sizes = self._images(conv, found)
+        counts, sizes, expansions = self._images(conv, found)
         result.image_tokens = counts
         if conv.mismatch is not None:
             tags, images = conv.mismatch
@@ -243,16 +261,16 @@ class Scanner:
         if not any(m.get("role") == "assistant" and _has_text(m.get("content")) for m in conv.messages):
             found.append(F.make("VC003", "no assistant turn with content: every label is masked"))
         try:
-            text = self._collapse(self._render(conv))
+            text, runs = self._collapse(self._render(conv), expansions)
         except jinja2.TemplateError as e:
             found.append(F.make("VC001", f"the chat template rejects this conversation: {e}"))
             return result, None
-        return result, (conv, text, counts, sizes)
+        return result, (conv, text, counts, sizes, runs)
 
     def _finish(self, result: SampleResult, conv: Conversation, text: str, counts: list[int | None],
-                sizes: list[tuple[int, int]], ids: list[int], offsets: list[tuple[int, int]]) -> None:
-        known = [c if c is not None else 1 for c in counts]
-        layout = build_layout(ids, offsets, image_token_id=self.image_token_id, image_sizes=known,
+                sizes: list[tuple[int, int]], runs: list[tuple[int, ...]], ids: list[int],
+                offsets: list[tuple[int, int]]) -> None:
+        layout = build_layout(ids, offsets, image_token_id=self.image_token_id, image_runs=runs,
                               supervised_chars=self._supervised_chars(conv, text), text=text)
         placeholders = len(layout.images)
         if placeholders != len(counts) and conv.mismatch is None:
@@ -281,9 +299,9 @@ class Scanner:
             return
         cut_any = False
         n = len(layout.images)
-        for k, span in enumerate(layout.images, 1):
-            size = span[1] - span[0]
-            survive = overlap(span, kept)
+        for k, image_runs in enumerate(layout.runs, 1):
+            size = sum(e - s for s, e in image_runs)
+            survive = sum(overlap(run, kept) for run in image_runs)
             if survive < size:
                 cut_any = True
                 result.findings.append(F.make(

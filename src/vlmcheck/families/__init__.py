@@ -7,13 +7,31 @@
 
 from __future__ import annotations
 
-from vlmcheck.errors import UnknownFamilyError
-from vlmcheck.families import llava, qwen2_5_vl, qwen2_vl, qwen3_vl
-from vlmcheck.families.base import Family, ImageIssue, Overrides
+import importlib
 
-_FAMILIES: dict[str, Family] = {
-    family.name: family for family in (qwen2_vl.FAMILY, qwen2_5_vl.FAMILY, qwen3_vl.FAMILY, llava.FAMILY)
-}
+from vlmcheck.errors import UnknownFamilyError
+from vlmcheck.families.base import Expansion, Family, ImageIssue, Overrides, single_run
+
+# The built-in families: one module each under vlmcheck/families/, exporting FAMILY (or FAMILIES,
+# a tuple, when one module serves several model_types that share a processor).
+_BUILTIN = (
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "qwen3_vl",
+    "llava",
+)
+
+
+def _load_builtin() -> dict[str, Family]:
+    loaded: dict[str, Family] = {}
+    for name in _BUILTIN:
+        module = importlib.import_module(f"vlmcheck.families.{name}")
+        for family in getattr(module, "FAMILIES", None) or (module.FAMILY,):
+            loaded[family.name] = family
+    return loaded
+
+
+_FAMILIES: dict[str, Family] = _load_builtin()
 
 
 def register_family(family: Family, *, replace: bool = False) -> None:
@@ -35,7 +53,7 @@ def known_families() -> dict[str, Family]:
     return dict(_FAMILIES)
 
 
-__all__ = ["Family", "ImageIssue", "Overrides", "families", "get_family", "known_families", "register_family"]
+__all__ = ["Expansion", "Family", "ImageIssue", "Overrides", "families", "get_family", "known_families", "register_family", "single_run"]
 
 
 def families() -> list[dict[str, object]]:

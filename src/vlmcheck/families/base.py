@@ -36,6 +36,30 @@ RESIZE_MODES = ("processor", "prescale", "qwen-vl-utils")
 
 
 @dataclass(frozen=True)
+class Expansion:
+    """What one image's placeholder becomes in the processor's text, *collapsed*: ``text`` holds
+    ``image_token`` once per run of features, and ``runs`` the length of each run.
+
+    Most families have one run (``<|image_pad|>`` x N). Families whose processor interleaves
+    marker tokens (Idefics3 tiles, Pixtral row breaks, Gemma-3 pan-and-scan crops) have several;
+    the text between runs is tokenized for real, so merges with neighbouring text stay exact.
+    """
+
+    text: str
+    runs: tuple[int, ...]
+
+    @property
+    def features(self) -> int:
+        """Image features the model produces for this image (placeholders it must find)."""
+        return sum(self.runs)
+
+
+def single_run(text: str, tokens: int) -> Expansion:
+    """The common case: ``text`` with ``image_token`` once, repeated ``tokens`` times."""
+    return Expansion(text, (tokens,))
+
+
+@dataclass(frozen=True)
 class ImageIssue:
     """A property of one image the processor rejects or degrades on: (finding code, message, numbers)."""
 
@@ -80,7 +104,11 @@ class Family(Protocol):
         ...
 
     def expansion(self, settings: Any) -> str:
-        """What one ``placeholder`` becomes, with ``image_token`` written once (the engine repeats it)."""
+        """What one ``placeholder`` becomes when the image is unknown, with ``image_token`` once."""
+        ...
+
+    def expand(self, width: int, height: int, settings: Any) -> Expansion:
+        """What the placeholder of a W x H image becomes (``image_tokens`` is its ``features``)."""
         ...
 
     def check_image(self, width: int, height: int, settings: Any) -> list[ImageIssue]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vlmcheck.families.base import ImageIssue, Overrides
+from vlmcheck.families.base import Expansion, ImageIssue, Overrides, single_run
 
 # processing_llava.py: LlavaProcessor(image_token="<image>")
 IMAGE_TOKEN = "<image>"
@@ -129,6 +129,9 @@ class LlavaFamily:
 
     def expansion(self, settings: LlavaSettings) -> str:
         return IMAGE_TOKEN
+
+    def expand(self, width: int, height: int, settings: LlavaSettings) -> Expansion:
+        return single_run(IMAGE_TOKEN, count_image_tokens(width, height, settings))
 
     def check_image(self, width: int, height: int, settings: LlavaSettings) -> list[ImageIssue]:
         return []

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from vlmcheck.families.base import ImageIssue, Overrides
+from vlmcheck.families.base import Expansion, ImageIssue, Overrides, single_run
 
 # processing_qwen2_vl.py: the chat template writes <|vision_start|><|image_pad|><|vision_end|>
 # and the processor multiplies only <|image_pad|>.
@@ -182,6 +182,9 @@ class Qwen2VLFamily:
 
     def expansion(self, settings: QwenVLSettings) -> str:
         return IMAGE_PAD
+
+    def expand(self, width: int, height: int, settings: QwenVLSettings) -> Expansion:
+        return single_run(IMAGE_PAD, count_image_tokens(width, height, settings))
 
     def check_image(self, width: int, height: int, settings: QwenVLSettings) -> list[ImageIssue]:
         return image_issues(width, height, settings)
