@@ -46,6 +46,13 @@ KINDS: dict[str, tuple[Any, str]] = {
     "mismatch": ({"id": "tags", "messages": qa("<image><image>Two?"), "images": ["small.png"]}, "dropped"),
     "no-answer": ({"id": "mute", "messages": qa()[:1], "images": ["small.png"]}, "dropped"),
     "not-an-object": ([1, 2, 3], "dropped"),
+    # three rounds whose text alone is over MAX_LENGTH (no pixel budget helps), each round fits alone
+    "multi-round": ({"id": "chat", "messages": qa("<image>" + "lorem ipsum " * 100, "A square.")
+                     + qa("<image>" + "lorem ipsum " * 100, "Another.") + qa("<image>" + "lorem ipsum " * 100, "Third."),
+                     "images": ["small.png", "small.png", "small.png"], "source": "multi"}, "split"),
+    # the second round alone is over MAX_LENGTH, with its image cut: only dropping it helps
+    "long-tail": ({"id": "tail", "messages": qa() + qa("lorem ipsum " * 400 + "<image>", "ok"),
+                   "images": ["small.png", "small.png"]}, "changed"),
 }
 
 
@@ -81,12 +88,21 @@ def manifest(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in manifest_path(out).read_text(encoding="utf-8").splitlines()]
 
 
+def output_indices(record: dict[str, Any]) -> list[int]:
+    if record["outcome"] == "split":
+        assert record["output_index"] is None and len(record["split_into"]) >= 2
+        return [piece["output_index"] for piece in record["split_into"]]
+    if record["outcome"] == "dropped":
+        assert record["output_index"] is None and record["reason"]
+        return []
+    return [record["output_index"]]
+
+
 def check_conservation(records: list[dict[str, Any]], n: int, out_rows: int) -> None:
     assert [r["index"] for r in records] == list(range(n))  # every input index, once, in order
     assert all(r["outcome"] in OUTCOMES for r in records)
-    written = [r["output_index"] for r in records if r["outcome"] != "dropped"]
-    assert written == list(range(out_rows))
-    assert all(r["output_index"] is None and r["reason"] for r in records if r["outcome"] == "dropped")
+    # every output row comes from exactly one input row, in order
+    assert [i for r in records for i in output_indices(r)] == list(range(out_rows))
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -162,12 +178,13 @@ def test_output_scans_clean_and_repairs_to_itself(tmp_path: Path, model: Any) ->
     data = write_jsonl(tmp_path / "data.jsonl", [KINDS[k][0] for k in KINDS])
     out = tmp_path / "fixed.jsonl"
     first = vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=out)
-    assert first.counts == {"kept": 2, "changed": 2, "dropped": 5}
+    assert first.counts == {"kept": 2, "changed": 3, "split": 1, "dropped": 5}
+    assert first.changed_by == {"cap-pixels": 2, "truncate-turns": 1} and first.split_rows == 3
     rescan = vlmcheck.scan(out, model=model, max_length=MAX_LENGTH)
     assert not set(rescan.counts) & ERROR_CODES, rescan.counts
     again = tmp_path / "again.jsonl"
     second = vlmcheck.repair(out, model=model, max_length=MAX_LENGTH, output=again)
-    assert second.counts == {"kept": 4, "changed": 0, "dropped": 0}
+    assert second.counts == {"kept": 8, "changed": 0, "split": 0, "dropped": 0}
     assert again.read_bytes() == out.read_bytes()
     assert not images_dir(again).exists()
 
@@ -193,7 +210,7 @@ def test_on_overlong_drop(tmp_path: Path, model: Any) -> None:
     data = write_jsonl(tmp_path / "data.jsonl", [KINDS["overlong-image"][0], KINDS["good"][0]])
     out = tmp_path / "fixed.jsonl"
     report = vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=out, on_overlong="drop")
-    assert report.counts == {"kept": 1, "changed": 0, "dropped": 1}
+    assert report.counts == {"kept": 1, "changed": 0, "split": 0, "dropped": 1}
     assert "VC201" in manifest(out)[0]["codes"] and "--on-overlong drop" in manifest(out)[0]["reason"]
 
 
@@ -263,11 +280,13 @@ def test_cli(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:
     runner = CliRunner()
     dry = runner.invoke(main, [*base, "--dry-run"], catch_exceptions=False)
     assert dry.exit_code == 0
-    assert dry.output == (f"would repair {data}: 3 samples\n  kept            1\n  changed         1\n"
+    assert dry.output == (f"would repair {data}: 3 samples\n  kept            1\n"
+                          "  changed         1  (cap-pixels 1)\n  split           0\n"
                           "  dropped         1\n  dropped for: VC002 x1\ndry run: nothing written\n")
     assert runner.invoke(main, base).exit_code == 2  # no --output
     out = tmp_path / "fixed.jsonl"
     done = runner.invoke(main, [*base, "-o", str(out), "--json", str(tmp_path / "summary.json")],
                          catch_exceptions=False)
     assert done.exit_code == 0 and f"manifest: {manifest_path(out)}" in done.output
-    assert json.loads((tmp_path / "summary.json").read_text())["counts"] == {"kept": 1, "changed": 1, "dropped": 1}
+    assert json.loads((tmp_path / "summary.json").read_text())["counts"] == {
+        "kept": 1, "changed": 1, "split": 0, "dropped": 1}

@@ -182,9 +182,11 @@ main.add_command(lint_command)
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str),
               help="The repaired dataset (same format as DATASET); its manifest goes to OUT.manifest.jsonl.")
 @click.option("--dry-run", is_flag=True, help="Print what would change, per strategy; write nothing.")
-@click.option("--on-overlong", type=click.Choice(["cap-pixels", "drop"]), default="cap-pixels", show_default=True,
-              help="Samples over --max-length with an image or all supervision cut: resize their images to "
-                   "the largest pixel budget that fits (else drop), or drop them.")
+@click.option("--on-overlong", default="cap-pixels,split,truncate-turns,drop", metavar="STRATEGY[,STRATEGY...]",
+              help="Samples over --max-length with an image or all supervision cut: strategies tried in order, "
+                   "the first that makes the sample fit whole wins. cap-pixels: resize its images to the "
+                   "largest pixel budget that fits; split: into several samples at turn boundaries; "
+                   "truncate-turns: drop trailing turns; drop. Default: all four, in this order.")
 @click.option("--truncation", type=click.Choice(TRUNCATIONS), default="right", show_default=True,
               help="As for scan.")
 @click.option("--format", "format_", type=click.Choice(FORMATS), help="Force the dataset format (default: detect).")
@@ -203,8 +205,8 @@ def repair_command(dataset: str, model: str, max_length: int, output: str | None
                    truncation: str, format_: str | None, image_root: str | None, max_pixels: int | None,
                    min_pixels: int | None, resize: str, exif: bool | None, allow_outside_root: bool,
                    chat_template: str | None, json_path: str | None) -> None:
-    """Write a copy of DATASET that trains at --max-length: keep, fix (cap-pixels) or drop each sample,
-    every one accounted for in the manifest. The input is never modified."""
+    """Write a copy of DATASET that trains at --max-length: keep, fix (cap-pixels, truncate-turns), split
+    or drop each sample, every one accounted for in the manifest. The input is never modified."""
     import json
     from pathlib import Path
 

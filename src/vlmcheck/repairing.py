@@ -3,17 +3,19 @@
 >>> report = repair("train.jsonl", model="Qwen/Qwen2-VL-7B-Instruct", max_length=4096,
 ...                 output="train.fixed.jsonl")  # doctest: +SKIP
 >>> report.counts  # doctest: +SKIP
-{'kept': 9812, 'changed': 41, 'dropped': 3}
+{'kept': 9812, 'changed': 41, 'split': 2, 'dropped': 3}
 
 Each sample is scanned exactly as ``scan()`` would, then:
 
 - **kept**: no error finding; the row is written unchanged (JSON Lines: the very same bytes).
-- **changed** (``cap-pixels``): the sample is over ``max_length`` with an image span cut (VC201) or
-  all supervision cut (VC202), and a smaller pixel budget makes it fit whole. Its oversized images
-  are resized to that budget and written as PNG next to the output (``OUT.images/``); the row's
-  image paths point at them. The originals are never touched.
+- **changed** / **split**: the sample is over ``max_length`` with an image span cut (VC201) or all
+  supervision cut (VC202). The strategies of ``on_overlong`` are tried in order and the first that
+  makes it fit whole wins: ``cap-pixels`` (resize its images to the largest pixel budget that fits;
+  changed), ``split`` (cut the conversation at turn boundaries into samples that each fit; split),
+  ``truncate-turns`` (drop trailing turns; changed), ``drop``.
 - **dropped**: anything else at error severity (malformed row, missing/corrupt image, placeholder
-  mismatch, aspect ratio, or still too long), with the codes and the reason in the manifest.
+  mismatch, aspect ratio), or over-long with no strategy that works, with the codes and the reason
+  in the manifest.
 
 The manifest (``OUT.manifest.jsonl``, next to the output) has one line per input row, in order. All
 files are written to temporary names and renamed at the end: an interrupted run leaves no output.
@@ -30,24 +32,45 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vlmcheck import findings as F
-from vlmcheck.data.formats import RowError, detect_format, to_conversation
+from vlmcheck.data.formats import Conversation, RowError, detect_format, to_conversation
 from vlmcheck.data.images import ImageProblem
 from vlmcheck.data.readers import BadRow, dataset_kind, iter_rows
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.model import ModelSpec
 from vlmcheck.scan import SampleResult, Scanner, build_scanner
 
-ON_OVERLONG = ("cap-pixels", "drop")
-OUTCOMES = ("kept", "changed", "dropped")
+# What can be done with a sample over max_length, in the order tried by default.
+ON_OVERLONG = ("cap-pixels", "split", "truncate-turns", "drop")
+DEFAULT_ON_OVERLONG = ",".join(ON_OVERLONG)
+OUTCOMES = ("kept", "changed", "split", "dropped")
 _LENGTH_CODES = frozenset({"VC201", "VC202"})
+_ID_KEYS = ("id", "sample_id", "uid", "idx", "question_id")  # formats.row_id's order
 _CHUNK = 64
 _SHRINK_STEPS = 60
+
+
+def parse_on_overlong(value: str | Sequence[str]) -> tuple[str, ...]:
+    """``"split,drop"`` / ``["split", "drop"]`` -> ``("split", "drop")``; ``drop`` is always last
+    (implied when left out: the output has to scan clean)."""
+    names = [v.strip() for v in value.split(",")] if isinstance(value, str) else [str(v).strip() for v in value]
+    names = [n for n in names if n]
+    unknown = [n for n in names if n not in ON_OVERLONG]
+    if unknown or not names:
+        raise UsageError(f"on_overlong takes a comma-separated list of {', '.join(ON_OVERLONG)}, "
+                         f"not {','.join(names) or 'nothing'!r}")
+    if len(set(names)) != len(names):
+        raise UsageError(f"on_overlong names a strategy twice: {','.join(names)}")
+    if "drop" in names and names[-1] != "drop":
+        raise UsageError("on_overlong: drop ends the list (nothing after it is ever tried)")
+    if names[-1] != "drop":
+        names.append("drop")
+    return tuple(names)
 
 
 @dataclass
@@ -59,8 +82,13 @@ class RepairReport:
     manifest: str | None
     dry_run: bool
     counts: dict[str, int] = field(default_factory=dict)
+    # changed samples per strategy (cap-pixels, truncate-turns)
+    changed_by: dict[str, int] = field(default_factory=dict)
     # dropped samples per error code (a sample with two codes counts under both)
     dropped_codes: dict[str, int] = field(default_factory=dict)
+    # rows the split samples became
+    split_rows: int = 0
+    rows_written: int = 0
     images_written: int = 0
 
     @property
@@ -70,7 +98,8 @@ class RepairReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "dataset": self.dataset, "output": self.output, "manifest": self.manifest, "dry_run": self.dry_run,
-            "total": self.total, "counts": self.counts, "dropped_codes": self.dropped_codes,
+            "total": self.total, "counts": self.counts, "changed_by": self.changed_by, "split_rows": self.split_rows,
+            "dropped_codes": self.dropped_codes, "rows_written": self.rows_written,
             "images_written": self.images_written,
         }
 
@@ -78,14 +107,19 @@ class RepairReport:
         head = "would repair" if self.dry_run else "repaired"
         lines = [f"{head} {self.dataset}: {self.total:,} samples"]
         for outcome in OUTCOMES:
-            lines.append(f"  {outcome:<8} {self.counts.get(outcome, 0):>8,}")
+            line = f"  {outcome:<8} {self.counts.get(outcome, 0):>8,}"
+            if outcome == "changed" and self.changed_by:
+                line += "  (" + ", ".join(f"{s} {n:,}" for s, n in self.changed_by.items()) + ")"
+            if outcome == "split" and self.counts.get("split"):
+                line += f"  (into {self.split_rows:,} samples)"
+            lines.append(line)
         if self.dropped_codes:
             codes = ", ".join(f"{c} x{n}" for c, n in sorted(self.dropped_codes.items()))
             lines.append(f"  dropped for: {codes}")
         if self.dry_run:
             lines.append("dry run: nothing written")
         else:
-            lines.append(f"output:   {self.output}")
+            lines.append(f"output:   {self.output} ({self.rows_written:,} samples)")
             lines.append(f"manifest: {self.manifest}")
             if self.images_written:
                 lines.append(f"images:   {self.images_written:,} resized copies")
@@ -112,17 +146,105 @@ def _raw_lines(path: Path) -> Iterator[bytes]:
                 yield raw if raw.endswith(b"\n") else raw + b"\n"
 
 
+# -- the shape of a row: its turns, rounds and image slots ------------------------------------------
+def _has_text(content: Any) -> bool:
+    if isinstance(content, str):
+        return bool(content.strip())
+    return any(isinstance(p, dict) and str(p.get("text") or "").strip() for p in content or [])
+
+
+@dataclass
+class _Turns:
+    """A row's turn list, cut into rounds (a user turn up to the next user turn that follows a reply).
+
+    ``prefix`` leading system turns go into every piece; every round holds a supervised turn.
+    """
+
+    key: str  # "conversations" / "messages"
+    prefix: int
+    rounds: list[tuple[int, int]]  # [start, end) turn indices
+    images: list[list[int]]  # per turn: the indices (placeholder order) of the images it references
+    image_key: str | None  # the row field listing the images; None when they are inline in the turns
+
+
+def _turns(row: dict[str, Any], fmt: str, conv: Conversation) -> _Turns | str:
+    if fmt in ("llava", "sharegpt"):
+        key = "conversations" if "conversations" in row else "messages"
+    else:
+        key = "messages" if "messages" in row else "conversations"
+    turns = row[key]
+    offset = len(conv.messages) - len(turns)  # a 'system' field becomes a leading message
+    messages = conv.messages[offset:]
+    roles = [m.get("role") for m in messages]
+    images: list[list[int]] = []
+    seen = 0
+    for m in messages:
+        content = m.get("content")
+        n = sum(1 for p in content if isinstance(p, dict) and p.get("type") == "image") if isinstance(content, list) else 0
+        images.append(list(range(seen, seen + n)))
+        seen += n
+    prefix = 0
+    while prefix < len(roles) and roles[prefix] == "system":
+        prefix += 1
+    if any(images[i] for i in range(prefix)):
+        return "the system turn holds an image (it would repeat in every piece)"
+    starts = [prefix] + [i for i in range(prefix + 1, len(roles)) if roles[i] == "user" and roles[i - 1] != "user"]
+    supervised = [r == "assistant" and _has_text(m.get("content")) for r, m in zip(roles, messages)]
+    rounds: list[tuple[int, int]] = []
+    for start, end in zip(starts, [*starts[1:], len(roles)]):
+        if start >= end:
+            continue
+        if rounds and not any(supervised[start:end]):
+            rounds[-1] = (rounds[-1][0], end)  # a turn with nothing to learn stays with the reply before it
+        else:
+            rounds.append((start, end))
+    if len(rounds) > 1 and not any(supervised[rounds[0][0]:rounds[0][1]]):
+        rounds[:2] = [(rounds[0][0], rounds[1][1])]
+    image_key = next((k for k in ("images", "image") if k in row), None)
+    value = row.get(image_key) if image_key else None
+    if not value:
+        image_key = None  # inline images travel with their turns
+    elif isinstance(value, list) and any(v is None for v in value):
+        return f"the {image_key!r} list has null entries"
+    return _Turns(key=key, prefix=prefix, rounds=rounds, images=images, image_key=image_key)
+
+
+def _piece(row: dict[str, Any], t: _Turns, turn_ids: list[int]) -> tuple[dict[str, Any], list[int]]:
+    """The row restricted to ``turn_ids`` and the images they reference, all other fields as they were."""
+    new = dict(row)  # same keys, same order
+    new[t.key] = [row[t.key][i] for i in turn_ids]
+    image_ids = [k for i in turn_ids for k in t.images[i]]
+    if t.image_key is not None:
+        value = row[t.image_key]
+        if isinstance(value, list):
+            new[t.image_key] = [value[k] for k in image_ids]
+        elif not image_ids:
+            del new[t.image_key]  # one image, now in another piece (LLaVA reads a text-only row without 'image')
+    return new, image_ids
+
+
+def _id_key(row: dict[str, Any]) -> str | None:
+    """The field ``row_id`` reads the id from, when it holds a string (only those get a ``#k`` suffix)."""
+    for key in _ID_KEYS:
+        if key in row and isinstance(row[key], (str, int)) and not isinstance(row[key], bool):
+            return key if isinstance(row[key], str) else None
+    return None
+
+
 @dataclass
 class _Plan:
-    """The fix for one over-long sample: its new row and the image files to write."""
+    """The fix for one over-long sample: its new row(s), what the manifest says, image files to write."""
 
-    row: dict[str, Any]
-    max_pixels: int
-    images: list[dict[str, Any]]  # {"from", "to", "source", "size", "resized"}
+    outcome: str  # changed / split
+    strategy: str
+    rows: list[dict[str, Any]]
+    change: dict[str, Any]
+    images: list[dict[str, Any]] = field(default_factory=list)  # {"from", "to", "source", "name", ...}
+    pieces: list[dict[str, Any]] = field(default_factory=list)  # split: {"id", "turns", "images"}
 
 
 class _Repairer:
-    def __init__(self, scanner: Scanner, *, max_length: int, on_overlong: str, out_images: Path | None,
+    def __init__(self, scanner: Scanner, *, max_length: int, on_overlong: tuple[str, ...], out_images: Path | None,
                  out_root: Path) -> None:
         self.scanner = scanner
         self.family = scanner.family
@@ -141,16 +263,19 @@ class _Repairer:
         codes = {f.code for f in errors}
         if not codes <= _LENGTH_CODES:
             return "dropped", reason, None
-        if self.on_overlong == "drop":
-            return "dropped", f"{reason} (--on-overlong drop)", None
-        plan = self._cap(row, result)
-        if isinstance(plan, str):
-            return "dropped", f"{reason}; cap-pixels: {plan}", None
-        return "changed", f"cap-pixels {plan.max_pixels:,}: {reason}", plan
+        failures: list[str] = []
+        for strategy in self.on_overlong:
+            if strategy == "drop":
+                break
+            plan = self._try(strategy, row, result)
+            if isinstance(plan, _Plan):
+                tried = f" (not {'; not '.join(failures)})" if failures else ""
+                return plan.outcome, f"{strategy}{tried}: {reason}", plan
+            failures.append(f"{strategy}: {plan}")
+        tried = "; ".join(failures) if failures else f"--on-overlong {','.join(self.on_overlong)}"
+        return "dropped", f"{reason} ({tried})", None
 
-    def _cap(self, row: Any, result: SampleResult) -> _Plan | str:
-        if result.fits_max_pixels is None or result.text_only_tokens is None:
-            return "no pixel budget makes the sample fit (its text alone is too long)"
+    def _try(self, strategy: str, row: Any, result: SampleResult) -> _Plan | str:
         fmt = self.scanner.options.format or detect_format(row)
         if fmt is None or not isinstance(row, dict):
             return "the row has no conversation"
@@ -158,6 +283,91 @@ class _Repairer:
             conv = to_conversation(row, fmt)
         except RowError as e:
             return str(e)
+        if strategy == "cap-pixels":
+            return self._cap(row, result, conv)
+        turns = _turns(row, fmt, conv)
+        if isinstance(turns, str):
+            return turns
+        if strategy == "split":
+            return self._split(row, result, turns)
+        return self._truncate(row, result, turns)
+
+    # -- split / truncate-turns -------------------------------------------------------------------
+    def _fits(self, row: dict[str, Any]) -> SampleResult | None:
+        """The scan of ``row`` when it fits ``max_length`` whole with no error, else None."""
+        (r,) = self.scanner.analyze([(0, row)])
+        if r.tokens is None or r.tokens > self.max_length or any(f.severity >= F.Severity.ERROR for f in r.findings):
+            return None
+        return r
+
+    def _split(self, row: dict[str, Any], result: SampleResult, t: _Turns) -> _Plan | str:
+        if len(t.rounds) < 2:
+            return "one user/assistant round: no turn boundary to split at"
+        prefix = list(range(t.prefix))
+
+        def turns_of(rounds: list[tuple[int, int]]) -> list[int]:
+            return prefix + [i for s, e in rounds for i in range(s, e)]
+
+        groups: list[list[tuple[int, int]]] = []
+        current: list[tuple[int, int]] = []
+        for k, r in enumerate(t.rounds):
+            if current and self._fits(_piece(row, t, turns_of([*current, r]))[0]):
+                current.append(r)
+                continue
+            if current:
+                groups.append(current)
+            current = [r]
+            if not self._fits(_piece(row, t, turns_of(current))[0]):
+                return f"round {k + 1} of {len(t.rounds)} (turns {r[0]}-{r[1] - 1}) does not fit alone"
+        groups.append(current)
+        if len(groups) < 2:
+            return "the rounds fit together: nothing to split"
+        id_key = _id_key(row)
+        rows, pieces = [], []
+        for k, group in enumerate(groups, 1):
+            turn_ids = turns_of(group)
+            new, image_ids = _piece(row, t, turn_ids)
+            piece_id = f"{result.id}#{k}"
+            if id_key is not None:
+                new[id_key] = piece_id
+            rows.append(new)
+            pieces.append({"id": piece_id, "turns": turn_ids, "images": image_ids})
+        return _Plan(outcome="split", strategy="split", rows=rows, pieces=pieces,
+                     change={"strategy": "split", "rounds": len(t.rounds)})
+
+    def _truncate(self, row: dict[str, Any], result: SampleResult, t: _Turns) -> _Plan | str:
+        prefix = list(range(t.prefix))
+        n = len(t.rounds)
+
+        def candidate(k: int) -> tuple[dict[str, Any], list[int], list[int], SampleResult | None]:
+            turn_ids = prefix + [i for s, e in t.rounds[:k] for i in range(s, e)]
+            new, image_ids = _piece(row, t, turn_ids)
+            return new, turn_ids, image_ids, self._fits(new)
+
+        if n < 2:
+            return "one user/assistant round: no turn to drop"
+        if candidate(1)[3] is None:
+            return "the first user/assistant round alone does not fit"
+        lo, hi = 1, n  # fits with lo rounds, not with hi (the whole sample)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if candidate(mid)[3] is not None:
+                lo = mid
+            else:
+                hi = mid
+        new, turn_ids, image_ids, fit = candidate(lo)
+        assert fit is not None
+        total_turns = len(row[t.key])
+        removed = [i for i in range(total_turns) if i not in set(turn_ids)]
+        removed_images = [k for i in removed for k in t.images[i]]
+        change = {"strategy": "truncate-turns", "kept_turns": len(turn_ids), "removed_turns": removed,
+                  "removed_images": removed_images, "tokens": fit.tokens}
+        return _Plan(outcome="changed", strategy="truncate-turns", rows=[new], change=change)
+
+    # -- cap-pixels ---------------------------------------------------------------------------------
+    def _cap(self, row: dict[str, Any], result: SampleResult, conv: Conversation) -> _Plan | str:
+        if result.fits_max_pixels is None or result.text_only_tokens is None:
+            return "no pixel budget makes the sample fit (its text alone is too long)"
         key = "images" if "images" in row else "image"
         value = row.get(key)
         entries = [value] if isinstance(value, str) else value
@@ -196,7 +406,9 @@ class _Repairer:
                            "size": [w, h], "resized": [tw, th]})
         new_row = dict(row)  # same keys, same order; only the image field changes
         new_row[key] = new_entries[0] if isinstance(value, str) else new_entries
-        return _Plan(row=new_row, max_pixels=cap, images=images)
+        change = {"strategy": "cap-pixels", "max_pixels": cap,
+                  "images": [{k: v for k, v in im.items() if k not in ("source", "name")} for im in images]}
+        return _Plan(outcome="changed", strategy="cap-pixels", rows=[new_row], change=change, images=images)
 
     def _shrink(self, width: int, height: int, cap: int) -> tuple[int, int]:
         """The largest size within ``cap`` pixels, keeping the aspect ratio, on the family's grid."""
@@ -234,7 +446,7 @@ def repair(
     max_length: int,
     output: str | os.PathLike[str] | None = None,
     dry_run: bool = False,
-    on_overlong: str = "cap-pixels",
+    on_overlong: str | Sequence[str] = DEFAULT_ON_OVERLONG,
     truncation: str = "right",
     format: str | None = None,
     image_root: str | os.PathLike[str] | None = None,
@@ -247,21 +459,23 @@ def repair(
 ) -> RepairReport:
     """Write a copy of ``dataset`` in which no sample crashes or trains on nothing at ``max_length``.
 
-    Every input row is accounted for in the manifest (``OUT.manifest.jsonl``): kept, changed (how)
-    or dropped (why). The input is only read. Options mean what they mean for :func:`vlmcheck.scan`;
-    scan the output with the same options to check it.
+    Every input row is accounted for in the manifest (``OUT.manifest.jsonl``): kept, changed (how),
+    split (into which new samples) or dropped (why). The input is only read. Options mean what they
+    mean for :func:`vlmcheck.scan`; scan the output with the same options to check it.
 
     Args:
         dataset: a .json (array) or .jsonl file.
         output: the repaired dataset, same format as the input; required unless ``dry_run``.
         dry_run: decide everything, write nothing.
-        on_overlong: ``cap-pixels`` (default: resize the sample's images to the largest budget that
-            fits, else drop) or ``drop``.
+        on_overlong: what to do with a sample whose image span or supervision is cut at
+            ``max_length``: strategies tried in order, the first that makes the sample fit whole
+            wins (a comma-separated string or a list): ``cap-pixels`` (resize its images to the
+            largest pixel budget that fits), ``split`` (into several samples at turn boundaries),
+            ``truncate-turns`` (drop trailing turns), ``drop``. Default: all four, in that order.
     """
     if max_length <= 0:
         raise UsageError("max_length must be positive")
-    if on_overlong not in ON_OVERLONG:
-        raise UsageError(f"on_overlong must be one of {', '.join(ON_OVERLONG)}, not {on_overlong!r}")
+    strategies = parse_on_overlong(on_overlong)
     path = Path(dataset)
     if not path.exists():
         raise DatasetError(f"dataset not found: {path}")
@@ -284,13 +498,15 @@ def repair(
     # The output is scanned with the same --image-root, or by default its own folder.
     out_root = root if image_root is not None else (out.parent if out is not None else path.parent)
     final_images = images_dir(out) if out is not None else None
-    repairer = _Repairer(scanner, max_length=max_length, on_overlong=on_overlong, out_images=final_images,
+    repairer = _Repairer(scanner, max_length=max_length, on_overlong=strategies, out_images=final_images,
                          out_root=out_root)
     report = RepairReport(dataset=str(path), output=None if dry_run or out is None else str(out),
                           manifest=None if dry_run or out is None else str(manifest_path(out)), dry_run=dry_run)
     writer = None if dry_run or out is None else _Writer(out, kind)
     counts: Counter[str] = Counter()
+    changed_by: Counter[str] = Counter()
     dropped: Counter[str] = Counter()
+    written = 0
     try:
         raws: Iterator[bytes | None] = _raw_lines(path) if kind == "jsonl" else iter(lambda: None, 0)
         for chunk in _chunks(iter_rows(path), raws):
@@ -304,21 +520,33 @@ def repair(
                     record["reason"] = reason
                 if outcome == "dropped":
                     dropped.update({f.code for f in result.findings if f.severity >= F.Severity.ERROR})
-                if plan is not None:
-                    record["change"] = {"strategy": "cap-pixels", "max_pixels": plan.max_pixels,
-                                        "images": [{k: v for k, v in im.items() if k not in ("source", "name")}
-                                                   for im in plan.images]}
+                rows: list[tuple[Any, bytes | None]] = []
+                if outcome == "kept":
+                    rows = [(row, raw)]
+                elif plan is not None:
+                    rows = [(r, None) for r in plan.rows]
+                    if plan.outcome == "changed":
+                        changed_by[plan.strategy] += 1
+                        record["change"] = plan.change
+                    else:
+                        record["change"] = plan.change
+                        record["split_into"] = plan.pieces
+                        report.split_rows += len(plan.rows)
+                indices = list(range(written, written + len(rows)))
+                written += len(rows)
+                if outcome in ("kept", "changed"):
+                    record["output_index"] = indices[0]
+                elif outcome == "split":
+                    for piece, i in zip(record["split_into"], indices):
+                        piece["output_index"] = i
                 if writer is not None:
-                    if outcome != "dropped":
-                        record["output_index"] = writer.add_row(row if plan is None else plan.row,
-                                                                raw if plan is None else None)
+                    for r, raw_bytes in rows:
+                        writer.add_row(r, raw_bytes)
                     if plan is not None:
                         for im in plan.images:
                             writer.add_image(im["source"], im["name"], tuple(im["resized"]),
                                              exif_transpose=scanner.options.exif_transpose)
                     writer.add_record(record)
-                elif outcome != "dropped":
-                    record["output_index"] = counts["kept"] + counts["changed"] - 1
         if writer is not None:
             report.images_written = writer.images
             writer.commit()
@@ -326,7 +554,9 @@ def repair(
         if writer is not None:
             writer.discard()
     report.counts = {k: counts.get(k, 0) for k in OUTCOMES}
+    report.changed_by = {s: changed_by[s] for s in ON_OVERLONG if changed_by.get(s)}
     report.dropped_codes = dict(sorted(dropped.items()))
+    report.rows_written = written
     return report
 
 
@@ -412,4 +642,7 @@ class _Writer:
         shutil.rmtree(self.image_tmp, ignore_errors=True)
 
 
-__all__ = ["ON_OVERLONG", "OUTCOMES", "RepairReport", "images_dir", "manifest_path", "repair"]
+__all__ = [
+    "DEFAULT_ON_OVERLONG", "ON_OVERLONG", "OUTCOMES", "RepairReport", "images_dir", "manifest_path",
+    "parse_on_overlong", "repair",
+]
