@@ -19,6 +19,7 @@ _BUILTIN = (
     "qwen2_5_vl",
     "qwen3_vl",
     "llava",
+    "llava_next",
     "internvl",
 )
 
