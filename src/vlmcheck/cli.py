@@ -86,6 +86,11 @@ def _fail_on(_ctx: click.Context, _param: click.Parameter, value: str) -> Severi
 @click.option("--split", help="Split of a DatasetDict save_to_disk folder (default: train).")
 @click.option("--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True, help="Processes.")
 @click.option("--limit", type=click.IntRange(min=1), help="Scan only the first N rows.")
+@click.option("--exact", is_flag=True,
+              help="Count with the checkpoint's own transformers processor, sample by sample: any model_type, "
+                   "slower (needs vlmcheck[exact]).")
+@click.option("--trust-remote-code", is_flag=True,
+              help="With --exact: run the checkpoint's own processor code (auto_map). Read it first.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), help="Write the summary as JSON.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str),
               help="Write one JSON record per sample (.jsonl).")
@@ -96,8 +101,8 @@ def _fail_on(_ctx: click.Context, _param: click.Parameter, value: str) -> Severi
 def scan_command(dataset: str, model: str, max_length: int | None, truncation: str, format_: str | None,
                  image_root: str | None, max_pixels: int | None, min_pixels: int | None, resize: str,
                  qwen_vl_utils: bool, exif: bool | None, allow_outside_root: bool, chat_template: str | None,
-                 split: str | None, workers: int, limit: int | None, json_path: str | None, output: str | None,
-                 fail_on: Severity, show: int, quiet: bool) -> None:
+                 split: str | None, workers: int, limit: int | None, exact: bool, trust_remote_code: bool,
+                 json_path: str | None, output: str | None, fail_on: Severity, show: int, quiet: bool) -> None:
     """Count every sample's tokens as the model's processor would and report what will break."""
     import json
     import sys
@@ -117,7 +122,8 @@ def scan_command(dataset: str, model: str, max_length: int | None, truncation: s
             dataset, model=model, max_length=max_length, truncation=truncation, format=format_,
             image_root=image_root, max_pixels=max_pixels, min_pixels=min_pixels, resize=resize,
             exif_transpose=exif, allow_outside_root=allow_outside_root, chat_template=template,
-            split=split, workers=workers, limit=limit, output=output, progress=progress,
+            split=split, workers=workers, limit=limit, output=output, progress=progress, exact=exact,
+            trust_remote_code=trust_remote_code,
         )
     except VlmcheckError as e:
         progress.close()
@@ -187,6 +193,9 @@ main.add_command(lint_command)
                    "the first that makes the sample fit whole wins. cap-pixels: resize its images to the "
                    "largest pixel budget that fits; split: into several samples at turn boundaries; "
                    "truncate-turns: drop trailing turns; drop. Default: all four, in this order.")
+@click.option("--pixel-cap-key", metavar="KEY",
+              help="cap-pixels records the budget in the sample under KEY (e.g. max_pixels: on inline image "
+                   "parts, where qwen-vl-utils reads it, else on the row) instead of writing resized images.")
 @click.option("--truncation", type=click.Choice(TRUNCATIONS), default="right", show_default=True,
               help="As for scan.")
 @click.option("--format", "format_", type=click.Choice(FORMATS), help="Force the dataset format (default: detect).")
@@ -202,9 +211,9 @@ main.add_command(lint_command)
               help="A Jinja chat template file to use instead of the checkpoint's.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), help="Write the summary as JSON.")
 def repair_command(dataset: str, model: str, max_length: int, output: str | None, dry_run: bool, on_overlong: str,
-                   truncation: str, format_: str | None, image_root: str | None, max_pixels: int | None,
-                   min_pixels: int | None, resize: str, exif: bool | None, allow_outside_root: bool,
-                   chat_template: str | None, json_path: str | None) -> None:
+                   pixel_cap_key: str | None, truncation: str, format_: str | None, image_root: str | None,
+                   max_pixels: int | None, min_pixels: int | None, resize: str, exif: bool | None,
+                   allow_outside_root: bool, chat_template: str | None, json_path: str | None) -> None:
     """Write a copy of DATASET that trains at --max-length: keep, fix (cap-pixels, truncate-turns), split
     or drop each sample, every one accounted for in the manifest. The input is never modified."""
     import json
@@ -221,7 +230,7 @@ def repair_command(dataset: str, model: str, max_length: int, output: str | None
             dataset, model=model, max_length=max_length, output=output, dry_run=dry_run, on_overlong=on_overlong,
             truncation=truncation, format=format_, image_root=image_root, max_pixels=max_pixels,
             min_pixels=min_pixels, resize=resize, exif_transpose=exif, allow_outside_root=allow_outside_root,
-            chat_template=template,
+            chat_template=template, pixel_cap_key=pixel_cap_key,
         )
     except VlmcheckError as e:
         raise click.UsageError(str(e)) from None

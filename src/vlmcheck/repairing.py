@@ -24,6 +24,8 @@ The module is named ``repairing`` so that ``vlmcheck.repair`` stays the function
 
 from __future__ import annotations
 
+import base64
+import copy
 import hashlib
 import io
 import json
@@ -39,7 +41,7 @@ from typing import Any
 
 from vlmcheck import findings as F
 from vlmcheck.data.formats import Conversation, RowError, detect_format, to_conversation
-from vlmcheck.data.images import ImageProblem
+from vlmcheck.data.images import ImageProblem, decode_data_url
 from vlmcheck.data.readers import BadRow, dataset_kind, iter_rows
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.model import ModelSpec
@@ -231,6 +233,118 @@ def _id_key(row: dict[str, Any]) -> str | None:
     return None
 
 
+# -- where a row keeps its images ------------------------------------------------------------------
+@dataclass
+class _Slot:
+    """One image of a row, in placeholder order: ``holder[key]`` is its value (a path, data URL or
+    struct); ``part`` is the content part it sits in when inline (where qwen-vl-utils reads
+    ``max_pixels``)."""
+
+    holder: Any
+    key: Any
+    part: dict[str, Any] | None = None
+
+
+def _slots(row: dict[str, Any], conv: Conversation) -> list[_Slot] | str:
+    image_key = next((k for k in ("images", "image") if k in row), None)
+    value = row.get(image_key) if image_key else None
+    slots: list[_Slot] = []
+    if value:
+        if isinstance(value, list):
+            slots = [_Slot(value, i) for i, v in enumerate(value) if v is not None]
+        else:
+            slots = [_Slot(row, image_key)]
+    else:  # inline, as formats._typed reads them
+        for turn in row.get("messages", row.get("conversations")) or []:
+            content = turn.get("content") if isinstance(turn, dict) else None
+            for part in content if isinstance(content, list) else []:
+                if not isinstance(part, dict):
+                    continue
+                kind = part.get("type")
+                if kind == "image_url" or (kind is None and "image_url" in part):
+                    slots.append(_Slot(part, "image_url", part))
+                elif kind == "image" or (kind is None and "image" in part):
+                    source = next((k for k in ("image", "url", "path") if part.get(k)), None)
+                    if source is not None:
+                        slots.append(_Slot(part, source, part))
+    if len(slots) != len(conv.images):
+        return f"found {len(slots)} image entries for {len(conv.images)} images"
+    return slots
+
+
+def _replaced(value: Any, *, path: str | None, png: bytes | None, name: str) -> Any:
+    """``value`` (an image entry as ``formats.image_ref`` reads it) pointing at the resized image:
+    ``path`` for a file, ``png`` for embedded bytes or a data URL. Other fields stay as they were."""
+    if isinstance(value, str):
+        if png is not None:
+            return "data:image/png;base64," + base64.b64encode(png).decode()
+        return path
+    new = dict(value)
+    if new.get("bytes"):
+        new["bytes"] = png
+        if isinstance(new.get("path"), str):
+            new["path"] = name  # the bytes are a PNG of another size now
+        return new
+    for key in ("path", "url", "image", "image_url"):
+        if isinstance(new.get(key), (str, dict)) and new.get(key):
+            new[key] = _replaced(new[key], path=path, png=png, name=name)
+            return new
+    raise ValueError(f"no image in {value!r}")
+
+
+def _is_cap(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def row_pixel_cap(row: Any, key: str) -> int | None:
+    """The per-sample pixel cap a row records under ``key`` (on the row, or on its inline image
+    parts; the smallest when several), or None."""
+    if not isinstance(row, dict):
+        return None
+    caps = [row[key]] if _is_cap(row.get(key)) else []
+    for name in ("messages", "conversations"):
+        turns = row.get(name)
+        for turn in turns if isinstance(turns, list) else []:
+            content = turn.get("content") if isinstance(turn, dict) else None
+            for part in content if isinstance(content, list) else []:
+                if isinstance(part, dict) and _is_cap(part.get(key)):
+                    caps.append(part[key])
+    return min(caps) if caps else None
+
+
+class _Analyzer:
+    """``Scanner.analyze``, each row at the pixel cap it records under ``key`` (when given), as its
+    framework would read it: the cap replaces max_pixels, applied the way ``resize`` says."""
+
+    def __init__(self, scanner: Scanner, key: str | None) -> None:
+        self.base = scanner
+        self.key = key
+        self._capped: dict[int, Scanner] = {}
+
+    def scanner_for(self, row: Any) -> Scanner:
+        cap = row_pixel_cap(row, self.key) if self.key else None
+        if cap is None:
+            return self.base
+        scanner = self._capped.get(cap)
+        if scanner is None:
+            spec = copy.copy(self.base.spec)  # shares the loaded tokenizer
+            settings = spec.family.with_max_pixels(spec.settings, cap)
+            if settings is None:
+                return self.base
+            spec.settings = settings
+            scanner = self._capped[cap] = Scanner(spec, self.base.options, self.base.root)
+        return scanner
+
+    def analyze(self, items: list[tuple[int, Any]]) -> list[tuple[SampleResult, Scanner]]:
+        scanners = [self.scanner_for(row) for _, row in items]
+        out: list[tuple[SampleResult, Scanner] | None] = [None] * len(items)
+        for scanner in {id(s): s for s in scanners}.values():
+            at = [k for k, s in enumerate(scanners) if s is scanner]
+            for k, result in zip(at, scanner.analyze([items[k] for k in at])):
+                out[k] = (result, scanner)
+        return [o for o in out if o is not None]
+
+
 @dataclass
 class _Plan:
     """The fix for one over-long sample: its new row(s), what the manifest says, image files to write."""
@@ -239,22 +353,21 @@ class _Plan:
     strategy: str
     rows: list[dict[str, Any]]
     change: dict[str, Any]
-    images: list[dict[str, Any]] = field(default_factory=list)  # {"from", "to", "source", "name", ...}
+    images: list[dict[str, Any]] = field(default_factory=list)  # files to write: {"source", "name", "resized"}
     pieces: list[dict[str, Any]] = field(default_factory=list)  # split: {"id", "turns", "images"}
 
 
 class _Repairer:
-    def __init__(self, scanner: Scanner, *, max_length: int, on_overlong: tuple[str, ...], out_images: Path | None,
-                 out_root: Path) -> None:
-        self.scanner = scanner
-        self.family = scanner.family
-        self.settings = scanner.spec.settings
+    def __init__(self, analyzer: _Analyzer, *, max_length: int, on_overlong: tuple[str, ...],
+                 out_images: Path | None, out_root: Path, columnar: bool) -> None:
+        self.analyzer = analyzer
         self.max_length = max_length
         self.on_overlong = on_overlong
         self.out_images = out_images
         self.out_root = out_root
+        self.columnar = columnar  # Parquet / Arrow: a field added to one row is a column for all
 
-    def decide(self, row: Any, result: SampleResult) -> tuple[str, str | None, _Plan | None]:
+    def decide(self, row: Any, result: SampleResult, scanner: Scanner) -> tuple[str, str | None, _Plan | None]:
         """(outcome, reason, plan) for one scanned row."""
         errors = [f for f in result.findings if f.severity >= F.Severity.ERROR]
         if not errors:
@@ -267,7 +380,7 @@ class _Repairer:
         for strategy in self.on_overlong:
             if strategy == "drop":
                 break
-            plan = self._try(strategy, row, result)
+            plan = self._try(strategy, row, result, scanner)
             if isinstance(plan, _Plan):
                 tried = f" (not {'; not '.join(failures)})" if failures else ""
                 return plan.outcome, f"{strategy}{tried}: {reason}", plan
@@ -275,8 +388,8 @@ class _Repairer:
         tried = "; ".join(failures) if failures else f"--on-overlong {','.join(self.on_overlong)}"
         return "dropped", f"{reason} ({tried})", None
 
-    def _try(self, strategy: str, row: Any, result: SampleResult) -> _Plan | str:
-        fmt = self.scanner.options.format or detect_format(row)
+    def _try(self, strategy: str, row: Any, result: SampleResult, scanner: Scanner) -> _Plan | str:
+        fmt = scanner.options.format or detect_format(row)
         if fmt is None or not isinstance(row, dict):
             return "the row has no conversation"
         try:
@@ -284,7 +397,9 @@ class _Repairer:
         except RowError as e:
             return str(e)
         if strategy == "cap-pixels":
-            return self._cap(row, result, conv)
+            if self.analyzer.key is not None:
+                return self._cap_key(row, result, conv, fmt)
+            return self._cap(row, result, conv, scanner)
         turns = _turns(row, fmt, conv)
         if isinstance(turns, str):
             return turns
@@ -292,13 +407,14 @@ class _Repairer:
             return self._split(row, result, turns)
         return self._truncate(row, result, turns)
 
-    # -- split / truncate-turns -------------------------------------------------------------------
     def _fits(self, row: dict[str, Any]) -> SampleResult | None:
         """The scan of ``row`` when it fits ``max_length`` whole with no error, else None."""
-        (r,) = self.scanner.analyze([(0, row)])
+        ((r, _),) = self.analyzer.analyze([(0, row)])
         if r.tokens is None or r.tokens > self.max_length or any(f.severity >= F.Severity.ERROR for f in r.findings):
             return None
         return r
+
+    # -- split / truncate-turns -------------------------------------------------------------------
 
     def _split(self, row: dict[str, Any], result: SampleResult, t: _Turns) -> _Plan | str:
         if len(t.rounds) < 2:
@@ -365,70 +481,107 @@ class _Repairer:
         return _Plan(outcome="changed", strategy="truncate-turns", rows=[new], change=change)
 
     # -- cap-pixels ---------------------------------------------------------------------------------
-    def _cap(self, row: dict[str, Any], result: SampleResult, conv: Conversation) -> _Plan | str:
+    def _cap_key(self, row: dict[str, Any], result: SampleResult, conv: Conversation, fmt: str) -> _Plan | str:
+        """Record the budget under ``key`` (the framework resizes at load time) instead of resizing."""
+        key = self.analyzer.key
+        assert key is not None
+        if result.fits_max_pixels is None:
+            return "no pixel budget makes the sample fit (its text alone is too long)"
+        cap = result.fits_max_pixels
+        new = copy.deepcopy(row)
+        slots = _slots(new, conv)
+        if isinstance(slots, str):
+            return slots
+        # qwen-vl-utils reads max_pixels on the image's own content part; a struct field in Parquet /
+        # Arrow would be a null on every other image, which it would read as max_pixels=None
+        on_parts = fmt == "messages" and not self.columnar and bool(slots) and all(s.part for s in slots)
+        if on_parts:
+            for slot in slots:
+                assert slot.part is not None
+                slot.part[key] = cap
+        if not on_parts or _is_cap(new.get(key)):
+            new[key] = cap
+        for turn in new.get("messages", new.get("conversations")) or []:  # an older cap on a part
+            content = turn.get("content") if isinstance(turn, dict) else None
+            for part in content if isinstance(content, list) else []:
+                if isinstance(part, dict) and _is_cap(part.get(key)):
+                    part[key] = cap
+        if self._fits(new) is None:
+            return f"max_pixels {cap:,} under {key!r} does not make it fit"
+        change = {"strategy": "cap-pixels", "max_pixels": cap, "key": key,
+                  "placement": "image parts" if on_parts else "row"}
+        return _Plan(outcome="changed", strategy="cap-pixels", rows=[new], change=change)
+
+    def _cap(self, row: dict[str, Any], result: SampleResult, conv: Conversation, scanner: Scanner) -> _Plan | str:
         if result.fits_max_pixels is None or result.text_only_tokens is None:
             return "no pixel budget makes the sample fit (its text alone is too long)"
-        key = "images" if "images" in row else "image"
-        value = row.get(key)
-        entries = [value] if isinstance(value, str) else value
-        if (not isinstance(entries, list) or len(entries) != len(conv.images)
-                or not all(isinstance(v, str) for v in entries) or any(r.kind != "path" for r in conv.images)):
-            return "only image paths listed in 'images' / 'image' are rewritten (not inline or embedded images)"
+        new = copy.deepcopy(row)  # same keys, same order; only image entries change
+        slots = _slots(new, conv)
+        if isinstance(slots, str):
+            return slots
+        family, settings = scanner.family, scanner.spec.settings
+        exif = scanner.options.exif_transpose
         sizes = []
-        exif = self.scanner.options.exif_transpose
         for ref in conv.images:
             try:
-                sizes.append(self.scanner._probe(ref).size(exif_transpose=exif))
+                sizes.append(scanner._probe(ref).size(exif_transpose=exif))
             except ImageProblem as p:
                 return p.message
         cap = result.fits_max_pixels
         for _ in range(_SHRINK_STEPS):
-            targets = [self._shrink(w, h, cap) for w, h in sizes]
-            tokens = result.text_only_tokens + sum(self.family.image_tokens(w, h, self.settings) for w, h in targets)
+            targets = [_shrink(w, h, cap, settings) for w, h in sizes]
+            tokens = result.text_only_tokens + sum(family.image_tokens(w, h, settings) for w, h in targets)
             bad = any(i.code in F.CATALOGUE and F.CATALOGUE[i.code].severity >= F.Severity.ERROR
-                      for w, h in targets for i in self.family.check_image(w, h, self.settings))
+                      for w, h in targets for i in family.check_image(w, h, settings))
             if tokens <= self.max_length and not bad:
                 break
             cap = int(cap * 0.95)
         else:
             return "no resize found that fits"
-        new_entries = list(entries)
-        images = []
-        for k, ((w, h), (tw, th)) in enumerate(zip(sizes, targets)):
+        files, listed = [], []
+        for k, (slot, ref, (w, h), (tw, th)) in enumerate(zip(slots, conv.images, sizes, targets)):
             if (tw, th) == (w, h):
                 continue
-            source = self._resolve(entries[k])
-            digest = hashlib.sha256(f"{os.path.realpath(source)}:{exif}".encode()).hexdigest()[:12]
-            name = f"{Path(entries[k]).stem}-{tw}x{th}-{digest}.png"
-            target = (self.out_images or Path(".")) / name
-            new_entries[k] = os.path.relpath(target, self.out_root).replace(os.sep, "/")
-            images.append({"from": entries[k], "to": new_entries[k], "source": source, "name": name,
-                           "size": [w, h], "resized": [tw, th]})
-        new_row = dict(row)  # same keys, same order; only the image field changes
-        new_row[key] = new_entries[0] if isinstance(value, str) else new_entries
-        change = {"strategy": "cap-pixels", "max_pixels": cap,
-                  "images": [{k: v for k, v in im.items() if k not in ("source", "name")} for im in images]}
-        return _Plan(outcome="changed", strategy="cap-pixels", rows=[new_row], change=change, images=images)
-
-    def _shrink(self, width: int, height: int, cap: int) -> tuple[int, int]:
-        """The largest size within ``cap`` pixels, keeping the aspect ratio, on the family's grid."""
-        if width * height <= cap:
-            return width, height
-        factor = int(getattr(self.settings, "factor", 1) or 1)
-        scale = math.sqrt(cap / (width * height))
-        w = max(factor, math.floor(width * scale / factor) * factor)
-        h = max(factor, math.floor(height * scale / factor) * factor)
-        return w, h
-
-    def _resolve(self, raw: str) -> Path:
-        path = Path(raw).expanduser()
-        return path if path.is_absolute() else self.scanner.root / path
+            value = slot.holder[slot.key]
+            entry: dict[str, Any] = {"image": k, "from": ref.describe(), "size": [w, h], "resized": [tw, th]}
+            if ref.kind == "path":
+                source = Path(str(ref.value)).expanduser()
+                source = source if source.is_absolute() else scanner.root / source
+                digest = hashlib.sha256(f"{os.path.realpath(source)}:{exif}".encode()).hexdigest()[:12]
+                name = f"{Path(str(ref.value)).stem}-{tw}x{th}-{digest}.png"
+                to = os.path.relpath((self.out_images or Path(".")) / name, self.out_root).replace(os.sep, "/")
+                slot.holder[slot.key] = _replaced(value, path=to, png=None, name=name)
+                files.append({"source": source, "name": name, "resized": [tw, th]})
+                entry["to"] = to
+            else:  # embedded bytes or a data URL: the resized PNG goes in their place
+                data = ref.value if ref.kind == "bytes" else decode_data_url(str(ref.value))
+                stem = value.get("path") if isinstance(value, dict) else None
+                name = (f"{Path(stem).stem if isinstance(stem, str) and stem else 'image'}-{tw}x{th}-"
+                        f"{hashlib.sha256(data).hexdigest()[:12]}.png")
+                slot.holder[slot.key] = _replaced(value, path=None, png=_png(data, (tw, th), exif_transpose=exif),
+                                                  name=name)
+                entry.update(to=name, embedded=True)
+            listed.append(entry)
+        change = {"strategy": "cap-pixels", "max_pixels": cap, "images": listed}
+        return _Plan(outcome="changed", strategy="cap-pixels", rows=[new], change=change, images=files)
 
 
-def _write_image(source: Path, target: Path, size: tuple[int, int], *, exif_transpose: bool) -> None:
+def _shrink(width: int, height: int, cap: int, settings: Any) -> tuple[int, int]:
+    """The largest size within ``cap`` pixels, keeping the aspect ratio, on the family's grid."""
+    if width * height <= cap:
+        return width, height
+    factor = int(getattr(settings, "factor", 1) or 1)
+    scale = math.sqrt(cap / (width * height))
+    w = max(factor, math.floor(width * scale / factor) * factor)
+    h = max(factor, math.floor(height * scale / factor) * factor)
+    return w, h
+
+
+def _png(source: Path | bytes, size: tuple[int, int], *, exif_transpose: bool) -> bytes:
+    """``source`` resized to ``size`` (EXIF rotation applied first when the scan applies it), as PNG."""
     from PIL import Image, ImageOps
 
-    with Image.open(source) as img:
+    with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as img:
         img.load()
         out = ImageOps.exif_transpose(img) if exif_transpose else img
         if out.mode not in ("RGB", "RGBA", "L", "LA"):
@@ -436,7 +589,7 @@ def _write_image(source: Path, target: Path, size: tuple[int, int], *, exif_tran
         out = out.resize(size, Image.Resampling.BICUBIC)
         buf = io.BytesIO()
         out.save(buf, format="PNG")
-    target.write_bytes(buf.getvalue())
+    return buf.getvalue()
 
 
 def repair(
@@ -456,6 +609,7 @@ def repair(
     exif_transpose: bool | None = None,
     allow_outside_root: bool = False,
     chat_template: str | None = None,
+    pixel_cap_key: str | None = None,
 ) -> RepairReport:
     """Write a copy of ``dataset`` in which no sample crashes or trains on nothing at ``max_length``.
 
@@ -472,6 +626,10 @@ def repair(
             wins (a comma-separated string or a list): ``cap-pixels`` (resize its images to the
             largest pixel budget that fits), ``split`` (into several samples at turn boundaries),
             ``truncate-turns`` (drop trailing turns), ``drop``. Default: all four, in that order.
+        pixel_cap_key: with ``cap-pixels``, record the budget in the sample under this key
+            (``max_pixels``: on each inline image part of a ``messages`` row, where qwen-vl-utils
+            reads it; else on the row) instead of writing resized images. Rows that already
+            record one are counted at it.
     """
     if max_length <= 0:
         raise UsageError("max_length must be positive")
@@ -498,8 +656,13 @@ def repair(
     # The output is scanned with the same --image-root, or by default its own folder.
     out_root = root if image_root is not None else (out.parent if out is not None else path.parent)
     final_images = images_dir(out) if out is not None else None
-    repairer = _Repairer(scanner, max_length=max_length, on_overlong=strategies, out_images=final_images,
-                         out_root=out_root)
+    if pixel_cap_key is not None and (not pixel_cap_key or scanner.family.with_max_pixels(
+            scanner.spec.settings, 1) is None):
+        raise UsageError(f"pixel_cap_key: {scanner.spec.model_type} has no pixel budget to cap"
+                         if pixel_cap_key else "pixel_cap_key must be a non-empty field name")
+    analyzer = _Analyzer(scanner, pixel_cap_key)
+    repairer = _Repairer(analyzer, max_length=max_length, on_overlong=strategies, out_images=final_images,
+                         out_root=out_root, columnar=kind in ("parquet", "arrow"))
     report = RepairReport(dataset=str(path), output=None if dry_run or out is None else str(out),
                           manifest=None if dry_run or out is None else str(manifest_path(out)), dry_run=dry_run)
     writer = None if dry_run or out is None else _Writer(out, kind)
@@ -510,9 +673,9 @@ def repair(
     try:
         raws: Iterator[bytes | None] = _raw_lines(path) if kind == "jsonl" else iter(lambda: None, 0)
         for chunk in _chunks(iter_rows(path), raws):
-            results = scanner.analyze([(i, row) for i, row, _ in chunk])
-            for (index, row, raw), result in zip(chunk, results):
-                outcome, reason, plan = repairer.decide(row, result)
+            results = analyzer.analyze([(i, row) for i, row, _ in chunk])
+            for (index, row, raw), (result, row_scanner) in zip(chunk, results):
+                outcome, reason, plan = repairer.decide(row, result, row_scanner)
                 counts[outcome] += 1
                 record: dict[str, Any] = {"index": index, "id": result.id, "outcome": outcome,
                                           "output_index": None, "codes": [f.code for f in result.findings]}
@@ -608,7 +771,7 @@ class _Writer:
     def add_image(self, source: Path, name: str, size: tuple[int, ...], *, exif_transpose: bool) -> None:
         target = self.image_tmp / name
         if not target.exists():
-            _write_image(source, target, (size[0], size[1]), exif_transpose=exif_transpose)
+            target.write_bytes(_png(source, (size[0], size[1]), exif_transpose=exif_transpose))
             self.images += 1
 
     def add_record(self, record: dict[str, Any]) -> None:
@@ -644,5 +807,5 @@ class _Writer:
 
 __all__ = [
     "DEFAULT_ON_OVERLONG", "ON_OVERLONG", "OUTCOMES", "RepairReport", "images_dir", "manifest_path",
-    "parse_on_overlong", "repair",
+    "parse_on_overlong", "repair", "row_pixel_cap",
 ]
