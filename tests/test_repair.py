@@ -223,7 +223,7 @@ def test_interrupted_repair_leaves_input_intact_and_no_output(tmp_path: Path, mo
     real = repairing._Writer.add_row
 
     def add_row(self: Any, row: Any, raw: bytes | None) -> int:
-        if self.rows == 2:  # after the resized image of row 1 is written
+        if self.sink.rows == 2:  # after the resized image of row 1 is written
             raise KeyboardInterrupt
         return real(self, row, raw)
 

@@ -43,6 +43,7 @@ from vlmcheck import findings as F
 from vlmcheck.data.formats import Conversation, RowError, detect_format, to_conversation
 from vlmcheck.data.images import ImageProblem, decode_data_url
 from vlmcheck.data.readers import BadRow, dataset_kind, iter_rows
+from vlmcheck.data.writers import Sink, open_sink
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.model import ModelSpec
 from vlmcheck.scan import SampleResult, Scanner, build_scanner
@@ -618,7 +619,7 @@ def repair(
     mean for :func:`vlmcheck.scan`; scan the output with the same options to check it.
 
     Args:
-        dataset: a .json (array) or .jsonl file.
+        dataset: a .json (array) / .jsonl / .parquet file or a ``save_to_disk`` folder (one split).
         output: the repaired dataset, same format as the input; required unless ``dry_run``.
         dry_run: decide everything, write nothing.
         on_overlong: what to do with a sample whose image span or supervision is cut at
@@ -638,13 +639,14 @@ def repair(
     if not path.exists():
         raise DatasetError(f"dataset not found: {path}")
     kind = dataset_kind(path)
-    if kind not in ("json", "jsonl"):
-        raise UsageError(f"repair writes JSON and JSON Lines datasets for now, not {kind}")
+    if kind == "arrow" and (path / "dataset_dict.json").is_file():
+        raise UsageError(f"{path} is a DatasetDict; repair one split's folder (e.g. {path / 'train'})")
     out: Path | None = None
     if output is not None:
         out = Path(output)
         if out.exists() and out.resolve() == path.resolve():
             raise UsageError("the output must not be the input: repair never modifies its input")
+        _check_output_name(out, kind)
     elif not dry_run:
         raise UsageError("pass an output path (or dry_run=True)")
     scanner = build_scanner(
@@ -654,7 +656,9 @@ def repair(
     )
     root = scanner.root
     # The output is scanned with the same --image-root, or by default its own folder.
-    out_root = root if image_root is not None else (out.parent if out is not None else path.parent)
+    # (a save_to_disk folder is its own image root, as for scan)
+    out_root = root if image_root is not None else (
+        (out if kind == "arrow" else out.parent) if out is not None else root)
     final_images = images_dir(out) if out is not None else None
     if pixel_cap_key is not None and (not pixel_cap_key or scanner.family.with_max_pixels(
             scanner.spec.settings, 1) is None):
@@ -665,7 +669,9 @@ def repair(
                          out_root=out_root, columnar=kind in ("parquet", "arrow"))
     report = RepairReport(dataset=str(path), output=None if dry_run or out is None else str(out),
                           manifest=None if dry_run or out is None else str(manifest_path(out)), dry_run=dry_run)
-    writer = None if dry_run or out is None else _Writer(out, kind)
+    writer = None
+    if not dry_run and out is not None:
+        writer = _Writer(out, open_sink(out, source=path, kind=kind, int_column=pixel_cap_key))
     counts: Counter[str] = Counter()
     changed_by: Counter[str] = Counter()
     dropped: Counter[str] = Counter()
@@ -723,6 +729,20 @@ def repair(
     return report
 
 
+_SUFFIXES = {"json": (".json", ".jsonl", ".ndjson"), "jsonl": (".json", ".jsonl", ".ndjson"),
+             "parquet": (".parquet", ".pq")}
+
+
+def _check_output_name(out: Path, kind: str) -> None:
+    """The output is written in the input's format: its name must say so (scan reads it by name)."""
+    if kind == "arrow":
+        if out.is_file() or out.suffix.lower() in (".json", ".jsonl", ".ndjson", ".parquet", ".pq"):
+            raise UsageError(f"the input is a save_to_disk folder, so the output is one too: {out} is a file name")
+    elif out.suffix.lower() not in _SUFFIXES[kind] or out.is_dir():
+        raise UsageError(f"the output is written as {'Parquet' if kind == 'parquet' else 'JSON'} like the input: "
+                         f"name it {' / '.join('*' + x for x in _SUFFIXES[kind])}, not {out.name}")
+
+
 def _chunks(rows: Iterator[Any], raws: Iterator[bytes | None]) -> Iterator[list[tuple[int, Any, bytes | None]]]:
     chunk: list[tuple[int, Any, bytes | None]] = []
     for index, row in enumerate(rows):
@@ -738,35 +758,18 @@ def _chunks(rows: Iterator[Any], raws: Iterator[bytes | None]) -> Iterator[list[
 class _Writer:
     """The output, its manifest and its resized images, under temporary names until ``commit()``."""
 
-    def __init__(self, out: Path, kind: str) -> None:
-        self.out = out
-        self.kind = kind
+    def __init__(self, out: Path, sink: Sink) -> None:
+        self.sink = sink
         self.manifest = manifest_path(out)
         self.images_dir = images_dir(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        self.rows = 0
         self.images = 0
-        self._tmp: list[Path] = []
-        self.data = self._open(out)
-        self.log = self._open(self.manifest)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.manifest.name}.", suffix=".tmp", dir=out.parent)
+        self.log, self.log_tmp = os.fdopen(fd, "wb"), Path(tmp)
         self.image_tmp = Path(tempfile.mkdtemp(prefix=f".{self.images_dir.name}.", suffix=".tmp", dir=out.parent))
         self.done = False
-        if kind == "json":
-            self.data.write(b"[")
 
-    def _open(self, path: Path) -> Any:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        self._tmp.append(Path(tmp))
-        return os.fdopen(fd, "wb")
-
-    def add_row(self, row: Any, raw: bytes | None) -> int:
-        if self.kind == "jsonl":
-            self.data.write(raw if raw is not None else json.dumps(row, ensure_ascii=False).encode() + b"\n")
-        else:
-            text = json.dumps(row, ensure_ascii=False, indent=1).replace("\n", "\n ")
-            self.data.write((",\n " if self.rows else "\n ").encode() + text.encode())
-        self.rows += 1
-        return self.rows - 1
+    def add_row(self, row: Any, raw: bytes | None) -> None:
+        self.sink.add(row, raw)
 
     def add_image(self, source: Path, name: str, size: tuple[int, ...], *, exif_transpose: bool) -> None:
         target = self.image_tmp / name
@@ -778,30 +781,26 @@ class _Writer:
         self.log.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
 
     def commit(self) -> None:
-        if self.kind == "json":
-            self.data.write(b"\n]\n" if self.rows else b"]\n")
-        for fp in (self.data, self.log):
-            fp.flush()
-            os.fsync(fp.fileno())
-            fp.close()
+        self.sink.close()
+        self.log.flush()
+        os.fsync(self.log.fileno())
+        self.log.close()
         names = sorted(p.name for p in self.image_tmp.iterdir())
         if names:
             self.images_dir.mkdir(exist_ok=True)
             for name in names:
                 os.replace(self.image_tmp / name, self.images_dir / name)
-        # the data file last: when it exists, the manifest and images it refers to are complete
-        data_tmp, log_tmp = self._tmp
-        os.replace(log_tmp, self.manifest)
-        os.replace(data_tmp, self.out)
+        # the data last: when it exists, the manifest and images it refers to are complete
+        os.replace(self.log_tmp, self.manifest)
+        self.sink.publish()
         self.done = True
 
     def discard(self) -> None:
-        for fp in (self.data, self.log):
-            if not fp.closed:
-                fp.close()
+        if not self.log.closed:
+            self.log.close()
         if not self.done:
-            for tmp in self._tmp:
-                tmp.unlink(missing_ok=True)
+            self.log_tmp.unlink(missing_ok=True)
+        self.sink.discard()
         shutil.rmtree(self.image_tmp, ignore_errors=True)
 
 
