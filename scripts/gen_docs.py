@@ -1,5 +1,5 @@
-"""Generate the docs pages that come from code: docs/cli.md (every command's --help) and
-docs/findings.md (the findings catalogue).
+"""Generate the docs pages that come from code: docs/cli.md (every command's --help),
+docs/findings.md (the findings catalogue) and the codes section of docs/templates.md (the VT catalogue).
 
     python scripts/gen_docs.py          # rewrite the pages
     python scripts/gen_docs.py --check  # exit 1 if a page is out of date (tests/test_docs_generated.py does this)
@@ -14,6 +14,7 @@ import click
 
 from vlmcheck.cli import main
 from vlmcheck.findings import render_markdown
+from vlmcheck.templates.catalogue import splice
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDTH = 100  # fixed, so the page does not depend on the terminal that generates it
@@ -46,9 +47,15 @@ def cli_reference() -> str:
     return "\n".join(lines) + "\n"
 
 
+def templates_page() -> str:
+    """docs/templates.md with its codes section regenerated (the rest of the page is written by hand)."""
+    return splice((ROOT / "docs" / "templates.md").read_text(encoding="utf-8"))
+
+
 PAGES = {
     "docs/cli.md": cli_reference,
     "docs/findings.md": render_markdown,
+    "docs/templates.md": templates_page,
 }
 
 

@@ -47,6 +47,16 @@ def test_every_code_has_an_anchor() -> None:
         assert f'<a id="{code.lower()}"></a>' in page
 
 
+def test_template_codes_are_generated_from_the_catalogue() -> None:
+    from vlmcheck.templates.catalogue import CATALOGUE as TEMPLATE_CODES
+    from vlmcheck.templates.catalogue import render_markdown as template_codes
+
+    page = (DOCS / "templates.md").read_text(encoding="utf-8")
+    assert template_codes() in page, REGENERATE
+    for code in TEMPLATE_CODES:
+        assert f'<a id="{code.lower()}"></a>' in page
+
+
 def test_cli_reference_is_generated_from_the_help() -> None:
     assert (DOCS / "cli.md").read_text(encoding="utf-8") == _gen_docs().cli_reference(), REGENERATE
 

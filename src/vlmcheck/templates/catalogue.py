@@ -31,10 +31,11 @@ _RULES = [
          "Its loss is 0 (or NaN when the whole batch is like it); it trains on nothing.",
          "Fix the template or drop the sample."),
     Rule("VT004", "per-turn-token-drift", Severity.WARNING,
-         "Encoding turns separately gives different tokens than encoding the whole conversation",
-         "Frameworks that encode each turn and concatenate (LLaMA-Factory templates, TRL/Unsloth response "
-         "masking) train on a token sequence that inference never produces: a space or newline at a turn "
-         "boundary merges differently, or a BOS is added per turn.",
+         "The framework trains on other tokens than the whole conversation's",
+         "Frameworks that encode each turn and concatenate (LLaMA-Factory) or tokenize a rendered text column "
+         "with special tokens (TRL / Unsloth text datasets) train on a token sequence that inference never "
+         "produces: a space or newline at a turn boundary merges differently, SentencePiece adds a '▁' to each "
+         "piece, a BOS is added per turn or twice, an EOS is appended.",
          "Tokenize the whole rendered conversation and mask by character offsets, or move the boundary "
          "whitespace into the template."),
     Rule("VT005", "no-generation-markers", Severity.ERROR,
