@@ -152,6 +152,9 @@ class Scanner:
         sizes: list[tuple[int, int]] = []
         expansions: list[Expansion | None] = []
         settings = self.spec.settings
+        per_sample = getattr(self.family, "sample_settings", None)
+        if per_sample is not None:  # a processor that counts by the sample's image count (LLaVA-OneVision)
+            settings = per_sample(settings, images=len(conv.images))
         for k, ref in enumerate(conv.images, 1):
             label = f"image {k} of {len(conv.images)} ({ref.describe()[:120]})"
             try:

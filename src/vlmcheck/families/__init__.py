@@ -20,6 +20,7 @@ _BUILTIN = (
     "qwen3_vl",
     "llava",
     "llava_next",
+    "llava_onevision",
     "internvl",
 )
 
