@@ -228,10 +228,27 @@ class Scanner:
             if prepared is not None:
                 pending.append((result, prepared))
         if pending:
-            encodings = self.tokenizer.encode_batch([p[1][1] for p in pending], add_special_tokens=True)
+            encodings = self._encode([p[1][1] for p in pending])
             for (result, (conv, text, counts, sizes, runs)), enc in zip(pending, encodings):
                 self._finish(result, conv, text, counts, sizes, runs, enc.ids, enc.offsets)
         return results
+
+    def _encode(self, texts: list[str]) -> list[Any]:
+        """Tokenize with special tokens, as processors do, except text that already starts with BOS
+        (templates that write ``<bos>`` themselves, like Gemma's): ``processor.apply_chat_template``
+        and TRL's collators tokenize that with ``add_special_tokens=False``, so BOS is not doubled."""
+        bos = self.spec.special_tokens.get("bos_token") or None
+        has_bos = [bos is not None and t.startswith(bos) for t in texts]
+        if not any(has_bos):
+            return self.tokenizer.encode_batch(texts, add_special_tokens=True)
+        out: list[Any] = [None] * len(texts)
+        for special in (False, True):  # special tokens only for text without its own BOS
+            indices = [i for i, own in enumerate(has_bos) if own != special]
+            if indices:
+                encoded = self.tokenizer.encode_batch([texts[i] for i in indices], add_special_tokens=special)
+                for i, enc in zip(indices, encoded):
+                    out[i] = enc
+        return out
 
     def _prepare(self, index: int, item: Any) -> tuple[SampleResult, _Prepared | None]:
         result = SampleResult(index=index, id=str(index), tokens=None, image_tokens=[], supervised_tokens=None)

@@ -19,6 +19,7 @@ _BUILTIN = (
     "qwen2_5_vl",
     "qwen3_vl",
     "llava",
+    "gemma3",
     "llava_next",
     "llava_onevision",
     "internvl",
