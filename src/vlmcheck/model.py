@@ -136,7 +136,12 @@ class ModelSpec:
     def tokenizer(self) -> Tokenizer:
         from tokenizers import Tokenizer
 
-        return Tokenizer.from_file(str(self.path / "tokenizer.json"))
+        tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+        if getattr(self.family, "adds_special_tokens", True) is False:
+            # the family's processor turns the tokenizer's BOS/EOS off (PaliGemma): they are only
+            # where the rendered text writes them
+            tokenizer.post_processor = None
+        return tokenizer
 
     def token_id(self, token: str) -> int:
         token_id = self.tokenizer.token_to_id(token)
@@ -184,6 +189,8 @@ def load_model(
         if value is not None:
             special[key] = value
     template = chat_template if chat_template is not None else _chat_template(folder, tokenizer_config)
+    if template is None:  # a processor that builds its string without one (PaliGemma) ships its own
+        template = getattr(family, "chat_template", None)
     settings = family.settings(preprocessor=preprocessor, config=config, overrides=overrides)
     return ModelSpec(path=folder, model_type=model_type, family=family, settings=settings,
                      chat_template=template, special_tokens=special, overrides=overrides)

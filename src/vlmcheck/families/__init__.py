@@ -23,6 +23,7 @@ _BUILTIN = (
     "llava_next",
     "llava_onevision",
     "internvl",
+    "paligemma",
 )
 
 
