@@ -157,7 +157,8 @@ class LlavaNextFamily:
     placeholder: str = IMAGE_TOKEN
     image_token: str = IMAGE_TOKEN
     exactness: str = ("exact: proved against transformers' LlavaNextProcessor (LlavaNextImageProcessorPil, "
-                      "llava-hf/llava-v1.6-vicuna-7b-hf's processor files, Llama-2 tokenizer) on 200+ images")
+                      "llava-hf/llava-v1.6-vicuna-7b-hf's processor files, Llama-2 tokenizer) on 230+ images, and the "
+                      "VC201 crash against LlavaNextForConditionalGeneration")
     # processor_config.json (config.json as fallback): patch_size, vision_feature_select_strategy,
     # num_additional_image_tokens; preprocessor_config.json: image_grid_pinpoints, crop_size, do_center_crop, size
     settings_read: tuple[str, ...] = ("patch_size", "vision_feature_select_strategy", "num_additional_image_tokens",

@@ -192,8 +192,9 @@ class LlavaOnevisionFamily:
     image_token: str = IMAGE_TOKEN
     exactness: str = ("exact for images: proved against transformers' LlavaOnevisionProcessor (PIL image "
                       "processor, llava-hf/llava-onevision-qwen2-7b-ov-hf's processor files, Qwen2 tokenizer with "
-                      "<image>/<video> at 151646/151647) on 190+ images, single- and multi-image; video "
-                      "(video_tokens) is checked against the published formula only, by hand, not the processor")
+                      "<image>/<video> at 151646/151647) on 190+ images, single- and multi-image, and the VC201 "
+                      "crash against LlavaOnevisionForConditionalGeneration; video (video_tokens) is checked "
+                      "against the published formula only, by hand, not the processor")
     # processor_config.json: num_image_tokens, vision_feature_select_strategy (config.json as fallback for
     # both), vision_aspect_ratio; preprocessor_config.json: image_grid_pinpoints, size, crop_size, do_center_crop
     settings_read: tuple[str, ...] = ("num_image_tokens", "vision_feature_select_strategy", "vision_aspect_ratio",
