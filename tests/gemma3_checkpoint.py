@@ -138,3 +138,36 @@ def gemma3_processor(folder: Path):
         tokenizer=_tokenizer(str(gemma3_checkpoint())),
         chat_template=(folder / "chat_template.jinja").read_text(), **processor_args,
     )
+
+
+# The crash and trainer tests run a real Gemma3ForConditionalGeneration with tiny random weights. A
+# SigLIP tower at the hub's 896 px / patch 14 is 4,096 patches per image, slow on CPU; these tests use
+# 224 px / patch 14 (16 x 16 patches, pooled with kernel 1 to the real mm_tokens_per_image = 256) and
+# a checkpoint variant whose preprocessor resizes to 224. The placeholder count does not depend on
+# the resize size (256 per image or crop), so the counts are the hub checkpoint's.
+SMALL_VISION = {"size": {"height": 224, "width": 224}}
+
+
+def gemma3_small_checkpoint() -> Path:
+    """gemma3_checkpoint with the preprocessor resizing to 224 x 224 (for the tiny model)."""
+    return gemma3_checkpoint(preprocessor=SMALL_VISION, name="gemma-3-4b-it-224")
+
+
+def tiny_gemma3_model(seed: int = 0):
+    """A real ``Gemma3ForConditionalGeneration``: 2 tiny text layers with the real vocabulary size
+    (262,208), a 2-layer SigLIP at 224 px / patch 14, the hub's token ids and 256 tokens per image."""
+    import torch
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = Gemma3Config(
+        text_config={"model_type": "gemma3_text", "vocab_size": 262208, "hidden_size": 64, "intermediate_size": 128,
+                     "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32,
+                     "sliding_window": 512},
+        vision_config={"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                       "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 224, "patch_size": 14,
+                       "vision_use_head": False},
+        mm_tokens_per_image=CONFIG["mm_tokens_per_image"], boi_token_index=CONFIG["boi_token_index"],
+        eoi_token_index=CONFIG["eoi_token_index"], image_token_index=CONFIG["image_token_index"],
+    )
+    return Gemma3ForConditionalGeneration(config).eval()
