@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
 import vlmcheck
 from builders import image, spec, write_json, write_jsonl
+from vlmcheck.cli import main
 from vlmcheck.data.readers import iter_rows
 from vlmcheck.errors import UsageError
 from vlmcheck.findings import CATALOGUE, Severity
@@ -222,3 +224,13 @@ def test_dataset_dict_asks_for_one_split(folder: Path, model: Any) -> None:
     DatasetDict({"train": Dataset.from_list([row("messages", "text")])}).save_to_disk(str(folder / "dd"))
     with pytest.raises(UsageError, match="repair one split"):
         vlmcheck.repair(folder / "dd", model=model, max_length=MAX_LENGTH, output=folder / "fixed")
+
+
+def test_cli_writes_and_overwrites_a_save_to_disk_folder(folder: Path, qwen2_vl_checkpoint: Path) -> None:
+    data = write(folder, "arrow")
+    out = folder / "fixed"
+    args = ["repair", str(data), "-m", str(qwen2_vl_checkpoint), "--max-length", str(MAX_LENGTH), "-o", str(out)]
+    for _ in range(2):  # the second run replaces the folder the first wrote
+        result = CliRunner().invoke(main, args, catch_exceptions=False)
+        assert result.exit_code == 0 and f"output:   {out} (6 samples)" in result.output
+    assert len(read(out, "arrow")) == 6

@@ -185,8 +185,9 @@ main.add_command(lint_command)
 @click.argument("dataset", type=click.Path(path_type=str))
 @click.option("--model", "-m", required=True, help="Checkpoint folder or Hugging Face model id.")
 @click.option("--max-length", type=click.IntRange(min=1), required=True, help="The framework's max_length / cutoff_len.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str),
-              help="The repaired dataset (same format as DATASET); its manifest goes to OUT.manifest.jsonl.")
+@click.option("--output", "-o", "output", type=click.Path(path_type=str),
+              help="The repaired dataset, in DATASET's format (a file, or a folder for a save_to_disk DATASET); "
+                   "its manifest goes to OUT.manifest.jsonl.")
 @click.option("--dry-run", is_flag=True, help="Print what would change, per strategy; write nothing.")
 @click.option("--on-overlong", default="cap-pixels,split,truncate-turns,drop", metavar="STRATEGY[,STRATEGY...]",
               help="Samples over --max-length with an image or all supervision cut: strategies tried in order, "

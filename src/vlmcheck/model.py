@@ -120,6 +120,17 @@ def _token_content(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def family_name(config: dict[str, Any]) -> str:
+    """The family that counts for a checkpoint: its ``model_type``, except where transformers builds
+    another family's processor for it. mistral-community/pixtral-12b is a ``llava`` checkpoint with a
+    Pixtral vision tower, and its processor files name ``PixtralProcessor``, not ``LlavaProcessor``."""
+    model_type = str(config.get("model_type"))
+    vision = config.get("vision_config")
+    if model_type == "llava" and isinstance(vision, dict) and vision.get("model_type") == "pixtral":
+        return "pixtral"
+    return model_type
+
+
 @dataclass
 class ModelSpec:
     """A resolved model: its folder, family, processor settings, tokenizer and chat template."""
@@ -167,7 +178,7 @@ def load_model(
     model_type = config.get("model_type")
     if not isinstance(model_type, str):
         raise ModelError(f"{folder / 'config.json'} is missing or has no model_type")
-    family = get_family(model_type)
+    family = get_family(family_name(config))
     if not (folder / "tokenizer.json").is_file():
         raise ModelError(
             f"{folder} has no tokenizer.json; vlmcheck reads the fast tokenizer file "
