@@ -124,6 +124,29 @@ _RULES = [
     Rule("VC107", "image-aspect-ratio", Severity.ERROR, "An image is more elongated than the processor accepts",
          "Qwen2-VL-family processors raise \"absolute aspect ratio must be smaller than 200\".",
          "Crop or pad the image, or drop the sample."),
+    # -- videos -------------------------------------------------------------------------------
+    Rule("VC111", "video-missing", Severity.ERROR, "A video file does not exist",
+         "The video loader (torchcodec, decord) raises at the step that reaches this sample. Remote URLs are "
+         "reported here too: vlmcheck reads local files only.",
+         "Fix the path, or pass --image-root with the folder the paths are relative to."),
+    Rule("VC112", "video-unreadable", Severity.ERROR, "A video's container cannot be read",
+         "An empty file, a file that is not a video, a corrupt header, or a file without a video track: the "
+         "decoder raises when the processor opens it.",
+         "Replace the file, or drop the sample."),
+    Rule("VC113", "video-truncated", Severity.ERROR, "A video file ends before its container says it does",
+         "A cut download or copy: an MP4 whose moov box never arrived cannot be opened at all, and one cut in "
+         "its media data fails or returns fewer frames mid-training.",
+         "Re-download or re-encode the file."),
+    Rule("VC114", "video-not-counted", Severity.WARNING, "A video's container has no frame count in its header",
+         "WebM/Matroska keep the frame count out of their headers, so vlmcheck cannot count this video's "
+         "tokens without decoding it; the sample's length is unknown.",
+         "Remux to MP4 (`ffmpeg -i in.webm -c copy out.mp4` where the codec allows, else re-encode), or "
+         "check the sample with `vlmcheck scan --exact`."),
+    Rule("VC115", "video-rejected", Severity.ERROR, "The video processor rejects this video",
+         "Too few frames to sample (Qwen3-VL raises \"t:1 must be larger than temporal_factor:2\"; Qwen2-VL's "
+         "fps sampling divides by zero on a 1-frame clip), or frames more elongated than the aspect limit "
+         "(\"absolute aspect ratio must be smaller than 200\").",
+         "Drop the video, or re-encode it with more frames or a saner frame size."),
     # -- length -------------------------------------------------------------------------------
     Rule("VC201", "image-span-cut", Severity.ERROR, "Truncation cuts through an image's placeholder span",
          "The text keeps fewer image tokens than the image has features: the model raises \"Image "
@@ -142,6 +165,11 @@ _RULES = [
          "ms-swift's truncation_strategy=delete skips samples over max_length: they are silently not "
          "trained on.",
          "Raise the max length, or accept the loss of the sample."),
+    Rule("VC205", "video-span-cut", Severity.ERROR, "Truncation cuts through a video's placeholder span",
+         "The text keeps fewer video tokens than the video has features: the model raises \"Videos features "
+         "and video tokens do not match\" at the step that reaches this sample.",
+         "Raise the max length, sample fewer frames (fps / max_frames) or fewer pixels per frame, or drop the "
+         "sample."),
 ]
 
 CATALOGUE: dict[str, Rule] = {rule.code: rule for rule in _RULES}
