@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from builders import image, tokenizer, write_jsonl
 from vlmcheck.cli import main
+from vlmcheck.families import known_families
 
 QA = [{"role": "user", "content": "<image>What is it?"}, {"role": "assistant", "content": "A square."}]
 
@@ -104,14 +105,17 @@ def test_fail_on_warning(folder: Path, qwen2_vl_checkpoint: Path) -> None:
 
 
 def test_unknown_model_type_is_a_usage_error(folder: Path) -> None:
-    model = folder / "llava-next"
+    model = folder / "acme-vl"
     model.mkdir()
-    (model / "config.json").write_text(json.dumps({"model_type": "llava_next"}))
+    (model / "config.json").write_text(json.dumps({"model_type": "acme_vl"}))
     code, out = run("scan", folder / "clean.jsonl", "--model", model)
     assert code == 2
     assert out.endswith(
-        "Error: vlmcheck has no module for model_type 'llava_next'. Known families: llava, qwen2_5_vl, qwen2_vl, "
-        "qwen3_vl. Run `vlmcheck families` for details.\n")
+        "Error: vlmcheck has no module for model_type 'acme_vl', so it does not know how this family counts "
+        f"image tokens and will not guess. Known families: {', '.join(sorted(known_families()))} "
+        "(`vlmcheck families`). For an exact count, run the checkpoint's own processor: `vlmcheck scan --exact` "
+        "(scan(..., exact=True); needs transformers), adding --trust-remote-code if its processor is remote "
+        "code.\n")
 
 
 def test_missing_dataset_and_model_are_usage_errors(folder: Path, qwen2_vl_checkpoint: Path) -> None:

@@ -5,7 +5,7 @@
 
     VlmcheckError
      ├── ModelError          the --model cannot be resolved or read (missing files, no tokenizer)
-     │    └── UnknownFamilyError   config.json names a model_type vlmcheck has no module for
+     │    └── UnknownFamilyError   config.json names a model_type vlmcheck has no module for (--exact counts it)
      ├── DatasetError        the dataset path cannot be opened, or its format cannot be told
      ├── UsageError          option values that contradict each other or are out of range
      └── MissingDependencyError   an optional extra is needed (carries the pip command)
@@ -29,8 +29,11 @@ class UnknownFamilyError(ModelError):
         self.model_type = model_type
         self.known = sorted(known)
         super().__init__(
-            f"vlmcheck has no module for model_type {model_type!r}. Known families: "
-            f"{', '.join(self.known)}. Run `vlmcheck families` for details."
+            f"vlmcheck has no module for model_type {model_type!r}, so it does not know how this family "
+            f"counts image tokens and will not guess. Known families: {', '.join(self.known)} "
+            "(`vlmcheck families`). For an exact count, run the checkpoint's own processor: "
+            "`vlmcheck scan --exact` (scan(..., exact=True); needs transformers), adding --trust-remote-code "
+            "if its processor is remote code."
         )
 
 

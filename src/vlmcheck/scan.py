@@ -507,6 +507,8 @@ def scan(
     limit: int | None = None,
     output: str | os.PathLike[str] | None = None,
     progress: Callable[[int, int | None], None] | None = None,
+    exact: bool = False,
+    trust_remote_code: bool = False,
 ) -> Report:
     """Scan ``dataset`` for samples that would crash or not train under ``model`` at ``max_length``.
 
@@ -526,7 +528,23 @@ def scan(
             ``qwen-vl-utils`` (LLaMA-Factory, EasyR1 and qwen-vl-utils call ``Image.open`` only).
         output: write one JSON record per sample to this .jsonl file (atomically).
         progress: called as ``progress(done, total_or_None)`` while scanning.
+        exact: count with the checkpoint's own transformers processor, sample by sample
+            (:mod:`vlmcheck.exact`): any family transformers has a processor for, slower.
+        trust_remote_code: with ``exact``, run a checkpoint's own processor code (``auto_map``).
     """
+    if exact:  # (exact: hook)
+        from vlmcheck.exact import scan_exact
+
+        return scan_exact(
+            dataset, model=model, max_length=max_length, truncation=truncation, format=format,
+            image_root=image_root, max_pixels=max_pixels, min_pixels=min_pixels, resize=resize,
+            exif_transpose=exif_transpose, allow_outside_root=allow_outside_root, chat_template=chat_template,
+            split=split, workers=workers, limit=limit, output=output, progress=progress,
+            trust_remote_code=trust_remote_code,
+        )
+    if trust_remote_code:
+        raise UsageError("trust_remote_code only applies with exact=True (--exact): the arithmetic scan runs no "
+                         "checkpoint code")
     if workers < 1:
         raise UsageError("workers must be at least 1")
     path = Path(dataset)
