@@ -25,6 +25,7 @@ _BUILTIN = (
     "internvl",
     "paligemma",
     "pixtral",
+    "glm4v",
 )
 
 
