@@ -364,13 +364,19 @@ class Scanner:
 
         def fits(budget: int) -> bool:
             s = self.family.with_max_pixels(settings, budget)
-            return text_tokens + sum(self.family.image_tokens(w, h, s) for w, h in sizes) <= max_length
+            try:
+                return text_tokens + sum(self.family.image_tokens(w, h, s) for w, h in sizes) <= max_length
+            except (ZeroDivisionError, ValueError):
+                # the budget resizes a side to 0 px: the real pipeline fails there too
+                return False
 
         hi = current // unit
         if fits(hi * unit):
             return hi * unit
-        lo = 1
-        if not fits(lo * unit):
+        # qwen-vl-utils asserts max_pixels >= min_pixels: never recommend a budget below the floor
+        floor = getattr(settings, "pre_min_pixels", None) or 1
+        lo = max(1, -(-floor // unit))
+        if lo >= hi or not fits(lo * unit):
             return None
         while lo < hi - 1:
             mid = (lo + hi) // 2
