@@ -26,6 +26,8 @@ _BUILTIN = (
     "paligemma",
     "pixtral",
     "glm4v",
+    "idefics3",
+    "smolvlm",
 )
 
 
