@@ -24,6 +24,7 @@ _BUILTIN = (
     "llava_onevision",
     "internvl",
     "paligemma",
+    "mllama",
     "pixtral",
     "glm4v",
     "idefics3",
