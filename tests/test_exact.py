@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from builders import image, write_jsonl
 from vlmcheck.cli import main
 from vlmcheck.demo.run import DATA
 from vlmcheck.errors import ModelError, UnknownFamilyError, UsageError
-from vlmcheck.exact import ExactScanner, _Setup
+from vlmcheck.exact import ExactScanner, _Setup, _without_video
 from vlmcheck.families import Overrides, known_families
 from vlmcheck.scan import SampleResult, ScanOptions
 
@@ -111,6 +113,25 @@ def test_pixel_budget(tmp_path: Path, qwen2_vl_checkpoint: Path, resize: str) ->
     assert got[0]["image_tokens"][0] < 300  # 1000 x 700 is 900 tokens without the budget
 
 
+def test_a_second_family(tmp_path: Path) -> None:
+    """LLaVA-1.5 (``LlavaProcessor``, CLIP image processor, Llama-2 tokenizer with BOS, no video processor)."""
+    from llava_checkpoint import llava_checkpoint
+
+    rows = []
+    for k, (w, h) in enumerate([(640, 480), (20, 900)]):
+        image(tmp_path / f"{k}.png", w, h)
+        rows.append({"id": f"s{k}", "messages": QA, "images": [f"{k}.png"]})
+    rows.append({"id": "two", "messages": [{"role": "user", "content": "<image><image>Compare."},
+                                           {"role": "assistant", "content": "Same."}], "images": ["0.png", "1.png"]})
+    rows.append({"id": "gone", "messages": QA, "images": ["gone.png"]})
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    arithmetic, expected = scan(data, llava_checkpoint(), tmp_path / "a.jsonl", max_length=1000)
+    exact, got = scan(data, llava_checkpoint(), tmp_path / "e.jsonl", max_length=1000, exact=True)
+    assert got == expected
+    assert findings(exact) == findings(arithmetic)
+    assert exact.counts == {"VC201": 1, "VC101": 1} and exact.summary["settings"]["processor_class"] == "LlavaProcessor"
+
+
 def test_two_workers_match_one(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:
     data = demo_rows(tmp_path, without={"camera-12mp", "screenshot-cut", "ok-frame", "multi-image-second-cut"},
                      times=4)  # 72 rows: three chunks of work
@@ -148,6 +169,22 @@ def test_without_replacement_offsets(qwen2_vl_checkpoint: Path) -> None:
         assert exact.supervised_tokens > 0 and exact.images
         checked += 1
     assert checked == 8
+
+
+def test_image_only_processor_keeps_every_other_argument() -> None:
+    """The processor built without torchvision is the same class minus its video processor: its own
+    arguments (LLaVA-OneVision's num_image_tokens, vision_aspect_ratio, video_token) still reach it
+    from processor_config.json, or its counts would silently change."""
+    from transformers.models.llava_onevision.processing_llava_onevision import LlavaOnevisionProcessor
+
+    image_only = _without_video(LlavaOnevisionProcessor)
+    assert image_only.__name__ == "LlavaOnevisionProcessor" and image_only.__mro__[1] is LlavaOnevisionProcessor
+    assert LlavaOnevisionProcessor.get_attributes() == ["image_processor", "tokenizer", "video_processor"]
+    assert image_only.get_attributes() == ["image_processor", "tokenizer"]
+    code = image_only.__init__.__code__
+    assert code.co_varnames[:code.co_argcount] == (
+        "self", "image_processor", "tokenizer", "num_image_tokens", "vision_feature_select_strategy",
+        "chat_template", "image_token", "video_token", "vision_aspect_ratio")
 
 
 def test_unknown_model_type(tmp_path: Path, qwen2_vl_checkpoint: Path, acme: Path) -> None:
@@ -247,3 +284,21 @@ def test_cli(tmp_path: Path, acme: Path) -> None:
         "\n"
         "Result: 3 errors in 2 of 2 samples (T s, N samples/s)\n"
     )
+
+
+def test_without_transformers_the_error_says_what_to_install(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:
+    data = write_jsonl(tmp_path / "data.jsonl", [{"id": "a", "messages": QA, "images": ["a.png"]}])
+    code = (
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'transformers':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "from vlmcheck.cli import main\n"
+        f"main(['scan', {str(data)!r}, '--model', {str(qwen2_vl_checkpoint)!r}, '--exact'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == (
+        "Error: --exact (the checkpoint's own processor) needs transformers: pip install 'vlmcheck[exact]'")

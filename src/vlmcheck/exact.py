@@ -130,23 +130,10 @@ def _build(path: Path, *, trust_remote_code: bool, max_pixels: int | None, min_p
     kwargs.update({k: v for k, v in (("max_pixels", max_pixels), ("min_pixels", min_pixels)) if v is not None})
     try:
         processor = AutoProcessor.from_pretrained(str(path), **kwargs)
-    except ImportError as e:
+    except Exception as e:  # ImportError for a missing backend; some auto classes raise ValueError
         if "torchvision" not in str(e).lower():
-            raise MissingDependencyError(_missing_module(e), "exact", f"the processor of {path}") from None
-        base = _processor_class_in(e)
-        image_only = _without_video(base) if base is not None else None
-        if image_only is None:
-            raise ModelError(f"the processor of {path} needs torchvision to build: pip install torchvision") from None
-        try:
-            processor = image_only.from_pretrained(str(path), **kwargs)
-        except ImportError as again:
-            raise ModelError(f"{base.__name__ if base else 'the processor'} of {path} needs torchvision "
-                             f"even without its video processor ({str(again).strip()[:200]}): "
-                             "pip install torchvision") from None
-        except Exception as again:
-            raise _load_error(path, again, trust_remote_code) from None
-    except Exception as e:
-        raise _load_error(path, e, trust_remote_code) from None
+            raise _load_error(path, e, trust_remote_code) from None
+        processor = _without_video_processor(path, e, kwargs, trust_remote_code)
     if not hasattr(processor, "image_processor") or getattr(processor, "tokenizer", None) is None:
         raise ModelError(f"{path} gives a {type(processor).__name__}, not a processor with an image processor "
                          "and a tokenizer; --exact needs a vision-language processor")
@@ -158,16 +145,33 @@ def _build(path: Path, *, trust_remote_code: bool, max_pixels: int | None, min_p
     return processor
 
 
+def _without_video_processor(path: Path, error: Exception, kwargs: dict[str, Any], trust_remote_code: bool) -> Any:
+    """The processor class AutoProcessor resolved, built without its video processor."""
+    base = _processor_class_in(error)
+    image_only = _without_video(base) if base is not None else None
+    if image_only is None:  # torchvision is needed by more than a video processor (Pixtral)
+        raise ModelError(f"the processor of {path} needs torchvision to build: pip install torchvision")
+    try:
+        return image_only.from_pretrained(str(path), **kwargs)
+    except Exception as again:
+        if "torchvision" in str(again).lower():
+            raise ModelError(f"{base.__name__} of {path} needs torchvision even without its video processor "
+                             f"({_first_line(again)}): pip install torchvision") from None
+        raise _load_error(path, again, trust_remote_code) from None
+
+
 def _load_error(path: Path, error: Exception, trust_remote_code: bool) -> ModelError:
-    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, ImportError):
+        return ModelError(f"the processor of {path} needs a package that is not installed: {_first_line(error)}")
     if not trust_remote_code and "trust_remote_code" in str(error):
         return ModelError(f"the processor of {path} is remote code (auto_map); read it, then pass "
                           "--trust-remote-code (trust_remote_code=True) to run it")
-    return ModelError(f"transformers could not build the processor of {path}: {message}")
+    return ModelError(f"transformers could not build the processor of {path}: {_first_line(error)}")
 
 
-def _missing_module(error: ImportError) -> str:
-    return getattr(error, "name", None) or str(error).strip().split()[0]
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def _processor_class_in(error: BaseException) -> Any:
@@ -196,7 +200,8 @@ def _without_video(base: Any) -> Any:
     params = list(inspect.signature(base.__init__).parameters.values())[1:]
     if any(p.kind in (p.POSITIONAL_ONLY, p.VAR_POSITIONAL, p.KEYWORD_ONLY) for p in params):
         return None
-    video = [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD and "video" in p.name]
+    # the video sub-processors (transformers' own reading of the signature), not video_token & co
+    video = [name for name in base.get_attributes() if "video" in name]
     kept = [p for p in params if p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in video]
     if not video:
         return None
@@ -301,7 +306,7 @@ class ExactScanner(Scanner):
                              "or tokenizer_config.json); pass --chat-template FILE")
         self.image_token_id = _feature_token_id(self.config, self.processor)
         self.eos = getattr(self.tok, "eos_token", None)
-        self.offsets = bool(getattr(self.tok, "is_fast", True))
+        self.with_offsets = bool(getattr(self.tok, "is_fast", True))  # slow tokenizers have none
 
     @property
     def settings(self) -> ExactSettings:
@@ -435,12 +440,14 @@ class ExactScanner(Scanner):
             # a template that writes BOS itself (Gemma): apply_chat_template and TRL's collators then
             # tokenize without special tokens, so BOS is not doubled
             kwargs["add_special_tokens"] = False
-        if self.offsets:
+        if self.with_offsets:
             kwargs["return_offsets_mapping"] = True
         with warnings.catch_warnings():
             # deprecations of processor kwargs (Qwen's max_pixels) are transformers' API, not the data's
             warnings.simplefilter("ignore", FutureWarning)
-            return dict(self.processor(text=[text], images=images or None, **kwargs))
+            # one sample's images nested in a list, as collators pass them: LLaVA-OneVision counts an
+            # image by how many its sample has
+            return dict(self.processor(text=[text], images=[images] if images else None, **kwargs))
 
     def _processor_finding(self, found: list[F.Finding], error: Exception) -> None:
         message = " ".join(str(error).split())[:300] or type(error).__name__
@@ -466,7 +473,7 @@ class ExactScanner(Scanner):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", FutureWarning)
-                    ids = _ids(self.processor(text=[token], images=[image])["input_ids"])
+                    ids = _ids(self.processor(text=[token], images=[[image]])["input_ids"])
             except Exception:
                 counts.append(None)
                 continue
@@ -516,8 +523,8 @@ class ExactScanner(Scanner):
             supervised = [(shift(a), shift(b)) for a, b in self._supervised_chars(conv, text)]
         else:
             expanded = self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            again = self.tok([expanded], add_special_tokens=False, return_offsets_mapping=self.offsets)
-            if self.offsets and _ids(again["input_ids"]) == ids:
+            again = self.tok([expanded], add_special_tokens=False, return_offsets_mapping=self.with_offsets)
+            if self.with_offsets and _ids(again["input_ids"]) == ids:
                 offsets = [(int(a), int(b)) for a, b in _first(again["offset_mapping"])]
                 supervised = self._supervised_chars(conv, expanded)
             else:
@@ -735,6 +742,7 @@ def scan_exact(
         if given or resize != "processor":
             raise UsageError(f"{', '.join(given) or 'resize'} cannot change a loaded ModelSpec; pass the model path")
         folder, overrides = model.path, model.overrides
+        chat_template = chat_template if chat_template is not None else model.chat_template
     else:
         folder = resolve_model_path(model)
         overrides = Overrides(max_pixels=max_pixels, min_pixels=min_pixels, resize=resize)
