@@ -48,13 +48,16 @@ def build_layout(
     image_runs: list[tuple[int, ...]],
     supervised_chars: list[Range],
     text: str | None = None,
+    video_token_id: int | None = None,
 ) -> Layout:
     """``ids``/``offsets``: the tokenized collapsed text, where each run of placeholders is one
     token; ``image_runs``: each image's run lengths, in order (placeholders beyond them count as
     one-token images); ``supervised_chars``: character spans of assistant turns in the rendered
     text; ``text``: that text, to give each turn's response the whitespace tokens after it
-    (LLaMA-Factory's response slot is ``{{content}}<|im_end|>\n``)."""
-    positions = [i for i, t in enumerate(ids) if t == image_token_id]
+    (LLaMA-Factory's response slot is ``{{content}}<|im_end|>\n``). With ``video_token_id``, video
+    runs are placeholders too: ``image_runs`` then holds images and videos in text order."""
+    media = {image_token_id} if video_token_id is None else {image_token_id, video_token_id}
+    positions = [i for i, t in enumerate(ids) if t in media]
     owner: list[int] = []  # which image each position belongs to
     lengths: list[int] = []
     for k, image in enumerate(image_runs):
@@ -87,7 +90,7 @@ def build_layout(
         last = bisect_left(starts, b)  # first token starting at/after b
         if first < last:
             supervised.append((full(first), full(last - 1) + 1))
-            while (text is not None and last < len(ids) and ids[last] != image_token_id
+            while (text is not None and last < len(ids) and ids[last] not in media
                    and not text[offsets[last][0]:offsets[last][1]].strip()):
                 last += 1
             targets.append((supervised[-1][0], full(last - 1) + 1))

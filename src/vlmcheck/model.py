@@ -192,6 +192,8 @@ def load_model(
     preprocessor["processor_config"] = {
         k: v for k, v in processor_config.items() if k not in ("image_processor", "chat_template")
     }
+    # The video processor's own file (read by families that count videos), under its own key too.
+    preprocessor["video_preprocessor_config"] = _read_json(folder / "video_preprocessor_config.json")
     tokenizer_config = _read_json(folder / "tokenizer_config.json")
     special: dict[str, Any] = {}
     specials_map = _read_json(folder / "special_tokens_map.json")

@@ -397,6 +397,8 @@ class _Repairer:
             conv = to_conversation(row, fmt)
         except RowError as e:
             return str(e)
+        if conv.videos:  # splitting or capping would have to carry the videos column and per-video keys
+            return "samples with videos are not repaired yet"
         if strategy == "cap-pixels":
             if self.analyzer.key is not None:
                 return self._cap_key(row, result, conv, fmt)

@@ -30,22 +30,25 @@ from vlmcheck.data.formats import (
     Conversation,
     ImageRef,
     RowError,
+    VideoRef,
     detect_format,
     row_id,
     to_conversation,
 )
 from vlmcheck.data.images import ImageInfo, ImageProblem, decode_data_url, probe_bytes, probe_path
 from vlmcheck.data.readers import BadRow, count_rows, iter_rows
+from vlmcheck.data.videos import VideoInfo, VideoProblem, probe_video_bytes, probe_video_path
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.families import Overrides
-from vlmcheck.families.base import RESIZE_MODES, Expansion
+from vlmcheck.families.base import RESIZE_MODES, Expansion, VideoFamily
 from vlmcheck.layout import TRUNCATIONS, Layout, build_layout, kept_ranges, overlap
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.report import Report, ReportBuilder
 
 _CHUNK = 512  # one encode_batch call per chunk; larger batches tokenize faster (docs/performance.md)
-# conversation, collapsed text, features per image, image sizes, placeholder runs per image
-_Prepared = tuple[Conversation, str, list[int | None], list[tuple[int, int]], list[tuple[int, ...]]]
+# conversation, collapsed text, features per image, image sizes, placeholder runs per image or video
+# (in text order), and which of the two each placeholder is
+_Prepared = tuple[Conversation, str, list[int | None], list[tuple[int, int]], list[tuple[int, ...]], list[str]]
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,10 @@ class SampleResult:
     # largest max_pixels under which the sample fits max_length whole (None: never / not applicable)
     fits_max_pixels: int | None = None
     text_only_tokens: int | None = None
+    video_tokens: list[int | None] = field(default_factory=list)
 
     def to_record(self) -> dict[str, Any]:
-        return {
+        record = {
             "index": self.index,
             "id": self.id,
             "tokens": self.tokens,
@@ -83,6 +87,9 @@ class SampleResult:
             "supervised_tokens": self.supervised_tokens,
             "findings": [f.code for f in self.findings],
         }
+        if self.video_tokens:
+            record["video_tokens"] = self.video_tokens
+        return record
 
 
 class Scanner:
@@ -104,6 +111,16 @@ class Scanner:
         self.image_token_id = spec.token_id(self.family.image_token)
         self.expansion = self.family.expansion(spec.settings)
         self._placeholder_re = re.compile(re.escape(self.family.placeholder))
+        # Families that count videos (video_placeholder, video_token, expand_video) get both kinds of
+        # placeholder replaced in one pass, in text order.
+        self.video_token_id: int | None = None
+        self.video_expansion = ""
+        patterns = [f"(?P<image>{re.escape(self.family.placeholder)})"]
+        if isinstance(self.family, VideoFamily):
+            self.video_token_id = spec.token_id(self.family.video_token)
+            self.video_expansion = self.family.video_expansion(spec.settings)
+            patterns.append(f"(?P<video>{re.escape(self.family.video_placeholder)})")
+        self._media_re = re.compile("|".join(patterns))
         self.eos = spec.special_tokens.get("eos_token")
         self._budget_unit = self._pixel_unit()
 
@@ -121,9 +138,12 @@ class Scanner:
         if ref.kind == "url":
             raise ImageProblem("VC101", f"remote image {ref.value} is not downloaded by vlmcheck; "
                                         "download the images and point the dataset at local files")
-        raw = str(ref.value)
+        return probe_path(self._local_path(str(ref.value), "image"), check_integrity=check)
+
+    def _local_path(self, raw: str, what: str) -> Path:
+        """A dataset path, relative to the image root, that must stay under it (VC104)."""
         if not raw:
-            raise ImageProblem("VC101", "empty image path")
+            raise ImageProblem("VC101", f"empty {what} path")
         path = Path(raw).expanduser()
         if not path.is_absolute():
             path = self.root / path
@@ -131,7 +151,7 @@ class Scanner:
             real = self._realpath(path)
             if os.path.commonpath([real, self.real_root]) != self.real_root:
                 raise ImageProblem("VC104", f"{raw} resolves to {real}, outside the image root {self.real_root}")
-        return probe_path(path, check_integrity=check)
+        return path
 
     def _realpath(self, path: Path) -> str:
         """``os.path.realpath(path)``, resolving each image folder once: realpath costs one lstat per
@@ -173,26 +193,69 @@ class Scanner:
             counts.append(expansion.features)
         return counts, sizes, expansions
 
+    # -- videos ---------------------------------------------------------------------------
+    def _probe_video(self, ref: VideoRef) -> VideoInfo:
+        if ref.kind == "bytes":
+            return probe_video_bytes(ref.value)
+        if ref.kind == "url":
+            raise VideoProblem("VC111", f"remote video {ref.value} is not downloaded by vlmcheck; download the "
+                                        "videos and point the dataset at local files")
+        if ref.kind == "frames":
+            raise VideoProblem("VC114", "a video given as a list of frame images is not counted yet")
+        try:
+            if ref.kind == "data_url":
+                return probe_video_bytes(decode_data_url(ref.value))
+            return probe_video_path(self._local_path(str(ref.value), "video"))
+        except ImageProblem as p:  # the path/data-URL checks shared with images
+            raise VideoProblem({"VC101": "VC111", "VC102": "VC112"}.get(p.code, p.code), p.message) from None
+
+    def _videos(self, conv: Conversation, found: list[F.Finding]) -> tuple[list[int | None], list[Expansion | None]]:
+        counts: list[int | None] = []
+        expansions: list[Expansion | None] = []
+        for k, ref in enumerate(conv.videos, 1):
+            label = f"video {k} of {len(conv.videos)} ({ref.describe()[:120]})"
+            try:
+                if not isinstance(self.family, VideoFamily):
+                    raise VideoProblem("VC114", f"vlmcheck does not count videos for {self.family.title} yet")
+                info = self._probe_video(ref)
+                expansion = self.family.expand_video(info, self.spec.settings, ref.options)
+            except VideoProblem as p:
+                found.append(F.make(p.code, f"{label}: {p.message}", video=k, **p.data))
+                counts.append(None)
+                expansions.append(None)
+                continue
+            expansions.append(expansion)
+            counts.append(expansion.features)
+        return counts, expansions
+
     # -- text -----------------------------------------------------------------------------
     def _render(self, conv: Conversation) -> str:
         assert self.spec.chat_template is not None
         return render_chat(self.spec.chat_template, conv.messages, special_tokens=self.spec.special_tokens)
 
-    def _collapse(self, text: str, expansions: list[Expansion | None]) -> tuple[str, list[tuple[int, ...]]]:
-        """Replace the k-th placeholder with image k's collapsed expansion, as the processor's
-        ``get_text_with_replacements`` does; returns the text and each placeholder's runs."""
+    def _collapse(self, text: str, expansions: list[Expansion | None],
+                  video_expansions: list[Expansion | None] | None = None
+                  ) -> tuple[str, list[tuple[int, ...]], list[str]]:
+        """Replace the k-th image placeholder with image k's collapsed expansion and the j-th video
+        placeholder with video j's, as the processor's ``get_text_with_replacements`` does; returns the
+        text, each placeholder's runs and its kind ("image"/"video"), in text order."""
         runs: list[tuple[int, ...]] = []
+        kinds: list[str] = []
+        videos = video_expansions or []
 
         def replace(match: re.Match[str]) -> str:
-            k = len(runs)
-            expansion = expansions[k] if k < len(expansions) else None
-            if expansion is None:  # unreadable image, or a placeholder without an image
+            kind = match.lastgroup or "image"
+            k = kinds.count(kind)
+            kinds.append(kind)
+            pool = expansions if kind == "image" else videos
+            expansion = pool[k] if k < len(pool) else None
+            if expansion is None:  # unreadable image/video, or a placeholder without one
                 runs.append((1,))
-                return self.expansion
+                return self.expansion if kind == "image" else self.video_expansion
             runs.append(expansion.runs)
             return expansion.text
 
-        return self._placeholder_re.sub(replace, text), runs
+        return self._media_re.sub(replace, text), runs, kinds
 
     def _supervised_chars(self, conv: Conversation, text: str) -> list[tuple[int, int]]:
         """Character spans of assistant content in ``text``, found in message order so that a
@@ -229,8 +292,8 @@ class Scanner:
                 pending.append((result, prepared))
         if pending:
             encodings = self._encode([p[1][1] for p in pending])
-            for (result, (conv, text, counts, sizes, runs)), enc in zip(pending, encodings):
-                self._finish(result, conv, text, counts, sizes, runs, enc.ids, enc.offsets)
+            for (result, (conv, text, counts, sizes, runs, kinds)), enc in zip(pending, encodings):
+                self._finish(result, conv, text, counts, sizes, runs, enc.ids, enc.offsets, kinds=kinds)
         return results
 
     def _encode(self, texts: list[str]) -> list[Any]:
@@ -278,36 +341,53 @@ class Scanner:
             tags, images = conv.mismatch
             found.append(F.make("VC002", f"{tags} image placeholder(s) in the text but {images} image(s)",
                                 placeholders=tags, images=images))
+        result.video_tokens, video_expansions = self._videos(conv, found)
+        if conv.video_mismatch is not None:
+            tags, videos = conv.video_mismatch
+            found.append(F.make("VC002", f"{tags} video placeholder(s) in the text but {videos} video(s)",
+                                placeholders=tags, videos=videos))
         if not any(m.get("role") == "assistant" and _has_text(m.get("content")) for m in conv.messages):
             found.append(F.make("VC003", "no assistant turn with content: every label is masked"))
         try:
-            text, runs = self._collapse(self._render(conv), expansions)
+            text, runs, kinds = self._collapse(self._render(conv), expansions, video_expansions)
         except jinja2.TemplateError as e:
             found.append(F.make("VC001", f"the chat template rejects this conversation: {e}"))
             return result, None
-        return result, (conv, text, counts, sizes, runs)
+        return result, (conv, text, counts, sizes, runs, kinds)
 
     def _finish(self, result: SampleResult, conv: Conversation, text: str, counts: list[int | None],
                 sizes: list[tuple[int, int]], runs: list[tuple[int, ...]], ids: list[int],
-                offsets: list[tuple[int, int]]) -> None:
+                offsets: list[tuple[int, int]], *, kinds: list[str] | None = None) -> None:
         layout = build_layout(ids, offsets, image_token_id=self.image_token_id, image_runs=runs,
-                              supervised_chars=self._supervised_chars(conv, text), text=text)
-        placeholders = len(layout.images)
+                              supervised_chars=self._supervised_chars(conv, text), text=text,
+                              video_token_id=self.video_token_id)
+        kinds = list(kinds or [])
+        kinds += ["image"] * (len(layout.images) - len(kinds))  # placeholders the tokenizer made of plain text
+        placeholders = kinds.count("image")
+        video_placeholders = kinds.count("video")
+        videos = result.video_tokens
         if placeholders != len(counts) and conv.mismatch is None:
             result.findings.append(F.make(
                 "VC002", f"the rendered text has {placeholders} image placeholder(s) for {len(counts)} image(s)",
                 placeholders=placeholders, images=len(counts),
             ))
-        if any(c is None for c in counts):
-            return  # lengths are unknown while an image is unreadable
+        if video_placeholders != len(videos) and conv.video_mismatch is None:
+            result.findings.append(F.make(
+                "VC002", f"the rendered text has {video_placeholders} video placeholder(s) for {len(videos)} video(s)",
+                placeholders=video_placeholders, videos=len(videos),
+            ))
+        if any(c is None for c in counts) or any(c is None for c in videos):
+            return  # lengths are unknown while an image or video is unreadable
         result.tokens = layout.total
         result.supervised_tokens = layout.supervised_tokens
-        result.text_only_tokens = layout.total - sum(layout.image_tokens)
-        if self.options.max_length is not None and placeholders == len(counts):
+        image_tokens = [n for n, kind in zip(layout.image_tokens, kinds) if kind == "image"]
+        result.text_only_tokens = layout.total - sum(image_tokens)  # video tokens stay: no pixel cap moves them
+        if self.options.max_length is not None and placeholders == len(counts) and video_placeholders == len(videos):
             result.fits_max_pixels = self._fit_budget(sizes, result.text_only_tokens)
-            self._truncation(result, layout, self.options.max_length)
+            self._truncation(result, layout, self.options.max_length, kinds=kinds)
 
-    def _truncation(self, result: SampleResult, layout: Layout, max_length: int) -> None:
+    def _truncation(self, result: SampleResult, layout: Layout, max_length: int, *,
+                    kinds: list[str] | None = None) -> None:
         if layout.total <= max_length:
             return
         kept = kept_ranges(layout, max_length, self.options.truncation)
@@ -318,11 +398,24 @@ class Scanner:
                 tokens=layout.total, max_length=max_length))
             return
         cut_any = False
-        n = len(layout.images)
-        for k, image_runs in enumerate(layout.runs, 1):
+        kinds = kinds or ["image"] * len(layout.runs)
+        numbers = {kind: kinds.count(kind) for kind in ("image", "video")}
+        seen = {"image": 0, "video": 0}
+        for kind, image_runs in zip(kinds, layout.runs):
+            seen[kind] += 1
+            k, n = seen[kind], numbers[kind]
             size = sum(e - s for s, e in image_runs)
             survive = sum(overlap(run, kept) for run in image_runs)
-            if survive < size:
+            if survive < size and kind == "video":
+                cut_any = True
+                result.findings.append(F.make(
+                    "VC205",
+                    f"video {k} of {n} needs {size:,} tokens, only {survive:,} survive truncation at "
+                    f"max_length={max_length:,} ({self.options.truncation}); the sample is {layout.total:,} tokens",
+                    fix=f"raise max_length to {layout.total:,}, sample fewer frames (fps, max_frames) or fewer "
+                        "pixels per frame, or drop the sample",
+                    video=k, video_tokens=size, kept=survive, tokens=layout.total, max_length=max_length))
+            elif survive < size:
                 cut_any = True
                 result.findings.append(F.make(
                     "VC201",

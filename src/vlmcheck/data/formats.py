@@ -7,9 +7,10 @@ Formats:
 - ``llava``: ``conversations`` of ``{"from": "human"|"gpt", "value": ...}`` with ``<image>`` tags,
   ``image`` (a path) or ``images``.
 - ``sharegpt``: LLaMA-Factory's ShareGPT layout: ``messages`` (role/content) or ``conversations``
-  (from/value), ``<image>`` tags in text, ``images`` list, optional ``system``.
+  (from/value), ``<image>`` / ``<video>`` tags in text, ``images`` / ``videos`` lists, optional ``system``.
 - ``messages``: TRL / HF: ``messages`` whose content is a list of typed parts, images given by
-  ``images`` or inline (``{"type": "image", "image": ...}`` / ``"url"`` / ``"path"``).
+  ``images`` or inline (``{"type": "image", "image": ...}`` / ``"url"`` / ``"path"``), videos by
+  ``videos`` or inline (``{"type": "video", "video": ..., "fps": ...}``, qwen-vl-utils' keys kept).
 - ``openai``: ``messages`` with ``{"type": "image_url", "image_url": {"url": ...}}`` parts, local paths
   or data URLs.
 """
@@ -22,7 +23,11 @@ from typing import Any
 
 FORMATS = ("llava", "sharegpt", "messages", "openai")
 IMAGE_TAG = "<image>"
-_TAG_RE = re.compile(re.escape(IMAGE_TAG))
+VIDEO_TAG = "<video>"  # LLaMA-Factory's video placeholder (data/template.py, mm_plugin.py)
+_TAG_RE = re.compile(f"{re.escape(IMAGE_TAG)}|{re.escape(VIDEO_TAG)}")
+# qwen-vl-utils reads these keys from a video content part (vision_process.py fetch_video)
+VIDEO_OPTION_KEYS = ("fps", "nframes", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels",
+                     "video_start", "video_end", "resized_height", "resized_width")
 
 # LLaVA / ShareGPT speaker names (LLaMA-Factory data/parser.py defaults: human, gpt, observation,
 # function_call, system).
@@ -56,6 +61,19 @@ class ImageRef:
 
 
 @dataclass
+class VideoRef(ImageRef):
+    """Where one video comes from (``kind`` as for images, or ``frames``: a list of frame images), and
+    the per-video keys qwen-vl-utils reads from its content part (``fps``, ``max_pixels``, ...)."""
+
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        if self.kind == "frames":
+            return f"<{len(self.value)} frame images>"
+        return super().describe()
+
+
+@dataclass
 class Conversation:
     messages: list[dict[str, Any]]
     images: list[ImageRef]
@@ -63,6 +81,9 @@ class Conversation:
     # number of placeholders written in the data vs images provided, when they differ
     mismatch: tuple[int, int] | None = None
     notes: list[str] = field(default_factory=list)
+    videos: list[VideoRef] = field(default_factory=list)
+    # the same for video placeholders and videos
+    video_mismatch: tuple[int, int] | None = None
 
 
 def image_ref(value: Any) -> ImageRef:
@@ -88,6 +109,37 @@ def image_ref(value: Any) -> ImageRef:
     raise RowError(f"cannot read an image from {type(value).__name__} {str(value)[:60]!r}")
 
 
+def video_ref(value: Any, options: dict[str, Any] | None = None) -> VideoRef:
+    """Read one video entry: a path/URL string, an HF ``{"bytes", "path"}`` struct, a ``{"url": ...}``
+    object, or a list of frame images (qwen-vl-utils and transformers accept those)."""
+    options = dict(options or {})
+    if isinstance(value, dict):
+        options.update({k: value[k] for k in VIDEO_OPTION_KEYS if k in value})
+        for key in ("video", "video_url"):
+            if value.get(key) is not None:
+                return video_ref(value[key], options)
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise RowError("a video given as a list of frames has no frames")
+        return VideoRef("frames", [image_ref(v) for v in value], options)
+    try:
+        ref = image_ref(value)
+    except RowError:
+        raise RowError(f"cannot read a video from {type(value).__name__} {str(value)[:60]!r}") from None
+    return VideoRef(ref.kind, ref.value, options)
+
+
+def _videos_field(row: dict[str, Any]) -> list[VideoRef]:
+    value = row.get("videos", row.get("video"))
+    if value is None:
+        return []
+    if isinstance(value, (str, dict)):
+        value = [value]
+    if not isinstance(value, list):
+        raise RowError(f"'videos' must be a list, got {type(value).__name__}")
+    return [video_ref(v) for v in value if v is not None]
+
+
 def _images_field(row: dict[str, Any]) -> list[ImageRef]:
     value = row.get("images", row.get("image"))
     if value is None:
@@ -108,13 +160,13 @@ def row_id(row: dict[str, Any]) -> str | None:
 
 def _split_tags(text: str) -> list[dict[str, Any]]:
     """``"<image>\\nWhat?"`` -> image part then text part, in the order written (what LLaMA-Factory
-    and ms-swift do in place)."""
+    and ms-swift do in place); ``<video>`` becomes a video part."""
     parts: list[dict[str, Any]] = []
     pos = 0
     for m in _TAG_RE.finditer(text):
         if m.start() > pos:
             parts.append({"type": "text", "text": text[pos:m.start()]})
-        parts.append({"type": "image"})
+        parts.append({"type": "image" if m.group() == IMAGE_TAG else "video"})
         pos = m.end()
     if pos < len(text):
         parts.append({"type": "text", "text": text[pos:]})
@@ -129,11 +181,12 @@ def _role(raw: Any, where: str) -> str:
 
 def _tagged(row: dict[str, Any], turns: list[Any], role_key: str, text_key: str, field_name: str) -> Conversation:
     images = _images_field(row)
+    videos = _videos_field(row)
     messages: list[dict[str, Any]] = []
     system = row.get("system")
     if isinstance(system, str) and system:
         messages.append({"role": "system", "content": system})
-    tags = 0
+    tags = video_tags = 0
     for i, turn in enumerate(turns):
         where = f"{field_name}[{i}]"
         if not isinstance(turn, dict):
@@ -144,18 +197,24 @@ def _tagged(row: dict[str, Any], turns: list[Any], role_key: str, text_key: str,
         if not isinstance(text, str):
             raise RowError(f"{where}.{text_key} must be a string, got {type(text).__name__}")
         role = _role(turn[role_key], where)
-        n = text.count(IMAGE_TAG)
+        n, v = text.count(IMAGE_TAG), text.count(VIDEO_TAG)
         tags += n
+        video_tags += v
         # Text-only turns stay strings: templates render strings and parts differently.
-        messages.append({"role": role, "content": _split_tags(text) if n else text})
+        messages.append({"role": role, "content": _split_tags(text) if n or v else text})
     mismatch = (tags, len(images)) if tags != len(images) else None
-    return Conversation(messages=messages, images=images, id=row_id(row), mismatch=mismatch)
+    video_mismatch = (video_tags, len(videos)) if video_tags != len(videos) else None
+    return Conversation(messages=messages, images=images, id=row_id(row), mismatch=mismatch, videos=videos,
+                        video_mismatch=video_mismatch)
 
 
 def _typed(row: dict[str, Any], turns: list[Any]) -> Conversation:
     listed = _images_field(row)
     inline: list[ImageRef] = []
     bare = 0
+    listed_videos = _videos_field(row)
+    inline_videos: list[VideoRef] = []
+    bare_videos = video_tags = 0
     messages: list[dict[str, Any]] = []
     tags = 0
     for i, turn in enumerate(turns):
@@ -167,9 +226,10 @@ def _typed(row: dict[str, Any], turns: list[Any]) -> Conversation:
         if content is None:
             content = ""
         if isinstance(content, str):
-            n = content.count(IMAGE_TAG)
+            n, v = content.count(IMAGE_TAG), content.count(VIDEO_TAG)
             tags += n
-            messages.append({"role": role, "content": _split_tags(content) if n else content})
+            video_tags += v
+            messages.append({"role": role, "content": _split_tags(content) if n or v else content})
             continue
         if not isinstance(content, list):
             raise RowError(f"{where}.content must be a string or a list, got {type(content).__name__}")
@@ -194,17 +254,33 @@ def _typed(row: dict[str, Any], turns: list[Any]) -> Conversation:
                 if not isinstance(text, str):
                     raise RowError(f"{where}.content[{j}].text must be a string")
                 parts.append({"type": "text", "text": text})
-            elif kind in ("video", "video_url", "audio", "input_audio"):
+            elif kind in ("video", "video_url") or (kind is None and ("video" in part or "video_url" in part)):
+                source = part.get("video") or part.get("video_url") or part.get("url") or part.get("path")
+                if isinstance(source, dict) and "url" in source:
+                    source = source["url"]
+                options = {k: part[k] for k in VIDEO_OPTION_KEYS if k in part}
+                if source is None:
+                    bare_videos += 1
+                else:
+                    inline_videos.append(video_ref(source, options))
+                parts.append({"type": "video"})
+            elif kind in ("audio", "input_audio"):
                 raise RowError(f"{where}.content[{j}]: {kind} parts are not scanned yet")
             else:
                 raise RowError(f"{where}.content[{j}] has unknown type {kind!r}")
         messages.append({"role": role, "content": parts})
     if inline and listed:
         raise RowError("images given both inline in messages and in 'images'")
+    if inline_videos and listed_videos:
+        raise RowError("videos given both inline in messages and in 'videos'")
     images = inline or listed
+    videos = inline_videos or listed_videos
     placeholders = tags + bare + len(inline)
     mismatch = (placeholders, len(images)) if placeholders != len(images) else None
-    return Conversation(messages=messages, images=images, id=row_id(row), mismatch=mismatch)
+    video_placeholders = video_tags + bare_videos + len(inline_videos)
+    video_mismatch = (video_placeholders, len(videos)) if video_placeholders != len(videos) else None
+    return Conversation(messages=messages, images=images, id=row_id(row), mismatch=mismatch, videos=videos,
+                        video_mismatch=video_mismatch)
 
 
 def detect_format(row: Any) -> str | None:

@@ -118,3 +118,28 @@ class Family(Protocol):
     def with_max_pixels(self, settings: Any, max_pixels: int) -> Any | None:
         """The settings with a different pixel budget, or None when the family has none."""
         ...
+
+
+@runtime_checkable
+class VideoFamily(Family, Protocol):
+    """A family that also counts videos (the Qwen VL families). The scan replaces the j-th
+    ``video_placeholder`` of the rendered text with video j's ``expand_video``, in text order with the
+    images' placeholders; ``expand_video`` raises :class:`vlmcheck.data.videos.VideoProblem` where the
+    processor would raise (too few frames, aspect ratio)."""
+
+    @property
+    def video_placeholder(self) -> str:
+        """What the chat template writes for one video (and the processor replaces)."""
+
+    @property
+    def video_token(self) -> str:
+        """The token repeated once per video feature."""
+
+    def expand_video(self, info: Any, settings: Any, options: dict[str, Any]) -> Expansion:
+        """What the placeholder of a video with container metadata ``info`` becomes; ``options`` are
+        the per-video keys of its content part (qwen-vl-utils reads ``fps``, ``max_pixels``, ...)."""
+        ...
+
+    def video_expansion(self, settings: Any) -> str:
+        """What one ``video_placeholder`` becomes when the video is unknown, with ``video_token`` once."""
+        ...
