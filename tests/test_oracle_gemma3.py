@@ -200,3 +200,32 @@ def test_cut_image_span_is_vc201(pool, tmp_path):
             with pytest.raises(ValueError, match="Mismatch in `image` token count"):
                 processor(text=[text], images=[picture], add_special_tokens=False, truncation=True,
                           max_length=max_length)
+
+
+# W x H -> soft tokens with pan-and-scan at the processor's defaults, read off Gemma3Processor's
+# input_ids (256 per image and per crop): the activation ratio 1.2 (1075 vs 1076 wide), crops of at
+# least 256 px (2000 x 100 gets none), at most 4.
+GOLDEN_PAS = {(896, 896): 256, (1000, 300): 1024, (1075, 896): 256, (1076, 896): 768, (750, 300): 768,
+              (300, 1800): 1280, (2000, 100): 256, (1920, 1080): 768, (1080, 1920): 768, (4000, 1000): 1280}
+
+
+def test_golden_pan_and_scan_counts():
+    from vlmcheck.families import get_family
+
+    family = get_family("gemma3")
+    on = family.settings(preprocessor={}, config={}, overrides=Overrides(extra=PAS))
+    off = family.settings(preprocessor={}, config={}, overrides=Overrides())
+    assert {size: family.image_tokens(*size, on) for size in GOLDEN_PAS} == GOLDEN_PAS
+    assert {family.image_tokens(*size, off) for size in GOLDEN_PAS} == {256}
+
+
+def test_bad_pan_and_scan_options_are_usage_errors():
+    from vlmcheck.errors import UsageError
+    from vlmcheck.families import get_family
+
+    family = get_family("gemma3")
+    with pytest.raises(UsageError, match="unknown Gemma-3 pan-and-scan option"):
+        family.settings(preprocessor={}, config={}, overrides=Overrides(extra={"pan_and_scan_max_crops": 2}))
+    with pytest.raises(UsageError, match="must be at least 1"):
+        family.settings(preprocessor={}, config={},
+                        overrides=Overrides(extra={**PAS, "pan_and_scan_max_num_crops": 0}))
