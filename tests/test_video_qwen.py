@@ -189,3 +189,212 @@ def test_video_info_size() -> None:
     assert VideoInfo(640, 360, 10, 30.0, 1 / 3, rotation=90).size() == (360, 640)
     assert VideoInfo(640, 360, 10, 30.0, 1 / 3, rotation=180).size() == (640, 360)
 
+
+
+# -- the real sampling / resize code -------------------------------------------------------------------
+import importlib.util  # noqa: E402
+import math  # noqa: E402
+import sys  # noqa: E402
+import types  # noqa: E402
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from transformers.image_utils import SizeDict  # noqa: E402
+from transformers.video_utils import VideoMetadata  # noqa: E402
+
+from realparts import qwen_processor  # noqa: E402
+from vlmcheck import scan  # noqa: E402
+from vlmcheck.demo.checkpoints import qwen_checkpoint  # noqa: E402
+from vlmcheck.families import Overrides, get_family  # noqa: E402
+from vlmcheck.families.qwen2_vl import (  # noqa: E402
+    QwenVideoSettings,
+    linspace_round,
+    qwen2_video_plan,
+    torch_linspace_round,
+    utils_nframes,
+)
+from vlmcheck.families.qwen3_vl import qwen3_video_plan, timestamps  # noqa: E402
+
+
+def _torchvision_stand_in() -> dict[str, types.ModuleType]:
+    """Empty modules under torchvision's names, only so that files importing it at the top can be
+    imported; nothing of torchvision runs (there is no CPU torchvision here)."""
+    names = ["torchvision", "torchvision.io", "torchvision.transforms", "torchvision.transforms.v2",
+             "torchvision.transforms.v2.functional", "torchvision.transforms.functional"]
+    modules = {name: types.ModuleType(name) for name in names}
+    for name, module in modules.items():
+        if "." in name:
+            parent, _, child = name.rpartition(".")
+            setattr(modules[parent], child, module)
+    modules["torchvision"].__version__ = "0.0"  # type: ignore[attr-defined]
+    modules["torchvision.transforms"].InterpolationMode = types.SimpleNamespace(BICUBIC="bicubic")  # type: ignore[attr-defined]
+    return modules
+
+
+def _import_file(relative: str, name: str, *, stand_in: bool) -> types.ModuleType:
+    """Import one transformers source file as a module of its package (the lazy ``transformers``
+    module hides video processors when torchvision is missing)."""
+    path = Path(transformers.__file__).parent / relative
+    package = "transformers." + relative.rpartition("/")[0].replace("/", ".")
+    added = _torchvision_stand_in() if stand_in and "torchvision" not in sys.modules else {}
+    sys.modules.update(added)
+    try:
+        spec = importlib.util.spec_from_file_location(f"{package}.{name}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        module.__package__ = package
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    finally:
+        for key in added:
+            sys.modules.pop(key, None)
+    return module
+
+
+@pytest.fixture(scope="module")
+def video_processors() -> dict[str, type]:
+    """transformers' Qwen2VLVideoProcessor and Qwen3VLVideoProcessor classes, each subclassed once so
+    that the last step of ``resize`` (the pixel interpolation, torchvision) returns zeros of the
+    target size: everything that decides the size, the frames and the grid is their own code."""
+    q2 = _import_file("models/qwen2_vl/video_processing_qwen2_vl.py", "video_processing_qwen2_vl_oracle", stand_in=True)
+    q3 = _import_file("models/qwen3_vl/video_processing_qwen3_vl.py", "video_processing_qwen3_vl_oracle", stand_in=True)
+    from transformers.video_processing_utils import BaseVideoProcessor
+
+    class PixelsOnly(BaseVideoProcessor):  # sits between the Qwen class and BaseVideoProcessor in the MRO
+        def resize(self, image: Any, size: Any, resample: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
+            return torch.zeros((*image.shape[:-2], size.height, size.width), dtype=torch.uint8)
+
+    return {
+        "qwen2_vl": type("Qwen2VLVideoOracle", (q2.Qwen2VLVideoProcessor, PixelsOnly), {}),
+        "qwen3_vl": type("Qwen3VLVideoOracle", (q3.Qwen3VLVideoProcessor, PixelsOnly), {}),
+    }
+
+
+def processor_instance(cls: type, config: dict[str, Any]) -> Any:
+    """An instance with the attributes ``BaseVideoProcessor.__init__`` would set from ``config`` (its
+    __init__ refuses to run without torchvision): class defaults, then the config's values."""
+    proc = object.__new__(cls)
+    for key in cls.valid_kwargs.__annotations__:
+        setattr(proc, key, getattr(cls, key, None))
+    size = dict(config.get("size") or cls.size)
+    if "min_pixels" in config:  # Qwen2VLVideoProcessor.__init__ maps these onto size
+        size["shortest_edge"] = config["min_pixels"]
+    if "max_pixels" in config:
+        size["longest_edge"] = config["max_pixels"]
+    for key, value in config.items():
+        if key not in ("size", "min_pixels", "max_pixels"):
+            setattr(proc, key, value)
+    proc.size = SizeDict(**size)
+    return proc
+
+
+def processor_grid(proc: Any, info: VideoInfo, *, frames: Any = None) -> tuple[list[int], tuple[int, int, int]]:
+    """The video processor's path for one video: ``sample_frames`` when ``do_sample_frames`` (with the
+    kwargs ``preprocess`` passes it), else every frame, then ``resize`` and ``patchify`` on zeros of
+    the frame size. Returns the frame indices and (grid_t, grid_h, grid_w)."""
+    width, height = info.size()
+    metadata = VideoMetadata(total_num_frames=info.frames, fps=info.fps, width=width, height=height)
+    if frames is not None:
+        indices = list(frames)
+    elif proc.do_sample_frames:
+        kwargs = {k: getattr(proc, k, None) for k in proc.valid_kwargs.__annotations__}
+        for k in ("size", "do_convert_rgb", "video_metadata", "device", "input_data_format", "do_sample_frames",
+                  "return_metadata", "data_format"):
+            kwargs.pop(k, None)
+        indices = [int(i) for i in proc.sample_frames(metadata, **kwargs)]
+    else:
+        indices = list(range(info.frames))
+    video = torch.zeros((1, 1, 1, 1, 1), dtype=torch.uint8).expand(1, len(indices), 3, height, width)
+    factor = proc.patch_size * proc.merge_size
+    resized = proc.resize(video, size=proc.size, resample=None, factor=factor, temporal_factor=proc.temporal_patch_size,
+                          cap_pixels_per_frame=bool(proc.cap_pixels_per_frame))
+    if resized.numel() > 16_000_000:  # patchify's grid is padded T // tps, H' // p, W' // p; spare the memory
+        t, h, w = resized.shape[1], resized.shape[-2], resized.shape[-1]
+        return indices, (-(-t // proc.temporal_patch_size), h // proc.patch_size, w // proc.patch_size)
+    _, grid_t, grid_h, grid_w = proc.patchify(resized.contiguous(), proc.patch_size, proc.merge_size,
+                                              proc.temporal_patch_size)
+    return indices, (int(grid_t), int(grid_h), int(grid_w))
+
+
+def settings_for(model_type: str, video_config: dict[str, Any], extra: dict[str, Any] | None = None,
+                 resize: str = "processor") -> Any:
+    preprocessor = {"video_preprocessor_config": video_config, "processor_config": {}}
+    return get_family(model_type).settings(preprocessor=preprocessor, config={},
+                                           overrides=Overrides(resize=resize, extra=extra or {}))
+
+
+# Hub video configs: Qwen/Qwen3-VL-8B-Instruct video_preprocessor_config.json; Qwen2-VL/2.5-VL have none
+# (transformers then builds the video processor from preprocessor_config.json's values).
+QWEN3_HUB_VIDEO = {"size": {"shortest_edge": 4096, "longest_edge": 25165824}, "patch_size": 16,
+                   "temporal_patch_size": 2, "merge_size": 2, "do_sample_frames": True, "fps": 2,
+                   "min_frames": 4, "max_frames": 768}
+QWEN2_HUB = {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2,
+             "merge_size": 2}
+
+METAS = [  # (frames, fps, width, height): clips as the header reader returns them
+    (300, 30.0, 640, 360), (299, 30000 / 1001, 640, 360), (250, 25.0, 1280, 720), (1, 30.0, 320, 240),
+    (3, 24.0, 320, 240), (7, 25.0, 100, 60), (1800, 30.0, 1920, 1080), (45, 30.0, 24, 1000),
+    (61, 24000 / 1001, 480, 854), (10, 30.0, 2000, 9), (120, 60.0, 3840, 2160), (17, 12.5, 50, 50),
+]
+CONFIGS = [  # (model_type, video config, call-time kwargs as Overrides.extra)
+    ("qwen2_vl", QWEN2_HUB, {}),
+    ("qwen2_vl", QWEN2_HUB, {"do_sample_frames": True, "fps": 2}),
+    ("qwen2_vl", QWEN2_HUB, {"do_sample_frames": True, "fps": 1.5, "cap_pixels_per_frame": True}),
+    ("qwen2_vl", {}, {"do_sample_frames": True, "num_frames": 9}),
+    ("qwen2_vl", {"min_pixels": 128 * 28 * 28, "max_pixels": 768 * 28 * 28}, {"do_sample_frames": True, "fps": 4,
+                                                                              "max_frames": 64}),
+    ("qwen3_vl", QWEN3_HUB_VIDEO, {}),
+    ("qwen3_vl", QWEN3_HUB_VIDEO, {"cap_pixels_per_frame": True}),
+    ("qwen3_vl", QWEN3_HUB_VIDEO, {"fps": 1}),
+    ("qwen3_vl", {}, {}),
+    ("qwen3_vl", QWEN3_HUB_VIDEO, {"do_sample_frames": False}),
+]
+
+
+@pytest.mark.parametrize(("model_type", "config", "extra"), CONFIGS)
+def test_processor_route_grid_equals_the_video_processors_own_code(video_processors, model_type, config, extra) -> None:
+    """vlmcheck's frames and grid vs transformers' sample_frames, resize (cap included) and patchify,
+    on clips of every shape: long, 1 frame, odd frame counts, tiny and extreme-aspect frames."""
+    settings = settings_for(model_type, config, extra).video
+    proc = processor_instance(video_processors[model_type], {**config, **extra})
+    plan_of = qwen3_video_plan if model_type == "qwen3_vl" else qwen2_video_plan
+    for frames, fps, width, height in METAS:
+        info = VideoInfo(width, height, frames, fps, frames / fps)
+        try:
+            expected = processor_grid(proc, info)
+        except (ValueError, ZeroDivisionError) as error:  # the processor raises: vlmcheck says VC115
+            with pytest.raises(VideoProblem) as problem:
+                plan_of(info, settings, {})
+            assert problem.value.code == "VC115", (info, error)
+            continue
+        plan = plan_of(info, settings, {})
+        assert (plan.grid_t, plan.grid_h, plan.grid_w) == expected[1], (model_type, extra, info)
+        if model_type == "qwen3_vl":
+            assert list(plan.indices) == expected[0]
+        elif settings.do_sample_frames:
+            assert -(-len(expected[0]) // 2) == plan.grid_t
+
+
+def test_get_num_of_video_patches_agrees(video_processors) -> None:
+    """transformers' own count helper for the same (frames, height, width) (it skips Qwen2-VL's cap)."""
+    for model_type, config in (("qwen2_vl", QWEN2_HUB), ("qwen3_vl", QWEN3_HUB_VIDEO)):
+        proc = processor_instance(video_processors[model_type], config)
+        settings = settings_for(model_type, config, {"do_sample_frames": False}).video
+        plan_of = qwen3_video_plan if model_type == "qwen3_vl" else qwen2_video_plan
+        for frames, fps, width, height in METAS:
+            if frames < 2 or max(width, height) / min(width, height) > 200:
+                continue
+            plan = plan_of(VideoInfo(width, height, frames, fps, None), settings, {})
+            patches = proc.get_num_of_video_patches(frames, height, width, {})
+            assert plan.grid_t * plan.grid_h * plan.grid_w == patches
+
+
+def test_linspace_helpers_equal_numpy_and_torch() -> None:
+    for total in (1, 2, 3, 7, 29, 30, 299, 300, 1799, 7201):
+        for n in {1, 2, 3, 4, 5, 20, 21, 64, min(total, 768)}:
+            assert linspace_round(0, total - 1, n) == np.linspace(0, total - 1, n).round().astype(int).tolist()
+            for start in (0, 3, 17):
+                if start < total:
+                    want = torch.linspace(start, total - 1, n).round().long().tolist()
+                    assert torch_linspace_round(start, total - 1, n) == want, (start, total, n)
