@@ -160,9 +160,11 @@ def demo_command(max_length: int, model_type: str) -> None:
 def families_command(as_json: bool) -> None:
     """List the model families vlmcheck counts, how exactly, and the settings each reads.
 
-    A model_type not listed here is an error naming these; nothing is guessed.
+    A model_type not listed here is an error naming these; nothing is guessed:
+    `vlmcheck scan --exact` runs the checkpoint's own processor instead.
     """
     import json
+    import textwrap
 
     from vlmcheck.families import families
 
@@ -172,8 +174,10 @@ def families_command(as_json: bool) -> None:
         return
     for row in rows:
         settings = ", ".join(str(s) for s in row["settings"])  # type: ignore[attr-defined]
-        click.echo(f"{row['model_type']:<12} {row['title']:<12} {row['exactness']}")
-        click.echo(f"{'':<12} placeholder {row['placeholder']}; reads preprocessor_config.json: {settings}")
+        click.echo(f"{row['model_type']}: {row['title']}")
+        for text in (str(row["exactness"]), f"placeholder {row['placeholder']}; reads {settings}"):
+            click.echo(textwrap.fill(text, width=100, initial_indent="    ", subsequent_indent="    ",
+                                     break_on_hyphens=False, break_long_words=False))
 
 
 from vlmcheck.lint.cli import lint_command  # noqa: E402  (lint: registration)
