@@ -21,7 +21,10 @@ Oracles, and what each proves:
 
 from __future__ import annotations
 
+import copy
 import fractions
+import json
+import shutil
 import struct
 from pathlib import Path
 from typing import Any
@@ -193,7 +196,6 @@ def test_video_info_size() -> None:
 
 # -- the real sampling / resize code -------------------------------------------------------------------
 import importlib.util  # noqa: E402
-import math  # noqa: E402
 import sys  # noqa: E402
 import types  # noqa: E402
 
@@ -208,13 +210,11 @@ from vlmcheck import scan  # noqa: E402
 from vlmcheck.demo.checkpoints import qwen_checkpoint  # noqa: E402
 from vlmcheck.families import Overrides, get_family  # noqa: E402
 from vlmcheck.families.qwen2_vl import (  # noqa: E402
-    QwenVideoSettings,
     linspace_round,
     qwen2_video_plan,
     torch_linspace_round,
-    utils_nframes,
 )
-from vlmcheck.families.qwen3_vl import qwen3_video_plan, timestamps  # noqa: E402
+from vlmcheck.families.qwen3_vl import qwen3_video_plan  # noqa: E402
 
 
 def _torchvision_stand_in() -> dict[str, types.ModuleType]:
@@ -398,3 +398,288 @@ def test_linspace_helpers_equal_numpy_and_torch() -> None:
                 if start < total:
                     want = torch.linspace(start, total - 1, n).round().long().tolist()
                     assert torch_linspace_round(start, total - 1, n) == want, (start, total, n)
+
+
+# -- golden values, worked out by hand ------------------------------------------------------------------
+def test_golden_counts_by_hand() -> None:
+    """Each family, each route, on a 10 s 30 fps clip (300 frames), 640x360 and 1920x1080."""
+    clip = VideoInfo(640, 360, 300, 30.0, 10.0)
+    full_hd = VideoInfo(1920, 1080, 300, 30.0, 10.0)
+    qwen2_fps2 = {"do_sample_frames": True, "fps": 2}
+
+    def count(model_type: str, info: VideoInfo, config: dict[str, Any], extra: dict[str, Any], resize: str) -> int:
+        settings = settings_for(model_type, config, extra, resize)
+        return get_family(model_type).expand_video(info, settings, {}).features
+
+    for model_type in ("qwen2_vl", "qwen2_5_vl"):  # Qwen2.5-VL's processor uses Qwen2VLVideoProcessor
+        # processor, fps=2: 300 / 30 * 2 = 20 frames (arange(0, 300, 15.0): 20); 360 -> round(12.86) * 28 = 364,
+        # 640 -> round(22.86) * 28 = 644, 364 * 644 = 234,416 within [3,136, 12,845,056];
+        # grid 20 / 2 = 10 x 364 / 14 = 26 x 644 / 14 = 46 = 11,960 patches / 2**2 = 2,990 tokens
+        assert count(model_type, clip, QWEN2_HUB, qwen2_fps2, "processor") == 2990
+        # processor as the checkpoint ships it (do_sample_frames False): all 300 frames, grid_t 150:
+        # 150 * 26 * 46 / 4 = 44,850
+        assert count(model_type, clip, QWEN2_HUB, {}, "processor") == 44850
+        # qwen-vl-utils: smart_nframes 300 / 30 * 2 = 20 (min 4, max floor(min(768, 300) / 2) * 2 = 300);
+        # per-frame budget max(min(768 * 28**2 = 602,112, 128000 * 28**2 * 0.9 / 20 * 2 = 9,031,680),
+        # int(128 * 28**2 * 1.05) = 105,369) = 602,112 >= 234,416: 364 x 644 again, then the processor
+        # keeps it: 2,990
+        assert count(model_type, clip, QWEN2_HUB, {}, "qwen-vl-utils") == 2990
+        # 1920x1080, processor fps=2: 1080 -> round(38.57) * 28 = 1,092, 1920 -> round(68.57) * 28 = 1,932,
+        # 2,109,744 <= 12,845,056; 10 x 78 x 138 / 4 = 26,910
+        assert count(model_type, full_hd, QWEN2_HUB, qwen2_fps2, "processor") == 26910
+        # 1920x1080, qwen-vl-utils: 1,092 * 1,932 > 602,112, beta = sqrt(1920 * 1080 / 602,112) = 1.8558,
+        # floor(1080 / 1.8558 / 28) * 28 = 20 * 28 = 560, floor(1920 / 1.8558 / 28) * 28 = 36 * 28 = 1,008;
+        # 10 x 40 x 72 / 4 = 7,200
+        assert count(model_type, full_hd, QWEN2_HUB, {}, "qwen-vl-utils") == 7200
+    # Qwen3-VL, hub video config (fps 2, size 4,096..25,165,824, factor 32): int(300 / 30 * 2) = 20 frames;
+    # 3-D resize: 360 -> round(11.25) * 32 = 352, 640 -> 20 * 32 = 640, 20 * 352 * 640 = 4,505,600 within
+    # the budget; 10 groups of 22 x 40 / 4 = 220 tokens = 2,200
+    assert count("qwen3_vl", clip, QWEN3_HUB_VIDEO, {}, "processor") == 2200
+    # qwen-vl-utils (patch 16): budget max(min(768 * 32**2 = 786,432, ...), ...) = 786,432 >= 352 * 640:
+    # the same 2,200
+    assert count("qwen3_vl", clip, QWEN3_HUB_VIDEO, {}, "qwen-vl-utils") == 2200
+    # 1920x1080 processor: 20 * 1,088 * 1,920 = 41,779,200 > 25,165,824, beta = sqrt(20 * 1080 * 1920 /
+    # 25,165,824) = 1.28372, floor(1080 / 1.28372 / 32) * 32 = 832, floor(1920 / 1.28372 / 32) * 32 = 1,472;
+    # 10 x (52 x 92 / 4 = 1,196) = 11,960
+    assert count("qwen3_vl", full_hd, QWEN3_HUB_VIDEO, {}, "processor") == 11960
+    # 1920x1080 qwen-vl-utils: 1,088 * 1,920 > 786,432, beta = sqrt(1920 * 1080 / 786,432) = 1.62380,
+    # 640 x 1,152; the processor's 3-D check 20 * 640 * 1,152 = 14,745,600 passes: 10 x (40 x 72 / 4) = 7,200
+    assert count("qwen3_vl", full_hd, QWEN3_HUB_VIDEO, {}, "qwen-vl-utils") == 7200
+    # Qwen3-VL's text: frames linspace(0, 299, 20).round() = 0, 16, 31, 47, ..., 283, 299; groups (0, 16),
+    # (31, 47), ...: (0 / 30 + 16 / 30) / 2 = 0.267 -> "0.3", (31 + 47) / 60 = 1.3, (63 + 79) / 60 = 2.367
+    # -> "2.4", 3.4, 4.467 -> "4.5", 5.5, 6.567 -> "6.6", 7.6, 8.667 -> "8.7", (283 + 299) / 60 = 9.7
+    settings = settings_for("qwen3_vl", QWEN3_HUB_VIDEO, {})
+    text = get_family("qwen3_vl").expand_video(clip, settings, {}).text
+    stamps = ["0.3", "1.3", "2.4", "3.4", "4.5", "5.5", "6.6", "7.6", "8.7", "9.7"]
+    assert text == "".join(f"<{t} seconds><|vision_start|><|video_pad|><|vision_end|>" for t in stamps)
+    # Too few frames: Qwen3-VL samples min(max(int(1 / 30 * 2), 4), 768, 1) = 1 frame and raises in smart_resize;
+    # Qwen2-VL at fps 2 gets max_frames floor(min(768, 1) / 2) * 2 = 0 frames and divides by zero
+    for model_type, config, extra in (("qwen3_vl", QWEN3_HUB_VIDEO, {}), ("qwen2_vl", QWEN2_HUB, qwen2_fps2)):
+        with pytest.raises(VideoProblem) as problem:
+            get_family(model_type).expand_video(VideoInfo(64, 64, 1, 30.0, 1 / 30),
+                                                settings_for(model_type, config, extra), {})
+        assert problem.value.code == "VC115"
+
+
+# -- qwen-vl-utils, called for real -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def vision_process() -> Any:
+    """qwen-vl-utils' ``vision_process`` with one more video reader, "pyav": the decord reader's steps
+    (its own ``calculate_video_frame_range``, ``smart_nframes`` and ``torch.linspace``) on frames PyAV
+    decodes. ``fetch_video``'s final pixel resize (torchvision) returns zeros of the size it computed."""
+    module = sys.modules.get("qwen_vl_utils.vision_process")
+    if module is None:
+        added = _torchvision_stand_in() if "torchvision" not in sys.modules else {}
+        sys.modules.update(added)
+        try:
+            from qwen_vl_utils import vision_process as module
+        finally:
+            for key in added:
+                sys.modules.pop(key, None)
+
+    def read_video_pyav(ele: dict[str, Any]) -> Any:
+        with av.open(ele["video"]) as container:
+            stream = container.streams.video[0]
+            video_fps = float(stream.average_rate)
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        start, end, total = module.calculate_video_frame_range(ele, len(frames), video_fps)
+        nframes = module.smart_nframes(ele, total_frames=total, video_fps=video_fps)
+        idx = torch.linspace(start, end, nframes).round().long().tolist()
+        video = torch.tensor(np.stack([frames[i] for i in idx])).permute(0, 3, 1, 2)
+        metadata = {"fps": video_fps, "frames_indices": idx, "total_num_frames": total, "video_backend": "pyav"}
+        return video, metadata, nframes / max(total, 1e-6) * video_fps
+
+    def resize(video: Any, size: list[int], **kwargs: Any) -> Any:
+        return torch.zeros((video.shape[0], video.shape[1], *size), dtype=torch.uint8)
+
+    saved = (module.transforms, module.InterpolationMode, module.FORCE_QWENVL_VIDEO_READER)
+    module.transforms = types.SimpleNamespace(functional=types.SimpleNamespace(resize=resize))
+    module.InterpolationMode = types.SimpleNamespace(BICUBIC="bicubic")
+    module.VIDEO_READER_BACKENDS["pyav"] = read_video_pyav
+    module.FORCE_QWENVL_VIDEO_READER = "pyav"
+    module.get_video_reader_backend.cache_clear()
+    yield module
+    module.transforms, module.InterpolationMode, module.FORCE_QWENVL_VIDEO_READER = saved
+    module.VIDEO_READER_BACKENDS.pop("pyav", None)
+    module.get_video_reader_backend.cache_clear()
+
+
+UTILS_OPTIONS = [
+    {}, {"fps": 1}, {"fps": 7.5}, {"nframes": 6}, {"nframes": 7}, {"max_pixels": 50000}, {"min_pixels": 200000},
+    {"video_start": 0.5, "video_end": 1.5}, {"total_pixels": 2_000_000}, {"resized_height": 200, "resized_width": 300},
+    {"max_frames": 8, "fps": 10}, {"min_frames": 30},
+]
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen3_vl"])
+def test_qwen_vl_utils_route_equals_fetch_video(videos, vision_process, video_processors, model_type) -> None:
+    """Frames, frame indices and size from qwen-vl-utils' own ``process_vision_info`` on the real files,
+    then the video processor's own grid on those frames (``do_sample_frames=False``), vs vlmcheck."""
+    patch = 16 if model_type == "qwen3_vl" else 14
+    config = QWEN3_HUB_VIDEO if model_type == "qwen3_vl" else QWEN2_HUB
+    settings = settings_for(model_type, config, {}, "qwen-vl-utils").video
+    proc = processor_instance(video_processors[model_type], {**config, "do_sample_frames": False})
+    plan_of = qwen3_video_plan if model_type == "qwen3_vl" else qwen2_video_plan
+    checked = 0
+    for name in ("a.mp4", "b.mp4", "c.mp4", "e.mp4", "x264.mp4", "frag.mp4", "clip.mov", "clip.avi"):
+        info = probe_video_path(videos / name)
+        for options in UTILS_OPTIONS:
+            part = {"type": "video", "video": str(videos / name), **options}
+            try:
+                _, out, _ = vision_process.process_vision_info([[{"role": "user", "content": [part]}]],
+                                                              return_video_kwargs=True, return_video_metadata=True,
+                                                              image_patch_size=patch)
+            except (ValueError, AssertionError, AttributeError):  # AttributeError: the reader raised and
+                # fetch_video fell back to its torchvision reader, absent here
+                with pytest.raises(VideoProblem) as problem:
+                    plan_of(info, settings, options)
+                assert problem.value.code == "VC115", (name, options)
+                continue
+            video, metadata = out[0]
+            frames, height, width = video.shape[0], video.shape[-2], video.shape[-1]
+            resized = VideoInfo(width, height, frames, info.fps, None)
+            _, grid = processor_grid(proc, resized, frames=metadata["frames_indices"])
+            plan = plan_of(info, settings, options)
+            assert list(plan.indices) == metadata["frames_indices"], (name, options)
+            assert (plan.grid_t, plan.grid_h, plan.grid_w) == grid, (name, options)
+            checked += 1
+    assert checked >= 60
+
+
+# -- the scan: images and videos mixed, per-sample totals vs the real processor's text ------------------------
+def video_checkpoint(model_type: str, folder: Path) -> Path:
+    """The offline Qwen checkpoint plus the hub's video processor config (Qwen3-VL ships one; Qwen2-VL
+    and Qwen2.5-VL do not, and transformers reads preprocessor_config.json instead)."""
+    dest = folder / model_type
+    if not dest.exists():
+        shutil.copytree(qwen_checkpoint(model_type), dest)
+        if model_type == "qwen3_vl":
+            (dest / "video_preprocessor_config.json").write_text(json.dumps(QWEN3_HUB_VIDEO))
+    return dest
+
+
+def processor_ids(model_type: str, messages: list[dict[str, Any]], images: list[Any], videos: list[Path],
+                  video_processors: dict[str, type], extra: dict[str, Any]) -> list[int]:
+    """``input_ids`` as transformers' processor builds them: its chat template, its image processor and
+    ``replace_image_token``, the video processor's own frames and grid (``processor_grid``) and
+    ``replace_video_token`` (Qwen3-VL: timestamps), ``get_text_with_replacements``, its tokenizer."""
+    base = qwen_processor(model_type)
+    proc = copy.copy(base)
+    family = "qwen3_vl" if model_type == "qwen3_vl" else "qwen2_vl"
+    config = QWEN3_HUB_VIDEO if model_type == "qwen3_vl" else QWEN2_HUB
+    proc.video_processor = processor_instance(video_processors[family], {**config, **extra})
+    text = proc.apply_chat_template(messages, tokenize=False)
+    image_text = []
+    if images:
+        image_inputs = proc.image_processor(images=images)
+        image_text = [proc.replace_image_token(image_inputs, i) for i in range(len(images))]
+    video_text = []
+    for path in videos:
+        truth = pyav_truth(path)
+        info = VideoInfo(truth["width"], truth["height"], truth["frames"], truth["fps"], None, truth["rotation"])
+        indices, grid = processor_grid(proc.video_processor, info)
+        inputs = {"video_grid_thw": torch.tensor([grid]),
+                  "video_metadata": [VideoMetadata(total_num_frames=info.frames, fps=info.fps, frames_indices=indices)]}
+        video_text.append(proc.replace_video_token(inputs, 0))
+    (expanded,), _ = proc.get_text_with_replacements([text], image_text, video_text)
+    return proc.tokenizer(expanded)["input_ids"]
+
+
+def _rows(videos: Path, folder: Path) -> tuple[list[dict[str, Any]], list[tuple[list[Any], list[Path]]]]:
+    from PIL import Image
+
+    sizes = [(640, 480), (100, 30), (1000, 1000)]
+    for i, (w, h) in enumerate(sizes):
+        Image.new("RGB", (w, h), (i * 40, 90, 10)).save(folder / f"im{i}.png")
+    plans = [  # (content parts in order: "v:name" / "i:k" / text)
+        ["v:a.mp4", "What happens here?"],
+        ["i:0", "v:b.mp4", "Compare the photo and the clip."],
+        ["v:c.mp4", "i:1", "v:rot90.mp4", "And these?"],
+        ["Before the video.", "v:x264.mp4", "v:frag.mp4", "i:2"],
+        ["v:clip.mov", "Short one."],
+    ]
+    rows, truth = [], []
+    for k, plan in enumerate(plans):
+        content, images, vids = [], [], []
+        for item in plan:
+            if item.startswith("v:"):
+                content.append({"type": "video", "video": item[2:]})
+                vids.append(videos / item[2:])
+            elif item.startswith("i:"):
+                name = f"im{item[2:]}.png"
+                content.append({"type": "image", "image": name})
+                images.append(Image.open(folder / name))
+            else:
+                content.append({"type": "text", "text": item})
+        answer = [{"type": "text", "text": f"Answer {k}: a cat walks by."}]
+        rows.append({"id": f"s{k}", "messages": [{"role": "user", "content": content},
+                                                 {"role": "assistant", "content": answer}]})
+        truth.append((images, vids))
+    return rows, truth
+
+
+@pytest.mark.parametrize(("model_type", "extra"), [
+    ("qwen2_vl", {"do_sample_frames": True, "fps": 2}), ("qwen2_5_vl", {}), ("qwen3_vl", {}),
+])
+def test_scan_mixed_images_and_videos_equals_the_processor(videos, video_processors, tmp_path, model_type, extra) -> None:
+    for name in ("a.mp4", "b.mp4", "c.mp4", "rot90.mp4", "x264.mp4", "frag.mp4", "clip.mov"):
+        shutil.copy(videos / name, tmp_path / name)
+    rows, truth = _rows(tmp_path, tmp_path)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    checkpoint = video_checkpoint(model_type, tmp_path / "ckpt")
+    out = tmp_path / "out.jsonl"
+    from vlmcheck.model import load_model
+
+    spec = load_model(checkpoint, overrides=Overrides(extra=extra))
+    report = scan(data, model=spec, output=out)
+    assert set(report.counts) <= {"VC106"}  # the 100x30 image is under 32 px: a warning only
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    for row, record, (images, vids) in zip(rows, records, truth):
+        messages = json.loads(json.dumps(row["messages"]))
+        for part in messages[0]["content"]:
+            part.pop("video", None), part.pop("image", None)
+        ids = processor_ids(model_type, messages, images, [tmp_path / v.name for v in vids], video_processors, extra)
+        assert record["tokens"] == len(ids), row["id"]
+        assert sum(record["video_tokens"]) == ids.count(151656)
+        assert sum(record["image_tokens"]) == ids.count(151655)
+
+
+def test_scan_cut_through_a_video_span(videos, video_processors, tmp_path) -> None:
+    """VC205 wherever right truncation leaves a video fewer <|video_pad|> than it has features (inside a
+    timestamped group, between groups, before the video), VC201 for the image, with the numbers of pads
+    that survive: all read off the processor's own input_ids cut at max_length."""
+    shutil.copy(videos / "a.mp4", tmp_path / "a.mp4")
+    from PIL import Image
+
+    Image.new("RGB", (640, 480)).save(tmp_path / "im.png")
+    row = {"id": "cut", "messages": [
+        {"role": "user", "content": "<video>Describe it.<image>"}, {"role": "assistant", "content": "A quiet room."}],
+        "videos": ["a.mp4"], "images": ["im.png"]}
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps(row) + "\n")
+    checkpoint = video_checkpoint("qwen3_vl", tmp_path / "ckpt")
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Describe it."},
+                                             {"type": "image"}]},
+                {"role": "assistant", "content": "A quiet room."}]
+    ids = processor_ids("qwen3_vl", messages, [Image.open(tmp_path / "im.png")], [tmp_path / "a.mp4"],
+                        video_processors, {})
+    # a.mp4: 60 frames at 30 fps -> int(60 / 30 * 2) = 4 frames -> 2 groups of 352x640 -> 2 x 220 pads
+    assert ids.count(151656) == 440
+    first_pad = ids.index(151656)
+    between = first_pad + 220 + 3  # past the first group's pads, its <|vision_end|>, into "<1.3 seconds>"
+    for max_length in (5, first_pad + 100, between, first_pad + 300, len(ids) - 50, len(ids)):
+        out = tmp_path / f"cut{max_length}.jsonl"
+        report = scan(data, model=checkpoint, max_length=max_length, output=out)
+        assert json.loads(out.read_text())["tokens"] == len(ids)
+        found = {f.code: f for f in report.findings}
+        kept_video, kept_image = ids[:max_length].count(151656), ids[:max_length].count(151655)
+        if kept_video < 440:
+            assert found["VC205"].data["kept"] == kept_video and found["VC205"].data["video_tokens"] == 440
+            assert "video 1 of 1 needs 440 tokens" in found["VC205"].message
+        else:
+            assert "VC205" not in found
+        if kept_image < ids.count(151655):
+            assert found["VC201"].data["kept"] == kept_image
+        else:
+            assert "VC201" not in found
