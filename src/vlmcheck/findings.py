@@ -137,9 +137,10 @@ _RULES = [
          "A cut download or copy: an MP4 whose moov box never arrived cannot be opened at all, and one cut in "
          "its media data fails or returns fewer frames mid-training.",
          "Re-download or re-encode the file."),
-    Rule("VC114", "video-not-counted", Severity.WARNING, "A video's container has no frame count in its header",
-         "WebM/Matroska keep the frame count out of their headers, so vlmcheck cannot count this video's "
-         "tokens without decoding it; the sample's length is unknown.",
+    Rule("VC114", "video-not-counted", Severity.WARNING, "A video vlmcheck cannot count from its headers",
+         "WebM/Matroska keep the frame count out of their headers, a video given as a list of frame images "
+         "is not counted yet, and only the Qwen VL families count videos (under --resize prescale they do "
+         "not either): the sample's length is unknown.",
          "Remux to MP4 (`ffmpeg -i in.webm -c copy out.mp4` where the codec allows, else re-encode), or "
          "check the sample with `vlmcheck scan --exact`."),
     Rule("VC115", "video-rejected", Severity.ERROR, "The video processor rejects this video",
