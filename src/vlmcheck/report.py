@@ -190,7 +190,8 @@ def render_text(report: Report, *, show: int = 20) -> str:
     lines.append(f"vlmcheck scan: {s['dataset']}: {_n(s['samples'])} samples, {s['model_type']} at {limit}")
     settings = s["settings"]
     if isinstance(settings, dict):
-        shown = ", ".join(f"{k} {_n(v)}" for k, v in settings.items() if v is not None and k != "resize")
+        shown = ", ".join(f"{k} {_n(v)}" for k, v in settings.items()
+                          if v is not None and k != "resize" and not isinstance(v, dict))  # video: in the JSON
         lines.append(f"  processor: {shown}; resize by {settings.get('resize', 'processor')}")
     lines.append("")
     if s["counts"]:
