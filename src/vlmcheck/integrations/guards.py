@@ -6,14 +6,19 @@ a plain slice (``input_ids[:, :max_length]``, as TRL's prompt-completion collato
 image span in two, and the model then raises "Image features and image tokens do not match". This
 module counts, per sample, the placeholders present against the placeholders each image needs,
 and repairs what it can at image-span boundaries, keeping ``pixel_values``, ``image_grid_thw`` and
-``mm_token_type_ids`` consistent with the placeholders that remain.
+``mm_token_type_ids`` consistent with the placeholders that remain. Videos are counted and repaired
+the same way ("Video features and video tokens do not match").
 
 Two layouts are supported:
 
 * Qwen2-VL family (``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl``): ``pixel_values`` is 2-D
   ``(patches, 1176)`` with all images of the batch concatenated; ``image_grid_thw`` has one row
   ``(t, h, w)`` per image, which needs ``t*h*w // merge_size**2`` placeholders and owns ``t*h*w``
-  rows of ``pixel_values``.
+  rows of ``pixel_values``. Videos: ``video_grid_thw`` rows, ``<|video_pad|>`` placeholders and
+  ``pixel_values_videos`` rows by the same rule (``t`` counts temporal patches: frames / 2), plus
+  Qwen2.5-VL's ``second_per_grid_ts`` (one value per video). Qwen2-VL and Qwen2.5-VL put a
+  video's placeholders in one run; Qwen3-VL gives every temporal patch its own run, after a
+  ``<t seconds>`` timestamp.
 * Gemma-3 (``gemma3``): every image needs a fixed 256 ``<image_soft_token>`` placeholders and owns
   one entry ``pixel_values[i]`` of the 4-D ``(images, 3, 896, 896)`` tensor.
 
@@ -47,8 +52,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
 
 logger = logging.getLogger("vlmcheck.guards")
 
-Policy = Literal["raise", "drop-images", "truncate"]
-POLICIES: tuple[str, ...] = ("raise", "drop-images", "truncate")
+# "drop-media" drops cut images and cut videos; "drop-images" is its original name and stays an alias.
+Policy = Literal["raise", "drop-media", "drop-images", "truncate"]
+POLICIES: tuple[str, ...] = ("raise", "drop-media", "drop-images", "truncate")
+MediaKind = Literal["image", "video"]
 IGNORE_INDEX = -100  # transformers' CrossEntropyLoss ignore_index, used by every trainer for masked labels
 
 # Qwen2-VL special tokens: transformers/models/qwen2_vl/processing_qwen2_vl.py and the hub
@@ -72,7 +79,7 @@ _TOKEN_TYPE_KEYS = ("mm_token_type_ids", "token_type_ids")
 
 
 class SpanMismatchError(VlmcheckError, ValueError):
-    """A batch whose image placeholders do not match its images (raised by policy ``"raise"``).
+    """A batch whose image (video) placeholders do not match its images (videos) (policy ``"raise"``).
 
     Subclasses ``ValueError`` so that code catching the model's own mismatch error catches it too.
     ``accounts`` holds the per-sample counts.
@@ -88,7 +95,7 @@ class SpanMismatchError(VlmcheckError, ValueError):
 
 @dataclass(frozen=True)
 class VisionSpec:
-    """How a family lays out image placeholders and pixels.
+    """How a family lays out image and video placeholders and pixels.
 
     Build it from a processor with :func:`vision_spec`; construct it directly for a tokenizer-only
     setup::
@@ -105,6 +112,9 @@ class VisionSpec:
     end_token_id: int | None = None
     merge_size: int = QWEN_MERGE_SIZE
     tokens_per_image: int = GEMMA3_TOKENS_PER_IMAGE
+    # Qwen3-VL: every temporal patch of a video is its own placeholder run, "<t seconds><|vision_start|>
+    # <|video_pad|> x (h*w // merge_size**2)<|vision_end|>" (replace_video_token, processing_qwen3_vl.py).
+    video_frame_runs: bool = False
 
     def image_tokens(self, batch: dict[str, Any]) -> list[int]:
         """Placeholders each image of the batch needs, in batch order."""
@@ -123,6 +133,27 @@ class VisionSpec:
             return [] if grid is None else [int(n) for n in grid.prod(dim=-1).tolist()]
         pixels = batch.get("pixel_values")
         return [] if pixels is None else [1] * int(pixels.shape[0])
+
+    def video_tokens(self, batch: dict[str, Any]) -> list[int]:
+        """Placeholders each video of the batch needs, in batch order (Qwen: ``video_grid_thw``)."""
+        grid = batch.get("video_grid_thw") if self.family == "qwen2_vl" else None
+        return [] if grid is None else [int(n) // self.merge_size**2 for n in grid.prod(dim=-1).tolist()]
+
+    def video_pixel_rows(self, batch: dict[str, Any]) -> list[int]:
+        """Rows of ``pixel_values_videos`` each video owns, in batch order."""
+        grid = batch.get("video_grid_thw") if self.family == "qwen2_vl" else None
+        return [] if grid is None else [int(n) for n in grid.prod(dim=-1).tolist()]
+
+    def _chunks(self, batch: dict[str, Any], kind: MediaKind) -> list[list[int]]:
+        """Per image (video): the placeholder runs it fills, as lengths; one run unless frames are split."""
+        if kind == "image":
+            return [[n] for n in self.image_tokens(batch)]
+        if not self.video_frame_runs:
+            return [[n] for n in self.video_tokens(batch)]
+        grid = batch.get("video_grid_thw")
+        if grid is None:
+            return []
+        return [[h * w // self.merge_size**2] * t for t, h, w in grid.tolist()]
 
 
 def _token_id(tokenizer: Any, token: str) -> int | None:
@@ -167,6 +198,7 @@ def vision_spec(processor: Any) -> VisionSpec:
         if image_id is None:
             raise UsageError(f"{type(processor).__name__} has no image token id")
         video_id = getattr(processor, "video_token_id", None) or _token_id(tokenizer, QWEN_VIDEO_TOKEN)
+        frame_runs = any(cls.__name__ == "Qwen3VLProcessor" for cls in type(processor).__mro__)
         return VisionSpec(
             family="qwen2_vl",
             image_token_id=int(image_id),
@@ -175,6 +207,7 @@ def vision_spec(processor: Any) -> VisionSpec:
             start_token_id=_token_id(tokenizer, QWEN_VISION_START),
             end_token_id=_token_id(tokenizer, QWEN_VISION_END),
             merge_size=int(image_processor.merge_size),
+            video_frame_runs=frame_runs,
         )
     raise UsageError(
         f"vlmcheck's guards know the Qwen2-VL and Gemma-3 layouts; {type(processor).__name__} is neither. "
@@ -187,14 +220,15 @@ def vision_spec(processor: Any) -> VisionSpec:
 
 @dataclass
 class ImageAccount:
-    """One image of one sample: placeholders needed and present, and where they are."""
+    """One image (or video) of one sample: placeholders needed and present, and where they are."""
 
-    number: int  # 1-based, within the sample
-    batch_index: int  # 0-based, within the batch's images (row of image_grid_thw)
+    number: int  # 1-based, within the sample and kind
+    batch_index: int  # 0-based, within the batch's images (row of image_grid_thw) or videos
     needed: int
     present: int
     start: int | None = None  # first placeholder position, None when none is present
     end: int | None = None  # one past the last placeholder position
+    kind: MediaKind = "image"
 
     @property
     def status(self) -> Literal["ok", "cut", "missing"]:
@@ -205,19 +239,31 @@ class ImageAccount:
 
 @dataclass
 class SampleAccount:
-    """One sample of a batch: placeholders present against what its images need."""
+    """One sample of a batch: placeholders present against what its images and videos need."""
 
     index: int
     length: int
     image_tokens: int
     image_features: int
     images: list[ImageAccount] = field(default_factory=list)
-    orphan_runs: list[tuple[int, int]] = field(default_factory=list)  # placeholder runs with no image
+    orphan_runs: list[tuple[int, int]] = field(default_factory=list)  # placeholder runs with no image/video
     supervised: int | None = None  # labels != -100, None without labels
+    video_tokens: int = 0
+    video_features: int = 0
+    videos: list[ImageAccount] = field(default_factory=list)
+
+    @property
+    def media(self) -> list[ImageAccount]:
+        """The sample's images, then its videos."""
+        return self.images + self.videos
 
     @property
     def ok(self) -> bool:
-        return self.image_tokens == self.image_features and all(i.status == "ok" for i in self.images)
+        return (
+            self.image_tokens == self.image_features
+            and self.video_tokens == self.video_features
+            and all(m.status == "ok" for m in self.media)
+        )
 
     @property
     def orphan_tokens(self) -> int:
@@ -226,19 +272,24 @@ class SampleAccount:
     def describe(self, *, max_length: int | None = None) -> str:
         """One line with the numbers, e.g. ``sample 1: 49 image tokens, 64 features (image 1 of 1 cut ...)``."""
         parts = [f"sample {self.index}: {self.image_tokens:,} image tokens, {self.image_features:,} features"]
+        has_video = bool(self.videos) or self.video_tokens > 0
+        if has_video:
+            parts.append(f", {self.video_tokens:,} video tokens, {self.video_features:,} video features")
         details = []
-        for image in self.images:
-            if image.status == "cut":
-                details.append(
-                    f"image {image.number} of {len(self.images)} needs {image.needed:,} placeholders, "
-                    f"only {image.present:,} are left"
-                )
-            elif image.status == "missing":
-                details.append(
-                    f"image {image.number} of {len(self.images)} has none of its {image.needed:,} placeholders"
-                )
+        for kind, items in (("image", self.images), ("video", self.videos)):
+            for item in items:
+                if item.status == "cut":
+                    details.append(
+                        f"{kind} {item.number} of {len(items)} needs {item.needed:,} placeholders, "
+                        f"only {item.present:,} are left"
+                    )
+                elif item.status == "missing":
+                    details.append(
+                        f"{kind} {item.number} of {len(items)} has none of its {item.needed:,} placeholders"
+                    )
         if self.orphan_runs:
-            details.append(f"{self.orphan_tokens:,} placeholder(s) belong to no image (e.g. generated)")
+            owner = "no image or video" if has_video else "no image"
+            details.append(f"{self.orphan_tokens:,} placeholder(s) belong to {owner} (e.g. generated)")
         if details:
             parts.append(" (" + "; ".join(details) + ")")
         return "".join(parts)
@@ -254,6 +305,111 @@ def _runs(positions: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
+def _positions(input_ids: torch.Tensor, token_id: int | None) -> list[list[int]]:
+    """Per row, the positions of ``token_id`` (one transfer, not per-row indexing: this runs every batch)."""
+    if token_id is None:
+        return [[] for _ in range(input_ids.shape[0])]
+    return _rows_of(input_ids == token_id)
+
+
+def _rows_of(hit: torch.Tensor) -> list[list[int]]:
+    if not bool(hit.any()):
+        return [[] for _ in range(hit.shape[0])]
+    return [r.nonzero().flatten().tolist() for r in hit.cpu()]
+
+
+def _typed_positions(
+    input_ids: torch.Tensor, token_id: int | None, types: torch.Tensor | None
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Placeholder positions the processor marked in ``mm_token_type_ids`` / ``token_type_ids``, and
+    the others (appended later: a generated completion re-fed for log-probs, which TRL types 0).
+    Types that mark no placeholder at all say nothing, and every placeholder counts as marked."""
+    if token_id is None or types is None:
+        return _positions(input_ids, token_id), [[] for _ in range(input_ids.shape[0])]
+    hit = input_ids == token_id
+    typed = hit & (types != 0)
+    if not bool(typed.any()):
+        return _rows_of(hit), [[] for _ in range(input_ids.shape[0])]
+    return _rows_of(typed), _rows_of(hit & ~typed)
+
+
+def _type_ids(batch: dict[str, Any], input_ids: torch.Tensor) -> torch.Tensor | None:
+    for key in _TOKEN_TYPE_KEYS:
+        value = batch.get(key)
+        if isinstance(value, torch.Tensor) and value.shape == input_ids.shape:
+            return value
+    return None
+
+
+def _counts_from_runs(runs_per_row: list[list[tuple[int, int]]], chunks: list[list[int]]) -> list[int] | None:
+    """Items per row when every item left in a row still has its first run there (a truncation cuts only
+    a row's last items); None when items are left over, i.e. whole items were cut away."""
+    counts: list[int] = []
+    cursor = 0
+    for runs in runs_per_row:
+        left, count = len(runs), 0
+        while left > 0 and cursor < len(chunks):
+            left -= len(chunks[cursor])
+            cursor += 1
+            count += 1
+        counts.append(count)
+    return counts if cursor == len(chunks) else None
+
+
+def _counts_by_prefix(runs_per_row: list[list[tuple[int, int]]], chunks: list[list[int]]) -> list[int]:
+    """Items per row when rows may hold extra placeholders (generated ones): every run takes the whole
+    items, in batch order, that fit it; what is left of a run belongs to no item. Items no row took
+    are given to the last row, where they show as missing."""
+    counts: list[int] = []
+    item, chunk = 0, 0
+    for runs in runs_per_row:
+        count = 0
+        for start, end in runs:
+            length = end - start
+            while item < len(chunks) and length >= chunks[item][chunk]:
+                length -= chunks[item][chunk]
+                count += chunk == 0
+                chunk += 1
+                if chunk == len(chunks[item]):
+                    item, chunk = item + 1, 0
+        if chunk:  # an item whose later runs are not in this row stays in this row
+            item, chunk = item + 1, 0
+        counts.append(count)
+    if counts and item < len(chunks):
+        counts[-1] += len(chunks) - item
+    return counts
+
+
+def _place(
+    runs: list[tuple[int, int]], items: list[ImageAccount], chunks: list[list[int]]
+) -> list[tuple[int, int]]:
+    """Fill ``items`` (one sample's images or videos, in order) from its placeholder runs; returns the
+    parts of runs that belong to no item."""
+    flat = [(k, size) for k, sizes in enumerate(chunks) for size in sizes]
+    orphans: list[tuple[int, int]] = []
+    j = 0
+    for start, end in runs:
+        position = start
+        # A run may hold several images when a template puts them back to back.
+        while position < end and j < len(flat):
+            k, size = flat[j]
+            take = min(size, end - position)
+            item = items[k]
+            if item.start is None:
+                item.start = position
+            item.present += take
+            item.end = position + take
+            position += take
+            j += 1
+            if take < size:  # a cut image ends its run, and the rest of that item is missing
+                while j < len(flat) and flat[j][0] == k:
+                    j += 1
+                break
+        if position < end:
+            orphans.append((position, end))
+    return orphans
+
+
 def _images_in_example(example: Any) -> int | None:
     if not isinstance(example, dict):
         return None
@@ -265,17 +421,31 @@ def _images_in_example(example: Any) -> int | None:
     return None
 
 
+def _videos_in_example(example: Any) -> int | None:
+    if not isinstance(example, dict):
+        return None
+    if "videos" in example:
+        videos = example["videos"]
+        return 0 if videos is None else len(videos)
+    if "video" in example:
+        return 0 if example["video"] is None else 1
+    return None
+
+
 def account_batch(
     batch: dict[str, Any],
     *,
     spec: VisionSpec,
     images_per_sample: Sequence[int] | None = None,
+    videos_per_sample: Sequence[int] | None = None,
 ) -> list[SampleAccount]:
     """Per-sample placeholder accounting of a processed batch (a processor's or collator's output).
 
-    ``images_per_sample`` says how many images each sample brought (the rows of ``image_grid_thw``
-    are in sample order). Without it, every run of placeholders is taken to be one image, which
-    is right unless whole images were cut away.
+    ``images_per_sample`` (``videos_per_sample``) says how many images (videos) each sample brought
+    (the rows of ``image_grid_thw`` / ``video_grid_thw`` are in sample order). Without it, every run
+    of placeholders is taken to be one image (one video frame group), which is right unless whole
+    images were cut away; with more runs than images, the extra placeholders are taken as stray
+    (generated) ones.
 
     Example::
 
@@ -285,73 +455,73 @@ def account_batch(
     input_ids = batch["input_ids"]
     if input_ids.dim() == 1:
         raise UsageError("account_batch needs a batch: input_ids of shape (batch, sequence)")
-    needed = spec.image_tokens(batch)
-    is_image = input_ids == spec.image_token_id
     attention = batch.get("attention_mask")
     labels = batch.get("labels")
-    # One transfer each instead of per-row indexing: this runs on every training batch.
-    rows = (
-        [r.nonzero().flatten().tolist() for r in is_image.cpu()]
-        if bool(is_image.any())
-        else [[] for _ in range(input_ids.shape[0])]
-    )
     lengths = (
         attention.sum(dim=1).tolist() if attention is not None else [input_ids.shape[1]] * input_ids.shape[0]
     )
     supervised = (labels != IGNORE_INDEX).sum(dim=1).tolist() if labels is not None else None
-    runs_per_row = [_runs(r) for r in rows]
 
-    if images_per_sample is None:
-        images_per_sample = [len(r) for r in runs_per_row]
-        if sum(images_per_sample) != len(needed):
-            raise SpanMismatchError(
-                f"the batch has {len(needed)} image(s) but {sum(images_per_sample)} placeholder run(s), so whole "
-                "images were cut away and vlmcheck cannot tell which sample they belong to; pass "
-                "images_per_sample=[...] (SpanGuardCollator reads it from the examples' 'images' key)"
+    sides: dict[str, tuple[list[list[int]], list[list[ImageAccount]], list[list[tuple[int, int]]]]] = {}
+    kinds: tuple[tuple[MediaKind, int | None, Sequence[int] | None], ...] = (
+        ("image", spec.image_token_id, images_per_sample),
+        ("video", spec.video_token_id, videos_per_sample),
+    )
+    types = _type_ids(batch, input_ids)
+    for kind, token_id, per_sample in kinds:
+        chunks = spec._chunks(batch, kind)
+        marked, stray = _typed_positions(input_ids, token_id, types)
+        rows = [sorted(m + s) for m, s in zip(marked, stray)]
+        runs_per_row = [_runs(r) for r in marked]
+        if per_sample is None:
+            if sum(len(r) for r in runs_per_row) > sum(len(c) for c in chunks):
+                per_sample = _counts_by_prefix(runs_per_row, chunks)
+            else:
+                per_sample = _counts_from_runs(runs_per_row, chunks)
+                if per_sample is None:
+                    found = sum(len(r) for r in runs_per_row)
+                    raise SpanMismatchError(
+                        f"the batch has {len(chunks)} {kind}(s) but {found} placeholder run(s), so whole "
+                        f"{kind}s were cut away and vlmcheck cannot tell which sample they belong to; pass "
+                        f"{kind}s_per_sample=[...] (SpanGuardCollator reads it from the examples' '{kind}s' key)"
+                    )
+        if sum(per_sample) != len(chunks):
+            source = "image_grid_thw / pixel_values" if kind == "image" else "video_grid_thw"
+            raise UsageError(
+                f"{kind}s_per_sample sums to {sum(per_sample)} but the batch has {len(chunks)} {kind}(s) "
+                f"(rows of {source})"
             )
-    if sum(images_per_sample) != len(needed):
-        raise UsageError(
-            f"images_per_sample sums to {sum(images_per_sample)} but the batch has {len(needed)} image(s) "
-            "(rows of image_grid_thw / pixel_values)"
-        )
+        items_per_row: list[list[ImageAccount]] = []
+        orphans_per_row: list[list[tuple[int, int]]] = []
+        cursor = 0
+        for runs, count, strays in zip(runs_per_row, per_sample, stray):
+            mine = chunks[cursor : cursor + count]
+            items = [
+                ImageAccount(number=n + 1, batch_index=cursor + n, needed=sum(c), present=0, kind=kind)
+                for n, c in enumerate(mine)
+            ]
+            cursor += count
+            orphans_per_row.append(sorted(_place(runs, items, mine) + _runs(strays)))
+            items_per_row.append(items)
+        sides[kind] = (rows, items_per_row, orphans_per_row)
 
-    accounts: list[SampleAccount] = []
-    image_cursor = 0
-    for i, runs in enumerate(runs_per_row):
-        count = images_per_sample[i]
-        images = [
-            ImageAccount(
-                number=n + 1, batch_index=image_cursor + n, needed=needed[image_cursor + n], present=0
-            )
-            for n in range(count)
-        ]
-        image_cursor += count
-        orphans: list[tuple[int, int]] = []
-        j = 0
-        for start, end in runs:
-            position = start
-            # A run may hold several images when a template puts them back to back.
-            while position < end and j < len(images):
-                take = min(images[j].needed, end - position)
-                images[j].present, images[j].start, images[j].end = take, position, position + take
-                position += take
-                j += 1
-                if take < images[j - 1].needed:
-                    break  # a cut image ends its run
-            if position < end:
-                orphans.append((position, end))
-        accounts.append(
-            SampleAccount(
-                index=i,
-                length=int(lengths[i]),
-                image_tokens=len(rows[i]),
-                image_features=sum(image.needed for image in images),
-                images=images,
-                orphan_runs=orphans,
-                supervised=int(supervised[i]) if supervised is not None else None,
-            )
+    image_rows, images, image_orphans = sides["image"]
+    video_rows, videos, video_orphans = sides["video"]
+    return [
+        SampleAccount(
+            index=i,
+            length=int(lengths[i]),
+            image_tokens=len(image_rows[i]),
+            image_features=sum(image.needed for image in images[i]),
+            images=images[i],
+            orphan_runs=sorted(image_orphans[i] + video_orphans[i]),
+            supervised=int(supervised[i]) if supervised is not None else None,
+            video_tokens=len(video_rows[i]),
+            video_features=sum(video.needed for video in videos[i]),
+            videos=videos[i],
         )
-    return accounts
+        for i in range(input_ids.shape[0])
+    ]
 
 
 # --------------------------------------------------------------------------- repairs
@@ -362,10 +532,11 @@ class Repair:
     """What a guard changed in one sample."""
 
     sample: int
-    action: Literal["drop-images", "truncate"]
+    action: Literal["drop-media", "drop-images", "truncate"]  # the policy that made it
     images_dropped: list[int]  # 1-based numbers within the sample
     tokens_masked: int
     message: str
+    videos_dropped: list[int] = field(default_factory=list)  # 1-based numbers within the sample
 
 
 def _sequence_keys(batch: dict[str, Any], batch_size: int, length: int) -> list[str]:
@@ -396,44 +567,71 @@ def _mask(batch: dict[str, Any], row: int, start: int, end: int, *, spec: Vision
     return real
 
 
+def _keep_rows(values: Any, rows: list[int], keep: list[int]) -> Any:
+    """``values`` without the rows of dropped items (item i owns ``rows[i]`` consecutive rows)."""
+    offsets = [0]
+    for n in rows:
+        offsets.append(offsets[-1] + n)
+    index = [r for i in keep for r in range(offsets[i], offsets[i + 1])]
+    if isinstance(values, torch.Tensor):
+        return values.index_select(0, torch.tensor(index, dtype=torch.long, device=values.device))
+    return [values[r] for r in index]  # a list, e.g. second_per_grid_ts before tensor conversion
+
+
 def _drop_images(batch: dict[str, Any], dropped: set[int], *, spec: VisionSpec) -> None:
     if not dropped:
         return
     rows = spec.image_pixel_rows(batch)
     keep_images = [i for i in range(len(rows)) if i not in dropped]
-    pixels = batch["pixel_values"]
+    batch["pixel_values"] = _keep_rows(batch["pixel_values"], rows, keep_images)
     if spec.family == "qwen2_vl":
-        offsets = [0]
-        for n in rows:
-            offsets.append(offsets[-1] + n)
-        keep_rows = [r for i in keep_images for r in range(offsets[i], offsets[i + 1])]
-        index = torch.tensor(keep_rows, dtype=torch.long, device=pixels.device)
-        batch["pixel_values"] = pixels.index_select(0, index)
-        grid = batch["image_grid_thw"]
-        batch["image_grid_thw"] = grid.index_select(
-            0, torch.tensor(keep_images, dtype=torch.long, device=grid.device)
-        )
-    else:
-        batch["pixel_values"] = pixels.index_select(
-            0, torch.tensor(keep_images, dtype=torch.long, device=pixels.device)
-        )
+        batch["image_grid_thw"] = _keep_rows(batch["image_grid_thw"], [1] * len(rows), keep_images)
     if not keep_images:
         # No image left: a text-only forward. Empty pixel tensors would reach the vision tower.
         for key in ("pixel_values", "image_grid_thw", "image_position_ids"):
             batch.pop(key, None)
 
 
+def _drop_videos(batch: dict[str, Any], dropped: set[int], *, spec: VisionSpec) -> None:
+    if not dropped:
+        return
+    rows = spec.video_pixel_rows(batch)
+    keep = [i for i in range(len(rows)) if i not in dropped]
+    batch["pixel_values_videos"] = _keep_rows(batch["pixel_values_videos"], rows, keep)
+    for key in ("video_grid_thw", "second_per_grid_ts"):  # one row / value per video
+        if batch.get(key) is not None:
+            batch[key] = _keep_rows(batch[key], [1] * len(rows), keep)
+    if not keep:
+        for key in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
+            batch.pop(key, None)
+
+
 def _fix_hint(account: SampleAccount, *, max_length: int | None) -> str:
-    cut = next((image for image in account.images if image.status != "ok"), None)
+    cut = next((item for item in account.media if item.status != "ok"), None)
     hints = []
     if cut is not None and cut.status == "cut" and cut.start is not None:
         hints.append(f"raise max_length to at least {cut.start + cut.needed + 1:,} for this sample")
-    if cut is not None:
+    if cut is not None and cut.kind == "image":
         hints.append("cap the image processor's max_pixels so images need fewer placeholders")
+    elif cut is not None:
+        hints.append("cap the video processor's max_pixels or sample fewer frames (fps, max_frames)")
     if account.orphan_runs:
-        hints.append("sanitize generated completions (vlmcheck.integrations.rollout.sanitize_completion_ids)")
-    hints.append("or wrap the collator in SpanGuardCollator(policy='truncate' or 'drop-images')")
+        hints.append(
+            "keep vision tokens out of generation (vlmcheck.integrations.rollout.bad_words_ids, "
+            "vllm_sampling_kwargs) and sanitize generated completions (sanitize_completion_ids)"
+        )
+    if cut is None:  # stray placeholders only: in RL, the re-fed completions; no collator is involved
+        hints.append("in a collated batch, SpanGuardCollator(policy='drop-images') masks them")
+    else:
+        drop = "drop-media" if cut.kind == "video" else "drop-images"
+        hints.append(f"or wrap the collator in SpanGuardCollator(policy='truncate' or '{drop}')")
     return "; ".join(hints)
+
+
+def _video_trouble(accounts: Sequence[SampleAccount]) -> bool:
+    return any(
+        a.video_tokens != a.video_features or any(v.status != "ok" for v in a.videos) for a in accounts
+    )
 
 
 def guard_batch(
@@ -443,12 +641,13 @@ def guard_batch(
     policy: Policy = "raise",
     max_length: int | None = None,
     images_per_sample: Sequence[int] | None = None,
+    videos_per_sample: Sequence[int] | None = None,
 ) -> tuple[dict[str, Any], list[SampleAccount], list[Repair]]:
     """Check a processed batch and apply ``policy`` to samples whose placeholders do not match.
 
     With ``max_length``, sequences are first cut to ``max_length`` (as a plain slice would), and the
-    policy then repairs the image spans the cut went through. The batch keeps its number of samples.
-    Returns the (possibly new) batch, the accounts *before* repair, and the repairs made.
+    policy then repairs the image and video spans the cut went through. The batch keeps its number
+    of samples. Returns the (possibly new) batch, the accounts *before* repair, and the repairs made.
 
     Example::
 
@@ -464,33 +663,45 @@ def guard_batch(
         for key in _sequence_keys(batch, batch_size, length):
             batch[key] = batch[key][:, :max_length]
         length = max_length
-    accounts = account_batch(batch, spec=spec, images_per_sample=images_per_sample)
+    accounts = account_batch(
+        batch, spec=spec, images_per_sample=images_per_sample, videos_per_sample=videos_per_sample
+    )
     bad = [a for a in accounts if not a.ok]
     repairs: list[Repair] = []
     if bad and policy == "raise":
         lines = "\n".join("  " + a.describe() for a in bad)
+        if _video_trouble(bad):
+            what = (
+                "image/video placeholders that do not match their images/videos; the model would raise "
+                "'Video features and video tokens do not match' (or its image twin)"
+            )
+        else:
+            what = (
+                "image placeholders that do not match their images; "
+                "the model would raise 'Image features and image tokens do not match'"
+            )
         raise SpanMismatchError(
-            f"{len(bad)} sample(s) of this batch have image placeholders that do not match their images; "
-            f"the model would raise 'Image features and image tokens do not match':\n{lines}\n"
+            f"{len(bad)} sample(s) of this batch have {what}:\n{lines}\n"
             f"Fix: {_fix_hint(bad[0], max_length=max_length)}.",
             accounts,
         )
     if bad:
         for key in _sequence_keys(batch, batch_size, length):
             batch[key] = batch[key].clone()
-        dropped: set[int] = set()
+        dropped: dict[str, set[int]] = {"image": set(), "video": set()}
         for account in bad:
             row = account.index
-            if policy == "drop-images":
-                spans = [(i.start, i.end) for i in account.images if i.status == "cut"]
+            media = account.media
+            if policy != "truncate":
+                spans = [(i.start, i.end) for i in media if i.status == "cut"]
                 spans += account.orphan_runs
                 masked = sum(
                     _mask(batch, row, s, e, spec=spec) for s, e in spans if s is not None and e is not None
                 )
-                gone = [i for i in account.images if i.status != "ok"]
+                gone = [i for i in media if i.status != "ok"]
                 action = "dropped"
             else:
-                first_bad = [i.start for i in account.images if i.status == "cut" and i.start is not None]
+                first_bad = [i.start for i in media if i.status == "cut" and i.start is not None]
                 first_bad += [s for s, _ in account.orphan_runs]
                 missing_only = not first_bad
                 cut_at = min(first_bad) if first_bad else length
@@ -502,29 +713,37 @@ def guard_batch(
                 ):
                     cut_at -= 1  # take the span's opening marker with it
                 masked = 0 if missing_only else _mask(batch, row, cut_at, length, spec=spec)
-                gone = [
-                    i
-                    for i in account.images
-                    if i.status != "ok" or (i.start is not None and i.start >= cut_at)
-                ]
+                gone = [i for i in media if i.status != "ok" or (i.start is not None and i.start >= cut_at)]
                 action = f"truncated at position {cut_at:,}," if not missing_only else "dropped"
-            dropped.update(i.batch_index for i in gone)
-            pixel_rows = spec.image_pixel_rows(batch)
+            images_gone = [i for i in gone if i.kind == "image"]
+            videos_gone = [i for i in gone if i.kind == "video"]
+            for item in gone:
+                dropped[item.kind].add(item.batch_index)
+            dropped_text = []
+            if images_gone or not videos_gone:
+                pixel_rows = spec.image_pixel_rows(batch)
+                rows = sum(pixel_rows[i.batch_index] for i in images_gone)
+                dropped_text.append(f"{len(images_gone)} image(s) ({rows:,} pixel_values rows)")
+            if videos_gone:
+                video_rows = spec.video_pixel_rows(batch)
+                rows = sum(video_rows[i.batch_index] for i in videos_gone)
+                dropped_text.append(f"{len(videos_gone)} video(s) ({rows:,} pixel_values_videos rows)")
             message = (
-                f"{account.describe(max_length=max_length)}: {action} "
-                f"{len(gone)} image(s) ({sum(pixel_rows[i.batch_index] for i in gone):,} pixel_values rows) "
+                f"{account.describe(max_length=max_length)}: {action} {' and '.join(dropped_text)} "
                 f"and masked {masked:,} token(s)"
             )
             repairs.append(
                 Repair(
                     sample=row,
-                    action="drop-images" if policy == "drop-images" else "truncate",
-                    images_dropped=[i.number for i in gone],
+                    action=policy,  # type: ignore[arg-type]  # "raise" never gets here
+                    images_dropped=[i.number for i in images_gone],
                     tokens_masked=masked,
                     message=message,
+                    videos_dropped=[i.number for i in videos_gone],
                 )
             )
-        _drop_images(batch, dropped, spec=spec)
+        _drop_images(batch, dropped["image"], spec=spec)
+        _drop_videos(batch, dropped["video"], spec=spec)
     return batch, accounts, repairs
 
 
@@ -534,12 +753,13 @@ def truncate_batch(
     max_length: int,
     spec: VisionSpec,
     images_per_sample: Sequence[int] | None = None,
+    videos_per_sample: Sequence[int] | None = None,
 ) -> tuple[dict[str, Any], list[Repair]]:
-    """Cut a processed sample or batch to ``max_length`` without cutting through an image span.
+    """Cut a processed sample or batch to ``max_length`` without cutting through an image or video span.
 
-    A sample whose cut falls inside an image loses that image (its placeholders, its opening
-    marker, its ``pixel_values`` rows and ``image_grid_thw`` row) and everything after it; the
-    returned repairs say what was dropped. Give it the processor output made *without*
+    A sample whose cut falls inside an image (video) loses it (its placeholders, its opening
+    marker, its ``pixel_values`` / ``pixel_values_videos`` rows and grid row) and everything after
+    it; the returned repairs say what was dropped. Give it the processor output made *without*
     ``truncation=True``.
 
     Example::
@@ -549,7 +769,12 @@ def truncate_batch(
         assert cut["input_ids"].shape[1] <= 2048
     """
     out, _, repairs = guard_batch(
-        batch, spec=spec, policy="truncate", max_length=max_length, images_per_sample=images_per_sample
+        batch,
+        spec=spec,
+        policy="truncate",
+        max_length=max_length,
+        images_per_sample=images_per_sample,
+        videos_per_sample=videos_per_sample,
     )
     return out, repairs
 
@@ -560,18 +785,21 @@ def truncate_batch(
 class SpanGuardCollator:
     """Wraps any collator ``(examples) -> batch`` and checks each batch before the model sees it.
 
-    Every sample's image placeholders must match the features its images produce. Policies:
-    ``"raise"`` (default) raises :class:`SpanMismatchError` naming the sample, the numbers and the
-    fix; ``"drop-images"`` drops cut images and their pixels and masks orphan placeholders;
-    ``"truncate"`` cuts the sample at the start of the first broken image span. The batch keeps
-    its samples and output keys, so every rank still runs the same number of forward passes.
-    Repairs are counted in :attr:`stats` and logged on the ``vlmcheck.guards`` logger.
+    Every sample's image and video placeholders must match the features its images and videos
+    produce. Policies: ``"raise"`` (default) raises :class:`SpanMismatchError` naming the sample,
+    the numbers and the fix; ``"drop-media"`` (alias ``"drop-images"``) drops cut images and
+    videos with their pixels and masks orphan placeholders; ``"truncate"`` cuts the sample at the
+    start of the first broken span. The batch keeps its samples and output keys, so every rank
+    still runs the same number of forward passes. Repairs are counted in :attr:`stats` and logged
+    on the ``vlmcheck.guards`` logger.
 
     ``max_length``: give it here (and not to the wrapped collator) to let the guard truncate.
+    Images (videos) per sample are read from each example's ``images``/``image`` (``videos``/
+    ``video``) key, or from ``images_per_sample`` (``videos_per_sample``) callables.
 
     Example::
 
-        collator = SpanGuardCollator(trainer_collator, processor=processor, policy="drop-images")
+        collator = SpanGuardCollator(trainer_collator, processor=processor, policy="drop-media")
         batch = collator(examples)
         collator.stats   # {'batches': 1, 'samples': 2, 'repaired_samples': 1, ...}
     """
@@ -585,6 +813,7 @@ class SpanGuardCollator:
         policy: Policy = "raise",
         max_length: int | None = None,
         images_per_sample: Callable[[dict[str, Any]], int] | None = None,
+        videos_per_sample: Callable[[dict[str, Any]], int] | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise UsageError(f"unknown policy {policy!r}; use one of: {', '.join(POLICIES)}")
@@ -597,11 +826,13 @@ class SpanGuardCollator:
         self.policy = policy
         self.max_length = max_length
         self._images_per_sample = images_per_sample
+        self._videos_per_sample = videos_per_sample
         self.stats: dict[str, int] = {
             "batches": 0,
             "samples": 0,
             "repaired_samples": 0,
             "dropped_images": 0,
+            "dropped_videos": 0,
             "masked_tokens": 0,
             "unsupervised_samples": 0,
         }
@@ -609,12 +840,8 @@ class SpanGuardCollator:
         self.last_accounts: list[SampleAccount] = []
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        counts: list[int] | None = None
-        if self._images_per_sample is not None:
-            counts = [self._images_per_sample(e) for e in examples]
-        else:
-            found = [_images_in_example(e) for e in examples]
-            counts = None if any(c is None for c in found) else [int(c) for c in found]  # type: ignore[arg-type]
+        counts = _counts(examples, self._images_per_sample, _images_in_example)
+        video_counts = _counts(examples, self._videos_per_sample, _videos_in_example)
         batch = self.collator(examples)
         number = self.stats["batches"]
         try:
@@ -624,6 +851,7 @@ class SpanGuardCollator:
                 policy=self.policy,
                 max_length=self.max_length,
                 images_per_sample=counts,
+                videos_per_sample=video_counts,
             )
         except SpanMismatchError as error:
             self.last_accounts = error.accounts
@@ -634,6 +862,7 @@ class SpanGuardCollator:
         for repair in repairs:
             self.stats["repaired_samples"] += 1
             self.stats["dropped_images"] += len(repair.images_dropped)
+            self.stats["dropped_videos"] += len(repair.videos_dropped)
             self.stats["masked_tokens"] += repair.tokens_masked
             logger.warning("SpanGuardCollator (policy %r), batch %d, %s", self.policy, number, repair.message)
         self.repairs = (self.repairs + repairs)[-1000:]
@@ -659,6 +888,17 @@ class SpanGuardCollator:
     def summary(self) -> str:
         """One line of counters, for the end of a run."""
         return ", ".join(f"{k.replace('_', ' ')}: {v:,}" for k, v in self.stats.items())
+
+
+def _counts(
+    examples: list[dict[str, Any]],
+    given: Callable[[dict[str, Any]], int] | None,
+    read: Callable[[Any], int | None],
+) -> list[int] | None:
+    if given is not None:
+        return [given(e) for e in examples]
+    found = [read(e) for e in examples]
+    return None if any(c is None for c in found) else [int(c) for c in found if c is not None]
 
 
 # --------------------------------------------------------------------------- when the model raises anyway
@@ -702,7 +942,17 @@ def explain_vision_mismatch(
         if isinstance(ids, torch.Tensor) and ids.dim() == 2:
             latest.clear()
             latest.update(
-                {k: kwargs.get(k) for k in ("attention_mask", "labels", "image_grid_thw", "pixel_values")}
+                {
+                    k: kwargs.get(k)
+                    for k in (
+                        "attention_mask",
+                        "labels",
+                        "image_grid_thw",
+                        "pixel_values",
+                        "video_grid_thw",
+                        *_TOKEN_TYPE_KEYS,
+                    )
+                }
             )
             latest["input_ids"] = ids
 

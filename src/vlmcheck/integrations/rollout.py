@@ -35,7 +35,16 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("transformers", "transformers", "vlmcheck.integrations.rollout") from exc
 
-from vlmcheck.integrations.guards import SampleAccount, VisionSpec, account_batch, vision_spec
+from vlmcheck.integrations.guards import (
+    MediaKind,
+    SampleAccount,
+    VisionSpec,
+    _counts_by_prefix,
+    _positions,
+    _runs,
+    account_batch,
+    vision_spec,
+)
 
 # Vision special tokens by family, as the hub tokenizers spell them:
 # Qwen2-VL / Qwen2.5-VL / Qwen3-VL: tokenizer_config.json of Qwen/Qwen2-VL-7B-Instruct (added tokens
@@ -224,15 +233,20 @@ def check_rollout(
     image_grid_thw: torch.Tensor | None = None,
     pixel_values: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
+    video_grid_thw: torch.Tensor | None = None,
+    mm_token_type_ids: torch.Tensor | None = None,
     processor: Any = None,
     spec: VisionSpec | None = None,
     images_per_sample: Sequence[int] | None = None,
+    videos_per_sample: Sequence[int] | None = None,
 ) -> list[SampleAccount]:
-    """Compare prompt+completion ids with the image grid before the log-prob forward.
+    """Compare prompt+completion ids with the image (video) grid before the log-prob forward.
 
-    Returns the samples whose placeholders do not match their images (empty when all is well);
-    each :class:`~vlmcheck.integrations.guards.SampleAccount` says how many placeholders it has,
-    how many its images need, and where the extra ones are (``orphan_runs``).
+    Returns the samples whose placeholders do not match their images and videos (empty when all
+    is well); each :class:`~vlmcheck.integrations.guards.SampleAccount` says how many placeholders
+    it has, how many its images need, and where the extra ones are (``orphan_runs``). Give it
+    ``mm_token_type_ids`` (the processor's for the prompt, zeros for the completion, as TRL builds
+    them) and every placeholder the processor did not put there is a stray one, whatever its length.
 
     Example::
 
@@ -249,42 +263,28 @@ def check_rollout(
         ("image_grid_thw", image_grid_thw),
         ("pixel_values", pixel_values),
         ("attention_mask", attention_mask),
+        ("video_grid_thw", video_grid_thw),
+        ("mm_token_type_ids", mm_token_type_ids),
     ):
         if value is not None:
             batch[key] = value
-    if images_per_sample is None and spec.family == "qwen2_vl" and image_grid_thw is not None:
-        # Without counts, runs are images; a stray generated placeholder would then look like an image.
-        # In a rollout every prompt is intact, so count the prompt's runs up to the features available.
-        images_per_sample = _images_from_prefix(batch, spec)
+    # Without counts, runs are images; a stray generated placeholder would then look like an image.
+    # In a rollout every prompt is intact, so each run takes the whole images (videos) that fit it.
+    if mm_token_type_ids is None:
+        if images_per_sample is None:
+            images_per_sample = _prefix_counts(batch, spec, "image")
+        if videos_per_sample is None and spec.video_token_id is not None:
+            videos_per_sample = _prefix_counts(batch, spec, "video")
     return [
         account
-        for account in account_batch(batch, spec=spec, images_per_sample=images_per_sample)
+        for account in account_batch(
+            batch, spec=spec, images_per_sample=images_per_sample, videos_per_sample=videos_per_sample
+        )
         if not account.ok
     ]
 
 
-def _images_from_prefix(batch: dict[str, Any], spec: VisionSpec) -> list[int]:
-    needed = spec.image_tokens(batch)
-    counts: list[int] = []
-    cursor = 0
-    for row in batch["input_ids"].tolist():
-        count = 0
-        position = 0
-        while position < len(row):
-            if row[position] == spec.image_token_id:
-                end = position
-                while end < len(row) and row[end] == spec.image_token_id:
-                    end += 1
-                length = end - position
-                # Consume whole images of the grid that fit this run, in order.
-                while cursor < len(needed) and length >= needed[cursor]:
-                    length -= needed[cursor]
-                    cursor += 1
-                    count += 1
-                position = end
-            else:
-                position += 1
-        counts.append(count)
-    if cursor != len(needed):
-        counts[-1] += len(needed) - cursor  # images with no placeholders at all: report them as missing
-    return counts
+def _prefix_counts(batch: dict[str, Any], spec: VisionSpec, kind: MediaKind) -> list[int]:
+    token_id = spec.image_token_id if kind == "image" else spec.video_token_id
+    runs = [_runs(row) for row in _positions(batch["input_ids"], token_id)]
+    return _counts_by_prefix(runs, spec._chunks(batch, kind))
