@@ -2,7 +2,10 @@
 
 Watches the values the trainer logs: a loss of exactly 0 for ``patience`` logs in a row (every
 label masked), a NaN or infinite loss or grad norm, and GRPO's ``reward_std`` at 0 for
-``patience`` logs (every completion of every group scored alike: no learning signal).
+``patience`` logs (every completion of every group scored alike: no learning signal). In logs
+that carry a reward (GRPO and other RL trainers) a loss of exactly 0 is normal and not reported:
+on-policy, GRPO's advantages sum to 0 within each group, so completions of equal length give a
+loss of exactly 0 whatever the rewards.
 
 Example::
 
@@ -109,12 +112,13 @@ class TrainingHealthCallback(TrainerCallback):
         if not logs:
             return
         loss = _number(logs.get("loss"))
+        rewarded = "reward" in logs or "reward_std" in logs  # an RL log: a loss of 0 says nothing there
         if loss is not None:
             if not math.isfinite(loss):
                 self._report(state, "loss-nan", f"the loss is {loss}.")
                 if self.stop_on_nan:
                     control.should_training_stop = True
-            elif loss == 0.0:
+            elif loss == 0.0 and not rewarded:
                 self._zero_loss += 1
                 if self._zero_loss == self.patience:
                     self._report(
