@@ -23,7 +23,7 @@ from vlmcheck.data.readers import iter_rows
 from vlmcheck.demo.run import DATA as DEMO_DATA
 from vlmcheck.errors import UsageError
 from vlmcheck.findings import CATALOGUE, Severity
-from vlmcheck.repairing import OUTCOMES, images_dir, manifest_path
+from vlmcheck.repairing import OUTCOMES, images_dir, manifest_path, parse_hold, review_path
 
 MAX_LENGTH = 512
 ERROR_CODES = {c for c, r in CATALOGUE.items() if r.severity >= Severity.ERROR}
@@ -92,22 +92,26 @@ def output_indices(record: dict[str, Any]) -> list[int]:
     if record["outcome"] == "split":
         assert record["output_index"] is None and len(record["split_into"]) >= 2
         return [piece["output_index"] for piece in record["split_into"]]
-    if record["outcome"] == "dropped":
+    if record["outcome"] in ("dropped", "held"):
         assert record["output_index"] is None and record["reason"]
         return []
     return [record["output_index"]]
 
 
-def check_conservation(records: list[dict[str, Any]], n: int, out_rows: int) -> None:
+def check_conservation(records: list[dict[str, Any]], n: int, out_rows: int, review_rows: int = 0) -> None:
     assert [r["index"] for r in records] == list(range(n))  # every input index, once, in order
     assert all(r["outcome"] in OUTCOMES for r in records)
-    # every output row comes from exactly one input row, in order
+    # every output row comes from exactly one input row, in order; likewise every review row
     assert [i for r in records for i in output_indices(r)] == list(range(out_rows))
+    assert [r["review_index"] for r in records if r["outcome"] == "held"] == list(range(review_rows))
+    assert all(("review_index" in r) == (r["outcome"] == "held") for r in records)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(kinds=st.lists(st.sampled_from([*KINDS, "bad-json"]), max_size=10), as_array=st.booleans())
-def test_every_input_row_is_accounted_for_exactly_once(model: Any, kinds: list[str], as_array: bool) -> None:
+@given(kinds=st.lists(st.sampled_from([*KINDS, "bad-json"]), max_size=10), as_array=st.booleans(),
+       hold=st.sampled_from([None, "broken", "all", "overlong", "VC002,VC101", "VC001"]))
+def test_every_input_row_is_accounted_for_exactly_once(model: Any, kinds: list[str], as_array: bool,
+                                                       hold: str | None) -> None:
     if as_array:
         kinds = [k for k in kinds if k != "bad-json"]  # an array with a bad element is unreadable past it
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,12 +126,27 @@ def test_every_input_row_is_accounted_for_exactly_once(model: Any, kinds: list[s
                                     for k in kinds), encoding="utf-8")
         before = digest(data)
         out = folder / ("fixed.json" if as_array else "fixed.jsonl")
-        report = vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=out)
+        report = vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=out, hold=hold)
         records = manifest(out)
         written = list(iter_rows(out))
-        check_conservation(records, len(kinds), len(written))
-        assert [r["outcome"] for r in records] == [KINDS[k][1] if k in KINDS else "dropped" for k in kinds]
+        review = review_path(out)
+        assert review.exists() == (hold is not None)
+        held = list(iter_rows(review)) if hold else []
+        check_conservation(records, len(kinds), len(written), len(held))
+        expected = [KINDS[k][1] if k in KINDS else "dropped" for k in kinds]
+        assert [r["outcome"] for r in records] == [
+            "held" if e == "dropped" and set(r["codes"]) & parse_hold(hold) else e for e, r in zip(expected, records)]
         assert report.counts == {o: sum(r["outcome"] == o for r in records) for o in OUTCOMES}
+        # a held row is in the review file as it was in the input (JSON Lines: the same bytes)
+        lines = data.read_bytes().splitlines(keepends=True)
+        review_lines = review.read_bytes().splitlines(keepends=True) if hold and not as_array else []
+        for record in records:
+            if record["outcome"] == "held":
+                if as_array:
+                    assert held[record["review_index"]] == KINDS[kinds[record["index"]]][0]
+                else:
+                    assert review_lines[record["review_index"]] == lines[record["index"]]
+        assert not set(vlmcheck.scan(out, model=model, max_length=MAX_LENGTH).counts) & ERROR_CODES
         assert digest(data) == before
 
 
@@ -178,13 +197,13 @@ def test_output_scans_clean_and_repairs_to_itself(tmp_path: Path, model: Any) ->
     data = write_jsonl(tmp_path / "data.jsonl", [KINDS[k][0] for k in KINDS])
     out = tmp_path / "fixed.jsonl"
     first = vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=out)
-    assert first.counts == {"kept": 2, "changed": 3, "split": 1, "dropped": 5}
+    assert first.counts == {"kept": 2, "changed": 3, "split": 1, "held": 0, "dropped": 5}
     assert first.changed_by == {"cap-pixels": 2, "truncate-turns": 1} and first.split_rows == 3
     rescan = vlmcheck.scan(out, model=model, max_length=MAX_LENGTH)
     assert not set(rescan.counts) & ERROR_CODES, rescan.counts
     again = tmp_path / "again.jsonl"
     second = vlmcheck.repair(out, model=model, max_length=MAX_LENGTH, output=again)
-    assert second.counts == {"kept": 8, "changed": 0, "split": 0, "dropped": 0}
+    assert second.counts == {"kept": 8, "changed": 0, "split": 0, "held": 0, "dropped": 0}
     assert again.read_bytes() == out.read_bytes()
     assert not images_dir(again).exists()
 
@@ -210,14 +229,15 @@ def test_on_overlong_drop(tmp_path: Path, model: Any) -> None:
     data = write_jsonl(tmp_path / "data.jsonl", [KINDS["overlong-image"][0], KINDS["good"][0]])
     out = tmp_path / "fixed.jsonl"
     report = vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=out, on_overlong="drop")
-    assert report.counts == {"kept": 1, "changed": 0, "split": 0, "dropped": 1}
+    assert report.counts == {"kept": 1, "changed": 0, "split": 0, "held": 0, "dropped": 1}
     assert "VC201" in manifest(out)[0]["codes"] and "--on-overlong drop" in manifest(out)[0]["reason"]
 
 
 def test_interrupted_repair_leaves_input_intact_and_no_output(tmp_path: Path, model: Any,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     images(tmp_path)
-    data = write_jsonl(tmp_path / "data.jsonl", [KINDS[k][0] for k in ["good", "overlong-image", "good", "good"]])
+    data = write_jsonl(tmp_path / "data.jsonl",
+                       [KINDS[k][0] for k in ["mismatch", "good", "overlong-image", "good", "good"]])
     before = sorted((p.name, digest(p)) for p in tmp_path.iterdir() if p.is_file())
     repairing = importlib.import_module("vlmcheck.repairing")
     real = repairing._Writer.add_row
@@ -229,8 +249,9 @@ def test_interrupted_repair_leaves_input_intact_and_no_output(tmp_path: Path, mo
 
     monkeypatch.setattr(repairing._Writer, "add_row", add_row)
     with pytest.raises(KeyboardInterrupt):
-        vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=tmp_path / "fixed.jsonl")
-    assert sorted((p.name, digest(p)) for p in tmp_path.iterdir()) == before  # no output, no temp files
+        vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=tmp_path / "fixed.jsonl", hold="all")
+    # no output, no review file (it held row 0), no temp files
+    assert sorted((p.name, digest(p)) for p in tmp_path.iterdir()) == before
 
 
 def test_dry_run_counts_and_writes_nothing(tmp_path: Path, model: Any) -> None:
@@ -282,11 +303,52 @@ def test_cli(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:
     assert dry.exit_code == 0
     assert dry.output == (f"would repair {data}: 3 samples\n  kept            1\n"
                           "  changed         1  (cap-pixels 1)\n  split           0\n"
-                          "  dropped         1\n  dropped for: VC002 x1\ndry run: nothing written\n")
+                          "  held            0\n  dropped         1\n  dropped for: VC002 x1\ndry run: nothing written\n")
     assert runner.invoke(main, base).exit_code == 2  # no --output
     out = tmp_path / "fixed.jsonl"
     done = runner.invoke(main, [*base, "-o", str(out), "--json", str(tmp_path / "summary.json")],
                          catch_exceptions=False)
     assert done.exit_code == 0 and f"manifest: {manifest_path(out)}" in done.output
     assert json.loads((tmp_path / "summary.json").read_text())["counts"] == {
-        "kept": 1, "changed": 1, "split": 0, "dropped": 1}
+        "kept": 1, "changed": 1, "split": 0, "held": 0, "dropped": 1}
+
+
+def test_parse_hold() -> None:
+    assert parse_hold(None) == frozenset() == parse_hold("")
+    assert parse_hold("vc002, VC101") == {"VC002", "VC101"}
+    assert parse_hold("overlong") == {"VC201", "VC202", "VC205"}
+    broken = parse_hold("broken")
+    assert {"VC001", "VC002", "VC003", "VC101", "VC102", "VC107"} <= broken and not broken & parse_hold("overlong")
+    assert parse_hold(["broken", "overlong"]) == parse_hold("all") == ERROR_CODES
+    for bad, says in (("VC106", "VC106 is a warning"), ("everything", "not 'everything'")):
+        with pytest.raises(UsageError, match=says):
+            parse_hold(bad)
+
+
+def test_review_file_is_never_the_input(tmp_path: Path, model: Any) -> None:
+    images(tmp_path)
+    data = write_jsonl(tmp_path / "fixed.review.jsonl", [KINDS["mismatch"][0]])
+    with pytest.raises(UsageError, match="review file would be the input"):
+        vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=tmp_path / "fixed.jsonl", hold="all")
+
+
+def test_cli_hold(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:
+    images(tmp_path)
+    kinds = ["good", "missing-image", "mismatch", "overlong-text", "not-an-object"]
+    data = write_jsonl(tmp_path / "data.jsonl", [KINDS[k][0] for k in kinds])
+    out = tmp_path / "fixed.jsonl"
+    runner = CliRunner()
+    done = runner.invoke(main, ["repair", str(data), "--model", str(qwen2_vl_checkpoint), "--max-length",
+                                str(MAX_LENGTH), "-o", str(out), "--hold", "VC101,VC002"], catch_exceptions=False)
+    assert done.exit_code == 0, done.output
+    assert done.output == (
+        f"repaired {data}: 5 samples\n  kept            1\n  changed         0\n  split           0\n"
+        "  held            2\n  dropped         2\n  held for: VC002 x1, VC101 x1\n"
+        "  dropped for: VC001 x1, VC202 x1\n"
+        f"output:   {out} (1 samples)\nmanifest: {manifest_path(out)}\n"
+        f"review:   {review_path(out)} (2 samples held; not training data)\n")
+    lines = data.read_bytes().splitlines(keepends=True)
+    assert review_path(out).read_bytes() == lines[1] + lines[2]
+    bad = runner.invoke(main, ["repair", str(data), "--model", str(qwen2_vl_checkpoint), "--max-length", "64",
+                               "--dry-run", "--hold", "VC203"])
+    assert bad.exit_code == 2 and "VC203 is a warning" in bad.output

@@ -1,7 +1,8 @@
 """`vlmcheck repair` writes the format it reads: LLaVA JSON, ShareGPT / LLaMA-Factory, TRL messages,
 OpenAI-style, Parquet with image structs and `save_to_disk` folders. Per format: kept rows come out
 as they went in, changed and split rows scan clean, the input is untouched, and repairing the
-output changes nothing. Parquet and Arrow outputs are loaded back with the real `datasets`."""
+output changes nothing; held rows go to a review file in the same format, which repairs once a
+person has fixed it. Parquet and Arrow outputs are loaded back with the real `datasets`."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from vlmcheck.cli import main
 from vlmcheck.data.readers import iter_rows
 from vlmcheck.errors import UsageError
 from vlmcheck.findings import CATALOGUE, Severity
-from vlmcheck.repairing import manifest_path
+from vlmcheck.repairing import manifest_path, review_path
 
 MAX_LENGTH = 512
 ERROR_CODES = {c for c, r in CATALOGUE.items() if r.severity >= Severity.ERROR}
@@ -131,7 +132,7 @@ def test_round_trip(fmt: str, folder: Path, model: Any) -> None:
     before = fingerprint(data)
     out = output_name(data)
     report = vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=out)
-    assert report.counts == {"kept": 2, "changed": 1, "split": 1, "dropped": 1}, report.render()
+    assert report.counts == {"kept": 2, "changed": 1, "split": 1, "held": 0, "dropped": 1}, report.render()
     records = [json.loads(line) for line in manifest_path(out).read_text().splitlines()]
     assert [r["outcome"] for r in records] == [SAMPLES[sid][2] for sid in SAMPLES]
     inputs, outputs = read(data, fmt), read(out, fmt)
@@ -155,10 +156,66 @@ def test_round_trip(fmt: str, folder: Path, model: Any) -> None:
     assert not set(vlmcheck.scan(out, model=model, max_length=MAX_LENGTH).counts) & ERROR_CODES
     again = output_name(data, "again")
     second = vlmcheck.repair(out, model=model, max_length=MAX_LENGTH, output=again)
-    assert second.counts == {"kept": 6, "changed": 0, "split": 0, "dropped": 0}
+    assert second.counts == {"kept": 6, "changed": 0, "split": 0, "held": 0, "dropped": 0}
     assert read(again, fmt) == outputs
     if fmt in ("llava", "sharegpt", "messages", "openai"):
         assert again.read_bytes() == out.read_bytes()
+    assert fingerprint(data) == before
+
+
+def write_rows(path: Path, fmt: str, rows: list[dict[str, Any]]) -> None:
+    """What a person fixing the review file by hand does: rows back in the file's format."""
+    if fmt in ("llava", "sharegpt"):
+        write_json(path, rows)
+    elif fmt in ("messages", "openai"):
+        write_jsonl(path, rows)
+    else:
+        from datasets import Dataset, List
+        from datasets import Image as ImageFeature
+
+        ds = Dataset.from_list(rows).cast_column("images", List(ImageFeature()))
+        if fmt == "parquet":
+            ds.to_parquet(str(path))
+        else:
+            ds.save_to_disk(str(path))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_held_rows_go_to_a_review_file_that_repairs_once_fixed(fmt: str, folder: Path, model: Any) -> None:
+    data = write(folder, fmt)
+    before = fingerprint(data)
+    out = output_name(data)
+    report = vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=out, hold="broken")
+    assert report.counts == {"kept": 2, "changed": 1, "split": 1, "held": 1, "dropped": 0}, report.render()
+    review = review_path(out)
+    assert report.review == str(review) and review.name == ("fixed.review" + data.suffix)
+    records = [json.loads(line) for line in manifest_path(out).read_text().splitlines()]
+    (held,) = [r for r in records if r["outcome"] == "held"]
+    assert (held["id"], held["output_index"], held["review_index"]) == ("bad", None, 0)
+    assert held["reason"].startswith("VC101" if fmt == "openai" else "VC002")
+    (original,) = [r for r in read(data, fmt) if r["id"] == "bad"]
+    (waiting,) = read(review, fmt)
+    assert waiting == original  # unchanged, in the input's format (Parquet / Arrow: loaded by `datasets`)
+    if fmt in ("parquet", "arrow"):
+        assert read(out, fmt)[0].keys() == waiting.keys()
+    assert len(read(out, fmt)) == 6 and not set(vlmcheck.scan(out, model=model, max_length=MAX_LENGTH).counts) & ERROR_CODES
+    # a person fixes the held row: supplies the missing file, or the image its second placeholder names
+    if fmt == "openai":
+        image(folder / "missing.png", 280, 224)
+    elif fmt == "llava":
+        waiting["image"] = [waiting["image"], "small.png"]
+    elif fmt in ("parquet", "arrow"):
+        waiting["images"].append({"bytes": png("small.png"), "path": "small.png"})
+    else:
+        waiting["images"].append("small.png")
+    fixed_review = folder / ("reviewed" + data.suffix)
+    write_rows(fixed_review, fmt, [waiting])
+    second = output_name(data, "second")
+    again = vlmcheck.repair(fixed_review, model=model, max_length=MAX_LENGTH, output=second, hold="broken")
+    assert again.counts == {"kept": 1, "changed": 0, "split": 0, "held": 0, "dropped": 0}, again.render()
+    assert read(second, fmt) == read(fixed_review, fmt)
+    assert list(iter_rows(review_path(second))) == []  # written, empty: nothing stale is left under the name
+    assert not set(vlmcheck.scan(second, model=model, max_length=MAX_LENGTH).counts) & ERROR_CODES
     assert fingerprint(data) == before
 
 

@@ -162,12 +162,14 @@ def test_on_overlong_order_decides(folder: Path, model: Any) -> None:
     ], "images": ["small.png", "big.png"]}
     data = write_jsonl(folder / "data.jsonl", [row])
     outcomes = {}
-    for order in ("cap-pixels,split", "split,cap-pixels", "truncate-turns", "drop"):
+    for order in ("cap-pixels,split", "split,cap-pixels", "split", "truncate-turns", "drop"):
         report = vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, dry_run=True, on_overlong=order)
-        outcomes[order] = (report.counts, report.changed_by)
+        outcomes[order] = (report.counts, report.changed_by, report.split_capped)
     assert outcomes["cap-pixels,split"][1] == {"cap-pixels": 1}
-    # the big image does not fit alone: split fails, cap-pixels is next
-    assert outcomes["split,cap-pixels"][1] == {"cap-pixels": 1}
+    # split first: the small round keeps its image as it was, the big one alone is capped
+    assert outcomes["split,cap-pixels"][0]["split"] == 1 and outcomes["split,cap-pixels"][1:] == ({}, 1)
+    # without cap-pixels in the list, split never resizes: the big round does not fit alone
+    assert outcomes["split"][0]["dropped"] == 1
     assert outcomes["truncate-turns"][1] == {"truncate-turns": 1}
     assert outcomes["drop"][0]["dropped"] == 1
 
@@ -203,3 +205,60 @@ def test_cli_on_overlong(folder: Path, qwen2_vl_checkpoint: Path) -> None:
     assert split.exit_code == 0 and "  split           1  (into 2 samples)\n" in split.output
     bad = runner.invoke(main, [*base, "--on-overlong", "resize"])
     assert bad.exit_code == 2 and "on_overlong takes a comma-separated list" in bad.output
+
+
+def test_split_caps_a_round_too_long_alone(folder: Path, model: Any) -> None:
+    # the text alone is over max_length (no pixel budget fits the whole sample), and round 2 with its
+    # big image is over it alone: split cuts the rounds apart and caps round 2's image only
+    row = {"id": "mixed", "messages": [
+        {"role": "user", "content": "<image>" + TEXT}, {"role": "assistant", "content": "Small."},
+        {"role": "user", "content": TEXT + "<image>"}, {"role": "assistant", "content": "Big."},
+        {"role": "user", "content": "<image>" + TEXT}, {"role": "assistant", "content": "Small again."},
+    ], "images": ["small.png", "big.png", "small.png"]}
+    data = write_jsonl(folder / "data.jsonl", [row])
+    report, out = repair(data, model)  # the default order; the output scans clean (in repair())
+    assert report.counts["split"] == 1 and (report.split_rows, report.split_capped) == (3, 1)
+    assert "(into 3 samples, 1 with capped images)" in report.render()
+    (record,) = manifest(out)
+    assert record["reason"].startswith("split (not cap-pixels: no pixel budget")
+    assert record["change"] == {"strategy": "split", "rounds": 3, "then": "cap-pixels"}
+    first, second, third = record["split_into"]
+    assert "cap" not in first and "cap" not in third
+    cap = second["cap"]
+    (entry,) = cap["images"]
+    assert entry["image"] == 1 and entry["from"] == "big.png"  # the input row's image index
+    w, h = entry["resized"]
+    assert w * h <= cap["max_pixels"] and w % 28 == 0 and h % 28 == 0
+    pieces = rows_of(out)
+    assert [p["images"] for p in pieces] == [["small.png"], [entry["to"]], ["small.png"]]
+    assert (folder / entry["to"]).is_file() and entry["to"].startswith("fixed.images/")
+    assert pieces[1]["messages"] == row["messages"][2:4]
+    for piece in pieces:
+        assert_paired(piece)
+    again = folder / "again.jsonl"
+    assert vlmcheck.repair(out, model=model, max_length=MAX_LENGTH, output=again).counts["kept"] == 3
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_split_records_a_pixel_cap_on_the_round_too_long_alone(folder: Path, model: Any) -> None:
+    def user(text: str, name: str) -> dict[str, Any]:
+        return {"role": "user", "content": [{"type": "image", "image": name}, {"type": "text", "text": text}]}
+
+    row = {"id": "keyed", "messages": [user(TEXT, "small.png"), {"role": "assistant", "content": "Small."},
+                                       user(TEXT, "big.png"), {"role": "assistant", "content": "Big."}]}
+    data = write_jsonl(folder / "data.jsonl", [row])
+    out = folder / "fixed.jsonl"
+    # split first: the small image stays as it was (cap-pixels first would cap both images)
+    report = vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=out, pixel_cap_key="max_pixels",
+                             on_overlong="split,cap-pixels")
+    assert (report.counts["split"], report.split_capped) == (1, 1)
+    (record,) = manifest(out)
+    cap = record["split_into"][1]["cap"]
+    assert cap["key"] == "max_pixels" and cap["placement"] == "image parts"
+    first, second = rows_of(out)
+    assert first["messages"] == row["messages"][:2]
+    assert second["messages"][0]["content"][0] == {"type": "image", "image": "big.png", "max_pixels": cap["max_pixels"]}
+    # counted at the recorded cap, every piece fits: repairing again keeps both, byte for byte
+    again = folder / "again.jsonl"
+    second_run = vlmcheck.repair(out, model=model, max_length=MAX_LENGTH, output=again, pixel_cap_key="max_pixels")
+    assert second_run.counts["kept"] == 2 and again.read_bytes() == out.read_bytes()

@@ -54,7 +54,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory, qwen2_vl_checkpoint: Path)
     ds = datasets.Dataset.from_list(rows).cast_column("images", datasets.List(datasets.Image()))
     ds.save_to_disk(str(poisoned))
     report = vlmcheck.repair(poisoned, model=qwen2_vl_checkpoint, max_length=MAX_LENGTH, output=repaired)
-    assert report.counts == {"kept": 3, "changed": 1, "split": 0, "dropped": 0}
+    assert report.counts == {"kept": 3, "changed": 1, "split": 0, "held": 0, "dropped": 0}
     record = [json.loads(line) for line in manifest_path(repaired).read_text().splitlines()][1]
     assert record["codes"] == ["VC201", "VC202"] and record["change"]["strategy"] == "cap-pixels"
     return poisoned, repaired

@@ -196,8 +196,15 @@ main.add_command(lint_command)
 @click.option("--on-overlong", default="cap-pixels,split,truncate-turns,drop", metavar="STRATEGY[,STRATEGY...]",
               help="Samples over --max-length with an image or all supervision cut: strategies tried in order, "
                    "the first that makes the sample fit whole wins. cap-pixels: resize its images to the "
-                   "largest pixel budget that fits; split: into several samples at turn boundaries; "
-                   "truncate-turns: drop trailing turns; drop. Default: all four, in this order.")
+                   "largest pixel budget that fits; split: into several samples at turn boundaries (with "
+                   "cap-pixels also listed, a round too long alone is capped); truncate-turns: drop trailing "
+                   "turns; drop. Default: all four, in this order.")
+@click.option("--hold", metavar="WHAT[,WHAT...]",
+              help="Write rows that would be dropped for these findings, unchanged, to OUT.review.jsonl "
+                   "(DATASET's format) for a person to fix, instead of dropping them: error codes (VC002,VC101) "
+                   "or broken (every error but the length ones: malformed rows, placeholder mismatches, "
+                   "missing or corrupt media), overlong (too long and no strategy fits), all. The review "
+                   "file is not training data; fix it, then repair it.")
 @click.option("--pixel-cap-key", metavar="KEY",
               help="cap-pixels records the budget in the sample under KEY (e.g. max_pixels: on inline image "
                    "parts, where qwen-vl-utils reads it, else on the row) instead of writing resized images.")
@@ -216,11 +223,12 @@ main.add_command(lint_command)
               help="A Jinja chat template file to use instead of the checkpoint's.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), help="Write the summary as JSON.")
 def repair_command(dataset: str, model: str, max_length: int, output: str | None, dry_run: bool, on_overlong: str,
-                   pixel_cap_key: str | None, truncation: str, format_: str | None, image_root: str | None,
+                   hold: str | None, pixel_cap_key: str | None, truncation: str, format_: str | None, image_root: str | None,
                    max_pixels: int | None, min_pixels: int | None, resize: str, exif: bool | None,
                    allow_outside_root: bool, chat_template: str | None, json_path: str | None) -> None:
-    """Write a copy of DATASET that trains at --max-length: keep, fix (cap-pixels, truncate-turns), split
-    or drop each sample, every one accounted for in the manifest. The input is never modified."""
+    """Write a copy of DATASET that trains at --max-length: keep, fix (cap-pixels, truncate-turns), split,
+    hold for review or drop each sample, every one accounted for in the manifest. The input is never
+    modified."""
     import json
     from pathlib import Path
 
@@ -235,7 +243,7 @@ def repair_command(dataset: str, model: str, max_length: int, output: str | None
             dataset, model=model, max_length=max_length, output=output, dry_run=dry_run, on_overlong=on_overlong,
             truncation=truncation, format=format_, image_root=image_root, max_pixels=max_pixels,
             min_pixels=min_pixels, resize=resize, exif_transpose=exif, allow_outside_root=allow_outside_root,
-            chat_template=template, pixel_cap_key=pixel_cap_key,
+            chat_template=template, pixel_cap_key=pixel_cap_key, hold=hold,
         )
     except VlmcheckError as e:
         raise click.UsageError(str(e)) from None

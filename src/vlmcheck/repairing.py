@@ -3,7 +3,7 @@
 >>> report = repair("train.jsonl", model="Qwen/Qwen2-VL-7B-Instruct", max_length=4096,
 ...                 output="train.fixed.jsonl")  # doctest: +SKIP
 >>> report.counts  # doctest: +SKIP
-{'kept': 9812, 'changed': 41, 'split': 2, 'dropped': 3}
+{'kept': 9812, 'changed': 41, 'split': 2, 'held': 0, 'dropped': 3}
 
 Each sample is scanned exactly as ``scan()`` would, then:
 
@@ -11,8 +11,11 @@ Each sample is scanned exactly as ``scan()`` would, then:
 - **changed** / **split**: the sample is over ``max_length`` with an image span cut (VC201) or all
   supervision cut (VC202). The strategies of ``on_overlong`` are tried in order and the first that
   makes it fit whole wins: ``cap-pixels`` (resize its images to the largest pixel budget that fits;
-  changed), ``split`` (cut the conversation at turn boundaries into samples that each fit; split),
-  ``truncate-turns`` (drop trailing turns; changed), ``drop``.
+  changed), ``split`` (cut the conversation at turn boundaries into samples that each fit; split;
+  with ``cap-pixels`` also listed, a round too long alone is capped), ``truncate-turns`` (drop
+  trailing turns; changed), ``drop``.
+- **held**: what would be dropped for a finding ``hold`` selects goes, unchanged, to a review file
+  next to the output (``OUT.review.jsonl``, same format), for a person to fix and repair again.
 - **dropped**: anything else at error severity (malformed row, missing/corrupt image, placeholder
   mismatch, aspect ratio), or over-long with no strategy that works, with the codes and the reason
   in the manifest.
@@ -51,8 +54,15 @@ from vlmcheck.scan import SampleResult, Scanner, build_scanner
 # What can be done with a sample over max_length, in the order tried by default.
 ON_OVERLONG = ("cap-pixels", "split", "truncate-turns", "drop")
 DEFAULT_ON_OVERLONG = ",".join(ON_OVERLONG)
-OUTCOMES = ("kept", "changed", "split", "dropped")
+OUTCOMES = ("kept", "changed", "split", "held", "dropped")
 _LENGTH_CODES = frozenset({"VC201", "VC202"})
+# What ``hold`` takes besides error codes: the findings a person has to decide, the length ones.
+HOLD_GROUPS = {
+    "broken": frozenset(c for c, r in F.CATALOGUE.items()
+                        if r.severity >= F.Severity.ERROR and c not in {*_LENGTH_CODES, "VC205"}),
+    "overlong": frozenset({*_LENGTH_CODES, "VC205"}),
+}
+HOLD_GROUPS["all"] = HOLD_GROUPS["broken"] | HOLD_GROUPS["overlong"]
 _ID_KEYS = ("id", "sample_id", "uid", "idx", "question_id")  # formats.row_id's order
 _CHUNK = 64
 _SHRINK_STEPS = 60
@@ -76,6 +86,27 @@ def parse_on_overlong(value: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
+def parse_hold(value: str | Sequence[str] | None) -> frozenset[str]:
+    """``"broken"`` / ``"VC002,VC101"`` / ``["overlong", "VC101"]`` -> the error codes whose rows
+    are held for review instead of dropped. Groups: ``broken`` (every error but the length ones),
+    ``overlong`` (VC201, VC202, VC205), ``all``. None or empty: hold nothing."""
+    if value is None:
+        return frozenset()
+    names = [v.strip() for v in value.split(",")] if isinstance(value, str) else [str(v).strip() for v in value]
+    codes: set[str] = set()
+    for name in (n for n in names if n):
+        if name.lower() in HOLD_GROUPS:
+            codes |= HOLD_GROUPS[name.lower()]
+        elif name.upper() in HOLD_GROUPS["all"]:
+            codes.add(name.upper())
+        else:
+            rule = F.CATALOGUE.get(name.upper())
+            what = f"{name} is a warning (a warning never drops a row)" if rule is not None else f"not {name!r}"
+            raise UsageError(f"hold takes a comma-separated list of {', '.join(HOLD_GROUPS)} or error codes "
+                             f"(VC001, VC101, ...): {what}")
+    return frozenset(codes)
+
+
 @dataclass
 class RepairReport:
     """What ``repair()`` did (or, with ``dry_run``, would do)."""
@@ -84,13 +115,17 @@ class RepairReport:
     output: str | None
     manifest: str | None
     dry_run: bool
+    review: str | None = None  # where held rows went (None: nothing is held)
     counts: dict[str, int] = field(default_factory=dict)
     # changed samples per strategy (cap-pixels, truncate-turns)
     changed_by: dict[str, int] = field(default_factory=dict)
     # dropped samples per error code (a sample with two codes counts under both)
     dropped_codes: dict[str, int] = field(default_factory=dict)
-    # rows the split samples became
+    # held samples per error code, likewise
+    held_codes: dict[str, int] = field(default_factory=dict)
+    # rows the split samples became, and how many of them had their images capped
     split_rows: int = 0
+    split_capped: int = 0
     rows_written: int = 0
     images_written: int = 0
 
@@ -100,8 +135,9 @@ class RepairReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "dataset": self.dataset, "output": self.output, "manifest": self.manifest, "dry_run": self.dry_run,
-            "total": self.total, "counts": self.counts, "changed_by": self.changed_by, "split_rows": self.split_rows,
+            "dataset": self.dataset, "output": self.output, "manifest": self.manifest, "review": self.review,
+            "dry_run": self.dry_run, "total": self.total, "counts": self.counts, "changed_by": self.changed_by,
+            "split_rows": self.split_rows, "split_capped": self.split_capped, "held_codes": self.held_codes,
             "dropped_codes": self.dropped_codes, "rows_written": self.rows_written,
             "images_written": self.images_written,
         }
@@ -114,8 +150,12 @@ class RepairReport:
             if outcome == "changed" and self.changed_by:
                 line += "  (" + ", ".join(f"{s} {n:,}" for s, n in self.changed_by.items()) + ")"
             if outcome == "split" and self.counts.get("split"):
-                line += f"  (into {self.split_rows:,} samples)"
+                capped = f", {self.split_capped:,} with capped images" if self.split_capped else ""
+                line += f"  (into {self.split_rows:,} samples{capped})"
             lines.append(line)
+        if self.held_codes:
+            codes = ", ".join(f"{c} x{n}" for c, n in sorted(self.held_codes.items()))
+            lines.append(f"  held for: {codes}")
         if self.dropped_codes:
             codes = ", ".join(f"{c} x{n}" for c, n in sorted(self.dropped_codes.items()))
             lines.append(f"  dropped for: {codes}")
@@ -124,6 +164,8 @@ class RepairReport:
         else:
             lines.append(f"output:   {self.output} ({self.rows_written:,} samples)")
             lines.append(f"manifest: {self.manifest}")
+            if self.review is not None:
+                lines.append(f"review:   {self.review} ({self.counts.get('held', 0):,} samples held; not training data)")
             if self.images_written:
                 lines.append(f"images:   {self.images_written:,} resized copies")
         return "\n".join(lines) + "\n"
@@ -133,6 +175,15 @@ def manifest_path(output: str | os.PathLike[str]) -> Path:
     """Where the manifest of ``output`` goes: ``fixed.jsonl`` -> ``fixed.manifest.jsonl``."""
     out = Path(output)
     return out.with_name(f"{out.stem}.manifest.jsonl")
+
+
+def review_path(output: str | os.PathLike[str]) -> Path:
+    """Where held rows of ``output`` go, in its format: ``fixed.jsonl`` -> ``fixed.review.jsonl``,
+    a ``save_to_disk`` folder ``fixed`` -> ``fixed.review``."""
+    out = Path(output)
+    if out.suffix.lower() in (".json", ".jsonl", ".ndjson", ".parquet", ".pq"):
+        return out.with_name(f"{out.stem}.review{out.suffix}")
+    return out.with_name(f"{out.name}.review")
 
 
 def images_dir(output: str | os.PathLike[str]) -> Path:
@@ -355,7 +406,7 @@ class _Plan:
     rows: list[dict[str, Any]]
     change: dict[str, Any]
     images: list[dict[str, Any]] = field(default_factory=list)  # files to write: {"source", "name", "resized"}
-    pieces: list[dict[str, Any]] = field(default_factory=list)  # split: {"id", "turns", "images"}
+    pieces: list[dict[str, Any]] = field(default_factory=list)  # split: {"id", "turns", "images"[, "cap"]}
 
 
 class _Repairer:
@@ -369,7 +420,8 @@ class _Repairer:
         self.columnar = columnar  # Parquet / Arrow: a field added to one row is a column for all
 
     def decide(self, row: Any, result: SampleResult, scanner: Scanner) -> tuple[str, str | None, _Plan | None]:
-        """(outcome, reason, plan) for one scanned row."""
+        """(outcome, reason, plan) for one scanned row; the outcome is kept, changed, split or
+        dropped (``repair`` turns a drop into held when ``hold`` selects one of its codes)."""
         errors = [f for f in result.findings if f.severity >= F.Severity.ERROR]
         if not errors:
             return "kept", None, None
@@ -389,7 +441,7 @@ class _Repairer:
         tried = "; ".join(failures) if failures else f"--on-overlong {','.join(self.on_overlong)}"
         return "dropped", f"{reason} ({tried})", None
 
-    def _try(self, strategy: str, row: Any, result: SampleResult, scanner: Scanner) -> _Plan | str:
+    def _conversation(self, row: Any, scanner: Scanner) -> tuple[str, Conversation] | str:
         fmt = scanner.options.format or detect_format(row)
         if fmt is None or not isinstance(row, dict):
             return "the row has no conversation"
@@ -399,10 +451,15 @@ class _Repairer:
             return str(e)
         if conv.videos:  # splitting or capping would have to carry the videos column and per-video keys
             return "samples with videos are not repaired yet"
+        return fmt, conv
+
+    def _try(self, strategy: str, row: Any, result: SampleResult, scanner: Scanner) -> _Plan | str:
         if strategy == "cap-pixels":
-            if self.analyzer.key is not None:
-                return self._cap_key(row, result, conv, fmt)
-            return self._cap(row, result, conv, scanner)
+            return self._cap_row(row, result, scanner)
+        parsed = self._conversation(row, scanner)
+        if isinstance(parsed, str):
+            return parsed
+        fmt, conv = parsed
         turns = _turns(row, fmt, conv)
         if isinstance(turns, str):
             return turns
@@ -410,9 +467,22 @@ class _Repairer:
             return self._split(row, result, turns)
         return self._truncate(row, result, turns)
 
+    def _cap_row(self, row: Any, result: SampleResult, scanner: Scanner) -> _Plan | str:
+        parsed = self._conversation(row, scanner)
+        if isinstance(parsed, str):
+            return parsed
+        fmt, conv = parsed
+        if self.analyzer.key is not None:
+            return self._cap_key(row, result, conv, fmt)
+        return self._cap(row, result, conv, scanner)
+
+    def _scan(self, row: dict[str, Any]) -> tuple[SampleResult, Scanner]:
+        ((r, scanner),) = self.analyzer.analyze([(0, row)])
+        return r, scanner
+
     def _fits(self, row: dict[str, Any]) -> SampleResult | None:
         """The scan of ``row`` when it fits ``max_length`` whole with no error, else None."""
-        ((r, _),) = self.analyzer.analyze([(0, row)])
+        r, _ = self._scan(row)
         if r.tokens is None or r.tokens > self.max_length or any(f.severity >= F.Severity.ERROR for f in r.findings):
             return None
         return r
@@ -427,7 +497,12 @@ class _Repairer:
         def turns_of(rounds: list[tuple[int, int]]) -> list[int]:
             return prefix + [i for s, e in rounds for i in range(s, e)]
 
+        # Rounds are packed greedily at full resolution. A round too long alone is a piece of its
+        # own with its images capped, when cap-pixels is also allowed: the smallest change that
+        # keeps it (the other pieces keep their images as they were).
+        cap = "cap-pixels" in self.on_overlong
         groups: list[list[tuple[int, int]]] = []
+        alone: set[int] = set()  # groups whose one round does not fit uncapped
         current: list[tuple[int, int]] = []
         for k, r in enumerate(t.rounds):
             if current and self._fits(_piece(row, t, turns_of([*current, r]))[0]):
@@ -437,22 +512,46 @@ class _Repairer:
                 groups.append(current)
             current = [r]
             if not self._fits(_piece(row, t, turns_of(current))[0]):
-                return f"round {k + 1} of {len(t.rounds)} (turns {r[0]}-{r[1] - 1}) does not fit alone"
-        groups.append(current)
+                where = f"round {k + 1} of {len(t.rounds)} (turns {r[0]}-{r[1] - 1})"
+                if not cap:
+                    return f"{where} does not fit alone"
+                alone.add(len(groups))
+                groups.append(current)
+                current = []
+        if current:
+            groups.append(current)
         if len(groups) < 2:
             return "the rounds fit together: nothing to split"
         id_key = _id_key(row)
-        rows, pieces = [], []
+        rows, pieces, files = [], [], []
         for k, group in enumerate(groups, 1):
             turn_ids = turns_of(group)
             new, image_ids = _piece(row, t, turn_ids)
             piece_id = f"{result.id}#{k}"
             if id_key is not None:
                 new[id_key] = piece_id
+            piece: dict[str, Any] = {"id": piece_id, "turns": turn_ids, "images": image_ids}
+            if k - 1 in alone:
+                (first, last) = group[0]
+                where = f"round {t.rounds.index(group[0]) + 1} of {len(t.rounds)} (turns {first}-{last - 1})"
+                scanned, scanner = self._scan(new)
+                if {f.code for f in scanned.findings if f.severity >= F.Severity.ERROR} - _LENGTH_CODES:
+                    return f"{where} does not fit alone"
+                capped = self._cap_row(new, scanned, scanner)
+                if isinstance(capped, str):
+                    return f"{where} does not fit alone, nor capped ({capped})"
+                new = capped.rows[0]
+                change = {key: v for key, v in capped.change.items() if key != "strategy"}
+                for entry in change.get("images", []):  # the piece's image k is the row's image image_ids[k]
+                    entry["image"] = image_ids[entry["image"]]
+                piece["cap"] = change
+                files += capped.images
             rows.append(new)
-            pieces.append({"id": piece_id, "turns": turn_ids, "images": image_ids})
-        return _Plan(outcome="split", strategy="split", rows=rows, pieces=pieces,
-                     change={"strategy": "split", "rounds": len(t.rounds)})
+            pieces.append(piece)
+        change = {"strategy": "split", "rounds": len(t.rounds)}
+        if alone:
+            change["then"] = "cap-pixels"  # on the pieces with a "cap" entry
+        return _Plan(outcome="split", strategy="split", rows=rows, pieces=pieces, change=change, images=files)
 
     def _truncate(self, row: dict[str, Any], result: SampleResult, t: _Turns) -> _Plan | str:
         prefix = list(range(t.prefix))
@@ -613,11 +712,12 @@ def repair(
     allow_outside_root: bool = False,
     chat_template: str | None = None,
     pixel_cap_key: str | None = None,
+    hold: str | Sequence[str] | None = None,
 ) -> RepairReport:
     """Write a copy of ``dataset`` in which no sample crashes or trains on nothing at ``max_length``.
 
     Every input row is accounted for in the manifest (``OUT.manifest.jsonl``): kept, changed (how),
-    split (into which new samples) or dropped (why). The input is only read. Options mean what they
+    split (into which new samples), held for review or dropped (why). The input is only read. Options mean what they
     mean for :func:`vlmcheck.scan`; scan the output with the same options to check it.
 
     Args:
@@ -629,14 +729,23 @@ def repair(
             wins (a comma-separated string or a list): ``cap-pixels`` (resize its images to the
             largest pixel budget that fits), ``split`` (into several samples at turn boundaries),
             ``truncate-turns`` (drop trailing turns), ``drop``. Default: all four, in that order.
+            With both ``split`` and ``cap-pixels``, a round too long alone becomes a piece with its
+            images capped.
         pixel_cap_key: with ``cap-pixels``, record the budget in the sample under this key
             (``max_pixels``: on each inline image part of a ``messages`` row, where qwen-vl-utils
             reads it; else on the row) instead of writing resized images. Rows that already
             record one are counted at it.
+        hold: rows that would be dropped for one of these error findings are written unchanged to
+            ``OUT.review.jsonl`` (``review_path(output)``, the input's format) for a person to fix,
+            instead of being dropped: error codes (``"VC002,VC101"``) or the groups ``broken``
+            (every error but the length ones: malformed rows, placeholder mismatches, missing or
+            corrupt media, ...), ``overlong`` (VC201/VC202/VC205 that no strategy fixed), ``all``.
+            The review file is written (possibly empty) whenever ``hold`` is given.
     """
     if max_length <= 0:
         raise UsageError("max_length must be positive")
     strategies = parse_on_overlong(on_overlong)
+    held_for = parse_hold(hold)
     path = Path(dataset)
     if not path.exists():
         raise DatasetError(f"dataset not found: {path}")
@@ -648,6 +757,9 @@ def repair(
         out = Path(output)
         if out.exists() and out.resolve() == path.resolve():
             raise UsageError("the output must not be the input: repair never modifies its input")
+        if held_for and review_path(out).exists() and review_path(out).resolve() == path.resolve():
+            raise UsageError(f"the review file would be the input: name the output of a repaired review file "
+                             f"otherwise (e.g. {path.with_name('fixed-' + path.name)})")
         _check_output_name(out, kind)
     elif not dry_run:
         raise UsageError("pass an output path (or dry_run=True)")
@@ -669,28 +781,44 @@ def repair(
     analyzer = _Analyzer(scanner, pixel_cap_key)
     repairer = _Repairer(analyzer, max_length=max_length, on_overlong=strategies, out_images=final_images,
                          out_root=out_root, columnar=kind in ("parquet", "arrow"))
-    report = RepairReport(dataset=str(path), output=None if dry_run or out is None else str(out),
-                          manifest=None if dry_run or out is None else str(manifest_path(out)), dry_run=dry_run)
+    writing = not dry_run and out is not None
+    report = RepairReport(dataset=str(path), output=str(out) if writing else None,
+                          manifest=str(manifest_path(out)) if writing and out else None, dry_run=dry_run,
+                          review=str(review_path(out)) if writing and out and held_for else None)
     writer = None
-    if not dry_run and out is not None:
-        writer = _Writer(out, open_sink(out, source=path, kind=kind, int_column=pixel_cap_key))
+    if writing and out is not None:
+        review = open_sink(review_path(out), source=path, kind=kind) if held_for else None
+        writer = _Writer(out, open_sink(out, source=path, kind=kind, int_column=pixel_cap_key), review)
     counts: Counter[str] = Counter()
     changed_by: Counter[str] = Counter()
     dropped: Counter[str] = Counter()
-    written = 0
+    held: Counter[str] = Counter()
+    written = in_review = 0
     try:
         raws: Iterator[bytes | None] = _raw_lines(path) if kind == "jsonl" else iter(lambda: None, 0)
         for chunk in _chunks(iter_rows(path), raws):
             results = analyzer.analyze([(i, row) for i, row, _ in chunk])
             for (index, row, raw), (result, row_scanner) in zip(chunk, results):
                 outcome, reason, plan = repairer.decide(row, result, row_scanner)
+                error_codes = {f.code for f in result.findings if f.severity >= F.Severity.ERROR}
+                if outcome == "dropped" and error_codes & held_for:
+                    if isinstance(row, BadRow) and raw is None:  # past the break in a JSON array
+                        reason = f"{reason} (not held: nothing readable to write)"
+                    else:
+                        outcome = "held"
                 counts[outcome] += 1
                 record: dict[str, Any] = {"index": index, "id": result.id, "outcome": outcome,
                                           "output_index": None, "codes": [f.code for f in result.findings]}
                 if reason is not None:
                     record["reason"] = reason
                 if outcome == "dropped":
-                    dropped.update({f.code for f in result.findings if f.severity >= F.Severity.ERROR})
+                    dropped.update(error_codes)
+                elif outcome == "held":
+                    held.update(error_codes)
+                    record["review_index"] = in_review
+                    in_review += 1
+                    if writer is not None:
+                        writer.hold_row(row, raw)
                 rows: list[tuple[Any, bytes | None]] = []
                 if outcome == "kept":
                     rows = [(row, raw)]
@@ -703,6 +831,7 @@ def repair(
                         record["change"] = plan.change
                         record["split_into"] = plan.pieces
                         report.split_rows += len(plan.rows)
+                        report.split_capped += sum("cap" in p for p in plan.pieces)
                 indices = list(range(written, written + len(rows)))
                 written += len(rows)
                 if outcome in ("kept", "changed"):
@@ -727,6 +856,7 @@ def repair(
     report.counts = {k: counts.get(k, 0) for k in OUTCOMES}
     report.changed_by = {s: changed_by[s] for s in ON_OVERLONG if changed_by.get(s)}
     report.dropped_codes = dict(sorted(dropped.items()))
+    report.held_codes = dict(sorted(held.items()))
     report.rows_written = written
     return report
 
@@ -749,7 +879,7 @@ def _chunks(rows: Iterator[Any], raws: Iterator[bytes | None]) -> Iterator[list[
     chunk: list[tuple[int, Any, bytes | None]] = []
     for index, row in enumerate(rows):
         raw = next(raws, None)  # JSON Lines: one non-blank line per row, parsed or not
-        chunk.append((index, row, None if isinstance(row, BadRow) else raw))
+        chunk.append((index, row, raw))
         if len(chunk) == _CHUNK:
             yield chunk
             chunk = []
@@ -758,10 +888,12 @@ def _chunks(rows: Iterator[Any], raws: Iterator[bytes | None]) -> Iterator[list[
 
 
 class _Writer:
-    """The output, its manifest and its resized images, under temporary names until ``commit()``."""
+    """The output, its manifest, its resized images and its review file (``review``: held rows),
+    under temporary names until ``commit()``."""
 
-    def __init__(self, out: Path, sink: Sink) -> None:
+    def __init__(self, out: Path, sink: Sink, review: Sink | None = None) -> None:
         self.sink = sink
+        self.review = review
         self.manifest = manifest_path(out)
         self.images_dir = images_dir(out)
         self.images = 0
@@ -772,6 +904,10 @@ class _Writer:
 
     def add_row(self, row: Any, raw: bytes | None) -> None:
         self.sink.add(row, raw)
+
+    def hold_row(self, row: Any, raw: bytes | None) -> None:
+        assert self.review is not None
+        self.review.add(row, raw)  # JSON Lines: the very same bytes, even of a line that is not JSON
 
     def add_image(self, source: Path, name: str, size: tuple[int, ...], *, exif_transpose: bool) -> None:
         target = self.image_tmp / name
@@ -792,8 +928,12 @@ class _Writer:
             self.images_dir.mkdir(exist_ok=True)
             for name in names:
                 os.replace(self.image_tmp / name, self.images_dir / name)
-        # the data last: when it exists, the manifest and images it refers to are complete
+        if self.review is not None:
+            self.review.close()
+        # the data last: when it exists, the manifest, images and review file it refers to are complete
         os.replace(self.log_tmp, self.manifest)
+        if self.review is not None:
+            self.review.publish()
         self.sink.publish()
         self.done = True
 
@@ -803,10 +943,12 @@ class _Writer:
         if not self.done:
             self.log_tmp.unlink(missing_ok=True)
         self.sink.discard()
+        if self.review is not None:
+            self.review.discard()
         shutil.rmtree(self.image_tmp, ignore_errors=True)
 
 
 __all__ = [
-    "DEFAULT_ON_OVERLONG", "ON_OVERLONG", "OUTCOMES", "RepairReport", "images_dir", "manifest_path",
-    "parse_on_overlong", "repair", "row_pixel_cap",
+    "DEFAULT_ON_OVERLONG", "HOLD_GROUPS", "ON_OVERLONG", "OUTCOMES", "RepairReport", "images_dir", "manifest_path",
+    "parse_hold", "parse_on_overlong", "repair", "review_path", "row_pixel_cap",
 ]
