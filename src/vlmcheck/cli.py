@@ -4,6 +4,8 @@ name, formats the result and owns the exit code: 0 clean, 1 findings at or above
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from vlmcheck import __version__
@@ -62,6 +64,21 @@ def _fail_on(_ctx: click.Context, _param: click.Parameter, value: str) -> Severi
     return Severity.parse(value)
 
 
+def _parse_options(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
+    import json
+
+    options: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", ctx=ctx, param=param)
+        try:
+            options[key.strip()] = json.loads(raw)
+        except ValueError:
+            options[key.strip()] = raw
+    return options
+
+
 @main.command("scan")
 @click.argument("dataset", type=click.Path(path_type=str))
 @click.option("--model", "-m", required=True, help="Checkpoint folder or Hugging Face model id.")
@@ -86,6 +103,10 @@ def _fail_on(_ctx: click.Context, _param: click.Parameter, value: str) -> Severi
 @click.option("--split", help="Split of a DatasetDict save_to_disk folder (default: train).")
 @click.option("--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True, help="Processes.")
 @click.option("--limit", type=click.IntRange(min=1), help="Scan only the first N rows.")
+@click.option("--processor-option", "processor_options", multiple=True, metavar="KEY=VALUE",
+              callback=_parse_options,
+              help="A call-time processor option the family reads (repeatable; `vlmcheck families` lists them), "
+                   "e.g. do_pan_and_scan=true (Gemma 3), fps=2 (Qwen video). VALUE is JSON, else a string.")
 @click.option("--exact", is_flag=True,
               help="Count with the checkpoint's own transformers processor, sample by sample: any model_type, "
                    "slower (needs vlmcheck[exact]).")
@@ -101,8 +122,8 @@ def _fail_on(_ctx: click.Context, _param: click.Parameter, value: str) -> Severi
 def scan_command(dataset: str, model: str, max_length: int | None, truncation: str, format_: str | None,
                  image_root: str | None, max_pixels: int | None, min_pixels: int | None, resize: str,
                  qwen_vl_utils: bool, exif: bool | None, allow_outside_root: bool, chat_template: str | None,
-                 split: str | None, workers: int, limit: int | None, exact: bool, trust_remote_code: bool,
-                 json_path: str | None, output: str | None, fail_on: Severity, show: int, quiet: bool) -> None:
+                 split: str | None, workers: int, limit: int | None, processor_options: dict[str, Any],
+                 exact: bool, trust_remote_code: bool, json_path: str | None, output: str | None, fail_on: Severity, show: int, quiet: bool) -> None:
     """Count every sample's tokens as the model's processor would and report what will break."""
     import json
     import sys
@@ -123,7 +144,7 @@ def scan_command(dataset: str, model: str, max_length: int | None, truncation: s
             image_root=image_root, max_pixels=max_pixels, min_pixels=min_pixels, resize=resize,
             exif_transpose=exif, allow_outside_root=allow_outside_root, chat_template=template,
             split=split, workers=workers, limit=limit, output=output, progress=progress, exact=exact,
-            trust_remote_code=trust_remote_code,
+            trust_remote_code=trust_remote_code, processor_options=processor_options,
         )
     except VlmcheckError as e:
         progress.close()
@@ -175,7 +196,10 @@ def families_command(as_json: bool) -> None:
     for row in rows:
         settings = ", ".join(str(s) for s in row["settings"])  # type: ignore[attr-defined]
         click.echo(f"{row['model_type']}: {row['title']}")
-        for text in (str(row["exactness"]), f"placeholder {row['placeholder']}; reads {settings}"):
+        lines = [str(row["exactness"]), f"placeholder {row['placeholder']}; reads {settings}"]
+        if row.get("options"):
+            lines.append("--processor-option: " + ", ".join(str(o) for o in row["options"]))  # type: ignore[attr-defined]
+        for text in lines:
             click.echo(textwrap.fill(text, width=100, initial_indent="    ", subsequent_indent="    ",
                                      break_on_hyphens=False, break_long_words=False))
 
@@ -221,11 +245,16 @@ main.add_command(lint_command)
 @click.option("--allow-outside-root", is_flag=True, help="Read image paths outside the image root.")
 @click.option("--chat-template", type=click.Path(exists=True, dir_okay=False, path_type=str),
               help="A Jinja chat template file to use instead of the checkpoint's.")
+@click.option("--processor-option", "processor_options", multiple=True, metavar="KEY=VALUE",
+              callback=_parse_options,
+              help="A call-time processor option the family reads (repeatable; `vlmcheck families` lists them), "
+                   "e.g. do_pan_and_scan=true (Gemma 3), fps=2 (Qwen video). VALUE is JSON, else a string.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), help="Write the summary as JSON.")
 def repair_command(dataset: str, model: str, max_length: int, output: str | None, dry_run: bool, on_overlong: str,
                    hold: str | None, pixel_cap_key: str | None, truncation: str, format_: str | None, image_root: str | None,
                    max_pixels: int | None, min_pixels: int | None, resize: str, exif: bool | None,
-                   allow_outside_root: bool, chat_template: str | None, json_path: str | None) -> None:
+                   allow_outside_root: bool, chat_template: str | None, processor_options: dict[str, Any],
+                   json_path: str | None) -> None:
     """Write a copy of DATASET that trains at --max-length: keep, fix (cap-pixels, truncate-turns), split,
     hold for review or drop each sample, every one accounted for in the manifest. The input is never
     modified."""
@@ -243,7 +272,7 @@ def repair_command(dataset: str, model: str, max_length: int, output: str | None
             dataset, model=model, max_length=max_length, output=output, dry_run=dry_run, on_overlong=on_overlong,
             truncation=truncation, format=format_, image_root=image_root, max_pixels=max_pixels,
             min_pixels=min_pixels, resize=resize, exif_transpose=exif, allow_outside_root=allow_outside_root,
-            chat_template=template, pixel_cap_key=pixel_cap_key, hold=hold,
+            chat_template=template, pixel_cap_key=pixel_cap_key, hold=hold, processor_options=processor_options,
         )
     except VlmcheckError as e:
         raise click.UsageError(str(e)) from None

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlmcheck.errors import ModelError
+from vlmcheck.errors import ModelError, UsageError
 from vlmcheck.families import Family, Overrides, get_family
 
 if TYPE_CHECKING:
@@ -161,6 +162,16 @@ class ModelSpec:
         return int(token_id)
 
 
+def check_options(family: Family, options: Mapping[str, Any] | None) -> None:
+    """Processor options (``Overrides.extra``) must be ones the family reads: a misspelt key
+    would otherwise change nothing, silently."""
+    allowed = tuple(getattr(family, "options", ()))
+    unknown = sorted(k for k in options or {} if k not in allowed)
+    if unknown:
+        takes = f"it reads {', '.join(allowed)}" if allowed else "it reads none"
+        raise UsageError(f"{family.name} has no processor option {', '.join(unknown)}; {takes}")
+
+
 def load_model(
     model: str | os.PathLike[str],
     *,
@@ -179,6 +190,7 @@ def load_model(
     if not isinstance(model_type, str):
         raise ModelError(f"{folder / 'config.json'} is missing or has no model_type")
     family = get_family(family_name(config))
+    check_options(family, overrides.extra)
     if not (folder / "tokenizer.json").is_file():
         raise ModelError(
             f"{folder} has no tokenizer.json; vlmcheck reads the fast tokenizer file "

@@ -37,7 +37,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -713,6 +713,7 @@ def repair(
     chat_template: str | None = None,
     pixel_cap_key: str | None = None,
     hold: str | Sequence[str] | None = None,
+    processor_options: Mapping[str, Any] | None = None,
 ) -> RepairReport:
     """Write a copy of ``dataset`` in which no sample crashes or trains on nothing at ``max_length``.
 
@@ -766,7 +767,7 @@ def repair(
     scanner = build_scanner(
         path, model=model, max_length=max_length, truncation=truncation, format=format, image_root=image_root,
         max_pixels=max_pixels, min_pixels=min_pixels, resize=resize, exif_transpose=exif_transpose,
-        allow_outside_root=allow_outside_root, chat_template=chat_template,
+        allow_outside_root=allow_outside_root, chat_template=chat_template, processor_options=processor_options,
     )
     root = scanner.root
     # The output is scanned with the same --image-root, or by default its own folder.

@@ -16,7 +16,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -551,6 +551,7 @@ def build_scanner(
     allow_outside_root: bool = False,
     chat_template: str | None = None,
     split: str | None = None,
+    processor_options: Mapping[str, Any] | None = None,
 ) -> Scanner:
     """Validate the options :func:`scan` and :func:`vlmcheck.repair` share, load the model and
     return the per-sample analyzer. Raises :class:`UsageError`/:class:`DatasetError` for misuse."""
@@ -568,13 +569,15 @@ def build_scanner(
     if isinstance(model, ModelSpec):
         # a loaded model carries its processor settings and template: these would be ignored
         given = [name for name, value in (("max_pixels", max_pixels), ("min_pixels", min_pixels),
-                                          ("chat_template", chat_template)) if value is not None]
+                                          ("chat_template", chat_template),
+                                          ("processor_options", processor_options or None)) if value is not None]
         if given or resize != "processor":
             raise UsageError(f"{', '.join(given) or 'resize'} cannot change a loaded ModelSpec; pass the "
                              "model path, or load_model(model, overrides=Overrides(...), chat_template=...)")
         spec = model
     else:
-        overrides = Overrides(max_pixels=max_pixels, min_pixels=min_pixels, resize=resize)
+        overrides = Overrides(max_pixels=max_pixels, min_pixels=min_pixels, resize=resize,
+                              extra=dict(processor_options or {}))
         spec = load_model(model, overrides=overrides, chat_template=chat_template)
     if not path.exists():
         raise DatasetError(f"dataset not found: {path}")
@@ -608,6 +611,7 @@ def scan(
     progress: Callable[[int, int | None], None] | None = None,
     exact: bool = False,
     trust_remote_code: bool = False,
+    processor_options: Mapping[str, Any] | None = None,
 ) -> Report:
     """Scan ``dataset`` for samples that would crash or not train under ``model`` at ``max_length``.
 
@@ -627,10 +631,16 @@ def scan(
             ``qwen-vl-utils`` (LLaMA-Factory, EasyR1 and qwen-vl-utils call ``Image.open`` only).
         output: write one JSON record per sample to this .jsonl file (atomically).
         progress: called as ``progress(done, total_or_None)`` while scanning.
+        processor_options: call-time processor options the family reads (``vlmcheck families``
+            lists them), e.g. ``{"do_pan_and_scan": True}`` for Gemma 3, ``{"fps": 2,
+            "do_sample_frames": True}`` for Qwen videos; an option the family does not read is an error.
         exact: count with the checkpoint's own transformers processor, sample by sample
             (:mod:`vlmcheck.exact`): any family transformers has a processor for, slower.
         trust_remote_code: with ``exact``, run a checkpoint's own processor code (``auto_map``).
     """
+    if exact and processor_options:
+        raise UsageError("processor_options apply to the arithmetic scan; with exact=True the checkpoint's own "
+                         "processor runs with its own settings")
     if exact:  # (exact: hook)
         from vlmcheck.exact import scan_exact
 
@@ -651,6 +661,7 @@ def scan(
         path, model=model, max_length=max_length, truncation=truncation, format=format, image_root=image_root,
         max_pixels=max_pixels, min_pixels=min_pixels, resize=resize, exif_transpose=exif_transpose,
         allow_outside_root=allow_outside_root, chat_template=chat_template, split=split,
+        processor_options=processor_options,
     )
     spec, options, root = scanner.spec, scanner.options, scanner.root
     total = count_rows(path, split=split) if progress else None

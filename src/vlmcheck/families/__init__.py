@@ -70,6 +70,6 @@ def families() -> list[dict[str, object]]:
     """What `vlmcheck families` prints: each family, how exact its count is, the settings it reads."""
     return [
         {"model_type": f.name, "title": f.title, "exactness": f.exactness, "settings": list(f.settings_read),
-         "placeholder": f.placeholder, "image_token": f.image_token}
+         "placeholder": f.placeholder, "image_token": f.image_token, "options": list(getattr(f, "options", ()))}
         for f in _FAMILIES.values()
     ]

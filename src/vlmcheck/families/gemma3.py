@@ -135,6 +135,8 @@ def expand_image(width: int, height: int, s: Gemma3Settings) -> Expansion:
 class Gemma3Family:
     name: str = "gemma3"
     title: str = "Gemma 3"
+    # Overrides.extra keys (scan --processor-option KEY=VALUE): Gemma3Processor call-time options
+    options: tuple[str, ...] = EXTRA_KEYS
     placeholder: str = BOI_TOKEN
     image_token: str = IMAGE_TOKEN
     exactness: str = ("exact: proved against transformers' Gemma3Processor (Gemma3ImageProcessorPil, real Gemma 3 "

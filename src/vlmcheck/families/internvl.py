@@ -115,6 +115,8 @@ def count_image_tokens(width: int, height: int, s: InternVLSettings) -> int:
 class InternVLFamily:
     name: str = "internvl"
     title: str = "InternVL3 (-hf)"
+    # Overrides.extra keys (scan --processor-option KEY=VALUE): InternVLProcessor call-time options
+    options: tuple[str, ...] = ("crop_to_patches", "min_patches", "max_patches")
     placeholder: str = CONTEXT_TOKEN
     image_token: str = CONTEXT_TOKEN
     exactness: str = ("exact: proved against transformers' InternVLProcessor (GotOcr2ImageProcessorPil, real "

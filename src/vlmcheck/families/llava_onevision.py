@@ -188,6 +188,8 @@ def video_tokens(frames: int, s: OnevisionSettings) -> int:
 class LlavaOnevisionFamily:
     name: str = "llava_onevision"
     title: str = "LLaVA-OneVision"
+    # Overrides.extra keys (scan --processor-option KEY=VALUE): images_nested=false models processor(images=[a, b])
+    options: tuple[str, ...] = ("images_nested",)
     placeholder: str = IMAGE_TOKEN
     image_token: str = IMAGE_TOKEN
     exactness: str = ("exact for images: proved against transformers' LlavaOnevisionProcessor (PIL image "

@@ -448,6 +448,10 @@ def image_issues(width: int, height: int, s: QwenVLSettings) -> list[ImageIssue]
 class Qwen2VLFamily:
     name: str = "qwen2_vl"
     title: str = "Qwen2-VL"
+    # Overrides.extra keys (scan --processor-option KEY=VALUE): call-time video processor / qwen-vl-utils options
+    options: tuple[str, ...] = ("fps", "num_frames", "do_sample_frames", "min_frames", "max_frames",
+                                "cap_pixels_per_frame", "max_video_tokens", "video_min_pixels", "video_max_pixels",
+                                "model_seq_len", "video_rotation")
     placeholder: str = IMAGE_PAD
     image_token: str = IMAGE_PAD
     video_placeholder: str = VIDEO_PAD
