@@ -7,42 +7,9 @@ Codes never change meaning once released; docs/findings.md is generated from :da
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any
 
-
-class Severity(IntEnum):
-    """Ordered so that ``--fail-on warning`` means "warning or worse"."""
-
-    INFO = 10
-    WARNING = 20
-    ERROR = 30
-
-    def __str__(self) -> str:
-        return self.name.lower()
-
-    @classmethod
-    def parse(cls, value: str) -> Severity:
-        try:
-            return cls[value.upper()]
-        except KeyError:
-            raise ValueError(f"unknown severity {value!r}; use one of: info, warning, error") from None
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One entry of the catalogue."""
-
-    code: str
-    name: str
-    severity: Severity
-    title: str
-    why: str
-    fix: str
-
-    @property
-    def anchor(self) -> str:
-        return self.code.lower()
+from vlmcheck.catalogue import Rule, Severity, render_codes
 
 
 @dataclass
@@ -194,21 +161,8 @@ def render_markdown() -> str:
         "Every problem vlmcheck reports has a stable code. `--fail-on` picks the severity that makes "
         "`vlmcheck scan` exit 1 (default: error).",
         "",
-        "| code | name | severity | what |",
-        "|---|---|---|---|",
+        render_codes(_RULES),
     ]
-    for rule in _RULES:
-        lines.append(f"| [{rule.code}](#{rule.anchor}) | `{rule.name}` | {rule.severity} | {rule.title} |")
-    for rule in _RULES:
-        lines += [
-            "",
-            f'<a id="{rule.anchor}"></a>',
-            f"## {rule.code} `{rule.name}` ({rule.severity})",
-            "",
-            f"**{rule.title}.** {rule.why}",
-            "",
-            f"Fix: {rule.fix}",
-        ]
     return "\n".join(lines) + "\n"
 
 

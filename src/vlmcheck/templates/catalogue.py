@@ -1,17 +1,15 @@
 """The template findings catalogue (VT codes): label masks that disagree with the tokenizer.
 
-Same shape as :class:`vlmcheck.findings.Finding` (code, message, fix, index, id, data), kept here so the
-template check stays self-contained. Codes never change meaning once released. The codes section of
-docs/templates.md is generated from :data:`CATALOGUE` (``python scripts/gen_docs.py``; ``python -m
-vlmcheck.templates.catalogue`` prints it) and a test fails when the two drift.
+A :class:`TemplateFinding` is a :class:`vlmcheck.findings.Finding` whose code is looked up here. Codes never
+change meaning once released. The codes section of docs/templates.md is generated from :data:`CATALOGUE`
+(``python scripts/gen_docs.py``; ``python -m vlmcheck.templates.catalogue`` prints it) and a test fails
+when the two drift.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
-from vlmcheck.findings import Rule, Severity
+from vlmcheck.catalogue import Rule, Severity, render_codes
+from vlmcheck.findings import Finding
 
 _RULES = [
     Rule("VT001", "tokenization-mismatch", Severity.ERROR,
@@ -62,13 +60,7 @@ END = "<!-- END codes -->"
 
 def render_markdown() -> str:
     """The codes section of docs/templates.md, generated from the catalogue."""
-    lines = [BEGIN, "", "| code | name | severity | what |", "|---|---|---|---|"]
-    for rule in _RULES:
-        lines.append(f"| [{rule.code}](#{rule.anchor}) | `{rule.name}` | {rule.severity} | {rule.title} |")
-    for rule in _RULES:
-        lines += ["", f'<a id="{rule.anchor}"></a>', f"### {rule.code} `{rule.name}` ({rule.severity})", "",
-                  f"**{rule.title}.** {rule.why}", "", f"Fix: {rule.fix}"]
-    return "\n".join([*lines, "", END])
+    return "\n".join([BEGIN, "", render_codes(_RULES, heading="###"), "", END])
 
 
 def splice(page: str) -> str:
@@ -79,34 +71,12 @@ def splice(page: str) -> str:
     return page.rstrip("\n") + "\n\n## Codes\n\n" + render_markdown() + "\n"
 
 
-@dataclass
-class TemplateFinding:
+class TemplateFinding(Finding):
     """One template problem in one sample; ``data`` holds the numbers the message quotes."""
-
-    code: str
-    message: str
-    fix: str
-    index: int | None = None
-    id: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rule(self) -> Rule:
         return CATALOGUE[self.code]
-
-    @property
-    def severity(self) -> Severity:
-        return self.rule.severity
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "name": self.rule.name, "severity": str(self.severity), "index": self.index,
-                "id": self.id, "message": self.message, "fix": self.fix, "data": self.data}
-
-    def __str__(self) -> str:
-        where = f"sample {self.index}" if self.index is not None else "dataset"
-        if self.id is not None and str(self.id) != str(self.index):
-            where += f" (id {self.id!r})"
-        return f"{self.code} {self.severity}: {where}: {self.message}. Fix: {self.fix}"
 
 
 if __name__ == "__main__":
