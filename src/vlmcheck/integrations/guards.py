@@ -20,7 +20,11 @@ Two layouts are supported:
   video's placeholders in one run; Qwen3-VL gives every temporal patch its own run, after a
   ``<t seconds>`` timestamp.
 * Gemma-3 (``gemma3``): every image needs a fixed 256 ``<image_soft_token>`` placeholders and owns
-  one entry ``pixel_values[i]`` of the 4-D ``(images, 3, 896, 896)`` tensor.
+  one entry ``pixel_values[i]`` of the 4-D ``(images, 3, 896, 896)`` tensor. With pan-and-scan an
+  image with ``c`` crops owns ``1 + c`` consecutive entries (the original, then its crops) and fills
+  ``1 + c`` runs of 256 placeholders, each in its own ``<start_of_image>``...``<end_of_image>``. The
+  processor drops ``num_crops`` from its output, so the crops are given as ``crops_per_image`` (the
+  collator works them out from the examples' images with vlmcheck's Gemma 3 arithmetic).
 
 Example::
 
@@ -36,11 +40,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from vlmcheck.errors import MissingDependencyError, UsageError, VlmcheckError
+from vlmcheck.families import gemma3 as gemma3_family
+from vlmcheck.families.base import Overrides
 
 if TYPE_CHECKING:
     import torch
@@ -116,23 +122,44 @@ class VisionSpec:
     # <|video_pad|> x (h*w // merge_size**2)<|vision_end|>" (replace_video_token, processing_qwen3_vl.py).
     video_frame_runs: bool = False
 
-    def image_tokens(self, batch: dict[str, Any]) -> list[int]:
-        """Placeholders each image of the batch needs, in batch order."""
+    def image_tokens(self, batch: dict[str, Any], crops: Sequence[int] | None = None) -> list[int]:
+        """Placeholders each image of the batch needs, in batch order (Gemma 3: ``crops`` per image)."""
         if self.family == "qwen2_vl":
             grid = batch.get("image_grid_thw")
             if grid is None:
                 return []
             return [int(n) // self.merge_size**2 for n in grid.prod(dim=-1).tolist()]
-        pixels = batch.get("pixel_values")
-        return [] if pixels is None else [self.tokens_per_image] * int(pixels.shape[0])
+        return [self.tokens_per_image * (1 + c) for c in self.image_crops(batch, crops)]
 
-    def image_pixel_rows(self, batch: dict[str, Any]) -> list[int]:
-        """Rows of ``pixel_values`` each image owns, in batch order."""
+    def image_pixel_rows(self, batch: dict[str, Any], crops: Sequence[int] | None = None) -> list[int]:
+        """Rows of ``pixel_values`` each image owns, in batch order (Gemma 3: ``crops`` per image)."""
         if self.family == "qwen2_vl":
             grid = batch.get("image_grid_thw")
             return [] if grid is None else [int(n) for n in grid.prod(dim=-1).tolist()]
+        return [1 + c for c in self.image_crops(batch, crops)]
+
+    def image_crops(self, batch: dict[str, Any], crops: Sequence[int] | None = None) -> list[int]:
+        """Gemma 3 pan-and-scan crops of each image, in batch order: ``crops``, else a ``num_crops`` the
+        batch carries (the image processor's own output has it; Gemma3Processor drops it), else none.
+        Every image owns ``1 + crops`` rows of ``pixel_values``; a total that differs is a usage error."""
         pixels = batch.get("pixel_values")
-        return [] if pixels is None else [1] * int(pixels.shape[0])
+        rows = 0 if pixels is None else int(pixels.shape[0])
+        if self.family != "gemma3":
+            return [0] * rows
+        source = "crops_per_image"
+        if crops is None and batch.get("num_crops") is not None:
+            crops, source = _flat(batch["num_crops"]), "the batch's num_crops"
+        if crops is None:
+            return [0] * rows
+        found = [int(c) for c in crops]
+        if sum(1 + c for c in found) != rows:
+            raise UsageError(
+                f"{source} gives {len(found)} image(s) with {sum(found)} pan-and-scan crop(s), "
+                f"{sum(1 + c for c in found)} pixel_values rows, but the batch has {rows}; give the pan-and-scan "
+                "options the processor was called with (SpanGuardCollator(processor_options={'do_pan_and_scan': "
+                "True, ...}))"
+            )
+        return found
 
     def video_tokens(self, batch: dict[str, Any]) -> list[int]:
         """Placeholders each video of the batch needs, in batch order (Qwen: ``video_grid_thw``)."""
@@ -144,9 +171,14 @@ class VisionSpec:
         grid = batch.get("video_grid_thw") if self.family == "qwen2_vl" else None
         return [] if grid is None else [int(n) for n in grid.prod(dim=-1).tolist()]
 
-    def _chunks(self, batch: dict[str, Any], kind: MediaKind) -> list[list[int]]:
-        """Per image (video): the placeholder runs it fills, as lengths; one run unless frames are split."""
+    def _chunks(
+        self, batch: dict[str, Any], kind: MediaKind, crops: Sequence[int] | None = None
+    ) -> list[list[int]]:
+        """Per image (video): the placeholder runs it fills, as lengths; one run unless frames are split
+        (Qwen3-VL videos) or pan-and-scan added crops (Gemma 3: the original's run, then one per crop)."""
         if kind == "image":
+            if self.family == "gemma3":
+                return [[self.tokens_per_image] * (1 + c) for c in self.image_crops(batch, crops)]
             return [[n] for n in self.image_tokens(batch)]
         if not self.video_frame_runs:
             return [[n] for n in self.video_tokens(batch)]
@@ -154,6 +186,16 @@ class VisionSpec:
         if grid is None:
             return []
         return [[h * w // self.merge_size**2] * t for t, h, w in grid.tolist()]
+
+
+def _flat(values: Any) -> list[int]:
+    """``num_crops`` as one list per image, whether flat, nested per sample, or a tensor."""
+    if isinstance(values, torch.Tensor):
+        return [int(v) for v in values.flatten().tolist()]
+    out: list[int] = []
+    for value in values:
+        out.extend(_flat(value) if isinstance(value, (list, tuple, torch.Tensor)) else [int(value)])
+    return out
 
 
 def _token_id(tokenizer: Any, token: str) -> int | None:
@@ -229,6 +271,7 @@ class ImageAccount:
     start: int | None = None  # first placeholder position, None when none is present
     end: int | None = None  # one past the last placeholder position
     kind: MediaKind = "image"
+    crops: int = 0  # Gemma 3 pan-and-scan crops: the image fills 1 + crops runs and pixel_values rows
 
     @property
     def status(self) -> Literal["ok", "cut", "missing"]:
@@ -278,14 +321,15 @@ class SampleAccount:
         details = []
         for kind, items in (("image", self.images), ("video", self.videos)):
             for item in items:
+                crops = f" (original + {item.crops} crops)" if item.crops else ""
                 if item.status == "cut":
                     details.append(
-                        f"{kind} {item.number} of {len(items)} needs {item.needed:,} placeholders, "
+                        f"{kind} {item.number} of {len(items)}{crops} needs {item.needed:,} placeholders, "
                         f"only {item.present:,} are left"
                     )
                 elif item.status == "missing":
                     details.append(
-                        f"{kind} {item.number} of {len(items)} has none of its {item.needed:,} placeholders"
+                        f"{kind} {item.number} of {len(items)}{crops} has none of its {item.needed:,} placeholders"
                     )
         if self.orphan_runs:
             owner = "no image or video" if has_video else "no image"
@@ -438,11 +482,13 @@ def account_batch(
     spec: VisionSpec,
     images_per_sample: Sequence[int] | None = None,
     videos_per_sample: Sequence[int] | None = None,
+    crops_per_image: Sequence[int] | None = None,
 ) -> list[SampleAccount]:
     """Per-sample placeholder accounting of a processed batch (a processor's or collator's output).
 
     ``images_per_sample`` (``videos_per_sample``) says how many images (videos) each sample brought
-    (the rows of ``image_grid_thw`` / ``video_grid_thw`` are in sample order). Without it, every run
+    (the rows of ``image_grid_thw`` / ``video_grid_thw`` are in sample order). ``crops_per_image``:
+    Gemma 3's pan-and-scan crops of each image of the batch, in order (see :func:`gemma3_crops`). Without it, every run
     of placeholders is taken to be one image (one video frame group), which is right unless whole
     images were cut away; with more runs than images, the extra placeholders are taken as stray
     (generated) ones.
@@ -469,7 +515,7 @@ def account_batch(
     )
     types = _type_ids(batch, input_ids)
     for kind, token_id, per_sample in kinds:
-        chunks = spec._chunks(batch, kind)
+        chunks = spec._chunks(batch, kind, crops_per_image if kind == "image" else None)
         marked, stray = _typed_positions(input_ids, token_id, types)
         rows = [sorted(m + s) for m, s in zip(marked, stray)]
         runs_per_row = [_runs(r) for r in marked]
@@ -487,9 +533,16 @@ def account_batch(
                     )
         if sum(per_sample) != len(chunks):
             source = "image_grid_thw / pixel_values" if kind == "image" else "video_grid_thw"
+            hint = ""
+            if kind == "image" and spec.family == "gemma3" and sum(per_sample) < len(chunks):
+                hint = (
+                    "; Gemma 3 pan-and-scan adds a pixel_values row per crop: give the options the processor was "
+                    "called with (SpanGuardCollator(processor_options={'do_pan_and_scan': True, ...})) or "
+                    "crops_per_image=[...]"
+                )
             raise UsageError(
                 f"{kind}s_per_sample sums to {sum(per_sample)} but the batch has {len(chunks)} {kind}(s) "
-                f"(rows of {source})"
+                f"(rows of {source}){hint}"
             )
         items_per_row: list[list[ImageAccount]] = []
         orphans_per_row: list[list[tuple[int, int]]] = []
@@ -497,7 +550,14 @@ def account_batch(
         for runs, count, strays in zip(runs_per_row, per_sample, stray):
             mine = chunks[cursor : cursor + count]
             items = [
-                ImageAccount(number=n + 1, batch_index=cursor + n, needed=sum(c), present=0, kind=kind)
+                ImageAccount(
+                    number=n + 1,
+                    batch_index=cursor + n,
+                    needed=sum(c),
+                    present=0,
+                    kind=kind,
+                    crops=len(c) - 1 if kind == "image" and spec.family == "gemma3" else 0,
+                )
                 for n, c in enumerate(mine)
             ]
             cursor += count
@@ -578,18 +638,34 @@ def _keep_rows(values: Any, rows: list[int], keep: list[int]) -> Any:
     return [values[r] for r in index]  # a list, e.g. second_per_grid_ts before tensor conversion
 
 
-def _drop_images(batch: dict[str, Any], dropped: set[int], *, spec: VisionSpec) -> None:
+def _drop_images(
+    batch: dict[str, Any], dropped: set[int], *, spec: VisionSpec, crops: Sequence[int] | None = None
+) -> None:
     if not dropped:
         return
-    rows = spec.image_pixel_rows(batch)
+    rows = spec.image_pixel_rows(batch, crops)  # Gemma 3: an image's original and its crops go together
     keep_images = [i for i in range(len(rows)) if i not in dropped]
     batch["pixel_values"] = _keep_rows(batch["pixel_values"], rows, keep_images)
     if spec.family == "qwen2_vl":
         batch["image_grid_thw"] = _keep_rows(batch["image_grid_thw"], [1] * len(rows), keep_images)
+    if batch.get("num_crops") is not None:  # one value per image, when the batch carries it
+        batch["num_crops"] = _keep_num_crops(batch["num_crops"], set(keep_images))
     if not keep_images:
         # No image left: a text-only forward. Empty pixel tensors would reach the vision tower.
-        for key in ("pixel_values", "image_grid_thw", "image_position_ids"):
+        for key in ("pixel_values", "image_grid_thw", "image_position_ids", "num_crops"):
             batch.pop(key, None)
+
+
+def _keep_num_crops(values: Any, keep: set[int]) -> Any:
+    """``num_crops`` (flat, nested per sample, or a tensor) without the dropped images' values."""
+    if isinstance(values, torch.Tensor):
+        flat = values.flatten()
+        index = torch.tensor(sorted(keep), dtype=torch.long, device=values.device)
+        return flat.index_select(0, index)
+    counter = iter(range(len(_flat(values))))
+    if values and isinstance(values[0], (list, tuple)):
+        return [[c for c in sample if next(counter) in keep] for sample in values]
+    return [c for c in values if next(counter) in keep]
 
 
 def _drop_videos(batch: dict[str, Any], dropped: set[int], *, spec: VisionSpec) -> None:
@@ -611,7 +687,12 @@ def _fix_hint(account: SampleAccount, *, max_length: int | None) -> str:
     hints = []
     if cut is not None and cut.status == "cut" and cut.start is not None:
         hints.append(f"raise max_length to at least {cut.start + cut.needed + 1:,} for this sample")
-    if cut is not None and cut.kind == "image":
+    if cut is not None and cut.kind == "image" and cut.crops:
+        hints.append(
+            f"or give this image fewer pan-and-scan crops (it has {cut.crops}: lower pan_and_scan_max_num_crops, "
+            "raise pan_and_scan_min_crop_size, or do_pan_and_scan=False)"
+        )
+    elif cut is not None and cut.kind == "image":
         hints.append("cap the image processor's max_pixels so images need fewer placeholders")
     elif cut is not None:
         hints.append("cap the video processor's max_pixels or sample fewer frames (fps, max_frames)")
@@ -642,12 +723,15 @@ def guard_batch(
     max_length: int | None = None,
     images_per_sample: Sequence[int] | None = None,
     videos_per_sample: Sequence[int] | None = None,
+    crops_per_image: Sequence[int] | None = None,
 ) -> tuple[dict[str, Any], list[SampleAccount], list[Repair]]:
     """Check a processed batch and apply ``policy`` to samples whose placeholders do not match.
 
     With ``max_length``, sequences are first cut to ``max_length`` (as a plain slice would), and the
     policy then repairs the image and video spans the cut went through. The batch keeps its number
     of samples. Returns the (possibly new) batch, the accounts *before* repair, and the repairs made.
+    ``crops_per_image``: Gemma 3 pan-and-scan crops per image (:func:`gemma3_crops`); an image and its
+    crops are checked, dropped and truncated as one.
 
     Example::
 
@@ -664,7 +748,11 @@ def guard_batch(
             batch[key] = batch[key][:, :max_length]
         length = max_length
     accounts = account_batch(
-        batch, spec=spec, images_per_sample=images_per_sample, videos_per_sample=videos_per_sample
+        batch,
+        spec=spec,
+        images_per_sample=images_per_sample,
+        videos_per_sample=videos_per_sample,
+        crops_per_image=crops_per_image,
     )
     bad = [a for a in accounts if not a.ok]
     repairs: list[Repair] = []
@@ -721,7 +809,7 @@ def guard_batch(
                 dropped[item.kind].add(item.batch_index)
             dropped_text = []
             if images_gone or not videos_gone:
-                pixel_rows = spec.image_pixel_rows(batch)
+                pixel_rows = spec.image_pixel_rows(batch, crops_per_image)
                 rows = sum(pixel_rows[i.batch_index] for i in images_gone)
                 dropped_text.append(f"{len(images_gone)} image(s) ({rows:,} pixel_values rows)")
             if videos_gone:
@@ -742,7 +830,7 @@ def guard_batch(
                     videos_dropped=[i.number for i in videos_gone],
                 )
             )
-        _drop_images(batch, dropped["image"], spec=spec)
+        _drop_images(batch, dropped["image"], spec=spec, crops=crops_per_image)
         _drop_videos(batch, dropped["video"], spec=spec)
     return batch, accounts, repairs
 
@@ -754,6 +842,7 @@ def truncate_batch(
     spec: VisionSpec,
     images_per_sample: Sequence[int] | None = None,
     videos_per_sample: Sequence[int] | None = None,
+    crops_per_image: Sequence[int] | None = None,
 ) -> tuple[dict[str, Any], list[Repair]]:
     """Cut a processed sample or batch to ``max_length`` without cutting through an image or video span.
 
@@ -775,6 +864,7 @@ def truncate_batch(
         max_length=max_length,
         images_per_sample=images_per_sample,
         videos_per_sample=videos_per_sample,
+        crops_per_image=crops_per_image,
     )
     return out, repairs
 
@@ -797,6 +887,12 @@ class SpanGuardCollator:
     Images (videos) per sample are read from each example's ``images``/``image`` (``videos``/
     ``video``) key, or from ``images_per_sample`` (``videos_per_sample``) callables.
 
+    Gemma 3 pan-and-scan: the crops of every image are worked out from the examples' images (their
+    sizes) with the processor's pan-and-scan settings, ``processor.images_kwargs`` updated with
+    ``processor_options`` (the call-time options the wrapped collator gives the processor, e.g.
+    ``{"do_pan_and_scan": True}``); see :func:`gemma3_crops`. An image and its crops are one item:
+    checked, dropped and truncated together.
+
     Example::
 
         collator = SpanGuardCollator(trainer_collator, processor=processor, policy="drop-media")
@@ -814,6 +910,7 @@ class SpanGuardCollator:
         max_length: int | None = None,
         images_per_sample: Callable[[dict[str, Any]], int] | None = None,
         videos_per_sample: Callable[[dict[str, Any]], int] | None = None,
+        processor_options: Mapping[str, Any] | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise UsageError(f"unknown policy {policy!r}; use one of: {', '.join(POLICIES)}")
@@ -823,6 +920,8 @@ class SpanGuardCollator:
             spec = vision_spec(processor)
         self.collator = collator
         self.spec = spec
+        self.processor = processor
+        self.processor_options = dict(processor_options or {})
         self.policy = policy
         self.max_length = max_length
         self._images_per_sample = images_per_sample
@@ -837,13 +936,16 @@ class SpanGuardCollator:
             "unsupervised_samples": 0,
         }
         self.repairs: list[Repair] = []  # the most recent 1,000
+        self._told_pan_and_scan = False
         self.last_accounts: list[SampleAccount] = []
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         counts = _counts(examples, self._images_per_sample, _images_in_example)
         video_counts = _counts(examples, self._videos_per_sample, _videos_in_example)
+        sizes = _image_sizes(examples) if self.spec.family == "gemma3" else None  # before the collator pops keys
         batch = self.collator(examples)
         number = self.stats["batches"]
+        crops = self._crops(sizes, batch)
         try:
             out, accounts, repairs = guard_batch(
                 batch,
@@ -852,6 +954,7 @@ class SpanGuardCollator:
                 max_length=self.max_length,
                 images_per_sample=counts,
                 videos_per_sample=video_counts,
+                crops_per_image=crops,
             )
         except SpanMismatchError as error:
             self.last_accounts = error.accounts
@@ -885,6 +988,32 @@ class SpanGuardCollator:
                 )
         return out
 
+    def _crops(self, sizes: list[tuple[int, int]] | None, batch: dict[str, Any]) -> list[int] | None:
+        """Gemma 3: each image's pan-and-scan crops, from the examples' image sizes and the processor's
+        settings; None when not Gemma 3, when the sizes are unknown, or when the batch carries num_crops."""
+        if sizes is None or batch.get("num_crops") is not None:
+            return None
+        settings = gemma3_settings(self.processor, self.processor_options, spec=self.spec)
+        crops = gemma3_crops(sizes, settings=settings)
+        pixels = batch.get("pixel_values")
+        rows = 0 if pixels is None else int(pixels.shape[0])
+        if rows > sum(1 + c for c in crops) and not settings.do_pan_and_scan:
+            # More pixel rows than images and no pan-and-scan in the settings: the wrapped collator turned it
+            # on at call time. With the processor's own crop limits the rows add up, or it is a usage error.
+            on = gemma3_settings(self.processor, {**self.processor_options, "do_pan_and_scan": True}, spec=self.spec)
+            guess = gemma3_crops(sizes, settings=on)
+            if sum(1 + c for c in guess) == rows:
+                if not self._told_pan_and_scan:
+                    logger.info(
+                        "SpanGuardCollator: %d pixel_values rows for %d images: pan-and-scan is on in the wrapped "
+                        "collator; counting crops with do_pan_and_scan=True (say so with processor_options=)",
+                        rows,
+                        len(sizes),
+                    )
+                    self._told_pan_and_scan = True
+                return guess
+        return crops
+
     def summary(self) -> str:
         """One line of counters, for the end of a run."""
         return ", ".join(f"{k.replace('_', ' ')}: {v:,}" for k, v in self.stats.items())
@@ -899,6 +1028,80 @@ def _counts(
         return [given(e) for e in examples]
     found = [read(e) for e in examples]
     return None if any(c is None for c in found) else [int(c) for c in found if c is not None]
+
+
+# --------------------------------------------------------------------------- Gemma 3 pan-and-scan
+
+
+def gemma3_settings(
+    processor: Any, options: Mapping[str, Any] | None = None, *, spec: VisionSpec | None = None
+) -> gemma3_family.Gemma3Settings:
+    """The pan-and-scan settings a ``Gemma3Processor`` call uses: its ``images_kwargs`` (the class
+    defaults, or an instance's own dict), updated with ``options`` (the call's keyword arguments).
+    The image processor's attributes do not count: ``images_kwargs`` always overrides them
+    (``ProcessorMixin._merge_kwargs``).
+
+    Example::
+
+        settings = gemma3_settings(processor, {"do_pan_and_scan": True})
+        settings.max_num_crops   # 4
+    """
+    merged = {**(getattr(processor, "images_kwargs", None) or {}), **(options or {})}
+    extra = {k: merged[k] for k in gemma3_family.EXTRA_KEYS if merged.get(k) is not None}
+    seq = spec.tokens_per_image if spec is not None else getattr(processor, "image_seq_length", None)
+    return gemma3_family.read_settings({"processor_config": {"image_seq_length": seq}}, Overrides(extra=extra))
+
+
+def gemma3_crops(
+    sizes: Sequence[tuple[int, int]], *, settings: gemma3_family.Gemma3Settings
+) -> list[int]:
+    """Pan-and-scan crops of each ``(width, height)`` image, with ``Gemma3ImageProcessorPil.pan_and_scan``'s
+    arithmetic (vlmcheck's Gemma 3 family); pass the result as ``crops_per_image``.
+
+    Example::
+
+        gemma3_crops([(900, 300), (320, 240)], settings=gemma3_settings(processor, {"do_pan_and_scan": True}))
+        # [3, 0]
+    """
+    return [gemma3_family.num_crops(int(w), int(h), settings) for w, h in sizes]
+
+
+def _image_size(image: Any) -> tuple[int, int] | None:
+    """(width, height) of a PIL image, an array / tensor (channels first or last), or a local path (header only)."""
+    size = getattr(image, "size", None)
+    if isinstance(size, tuple) and len(size) == 2:  # PIL
+        return int(size[0]), int(size[1])
+    shape = getattr(image, "shape", None)
+    if shape is not None and len(shape) in (2, 3):
+        dims = [int(d) for d in shape]
+        if len(dims) == 3:
+            # the channel axis is the small one (1, 3 or 4), first or last, as transformers infers it
+            dims = dims[1:] if dims[0] in (1, 3, 4) and dims[2] not in (1, 3, 4) else dims[:2]
+        return dims[1], dims[0]
+    if isinstance(image, str) and "://" not in image:
+        try:
+            from PIL import Image
+
+            with Image.open(image) as opened:
+                return int(opened.size[0]), int(opened.size[1])
+        except (ImportError, OSError):
+            return None
+    return None
+
+
+def _image_sizes(examples: list[dict[str, Any]]) -> list[tuple[int, int]] | None:
+    """The sizes of every example's images, in batch order; None if one is unknown."""
+    sizes: list[tuple[int, int]] = []
+    for example in examples:
+        if not isinstance(example, dict):
+            return None
+        images = example.get("images", [example["image"]] if example.get("image") is not None else [])
+        for image in images or []:
+            size = _image_size(image)
+            if size is None:
+                return None
+            sizes.append(size)
+    return sizes
 
 
 # --------------------------------------------------------------------------- when the model raises anyway
