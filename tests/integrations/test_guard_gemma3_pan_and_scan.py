@@ -77,13 +77,19 @@ def _forward(model: Any, batch: dict[str, Any]) -> None:
 
 
 def test_crops_follow_the_real_processor(processor):
-    from vlmcheck.integrations.guards import account_batch, gemma3_crops, gemma3_settings, vision_spec
+    from vlmcheck.integrations.guards import (
+        account_batch,
+        gemma3_crops,
+        gemma3_settings,
+        guard_batch,
+        vision_spec,
+    )
 
     settings = gemma3_settings(processor, {"do_pan_and_scan": True})
     assert gemma3_crops(list(WIDE), settings=settings) == list(WIDE.values())
     assert gemma3_crops(list(WIDE), settings=gemma3_settings(processor)) == [0, 0, 0, 0]  # off by default
     out = processor(images=[[_image(s)] for s in WIDE], text=[_text(processor, 1, "A.")] * len(WIDE),
-                    do_pan_and_scan=True, padding=True, return_tensors="pt")
+                    do_pan_and_scan=True, padding=True, padding_side="right", return_tensors="pt")
     assert out["pixel_values"].shape[0] == sum(1 + c for c in WIDE.values()) == 13
     assert "num_crops" not in out  # the processor drops it
     spec = vision_spec(processor)
@@ -91,6 +97,14 @@ def test_crops_follow_the_real_processor(processor):
     assert all(a.ok for a in accounts)
     assert [a.images[0].crops for a in accounts] == [2, 3, 4, 0]
     assert [a.image_tokens for a in accounts] == [768, 1024, 1280, 256]
+    # a batch that carries num_crops (the image processor's own output) is read as it is, and kept in step
+    carried = {**out, "num_crops": [[c] for c in WIDE.values()]}
+    assert all(a.ok for a in account_batch(carried, spec=spec, images_per_sample=[1] * 4))
+    # a cut 150 tokens short goes through the last crops of sample 2 (the longest: 4 crops) only
+    cut, _, repairs = guard_batch(carried, spec=spec, policy="drop-media",
+                                  max_length=out["input_ids"].shape[1] - 150, images_per_sample=[1] * 4)
+    assert [(r.sample, r.images_dropped) for r in repairs] == [(2, [1])]
+    assert cut["num_crops"] == [[2], [3], [], [0]] and cut["pixel_values"].shape[0] == 3 + 4 + 1
 
 
 def test_a_cut_through_a_crop_raises_the_real_error_and_each_policy_repairs_it(processor, model):
