@@ -115,3 +115,25 @@ def test_usage_format_examples_are_detected_as_documented(name: str, text: str) 
     assert detect_format(row) == name
     conversation = to_conversation(row, name)
     assert conversation.mismatch is None and conversation.images
+
+
+def test_readme_console_block_is_the_real_output() -> None:
+    """The README's example is the real output of the command it shows (only the timings vary)."""
+    from click.testing import CliRunner
+
+    from vlmcheck.demo.checkpoints import qwen_checkpoint
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```console\n\$ (vlmcheck scan .*?)\n(.*?)```", readme, flags=re.S)
+    assert block is not None
+    command, shown = block.groups()
+    model = str(qwen_checkpoint("qwen2_vl"))
+    args = command.split()[1:]
+    args = [model if a == "~/.cache/vlmcheck/checkpoints/qwen2_vl" else a for a in args]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ROOT)
+        result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    timing = re.compile(r"\(\d+\.\d+ s, [\d,.]+ samples/s\)")
+    assert "samples/s" in result.output
+    assert timing.sub("(T)", shown) == timing.sub("(T)", result.output)
