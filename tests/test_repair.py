@@ -332,6 +332,14 @@ def test_review_file_is_never_the_input(tmp_path: Path, model: Any) -> None:
         vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=tmp_path / "fixed.jsonl", hold="all")
 
 
+def test_manifest_is_never_the_input(tmp_path: Path, model: Any) -> None:
+    data = write_jsonl(tmp_path / "fixed.manifest.jsonl", [KINDS["text-only"][0]])
+    before = digest(data)
+    with pytest.raises(UsageError, match="manifest would be the input"):
+        vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=tmp_path / "fixed.jsonl")
+    assert digest(data) == before and not (tmp_path / "fixed.jsonl").exists()
+
+
 def test_cli_hold(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:
     images(tmp_path)
     kinds = ["good", "missing-image", "mismatch", "overlong-text", "not-an-object"]

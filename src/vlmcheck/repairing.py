@@ -761,6 +761,9 @@ def repair(
         if held_for and review_path(out).exists() and review_path(out).resolve() == path.resolve():
             raise UsageError(f"the review file would be the input: name the output of a repaired review file "
                              f"otherwise (e.g. {path.with_name('fixed-' + path.name)})")
+        if manifest_path(out).resolve() == path.resolve():
+            raise UsageError(f"the manifest would be the input ({manifest_path(out).name}): name the output "
+                             f"otherwise (e.g. {path.with_name('fixed-' + path.name)})")
         _check_output_name(out, kind)
     elif not dry_run:
         raise UsageError("pass an output path (or dry_run=True)")
