@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
-from vlm_rows import BIG, SMALL, messages_row, prompt_completion_row
+from vlm_rows import BIG, SMALL, image, messages_row, prompt_completion_row
 
 from vlmcheck.integrations.guards import (
     SpanGuardCollator,
@@ -212,3 +212,21 @@ def test_unknown_policy_is_a_usage_error(processor):
 
     with pytest.raises(UsageError, match="unknown policy 'skip'"):
         SpanGuardCollator(lambda e: {}, processor=processor, policy="skip")  # type: ignore[arg-type]
+
+
+def test_truncation_leaves_pixel_values_alone_when_their_shape_looks_like_a_sequence(processor, fresh_model):
+    """16 samples padded to 1,176 tokens, one 56x56 image (16 patch rows of 1,176 values): pixel_values has
+    the shape (batch, length) of a token tensor, but it is not one and must not be cut."""
+    spec = vision_spec(processor)
+    texts = ["<|vision_start|><|image_pad|><|vision_end|>Describe it."] + ["Hello."] * 15
+    full = processor(
+        text=texts, images=[image(SMALL)], padding="max_length", max_length=1176, return_tensors="pt"
+    )
+    assert tuple(full["pixel_values"].shape) == tuple(full["input_ids"].shape) == (16, 1176)
+    cut, accounts, repairs = guard_batch(
+        full, spec=spec, policy="truncate", max_length=64, images_per_sample=[1] + [0] * 15
+    )
+    assert cut["input_ids"].shape == (16, 64) and not repairs and all(a.ok for a in accounts)
+    assert torch.equal(cut["pixel_values"], full["pixel_values"])
+    with torch.no_grad():
+        fresh_model(**cut)

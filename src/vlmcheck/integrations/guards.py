@@ -600,10 +600,15 @@ class Repair:
 
 
 def _sequence_keys(batch: dict[str, Any], batch_size: int, length: int) -> list[str]:
+    # Pixels are never per token, even when their shape happens to be (batch, length): Qwen's 2-D
+    # pixel_values is (patches, 1176) and a batch can have as many patch rows as samples.
     return [
         key
         for key, value in batch.items()
-        if isinstance(value, torch.Tensor) and value.dim() == 2 and tuple(value.shape) == (batch_size, length)
+        if isinstance(value, torch.Tensor)
+        and value.dim() == 2
+        and tuple(value.shape) == (batch_size, length)
+        and not key.startswith("pixel_values")
     ]
 
 
