@@ -291,3 +291,24 @@ def test_cli_writes_and_overwrites_a_save_to_disk_folder(folder: Path, qwen2_vl_
         result = CliRunner().invoke(main, args, catch_exceptions=False)
         assert result.exit_code == 0 and f"output:   {out} (6 samples)" in result.output
     assert len(read(out, "arrow")) == 6
+
+
+def test_a_save_to_disk_output_never_replaces_a_folder_holding_the_input_or_other_files(
+    folder: Path, model: Any
+) -> None:
+    """Replacing an output folder removes the old one: never when it holds the input, nor when it is not a
+    save_to_disk dataset (a user's folder of other things)."""
+    from datasets import Dataset, Image, List
+
+    rows = [row("arrow", sid) for sid in SAMPLES]
+    data = folder / "ds" / "train"
+    Dataset.from_list(rows).cast_column("images", List(Image())).save_to_disk(str(data))
+    (folder / "ds" / "notes.txt").write_text("mine")
+    (folder / "other").mkdir()
+    (folder / "other" / "notes.txt").write_text("mine too")
+    before = fingerprint(folder)
+    for out, says in ((folder / "ds", "holds the input"), (data / "fixed", "inside the input"),
+                      (folder / "other", "not a save_to_disk dataset")):
+        with pytest.raises(UsageError, match=says):
+            vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=out)
+        assert fingerprint(folder) == before

@@ -765,6 +765,8 @@ def repair(
             raise UsageError(f"the manifest would be the input ({manifest_path(out).name}): name the output "
                              f"otherwise (e.g. {path.with_name('fixed-' + path.name)})")
         _check_output_name(out, kind)
+        if kind == "arrow":
+            _check_output_folder(out, path)
     elif not dry_run:
         raise UsageError("pass an output path (or dry_run=True)")
     scanner = build_scanner(
@@ -877,6 +879,19 @@ def _check_output_name(out: Path, kind: str) -> None:
     elif out.suffix.lower() not in _SUFFIXES[kind] or out.is_dir():
         raise UsageError(f"the output is written as {'Parquet' if kind == 'parquet' else 'JSON'} like the input: "
                          f"name it {' / '.join('*' + x for x in _SUFFIXES[kind])}, not {out.name}")
+
+
+def _check_output_folder(out: Path, source: Path) -> None:
+    """A ``save_to_disk`` output replaces the folder of that name, old contents and all: never one that holds
+    the input, nor one that is not a ``save_to_disk`` dataset; and never a folder inside the input."""
+    target, source = out.resolve(), source.resolve()
+    if source.is_relative_to(target):
+        raise UsageError(f"the output {out} holds the input {source}: replacing it would delete the input")
+    if target.is_relative_to(source):
+        raise UsageError(f"the output {out} is inside the input: repair never modifies its input")
+    if out.is_dir() and any(out.iterdir()) and not (out / "state.json").is_file():
+        raise UsageError(f"{out} exists and is not a save_to_disk dataset: repair replaces the output folder "
+                         "with all it holds, so name a new folder (or an earlier repair output)")
 
 
 def _chunks(rows: Iterator[Any], raws: Iterator[bytes | None]) -> Iterator[list[tuple[int, Any, bytes | None]]]:
