@@ -190,3 +190,13 @@ def test_vlmcheck_scan_stays_the_function_after_its_module_is_imported() -> None
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout == "scan vlmcheck.scan True\n"
+
+
+def test_json_summary_never_replaces_the_dataset(folder: Path, qwen2_vl_checkpoint: Path) -> None:
+    data = folder / "clean.jsonl"
+    before = data.read_bytes()
+    for command in (["scan", data, "--model", qwen2_vl_checkpoint, "--max-length", "4096"],
+                    ["repair", data, "--model", qwen2_vl_checkpoint, "--max-length", "4096", "--dry-run"]):
+        code, out = run(*command, "--json", data)
+        assert code == 2 and "--json would replace the dataset" in out
+        assert data.read_bytes() == before

@@ -195,3 +195,14 @@ def test_cli(tmp_path, qwen: Tok) -> None:  # type: ignore[no-untyped-def]
     out = json.loads(bad.output)
     assert out["masked_away"] == {"v1": 2, "mpt": 2}
     assert {v["findings"][0]["code"] for v in out["verdicts"]} == {"VT001"}
+
+
+def test_cli_usage_error_exits_2_without_a_traceback(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A folder without tokenizer.json is a usage error (exit 2), not a crash that reads as findings (exit 1)."""
+    from vlmcheck.cli import main
+
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps(ROWS), encoding="utf-8")
+    result = CliRunner().invoke(main, ["template", str(data), "--tokenizer", str(tmp_path), "--template", "trl"])
+    assert result.exit_code == 2 and result.exception is not None and isinstance(result.exception, SystemExit)
+    assert f"no tokenizer.json at {tmp_path}" in result.output

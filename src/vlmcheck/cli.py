@@ -79,6 +79,18 @@ def _parse_options(ctx: click.Context, param: click.Parameter, values: tuple[str
     return options
 
 
+def _check_json_path(json_path: str | None, dataset: str, *others: tuple[str, str | None]) -> None:
+    """``--json`` is written after the run: it must not replace the dataset (or an output of the run)."""
+    from pathlib import Path
+
+    if json_path is None:
+        return
+    target = Path(json_path).resolve()
+    for what, other in (("the dataset", dataset), *others):
+        if other is not None and Path(other).resolve() == target:
+            raise click.UsageError(f"--json would replace {what} ({other}): name another file")
+
+
 @main.command("scan")
 @click.argument("dataset", type=click.Path(path_type=str))
 @click.option("--model", "-m", required=True, help="Checkpoint folder or Hugging Face model id.")
@@ -136,6 +148,7 @@ def scan_command(dataset: str, model: str, max_length: int | None, truncation: s
         if resize not in ("processor", "qwen-vl-utils"):
             raise click.UsageError("--qwen-vl-utils contradicts --resize " + resize)
         resize = "qwen-vl-utils"
+    _check_json_path(json_path, dataset, ("the --output records", output))
     template = Path(chat_template).read_text(encoding="utf-8") if chat_template else None
     progress = _Progress(enabled=not quiet and sys.stderr.isatty())
     try:
@@ -266,6 +279,13 @@ def repair_command(dataset: str, model: str, max_length: int, output: str | None
 
     if output is None and not dry_run:
         raise click.UsageError("pass --output FILE (or --dry-run)")
+    if output is not None:
+        from vlmcheck.repairing import manifest_path, review_path
+
+        _check_json_path(json_path, dataset, ("the output", output), ("the manifest", str(manifest_path(output))),
+                         ("the review file", str(review_path(output)) if hold else None))
+    else:
+        _check_json_path(json_path, dataset)
     template = Path(chat_template).read_text(encoding="utf-8") if chat_template else None
     try:
         report = repair(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from vlmcheck.errors import VlmcheckError
 from vlmcheck.templates.check import FRAMEWORKS
 
 
@@ -38,9 +39,12 @@ def template_command(dataset: str, tokenizer: str, templates: tuple[str, ...], c
     text = Path(dataset).read_text(encoding="utf-8")
     rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
     chat = Path(chat_template).read_text(encoding="utf-8") if chat_template else None
-    report = check_template(rows, tokenizer=tokenizer, template=list(templates), legacy=legacy,
-                            chat_template=chat, max_length=max_length, instruction_part=instruction_part,
-                            response_part=response_part)
+    try:
+        report = check_template(rows, tokenizer=tokenizer, template=list(templates), legacy=legacy,
+                                chat_template=chat, max_length=max_length, instruction_part=instruction_part,
+                                response_part=response_part)
+    except VlmcheckError as e:  # a usage error exits 2, never 1 (which means findings)
+        raise click.UsageError(str(e)) from None
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render(), nl=as_json)
     if report.findings:
         raise SystemExit(1)
