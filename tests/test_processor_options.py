@@ -19,6 +19,7 @@ from gemma3_checkpoint import gemma3_checkpoint, gemma3_processor
 from vlmcheck import scan
 from vlmcheck.cli import main
 from vlmcheck.errors import UsageError
+from vlmcheck.families.base import Overrides
 from vlmcheck.model import load_model
 
 SOFT_TOKEN_ID = 262144  # <image_soft_token>, the real Gemma 3 id
@@ -85,3 +86,50 @@ def test_malformed_option_and_loaded_spec_are_usage_errors(data: Path) -> None:
         scan(data / "data.jsonl", model=load_model(gemma3_checkpoint()), processor_options={"do_pan_and_scan": True})
     with pytest.raises(UsageError, match="with exact=True"):
         scan(data / "data.jsonl", model=gemma3_checkpoint(), exact=True, processor_options={"do_pan_and_scan": True})
+
+
+@pytest.mark.parametrize("value", ["False", "false", "0", "FALSE"])
+def test_a_false_flag_spelt_any_usual_way_is_off(data: Path, value: str) -> None:
+    # `do_pan_and_scan=False` (Python's spelling) is not JSON, so it arrives as the string "False";
+    # bool("False") is True, which turned pan-and-scan on for a user asking for it off.
+    on = scan(data / "data.jsonl", model=gemma3_checkpoint(), processor_options={"do_pan_and_scan": True})
+    off = scan(data / "data.jsonl", model=gemma3_checkpoint(), processor_options={"do_pan_and_scan": value})
+    default = scan(data / "data.jsonl", model=gemma3_checkpoint())
+    assert off.to_dict()["summary"]["tokens"] == default.to_dict()["summary"]["tokens"]
+    assert off.to_dict()["summary"]["tokens"] != on.to_dict()["summary"]["tokens"]
+
+
+@pytest.mark.parametrize(("key", "value"), [("do_pan_and_scan", "yes please"), ("do_pan_and_scan", 2),
+                                            ("pan_and_scan_max_num_crops", "abc"),
+                                            ("pan_and_scan_min_ratio_to_activate", [1])])
+def test_an_option_value_of_the_wrong_kind_is_a_usage_error(data: Path, key: str, value: object) -> None:
+    with pytest.raises(UsageError, match=key):
+        load_model(gemma3_checkpoint(), overrides=Overrides(extra={key: value}))
+    result = CliRunner().invoke(main, ["scan", str(data / "data.jsonl"), "--model", str(gemma3_checkpoint()),
+                                       "--processor-option", f"{key}={json.dumps(value)}"])
+    assert result.exit_code == 2, result.output
+    assert key in result.output
+
+
+@pytest.mark.parametrize(("model", "options"), [
+    ("internvl", {"crop_to_patches": "False"}), ("internvl", {"max_patches": "many"}),
+    ("onevision", {"images_nested": "no"}), ("qwen2_vl", {"do_sample_frames": "maybe"}),
+    ("qwen2_vl", {"fps": "fast"}), ("qwen2_vl", {"video_rotation": "sideways"}),
+])
+def test_other_families_check_option_values_too(model: str, options: dict[str, object]) -> None:
+    if model == "internvl":
+        from internvl_checkpoint import internvl_checkpoint as build
+    elif model == "onevision":
+        from onevision_checkpoint import onevision_checkpoint as build
+    else:
+        from vlmcheck.demo.checkpoints import qwen_checkpoint
+
+        def build() -> Path:
+            return qwen_checkpoint("qwen2_vl")
+    (key, value), = options.items()
+    if value == "False":  # a spelling of false: accepted, and means off
+        spec = load_model(build(), overrides=Overrides(extra=options))
+        assert spec.settings.crop_to_patches is False
+        return
+    with pytest.raises(UsageError, match=key):
+        load_model(build(), overrides=Overrides(extra=options))

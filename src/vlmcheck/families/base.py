@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from vlmcheck.errors import UsageError
+
 
 @dataclass(frozen=True)
 class Overrides:
@@ -33,6 +35,42 @@ class Overrides:
 
 
 RESIZE_MODES = ("processor", "prescale", "qwen-vl-utils")
+
+_TRUE = ("true", "1")
+_FALSE = ("false", "0")
+
+
+def option_flag(key: str, value: Any) -> bool:
+    """A yes/no processor option: a bool, 0/1, or "true"/"false" in any case. ``bool("False")`` is True,
+    so a string the CLI could not read as JSON must not go through ``bool``."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise UsageError(f"processor option {key} must be true or false, got {value!r}")
+
+
+def option_int(key: str, value: Any) -> int:
+    """A whole-number processor option (a float with no fraction, or its text, is accepted)."""
+    try:
+        number = float(value) if isinstance(value, str) else value
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or number != int(number):
+            raise ValueError
+        return int(number)
+    except (ValueError, OverflowError):
+        raise UsageError(f"processor option {key} must be a whole number, got {value!r}") from None
+
+
+def option_float(key: str, value: Any) -> float:
+    """A numeric processor option."""
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError
+        return float(value)
+    except ValueError:
+        raise UsageError(f"processor option {key} must be a number, got {value!r}") from None
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlmcheck.errors import UsageError
-from vlmcheck.families.base import Expansion, ImageIssue, Overrides, single_run
+from vlmcheck.families.base import (
+    Expansion,
+    ImageIssue,
+    Overrides,
+    option_flag,
+    option_float,
+    option_int,
+    single_run,
+)
 
 # processing_gemma3.py: tokenizer.boi_token (the chat template's image placeholder) and
 # tokenizer.image_token / eoi_token (tokenizer_config.json extra_special_tokens of google/gemma-3-*)
@@ -80,10 +88,14 @@ def read_settings(preprocessor: dict[str, Any], overrides: Overrides) -> Gemma3S
 
     settings = Gemma3Settings(
         image_seq_length=int(processor.get("image_seq_length") or DEFAULT_IMAGE_SEQ_LENGTH),
-        do_pan_and_scan=bool(pick("do_pan_and_scan", DEFAULT_DO_PAN_AND_SCAN)),
-        min_crop_size=int(pick("pan_and_scan_min_crop_size", DEFAULT_MIN_CROP_SIZE)),
-        max_num_crops=int(pick("pan_and_scan_max_num_crops", DEFAULT_MAX_NUM_CROPS)),
-        min_ratio_to_activate=float(pick("pan_and_scan_min_ratio_to_activate", DEFAULT_MIN_RATIO_TO_ACTIVATE)),
+        do_pan_and_scan=option_flag("do_pan_and_scan", pick("do_pan_and_scan", DEFAULT_DO_PAN_AND_SCAN)),
+        min_crop_size=option_int("pan_and_scan_min_crop_size",
+                                 pick("pan_and_scan_min_crop_size", DEFAULT_MIN_CROP_SIZE)),
+        max_num_crops=option_int("pan_and_scan_max_num_crops",
+                                 pick("pan_and_scan_max_num_crops", DEFAULT_MAX_NUM_CROPS)),
+        min_ratio_to_activate=option_float("pan_and_scan_min_ratio_to_activate",
+                                           pick("pan_and_scan_min_ratio_to_activate",
+                                                DEFAULT_MIN_RATIO_TO_ACTIVATE)),
     )
     if settings.do_pan_and_scan and (settings.max_num_crops < 1 or settings.min_crop_size < 1):
         raise UsageError("pan_and_scan_max_num_crops and pan_and_scan_min_crop_size must be at least 1 "

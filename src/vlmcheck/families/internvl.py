@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vlmcheck.families.base import Expansion, ImageIssue, Overrides, single_run
+from vlmcheck.families.base import Expansion, ImageIssue, Overrides, option_flag, option_int, single_run
 
 # processing_internvl.py: processor.image_token = tokenizer.context_image_token; the converter's
 # tokenizer gives "<IMG_CONTEXT>" (id 151667 in the Qwen2.5-based InternVL3 checkpoints).
@@ -69,9 +69,11 @@ def read_settings(preprocessor: dict[str, Any], overrides: Overrides) -> InternV
         image_seq_length=int(processor.get("image_seq_length") or DEFAULT_IMAGE_SEQ_LENGTH),
         tile_height=int(size["height"]),
         tile_width=int(size["width"]),
-        min_patches=int(extra.get("min_patches", preprocessor.get("min_patches", DEFAULT_MIN_PATCHES))),
-        max_patches=int(extra.get("max_patches", preprocessor.get("max_patches", DEFAULT_MAX_PATCHES))),
-        crop_to_patches=bool(extra.get("crop_to_patches", DEFAULT_CROP_TO_PATCHES)),
+        min_patches=option_int("min_patches",
+                               extra.get("min_patches", preprocessor.get("min_patches", DEFAULT_MIN_PATCHES))),
+        max_patches=option_int("max_patches",
+                               extra.get("max_patches", preprocessor.get("max_patches", DEFAULT_MAX_PATCHES))),
+        crop_to_patches=option_flag("crop_to_patches", extra.get("crop_to_patches", DEFAULT_CROP_TO_PATCHES)),
     )
 
 

@@ -41,7 +41,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from vlmcheck.families.base import Expansion, ImageIssue, Overrides, single_run
+from vlmcheck.families.base import Expansion, ImageIssue, Overrides, option_flag, single_run
 
 # processing_llava_onevision.py: LlavaOnevisionProcessor(image_token="<image>", video_token="<video>")
 IMAGE_TOKEN = "<image>"
@@ -118,7 +118,7 @@ def read_settings(preprocessor: dict[str, Any], config: dict[str, Any], override
         pinpoints=tuple((int(h), int(w)) for h, w in pinpoints),
         tile_height=tile_h,
         tile_width=tile_w,
-        images_nested=bool(overrides.extra.get("images_nested", True)),
+        images_nested=option_flag("images_nested", overrides.extra.get("images_nested", True)),
     )
 
 

@@ -23,7 +23,15 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from vlmcheck.data.videos import VideoInfo, VideoProblem
-from vlmcheck.families.base import Expansion, ImageIssue, Overrides, single_run
+from vlmcheck.families.base import (
+    Expansion,
+    ImageIssue,
+    Overrides,
+    option_flag,
+    option_float,
+    option_int,
+    single_run,
+)
 
 # processing_qwen2_vl.py: the chat template writes <|vision_start|><|image_pad|><|vision_end|>
 # and the processor multiplies only <|image_pad|>.
@@ -158,18 +166,22 @@ def read_video_settings(preprocessor: dict[str, Any], overrides: Overrides, defa
               "max_video_tokens"):
         if k in extra:
             values[k] = extra[k]
-    lo = int(extra.get("video_min_pixels") or size.get("shortest_edge") or defaults["size"]["shortest_edge"])
-    hi = int(extra.get("video_max_pixels") or size.get("longest_edge") or defaults["size"]["longest_edge"])
+    lo = option_int("video_min_pixels",
+                    extra.get("video_min_pixels") or size.get("shortest_edge") or defaults["size"]["shortest_edge"])
+    hi = option_int("video_max_pixels",
+                    extra.get("video_max_pixels") or size.get("longest_edge") or defaults["size"]["longest_edge"])
     return QwenVideoSettings(
         patch_size=int(values["patch_size"]), merge_size=int(values["merge_size"]),
         temporal_patch_size=int(values["temporal_patch_size"]), min_pixels=lo, max_pixels=hi,
-        do_sample_frames=bool(values["do_sample_frames"]),
-        fps=None if values["fps"] is None else float(values["fps"]),
-        num_frames=None if values["num_frames"] is None else int(values["num_frames"]),
-        min_frames=int(values["min_frames"]), max_frames=int(values["max_frames"]),
-        cap_pixels_per_frame=bool(values["cap_pixels_per_frame"]), max_video_tokens=int(values["max_video_tokens"]),
-        resize=overrides.resize, model_seq_len=int(extra.get("model_seq_len", UTILS_MODEL_SEQ_LEN)),
-        apply_rotation=bool(extra.get("video_rotation", True)),
+        do_sample_frames=option_flag("do_sample_frames", values["do_sample_frames"]),
+        fps=None if values["fps"] is None else option_float("fps", values["fps"]),
+        num_frames=None if values["num_frames"] is None else option_int("num_frames", values["num_frames"]),
+        min_frames=option_int("min_frames", values["min_frames"]),
+        max_frames=option_int("max_frames", values["max_frames"]),
+        cap_pixels_per_frame=option_flag("cap_pixels_per_frame", values["cap_pixels_per_frame"]),
+        max_video_tokens=option_int("max_video_tokens", values["max_video_tokens"]),
+        resize=overrides.resize, model_seq_len=option_int("model_seq_len", extra.get("model_seq_len", UTILS_MODEL_SEQ_LEN)),
+        apply_rotation=option_flag("video_rotation", extra.get("video_rotation", True)),
     )
 
 
