@@ -683,3 +683,30 @@ def test_scan_cut_through_a_video_span(videos, video_processors, tmp_path) -> No
             assert found["VC201"].data["kept"] == kept_image
         else:
             assert "VC201" not in found
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen3_vl"])
+def test_a_video_option_that_is_not_a_number_is_a_finding_and_the_scan_goes_on(videos, tmp_path, model_type) -> None:
+    """A content part's fps/nframes/max_pixels come from the data: a string there made
+    ``smart_nframes``' arithmetic raise TypeError and the whole scan died. A None is an absent key
+    (Arrow fills missing struct fields with None) and counts as the part without it."""
+    from vlmcheck import scan
+
+    shutil.copy(videos / "a.mp4", tmp_path / "a.mp4")
+
+    def row(rid: str, **options: Any) -> dict[str, Any]:
+        part = {"type": "video", "video": "a.mp4", **options}
+        return {"id": rid, "messages": [{"role": "user", "content": [part, {"type": "text", "text": "hi"}]},
+                                        {"role": "assistant", "content": [{"type": "text", "text": "ok"}]}]}
+
+    rows = [row("fps", fps="x"), row("nframes", nframes="8"), row("pixels", max_pixels=[1]),
+            row("flag", fps=True), row("none", fps=None, max_pixels=None), row("plain")]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "records.jsonl"
+    report = scan(tmp_path / "d.jsonl", model=qwen_checkpoint(model_type), output=out, resize="qwen-vl-utils")
+    found = {f.id: f for f in report.findings if f.code == "VC001"}
+    assert sorted(found) == ["flag", "fps", "nframes", "pixels"]
+    assert "video option fps must be a number, got str 'x'" in found["fps"].message
+    tokens = {r["id"]: r["tokens"] for r in map(json.loads, out.read_text().splitlines())}
+    assert tokens["none"] == tokens["plain"]
+    assert tokens["plain"] > 100  # the video really was counted

@@ -17,6 +17,7 @@ Formats:
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,12 +110,27 @@ def image_ref(value: Any) -> ImageRef:
     raise RowError(f"cannot read an image from {type(value).__name__} {str(value)[:60]!r}")
 
 
+def video_options(source: dict[str, Any]) -> dict[str, Any]:
+    """The per-video keys of a content part or video entry (``VIDEO_OPTION_KEYS``). Each must be a finite
+    number: qwen-vl-utils does arithmetic on them, so a string there is a bad row, not a crash. A None
+    is an absent key (Arrow fills a struct column's missing fields with None)."""
+    options: dict[str, Any] = {}
+    for key in VIDEO_OPTION_KEYS:
+        value = source.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise RowError(f"video option {key} must be a number, got {type(value).__name__} {str(value)[:40]!r}")
+        options[key] = value
+    return options
+
+
 def video_ref(value: Any, options: dict[str, Any] | None = None) -> VideoRef:
     """Read one video entry: a path/URL string, an HF ``{"bytes", "path"}`` struct, a ``{"url": ...}``
     object, or a list of frame images (qwen-vl-utils and transformers accept those)."""
     options = dict(options or {})
     if isinstance(value, dict):
-        options.update({k: value[k] for k in VIDEO_OPTION_KEYS if k in value})
+        options.update(video_options(value))
         for key in ("video", "video_url"):
             if value.get(key) is not None:
                 return video_ref(value[key], options)
@@ -258,7 +274,7 @@ def _typed(row: dict[str, Any], turns: list[Any]) -> Conversation:
                 source = part.get("video") or part.get("video_url") or part.get("url") or part.get("path")
                 if isinstance(source, dict) and "url" in source:
                     source = source["url"]
-                options = {k: part[k] for k in VIDEO_OPTION_KEYS if k in part}
+                options = video_options(part)
                 if source is None:
                     bare_videos += 1
                 else:
