@@ -104,3 +104,16 @@ def test_logs_on_the_main_process_only(tmp_path, caplog):
         )
     assert [d.code for d in health.diagnoses] == ["loss-nan"]
     assert caplog.text == ""
+
+
+def test_checks_name_no_cause_trl_rules_out(tmp_path):
+    """Current TRL refuses num_generations=1 (and groups of one give a NaN std, not 0, where it was allowed),
+    so a reward_std of 0 never comes from it."""
+    from trl import GRPOConfig
+
+    from vlmcheck.integrations.callbacks import _CHECKS
+
+    with pytest.raises(ValueError, match="at least 2 generations"):
+        GRPOConfig(output_dir=str(tmp_path), num_generations=1, per_device_train_batch_size=2, use_cpu=True)
+    assert "num_generations" not in _CHECKS["reward-std-zero"]
+    assert "current TRL refuses num_generations=1" in _CHECKS["loss-nan"]

@@ -57,7 +57,8 @@ _CHECKS = {
     "loss-nan": (
         "a NaN/inf loss comes from non-finite logits or gradients (fp16 overflow: use bf16 or a lower learning "
         "rate; a bad sample: images with NaN pixels), or from 0/0 when a batch has no supervised token and the "
-        "loss is not clamped. In GRPO, groups of one (num_generations=1) give std 0 and a NaN advantage."
+        "loss is not clamped. In GRPO on TRL 0.14 and forks of it (R1-V), groups of one (num_generations=1) give "
+        "a NaN std and advantage; current TRL refuses num_generations=1."
     ),
     "grad-nan": (
         "non-finite gradients: lower the learning rate, set max_grad_norm, use bf16 instead of fp16, and look "
@@ -67,7 +68,7 @@ _CHECKS = {
     "reward-std-zero": (
         "every completion of every group got the same reward, so GRPO's advantages are 0 and nothing is learned: "
         "the reward function may always return the same value (a parsing failure, a format the model never "
-        "produces), num_generations may be 1, or temperature too low to give different completions."
+        "produces), or temperature is too low to give different completions."
     ),
 }
 
