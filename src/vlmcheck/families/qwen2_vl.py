@@ -314,6 +314,7 @@ def qwen2_sampled_frames(total: int, video_fps: float | None, s: QwenVideoSettin
 def qwen2_video_plan(info: VideoInfo, s: QwenVideoSettings, options: dict[str, Any]) -> VideoPlan:
     """Qwen2-VL / Qwen2.5-VL: the grid of one video (``video_processing_qwen2_vl.py``)."""
     width, height = info.size(apply_rotation=s.apply_rotation)
+    # transformers video_utils.py VideoMetadata.sampled_fps: `self.fps or 24` when the header has no rate
     fps = info.fps or 24.0
     if s.resize == "qwen-vl-utils":
         if info.fps is None:
