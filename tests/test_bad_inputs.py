@@ -240,3 +240,14 @@ def test_a_scan_that_raises_leaves_no_partial_output(bad_dataset, qwen2_vl_check
         vlmcheck.scan(dataset, model=spec(qwen2_vl_checkpoint), output=out / "r.jsonl", progress=progress)
     assert os.listdir(out) == ["r.jsonl"]
     assert (out / "r.jsonl").read_text() == "previous\n"
+
+
+def test_scan_output_never_replaces_the_dataset(tmp_path, qwen2_vl_checkpoint):
+    from vlmcheck.errors import UsageError
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n')
+    before = data.read_bytes()
+    with pytest.raises(UsageError, match="never writes over its input"):
+        vlmcheck.scan(data, model=qwen2_vl_checkpoint, output=tmp_path / "." / "d.jsonl")
+    assert data.read_bytes() == before

@@ -91,7 +91,7 @@ def test_findings_exit_1(folder: Path, qwen2_vl_checkpoint: Path) -> None:
         "\n"
         "Tokens per sample: min 110, median 110, p90 110, p99 110, max 110\n"
         "max_length that keeps samples whole: 100% -> 110, 99.9% -> 110, 99% -> 110\n"
-        "1 sample(s) have no length: a row or image could not be read\n"
+        "1 sample(s) have no length: a row or image could not be read, or the processor refuses an image\n"
         "\n"
         "Result: 1 error in 1 of 2 samples (T s, N samples/s)\n"
     )

@@ -280,7 +280,7 @@ def test_cli(tmp_path: Path, acme: Path) -> None:
         "\n"
         "Tokens per sample: min 110, median 110, p90 110, p99 110, max 110\n"
         "max_length that keeps samples whole: 100% -> 110, 99.9% -> 110, 99% -> 110\n"
-        "1 sample(s) have no length: a row or image could not be read\n"
+        "1 sample(s) have no length: a row or image could not be read, or the processor refuses an image\n"
         "\n"
         "Result: 3 errors in 2 of 2 samples (T s, N samples/s)\n"
     )

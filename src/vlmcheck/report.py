@@ -227,7 +227,7 @@ def render_text(report: Report, *, show: int = 20) -> str:
             line += f" (of the samples it can fix; {pixels['unfixable_samples']:,} are too long at any max_pixels)"
         lines.append(line)
     if s["samples_without_length"]:
-        lines.append(f"{s['samples_without_length']:,} sample(s) have no length: a row or image could not be read")
+        lines.append(f"{s['samples_without_length']:,} sample(s) have no length: a row or image could not be read, or the processor refuses an image")
     sev = s["severity"]
     verdict = ", ".join(f"{sev[k]:,} {k}{'s' if sev[k] != 1 else ''}" for k in ("error", "warning", "info") if k in sev)
     lines.append("")

@@ -185,9 +185,16 @@ class Scanner:
                 expansions.append(None)
                 continue
             width, height = info.size(exif_transpose=self.options.exif_transpose)
-            sizes.append((width, height))
-            for issue in self.family.check_image(width, height, settings):
+            issues = self.family.check_image(width, height, settings)
+            for issue in issues:
                 found.append(F.make(issue.code, f"{label}: {issue.message}", image=k, **issue.data))
+            if any(F.CATALOGUE[issue.code].severity >= F.Severity.ERROR for issue in issues):
+                # the processor raises on this image: the sample has no length to judge, and no
+                # count must leak into VC201/VC202 or the length recommendations
+                counts.append(None)
+                expansions.append(None)
+                continue
+            sizes.append((width, height))
             expansion = self.family.expand(width, height, settings)
             expansions.append(expansion)
             counts.append(expansion.features)
@@ -664,6 +671,8 @@ def scan(
         processor_options=processor_options,
     )
     spec, options, root = scanner.spec, scanner.options, scanner.root
+    if output is not None and os.path.realpath(output) == os.path.realpath(path):
+        raise UsageError(f"output {output} is the dataset itself; vlmcheck never writes over its input")
     total = count_rows(path, split=split) if progress else None
     if total is not None and limit is not None:
         total = min(total, limit)
