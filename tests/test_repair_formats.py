@@ -312,3 +312,19 @@ def test_a_save_to_disk_output_never_replaces_a_folder_holding_the_input_or_othe
         with pytest.raises(UsageError, match=says):
             vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=out)
         assert fingerprint(folder) == before
+
+
+def test_a_save_to_disk_review_folder_never_replaces_a_users_folder(folder: Path, model: Any) -> None:
+    """``--hold`` publishes ``OUT.review`` by replacing a folder of that name: never one that is not a
+    save_to_disk dataset."""
+    from datasets import Dataset, Image, List
+
+    rows = [row("arrow", sid) for sid in SAMPLES]
+    data = folder / "ds"
+    Dataset.from_list(rows).cast_column("images", List(Image())).save_to_disk(str(data))
+    (folder / "fixed.review").mkdir()
+    (folder / "fixed.review" / "notes.txt").write_text("mine")
+    before = fingerprint(folder)
+    with pytest.raises(UsageError, match="not a save_to_disk dataset"):
+        vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=folder / "fixed", hold="all")
+    assert fingerprint(folder) == before

@@ -767,6 +767,8 @@ def repair(
         _check_output_name(out, kind)
         if kind == "arrow":
             _check_output_folder(out, path)
+            if held_for:  # the review folder is replaced the same way
+                _check_output_folder(review_path(out), path)
     elif not dry_run:
         raise UsageError("pass an output path (or dry_run=True)")
     scanner = build_scanner(
