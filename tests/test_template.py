@@ -206,3 +206,22 @@ def test_cli_usage_error_exits_2_without_a_traceback(tmp_path) -> None:  # type:
     result = CliRunner().invoke(main, ["template", str(data), "--tokenizer", str(tmp_path), "--template", "trl"])
     assert result.exit_code == 2 and result.exception is not None and isinstance(result.exception, SystemExit)
     assert f"no tokenizer.json at {tmp_path}" in result.output
+
+
+def test_cli_bad_dataset_and_max_length_are_usage_errors(tmp_path):
+    from click.testing import CliRunner
+
+    from vlmcheck.cli import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"conversations": [\n')
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    result = CliRunner().invoke(main, ["template", str(bad), "--tokenizer", str(tok), "--template", "v1"])
+    assert result.exit_code == 2 and "is not a JSON list or JSON Lines file" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    good = tmp_path / "good.jsonl"
+    good.write_text("")
+    result = CliRunner().invoke(main, ["template", str(good), "--tokenizer", str(tok), "--template", "v1",
+                                       "--max-length", "0"])
+    assert result.exit_code == 2 and "--max-length" in result.output

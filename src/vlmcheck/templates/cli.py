@@ -21,7 +21,7 @@ from vlmcheck.templates.check import FRAMEWORKS
 @click.option("--chat-template", type=click.Path(exists=True, dir_okay=False, path_type=str),
               help="A Jinja chat template file to use instead of the tokenizer folder's.")
 @click.option("--legacy/--no-legacy", default=None, help="Override tokenizer.legacy as LLaVA reads it.")
-@click.option("--max-length", type=int, default=None,
+@click.option("--max-length", type=click.IntRange(min=1), default=None,
               help="Truncate as the trainer would (LLaVA model_max_length, TRL max_length, LLaMA-Factory "
                    "cutoff_len).")
 @click.option("--instruction-part", default=None, help="Unsloth's instruction_part (default: from the template).")
@@ -37,7 +37,11 @@ def template_command(dataset: str, tokenizer: str, templates: tuple[str, ...], c
     from vlmcheck.templates import check_template
 
     text = Path(dataset).read_text(encoding="utf-8")
-    rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
+    try:
+        rows = (json.loads(text) if text.lstrip().startswith("[")
+                else [json.loads(x) for x in text.splitlines() if x.strip()])
+    except json.JSONDecodeError as e:
+        raise click.UsageError(f"{dataset} is not a JSON list or JSON Lines file: {e}") from None
     chat = Path(chat_template).read_text(encoding="utf-8") if chat_template else None
     try:
         report = check_template(rows, tokenizer=tokenizer, template=list(templates), legacy=legacy,
