@@ -74,5 +74,17 @@ def records(dataset: Path, *, model: Path, out: Path | None = None, **options: A
     return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
 
 
+def scan_rows(rows: list[dict[str, Any]], *, model: Any, image_root: Path, tmp_path: Path,
+              **options: Any) -> list[dict[str, Any]]:
+    """Write ``rows`` as JSON Lines, scan them with ``model`` (a checkpoint folder or a loaded
+    ModelSpec) and return the ``--output`` records, checked to be one per row, in order."""
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    out = tmp_path / "records.jsonl"
+    vlmcheck.scan(data, model=model, image_root=image_root, output=out, **options)
+    found = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in found] == [str(row.get("id", i)) for i, row in enumerate(rows)]
+    return found
+
+
 def by_id(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {r["id"]: r for r in rows}

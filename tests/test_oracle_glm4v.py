@@ -10,7 +10,6 @@ processor rejects (aspect ratio over 200 after its small-side upscale) must carr
 
 from __future__ import annotations
 
-import json
 import random
 from functools import cache
 from itertools import groupby
@@ -19,8 +18,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from builders import scan_rows
 from glm4v_checkpoint import glm4v_checkpoint, glm4v_processor
-from vlmcheck import scan
 from vlmcheck.model import load_model
 
 IMAGE_ID = 151343
@@ -106,13 +105,6 @@ def _load(path: Path):
     return load_image(str(path))
 
 
-def _scan(rows: list[dict], folder: Path, checkpoint: Path, tmp_path: Path, **options) -> list[dict]:
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    out = tmp_path / "records.jsonl"
-    scan(data, model=checkpoint, image_root=folder, output=out, **options)
-    return [json.loads(line) for line in out.read_text().splitlines()]
-
 
 def _check(rows: list[dict], records: list[dict], processor, folder: Path) -> tuple[int, int, set[int]]:
     mismatches, images, rejected, counts = [], 0, 0, set()
@@ -140,7 +132,7 @@ def test_counts_match_the_real_processor(pool, tmp_path):
     assert load_model(checkpoint).family.name == "glm4v"
     folder = pool[0].parent
     rows = _rows(pool, random.Random(8), multi=20)
-    records = _scan(rows, folder, checkpoint, tmp_path)
+    records = scan_rows(rows, model=checkpoint, image_root=folder, tmp_path=tmp_path)
     images, rejected, counts = _check(rows, records, glm4v_processor(checkpoint), folder)
     assert images >= 150 and len(counts) > 60
     assert rejected >= 3  # (201, 1), (1, 300), (3, 601), ... are past 200:1 once upscaled
@@ -153,7 +145,7 @@ def test_max_pixels_is_the_size_longest_edge(pool, tmp_path):
     variant = glm4v_checkpoint(preprocessor={"size": size}, name="glm-4.1v-1m")
     folder = pool[0].parent
     rows = _rows(pool[:70], random.Random(9), multi=5)
-    records = _scan(rows, folder, glm4v_checkpoint(), tmp_path, max_pixels=size["longest_edge"],
+    records = scan_rows(rows, model=glm4v_checkpoint(), image_root=folder, tmp_path=tmp_path, max_pixels=size["longest_edge"],
                     min_pixels=size["shortest_edge"])
     images, _, counts = _check(rows, records, glm4v_processor(variant), folder)
     assert images >= 70 and max(counts) <= 1003520 // 2 // 28**2
@@ -169,7 +161,7 @@ def test_cut_image_span_is_vc201(pool, tmp_path):
     ids = list(processor(text=[text], images=[image])["input_ids"][0])
     first, n = ids.index(IMAGE_ID), ids.count(IMAGE_ID)
     for max_length, expect_cut in ((first + n // 2, True), (first + n, False), (first, True), (len(ids), False)):
-        rec = _scan(rows, picture.parent, checkpoint, tmp_path, max_length=max_length)[0]
+        rec = scan_rows(rows, model=checkpoint, image_root=picture.parent, tmp_path=tmp_path, max_length=max_length)[0]
         assert rec["tokens"] == len(ids)
         assert ("VC201" in rec["findings"]) is expect_cut, (max_length, rec)
         if expect_cut:

@@ -12,7 +12,6 @@ processor only.
 
 from __future__ import annotations
 
-import json
 import random
 from itertools import groupby
 from pathlib import Path
@@ -20,8 +19,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from builders import scan_rows
 from llava_next_checkpoint import llava_next_checkpoint, llava_next_processor
-from vlmcheck import scan
 
 IMAGE_TOKEN_ID = 32000
 
@@ -99,21 +98,12 @@ def _oracle(processor, row: dict, folder: Path, **kwargs) -> list[int]:
     return list(processor(text=[text], images=[images], **kwargs)["input_ids"][0])
 
 
-def _records(rows: list[dict], folder: Path, checkpoint: Path, tmp_path: Path, **options) -> list[dict]:
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = tmp_path / "records.jsonl"
-    scan(data, model=checkpoint, image_root=folder, output=out, **options)
-    records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["id"] for r in records] == [r["id"] for r in rows]
-    return records
-
 
 def test_llava_next_counts_match_the_real_processor(pool, tmp_path):
     rows = _rows(pool, random.Random(5), multi=30)
     folder = pool[0].parent
     checkpoint = llava_next_checkpoint()
-    records = _records(rows, folder, checkpoint, tmp_path)
+    records = scan_rows(rows, model=checkpoint, image_root=folder, tmp_path=tmp_path)
     processor = llava_next_processor(checkpoint)
     mismatches, images, counts = [], 0, set()
     for row, rec in zip(rows, records):
@@ -140,7 +130,7 @@ def test_image_span_cut_at_max_length_is_vc201(pool, tmp_path):
     full = [_oracle(processor, row, folder) for row in rows]
     cuts = {"cut": 0, "whole": 0}
     for max_length in (40, 700, 1200, 3000):
-        records = _records(rows, folder, checkpoint, tmp_path, max_length=max_length)
+        records = scan_rows(rows, model=checkpoint, image_root=folder, tmp_path=tmp_path, max_length=max_length)
         for row, ids, rec in zip(rows, full, records):
             start = ids.index(IMAGE_TOKEN_ID)
             end = start + rec["image_tokens"][0]

@@ -20,7 +20,6 @@ values worked out by hand.
 
 from __future__ import annotations
 
-import json
 import random
 from itertools import groupby
 from pathlib import Path
@@ -28,8 +27,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from builders import scan_rows
 from onevision_checkpoint import onevision_checkpoint, onevision_processor
-from vlmcheck import scan
 from vlmcheck.families import Overrides
 from vlmcheck.families.llava_onevision import video_tokens
 from vlmcheck.model import load_model
@@ -127,15 +126,6 @@ def _oracle(processor, row: dict, folder: Path, *, nested: bool = True, **kwargs
     return list(processor(text=[text], images=[images] if nested else images, **kwargs)["input_ids"][0])
 
 
-def _records(rows: list[dict], folder: Path, model, tmp_path: Path, **options) -> list[dict]:
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = tmp_path / "records.jsonl"
-    scan(data, model=model, image_root=folder, output=out, **options)
-    records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["id"] for r in records] == [r["id"] for r in rows]
-    return records
-
 
 def _compare(processor, rows, records, folder, *, nested: bool = True) -> tuple[int, set[int]]:
     mismatches, images, counts = [], 0, set()
@@ -154,7 +144,7 @@ def test_onevision_counts_match_the_real_processor(pool, processor, tmp_path):
     rng = random.Random(3)
     rows = _single(pool, rng) + _multi(pool, rng, 30)
     folder = pool[0].parent
-    records = _records(rows, folder, onevision_checkpoint(), tmp_path)
+    records = scan_rows(rows, model=onevision_checkpoint(), image_root=folder, tmp_path=tmp_path)
     images, counts = _compare(processor, rows, records, folder)
     assert images >= 190
     # FORMULAS.md §5.3 examples: 384², 640x480, 1920x1080; 730 = 729 + image_newline in multi-image samples
@@ -168,7 +158,7 @@ def test_flat_image_list_tiles_every_image(pool, processor, tmp_path):
     rows = _multi(small, random.Random(11), 10)
     folder = pool[0].parent
     flat = load_model(onevision_checkpoint(), overrides=Overrides(extra={"images_nested": False}))
-    records = _records(rows, folder, flat, tmp_path)
+    records = scan_rows(rows, model=flat, image_root=folder, tmp_path=tmp_path)
     images, counts = _compare(processor, rows, records, folder, nested=False)
     assert images >= 20 and 730 not in counts
 
@@ -183,7 +173,7 @@ def test_image_span_cut_at_max_length_is_vc201(pool, processor, tmp_path):
     full = [_oracle(processor, row, folder) for row in rows]
     outcomes = {"cut": 0, "whole": 0}
     for max_length in (20, 900, 2000, 3200, 9000):
-        records = _records(rows, folder, onevision_checkpoint(), tmp_path, max_length=max_length)
+        records = scan_rows(rows, model=onevision_checkpoint(), image_root=folder, tmp_path=tmp_path, max_length=max_length)
         for row, ids, rec in zip(rows, full, records):
             last_image = max(i for i, t in enumerate(ids) if t == IMAGE_TOKEN_ID)
             cut = max_length <= last_image  # some image feature falls past the cut

@@ -12,15 +12,14 @@ adds no special tokens).
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from builders import scan_rows
 from mllama_checkpoint import IMAGE_TOKEN_ID, mllama_checkpoint, mllama_processor
-from vlmcheck import scan
 from vlmcheck.model import load_model
 
 BOS_ID = 128000
@@ -95,12 +94,7 @@ def _oracle(processor, row: dict, folder: Path, **kwargs) -> list[int]:
 
 
 def _scan(rows: list[dict], folder: Path, tmp_path: Path, **options) -> list[dict]:
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = tmp_path / "records.jsonl"
-    scan(data, model=load_model(mllama_checkpoint()), image_root=folder, output=out, **options)
-    return [json.loads(line) for line in out.read_text().splitlines()]
-
+    return scan_rows(rows, model=load_model(mllama_checkpoint()), image_root=folder, tmp_path=tmp_path, **options)
 
 def test_mllama_counts_match_the_real_processor(pool, processor, tmp_path):
     folder = pool[0].parent

@@ -14,7 +14,6 @@ Gemma 3's real vocabulary cut to 256,000 pieces, the loc/seg tokens at 256000-25
 
 from __future__ import annotations
 
-import json
 import random
 from functools import lru_cache
 from itertools import groupby
@@ -23,8 +22,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from builders import scan_rows
 from paligemma_checkpoint import IMAGE_TOKEN_ID, paligemma_checkpoint, paligemma_processor
-from vlmcheck import scan
 from vlmcheck.model import load_model
 
 _processor = lru_cache(maxsize=2)(paligemma_processor)  # ~15 s to build: once per checkpoint
@@ -99,14 +98,8 @@ def _processor_ids(processor, row: dict, folder: Path, **kwargs) -> list[int]:
 
 
 def _scan(rows: list[dict], folder: Path, checkpoint: Path, tmp_path: Path, **options) -> list[dict]:
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "_call"}) + "\n" for r in rows))
-    out = tmp_path / "records.jsonl"
-    scan(data, model=_spec(checkpoint), image_root=folder, output=out, **options)
-    records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(records) == len(rows)
-    return records
-
+    rows = [{k: v for k, v in r.items() if k != "_call"} for r in rows]  # the processor call, not data
+    return scan_rows(rows, model=_spec(checkpoint), image_root=folder, tmp_path=tmp_path, **options)
 
 @pytest.mark.parametrize(("variant", "seq"), [(None, 256), ({"size": {"height": 448, "width": 448},
                                                             "image_seq_length": 1024}, 1024)])

@@ -11,7 +11,6 @@ the per-image ``image_tokens``. Images the processor rejects must carry VC107. p
 
 from __future__ import annotations
 
-import json
 import random
 from functools import cache
 from pathlib import Path
@@ -19,8 +18,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from builders import scan_rows
 from pixtral_checkpoint import pixtral_checkpoint, pixtral_processor
-from vlmcheck import scan
 from vlmcheck.model import load_model
 
 IMG, IMG_BREAK, IMG_END = 10, 12, 13
@@ -123,13 +122,6 @@ def _specials(processor, text: str) -> bool:
     return not text.startswith(processor.tokenizer.bos_token)
 
 
-def _scan(rows: list[dict], folder: Path, checkpoint: Path, tmp_path: Path, **options) -> list[dict]:
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    out = tmp_path / "records.jsonl"
-    scan(data, model=checkpoint, image_root=folder, output=out, **options)
-    return [json.loads(line) for line in out.read_text().splitlines()]
-
 
 @pytest.mark.parametrize(("name", "family"), [("pixtral-12b", "pixtral"), ("mistral-small-3.1", "mistral3")])
 def test_counts_match_the_real_processor(name, family, pool, tmp_path):
@@ -137,7 +129,7 @@ def test_counts_match_the_real_processor(name, family, pool, tmp_path):
     assert load_model(checkpoint).family.name == family
     folder = pool[0].parent
     rows = _rows(pool, random.Random(11), multi=20, system=family == "mistral3")
-    records = _scan(rows, folder, checkpoint, tmp_path)
+    records = scan_rows(rows, model=checkpoint, image_root=folder, tmp_path=tmp_path)
     assert len(records) == len(rows)
     processor = pixtral_processor(checkpoint)
     mismatches, images, rejected, counts = [], 0, 0, set()
@@ -178,7 +170,7 @@ def test_cut_between_two_rows_is_vc201(pool, tmp_path):
     between_rows = breaks[1] + 1
     before_end = ids.index(IMG_END)
     for max_length, expect_cut in ((between_rows, True), (before_end, False), (len(ids), False)):
-        rec = _scan(rows, picture.parent, checkpoint, tmp_path, max_length=max_length)[0]
+        rec = scan_rows(rows, model=checkpoint, image_root=picture.parent, tmp_path=tmp_path, max_length=max_length)[0]
         assert rec["tokens"] == len(ids)
         assert ("VC201" in rec["findings"]) is expect_cut, (max_length, rec)
         if expect_cut:
