@@ -64,6 +64,11 @@ _RULES = [
     Rule("VC003", "no-supervised-tokens", Severity.ERROR, "The sample has no assistant tokens to learn from",
          "With every label masked, the loss of this sample is 0 (or NaN when the whole batch is masked).",
          "Add the assistant turn, or drop the sample."),
+    Rule("VC006", "dropped-by-framework", Severity.WARNING, "The training framework skips this row",
+         "The framework's own converter rejects the row (roles that do not alternate, an odd number of turns, no "
+         "answer) and trains without it, logging one line among thousands: the data you count on is not trained "
+         "on.",
+         "Fix the row's turns (the message says what the framework expects), or remove it."),
     # -- images -------------------------------------------------------------------------------
     Rule("VC101", "image-missing", Severity.ERROR, "An image file does not exist",
          "The data loader raises FileNotFoundError at the step that reaches this sample.",

@@ -98,9 +98,12 @@ class ReportBuilder:
         self.max_image_tokens = 0
         self.unknown_length = 0
         self.findings: list[Finding] = []
+        self.verdicts: Counter[str] = Counter()
 
     def add(self, result: SampleResult) -> None:
         self.scanned += 1
+        if result.framework is not None:
+            self.verdicts[str(result.framework.get("verdict"))] += 1
         for f in result.findings:
             f.index, f.id = result.index, result.id
             self.counts[f.code] += 1

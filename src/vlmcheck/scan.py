@@ -77,6 +77,8 @@ class SampleResult:
     fits_max_pixels: int | None = None
     text_only_tokens: int | None = None
     video_tokens: list[int | None] = field(default_factory=list)
+    # what the training framework does with the sample (``vlmcheck check``): kept tokens, verdict, ...
+    framework: dict[str, Any] | None = None
 
     def to_record(self) -> dict[str, Any]:
         record = {
@@ -89,6 +91,8 @@ class SampleResult:
         }
         if self.video_tokens:
             record["video_tokens"] = self.video_tokens
+        if self.framework is not None:
+            record["framework"] = self.framework
         return record
 
 
@@ -680,20 +684,32 @@ def scan(
                             options=options, settings=spec.settings)
     started = time.perf_counter()
     chunks = _chunks(iter_rows(path, split=split), _CHUNK, limit)
+
+    def tick(results: Iterator[SampleResult]) -> Iterator[SampleResult]:
+        for result in results:
+            yield result
+            if progress is not None:
+                progress(builder.scanned, total)
+
+    write_records(tick(_results(scanner, spec, chunks, workers, options, root)), builder, output)
+    return builder.build(seconds=time.perf_counter() - started)
+
+
+def write_records(results: Iterator[SampleResult], builder: ReportBuilder,
+                  output: str | os.PathLike[str] | None) -> None:
+    """Feed every result to the report and, with ``output``, to a JSON Lines file that appears whole or not at
+    all."""
     sink = _AtomicLines(Path(output)) if output is not None else None
     try:
-        for result in _results(scanner, spec, chunks, workers, options, root):
+        for result in results:
             builder.add(result)
             if sink is not None:
                 sink.write(result.to_record())
-            if progress is not None:
-                progress(builder.scanned, total)
         if sink is not None:
             sink.commit()
     finally:
         if sink is not None:
             sink.discard()
-    return builder.build(seconds=time.perf_counter() - started)
 
 
 class _AtomicLines:

@@ -1,0 +1,616 @@
+"""LLaMA-Factory: the one home of its facts (config keys and defaults, ``dataset_info.json``, its own chat templates,
+per-turn tokenization, image pre-scaling, ``cutoff_len`` truncation and what happens at the cut).
+
+Modelled on LLaMA-Factory 0.9.4-0.9.5, default (v0) engine, ``stage: sft``:
+
+- **Config** (``hparams/data_args.py``, ``hparams/model_args.py``): ``cutoff_len`` 2048, ``dataset_dir`` ``data``,
+  ``media_dir`` = ``dataset_dir``, ``image_max_pixels`` 768*768, ``image_min_pixels`` 32*32, ``train_on_prompt``
+  and ``mask_history`` off, ``enable_thinking`` on, ``packing`` off (on: ``cutoff_len`` - 1 and over-long samples
+  dropped).
+- **Datasets** (``data/parser.py``): ``dataset_info.json`` entries with ``file_name``, ``formatting``
+  (``alpaca`` by default, ``sharegpt``, ``openai``), ``columns`` and ``tags``. A ``columns`` or ``tags`` object
+  replaces *every* default of its kind: a key it leaves out becomes unset. ``images`` is read only when
+  ``columns`` names it.
+- **Rows** (``data/converter.py``): a leading system turn is taken as the system prompt only when its role is
+  ``system_tag``; roles must alternate user/assistant; an odd number of turns or a bad role drops the row (LLaMA-
+  Factory logs "Skipping this abnormal example"). A missing key raises inside ``datasets.map``: the run stops.
+  Relative media paths are joined to ``media_dir`` when that file exists.
+- **Template** (``data/template.py``): each turn is formatted with the template's own strings and every formatted
+  piece is tokenized on its own with ``add_special_tokens=False``; an empty system prompt becomes the template's
+  ``default_system``; reasoning templates (``qwen3_vl``) put an empty ``<think>`` block before answers without
+  one, trained when ``enable_thinking`` is on.
+- **Images** (``data/mm_plugin.py``): opened with ``Image.open`` (no EXIF rotation), scaled by
+  sqrt(budget / pixels) with ``int`` truncation to ``image_max_pixels`` then ``image_min_pixels``; the Qwen-VL
+  plugins then stretch a side under 28 px to 28 and squash a ratio over 200 to 180:1 before the processor's own
+  ``smart_resize``. ``<image>`` becomes ``<|vision_start|>`` + one ``<|image_pad|>`` per feature +
+  ``<|vision_end|>`` *before* tokenization and truncation.
+- **Truncation** (``data/processor/supervised.py``, ``processor_utils.infer_seqlen``): pair by pair, each
+  (prompt, answer) gets a share of the remaining ``cutoff_len``. Nothing checks the image tokens afterwards: a cut
+  through an image span leaves fewer ``<|image_pad|>`` ids than the image has features, and the model's forward
+  raises "Image features and image tokens do not match" at the step that reaches the sample.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlmcheck.errors import DatasetError, UsageError
+
+NAME = "llamafactory"
+VERSIONS = "0.9.4-0.9.5 (default engine)"
+
+# hparams/data_args.py and hparams/model_args.py (ProcessorArguments) defaults
+DEFAULTS: dict[str, Any] = {
+    "cutoff_len": 2048,
+    "dataset_dir": "data",
+    "media_dir": None,  # -> dataset_dir
+    "image_max_pixels": 768 * 768,
+    "image_min_pixels": 32 * 32,
+    "train_on_prompt": False,
+    "mask_history": False,
+    "enable_thinking": True,
+    "preserve_thinking": False,
+    "packing": None,
+    "neat_packing": False,
+    "default_system": None,
+    "max_samples": None,
+    "stage": "sft",
+}
+# extras/constants.py: the placeholders in dataset text (overridable by environment, as LLaMA-Factory reads them)
+IMAGE_PLACEHOLDER_ENV = "IMAGE_PLACEHOLDER"
+VIDEO_PLACEHOLDER_ENV = "VIDEO_PLACEHOLDER"
+
+# the Qwen-VL plugins' extra image rules (mm_plugin.py Qwen2VLPlugin._preprocess_image)
+QWEN_MIN_SIDE = 28
+QWEN_MAX_RATIO = 200
+QWEN_SQUASHED_RATIO = 180
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """A multimodal plugin: the tokens an ``<image>`` becomes and the model types it serves."""
+
+    name: str
+    image_token: str
+    video_token: str
+    vision_bos: str
+    vision_eos: str
+    model_types: tuple[str, ...]
+
+
+QWEN2_VL_PLUGIN = Plugin("qwen2_vl", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
+                         ("qwen2_vl", "qwen2_5_vl"))
+QWEN3_VL_PLUGIN = Plugin("qwen3_vl", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
+                         ("qwen3_vl",))
+
+
+@dataclass(frozen=True)
+class Template:
+    """One of LLaMA-Factory's registered templates (``data/template.py`` ``register_template``): each slot string
+    holds ``{content}`` once."""
+
+    name: str
+    user: str
+    assistant: str
+    system: str
+    plugin: Plugin
+    prefix: str = ""
+    default_system: str = ""
+    reasoning: bool = False
+    thought_words: tuple[str, str] = ("<think>\n", "\n</think>\n\n")
+    efficient_eos: bool = False
+
+
+_CHATML_USER = "<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n"
+_CHATML_ASSISTANT = "{content}<|im_end|>\n"
+_CHATML_SYSTEM = "<|im_start|>system\n{content}<|im_end|>\n"
+
+TEMPLATES: dict[str, Template] = {
+    t.name: t
+    for t in (
+        Template("qwen2_vl", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, QWEN2_VL_PLUGIN,
+                 default_system="You are a helpful assistant."),
+        Template("qwen3_vl", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, QWEN3_VL_PLUGIN, reasoning=True),
+        Template("qwen3_vl_nothink", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, QWEN3_VL_PLUGIN),
+    )
+}
+
+
+# -- config -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Config:
+    """A LLaMA-Factory training config with the framework's defaults filled in."""
+
+    path: Path
+    model: str
+    template: Template
+    datasets: tuple[str, ...]
+    dataset_dir: Path
+    media_dir: Path
+    cutoff_len: int
+    image_max_pixels: int
+    image_min_pixels: int
+    train_on_prompt: bool
+    mask_history: bool
+    enable_thinking: bool
+    preserve_thinking: bool
+    packing: bool
+    default_system: str | None
+    max_samples: int | None
+    image_placeholder: str = "<image>"
+    video_placeholder: str = "<video>"
+    v1: bool = False
+    values: dict[str, Any] = field(default_factory=dict)  # as read, for the report
+
+    def setting(self, key: str, value: Any) -> str:
+        """A fix written in LLaMA-Factory's own YAML syntax."""
+        return f"{key}: {value}"
+
+
+def _flag(raw: dict[str, Any], key: str) -> bool:
+    value = raw.get(key, DEFAULTS[key])
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
+
+
+def _int(raw: dict[str, Any], key: str, path: Path) -> int:
+    value = raw.get(key, DEFAULTS[key])
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{path}: {key} must be a whole number, got {value!r}") from None
+    if number <= 0:
+        raise UsageError(f"{path}: {key} must be positive, got {number}")
+    return number
+
+
+def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, data: str | None = None,
+                path_map: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """The settings LLaMA-Factory runs with for ``raw`` (a parsed YAML), defaults filled in as it fills them.
+
+    ``model`` / ``data`` override ``model_name_or_path`` / ``dataset_dir`` (a config written on another machine);
+    ``path_map`` rewrites path prefixes in the config and the data's media paths.
+    """
+    env = os.environ if env is None else env
+    stage = str(raw.get("stage", DEFAULTS["stage"]))
+    if stage != "sft":
+        raise UsageError(f"{path}: stage {stage!r}: vlmcheck models LLaMA-Factory's sft stage only")
+    name = raw.get("template")
+    if name is None:
+        raise UsageError(f"{path}: no template set; LLaMA-Factory then parses the tokenizer's chat template, which "
+                         f"vlmcheck does not model. Set template: (one of {', '.join(TEMPLATES)})")
+    if name not in TEMPLATES:
+        raise UsageError(f"{path}: template {name!r} is not modelled by vlmcheck yet (it models "
+                         f"{', '.join(TEMPLATES)}); `vlmcheck scan --exact` counts with the model's own processor")
+    model_path = model or raw.get("model_name_or_path")
+    if not model_path:
+        raise UsageError(f"{path}: model_name_or_path is not set (or pass --model)")
+    datasets = raw.get("dataset")
+    if isinstance(datasets, str):
+        names = tuple(d.strip() for d in datasets.split(",") if d.strip())
+    elif isinstance(datasets, list):
+        names = tuple(str(d).strip() for d in datasets)
+    else:
+        names = ()
+    if not names:
+        raise UsageError(f"{path}: no dataset set")
+    mapping = dict(path_map or {})
+    dataset_dir = _locate(data or str(raw.get("dataset_dir", DEFAULTS["dataset_dir"])), path, mapping)
+    media_raw = raw.get("media_dir")
+    media_dir = _locate(str(media_raw), path, mapping) if media_raw else dataset_dir
+    packing = _flag(raw, "neat_packing") or bool(raw.get("packing") or False)
+    cutoff = _int(raw, "cutoff_len", path) - (1 if packing else 0)  # data_args.py: avoid pad_to_multiple_of
+    max_pixels = _int(raw, "image_max_pixels", path)
+    min_pixels = _int(raw, "image_min_pixels", path)
+    if max_pixels < min_pixels:
+        raise UsageError(f"{path}: image_max_pixels cannot be smaller than image_min_pixels (LLaMA-Factory refuses)")
+    if _flag(raw, "mask_history") and _flag(raw, "train_on_prompt"):
+        raise UsageError(f"{path}: mask_history is incompatible with train_on_prompt (LLaMA-Factory refuses)")
+    max_samples = raw.get("max_samples")
+    return Config(
+        path=path, model=str(_mapped(str(model_path), mapping)), template=TEMPLATES[name], datasets=names,
+        dataset_dir=dataset_dir, media_dir=media_dir, cutoff_len=cutoff, image_max_pixels=max_pixels,
+        image_min_pixels=min_pixels, train_on_prompt=_flag(raw, "train_on_prompt"),
+        mask_history=_flag(raw, "mask_history"), enable_thinking=_flag(raw, "enable_thinking"),
+        preserve_thinking=_flag(raw, "preserve_thinking"), packing=packing,
+        default_system=raw.get("default_system"),
+        max_samples=int(max_samples) if max_samples is not None else None,
+        image_placeholder=env.get(IMAGE_PLACEHOLDER_ENV, "<image>"),
+        video_placeholder=env.get(VIDEO_PLACEHOLDER_ENV, "<video>"),
+        v1=env.get("USE_V1", "0").lower() in ("1", "true"),
+        values={k: raw.get(k, DEFAULTS.get(k)) for k in (
+            "template", "cutoff_len", "image_max_pixels", "image_min_pixels", "train_on_prompt", "mask_history",
+            "enable_thinking", "packing", "dataset", "dataset_dir")},
+    )
+
+
+def _mapped(value: str, mapping: Mapping[str, str]) -> str:
+    for src, dst in sorted(mapping.items(), key=lambda kv: -len(kv[0])):
+        if value == src or value.startswith(src.rstrip("/") + "/"):
+            return dst.rstrip("/") + value[len(src.rstrip("/")):]
+    return value
+
+
+def _locate(value: str, config_path: Path, mapping: Mapping[str, str]) -> Path:
+    """A config path as LLaMA-Factory opens it (relative to where it is launched), else next to the config."""
+    path = Path(_mapped(value, mapping)).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    beside = config_path.parent / path
+    return beside if beside.exists() else path
+
+
+# -- datasets ----------------------------------------------------------------------------------------------------
+_COLUMNS = ("prompt", "query", "response", "history", "messages", "system", "tools", "images", "videos", "audios",
+            "chosen", "rejected", "kto_tag")
+_TAGS = ("role_tag", "content_tag", "user_tag", "assistant_tag", "observation_tag", "function_tag", "system_tag")
+_COLUMN_DEFAULTS: dict[str, str | None] = {
+    "prompt": "instruction", "query": "input", "response": "output", "history": None, "messages": "conversations",
+    "system": None, "tools": None, "images": None, "videos": None, "audios": None, "chosen": None,
+    "rejected": None, "kto_tag": None,
+}
+_TAG_DEFAULTS: dict[str, str | None] = {
+    "role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+    "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system",
+}
+
+
+@dataclass(frozen=True)
+class DatasetAttr:
+    """One ``dataset_info.json`` entry as LLaMA-Factory's parser reads it."""
+
+    name: str
+    file_name: str
+    formatting: str
+    ranking: bool
+    columns: dict[str, str | None]
+    tags: dict[str, str | None]
+
+    @classmethod
+    def read(cls, name: str, entry: dict[str, Any]) -> DatasetAttr:
+        if any(k in entry for k in ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")):
+            raise UsageError(f"dataset {name!r} is loaded from a hub, a script or the cloud; vlmcheck reads local "
+                             "files (point file_name at a local copy)")
+        if "file_name" not in entry:
+            raise UsageError(f"dataset {name!r} has no file_name in dataset_info.json")
+        # a "columns"/"tags" object replaces every default of its kind (DatasetAttr.join sets absent keys to None)
+        columns = dict(_COLUMN_DEFAULTS)
+        if "columns" in entry:
+            given = entry["columns"] or {}
+            columns = {k: given.get(k) for k in _COLUMNS}
+        tags = dict(_TAG_DEFAULTS)
+        if "tags" in entry:
+            given = entry["tags"] or {}
+            tags = {k: given.get(k) for k in _TAGS}
+        return cls(name=name, file_name=str(entry["file_name"]), formatting=str(entry.get("formatting", "alpaca")),
+                   ranking=bool(entry.get("ranking", False)), columns=columns, tags=tags)
+
+
+def read_dataset_info(config: Config) -> list[DatasetAttr]:
+    info_path = config.dataset_dir / "dataset_info.json"
+    import json
+
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"{info_path} not found (dataset_dir: {config.dataset_dir}; pass --data DIR for a "
+                           "config written on another machine)") from None
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"cannot read {info_path}: {e}") from None
+    if not isinstance(info, dict):
+        raise DatasetError(f"{info_path} must hold a JSON object")
+    attrs = []
+    for name in config.datasets:
+        if name not in info or not isinstance(info[name], dict):
+            raise UsageError(f"dataset {name!r} is not defined in {info_path} (LLaMA-Factory: 'Undefined dataset')")
+        attr = DatasetAttr.read(name, info[name])
+        if attr.formatting not in ("alpaca", "sharegpt", "openai"):
+            raise UsageError(f"dataset {name!r}: formatting {attr.formatting!r} is not one LLaMA-Factory reads")
+        if attr.ranking:
+            raise UsageError(f"dataset {name!r} is a ranking (preference) dataset; vlmcheck models the sft stage")
+        attrs.append(attr)
+    return attrs
+
+
+def dataset_files(config: Config, attr: DatasetAttr) -> list[Path]:
+    """The files of one dataset: ``file_name`` under ``dataset_dir``, a folder meaning every file in it."""
+    path = config.dataset_dir / attr.file_name
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise DatasetError(f"dataset {attr.name!r}: {path} holds no files")
+        return files
+    if not path.is_file():
+        raise DatasetError(f"dataset {attr.name!r}: {path} not found")
+    return [path]
+
+
+# -- rows --------------------------------------------------------------------------------------------------------
+@dataclass
+class Example:
+    """A row as LLaMA-Factory's converter leaves it: alternating user/assistant turns, a system prompt, media."""
+
+    messages: list[tuple[str, str]]  # (role, content), user first, ending with the assistant's answer
+    system: str
+    images: list[Any]
+    videos: list[Any]
+
+
+class Dropped(Exception):
+    """LLaMA-Factory skips this row with a warning (the run goes on without it)."""
+
+
+class Stops(Exception):
+    """LLaMA-Factory raises on this row while preparing the dataset: the whole run stops before step 1."""
+
+
+def _media(value: Any, config: Config) -> list[Any]:
+    """``DatasetConverter._find_medias``: a value or a list; relative paths joined to media_dir when that file
+    exists (otherwise kept as written, relative to the launch folder)."""
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else [value]
+    out: list[Any] = []
+    for item in items:
+        if isinstance(item, str):
+            joined = os.path.join(config.media_dir, item)
+            out.append(joined if os.path.isfile(joined) else item)
+        else:
+            out.append(item)
+    return out
+
+
+def _get(row: Mapping[str, Any], key: str | None) -> Any:
+    if key is None:
+        return None
+    if key not in row:
+        raise Stops(f"the row has no {key!r} field; LLaMA-Factory raises KeyError while converting it")
+    return row[key]
+
+
+def convert(row: Any, attr: DatasetAttr, config: Config) -> Example:
+    """One row through LLaMA-Factory's converter for ``attr.formatting``."""
+    if not isinstance(row, Mapping):
+        raise Stops(f"the row is a {type(row).__name__}, not an object")
+    cols, tags = attr.columns, attr.tags
+    if attr.formatting == "alpaca":
+        messages: list[tuple[str, str]] = []
+        history = _get(row, cols["history"]) if cols["history"] else None
+        if isinstance(history, list):
+            for turn in history:
+                if not isinstance(turn, (list, tuple)) or len(turn) != 2:
+                    raise Stops("a history entry is not a [prompt, response] pair")
+                messages += [("user", turn[0]), ("assistant", turn[1])]
+        query = []
+        for key in (cols["prompt"], cols["query"]):
+            if key:
+                value = _get(row, key)
+                if value:
+                    query.append(value)
+        messages.append(("user", "\n".join(str(q) for q in query)))
+        response = _get(row, cols["response"]) if cols["response"] else None
+        if not isinstance(response, str):
+            raise Dropped("no response: LLaMA-Factory treats the row as unsupervised and drops it for sft")
+        messages.append(("assistant", response))
+        system = _get(row, cols["system"]) if cols["system"] else ""
+    else:
+        turns = _get(row, cols["messages"])
+        if not isinstance(turns, list):
+            raise Stops(f"{cols['messages']!r} is not a list of turns")
+        role_tag, content_tag = tags["role_tag"], tags["content_tag"]
+        for turn in turns:
+            if not isinstance(turn, Mapping) or role_tag not in turn or content_tag not in turn:
+                raise Stops(f"a turn has no {role_tag!r}/{content_tag!r} field; LLaMA-Factory raises KeyError")
+        if attr.formatting == "openai":
+            return _convert_openai(row, turns, attr, config)
+        system_tag = tags["system_tag"]
+        if system_tag and turns and turns[0][role_tag] == system_tag:
+            system = turns[0][content_tag]
+            turns = turns[1:]
+        else:
+            system = _get(row, cols["system"]) if cols["system"] else ""
+        roles = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant",
+                 tags["observation_tag"]: "observation", tags["function_tag"]: "function"}
+        accept = ((tags["user_tag"], tags["observation_tag"]), (tags["assistant_tag"], tags["function_tag"]))
+        messages = []
+        for i, turn in enumerate(turns):
+            if turn[role_tag] not in accept[i % 2]:
+                raise Dropped(f"turn {i + 1} has role {turn[role_tag]!r} where LLaMA-Factory expects "
+                              f"{' or '.join(repr(t) for t in accept[i % 2] if t)}; it skips the row "
+                              "('Invalid role tag')")
+            messages.append((roles[turn[role_tag]], turn[content_tag]))
+        if len(messages) % 2 != 0 or not messages:
+            raise Dropped(f"{len(messages)} turns after the system prompt: LLaMA-Factory needs user/assistant "
+                          "pairs and skips the row ('Invalid message count')")
+    for role, content in messages:
+        if role in ("observation", "function"):
+            raise UsageError("tool turns (observation / function_call) are not modelled by vlmcheck yet")
+        if not isinstance(content, str):
+            raise Stops(f"a {role} turn's content is a {type(content).__name__}, not text")
+    images = _media(_get(row, cols["images"]), config) if cols["images"] else []
+    videos = _media(_get(row, cols["videos"]), config) if cols["videos"] else []
+    return Example(messages=messages, system=system if isinstance(system, str) else "", images=images,
+                   videos=videos)
+
+
+def _convert_openai(row: Mapping[str, Any], turns: list[Any], attr: DatasetAttr, config: Config) -> Example:
+    tags, cols = attr.tags, attr.columns
+    role_tag, content_tag = tags["role_tag"], tags["content_tag"]
+    if tags["system_tag"] and turns and turns[0][role_tag] == tags["system_tag"]:
+        system = turns[0][content_tag]
+        turns = turns[1:]
+    else:
+        system = row.get(cols["system"], "") if cols["system"] else ""
+    roles = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant"}
+    messages = []
+    for i, turn in enumerate(turns):
+        role = roles.get(turn[role_tag])
+        expected = ("user", "assistant")[i % 2]
+        if role != expected:
+            raise Dropped(f"turn {i + 1} has role {turn[role_tag]!r} where LLaMA-Factory expects the {expected}; "
+                          "it skips the row ('Invalid role tag')")
+        messages.append((role, turn[content_tag]))
+    if len(messages) % 2 != 0 or not messages:
+        raise Dropped(f"{len(messages)} turns: LLaMA-Factory needs user/assistant pairs and skips the row")
+    for role, content in messages:
+        if not isinstance(content, str):
+            raise Stops(f"a {role} turn's content is a {type(content).__name__}, not text")
+    images = _media(_get(row, cols["images"]), config) if cols["images"] else []
+    return Example(messages=messages, system=system if isinstance(system, str) else "", images=images, videos=[])
+
+
+# -- images ------------------------------------------------------------------------------------------------------
+class ImageRefused(Exception):
+    """LLaMA-Factory's own resize fails on this image (PIL refuses a side of 0 px): the run stops."""
+
+
+def image_size(width: int, height: int, config: Config) -> tuple[int, int]:
+    """The (width, height) the processor receives from LLaMA-Factory for an image stored as width x height
+    (``_preprocess_image``: budget scaling with int truncation, then the Qwen-VL plugin's side and ratio rules)."""
+    if width * height > config.image_max_pixels:
+        f = math.sqrt(config.image_max_pixels / (width * height))
+        width, height = int(width * f), int(height * f)
+        _check_side(width, height)
+    if width * height < config.image_min_pixels:
+        f = math.sqrt(config.image_min_pixels / (width * height))
+        width, height = int(width * f), int(height * f)
+        _check_side(width, height)
+    if config.template.plugin in (QWEN2_VL_PLUGIN, QWEN3_VL_PLUGIN):
+        if min(width, height) < QWEN_MIN_SIDE:
+            width, height = max(width, QWEN_MIN_SIDE), max(height, QWEN_MIN_SIDE)
+        if width / height > QWEN_MAX_RATIO:
+            width, height = height * QWEN_SQUASHED_RATIO, height
+        if height / width > QWEN_MAX_RATIO:
+            width, height = width, width * QWEN_SQUASHED_RATIO
+    return width, height
+
+
+def _check_side(width: int, height: int) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageRefused(f"LLaMA-Factory's pixel scaling makes it {width}x{height}; PIL's resize raises "
+                           "'height and width must be > 0'")
+
+
+# -- tokens ------------------------------------------------------------------------------------------------------
+def turns(example: Example, config: Config) -> list[list[str]]:
+    """The strings LLaMA-Factory tokenizes for ``example``: per turn (prompt and answer alternating), the
+    formatted elements, each tokenized on its own. Each ``<image>`` in a message is already
+    ``<|vision_start|><|image_pad|><|vision_end|>`` with a single pad: the encoder expands it to the image's
+    feature count (a special token, so its neighbours tokenize the same either way)."""
+    t = config.template
+    plugin = t.plugin
+    system = example.system or (config.default_system if config.default_system is not None else t.default_system)
+    messages = [list(m) for m in example.messages]
+    open_, close = t.thought_words
+    if t.reasoning and not config.enable_thinking:  # every thought removed
+        for m in messages[1::2]:
+            m[1] = _remove_thought(m[1], t)
+    discard_history = t.reasoning and config.mask_history and not config.preserve_thinking
+    if discard_history:  # all but the last answer's thought removed
+        for m in messages[1:-2:2]:
+            m[1] = _remove_thought(m[1], t)
+    collapsed = f"{plugin.vision_bos}{plugin.image_token}{plugin.vision_eos}"
+    out: list[list[str]] = []
+    for i, (role, content) in enumerate(messages):
+        elements: list[str] = []
+        if i == 0:
+            if t.prefix:
+                elements.append(t.prefix)
+            if system:
+                elements.append(t.system.replace("{content}", system))
+        content = content.replace(config.image_placeholder, collapsed)
+        elements.append((t.user if role == "user" else t.assistant).replace("{content}", content))
+        out.append(elements)
+    if t.reasoning:  # ReasoningTemplate.encode_multiturn: an empty thought block where the answer has none
+        empty = open_ + close
+        for i in ([len(messages) - 2] if discard_history else range(0, len(messages), 2)):
+            answer = messages[i + 1][1]
+            if open_.strip() not in answer and close.strip() not in answer:
+                if config.enable_thinking:  # trained: it opens the answer
+                    out[i + 1].insert(0, empty)
+                else:  # not trained: it closes the prompt
+                    out[i].append(empty)
+    return out
+
+
+def _remove_thought(content: str, t: Template) -> str:
+    import re
+
+    pattern = re.compile(f"{re.escape(t.thought_words[0])}(.*?){re.escape(t.thought_words[1])}", re.DOTALL)
+    return re.sub(pattern, "", content).lstrip("\n")
+
+
+def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
+    """``processor_utils.infer_seqlen``: the prompt and answer tokens a pair keeps under the remaining budget."""
+    if target_len * 2 < cutoff_len:
+        max_target_len = cutoff_len
+    elif source_len * 2 < cutoff_len:
+        max_target_len = cutoff_len - source_len
+    else:
+        max_target_len = int(cutoff_len * (target_len / (source_len + target_len)))
+    new_target_len = min(max_target_len, target_len)
+    max_source_len = max(cutoff_len - new_target_len, 0)
+    new_source_len = min(max_source_len, source_len)
+    return new_source_len, new_target_len
+
+
+@dataclass
+class Encoded:
+    """A sample as LLaMA-Factory builds it: per-turn token ids, ``True`` where an id is an image feature slot,
+    and which image each slot belongs to."""
+
+    turns: list[list[int]]
+    image_of: list[list[int]]  # per turn, per token: image index or -1
+
+    @property
+    def total(self) -> int:
+        return sum(len(t) for t in self.turns)
+
+
+@dataclass
+class Cut:
+    """What survives ``cutoff_len``."""
+
+    tokens: int
+    labels: int
+    image_tokens_kept: list[int]
+
+
+def truncate(encoded: Encoded, config: Config, *, images: int) -> Cut:
+    """``SupervisedDatasetProcessor._encode_data_example``: pair by pair (last pair first with mask_history)."""
+    cutoff = config.cutoff_len
+    pairs = [(i, i + 1) for i in range(0, len(encoded.turns), 2)]
+    if config.mask_history:
+        pairs = pairs[::-1]
+    total = 1 if config.template.efficient_eos else 0
+    labels = 0
+    kept = [0] * images
+    for turn_idx, (src, tgt) in enumerate(pairs):
+        if total >= cutoff:
+            break
+        s_len, t_len = infer_seqlen(len(encoded.turns[src]), len(encoded.turns[tgt]), cutoff - total)
+        total += s_len + t_len
+        if config.train_on_prompt:
+            labels += s_len
+        if not (config.mask_history and turn_idx != 0):
+            labels += t_len
+        for turn, n in ((src, s_len), (tgt, t_len)):
+            for k in encoded.image_of[turn][:n]:
+                if k >= 0:
+                    kept[k] += 1
+    return Cut(tokens=total, labels=labels, image_tokens_kept=kept)
+
+
+def iter_rows(files: list[Path]) -> Iterator[Any]:
+    from vlmcheck.data.readers import iter_rows as read
+
+    for file in files:
+        yield from read(file)
