@@ -202,6 +202,7 @@ class LlamaFactoryJudge:
             frame["verdict"] = "dropped"
             return
         if cut.tokens >= total:
+            result.fits_max_pixels = config.image_max_pixels  # whole at the current budget
             return
         whole = self._whole_cutoff(encoded, counts)
         fits = self._fit_pixels(sizes, turns) if counts else None
@@ -359,5 +360,6 @@ def check(
         "media_dir": str(cfg.media_dir), "packing": cfg.packing, "train_on_prompt": cfg.train_on_prompt,
         "mask_history": cfg.mask_history, "enable_thinking": cfg.enable_thinking,
         "verdicts": dict(sorted(builder.verdicts.items())),
+        "length_key": cfg.LENGTH_KEY, "pixels_key": cfg.PIXELS_KEY,
     }
     return report

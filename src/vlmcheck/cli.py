@@ -170,6 +170,56 @@ def scan_command(dataset: str, model: str, max_length: int | None, truncation: s
     sys.exit(report.exit_code(fail_on))
 
 
+def _path_map(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for item in values:
+        src, sep, dst = item.partition("=")
+        if not sep or not src or not dst:
+            raise click.BadParameter(f"{item!r} is not FROM=TO", ctx=ctx, param=param)
+        mapping[src] = dst
+    return mapping
+
+
+@main.command("check")
+@click.argument("config", type=click.Path(path_type=str))
+@click.option("--model", "-m", help="Use this checkpoint instead of the config's model (a config from another machine).")
+@click.option("--data", help="Use this dataset folder instead of the config's (LLaMA-Factory dataset_dir).")
+@click.option("--path-map", "path_map", multiple=True, metavar="FROM=TO", callback=_path_map,
+              help="Rewrite a path prefix in the config and the data, e.g. /mnt/data=./data (repeatable).")
+@click.option("--limit", type=click.IntRange(min=1), help="Judge only the first N rows.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), help="Write the summary as JSON.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str),
+              help="Write one JSON record per sample (.jsonl), with the framework's verdict.")
+@click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default="error", show_default=True,
+              callback=_fail_on, help="Exit 1 when a finding of this severity or worse is found.")
+@click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, help="Findings to print.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing; use the exit code.")
+def check_command(config: str, model: str | None, data: str | None, path_map: dict[str, str], limit: int | None,
+                  json_path: str | None, output: str | None, fail_on: Severity, show: int, quiet: bool) -> None:
+    """Judge every sample the way your training framework will, from the config you launch (LLaMA-Factory YAML)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from vlmcheck.check import check
+    from vlmcheck.util import atomic_write_text
+
+    _check_json_path(json_path, config, ("the --output records", output))
+    progress = _Progress(enabled=not quiet and sys.stderr.isatty())
+    try:
+        report = check(config, model=model, data=data, path_map=path_map, limit=limit, output=output,
+                       progress=progress)
+    except VlmcheckError as e:
+        progress.close()
+        raise click.UsageError(str(e)) from None
+    progress.close()
+    if json_path:
+        atomic_write_text(Path(json_path), json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    if not quiet:
+        click.echo(report.render(show=show), nl=False)
+    sys.exit(report.exit_code(fail_on))
+
+
 @main.command("demo")
 @click.option("--max-length", type=click.IntRange(min=1), default=4096, show_default=True)
 @click.option("--model-type", type=click.Choice(["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]), default="qwen2_vl",

@@ -190,7 +190,19 @@ def render_text(report: Report, *, show: int = 20) -> str:
     s = report.summary
     lines = []
     limit = f"max_length={_n(s['max_length'])} ({s['truncation']} truncation)" if s["max_length"] else "no max_length"
-    lines.append(f"vlmcheck scan: {s['dataset']}: {_n(s['samples'])} samples, {s['model_type']} at {limit}")
+    framework = s.get("framework")
+    length_key = framework["length_key"] if framework else "max_length"
+    pixels_key = framework["pixels_key"] if framework else "max_pixels"
+    if framework:
+        lines.append(f"vlmcheck check: {framework['config']}: {framework['name']} ({framework['versions']}), "
+                     f"template {framework['template']}, {_n(s['samples'])} samples of {s['dataset']}, "
+                     f"{s['model_type']} at cutoff_len={_n(s['max_length'])}")
+        lines.append(f"  images: image_max_pixels {_n(framework['image_max_pixels'])}, image_min_pixels "
+                     f"{_n(framework['image_min_pixels'])}, then the processor; media from {framework['media_dir']}")
+        verdicts = framework.get("verdicts") or {}
+        lines.append("  what the run does: " + ", ".join(f"{_n(v)} {k}" for k, v in verdicts.items()))
+    else:
+        lines.append(f"vlmcheck scan: {s['dataset']}: {_n(s['samples'])} samples, {s['model_type']} at {limit}")
     settings = s["settings"]
     if isinstance(settings, dict):
         shown = ", ".join(f"{k} {_n(v)}" for k, v in settings.items()
@@ -221,13 +233,14 @@ def render_text(report: Report, *, show: int = 20) -> str:
             f"p99 {_n(tokens['p99'])}, max {_n(tokens['max'])}"
         )
         keep = s["recommended_max_length"]
-        lines.append("max_length that keeps samples whole: " + ", ".join(f"{k} -> {_n(v)}" for k, v in keep.items()))
+        lines.append(f"{length_key} that keeps samples whole: " + ", ".join(f"{k} -> {_n(v)}" for k, v in keep.items()))
     pixels = s.get("recommended_max_pixels")
     if pixels:
         levels = ", ".join(f"{label} -> {_n(pixels[label])}" for label, _ in KEEP_LEVELS)
-        line = f"max_pixels that keeps samples whole at max_length={_n(s['max_length'])}: {levels}"
+        line = f"{pixels_key} that keeps samples whole at {length_key}={_n(s['max_length'])}: {levels}"
         if pixels["unfixable_samples"]:
-            line += f" (of the samples it can fix; {pixels['unfixable_samples']:,} are too long at any max_pixels)"
+            line += (f" (of the samples it can fix; {pixels['unfixable_samples']:,} are too long at any "
+                     f"{pixels_key})")
         lines.append(line)
     if s["samples_without_length"]:
         lines.append(f"{s['samples_without_length']:,} sample(s) have no length: a row or image could not be read, or the processor refuses an image")

@@ -42,7 +42,7 @@ from typing import Any
 from vlmcheck.errors import DatasetError, UsageError
 
 NAME = "llamafactory"
-VERSIONS = "0.9.4-0.9.5 (default engine)"
+VERSIONS = "0.9.4-0.9.5, default engine"
 
 # hparams/data_args.py and hparams/model_args.py (ProcessorArguments) defaults
 DEFAULTS: dict[str, Any] = {
@@ -146,6 +146,9 @@ class Config:
     video_placeholder: str = "<video>"
     v1: bool = False
     values: dict[str, Any] = field(default_factory=dict)  # as read, for the report
+
+    LENGTH_KEY = "cutoff_len"
+    PIXELS_KEY = "image_max_pixels"
 
     def setting(self, key: str, value: Any) -> str:
         """A fix written in LLaMA-Factory's own YAML syntax."""
