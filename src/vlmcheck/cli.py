@@ -201,7 +201,7 @@ def check_command(config: str, model: str | None, data: str | None, path_map: di
     import sys
     from pathlib import Path
 
-    from vlmcheck.check import check
+    from vlmcheck.checking import check
     from vlmcheck.util import atomic_write_text
 
     _check_json_path(json_path, config, ("the --output records", output))
