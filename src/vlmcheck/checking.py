@@ -110,6 +110,11 @@ class LlamaFactoryJudge:
             found.append(F.make("VC001", f"{e}; LLaMA-Factory stops while preparing the dataset"))
             frame["verdict"] = "stops"
             return result
+        except (TypeError, ValueError, AttributeError) as e:  # a value of a shape no converter step expects
+            found.append(F.make("VC001", f"the row cannot be converted ({type(e).__name__}: {str(e)[:200]}); "
+                                         "LLaMA-Factory raises on it while preparing the dataset"))
+            frame["verdict"] = "stops"
+            return result
         if example.videos:
             found.append(F.make("VC114", "videos under LLaMA-Factory are not counted by vlmcheck yet"))
             frame["verdict"] = "unknown"
@@ -131,6 +136,9 @@ class LlamaFactoryJudge:
                 lf.image_size(*size, self.config)
             except ImageProblem as p:
                 found.append(F.make(p.code, f"{label}: {p.message}", image=k, **p.data))
+                continue
+            except (OSError, ValueError) as e:  # a path the OS refuses (NUL byte, too long, a loop)
+                found.append(F.make("VC102", f"{label}: cannot be opened: {str(e)[:200]}", image=k))
                 continue
             except lf.ImageRefused as e:
                 found.append(F.make("VC107", f"{label}: {e}", image=k))

@@ -1,0 +1,95 @@
+"""`vlmcheck check CONFIG`: the command's contract (exit codes, outputs, refusals). What LLaMA-Factory does with each
+sample is proved against LLaMA-Factory itself in test_llamafactory_oracle.py; here, the plumbing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from vlmcheck.cli import main
+
+
+@pytest.fixture()
+def run(tmp_path: Path, qwen2_vl_checkpoint: Path) -> Path:
+    data = tmp_path / "data"
+    (data / "imgs").mkdir(parents=True)
+    Image.new("RGB", (640, 480)).save(data / "imgs" / "a.png")
+    rows = [
+        {"messages": [{"role": "user", "content": "<image>What is it?"}, {"role": "assistant", "content": "A cat."}],
+         "images": ["imgs/a.png"]},
+        {"messages": [{"role": "user", "content": "hi"}]},  # one turn: LLaMA-Factory skips it
+    ]
+    (data / "train.json").write_text(json.dumps(rows))
+    info = {"mm": {"file_name": "train.json", "formatting": "sharegpt",
+                   "columns": {"messages": "messages", "images": "images"},
+                   "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                            "assistant_tag": "assistant", "system_tag": "system"}}}
+    (data / "dataset_info.json").write_text(json.dumps(info))
+    config = tmp_path / "train.yaml"
+    config.write_text(f"model_name_or_path: {qwen2_vl_checkpoint}\nstage: sft\ntemplate: qwen2_vl\n"
+                      f"dataset: mm\ndataset_dir: {data}\ncutoff_len: 300\n")
+    return config
+
+
+def test_a_cut_image_span_exits_1_with_the_fix_in_llamafactory_syntax(run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "records.jsonl"
+    summary = tmp_path / "summary.json"
+    result = CliRunner().invoke(main, ["check", str(run), "-o", str(out), "--json", str(summary)])
+    assert result.exit_code == 1, result.output
+    assert "VC201" in result.output and "set cutoff_len: " in result.output
+    assert "what the run does: 1 crash, 1 dropped" in result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["framework"]["verdict"] for r in records] == ["crash", "dropped"]
+    assert records[0]["framework"]["kept_tokens"] == 300
+    data = json.loads(summary.read_text())
+    assert data["summary"]["framework"]["name"] == "llamafactory"
+    assert data["summary"]["framework"]["image_max_pixels"] == 768 * 768  # LLaMA-Factory's default
+
+
+def test_a_long_enough_cutoff_len_is_clean_but_for_the_dropped_row(run: Path) -> None:
+    run.write_text(run.read_text().replace("cutoff_len: 300", "cutoff_len: 4096"))
+    result = CliRunner().invoke(main, ["check", str(run), "--fail-on", "error"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["check", str(run), "--fail-on", "warning"])
+    assert result.exit_code == 1 and "VC006" in result.output
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (("template: qwen2_vl", "template: llama3"), "not modelled"),
+    (("stage: sft", "stage: dpo"), "sft stage only"),
+    (("dataset: mm", "dataset: nope"), "not defined"),
+    (("cutoff_len: 300", "cutoff_len: many"), "whole number"),
+])
+def test_what_vlmcheck_does_not_model_is_refused_with_exit_2(run: Path, edit: tuple[str, str], message: str) -> None:
+    run.write_text(run.read_text().replace(*edit))
+    result = CliRunner().invoke(main, ["check", str(run)])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_data_and_path_map_point_a_config_from_another_machine_at_local_files(run: Path, tmp_path: Path) -> None:
+    text = run.read_text()
+    data = str(tmp_path / "data")
+    run.write_text(text.replace(data, "/mnt/cluster/data"))
+    assert CliRunner().invoke(main, ["check", str(run)]).exit_code == 2  # dataset_info.json not found
+    result = CliRunner().invoke(main, ["check", str(run), "--path-map", f"/mnt/cluster/data={data}"])
+    assert result.exit_code == 1 and "VC201" in result.output
+    result = CliRunner().invoke(main, ["check", str(run), "--data", data])
+    assert result.exit_code == 1 and "VC201" in result.output
+
+
+def test_output_never_replaces_an_input(run: Path) -> None:
+    result = CliRunner().invoke(main, ["check", str(run), "-o", str(run)])
+    assert result.exit_code == 2
+    assert "model_name_or_path" in run.read_text()
+
+
+def test_library_twin() -> None:
+    import vlmcheck
+
+    assert callable(vlmcheck.check)
+    assert "check" in vlmcheck.__all__
