@@ -93,3 +93,22 @@ def test_library_twin() -> None:
 
     assert callable(vlmcheck.check)
     assert "check" in vlmcheck.__all__
+
+
+def test_lint_data_on_a_llamafactory_config_uses_the_check_path(run: Path, tmp_path: Path) -> None:
+    import vlmcheck
+
+    data = tmp_path / "data"
+    checked = vlmcheck.check(run)
+    report = vlmcheck.lint(run, data=data, device=None)
+    assert report.summary["data"]["recommended_max_length"] == checked.summary["recommended_max_length"]
+    assert "VL201" in report.counts  # cutoff_len: 300 is below the sample LLaMA-Factory builds
+
+
+def test_lint_data_with_no_countable_row_is_an_error_not_a_pass(run: Path, tmp_path: Path) -> None:
+    import vlmcheck
+
+    data = tmp_path / "data"
+    (data / "train.json").write_text("[]")
+    with pytest.raises(vlmcheck.UsageError, match="no sample could be counted"):
+        vlmcheck.lint(run, data=data, device=None)

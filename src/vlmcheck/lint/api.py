@@ -97,6 +97,11 @@ def _scan_summary(
     return summary
 
 
+def _llamafactory_run(config: str | os.PathLike[str], data: str | os.PathLike[str]) -> bool:
+    """A LLaMA-Factory YAML with a dataset folder (holding dataset_info.json) that check() can read whole."""
+    return Path(config).suffix in (".yaml", ".yml", ".json") and (Path(data) / "dataset_info.json").is_file()
+
+
 def lint(
     config: str | os.PathLike[str],
     *,
@@ -141,7 +146,17 @@ def lint(
                 scan_model = named.value
         if scan_model is None:
             raise UsageError("--data needs --model (a checkpoint folder or hub id) to count tokens")
-        summary = _scan_summary(data, scan_model, _pixel_cap(run, view))
+        scan_model = str(scan_model)
+        if run.framework == "llamafactory" and _llamafactory_run(config, data):
+            # the same path as `vlmcheck check`: LLaMA-Factory's own templates, image rules and cut
+            from vlmcheck.checking import check
+
+            summary = check(config, model=scan_model, data=data).summary
+        else:
+            summary = _scan_summary(data, scan_model, _pixel_cap(run, view))
+        if not summary.get("tokens"):
+            raise UsageError(f"--data {data}: no sample could be counted ({summary.get('samples', 0)} rows read); "
+                             "an empty or unreadable dataset cannot pass a length check")
     ctx = Context(
         run=run,
         view=view,
