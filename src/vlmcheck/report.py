@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from vlmcheck.findings import CATALOGUE, Finding, Severity
 
 if TYPE_CHECKING:
-    from vlmcheck.scan import SampleResult, ScanOptions
+    from vlmcheck.results import SampleResult
+    from vlmcheck.scan import ScanOptions
 
 KEEP_LEVELS = (("100%", 1.0), ("99.9%", 0.999), ("99%", 0.99))
 _NEVER = -1  # a sample no pixel budget makes fit

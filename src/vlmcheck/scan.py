@@ -17,7 +17,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from vlmcheck.families.base import RESIZE_MODES, Expansion, VideoFamily
 from vlmcheck.layout import TRUNCATIONS, Layout, build_layout, kept_ranges, overlap
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.report import Report, ReportBuilder
+from vlmcheck.results import SampleResult
 
 _CHUNK = 512  # one encode_batch call per chunk; larger batches tokenize faster (docs/performance.md)
 # conversation, collapsed text, features per image, image sizes, placeholder runs per image or video
@@ -61,39 +62,6 @@ class ScanOptions:
     allow_outside_root: bool = False
     check_integrity: bool = True
     split: str | None = None
-
-
-@dataclass
-class SampleResult:
-    """What the scan learned about one sample (one line of ``--output``)."""
-
-    index: int
-    id: str
-    tokens: int | None
-    image_tokens: list[int | None]
-    supervised_tokens: int | None
-    findings: list[F.Finding] = field(default_factory=list)
-    # largest max_pixels under which the sample fits max_length whole (None: never / not applicable)
-    fits_max_pixels: int | None = None
-    text_only_tokens: int | None = None
-    video_tokens: list[int | None] = field(default_factory=list)
-    # what the training framework does with the sample (``vlmcheck check``): kept tokens, verdict, ...
-    framework: dict[str, Any] | None = None
-
-    def to_record(self) -> dict[str, Any]:
-        record = {
-            "index": self.index,
-            "id": self.id,
-            "tokens": self.tokens,
-            "image_tokens": self.image_tokens,
-            "supervised_tokens": self.supervised_tokens,
-            "findings": [f.code for f in self.findings],
-        }
-        if self.video_tokens:
-            record["video_tokens"] = self.video_tokens
-        if self.framework is not None:
-            record["framework"] = self.framework
-        return record
 
 
 class Scanner:

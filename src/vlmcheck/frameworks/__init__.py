@@ -3,28 +3,57 @@
 A framework module knows how its launch config is read and what it defaults, where its data comes from and how
 rows map to conversations, how a row becomes tokens (its own templates and per-turn tokenization), how images are
 sized before the processor sees them, how it truncates, and what happens at the cut. ``vlmcheck check CONFIG``
-(:func:`vlmcheck.check`) picks the module from the config.
+(:func:`vlmcheck.check`) picks the module that claims the config.
 
-Families (``vlmcheck.families``) never import this package: a framework reads a family's counting, not the other
-way round (an import-linter contract in ``scripts/check`` holds this).
+A module provides ``claims(raw) -> bool`` (is this config mine?) and ``open_run(raw, *, path, model, data,
+path_map, env)`` returning a :class:`Run`. Families (``vlmcheck.families``) never import this package: a framework
+reads a family's counting, not the other way round (an import-linter contract in ``scripts/check`` holds this).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, Protocol
 
 from vlmcheck.errors import UsageError
+from vlmcheck.frameworks import llamafactory
+from vlmcheck.model import ModelSpec
+from vlmcheck.results import SampleResult
 
-FRAMEWORKS = ("llamafactory",)
+
+class Run(Protocol):
+    """One training run as its framework will prepare it."""
+
+    name: str
+    versions: str
+    length_key: str  # the framework's own name for the max length (cutoff_len, max_length, ...)
+    pixels_key: str  # and for the image pixel budget
+    max_length: int | None
+    spec: ModelSpec
+
+    def inputs(self) -> list[Path]: ...
+
+    def rows(self) -> Iterator[tuple[Any, Any]]: ...
+
+    def judge(self, index: int, row: Any, source: Any) -> SampleResult: ...
+
+    def shown_settings(self) -> Any: ...
+
+    def describe(self) -> dict[str, Any]: ...
 
 
-def detect(config: dict[str, Any], *, path: Path) -> str:
-    """The framework a launch config belongs to, from the keys only that framework uses."""
-    if any(key in config for key in ("cutoff_len", "template", "dataset_dir", "image_max_pixels")) and (
-        "model_name_or_path" in config
-    ):
-        return "llamafactory"
+# The registry: one line per framework module.
+MODULES: tuple[ModuleType, ...] = (llamafactory,)
+FRAMEWORKS = tuple(m.NAME for m in MODULES)
+
+
+def detect(config: dict[str, Any], *, path: Path) -> ModuleType:
+    """The framework module a launch config belongs to."""
+    for module in MODULES:
+        if module.claims(config):
+            return module
     raise UsageError(
         f"{path}: cannot tell which framework this config is for (known: {', '.join(FRAMEWORKS)}); "
         "a LLaMA-Factory config has model_name_or_path with template / cutoff_len / dataset_dir"

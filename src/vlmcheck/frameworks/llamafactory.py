@@ -35,11 +35,18 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from vlmcheck import findings as F
+from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
+from vlmcheck.data.readers import BadRow
+from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import DatasetError, UsageError
+from vlmcheck.families import Overrides
+from vlmcheck.model import ModelSpec, load_model
+from vlmcheck.results import SampleResult
 
 NAME = "llamafactory"
 VERSIONS = "0.9.4-0.9.5, default engine"
@@ -147,12 +154,6 @@ class Config:
     v1: bool = False
     values: dict[str, Any] = field(default_factory=dict)  # as read, for the report
 
-    LENGTH_KEY = "cutoff_len"
-    PIXELS_KEY = "image_max_pixels"
-
-    def setting(self, key: str, value: Any) -> str:
-        """A fix written in LLaMA-Factory's own YAML syntax."""
-        return f"{key}: {value}"
 
 
 def _flag(raw: dict[str, Any], key: str) -> bool:
@@ -503,7 +504,7 @@ def _check_side(width: int, height: int) -> None:
 
 
 # -- tokens ------------------------------------------------------------------------------------------------------
-def turns(example: Example, config: Config) -> list[list[str]]:
+def format_turns(example: Example, config: Config) -> list[list[str]]:
     """The strings LLaMA-Factory tokenizes for ``example``: per turn (prompt and answer alternating), the
     formatted elements, each tokenized on its own. Each ``<image>`` in a message is already
     ``<|vision_start|><|image_pad|><|vision_end|>`` with a single pad: the encoder expands it to the image's
@@ -613,7 +614,308 @@ def truncate(encoded: Encoded, config: Config, *, images: int) -> Cut:
 
 
 def iter_rows(files: list[Path]) -> Iterator[Any]:
-    from vlmcheck.data.readers import iter_rows as read
-
     for file in files:
-        yield from read(file)
+        yield from read_rows(file)
+
+
+def _setting(key: str, value: Any) -> str:
+    """A fix written in LLaMA-Factory's own YAML syntax."""
+    return f"{key}: {value}"
+
+
+# -- the run -----------------------------------------------------------------------------------------------------
+def claims(raw: dict[str, Any]) -> bool:
+    """A LLaMA-Factory training YAML: ``model_name_or_path`` with its own data keys."""
+    return "model_name_or_path" in raw and any(
+        key in raw for key in ("cutoff_len", "template", "dataset_dir", "image_max_pixels", "finetuning_type"))
+
+
+def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data: str | None = None,
+             path_map: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None) -> Run:
+    """The run a LLaMA-Factory config launches, ready to judge its rows."""
+    config = read_config(raw, path=path, model=model, data=data, path_map=path_map, env=env)
+    if config.v1:
+        raise UsageError("USE_V1=1 (LLaMA-Factory's v1 engine) is not modelled by vlmcheck yet: it cuts from the "
+                         "right and drops images whose span is cut; unset USE_V1 to check the default engine")
+    return Run(config, load_model(config.model, overrides=Overrides(resize="processor")))
+
+
+class Run:
+    """A LLaMA-Factory run: judges rows the way its default engine prepares them for ``stage: sft``."""
+
+    name = NAME
+    versions = VERSIONS
+    length_key = "cutoff_len"
+    pixels_key = "image_max_pixels"
+
+    def __init__(self, config: Config, spec: ModelSpec) -> None:
+        plugin = config.template.plugin
+        if spec.model_type not in plugin.model_types:
+            raise UsageError(
+                f"template {config.template.name} uses LLaMA-Factory's {plugin.name} plugin, made for "
+                f"{', '.join(plugin.model_types)}; the model is {spec.model_type}")
+        self.config = config
+        self.spec = spec
+        self.family = spec.family
+        self.settings = spec.settings
+        self.tokenizer = spec.tokenizer
+        self.pad_id = spec.token_id(plugin.image_token)
+        self.attrs = read_dataset_info(config)
+        self.max_length = config.cutoff_len
+
+    # -- the run's inputs -------------------------------------------------------------------------------------
+    def inputs(self) -> list[Path]:
+        """Every file the run reads (never to be written over)."""
+        return [self.config.path, *(f for a in self.attrs for f in dataset_files(self.config, a))]
+
+    def rows(self) -> Iterator[tuple[Any, DatasetAttr]]:
+        """Rows of the joined datasets in LLaMA-Factory's order (``max_samples`` per dataset)."""
+        for attr in self.attrs:
+            count = 0
+            for row in iter_rows(dataset_files(self.config, attr)):
+                if self.config.max_samples is not None and count >= self.config.max_samples:
+                    break
+                count += 1
+                yield row, attr
+
+    def shown_settings(self) -> Any:
+        """The processor settings with LLaMA-Factory's pre-scaling, for the report header."""
+        if hasattr(self.settings, "pre_max_pixels"):
+            return replace(self.settings, resize="prescale", pre_max_pixels=self.config.image_max_pixels,
+                           pre_min_pixels=self.config.image_min_pixels)
+        return self.settings
+
+    def describe(self) -> dict[str, Any]:
+        """The settings the verdicts rest on, for the report."""
+        cfg = self.config
+        return {
+            "name": NAME, "versions": VERSIONS, "config": str(cfg.path), "template": cfg.template.name,
+            "datasets": [a.name for a in self.attrs], "cutoff_len": cfg.cutoff_len,
+            "image_max_pixels": cfg.image_max_pixels, "image_min_pixels": cfg.image_min_pixels,
+            "dataset_dir": str(cfg.dataset_dir), "media_dir": str(cfg.media_dir), "packing": cfg.packing,
+            "train_on_prompt": cfg.train_on_prompt, "mask_history": cfg.mask_history,
+            "enable_thinking": cfg.enable_thinking, "length_key": self.length_key, "pixels_key": self.pixels_key,
+        }
+
+    # -- images -----------------------------------------------------------------------------------------------
+    def _size(self, image: Any) -> tuple[int, int]:
+        """The stored (width, height): LLaMA-Factory opens images with ``Image.open``, no EXIF rotation."""
+        if isinstance(image, Mapping):
+            data, path = image.get("bytes"), image.get("path")
+            if data:
+                return probe_bytes(bytes(data)).size(exif_transpose=False)
+            if not path:
+                raise ImageProblem("VC101", "an image struct with neither bytes nor a path")
+            image = path
+        if isinstance(image, (bytes, bytearray)):
+            return probe_bytes(bytes(image)).size(exif_transpose=False)
+        if not isinstance(image, str):
+            raise ImageProblem("VC102", f"an image given as {type(image).__name__}, which LLaMA-Factory cannot open")
+        if image.startswith(("http://", "https://", "s3://", "gs://")):
+            raise ImageProblem("VC101", f"remote image {image} is not downloaded by vlmcheck")
+        return probe_path(Path(image)).size(exif_transpose=False)
+
+    def image_tokens(self, sizes: list[tuple[int, int]], config: Config) -> list[int]:
+        return [self.family.image_tokens(*image_size(w, h, config), self.settings) for w, h in sizes]
+
+    # -- one row ----------------------------------------------------------------------------------------------
+    def judge(self, index: int, row: Any, attr: DatasetAttr) -> SampleResult:
+        result = SampleResult(index=index, id=f"{attr.name}:{index}", tokens=None, image_tokens=[],
+                              supervised_tokens=None)
+        found = result.findings
+        frame: dict[str, Any] = {"name": NAME, "dataset": attr.name, "verdict": "ok"}
+        result.framework = frame
+        if isinstance(row, BadRow):
+            found.append(F.make("VC001", f"{row.reason}; LLaMA-Factory's loader fails on the file"))
+            frame["verdict"] = "stops"
+            return result
+        if isinstance(row, Mapping) and isinstance(row.get("id"), (str, int)):
+            result.id = str(row["id"])
+        try:
+            example = convert(row, attr, self.config)
+        except Dropped as e:
+            found.append(F.make("VC006", f"LLaMA-Factory skips this row: {e}"))
+            frame["verdict"] = "dropped"
+            return result
+        except Stops as e:
+            found.append(F.make("VC001", f"{e}; LLaMA-Factory stops while preparing the dataset"))
+            frame["verdict"] = "stops"
+            return result
+        except (TypeError, ValueError, AttributeError) as e:  # a value of a shape no converter step expects
+            found.append(F.make("VC001", f"the row cannot be converted ({type(e).__name__}: {str(e)[:200]}); "
+                                         "LLaMA-Factory raises on it while preparing the dataset"))
+            frame["verdict"] = "stops"
+            return result
+        if example.videos:
+            found.append(F.make("VC114", "videos under LLaMA-Factory are not counted by vlmcheck yet"))
+            frame["verdict"] = "unknown"
+            return result
+        placeholders = sum(content.count(self.config.image_placeholder) for _, content in example.messages)
+        if placeholders != len(example.images):
+            found.append(F.make(
+                "VC002", f"{placeholders} {self.config.image_placeholder} placeholder(s) for "
+                         f"{len(example.images)} image(s): LLaMA-Factory raises 'The number of images does not "
+                         "match the number of <image> tokens' and the run stops",
+                placeholders=placeholders, images=len(example.images)))
+            frame["verdict"] = "stops"
+            return result
+        sizes: list[tuple[int, int]] = []
+        for k, image in enumerate(example.images, 1):
+            label = f"image {k} of {len(example.images)} ({str(image)[:120] if isinstance(image, str) else 'bytes'})"
+            try:
+                size = self._size(image)
+                image_size(*size, self.config)
+            except ImageProblem as p:
+                found.append(F.make(p.code, f"{label}: {p.message}", image=k, **p.data))
+                continue
+            except (OSError, ValueError) as e:  # a path the OS refuses (NUL byte, too long, a loop)
+                found.append(F.make("VC102", f"{label}: cannot be opened: {str(e)[:200]}", image=k))
+                continue
+            except ImageRefused as e:
+                found.append(F.make("VC107", f"{label}: {e}", image=k))
+                continue
+            sizes.append(size)
+        if len(sizes) != len(example.images):
+            frame["verdict"] = "stops"  # LLaMA-Factory's Image.open / resize raise inside datasets.map
+            result.image_tokens = [None] * len(example.images)
+            return result
+        counts = self.image_tokens(sizes, self.config)
+        result.image_tokens = list(counts)
+        pieces = format_turns(example, self.config)
+        encoded = self._encode(pieces, counts, found)
+        if encoded is None:
+            frame["verdict"] = "stops"
+            return result
+        full = truncate(encoded, replace(self.config, cutoff_len=encoded.total + 1), images=len(counts))
+        result.tokens = encoded.total
+        result.supervised_tokens = full.labels
+        result.text_only_tokens = encoded.total - sum(counts)
+        cut = truncate(encoded, self.config, images=len(counts))
+        frame.update(kept_tokens=cut.tokens, kept_supervised=cut.labels, kept_image_tokens=cut.image_tokens_kept)
+        self._verdict(result, encoded, cut, counts, sizes, pieces)
+        return result
+
+    def _encode(self, turns: list[list[str]], counts: list[int], found: list[F.Finding]) -> Encoded | None:
+        """Every element tokenized on its own (``add_special_tokens=False``); the k-th image pad expanded to image
+        k's feature count."""
+        flat = [element for elements in turns for element in elements]
+        encodings = self.tokenizer.encode_batch(flat, add_special_tokens=False) if flat else []
+        out_turns: list[list[int]] = []
+        image_of: list[list[int]] = []
+        k = 0
+        at = 0
+        for elements in turns:
+            ids: list[int] = []
+            owner: list[int] = []
+            for enc in encodings[at:at + len(elements)]:
+                for token in enc.ids:
+                    if token == self.pad_id:
+                        if k >= len(counts):
+                            found.append(F.make("VC002", "the text holds an image token of its own beyond the "
+                                                         f"{len(counts)} image(s): the model sees more image "
+                                                         "tokens than features and raises"))
+                            return None
+                        ids += [token] * counts[k]
+                        owner += [k] * counts[k]
+                        k += 1
+                    else:
+                        ids.append(token)
+                        owner.append(-1)
+            at += len(elements)
+            out_turns.append(ids)
+            image_of.append(owner)
+        return Encoded(turns=out_turns, image_of=image_of)
+
+    def _verdict(self, result: SampleResult, encoded: Encoded, cut: Cut, counts: list[int],
+                 sizes: list[tuple[int, int]], turns: list[list[str]]) -> None:
+        config = self.config
+        found = result.findings
+        frame = result.framework or {}
+        total = encoded.total
+        cutoff = config.cutoff_len
+        if result.supervised_tokens == 0:
+            found.append(F.make("VC003", "no answer tokens to learn from: every label is masked"))
+        if config.packing and total > cutoff:
+            found.append(F.make("VC204", f"{total:,} tokens > cutoff_len={cutoff:,}: with packing LLaMA-Factory drops "
+                                         "the sample ('Dropped lengthy example')", tokens=total, max_length=cutoff))
+            frame["verdict"] = "dropped"
+            return
+        if cut.tokens >= total:
+            result.fits_max_pixels = config.image_max_pixels  # whole at the current budget
+            return
+        whole = self._whole_cutoff(encoded, counts)
+        fits = self._fit_pixels(sizes, turns) if counts else None
+        result.fits_max_pixels = fits
+        cut_images = [k for k, n in enumerate(counts) if cut.image_tokens_kept[k] < n]
+        for k in cut_images:
+            fix = f"set {_setting('cutoff_len', whole)}"
+            if fits is not None:
+                fix += f", or {_setting('image_max_pixels', fits)} (the sample then fits whole)"
+            found.append(F.make(
+                "VC201",
+                f"image {k + 1} of {len(counts)} needs {counts[k]:,} tokens, only {cut.image_tokens_kept[k]:,} "
+                f"survive LLaMA-Factory's per-turn cut at cutoff_len={cutoff:,}; the sample is {total:,} tokens: "
+                "training stops with 'Image features and image tokens do not match'",
+                fix=fix + ", or drop the sample",
+                image=k + 1, image_tokens=counts[k], kept=cut.image_tokens_kept[k], tokens=total, max_length=cutoff))
+        if cut_images:
+            frame["verdict"] = "crash"
+        supervised = result.supervised_tokens or 0
+        if supervised and not cut.labels:
+            found.append(F.make(
+                "VC202", f"all {supervised:,} supervised tokens are cut at cutoff_len={cutoff:,} "
+                         f"(sample is {total:,} tokens)",
+                fix=f"set {_setting('cutoff_len', whole)}, shorten the prompt, or drop the sample",
+                supervised=supervised, tokens=total, max_length=cutoff))
+        elif not cut_images:
+            found.append(F.make(
+                "VC203", f"{total:,} tokens > cutoff_len={cutoff:,}: {total - cut.tokens:,} text tokens cut, "
+                         f"{supervised - cut.labels:,} of {supervised:,} supervised tokens lost",
+                fix=f"set {_setting('cutoff_len', whole)} to keep it whole",
+                tokens=total, max_length=cutoff, supervised_lost=supervised - cut.labels))
+
+    def _whole_cutoff(self, encoded: Encoded, counts: list[int]) -> int:
+        """The smallest cutoff_len that keeps the sample whole (infer_seqlen's float share can cut one token
+        of a pair that fits exactly)."""
+        for cutoff in range(encoded.total, encoded.total + 64):
+            cut = truncate(encoded, replace(self.config, cutoff_len=cutoff), images=len(counts))
+            if cut.tokens >= encoded.total:
+                return cutoff
+        return encoded.total + 64
+
+    def _fit_pixels(self, sizes: list[tuple[int, int]], turns: list[list[str]]) -> int | None:
+        """The largest image_max_pixels (a multiple of 28*28 at or above image_min_pixels) at which the sample
+        keeps every token at this cutoff_len."""
+        unit = 28 * 28
+
+        def fits(budget: int) -> bool:
+            config = replace(self.config, image_max_pixels=budget)
+            try:
+                counts = self.image_tokens(sizes, config)
+            except (ZeroDivisionError, ValueError):
+                return False
+            if any(min(image_size(w, h, config)) <= 0 for w, h in sizes):
+                return False
+            encoded = self._encode(turns, counts, [])
+            if encoded is None:
+                return False
+            return truncate(encoded, config, images=len(counts)).tokens >= encoded.total
+
+        lo = max(1, math.ceil(self.config.image_min_pixels / unit))
+        hi = self.config.image_max_pixels // unit
+        try:
+            if hi < lo or not fits(lo * unit):
+                return None
+        except ImageRefused:
+            return None
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            try:
+                ok = fits(mid * unit)
+            except ImageRefused:
+                ok = False
+            if ok:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo * unit
