@@ -40,12 +40,10 @@ from vlmcheck.integrations.guards import (
     MediaKind,
     SampleAccount,
     VisionSpec,
-    _counts_by_prefix,
-    _positions,
-    _runs,
     account_batch,
     vision_spec,
 )
+from vlmcheck.integrations.spans import counts_by_prefix, positions, runs_of
 
 T = TypeVar("T")
 
@@ -259,5 +257,5 @@ def check_rollout(
 
 def _prefix_counts(batch: dict[str, Any], spec: VisionSpec, kind: MediaKind) -> list[int]:
     token_id = spec.image_token_id if kind == "image" else spec.video_token_id
-    runs = [_runs(row) for row in _positions(batch["input_ids"], token_id)]
-    return _counts_by_prefix(runs, spec._chunks(batch, kind))
+    runs = [runs_of(row) for row in positions(batch["input_ids"], token_id)]
+    return counts_by_prefix(runs, spec._chunks(batch, kind))
