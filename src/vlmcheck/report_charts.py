@@ -128,7 +128,8 @@ def length_chart(lengths: Counter[int], *, max_length: int | None, key: str = "m
             ax.axvline(max_length, color=_ORANGE, linestyle="--", linewidth=1.8, label=f"{key} {max_length:,}")
             ax.annotate(f"{key} {max_length:,}\n{over:,} of {n:,} samples ({_pct(over, n)}) cut",
                         xy=(max_length, 1), xycoords=("data", "axes fraction"), xytext=(4, -4),
-                        textcoords="offset points", va="top", fontsize=8.5, color="black")
+                        textcoords="offset points", va="top", fontsize=8.5, color="black",
+                        bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.5})
         handles = ax.get_legend_handles_labels()[0] + cum.get_legend_handles_labels()[0]
         ax.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     where = (f" The dashed line is {key}={max_length:,}: {over:,} of {n:,} samples ({_pct(over, n)}) are longer "

@@ -161,8 +161,7 @@ def _findings(s: dict[str, Any]) -> str:
             f"<a href='{DOCS}#{rule.anchor}'>{_e(code)}</a>",
             f"<span class='sev-{sev}'>{_e(_MARK[sev])}</span>",
             f"{counts[code]:,}",
-            f"<strong>{_e(rule.title)}</strong> <code>{_e(rule.name)}</code>"
-            f"<details><summary>why it breaks</summary>{_e(rule.why)}</details>",
+            f"{_e(rule.title)} <code class='muted'>{_e(rule.name)}</code>",
             _e(rule.fix),
             f"<a href='#samples-{rule.anchor}'>examples</a>",
         ])
@@ -269,7 +268,7 @@ def _samples(report: Report) -> str:
         rule = CATALOGUE[code]
         out.append(f"<section aria-labelledby='samples-{rule.anchor}'><h3 id='samples-{rule.anchor}'>{_e(code)} "
                    f"<code>{_e(rule.name)}</code>: {len(previews)} of {counts.get(code, len(previews)):,} "
-                   f"sample(s)</h3>")
+                   f"sample(s)</h3><p>{_e(rule.why)}</p>")
         chart = C.layout_chart(previews, code=code, chart_id=f"layout-{rule.anchor}")
         if chart is not None:
             out.append(_figure(chart))
