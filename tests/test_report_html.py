@@ -171,6 +171,11 @@ def test_check_writes_the_same_report(tmp_path: Path, qwen2_vl_checkpoint: Path)
     page = out.read_text(encoding="utf-8")
     assert "vlmcheck check report" in page and "cutoff_len" in page and "llamafactory" in page
     assert "the framework&#x27;s verdict: crash, keeps 300 tokens" in page
+    # the same previews as a scan's: the image, and the layout LLaMA-Factory builds with what its per-turn cut keeps
+    assert "<figure id='layout-vc201'" in page and "<img src='data:image/jpeg;base64," in page
+    layout = re.search(r"<figure id='layout-vc201'.*?</figure>", page, flags=re.S).group(0)  # type: ignore[union-attr]
+    assert re.search(r"<td>sample 0 \(mm:0\)</td><td>\d+</td><td>image 1 [\d,]+-[\d,]+</td><td>[\d,]+-[\d,]+</td>"
+                     r"<td>cut: [\d,]+-[\d,]+", layout), layout[-800:]
     assert "<figure id='lengths'" in page and offline_problems(page) == []
     assert "  <- cutoff_len 300" not in result.output  # all 12 samples have one length: one bin, nothing over
 

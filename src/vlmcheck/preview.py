@@ -85,7 +85,9 @@ class Previewer:
         return any(self.taken[f.code] < self.per_code for f in result.findings)
 
     def make(self, result: SampleResult, *, images: Sequence[ImageRef] = (), layout: Layout | None = None,
-             kinds: Sequence[str] = ()) -> dict[str, Any]:
+             kinds: Sequence[str] = (), spans: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The preview of ``result``: thumbnails of ``images`` (those a finding names first) and the token layout,
+        from a scan's ``layout`` or as ready ``spans`` (see :func:`layout_spans`) from a framework's judge."""
         for code in {f.code for f in result.findings}:
             self.taken[code] += 1
         named = [f.data["image"] for f in result.findings if isinstance(f.data.get("image"), int)]
@@ -105,7 +107,9 @@ class Previewer:
                 entry["note"] = f"cannot be decoded ({type(e).__name__})"
             shown.append(entry)
         preview: dict[str, Any] = {"images": shown, "image_count": len(images)}
-        if layout is not None:
+        if spans is not None:
+            preview["layout"] = spans
+        elif layout is not None:
             preview["layout"] = layout_spans(layout, kinds=kinds, max_length=self.max_length,
                                              truncation=self.truncation)
         return preview

@@ -307,12 +307,11 @@ def layout_chart(previews: Sequence[dict[str, Any]], *, code: str, chart_id: str
             Patch(facecolor="#f2f2f2", edgecolor="#555555", label="text"),
             Patch(facecolor=_BLUE, alpha=0.7, edgecolor="black", hatch="///", label="image span"),
             Patch(facecolor=_GREEN, edgecolor=_GREEN, label="supervised (thin bar)"),
-            Patch(facecolor="none", edgecolor="#b00020", hatch="xx", label="removed by truncation"),
+            Patch(facecolor="none", edgecolor="#b00020", hatch="xx", label="cut off"),
         ]
         if any(m[2] == "video" for p in shown for m in p["layout"]["media"]):
             legend.insert(2, Patch(facecolor=_ORANGE, alpha=0.7, edgecolor="black", hatch="ooo", label="video span"))
-        ax.legend(handles=legend, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(legend), fontsize=8,
-                  frameon=False)
+        fig.legend(handles=legend, loc="outside upper center", ncol=len(legend), fontsize=8, frameon=False)
     desc = f"Token layout of {len(shown)} sample(s) with {code}. " + "; ".join(sentences) + "."
     return _make(fig, chart_id, f"{code}: token layout", desc,
                  ["sample", "tokens", "media spans", "supervised spans", "truncation"], rows)
