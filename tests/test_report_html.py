@@ -63,7 +63,7 @@ def test_the_page_shows_findings_charts_previews_and_settings(demo_report: tuple
                          rf"<td class=num>{count:,}</td>", page), code
         section = page.split(f"id='samples-{rule.anchor}'>")[1].split("</section>")[0]
         assert 1 <= section.count("class='card'") <= PREVIEWS_PER_CODE
-    for chart in ("lengths", "coverage-length", "coverage-pixels", "image-tokens", "images-per-sample",
+    for chart in ("length-histogram", "coverage-length", "coverage-pixels", "image-tokens", "images-per-sample",
                   "layout-vc201"):
         assert f"<figure id='{chart}'" in page, chart
     assert "max_length 4,096" in page and "5 of 14 samples (35.7%) cut" in page
@@ -77,6 +77,10 @@ def test_the_page_shows_findings_charts_previews_and_settings(demo_report: tuple
 
 def test_every_chart_has_a_text_alternative_and_its_data(demo_report: tuple[Report, str]) -> None:
     _, page = demo_report
+    ids = re.findall(r"\sid=[\"']([^\"']+)", page)
+    assert len(ids) == len(set(ids))  # unique in the page, though matplotlib numbers each figure's from 1
+    refs = re.findall(r"url\(#([^)]+)\)|href=\"#([^\"]+)\"", page)
+    assert refs and {a or b for a, b in refs} <= set(ids)
     figures = re.findall(r"<figure id='([^']+)' aria-labelledby='[^']+'>(.*?)</figure>", page, flags=re.S)
     assert len(figures) >= 6
     for chart_id, body in figures:
@@ -176,7 +180,7 @@ def test_check_writes_the_same_report(tmp_path: Path, qwen2_vl_checkpoint: Path)
     layout = re.search(r"<figure id='layout-vc201'.*?</figure>", page, flags=re.S).group(0)  # type: ignore[union-attr]
     assert re.search(r"<td>sample 0 \(mm:0\)</td><td>\d+</td><td>image 1 [\d,]+-[\d,]+</td><td>[\d,]+-[\d,]+</td>"
                      r"<td>cut: [\d,]+-[\d,]+", layout), layout[-800:]
-    assert "<figure id='lengths'" in page and offline_problems(page) == []
+    assert "<figure id='length-histogram'" in page and offline_problems(page) == []
     assert "  <- cutoff_len 300" not in result.output  # all 12 samples have one length: one bin, nothing over
 
 

@@ -28,7 +28,6 @@ _GREEN = "#3d8b4f"
 _GREY = "#8c8c8c"
 _RC: Any = {  # matplotlib types its keys as literals
     "svg.fonttype": "none",  # text stays text: smaller, selectable, no embedded glyphs
-    "svg.hashsalt": "vlmcheck",  # stable element ids
     "font.family": "sans-serif",
     "font.sans-serif": ["DejaVu Sans"],  # ships with matplotlib: the same text widths everywhere
     "font.size": 9,
@@ -37,6 +36,8 @@ _RC: Any = {  # matplotlib types its keys as literals
     "axes.spines.right": False,
 }
 _SVG_OPEN = re.compile(r"<svg\b[^>]*>")
+_ID = re.compile(r'\sid="([^"]+)"')
+_REF = re.compile(r'(\sid="|url\(#|href="#)([^")]+)')
 
 
 @dataclass
@@ -69,10 +70,15 @@ def _svg(fig: Any, *, chart_id: str, title: str, desc: str) -> str:
     import matplotlib
 
     buffer = io.StringIO()
-    with matplotlib.rc_context(_RC):
+    # one salt per chart: the ids of clip paths and hatch patterns stay stable and unique within the page
+    with matplotlib.rc_context({**_RC, "svg.hashsalt": chart_id}):
         fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
     text = buffer.getvalue()
     text = text[text.index("<svg"):]  # drop the XML declaration and DOCTYPE: not allowed inside HTML
+    # matplotlib numbers its elements per figure (figure_1, patch_1, ...): prefix every id and every reference to
+    # one with the chart's id, so that ids stay unique in a page of many charts
+    ids = set(_ID.findall(text))
+    text = _REF.sub(lambda m: m.group(1) + (f"{chart_id}-{m.group(2)}" if m.group(2) in ids else m.group(2)), text)
     opening = _SVG_OPEN.search(text)
     assert opening is not None
     tag = opening.group(0)
@@ -100,7 +106,7 @@ def _bins(hist: Counter[int], bins: int) -> list[tuple[int, int, int]]:
 
 
 def length_chart(lengths: Counter[int], *, max_length: int | None, key: str = "max_length",
-                 chart_id: str = "lengths") -> Chart:
+                 chart_id: str = "length-histogram") -> Chart:
     """Tokens per sample: a histogram, the cumulative share on a second axis, and the max-length line."""
 
     n = sum(lengths.values())
