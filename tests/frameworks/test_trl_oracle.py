@@ -229,14 +229,34 @@ def test_grpo_prompts_agree_with_grpo_trainer(tmp_path: Path, qwen2_vl_checkpoin
     assert len(ours) == len(prompt_rows())
 
 
-def test_grpo_refusals_are_in_trls_own_words(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:
+def test_grpo_with_one_generation_is_refused_in_trls_own_words(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:
+    from trl import GRPOConfig
+
+    with pytest.raises(ValueError, match="at least 2 generations"):  # TRL refuses it too
+        GRPOConfig(output_dir=str(tmp_path / "out"), num_generations=1, per_device_train_batch_size=2, report_to=[],
+                   use_cpu=True)
     folder = write(tmp_path / "prompts", prompt_rows())
     config = tmp_path / "grpo.yaml"
-    for extra, words in (("num_generations: 1\n", "num_generations: 2"),
-                         ("num_generations: 4\nmax_prompt_length: 512\n", "no max_prompt_length")):
-        config.write_text(f"model_name_or_path: {qwen2_vl_checkpoint}\ndataset_name: {folder}\n{extra}")
-        with pytest.raises(vlmcheck.UsageError, match=words):
-            vlmcheck.check(config)
+    config.write_text(f"model_name_or_path: {qwen2_vl_checkpoint}\ndataset_name: {folder}\nnum_generations: 1\n")
+    with pytest.raises(vlmcheck.UsageError, match="num_generations: 2"):
+        vlmcheck.check(config)
+
+
+def test_keys_trl_no_longer_has_are_ignored_as_trl_ignores_them(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:
+    from trl import GRPOConfig, SFTConfig, TrlParser
+    from trl.scripts.utils import ScriptArguments
+
+    config = tmp_path / "old.yaml"
+    config.write_text(f"max_seq_length: 4096\nmax_prompt_length: 256\noutput_dir: {tmp_path / 'out'}\nuse_cpu: true\n")
+    for kind in (SFTConfig, GRPOConfig):  # TRL's own parser: ignored, its defaults apply
+        _, args = TrlParser((ScriptArguments, kind)).parse_args_and_config(
+            ["--config", str(config)], fail_with_unknown_args=False)
+        assert not hasattr(args, "max_prompt_length") and not hasattr(args, "max_seq_length")
+        assert getattr(args, "max_length", 1024) == 1024
+    folder = write(tmp_path / "messages", messages_rows())
+    ours = check(tmp_path, qwen2_vl_checkpoint, folder, "max_seq_length: 4096\n")
+    mid = next(r for r in ours if r["id"] == "m8")
+    assert mid["framework"]["kept_tokens"] == 1024 and mid["framework"]["verdict"] == "crash"
 
 
 def test_grpo_prompt_over_vllm_model_length(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:

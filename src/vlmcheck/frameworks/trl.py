@@ -6,8 +6,9 @@ Modelled on TRL 1.16 with transformers 5.x processors:
 - **Config** (``scripts/utils.py`` ``TrlParser``, ``trainer/sft_config.py``, ``trainer/grpo_config.py``): the YAML
   given to ``trl sft --config`` / ``trl grpo --config``. ``max_length`` 1024, ``truncation_mode`` ``keep_start``,
   ``completion_only_loss`` unset (on for prompt-completion rows), ``assistant_only_loss`` off,
-  ``dataset_train_split`` ``train``; GRPO: ``num_generations`` 8 (at least 2), ``max_completion_length`` 512. A key
-  TRL does not know stops ``trl`` with "Unknown arguments from config file": TRL 1.16 has no ``max_prompt_length``.
+  ``dataset_train_split`` ``train``; GRPO: ``num_generations`` 8 (at least 2), ``max_completion_length`` 512. The
+  scripts parse with ``fail_with_unknown_args=False``: a key TRL does not know (``max_prompt_length``,
+  ``max_seq_length`` of older releases) is ignored without a word.
 - **Data** (``scripts/sft.py``): ``load_dataset(dataset_name, name=dataset_config)[dataset_train_split]`` (or the
   ``datasets:`` mixture). vlmcheck reads local files and folders only.
 - **Rows** (``data_utils.prepare_multimodal_messages``): string contents become typed parts, and *all* of a row's
@@ -73,11 +74,11 @@ GRPO_DEFAULTS: dict[str, Any] = {
 # keys only GRPOConfig has: a config holding one is launched with `trl grpo`
 GRPO_KEYS = ("num_generations", "max_completion_length", "reward_funcs", "reward_model_name_or_path", "beta",
              "use_vllm", "vllm_mode", "vllm_max_model_length", "num_iterations", "reward_weights", "epsilon")
-# keys of older TRL releases or other frameworks that TRL 1.16's parser refuses ("Unknown arguments from config file")
-REFUSED_KEYS = {
-    "max_prompt_length": "TRL 1.16 has no max_prompt_length: GRPO never cuts a prompt (remove the key; with vLLM the "
-                         "prompt must fit vllm_max_model_length)",
-    "max_seq_length": "max_seq_length was renamed max_length in TRL 0.20",
+# keys of older TRL releases that TRL 1.16 no longer has: ``trl sft`` / ``trl grpo`` parse the config with
+# ``fail_with_unknown_args=False``, so they are ignored without a word and TRL's own defaults apply
+IGNORED_KEYS = {
+    "max_prompt_length": "TRL 1.16 never cuts a GRPO prompt",
+    "max_seq_length": "renamed max_length in TRL 0.20; max_length's default (1024) applies",
 }
 # datasets' split names in file names (data_files patterns): train.jsonl, train-00000-of-00001.parquet, ...
 SPLITS = ("train", "test", "validation", "valid", "dev", "eval")
@@ -106,6 +107,7 @@ class Config:
     use_vllm: bool
     vllm_max_model_length: int | None
     values: dict[str, Any] = field(default_factory=dict)  # as read, for the report
+    ignored: dict[str, str] = field(default_factory=dict)  # keys TRL 1.16 ignores, and what applies instead
 
 
 def _flag(raw: Mapping[str, Any], key: str, default: Any) -> Any:
@@ -154,9 +156,6 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
 
     ``model`` / ``data`` override ``model_name_or_path`` / ``dataset_name``; ``path_map`` rewrites path prefixes.
     """
-    for key, why in REFUSED_KEYS.items():
-        if key in raw:
-            raise UsageError(f"{path}: {key}: TRL stops with 'Unknown arguments from config file': {why}")
     trainer = "grpo" if any(k in raw for k in GRPO_KEYS) else "sft"
     defaults = GRPO_DEFAULTS if trainer == "grpo" else SFT_DEFAULTS
     model_path = model or raw.get("model_name_or_path")
@@ -213,6 +212,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         values={k: raw.get(k, defaults.get(k, SFT_DEFAULTS.get(k))) for k in (
             "max_length", "truncation_mode", "completion_only_loss", "assistant_only_loss", "dataset_name",
             "dataset_train_split", "num_generations", "max_completion_length", "use_vllm") if k in raw or k in defaults},
+        ignored={k: why for k, why in IGNORED_KEYS.items() if k in raw},
     )
 
 
@@ -374,7 +374,7 @@ class Run:
             "split": cfg.split, "max_length": cfg.max_length, "truncation_mode": cfg.truncation_mode,
             "completion_only_loss": cfg.completion_only_loss, "num_generations": cfg.num_generations,
             "max_completion_length": cfg.max_completion_length, "use_vllm": cfg.use_vllm,
-            "vllm_max_model_length": cfg.vllm_max_model_length,
+            "vllm_max_model_length": cfg.vllm_max_model_length, "ignored_by_trl": cfg.ignored,
             "image_max_pixels": getattr(self.settings, "max_pixels", None),
             "image_min_pixels": getattr(self.settings, "min_pixels", None),
             "media_dir": str(self.cwd), "length_key": self.length_key, "pixels_key": self.pixels_key,
