@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
 KEEP_LEVELS = (("100%", 1.0), ("99.9%", 0.999), ("99%", 0.99))
 _NEVER = -1  # a sample no pixel budget makes fit
+_ANY = 2**62  # a sample without images that fits: any pixel budget keeps it whole
 
 
 def _quantile_up(hist: Counter[int], q: float) -> int | None:
@@ -55,6 +57,8 @@ class Report:
 
     summary: dict[str, Any]
     findings: list[Finding] = field(default_factory=list)
+    # the per-sample records (vlmcheck.records.RecordStore): the --output file or a spool
+    store: Any = field(default=None, repr=False, compare=False)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -79,6 +83,35 @@ class Report:
     def render(self, *, show: int = 20) -> str:
         return render_text(self, show=show)
 
+    # -- per-sample results (vlmcheck.records) ------------------------------------------------------------
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Each sample's record, in row order: the same dicts as the ``--output`` JSON Lines."""
+        from vlmcheck.records import records
+
+        return records(self)
+
+    def to_pandas(self) -> Any:
+        """The records as a pandas DataFrame, one row per sample."""
+        from vlmcheck.records import to_pandas
+
+        return to_pandas(self)
+
+    def indices(self, *, fail_on: str | Severity = Severity.ERROR) -> list[int]:
+        """Row indices of the samples with no finding at or above ``fail_on``."""
+        from vlmcheck.records import indices
+
+        return indices(self, fail_on=fail_on)
+
+    def keep(self, data: Any, *, fail_on: str | Severity = Severity.ERROR) -> Any:
+        """The good rows of ``data``, the object that was scanned, as the same type (``Dataset.select``,
+        ``DataFrame.iloc``, ``Table.take``, a list).
+
+        >>> train = report.keep(ds)  # doctest: +SKIP
+        """
+        from vlmcheck.records import keep
+
+        return keep(self, data, fail_on=fail_on)
+
 
 class ReportBuilder:
     def __init__(self, *, dataset: str, model: str, model_type: str, options: ScanOptions, settings: Any,
@@ -100,6 +133,7 @@ class ReportBuilder:
         self.unknown_length = 0
         self.findings: list[Finding] = []
         self.verdicts: Counter[str] = Counter()
+        self.store: Any = None  # set by the record writer
 
     def add(self, result: SampleResult) -> None:
         self.scanned += 1
@@ -126,7 +160,7 @@ class ReportBuilder:
                 self.budgets[result.fits_max_pixels] += 1
             elif not any(result.image_tokens):
                 # no image: a pixel budget cannot change whether it fits
-                self.budgets[2**62 if result.tokens <= max_length else _NEVER] += 1
+                self.budgets[_ANY if result.tokens <= max_length else _NEVER] += 1
             else:
                 self.budgets[_NEVER] += 1
 
@@ -142,12 +176,13 @@ class ReportBuilder:
             }
         keep_length = {label: _quantile_up(lengths, q) for label, q in KEEP_LEVELS}
         keep_pixels: dict[str, Any] | None = None
-        never = self.budgets.pop(_NEVER, 0)
-        if self.options.max_length is not None and self.budgets:
+        budgets = Counter(self.budgets)  # build() may run again (snapshots for resume)
+        never = budgets.pop(_NEVER, 0)
+        if self.options.max_length is not None and budgets:
             # over the samples a pixel cap can make fit; the others are counted apart
             keep_pixels = {"unfixable_samples": never}
             for label, q in KEEP_LEVELS:
-                value = _quantile_down(self.budgets, q)
+                value = _quantile_down(budgets, q)
                 keep_pixels[label] = None if value is None else min(value, _current_budget(self.settings))
         severity = Counter(str(CATALOGUE[c].severity) for c in self.counts for _ in range(self.counts[c]))
         summary = {
@@ -169,8 +204,26 @@ class ReportBuilder:
             "recommended_max_pixels": keep_pixels,
             "seconds": round(seconds, 3),
             "samples_per_second": round(self.scanned / seconds, 1) if seconds > 0 else None,
+            # exact counts, not percentiles: summaries of shards merge into the whole's (vlmcheck.merging)
+            "histograms": histograms(self.lengths, self.budgets),
         }
-        return Report(summary=summary, findings=self.findings)
+        return Report(summary=summary, findings=list(self.findings), store=self.store)
+
+
+
+def histograms(lengths: Counter[int], budgets: Counter[int]) -> dict[str, dict[str, int]]:
+    """Tokens per sample and the largest max_pixels that keeps each sample whole, as exact counts by value
+    (``never``: no budget makes it fit; ``any``: it has no image and fits)."""
+    names = {_NEVER: "never", _ANY: "any"}
+    return {"tokens": {str(k): lengths[k] for k in sorted(lengths)},
+            "fits_max_pixels": {names.get(k, str(k)): budgets[k] for k in sorted(budgets)}}
+
+
+def read_histograms(hist: dict[str, dict[str, int]]) -> tuple[Counter[int], Counter[int]]:
+    """The counters :func:`histograms` wrote: (tokens per sample, fitting max_pixels)."""
+    values = {"never": _NEVER, "any": _ANY}
+    return (Counter({int(k): int(v) for k, v in hist["tokens"].items()}),
+            Counter({values[k] if k in values else int(k): int(v) for k, v in hist["fits_max_pixels"].items()}))
 
 
 def _current_budget(settings: Any) -> int:
