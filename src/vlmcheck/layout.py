@@ -11,8 +11,6 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
-from vlmcheck.frameworks.llamafactory import infer_seqlen
-
 TRUNCATIONS = ("right", "left", "llamafactory", "delete")
 Range = tuple[int, int]  # [start, end) in full-sequence positions
 
@@ -103,6 +101,21 @@ def build_layout(
         turns.append(((cursor, s), (s, e)))
         cursor = e
     return Layout(total=total, images=images, supervised=supervised, turns=turns, runs=runs)
+
+
+def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
+    """LLaMA-Factory ``data/processor/processor_utils.py::infer_seqlen``: how a turn's budget is
+    split between prompt (source) and response (target)."""
+    if target_len * 2 < cutoff_len:
+        max_target_len = cutoff_len
+    elif source_len * 2 < cutoff_len:
+        max_target_len = cutoff_len - source_len
+    else:
+        max_target_len = int(cutoff_len * (target_len / (source_len + target_len)))
+    new_target_len = min(max_target_len, target_len)
+    max_source_len = max(cutoff_len - new_target_len, 0)
+    new_source_len = min(max_source_len, source_len)
+    return new_source_len, new_target_len
 
 
 def kept_ranges(layout: Layout, max_length: int, truncation: str) -> list[Range] | None:

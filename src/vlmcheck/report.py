@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +81,8 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     # what the charts of :meth:`to_html` draw; not part of ``to_dict`` (the JSON stays a summary)
     distributions: Distributions | None = field(default=None, repr=False, compare=False)
+    # the per-sample records (vlmcheck.records.RecordStore): the --output file or a spool
+    store: Any = field(default=None, repr=False, compare=False)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -112,6 +115,35 @@ class Report:
 
         return render_html(self)
 
+    # -- per-sample results (vlmcheck.records) ------------------------------------------------------------
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Each sample's record, in row order: the same dicts as the ``--output`` JSON Lines."""
+        from vlmcheck.records import records
+
+        return records(self)
+
+    def to_pandas(self) -> Any:
+        """The records as a pandas DataFrame, one row per sample."""
+        from vlmcheck.records import to_pandas
+
+        return to_pandas(self)
+
+    def indices(self, *, fail_on: str | Severity = Severity.ERROR) -> list[int]:
+        """Row indices of the samples with no finding at or above ``fail_on``."""
+        from vlmcheck.records import indices
+
+        return indices(self, fail_on=fail_on)
+
+    def keep(self, data: Any, *, fail_on: str | Severity = Severity.ERROR) -> Any:
+        """The good rows of ``data``, the object that was scanned, as the same type (``Dataset.select``,
+        ``DataFrame.iloc``, ``Table.take``, a list).
+
+        >>> train = report.keep(ds)  # doctest: +SKIP
+        """
+        from vlmcheck.records import keep
+
+        return keep(self, data, fail_on=fail_on)
+
 
 class ReportBuilder:
     def __init__(self, *, dataset: str, model: str, model_type: str, options: ScanOptions, settings: Any,
@@ -136,6 +168,7 @@ class ReportBuilder:
         self.verdicts: Counter[str] = Counter()
         self.image_counts: Counter[int] = Counter()
         self.previews: dict[str, list[dict[str, Any]]] = {}
+        self.store: Any = None  # set by the record writer
 
     def add(self, result: SampleResult) -> None:
         self.scanned += 1
@@ -199,7 +232,7 @@ class ReportBuilder:
             }
         keep_length = {label: _quantile_up(lengths, q) for label, q in KEEP_LEVELS}
         keep_pixels: dict[str, Any] | None = None
-        budgets = Counter(self.budgets)
+        budgets = Counter(self.budgets)  # build() may run again (snapshots for resume)
         never = budgets.pop(_NEVER, 0)
         if self.options.max_length is not None and budgets:
             # over the samples a pixel cap can make fit; the others are counted apart
@@ -227,13 +260,31 @@ class ReportBuilder:
             "recommended_max_pixels": keep_pixels,
             "seconds": round(seconds, 3),
             "samples_per_second": round(self.scanned / seconds, 1) if seconds > 0 else None,
+            # exact counts, not percentiles: summaries of shards merge into the whole's (vlmcheck.merging)
+            "histograms": histograms(self.lengths, self.budgets),
         }
         distributions = Distributions(
             lengths=Counter(lengths), image_tokens=Counter(self.image_tokens_hist),
             images_per_sample=Counter(self.image_counts), budgets=budgets, unfixable=never,
             previews={code: list(p) for code, p in self.previews.items()},
         )
-        return Report(summary=summary, findings=self.findings, distributions=distributions)
+        return Report(summary=summary, findings=list(self.findings), distributions=distributions,
+                      store=self.store)
+
+
+def histograms(lengths: Counter[int], budgets: Counter[int]) -> dict[str, dict[str, int]]:
+    """Tokens per sample and the largest max_pixels that keeps each sample whole, as exact counts by value
+    (``never``: no budget makes it fit; ``any``: it has no image and fits)."""
+    names = {_NEVER: "never", NO_IMAGE: "any"}
+    return {"tokens": {str(k): lengths[k] for k in sorted(lengths)},
+            "fits_max_pixels": {names.get(k, str(k)): budgets[k] for k in sorted(budgets)}}
+
+
+def read_histograms(hist: dict[str, dict[str, int]]) -> tuple[Counter[int], Counter[int]]:
+    """The counters :func:`histograms` wrote: (tokens per sample, fitting max_pixels)."""
+    values = {"never": _NEVER, "any": NO_IMAGE}
+    return (Counter({int(k): int(v) for k, v in hist["tokens"].items()}),
+            Counter({values[k] if k in values else int(k): int(v) for k, v in hist["fits_max_pixels"].items()}))
 
 
 def _current_budget(settings: Any) -> int:

@@ -46,6 +46,7 @@ from vlmcheck.data.readers import BadRow
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.families import Overrides
+from vlmcheck.layout import infer_seqlen
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.preview import Previewer
 from vlmcheck.results import SampleResult
@@ -552,20 +553,6 @@ def _remove_thought(content: str, t: Template) -> str:
 
     pattern = re.compile(f"{re.escape(t.thought_words[0])}(.*?){re.escape(t.thought_words[1])}", re.DOTALL)
     return re.sub(pattern, "", content).lstrip("\n")
-
-
-def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
-    """``processor_utils.infer_seqlen``: the prompt and answer tokens a pair keeps under the remaining budget."""
-    if target_len * 2 < cutoff_len:
-        max_target_len = cutoff_len
-    elif source_len * 2 < cutoff_len:
-        max_target_len = cutoff_len - source_len
-    else:
-        max_target_len = int(cutoff_len * (target_len / (source_len + target_len)))
-    new_target_len = min(max_target_len, target_len)
-    max_source_len = max(cutoff_len - new_target_len, 0)
-    new_source_len = min(max_source_len, source_len)
-    return new_source_len, new_target_len
 
 
 @dataclass
