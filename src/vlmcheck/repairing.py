@@ -710,6 +710,7 @@ def repair(
     resize: str = "processor",
     exif_transpose: bool | None = None,
     allow_outside_root: bool = False,
+    confine: bool = False,
     chat_template: str | None = None,
     pixel_cap_key: str | None = None,
     hold: str | Sequence[str] | None = None,
@@ -774,7 +775,7 @@ def repair(
     scanner = build_scanner(
         path, model=model, max_length=max_length, truncation=truncation, format=format, image_root=image_root,
         max_pixels=max_pixels, min_pixels=min_pixels, resize=resize, exif_transpose=exif_transpose,
-        allow_outside_root=allow_outside_root, chat_template=chat_template, processor_options=processor_options,
+        allow_outside_root=allow_outside_root, confine=confine, chat_template=chat_template, processor_options=processor_options,
     )
     root = scanner.root
     # The output is scanned with the same --image-root, or by default its own folder.

@@ -24,7 +24,8 @@ from typing import Any
 import jinja2
 
 from vlmcheck import findings as F
-from vlmcheck.chat import render_chat
+from vlmcheck.chat import RenderLimit, compile_template, render_chat
+from vlmcheck.data.files import FileProblem, check_path_text
 from vlmcheck.data.formats import (
     FORMATS,
     Conversation,
@@ -59,7 +60,8 @@ class ScanOptions:
     format: str | None = None
     image_root: str | None = None
     exif_transpose: bool = True
-    allow_outside_root: bool = False
+    allow_outside_root: bool = False  # kept for callers of 0.x; reading outside the root is the default now
+    confine: bool = False  # refuse any media path that resolves outside the image root (VC104)
     check_integrity: bool = True
     split: str | None = None
 
@@ -95,6 +97,35 @@ class Scanner:
         self._media_re = re.compile("|".join(patterns))
         self.eos = spec.special_tokens.get("eos_token")
         self._budget_unit = self._pixel_unit()
+        self._check_template()
+
+    def _check_template(self) -> None:
+        """The template must compile and render a plain two-turn conversation: one that cannot (a syntax
+        error, ``1/0``, a type error, endless recursion or loops) is a broken checkpoint, said before the
+        scan (exit 2), not a finding on every row. A ``raise_exception`` on this conversation is left to the
+        rows: some templates rightly refuse a conversation without an image or a system turn."""
+        assert self.spec.chat_template is not None
+        where = f"the chat template of {self.spec.path}"
+        try:
+            compile_template(self.spec.chat_template)
+        except jinja2.TemplateSyntaxError as e:
+            raise UsageError(f"{where} does not compile: {e} (line {e.lineno}); fix it or pass --chat-template FILE"
+                             ) from None
+        except Exception as e:
+            raise UsageError(f"{where} does not compile ({type(e).__name__}: {str(e)[:200]})") from None
+        probe = Conversation(messages=[{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+                                       {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]}],
+                             images=[])
+        try:
+            self._render(probe)
+        except RenderLimit as e:
+            raise UsageError(f"{where} does not finish on a two-turn conversation: {e}") from None
+        except jinja2.TemplateError:
+            pass
+        except Exception as e:
+            what = "RecursionError" if isinstance(e, RecursionError) else f"{type(e).__name__}: {str(e)[:200]}"
+            raise UsageError(f"{where} fails on a plain two-turn conversation ({what}); fix it or pass "
+                             "--chat-template FILE") from None
 
     def _pixel_unit(self) -> int | None:
         factor = getattr(self.spec.settings, "factor", None)
@@ -113,14 +144,23 @@ class Scanner:
         return probe_path(self._local_path(str(ref.value), "image"), check_integrity=check)
 
     def _local_path(self, raw: str, what: str) -> Path:
-        """A dataset path, relative to the image root, that must stay under it (VC104)."""
+        """A dataset path, relative to the image root; with ``confine``, one that must resolve under it (VC104)."""
         if not raw:
             raise ImageProblem("VC101", f"empty {what} path")
-        path = Path(raw).expanduser()
+        try:
+            check_path_text(raw)
+        except FileProblem as p:
+            raise ImageProblem("VC101", p.message) from None
+        path = Path(raw)
+        if raw.startswith("~") and not self.options.confine:
+            path = path.expanduser()
         if not path.is_absolute():
             path = self.root / path
-        if not self.options.allow_outside_root:
-            real = self._realpath(path)
+        if self.options.confine:
+            try:
+                real = self._realpath(path)
+            except (OSError, ValueError) as e:
+                raise ImageProblem("VC101", f"{raw[:200]} cannot be resolved: {e}") from None
             if os.path.commonpath([real, self.real_root]) != self.real_root:
                 raise ImageProblem("VC104", f"{raw} resolves to {real}, outside the image root {self.real_root}")
         return path
@@ -265,15 +305,38 @@ class Scanner:
         results: list[SampleResult] = []
         pending: list[tuple[SampleResult, _Prepared]] = []
         for index, item in items:
-            result, prepared = self._prepare(index, item)
+            try:
+                result, prepared = self._prepare(index, item)
+            except Exception as e:  # a row no rule foresaw: a finding on that row, never the end of the scan
+                result, prepared = unreadable_row(index, item, e), None
             results.append(result)
             if prepared is not None:
                 pending.append((result, prepared))
         if pending:
-            encodings = self._encode([p[1][1] for p in pending])
+            encodings = self._encode_each([p[1][1] for p in pending])
             for (result, (conv, text, counts, sizes, runs, kinds)), enc in zip(pending, encodings):
-                self._finish(result, conv, text, counts, sizes, runs, enc.ids, enc.offsets, kinds=kinds)
+                if isinstance(enc, Exception):
+                    result.findings.append(F.make("VC001", f"the tokenizer cannot encode this sample's text: {enc}"))
+                    continue
+                try:
+                    self._finish(result, conv, text, counts, sizes, runs, enc.ids, enc.offsets, kinds=kinds)
+                except Exception as e:
+                    results[results.index(result)] = unreadable_row(result.index, None, e, id=result.id)
         return results
+
+    def _encode_each(self, texts: list[str]) -> list[Any]:
+        """``_encode``, and where the batch fails (text with a lone surrogate, which the Rust tokenizer
+        cannot take), each text alone, so that only the bad one becomes a finding."""
+        try:
+            return self._encode(texts)
+        except Exception:
+            out: list[Any] = []
+            for text in texts:
+                try:
+                    out.append(self._encode([text])[0])
+                except Exception as e:
+                    out.append(e)
+            return out
 
     def _encode(self, texts: list[str]) -> list[Any]:
         """Tokenize with special tokens, as processors do, except text that already starts with BOS
@@ -329,8 +392,15 @@ class Scanner:
             found.append(F.make("VC003", "no assistant turn with content: every label is masked"))
         try:
             text, runs, kinds = self._collapse(self._render(conv), expansions, video_expansions)
+        except RenderLimit as e:
+            found.append(F.make("VC001", f"the chat template does not finish on this conversation: {e}"))
+            return result, None
         except jinja2.TemplateError as e:
             found.append(F.make("VC001", f"the chat template rejects this conversation: {e}"))
+            return result, None
+        except Exception as e:  # 1/0, a type error, recursion: the template fails on this row, in training too
+            what = "RecursionError" if isinstance(e, RecursionError) else f"{type(e).__name__}: {str(e)[:200]}"
+            found.append(F.make("VC001", f"the chat template fails on this conversation ({what})"))
             return result, None
         return result, (conv, text, counts, sizes, runs, kinds)
 
@@ -459,6 +529,20 @@ class Scanner:
         return lo * unit
 
 
+def unreadable_row(index: int, item: Any, error: BaseException, *, id: str | None = None) -> SampleResult:
+    """The record of a row that raised where vlmcheck expected none: VC001 with the error, so the row is
+    flagged and the scan goes on."""
+    result = SampleResult(index=index, id=id or str(index), tokens=None, image_tokens=[], supervised_tokens=None)
+    if id is None and isinstance(item, dict):
+        try:
+            result.id = row_id(item) or result.id
+        except Exception:
+            pass
+    what = "nested too deeply" if isinstance(error, RecursionError) else f"{type(error).__name__}: {str(error)[:200]}"
+    result.findings.append(F.make("VC001", f"this row cannot be read ({what})"))
+    return result
+
+
 def _has_text(content: Any) -> bool:
     if isinstance(content, str):
         return bool(content.strip())
@@ -506,13 +590,23 @@ def _results(scanner: Scanner, spec: ModelSpec, chunks: Iterator[list[tuple[int,
     args = (str(spec.path), spec.overrides, spec.chat_template, options, str(root))
     with ctx.Pool(workers, initializer=_init_worker, initargs=args) as pool:
         # Bounded in-flight queue: Pool.imap would read the whole dataset ahead of the workers.
-        inflight: deque[Any] = deque()
+        inflight: deque[tuple[list[tuple[int, Any]], Any]] = deque()
+
+        def done() -> list[SampleResult]:
+            chunk, pending = inflight.popleft()
+            try:
+                return list(pending.get())
+            except Exception:
+                # a chunk that cannot travel to a worker or back (a row nested too deeply to pickle): this
+                # process analyzes it, where every row error is a finding
+                return scanner.analyze(chunk)
+
         for chunk in chunks:
-            inflight.append(pool.apply_async(_work, (chunk,)))
+            inflight.append((chunk, pool.apply_async(_work, (chunk,))))
             if len(inflight) >= 4 * workers:
-                yield from inflight.popleft().get()
+                yield from done()
         while inflight:
-            yield from inflight.popleft().get()
+            yield from done()
 
 
 def build_scanner(
@@ -528,6 +622,7 @@ def build_scanner(
     resize: str = "processor",
     exif_transpose: bool | None = None,
     allow_outside_root: bool = False,
+    confine: bool = False,
     chat_template: str | None = None,
     split: str | None = None,
     processor_options: Mapping[str, Any] | None = None,
@@ -545,6 +640,8 @@ def build_scanner(
     for name, value in (("max_pixels", max_pixels), ("min_pixels", min_pixels)):
         if value is not None and value <= 0:
             raise UsageError(f"{name} must be positive")
+    if confine and allow_outside_root:
+        raise UsageError("confine and allow_outside_root contradict each other: pick one")
     if isinstance(model, ModelSpec):
         # a loaded model carries its processor settings and template: these would be ignored
         given = [name for name, value in (("max_pixels", max_pixels), ("min_pixels", min_pixels),
@@ -565,7 +662,7 @@ def build_scanner(
         exif_transpose = resize == "processor"
     options = ScanOptions(max_length=max_length, truncation=truncation, format=format,
                           image_root=str(root), exif_transpose=exif_transpose,
-                          allow_outside_root=allow_outside_root, split=split)
+                          allow_outside_root=allow_outside_root, confine=confine, split=split)
     return Scanner(spec, options, root)
 
 
@@ -582,6 +679,7 @@ def scan(
     resize: str = "processor",
     exif_transpose: bool | None = None,
     allow_outside_root: bool = False,
+    confine: bool = False,
     chat_template: str | None = None,
     split: str | None = None,
     workers: int = 1,
@@ -626,7 +724,7 @@ def scan(
         return scan_exact(
             dataset, model=model, max_length=max_length, truncation=truncation, format=format,
             image_root=image_root, max_pixels=max_pixels, min_pixels=min_pixels, resize=resize,
-            exif_transpose=exif_transpose, allow_outside_root=allow_outside_root, chat_template=chat_template,
+            exif_transpose=exif_transpose, allow_outside_root=allow_outside_root, confine=confine, chat_template=chat_template,
             split=split, workers=workers, limit=limit, output=output, progress=progress,
             trust_remote_code=trust_remote_code,
         )
@@ -639,7 +737,7 @@ def scan(
     scanner = build_scanner(
         path, model=model, max_length=max_length, truncation=truncation, format=format, image_root=image_root,
         max_pixels=max_pixels, min_pixels=min_pixels, resize=resize, exif_transpose=exif_transpose,
-        allow_outside_root=allow_outside_root, chat_template=chat_template, split=split,
+        allow_outside_root=allow_outside_root, confine=confine, chat_template=chat_template, split=split,
         processor_options=processor_options,
     )
     spec, options, root = scanner.spec, scanner.options, scanner.root

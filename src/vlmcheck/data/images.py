@@ -18,6 +18,8 @@ from typing import IO, Any
 
 from PIL import Image, UnidentifiedImageError
 
+from vlmcheck.data.files import FileProblem, open_regular
+
 # EXIF tag 0x0112; values 5-8 rotate by 90 degrees, so transformers' load_image (which applies
 # PIL.ImageOps.exif_transpose to paths and URLs) hands the processor W and H swapped.
 ORIENTATION_TAG = 0x0112
@@ -129,15 +131,16 @@ def probe_stream(fp: IO[bytes], *, check_integrity: bool = True) -> ImageInfo:
 
 
 def probe_path(path: Path, *, check_integrity: bool = True) -> ImageInfo:
+    """Probe a file named by the dataset: only a regular file is opened (see :mod:`vlmcheck.data.files`)."""
     try:
-        with open(path, "rb") as fp:
+        fp = open_regular(path)
+    except FileProblem as p:
+        raise ImageProblem("VC101" if p.kind == "missing" else "VC102", p.message) from None
+    try:
+        with fp:
             return probe_stream(fp, check_integrity=check_integrity)
-    except FileNotFoundError:
-        raise ImageProblem("VC101", f"file not found: {path}") from None
-    except IsADirectoryError:
-        raise ImageProblem("VC102", f"a folder, not an image: {path}") from None
-    except PermissionError:
-        raise ImageProblem("VC102", f"permission denied: {path}") from None
+    except OSError as e:  # a read error mid-file (I/O error, a file shrinking under us)
+        raise ImageProblem("VC102", f"read error: {e}") from None
 
 
 def probe_bytes(data: bytes, *, check_integrity: bool = True) -> ImageInfo:
