@@ -95,7 +95,9 @@ _RULES = [
          "before 4.50 raised ValueError for Qwen2-VL images under 28 px on a side.",
          "Check that the image is what you meant to train on."),
     Rule("VC107", "image-aspect-ratio", Severity.ERROR, "An image is more elongated than the processor accepts",
-         "Qwen2-VL-family processors raise \"absolute aspect ratio must be smaller than 200\".",
+         "Qwen2-VL-family processors raise \"absolute aspect ratio must be smaller than 200\"; LLaVA's CLIP "
+         "processor resizes the shortest edge first, so a 1x100,000 banner becomes 336x33,600,000 pixels and "
+         "exhausts memory.",
          "Crop or pad the image, or drop the sample."),
     # -- videos -------------------------------------------------------------------------------
     Rule("VC111", "video-missing", Severity.ERROR, "A video file does not exist",
