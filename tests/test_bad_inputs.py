@@ -161,7 +161,7 @@ def test_a_json_array_cut_short(tmp_path: Path, qwen2_vl_checkpoint: Path) -> No
     rows = records(cut, model=qwen2_vl_checkpoint)
     assert [(r["id"], r["findings"]) for r in rows] == [("r0", []), ("r1", []), ("2", ["VC001"])]
     report = vlmcheck.scan(cut, model=spec(qwen2_vl_checkpoint))
-    assert report.findings[0].message.startswith("invalid JSON at character")
+    assert report.findings[0].message.startswith("invalid JSON at byte")
 
 
 def test_a_json_array_missing_its_bracket(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:

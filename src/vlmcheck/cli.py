@@ -148,6 +148,19 @@ def _check_json_path(json_path: str | None, dataset: str, *others: tuple[str, st
 
     if json_path is None:
         return
+    from vlmcheck.errors import UsageError
+    from vlmcheck.util import STDOUT, output_target
+
+    try:
+        for path in (json_path, *(other for _, other in others)):
+            if path is not None:
+                output_target(path)
+    except UsageError as e:
+        raise click.UsageError(str(e)) from None
+    if json_path == STDOUT:
+        if any(other == STDOUT for _, other in others):
+            raise click.UsageError("--json - and --output - would both write to standard output: pick one")
+        return
     target = Path(json_path).resolve()
     for what, other in (("the dataset", dataset), *others):
         if other is not None and Path(other).resolve() == target:
@@ -205,7 +218,6 @@ def scan_command(dataset: str, model: str, max_length: int | None, truncation: s
     """Count every sample's tokens as the model's processor would and report what will break."""
     import json
     import sys
-    from pathlib import Path
 
     from vlmcheck.scan import scan
     from vlmcheck.util import atomic_write_text
@@ -230,8 +242,8 @@ def scan_command(dataset: str, model: str, max_length: int | None, truncation: s
         raise click.UsageError(str(e)) from None
     progress.close()
     if json_path:
-        atomic_write_text(Path(json_path), json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
-    if not quiet:
+        atomic_write_text(json_path, json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    if not quiet and "-" not in (json_path, output):  # standard output carries the data: keep it clean
         click.echo(report.render(show=show), nl=False)
     sys.exit(report.exit_code(fail_on))
 
@@ -265,7 +277,6 @@ def check_command(config: str, model: str | None, data: str | None, path_map: di
     """Judge every sample the way your training framework will, from the config you launch (LLaMA-Factory YAML)."""
     import json
     import sys
-    from pathlib import Path
 
     from vlmcheck.checking import check
     from vlmcheck.util import atomic_write_text
@@ -280,8 +291,8 @@ def check_command(config: str, model: str | None, data: str | None, path_map: di
         raise click.UsageError(str(e)) from None
     progress.close()
     if json_path:
-        atomic_write_text(Path(json_path), json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
-    if not quiet:
+        atomic_write_text(json_path, json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    if not quiet and "-" not in (json_path, output):  # standard output carries the data: keep it clean
         click.echo(report.render(show=show), nl=False)
     sys.exit(report.exit_code(fail_on))
 
@@ -392,7 +403,6 @@ def repair_command(dataset: str, model: str, max_length: int, output: str | None
     hold for review or drop each sample, every one accounted for in the manifest. The input is never
     modified."""
     import json
-    from pathlib import Path
 
     from vlmcheck.repairing import repair
     from vlmcheck.util import atomic_write_text
@@ -417,8 +427,9 @@ def repair_command(dataset: str, model: str, max_length: int, output: str | None
     except VlmcheckError as e:
         raise click.UsageError(str(e)) from None
     if json_path:
-        atomic_write_text(Path(json_path), json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
-    click.echo(report.render(), nl=False)
+        atomic_write_text(json_path, json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    if json_path != "-":
+        click.echo(report.render(), nl=False)
 
 
 from vlmcheck.templates.cli import template_command  # noqa: E402  (template: registration)

@@ -57,7 +57,16 @@ from vlmcheck.families.qwen2_vl import prescale
 from vlmcheck.layout import TRUNCATIONS, Layout, build_layout
 from vlmcheck.model import ModelSpec, load_model, resolve_model_path
 from vlmcheck.report import Report, ReportBuilder
-from vlmcheck.scan import SampleResult, Scanner, ScanOptions, _AtomicLines, _chunks, _has_text, unreadable_row
+from vlmcheck.scan import (
+    SampleResult,
+    Scanner,
+    ScanOptions,
+    _AtomicLines,
+    _chunks,
+    _has_text,
+    nonempty,
+    unreadable_row,
+)
 
 # Rows per task sent to a worker: a processor call costs milliseconds to seconds (it decodes and
 # resizes every image), so chunks stay small for an even load and a live progress count.
@@ -771,8 +780,8 @@ def scan_exact(
     builder = ReportBuilder(dataset=str(path), model=str(folder), model_type=scanner.model_type,
                             options=options, settings=scanner.settings)
     started = time.perf_counter()
-    chunks = _chunks(iter_rows(path, split=split), _CHUNK, limit)
-    sink = _AtomicLines(Path(output)) if output is not None else None
+    chunks = _chunks(nonempty(iter_rows(path, split=split), path), _CHUNK, limit)
+    sink = _AtomicLines(output) if output is not None else None
     try:
         for result in _results(scanner, chunks, workers):
             builder.add(result)

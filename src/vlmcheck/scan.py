@@ -12,6 +12,7 @@ always finishes.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -46,6 +47,7 @@ from vlmcheck.layout import TRUNCATIONS, Layout, build_layout, kept_ranges, over
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.report import Report, ReportBuilder
 from vlmcheck.results import SampleResult
+from vlmcheck.util import AtomicOutput, output_target
 
 _CHUNK = 512  # one encode_batch call per chunk; larger batches tokenize faster (docs/performance.md)
 # conversation, collapsed text, features per image, image sizes, placeholder runs per image or video
@@ -565,6 +567,19 @@ def _work(items: list[tuple[int, Any]]) -> list[SampleResult]:
     return _WORKER.analyze(items)
 
 
+def nonempty(rows: Iterator[Any], path: Path) -> Iterator[Any]:
+    """``rows``, or a :class:`DatasetError` when there is none: an empty dataset is not a clean one."""
+    import itertools
+
+    first = next(rows, _NOTHING)
+    if first is _NOTHING:
+        raise DatasetError(f"{path} holds no rows: there is nothing to check (an empty file, array or split)")
+    return itertools.chain([first], rows)
+
+
+_NOTHING = object()
+
+
 def _chunks(rows: Iterator[Any], size: int, limit: int | None) -> Iterator[list[tuple[int, Any]]]:
     chunk: list[tuple[int, Any]] = []
     for index, row in enumerate(rows):
@@ -741,15 +756,17 @@ def scan(
         processor_options=processor_options,
     )
     spec, options, root = scanner.spec, scanner.options, scanner.root
-    if output is not None and os.path.realpath(output) == os.path.realpath(path):
+    if output is not None and os.fspath(output) != "-" and os.path.realpath(output) == os.path.realpath(path):
         raise UsageError(f"output {output} is the dataset itself; vlmcheck never writes over its input")
+    if output is not None:
+        output_target(output)  # a symlink or device is refused before the scan, not after it
     total = count_rows(path, split=split) if progress else None
     if total is not None and limit is not None:
         total = min(total, limit)
     builder = ReportBuilder(dataset=str(path), model=str(spec.path), model_type=spec.model_type,
                             options=options, settings=spec.settings)
     started = time.perf_counter()
-    chunks = _chunks(iter_rows(path, split=split), _CHUNK, limit)
+    chunks = _chunks(nonempty(iter_rows(path, split=split), path), _CHUNK, limit)
 
     def tick(results: Iterator[SampleResult]) -> Iterator[SampleResult]:
         for result in results:
@@ -764,8 +781,8 @@ def scan(
 def write_records(results: Iterator[SampleResult], builder: ReportBuilder,
                   output: str | os.PathLike[str] | None) -> None:
     """Feed every result to the report and, with ``output``, to a JSON Lines file that appears whole or not at
-    all."""
-    sink = _AtomicLines(Path(output)) if output is not None else None
+    all (``-``: standard output)."""
+    sink = _AtomicLines(output) if output is not None else None
     try:
         for result in results:
             builder.add(result)
@@ -778,32 +795,11 @@ def write_records(results: Iterator[SampleResult], builder: ReportBuilder,
             sink.discard()
 
 
-class _AtomicLines:
-    """A JSON Lines file that appears complete or not at all (temp file + rename)."""
+class _AtomicLines(AtomicOutput):
+    """JSON Lines through :class:`~vlmcheck.util.AtomicOutput`."""
 
-    def __init__(self, path: Path) -> None:
-        import json
-        import tempfile
-
-        self._json = json
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        self.tmp = Path(tmp)
-        self.fp = os.fdopen(fd, "w", encoding="utf-8")
-        self.done = False
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(path)
 
     def write(self, record: dict[str, Any]) -> None:
-        self.fp.write(self._json.dumps(record, ensure_ascii=False) + "\n")
-
-    def commit(self) -> None:
-        self.fp.flush()
-        os.fsync(self.fp.fileno())
-        self.fp.close()
-        os.replace(self.tmp, self.path)
-        self.done = True
-
-    def discard(self) -> None:
-        if not self.done:
-            self.fp.close()
-            self.tmp.unlink(missing_ok=True)
+        self.fp.write(json.dumps(record, ensure_ascii=False) + "\n")

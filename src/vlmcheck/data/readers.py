@@ -26,6 +26,9 @@ class BadRow:
 
     reason: str
     line: int | None = None
+    # the reader cannot go on past it (a JSON array broken midway, a damaged Parquet/Arrow file): every row
+    # after it is unreadable, so repair must not write the rows before it as if they were the dataset
+    terminal: bool = False
 
 
 def _parse_int(text: str) -> Any:
@@ -70,11 +73,15 @@ def _skip_value(buf: str, pos: int) -> int:
     return -1
 
 
-def _json_array(path: Path) -> Iterator[Any]:
-    """Elements of a top-level JSON array, decoded one at a time from a sliding buffer."""
+def _json_array(path: Path, spans: list[tuple[int, int]] | None = None) -> Iterator[Any]:
+    """Elements of a top-level JSON array, decoded one at a time from a sliding buffer. With ``spans``, the
+    byte range of each element yielded is appended to it (for a terminal :class:`BadRow`: from where
+    reading stopped to the end of the file)."""
     decoder = _DECODER
+    size = os.path.getsize(path)
     with open(path, "rb") as fp:
         buf, pos, pending, eof = "", 0, b"", False
+        at = 0  # the byte offset of buf[pos] in the file
 
         def refill() -> bool:
             nonlocal buf, pos, pending, eof
@@ -96,25 +103,44 @@ def _json_array(path: Path) -> Iterator[Any]:
             pos = 0
             return True
 
+        def move(to: int) -> None:
+            nonlocal pos, at
+            at += len(buf[pos:to].encode("utf-8", "surrogatepass"))
+            pos = to
+
+        def stop(reason: str) -> BadRow:
+            if spans is not None:
+                spans.append((at, size))
+            return BadRow(reason, terminal=True)
+
         try:
             refill()
         except UnicodeDecodeError:
-            yield BadRow("the file is not UTF-8 text")
+            yield stop("the file is not UTF-8 text")
             return
         if buf.startswith("\ufeff"):
-            pos = 1
+            move(1)
         while pos < len(buf) and buf[pos] in " \t\r\n":
             pos += 1
+            at += 1
         if buf[pos:pos + 1] != "[":
             raise DatasetError(f"{path}: expected a JSON array (or use .jsonl for JSON Lines)")
-        pos += 1
+        move(pos + 1)
 
         while True:
-            while pos < len(buf) and buf[pos] in " \t\r\n,":
-                pos += 1
+            skip = pos
+            while skip < len(buf) and buf[skip] in " \t\r\n,":
+                skip += 1
+            at += skip - pos
+            pos = skip
             if pos >= len(buf):
-                if not refill():
-                    yield BadRow("the JSON array is not closed (file cut short?)")
+                try:
+                    more = refill()
+                except UnicodeDecodeError:
+                    yield stop("the file is not UTF-8 text past this point")
+                    return
+                if not more:
+                    yield stop("the JSON array is not closed (file cut short?)")
                     return
                 continue
             if buf[pos] == "]":
@@ -126,38 +152,49 @@ def _json_array(path: Path) -> Iterator[Any]:
                 if end < 0:
                     if refill():
                         continue
-                    yield BadRow("the JSON array is not closed (file cut short?)")
+                    yield stop("the JSON array is not closed (file cut short?)")
                     return
+                start = at
+                move(end)
+                if spans is not None:
+                    spans.append((start, at))
                 yield BadRow("this element is nested too deeply to read (RecursionError in any JSON parser "
                              "built on recursion)")
-                pos = end
                 continue
             except json.JSONDecodeError as e:
                 try:
                     more = refill()
                 except UnicodeDecodeError:
-                    yield BadRow("the file is not UTF-8 text past this point")
+                    yield stop("the file is not UTF-8 text past this point")
                     return
                 if more:
                     continue
-                yield BadRow(f"invalid JSON at character {e.pos}: {e.msg}; the rest of the file is unreadable")
+                yield stop(f"invalid JSON at byte {at + len(buf[pos:e.pos].encode('utf-8', 'surrogatepass'))}: "
+                           f"{e.msg}; the rest of the file is unreadable")
                 return
             # A value that ends exactly at the buffer end may be a cut-off number: read more first.
             if end == len(buf) and not eof and refill():
                 continue
+            start = at
+            move(end)
+            if spans is not None:
+                spans.append((start, at))
             yield value
-            pos = end
             if pos > _CHUNK:
                 buf, pos = buf[pos:], 0
 
 
-def _json_lines(path: Path) -> Iterator[Any]:
+def _json_lines(path: Path, spans: list[tuple[int, int]] | None = None) -> Iterator[Any]:
+    at = 0
     with open(path, "rb") as fp:
         for lineno, raw in enumerate(fp, 1):
+            start, at = at, at + len(raw)
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]  # a UTF-8 byte order mark (Windows editors write one): not part of row 0
             if not raw.strip():
                 continue
+            if spans is not None:
+                spans.append((start, at))
             try:
                 # without the newline, so that an error at the end of the line names its column
                 text = raw.decode("utf-8").rstrip("\r\n")
@@ -184,7 +221,7 @@ def _pyarrow() -> Any:
 
 def _damaged(where: str, e: BaseException) -> BadRow:
     return BadRow(f"{where} is damaged past this point ({type(e).__name__}: {str(e)[:200]}); the rest of it "
-                  "is unreadable")
+                  "is unreadable", terminal=True)
 
 
 def _batches(batches: Iterator[Any], where: str) -> Iterator[Any]:
@@ -306,16 +343,18 @@ def dataset_kind(path: Path) -> str:
                        "save_to_disk folder)")
 
 
-def iter_rows(path: str | os.PathLike[str], *, split: str | None = None) -> Iterator[Any]:
-    """Rows of the dataset at ``path``, streamed. Unparseable rows come as :class:`BadRow`."""
+def iter_rows(path: str | os.PathLike[str], *, split: str | None = None,
+              spans: list[tuple[int, int]] | None = None) -> Iterator[Any]:
+    """Rows of the dataset at ``path``, streamed. Unparseable rows come as :class:`BadRow`. For JSON and JSON
+    Lines, ``spans`` (a list) gets each row's byte range in the file as the row is yielded."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"dataset not found: {path}")
     kind = dataset_kind(path)
     if kind == "json":
-        return _json_array(path)
+        return _json_array(path, spans)
     if kind == "jsonl":
-        return _json_lines(path)
+        return _json_lines(path, spans)
     if kind == "parquet":
         return _parquet(path)
     return _arrow(path, split)
