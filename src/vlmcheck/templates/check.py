@@ -377,6 +377,9 @@ def _llava_cause(run: llava.LlavaRun, tok: llava.LlavaTokenizer, setup: _LlavaSe
         return (f"tokenizer.legacy={tok.legacy}: the slow tokenizer "
                 f"{'prepends' if tok.legacy else 'does not prepend'} '▁' after {sep!r}, and preprocess_v1 "
                 f"{'does not subtract the 1 per round it then needs' if tok.legacy else 'subtracts 1 per round'}")
+    if conv.style == "mpt" and run.mismatch is not None and run.mismatch[1] - run.mismatch[0] == len(run.round_lens):
+        return (f"{conv.function} splits the rounds on {sep!r} and never counts the one that closes each answer "
+                "(the tokenizer adds no BOS to make up for it)")
     return f"{conv.function}'s per-round counts disagree with the whole conversation's tokens"
 
 
@@ -401,7 +404,14 @@ def _llava_fix(setup: _LlavaSetup, row: Mapping[str, Any], run: llava.LlavaRun, 
     tok_run = setup.tokenizer(run.version)
     assert not isinstance(tok_run, llava.Refused)
     start = 0 if run.function == "preprocess_mpt" else 1
-    later = len(run.round_lens) - 1
+    rounds, later = len(run.round_lens), len(run.round_lens) - 1
+    if rounds > 1 and (total - cur) % rounds == 0:
+        step = (total - cur) // rounds
+        patched = llava.simulate(row, tokenizer=tok_run, version=run.version, patch=(step, step),
+                                 mm_use_im_start_end=setup.mm_use_im_start_end)
+        if _exact(patched):
+            return (f"no registered version is exact: patch {run.function} to count {step:+d} token per round, "
+                    f"the first included ({cur} {step:+d}x{rounds} = {total})")
     if later > 0 and (total - cur) % later == 0:
         step = (total - cur) // later
         patched = llava.simulate(row, tokenizer=tok_run, version=run.version, patch=(0, step),
