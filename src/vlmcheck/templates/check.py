@@ -377,9 +377,9 @@ def _llava_cause(run: llava.LlavaRun, tok: llava.LlavaTokenizer, setup: _LlavaSe
         return (f"tokenizer.legacy={tok.legacy}: the slow tokenizer "
                 f"{'prepends' if tok.legacy else 'does not prepend'} '▁' after {sep!r}, and preprocess_v1 "
                 f"{'does not subtract the 1 per round it then needs' if tok.legacy else 'subtracts 1 per round'}")
-    if conv.style == "mpt" and run.mismatch is not None and run.mismatch[1] - run.mismatch[0] == len(run.round_lens):
-        return (f"{conv.function} splits the rounds on {sep!r} and never counts the one that closes each answer "
-                "(the tokenizer adds no BOS to make up for it)")
+    if conv.style == "mpt" and not tok.ids(""):
+        return (f"{conv.function} splits the rounds on {sep!r} and drops the one that closes each answer; a BOS "
+                "per round would make up for it, and this tokenizer adds none")
     return f"{conv.function}'s per-round counts disagree with the whole conversation's tokens"
 
 
