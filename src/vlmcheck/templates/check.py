@@ -289,7 +289,8 @@ def _llava_tokenizer(tokenizer: str | Path | Tok, *, version: str, max_length: i
             tok.add_special(llava.IM_END)
     else:
         tok = llava.load_tokenizer(tokenizer, version=version, model_max_length=max_length,
-                                   model_name_or_path=model_name_or_path, mm_use_im_start_end=mm_use_im_start_end)
+                                   model_name_or_path=model_name_or_path, mm_use_im_start_end=mm_use_im_start_end,
+                                   legacy=legacy)
     if legacy is not None:
         tok.legacy = legacy
     return tok

@@ -224,15 +224,20 @@ def _read_config(folder: Path) -> dict[str, Any]:
 
 
 def load_tokenizer(folder: str | Path, *, version: str, model_max_length: int | None = None,
-                   model_name_or_path: str | None = None, mm_use_im_start_end: bool = False) -> LlavaTokenizer:
+                   model_name_or_path: str | None = None, mm_use_im_start_end: bool = False,
+                   legacy: bool | None = None) -> LlavaTokenizer:
     """The tokenizer ``train()`` builds for ``--version``: ``AutoTokenizer.from_pretrained(model_name_or_path,
     model_max_length=..., use_fast=False)`` (the default fast route when "mpt" is in the model path), then the
     pad token, then ``initialize_vision_tokenizer``'s ``<im_start>``/``<im_end>`` when ``mm_use_im_start_end``.
+    ``legacy`` stands for ``"legacy"`` in tokenizer_config.json: the slow tokenizer tokenizes by it; a fast one
+    only gets the attribute (transformers 4.37.2's fast tokenizers have none).
 
     Raises :class:`Refused` where LLaVA's own load raises (a slow Llama class without ``tokenizer.model``).
     """
     folder = Path(folder)
     config = _read_config(folder)
+    if legacy is not None:
+        config["legacy"] = legacy
     cls = str(config.get("tokenizer_class") or "LlamaTokenizer")
     name = model_name_or_path if model_name_or_path is not None else str(folder)
     use_fast = "mpt" in name

@@ -22,6 +22,7 @@ Needs the optional ``sentencepiece`` package (``pip install vlmcheck[llava]``).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,7 @@ class SlowLlamaTokenizer:
         self.sp.LoadFromSerializedProto(proto.SerializeToString())
         self.model_max_length = int(self.config.get("model_max_length") or 10**9)
         self.added: dict[str, _Added] = {}
+        self._compiled: tuple[tuple[str, ...], re.Pattern[str]] | None = None
         for key, value in (self.config.get("added_tokens_decoder") or {}).items():
             text = _token_text(value)
             if text is not None:
@@ -147,16 +149,11 @@ class SlowLlamaTokenizer:
     def _split(self, text: str, start: int) -> list[tuple[str, int, bool]]:
         """(piece, position, is-added-token), leftmost-longest on the added tokens, stripping as they ask."""
         out: list[tuple[str, int, bool]] = []
-        names = sorted(self.added, key=len, reverse=True)
-        i = last = 0
-        while i < len(text):
-            hit = next((t for t in names if t and text.startswith(t, i)), None)
-            if hit is None:
-                i += 1
-                continue
-            out.append((text[last:i], start + last, False))
-            out.append((hit, start + i, True))
-            i = last = i + len(hit)
+        last = 0
+        for m in self._pattern().finditer(text):
+            out.append((text[last:m.start()], start + last, False))
+            out.append((m.group(), start + m.start(), True))
+            last = m.end()
         out.append((text[last:], start + last, False))
         for k, (piece, _, added) in enumerate(out):
             if not added:
@@ -170,6 +167,13 @@ class SlowLlamaTokenizer:
                 left, lpos, _ = out[k - 1]
                 out[k - 1] = (left.rstrip(), lpos, False)
         return [p for p in out if p[0]]
+
+    def _pattern(self) -> re.Pattern[str]:
+        """The added tokens, longest first (leftmost-longest, as transformers' trie splits)."""
+        names = tuple(sorted((t for t in self.added if t), key=len, reverse=True))
+        if self._compiled is None or self._compiled[0] != names:
+            self._compiled = (names, re.compile("|".join(map(re.escape, names)) or r"(?!)"))
+        return self._compiled[1]
 
     def _pieces(self, text: str) -> list[str]:
         """``_tokenize``: SentencePiece pieces of one text piece."""
