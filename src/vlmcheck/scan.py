@@ -36,15 +36,18 @@ from vlmcheck.data.formats import (
     to_conversation,
 )
 from vlmcheck.data.images import ImageInfo, ImageProblem, decode_data_url, probe_bytes, probe_path
-from vlmcheck.data.readers import BadRow, count_rows, iter_rows
+from vlmcheck.data.readers import BadRow
 from vlmcheck.data.videos import VideoInfo, VideoProblem, probe_video_bytes, probe_video_path
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.families import Overrides
 from vlmcheck.families.base import RESIZE_MODES, Expansion, VideoFamily
 from vlmcheck.layout import TRUNCATIONS, Layout, build_layout, kept_ranges, overlap
 from vlmcheck.model import ModelSpec, load_model
+from vlmcheck.preview import Previewer
+from vlmcheck.records import RecordWriter
 from vlmcheck.report import Report, ReportBuilder
 from vlmcheck.results import SampleResult
+from vlmcheck.sources import Source, open_source, shard_label
 
 _CHUNK = 512  # one encode_batch call per chunk; larger batches tokenize faster (docs/performance.md)
 # conversation, collapsed text, features per image, image sizes, placeholder runs per image or video
@@ -95,6 +98,8 @@ class Scanner:
         self._media_re = re.compile("|".join(patterns))
         self.eos = spec.special_tokens.get("eos_token")
         self._budget_unit = self._pixel_unit()
+        self.previews = Previewer(local_path=self._local_path, exif_transpose=options.exif_transpose,
+                                  max_length=options.max_length, truncation=options.truncation)
 
     def _pixel_unit(self) -> int | None:
         factor = getattr(self.spec.settings, "factor", None)
@@ -107,6 +112,8 @@ class Scanner:
             return probe_bytes(ref.value, check_integrity=check)
         if ref.kind == "data_url":
             return probe_bytes(decode_data_url(ref.value), check_integrity=check)
+        if ref.kind == "pil":  # the processor is handed this object as it is: its size, never EXIF-rotated
+            return ImageInfo(ref.value.width, ref.value.height, format=ref.value.format)
         if ref.kind == "url":
             raise ImageProblem("VC101", f"remote image {ref.value} is not downloaded by vlmcheck; "
                                         "download the images and point the dataset at local files")
@@ -269,10 +276,14 @@ class Scanner:
             results.append(result)
             if prepared is not None:
                 pending.append((result, prepared))
+            elif result.findings and self.previews.wants(result):  # (preview: hook)
+                result.preview = self.previews.make(result)
         if pending:
             encodings = self._encode([p[1][1] for p in pending])
             for (result, (conv, text, counts, sizes, runs, kinds)), enc in zip(pending, encodings):
-                self._finish(result, conv, text, counts, sizes, runs, enc.ids, enc.offsets, kinds=kinds)
+                layout = self._finish(result, conv, text, counts, sizes, runs, enc.ids, enc.offsets, kinds=kinds)
+                if result.findings and self.previews.wants(result):  # (preview: hook)
+                    result.preview = self.previews.make(result, images=conv.images, layout=layout, kinds=kinds)
         return results
 
     def _encode(self, texts: list[str]) -> list[Any]:
@@ -336,7 +347,7 @@ class Scanner:
 
     def _finish(self, result: SampleResult, conv: Conversation, text: str, counts: list[int | None],
                 sizes: list[tuple[int, int]], runs: list[tuple[int, ...]], ids: list[int],
-                offsets: list[tuple[int, int]], *, kinds: list[str] | None = None) -> None:
+                offsets: list[tuple[int, int]], *, kinds: list[str] | None = None) -> Layout:
         layout = build_layout(ids, offsets, image_token_id=self.image_token_id, image_runs=runs,
                               supervised_chars=self._supervised_chars(conv, text), text=text,
                               video_token_id=self.video_token_id)
@@ -356,7 +367,7 @@ class Scanner:
                 placeholders=video_placeholders, videos=len(videos),
             ))
         if any(c is None for c in counts) or any(c is None for c in videos):
-            return  # lengths are unknown while an image or video is unreadable
+            return layout  # lengths are unknown while an image or video is unreadable
         result.tokens = layout.total
         result.supervised_tokens = layout.supervised_tokens
         image_tokens = [n for n, kind in zip(layout.image_tokens, kinds) if kind == "image"]
@@ -364,6 +375,7 @@ class Scanner:
         if self.options.max_length is not None and placeholders == len(counts) and video_placeholders == len(videos):
             result.fits_max_pixels = self._fit_budget(sizes, result.text_only_tokens)
             self._truncation(result, layout, self.options.max_length, kinds=kinds)
+        return layout
 
     def _truncation(self, result: SampleResult, layout: Layout, max_length: int, *,
                     kinds: list[str] | None = None) -> None:
@@ -516,7 +528,7 @@ def _results(scanner: Scanner, spec: ModelSpec, chunks: Iterator[list[tuple[int,
 
 
 def build_scanner(
-    path: Path,
+    path: Path | Source,
     *,
     model: str | os.PathLike[str] | ModelSpec,
     max_length: int | None,
@@ -558,9 +570,13 @@ def build_scanner(
         overrides = Overrides(max_pixels=max_pixels, min_pixels=min_pixels, resize=resize,
                               extra=dict(processor_options or {}))
         spec = load_model(model, overrides=overrides, chat_template=chat_template)
-    if not path.exists():
+    if isinstance(path, Source):  # (sources: hook) files, globs, objects: the source knows its folder
+        default_root = path.root
+    elif not path.exists():
         raise DatasetError(f"dataset not found: {path}")
-    root = Path(image_root) if image_root is not None else (path if path.is_dir() else path.parent)
+    else:
+        default_root = path if path.is_dir() else path.parent
+    root = Path(image_root) if image_root is not None else default_root
     if exif_transpose is None:
         exif_transpose = resize == "processor"
     options = ScanOptions(max_length=max_length, truncation=truncation, format=format,
@@ -570,7 +586,7 @@ def build_scanner(
 
 
 def scan(
-    dataset: str | os.PathLike[str],
+    dataset: Any,
     *,
     model: str | os.PathLike[str] | ModelSpec,
     max_length: int | None = None,
@@ -591,6 +607,8 @@ def scan(
     exact: bool = False,
     trust_remote_code: bool = False,
     processor_options: Mapping[str, Any] | None = None,
+    shard: str | tuple[int, int] | None = None,
+    resume: bool = False,
 ) -> Report:
     """Scan ``dataset`` for samples that would crash or not train under ``model`` at ``max_length``.
 
@@ -598,7 +616,10 @@ def scan(
     data is a finding in the returned :class:`~vlmcheck.report.Report`.
 
     Args:
-        dataset: a .json / .jsonl / .parquet file or a ``save_to_disk`` folder.
+        dataset: a .json / .jsonl (also .gz/.bz2/.xz/.zst) / .parquet file, a WebDataset .tar shard, a
+            ``save_to_disk`` folder, a folder of data files, a glob, a list of paths; or an object: a
+            ``datasets.Dataset`` / ``IterableDataset`` / ``DatasetDict`` (with ``split``), a list of dicts, a
+            pandas DataFrame, a pyarrow Table (:mod:`vlmcheck.sources`).
         model: a checkpoint folder, a Hugging Face model id, or a :class:`ModelSpec`.
         max_length: the framework's ``max_length`` / ``cutoff_len``; None skips truncation checks.
         truncation: ``right`` (transformers, TRL), ``left`` / ``delete`` (ms-swift),
@@ -610,6 +631,9 @@ def scan(
             ``qwen-vl-utils`` (LLaMA-Factory, EasyR1 and qwen-vl-utils call ``Image.open`` only).
         output: write one JSON record per sample to this .jsonl file (atomically).
         progress: called as ``progress(done, total_or_None)`` while scanning.
+        shard: ``"I/N"`` or ``(I, N)``: scan only rows whose index is I modulo N (I counts from 0); the
+            summaries of all N shards merge into the whole's (:func:`vlmcheck.merge`).
+        resume: with ``output``, go on from where an interrupted scan with the same settings stopped.
         processor_options: call-time processor options the family reads (``vlmcheck families``
             lists them), e.g. ``{"do_pan_and_scan": True}`` for Gemma 3, ``{"fps": 2,
             "do_sample_frames": True}`` for Qwen videos; an option the family does not read is an error.
@@ -620,6 +644,9 @@ def scan(
     if exact and processor_options:
         raise UsageError("processor_options apply to the arithmetic scan; with exact=True the checkpoint's own "
                          "processor runs with its own settings")
+    if exact and (shard is not None or resume or not isinstance(dataset, (str, os.PathLike))):
+        raise UsageError("exact=True scans one dataset file or folder; shard, resume and objects go with the "
+                         "arithmetic scan")
     if exact:  # (exact: hook)
         from vlmcheck.exact import scan_exact
 
@@ -635,23 +662,26 @@ def scan(
                          "checkpoint code")
     if workers < 1:
         raise UsageError("workers must be at least 1")
-    path = Path(dataset)
+    if resume and output is None:
+        raise UsageError("resume needs output: the records of the interrupted scan are where it goes on from")
+    source = open_source(dataset, split=split, shard=shard)  # (sources: hook)
     scanner = build_scanner(
-        path, model=model, max_length=max_length, truncation=truncation, format=format, image_root=image_root,
+        source, model=model, max_length=max_length, truncation=truncation, format=format, image_root=image_root,
         max_pixels=max_pixels, min_pixels=min_pixels, resize=resize, exif_transpose=exif_transpose,
         allow_outside_root=allow_outside_root, chat_template=chat_template, split=split,
         processor_options=processor_options,
     )
     spec, options, root = scanner.spec, scanner.options, scanner.root
-    if output is not None and os.path.realpath(output) == os.path.realpath(path):
-        raise UsageError(f"output {output} is the dataset itself; vlmcheck never writes over its input")
-    total = count_rows(path, split=split) if progress else None
-    if total is not None and limit is not None:
-        total = min(total, limit)
-    builder = ReportBuilder(dataset=str(path), model=str(spec.path), model_type=spec.model_type,
+    if output is not None:
+        source.check_output(output)
+    total = source.count(limit=limit) if progress else None
+    builder = ReportBuilder(dataset=source.name, model=str(spec.path), model_type=spec.model_type,
                             options=options, settings=spec.settings)
+    identity = {"dataset": source.name, "model": str(spec.path), "options": repr(options),
+                "settings": repr(spec.settings), "shard": shard_label(source.shard), "limit": limit}
+    writer = RecordWriter(output, builder, resume=resume, identity=identity)
     started = time.perf_counter()
-    chunks = _chunks(iter_rows(path, split=split), _CHUNK, limit)
+    chunks = source.chunks(_CHUNK, start=writer.start, limit=limit)
 
     def tick(results: Iterator[SampleResult]) -> Iterator[SampleResult]:
         for result in results:
@@ -659,25 +689,18 @@ def scan(
             if progress is not None:
                 progress(builder.scanned, total)
 
-    write_records(tick(_results(scanner, spec, chunks, workers, options, root)), builder, output)
-    return builder.build(seconds=time.perf_counter() - started)
+    writer.write(tick(_results(scanner, spec, chunks, workers, options, root)), started=started)
+    report = builder.build(seconds=writer.seconds(time.perf_counter()))
+    if source.shard is not None:
+        report.summary["shard"] = shard_label(source.shard)
+    return report
 
 
 def write_records(results: Iterator[SampleResult], builder: ReportBuilder,
                   output: str | os.PathLike[str] | None) -> None:
     """Feed every result to the report and, with ``output``, to a JSON Lines file that appears whole or not at
-    all."""
-    sink = _AtomicLines(Path(output)) if output is not None else None
-    try:
-        for result in results:
-            builder.add(result)
-            if sink is not None:
-                sink.write(result.to_record())
-        if sink is not None:
-            sink.commit()
-    finally:
-        if sink is not None:
-            sink.discard()
+    all; the report keeps the records (:mod:`vlmcheck.records`)."""
+    RecordWriter(output, builder).write(results, started=time.perf_counter())
 
 
 class _AtomicLines:

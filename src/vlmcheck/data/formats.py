@@ -46,7 +46,8 @@ class RowError(Exception):
 
 @dataclass
 class ImageRef:
-    """Where one image comes from: ``path``, ``bytes`` (HF image struct), ``data_url`` or ``url``."""
+    """Where one image comes from: ``path``, ``bytes`` (HF image struct), ``data_url``, ``url`` or ``pil`` (an
+    opened PIL image)."""
 
     kind: str
     value: Any
@@ -58,6 +59,8 @@ class ImageRef:
             return f"<{len(self.value)} embedded bytes>"
         if self.kind == "data_url":
             return "<data URL>"
+        if self.kind == "pil":
+            return f"<{self.value.width}x{self.value.height} {type(self.value).__name__}>"
         return str(self.value)
 
 
@@ -98,6 +101,8 @@ def image_ref(value: Any) -> ImageRef:
         if value.startswith("file://"):
             return ImageRef("path", value[len("file://"):])
         return ImageRef("path", value)
+    if _is_pil(value):  # an opened PIL image (a list of dicts or a DataFrame in memory)
+        return ImageRef("pil", value)
     if isinstance(value, dict):
         if value.get("bytes"):
             data = value["bytes"]
@@ -108,6 +113,12 @@ def image_ref(value: Any) -> ImageRef:
             if isinstance(value.get(key), (str, dict)) and value.get(key):
                 return image_ref(value[key])
     raise RowError(f"cannot read an image from {type(value).__name__} {str(value)[:60]!r}")
+
+
+def _is_pil(value: Any) -> bool:
+    from PIL import Image
+
+    return isinstance(value, Image.Image)
 
 
 def video_options(source: dict[str, Any]) -> dict[str, Any]:

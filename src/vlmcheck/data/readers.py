@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlmcheck.data.compressed import data_suffix, open_binary
 from vlmcheck.errors import DatasetError, MissingDependencyError
 
 _CHUNK = 1 << 20
@@ -31,7 +32,7 @@ class BadRow:
 def _json_array(path: Path) -> Iterator[Any]:
     """Elements of a top-level JSON array, decoded one at a time from a sliding buffer."""
     decoder = json.JSONDecoder()
-    with open(path, "rb") as fp:
+    with open_binary(path) as fp:
         buf, pos, pending, eof = "", 0, b"", False
 
         def refill() -> bool:
@@ -99,7 +100,7 @@ def _json_array(path: Path) -> Iterator[Any]:
 
 
 def _json_lines(path: Path) -> Iterator[Any]:
-    with open(path, "rb") as fp:
+    with open_binary(path) as fp:
         for lineno, raw in enumerate(fp, 1):
             if not raw.strip():
                 continue
@@ -168,18 +169,18 @@ def _arrow(folder: Path, split: str | None) -> Iterator[Any]:
 def dataset_kind(path: Path) -> str:
     if path.is_dir():
         return "arrow"
-    suffix = path.suffix.lower()
+    suffix = data_suffix(path)
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"
     if suffix == ".json":
-        with open(path, "rb") as fp:
+        with open_binary(path) as fp:
             head = fp.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
         # JSON Lines saved as .json is common (HF `to_json` writes lines by default).
         return "json" if head.startswith(b"[") else "jsonl"
-    if suffix in (".parquet", ".pq"):
+    if suffix in (".parquet", ".pq") and path.suffix.lower() == suffix:
         return "parquet"
-    raise DatasetError(f"{path}: unknown dataset file type {suffix!r} (use .json, .jsonl, .parquet or a "
-                       "save_to_disk folder)")
+    raise DatasetError(f"{path}: unknown dataset file type {path.name!r} (use .json, .jsonl (plain or .gz, .bz2, "
+                       ".xz, .zst), .parquet or a save_to_disk folder)")
 
 
 def iter_rows(path: str | os.PathLike[str], *, split: str | None = None) -> Iterator[Any]:
@@ -205,7 +206,7 @@ def count_rows(path: str | os.PathLike[str], *, split: str | None = None) -> int
         if kind == "parquet":
             return int(_pyarrow().parquet.ParquetFile(path).metadata.num_rows)
         if kind == "jsonl":
-            with open(path, "rb") as fp:
+            with open_binary(path) as fp:
                 return sum(1 for line in fp if line.strip())
     except Exception:
         return None

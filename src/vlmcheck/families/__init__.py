@@ -63,7 +63,21 @@ def known_families() -> dict[str, Family]:
     return dict(_FAMILIES)
 
 
-__all__ = ["Expansion", "Family", "ImageIssue", "Overrides", "families", "get_family", "known_families", "register_family", "single_run"]
+def vision_tokens(*, features_only: bool = False) -> tuple[str, ...]:
+    """Every registered family's media special tokens, in registry order without repeats.
+
+    ``features_only`` keeps the tokens a model counts against its image/video features (a generated
+    one breaks the forward); otherwise markers such as ``<|vision_start|>`` and ``[IMG_BREAK]`` are
+    included too. The rollout sanitizer reads this, so a newly registered family is covered.
+    """
+    seen: dict[str, None] = {}
+    for family in _FAMILIES.values():
+        for token in family.feature_tokens if features_only else family.vision_tokens:
+            seen.setdefault(token, None)
+    return tuple(seen)
+
+
+__all__ = ["Expansion", "Family", "ImageIssue", "Overrides", "families", "get_family", "known_families", "register_family", "single_run", "vision_tokens"]
 
 
 def families() -> list[dict[str, object]]:

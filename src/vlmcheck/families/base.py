@@ -126,6 +126,15 @@ class Family(Protocol):
         """The token repeated once per image feature."""
 
     @property
+    def vision_tokens(self) -> tuple[str, ...]:
+        """Every special token the processor or chat template writes for media (markers included);
+        the rollout sanitizer keeps all of them out of generated text."""
+
+    @property
+    def feature_tokens(self) -> tuple[str, ...]:
+        """The subset the model counts against image/video features (``image_token`` first)."""
+
+    @property
     def exactness(self) -> str:
         """How the count is known to be right (shown by `vlmcheck families`)."""
 

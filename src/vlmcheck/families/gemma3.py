@@ -151,6 +151,10 @@ class Gemma3Family:
     options: tuple[str, ...] = EXTRA_KEYS
     placeholder: str = BOI_TOKEN
     image_token: str = IMAGE_TOKEN
+    # Every special token the processor writes for media: none may appear in generated text.
+    vision_tokens: tuple[str, ...] = (BOI_TOKEN, EOI_TOKEN, IMAGE_TOKEN)
+    # The ones the model counts against image/video features: one generated breaks the forward.
+    feature_tokens: tuple[str, ...] = (IMAGE_TOKEN,)
     exactness: str = ("exact: proved against transformers' Gemma3Processor (Gemma3ImageProcessorPil, real Gemma 3 "
                       "vocabulary) on 100+ images with and without pan-and-scan, and the VC201 crash against "
                       "Gemma3ForConditionalGeneration")

@@ -28,6 +28,9 @@ from vlmcheck.families.base import Expansion, ImageIssue, Overrides, single_run
 
 # processing_glm4v.py: image_token "<|image|>" (when the tokenizer names none)
 IMAGE_TOKEN = "<|image|>"
+# The chat template of zai-org/GLM-4.1V-9B-Thinking wraps each image in these two added tokens.
+BEGIN_IMAGE = "<|begin_of_image|>"
+END_IMAGE = "<|end_of_image|>"
 # image_processing_pil_glm4v.py smart_resize: "absolute aspect ratio must be smaller than 200"
 MAX_ASPECT_RATIO = 200
 # image_processing_pil_glm4v.py Glm4vImageProcessorPil class defaults (checkpoints override them)
@@ -161,6 +164,10 @@ class Glm4vFamily:
     title: str = "GLM-4.1V"
     placeholder: str = IMAGE_TOKEN
     image_token: str = IMAGE_TOKEN
+    # Every special token the processor writes for media: none may appear in generated text.
+    vision_tokens: tuple[str, ...] = (BEGIN_IMAGE, END_IMAGE, IMAGE_TOKEN)
+    # The ones the model counts against image/video features: one generated breaks the forward.
+    feature_tokens: tuple[str, ...] = (IMAGE_TOKEN,)
     exactness: str = (
         "exact: proved against transformers' Glm4vProcessor (Glm4vImageProcessorPil, no video processor, "
         "GLM-4.1V-9B-Thinking's processor files; a real BPE with GLM-4.1V's special tokens at their real ids, "

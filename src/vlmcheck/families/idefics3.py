@@ -180,6 +180,11 @@ class Idefics3Family:
     title: str = "Idefics3 / SmolVLM"
     placeholder: str = IMAGE_TOKEN
     image_token: str = IMAGE_TOKEN
+    # Every special token the processor writes for media: none may appear in generated text.
+    # (<global-img> and <row_i_col_j> are ordinary text in Idefics3-8B-Llama3's and SmolVLM-Instruct's vocabularies.)
+    vision_tokens: tuple[str, ...] = (FAKE_IMAGE_TOKEN, IMAGE_TOKEN)
+    # The ones the model counts against image/video features: one generated breaks the forward.
+    feature_tokens: tuple[str, ...] = (IMAGE_TOKEN,)
     exactness: str = (
         "exact: proved against transformers' Idefics3Processor (Idefics3ImageProcessorPil) on 110+ images with "
         "Idefics3-8B-Llama3 (real Llama-3 vocabulary), SmolVLM-Instruct and SmolVLM-256M-Instruct files (a "

@@ -121,6 +121,10 @@ class InternVLFamily:
     options: tuple[str, ...] = ("crop_to_patches", "min_patches", "max_patches")
     placeholder: str = CONTEXT_TOKEN
     image_token: str = CONTEXT_TOKEN
+    # Every special token the processor writes for media: none may appear in generated text.
+    vision_tokens: tuple[str, ...] = (START_TOKEN, END_TOKEN, CONTEXT_TOKEN)
+    # The ones the model counts against image/video features: one generated breaks the forward.
+    feature_tokens: tuple[str, ...] = (CONTEXT_TOKEN,)
     exactness: str = ("exact: proved against transformers' InternVLProcessor (GotOcr2ImageProcessorPil, real "
                       "Qwen2.5 vocabulary with InternVL's special tokens at their real ids) on 100+ images")
     # processor_config.json: image_seq_length; preprocessor_config.json: size, min_patches, max_patches

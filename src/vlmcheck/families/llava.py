@@ -114,6 +114,10 @@ class LlavaFamily:
     title: str = "LLaVA-1.5"
     placeholder: str = IMAGE_TOKEN
     image_token: str = IMAGE_TOKEN
+    # Every special token the processor writes for media: none may appear in generated text.
+    vision_tokens: tuple[str, ...] = (IMAGE_TOKEN,)
+    # The ones the model counts against image/video features: one generated breaks the forward.
+    feature_tokens: tuple[str, ...] = (IMAGE_TOKEN,)
     exactness: str = ("exact: proved against transformers' LlavaProcessor (CLIPImageProcessorPil, Llama-2 "
                       "tokenizer) on 100+ images, and the VC201 crash against LlavaForConditionalGeneration")
     # processor_config.json (config.json as fallback): patch_size, vision_feature_select_strategy,

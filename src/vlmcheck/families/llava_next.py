@@ -156,6 +156,10 @@ class LlavaNextFamily:
     title: str = "LLaVA-NeXT (1.6)"
     placeholder: str = IMAGE_TOKEN
     image_token: str = IMAGE_TOKEN
+    # Every special token the processor writes for media: none may appear in generated text.
+    vision_tokens: tuple[str, ...] = (IMAGE_TOKEN,)
+    # The ones the model counts against image/video features: one generated breaks the forward.
+    feature_tokens: tuple[str, ...] = (IMAGE_TOKEN,)
     exactness: str = ("exact: proved against transformers' LlavaNextProcessor (LlavaNextImageProcessorPil, "
                       "llava-hf/llava-v1.6-vicuna-7b-hf's processor files, Llama-2 tokenizer) on 230+ images, and the "
                       "VC201 crash against LlavaNextForConditionalGeneration")

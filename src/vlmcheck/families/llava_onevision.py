@@ -192,6 +192,10 @@ class LlavaOnevisionFamily:
     options: tuple[str, ...] = ("images_nested",)
     placeholder: str = IMAGE_TOKEN
     image_token: str = IMAGE_TOKEN
+    # Every special token the processor writes for media: none may appear in generated text.
+    vision_tokens: tuple[str, ...] = (IMAGE_TOKEN, VIDEO_TOKEN)
+    # The ones the model counts against image/video features: one generated breaks the forward.
+    feature_tokens: tuple[str, ...] = (IMAGE_TOKEN, VIDEO_TOKEN)
     exactness: str = ("exact for images: proved against transformers' LlavaOnevisionProcessor (PIL image "
                       "processor, llava-hf/llava-onevision-qwen2-7b-ov-hf's processor files, Qwen2 tokenizer with "
                       "<image>/<video> at 151646/151647) on 190+ images, single- and multi-image, and the VC201 "

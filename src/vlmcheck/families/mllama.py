@@ -41,6 +41,10 @@ class MllamaFamily:
     title: str = "Llama 3.2 Vision (Mllama)"
     placeholder: str = IMAGE_TOKEN
     image_token: str = IMAGE_TOKEN
+    # Every special token the processor writes for media: none may appear in generated text.
+    vision_tokens: tuple[str, ...] = (IMAGE_TOKEN,)
+    # The ones the model counts against image/video features: one generated breaks the forward.
+    feature_tokens: tuple[str, ...] = (IMAGE_TOKEN,)
     exactness: str = ("exact: one <|image|> per image (cross-attention); proved against transformers' "
                       "MllamaProcessor (MllamaImageProcessorPil, the real Llama 3 BPE with Llama 3.2 Vision's "
                       "special tokens at their real ids) on 100+ images")

@@ -95,6 +95,10 @@ class PaliGemmaFamily:
     title: str = "PaliGemma"
     placeholder: str = IMAGE_TOKEN
     image_token: str = IMAGE_TOKEN
+    # Every special token the processor writes for media: none may appear in generated text.
+    vision_tokens: tuple[str, ...] = (IMAGE_TOKEN,)
+    # The ones the model counts against image/video features: one generated breaks the forward.
+    feature_tokens: tuple[str, ...] = (IMAGE_TOKEN,)
     exactness: str = ("exact for processor(text=prompt, images, suffix=answer): proved against transformers' "
                       "PaliGemmaProcessor (SiglipImageProcessorPil, a Gemma-family vocabulary with PaliGemma's "
                       "special tokens at their real ids) on 100+ images; an answer starting with a newline counts "

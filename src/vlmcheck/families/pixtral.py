@@ -128,6 +128,10 @@ class PixtralFamily:
     title: str = "Pixtral"
     placeholder: str = IMAGE_TOKEN
     image_token: str = IMAGE_TOKEN
+    # Every special token the processor writes for media: none may appear in generated text.
+    vision_tokens: tuple[str, ...] = (IMAGE_TOKEN, IMAGE_BREAK, IMAGE_END)
+    # The ones the model counts against image/video features: one generated breaks the forward.
+    feature_tokens: tuple[str, ...] = (IMAGE_TOKEN,)
     exactness: str = (
         "exact: proved against transformers' PixtralProcessor (PixtralImageProcessorPil, the real Tekken "
         "vocabulary mistral-common ships, pixtral-12b's processor files) on 100+ images"

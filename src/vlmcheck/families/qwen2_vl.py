@@ -36,6 +36,10 @@ from vlmcheck.families.base import (
 # processing_qwen2_vl.py: the chat template writes <|vision_start|><|image_pad|><|vision_end|>
 # and the processor multiplies only <|image_pad|>.
 IMAGE_PAD = "<|image_pad|>"
+# Added tokens 151652-151654 of the Qwen2-VL tokenizer (tokenizer_config.json of Qwen/Qwen2-VL-7B-Instruct).
+VISION_START = "<|vision_start|>"
+VISION_END = "<|vision_end|>"
+VISION_PAD = "<|vision_pad|>"
 # image_processing_qwen2_vl.py smart_resize: "absolute aspect ratio must be smaller than 200".
 MAX_ASPECT_RATIO = 200
 # Class defaults of Qwen2VLImageProcessor (checkpoints override them in preprocessor_config.json).
@@ -467,6 +471,10 @@ class Qwen2VLFamily:
                                 "model_seq_len", "video_rotation")
     placeholder: str = IMAGE_PAD
     image_token: str = IMAGE_PAD
+    # Every special token the processor writes for media: none may appear in generated text.
+    vision_tokens: tuple[str, ...] = (VISION_START, VISION_END, VISION_PAD, IMAGE_PAD, VIDEO_PAD)
+    # The ones the model counts against image/video features: one generated breaks the forward.
+    feature_tokens: tuple[str, ...] = (IMAGE_PAD, VIDEO_PAD)
     video_placeholder: str = VIDEO_PAD
     video_token: str = VIDEO_PAD
     exactness: str = (

@@ -167,6 +167,10 @@ class SmolVLMFamily:
     title: str = "SmolVLM2"
     placeholder: str = IMAGE_TOKEN
     image_token: str = IMAGE_TOKEN
+    # Every special token the processor writes for media: none may appear in generated text.
+    vision_tokens: tuple[str, ...] = (FAKE_IMAGE_TOKEN, GLOBAL_IMAGE_TOKEN, IMAGE_TOKEN)
+    # The ones the model counts against image/video features: one generated breaks the forward.
+    feature_tokens: tuple[str, ...] = (IMAGE_TOKEN,)
     exactness: str = (
         "exact for images: proved against transformers' SmolVLMProcessor (SmolVLMImageProcessorPil) on 110+ "
         "images with SmolVLM2-2.2B-Instruct's files (a StarCoder2 BPE stand-in for SmolLM2 holding SmolVLM's "

@@ -47,6 +47,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from vlmcheck.errors import MissingDependencyError, UsageError, VlmcheckError
 from vlmcheck.families import gemma3 as gemma3_family
 from vlmcheck.families.base import Overrides
+from vlmcheck.integrations.spans import (
+    counts_by_prefix,
+    counts_from_runs,
+    runs_of,
+    typed_positions,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -339,89 +345,12 @@ class SampleAccount:
         return "".join(parts)
 
 
-def _runs(positions: list[int]) -> list[tuple[int, int]]:
-    runs: list[tuple[int, int]] = []
-    for p in positions:
-        if runs and runs[-1][1] == p:
-            runs[-1] = (runs[-1][0], p + 1)
-        else:
-            runs.append((p, p + 1))
-    return runs
-
-
-def _positions(input_ids: torch.Tensor, token_id: int | None) -> list[list[int]]:
-    """Per row, the positions of ``token_id`` (one transfer, not per-row indexing: this runs every batch)."""
-    if token_id is None:
-        return [[] for _ in range(input_ids.shape[0])]
-    return _rows_of(input_ids == token_id)
-
-
-def _rows_of(hit: torch.Tensor) -> list[list[int]]:
-    if not bool(hit.any()):
-        return [[] for _ in range(hit.shape[0])]
-    return [r.nonzero().flatten().tolist() for r in hit.cpu()]
-
-
-def _typed_positions(
-    input_ids: torch.Tensor, token_id: int | None, types: torch.Tensor | None
-) -> tuple[list[list[int]], list[list[int]]]:
-    """Placeholder positions the processor marked in ``mm_token_type_ids`` / ``token_type_ids``, and
-    the others (appended later: a generated completion re-fed for log-probs, which TRL types 0).
-    Types that mark no placeholder at all say nothing, and every placeholder counts as marked."""
-    if token_id is None or types is None:
-        return _positions(input_ids, token_id), [[] for _ in range(input_ids.shape[0])]
-    hit = input_ids == token_id
-    typed = hit & (types != 0)
-    if not bool(typed.any()):
-        return _rows_of(hit), [[] for _ in range(input_ids.shape[0])]
-    return _rows_of(typed), _rows_of(hit & ~typed)
-
-
 def _type_ids(batch: dict[str, Any], input_ids: torch.Tensor) -> torch.Tensor | None:
     for key in _TOKEN_TYPE_KEYS:
         value = batch.get(key)
         if isinstance(value, torch.Tensor) and value.shape == input_ids.shape:
             return value
     return None
-
-
-def _counts_from_runs(runs_per_row: list[list[tuple[int, int]]], chunks: list[list[int]]) -> list[int] | None:
-    """Items per row when every item left in a row still has its first run there (a truncation cuts only
-    a row's last items); None when items are left over, i.e. whole items were cut away."""
-    counts: list[int] = []
-    cursor = 0
-    for runs in runs_per_row:
-        left, count = len(runs), 0
-        while left > 0 and cursor < len(chunks):
-            left -= len(chunks[cursor])
-            cursor += 1
-            count += 1
-        counts.append(count)
-    return counts if cursor == len(chunks) else None
-
-
-def _counts_by_prefix(runs_per_row: list[list[tuple[int, int]]], chunks: list[list[int]]) -> list[int]:
-    """Items per row when rows may hold extra placeholders (generated ones): every run takes the whole
-    items, in batch order, that fit it; what is left of a run belongs to no item. Items no row took
-    are given to the last row, where they show as missing."""
-    counts: list[int] = []
-    item, chunk = 0, 0
-    for runs in runs_per_row:
-        count = 0
-        for start, end in runs:
-            length = end - start
-            while item < len(chunks) and length >= chunks[item][chunk]:
-                length -= chunks[item][chunk]
-                count += chunk == 0
-                chunk += 1
-                if chunk == len(chunks[item]):
-                    item, chunk = item + 1, 0
-        if chunk:  # an item whose later runs are not in this row stays in this row
-            item, chunk = item + 1, 0
-        counts.append(count)
-    if counts and item < len(chunks):
-        counts[-1] += len(chunks) - item
-    return counts
 
 
 def _place(
@@ -516,14 +445,14 @@ def account_batch(
     types = _type_ids(batch, input_ids)
     for kind, token_id, per_sample in kinds:
         chunks = spec._chunks(batch, kind, crops_per_image if kind == "image" else None)
-        marked, stray = _typed_positions(input_ids, token_id, types)
+        marked, stray = typed_positions(input_ids, token_id, types)
         rows = [sorted(m + s) for m, s in zip(marked, stray)]
-        runs_per_row = [_runs(r) for r in marked]
+        runs_per_row = [runs_of(r) for r in marked]
         if per_sample is None:
             if sum(len(r) for r in runs_per_row) > sum(len(c) for c in chunks):
-                per_sample = _counts_by_prefix(runs_per_row, chunks)
+                per_sample = counts_by_prefix(runs_per_row, chunks)
             else:
-                per_sample = _counts_from_runs(runs_per_row, chunks)
+                per_sample = counts_from_runs(runs_per_row, chunks)
                 if per_sample is None:
                     found = sum(len(r) for r in runs_per_row)
                     raise SpanMismatchError(
@@ -561,7 +490,7 @@ def account_batch(
                 for n, c in enumerate(mine)
             ]
             cursor += count
-            orphans_per_row.append(sorted(_place(runs, items, mine) + _runs(strays)))
+            orphans_per_row.append(sorted(_place(runs, items, mine) + runs_of(strays)))
             items_per_row.append(items)
         sides[kind] = (rows, items_per_row, orphans_per_row)
 

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from vlmcheck.errors import MissingDependencyError, UsageError
+from vlmcheck.families import vision_tokens
 
 try:
     import torch
@@ -39,40 +40,10 @@ from vlmcheck.integrations.guards import (
     MediaKind,
     SampleAccount,
     VisionSpec,
-    _counts_by_prefix,
-    _positions,
-    _runs,
     account_batch,
     vision_spec,
 )
-
-# Vision special tokens by family, as the hub tokenizers spell them:
-# Qwen2-VL / Qwen2.5-VL / Qwen3-VL: tokenizer_config.json of Qwen/Qwen2-VL-7B-Instruct (added tokens
-# 151652-151656); Gemma-3: transformers/models/gemma3/processing_gemma3.py (boi, eoi, image soft token);
-# LLaVA-1.5: `<image>` in llava-hf/llava-1.5-7b-hf tokenizer_config.json; Llama-3.2-Vision: `<|image|>`
-# in transformers/models/mllama/processing_mllama.py.
-VISION_TOKENS: tuple[str, ...] = (
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-    "<image_soft_token>",
-    "<start_of_image>",
-    "<end_of_image>",
-    "<image>",
-    "<video>",
-    "<|image|>",
-)
-# The tokens a model counts against its features: a stray one in a completion breaks the forward.
-PLACEHOLDER_TOKENS: tuple[str, ...] = (
-    "<|image_pad|>",
-    "<|video_pad|>",
-    "<image_soft_token>",
-    "<image>",
-    "<video>",
-    "<|image|>",
-)
+from vlmcheck.integrations.spans import counts_by_prefix, positions, runs_of
 
 T = TypeVar("T")
 
@@ -99,7 +70,7 @@ def vision_token_ids(processor_or_tokenizer: Any, *, placeholders_only: bool = F
     added = getattr(tokenizer, "get_added_vocab", None)
     known = set(added()) if callable(added) else set()
     found: dict[str, int] = {}
-    for token in PLACEHOLDER_TOKENS if placeholders_only else VISION_TOKENS:
+    for token in vision_tokens(features_only=placeholders_only):
         if token not in vocab_special and token not in known:
             continue  # '<image>' can be ordinary text in a vocabulary without it as a token
         token_id = tokenizer.convert_tokens_to_ids(token)
@@ -286,5 +257,5 @@ def check_rollout(
 
 def _prefix_counts(batch: dict[str, Any], spec: VisionSpec, kind: MediaKind) -> list[int]:
     token_id = spec.image_token_id if kind == "image" else spec.video_token_id
-    runs = [_runs(row) for row in _positions(batch["input_ids"], token_id)]
-    return _counts_by_prefix(runs, spec._chunks(batch, kind))
+    runs = [runs_of(row) for row in positions(batch["input_ids"], token_id)]
+    return counts_by_prefix(runs, spec._chunks(batch, kind))

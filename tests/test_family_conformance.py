@@ -1,0 +1,176 @@
+"""Every registered family, through every capability it claims, against its real tokenizer.
+
+A family declares the media special tokens its processor and chat template write (``vision_tokens``) and
+the ones the model counts against its features (``feature_tokens``). The rollout guards read those
+declarations from the registry, so a family that declares a token wrong, or a new family with no
+checkpoint here, fails this file rather than letting a generated vision token through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from vlmcheck.families import Family, known_families, vision_tokens
+from vlmcheck.families.base import VideoFamily
+
+
+def _qwen(model_type: str) -> Callable[[], Path]:
+    def build() -> Path:
+        from vlmcheck.demo.checkpoints import qwen_checkpoint
+
+        return qwen_checkpoint(model_type)
+
+    return build
+
+
+def _gemma3() -> Path:
+    from gemma3_checkpoint import gemma3_checkpoint
+
+    return gemma3_checkpoint()
+
+
+def _llava() -> Path:
+    from llava_checkpoint import llava_checkpoint
+
+    return llava_checkpoint()
+
+
+def _llava_next() -> Path:
+    from llava_next_checkpoint import llava_next_checkpoint
+
+    return llava_next_checkpoint()
+
+
+def _onevision() -> Path:
+    from onevision_checkpoint import onevision_checkpoint
+
+    return onevision_checkpoint()
+
+
+def _internvl() -> Path:
+    from internvl_checkpoint import internvl_checkpoint
+
+    return internvl_checkpoint()
+
+
+def _paligemma() -> Path:
+    from paligemma_checkpoint import paligemma_checkpoint
+
+    return paligemma_checkpoint()
+
+
+def _mllama() -> Path:
+    from mllama_checkpoint import mllama_checkpoint
+
+    return mllama_checkpoint()
+
+
+def _pixtral(name: str) -> Callable[[], Path]:
+    def build() -> Path:
+        from pixtral_checkpoint import pixtral_checkpoint
+
+        return pixtral_checkpoint(name)
+
+    return build
+
+
+def _glm4v() -> Path:
+    from glm4v_checkpoint import glm4v_checkpoint
+
+    return glm4v_checkpoint()
+
+
+def _idefics3(name: str) -> Callable[[], Path]:
+    def build() -> Path:
+        from idefics3_checkpoint import checkpoint
+
+        return checkpoint(name)
+
+    return build
+
+
+# model_type -> a checkpoint folder holding that family's real tokenizer (its special tokens at their ids).
+CHECKPOINTS: dict[str, Callable[[], Path]] = {
+    "qwen2_vl": _qwen("qwen2_vl"),
+    "qwen2_5_vl": _qwen("qwen2_5_vl"),
+    "qwen3_vl": _qwen("qwen3_vl"),
+    "llava": _llava,
+    "gemma3": _gemma3,
+    "llava_next": _llava_next,
+    "llava_onevision": _onevision,
+    "internvl": _internvl,
+    "paligemma": _paligemma,
+    "mllama": _mllama,
+    "pixtral": _pixtral("pixtral-12b"),
+    "mistral3": _pixtral("mistral-small-3.1"),
+    "glm4v": _glm4v,
+    "glm4v_moe": _glm4v,  # GLM-4.5V ships GLM-4.1V's tokenizer special tokens
+    "idefics3": _idefics3("idefics3-8b-llama3"),
+    "smolvlm": _idefics3("smolvlm2-2.2b-instruct"),
+}
+FAMILIES = known_families()
+
+
+def test_every_registered_family_has_a_checkpoint_here():
+    missing = sorted(set(FAMILIES) - set(CHECKPOINTS))
+    assert not missing, f"add a checkpoint builder for {missing} to CHECKPOINTS (its real tokenizer)"
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_family_declares_its_contract(name: str):
+    family = FAMILIES[name]
+    assert isinstance(family, Family), f"{name} lacks a member of the Family protocol"
+    assert family.feature_tokens and family.feature_tokens[0] == family.image_token
+    assert set(family.feature_tokens) <= set(family.vision_tokens)
+    if isinstance(family, VideoFamily):
+        assert family.video_token in family.feature_tokens
+    # every declared token is in the registry's union the rollout guards read
+    assert set(family.vision_tokens) <= set(vision_tokens())
+    assert set(family.feature_tokens) <= set(vision_tokens(features_only=True))
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+    from transformers import AutoTokenizer
+
+    loaded: dict[str, object] = {}
+
+    def get(name: str):
+        if name not in loaded:
+            loaded[name] = AutoTokenizer.from_pretrained(str(CHECKPOINTS[name]()))
+        return loaded[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_vision_tokens_are_single_special_tokens_of_the_real_tokenizer(name: str, tokenizers):
+    tokenizer = tokenizers(name)
+    added = set(tokenizer.get_added_vocab())
+    for token in FAMILIES[name].vision_tokens:
+        assert token in added or token in tokenizer.all_special_tokens, f"{name}: {token} is not an added token"
+        ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1 and ids[0] == tokenizer.convert_tokens_to_ids(token), (name, token, ids)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_rollout_guards_catch_every_vision_token(name: str, tokenizers):
+    """``vision_token_ids`` (what the suppressor, ``bad_words_ids`` and the vLLM bias ban) holds every
+    media token of the family; the sanitizer replaces every feature token in a generated completion."""
+    pytest.importorskip("torch")
+    from vlmcheck.integrations.rollout import sanitize_completion_ids, space_token_id, vision_token_ids
+
+    tokenizer = tokenizers(name)
+    family = FAMILIES[name]
+    banned = vision_token_ids(tokenizer)
+    want = {token: tokenizer.convert_tokens_to_ids(token) for token in family.vision_tokens}
+    assert {t: banned.get(t) for t in want} == want
+    space = space_token_id(tokenizer)
+    text_ids = tokenizer("a cat", add_special_tokens=False)["input_ids"]
+    for token in family.feature_tokens:
+        completion = [*text_ids, want[token], *text_ids]
+        clean, replaced = sanitize_completion_ids([completion], processor=tokenizer)
+        assert replaced == 1 and clean == [[*text_ids, space, *text_ids]]
