@@ -365,3 +365,23 @@ def test_cli_launch_script_with_an_unset_variable(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--version from $PROMPT_VERSION, which is not set" in result.output
     ok = CliRunner().invoke(main, ["template", "--launch", str(script), "--template", "llava_v1"])
     assert ok.exit_code == 1 and ok.output.startswith("llava_v1: 4 samples, 2 exact")
+
+
+def test_read_launch_flags_defaults_and_variables(tmp_path: Path) -> None:
+    from vlmcheck.errors import UsageError
+    from vlmcheck.templates.llava_launch import read_launch
+
+    script = tmp_path / "pretrain.sh"
+    script.write_text("#!/bin/bash\nexport DATA=/data\npython llava/train/train.py --data_path=$DATA/x.json "
+                      "--mm_use_im_start_end --model_name_or_path ${MODEL}\n", encoding="utf-8")
+    launch = read_launch(script)
+    # LLaVA's dataclass defaults: version v0, model_max_length 512; a bare boolean flag is True
+    assert (launch.version, launch.model_max_length, launch.data_path, launch.mm_use_im_start_end) == \
+        ("v0", 512, "/data/x.json", True)
+    assert launch.model_name_or_path is None and launch.unresolved == {"model_name_or_path": "MODEL"}
+    script.write_text("deepspeed llava/train/train_mem.py --mm_use_im_start_end maybe\n", encoding="utf-8")
+    with pytest.raises(UsageError, match="not a boolean"):
+        read_launch(script)
+    script.write_text("echo nothing to train\n", encoding="utf-8")
+    with pytest.raises(UsageError, match="no command runs llava/train"):
+        read_launch(script)
