@@ -21,14 +21,13 @@ other version sets pad = unk and takes ``conv_templates[version]``, an unknown n
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vlmcheck.errors import ModelError
-from vlmcheck.templates.slow_llama import SlowLlamaTokenizer
+from vlmcheck.templates.slow_llama import SlowLlamaTokenizer, read_config
 from vlmcheck.templates.tokenizer import Tok
 
 # conversation.py: the system prompts
@@ -218,11 +217,6 @@ class LlavaTokenizer:
         return self.legacy
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
-    path = folder / "tokenizer_config.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
 def load_tokenizer(folder: str | Path, *, version: str, model_max_length: int | None = None,
                    model_name_or_path: str | None = None, mm_use_im_start_end: bool = False,
                    legacy: bool | None = None) -> LlavaTokenizer:
@@ -235,7 +229,7 @@ def load_tokenizer(folder: str | Path, *, version: str, model_max_length: int | 
     Raises :class:`Refused` where LLaVA's own load raises (a slow Llama class without ``tokenizer.model``).
     """
     folder = Path(folder)
-    config = _read_config(folder)
+    config = read_config(folder)
     if legacy is not None:
         config["legacy"] = legacy
     cls = str(config.get("tokenizer_class") or "LlamaTokenizer")
@@ -264,8 +258,8 @@ def load_tokenizer(folder: str | Path, *, version: str, model_max_length: int | 
                              "tokenizer.model)")
         why = ("'mpt' is in the model path, so train() loads the default fast tokenizer" if use_fast
                else f"tokenizer_config.json names the fast class {cls}")
-        tok = LlavaTokenizer(Tok.load(folder), "fast", f"{why} (tokenizer.json; no `legacy` attribute)", limit, None,
-                             class_name=fast_cls)
+        tok = LlavaTokenizer(Tok(Tok.load(folder).backend, config), "fast",
+                             f"{why} (tokenizer.json; no `legacy` attribute)", limit, None, class_name=fast_cls)
         if fast_cls in _FAST_LLAMA:
             tok.add_bos = bool(config.get("add_bos_token", True))
             tok.add_eos = bool(config.get("add_eos_token", False))
@@ -274,8 +268,8 @@ def load_tokenizer(folder: str | Path, *, version: str, model_max_length: int | 
         # tokenizer.json; like the fast classes it has no `legacy` attribute
         if not has_json:
             raise ModelError(f"tokenizer class {cls}: vlmcheck reads it from tokenizer.json, which {folder} lacks")
-        tok = LlavaTokenizer(Tok.load(folder), "fast", f"train() loads the slow {cls}; its ids are read from "
-                             "tokenizer.json (no `legacy` attribute)", limit, None, class_name=cls)
+        tok = LlavaTokenizer(Tok(Tok.load(folder).backend, config), "fast", f"train() loads the slow {cls}; its ids "
+                             "are read from tokenizer.json (no `legacy` attribute)", limit, None, class_name=cls)
     pad = tok.special("pad_token")
     if version == "v0":
         if pad is None:  # smart_tokenizer_and_embedding_resize(dict(pad_token="[PAD]"))

@@ -50,6 +50,26 @@ class SlowEncoding:
     sequence_ids: list[int | None]
 
 
+def read_config(folder: Path) -> dict[str, Any]:
+    """tokenizer_config.json as transformers 4.37.2's ``from_pretrained`` sees it: a folder saved in the older
+    format (no ``added_tokens_decoder``, as liuhaotian/llava-v1.5-7b) also takes special_tokens_map.json (its
+    values win: llava-v1.5's ``pad_token`` "<unk>" comes from there) and added_tokens.json."""
+    path = folder / "tokenizer_config.json"
+    config: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if "added_tokens_decoder" in config:
+        return config
+    if (folder / "special_tokens_map.json").is_file():
+        for key, value in json.loads((folder / "special_tokens_map.json").read_text(encoding="utf-8")).items():
+            if key == "additional_special_tokens" and isinstance(value, list):
+                known = list(config.get(key) or [])
+                value = known + [t for t in value if t not in known]
+            config[key] = value
+    if (folder / "added_tokens.json").is_file():
+        added = json.loads((folder / "added_tokens.json").read_text(encoding="utf-8"))
+        config["added_tokens_decoder"] = {str(i): {"content": t} for t, i in added.items()}
+    return config
+
+
 def _token_text(value: Any) -> str | None:
     if isinstance(value, dict):
         value = value.get("content")
@@ -106,10 +126,7 @@ class SlowLlamaTokenizer:
         model = folder / "tokenizer.model"
         if not model.is_file():
             raise ModelError(f"no tokenizer.model at {folder}")
-        config: dict[str, Any] = {}
-        if (folder / "tokenizer_config.json").is_file():
-            config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-        return cls(model.read_bytes(), config)
+        return cls(model.read_bytes(), read_config(folder))
 
     def __len__(self) -> int:
         """``len(tokenizer)``: the pieces plus the added tokens that are not pieces."""
