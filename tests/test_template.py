@@ -385,3 +385,16 @@ def test_read_launch_flags_defaults_and_variables(tmp_path: Path) -> None:
     script.write_text("echo nothing to train\n", encoding="utf-8")
     with pytest.raises(UsageError, match="no command runs llava/train"):
         read_launch(script)
+
+
+def test_byte_fallback_and_edge_whitespace_are_not_misalignments(llava_ckpt: dict[str, Path]) -> None:
+    # "日本語の答え 🐱": byte-fallback pieces (<0xE7><0xAD><0x94> for 答) belong to their character, and the lone "▁"
+    # between "ASSISTANT: " and "日" (no "▁日" piece) may carry a label or not: LLaVA's labels are right here
+    rows = [{"conversations": [{"from": "human", "value": "Emoji 😀 and ünïcödé ✓"},
+                               {"from": "gpt", "value": "日本語の答え 🐱"}]},
+            {"image": "x.jpg", "conversations": [{"from": "human", "value": "<image>"},
+                                                 {"from": "gpt", "value": "\tthe caption"}]}]
+    slow = _slow(llava_ckpt["v15"])
+    assert "<0xE7>" in slow.tokens(slow.ids("答"))
+    report = check_template(rows, tokenizer=llava_ckpt["v15"], template=["v1", "plain"])
+    assert [v.verdict for v in report.verdicts] == ["exact", "exact", "refused", "exact"]  # plain needs <image>

@@ -264,7 +264,9 @@ def _piece_offsets(pieces: list[str], text: str, pos: int) -> list[tuple[int, in
     out = []
     at = -lead
     for s in surface:
-        a, b = max(at, 0), max(at + len(s), 0)
+        a, b = min(max(at, 0), len(raw)), min(max(at + len(s), 0), len(raw))
         at += len(s)
-        out.append((pos + char_at[min(a, len(raw))], pos + char_at[min(b, len(raw))]))
+        # a byte piece inside a character gets that whole character's span
+        start = char_at[a + 1] - 1 if a < b else char_at[a]
+        out.append((pos + start, pos + char_at[b]))
     return out
