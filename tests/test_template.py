@@ -357,6 +357,27 @@ def test_cli_reads_the_llava_launch_script(tmp_path: Path) -> None:
                                    "0 token drift, 4 refused")
 
 
+def test_cli_launch_script_with_a_hub_model(tmp_path: Path) -> None:
+    from vlmcheck.cli import main
+
+    script = _llava_repo(tmp_path, FINETUNE_SH.replace("$MODEL", "lmsys/vicuna-13b-v1.5"))
+    result = CliRunner().invoke(main, ["template", "--launch", str(script)])
+    assert result.exit_code == 2 and "no tokenizer folder lmsys/vicuna-13b-v1.5" in result.output
+    local = str(tmp_path / "checkpoints" / "llava-v1.5-7b")
+    ok = CliRunner().invoke(main, ["template", "--launch", str(script), "--tokenizer", local])
+    assert ok.exit_code == 1 and ok.output.startswith("v1: 4 samples, 2 exact")
+    # an MPT model path: LLaVA loads the fast tokenizer (no `legacy`: the multi-round samples stop the run)
+    mpt = _llava_repo(tmp_path / "mpt", FINETUNE_SH.replace("$MODEL", "mosaicml/mpt-7b-chat"))
+    both = llama2_checkpoint(tmp_path / "with-tokenizer-json", fast=True)
+    fast = CliRunner().invoke(main, ["template", "--launch", str(mpt), "--tokenizer", str(both)])
+    assert "tokenizer: fast ('mpt' is in the model path" in fast.output
+    assert fast.output.startswith("v1: 4 samples, 1 exact, 1 silently masked (train on nothing), 0 misaligned, 0 "
+                                  "token drift, 2 refused")
+    # vlmcheck does not convert tokenizer.model to a fast tokenizer as transformers would: a usage error, not a guess
+    only_model = CliRunner().invoke(main, ["template", "--launch", str(mpt), "--tokenizer", local])
+    assert only_model.exit_code == 2 and "the fast route needs tokenizer.json" in only_model.output
+
+
 def test_cli_launch_script_with_an_unset_variable(tmp_path: Path) -> None:
     from vlmcheck.cli import main
 
