@@ -419,3 +419,11 @@ def test_byte_fallback_and_edge_whitespace_are_not_misalignments(llava_ckpt: dic
     assert "<0xE7>" in slow.tokens(slow.ids("答"))
     report = check_template(rows, tokenizer=llava_ckpt["v15"], template=["v1", "plain"])
     assert [v.verdict for v in report.verdicts] == ["exact", "exact", "refused", "exact"]  # plain needs <image>
+
+
+def test_a_tokenizer_object_is_not_changed_by_the_llava_check(qwen: Tok) -> None:
+    size = qwen.backend.get_vocab_size()
+    # <im_start>/<im_end> go into the copy LLaVA's train() would change, never into the caller's tokenizer
+    report = check_template(IMAGE_ROWS, tokenizer=qwen, template="plain", mm_use_im_start_end=True)
+    assert [v.verdict for v in report.verdicts] == ["refused", "refused"]  # plain: two turns, <image> in the first
+    assert qwen.backend.get_vocab_size() == size and qwen.backend.token_to_id("<im_start>") is None

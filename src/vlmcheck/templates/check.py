@@ -274,6 +274,7 @@ def _llava_tokenizer(tokenizer: str | Path | Tok, *, version: str, max_length: i
                      model_name_or_path: str | None, mm_use_im_start_end: bool) -> llava.LlavaTokenizer:
     """The tokenizer LLaVA's ``train()`` builds (a folder: its own route choice; a ``Tok``: the fast route)."""
     if isinstance(tokenizer, Tok):
+        # shared with the caller until train()'s [PAD] / <im_start> are added: LlavaTokenizer copies it first
         tok = llava.LlavaTokenizer(Tok(tokenizer.backend, tokenizer.config, tokenizer.chat_template), "fast",
                                    "a tokenizers.Tokenizer was passed (fast route)",
                                    max_length or tokenizer.model_max_length,

@@ -21,6 +21,7 @@ other version sets pad = unk and takes ``conv_templates[version]``, an unknown n
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +152,7 @@ class LlavaTokenizer:
     add_eos: bool = False
     pad_id: int | None = None
     class_name: str = "PreTrainedTokenizerFast"
+    owned: bool = False  # a fast backend is shared until a token is added to it (copy on write)
 
     def encode(self, text: str, *, max_length: int | None = None) -> Any:
         """``tokenizer(text)`` with ids, offsets and sequence ids."""
@@ -204,8 +206,12 @@ class LlavaTokenizer:
         """``tokenizer.add_tokens([text], special_tokens=True)`` / ``add_special_tokens``."""
         if isinstance(self.backend, SlowLlamaTokenizer):
             return self.backend.add_token(text)
-        from tokenizers import AddedToken
+        from tokenizers import AddedToken, Tokenizer
 
+        if not self.owned:
+            shared = self.backend
+            self.backend = Tok(Tokenizer.from_str(shared.backend.to_str()), shared.config, shared.chat_template)
+            self.owned = True
         self.backend.backend.add_special_tokens([AddedToken(text, special=True, normalized=False)])
         return int(self.backend.backend.token_to_id(text))
 
@@ -215,6 +221,17 @@ class LlavaTokenizer:
             cls = "LlamaTokenizerFast" if self.add_bos is not None else self.class_name
             raise Refused(f"AttributeError: '{cls}' object has no attribute 'legacy'", where)
         return self.legacy
+
+
+def _mtime(folder: Path) -> int:
+    path = folder / "tokenizer.json"
+    return path.stat().st_mtime_ns if path.is_file() else 0
+
+
+@functools.lru_cache(maxsize=4)
+def _load_fast(folder: str, mtime: int) -> Tok:
+    """tokenizer.json read once per folder (and version of the file); LlavaTokenizer copies it before adding."""
+    return Tok.load(folder)
 
 
 def load_tokenizer(folder: str | Path, *, version: str, model_max_length: int | None = None,
@@ -258,7 +275,7 @@ def load_tokenizer(folder: str | Path, *, version: str, model_max_length: int | 
                              "tokenizer.model)")
         why = ("'mpt' is in the model path, so train() loads the default fast tokenizer" if use_fast
                else f"tokenizer_config.json names the fast class {cls}")
-        tok = LlavaTokenizer(Tok(Tok.load(folder).backend, config), "fast",
+        tok = LlavaTokenizer(Tok(_load_fast(str(folder), _mtime(folder)).backend, config), "fast",
                              f"{why} (tokenizer.json; no `legacy` attribute)", limit, None, class_name=fast_cls)
         if fast_cls in _FAST_LLAMA:
             tok.add_bos = bool(config.get("add_bos_token", True))
@@ -268,8 +285,9 @@ def load_tokenizer(folder: str | Path, *, version: str, model_max_length: int | 
         # tokenizer.json; like the fast classes it has no `legacy` attribute
         if not has_json:
             raise ModelError(f"tokenizer class {cls}: vlmcheck reads it from tokenizer.json, which {folder} lacks")
-        tok = LlavaTokenizer(Tok(Tok.load(folder).backend, config), "fast", f"train() loads the slow {cls}; its ids "
-                             "are read from tokenizer.json (no `legacy` attribute)", limit, None, class_name=cls)
+        shared = _load_fast(str(folder), _mtime(folder))
+        tok = LlavaTokenizer(Tok(shared.backend, config), "fast", f"train() loads the slow {cls}; its ids are read "
+                             "from tokenizer.json (no `legacy` attribute)", limit, None, class_name=cls)
     pad = tok.special("pad_token")
     if version == "v0":
         if pad is None:  # smart_tokenizer_and_embedding_resize(dict(pad_token="[PAD]"))
