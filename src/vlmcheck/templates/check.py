@@ -4,6 +4,10 @@ The ground truth: the whole conversation rendered and tokenized once; a token ca
 character offsets overlap an assistant turn (the answer and the marker that ends it). Each framework's labels are
 rebuilt as that framework builds them (``llava``, ``llamafactory``, ``trl``, ``unsloth``) and compared token by
 token; every verdict, number and fix is computed from the real tokenizer.
+
+LLaVA is run as its own code runs (``templates/llava.py``: the tokenizer ``train()`` loads, ``preprocess_*``): its
+ids, labels, "tokenization mismatch" numbers and raises are LLaVA's (proved in tests/assets/llava_golden), and
+the ground truth above only decides ``exact`` vs ``misaligned`` for the samples LLaVA trains on.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ class SampleVerdict:
 
     ``verdict``: ``exact`` (labels on exactly the assistant tokens), ``drift`` (the framework trains on other
     tokens than the whole conversation's, VT004), ``misaligned`` (labels shifted, VT002), ``masked`` (no label
-    left: the sample trains on nothing, VT001/VT003/VT006) or ``refused`` (the framework stops with an error).
+    left: the sample trains on nothing, VT001/VT003/VT006) or ``refused`` (the framework stops with an error,
+    VT005/VT007). ``cause`` names what put the sample there; the report groups samples by it.
     """
 
     index: int
