@@ -61,6 +61,7 @@ var(--error); outline-offset: 1px; }
 .noimg { width: 160px; height: 90px; display: flex; align-items: center; justify-content: center; text-align:
 center; padding: 6px; font-size: 12.5px; overflow: hidden; overflow-wrap: anywhere; background: repeating-linear-gradient(45deg, #f5f5f7, #f5f5f7 6px, #e8e8ed
 6px, #e8e8ed 12px); border: 1px dashed var(--muted); }
+.thumbs figcaption code { overflow-wrap: anywhere; }
 code { font-family: "Liberation Mono", "DejaVu Sans Mono", monospace; font-size: 13px; }
 .muted { color: var(--muted); }
 """
