@@ -239,7 +239,7 @@ class ReportBuilder:
             keep_pixels = {"unfixable_samples": never}
             for label, q in KEEP_LEVELS:
                 value = _quantile_down(budgets, q)
-                keep_pixels[label] = None if value is None else min(value, _current_budget(self.settings))
+                keep_pixels[label] = None if value is None else min(value, current_pixel_cap(self.settings))
         severity = Counter(str(CATALOGUE[c].severity) for c in self.counts for _ in range(self.counts[c]))
         summary = {
             "dataset": self.dataset,
@@ -287,7 +287,7 @@ def read_histograms(hist: dict[str, dict[str, int]]) -> tuple[Counter[int], Coun
             Counter({values[k] if k in values else int(k): int(v) for k, v in hist["fits_max_pixels"].items()}))
 
 
-def _current_budget(settings: Any) -> int:
+def current_pixel_cap(settings: Any) -> int:
     """The pixel cap in force: a settings object's, or a settings dict's (``summary["settings"]``)."""
     if isinstance(settings, dict):
         return int(settings.get("pre_max_pixels") or settings.get("max_pixels") or NO_IMAGE)

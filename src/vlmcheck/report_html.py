@@ -192,7 +192,7 @@ def _recommendations(s: dict[str, Any]) -> str:
 
 def _charts(report: Report) -> str:
     from vlmcheck import report_charts as C
-    from vlmcheck.report import NO_IMAGE, _current_budget
+    from vlmcheck.report import NO_IMAGE, current_pixel_cap
 
     d = report.distributions
     s = report.summary
@@ -209,7 +209,7 @@ def _charts(report: Report) -> str:
         grid = [_figure(C.coverage_length_chart(d.lengths, max_length=s.get("max_length"), key=length_key))]
         max_length = s.get("max_length")
         if max_length is not None and (d.budgets or d.unfixable):
-            current = _current_budget(s.get("settings"))
+            current = current_pixel_cap(s.get("settings"))
             if framework and framework.get("image_max_pixels"):
                 current = int(framework["image_max_pixels"])
             grid.append(_figure(C.coverage_pixels_chart(
@@ -286,7 +286,7 @@ def _samples(report: Report) -> str:
                 length += f"; the framework's verdict: {frame['verdict']}"
                 if isinstance(frame.get("kept_tokens"), int):
                     length += f", keeps {frame['kept_tokens']:,} tokens"
-            out.append(f"<div class='card'><p><strong>{_e(C._sample_label(p))}</strong> "
+            out.append(f"<div class='card'><p><strong>{_e(C.sample_label(p))}</strong> "
                        f"<span class='muted'>{_e(length)}</span></p>{messages}{also}{_thumbs(p)}</div>")
         out.append("</section>")
     return "".join(out)
