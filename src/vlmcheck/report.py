@@ -108,9 +108,11 @@ class Report:
         return render_text(self, show=show)
 
     def to_html(self) -> str:
-        """One self-contained HTML page (charts as inline SVG, thumbnails embedded; opens offline).
+        """One self-contained HTML page (charts as inline SVG, thumbnails embedded; opens offline); docs/report.md.
+        Needs matplotlib (``pip install 'vlmcheck[html]'``).
 
-        Needs matplotlib (``pip install matplotlib``)."""
+        >>> Path("report.html").write_text(report.to_html(), encoding="utf-8")  # doctest: +SKIP
+        """
         from vlmcheck.report_html import render_html
 
         return render_html(self)
