@@ -1,4 +1,4 @@
-"""The demo's HTML report opened in a real browser: Debian's Chromium, driven by Playwright (its Python package only;
+"""The demos' HTML reports opened in a real browser: Debian's Chromium, driven by Playwright (its Python package only;
 no browser download). No console error, no request leaves the file, every chart and thumbnail is drawn, and the
 screenshot has content. Skipped where Chromium is not installed, except in CI (CI=1, set by .ci/run), where a
 missing browser fails the test."""
@@ -28,13 +28,21 @@ def _browser_or_skip() -> str:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="module")
-def page_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+LLAMAFACTORY_DEMO = DEMO.parent.parent / "llamafactory" / "train.yaml"
+
+
+@pytest.fixture(scope="module", params=["scan", "check"])
+def page_file(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's report from `vlmcheck scan`, and the LLaMA-Factory demo's from `vlmcheck check`."""
     from vlmcheck.demo.checkpoints import qwen_checkpoint
 
     out = tmp_path_factory.mktemp("browser") / "report.html"
-    result = CliRunner().invoke(main, ["scan", str(DEMO), "--model", str(qwen_checkpoint("qwen2_vl")),
-                                       "--max-length", "4096", "--html", str(out), "--quiet"])
+    model = str(qwen_checkpoint("qwen2_vl"))
+    if request.param == "scan":
+        args = ["scan", str(DEMO), "--model", model, "--max-length", "4096"]
+    else:
+        args = ["check", str(LLAMAFACTORY_DEMO), "--model", model]
+    result = CliRunner().invoke(main, [*args, "--html", str(out), "--quiet"])
     assert result.exit_code == 1, result.output
     return out
 

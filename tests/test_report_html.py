@@ -203,3 +203,27 @@ def test_explain_prints_the_catalogue_entry() -> None:
     assert CliRunner().invoke(main, ["explain", "response-marker-not-found"]).output.startswith("VT006 ")
     result = CliRunner().invoke(main, ["explain", "VC999"])
     assert result.exit_code == 2 and "VC codes are VC001, VC002" in result.output
+
+
+def test_a_trl_check_previews_the_collator_layout(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:
+    from PIL import Image
+
+    import vlmcheck
+
+    Image.new("RGB", (640, 480), "olive").save(tmp_path / "a.png")
+    row = {"messages": [{"role": "user", "content": "What is it?"}, {"role": "assistant", "content": "A cat."}],
+           "images": ["a.png"]}  # relative: beside the config, as TRL's run finds it
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text(json.dumps(row) + "\n")
+    config = tmp_path / "sft.yaml"
+    config.write_text(f"model_name_or_path: {qwen2_vl_checkpoint}\ndataset_name: {tmp_path / 'data'}\n"
+                      "max_length: 100\noutput_dir: out\n")
+    report = vlmcheck.check(config)
+    preview = report.distributions.previews["VC201"][0]  # type: ignore[union-attr]
+    layout = preview["layout"]
+    assert layout["kept"] == [[0, 100]] and layout["total"] == report.summary["tokens"]["max"]
+    (start, end, kind, k), = layout["media"]
+    assert kind == "image" and k == 1 and end - start == preview["images"][0]["tokens"]
+    assert layout["supervised"] and layout["supervised"][-1][1] <= layout["total"]
+    assert preview["images"][0]["thumbnail"].startswith("data:image/jpeg;base64,")
+    assert "<figure id='layout-vc201'" in report.to_html()

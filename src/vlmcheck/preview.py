@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import io
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,51 @@ def layout_spans(layout: Layout, *, kinds: Sequence[str], max_length: int | None
         "kept": None if kept is None else [list(r) for r in kept],
         "max_length": max_length,
     }
+
+
+def token_spans(image_of: Sequence[int], trained: Sequence[bool], *, kept: Sequence[tuple[int, int]] | None,
+                max_length: int | None) -> dict[str, Any]:
+    """The layout of a sample a framework built token by token: ``image_of`` is each token's image (0-based, -1 for
+    text), ``trained`` whether it carries a label, ``kept`` the positions that survive the cut (None: dropped).
+
+    >>> token_spans([-1, 0, 0, -1, -1], [False, False, False, True, True], kept=[(0, 4)], max_length=4)["media"]
+    [[1, 3, 'image', 1]]
+    """
+    media: list[list[Any]] = []
+    supervised: list[list[int]] = []
+    for values, out in ((image_of, media), (trained, supervised)):
+        i = 0
+        while i < len(values):
+            j = i + 1
+            while j < len(values) and values[j] == values[i]:
+                j += 1
+            if out is media and values[i] >= 0:
+                media.append([i, j, "image", int(values[i]) + 1])
+            elif out is supervised and values[i]:
+                supervised.append([i, j])
+            i = j
+    return {"total": len(image_of), "media": media, "supervised": supervised,
+            "kept": None if kept is None else [list(r) for r in kept], "max_length": max_length}
+
+
+def image_refs(images: Sequence[Any]) -> list[ImageRef]:
+    """A framework's row images (a path, a data URL, an image struct ``{"bytes", "path"}``, bytes) as the previews
+    read them; anything else (an opened PIL image) is listed, not drawn."""
+    refs = []
+    for image in images:
+        if isinstance(image, Mapping):
+            image = image.get("bytes") or image.get("path") or ""
+        if isinstance(image, (bytes, bytearray)):
+            refs.append(ImageRef("bytes", bytes(image)))
+        elif isinstance(image, str) and image.startswith("data:"):
+            refs.append(ImageRef("data_url", image))
+        elif isinstance(image, str) and image.startswith(("http://", "https://", "s3://", "gs://")):
+            refs.append(ImageRef("url", image))
+        elif isinstance(image, str):
+            refs.append(ImageRef("path", image))
+        else:
+            refs.append(ImageRef("object", type(image).__name__))
+    return refs
 
 
 class Previewer:
@@ -121,4 +166,6 @@ class Previewer:
             return decode_data_url(ref.value)
         if ref.kind == "url":
             raise ImageProblem("VC101", "a remote image, not downloaded")
+        if ref.kind == "object":
+            raise ImageProblem("VC102", f"a {ref.value} object, not previewed")
         return self.local_path(str(ref.value), "image")

@@ -108,9 +108,11 @@ class Report:
         return render_text(self, show=show)
 
     def to_html(self) -> str:
-        """One self-contained HTML page (charts as inline SVG, thumbnails embedded; opens offline).
+        """One self-contained HTML page (charts as inline SVG, thumbnails embedded; opens offline); docs/report.md.
+        Needs matplotlib (``pip install 'vlmcheck[html]'``).
 
-        Needs matplotlib (``pip install matplotlib``)."""
+        >>> Path("report.html").write_text(report.to_html(), encoding="utf-8")  # doctest: +SKIP
+        """
         from vlmcheck.report_html import render_html
 
         return render_html(self)
@@ -239,7 +241,7 @@ class ReportBuilder:
             keep_pixels = {"unfixable_samples": never}
             for label, q in KEEP_LEVELS:
                 value = _quantile_down(budgets, q)
-                keep_pixels[label] = None if value is None else min(value, _current_budget(self.settings))
+                keep_pixels[label] = None if value is None else min(value, current_pixel_cap(self.settings))
         severity = Counter(str(CATALOGUE[c].severity) for c in self.counts for _ in range(self.counts[c]))
         summary = {
             "dataset": self.dataset,
@@ -287,7 +289,7 @@ def read_histograms(hist: dict[str, dict[str, int]]) -> tuple[Counter[int], Coun
             Counter({values[k] if k in values else int(k): int(v) for k, v in hist["fits_max_pixels"].items()}))
 
 
-def _current_budget(settings: Any) -> int:
+def current_pixel_cap(settings: Any) -> int:
     """The pixel cap in force: a settings object's, or a settings dict's (``summary["settings"]``)."""
     if isinstance(settings, dict):
         return int(settings.get("pre_max_pixels") or settings.get("max_pixels") or NO_IMAGE)

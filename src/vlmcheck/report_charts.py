@@ -303,9 +303,9 @@ def layout_chart(previews: Sequence[dict[str, Any]], *, code: str, chart_id: str
             cut = "dropped whole" if kept is None else (
                 "nothing cut" if not lost else "cut: " + ", ".join(f"{s:,}-{e:,}" for s, e in lost))
             supervised = ", ".join(f"{s:,}-{e:,}" for s, e in layout["supervised"]) or "none"
-            rows.append([_sample_label(p), f"{total:,}", "; ".join(media) or "none", supervised, cut])
-            sentences.append(f"{_sample_label(p)}: {total:,} tokens, {len(media)} media span(s), {cut}")
-        ax.set_yticks(range(len(shown)), [_sample_label(p) for p in reversed(shown)])
+            rows.append([sample_label(p), f"{total:,}", "; ".join(media) or "none", supervised, cut])
+            sentences.append(f"{sample_label(p)}: {total:,} tokens, {len(media)} media span(s), {cut}")
+        ax.set_yticks(range(len(shown)), [sample_label(p) for p in reversed(shown)])
         ax.set_xlabel("token position")
         _axes(ax, x_ticks=8)
         ax.set_ylim(-0.6, len(shown) - 0.4)
@@ -334,7 +334,8 @@ def _complement(kept: list[list[int]], total: int) -> list[tuple[int, int]]:
     return out
 
 
-def _sample_label(preview: dict[str, Any]) -> str:
+def sample_label(preview: dict[str, Any]) -> str:
+    """How the report names a previewed sample: its index, and its id where that differs."""
     index, sample_id = preview.get("index"), preview.get("id")
     label = f"sample {index}"
     if sample_id is not None and str(sample_id) != str(index):

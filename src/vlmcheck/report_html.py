@@ -61,6 +61,7 @@ var(--error); outline-offset: 1px; }
 .noimg { width: 160px; height: 90px; display: flex; align-items: center; justify-content: center; text-align:
 center; padding: 6px; font-size: 12.5px; overflow: hidden; overflow-wrap: anywhere; background: repeating-linear-gradient(45deg, #f5f5f7, #f5f5f7 6px, #e8e8ed
 6px, #e8e8ed 12px); border: 1px dashed var(--muted); }
+.thumbs figcaption code { overflow-wrap: anywhere; }
 code { font-family: "Liberation Mono", "DejaVu Sans Mono", monospace; font-size: 13px; }
 .muted { color: var(--muted); }
 """
@@ -191,7 +192,7 @@ def _recommendations(s: dict[str, Any]) -> str:
 
 def _charts(report: Report) -> str:
     from vlmcheck import report_charts as C
-    from vlmcheck.report import NO_IMAGE, _current_budget
+    from vlmcheck.report import NO_IMAGE, current_pixel_cap
 
     d = report.distributions
     s = report.summary
@@ -208,7 +209,7 @@ def _charts(report: Report) -> str:
         grid = [_figure(C.coverage_length_chart(d.lengths, max_length=s.get("max_length"), key=length_key))]
         max_length = s.get("max_length")
         if max_length is not None and (d.budgets or d.unfixable):
-            current = _current_budget(s.get("settings"))
+            current = current_pixel_cap(s.get("settings"))
             if framework and framework.get("image_max_pixels"):
                 current = int(framework["image_max_pixels"])
             grid.append(_figure(C.coverage_pixels_chart(
@@ -285,7 +286,7 @@ def _samples(report: Report) -> str:
                 length += f"; the framework's verdict: {frame['verdict']}"
                 if isinstance(frame.get("kept_tokens"), int):
                     length += f", keeps {frame['kept_tokens']:,} tokens"
-            out.append(f"<div class='card'><p><strong>{_e(C._sample_label(p))}</strong> "
+            out.append(f"<div class='card'><p><strong>{_e(C.sample_label(p))}</strong> "
                        f"<span class='muted'>{_e(length)}</span></p>{messages}{also}{_thumbs(p)}</div>")
         out.append("</section>")
     return "".join(out)

@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 from vlmcheck import findings as F
-from vlmcheck.data.formats import ImageRef
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
 from vlmcheck.data.readers import BadRow
 from vlmcheck.data.readers import iter_rows as read_rows
@@ -48,7 +47,7 @@ from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.families import Overrides
 from vlmcheck.layout import infer_seqlen
 from vlmcheck.model import ModelSpec, load_model
-from vlmcheck.preview import Previewer
+from vlmcheck.preview import Previewer, image_refs, token_spans
 from vlmcheck.results import SampleResult
 
 NAME = "llamafactory"
@@ -609,39 +608,17 @@ def truncate(encoded: Encoded, config: Config, *, images: int) -> Cut:
     return Cut(tokens=total, labels=labels, image_tokens_kept=kept, kept_per_turn=per_turn, labelled=labelled)
 
 
-def _refs(images: list[Any]) -> list[ImageRef]:
-    """The row's images as the report's previews read them (a path, an image struct or bytes)."""
-    refs = []
-    for image in images:
-        if isinstance(image, Mapping):
-            image = image.get("bytes") or image.get("path") or ""
-        refs.append(ImageRef("bytes", bytes(image)) if isinstance(image, (bytes, bytearray)) else
-                    ImageRef("path", str(image)))
-    return refs
-
-
 def _layout_spans(encoded: Encoded, whole: Cut, cut: Cut, *, cutoff: int) -> dict[str, Any]:
-    """The sample's token layout for the report: turns laid end to end, image spans, the labelled turns of the
-    whole sample, and what the per-turn cut keeps of each turn."""
-    media: list[list[Any]] = []
-    supervised: list[list[int]] = []
-    kept: list[list[int]] = []
-    at = 0
-    for t, owner in enumerate(encoded.image_of):
-        i = 0
-        while i < len(owner):
-            j = i + 1
-            if owner[i] >= 0:
-                while j < len(owner) and owner[j] == owner[i]:
-                    j += 1
-                media.append([at + i, at + j, "image", owner[i] + 1])
-            i = j
-        if t < len(whole.labelled) and whole.labelled[t] and owner:
-            supervised.append([at, at + len(owner)])
+    """The sample's token layout for the report: turns laid end to end, the labelled turns of the whole sample,
+    and what the per-turn cut keeps of each turn."""
+    trained: list[bool] = []
+    kept: list[tuple[int, int]] = []
+    for t, ids in enumerate(encoded.turns):
         if t < len(cut.kept_per_turn) and cut.kept_per_turn[t]:
-            kept.append([at, at + cut.kept_per_turn[t]])
-        at += len(owner)
-    return {"total": encoded.total, "media": media, "supervised": supervised, "kept": kept, "max_length": cutoff}
+            kept.append((len(trained), len(trained) + cut.kept_per_turn[t]))
+        trained += [t < len(whole.labelled) and whole.labelled[t]] * len(ids)
+    image_of = [k for owner in encoded.image_of for k in owner]
+    return token_spans(image_of, trained, kept=kept, max_length=cutoff)
 
 
 def iter_rows(files: list[Path]) -> Iterator[Any]:
@@ -813,7 +790,7 @@ class Run:
             frame["verdict"] = "stops"  # LLaMA-Factory's Image.open / resize raise inside datasets.map
             result.image_tokens = [None] * len(example.images)
             if self.previews.wants(result):  # (preview: hook)
-                result.preview = self.previews.make(result, images=_refs(example.images))
+                result.preview = self.previews.make(result, images=image_refs(example.images))
             return result
         counts = self.image_tokens(sizes, self.config)
         result.image_tokens = list(counts)
@@ -830,7 +807,7 @@ class Run:
         frame.update(kept_tokens=cut.tokens, kept_supervised=cut.labels, kept_image_tokens=cut.image_tokens_kept)
         self._verdict(result, encoded, cut, counts, sizes, pieces)
         if result.findings and self.previews.wants(result):  # (preview: hook)
-            result.preview = self.previews.make(result, images=_refs(example.images),
+            result.preview = self.previews.make(result, images=image_refs(example.images),
                                                 spans=_layout_spans(encoded, full, cut, cutoff=self.config.cutoff_len))
         return result
 

@@ -45,6 +45,7 @@ from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.families import Expansion, Overrides
 from vlmcheck.model import ModelSpec, load_model
+from vlmcheck.preview import Previewer, image_refs, token_spans
 from vlmcheck.results import SampleResult
 
 NAME = "trl"
@@ -353,6 +354,9 @@ class Run:
         self.max_length = config.max_length if config.trainer == "sft" else config.vllm_max_model_length
         self.cwd = Path(os.getcwd())
         self._vision_checked = False
+        # datasets' Image feature and transformers' load_image apply the EXIF orientation
+        self.previews = Previewer(local_path=lambda raw, _what: self._path(raw), exif_transpose=True,
+                                  max_length=self.max_length, truncation="right")
 
     def inputs(self) -> list[Path]:
         """Every file the run reads (never to be written over)."""
@@ -399,11 +403,15 @@ class Run:
             return probe_bytes(decode_data_url(image)).size(exif_transpose=True)
         if image.startswith(("http://", "https://", "s3://", "gs://")):
             raise ImageProblem("VC101", f"remote image {image} is not downloaded by vlmcheck")
+        return probe_path(self._path(image)).size(exif_transpose=True)
+
+    def _path(self, image: str) -> Path:
+        """An image path as the run opens it: as written, else beside the config (launched from its folder)."""
         path = Path(image).expanduser()
         if not path.is_absolute() and not path.exists():
-            beside = self.config.path.parent / path  # launched from the config's folder
+            beside = self.config.path.parent / path
             path = beside if beside.exists() else path
-        return probe_path(path).size(exif_transpose=True)
+        return path
 
     def _expansions(self, images: list[Any], source: Path, found: list[F.Finding]) -> list[Expansion] | None:
         out: list[Expansion] = []
@@ -554,7 +562,7 @@ class Run:
         if self.config.trainer == "grpo":
             frame["prompt_tokens"] = total
             self._judge_prompt(result, total)
-            return result
+            return self._preview(result, images, encoded, kept=total)
         result.supervised_tokens = sum(encoded.trained)
         limit = self.config.max_length
         kept = total if limit is None else min(total, limit)
@@ -567,7 +575,7 @@ class Run:
         if result.supervised_tokens == 0:
             found.append(F.make("VC003", "no completion tokens to learn from: every label is masked"))
         if kept >= total:
-            return result
+            return self._preview(result, images, encoded, kept=kept)
         assert limit is not None
         result.fits_max_pixels = self._fit_pixels(row, images, source, limit) if counts else None
         cut = [k for k, n in enumerate(counts) if kept_images[k] < n]
@@ -596,6 +604,14 @@ class Run:
                          f"{supervised - labels:,} of {supervised:,} trained tokens lost",
                 fix=f"set {_setting('max_length', total)} to keep it whole", tokens=total, max_length=limit,
                 supervised_lost=supervised - labels))
+        return self._preview(result, images, encoded, kept=kept)
+
+    def _preview(self, result: SampleResult, images: list[Any], encoded: Encoded, *, kept: int) -> SampleResult:
+        """The HTML report's picture of the first samples of each finding: their images and token layout."""
+        if result.findings and self.previews.wants(result):  # (preview: hook)
+            limit = self.config.max_length if self.config.trainer == "sft" else None
+            result.preview = self.previews.make(result, images=image_refs(images), spans=token_spans(
+                encoded.image_of, encoded.trained, kept=[(0, kept)], max_length=limit))
         return result
 
     def _check_vision(self, vision: bool) -> None:
