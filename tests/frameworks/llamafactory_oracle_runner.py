@@ -11,7 +11,7 @@ and ``patch_processor`` load the tokenizer and hand the processor the pixel budg
 ``dataset_info.json``, the dataset is loaded with the same ``datasets.load_dataset`` call as its loader, each row
 goes through its converter (``get_dataset_converter``) and its supervised processor (``_get_dataset_processor``,
 the template, the mm_plugin, ``infer_seqlen``), and image sizes and features come from the plugin's
-``_regularize_images`` and ``_get_mm_inputs`` (the collator's path, with the real image processor). Rows are run one
+``_regularize_images`` and the real image processor (what ``_get_mm_inputs``, the collator's path, does). Rows are run one
 at a time so that each result keeps its row number; then ``get_dataset`` itself runs on the whole config and its
 output is compared with the rows, so the per-row path is checked against the real entry point on every run.
 
@@ -84,10 +84,13 @@ def main(argv: list[str]) -> None:
     # Nothing is cached between runs, so datasets' fingerprints (which name cache files) can be random: hashing
     # LLaMA-Factory's map functions pickles the whole tokenizer, about two seconds a map.
     datasets.disable_caching()
-    from datasets import fingerprint
+    from datasets import arrow_dataset, fingerprint
 
-    fingerprint.update_fingerprint = lambda *args, **kwargs: fingerprint.generate_random_fingerprint()
-    _read_checkpoints_once()
+    def random_fingerprint(*args: Any, **kwargs: Any) -> str:
+        return fingerprint.generate_random_fingerprint()
+
+    fingerprint.update_fingerprint = arrow_dataset.update_fingerprint = random_fingerprint
+    _no_processor_load()
     pristine = copy.deepcopy(lf_templates.TEMPLATES)  # get_template_and_fix_tokenizer sets config values on them
     results = {}
     for config in configs:
@@ -99,25 +102,15 @@ def main(argv: list[str]) -> None:
     out_path.write_text(json.dumps(results))
 
 
-def _read_checkpoints_once() -> None:
-    """Speed only, no change in what LLaMA-Factory gets: each config's ``load_tokenizer`` receives its own copy of a
-    tokenizer read once per checkpoint (reading a 151k-token vocabulary takes seconds), and ``AutoProcessor`` fails
-    at once with the ImportError it would raise after reading the tokenizer again (no torchvision: see above)."""
+def _no_processor_load() -> None:
+    """Speed only: ``AutoProcessor`` fails at once with the ImportError it would raise after reading the tokenizer
+    a second time (seconds for a 151k-token vocabulary; no torchvision, see above), and ``load_tokenizer`` goes on
+    without a processor exactly as it does then."""
     import transformers
-
-    loaded: dict[Any, Any] = {}
-    read = transformers.AutoTokenizer.from_pretrained
-
-    def tokenizer(path: Any, *args: Any, **kwargs: Any) -> Any:
-        key = (str(path), args, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
-        if key not in loaded:
-            loaded[key] = read(path, *args, **kwargs)
-        return copy.deepcopy(loaded[key])
 
     def processor(path: Any, *args: Any, **kwargs: Any) -> Any:
         raise ImportError("the Qwen-VL video processors require torchvision, which this environment does not have")
 
-    transformers.AutoTokenizer.from_pretrained = tokenizer  # type: ignore[method-assign]
     transformers.AutoProcessor.from_pretrained = processor  # type: ignore[method-assign]
 
 

@@ -13,7 +13,10 @@ Modelled on LLaMA-Factory 0.9.4-0.9.5, default (v0) engine, ``stage: sft``:
   ``columns`` names it.
 - **Rows** (``data/converter.py``): a leading system turn is taken as the system prompt only when its role is
   ``system_tag``; roles must alternate user/assistant; an odd number of turns or a bad role drops the row (LLaMA-
-  Factory logs "Skipping this abnormal example"). A missing key raises inside ``datasets.map``: the run stops.
+  Factory logs "Skipping this abnormal example"). A missing key raises inside ``datasets.map``: the run stops; but
+  a key is missing only when no row of the dataset has it (``datasets`` loads one table per dataset: a row without
+  a key other rows have reads None). The ``openai`` converter adds "detailed thinking off" to the system prompt of
+  rows without tools.
   Relative media paths are joined to ``media_dir`` when that file exists.
 - **Template** (``data/template.py``): each turn is formatted with the template's own strings and every formatted
   piece is tokenized on its own with ``add_special_tokens=False``; an empty system prompt becomes the template's
