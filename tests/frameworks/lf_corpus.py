@@ -5,9 +5,10 @@
 - ``images/``: every size class the resize rules care about: ordinary photos, sides under 28 px, ratios over 200
   (both ways), multi-megapixel, tiny (under ``image_min_pixels``), an EXIF-rotated JPEG (orientation 6, stored
   landscape), grey and RGBA PNGs;
-- ``data/dataset_info.json`` with four datasets: ``sg`` (sharegpt, LLaMA-Factory's default tags, images and a
+- ``data/dataset_info.json`` with five datasets: ``sg`` (sharegpt, LLaMA-Factory's default tags, images and a
   system column), ``chat`` (sharegpt with custom ``columns`` and ``tags`` and no ``system_tag``, so a leading
-  system turn drops the row), ``alp`` (alpaca with history and system), ``oa`` (openai roles);
+  system turn drops the row), ``alp`` (alpaca with history and system), ``oa`` (openai roles), and ``bad``
+  (rows with one ``<image>`` too many or too few, a missing image file: LLaMA-Factory raises on them);
 - rows of every shape the template cares about: one to three pairs, zero to three images placed anywhere in the
   user turns, empty / missing / leading-turn system prompts, answers starting with newlines, answers with their
   own ``<think>`` block, unicode, and rows LLaMA-Factory drops (odd turn counts, bad roles);
@@ -159,6 +160,23 @@ def _openai_rows(rng: random.Random, names: dict[str, list[str]], n: int, prefix
     return rows
 
 
+def _bad_rows(rng: random.Random, names: dict[str, list[str]], n: int) -> list[dict[str, Any]]:
+    """Rows on which LLaMA-Factory raises (the whole run stops), among ordinary ones."""
+    rows = []
+    for i in range(n):
+        images = _pick_images(rng, names)
+        conv = [{"from": {"user": "human", "assistant": "gpt"}[r], "value": c} for r, c in _conversation(rng, images)]
+        paths = ["images/" + p for p in images]
+        if i % 4 == 1:
+            conv[0]["value"] += "<image>"  # one placeholder more than images
+        elif i % 4 == 2 and paths:
+            paths[0] = "images/missing.png"  # no such file
+        elif i % 4 == 3:
+            paths.append("images/" + names["photo"][0])  # one image more than placeholders
+        rows.append({"conversations": conv, "images": paths})
+    return rows
+
+
 def write_corpus(root: Path, checkpoints: dict[str, Path], *, seed: int = 0, rows: int = 40) -> list[Path]:
     """Write images, datasets and configs under ``root``; return the config paths. ``checkpoints`` maps
     ``qwen2_vl`` / ``qwen3_vl`` to checkpoint folders; ``rows`` is the row count per dataset."""
@@ -171,6 +189,7 @@ def write_corpus(root: Path, checkpoints: dict[str, Path], *, seed: int = 0, row
         "chat.jsonl": _chat_rows(rng, names, rows, ""),
         "alp.json": _alpaca_rows(rng, names, rows, "images/"),
         "oa.json": _openai_rows(rng, names, rows, ""),
+        "bad.json": _bad_rows(rng, names, 12),
     }
     for file, content in files.items():
         if file.endswith(".jsonl"):
@@ -184,6 +203,8 @@ def write_corpus(root: Path, checkpoints: dict[str, Path], *, seed: int = 0, row
                  "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "q", "assistant_tag": "a"}},
         "alp": {"file_name": "alp.json", "columns": {"prompt": "instruction", "query": "input", "response": "output",
                                                      "history": "history", "system": "system", "images": "images"}},
+        "bad": {"file_name": "bad.json", "formatting": "sharegpt", "columns": {"messages": "conversations",
+                                                                             "images": "images"}},
         "oa": {"file_name": "oa.json", "formatting": "openai", "columns": {"messages": "messages", "images": "images"},
                "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
                         "system_tag": "system"}},
@@ -206,6 +227,8 @@ def write_corpus(root: Path, checkpoints: dict[str, Path], *, seed: int = 0, row
         "nothink": {"model_name_or_path": str(checkpoints["qwen3_vl"]), "template": "qwen3_vl", "dataset": "alp,sg",
                     "cutoff_len": 900, "image_max_pixels": 2_000_000, "enable_thinking": False,
                     "mask_history": True},
+        "broken": {"model_name_or_path": str(checkpoints["qwen2_vl"]), "template": "qwen2_vl", "dataset": "bad",
+                   "cutoff_len": 1024},
         "qwen3_plain": {"model_name_or_path": str(checkpoints["qwen3_vl"]), "template": "qwen3_vl_nothink",
                         "dataset": "chat,sg", **media},
     }

@@ -134,7 +134,7 @@ def test_the_corpus_reaches_every_case(proof: dict[str, Any]) -> None:
             else:
                 outcomes["whole"] += 1
     assert outcomes["crash"] >= 10 and outcomes["dropped"] >= 5 and outcomes["whole"] >= 100, outcomes
-    assert outcomes["text cut"] >= 5, outcomes
+    assert outcomes["text cut"] >= 5 and outcomes["raises"] >= 6, outcomes
     stored = {tuple(s) for result in oracle.values() for r in result["rows"] if r["kept"] for s in r["image_stored"]}
     for cls in SIZES:
         assert stored & set(SIZES[cls]), f"no {cls} image reached LLaMA-Factory"
