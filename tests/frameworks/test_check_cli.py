@@ -1,5 +1,5 @@
 """`vlmcheck check CONFIG`: the command's contract (exit codes, outputs, refusals). What LLaMA-Factory does with each
-sample is proved against LLaMA-Factory itself in test_llamafactory_oracle.py; here, the plumbing."""
+sample is proved against LLaMA-Factory itself in test_llamafactory_check.py; here, the plumbing."""
 
 from __future__ import annotations
 

@@ -13,7 +13,10 @@ Modelled on LLaMA-Factory 0.9.4-0.9.5, default (v0) engine, ``stage: sft``:
   ``columns`` names it.
 - **Rows** (``data/converter.py``): a leading system turn is taken as the system prompt only when its role is
   ``system_tag``; roles must alternate user/assistant; an odd number of turns or a bad role drops the row (LLaMA-
-  Factory logs "Skipping this abnormal example"). A missing key raises inside ``datasets.map``: the run stops.
+  Factory logs "Skipping this abnormal example"). A missing key raises inside ``datasets.map``: the run stops; but
+  a key is missing only when no row of the dataset has it (``datasets`` loads one table per dataset: a row without
+  a key other rows have reads None). The ``openai`` converter adds "detailed thinking off" to the system prompt of
+  rows without tools.
   Relative media paths are joined to ``media_dir`` when that file exists.
 - **Template** (``data/template.py``): each turn is formatted with the template's own strings and every formatted
   piece is tokenized on its own with ``add_special_tokens=False``; an empty system prompt becomes the template's
@@ -447,6 +450,11 @@ def convert(row: Any, attr: DatasetAttr, config: Config) -> Example:
                    videos=videos)
 
 
+# converter.py OpenAIDatasetConverter: without tools, "detailed thinking off" joins the system prompt (or is the
+# whole system prompt when there is none), unless the prompt already says "detailed thinking on/off"
+OPENAI_THINKING_OFF = "detailed thinking off"
+
+
 def _convert_openai(row: Mapping[str, Any], turns: list[Any], attr: DatasetAttr, config: Config) -> Example:
     tags, cols = attr.tags, attr.columns
     role_tag, content_tag = tags["role_tag"], tags["content_tag"]
@@ -455,22 +463,40 @@ def _convert_openai(row: Mapping[str, Any], turns: list[Any], attr: DatasetAttr,
         turns = turns[1:]
     else:
         system = row.get(cols["system"], "") if cols["system"] else ""
-    roles = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant"}
+    # every role tag maps to a role (an unknown one raises KeyError: the run stops); the system tag maps to
+    # "system", which then fails the alternation below
+    roles = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["observation_tag"]: "observation",
+             tags["function_tag"]: "function", tags["system_tag"]: "system"}
     messages = []
-    for i, turn in enumerate(turns):
-        role = roles.get(turn[role_tag])
+    for turn in turns:
+        role = turn[role_tag]
+        if role in (tags["observation_tag"], tags["function_tag"]) or (
+                role == tags["assistant_tag"] and isinstance(turn, Mapping) and turn.get("tool_calls")):
+            raise UsageError("tool turns (observation / function_call / tool_calls) are not modelled by vlmcheck yet")
+        if role not in roles:
+            raise Stops(f"role {role!r} is none of the dataset's tags; LLaMA-Factory's openai converter raises "
+                        "KeyError")
+        messages.append((roles[role], turn[content_tag]))
+    for i, (role, _) in enumerate(messages):
         expected = ("user", "assistant")[i % 2]
         if role != expected:
-            raise Dropped(f"turn {i + 1} has role {turn[role_tag]!r} where LLaMA-Factory expects the {expected}; "
+            raise Dropped(f"turn {i + 1} has role {role!r} where LLaMA-Factory expects the {expected}; "
                           "it skips the row ('Invalid role tag')")
-        messages.append((role, turn[content_tag]))
     if len(messages) % 2 != 0 or not messages:
         raise Dropped(f"{len(messages)} turns: LLaMA-Factory needs user/assistant pairs and skips the row")
     for role, content in messages:
         if not isinstance(content, str):
             raise Stops(f"a {role} turn's content is a {type(content).__name__}, not text")
+    tools = row.get(cols["tools"], "") if cols["tools"] else ""
+    if tools:
+        raise UsageError("tools in an openai-format dataset are not modelled by vlmcheck yet")
+    system = system if isinstance(system, str) else ""
+    if not system:
+        system = OPENAI_THINKING_OFF
+    elif "detailed thinking on" not in system and OPENAI_THINKING_OFF not in system:
+        system += "\n" + OPENAI_THINKING_OFF
     images = _media(_get(row, cols["images"]), config) if cols["images"] else []
-    return Example(messages=messages, system=system if isinstance(system, str) else "", images=images, videos=[])
+    return Example(messages=messages, system=system, images=images, videos=[])
 
 
 # -- images ------------------------------------------------------------------------------------------------------
@@ -669,6 +695,7 @@ class Run:
         self.tokenizer = spec.tokenizer
         self.pad_id = spec.token_id(plugin.image_token)
         self.attrs = read_dataset_info(config)
+        self._keys: dict[str, set[str]] = {}  # per dataset: the keys of all its rows (its table's columns)
         self.max_length = config.cutoff_len
         # LLaMA-Factory opens images with Image.open: paths as resolved by _media, no EXIF rotation
         self.previews = Previewer(local_path=lambda raw, _what: Path(raw), exif_transpose=False,
@@ -730,6 +757,24 @@ class Run:
         return [self.family.image_tokens(*image_size(w, h, config), self.settings) for w, h in sizes]
 
     # -- one row ----------------------------------------------------------------------------------------------
+    def _as_loaded(self, row: Any, attr: DatasetAttr) -> Any:
+        """The row as LLaMA-Factory sees it after ``datasets.load_dataset``: one table per dataset, so a key that
+        this row lacks but other rows have is there as None (a key no row has is missing: KeyError, the run
+        stops)."""
+        if not isinstance(row, Mapping):
+            return row
+        missing = [key for key in attr.columns.values() if key and key not in row]
+        if not missing:
+            return row
+        if attr.name not in self._keys:
+            keys: set[str] = set()
+            for other in iter_rows(dataset_files(self.config, attr)):
+                if isinstance(other, Mapping):
+                    keys.update(other)
+            self._keys[attr.name] = keys
+        filled = {key: None for key in missing if key in self._keys[attr.name]}
+        return {**row, **filled} if filled else row
+
     def judge(self, index: int, row: Any, attr: DatasetAttr) -> SampleResult:
         result = SampleResult(index=index, id=f"{attr.name}:{index}", tokens=None, image_tokens=[],
                               supervised_tokens=None)
@@ -743,7 +788,7 @@ class Run:
         if isinstance(row, Mapping) and isinstance(row.get("id"), (str, int)):
             result.id = str(row["id"])
         try:
-            example = convert(row, attr, self.config)
+            example = convert(self._as_loaded(row, attr), attr, self.config)
         except Dropped as e:
             found.append(F.make("VC006", f"LLaMA-Factory skips this row: {e}"))
             frame["verdict"] = "dropped"

@@ -1,0 +1,275 @@
+"""Run LLaMA-Factory's own data pipeline on a training YAML and write what it makes of every row.
+
+Runs inside LLaMA-Factory's environment (tests/frameworks/llamafactory_env.py), never in vlmcheck's:
+
+    python llamafactory_oracle_runner.py OUT.json CONFIG.yaml [CONFIG.yaml ...] [--forward N]
+
+OUT.json maps each config's file name (without .yaml) to its result.
+
+Every step is LLaMA-Factory's code: ``get_train_args`` reads the YAML and fills in its defaults, ``load_tokenizer``
+and ``patch_processor`` load the tokenizer and hand the processor the pixel budgets, ``get_dataset_list`` reads
+``dataset_info.json``, the dataset is loaded with the same ``datasets.load_dataset`` call as its loader, each row
+goes through its converter (``get_dataset_converter``) and its supervised processor (``_get_dataset_processor``,
+the template, the mm_plugin, ``infer_seqlen``), and image sizes and features come from the plugin's
+``_regularize_images`` and the real image processor (what ``_get_mm_inputs``, the collator's path, does). Rows are run one
+at a time so that each result keeps its row number; then ``get_dataset`` itself runs on the whole config and its
+output is compared with the rows, so the per-row path is checked against the real entry point on every run.
+
+One adaptation, of transformers and not of LLaMA-Factory: without torchvision, transformers 5.x cannot build the
+Qwen-VL processors (their video processor requires it). When ``load_tokenizer`` returns no processor, the real
+processor class is built with the real PIL image processor and no video processor, and LLaMA-Factory's own
+``patch_processor`` is applied to it.
+
+``--forward N``: a tiny randomly initialised Qwen-VL model of the checkpoint's type (built from a config, no
+download) runs forward on up to N kept samples whose image tokens were cut, and on up to N whole ones, through
+LLaMA-Factory's own collator, recording the error each raises.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+IGNORE_INDEX = -100
+
+
+def _processor(model_path: str, tokenizer: Any) -> Any:
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen3VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.processing_utils import ProcessorMixin
+
+    model_type = json.loads(Path(model_path, "config.json").read_text())["model_type"]
+    base = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor, "qwen3_vl": Qwen3VLProcessor}[model_type]
+
+    class WithoutVideo(base):  # type: ignore[misc, valid-type]
+        def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None,
+                     **kwargs: Any) -> None:
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            # Qwen3VLPlugin.process_messages reads the video processor's merge size even without videos; the
+            # corpus has no videos, so the image processor's stands in for it
+            self.video_processor = SimpleNamespace(merge_size=image_processor.merge_size)
+
+    WithoutVideo.__name__ = base.__name__
+    return WithoutVideo(Qwen2VLImageProcessorPil.from_pretrained(model_path), tokenizer)
+
+
+def _error(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e)[:300]}"
+
+
+def main(argv: list[str]) -> None:
+    forward = 0
+    if "--forward" in argv:
+        at = argv.index("--forward")
+        forward = int(argv[at + 1])
+        argv = argv[:at] + argv[at + 2:]
+    out_path, configs = Path(argv[0]), [Path(a) for a in argv[1:]]
+    work = Path(tempfile.mkdtemp(prefix="lf-oracle-"))
+    os.environ.setdefault("HF_DATASETS_CACHE", str(work / "datasets"))
+    import datasets
+    from llamafactory.data import template as lf_templates
+
+    datasets.disable_progress_bars()
+    # Nothing is cached between runs, so datasets' fingerprints (which name cache files) can be random: hashing
+    # LLaMA-Factory's map functions pickles the whole tokenizer, about two seconds a map.
+    datasets.disable_caching()
+    from datasets import arrow_dataset, fingerprint
+
+    def random_fingerprint(*args: Any, **kwargs: Any) -> str:
+        return fingerprint.generate_random_fingerprint()
+
+    fingerprint.update_fingerprint = arrow_dataset.update_fingerprint = random_fingerprint
+    _no_processor_load()
+    pristine = copy.deepcopy(lf_templates.TEMPLATES)  # get_template_and_fix_tokenizer sets config values on them
+    results = {}
+    for config in configs:
+        lf_templates.TEMPLATES.clear()
+        lf_templates.TEMPLATES.update(copy.deepcopy(pristine))
+        started = time.perf_counter()
+        results[config.stem] = run_config(config, work / config.stem, forward)
+        results[config.stem]["seconds"] = round(time.perf_counter() - started, 1)
+    out_path.write_text(json.dumps(results))
+
+
+def _no_processor_load() -> None:
+    """Speed only: ``AutoProcessor`` fails at once with the ImportError it would raise after reading the tokenizer
+    a second time (seconds for a 151k-token vocabulary; no torchvision, see above), and ``load_tokenizer`` goes on
+    without a processor exactly as it does then."""
+    import transformers
+
+    def processor(path: Any, *args: Any, **kwargs: Any) -> Any:
+        raise ImportError("the Qwen-VL video processors require torchvision, which this environment does not have")
+
+    transformers.AutoProcessor.from_pretrained = processor  # type: ignore[method-assign]
+
+
+def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
+    import datasets
+    import yaml
+    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
+    from llamafactory.data.converter import get_dataset_converter
+    from llamafactory.data.loader import _get_dataset_processor
+    from llamafactory.data.parser import get_dataset_list
+    from llamafactory.extras.constants import FILEEXT2TYPE
+    from llamafactory.hparams import get_train_args
+    from llamafactory.model import load_tokenizer
+    from llamafactory.model.patcher import patch_processor
+    from PIL import Image
+
+    args = yaml.safe_load(config_path.read_text())
+    args.update(do_train=True, output_dir=str(work / "out"), overwrite_cache=True, report_to="none")
+    model_args, data_args, training_args, _, _ = get_train_args(args)
+    loaded = load_tokenizer(model_args)
+    tokenizer, processor = loaded["tokenizer"], loaded["processor"]
+    built_processor = processor is None
+    if processor is None:
+        processor = _processor(model_args.model_name_or_path, tokenizer)
+        patch_processor(processor, tokenizer, model_args)
+    template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    plugin = template.mm_plugin
+    image_token_id = tokenizer.convert_tokens_to_ids(plugin.image_token)
+    merge = processor.image_processor.merge_size ** 2
+    cut_processor = _get_dataset_processor(data_args, "sft", template, tokenizer, processor, do_generate=False)
+    whole_args = copy.copy(data_args)
+    whole_args.cutoff_len = 10**9
+    whole_processor = _get_dataset_processor(whole_args, "sft", template, tokenizer, processor, do_generate=False)
+
+    rows: list[dict[str, Any]] = []
+    kept_rows: list[dict[str, Any]] = []
+    for name, attr in zip(data_args.dataset, get_dataset_list(data_args.dataset, data_args.dataset_dir)):
+        local = os.path.join(data_args.dataset_dir, attr.dataset_name)
+        files = [os.path.join(local, f) for f in os.listdir(local)] if os.path.isdir(local) else [local]
+        raw = datasets.load_dataset(FILEEXT2TYPE[os.path.splitext(files[0])[-1][1:]], data_files=files, split="train",
+                                    cache_dir=str(work / "raw"))
+        if data_args.max_samples is not None:
+            raw = raw.select(range(min(data_args.max_samples, len(raw))))
+        converter = get_dataset_converter(attr.formatting, attr, data_args)
+        for row_index, row in enumerate(raw):
+            record: dict[str, Any] = {"dataset": name, "row": row_index, "kept": False, "error": None}
+            rows.append(record)
+            try:
+                example = converter(row)
+                batch = {k: [v] for k, v in example.items()}
+                cut = cut_processor.preprocess_dataset(batch)
+                if not cut.get("input_ids"):
+                    continue  # "Dropped invalid example"
+                whole = whole_processor.preprocess_dataset(batch)
+                images = example["_images"] or []
+                sizes, features, grids = [], [], []
+                stored = [list(Image.open(im).size) for im in images if isinstance(im, str)]
+                if images:
+                    regular = plugin._regularize_images(images, image_max_pixels=processor.image_max_pixels,
+                                                        image_min_pixels=processor.image_min_pixels)["images"]
+                    sizes = [list(im.size) for im in regular]
+                    # what _get_mm_inputs (the collator's path) does after _regularize_images
+                    grid = processor.image_processor(regular, return_tensors="pt")["image_grid_thw"]
+                    grids = [[int(x) for x in g] for g in grid]
+                    features = [int(g[0] * g[1] * g[2]) // merge for g in grids]
+            except Exception as e:  # LLaMA-Factory raises on this row: inside datasets.map the whole run stops
+                record["error"] = _error(e)
+                continue
+            ids, labels = cut["input_ids"][0], cut["labels"][0]
+            left = sum(1 for t in ids if t == image_token_id)
+            record.update(
+                kept=True, tokens=len(whole["input_ids"][0]),
+                supervised=sum(1 for t in whole["labels"][0] if t != IGNORE_INDEX),
+                input_ids=ids, labels=labels, kept_tokens=len(ids),
+                kept_supervised=sum(1 for t in labels if t != IGNORE_INDEX),
+                image_stored=stored, image_sizes=sizes, image_grid_thw=grids, image_features=features, image_tokens_left=left,
+                crash=left != sum(features),
+            )
+            kept_rows.append({"input_ids": ids, "labels": labels, "images": images})
+
+    # The real entry point on the whole config: it must give exactly the kept rows, or raise when a row raises.
+    check: dict[str, Any] = {}
+    try:
+        module = get_dataset(template, model_args, data_args, training_args, "sft", tokenizer, processor)
+        train = module["train_dataset"]
+        check["rows"] = len(train)
+        check["same_as_rows"] = len(train) == len(kept_rows) and all(
+            a["input_ids"] == b["input_ids"] and a["labels"] == b["labels"] for a, b in zip(train, kept_rows))
+    except Exception as e:
+        check["error"] = _error(e)
+
+    result: dict[str, Any] = {
+        "llamafactory": _version("llamafactory"), "transformers": _version("transformers"),
+        "built_processor": built_processor, "cutoff_len": data_args.cutoff_len,
+        "image_max_pixels": model_args.image_max_pixels, "image_min_pixels": model_args.image_min_pixels,
+        "get_dataset": check, "rows": rows,
+    }
+    if forward:
+        result["forward"] = _forward(model_args.model_name_or_path, rows, kept_rows, template, tokenizer, processor,
+                                     forward)
+    return result
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
+
+
+def _forward(model_path: str, rows: list[dict[str, Any]], kept_rows: list[dict[str, Any]], template: Any,
+             tokenizer: Any, processor: Any, n: int) -> list[dict[str, Any]]:
+    """A tiny random Qwen-VL model of the checkpoint's type runs forward on cut and whole samples, batched by
+    LLaMA-Factory's own collator (it computes pixel_values and image_grid_thw from the images)."""
+    import torch
+    from llamafactory.data.collator import SFTDataCollatorWith4DAttentionMask
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(model_path)
+    text = getattr(config, "text_config", config)
+    for key, value in {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                       "num_key_value_heads": 2, "head_dim": 16}.items():
+        setattr(text, key, value)
+    rope = getattr(text, "rope_parameters", None) or {}  # M-RoPE: its sections sum to head_dim / 2
+    text.rope_parameters = {"rope_type": "default", "rope_theta": 1e6, **rope, "mrope_section": [2, 3, 3]}
+    vision = config.vision_config
+    # Qwen2-VL's vision hidden_size is its output width (the text width); Qwen2.5/3-VL name it out_hidden_size
+    width = {"embed_dim": 32, "hidden_size": 32, "out_hidden_size": 64} if hasattr(vision, "out_hidden_size") else {
+        "embed_dim": 32, "hidden_size": 64}
+    for key, value in {"depth": 1, "num_heads": 2, "intermediate_size": 64, **width}.items():
+        if hasattr(vision, key):
+            setattr(vision, key, value)
+    if hasattr(vision, "deepstack_visual_indexes"):
+        vision.deepstack_visual_indexes = [0]
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(config).eval()
+    collator = SFTDataCollatorWith4DAttentionMask(template=template, processor=processor, tokenizer=tokenizer,
+                                                  model=model, pad_to_multiple_of=None, label_pad_token_id=IGNORE_INDEX)
+    kept = [r for r in rows if r["kept"]]
+    chosen = [i for i, r in enumerate(kept) if r["crash"]][:n] + [i for i, r in enumerate(kept) if not r["crash"]
+                                                                  and r["image_features"]][:n]
+    out = []
+    for i in chosen:
+        sample = kept_rows[i]
+        feature = {"input_ids": sample["input_ids"], "attention_mask": [1] * len(sample["input_ids"]),
+                   "labels": sample["labels"], "images": sample["images"], "videos": [], "audios": []}
+        record = {"dataset": kept[i]["dataset"], "row": kept[i]["row"], "error": None}
+        try:
+            batch = collator([feature])
+            with torch.no_grad():
+                model(**{k: v for k, v in batch.items() if k != "labels"})
+        except Exception as e:
+            record["error"] = _error(e)
+        out.append(record)
+    return out
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except Exception:
+        traceback.print_exc()
+        sys.exit(1)

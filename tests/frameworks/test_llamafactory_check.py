@@ -1,0 +1,171 @@
+"""`vlmcheck.check` on LLaMA-Factory configs, proved per sample against LLaMA-Factory's own data pipeline.
+
+The oracle is LLaMA-Factory 0.9.5 itself, in its own environment (llamafactory_env.py), running its
+``get_train_args`` / ``load_tokenizer`` / converter / supervised processor / mm_plugin on a generated corpus
+(lf_corpus.py: every image size class, empty and missing system prompts, answers starting with newlines,
+multi-image multi-turn rows, custom ``dataset_info.json`` mappings, rows it drops) under several configs, defaults
+included (llamafactory_oracle_runner.py). For every row both must agree on: kept or dropped, the untruncated total,
+each image's feature count, the tokens and labels that survive ``cutoff_len``, the image tokens left after the cut
+and so the crash verdict. A tiny random Qwen-VL model confirms that the cut samples crash and whole ones do not.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from lf_corpus import SIZES, write_corpus
+from llamafactory_env import oracle_env
+
+import vlmcheck
+from vlmcheck.frameworks import llamafactory as lf
+
+RUNNER = Path(__file__).with_name("llamafactory_oracle_runner.py")
+
+
+@pytest.fixture(scope="module")
+def proof(tmp_path_factory: pytest.TempPathFactory, llamafactory_python: Path, qwen2_vl_checkpoint: Path,
+          qwen3_vl_think_checkpoint: Path) -> dict[str, Any]:
+    """Every config of the corpus through the oracle (one process) and through vlmcheck.check."""
+    root = tmp_path_factory.mktemp("lf_corpus")
+    configs = write_corpus(root, {"qwen2_vl": qwen2_vl_checkpoint, "qwen3_vl": qwen3_vl_think_checkpoint},
+                           seed=13, rows=16)
+    data = root / "data"  # both launched from the dataset folder: paths not found in media_dir stay relative to it
+    oracle = run_oracle(llamafactory_python, configs, cwd=data, forward=3)
+    mine: dict[str, list[dict[str, Any]]] = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(data)
+        for config in configs:
+            records = root / f"{config.stem}.jsonl"
+            vlmcheck.check(config, output=records)
+            mine[config.stem] = [json.loads(line) for line in records.read_text().splitlines()]
+    return {"oracle": oracle, "mine": mine, "configs": configs}
+
+
+def run_oracle(python: Path, configs: list[Path], *, cwd: Path, forward: int = 0, processes: int = 2) -> dict[str, Any]:
+    """LLaMA-Factory's results for every config, the configs shared between a few runner processes."""
+    procs = []
+    for k in range(processes):
+        share = configs[k::processes]
+        if share:
+            out = cwd.parent / f"oracle-{k}.json"
+            procs.append((out, subprocess.Popen(
+                [str(python), str(RUNNER), str(out), *map(str, share), "--forward", str(forward)],
+                cwd=cwd, env=oracle_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
+    results: dict[str, Any] = {}
+    for out, proc in procs:
+        _, err = proc.communicate(timeout=1200)
+        assert proc.returncode == 0, err[-5000:]
+        results.update(json.loads(out.read_text()))
+    return results
+
+
+def _compare(oracle_row: dict[str, Any], record: dict[str, Any]) -> list[str]:
+    """What differs between LLaMA-Factory's result for a row and vlmcheck's record of it."""
+    frame = record["framework"]
+    where = f"{oracle_row['dataset']}[{oracle_row['row']}]"
+    if oracle_row["error"]:
+        return [] if frame["verdict"] == "stops" else [f"{where}: LLaMA-Factory raises ({oracle_row['error']}), "
+                                                       f"vlmcheck says {frame['verdict']}"]
+    if not oracle_row["kept"]:
+        return [] if frame["verdict"] == "dropped" else [f"{where}: LLaMA-Factory drops it, vlmcheck says "
+                                                         f"{frame['verdict']} {record['findings']}"]
+    if frame["verdict"] not in ("ok", "crash"):
+        return [f"{where}: LLaMA-Factory keeps it, vlmcheck says {frame['verdict']} {record['findings']}"]
+    pairs = {
+        "untruncated tokens": (oracle_row["tokens"], record["tokens"]),
+        "features per image": (oracle_row["image_features"], record["image_tokens"]),
+        "supervised tokens": (oracle_row["supervised"], record["supervised_tokens"]),
+        "kept tokens": (oracle_row["kept_tokens"], frame["kept_tokens"]),
+        "kept labels": (oracle_row["kept_supervised"], frame["kept_supervised"]),
+        "image tokens left": (oracle_row["image_tokens_left"], sum(frame["kept_image_tokens"])),
+        "crash": (oracle_row["crash"], frame["verdict"] == "crash"),
+    }
+    return [f"{where}: {what}: LLaMA-Factory {a}, vlmcheck {b}" for what, (a, b) in pairs.items() if a != b]
+
+
+def test_every_sample_is_judged_as_llamafactory_prepares_it(proof: dict[str, Any]) -> None:
+    mismatches: list[str] = []
+    compared = 0
+    for name, result in proof["oracle"].items():
+        rows, records = result["rows"], proof["mine"][name]
+        assert len(rows) == len(records), f"{name}: LLaMA-Factory read {len(rows)} rows, vlmcheck {len(records)}"
+        for row, record in zip(rows, records):
+            mismatches += [f"{name}: {m}" for m in _compare(row, record)]
+            compared += 1
+    assert compared >= 200
+    assert not mismatches, f"{len(mismatches)} mismatches in {compared} samples:\n" + "\n".join(mismatches[:25])
+
+
+def test_the_per_row_oracle_is_llamafactory_get_dataset(proof: dict[str, Any]) -> None:
+    """The runner judges rows one at a time; LLaMA-Factory's get_dataset on the whole config must give exactly the
+    kept rows (same input_ids and labels), or raise when a row raises."""
+    for name, result in proof["oracle"].items():
+        errors = [r for r in result["rows"] if r["error"]]
+        check = result["get_dataset"]
+        if errors:
+            assert "error" in check, f"{name}: rows raise but get_dataset does not"
+        else:
+            assert check.get("same_as_rows") is True, f"{name}: {check}"
+        assert result["llamafactory"] == "0.9.5"
+
+
+def test_the_corpus_reaches_every_case(proof: dict[str, Any]) -> None:
+    """Not a vacuous proof: LLaMA-Factory itself crashes, drops, cuts, and keeps samples whole in this corpus, under
+    its defaults too, and every size class reaches its resize rules."""
+    oracle = proof["oracle"]
+    assert oracle["defaults"]["cutoff_len"] == 2048 and oracle["defaults"]["image_max_pixels"] == 768 * 768
+    outcomes: Counter[str] = Counter()
+    for result in oracle.values():
+        for r in result["rows"]:
+            if r["error"]:
+                outcomes["raises"] += 1
+            elif not r["kept"]:
+                outcomes["dropped"] += 1
+            elif r["crash"]:
+                outcomes["crash"] += 1
+            elif r["kept_tokens"] < r["tokens"]:
+                outcomes["text cut"] += 1
+            else:
+                outcomes["whole"] += 1
+    assert outcomes["crash"] >= 10 and outcomes["dropped"] >= 5 and outcomes["whole"] >= 100, outcomes
+    assert outcomes["text cut"] >= 5 and outcomes["raises"] >= 6, outcomes
+    stored = {tuple(s) for result in oracle.values() for r in result["rows"] if r["kept"] for s in r["image_stored"]}
+    for cls in SIZES:
+        assert stored & set(SIZES[cls]), f"no {cls} image reached LLaMA-Factory"
+
+
+def test_resized_sizes_are_llamafactorys(proof: dict[str, Any]) -> None:
+    """Every image's size after LLaMA-Factory's pre-scaling and the Qwen plugin's side / ratio rules."""
+    paths = {p.stem: p for p in proof["configs"]}
+    seen = 0
+    for name, result in proof["oracle"].items():
+        config = lf.read_config(yaml.safe_load(paths[name].read_text()), path=paths[name])
+        for r in result["rows"]:
+            if not r["kept"]:
+                continue
+            for stored, resized in zip(r["image_stored"], r["image_sizes"]):
+                assert lf.image_size(*stored, config) == tuple(resized), (name, stored, resized)
+                seen += 1
+    assert seen >= 200
+
+
+def test_a_tiny_real_model_crashes_on_the_cut_samples_only(proof: dict[str, Any]) -> None:
+    """LLaMA-Factory's collator and a random-weight Qwen-VL model of the checkpoint's type: every sample judged a
+    crash raises, every whole one runs."""
+    ran = Counter[str]()
+    for name, result in proof["oracle"].items():
+        crash = {(r["dataset"], r["row"]): r["crash"] for r in result["rows"] if r["kept"]}
+        for f in result["forward"]:
+            if crash[(f["dataset"], f["row"])]:
+                assert f["error"], f"{name}: {f}"
+                ran["crash"] += 1
+            else:
+                assert f["error"] is None, f"{name}: {f}"
+                ran["whole"] += 1
+    assert ran["crash"] >= 3 and ran["whole"] >= 3, ran
