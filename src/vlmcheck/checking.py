@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmcheck.errors import DatasetError, UsageError
-from vlmcheck.frameworks import detect
+from vlmcheck.frameworks import detect, read_launch
 from vlmcheck.report import Report, ReportBuilder
 from vlmcheck.results import SampleResult
 from vlmcheck.scan import ScanOptions, write_records
@@ -34,6 +34,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise UsageError(f"config not found: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot read config {path}: {e}") from None
+    if path.suffix in (".sh", ".bash"):  # a launch script: the framework module reads its overrides
+        launched = read_launch(text, path=path)
+        if launched is None:
+            raise UsageError(f"{path}: no training command vlmcheck reads was found in this script")
+        return launched
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
