@@ -62,9 +62,11 @@ def check(
     """Judge every sample of a training run from the config it is launched with.
 
     Args:
-        config: the framework's launch config (a LLaMA-Factory YAML).
+        config: the framework's launch config (a LLaMA-Factory or ``trl sft`` / ``trl grpo`` YAML, a verl launch
+            script or Hydra YAML).
         model: overrides the config's model (a local checkpoint folder or a cached Hugging Face id).
-        data: overrides the config's dataset folder (LLaMA-Factory ``dataset_dir``).
+        data: overrides the config's data (LLaMA-Factory ``dataset_dir``, TRL ``dataset_name``, verl
+            ``data.train_files``).
         path_map: rewrites path prefixes in the config and the data, ``{"/mnt/data": "./data"}``.
         limit: judge only the first N rows.
         output: write one JSON record per sample to this .jsonl file (atomically).

@@ -68,5 +68,6 @@ def detect(config: dict[str, Any], *, path: Path) -> ModuleType:
             return module
     raise UsageError(
         f"{path}: cannot tell which framework this config is for (known: {', '.join(FRAMEWORKS)}); "
-        "a LLaMA-Factory config has model_name_or_path with template / cutoff_len / dataset_dir"
+        "a LLaMA-Factory config has model_name_or_path with template / cutoff_len / dataset_dir; a TRL config "
+        "model_name_or_path with dataset_name / datasets; a verl config data.train_files (or a launch script)"
     )
