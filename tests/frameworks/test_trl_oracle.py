@@ -245,6 +245,14 @@ def test_grpo_prompts_agree_with_grpo_trainer(tmp_path: Path, qwen2_vl_checkpoin
         assert record["image_tokens"] == [int(t.prod()) // merge for t in fields["image_grid_thw"]]
         assert record["findings"] == []  # prompt-only rows are normal: no VC003
     assert len(ours) == len(prompt_rows())
+    texts = tmp_path / "texts"  # standard (non-conversational) text prompts
+    texts.mkdir()
+    (texts / "train.jsonl").write_text("\n".join(json.dumps({"prompt": p, "solution": "x"})
+                                                  for p in ("Say hi.", "Count to ten. " * 20)))
+    ours = check(tmp_path, qwen2_vl_checkpoint, texts, "num_generations: 2\n")
+    for record, row in zip(ours, datasets.load_dataset(str(texts))["train"]):
+        ids, _, _ = trainer._tokenize_prompts([row["prompt"]])
+        assert record["tokens"] == len(ids[0]) and record["findings"] == []
 
 
 def test_grpo_with_one_generation_is_refused_in_trls_own_words(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:

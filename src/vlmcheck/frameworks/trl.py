@@ -454,7 +454,7 @@ class Run:
         return text
 
     def _tokens(self, text: str, expansions: list[Expansion], *, trained: bool,
-                spans: list[tuple[int, int]] | None = None) -> Encoded:
+                spans: list[tuple[int, int]] | None = None, special: bool = False) -> Encoded:
         """The processor on ``text`` (``add_special_tokens=False``): the k-th placeholder becomes image k's
         expansion; each run of features is written once and expanded here. With ``spans`` (generation blocks),
         a token is trained when it overlaps one (``_adjust_assistant_masks_indices``)."""
@@ -465,7 +465,7 @@ class Run:
                         "processor raises")
         collapsed = pieces[0] + "".join(e.text + piece for e, piece in zip(expansions, pieces[1:]))
         runs = [(k, n) for k, e in enumerate(expansions) for n in e.runs]
-        encoding = self.tokenizer.encode(collapsed, add_special_tokens=False)
+        encoding = self.tokenizer.encode(collapsed, add_special_tokens=special)
         if spans is not None:  # the spans in the collapsed text: each placeholder before them changed length
             ends, gained, at = [], [0], 0
             for e, piece in zip(expansions, pieces[:-1]):
@@ -498,6 +498,8 @@ class Run:
         n = len(expansions)
         if cfg.trainer == "grpo":
             prompt = row.get("prompt")
+            if isinstance(prompt, str) and not n:  # a text prompt: the processor on it, special tokens included
+                return self._tokens(prompt, [], trained=False, special=True), True
             if not isinstance(prompt, list):
                 raise Stops("GRPO with images needs a conversational 'prompt' (TRL: 'Multimodal training requires "
                             "conversational prompts')" if n else "no conversational 'prompt' column")
