@@ -85,9 +85,10 @@ def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) 
         if not any(entry in stripped for entry in ENTRY_POINTS):
             continue
         try:
-            words = shlex.split(stripped, comments=True)
+            words = shlex.split(stripped)
         except ValueError as e:
             raise UsageError(f"{path}: cannot split the verl command line: {e}") from None
+        words = words[:next((i for i, w in enumerate(words) if w.startswith("#")), len(words))]  # a comment
         at = next(i for i, w in enumerate(words) if any(w.endswith(entry) for entry in ENTRY_POINTS))
         config: dict[str, Any] = {}
         for word in words[at + 1:]:
