@@ -197,7 +197,7 @@ def verl_oracle(tmp_path_factory: pytest.TempPathFactory, qwen2_vl_checkpoint: P
     return {"parquet": parquet, **json.loads(lines[-1][len("ORACLE"):])}
 
 
-LIMITS = [300, 1024]
+LIMITS = [1024]
 
 
 def launch(tmp_path: Path, checkpoint: Path, parquet: Path, *overrides: str) -> Path:
