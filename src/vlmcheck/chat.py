@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from contextvars import ContextVar
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -36,7 +37,14 @@ class _GenerationBlock(Extension):
         return nodes.CallBlock(self.call_method("_render", []), [], [], body).set_lineno(lineno)
 
     def _render(self, caller: Any) -> str:
-        return str(caller())
+        body = str(caller())
+        return f"{_GEN_OPEN}{body}{_GEN_CLOSE}" if _MARK_GENERATION.get() else body
+
+
+# While set, generation blocks are wrapped in these private-use characters so their spans can be found
+# (transformers' AssistantTracker records the same spans while rendering).
+_GEN_OPEN, _GEN_CLOSE = "\U000F0000", "\U000F0001"
+_MARK_GENERATION: ContextVar[bool] = ContextVar("mark_generation", default=False)
 
 
 def _raise_exception(message: str) -> None:
@@ -163,3 +171,38 @@ class _time_bound:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, self.previous)
         _deadline.until = self.outer
+
+
+def render_chat_with_generation_spans(
+    template: str,
+    messages: list[dict[str, Any]],
+    *,
+    special_tokens: dict[str, Any] | None = None,
+    add_generation_prompt: bool = False,
+    **template_kwargs: Any,
+) -> tuple[str, list[tuple[int, int]]]:
+    """:func:`render_chat`, and the character spans of its ``{% generation %}`` blocks (what
+    ``return_assistant_tokens_mask=True`` masks).
+
+    >>> render_chat_with_generation_spans("a{% generation %}b{% endgeneration %}c", [])
+    ('abc', [(1, 2)])
+    """
+    token = _MARK_GENERATION.set(True)
+    try:
+        marked = render_chat(template, messages, special_tokens=special_tokens,
+                             add_generation_prompt=add_generation_prompt, **template_kwargs)
+    finally:
+        _MARK_GENERATION.reset(token)
+    text: list[str] = []
+    spans: list[tuple[int, int]] = []
+    at = 0
+    start = 0
+    for char in marked:
+        if char == _GEN_OPEN:
+            start = at
+        elif char == _GEN_CLOSE:
+            spans.append((start, at))
+        else:
+            text.append(char)
+            at += 1
+    return "".join(text), spans

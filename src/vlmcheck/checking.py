@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmcheck.errors import DatasetError, UsageError
-from vlmcheck.frameworks import detect
+from vlmcheck.frameworks import detect, read_launch
 from vlmcheck.report import Report, ReportBuilder
 from vlmcheck.results import SampleResult
 from vlmcheck.scan import ScanOptions, write_records
@@ -34,6 +34,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise UsageError(f"config not found: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot read config {path}: {e}") from None
+    if path.suffix in (".sh", ".bash"):  # a launch script: the framework module reads its overrides
+        launched = read_launch(text, path=path)
+        if launched is None:
+            raise UsageError(f"{path}: no training command vlmcheck reads was found in this script")
+        return launched
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -57,9 +62,11 @@ def check(
     """Judge every sample of a training run from the config it is launched with.
 
     Args:
-        config: the framework's launch config (a LLaMA-Factory YAML).
+        config: the framework's launch config (a LLaMA-Factory or ``trl sft`` / ``trl grpo`` YAML, a verl launch
+            script or Hydra YAML).
         model: overrides the config's model (a local checkpoint folder or a cached Hugging Face id).
-        data: overrides the config's dataset folder (LLaMA-Factory ``dataset_dir``).
+        data: overrides the config's data (LLaMA-Factory ``dataset_dir``, TRL ``dataset_name``, verl
+            ``data.train_files``).
         path_map: rewrites path prefixes in the config and the data, ``{"/mnt/data": "./data"}``.
         limit: judge only the first N rows.
         output: write one JSON record per sample to this .jsonl file (atomically).

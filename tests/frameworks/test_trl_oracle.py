@@ -105,15 +105,20 @@ def processor() -> Any:
     return qwen_processor("qwen2_vl")
 
 
-def trl_sft(processor: Any, folder: Path, max_length: int | None) -> list[dict[str, Any]]:
-    """Each sample of ``load_dataset(folder)['train']`` alone through TRL's vision collator."""
+def trl_sft(processor: Any, folder: Path, max_length: int | None, *,
+            assistant_only: bool = False) -> list[dict[str, Any]]:
+    """Each sample of ``load_dataset(folder)['train']`` alone through TRL's vision collator, built as SFTTrainer
+    builds it (with assistant_only_loss, the training template TRL's own get_training_chat_template picks)."""
     import datasets
+    from trl.chat_template_utils import get_training_chat_template
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
     rows = datasets.load_dataset(str(folder))["train"]
     completion_only = "completion" in rows.column_names  # SFTTrainer: on for prompt-completion rows
-    collator = DataCollatorForVisionLanguageModeling(processor=processor, max_length=max_length,
-                                                     completion_only_loss=completion_only)
+    collator = DataCollatorForVisionLanguageModeling(
+        processor=processor, max_length=max_length, completion_only_loss=completion_only,
+        assistant_only_loss=assistant_only,
+        chat_template=get_training_chat_template(processor) if assistant_only else None)
     pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     merge = processor.image_processor.merge_size ** 2
     out = []
@@ -179,6 +184,19 @@ def test_sft_messages_agree_with_trls_collator(tmp_path: Path, qwen2_vl_checkpoi
         assert "crash" in verdicts
 
 
+@pytest.mark.parametrize("max_length", [64, 300])
+def test_sft_assistant_only_loss_agrees_with_trls_collator(tmp_path: Path, qwen2_vl_checkpoint: Path, processor: Any,
+                                                           max_length: int) -> None:
+    folder = write(tmp_path / "messages", messages_rows())
+    ours = check(tmp_path, qwen2_vl_checkpoint, folder, f"max_length: {max_length}\nassistant_only_loss: true\n")
+    whole = trl_sft(processor, folder, None, assistant_only=True)
+    compare(ours, whole, trl_sft(processor, folder, max_length, assistant_only=True))
+    counted = [r for r in ours if r["tokens"] is not None]
+    assert all(0 < r["supervised_tokens"] < r["tokens"] for r in counted)  # only the answers (and <|im_end|>\n)
+    if max_length == 64:  # row 7: a long question, the answer cut away
+        assert "VC202" in next(r for r in ours if r["id"] == "m7")["findings"]
+
+
 def test_sft_defaults_to_max_length_1024(tmp_path: Path, qwen2_vl_checkpoint: Path, processor: Any) -> None:
     folder = write(tmp_path / "messages", messages_rows())
     ours = check(tmp_path, qwen2_vl_checkpoint, folder, "")
@@ -227,6 +245,14 @@ def test_grpo_prompts_agree_with_grpo_trainer(tmp_path: Path, qwen2_vl_checkpoin
         assert record["image_tokens"] == [int(t.prod()) // merge for t in fields["image_grid_thw"]]
         assert record["findings"] == []  # prompt-only rows are normal: no VC003
     assert len(ours) == len(prompt_rows())
+    texts = tmp_path / "texts"  # standard (non-conversational) text prompts
+    texts.mkdir()
+    (texts / "train.jsonl").write_text("\n".join(json.dumps({"prompt": p, "solution": "x"})
+                                                  for p in ("Say hi.", "Count to ten. " * 20)))
+    ours = check(tmp_path, qwen2_vl_checkpoint, texts, "num_generations: 2\n")
+    for record, row in zip(ours, datasets.load_dataset(str(texts))["train"]):
+        ids, _, _ = trainer._tokenize_prompts([row["prompt"]])
+        assert record["tokens"] == len(ids[0]) and record["findings"] == []
 
 
 def test_grpo_with_one_generation_is_refused_in_trls_own_words(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:

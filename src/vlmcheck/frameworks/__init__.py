@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from vlmcheck.errors import UsageError
-from vlmcheck.frameworks import llamafactory, trl
+from vlmcheck.frameworks import llamafactory, swift, trl, verl
 from vlmcheck.model import ModelSpec
 from vlmcheck.results import SampleResult
 
@@ -45,8 +45,20 @@ class Run(Protocol):
 
 
 # The registry: one line per framework module.
-MODULES: tuple[ModuleType, ...] = (llamafactory, trl)
+MODULES: tuple[ModuleType, ...] = (llamafactory, trl, verl, swift)
 FRAMEWORKS = tuple(m.NAME for m in MODULES)
+
+
+def read_launch(text: str, *, path: Path) -> dict[str, Any] | None:
+    """The settings of a launch script (a shell script passing overrides, as verl's examples do), read by the
+    framework module that knows its syntax; None when none does."""
+    for module in MODULES:
+        reader = getattr(module, "read_launch", None)
+        if reader is not None:
+            raw = reader(text, path=path)
+            if raw is not None:
+                return dict(raw)
+    return None
 
 
 def detect(config: dict[str, Any], *, path: Path) -> ModuleType:
@@ -56,5 +68,7 @@ def detect(config: dict[str, Any], *, path: Path) -> ModuleType:
             return module
     raise UsageError(
         f"{path}: cannot tell which framework this config is for (known: {', '.join(FRAMEWORKS)}); "
-        "a LLaMA-Factory config has model_name_or_path with template / cutoff_len / dataset_dir"
+        "a LLaMA-Factory config has model_name_or_path with template / cutoff_len / dataset_dir; a TRL config "
+        "model_name_or_path with dataset_name / datasets; a verl config data.train_files (or a launch script); an "
+        "ms-swift launch script a `swift sft` line"
     )

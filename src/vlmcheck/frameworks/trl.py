@@ -18,7 +18,9 @@ Modelled on TRL 1.16 with transformers 5.x processors:
   the collator renders the checkpoint's chat template and calls the processor with ``add_special_tokens=False``
   (a template that writes no BOS gets none) and ``truncation=True, max_length=max_length`` from the right. Every
   kept token is trained (image placeholders too) unless the row is prompt-completion: then the prompt and the
-  completion are processed separately, concatenated, sliced to ``max_length`` and only the completion is trained.
+  completion are processed separately, concatenated, sliced to ``max_length`` and only the completion is trained;
+  or ``assistant_only_loss`` is on: then only tokens overlapping the template's ``{% generation %}`` blocks are,
+  with TRL's own training template swapped in for a checkpoint template without them.
 - **At the cut**: with ``messages`` the processor counts the image tokens left after truncation and raises
   "Mismatch in `image` token count" in the collator; with prompt-completion the slice keeps every image's
   features and the model raises "Image features and image tokens do not match". Either way the run stops at the
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmcheck import findings as F
-from vlmcheck.chat import render_chat
+from vlmcheck.chat import render_chat, render_chat_with_generation_spans
 from vlmcheck.data.images import ImageProblem, decode_data_url, probe_bytes, probe_path
 from vlmcheck.data.readers import BadRow
 from vlmcheck.data.readers import iter_rows as read_rows
@@ -107,6 +109,7 @@ class Config:
     max_completion_length: int | None
     use_vllm: bool
     vllm_max_model_length: int | None
+    chat_template_path: Path | None = None
     values: dict[str, Any] = field(default_factory=dict)  # as read, for the report
     ignored: dict[str, str] = field(default_factory=dict)  # keys TRL 1.16 ignores, and what applies instead
 
@@ -210,6 +213,8 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         max_completion_length=_int(raw, "max_completion_length", GRPO_DEFAULTS["max_completion_length"], path),
         use_vllm=bool(_flag(raw, "use_vllm", False)),
         vllm_max_model_length=_int(raw, "vllm_max_model_length", None, path),
+        chat_template_path=_locate(str(raw["chat_template_path"]), path, mapping) if raw.get("chat_template_path")
+        else None,
         values={k: raw.get(k, defaults.get(k, SFT_DEFAULTS.get(k))) for k in (
             "max_length", "truncation_mode", "completion_only_loss", "assistant_only_loss", "dataset_name",
             "dataset_train_split", "num_generations", "max_completion_length", "use_vllm") if k in raw or k in defaults},
@@ -326,9 +331,6 @@ def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data:
              path_map: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None) -> Run:
     """The run a TRL config launches, ready to judge its rows."""
     config = read_config(raw, path=path, model=model, data=data, path_map=path_map)
-    if config.assistant_only_loss:
-        raise UsageError(f"{path}: assistant_only_loss (the template's {{% generation %}} masks) is not modelled by "
-                         "vlmcheck yet; unset it to check the run with every token trained")
     return Run(config, load_model(config.model, overrides=Overrides(resize="processor")), env=env)
 
 
@@ -341,9 +343,17 @@ class Run:
     pixels_key = "max_pixels"
 
     def __init__(self, config: Config, spec: ModelSpec, *, env: Mapping[str, str] | None = None) -> None:
-        if spec.chat_template is None:
+        template = spec.chat_template
+        if config.chat_template_path is not None:
+            if config.chat_template_path.suffix != ".jinja" or not config.chat_template_path.is_file():
+                raise UsageError(f"chat_template_path {config.chat_template_path}: vlmcheck reads a .jinja file")
+            template = config.chat_template_path.read_text(encoding="utf-8")
+        if template is None:
             raise UsageError(f"{spec.path} has no chat template; TRL renders every row with it (set "
                              "chat_template_path)")
+        if config.assistant_only_loss and not has_generation_markers(template):
+            template = training_template(template)
+        self.template = template
         self.config = config
         self.spec = spec
         self.family = spec.family
@@ -440,8 +450,7 @@ class Run:
     # -- tokens ---------------------------------------------------------------------------------------------------
     def _render(self, messages: list[dict[str, Any]], *, generation_prompt: bool = False,
                 continue_final: bool = False) -> str:
-        assert self.spec.chat_template is not None
-        text = render_chat(self.spec.chat_template, messages, special_tokens=self.spec.special_tokens,
+        text = render_chat(self.template, messages, special_tokens=self.spec.special_tokens,
                            add_generation_prompt=generation_prompt)
         if continue_final:  # apply_chat_template(continue_final_message=True): the text ends at the last content
             last = messages[-1].get("content")
@@ -452,28 +461,43 @@ class Run:
                 text = text[:at + len(tail.strip())]
         return text
 
-    def _tokens(self, text: str, expansions: list[Expansion], *, trained: bool) -> Encoded:
+    def _tokens(self, text: str, expansions: list[Expansion], *, trained: bool,
+                spans: list[tuple[int, int]] | None = None, special: bool = False) -> Encoded:
         """The processor on ``text`` (``add_special_tokens=False``): the k-th placeholder becomes image k's
-        expansion; each run of features is written once and expanded here."""
-        pieces = text.split(self.family.placeholder)
+        expansion; each run of features is written once and expanded here. With ``spans`` (generation blocks),
+        a token is trained when it overlaps one (``_adjust_assistant_masks_indices``)."""
+        placeholder = self.family.placeholder
+        pieces = text.split(placeholder)
         if len(pieces) - 1 != len(expansions):
             raise Stops(f"the text holds {len(pieces) - 1} image placeholder(s) for {len(expansions)} image(s); the "
                         "processor raises")
         collapsed = pieces[0] + "".join(e.text + piece for e, piece in zip(expansions, pieces[1:]))
         runs = [(k, n) for k, e in enumerate(expansions) for n in e.runs]
-        ids = self.tokenizer.encode(collapsed, add_special_tokens=False).ids
+        encoding = self.tokenizer.encode(collapsed, add_special_tokens=special)
+        if spans is not None:  # the spans in the collapsed text: each placeholder before them changed length
+            ends, gained, at = [], [0], 0
+            for e, piece in zip(expansions, pieces[:-1]):
+                at += len(piece) + len(placeholder)
+                ends.append(at)
+                gained.append(gained[-1] + len(e.text) - len(placeholder))
+            spans = [(a + gained[sum(1 for x in ends if x <= a)], b + gained[sum(1 for x in ends if x <= b)])
+                     for a, b in spans]
         image_of: list[int] = []
+        marks: list[bool] = []
         j = 0
-        for token in ids:
+        for token, (start, end) in zip(encoding.ids, encoding.offsets):
+            mark = trained if spans is None else any(start < b and end > a for a, b in spans)
             if token == self.image_token_id:
                 if j >= len(runs):
                     raise Stops("the text holds an image token of its own beyond the images; the processor raises")
                 k, n = runs[j]
                 image_of += [k] * n
+                marks += [mark] * n
                 j += 1
             else:
                 image_of.append(-1)
-        return Encoded(image_of=image_of, trained=[trained] * len(image_of))
+                marks.append(mark)
+        return Encoded(image_of=image_of, trained=marks)
 
     def encode(self, row: Mapping[str, Any], expansions: list[Expansion]) -> tuple[Encoded, bool]:
         """A row's tokens as the collator builds them, and whether the processor itself checks the image tokens
@@ -482,6 +506,8 @@ class Run:
         n = len(expansions)
         if cfg.trainer == "grpo":
             prompt = row.get("prompt")
+            if isinstance(prompt, str) and not n:  # a text prompt: the processor on it, special tokens included
+                return self._tokens(prompt, [], trained=False, special=True), True
             if not isinstance(prompt, list):
                 raise Stops("GRPO with images needs a conversational 'prompt' (TRL: 'Multimodal training requires "
                             "conversational prompts')" if n else "no conversational 'prompt' column")
@@ -492,7 +518,15 @@ class Run:
                 raise Stops("completion_only_loss with a messages dataset: TRL raises 'The `completion_only_loss` "
                             "argument is not supported for language modeling datasets'")
             messages = prepare_multimodal_messages(row["messages"], n)
+            if cfg.assistant_only_loss:  # only the template's {% generation %} blocks are trained
+                text, spans = render_chat_with_generation_spans(self.template, messages,
+                                                                special_tokens=self.spec.special_tokens)
+                return self._tokens(text, expansions, trained=True, spans=spans), True
             return self._tokens(self._render(messages), expansions, trained=True), True
+        if cfg.assistant_only_loss:
+            raise Stops("assistant_only_loss needs a conversational 'messages' row: TRL raises 'The "
+                        "`assistant_only_loss` argument is only supported for conversational language modeling "
+                        "datasets'")
         if cfg.text_field in row:
             text = row[cfg.text_field]
             if not isinstance(text, str):
@@ -678,6 +712,31 @@ class Run:
             else:
                 hi = mid - 1
         return lo * unit
+
+
+def has_generation_markers(template: str) -> bool:
+    """``chat_template_utils.has_generation_markers``: the template marks what the assistant generates."""
+    return re.search(r"\{%-?\s*generation\s*-?%\}", template) is not None
+
+
+def training_template(template: str) -> str:
+    """The template TRL trains with when ``assistant_only_loss`` is on and the checkpoint's template has no
+    ``{% generation %}`` markers (``get_training_chat_template``): the ``<name>_training.jinja`` TRL ships beside the
+    ``<name>.jinja`` the template equals, read from the installed TRL (its templates are TRL's, not ours)."""
+    import importlib.util
+
+    found = importlib.util.find_spec("trl")
+    folders = [Path(p) / "chat_templates" for p in (found.submodule_search_locations or [])] if found else []
+    for folder in folders:
+        for file in sorted(folder.glob("*.jinja")):
+            training = file.with_name(f"{file.stem}_training.jinja")
+            if not file.stem.endswith("_training") and training.is_file() and file.read_text() == template:
+                return training.read_text()
+    if not folders:
+        raise UsageError("assistant_only_loss with a chat template without {% generation %} markers: TRL swaps in a "
+                         "training template it ships; install trl so vlmcheck can read it")
+    raise UsageError("assistant_only_loss: the chat template has no {% generation %} markers and is not one TRL "
+                     "ships a training variant of; TRL refuses it (set chat_template_path to a template with markers)")
 
 
 def _setting(key: str, value: Any) -> str:

@@ -1,0 +1,449 @@
+"""ms-swift: the one home of its facts (``swift sft`` launch lines and the ``MAX_PIXELS`` environment, its
+``messages`` dataset layout with absolute image paths, its own ChatML template encode, which tokens are trained,
+and ``--truncation_strategy``).
+
+Modelled on ms-swift 4.6 (``swift/template/base.py``, ``template/templates/qwen.py``,
+``arguments/base_args/template_args.py``, ``model/models/qwen.py``) for its ``qwen2_vl`` / ``qwen2_5_vl``
+templates:
+
+- **Launch**: a shell line ``[VAR=value ...] swift sft --model ... --dataset a.jsonl ... --max_length 2048``
+  (``export VAR=...`` lines and earlier ``VAR=...`` assignments count too). ``--max_length`` unset: the model's
+  ``max_position_embeddings``; ``--truncation_strategy`` ``delete`` (the template raises ``MaxLengthError`` and the
+  row is skipped); ``--system`` unset: the template's default system prompt.
+- **Images**: ``MAX_PIXELS`` / ``MIN_PIXELS`` become qwen-vl-utils' token budgets (``value // 28**2``);
+  ``fetch_image`` resizes, and the processor then runs with ``do_resize=False``.
+- **Rows**: ``messages`` with an optional leading system turn (an empty one means no system block) and
+  ``images``; missing ``<image>`` tags are put at the start of the first turn.
+- **Tokens**: ``<|im_start|>user\\n{query}<|im_end|>\\n<|im_start|>assistant\\n`` before each response; the
+  pieces with the same loss are joined and each joined piece is tokenized on its own (``add_special_tokens=False``).
+  Every response and the ``<|im_end|>\\n`` after it are trained (``loss_scale`` ``default``), unless a message sets
+  ``loss: false``.
+- **Cut**: ``left`` / ``right`` keep every image token and cut text only (the first label is then masked);
+  ``delete`` drops the row.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from vlmcheck import findings as F
+from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
+from vlmcheck.data.readers import BadRow
+from vlmcheck.data.readers import iter_rows as read_rows
+from vlmcheck.errors import UsageError
+from vlmcheck.families import Expansion, Overrides
+from vlmcheck.model import ModelSpec, load_model
+from vlmcheck.results import SampleResult
+
+NAME = "swift"
+VERSIONS = "4.6, qwen2_vl / qwen2_5_vl templates"
+
+# template/templates/qwen.py: QwenTemplateMeta (DEFAULT_SYSTEM) and Qwen2_5TemplateMeta
+TEMPLATES: dict[str, str] = {
+    "qwen2_vl": "You are a helpful assistant.",
+    "qwen2_5_vl": "You are a helpful assistant.",
+}
+MODEL_TYPES = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl"}
+# template/utils.py ChatmlTemplateMeta
+SYSTEM_BLOCK = "<|im_start|>system\n{system}<|im_end|>\n"
+PROMPT = "<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n"
+SUFFIX = "<|im_end|>\n"
+IMAGE_TAG = "<image>"
+IMAGE_TEXT = "<|vision_start|><|image_pad|><|vision_end|>"  # Qwen2VLTemplate.replace_tag
+# arguments/base_args/template_args.py
+TRUNCATIONS = ("delete", "left", "right")
+# qwen-vl-utils' budgets in merged tokens (vision_process.py IMAGE_MIN_TOKEN_NUM / IMAGE_MAX_TOKEN_NUM)
+UTILS_MIN_TOKENS, UTILS_MAX_TOKENS = 4, 16384
+FACTOR = 28  # image_patch_size 14 * SPATIAL_MERGE_SIZE 2 (model/models/qwen.py compat_qwen_vl_utils)
+
+
+# -- launch lines ---------------------------------------------------------------------------------------------------
+def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """The options of a ``swift sft`` line in a shell script, with the environment it sets; None without one."""
+    env = os.environ if env is None else env
+    joined = re.sub(r"\\\r?\n", " ", text)
+    variables: dict[str, str] = {}
+    for line in joined.splitlines():
+        stripped = line.strip()
+        assignment = re.fullmatch(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(\S*)", stripped)
+        if assignment:
+            variables[assignment.group(1)] = _expand(assignment.group(2).strip("'\""), variables, env)
+            continue
+        try:
+            words = shlex.split(stripped)
+        except ValueError:
+            continue
+        words = words[:next((i for i, w in enumerate(words) if w.startswith("#")), len(words))]  # a comment
+        if "swift" not in words or words.index("swift") + 1 >= len(words) or words[words.index("swift") + 1] != "sft":
+            continue
+        at = words.index("swift")
+        launch_env = dict(variables)
+        for word in words[:at]:
+            if "=" in word:
+                name, value = word.split("=", 1)
+                launch_env[name] = _expand(value, variables, env)
+        options: dict[str, Any] = {}
+        key: str | None = None
+        for word in words[at + 2:]:
+            if word.startswith("--"):
+                key = word[2:].replace("-", "_")
+                options[key] = None
+            elif key is not None:
+                value = _expand(word, variables, env)
+                current = options[key]
+                options[key] = value if current is None else (current if isinstance(current, list) else [current]) + [
+                    value]
+        return {"__launch__": NAME, "options": options, "env": launch_env}
+    return None
+
+
+def _expand(value: str, variables: Mapping[str, str], env: Mapping[str, str]) -> str:
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(3)
+        found = variables.get(name, env.get(name))
+        return found if found else (match.group(2) or "")
+
+    return re.sub(r"\$\{([A-Za-z0-9_]+)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)", sub, value)
+
+
+# -- config -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Config:
+    """A ``swift sft`` run's settings with ms-swift's defaults filled in."""
+
+    path: Path
+    model: str
+    template: str
+    datasets: tuple[Path, ...]
+    max_length: int | None
+    truncation: str
+    system: str | None
+    max_pixels: int | None
+    min_pixels: int | None
+    train_type: str
+    strict: bool = False
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def _mapped(value: str, mapping: Mapping[str, str]) -> str:
+    for src, dst in sorted(mapping.items(), key=lambda kv: -len(kv[0])):
+        if value == src or value.startswith(src.rstrip("/") + "/"):
+            return dst.rstrip("/") + value[len(src.rstrip("/")):]
+    return value
+
+
+def _int(value: Any, key: str, path: Path) -> int:
+    try:
+        number = int(str(value))
+    except (TypeError, ValueError):
+        raise UsageError(f"{path}: {key} must be a whole number, got {value!r}") from None
+    if number <= 0:
+        raise UsageError(f"{path}: {key} must be positive, got {number}")
+    return number
+
+
+def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, data: str | None = None,
+                path_map: Mapping[str, str] | None = None) -> Config:
+    options: dict[str, Any] = raw.get("options") or {}
+    env: dict[str, str] = raw.get("env") or {}
+    mapping = dict(path_map or {})
+    model_path = model or options.get("model")
+    if not model_path or isinstance(model_path, list):
+        raise UsageError(f"{path}: --model is not set (or pass --model)")
+    sources = [data] if data is not None else _as_list(options.get("dataset"))
+    if not sources:
+        raise UsageError(f"{path}: --dataset is not set (or pass --data)")
+    files = []
+    for source in sources:
+        if "#" in source:
+            raise UsageError(f"{path}: --dataset {source}: sampling with '#N' is not modelled by vlmcheck")
+        file = Path(_mapped(os.path.expanduser(source), mapping))
+        if not file.is_absolute() and not file.exists() and (path.parent / file).exists():
+            file = path.parent / file
+        if not file.is_file():
+            raise UsageError(f"{path}: --dataset {source} is not a local file ({file}); vlmcheck reads local "
+                             ".jsonl/.json/.parquet files (pass --data, or --path-map)")
+        files.append(file)
+    truncation = str(options.get("truncation_strategy") or "delete")
+    if truncation not in TRUNCATIONS:
+        raise UsageError(f"{path}: --truncation_strategy {truncation}: vlmcheck models {', '.join(TRUNCATIONS)} "
+                         "('split' is for pre-training)")
+    template = options.get("template")
+    if template is not None and template not in TEMPLATES:
+        raise UsageError(f"{path}: --template {template} is not modelled by vlmcheck yet (it models "
+                         f"{', '.join(TEMPLATES)})")
+    if options.get("max_pixels") is not None:
+        raise UsageError(f"{path}: --max_pixels (ms-swift's own pre-resize) is not modelled yet; for Qwen-VL use the "
+                         "MAX_PIXELS environment variable ms-swift documents")
+    if options.get("loss_scale") not in (None, "default"):
+        raise UsageError(f"{path}: --loss_scale {options['loss_scale']} is not modelled yet (default is)")
+    system = options.get("system")
+    if isinstance(system, str) and system.endswith(".txt"):
+        system = Path(_mapped(system, mapping)).read_text(encoding="utf-8")
+    elif isinstance(system, str):
+        system = system.replace("\\n", "\n")
+    return Config(
+        path=path, model=_mapped(str(model_path), mapping), template=str(template or ""), datasets=tuple(files),
+        max_length=_int(options["max_length"], "--max_length", path) if options.get("max_length") else None,
+        truncation=truncation, system=system if isinstance(system, str) else None,
+        max_pixels=_int(env["MAX_PIXELS"], "MAX_PIXELS", path) if env.get("MAX_PIXELS") else None,
+        min_pixels=_int(env["MIN_PIXELS"], "MIN_PIXELS", path) if env.get("MIN_PIXELS") else None,
+        train_type=str(options.get("train_type") or "lora"),
+        strict=str(options.get("strict") or "false").lower() in ("true", "1"),
+        values={k: options.get(k) for k in ("max_length", "truncation_strategy", "train_type", "system")},
+    )
+
+
+# -- the run ------------------------------------------------------------------------------------------------------
+def claims(raw: dict[str, Any]) -> bool:
+    return raw.get("__launch__") == NAME
+
+
+def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data: str | None = None,
+             path_map: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None) -> Run:
+    config = read_config(raw, path=path, model=model, data=data, path_map=path_map)
+    f2 = FACTOR * FACTOR
+    # compat_qwen_vl_utils: MAX_PIXELS // 28**2 tokens, then qwen-vl-utils' budget is tokens * 28**2
+    hi = (config.max_pixels // f2 if config.max_pixels else UTILS_MAX_TOKENS) * f2
+    lo = (config.min_pixels // f2 if config.min_pixels else UTILS_MIN_TOKENS) * f2
+    spec = load_model(config.model, overrides=Overrides(resize="qwen-vl-utils", max_pixels=hi, min_pixels=lo))
+    return Run(config, spec)
+
+
+class Unbuildable(Exception):
+    """ms-swift raises on this row while encoding it."""
+
+
+class Run:
+    """An ms-swift ``sft`` run with a Qwen-VL template."""
+
+    name = NAME
+    versions = VERSIONS
+    length_key = "--max_length"
+    pixels_key = "MAX_PIXELS"
+
+    def __init__(self, config: Config, spec: ModelSpec) -> None:
+        template = config.template or MODEL_TYPES.get(spec.model_type, "")
+        if template not in TEMPLATES or spec.model_type not in MODEL_TYPES:
+            raise UsageError(f"ms-swift's template for {spec.model_type} is not modelled by vlmcheck yet (it models "
+                             f"{', '.join(TEMPLATES)})")
+        # the processor runs with do_resize=False: qwen-vl-utils' size is final
+        spec.settings = replace(spec.settings, min_pixels=1, max_pixels=1 << 62)
+        self.config = config
+        self.template = template
+        self.spec = spec
+        self.family = spec.family
+        self.settings = spec.settings
+        self.tokenizer = spec.tokenizer
+        self.image_token_id = spec.token_id(self.family.image_token)
+        self.max_length = config.max_length or _max_model_len(spec.path)
+
+    def inputs(self) -> list[Path]:
+        return [self.config.path, *self.config.datasets]
+
+    def rows(self) -> Iterator[tuple[Any, Path]]:
+        for file in self.config.datasets:
+            for row in read_rows(file):
+                yield row, file
+
+    def shown_settings(self) -> Any:
+        return self.settings
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "name": NAME, "versions": VERSIONS, "config": str(cfg.path), "template": self.template,
+            "datasets": [str(d) for d in cfg.datasets], "max_length": self.max_length,
+            "truncation_strategy": cfg.truncation, "train_type": cfg.train_type,
+            "image_max_pixels": self.settings.pre_max_pixels, "image_min_pixels": self.settings.pre_min_pixels,
+            "media_dir": "paths as written in the data", "length_key": self.length_key, "pixels_key": self.pixels_key,
+        }
+
+    # -- one row --------------------------------------------------------------------------------------------------
+    def segments(self, row: Mapping[str, Any], n_images: int) -> list[tuple[str, bool]]:
+        """The pieces ms-swift tokenizes one by one, and whether each is trained."""
+        messages = row.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise Unbuildable("no 'messages' list (vlmcheck reads ms-swift's messages layout)")
+        if not all(isinstance(m, Mapping) and isinstance(m.get("content"), str) for m in messages):
+            raise Unbuildable("a message without text content")
+        system: str | None = self.config.system
+        if messages[0].get("role") == "system":
+            system = messages[0]["content"]
+            messages = messages[1:]
+        if system is None:
+            system = TEMPLATES[self.template]
+        turns = [dict(m) for m in messages]
+        if len(turns) % 2 or any(m.get("role") != ("user", "assistant")[i % 2] for i, m in enumerate(turns)):
+            raise Unbuildable("the turns are not user/assistant pairs")
+        tags = sum(m["content"].count(IMAGE_TAG) for m in turns if m["role"] == "user") + system.count(IMAGE_TAG)
+        if n_images > tags:  # _add_default_tags: missing tags go to the start of the first turn
+            turns[0]["content"] = IMAGE_TAG * (n_images - tags) + turns[0]["content"]
+        elif n_images < tags:
+            raise Unbuildable(f"{tags} <image> tags for {n_images} image(s)")
+        pieces: list[tuple[str, bool]] = [(SYSTEM_BLOCK.format(system=system) if system else "", False)]
+        for i in range(0, len(turns), 2):
+            query, answer = turns[i]["content"], turns[i + 1]
+            trained = answer.get("loss") is not False
+            pieces.append((PROMPT.format(query=query.replace(IMAGE_TAG, IMAGE_TEXT)), False))
+            pieces.append((answer["content"], trained))
+            pieces.append((SUFFIX, trained))
+        merged: list[tuple[str, bool]] = []  # _simplify_context_list: pieces of the same loss are joined
+        for text, trained in pieces:
+            if merged and merged[-1][1] == trained:
+                merged[-1] = (merged[-1][0] + text, trained)
+            elif text:
+                merged.append((text, trained))
+        return merged
+
+    def _size(self, image: Any, source: Path) -> tuple[int, int]:
+        """qwen-vl-utils' ``fetch_image`` opens images with ``Image.open``: no EXIF rotation."""
+        if isinstance(image, Mapping):
+            data, where = image.get("bytes"), image.get("path")
+            if data:
+                return probe_bytes(bytes(data)).size(exif_transpose=False)
+            image = where
+        if not isinstance(image, str) or not image:
+            raise ImageProblem("VC102", f"an image given as {type(image).__name__}, which ms-swift cannot open")
+        if image.startswith(("http://", "https://")):
+            raise ImageProblem("VC101", f"remote image {image} is not downloaded by vlmcheck")
+        path = Path(image)
+        if not path.is_absolute() and not path.exists() and (source.parent / path).exists():
+            path = source.parent / path
+        return probe_path(path).size(exif_transpose=False)
+
+    def judge(self, index: int, row: Any, source: Path) -> SampleResult:
+        result = SampleResult(index=index, id=str(index), tokens=None, image_tokens=[], supervised_tokens=None)
+        found = result.findings
+        frame: dict[str, Any] = {"name": NAME, "verdict": "ok"}
+        result.framework = frame
+        if isinstance(row, BadRow) or not isinstance(row, Mapping):
+            found.append(F.make("VC001", f"{row.reason if isinstance(row, BadRow) else 'not an object'}; ms-swift "
+                                         "cannot load the dataset and stops"))
+            frame["verdict"] = "stops"
+            return result
+        if isinstance(row.get("id"), (str, int)):
+            result.id = str(row["id"])
+        images = row.get("images") or []
+        images = images if isinstance(images, list) else [images]
+        expansions: list[Expansion] = []
+        for k, image in enumerate(images, 1):
+            try:
+                width, height = self._size(image, source)
+            except ImageProblem as p:
+                found.append(F.make(p.code, f"image {k} of {len(images)}: {p.message}", image=k, **p.data))
+                continue
+            except (OSError, ValueError) as e:
+                found.append(F.make("VC102", f"image {k} of {len(images)}: cannot be opened: {str(e)[:200]}", image=k))
+                continue
+            issues = self.family.check_image(width, height, self.settings)
+            for issue in issues:
+                found.append(F.make(issue.code, f"image {k} of {len(images)}: {issue.message}", image=k, **issue.data))
+            if not any(F.CATALOGUE[i.code].severity >= F.Severity.ERROR for i in issues):
+                expansions.append(self.family.expand(width, height, self.settings))
+        if len(expansions) != len(images):
+            result.image_tokens = [None] * len(images)
+            self._refused(result, "an image cannot be loaded or qwen-vl-utils refuses it")
+            return result
+        counts = [e.features for e in expansions]
+        result.image_tokens = list(counts)
+        try:
+            ids, trained = self._encode(self.segments(row, len(images)), counts)
+        except Unbuildable as e:
+            self._refused(result, str(e))
+            return result
+        total = len(ids)
+        result.tokens = total
+        result.supervised_tokens = sum(trained)
+        result.text_only_tokens = total - sum(counts)
+        if result.supervised_tokens == 0:
+            found.append(F.make("VC003", "no answer tokens to learn from: every label is masked"))
+        limit = self.max_length
+        if total <= limit:
+            frame.update(kept_tokens=total, kept_supervised=sum(trained), kept_image_tokens=counts)
+            return result
+        fix = f"set {_setting('--max_length', total)}"
+        if self.config.truncation == "delete":
+            found.append(F.make("VC204", f"{total:,} tokens > --max_length {limit:,}: ms-swift raises MaxLengthError "
+                                         "and skips the row (truncation_strategy delete)", fix=fix + " to keep it",
+                                tokens=total, max_length=limit))
+            frame["verdict"] = "dropped"
+            return result
+        protected = [t == self.image_token_id for t in ids]  # Template._truncate keeps every placeholder
+        room = limit - sum(protected)
+        if room > 0:
+            text = [i for i, p in enumerate(protected) if not p]
+            for i in (text[-room:] if self.config.truncation == "left" else text[:room]):
+                protected[i] = True
+        kept = [i for i, p in enumerate(protected) if p]
+        labels = [trained[i] for i in kept]
+        if labels:
+            labels[0] = False
+        frame.update(kept_tokens=len(kept), kept_supervised=sum(labels), kept_image_tokens=counts)
+        if result.supervised_tokens and not any(labels):
+            found.append(F.make("VC202", f"all {result.supervised_tokens:,} supervised tokens are cut at --max_length "
+                                         f"{limit:,}", fix=fix, supervised=result.supervised_tokens, tokens=total,
+                                max_length=limit))
+        else:
+            found.append(F.make("VC203", f"{total:,} tokens > --max_length {limit:,}: ms-swift keeps every image token "
+                                         f"and cuts {total - len(kept):,} text tokens from the "
+                                         f"{self.config.truncation}", fix=fix + " to keep it whole", tokens=total,
+                                max_length=limit, supervised_lost=result.supervised_tokens - sum(labels)))
+        frame["verdict"] = "cut"
+        return result
+
+    def _refused(self, result: SampleResult, reason: str) -> None:
+        """``template.encode`` raises: with ``--strict false`` (the default) ms-swift skips the row and fetches
+        another; with ``--strict true`` the run stops."""
+        frame = result.framework or {}
+        if self.config.strict:
+            result.findings.append(F.make("VC001", f"{reason}; with --strict true ms-swift stops"))
+            frame["verdict"] = "stops"
+        else:
+            result.findings.append(F.make("VC006", f"{reason}; ms-swift's encode raises and it skips the row "
+                                                   "(--strict false)"))
+            frame["verdict"] = "dropped"
+
+    def _encode(self, segments: list[tuple[str, bool]], counts: list[int]) -> tuple[list[int], list[bool]]:
+        ids: list[int] = []
+        trained: list[bool] = []
+        k = 0
+        for text, mark in segments:
+            for token in self.tokenizer.encode(text, add_special_tokens=False).ids:
+                if token == self.image_token_id:
+                    if k >= len(counts):
+                        raise Unbuildable("the text holds an image token of its own")
+                    ids += [token] * counts[k]
+                    trained += [mark] * counts[k]
+                    k += 1
+                else:
+                    ids.append(token)
+                    trained.append(mark)
+        return ids, trained
+
+
+def _max_model_len(folder: Path) -> int:
+    """ms-swift's default --max_length: the model's max_position_embeddings."""
+    import json
+
+    config = json.loads((folder / "config.json").read_text())
+    text = config.get("text_config") or {}
+    value = text.get("max_position_embeddings") or config.get("max_position_embeddings")
+    return int(value) if value else 1 << 31
+
+
+def _setting(key: str, value: Any) -> str:
+    """A fix written as a swift command-line option."""
+    return f"{key} {value}"

@@ -1,0 +1,77 @@
+"""`vlmcheck check` on `swift sft` launch scripts: read as written. What ms-swift does with each row is proved against
+ms-swift itself in test_swift_oracle.py; here, the reading and the command's contract."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from vlmcheck.cli import main
+from vlmcheck.frameworks import detect, swift
+
+
+def test_a_launch_line_is_read_with_its_environment(tmp_path: Path) -> None:
+    script = """#!/bin/bash
+export NPROC_PER_NODE=2
+IMAGES=$HOME/images
+MAX_PIXELS=1003520 \\
+CUDA_VISIBLE_DEVICES=0,1 \\
+swift sft \\
+    --model Qwen/Qwen2.5-VL-7B-Instruct \\
+    --dataset 'data/a.jsonl' data/b.jsonl \\
+    --system 'You are a careful reader.' \\
+    --max_length 2048 \\
+    --train_type lora \\
+    --output_dir $IMAGES/out
+"""
+    raw = swift.read_launch(script, path=tmp_path / "train.sh", env={"HOME": "/home/me"})
+    assert raw is not None and detect(raw, path=tmp_path / "train.sh") is swift
+    assert raw["env"]["MAX_PIXELS"] == "1003520" and raw["env"]["NPROC_PER_NODE"] == "2"
+    assert raw["options"]["dataset"] == ["data/a.jsonl", "data/b.jsonl"]
+    assert raw["options"]["system"] == "You are a careful reader."
+    assert raw["options"]["max_length"] == "2048" and raw["options"]["output_dir"] == "/home/me/images/out"
+    assert swift.read_launch("swift infer --model x\n", path=tmp_path / "x.sh") is None
+
+
+@pytest.fixture()
+def script(tmp_path: Path, qwen2_vl_checkpoint: Path) -> Path:
+    Image.new("RGB", (640, 480)).save(tmp_path / "a.png")
+    row = {"messages": [{"role": "user", "content": "<image>What is it?"}, {"role": "assistant", "content": "A cat."}],
+           "images": [str(tmp_path / "a.png")]}
+    (tmp_path / "train.jsonl").write_text(json.dumps(row) + "\n")
+    path = tmp_path / "train.sh"
+    path.write_text(f"swift sft --model {qwen2_vl_checkpoint} --dataset {tmp_path / 'train.jsonl'} "
+                    "--max_length 100\n")
+    return path
+
+
+def test_the_fix_is_a_swift_option_and_applying_it_clears_the_run(script: Path) -> None:
+    result = CliRunner().invoke(main, ["check", str(script), "--fail-on", "warning"])
+    assert result.exit_code == 1 and "VC204" in result.output
+    need = int(re.findall(r"set --max_length (\d+)", result.output)[0])
+    script.write_text(script.read_text().replace("--max_length 100", f"--max_length {need}"))
+    assert CliRunner().invoke(main, ["check", str(script), "--fail-on", "warning"]).exit_code == 0
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    ("--max_pixels 1000", "--max_pixels"),
+    ("--template llava1_5_hf", "not modelled"),
+    ("--truncation_strategy split", "pre-training"),
+    ("--loss_scale last_round", "--loss_scale"),
+])
+def test_what_vlmcheck_does_not_model_is_refused_with_exit_2(script: Path, extra: str, words: str) -> None:
+    script.write_text(script.read_text().replace("--max_length 100", f"--max_length 100 {extra}"))
+    result = CliRunner().invoke(main, ["check", str(script)])
+    assert result.exit_code == 2 and words in result.output
+
+
+def test_hub_datasets_and_sampling_are_refused(script: Path) -> None:
+    text = script.read_text()
+    script.write_text(re.sub(r"--dataset \S+", "--dataset AI-ModelScope/LaTeX_OCR#20000", text))
+    result = CliRunner().invoke(main, ["check", str(script)])
+    assert result.exit_code == 2 and "#N" in result.output

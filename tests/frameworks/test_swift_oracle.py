@@ -1,0 +1,226 @@
+"""``vlmcheck check`` on ``swift sft`` launch scripts, proved against ms-swift's own template encode.
+
+ms-swift 4.6 pins ``trl<1.0`` and ``datasets<4.8.5``, which clash with the test extras, so the test setup builds it
+its own environment once and caches it under ``~/.cache/vlmcheck/oracles/swift-<hash>`` (torch kept at 2.13.0 by a
+constraints file; qwen-vl-utils imports torchvision for videos only, so a stand-in module is put in place while it
+is imported, in that environment only; ``AutoProcessor`` is pointed at transformers' Qwen2-VL processor built from
+the test checkpoint's files, because no CPU torchvision exists for its video processor). There, ms-swift's own
+``get_processor`` / ``get_template('qwen2_vl')`` encode every row in training mode, with ``MAX_PIXELS`` set in the
+environment as ms-swift documents, and report per row: the total, each image's tokens (``image_grid_thw``), the
+labels, and at a ``max_length`` for each ``truncation_strategy``: ``MaxLengthError`` (delete) or the kept tokens,
+labels and image tokens (left, right).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+import vlmcheck
+
+TORCH = "torch==2.13.0"
+REQUIREMENTS = ("ms-swift==4.6.0",)
+NO_DEPS = ("qwen-vl-utils==0.0.14",)
+MAX_PIXELS = 200704  # 256 * 28 * 28
+LIMITS = [120, 300]
+
+
+def oracle_python() -> Path:
+    """The cached ms-swift environment's python, built on first use."""
+    import fcntl
+
+    key = hashlib.sha256(json.dumps([TORCH, REQUIREMENTS, NO_DEPS, sys.version_info[:2]]).encode()).hexdigest()[:12]
+    root = Path(os.environ.get("VLMCHECK_CACHE", Path.home() / ".cache" / "vlmcheck")) / "oracles"
+    env = root / f"swift-{key}"
+    python = env / "bin" / "python"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"swift-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (env / "ready").is_file():
+            return python
+        constraints = root / f"swift-{key}.constraints.txt"
+        constraints.write_text(f"{TORCH}\n")
+        for step in ([sys.executable, "-m", "venv", "--clear", str(env)],
+                     [str(python), "-m", "pip", "install", "-q", TORCH],
+                     [str(python), "-m", "pip", "install", "-q", "-c", str(constraints), *REQUIREMENTS],
+                     [str(python), "-m", "pip", "install", "-q", "--no-deps", *NO_DEPS]):
+            done = subprocess.run(step, capture_output=True, text=True)
+            if done.returncode != 0:
+                message = f"building ms-swift's environment failed: {' '.join(step[:5])}: {done.stderr[-2000:]}"
+                if os.environ.get("CI"):
+                    pytest.fail(message)
+                pytest.skip(message)  # no package index here: CI (which has one) never skips
+        (env / "ready").write_text("ok\n")
+    return python
+
+
+ORACLE = textwrap.dedent('''
+    import json, sys, types
+
+    names = ["torchvision", "torchvision.io", "torchvision.transforms"]
+    stand_in = {n: types.ModuleType(n) for n in names}
+    stand_in["torchvision"].io = stand_in["torchvision.io"]
+    stand_in["torchvision"].transforms = stand_in["torchvision.transforms"]
+    stand_in["torchvision.transforms"].InterpolationMode = types.SimpleNamespace(BICUBIC=3)
+    sys.modules.update(stand_in)
+    import qwen_vl_utils  # noqa: F401
+    for n in names:
+        del sys.modules[n]
+
+    import transformers
+    from transformers import AutoTokenizer, Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    job = json.loads(sys.argv[1])
+    folder = job["checkpoint"]
+    values = json.load(open(folder + "/preprocessor_config.json"))
+    values = {k: v for k, v in values.items() if k not in ("image_processor_type", "processor_class")}
+
+    class ImageOnly(Qwen2VLProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                             chat_template=chat_template, **kwargs)
+
+    def load(*args, **kwargs):  # transformers' own Qwen2-VL processor, without the torchvision video processor
+        template = json.load(open(folder + "/chat_template.json"))["chat_template"]
+        return ImageOnly(image_processor=Qwen2VLImageProcessorPil(**values),
+                         tokenizer=AutoTokenizer.from_pretrained(folder), chat_template=template)
+
+    transformers.AutoProcessor.from_pretrained = staticmethod(load)
+    from swift.model import get_processor
+    from swift.template import MaxLengthError, get_template
+
+    processor = get_processor(folder, model_type="qwen2_vl")
+    merge = processor.image_processor.merge_size ** 2
+    pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    rows = [json.loads(line) for line in open(job["data"])]
+
+    def encode(row, max_length, strategy):
+        template = get_template(processor, max_length=max_length, truncation_strategy=strategy,
+                                template_type="qwen2_vl")
+        template.set_mode("train")
+        try:
+            enc = template.encode(json.loads(json.dumps(row)))
+        except MaxLengthError:
+            return {"verdict": "dropped"}
+        except Exception as e:
+            return {"verdict": "error", "error": repr(e)[:200]}
+        grid = enc.get("image_grid_thw")
+        return {"verdict": "ok", "tokens": len(enc["input_ids"]),
+                "labels": sum(1 for t in enc["labels"] if t != -100),
+                "pads": enc["input_ids"].count(pad) if isinstance(enc["input_ids"], list) else None,
+                "images": [int(g.prod()) // merge for g in grid] if grid is not None else []}
+
+    out = {"whole": [encode(r, None, "raise") for r in rows], "cut": {}}
+    for limit in job["limits"]:
+        for strategy in ("raise", "left", "right"):
+            out["cut"][f"{limit}-{strategy}"] = [encode(r, limit, strategy) for r in rows]
+    print("ORACLE" + json.dumps(out))
+''')
+
+
+def corpus(folder: Path) -> Path:
+    """ms-swift's documented layout: messages, absolute image paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def image(name: str, size: tuple[int, int]) -> str:
+        path = folder / f"{name}.png"
+        Image.new("RGB", size, "purple").save(path)
+        return str(path.resolve())
+
+    photo, big, thin, strip = (image("photo", (640, 480)), image("big", (1280, 960)), image("thin", (300, 12)),
+                               image("strip", (6000, 20)))
+    qa = [{"role": "user", "content": "<image>What is shown?"}, {"role": "assistant", "content": "A purple field."}]
+    rows = [
+        {"messages": qa, "images": [photo]},
+        {"messages": [{"role": "user", "content": "What is shown?"}, {"role": "assistant", "content": "Purple."}],
+         "images": [big]},  # no tag: ms-swift adds it
+        {"messages": [{"role": "system", "content": ""}, {"role": "user", "content": "<image><image>Compare."},
+                      {"role": "assistant", "content": "\n\nBoth purple."}], "images": [photo, thin]},
+        {"messages": [{"role": "system", "content": "You are terse."}, *qa,
+                      {"role": "user", "content": "Sure?"}, {"role": "assistant", "content": "\nYes. " * 30}],
+         "images": [photo]},
+        {"messages": qa, "images": [strip]},  # ratio 300: qwen-vl-utils raises, ms-swift skips the row
+        {"messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]},
+        {"messages": [*qa[:1], {"role": "assistant", "content": "Not trained.", "loss": False},
+                      {"role": "user", "content": "Again?"}, {"role": "assistant", "content": "Trained."}],
+         "images": [photo]},
+    ]
+    data = folder / "train.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    return data
+
+
+@pytest.fixture(scope="module")
+def swift_oracle(tmp_path_factory: pytest.TempPathFactory, qwen2_vl_checkpoint: Path) -> dict[str, Any]:
+    python = oracle_python()
+    data = corpus(tmp_path_factory.mktemp("swift"))
+    job = {"checkpoint": str(qwen2_vl_checkpoint), "data": str(data), "limits": LIMITS}
+    done = subprocess.run([str(python), "-c", ORACLE, json.dumps(job)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "MAX_PIXELS": str(MAX_PIXELS)})
+    lines = [line for line in done.stdout.splitlines() if line.startswith("ORACLE")]
+    assert done.returncode == 0 and lines, done.stderr[-4000:]
+    return {"data": data, **json.loads(lines[-1][len("ORACLE"):])}
+
+
+def launch(tmp_path: Path, checkpoint: Path, data: Path, *options: str) -> Path:
+    """A launch script in the shape of ms-swift's examples/train/multimodal scripts."""
+    script = tmp_path / "sft.sh"
+    lines = ["# 22GiB", f"MAX_PIXELS={MAX_PIXELS} \\", "CUDA_VISIBLE_DEVICES=0 \\", "swift sft \\",
+             f"    --model {checkpoint} \\", f"    --dataset {data} \\", "    --split_dataset_ratio 0.01 \\",
+             "    --train_type lora \\", "    --torch_dtype bfloat16 \\", "    --num_train_epochs 1 \\",
+             "    --learning_rate 1e-4 \\", "    --lora_rank 8 \\", "    --target_modules all-linear \\",
+             "    --freeze_vit true \\", *(f"    {o} \\" for o in options), "    --output_dir output", ""]
+    script.write_text("\n".join(lines))
+    return script
+
+
+def records(script: Path, tmp_path: Path) -> list[dict[str, Any]]:
+    out = tmp_path / "records.jsonl"
+    vlmcheck.check(script, output=out)
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_totals_images_and_labels_agree_with_swifts_encode(tmp_path: Path, qwen2_vl_checkpoint: Path,
+                                                           swift_oracle: dict[str, Any]) -> None:
+    ours = records(launch(tmp_path, qwen2_vl_checkpoint, swift_oracle["data"]), tmp_path)
+    assert len(ours) == len(swift_oracle["whole"])
+    for record, whole in zip(ours, swift_oracle["whole"]):
+        if whole["verdict"] == "error":
+            assert record["framework"]["verdict"] == "dropped" and "VC006" in record["findings"], record
+            continue
+        assert record["tokens"] == whole["tokens"], (record, whole)
+        assert record["image_tokens"] == whole["images"], (record, whole)
+        assert record["supervised_tokens"] == whole["labels"], (record, whole)
+    assert sum(w["verdict"] == "error" for w in swift_oracle["whole"]) == 1
+
+
+@pytest.mark.parametrize("limit", LIMITS)
+@pytest.mark.parametrize("strategy", ["delete", "left", "right"])
+def test_the_cut_agrees_with_swifts_encode(tmp_path: Path, qwen2_vl_checkpoint: Path, swift_oracle: dict[str, Any],
+                                           limit: int, strategy: str) -> None:
+    ours = records(launch(tmp_path, qwen2_vl_checkpoint, swift_oracle["data"], f"--max_length {limit}",
+                          f"--truncation_strategy {strategy}"), tmp_path)
+    theirs = swift_oracle["cut"][f"{limit}-{'raise' if strategy == 'delete' else strategy}"]
+    for record, after in zip(ours, theirs):
+        frame = record["framework"]
+        if after["verdict"] == "error":
+            assert frame["verdict"] == "dropped"
+        elif after["verdict"] == "dropped":
+            assert frame["verdict"] == "dropped" and "VC204" in record["findings"], (record, after)
+        else:
+            assert frame["verdict"] in ("ok", "cut"), (record, after)
+            assert frame["kept_tokens"] == after["tokens"], (record, after)
+            assert frame["kept_supervised"] == after["labels"], (record, after)
+            assert sum(frame["kept_image_tokens"]) == after["pads"], (record, after)
+    verdicts = {r["framework"]["verdict"] for r in ours}
+    assert ("dropped" if strategy == "delete" else "cut") in verdicts

@@ -1,0 +1,273 @@
+"""``vlmcheck check`` on verl runs, proved against verl's own ``RLHFDataset``.
+
+verl 0.9.1 pins ``transformers<5.11``, which clashes with the test extras, so the test setup builds it its own
+environment once and caches it under ``~/.cache/vlmcheck/oracles/verl-<hash>`` (torch kept at 2.13.0 by a
+constraints file; qwen-vl-utils imports torchvision for videos only, so a stand-in module is put in place while it
+is imported, in that environment only). There, ``RLHFDataset`` is built for real on the generated parquet file
+(geo3k's layout: a ``prompt`` chat list with ``<image>`` tags, ``images`` as byte structs) with transformers'
+Qwen2-VL processor made from the test checkpoint's files, and reports per row:
+
+- the prompt length verl's overlong filter computes (its own ``doc2len``, observed through the threshold it is
+  compared with, so no line of verl is copied), or that it cannot compute one;
+- each image's token count, from verl's own ``_build_messages`` and ``_process_multi_modal_info``;
+- which rows survive ``filter_overlong_prompts=True`` at several ``max_prompt_length`` values.
+
+What the rollout does with a prompt over ``rollout.prompt_length`` (images: it raises; text: it cuts from the
+left) rests on reading ``experimental/agent_loop/agent_loop.py``: the rollout needs a generation server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+import vlmcheck
+
+VERL = "verl==0.9.1"
+REQUIREMENTS = ("transformers==5.10.4", "datasets==5.2.0", "omegaconf", "hydra-core", "tensordict==0.10.0", "ray",
+                "pandas", "pyarrow", "pillow", "packaging")
+NO_DEPS = (VERL, "qwen-vl-utils==0.0.14")  # verl's own list pulls in wandb, tensorboard, ...; the dataset needs none
+TORCH = "torch==2.13.0"
+
+
+def oracle_python() -> Path:
+    """The cached verl environment's python, built on first use."""
+    import fcntl
+
+    key = hashlib.sha256(json.dumps([TORCH, REQUIREMENTS, NO_DEPS, sys.version_info[:2]]).encode()).hexdigest()[:12]
+    root = Path(os.environ.get("VLMCHECK_CACHE", Path.home() / ".cache" / "vlmcheck")) / "oracles"
+    env = root / f"verl-{key}"
+    python = env / "bin" / "python"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"verl-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (env / "ready").is_file():
+            return python
+        constraints = root / f"verl-{key}.constraints.txt"
+        constraints.write_text(f"{TORCH}\n")
+        steps = [
+            [sys.executable, "-m", "venv", "--clear", str(env)],
+            [str(python), "-m", "pip", "install", "-q", TORCH],
+            [str(python), "-m", "pip", "install", "-q", "-c", str(constraints), *REQUIREMENTS],
+            [str(python), "-m", "pip", "install", "-q", "--no-deps", *NO_DEPS],
+        ]
+        for step in steps:
+            done = subprocess.run(step, capture_output=True, text=True)
+            if done.returncode != 0:
+                message = f"building verl's environment failed: {' '.join(step[:5])}: {done.stderr[-2000:]}"
+                if os.environ.get("CI"):
+                    pytest.fail(message)
+                pytest.skip(message)  # no package index here: CI (which has one) never skips
+        (env / "ready").write_text("ok\n")
+    return python
+
+
+ORACLE = textwrap.dedent('''
+    import json, sys, types
+
+    # qwen-vl-utils imports torchvision at module level for its video path; images never touch it
+    names = ["torchvision", "torchvision.io", "torchvision.transforms"]
+    stand_in = {n: types.ModuleType(n) for n in names}
+    stand_in["torchvision"].io = stand_in["torchvision.io"]
+    stand_in["torchvision"].transforms = stand_in["torchvision.transforms"]
+    stand_in["torchvision.transforms"].InterpolationMode = types.SimpleNamespace(BICUBIC=3)
+    sys.modules.update(stand_in)
+    import qwen_vl_utils  # noqa: F401
+    for n in names:
+        del sys.modules[n]
+
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer, Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    job = json.loads(sys.argv[1])
+    folder = job["checkpoint"]
+    values = json.load(open(folder + "/preprocessor_config.json"))
+    values = {k: v for k, v in values.items() if k not in ("image_processor_type", "processor_class")}
+
+    class ImageOnly(Qwen2VLProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                             chat_template=chat_template, **kwargs)
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    template = json.load(open(folder + "/chat_template.json"))["chat_template"]
+    processor = ImageOnly(image_processor=Qwen2VLImageProcessorPil(**values), tokenizer=tokenizer,
+                          chat_template=template)
+
+    def dataset(**data):
+        config = OmegaConf.create({"cache_dir": job["cache"], "filter_overlong_prompts_workers": 1, **data})
+        return RLHFDataset(data_files=[job["parquet"]], tokenizer=tokenizer, config=config, processor=processor)
+
+    class Threshold:
+        """Stands for max_prompt_length: verl's filter compares each row's length with it (appended to a file:
+        datasets runs a copy of the filter function), and adds 1 to it for a row whose length it cannot compute."""
+        def __init__(self, path):
+            self.path = path
+        def __ge__(self, length):
+            with open(self.path, "a") as f:
+                f.write(json.dumps(length) + "\\n")
+            return True
+        def __add__(self, one):
+            return None  # the row could not be measured
+        def seen(self):
+            return [json.loads(line) for line in open(self.path)]
+
+    out = {"lengths": [], "images": [], "survivors": {}}
+    ds = dataset(filter_overlong_prompts=False)
+    threshold = Threshold(job["cache"] + ".lengths")
+    ds.max_prompt_length = threshold
+    ds.filter_overlong_prompts = True
+    ds.maybe_filter_out_long_prompts(ds.dataframe)
+    out["lengths"] = threshold.seen()
+    merge = processor.image_processor.merge_size ** 2
+    for row in ds.dataframe:
+        try:
+            messages = ds._build_messages(dict(row), key="prompt")
+            images, _, _ = ds._process_multi_modal_info(messages, ds.image_patch_size, ds.config)
+        except Exception:
+            out["images"].append(None)
+            continue
+        if not images:
+            out["images"].append([])
+            continue
+        grids = processor.image_processor(images=images)["image_grid_thw"]
+        out["images"].append([int(g[0] * g[1] * g[2]) // merge for g in grids])
+    boundary = next(length for length in out["lengths"] if length)  # a limit exactly at a row's length
+    out["boundary"] = boundary
+    for limit in [*job["limits"], boundary, boundary - 1]:
+        kept = dataset(filter_overlong_prompts=True, max_prompt_length=limit)
+        out["survivors"][str(limit)] = [int(r["extra_info"]["index"]) for r in kept.dataframe]
+    print("ORACLE" + json.dumps(out))
+''')
+
+
+def png(size: tuple[int, int]) -> dict[str, Any]:
+    buf = io.BytesIO()
+    Image.new("RGB", size, "green").save(buf, format="PNG")
+    return {"bytes": buf.getvalue(), "path": None}
+
+
+def geo3k_rows() -> list[dict[str, Any]]:
+    """geo3k's layout (verl's examples/data_preprocess/geo3k.py): an ``<image>`` tag in the user turn."""
+    def row(i: int, content: str, sizes: list[tuple[int, int]], system: str | None = None) -> dict[str, Any]:
+        prompt = ([{"role": "system", "content": system}] if system is not None else []) + [
+            {"role": "user", "content": content}]
+        return {"data_source": "geo3k", "prompt": prompt, "images": [png(s) for s in sizes], "ability": "math",
+                "reward_model": {"style": "rule", "ground_truth": "3"}, "extra_info": {"index": i, "split": "train"}}
+
+    ask = " Think step by step and put the answer in \\\\boxed{}."
+    return [
+        row(0, "<image>Find x." + ask, [(640, 480)]),
+        row(1, "<image>Find the area." + ask, [(1280, 960)]),  # 1.2 megapixels
+        row(2, "Compare <image> with <image>." + ask, [(56, 56), (300, 12)], system=""),  # a side under 28 px
+        row(3, "<image>Read the strip.", [(6000, 20)]),  # ratio 300: qwen-vl-utils raises
+        row(4, "No tag for the image.", [(100, 100)]),  # verl's assertion fails
+        row(5, "A text-only question. " * 30, []),
+        row(6, "<image>" + "A long question. " * 100, [(224, 224)], system="You are a geometry tutor."),
+    ]
+
+
+@pytest.fixture(scope="module")
+def verl_oracle(tmp_path_factory: pytest.TempPathFactory, qwen2_vl_checkpoint: Path) -> dict[str, Any]:
+    import datasets
+
+    python = oracle_python()
+    root = tmp_path_factory.mktemp("verl")
+    parquet = root / "train.parquet"
+    ds = datasets.Dataset.from_list(geo3k_rows()).cast_column("images", datasets.List(datasets.Image()))
+    ds.to_parquet(str(parquet))
+    job = {"checkpoint": str(qwen2_vl_checkpoint), "parquet": str(parquet), "cache": str(root / "cache"),
+           "limits": LIMITS}
+    done = subprocess.run([str(python), "-c", ORACLE, json.dumps(job)], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "RAY_DISABLE_IMPORT_WARNING": "1"})
+    lines = [line for line in done.stdout.splitlines() if line.startswith("ORACLE")]
+    assert done.returncode == 0 and lines, done.stderr[-4000:]
+    return {"parquet": parquet, **json.loads(lines[-1][len("ORACLE"):])}
+
+
+LIMITS = [1024]
+
+
+def launch(tmp_path: Path, checkpoint: Path, parquet: Path, *overrides: str) -> Path:
+    """A launch script in the shape of verl's examples/grpo_trainer/run_qwen2_5_vl-7b.sh."""
+    script = tmp_path / "run_qwen2_vl.sh"
+    lines = ["set -x", "ENGINE=${1:-vllm}", f"DATA={parquet.parent}", "", "python3 -m verl.trainer.main_ppo \\",
+             "    algorithm.adv_estimator=grpo \\", f"    data.train_files=$DATA/{parquet.name} \\",
+             "    data.val_files=$DATA/test.parquet \\", "    data.train_batch_size=512 \\",
+             "    data.max_response_length=2048 \\", "    data.truncation='error' \\", "    data.image_key=images \\",
+             f"    actor_rollout_ref.model.path={checkpoint} \\", "    actor_rollout_ref.actor.optim.lr=1e-6 \\",
+             "    actor_rollout_ref.rollout.name=$ENGINE \\", "    actor_rollout_ref.rollout.n=5 \\",
+             "    trainer.logger=['console','wandb'] \\", "    trainer.project_name='verl_grpo_example_geo3k' \\",
+             *(f"    {o} \\" for o in overrides), "    trainer.total_epochs=15 $@", ""]
+    script.write_text("\n".join(lines))
+    return script
+
+
+def records(script: Path, tmp_path: Path) -> list[dict[str, Any]]:
+    return checked(script, tmp_path)[0]
+
+
+def checked(script: Path, tmp_path: Path) -> tuple[list[dict[str, Any]], Any]:
+    out = tmp_path / "records.jsonl"
+    report = vlmcheck.check(script, output=out)
+    return [json.loads(line) for line in out.read_text().splitlines()], report
+
+
+def test_prompt_lengths_and_image_counts_agree_with_rlhfdataset(tmp_path: Path, qwen2_vl_checkpoint: Path,
+                                                                verl_oracle: dict[str, Any]) -> None:
+    ours = records(launch(tmp_path, qwen2_vl_checkpoint, verl_oracle["parquet"], "data.max_prompt_length=100000"),
+                   tmp_path)
+    assert len(ours) == len(verl_oracle["lengths"]) == len(geo3k_rows())
+    for record, length, images in zip(ours, verl_oracle["lengths"], verl_oracle["images"]):
+        assert record["tokens"] == length, (record, length)  # None: verl cannot measure the row
+        if length is not None:
+            assert record["image_tokens"] == images, (record, images)
+        assert "VC003" not in record["findings"]  # prompts have no assistant turn by design
+    assert sum(length is None for length in verl_oracle["lengths"]) == 2  # the 300:1 strip, the missing tag
+
+
+@pytest.mark.parametrize("limit", LIMITS)
+def test_the_overlong_filter_keeps_what_rlhfdataset_keeps(tmp_path: Path, qwen2_vl_checkpoint: Path,
+                                                          verl_oracle: dict[str, Any], limit: int) -> None:
+    ours, report = checked(launch(tmp_path, qwen2_vl_checkpoint, verl_oracle["parquet"],
+                                  f"data.max_prompt_length={limit}", "data.filter_overlong_prompts=True"), tmp_path)
+    kept = [i for i, r in enumerate(ours) if r["framework"]["verdict"] != "filtered"]
+    assert kept == verl_oracle["survivors"][str(limit)]
+    assert len(kept) < len(ours)
+    fixes = {f.index: f.fix for f in report.findings if f.code == "VC204"}
+    for record in ours:
+        if record["framework"]["verdict"] == "filtered" and record["tokens"] is not None:
+            assert record["findings"] == ["VC204"]
+            assert fixes[record["index"]].startswith(f"set data.max_prompt_length={record['tokens']} ")
+
+
+def test_the_filter_boundary_is_verls(tmp_path: Path, qwen2_vl_checkpoint: Path,
+                                      verl_oracle: dict[str, Any]) -> None:
+    for limit in (verl_oracle["boundary"], verl_oracle["boundary"] - 1):  # a prompt of exactly the limit is kept
+        ours = records(launch(tmp_path, qwen2_vl_checkpoint, verl_oracle["parquet"], f"data.max_prompt_length={limit}",
+                              "data.filter_overlong_prompts=True"), tmp_path)
+        kept = [i for i, r in enumerate(ours) if r["framework"]["verdict"] != "filtered"]
+        assert kept == verl_oracle["survivors"][str(limit)]
+
+
+def test_without_the_filter_an_image_prompt_over_budget_stops_the_rollout(tmp_path: Path, qwen2_vl_checkpoint: Path,
+                                                                          verl_oracle: dict[str, Any]) -> None:
+    ours = records(launch(tmp_path, qwen2_vl_checkpoint, verl_oracle["parquet"], "data.max_prompt_length=1024"),
+                   tmp_path)  # data.filter_overlong_prompts is False by default
+    verdicts = {r["index"]: (r["framework"]["verdict"], r["findings"]) for r in ours}
+    lengths = verl_oracle["lengths"]
+    assert verdicts[1] == ("crash", ["VC206"]) and lengths[1] > 1024  # the 1.2-megapixel image
+    assert verdicts[4][0] == "stops" and verdicts[3][0] == "stops"
+    assert verdicts[0] == ("ok", []) and lengths[0] <= 1024
