@@ -564,11 +564,14 @@ def build_scanner(
         spec = load_model(model, overrides=overrides, chat_template=chat_template)
     if isinstance(path, Source):  # (sources: hook) files, globs, objects: the source knows its folder
         default_root = path.root
+        if default_root is None and image_root is None:
+            raise UsageError(f"the datasets ({path.name}) lie in different folders, so relative image paths have "
+                             "no one folder to start from: pass image_root (--image-root)")
     elif not path.exists():
         raise DatasetError(f"dataset not found: {path}")
     else:
         default_root = path if path.is_dir() else path.parent
-    root = Path(image_root) if image_root is not None else default_root
+    root = Path(image_root) if image_root is not None else Path(default_root or ".")
     if exif_transpose is None:
         exif_transpose = resize == "processor"
     options = ScanOptions(max_length=max_length, truncation=truncation, format=format,

@@ -45,7 +45,7 @@ class Source:
     """The rows of one dataset argument, with what the scan needs around them."""
 
     name: str  # how the report names the dataset
-    root: Path  # the default image root: relative image paths start here
+    root: Path | None  # the default image root (relative image paths start here); None: no one folder
     inputs: list[Path]  # the local files read: never written over
     _rows: Callable[[], Iterator[Any]] = field(repr=False)
     _count: Callable[[], int | None] = field(repr=False, default=lambda: None)
@@ -176,12 +176,11 @@ def _files(dataset: str | os.PathLike[str] | list[Any] | tuple[Any, ...], split:
     files: list[Path] = []
     roots: list[Path] = []
     for arg in args:
-        found, root = _expand(arg, split)
+        found, folder = _expand(arg, split)
         files += found
-        roots.append(root)
-    if len({os.path.realpath(r) for r in roots}) > 1:
-        raise UsageError("the datasets lie in different folders (" + ", ".join(sorted({str(r) for r in roots}))
-                         + "), so relative image paths have no one root: pass image_root (--image-root)")
+        roots.append(folder)
+    # files in different folders have no one folder their relative image paths start from
+    root = roots[0] if len({os.path.realpath(r) for r in roots}) == 1 else None
     name = ", ".join(os.fspath(a) for a in args)
 
     def rows() -> Iterator[Any]:
@@ -197,7 +196,7 @@ def _files(dataset: str | os.PathLike[str] | list[Any] | tuple[Any, ...], split:
             total += n
         return total
 
-    return Source(name=name, root=roots[0], inputs=files, _rows=rows, _count=count)
+    return Source(name=name, root=root, inputs=files, _rows=rows, _count=count)
 
 
 def _is_tar(path: Path) -> bool:

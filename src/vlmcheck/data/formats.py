@@ -104,7 +104,7 @@ def image_ref(value: Any) -> ImageRef:
     if _is_pil(value):  # an opened PIL image (a list of dicts or a DataFrame in memory)
         return ImageRef("pil", value)
     if isinstance(value, dict):
-        if value.get("bytes"):
+        if value.get("bytes") is not None:  # as datasets decodes: bytes when present, even empty, else the path
             data = value["bytes"]
             if isinstance(data, (bytes, bytearray, memoryview)):
                 return ImageRef("bytes", bytes(data))
