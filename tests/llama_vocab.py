@@ -80,3 +80,86 @@ def reference_cases() -> list[tuple[str, list[int]]]:
     ids = (src / f"{NAME}.gguf.out").read_text(encoding="utf-8").split("\n")[: len(texts)]
     assert len(ids) == len(texts), (len(ids), len(texts))
     return [(t, [int(x) for x in line.split()]) for t, line in zip(texts, ids)]
+
+
+def sentencepiece_model() -> Path:
+    """The Llama-2 vocabulary as the ``tokenizer.model`` a Llama / Vicuna / LLaVA checkpoint ships.
+
+    Built from the GGUF's pieces, scores and piece types (llama.cpp keeps SentencePiece's type numbers) with
+    Llama's normalizer spec ("identity", dummy prefix, whitespace escaped, no whitespace folding) and BPE with
+    byte fallback; it reproduces llama.cpp's reference encodings (tests/test_llama_vocab.py).
+    """
+    dest = _cache() / "llama2-sentencepiece" / "tokenizer.model"
+    if dest.is_file():
+        return dest
+    from gguf import GGUFReader
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    reader = GGUFReader(str(gguf_files() / f"{NAME}.gguf"))
+
+    def field(name: str) -> list:  # type: ignore[type-arg]
+        f = reader.fields[name]
+        return [f.parts[i] for i in f.data]
+
+    model = pb.ModelProto()  # type: ignore[attr-defined]
+    for text, score, kind in zip(field("tokenizer.ggml.tokens"), field("tokenizer.ggml.scores"),
+                                 field("tokenizer.ggml.token_type")):
+        piece = model.pieces.add()
+        piece.piece, piece.score, piece.type = bytes(text).decode(), float(score[0]), int(kind[0])
+    model.trainer_spec.model_type = pb.TrainerSpec.BPE  # type: ignore[attr-defined]
+    model.trainer_spec.vocab_size = len(model.pieces)
+    model.trainer_spec.byte_fallback = True
+    model.trainer_spec.unk_id, model.trainer_spec.bos_id, model.trainer_spec.eos_id = 0, 1, 2
+    model.trainer_spec.pad_id = -1
+    model.normalizer_spec.name = "identity"
+    model.normalizer_spec.add_dummy_prefix = True
+    model.normalizer_spec.remove_extra_whitespaces = False
+    model.normalizer_spec.escape_whitespaces = True
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    tmp.write_bytes(model.SerializeToString())
+    os.replace(tmp, dest)
+    return dest
+
+
+# tokenizer_config.json of llava-v1.5-7b (Vicuna v1.5): the slow LlamaTokenizer, legacy=False
+LLAVA_V15_CONFIG = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
+                    "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": None,
+                    "legacy": False, "model_max_length": 2048, "padding_side": "right", "sp_model_kwargs": {}}
+
+
+def llama2_checkpoint(dest: Path, *, fast: bool = False, slow: bool = True,
+                      added: tuple[str, ...] = (), **config: object) -> Path:
+    """A tokenizer folder as a LLaVA checkpoint ships it: ``tokenizer.model`` (``slow``), ``tokenizer.json``
+    (``fast``), and tokenizer_config.json (llava-v1.5's, updated by ``config``; a None value removes the key).
+    ``added`` are special tokens added after the vocabulary (ids 32000, 32001, ...)."""
+    import json
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    settings = {**LLAVA_V15_CONFIG, **config}
+    settings = {k: v for k, v in settings.items() if v is not None or k == "pad_token"}
+    entry = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
+    # a piece of the SentencePiece vocabulary is a special token only when the config names it (llava-v1.6-34b's
+    # Yi tokenizer names other tokens: "</s>" is then plain text)
+    named = {settings.get(k) for k in ("unk_token", "bos_token", "eos_token", "pad_token")}
+    decoder = {str(i): {"content": t, **entry} for i, t in enumerate(["<unk>", "<s>", "</s>"]) if t in named}
+    for k, t in enumerate(added):
+        decoder[str(32000 + k)] = {"content": t, **entry}
+    settings["added_tokens_decoder"] = decoder
+    (dest / "tokenizer_config.json").write_text(json.dumps(settings, indent=1), encoding="utf-8")
+    if slow:
+        shutil.copyfile(sentencepiece_model(), dest / "tokenizer.model")
+    if fast:
+        from tokenizers import AddedToken, Tokenizer
+
+        backend = Tokenizer.from_file(str(llama2_tokenizer_dir(image_token=False) / "tokenizer.json"))
+        if added:
+            backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in added])
+        # written as the tokenizers of LLaVA's time read it (and Meta's Llama-2 tokenizer.json is): merges as
+        # "a b" strings, no ignore_merges key; tokenizers 0.15 cannot parse the newer form
+        data = json.loads(backend.to_str())
+        data["model"]["merges"] = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
+        data["model"].pop("ignore_merges", None)
+        (dest / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return dest

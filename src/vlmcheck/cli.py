@@ -79,8 +79,9 @@ def _parse_options(ctx: click.Context, param: click.Parameter, values: tuple[str
     return options
 
 
-def _check_json_path(json_path: str | None, dataset: str, *others: tuple[str, str | None]) -> None:
-    """``--json`` is written after the run: it must not replace the dataset (or an output of the run)."""
+def _check_json_path(json_path: str | None, dataset: str, *others: tuple[str, str | None],
+                     option: str = "--json") -> None:
+    """``--json`` (``--html``) is written after the run: it must not replace the dataset (or an output of the run)."""
     from pathlib import Path
 
     if json_path is None:
@@ -88,7 +89,7 @@ def _check_json_path(json_path: str | None, dataset: str, *others: tuple[str, st
     target = Path(json_path).resolve()
     for what, other in (("the dataset", dataset), *others):
         if other is not None and Path(other).resolve() == target:
-            raise click.UsageError(f"--json would replace {what} ({other}): name another file")
+            raise click.UsageError(f"{option} would replace {what} ({other}): name another file")
 
 
 @main.command("scan")
@@ -133,6 +134,8 @@ def _check_json_path(json_path: str | None, dataset: str, *others: tuple[str, st
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), help="Write the summary as JSON.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str),
               help="Write one JSON record per sample (.jsonl).")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str),
+              help="Write the report as one self-contained HTML page (charts, previews; needs matplotlib).")
 @click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default="error", show_default=True,
               callback=_fail_on, help="Exit 1 when a finding of this severity or worse is found.")
 @click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, help="Findings to print.")
@@ -142,7 +145,8 @@ def scan_command(dataset: tuple[str, ...], model: str, max_length: int | None, t
                  qwen_vl_utils: bool, exif: bool | None, allow_outside_root: bool, chat_template: str | None,
                  split: str | None, workers: int, limit: int | None, shard: str | None, resume: bool,
                  processor_options: dict[str, Any],
-                 exact: bool, trust_remote_code: bool, json_path: str | None, output: str | None, fail_on: Severity, show: int, quiet: bool) -> None:
+                 exact: bool, trust_remote_code: bool, json_path: str | None, output: str | None, html_path: str | None,
+                 fail_on: Severity, show: int, quiet: bool) -> None:
     """Count every sample's tokens as the model's processor would and report what will break.
 
     DATASET: .json/.jsonl (also .gz, .bz2, .xz, .zst), .parquet, a WebDataset .tar, a save_to_disk folder, a
@@ -158,13 +162,16 @@ def scan_command(dataset: tuple[str, ...], model: str, max_length: int | None, t
         if resize not in ("processor", "qwen-vl-utils"):
             raise click.UsageError("--qwen-vl-utils contradicts --resize " + resize)
         resize = "qwen-vl-utils"
-    _check_json_path(json_path, dataset[0], ("the --output records", output),
-                     *(("a dataset", other) for other in dataset[1:]))
+    others = tuple(("a dataset", other) for other in dataset[1:])
+    _check_json_path(json_path, dataset[0], ("the --output records", output), *others)
+    _check_json_path(html_path, dataset[0], ("the --output records", output), ("the --json summary", json_path),
+                     *others, option="--html")
     template = Path(chat_template).read_text(encoding="utf-8") if chat_template else None
     progress = _Progress(enabled=not quiet and sys.stderr.isatty())
     try:
         report = scan(
-            dataset[0] if len(dataset) == 1 else list(dataset), model=model, max_length=max_length, truncation=truncation, format=format_,
+            dataset[0] if len(dataset) == 1 else list(dataset), model=model, max_length=max_length,
+            truncation=truncation, format=format_,
             image_root=image_root, max_pixels=max_pixels, min_pixels=min_pixels, resize=resize,
             exif_transpose=exif, allow_outside_root=allow_outside_root, chat_template=template,
             split=split, workers=workers, limit=limit, output=output, progress=progress, exact=exact,
@@ -176,9 +183,24 @@ def scan_command(dataset: tuple[str, ...], model: str, max_length: int | None, t
     progress.close()
     if json_path:
         atomic_write_text(Path(json_path), json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    _write_html(report, html_path)
     if not quiet:
         click.echo(report.render(show=show), nl=False)
     sys.exit(report.exit_code(fail_on))
+
+
+def _write_html(report: Any, html_path: str | None) -> None:
+    """``--html``: the report as one self-contained page, written atomically."""
+    from pathlib import Path
+
+    from vlmcheck.util import atomic_write_text
+
+    if html_path:
+        try:
+            page = report.to_html()
+        except ImportError as e:
+            raise click.UsageError(f"--html needs matplotlib ({e}): pip install 'vlmcheck[html]'") from None
+        atomic_write_text(Path(html_path), page)
 
 
 def _path_map(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
@@ -201,12 +223,15 @@ def _path_map(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), help="Write the summary as JSON.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str),
               help="Write one JSON record per sample (.jsonl), with the framework's verdict.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str),
+              help="Write the report as one self-contained HTML page (charts, previews; needs matplotlib).")
 @click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default="error", show_default=True,
               callback=_fail_on, help="Exit 1 when a finding of this severity or worse is found.")
 @click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, help="Findings to print.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing; use the exit code.")
 def check_command(config: str, model: str | None, data: str | None, path_map: dict[str, str], limit: int | None,
-                  json_path: str | None, output: str | None, fail_on: Severity, show: int, quiet: bool) -> None:
+                  json_path: str | None, output: str | None, html_path: str | None, fail_on: Severity, show: int,
+                  quiet: bool) -> None:
     """Judge every sample the way your training framework will, from the config you launch (LLaMA-Factory YAML)."""
     import json
     import sys
@@ -216,6 +241,8 @@ def check_command(config: str, model: str | None, data: str | None, path_map: di
     from vlmcheck.util import atomic_write_text
 
     _check_json_path(json_path, config, ("the --output records", output))
+    _check_json_path(html_path, config, ("the --output records", output), ("the --json summary", json_path),
+                     option="--html")
     progress = _Progress(enabled=not quiet and sys.stderr.isatty())
     try:
         report = check(config, model=model, data=data, path_map=path_map, limit=limit, output=output,
@@ -226,6 +253,7 @@ def check_command(config: str, model: str | None, data: str | None, path_map: di
     progress.close()
     if json_path:
         atomic_write_text(Path(json_path), json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    _write_html(report, html_path)
     if not quiet:
         click.echo(report.render(show=show), nl=False)
     sys.exit(report.exit_code(fail_on))
@@ -248,6 +276,21 @@ def demo_command(max_length: int, model_type: str) -> None:
         raise click.UsageError(str(e)) from None
     click.echo(f"$ {command}\n")
     click.echo(report.render(), nl=False)
+
+
+@main.command("explain")
+@click.argument("code")
+def explain_command(code: str) -> None:
+    """Print the catalogue entry of a finding code (VC scan, VL lint, VT template) or name: what breaks and the fix.
+
+    Example: vlmcheck explain VC201
+    """
+    from vlmcheck.explain import explain
+
+    try:
+        click.echo(explain(code), nl=False)
+    except VlmcheckError as e:
+        raise click.UsageError(str(e)) from None
 
 
 @main.command("families")

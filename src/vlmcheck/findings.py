@@ -143,6 +143,10 @@ _RULES = [
          "and video tokens do not match\" at the step that reaches this sample.",
          "Raise the max length, sample fewer frames (fps / max_frames) or fewer pixels per frame, or drop the "
          "sample."),
+    Rule("VC206", "prompt-over-budget", Severity.ERROR, "An RL prompt is longer than the run's prompt budget",
+         "RL frameworks generate from the prompt alone: a prompt over the budget (verl's max_prompt_length with "
+         "truncation='error', vLLM's max model length) stops the run at the step that reaches it.",
+         "Raise the prompt budget, cap the image pixels, or drop the sample."),
 ]
 
 CATALOGUE: dict[str, Rule] = {rule.code: rule for rule in _RULES}

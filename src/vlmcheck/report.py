@@ -1,7 +1,8 @@
 """The result of a scan: per-code counts, the length distribution, recommendations, findings.
 
-Memory stays bounded on any dataset size: lengths are kept as a histogram of distinct values and
-only the first ``keep`` findings are held (``--output`` has every sample).
+Memory stays bounded on any dataset size: lengths, tokens per image, images per sample and pixel
+budgets are kept as histograms of distinct values (:class:`Distributions`), only the first ``keep``
+findings are held (``--output`` has every sample) and a few samples per code are kept for previews.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import TYPE_CHECKING, Any
 
 from vlmcheck.findings import CATALOGUE, Finding, Severity
+from vlmcheck.preview import PREVIEWS_PER_CODE
 
 if TYPE_CHECKING:
     from vlmcheck.results import SampleResult
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
 
 KEEP_LEVELS = (("100%", 1.0), ("99.9%", 0.999), ("99%", 0.99))
 _NEVER = -1  # a sample no pixel budget makes fit
-_ANY = 2**62  # a sample without images that fits: any pixel budget keeps it whole
+NO_IMAGE = 2**62  # the pixel budget of a sample without images that fits: any budget keeps it
 
 
 def _quantile_up(hist: Counter[int], q: float) -> int | None:
@@ -52,11 +54,33 @@ def _quantile_down(hist: Counter[int], q: float) -> int | None:
 
 
 @dataclass
+class Distributions:
+    """Exact histograms behind the report's charts, as ``{value: samples}``; a 1M-row scan keeps a few
+    thousand distinct values, never one entry per sample."""
+
+    lengths: Counter[int] = field(default_factory=Counter)  # tokens per sample (samples with a length)
+    image_tokens: Counter[int] = field(default_factory=Counter)  # tokens per counted image
+    images_per_sample: Counter[int] = field(default_factory=Counter)
+    # largest max_pixels under which a sample fits max_length whole (NO_IMAGE: no image, fits anyway)
+    budgets: Counter[int] = field(default_factory=Counter)
+    unfixable: int = 0  # samples too long at any pixel budget
+    # a few samples per finding code (see :mod:`vlmcheck.preview`), in scan order
+    previews: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+@dataclass
 class Report:
-    """What :func:`vlmcheck.scan` returns."""
+    """What :func:`vlmcheck.scan` returns.
+
+    >>> report = Report(summary={"counts": {}})
+    >>> report.ok
+    True
+    """
 
     summary: dict[str, Any]
     findings: list[Finding] = field(default_factory=list)
+    # what the charts of :meth:`to_html` draw; not part of ``to_dict`` (the JSON stays a summary)
+    distributions: Distributions | None = field(default=None, repr=False, compare=False)
     # the per-sample records (vlmcheck.records.RecordStore): the --output file or a spool
     store: Any = field(default=None, repr=False, compare=False)
 
@@ -82,6 +106,14 @@ class Report:
 
     def render(self, *, show: int = 20) -> str:
         return render_text(self, show=show)
+
+    def to_html(self) -> str:
+        """One self-contained HTML page (charts as inline SVG, thumbnails embedded; opens offline).
+
+        Needs matplotlib (``pip install matplotlib``)."""
+        from vlmcheck.report_html import render_html
+
+        return render_html(self)
 
     # -- per-sample results (vlmcheck.records) ------------------------------------------------------------
     def records(self) -> Iterator[dict[str, Any]]:
@@ -129,14 +161,20 @@ class ReportBuilder:
         self.budgets: Counter[int] = Counter()
         self.images = 0
         self.image_tokens = 0
+        self.image_tokens_hist: Counter[int] = Counter()
         self.max_image_tokens = 0
         self.unknown_length = 0
         self.findings: list[Finding] = []
         self.verdicts: Counter[str] = Counter()
+        self.image_counts: Counter[int] = Counter()
+        self.previews: dict[str, list[dict[str, Any]]] = {}
         self.store: Any = None  # set by the record writer
 
     def add(self, result: SampleResult) -> None:
         self.scanned += 1
+        self.image_counts[len(result.image_tokens)] += 1
+        if result.findings:
+            self._preview(result)
         if result.framework is not None:
             self.verdicts[str(result.framework.get("verdict"))] += 1
         for f in result.findings:
@@ -147,6 +185,7 @@ class ReportBuilder:
         if result.findings:
             self.with_findings += 1
         known = [n for n in result.image_tokens if n is not None]
+        self.image_tokens_hist.update(known)
         self.images += len(result.image_tokens)
         self.image_tokens += sum(known)
         self.max_image_tokens = max([self.max_image_tokens, *known])
@@ -160,9 +199,26 @@ class ReportBuilder:
                 self.budgets[result.fits_max_pixels] += 1
             elif not any(result.image_tokens):
                 # no image: a pixel budget cannot change whether it fits
-                self.budgets[_ANY if result.tokens <= max_length else _NEVER] += 1
+                self.budgets[NO_IMAGE if result.tokens <= max_length else _NEVER] += 1
             else:
                 self.budgets[_NEVER] += 1
+
+    def _preview(self, result: SampleResult) -> None:
+        """Keep the first few samples of each finding code; a scan's own preview (thumbnails, token layout)
+        when it made one, else what the result says."""
+        codes = [c for c in dict.fromkeys(f.code for f in result.findings)
+                 if len(self.previews.setdefault(c, [])) < PREVIEWS_PER_CODE]
+        if not codes:
+            return
+        preview = dict(result.preview or {})
+        preview.update(index=result.index, id=result.id, tokens=result.tokens,
+                       supervised_tokens=result.supervised_tokens,
+                       findings=[{"code": f.code, "message": f.message, "fix": f.fix} for f in result.findings])
+        preview.setdefault("images", [{"k": k, "tokens": n} for k, n in enumerate(result.image_tokens, 1)])
+        if result.framework is not None:
+            preview["framework"] = {k: v for k, v in result.framework.items() if not isinstance(v, (list, dict))}
+        for code in codes:
+            self.previews[code].append(preview)
 
     def build(self, *, seconds: float) -> Report:
         lengths = self.lengths
@@ -207,27 +263,35 @@ class ReportBuilder:
             # exact counts, not percentiles: summaries of shards merge into the whole's (vlmcheck.merging)
             "histograms": histograms(self.lengths, self.budgets),
         }
-        return Report(summary=summary, findings=list(self.findings), store=self.store)
-
+        distributions = Distributions(
+            lengths=Counter(lengths), image_tokens=Counter(self.image_tokens_hist),
+            images_per_sample=Counter(self.image_counts), budgets=budgets, unfixable=never,
+            previews={code: list(p) for code, p in self.previews.items()},
+        )
+        return Report(summary=summary, findings=list(self.findings), distributions=distributions,
+                      store=self.store)
 
 
 def histograms(lengths: Counter[int], budgets: Counter[int]) -> dict[str, dict[str, int]]:
     """Tokens per sample and the largest max_pixels that keeps each sample whole, as exact counts by value
     (``never``: no budget makes it fit; ``any``: it has no image and fits)."""
-    names = {_NEVER: "never", _ANY: "any"}
+    names = {_NEVER: "never", NO_IMAGE: "any"}
     return {"tokens": {str(k): lengths[k] for k in sorted(lengths)},
             "fits_max_pixels": {names.get(k, str(k)): budgets[k] for k in sorted(budgets)}}
 
 
 def read_histograms(hist: dict[str, dict[str, int]]) -> tuple[Counter[int], Counter[int]]:
     """The counters :func:`histograms` wrote: (tokens per sample, fitting max_pixels)."""
-    values = {"never": _NEVER, "any": _ANY}
+    values = {"never": _NEVER, "any": NO_IMAGE}
     return (Counter({int(k): int(v) for k, v in hist["tokens"].items()}),
             Counter({values[k] if k in values else int(k): int(v) for k, v in hist["fits_max_pixels"].items()}))
 
 
 def _current_budget(settings: Any) -> int:
-    return int(getattr(settings, "pre_max_pixels", None) or getattr(settings, "max_pixels", None) or 2**62)
+    """The pixel cap in force: a settings object's, or a settings dict's (``summary["settings"]``)."""
+    if isinstance(settings, dict):
+        return int(settings.get("pre_max_pixels") or settings.get("max_pixels") or NO_IMAGE)
+    return int(getattr(settings, "pre_max_pixels", None) or getattr(settings, "max_pixels", None) or NO_IMAGE)
 
 
 def _settings_dict(settings: Any) -> dict[str, Any] | str:
@@ -238,6 +302,45 @@ def _settings_dict(settings: Any) -> dict[str, Any] | str:
 
 def _n(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else "-" if value is None else str(value)
+
+
+HISTOGRAM_MIN_SAMPLES = 10  # fewer samples than this: the quantiles say it all
+
+
+def text_histogram(lengths: Counter[int], *, max_length: int | None, key: str = "max_length", bins: int = 8,
+                   width: int = 30) -> list[str]:
+    """Tokens per sample as a few text bars, the bin holding ``max_length`` marked; nothing under
+    :data:`HISTOGRAM_MIN_SAMPLES` samples.
+
+    >>> print("\\n".join(text_histogram(Counter({100: 6, 180: 3, 400: 1}), max_length=300, bins=3, width=6)))
+      100 - 200   ######  9
+      201 - 301           0  <- max_length 300
+      302 - 400   #       1  over
+    """
+    n = sum(lengths.values())
+    if n < HISTOGRAM_MIN_SAMPLES:
+        return []
+    low, high = min(lengths), max(lengths)
+    step = max(1, -(-(high - low + 1) // bins))
+    counts = [0] * bins
+    for value, count in lengths.items():
+        counts[min((value - low) // step, bins - 1)] += count
+    while counts and counts[-1] == 0:
+        counts.pop()
+    edges = [(low + i * step, min(low + (i + 1) * step - 1, high)) for i in range(len(counts))]
+    wa = max(len(f"{a:,}") for a, _ in edges)
+    wb = max(len(f"{b:,}") for _, b in edges)
+    most = max(counts)
+    lines = []
+    for (a, b), count in zip(edges, counts):
+        bar = "#" * (math.ceil(width * count / most) if count else 0)
+        line = f"  {a:>{wa},} - {b:>{wb},}   {bar:<{width}}  {count:,}"
+        if max_length is not None and a <= max_length <= b and max_length < high:
+            line += f"  <- {key} {max_length:,}"
+        elif max_length is not None and a > max_length:
+            line += "  over"
+        lines.append(line)
+    return lines
 
 
 def render_text(report: Report, *, show: int = 20) -> str:
@@ -286,6 +389,8 @@ def render_text(report: Report, *, show: int = 20) -> str:
             f"Tokens per sample: min {_n(tokens['min'])}, median {_n(tokens['p50'])}, p90 {_n(tokens['p90'])}, "
             f"p99 {_n(tokens['p99'])}, max {_n(tokens['max'])}"
         )
+        if report.distributions is not None:
+            lines += text_histogram(report.distributions.lengths, max_length=s["max_length"], key=length_key)
         keep = s["recommended_max_length"]
         lines.append(f"{length_key} that keeps samples whole: " + ", ".join(f"{k} -> {_n(v)}" for k, v in keep.items()))
     pixels = s.get("recommended_max_pixels")

@@ -25,6 +25,9 @@ class SampleResult:
     video_tokens: list[int | None] = field(default_factory=list)
     # what the training framework does with the sample (``vlmcheck check``): kept tokens, verdict, ...
     framework: dict[str, Any] | None = None
+    # what the HTML report shows of this sample (thumbnails, token layout; :mod:`vlmcheck.preview`): made by the
+    # scan for the first few samples of each finding code only, never written to ``--output``
+    preview: dict[str, Any] | None = None
 
     def to_record(self) -> dict[str, Any]:
         record = {

@@ -43,6 +43,7 @@ from vlmcheck.families import Overrides
 from vlmcheck.families.base import RESIZE_MODES, Expansion, VideoFamily
 from vlmcheck.layout import TRUNCATIONS, Layout, build_layout, kept_ranges, overlap
 from vlmcheck.model import ModelSpec, load_model
+from vlmcheck.preview import Previewer
 from vlmcheck.records import RecordWriter
 from vlmcheck.report import Report, ReportBuilder
 from vlmcheck.results import SampleResult
@@ -97,6 +98,8 @@ class Scanner:
         self._media_re = re.compile("|".join(patterns))
         self.eos = spec.special_tokens.get("eos_token")
         self._budget_unit = self._pixel_unit()
+        self.previews = Previewer(local_path=self._local_path, exif_transpose=options.exif_transpose,
+                                  max_length=options.max_length, truncation=options.truncation)
 
     def _pixel_unit(self) -> int | None:
         factor = getattr(self.spec.settings, "factor", None)
@@ -273,10 +276,14 @@ class Scanner:
             results.append(result)
             if prepared is not None:
                 pending.append((result, prepared))
+            elif result.findings and self.previews.wants(result):  # (preview: hook)
+                result.preview = self.previews.make(result)
         if pending:
             encodings = self._encode([p[1][1] for p in pending])
             for (result, (conv, text, counts, sizes, runs, kinds)), enc in zip(pending, encodings):
-                self._finish(result, conv, text, counts, sizes, runs, enc.ids, enc.offsets, kinds=kinds)
+                layout = self._finish(result, conv, text, counts, sizes, runs, enc.ids, enc.offsets, kinds=kinds)
+                if result.findings and self.previews.wants(result):  # (preview: hook)
+                    result.preview = self.previews.make(result, images=conv.images, layout=layout, kinds=kinds)
         return results
 
     def _encode(self, texts: list[str]) -> list[Any]:
@@ -340,7 +347,7 @@ class Scanner:
 
     def _finish(self, result: SampleResult, conv: Conversation, text: str, counts: list[int | None],
                 sizes: list[tuple[int, int]], runs: list[tuple[int, ...]], ids: list[int],
-                offsets: list[tuple[int, int]], *, kinds: list[str] | None = None) -> None:
+                offsets: list[tuple[int, int]], *, kinds: list[str] | None = None) -> Layout:
         layout = build_layout(ids, offsets, image_token_id=self.image_token_id, image_runs=runs,
                               supervised_chars=self._supervised_chars(conv, text), text=text,
                               video_token_id=self.video_token_id)
@@ -360,7 +367,7 @@ class Scanner:
                 placeholders=video_placeholders, videos=len(videos),
             ))
         if any(c is None for c in counts) or any(c is None for c in videos):
-            return  # lengths are unknown while an image or video is unreadable
+            return layout  # lengths are unknown while an image or video is unreadable
         result.tokens = layout.total
         result.supervised_tokens = layout.supervised_tokens
         image_tokens = [n for n, kind in zip(layout.image_tokens, kinds) if kind == "image"]
@@ -368,6 +375,7 @@ class Scanner:
         if self.options.max_length is not None and placeholders == len(counts) and video_placeholders == len(videos):
             result.fits_max_pixels = self._fit_budget(sizes, result.text_only_tokens)
             self._truncation(result, layout, self.options.max_length, kinds=kinds)
+        return layout
 
     def _truncation(self, result: SampleResult, layout: Layout, max_length: int, *,
                     kinds: list[str] | None = None) -> None:

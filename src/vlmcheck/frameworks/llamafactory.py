@@ -40,12 +40,15 @@ from pathlib import Path
 from typing import Any
 
 from vlmcheck import findings as F
+from vlmcheck.data.formats import ImageRef
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
 from vlmcheck.data.readers import BadRow
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.families import Overrides
+from vlmcheck.layout import infer_seqlen
 from vlmcheck.model import ModelSpec, load_model
+from vlmcheck.preview import Previewer
 from vlmcheck.results import SampleResult
 
 NAME = "llamafactory"
@@ -552,20 +555,6 @@ def _remove_thought(content: str, t: Template) -> str:
     return re.sub(pattern, "", content).lstrip("\n")
 
 
-def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
-    """``processor_utils.infer_seqlen``: the prompt and answer tokens a pair keeps under the remaining budget."""
-    if target_len * 2 < cutoff_len:
-        max_target_len = cutoff_len
-    elif source_len * 2 < cutoff_len:
-        max_target_len = cutoff_len - source_len
-    else:
-        max_target_len = int(cutoff_len * (target_len / (source_len + target_len)))
-    new_target_len = min(max_target_len, target_len)
-    max_source_len = max(cutoff_len - new_target_len, 0)
-    new_source_len = min(max_source_len, source_len)
-    return new_source_len, new_target_len
-
-
 @dataclass
 class Encoded:
     """A sample as LLaMA-Factory builds it: per-turn token ids, ``True`` where an id is an image feature slot,
@@ -586,6 +575,8 @@ class Cut:
     tokens: int
     labels: int
     image_tokens_kept: list[int]
+    kept_per_turn: list[int] = field(default_factory=list)  # tokens kept of each turn (the report's layout bar)
+    labelled: list[bool] = field(default_factory=list)  # whether each turn's kept tokens are labels
 
 
 def truncate(encoded: Encoded, config: Config, *, images: int) -> Cut:
@@ -597,11 +588,16 @@ def truncate(encoded: Encoded, config: Config, *, images: int) -> Cut:
     total = 1 if config.template.efficient_eos else 0
     labels = 0
     kept = [0] * images
+    per_turn = [0] * len(encoded.turns)
+    labelled = [False] * len(encoded.turns)
     for turn_idx, (src, tgt) in enumerate(pairs):
         if total >= cutoff:
             break
         s_len, t_len = infer_seqlen(len(encoded.turns[src]), len(encoded.turns[tgt]), cutoff - total)
         total += s_len + t_len
+        per_turn[src], per_turn[tgt] = s_len, t_len
+        labelled[src] = config.train_on_prompt
+        labelled[tgt] = not (config.mask_history and turn_idx != 0)
         if config.train_on_prompt:
             labels += s_len
         if not (config.mask_history and turn_idx != 0):
@@ -610,7 +606,42 @@ def truncate(encoded: Encoded, config: Config, *, images: int) -> Cut:
             for k in encoded.image_of[turn][:n]:
                 if k >= 0:
                     kept[k] += 1
-    return Cut(tokens=total, labels=labels, image_tokens_kept=kept)
+    return Cut(tokens=total, labels=labels, image_tokens_kept=kept, kept_per_turn=per_turn, labelled=labelled)
+
+
+def _refs(images: list[Any]) -> list[ImageRef]:
+    """The row's images as the report's previews read them (a path, an image struct or bytes)."""
+    refs = []
+    for image in images:
+        if isinstance(image, Mapping):
+            image = image.get("bytes") or image.get("path") or ""
+        refs.append(ImageRef("bytes", bytes(image)) if isinstance(image, (bytes, bytearray)) else
+                    ImageRef("path", str(image)))
+    return refs
+
+
+def _layout_spans(encoded: Encoded, whole: Cut, cut: Cut, *, cutoff: int) -> dict[str, Any]:
+    """The sample's token layout for the report: turns laid end to end, image spans, the labelled turns of the
+    whole sample, and what the per-turn cut keeps of each turn."""
+    media: list[list[Any]] = []
+    supervised: list[list[int]] = []
+    kept: list[list[int]] = []
+    at = 0
+    for t, owner in enumerate(encoded.image_of):
+        i = 0
+        while i < len(owner):
+            j = i + 1
+            if owner[i] >= 0:
+                while j < len(owner) and owner[j] == owner[i]:
+                    j += 1
+                media.append([at + i, at + j, "image", owner[i] + 1])
+            i = j
+        if t < len(whole.labelled) and whole.labelled[t] and owner:
+            supervised.append([at, at + len(owner)])
+        if t < len(cut.kept_per_turn) and cut.kept_per_turn[t]:
+            kept.append([at, at + cut.kept_per_turn[t]])
+        at += len(owner)
+    return {"total": encoded.total, "media": media, "supervised": supervised, "kept": kept, "max_length": cutoff}
 
 
 def iter_rows(files: list[Path]) -> Iterator[Any]:
@@ -662,6 +693,9 @@ class Run:
         self.pad_id = spec.token_id(plugin.image_token)
         self.attrs = read_dataset_info(config)
         self.max_length = config.cutoff_len
+        # LLaMA-Factory opens images with Image.open: paths as resolved by _media, no EXIF rotation
+        self.previews = Previewer(local_path=lambda raw, _what: Path(raw), exif_transpose=False,
+                                  max_length=config.cutoff_len, truncation=NAME)
 
     # -- the run's inputs -------------------------------------------------------------------------------------
     def inputs(self) -> list[Path]:
@@ -778,6 +812,8 @@ class Run:
         if len(sizes) != len(example.images):
             frame["verdict"] = "stops"  # LLaMA-Factory's Image.open / resize raise inside datasets.map
             result.image_tokens = [None] * len(example.images)
+            if self.previews.wants(result):  # (preview: hook)
+                result.preview = self.previews.make(result, images=_refs(example.images))
             return result
         counts = self.image_tokens(sizes, self.config)
         result.image_tokens = list(counts)
@@ -793,6 +829,9 @@ class Run:
         cut = truncate(encoded, self.config, images=len(counts))
         frame.update(kept_tokens=cut.tokens, kept_supervised=cut.labels, kept_image_tokens=cut.image_tokens_kept)
         self._verdict(result, encoded, cut, counts, sizes, pieces)
+        if result.findings and self.previews.wants(result):  # (preview: hook)
+            result.preview = self.previews.make(result, images=_refs(example.images),
+                                                spans=_layout_spans(encoded, full, cut, cutoff=self.config.cutoff_len))
         return result
 
     def _encode(self, turns: list[list[str]], counts: list[int], found: list[F.Finding]) -> Encoded | None:

@@ -50,6 +50,14 @@ _RULES = [
          "(a newline before '###', an answer that starts with a newline) the ids never occur, every label stays "
          "-100, and Unsloth drops the sample (or raises when every sample is like it).",
          "Pass markers whose tokens do not merge with the text around them, or mask by character offsets."),
+    Rule("VT007", "framework-raises", Severity.ERROR,
+         "The framework's own preprocessing raises on the sample: the run stops",
+         "LLaVA's preprocess functions assert what they expect: preprocess_plain wants exactly two turns with "
+         "<image> in the first; preprocess_v1/_mpt/_llama_2 want turns alternating human, gpt (KeyError for any "
+         "other 'from', AssertionError for two turns of the same side); preprocess_v1 reads tokenizer.legacy, "
+         "which transformers 4.37 gives only the slow Llama tokenizers; train() loads use_fast=False, which needs "
+         "tokenizer.model. One such sample ends the training run when the data loader reaches it.",
+         "Fix or drop the sample, or ship the tokenizer files LLaVA loads; the message names the statement."),
 ]
 
 CATALOGUE: dict[str, Rule] = {r.code: r for r in _RULES}

@@ -8,7 +8,7 @@ token; every verdict, number and fix is computed from the real tokenizer.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ LLAMAFACTORY = "llamafactory"
 TRL = "trl"
 UNSLOTH = "unsloth"
 CHAT_ROUTES = (CHAT_TEMPLATE, LLAMAFACTORY, TRL, UNSLOTH)
-FRAMEWORKS = sorted([*llava.TEMPLATES, *CHAT_ROUTES])
+FRAMEWORKS = sorted([*llava.VERSIONS, *CHAT_ROUTES])
 VERDICTS = ("exact", "drift", "misaligned", "masked", "refused")
 
 __all__ = ["FRAMEWORKS", "SampleVerdict", "TemplateReport", "Tok", "check_template"]
@@ -49,6 +49,7 @@ class SampleVerdict:
     supervised_framework: int
     warning: str | None = None
     findings: list[TemplateFinding] = field(default_factory=list)
+    cause: str | None = None  # what puts the sample in its verdict (the report groups samples by it)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "findings"}
@@ -64,6 +65,7 @@ class TemplateReport:
     frameworks: list[str]
     verdicts: list[SampleVerdict]
     notes: list[TemplateFinding] = field(default_factory=list)  # dataset-level (index None)
+    routes: dict[str, str] = field(default_factory=dict)  # LLaVA version -> which tokenizer route and why
 
     @property
     def findings(self) -> list[TemplateFinding]:
@@ -85,12 +87,23 @@ class TemplateReport:
     def clean(self) -> bool:
         return not self.notes and all(v.verdict == "exact" for v in self.verdicts)
 
+    @property
+    def causes(self) -> dict[str, dict[str, int]]:
+        """Per framework, how many samples each cause puts in a verdict other than exact."""
+        out: dict[str, dict[str, int]] = {fw: {} for fw in self.frameworks}
+        for v in self.verdicts:
+            if v.verdict != "exact":
+                key = f"{v.verdict}: {v.cause or 'see the finding'}"
+                out[v.framework][key] = out[v.framework].get(key, 0) + 1
+        return out
+
     def verdicts_for(self, framework: str) -> list[SampleVerdict]:
         return [v for v in self.verdicts if v.framework == framework]
 
     def to_dict(self) -> dict[str, Any]:
         return {"frameworks": self.frameworks, "summary": self.summary, "masked_away": self.masked_away,
-                "notes": [f.to_dict() for f in self.notes], "verdicts": [v.to_dict() for v in self.verdicts]}
+                "routes": self.routes, "causes": self.causes, "notes": [f.to_dict() for f in self.notes],
+                "verdicts": [v.to_dict() for v in self.verdicts]}
 
     def render(self) -> str:
         lines = []
@@ -100,6 +113,10 @@ class TemplateReport:
             if s["refused"]:
                 line += f", {s['refused']} refused (the framework stops with an error)"
             lines.append(line)
+            if fw in self.routes:
+                lines.append(f"  tokenizer: {self.routes[fw]}")
+            for cause, n in sorted(self.causes[fw].items(), key=lambda kv: -kv[1]):
+                lines.append(f"  {n} sample{'s' * (n != 1)} {cause}")
         lines += [str(f) for f in self.findings]
         return "\n".join(lines) + "\n"
 
@@ -253,142 +270,244 @@ def _drift_cause(tok: Tok, fw_ids: list[int], truth_ids: list[int], first: int) 
 
 # -- LLaVA --------------------------------------------------------------------------------------------------
 
-def _llava_cause(conv: llava.Conv, rendered: llava.Rendered, tok: Tok, *, legacy: bool, legacy_fix: bool,
-                 max_length: int | None) -> str:
-    """The cause of a length mismatch, each one tested by re-running the arithmetic without it."""
+def _llava_tokenizer(tokenizer: str | Path | Tok, *, version: str, max_length: int | None, legacy: bool | None,
+                     model_name_or_path: str | None, mm_use_im_start_end: bool) -> llava.LlavaTokenizer:
+    """The tokenizer LLaVA's ``train()`` builds (a folder: its own route choice; a ``Tok``: the fast route)."""
+    if isinstance(tokenizer, Tok):
+        tok = llava.LlavaTokenizer(Tok(tokenizer.backend, tokenizer.config, tokenizer.chat_template), "fast",
+                                   "a tokenizers.Tokenizer was passed (fast route)",
+                                   max_length or tokenizer.model_max_length,
+                                   tokenizer.legacy if "legacy" in tokenizer.config else None)
+        unk = tok.token_id(tok.special("unk_token"))
+        pad = tok.special("pad_token")
+        if version == "v0":
+            tok.pad_id = tok.token_id(pad) if pad is not None else tok.add_special("[PAD]")
+        else:
+            tok.pad_id = unk
+        if mm_use_im_start_end:
+            tok.add_special(llava.IM_START)
+            tok.add_special(llava.IM_END)
+    else:
+        tok = llava.load_tokenizer(tokenizer, version=version, model_max_length=max_length,
+                                   model_name_or_path=model_name_or_path, mm_use_im_start_end=mm_use_im_start_end)
+    if legacy is not None:
+        tok.legacy = legacy
+    return tok
+
+
+def _llava_truth(run: llava.LlavaRun) -> list[bool]:
+    """A token should carry a label when its characters overlap an assistant message or the separator that
+    closes it."""
+    return [t != llava.IMAGE_TOKEN_INDEX and b > a and any(a < e and b > s for s, e in run.spans)
+            for t, (a, b) in zip(run.input_ids, run.offsets)]
+
+
+def _exact(run: llava.LlavaRun) -> bool:
+    return run.refused is None and run.mismatch is None and any(run.supervised) \
+        and run.supervised == _llava_truth(run)
+
+
+@dataclass
+class _LlavaSetup:
+    """What one LLaVA run is checked with: a tokenizer per version, built once."""
+
+    source: str | Path | Tok
+    max_length: int | None
+    legacy: bool | None
+    model_name_or_path: str | None
+    mm_use_im_start_end: bool
+    cache: dict[tuple[str, bool | None], llava.LlavaTokenizer | llava.Refused] = field(default_factory=dict)
+
+    def tokenizer(self, version: str, legacy: bool | None = None) -> llava.LlavaTokenizer | llava.Refused:
+        flag = self.legacy if legacy is None else legacy
+        key = (version, flag)
+        if key not in self.cache:
+            try:
+                self.cache[key] = _llava_tokenizer(self.source, version=version, max_length=self.max_length,
+                                                   legacy=flag, model_name_or_path=self.model_name_or_path,
+                                                   mm_use_im_start_end=self.mm_use_im_start_end)
+            except llava.Refused as e:
+                self.cache[key] = e
+        return self.cache[key]
+
+    def run(self, row: Mapping[str, Any], version: str, legacy: bool | None = None) -> llava.LlavaRun:
+        tok = self.tokenizer(version, legacy)
+        if isinstance(tok, llava.Refused):
+            conv = llava.conversation_for(version)
+            return llava.LlavaRun(version, conv, conv.function, "image" in row, refused=tok)
+        return llava.simulate(row, tokenizer=tok, version=version, mm_use_im_start_end=self.mm_use_im_start_end)
+
+
+def _split_strings(conv: llava.Conv) -> list[str]:
+    """The strings the round arithmetic splits the prompt on."""
+    if conv.style == "mpt":
+        return [conv.sep, conv.sep + conv.roles[1]]
+    if conv.style == "two":
+        return [conv.sep2 or "", conv.sep + conv.roles[1] + ": "]
+    if conv.style == "llama_2":
+        return [conv.sep2 or "", "[/INST] "]
+    return []
+
+
+def _llava_cause(run: llava.LlavaRun, tok: llava.LlavaTokenizer, setup: _LlavaSetup,
+                 row: Mapping[str, Any]) -> str:
+    """Why the round arithmetic disagrees with the whole, each named cause checked on the sample."""
+    conv = run.conv
+    texts = [str(t.get("value", "")) for t in row.get("conversations") or []]
+    inside = [x for x in _split_strings(conv) if x and any(x in t for t in texts)]
+    if inside:
+        return f"the sample's own text holds {inside[0]!r}, which {conv.function} splits the rounds on"
+    pads = sum(1 for i in run.input_ids if i == tok.pad_id)
+    if pads:
+        pad = tok.tokens([tok.pad_id or 0])[0]
+        return (f"the pad token {pad!r} is in the text: total_len leaves out pad ids, the rounds count them "
+                f"({pads} here)")
     sep = conv.sep if conv.style == "mpt" else (conv.sep2 or "")
     if sep and not tok.is_special(sep):
-        return (f"the template's separator {sep!r} is not a special token of this tokenizer "
-                f"({len(tok.ids(sep, add_special_tokens=False))} text tokens), so the rounds are counted wrong")
-    if conv.style != "mpt" and not tok.ids("")[:1]:
-        return ("the tokenizer adds no BOS but the arithmetic assumes one (cur_len starts at 1, "
-                "instruction_len subtracts 2)")
-    actual = tok.behaves_legacy(sep) if sep else None
-    flipped = llava.preprocess(conv, rendered, tok, legacy=not legacy, legacy_fix=legacy_fix, max_length=max_length)
-    if actual is not None and actual != legacy and flipped.warning is None:
-        how = "prepends" if actual else "does not prepend"
-        return (f"legacy vs non-legacy: tokenizer.legacy={legacy} but the tokenizer {how} '▁' after {sep!r}, so "
-                f"every round after the first is counted one token {'short' if actual else 'long'}")
-    if conv.style == "two" and legacy_fix is False and not legacy:
-        return "separator counted once too many per round (this LLaVA version lacks the non-legacy -1)"
-    for per_round in (1, -1):
-        again = llava.preprocess(conv, rendered, tok, legacy=legacy, legacy_fix=legacy_fix,
-                                 max_length=max_length, sep_per_round=per_round)
-        if again.warning is None:
-            what = "once too few" if per_round > 0 else "once too many"
-            return (f"separator counted {what} per round: {conv.function} splits the rounds on {sep!r} and "
-                    f"{'counts' if per_round < 0 else 'never counts'} the one that closes each round "
-                    f"(with {per_round:+d} token per round the lengths agree)")
-    return "the per-round arithmetic disagrees with the whole-conversation tokenization"
+        return (f"the separator {sep!r} is not a special token of this tokenizer, so {conv.function} counts each "
+                "round's closing separator wrong")
+    if conv.style != "mpt" and tok.ids("")[:1] != [tok.bos_id]:
+        return (f"the tokenizer adds no BOS but {conv.function} assumes one (cur_len starts at 1, instruction_len "
+                "subtracts 2)")
+    if tok.add_eos or tok.ids("")[-1:] == [tok.token_id(tok.special("eos_token"))]:
+        return ("the tokenizer appends EOS to every piece (add_eos_token), so each round counts one more token than "
+                "the whole holds")
+    if conv.function == "preprocess_v1" and tok.route == "slow" and \
+            setup.run(row, run.version, not tok.legacy).mismatch is None:
+        return (f"tokenizer.legacy={tok.legacy}: the slow tokenizer "
+                f"{'prepends' if tok.legacy else 'does not prepend'} '▁' after {sep!r}, and preprocess_v1 "
+                f"{'does not subtract the 1 per round it then needs' if tok.legacy else 'subtracts 1 per round'}")
+    return f"{conv.function}'s per-round counts disagree with the whole conversation's tokens"
 
 
-def _llava_fix(conv: llava.Conv, rendered_for: Mapping[str, llava.Rendered], tok: Tok, *, legacy: bool | None,
-               legacy_fix: bool, max_length: int | None, cause: str) -> str:
-    """A fix that is computed: the setting, or the conversation templates, under which this sample is exact."""
-    if cause.startswith("legacy vs non-legacy"):
-        actual = tok.behaves_legacy(conv.sep2 or conv.sep)
-        return (f"load the tokenizer with legacy={actual} (a fast tokenizer honours legacy=False only with "
-                f"from_slow=True)")
-    if cause.startswith("separator counted once too many per round (this LLaVA"):
-        return "update LLaVA to a version with the `not tokenizer.legacy` adjustment in preprocess_v1"
-    good = []
-    for name, other in llava.TEMPLATES.items():
-        if other.style == "plain" or name == conv.name:
-            continue
-        r = rendered_for[name]
-        flag = (tok.legacy_attribute if other.style == "mpt" else tok.legacy) if legacy is None else legacy
-        out = llava.preprocess(other, r, tok, legacy=flag, legacy_fix=legacy_fix, max_length=max_length)
-        truth_ids, truth = _llava_truth(tok, r)
-        if out.warning is None and out.supervised == truth[:len(out.supervised)] and any(out.supervised):
-            good.append(name)
+def _llava_fix(setup: _LlavaSetup, row: Mapping[str, Any], run: llava.LlavaRun, tok: llava.LlavaTokenizer,
+               cause: str, good_versions: Callable[[], list[str]]) -> str:
+    """A computed fix for this sample: the text, the legacy flag or the versions under which it is exact,
+    else the cur_len patch with its numbers (each one re-run and checked)."""
+    assert run.mismatch is not None
+    cur, total = run.mismatch
+    if cause.startswith("the sample's own text holds"):
+        return f"take {cause.split('holds ', 1)[1].split(',')[0]} out of the sample's text"
+    if cause.startswith("the pad token"):
+        return f"take {tok.tokens([tok.pad_id or 0])[0]!r} out of the sample's text"
+    if cause.startswith("the tokenizer appends EOS"):
+        return "set \"add_eos_token\": false in tokenizer_config.json"
+    if run.function == "preprocess_v1" and tok.route == "slow" and _exact(setup.run(row, run.version,
+                                                                                   not tok.legacy)):
+        return f"set \"legacy\": {str(not tok.legacy).lower()} in tokenizer_config.json (the slow tokenizer honours it)"
+    good = good_versions()
     if good:
         return f"use --version {' or '.join(good)} (exact for this sample with this tokenizer)"
-    return ("no LLaVA conversation version comes out exact with this tokenizer: train through its chat template "
-            "(vlmcheck template --template chat_template shows the reference)")
+    tok_run = setup.tokenizer(run.version)
+    assert not isinstance(tok_run, llava.Refused)
+    start = 0 if run.function == "preprocess_mpt" else 1
+    later = len(run.round_lens) - 1
+    if later > 0 and (total - cur) % later == 0:
+        step = (total - cur) // later
+        patched = llava.simulate(row, tokenizer=tok_run, version=run.version, patch=(0, step),
+                                 mm_use_im_start_end=setup.mm_use_im_start_end)
+        if _exact(patched):
+            return (f"no registered version is exact: patch {run.function} to add {step:+d} to round_len and "
+                    f"instruction_len of each round after the first ({cur} {step:+d}x{later} = {total})")
+    patched = llava.simulate(row, tokenizer=tok_run, version=run.version, patch=(total - cur, 0),
+                             mm_use_im_start_end=setup.mm_use_im_start_end)
+    if _exact(patched):
+        return (f"no registered version is exact: patch {run.function} to start cur_len at {start + total - cur} "
+                f"instead of {start} ({cur} vs. {total}; the labels then fall on the answers)")
+    return (f"no registered version is exact and no cur_len patch fits ({cur} vs. {total}); drop the sample or "
+            "train through the chat template")
 
 
-def _llava_truth(tok: Tok, rendered: llava.Rendered) -> tuple[list[int], list[bool]]:
-    """The sequence LLaVA trains on (``tokenizer_image_token`` when the sample has an image), labelled by the
-    characters of its tokens."""
-    if not rendered.has_image:
-        return _truth_mask(tok, rendered.text, rendered.spans, add_special_tokens=True)
-    ids, offsets = llava.image_token_ids(rendered.text, tok)
-    return ids, [t != llava.IMAGE_TOKEN_INDEX and b > a and any(a < e and b > s for s, e in rendered.spans)
-                 for t, (a, b) in zip(ids, offsets)]
+# every version a fix may name: each conversation object once, by its most common name
+_FIX_VERSIONS = ("v1", "llava_v1", "v1_mmtag", "llama_2", "llava_llama_2", "mistral_instruct", "mpt",
+                 "chatml_direct", "llava_v0", "v0_mmtag")
 
 
-def _check_llava(conv: llava.Conv, index: int, sid: str | None, msgs: list[tuple[str, str]], tok: Tok, *,
-                 legacy: bool | None, legacy_fix: bool, max_length: int | None, has_image: bool,
-                 fixes: dict[str, str]) -> SampleVerdict:
-    if msgs and msgs[0][0] == "system":
-        msgs = msgs[1:]  # LLaVA's data has no system turn; the template brings its own
-    if msgs and msgs[0][0] != "user":  # preprocess_* skip a first turn that is not from the human
-        msgs = msgs[1:]
-    flag = (tok.legacy_attribute if conv.style == "mpt" else tok.legacy) if legacy is None else legacy
-    rendered = llava.render(conv, msgs, has_image=has_image)
-    truth_ids, truth = _llava_truth(tok, rendered)
-    fw = llava.preprocess(conv, rendered, tok, legacy=flag, legacy_fix=legacy_fix, max_length=max_length)
-    truth_cut = truth[:len(fw.input_ids)]
-    v = SampleVerdict(index, sid, conv.name, "exact", len(truth_ids), len(fw.input_ids), sum(truth),
-                      sum(fw.supervised), fw.warning)
-    data: dict[str, Any] = {"cur_len": fw.cur_len, "total_len": fw.total_len, "round_lens": fw.round_lens}
-    if fw.warning is not None:
-        cause = _llava_cause(conv, rendered, tok, legacy=flag, legacy_fix=legacy_fix, max_length=max_length)
-        if conv.name not in fixes:
-            others = {name: llava.render(c, msgs, has_image=has_image) for name, c in llava.TEMPLATES.items()}
-            fixes[conv.name] = _llava_fix(conv, others, tok, legacy=legacy, legacy_fix=legacy_fix,
-                                          max_length=max_length, cause=cause)
-        off = (fw.cur_len or 0) - fw.total_len
-        v.verdict = "masked"
+def _check_llava(setup: _LlavaSetup, version: str, index: int, sid: str | None, row: Mapping[str, Any],
+                 fixes: dict[tuple[str, str], list[str]]) -> SampleVerdict:
+    run = setup.run(row, version)
+    tok = setup.tokenizer(version)
+    truth = _llava_truth(run)
+    v = SampleVerdict(index, sid, version, "exact", len(run.input_ids), len(run.input_ids), sum(truth),
+                      sum(run.supervised))
+    data: dict[str, Any] = {"function": run.function, "route": getattr(tok, "route", None),
+                            "round_lens": run.round_lens}
+    if run.refused is not None or isinstance(tok, llava.Refused):
+        e = run.refused
+        assert e is not None
+        v.verdict = "refused"
+        v.cause = f"LLaVA raises {e.what}"
         v.findings.append(TemplateFinding(
-            "VT001", f"{conv.name}: \"tokenization mismatch: {fw.cur_len} vs. {fw.total_len}. (ignored)\" "
-            f"(arithmetic off by {off:+d} tokens over {len(fw.round_lens)} rounds): all {sum(truth)} assistant "
-            f"tokens masked; cause: {cause}", fixes[conv.name], index, sid, {**data, "off_by": off}))
+            "VT007", f"{version}: LLaVA stops the run: {e.what} at {e.where}", _refused_fix(e, run), index, sid,
+            {**data, "error": e.what, "where": e.where}))
         return v
-    if not any(fw.supervised):
+    assert not isinstance(tok, llava.Refused)
+    if run.mismatch is not None:
+        cur, total = run.mismatch
+        v.warning = f"WARNING: tokenization mismatch: {cur} vs. {total}. (ignored)"
+        cause = _llava_cause(run, tok, setup, row)
+        key = (version, cause)
+
+        def good_versions() -> list[str]:  # per class: the versions that make its first sample exact
+            if key not in fixes:
+                fixes[key] = [w for w in _FIX_VERSIONS if w != version and _exact(setup.run(row, w))]
+            return fixes[key]
+
+        fix = _llava_fix(setup, row, run, tok, cause, good_versions)
+        v.verdict, v.cause = "masked", cause
+        v.findings.append(TemplateFinding(
+            "VT001", f"{version}: \"tokenization mismatch: {cur} vs. {total}. (ignored)\" (off by {cur - total:+d} "
+            f"over {len(run.round_lens)} rounds): all {sum(truth)} assistant tokens masked; cause: {cause}",
+            fix, index, sid, {**data, "cur_len": cur, "total_len": total, "off_by": cur - total}))
+        return v
+    if not any(run.supervised):
         v.verdict = "masked"
-        if any(truth) and not any(truth_cut):
-            first = truth.index(True)
+        if run.truncated:
+            v.cause = "truncated before the first answer"
             v.findings.append(TemplateFinding(
-                "VT003", f"{conv.name}: every label is masked: truncation at model_max_length={max_length} keeps "
-                f"{len(fw.input_ids)} of {len(truth_ids)} tokens and the first answer token is token {first}",
-                f"raise --model_max_length to at least {first + 1} ({len(truth_ids)} keeps the whole sample), or "
-                "drop the sample", index, sid, data))
+                "VT003", f"{version}: every label is masked: truncation at model_max_length={tok.model_max_length} "
+                f"keeps {len(run.input_ids)} tokens, none of an answer",
+                "raise --model_max_length, or drop the sample", index, sid, data))
         else:
-            v.findings.append(TemplateFinding("VT003", f"{conv.name}: every label is masked", "drop the sample",
-                                              index, sid, data))
+            v.cause = "nothing to train on"
+            v.findings.append(TemplateFinding("VT003", f"{version}: every label is masked (no assistant text)",
+                                              "drop the sample", index, sid, data))
         return v
-    diffs = _turn_diffs(truth_cut, fw.supervised)
+    diffs = _turn_diffs(truth, run.supervised)
     if diffs:
-        diff = diffs[0]
-        cause, fix = "the label arithmetic disagrees with the whole-conversation tokenization", \
-            "use the conversation template made for this tokenizer"
-        if conv.style == "single":
-            cause, fix = _single_cause(conv, rendered, tok, truth_cut)
         v.verdict = "misaligned"
+        if run.conv.style == "single":
+            v.cause = ("the generic ### path trains the role header and keeps the first two tokens of every "
+                       "human sentence (it has no length check)")
+            fix = "use a --version with a length check (v1 for Vicuna/Llama tokenizers)"
+        elif tok.add_eos or tok.ids("")[-1:] == [tok.token_id(tok.special("eos_token"))]:
+            v.cause = "the tokenizer appends EOS to every piece preprocess tokenizes (add_eos_token)"
+            fix = "set \"add_eos_token\": false in tokenizer_config.json"
+        else:
+            v.cause = f"{run.function}'s mask is shifted"
+            good = [w for w in _FIX_VERSIONS if w != version and _exact(setup.run(row, w))]
+            fix = (f"use --version {' or '.join(good)} (exact for this sample)" if good
+                   else "mask by character offsets of the answers")
         v.findings.append(TemplateFinding(
-            "VT002", f"{conv.name}: {_describe(diff)} ({sum(fw.supervised)} labels vs {sum(truth_cut)} assistant "
-            f"tokens, {len(diffs)} turn{'s' * (len(diffs) != 1)} off); cause: {cause}", fix, index, sid,
-            {**data, "turn": diff.turn, "start_off": diff.start, "end_off": diff.end, "turns_off": len(diffs)}))
+            "VT002", f"{version}: {_describe(diffs[0])} ({sum(run.supervised)} labels vs {sum(truth)} assistant "
+            f"tokens, {len(diffs)} turn{'s' * (len(diffs) != 1)} off); cause: {v.cause}", fix, index, sid,
+            {**data, "turn": diffs[0].turn, "start_off": diffs[0].start, "end_off": diffs[0].end}))
     return v
 
 
-def _single_cause(conv: llava.Conv, rendered: llava.Rendered, tok: Tok, truth: list[bool]) -> tuple[str, str]:
-    """The ``###`` path has no length check: name what shifts its mask, by re-running it without the BOS."""
-    bos = tok.ids("")[:1]
-    base = llava.preprocess(conv, rendered, tok, legacy=True)
-    without = llava.preprocess(conv, rendered, tok, legacy=True, bos_per_sentence=False)
-    wrong = sum(a != b for a, b in zip(base.supervised, truth))
-    wrong_without = sum(a != b for a, b in zip(without.supervised, truth))
-    header = len(tok.ids(f"{llava._BEGIN_SIGNAL}{conv.roles[1]}: ", add_special_tokens=False))
-    what = (f"the generic preprocess path trains the '### {conv.roles[1]}: ' header ({header} tokens) and "
-            "keeps the first two tokens of every human sentence")
-    if bos and wrong_without < wrong:
-        return (f"BOS added per turn: _tokenize_fn counts a BOS for every sentence it tokenizes on its own, so "
-                f"the mask drifts one token further per sentence ({wrong} wrong labels, {wrong_without} without "
-                f"the extra BOS); and {what}",
-                "use a --version with a length check (v1 for Vicuna/Llama tokenizers), or mask by offsets")
-    return what, "use a --version with a length check (v1 for Vicuna/Llama tokenizers), or mask by offsets"
+def _refused_fix(e: llava.Refused, run: llava.LlavaRun) -> str:
+    if "preprocess_plain" in e.where:
+        return "plain (pretraining) needs exactly one human turn holding <image> and one answer: fix or drop the sample"
+    if "AttributeError" in e.what:
+        return ("ship tokenizer.model and load the slow LlamaTokenizer (LLaVA's pinned transformers gives fast "
+                "tokenizers no `legacy`), or use a version whose preprocess does not read it (mpt)")
+    if "TypeError" in e.what:
+        return "ship tokenizer.model with the checkpoint (LLaVA loads use_fast=False)"
+    if "KeyError" in e.what:
+        return "use only 'human' and 'gpt' in every turn's 'from'"
+    if "first message" in e.what:
+        return "the first human turn must not be empty"
+    return "turns must alternate human, gpt (a leading gpt turn is skipped): merge or drop the out-of-order turns"
 
 
 # -- chat-template routes ---------------------------------------------------------------------------------
@@ -580,34 +699,41 @@ def _messages(sample: Any) -> tuple[list[tuple[str, str]], str | None, bool]:
 
 
 def check_template(dataset: Iterable[Any], *, tokenizer: str | Path | Tok, template: str | Sequence[str],
-                   legacy: bool | None = None, legacy_fix: bool = True, chat_template: str | None = None,
-                   max_length: int | None = None, instruction_part: str | None = None,
-                   response_part: str | None = None) -> TemplateReport:
+                   legacy: bool | None = None, chat_template: str | None = None, max_length: int | None = None,
+                   instruction_part: str | None = None, response_part: str | None = None,
+                   model_name_or_path: str | None = None, mm_use_im_start_end: bool = False) -> TemplateReport:
     """Check that each framework's label mask covers exactly the assistant tokens of each sample.
 
-    ``template`` is one framework or several: a LLaVA ``--version`` (``llava_v0``, ``v0``, ``v1``,
-    ``vicuna_v1``, ``llava_v1``, ``llama_2``, ``llava_llama_2``, ``mistral_instruct``, ``mpt``, ``chatml_direct``,
-    ``plain``), ``llamafactory`` (per-turn encoding), ``trl`` (``assistant_only_loss=True``), ``unsloth``
-    (``train_on_responses_only``; markers from the chat template unless ``instruction_part`` /
-    ``response_part`` are given) or ``chat_template`` (the reference: whole conversation, masked by offsets).
-    ``legacy`` overrides what LLaVA reads as ``tokenizer.legacy``; ``max_length`` is where the framework
-    truncates (LLaVA's ``model_max_length``, TRL's ``max_length``, LLaMA-Factory's ``cutoff_len``).
+    ``template`` is one framework or several: ``llamafactory`` (per-turn encoding), ``trl``
+    (``assistant_only_loss=True``), ``unsloth`` (``train_on_responses_only``; markers from the chat template
+    unless ``instruction_part`` / ``response_part`` are given), ``chat_template`` (the reference: whole
+    conversation, masked by offsets), or anything else: a LLaVA ``--version`` (every name of LLaVA's
+    ``conv_templates``, ``v0``, ``v0.5``; an unknown one runs as ``vicuna_v1``, as LLaVA's ``train()`` does).
+
+    For LLaVA, ``tokenizer`` is the checkpoint folder, loaded as ``train()`` loads it (the slow SentencePiece
+    LlamaTokenizer from ``tokenizer.model``; fast when "mpt" is in ``model_name_or_path`` or the config names a
+    fast class); ``max_length`` is ``--model_max_length``; ``mm_use_im_start_end`` as LLaVA's flag; ``legacy``
+    overrides ``tokenizer.legacy``. Each sample gets LLaVA's verdict: ``masked`` with the two numbers of its
+    "tokenization mismatch" warning, ``refused`` where its code raises, ``misaligned`` or ``exact``.
 
     >>> rows = [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]}]
-    >>> report = check_template(rows, tokenizer="llama2-tokenizer/", template=["v1", "mpt"])  # doctest: +SKIP
+    >>> report = check_template(rows, tokenizer="llava-v1.5-7b/", template=["v1", "mpt"])  # doctest: +SKIP
     >>> report.masked_away  # doctest: +SKIP
     {'v1': 0, 'mpt': 1}
     """
-    tok = tokenizer if isinstance(tokenizer, Tok) else Tok.load(tokenizer)
     names = [template] if isinstance(template, str) else list(dict.fromkeys(template))
-    for name in names:
-        if name not in FRAMEWORKS:
-            raise UsageError(f"unknown template {name!r}; use one of: {', '.join(FRAMEWORKS)}")
-    chat = chat_template or tok.chat_template
-    if chat is None and any(n in CHAT_ROUTES for n in names):
+    if not names:
+        raise UsageError("name at least one template")
+    chat_names = [n for n in names if n in CHAT_ROUTES]
+    tok: Tok | None = None
+    if chat_names:
+        tok = tokenizer if isinstance(tokenizer, Tok) else Tok.load(tokenizer)
+    chat = chat_template or (tok.chat_template if tok is not None else None)
+    if chat is None and chat_names:
         raise UsageError("the chat-template frameworks need a chat template (none in the tokenizer folder; pass "
                          "chat_template)")
-    rows = [_messages(sample) for sample in dataset]
+    samples = list(dataset)
+    rows = [_messages(sample) for sample in samples]
     report = TemplateReport(names, [])
     training = markers = None
     if TRL in names and chat is not None:
@@ -618,7 +744,7 @@ def check_template(dataset: Iterable[Any], *, tokenizer: str | Path | Tok, templ
                 "(\"The chat template is not training-compatible ...\")",
                 "add {% generation %}...{% endgeneration %} around each assistant turn (its answer and "
                 "end-of-turn marker) in the chat template", None, None, {}))
-    if UNSLOTH in names and chat is not None:
+    if UNSLOTH in names and chat is not None and tok is not None:
         special = tok.special_map()
         probe = [("user", "a"), ("assistant", "b"), ("user", "c")]
         response = response_part if response_part is not None else generation_prompt(chat, probe[:1], special)
@@ -626,17 +752,34 @@ def check_template(dataset: Iterable[Any], *, tokenizer: str | Path | Tok, templ
         if not response or not instruction:
             raise UsageError("cannot find the chat template's markers; pass instruction_part and response_part")
         markers = (unsloth.marker(instruction, tok), unsloth.marker(response, tok))
-    fixes: dict[str, str] = {}
+    setup = _LlavaSetup(tokenizer, max_length, legacy, model_name_or_path, mm_use_im_start_end)
+    fixes: dict[tuple[str, str], list[str]] = {}
     for name in names:
-        for index, (msgs, sid, has_image) in enumerate(rows):
-            if name in llava.TEMPLATES:
-                report.verdicts.append(_check_llava(llava.TEMPLATES[name], index, sid, msgs, tok, legacy=legacy,
-                                                    legacy_fix=legacy_fix, max_length=max_length,
-                                                    has_image=has_image, fixes=fixes))
+        if name not in CHAT_ROUTES:
+            built = setup.tokenizer(name)
+            conv = llava.conversation_for(name)
+            fallback = "" if name in llava.VERSIONS else " (not registered: train() falls back to vicuna_v1)"
+            route = (f"LLaVA raises while loading it: {built.what}" if isinstance(built, llava.Refused)
+                     else f"{built.route} ({built.reason})")
+            report.routes[name] = f"{route}; {conv.function} with {conv.name}{fallback}"
+        for index, (msgs, sid, _) in enumerate(rows):
+            if name not in CHAT_ROUTES:
+                row = samples[index] if isinstance(samples[index], Mapping) else {"conversations": samples[index]}
+                report.verdicts.append(_check_llava(setup, name, index, sid, _llava_row(row), fixes))
             elif name == TRL and training is not None and training.template is None:
                 report.verdicts.append(SampleVerdict(index, sid, name, "refused", 0, 0, 0, 0))
             else:
-                assert chat is not None
+                assert chat is not None and tok is not None
                 report.verdicts.append(_check_chat(name, index, sid, msgs, tok, chat, max_length=max_length,
                                                    training=training, markers=markers))
     return report
+
+
+def _llava_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A LLaVA row: ``conversations`` as is; a ``messages`` row mapped to from/value (user -> human,
+    assistant -> gpt), as a user converting a dataset for LLaVA would."""
+    if "conversations" in row:
+        return dict(row)
+    turns = [{"from": {"user": "human", "assistant": "gpt"}.get(m.get("role"), m.get("role")),
+              "value": m.get("content")} for m in row.get("messages") or []]
+    return {**{k: v for k, v in row.items() if k != "messages"}, "conversations": turns}

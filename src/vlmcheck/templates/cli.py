@@ -8,16 +8,36 @@ from pathlib import Path
 import click
 
 from vlmcheck.errors import VlmcheckError
-from vlmcheck.templates.check import FRAMEWORKS
+
+
+def _near(script: Path, value: str) -> str:
+    """A path from a launch script: as written when it exists from here, else from the folders above the
+    script (LLaVA's scripts run from the repository root)."""
+    if Path(value).exists() or Path(value).is_absolute():
+        return value
+    for folder in [script.parent, *script.parents]:
+        if (folder / value).exists():
+            return str(folder / value)
+    return value
 
 
 @click.command("template")
-@click.argument("dataset", type=click.Path(exists=True, dir_okay=False))
-@click.option("--tokenizer", "tokenizer", required=True, type=click.Path(exists=True),
-              help="Folder with tokenizer.json (+ tokenizer_config.json, chat template).")
-@click.option("--template", "templates", required=True, multiple=True, type=click.Choice(FRAMEWORKS),
-              help="A LLaVA --version, or llamafactory / trl / unsloth / chat_template for a chat-template "
-                   "model. Repeat to compare frameworks.")
+@click.argument("dataset", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--tokenizer", "tokenizer", type=click.Path(exists=True),
+              help="Checkpoint folder with tokenizer.model and/or tokenizer.json (+ tokenizer_config.json, chat "
+                   "template). Default with --launch: its --model_name_or_path.")
+@click.option("--template", "templates", multiple=True, metavar="NAME",
+              help="llamafactory / trl / unsloth / chat_template for a chat-template model, or a LLaVA --version "
+                   "(any conv_templates name, v0, v0.5; an unknown one runs as vicuna_v1, as LLaVA does). Repeat "
+                   "to compare frameworks. Default with --launch: its --version.")
+@click.option("--launch", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A LLaVA training script (deepspeed llava/train/train_mem.py ...): --version, "
+                   "--model_name_or_path, --model_max_length, --data_path, --mm_use_im_start_end come from it.")
+@click.option("--model-name-or-path", default=None,
+              help="LLaVA's --model_name_or_path when it is not the tokenizer folder ('mpt' in it: the fast "
+                   "tokenizer).")
+@click.option("--mm-use-im-start-end/--no-mm-use-im-start-end", default=None,
+              help="LLaVA's --mm_use_im_start_end (default: False, or the launch script's).")
 @click.option("--chat-template", type=click.Path(exists=True, dir_okay=False, path_type=str),
               help="A Jinja chat template file to use instead of the tokenizer folder's.")
 @click.option("--legacy/--no-legacy", default=None, help="Override tokenizer.legacy as LLaVA reads it.")
@@ -27,15 +47,45 @@ from vlmcheck.templates.check import FRAMEWORKS
 @click.option("--instruction-part", default=None, help="Unsloth's instruction_part (default: from the template).")
 @click.option("--response-part", default=None, help="Unsloth's response_part (default: from the template).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def template_command(dataset: str, tokenizer: str, templates: tuple[str, ...], chat_template: str | None,
+def template_command(dataset: str | None, tokenizer: str | None, templates: tuple[str, ...], launch: str | None,
+                     model_name_or_path: str | None, mm_use_im_start_end: bool | None, chat_template: str | None,
                      legacy: bool | None, max_length: int | None, instruction_part: str | None,
                      response_part: str | None, as_json: bool) -> None:
     """Check that each framework's label masks fit the tokenizer (find the loss-0 samples).
 
-    DATASET is a .json list or .jsonl of LLaVA `conversations` or `messages` rows. Exit 1 on any finding.
+    DATASET is a .json list or .jsonl of LLaVA `conversations` or `messages` rows (default with --launch: its
+    --data_path). Exit 1 on any finding.
     """
     from vlmcheck.templates import check_template
+    from vlmcheck.templates.llava_launch import read_launch
 
+    if launch is not None:
+        try:
+            settings = read_launch(launch)
+        except VlmcheckError as e:
+            raise click.UsageError(str(e)) from None
+        script = Path(launch)
+        dataset = dataset or (_near(script, settings.data_path) if settings.data_path else None)
+        if tokenizer is None and settings.model_name_or_path:
+            tokenizer = _near(script, settings.model_name_or_path)
+            model_name_or_path = model_name_or_path or settings.model_name_or_path
+        if not templates:
+            if settings.version is None:
+                raise click.UsageError(settings.need("version") + "; pass --template")
+            templates = (settings.version,)
+        max_length = max_length or settings.model_max_length
+        if mm_use_im_start_end is None:
+            mm_use_im_start_end = settings.mm_use_im_start_end
+    if dataset is None and launch is not None:
+        raise click.UsageError(settings.need("data_path") + "; pass DATASET")
+    if dataset is None or not Path(dataset).is_file():
+        raise click.UsageError(f"no dataset file: {dataset or 'pass DATASET (or --launch with --data_path)'}")
+    if tokenizer is None or not Path(tokenizer).exists():
+        why = settings.need("model_name_or_path") if launch is not None and tokenizer is None else \
+            f"no tokenizer folder {tokenizer or ''}"
+        raise click.UsageError(f"{why}: pass --tokenizer with a local copy of the checkpoint's tokenizer files")
+    if not templates:
+        raise click.UsageError("pass --template (or --launch with --version)")
     text = Path(dataset).read_text(encoding="utf-8")
     try:
         rows = (json.loads(text) if text.lstrip().startswith("[")
@@ -46,7 +96,8 @@ def template_command(dataset: str, tokenizer: str, templates: tuple[str, ...], c
     try:
         report = check_template(rows, tokenizer=tokenizer, template=list(templates), legacy=legacy,
                                 chat_template=chat, max_length=max_length, instruction_part=instruction_part,
-                                response_part=response_part)
+                                response_part=response_part, model_name_or_path=model_name_or_path,
+                                mm_use_im_start_end=bool(mm_use_im_start_end))
     except VlmcheckError as e:  # a usage error exits 2, never 1 (which means findings)
         raise click.UsageError(str(e)) from None
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render(), nl=as_json)

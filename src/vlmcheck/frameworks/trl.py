@@ -1,0 +1,669 @@
+"""TRL: the one home of its facts (``trl sft`` / ``trl grpo`` config keys and defaults, where the data comes from,
+the vision collator's route from a row to tokens, which tokens are trained, and what happens at the cut).
+
+Modelled on TRL 1.16 with transformers 5.x processors:
+
+- **Config** (``scripts/utils.py`` ``TrlParser``, ``trainer/sft_config.py``, ``trainer/grpo_config.py``): the YAML
+  given to ``trl sft --config`` / ``trl grpo --config``. ``max_length`` 1024, ``truncation_mode`` ``keep_start``,
+  ``completion_only_loss`` unset (on for prompt-completion rows), ``assistant_only_loss`` off,
+  ``dataset_train_split`` ``train``; GRPO: ``num_generations`` 8 (at least 2), ``max_completion_length`` 512. The
+  scripts parse with ``fail_with_unknown_args=False``: a key TRL does not know (``max_prompt_length``,
+  ``max_seq_length`` of older releases) is ignored without a word.
+- **Data** (``scripts/sft.py``): ``load_dataset(dataset_name, name=dataset_config)[dataset_train_split]`` (or the
+  ``datasets:`` mixture). vlmcheck reads local files and folders only.
+- **Rows** (``data_utils.prepare_multimodal_messages``): string contents become typed parts, and *all* of a row's
+  images are put before the text of the first user turn, whatever the text says (an ``<image>`` written in the
+  text stays text). The number of image parts must equal the number of images, or TRL raises.
+- **SFT tokens** (``sft_trainer.DataCollatorForVisionLanguageModeling``): a vision dataset is not prepared ahead;
+  the collator renders the checkpoint's chat template and calls the processor with ``add_special_tokens=False``
+  (a template that writes no BOS gets none) and ``truncation=True, max_length=max_length`` from the right. Every
+  kept token is trained (image placeholders too) unless the row is prompt-completion: then the prompt and the
+  completion are processed separately, concatenated, sliced to ``max_length`` and only the completion is trained.
+- **At the cut**: with ``messages`` the processor counts the image tokens left after truncation and raises
+  "Mismatch in `image` token count" in the collator; with prompt-completion the slice keeps every image's
+  features and the model raises "Image features and image tokens do not match". Either way the run stops at the
+  step that reaches the sample.
+- **GRPO** (``grpo_trainer._tokenize_prompts``): rows are prompts only (``prompt``, images), rendered with the
+  generation prompt and tokenized by the processor; TRL 1.16 never cuts a prompt. With vLLM
+  (``use_vllm: true``) a prompt must fit ``vllm_max_model_length``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlmcheck import findings as F
+from vlmcheck.chat import render_chat
+from vlmcheck.data.images import ImageProblem, decode_data_url, probe_bytes, probe_path
+from vlmcheck.data.readers import BadRow
+from vlmcheck.data.readers import iter_rows as read_rows
+from vlmcheck.errors import DatasetError, UsageError
+from vlmcheck.families import Expansion, Overrides
+from vlmcheck.model import ModelSpec, load_model
+from vlmcheck.results import SampleResult
+
+NAME = "trl"
+VERSIONS = "1.16, transformers 5.x processors"
+
+# trainer/sft_config.py (SFTConfig) and scripts/utils.py (ScriptArguments) defaults
+SFT_DEFAULTS: dict[str, Any] = {
+    "max_length": 1024,
+    "truncation_mode": "keep_start",
+    "completion_only_loss": None,
+    "assistant_only_loss": False,
+    "packing": False,
+    "padding_free": False,
+    "dataset_text_field": "text",
+    "dataset_train_split": "train",
+    "dataset_config": None,
+}
+# trainer/grpo_config.py (GRPOConfig) defaults
+GRPO_DEFAULTS: dict[str, Any] = {
+    "num_generations": 8,
+    "max_completion_length": 512,
+    "use_vllm": False,
+    "vllm_max_model_length": None,
+    "dataset_train_split": "train",
+    "dataset_config": None,
+}
+# keys only GRPOConfig has: a config holding one is launched with `trl grpo`
+GRPO_KEYS = ("num_generations", "max_completion_length", "reward_funcs", "reward_model_name_or_path", "beta",
+             "use_vllm", "vllm_mode", "vllm_max_model_length", "num_iterations", "reward_weights", "epsilon")
+# keys of older TRL releases that TRL 1.16 no longer has: ``trl sft`` / ``trl grpo`` parse the config with
+# ``fail_with_unknown_args=False``, so they are ignored without a word and TRL's own defaults apply
+IGNORED_KEYS = {
+    "max_prompt_length": "TRL 1.16 never cuts a GRPO prompt",
+    "max_seq_length": "renamed max_length in TRL 0.20; max_length's default (1024) applies",
+}
+# datasets' split names in file names (data_files patterns): train.jsonl, train-00000-of-00001.parquet, ...
+SPLITS = ("train", "test", "validation", "valid", "dev", "eval")
+DATA_SUFFIXES = (".json", ".jsonl", ".ndjson", ".parquet", ".pq")
+
+
+# -- config -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Config:
+    """A ``trl sft`` / ``trl grpo`` config with TRL's defaults filled in."""
+
+    path: Path
+    trainer: str  # "sft" or "grpo"
+    model: str
+    datasets: tuple[Path, ...]
+    split: str
+    max_length: int | None
+    truncation_mode: str
+    completion_only_loss: bool | None
+    assistant_only_loss: bool
+    packing: bool
+    padding_free: bool
+    text_field: str
+    num_generations: int
+    max_completion_length: int | None
+    use_vllm: bool
+    vllm_max_model_length: int | None
+    values: dict[str, Any] = field(default_factory=dict)  # as read, for the report
+    ignored: dict[str, str] = field(default_factory=dict)  # keys TRL 1.16 ignores, and what applies instead
+
+
+def _flag(raw: Mapping[str, Any], key: str, default: Any) -> Any:
+    value = raw.get(key, default)
+    if isinstance(value, str):
+        if value.strip().lower() in ("none", "null", ""):
+            return None
+        return value.strip().lower() in ("true", "1", "yes")
+    return value if value is None else bool(value)
+
+
+def _int(raw: Mapping[str, Any], key: str, default: int | None, path: Path) -> int | None:
+    value = raw.get(key, default)
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+        return None
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{path}: {key} must be a whole number, got {value!r}") from None
+    if number <= 0:
+        raise UsageError(f"{path}: {key} must be positive, got {number}")
+    return number
+
+
+def _mapped(value: str, mapping: Mapping[str, str]) -> str:
+    for src, dst in sorted(mapping.items(), key=lambda kv: -len(kv[0])):
+        if value == src or value.startswith(src.rstrip("/") + "/"):
+            return dst.rstrip("/") + value[len(src.rstrip("/")):]
+    return value
+
+
+def _locate(value: str, config_path: Path, mapping: Mapping[str, str]) -> Path:
+    """A path as ``trl`` opens it (relative to where it is launched), else next to the config."""
+    path = Path(_mapped(value, mapping)).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    beside = config_path.parent / path
+    return beside if beside.exists() else path
+
+
+def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, data: str | None = None,
+                path_map: Mapping[str, str] | None = None) -> Config:
+    """The settings ``trl sft`` / ``trl grpo`` runs with for ``raw``, TRL's defaults filled in.
+
+    ``model`` / ``data`` override ``model_name_or_path`` / ``dataset_name``; ``path_map`` rewrites path prefixes.
+    """
+    trainer = "grpo" if any(k in raw for k in GRPO_KEYS) else "sft"
+    defaults = GRPO_DEFAULTS if trainer == "grpo" else SFT_DEFAULTS
+    model_path = model or raw.get("model_name_or_path")
+    if not model_path:
+        raise UsageError(f"{path}: model_name_or_path is not set (or pass --model)")
+    mapping = dict(path_map or {})
+    sources: list[str] = []
+    if data is not None:
+        sources = [data]
+    elif raw.get("datasets"):  # DatasetMixtureConfig: used instead of dataset_name when both are set
+        entries = raw["datasets"]
+        if not isinstance(entries, list):
+            raise UsageError(f"{path}: datasets must be a list of {{path: ...}} entries")
+        for entry in entries:
+            if not isinstance(entry, Mapping) or not entry.get("path"):
+                raise UsageError(f"{path}: each datasets entry needs a path")
+            if entry.get("columns") or entry.get("name") or entry.get("data_files"):
+                raise UsageError(f"{path}: datasets entries with columns / name / data_files are not modelled by "
+                                 "vlmcheck yet; point dataset_name at the data folder")
+            sources.append(str(entry["path"]))
+    elif raw.get("dataset_name"):
+        sources = [str(raw["dataset_name"])]
+    if not sources:
+        raise UsageError(f"{path}: no dataset_name or datasets set (TRL: 'Either `datasets` or `dataset_name` must "
+                         "be provided'); or pass --data")
+    if raw.get("dataset_config"):
+        raise UsageError(f"{path}: dataset_config {raw['dataset_config']!r}: a dataset's named configuration is a "
+                         "hub dataset feature; vlmcheck reads local files (point dataset_name at them)")
+    located = tuple(_locate(s, path, mapping) for s in sources)
+    for source, where in zip(sources, located):
+        if not where.exists():
+            raise UsageError(f"{path}: dataset {source!r} is not a local file or folder ({where} not found); vlmcheck "
+                             "reads local data (pass --data PATH, or --path-map for a config from another machine)")
+    truncation_mode = str(raw.get("truncation_mode", SFT_DEFAULTS["truncation_mode"]))
+    if truncation_mode not in ("keep_start", "keep_end"):
+        raise UsageError(f"{path}: truncation_mode {truncation_mode!r}: TRL accepts keep_start or keep_end")
+    generations = _int(raw, "num_generations", GRPO_DEFAULTS["num_generations"], path) or 0
+    if trainer == "grpo" and generations < 2:
+        raise UsageError(f"{path}: num_generations {generations}: GRPO compares completions of one prompt and TRL "
+                         "refuses fewer than 2; set num_generations: 2 or more")
+    return Config(
+        path=path, trainer=trainer, model=_mapped(str(model_path), mapping), datasets=located,
+        split=str(raw.get("dataset_train_split", defaults["dataset_train_split"])),
+        max_length=_int(raw, "max_length", SFT_DEFAULTS["max_length"], path),
+        truncation_mode=truncation_mode,
+        completion_only_loss=_flag(raw, "completion_only_loss", SFT_DEFAULTS["completion_only_loss"]),
+        assistant_only_loss=bool(_flag(raw, "assistant_only_loss", False)),
+        packing=bool(_flag(raw, "packing", False)), padding_free=bool(_flag(raw, "padding_free", False)),
+        text_field=str(raw.get("dataset_text_field", SFT_DEFAULTS["dataset_text_field"])),
+        num_generations=generations,
+        max_completion_length=_int(raw, "max_completion_length", GRPO_DEFAULTS["max_completion_length"], path),
+        use_vllm=bool(_flag(raw, "use_vllm", False)),
+        vllm_max_model_length=_int(raw, "vllm_max_model_length", None, path),
+        values={k: raw.get(k, defaults.get(k, SFT_DEFAULTS.get(k))) for k in (
+            "max_length", "truncation_mode", "completion_only_loss", "assistant_only_loss", "dataset_name",
+            "dataset_train_split", "num_generations", "max_completion_length", "use_vllm") if k in raw or k in defaults},
+        ignored={k: why for k, why in IGNORED_KEYS.items() if k in raw},
+    )
+
+
+# -- data ---------------------------------------------------------------------------------------------------------
+def dataset_files(source: Path, split: str) -> list[Path]:
+    """The files ``load_dataset(source)[split]`` reads for a local file or folder: a file is the train split; in a
+    folder, files named after a split (``train.jsonl``, ``train-00000-of-00002.parquet``, ``data/train-*``) form
+    that split, and when no file is named after any split every data file is the train split."""
+    if source.is_file():
+        if split != "train":
+            raise DatasetError(f"{source}: a single file is the train split; dataset_train_split is {split!r}")
+        return [source]
+    if (source / "state.json").is_file() or (source / "dataset_dict.json").is_file():
+        raise UsageError(f"{source} was written by save_to_disk; TRL's script opens datasets with load_dataset, which "
+                         "refuses such folders (use load_from_disk in your own script, or export to Parquet)")
+    files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(source).parts))
+    if not files:
+        raise DatasetError(f"{source} holds no .json, .jsonl or .parquet files")
+
+    def split_of(p: Path) -> str | None:
+        for part in reversed(p.relative_to(source).parts):
+            stem = part.split(".")[0].lower()
+            for name in SPLITS:
+                if re.fullmatch(rf"(.*[-_])?{name}([-_].*)?", stem):
+                    return "validation" if name in ("valid", "dev", "eval") else name
+        return None
+
+    named = {p: split_of(p) for p in files}
+    if not any(named.values()):
+        if split != "train":
+            raise DatasetError(f"{source}: no file is named after a split, so all are train; "
+                               f"dataset_train_split is {split!r}")
+        return files
+    chosen = [p for p, s in named.items() if s == split]
+    if not chosen:
+        raise DatasetError(f"{source} has no {split!r} split (found: {', '.join(sorted({s for s in named.values() if s}))})")
+    return chosen
+
+
+# -- rows ---------------------------------------------------------------------------------------------------------
+class Stops(Exception):
+    """TRL raises on this row: the run stops at the step whose batch holds it."""
+
+
+def prepare_multimodal_messages(messages: Any, n_images: int) -> list[dict[str, Any]]:
+    """``data_utils.prepare_multimodal_messages``: typed parts, the row's images before the first user turn's text
+    (when its content is a string); image parts are numbered by the order they are filled."""
+    if not isinstance(messages, list) or not messages:
+        raise Stops("the conversation is not a list of messages")
+    out: list[dict[str, Any]] = []
+    included = False
+    for message in messages:
+        if not isinstance(message, Mapping) or "role" not in message:
+            raise Stops("a message has no 'role'; TRL raises KeyError")
+        role, content = message["role"], message.get("content")
+        if role == "user":
+            if isinstance(content, str) and not included:
+                content = [*({"type": "image"} for _ in range(n_images)), {"type": "text", "text": content}]
+                included = True
+            elif isinstance(content, str):
+                content = [{"type": "text", "text": content}]
+        elif role in ("assistant", "system", "tool"):
+            if isinstance(content, str):
+                content = [{"type": "text", "text": content}]
+        else:
+            raise Stops(f"role {role!r}: TRL raises 'Invalid role in message' (it takes system, user, assistant, tool)")
+        if content is not None and not (isinstance(content, list) and all(
+                isinstance(p, Mapping) and isinstance(p.get("type"), str) for p in content)):
+            raise Stops(f"a {role} message's content is neither text nor a list of typed parts")
+        out.append({**message, "content": content})
+    holes = sum(1 for m in out if m.get("content") and m["role"] != "tool"
+                for p in m["content"] if p["type"] == "image" and "image" not in p)
+    if holes != n_images:
+        raise Stops(f"{n_images} image(s) for {holes} image part(s): TRL raises 'Number of images provided "
+                    f"({n_images}) does not match number of image placeholders ({holes})'")
+    k = 0
+    for m in out:
+        if m.get("content") and m["role"] != "tool":
+            parts = []
+            for p in m["content"]:
+                if p["type"] == "image" and "image" not in p:
+                    p = {**p, "image": f"image {k}"}
+                    k += 1
+                parts.append(p)
+            m["content"] = parts
+    return out
+
+
+@dataclass
+class Encoded:
+    """A sample's tokens as the processor builds them: per token, the image it belongs to (-1: text) and whether
+    it carries a label."""
+
+    image_of: list[int]
+    trained: list[bool]
+
+    @property
+    def total(self) -> int:
+        return len(self.image_of)
+
+
+# -- the run ------------------------------------------------------------------------------------------------------
+def claims(raw: dict[str, Any]) -> bool:
+    """A ``trl sft`` / ``trl grpo`` config: ``model_name_or_path`` with TRL's ``dataset_name`` or ``datasets``."""
+    return "model_name_or_path" in raw and ("dataset_name" in raw or "datasets" in raw)
+
+
+def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data: str | None = None,
+             path_map: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None) -> Run:
+    """The run a TRL config launches, ready to judge its rows."""
+    config = read_config(raw, path=path, model=model, data=data, path_map=path_map)
+    if config.assistant_only_loss:
+        raise UsageError(f"{path}: assistant_only_loss (the template's {{% generation %}} masks) is not modelled by "
+                         "vlmcheck yet; unset it to check the run with every token trained")
+    return Run(config, load_model(config.model, overrides=Overrides(resize="processor")), env=env)
+
+
+class Run:
+    """A TRL run: judges rows the way ``trl sft``'s vision collator or ``trl grpo``'s prompt tokenization does."""
+
+    name = NAME
+    versions = VERSIONS
+    length_key = "max_length"
+    pixels_key = "max_pixels"
+
+    def __init__(self, config: Config, spec: ModelSpec, *, env: Mapping[str, str] | None = None) -> None:
+        if spec.chat_template is None:
+            raise UsageError(f"{spec.path} has no chat template; TRL renders every row with it (set "
+                             "chat_template_path)")
+        self.config = config
+        self.spec = spec
+        self.family = spec.family
+        self.settings = spec.settings
+        self.tokenizer = spec.tokenizer
+        self.image_token_id = spec.token_id(self.family.image_token)
+        self.files = [f for s in config.datasets for f in dataset_files(s, config.split)]
+        self.max_length = config.max_length if config.trainer == "sft" else config.vllm_max_model_length
+        self.cwd = Path(os.getcwd())
+        self._vision_checked = False
+
+    def inputs(self) -> list[Path]:
+        """Every file the run reads (never to be written over)."""
+        return [self.config.path, *self.files]
+
+    def rows(self) -> Iterator[tuple[Any, Path]]:
+        for file in self.files:
+            for row in read_rows(file):
+                yield row, file
+
+    def shown_settings(self) -> Any:
+        return self.settings
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "name": NAME, "versions": VERSIONS, "config": str(cfg.path), "trainer": cfg.trainer,
+            "template": "the checkpoint's chat template", "datasets": [str(s) for s in cfg.datasets],
+            "split": cfg.split, "max_length": cfg.max_length, "truncation_mode": cfg.truncation_mode,
+            "completion_only_loss": cfg.completion_only_loss, "num_generations": cfg.num_generations,
+            "max_completion_length": cfg.max_completion_length, "use_vllm": cfg.use_vllm,
+            "vllm_max_model_length": cfg.vllm_max_model_length, "ignored_by_trl": cfg.ignored,
+            "image_max_pixels": getattr(self.settings, "max_pixels", None),
+            "image_min_pixels": getattr(self.settings, "min_pixels", None),
+            "media_dir": str(self.cwd), "length_key": self.length_key, "pixels_key": self.pixels_key,
+        }
+
+    # -- images ---------------------------------------------------------------------------------------------------
+    def _size(self, image: Any, source: Path) -> tuple[int, int]:
+        """The size the processor sees: datasets' Image feature and transformers' ``load_image`` both apply the
+        EXIF orientation."""
+        if isinstance(image, Mapping):
+            data, path = image.get("bytes"), image.get("path")
+            if data:
+                return probe_bytes(bytes(data)).size(exif_transpose=True)
+            if not path:
+                raise ImageProblem("VC101", "an image struct with neither bytes nor a path")
+            image = path
+        if isinstance(image, (bytes, bytearray)):
+            return probe_bytes(bytes(image)).size(exif_transpose=True)
+        if not isinstance(image, str):
+            raise ImageProblem("VC102", f"an image given as {type(image).__name__}, which the processor cannot load")
+        if image.startswith("data:"):
+            return probe_bytes(decode_data_url(image)).size(exif_transpose=True)
+        if image.startswith(("http://", "https://", "s3://", "gs://")):
+            raise ImageProblem("VC101", f"remote image {image} is not downloaded by vlmcheck")
+        path = Path(image).expanduser()
+        if not path.is_absolute() and not path.exists():
+            beside = self.config.path.parent / path  # launched from the config's folder
+            path = beside if beside.exists() else path
+        return probe_path(path).size(exif_transpose=True)
+
+    def _expansions(self, images: list[Any], source: Path, found: list[F.Finding]) -> list[Expansion] | None:
+        out: list[Expansion] = []
+        ok = True
+        for k, image in enumerate(images, 1):
+            label = f"image {k} of {len(images)} ({image[:120] if isinstance(image, str) else 'bytes'})"
+            try:
+                width, height = self._size(image, source)
+            except ImageProblem as p:
+                found.append(F.make(p.code, f"{label}: {p.message}", image=k, **p.data))
+                ok = False
+                continue
+            except (OSError, ValueError) as e:
+                found.append(F.make("VC102", f"{label}: cannot be opened: {str(e)[:200]}", image=k))
+                ok = False
+                continue
+            issues = self.family.check_image(width, height, self.settings)
+            for issue in issues:
+                found.append(F.make(issue.code, f"{label}: {issue.message}", image=k, **issue.data))
+            if any(F.CATALOGUE[i.code].severity >= F.Severity.ERROR for i in issues):
+                ok = False
+                continue
+            out.append(self.family.expand(width, height, self.settings))
+        return out if ok else None
+
+    # -- tokens ---------------------------------------------------------------------------------------------------
+    def _render(self, messages: list[dict[str, Any]], *, generation_prompt: bool = False,
+                continue_final: bool = False) -> str:
+        assert self.spec.chat_template is not None
+        text = render_chat(self.spec.chat_template, messages, special_tokens=self.spec.special_tokens,
+                           add_generation_prompt=generation_prompt)
+        if continue_final:  # apply_chat_template(continue_final_message=True): the text ends at the last content
+            last = messages[-1].get("content")
+            tail = last if isinstance(last, str) else "".join(
+                p.get("text") or "" for p in last or [] if isinstance(p, Mapping))
+            at = text.rfind(tail.strip()) if tail.strip() else -1
+            if at >= 0:
+                text = text[:at + len(tail.strip())]
+        return text
+
+    def _tokens(self, text: str, expansions: list[Expansion], *, trained: bool) -> Encoded:
+        """The processor on ``text`` (``add_special_tokens=False``): the k-th placeholder becomes image k's
+        expansion; each run of features is written once and expanded here."""
+        pieces = text.split(self.family.placeholder)
+        if len(pieces) - 1 != len(expansions):
+            raise Stops(f"the text holds {len(pieces) - 1} image placeholder(s) for {len(expansions)} image(s); the "
+                        "processor raises")
+        collapsed = pieces[0] + "".join(e.text + piece for e, piece in zip(expansions, pieces[1:]))
+        runs = [(k, n) for k, e in enumerate(expansions) for n in e.runs]
+        ids = self.tokenizer.encode(collapsed, add_special_tokens=False).ids
+        image_of: list[int] = []
+        j = 0
+        for token in ids:
+            if token == self.image_token_id:
+                if j >= len(runs):
+                    raise Stops("the text holds an image token of its own beyond the images; the processor raises")
+                k, n = runs[j]
+                image_of += [k] * n
+                j += 1
+            else:
+                image_of.append(-1)
+        return Encoded(image_of=image_of, trained=[trained] * len(image_of))
+
+    def encode(self, row: Mapping[str, Any], expansions: list[Expansion]) -> tuple[Encoded, bool]:
+        """A row's tokens as the collator builds them, and whether the processor itself checks the image tokens
+        after the cut (``messages`` / text rows) or the slice happens after it (prompt-completion)."""
+        cfg = self.config
+        n = len(expansions)
+        if cfg.trainer == "grpo":
+            prompt = row.get("prompt")
+            if not isinstance(prompt, list):
+                raise Stops("GRPO with images needs a conversational 'prompt' (TRL: 'Multimodal training requires "
+                            "conversational prompts')" if n else "no conversational 'prompt' column")
+            messages = prepare_multimodal_messages(prompt, n)
+            return self._tokens(self._render(messages, generation_prompt=True), expansions, trained=False), True
+        if "messages" in row:
+            if cfg.completion_only_loss:
+                raise Stops("completion_only_loss with a messages dataset: TRL raises 'The `completion_only_loss` "
+                            "argument is not supported for language modeling datasets'")
+            messages = prepare_multimodal_messages(row["messages"], n)
+            return self._tokens(self._render(messages), expansions, trained=True), True
+        if cfg.text_field in row:
+            text = row[cfg.text_field]
+            if not isinstance(text, str):
+                raise Stops(f"{cfg.text_field!r} is not text")
+            return self._tokens(text, expansions, trained=True), True
+        if "prompt" in row and "completion" in row:
+            prompt, completion = row["prompt"], row["completion"]
+            if isinstance(prompt, list):
+                prompt = prepare_multimodal_messages(prompt, n)
+                completion = prepare_multimodal_messages(completion, 0)
+                last = prompt[-1]["role"]
+                alone = self._render(prompt, generation_prompt=last == "user", continue_final=last == "assistant")
+                whole = self._render(prompt + completion)
+                common = 0  # data_utils.apply_chat_template: the prompt is the common prefix of both renderings
+                for a, b in zip(alone, whole):
+                    if a != b:
+                        break
+                    common += 1
+                prompt, completion = whole[:common], whole[common:]
+            if not isinstance(prompt, str) or not isinstance(completion, str):
+                raise Stops("prompt and completion must both be text or both be conversations")
+            # completion_only_loss unset means on for prompt-completion rows (SFTTrainer)
+            head = self._tokens(prompt, expansions, trained=cfg.completion_only_loss is False)
+            tail = self._tokens(completion, [], trained=True)
+            return Encoded(head.image_of + tail.image_of, head.trained + tail.trained), False
+        raise Stops(f"the row has none of 'messages', {cfg.text_field!r}, 'prompt'+'completion': TRL raises "
+                    "'Unexpected input keys in examples'")
+
+    # -- one row --------------------------------------------------------------------------------------------------
+    def judge(self, index: int, row: Any, source: Path) -> SampleResult:
+        result = SampleResult(index=index, id=str(index), tokens=None, image_tokens=[], supervised_tokens=None)
+        found = result.findings
+        frame: dict[str, Any] = {"name": NAME, "trainer": self.config.trainer, "verdict": "ok"}
+        result.framework = frame
+        if isinstance(row, BadRow):
+            found.append(F.make("VC001", f"{row.reason}; datasets cannot load the file and the run stops"))
+            frame["verdict"] = "stops"
+            return result
+        if not isinstance(row, Mapping):
+            found.append(F.make("VC001", f"the row is a {type(row).__name__}, not an object"))
+            frame["verdict"] = "stops"
+            return result
+        if isinstance(row.get("id"), (str, int)):
+            result.id = str(row["id"])
+        images = row.get("images") if "images" in row else ([row["image"]] if row.get("image") is not None else [])
+        images = [] if images is None else images
+        if not isinstance(images, list):
+            images = [images]
+        self._check_vision(bool(images) or "images" in row or "image" in row)
+        expansions = self._expansions(images, source, found)
+        if expansions is None:
+            frame["verdict"] = "stops"  # the processor cannot load or refuses an image
+            result.image_tokens = [None] * len(images)
+            return result
+        counts = [e.features for e in expansions]
+        result.image_tokens = list(counts)
+        try:
+            encoded, checked = self.encode(row, expansions)
+        except Stops as e:
+            code = "VC002" if "image" in str(e) and "placeholder" in str(e) else "VC001"
+            found.append(F.make(code, f"{e}; the run stops at the step that reaches this sample"))
+            frame["verdict"] = "stops"
+            return result
+        total = encoded.total
+        result.tokens = total
+        result.text_only_tokens = total - sum(counts)
+        if self.config.trainer == "grpo":
+            frame["prompt_tokens"] = total
+            self._judge_prompt(result, total)
+            return result
+        result.supervised_tokens = sum(encoded.trained)
+        limit = self.config.max_length
+        kept = total if limit is None else min(total, limit)
+        kept_images = [0] * len(counts)
+        for k in encoded.image_of[:kept]:
+            if k >= 0:
+                kept_images[k] += 1
+        labels = sum(encoded.trained[:kept])
+        frame.update(kept_tokens=kept, kept_supervised=labels, kept_image_tokens=kept_images)
+        if result.supervised_tokens == 0:
+            found.append(F.make("VC003", "no completion tokens to learn from: every label is masked"))
+        if kept >= total:
+            return result
+        assert limit is not None
+        result.fits_max_pixels = self._fit_pixels(row, images, source, limit) if counts else None
+        cut = [k for k, n in enumerate(counts) if kept_images[k] < n]
+        raises = ("the processor raises \"Mismatch in `image` token count between text and `input_ids`\" in the "
+                  "collator" if checked else "the model raises \"Image features and image tokens do not match\"")
+        for k in cut:
+            fix = f"set {_setting('max_length', total)}"
+            if result.fits_max_pixels is not None:
+                fix += f", or cap the processor's max_pixels at {result.fits_max_pixels:,} (the sample then fits whole)"
+            found.append(F.make(
+                "VC201", f"image {k + 1} of {len(counts)} needs {counts[k]:,} tokens, only {kept_images[k]:,} survive "
+                         f"TRL's cut at max_length={limit:,}; the sample is {total:,} tokens: {raises} and training "
+                         "stops", fix=fix + ", or drop the sample",
+                image=k + 1, image_tokens=counts[k], kept=kept_images[k], tokens=total, max_length=limit))
+        if cut:
+            frame["verdict"] = "crash"
+        supervised = result.supervised_tokens
+        if supervised and not labels:
+            found.append(F.make(
+                "VC202", f"all {supervised:,} supervised tokens are cut at max_length={limit:,} (sample is "
+                         f"{total:,} tokens)", fix=f"set {_setting('max_length', total)}, shorten the prompt, or drop "
+                                                   "the sample", supervised=supervised, tokens=total, max_length=limit))
+        elif not cut:
+            found.append(F.make(
+                "VC203", f"{total:,} tokens > max_length={limit:,}: {total - kept:,} tokens cut, "
+                         f"{supervised - labels:,} of {supervised:,} trained tokens lost",
+                fix=f"set {_setting('max_length', total)} to keep it whole", tokens=total, max_length=limit,
+                supervised_lost=supervised - labels))
+        return result
+
+    def _check_vision(self, vision: bool) -> None:
+        """SFTTrainer's refusals for a vision dataset (decided on its first row)."""
+        if self._vision_checked or self.config.trainer != "sft":
+            return
+        self._vision_checked = True
+        cfg = self.config
+        if not vision:
+            return
+        if cfg.packing:
+            raise UsageError(f"{cfg.path}: TRL refuses packing for vision datasets ('Packing is not supported for "
+                             "vision datasets'); set packing: false")
+        if cfg.padding_free:
+            raise UsageError(f"{cfg.path}: TRL refuses padding_free for vision datasets; set padding_free: false")
+        if cfg.truncation_mode == "keep_end" and cfg.max_length is not None:
+            raise UsageError(f"{cfg.path}: TRL refuses truncation_mode keep_end for vision datasets (the image "
+                             "tokens are at the start); set truncation_mode: keep_start")
+
+    def _judge_prompt(self, result: SampleResult, prompt: int) -> None:
+        cfg = self.config
+        if not (cfg.use_vllm and cfg.vllm_max_model_length):
+            return
+        budget = cfg.vllm_max_model_length
+        if prompt >= budget:
+            need = prompt + (cfg.max_completion_length or 1)
+            result.findings.append(F.make(
+                "VC206", f"the prompt is {prompt:,} tokens, vllm_max_model_length={budget:,}: vLLM refuses a prompt "
+                         "that leaves no room to generate",
+                fix=f"set {_setting('vllm_max_model_length', need)}, or drop the sample", tokens=prompt,
+                max_length=budget))
+            assert result.framework is not None
+            result.framework["verdict"] = "crash"
+
+    def _fit_pixels(self, row: Mapping[str, Any], images: list[Any], source: Path, limit: int) -> int | None:
+        """The largest processor max_pixels (a multiple of the family's pixel unit) at which the sample fits whole."""
+        factor = getattr(self.settings, "factor", None)
+        min_pixels = getattr(self.settings, "min_pixels", None)
+        max_pixels = getattr(self.settings, "max_pixels", None)
+        if not factor or not min_pixels or not max_pixels:
+            return None
+        unit = int(factor) ** 2
+        sizes = [self._size(image, source) for image in images]
+        original = self.settings
+
+        def fits(budget: int) -> bool:
+            settings = self.family.with_max_pixels(original, budget)
+            if settings is None:
+                return False
+            expansions = [self.family.expand(w, h, settings) for w, h in sizes]
+            try:
+                encoded, _ = self.encode(row, expansions)
+            except Stops:
+                return False
+            return encoded.total <= limit
+
+        lo, hi = max(1, -(-min_pixels // unit)), max_pixels // unit
+        if hi < lo or not fits(lo * unit):
+            return None
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if fits(mid * unit):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo * unit
+
+
+def _setting(key: str, value: Any) -> str:
+    """A fix written in TRL's own YAML syntax."""
+    return f"{key}: {value}"
