@@ -116,6 +116,13 @@ def test_every_object_gives_the_records_of_its_jsonl(tmp_path: Path, model: Any,
         assert report.summary["samples"] == len(SAMPLES), name
 
 
+def test_workers_scan_an_object_as_one_process_does(tmp_path: Path, qwen2_vl_checkpoint: Path,
+                                                     expected: list[dict[str, Any]]):
+    ds = _image_dataset(_rows(tmp_path, _struct))
+    report = vlmcheck.scan(ds, model=qwen2_vl_checkpoint, max_length=MAX_LENGTH, image_root=tmp_path, workers=2)
+    assert list(report.records()) == expected
+
+
 def test_a_dataset_dict_split_and_a_selection(tmp_path: Path, model: Any, expected: list[dict[str, Any]]):
     ds = _image_dataset(_rows(tmp_path, _struct))
     both = datasets.DatasetDict({"train": ds, "test": ds.select([1])})

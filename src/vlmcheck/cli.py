@@ -150,7 +150,8 @@ def scan_command(dataset: tuple[str, ...], model: str, max_length: int | None, t
     """Count every sample's tokens as the model's processor would and report what will break.
 
     DATASET: .json/.jsonl (also .gz, .bz2, .xz, .zst), .parquet, a WebDataset .tar, a save_to_disk folder, a
-    folder of data files or a glob; several are read as one dataset, in order."""
+    folder of data files or a glob, local or at an fsspec URL (s3://...); several are read as one dataset, in
+    order."""
     import json
     import sys
     from pathlib import Path
