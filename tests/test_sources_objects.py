@@ -181,3 +181,9 @@ def test_an_object_of_another_type_is_a_usage_error(model: Any):
         vlmcheck.scan({"messages": []}, model=model)
     with pytest.raises(vlmcheck.UsageError, match="split= picks"):
         vlmcheck.scan([{"messages": []}], model=model, split="train")
+
+
+def test_repair_says_how_to_keep_the_good_rows_of_an_object(tmp_path: Path, model: Any):
+    ds = _image_dataset(_rows(tmp_path, _struct))
+    with pytest.raises(vlmcheck.UsageError, match=r"scan\(obj, \.\.\.\)\.keep\(obj\)"):
+        vlmcheck.repair(ds, model=model, max_length=MAX_LENGTH, dry_run=True)
