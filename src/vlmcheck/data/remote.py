@@ -21,7 +21,7 @@ from typing import Any
 from vlmcheck.data.images import ImageInfo, ImageProblem, probe_stream
 from vlmcheck.errors import DatasetError, MissingDependencyError
 
-_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")  # two letters at least: C:// is a drive
 _LOCAL_OR_WEB = {"file", "http", "https", "data"}
 _BLOCK = 1 << 16  # a header (and EXIF) fits: one ranged read per probe
 _PNG_BLOCK = 1 << 23
