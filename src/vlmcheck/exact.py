@@ -57,7 +57,7 @@ from vlmcheck.families.qwen2_vl import prescale
 from vlmcheck.layout import TRUNCATIONS, Layout, build_layout
 from vlmcheck.model import ModelSpec, load_model, resolve_model_path
 from vlmcheck.report import Report, ReportBuilder
-from vlmcheck.scan import SampleResult, Scanner, ScanOptions, _AtomicLines, _chunks, _has_text
+from vlmcheck.scan import SampleResult, Scanner, ScanOptions, _chunks, _has_text, write_records
 
 # Rows per task sent to a worker: a processor call costs milliseconds to seconds (it decodes and
 # resizes every image), so chunks stay small for an even load and a live progress count.
@@ -765,17 +765,12 @@ def scan_exact(
                             options=options, settings=scanner.settings)
     started = time.perf_counter()
     chunks = _chunks(iter_rows(path, split=split), _CHUNK, limit)
-    sink = _AtomicLines(Path(output)) if output is not None else None
-    try:
-        for result in _results(scanner, chunks, workers):
-            builder.add(result)
-            if sink is not None:
-                sink.write(result.to_record())
+    def tick(results: Iterator[SampleResult]) -> Iterator[SampleResult]:
+        for result in results:
+            yield result
             if progress is not None:
                 progress(builder.scanned, total)
-        if sink is not None:
-            sink.commit()
-    finally:
-        if sink is not None:
-            sink.discard()
+
+    # the report keeps the records (report.records(), keep()), as the arithmetic scan's does
+    write_records(tick(_results(scanner, chunks, workers)), builder, output)
     return builder.build(seconds=time.perf_counter() - started)

@@ -72,6 +72,8 @@ class ScanOptions:
 class Scanner:
     """Analyzes samples for one model and one set of options. Built once per worker process."""
 
+    url_root: str | None = None  # a dataset at an fsspec URL: its relative image paths are under that URL
+
     def __init__(self, spec: ModelSpec, options: ScanOptions, root: Path) -> None:
         if spec.chat_template is None:
             raise UsageError(
@@ -83,8 +85,7 @@ class Scanner:
         self.options = options
         self.root = root
         self.real_root = os.path.realpath(root)
-        # a dataset at an fsspec URL: its relative image paths are under that URL (sources: hook)
-        self.url_root = options.image_root if is_url(options.image_root) else None
+        self.url_root = options.image_root if is_url(options.image_root) else None  # (sources: hook)
         self._real_dirs: dict[str, str] = {}
         self.tokenizer = spec.tokenizer
         self.image_token_id = spec.token_id(self.family.image_token)
