@@ -116,6 +116,13 @@ def test_every_object_gives_the_records_of_its_jsonl(tmp_path: Path, model: Any,
         assert report.summary["samples"] == len(SAMPLES), name
 
 
+def test_workers_scan_an_object_as_one_process_does(tmp_path: Path, qwen2_vl_checkpoint: Path,
+                                                     expected: list[dict[str, Any]]):
+    ds = _image_dataset(_rows(tmp_path, _struct))
+    report = vlmcheck.scan(ds, model=qwen2_vl_checkpoint, max_length=MAX_LENGTH, image_root=tmp_path, workers=2)
+    assert list(report.records()) == expected
+
+
 def test_a_dataset_dict_split_and_a_selection(tmp_path: Path, model: Any, expected: list[dict[str, Any]]):
     ds = _image_dataset(_rows(tmp_path, _struct))
     both = datasets.DatasetDict({"train": ds, "test": ds.select([1])})
@@ -174,3 +181,9 @@ def test_an_object_of_another_type_is_a_usage_error(model: Any):
         vlmcheck.scan({"messages": []}, model=model)
     with pytest.raises(vlmcheck.UsageError, match="split= picks"):
         vlmcheck.scan([{"messages": []}], model=model, split="train")
+
+
+def test_repair_says_how_to_keep_the_good_rows_of_an_object(tmp_path: Path, model: Any):
+    ds = _image_dataset(_rows(tmp_path, _struct))
+    with pytest.raises(vlmcheck.UsageError, match=r"scan\(obj, \.\.\.\)\.keep\(obj\)"):
+        vlmcheck.repair(ds, model=model, max_length=MAX_LENGTH, dry_run=True)

@@ -55,6 +55,7 @@ _LAZY: dict[str, str] = {
     "LintReport": "vlmcheck.lint",
     # -- end of lint block ----------------------------------------------------------------------
     "check_template": "vlmcheck.templates",  # template: issue 6
+    "merge": "vlmcheck.merging",  # sources: issue 17
     # -- repair: helper block ------------------------------------------------------------------
     "repair": "vlmcheck.repairing",  # module named apart so that vlmcheck.repair stays the function
     "RepairReport": "vlmcheck.repairing",

@@ -169,7 +169,7 @@ def _check_json_path(json_path: str | None, dataset: str, *others: tuple[str, st
 
 
 @main.command("scan")
-@click.argument("dataset", type=click.Path(path_type=str))
+@click.argument("dataset", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--model", "-m", required=True, help="Checkpoint folder or Hugging Face model id.")
 @click.option("--max-length", type=click.IntRange(min=1), help="The framework's max_length / cutoff_len.")
 @click.option("--truncation", type=click.Choice(TRUNCATIONS), default="right", show_default=True,
@@ -195,6 +195,12 @@ def _check_json_path(json_path: str | None, dataset: str, *others: tuple[str, st
 @click.option("--split", help="Split of a DatasetDict save_to_disk folder (default: train).")
 @click.option("--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True, help="Processes.")
 @click.option("--limit", type=click.IntRange(min=1), help="Scan only the first N rows.")
+@click.option("--shard", metavar="I/N",
+              help="Scan only the rows whose index is I modulo N (I counts from 0); `vlmcheck merge` joins the "
+                   "--json summaries of all N shards into the whole's.")
+@click.option("--resume", is_flag=True,
+              help="With --output: make the scan resumable, and go on from where an interrupted one with the same "
+                   "settings stopped (OUTPUT.partial).")
 @click.option("--processor-option", "processor_options", multiple=True, metavar="KEY=VALUE",
               callback=_parse_options,
               help="A call-time processor option the family reads (repeatable; `vlmcheck families` lists them), "
@@ -213,13 +219,18 @@ def _check_json_path(json_path: str | None, dataset: str, *others: tuple[str, st
               callback=_fail_on, help="Exit 1 when a finding of this severity or worse is found.")
 @click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, help="Findings to print.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing; use the exit code.")
-def scan_command(dataset: str, model: str, max_length: int | None, truncation: str, format_: str | None,
+def scan_command(dataset: tuple[str, ...], model: str, max_length: int | None, truncation: str, format_: str | None,
                  image_root: str | None, max_pixels: int | None, min_pixels: int | None, resize: str,
                  qwen_vl_utils: bool, exif: bool | None, confine: bool, allow_outside_root: bool, chat_template: str | None,
-                 split: str | None, workers: int, limit: int | None, processor_options: dict[str, Any],
+                 split: str | None, workers: int, limit: int | None, shard: str | None, resume: bool,
+                 processor_options: dict[str, Any],
                  exact: bool, trust_remote_code: bool, json_path: str | None, output: str | None, html_path: str | None,
                  fail_on: Severity, show: int, quiet: bool) -> None:
-    """Count every sample's tokens as the model's processor would and report what will break."""
+    """Count every sample's tokens as the model's processor would and report what will break.
+
+    DATASET: .json/.jsonl (also .gz, .bz2, .xz, .zst), .parquet, a WebDataset .tar, a save_to_disk folder, a
+    folder of data files or a glob, local or at an fsspec URL (s3://...); several are read as one dataset, in
+    order."""
     import json
     import sys
 
@@ -230,18 +241,20 @@ def scan_command(dataset: str, model: str, max_length: int | None, truncation: s
         if resize not in ("processor", "qwen-vl-utils"):
             raise click.UsageError("--qwen-vl-utils contradicts --resize " + resize)
         resize = "qwen-vl-utils"
-    _check_json_path(json_path, dataset, ("the --output records", output))
-    _check_json_path(html_path, dataset, ("the --output records", output), ("the --json summary", json_path),
-                     option="--html")
+    others = tuple(("a dataset", other) for other in dataset[1:])
+    _check_json_path(json_path, dataset[0], ("the --output records", output), *others)
+    _check_json_path(html_path, dataset[0], ("the --output records", output), ("the --json summary", json_path),
+                     *others, option="--html")
     template = _read_template(chat_template)
     progress = _Progress(enabled=not quiet and sys.stderr.isatty())
     try:
         report = scan(
-            dataset, model=model, max_length=max_length, truncation=truncation, format=format_,
+            dataset[0] if len(dataset) == 1 else list(dataset), model=model, max_length=max_length,
+            truncation=truncation, format=format_,
             image_root=image_root, max_pixels=max_pixels, min_pixels=min_pixels, resize=resize,
             exif_transpose=exif, allow_outside_root=allow_outside_root, confine=confine, chat_template=template,
             split=split, workers=workers, limit=limit, output=output, progress=progress, exact=exact,
-            trust_remote_code=trust_remote_code, processor_options=processor_options,
+            trust_remote_code=trust_remote_code, processor_options=processor_options, shard=shard, resume=resume,
         )
     except VlmcheckError as e:
         progress.close()
@@ -476,6 +489,37 @@ def repair_command(dataset: str, model: str, max_length: int, output: str | None
 from vlmcheck.templates.cli import template_command  # noqa: E402  (template: registration)
 
 main.add_command(template_command)
+
+
+@main.command("merge")  # (merge: registration)
+@click.argument("summaries", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str), help="Write the merged summary as JSON.")
+@click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default="error", show_default=True,
+              callback=_fail_on, help="Exit 1 when a finding of this severity or worse is found.")
+@click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, help="Findings to print.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing; use the exit code.")
+def merge_command(summaries: tuple[str, ...], output: str | None, fail_on: Severity, show: int, quiet: bool) -> None:
+    """Merge the --json summaries of scans (all N shards of `scan --shard I/N`, or scans of several datasets
+    with one model and settings) into one: exact counts, length distribution and recommendations, as one
+    scan of all the rows would give."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from vlmcheck.merging import merge
+    from vlmcheck.util import atomic_write_text
+
+    if output is not None and any(Path(output).resolve() == Path(s).resolve() for s in summaries):
+        raise click.UsageError(f"--output would replace a summary being merged ({output}): name another file")
+    try:
+        report = merge(list(summaries))
+    except VlmcheckError as e:
+        raise click.UsageError(str(e)) from None
+    if output:
+        atomic_write_text(Path(output), json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    if not quiet:
+        click.echo(report.render(show=show), nl=False)
+    sys.exit(report.exit_code(fail_on))
 
 
 # Commands defined in their own modules get the group's -h too; set here once, because click

@@ -61,11 +61,11 @@ from vlmcheck.scan import (
     SampleResult,
     Scanner,
     ScanOptions,
-    _AtomicLines,
     _chunks,
     _has_text,
     nonempty,
     unreadable_row,
+    write_records,
 )
 
 # Rows per task sent to a worker: a processor call costs milliseconds to seconds (it decodes and
@@ -781,17 +781,13 @@ def scan_exact(
                             options=options, settings=scanner.settings)
     started = time.perf_counter()
     chunks = _chunks(nonempty(iter_rows(path, split=split), path), _CHUNK, limit)
-    sink = _AtomicLines(output) if output is not None else None
-    try:
-        for result in _results(scanner, chunks, workers):
-            builder.add(result)
-            if sink is not None:
-                sink.write(result.to_record())
+
+    def tick(results: Iterator[SampleResult]) -> Iterator[SampleResult]:
+        for result in results:
+            yield result
             if progress is not None:
                 progress(builder.scanned, total)
-        if sink is not None:
-            sink.commit()
-    finally:
-        if sink is not None:
-            sink.discard()
+
+    # the report keeps the records (report.records(), keep()), as the arithmetic scan's does
+    write_records(tick(_results(scanner, chunks, workers)), builder, output)
     return builder.build(seconds=time.perf_counter() - started)

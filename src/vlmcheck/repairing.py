@@ -748,6 +748,10 @@ def repair(
         raise UsageError("max_length must be positive")
     strategies = parse_on_overlong(on_overlong)
     held_for = parse_hold(hold)
+    if not isinstance(dataset, (str, os.PathLike)):  # (sources: hook) objects, lists of files
+        raise UsageError(f"repair writes a fixed copy in the dataset's own file format, so it takes one dataset file "
+                         f"or folder, not a {type(dataset).__name__}; for an object in memory, keep its good rows "
+                         "with vlmcheck.scan(obj, ...).keep(obj)")
     path = Path(dataset)
     if not path.exists():
         raise DatasetError(f"dataset not found: {path}")

@@ -39,6 +39,8 @@ from vlmcheck.data.formats import (
 )
 from vlmcheck.data.images import ImageInfo, ImageProblem, decode_data_url, probe_bytes, probe_path
 from vlmcheck.data.readers import BadRow
+from vlmcheck.data.remote import is_url, probe_url
+from vlmcheck.data.remote import join as join_url
 from vlmcheck.data.videos import VideoInfo, VideoProblem, probe_video_bytes, probe_video_path
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.families import Overrides
@@ -74,6 +76,8 @@ class ScanOptions:
 class Scanner:
     """Analyzes samples for one model and one set of options. Built once per worker process."""
 
+    url_root: str | None = None  # a dataset at an fsspec URL: its relative image paths are under that URL
+
     def __init__(self, spec: ModelSpec, options: ScanOptions, root: Path) -> None:
         if spec.chat_template is None:
             raise UsageError(
@@ -85,6 +89,7 @@ class Scanner:
         self.options = options
         self.root = root
         self.real_root = os.path.realpath(root)
+        self.url_root = options.image_root if is_url(options.image_root) else None  # (sources: hook)
         self._real_dirs: dict[str, str] = {}
         self.tokenizer = spec.tokenizer
         self.image_token_id = spec.token_id(self.family.image_token)
@@ -150,6 +155,10 @@ class Scanner:
         if ref.kind == "url":
             raise ImageProblem("VC101", f"remote image {ref.value} is not downloaded by vlmcheck; "
                                         "download the images and point the dataset at local files")
+        if ref.kind == "remote":  # fsspec: ranged reads of the header
+            return probe_url(ref.value, check_integrity=check)
+        if self.url_root is not None and ref.value and not os.path.isabs(str(ref.value)):
+            return probe_url(join_url(self.url_root, str(ref.value)), check_integrity=check)
         return probe_path(self._local_path(str(ref.value), "image"), check_integrity=check)
 
     def _local_path(self, raw: str, what: str) -> Path:
@@ -685,15 +694,19 @@ def build_scanner(
         spec = load_model(model, overrides=overrides, chat_template=chat_template)
     if isinstance(path, Source):  # (sources: hook) files, globs, objects: the source knows its folder
         default_root = path.root
+        if default_root is None and image_root is None:
+            raise UsageError(f"the datasets ({path.name}) lie in different folders, so relative image paths have "
+                             "no one folder to start from: pass image_root (--image-root)")
     elif not path.exists():
         raise DatasetError(f"dataset not found: {path}")
     else:
         default_root = path if path.is_dir() else path.parent
-    root = Path(image_root) if image_root is not None else default_root
+    where = image_root if image_root is not None else default_root
+    root = Path(".") if is_url(where) else Path(where or ".")  # (sources: hook) a URL root stays a URL
     if exif_transpose is None:
         exif_transpose = resize == "processor"
     options = ScanOptions(max_length=max_length, truncation=truncation, format=format,
-                          image_root=str(root), exif_transpose=exif_transpose,
+                          image_root=str(where) if is_url(where) else str(root), exif_transpose=exif_transpose,
                           allow_outside_root=allow_outside_root, confine=confine, split=split)
     return Scanner(spec, options, root)
 

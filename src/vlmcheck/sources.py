@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlmcheck.data import remote
 from vlmcheck.data.compressed import compression
 from vlmcheck.data.readers import BadRow, count_rows, iter_rows
+from vlmcheck.data.remote import is_url
 from vlmcheck.errors import DatasetError, UsageError
 
 # what a folder or glob picks up as data; compressed JSON and WebDataset shards are read too
@@ -45,7 +47,8 @@ class Source:
     """The rows of one dataset argument, with what the scan needs around them."""
 
     name: str  # how the report names the dataset
-    root: Path  # the default image root: relative image paths start here
+    # the default image root (relative image paths start here): a folder, an fsspec URL, or None: no one folder
+    root: Path | str | None
     inputs: list[Path]  # the local files read: never written over
     _rows: Callable[[], Iterator[Any]] = field(repr=False)
     _count: Callable[[], int | None] = field(repr=False, default=lambda: None)
@@ -143,17 +146,21 @@ def _is_saved_folder(folder: Path) -> bool:
     return any((folder / name).is_file() for name in ("dataset_dict.json", "state.json")) or any(folder.glob("*.arrow"))
 
 
-def _expand(raw: str | os.PathLike[str], split: str | None) -> tuple[list[Path], Path]:
-    """The files one argument names, in order, and the folder its relative image paths start from."""
+def _expand(raw: str | os.PathLike[str], split: str | None) -> tuple[list[Path | str], Path | str]:
+    """The files one argument names, in order, and the folder its relative image paths start from (URLs for an
+    fsspec URL)."""
     text = os.fspath(raw)
+    if is_url(text):
+        urls, root = remote.expand(text, is_data=lambda rel: _is_data_file(Path(rel)))
+        return list(urls), root
     if glob.has_magic(text):
-        files = sorted(Path(p) for p in glob.glob(text, recursive=True) if os.path.isfile(p))
-        if not files:
+        matched = sorted(Path(p) for p in glob.glob(text, recursive=True) if os.path.isfile(p))
+        if not matched:
             raise DatasetError(f"no file matches {text}")
         base = Path(text)
         while glob.has_magic(str(base)):
             base = base.parent
-        return files, base
+        return list(matched), base
     path = Path(text)
     if not path.exists():
         raise DatasetError(f"dataset not found: {path}")
@@ -161,27 +168,26 @@ def _expand(raw: str | os.PathLike[str], split: str | None) -> tuple[list[Path],
         return [path], path.parent
     if _is_saved_folder(path):
         return [path], path
-    files = sorted(p for p in path.rglob("*") if p.is_file() and _is_data_file(p.relative_to(path)))
+    found = sorted(p for p in path.rglob("*") if p.is_file() and _is_data_file(p.relative_to(path)))
     if split is not None:  # the Hub's layouts: train/xxx.parquet or train-00000-of-00004.parquet
-        files = [p for p in files if split in p.relative_to(path).parts[:-1]
+        found = [p for p in found if split in p.relative_to(path).parts[:-1]
                  or p.name.startswith((f"{split}-", f"{split}."))]
-    if not files:
+    if not found:
         raise DatasetError(f"{path} holds no dataset file ({', '.join(DATA_SUFFIXES)}, optionally compressed)"
                            + (f" for split {split!r}" if split else ""))
-    return files, path
+    return list(found), path
 
 
 def _files(dataset: str | os.PathLike[str] | list[Any] | tuple[Any, ...], split: str | None) -> Source:
     args = list(dataset) if isinstance(dataset, (list, tuple)) else [dataset]
-    files: list[Path] = []
-    roots: list[Path] = []
+    files: list[Path | str] = []
+    roots: list[Path | str] = []
     for arg in args:
-        found, root = _expand(arg, split)
+        found, folder = _expand(arg, split)
         files += found
-        roots.append(root)
-    if len({os.path.realpath(r) for r in roots}) > 1:
-        raise UsageError("the datasets lie in different folders (" + ", ".join(sorted({str(r) for r in roots}))
-                         + "), so relative image paths have no one root: pass image_root (--image-root)")
+        roots.append(folder)
+    # files in different folders have no one folder their relative image paths start from
+    root = roots[0] if len({r if isinstance(r, str) else os.path.realpath(r) for r in roots}) == 1 else None
     name = ", ".join(os.fspath(a) for a in args)
 
     def rows() -> Iterator[Any]:
@@ -191,20 +197,25 @@ def _files(dataset: str | os.PathLike[str] | list[Any] | tuple[Any, ...], split:
     def count() -> int | None:
         total = 0
         for file in files:
-            n = None if _is_tar(file) else count_rows(file, split=split)
+            n = None if isinstance(file, str) or _is_tar(file) else count_rows(file, split=split)
             if n is None:
                 return None
             total += n
         return total
 
-    return Source(name=name, root=roots[0], inputs=files, _rows=rows, _count=count)
+    local = [f for f in files if isinstance(f, Path)]
+    return Source(name=name, root=root, inputs=local, _rows=rows, _count=count)
 
 
 def _is_tar(path: Path) -> bool:
     return path.name.lower().endswith((".tar", ".tar.gz", ".tgz"))
 
 
-def _file_rows(path: Path, split: str | None) -> Iterator[Any]:
+def _file_rows(path: Path | str, split: str | None) -> Iterator[Any]:
+    if isinstance(path, str):  # an fsspec URL: fetched whole (every row is read), one file at a time
+        with remote.local_copy(path) as local:
+            yield from _file_rows(local, split)
+        return
     if _is_tar(path):
         yield from webdataset_rows(path)
         return

@@ -7,6 +7,7 @@ records of the ``.jsonl`` it was made from.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import BinaryIO
@@ -53,7 +54,8 @@ def open_binary(path: str | os.PathLike[str]) -> BinaryIO:
         raise MissingDependencyError("zstandard", "zstd", f"reading {Path(path).name} (Zstandard)") from None
     raw = open(path, "rb")
     try:
-        return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
+        # buffered: the reader alone cannot be iterated by line
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
     except BaseException:
         raw.close()
         raise

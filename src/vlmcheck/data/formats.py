@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlmcheck.data.remote import is_url
+
 FORMATS = ("llava", "sharegpt", "messages", "openai")
 IMAGE_TAG = "<image>"
 VIDEO_TAG = "<video>"  # LLaMA-Factory's video placeholder (data/template.py, mm_plugin.py)
@@ -46,8 +48,8 @@ class RowError(Exception):
 
 @dataclass
 class ImageRef:
-    """Where one image comes from: ``path``, ``bytes`` (HF image struct), ``data_url``, ``url`` or ``pil`` (an
-    opened PIL image)."""
+    """Where one image comes from: ``path``, ``bytes`` (HF image struct), ``data_url``, ``url`` (the web),
+    ``remote`` (an fsspec URL) or ``pil`` (an opened PIL image)."""
 
     kind: str
     value: Any
@@ -100,11 +102,13 @@ def image_ref(value: Any) -> ImageRef:
             return ImageRef("url", value)
         if value.startswith("file://"):
             return ImageRef("path", value[len("file://"):])
+        if is_url(value):  # s3://, gs://, hf://, ...: read through fsspec, never as a local path
+            return ImageRef("remote", value)
         return ImageRef("path", value)
     if _is_pil(value):  # an opened PIL image (a list of dicts or a DataFrame in memory)
         return ImageRef("pil", value)
     if isinstance(value, dict):
-        if value.get("bytes"):
+        if value.get("bytes") is not None:  # as datasets decodes: bytes when present, even empty, else the path
             data = value["bytes"]
             if isinstance(data, (bytes, bytearray, memoryview)):
                 return ImageRef("bytes", bytes(data))
