@@ -64,6 +64,7 @@ from vlmcheck.scan import (
     _AtomicLines,
     _chunks,
     _has_text,
+    _typed_message,
     nonempty,
     unreadable_row,
 )
@@ -316,6 +317,7 @@ class ExactScanner(Scanner):
         self.image_token_id = _feature_token_id(self.config, self.processor)
         self.eos = getattr(self.tok, "eos_token", None)
         self.with_offsets = bool(getattr(self.tok, "is_fast", True))  # slow tokenizers have none
+        self.typed_text = not self._renders_string_content()
 
     @property
     def settings(self) -> ExactSettings:
@@ -342,6 +344,8 @@ class ExactScanner(Scanner):
         conv = self._conversation(result, item)
         if conv is None:
             return result
+        if self.typed_text:
+            conv.messages = [_typed_message(m) for m in conv.messages]
         found = result.findings
         images, sizes = self._open_images(conv, found)
         result.image_tokens = [None] * len(images)
@@ -357,6 +361,13 @@ class ExactScanner(Scanner):
             found.append(F.make("VC001", f"the chat template rejects this conversation: {e}"))
             result.image_tokens = self._image_counts(images)
             return result
+        dropped = self._text_spans(conv, text)[1]
+        if dropped:
+            roles = ", ".join(sorted(set(dropped)))
+            found.append(F.make(
+                "VC004", f"the chat template drops the text of {len(dropped)} message part(s) ({roles}): the "
+                         "sample trains without it, and its length is counted without it",
+                roles=sorted(set(dropped)), parts=len(dropped)))
         if conv.mismatch is not None or any(im is None for im in images):
             # the processor would raise; each readable image is still counted on its own
             result.image_tokens = self._image_counts(images)
@@ -513,6 +524,9 @@ class ExactScanner(Scanner):
             result.image_tokens = list(layout.image_tokens)
         result.tokens = layout.total
         result.supervised_tokens = layout.supervised_tokens if supervised_known else None
+        if supervised_known and not layout.supervised_tokens and not any(f.code == "VC003" for f in result.findings):
+            result.findings.append(F.make(
+                "VC003", "the rendered conversation has no assistant tokens: every label is masked"))
         result.text_only_tokens = layout.total - sum(layout.image_tokens)
         if self.options.max_length is not None and placeholders == len(images):
             result.fits_max_pixels = self._fit_budget(sizes, result.text_only_tokens)

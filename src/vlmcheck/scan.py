@@ -100,6 +100,7 @@ class Scanner:
         self.eos = spec.special_tokens.get("eos_token")
         self._budget_unit = self._pixel_unit()
         self._check_template()
+        self.typed_text = not self._renders_string_content()
 
     def _check_template(self) -> None:
         """The template must compile and render a plain two-turn conversation: one that cannot (a syntax
@@ -281,7 +282,13 @@ class Scanner:
     def _supervised_chars(self, conv: Conversation, text: str) -> list[tuple[int, int]]:
         """Character spans of assistant content in ``text``, found in message order so that a
         reply quoting the prompt is not matched inside the prompt."""
+        return self._text_spans(conv, text)[0]
+
+    def _text_spans(self, conv: Conversation, text: str) -> tuple[list[tuple[int, int]], list[str]]:
+        """The assistant spans (as ``_supervised_chars``), and the roles of message text the rendered
+        ``text`` does not hold: what the template dropped (a template that trims whitespace drops nothing)."""
         spans: list[tuple[int, int]] = []
+        missing: list[str] = []
         cursor = 0
         for message in conv.messages:
             content = message.get("content")
@@ -293,14 +300,35 @@ class Scanner:
                     continue
                 at = text.find(piece, cursor)
                 if at < 0:
-                    continue
+                    core = piece.strip()
+                    at = text.find(core, cursor) if core else -1
+                    if at < 0:
+                        if core:
+                            missing.append(str(message.get("role")))
+                        continue
+                    piece = core
                 end = at + len(piece)
                 if message.get("role") == "assistant":
                     if self.eos and text.startswith(self.eos, end):
                         end += len(self.eos)
                     spans.append((at, end))
                 cursor = end
-        return spans
+        return spans, missing
+
+    def _renders_string_content(self) -> bool:
+        """Whether the template renders a message whose content is a plain string. Processor templates
+        (llava-hf's, for one) render only typed parts and drop a string in silence; TRL's
+        ``prepare_multimodal_messages`` turns strings into text parts before them, and so does the scan."""
+        marker = "vlmcheck-probe-3f9a"
+
+        def renders(content: Any) -> bool:
+            messages = [{"role": "user", "content": content}, {"role": "assistant", "content": content}]
+            try:
+                return marker in self._render(Conversation(messages=messages, images=[]))
+            except Exception:
+                return False
+
+        return renders(marker) or not renders([{"type": "text", "text": marker}])
 
     # -- one batch --------------------------------------------------------------------------
     def analyze(self, items: list[tuple[int, Any]]) -> list[SampleResult]:
@@ -378,6 +406,8 @@ class Scanner:
             return result, None
         if conv.id is not None:
             result.id = conv.id
+        if self.typed_text:
+            conv.messages = [_typed_message(m) for m in conv.messages]
         found = result.findings
         counts, sizes, expansions = self._images(conv, found)
         result.image_tokens = counts
@@ -409,9 +439,19 @@ class Scanner:
     def _finish(self, result: SampleResult, conv: Conversation, text: str, counts: list[int | None],
                 sizes: list[tuple[int, int]], runs: list[tuple[int, ...]], ids: list[int],
                 offsets: list[tuple[int, int]], *, kinds: list[str] | None = None) -> None:
+        supervised_chars, dropped = self._text_spans(conv, text)
         layout = build_layout(ids, offsets, image_token_id=self.image_token_id, image_runs=runs,
-                              supervised_chars=self._supervised_chars(conv, text), text=text,
+                              supervised_chars=supervised_chars, text=text,
                               video_token_id=self.video_token_id)
+        if dropped:
+            roles = ", ".join(sorted(set(dropped)))
+            result.findings.append(F.make(
+                "VC004", f"the chat template drops the text of {len(dropped)} message part(s) ({roles}): the "
+                         "sample trains without it, and its length is counted without it",
+                roles=sorted(set(dropped)), parts=len(dropped)))
+        if not layout.supervised_tokens and not any(f.code == "VC003" for f in result.findings):
+            result.findings.append(F.make(
+                "VC003", "the rendered conversation has no assistant tokens: every label is masked"))
         kinds = list(kinds or [])
         kinds += ["image"] * (len(layout.images) - len(kinds))  # placeholders the tokenizer made of plain text
         placeholders = kinds.count("image")
@@ -543,6 +583,14 @@ def unreadable_row(index: int, item: Any, error: BaseException, *, id: str | Non
     what = "nested too deeply" if isinstance(error, RecursionError) else f"{type(error).__name__}: {str(error)[:200]}"
     result.findings.append(F.make("VC001", f"this row cannot be read ({what})"))
     return result
+
+
+def _typed_message(message: dict[str, Any]) -> dict[str, Any]:
+    """A string content as one text part, as TRL's ``prepare_multimodal_messages`` does."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return {**message, "content": [{"type": "text", "text": content}]}
+    return message
 
 
 def _has_text(content: Any) -> bool:
