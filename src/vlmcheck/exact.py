@@ -711,13 +711,21 @@ def _results(scanner: ExactScanner, chunks: Iterator[list[tuple[int, Any]]], wor
     try:
         with ctx.Pool(workers, initializer=_init_worker, initargs=(scanner.setup,)) as pool:
             # the bounded in-flight queue of vlmcheck.scan: the dataset is read as fast as it is scanned
-            inflight: deque[Any] = deque()
+            inflight: deque[tuple[list[tuple[int, Any]], Any]] = deque()
+
+            def done() -> list[SampleResult]:
+                chunk, pending = inflight.popleft()
+                try:
+                    return list(pending.get())
+                except Exception:  # a chunk that cannot travel to a worker (too deep to pickle): scanned here
+                    return scanner.analyze(chunk)
+
             for chunk in chunks:
-                inflight.append(pool.apply_async(_work, (chunk,)))
+                inflight.append((chunk, pool.apply_async(_work, (chunk,))))
                 if len(inflight) >= 4 * workers:
-                    yield from inflight.popleft().get()
+                    yield from done()
             while inflight:
-                yield from inflight.popleft().get()
+                yield from done()
     finally:
         _WORKER = None
 
