@@ -66,6 +66,7 @@ from vlmcheck.scan import (
     _has_text,
     _typed_message,
     nonempty,
+    printable,
     unreadable_row,
 )
 
@@ -336,7 +337,7 @@ class ExactScanner(Scanner):
                 results.append(self._sample(index, item))
             except Exception as e:  # a row no rule foresaw: a finding on it, never the end of the scan
                 results.append(unreadable_row(index, item, e))
-        return results
+        return [printable(result) for result in results]
 
     # -- one sample ------------------------------------------------------------------------------------
     def _sample(self, index: int, item: Any) -> SampleResult:

@@ -50,7 +50,7 @@ from vlmcheck.data.writers import Sink, open_sink
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.model import ModelSpec
 from vlmcheck.scan import SampleResult, Scanner, build_scanner, nonempty
-from vlmcheck.util import honour_umask
+from vlmcheck.util import honour_umask, output_target
 
 # What can be done with a sample over max_length, in the order tried by default.
 ON_OVERLONG = ("cap-pixels", "split", "truncate-turns", "drop")
@@ -766,6 +766,11 @@ def repair(
             raise UsageError(f"the manifest would be the input ({manifest_path(out).name}): name the output "
                              f"otherwise (e.g. {path.with_name('fixed-' + path.name)})")
         _check_output_name(out, kind)
+        # replaced whole under these names: a symlink or a device there is refused, never replaced
+        for name in (manifest_path(out), remainder_path(out), *((out,) if kind != "arrow" else ()),
+                     *((review_path(out),) if held_for and kind != "arrow" else ())):
+            if str(name) == "-" or output_target(name) is None:
+                raise UsageError(f"repair writes a dataset and its manifest to files: {name} is not one")
         if kind == "arrow":
             _check_output_folder(out, path)
             if held_for:  # the review folder is replaced the same way

@@ -346,13 +346,15 @@ class Scanner:
             encodings = self._encode_each([p[1][1] for p in pending])
             for (result, (conv, text, counts, sizes, runs, kinds)), enc in zip(pending, encodings):
                 if isinstance(enc, Exception):
-                    result.findings.append(F.make("VC001", f"the tokenizer cannot encode this sample's text: {enc}"))
+                    why = ("the text holds a lone surrogate (invalid Unicode), which no tokenizer encodes"
+                           if _utf8(text) != text else f"the tokenizer cannot encode this sample's text: {enc}")
+                    result.findings.append(F.make("VC001", why))
                     continue
                 try:
                     self._finish(result, conv, text, counts, sizes, runs, enc.ids, enc.offsets, kinds=kinds)
                 except Exception as e:
                     results[results.index(result)] = unreadable_row(result.index, None, e, id=result.id)
-        return results
+        return [printable(result) for result in results]
 
     def _encode_each(self, texts: list[str]) -> list[Any]:
         """``_encode``, and where the batch fails (text with a lone surrogate, which the Rust tokenizer
@@ -582,6 +584,27 @@ def unreadable_row(index: int, item: Any, error: BaseException, *, id: str | Non
             pass
     what = "nested too deeply" if isinstance(error, RecursionError) else f"{type(error).__name__}: {str(error)[:200]}"
     result.findings.append(F.make("VC001", f"this row cannot be read ({what})"))
+    return result
+
+
+def _utf8(text: str) -> str:
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # a lone surrogate from the data (JSON can escape one): shown as \udXXX
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def printable(result: SampleResult) -> SampleResult:
+    """``result`` with an id and messages every output can encode: a lone surrogate in a row's id or
+    text must not crash the report, the records or the terminal."""
+    result.id = _utf8(result.id)
+    for finding in result.findings:
+        finding.message = _utf8(finding.message)
+        if finding.id is not None:
+            finding.id = _utf8(str(finding.id))
     return result
 
 
