@@ -245,6 +245,11 @@ HOSTILE_TEMPLATES = [
     "{{ 1 / 0 }}", "{{ messages + 1 }}", "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}",
     "{{ 'x' * 1000000000 }}", "{% for %}", "{{ [1] * 100000000 }}", "{{ messages[0].nope.deeper }}",
     "{{ raise_exception('no') }}",
+    # doubling a string: with ~, with +, through a macro; padding it
+    "{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+    "{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s }}",
+    "{% macro f(s, n) %}{% if n %}{{ f(s ~ s, n - 1) }}{% endif %}{% endmacro %}{{ f('x', 60) }}",
+    "{{ 'x'|center(10**10) }}",
 ]
 
 
