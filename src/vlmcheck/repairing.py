@@ -838,7 +838,8 @@ def repair(
                         writer.add_record(record)
                     continue
                 try:
-                    outcome, reason, plan = repairer.decide(row, result, row_scanner)
+                    with _deep_rows():
+                        outcome, reason, plan = repairer.decide(row, result, row_scanner)
                 except Exception as e:  # a row no strategy can handle (nested too deeply to copy): dropped, said
                     what = "RecursionError" if isinstance(e, RecursionError) else f"{type(e).__name__}: {e}"
                     outcome, reason, plan = "dropped", f"repair cannot process this row ({what})", None
@@ -909,6 +910,22 @@ def repair(
 
 _SUFFIXES = {"json": (".json", ".jsonl", ".ndjson"), "jsonl": (".json", ".jsonl", ".ndjson"),
              "parquet": (".parquet", ".pq")}
+
+
+class _deep_rows:
+    """Room for ``copy.deepcopy`` of a row nested as deep as the JSON parser accepts (~1,000 levels, three
+    Python frames a level); only around the repair of one row, and put back after."""
+
+    def __enter__(self) -> None:
+        import sys
+
+        self.limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(self.limit, 8000))
+
+    def __exit__(self, *exc: Any) -> None:
+        import sys
+
+        sys.setrecursionlimit(self.limit)
 
 
 def _check_output_name(out: Path, kind: str) -> None:
