@@ -151,7 +151,8 @@ def test_every_input_row_is_accounted_for_exactly_once(model: Any, kinds: list[s
                     assert held[record["review_index"]] == KINDS[kinds[record["index"]]][0]
                 else:
                     assert review_lines[record["review_index"]] == lines[record["index"]]
-        assert not set(vlmcheck.scan(out, model=model, max_length=MAX_LENGTH).counts) & ERROR_CODES
+        if written:  # (an output with no rows is not a dataset a scan passes)
+            assert not set(vlmcheck.scan(out, model=model, max_length=MAX_LENGTH).counts) & ERROR_CODES
         assert digest(data) == before
 
 
