@@ -25,7 +25,7 @@ from vlmcheck.errors import UsageError
 from vlmcheck.model import load_model
 
 SEED = 20261205
-ROWS = 2400  # JSON Lines rows; the other formats get a share each
+ROWS = 4000  # JSON Lines rows; the other formats get a share each
 
 
 def _encoded(fmt: str, size: tuple[int, int] = (280, 224), **options: Any) -> bytes:
