@@ -136,8 +136,9 @@ def test_repair_properties(model: Any, samples: list[Any], order: str, hold: str
         assert in_review == list(range(len(review))) == list(range(report.counts["held"]))
         for row in written:  # nothing orphaned
             assert to_conversation(row, detect_format(row) or "sharegpt").mismatch is None
-        assert not set(vlmcheck.scan(out, model=model, max_length=MAX_LENGTH).counts) & ERROR_CODES
-        again = folder / "again.jsonl"
-        second = vlmcheck.repair(out, model=model, max_length=MAX_LENGTH, output=again)
-        assert second.counts["kept"] == len(written) and again.read_bytes() == out.read_bytes()
+        if written:  # an output with no rows is not a dataset a scan (or a second repair) passes
+            assert not set(vlmcheck.scan(out, model=model, max_length=MAX_LENGTH).counts) & ERROR_CODES
+            again = folder / "again.jsonl"
+            second = vlmcheck.repair(out, model=model, max_length=MAX_LENGTH, output=again)
+            assert second.counts["kept"] == len(written) and again.read_bytes() == out.read_bytes()
         assert data.read_bytes() == before

@@ -188,3 +188,24 @@ def test_an_empty_dataset_is_not_clean(folder: Path, qwen2_vl_checkpoint: Path) 
             vlmcheck.scan(folder / name, model=spec(qwen2_vl_checkpoint))
         result = CliRunner().invoke(main, ["scan", str(folder / name), "--model", str(qwen2_vl_checkpoint)])
         assert result.exit_code == 2
+
+
+def test_repair_refuses_a_symlinked_output(folder: Path, qwen2_vl_checkpoint: Path) -> None:
+    data = write_jsonl(folder / "d.jsonl", [row("a")])
+    (folder / "elsewhere.jsonl").write_text("keep")
+    (folder / "fixed.jsonl").symlink_to(folder / "elsewhere.jsonl")
+    with pytest.raises(UsageError, match="symlink"):
+        vlmcheck.repair(data, model=spec(qwen2_vl_checkpoint), max_length=4096, output=folder / "fixed.jsonl")
+    assert (folder / "elsewhere.jsonl").read_text() == "keep"
+
+
+def test_a_lone_surrogate_in_an_id_is_printable(folder: Path, qwen2_vl_checkpoint: Path) -> None:
+    data = folder / "d.jsonl"
+    data.write_text('{"id": "\\ud800x", "messages": [{"role": "user", "content": "hi \\udc00"}, '
+                    '{"role": "assistant", "content": "ok"}]}\n')
+    result = CliRunner().invoke(main, ["scan", str(data), "--model", str(qwen2_vl_checkpoint), "-o",
+                                       str(folder / "r.jsonl"), "--json", str(folder / "s.json")])
+    assert result.exit_code == 1, result.output
+    (record,) = [json.loads(x) for x in (folder / "r.jsonl").read_text().splitlines()]
+    assert record["id"] == "\\ud800x" and record["findings"] == ["VC001"]
+    assert "lone surrogate" in result.output

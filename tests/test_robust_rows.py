@@ -161,8 +161,14 @@ def test_a_broken_checkpoint_is_a_usage_error(tmp_path: Path, qwen2_vl_checkpoin
     folder = _broken(qwen2_vl_checkpoint, tmp_path, **broken)
     with pytest.raises((ModelError, UsageError)):
         vlmcheck.scan(data, model=folder)
+
+
+def test_a_broken_checkpoint_exits_2(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:
+    image(tmp_path / "good.png", 280, 224)
+    data = write_jsonl(tmp_path / "d.jsonl", [row("a")])
+    folder = _broken(qwen2_vl_checkpoint, tmp_path, "x", patch_size=0)
     result = CliRunner().invoke(main, ["scan", str(data), "--model", str(folder)])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 2 and "must be positive" in result.output, result.output
 
 
 def test_a_mistyped_local_model_is_a_missing_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -204,7 +210,7 @@ def test_sigterm_exits_143_and_leaves_no_temp_files(tmp_path: Path, qwen2_vl_che
     import sys
 
     image(tmp_path / "good.png", 280, 224)
-    data = write_jsonl(tmp_path / "d.jsonl", [row(str(i)) for i in range(200_000)])
+    data = write_jsonl(tmp_path / "d.jsonl", [row(str(i)) for i in range(60_000)])
     out = tmp_path / "out" / "r.jsonl"
     proc = subprocess.Popen([sys.executable, "-c", "from vlmcheck.cli import main; main()", "scan", str(data), "--model",
                              str(qwen2_vl_checkpoint), "-o", str(out), "-q"])

@@ -85,9 +85,12 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
     """The sandbox, plus bounds on what one render may build: ``*`` and ``**`` that would make a string,
     list or number past :data:`MAX_RENDER_CHARS` raise, and ``range`` checks the clock as it goes."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+"})
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "+" and isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+            if len(left) + len(right) > MAX_RENDER_CHARS:
+                raise RenderLimit(f"the template builds a value of {len(left) + len(right):,} items")
         if operator == "*":
             for seq, n in ((left, right), (right, left)):
                 if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_RENDER_CHARS:
@@ -95,6 +98,20 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
         if operator == "**" and isinstance(right, (int, float)) and abs(right) > 4096:
             raise RenderLimit(f"the template raises a number to the power {right}")
         return super().call_binop(context, operator, left, right)
+
+
+def _bounded_join(items: Any) -> str:
+    """Jinja's ``~`` (``str_join``), refusing a result past :data:`MAX_RENDER_CHARS`."""
+    parts = [str(x) for x in items]
+    if sum(map(len, parts)) > MAX_RENDER_CHARS:
+        raise RenderLimit("the template builds a string past the bound with ~")
+    return "".join(parts)
+
+
+def _bounded_center(value: Any, width: int = 80) -> str:
+    if isinstance(width, int) and width > MAX_RENDER_CHARS:
+        raise RenderLimit(f"the template pads a string to {width:,} characters")
+    return str(value).center(width)
 
 
 def _bounded_range(*args: int) -> Iterator[int]:
@@ -113,10 +130,14 @@ def compile_template(template: str) -> jinja2.Template:
         trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlock, jinja2.ext.loopcontrols]
     )
     env.globals["range"] = _bounded_range
+    env.filters["center"] = _bounded_center
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
-    return env.from_string(template)
+    compiled = env.from_string(template)
+    # `~` compiles to jinja2.runtime.str_join, looked up in the template module's globals: bound it there
+    compiled.root_render_func.__globals__["str_join"] = _bounded_join
+    return compiled
 
 
 def render_chat(

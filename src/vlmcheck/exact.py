@@ -63,7 +63,9 @@ from vlmcheck.scan import (
     ScanOptions,
     _chunks,
     _has_text,
+    _typed_message,
     nonempty,
+    printable,
     unreadable_row,
     write_records,
 )
@@ -316,6 +318,7 @@ class ExactScanner(Scanner):
         self.image_token_id = _feature_token_id(self.config, self.processor)
         self.eos = getattr(self.tok, "eos_token", None)
         self.with_offsets = bool(getattr(self.tok, "is_fast", True))  # slow tokenizers have none
+        self.typed_text = not self._renders_string_content()
 
     @property
     def settings(self) -> ExactSettings:
@@ -334,7 +337,7 @@ class ExactScanner(Scanner):
                 results.append(self._sample(index, item))
             except Exception as e:  # a row no rule foresaw: a finding on it, never the end of the scan
                 results.append(unreadable_row(index, item, e))
-        return results
+        return [printable(result) for result in results]
 
     # -- one sample ------------------------------------------------------------------------------------
     def _sample(self, index: int, item: Any) -> SampleResult:
@@ -342,6 +345,8 @@ class ExactScanner(Scanner):
         conv = self._conversation(result, item)
         if conv is None:
             return result
+        if self.typed_text:
+            conv.messages = [_typed_message(m) for m in conv.messages]
         found = result.findings
         images, sizes = self._open_images(conv, found)
         result.image_tokens = [None] * len(images)
@@ -357,6 +362,13 @@ class ExactScanner(Scanner):
             found.append(F.make("VC001", f"the chat template rejects this conversation: {e}"))
             result.image_tokens = self._image_counts(images)
             return result
+        dropped = self._text_spans(conv, text)[1]
+        if dropped:
+            roles = ", ".join(sorted(set(dropped)))
+            found.append(F.make(
+                "VC004", f"the chat template drops the text of {len(dropped)} message part(s) ({roles}): the "
+                         "sample trains without it, and its length is counted without it",
+                roles=sorted(set(dropped)), parts=len(dropped)))
         if conv.mismatch is not None or any(im is None for im in images):
             # the processor would raise; each readable image is still counted on its own
             result.image_tokens = self._image_counts(images)
@@ -513,6 +525,9 @@ class ExactScanner(Scanner):
             result.image_tokens = list(layout.image_tokens)
         result.tokens = layout.total
         result.supervised_tokens = layout.supervised_tokens if supervised_known else None
+        if supervised_known and not layout.supervised_tokens and not any(f.code == "VC003" for f in result.findings):
+            result.findings.append(F.make(
+                "VC003", "the rendered conversation has no assistant tokens: every label is masked"))
         result.text_only_tokens = layout.total - sum(layout.image_tokens)
         if self.options.max_length is not None and placeholders == len(images):
             result.fits_max_pixels = self._fit_budget(sizes, result.text_only_tokens)
@@ -697,13 +712,21 @@ def _results(scanner: ExactScanner, chunks: Iterator[list[tuple[int, Any]]], wor
     try:
         with ctx.Pool(workers, initializer=_init_worker, initargs=(scanner.setup,)) as pool:
             # the bounded in-flight queue of vlmcheck.scan: the dataset is read as fast as it is scanned
-            inflight: deque[Any] = deque()
+            inflight: deque[tuple[list[tuple[int, Any]], Any]] = deque()
+
+            def done() -> list[SampleResult]:
+                chunk, pending = inflight.popleft()
+                try:
+                    return list(pending.get())
+                except Exception:  # a chunk that cannot travel to a worker (too deep to pickle): scanned here
+                    return scanner.analyze(chunk)
+
             for chunk in chunks:
-                inflight.append(pool.apply_async(_work, (chunk,)))
+                inflight.append((chunk, pool.apply_async(_work, (chunk,))))
                 if len(inflight) >= 4 * workers:
-                    yield from inflight.popleft().get()
+                    yield from done()
             while inflight:
-                yield from inflight.popleft().get()
+                yield from done()
     finally:
         _WORKER = None
 

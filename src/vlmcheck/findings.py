@@ -64,6 +64,13 @@ _RULES = [
     Rule("VC003", "no-supervised-tokens", Severity.ERROR, "The sample has no assistant tokens to learn from",
          "With every label masked, the loss of this sample is 0 (or NaN when the whole batch is masked).",
          "Add the assistant turn, or drop the sample."),
+    Rule("VC004", "text-dropped-by-template", Severity.ERROR, "The chat template drops text of the conversation",
+         "The rendered conversation lacks text the row holds: the template renders only some content shapes "
+         "(processor templates render typed parts and drop plain strings; others skip roles or keys). The "
+         "model never sees that text, supervision on it is lost, and the sample's length is counted without "
+         "it.",
+         "Write the content in the shape the template renders (typed text parts for processor templates, "
+         "as TRL's prepare_multimodal_messages does), or fix the template."),
     Rule("VC006", "dropped-by-framework", Severity.WARNING, "The training framework skips this row",
          "The framework's own converter rejects the row (roles that do not alternate, an odd number of turns, no "
          "answer) and trains without it, logging one line among thousands: the data you count on is not trained "

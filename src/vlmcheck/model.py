@@ -235,6 +235,16 @@ def load_model(
     """
     overrides = overrides or Overrides()
     folder = resolve_model_path(model, revision=revision)
+    try:
+        return _load(folder, overrides=overrides, chat_template=chat_template)
+    except (ModelError, UsageError):
+        raise
+    except Exception as e:  # a processor file of a shape no reader expects: a broken checkpoint, said up front
+        raise ModelError(f"the processor files of {folder} cannot be read ({type(e).__name__}: {str(e)[:200]}); "
+                         "check config.json, preprocessor_config.json and processor_config.json") from None
+
+
+def _load(folder: Path, *, overrides: Overrides, chat_template: str | None) -> ModelSpec:
     config = _read_json(folder / "config.json")
     model_type = config.get("model_type")
     if not isinstance(model_type, str):

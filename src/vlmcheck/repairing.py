@@ -50,7 +50,7 @@ from vlmcheck.data.writers import Sink, open_sink
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.model import ModelSpec
 from vlmcheck.scan import SampleResult, Scanner, build_scanner, nonempty
-from vlmcheck.util import honour_umask
+from vlmcheck.util import honour_umask, output_target
 
 # What can be done with a sample over max_length, in the order tried by default.
 ON_OVERLONG = ("cap-pixels", "split", "truncate-turns", "drop")
@@ -770,6 +770,11 @@ def repair(
             raise UsageError(f"the manifest would be the input ({manifest_path(out).name}): name the output "
                              f"otherwise (e.g. {path.with_name('fixed-' + path.name)})")
         _check_output_name(out, kind)
+        # replaced whole under these names: a symlink or a device there is refused, never replaced
+        for name in (manifest_path(out), remainder_path(out), *((out,) if kind != "arrow" else ()),
+                     *((review_path(out),) if held_for and kind != "arrow" else ())):
+            if str(name) == "-" or output_target(name) is None:
+                raise UsageError(f"repair writes a dataset and its manifest to files: {name} is not one")
         if kind == "arrow":
             _check_output_folder(out, path)
             if held_for:  # the review folder is replaced the same way
@@ -837,7 +842,8 @@ def repair(
                         writer.add_record(record)
                     continue
                 try:
-                    outcome, reason, plan = repairer.decide(row, result, row_scanner)
+                    with _deep_rows():
+                        outcome, reason, plan = repairer.decide(row, result, row_scanner)
                 except Exception as e:  # a row no strategy can handle (nested too deeply to copy): dropped, said
                     what = "RecursionError" if isinstance(e, RecursionError) else f"{type(e).__name__}: {e}"
                     outcome, reason, plan = "dropped", f"repair cannot process this row ({what})", None
@@ -908,6 +914,22 @@ def repair(
 
 _SUFFIXES = {"json": (".json", ".jsonl", ".ndjson"), "jsonl": (".json", ".jsonl", ".ndjson"),
              "parquet": (".parquet", ".pq")}
+
+
+class _deep_rows:
+    """Room for ``copy.deepcopy`` of a row nested as deep as the JSON parser accepts (~1,000 levels, three
+    Python frames a level); only around the repair of one row, and put back after."""
+
+    def __enter__(self) -> None:
+        import sys
+
+        self.limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(self.limit, 8000))
+
+    def __exit__(self, *exc: Any) -> None:
+        import sys
+
+        sys.setrecursionlimit(self.limit)
 
 
 def _check_output_name(out: Path, kind: str) -> None:

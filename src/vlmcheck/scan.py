@@ -110,6 +110,7 @@ class Scanner:
         self.previews = Previewer(local_path=self._local_path, exif_transpose=options.exif_transpose,
                                   max_length=options.max_length, truncation=options.truncation)
         self._check_template()
+        self.typed_text = not self._renders_string_content()
 
     def _check_template(self) -> None:
         """The template must compile and render a plain two-turn conversation: one that cannot (a syntax
@@ -297,7 +298,13 @@ class Scanner:
     def _supervised_chars(self, conv: Conversation, text: str) -> list[tuple[int, int]]:
         """Character spans of assistant content in ``text``, found in message order so that a
         reply quoting the prompt is not matched inside the prompt."""
+        return self._text_spans(conv, text)[0]
+
+    def _text_spans(self, conv: Conversation, text: str) -> tuple[list[tuple[int, int]], list[str]]:
+        """The assistant spans (as ``_supervised_chars``), and the roles of message text the rendered
+        ``text`` does not hold: what the template dropped (a template that trims whitespace drops nothing)."""
         spans: list[tuple[int, int]] = []
+        missing: list[str] = []
         cursor = 0
         for message in conv.messages:
             content = message.get("content")
@@ -309,14 +316,35 @@ class Scanner:
                     continue
                 at = text.find(piece, cursor)
                 if at < 0:
-                    continue
+                    core = piece.strip()
+                    at = text.find(core, cursor) if core else -1
+                    if at < 0:
+                        if core:
+                            missing.append(str(message.get("role")))
+                        continue
+                    piece = core
                 end = at + len(piece)
                 if message.get("role") == "assistant":
                     if self.eos and text.startswith(self.eos, end):
                         end += len(self.eos)
                     spans.append((at, end))
                 cursor = end
-        return spans
+        return spans, missing
+
+    def _renders_string_content(self) -> bool:
+        """Whether the template renders a message whose content is a plain string. Processor templates
+        (llava-hf's, for one) render only typed parts and drop a string in silence; TRL's
+        ``prepare_multimodal_messages`` turns strings into text parts before them, and so does the scan."""
+        marker = "vlmcheck-probe-3f9a"
+
+        def renders(content: Any) -> bool:
+            messages = [{"role": "user", "content": content}, {"role": "assistant", "content": content}]
+            try:
+                return marker in self._render(Conversation(messages=messages, images=[]))
+            except Exception:
+                return False
+
+        return renders(marker) or not renders([{"type": "text", "text": marker}])
 
     # -- one batch --------------------------------------------------------------------------
     def analyze(self, items: list[tuple[int, Any]]) -> list[SampleResult]:
@@ -336,7 +364,9 @@ class Scanner:
             encodings = self._encode_each([p[1][1] for p in pending])
             for (result, (conv, text, counts, sizes, runs, kinds)), enc in zip(pending, encodings):
                 if isinstance(enc, Exception):
-                    result.findings.append(F.make("VC001", f"the tokenizer cannot encode this sample's text: {enc}"))
+                    why = ("the text holds a lone surrogate (invalid Unicode), which no tokenizer encodes"
+                           if _utf8(text) != text else f"the tokenizer cannot encode this sample's text: {enc}")
+                    result.findings.append(F.make("VC001", why))
                     continue
                 try:
                     layout = self._finish(result, conv, text, counts, sizes, runs, enc.ids, enc.offsets, kinds=kinds)
@@ -345,7 +375,7 @@ class Scanner:
                     continue
                 if result.findings and self.previews.wants(result):  # (preview: hook)
                     result.preview = self.previews.make(result, images=conv.images, layout=layout, kinds=kinds)
-        return results
+        return [printable(result) for result in results]
 
     def _encode_each(self, texts: list[str]) -> list[Any]:
         """``_encode``, and where the batch fails (text with a lone surrogate, which the Rust tokenizer
@@ -399,6 +429,8 @@ class Scanner:
             return result, None
         if conv.id is not None:
             result.id = conv.id
+        if self.typed_text:
+            conv.messages = [_typed_message(m) for m in conv.messages]
         found = result.findings
         counts, sizes, expansions = self._images(conv, found)
         result.image_tokens = counts
@@ -430,9 +462,19 @@ class Scanner:
     def _finish(self, result: SampleResult, conv: Conversation, text: str, counts: list[int | None],
                 sizes: list[tuple[int, int]], runs: list[tuple[int, ...]], ids: list[int],
                 offsets: list[tuple[int, int]], *, kinds: list[str] | None = None) -> Layout:
+        supervised_chars, dropped = self._text_spans(conv, text)
         layout = build_layout(ids, offsets, image_token_id=self.image_token_id, image_runs=runs,
-                              supervised_chars=self._supervised_chars(conv, text), text=text,
+                              supervised_chars=supervised_chars, text=text,
                               video_token_id=self.video_token_id)
+        if dropped:
+            roles = ", ".join(sorted(set(dropped)))
+            result.findings.append(F.make(
+                "VC004", f"the chat template drops the text of {len(dropped)} message part(s) ({roles}): the "
+                         "sample trains without it, and its length is counted without it",
+                roles=sorted(set(dropped)), parts=len(dropped)))
+        if not layout.supervised_tokens and not any(f.code == "VC003" for f in result.findings):
+            result.findings.append(F.make(
+                "VC003", "the rendered conversation has no assistant tokens: every label is masked"))
         kinds = list(kinds or [])
         kinds += ["image"] * (len(layout.images) - len(kinds))  # placeholders the tokenizer made of plain text
         placeholders = kinds.count("image")
@@ -565,6 +607,35 @@ def unreadable_row(index: int, item: Any, error: BaseException, *, id: str | Non
     what = "nested too deeply" if isinstance(error, RecursionError) else f"{type(error).__name__}: {str(error)[:200]}"
     result.findings.append(F.make("VC001", f"this row cannot be read ({what})"))
     return result
+
+
+def _utf8(text: str) -> str:
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # a lone surrogate from the data (JSON can escape one): shown as \udXXX
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def printable(result: SampleResult) -> SampleResult:
+    """``result`` with an id and messages every output can encode: a lone surrogate in a row's id or
+    text must not crash the report, the records or the terminal."""
+    result.id = _utf8(result.id)
+    for finding in result.findings:
+        finding.message = _utf8(finding.message)
+        if finding.id is not None:
+            finding.id = _utf8(str(finding.id))
+    return result
+
+
+def _typed_message(message: dict[str, Any]) -> dict[str, Any]:
+    """A string content as one text part, as TRL's ``prepare_multimodal_messages`` does."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return {**message, "content": [{"type": "text", "text": content}]}
+    return message
 
 
 def _has_text(content: Any) -> bool:

@@ -108,7 +108,9 @@ def image_ref(value: Any) -> ImageRef:
     if _is_pil(value):  # an opened PIL image (a list of dicts or a DataFrame in memory)
         return ImageRef("pil", value)
     if isinstance(value, dict):
-        if value.get("bytes") is not None:  # as datasets decodes: bytes when present, even empty, else the path
+        if value.get("bytes") is not None:
+            # datasets' Image feature decodes the bytes whenever they are not None, even when empty (and
+            # then fails): the path is the fallback only for None
             data = value["bytes"]
             if isinstance(data, (bytes, bytearray, memoryview)):
                 return ImageRef("bytes", bytes(data))
@@ -269,6 +271,12 @@ def _typed(row: dict[str, Any], turns: list[Any]) -> Conversation:
             if not isinstance(part, dict):
                 raise RowError(f"{where}.content[{j}] must be an object")
             kind = part.get("type")
+            if "type" in part and not isinstance(kind, str):
+                # templates test part.type == "text" / "image": a null, number or list type renders nothing
+                raise RowError(f"{where}.content[{j}].type must be a string, got {type(kind).__name__} "
+                               f"{str(kind)[:40]}")
+            if kind in ("audio", "input_audio"):
+                raise RowError(f"{where}.content[{j}]: {kind} parts are not scanned yet")
             if kind == "image_url" or (kind is None and "image_url" in part):
                 url = part.get("image_url")
                 inline.append(image_ref(url.get("url") if isinstance(url, dict) else url))
@@ -280,7 +288,7 @@ def _typed(row: dict[str, Any], turns: list[Any]) -> Conversation:
                 else:
                     inline.append(image_ref(source))
                 parts.append({"type": "image"})
-            elif kind == "text" or "text" in part:
+            elif kind == "text" or (kind is None and "text" in part):
                 text = part.get("text")
                 if not isinstance(text, str):
                     raise RowError(f"{where}.content[{j}].text must be a string")

@@ -59,6 +59,9 @@ _MODE_BITS = {"1": 1, "L": 8, "P": 8, "RGB": 24, "RGBA": 32, "CMYK": 32, "YCbCr"
 # A real decode settles what the headers cannot, up to this many pixels (beyond it: taken as complete).
 _DECODE_PIXELS = 16 << 20
 _TAIL = 4096
+# Segments, chunks or blocks a header walk takes before it gives up (and a real decode decides): a file
+# crafted from millions of tiny segments must not take seconds of Python.
+_MAX_STEPS = 1 << 16
 
 
 def _size_of(fp: IO[bytes]) -> int:
@@ -71,7 +74,7 @@ def _jpeg_complete(fp: IO[bytes], size: int) -> bool | None:
     the first scan, then look for the end marker after it; trailing bytes (motion photos) do not matter.
     None when the walk cannot tell."""
     fp.seek(2)
-    while True:
+    for _ in range(_MAX_STEPS):
         head = fp.read(4)
         if len(head) < 4:
             return False
@@ -105,6 +108,7 @@ def _jpeg_complete(fp: IO[bytes], size: int) -> bool | None:
                     return True
                 carry = block[-1:]
         fp.seek(length - 2, os.SEEK_CUR)
+    return None
 
 
 def _png_complete(fp: IO[bytes], size: int) -> bool | None:
@@ -112,7 +116,7 @@ def _png_complete(fp: IO[bytes], size: int) -> bool | None:
     chunk cut before the image data is complete is undecided (PIL loads a PNG that lacks only its IEND or
     the last checksum), so the caller decodes."""
     fp.seek(8)
-    while True:
+    for _ in range(_MAX_STEPS):
         head = fp.read(8)
         if len(head) < 8:
             return None
@@ -122,6 +126,7 @@ def _png_complete(fp: IO[bytes], size: int) -> bool | None:
         if fp.tell() + length + 4 > size:
             return None
         fp.seek(length + 4, os.SEEK_CUR)
+    return None
 
 
 def _gif_complete(fp: IO[bytes], size: int) -> bool | None:
@@ -135,7 +140,7 @@ def _gif_complete(fp: IO[bytes], size: int) -> bool | None:
         fp.seek(3 << ((screen[4] & 7) + 1), os.SEEK_CUR)
 
     def sub_blocks() -> bool:
-        while True:
+        for _ in range(_MAX_STEPS):
             n = fp.read(1)
             if not n:
                 return False
@@ -144,8 +149,9 @@ def _gif_complete(fp: IO[bytes], size: int) -> bool | None:
             if fp.tell() + n[0] > size:
                 return False
             fp.seek(n[0], os.SEEK_CUR)
+        return False
 
-    while True:
+    for _ in range(_MAX_STEPS):
         kind = fp.read(1)
         if not kind:
             return None
@@ -163,6 +169,7 @@ def _gif_complete(fp: IO[bytes], size: int) -> bool | None:
             return True if sub_blocks() else None
         else:
             return None
+    return None
 
 
 def _tiles_complete(im: Image.Image, size: int) -> bool | None:

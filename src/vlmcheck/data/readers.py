@@ -330,6 +330,8 @@ def _arrow(folder: Path, split: str | None) -> Iterator[Any]:
 def dataset_kind(path: Path) -> str:
     if path.is_dir():
         return "arrow"
+    if path.exists() and not path.is_file():  # a FIFO or device would block the read forever
+        raise DatasetError(f"{path} is not a regular file or a folder (a FIFO, socket or device)")
     suffix = data_suffix(path)
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"
