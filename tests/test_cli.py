@@ -155,8 +155,16 @@ def test_json_summary_and_output_records(folder: Path, qwen2_vl_checkpoint: Path
     ]
 
 
-def test_demo_reports_every_kind_of_finding() -> None:
+def test_demo_judges_the_bundled_llamafactory_run() -> None:
     code, out = run("demo")
+    assert code == 0
+    assert out.startswith("$ vlmcheck check ") and "llamafactory" in out
+    assert "what the run does: 2 crash, 1 dropped, 5 ok, 2 stops" in out
+    assert re.findall(r"^  (VC\d{3})  ", out, flags=re.M) == ["VC002", "VC006", "VC101", "VC201"]
+
+
+def test_demo_reports_every_kind_of_finding() -> None:
+    code, out = run("demo", "--scan")
     assert code == 0
     assert out.startswith("$ vlmcheck scan ")
     listed = re.findall(r"^  (VC\d{3})  ", out, flags=re.M)

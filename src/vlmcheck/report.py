@@ -355,8 +355,11 @@ def render_text(report: Report, *, show: int = 20) -> str:
     if framework:
         lines.append(f"vlmcheck check: {framework['config']}: {framework['name']} ({framework['versions']}), "
                      f"template {framework['template']}, {_n(s['samples'])} samples of {s['dataset']}, "
-                     f"{s['model_type']} at cutoff_len={_n(s['max_length'])}")
-        lines.append(f"  images: image_max_pixels {_n(framework['image_max_pixels'])}, image_min_pixels "
+                     f"{s['model_type']} at {length_key}={_n(s['max_length'])}")
+        # the framework's own names for its pixel settings (LLaMA-Factory's image_max_pixels, ms-swift's MAX_PIXELS)
+        max_key = framework.get("max_pixels_key", pixels_key)
+        min_key = framework.get("min_pixels_key", max_key.replace("max", "min").replace("MAX", "MIN"))
+        lines.append(f"  images: {max_key} {_n(framework['image_max_pixels'])}, {min_key} "
                      f"{_n(framework['image_min_pixels'])}, then the processor; media from {framework['media_dir']}")
         verdicts = framework.get("verdicts") or {}
         lines.append("  what the run does: " + ", ".join(f"{_n(v)} {k}" for k, v in verdicts.items()))
