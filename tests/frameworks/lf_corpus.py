@@ -13,8 +13,8 @@
   user turns, empty / missing / leading-turn system prompts, answers starting with newlines, answers with their
   own ``<think>`` block, unicode, and rows LLaMA-Factory drops (odd turn counts, bad roles);
 - ``configs/*.yaml``: the same data under several ``cutoff_len`` and ``image_max_pixels`` values, including both
-  unset (LLaMA-Factory's defaults), ``media_dir``, ``mask_history``, ``train_on_prompt``, and the ``qwen3_vl``
-  reasoning template with and without ``enable_thinking``.
+  unset (LLaMA-Factory's defaults), ``media_dir``, ``mask_history``, ``train_on_prompt``, ``default_system``,
+  ``max_samples``, and the ``qwen3_vl`` reasoning template with and without ``enable_thinking``.
 
 Nothing here knows what LLaMA-Factory or vlmcheck will make of a row: the test compares the two.
 """
@@ -221,7 +221,8 @@ def write_corpus(root: Path, checkpoints: dict[str, Path], *, seed: int = 0, row
                     "dataset": "sg,alp", "cutoff_len": 700, "image_max_pixels": 262_144, "image_min_pixels": 4096,
                     "mask_history": True},
         "prompt": {"model_name_or_path": str(checkpoints["qwen2_vl"]), "template": "qwen2_vl", "dataset": "alp,sg",
-                   "cutoff_len": 256, "image_max_pixels": 50_176, "train_on_prompt": True},
+                   "cutoff_len": 256, "image_max_pixels": 50_176, "train_on_prompt": True,
+                   "default_system": "Answer in one short sentence.", "max_samples": 12},
         "think": {"model_name_or_path": str(checkpoints["qwen3_vl"]), "template": "qwen3_vl", "dataset": "sg,oa",
                   "cutoff_len": 600, **media},
         "nothink": {"model_name_or_path": str(checkpoints["qwen3_vl"]), "template": "qwen3_vl", "dataset": "alp,sg",
