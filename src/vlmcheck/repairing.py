@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmcheck import findings as F
+from vlmcheck.contract import ReportContract
 from vlmcheck.data.formats import Conversation, RowError, detect_format, to_conversation
 from vlmcheck.data.images import ImageProblem, decode_data_url
 from vlmcheck.data.readers import BadRow, dataset_kind, iter_rows
@@ -109,8 +110,13 @@ def parse_hold(value: str | Sequence[str] | None) -> frozenset[str]:
 
 
 @dataclass
-class RepairReport:
-    """What ``repair()`` did (or, with ``dry_run``, would do)."""
+class RepairReport(ReportContract):
+    """What ``repair()`` did (or, with ``dry_run``, would do).
+
+    ``ok``, ``worst``, ``exit_code`` (:mod:`vlmcheck.contract`) judge what the output lost: a sample dropped
+    or held counts at its codes' severity (an error: a warning never drops a row), a sample changed or split
+    as a warning (it trains, but not as written), a sample kept whole not at all.
+    """
 
     dataset: str
     output: str | None
@@ -133,6 +139,15 @@ class RepairReport:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+    def severities(self) -> list[F.Severity]:
+        levels = [F.CATALOGUE[c].severity if c in F.CATALOGUE else F.Severity.ERROR
+                  for c in (*self.dropped_codes, *self.held_codes)]
+        if self.counts.get("dropped") or self.counts.get("held"):
+            levels.append(F.Severity.ERROR)  # a row lost for a reason without a code
+        if self.counts.get("changed") or self.counts.get("split"):
+            levels.append(F.Severity.WARNING)
+        return levels
 
     def to_dict(self) -> dict[str, Any]:
         return {
