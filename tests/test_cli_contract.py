@@ -166,3 +166,15 @@ def test_ok_means_nothing_at_or_above_error() -> None:
     changed = RepairReport("d.jsonl", None, None, dry_run=True, counts={"changed": 1})
     assert (dropped.ok, dropped.worst()) == (False, Severity.ERROR)
     assert (changed.ok, changed.worst()) == (True, Severity.WARNING)
+
+
+@pytest.mark.parametrize("command", ["lint", "template"])
+def test_json_never_replaces_an_input(tmp_path: Path, qwen2_vl_checkpoint: Path, command: str) -> None:
+    """A bare --json (the old flag) before the argument takes it as PATH: refused, the input is untouched."""
+    args = COMMANDS[command](tmp_path, qwen2_vl_checkpoint, "warning")
+    source = Path(args[1])
+    before = source.read_bytes()
+    code, output = invoke([args[0], "--json", *args[1:]])
+    assert code == 2 and source.read_bytes() == before, output
+    code, output = invoke([*args, "--json", str(source)])
+    assert code == 2 and "--json would replace the " in output and source.read_bytes() == before

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from vlmcheck import __version__
-from vlmcheck.cli_options import fail_on_option, finish, json_option, write_json
+from vlmcheck.cli_options import check_json_target, fail_on_option, finish, json_option, write_json
 from vlmcheck.data.formats import FORMATS
 from vlmcheck.errors import VlmcheckError
 from vlmcheck.families.base import RESIZE_MODES
@@ -358,6 +358,7 @@ def families_command(json_path: str | None) -> None:
 
     from vlmcheck.families import families
 
+    check_json_target(json_path)
     rows = families()
     write_json(rows, json_path)
     if json_path == "-":

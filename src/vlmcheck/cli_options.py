@@ -44,6 +44,27 @@ def fail_on_option(what: str = "a finding") -> Callable[[F], F]:
     )
 
 
+def check_json_target(json_path: str | None, **inputs: str | None) -> None:
+    """``--json PATH`` must be a file it may replace, and none of the command's inputs (named by keyword): a
+    bare ``--json`` before an argument takes the argument as its PATH (``lint --json run.yaml``)."""
+    if json_path is None or json_path == STDOUT:
+        return
+    from pathlib import Path
+
+    from vlmcheck.errors import UsageError
+    from vlmcheck.util import output_target
+
+    try:
+        output_target(json_path)
+    except UsageError as e:
+        raise click.UsageError(str(e)) from None
+    target = Path(json_path).resolve()
+    for what, path in inputs.items():
+        if path is not None and Path(path).resolve() == target:
+            raise click.UsageError(f"--json would replace the {what.replace('_', ' ')} ({path}): name another "
+                                   "file, or - for standard output")
+
+
 def write_json(data: Any, json_path: str | None) -> None:
     """Write ``data`` (a report, or plain JSON data) to ``--json``'s PATH, atomically; nothing when None."""
     if json_path is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from vlmcheck.cli_options import fail_on_option, finish, json_option
+from vlmcheck.cli_options import check_json_target, fail_on_option, finish, json_option
 from vlmcheck.errors import VlmcheckError
 from vlmcheck.findings import Severity
 from vlmcheck.lint.readers import FRAMEWORKS
@@ -33,6 +33,7 @@ def lint_command(
     silently ruin a vision-language run. Codes: docs/lint.md."""
     from vlmcheck.lint.api import lint
 
+    check_json_target(json_path, config=config, dataset=data)
     try:
         report = lint(config, data=data, model=model, framework=framework, num_processes=num_processes)
     except VlmcheckError as exc:

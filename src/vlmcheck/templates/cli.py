@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from vlmcheck.cli_options import fail_on_option, finish, json_option
+from vlmcheck.cli_options import check_json_target, fail_on_option, finish, json_option
 from vlmcheck.errors import VlmcheckError
 from vlmcheck.findings import Severity
 
@@ -91,6 +91,7 @@ def template_command(dataset: str | None, tokenizer: str | None, templates: tupl
         raise click.UsageError(f"{why}: pass --tokenizer with a local copy of the checkpoint's tokenizer files")
     if not templates:
         raise click.UsageError("pass --template (or --launch with --version)")
+    check_json_target(json_path, dataset=dataset, launch_script=launch, chat_template=chat_template)
     text = Path(dataset).read_text(encoding="utf-8")
     try:
         rows = (json.loads(text) if text.lstrip().startswith("[")
