@@ -289,7 +289,8 @@ def test_cli_writes_and_overwrites_a_save_to_disk_folder(folder: Path, qwen2_vl_
     args = ["repair", str(data), "-m", str(qwen2_vl_checkpoint), "--max-length", str(MAX_LENGTH), "-o", str(out)]
     for _ in range(2):  # the second run replaces the folder the first wrote
         result = CliRunner().invoke(main, args, catch_exceptions=False)
-        assert result.exit_code == 0 and f"output:   {out} (6 samples)" in result.output
+        # a row dropped (VC002): a warning, so exit 0 under the default --fail-on error
+        assert result.exit_code == 0 and f"output:   {out} (6 samples)" in result.output, result.output
     assert len(read(out, "arrow")) == 6
 
 

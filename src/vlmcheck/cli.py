@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from vlmcheck import __version__
+from vlmcheck.cli_options import check_json_target, fail_on_option, finish, json_option, write_json
 from vlmcheck.data.formats import FORMATS
 from vlmcheck.errors import VlmcheckError
 from vlmcheck.families.base import RESIZE_MODES
@@ -109,10 +110,6 @@ class _Progress:
             self.stream.flush()
 
 
-def _fail_on(_ctx: click.Context, _param: click.Parameter, value: str) -> Severity:
-    return Severity.parse(value)
-
-
 def _parse_options(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
     import json
 
@@ -210,13 +207,12 @@ def _check_json_path(json_path: str | None, dataset: str, *others: tuple[str, st
                    "slower (needs vlmcheck[exact]).")
 @click.option("--trust-remote-code", is_flag=True,
               help="With --exact: run the checkpoint's own processor code (auto_map). Read it first.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), help="Write the summary as JSON.")
+@json_option("the summary")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str),
               help="Write one JSON record per sample (.jsonl).")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str),
               help="Write the report as one self-contained HTML page (charts, previews; needs matplotlib).")
-@click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default="error", show_default=True,
-              callback=_fail_on, help="Exit 1 when a finding of this severity or worse is found.")
+@fail_on_option()
 @click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, help="Findings to print.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing; use the exit code.")
 def scan_command(dataset: tuple[str, ...], model: str, max_length: int | None, truncation: str, format_: str | None,
@@ -231,11 +227,9 @@ def scan_command(dataset: tuple[str, ...], model: str, max_length: int | None, t
     DATASET: .json/.jsonl (also .gz, .bz2, .xz, .zst), .parquet, a WebDataset .tar, a save_to_disk folder, a
     folder of data files or a glob, local or at an fsspec URL (s3://...); several are read as one dataset, in
     order."""
-    import json
     import sys
 
     from vlmcheck.scan import scan
-    from vlmcheck.util import atomic_write_text
 
     if qwen_vl_utils:
         if resize not in ("processor", "qwen-vl-utils"):
@@ -260,8 +254,7 @@ def scan_command(dataset: tuple[str, ...], model: str, max_length: int | None, t
         progress.close()
         raise click.UsageError(str(e)) from None
     progress.close()
-    if json_path:
-        atomic_write_text(json_path, json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    write_json(report, json_path)
     _write_html(report, html_path)
     if not quiet and "-" not in (json_path, output):  # standard output carries the data: keep it clean
         click.echo(report.render(show=show), nl=False)
@@ -298,24 +291,21 @@ def _path_map(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
 @click.option("--path-map", "path_map", multiple=True, metavar="FROM=TO", callback=_path_map,
               help="Rewrite a path prefix in the config and the data, e.g. /mnt/data=./data (repeatable).")
 @click.option("--limit", type=click.IntRange(min=1), help="Judge only the first N rows.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), help="Write the summary as JSON.")
+@json_option("the summary")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str),
               help="Write one JSON record per sample (.jsonl), with the framework's verdict.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str),
               help="Write the report as one self-contained HTML page (charts, previews; needs matplotlib).")
-@click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default="error", show_default=True,
-              callback=_fail_on, help="Exit 1 when a finding of this severity or worse is found.")
+@fail_on_option()
 @click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, help="Findings to print.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing; use the exit code.")
 def check_command(config: str, model: str | None, data: str | None, path_map: dict[str, str], limit: int | None,
                   json_path: str | None, output: str | None, html_path: str | None, fail_on: Severity, show: int,
                   quiet: bool) -> None:
     """Judge every sample the way your training framework will, from the config you launch (LLaMA-Factory YAML)."""
-    import json
     import sys
 
     from vlmcheck.checking import check
-    from vlmcheck.util import atomic_write_text
 
     _check_json_path(json_path, config, ("the --output records", output))
     _check_json_path(html_path, config, ("the --output records", output), ("the --json summary", json_path),
@@ -328,8 +318,7 @@ def check_command(config: str, model: str | None, data: str | None, path_map: di
         progress.close()
         raise click.UsageError(str(e)) from None
     progress.close()
-    if json_path:
-        atomic_write_text(json_path, json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    write_json(report, json_path)
     _write_html(report, html_path)
     if not quiet and "-" not in (json_path, output):  # standard output carries the data: keep it clean
         click.echo(report.render(show=show), nl=False)
@@ -380,21 +369,21 @@ def explain_command(code: str) -> None:
 
 
 @main.command("families")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def families_command(as_json: bool) -> None:
+@json_option("the list")
+def families_command(json_path: str | None) -> None:
     """List the model families vlmcheck counts, how exactly, and the settings each reads.
 
     A model_type not listed here is an error naming these; nothing is guessed:
     `vlmcheck scan --exact` runs the checkpoint's own processor instead.
     """
-    import json
     import textwrap
 
     from vlmcheck.families import families
 
+    check_json_target(json_path)
     rows = families()
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
+    write_json(rows, json_path)
+    if json_path == "-":
         return
     for row in rows:
         settings = ", ".join(str(s) for s in row["settings"])  # type: ignore[attr-defined]
@@ -455,20 +444,19 @@ main.add_command(lint_command)
               callback=_parse_options,
               help="A call-time processor option the family reads (repeatable; `vlmcheck families` lists them), "
                    "e.g. do_pan_and_scan=true (Gemma 3), fps=2 (Qwen video). VALUE is JSON, else a string.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), help="Write the summary as JSON.")
+@json_option("the summary")
+@fail_on_option("a sample changed (warning), dropped or held (error)")
 def repair_command(dataset: str, model: str, max_length: int, output: str | None, dry_run: bool, on_overlong: str,
                    hold: str | None, pixel_cap_key: str | None, truncation: str, format_: str | None, image_root: str | None,
                    max_pixels: int | None, min_pixels: int | None, resize: str, exif: bool | None,
                    confine: bool, allow_outside_root: bool, chat_template: str | None,
                    processor_options: dict[str, Any],
-                   json_path: str | None) -> None:
+                   json_path: str | None, fail_on: Severity) -> None:
     """Write a copy of DATASET that trains at --max-length: keep, fix (cap-pixels, truncate-turns), split,
     hold for review or drop each sample, every one accounted for in the manifest. The input is never
-    modified."""
-    import json
-
+    modified. Exit 1 when a sample was dropped or held (--fail-on error, the default), or also changed or
+    split (--fail-on warning): the output is not the input whole."""
     from vlmcheck.repairing import repair
-    from vlmcheck.util import atomic_write_text
 
     if output is None and not dry_run:
         raise click.UsageError("pass --output FILE (or --dry-run)")
@@ -489,10 +477,7 @@ def repair_command(dataset: str, model: str, max_length: int, output: str | None
         )
     except VlmcheckError as e:
         raise click.UsageError(str(e)) from None
-    if json_path:
-        atomic_write_text(json_path, json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
-    if json_path != "-":
-        click.echo(report.render(), nl=False)
+    finish(report, json_path=json_path, fail_on=fail_on)
 
 
 from vlmcheck.templates.cli import template_command  # noqa: E402  (template: registration)
@@ -503,8 +488,7 @@ main.add_command(template_command)
 @main.command("merge")  # (merge: registration)
 @click.argument("summaries", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=str))
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str), help="Write the merged summary as JSON.")
-@click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default="error", show_default=True,
-              callback=_fail_on, help="Exit 1 when a finding of this severity or worse is found.")
+@fail_on_option()
 @click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, help="Findings to print.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing; use the exit code.")
 def merge_command(summaries: tuple[str, ...], output: str | None, fail_on: Severity, show: int, quiet: bool) -> None:

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmcheck import findings as F
+from vlmcheck.contract import ReportContract
 from vlmcheck.data.formats import Conversation, RowError, detect_format, to_conversation
 from vlmcheck.data.images import ImageProblem, decode_data_url
 from vlmcheck.data.readers import BadRow, dataset_kind, iter_rows
@@ -109,8 +110,14 @@ def parse_hold(value: str | Sequence[str] | None) -> frozenset[str]:
 
 
 @dataclass
-class RepairReport:
-    """What ``repair()`` did (or, with ``dry_run``, would do)."""
+class RepairReport(ReportContract):
+    """What ``repair()`` did (or, with ``dry_run``, would do).
+
+    ``ok``, ``worst``, ``exit_code`` (:mod:`vlmcheck.contract`) judge what the output lost. A finished repair
+    is a success: its output trains (``repair && train`` works by default). A sample dropped or held counts as a
+    warning (the data lost it: ``--fail-on warning`` stops a pipeline on any loss), a sample changed or split
+    as info (it trains, but not as written), a sample kept whole not at all.
+    """
 
     dataset: str
     output: str | None
@@ -133,6 +140,14 @@ class RepairReport:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+    def severities(self) -> list[F.Severity]:
+        levels: list[F.Severity] = []
+        if self.counts.get("dropped") or self.counts.get("held") or self.dropped_codes or self.held_codes:
+            levels.append(F.Severity.WARNING)
+        if self.counts.get("changed") or self.counts.get("split"):
+            levels.append(F.Severity.INFO)
+        return levels
 
     def to_dict(self) -> dict[str, Any]:
         return {

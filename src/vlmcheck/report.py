@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import TYPE_CHECKING, Any
 
+from vlmcheck.contract import ReportContract
 from vlmcheck.findings import CATALOGUE, Finding, Severity
 from vlmcheck.preview import PREVIEWS_PER_CODE
 
@@ -69,8 +70,8 @@ class Distributions:
 
 
 @dataclass
-class Report:
-    """What :func:`vlmcheck.scan` returns.
+class Report(ReportContract):
+    """What :func:`vlmcheck.scan` returns; ``ok``, ``worst``, ``exit_code``: :mod:`vlmcheck.contract`.
 
     >>> report = Report(summary={"counts": {}})
     >>> report.ok
@@ -89,17 +90,8 @@ class Report:
         """Findings per code, e.g. ``{"VC201": 3}``."""
         return dict(self.summary["counts"])
 
-    @property
-    def ok(self) -> bool:
-        return not self.summary["counts"]
-
-    def worst(self) -> Severity | None:
-        levels = [CATALOGUE[c].severity for c in self.summary["counts"]]
-        return max(levels) if levels else None
-
-    def exit_code(self, fail_on: Severity = Severity.ERROR) -> int:
-        worst = self.worst()
-        return 1 if worst is not None and worst >= fail_on else 0
+    def severities(self) -> list[Severity]:
+        return [CATALOGUE[c].severity for c in self.summary["counts"]]
 
     def to_dict(self) -> dict[str, Any]:
         return {"summary": self.summary, "findings": [f.to_dict() for f in self.findings]}

@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlmcheck.contract import ReportContract
 from vlmcheck.findings import Severity
 from vlmcheck.lint.catalogue import LINT_RULES, LintRule
 
@@ -63,8 +64,8 @@ def make(code: str, message: str, *, fix: str | None = None, option: str | None 
 
 
 @dataclass
-class LintReport:
-    """The result of :func:`vlmcheck.lint`.
+class LintReport(ReportContract):
+    """The result of :func:`vlmcheck.lint`; ``ok``, ``worst``, ``exit_code``: :mod:`vlmcheck.contract`.
 
     >>> report = LintReport(config="run.yaml", framework="trl")
     >>> report.ok, report.exit_code()
@@ -81,19 +82,13 @@ class LintReport:
     def counts(self) -> dict[str, int]:
         return dict(sorted(Counter(f.code for f in self.findings).items()))
 
+    def severities(self) -> list[Severity]:
+        return [f.severity for f in self.findings]
+
     @property
     def max_severity(self) -> Severity | None:
-        return max((f.severity for f in self.findings), default=None)
-
-    @property
-    def ok(self) -> bool:
-        """No finding of severity error."""
-        return not any(f.severity >= Severity.ERROR for f in self.findings)
-
-    def exit_code(self, fail_on: Severity | str = Severity.ERROR) -> int:
-        """1 when a finding is at or above ``fail_on``, else 0 (the CLI's exit code)."""
-        level = Severity.parse(fail_on) if isinstance(fail_on, str) else fail_on
-        return int(any(f.severity >= level for f in self.findings))
+        """The same as :meth:`worst` (kept for old callers)."""
+        return self.worst()
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlmcheck.catalogue import Severity
+from vlmcheck.contract import ReportContract
 from vlmcheck.errors import UsageError
 from vlmcheck.templates import llamafactory, llava, trl, unsloth
 from vlmcheck.templates.catalogue import TemplateFinding
@@ -63,9 +65,10 @@ class SampleVerdict:
 
 
 @dataclass
-class TemplateReport:
+class TemplateReport(ReportContract):
     """All verdicts of one check. ``summary[framework]`` counts verdicts; ``masked_away[framework]`` is how many
-    samples that framework would silently train on nothing."""
+    samples that framework would silently train on nothing. ``ok``, ``worst``, ``exit_code``:
+    :mod:`vlmcheck.contract`, over :attr:`findings` (VT004 drift is a warning; the other codes are errors)."""
 
     frameworks: list[str]
     verdicts: list[SampleVerdict]
@@ -75,6 +78,9 @@ class TemplateReport:
     @property
     def findings(self) -> list[TemplateFinding]:
         return [*self.notes, *(f for v in self.verdicts for f in v.findings)]
+
+    def severities(self) -> list[Severity]:
+        return [f.severity for f in self.findings]
 
     @property
     def summary(self) -> dict[str, dict[str, int]]:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import click
 
+from vlmcheck.cli_options import check_json_target, fail_on_option, finish, json_option
 from vlmcheck.errors import VlmcheckError
+from vlmcheck.findings import Severity
 
 
 def _near(script: Path, value: str) -> str:
@@ -46,15 +48,17 @@ def _near(script: Path, value: str) -> str:
                    "cutoff_len).")
 @click.option("--instruction-part", default=None, help="Unsloth's instruction_part (default: from the template).")
 @click.option("--response-part", default=None, help="Unsloth's response_part (default: from the template).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@fail_on_option()
+@json_option()
 def template_command(dataset: str | None, tokenizer: str | None, templates: tuple[str, ...], launch: str | None,
                      model_name_or_path: str | None, mm_use_im_start_end: bool | None, chat_template: str | None,
                      legacy: bool | None, max_length: int | None, instruction_part: str | None,
-                     response_part: str | None, as_json: bool) -> None:
+                     response_part: str | None, fail_on: Severity, json_path: str | None) -> None:
     """Check that each framework's label masks fit the tokenizer (find the loss-0 samples).
 
     DATASET is a .json list or .jsonl of LLaVA `conversations` or `messages` rows (default with --launch: its
-    --data_path). Exit 1 on any finding.
+    --data_path). Exit 1 on a finding at or above --fail-on (default error: a VT004 token drift alone,
+    a warning, exits 0 unless --fail-on warning).
     """
     from vlmcheck.templates import check_template
     from vlmcheck.templates.llava_launch import read_launch
@@ -87,6 +91,7 @@ def template_command(dataset: str | None, tokenizer: str | None, templates: tupl
         raise click.UsageError(f"{why}: pass --tokenizer with a local copy of the checkpoint's tokenizer files")
     if not templates:
         raise click.UsageError("pass --template (or --launch with --version)")
+    check_json_target(json_path, dataset=dataset, launch_script=launch, chat_template=chat_template)
     text = Path(dataset).read_text(encoding="utf-8")
     try:
         rows = (json.loads(text) if text.lstrip().startswith("[")
@@ -101,6 +106,4 @@ def template_command(dataset: str | None, tokenizer: str | None, templates: tupl
                                 mm_use_im_start_end=bool(mm_use_im_start_end))
     except VlmcheckError as e:  # a usage error exits 2, never 1 (which means findings)
         raise click.UsageError(str(e)) from None
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render(), nl=as_json)
-    if report.findings:
-        raise SystemExit(1)
+    finish(report, json_path=json_path, fail_on=fail_on)
