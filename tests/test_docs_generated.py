@@ -137,3 +137,23 @@ def test_readme_console_block_is_the_real_output() -> None:
     timing = re.compile(r"\(\d+\.\d+ s, [\d,.]+ samples/s\)")
     assert "samples/s" in result.output
     assert timing.sub("(T)", shown) == timing.sub("(T)", result.output)
+
+
+def test_readme_check_block_is_the_real_output() -> None:
+    """The README's first example, `vlmcheck check` on the bundled LLaMA-Factory run, is the command's real output."""
+    from click.testing import CliRunner
+
+    from vlmcheck.demo.checkpoints import qwen_checkpoint
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```console\n\$ (vlmcheck check .*?)\n(.*?)```", readme, flags=re.S)
+    assert block is not None
+    command, shown = block.groups()
+    model = str(qwen_checkpoint("qwen2_vl"))
+    args = [model if a == "~/.cache/vlmcheck/checkpoints/qwen2_vl" else a for a in command.split()[1:]]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ROOT)
+        result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    timing = re.compile(r"\(\d+\.\d+ s, [\d,.]+ samples/s\)")
+    assert timing.sub("(T)", shown) == timing.sub("(T)", result.output)
