@@ -13,21 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vlmcheck.layout import infer_seqlen
 from vlmcheck.templates.pieces import Pieces
 from vlmcheck.templates.tokenizer import Tok
-
-
-def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
-    """How many prompt and answer tokens a pair keeps under the remaining ``cutoff_len``."""
-    if target_len * 2 < cutoff_len:  # the answer fits in half: cut the prompt
-        max_target_len = cutoff_len
-    elif source_len * 2 < cutoff_len:  # the prompt fits in half: cut the answer
-        max_target_len = cutoff_len - source_len
-    else:  # cut both, in proportion
-        max_target_len = int(cutoff_len * (target_len / (source_len + target_len)))
-    new_target_len = min(max_target_len, target_len)
-    new_source_len = min(max(cutoff_len - new_target_len, 0), source_len)
-    return new_source_len, new_target_len
 
 
 @dataclass
