@@ -47,17 +47,17 @@ _GEN_OPEN, _GEN_CLOSE = "\U000F0000", "\U000F0001"
 _MARK_GENERATION: ContextVar[bool] = ContextVar("mark_generation", default=False)
 
 
-def _raise_exception(message: str) -> None:
+def raise_exception(message: str) -> None:
     raise jinja2.exceptions.TemplateError(message)
 
 
-def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+def tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
             sort_keys: bool = False) -> str:
     # transformers overrides jinja's tojson: no HTML escaping, non-ASCII kept.
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
-def _strftime_now(format: str) -> str:
+def strftime_now(format: str) -> str:
     return datetime.now().strftime(format)
 
 
@@ -131,9 +131,9 @@ def compile_template(template: str) -> jinja2.Template:
     )
     env.globals["range"] = _bounded_range
     env.filters["center"] = _bounded_center
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
     compiled = env.from_string(template)
     # `~` compiles to jinja2.runtime.str_join, looked up in the template module's globals: bound it there
     compiled.root_render_func.__globals__["str_join"] = _bounded_join

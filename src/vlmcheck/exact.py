@@ -61,11 +61,11 @@ from vlmcheck.scan import (
     SampleResult,
     Scanner,
     ScanOptions,
-    _chunks,
-    _has_text,
-    _typed_message,
+    has_text,
     nonempty,
     printable,
+    row_chunks,
+    typed_message,
     unreadable_row,
     write_records,
 )
@@ -346,7 +346,7 @@ class ExactScanner(Scanner):
         if conv is None:
             return result
         if self.typed_text:
-            conv.messages = [_typed_message(m) for m in conv.messages]
+            conv.messages = [typed_message(m) for m in conv.messages]
         found = result.findings
         images, sizes = self._open_images(conv, found)
         result.image_tokens = [None] * len(images)
@@ -354,7 +354,7 @@ class ExactScanner(Scanner):
             tags, n = conv.mismatch
             found.append(F.make("VC002", f"{tags} image placeholder(s) in the text but {n} image(s)",
                                 placeholders=tags, images=n))
-        if not any(m.get("role") == "assistant" and _has_text(m.get("content")) for m in conv.messages):
+        if not any(m.get("role") == "assistant" and has_text(m.get("content")) for m in conv.messages):
             found.append(F.make("VC003", "no assistant turn with content: every label is masked"))
         try:
             text = self._render(conv)
@@ -803,7 +803,7 @@ def scan_exact(
     builder = ReportBuilder(dataset=str(path), model=str(folder), model_type=scanner.model_type,
                             options=options, settings=scanner.settings)
     started = time.perf_counter()
-    chunks = _chunks(nonempty(iter_rows(path, split=split), path), _CHUNK, limit)
+    chunks = row_chunks(nonempty(iter_rows(path, split=split), path), _CHUNK, limit)
 
     def tick(results: Iterator[SampleResult]) -> Iterator[SampleResult]:
         for result in results:

@@ -430,7 +430,7 @@ class Scanner:
         if conv.id is not None:
             result.id = conv.id
         if self.typed_text:
-            conv.messages = [_typed_message(m) for m in conv.messages]
+            conv.messages = [typed_message(m) for m in conv.messages]
         found = result.findings
         counts, sizes, expansions = self._images(conv, found)
         result.image_tokens = counts
@@ -443,7 +443,7 @@ class Scanner:
             tags, videos = conv.video_mismatch
             found.append(F.make("VC002", f"{tags} video placeholder(s) in the text but {videos} video(s)",
                                 placeholders=tags, videos=videos))
-        if not any(m.get("role") == "assistant" and _has_text(m.get("content")) for m in conv.messages):
+        if not any(m.get("role") == "assistant" and has_text(m.get("content")) for m in conv.messages):
             found.append(F.make("VC003", "no assistant turn with content: every label is masked"))
         try:
             text, runs, kinds = self._collapse(self._render(conv), expansions, video_expansions)
@@ -630,7 +630,7 @@ def printable(result: SampleResult) -> SampleResult:
     return result
 
 
-def _typed_message(message: dict[str, Any]) -> dict[str, Any]:
+def typed_message(message: dict[str, Any]) -> dict[str, Any]:
     """A string content as one text part, as TRL's ``prepare_multimodal_messages`` does."""
     content = message.get("content")
     if isinstance(content, str):
@@ -638,7 +638,7 @@ def _typed_message(message: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
-def _has_text(content: Any) -> bool:
+def has_text(content: Any) -> bool:
     if isinstance(content, str):
         return bool(content.strip())
     return any(isinstance(p, dict) and str(p.get("text") or "").strip() for p in content or [])
@@ -673,7 +673,7 @@ def nonempty(rows: Iterator[Any], path: Path | str) -> Iterator[Any]:
 _NOTHING = object()
 
 
-def _chunks(rows: Iterator[Any], size: int, limit: int | None) -> Iterator[list[tuple[int, Any]]]:
+def row_chunks(rows: Iterator[Any], size: int, limit: int | None) -> Iterator[list[tuple[int, Any]]]:
     chunk: list[tuple[int, Any]] = []
     for index, row in enumerate(rows):
         if limit is not None and index >= limit:

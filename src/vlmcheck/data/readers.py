@@ -210,7 +210,7 @@ def _json_lines(path: Path, spans: list[tuple[int, int]] | None = None) -> Itera
             yield value
 
 
-def _pyarrow() -> Any:
+def pyarrow() -> Any:
     try:
         import pyarrow
         import pyarrow.ipc  # noqa: F401
@@ -236,7 +236,7 @@ def _batches(batches: Iterator[Any], where: str) -> Iterator[Any]:
 
 
 def _parquet(path: Path) -> Iterator[Any]:
-    pa = _pyarrow()
+    pa = pyarrow()
     try:
         pf = pa.parquet.ParquetFile(path)
     except Exception as e:
@@ -266,7 +266,7 @@ def _inside(folder: Path, name: Any, source: Path) -> Path:
     return target
 
 
-def _arrow_files(folder: Path, split: str | None) -> list[Path]:
+def arrow_files(folder: Path, split: str | None) -> list[Path]:
     if (folder / "dataset_dict.json").is_file():
         splits = _read_json_object(folder / "dataset_dict.json").get("splits", [])
         if not isinstance(splits, list):
@@ -290,8 +290,8 @@ def _arrow_files(folder: Path, split: str | None) -> list[Path]:
 
 
 def _arrow(folder: Path, split: str | None) -> Iterator[Any]:
-    pa = _pyarrow()
-    for file in _arrow_files(folder, split):
+    pa = pyarrow()
+    for file in arrow_files(folder, split):
         try:
             source = pa.memory_map(str(file))
         except Exception as e:
@@ -369,7 +369,7 @@ def count_rows(path: str | os.PathLike[str], *, split: str | None = None) -> int
     try:
         kind = dataset_kind(path)
         if kind == "parquet":
-            return int(_pyarrow().parquet.ParquetFile(path).metadata.num_rows)
+            return int(pyarrow().parquet.ParquetFile(path).metadata.num_rows)
         if kind == "jsonl":
             with open_binary(path) as fp:
                 return sum(1 for line in fp if line.strip())

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
-from vlmcheck.data.readers import _arrow_files, _pyarrow
+from vlmcheck.data.readers import arrow_files, pyarrow
 from vlmcheck.errors import DatasetError
 from vlmcheck.util import honour_umask
 
@@ -115,10 +115,10 @@ def input_schema(source: Path, kind: str) -> Any:
 
 
 def _input_schema(source: Path, kind: str) -> Any:
-    pa = _pyarrow()
+    pa = pyarrow()
     if kind == "parquet":
         return pa.parquet.ParquetFile(source).schema_arrow
-    first = _arrow_files(source, None)[0]
+    first = arrow_files(source, None)[0]
     with pa.memory_map(str(first)) as stream:
         try:
             return pa.ipc.open_stream(stream).schema
@@ -129,7 +129,7 @@ def _input_schema(source: Path, kind: str) -> Any:
 def with_int_column(schema: Any, name: str) -> Any:
     """``schema`` plus a nullable int64 column ``name`` at the end (and in the ``huggingface``
     features metadata, as ``Value("int64")``), unless it has one."""
-    pa = _pyarrow()
+    pa = pyarrow()
     if name in schema.names:
         return schema
     metadata = dict(schema.metadata or {})
@@ -145,7 +145,7 @@ class _ArrowRows:
     """Rows buffered and converted to record batches of the output schema."""
 
     def __init__(self, schema: Any) -> None:
-        self.pa = _pyarrow()
+        self.pa = pyarrow()
         self.schema = schema
         self.buffer: list[Any] = []
         self.rows = 0

@@ -34,7 +34,7 @@ from jinja2 import nodes
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from vlmcheck.chat import _raise_exception, _strftime_now, _tojson
+from vlmcheck.chat import raise_exception, strftime_now, tojson
 from vlmcheck.templates.pieces import dicts
 from vlmcheck.templates.tokenizer import Tok
 
@@ -120,9 +120,9 @@ class _Tracker(Extension):
 def _compile(template: str) -> tuple[jinja2.Template, _Tracker]:
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                         extensions=[_Tracker, jinja2.ext.loopcontrols])
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
     tracker = next(e for e in env.extensions.values() if isinstance(e, _Tracker))
     return env.from_string(template), tracker
 
