@@ -212,6 +212,9 @@ def _check_json_path(json_path: str | None, dataset: str, *others: tuple[str, st
               help="Write one JSON record per sample (.jsonl).")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str),
               help="Write the report as one self-contained HTML page (charts, previews; needs matplotlib).")
+@click.option("--framework", type=click.Choice(["llamafactory", "trl", "swift"]),
+              help="Apply this framework's truncation, resize route and defaults to every setting left unset "
+                   "(vlmcheck check reads the framework's config instead).")
 @fail_on_option()
 @click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, help="Findings to print.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing; use the exit code.")
@@ -221,7 +224,7 @@ def scan_command(dataset: tuple[str, ...], model: str, max_length: int | None, t
                  split: str | None, workers: int, limit: int | None, shard: str | None, resume: bool,
                  processor_options: dict[str, Any],
                  exact: bool, trust_remote_code: bool, json_path: str | None, output: str | None, html_path: str | None,
-                 fail_on: Severity, show: int, quiet: bool) -> None:
+                 framework: str | None, fail_on: Severity, show: int, quiet: bool) -> None:
     """Count every sample's tokens as the model's processor would and report what will break.
 
     DATASET: .json/.jsonl (also .gz, .bz2, .xz, .zst), .parquet, a WebDataset .tar, a save_to_disk folder, a
@@ -249,6 +252,7 @@ def scan_command(dataset: tuple[str, ...], model: str, max_length: int | None, t
             exif_transpose=exif, allow_outside_root=allow_outside_root, confine=confine, chat_template=template,
             split=split, workers=workers, limit=limit, output=output, progress=progress, exact=exact,
             trust_remote_code=trust_remote_code, processor_options=processor_options, shard=shard, resume=resume,
+            framework=framework,
         )
     except VlmcheckError as e:
         progress.close()

@@ -807,6 +807,7 @@ def scan(
     processor_options: Mapping[str, Any] | None = None,
     shard: str | tuple[int, int] | None = None,
     resume: bool = False,
+    framework: str | None = None,
 ) -> Report:
     """Scan ``dataset`` for samples that would crash or not train under ``model`` at ``max_length``.
 
@@ -838,7 +839,24 @@ def scan(
         exact: count with the checkpoint's own transformers processor, sample by sample
             (:mod:`vlmcheck.exact`): any family transformers has a processor for, slower.
         trust_remote_code: with ``exact``, run a checkpoint's own processor code (``auto_map``).
+        framework: ``llamafactory``, ``trl`` or ``swift``: that framework's truncation, resize route and defaults
+            (max length, pixel budgets) for every setting left unset, without a config (``vlmcheck check`` reads
+            the config itself, with the framework's own templates).
     """
+    if framework is not None:
+        # the framework's truncation, resize route and defaults (max length, pixel budgets), from its own module
+        from vlmcheck.frameworks import scan_defaults
+
+        defaults = scan_defaults(framework)
+        for key, value in (("truncation", truncation), ("resize", resize)):
+            if value not in (defaults.get(key), {"truncation": "right", "resize": "processor"}[key]):
+                raise UsageError(f"{key}={value!r} contradicts framework {framework!r} ({defaults.get(key)})")
+        truncation = defaults.get("truncation", truncation)
+        resize = defaults.get("resize", resize)
+        max_length = max_length if max_length is not None else defaults.get("max_length")
+        max_pixels = max_pixels if max_pixels is not None else defaults.get("max_pixels")
+        min_pixels = min_pixels if min_pixels is not None else defaults.get("min_pixels")
+        exif_transpose = exif_transpose if exif_transpose is not None else defaults.get("exif_transpose")
     if exact and processor_options:
         raise UsageError("processor_options apply to the arithmetic scan; with exact=True the checkpoint's own "
                          "processor runs with its own settings")

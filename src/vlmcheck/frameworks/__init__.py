@@ -72,3 +72,18 @@ def detect(config: dict[str, Any], *, path: Path) -> ModuleType:
         "model_name_or_path with dataset_name / datasets; a verl config data.train_files (or a launch script); an "
         "ms-swift launch script a `swift sft` line"
     )
+
+
+def scan_defaults(name: str) -> dict[str, Any]:
+    """What ``vlmcheck scan --framework NAME`` applies without a config: the framework's truncation, its resize
+    route and its defaults (max length, pixel budgets), from the framework's own module."""
+    for module in MODULES:
+        if module.NAME == name:
+            defaults = module.SCAN_DEFAULTS
+            if defaults is None:
+                break
+            return dict(defaults)
+    else:
+        raise UsageError(f"unknown framework {name!r} (known: {', '.join(FRAMEWORKS)})")
+    raise UsageError(f"{name} trains on prompts judged against its prompt budget, which a bare scan does not "
+                     f"model: run vlmcheck check on its launch config")

@@ -81,6 +81,12 @@ VIDEO_PLACEHOLDER_ENV = "VIDEO_PLACEHOLDER"
 QWEN_MIN_SIDE = 28
 QWEN_MAX_RATIO = 200
 QWEN_SQUASHED_RATIO = 180
+# `vlmcheck scan --framework llamafactory`: its cut, its pixel pre-scaling and its defaults, without a config (the
+# checkpoint's chat template renders; `vlmcheck check` uses LLaMA-Factory's own templates)
+SCAN_DEFAULTS: dict[str, Any] = {
+    "max_length": DEFAULTS["cutoff_len"], "truncation": "llamafactory", "resize": "prescale",
+    "max_pixels": DEFAULTS["image_max_pixels"], "min_pixels": DEFAULTS["image_min_pixels"], "exif_transpose": False,
+}
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ from vlmcheck.results import SampleResult
 
 NAME = "swift"
 VERSIONS = "4.6, qwen2_vl / qwen2_5_vl templates"
+# `vlmcheck scan --framework swift`: its default truncation_strategy and the qwen-vl-utils resize MAX_PIXELS feeds
+SCAN_DEFAULTS: dict[str, Any] = {"truncation": "delete", "resize": "qwen-vl-utils"}
 
 # template/templates/qwen.py: QwenTemplateMeta (DEFAULT_SYSTEM) and Qwen2_5TemplateMeta
 TEMPLATES: dict[str, str] = {

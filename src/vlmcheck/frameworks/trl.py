@@ -86,6 +86,9 @@ IGNORED_KEYS = {
 # datasets' split names in file names (data_files patterns): train.jsonl, train-00000-of-00001.parquet, ...
 SPLITS = ("train", "test", "validation", "valid", "dev", "eval")
 DATA_SUFFIXES = (".json", ".jsonl", ".ndjson", ".parquet", ".pq")
+# `vlmcheck scan --framework trl`: SFT's default max_length and right cut, the processor's own resize
+SCAN_DEFAULTS: dict[str, Any] = {"max_length": SFT_DEFAULTS["max_length"], "truncation": "right",
+                                 "resize": "processor"}
 
 
 # -- config -------------------------------------------------------------------------------------------------------

@@ -46,6 +46,8 @@ from vlmcheck.results import SampleResult
 
 NAME = "verl"
 VERSIONS = "0.9.1, RLHFDataset + agent-loop rollout"
+# no `vlmcheck scan --framework verl`: its prompts are judged against max_prompt_length, which a scan does not model
+SCAN_DEFAULTS: dict[str, Any] | None = None
 
 # trainer/config/data/legacy_data.yaml
 DEFAULTS: dict[str, Any] = {
