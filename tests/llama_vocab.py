@@ -128,11 +128,15 @@ LLAVA_V15_CONFIG = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, 
                     "legacy": False, "model_max_length": 2048, "padding_side": "right", "sp_model_kwargs": {}}
 
 
-def llama2_checkpoint(dest: Path, *, fast: bool = False, slow: bool = True,
-                      added: tuple[str, ...] = (), **config: object) -> Path:
+def llama2_checkpoint(dest: Path, *, fast: bool = False, slow: bool = True, added: tuple[str, ...] = (),
+                      special_tokens_map: dict[str, object] | None = None, **config: object) -> Path:
     """A tokenizer folder as a LLaVA checkpoint ships it: ``tokenizer.model`` (``slow``), ``tokenizer.json``
     (``fast``), and tokenizer_config.json (llava-v1.5's, updated by ``config``; a None value removes the key).
-    ``added`` are special tokens added after the vocabulary (ids 32000, 32001, ...)."""
+    ``added`` are special tokens added after the vocabulary (ids 32000, 32001, ...).
+
+    With ``special_tokens_map``, the folder is in the older format liuhaotian/llava-v1.5-7b was saved in
+    (transformers 4.31): no ``added_tokens_decoder``, special tokens as ``{"__type": "AddedToken", ...}``, and a
+    special_tokens_map.json (where llava-v1.5 sets ``pad_token`` to ``<unk>``)."""
     import json
     import shutil
 
@@ -146,7 +150,14 @@ def llama2_checkpoint(dest: Path, *, fast: bool = False, slow: bool = True,
     decoder = {str(i): {"content": t, **entry} for i, t in enumerate(["<unk>", "<s>", "</s>"]) if t in named}
     for k, t in enumerate(added):
         decoder[str(32000 + k)] = {"content": t, **entry}
-    settings["added_tokens_decoder"] = decoder
+    if special_tokens_map is None:
+        settings["added_tokens_decoder"] = decoder
+    else:
+        for key in ("unk_token", "bos_token", "eos_token"):
+            if isinstance(settings.get(key), str):
+                settings[key] = {"__type": "AddedToken", "content": settings[key], "lstrip": False,
+                                 "normalized": False, "rstrip": False, "single_word": False}
+        (dest / "special_tokens_map.json").write_text(json.dumps(special_tokens_map, indent=1), encoding="utf-8")
     (dest / "tokenizer_config.json").write_text(json.dumps(settings, indent=1), encoding="utf-8")
     if slow:
         shutil.copyfile(sentencepiece_model(), dest / "tokenizer.model")

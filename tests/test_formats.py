@@ -247,8 +247,10 @@ def test_image_root_also_bounds_absolute_paths(tmp_path: Path, qwen2_vl_checkpoi
     inside = image(tmp_path / "pics" / REL, WIDTH, HEIGHT)
     dataset = write_jsonl(tmp_path / "data" / "d.jsonl",
                           [{"id": "s", "messages": tagged(), "images": [str(inside)]}])
-    assert vlmcheck.scan(dataset, model=spec(qwen2_vl_checkpoint)).counts == {"VC104": 1}
-    assert vlmcheck.scan(dataset, model=spec(qwen2_vl_checkpoint), image_root=tmp_path / "pics").counts == {}
+    assert vlmcheck.scan(dataset, model=spec(qwen2_vl_checkpoint), confine=True).counts == {"VC104": 1}
+    assert vlmcheck.scan(dataset, model=spec(qwen2_vl_checkpoint), image_root=tmp_path / "pics",
+                         confine=True).counts == {}
+    assert vlmcheck.scan(dataset, model=spec(qwen2_vl_checkpoint)).counts == {}  # read by default
 
 
 def test_the_split_option_picks_the_split(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:

@@ -357,6 +357,27 @@ def test_cli_reads_the_llava_launch_script(tmp_path: Path) -> None:
                                    "0 token drift, 4 refused")
 
 
+def test_cli_launch_script_with_a_hub_model(tmp_path: Path) -> None:
+    from vlmcheck.cli import main
+
+    script = _llava_repo(tmp_path, FINETUNE_SH.replace("$MODEL", "lmsys/vicuna-13b-v1.5"))
+    result = CliRunner().invoke(main, ["template", "--launch", str(script)])
+    assert result.exit_code == 2 and "no tokenizer folder lmsys/vicuna-13b-v1.5" in result.output
+    local = str(tmp_path / "checkpoints" / "llava-v1.5-7b")
+    ok = CliRunner().invoke(main, ["template", "--launch", str(script), "--tokenizer", local])
+    assert ok.exit_code == 1 and ok.output.startswith("v1: 4 samples, 2 exact")
+    # an MPT model path: LLaVA loads the fast tokenizer (no `legacy`: the multi-round samples stop the run)
+    mpt = _llava_repo(tmp_path / "mpt", FINETUNE_SH.replace("$MODEL", "mosaicml/mpt-7b-chat"))
+    both = llama2_checkpoint(tmp_path / "with-tokenizer-json", fast=True)
+    fast = CliRunner().invoke(main, ["template", "--launch", str(mpt), "--tokenizer", str(both)])
+    assert "tokenizer: fast ('mpt' is in the model path" in fast.output
+    assert fast.output.startswith("v1: 4 samples, 1 exact, 1 silently masked (train on nothing), 0 misaligned, 0 "
+                                  "token drift, 2 refused")
+    # vlmcheck does not convert tokenizer.model to a fast tokenizer as transformers would: a usage error, not a guess
+    only_model = CliRunner().invoke(main, ["template", "--launch", str(mpt), "--tokenizer", local])
+    assert only_model.exit_code == 2 and "the fast route needs tokenizer.json" in only_model.output
+
+
 def test_cli_launch_script_with_an_unset_variable(tmp_path: Path) -> None:
     from vlmcheck.cli import main
 
@@ -365,3 +386,44 @@ def test_cli_launch_script_with_an_unset_variable(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--version from $PROMPT_VERSION, which is not set" in result.output
     ok = CliRunner().invoke(main, ["template", "--launch", str(script), "--template", "llava_v1"])
     assert ok.exit_code == 1 and ok.output.startswith("llava_v1: 4 samples, 2 exact")
+
+
+def test_read_launch_flags_defaults_and_variables(tmp_path: Path) -> None:
+    from vlmcheck.errors import UsageError
+    from vlmcheck.templates.llava_launch import read_launch
+
+    script = tmp_path / "pretrain.sh"
+    script.write_text("#!/bin/bash\nexport DATA=/data\npython llava/train/train.py --data_path=$DATA/x.json "
+                      "--mm_use_im_start_end --model_name_or_path ${MODEL}\n", encoding="utf-8")
+    launch = read_launch(script)
+    # LLaVA's dataclass defaults: version v0, model_max_length 512; a bare boolean flag is True
+    assert (launch.version, launch.model_max_length, launch.data_path, launch.mm_use_im_start_end) == \
+        ("v0", 512, "/data/x.json", True)
+    assert launch.model_name_or_path is None and launch.unresolved == {"model_name_or_path": "MODEL"}
+    script.write_text("deepspeed llava/train/train_mem.py --mm_use_im_start_end maybe\n", encoding="utf-8")
+    with pytest.raises(UsageError, match="not a boolean"):
+        read_launch(script)
+    script.write_text("echo nothing to train\n", encoding="utf-8")
+    with pytest.raises(UsageError, match="no command runs llava/train"):
+        read_launch(script)
+
+
+def test_byte_fallback_and_edge_whitespace_are_not_misalignments(llava_ckpt: dict[str, Path]) -> None:
+    # "日本語の答え 🐱": byte-fallback pieces (<0xE7><0xAD><0x94> for 答) belong to their character, and the lone "▁"
+    # between "ASSISTANT: " and "日" (no "▁日" piece) may carry a label or not: LLaVA's labels are right here
+    rows = [{"conversations": [{"from": "human", "value": "Emoji 😀 and ünïcödé ✓"},
+                               {"from": "gpt", "value": "日本語の答え 🐱"}]},
+            {"image": "x.jpg", "conversations": [{"from": "human", "value": "<image>"},
+                                                 {"from": "gpt", "value": "\tthe caption"}]}]
+    slow = _slow(llava_ckpt["v15"])
+    assert "<0xE7>" in slow.tokens(slow.ids("答"))
+    report = check_template(rows, tokenizer=llava_ckpt["v15"], template=["v1", "plain"])
+    assert [v.verdict for v in report.verdicts] == ["exact", "exact", "refused", "exact"]  # plain needs <image>
+
+
+def test_a_tokenizer_object_is_not_changed_by_the_llava_check(qwen: Tok) -> None:
+    size = qwen.backend.get_vocab_size()
+    # <im_start>/<im_end> go into the copy LLaVA's train() would change, never into the caller's tokenizer
+    report = check_template(IMAGE_ROWS, tokenizer=qwen, template="plain", mm_use_im_start_end=True)
+    assert [v.verdict for v in report.verdicts] == ["refused", "refused"]  # plain: two turns, <image> in the first
+    assert qwen.backend.get_vocab_size() == size and qwen.backend.token_to_id("<im_start>") is None

@@ -1,6 +1,6 @@
 """The `vlmcheck` command. Each subcommand parses options, calls the library function of the same
 name, formats the result and owns the exit code: 0 clean, 1 findings at or above --fail-on,
-2 usage error."""
+2 usage error, 3 a crash of vlmcheck itself, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,57 @@ from vlmcheck.families.base import RESIZE_MODES
 from vlmcheck.findings import Severity
 from vlmcheck.layout import TRUNCATIONS
 
+# Exit codes beyond 0 (clean), 1 (findings) and 2 (usage): vlmcheck's own crash, and the shell's for
+# SIGINT / SIGTERM, so that a CI gate never reads an interrupted or crashed run as a finished one.
+EXIT_CRASH = 3
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that ``finally`` blocks remove temporary files."""
+
+
+class _Group(click.Group):
+    """The ``vlmcheck`` group: owns the exit codes no subcommand chooses (3 crash, 130 Ctrl-C, 143 SIGTERM)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        import signal
+        import sys
+        import threading
+
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            def terminate(_signum: int, _frame: Any) -> None:
+                raise _Terminated()
+
+            try:
+                previous = signal.signal(signal.SIGTERM, terminate)
+            except ValueError:  # not the main interpreter
+                previous = None
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("vlmcheck: interrupted; nothing was written", err=True)
+            sys.exit(EXIT_SIGINT)
+        except _Terminated:
+            click.echo("vlmcheck: terminated (SIGTERM); nothing was written", err=True)
+            sys.exit(EXIT_SIGTERM)
+        except Exception:
+            import traceback
+
+            traceback.print_exc()
+            click.echo(f"vlmcheck crashed: this is a bug in vlmcheck, not a finding in your data (exit code "
+                       f"{EXIT_CRASH}). Please report it with the traceback above.", err=True)
+            sys.exit(EXIT_CRASH)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="vlmcheck")
 def main() -> None:
     """Check vision-language training data, templates and configs before training."""
@@ -79,12 +128,39 @@ def _parse_options(ctx: click.Context, param: click.Parameter, values: tuple[str
     return options
 
 
+def _read_template(path: str | None) -> str | None:
+    """The ``--chat-template`` file, as UTF-8 text; anything else is a usage error."""
+    if path is None:
+        return None
+    from pathlib import Path
+
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise click.UsageError(f"--chat-template {path} is not UTF-8 text ({e}); re-save it as UTF-8") from None
+    except OSError as e:
+        raise click.UsageError(f"--chat-template {path} cannot be read: {e}") from None
+
+
 def _check_json_path(json_path: str | None, dataset: str, *others: tuple[str, str | None],
                      option: str = "--json") -> None:
     """``--json`` (``--html``) is written after the run: it must not replace the dataset (or an output of the run)."""
     from pathlib import Path
 
     if json_path is None:
+        return
+    from vlmcheck.errors import UsageError
+    from vlmcheck.util import STDOUT, output_target
+
+    try:
+        for path in (json_path, *(other for _, other in others)):
+            if path is not None:
+                output_target(path)
+    except UsageError as e:
+        raise click.UsageError(str(e)) from None
+    if json_path == STDOUT:
+        if any(other == STDOUT for _, other in others):
+            raise click.UsageError("--json - and --output - would both write to standard output: pick one")
         return
     target = Path(json_path).resolve()
     for what, other in (("the dataset", dataset), *others):
@@ -110,7 +186,10 @@ def _check_json_path(json_path: str | None, dataset: str, *others: tuple[str, st
 @click.option("--exif/--no-exif", default=None,
               help="Whether images are seen EXIF-rotated (default: yes with --resize processor, where "
                    "transformers loads paths; no otherwise, and for images passed as opened PIL images).")
-@click.option("--allow-outside-root", is_flag=True, help="Read image paths outside the image root.")
+@click.option("--confine", "--strict-root", "confine", is_flag=True,
+              help="Refuse media paths that resolve outside the image root (VC104): for data you do not trust.")
+@click.option("--allow-outside-root", is_flag=True,
+              help="Read paths outside the image root (the default; kept for old scripts).")
 @click.option("--chat-template", type=click.Path(exists=True, dir_okay=False, path_type=str),
               help="A Jinja chat template file to use instead of the checkpoint's.")
 @click.option("--split", help="Split of a DatasetDict save_to_disk folder (default: train).")
@@ -142,7 +221,7 @@ def _check_json_path(json_path: str | None, dataset: str, *others: tuple[str, st
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing; use the exit code.")
 def scan_command(dataset: tuple[str, ...], model: str, max_length: int | None, truncation: str, format_: str | None,
                  image_root: str | None, max_pixels: int | None, min_pixels: int | None, resize: str,
-                 qwen_vl_utils: bool, exif: bool | None, allow_outside_root: bool, chat_template: str | None,
+                 qwen_vl_utils: bool, exif: bool | None, confine: bool, allow_outside_root: bool, chat_template: str | None,
                  split: str | None, workers: int, limit: int | None, shard: str | None, resume: bool,
                  processor_options: dict[str, Any],
                  exact: bool, trust_remote_code: bool, json_path: str | None, output: str | None, html_path: str | None,
@@ -154,7 +233,6 @@ def scan_command(dataset: tuple[str, ...], model: str, max_length: int | None, t
     order."""
     import json
     import sys
-    from pathlib import Path
 
     from vlmcheck.scan import scan
     from vlmcheck.util import atomic_write_text
@@ -167,14 +245,14 @@ def scan_command(dataset: tuple[str, ...], model: str, max_length: int | None, t
     _check_json_path(json_path, dataset[0], ("the --output records", output), *others)
     _check_json_path(html_path, dataset[0], ("the --output records", output), ("the --json summary", json_path),
                      *others, option="--html")
-    template = Path(chat_template).read_text(encoding="utf-8") if chat_template else None
+    template = _read_template(chat_template)
     progress = _Progress(enabled=not quiet and sys.stderr.isatty())
     try:
         report = scan(
             dataset[0] if len(dataset) == 1 else list(dataset), model=model, max_length=max_length,
             truncation=truncation, format=format_,
             image_root=image_root, max_pixels=max_pixels, min_pixels=min_pixels, resize=resize,
-            exif_transpose=exif, allow_outside_root=allow_outside_root, chat_template=template,
+            exif_transpose=exif, allow_outside_root=allow_outside_root, confine=confine, chat_template=template,
             split=split, workers=workers, limit=limit, output=output, progress=progress, exact=exact,
             trust_remote_code=trust_remote_code, processor_options=processor_options, shard=shard, resume=resume,
         )
@@ -183,16 +261,15 @@ def scan_command(dataset: tuple[str, ...], model: str, max_length: int | None, t
         raise click.UsageError(str(e)) from None
     progress.close()
     if json_path:
-        atomic_write_text(Path(json_path), json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(json_path, json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
     _write_html(report, html_path)
-    if not quiet:
+    if not quiet and "-" not in (json_path, output):  # standard output carries the data: keep it clean
         click.echo(report.render(show=show), nl=False)
     sys.exit(report.exit_code(fail_on))
 
 
 def _write_html(report: Any, html_path: str | None) -> None:
     """``--html``: the report as one self-contained page, written atomically."""
-    from pathlib import Path
 
     from vlmcheck.util import atomic_write_text
 
@@ -201,7 +278,7 @@ def _write_html(report: Any, html_path: str | None) -> None:
             page = report.to_html()
         except ImportError as e:
             raise click.UsageError(f"--html needs matplotlib ({e}): pip install 'vlmcheck[html]'") from None
-        atomic_write_text(Path(html_path), page)
+        atomic_write_text(html_path, page)
 
 
 def _path_map(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
@@ -236,7 +313,6 @@ def check_command(config: str, model: str | None, data: str | None, path_map: di
     """Judge every sample the way your training framework will, from the config you launch (LLaMA-Factory YAML)."""
     import json
     import sys
-    from pathlib import Path
 
     from vlmcheck.checking import check
     from vlmcheck.util import atomic_write_text
@@ -253,9 +329,9 @@ def check_command(config: str, model: str | None, data: str | None, path_map: di
         raise click.UsageError(str(e)) from None
     progress.close()
     if json_path:
-        atomic_write_text(Path(json_path), json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(json_path, json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
     _write_html(report, html_path)
-    if not quiet:
+    if not quiet and "-" not in (json_path, output):  # standard output carries the data: keep it clean
         click.echo(report.render(show=show), nl=False)
     sys.exit(report.exit_code(fail_on))
 
@@ -360,7 +436,10 @@ main.add_command(lint_command)
 @click.option("--resize", type=click.Choice(RESIZE_MODES), default="processor", show_default=True,
               help="How --max/--min-pixels apply, as for scan.")
 @click.option("--exif/--no-exif", default=None, help="Whether images are seen EXIF-rotated, as for scan.")
-@click.option("--allow-outside-root", is_flag=True, help="Read image paths outside the image root.")
+@click.option("--confine", "--strict-root", "confine", is_flag=True,
+              help="Refuse media paths that resolve outside the image root (VC104): for data you do not trust.")
+@click.option("--allow-outside-root", is_flag=True,
+              help="Read paths outside the image root (the default; kept for old scripts).")
 @click.option("--chat-template", type=click.Path(exists=True, dir_okay=False, path_type=str),
               help="A Jinja chat template file to use instead of the checkpoint's.")
 @click.option("--processor-option", "processor_options", multiple=True, metavar="KEY=VALUE",
@@ -371,13 +450,13 @@ main.add_command(lint_command)
 def repair_command(dataset: str, model: str, max_length: int, output: str | None, dry_run: bool, on_overlong: str,
                    hold: str | None, pixel_cap_key: str | None, truncation: str, format_: str | None, image_root: str | None,
                    max_pixels: int | None, min_pixels: int | None, resize: str, exif: bool | None,
-                   allow_outside_root: bool, chat_template: str | None, processor_options: dict[str, Any],
+                   confine: bool, allow_outside_root: bool, chat_template: str | None,
+                   processor_options: dict[str, Any],
                    json_path: str | None) -> None:
     """Write a copy of DATASET that trains at --max-length: keep, fix (cap-pixels, truncate-turns), split,
     hold for review or drop each sample, every one accounted for in the manifest. The input is never
     modified."""
     import json
-    from pathlib import Path
 
     from vlmcheck.repairing import repair
     from vlmcheck.util import atomic_write_text
@@ -391,19 +470,20 @@ def repair_command(dataset: str, model: str, max_length: int, output: str | None
                          ("the review file", str(review_path(output)) if hold else None))
     else:
         _check_json_path(json_path, dataset)
-    template = Path(chat_template).read_text(encoding="utf-8") if chat_template else None
+    template = _read_template(chat_template)
     try:
         report = repair(
             dataset, model=model, max_length=max_length, output=output, dry_run=dry_run, on_overlong=on_overlong,
             truncation=truncation, format=format_, image_root=image_root, max_pixels=max_pixels,
-            min_pixels=min_pixels, resize=resize, exif_transpose=exif, allow_outside_root=allow_outside_root,
+            min_pixels=min_pixels, resize=resize, exif_transpose=exif, allow_outside_root=allow_outside_root, confine=confine,
             chat_template=template, pixel_cap_key=pixel_cap_key, hold=hold, processor_options=processor_options,
         )
     except VlmcheckError as e:
         raise click.UsageError(str(e)) from None
     if json_path:
-        atomic_write_text(Path(json_path), json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
-    click.echo(report.render(), nl=False)
+        atomic_write_text(json_path, json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    if json_path != "-":
+        click.echo(report.render(), nl=False)
 
 
 from vlmcheck.templates.cli import template_command  # noqa: E402  (template: registration)

@@ -57,7 +57,16 @@ from vlmcheck.families.qwen2_vl import prescale
 from vlmcheck.layout import TRUNCATIONS, Layout, build_layout
 from vlmcheck.model import ModelSpec, load_model, resolve_model_path
 from vlmcheck.report import Report, ReportBuilder
-from vlmcheck.scan import SampleResult, Scanner, ScanOptions, _chunks, _has_text, write_records
+from vlmcheck.scan import (
+    SampleResult,
+    Scanner,
+    ScanOptions,
+    _chunks,
+    _has_text,
+    nonempty,
+    unreadable_row,
+    write_records,
+)
 
 # Rows per task sent to a worker: a processor call costs milliseconds to seconds (it decodes and
 # resizes every image), so chunks stay small for an even load and a live progress count.
@@ -319,7 +328,13 @@ class ExactScanner(Scanner):
         )
 
     def analyze(self, items: list[tuple[int, Any]]) -> list[SampleResult]:
-        return [self._sample(index, item) for index, item in items]
+        results = []
+        for index, item in items:
+            try:
+                results.append(self._sample(index, item))
+            except Exception as e:  # a row no rule foresaw: a finding on it, never the end of the scan
+                results.append(unreadable_row(index, item, e))
+        return results
 
     # -- one sample ------------------------------------------------------------------------------------
     def _sample(self, index: int, item: Any) -> SampleResult:
@@ -706,6 +721,7 @@ def scan_exact(
     resize: str = "processor",
     exif_transpose: bool | None = None,
     allow_outside_root: bool = False,
+    confine: bool = False,
     chat_template: str | None = None,
     split: str | None = None,
     workers: int = 1,
@@ -753,7 +769,7 @@ def scan_exact(
     if exif_transpose is None:
         exif_transpose = overrides.resize == "processor"
     options = ScanOptions(max_length=max_length, truncation=truncation, format=format, image_root=str(root),
-                          exif_transpose=exif_transpose, allow_outside_root=allow_outside_root, split=split)
+                          exif_transpose=exif_transpose, allow_outside_root=allow_outside_root, confine=confine, split=split)
     setup = _Setup(path=str(folder), trust_remote_code=trust_remote_code, overrides=overrides,
                    chat_template=chat_template, options=options, root=str(root))
     scanner = ExactScanner(setup)
@@ -764,7 +780,8 @@ def scan_exact(
     builder = ReportBuilder(dataset=str(path), model=str(folder), model_type=scanner.model_type,
                             options=options, settings=scanner.settings)
     started = time.perf_counter()
-    chunks = _chunks(iter_rows(path, split=split), _CHUNK, limit)
+    chunks = _chunks(nonempty(iter_rows(path, split=split), path), _CHUNK, limit)
+
     def tick(results: Iterator[SampleResult]) -> Iterator[SampleResult]:
         for result in results:
             yield result

@@ -81,10 +81,11 @@ _RULES = [
          "The header reads fine, but decoding raises \"OSError: image file is truncated\" in the middle "
          "of training (unless ImageFile.LOAD_TRUNCATED_IMAGES is set, which trains on a grey block).",
          "Re-download or re-encode the file."),
-    Rule("VC104", "image-outside-root", Severity.ERROR, "An image path points outside the image root",
-         "An absolute path or `..` that leaves the dataset folder: usually a path from another machine, "
-         "and a way for a dataset to read files it should not.",
-         "Make the path relative to the image root, or pass --allow-outside-root if this is intended."),
+    Rule("VC104", "image-outside-root", Severity.ERROR, "An image path points outside the image root (--confine)",
+         "Only with --confine (--strict-root): an absolute path, a `..` or a symlink that resolves outside the "
+         "image root. Reading your own files there is not an escape, so scans read them by default; for data "
+         "you do not trust, --confine keeps every read under the root (docs/security.md).",
+         "Make the path relative to the image root, or drop --confine if the data is your own."),
     Rule("VC105", "image-too-large", Severity.ERROR, "An image declares more pixels than PIL will decode",
          "PIL refuses images over 2 x Image.MAX_IMAGE_PIXELS (DecompressionBombError) and decoding one "
          "near the limit takes gigabytes of memory per data-loader worker.",
@@ -94,7 +95,9 @@ _RULES = [
          "before 4.50 raised ValueError for Qwen2-VL images under 28 px on a side.",
          "Check that the image is what you meant to train on."),
     Rule("VC107", "image-aspect-ratio", Severity.ERROR, "An image is more elongated than the processor accepts",
-         "Qwen2-VL-family processors raise \"absolute aspect ratio must be smaller than 200\".",
+         "Qwen2-VL-family processors raise \"absolute aspect ratio must be smaller than 200\"; LLaVA's CLIP "
+         "processor resizes the shortest edge first, so a 1x100,000 banner becomes 336x33,600,000 pixels and "
+         "exhausts memory.",
          "Crop or pad the image, or drop the sample."),
     # -- videos -------------------------------------------------------------------------------
     Rule("VC111", "video-missing", Severity.ERROR, "A video file does not exist",

@@ -34,11 +34,42 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise ModelError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(value, dict):
         raise ModelError(f"{path} must hold a JSON object")
     return value
+
+
+# Processor values that count something (pixels, patches, tiles, tokens): each must be a finite number > 0.
+# A 0 divides by zero in the arithmetic, a negative one gives wrong counts in silence, a string or inf fails
+# somewhere mid-scan; all are a broken checkpoint, said before the scan starts.
+_COUNTING = ("size", "patch", "pixels", "edge", "height", "width", "merge", "tiles", "pinpoints", "resolutions",
+             "image_seq_length", "tokens_per_image", "downsample_ratio", "num_crops", "factor")
+_NOT_COUNTING = ("num_additional_image_tokens", "rescale_factor", "vision_feature_layer")
+
+
+def _check_numbers(where: str, values: Any, *, counting: bool = False) -> None:
+    """Raise ModelError for a counting value that is not a finite positive number (see ``_COUNTING``)."""
+    import math
+
+    if isinstance(values, dict):
+        for key, value in values.items():
+            name = str(key).lower()
+            counts = (counting or any(c in name for c in _COUNTING)) and name not in _NOT_COUNTING
+            _check_numbers(f"{where}.{key}", value, counting=counts)
+    elif isinstance(values, (list, tuple)):
+        for k, value in enumerate(values):
+            _check_numbers(f"{where}[{k}]", value, counting=counting)
+    elif isinstance(values, bool) or values is None:
+        return
+    elif isinstance(values, (int, float)):
+        if not math.isfinite(values):
+            raise ModelError(f"{where} is {values}: a processor value must be a finite number")
+        if counting and values <= 0:
+            raise ModelError(f"{where} is {values}: it counts pixels, patches or tokens, so it must be positive")
+    elif counting and isinstance(values, str):
+        raise ModelError(f"{where} is the string {values[:40]!r}: it must be a number")
 
 
 def _hf_cache_roots() -> list[Path]:
@@ -70,6 +101,13 @@ def _from_hf_cache(repo_id: str, revision: str | None) -> Path | None:
     return None
 
 
+def _looks_like_repo_id(text: str) -> bool:
+    """``org/name`` as the Hub spells ids: two parts of letters, digits, ``-_.``, no leading dot or ``~``."""
+    import re
+
+    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}", text) is not None
+
+
 def resolve_model_path(model: str | os.PathLike[str], *, revision: str | None = None) -> Path:
     """A local folder holding the model's processor files."""
     path = Path(model).expanduser()
@@ -78,8 +116,11 @@ def resolve_model_path(model: str | os.PathLike[str], *, revision: str | None = 
     text = str(model)
     if path.exists():
         raise ModelError(f"--model {text!r} is a file; pass the checkpoint folder that holds config.json")
-    if text.count("/") != 1 or text.startswith((".", "/")):
+    if not _looks_like_repo_id(text):
         raise ModelError(f"--model {text!r}: no such folder, and not a Hugging Face model id (org/name)")
+    if Path(text.split("/")[0]).expanduser().is_dir():
+        # `runs/ckpt-1200` with a typo: the first part is a local folder, so this is a path, not a Hub id
+        raise ModelError(f"--model {text!r}: no such folder ({path.parent} exists, {path.name!r} is not in it)")
     cached = _from_hf_cache(text, revision)
     if cached is not None:
         return cached
@@ -103,7 +144,12 @@ def _chat_template(folder: Path, tokenizer_config: dict[str, Any]) -> str | None
     (chat_template.jinja, chat_template.json, processor_config.json), then the tokenizer's."""
     jinja = folder / "chat_template.jinja"
     if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
+        try:
+            return jinja.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ModelError(f"{jinja} is not UTF-8 text ({e}); re-save it as UTF-8") from None
+        except OSError as e:
+            raise ModelError(f"{jinja} cannot be read: {e}") from None
     for name in ("chat_template.json", "processor_config.json"):
         value = _read_json(folder / name).get("chat_template")
         if isinstance(value, str):
@@ -148,7 +194,11 @@ class ModelSpec:
     def tokenizer(self) -> Tokenizer:
         from tokenizers import Tokenizer
 
-        tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+        try:
+            tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+        except Exception as e:  # the tokenizers library raises a bare Exception for a corrupt file
+            raise ModelError(f"{self.path / 'tokenizer.json'} cannot be read by the tokenizers library: "
+                             f"{str(e)[:300]}") from None
         if getattr(self.family, "adds_special_tokens", True) is False:
             # the family's processor turns the tokenizer's BOS/EOS off (PaliGemma): they are only
             # where the rendered text writes them
@@ -216,6 +266,17 @@ def load_model(
     template = chat_template if chat_template is not None else _chat_template(folder, tokenizer_config)
     if template is None:  # a processor that builds its string without one (PaliGemma) ships its own
         template = getattr(family, "chat_template", None)
-    settings = family.settings(preprocessor=preprocessor, config=config, overrides=overrides)
+    _check_numbers("preprocessor_config.json", {k: v for k, v in preprocessor.items() if k != "processor_config"})
+    _check_numbers("processor_config.json", preprocessor["processor_config"])
+    _check_numbers("config.json", {k: config[k] for k in ("vision_config", "downsample_ratio", "image_seq_length",
+                                                           "mm_tokens_per_image") if k in config})
+    try:
+        settings = family.settings(preprocessor=preprocessor, config=config, overrides=overrides)
+        family.expand(448, 336, settings)  # the arithmetic runs on these settings, or the checkpoint is broken
+    except (UsageError, ModelError):
+        raise
+    except Exception as e:
+        raise ModelError(f"the processor settings of {folder} do not work for {family.name} "
+                         f"({type(e).__name__}: {str(e)[:200]}); check preprocessor_config.json") from None
     return ModelSpec(path=folder, model_type=model_type, family=family, settings=settings,
                      chat_template=template, special_tokens=special, overrides=overrides)

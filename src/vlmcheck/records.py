@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 import weakref
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from vlmcheck.catalogue import Severity
 from vlmcheck.errors import MissingDependencyError, UsageError
-from vlmcheck.util import atomic_write_text
+from vlmcheck.util import STDOUT, atomic_write_text, honour_umask
 
 if TYPE_CHECKING:
     from vlmcheck.report import Report, ReportBuilder
@@ -75,6 +76,12 @@ class RecordWriter:
                  identity: dict[str, Any] | None = None) -> None:
         self.builder = builder
         self.identity = identity or {}
+        # ``-``: the records go to standard output as they come, and a spool keeps them for the report
+        self.echo = sys.stdout if output is not None and os.fspath(output) == STDOUT else None
+        if self.echo is not None:
+            if resume:
+                raise UsageError("resume needs an output file; standard output cannot be resumed")
+            output = None
         self.output = Path(output) if output is not None else None
         self.resumable = resume and self.output is not None
         self.start = 0  # the first row index still to scan
@@ -93,6 +100,7 @@ class RecordWriter:
         self.store = RecordStore(self.output, temporary=False)
         if not resume:  # a hidden file, gone if the scan stops early
             fd, tmp = tempfile.mkstemp(prefix=f".{self.output.name}.", suffix=".tmp", dir=self.output.parent)
+            honour_umask(fd)  # the published file gets the mode any file the user writes gets
             self.path = Path(tmp)
             self.fp = os.fdopen(fd, "w", encoding="utf-8")
             return
@@ -130,7 +138,10 @@ class RecordWriter:
         try:
             for result in results:
                 self.builder.add(result)
-                self.fp.write(json.dumps(result.to_record(), ensure_ascii=False) + "\n")
+                line = json.dumps(result.to_record(), ensure_ascii=False) + "\n"
+                self.fp.write(line)
+                if self.echo is not None:
+                    self.echo.write(line)
                 self.written += 1
                 next_index = result.index + 1
                 if self.resumable and time.monotonic() - self.last_saved > _SNAPSHOT_SECONDS:

@@ -49,7 +49,8 @@ from vlmcheck.data.readers import BadRow, dataset_kind, iter_rows
 from vlmcheck.data.writers import Sink, open_sink
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.model import ModelSpec
-from vlmcheck.scan import SampleResult, Scanner, build_scanner
+from vlmcheck.scan import SampleResult, Scanner, build_scanner, nonempty
+from vlmcheck.util import honour_umask
 
 # What can be done with a sample over max_length, in the order tried by default.
 ON_OVERLONG = ("cap-pixels", "split", "truncate-turns", "drop")
@@ -186,18 +187,17 @@ def review_path(output: str | os.PathLike[str]) -> Path:
     return out.with_name(f"{out.name}.review")
 
 
+def remainder_path(output: str | os.PathLike[str]) -> Path:
+    """Where ``hold`` keeps the unreadable rest of a JSON input, verbatim: ``fixed.json`` ->
+    ``fixed.remainder``."""
+    out = Path(output)
+    return out.with_name(f"{out.stem}.remainder")
+
+
 def images_dir(output: str | os.PathLike[str]) -> Path:
     """Where resized images of ``output`` go: ``fixed.jsonl`` -> ``fixed.images/``."""
     out = Path(output)
     return out.with_name(f"{out.stem}.images")
-
-
-def _raw_lines(path: Path) -> Iterator[bytes]:
-    """The raw bytes of each non-blank line, in step with ``readers._json_lines``."""
-    with open(path, "rb") as fp:
-        for raw in fp:
-            if raw.strip():
-                yield raw if raw.endswith(b"\n") else raw + b"\n"
 
 
 # -- the shape of a row: its turns, rounds and image slots ------------------------------------------
@@ -710,6 +710,7 @@ def repair(
     resize: str = "processor",
     exif_transpose: bool | None = None,
     allow_outside_root: bool = False,
+    confine: bool = False,
     chat_template: str | None = None,
     pixel_cap_key: str | None = None,
     hold: str | Sequence[str] | None = None,
@@ -778,7 +779,7 @@ def repair(
     scanner = build_scanner(
         path, model=model, max_length=max_length, truncation=truncation, format=format, image_root=image_root,
         max_pixels=max_pixels, min_pixels=min_pixels, resize=resize, exif_transpose=exif_transpose,
-        allow_outside_root=allow_outside_root, chat_template=chat_template, processor_options=processor_options,
+        allow_outside_root=allow_outside_root, confine=confine, chat_template=chat_template, processor_options=processor_options,
     )
     root = scanner.root
     # The output is scanned with the same --image-root, or by default its own folder.
@@ -806,21 +807,51 @@ def repair(
     dropped: Counter[str] = Counter()
     held: Counter[str] = Counter()
     written = in_review = 0
+    spans: list[tuple[int, int]] | None = [] if kind in ("json", "jsonl") else None
+    source = open(path, "rb") if spans is not None else None
     try:
-        raws: Iterator[bytes | None] = _raw_lines(path) if kind == "jsonl" else iter(lambda: None, 0)
-        for chunk in _chunks(iter_rows(path), raws):
-            results = analyzer.analyze([(i, row) for i, row, _ in chunk])
-            for (index, row, raw), (result, row_scanner) in zip(chunk, results):
-                outcome, reason, plan = repairer.decide(row, result, row_scanner)
+        for chunk in _chunks(nonempty(iter_rows(path, spans=spans), path), spans, source, lines=kind == "jsonl"):
+            results = analyzer.analyze([(i, row) for i, row, _, _ in chunk])
+            for (index, row, raw, span), (result, row_scanner) in zip(chunk, results):
+                if isinstance(row, BadRow) and row.terminal:
+                    # the input cannot be read past here: repairing the rows before it would publish a
+                    # partial dataset as if it were the whole one
+                    if "VC001" not in held_for:
+                        where = f" at bytes {span[0]:,}-{span[1]:,}" if span else f" from row {index:,}"
+                        raise DatasetError(
+                            f"{path} is unreadable{where} ({row.reason}); repair wrote nothing. Fix the file, "
+                            "or pass --hold broken to write the rows before it and keep the unreadable rest "
+                            f"verbatim in {remainder_path(out) if out is not None else 'OUT.remainder'}")
+                    counts["held"] += 1
+                    held.update({"VC001"})
+                    record: dict[str, Any] = {"index": index, "id": result.id, "outcome": "held", "output_index": None,
+                              "codes": ["VC001"], "reason": row.reason, "remainder": True}
+                    if span is not None:
+                        record["bytes"] = list(span)
+                        if writer is not None and out is not None:
+                            writer.hold_remainder(path, span, remainder_path(out))
+                            record["remainder_file"] = remainder_path(out).name
+                    else:
+                        record["remainder_rows_from"] = index  # a damaged Parquet / Arrow file: rows from here
+                    if writer is not None:
+                        writer.add_record(record)
+                    continue
+                try:
+                    outcome, reason, plan = repairer.decide(row, result, row_scanner)
+                except Exception as e:  # a row no strategy can handle (nested too deeply to copy): dropped, said
+                    what = "RecursionError" if isinstance(e, RecursionError) else f"{type(e).__name__}: {e}"
+                    outcome, reason, plan = "dropped", f"repair cannot process this row ({what})", None
                 error_codes = {f.code for f in result.findings if f.severity >= F.Severity.ERROR}
                 if outcome == "dropped" and error_codes & held_for:
-                    if isinstance(row, BadRow) and raw is None:  # past the break in a JSON array
+                    if isinstance(row, BadRow) and raw is None:
                         reason = f"{reason} (not held: nothing readable to write)"
                     else:
                         outcome = "held"
                 counts[outcome] += 1
-                record: dict[str, Any] = {"index": index, "id": result.id, "outcome": outcome,
-                                          "output_index": None, "codes": [f.code for f in result.findings]}
+                record = {"index": index, "id": result.id, "outcome": outcome,
+                          "output_index": None, "codes": [f.code for f in result.findings]}
+                if span is not None:
+                    record["bytes"] = list(span)
                 if reason is not None:
                     record["reason"] = reason
                 if outcome == "dropped":
@@ -863,6 +894,8 @@ def repair(
             report.images_written = writer.images
             writer.commit()
     finally:
+        if source is not None:
+            source.close()
         if writer is not None:
             writer.discard()
     report.counts = {k: counts.get(k, 0) for k in OUTCOMES}
@@ -900,11 +933,21 @@ def _check_output_folder(out: Path, source: Path) -> None:
                          "with all it holds, so name a new folder (or an earlier repair output)")
 
 
-def _chunks(rows: Iterator[Any], raws: Iterator[bytes | None]) -> Iterator[list[tuple[int, Any, bytes | None]]]:
-    chunk: list[tuple[int, Any, bytes | None]] = []
+def _chunks(rows: Iterator[Any], spans: list[tuple[int, int]] | None, source: Any, *, lines: bool
+            ) -> Iterator[list[tuple[int, Any, bytes | None, tuple[int, int] | None]]]:
+    """Rows in chunks, each with its raw bytes (JSON Lines: the line, copied verbatim when kept or held; a
+    JSON array: the element, for one that cannot be parsed) and its byte range (JSON, JSON Lines)."""
+    chunk: list[tuple[int, Any, bytes | None, tuple[int, int] | None]] = []
     for index, row in enumerate(rows):
-        raw = next(raws, None)  # JSON Lines: one non-blank line per row, parsed or not
-        chunk.append((index, row, raw))
+        span = spans.pop(0) if spans else None
+        raw = None
+        if span is not None and source is not None and (lines or (isinstance(row, BadRow) and not row.terminal)):
+            source.seek(span[0])
+            raw = source.read(span[1] - span[0])
+            if lines:
+                raw = raw.removeprefix(b"\xef\xbb\xbf") if span[0] == 0 else raw
+                raw = raw if raw.endswith(b"\n") else raw + b"\n"
+        chunk.append((index, row, raw, span))
         if len(chunk) == _CHUNK:
             yield chunk
             chunk = []
@@ -922,9 +965,12 @@ class _Writer:
         self.manifest = manifest_path(out)
         self.images_dir = images_dir(out)
         self.images = 0
+        self.remainder: tuple[Path, Path] | None = None
         fd, tmp = tempfile.mkstemp(prefix=f".{self.manifest.name}.", suffix=".tmp", dir=out.parent)
+        honour_umask(fd)
         self.log, self.log_tmp = os.fdopen(fd, "wb"), Path(tmp)
         self.image_tmp = Path(tempfile.mkdtemp(prefix=f".{self.images_dir.name}.", suffix=".tmp", dir=out.parent))
+        honour_umask(self.image_tmp, folder=True)
         self.done = False
 
     def add_row(self, row: Any, raw: bytes | None) -> None:
@@ -933,6 +979,23 @@ class _Writer:
     def hold_row(self, row: Any, raw: bytes | None) -> None:
         assert self.review is not None
         self.review.add(row, raw)  # JSON Lines: the very same bytes, even of a line that is not JSON
+
+    def hold_remainder(self, source: Path, span: tuple[int, int], final: Path) -> None:
+        """The unreadable rest of the input, byte for byte, under a temporary name until ``commit()``."""
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        honour_umask(fd)
+        self.remainder = (Path(tmp), final)
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as fp:
+            fp.seek(span[0])
+            left = span[1] - span[0]
+            while left > 0:
+                block = fp.read(min(left, 1 << 20))
+                if not block:
+                    break
+                out.write(block)
+                left -= len(block)
+            out.flush()
+            os.fsync(out.fileno())
 
     def add_image(self, source: Path, name: str, size: tuple[int, ...], *, exif_transpose: bool) -> None:
         target = self.image_tmp / name
@@ -955,6 +1018,8 @@ class _Writer:
                 os.replace(self.image_tmp / name, self.images_dir / name)
         if self.review is not None:
             self.review.close()
+        if self.remainder is not None:
+            os.replace(*self.remainder)
         # the data last: when it exists, the manifest, images and review file it refers to are complete
         os.replace(self.log_tmp, self.manifest)
         if self.review is not None:
@@ -970,10 +1035,12 @@ class _Writer:
         self.sink.discard()
         if self.review is not None:
             self.review.discard()
+        if self.remainder is not None and not self.done:
+            self.remainder[0].unlink(missing_ok=True)
         shutil.rmtree(self.image_tmp, ignore_errors=True)
 
 
 __all__ = [
     "DEFAULT_ON_OVERLONG", "HOLD_GROUPS", "ON_OVERLONG", "OUTCOMES", "RepairReport", "images_dir", "manifest_path",
-    "parse_hold", "parse_on_overlong", "repair", "review_path", "row_pixel_cap",
+    "parse_hold", "parse_on_overlong", "remainder_path", "repair", "review_path", "row_pixel_cap",
 ]

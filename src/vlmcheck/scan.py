@@ -12,6 +12,7 @@ always finishes.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -24,7 +25,8 @@ from typing import Any
 import jinja2
 
 from vlmcheck import findings as F
-from vlmcheck.chat import render_chat
+from vlmcheck.chat import RenderLimit, compile_template, render_chat
+from vlmcheck.data.files import FileProblem, check_path_text
 from vlmcheck.data.formats import (
     FORMATS,
     Conversation,
@@ -50,6 +52,7 @@ from vlmcheck.records import RecordWriter
 from vlmcheck.report import Report, ReportBuilder
 from vlmcheck.results import SampleResult
 from vlmcheck.sources import Source, open_source, shard_label
+from vlmcheck.util import AtomicOutput, output_target
 
 _CHUNK = 512  # one encode_batch call per chunk; larger batches tokenize faster (docs/performance.md)
 # conversation, collapsed text, features per image, image sizes, placeholder runs per image or video
@@ -64,7 +67,8 @@ class ScanOptions:
     format: str | None = None
     image_root: str | None = None
     exif_transpose: bool = True
-    allow_outside_root: bool = False
+    allow_outside_root: bool = False  # kept for callers of 0.x; reading outside the root is the default now
+    confine: bool = False  # refuse any media path that resolves outside the image root (VC104)
     check_integrity: bool = True
     split: str | None = None
 
@@ -105,6 +109,35 @@ class Scanner:
         self._budget_unit = self._pixel_unit()
         self.previews = Previewer(local_path=self._local_path, exif_transpose=options.exif_transpose,
                                   max_length=options.max_length, truncation=options.truncation)
+        self._check_template()
+
+    def _check_template(self) -> None:
+        """The template must compile and render a plain two-turn conversation: one that cannot (a syntax
+        error, ``1/0``, a type error, endless recursion or loops) is a broken checkpoint, said before the
+        scan (exit 2), not a finding on every row. A ``raise_exception`` on this conversation is left to the
+        rows: some templates rightly refuse a conversation without an image or a system turn."""
+        assert self.spec.chat_template is not None
+        where = f"the chat template of {self.spec.path}"
+        try:
+            compile_template(self.spec.chat_template)
+        except jinja2.TemplateSyntaxError as e:
+            raise UsageError(f"{where} does not compile: {e} (line {e.lineno}); fix it or pass --chat-template FILE"
+                             ) from None
+        except Exception as e:
+            raise UsageError(f"{where} does not compile ({type(e).__name__}: {str(e)[:200]})") from None
+        probe = Conversation(messages=[{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+                                       {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]}],
+                             images=[])
+        try:
+            self._render(probe)
+        except RenderLimit as e:
+            raise UsageError(f"{where} does not finish on a two-turn conversation: {e}") from None
+        except jinja2.TemplateError:
+            pass
+        except Exception as e:
+            what = "RecursionError" if isinstance(e, RecursionError) else f"{type(e).__name__}: {str(e)[:200]}"
+            raise UsageError(f"{where} fails on a plain two-turn conversation ({what}); fix it or pass "
+                             "--chat-template FILE") from None
 
     def _pixel_unit(self) -> int | None:
         factor = getattr(self.spec.settings, "factor", None)
@@ -129,14 +162,23 @@ class Scanner:
         return probe_path(self._local_path(str(ref.value), "image"), check_integrity=check)
 
     def _local_path(self, raw: str, what: str) -> Path:
-        """A dataset path, relative to the image root, that must stay under it (VC104)."""
+        """A dataset path, relative to the image root; with ``confine``, one that must resolve under it (VC104)."""
         if not raw:
             raise ImageProblem("VC101", f"empty {what} path")
-        path = Path(raw).expanduser()
+        try:
+            check_path_text(raw)
+        except FileProblem as p:
+            raise ImageProblem("VC101", p.message) from None
+        path = Path(raw)
+        if raw.startswith("~") and not self.options.confine:
+            path = path.expanduser()
         if not path.is_absolute():
             path = self.root / path
-        if not self.options.allow_outside_root:
-            real = self._realpath(path)
+        if self.options.confine:
+            try:
+                real = self._realpath(path)
+            except (OSError, ValueError) as e:
+                raise ImageProblem("VC101", f"{raw[:200]} cannot be resolved: {e}") from None
             if os.path.commonpath([real, self.real_root]) != self.real_root:
                 raise ImageProblem("VC104", f"{raw} resolves to {real}, outside the image root {self.real_root}")
         return path
@@ -281,19 +323,43 @@ class Scanner:
         results: list[SampleResult] = []
         pending: list[tuple[SampleResult, _Prepared]] = []
         for index, item in items:
-            result, prepared = self._prepare(index, item)
+            try:
+                result, prepared = self._prepare(index, item)
+            except Exception as e:  # a row no rule foresaw: a finding on that row, never the end of the scan
+                result, prepared = unreadable_row(index, item, e), None
             results.append(result)
             if prepared is not None:
                 pending.append((result, prepared))
             elif result.findings and self.previews.wants(result):  # (preview: hook)
                 result.preview = self.previews.make(result)
         if pending:
-            encodings = self._encode([p[1][1] for p in pending])
+            encodings = self._encode_each([p[1][1] for p in pending])
             for (result, (conv, text, counts, sizes, runs, kinds)), enc in zip(pending, encodings):
-                layout = self._finish(result, conv, text, counts, sizes, runs, enc.ids, enc.offsets, kinds=kinds)
+                if isinstance(enc, Exception):
+                    result.findings.append(F.make("VC001", f"the tokenizer cannot encode this sample's text: {enc}"))
+                    continue
+                try:
+                    layout = self._finish(result, conv, text, counts, sizes, runs, enc.ids, enc.offsets, kinds=kinds)
+                except Exception as e:
+                    results[results.index(result)] = unreadable_row(result.index, None, e, id=result.id)
+                    continue
                 if result.findings and self.previews.wants(result):  # (preview: hook)
                     result.preview = self.previews.make(result, images=conv.images, layout=layout, kinds=kinds)
         return results
+
+    def _encode_each(self, texts: list[str]) -> list[Any]:
+        """``_encode``, and where the batch fails (text with a lone surrogate, which the Rust tokenizer
+        cannot take), each text alone, so that only the bad one becomes a finding."""
+        try:
+            return self._encode(texts)
+        except Exception:
+            out: list[Any] = []
+            for text in texts:
+                try:
+                    out.append(self._encode([text])[0])
+                except Exception as e:
+                    out.append(e)
+            return out
 
     def _encode(self, texts: list[str]) -> list[Any]:
         """Tokenize with special tokens, as processors do, except text that already starts with BOS
@@ -349,8 +415,15 @@ class Scanner:
             found.append(F.make("VC003", "no assistant turn with content: every label is masked"))
         try:
             text, runs, kinds = self._collapse(self._render(conv), expansions, video_expansions)
+        except RenderLimit as e:
+            found.append(F.make("VC001", f"the chat template does not finish on this conversation: {e}"))
+            return result, None
         except jinja2.TemplateError as e:
             found.append(F.make("VC001", f"the chat template rejects this conversation: {e}"))
+            return result, None
+        except Exception as e:  # 1/0, a type error, recursion: the template fails on this row, in training too
+            what = "RecursionError" if isinstance(e, RecursionError) else f"{type(e).__name__}: {str(e)[:200]}"
+            found.append(F.make("VC001", f"the chat template fails on this conversation ({what})"))
             return result, None
         return result, (conv, text, counts, sizes, runs, kinds)
 
@@ -480,6 +553,20 @@ class Scanner:
         return lo * unit
 
 
+def unreadable_row(index: int, item: Any, error: BaseException, *, id: str | None = None) -> SampleResult:
+    """The record of a row that raised where vlmcheck expected none: VC001 with the error, so the row is
+    flagged and the scan goes on."""
+    result = SampleResult(index=index, id=id or str(index), tokens=None, image_tokens=[], supervised_tokens=None)
+    if id is None and isinstance(item, dict):
+        try:
+            result.id = row_id(item) or result.id
+        except Exception:
+            pass
+    what = "nested too deeply" if isinstance(error, RecursionError) else f"{type(error).__name__}: {str(error)[:200]}"
+    result.findings.append(F.make("VC001", f"this row cannot be read ({what})"))
+    return result
+
+
 def _has_text(content: Any) -> bool:
     if isinstance(content, str):
         return bool(content.strip())
@@ -500,6 +587,19 @@ def _init_worker(model_path: str, overrides: Overrides, chat_template: str | Non
 def _work(items: list[tuple[int, Any]]) -> list[SampleResult]:
     assert _WORKER is not None
     return _WORKER.analyze(items)
+
+
+def nonempty(rows: Iterator[Any], path: Path | str) -> Iterator[Any]:
+    """``rows``, or a :class:`DatasetError` when there is none: an empty dataset is not a clean one."""
+    import itertools
+
+    first = next(rows, _NOTHING)
+    if first is _NOTHING:
+        raise DatasetError(f"{path} holds no rows: there is nothing to check (an empty file, array or split)")
+    return itertools.chain([first], rows)
+
+
+_NOTHING = object()
 
 
 def _chunks(rows: Iterator[Any], size: int, limit: int | None) -> Iterator[list[tuple[int, Any]]]:
@@ -527,13 +627,23 @@ def _results(scanner: Scanner, spec: ModelSpec, chunks: Iterator[list[tuple[int,
     args = (str(spec.path), spec.overrides, spec.chat_template, options, str(root))
     with ctx.Pool(workers, initializer=_init_worker, initargs=args) as pool:
         # Bounded in-flight queue: Pool.imap would read the whole dataset ahead of the workers.
-        inflight: deque[Any] = deque()
+        inflight: deque[tuple[list[tuple[int, Any]], Any]] = deque()
+
+        def done() -> list[SampleResult]:
+            chunk, pending = inflight.popleft()
+            try:
+                return list(pending.get())
+            except Exception:
+                # a chunk that cannot travel to a worker or back (a row nested too deeply to pickle): this
+                # process analyzes it, where every row error is a finding
+                return scanner.analyze(chunk)
+
         for chunk in chunks:
-            inflight.append(pool.apply_async(_work, (chunk,)))
+            inflight.append((chunk, pool.apply_async(_work, (chunk,))))
             if len(inflight) >= 4 * workers:
-                yield from inflight.popleft().get()
+                yield from done()
         while inflight:
-            yield from inflight.popleft().get()
+            yield from done()
 
 
 def build_scanner(
@@ -549,6 +659,7 @@ def build_scanner(
     resize: str = "processor",
     exif_transpose: bool | None = None,
     allow_outside_root: bool = False,
+    confine: bool = False,
     chat_template: str | None = None,
     split: str | None = None,
     processor_options: Mapping[str, Any] | None = None,
@@ -566,6 +677,8 @@ def build_scanner(
     for name, value in (("max_pixels", max_pixels), ("min_pixels", min_pixels)):
         if value is not None and value <= 0:
             raise UsageError(f"{name} must be positive")
+    if confine and allow_outside_root:
+        raise UsageError("confine and allow_outside_root contradict each other: pick one")
     if isinstance(model, ModelSpec):
         # a loaded model carries its processor settings and template: these would be ignored
         given = [name for name, value in (("max_pixels", max_pixels), ("min_pixels", min_pixels),
@@ -594,7 +707,7 @@ def build_scanner(
         exif_transpose = resize == "processor"
     options = ScanOptions(max_length=max_length, truncation=truncation, format=format,
                           image_root=str(where) if is_url(where) else str(root), exif_transpose=exif_transpose,
-                          allow_outside_root=allow_outside_root, split=split)
+                          allow_outside_root=allow_outside_root, confine=confine, split=split)
     return Scanner(spec, options, root)
 
 
@@ -611,6 +724,7 @@ def scan(
     resize: str = "processor",
     exif_transpose: bool | None = None,
     allow_outside_root: bool = False,
+    confine: bool = False,
     chat_template: str | None = None,
     split: str | None = None,
     workers: int = 1,
@@ -666,7 +780,7 @@ def scan(
         return scan_exact(
             dataset, model=model, max_length=max_length, truncation=truncation, format=format,
             image_root=image_root, max_pixels=max_pixels, min_pixels=min_pixels, resize=resize,
-            exif_transpose=exif_transpose, allow_outside_root=allow_outside_root, chat_template=chat_template,
+            exif_transpose=exif_transpose, allow_outside_root=allow_outside_root, confine=confine, chat_template=chat_template,
             split=split, workers=workers, limit=limit, output=output, progress=progress,
             trust_remote_code=trust_remote_code,
         )
@@ -681,12 +795,13 @@ def scan(
     scanner = build_scanner(
         source, model=model, max_length=max_length, truncation=truncation, format=format, image_root=image_root,
         max_pixels=max_pixels, min_pixels=min_pixels, resize=resize, exif_transpose=exif_transpose,
-        allow_outside_root=allow_outside_root, chat_template=chat_template, split=split,
+        allow_outside_root=allow_outside_root, confine=confine, chat_template=chat_template, split=split,
         processor_options=processor_options,
     )
     spec, options, root = scanner.spec, scanner.options, scanner.root
     if output is not None:
         source.check_output(output)
+        output_target(output)  # a symlink or device is refused before the scan, not after it
     total = source.count(limit=limit) if progress else None
     builder = ReportBuilder(dataset=source.name, model=str(spec.path), model_type=spec.model_type,
                             options=options, settings=spec.settings)
@@ -695,6 +810,8 @@ def scan(
     writer = RecordWriter(output, builder, resume=resume, identity=identity)
     started = time.perf_counter()
     chunks = source.chunks(_CHUNK, start=writer.start, limit=limit)
+    if writer.start == 0:
+        chunks = nonempty(chunks, source.name)
 
     def tick(results: Iterator[SampleResult]) -> Iterator[SampleResult]:
         for result in results:
@@ -716,32 +833,11 @@ def write_records(results: Iterator[SampleResult], builder: ReportBuilder,
     RecordWriter(output, builder).write(results, started=time.perf_counter())
 
 
-class _AtomicLines:
-    """A JSON Lines file that appears complete or not at all (temp file + rename)."""
+class _AtomicLines(AtomicOutput):
+    """JSON Lines through :class:`~vlmcheck.util.AtomicOutput`."""
 
-    def __init__(self, path: Path) -> None:
-        import json
-        import tempfile
-
-        self._json = json
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        self.tmp = Path(tmp)
-        self.fp = os.fdopen(fd, "w", encoding="utf-8")
-        self.done = False
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(path)
 
     def write(self, record: dict[str, Any]) -> None:
-        self.fp.write(self._json.dumps(record, ensure_ascii=False) + "\n")
-
-    def commit(self) -> None:
-        self.fp.flush()
-        os.fsync(self.fp.fileno())
-        self.fp.close()
-        os.replace(self.tmp, self.path)
-        self.done = True
-
-    def discard(self) -> None:
-        if not self.done:
-            self.fp.close()
-            self.tmp.unlink(missing_ok=True)
+        self.fp.write(json.dumps(record, ensure_ascii=False) + "\n")

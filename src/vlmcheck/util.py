@@ -1,22 +1,134 @@
-"""Small shared helpers."""
+"""Small shared helpers: the one way vlmcheck writes an output file.
+
+Every writer (``--output`` records, ``--json`` summaries, repair's manifest) goes through
+:class:`AtomicOutput`: ``-`` is standard output; anything else appears whole or not at all (a temporary
+file in the same folder, renamed on commit, removed on any error, Ctrl-C or SIGTERM), with the
+permissions the umask gives a new file; and an output that is a symlink, a device or a FIFO is refused,
+unless it is this process's standard output, which is written through.
+
+>>> with AtomicOutput("summary.json") as out:  # doctest: +SKIP
+...     out.write('{"ok": true}\\n')
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from vlmcheck.errors import UsageError
+
+STDOUT = "-"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file under the current umask (mkstemp's is 0600)."""
+    return 0o666 & ~_umask()
+
+
+def honour_umask(path: str | os.PathLike[str] | int, *, folder: bool = False) -> None:
+    """Give a file made by ``mkstemp`` (or a folder made by ``mkdtemp``, 0700) the mode a plain create
+    would: 0666 (0777 for a folder) less the umask."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
+def _is_stdout(path: str) -> bool:
+    """Whether ``path`` names this process's standard output (``/dev/stdout``, ``/proc/self/fd/1``, a
+    symlink to the terminal or pipe fd 1 is)."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fp:
-            fp.write(text)
-            fp.flush()
-            os.fsync(fp.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        target, out = os.stat(path), os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (target.st_dev, target.st_ino) == (out.st_dev, out.st_ino)
+
+
+def output_target(path: str | os.PathLike[str]) -> str | None:
+    """Check where an output may go: None for standard output (``-``, or a link or device that is it),
+    else the path as a string. A symlink, a device, a FIFO or a folder is a :class:`UsageError`: replacing
+    one would break a link the user made or hang on a pipe."""
+    text = os.fspath(path)
+    if text == STDOUT:
+        return None
+    if os.path.islink(text) or (os.path.exists(text) and not os.path.isfile(text)):
+        if _is_stdout(text):
+            return None
+        if os.path.isdir(text):
+            raise UsageError(f"the output {text} is a folder: name a file")
+        what = "a symlink" if os.path.islink(text) else "not a regular file (a device, FIFO or socket)"
+        raise UsageError(f"the output {text} is {what}; vlmcheck replaces outputs whole and will not replace "
+                         "that: name a regular file, or '-' for standard output")
+    return text
+
+
+class AtomicOutput:
+    """A text or binary output that appears complete or not at all (see the module docstring)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, binary: bool = False) -> None:
+        target = output_target(path)
+        self.binary = binary
+        self.done = False
+        self.tmp: Path | None = None
+        self.path: Path | None = None
+        if target is None:
+            self.fp: IO[Any] = sys.stdout.buffer if binary else sys.stdout
+            return
+        self.path = Path(target)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        self.tmp = Path(tmp)
+        try:
+            honour_umask(fd)
+            self.fp = os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8")
+        except BaseException:
+            os.close(fd)
+            self.tmp.unlink(missing_ok=True)
+            raise
+
+    @property
+    def is_stdout(self) -> bool:
+        return self.tmp is None
+
+    def write(self, data: Any) -> None:
+        self.fp.write(data)
+
+    def commit(self) -> None:
+        self.fp.flush()
+        if self.tmp is None or self.path is None:
+            self.done = True
+            return
+        os.fsync(self.fp.fileno())
+        self.fp.close()
+        os.replace(self.tmp, self.path)
+        self.done = True
+
+    def discard(self) -> None:
+        if self.done or self.tmp is None:
+            return
+        if not self.fp.closed:
+            self.fp.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> AtomicOutput:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if kind is None:
+            self.commit()
+        self.discard()
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` (``-``: standard output) so that readers see the old file or the whole new
+    one."""
+    with AtomicOutput(path) as out:
+        out.write(text)

@@ -11,18 +11,21 @@ import base64
 import binascii
 import io
 import os
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from PIL import Image, UnidentifiedImageError
 
+from vlmcheck.data.files import FileProblem, open_regular
+
 # EXIF tag 0x0112; values 5-8 rotate by 90 degrees, so transformers' load_image (which applies
 # PIL.ImageOps.exif_transpose to paths and URLs) hands the processor W and H swapped.
 ORIENTATION_TAG = 0x0112
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
-_TAIL = 4096
 
 
 @dataclass(frozen=True)
@@ -49,19 +52,185 @@ class ImageProblem(Exception):
         self.data = data
 
 
-def _complete(fp: IO[bytes], fmt: str | None) -> bool:
-    """Whether the file carries its format's end marker (JPEG EOI, PNG IEND, GIF trailer)."""
-    if fmt not in ("JPEG", "PNG", "GIF"):
-        return True
+# Bits per pixel of the modes a "raw" tile is stored in (PIL's raw decoder reads stride x rows bytes).
+_MODE_BITS = {"1": 1, "L": 8, "P": 8, "RGB": 24, "RGBA": 32, "CMYK": 32, "YCbCr": 24, "LAB": 24, "HSV": 24,
+              "I": 32, "F": 32, "LA": 16, "PA": 16, "RGBX": 32, "RGBa": 32, "La": 16, "I;16": 16, "I;16B": 16,
+              "I;16L": 16}
+# A real decode settles what the headers cannot, up to this many pixels (beyond it: taken as complete).
+_DECODE_PIXELS = 16 << 20
+_TAIL = 4096
+
+
+def _size_of(fp: IO[bytes]) -> int:
     fp.seek(0, os.SEEK_END)
-    size = fp.tell()
-    fp.seek(max(0, size - _TAIL))
-    tail = fp.read()
-    if fmt == "JPEG":
-        return b"\xff\xd9" in tail
-    if fmt == "PNG":
-        return b"IEND" in tail[-64:]
-    return tail.rstrip(b"\x00").endswith(b";")
+    return fp.tell()
+
+
+def _jpeg_complete(fp: IO[bytes], size: int) -> bool | None:
+    """Walk the JPEG's segments by their lengths (so an end marker inside an EXIF thumbnail is skipped) to
+    the first scan, then look for the end marker after it; trailing bytes (motion photos) do not matter.
+    None when the walk cannot tell."""
+    fp.seek(2)
+    while True:
+        head = fp.read(4)
+        if len(head) < 4:
+            return False
+        if head[0] != 0xFF:
+            return None
+        marker = head[1]
+        if marker == 0xFF:  # fill bytes
+            fp.seek(-3, os.SEEK_CUR)
+            continue
+        if marker == 0xD9:
+            return None  # an end before any scan: not a picture PIL decodes the usual way
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            fp.seek(-2, os.SEEK_CUR)
+            continue
+        length = int.from_bytes(head[2:4], "big")
+        if fp.tell() - 2 + length > size:
+            return False
+        if marker == 0xDA:  # start of scan: entropy-coded data, where 0xFF is stuffed and 0xFFD9 is the end
+            data = fp.tell() + length - 2
+            if size - _TAIL > data:  # the usual file: its end marker in the last few KB, read those only
+                fp.seek(size - _TAIL)
+                if b"\xff\xd9" in fp.read():
+                    return True
+            fp.seek(data)
+            carry = b""
+            while True:
+                block = fp.read(1 << 20)
+                if not block:
+                    return False
+                if b"\xff\xd9" in carry + block:
+                    return True
+                carry = block[-1:]
+        fp.seek(length - 2, os.SEEK_CUR)
+
+
+def _png_complete(fp: IO[bytes], size: int) -> bool | None:
+    """Walk the chunks by their lengths: IEND reached means complete (trailing bytes do not matter); a
+    chunk cut before the image data is complete is undecided (PIL loads a PNG that lacks only its IEND or
+    the last checksum), so the caller decodes."""
+    fp.seek(8)
+    while True:
+        head = fp.read(8)
+        if len(head) < 8:
+            return None
+        length, kind = int.from_bytes(head[:4], "big"), head[4:]
+        if kind == b"IEND":
+            return True
+        if fp.tell() + length + 4 > size:
+            return None
+        fp.seek(length + 4, os.SEEK_CUR)
+
+
+def _gif_complete(fp: IO[bytes], size: int) -> bool | None:
+    """Walk the blocks to the end of the first image's data (what a processor loads); complete when every
+    data sub-block of it is there, undecided otherwise (the caller decodes)."""
+    fp.seek(6)
+    screen = fp.read(7)
+    if len(screen) < 7:
+        return None
+    if screen[4] & 0x80:
+        fp.seek(3 << ((screen[4] & 7) + 1), os.SEEK_CUR)
+
+    def sub_blocks() -> bool:
+        while True:
+            n = fp.read(1)
+            if not n:
+                return False
+            if n[0] == 0:
+                return True
+            if fp.tell() + n[0] > size:
+                return False
+            fp.seek(n[0], os.SEEK_CUR)
+
+    while True:
+        kind = fp.read(1)
+        if not kind:
+            return None
+        if kind == b"!":
+            fp.seek(1, os.SEEK_CUR)
+            if not sub_blocks():
+                return None
+        elif kind == b",":
+            desc = fp.read(9)
+            if len(desc) < 9:
+                return None
+            if desc[8] & 0x80:
+                fp.seek(3 << ((desc[8] & 7) + 1), os.SEEK_CUR)
+            fp.seek(1, os.SEEK_CUR)  # LZW minimum code size
+            return True if sub_blocks() else None
+        else:
+            return None
+
+
+def _tiles_complete(im: Image.Image, size: int) -> bool | None:
+    """Whether the byte ranges the decoder will read are in the file: raw tiles (BMP, TIFF, PPM, TGA) by
+    stride x rows, TIFF strips and tiles by their byte counts. None when that cannot be said."""
+    tags = getattr(im, "tag_v2", None)
+    if im.format == "TIFF" and tags is not None:
+        for offsets_tag, counts_tag in ((273, 279), (324, 325)):
+            offsets, counts = tags.get(offsets_tag), tags.get(counts_tag)
+            if offsets is not None and counts is not None:
+                offsets = offsets if isinstance(offsets, tuple) else (offsets,)
+                counts = counts if isinstance(counts, tuple) else (counts,)
+                return all(int(o) + int(c) <= size for o, c in zip(offsets, counts))
+    tiles = list(getattr(im, "tile", None) or [])
+    if not tiles or any(t[0] != "raw" for t in tiles):
+        return None
+    for tile in tiles:
+        x0, y0, x1, y1 = tile[1]
+        args = tile[3] if isinstance(tile[3], tuple) else (tile[3],)
+        bits = _MODE_BITS.get(im.mode)
+        if bits is None:
+            return None
+        row = -(-bits * (x1 - x0) // 8)
+        stride = args[1] if len(args) > 1 and isinstance(args[1], int) and args[1] > 0 else row
+        # the last row needs its pixels, not the padding that rounds a BMP row up to 4 bytes
+        if int(tile[2]) + stride * (y1 - y0 - 1) + row > size:
+            return False
+    return True
+
+
+def _decodes(im: Image.Image) -> bool | None:
+    """A real decode, what the training loader will do: True when it loads, False when it stops short."""
+    if im.width * im.height > _DECODE_PIXELS:
+        return None
+    try:
+        im.load()
+    except Image.DecompressionBombError:
+        return None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error):
+        return False
+    return True
+
+
+def _complete(im: Image.Image, fp: IO[bytes]) -> bool:
+    """Whether ``Image.open(...).load()`` gets every byte it needs: from the headers where they tell (JPEG,
+    PNG, GIF, TIFF, BMP and other raw layouts, WebP), else by decoding. A file that cannot be judged
+    within the bound counts as complete."""
+    fmt = im.format
+    size = _size_of(fp)
+    verdict: bool | None
+    try:
+        if fmt in ("JPEG", "MPO"):
+            verdict = _jpeg_complete(fp, size)
+        elif fmt == "PNG":
+            verdict = _png_complete(fp, size)
+        elif fmt == "GIF":
+            verdict = _gif_complete(fp, size)
+        elif fmt == "WEBP":
+            fp.seek(4)
+            verdict = int.from_bytes(fp.read(4), "little") + 8 <= size
+        else:
+            verdict = _tiles_complete(im, size)
+    except (OSError, ValueError, TypeError, IndexError):
+        verdict = None
+    if verdict is None:
+        fp.seek(0)
+        verdict = _decodes(im)
+    return verdict is not False
 
 
 def _png_chunks_after_pixels(fp: IO[bytes]) -> bool:
@@ -104,7 +273,9 @@ def _exif(im: Image.Image, fp: IO[bytes]) -> Image.Exif:
 def probe_stream(fp: IO[bytes], *, check_integrity: bool = True) -> ImageInfo:
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # PIL's warnings about a file (bomb size, corrupt EXIF, truncated TIFF tags) are the data's business:
+            # what matters becomes a finding, the rest must not clutter stderr
+            warnings.simplefilter("ignore")
             with Image.open(fp) as im:
                 width, height = im.size
                 fmt = im.format
@@ -114,30 +285,32 @@ def probe_stream(fp: IO[bytes], *, check_integrity: bool = True) -> ImageInfo:
                         orientation = int(_exif(im, fp).get(ORIENTATION_TAG, 1) or 1)
                     except Exception:  # a broken EXIF block: PIL's exif_transpose ignores it too
                         orientation = 1
+                complete = not check_integrity or width <= 0 or height <= 0 or _complete(im, fp)
     except Image.DecompressionBombError as e:
         raise ImageProblem("VC105", f"PIL refuses to decode it: {e}") from None
     except UnidentifiedImageError:
         raise ImageProblem("VC102", "not an image PIL can identify (empty, corrupt or unsupported)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageProblem("VC102", f"corrupt image header: {e}") from None
+    except Exception as e:  # OSError, SyntaxError, struct.error, ...: whatever PIL raises, the file is bad
+        raise ImageProblem("VC102", f"corrupt image header: {type(e).__name__}: {str(e)[:200]}") from None
     if width <= 0 or height <= 0:
         raise ImageProblem("VC102", f"header declares an empty image ({width}x{height})")
-    if check_integrity and not _complete(fp, fmt):
+    if not complete:
         raise ImageProblem("VC103", f"{fmt} file ends before its end marker (truncated download or copy)",
                            width=width, height=height)
     return ImageInfo(width=width, height=height, orientation=orientation, format=fmt)
 
 
 def probe_path(path: Path, *, check_integrity: bool = True) -> ImageInfo:
+    """Probe a file named by the dataset: only a regular file is opened (see :mod:`vlmcheck.data.files`)."""
     try:
-        with open(path, "rb") as fp:
+        fp = open_regular(path)
+    except FileProblem as p:
+        raise ImageProblem("VC101" if p.kind == "missing" else "VC102", p.message) from None
+    try:
+        with fp:
             return probe_stream(fp, check_integrity=check_integrity)
-    except FileNotFoundError:
-        raise ImageProblem("VC101", f"file not found: {path}") from None
-    except IsADirectoryError:
-        raise ImageProblem("VC102", f"a folder, not an image: {path}") from None
-    except PermissionError:
-        raise ImageProblem("VC102", f"permission denied: {path}") from None
+    except OSError as e:  # a read error mid-file (I/O error, a file shrinking under us)
+        raise ImageProblem("VC102", f"read error: {e}") from None
 
 
 def probe_bytes(data: bytes, *, check_integrity: bool = True) -> ImageInfo:

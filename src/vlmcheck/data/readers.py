@@ -27,13 +27,62 @@ class BadRow:
 
     reason: str
     line: int | None = None
+    # the reader cannot go on past it (a JSON array broken midway, a damaged Parquet/Arrow file): every row
+    # after it is unreadable, so repair must not write the rows before it as if they were the dataset
+    terminal: bool = False
 
 
-def _json_array(path: Path) -> Iterator[Any]:
-    """Elements of a top-level JSON array, decoded one at a time from a sliding buffer."""
-    decoder = json.JSONDecoder()
+def _parse_int(text: str) -> Any:
+    # Python refuses int() of over 4,300 digits (ValueError); `datasets` (pyarrow) reads such a number as
+    # a float, so the row is readable and the value is kept the way it would be trained on.
+    return int(text) if len(text) < 4000 else float(text)
+
+
+_DECODER = json.JSONDecoder(parse_int=_parse_int)
+
+
+def _loads(text: str) -> Any:
+    """``json.loads`` that answers with a value or a ``json.JSONDecodeError``, whatever the text: nesting
+    deeper than the interpreter's recursion limit is an error of the row, not of the scan."""
+    try:
+        return _DECODER.decode(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply to read (RecursionError)", text, 0) from None
+
+
+def _skip_value(buf: str, pos: int) -> int:
+    """The end of the JSON value starting at ``buf[pos]``, found without recursion (for values nested too
+    deeply to decode); -1 when the buffer ends first."""
+    depth, i, n = 0, pos, len(buf)
+    while i < n:
+        c = buf[i]
+        if c == '"':
+            i += 1
+            while i < n and buf[i] != '"':
+                i += 2 if buf[i] == "\\" else 1
+            if i >= n:
+                return -1
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+            if depth <= 0:
+                return i + 1
+        elif c == "," and depth == 0:
+            return i
+        i += 1
+    return -1
+
+
+def _json_array(path: Path, spans: list[tuple[int, int]] | None = None) -> Iterator[Any]:
+    """Elements of a top-level JSON array, decoded one at a time from a sliding buffer. With ``spans``, the
+    byte range of each element yielded is appended to it (for a terminal :class:`BadRow`: from where
+    reading stopped to the end of the file)."""
+    decoder = _DECODER
+    size = os.path.getsize(path)
     with open_binary(path) as fp:
         buf, pos, pending, eof = "", 0, b"", False
+        at = 0  # the byte offset of buf[pos] in the file
 
         def refill() -> bool:
             nonlocal buf, pos, pending, eof
@@ -55,55 +104,98 @@ def _json_array(path: Path) -> Iterator[Any]:
             pos = 0
             return True
 
+        def move(to: int) -> None:
+            nonlocal pos, at
+            at += len(buf[pos:to].encode("utf-8", "surrogatepass"))
+            pos = to
+
+        def stop(reason: str) -> BadRow:
+            if spans is not None:
+                spans.append((at, size))
+            return BadRow(reason, terminal=True)
+
         try:
             refill()
         except UnicodeDecodeError:
-            yield BadRow("the file is not UTF-8 text")
+            yield stop("the file is not UTF-8 text")
             return
         if buf.startswith("\ufeff"):
-            pos = 1
+            move(1)
         while pos < len(buf) and buf[pos] in " \t\r\n":
             pos += 1
+            at += 1
         if buf[pos:pos + 1] != "[":
             raise DatasetError(f"{path}: expected a JSON array (or use .jsonl for JSON Lines)")
-        pos += 1
+        move(pos + 1)
 
         while True:
-            while pos < len(buf) and buf[pos] in " \t\r\n,":
-                pos += 1
+            skip = pos
+            while skip < len(buf) and buf[skip] in " \t\r\n,":
+                skip += 1
+            at += skip - pos
+            pos = skip
             if pos >= len(buf):
-                if not refill():
-                    yield BadRow("the JSON array is not closed (file cut short?)")
+                try:
+                    more = refill()
+                except UnicodeDecodeError:
+                    yield stop("the file is not UTF-8 text past this point")
+                    return
+                if not more:
+                    yield stop("the JSON array is not closed (file cut short?)")
                     return
                 continue
             if buf[pos] == "]":
                 return
             try:
                 value, end = decoder.raw_decode(buf, pos)
+            except RecursionError:
+                end = _skip_value(buf, pos)
+                if end < 0:
+                    if refill():
+                        continue
+                    yield stop("the JSON array is not closed (file cut short?)")
+                    return
+                start = at
+                move(end)
+                if spans is not None:
+                    spans.append((start, at))
+                yield BadRow("this element is nested too deeply to read (RecursionError in any JSON parser "
+                             "built on recursion)")
+                continue
             except json.JSONDecodeError as e:
                 try:
                     more = refill()
                 except UnicodeDecodeError:
-                    yield BadRow("the file is not UTF-8 text past this point")
+                    yield stop("the file is not UTF-8 text past this point")
                     return
                 if more:
                     continue
-                yield BadRow(f"invalid JSON at character {e.pos}: {e.msg}; the rest of the file is unreadable")
+                yield stop(f"invalid JSON at byte {at + len(buf[pos:e.pos].encode('utf-8', 'surrogatepass'))}: "
+                           f"{e.msg}; the rest of the file is unreadable")
                 return
             # A value that ends exactly at the buffer end may be a cut-off number: read more first.
             if end == len(buf) and not eof and refill():
                 continue
+            start = at
+            move(end)
+            if spans is not None:
+                spans.append((start, at))
             yield value
-            pos = end
             if pos > _CHUNK:
                 buf, pos = buf[pos:], 0
 
 
-def _json_lines(path: Path) -> Iterator[Any]:
+def _json_lines(path: Path, spans: list[tuple[int, int]] | None = None) -> Iterator[Any]:
+    at = 0
     with open_binary(path) as fp:
         for lineno, raw in enumerate(fp, 1):
+            start, at = at, at + len(raw)
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte order mark (Windows editors write one): not part of row 0
             if not raw.strip():
                 continue
+            if spans is not None:
+                spans.append((start, at))
             try:
                 # without the newline, so that an error at the end of the line names its column
                 text = raw.decode("utf-8").rstrip("\r\n")
@@ -111,9 +203,11 @@ def _json_lines(path: Path) -> Iterator[Any]:
                 yield BadRow(f"line {lineno} is not UTF-8 (byte {e.start})", lineno)
                 continue
             try:
-                yield json.loads(text)
+                value = _loads(text)
             except json.JSONDecodeError as e:
                 yield BadRow(f"line {lineno} is not valid JSON: {e.msg} at column {e.colno}", lineno)
+                continue
+            yield value
 
 
 def _pyarrow() -> Any:
@@ -126,23 +220,67 @@ def _pyarrow() -> Any:
     return pyarrow
 
 
+def _damaged(where: str, e: BaseException) -> BadRow:
+    return BadRow(f"{where} is damaged past this point ({type(e).__name__}: {str(e)[:200]}); the rest of it "
+                  "is unreadable", terminal=True)
+
+
+def _batches(batches: Iterator[Any], where: str) -> Iterator[Any]:
+    """Rows of Arrow record batches; a batch that cannot be read or converted ends the file with one
+    :class:`BadRow`, as a JSON array cut short does (a damaged file is a finding, not a traceback)."""
+    try:
+        for batch in batches:
+            yield from batch.to_pylist()
+    except Exception as e:  # ArrowInvalid, OSError, decompression errors, ...: all say "damaged"
+        yield _damaged(where, e)
+
+
 def _parquet(path: Path) -> Iterator[Any]:
     pa = _pyarrow()
-    pf = pa.parquet.ParquetFile(path)
-    for batch in pf.iter_batches(batch_size=_BATCH):
-        yield from batch.to_pylist()
+    try:
+        pf = pa.parquet.ParquetFile(path)
+    except Exception as e:
+        raise DatasetError(f"{path} is not a readable Parquet file: {e}") from None
+    yield from _batches(pf.iter_batches(batch_size=_BATCH), str(path))
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise DatasetError(f"{path} is not readable JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise DatasetError(f"{path} must hold a JSON object")
+    return value
+
+
+def _inside(folder: Path, name: Any, source: Path) -> Path:
+    """A data file named by ``state.json`` / ``dataset_dict.json``: a plain name inside ``folder``, never a
+    path that leaves it (a crafted folder must not map any file on the machine into the scan)."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise DatasetError(f"{source} names a data file {str(name)[:80]!r} that is not a file name")
+    target = folder / name
+    real, base = os.path.realpath(target), os.path.realpath(folder)
+    if Path(name).is_absolute() or os.path.commonpath([real, base]) != base:
+        raise DatasetError(f"{source} names {name!r}, outside {folder}: refused")
+    return target
 
 
 def _arrow_files(folder: Path, split: str | None) -> list[Path]:
     if (folder / "dataset_dict.json").is_file():
-        splits = json.loads((folder / "dataset_dict.json").read_text()).get("splits", [])
+        splits = _read_json_object(folder / "dataset_dict.json").get("splits", [])
+        if not isinstance(splits, list):
+            raise DatasetError(f"{folder / 'dataset_dict.json'}: 'splits' must be a list")
         chosen = split or ("train" if "train" in splits else (splits[0] if splits else None))
         if chosen is None or chosen not in splits:
             raise DatasetError(f"{folder} has splits {splits}; pick one with --split")
-        folder = folder / chosen
+        folder = _inside(folder, chosen, folder / "dataset_dict.json")
     state = folder / "state.json"
     if state.is_file():
-        files = [folder / f["filename"] for f in json.loads(state.read_text()).get("_data_files", [])]
+        entries = _read_json_object(state).get("_data_files", [])
+        if not isinstance(entries, list):
+            raise DatasetError(f"{state}: '_data_files' must be a list")
+        files = [_inside(folder, f.get("filename") if isinstance(f, dict) else None, state) for f in entries]
         if files:
             return files
     files = sorted(folder.glob("*.arrow"))
@@ -154,16 +292,39 @@ def _arrow_files(folder: Path, split: str | None) -> list[Path]:
 def _arrow(folder: Path, split: str | None) -> Iterator[Any]:
     pa = _pyarrow()
     for file in _arrow_files(folder, split):
-        with pa.memory_map(str(file)) as source:
+        try:
+            source = pa.memory_map(str(file))
+        except Exception as e:
+            yield _damaged(str(file), e)
+            return
+        with source:
             try:
                 reader = pa.ipc.open_stream(source)
-            except pa.ArrowInvalid:
-                reader = pa.ipc.open_file(source)
-                for i in range(reader.num_record_batches):
-                    yield from reader.get_batch(i).to_pylist()
+            except Exception:
+                try:
+                    reader = pa.ipc.open_file(source)
+                except Exception as e:
+                    yield _damaged(str(file), e)
+                    return
+                stop: list[BadRow] = []
+
+                def batches(r: Any = reader) -> Iterator[Any]:
+                    for i in range(r.num_record_batches):
+                        yield r.get_batch(i)
+
+                for row in _batches(batches(), str(file)):
+                    yield row
+                    if isinstance(row, BadRow):
+                        stop.append(row)
+                if stop:
+                    return
                 continue
-            for batch in reader:
-                yield from batch.to_pylist()
+            damaged = False
+            for row in _batches(iter(reader), str(file)):
+                damaged = damaged or isinstance(row, BadRow)
+                yield row
+            if damaged:
+                return
 
 
 def dataset_kind(path: Path) -> str:
@@ -183,16 +344,18 @@ def dataset_kind(path: Path) -> str:
                        ".xz, .zst), .parquet or a save_to_disk folder)")
 
 
-def iter_rows(path: str | os.PathLike[str], *, split: str | None = None) -> Iterator[Any]:
-    """Rows of the dataset at ``path``, streamed. Unparseable rows come as :class:`BadRow`."""
+def iter_rows(path: str | os.PathLike[str], *, split: str | None = None,
+              spans: list[tuple[int, int]] | None = None) -> Iterator[Any]:
+    """Rows of the dataset at ``path``, streamed. Unparseable rows come as :class:`BadRow`. For JSON and JSON
+    Lines, ``spans`` (a list) gets each row's byte range in the file as the row is yielded."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"dataset not found: {path}")
     kind = dataset_kind(path)
     if kind == "json":
-        return _json_array(path)
+        return _json_array(path, spans)
     if kind == "jsonl":
-        return _json_lines(path)
+        return _json_lines(path, spans)
     if kind == "parquet":
         return _parquet(path)
     return _arrow(path, split)

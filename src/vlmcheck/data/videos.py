@@ -27,6 +27,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import IO, Any
 
+from vlmcheck.data.files import FileProblem, open_regular
+
 # Boxes a file may start with (ISO/IEC 14496-12, QuickTime): anything else is not ISO BMFF.
 _BMFF_FIRST = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"styp", b"sidx", b"moof", b"uuid"}
 _MAX_HEADER_BOX = 512 * 1024 * 1024  # a moov/moof larger than this is corrupt, not a long video
@@ -64,14 +66,14 @@ class VideoProblem(Exception):
 
 def probe_video_path(path: Path) -> VideoInfo:
     try:
-        with open(path, "rb") as fp:
+        fp = open_regular(path)
+    except FileProblem as p:
+        raise VideoProblem("VC111" if p.kind == "missing" else "VC112", p.message) from None
+    try:
+        with fp:
             return probe_video_stream(fp)
-    except FileNotFoundError:
-        raise VideoProblem("VC111", f"file not found: {path}") from None
-    except IsADirectoryError:
-        raise VideoProblem("VC112", f"a folder, not a video: {path}") from None
-    except PermissionError:
-        raise VideoProblem("VC112", f"permission denied: {path}") from None
+    except OSError as e:
+        raise VideoProblem("VC112", f"read error: {e}") from None
 
 
 def probe_video_bytes(data: bytes) -> VideoInfo:

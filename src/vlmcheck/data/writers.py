@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vlmcheck.data.readers import _arrow_files, _pyarrow
+from vlmcheck.errors import DatasetError
+from vlmcheck.util import honour_umask
 
 _BATCH = 256  # rows per Parquet row group / Arrow record batch (rows may hold image bytes)
 ARROW_FILE = "data-00000-of-00001.arrow"  # the name save_to_disk gives a one-shard dataset
@@ -45,6 +47,7 @@ class Sink(Protocol):
 
 def _temp_file(path: Path) -> tuple[Any, Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    honour_umask(fd)
     return os.fdopen(fd, "wb"), Path(tmp)
 
 
@@ -73,8 +76,13 @@ class JsonSink:
         if self.lines:
             self.fp.write(raw if raw is not None else json.dumps(row, ensure_ascii=False).encode() + b"\n")
         else:
-            text = json.dumps(row, ensure_ascii=False, indent=1).replace("\n", "\n ")
-            self.fp.write((",\n " if self.rows else "\n ").encode() + text.encode())
+            try:
+                data = json.dumps(row, ensure_ascii=False, indent=1).replace("\n", "\n ").encode()
+            except (RecursionError, TypeError, ValueError):
+                if raw is None:
+                    raise
+                data = raw.strip()  # an element no serializer can write back (nested too deep): its own bytes
+            self.fp.write((",\n " if self.rows else "\n ").encode() + data)
         self.rows += 1
 
     def close(self) -> None:
@@ -96,7 +104,17 @@ class JsonSink:
 
 
 def input_schema(source: Path, kind: str) -> Any:
-    """The Arrow schema of a Parquet file or a ``save_to_disk`` folder (its first shard)."""
+    """The Arrow schema of a Parquet file or a ``save_to_disk`` folder (its first shard); a
+    :class:`DatasetError` when it cannot be read."""
+    try:
+        return _input_schema(source, kind)
+    except DatasetError:
+        raise
+    except Exception as e:  # ArrowInvalid, OSError: a damaged file
+        raise DatasetError(f"the schema of {source} cannot be read ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _input_schema(source: Path, kind: str) -> Any:
     pa = _pyarrow()
     if kind == "parquet":
         return pa.parquet.ParquetFile(source).schema_arrow
@@ -191,6 +209,7 @@ class ArrowFolderSink(_ArrowRows):
         self.path = path
         self.source = source
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        honour_umask(self.tmp, folder=True)
         self.stream = self.pa.OSFile(str(self.tmp / ARROW_FILE), "wb")
         self.writer = self.pa.ipc.new_stream(self.stream, schema)
         self.published = False

@@ -100,6 +100,26 @@ def processed_size(width: int, height: int, s: LlavaSettings) -> tuple[int, int]
     return (new_long, new_short) if width <= height else (new_short, new_long)
 
 
+# CLIPImageProcessor resizes the shortest edge to size["shortest_edge"] *before* the center crop, keeping the
+# aspect ratio with no cap on the long side: a 1x100,000 banner becomes 336x33,600,000 px first. Past PIL's
+# decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS, the bound VC105 uses) that resize exhausts memory.
+RESIZE_PIXEL_LIMIT = 2 * 89_478_485
+
+
+def image_issues(width: int, height: int, s: LlavaSettings) -> list[ImageIssue]:
+    """The resize before the crop must fit in memory (see ``RESIZE_PIXEL_LIMIT``)."""
+    if not s.shortest_edge or (s.height and s.width):
+        return []
+    short, long = min(width, height), max(width, height)
+    new_long = int(s.shortest_edge * long / short)
+    if s.shortest_edge * new_long <= RESIZE_PIXEL_LIMIT:
+        return []
+    w, h = (s.shortest_edge, new_long) if width <= height else (new_long, s.shortest_edge)
+    return [ImageIssue("VC107", f"the processor first resizes it ({width}x{height}) to {w:,}x{h:,} px (shortest "
+                                f"edge {s.shortest_edge}), {w * h:,} pixels: out of memory before the crop",
+                       {"width": width, "height": height, "resized": [w, h]})]
+
+
 def count_image_tokens(width: int, height: int, s: LlavaSettings) -> int:
     h, w = processed_size(width, height, s)
     n = (h // s.patch_size) * (w // s.patch_size) + s.num_additional_image_tokens
@@ -138,7 +158,7 @@ class LlavaFamily:
         return single_run(IMAGE_TOKEN, count_image_tokens(width, height, settings))
 
     def check_image(self, width: int, height: int, settings: LlavaSettings) -> list[ImageIssue]:
-        return []
+        return image_issues(width, height, settings)
 
     def with_max_pixels(self, settings: LlavaSettings, max_pixels: int) -> None:
         return None

@@ -68,7 +68,8 @@ def template_command(dataset: str | None, tokenizer: str | None, templates: tupl
         dataset = dataset or (_near(script, settings.data_path) if settings.data_path else None)
         if tokenizer is None and settings.model_name_or_path:
             tokenizer = _near(script, settings.model_name_or_path)
-            model_name_or_path = model_name_or_path or settings.model_name_or_path
+        # LLaVA picks the fast tokenizer when "mpt" is in its --model_name_or_path, whatever folder is read here
+        model_name_or_path = model_name_or_path or settings.model_name_or_path
         if not templates:
             if settings.version is None:
                 raise click.UsageError(settings.need("version") + "; pass --template")

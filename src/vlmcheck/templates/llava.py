@@ -21,14 +21,14 @@ other version sets pad = unk and takes ``conv_templates[version]``, an unknown n
 from __future__ import annotations
 
 import copy
-import json
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vlmcheck.errors import ModelError
-from vlmcheck.templates.slow_llama import SlowLlamaTokenizer
+from vlmcheck.templates.slow_llama import SlowLlamaTokenizer, read_config
 from vlmcheck.templates.tokenizer import Tok
 
 # conversation.py: the system prompts
@@ -152,6 +152,7 @@ class LlavaTokenizer:
     add_eos: bool = False
     pad_id: int | None = None
     class_name: str = "PreTrainedTokenizerFast"
+    owned: bool = False  # a fast backend is shared until a token is added to it (copy on write)
 
     def encode(self, text: str, *, max_length: int | None = None) -> Any:
         """``tokenizer(text)`` with ids, offsets and sequence ids."""
@@ -205,8 +206,12 @@ class LlavaTokenizer:
         """``tokenizer.add_tokens([text], special_tokens=True)`` / ``add_special_tokens``."""
         if isinstance(self.backend, SlowLlamaTokenizer):
             return self.backend.add_token(text)
-        from tokenizers import AddedToken
+        from tokenizers import AddedToken, Tokenizer
 
+        if not self.owned:
+            shared = self.backend
+            self.backend = Tok(Tokenizer.from_str(shared.backend.to_str()), shared.config, shared.chat_template)
+            self.owned = True
         self.backend.backend.add_special_tokens([AddedToken(text, special=True, normalized=False)])
         return int(self.backend.backend.token_to_id(text))
 
@@ -218,21 +223,32 @@ class LlavaTokenizer:
         return self.legacy
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
-    path = folder / "tokenizer_config.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+def _mtime(folder: Path) -> int:
+    path = folder / "tokenizer.json"
+    return path.stat().st_mtime_ns if path.is_file() else 0
+
+
+@functools.lru_cache(maxsize=4)
+def _load_fast(folder: str, mtime: int) -> Tok:
+    """tokenizer.json read once per folder (and version of the file); LlavaTokenizer copies it before adding."""
+    return Tok.load(folder)
 
 
 def load_tokenizer(folder: str | Path, *, version: str, model_max_length: int | None = None,
-                   model_name_or_path: str | None = None, mm_use_im_start_end: bool = False) -> LlavaTokenizer:
+                   model_name_or_path: str | None = None, mm_use_im_start_end: bool = False,
+                   legacy: bool | None = None) -> LlavaTokenizer:
     """The tokenizer ``train()`` builds for ``--version``: ``AutoTokenizer.from_pretrained(model_name_or_path,
     model_max_length=..., use_fast=False)`` (the default fast route when "mpt" is in the model path), then the
     pad token, then ``initialize_vision_tokenizer``'s ``<im_start>``/``<im_end>`` when ``mm_use_im_start_end``.
+    ``legacy`` stands for ``"legacy"`` in tokenizer_config.json: the slow tokenizer tokenizes by it; a fast one
+    only gets the attribute (transformers 4.37.2's fast tokenizers have none).
 
     Raises :class:`Refused` where LLaVA's own load raises (a slow Llama class without ``tokenizer.model``).
     """
     folder = Path(folder)
-    config = _read_config(folder)
+    config = read_config(folder)
+    if legacy is not None:
+        config["legacy"] = legacy
     cls = str(config.get("tokenizer_class") or "LlamaTokenizer")
     name = model_name_or_path if model_name_or_path is not None else str(folder)
     use_fast = "mpt" in name
@@ -259,8 +275,8 @@ def load_tokenizer(folder: str | Path, *, version: str, model_max_length: int | 
                              "tokenizer.model)")
         why = ("'mpt' is in the model path, so train() loads the default fast tokenizer" if use_fast
                else f"tokenizer_config.json names the fast class {cls}")
-        tok = LlavaTokenizer(Tok.load(folder), "fast", f"{why} (tokenizer.json; no `legacy` attribute)", limit, None,
-                             class_name=fast_cls)
+        tok = LlavaTokenizer(Tok(_load_fast(str(folder), _mtime(folder)).backend, config), "fast",
+                             f"{why} (tokenizer.json; no `legacy` attribute)", limit, None, class_name=fast_cls)
         if fast_cls in _FAST_LLAMA:
             tok.add_bos = bool(config.get("add_bos_token", True))
             tok.add_eos = bool(config.get("add_eos_token", False))
@@ -269,8 +285,9 @@ def load_tokenizer(folder: str | Path, *, version: str, model_max_length: int | 
         # tokenizer.json; like the fast classes it has no `legacy` attribute
         if not has_json:
             raise ModelError(f"tokenizer class {cls}: vlmcheck reads it from tokenizer.json, which {folder} lacks")
-        tok = LlavaTokenizer(Tok.load(folder), "fast", f"train() loads the slow {cls}; its ids are read from "
-                             "tokenizer.json (no `legacy` attribute)", limit, None, class_name=cls)
+        shared = _load_fast(str(folder), _mtime(folder))
+        tok = LlavaTokenizer(Tok(shared.backend, config), "fast", f"train() loads the slow {cls}; its ids are read "
+                             "from tokenizer.json (no `legacy` attribute)", limit, None, class_name=cls)
     pad = tok.special("pad_token")
     if version == "v0":
         if pad is None:  # smart_tokenizer_and_embedding_resize(dict(pad_token="[PAD]"))

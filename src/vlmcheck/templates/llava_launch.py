@@ -94,6 +94,8 @@ def read_launch(path: str | Path) -> LlavaLaunch:
             words = shlex.split(line, comments=True)
         except ValueError as e:
             raise UsageError(f"{script}: cannot split {line[:60]!r}: {e}") from None
+        if words[:1] == ["export"]:
+            words = words[1:]
         assign = re.fullmatch(r"(?:export\s+)?(\w+)=(.*)", line)
         if assign and len(words) == 1:
             try:

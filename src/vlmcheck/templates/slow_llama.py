@@ -22,6 +22,7 @@ Needs the optional ``sentencepiece`` package (``pip install vlmcheck[llava]``).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,26 @@ class SlowEncoding:
     ids: list[int]
     offsets: list[tuple[int, int]]
     sequence_ids: list[int | None]
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """tokenizer_config.json as transformers 4.37.2's ``from_pretrained`` sees it: a folder saved in the older
+    format (no ``added_tokens_decoder``, as liuhaotian/llava-v1.5-7b) also takes special_tokens_map.json (its
+    values win: llava-v1.5's ``pad_token`` "<unk>" comes from there) and added_tokens.json."""
+    path = folder / "tokenizer_config.json"
+    config: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if "added_tokens_decoder" in config:
+        return config
+    if (folder / "special_tokens_map.json").is_file():
+        for key, value in json.loads((folder / "special_tokens_map.json").read_text(encoding="utf-8")).items():
+            if key == "additional_special_tokens" and isinstance(value, list):
+                known = list(config.get(key) or [])
+                value = known + [t for t in value if t not in known]
+            config[key] = value
+    if (folder / "added_tokens.json").is_file():
+        added = json.loads((folder / "added_tokens.json").read_text(encoding="utf-8"))
+        config["added_tokens_decoder"] = {str(i): {"content": t} for t, i in added.items()}
+    return config
 
 
 def _token_text(value: Any) -> str | None:
@@ -80,6 +101,7 @@ class SlowLlamaTokenizer:
         self.sp.LoadFromSerializedProto(proto.SerializeToString())
         self.model_max_length = int(self.config.get("model_max_length") or 10**9)
         self.added: dict[str, _Added] = {}
+        self._compiled: tuple[tuple[str, ...], re.Pattern[str]] | None = None
         for key, value in (self.config.get("added_tokens_decoder") or {}).items():
             text = _token_text(value)
             if text is not None:
@@ -104,10 +126,7 @@ class SlowLlamaTokenizer:
         model = folder / "tokenizer.model"
         if not model.is_file():
             raise ModelError(f"no tokenizer.model at {folder}")
-        config: dict[str, Any] = {}
-        if (folder / "tokenizer_config.json").is_file():
-            config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-        return cls(model.read_bytes(), config)
+        return cls(model.read_bytes(), read_config(folder))
 
     def __len__(self) -> int:
         """``len(tokenizer)``: the pieces plus the added tokens that are not pieces."""
@@ -147,16 +166,11 @@ class SlowLlamaTokenizer:
     def _split(self, text: str, start: int) -> list[tuple[str, int, bool]]:
         """(piece, position, is-added-token), leftmost-longest on the added tokens, stripping as they ask."""
         out: list[tuple[str, int, bool]] = []
-        names = sorted(self.added, key=len, reverse=True)
-        i = last = 0
-        while i < len(text):
-            hit = next((t for t in names if t and text.startswith(t, i)), None)
-            if hit is None:
-                i += 1
-                continue
-            out.append((text[last:i], start + last, False))
-            out.append((hit, start + i, True))
-            i = last = i + len(hit)
+        last = 0
+        for m in self._pattern().finditer(text):
+            out.append((text[last:m.start()], start + last, False))
+            out.append((m.group(), start + m.start(), True))
+            last = m.end()
         out.append((text[last:], start + last, False))
         for k, (piece, _, added) in enumerate(out):
             if not added:
@@ -170,6 +184,13 @@ class SlowLlamaTokenizer:
                 left, lpos, _ = out[k - 1]
                 out[k - 1] = (left.rstrip(), lpos, False)
         return [p for p in out if p[0]]
+
+    def _pattern(self) -> re.Pattern[str]:
+        """The added tokens, longest first (leftmost-longest, as transformers' trie splits)."""
+        names = tuple(sorted((t for t in self.added if t), key=len, reverse=True))
+        if self._compiled is None or self._compiled[0] != names:
+            self._compiled = (names, re.compile("|".join(map(re.escape, names)) or r"(?!)"))
+        return self._compiled[1]
 
     def _pieces(self, text: str) -> list[str]:
         """``_tokenize``: SentencePiece pieces of one text piece."""
@@ -243,7 +264,9 @@ def _piece_offsets(pieces: list[str], text: str, pos: int) -> list[tuple[int, in
     out = []
     at = -lead
     for s in surface:
-        a, b = max(at, 0), max(at + len(s), 0)
+        a, b = min(max(at, 0), len(raw)), min(max(at + len(s), 0), len(raw))
         at += len(s)
-        out.append((pos + char_at[min(a, len(raw))], pos + char_at[min(b, len(raw))]))
+        # a byte piece inside a character gets that whole character's span
+        start = char_at[a + 1] - 1 if a < b else char_at[a]
+        out.append((pos + start, pos + char_at[b]))
     return out

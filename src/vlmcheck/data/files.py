@@ -1,0 +1,69 @@
+"""Open a media file named by a dataset, safely: whatever the path holds, the answer is an open
+regular file or a :class:`FileProblem`, never a hang or a traceback.
+
+A dataset names its files itself, so a path can hold a NUL byte, a lone surrogate, a 300-character
+name, a component that is a file (``a.png/x.png``), a symlink loop, or name a FIFO or a device that
+blocks forever when opened for reading. The path is checked and ``stat``-ed first; only a regular file
+is opened, with ``O_NONBLOCK`` so that one swapped for a FIFO between the two calls still cannot block.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+
+class FileProblem(Exception):
+    """Why a named file cannot be read: ``missing`` (nothing usable at the path) or ``unreadable``."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+_MISSING = {errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP}
+
+
+def check_path_text(raw: str) -> None:
+    """A path string the file system can be asked about at all."""
+    if "\x00" in raw:
+        raise FileProblem("missing", f"the path {raw[:80]!r} holds a NUL byte, which no file name can")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FileProblem("missing", f"the path {raw[:80]!r} is not valid Unicode (a lone surrogate)") from None
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """``open(path, "rb")`` for a regular file only (symlinks followed); anything else is a FileProblem."""
+    check_path_text(str(path))
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno in _MISSING or isinstance(e, FileNotFoundError):
+            reason = "file not found" if e.errno == errno.ENOENT else (e.strerror or "cannot be resolved").lower()
+            raise FileProblem("missing", f"{reason}: {path}") from None
+        raise FileProblem("unreadable", f"{(e.strerror or str(e)).lower()}: {path}") from None
+    except ValueError as e:  # embedded NUL on some platforms
+        raise FileProblem("missing", f"{e}: {path!s:.200}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise FileProblem("unreadable", f"a folder, not a file: {path}")
+    if not stat.S_ISREG(st.st_mode):
+        raise FileProblem("unreadable", f"not a regular file (a FIFO, socket or device), never opened: {path}")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except PermissionError:
+        raise FileProblem("unreadable", f"permission denied: {path}") from None
+    except OSError as e:
+        raise FileProblem("unreadable", f"{(e.strerror or str(e)).lower()}: {path}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped between stat and open
+            raise FileProblem("unreadable", f"not a regular file, never read: {path}")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
