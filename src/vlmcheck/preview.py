@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from vlmcheck.data.files import FileProblem, open_regular
 from vlmcheck.data.formats import ImageRef
 from vlmcheck.data.images import ImageProblem, decode_data_url
 from vlmcheck.layout import Layout, kept_ranges
@@ -34,7 +35,9 @@ def thumbnail(source: bytes | Path, *, exif_transpose: bool = True, side: int = 
     (and PIL's errors) when it cannot be decoded."""
     from PIL import Image, ImageOps
 
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as opened:
+    # a path opens only as a regular file: a FIFO or device named by a hostile row would block the read forever
+    fp = io.BytesIO(source) if isinstance(source, bytes) else open_regular(source)
+    with fp, Image.open(fp) as opened:
         if opened.width * opened.height > _DECODE_LIMIT:
             raise ValueError(f"{opened.width:,}x{opened.height:,} px is too large to decode for a preview")
         opened.draft("RGB", (side * 2, side * 2))  # JPEG: decode at a fraction of the size
@@ -148,6 +151,8 @@ class Previewer:
                 entry["note"] = "not read: outside the image root" if p.code == "VC104" else f"not read: {p.message[:60]}"
             except FileNotFoundError:
                 entry["note"] = "file not found"
+            except FileProblem as p:
+                entry["note"] = f"not read: {p}"[:80]
             except Exception as e:  # noqa: BLE001  (a preview never stops a scan: any decoder error is a note)
                 entry["note"] = f"cannot be decoded ({type(e).__name__})"
             shown.append(entry)
