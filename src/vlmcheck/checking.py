@@ -21,7 +21,7 @@ from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.frameworks import detect, read_launch
 from vlmcheck.report import Report, ReportBuilder
 from vlmcheck.results import SampleResult
-from vlmcheck.scan import ScanOptions, write_records
+from vlmcheck.scan import ScanOptions, unreadable_row, write_records
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -91,7 +91,13 @@ def check(
         for index, (row, source) in enumerate(run.rows()):
             if limit is not None and index >= limit:
                 return
-            result = run.judge(index, row, source)
+            try:
+                result = run.judge(index, row, source)
+            except (UsageError, KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as e:  # a row of a shape no judge expected: a finding on it, and the check goes on
+                result = unreadable_row(index, row, e)
+                result.framework = {"name": run.name, "verdict": "unknown"}
             if progress is not None:
                 progress(index + 1, None)
             yield result

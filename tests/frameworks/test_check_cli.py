@@ -112,3 +112,25 @@ def test_lint_data_with_no_countable_row_is_an_error_not_a_pass(run: Path, tmp_p
     (data / "train.json").write_text("[]")
     with pytest.raises(vlmcheck.UsageError, match="no sample could be counted"):
         vlmcheck.lint(run, data=data, device=None)
+
+
+def test_a_row_the_judge_cannot_take_is_a_finding_and_the_check_goes_on(monkeypatch, qwen2_vl_checkpoint):
+    """Whatever a framework module raises on one row (a shape nobody foresaw) is VC001 on that row, verdict
+    unknown; the other rows are judged as before."""
+    import vlmcheck
+    from vlmcheck.demo.run import LLAMAFACTORY_CONFIG
+    from vlmcheck.frameworks import llamafactory
+
+    whole = list(vlmcheck.check(LLAMAFACTORY_CONFIG, model=qwen2_vl_checkpoint).records())
+    judge = llamafactory.Run.judge
+
+    def flaky(self, index, row, source):
+        if index == 1:
+            raise TypeError("unhashable type: 'dict'")
+        return judge(self, index, row, source)
+
+    monkeypatch.setattr(llamafactory.Run, "judge", flaky)
+    records = list(vlmcheck.check(LLAMAFACTORY_CONFIG, model=qwen2_vl_checkpoint).records())
+    assert len(records) == len(whole)
+    assert records[1]["findings"] == ["VC001"] and records[1]["framework"]["verdict"] == "unknown"
+    assert records[:1] + records[2:] == whole[:1] + whole[2:]
