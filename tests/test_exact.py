@@ -303,3 +303,24 @@ def test_without_transformers_the_error_says_what_to_install(tmp_path: Path, qwe
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1] == (
         "Error: --exact (the checkpoint's own processor) needs transformers: pip install 'vlmcheck[exact]'")
+
+
+def test_exact_runs_the_video_checks_and_never_counts_a_video_sample_in_silence(tmp_path, qwen2_vl_checkpoint):
+    """--exact cannot run a video processor (torchvision), so a sample with a video gets no length and VC114
+    says why; the container checks the arithmetic scan makes (VC111-VC113) run all the same."""
+    pytest.importorskip("av")
+    from test_video_qwen import write_video
+
+    write_video(tmp_path / "clip.mp4", 64, 48, 8, 16)
+    half = (tmp_path / "clip.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(half[: len(half) // 3])
+    qa = [{"role": "user", "content": "<video>What happens?"}, {"role": "assistant", "content": "Nothing."}]
+    rows = [{"id": v, "messages": qa, "videos": [f"{v}.mp4"]} for v in ("clip", "gone", "cut")]
+    data = write_jsonl(tmp_path / "v.jsonl", rows)
+    arithmetic, plain = scan(data, qwen2_vl_checkpoint, tmp_path / "a.jsonl")
+    exact, got = scan(data, qwen2_vl_checkpoint, tmp_path / "e.jsonl", exact=True)
+    assert [r["tokens"] for r in got] == [None, None, None]
+    assert all("VC114" in r["findings"] for r in got)
+    # the container findings equal the arithmetic scan's
+    assert [[c for c in r["findings"] if c != "VC114"] for r in got] == [r["findings"] for r in plain]
+    assert plain[1]["findings"] == ["VC111"] and plain[2]["findings"] and plain[0]["findings"] == []

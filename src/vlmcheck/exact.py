@@ -44,6 +44,7 @@ from vlmcheck.data.formats import (
 )
 from vlmcheck.data.images import ImageProblem, decode_data_url
 from vlmcheck.data.readers import BadRow, count_rows, iter_rows
+from vlmcheck.data.videos import VideoProblem
 from vlmcheck.errors import (
     DatasetError,
     MissingDependencyError,
@@ -350,6 +351,21 @@ class ExactScanner(Scanner):
         found = result.findings
         images, sizes = self._open_images(conv, found)
         result.image_tokens = [None] * len(images)
+        if conv.videos:
+            # The container checks the arithmetic scan makes (missing, unreadable, truncated: VC111-VC113) hold
+            # here too; the count does not: transformers' video processors need torchvision, so the processor
+            # call cannot include the videos, and a length without them would be wrong in silence.
+            for k, ref in enumerate(conv.videos, 1):
+                label = f"video {k} of {len(conv.videos)} ({ref.describe()[:120]})"
+                try:
+                    self._probe_video(ref)
+                except VideoProblem as p:
+                    found.append(F.make(p.code, f"{label}: {p.message}", video=k))
+            found.append(F.make("VC114", f"{len(conv.videos)} video(s): --exact does not count videos (the "
+                                         "processor's video path needs torchvision); scan without --exact counts "
+                                         "Qwen-VL videos from their headers", videos=len(conv.videos)))
+            result.image_tokens = self._image_counts(images)
+            return result
         if conv.mismatch is not None:
             tags, n = conv.mismatch
             found.append(F.make("VC002", f"{tags} image placeholder(s) in the text but {n} image(s)",
