@@ -24,15 +24,18 @@ def test_multi_image_cutoff_len_against_real_scan(checkpoint: Path) -> None:
     config = CONFIGS / "llamafactory_qwen2vl_multi_image.yaml"
     report = lint(config, data=DATA, model=checkpoint, device=None)
     (finding,) = [f for f in report.findings if f.code == "VL201"]
-    # the same numbers a scan at the config's image_max_pixels gives
-    need = scan(DATA, model=checkpoint, max_pixels=1003520).summary["recommended_max_length"]
+    # the same numbers a scan with LLaMA-Factory's semantics (its pre-scaling to image_max_pixels, no EXIF
+    # rotation, its cut) gives at the config's image_max_pixels; the processor's own resize needs fewer
+    need = scan(DATA, model=checkpoint, max_pixels=1003520, framework="llamafactory").summary["recommended_max_length"]
+    bare = scan(DATA, model=checkpoint, max_pixels=1003520).summary["recommended_max_length"]
+    assert bare["100%"] != need["100%"]
     assert finding.data["needed"] == need["100%"] > 1024
     assert finding.option == "cutoff_len" and f"`cutoff_len: {need['100%']}`" in finding.fix
     assert report.summary["data"]["recommended_max_length"] == need
 
 
 def test_length_that_fits_the_data_is_clean(checkpoint: Path, tmp_path: Path) -> None:
-    need = scan(DATA, model=checkpoint, max_pixels=589824).summary["recommended_max_length"]["100%"]
+    need = scan(DATA, model=checkpoint, max_pixels=589824, framework="llamafactory").summary["recommended_max_length"]["100%"]
     cfg = tmp_path / "lf.yaml"
     text = (CONFIGS / "llamafactory_clean.yaml").read_text().replace("cutoff_len: 4096", f"cutoff_len: {need}")
     cfg.write_text(text)

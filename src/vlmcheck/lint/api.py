@@ -79,7 +79,7 @@ def _pixel_cap(run: RunConfig, view: View) -> int | None:
 
 
 def _scan_summary(
-    data: str | os.PathLike[str], model: str | os.PathLike[str], max_pixels: int | None
+    data: str | os.PathLike[str], model: str | os.PathLike[str], max_pixels: int | None, framework: str | None = None
 ) -> dict[str, Any]:
     try:
         from vlmcheck.scan import scan
@@ -87,10 +87,8 @@ def _scan_summary(
         raise VlmcheckError(
             f"--data needs vlmcheck.scan, which this build does not have yet ({exc}); lint without --data"
         ) from None
-    if max_pixels is not None:
-        report = scan(str(data), model=str(model), max_pixels=max_pixels)
-    else:
-        report = scan(str(data), model=str(model))
+    # the framework's own truncation, resize route and defaults (scan --framework), as its module states them
+    report = scan(str(data), model=str(model), max_pixels=max_pixels, framework=framework)
     summary = getattr(report, "summary", None)
     if not isinstance(summary, dict):
         raise VlmcheckError("vlmcheck.scan returned a report without a summary dict; cannot check lengths")
@@ -153,7 +151,8 @@ def lint(
 
             summary = check(config, model=scan_model, data=data).summary
         else:
-            summary = _scan_summary(data, scan_model, _pixel_cap(run, view))
+            semantics = run.framework if run.framework in ("llamafactory", "trl", "swift") else None
+            summary = _scan_summary(data, scan_model, _pixel_cap(run, view), semantics)
         if not summary.get("tokens"):
             raise UsageError(f"--data {data}: no sample could be counted ({summary.get('samples', 0)} rows read); "
                              "an empty or unreadable dataset cannot pass a length check")
