@@ -17,11 +17,13 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from vlmcheck.counting import unreadable_row
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.frameworks import detect, read_launch
+from vlmcheck.options import ScanOptions
+from vlmcheck.pipeline import write_records
 from vlmcheck.report import Report, ReportBuilder
 from vlmcheck.results import SampleResult
-from vlmcheck.scan import ScanOptions, unreadable_row, write_records
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -7,8 +7,9 @@ works for any checkpoint transformers can build a processor for, including model
 no module for: per sample it renders the conversation with ``processor.apply_chat_template``, opens
 the images as transformers' ``load_image`` does, calls the processor and reads ``input_ids``. Image
 spans are the runs of the model's image token; supervised tokens come from the tokenizer's offsets.
-Truncation and findings are the arithmetic scan's own code (:class:`ExactScanner` inherits them),
-so the report and ``--output`` are the same shape. Slower (every image is decoded and resized), but
+Row handling, media probes, truncation findings and the pipeline around the counter are the arithmetic
+scan's own code (:mod:`vlmcheck.counting`, :mod:`vlmcheck.pipeline`), so the report and ``--output`` are
+the same shape. Slower (every image is decoded and resized), but
 the processor is the oracle.
 
 Needs transformers (``pip install 'vlmcheck[exact]'``), imported only here.
@@ -20,11 +21,9 @@ import inspect
 import io
 import json
 import os
-import time
 import warnings
 from bisect import bisect_right
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -33,17 +32,19 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from vlmcheck import findings as F
-from vlmcheck.data.formats import (
-    FORMATS,
-    Conversation,
-    ImageRef,
-    RowError,
-    detect_format,
-    row_id,
-    to_conversation,
+from vlmcheck.counting import (
+    Judge,
+    Media,
+    has_text,
+    printable,
+    read_conversation,
+    renders_string_content,
+    text_spans,
+    typed_message,
+    unreadable_row,
 )
+from vlmcheck.data.formats import FORMATS, Conversation, ImageRef
 from vlmcheck.data.images import ImageProblem, decode_data_url
-from vlmcheck.data.readers import BadRow, count_rows, iter_rows
 from vlmcheck.data.videos import VideoProblem
 from vlmcheck.errors import (
     DatasetError,
@@ -57,19 +58,9 @@ from vlmcheck.families.base import RESIZE_MODES
 from vlmcheck.families.qwen2_vl import prescale
 from vlmcheck.layout import TRUNCATIONS, Layout, build_layout
 from vlmcheck.model import ModelSpec, load_model, resolve_model_path
-from vlmcheck.report import Report, ReportBuilder
-from vlmcheck.scan import (
-    SampleResult,
-    Scanner,
-    ScanOptions,
-    has_text,
-    nonempty,
-    printable,
-    row_chunks,
-    typed_message,
-    unreadable_row,
-    write_records,
-)
+from vlmcheck.options import ScanOptions
+from vlmcheck.results import SampleResult
+from vlmcheck.sources import Source
 
 # Rows per task sent to a worker: a processor call costs milliseconds to seconds (it decodes and
 # resizes every image), so chunks stay small for an even load and a live progress count.
@@ -275,7 +266,7 @@ def _feature_token_id(config: dict[str, Any], processor: Any) -> int:
 # -- the per-sample analyzer -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Setup:
-    """What a worker needs to rebuild the scanner (picklable)."""
+    """What a worker needs to rebuild the counter (picklable): its :class:`~vlmcheck.pipeline.Recipe`."""
 
     path: str
     trust_remote_code: bool
@@ -284,31 +275,32 @@ class _Setup:
     options: ScanOptions
     root: str
 
+    def build(self) -> ExactScanner:
+        return ExactScanner(self)
 
-class ExactScanner(Scanner):
-    """Analyzes samples with the real processor. Built once per worker process.
 
-    Shares with :class:`~vlmcheck.scan.Scanner` (by inheritance, so the two cannot drift): the image
-    probe (VC101-VC105), the supervised character spans, the truncation findings (VC201-VC204) and,
-    for a family vlmcheck knows, the ``max_pixels`` fix. ``spec``/``family`` are set only for such a
-    family; everything that reads them is behind ``self.known`` or ``self._budget_unit``.
+class ExactScanner:
+    """The processor counter: counts samples with the checkpoint's real processor (a
+    :class:`~vlmcheck.pipeline.Counter`). Built once per worker process.
+
+    Shares with the arithmetic :class:`~vlmcheck.scan.Scanner` (:mod:`vlmcheck.counting`, so the two cannot
+    drift): the row handling, the media probes (VC101-VC105, VC111-VC113), the supervised character spans, the
+    truncation findings (VC201-VC204) and, for a family vlmcheck knows (``known``), its image checks and the
+    ``max_pixels`` fix.
     """
 
-    def __init__(self, setup: _Setup) -> None:  # no super().__init__: no tokenizer.json, no family needed
+    chunk_size = _CHUNK
+
+    def __init__(self, setup: _Setup) -> None:  # no tokenizer.json, no family needed
         self.setup = setup
         self.options = setup.options
         self.root = Path(setup.root)
-        self.real_root = os.path.realpath(self.root)
-        self._real_dirs: dict[str, str] = {}
+        self.media = Media(setup.options, self.root)
         folder = Path(setup.path)
         self.config = _read_config(folder)
         self.model_type = str(self.config.get("model_type") or "unknown")
         self.known = _known_spec(folder, setup.overrides)
-        self._budget_unit = None
-        if self.known is not None:
-            self.spec = self.known
-            self.family = self.known.family
-            self._budget_unit = self._pixel_unit()
+        self.judge = Judge(setup.options, self.known)
         self.processor = load_processor(folder, trust_remote_code=setup.trust_remote_code,
                                         **_processor_pixels(setup.overrides))
         self.tok = self.processor.tokenizer
@@ -319,7 +311,14 @@ class ExactScanner(Scanner):
         self.image_token_id = _feature_token_id(self.config, self.processor)
         self.eos = getattr(self.tok, "eos_token", None)
         self.with_offsets = bool(getattr(self.tok, "is_fast", True))  # slow tokenizers have none
-        self.typed_text = not self._renders_string_content()
+        self.typed_text = not renders_string_content(self._render)
+
+    @property
+    def model_name(self) -> str:
+        return self.setup.path
+
+    def recipe(self) -> _Setup:
+        return self.setup
 
     @property
     def settings(self) -> ExactSettings:
@@ -331,7 +330,7 @@ class ExactScanner(Scanner):
             resize=self.setup.overrides.resize,
         )
 
-    def analyze(self, items: list[tuple[int, Any]]) -> list[SampleResult]:
+    def count_chunk(self, items: list[tuple[int, Any]]) -> list[SampleResult]:
         results = []
         for index, item in items:
             try:
@@ -358,7 +357,7 @@ class ExactScanner(Scanner):
             for k, ref in enumerate(conv.videos, 1):
                 label = f"video {k} of {len(conv.videos)} ({ref.describe()[:120]})"
                 try:
-                    self._probe_video(ref)
+                    self.media.probe_video(ref)
                 except VideoProblem as p:
                     found.append(F.make(p.code, f"{label}: {p.message}", video=k))
             found.append(F.make("VC114", f"{len(conv.videos)} video(s): --exact does not count videos (the "
@@ -378,7 +377,7 @@ class ExactScanner(Scanner):
             found.append(F.make("VC001", f"the chat template rejects this conversation: {e}"))
             result.image_tokens = self._image_counts(images)
             return result
-        dropped = self._text_spans(conv, text)[1]
+        dropped = text_spans(conv, text, eos=self.eos)[1]
         if dropped:
             roles = ", ".join(sorted(set(dropped)))
             found.append(F.make(
@@ -399,27 +398,7 @@ class ExactScanner(Scanner):
         return result
 
     def _conversation(self, result: SampleResult, item: Any) -> Conversation | None:
-        # the same row handling as Scanner._prepare
-        if isinstance(item, BadRow):
-            result.findings.append(F.make("VC001", item.reason))
-            return None
-        if isinstance(item, dict):
-            result.id = row_id(item) or result.id
-        fmt = self.options.format or detect_format(item)
-        if fmt is None and isinstance(item, dict) and ("messages" in item or "conversations" in item):
-            fmt = "sharegpt"
-        if fmt is None:
-            keys = sorted(item)[:8] if isinstance(item, dict) else type(item).__name__
-            result.findings.append(F.make("VC001", f"no conversation found (fields: {keys})"))
-            return None
-        try:
-            conv = to_conversation(item, fmt)
-        except RowError as e:
-            result.findings.append(F.make("VC001", str(e)))
-            return None
-        if conv.id is not None:
-            result.id = conv.id
-        return conv
+        return read_conversation(result, item, format=self.options.format)
 
     def _open_images(self, conv: Conversation, found: list[F.Finding]
                      ) -> tuple[list[Image.Image | None], list[tuple[int, int]]]:
@@ -431,7 +410,7 @@ class ExactScanner(Scanner):
         for k, ref in enumerate(conv.images, 1):
             label = f"image {k} of {len(conv.images)} ({ref.describe()[:120]})"
             try:
-                info = self._probe(ref)
+                info = self.media.probe(ref)
                 image = self._decode(ref)
             except ImageProblem as p:
                 found.append(F.make(p.code, f"{label}: {p.message}", image=k, **p.data))
@@ -440,7 +419,7 @@ class ExactScanner(Scanner):
             width, height = info.size(exif_transpose=self.options.exif_transpose)
             sizes.append((width, height))
             if self.known is not None:
-                for issue in self.family.check_image(width, height, self.known.settings):
+                for issue in self.known.family.check_image(width, height, self.known.settings):
                     found.append(F.make(issue.code, f"{label}: {issue.message}", image=k, **issue.data))
             images.append(image)
         return images, sizes
@@ -546,8 +525,8 @@ class ExactScanner(Scanner):
                 "VC003", "the rendered conversation has no assistant tokens: every label is masked"))
         result.text_only_tokens = layout.total - sum(layout.image_tokens)
         if self.options.max_length is not None and placeholders == len(images):
-            result.fits_max_pixels = self._fit_budget(sizes, result.text_only_tokens)
-            self._truncation(result, layout, self.options.max_length)
+            result.fits_max_pixels = self.judge.fit_budget(sizes, result.text_only_tokens)
+            self.judge.truncation(result, layout, self.options.max_length)
 
     def layout(self, conv: Conversation, text: str, ids: list[int], offsets: list[tuple[int, int]] | None,
                replacements: list[dict[str, Any]] | None, images: list[Image.Image | None]
@@ -566,13 +545,13 @@ class ExactScanner(Scanner):
         if replacements is not None and offsets is not None:
             expanded, shift, spans = _expand(text, replacements)
             groups = _group_by_span(runs, offsets, spans)
-            supervised = [(shift(a), shift(b)) for a, b in self._supervised_chars(conv, text)]
+            supervised = [(shift(a), shift(b)) for a, b in text_spans(conv, text, eos=self.eos)[0]]
         else:
             expanded = self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
             again = self.tok([expanded], add_special_tokens=False, return_offsets_mapping=self.with_offsets)
             if self.with_offsets and _ids(again["input_ids"]) == ids:
                 offsets = [(int(a), int(b)) for a, b in _first(again["offset_mapping"])]
-                supervised = self._supervised_chars(conv, expanded)
+                supervised = text_spans(conv, expanded, eos=self.eos)[0]
             else:
                 offsets = [(0, 0)] * len(ids)
                 supervised, supervised_known = [], False
@@ -700,55 +679,8 @@ def _processor_pixels(overrides: Overrides) -> dict[str, int | None]:
     return {}
 
 
-# -- worker processes ----------------------------------------------------------------------------------
-_WORKER: ExactScanner | None = None
-
-
-def _init_worker(setup: _Setup) -> None:
-    global _WORKER
-    if _WORKER is None or _WORKER.setup != setup:  # a forked worker has the parent's already
-        _WORKER = ExactScanner(setup)
-
-
-def _work(items: list[tuple[int, Any]]) -> list[SampleResult]:
-    assert _WORKER is not None
-    return _WORKER.analyze(items)
-
-
-def _results(scanner: ExactScanner, chunks: Iterator[list[tuple[int, Any]]], workers: int) -> Iterator[SampleResult]:
-    if workers <= 1:
-        for chunk in chunks:
-            yield from scanner.analyze(chunk)
-        return
-    import multiprocessing as mp
-
-    global _WORKER
-    ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
-    _WORKER = scanner  # forked workers start with the parent's processor instead of building their own
-    try:
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(scanner.setup,)) as pool:
-            # the bounded in-flight queue of vlmcheck.scan: the dataset is read as fast as it is scanned
-            inflight: deque[tuple[list[tuple[int, Any]], Any]] = deque()
-
-            def done() -> list[SampleResult]:
-                chunk, pending = inflight.popleft()
-                try:
-                    return list(pending.get())
-                except Exception:  # a chunk that cannot travel to a worker (too deep to pickle): scanned here
-                    return scanner.analyze(chunk)
-
-            for chunk in chunks:
-                inflight.append((chunk, pool.apply_async(_work, (chunk,))))
-                if len(inflight) >= 4 * workers:
-                    yield from done()
-            while inflight:
-                yield from done()
-    finally:
-        _WORKER = None
-
-
-def scan_exact(
-    dataset: str | os.PathLike[str],
+def exact_counter(
+    source: Source,
     *,
     model: str | os.PathLike[str] | ModelSpec,
     max_length: int | None = None,
@@ -763,21 +695,15 @@ def scan_exact(
     confine: bool = False,
     chat_template: str | None = None,
     split: str | None = None,
-    workers: int = 1,
-    limit: int | None = None,
-    output: str | os.PathLike[str] | None = None,
-    progress: Callable[[int, int | None], None] | None = None,
     trust_remote_code: bool = False,
-) -> Report:
-    """:func:`vlmcheck.scan` with ``exact=True``: the same arguments and report, counted by the
+) -> ExactScanner:
+    """The counter of :func:`vlmcheck.scan` with ``exact=True``: the same arguments and report, counted by the
     checkpoint's own processor (``AutoProcessor.from_pretrained``) sample by sample.
 
     ``max_pixels``/``min_pixels`` are passed to ``from_pretrained`` with ``resize="processor"``, and
     scale each image first with ``resize="prescale"``; ``qwen-vl-utils`` is not run.
     ``trust_remote_code`` runs a checkpoint's own processor code (``auto_map``); off by default.
     """
-    if workers < 1:
-        raise UsageError("workers must be at least 1")
     if truncation not in TRUNCATIONS:
         raise UsageError(f"truncation must be one of {', '.join(TRUNCATIONS)}, not {truncation!r}")
     if resize not in RESIZE_MODES:
@@ -801,32 +727,13 @@ def scan_exact(
     else:
         folder = resolve_model_path(model)
         overrides = Overrides(max_pixels=max_pixels, min_pixels=min_pixels, resize=resize)
-    path = Path(dataset)
-    if not path.exists():
-        raise DatasetError(f"dataset not found: {path}")
-    root = Path(image_root) if image_root is not None else (path if path.is_dir() else path.parent)
+    if image_root is None and not isinstance(source.root, Path):
+        raise DatasetError(f"dataset not found: {source.name} (exact=True reads a local dataset file or folder)")
+    root = Path(image_root) if image_root is not None else source.root
+    assert isinstance(root, Path)
     if exif_transpose is None:
         exif_transpose = overrides.resize == "processor"
     options = ScanOptions(max_length=max_length, truncation=truncation, format=format, image_root=str(root),
                           exif_transpose=exif_transpose, allow_outside_root=allow_outside_root, confine=confine, split=split)
-    setup = _Setup(path=str(folder), trust_remote_code=trust_remote_code, overrides=overrides,
-                   chat_template=chat_template, options=options, root=str(root))
-    scanner = ExactScanner(setup)
-
-    total = count_rows(path, split=split) if progress else None
-    if total is not None and limit is not None:
-        total = min(total, limit)
-    builder = ReportBuilder(dataset=str(path), model=str(folder), model_type=scanner.model_type,
-                            options=options, settings=scanner.settings)
-    started = time.perf_counter()
-    chunks = row_chunks(nonempty(iter_rows(path, split=split), path), _CHUNK, limit)
-
-    def tick(results: Iterator[SampleResult]) -> Iterator[SampleResult]:
-        for result in results:
-            yield result
-            if progress is not None:
-                progress(builder.scanned, total)
-
-    # the report keeps the records (report.records(), keep()), as the arithmetic scan's does
-    write_records(tick(_results(scanner, chunks, workers)), builder, output)
-    return builder.build(seconds=time.perf_counter() - started)
+    return ExactScanner(_Setup(path=str(folder), trust_remote_code=trust_remote_code, overrides=overrides,
+                               chat_template=chat_template, options=options, root=str(root)))

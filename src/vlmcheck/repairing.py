@@ -50,7 +50,9 @@ from vlmcheck.data.readers import BadRow, dataset_kind, iter_rows
 from vlmcheck.data.writers import Sink, open_sink
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.model import ModelSpec
-from vlmcheck.scan import SampleResult, Scanner, build_scanner, nonempty
+from vlmcheck.pipeline import nonempty
+from vlmcheck.results import SampleResult
+from vlmcheck.scan import Scanner, build_scanner
 from vlmcheck.util import honour_umask, output_target
 
 # What can be done with a sample over max_length, in the order tried by default.
@@ -380,7 +382,7 @@ def row_pixel_cap(row: Any, key: str) -> int | None:
 
 
 class _Analyzer:
-    """``Scanner.analyze``, each row at the pixel cap it records under ``key`` (when given), as its
+    """``Scanner.count_chunk``, each row at the pixel cap it records under ``key`` (when given), as its
     framework would read it: the cap replaces max_pixels, applied the way ``resize`` says."""
 
     def __init__(self, scanner: Scanner, key: str | None) -> None:
@@ -399,7 +401,7 @@ class _Analyzer:
             if settings is None:
                 return self.base
             spec.settings = settings
-            scanner = self._capped[cap] = Scanner(spec, self.base.options, self.base.root)
+            scanner = self._capped[cap] = Scanner(spec, self.base.options, self.base.root, url_root=self.base.media.url_root)
         return scanner
 
     def analyze(self, items: list[tuple[int, Any]]) -> list[tuple[SampleResult, Scanner]]:
@@ -407,7 +409,7 @@ class _Analyzer:
         out: list[tuple[SampleResult, Scanner] | None] = [None] * len(items)
         for scanner in {id(s): s for s in scanners}.values():
             at = [k for k, s in enumerate(scanners) if s is scanner]
-            for k, result in zip(at, scanner.analyze([items[k] for k in at])):
+            for k, result in zip(at, scanner.count_chunk([items[k] for k in at])):
                 out[k] = (result, scanner)
         return [o for o in out if o is not None]
 
@@ -641,7 +643,7 @@ class _Repairer:
         sizes = []
         for ref in conv.images:
             try:
-                sizes.append(scanner._probe(ref).size(exif_transpose=exif))
+                sizes.append(scanner.media.probe(ref).size(exif_transpose=exif))
             except ImageProblem as p:
                 return p.message
         cap = result.fits_max_pixels

@@ -18,8 +18,8 @@ from vlmcheck.findings import CATALOGUE, Finding, Severity
 from vlmcheck.preview import PREVIEWS_PER_CODE
 
 if TYPE_CHECKING:
+    from vlmcheck.options import ScanOptions
     from vlmcheck.results import SampleResult
-    from vlmcheck.scan import ScanOptions
 
 KEEP_LEVELS = (("100%", 1.0), ("99.9%", 0.999), ("99%", 0.99))
 _NEVER = -1  # a sample no pixel budget makes fit

@@ -12,12 +12,9 @@ always finishes.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import time
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,59 +23,75 @@ import jinja2
 
 from vlmcheck import findings as F
 from vlmcheck.chat import RenderLimit, compile_template, render_chat
-from vlmcheck.data.files import FileProblem, check_path_text
-from vlmcheck.data.formats import (
-    FORMATS,
-    Conversation,
-    ImageRef,
-    RowError,
-    VideoRef,
-    detect_format,
-    row_id,
-    to_conversation,
+from vlmcheck.counting import (
+    Judge,
+    Media,
+    has_text,
+    printable,
+    read_conversation,
+    renders_string_content,
+    text_spans,
+    typed_message,
+    unreadable_row,
+    utf8_safe,
 )
-from vlmcheck.data.images import ImageInfo, ImageProblem, decode_data_url, probe_bytes, probe_path
-from vlmcheck.data.readers import BadRow
-from vlmcheck.data.remote import is_url, probe_url
-from vlmcheck.data.remote import join as join_url
-from vlmcheck.data.videos import VideoInfo, VideoProblem, probe_video_bytes, probe_video_path
+from vlmcheck.data.formats import FORMATS, Conversation
+from vlmcheck.data.images import ImageProblem
+from vlmcheck.data.remote import is_url
+from vlmcheck.data.videos import VideoProblem
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.families import Overrides
 from vlmcheck.families.base import RESIZE_MODES, Expansion, VideoFamily
-from vlmcheck.layout import TRUNCATIONS, Layout, build_layout, kept_ranges, overlap
+from vlmcheck.layout import TRUNCATIONS, Layout, build_layout
 from vlmcheck.model import ModelSpec, load_model
+from vlmcheck.options import ScanOptions
+from vlmcheck.pipeline import Counter, run
 from vlmcheck.preview import Previewer
-from vlmcheck.records import RecordWriter
-from vlmcheck.report import Report, ReportBuilder
+from vlmcheck.report import Report
 from vlmcheck.results import SampleResult
-from vlmcheck.sources import Source, open_source, shard_label
-from vlmcheck.util import AtomicOutput, output_target
+from vlmcheck.sources import Source, open_source
 
 _CHUNK = 512  # one encode_batch call per chunk; larger batches tokenize faster (docs/performance.md)
-# conversation, collapsed text, features per image, image sizes, placeholder runs per image or video
-# (in text order), and which of the two each placeholder is
-_Prepared = tuple[Conversation, str, list[int | None], list[tuple[int, int]], list[tuple[int, ...]], list[str]]
+
+
+@dataclass
+class Prepared:
+    """A sample ready for the tokenizer: its conversation, the rendered text with each placeholder collapsed,
+    the features of each image (None: unreadable), the readable images' sizes, each placeholder's runs (in text
+    order) and which kind ("image"/"video") each placeholder is."""
+
+    conv: Conversation
+    text: str
+    counts: list[int | None]
+    sizes: list[tuple[int, int]]
+    runs: list[tuple[int, ...]]
+    kinds: list[str]
 
 
 @dataclass(frozen=True)
-class ScanOptions:
-    max_length: int | None = None
-    truncation: str = "right"
-    format: str | None = None
-    image_root: str | None = None
-    exif_transpose: bool = True
-    allow_outside_root: bool = False  # kept for callers of 0.x; reading outside the root is the default now
-    confine: bool = False  # refuse any media path that resolves outside the image root (VC104)
-    check_integrity: bool = True
-    split: str | None = None
+class ScanRecipe:
+    """How a worker process builds the arithmetic counter again (picklable)."""
+
+    model_path: str
+    overrides: Overrides
+    chat_template: str | None
+    options: ScanOptions
+    root: str
+    url_root: str | None = None
+
+    def build(self) -> Scanner:
+        spec = load_model(self.model_path, overrides=self.overrides, chat_template=self.chat_template)
+        return Scanner(spec, self.options, Path(self.root), url_root=self.url_root)
 
 
 class Scanner:
-    """Analyzes samples for one model and one set of options. Built once per worker process."""
+    """The arithmetic counter: counts samples for one model and one set of options from image headers, the
+    family module and the real tokenizer (a :class:`~vlmcheck.pipeline.Counter`). Built once per worker process.
+    """
 
-    url_root: str | None = None  # a dataset at an fsspec URL: its relative image paths are under that URL
+    chunk_size = _CHUNK
 
-    def __init__(self, spec: ModelSpec, options: ScanOptions, root: Path) -> None:
+    def __init__(self, spec: ModelSpec, options: ScanOptions, root: Path, *, url_root: str | None = None) -> None:
         if spec.chat_template is None:
             raise UsageError(
                 f"{spec.path} has no chat template (chat_template.jinja/.json or tokenizer_config.json); "
@@ -88,9 +101,8 @@ class Scanner:
         self.family = spec.family
         self.options = options
         self.root = root
-        self.real_root = os.path.realpath(root)
-        self.url_root = options.image_root if is_url(options.image_root) else None  # (sources: hook)
-        self._real_dirs: dict[str, str] = {}
+        self.media = Media(options, root, url_root)  # (sources: hook) a dataset at a URL: its images too
+        self.judge = Judge(options, spec)
         self.tokenizer = spec.tokenizer
         self.image_token_id = spec.token_id(self.family.image_token)
         self.expansion = self.family.expansion(spec.settings)
@@ -106,11 +118,26 @@ class Scanner:
             patterns.append(f"(?P<video>{re.escape(self.family.video_placeholder)})")
         self._media_re = re.compile("|".join(patterns))
         self.eos = spec.special_tokens.get("eos_token")
-        self._budget_unit = self._pixel_unit()
-        self.previews = Previewer(local_path=self._local_path, exif_transpose=options.exif_transpose,
+        self.previews = Previewer(local_path=self.media.local_path, exif_transpose=options.exif_transpose,
                                   max_length=options.max_length, truncation=options.truncation)
         self._check_template()
-        self.typed_text = not self._renders_string_content()
+        self.typed_text = not renders_string_content(self._render)
+
+    @property
+    def model_name(self) -> str:
+        return str(self.spec.path)
+
+    @property
+    def model_type(self) -> str:
+        return self.spec.model_type
+
+    @property
+    def settings(self) -> Any:
+        return self.spec.settings
+
+    def recipe(self) -> ScanRecipe:
+        return ScanRecipe(str(self.spec.path), self.spec.overrides, self.spec.chat_template, self.options,
+                          str(self.root), self.media.url_root)
 
     def _check_template(self) -> None:
         """The template must compile and render a plain two-turn conversation: one that cannot (a syntax
@@ -140,62 +167,8 @@ class Scanner:
             raise UsageError(f"{where} fails on a plain two-turn conversation ({what}); fix it or pass "
                              "--chat-template FILE") from None
 
-    def _pixel_unit(self) -> int | None:
-        factor = getattr(self.spec.settings, "factor", None)
-        return int(factor) ** 2 if factor else None
-
-    # -- images ---------------------------------------------------------------------------
-    def _probe(self, ref: ImageRef) -> ImageInfo:
-        check = self.options.check_integrity
-        if ref.kind == "bytes":
-            return probe_bytes(ref.value, check_integrity=check)
-        if ref.kind == "data_url":
-            return probe_bytes(decode_data_url(ref.value), check_integrity=check)
-        if ref.kind == "pil":  # the processor is handed this object as it is: its size, never EXIF-rotated
-            return ImageInfo(ref.value.width, ref.value.height, format=ref.value.format)
-        if ref.kind == "url":
-            raise ImageProblem("VC101", f"remote image {ref.value} is not downloaded by vlmcheck; "
-                                        "download the images and point the dataset at local files")
-        if ref.kind == "remote":  # fsspec: ranged reads of the header
-            return probe_url(ref.value, check_integrity=check)
-        if self.url_root is not None and ref.value and not os.path.isabs(str(ref.value)):
-            return probe_url(join_url(self.url_root, str(ref.value)), check_integrity=check)
-        return probe_path(self._local_path(str(ref.value), "image"), check_integrity=check)
-
-    def _local_path(self, raw: str, what: str) -> Path:
-        """A dataset path, relative to the image root; with ``confine``, one that must resolve under it (VC104)."""
-        if not raw:
-            raise ImageProblem("VC101", f"empty {what} path")
-        try:
-            check_path_text(raw)
-        except FileProblem as p:
-            raise ImageProblem("VC101", p.message) from None
-        path = Path(raw)
-        if raw.startswith("~") and not self.options.confine:
-            path = path.expanduser()
-        if not path.is_absolute():
-            path = self.root / path
-        if self.options.confine:
-            try:
-                real = self._realpath(path)
-            except (OSError, ValueError) as e:
-                raise ImageProblem("VC101", f"{raw[:200]} cannot be resolved: {e}") from None
-            if os.path.commonpath([real, self.real_root]) != self.real_root:
-                raise ImageProblem("VC104", f"{raw} resolves to {real}, outside the image root {self.real_root}")
-        return path
-
     def _realpath(self, path: Path) -> str:
-        """``os.path.realpath(path)``, resolving each image folder once: realpath costs one lstat per
-        path component, and a dataset's images share a few folders."""
-        parent, name = os.path.split(path)
-        if name in ("", ".", "..") or os.path.islink(path):
-            return os.path.realpath(path)
-        real_parent = self._real_dirs.get(parent)
-        if real_parent is None:
-            if len(self._real_dirs) >= 4096:
-                self._real_dirs.clear()
-            real_parent = self._real_dirs[parent] = os.path.realpath(parent)
-        return os.path.join(real_parent, name)
+        return self.media.realpath(path)
 
     def _images(self, conv: Conversation, found: list[F.Finding]
                 ) -> tuple[list[int | None], list[tuple[int, int]], list[Expansion | None]]:
@@ -209,7 +182,7 @@ class Scanner:
         for k, ref in enumerate(conv.images, 1):
             label = f"image {k} of {len(conv.images)} ({ref.describe()[:120]})"
             try:
-                info = self._probe(ref)
+                info = self.media.probe(ref)
             except ImageProblem as p:
                 found.append(F.make(p.code, f"{label}: {p.message}", image=k, **p.data))
                 counts.append(None)
@@ -232,21 +205,6 @@ class Scanner:
         return counts, sizes, expansions
 
     # -- videos ---------------------------------------------------------------------------
-    def _probe_video(self, ref: VideoRef) -> VideoInfo:
-        if ref.kind == "bytes":
-            return probe_video_bytes(ref.value)
-        if ref.kind == "url":
-            raise VideoProblem("VC111", f"remote video {ref.value} is not downloaded by vlmcheck; download the "
-                                        "videos and point the dataset at local files")
-        if ref.kind == "frames":
-            raise VideoProblem("VC114", "a video given as a list of frame images is not counted yet")
-        try:
-            if ref.kind == "data_url":
-                return probe_video_bytes(decode_data_url(ref.value))
-            return probe_video_path(self._local_path(str(ref.value), "video"))
-        except ImageProblem as p:  # the path/data-URL checks shared with images
-            raise VideoProblem({"VC101": "VC111", "VC102": "VC112"}.get(p.code, p.code), p.message) from None
-
     def _videos(self, conv: Conversation, found: list[F.Finding]) -> tuple[list[int | None], list[Expansion | None]]:
         counts: list[int | None] = []
         expansions: list[Expansion | None] = []
@@ -255,7 +213,7 @@ class Scanner:
             try:
                 if not isinstance(self.family, VideoFamily):
                     raise VideoProblem("VC114", f"vlmcheck does not count videos for {self.family.title} yet")
-                info = self._probe_video(ref)
+                info = self.media.probe_video(ref)
                 expansion = self.family.expand_video(info, self.spec.settings, ref.options)
             except VideoProblem as p:
                 found.append(F.make(p.code, f"{label}: {p.message}", video=k, **p.data))
@@ -295,61 +253,10 @@ class Scanner:
 
         return self._media_re.sub(replace, text), runs, kinds
 
-    def _supervised_chars(self, conv: Conversation, text: str) -> list[tuple[int, int]]:
-        """Character spans of assistant content in ``text``, found in message order so that a
-        reply quoting the prompt is not matched inside the prompt."""
-        return self._text_spans(conv, text)[0]
-
-    def _text_spans(self, conv: Conversation, text: str) -> tuple[list[tuple[int, int]], list[str]]:
-        """The assistant spans (as ``_supervised_chars``), and the roles of message text the rendered
-        ``text`` does not hold: what the template dropped (a template that trims whitespace drops nothing)."""
-        spans: list[tuple[int, int]] = []
-        missing: list[str] = []
-        cursor = 0
-        for message in conv.messages:
-            content = message.get("content")
-            pieces = [content] if isinstance(content, str) else [
-                p["text"] for p in content or [] if isinstance(p, dict) and isinstance(p.get("text"), str)
-            ]
-            for piece in pieces:
-                if not piece:
-                    continue
-                at = text.find(piece, cursor)
-                if at < 0:
-                    core = piece.strip()
-                    at = text.find(core, cursor) if core else -1
-                    if at < 0:
-                        if core:
-                            missing.append(str(message.get("role")))
-                        continue
-                    piece = core
-                end = at + len(piece)
-                if message.get("role") == "assistant":
-                    if self.eos and text.startswith(self.eos, end):
-                        end += len(self.eos)
-                    spans.append((at, end))
-                cursor = end
-        return spans, missing
-
-    def _renders_string_content(self) -> bool:
-        """Whether the template renders a message whose content is a plain string. Processor templates
-        (llava-hf's, for one) render only typed parts and drop a string in silence; TRL's
-        ``prepare_multimodal_messages`` turns strings into text parts before them, and so does the scan."""
-        marker = "vlmcheck-probe-3f9a"
-
-        def renders(content: Any) -> bool:
-            messages = [{"role": "user", "content": content}, {"role": "assistant", "content": content}]
-            try:
-                return marker in self._render(Conversation(messages=messages, images=[]))
-            except Exception:
-                return False
-
-        return renders(marker) or not renders([{"type": "text", "text": marker}])
-
     # -- one batch --------------------------------------------------------------------------
-    def analyze(self, items: list[tuple[int, Any]]) -> list[SampleResult]:
+    def count_chunk(self, items: list[tuple[int, Any]]) -> list[SampleResult]:
         results: list[SampleResult] = []
-        pending: list[tuple[SampleResult, _Prepared]] = []
+        pending: list[tuple[SampleResult, Prepared]] = []
         for index, item in items:
             try:
                 result, prepared = self._prepare(index, item)
@@ -361,15 +268,16 @@ class Scanner:
             elif result.findings and self.previews.wants(result):  # (preview: hook)
                 result.preview = self.previews.make(result)
         if pending:
-            encodings = self._encode_each([p[1][1] for p in pending])
-            for (result, (conv, text, counts, sizes, runs, kinds)), enc in zip(pending, encodings):
+            encodings = self._encode_each([p[1].text for p in pending])
+            for (result, prepared), enc in zip(pending, encodings):
+                conv, text, kinds = prepared.conv, prepared.text, prepared.kinds
                 if isinstance(enc, Exception):
                     why = ("the text holds a lone surrogate (invalid Unicode), which no tokenizer encodes"
-                           if _utf8(text) != text else f"the tokenizer cannot encode this sample's text: {enc}")
+                           if utf8_safe(text) != text else f"the tokenizer cannot encode this sample's text: {enc}")
                     result.findings.append(F.make("VC001", why))
                     continue
                 try:
-                    layout = self._finish(result, conv, text, counts, sizes, runs, enc.ids, enc.offsets, kinds=kinds)
+                    layout = self._finish(result, prepared, enc.ids, enc.offsets)
                 except Exception as e:
                     results[results.index(result)] = unreadable_row(result.index, None, e, id=result.id)
                     continue
@@ -408,27 +316,11 @@ class Scanner:
                     out[i] = enc
         return out
 
-    def _prepare(self, index: int, item: Any) -> tuple[SampleResult, _Prepared | None]:
+    def _prepare(self, index: int, item: Any) -> tuple[SampleResult, Prepared | None]:
         result = SampleResult(index=index, id=str(index), tokens=None, image_tokens=[], supervised_tokens=None)
-        if isinstance(item, BadRow):
-            result.findings.append(F.make("VC001", item.reason))
+        conv = read_conversation(result, item, format=self.options.format)
+        if conv is None:
             return result, None
-        if isinstance(item, dict):  # a malformed row is still reported under its id
-            result.id = row_id(item) or result.id
-        fmt = self.options.format or detect_format(item)
-        if fmt is None and isinstance(item, dict) and ("messages" in item or "conversations" in item):
-            fmt = "sharegpt"  # has the field, in the wrong shape: let the reader name what is wrong
-        if fmt is None:
-            keys = sorted(item)[:8] if isinstance(item, dict) else type(item).__name__
-            result.findings.append(F.make("VC001", f"no conversation found (fields: {keys})"))
-            return result, None
-        try:
-            conv = to_conversation(item, fmt)
-        except RowError as e:
-            result.findings.append(F.make("VC001", str(e)))
-            return result, None
-        if conv.id is not None:
-            result.id = conv.id
         if self.typed_text:
             conv.messages = [typed_message(m) for m in conv.messages]
         found = result.findings
@@ -457,12 +349,12 @@ class Scanner:
             what = "RecursionError" if isinstance(e, RecursionError) else f"{type(e).__name__}: {str(e)[:200]}"
             found.append(F.make("VC001", f"the chat template fails on this conversation ({what})"))
             return result, None
-        return result, (conv, text, counts, sizes, runs, kinds)
+        return result, Prepared(conv, text, counts, sizes, runs, kinds)
 
-    def _finish(self, result: SampleResult, conv: Conversation, text: str, counts: list[int | None],
-                sizes: list[tuple[int, int]], runs: list[tuple[int, ...]], ids: list[int],
-                offsets: list[tuple[int, int]], *, kinds: list[str] | None = None) -> Layout:
-        supervised_chars, dropped = self._text_spans(conv, text)
+    def _finish(self, result: SampleResult, prepared: Prepared, ids: list[int], offsets: list[tuple[int, int]]
+                ) -> Layout:
+        conv, text, counts, sizes, runs = prepared.conv, prepared.text, prepared.counts, prepared.sizes, prepared.runs
+        supervised_chars, dropped = text_spans(conv, text, eos=self.eos)
         layout = build_layout(ids, offsets, image_token_id=self.image_token_id, image_runs=runs,
                               supervised_chars=supervised_chars, text=text,
                               video_token_id=self.video_token_id)
@@ -475,7 +367,7 @@ class Scanner:
         if not layout.supervised_tokens and not any(f.code == "VC003" for f in result.findings):
             result.findings.append(F.make(
                 "VC003", "the rendered conversation has no assistant tokens: every label is masked"))
-        kinds = list(kinds or [])
+        kinds = list(prepared.kinds)
         kinds += ["image"] * (len(layout.images) - len(kinds))  # placeholders the tokenizer made of plain text
         placeholders = kinds.count("image")
         video_placeholders = kinds.count("video")
@@ -497,224 +389,9 @@ class Scanner:
         image_tokens = [n for n, kind in zip(layout.image_tokens, kinds) if kind == "image"]
         result.text_only_tokens = layout.total - sum(image_tokens)  # video tokens stay: no pixel cap moves them
         if self.options.max_length is not None and placeholders == len(counts) and video_placeholders == len(videos):
-            result.fits_max_pixels = self._fit_budget(sizes, result.text_only_tokens)
-            self._truncation(result, layout, self.options.max_length, kinds=kinds)
+            result.fits_max_pixels = self.judge.fit_budget(sizes, result.text_only_tokens)
+            self.judge.truncation(result, layout, self.options.max_length, kinds=kinds)
         return layout
-
-    def _truncation(self, result: SampleResult, layout: Layout, max_length: int, *,
-                    kinds: list[str] | None = None) -> None:
-        if layout.total <= max_length:
-            return
-        kept = kept_ranges(layout, max_length, self.options.truncation)
-        over = layout.total - max_length
-        if kept is None:
-            result.findings.append(F.make(
-                "VC204", f"{layout.total:,} tokens > max_length={max_length:,}: dropped by truncation_strategy=delete",
-                tokens=layout.total, max_length=max_length))
-            return
-        cut_any = False
-        kinds = kinds or ["image"] * len(layout.runs)
-        numbers = {kind: kinds.count(kind) for kind in ("image", "video")}
-        seen = {"image": 0, "video": 0}
-        for kind, image_runs in zip(kinds, layout.runs):
-            seen[kind] += 1
-            k, n = seen[kind], numbers[kind]
-            size = sum(e - s for s, e in image_runs)
-            survive = sum(overlap(run, kept) for run in image_runs)
-            if survive < size and kind == "video":
-                cut_any = True
-                result.findings.append(F.make(
-                    "VC205",
-                    f"video {k} of {n} needs {size:,} tokens, only {survive:,} survive truncation at "
-                    f"max_length={max_length:,} ({self.options.truncation}); the sample is {layout.total:,} tokens",
-                    fix=f"raise max_length to {layout.total:,}, sample fewer frames (fps, max_frames) or fewer "
-                        "pixels per frame, or drop the sample",
-                    video=k, video_tokens=size, kept=survive, tokens=layout.total, max_length=max_length))
-            elif survive < size:
-                cut_any = True
-                result.findings.append(F.make(
-                    "VC201",
-                    f"image {k} of {n} needs {size:,} tokens, only {survive:,} survive truncation at "
-                    f"max_length={max_length:,} ({self.options.truncation}); the sample is {layout.total:,} tokens",
-                    fix=self._cut_fix(layout.total, result.fits_max_pixels),
-                    image=k, image_tokens=size, kept=survive, tokens=layout.total, max_length=max_length))
-        supervised = layout.supervised_tokens
-        kept_supervised = sum(overlap(r, kept) for r in layout.supervised)
-        if supervised and not kept_supervised:
-            result.findings.append(F.make(
-                "VC202",
-                f"all {supervised:,} supervised tokens fall past the cut at max_length={max_length:,} "
-                f"(sample is {layout.total:,} tokens)",
-                supervised=supervised, tokens=layout.total, max_length=max_length))
-        elif not cut_any and over > 0:
-            result.findings.append(F.make(
-                "VC203",
-                f"{layout.total:,} tokens > max_length={max_length:,}: {over:,} text tokens cut, "
-                f"{supervised - kept_supervised:,} of {supervised:,} supervised tokens lost",
-                tokens=layout.total, max_length=max_length, supervised_lost=supervised - kept_supervised))
-
-    def _cut_fix(self, total: int, fits_max_pixels: int | None) -> str:
-        fix = f"raise max_length to {total:,}"
-        if fits_max_pixels is not None:
-            fix += f", or cap max_pixels at {fits_max_pixels:,} (the sample then fits whole)"
-        return fix + ", or drop the sample"
-
-    def _fit_budget(self, sizes: list[tuple[int, int]], text_tokens: int) -> int | None:
-        """Largest pixel budget (a multiple of factor**2) under which the sample fits whole."""
-        unit = self._budget_unit
-        max_length = self.options.max_length
-        if unit is None or max_length is None or not sizes:
-            return None
-        settings = self.spec.settings
-        current = getattr(settings, "pre_max_pixels", None) or getattr(settings, "max_pixels", None)
-        if current is None:
-            return None
-
-        def fits(budget: int) -> bool:
-            s = self.family.with_max_pixels(settings, budget)
-            try:
-                return text_tokens + sum(self.family.image_tokens(w, h, s) for w, h in sizes) <= max_length
-            except (ZeroDivisionError, ValueError):
-                # the budget resizes a side to 0 px: the real pipeline fails there too
-                return False
-
-        hi = current // unit
-        if fits(hi * unit):
-            return hi * unit
-        # qwen-vl-utils asserts max_pixels >= min_pixels: never recommend a budget below the floor
-        floor = getattr(settings, "pre_min_pixels", None) or 1
-        lo = max(1, -(-floor // unit))
-        if lo >= hi or not fits(lo * unit):
-            return None
-        while lo < hi - 1:
-            mid = (lo + hi) // 2
-            if fits(mid * unit):
-                lo = mid
-            else:
-                hi = mid
-        return lo * unit
-
-
-def unreadable_row(index: int, item: Any, error: BaseException, *, id: str | None = None) -> SampleResult:
-    """The record of a row that raised where vlmcheck expected none: VC001 with the error, so the row is
-    flagged and the scan goes on."""
-    result = SampleResult(index=index, id=id or str(index), tokens=None, image_tokens=[], supervised_tokens=None)
-    if id is None and isinstance(item, dict):
-        try:
-            result.id = row_id(item) or result.id
-        except Exception:
-            pass
-    what = "nested too deeply" if isinstance(error, RecursionError) else f"{type(error).__name__}: {str(error)[:200]}"
-    result.findings.append(F.make("VC001", f"this row cannot be read ({what})"))
-    return result
-
-
-def _utf8(text: str) -> str:
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:  # a lone surrogate from the data (JSON can escape one): shown as \udXXX
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def printable(result: SampleResult) -> SampleResult:
-    """``result`` with an id and messages every output can encode: a lone surrogate in a row's id or
-    text must not crash the report, the records or the terminal."""
-    result.id = _utf8(result.id)
-    for finding in result.findings:
-        finding.message = _utf8(finding.message)
-        if finding.id is not None:
-            finding.id = _utf8(str(finding.id))
-    return result
-
-
-def typed_message(message: dict[str, Any]) -> dict[str, Any]:
-    """A string content as one text part, as TRL's ``prepare_multimodal_messages`` does."""
-    content = message.get("content")
-    if isinstance(content, str):
-        return {**message, "content": [{"type": "text", "text": content}]}
-    return message
-
-
-def has_text(content: Any) -> bool:
-    if isinstance(content, str):
-        return bool(content.strip())
-    return any(isinstance(p, dict) and str(p.get("text") or "").strip() for p in content or [])
-
-
-# -- worker processes ---------------------------------------------------------------------------
-_WORKER: Scanner | None = None
-
-
-def _init_worker(model_path: str, overrides: Overrides, chat_template: str | None, options: ScanOptions,
-                 root: str) -> None:
-    global _WORKER
-    spec = load_model(model_path, overrides=overrides, chat_template=chat_template)
-    _WORKER = Scanner(spec, options, Path(root))
-
-
-def _work(items: list[tuple[int, Any]]) -> list[SampleResult]:
-    assert _WORKER is not None
-    return _WORKER.analyze(items)
-
-
-def nonempty(rows: Iterator[Any], path: Path | str) -> Iterator[Any]:
-    """``rows``, or a :class:`DatasetError` when there is none: an empty dataset is not a clean one."""
-    import itertools
-
-    first = next(rows, _NOTHING)
-    if first is _NOTHING:
-        raise DatasetError(f"{path} holds no rows: there is nothing to check (an empty file, array or split)")
-    return itertools.chain([first], rows)
-
-
-_NOTHING = object()
-
-
-def row_chunks(rows: Iterator[Any], size: int, limit: int | None) -> Iterator[list[tuple[int, Any]]]:
-    chunk: list[tuple[int, Any]] = []
-    for index, row in enumerate(rows):
-        if limit is not None and index >= limit:
-            break
-        chunk.append((index, row))
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _results(scanner: Scanner, spec: ModelSpec, chunks: Iterator[list[tuple[int, Any]]], workers: int,
-             options: ScanOptions, root: Path) -> Iterator[SampleResult]:
-    if workers <= 1:
-        for chunk in chunks:
-            yield from scanner.analyze(chunk)
-        return
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
-    args = (str(spec.path), spec.overrides, spec.chat_template, options, str(root))
-    with ctx.Pool(workers, initializer=_init_worker, initargs=args) as pool:
-        # Bounded in-flight queue: Pool.imap would read the whole dataset ahead of the workers.
-        inflight: deque[tuple[list[tuple[int, Any]], Any]] = deque()
-
-        def done() -> list[SampleResult]:
-            chunk, pending = inflight.popleft()
-            try:
-                return list(pending.get())
-            except Exception:
-                # a chunk that cannot travel to a worker or back (a row nested too deeply to pickle): this
-                # process analyzes it, where every row error is a finding
-                return scanner.analyze(chunk)
-
-        for chunk in chunks:
-            inflight.append((chunk, pool.apply_async(_work, (chunk,))))
-            if len(inflight) >= 4 * workers:
-                yield from done()
-        while inflight:
-            yield from done()
 
 
 def build_scanner(
@@ -779,7 +456,7 @@ def build_scanner(
     options = ScanOptions(max_length=max_length, truncation=truncation, format=format,
                           image_root=str(where) if is_url(where) else str(root), exif_transpose=exif_transpose,
                           allow_outside_root=allow_outside_root, confine=confine, split=split)
-    return Scanner(spec, options, root)
+    return Scanner(spec, options, root, url_root=str(where) if is_url(where) else None)
 
 
 def scan(
@@ -863,17 +540,7 @@ def scan(
     if exact and (shard is not None or resume or not isinstance(dataset, (str, os.PathLike))):
         raise UsageError("exact=True scans one dataset file or folder; shard, resume and objects go with the "
                          "arithmetic scan")
-    if exact:  # (exact: hook)
-        from vlmcheck.exact import scan_exact
-
-        return scan_exact(
-            dataset, model=model, max_length=max_length, truncation=truncation, format=format,
-            image_root=image_root, max_pixels=max_pixels, min_pixels=min_pixels, resize=resize,
-            exif_transpose=exif_transpose, allow_outside_root=allow_outside_root, confine=confine, chat_template=chat_template,
-            split=split, workers=workers, limit=limit, output=output, progress=progress,
-            trust_remote_code=trust_remote_code,
-        )
-    if trust_remote_code:
+    if trust_remote_code and not exact:
         raise UsageError("trust_remote_code only applies with exact=True (--exact): the arithmetic scan runs no "
                          "checkpoint code")
     if workers < 1:
@@ -881,52 +548,21 @@ def scan(
     if resume and output is None:
         raise UsageError("resume needs output: the records of the interrupted scan are where it goes on from")
     source = open_source(dataset, split=split, shard=shard)  # (sources: hook)
-    scanner = build_scanner(
+    counter: Counter
+    if exact:  # (exact: hook) the checkpoint's own processor counts, in the same pipeline
+        from vlmcheck.exact import exact_counter
+
+        counter = exact_counter(
+            source, model=model, max_length=max_length, truncation=truncation, format=format,
+            image_root=image_root, max_pixels=max_pixels, min_pixels=min_pixels, resize=resize,
+            exif_transpose=exif_transpose, allow_outside_root=allow_outside_root, confine=confine,
+            chat_template=chat_template, split=split, trust_remote_code=trust_remote_code,
+        )
+        return run(counter, source, output=output, resume=resume, workers=workers, limit=limit, progress=progress)
+    counter = build_scanner(
         source, model=model, max_length=max_length, truncation=truncation, format=format, image_root=image_root,
         max_pixels=max_pixels, min_pixels=min_pixels, resize=resize, exif_transpose=exif_transpose,
         allow_outside_root=allow_outside_root, confine=confine, chat_template=chat_template, split=split,
         processor_options=processor_options,
     )
-    spec, options, root = scanner.spec, scanner.options, scanner.root
-    if output is not None:
-        source.check_output(output)
-        output_target(output)  # a symlink or device is refused before the scan, not after it
-    total = source.count(limit=limit) if progress else None
-    builder = ReportBuilder(dataset=source.name, model=str(spec.path), model_type=spec.model_type,
-                            options=options, settings=spec.settings)
-    identity = {"dataset": source.name, "model": str(spec.path), "options": repr(options),
-                "settings": repr(spec.settings), "shard": shard_label(source.shard), "limit": limit}
-    writer = RecordWriter(output, builder, resume=resume, identity=identity)
-    started = time.perf_counter()
-    chunks = source.chunks(_CHUNK, start=writer.start, limit=limit)
-    if writer.start == 0:
-        chunks = nonempty(chunks, source.name)
-
-    def tick(results: Iterator[SampleResult]) -> Iterator[SampleResult]:
-        for result in results:
-            yield result
-            if progress is not None:
-                progress(builder.scanned, total)
-
-    writer.write(tick(_results(scanner, spec, chunks, workers, options, root)), started=started)
-    report = builder.build(seconds=writer.seconds(time.perf_counter()))
-    if source.shard is not None:
-        report.summary["shard"] = shard_label(source.shard)
-    return report
-
-
-def write_records(results: Iterator[SampleResult], builder: ReportBuilder,
-                  output: str | os.PathLike[str] | None) -> None:
-    """Feed every result to the report and, with ``output``, to a JSON Lines file that appears whole or not at
-    all; the report keeps the records (:mod:`vlmcheck.records`)."""
-    RecordWriter(output, builder).write(results, started=time.perf_counter())
-
-
-class _AtomicLines(AtomicOutput):
-    """JSON Lines through :class:`~vlmcheck.util.AtomicOutput`."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        super().__init__(path)
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.fp.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return run(counter, source, output=output, resume=resume, workers=workers, limit=limit, progress=progress)

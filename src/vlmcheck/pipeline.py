@@ -1,0 +1,169 @@
+"""One pipeline for every counter: rows in chunks, a pool of worker processes, the report, the records.
+
+>>> report = run(Scanner(spec, options, root), open_source("train.jsonl"), output="r.jsonl", workers=4)  # doctest: +SKIP
+
+A counter (:class:`Counter`) counts one chunk of rows into one :class:`~vlmcheck.results.SampleResult` per row,
+in order, and says how a worker process builds it again (:class:`Recipe`). The arithmetic scan
+(:class:`vlmcheck.scan.Scanner`) and the processor scan (:class:`vlmcheck.exact.ExactScanner`) are the two
+counters; everything around them is here, once: reading the source in chunks (its shard, from where an
+interrupted scan stopped), the worker pool with a bounded in-flight queue, progress, the
+:class:`~vlmcheck.report.ReportBuilder`, and the records written atomically and resumably
+(:class:`~vlmcheck.records.RecordWriter`).
+
+:func:`count_chunk` is the one function a worker runs, for a process pool here or any other engine: given the
+recipe and the rows, it counts them with the counter that recipe builds, built once per process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from vlmcheck.errors import DatasetError
+from vlmcheck.options import ScanOptions
+from vlmcheck.records import RecordWriter
+from vlmcheck.report import Report, ReportBuilder
+from vlmcheck.results import SampleResult
+from vlmcheck.sources import Source, shard_label
+from vlmcheck.util import output_target
+
+Rows = list[tuple[int, Any]]  # (row index, row) of one chunk, in order
+
+
+class Counter(Protocol):
+    """What the pipeline needs of a counter."""
+
+    #: rows per task sent to a worker (one tokenizer batch for the arithmetic scan, a few processor calls
+    #: for the processor scan)
+    chunk_size: int
+    options: ScanOptions
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def model_type(self) -> str: ...
+
+    @property
+    def settings(self) -> Any: ...  # what the report shows of the model's processor settings
+
+    def count_chunk(self, rows: Rows) -> list[SampleResult]:
+        """One result per row, in order; a row that cannot be counted is a finding, never an exception."""
+        ...
+
+    def recipe(self) -> Recipe:
+        """How another process builds this counter again."""
+        ...
+
+
+class Recipe(Protocol):
+    """A counter's recipe: picklable, equal for equal counters."""
+
+    def build(self) -> Counter: ...
+
+
+# -- one chunk, in whatever process runs it -------------------------------------------------------------------
+_WORKER: tuple[Recipe, Counter] | None = None
+
+
+def count_chunk(recipe: Recipe, rows: Rows) -> list[SampleResult]:
+    """Count ``rows`` with the counter ``recipe`` builds, built once per process and kept for the next chunk.
+
+    The task a worker process runs (a forked worker starts with its parent's counter instead of building one).
+    """
+    global _WORKER
+    if _WORKER is None or _WORKER[0] != recipe:
+        _WORKER = (recipe, recipe.build())
+    return _WORKER[1].count_chunk(rows)
+
+
+def count_all(counter: Counter, chunks: Iterator[Rows], *, workers: int = 1) -> Iterator[SampleResult]:
+    """Every chunk's results, in order: in this process, or on ``workers`` processes."""
+    if workers <= 1:
+        for chunk in chunks:
+            yield from counter.count_chunk(chunk)
+        return
+    import multiprocessing as mp
+
+    global _WORKER
+    recipe = counter.recipe()
+    ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
+    _WORKER = (recipe, counter)  # forked workers start with it instead of building their own
+    try:
+        with ctx.Pool(workers) as pool:
+            # Bounded in-flight queue: Pool.imap would read the whole dataset ahead of the workers.
+            inflight: deque[tuple[Rows, Any]] = deque()
+
+            def done() -> list[SampleResult]:
+                chunk, pending = inflight.popleft()
+                try:
+                    return list(pending.get())
+                except Exception:
+                    # a chunk that cannot travel to a worker or back (a row nested too deeply to pickle): this
+                    # process counts it, where every row error is a finding
+                    return counter.count_chunk(chunk)
+
+            for chunk in chunks:
+                inflight.append((chunk, pool.apply_async(count_chunk, (recipe, chunk))))
+                if len(inflight) >= 4 * workers:
+                    yield from done()
+            while inflight:
+                yield from done()
+    finally:
+        _WORKER = None
+
+
+# -- a whole scan ---------------------------------------------------------------------------------------------
+def run(counter: Counter, source: Source, *, output: str | os.PathLike[str] | None = None, resume: bool = False,
+        workers: int = 1, limit: int | None = None,
+        progress: Callable[[int, int | None], None] | None = None) -> Report:
+    """Count every row of ``source`` (below ``limit``) with ``counter``, on ``workers`` processes; with
+    ``output``, write one record per row, atomically (and resumably with ``resume``); return the report."""
+    if output is not None:
+        source.check_output(output)
+        output_target(output)  # a symlink or device is refused before the scan, not after it
+    total = source.count(limit=limit) if progress else None
+    options = counter.options
+    builder = ReportBuilder(dataset=source.name, model=counter.model_name, model_type=counter.model_type,
+                            options=options, settings=counter.settings)
+    identity = {"dataset": source.name, "model": counter.model_name, "options": repr(options),
+                "settings": repr(counter.settings), "shard": shard_label(source.shard), "limit": limit}
+    writer = RecordWriter(output, builder, resume=resume, identity=identity)
+    started = time.perf_counter()
+    chunks = source.chunks(counter.chunk_size, start=writer.start, limit=limit)
+    if writer.start == 0:
+        chunks = nonempty(chunks, source.name)
+
+    def tick(results: Iterator[SampleResult]) -> Iterator[SampleResult]:
+        for result in results:
+            yield result
+            if progress is not None:
+                progress(builder.scanned, total)
+
+    writer.write(tick(count_all(counter, chunks, workers=workers)), started=started)
+    report = builder.build(seconds=writer.seconds(time.perf_counter()))
+    if source.shard is not None:
+        report.summary["shard"] = shard_label(source.shard)
+    return report
+
+
+def write_records(results: Iterator[SampleResult], builder: ReportBuilder,
+                  output: str | os.PathLike[str] | None) -> None:
+    """Feed every result to the report and, with ``output``, to a JSON Lines file that appears whole or not at
+    all; the report keeps the records (:mod:`vlmcheck.records`)."""
+    RecordWriter(output, builder).write(results, started=time.perf_counter())
+
+
+def nonempty(rows: Iterator[Any], path: os.PathLike[str] | str) -> Iterator[Any]:
+    """``rows``, or a :class:`DatasetError` when there is none: an empty dataset is not a clean one."""
+    first = next(rows, _NOTHING)
+    if first is _NOTHING:
+        raise DatasetError(f"{path} holds no rows: there is nothing to check (an empty file, array or split)")
+    return itertools.chain([first], rows)
+
+
+_NOTHING = object()
