@@ -20,9 +20,8 @@ from typing import Any
 from vlmcheck.counting import unreadable_row
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.frameworks import detect, read_launch
-from vlmcheck.options import ScanOptions
 from vlmcheck.pipeline import write_records
-from vlmcheck.report import Report, ReportBuilder
+from vlmcheck.report import CutAt, Report, ReportBuilder
 from vlmcheck.results import SampleResult
 
 
@@ -84,7 +83,7 @@ def check(
             if os.path.realpath(output) == os.path.realpath(file):
                 raise UsageError(f"output {output} is one of the run's inputs; vlmcheck never writes over its input")
     described = run.describe()
-    options = ScanOptions(max_length=run.max_length, truncation=run.name, exif_transpose=False)
+    options = CutAt(max_length=run.max_length, truncation=run.name)
     builder = ReportBuilder(dataset=", ".join(described.get("datasets", [])), model=str(run.spec.path),
                             model_type=run.spec.model_type, options=options, settings=run.shown_settings())
     started = time.perf_counter()

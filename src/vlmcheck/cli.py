@@ -171,7 +171,7 @@ def _check_json_path(json_path: str | None, dataset: str, *others: tuple[str, st
 @click.option("--max-length", type=click.IntRange(min=1), help="The framework's max_length / cutoff_len.")
 @click.option("--truncation", type=click.Choice(TRUNCATIONS), default="right", show_default=True,
               help="right: transformers/TRL; llamafactory: cutoff_len split per turn; left/delete: ms-swift.")
-@click.option("--format", "format_", type=click.Choice(FORMATS), help="Force the dataset format (default: detect).")
+@click.option("--format", type=click.Choice(FORMATS), help="Force the dataset format (default: detect).")
 @click.option("--image-root", type=click.Path(file_okay=False, path_type=str),
               help="Folder image paths are relative to (default: the dataset's folder).")
 @click.option("--max-pixels", type=click.IntRange(min=1), help="Pixel budget per image (see --resize).")
@@ -180,7 +180,7 @@ def _check_json_path(json_path: str | None, dataset: str, *others: tuple[str, st
               help="How --max/--min-pixels apply: processor kwargs (TRL); prescale (LLaMA-Factory "
                    "image_max_pixels, EasyR1/verl); qwen-vl-utils (ms-swift MAX_PIXELS).")
 @click.option("--qwen-vl-utils", is_flag=True, help="Images go through qwen-vl-utils first (= --resize qwen-vl-utils).")
-@click.option("--exif/--no-exif", default=None,
+@click.option("--exif/--no-exif", "exif_transpose", default=None,
               help="Whether images are seen EXIF-rotated (default: yes with --resize processor, where "
                    "transformers loads paths; no otherwise, and for images passed as opened PIL images).")
 @click.option("--confine", "--strict-root", "confine", is_flag=True,
@@ -218,13 +218,8 @@ def _check_json_path(json_path: str | None, dataset: str, *others: tuple[str, st
 @fail_on_option()
 @click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, help="Findings to print.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing; use the exit code.")
-def scan_command(dataset: tuple[str, ...], model: str, max_length: int | None, truncation: str, format_: str | None,
-                 image_root: str | None, max_pixels: int | None, min_pixels: int | None, resize: str,
-                 qwen_vl_utils: bool, exif: bool | None, confine: bool, allow_outside_root: bool, chat_template: str | None,
-                 split: str | None, workers: int, limit: int | None, shard: str | None, resume: bool,
-                 processor_options: dict[str, Any],
-                 exact: bool, trust_remote_code: bool, json_path: str | None, output: str | None, html_path: str | None,
-                 framework: str | None, fail_on: Severity, show: int, quiet: bool) -> None:
+def scan_command(dataset: tuple[str, ...], model: str, qwen_vl_utils: bool, json_path: str | None,
+                 html_path: str | None, fail_on: Severity, show: int, quiet: bool, **given: Any) -> None:
     """Count every sample's tokens as the model's processor would and report what will break.
 
     DATASET: .json/.jsonl (also .gz, .bz2, .xz, .zst), .parquet, a WebDataset .tar, a save_to_disk folder, a
@@ -232,28 +227,25 @@ def scan_command(dataset: tuple[str, ...], model: str, max_length: int | None, t
     order."""
     import sys
 
+    from vlmcheck.options import ScanOptions
     from vlmcheck.scan import scan
 
+    # every other flag is the ScanOptions field of its name: an option is one field and its flag
     if qwen_vl_utils:
-        if resize not in ("processor", "qwen-vl-utils"):
-            raise click.UsageError("--qwen-vl-utils contradicts --resize " + resize)
-        resize = "qwen-vl-utils"
+        if given["resize"] not in ("processor", "qwen-vl-utils"):
+            raise click.UsageError("--qwen-vl-utils contradicts --resize " + given["resize"])
+        given["resize"] = "qwen-vl-utils"
+    output = given["output"]
     others = tuple(("a dataset", other) for other in dataset[1:])
     _check_json_path(json_path, dataset[0], ("the --output records", output), *others)
     _check_json_path(html_path, dataset[0], ("the --output records", output), ("the --json summary", json_path),
                      *others, option="--html")
-    template = _read_template(chat_template)
+    given["chat_template"] = _read_template(given["chat_template"])
     progress = _Progress(enabled=not quiet and sys.stderr.isatty())
     try:
-        report = scan(
-            dataset[0] if len(dataset) == 1 else list(dataset), model=model, max_length=max_length,
-            truncation=truncation, format=format_,
-            image_root=image_root, max_pixels=max_pixels, min_pixels=min_pixels, resize=resize,
-            exif_transpose=exif, allow_outside_root=allow_outside_root, confine=confine, chat_template=template,
-            split=split, workers=workers, limit=limit, output=output, progress=progress, exact=exact,
-            trust_remote_code=trust_remote_code, processor_options=processor_options, shard=shard, resume=resume,
-            framework=framework,
-        )
+        options = ScanOptions(**given)
+        report = scan(dataset[0] if len(dataset) == 1 else list(dataset), model=model, options=options,
+                      progress=progress)
     except VlmcheckError as e:
         progress.close()
         raise click.UsageError(str(e)) from None

@@ -43,7 +43,7 @@ from vlmcheck.counting import (
     typed_message,
     unreadable_row,
 )
-from vlmcheck.data.formats import FORMATS, Conversation, ImageRef
+from vlmcheck.data.formats import Conversation, ImageRef
 from vlmcheck.data.images import ImageProblem, decode_data_url
 from vlmcheck.data.videos import VideoProblem
 from vlmcheck.errors import (
@@ -54,9 +54,8 @@ from vlmcheck.errors import (
     UsageError,
 )
 from vlmcheck.families import Overrides
-from vlmcheck.families.base import RESIZE_MODES
 from vlmcheck.families.qwen2_vl import prescale
-from vlmcheck.layout import TRUNCATIONS, Layout, build_layout
+from vlmcheck.layout import Layout, build_layout
 from vlmcheck.model import ModelSpec, load_model, resolve_model_path
 from vlmcheck.options import ScanOptions
 from vlmcheck.results import SampleResult
@@ -416,7 +415,7 @@ class ExactScanner:
                 found.append(F.make(p.code, f"{label}: {p.message}", image=k, **p.data))
                 images.append(None)
                 continue
-            width, height = info.size(exif_transpose=self.options.exif_transpose)
+            width, height = info.size(exif_transpose=self.options.exif_rotated)
             sizes.append((width, height))
             if self.known is not None:
                 for issue in self.known.family.check_image(width, height, self.known.settings):
@@ -438,7 +437,7 @@ class ExactScanner:
         try:
             with Image.open(source) as opened:
                 opened.load()
-                image = ImageOps.exif_transpose(opened) if self.options.exif_transpose else opened.copy()
+                image = ImageOps.exif_transpose(opened) if self.options.exif_rotated else opened.copy()
         except Image.DecompressionBombError as e:
             raise ImageProblem("VC105", f"PIL refuses to decode it: {e}") from None
         except (OSError, SyntaxError, ValueError, EOFError) as e:
@@ -679,61 +678,28 @@ def _processor_pixels(overrides: Overrides) -> dict[str, int | None]:
     return {}
 
 
-def exact_counter(
-    source: Source,
-    *,
-    model: str | os.PathLike[str] | ModelSpec,
-    max_length: int | None = None,
-    truncation: str = "right",
-    format: str | None = None,
-    image_root: str | os.PathLike[str] | None = None,
-    max_pixels: int | None = None,
-    min_pixels: int | None = None,
-    resize: str = "processor",
-    exif_transpose: bool | None = None,
-    allow_outside_root: bool = False,
-    confine: bool = False,
-    chat_template: str | None = None,
-    split: str | None = None,
-    trust_remote_code: bool = False,
-) -> ExactScanner:
-    """The counter of :func:`vlmcheck.scan` with ``exact=True``: the same arguments and report, counted by the
+def exact_counter(source: Source, *, model: str | os.PathLike[str] | ModelSpec, options: ScanOptions) -> ExactScanner:
+    """The counter of :func:`vlmcheck.scan` with ``exact=True``: the same options and report, counted by the
     checkpoint's own processor (``AutoProcessor.from_pretrained``) sample by sample.
 
     ``max_pixels``/``min_pixels`` are passed to ``from_pretrained`` with ``resize="processor"``, and
     scale each image first with ``resize="prescale"``; ``qwen-vl-utils`` is not run.
     ``trust_remote_code`` runs a checkpoint's own processor code (``auto_map``); off by default.
     """
-    if truncation not in TRUNCATIONS:
-        raise UsageError(f"truncation must be one of {', '.join(TRUNCATIONS)}, not {truncation!r}")
-    if resize not in RESIZE_MODES:
-        raise UsageError(f"resize must be one of {', '.join(RESIZE_MODES)}, not {resize!r}")
-    if resize == "qwen-vl-utils":
-        raise UsageError("--exact runs the processor on the images as given and does not run qwen-vl-utils; "
-                         "drop --exact (vlmcheck applies qwen-vl-utils' resize itself) or use --resize prescale")
-    if format is not None and format not in FORMATS:
-        raise UsageError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
-    if max_length is not None and max_length <= 0:
-        raise UsageError("max_length must be positive")
-    for name, value in (("max_pixels", max_pixels), ("min_pixels", min_pixels)):
-        if value is not None and value <= 0:
-            raise UsageError(f"{name} must be positive")
+    chat_template = options.chat_template
     if isinstance(model, ModelSpec):
-        given = [n for n, v in (("max_pixels", max_pixels), ("min_pixels", min_pixels)) if v is not None]
-        if given or resize != "processor":
+        given = [n for n, v in (("max_pixels", options.max_pixels), ("min_pixels", options.min_pixels))
+                 if v is not None]
+        if given or options.resize != "processor":
             raise UsageError(f"{', '.join(given) or 'resize'} cannot change a loaded ModelSpec; pass the model path")
         folder, overrides = model.path, model.overrides
         chat_template = chat_template if chat_template is not None else model.chat_template
     else:
         folder = resolve_model_path(model)
-        overrides = Overrides(max_pixels=max_pixels, min_pixels=min_pixels, resize=resize)
-    if image_root is None and not isinstance(source.root, Path):
+        overrides = Overrides(max_pixels=options.max_pixels, min_pixels=options.min_pixels, resize=options.resize)
+    if options.image_root is None and not isinstance(source.root, Path):
         raise DatasetError(f"dataset not found: {source.name} (exact=True reads a local dataset file or folder)")
-    root = Path(image_root) if image_root is not None else source.root
+    root = Path(options.image_root) if options.image_root is not None else source.root
     assert isinstance(root, Path)
-    if exif_transpose is None:
-        exif_transpose = overrides.resize == "processor"
-    options = ScanOptions(max_length=max_length, truncation=truncation, format=format, image_root=str(root),
-                          exif_transpose=exif_transpose, allow_outside_root=allow_outside_root, confine=confine, split=split)
-    return ExactScanner(_Setup(path=str(folder), trust_remote_code=trust_remote_code, overrides=overrides,
+    return ExactScanner(_Setup(path=str(folder), trust_remote_code=options.trust_remote_code, overrides=overrides,
                                chat_template=chat_template, options=options, root=str(root)))

@@ -22,7 +22,7 @@ from typing import Any
 
 from vlmcheck.errors import UsageError
 from vlmcheck.findings import Finding
-from vlmcheck.report import Report, ReportBuilder, read_histograms
+from vlmcheck.report import CutAt, Report, ReportBuilder, read_histograms
 
 # what every merged summary must agree on: the same model, settings and cut
 _SAME = ("model", "model_type", "max_length", "truncation", "settings", "command")
@@ -108,7 +108,7 @@ def merge(summaries: Sequence[str | os.PathLike[str] | Mapping[str, Any] | Repor
     settings = first.get("settings")
     builder = ReportBuilder(
         dataset=", ".join(datasets), model=first["model"], model_type=first["model_type"],
-        options=SimpleNamespace(max_length=first["max_length"], truncation=first["truncation"]),  # type: ignore[arg-type]
+        options=CutAt(max_length=first["max_length"], truncation=first["truncation"]),
         settings=SimpleNamespace(**settings) if isinstance(settings, dict) else settings, keep=keep)
     for report in reports:
         absorb(builder, report)

@@ -130,7 +130,7 @@ def run(counter: Counter, source: Source, *, output: str | os.PathLike[str] | No
     options = counter.options
     builder = ReportBuilder(dataset=source.name, model=counter.model_name, model_type=counter.model_type,
                             options=options, settings=counter.settings)
-    identity = {"dataset": source.name, "model": counter.model_name, "options": repr(options),
+    identity = {"dataset": source.name, "model": counter.model_name, "options": options.identity,
                 "settings": repr(counter.settings), "shard": shard_label(source.shard), "limit": limit}
     writer = RecordWriter(output, builder, resume=resume, identity=identity)
     started = time.perf_counter()

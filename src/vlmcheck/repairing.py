@@ -50,6 +50,7 @@ from vlmcheck.data.readers import BadRow, dataset_kind, iter_rows
 from vlmcheck.data.writers import Sink, open_sink
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.model import ModelSpec
+from vlmcheck.options import ScanOptions
 from vlmcheck.pipeline import nonempty
 from vlmcheck.results import SampleResult
 from vlmcheck.scan import Scanner, build_scanner
@@ -639,7 +640,7 @@ class _Repairer:
         if isinstance(slots, str):
             return slots
         family, settings = scanner.family, scanner.spec.settings
-        exif = scanner.options.exif_transpose
+        exif = scanner.options.exif_rotated
         sizes = []
         for ref in conv.images:
             try:
@@ -763,6 +764,11 @@ def repair(
     """
     if max_length <= 0:
         raise UsageError("max_length must be positive")
+    # what repair shares with scan, checked once (the output is scanned with the same options)
+    options = ScanOptions(max_length=max_length, truncation=truncation, format=format, image_root=image_root,
+                          max_pixels=max_pixels, min_pixels=min_pixels, resize=resize, exif_transpose=exif_transpose,
+                          allow_outside_root=allow_outside_root, confine=confine, chat_template=chat_template,
+                          processor_options=processor_options)
     strategies = parse_on_overlong(on_overlong)
     held_for = parse_hold(hold)
     if not isinstance(dataset, (str, os.PathLike)):  # (sources: hook) objects, lists of files
@@ -798,11 +804,7 @@ def repair(
                 _check_output_folder(review_path(out), path)
     elif not dry_run:
         raise UsageError("pass an output path (or dry_run=True)")
-    scanner = build_scanner(
-        path, model=model, max_length=max_length, truncation=truncation, format=format, image_root=image_root,
-        max_pixels=max_pixels, min_pixels=min_pixels, resize=resize, exif_transpose=exif_transpose,
-        allow_outside_root=allow_outside_root, confine=confine, chat_template=chat_template, processor_options=processor_options,
-    )
+    scanner = build_scanner(path, model=model, options=options)
     root = scanner.root
     # The output is scanned with the same --image-root, or by default its own folder.
     # (a save_to_disk folder is its own image root, as for scan)
@@ -911,7 +913,7 @@ def repair(
                     if plan is not None:
                         for im in plan.images:
                             writer.add_image(im["source"], im["name"], tuple(im["resized"]),
-                                             exif_transpose=scanner.options.exif_transpose)
+                                             exif_transpose=scanner.options.exif_rotated)
                     writer.add_record(record)
         if writer is not None:
             report.images_written = writer.images

@@ -11,14 +11,13 @@ import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, is_dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from vlmcheck.contract import ReportContract
 from vlmcheck.findings import CATALOGUE, Finding, Severity
 from vlmcheck.preview import PREVIEWS_PER_CODE
 
 if TYPE_CHECKING:
-    from vlmcheck.options import ScanOptions
     from vlmcheck.results import SampleResult
 
 KEEP_LEVELS = (("100%", 1.0), ("99.9%", 0.999), ("99%", 0.99))
@@ -139,8 +138,28 @@ class Report(ReportContract):
         return keep(self, data, fail_on=fail_on)
 
 
+class Cut(Protocol):
+    """What a report reads of a run's options (a :class:`~vlmcheck.options.ScanOptions`, or a :class:`CutAt`):
+    where its samples are cut."""
+
+    @property
+    def max_length(self) -> int | None: ...
+
+    @property
+    def truncation(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class CutAt:
+    """A cut told by a framework's run (``vlmcheck check``: its own name for its truncation) or by the
+    summaries a report is merged from."""
+
+    max_length: int | None
+    truncation: str
+
+
 class ReportBuilder:
-    def __init__(self, *, dataset: str, model: str, model_type: str, options: ScanOptions, settings: Any,
+    def __init__(self, *, dataset: str, model: str, model_type: str, options: Cut, settings: Any,
                  keep: int = 10_000) -> None:
         self.dataset = dataset
         self.model = model

@@ -12,9 +12,11 @@ always finishes.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,14 +37,14 @@ from vlmcheck.counting import (
     unreadable_row,
     utf8_safe,
 )
-from vlmcheck.data.formats import FORMATS, Conversation
+from vlmcheck.data.formats import Conversation
 from vlmcheck.data.images import ImageProblem
 from vlmcheck.data.remote import is_url
 from vlmcheck.data.videos import VideoProblem
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.families import Overrides
-from vlmcheck.families.base import RESIZE_MODES, Expansion, VideoFamily
-from vlmcheck.layout import TRUNCATIONS, Layout, build_layout
+from vlmcheck.families.base import Expansion, VideoFamily
+from vlmcheck.layout import Layout, build_layout
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.options import ScanOptions
 from vlmcheck.pipeline import Counter, run
@@ -118,7 +120,7 @@ class Scanner:
             patterns.append(f"(?P<video>{re.escape(self.family.video_placeholder)})")
         self._media_re = re.compile("|".join(patterns))
         self.eos = spec.special_tokens.get("eos_token")
-        self.previews = Previewer(local_path=self.media.local_path, exif_transpose=options.exif_transpose,
+        self.previews = Previewer(local_path=self.media.local_path, exif_transpose=options.exif_rotated,
                                   max_length=options.max_length, truncation=options.truncation)
         self._check_template()
         self.typed_text = not renders_string_content(self._render)
@@ -188,7 +190,7 @@ class Scanner:
                 counts.append(None)
                 expansions.append(None)
                 continue
-            width, height = info.size(exif_transpose=self.options.exif_transpose)
+            width, height = info.size(exif_transpose=self.options.exif_rotated)
             issues = self.family.check_image(width, height, settings)
             for issue in issues:
                 found.append(F.make(issue.code, f"{label}: {issue.message}", image=k, **issue.data))
@@ -394,52 +396,32 @@ class Scanner:
         return layout
 
 
-def build_scanner(
-    path: Path | Source,
-    *,
-    model: str | os.PathLike[str] | ModelSpec,
-    max_length: int | None,
-    truncation: str = "right",
-    format: str | None = None,
-    image_root: str | os.PathLike[str] | None = None,
-    max_pixels: int | None = None,
-    min_pixels: int | None = None,
-    resize: str = "processor",
-    exif_transpose: bool | None = None,
-    allow_outside_root: bool = False,
-    confine: bool = False,
-    chat_template: str | None = None,
-    split: str | None = None,
-    processor_options: Mapping[str, Any] | None = None,
-) -> Scanner:
-    """Validate the options :func:`scan` and :func:`vlmcheck.repair` share, load the model and
-    return the per-sample analyzer. Raises :class:`UsageError`/:class:`DatasetError` for misuse."""
-    if truncation not in TRUNCATIONS:
-        raise UsageError(f"truncation must be one of {', '.join(TRUNCATIONS)}, not {truncation!r}")
-    if resize not in RESIZE_MODES:
-        raise UsageError(f"resize must be one of {', '.join(RESIZE_MODES)}, not {resize!r}")
-    if format is not None and format not in FORMATS:
-        raise UsageError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
-    if max_length is not None and max_length <= 0:
-        raise UsageError("max_length must be positive")
-    for name, value in (("max_pixels", max_pixels), ("min_pixels", min_pixels)):
-        if value is not None and value <= 0:
-            raise UsageError(f"{name} must be positive")
-    if confine and allow_outside_root:
-        raise UsageError("confine and allow_outside_root contradict each other: pick one")
+def build_scanner(path: Path | Source, *, model: str | os.PathLike[str] | ModelSpec, options: ScanOptions) -> Scanner:
+    """Load the model and return the arithmetic counter for the dataset at ``path`` (its image root), as
+    :func:`scan` and :func:`vlmcheck.repair` use it. Raises :class:`UsageError`/:class:`DatasetError` for misuse
+    that needs the model or the data to see (the options alone are checked by :class:`ScanOptions`)."""
     if isinstance(model, ModelSpec):
         # a loaded model carries its processor settings and template: these would be ignored
-        given = [name for name, value in (("max_pixels", max_pixels), ("min_pixels", min_pixels),
-                                          ("chat_template", chat_template),
-                                          ("processor_options", processor_options or None)) if value is not None]
-        if given or resize != "processor":
+        given = [name for name, value in (("max_pixels", options.max_pixels), ("min_pixels", options.min_pixels),
+                                          ("chat_template", options.chat_template),
+                                          ("processor_options", options.processor_options or None))
+                 if value is not None]
+        if given or options.resize != "processor":
             raise UsageError(f"{', '.join(given) or 'resize'} cannot change a loaded ModelSpec; pass the "
                              "model path, or load_model(model, overrides=Overrides(...), chat_template=...)")
         spec = model
     else:
-        overrides = Overrides(max_pixels=max_pixels, min_pixels=min_pixels, resize=resize,
-                              extra=dict(processor_options or {}))
-        spec = load_model(model, overrides=overrides, chat_template=chat_template)
+        overrides = Overrides(max_pixels=options.max_pixels, min_pixels=options.min_pixels, resize=options.resize,
+                              extra=dict(options.processor_options or {}))
+        spec = load_model(model, overrides=overrides, chat_template=options.chat_template)
+    root, url_root = image_root(path, options)
+    return Scanner(spec, options, root, url_root=url_root)
+
+
+def image_root(path: Path | Source, options: ScanOptions) -> tuple[Path, str | None]:
+    """The folder relative media paths of the dataset at ``path`` start from (``options.image_root``, else the
+    dataset's own folder), and the fsspec URL they start from instead when the dataset or the image root is one."""
+    image_root = options.image_root
     if isinstance(path, Source):  # (sources: hook) files, globs, objects: the source knows its folder
         default_root = path.root
         if default_root is None and image_root is None:
@@ -450,46 +432,20 @@ def build_scanner(
     else:
         default_root = path if path.is_dir() else path.parent
     where = image_root if image_root is not None else default_root
-    root = Path(".") if is_url(where) else Path(where or ".")  # (sources: hook) a URL root stays a URL
-    if exif_transpose is None:
-        exif_transpose = resize == "processor"
-    options = ScanOptions(max_length=max_length, truncation=truncation, format=format,
-                          image_root=str(where) if is_url(where) else str(root), exif_transpose=exif_transpose,
-                          allow_outside_root=allow_outside_root, confine=confine, split=split)
-    return Scanner(spec, options, root, url_root=str(where) if is_url(where) else None)
+    if is_url(where):  # (sources: hook) a URL root stays a URL
+        return Path("."), str(where)
+    return Path(where or "."), None
 
 
-def scan(
-    dataset: Any,
-    *,
-    model: str | os.PathLike[str] | ModelSpec,
-    max_length: int | None = None,
-    truncation: str = "right",
-    format: str | None = None,
-    image_root: str | os.PathLike[str] | None = None,
-    max_pixels: int | None = None,
-    min_pixels: int | None = None,
-    resize: str = "processor",
-    exif_transpose: bool | None = None,
-    allow_outside_root: bool = False,
-    confine: bool = False,
-    chat_template: str | None = None,
-    split: str | None = None,
-    workers: int = 1,
-    limit: int | None = None,
-    output: str | os.PathLike[str] | None = None,
-    progress: Callable[[int, int | None], None] | None = None,
-    exact: bool = False,
-    trust_remote_code: bool = False,
-    processor_options: Mapping[str, Any] | None = None,
-    shard: str | tuple[int, int] | None = None,
-    resume: bool = False,
-    framework: str | None = None,
-) -> Report:
+def scan(dataset: Any, *, model: str | os.PathLike[str] | ModelSpec, options: ScanOptions | None = None,
+         progress: Callable[[int, int | None], None] | None = None, **kwargs: Any) -> Report:
     """Scan ``dataset`` for samples that would crash or not train under ``model`` at ``max_length``.
 
     Raises only for misuse (unknown family, missing dataset, bad option); every problem in the
     data is a finding in the returned :class:`~vlmcheck.report.Report`.
+
+    Every keyword but ``model`` and ``progress`` is a field of :class:`~vlmcheck.options.ScanOptions`, built
+    once from them (or pass one as ``options=``).
 
     Args:
         dataset: a .json / .jsonl (also .gz/.bz2/.xz/.zst) / .parquet file, a WebDataset .tar shard, a
@@ -520,49 +476,37 @@ def scan(
             (max length, pixel budgets) for every setting left unset, without a config (``vlmcheck check`` reads
             the config itself, with the framework's own templates).
     """
-    if framework is not None:
-        # the framework's truncation, resize route and defaults (max length, pixel budgets), from its own module
-        from vlmcheck.frameworks import scan_defaults
-
-        defaults = scan_defaults(framework)
-        for key, value in (("truncation", truncation), ("resize", resize)):
-            if value not in (defaults.get(key), {"truncation": "right", "resize": "processor"}[key]):
-                raise UsageError(f"{key}={value!r} contradicts framework {framework!r} ({defaults.get(key)})")
-        truncation = defaults.get("truncation", truncation)
-        resize = defaults.get("resize", resize)
-        max_length = max_length if max_length is not None else defaults.get("max_length")
-        max_pixels = max_pixels if max_pixels is not None else defaults.get("max_pixels")
-        min_pixels = min_pixels if min_pixels is not None else defaults.get("min_pixels")
-        exif_transpose = exif_transpose if exif_transpose is not None else defaults.get("exif_transpose")
-    if exact and processor_options:
-        raise UsageError("processor_options apply to the arithmetic scan; with exact=True the checkpoint's own "
-                         "processor runs with its own settings")
-    if exact and (shard is not None or resume or not isinstance(dataset, (str, os.PathLike))):
+    if options is None:
+        options = ScanOptions(**kwargs)
+    elif kwargs:
+        raise TypeError(f"scan() takes options= or keyword options, not both ({', '.join(sorted(kwargs))})")
+    if options.exact and not isinstance(dataset, (str, os.PathLike)):
         raise UsageError("exact=True scans one dataset file or folder; shard, resume and objects go with the "
                          "arithmetic scan")
-    if trust_remote_code and not exact:
-        raise UsageError("trust_remote_code only applies with exact=True (--exact): the arithmetic scan runs no "
-                         "checkpoint code")
-    if workers < 1:
-        raise UsageError("workers must be at least 1")
-    if resume and output is None:
-        raise UsageError("resume needs output: the records of the interrupted scan are where it goes on from")
-    source = open_source(dataset, split=split, shard=shard)  # (sources: hook)
+    source = open_source(dataset, split=options.split, shard=options.shard)  # (sources: hook)
     counter: Counter
-    if exact:  # (exact: hook) the checkpoint's own processor counts, in the same pipeline
+    if options.exact:  # (exact: hook) the checkpoint's own processor counts, in the same pipeline
         from vlmcheck.exact import exact_counter
 
-        counter = exact_counter(
-            source, model=model, max_length=max_length, truncation=truncation, format=format,
-            image_root=image_root, max_pixels=max_pixels, min_pixels=min_pixels, resize=resize,
-            exif_transpose=exif_transpose, allow_outside_root=allow_outside_root, confine=confine,
-            chat_template=chat_template, split=split, trust_remote_code=trust_remote_code,
-        )
-        return run(counter, source, output=output, resume=resume, workers=workers, limit=limit, progress=progress)
-    counter = build_scanner(
-        source, model=model, max_length=max_length, truncation=truncation, format=format, image_root=image_root,
-        max_pixels=max_pixels, min_pixels=min_pixels, resize=resize, exif_transpose=exif_transpose,
-        allow_outside_root=allow_outside_root, confine=confine, chat_template=chat_template, split=split,
-        processor_options=processor_options,
-    )
-    return run(counter, source, output=output, resume=resume, workers=workers, limit=limit, progress=progress)
+        counter = exact_counter(source, model=model, options=options)
+    else:
+        counter = build_scanner(source, model=model, options=options)
+    return run(counter, source, output=options.output, resume=options.resume, workers=options.workers,
+               limit=options.limit, progress=progress)
+
+
+def _signature() -> inspect.Signature:
+    """``scan``'s signature as ``help()`` and editors show it: the data, the model, then every option."""
+    head = [inspect.Parameter("dataset", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="Any"),
+            inspect.Parameter("model", inspect.Parameter.KEYWORD_ONLY,
+                              annotation="str | os.PathLike[str] | ModelSpec")]
+    given = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+             for f in dataclasses.fields(ScanOptions)]
+    tail = [inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=None,
+                              annotation="Callable[[int, int | None], None] | None"),
+            inspect.Parameter("options", inspect.Parameter.KEYWORD_ONLY, default=None,
+                              annotation="ScanOptions | None")]
+    return inspect.Signature([*head, *given, *tail], return_annotation="Report")
+
+
+scan.__signature__ = _signature()  # type: ignore[attr-defined]

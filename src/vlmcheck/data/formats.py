@@ -86,7 +86,6 @@ class Conversation:
     id: str | None = None
     # number of placeholders written in the data vs images provided, when they differ
     mismatch: tuple[int, int] | None = None
-    notes: list[str] = field(default_factory=list)
     videos: list[VideoRef] = field(default_factory=list)
     # the same for video placeholders and videos
     video_mismatch: tuple[int, int] | None = None
