@@ -1,4 +1,4 @@
-"""Every command keeps one contract (vlmcheck.contract, vlmcheck.cli_options): exit 0 below --fail-on, 1 at or
+"""Every command keeps one contract (vlmcheck.contract, vlmcheck.cli.shared): exit 0 below --fail-on, 1 at or
 above it, 2 for a usage error; ``--json -`` prints only the report's JSON; ``--json FILE`` writes the same JSON to
 FILE; a bare ``--json`` still means ``-``. Each case is a small input whose worst finding is known."""
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from vlmcheck.lint.cli import lint_command
+from vlmcheck.cli.lint import lint_command
 
 CONFIGS = Path(__file__).parent / "configs"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from vlmcheck.cli_options import check_json_target, fail_on_option, finish, json_option
+from vlmcheck.cli.shared import check_json_target, fail_on_option, finish, json_option
 from vlmcheck.errors import VlmcheckError
 from vlmcheck.findings import Severity
 from vlmcheck.lint.readers import FRAMEWORKS
