@@ -29,6 +29,7 @@ __version__ = "0.1.0"
 # Names resolved on first use, so that `import vlmcheck` stays light.
 _LAZY: dict[str, str] = {
     "scan": "vlmcheck.scan",
+    "ScanOptions": "vlmcheck.options",  # scan(data, model=..., options=ScanOptions(...)): one object, checked once
     "check": "vlmcheck.checking",  # module named apart so that vlmcheck.check stays the function
     "Report": "vlmcheck.report",
     "load_model": "vlmcheck.model",
