@@ -94,12 +94,14 @@ class SpanMismatchError(VlmcheckError, ValueError):
     """A batch whose image (video) placeholders do not match its images (videos) (policy ``"raise"``).
 
     Subclasses ``ValueError`` so that code catching the model's own mismatch error catches it too.
-    ``accounts`` holds the per-sample counts.
+    ``accounts`` holds the per-sample counts; ``code`` is its runtime catalogue code (``VR101``
+    span-mismatch, ``VR103`` batch-unsupervised; ``vlmcheck explain VR101``).
     """
 
-    def __init__(self, message: str, accounts: Sequence[SampleAccount] = ()) -> None:
+    def __init__(self, message: str, accounts: Sequence[SampleAccount] = (), *, code: str = "VR101") -> None:
         super().__init__(message)
         self.accounts = list(accounts)
+        self.code = code
 
 
 # --------------------------------------------------------------------------- the family layout
@@ -526,6 +528,7 @@ class Repair:
     tokens_masked: int
     message: str
     videos_dropped: list[int] = field(default_factory=list)  # 1-based numbers within the sample
+    code: str = "VR102"  # span-repaired, in the runtime catalogue
 
 
 def _sequence_keys(batch: dict[str, Any], batch_size: int, length: int) -> list[str]:
@@ -892,7 +895,9 @@ class SpanGuardCollator:
             )
         except SpanMismatchError as error:
             self.last_accounts = error.accounts
-            raise SpanMismatchError(f"SpanGuardCollator, batch {number}: {error}", error.accounts) from None
+            raise SpanMismatchError(
+                f"SpanGuardCollator, batch {number}: {error}", error.accounts, code=error.code
+            ) from None
         self.last_accounts = accounts
         self.stats["batches"] += 1
         self.stats["samples"] += len(accounts)
@@ -914,7 +919,7 @@ class SpanGuardCollator:
                     "or the completion/assistant mask matched nothing."
                 )
                 if self.policy == "raise":
-                    raise SpanMismatchError(message, accounts)
+                    raise SpanMismatchError(message, accounts, code="VR103")
                 logger.warning(message)
             elif empty:
                 logger.info(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlmcheck.catalogue import Rule, Severity, render_codes
+from vlmcheck.catalogue import Catalogue, Rule, Severity, register, render_codes
 
 
 @dataclass(frozen=True)
@@ -187,6 +187,7 @@ _RULES = [
     ),
 ]
 
+LINT_CODES = register(Catalogue("VL", "lint", "docs/lint.md", tuple(_RULES)))
 LINT_RULES: dict[str, LintRule] = {rule.code: rule for rule in _RULES}
 LINT_RULES_BY_NAME: dict[str, LintRule] = {rule.name: rule for rule in _RULES}
 
