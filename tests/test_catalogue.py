@@ -17,7 +17,7 @@ ALL = [(c, r) for c in catalogues() for r in c.rules]
 
 
 def test_every_code_family_is_registered() -> None:
-    assert [c.prefix for c in catalogues()][:4] == ["VC", "VL", "VT", "VR"]
+    assert {c.prefix for c in catalogues()} >= {"VC", "VL", "VT", "VR"}
 
 
 def test_codes_and_names_are_unique_across_families() -> None:

@@ -9,22 +9,15 @@ and repairs what it can at image-span boundaries, keeping ``pixel_values``, ``im
 ``mm_token_type_ids`` consistent with the placeholders that remain. Videos are counted and repaired
 the same way ("Video features and video tokens do not match").
 
-Two layouts are supported:
-
-* Qwen2-VL family (``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl``): ``pixel_values`` is 2-D
-  ``(patches, 1176)`` with all images of the batch concatenated; ``image_grid_thw`` has one row
-  ``(t, h, w)`` per image, which needs ``t*h*w // merge_size**2`` placeholders and owns ``t*h*w``
-  rows of ``pixel_values``. Videos: ``video_grid_thw`` rows, ``<|video_pad|>`` placeholders and
-  ``pixel_values_videos`` rows by the same rule (``t`` counts temporal patches: frames / 2), plus
-  Qwen2.5-VL's ``second_per_grid_ts`` (one value per video). Qwen2-VL and Qwen2.5-VL put a
-  video's placeholders in one run; Qwen3-VL gives every temporal patch its own run, after a
-  ``<t seconds>`` timestamp.
-* Gemma-3 (``gemma3``): every image needs a fixed 256 ``<image_soft_token>`` placeholders and owns
-  one entry ``pixel_values[i]`` of the 4-D ``(images, 3, 896, 896)`` tensor. With pan-and-scan an
-  image with ``c`` crops owns ``1 + c`` consecutive entries (the original, then its crops) and fills
-  ``1 + c`` runs of 256 placeholders, each in its own ``<start_of_image>``...``<end_of_image>``. The
-  processor drops ``num_crops`` from its output, so the crops are given as ``crops_per_image`` (the
-  collator works them out from the examples' images with vlmcheck's Gemma 3 arithmetic).
+Every family that scan counts declares its batch layout in its own module
+(:class:`vlmcheck.families.base.BatchLayoutFamily`): which token the model counts against image (video)
+features, which marker opens a span, and where each image of a processed batch sits: the placeholder runs
+it fills and the ``pixel_values`` rows it owns, read from the batch's own metadata (``image_grid_thw`` for
+the Qwen VL families and GLM-4V, ``image_sizes`` for LLaVA-NeXT, LLaVA-OneVision and Pixtral, the fixed
+per-image count of LLaVA, PaliGemma and Gemma 3). :func:`vision_spec` finds the family of a processor in the
+registry; this module holds no family's tokens or numbers. Gemma 3 pan-and-scan: an image with ``c`` crops
+owns ``1 + c`` rows and fills ``1 + c`` runs; the processor drops ``num_crops`` from its output, so the crops
+are given as ``crops_per_image`` (the collator works them out from the examples' images).
 
 Example::
 
@@ -46,7 +39,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from vlmcheck.errors import MissingDependencyError, UsageError, VlmcheckError
 from vlmcheck.families import gemma3 as gemma3_family
-from vlmcheck.families.base import Overrides
+from vlmcheck.families import get_family, known_families
+from vlmcheck.families.base import (
+    BatchLayoutFamily,
+    CroppedBatchLayoutFamily,
+    MediaLayout,
+    Overrides,
+    VideoBatchLayoutFamily,
+)
 from vlmcheck.integrations.spans import (
     counts_by_prefix,
     counts_from_runs,
@@ -69,22 +69,6 @@ Policy = Literal["raise", "drop-media", "drop-images", "truncate"]
 POLICIES: tuple[str, ...] = ("raise", "drop-media", "drop-images", "truncate")
 MediaKind = Literal["image", "video"]
 IGNORE_INDEX = -100  # transformers' CrossEntropyLoss ignore_index, used by every trainer for masked labels
-
-# Qwen2-VL special tokens: transformers/models/qwen2_vl/processing_qwen2_vl.py and the hub
-# tokenizer_config.json of Qwen/Qwen2-VL-7B-Instruct.
-QWEN_IMAGE_TOKEN = "<|image_pad|>"
-QWEN_VIDEO_TOKEN = "<|video_pad|>"
-QWEN_VISION_START = "<|vision_start|>"
-QWEN_VISION_END = "<|vision_end|>"
-# Qwen2-VL image processor: merge_size 2 (preprocessor_config.json of Qwen/Qwen2-VL-7B-Instruct);
-# placeholders per image = grid_thw.prod() // merge_size**2 (processing_qwen2_vl.py).
-QWEN_MERGE_SIZE = 2
-
-# Gemma-3: transformers/models/gemma3/processing_gemma3.py (image_seq_length=256, boi/eoi tokens).
-GEMMA3_IMAGE_TOKEN = "<image_soft_token>"
-GEMMA3_BOI = "<start_of_image>"
-GEMMA3_EOI = "<end_of_image>"
-GEMMA3_TOKENS_PER_IMAGE = 256
 
 # Keys that hold one value per token and must be cut / masked along with input_ids.
 _TOKEN_TYPE_KEYS = ("mm_token_type_ids", "token_type_ids")
@@ -109,112 +93,132 @@ class SpanMismatchError(VlmcheckError, ValueError):
 
 @dataclass(frozen=True)
 class VisionSpec:
-    """How a family lays out image and video placeholders and pixels.
+    """How a batch of one model family lays out image and video placeholders and pixels.
 
-    Build it from a processor with :func:`vision_spec`; construct it directly for a tokenizer-only
-    setup::
+    ``family`` is a registered ``model_type`` whose module declares the batch layout
+    (:class:`vlmcheck.families.base.BatchLayoutFamily`): which tokens are placeholders and how many
+    each image of a batch needs. ``settings`` is what that layout reads from the processor
+    (``family.layout_settings(processor)``). Build it from a processor with :func:`vision_spec`;
+    construct it directly for a tokenizer-only setup::
 
         spec = VisionSpec(family="qwen2_vl", image_token_id=151655, video_token_id=151656,
-                          start_token_id=151652, end_token_id=151653, pad_token_id=151643)
+                          start_token_id=151652, end_token_id=151653, pad_token_id=151643,
+                          settings={"merge_size": 2})
     """
 
-    family: Literal["qwen2_vl", "gemma3"]
+    family: str
     image_token_id: int
     pad_token_id: int
     video_token_id: int | None = None
     start_token_id: int | None = None
     end_token_id: int | None = None
-    merge_size: int = QWEN_MERGE_SIZE
-    tokens_per_image: int = GEMMA3_TOKENS_PER_IMAGE
-    # Qwen3-VL: every temporal patch of a video is its own placeholder run, "<t seconds><|vision_start|>
-    # <|video_pad|> x (h*w // merge_size**2)<|vision_end|>" (replace_video_token, processing_qwen3_vl.py).
-    video_frame_runs: bool = False
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def layout(self) -> BatchLayoutFamily:
+        """The family module's batch layout (a usage error when the family declares none)."""
+        return batch_layout_family(self.family)
+
+    @property
+    def merge_size(self) -> int | None:
+        """The Qwen-style merge size the layout read from the processor, if any."""
+        value = self.settings.get("merge_size")
+        return None if value is None else int(value)
+
+    @property
+    def tokens_per_image(self) -> int | None:
+        value = self.settings.get("tokens_per_image")
+        return None if value is None else int(value)
+
+    @property
+    def video_frame_runs(self) -> bool:
+        """Whether every temporal patch of a video is its own placeholder run (Qwen3-VL), as the layout says
+        for a video of two temporal patches."""
+        probe = {"video_grid_thw": torch.tensor([[2, 2, 2]])}
+        runs = self.media(probe, "video").runs
+        return bool(runs) and len(runs[0]) > 1
+
+    @property
+    def crops_from_sizes(self) -> bool:
+        """Whether each image's pixel rows depend on crops worked out from its size (Gemma 3 pan-and-scan)."""
+        return isinstance(self.layout, CroppedBatchLayoutFamily)
+
+    def media(self, batch: Mapping[str, Any], kind: MediaKind, crops: Sequence[int] | None = None) -> MediaLayout:
+        """Where the batch's images (videos) sit: their placeholder runs and pixel rows, in batch order."""
+        if kind == "image":
+            return self.layout.image_layout(batch, self.settings, crops=crops)
+        layout = self.layout
+        if isinstance(layout, VideoBatchLayoutFamily):
+            return layout.video_layout(batch, self.settings)
+        return MediaLayout([], [], ())
 
     def image_tokens(self, batch: dict[str, Any], crops: Sequence[int] | None = None) -> list[int]:
         """Placeholders each image of the batch needs, in batch order (Gemma 3: ``crops`` per image)."""
-        if self.family == "qwen2_vl":
-            grid = batch.get("image_grid_thw")
-            if grid is None:
-                return []
-            return [int(n) // self.merge_size**2 for n in grid.prod(dim=-1).tolist()]
-        return [self.tokens_per_image * (1 + c) for c in self.image_crops(batch, crops)]
+        return self.media(batch, "image", crops).features
 
     def image_pixel_rows(self, batch: dict[str, Any], crops: Sequence[int] | None = None) -> list[int]:
         """Rows of ``pixel_values`` each image owns, in batch order (Gemma 3: ``crops`` per image)."""
-        if self.family == "qwen2_vl":
-            grid = batch.get("image_grid_thw")
-            return [] if grid is None else [int(n) for n in grid.prod(dim=-1).tolist()]
-        return [1 + c for c in self.image_crops(batch, crops)]
+        return list(self.media(batch, "image", crops).rows)
 
     def image_crops(self, batch: dict[str, Any], crops: Sequence[int] | None = None) -> list[int]:
-        """Gemma 3 pan-and-scan crops of each image, in batch order: ``crops``, else a ``num_crops`` the
-        batch carries (the image processor's own output has it; Gemma3Processor drops it), else none.
-        Every image owns ``1 + crops`` rows of ``pixel_values``; a total that differs is a usage error."""
-        pixels = batch.get("pixel_values")
-        rows = 0 if pixels is None else int(pixels.shape[0])
-        if self.family != "gemma3":
-            return [0] * rows
-        source = "crops_per_image"
-        if crops is None and batch.get("num_crops") is not None:
-            crops, source = _flat(batch["num_crops"]), "the batch's num_crops"
-        if crops is None:
-            return [0] * rows
-        found = [int(c) for c in crops]
-        if sum(1 + c for c in found) != rows:
-            raise UsageError(
-                f"{source} gives {len(found)} image(s) with {sum(found)} pan-and-scan crop(s), "
-                f"{sum(1 + c for c in found)} pixel_values rows, but the batch has {rows}; give the pan-and-scan "
-                "options the processor was called with (SpanGuardCollator(processor_options={'do_pan_and_scan': "
-                "True, ...}))"
-            )
-        return found
+        """Gemma 3 pan-and-scan crops of each image, in batch order (zeros for other families)."""
+        media = self.media(batch, "image", crops)
+        return media.crops if media.crops is not None else [0] * len(media.runs)
 
     def video_tokens(self, batch: dict[str, Any]) -> list[int]:
-        """Placeholders each video of the batch needs, in batch order (Qwen: ``video_grid_thw``)."""
-        grid = batch.get("video_grid_thw") if self.family == "qwen2_vl" else None
-        return [] if grid is None else [int(n) // self.merge_size**2 for n in grid.prod(dim=-1).tolist()]
+        """Placeholders each video of the batch needs, in batch order."""
+        return self.media(batch, "video").features
 
     def video_pixel_rows(self, batch: dict[str, Any]) -> list[int]:
         """Rows of ``pixel_values_videos`` each video owns, in batch order."""
-        grid = batch.get("video_grid_thw") if self.family == "qwen2_vl" else None
-        return [] if grid is None else [int(n) for n in grid.prod(dim=-1).tolist()]
+        return list(self.media(batch, "video").rows)
 
-    def _chunks(
-        self, batch: dict[str, Any], kind: MediaKind, crops: Sequence[int] | None = None
-    ) -> list[list[int]]:
-        """Per image (video): the placeholder runs it fills, as lengths; one run unless frames are split
-        (Qwen3-VL videos) or pan-and-scan added crops (Gemma 3: the original's run, then one per crop)."""
-        if kind == "image":
-            if self.family == "gemma3":
-                return [[self.tokens_per_image] * (1 + c) for c in self.image_crops(batch, crops)]
-            return [[n] for n in self.image_tokens(batch)]
-        if not self.video_frame_runs:
-            return [[n] for n in self.video_tokens(batch)]
-        grid = batch.get("video_grid_thw")
-        if grid is None:
-            return []
-        return [[h * w // self.merge_size**2] * t for t, h, w in grid.tolist()]
+    def chunks(self, batch: dict[str, Any], kind: MediaKind, crops: Sequence[int] | None = None) -> list[list[int]]:
+        """Per image (video): the placeholder runs it fills, as lengths."""
+        return [list(runs) for runs in self.media(batch, kind, crops).runs]
 
 
-def _flat(values: Any) -> list[int]:
-    """``num_crops`` as one list per image, whether flat, nested per sample, or a tensor."""
-    if isinstance(values, torch.Tensor):
-        return [int(v) for v in values.flatten().tolist()]
-    out: list[int] = []
-    for value in values:
-        out.extend(_flat(value) if isinstance(value, (list, tuple, torch.Tensor)) else [int(value)])
-    return out
+def batch_layout_family(model_type: str) -> BatchLayoutFamily:
+    """The registered family of ``model_type``, which must declare a batch layout."""
+    family = get_family(model_type)
+    if not isinstance(family, BatchLayoutFamily):
+        raise UsageError(
+            f"the {family.title} family ({model_type}) declares no batch layout (layout_tokens, layout_settings, "
+            "image_layout: vlmcheck.families.base.BatchLayoutFamily), so the guards cannot check its batches"
+        )
+    return family
 
 
-def _token_id(tokenizer: Any, token: str) -> int | None:
+def _token_id(tokenizer: Any, token: str | None) -> int | None:
+    if token is None:
+        return None
     value = tokenizer.convert_tokens_to_ids(token)
     if value is None or value == getattr(tokenizer, "unk_token_id", object()):
         return None
     return int(value)
 
 
-def vision_spec(processor: Any) -> VisionSpec:
-    """The :class:`VisionSpec` of a transformers processor (Qwen2/2.5/3-VL or Gemma-3).
+def processor_model_type(processor: Any) -> str:
+    """The registered ``model_type`` whose transformers processor class ``processor`` is (or subclasses)."""
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    by_class: dict[str, str] = {}
+    for model_type in known_families():
+        name = PROCESSOR_MAPPING_NAMES.get(model_type)
+        if isinstance(name, str):
+            by_class.setdefault(name, model_type)
+    for cls in type(processor).__mro__:
+        if cls.__name__ in by_class:
+            return by_class[cls.__name__]
+    raise UsageError(
+        f"{type(processor).__name__} is not the processor of a family vlmcheck knows "
+        f"({', '.join(known_families())}); pass model_type= or build a VisionSpec(...) by hand"
+    )
+
+
+def vision_spec(processor: Any, *, model_type: str | None = None) -> VisionSpec:
+    """The :class:`VisionSpec` of a transformers processor of any registered family that declares a batch
+    layout; ``model_type`` when the processor's class does not say (a custom subclass).
 
     Example::
 
@@ -224,44 +228,23 @@ def vision_spec(processor: Any) -> VisionSpec:
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is None:
         raise UsageError(f"vision_spec needs a processor with a .tokenizer (got {type(processor).__name__})")
+    name = model_type or processor_model_type(processor)
+    family = batch_layout_family(name)
+    tokens = family.layout_tokens
     pad = tokenizer.pad_token_id
     if pad is None:
         pad = tokenizer.eos_token_id
-    image_processor = getattr(processor, "image_processor", None)
-    image_token_id = getattr(processor, "image_token_id", None)
-    if getattr(processor, "image_seq_length", None) is not None and getattr(processor, "boi_token", None):
-        # The soft token the model counts, from the tokenizer: transformers 5.x's Gemma3Processor sets
-        # its own image_token / image_token_id to the chat template's <start_of_image> (boi) instead.
-        gemma_image_id = _token_id(tokenizer, getattr(tokenizer, "image_token", None) or GEMMA3_IMAGE_TOKEN)
-        if gemma_image_id is None:
-            raise UsageError(f"{type(processor).__name__} has no {GEMMA3_IMAGE_TOKEN} token")
-        return VisionSpec(
-            family="gemma3",
-            image_token_id=int(gemma_image_id),
-            pad_token_id=int(pad),
-            start_token_id=_token_id(tokenizer, processor.boi_token),
-            end_token_id=_token_id(tokenizer, getattr(tokenizer, "eoi_token", None) or GEMMA3_EOI),
-            tokens_per_image=int(processor.image_seq_length),
-        )
-    if image_processor is not None and hasattr(image_processor, "merge_size"):
-        image_id = image_token_id if image_token_id is not None else _token_id(tokenizer, QWEN_IMAGE_TOKEN)
-        if image_id is None:
-            raise UsageError(f"{type(processor).__name__} has no image token id")
-        video_id = getattr(processor, "video_token_id", None) or _token_id(tokenizer, QWEN_VIDEO_TOKEN)
-        frame_runs = any(cls.__name__ == "Qwen3VLProcessor" for cls in type(processor).__mro__)
-        return VisionSpec(
-            family="qwen2_vl",
-            image_token_id=int(image_id),
-            pad_token_id=int(pad),
-            video_token_id=video_id,
-            start_token_id=_token_id(tokenizer, QWEN_VISION_START),
-            end_token_id=_token_id(tokenizer, QWEN_VISION_END),
-            merge_size=int(image_processor.merge_size),
-            video_frame_runs=frame_runs,
-        )
-    raise UsageError(
-        f"vlmcheck's guards know the Qwen2-VL and Gemma-3 layouts; {type(processor).__name__} is neither. "
-        "Build a VisionSpec(...) by hand if your family uses one of these layouts."
+    image_id = _token_id(tokenizer, tokens.image)
+    if image_id is None:
+        raise UsageError(f"{type(processor).__name__}'s tokenizer has no {tokens.image} token")
+    return VisionSpec(
+        family=name,
+        image_token_id=image_id,
+        pad_token_id=int(pad),
+        video_token_id=_token_id(tokenizer, tokens.video),
+        start_token_id=_token_id(tokenizer, tokens.start),
+        end_token_id=_token_id(tokenizer, tokens.end),
+        settings=family.layout_settings(processor),
     )
 
 
@@ -446,7 +429,7 @@ def account_batch(
     )
     types = _type_ids(batch, input_ids)
     for kind, token_id, per_sample in kinds:
-        chunks = spec._chunks(batch, kind, crops_per_image if kind == "image" else None)
+        chunks = spec.chunks(batch, kind, crops_per_image if kind == "image" else None)
         marked, stray = typed_positions(input_ids, token_id, types)
         rows = [sorted(m + s) for m, s in zip(marked, stray)]
         runs_per_row = [runs_of(r) for r in marked]
@@ -465,7 +448,7 @@ def account_batch(
         if sum(per_sample) != len(chunks):
             source = "image_grid_thw / pixel_values" if kind == "image" else "video_grid_thw"
             hint = ""
-            if kind == "image" and spec.family == "gemma3" and sum(per_sample) < len(chunks):
+            if kind == "image" and spec.crops_from_sizes and sum(per_sample) < len(chunks):
                 hint = (
                     "; Gemma 3 pan-and-scan adds a pixel_values row per crop: give the options the processor was "
                     "called with (SpanGuardCollator(processor_options={'do_pan_and_scan': True, ...})) or "
@@ -487,7 +470,7 @@ def account_batch(
                     needed=sum(c),
                     present=0,
                     kind=kind,
-                    crops=len(c) - 1 if kind == "image" and spec.family == "gemma3" else 0,
+                    crops=len(c) - 1 if kind == "image" and spec.crops_from_sizes else 0,
                 )
                 for n, c in enumerate(mine)
             ]
@@ -575,21 +558,35 @@ def _keep_rows(values: Any, rows: list[int], keep: list[int]) -> Any:
     return [values[r] for r in index]  # a list, e.g. second_per_grid_ts before tensor conversion
 
 
-def _drop_images(
-    batch: dict[str, Any], dropped: set[int], *, spec: VisionSpec, crops: Sequence[int] | None = None
+def _drop_media(
+    batch: dict[str, Any], dropped: set[int], *, spec: VisionSpec, kind: MediaKind, crops: Sequence[int] | None = None
 ) -> None:
+    """Remove the dropped images (videos) from the batch: their rows of the layout's pixel keys (Gemma 3: an
+    image's original and its crops go together) and their row of each per-item key."""
     if not dropped:
         return
-    rows = spec.image_pixel_rows(batch, crops)  # Gemma 3: an image's original and its crops go together
-    keep_images = [i for i in range(len(rows)) if i not in dropped]
-    batch["pixel_values"] = _keep_rows(batch["pixel_values"], rows, keep_images)
-    if spec.family == "qwen2_vl":
-        batch["image_grid_thw"] = _keep_rows(batch["image_grid_thw"], [1] * len(rows), keep_images)
-    if batch.get("num_crops") is not None:  # one value per image, when the batch carries it
-        batch["num_crops"] = _keep_num_crops(batch["num_crops"], set(keep_images))
-    if not keep_images:
-        # No image left: a text-only forward. Empty pixel tensors would reach the vision tower.
-        for key in ("pixel_values", "image_grid_thw", "image_position_ids", "num_crops"):
+    media = spec.media(batch, kind, crops)
+    keep = [i for i in range(len(media.rows)) if i not in dropped]
+    for key in media.pixel_keys:
+        if batch.get(key) is not None:
+            batch[key] = _keep_rows(batch[key], list(media.rows), keep)
+    for key in media.sample_keys:  # one item count per sample: take the dropped items off their samples' counts
+        if batch.get(key) is not None:
+            counts, first = [], 0
+            for n in batch[key].tolist():
+                counts.append(int(n) - sum(1 for i in range(first, first + int(n)) if i in dropped))
+                first += int(n)
+            batch[key] = torch.tensor(counts, dtype=batch[key].dtype, device=batch[key].device)
+    for key in media.item_keys:
+        if batch.get(key) is None:
+            continue
+        if key == "num_crops":  # flat, nested per sample, or a tensor
+            batch[key] = _keep_num_crops(batch[key], set(keep))
+        else:
+            batch[key] = _keep_rows(batch[key], [1] * len(media.rows), keep)
+    if not keep:
+        # Nothing of this kind left: a forward without it. Empty pixel tensors would reach the vision tower.
+        for key in (*media.pixel_keys, *media.item_keys, *(("image_position_ids",) if kind == "image" else ())):
             batch.pop(key, None)
 
 
@@ -599,24 +596,10 @@ def _keep_num_crops(values: Any, keep: set[int]) -> Any:
         flat = values.flatten()
         index = torch.tensor(sorted(keep), dtype=torch.long, device=values.device)
         return flat.index_select(0, index)
-    counter = iter(range(len(_flat(values))))
+    counter = iter(range(sum(len(v) if isinstance(v, (list, tuple)) else 1 for v in values)))
     if values and isinstance(values[0], (list, tuple)):
         return [[c for c in sample if next(counter) in keep] for sample in values]
     return [c for c in values if next(counter) in keep]
-
-
-def _drop_videos(batch: dict[str, Any], dropped: set[int], *, spec: VisionSpec) -> None:
-    if not dropped:
-        return
-    rows = spec.video_pixel_rows(batch)
-    keep = [i for i in range(len(rows)) if i not in dropped]
-    batch["pixel_values_videos"] = _keep_rows(batch["pixel_values_videos"], rows, keep)
-    for key in ("video_grid_thw", "second_per_grid_ts"):  # one row / value per video
-        if batch.get(key) is not None:
-            batch[key] = _keep_rows(batch[key], [1] * len(rows), keep)
-    if not keep:
-        for key in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
-            batch.pop(key, None)
 
 
 def _fix_hint(account: SampleAccount, *, max_length: int | None) -> str:
@@ -711,6 +694,7 @@ def guard_batch(
             accounts,
         )
     if bad:
+        image_layout = spec.media(batch, "image", crops_per_image)
         for key in _sequence_keys(batch, batch_size, length):
             batch[key] = batch[key].clone()
         dropped: dict[str, set[int]] = {"image": set(), "video": set()}
@@ -740,6 +724,13 @@ def guard_batch(
                 masked = 0 if missing_only else _mask(batch, row, cut_at, length, spec=spec)
                 gone = [i for i in media if i.status != "ok" or (i.start is not None and i.start >= cut_at)]
                 action = f"truncated at position {cut_at:,}," if not missing_only else "dropped"
+            if any(i.kind == "image" for i in gone) and image_layout.sample_keys:
+                # the features of each image depend on how many the sample has: the rest go too
+                for item in account.images:
+                    if item not in gone:
+                        if item.start is not None and item.end is not None:
+                            masked += _mask(batch, row, item.start, item.end, spec=spec)
+                        gone.append(item)
             images_gone = [i for i in gone if i.kind == "image"]
             videos_gone = [i for i in gone if i.kind == "video"]
             for item in gone:
@@ -767,8 +758,8 @@ def guard_batch(
                     videos_dropped=[i.number for i in videos_gone],
                 )
             )
-        _drop_images(batch, dropped["image"], spec=spec, crops=crops_per_image)
-        _drop_videos(batch, dropped["video"], spec=spec)
+        _drop_media(batch, dropped["image"], spec=spec, kind="image", crops=crops_per_image)
+        _drop_media(batch, dropped["video"], spec=spec, kind="video")
     return batch, accounts, repairs
 
 
@@ -879,7 +870,7 @@ class SpanGuardCollator:
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         counts = _counts(examples, self._images_per_sample, _images_in_example)
         video_counts = _counts(examples, self._videos_per_sample, _videos_in_example)
-        sizes = _image_sizes(examples) if self.spec.family == "gemma3" else None  # before the collator pops keys
+        sizes = _image_sizes(examples) if self.spec.crops_from_sizes else None  # before the collator pops keys
         batch = self.collator(examples)
         number = self.stats["batches"]
         crops = self._crops(sizes, batch)
@@ -1002,7 +993,7 @@ def gemma3_crops(
         gemma3_crops([(900, 300), (320, 240)], settings=gemma3_settings(processor, {"do_pan_and_scan": True}))
         # [3, 0]
     """
-    return [gemma3_family.num_crops(int(w), int(h), settings) for w, h in sizes]
+    return gemma3_family.FAMILY.layout_crops(sizes, settings)
 
 
 def _image_size(image: Any) -> tuple[int, int] | None:
@@ -1090,6 +1081,8 @@ def explain_vision_mismatch(
                         "attention_mask",
                         "labels",
                         "image_grid_thw",
+                        "image_sizes",
+                        "batch_num_images",
                         "pixel_values",
                         "video_grid_thw",
                         *_TOKEN_TYPE_KEYS,
