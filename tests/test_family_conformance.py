@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from vlmcheck.families import Family, known_families, vision_tokens
-from vlmcheck.families.base import BatchLayoutFamily, VideoBatchLayoutFamily, VideoFamily
+from vlmcheck.families.base import (
+    BatchLayoutFamily,
+    Overrides,
+    PixelBudgetFamily,
+    VideoBatchLayoutFamily,
+    VideoFamily,
+)
 from vlmcheck.families.base import Family as FamilyProtocol
 
 
@@ -161,6 +167,17 @@ def test_family_declares_its_batch_layout(name: str):
     if isinstance(family, VideoFamily):
         assert isinstance(family, VideoBatchLayoutFamily), f"{name} counts videos: it lacks video_layout"
         assert tokens.video == family.video_token
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_a_family_with_a_pixel_budget_declares_it(name: str):
+    """Config lint's VL202 reads PixelBudgetFamily from the registry: a family whose settings take a pixel
+    budget must say how many pixels a token covers."""
+    family = FAMILIES[name]
+    settings = family.settings(preprocessor={}, config={}, overrides=Overrides())
+    if family.with_max_pixels(settings, 1_000_000) is not None:
+        assert isinstance(family, PixelBudgetFamily), f"{name} takes max_pixels: it lacks token_side, image_wrap_tokens"
+        assert family.token_side > 0 and family.image_wrap_tokens >= 0
 
 
 def test_layout_members_are_the_protocol():

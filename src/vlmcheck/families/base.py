@@ -169,6 +169,21 @@ class Family(Protocol):
 
 
 @runtime_checkable
+class PixelBudgetFamily(Family, Protocol):
+    """A family whose image processor resizes every image to a pixel budget (``max_pixels``), so that an image
+    at the cap takes about ``max_pixels // token_side**2`` placeholders plus ``image_wrap_tokens`` markers.
+    Config lint reads it (VL202) to say when one image at the cap cannot fit the sequence length."""
+
+    @property
+    def token_side(self) -> int:
+        """Pixels per placeholder side: the patch size times the merge size."""
+
+    @property
+    def image_wrap_tokens(self) -> int:
+        """Marker tokens around each image's placeholders (``<|vision_start|>``, ``<|vision_end|>``)."""
+
+
+@runtime_checkable
 class VideoFamily(Family, Protocol):
     """A family that also counts videos (the Qwen VL families). The scan replaces the j-th
     ``video_placeholder`` of the rendered text with video j's ``expand_video``, in text order with the

@@ -203,6 +203,11 @@ class Glm4vFamily:
     def with_max_pixels(self, settings: Glm4vSettings, max_pixels: int) -> Glm4vSettings:
         return apply_budget(settings, None, max_pixels)
 
+    # -- the pixel budget (config lint) ----------------------------------------------------------
+    token_side: int = DEFAULT_PATCH_SIZE * DEFAULT_MERGE_SIZE
+    # <|begin_of_image|> and <|end_of_image|> around each image's tokens (the chat template)
+    image_wrap_tokens: int = 2
+
     # -- the batch layout (the collator guards) --------------------------------------------------
     # Glm4vProcessor.__call__: pixel_values (patches, C*T*P*P) of every image concatenated, image_grid_thw one
     # (t, h, w) row per image, which owns t*h*w rows and needs t*h*w // merge_size**2 <|image|> tokens.

@@ -526,6 +526,14 @@ class Qwen2VLFamily:
     def with_max_pixels(self, settings: QwenVLSettings, max_pixels: int) -> QwenVLSettings:
         return apply_budget(settings, None, max_pixels)
 
+    # -- the pixel budget (config lint) ----------------------------------------------------------
+    @property
+    def token_side(self) -> int:
+        return self.patch_size * self.merge_size
+
+    # <|vision_start|> and <|vision_end|> around each image's pads (the chat template)
+    image_wrap_tokens: int = 2
+
     # -- the batch layout (the collator guards) --------------------------------------------------
     # pixel_values is 2-D (patches, C*T*P*P) with every image of the batch concatenated; image_grid_thw has
     # one (t, h, w) row per image, which owns t*h*w rows and needs t*h*w // merge_size**2 placeholders
