@@ -23,8 +23,9 @@ pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vlmcheck.families import known_families  # noqa: E402
-from vlmcheck.families.base import BatchLayoutFamily  # noqa: E402
+from vlmcheck.families.base import BatchLayoutFamily, CroppedBatchLayoutFamily  # noqa: E402
 from vlmcheck.integrations.guards import (  # noqa: E402
+    SpanGuardCollator,
     SpanMismatchError,
     account_batch,
     guard_batch,
@@ -65,6 +66,7 @@ PROCESSORS: dict[str, Callable[[], Any]] = {
     "mistral3": _from("pixtral_checkpoint", "pixtral_checkpoint", "pixtral_processor", "mistral-small-3.1"),
     "glm4v": _from("glm4v_checkpoint", "glm4v_checkpoint", "glm4v_processor"),
     "glm4v_moe": _from("glm4v_checkpoint", "glm4v_checkpoint", "glm4v_processor"),
+    "internvl": _from("internvl_checkpoint", "internvl_checkpoint", "internvl_processor"),
 }
 LAYOUTS = sorted(name for name, family in known_families().items() if isinstance(family, BatchLayoutFamily))
 
@@ -74,19 +76,37 @@ def test_every_layout_family_is_proved_here() -> None:
     assert not missing, f"add a real processor builder for {missing} to PROCESSORS"
 
 
-def _batch(name: str, processor: Any) -> dict[str, Any]:
+SIZES = [[(448, 336)], [(224, 420), (200, 200)]]  # (width, height) of each sample's images
+
+
+def _examples(name: str, processor: Any) -> tuple[list[str], list[list[Any]]]:
     from PIL import Image
 
     family = known_families()[name]
     if processor.tokenizer.pad_token is None:  # as TRL's collators do
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
-    wide, tall, small = (Image.new("RGB", size, (90, 40, 200)) for size in ((448, 336), (224, 420), (200, 200)))
+    images = [[Image.new("RGB", size, (90, 40, 200)) for size in sample] for sample in SIZES]
     if name == "paligemma":  # the processor writes the image tokens in front of the text itself
-        texts, images = ["caption en", "answer en two"], [[wide], [tall, small]]
-    else:
-        ph = family.placeholder
-        texts, images = [f"Look: {ph} what is it?", f"First {ph} then {ph} compare."], [[wide], [tall, small]]
+        return ["caption en", "answer en two"], images
+    ph = family.placeholder
+    return [f"Look: {ph} what is it?", f"First {ph} then {ph} compare."], images
+
+
+def _batch(name: str, processor: Any) -> dict[str, Any]:
+    texts, images = _examples(name, processor)
     return dict(processor(text=texts, images=images, return_tensors="pt", padding=True))
+
+
+def _crops(name: str, processor: Any, keep: list[list[int]] | None = None) -> list[int] | None:
+    """Crops per image where the processor leaves them out of its batch, from the images' sizes (the family's
+    arithmetic, as SpanGuardCollator works them out); ``keep``: the 1-based images each sample kept."""
+    family = known_families()[name]
+    if not isinstance(family, CroppedBatchLayoutFamily):
+        return None
+    spec = vision_spec(processor, model_type=name)
+    sizes = [size for n, sample in enumerate(SIZES) for i, size in enumerate(sample, 1)
+             if keep is None or i in keep[n]]
+    return family.layout_crops(sizes, family.crop_settings(processor, {}, settings=spec.settings))
 
 
 @pytest.fixture(scope="module", params=LAYOUTS)
@@ -99,7 +119,7 @@ def case(request: pytest.FixtureRequest) -> tuple[str, Any, dict[str, Any]]:
 def test_the_real_batch_is_whole(case: tuple[str, Any, dict[str, Any]]) -> None:
     name, processor, batch = case
     spec = vision_spec(processor, model_type=name)
-    accounts = account_batch(batch, spec=spec, images_per_sample=[1, 2])
+    accounts = account_batch(batch, spec=spec, images_per_sample=[1, 2], crops_per_image=_crops(name, processor))
     assert [a.ok for a in accounts] == [True, True], [a.describe() for a in accounts]
     assert [len(a.images) for a in accounts] == [1, 2]
     # every placeholder the processor wrote belongs to an image the layout accounts for
@@ -117,17 +137,43 @@ def test_a_cut_span_is_caught_and_repaired(case: tuple[str, Any, dict[str, Any]]
     last = (ids == spec.image_token_id).nonzero().flatten().tolist()[-1]
     max_length = last - 3
     with pytest.raises(SpanMismatchError, match="do not match") as raised:
-        guard_batch(batch, spec=spec, policy="raise", max_length=max_length, images_per_sample=[1, 2])
+        guard_batch(batch, spec=spec, policy="raise", max_length=max_length, images_per_sample=[1, 2],
+                    crops_per_image=_crops(name, processor))
     assert raised.value.code == "VR101"
     bad = [a for a in raised.value.accounts if not a.ok]
     assert bad and bad[-1].index == 1 and bad[-1].images[-1].status == "cut"
     fixed, accounts, repairs = guard_batch(batch, spec=spec, policy="truncate", max_length=max_length,
-                                           images_per_sample=[1, 2])
+                                           images_per_sample=[1, 2], crops_per_image=_crops(name, processor))
     assert repairs and repairs[-1].sample == 1 and 2 in repairs[-1].images_dropped
-    dropped = {r.sample: len(r.images_dropped) for r in repairs}
-    kept = [len(a.images) - dropped.get(a.index, 0) for a in accounts]
-    again = account_batch(fixed, spec=spec, images_per_sample=kept)
+    dropped = {r.sample: set(r.images_dropped) for r in repairs}
+    keep = [[i.number for i in a.images if i.number not in dropped.get(a.index, set())] for a in accounts]
+    again = account_batch(fixed, spec=spec, images_per_sample=[len(k) for k in keep],
+                          crops_per_image=_crops(name, processor, keep))
     assert all(a.ok for a in again), [a.describe() for a in again]
+
+
+def test_the_collator_guards_the_real_processor(case: tuple[str, Any, dict[str, Any]]) -> None:
+    """SpanGuardCollator around the real processor: it reads images per sample (and, where the batch leaves
+    them out, each image's crops) from the examples, passes a whole batch and catches a cut one."""
+    name, processor, _ = case
+    texts, images = _examples(name, processor)
+    examples = [{"text": t, "images": i} for t, i in zip(texts, images)]
+
+    def collate(rows: list[dict[str, Any]], cut: int | None = None) -> dict[str, Any]:
+        out = dict(processor(text=[r["text"] for r in rows], images=[r["images"] for r in rows],
+                             return_tensors="pt", padding=True))
+        out.pop("labels", None)  # PaliGemma's processor labels nothing without a suffix; a trainer's collator labels
+        if cut is not None:  # a plain slice, as TRL's collators truncate
+            for key in ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"):
+                if key in out:
+                    out[key] = out[key][:, :cut]
+        return out
+
+    spec = vision_spec(processor, model_type=name)
+    SpanGuardCollator(collate, processor=processor, spec=spec)(examples)
+    last = (collate(examples)["input_ids"][1] == spec.image_token_id).nonzero().flatten().tolist()[-1]
+    with pytest.raises(SpanMismatchError, match="batch 0"):
+        SpanGuardCollator(lambda rows: collate(rows, cut=last - 3), processor=processor, spec=spec)(examples)
 
 
 def test_the_guards_hold_no_family_constants() -> None:
@@ -135,12 +181,12 @@ def test_the_guards_hold_no_family_constants() -> None:
     comments aside) is a family's media token."""
     import ast
 
+    from vlmcheck import integrations
     from vlmcheck.families import vision_tokens
-    from vlmcheck.integrations import guards, rollout
 
-    for module in (guards, rollout):
-        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+    for path in sorted(Path(integrations.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
         docstrings = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
         strings = [n.value for n in ast.walk(tree)
                    if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings]
-        assert [t for t in vision_tokens() if any(t in text for text in strings)] == [], module.__name__
+        assert [t for t in vision_tokens() if any(t in text for text in strings)] == [], path.name

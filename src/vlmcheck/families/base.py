@@ -286,10 +286,24 @@ class VideoBatchLayoutFamily(BatchLayoutFamily, Protocol):
 @runtime_checkable
 class CroppedBatchLayoutFamily(BatchLayoutFamily, Protocol):
     """A batch layout whose images own a number of pixel rows that depends on crops the processor cuts and
-    then drops from its output (Gemma 3 pan-and-scan): the guards work them out from the images' sizes."""
+    then leaves out of its output (Gemma 3 pan-and-scan crops, InternVL tiles): an image with ``c`` crops owns
+    ``1 + c`` rows. The guards work the crops out from the examples' image sizes; ``image_layout`` takes them
+    as ``crops``."""
+
+    @property
+    def crops_fix(self) -> str:
+        """How to give an image fewer crops, with ``{n}`` for the crops it has (the guards' fix hint)."""
+
+    @property
+    def crops_on(self) -> Mapping[str, Any]:
+        """Call-time options that turn cropping on, tried when a batch has more rows than the settings give."""
+
+    def crop_settings(self, processor: Any, options: Mapping[str, Any], *, settings: Mapping[str, Any]) -> Any:
+        """The settings a call of ``processor`` with ``options`` crops with (``settings``: the layout's)."""
+        ...
 
     def layout_crops(self, sizes: Sequence[tuple[int, int]], settings: Any) -> list[int]:
-        """Crops of each ``(width, height)`` image under the family's processor settings."""
+        """Crops of each ``(width, height)`` image under ``crop_settings``."""
         ...
 
 

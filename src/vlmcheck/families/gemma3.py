@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vlmcheck.errors import UsageError
@@ -203,6 +203,20 @@ class Gemma3Family:
         seq = int(settings.get("tokens_per_image") or DEFAULT_IMAGE_SEQ_LENGTH)
         return MediaLayout([(seq,) * (1 + c) for c in found], [1 + c for c in found], ("pixel_values",),
                            ("num_crops",), crops=found)
+
+    crops_on: Mapping[str, Any] = field(default_factory=lambda: {"do_pan_and_scan": True})
+    crops_fix: str = ("or give this image fewer pan-and-scan crops (it has {n}: lower pan_and_scan_max_num_crops, "
+                      "raise pan_and_scan_min_crop_size, or do_pan_and_scan=False)")
+
+    def crop_settings(self, processor: Any, options: Mapping[str, Any], *, settings: Mapping[str, Any]
+                      ) -> Gemma3Settings:
+        """The processor's ``images_kwargs`` (the class defaults, or an instance's own dict) updated with the
+        call's ``options``; the image processor's attributes do not count, ``images_kwargs`` always overrides
+        them (``ProcessorMixin._merge_kwargs``)."""
+        merged = {**(getattr(processor, "images_kwargs", None) or {}), **options}
+        extra = {k: merged[k] for k in EXTRA_KEYS if merged.get(k) is not None}
+        seq = settings.get("tokens_per_image") or getattr(processor, "image_seq_length", None)
+        return read_settings({"processor_config": {"image_seq_length": seq}}, Overrides(extra=extra))
 
     def layout_crops(self, sizes: Sequence[tuple[int, int]], settings: Gemma3Settings) -> list[int]:
         return [num_crops(int(w), int(h), settings) for w, h in sizes]
