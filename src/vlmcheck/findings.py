@@ -1,54 +1,18 @@
 """The findings catalogue: every problem vlmcheck can report, with a stable code.
 
-Codes never change meaning once released; docs/findings.md is generated from :data:`CATALOGUE`
-(``python -m vlmcheck.findings > docs/findings.md``) and a test fails when the two drift.
+Codes never change meaning once released; docs/findings.md is generated from :data:`CATALOGUE` and the
+other catalogues that keep their anchors on that page (``python -m vlmcheck.findings > docs/findings.md``),
+and a test fails when the two drift. :class:`Finding` and the catalogue mechanism live in
+:mod:`vlmcheck.catalogue` and are re-exported here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-from vlmcheck.catalogue import Rule, Severity, render_codes
+from vlmcheck.catalogue import Catalogue, Finding, Rule, Severity, catalogues, register, render_codes
 
-
-@dataclass
-class Finding:
-    """One problem in one sample. ``data`` holds the numbers the message quotes."""
-
-    code: str
-    message: str
-    fix: str
-    index: int | None = None
-    id: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def rule(self) -> Rule:
-        return CATALOGUE[self.code]
-
-    @property
-    def severity(self) -> Severity:
-        return self.rule.severity
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "code": self.code,
-            "name": self.rule.name,
-            "severity": str(self.severity),
-            "index": self.index,
-            "id": self.id,
-            "message": self.message,
-            "fix": self.fix,
-            "data": self.data,
-        }
-
-    def __str__(self) -> str:
-        where = f"sample {self.index}" if self.index is not None else "dataset"
-        if self.id is not None and str(self.id) != str(self.index):
-            where += f" (id {self.id!r})"
-        return f"{self.code} {self.severity}: {where}: {self.message}. Fix: {self.fix}"
-
+__all__ = ["BY_NAME", "CATALOGUE", "SCAN_CODES", "Finding", "Rule", "Severity", "make", "render_markdown"]
 
 _RULES = [
     # -- rows ---------------------------------------------------------------------------------
@@ -159,12 +123,13 @@ _RULES = [
          "Raise the prompt budget, cap the image pixels, or drop the sample."),
 ]
 
-CATALOGUE: dict[str, Rule] = {rule.code: rule for rule in _RULES}
+SCAN_CODES = register(Catalogue("VC", "scan", "docs/findings.md", tuple(_RULES)))
+CATALOGUE: dict[str, Rule] = SCAN_CODES.codes
 BY_NAME: dict[str, Rule] = {rule.name: rule for rule in _RULES}
 
 
 def make(code: str, message: str, *, fix: str | None = None, **data: Any) -> Finding:
-    """Build a finding for ``code``; index/id are filled in by the scan."""
+    """Build a scan finding for ``code``; index/id are filled in by the scan."""
     if code not in CATALOGUE:
         raise KeyError(f"unknown finding code {code!r}")
     return Finding(code=code, message=message, fix=fix or CATALOGUE[code].fix, data=data)
@@ -182,6 +147,12 @@ def render_markdown() -> str:
         "",
         render_codes(_RULES),
     ]
+    for catalogue in catalogues():
+        if catalogue.page == SCAN_CODES.page and catalogue.prefix != SCAN_CODES.prefix:
+            lines += ["", f"## {catalogue.reporter.capitalize()} codes ({catalogue.prefix})", "",
+                      catalogue.intro, "", catalogue.render(heading="###")]
+    lines += ["", "Config lint codes (VL) are in [lint.md](lint.md), template codes (VT) in "
+              "[templates.md](templates.md); `vlmcheck explain CODE` prints any of them."]
     return "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,7 @@ truncation, findings) is shared.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -168,6 +169,21 @@ class Family(Protocol):
 
 
 @runtime_checkable
+class PixelBudgetFamily(Family, Protocol):
+    """A family whose image processor resizes every image to a pixel budget (``max_pixels``), so that an image
+    at the cap takes about ``max_pixels // token_side**2`` placeholders plus ``image_wrap_tokens`` markers.
+    Config lint reads it (VL202) to say when one image at the cap cannot fit the sequence length."""
+
+    @property
+    def token_side(self) -> int:
+        """Pixels per placeholder side: the patch size times the merge size."""
+
+    @property
+    def image_wrap_tokens(self) -> int:
+        """Marker tokens around each image's placeholders (``<|vision_start|>``, ``<|vision_end|>``)."""
+
+
+@runtime_checkable
 class VideoFamily(Family, Protocol):
     """A family that also counts videos (the Qwen VL families). The scan replaces the j-th
     ``video_placeholder`` of the rendered text with video j's ``expand_video``, in text order with the
@@ -190,3 +206,133 @@ class VideoFamily(Family, Protocol):
     def video_expansion(self, settings: Any) -> str:
         """What one ``video_placeholder`` becomes when the video is unknown, with ``video_token`` once."""
         ...
+
+
+# --------------------------------------------------------------------------- the batch layout capability
+
+
+@dataclass(frozen=True)
+class LayoutTokens:
+    """The special tokens of a processed batch the collator guards look at: ``image`` (``video``) is the
+    placeholder the model counts against image (video) features; ``start``/``end`` open and close a span,
+    and a truncation at a span takes its ``start`` along."""
+
+    image: str
+    start: str | None = None
+    end: str | None = None
+    video: str | None = None
+
+
+@dataclass(frozen=True)
+class MediaLayout:
+    """Where the images (or videos) of one processed batch sit, in batch order.
+
+    ``runs``: per item, the lengths of the placeholder runs it fills (one run, unless markers interleave:
+    Pixtral's row breaks, Gemma 3's pan-and-scan crops, Qwen3-VL's video frames). ``rows``: per item, how
+    many leading-axis rows of every tensor in ``pixel_keys`` it owns; ``item_keys`` hold one row per item
+    (``image_grid_thw``, ``image_sizes``). ``crops``: Gemma 3 pan-and-scan crops per item, else zeros.
+    ``sample_keys`` hold one item count per sample and each item's features depend on it
+    (LLaVA-OneVision's ``batch_num_images``: a sample with several images keeps only their base
+    features), so a sample that loses one item loses them all.
+    """
+
+    runs: Sequence[tuple[int, ...]]
+    rows: Sequence[int]
+    pixel_keys: tuple[str, ...] = ("pixel_values",)
+    item_keys: tuple[str, ...] = ()
+    crops: list[int] | None = None
+    sample_keys: tuple[str, ...] = ()
+
+    @property
+    def features(self) -> list[int]:
+        """Placeholders each item needs."""
+        return [sum(r) for r in self.runs]
+
+
+@runtime_checkable
+class BatchLayoutFamily(Family, Protocol):
+    """A family whose processor output batches the collator guards (:mod:`vlmcheck.integrations.guards`)
+    can check and repair: which tokens are placeholders, and how many each image of a batch needs, read
+    from the batch's own metadata (``image_grid_thw``, ``image_sizes``, ``pixel_values``' shape, ...).
+
+    ``layout_settings`` reads what the layout needs from a transformers processor once (the guards keep
+    it in their ``VisionSpec``); ``image_layout`` runs on every batch. Batches are duck-typed (tensors
+    answer ``.shape`` and ``.tolist()``): families never import torch.
+    """
+
+    @property
+    def layout_tokens(self) -> LayoutTokens: ...
+
+    def layout_settings(self, processor: Any) -> dict[str, Any]:
+        """What ``image_layout`` needs from this family's transformers processor (merge size, settings)."""
+        ...
+
+    def image_layout(
+        self, batch: Mapping[str, Any], settings: Mapping[str, Any], *, crops: Sequence[int] | None = None
+    ) -> MediaLayout:
+        """The batch's images; ``crops`` (Gemma 3): pan-and-scan crops per image when the batch lacks them."""
+        ...
+
+
+@runtime_checkable
+class VideoBatchLayoutFamily(BatchLayoutFamily, Protocol):
+    """A batch-layout family whose batches also carry videos."""
+
+    def video_layout(self, batch: Mapping[str, Any], settings: Mapping[str, Any]) -> MediaLayout:
+        """The batch's videos."""
+        ...
+
+
+@runtime_checkable
+class CroppedBatchLayoutFamily(BatchLayoutFamily, Protocol):
+    """A batch layout whose images own a number of pixel rows that depends on crops the processor cuts and
+    then leaves out of its output (Gemma 3 pan-and-scan crops, InternVL tiles): an image with ``c`` crops owns
+    ``1 + c`` rows. The guards work the crops out from the examples' image sizes; ``image_layout`` takes them
+    as ``crops``."""
+
+    @property
+    def crops_fix(self) -> str:
+        """How to give an image fewer crops, with ``{n}`` for the crops it has (the guards' fix hint)."""
+
+    @property
+    def crops_on(self) -> Mapping[str, Any]:
+        """Call-time options that turn cropping on, tried when a batch has more rows than the settings give."""
+
+    def crop_settings(self, processor: Any, options: Mapping[str, Any], *, settings: Mapping[str, Any]) -> Any:
+        """The settings a call of ``processor`` with ``options`` crops with (``settings``: the layout's)."""
+        ...
+
+    def layout_crops(self, sizes: Sequence[tuple[int, int]], settings: Any) -> list[int]:
+        """Crops of each ``(width, height)`` image under ``crop_settings``."""
+        ...
+
+
+def processor_files(processor: Any) -> dict[str, Any]:
+    """A transformers processor as the scan reads a checkpoint's processor files: the image processor's
+    settings (preprocessor_config.json) with the processor's own arguments under ``processor_config``
+    (processor_config.json), so that a family's ``settings`` reads a live processor as it reads files."""
+    image_processor = getattr(processor, "image_processor", None)
+    files: dict[str, Any] = dict(image_processor.to_dict()) if image_processor is not None else {}
+    own = processor.to_dict() if hasattr(processor, "to_dict") else {}
+    files["processor_config"] = {k: v for k, v in own.items() if not isinstance(v, dict)}
+    return files
+
+
+def layout_family_settings(family: Family, settings: Mapping[str, Any]) -> Any:
+    """The family settings a batch layout keeps under ``"settings"`` (read from the processor by
+    ``layout_settings``), or the family's class defaults for a hand-built layout without them."""
+    found = settings.get("settings")
+    return found if found is not None else family.settings(preprocessor={}, config={}, overrides=Overrides())
+
+
+def grid_rows(batch: Mapping[str, Any], key: str) -> list[int]:
+    """``t*h*w`` of each row of a ``*_grid_thw`` tensor (the pixel rows each item owns); none when absent."""
+    grid = batch.get(key)
+    if grid is None:
+        return []
+    return [int(t) * int(h) * int(w) for t, h, w in grid.tolist()]
+
+
+def leading_rows(batch: Mapping[str, Any], key: str = "pixel_values") -> int:
+    value = batch.get(key)
+    return 0 if value is None else int(value.shape[0])

@@ -30,14 +30,18 @@ engine tokenizes that text for real, so the merges are exact.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from vlmcheck.errors import UsageError
 from vlmcheck.families.base import (
     Expansion,
     ImageIssue,
+    LayoutTokens,
+    MediaLayout,
     Overrides,
+    leading_rows,
     option_flag,
     option_float,
     option_int,
@@ -179,6 +183,74 @@ class Gemma3Family:
 
     def with_max_pixels(self, settings: Gemma3Settings, max_pixels: int) -> None:
         return None
+
+    # -- the batch layout (the collator guards) --------------------------------------------------
+    # Gemma3Processor.__call__: pixel_values (images, 3, 896, 896); every image needs image_seq_length
+    # <image_soft_token>s between <start_of_image> and <end_of_image>. With pan-and-scan an image with c
+    # crops owns 1 + c consecutive rows (the original, then its crops) and fills 1 + c such runs. The
+    # processor drops num_crops from its output, so the crops come from the caller (worked out from the
+    # examples' image sizes with num_crops above) or from a num_crops the batch carries.
+    layout_tokens: LayoutTokens = LayoutTokens(IMAGE_TOKEN, BOI_TOKEN, EOI_TOKEN)
+
+    def layout_settings(self, processor: Any) -> dict[str, Any]:
+        seq = getattr(processor, "image_seq_length", None)
+        return {"tokens_per_image": int(seq or DEFAULT_IMAGE_SEQ_LENGTH)}
+
+    def image_layout(
+        self, batch: Mapping[str, Any], settings: Mapping[str, Any], *, crops: Sequence[int] | None = None
+    ) -> MediaLayout:
+        found = batch_crops(batch, crops)
+        seq = int(settings.get("tokens_per_image") or DEFAULT_IMAGE_SEQ_LENGTH)
+        return MediaLayout([(seq,) * (1 + c) for c in found], [1 + c for c in found], ("pixel_values",),
+                           ("num_crops",), crops=found)
+
+    crops_on: Mapping[str, Any] = field(default_factory=lambda: {"do_pan_and_scan": True})
+    crops_fix: str = ("or give this image fewer pan-and-scan crops (it has {n}: lower pan_and_scan_max_num_crops, "
+                      "raise pan_and_scan_min_crop_size, or do_pan_and_scan=False)")
+
+    def crop_settings(self, processor: Any, options: Mapping[str, Any], *, settings: Mapping[str, Any]
+                      ) -> Gemma3Settings:
+        """The processor's ``images_kwargs`` (the class defaults, or an instance's own dict) updated with the
+        call's ``options``; the image processor's attributes do not count, ``images_kwargs`` always overrides
+        them (``ProcessorMixin._merge_kwargs``)."""
+        merged = {**(getattr(processor, "images_kwargs", None) or {}), **options}
+        extra = {k: merged[k] for k in EXTRA_KEYS if merged.get(k) is not None}
+        seq = settings.get("tokens_per_image") or getattr(processor, "image_seq_length", None)
+        return read_settings({"processor_config": {"image_seq_length": seq}}, Overrides(extra=extra))
+
+    def layout_crops(self, sizes: Sequence[tuple[int, int]], settings: Gemma3Settings) -> list[int]:
+        return [num_crops(int(w), int(h), settings) for w, h in sizes]
+
+
+def _flat(values: Any) -> list[int]:
+    """``num_crops`` as one value per image, whether flat, nested per sample, or a tensor."""
+    if hasattr(values, "flatten") and hasattr(values, "tolist"):
+        return [int(v) for v in values.flatten().tolist()]
+    out: list[int] = []
+    for value in values:
+        out.extend(_flat(value) if isinstance(value, (list, tuple)) or hasattr(value, "tolist") else [int(value)])
+    return out
+
+
+def batch_crops(batch: Mapping[str, Any], crops: Sequence[int] | None = None) -> list[int]:
+    """Pan-and-scan crops of each image of a processed batch: ``crops``, else a ``num_crops`` the batch carries
+    (the image processor's own output has it; Gemma3Processor drops it), else none. Every image owns
+    ``1 + crops`` rows of ``pixel_values``; a total that differs is a usage error."""
+    rows = leading_rows(batch)
+    source = "crops_per_image"
+    if crops is None and batch.get("num_crops") is not None:
+        crops, source = _flat(batch["num_crops"]), "the batch's num_crops"
+    if crops is None:
+        return [0] * rows
+    found = [int(c) for c in crops]
+    if sum(1 + c for c in found) != rows:
+        raise UsageError(
+            f"{source} gives {len(found)} image(s) with {sum(found)} pan-and-scan crop(s), "
+            f"{sum(1 + c for c in found)} pixel_values rows, but the batch has {rows}; give the pan-and-scan "
+            "options the processor was called with (SpanGuardCollator(processor_options={'do_pan_and_scan': "
+            "True, ...}))"
+        )
+    return found
 
 
 FAMILY = Gemma3Family()

@@ -20,11 +20,20 @@ temporal patch 2, size {shortest_edge 12544, longest_edge 9633792}.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from vlmcheck.errors import UsageError
-from vlmcheck.families.base import Expansion, ImageIssue, Overrides, single_run
+from vlmcheck.families.base import (
+    Expansion,
+    ImageIssue,
+    LayoutTokens,
+    MediaLayout,
+    Overrides,
+    grid_rows,
+    single_run,
+)
 
 # processing_glm4v.py: image_token "<|image|>" (when the tokenizer names none)
 IMAGE_TOKEN = "<|image|>"
@@ -193,6 +202,27 @@ class Glm4vFamily:
 
     def with_max_pixels(self, settings: Glm4vSettings, max_pixels: int) -> Glm4vSettings:
         return apply_budget(settings, None, max_pixels)
+
+    # -- the pixel budget (config lint) ----------------------------------------------------------
+    token_side: int = DEFAULT_PATCH_SIZE * DEFAULT_MERGE_SIZE
+    # <|begin_of_image|> and <|end_of_image|> around each image's tokens (the chat template)
+    image_wrap_tokens: int = 2
+
+    # -- the batch layout (the collator guards) --------------------------------------------------
+    # Glm4vProcessor.__call__: pixel_values (patches, C*T*P*P) of every image concatenated, image_grid_thw one
+    # (t, h, w) row per image, which owns t*h*w rows and needs t*h*w // merge_size**2 <|image|> tokens.
+    layout_tokens: LayoutTokens = LayoutTokens(IMAGE_TOKEN, BEGIN_IMAGE, END_IMAGE)
+
+    def layout_settings(self, processor: Any) -> dict[str, Any]:
+        merge = getattr(getattr(processor, "image_processor", None), "merge_size", None)
+        return {"merge_size": int(merge or DEFAULT_MERGE_SIZE)}
+
+    def image_layout(
+        self, batch: Mapping[str, Any], settings: Mapping[str, Any], *, crops: Sequence[int] | None = None
+    ) -> MediaLayout:
+        rows = grid_rows(batch, "image_grid_thw")
+        merge = int(settings.get("merge_size") or DEFAULT_MERGE_SIZE) ** 2
+        return MediaLayout([(n // merge,) for n in rows], rows, ("pixel_values",), ("image_grid_thw",))
 
 
 FAMILIES = (

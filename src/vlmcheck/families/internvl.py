@@ -23,10 +23,24 @@ Sources (transformers 5.23.0):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from vlmcheck.families.base import Expansion, ImageIssue, Overrides, option_flag, option_int, single_run
+from vlmcheck.errors import UsageError
+from vlmcheck.families.base import (
+    Expansion,
+    ImageIssue,
+    LayoutTokens,
+    MediaLayout,
+    Overrides,
+    layout_family_settings,
+    leading_rows,
+    option_flag,
+    option_int,
+    processor_files,
+    single_run,
+)
 
 # processing_internvl.py: processor.image_token = tokenizer.context_image_token; the converter's
 # tokenizer gives "<IMG_CONTEXT>" (id 151667 in the Qwen2.5-based InternVL3 checkpoints).
@@ -148,6 +162,47 @@ class InternVLFamily:
 
     def with_max_pixels(self, settings: InternVLSettings, max_pixels: int) -> None:
         return None  # the budget is max_patches (tiles), not pixels
+
+    # -- the batch layout (the collator guards) --------------------------------------------------
+    # InternVLProcessor.__call__: pixel_values (tiles, 3, 448, 448) of every image concatenated; an image of
+    # count_patches tiles owns that many rows and needs image_seq_length x tiles <IMG_CONTEXT>s in one run
+    # between <img> and </img>. The processor pops num_patches from its output, so the tiles come from the
+    # caller as crops (tiles - 1 per image; SpanGuardCollator works them out from the examples' images).
+    layout_tokens: LayoutTokens = LayoutTokens(CONTEXT_TOKEN, START_TOKEN, END_TOKEN)
+    crops_on: Mapping[str, Any] = field(default_factory=dict)  # crop_to_patches is the processor's default
+    crops_fix: str = "or give this image fewer tiles (it has {n} besides the first: lower max_patches)"
+
+    def layout_settings(self, processor: Any) -> dict[str, Any]:
+        return {"settings": self.settings(preprocessor=processor_files(processor), config={}, overrides=Overrides())}
+
+    def crop_settings(self, processor: Any, options: Mapping[str, Any], *, settings: Mapping[str, Any]
+                      ) -> InternVLSettings:
+        """The processor's ``images_kwargs`` updated with the call's ``options``, over its files' settings."""
+        merged = {**(getattr(processor, "images_kwargs", None) or {}), **options}
+        extra = {k: merged[k] for k in self.options if merged.get(k) is not None}
+        return read_settings(processor_files(processor), Overrides(extra=extra))
+
+    def layout_crops(self, sizes: Sequence[tuple[int, int]], settings: InternVLSettings) -> list[int]:
+        return [count_patches(int(w), int(h), settings) - 1 for w, h in sizes]
+
+    def image_layout(
+        self, batch: Mapping[str, Any], settings: Mapping[str, Any], *, crops: Sequence[int] | None = None
+    ) -> MediaLayout:
+        rows = leading_rows(batch)
+        if crops is None:
+            if rows == 0:
+                return MediaLayout([], [])
+            raise UsageError(
+                "an InternVL batch does not say how many tiles each image has (the processor pops num_patches): "
+                "pass crops_per_image=[tiles - 1 for each image] (SpanGuardCollator works them out from the "
+                "examples' images)"
+            )
+        found = [int(c) for c in crops]
+        if sum(1 + c for c in found) != rows:
+            raise UsageError(f"crops_per_image gives {sum(1 + c for c in found)} tiles, but the batch has {rows} "
+                             "pixel_values rows; give the options the processor was called with (processor_options=)")
+        seq = layout_family_settings(self, settings).image_seq_length
+        return MediaLayout([(seq * (1 + c),) for c in found], [1 + c for c in found], crops=found)
 
 
 FAMILY = InternVLFamily()

@@ -30,10 +30,20 @@ set 14, "default" and 1: a 336 x 336 image becomes 1176 tokens, 640 x 480 (W x H
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vlmcheck.families.base import Expansion, ImageIssue, Overrides, single_run
+from vlmcheck.families.base import (
+    Expansion,
+    ImageIssue,
+    LayoutTokens,
+    MediaLayout,
+    Overrides,
+    layout_family_settings,
+    processor_files,
+    single_run,
+)
 
 # processing_llava_next.py: LlavaNextProcessor(image_token="<image>")
 IMAGE_TOKEN = "<image>"
@@ -186,6 +196,22 @@ class LlavaNextFamily:
 
     def with_max_pixels(self, settings: LlavaNextSettings, max_pixels: int) -> None:
         return None
+
+    # -- the batch layout (the collator guards) --------------------------------------------------
+    # LlavaNextProcessor.__call__: pixel_values (images, patches, 3, H, W), one row per image, and
+    # image_sizes, each image's original (height, width), from which its <image> count follows.
+    layout_tokens: LayoutTokens = LayoutTokens(IMAGE_TOKEN)
+
+    def layout_settings(self, processor: Any) -> dict[str, Any]:
+        return {"settings": self.settings(preprocessor=processor_files(processor), config={}, overrides=Overrides())}
+
+    def image_layout(
+        self, batch: Mapping[str, Any], settings: Mapping[str, Any], *, crops: Sequence[int] | None = None
+    ) -> MediaLayout:
+        sizes = batch.get("image_sizes")
+        hw = [] if sizes is None else [(int(h), int(w)) for h, w in sizes.tolist()]
+        runs = [(count_image_tokens(w, h, layout_family_settings(self, settings)),) for h, w in hw]
+        return MediaLayout(runs, [1] * len(hw), ("pixel_values",), ("image_sizes",))
 
 
 FAMILY = LlavaNextFamily()

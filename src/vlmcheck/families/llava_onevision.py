@@ -38,10 +38,21 @@ where every image is tiled.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from vlmcheck.families.base import Expansion, ImageIssue, Overrides, option_flag, single_run
+from vlmcheck.families.base import (
+    Expansion,
+    ImageIssue,
+    LayoutTokens,
+    MediaLayout,
+    Overrides,
+    layout_family_settings,
+    option_flag,
+    processor_files,
+    single_run,
+)
 
 # processing_llava_onevision.py: LlavaOnevisionProcessor(image_token="<image>", video_token="<video>")
 IMAGE_TOKEN = "<image>"
@@ -228,6 +239,28 @@ class LlavaOnevisionFamily:
 
     def with_max_pixels(self, settings: OnevisionSettings, max_pixels: int) -> None:
         return None
+
+    # -- the batch layout (the collator guards) --------------------------------------------------
+    # LlavaOnevisionProcessor.__call__: pixel_values (images, patches, 3, H, W), one row per image,
+    # image_sizes (original height, width) and batch_num_images (images per sample: a sample with several
+    # keeps only each image's base features).
+    layout_tokens: LayoutTokens = LayoutTokens(IMAGE_TOKEN)
+
+    def layout_settings(self, processor: Any) -> dict[str, Any]:
+        return {"settings": self.settings(preprocessor=processor_files(processor), config={}, overrides=Overrides())}
+
+    def image_layout(
+        self, batch: Mapping[str, Any], settings: Mapping[str, Any], *, crops: Sequence[int] | None = None
+    ) -> MediaLayout:
+        sizes = batch.get("image_sizes")
+        hw = [] if sizes is None else [(int(h), int(w)) for h, w in sizes.tolist()]
+        per_sample = batch.get("batch_num_images")
+        counts = [len(hw)] if per_sample is None else [int(n) for n in per_sample.tolist()]
+        base = layout_family_settings(self, settings)
+        images = [n for n in counts for _ in range(n)]  # each image's sample's image count
+        runs = [(count_image_tokens(w, h, self.sample_settings(base, images=n)),) for (h, w), n in zip(hw, images)]
+        return MediaLayout(runs, [1] * len(hw), ("pixel_values",), ("image_sizes",),
+                           sample_keys=("batch_num_images",))
 
 
 FAMILY = LlavaOnevisionFamily()

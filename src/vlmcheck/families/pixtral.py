@@ -21,10 +21,19 @@ Mistral-Small-3.1-24B-Instruct-2503 patch 14, ``spatial_merge_size`` 2, ``size.l
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vlmcheck.families.base import Expansion, ImageIssue, Overrides
+from vlmcheck.families.base import (
+    Expansion,
+    ImageIssue,
+    LayoutTokens,
+    MediaLayout,
+    Overrides,
+    layout_family_settings,
+    processor_files,
+)
 
 # processing_pixtral.py: PixtralProcessor(image_token="[IMG]", image_break_token="[IMG_BREAK]",
 # image_end_token="[IMG_END]"); Tekken ids 10, 12, 13 in Pixtral-12B and Mistral-Small-3.1.
@@ -157,6 +166,23 @@ class PixtralFamily:
 
     def with_max_pixels(self, settings: PixtralSettings, max_pixels: int) -> None:
         return None  # the size knob is a longest edge, not a pixel budget
+
+    # -- the batch layout (the collator guards) --------------------------------------------------
+    # PixtralProcessor.__call__: pixel_values (images, 3, H, W), one row per image, and image_sizes, each
+    # image's resized (height, width); its [IMG]s come one run per row of patches, split by [IMG_BREAK]
+    # and closed by [IMG_END]. The model counts only [IMG].
+    layout_tokens: LayoutTokens = LayoutTokens(IMAGE_TOKEN)
+
+    def layout_settings(self, processor: Any) -> dict[str, Any]:
+        return {"settings": self.settings(preprocessor=processor_files(processor), config={}, overrides=Overrides())}
+
+    def image_layout(
+        self, batch: Mapping[str, Any], settings: Mapping[str, Any], *, crops: Sequence[int] | None = None
+    ) -> MediaLayout:
+        sizes = batch.get("image_sizes")
+        hw = [] if sizes is None else [(int(h), int(w)) for h, w in sizes.tolist()]
+        runs = [expand(w, h, layout_family_settings(self, settings)).runs for h, w in hw]
+        return MediaLayout(runs, [1] * len(hw), ("pixel_values",), ("image_sizes",))
 
 
 FAMILIES = (

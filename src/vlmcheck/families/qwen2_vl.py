@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -26,7 +27,10 @@ from vlmcheck.data.videos import VideoInfo, VideoProblem
 from vlmcheck.families.base import (
     Expansion,
     ImageIssue,
+    LayoutTokens,
+    MediaLayout,
     Overrides,
+    grid_rows,
     option_flag,
     option_float,
     option_int,
@@ -521,6 +525,38 @@ class Qwen2VLFamily:
 
     def with_max_pixels(self, settings: QwenVLSettings, max_pixels: int) -> QwenVLSettings:
         return apply_budget(settings, None, max_pixels)
+
+    # -- the pixel budget (config lint) ----------------------------------------------------------
+    @property
+    def token_side(self) -> int:
+        return self.patch_size * self.merge_size
+
+    # <|vision_start|> and <|vision_end|> around each image's pads (the chat template)
+    image_wrap_tokens: int = 2
+
+    # -- the batch layout (the collator guards) --------------------------------------------------
+    # pixel_values is 2-D (patches, C*T*P*P) with every image of the batch concatenated; image_grid_thw has
+    # one (t, h, w) row per image, which owns t*h*w rows and needs t*h*w // merge_size**2 placeholders
+    # (Qwen2VLProcessor.__call__). Videos: video_grid_thw / pixel_values_videos by the same rule, plus
+    # Qwen2.5-VL's second_per_grid_ts, one value per video.
+    layout_tokens: LayoutTokens = LayoutTokens(IMAGE_PAD, VISION_START, VISION_END, VIDEO_PAD)
+
+    def layout_settings(self, processor: Any) -> dict[str, Any]:
+        merge = getattr(getattr(processor, "image_processor", None), "merge_size", None)
+        return {"merge_size": int(merge or self.merge_size)}
+
+    def image_layout(
+        self, batch: Mapping[str, Any], settings: Mapping[str, Any], *, crops: Sequence[int] | None = None
+    ) -> MediaLayout:
+        rows = grid_rows(batch, "image_grid_thw")
+        merge = int(settings.get("merge_size") or self.merge_size) ** 2
+        return MediaLayout([(n // merge,) for n in rows], rows, ("pixel_values",), ("image_grid_thw",))
+
+    def video_layout(self, batch: Mapping[str, Any], settings: Mapping[str, Any]) -> MediaLayout:
+        rows = grid_rows(batch, "video_grid_thw")
+        merge = int(settings.get("merge_size") or self.merge_size) ** 2
+        return MediaLayout([(n // merge,) for n in rows], rows, ("pixel_values_videos",),
+                           ("video_grid_thw", "second_per_grid_ts"))
 
 
 FAMILY = Qwen2VLFamily()

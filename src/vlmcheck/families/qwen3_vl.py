@@ -18,11 +18,12 @@ transformers 5.23 that replaces only ``<|video_pad|>``: the template's own
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from vlmcheck.data.videos import VideoInfo, VideoProblem
-from vlmcheck.families.base import Expansion, Overrides
+from vlmcheck.families.base import Expansion, MediaLayout, Overrides
 from vlmcheck.families.qwen2_vl import (
     MAX_ASPECT_RATIO,
     VIDEO_PAD,
@@ -166,6 +167,15 @@ class Qwen3VLFamily(Qwen2VLFamily):
         stamps = timestamps(plan.indices, plan.fps, s.temporal_patch_size)
         text = "".join(f"<{stamps[k]:.1f} seconds>{VISION_START}{VIDEO_PAD}{VISION_END}" for k in range(plan.grid_t))
         return Expansion(text, (per_group,) * plan.grid_t)
+
+    def video_layout(self, batch: Mapping[str, Any], settings: Mapping[str, Any]) -> MediaLayout:
+        """Every temporal patch of a video is its own run, "<t seconds><|vision_start|><|video_pad|> x
+        (h*w // merge_size**2)<|vision_end|>" (replace_video_token, processing_qwen3_vl.py)."""
+        grid = batch.get("video_grid_thw")
+        merge = int(settings.get("merge_size") or self.merge_size) ** 2
+        thw = [] if grid is None else [tuple(int(v) for v in row) for row in grid.tolist()]
+        return MediaLayout([(h * w // merge,) * t for t, h, w in thw], [t * h * w for t, h, w in thw],
+                           ("pixel_values_videos",), ("video_grid_thw",))
 
 
 FAMILY = Qwen3VLFamily()

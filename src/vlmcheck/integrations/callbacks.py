@@ -24,7 +24,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from vlmcheck.catalogue import Finding
 from vlmcheck.errors import MissingDependencyError, UsageError
+from vlmcheck.integrations.catalogue import BY_NAME
 
 try:
     from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -46,31 +48,14 @@ class Diagnosis:
     def __str__(self) -> str:
         return f"step {self.step}: {self.message} Check: {self.check}"
 
+    @property
+    def finding(self) -> Finding:
+        """The diagnosis as a finding with its catalogue code (``loss-zero`` is ``VR001``)."""
+        return Finding(BY_NAME[self.code].code, self.message, self.check, data={"step": self.step})
 
-_CHECKS = {
-    "loss-zero": (
-        "the labels of every sample are -100 (nothing is supervised): max_length cuts off every completion, "
-        "assistant_only_loss / completion_only_loss matched no token (a chat template without {% generation %} "
-        "markers), or the dataset's completions are empty. Run `vlmcheck scan` with the same max_length, or "
-        "look at (batch['labels'] != -100).sum(dim=1) for one batch."
-    ),
-    "loss-nan": (
-        "a NaN/inf loss comes from non-finite logits or gradients (fp16 overflow: use bf16 or a lower learning "
-        "rate; a bad sample: images with NaN pixels), or from 0/0 when a batch has no supervised token and the "
-        "loss is not clamped. In GRPO on TRL 0.14 and forks of it (R1-V), groups of one (num_generations=1) give "
-        "a NaN std and advantage; current TRL refuses num_generations=1."
-    ),
-    "grad-nan": (
-        "non-finite gradients: lower the learning rate, set max_grad_norm, use bf16 instead of fp16, and look "
-        "for samples with extreme lengths or corrupt images in the steps just before. The logged loss may look "
-        "finite: Trainer's logging_nan_inf_filter=True (the default) logs a NaN loss as the running mean."
-    ),
-    "reward-std-zero": (
-        "every completion of every group got the same reward, so GRPO's advantages are 0 and nothing is learned: "
-        "the reward function may always return the same value (a parsing failure, a format the model never "
-        "produces), or temperature is too low to give different completions."
-    ),
-}
+
+# What to check for each diagnosis: the fix of its runtime catalogue entry (docs/findings.md, VR0xx).
+_CHECKS = {name: rule.fix for name, rule in BY_NAME.items() if rule.code.startswith("VR0")}
 
 
 class TrainingHealthCallback(TrainerCallback):

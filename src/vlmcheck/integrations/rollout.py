@@ -258,4 +258,4 @@ def check_rollout(
 def _prefix_counts(batch: dict[str, Any], spec: VisionSpec, kind: MediaKind) -> list[int]:
     token_id = spec.image_token_id if kind == "image" else spec.video_token_id
     runs = [runs_of(row) for row in positions(batch["input_ids"], token_id)]
-    return counts_by_prefix(runs, spec._chunks(batch, kind))
+    return counts_by_prefix(runs, spec.chunks(batch, kind))

@@ -9,26 +9,29 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vlmcheck.errors import UsageError, VlmcheckError
+from vlmcheck.families import known_families
 from vlmcheck.lint.device import DeviceInfo, probe_device
 from vlmcheck.lint.frameworks import View
 from vlmcheck.lint.readers import RunConfig, read_config
 from vlmcheck.lint.records import LintReport
 from vlmcheck.lint.rules import RULES, Context
 
-# Model names -> family (`config.model_type`), for configs that name a hub id or a local folder.
-_FAMILY_NAMES = [
-    (re.compile(r"qwen3[-_.]?vl", re.IGNORECASE), "qwen3_vl"),
-    (re.compile(r"qwen2[._]5[-_]?vl", re.IGNORECASE), "qwen2_5_vl"),
-    (re.compile(r"qwen2[-_]?vl", re.IGNORECASE), "qwen2_vl"),
-]
+
+def _letters(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
 
 
 def family_from_name(name: str) -> str | None:
-    """``Qwen/Qwen2.5-VL-7B-Instruct`` -> ``qwen2_5_vl``; LLaMA-Factory templates read the same way."""
-    for pattern, family in _FAMILY_NAMES:
-        if pattern.search(name):
-            return family
-    return None
+    """The registered family a hub id or template names, by its ``model_type`` or title written in any
+    spelling (``Qwen/Qwen2.5-VL-7B-Instruct`` -> ``qwen2_5_vl``, LLaMA-Factory's ``qwen2_vl`` template ->
+    ``qwen2_vl``); the longest match wins (``paligemma-3b`` is PaliGemma, not Gemma 3)."""
+    wanted = _letters(name)
+    best: tuple[int, str] | None = None
+    for model_type, family in known_families().items():
+        for key in {_letters(model_type), _letters(family.title)}:
+            if key and key in wanted and (best is None or len(key) > best[0]):
+                best = (len(key), model_type)
+    return best[1] if best else None
 
 
 def _read_checkpoint(model: str | os.PathLike[str]) -> tuple[str | None, int | None]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlmcheck.catalogue import Rule, Severity, render_codes
+from vlmcheck.catalogue import Catalogue, Rule, Severity, register, render_codes
 
 
 @dataclass(frozen=True)
@@ -104,13 +104,14 @@ _RULES = [
     ),
     LintRule(
         "VL202", "max-pixels-exceeds-length", Severity.WARNING, "One image at the pixel cap is longer than the length",
-        "Qwen2-VL / Qwen2.5-VL take one token per 28x28 pixels (14 px patches merged 2x2), Qwen3-VL one "
-        "per 32x32: an image at the `max_pixels` cap expands to more tokens than the whole sequence may "
+        "Qwen2-VL / Qwen2.5-VL and GLM-4.1V take one token per 28x28 pixels (14 px patches merged 2x2), "
+        "Qwen3-VL one per 32x32: an image at the `max_pixels` cap expands to more tokens than the whole sequence may "
         "hold, so any image that large is cut or its sample dropped. Real images are often smaller: "
         "`--data` checks them.",
         "Lower the pixel cap (`image_max_pixels`, `max_pixels`, `data.max_pixels`, `MAX_PIXELS`) or "
         "raise the length; the message gives both numbers.",
-        "Qwen2-VL, Qwen2.5-VL and Qwen3-VL in every framework.",
+        "Every family with a pixel budget (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, GLM-4.1V, GLM-4.5V) in every "
+        "framework.",
     ),
     # -- trainer features vs vision data ------------------------------------------------------
     LintRule(
@@ -187,6 +188,7 @@ _RULES = [
     ),
 ]
 
+LINT_CODES = register(Catalogue("VL", "lint", "docs/lint.md", tuple(_RULES)))
 LINT_RULES: dict[str, LintRule] = {rule.code: rule for rule in _RULES}
 LINT_RULES_BY_NAME: dict[str, LintRule] = {rule.name: rule for rule in _RULES}
 

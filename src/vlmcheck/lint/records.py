@@ -1,4 +1,4 @@
-"""What :func:`vlmcheck.lint` returns: findings (the shape of :class:`vlmcheck.Finding`) and the report."""
+"""What :func:`vlmcheck.lint` returns: findings (a :class:`vlmcheck.Finding` with the option it is about) and the report."""
 
 from __future__ import annotations
 
@@ -6,35 +6,24 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlmcheck.catalogue import Finding, Severity
 from vlmcheck.contract import ReportContract
-from vlmcheck.findings import Severity
 from vlmcheck.lint.catalogue import LINT_RULES, LintRule
 
 DOCS_URL = "https://github.com/vlmcheck/vlmcheck/blob/main/docs/lint.md"
 
 
 @dataclass
-class LintFinding:
-    """One problem in one config. ``option`` names the option as the framework spells it; ``data``
-    holds the numbers the message quotes."""
+class LintFinding(Finding):
+    """One problem in one config: a :class:`vlmcheck.catalogue.Finding` placed by the option it is about
+    (``option`` names the option as the framework spells it) rather than by a sample; ``data`` holds the
+    numbers the message quotes."""
 
-    code: str
-    message: str
-    fix: str
     option: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rule(self) -> LintRule:
         return LINT_RULES[self.code]
-
-    @property
-    def name(self) -> str:
-        return self.rule.name
-
-    @property
-    def severity(self) -> Severity:
-        return self.rule.severity
 
     @property
     def docs(self) -> str:

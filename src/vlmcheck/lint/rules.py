@@ -13,17 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlmcheck.families import known_families
+from vlmcheck.families.base import PixelBudgetFamily
 from vlmcheck.lint.device import DeviceInfo
 from vlmcheck.lint.frameworks import Opt, View, known_options
 from vlmcheck.lint.readers import RunConfig
 from vlmcheck.lint.records import LintFinding, make
-
-# Pixels per visual token side: patch_size x merge_size of each family's image processor.
-# Qwen2-VL / Qwen2.5-VL: patch 14, merge 2 (preprocessor_config.json of Qwen/Qwen2-VL-7B-Instruct,
-# Qwen/Qwen2.5-VL-7B-Instruct); Qwen3-VL: patch 16, merge 2 (Qwen/Qwen3-VL-8B-Instruct).
-TOKEN_SIDE = {"qwen2_vl": 28, "qwen2_5_vl": 28, "qwen3_vl": 32}
-# <|vision_start|> and <|vision_end|> around each image's pads (the Qwen VL chat templates).
-IMAGE_WRAP_TOKENS = 2
 
 _VLM_NAME = re.compile(
     r"vl\b|vl[-_]|-vl|vision|llava|idefics|smolvlm|paligemma|pixtral|gemma-?3|internvl|omni|mllama|"
@@ -354,9 +349,10 @@ def max_length_below_data(ctx: Context) -> list[LintFinding]:
 
 def max_pixels_exceeds_length(ctx: Context) -> list[LintFinding]:
     """VL202: one image at the pixel cap is longer than the whole sequence."""
-    side = TOKEN_SIDE.get(ctx.family or "")
-    if side is None:
+    family = known_families().get(ctx.family or "")
+    if not isinstance(family, PixelBudgetFamily):
         return []
+    side, wrap = family.token_side, family.image_wrap_tokens
     got_len = _length(ctx)
     if got_len is None:
         return []
@@ -372,11 +368,11 @@ def max_pixels_exceeds_length(ctx: Context) -> list[LintFinding]:
             pix_name, pixels, explicit = "max_pixels (the checkpoint's preprocessor_config.json)", ctx.model_max_pixels, True
         else:
             return []
-    tokens = pixels // (side * side) + IMAGE_WRAP_TOKENS
+    tokens = pixels // (side * side) + wrap
     if tokens <= length:
         return []
-    fit_pixels = (length - IMAGE_WRAP_TOKENS) * side * side
-    cap = (length * 3 // 4 - IMAGE_WRAP_TOKENS) * side * side  # leaves a quarter of the length to text
+    fit_pixels = (length - wrap) * side * side
+    cap = (length * 3 // 4 - wrap) * side * side  # leaves a quarter of the length to text
     default = "" if explicit else f" ({ctx.view.framework}'s default)"
     pix_fix = f"`MAX_PIXELS={cap}` in the environment" if pix_name == "MAX_PIXELS" else ctx.spell(pix_name, cap)
     return [make(
