@@ -52,6 +52,7 @@ from vlmcheck.records import RecordWriter
 from vlmcheck.report import Report, ReportBuilder
 from vlmcheck.results import SampleResult
 from vlmcheck.sources import Source, open_source, shard_label
+from vlmcheck.tokencount import text_encoder
 from vlmcheck.util import AtomicOutput, output_target
 
 _CHUNK = 512  # one encode_batch call per chunk; larger batches tokenize faster (docs/performance.md)
@@ -92,6 +93,7 @@ class Scanner:
         self.url_root = options.image_root if is_url(options.image_root) else None  # (sources: hook)
         self._real_dirs: dict[str, str] = {}
         self.tokenizer = spec.tokenizer
+        self.encoder = text_encoder(spec.tokenizer)  # each stretch between special tokens tokenized once
         self.image_token_id = spec.token_id(self.family.image_token)
         self.expansion = self.family.expansion(spec.settings)
         self._placeholder_re = re.compile(re.escape(self.family.placeholder))
@@ -398,12 +400,12 @@ class Scanner:
         bos = self.spec.special_tokens.get("bos_token") or None
         has_bos = [bos is not None and t.startswith(bos) for t in texts]
         if not any(has_bos):
-            return self.tokenizer.encode_batch(texts, add_special_tokens=True)
+            return self.encoder.encode_batch(texts, add_special_tokens=True)
         out: list[Any] = [None] * len(texts)
         for special in (False, True):  # special tokens only for text without its own BOS
             indices = [i for i, own in enumerate(has_bos) if own != special]
             if indices:
-                encoded = self.tokenizer.encode_batch([texts[i] for i in indices], add_special_tokens=special)
+                encoded = self.encoder.encode_batch([texts[i] for i in indices], add_special_tokens=special)
                 for i, enc in zip(indices, encoded):
                     out[i] = enc
         return out
