@@ -172,15 +172,19 @@ def test_scan_records_identical_with_and_without_cache(name: str, tmp_path: Path
     folder = CHECKPOINTS[name]()
     image(tmp_path / "img.png", 64, 48)
     data = write_jsonl(tmp_path / "data.jsonl", _rows("img.png"))
-    out: dict[str, list[dict[str, Any]]] = {}
+    out: dict[str, Any] = {}
     for setting in ("1", "0"):
         monkeypatch.setenv("VLMCHECK_SEGMENT_CACHE", setting)
         spec = load_model(folder)
         scanner = build_scanner(data, model=spec, max_length=300)
         assert isinstance(scanner.encoder, SegmentEncoder) == (setting == "1")
         records = tmp_path / f"records{setting}.jsonl"
-        scan(data, model=spec, max_length=300, output=records)
-        out[setting] = [json.loads(line) for line in records.read_text(encoding="utf-8").splitlines()]
-    assert len(out["1"]) == 60
-    assert sum(r["tokens"] is not None for r in out["1"]) > 40
-    assert out["1"] == out["0"]
+        report = scan(data, model=spec, max_length=300, output=records)
+        summary = report.to_dict()
+        for key in ("seconds", "samples_per_second"):
+            summary["summary"].pop(key)
+        out[setting] = [json.loads(line) for line in records.read_text(encoding="utf-8").splitlines()], summary
+    assert len(out["1"][0]) == 60
+    assert sum(r["tokens"] is not None for r in out["1"][0]) > 40
+    assert out["1"][0] == out["0"][0]
+    assert out["1"][1] == out["0"][1]  # the findings' messages and the summary too

@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ from vlmcheck.data.formats import (
     row_id,
     to_conversation,
 )
-from vlmcheck.data.images import ImageInfo, ImageProblem, decode_data_url, probe_bytes, probe_path
+from vlmcheck.data.images import ImageInfo, ImageProblem, decode_data_url, probe_bytes
+from vlmcheck.data.probecache import ProbeCache
 from vlmcheck.data.readers import BadRow
 from vlmcheck.data.remote import is_url, probe_url
 from vlmcheck.data.remote import join as join_url
@@ -147,6 +149,11 @@ class Scanner:
         return int(factor) ** 2 if factor else None
 
     # -- images ---------------------------------------------------------------------------
+    @cached_property
+    def probes(self) -> ProbeCache:
+        """Each image file version probed once (:mod:`vlmcheck.data.probecache`); lazy, for subclasses too."""
+        return ProbeCache()
+
     def _probe(self, ref: ImageRef) -> ImageInfo:
         check = self.options.check_integrity
         if ref.kind == "bytes":
@@ -162,7 +169,7 @@ class Scanner:
             return probe_url(ref.value, check_integrity=check)
         if self.url_root is not None and ref.value and not os.path.isabs(str(ref.value)):
             return probe_url(join_url(self.url_root, str(ref.value)), check_integrity=check)
-        return probe_path(self._local_path(str(ref.value), "image"), check_integrity=check)
+        return self.probes.probe_path(self._local_path(str(ref.value), "image"), check_integrity=check)
 
     def _local_path(self, raw: str, what: str) -> Path:
         """A dataset path, relative to the image root; with ``confine``, one that must resolve under it (VC104)."""
