@@ -38,6 +38,7 @@ _PRE_TOKENIZERS = {"ByteLevel", "Split", "Digits", "Whitespace", "WhitespaceSpli
 _PROCESSORS = {"ByteLevel", "TemplateProcessing", "Sequence"}  # BOS/EOS around the text; offsets per token
 _MODELS = {"BPE", "WordPiece", "WordLevel", "Unigram"}
 _MAX_SEGMENT = 65_536  # characters; longer stretches are tokenized, never kept
+_SEEN = 1 << 16  # hashes of stretches seen once (about 4 MiB); cleared when full
 
 
 class Encoded:
@@ -157,7 +158,7 @@ class SegmentEncoder:
                         missing[segment] = None  # seen before: tokenized now, and kept
                         admit.add(segment)
                     else:
-                        if len(seen) >= 1 << 20:
+                        if len(seen) >= _SEEN:
                             seen.clear()
                         seen.add(key)
             if known * 4 >= total and known:
