@@ -51,6 +51,7 @@ from vlmcheck.layout import TRUNCATIONS, Layout, build_layout, kept_ranges, over
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.preview import Previewer
 from vlmcheck.records import RecordWriter
+from vlmcheck.renderfast import FastRender
 from vlmcheck.report import Report, ReportBuilder
 from vlmcheck.results import SampleResult
 from vlmcheck.sources import Source, open_source, shard_label
@@ -276,8 +277,16 @@ class Scanner:
         return counts, expansions
 
     # -- text -----------------------------------------------------------------------------
+    @cached_property
+    def fast_render(self) -> FastRender:
+        """A recognised chat template's written-out render (:mod:`vlmcheck.renderfast`); Jinja otherwise."""
+        return FastRender(self.spec.chat_template, special_tokens=self.spec.special_tokens)
+
     def _render(self, conv: Conversation) -> str:
         assert self.spec.chat_template is not None
+        text = self.fast_render.render(conv.messages)
+        if text is not None:
+            return text
         return render_chat(self.spec.chat_template, conv.messages, special_tokens=self.spec.special_tokens)
 
     def _collapse(self, text: str, expansions: list[Expansion | None],
