@@ -31,7 +31,8 @@ from vlmcheck.data.formats import (
     row_id,
     to_conversation,
 )
-from vlmcheck.data.images import ImageInfo, ImageProblem, decode_data_url, probe_bytes, probe_path
+from vlmcheck.data.images import ImageInfo, ImageProblem, decode_data_url, probe_bytes
+from vlmcheck.data.probecache import ProbeCache
 from vlmcheck.data.readers import BadRow
 from vlmcheck.data.remote import join as join_url
 from vlmcheck.data.remote import probe_url
@@ -182,6 +183,7 @@ class Media:
         self.real_root = os.path.realpath(root)
         self.url_root = url_root  # a dataset at an fsspec URL: its relative image paths are under that URL
         self._real_dirs: dict[str, str] = {}
+        self.probes = ProbeCache()  # each image file version probed once (vlmcheck.data.probecache)
 
     def probe(self, ref: ImageRef) -> ImageInfo:
         if ref.kind == "bytes":
@@ -197,7 +199,7 @@ class Media:
             return probe_url(ref.value)
         if self.url_root is not None and ref.value and not os.path.isabs(str(ref.value)):
             return probe_url(join_url(self.url_root, str(ref.value)))
-        return probe_path(self.local_path(str(ref.value), "image"))
+        return self.probes.probe_path(self.local_path(str(ref.value), "image"))
 
     def local_path(self, raw: str, what: str) -> Path:
         """A dataset path, relative to the image root; with ``confine``, one that must resolve under it (VC104)."""

@@ -18,6 +18,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +50,11 @@ from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.options import ScanOptions
 from vlmcheck.pipeline import Counter, run
 from vlmcheck.preview import Previewer
+from vlmcheck.renderfast import FastRender
 from vlmcheck.report import Report
 from vlmcheck.results import SampleResult
 from vlmcheck.sources import Source, open_source
+from vlmcheck.tokencount import text_encoder
 
 _CHUNK = 512  # one encode_batch call per chunk; larger batches tokenize faster (docs/performance.md)
 
@@ -106,6 +109,7 @@ class Scanner:
         self.media = Media(options, root, url_root)  # (sources: hook) a dataset at a URL: its images too
         self.judge = Judge(options, spec)
         self.tokenizer = spec.tokenizer
+        self.encoder = text_encoder(spec.tokenizer)  # each stretch between special tokens tokenized once
         self.image_token_id = spec.token_id(self.family.image_token)
         self.expansion = self.family.expansion(spec.settings)
         self._placeholder_re = re.compile(re.escape(self.family.placeholder))
@@ -227,8 +231,16 @@ class Scanner:
         return counts, expansions
 
     # -- text -----------------------------------------------------------------------------
+    @cached_property
+    def fast_render(self) -> FastRender:
+        """A recognised chat template's written-out render (:mod:`vlmcheck.renderfast`); Jinja otherwise."""
+        return FastRender(self.spec.chat_template, special_tokens=self.spec.special_tokens)
+
     def _render(self, conv: Conversation) -> str:
         assert self.spec.chat_template is not None
+        text = self.fast_render.render(conv.messages)
+        if text is not None:
+            return text
         return render_chat(self.spec.chat_template, conv.messages, special_tokens=self.spec.special_tokens)
 
     def _collapse(self, text: str, expansions: list[Expansion | None],
@@ -308,12 +320,12 @@ class Scanner:
         bos = self.spec.special_tokens.get("bos_token") or None
         has_bos = [bos is not None and t.startswith(bos) for t in texts]
         if not any(has_bos):
-            return self.tokenizer.encode_batch(texts, add_special_tokens=True)
+            return self.encoder.encode_batch(texts, add_special_tokens=True)
         out: list[Any] = [None] * len(texts)
         for special in (False, True):  # special tokens only for text without its own BOS
             indices = [i for i, own in enumerate(has_bos) if own != special]
             if indices:
-                encoded = self.tokenizer.encode_batch([texts[i] for i in indices], add_special_tokens=special)
+                encoded = self.encoder.encode_batch([texts[i] for i in indices], add_special_tokens=special)
                 for i, enc in zip(indices, encoded):
                     out[i] = enc
         return out
