@@ -192,6 +192,11 @@ def _check_json_path(json_path: str | None, dataset: str, *others: tuple[str, st
 @click.option("--split", help="Split of a DatasetDict save_to_disk folder (default: train).")
 @click.option("--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True, help="Processes.")
 @click.option("--limit", type=click.IntRange(min=1), help="Scan only the first N rows.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: analyze the rows on Ray Data actors, one per CPU of the cluster; same records and summary "
+                   "(needs vlmcheck[ray]).")
+@click.option("--ray-address", metavar="ADDRESS",
+              help="With --engine ray: the Ray cluster to connect to (default: RAY_ADDRESS, else a local one).")
 @click.option("--shard", metavar="I/N",
               help="Scan only the rows whose index is I modulo N (I counts from 0); `vlmcheck merge` joins the "
                    "--json summaries of all N shards into the whole's.")
@@ -221,8 +226,8 @@ def _check_json_path(json_path: str | None, dataset: str, *others: tuple[str, st
 def scan_command(dataset: tuple[str, ...], model: str, max_length: int | None, truncation: str, format_: str | None,
                  image_root: str | None, max_pixels: int | None, min_pixels: int | None, resize: str,
                  qwen_vl_utils: bool, exif: bool | None, confine: bool, allow_outside_root: bool, chat_template: str | None,
-                 split: str | None, workers: int, limit: int | None, shard: str | None, resume: bool,
-                 processor_options: dict[str, Any],
+                 split: str | None, workers: int, limit: int | None, engine: str, ray_address: str | None,
+                 shard: str | None, resume: bool, processor_options: dict[str, Any],
                  exact: bool, trust_remote_code: bool, json_path: str | None, output: str | None, html_path: str | None,
                  framework: str | None, fail_on: Severity, show: int, quiet: bool) -> None:
     """Count every sample's tokens as the model's processor would and report what will break.
@@ -252,7 +257,7 @@ def scan_command(dataset: tuple[str, ...], model: str, max_length: int | None, t
             exif_transpose=exif, allow_outside_root=allow_outside_root, confine=confine, chat_template=template,
             split=split, workers=workers, limit=limit, output=output, progress=progress, exact=exact,
             trust_remote_code=trust_remote_code, processor_options=processor_options, shard=shard, resume=resume,
-            framework=framework,
+            framework=framework, engine=engine, ray_address=ray_address,
         )
     except VlmcheckError as e:
         progress.close()

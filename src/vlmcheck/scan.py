@@ -54,6 +54,7 @@ from vlmcheck.results import SampleResult
 from vlmcheck.sources import Source, open_source, shard_label
 from vlmcheck.util import AtomicOutput, output_target
 
+ENGINES = ("local", "ray")
 _CHUNK = 512  # one encode_batch call per chunk; larger batches tokenize faster (docs/performance.md)
 # conversation, collapsed text, features per image, image sizes, placeholder runs per image or video
 # (in text order), and which of the two each placeholder is
@@ -808,6 +809,8 @@ def scan(
     shard: str | tuple[int, int] | None = None,
     resume: bool = False,
     framework: str | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> Report:
     """Scan ``dataset`` for samples that would crash or not train under ``model`` at ``max_length``.
 
@@ -842,7 +845,23 @@ def scan(
         framework: ``llamafactory``, ``trl`` or ``swift``: that framework's truncation, resize route and defaults
             (max length, pixel budgets) for every setting left unset, without a config (``vlmcheck check`` reads
             the config itself, with the framework's own templates).
+        engine: ``local`` (this process, or ``workers`` processes) or ``ray``: the same per-sample analysis on Ray
+            Data actors, with the same records and summary (:mod:`vlmcheck.integrations.ray_engine`; needs
+            ``vlmcheck[ray]``).
+        ray_address: with ``engine="ray"``, the cluster to connect to (``ray.init(address=...)``); default: Ray's
+            own (``RAY_ADDRESS``, else a local cluster).
     """
+    if engine not in ENGINES:
+        raise UsageError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if engine == "ray" and (exact or workers != 1):
+        raise UsageError("engine='ray' runs the arithmetic scan with one actor per CPU of the cluster; exact and "
+                         "workers go with the local engine")
+    if ray_address is not None and engine != "ray":
+        raise UsageError("ray_address (--ray-address) applies with engine='ray' (--engine ray)")
+    if engine == "ray":
+        from vlmcheck.integrations.ray_engine import ray
+
+        ray()  # without Ray, the install hint before any work
     if framework is not None:
         # the framework's truncation, resize route and defaults (max length, pixel budgets), from its own module
         from vlmcheck.frameworks import scan_defaults
@@ -898,9 +917,6 @@ def scan(
                 "settings": repr(spec.settings), "shard": shard_label(source.shard), "limit": limit}
     writer = RecordWriter(output, builder, resume=resume, identity=identity)
     started = time.perf_counter()
-    chunks = source.chunks(_CHUNK, start=writer.start, limit=limit)
-    if writer.start == 0:
-        chunks = nonempty(chunks, source.name)
 
     def tick(results: Iterator[SampleResult]) -> Iterator[SampleResult]:
         for result in results:
@@ -908,7 +924,19 @@ def scan(
             if progress is not None:
                 progress(builder.scanned, total)
 
-    writer.write(tick(_results(scanner, spec, chunks, workers, options, root)), started=started)
+    if engine == "ray":  # (ray: hook) the same Scanner.analyze on Ray actors, results back in row order
+        from vlmcheck.integrations.ray_engine import ray_results
+
+        results = ray_results(dataset, source, scanner, start=writer.start, limit=limit, address=ray_address,
+                              chunk=_CHUNK)
+        if writer.start == 0:
+            results = nonempty(results, source.name)
+    else:
+        chunks = source.chunks(_CHUNK, start=writer.start, limit=limit)
+        if writer.start == 0:
+            chunks = nonempty(chunks, source.name)
+        results = _results(scanner, spec, chunks, workers, options, root)
+    writer.write(tick(results), started=started)
     report = builder.build(seconds=writer.seconds(time.perf_counter()))
     if source.shard is not None:
         report.summary["shard"] = shard_label(source.shard)
