@@ -8,9 +8,12 @@ import importlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,12 @@ def cluster() -> Any:
     """One small local cluster for the module: 2 CPUs (two actors), a small object store, no dashboard."""
     ray.init(num_cpus=2, object_store_memory=80 * 1024**2, include_dashboard=False, log_to_driver=False,
              logging_level="WARNING")
+    # blocks of 8 KB (the engine takes the user's block size when it is below its own): a few dozen rows make
+    # several blocks, spread over both actors, so equal records mean the blocks came back in row order
+    context = ray.data.DataContext.get_current()
+    saved, context.target_max_block_size = context.target_max_block_size, 8 * 1024
     yield ray
+    context.target_max_block_size = saved
     ray.shutdown()
 
 
@@ -177,22 +185,41 @@ def test_a_cluster_at_an_address(tmp_path: Path, qwen2_vl_checkpoint: Path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(Path(vlmcheck.__file__).parents[1]),
-                                                                   os.environ.get("PYTHONPATH")) if p),
-           "RAY_ADDRESS": ""}
+                                                                   os.environ.get("PYTHONPATH")) if p)}
+    env.pop("RAY_ADDRESS", None)
+    # Ray's token authentication is Ray's to test: the head's token lives in its temp folder, not where a client
+    # in another session looks for one
+    env["RAY_AUTH_MODE"] = "disabled"
     ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
-    temp = tmp_path / "r"  # Unix socket paths must stay short
-    started = subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                              "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats",
-                              f"--temp-dir={temp}"], env=env, capture_output=True, text=True, timeout=120)
-    assert started.returncode == 0, started.stderr[-2000:]
+    temp = tempfile.mkdtemp(prefix="vr", dir="/tmp")  # Unix socket paths under it must stay short
+    # --block: the head lives as long as this process, which the test ends (never `ray stop`, which would stop
+    # every Ray node of the machine)
+    # Ray itself maps 127.0.0.1 to this machine's own address (on both sides), so the head takes its default
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}",
+                             "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats",
+                             f"--temp-dir={temp}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
     try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and head.poll() is None:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        assert head.poll() is None, head.stderr.read().decode()[-2000:] if head.stderr else ""
         scanned = subprocess.run(
-            [sys.executable, "-c", "from vlmcheck.cli import main; main()", "scan", str(data), "--model", str(qwen2_vl_checkpoint),
-             "--max-length", str(MAX_LENGTH), "--image-root", str(tmp_path), "--engine", "ray",
-             "--ray-address", f"127.0.0.1:{port}", "--output", str(tmp_path / "ray.jsonl"), "--quiet"],
+            [sys.executable, "-c", "from vlmcheck.cli import main; main()", "scan", str(data), "--model",
+             str(qwen2_vl_checkpoint), "--max-length", str(MAX_LENGTH), "--image-root", str(tmp_path), "--engine",
+             "ray", "--ray-address", f"127.0.0.1:{port}", "--output", str(tmp_path / "ray.jsonl"), "--quiet"],
             env=env, capture_output=True, text=True, timeout=180)
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        head.terminate()  # ray start --block stops its node's processes when it ends
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)  # the group this test started, and only it
+            head.wait()
+        shutil.rmtree(temp, ignore_errors=True)
     assert scanned.returncode == 1, scanned.stderr[-2000:]  # the data has errors: exit 1, as the local engine
     assert _records(tmp_path / "ray.jsonl") == _records(expected)
 

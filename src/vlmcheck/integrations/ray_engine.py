@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vlmcheck.errors import MissingDependencyError
+from vlmcheck.errors import MissingDependencyError, UsageError
 from vlmcheck.model import load_model
 from vlmcheck.results import SampleResult
 from vlmcheck.scan import Scanner
@@ -40,6 +40,7 @@ from vlmcheck.sources import Source
 _ROW = "__vlmcheck_row__"  # a pickled (index, row) pair
 _RESULT = "__vlmcheck_result__"  # a pickled (SampleResult, whether its id is its index)
 _PARQUET = (".parquet", ".pq")
+_BLOCK = 4 * 1024 * 1024
 
 
 def ray() -> Any:
@@ -116,8 +117,9 @@ def _dataset(dataset: Any, source: Source, *, start: int, limit: int | None, chu
             isinstance(f, (str, os.PathLike)) and str(f).lower().endswith(_PARQUET) and Path(f).is_file()
             for f in files):
         # partitioning=None: a folder named key=value is no column the local reader would give
-        ds = rd.read_parquet([str(f) for f in files], partitioning=None,
-                             file_extensions=None)
+        # num_cpus=0, as the read task below: the actors hold the CPUs, and a read must never wait for one
+        ds = rd.read_parquet([str(f) for f in files], partitioning=None, file_extensions=None,
+                             ray_remote_args={"num_cpus": 0})
         return (ds.limit(limit) if limit is not None else ds), False
     kind = f"{type(dataset).__module__.split('.')[0]}.{type(dataset).__name__}"
     if direct and kind == "pyarrow.Table":
@@ -127,7 +129,7 @@ def _dataset(dataset: Any, source: Source, *, start: int, limit: int | None, chu
         items = [{_ROW: pickle.dumps(item)} for item in source.rows(start=start, limit=limit)]
         return rd.from_items(items), True
     # one read task: vlmcheck's reader over the whole source, its rows in order
-    # num_cpus=0: the actors hold the CPUs, and the reader must not wait for one nor fuse into an actor
+    # num_cpus=0: the actors hold the CPUs, and the reader must not wait for one nor be fused into an actor
     ds = rd.from_items([{"source": 0}]).map_batches(
         _read_source, batch_size=1, batch_format="pyarrow", num_cpus=0,
         fn_kwargs={"source": source, "start": start, "limit": limit, "size": chunk})
@@ -145,11 +147,14 @@ def ray_results(dataset: Any, source: Source, scanner: Scanner, *, start: int = 
     ray_ = ray()
     if not ray_.is_initialized():
         # address=None: Ray reads RAY_ADDRESS, else starts a local cluster
-        ray_.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        try:
+            ray_.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        except ConnectionError as e:
+            raise UsageError(f"cannot reach the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: {e}; "
+                             "start one (ray start --head) or leave out the address for a local one") from None
     ds, indexed = _dataset(dataset, source, start=start, limit=limit, chunk=chunk)
     spec = scanner.spec
-    # blocks of one chunk: a reader's blocks hold up to a hundred MB of rows, and one block goes to one actor
-    analyzed = ds.repartition(target_num_rows_per_block=chunk).map_batches(
+    analyzed = ds.map_batches(
         _Analyzer, batch_size=chunk, batch_format="pyarrow",
         compute=ray_.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(ray_.cluster_resources().get("CPU", 1)))),
         fn_constructor_kwargs={"model_path": str(spec.path), "overrides": spec.overrides,
@@ -158,6 +163,8 @@ def ray_results(dataset: Any, source: Source, scanner: Scanner, *, start: int = 
     # this dataset's own context (a copy of the global one): the user's DataContext stays as it was
     analyzed.context.execution_options.preserve_order = True  # the results come back in row order
     analyzed.context.enable_progress_bars = False  # standard error is the CLI's; stdout may carry --json -
+    # a block goes to one actor whole: blocks of a few MB (not Ray's default hundred) spread the rows over the actors
+    analyzed.context.target_max_block_size = min(analyzed.context.target_max_block_size or _BLOCK, _BLOCK)
     return _numbered(analyzed, indexed=indexed, start=start)
 
 
