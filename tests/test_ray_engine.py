@@ -107,7 +107,7 @@ def _both(dataset: Any, tmp_path: Path, **options: Any) -> tuple[list[dict[str, 
 
 def test_demo_data_through_the_cli(tmp_path: Path, cluster: Any, small_batches: None, qwen2_vl_checkpoint: Path):
     """The bundled demo (with its bad rows) many times over, scanned by ``vlmcheck scan --engine ray``."""
-    lines = DATA.read_text().splitlines() * 8
+    lines = DATA.read_text().splitlines() * 3
     data = tmp_path / "train.jsonl"
     data.write_text("\n".join(lines) + "\n")
     local = tmp_path / "local.jsonl"

@@ -118,8 +118,7 @@ def _dataset(dataset: Any, source: Source, *, start: int, limit: int | None, chu
             for f in files):
         # partitioning=None: a folder named key=value is no column the local reader would give
         # num_cpus=0, as the read task below: the actors hold the CPUs, and a read must never wait for one
-        ds = rd.read_parquet([str(f) for f in files], partitioning=None, file_extensions=None,
-                             ray_remote_args={"num_cpus": 0})
+        ds = rd.read_parquet([str(f) for f in files], partitioning=None, file_extensions=None, num_cpus=0)
         return (ds.limit(limit) if limit is not None else ds), False
     kind = f"{type(dataset).__module__.split('.')[0]}.{type(dataset).__name__}"
     if direct and kind == "pyarrow.Table":
