@@ -28,6 +28,7 @@ from vlmcheck.sources import parse_shard
 
 # what a scan counts without ``framework``: a framework's own truncation or resize route replaces these
 _PLAIN = {"truncation": "right", "resize": "processor"}
+ENGINES = ("local", "ray")  # where the rows are counted: this process (or ``workers`` processes), or Ray Data
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class ScanOptions:
     shard: str | tuple[int, int] | None = None  # "I/N" or (I, N); (I, N) once built
     resume: bool = False
     framework: str | None = None
+    engine: str = "local"
+    ray_address: str | None = None  # with engine="ray": ray.init(address=...); default RAY_ADDRESS, else local
 
     def __post_init__(self) -> None:
         if self.framework is not None:
@@ -86,6 +89,13 @@ class ScanOptions:
                              "checkpoint code")
         if self.workers < 1:
             raise UsageError("workers must be at least 1")
+        if self.engine not in ENGINES:
+            raise UsageError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+        if self.engine == "ray" and (self.exact or self.workers != 1):
+            raise UsageError("engine='ray' runs the arithmetic scan with one actor per CPU of the cluster; exact and "
+                             "workers go with the local engine")
+        if self.ray_address is not None and self.engine != "ray":
+            raise UsageError("ray_address (--ray-address) applies with engine='ray' (--engine ray)")
         if self.resume and self.output is None:
             raise UsageError("resume needs output: the records of the interrupted scan are where it goes on from")
         self._set("shard", parse_shard(self.shard))
@@ -119,5 +129,5 @@ class ScanOptions:
     def identity(self) -> str:
         """What a resumed scan must have in common with the one it goes on from: the options that change a
         record (not where records go, how many processes write them or which rows: those are checked apart)."""
-        apart = {"workers", "output", "resume", "limit", "shard"}
+        apart = {"workers", "output", "resume", "limit", "shard", "engine", "ray_address"}
         return repr({f.name: getattr(self, f.name) for f in fields(self) if f.name not in apart})

@@ -117,12 +117,19 @@ def count_all(counter: Counter, chunks: Iterator[Rows], *, workers: int = 1) -> 
         _WORKER = None
 
 
+Engine = Callable[[Counter, int, int | None], Iterator[SampleResult]]
+"""An engine other than this machine's processes: ``engine(counter, start, limit)`` gives every row's result from
+row ``start`` (below ``limit``), in row order (:mod:`vlmcheck.integrations.ray_engine`)."""
+
+
 # -- a whole scan ---------------------------------------------------------------------------------------------
 def run(counter: Counter, source: Source, *, output: str | os.PathLike[str] | None = None, resume: bool = False,
         workers: int = 1, limit: int | None = None,
-        progress: Callable[[int, int | None], None] | None = None) -> Report:
-    """Count every row of ``source`` (below ``limit``) with ``counter``, on ``workers`` processes; with
-    ``output``, write one record per row, atomically (and resumably with ``resume``); return the report."""
+        progress: Callable[[int, int | None], None] | None = None,
+        engine: Engine | None = None) -> Report:
+    """Count every row of ``source`` (below ``limit``) with ``counter``, on ``workers`` processes (or on
+    ``engine``); with ``output``, write one record per row, atomically (and resumably with ``resume``); return
+    the report."""
     if output is not None:
         source.check_output(output)
         output_target(output)  # a symlink or device is refused before the scan, not after it
@@ -134,9 +141,16 @@ def run(counter: Counter, source: Source, *, output: str | os.PathLike[str] | No
                 "settings": repr(counter.settings), "shard": shard_label(source.shard), "limit": limit}
     writer = RecordWriter(output, builder, resume=resume, identity=identity)
     started = time.perf_counter()
-    chunks = source.chunks(counter.chunk_size, start=writer.start, limit=limit)
-    if writer.start == 0:
-        chunks = nonempty(chunks, source.name)
+    results: Iterator[SampleResult]
+    if engine is not None:  # another engine counts the same rows with the same counter, results in row order
+        results = engine(counter, writer.start, limit)
+        if writer.start == 0:
+            results = nonempty(results, source.name)
+    else:
+        chunks = source.chunks(counter.chunk_size, start=writer.start, limit=limit)
+        if writer.start == 0:
+            chunks = nonempty(chunks, source.name)
+        results = count_all(counter, chunks, workers=workers)
 
     def tick(results: Iterator[SampleResult]) -> Iterator[SampleResult]:
         for result in results:
@@ -144,7 +158,7 @@ def run(counter: Counter, source: Source, *, output: str | os.PathLike[str] | No
             if progress is not None:
                 progress(builder.scanned, total)
 
-    writer.write(tick(count_all(counter, chunks, workers=workers)), started=started)
+    writer.write(tick(results), started=started)
     report = builder.build(seconds=writer.seconds(time.perf_counter()))
     if source.shard is not None:
         report.summary["shard"] = shard_label(source.shard)

@@ -486,7 +486,11 @@ def scan(dataset: Any, *, model: str | os.PathLike[str] | ModelSpec, options: Sc
         trust_remote_code: with ``exact``, run a checkpoint's own processor code (``auto_map``).
         framework: ``llamafactory``, ``trl`` or ``swift``: that framework's truncation, resize route and defaults
             (max length, pixel budgets) for every setting left unset, without a config (``vlmcheck check`` reads
-            the config itself, with the framework's own templates).
+            the config itself, with the framework's own templates).        engine: ``local`` (this process, or ``workers`` processes) or ``ray``: the same per-sample counting on
+            Ray Data actors, with the same records and summary (:mod:`vlmcheck.integrations.ray_engine`; needs
+            ``vlmcheck[ray]``).
+        ray_address: with ``engine="ray"``, the cluster to connect to (``ray.init(address=...)``); default: Ray's
+            own (``RAY_ADDRESS``, else a local cluster).
     """
     if options is None:
         options = ScanOptions(**kwargs)
@@ -495,6 +499,10 @@ def scan(dataset: Any, *, model: str | os.PathLike[str] | ModelSpec, options: Sc
     if options.exact and not isinstance(dataset, (str, os.PathLike)):
         raise UsageError("exact=True scans one dataset file or folder; shard, resume and objects go with the "
                          "arithmetic scan")
+    if options.engine == "ray":
+        from vlmcheck.integrations.ray_engine import ray
+
+        ray()  # without Ray, the install hint before any work
     source = open_source(dataset, split=options.split, shard=options.shard)  # (sources: hook)
     counter: Counter
     if options.exact:  # (exact: hook) the checkpoint's own processor counts, in the same pipeline
@@ -503,8 +511,13 @@ def scan(dataset: Any, *, model: str | os.PathLike[str] | ModelSpec, options: Sc
         counter = exact_counter(source, model=model, options=options)
     else:
         counter = build_scanner(source, model=model, options=options)
+    engine = None
+    if options.engine == "ray":  # (ray: hook) the same counter on Ray Data actors, results back in row order
+        from vlmcheck.integrations.ray_engine import ray_engine
+
+        engine = ray_engine(dataset, source, address=options.ray_address)
     return run(counter, source, output=options.output, resume=options.resume, workers=options.workers,
-               limit=options.limit, progress=progress)
+               limit=options.limit, progress=progress, engine=engine)
 
 
 def _signature() -> inspect.Signature:

@@ -29,6 +29,11 @@ from vlmcheck.findings import Severity
 @click.option("--split", help="Split of a DatasetDict save_to_disk folder (default: train).")
 @click.option("--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True, help="Processes.")
 @click.option("--limit", type=click.IntRange(min=1), help="Scan only the first N rows.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: count the rows on Ray Data actors, one per CPU of the cluster; same records and summary "
+                   "(needs vlmcheck[ray]).")
+@click.option("--ray-address", metavar="ADDRESS",
+              help="With --engine ray: the Ray cluster to connect to (default: RAY_ADDRESS, else a local one).")
 @click.option("--shard", metavar="I/N",
               help="Scan only the rows whose index is I modulo N (I counts from 0); `vlmcheck merge` joins the "
                    "--json summaries of all N shards into the whole's.")
