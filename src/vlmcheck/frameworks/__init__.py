@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from vlmcheck.errors import UsageError
-from vlmcheck.frameworks import llamafactory, swift, trl, verl
+from vlmcheck.frameworks import llamafactory, llava, swift, trl, verl
 from vlmcheck.model import ModelSpec
 from vlmcheck.results import SampleResult
 
@@ -45,7 +45,7 @@ class Run(Protocol):
 
 
 # The registry: one line per framework module.
-MODULES: tuple[ModuleType, ...] = (llamafactory, trl, verl, swift)
+MODULES: tuple[ModuleType, ...] = (llamafactory, trl, verl, swift, llava)
 FRAMEWORKS = tuple(m.NAME for m in MODULES)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from vlmcheck.layout import infer_seqlen
 from vlmcheck.templates.pieces import Pieces
-from vlmcheck.templates.tokenizer import Tok
+from vlmcheck.tokenizer import Tok
 
 
 @dataclass

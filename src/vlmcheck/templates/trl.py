@@ -36,7 +36,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from vlmcheck.chat import raise_exception, strftime_now, tojson
 from vlmcheck.templates.pieces import dicts
-from vlmcheck.templates.tokenizer import Tok
+from vlmcheck.tokenizer import Tok
 
 # trl/chat_template_utils.py: has_generation_markers (whitespace-trim variants included)
 _MARKERS = re.compile(r"\{%-?\s*generation\s*-?%\}")

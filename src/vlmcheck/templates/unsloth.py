@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlmcheck.templates.tokenizer import Tok
+from vlmcheck.tokenizer import Tok
 
 # unsloth-zoo dataset_utils.py: _MARKER_EDGE_PROBES
 _EDGE_PROBES = ("\\", "{", "a", "A", "1", "(", ".", "<", "}", ">")
