@@ -1020,12 +1020,16 @@ class Run:
         assert frame is not None
         limit = self.max_length
         ids, sup = run.input_ids, run.supervised
+        pad = self.tokenizer.pad_id
         at = [k for k, t in enumerate(ids) if t == IMAGE_TOKEN_INDEX]
+        sliced = ids[:limit]  # DataCollatorForSupervisedDataset's slice
+        holes = sliced.count(IMAGE_TOKEN_INDEX)
         features = self.features or 0
-        if has_image and len(at) > 1:
-            found.append(F.make("VC002", f"{len(at)} <image> tokens in the text for the row's one image: the model "
-                                         "takes one image's features per <image> and runs past the batch's images "
-                                         "(IndexError, or another sample's image)", images=1, placeholders=len(at)))
+        if holes > 1:
+            found.append(F.make("VC002", f"{holes} <image> tokens in the text (within model_max_length) for the "
+                                         "row's one image: the model takes one image's features per <image> and "
+                                         "runs past the batch's images (IndexError, or another sample's image)",
+                                images=1 if has_image else 0, placeholders=holes))
             frame["verdict"] = "stops"
             return result
         if has_image and not at:
@@ -1033,28 +1037,29 @@ class Run:
                                          "places none and the model skips the image without a word",
                                 images=1, placeholders=0))
             frame["verdict"] = "image_dropped"
-        # per position in the spliced sequence: (image feature?, labelled?)
+        # per position of the spliced sequence: (image feature?, labelled?). The collator's attention mask is
+        # ids != pad id, and the model drops the masked positions before splicing: a pad string written in the
+        # text (pad = unk for every --version but v0) is not in the sequence the model trains on.
         layout: list[tuple[bool, bool]] = []
-        for token, label in zip(ids[:limit], sup[:limit]):  # DataCollatorForSupervisedDataset's slice
+        for token, label in zip(sliced, sup[:limit]):
             if token == IMAGE_TOKEN_INDEX:
                 layout += [(True, False)] * features
-            else:
+            elif token != pad:
                 layout.append((False, label))
-        total = len(ids) - len(at) + len(at) * features
+        whole = self.tokenizer.ids(run.prompt) if run.truncated else ids  # a text row: before preprocess's cut
+        total = sum(1 for t in whole if t != pad and t != IMAGE_TOKEN_INDEX) + len(at) * features
         kept = min(len(layout), limit)
         kept_features = sum(1 for image, _ in layout[:kept] if image)
-        supervised = sum(1 for t, s in zip(ids, sup) if s and t != IMAGE_TOKEN_INDEX)
+        supervised = sum(1 for t, s in zip(ids, sup) if s and t != IMAGE_TOKEN_INDEX and t != pad)
         labels = sum(1 for _, s in layout[:kept] if s)
-        if run.truncated:  # a text row: preprocess's tokenizer already cut it; its untruncated length
-            total = len(self.tokenizer.ids(run.prompt))
         result.tokens = total
         result.text_only_tokens = total - len(at) * features
         result.supervised_tokens = supervised
         frame.update(kept_tokens=kept, kept_supervised=labels, kept_image_tokens=[kept_features] if at else [],
                      preprocess=run.function)
         if run.mismatch is not None:
-            cur, whole = run.mismatch
-            found.append(F.make("VC003", f"LLaVA prints \"WARNING: tokenization mismatch: {cur} vs. {whole}. "
+            cur, counted = run.mismatch
+            found.append(F.make("VC003", f"LLaVA prints \"WARNING: tokenization mismatch: {cur} vs. {counted}. "
                                          f"(ignored)\" and masks every label of this sample ({run.function} with "
                                          f"--version {self.config.version}): it trains on nothing",
                                 fix="use the --version the checkpoint was trained with, or check it with "
