@@ -20,8 +20,8 @@ from typing import Any
 from vlmcheck.catalogue import Severity
 from vlmcheck.contract import ReportContract
 from vlmcheck.errors import UsageError
-from vlmcheck.frameworks import llava
-from vlmcheck.templates import llamafactory, trl, unsloth
+from vlmcheck.frameworks import llava, unsloth
+from vlmcheck.templates import llamafactory, trl
 from vlmcheck.templates.catalogue import TemplateFinding
 from vlmcheck.templates.pieces import Pieces, generation_prompt, render_pieces, user_header
 from vlmcheck.tokenizer import Tok
