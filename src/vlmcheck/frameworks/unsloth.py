@@ -39,6 +39,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS, UNSET
+from vlmcheck.frameworks.trl import SFT_DEFAULTS
 from vlmcheck.tokenizer import Tok
 
 # unsloth-zoo dataset_utils.py: _MARKER_EDGE_PROBES
@@ -152,6 +154,19 @@ RELEASE = "unsloth / unsloth_zoo 2026.10.9"
 # vision_utils.UnslothVisionDataCollator.__init__: the size when the model's vision config has none
 DEFAULT_IMAGE_SIZE = 512
 RESIZE_DIMENSIONS = (0, 1, "max", "min")
+# `vlmcheck lint`: Unsloth scripts drive TRL's SFTConfig (its option names and defaults); the collator's own
+# max_seq_length is read from the call.
+LINT_OPTIONS: dict[str, tuple[str, Any]] = {
+    **TRAINING_ARGUMENTS_OPTIONS,
+    "bf16": ("bf16", None),
+    "gradient_checkpointing": ("gradient_checkpointing", True),
+    "max_length": ("max_length", SFT_DEFAULTS["max_length"]),
+    "packing": ("packing", SFT_DEFAULTS["packing"]),
+    "padding_free": ("padding_free", SFT_DEFAULTS["padding_free"]),
+    "assistant_only_loss": ("assistant_only_loss", SFT_DEFAULTS["assistant_only_loss"]),
+    "truncation_mode": ("truncation_mode", SFT_DEFAULTS["truncation_mode"]),
+    "max_pixels": ("max_pixels", UNSET),
+}
 
 
 def collator_settings(*, resize: str | int | tuple[int, int] = "min", model_image_size: Any = None,

@@ -20,8 +20,8 @@ from typing import Any
 from vlmcheck.catalogue import Severity
 from vlmcheck.contract import ReportContract
 from vlmcheck.errors import UsageError
-from vlmcheck.frameworks import llava, unsloth
-from vlmcheck.templates import llamafactory, trl
+from vlmcheck.frameworks import llamafactory, llava, unsloth
+from vlmcheck.templates import trl
 from vlmcheck.templates.catalogue import TemplateFinding
 from vlmcheck.templates.pieces import Pieces, generation_prompt, render_pieces, user_header
 from vlmcheck.tokenizer import Tok
@@ -687,8 +687,8 @@ def _check_chat(framework: str, index: int, sid: str | None, msgs: list[tuple[st
     if framework == CHAT_TEMPLATE:
         route = _keep_start(truth_ids, truth, max_length)
     elif framework == LLAMAFACTORY:
-        full = llamafactory.encode(pieces, tok)
-        cut = llamafactory.encode(pieces, tok, cutoff_len=max_length) if max_length is not None else full
+        full = llamafactory.encode_pairs(pieces.pairs(), tok)
+        cut = llamafactory.encode_pairs(pieces.pairs(), tok, cutoff_len=max_length) if max_length is not None else full
         route = _Route(full.input_ids, full.supervised, cut.supervised)
     elif framework == TRL:
         assert training is not None
