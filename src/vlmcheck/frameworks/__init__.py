@@ -70,7 +70,7 @@ def detect(config: dict[str, Any], *, path: Path) -> ModuleType:
         f"{path}: cannot tell which framework this config is for (known: {', '.join(FRAMEWORKS)}); "
         "a LLaMA-Factory config has model_name_or_path with template / cutoff_len / dataset_dir; a TRL config "
         "model_name_or_path with dataset_name / datasets; a verl config data.train_files (or a launch script); an "
-        "ms-swift launch script a `swift sft` line"
+        "ms-swift launch script a `swift sft` line; a LLaVA launch script a llava/train/train_mem.py line"
     )
 
 
