@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from tokenizers import Tokenizer, normalizers, pre_tokenizers
 
 from llama_vocab import llama2_checkpoint, llama2_tokenizer_dir
+from vlmcheck.slow_llama import SlowLlamaTokenizer
 from vlmcheck.templates import Tok, check_template
-from vlmcheck.templates.slow_llama import SlowLlamaTokenizer
 
 ROWS = [
     {"id": "cat", "conversations": [
@@ -212,7 +212,7 @@ def test_mpt_two_rounds_is_the_n_vs_n_plus_2_warning(qwen: Tok) -> None:
 def test_llava_v0_trains_the_role_header(llava_ckpt: dict[str, Path]) -> None:
     # The ### path (--version llava_v0) has no length check; its mask covers "### Assistant:" and the "###"
     # that opens the next turn: labels on prompt tokens, found by decoding the labelled tokens.
-    from vlmcheck.templates import llava
+    from vlmcheck.frameworks import llava
 
     tok = llava.load_tokenizer(llava_ckpt["legacy"], version="llava_v0")
     rows = [{"conversations": [{"from": "human", "value": "Describe the image."},
@@ -390,7 +390,7 @@ def test_cli_launch_script_with_an_unset_variable(tmp_path: Path) -> None:
 
 def test_read_launch_flags_defaults_and_variables(tmp_path: Path) -> None:
     from vlmcheck.errors import UsageError
-    from vlmcheck.templates.llava_launch import read_launch
+    from vlmcheck.frameworks.llava import launch_settings as read_launch
 
     script = tmp_path / "pretrain.sh"
     script.write_text("#!/bin/bash\nexport DATA=/data\npython llava/train/train.py --data_path=$DATA/x.json "

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from llama_vocab import llama2_checkpoint
-from vlmcheck.templates import check_template, llava
+from vlmcheck.frameworks import llava
+from vlmcheck.templates import check_template
 
 ASSETS = Path(__file__).parent / "assets" / "llava_golden"
 ROWS: list[dict[str, Any]] = json.loads((ASSETS / "conversations.json").read_text(encoding="utf-8"))

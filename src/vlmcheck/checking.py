@@ -64,10 +64,10 @@ def check(
 
     Args:
         config: the framework's launch config (a LLaMA-Factory or ``trl sft`` / ``trl grpo`` YAML, a verl launch
-            script or Hydra YAML).
+            script or Hydra YAML, an ms-swift or LLaVA launch script).
         model: overrides the config's model (a local checkpoint folder or a cached Hugging Face id).
         data: overrides the config's data (LLaMA-Factory ``dataset_dir``, TRL ``dataset_name``, verl
-            ``data.train_files``).
+            ``data.train_files``, LLaVA ``--data_path``).
         path_map: rewrites path prefixes in the config and the data, ``{"/mnt/data": "./data"}``.
         limit: judge only the first N rows.
         output: write one JSON record per sample to this .jsonl file (atomically).

@@ -370,8 +370,12 @@ def render_text(report: Report, *, show: int = 20) -> str:
         # the framework's own names for its pixel settings (LLaMA-Factory's image_max_pixels, ms-swift's MAX_PIXELS)
         max_key = framework.get("max_pixels_key", pixels_key)
         min_key = framework.get("min_pixels_key", max_key.replace("max", "min").replace("MAX", "MIN"))
-        lines.append(f"  images: {max_key} {_n(framework['image_max_pixels'])}, {min_key} "
-                     f"{_n(framework['image_min_pixels'])}, then the processor; media from {framework['media_dir']}")
+        if "images" in framework:  # a framework that sizes images without a pixel budget says how (LLaVA)
+            lines.append(f"  images: {framework['images']}")
+        else:
+            lines.append(f"  images: {max_key} {_n(framework['image_max_pixels'])}, {min_key} "
+                         f"{_n(framework['image_min_pixels'])}, then the processor; media from "
+                         f"{framework['media_dir']}")
         verdicts = framework.get("verdicts") or {}
         lines.append("  what the run does: " + ", ".join(f"{_n(v)} {k}" for k, v in verdicts.items()))
     else:

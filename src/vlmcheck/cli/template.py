@@ -60,8 +60,8 @@ def template_command(dataset: str | None, tokenizer: str | None, templates: tupl
     --data_path). Exit 1 on a finding at or above --fail-on (default error: a VT004 token drift alone,
     a warning, exits 0 unless --fail-on warning).
     """
+    from vlmcheck.frameworks.llava import launch_settings as read_launch
     from vlmcheck.templates import check_template
-    from vlmcheck.templates.llava_launch import read_launch
 
     if launch is not None:
         try:

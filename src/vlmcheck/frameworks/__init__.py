@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from vlmcheck.errors import UsageError
-from vlmcheck.frameworks import llamafactory, swift, trl, verl
+from vlmcheck.frameworks import llamafactory, llava, swift, trl, verl
 from vlmcheck.model import ModelSpec
 from vlmcheck.results import SampleResult
 
@@ -45,7 +45,7 @@ class Run(Protocol):
 
 
 # The registry: one line per framework module.
-MODULES: tuple[ModuleType, ...] = (llamafactory, trl, verl, swift)
+MODULES: tuple[ModuleType, ...] = (llamafactory, trl, verl, swift, llava)
 FRAMEWORKS = tuple(m.NAME for m in MODULES)
 
 
@@ -70,7 +70,7 @@ def detect(config: dict[str, Any], *, path: Path) -> ModuleType:
         f"{path}: cannot tell which framework this config is for (known: {', '.join(FRAMEWORKS)}); "
         "a LLaMA-Factory config has model_name_or_path with template / cutoff_len / dataset_dir; a TRL config "
         "model_name_or_path with dataset_name / datasets; a verl config data.train_files (or a launch script); an "
-        "ms-swift launch script a `swift sft` line"
+        "ms-swift launch script a `swift sft` line; a LLaVA launch script a llava/train/train_mem.py line"
     )
 
 

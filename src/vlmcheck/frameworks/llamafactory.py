@@ -37,10 +37,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlmcheck import findings as F
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
@@ -48,10 +48,14 @@ from vlmcheck.data.readers import BadRow
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.families import Overrides
+from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS
 from vlmcheck.layout import infer_seqlen
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.preview import Previewer, image_refs, token_spans
 from vlmcheck.results import SampleResult
+
+if TYPE_CHECKING:
+    from vlmcheck.tokenizer import Tok
 
 NAME = "llamafactory"
 VERSIONS = "0.9.4-0.9.5, default engine"
@@ -86,6 +90,19 @@ QWEN_SQUASHED_RATIO = 180
 SCAN_DEFAULTS: dict[str, Any] = {
     "max_length": DEFAULTS["cutoff_len"], "truncation": "llamafactory", "resize": "prescale",
     "max_pixels": DEFAULTS["image_max_pixels"], "min_pixels": DEFAULTS["image_min_pixels"], "exif_transpose": False,
+}
+# `vlmcheck lint`: concept -> (LLaMA-Factory's option name, its default). hparams: use_reentrant_gc=True,
+# disable_gradient_checkpointing=False (model_args.py), finetuning_type="lora" (finetuning_args.py).
+LINT_OPTIONS: dict[str, tuple[str, Any]] = {
+    **TRAINING_ARGUMENTS_OPTIONS,
+    "stage": ("stage", DEFAULTS["stage"]),
+    "bf16": ("bf16", False),
+    "lora": ("finetuning_type", "lora"),
+    "disable_gradient_checkpointing": ("disable_gradient_checkpointing", False),
+    "use_reentrant_gc": ("use_reentrant_gc", True),
+    "max_length": ("cutoff_len", DEFAULTS["cutoff_len"]),
+    "max_pixels": ("image_max_pixels", DEFAULTS["image_max_pixels"]),
+    "template": ("template", None),
 }
 
 
@@ -610,6 +627,53 @@ class Cut:
     labelled: list[bool] = field(default_factory=list)  # whether each turn's kept tokens are labels
 
 
+def pair_budgets(lengths: Sequence[tuple[int, int]], cutoff: int, *, used: int = 0) -> list[tuple[int, int]]:
+    """How many tokens of each (prompt, answer) pair survive ``cutoff_len``, pair by pair
+    (``_encode_data_example``): each pair gets ``infer_seqlen``'s share of what is left, and the pairs after the
+    budget is spent are dropped. ``used``: tokens already taken (the efficient-EOS template's one)."""
+    out: list[tuple[int, int]] = []
+    for source, target in lengths:
+        if used >= cutoff:
+            break
+        s_len, t_len = infer_seqlen(source, target, cutoff - used)
+        used += s_len + t_len
+        out.append((s_len, t_len))
+    return out
+
+
+@dataclass
+class PerTurn:
+    """A conversation as LLaMA-Factory encodes it: its ids, which carry labels, and where each piece ends."""
+
+    input_ids: list[int]
+    supervised: list[bool]
+    bounds: list[int]  # the end (token index) of each encoded piece, prompt and answer alternating
+
+
+def encode_pairs(pairs: Sequence[tuple[str, str]], tok: Tok, *, cutoff_len: int | None = None) -> PerTurn:
+    """``Template.encode_multiturn`` on rendered (prompt, answer) text pairs: each piece encoded on its own with
+    ``add_special_tokens=False``, labels on the answers, truncated pair by pair (:func:`pair_budgets`). Tokens that
+    would merge across a turn boundary in the whole text are split here: the model trains on a token sequence
+    that inference (which tokenizes the whole conversation) never produces. ``vlmcheck template`` uses it with
+    the checkpoint's chat template standing in for LLaMA-Factory's."""
+    encoded = [(tok.ids(prompt, add_special_tokens=False), tok.ids(answer, add_special_tokens=False))
+               for prompt, answer in pairs]
+    if cutoff_len is not None:
+        budgets = pair_budgets([(len(s), len(t)) for s, t in encoded], cutoff_len)
+        encoded = [(s[:ks], t[:kt]) for (s, t), (ks, kt) in zip(encoded, budgets)]
+    ids: list[int] = []
+    sup: list[bool] = []
+    bounds: list[int] = []
+    for source, target in encoded:
+        ids += source
+        sup += [False] * len(source)
+        bounds.append(len(ids))
+        ids += target
+        sup += [True] * len(target)
+        bounds.append(len(ids))
+    return PerTurn(ids, sup, bounds)
+
+
 def truncate(encoded: Encoded, config: Config, *, images: int) -> Cut:
     """``SupervisedDatasetProcessor._encode_data_example``: pair by pair (last pair first with mask_history)."""
     cutoff = config.cutoff_len
@@ -621,10 +685,9 @@ def truncate(encoded: Encoded, config: Config, *, images: int) -> Cut:
     kept = [0] * images
     per_turn = [0] * len(encoded.turns)
     labelled = [False] * len(encoded.turns)
-    for turn_idx, (src, tgt) in enumerate(pairs):
-        if total >= cutoff:
-            break
-        s_len, t_len = infer_seqlen(len(encoded.turns[src]), len(encoded.turns[tgt]), cutoff - total)
+    budgets = pair_budgets([(len(encoded.turns[src]), len(encoded.turns[tgt])) for src, tgt in pairs], cutoff,
+                           used=total)
+    for turn_idx, ((src, tgt), (s_len, t_len)) in enumerate(zip(pairs, budgets)):
         total += s_len + t_len
         per_turn[src], per_turn[tgt] = s_len, t_len
         labelled[src] = config.train_on_prompt

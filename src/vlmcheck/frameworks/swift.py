@@ -38,6 +38,7 @@ from vlmcheck.data.readers import BadRow
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import UsageError
 from vlmcheck.families import Expansion, Overrides
+from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS, UNSET
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.results import SampleResult
 
@@ -45,6 +46,25 @@ NAME = "swift"
 VERSIONS = "4.6, qwen2_vl / qwen2_5_vl templates"
 # `vlmcheck scan --framework swift`: its default truncation_strategy and the qwen-vl-utils resize MAX_PIXELS feeds
 SCAN_DEFAULTS: dict[str, Any] = {"truncation": "delete", "resize": "qwen-vl-utils"}
+# `vlmcheck lint`: concept -> (ms-swift's option name, its default). ms-swift 4.x: swift/trainers/arguments.py
+# (per_device_train_batch_size=1, gradient_checkpointing=True), rlhf_args.py (num_generations=8,
+# temperature=0.9), base_args.py (tuner_type, formerly train_type, defaults to lora), template_args.py
+# (max_length=None, max_pixels=None).
+LINT_OPTIONS: dict[str, tuple[str, Any]] = {
+    **TRAINING_ARGUMENTS_OPTIONS,
+    "per_device_train_batch_size": ("per_device_train_batch_size", 1),
+    "gradient_accumulation_steps": ("gradient_accumulation_steps", UNSET),  # derived at run time
+    "num_generations": ("num_generations", 8),
+    "temperature": ("temperature", 0.9),
+    "bf16": ("bf16", None),
+    "gradient_checkpointing": ("gradient_checkpointing", True),
+    "lora": ("tuner_type", "lora"),
+    "max_length": ("max_length", None),
+    "max_pixels": ("max_pixels", None),
+    "model": ("model", None),
+}
+# ms-swift 4 renamed train_type -> tuner_type; transformers 5 calls torch_dtype `dtype`
+LINT_ALIASES: dict[str, tuple[str, ...]] = {"tuner_type": ("train_type",), "torch_dtype": ("dtype",)}
 
 # template/templates/qwen.py: QwenTemplateMeta (DEFAULT_SYSTEM) and Qwen2_5TemplateMeta
 TEMPLATES: dict[str, str] = {

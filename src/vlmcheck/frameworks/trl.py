@@ -32,6 +32,7 @@ Modelled on TRL 1.16 with transformers 5.x processors:
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -46,6 +47,7 @@ from vlmcheck.data.readers import BadRow
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.families import Expansion, Overrides
+from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS, UNSET
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.preview import Previewer, image_refs, token_spans
 from vlmcheck.results import SampleResult
@@ -89,6 +91,28 @@ DATA_SUFFIXES = (".json", ".jsonl", ".ndjson", ".parquet", ".pq")
 # `vlmcheck scan --framework trl`: SFT's default max_length and right cut, the processor's own resize
 SCAN_DEFAULTS: dict[str, Any] = {"max_length": SFT_DEFAULTS["max_length"], "truncation": "right",
                                  "resize": "processor"}
+# `vlmcheck lint`: concept -> (TRL's option name, its default). TRL 1.16 trl/trainer/grpo_config.py,
+# sft_config.py, base_config.py: temperature=1.0, gradient_checkpointing=True, bf16=None (-> True unless fp16).
+LINT_OPTIONS: dict[str, tuple[str, Any]] = {
+    **TRAINING_ARGUMENTS_OPTIONS,
+    "num_generations": ("num_generations", GRPO_DEFAULTS["num_generations"]),
+    "temperature": ("temperature", 1.0),
+    "bf16": ("bf16", None),
+    "gradient_checkpointing": ("gradient_checkpointing", True),
+    "lora": ("use_peft", False),
+    "max_length": ("max_length", SFT_DEFAULTS["max_length"]),
+    "max_prompt_length": ("max_prompt_length", None),
+    "packing": ("packing", SFT_DEFAULTS["packing"]),
+    "padding_free": ("padding_free", SFT_DEFAULTS["padding_free"]),
+    "assistant_only_loss": ("assistant_only_loss", SFT_DEFAULTS["assistant_only_loss"]),
+    "truncation_mode": ("truncation_mode", SFT_DEFAULTS["truncation_mode"]),
+    "max_pixels": ("max_pixels", UNSET),
+}
+# option spellings TRL accepts for the same option (transformers 5 accepts activation_checkpointing* for
+# gradient_checkpointing*; TRL 1.x and transformers 5 call torch_dtype `dtype` in model init kwargs)
+LINT_ALIASES: dict[str, tuple[str, ...]] = {
+    "gradient_checkpointing": ("activation_checkpointing",),
+    "gradient_checkpointing_kwargs": ("activation_checkpointing_kwargs",), "torch_dtype": ("dtype",)}
 
 
 # -- config -------------------------------------------------------------------------------------------------------
@@ -717,29 +741,51 @@ class Run:
         return lo * unit
 
 
+# chat_template_utils.has_generation_markers (whitespace-trim variants included)
+_GENERATION_MARKERS = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
 def has_generation_markers(template: str) -> bool:
     """``chat_template_utils.has_generation_markers``: the template marks what the assistant generates."""
-    return re.search(r"\{%-?\s*generation\s*-?%\}", template) is not None
+    return _GENERATION_MARKERS.search(template) is not None
+
+
+def shipped_training_templates() -> dict[str, tuple[str, str]] | None:
+    """The training templates the installed TRL ships: each ``<name>.jinja``'s text -> (``<name>_training.jinja``,
+    its text), as ``get_training_chat_template`` swaps them in; None when TRL is not installed (read from the
+    package's files: importing trl imports torch)."""
+    import importlib.util
+
+    found = importlib.util.find_spec("trl")
+    if found is None or not found.submodule_search_locations:
+        return None
+    return _shipped(tuple(str(Path(p) / "chat_templates") for p in found.submodule_search_locations))
+
+
+@functools.lru_cache(maxsize=4)
+def _shipped(folders: tuple[str, ...]) -> dict[str, tuple[str, str]]:
+    out: dict[str, tuple[str, str]] = {}
+    for folder in folders:
+        for train in sorted(Path(folder).glob("*_training.jinja")):
+            original = train.with_name(train.name.replace("_training.jinja", ".jinja"))
+            if original.is_file():  # two templates alike: the first in name order, as before
+                out.setdefault(original.read_text(encoding="utf-8"), (train.name, train.read_text(encoding="utf-8")))
+    return out
 
 
 def training_template(template: str) -> str:
     """The template TRL trains with when ``assistant_only_loss`` is on and the checkpoint's template has no
     ``{% generation %}`` markers (``get_training_chat_template``): the ``<name>_training.jinja`` TRL ships beside the
     ``<name>.jinja`` the template equals, read from the installed TRL (its templates are TRL's, not ours)."""
-    import importlib.util
-
-    found = importlib.util.find_spec("trl")
-    folders = [Path(p) / "chat_templates" for p in (found.submodule_search_locations or [])] if found else []
-    for folder in folders:
-        for file in sorted(folder.glob("*.jinja")):
-            training = file.with_name(f"{file.stem}_training.jinja")
-            if not file.stem.endswith("_training") and training.is_file() and file.read_text() == template:
-                return training.read_text()
-    if not folders:
+    shipped = shipped_training_templates()
+    if shipped is None:
         raise UsageError("assistant_only_loss with a chat template without {% generation %} markers: TRL swaps in a "
                          "training template it ships; install trl so vlmcheck can read it")
-    raise UsageError("assistant_only_loss: the chat template has no {% generation %} markers and is not one TRL "
-                     "ships a training variant of; TRL refuses it (set chat_template_path to a template with markers)")
+    if template not in shipped:
+        raise UsageError("assistant_only_loss: the chat template has no {% generation %} markers and is not one TRL "
+                         "ships a training variant of; TRL refuses it (set chat_template_path to a template with "
+                         "markers)")
+    return shipped[template][1]
 
 
 def _setting(key: str, value: Any) -> str:

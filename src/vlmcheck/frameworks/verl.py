@@ -61,6 +61,19 @@ DEFAULTS: dict[str, Any] = {
     "image_patch_size": 14,
     "shuffle": True,
 }
+# `vlmcheck lint`: concept -> (verl's option path, its default). verl/trainer/config/_generated_ppo_trainer.yaml:
+# algorithm.adv_estimator=gae, actor_rollout_ref.rollout.n=1, temperature=1.0, data.train_batch_size=1024,
+# trainer.n_gpus_per_node=8, trainer.nnodes=1.
+LINT_OPTIONS: dict[str, tuple[str, Any]] = {
+    "adv_estimator": ("algorithm.adv_estimator", "gae"),
+    "num_generations": ("actor_rollout_ref.rollout.n", 1),
+    "temperature": ("actor_rollout_ref.rollout.temperature", 1.0),
+    "train_batch_size": ("data.train_batch_size", 1024),
+    "max_length": ("data.max_prompt_length", DEFAULTS["max_prompt_length"]),
+    "n_gpus_per_node": ("trainer.n_gpus_per_node", 8),
+    "nnodes": ("trainer.nnodes", 1),
+    "model": ("actor_rollout_ref.model.path", None),
+}
 # the entry points whose overrides a launch script passes
 ENTRY_POINTS = ("verl.trainer.main_ppo", "verl.trainer.main_dapo", "verl/trainer/main_ppo.py")
 # RLHFDataset._build_messages splits string contents on these

@@ -2,7 +2,9 @@
 
 Rules ask for a *concept* (``num_generations``, ``max_length``, ``max_pixels`` ...) and get back the
 option as that framework spells it (so the fix can name it), its value, and whether the config set
-it or the framework's default applies. Each default cites where it comes from.
+it or the framework's default applies. The tables and defaults are the framework modules' own
+(``LINT_OPTIONS`` in ``vlmcheck.frameworks.<name>``, each default citing where it comes from); EasyR1 and
+VLM-R1 have no framework module yet, so theirs are still here.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from vlmcheck.lint import options as known
+from vlmcheck.frameworks import llamafactory, swift, trl, unsloth, verl
+from vlmcheck.frameworks import options as known
+from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS, UNSET
 from vlmcheck.lint.readers import RunConfig
 
-_MISSING = object()
+_MISSING = UNSET
 
 
 @dataclass(frozen=True)
@@ -30,57 +34,13 @@ class Opt:
 # the config sets it).
 _Table = dict[str, tuple[str, Any]]
 
-# transformers TrainingArguments defaults (training_args.py): per_device_train_batch_size=8,
-# gradient_accumulation_steps=1, ddp_find_unused_parameters=None.
-_HF: _Table = {
-    "per_device_train_batch_size": ("per_device_train_batch_size", 8),
-    "gradient_accumulation_steps": ("gradient_accumulation_steps", 1),
-    "generation_batch_size": ("generation_batch_size", None),
-    "steps_per_generation": ("steps_per_generation", None),
-    "ddp_find_unused_parameters": ("ddp_find_unused_parameters", None),
-    "gradient_checkpointing_kwargs": ("gradient_checkpointing_kwargs", None),
-    "fp16": ("fp16", False),
-    "torch_dtype": ("torch_dtype", None),
-    "deepspeed": ("deepspeed", None),
-    "fsdp": ("fsdp", None),
-    "model": ("model_name_or_path", None),
-}
-
 TABLES: dict[str, _Table] = {
-    # TRL 1.16 trl/trainer/grpo_config.py, sft_config.py, base_config.py: num_generations=8,
-    # temperature=1.0, gradient_checkpointing=True, bf16=None (-> True unless fp16), SFT max_length=1024.
-    "trl": {
-        **_HF,
-        "num_generations": ("num_generations", 8),
-        "temperature": ("temperature", 1.0),
-        "bf16": ("bf16", None),
-        "gradient_checkpointing": ("gradient_checkpointing", True),
-        "lora": ("use_peft", False),
-        "max_length": ("max_length", 1024),
-        "max_prompt_length": ("max_prompt_length", None),
-        "packing": ("packing", False),
-        "padding_free": ("padding_free", False),
-        "assistant_only_loss": ("assistant_only_loss", False),
-        "truncation_mode": ("truncation_mode", "keep_start"),
-        "max_pixels": ("max_pixels", _MISSING),
-    },
-    # Unsloth scripts drive TRL's SFTConfig; the collator's own max_seq_length is read from the call.
-    "unsloth": {
-        **_HF,
-        "bf16": ("bf16", None),
-        "gradient_checkpointing": ("gradient_checkpointing", True),
-        "max_length": ("max_length", 1024),
-        "packing": ("packing", False),
-        "padding_free": ("padding_free", False),
-        "assistant_only_loss": ("assistant_only_loss", False),
-        "truncation_mode": ("truncation_mode", "keep_start"),
-        "max_pixels": ("max_pixels", _MISSING),
-    },
+    **{m.NAME: m.LINT_OPTIONS for m in (trl, unsloth, swift, llamafactory, verl)},
     # VLM-R1 pins trl==0.17.0 / transformers==4.49.0 (src/open-r1-multimodal/setup.py); its script
     # arguments (grpo_jsonl.py) default max_pixels=12845056; TrainingArguments 4.49 defaults bf16=False,
     # gradient_checkpointing=False.
     "vlm-r1": {
-        **_HF,
+        **TRAINING_ARGUMENTS_OPTIONS,
         "num_generations": ("num_generations", 8),
         "temperature": ("temperature", 1.0),
         "bf16": ("bf16", False),
@@ -88,37 +48,6 @@ TABLES: dict[str, _Table] = {
         "lora": ("use_peft", False),
         "max_prompt_length": ("max_prompt_length", None),
         "max_pixels": ("max_pixels", 12845056),
-    },
-    # ms-swift 4.x: swift/trainers/arguments.py (per_device_train_batch_size=1,
-    # gradient_checkpointing=True), rlhf_args.py (num_generations=8, temperature=0.9), base_args.py
-    # (tuner_type, formerly train_type, defaults to lora), template_args.py (max_length=None,
-    # max_pixels=None).
-    "swift": {
-        **_HF,
-        "per_device_train_batch_size": ("per_device_train_batch_size", 1),
-        "gradient_accumulation_steps": ("gradient_accumulation_steps", _MISSING),  # derived at run time
-        "num_generations": ("num_generations", 8),
-        "temperature": ("temperature", 0.9),
-        "bf16": ("bf16", None),
-        "gradient_checkpointing": ("gradient_checkpointing", True),
-        "lora": ("tuner_type", "lora"),
-        "max_length": ("max_length", None),
-        "max_pixels": ("max_pixels", None),
-        "model": ("model", None),
-    },
-    # LLaMA-Factory hparams: cutoff_len=2048 (data_args.py), image_max_pixels=768*768
-    # (model_args.py ProcessorArguments), use_reentrant_gc=True, disable_gradient_checkpointing=False
-    # (model_args.py), finetuning_type="lora", stage="sft" (finetuning_args.py).
-    "llamafactory": {
-        **_HF,
-        "stage": ("stage", "sft"),
-        "bf16": ("bf16", False),
-        "lora": ("finetuning_type", "lora"),
-        "disable_gradient_checkpointing": ("disable_gradient_checkpointing", False),
-        "use_reentrant_gc": ("use_reentrant_gc", True),
-        "max_length": ("cutoff_len", 2048),
-        "max_pixels": ("image_max_pixels", 768 * 768),
-        "template": ("template", None),
     },
     # EasyR1 verl/trainer/config.py (DataConfig: max_prompt_length=512, rollout_batch_size=512,
     # max_pixels=4194304; AlgorithmConfig.adv_estimator="grpo"; TrainerConfig n_gpus_per_node=8,
@@ -137,29 +66,10 @@ TABLES: dict[str, _Table] = {
         "nnodes": ("trainer.nnodes", 1),
         "model": ("worker.actor.model.model_path", None),
     },
-    # verl verl/trainer/config/_generated_ppo_trainer.yaml: algorithm.adv_estimator=gae,
-    # actor_rollout_ref.rollout.n=1, temperature=1.0, data.train_batch_size=1024,
-    # data.max_prompt_length=512, trainer.n_gpus_per_node=8, trainer.nnodes=1.
-    "verl": {
-        "adv_estimator": ("algorithm.adv_estimator", "gae"),
-        "num_generations": ("actor_rollout_ref.rollout.n", 1),
-        "temperature": ("actor_rollout_ref.rollout.temperature", 1.0),
-        "train_batch_size": ("data.train_batch_size", 1024),
-        "max_length": ("data.max_prompt_length", 512),
-        "n_gpus_per_node": ("trainer.n_gpus_per_node", 8),
-        "nnodes": ("trainer.nnodes", 1),
-        "model": ("actor_rollout_ref.model.path", None),
-    },
 }
 
-# Aliases a framework accepts for the same option (ms-swift 4 renamed train_type -> tuner_type;
-# transformers 5 accepts activation_checkpointing* for gradient_checkpointing*; TRL 1.x and
-# transformers 5 call torch_dtype `dtype` in model init kwargs).
-ALIASES: dict[str, dict[str, tuple[str, ...]]] = {
-    "swift": {"tuner_type": ("train_type",), "torch_dtype": ("dtype",)},
-    "trl": {"gradient_checkpointing": ("activation_checkpointing",),
-            "gradient_checkpointing_kwargs": ("activation_checkpointing_kwargs",), "torch_dtype": ("dtype",)},
-}
+# Aliases a framework accepts for the same option, from the framework modules.
+ALIASES: dict[str, dict[str, tuple[str, ...]]] = {"swift": swift.LINT_ALIASES, "trl": trl.LINT_ALIASES}
 
 
 # TrainingArguments options of transformers 4.x that 5.x dropped; LLaMA-Factory, VLM-R1 and ms-swift

@@ -10,6 +10,6 @@ from __future__ import annotations
 
 from vlmcheck.templates.catalogue import CATALOGUE, TemplateFinding
 from vlmcheck.templates.check import FRAMEWORKS, SampleVerdict, TemplateReport, check_template
-from vlmcheck.templates.tokenizer import Tok
+from vlmcheck.tokenizer import Tok
 
 __all__ = ["CATALOGUE", "FRAMEWORKS", "SampleVerdict", "TemplateFinding", "TemplateReport", "Tok", "check_template"]

@@ -5,7 +5,7 @@ character offsets overlap an assistant turn (the answer and the marker that ends
 rebuilt as that framework builds them (``llava``, ``llamafactory``, ``trl``, ``unsloth``) and compared token by
 token; every verdict, number and fix is computed from the real tokenizer.
 
-LLaVA is run as its own code runs (``templates/llava.py``: the tokenizer ``train()`` loads, ``preprocess_*``): its
+LLaVA is run as its own code runs (``frameworks/llava.py``: the tokenizer ``train()`` loads, ``preprocess_*``): its
 ids, labels, "tokenization mismatch" numbers and raises are LLaVA's (proved in tests/assets/llava_golden), and
 the ground truth above only decides ``exact`` vs ``misaligned`` for the samples LLaVA trains on.
 """
@@ -20,10 +20,11 @@ from typing import Any
 from vlmcheck.catalogue import Severity
 from vlmcheck.contract import ReportContract
 from vlmcheck.errors import UsageError
-from vlmcheck.templates import llamafactory, llava, trl, unsloth
+from vlmcheck.frameworks import llamafactory, llava, unsloth
+from vlmcheck.templates import trl
 from vlmcheck.templates.catalogue import TemplateFinding
 from vlmcheck.templates.pieces import Pieces, generation_prompt, render_pieces, user_header
-from vlmcheck.templates.tokenizer import Tok
+from vlmcheck.tokenizer import Tok
 
 CHAT_TEMPLATE = "chat_template"  # the reference: whole conversation, masked by offsets
 LLAMAFACTORY = "llamafactory"
@@ -686,8 +687,8 @@ def _check_chat(framework: str, index: int, sid: str | None, msgs: list[tuple[st
     if framework == CHAT_TEMPLATE:
         route = _keep_start(truth_ids, truth, max_length)
     elif framework == LLAMAFACTORY:
-        full = llamafactory.encode(pieces, tok)
-        cut = llamafactory.encode(pieces, tok, cutoff_len=max_length) if max_length is not None else full
+        full = llamafactory.encode_pairs(pieces.pairs(), tok)
+        cut = llamafactory.encode_pairs(pieces.pairs(), tok, cutoff_len=max_length) if max_length is not None else full
         route = _Route(full.input_ids, full.supervised, cut.supervised)
     elif framework == TRL:
         assert training is not None

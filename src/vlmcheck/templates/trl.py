@@ -20,13 +20,10 @@ Facts (``trl/trainer/sft_trainer.py``, ``trl/chat_template_utils.py``, transform
 
 from __future__ import annotations
 
-import importlib.util
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -35,15 +32,9 @@ from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from vlmcheck.chat import raise_exception, strftime_now, tojson
+from vlmcheck.frameworks.trl import has_generation_markers, shipped_training_templates
 from vlmcheck.templates.pieces import dicts
-from vlmcheck.templates.tokenizer import Tok
-
-# trl/chat_template_utils.py: has_generation_markers (whitespace-trim variants included)
-_MARKERS = re.compile(r"\{%-?\s*generation\s*-?%\}")
-
-
-def has_generation_markers(template: str) -> bool:
-    return _MARKERS.search(template) is not None
+from vlmcheck.tokenizer import Tok
 
 
 @dataclass
@@ -55,33 +46,20 @@ class TrainingTemplate:
 
 
 def training_template(template: str) -> TrainingTemplate:
-    """What ``SFTTrainer(assistant_only_loss=True)`` does with ``template`` at init (fact 1 above).
-
-    TRL's own template files are read from the installed package (no import of trl, which imports torch); without
-    TRL installed the swap cannot be checked and the answer says so.
-    """
+    """What ``SFTTrainer(assistant_only_loss=True)`` does with ``template`` at init (fact 1 above), from the
+    framework module (:mod:`vlmcheck.frameworks.trl`); without TRL installed the swap cannot be checked and the
+    answer says so."""
     if has_generation_markers(template):
         return TrainingTemplate(template, "own markers")
-    spec = importlib.util.find_spec("trl")
-    if spec is None or spec.origin is None:
+    shipped = shipped_training_templates()
+    if shipped is None:
         return TrainingTemplate(None, "the chat template has no {% generation %} markers, and TRL is not installed "
                                       "here to tell whether it ships a training variant of it")
-    found = _trl_training_templates(str(Path(spec.origin).parent / "chat_templates"))
-    if template in found:
-        name, text = found[template]
+    if template in shipped:
+        name, text = shipped[template]
         return TrainingTemplate(text, f"trl:{name}")
     return TrainingTemplate(None, "the chat template has no {% generation %} markers and is not one TRL ships a "
                                   "training variant of")
-
-
-@lru_cache(maxsize=4)
-def _trl_training_templates(folder: str) -> dict[str, tuple[str, str]]:
-    out: dict[str, tuple[str, str]] = {}
-    for train in sorted(Path(folder).glob("*_training.jinja")):
-        original = train.with_name(train.name.replace("_training.jinja", ".jinja"))
-        if original.is_file():
-            out[original.read_text(encoding="utf-8")] = (train.name, train.read_text(encoding="utf-8"))
-    return out
 
 
 class _Tracker(Extension):

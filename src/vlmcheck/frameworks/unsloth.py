@@ -1,5 +1,23 @@
-"""Unsloth's ``train_on_responses_only`` (unsloth-zoo ``dataset_utils.py``, 2026.10), modelled from its facts.
+"""Unsloth: the one home of its facts. Unsloth users launch a Python script (``FastVisionModel.from_pretrained(...,
+max_seq_length=...)``, TRL's ``SFTTrainer`` with ``UnslothVisionDataCollator(model, processor, ...)``), so there is
+no config for ``vlmcheck check`` to read yet; what is known of its data path lives here, and ``vlmcheck template``
+and ``vlmcheck lint`` read it.
 
+**The vision collator** (unsloth_zoo 2026.10.9 ``vision_utils.UnslothVisionDataCollator``; proved by running that
+class, tests/assets/unsloth_golden/README.md):
+
+- ``resize="min"`` (the default) resizes to the model's ``config.vision_config.image_size`` (512 when it has none; a
+  ``[h, w]`` list is a fixed size), ``"max"`` leaves images alone, an int is that size, a pair a fixed size.
+- An image is resized only when its side chosen by ``resize_dimension`` (0: width, the default; 1: height; ``max``,
+  ``min``) is over the size: both sides scale by ``size / side`` with rounding half up, at least 1 px (LANCZOS), so
+  the other side may stay above the size. ``snap_to_patch_size`` (off by default) is not modelled.
+- ``max_seq_length`` is the collator's argument, else the model's ``max_seq_length`` (set by
+  ``FastVisionModel.from_pretrained``); when there is one, the processor is called with ``truncation=True,
+  max_length=max_seq_length`` (a cut from the right).
+- On a machine without a GPU, ``import unsloth`` selects its CPU backend, whose ``UnslothVisionDataCollator`` raises
+  NotImplementedError ("vision / audio models are not supported on the CPU backend yet").
+
+**``train_on_responses_only``** (unsloth-zoo ``dataset_utils.py``, 2026.10) on TRL's text route:
 Unsloth trains through TRL's ``SFTTrainer`` on a text column (the conversation rendered with
 ``apply_chat_template(tokenize=False)``): TRL appends the EOS token when the text does not end with it and
 tokenizes with ``tokenizer(text)``, special tokens included. ``train_on_responses_only(trainer,
@@ -19,8 +37,11 @@ instruction_part, response_part)`` then rebuilds every label from ``input_ids``:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from vlmcheck.templates.tokenizer import Tok
+from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS, UNSET
+from vlmcheck.frameworks.trl import SFT_DEFAULTS
+from vlmcheck.tokenizer import Tok
 
 # unsloth-zoo dataset_utils.py: _MARKER_EDGE_PROBES
 _EDGE_PROBES = ("\\", "{", "a", "A", "1", "(", ".", "<", "}", ">")
@@ -124,3 +145,65 @@ def text_route_ids(text: str, tok: Tok) -> list[int]:
     if eos and not text.endswith(eos):
         text += eos
     return tok.ids(text)
+
+
+# -- the vision collator -------------------------------------------------------------------------------------
+
+NAME = "unsloth"
+RELEASE = "unsloth / unsloth_zoo 2026.10.9"
+# vision_utils.UnslothVisionDataCollator.__init__: the size when the model's vision config has none
+DEFAULT_IMAGE_SIZE = 512
+RESIZE_DIMENSIONS = (0, 1, "max", "min")
+# `vlmcheck lint`: Unsloth scripts drive TRL's SFTConfig (its option names and defaults); the collator's own
+# max_seq_length is read from the call.
+LINT_OPTIONS: dict[str, tuple[str, Any]] = {
+    **TRAINING_ARGUMENTS_OPTIONS,
+    "bf16": ("bf16", None),
+    "gradient_checkpointing": ("gradient_checkpointing", True),
+    "max_length": ("max_length", SFT_DEFAULTS["max_length"]),
+    "packing": ("packing", SFT_DEFAULTS["packing"]),
+    "padding_free": ("padding_free", SFT_DEFAULTS["padding_free"]),
+    "assistant_only_loss": ("assistant_only_loss", SFT_DEFAULTS["assistant_only_loss"]),
+    "truncation_mode": ("truncation_mode", SFT_DEFAULTS["truncation_mode"]),
+    "max_pixels": ("max_pixels", UNSET),
+}
+
+
+def collator_settings(*, resize: str | int | tuple[int, int] = "min", model_image_size: Any = None,
+                      max_seq_length: int | None = None,
+                      model_max_seq_length: int | None = None) -> tuple[int | tuple[int, int] | None, int | None]:
+    """What ``UnslothVisionDataCollator(model, processor, max_seq_length=..., resize=...)`` resizes to (None: no
+    resize) and cuts at (None: no truncation)."""
+    size: int | tuple[int, int] | None
+    if resize == "min":
+        if model_image_size is None:
+            size = DEFAULT_IMAGE_SIZE
+        elif isinstance(model_image_size, (tuple, list)):
+            size = (int(model_image_size[0]), int(model_image_size[1])) if model_image_size else None
+        else:
+            size = int(model_image_size)
+    elif resize == "max":
+        size = None
+    elif isinstance(resize, (tuple, list)) and len(resize) == 2:
+        size = (int(resize[0]), int(resize[1]))
+    elif isinstance(resize, int) and not isinstance(resize, bool):
+        size = resize
+    else:
+        raise ValueError(f"Unsloth: resize accepts 'min', 'max', a pair or one number, got {resize!r}")
+    limit = max_seq_length if max_seq_length is not None else model_max_seq_length
+    return size, (max(limit, 0) if isinstance(limit, int) else None)
+
+
+def resized(width: int, height: int, *, size: int | tuple[int, int] | None,
+            resize_dimension: int | str = 0) -> tuple[int, int]:
+    """The image size the collator hands the processor (``_resize_images_inplace``)."""
+    if size is None:
+        return width, height
+    if isinstance(size, tuple):
+        return size
+    if resize_dimension not in RESIZE_DIMENSIONS:
+        raise ValueError(f"Unsloth: resize_dimension accepts 0, 1, 'max' or 'min', got {resize_dimension!r}")
+    side = {0: width, 1: height, "max": max(width, height), "min": min(width, height)}[resize_dimension]
+    if side <= size:
+        return width, height
+    return max(1, (width * size + side // 2) // side), max(1, (height * size + side // 2) // side)

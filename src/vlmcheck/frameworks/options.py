@@ -1,4 +1,5 @@
-"""Option names each framework accepts, for VL001 (unknown-option). Generated; do not edit by hand.
+"""Option names each framework accepts (``vlmcheck lint``'s VL001, unknown-option), and the option defaults every
+framework on transformers' ``TrainingArguments`` shares. The names are generated; do not edit them by hand.
 
 Names only (facts about each project's public options), collected from:
 
@@ -14,6 +15,27 @@ Names only (facts about each project's public options), collected from:
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+# A lint concept with no default vlmcheck can rely on (the rule is skipped unless the config sets the option).
+UNSET: Any = object()
+
+# concept -> (option name, default): transformers TrainingArguments defaults (training_args.py):
+# per_device_train_batch_size=8, gradient_accumulation_steps=1, ddp_find_unused_parameters=None.
+TRAINING_ARGUMENTS_OPTIONS: dict[str, tuple[str, Any]] = {
+    "per_device_train_batch_size": ("per_device_train_batch_size", 8),
+    "gradient_accumulation_steps": ("gradient_accumulation_steps", 1),
+    "generation_batch_size": ("generation_batch_size", None),
+    "steps_per_generation": ("steps_per_generation", None),
+    "ddp_find_unused_parameters": ("ddp_find_unused_parameters", None),
+    "gradient_checkpointing_kwargs": ("gradient_checkpointing_kwargs", None),
+    "fp16": ("fp16", False),
+    "torch_dtype": ("torch_dtype", None),
+    "deepspeed": ("deepspeed", None),
+    "fsdp": ("fsdp", None),
+    "model": ("model_name_or_path", None),
+}
 
 # transformers 5.23.0 TrainingArguments
 TRANSFORMERS_TRAINING_ARGUMENTS: frozenset[str] = frozenset({

@@ -1,0 +1,1099 @@
+"""LLaVA's ``llava/train/train.py`` (haotian-liu/LLaVA and the forks that keep its ``--version`` names): the one
+home of its facts. Modelled on haotian-liu/LLaVA at commit c121f04; written from its facts, not copied; the text
+side is proved against LLaVA's own code run unmodified (tests/assets/llava_golden/README.md), the rest is read
+from the code (docs/frameworks/llava.md says which).
+
+- **Launch** (``scripts/v1_5/finetune.sh`` and the like): the flags of the ``deepspeed llava/train/train_mem.py``
+  (or ``train.py`` / ``train_xformers.py``) line, as ``HfArgumentParser`` reads them, with LLaVA's dataclass
+  defaults for the unset ones (``version`` ``v0``, ``model_max_length`` 512, ``image_aspect_ratio`` ``square``,
+  ``mm_use_im_start_end`` False, ``mm_vision_select_feature`` ``patch``).
+- **Conversations** (``llava/conversation.py``, ``preprocess*`` in ``train.py``, ``mm_utils.tokenizer_image_token``):
+  what ``train()`` does with ``--version``: ``v0`` adds a ``[PAD]`` token when the tokenizer has no pad token and
+  keeps the module default conversation (``conv_vicuna_v1``); ``v0.5`` sets pad = unk and keeps the default; any
+  other version sets pad = unk and takes ``conv_templates[version]``, an unknown name falling back to
+  ``vicuna_v1`` silently. A row with an ``image`` is tokenized by ``tokenizer_image_token`` (no truncation, the
+  ``<image>`` one id, -200); a text row by ``tokenizer(..., truncation=True)`` at ``model_max_length``.
+- **Images** (``LazySupervisedDataset.__getitem__``, ``clip_encoder.CLIPVisionTower``): one image per row,
+  ``os.path.join(image_folder, row["image"])``; ``pad`` pastes it on a square canvas, any other value (``square``,
+  and ``anyres``, which this train.py does not branch on) goes to the CLIP processor as is (shortest edge, then
+  the center crop). Either way it becomes (image_size / patch_size)**2 features (576 for
+  clip-vit-large-patch14-336), one more with ``mm_vision_select_feature cls_patch``.
+- **The cut**: the collator slices the ids to ``model_max_length`` (an ``<image>`` id past it is cut, and the model
+  then skips that row's image); ``prepare_inputs_labels_for_multimodal`` puts the features where the ``<image>``
+  id was and slices the embeddings and labels to ``tokenizer_model_max_length`` (= ``model_max_length``). LLaVA
+  never raises there: a cut image is trained on in part, a cut answer is lost.
+
+>>> run = simulate({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]},
+...                tokenizer=tok, version="v1")  # doctest: +SKIP
+>>> run.mismatch, run.refused  # doctest: +SKIP
+(None, None)
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import re
+import shlex
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vlmcheck.errors import ModelError, UsageError
+from vlmcheck.families.llava import LlavaSettings
+from vlmcheck.slow_llama import SlowLlamaTokenizer
+from vlmcheck.slow_llama import read_config as read_tokenizer_config
+from vlmcheck.tokenizer import Tok
+
+if TYPE_CHECKING:
+    from vlmcheck.results import SampleResult
+
+# conversation.py: the system prompts
+_VICUNA_V1_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                     "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+_HUMAN_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+_MMTAG_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant is able "
+                 "to understand the visual content that the user provides, and assist the user with a variety of "
+                 "tasks using natural language.The visual content will be provided with the following format: "
+                 "<Image>visual content</Image>.")
+_LLAMA2_SYSTEM = (
+    "You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, while being safe.  "
+    "Your answers should not include any harmful, unethical, racist, sexist, toxic, dangerous, or illegal content. "
+    "Please ensure that your responses are socially unbiased and positive in nature.\n\n"
+    "If a question does not make any sense, or is not factually coherent, explain why instead of answering "
+    "something not correct. If you don't know the answer to a question, please don't share false information.")
+_LLAVA_LLAMA2_SYSTEM = ("You are a helpful language and vision assistant. You are able to understand the visual "
+                        "content that the user provides, and assist the user with a variety of tasks using "
+                        "natural language.")
+_MPT_SYSTEM = ("<|im_start|>system\nA conversation between a user and an LLM-based AI assistant. "
+               "The assistant gives helpful and honest answers.")
+_CHATML_DIRECT_SYSTEM = "<|im_start|>system\nAnswer the questions."
+_CHATML_ROLES = ("<|im_start|>user\n", "<|im_start|>assistant\n")
+
+# llava/constants.py
+IMAGE_TOKEN_INDEX = -200
+IMAGE_TOKEN = "<image>"
+IM_START, IM_END = "<im_start>", "<im_end>"
+IGNORE_INDEX = -100
+# train.py, the generic path: _add_speaker_and_signal
+_BEGIN_SIGNAL, _END_SIGNAL = "### ", "\n"
+
+
+@dataclass(frozen=True)
+class Conv:
+    """One ``Conversation`` of LLaVA's conversation.py."""
+
+    name: str  # the conv_* object
+    style: str  # SeparatorStyle: "single" | "two" | "mpt" | "llama_2" | "plain"
+    system: str
+    roles: tuple[str, str]
+    sep: str
+    sep2: str | None
+    version: str  # Conversation.version: preprocess() dispatches on it
+
+    @property
+    def function(self) -> str:
+        """The train.py function that builds the labels (``preprocess()``'s dispatch)."""
+        if self.style == "plain":
+            return "preprocess_plain"
+        if self.style == "llama_2":
+            return "preprocess_llama_2"
+        if self.version.startswith("v1"):
+            return "preprocess_v1"
+        if self.version == "mpt":
+            return "preprocess_mpt"
+        return "preprocess"
+
+
+_VICUNA_V0 = Conv("conv_vicuna_v0", "single", _HUMAN_SYSTEM, ("Human", "Assistant"), "###", None, "Unknown")
+_VICUNA_V1 = Conv("conv_vicuna_v1", "two", _VICUNA_V1_SYSTEM, ("USER", "ASSISTANT"), " ", "</s>", "v1")
+_LLAMA_2 = Conv("conv_llama_2", "llama_2", _LLAMA2_SYSTEM, ("USER", "ASSISTANT"), "<s>", "</s>", "llama_v2")
+_LLAVA_LLAMA_2 = Conv("conv_llava_llama_2", "llama_2", _LLAVA_LLAMA2_SYSTEM, ("USER", "ASSISTANT"), "<s>", "</s>",
+                      "llama_v2")
+_MISTRAL_INSTRUCT = Conv("conv_mistral_instruct", "llama_2", "", ("USER", "ASSISTANT"), "", "</s>", "llama_v2")
+_CHATML_DIRECT = Conv("conv_chatml_direct", "mpt", _CHATML_DIRECT_SYSTEM, _CHATML_ROLES, "<|im_end|>", None, "mpt")
+_MPT = Conv("conv_mpt", "mpt", _MPT_SYSTEM, _CHATML_ROLES, "<|im_end|>", None, "mpt")
+_PLAIN = Conv("conv_llava_plain", "plain", "", ("", ""), "\n", None, "Unknown")
+_LLAVA_V0 = Conv("conv_llava_v0", "single", _HUMAN_SYSTEM, ("Human", "Assistant"), "###", None, "Unknown")
+_LLAVA_V0_MMTAG = Conv("conv_llava_v0_mmtag", "single", _MMTAG_SYSTEM, ("Human", "Assistant"), "###", None,
+                       "v0_mmtag")
+_LLAVA_V1 = Conv("conv_llava_v1", "two", _HUMAN_SYSTEM, ("USER", "ASSISTANT"), " ", "</s>", "v1")
+_LLAVA_V1_MMTAG = Conv("conv_llava_v1_mmtag", "two", _MMTAG_SYSTEM, ("USER", "ASSISTANT"), " ", "</s>", "v1_mmtag")
+
+# conversation.py: conv_templates, every registered name
+CONV_TEMPLATES: dict[str, Conv] = {
+    "default": _VICUNA_V0, "v0": _VICUNA_V0, "v1": _VICUNA_V1, "vicuna_v1": _VICUNA_V1, "llama_2": _LLAMA_2,
+    "mistral_instruct": _MISTRAL_INSTRUCT, "chatml_direct": _CHATML_DIRECT, "mistral_direct": _CHATML_DIRECT,
+    "plain": _PLAIN, "v0_plain": _PLAIN, "llava_v0": _LLAVA_V0, "v0_mmtag": _LLAVA_V0_MMTAG, "llava_v1": _LLAVA_V1,
+    "v1_mmtag": _LLAVA_V1_MMTAG, "llava_llama_2": _LLAVA_LLAMA_2, "mpt": _MPT,
+}
+# train(): versions it handles before the table (the module default conversation stays conv_vicuna_v1)
+SPECIAL_VERSIONS = ("v0", "v0.5")
+VERSIONS = sorted({*CONV_TEMPLATES, *SPECIAL_VERSIONS})
+
+
+def conversation_for(version: str) -> Conv:
+    """The conversation ``train()`` leaves in ``default_conversation`` for ``--version``."""
+    if version in SPECIAL_VERSIONS:
+        return _VICUNA_V1
+    return CONV_TEMPLATES.get(version, _VICUNA_V1)
+
+
+# -- the tokenizer LLaVA loads ------------------------------------------------------------------------------
+
+class Refused(Exception):
+    """Where LLaVA raises: ``what`` is the exception as Python prints it, ``where`` the statement."""
+
+    def __init__(self, what: str, where: str) -> None:
+        super().__init__(what)
+        self.what, self.where = what, where
+
+
+_FAST_LLAMA = ("LlamaTokenizerFast", "CodeLlamaTokenizerFast")
+_SLOW_LLAMA = ("LlamaTokenizer", "CodeLlamaTokenizer")
+
+
+@dataclass
+class LlavaTokenizer:
+    """The tokenizer as ``train()`` sets it up for one ``--version``: the route (slow SentencePiece or fast),
+    its pad token, ``model_max_length``, and whether it has a ``legacy`` attribute (None: it has none, as
+    transformers 4.37.2's fast tokenizers)."""
+
+    backend: Any  # SlowLlamaTokenizer | Tok
+    route: str  # "slow" | "fast"
+    reason: str
+    model_max_length: int
+    legacy: bool | None
+    add_bos: bool | None = None  # fast LlamaTokenizerFast: the config's add_bos/add_eos rebuild the post-processor
+    add_eos: bool = False
+    pad_id: int | None = None
+    class_name: str = "PreTrainedTokenizerFast"
+    owned: bool = False  # a fast backend is shared until a token is added to it (copy on write)
+
+    def encode(self, text: str, *, max_length: int | None = None) -> Any:
+        """``tokenizer(text)`` with ids, offsets and sequence ids."""
+        if isinstance(self.backend, SlowLlamaTokenizer):
+            return self.backend.encode(text, max_length=max_length)
+        from vlmcheck.slow_llama import SlowEncoding
+
+        if self.add_bos is not None:
+            enc = self.backend.encode(text, add_special_tokens=False)
+            ids, offsets = list(enc.ids), list(enc.offsets)
+            head = [self.token_id(self.special("bos_token"))] if self.add_bos else []
+            tail = [self.token_id(self.special("eos_token"))] if self.add_eos else []
+            head_ids = [i for i in head if i is not None]
+            tail_ids = [i for i in tail if i is not None]
+        else:
+            enc = self.backend.encode(text)
+            seq = list(enc.sequence_ids)
+            n_head = next((k for k, s in enumerate(seq) if s is not None), len(seq))
+            n_tail = next((k for k, s in enumerate(reversed(seq)) if s is not None), 0) if n_head < len(seq) else 0
+            all_ids, all_off = list(enc.ids), list(enc.offsets)
+            head_ids, tail_ids = all_ids[:n_head], all_ids[len(all_ids) - n_tail:]
+            ids, offsets = all_ids[n_head:len(all_ids) - n_tail], all_off[n_head:len(all_ids) - n_tail]
+        if max_length is not None and len(ids) + len(head_ids) + len(tail_ids) > max_length:
+            keep = max(max_length - len(head_ids) - len(tail_ids), 0)
+            ids, offsets = ids[:keep], offsets[:keep]
+        return SlowEncoding(head_ids + ids + tail_ids,
+                            [(0, 0)] * len(head_ids) + offsets + [(0, 0)] * len(tail_ids),
+                            [None] * len(head_ids) + [0] * len(ids) + [None] * len(tail_ids))
+
+    def ids(self, text: str, *, max_length: int | None = None) -> list[int]:
+        return list(self.encode(text, max_length=max_length).ids)
+
+    def token_id(self, text: str | None) -> int | None:
+        return self.backend.token_id(text)
+
+    def special(self, name: str) -> str | None:
+        return self.backend.special(name)
+
+    def tokens(self, ids: list[int]) -> list[str]:
+        return [("<image>" if i == IMAGE_TOKEN_INDEX else t)
+                for i, t in zip(ids, self.backend.tokens([max(i, 0) for i in ids]))]
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.token_id(self.special("bos_token"))
+
+    def is_special(self, text: str) -> bool:
+        return bool(self.backend.is_special(text))
+
+    def add_special(self, text: str) -> int:
+        """``tokenizer.add_tokens([text], special_tokens=True)`` / ``add_special_tokens``."""
+        if isinstance(self.backend, SlowLlamaTokenizer):
+            return self.backend.add_token(text)
+        from tokenizers import AddedToken, Tokenizer
+
+        if not self.owned:
+            shared = self.backend
+            self.backend = Tok(Tokenizer.from_str(shared.backend.to_str()), shared.config, shared.chat_template)
+            self.owned = True
+        self.backend.backend.add_special_tokens([AddedToken(text, special=True, normalized=False)])
+        return int(self.backend.backend.token_to_id(text))
+
+    def get_legacy(self, where: str) -> bool:
+        """``tokenizer.legacy`` as preprocess_v1 reads it: an AttributeError where the class has none."""
+        if self.legacy is None:
+            cls = "LlamaTokenizerFast" if self.add_bos is not None else self.class_name
+            raise Refused(f"AttributeError: '{cls}' object has no attribute 'legacy'", where)
+        return self.legacy
+
+
+def _mtime(folder: Path) -> int:
+    path = folder / "tokenizer.json"
+    return path.stat().st_mtime_ns if path.is_file() else 0
+
+
+@functools.lru_cache(maxsize=4)
+def _load_fast(folder: str, mtime: int) -> Tok:
+    """tokenizer.json read once per folder (and version of the file); LlavaTokenizer copies it before adding."""
+    return Tok.load(folder)
+
+
+def load_tokenizer(folder: str | Path, *, version: str, model_max_length: int | None = None,
+                   model_name_or_path: str | None = None, mm_use_im_start_end: bool = False,
+                   legacy: bool | None = None) -> LlavaTokenizer:
+    """The tokenizer ``train()`` builds for ``--version``: ``AutoTokenizer.from_pretrained(model_name_or_path,
+    model_max_length=..., use_fast=False)`` (the default fast route when "mpt" is in the model path), then the
+    pad token, then ``initialize_vision_tokenizer``'s ``<im_start>``/``<im_end>`` when ``mm_use_im_start_end``.
+    ``legacy`` stands for ``"legacy"`` in tokenizer_config.json: the slow tokenizer tokenizes by it; a fast one
+    only gets the attribute (transformers 4.37.2's fast tokenizers have none).
+
+    Raises :class:`Refused` where LLaVA's own load raises (a slow Llama class without ``tokenizer.model``).
+    """
+    folder = Path(folder)
+    config = read_tokenizer_config(folder)
+    if legacy is not None:
+        config["legacy"] = legacy
+    cls = str(config.get("tokenizer_class") or "LlamaTokenizer")
+    name = model_name_or_path if model_name_or_path is not None else str(folder)
+    use_fast = "mpt" in name
+    has_model, has_json = (folder / "tokenizer.model").is_file(), (folder / "tokenizer.json").is_file()
+    if not has_model and not has_json:
+        raise ModelError(f"no tokenizer.model or tokenizer.json at {folder}")
+    limit = model_max_length if model_max_length is not None else int(config.get("model_max_length") or 10**9)
+    limit = min(limit, 10**9)
+    fast_cls = cls if cls.endswith("Fast") else (cls + "Fast" if use_fast else None)
+    if fast_cls is None and cls in _SLOW_LLAMA:
+        if not has_model:
+            raise Refused("TypeError: expected str, bytes or os.PathLike object, not NoneType",
+                          f"AutoTokenizer.from_pretrained(use_fast=False): {cls} needs tokenizer.model, the "
+                          "folder has only tokenizer.json")
+        tok: LlavaTokenizer = LlavaTokenizer(
+            SlowLlamaTokenizer(
+                (folder / "tokenizer.model").read_bytes(), config), "slow",
+            f"train() loads use_fast=False and the checkpoint ships tokenizer.model ({cls}, "
+            f"legacy={config.get('legacy', 'unset')})", limit, None)
+        tok.legacy = tok.backend.legacy
+    elif fast_cls is not None:
+        if not has_json:
+            raise ModelError(f"the fast route needs tokenizer.json at {folder} (vlmcheck does not convert "
+                             "tokenizer.model)")
+        why = ("'mpt' is in the model path, so train() loads the default fast tokenizer" if use_fast
+               else f"tokenizer_config.json names the fast class {cls}")
+        tok = LlavaTokenizer(Tok(_load_fast(str(folder), _mtime(folder)).backend, config), "fast",
+                             f"{why} (tokenizer.json; no `legacy` attribute)", limit, None, class_name=fast_cls)
+        if fast_cls in _FAST_LLAMA:
+            tok.add_bos = bool(config.get("add_bos_token", True))
+            tok.add_eos = bool(config.get("add_eos_token", False))
+    else:
+        # another slow class (Qwen2Tokenizer, GPT2Tokenizer, ...): a byte-level BPE gives the ids of its
+        # tokenizer.json; like the fast classes it has no `legacy` attribute
+        if not has_json:
+            raise ModelError(f"tokenizer class {cls}: vlmcheck reads it from tokenizer.json, which {folder} lacks")
+        shared = _load_fast(str(folder), _mtime(folder))
+        tok = LlavaTokenizer(Tok(shared.backend, config), "fast", f"train() loads the slow {cls}; its ids are read "
+                             "from tokenizer.json (no `legacy` attribute)", limit, None, class_name=cls)
+    pad = tok.special("pad_token")
+    if version == "v0":
+        if pad is None:  # smart_tokenizer_and_embedding_resize(dict(pad_token="[PAD]"))
+            tok.pad_id = tok.add_special("[PAD]")
+        else:
+            tok.pad_id = tok.token_id(pad)
+    else:  # v0.5 and every other version: pad = unk
+        tok.pad_id = tok.token_id(tok.special("unk_token"))
+    if mm_use_im_start_end:
+        tok.add_special(IM_START)
+        tok.add_special(IM_END)
+    return tok
+
+
+# -- rendering ---------------------------------------------------------------------------------------------
+
+def multimodal(value: str, *, conv: Conv, mm_use_im_start_end: bool) -> str:
+    """``preprocess_multimodal`` on one sentence (samples with an ``image`` only)."""
+    if IMAGE_TOKEN in value:
+        value = (IMAGE_TOKEN + "\n" + value.replace(IMAGE_TOKEN, "").strip()).strip()
+        if "mmtag" in conv.version:
+            value = value.replace(IMAGE_TOKEN, "<Image>" + IMAGE_TOKEN + "</Image>")
+    if mm_use_im_start_end:
+        value = value.replace(IMAGE_TOKEN, IM_START + IMAGE_TOKEN + IM_END)
+    return value
+
+
+def _prompt(conv: Conv, messages: list[tuple[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+    """``Conversation.get_prompt()`` for (role, message) pairs, with the character span of each assistant
+    message and the separator that closes it (the tokens that should carry labels)."""
+    spans: list[tuple[int, int]] = []
+    if conv.style == "two":
+        assert conv.sep2 is not None
+        text = conv.system + conv.sep
+        for i, (role, msg) in enumerate(messages):
+            if msg:
+                text += role + ": "
+                start = len(text)
+                text += msg + (conv.sep, conv.sep2)[i % 2]
+                if role == conv.roles[1]:
+                    spans.append((start, len(text)))
+            else:
+                text += role + ":"
+        return text, spans
+    if conv.style == "mpt":
+        text = conv.system + conv.sep
+        for role, msg in messages:
+            if msg:
+                text += role
+                start = len(text)
+                text += msg + conv.sep
+                if role == conv.roles[1]:
+                    spans.append((start, len(text)))
+            else:
+                text += role
+        return text, spans
+    assert conv.style == "llama_2" and conv.sep2 is not None
+    text = ""
+    for i, (role, msg) in enumerate(messages):
+        if i == 0:
+            if not msg:
+                raise Refused("AssertionError: first message should not be none",
+                              'get_prompt: assert message, "first message should not be none"')
+            if role != conv.roles[0]:  # pragma: no cover - the role check before get_prompt catches it
+                raise Refused("AssertionError: first message should come from user", "get_prompt")
+        if not msg:
+            continue
+        if i == 0 and conv.system:
+            msg = f"<<SYS>>\n{conv.system}\n<</SYS>>\n\n" + msg
+        if i % 2 == 0:
+            text += conv.sep + f"[INST] {msg} [/INST]"
+        else:
+            text += " "
+            start = len(text)
+            text += msg + " " + conv.sep2
+            spans.append((start, len(text)))
+    # get_prompt ends with ret.lstrip(sep): strips the *characters* of sep from the left
+    stripped = text.lstrip(conv.sep) if conv.sep else text
+    shift = len(text) - len(stripped)
+    return stripped, [(a - shift, b - shift) for a, b in spans]
+
+
+# -- tokenization as preprocess does it ----------------------------------------------------------------------
+
+def image_token_ids(text: str, tok: LlavaTokenizer) -> tuple[list[int], list[tuple[int, int]]]:
+    """``tokenizer_image_token``: each chunk between ``<image>`` tokenized on its own, one IMAGE_TOKEN_INDEX
+    between chunks; when the first chunk starts with the BOS id, the first token of *every* chunk is dropped
+    (and one BOS kept). No truncation. With each token's character offsets."""
+    chunks = text.split(IMAGE_TOKEN)
+    encs = [tok.encode(c) for c in chunks]
+    first = list(encs[0].ids)
+    offset = 1 if first and first[0] == tok.bos_id else 0
+    ids: list[int] = [first[0]] if offset else []
+    offsets: list[tuple[int, int]] = [(0, 0)] * len(ids)
+    pos = 0
+    for k, (chunk, enc) in enumerate(zip(chunks, encs)):
+        if k:
+            ids.append(IMAGE_TOKEN_INDEX)
+            offsets.append((pos - len(IMAGE_TOKEN), pos - len(IMAGE_TOKEN)))
+        for t, (a, b), seq in list(zip(enc.ids, enc.offsets, enc.sequence_ids))[offset:]:
+            ids.append(t)
+            offsets.append((pos + a, pos + b) if seq is not None else (pos, pos))
+        pos += len(chunk) + len(IMAGE_TOKEN)
+    return ids, offsets
+
+
+@dataclass
+class LlavaRun:
+    """What LLaVA's preprocess does with one sample: the ids it trains on and their labels, the warning's two
+    numbers (``mismatch = (cur_len, total_len)``, all labels then masked), or ``refused`` where it raises."""
+
+    version: str
+    conv: Conv
+    function: str
+    has_image: bool
+    prompt: str = ""
+    spans: list[tuple[int, int]] = field(default_factory=list)
+    input_ids: list[int] = field(default_factory=list)
+    offsets: list[tuple[int, int]] = field(default_factory=list)
+    supervised: list[bool] = field(default_factory=list)
+    mismatch: tuple[int, int] | None = None
+    round_lens: list[int] = field(default_factory=list)
+    refused: Refused | None = None
+    truncated: bool = False  # the text path cut the prompt at model_max_length
+
+
+def _ignore(sup: list[bool], start: int | None, stop: int | None) -> None:
+    """``target[start:stop] = IGNORE_INDEX`` with Python's slice rules (a negative stop counts from the end)."""
+    n = len(sup[start:stop])
+    if n:
+        sup[start:stop] = [False] * n
+
+
+def _roles_checked(conv: Conv, source: list[dict[str, Any]], function: str) -> list[tuple[str, str]]:
+    """preprocess_v1 / _mpt / _llama_2: skip a first sentence not from the human, then every sentence must
+    alternate human, gpt (``roles[sentence["from"]]`` and ``assert role == conv.roles[j % 2]``)."""
+    roles = {"human": conv.roles[0], "gpt": conv.roles[1]}
+    if not source:
+        raise Refused("IndexError: list index out of range", f'{function}: if roles[source[0]["from"]] != ...')
+    first = source[0].get("from")
+    if first not in roles:
+        raise Refused(f"KeyError: {first!r}", f'{function}: if roles[source[0]["from"]] != conv.roles[0]:')
+    if roles[first] != conv.roles[0]:
+        source = source[1:]
+    out = []
+    for j, sentence in enumerate(source):
+        who = sentence.get("from")
+        if who not in roles:
+            raise Refused(f"KeyError: {who!r}", f'{function}: role = roles[sentence["from"]]')
+        if roles[who] != conv.roles[j % 2]:
+            raise Refused("AssertionError: 0", f'{function}: assert role == conv.roles[j % 2], f"{{i}}"')
+        out.append((roles[who], str(sentence.get("value", ""))))
+    return out
+
+
+def simulate(row: Mapping[str, Any], *, tokenizer: LlavaTokenizer, version: str,
+             mm_use_im_start_end: bool = False, patch: tuple[int, int] = (0, 0)) -> LlavaRun:
+    """Run LLaVA's ``LazySupervisedDataset.__getitem__`` text side on one row (without opening its image).
+
+    ``patch`` changes the round arithmetic on purpose, as users patch train.py: ``(start, step)`` adds
+    ``start`` to the initial ``cur_len`` and ``step`` to ``round_len``/``instruction_len`` of each round after
+    the first. The counterfactual that names a fix.
+    """
+    conv = conversation_for(version)
+    has_image = "image" in row
+    run = LlavaRun(version, conv, conv.function, has_image)
+    source = copy.deepcopy(list(row.get("conversations") or []))
+    if has_image:
+        for sentence in source:
+            sentence["value"] = multimodal(str(sentence.get("value", "")), conv=conv,
+                                           mm_use_im_start_end=mm_use_im_start_end)
+    try:
+        if conv.style == "plain":
+            _plain(run, source, tokenizer)
+        elif conv.style == "single":
+            _generic(run, source, tokenizer)
+        else:
+            _rounds(run, source, tokenizer, patch)
+    except Refused as e:
+        run.refused = e
+    return run
+
+
+def _whole(run: LlavaRun, tok: LlavaTokenizer) -> None:
+    """The conversation's ids: ``tokenizer_image_token`` (no truncation) or ``tokenizer(..., truncation=True)``."""
+    if run.has_image:
+        run.input_ids, run.offsets = image_token_ids(run.prompt, tok)
+    else:
+        enc = tok.encode(run.prompt, max_length=tok.model_max_length)
+        run.input_ids = list(enc.ids)
+        run.offsets = [(a, b) if s is not None else (0, 0) for (a, b), s in zip(enc.offsets, enc.sequence_ids)]
+        run.truncated = len(enc.ids) < len(tok.ids(run.prompt))
+    run.supervised = [True] * len(run.input_ids)
+
+
+def _length(run: LlavaRun, tok: LlavaTokenizer) -> Callable[[str], int]:
+    if run.has_image:
+        return lambda text: len(image_token_ids(text, tok)[0])
+    return lambda text: len(tok.ids(text))
+
+
+def _plain(run: LlavaRun, source: list[dict[str, Any]], tok: LlavaTokenizer) -> None:
+    """preprocess_plain: exactly two sentences, ``<image>`` in the first; "<image>" + answer + "\\n", always
+    through tokenizer_image_token; the image part unlabelled."""
+    if len(source) != 2:
+        raise Refused("AssertionError", "preprocess_plain: assert len(source) == 2")
+    if IMAGE_TOKEN not in str(source[0].get("value", "")):
+        raise Refused("AssertionError", "preprocess_plain: assert DEFAULT_IMAGE_TOKEN in source[0]['value']")
+    answer = str(source[1].get("value", ""))
+    run.prompt = IMAGE_TOKEN + answer + run.conv.sep
+    run.spans = [(len(IMAGE_TOKEN), len(run.prompt))]
+    run.has_image = True
+    _whole(run, tok)
+    _ignore(run.supervised, None, len(image_token_ids(IMAGE_TOKEN, tok)[0]))
+
+
+def _generic(run: LlavaRun, source: list[dict[str, Any]], tok: LlavaTokenizer) -> None:
+    """The ``###`` path: header + "### Role: text\\n" per sentence + "### "; each piece's length counted on its
+    own (text path: ids that are not the pad id, truncated as the whole is); ``_mask_targets`` masks the
+    header and each "human" sentence from its third token on. No length check."""
+    conv = run.conv
+    header = conv.system + "\n\n"
+    text = header
+    sentences: list[tuple[str, str]] = []
+    for sentence in source:
+        who = str(sentence.get("from", ""))
+        role = {"human": conv.roles[0], "gpt": conv.roles[1]}.get(who.lower(), "unknown")
+        value = str(sentence.get("value", ""))
+        piece = _BEGIN_SIGNAL + role + ": " + value + _END_SIGNAL
+        if who.lower() == "gpt":
+            start = len(text) + len(piece) - len(value) - len(_END_SIGNAL)
+            run.spans.append((start, len(text) + len(piece) + len(conv.sep)))
+        sentences.append((who, piece))
+        text += piece
+    run.prompt = text + _BEGIN_SIGNAL
+    _whole(run, tok)
+    if run.has_image:
+        lens = [len(image_token_ids(p, tok)[0]) for p in [header, *(s for _, s in sentences)]]
+    else:
+        lens = [sum(1 for i in tok.ids(p, max_length=tok.model_max_length) if i != tok.pad_id)
+                for p in [header, *(s for _, s in sentences)]]
+    cur = lens[0]
+    _ignore(run.supervised, None, cur)
+    for n, (who, _) in zip(lens[1:], sentences):
+        if who == "human":
+            _ignore(run.supervised, cur + 2, cur + n)
+        cur += n
+    run.round_lens = lens[1:]
+
+
+def _rounds(run: LlavaRun, source: list[dict[str, Any]], tok: LlavaTokenizer,
+            patch: tuple[int, int] = (0, 0)) -> None:
+    """preprocess_v1 / preprocess_llama_2 / preprocess_mpt: split the prompt into rounds, add up their token
+    counts, and mask everything when the sum differs from the number of non-pad ids (below model_max_length)."""
+    conv, fn = run.conv, run.function
+    messages = _roles_checked(conv, source, fn)
+    run.prompt, run.spans = _prompt(conv, messages)
+    _whole(run, tok)
+    sup = run.supervised
+    total = sum(1 for i in run.input_ids if i != tok.pad_id)
+    length = _length(run, tok)
+    if conv.style == "mpt":
+        sep = conv.sep + conv.roles[1]
+        parts = run.prompt.split(conv.sep)
+        rounds = [conv.sep.join(parts[:3])] + [conv.sep.join(parts[k:k + 2]) for k in range(3, len(parts), 2)]
+        cur, head_drop, bump = 0, 1, +1
+    else:
+        assert conv.sep2 is not None
+        sep = conv.sep + conv.roles[1] + ": " if conv.style == "two" else "[/INST] "
+        rounds = run.prompt.split(conv.sep2)
+        cur, head_drop, bump = 1, 2, -1
+    cur += patch[0]
+    _ignore(sup, None, cur)
+    for i, rou in enumerate(rounds):
+        if rou == "":
+            break
+        pieces = rou.split(sep)
+        if len(pieces) != 2:
+            break
+        round_len = length(rou)
+        instruction_len = length(pieces[0] + sep) - head_drop
+        if i != 0:
+            round_len += patch[1]
+            instruction_len += patch[1]
+            # preprocess_v1: `not tokenizer.legacy` (-1); preprocess_mpt: getattr(tokenizer, 'legacy', False) (+1)
+            if fn == "preprocess_v1" and not tok.get_legacy(f"{fn}: if i != 0 and not tokenizer.legacy ..."):
+                round_len += bump
+                instruction_len += bump
+            elif fn == "preprocess_mpt" and tok.legacy:
+                round_len += bump
+                instruction_len += bump
+        _ignore(sup, cur, cur + instruction_len)
+        run.round_lens.append(round_len)
+        cur += round_len
+    _ignore(sup, cur, None)
+    if cur < tok.model_max_length and cur != total:
+        run.supervised = [False] * len(sup)
+        run.mismatch = (cur, total)
+
+
+# -- the launch script ---------------------------------------------------------------------------------------
+
+NAME = "llava"
+RELEASE = "haotian-liu/LLaVA c121f04 (LLaVA-1.5), and forks that keep its train.py and --version names"
+# llava/train/train.py dataclass defaults: ModelArguments.version, TrainingArguments.model_max_length,
+# DataArguments.image_aspect_ratio, ModelArguments.mm_use_im_start_end / mm_vision_select_feature
+DEFAULT_VERSION = "v0"
+DEFAULT_MODEL_MAX_LENGTH = 512
+DEFAULT_ASPECT = "square"
+DEFAULT_SELECT_FEATURE = "patch"
+# `vlmcheck scan --framework llava` has no launch script to read: LLaVA's cut is not the processor's
+SCAN_DEFAULTS: dict[str, Any] | None = None
+_ENTRY = re.compile(r"(^|/)(train|train_mem|train_xformers)\.py$")
+_MODULE_ENTRY = re.compile(r"^llava\.train\.(train|train_mem|train_xformers)$")
+_TRUE, _FALSE = {"true", "yes", "1", "t", "y"}, {"false", "no", "0", "f", "n"}
+_VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+@dataclass(frozen=True)
+class LlavaLaunch:
+    """The settings of one LLaVA training command, as ``train()`` would receive them."""
+
+    script: Path
+    version: str | None  # None: set through a shell variable the script does not set (see ``unresolved``)
+    model_name_or_path: str | None
+    model_max_length: int
+    data_path: str | None
+    image_folder: str | None
+    mm_use_im_start_end: bool
+    unresolved: dict[str, str]  # setting -> the shell variable it needs
+    image_aspect_ratio: str = DEFAULT_ASPECT
+    vision_tower: str | None = None
+    mm_vision_select_feature: str = DEFAULT_SELECT_FEATURE
+    values: dict[str, str | None] = field(default_factory=dict)  # every flag as written, for the report
+
+    def need(self, name: str) -> str:
+        """Why a setting is missing, for a usage error."""
+        if name in self.unresolved:
+            return (f"{self.script} sets --{name} from ${self.unresolved[name]}, which is not set in the script "
+                    "or the environment")
+        return f"{self.script} has no --{name}"
+
+
+def _bool_flag(name: str, value: str | None) -> bool:
+    """``HfArgumentParser``'s booleans: True/False/yes/no/1/0; a bare flag is True."""
+    if value is None or value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise UsageError(f"--{name} {value!r} is not a boolean (HfArgumentParser reads True/False)")
+
+
+class _Unset(Exception):
+    pass
+
+
+def _expand(text: str, env: Mapping[str, str]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        if name not in env:
+            raise _Unset(name)
+        return env[name]
+
+    return _VAR.sub(sub, text)
+
+
+def _command(text: str, *, script: Path, env: Mapping[str, str] | None = None,
+             strict: bool = False) -> LlavaLaunch | None:
+    """The settings of the first command in ``text`` that runs LLaVA's ``llava/train/train*.py``. Shell variables
+    set in the script (``MODEL=...``) or in ``env`` are expanded; a setting that needs one that is not set is left
+    out and named in ``unresolved`` (LLaVA's own scripts leave ``$PROMPT_VERSION`` for the user to set). With
+    ``strict`` a bare ``train.py`` counts only with LLaVA's own ``--data_path`` (other frameworks have train.py
+    scripts too)."""
+    variables = dict(os.environ if env is None else env)
+    joined = re.sub(r"\\\r?\n", " ", text)
+    for line in joined.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError as e:
+            if strict:
+                continue
+            raise UsageError(f"{script}: cannot split {line[:60]!r}: {e}") from None
+        if words[:1] == ["export"]:
+            words = words[1:]
+        assign = re.fullmatch(r"(?:export\s+)?(\w+)=(.*)", line)
+        if assign and len(words) == 1:
+            try:
+                variables[assign.group(1)] = _expand(words[0].split("=", 1)[1], variables)
+            except _Unset:
+                variables.pop(assign.group(1), None)
+            continue
+        at = next((k for k, w in enumerate(words) if _ENTRY.search(w) or _MODULE_ENTRY.match(w)), None)
+        if at is None:
+            continue
+        if strict and "llava/train/" not in words[at] and not _MODULE_ENTRY.match(words[at]) \
+                and not any(w == "--data_path" or w.startswith("--data_path=") for w in words[at + 1:]):
+            continue
+        return _settings(script, words[at + 1:], variables)
+    return None
+
+
+def launch_settings(path: str | os.PathLike[str]) -> LlavaLaunch:
+    """The settings of the LLaVA training command in the launch script at ``path`` (``vlmcheck template
+    --launch``)."""
+    script = Path(path)
+    try:
+        text = script.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot read the launch script {script}: {e}") from None
+    launch = _command(text, script=script)
+    if launch is None:
+        raise UsageError(f"{script}: no command runs llava/train/train.py, train_mem.py or train_xformers.py")
+    return launch
+
+
+def _settings(script: Path, args: list[str], env: Mapping[str, str]) -> LlavaLaunch:
+    values: dict[str, str | None] = {}
+    unresolved: dict[str, str] = {}
+    k = 0
+    while k < len(args):
+        word = args[k]
+        if word.startswith("--"):
+            name, eq, value = word[2:].partition("=")
+            raw: str | None = None
+            if eq:
+                raw = value
+            elif k + 1 < len(args) and not args[k + 1].startswith("--"):
+                raw = args[k + 1]
+                k += 1
+            try:
+                values[name] = None if raw is None else _expand(raw, env)
+            except _Unset as e:
+                unresolved[name] = str(e)
+        k += 1
+    raw_length = values.get("model_max_length")
+    try:
+        length = int(raw_length) if raw_length is not None else DEFAULT_MODEL_MAX_LENGTH
+    except ValueError:
+        raise UsageError(f"{script}: --model_max_length {raw_length!r} is not an integer") from None
+    if length <= 0:
+        raise UsageError(f"{script}: --model_max_length must be positive, got {length}")
+    version = None if "version" in unresolved else (values.get("version") or DEFAULT_VERSION)
+    return LlavaLaunch(script, version, values.get("model_name_or_path"), length,
+                       values.get("data_path"), values.get("image_folder"),
+                       _bool_flag("mm_use_im_start_end", values["mm_use_im_start_end"])
+                       if "mm_use_im_start_end" in values else False, unresolved,
+                       image_aspect_ratio=values.get("image_aspect_ratio") or DEFAULT_ASPECT,
+                       vision_tower=values.get("vision_tower"),
+                       mm_vision_select_feature=values.get("mm_vision_select_feature") or DEFAULT_SELECT_FEATURE,
+                       values=values)
+
+
+def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """The flags of the LLaVA training command in a shell script (``vlmcheck check train.sh``), marked as
+    LLaVA's; None when the script runs none."""
+    launch = _command(text, script=path, env=env, strict=True)
+    if launch is None:
+        return None
+    return {"__launch__": NAME, **launch.values, "__unresolved__": dict(launch.unresolved)}
+
+
+def claims(raw: dict[str, Any]) -> bool:
+    return raw.get("__launch__") == NAME
+
+
+# -- the vision tower ----------------------------------------------------------------------------------------
+
+# clip_encoder.CLIPVisionTower: the features are the vision tower's patches (select_feature "patch" drops CLS,
+# "cls_patch" keeps it); image_size and patch_size come from the tower's CLIPVisionConfig. The OpenAI CLIP
+# names spell both: clip-vit-large-patch14 (224 px, 256 features), clip-vit-large-patch14-336 (576).
+_CLIP_NAME = re.compile(r"patch(\d+)(?:-(\d+))?(?:$|[^0-9])")
+_CLIP_DEFAULT_SIZE = 224
+
+
+def tower_settings(vision_tower: str, *, select_feature: str = DEFAULT_SELECT_FEATURE,
+                   base: Path | None = None) -> LlavaSettings:
+    """The CLIP image processor and feature count of ``--vision_tower``: from its config.json when it is a local
+    folder, else from the OpenAI CLIP name (``...-patch14-336``)."""
+    folder = Path(vision_tower).expanduser()
+    if not folder.is_absolute() and base is not None and not folder.exists() and (base / folder).exists():
+        folder = base / folder
+    size = patch = None
+    if (folder / "config.json").is_file():
+        import json
+
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        vision = config.get("vision_config") if isinstance(config.get("vision_config"), dict) else config
+        size, patch = vision.get("image_size"), vision.get("patch_size")
+    if size is None or patch is None:
+        m = _CLIP_NAME.search(vision_tower)
+        if m is None:
+            raise UsageError(f"--vision_tower {vision_tower}: vlmcheck reads its image size and patch size from a "
+                             "local folder's config.json or from an OpenAI CLIP name (clip-vit-large-patch14-336)")
+        patch, size = int(m.group(1)), int(m.group(2) or _CLIP_DEFAULT_SIZE)
+    if select_feature not in ("patch", "cls_patch"):
+        raise UsageError(f"--mm_vision_select_feature {select_feature!r}: LLaVA raises 'Unexpected select "
+                         "feature' (patch or cls_patch)")
+    # LlavaSettings counts (size // patch)**2 + 1 (the CLS feature), less one for "default" (patch only)
+    return LlavaSettings(patch_size=int(patch), vision_feature_select_strategy="default" if select_feature == "patch"
+                         else "full", num_additional_image_tokens=1, do_center_crop=True, crop_height=int(size),
+                         crop_width=int(size), shortest_edge=int(size), height=None, width=None)
+
+
+# -- the run -------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Config:
+    """A LLaVA launch with LLaVA's defaults filled in."""
+
+    path: Path
+    launch: LlavaLaunch
+    version: str
+    model: Path
+    model_name: str  # as written (train() picks the fast tokenizer when "mpt" is in it)
+    data: Path
+    image_folder: Path | None
+    vision_tower: str | None
+
+
+def _mapped(value: str, mapping: Mapping[str, str]) -> str:
+    for src, dst in sorted(mapping.items(), key=lambda kv: -len(kv[0])):
+        if value == src or value.startswith(src.rstrip("/") + "/"):
+            return dst.rstrip("/") + value[len(src.rstrip("/")):]
+    return value
+
+
+def _locate(value: str, config_path: Path, mapping: Mapping[str, str]) -> Path:
+    """A path as train.py opens it (relative to where it is launched: LLaVA's scripts run from the repository
+    root), else beside the script, else its parent (scripts/v1_5/ sits two levels down)."""
+    path = Path(_mapped(value, mapping)).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    for base in (config_path.parent, config_path.parent.parent, config_path.parent.parent.parent):
+        if (base / path).exists():
+            return base / path
+    return path
+
+
+def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, data: str | None = None,
+                path_map: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """The settings LLaVA's ``train()`` runs with for the flags in ``raw`` (from :func:`read_launch`)."""
+    mapping = dict(path_map or {})
+    values = {k: v for k, v in raw.items() if not k.startswith("__")}
+    launch = _settings(path, [w for k, v in values.items() for w in ([f"--{k}"] if v is None else [f"--{k}={v}"])],
+                       env if env is not None else os.environ)
+    unresolved = dict(raw.get("__unresolved__") or {})
+    launch = LlavaLaunch(**{**launch.__dict__, "unresolved": unresolved})
+    if launch.version is None or "version" in unresolved:
+        raise UsageError(launch.need("version"))
+    name = model or launch.model_name_or_path
+    if not name:
+        raise UsageError(launch.need("model_name_or_path") + " (or pass --model)")
+    source = data or launch.data_path
+    if not source:
+        raise UsageError(launch.need("data_path") + " (or pass --data)")
+    folder = launch.image_folder
+    return Config(path=path, launch=launch, version=launch.version, model=_locate(name, path, mapping),
+                  model_name=launch.model_name_or_path or name, data=_locate(source, path, mapping),
+                  image_folder=_locate(folder, path, mapping) if folder is not None else None,
+                  vision_tower=launch.vision_tower)
+
+
+def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data: str | None = None,
+             path_map: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None) -> Run:
+    """The run a LLaVA launch script starts, ready to judge its rows."""
+    config = read_config(raw, path=path, model=model, data=data, path_map=path_map, env=env)
+    return Run(config)
+
+
+class Run:
+    """A LLaVA run: judges rows the way ``LazySupervisedDataset``, the collator and the model's splice do."""
+
+    name = NAME
+    versions = RELEASE
+    length_key = "model_max_length"
+    pixels_key = "image_aspect_ratio"
+
+    def __init__(self, config: Config) -> None:
+        from vlmcheck.families import llava as family
+        from vlmcheck.model import ModelSpec
+
+        launch = config.launch
+        self.config = config
+        if not config.model.is_dir():
+            raise UsageError(f"model {config.model} is not a local folder (vlmcheck reads the tokenizer LLaVA "
+                             "loads from it; pass --model)")
+        try:
+            self.tokenizer = load_tokenizer(config.model, version=config.version,
+                                            model_max_length=launch.model_max_length,
+                                            model_name_or_path=config.model_name,
+                                            mm_use_im_start_end=launch.mm_use_im_start_end)
+        except Refused as e:
+            raise UsageError(f"LLaVA's train() raises while loading the tokenizer of {config.model}: {e.what} "
+                             f"({e.where})") from None
+        self.max_length = launch.model_max_length
+        self.settings = (tower_settings(config.vision_tower, select_feature=launch.mm_vision_select_feature,
+                                        base=config.path.parent) if config.vision_tower else None)
+        self.features = family.count_image_tokens(1, 1, self.settings) if self.settings is not None else None
+        self._issues = family.image_issues
+        self.spec = ModelSpec(path=config.model, model_type="llava", family=family.FAMILY, settings=self.settings,
+                              chat_template=None, special_tokens={})
+
+    def inputs(self) -> list[Path]:
+        return [self.config.path, self.config.data]
+
+    def rows(self) -> Iterator[tuple[Any, Path]]:
+        from vlmcheck.data.readers import iter_rows
+
+        if not self.config.data.is_file():
+            raise UsageError(f"--data_path {self.config.data} does not exist (LLaVA json.load()s it)")
+        for row in iter_rows(self.config.data):
+            yield row, self.config.data
+
+    def shown_settings(self) -> Any:
+        return self.settings
+
+    def describe(self) -> dict[str, Any]:
+        cfg, launch = self.config, self.config.launch
+        conv = conversation_for(cfg.version)
+        return {
+            "name": NAME, "versions": RELEASE, "config": str(cfg.path), "version": cfg.version,
+            "template": f"--version {cfg.version} ({conv.name}, {conv.function})", "conversation": conv.name,
+            "preprocess": conv.function, "tokenizer": self.tokenizer.reason,
+            "datasets": [str(cfg.data)], "image_folder": str(cfg.image_folder) if cfg.image_folder else None,
+            "model_max_length": launch.model_max_length, "image_aspect_ratio": launch.image_aspect_ratio,
+            "vision_tower": cfg.vision_tower, "features_per_image": self.features,
+            "mm_use_im_start_end": launch.mm_use_im_start_end, "length_key": self.length_key,
+            "images": (f"image_aspect_ratio {launch.image_aspect_ratio}, vision tower {cfg.vision_tower}: "
+                       f"{self.features} features per image; media from {cfg.image_folder}"
+                       if self.settings is not None else "no --vision_tower: rows with an image stop the run"),
+            "pixels_key": self.pixels_key,
+        }
+
+    def _image(self, value: Any, found: list[Any]) -> bool:
+        """``Image.open(os.path.join(image_folder, image_file)).convert('RGB')`` and the processor: whether it
+        loads (a finding where it does not)."""
+        from vlmcheck import findings as F
+        from vlmcheck.data.images import ImageProblem, probe_path
+
+        if self.settings is None:
+            found.append(F.make("VC001", "the row has an image but the launch sets no --vision_tower: train() "
+                                         "builds no image processor and __getitem__ raises AttributeError"))
+            return False
+        if not isinstance(value, str):
+            found.append(F.make("VC001", f"'image' is a {type(value).__name__}: this train.py takes one file name "
+                                         "per row and os.path.join raises TypeError"))
+            return False
+        if self.config.image_folder is None:
+            found.append(F.make("VC001", "the launch sets no --image_folder: os.path.join(None, ...) raises "
+                                         "TypeError"))
+            return False
+        path = self.config.image_folder / value
+        try:
+            width, height = probe_path(path).size(exif_transpose=False)  # PIL's open: no EXIF rotation
+        except ImageProblem as p:
+            found.append(F.make(p.code, f"image {value}: {p.message}", image=1, **p.data))
+            return False
+        except (OSError, ValueError) as e:
+            found.append(F.make("VC102", f"image {value}: cannot be opened: {str(e)[:200]}", image=1))
+            return False
+        if self.config.launch.image_aspect_ratio == "pad":  # expand2square: a max(w, h) square canvas first
+            width = height = max(width, height)
+        issues = self._issues(width, height, self.settings)
+        for issue in issues:
+            found.append(F.make(issue.code, f"image {value}: {issue.message}", image=1, **issue.data))
+        return not issues
+
+    def judge(self, index: int, row: Any, source: Path) -> SampleResult:
+        from vlmcheck import findings as F
+        from vlmcheck.data.readers import BadRow
+        from vlmcheck.results import SampleResult
+
+        result = SampleResult(index=index, id=str(index), tokens=None, image_tokens=[], supervised_tokens=None)
+        found = result.findings
+        frame: dict[str, Any] = {"name": NAME, "version": self.config.version, "verdict": "ok"}
+        result.framework = frame
+        if isinstance(row, BadRow):
+            found.append(F.make("VC001", f"{row.reason}; json.load() of --data_path raises and the run stops"))
+            frame["verdict"] = "stops"
+            return result
+        if not isinstance(row, Mapping):
+            found.append(F.make("VC001", f"the row is a {type(row).__name__}, not an object"))
+            frame["verdict"] = "stops"
+            return result
+        if isinstance(row.get("id"), (str, int)):
+            result.id = str(row["id"])
+        has_image = "image" in row
+        if has_image:
+            result.image_tokens = [self.features]
+            if not self._image(row["image"], found):
+                frame["verdict"] = "stops"
+                return result
+        run = simulate(row, tokenizer=self.tokenizer, version=self.config.version,
+                       mm_use_im_start_end=self.config.launch.mm_use_im_start_end)
+        if run.refused is not None:
+            found.append(F.make("VC001", f"LLaVA's {run.function} raises {run.refused.what} "
+                                         f"({run.refused.where}); the run stops at the step that reaches it"))
+            frame["verdict"] = "stops"
+            return result
+        return self._cut(result, run, has_image)
+
+    def _cut(self, result: SampleResult, run: LlavaRun, has_image: bool) -> SampleResult:
+        """The collator's slice of the ids, the model's splice of the image features, and its slice of the
+        embeddings and labels (``prepare_inputs_labels_for_multimodal``)."""
+        from vlmcheck import findings as F
+
+        found, frame = result.findings, result.framework
+        assert frame is not None
+        limit = self.max_length
+        ids, sup = run.input_ids, run.supervised
+        pad = self.tokenizer.pad_id
+        at = [k for k, t in enumerate(ids) if t == IMAGE_TOKEN_INDEX]
+        sliced = ids[:limit]  # DataCollatorForSupervisedDataset's slice
+        holes = sliced.count(IMAGE_TOKEN_INDEX)
+        features = self.features or 0
+        if holes > 1:
+            found.append(F.make("VC002", f"{holes} <image> tokens in the text (within model_max_length) for the "
+                                         "row's one image: the model takes one image's features per <image> and "
+                                         "runs past the batch's images (IndexError, or another sample's image)",
+                                images=1 if has_image else 0, placeholders=holes))
+            frame["verdict"] = "stops"
+            return result
+        if has_image and not at:
+            found.append(F.make("VC002", "the row has an image but no <image> in its text: preprocess_multimodal "
+                                         "places none and the model skips the image without a word",
+                                images=1, placeholders=0))
+            frame["verdict"] = "image_dropped"
+        # per position of the spliced sequence: (image feature?, labelled?). The collator's attention mask is
+        # ids != pad id, and the model drops the masked positions before splicing: a pad string written in the
+        # text (pad = unk for every --version but v0) is not in the sequence the model trains on.
+        layout: list[tuple[bool, bool]] = []
+        for token, label in zip(sliced, sup[:limit]):
+            if token == IMAGE_TOKEN_INDEX:
+                layout += [(True, False)] * features
+            elif token != pad:
+                layout.append((False, label))
+        whole = self.tokenizer.ids(run.prompt) if run.truncated else ids  # a text row: before preprocess's cut
+        total = sum(1 for t in whole if t != pad and t != IMAGE_TOKEN_INDEX) + len(at) * features
+        kept = min(len(layout), limit)
+        kept_features = sum(1 for image, _ in layout[:kept] if image)
+        supervised = sum(1 for t, s in zip(ids, sup) if s and t != IMAGE_TOKEN_INDEX and t != pad)
+        labels = sum(1 for _, s in layout[:kept] if s)
+        result.tokens = total
+        result.text_only_tokens = total - len(at) * features
+        result.supervised_tokens = supervised
+        frame.update(kept_tokens=kept, kept_supervised=labels, kept_image_tokens=[kept_features] if at else [],
+                     preprocess=run.function)
+        if run.mismatch is not None:
+            cur, counted = run.mismatch
+            found.append(F.make("VC003", f"LLaVA prints \"WARNING: tokenization mismatch: {cur} vs. {counted}. "
+                                         f"(ignored)\" and masks every label of this sample ({run.function} with "
+                                         f"--version {self.config.version}): it trains on nothing",
+                                fix="use the --version the checkpoint was trained with, or check it with "
+                                    "`vlmcheck template --launch`"))
+            frame["verdict"] = "masked"
+        elif supervised == 0:
+            found.append(F.make("VC003", "no answer tokens to learn from: every label is masked"))
+        if total <= limit:
+            return result
+        fix = f"set {_setting('model_max_length', total)}"
+        if at and kept_features < features:
+            where = ("the collator slices the ids first and cuts the <image> id itself, so the model skips the "
+                     "image" if kept_features == 0 else
+                     "LLaVA does not raise: it slices the spliced embeddings, and the model trains on part of the "
+                     "image")
+            found.append(F.make(
+                "VC201", f"the image needs {features:,} features, only {kept_features:,} survive LLaVA's cut at "
+                         f"model_max_length={limit:,}; the sample is {total:,} tokens: {where}",
+                fix=fix + ", or drop the sample", image=1, image_tokens=features, kept=kept_features, tokens=total,
+                max_length=limit))
+            frame["verdict"] = "image_dropped" if kept_features == 0 else "image_cut"
+        if supervised and not labels:
+            found.append(F.make(
+                "VC202", f"all {supervised:,} supervised tokens are cut at model_max_length={limit:,} (sample is "
+                         f"{total:,} tokens)", fix=f"{fix}, shorten the prompt, or drop the sample",
+                supervised=supervised, tokens=total, max_length=limit))
+        elif not (at and kept_features < features):
+            found.append(F.make(
+                "VC203", f"{total:,} tokens > model_max_length={limit:,}: {total - kept:,} tokens cut, "
+                         f"{supervised - labels:,} of {supervised:,} trained tokens lost",
+                fix=f"{fix} to keep it whole", tokens=total, max_length=limit, supervised_lost=supervised - labels))
+        return result
+
+
+def _setting(key: str, value: Any) -> str:
+    """A fix written in LLaVA's own launch syntax."""
+    return f"--{key} {value}"
