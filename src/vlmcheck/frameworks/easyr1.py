@@ -485,9 +485,9 @@ class Run:
             found.append(F.make("VC001", f"{e}; {why}"))
             frame["verdict"] = "stops"
             return result
-        counts = result.image_tokens
+        counts = [e.features for e in expansions]
         result.tokens = total
-        result.text_only_tokens = total - sum(c or 0 for c in counts)
+        result.text_only_tokens = total - sum(counts)
         frame["prompt_tokens"] = total
         limit = cfg.max_prompt_length
         if total <= limit:

@@ -91,7 +91,8 @@ def launch_overrides(text: str, *, path: Path, entry_points: tuple[str, ...],
     variables: dict[str, str] = {}
     for line in joined.splitlines():
         stripped = line.strip()
-        assignment = re.fullmatch(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(\S*)", stripped)
+        # `MODEL_PATH=Qwen/Qwen2.5-VL-7B-Instruct  # replace it ...`, as EasyR1's examples write it
+        assignment = re.fullmatch(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(\S*)(?:\s+#.*)?", stripped)
         if assignment:
             variables[assignment.group(1)] = _expand(assignment.group(2), variables, env)
             continue
