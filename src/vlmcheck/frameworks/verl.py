@@ -94,7 +94,7 @@ def launch_overrides(text: str, *, path: Path, entry_points: tuple[str, ...],
         # `MODEL_PATH=Qwen/Qwen2.5-VL-7B-Instruct  # replace it ...`, as EasyR1's examples write it
         assignment = re.fullmatch(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(\S*)(?:\s+#.*)?", stripped)
         if assignment:
-            variables[assignment.group(1)] = _expand(assignment.group(2), variables, env)
+            variables[assignment.group(1)] = expand_shell(assignment.group(2), variables, env)
             continue
         if not any(entry in stripped for entry in entry_points):
             continue
@@ -114,7 +114,7 @@ def launch_overrides(text: str, *, path: Path, entry_points: tuple[str, ...],
             key = key.lstrip("+")
             if key.startswith("~"):
                 continue
-            expanded = _expand(value, variables, env)
+            expanded = expand_shell(value, variables, env)
             try:
                 parsed = yaml.safe_load(expanded) if expanded else None
             except yaml.YAMLError:
@@ -130,8 +130,9 @@ def launch_overrides(text: str, *, path: Path, entry_points: tuple[str, ...],
     return None
 
 
-def _expand(value: str, variables: Mapping[str, str], env: Mapping[str, str]) -> str:
-    """Shell expansion of ``$NAME``, ``${NAME}`` and ``${NAME:-default}`` (positional ``${1:-x}`` gives x)."""
+def expand_shell(value: str, variables: Mapping[str, str], env: Mapping[str, str]) -> str:
+    """Shell expansion of ``$NAME``, ``${NAME}`` and ``${NAME:-default}`` (positional ``${1:-x}`` gives x), for
+    every launch script reader (verl's forks write the same shell)."""
     def sub(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(3)
         default = match.group(2)
