@@ -160,3 +160,19 @@ def test_the_fix_is_an_easyr1_override_and_applying_it_passes(tmp_path: Path, qw
     report = vlmcheck.check(script)
     assert report.summary["framework"]["name"] == "easyr1"
     assert report.summary["framework"]["verdicts"] == {"ok": 2}
+
+
+def test_the_max_pixels_fix_is_the_largest_budget_that_keeps_the_row(tmp_path: Path,
+                                                                      qwen2_vl_checkpoint: Path) -> None:
+    data = write_corpus(tmp_path / "data")
+    raw = {"data": {"train_files": str(data["geo"]), "prompt_key": "problem", "max_prompt_length": 2048},
+           "worker": {"actor": {"model": {"model_path": str(qwen2_vl_checkpoint)}}}}
+    report = vlmcheck.check(write(tmp_path, raw), limit=3)  # row 2: a 3000x2000 photo, filtered at 2,048
+    (fix,) = [f.fix for f in report.findings if f.code == "VC204" and f.index == 2]
+    budget = int(re.search(r"data\.max_pixels=(\d+)", fix or "").group(1))  # type: ignore[union-attr]
+    for pixels, verdict in ((budget, "ok"), (budget + 28 * 28, "filtered")):
+        raw["data"]["max_pixels"] = pixels  # type: ignore[index]
+        out = tmp_path / "r.jsonl"
+        vlmcheck.check(write(tmp_path, raw), limit=3, output=out)
+        record = [json.loads(line) for line in out.read_text().splitlines()][2]
+        assert record["framework"]["verdict"] == verdict, (pixels, record)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -382,6 +382,7 @@ class Run:
         return probe_path(Path(image)).size(exif_transpose=False)
 
     def _expansions(self, images: list[Any], found: list[F.Finding], *, exif: bool) -> list[Expansion]:
+        self._sizes: list[tuple[int, int]] = []
         out: list[Expansion] = []
         problems = []
         for k, image in enumerate(images, 1):
@@ -405,6 +406,7 @@ class Run:
                 problems.append(label)
                 continue
             out.append(self.family.expand(width, height, self.settings))
+            self._sizes.append((width, height))
         if problems:
             raise Stops(f"{', '.join(problems)}: process_image or the processor raises")
         return out
@@ -491,8 +493,12 @@ class Run:
         frame["prompt_tokens"] = total
         limit = cfg.max_prompt_length
         if total <= limit:
+            result.fits_max_pixels = cfg.max_pixels if counts else None
             return result
+        result.fits_max_pixels = self._fit_pixels(self._sizes, total - sum(counts), limit) if counts else None
         fix = f"set {_setting('data.max_prompt_length', total)}"
+        if result.fits_max_pixels is not None:
+            fix += f" (or {_setting('data.max_pixels', result.fits_max_pixels)})"
         if cfg.filter_overlong_prompts:
             found.append(F.make(
                 "VC204", f"the prompt is {total:,} tokens > data.max_prompt_length={limit:,}: EasyR1's overlong "
@@ -517,6 +523,34 @@ class Run:
                 fix=f"{fix} to keep it whole", tokens=total, max_length=limit))
             frame["verdict"] = "cut"
         return result
+
+
+    def _fit_pixels(self, sizes: list[tuple[int, int]], text: int, limit: int) -> int | None:
+        """The largest ``data.max_pixels`` (a multiple of 28*28) at which the prompt fits ``limit``: the text
+        stays, each image is pre-scaled to the smaller budget (``min_pixels`` still scales small ones up)."""
+        unit = 28 * 28
+        cap = self.config.max_pixels if self.config.max_pixels is not None else max(w * h for w, h in sizes)
+
+        def fits(budget: int) -> bool:
+            settings = replace(self.settings, pre_max_pixels=budget)
+            total = text
+            for width, height in sizes:
+                issues = self.family.check_image(width, height, settings)
+                if any(F.CATALOGUE[i.code].severity >= F.Severity.ERROR for i in issues):
+                    return False
+                total += self.family.expand(width, height, settings).features
+            return total <= limit
+
+        lo, hi = 1, cap // unit
+        if hi < lo or not fits(lo * unit):
+            return None
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if fits(mid * unit):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo * unit
 
 
 def _setting(key: str, value: Any) -> str:
