@@ -185,6 +185,9 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     if not folders:
         raise UsageError(f"{path}: --image_folders is not set: VLM-R1 splits it with the data files")
     dirs = str(folders).split(":")
+    if len(files) != len(dirs) and data is not None:
+        raise UsageError(f"{path}: --data gives {len(files)} file(s) for the script's {len(dirs)} image folder(s): "
+                         "give as many ':'-separated files as --image_folders has folders")
     if len(files) != len(dirs):
         raise UsageError(f"{path}: {len(files)} data file(s) for {len(dirs)} image folder(s): VLM-R1 raises "
                          "'Number of data files must match number of image folders'")
@@ -240,7 +243,7 @@ class Run:
 
     name = NAME
     versions = VERSIONS
-    length_key = "--max_prompt_length"
+    length_key = "--max_prompt_length (not enforced)"  # the trainer sets it to None
     pixels_key = "--max_pixels"
 
     def __init__(self, config: Config, spec: ModelSpec) -> None:
@@ -271,7 +274,7 @@ class Run:
         cfg = self.config
         return {
             "name": NAME, "versions": VERSIONS, "config": str(cfg.path), "template": "the processor's chat template",
-            "datasets": [str(f) for f, _ in cfg.files], "media_dir": [str(d) for _, d in cfg.files],
+            "datasets": [str(f) for f, _ in cfg.files], "media_dir": ", ".join(str(d) for _, d in cfg.files),
             "task_type": cfg.task_type, "question_template": cfg.question_template,
             "max_prompt_length": cfg.max_prompt_length,
             "notes": ["VLM-R1's trainer sets max_prompt_length to None: no prompt is cut or filtered"],
