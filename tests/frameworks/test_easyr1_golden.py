@@ -111,3 +111,53 @@ def test_without_the_filter_the_right_cut_is_easyr1s(name: str, tmp_path: Path, 
             assert verdict == "crash" and "VC201" in record["findings"], record
         else:
             assert verdict == "cut" and "VC203" in record["findings"], record
+
+
+@pytest.mark.slow
+def test_the_crash_verdicts_are_the_models(tmp_path: Path, qwen2_vl_checkpoint: Path,
+                                           corpus: dict[str, Path]) -> None:
+    """Where vlmcheck says EasyR1's right cut goes through an image (VC201) or an image has no tag (VC002), a real
+    Qwen2-VL forward on the processor output, cut as EasyR1 cuts it, raises its mismatch error; where it says the
+    cut falls in text or nothing is cut, the same forward runs. Images are sized as EasyR1's process_image sized
+    them in the golden run (``scaled``)."""
+    import datasets
+    import torch
+    from realparts import qwen_processor, tiny_qwen2_vl_model
+
+    from vlmcheck.checking import read_config_file
+    from vlmcheck.frameworks import easyr1
+
+    scenario = SCENARIOS["geo_format_small"]
+    limit = scenario["cut"]["limit"]
+    path = config(tmp_path, qwen2_vl_checkpoint, corpus, scenario, limit=limit, filter=False)
+    ours = records(path, tmp_path)
+    run = easyr1.open_run(read_config_file(path), path=path)
+    processor, model = qwen_processor("qwen2_vl"), tiny_qwen2_vl_model()
+    rows = datasets.Dataset.from_parquet(str(corpus["geo"]))
+    seen = {"crash": 0, "runs": 0}
+    for record, golden, row in zip(ours, scenario["rows"], rows):
+        if record["framework"]["verdict"] == "stops":
+            continue
+        messages = run.messages(row, with_images=True)
+        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        images = [image.convert("RGB").resize(tuple(size))  # datasets decodes them, as EasyR1 gets them
+                  for image, size in zip(row["images"], golden.get("scaled", []))]
+        if "VC002" in record["findings"]:  # transformers 4.x (EasyR1's pin) expands no tag and keeps the image;
+            # 5.x refuses the pair, so the text and the image are processed apart, as 4.x hands them on
+            batch = processor(text=[text], add_special_tokens=False, return_tensors="pt")
+            batch.update(processor.image_processor(images=images, return_tensors="pt"))
+        else:
+            batch = processor(text=[text], images=images or None, add_special_tokens=False, return_tensors="pt")
+        assert int(batch["attention_mask"].sum()) == golden["tokens"] == record["tokens"]
+        inputs = {k: v[:, :limit] for k, v in batch.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        if images:
+            inputs |= {"pixel_values": batch["pixel_values"], "image_grid_thw": batch["image_grid_thw"]}
+        with torch.no_grad():
+            if record["framework"]["verdict"] == "crash":
+                with pytest.raises(ValueError, match="Image features and image tokens do not match"):
+                    model(**inputs)
+                seen["crash"] += 1
+            else:
+                model(**inputs)
+                seen["runs"] += 1
+    assert seen["crash"] >= 2 and seen["runs"] >= 5, seen
