@@ -122,8 +122,8 @@ def test_the_crash_verdicts_are_the_models(tmp_path: Path, qwen2_vl_checkpoint: 
     them in the golden run (``scaled``)."""
     import datasets
     import torch
-    from realparts import qwen_processor, tiny_qwen2_vl_model
 
+    from realparts import qwen_processor, tiny_qwen2_vl_model
     from vlmcheck.checking import read_config_file
     from vlmcheck.frameworks import easyr1
 
