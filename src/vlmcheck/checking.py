@@ -64,7 +64,8 @@ def check(
 
     Args:
         config: the framework's launch config (a LLaMA-Factory or ``trl sft`` / ``trl grpo`` YAML, a verl launch
-            script or Hydra YAML, an ms-swift or LLaVA launch script).
+            script or Hydra YAML, an ms-swift or LLaVA launch script, an EasyR1 launch script or YAML, a VLM-R1
+            launch script).
         model: overrides the config's model (a local checkpoint folder or a cached Hugging Face id).
         data: overrides the config's data (LLaMA-Factory ``dataset_dir``, TRL ``dataset_name``, verl
             ``data.train_files``, LLaVA ``--data_path``).

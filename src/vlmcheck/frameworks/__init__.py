@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from vlmcheck.errors import UsageError
-from vlmcheck.frameworks import llamafactory, llava, swift, trl, verl
+from vlmcheck.frameworks import easyr1, llamafactory, llava, swift, trl, verl, vlm_r1
 from vlmcheck.model import ModelSpec
 from vlmcheck.results import SampleResult
 
@@ -44,8 +44,10 @@ class Run(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-# The registry: one line per framework module.
-MODULES: tuple[ModuleType, ...] = (llamafactory, trl, verl, swift, llava)
+# The registry: one line per framework module. VLM-R1 first: its flags (model_name_or_path, dataset_name) look
+# like a TRL config, and it claims only what its own launch reader read. EasyR1 before verl: its configs look like
+# verl's, and it claims them by the keys only it has.
+MODULES: tuple[ModuleType, ...] = (vlm_r1, llamafactory, trl, easyr1, verl, swift, llava)
 FRAMEWORKS = tuple(m.NAME for m in MODULES)
 
 
@@ -70,7 +72,9 @@ def detect(config: dict[str, Any], *, path: Path) -> ModuleType:
         f"{path}: cannot tell which framework this config is for (known: {', '.join(FRAMEWORKS)}); "
         "a LLaMA-Factory config has model_name_or_path with template / cutoff_len / dataset_dir; a TRL config "
         "model_name_or_path with dataset_name / datasets; a verl config data.train_files (or a launch script); an "
-        "ms-swift launch script a `swift sft` line; a LLaVA launch script a llava/train/train_mem.py line"
+        "ms-swift launch script a `swift sft` line; a LLaVA launch script a llava/train/train_mem.py line; an "
+        "EasyR1 config worker.actor.model.model_path (or a script running verl.trainer.main config=...); a "
+        "VLM-R1 launch script a src/open_r1/grpo_jsonl.py line"
     )
 
 

@@ -86,6 +86,17 @@ QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any] | None:
     """The Hydra overrides a shell launch script passes to verl's trainer, as a nested config; None when the
     script does not launch verl."""
+    config = launch_overrides(text, path=path, entry_points=ENTRY_POINTS, env=env)
+    if config is not None:
+        config["__launch__"] = NAME
+    return config
+
+
+def launch_overrides(text: str, *, path: Path, entry_points: tuple[str, ...],
+                     env: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """The ``key.sub=value`` overrides a shell launch script passes to the first command whose program word is
+    one of ``entry_points`` (verl's and its forks' entry points share this syntax), as a nested config; None
+    when no line runs one."""
     import yaml
 
     env = os.environ if env is None else env
@@ -93,18 +104,21 @@ def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) 
     variables: dict[str, str] = {}
     for line in joined.splitlines():
         stripped = line.strip()
-        assignment = re.fullmatch(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(\S*)", stripped)
+        # `MODEL_PATH=Qwen/Qwen2.5-VL-7B-Instruct  # replace it ...`, as EasyR1's examples write it
+        assignment = re.fullmatch(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(\S*)(?:\s+#.*)?", stripped)
         if assignment:
-            variables[assignment.group(1)] = _expand(assignment.group(2), variables, env)
+            variables[assignment.group(1)] = expand_shell(assignment.group(2), variables, env)
             continue
-        if not any(entry in stripped for entry in ENTRY_POINTS):
+        if not any(entry in stripped for entry in entry_points):
             continue
         try:
             words = shlex.split(stripped)
         except ValueError as e:
-            raise UsageError(f"{path}: cannot split the verl command line: {e}") from None
+            raise UsageError(f"{path}: cannot split the command line: {e}") from None
         words = words[:next((i for i, w in enumerate(words) if w.startswith("#")), len(words))]  # a comment
-        at = next(i for i, w in enumerate(words) if any(w.endswith(entry) for entry in ENTRY_POINTS))
+        at = next((i for i, w in enumerate(words) if any(w.endswith(entry) for entry in entry_points)), None)
+        if at is None:  # the name is part of another word (verl.trainer.main in verl.trainer.main_ppo)
+            continue
         config: dict[str, Any] = {}
         for word in words[at + 1:]:
             if word in ("$@", "$*") or "=" not in word or word.startswith("-"):
@@ -113,7 +127,7 @@ def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) 
             key = key.lstrip("+")
             if key.startswith("~"):
                 continue
-            expanded = _expand(value, variables, env)
+            expanded = expand_shell(value, variables, env)
             try:
                 parsed = yaml.safe_load(expanded) if expanded else None
             except yaml.YAMLError:
@@ -125,13 +139,13 @@ def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) 
                 if not isinstance(node, dict):
                     raise UsageError(f"{path}: override {key} sets inside a value")
             node[parts[-1]] = parsed
-        config["__launch__"] = NAME
         return config
     return None
 
 
-def _expand(value: str, variables: Mapping[str, str], env: Mapping[str, str]) -> str:
-    """Shell expansion of ``$NAME``, ``${NAME}`` and ``${NAME:-default}`` (positional ``${1:-x}`` gives x)."""
+def expand_shell(value: str, variables: Mapping[str, str], env: Mapping[str, str]) -> str:
+    """Shell expansion of ``$NAME``, ``${NAME}`` and ``${NAME:-default}`` (positional ``${1:-x}`` gives x), for
+    every launch script reader (verl's forks write the same shell)."""
     def sub(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(3)
         default = match.group(2)

@@ -1,0 +1,384 @@
+"""VLM-R1 (om-ai-lab/VLM-R1): the one home of its facts (its ``grpo_jsonl.py`` launch scripts, its jsonl layout and
+question templates, its image loading, and what its GRPO trainer does with a prompt).
+
+Modelled on VLM-R1 at commit 90052f47 (``src/open-r1-multimodal/src/open_r1/grpo_jsonl.py``,
+``vlm_modules/qwen_module.py``, ``trainer/grpo_trainer.py``; it pins transformers 4.49.0 and trl 0.17.0); the
+proof is tests/assets/vlm_r1_golden/:
+
+- **Config**: the flags a launch script passes to ``src/open_r1/grpo_jsonl.py`` (through ``torchrun``,
+  ``python`` or ``accelerate launch``; shell variables such as ``data_paths="a:b"`` expanded). Defaults:
+  ``--max_pixels`` 12,845,056, ``--min_pixels`` 3,136, ``--max_prompt_length`` 512, ``--task_type`` none.
+- **Data**: ``--data_file_paths`` and ``--image_folders``, each ``:``-separated, one folder per file (a count that
+  differs stops the run). Each line: ``image`` (a path or a list of paths under its folder, or absent) and
+  ``conversations``, whose first turn's ``value`` with every ``<image>`` removed is the question; a row without
+  them, or an ``image`` of another type, stops the run while loading; so does an image file that does not exist
+  (the dataset ``map`` asserts it).
+- **Prompt**: one user turn, an image part per image first, then the question in the Qwen module's template for
+  ``task_type``; the processor's chat template with the generation prompt; the processor with
+  ``add_special_tokens=False``.
+- **Images**: ``PIL.Image.open`` (no EXIF rotation); an image with a side under 28 px is scaled so that side is
+  28, keeping the ratio (sides truncated to whole pixels); then the processor, whose ``min_pixels`` /
+  ``max_pixels`` the trainer sets from the flags. An image over ratio 200 then makes the processor raise in the
+  training step.
+- **The budget**: the trainer sets ``max_prompt_length`` to None ("Setting max_prompt_length is currently not
+  supported"): no prompt is cut or filtered, whatever the flag says.
+- **Images per prompt**: the trainer asserts one ``image_grid_thw`` per prompt of the batch: a row with several
+  images fails it, and the run stops there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlmcheck import findings as F
+from vlmcheck.chat import render_chat
+from vlmcheck.data.images import ImageProblem, probe_path
+from vlmcheck.data.readers import BadRow
+from vlmcheck.data.readers import iter_rows as read_rows
+from vlmcheck.errors import UsageError
+from vlmcheck.families import Expansion, Overrides
+from vlmcheck.frameworks.verl import expand_shell
+from vlmcheck.model import ModelSpec, load_model
+from vlmcheck.results import SampleResult
+
+NAME = "vlm-r1"
+VERSIONS = "VLM-R1 at 90052f47 (grpo_jsonl.py, VLMGRPOTrainer; transformers 4.49.0, trl 0.17.0)"
+SCAN_DEFAULTS: dict[str, Any] | None = None  # its prompts are judged by its trainer: `vlmcheck check` only
+
+SCRIPTS = ("open_r1/grpo_jsonl.py",)
+# GRPOScriptArguments / GRPOConfig defaults
+DEFAULTS: dict[str, Any] = {"max_pixels": 12845056, "min_pixels": 3136, "max_prompt_length": 512,
+                            "task_type": None}
+# Qwen2VLModule.get_question_template: the text the question is put in, per task_type
+_THINK = "First output the thinking process in <think> </think> tags and then output the final answer in <answer> " \
+         "</answer> tags."
+_TAGS = ("First thinks about the reasoning process in the mind and then provides the user with the answer. The "
+         "reasoning process and answer are enclosed within <think> </think> and <answer> </answer> tags, "
+         "respectively, i.e., <think> reasoning process here </think><answer> {answer} </answer>")
+QUESTION_TEMPLATES: dict[str | None, str] = {
+    "rec": "{Question} " + _THINK + " Output the final answer in JSON format.",
+    "ic": "{Question} " + _TAGS.replace("{answer}", "json format answer here"),
+    "odLength": _TAGS.replace("{answer}", "answer here") + "\n{Question}",
+    None: "{Question} " + _THINK,  # any other task_type
+}
+MIN_SIDE = 28  # the trainer scales a side under this up to it
+QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+
+
+# -- launch scripts -------------------------------------------------------------------------------------------------
+def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """The flags a launch script passes to ``grpo_jsonl.py``, as ``{flag: value}``; None when it runs no such
+    script."""
+    env = os.environ if env is None else env
+    joined = re.sub(r"\\\r?\n", " ", text)
+    variables: dict[str, str] = {}
+    for line in joined.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        try:
+            words = shlex.split(stripped, comments=True)
+        except ValueError:
+            continue
+        if not words:
+            continue
+        body = words[1:] if words[0] == "export" else words
+        assignment = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)", body[0]) if len(body) == 1 else None
+        if assignment:  # `data_paths="a.jsonl:b.jsonl"`, `export DEBUG_MODE="true"`
+            variables[assignment.group(1)] = expand_shell(assignment.group(2), variables, env)
+            continue
+        at = next((i for i, w in enumerate(words) if w.endswith(SCRIPTS)), None)
+        if at is None:
+            continue
+        flags: dict[str, Any] = {"__launch__": NAME, "__script__": words[at]}
+        rest = [expand_shell(w, variables, env) for w in words[at + 1:]]
+        i = 0
+        while i < len(rest):
+            word = rest[i]
+            i += 1
+            if not word.startswith("--"):
+                continue
+            key, eq, value = word[2:].partition("=")
+            key = key.replace("-", "_")
+            if not eq:
+                if i < len(rest) and not rest[i].startswith("--"):
+                    value = rest[i]
+                    i += 1
+                else:
+                    value = "true"  # a bare flag such as --bf16
+            flags[key] = value
+        return flags
+    return None
+
+
+# -- config -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Config:
+    """A VLM-R1 run's data settings with its defaults filled in."""
+
+    path: Path
+    model: str
+    model_name: str  # what VLM-R1 sees (it picks its module from the name)
+    files: tuple[tuple[Path, Path], ...]  # (data file, image folder)
+    max_pixels: int
+    min_pixels: int
+    max_prompt_length: int | None
+    task_type: str | None
+    question_template: str
+
+
+def _int(value: Any, key: str, path: Path) -> int:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        return int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{path}: --{key} must be a whole number, got {value!r}") from None
+
+
+def _mapped(value: str, mapping: Mapping[str, str]) -> str:
+    for src, dst in sorted(mapping.items(), key=lambda kv: -len(kv[0])):
+        if value == src or value.startswith(src.rstrip("/") + "/"):
+            return dst.rstrip("/") + value[len(src.rstrip("/")):]
+    return value
+
+
+def _local(value: str, *, near: Path, mapping: Mapping[str, str]) -> Path:
+    """A path of the script, as found from here: as written, else beside the script and its parent folders
+    (VLM-R1's scripts ``cd src/open-r1-multimodal`` first)."""
+    candidate = Path(os.path.expanduser(_mapped(value, mapping)))
+    if candidate.is_absolute() or candidate.exists():
+        return candidate
+    for folder in list(near.resolve().parents)[:3]:
+        for base in (folder, folder / "src" / "open-r1-multimodal"):
+            if (base / candidate).exists():
+                return base / candidate
+    return candidate
+
+
+def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, data: str | None = None,
+                path_map: Mapping[str, str] | None = None) -> Config:
+    mapping = dict(path_map or {})
+    value = {k: raw.get(k, d) for k, d in DEFAULTS.items()}
+    name = raw.get("model_name_or_path")
+    if not name and not model:
+        raise UsageError(f"{path}: --model_name_or_path is not set (or pass --model)")
+    name = str(name or model)
+    if "qwen" not in name.lower():
+        raise UsageError(f"{path}: VLM-R1 picks its module from the model's name, and vlmcheck models its Qwen "
+                         f"module only: {name!r} has no 'qwen' in it (VLM-R1 itself raises 'Unsupported model' "
+                         "for a name it does not know)")
+    if "Qwen2-VL" not in name and "Qwen2.5-VL" not in name:
+        raise UsageError(f"{path}: VLM-R1's Qwen module loads a model whose name holds 'Qwen2-VL' or "
+                         f"'Qwen2.5-VL', and raises 'Unsupported model' for {name!r}")
+    sources = data if data is not None else raw.get("data_file_paths")
+    folders = raw.get("image_folders")
+    if not sources:
+        raise UsageError(f"{path}: --data_file_paths is not set (or pass --data)")
+    files = str(sources).split(":")
+    if not folders:
+        raise UsageError(f"{path}: --image_folders is not set: VLM-R1 splits it with the data files")
+    dirs = str(folders).split(":")
+    if len(files) != len(dirs) and data is not None:
+        raise UsageError(f"{path}: --data gives {len(files)} file(s) for the script's {len(dirs)} image folder(s): "
+                         "give as many ':'-separated files as --image_folders has folders")
+    if len(files) != len(dirs):
+        raise UsageError(f"{path}: {len(files)} data file(s) for {len(dirs)} image folder(s): VLM-R1 raises "
+                         "'Number of data files must match number of image folders'")
+    pairs = []
+    for file, folder in zip(files, dirs):
+        found = _local(file, near=path, mapping=mapping)
+        if not found.is_file():
+            raise UsageError(f"{path}: data file {file} not found ({found}); pass --data FILE, or --path-map for a "
+                             "script written on another machine")
+        pairs.append((found, _local(folder, near=path, mapping=mapping)))
+    task = raw.get("task_type")
+    budget = raw.get("max_prompt_length", DEFAULTS["max_prompt_length"])
+    return Config(
+        path=path, model=_mapped(str(model or name), mapping), model_name=name, files=tuple(pairs),
+        max_pixels=_int(value["max_pixels"], "max_pixels", path),
+        min_pixels=_int(value["min_pixels"], "min_pixels", path),
+        max_prompt_length=None if budget in (None, "None") else _int(budget, "max_prompt_length", path),
+        task_type=None if task in (None, "None") else str(task),
+        question_template=QUESTION_TEMPLATES.get(None if task in (None, "None") else str(task),
+                                                 QUESTION_TEMPLATES[None]),
+    )
+
+
+# -- the run ------------------------------------------------------------------------------------------------------
+def claims(raw: dict[str, Any]) -> bool:
+    """A launch script that runs VLM-R1's ``grpo_jsonl.py``."""
+    return raw.get("__launch__") == NAME
+
+
+def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data: str | None = None,
+             path_map: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None) -> Run:
+    config = read_config(raw, path=path, model=model, data=data, path_map=path_map)
+    spec = load_model(config.model, overrides=Overrides(resize="processor", max_pixels=config.max_pixels,
+                                                        min_pixels=config.min_pixels))
+    return Run(config, spec)
+
+
+class Stops(Exception):
+    """VLM-R1 raises on this row while loading the data: the run stops before training."""
+
+
+def scaled_up(width: int, height: int) -> tuple[int, int]:
+    """The trainer's rule for a side under 28 px: that side becomes 28, the other keeps the ratio (truncated)."""
+    if width >= MIN_SIDE and height >= MIN_SIDE:
+        return width, height
+    if width < height:
+        return MIN_SIDE, int(height * (MIN_SIDE / width))
+    return int(width * (MIN_SIDE / height)), MIN_SIDE
+
+
+class Run:
+    """A VLM-R1 run: each row's prompt as its trainer builds it."""
+
+    name = NAME
+    versions = VERSIONS
+    length_key = "--max_prompt_length (not enforced)"  # the trainer sets it to None
+    pixels_key = "--max_pixels"
+
+    def __init__(self, config: Config, spec: ModelSpec) -> None:
+        if spec.model_type not in QWEN_FAMILIES:
+            raise UsageError(f"VLM-R1's Qwen module loads Qwen2-VL and Qwen2.5-VL, not {spec.model_type}")
+        if spec.chat_template is None:
+            raise UsageError(f"{spec.path} has no chat template; VLM-R1 renders every prompt with it")
+        self.config = config
+        self.spec = spec
+        self.family = spec.family
+        self.settings = spec.settings
+        self.tokenizer = spec.tokenizer
+        self.image_token_id = spec.token_id(self.family.image_token)
+        self.max_length = None  # the trainer enforces no prompt budget
+
+    def inputs(self) -> list[Path]:
+        return [self.config.path, *(f for f, _ in self.config.files)]
+
+    def rows(self) -> Iterator[tuple[Any, Path]]:
+        for file, folder in self.config.files:
+            for row in read_rows(file):
+                yield row, folder
+
+    def shown_settings(self) -> Any:
+        return self.settings
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "name": NAME, "versions": VERSIONS, "config": str(cfg.path), "template": "the processor's chat template",
+            "datasets": [str(f) for f, _ in cfg.files], "media_dir": ", ".join(str(d) for _, d in cfg.files),
+            "task_type": cfg.task_type, "question_template": cfg.question_template,
+            "max_prompt_length": cfg.max_prompt_length,
+            "notes": ["VLM-R1's trainer sets max_prompt_length to None: no prompt is cut or filtered"],
+            "image_max_pixels": cfg.max_pixels, "image_min_pixels": cfg.min_pixels,
+            "length_key": self.length_key, "pixels_key": self.pixels_key,
+        }
+
+    def _images(self, row: Mapping[str, Any], folder: Path) -> list[Path]:
+        if "image" not in row:
+            return []
+        image = row["image"]
+        if isinstance(image, str):
+            return [folder / image]
+        if isinstance(image, list) and all(isinstance(i, str) for i in image):
+            return [folder / i for i in image]
+        raise Stops(f"'image' is a {type(image).__name__}: VLM-R1 raises 'Unsupported image type' while loading")
+
+    def _question(self, row: Mapping[str, Any]) -> str:
+        turns = row.get("conversations")
+        try:
+            first = turns[0]["value"]  # type: ignore[index]
+            turns[1]["value"]  # type: ignore[index]  # the answer, read while loading
+        except (TypeError, KeyError, IndexError):
+            raise Stops("the row has no 'conversations' with a question and an answer: VLM-R1 raises while "
+                        "loading") from None
+        if not isinstance(first, str):
+            raise Stops("the first turn's 'value' is not a string: VLM-R1 raises while loading")
+        return self.config.question_template.format(Question=first.replace("<image>", ""))
+
+    def judge(self, index: int, row: Any, folder: Path) -> SampleResult:
+        result = SampleResult(index=index, id=str(index), tokens=None, image_tokens=[], supervised_tokens=None)
+        found = result.findings
+        frame: dict[str, Any] = {"name": NAME, "verdict": "ok"}
+        result.framework = frame
+        if isinstance(row, BadRow):
+            found.append(F.make("VC001", f"{row.reason}; json.loads raises and VLM-R1 stops while loading"))
+            frame["verdict"] = "stops"
+            return result
+        if not isinstance(row, Mapping):
+            found.append(F.make("VC001", f"the row is a {type(row).__name__}, not an object"))
+            frame["verdict"] = "stops"
+            return result
+        if isinstance(row.get("id"), (str, int)):
+            result.id = str(row["id"])
+        try:
+            paths = self._images(row, folder)
+            question = self._question(row)
+        except Stops as e:
+            found.append(F.make("VC001", str(e)))
+            frame["verdict"] = "stops"
+            return result
+        missing = [p for p in paths if not p.exists()]
+        if missing:
+            for p in missing:
+                found.append(F.make("VC101", f"image {p} does not exist: VLM-R1's dataset map asserts 'Image paths "
+                                             "do not exist' and the run stops before training", path=str(p)))
+            frame["verdict"] = "stops"
+            result.image_tokens = [None] * len(paths)
+            return result
+        expansions: list[Expansion] = []
+        broken = False
+        for k, file in enumerate(paths, 1):
+            label = f"image {k} of {len(paths)}"
+            try:
+                width, height = probe_path(file).size(exif_transpose=False)
+            except ImageProblem as p:
+                found.append(F.make(p.code, f"{label}: {p.message}", image=k, **p.data))
+                broken = True
+                continue
+            except (OSError, ValueError) as e:
+                found.append(F.make("VC102", f"{label}: cannot be opened: {str(e)[:200]}", image=k))
+                broken = True
+                continue
+            width, height = scaled_up(width, height)
+            issues = self.family.check_image(width, height, self.settings)
+            for issue in issues:
+                found.append(F.make(issue.code, f"{label} (as the trainer scales it): {issue.message}; the processor "
+                                                 "raises in the training step", image=k, **issue.data))
+            if any(F.CATALOGUE[i.code].severity >= F.Severity.ERROR for i in issues):
+                broken = True
+                continue
+            expansions.append(self.family.expand(width, height, self.settings))
+        if broken:
+            result.image_tokens = [None] * len(paths)
+            frame["verdict"] = "crash"
+            return result
+        parts: list[dict[str, Any]] = [{"type": "image", "text": None} for _ in paths]
+        parts.append({"type": "text", "text": question})
+        text = render_chat(self.spec.chat_template or "", [{"role": "user", "content": parts}],
+                           special_tokens=self.spec.special_tokens, add_generation_prompt=True)
+        pieces = text.split(self.family.placeholder)
+        collapsed = pieces[0] + "".join(e.text + piece for e, piece in zip(expansions, pieces[1:]))
+        ids = self.tokenizer.encode(collapsed, add_special_tokens=False).ids
+        runs = [n for e in expansions for n in e.runs]
+        total = len(ids) - sum(1 for t in ids if t == self.image_token_id) + sum(runs)
+        counts = [e.features for e in expansions]
+        result.image_tokens = list[int | None](counts)
+        result.tokens = total
+        result.text_only_tokens = total - sum(counts)
+        frame["prompt_tokens"] = total
+        if len(paths) > 1:
+            found.append(F.make(
+                "VC002", f"{len(paths)} images in one prompt: VLM-R1's trainer expects one image grid per prompt and "
+                         "its assertion 'len(additional_output) == len(inputs)' fails: the run stops at this row's "
+                         "batch", fix="give each row one image"))
+            frame["verdict"] = "crash"
+        return result
