@@ -43,7 +43,7 @@ from vlmcheck.data.readers import BadRow
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import UsageError
 from vlmcheck.families import Expansion, Overrides
-from vlmcheck.frameworks.verl import launch_overrides
+from vlmcheck.frameworks.verl import GROUP_ESTIMATORS, launch_overrides
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.results import SampleResult
 
@@ -82,6 +82,15 @@ LINT_OPTIONS: dict[str, tuple[str, Any]] = {
     "nnodes": ("trainer.nnodes", 1),
     "model": ("worker.actor.model.model_path", None),
 }
+
+
+def lint_run_kind(*, entry: str | None, calls: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:
+    """The kind of run ``vlmcheck lint`` reads (``grpo`` or None): an advantage estimator over sampled groups, as
+    for verl."""
+    name, default = LINT_OPTIONS["adv_estimator"]
+    return "grpo" if str(options.get(name, default)).lower() in GROUP_ESTIMATORS else None
+
+
 # verl/trainer/main.py, run as a module or as a file
 ENTRY_POINTS = ("verl.trainer.main", "verl/trainer/main.py")
 # keys only EasyR1's config has (verl's is data.train_batch_size / actor_rollout_ref)

@@ -70,6 +70,13 @@ LINT_OPTIONS: dict[str, tuple[str, Any]] = {
     "max_prompt_length": ("max_prompt_length", None),
     "max_pixels": ("max_pixels", DEFAULTS["max_pixels"]),
 }
+
+
+def lint_run_kind(*, entry: str | None, calls: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:
+    """The kind of run ``vlmcheck lint`` reads: VLM-R1's trainer is GRPO."""
+    return "grpo"
+
+
 # Qwen2VLModule.get_question_template: the text the question is put in, per task_type
 _THINK = "First output the thinking process in <think> </think> tags and then output the final answer in <answer> " \
          "</answer> tags."

@@ -33,8 +33,11 @@ class Opt:
 # the config sets it).
 _Table = dict[str, tuple[str, Any]]
 
-TABLES: dict[str, _Table] = {m.NAME: m.LINT_OPTIONS for m in (trl, unsloth, swift, llamafactory, verl, easyr1,
-                                                               vlm_r1)}
+_MODULES = (trl, unsloth, swift, llamafactory, verl, easyr1, vlm_r1)
+TABLES: dict[str, _Table] = {m.NAME: m.LINT_OPTIONS for m in _MODULES}
+
+# What kind of run a config is (GRPO, SFT), decided by each framework's module.
+RUN_KINDS: dict[str, Callable[..., str | None]] = {m.NAME: m.lint_run_kind for m in _MODULES}
 
 # Aliases a framework accepts for the same option, from the framework modules.
 ALIASES: dict[str, dict[str, tuple[str, ...]]] = {"swift": swift.LINT_ALIASES, "trl": trl.LINT_ALIASES}
@@ -102,29 +105,17 @@ class View:
         return entry[0] if entry else concept
 
     @property
+    def kind(self) -> str | None:
+        """The kind of run (``grpo``, ``sft``, None: another or unknown), as the framework's module decides."""
+        decide = RUN_KINDS.get(self.framework)
+        run = self.run
+        return decide(entry=run.entry, calls=run.calls, options=run.options) if decide is not None else None
+
+    @property
     def is_grpo(self) -> bool:
         """Whether the run samples groups for GRPO-style advantages."""
-        fw, options = self.framework, self.run.options
-        if fw == "vlm-r1":
-            return True
-        if fw in ("verl", "easyr1"):
-            est = self.opt("adv_estimator")
-            return est is not None and str(est.value).lower() in ("grpo", "rloo", "grpo_passk", "dapo", "gspo")
-        if fw == "swift":
-            return self.run.entry == "rlhf" and str(options.get("rlhf_type", "")).lower() == "grpo"
-        if fw == "trl":
-            entry = (self.run.entry or "").lower()
-            return "grpo" in entry or "GRPOConfig" in self.run.calls or "num_generations" in options
-        return False
+        return self.kind == "grpo"
 
     @property
     def is_sft(self) -> bool:
-        fw = self.framework
-        if fw == "unsloth":
-            return True
-        if fw == "trl":
-            return not self.is_grpo and "dpo" not in (self.run.entry or "").lower()
-        if fw == "llamafactory":
-            stage = self.opt("stage")
-            return stage is None or str(stage.value) == "sft"
-        return False
+        return self.kind == "sft"
