@@ -55,6 +55,30 @@ def test_scan_takes_every_field_as_a_keyword() -> None:
         vlmcheck.scan("d.jsonl", model="m", options=ScanOptions(), max_length=4096)
 
 
+def test_repair_takes_its_scan_fields_as_keywords_or_one_options_object() -> None:
+    from vlmcheck.repairing import SCAN_FIELDS
+
+    params = inspect.signature(vlmcheck.repair).parameters
+    # output is repair's own (the fixed dataset), not scan's records
+    assert [name for name in params if name in FIELDS and name != "output"] == list(SCAN_FIELDS)
+    assert params["max_length"].default is inspect.Parameter.empty  # required, as before
+    assert {"output", "dry_run", "on_overlong", "pixel_cap_key", "hold", "options"} <= set(params)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_lenght'"):
+        vlmcheck.repair("d.jsonl", model="m", max_lenght=4096)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'workers'"):  # not a repair option
+        vlmcheck.repair("d.jsonl", model="m", max_length=64, workers=2)
+    with pytest.raises(TypeError, match="'max_length'"):
+        vlmcheck.repair("d.jsonl", model="m")
+    with pytest.raises(TypeError, match="not both"):
+        vlmcheck.repair("d.jsonl", model="m", options=ScanOptions(max_length=64), max_length=64)
+    with pytest.raises(UsageError, match="repair does not take workers"):
+        vlmcheck.repair("d.jsonl", model="m", options=ScanOptions(max_length=64, workers=2))
+    with pytest.raises(UsageError, match="repair needs max_length"):
+        vlmcheck.repair("d.jsonl", model="m", options=ScanOptions())
+    with pytest.raises(UsageError, match="max_length must be positive"):
+        vlmcheck.repair("d.jsonl", model="m", max_length=0)
+
+
 def test_every_field_is_a_flag_of_vlmcheck_scan() -> None:
     """Adding an option is a field and its flag: the flag's parameter is the field's name."""
     command = main.commands["scan"]

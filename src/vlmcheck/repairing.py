@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import hashlib
+import inspect
 import io
 import json
 import math
@@ -712,33 +714,54 @@ def _png(source: Path | bytes, size: tuple[int, int], *, exif_transpose: bool) -
     return buf.getvalue()
 
 
+# The ScanOptions fields repair takes: what decides how a sample is read and counted. The others do not apply to
+# writing one fixed copy (split, workers, limit, exact, trust_remote_code, shard, resume, engine, ray_address,
+# framework), and scan's ``output`` (its records) is not repair's ``output`` (the fixed dataset).
+SCAN_FIELDS = ("max_length", "truncation", "format", "image_root", "max_pixels", "min_pixels", "resize",
+               "exif_transpose", "allow_outside_root", "confine", "chat_template", "processor_options")
+
+
+def _options(options: ScanOptions | None, kwargs: Mapping[str, Any]) -> ScanOptions:
+    """The one :class:`ScanOptions` of a repair, from ``options=`` or from its keywords (checked there once: the
+    output is scanned with the same options)."""
+    unknown = sorted(set(kwargs) - set(SCAN_FIELDS))
+    if unknown:
+        raise TypeError(f"repair() got an unexpected keyword argument {unknown[0]!r}")
+    if options is None:
+        if "max_length" not in kwargs:
+            raise TypeError("repair() missing 1 required keyword-only argument: 'max_length'")
+        return ScanOptions(**kwargs)
+    if kwargs:
+        raise TypeError(f"repair() takes options= or keyword options, not both ({', '.join(sorted(kwargs))})")
+    plain = ScanOptions()
+    ignored = [f.name for f in dataclasses.fields(ScanOptions)
+               if f.name not in SCAN_FIELDS and getattr(options, f.name) != getattr(plain, f.name)]
+    if ignored:
+        raise UsageError(f"repair does not take {', '.join(ignored)} (it takes {', '.join(SCAN_FIELDS)})")
+    if options.max_length is None:
+        raise UsageError("repair needs max_length: the length every sample has to fit")
+    return options
+
+
 def repair(
     dataset: str | os.PathLike[str],
     *,
     model: str | os.PathLike[str] | ModelSpec,
-    max_length: int,
+    options: ScanOptions | None = None,
     output: str | os.PathLike[str] | None = None,
     dry_run: bool = False,
     on_overlong: str | Sequence[str] = DEFAULT_ON_OVERLONG,
-    truncation: str = "right",
-    format: str | None = None,
-    image_root: str | os.PathLike[str] | None = None,
-    max_pixels: int | None = None,
-    min_pixels: int | None = None,
-    resize: str = "processor",
-    exif_transpose: bool | None = None,
-    allow_outside_root: bool = False,
-    confine: bool = False,
-    chat_template: str | None = None,
     pixel_cap_key: str | None = None,
     hold: str | Sequence[str] | None = None,
-    processor_options: Mapping[str, Any] | None = None,
+    **kwargs: Any,
 ) -> RepairReport:
     """Write a copy of ``dataset`` in which no sample crashes or trains on nothing at ``max_length``.
 
     Every input row is accounted for in the manifest (``OUT.manifest.jsonl``): kept, changed (how),
-    split (into which new samples), held for review or dropped (why). The input is only read. Options mean what they
-    mean for :func:`vlmcheck.scan`; scan the output with the same options to check it.
+    split (into which new samples), held for review or dropped (why). The input is only read. ``max_length``
+    (required) and the media keywords (:data:`SCAN_FIELDS`) are fields of :class:`~vlmcheck.options.ScanOptions`,
+    built once from them (or pass one as ``options=``); they mean what they mean for :func:`vlmcheck.scan`: scan
+    the output with the same options to check it.
 
     Args:
         dataset: a .json (array) / .jsonl / .parquet file or a ``save_to_disk`` folder (one split).
@@ -762,13 +785,10 @@ def repair(
             corrupt media, ...), ``overlong`` (VC201/VC202/VC205 that no strategy fixed), ``all``.
             The review file is written (possibly empty) whenever ``hold`` is given.
     """
-    if max_length <= 0:
-        raise UsageError("max_length must be positive")
-    # what repair shares with scan, checked once (the output is scanned with the same options)
-    options = ScanOptions(max_length=max_length, truncation=truncation, format=format, image_root=image_root,
-                          max_pixels=max_pixels, min_pixels=min_pixels, resize=resize, exif_transpose=exif_transpose,
-                          allow_outside_root=allow_outside_root, confine=confine, chat_template=chat_template,
-                          processor_options=processor_options)
+    options = _options(options, kwargs)
+    max_length = options.max_length
+    assert max_length is not None  # _options requires it
+    image_root = options.image_root
     strategies = parse_on_overlong(on_overlong)
     held_for = parse_hold(hold)
     if not isinstance(dataset, (str, os.PathLike)):  # (sources: hook) objects, lists of files
@@ -1085,3 +1105,19 @@ __all__ = [
     "DEFAULT_ON_OVERLONG", "HOLD_GROUPS", "ON_OVERLONG", "OUTCOMES", "RepairReport", "images_dir", "manifest_path",
     "parse_hold", "parse_on_overlong", "remainder_path", "repair", "review_path", "row_pixel_cap",
 ]
+
+
+def _signature() -> inspect.Signature:
+    """``repair``'s signature as ``help()`` and editors show it: the data, the model, ``max_length``, the rest of
+    :data:`SCAN_FIELDS`, then repair's own keywords."""
+    own = inspect.signature(repair).parameters
+    fields = {f.name: f for f in dataclasses.fields(ScanOptions)}
+    head = [own["dataset"], own["model"],
+            inspect.Parameter("max_length", inspect.Parameter.KEYWORD_ONLY, annotation="int")]
+    given = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=fields[name].default,
+                               annotation=fields[name].type) for name in SCAN_FIELDS[1:]]
+    tail = [p for name, p in own.items() if name not in ("dataset", "model", "kwargs")]
+    return inspect.Signature([*head, *given, *tail], return_annotation="RepairReport")
+
+
+repair.__signature__ = _signature()  # type: ignore[attr-defined]

@@ -51,6 +51,7 @@ def repair_command(dataset: str, model: str, max_length: int, output: str | None
     hold for review or drop each sample, every one accounted for in the manifest. The input is never
     modified. Exit 1 when a sample was dropped or held (--fail-on error, the default), or also changed or
     split (--fail-on warning): the output is not the input whole."""
+    from vlmcheck.options import ScanOptions
     from vlmcheck.repairing import repair
 
     if output is None and not dry_run:
@@ -64,8 +65,10 @@ def repair_command(dataset: str, model: str, max_length: int, output: str | None
         check_json_path(json_path, dataset)
     given["chat_template"] = read_template(given["chat_template"])  # the other media options: as for scan
     try:
-        report = repair(dataset, model=model, max_length=max_length, output=output, dry_run=dry_run,
-                        on_overlong=on_overlong, pixel_cap_key=pixel_cap_key, hold=hold, **given)
+        # --max-length and the media flags are the ScanOptions fields of their names, as for scan
+        options = ScanOptions(max_length=max_length, **given)
+        report = repair(dataset, model=model, options=options, output=output, dry_run=dry_run,
+                        on_overlong=on_overlong, pixel_cap_key=pixel_cap_key, hold=hold)
     except VlmcheckError as e:
         raise click.UsageError(str(e)) from None
     finish(report, json_path=json_path, fail_on=fail_on)

@@ -43,7 +43,7 @@ from vlmcheck.data.readers import BadRow
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import UsageError
 from vlmcheck.families import Expansion, Overrides
-from vlmcheck.frameworks.verl import launch_overrides
+from vlmcheck.frameworks.verl import GROUP_ESTIMATORS, launch_overrides
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.results import SampleResult
 
@@ -65,6 +65,32 @@ DEFAULTS: dict[str, Any] = {
     "max_pixels": 4194304,
     "filter_overlong_prompts": True,
 }
+# `vlmcheck lint`: concept -> (EasyR1's option path, its default). verl/trainer/config.py (DataConfig:
+# max_prompt_length=512, rollout_batch_size=512, max_pixels=4194304; AlgorithmConfig.adv_estimator="grpo";
+# TrainerConfig n_gpus_per_node=8, nnodes=1), verl/workers/rollout/config.py (n=1, temperature=1.0),
+# verl/workers/actor/config.py (global_batch_size=256, micro_batch_size_per_device_for_experience=16).
+LINT_OPTIONS: dict[str, tuple[str, Any]] = {
+    "adv_estimator": ("algorithm.adv_estimator", "grpo"),
+    "num_generations": ("worker.rollout.n", 1),
+    "temperature": ("worker.rollout.temperature", 1.0),
+    "rollout_batch_size": ("data.rollout_batch_size", 512),
+    "global_batch_size": ("worker.actor.global_batch_size", 256),
+    "micro_batch_size_for_experience": ("worker.actor.micro_batch_size_per_device_for_experience", 16),
+    "max_length": ("data.max_prompt_length", DEFAULTS["max_prompt_length"]),
+    "max_pixels": ("data.max_pixels", DEFAULTS["max_pixels"]),
+    "n_gpus_per_node": ("trainer.n_gpus_per_node", 8),
+    "nnodes": ("trainer.nnodes", 1),
+    "model": ("worker.actor.model.model_path", None),
+}
+
+
+def lint_run_kind(*, entry: str | None, calls: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:
+    """The kind of run ``vlmcheck lint`` reads (``grpo`` or None): an advantage estimator over sampled groups, as
+    for verl."""
+    name, default = LINT_OPTIONS["adv_estimator"]
+    return "grpo" if str(options.get(name, default)).lower() in GROUP_ESTIMATORS else None
+
+
 # verl/trainer/main.py, run as a module or as a file
 ENTRY_POINTS = ("verl.trainer.main", "verl/trainer/main.py")
 # keys only EasyR1's config has (verl's is data.train_batch_size / actor_rollout_ref)

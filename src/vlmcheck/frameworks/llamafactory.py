@@ -106,6 +106,12 @@ LINT_OPTIONS: dict[str, tuple[str, Any]] = {
 }
 
 
+def lint_run_kind(*, entry: str | None, calls: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:
+    """The kind of run ``vlmcheck lint`` reads (``sft`` or None): ``stage: sft``, the default."""
+    name, default = LINT_OPTIONS["stage"]
+    return "sft" if str(options.get(name, default)) == "sft" else None
+
+
 @dataclass(frozen=True)
 class Plugin:
     """A multimodal plugin: the tokens an ``<image>`` becomes and the model types it serves."""

@@ -66,6 +66,12 @@ LINT_OPTIONS: dict[str, tuple[str, Any]] = {
 # ms-swift 4 renamed train_type -> tuner_type; transformers 5 calls torch_dtype `dtype`
 LINT_ALIASES: dict[str, tuple[str, ...]] = {"tuner_type": ("train_type",), "torch_dtype": ("dtype",)}
 
+
+def lint_run_kind(*, entry: str | None, calls: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:
+    """The kind of run ``vlmcheck lint`` reads (``grpo`` or None): ``swift rlhf --rlhf_type grpo`` is GRPO."""
+    return "grpo" if entry == "rlhf" and str(options.get("rlhf_type", "")).lower() == "grpo" else None
+
+
 # template/templates/qwen.py: QwenTemplateMeta (DEFAULT_SYSTEM) and Qwen2_5TemplateMeta
 TEMPLATES: dict[str, str] = {
     "qwen2_vl": "You are a helpful assistant.",

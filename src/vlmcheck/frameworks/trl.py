@@ -115,6 +115,15 @@ LINT_ALIASES: dict[str, tuple[str, ...]] = {
     "gradient_checkpointing_kwargs": ("activation_checkpointing_kwargs",), "torch_dtype": ("dtype",)}
 
 
+def lint_run_kind(*, entry: str | None, calls: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:
+    """The kind of run ``vlmcheck lint`` reads (``grpo``, ``sft``, None: another): ``trl grpo``, a GRPOConfig or
+    num_generations make it GRPO; anything but DPO else is SFT."""
+    name = (entry or "").lower()
+    if "grpo" in name or "GRPOConfig" in calls or "num_generations" in options:
+        return "grpo"
+    return None if "dpo" in name else "sft"
+
+
 # -- config -------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Config:

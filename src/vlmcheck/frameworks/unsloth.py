@@ -36,6 +36,7 @@ instruction_part, response_part)`` then rebuilds every label from ``input_ids``:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,6 +168,11 @@ LINT_OPTIONS: dict[str, tuple[str, Any]] = {
     "truncation_mode": ("truncation_mode", SFT_DEFAULTS["truncation_mode"]),
     "max_pixels": ("max_pixels", UNSET),
 }
+
+
+def lint_run_kind(*, entry: str | None, calls: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:
+    """The kind of run ``vlmcheck lint`` reads: an Unsloth vision script is SFT."""
+    return "sft"
 
 
 def collator_settings(*, resize: str | int | tuple[int, int] = "min", model_image_size: Any = None,

@@ -74,6 +74,16 @@ LINT_OPTIONS: dict[str, tuple[str, Any]] = {
     "nnodes": ("trainer.nnodes", 1),
     "model": ("actor_rollout_ref.model.path", None),
 }
+# algorithm.adv_estimator values that sample groups of responses per prompt (GRPO-style advantages)
+GROUP_ESTIMATORS = ("grpo", "rloo", "grpo_passk", "dapo", "gspo")
+
+
+def lint_run_kind(*, entry: str | None, calls: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:
+    """The kind of run ``vlmcheck lint`` reads (``grpo`` or None): an advantage estimator over sampled groups."""
+    name, default = LINT_OPTIONS["adv_estimator"]
+    return "grpo" if str(options.get(name, default)).lower() in GROUP_ESTIMATORS else None
+
+
 # the entry points whose overrides a launch script passes
 ENTRY_POINTS = ("verl.trainer.main_ppo", "verl.trainer.main_dapo", "verl/trainer/main_ppo.py")
 # RLHFDataset._build_messages splits string contents on these

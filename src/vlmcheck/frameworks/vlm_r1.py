@@ -43,6 +43,7 @@ from vlmcheck.data.readers import BadRow
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import UsageError
 from vlmcheck.families import Expansion, Overrides
+from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS
 from vlmcheck.frameworks.verl import expand_shell
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.results import SampleResult
@@ -55,6 +56,27 @@ SCRIPTS = ("open_r1/grpo_jsonl.py",)
 # GRPOScriptArguments / GRPOConfig defaults
 DEFAULTS: dict[str, Any] = {"max_pixels": 12845056, "min_pixels": 3136, "max_prompt_length": 512,
                             "task_type": None}
+# `vlmcheck lint`: concept -> (VLM-R1's option name, its default). It pins trl==0.17.0 / transformers==4.49.0
+# (src/open-r1-multimodal/setup.py); its script arguments (grpo_jsonl.py) default max_pixels=12845056;
+# TrainingArguments 4.49 defaults bf16=False, gradient_checkpointing=False. max_prompt_length: None, as the
+# trainer sets it (see the budget above).
+LINT_OPTIONS: dict[str, tuple[str, Any]] = {
+    **TRAINING_ARGUMENTS_OPTIONS,
+    "num_generations": ("num_generations", 8),
+    "temperature": ("temperature", 1.0),
+    "bf16": ("bf16", False),
+    "gradient_checkpointing": ("gradient_checkpointing", False),
+    "lora": ("use_peft", False),
+    "max_prompt_length": ("max_prompt_length", None),
+    "max_pixels": ("max_pixels", DEFAULTS["max_pixels"]),
+}
+
+
+def lint_run_kind(*, entry: str | None, calls: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:
+    """The kind of run ``vlmcheck lint`` reads: VLM-R1's trainer is GRPO."""
+    return "grpo"
+
+
 # Qwen2VLModule.get_question_template: the text the question is put in, per task_type
 _THINK = "First output the thinking process in <think> </think> tags and then output the final answer in <answer> " \
          "</answer> tags."

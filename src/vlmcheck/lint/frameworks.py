@@ -3,8 +3,7 @@
 Rules ask for a *concept* (``num_generations``, ``max_length``, ``max_pixels`` ...) and get back the
 option as that framework spells it (so the fix can name it), its value, and whether the config set
 it or the framework's default applies. The tables and defaults are the framework modules' own
-(``LINT_OPTIONS`` in ``vlmcheck.frameworks.<name>``, each default citing where it comes from); EasyR1 and
-VLM-R1 have no framework module yet, so theirs are still here.
+(``LINT_OPTIONS`` in ``vlmcheck.frameworks.<name>``, each default citing where it comes from).
 """
 
 from __future__ import annotations
@@ -13,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from vlmcheck.frameworks import llamafactory, swift, trl, unsloth, verl
+from vlmcheck.frameworks import easyr1, llamafactory, swift, trl, unsloth, verl, vlm_r1
 from vlmcheck.frameworks import options as known
-from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS, UNSET
+from vlmcheck.frameworks.options import UNSET
 from vlmcheck.lint.readers import RunConfig
 
 _MISSING = UNSET
@@ -34,39 +33,11 @@ class Opt:
 # the config sets it).
 _Table = dict[str, tuple[str, Any]]
 
-TABLES: dict[str, _Table] = {
-    **{m.NAME: m.LINT_OPTIONS for m in (trl, unsloth, swift, llamafactory, verl)},
-    # VLM-R1 pins trl==0.17.0 / transformers==4.49.0 (src/open-r1-multimodal/setup.py); its script
-    # arguments (grpo_jsonl.py) default max_pixels=12845056; TrainingArguments 4.49 defaults bf16=False,
-    # gradient_checkpointing=False.
-    "vlm-r1": {
-        **TRAINING_ARGUMENTS_OPTIONS,
-        "num_generations": ("num_generations", 8),
-        "temperature": ("temperature", 1.0),
-        "bf16": ("bf16", False),
-        "gradient_checkpointing": ("gradient_checkpointing", False),
-        "lora": ("use_peft", False),
-        "max_prompt_length": ("max_prompt_length", None),
-        "max_pixels": ("max_pixels", 12845056),
-    },
-    # EasyR1 verl/trainer/config.py (DataConfig: max_prompt_length=512, rollout_batch_size=512,
-    # max_pixels=4194304; AlgorithmConfig.adv_estimator="grpo"; TrainerConfig n_gpus_per_node=8,
-    # nnodes=1), verl/workers/rollout/config.py (n=1, temperature=1.0), verl/workers/actor/config.py
-    # (global_batch_size=256, micro_batch_size_per_device_for_experience=16).
-    "easyr1": {
-        "adv_estimator": ("algorithm.adv_estimator", "grpo"),
-        "num_generations": ("worker.rollout.n", 1),
-        "temperature": ("worker.rollout.temperature", 1.0),
-        "rollout_batch_size": ("data.rollout_batch_size", 512),
-        "global_batch_size": ("worker.actor.global_batch_size", 256),
-        "micro_batch_size_for_experience": ("worker.actor.micro_batch_size_per_device_for_experience", 16),
-        "max_length": ("data.max_prompt_length", 512),
-        "max_pixels": ("data.max_pixels", 4194304),
-        "n_gpus_per_node": ("trainer.n_gpus_per_node", 8),
-        "nnodes": ("trainer.nnodes", 1),
-        "model": ("worker.actor.model.model_path", None),
-    },
-}
+_MODULES = (trl, unsloth, swift, llamafactory, verl, easyr1, vlm_r1)
+TABLES: dict[str, _Table] = {m.NAME: m.LINT_OPTIONS for m in _MODULES}
+
+# What kind of run a config is (GRPO, SFT), decided by each framework's module.
+RUN_KINDS: dict[str, Callable[..., str | None]] = {m.NAME: m.lint_run_kind for m in _MODULES}
 
 # Aliases a framework accepts for the same option, from the framework modules.
 ALIASES: dict[str, dict[str, tuple[str, ...]]] = {"swift": swift.LINT_ALIASES, "trl": trl.LINT_ALIASES}
@@ -134,29 +105,17 @@ class View:
         return entry[0] if entry else concept
 
     @property
+    def kind(self) -> str | None:
+        """The kind of run (``grpo``, ``sft``, None: another or unknown), as the framework's module decides."""
+        decide = RUN_KINDS.get(self.framework)
+        run = self.run
+        return decide(entry=run.entry, calls=run.calls, options=run.options) if decide is not None else None
+
+    @property
     def is_grpo(self) -> bool:
         """Whether the run samples groups for GRPO-style advantages."""
-        fw, options = self.framework, self.run.options
-        if fw == "vlm-r1":
-            return True
-        if fw in ("verl", "easyr1"):
-            est = self.opt("adv_estimator")
-            return est is not None and str(est.value).lower() in ("grpo", "rloo", "grpo_passk", "dapo", "gspo")
-        if fw == "swift":
-            return self.run.entry == "rlhf" and str(options.get("rlhf_type", "")).lower() == "grpo"
-        if fw == "trl":
-            entry = (self.run.entry or "").lower()
-            return "grpo" in entry or "GRPOConfig" in self.run.calls or "num_generations" in options
-        return False
+        return self.kind == "grpo"
 
     @property
     def is_sft(self) -> bool:
-        fw = self.framework
-        if fw == "unsloth":
-            return True
-        if fw == "trl":
-            return not self.is_grpo and "dpo" not in (self.run.entry or "").lower()
-        if fw == "llamafactory":
-            stage = self.opt("stage")
-            return stage is None or str(stage.value) == "sft"
-        return False
+        return self.kind == "sft"
