@@ -142,7 +142,7 @@ def test_family_declares_its_contract(name: str):
 # Families whose batches the collator guards cannot check yet: their processors keep pixels per sample
 # (Idefics3/SmolVLM tiles, Mllama). The test below fails once one
 # of them declares a layout, so that it leaves this list and gets its proof in test_guard_families.py.
-NO_BATCH_LAYOUT_YET = {"idefics3", "smolvlm", "mllama"}
+NO_BATCH_LAYOUT_YET = {"mllama"}
 LAYOUT_MEMBERS = sorted(set(dir(BatchLayoutFamily)) - set(dir(FamilyProtocol)) - {"_is_protocol", "_is_runtime_protocol"})
 
 

@@ -67,6 +67,9 @@ PROCESSORS: dict[str, Callable[[], Any]] = {
     "glm4v": _from("glm4v_checkpoint", "glm4v_checkpoint", "glm4v_processor"),
     "glm4v_moe": _from("glm4v_checkpoint", "glm4v_checkpoint", "glm4v_processor"),
     "internvl": _from("internvl_checkpoint", "internvl_checkpoint", "internvl_processor"),
+    # SmolVLM-256M-Instruct (idefics3) and SmolVLM2: the sizes below give 1 + 12, 1 + 12 and 1 + 0 tiles
+    "idefics3": _from("idefics3_checkpoint", "checkpoint", "processor", "smolvlm-256m-instruct"),
+    "smolvlm": _from("idefics3_checkpoint", "checkpoint", "processor", "smolvlm2-2.2b-instruct"),
 }
 LAYOUTS = sorted(name for name, family in known_families().items() if isinstance(family, BatchLayoutFamily))
 

@@ -233,7 +233,10 @@ class MediaLayout:
     (``image_grid_thw``, ``image_sizes``). ``crops``: Gemma 3 pan-and-scan crops per item, else zeros.
     ``sample_keys`` hold one item count per sample and each item's features depend on it
     (LLaVA-OneVision's ``batch_num_images``: a sample with several images keeps only their base
-    features), so a sample that loses one item loses them all.
+    features), so a sample that loses one item loses them all. ``items_per_sample``: set when ``pixel_keys``
+    are laid out per sample, ``[sample, slot, ...]`` (Idefics3 / SmolVLM): sample s's items fill its first
+    slots in batch order (``rows`` slots each) and the rest are padding the model skips (all-zero pixels),
+    so dropping an item moves the sample's later slots up and pads its end with zeros.
     """
 
     runs: Sequence[tuple[int, ...]]
@@ -242,6 +245,7 @@ class MediaLayout:
     item_keys: tuple[str, ...] = ()
     crops: list[int] | None = None
     sample_keys: tuple[str, ...] = ()
+    items_per_sample: Sequence[int] | None = None
 
     @property
     def features(self) -> list[int]:
@@ -336,3 +340,46 @@ def grid_rows(batch: Mapping[str, Any], key: str) -> list[int]:
 def leading_rows(batch: Mapping[str, Any], key: str = "pixel_values") -> int:
     value = batch.get(key)
     return 0 if value is None else int(value.shape[0])
+
+
+def slotted_layout(
+    batch: Mapping[str, Any], *, tokens: int, crops: Sequence[int] | None, title: str
+) -> MediaLayout:
+    """The layout of a batch whose ``pixel_values`` are ``[sample, slot, 3, H, W]`` (Idefics3 / SmolVLM): an
+    image with ``c`` crops (tiles besides the global image) fills ``1 + c`` slots and ``tokens`` placeholders
+    per slot, in one run each (the markers between tiles split them); the padding slots are all zero (the
+    model drops them: ``Idefics3Model.get_image_features``). The batch keeps no tile counts, so they come as
+    ``crops``, worked out from the images' sizes."""
+    pixels = batch.get("pixel_values")
+    if pixels is None:
+        return MediaLayout([], [])
+    if crops is None:
+        raise UsageError(
+            f"a {title} batch does not say how many tiles each image has: pass crops_per_image=[tiles - 1 for "
+            "each image] (SpanGuardCollator works them out from the examples' images)"
+        )
+    found = [int(c) for c in crops]
+    real = [int(n) for n in (pixels.flatten(2) != 0).any(-1).sum(-1).tolist()]
+    per_sample: list[int] = []
+    k = 0
+    for slots in real:
+        count = 0
+        while slots > 0 and k < len(found):
+            slots -= 1 + found[k]
+            k += 1
+            count += 1
+        if slots != 0:
+            break
+        per_sample.append(count)
+    if len(per_sample) != len(real) or k != len(found):
+        raise UsageError(
+            f"crops_per_image gives {sum(1 + c for c in found)} tiles, but the batch's samples have {real} "
+            "non-padding pixel_values slots; give the options the processor was called with (processor_options=)"
+        )
+    return MediaLayout(
+        [(tokens,) * (1 + c) for c in found],
+        [1 + c for c in found],
+        pixel_keys=("pixel_values", "pixel_attention_mask"),
+        crops=found,
+        items_per_sample=per_sample,
+    )

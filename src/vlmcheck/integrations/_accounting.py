@@ -209,6 +209,8 @@ def account_batch(
         marked, stray = typed_positions(input_ids, token_id, types)
         rows = [sorted(m + s) for m, s in zip(marked, stray)]
         runs_per_row = [runs_of(r) for r in marked]
+        if per_sample is None and media.items_per_sample is not None:
+            per_sample = list(media.items_per_sample)  # pixels laid out per sample say it themselves
         if per_sample is None:
             if sum(len(r) for r in runs_per_row) > sum(len(c) for c in chunks):
                 per_sample = counts_by_prefix(runs_per_row, chunks)

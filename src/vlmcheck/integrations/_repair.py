@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from vlmcheck.errors import MissingDependencyError, UsageError
-from vlmcheck.families.base import CroppedBatchLayoutFamily
+from vlmcheck.families.base import CroppedBatchLayoutFamily, MediaLayout
 from vlmcheck.integrations._accounting import SampleAccount, account_batch
 from vlmcheck.integrations._layout import (
     IGNORE_INDEX,
@@ -96,7 +96,11 @@ def _drop_media(
     media = spec.media(batch, kind, crops)
     keep = [i for i in range(len(media.rows)) if i not in dropped]
     for key in media.pixel_keys:
-        if batch.get(key) is not None:
+        if batch.get(key) is None:
+            continue
+        if media.items_per_sample is not None:
+            batch[key] = _keep_slots(batch[key], media, set(keep))
+        else:
             batch[key] = _keep_rows(batch[key], list(media.rows), keep)
     for key in media.sample_keys:  # one item count per sample: take the dropped items off their samples' counts
         if batch.get(key) is not None:
@@ -116,6 +120,23 @@ def _drop_media(
         # Nothing of this kind left: a forward without it. Empty pixel tensors would reach the vision tower.
         for key in (*media.pixel_keys, *media.item_keys, *(("image_position_ids",) if kind == "image" else ())):
             batch.pop(key, None)
+
+
+def _keep_slots(values: torch.Tensor, media: MediaLayout, keep: set[int]) -> torch.Tensor:
+    """``values`` laid out ``[sample, slot, ...]`` without the dropped items' slots: each sample's kept slots
+    move up in order and its freed slots become zeros, the padding the model skips."""
+    out = torch.zeros_like(values)
+    item = 0
+    for sample, count in enumerate(media.items_per_sample or ()):
+        source, target = 0, 0
+        for _ in range(count):
+            n = int(media.rows[item])
+            if item in keep:
+                out[sample, target : target + n] = values[sample, source : source + n]
+                target += n
+            source += n
+            item += 1
+    return out
 
 
 def _keep_num_crops(values: Any, keep: set[int]) -> Any:
