@@ -216,14 +216,39 @@ def mllama_checkpoint() -> Path:
     return dest
 
 
-def mllama_processor(folder: Path):
-    """transformers' own MllamaProcessor for ``folder`` with the PIL image processor."""
+def mllama_processor(folder: Path, **overrides: Any):
+    """transformers' own MllamaProcessor for ``folder`` with the PIL image processor (``overrides``: its
+    settings changed)."""
     from transformers import AutoTokenizer, MllamaProcessor
     from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
 
     values = json.loads((folder / "preprocessor_config.json").read_text())
     for key in ("image_processor_type", "processor_class"):
         values.pop(key, None)
+    values.update(overrides)
     template = json.loads((folder / "chat_template.json").read_text())["chat_template"]
     return MllamaProcessor(image_processor=MllamaImageProcessorPil(**values),
                            tokenizer=AutoTokenizer.from_pretrained(str(folder)), chat_template=template)
+
+
+def mllama_small_processor(folder: Path, *, tile: int = 56):
+    """``mllama_processor`` with ``tile`` px tiles instead of 560 (16 patches of 14 px), for tiny models."""
+    return mllama_processor(folder, size={"height": tile, "width": tile})
+
+
+def tiny_mllama_model(seed: int = 0, *, tile: int = 56):
+    """A real ``MllamaForConditionalGeneration``: 2 tiny text layers (the second cross-attends) with the real
+    vocabulary size, a 2-layer vision encoder over ``tile`` px tiles at patch 14, up to 4 tiles per image."""
+    import torch
+    from transformers import MllamaConfig, MllamaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = MllamaConfig(
+        vision_config={"hidden_size": 16, "num_hidden_layers": 2, "num_global_layers": 1, "attention_heads": 2,
+                       "intermediate_size": 32, "vision_output_dim": 32, "image_size": tile, "patch_size": 14,
+                       "max_num_tiles": 4, "intermediate_layers_indices": [0]},
+        text_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+                     "intermediate_size": 64, "cross_attention_layers": [1]},
+        image_token_index=IMAGE_TOKEN_ID,
+    )
+    return MllamaForConditionalGeneration(config).eval()

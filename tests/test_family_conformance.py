@@ -139,10 +139,6 @@ def test_family_declares_its_contract(name: str):
     assert set(family.feature_tokens) <= set(vision_tokens(features_only=True))
 
 
-# Families whose batches the collator guards cannot check yet: their processors keep pixels per sample
-# (Idefics3/SmolVLM tiles, Mllama). The test below fails once one
-# of them declares a layout, so that it leaves this list and gets its proof in test_guard_families.py.
-NO_BATCH_LAYOUT_YET = {"mllama"}
 LAYOUT_MEMBERS = sorted(set(dir(BatchLayoutFamily)) - set(dir(FamilyProtocol)) - {"_is_protocol", "_is_runtime_protocol"})
 
 
@@ -152,9 +148,6 @@ def test_family_declares_its_batch_layout(name: str):
     unguarded, so it fails here naming what it lacks."""
     family = FAMILIES[name]
     missing = [m for m in LAYOUT_MEMBERS if not m.startswith("_") and not hasattr(family, m)]
-    if name in NO_BATCH_LAYOUT_YET:
-        assert missing, f"{name} declares a batch layout now: remove it from NO_BATCH_LAYOUT_YET"
-        return
     assert not missing, (
         f"{name} lacks {', '.join(missing)} of BatchLayoutFamily (vlmcheck/families/base.py): the collator guards "
         "cannot check its batches; declare them in its module and prove them in tests/integrations/"

@@ -234,9 +234,14 @@ class MediaLayout:
     ``sample_keys`` hold one item count per sample and each item's features depend on it
     (LLaVA-OneVision's ``batch_num_images``: a sample with several images keeps only their base
     features), so a sample that loses one item loses them all. ``items_per_sample``: set when ``pixel_keys``
-    are laid out per sample, ``[sample, slot, ...]`` (Idefics3 / SmolVLM): sample s's items fill its first
-    slots in batch order (``rows`` slots each) and the rest are padding the model skips (all-zero pixels),
-    so dropping an item moves the sample's later slots up and pads its end with zeros.
+    are laid out per sample, ``[sample, slot, ...]`` (Idefics3 / SmolVLM tiles, Mllama images): sample s's
+    items fill its first slots in batch order (``rows`` slots each) and the rest are padding, so dropping an
+    item moves the sample's later slots up, pads its end, and the slot axis shrinks to the most slots a
+    sample still fills (as the processor pads it). ``slot_axes``: the slot axis of a key when it is not the
+    second (Mllama's ``cross_attention_mask``, ``[sample, token, image, tile]``: 2); ``slot_fill``: what a
+    padding slot of a key holds when it is not zeros, broadcast over the slot (Mllama's
+    ``aspect_ratio_mask``: its first tile on). ``token_keys``: keys besides the 2-D per-token ones whose
+    second axis is the token (Mllama's ``cross_attention_mask``), cut along with ``input_ids``.
     """
 
     runs: Sequence[tuple[int, ...]]
@@ -246,6 +251,9 @@ class MediaLayout:
     crops: list[int] | None = None
     sample_keys: tuple[str, ...] = ()
     items_per_sample: Sequence[int] | None = None
+    slot_axes: Mapping[str, int] = field(default_factory=dict)
+    slot_fill: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    token_keys: tuple[str, ...] = ()
 
     @property
     def features(self) -> list[int]:
@@ -309,6 +317,22 @@ class CroppedBatchLayoutFamily(BatchLayoutFamily, Protocol):
     def layout_crops(self, sizes: Sequence[tuple[int, int]], settings: Any) -> list[int]:
         """Crops of each ``(width, height)`` image under ``crop_settings``."""
         ...
+
+
+@runtime_checkable
+class CrossAttentionLayoutFamily(BatchLayoutFamily, Protocol):
+    """A batch layout whose images reach the language model through cross-attention (Mllama): each image is
+    one placeholder in the text and its features never become tokens, so no cut goes through an image; an
+    image is whole, or its placeholder is gone. The model does not count placeholders against images, so a
+    mismatch does not raise there: the guards say what happens instead, and how to avoid it."""
+
+    @property
+    def mismatch_effect(self) -> str:
+        """What transformers does with a batch whose placeholders do not match its images (the guards' error)."""
+
+    @property
+    def mismatch_fix(self) -> str:
+        """How to keep every image's placeholder (the guards' fix hint, instead of capping pixels)."""
 
 
 def processor_files(processor: Any) -> dict[str, Any]:

@@ -14,14 +14,28 @@ Sources (transformers 5.23.0):
   accepted (``get_image_size_fit_to_canvas`` keeps each side at least 1 px), the tiles only shape
   ``pixel_values``, ``aspect_ratio_ids`` and ``cross_attention_mask``. So no image is rejected and
   no pixel budget changes the count.
+- The batch layout (the collator guards): ``MllamaProcessor.__call__`` returns ``pixel_values``
+  ``[sample, image, tile, 3, 560, 560]``, ``aspect_ratio_ids`` ``[sample, image]`` (0: a padding image),
+  ``aspect_ratio_mask`` ``[sample, image, tile]`` (``build_aspect_ratio_mask``: a padding image keeps its
+  first tile on) and ``cross_attention_mask`` ``[sample, token, image, tile]``
+  (``get_cross_attention_token_mask``: the text from an image's ``<|image|>`` on attends that image). So an
+  image's span in the text is its one ``<|image|>`` and its features are the slot of ``pixel_values``; a
+  cut cannot go through an image, only before its token. What transformers does with such a cut:
+  ``ProcessorMixin._check_special_mm_tokens`` raises ``ValueError("Mismatch in `image` token count between
+  text and `input_ids`...")`` when the processor itself truncates (TRL's vision collator with
+  ``max_length``); after a plain slice of the batch ``MllamaModel.forward`` raises nothing: it cuts
+  ``cross_attention_mask`` to the tokens, encodes every tile, and no token attends the cut image. An image
+  taken out of ``pixel_values`` but left in ``cross_attention_mask`` breaks the cross-attention
+  (a size mismatch), so a repair drops it from all four keys.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vlmcheck.families.base import Expansion, ImageIssue, Overrides, single_run
+from vlmcheck.families.base import Expansion, ImageIssue, LayoutTokens, MediaLayout, Overrides, single_run
 
 # processing_mllama.py: self.image_token = "<|image|>" (id 128256 in the Llama 3.2 Vision tokenizer,
 # config.json image_token_index)
@@ -69,6 +83,45 @@ class MllamaFamily:
 
     def with_max_pixels(self, settings: MllamaSettings, max_pixels: int) -> None:
         return None  # an image is one token at any size
+
+    # -- the batch layout (the collator guards) --------------------------------------------------
+    # One <|image|> per image, in the order of the sample's pixel_values slots (see the module docstring).
+    layout_tokens: LayoutTokens = LayoutTokens(IMAGE_TOKEN)
+    mismatch_effect: str = (
+        "transformers' MllamaProcessor raises 'Mismatch in `image` token count between text and `input_ids`' "
+        "when it truncates such a sample itself; after a plain slice the model raises nothing: it encodes the "
+        "image and no token attends it"
+    )
+    mismatch_fix: str = (
+        "raise max_length so that each image's <|image|> token fits (an image is one token at any size: "
+        "fewer pixels change nothing)"
+    )
+
+    def layout_settings(self, processor: Any) -> dict[str, Any]:
+        return {}  # the batch says everything: images per sample in aspect_ratio_ids
+
+    def image_layout(
+        self, batch: Mapping[str, Any], settings: Mapping[str, Any], *, crops: Sequence[int] | None = None
+    ) -> MediaLayout:
+        pixels = batch.get("pixel_values")
+        if pixels is None:
+            return MediaLayout([], [])
+        ratios = batch.get("aspect_ratio_ids")
+        if ratios is not None:  # 0 is a padding image (convert_aspect_ratios_to_ids)
+            per_sample = [sum(1 for r in row if int(r) != 0) for row in ratios.tolist()]
+        else:  # a padding image's pixels are all zero (pack_images); a real one is normalized, never all zero
+            per_sample = [int(n) for n in (pixels.flatten(2) != 0).any(-1).sum(-1).tolist()]
+        images = sum(per_sample)
+        tiles = int(pixels.shape[2])
+        return MediaLayout(
+            [(1,)] * images,
+            [1] * images,
+            pixel_keys=("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask"),
+            items_per_sample=per_sample,
+            slot_axes={"cross_attention_mask": 2},
+            slot_fill={"aspect_ratio_mask": [1] + [0] * (tiles - 1)},
+            token_keys=("cross_attention_mask",),
+        )
 
 
 FAMILY = MllamaFamily()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from vlmcheck.errors import MissingDependencyError, UsageError
-from vlmcheck.families.base import CroppedBatchLayoutFamily, MediaLayout
+from vlmcheck.families.base import CroppedBatchLayoutFamily, CrossAttentionLayoutFamily, MediaLayout
 from vlmcheck.integrations._accounting import SampleAccount, account_batch
 from vlmcheck.integrations._layout import (
     IGNORE_INDEX,
@@ -99,7 +99,7 @@ def _drop_media(
         if batch.get(key) is None:
             continue
         if media.items_per_sample is not None:
-            batch[key] = _keep_slots(batch[key], media, set(keep))
+            batch[key] = _keep_slots(batch[key], media, set(keep), key=key)
         else:
             batch[key] = _keep_rows(batch[key], list(media.rows), keep)
     for key in media.sample_keys:  # one item count per sample: take the dropped items off their samples' counts
@@ -122,21 +122,28 @@ def _drop_media(
             batch.pop(key, None)
 
 
-def _keep_slots(values: torch.Tensor, media: MediaLayout, keep: set[int]) -> torch.Tensor:
-    """``values`` laid out ``[sample, slot, ...]`` without the dropped items' slots: each sample's kept slots
-    move up in order and its freed slots become zeros, the padding the model skips."""
-    out = torch.zeros_like(values)
-    item = 0
+def _keep_slots(values: torch.Tensor, media: MediaLayout, keep: set[int], *, key: str) -> torch.Tensor:
+    """``values`` laid out per sample (slots on the layout's axis for ``key``) without the dropped items' slots:
+    each sample's kept slots move up in order, its freed slots become padding (zeros, or the layout's fill for
+    ``key``), and the slot axis shrinks to the most slots a sample still fills, as the processor pads a batch."""
+    axis = media.slot_axes.get(key, 1)
+    moved = values.movedim(axis, 1)
+    out = torch.zeros_like(moved)
+    fill = media.slot_fill.get(key)
+    if fill is not None:
+        out[:, :] = torch.tensor(fill, dtype=out.dtype, device=out.device)
+    item, width = 0, 0
     for sample, count in enumerate(media.items_per_sample or ()):
         source, target = 0, 0
         for _ in range(count):
             n = int(media.rows[item])
             if item in keep:
-                out[sample, target : target + n] = values[sample, source : source + n]
+                out[sample, target : target + n] = moved[sample, source : source + n]
                 target += n
             source += n
             item += 1
-    return out
+        width = max(width, target)
+    return out[:, : max(width, 1)].movedim(1, axis).contiguous()
 
 
 def _keep_num_crops(values: Any, keep: set[int]) -> Any:
@@ -159,6 +166,8 @@ def fix_hint(account: SampleAccount, *, max_length: int | None, spec: VisionSpec
     layout = spec.layout
     if cut is not None and cut.kind == "image" and cut.crops and isinstance(layout, CroppedBatchLayoutFamily):
         hints.append(layout.crops_fix.format(n=cut.crops))
+    elif cut is not None and cut.kind == "image" and isinstance(layout, CrossAttentionLayoutFamily):
+        hints.append(layout.mismatch_fix)
     elif cut is not None and cut.kind == "image":
         hints.append("cap the image processor's max_pixels so images need fewer placeholders")
     elif cut is not None:
@@ -211,7 +220,8 @@ def guard_batch(
     input_ids = batch["input_ids"]
     batch_size, length = input_ids.shape
     if max_length is not None and length > max_length:
-        for key in _sequence_keys(batch, batch_size, length):
+        token_keys = spec.media(batch, "image", crops_per_image).token_keys  # Mllama's cross_attention_mask
+        for key in [*_sequence_keys(batch, batch_size, length), *(k for k in token_keys if k in batch)]:
             batch[key] = batch[key][:, :max_length]
         length = max_length
     accounts = account_batch(
@@ -230,6 +240,8 @@ def guard_batch(
                 "image/video placeholders that do not match their images/videos; the model would raise "
                 "'Video features and video tokens do not match' (or its image twin)"
             )
+        elif isinstance(spec.layout, CrossAttentionLayoutFamily):
+            what = f"image placeholders that do not match their images; {spec.layout.mismatch_effect}"
         else:
             what = (
                 "image placeholders that do not match their images; "

@@ -17,7 +17,10 @@ the Qwen VL families and GLM-4V, ``image_sizes`` for LLaVA-NeXT, LLaVA-OneVision
 per-image count of LLaVA, PaliGemma and Gemma 3). :func:`vision_spec` finds the family of a processor in the
 registry; this module holds no family's tokens or numbers. Gemma 3 pan-and-scan crops and InternVL tiles:
 an image with ``c`` crops owns ``1 + c`` rows; the processors leave the crops out of their output, so they
-are given as ``crops_per_image`` (the collator works them out from the examples' images).
+are given as ``crops_per_image`` (the collator works them out from the examples' images). Idefics3 / SmolVLM
+tiles and Mllama images sit in per-sample slots of ``pixel_values``. An Mllama image is one placeholder (it
+reaches the model through cross-attention), so a cut cannot go through it, only take its token away; the
+model does not raise on that, and the guards' error says what transformers does instead.
 
 Example::
 
