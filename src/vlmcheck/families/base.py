@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
 from vlmcheck.errors import UsageError
@@ -407,3 +408,59 @@ def slotted_layout(
         crops=found,
         items_per_sample=per_sample,
     )
+
+
+class TiledSlotsLayout:
+    """The batch layout of a processor that cuts an image into rows x cols tiles plus one global image, each a
+    run of ``image_seq_len`` placeholders, and keeps ``pixel_values`` per sample (``Idefics3Processor``,
+    ``SmolVLMProcessor``; see :func:`slotted_layout`). A family mixes it in; it reads the family's own
+    ``settings`` (over the processor's files and the call's options) and ``expand`` (one run per tile), so it
+    satisfies :class:`CroppedBatchLayoutFamily` for it. The tiles besides the global image are the crops."""
+
+    crops_on: Mapping[str, Any] = MappingProxyType({})  # splitting into tiles is the processors' default
+    crops_fix: str = "or give this image fewer tiles (it has {n} besides the global one: lower size's longest_edge)"
+
+    @property
+    def layout_tokens(self: Family) -> LayoutTokens:
+        return LayoutTokens(self.image_token)
+
+    def layout_settings(self: Family, processor: Any) -> dict[str, Any]:
+        return {"settings": self.settings(preprocessor=processor_files(processor), config={}, overrides=Overrides())}
+
+    def crop_settings(self: Family, processor: Any, options: Mapping[str, Any], *, settings: Mapping[str, Any]) -> Any:
+        """The processor's files with the call's ``options`` (``do_image_splitting``, ``size``) over them."""
+        files = {**processor_files(processor), **options}
+        return self.settings(preprocessor=files, config={}, overrides=Overrides())
+
+    def layout_crops(self: Family, sizes: Sequence[tuple[int, int]], settings: Any) -> list[int]:
+        return [len(self.expand(int(w), int(h), settings).runs) - 1 for w, h in sizes]
+
+    def image_layout(
+        self: Family, batch: Mapping[str, Any], settings: Mapping[str, Any], *, crops: Sequence[int] | None = None
+    ) -> MediaLayout:
+        seq = layout_family_settings(self, settings).image_seq_len
+        return slotted_layout(batch, tokens=seq, crops=crops, title=self.title)
+
+
+class SameSizeRowsLayout:
+    """The batch layout of a processor whose ``pixel_values`` are ``(images, 3, H, W)``, one row per image and
+    every image of a batch resized to the same H x W (``LlavaProcessor``, ``PaliGemmaProcessor``): each image
+    needs the family's ``image_tokens`` of that size (a processed size resizes to itself), in one run. A family
+    mixes it in; it reads the family's own ``settings`` over the processor's files."""
+
+    @property
+    def layout_tokens(self: Family) -> LayoutTokens:
+        return LayoutTokens(self.image_token)
+
+    def layout_settings(self: Family, processor: Any) -> dict[str, Any]:
+        return {"settings": self.settings(preprocessor=processor_files(processor), config={}, overrides=Overrides())}
+
+    def image_layout(
+        self: Family, batch: Mapping[str, Any], settings: Mapping[str, Any], *, crops: Sequence[int] | None = None
+    ) -> MediaLayout:
+        images = leading_rows(batch)
+        if not images:
+            return MediaLayout([], [])
+        height, width = (int(d) for d in batch["pixel_values"].shape[-2:])
+        tokens = self.image_tokens(width, height, layout_family_settings(self, settings))
+        return MediaLayout([(tokens,)] * images, [1] * images)

@@ -24,19 +24,14 @@ The header is still read for every image: a missing or unreadable image is a fin
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from vlmcheck.families.base import (
     Expansion,
     ImageIssue,
-    LayoutTokens,
-    MediaLayout,
     Overrides,
-    layout_family_settings,
-    leading_rows,
-    processor_files,
+    SameSizeRowsLayout,
     single_run,
 )
 
@@ -140,7 +135,10 @@ def count_image_tokens(width: int, height: int, s: LlavaSettings) -> int:
 
 
 @dataclass(frozen=True)
-class LlavaFamily:
+class LlavaFamily(SameSizeRowsLayout):
+    """The batch layout (the collator guards) is :class:`SameSizeRowsLayout`: LlavaProcessor.__call__ returns
+    pixel_values (images, 3, H, W), one row per image, every image of a batch the same H x W."""
+
     name: str = "llava"
     title: str = "LLaVA-1.5"
     placeholder: str = IMAGE_TOKEN
@@ -173,24 +171,6 @@ class LlavaFamily:
 
     def with_max_pixels(self, settings: LlavaSettings, max_pixels: int) -> None:
         return None
-
-    # -- the batch layout (the collator guards) --------------------------------------------------
-    # LlavaProcessor.__call__: pixel_values (images, 3, H, W), one row per image, every image of a batch the
-    # same H x W; each needs count_image_tokens of that size (a processed size resizes to itself) <image>s.
-    layout_tokens: LayoutTokens = LayoutTokens(IMAGE_TOKEN)
-
-    def layout_settings(self, processor: Any) -> dict[str, Any]:
-        return {"settings": self.settings(preprocessor=processor_files(processor), config={}, overrides=Overrides())}
-
-    def image_layout(
-        self, batch: Mapping[str, Any], settings: Mapping[str, Any], *, crops: Sequence[int] | None = None
-    ) -> MediaLayout:
-        images = leading_rows(batch)
-        if not images:
-            return MediaLayout([], [])
-        height, width = (int(d) for d in batch["pixel_values"].shape[-2:])
-        tokens = count_image_tokens(width, height, layout_family_settings(self, settings))
-        return MediaLayout([(tokens,)] * images, [1] * images)
 
 
 FAMILY = LlavaFamily()

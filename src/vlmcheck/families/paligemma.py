@@ -27,19 +27,14 @@ tokenizing the whole string merges them into one ``"\\n\\n"`` token (vlmcheck co
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from vlmcheck.families.base import (
     Expansion,
     ImageIssue,
-    LayoutTokens,
-    MediaLayout,
     Overrides,
-    layout_family_settings,
-    leading_rows,
-    processor_files,
+    SameSizeRowsLayout,
     single_run,
 )
 
@@ -101,7 +96,11 @@ def read_settings(preprocessor: dict[str, Any], config: dict[str, Any]) -> PaliG
 
 
 @dataclass(frozen=True)
-class PaliGemmaFamily:
+class PaliGemmaFamily(SameSizeRowsLayout):
+    """The batch layout (the collator guards) is :class:`SameSizeRowsLayout`: PaliGemmaProcessor.__call__
+    returns pixel_values (images, 3, H, W), one row per image, each preceded in the text by the fixed
+    image_seq_length <image>s."""
+
     name: str = "paligemma"
     title: str = "PaliGemma"
     placeholder: str = IMAGE_TOKEN
@@ -139,24 +138,6 @@ class PaliGemmaFamily:
 
     def with_max_pixels(self, settings: PaliGemmaSettings, max_pixels: int) -> None:
         return None  # every image is resized to one fixed size
-
-    # -- the batch layout (the collator guards) --------------------------------------------------
-    # PaliGemmaProcessor.__call__: pixel_values (images, 3, H, W), one row per image, each preceded in the
-    # text by image_tokens(...) <image>s (the fixed image_seq_length).
-    layout_tokens: LayoutTokens = LayoutTokens(IMAGE_TOKEN)
-
-    def layout_settings(self, processor: Any) -> dict[str, Any]:
-        return {"settings": self.settings(preprocessor=processor_files(processor), config={}, overrides=Overrides())}
-
-    def image_layout(
-        self, batch: Mapping[str, Any], settings: Mapping[str, Any], *, crops: Sequence[int] | None = None
-    ) -> MediaLayout:
-        images = leading_rows(batch)
-        if not images:
-            return MediaLayout([], [])
-        height, width = (int(d) for d in batch["pixel_values"].shape[-2:])
-        tokens = self.image_tokens(width, height, layout_family_settings(self, settings))
-        return MediaLayout([(tokens,)] * images, [1] * images)
 
 
 FAMILY = PaliGemmaFamily()

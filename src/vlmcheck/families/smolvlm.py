@@ -32,19 +32,14 @@ bit-identical.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from vlmcheck.families.base import (
     Expansion,
     ImageIssue,
-    LayoutTokens,
-    MediaLayout,
     Overrides,
-    layout_family_settings,
-    processor_files,
-    slotted_layout,
+    TiledSlotsLayout,
 )
 
 # processing_smolvlm.py: SmolVLMProcessor.__init__ defaults (getattr(tokenizer, ..., default))
@@ -172,7 +167,11 @@ def count_image_tokens(width: int, height: int, s: SmolVLMSettings) -> int:
 
 
 @dataclass(frozen=True)
-class SmolVLMFamily:
+class SmolVLMFamily(TiledSlotsLayout):
+    """The batch layout (the collator guards) is :class:`TiledSlotsLayout`: SmolVLMProcessor.__call__ returns
+    pixel_values (samples, max tiles, 3, M, M), each sample's tiles first and all-zero padding after
+    (pixel_attention_mask likewise), and keeps no grid, so the guards work each image's tiles out from its size."""
+
     name: str = "smolvlm"
     title: str = "SmolVLM2"
     placeholder: str = IMAGE_TOKEN
@@ -210,31 +209,5 @@ class SmolVLMFamily:
     def with_max_pixels(self, settings: SmolVLMSettings, max_pixels: int) -> None:
         return None
 
-
-    # -- the batch layout (the collator guards) --------------------------------------------------
-    # SmolVLMProcessor.__call__: pixel_values (samples, max tiles, 3, M, M), each sample's tiles first and
-    # all-zero padding after (pixel_attention_mask likewise); an image of rows x cols tiles fills rows * cols + 1
-    # slots and image_seq_len <image>s per tile, one run each. The batch keeps no grid, so the tiles come from the
-    # caller as crops (rows * cols per image; SpanGuardCollator works them out from the examples' images).
-    layout_tokens: LayoutTokens = LayoutTokens(IMAGE_TOKEN)
-    crops_on: Mapping[str, Any] = field(default_factory=dict)  # do_image_splitting is the processor's default
-    crops_fix: str = "or give this image fewer tiles (it has {n} besides the global one: lower size's longest_edge)"
-
-    def layout_settings(self, processor: Any) -> dict[str, Any]:
-        return {"settings": read_settings(processor_files(processor))}
-
-    def crop_settings(self, processor: Any, options: Mapping[str, Any], *, settings: Mapping[str, Any]
-                      ) -> SmolVLMSettings:
-        """The processor's files with the call's ``options`` (``do_image_splitting``, ``size``) over them."""
-        return read_settings({**processor_files(processor), **options})
-
-    def layout_crops(self, sizes: Sequence[tuple[int, int]], settings: SmolVLMSettings) -> list[int]:
-        return [rows * cols for rows, cols in (grid(int(w), int(h), settings) for w, h in sizes)]
-
-    def image_layout(
-        self, batch: Mapping[str, Any], settings: Mapping[str, Any], *, crops: Sequence[int] | None = None
-    ) -> MediaLayout:
-        seq = layout_family_settings(self, settings).image_seq_len
-        return slotted_layout(batch, tokens=seq, crops=crops, title=self.title)
 
 FAMILY = SmolVLMFamily()
