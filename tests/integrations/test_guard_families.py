@@ -72,6 +72,8 @@ PROCESSORS: dict[str, Callable[[], Any]] = {
     "smolvlm": _from("idefics3_checkpoint", "checkpoint", "processor", "smolvlm2-2.2b-instruct"),
     "mllama": _from("mllama_checkpoint", "mllama_checkpoint", "mllama_processor"),
 }
+# What an image owns of pixel_values where it is not rows: slots of a per-sample layout
+PIXEL_UNITS = {"idefics3": "tile slots", "smolvlm": "tile slots", "mllama": "image slots"}
 LAYOUTS = sorted(name for name, family in known_families().items() if isinstance(family, BatchLayoutFamily))
 
 
@@ -158,6 +160,8 @@ def test_a_cut_span_is_caught_and_repaired(case: tuple[str, Any, dict[str, Any]]
     fixed, accounts, repairs = guard_batch(batch, spec=spec, policy="truncate", max_length=max_length,
                                            images_per_sample=[1, 2], crops_per_image=_crops(name, processor))
     assert repairs and repairs[-1].sample == 1 and 2 in repairs[-1].images_dropped
+    # what the repair says it dropped is what the family's pixel_values hold per image
+    assert f"pixel_values {PIXEL_UNITS.get(name, 'rows')})" in repairs[-1].message, repairs[-1].message
     dropped = {r.sample: set(r.images_dropped) for r in repairs}
     keep = [[i.number for i in a.images if i.number not in dropped.get(a.index, set())] for a in accounts]
     again = account_batch(fixed, spec=spec, images_per_sample=[len(k) for k in keep],

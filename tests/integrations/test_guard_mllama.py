@@ -76,6 +76,7 @@ def test_the_repair_is_the_processors_own_batch_of_the_cut_text(processor: Any, 
     cut = _last_token_of_first_sample(batch, spec.image_token_id)
     fixed, accounts, repairs = guard_batch(batch, spec=spec, policy="truncate", max_length=cut)
     assert [(r.sample, r.images_dropped, r.tokens_masked) for r in repairs] == [(0, [2], 0)]
+    assert "dropped 1 image(s) (1 pixel_values image slots) and masked 0 token(s)" in repairs[0].message
     assert [i.status for i in accounts[0].images] == ["ok", "missing"]
     assert all(a.ok for a in account_batch(fixed, spec=spec)), "the repaired batch is whole"
 

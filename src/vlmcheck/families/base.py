@@ -229,14 +229,16 @@ class MediaLayout:
     """Where the images (or videos) of one processed batch sit, in batch order.
 
     ``runs``: per item, the lengths of the placeholder runs it fills (one run, unless markers interleave:
-    Pixtral's row breaks, Gemma 3's pan-and-scan crops, Qwen3-VL's video frames). ``rows``: per item, how
-    many leading-axis rows of every tensor in ``pixel_keys`` it owns; ``item_keys`` hold one row per item
+    Pixtral's row breaks, Gemma 3's pan-and-scan crops, Qwen3-VL's video frames). ``units``: per item, how
+    many entries of the item axis of every tensor in ``pixel_keys`` it owns, and ``unit`` what one such entry
+    is, as the guards' messages name it: a leading-axis ``"row"`` (the default), or a slot of a per-sample
+    layout (``"tile slot"``: Idefics3 / SmolVLM, ``"image slot"``: Mllama); ``item_keys`` hold one row per item
     (``image_grid_thw``, ``image_sizes``). ``crops``: Gemma 3 pan-and-scan crops per item, else zeros.
     ``sample_keys`` hold one item count per sample and each item's features depend on it
     (LLaVA-OneVision's ``batch_num_images``: a sample with several images keeps only their base
     features), so a sample that loses one item loses them all. ``items_per_sample``: set when ``pixel_keys``
     are laid out per sample, ``[sample, slot, ...]`` (Idefics3 / SmolVLM tiles, Mllama images): sample s's
-    items fill its first slots in batch order (``rows`` slots each) and the rest are padding, so dropping an
+    items fill its first slots in batch order (``units`` slots each) and the rest are padding, so dropping an
     item moves the sample's later slots up, pads its end, and the slot axis shrinks to the most slots a
     sample still fills (as the processor pads it). ``slot_axes``: the slot axis of a key when it is not the
     second (Mllama's ``cross_attention_mask``, ``[sample, token, image, tile]``: 2); ``slot_fill``: what a
@@ -246,7 +248,7 @@ class MediaLayout:
     """
 
     runs: Sequence[tuple[int, ...]]
-    rows: Sequence[int]
+    units: Sequence[int]
     pixel_keys: tuple[str, ...] = ("pixel_values",)
     item_keys: tuple[str, ...] = ()
     crops: list[int] | None = None
@@ -255,6 +257,7 @@ class MediaLayout:
     slot_axes: Mapping[str, int] = field(default_factory=dict)
     slot_fill: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     token_keys: tuple[str, ...] = ()
+    unit: str = "row"
 
     @property
     def features(self) -> list[int]:
@@ -407,6 +410,7 @@ def slotted_layout(
         pixel_keys=("pixel_values", "pixel_attention_mask"),
         crops=found,
         items_per_sample=per_sample,
+        unit="tile slot",
     )
 
 

@@ -121,6 +121,7 @@ class MllamaFamily:
             slot_axes={"cross_attention_mask": 2},
             slot_fill={"aspect_ratio_mask": [1] + [0] * (tiles - 1)},
             token_keys=("cross_attention_mask",),
+            unit="image slot",
         )
 
 

@@ -117,9 +117,10 @@ class VisionSpec:
         """Placeholders each image of the batch needs, in batch order (Gemma 3: ``crops`` per image)."""
         return self.media(batch, "image", crops).features
 
-    def image_pixel_rows(self, batch: dict[str, Any], crops: Sequence[int] | None = None) -> list[int]:
-        """Rows of ``pixel_values`` each image owns, in batch order (Gemma 3: ``crops`` per image)."""
-        return list(self.media(batch, "image", crops).rows)
+    def image_pixel_units(self, batch: dict[str, Any], crops: Sequence[int] | None = None) -> list[int]:
+        """Entries of ``pixel_values``' item axis each image owns, in batch order (rows, or the slots of a
+        per-sample layout: ``MediaLayout.unit`` says which); Gemma 3: ``crops`` per image."""
+        return list(self.media(batch, "image", crops).units)
 
     def image_crops(self, batch: dict[str, Any], crops: Sequence[int] | None = None) -> list[int]:
         """Gemma 3 pan-and-scan crops of each image, in batch order (zeros for other families)."""
@@ -130,9 +131,9 @@ class VisionSpec:
         """Placeholders each video of the batch needs, in batch order."""
         return self.media(batch, "video").features
 
-    def video_pixel_rows(self, batch: dict[str, Any]) -> list[int]:
+    def video_pixel_units(self, batch: dict[str, Any]) -> list[int]:
         """Rows of ``pixel_values_videos`` each video owns, in batch order."""
-        return list(self.media(batch, "video").rows)
+        return list(self.media(batch, "video").units)
 
     def chunks(self, batch: dict[str, Any], kind: MediaKind, crops: Sequence[int] | None = None) -> list[list[int]]:
         """Per image (video): the placeholder runs it fills, as lengths."""

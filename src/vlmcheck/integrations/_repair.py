@@ -94,14 +94,14 @@ def _drop_media(
     if not dropped:
         return
     media = spec.media(batch, kind, crops)
-    keep = [i for i in range(len(media.rows)) if i not in dropped]
+    keep = [i for i in range(len(media.units)) if i not in dropped]
     for key in media.pixel_keys:
         if batch.get(key) is None:
             continue
         if media.items_per_sample is not None:
             batch[key] = _keep_slots(batch[key], media, set(keep), key=key)
         else:
-            batch[key] = _keep_rows(batch[key], list(media.rows), keep)
+            batch[key] = _keep_rows(batch[key], list(media.units), keep)
     for key in media.sample_keys:  # one item count per sample: take the dropped items off their samples' counts
         if batch.get(key) is not None:
             counts, first = [], 0
@@ -115,7 +115,7 @@ def _drop_media(
         if key == "num_crops":  # flat, nested per sample, or a tensor
             batch[key] = _keep_num_crops(batch[key], set(keep))
         else:
-            batch[key] = _keep_rows(batch[key], [1] * len(media.rows), keep)
+            batch[key] = _keep_rows(batch[key], [1] * len(media.units), keep)
     if not keep:
         # Nothing of this kind left: a forward without it. Empty pixel tensors would reach the vision tower.
         for key in (*media.pixel_keys, *media.item_keys, *(("image_position_ids",) if kind == "image" else ())):
@@ -136,7 +136,7 @@ def _keep_slots(values: torch.Tensor, media: MediaLayout, keep: set[int], *, key
     for sample, count in enumerate(media.items_per_sample or ()):
         source, target = 0, 0
         for _ in range(count):
-            n = int(media.rows[item])
+            n = int(media.units[item])
             if item in keep:
                 out[sample, target : target + n] = moved[sample, source : source + n]
                 target += n
@@ -296,13 +296,12 @@ def guard_batch(
                 dropped[item.kind].add(item.batch_index)
             dropped_text = []
             if images_gone or not videos_gone:
-                pixel_rows = spec.image_pixel_rows(batch, crops_per_image)
-                rows = sum(pixel_rows[i.batch_index] for i in images_gone)
-                dropped_text.append(f"{len(images_gone)} image(s) ({rows:,} pixel_values rows)")
+                units = sum(image_layout.units[i.batch_index] for i in images_gone)
+                dropped_text.append(f"{len(images_gone)} image(s) ({units:,} pixel_values {image_layout.unit}s)")
             if videos_gone:
-                video_rows = spec.video_pixel_rows(batch)
-                rows = sum(video_rows[i.batch_index] for i in videos_gone)
-                dropped_text.append(f"{len(videos_gone)} video(s) ({rows:,} pixel_values_videos rows)")
+                video_layout = spec.media(batch, "video")
+                units = sum(video_layout.units[i.batch_index] for i in videos_gone)
+                dropped_text.append(f"{len(videos_gone)} video(s) ({units:,} pixel_values_videos {video_layout.unit}s)")
             message = (
                 f"{account.describe(max_length=max_length)}: {action} {' and '.join(dropped_text)} "
                 f"and masked {masked:,} token(s)"
