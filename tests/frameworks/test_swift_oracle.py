@@ -13,54 +13,27 @@ labels and image tokens (left, right).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
+from oracle_env import OracleEnv
 from PIL import Image
 
 import vlmcheck
 
-TORCH = "torch==2.13.0"
 REQUIREMENTS = ("ms-swift==4.6.0",)
 NO_DEPS = ("qwen-vl-utils==0.0.14",)
 MAX_PIXELS = 200704  # 256 * 28 * 28
 LIMITS = [120, 300]
 
 
-def oracle_python() -> Path:
-    """The cached ms-swift environment's python, built on first use."""
-    import fcntl
-
-    key = hashlib.sha256(json.dumps([TORCH, REQUIREMENTS, NO_DEPS, sys.version_info[:2]]).encode()).hexdigest()[:12]
-    root = Path(os.environ.get("VLMCHECK_CACHE", Path.home() / ".cache" / "vlmcheck")) / "oracles"
-    env = root / f"swift-{key}"
-    python = env / "bin" / "python"
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"swift-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (env / "ready").is_file():
-            return python
-        constraints = root / f"swift-{key}.constraints.txt"
-        constraints.write_text(f"{TORCH}\n")
-        for step in ([sys.executable, "-m", "venv", "--clear", str(env)],
-                     [str(python), "-m", "pip", "install", "-q", TORCH],
-                     [str(python), "-m", "pip", "install", "-q", "-c", str(constraints), *REQUIREMENTS],
-                     [str(python), "-m", "pip", "install", "-q", "--no-deps", *NO_DEPS]):
-            done = subprocess.run(step, capture_output=True, text=True)
-            if done.returncode != 0:
-                message = f"building ms-swift's environment failed: {' '.join(step[:5])}: {done.stderr[-2000:]}"
-                if os.environ.get("CI"):
-                    pytest.fail(message)
-                pytest.skip(message)  # no package index here: CI (which has one) never skips
-        (env / "ready").write_text("ok\n")
-    return python
+ENV = OracleEnv("swift", packages=REQUIREMENTS, no_deps=NO_DEPS)
+oracle_python = ENV.python
 
 
 ORACLE = textwrap.dedent('''

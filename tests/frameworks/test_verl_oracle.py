@@ -18,17 +18,16 @@ left) rests on reading ``experimental/agent_loop/agent_loop.py``: the rollout ne
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
+from oracle_env import OracleEnv
 from PIL import Image
 
 import vlmcheck
@@ -37,39 +36,10 @@ VERL = "verl==0.9.1"
 REQUIREMENTS = ("transformers==5.10.4", "datasets==5.2.0", "omegaconf", "hydra-core", "tensordict==0.10.0", "ray",
                 "pandas", "pyarrow", "pillow", "packaging")
 NO_DEPS = (VERL, "qwen-vl-utils==0.0.14")  # verl's own list pulls in wandb, tensorboard, ...; the dataset needs none
-TORCH = "torch==2.13.0"
 
 
-def oracle_python() -> Path:
-    """The cached verl environment's python, built on first use."""
-    import fcntl
-
-    key = hashlib.sha256(json.dumps([TORCH, REQUIREMENTS, NO_DEPS, sys.version_info[:2]]).encode()).hexdigest()[:12]
-    root = Path(os.environ.get("VLMCHECK_CACHE", Path.home() / ".cache" / "vlmcheck")) / "oracles"
-    env = root / f"verl-{key}"
-    python = env / "bin" / "python"
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"verl-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (env / "ready").is_file():
-            return python
-        constraints = root / f"verl-{key}.constraints.txt"
-        constraints.write_text(f"{TORCH}\n")
-        steps = [
-            [sys.executable, "-m", "venv", "--clear", str(env)],
-            [str(python), "-m", "pip", "install", "-q", TORCH],
-            [str(python), "-m", "pip", "install", "-q", "-c", str(constraints), *REQUIREMENTS],
-            [str(python), "-m", "pip", "install", "-q", "--no-deps", *NO_DEPS],
-        ]
-        for step in steps:
-            done = subprocess.run(step, capture_output=True, text=True)
-            if done.returncode != 0:
-                message = f"building verl's environment failed: {' '.join(step[:5])}: {done.stderr[-2000:]}"
-                if os.environ.get("CI"):
-                    pytest.fail(message)
-                pytest.skip(message)  # no package index here: CI (which has one) never skips
-        (env / "ready").write_text("ok\n")
-    return python
+ENV = OracleEnv("verl", packages=REQUIREMENTS, no_deps=NO_DEPS)
+oracle_python = ENV.python
 
 
 ORACLE = textwrap.dedent('''
