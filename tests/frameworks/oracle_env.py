@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,39 @@ UNREACHABLE = (
     "Name or service not known", "Network is unreachable", "ConnectTimeout", "ReadTimeout", "ProxyError",
     "Connection refused", "Max retries exceeded",
 )
+
+# The start of an oracle script that runs a framework with transformers' own Qwen2-VL processor built from the test
+# checkpoint's files, images only: qwen-vl-utils imports torchvision at module level for its video path (images
+# never touch it, and no CPU torchvision exists for this torch), so stand-in modules are in place while it is
+# imported; ``ImageOnly`` is the processor without its torchvision video processor. It reads the job (a JSON
+# argument) and defines ``job``, ``folder`` (the checkpoint) and ``values`` (its image processor settings).
+QWEN_IMAGES_PRELUDE = textwrap.dedent('''
+    import json, sys, types
+
+    names = ["torchvision", "torchvision.io", "torchvision.transforms"]
+    stand_in = {n: types.ModuleType(n) for n in names}
+    stand_in["torchvision"].io = stand_in["torchvision.io"]
+    stand_in["torchvision"].transforms = stand_in["torchvision.transforms"]
+    stand_in["torchvision.transforms"].InterpolationMode = types.SimpleNamespace(BICUBIC=3)
+    sys.modules.update(stand_in)
+    import qwen_vl_utils  # noqa: F401
+    for n in names:
+        del sys.modules[n]
+
+    import transformers
+    from transformers import AutoTokenizer, Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    job = json.loads(sys.argv[1])
+    folder = job["checkpoint"]
+    values = json.load(open(folder + "/preprocessor_config.json"))
+    values = {k: v for k, v in values.items() if k not in ("image_processor_type", "processor_class")}
+
+    class ImageOnly(Qwen2VLProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                             chat_template=chat_template, **kwargs)
+''')
 
 
 def cache() -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from oracle_env import OracleEnv
+from oracle_env import QWEN_IMAGES_PRELUDE, OracleEnv
 from PIL import Image
 
 import vlmcheck
@@ -36,32 +36,7 @@ ENV = OracleEnv("swift", packages=REQUIREMENTS, no_deps=NO_DEPS)
 oracle_python = ENV.python
 
 
-ORACLE = textwrap.dedent('''
-    import json, sys, types
-
-    names = ["torchvision", "torchvision.io", "torchvision.transforms"]
-    stand_in = {n: types.ModuleType(n) for n in names}
-    stand_in["torchvision"].io = stand_in["torchvision.io"]
-    stand_in["torchvision"].transforms = stand_in["torchvision.transforms"]
-    stand_in["torchvision.transforms"].InterpolationMode = types.SimpleNamespace(BICUBIC=3)
-    sys.modules.update(stand_in)
-    import qwen_vl_utils  # noqa: F401
-    for n in names:
-        del sys.modules[n]
-
-    import transformers
-    from transformers import AutoTokenizer, Qwen2VLProcessor
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    job = json.loads(sys.argv[1])
-    folder = job["checkpoint"]
-    values = json.load(open(folder + "/preprocessor_config.json"))
-    values = {k: v for k, v in values.items() if k not in ("image_processor_type", "processor_class")}
-
-    class ImageOnly(Qwen2VLProcessor):
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                             chat_template=chat_template, **kwargs)
+ORACLE = QWEN_IMAGES_PRELUDE + textwrap.dedent('''
 
     def load(*args, **kwargs):  # transformers' own Qwen2-VL processor, without the torchvision video processor
         template = json.load(open(folder + "/chat_template.json"))["chat_template"]
