@@ -23,11 +23,11 @@ import time
 import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from vlmcheck.catalogue import Severity
 from vlmcheck.errors import MissingDependencyError, UsageError
-from vlmcheck.util import STDOUT, atomic_write_text, honour_umask
+from vlmcheck.util import AtomicOutput, atomic_write_text, output_target
 
 if TYPE_CHECKING:
     from vlmcheck.report import Report, ReportBuilder
@@ -76,8 +76,9 @@ class RecordWriter:
                  identity: dict[str, Any] | None = None) -> None:
         self.builder = builder
         self.identity = identity or {}
-        # ``-``: the records go to standard output as they come, and a spool keeps them for the report
-        self.echo = sys.stdout if output is not None and os.fspath(output) == STDOUT else None
+        # ``-`` (or a path that is standard output): the records go there as they come, and a spool keeps them
+        # for the report
+        self.echo = sys.stdout if output is not None and output_target(output) is None else None
         if self.echo is not None:
             if resume:
                 raise UsageError("resume needs an output file; standard output cannot be resumed")
@@ -89,28 +90,26 @@ class RecordWriter:
         self.last_saved = time.monotonic()
         self.written = 0
         self.finished = False
+        self.sink: AtomicOutput | None = None  # the output, published whole when the scan finishes
         if self.output is None:
             fd, tmp = tempfile.mkstemp(prefix="vlmcheck-records-", suffix=".jsonl")
             self.path = Path(tmp)
-            self.fp = os.fdopen(fd, "w", encoding="utf-8")
+            self.fp: IO[str] = os.fdopen(fd, "w", encoding="utf-8")
             self.store = RecordStore(self.path, temporary=True)
             return
-        self.output.parent.mkdir(parents=True, exist_ok=True)
         self.snapshot = snapshot_path(self.output)
         self.store = RecordStore(self.output, temporary=False)
         if not resume:  # a hidden file, gone if the scan stops early
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.output.name}.", suffix=".tmp", dir=self.output.parent)
-            honour_umask(fd)  # the published file gets the mode any file the user writes gets
-            self.path = Path(tmp)
-            self.fp = os.fdopen(fd, "w", encoding="utf-8")
-            return
-        self.path = partial_path(self.output)
-        if self.path.is_file() and self.snapshot.is_file():
-            self._resume()
-        else:
-            self.fp = open(self.path, "w", encoding="utf-8")
+            self.sink = AtomicOutput(self.output)
+        else:  # OUTPUT.partial, kept when the scan stops early
+            partial = partial_path(self.output)
+            going_on = partial.is_file() and self.snapshot.is_file()
+            if going_on:
+                self._resume(partial)
+            self.sink = AtomicOutput(self.output, staging=partial, append=going_on)
+        self.fp = self.sink.fp
 
-    def _resume(self) -> None:
+    def _resume(self, partial: Path) -> None:
         from vlmcheck.merging import absorb
 
         try:
@@ -120,12 +119,11 @@ class RecordWriter:
         theirs = state.get("identity", {})
         changed = sorted(k for k in set(theirs) | set(self.identity) if theirs.get(k) != self.identity.get(k))
         if changed:
-            raise UsageError(f"{self.path} was written by a scan with other settings ({', '.join(changed)} differ); "
+            raise UsageError(f"{partial} was written by a scan with other settings ({', '.join(changed)} differ); "
                              "rerun with those settings, or without resume to start over")
         size = int(state["bytes"])
-        with open(self.path, "r+b") as raw:  # records written after the snapshot are scanned again
+        with open(partial, "r+b") as raw:  # records written after the snapshot are scanned again
             raw.truncate(size)
-        self.fp = open(self.path, "a", encoding="utf-8")
         absorb(self.builder, state["report"])
         self.start = int(state["next_index"])
         self.seconds_before = float(state.get("seconds", 0.0))
@@ -166,20 +164,23 @@ class RecordWriter:
         self.last_saved = time.monotonic()
 
     def _finish(self) -> None:
-        self.fp.flush()
-        os.fsync(self.fp.fileno())
-        self.fp.close()
-        if self.output is not None:
-            os.replace(self.path, self.output)
+        if self.sink is None:  # the spool: the report reads it back
+            self.fp.flush()
+            self.fp.close()
+        else:
+            self.sink.commit()
             if self.resumable:
                 self.snapshot.unlink(missing_ok=True)
         self.finished = True
 
     def _abandon(self, next_index: int) -> None:
         """The scan stopped early: keep what it wrote to resume from, unless it wrote nothing."""
-        if not self.resumable or not self.written:
+        if self.sink is None:
             self.fp.close()
             self.path.unlink(missing_ok=True)
+            return
+        if not self.resumable or not self.written:
+            self.sink.discard()
             if self.resumable:
                 self.snapshot.unlink(missing_ok=True)
             return
@@ -188,7 +189,7 @@ class RecordWriter:
         except Exception:  # the scan's own error is the one to report; the last snapshot still stands
             pass
         finally:
-            self.fp.close()
+            self.sink.keep()
 
 
 # -- what a report gives back ------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ Every writer (``--output`` records, ``--json`` summaries, repair's manifest) goe
 :class:`AtomicOutput`: ``-`` is standard output; anything else appears whole or not at all (a temporary
 file in the same folder, renamed on commit, removed on any error, Ctrl-C or SIGTERM), with the
 permissions the umask gives a new file; and an output that is a symlink, a device or a FIFO is refused,
-unless it is this process's standard output, which is written through.
+unless it is this process's standard output, which is written through. A resumable output (a scan's
+records with ``resume``) is staged in a named file instead, which an unfinished writer leaves for the next
+run to go on from (``keep()``).
 
 >>> with AtomicOutput("summary.json") as out:  # doctest: +SKIP
 ...     out.write('{"ok": true}\\n')
@@ -72,7 +74,10 @@ def output_target(path: str | os.PathLike[str]) -> str | None:
 class AtomicOutput:
     """A text or binary output that appears complete or not at all (see the module docstring)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, binary: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, binary: bool = False, staging: Path | None = None,
+                 append: bool = False) -> None:
+        """``staging``: the named file to write before the rename, instead of a hidden temporary one
+        (``append``: go on from what it holds)."""
         target = output_target(path)
         self.binary = binary
         self.done = False
@@ -83,6 +88,11 @@ class AtomicOutput:
             return
         self.path = Path(target)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        mode = ("a" if append else "w") + ("b" if binary else "")
+        if staging is not None:  # a plain create: the mode the umask gives
+            self.tmp = staging
+            self.fp = open(staging, mode, encoding=None if binary else "utf-8")
+            return
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         self.tmp = Path(tmp)
         try:
@@ -116,6 +126,12 @@ class AtomicOutput:
         if not self.fp.closed:
             self.fp.close()
         self.tmp.unlink(missing_ok=True)
+
+    def keep(self) -> None:
+        """Leave the output unpublished but its staged file in place (a resumable writer that stopped early)."""
+        if not self.fp.closed and self.tmp is not None:
+            self.fp.close()
+        self.done = True
 
     def __enter__(self) -> AtomicOutput:
         return self

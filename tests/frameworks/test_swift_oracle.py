@@ -13,82 +13,30 @@ labels and image tokens (left, right).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
+from oracle_env import QWEN_IMAGES_PRELUDE, OracleEnv
 from PIL import Image
 
 import vlmcheck
 
-TORCH = "torch==2.13.0"
 REQUIREMENTS = ("ms-swift==4.6.0",)
 NO_DEPS = ("qwen-vl-utils==0.0.14",)
 MAX_PIXELS = 200704  # 256 * 28 * 28
 LIMITS = [120, 300]
 
 
-def oracle_python() -> Path:
-    """The cached ms-swift environment's python, built on first use."""
-    import fcntl
-
-    key = hashlib.sha256(json.dumps([TORCH, REQUIREMENTS, NO_DEPS, sys.version_info[:2]]).encode()).hexdigest()[:12]
-    root = Path(os.environ.get("VLMCHECK_CACHE", Path.home() / ".cache" / "vlmcheck")) / "oracles"
-    env = root / f"swift-{key}"
-    python = env / "bin" / "python"
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"swift-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (env / "ready").is_file():
-            return python
-        constraints = root / f"swift-{key}.constraints.txt"
-        constraints.write_text(f"{TORCH}\n")
-        for step in ([sys.executable, "-m", "venv", "--clear", str(env)],
-                     [str(python), "-m", "pip", "install", "-q", TORCH],
-                     [str(python), "-m", "pip", "install", "-q", "-c", str(constraints), *REQUIREMENTS],
-                     [str(python), "-m", "pip", "install", "-q", "--no-deps", *NO_DEPS]):
-            done = subprocess.run(step, capture_output=True, text=True)
-            if done.returncode != 0:
-                message = f"building ms-swift's environment failed: {' '.join(step[:5])}: {done.stderr[-2000:]}"
-                if os.environ.get("CI"):
-                    pytest.fail(message)
-                pytest.skip(message)  # no package index here: CI (which has one) never skips
-        (env / "ready").write_text("ok\n")
-    return python
+ENV = OracleEnv("swift", packages=REQUIREMENTS, no_deps=NO_DEPS)
+oracle_python = ENV.python
 
 
-ORACLE = textwrap.dedent('''
-    import json, sys, types
-
-    names = ["torchvision", "torchvision.io", "torchvision.transforms"]
-    stand_in = {n: types.ModuleType(n) for n in names}
-    stand_in["torchvision"].io = stand_in["torchvision.io"]
-    stand_in["torchvision"].transforms = stand_in["torchvision.transforms"]
-    stand_in["torchvision.transforms"].InterpolationMode = types.SimpleNamespace(BICUBIC=3)
-    sys.modules.update(stand_in)
-    import qwen_vl_utils  # noqa: F401
-    for n in names:
-        del sys.modules[n]
-
-    import transformers
-    from transformers import AutoTokenizer, Qwen2VLProcessor
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    job = json.loads(sys.argv[1])
-    folder = job["checkpoint"]
-    values = json.load(open(folder + "/preprocessor_config.json"))
-    values = {k: v for k, v in values.items() if k not in ("image_processor_type", "processor_class")}
-
-    class ImageOnly(Qwen2VLProcessor):
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                             chat_template=chat_template, **kwargs)
+ORACLE = QWEN_IMAGES_PRELUDE + textwrap.dedent('''
 
     def load(*args, **kwargs):  # transformers' own Qwen2-VL processor, without the torchvision video processor
         template = json.load(open(folder + "/chat_template.json"))["chat_template"]

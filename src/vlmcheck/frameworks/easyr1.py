@@ -39,10 +39,10 @@ from typing import Any
 from vlmcheck import findings as F
 from vlmcheck.chat import render_chat
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
-from vlmcheck.data.readers import BadRow
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import UsageError
 from vlmcheck.families import Expansion, Overrides
+from vlmcheck.frameworks._run import ProcessorRun, largest_budget, mapped, section, truthy, whole_number
 from vlmcheck.frameworks.verl import GROUP_ESTIMATORS, launch_overrides
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.results import SampleResult
@@ -145,7 +145,7 @@ def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 def locate(value: str, *, near: Path, path_map: Mapping[str, str] | None = None) -> Path | None:
     """A path as EasyR1 finds it (``get_abs_path``: from the working directory), or beside the config and its
     parent folders (a script in ``examples/`` is run from the repository root); None when it is nowhere."""
-    text = os.path.expanduser(_mapped(value, path_map or {}))
+    text = os.path.expanduser(mapped(value, path_map or {}))
     candidate = Path(text)
     if candidate.is_absolute():
         return candidate if candidate.exists() else None
@@ -155,35 +155,6 @@ def locate(value: str, *, near: Path, path_map: Mapping[str, str] | None = None)
         if (folder / candidate).exists():
             return folder / candidate
     return None
-
-
-def _mapped(value: str, mapping: Mapping[str, str]) -> str:
-    for src, dst in sorted(mapping.items(), key=lambda kv: -len(kv[0])):
-        if value == src or value.startswith(src.rstrip("/") + "/"):
-            return dst.rstrip("/") + value[len(src.rstrip("/")):]
-    return value
-
-
-def _section(raw: Mapping[str, Any], *keys: str) -> Mapping[str, Any]:
-    node: Any = raw
-    for key in keys:
-        node = node.get(key) if isinstance(node, Mapping) else None
-    return node if isinstance(node, Mapping) else {}
-
-
-def _int(value: Any, key: str, path: Path) -> int:
-    if isinstance(value, bool):
-        raise UsageError(f"{path}: {key} must be a whole number, got {value!r}")
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{path}: {key} must be a whole number, got {value!r}") from None
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "1", "yes")
-    return bool(value)
 
 
 @dataclass(frozen=True)
@@ -237,15 +208,15 @@ def _optional(raw: Any) -> int | None:
 def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, data: str | None = None,
                 path_map: Mapping[str, str] | None = None) -> Config:
     """The data settings EasyR1 runs with for ``raw`` (a launch script's merged config or the YAML)."""
-    section = _section(raw, "data")
-    value = {k: section.get(k, d) for k, d in DEFAULTS.items()}
+    written = section(raw, "data")
+    value = {k: written.get(k, d) for k, d in DEFAULTS.items()}
     mapping = dict(path_map or {})
-    model_path = model or _section(raw, "worker", "actor", "model").get("model_path")
+    model_path = model or section(raw, "worker", "actor", "model").get("model_path")
     if not model_path:
         raise UsageError(f"{path}: worker.actor.model.model_path is not set (or pass --model)")
-    model_text = _mapped(os.path.expanduser(str(model_path)), mapping)
+    model_text = mapped(os.path.expanduser(str(model_path)), mapping)
     local_model = locate(model_text, near=path)
-    source = data if data is not None else section.get("train_files")
+    source = data if data is not None else written.get("train_files")
     if not source:
         raise UsageError(f"{path}: data.train_files is not set (or pass --data)")
     files = _data_files(str(source), path=path, path_map=mapping)
@@ -267,13 +238,14 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     pixels = {}
     for key in ("min_pixels", "max_pixels"):
         given = _optional(value[key])
-        pixels[key] = None if given is None else _int(given, f"data.{key}", path)
+        pixels[key] = None if given is None else whole_number(given, f"data.{key}", path)
     return Config(
         path=path, model=str(local_model) if local_model is not None else model_text, files=tuple(files),
         prompt_key=str(value["prompt_key"]), image_key=str(value["image_key"]), video_key=str(value["video_key"]),
-        image_dir=image_dir, max_prompt_length=_int(value["max_prompt_length"], "data.max_prompt_length", path),
+        image_dir=image_dir,
+        max_prompt_length=whole_number(value["max_prompt_length"], "data.max_prompt_length", path),
         min_pixels=pixels["min_pixels"], max_pixels=pixels["max_pixels"],
-        filter_overlong_prompts=_bool(value["filter_overlong_prompts"]), format_prompt=texts["format_prompt"],
+        filter_overlong_prompts=truthy(value["filter_overlong_prompts"]), format_prompt=texts["format_prompt"],
         chat_template=texts["override_chat_template"], notes=tuple(notes),
         values={k: value[k] for k in ("prompt_key", "image_key", "max_prompt_length", "min_pixels", "max_pixels",
                                       "filter_overlong_prompts", "format_prompt", "image_dir")},
@@ -304,13 +276,14 @@ class Stops(Exception):
     """The filter (or ``__getitem__``) raises on this row."""
 
 
-class Run:
+class Run(ProcessorRun):
     """An EasyR1 run: judges each prompt against the overlong filter and the right cut."""
 
     name = NAME
     versions = VERSIONS
     length_key = "data.max_prompt_length"
     pixels_key = "data.max_pixels"
+    config: Config
 
     def __init__(self, config: Config, spec: ModelSpec) -> None:
         if spec.model_type not in QWEN_FAMILIES:
@@ -319,11 +292,7 @@ class Run:
         if spec.chat_template is None:
             raise UsageError(f"{spec.path} has no chat template; EasyR1 renders every prompt with it")
         self.config = config
-        self.spec = spec
-        self.family = spec.family
-        self.settings = spec.settings
-        self.tokenizer = spec.tokenizer
-        self.image_token_id = spec.token_id(self.family.image_token)
+        self.use_model(spec)
         self.max_length = config.max_prompt_length
         self._decoded: dict[Path, bool] = {}
 
@@ -335,20 +304,16 @@ class Run:
             for row in read_rows(file):
                 yield row, file
 
-    def shown_settings(self) -> Any:
-        return self.settings
-
-    def describe(self) -> dict[str, Any]:
+    def settings_shown(self) -> dict[str, Any]:
         cfg = self.config
         return {
-            "name": NAME, "versions": VERSIONS, "config": str(cfg.path),
             "template": "override_chat_template" if cfg.chat_template else "the checkpoint's chat template",
             "format_prompt": cfg.values.get("format_prompt") if cfg.format_prompt is not None else None,
             "datasets": [str(f) for f in cfg.files], "max_prompt_length": cfg.max_prompt_length,
             "filter_overlong_prompts": cfg.filter_overlong_prompts, "truncation": "right",
             "prompt_key": cfg.prompt_key, "image_key": cfg.image_key, "image_max_pixels": cfg.max_pixels,
             "image_min_pixels": cfg.min_pixels, "media_dir": str(cfg.image_dir) if cfg.image_dir else None,
-            "length_key": self.length_key, "pixels_key": self.pixels_key, "notes": list(cfg.notes),
+            "notes": list(cfg.notes),
         }
 
     # -- one row --------------------------------------------------------------------------------------------------
@@ -408,45 +373,24 @@ class Run:
         return probe_path(Path(image)).size(exif_transpose=False)
 
     def _expansions(self, images: list[Any], found: list[F.Finding], *, exif: bool) -> list[Expansion]:
-        self._sizes: list[tuple[int, int]] = []
-        out: list[Expansion] = []
-        problems = []
-        for k, image in enumerate(images, 1):
-            label = f"image {k} of {len(images)}"
-            if isinstance(image, str) and self.config.image_dir is not None and isinstance(images[0], str):
-                image = str(self.config.image_dir / image)
-            try:
-                width, height = self._size(image, exif=exif)
-            except ImageProblem as p:
-                found.append(F.make(p.code, f"{label}: {p.message}", image=k, **p.data))
-                problems.append(label)
-                continue
-            except (OSError, ValueError) as e:
-                found.append(F.make("VC102", f"{label}: cannot be opened: {str(e)[:200]}", image=k))
-                problems.append(label)
-                continue
-            issues = self.family.check_image(width, height, self.settings)
-            for issue in issues:
-                found.append(F.make(issue.code, f"{label}: {issue.message}", image=k, **issue.data))
-            if any(F.CATALOGUE[i.code].severity >= F.Severity.ERROR for i in issues):
-                problems.append(label)
-                continue
-            out.append(self.family.expand(width, height, self.settings))
-            self._sizes.append((width, height))
-        if problems:
-            raise Stops(f"{', '.join(problems)}: process_image or the processor raises")
-        return out
+        folder = self.config.image_dir
+        if folder is not None and images and isinstance(images[0], str):  # image_dir joins paths only
+            images = [str(folder / i) if isinstance(i, str) else i for i in images]
+        probed = self.probe(images, found, size=lambda image: self._size(image, exif=exif))
+        self._sizes: list[tuple[int, int]] = probed.sizes
+        if probed.refused:
+            raise Stops(f"{', '.join(probed.refused)}: process_image or the processor raises")
+        return probed.expansions
 
     def _encode(self, text: str, expansions: list[Expansion]) -> tuple[int, list[int]]:
         """The prompt's token count, and where each image's tokens start in it."""
-        pieces = text.split(self.family.placeholder)
-        if len(pieces) - 1 < len(expansions):
+        tags = text.count(self.family.placeholder)
+        if tags < len(expansions):
             raise Stops("fewer <image> tags than images")  # handled before: kept as a guard
-        if len(pieces) - 1 > len(expansions):
-            raise Stops(f"{len(pieces) - 1} <image> tags for {len(expansions)} image(s): the processor raises "
+        if tags > len(expansions):
+            raise Stops(f"{tags} <image> tags for {len(expansions)} image(s): the processor raises "
                         "(IndexError) while expanding them")
-        collapsed = pieces[0] + "".join(e.text + piece for e, piece in zip(expansions, pieces[1:]))
-        ids = self.tokenizer.encode(collapsed, add_special_tokens=False).ids
+        ids = self.expanded_ids(text, expansions)
         runs = [n for e in expansions for n in e.runs]
         total, starts, k = 0, [], 0
         for token in ids:
@@ -463,21 +407,11 @@ class Run:
         return total, starts
 
     def judge(self, index: int, row: Any, source: Path) -> SampleResult:
-        result = SampleResult(index=index, id=str(index), tokens=None, image_tokens=[], supervised_tokens=None)
+        result, frame = self.start(index, row, unloadable="datasets cannot load the file and EasyR1 stops")
+        if frame["verdict"] != "ok":
+            return result
         found = result.findings
-        frame: dict[str, Any] = {"name": NAME, "verdict": "ok"}
-        result.framework = frame
         cfg = self.config
-        if isinstance(row, BadRow):
-            found.append(F.make("VC001", f"{row.reason}; datasets cannot load the file and EasyR1 stops"))
-            frame["verdict"] = "stops"
-            return result
-        if not isinstance(row, Mapping):
-            found.append(F.make("VC001", f"the row is a {type(row).__name__}, not an object"))
-            frame["verdict"] = "stops"
-            return result
-        if isinstance(row.get("id"), (str, int)):
-            result.id = str(row["id"])
         with_images = cfg.image_key in row
         images = row.get(cfg.image_key) if with_images else []
         if not with_images and row.get(cfg.video_key):
@@ -567,16 +501,7 @@ class Run:
                 total += self.family.expand(width, height, settings).features
             return total <= limit
 
-        lo, hi = 1, cap // unit
-        if hi < lo or not fits(lo * unit):
-            return None
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if fits(mid * unit):
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo * unit
+        return largest_budget(lo=1, hi=cap // unit, unit=unit, fits=fits)
 
 
 def _setting(key: str, value: Any) -> str:

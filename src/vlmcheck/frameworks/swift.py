@@ -37,7 +37,8 @@ from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
 from vlmcheck.data.readers import BadRow
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import UsageError
-from vlmcheck.families import Expansion, Overrides
+from vlmcheck.families import Overrides
+from vlmcheck.frameworks._run import ProcessorRun, expand_shell, mapped
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS, UNSET
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.results import SampleResult
@@ -101,7 +102,7 @@ def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) 
         stripped = line.strip()
         assignment = re.fullmatch(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(\S*)", stripped)
         if assignment:
-            variables[assignment.group(1)] = _expand(assignment.group(2).strip("'\""), variables, env)
+            variables[assignment.group(1)] = expand_shell(assignment.group(2).strip("'\""), variables, env)
             continue
         try:
             words = shlex.split(stripped)
@@ -115,7 +116,7 @@ def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) 
         for word in words[:at]:
             if "=" in word:
                 name, value = word.split("=", 1)
-                launch_env[name] = _expand(value, variables, env)
+                launch_env[name] = expand_shell(value, variables, env)
         options: dict[str, Any] = {}
         key: str | None = None
         for word in words[at + 2:]:
@@ -123,21 +124,12 @@ def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) 
                 key = word[2:].replace("-", "_")
                 options[key] = None
             elif key is not None:
-                value = _expand(word, variables, env)
+                value = expand_shell(word, variables, env)
                 current = options[key]
                 options[key] = value if current is None else (current if isinstance(current, list) else [current]) + [
                     value]
         return {"__launch__": NAME, "options": options, "env": launch_env}
     return None
-
-
-def _expand(value: str, variables: Mapping[str, str], env: Mapping[str, str]) -> str:
-    def sub(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(3)
-        found = variables.get(name, env.get(name))
-        return found if found else (match.group(2) or "")
-
-    return re.sub(r"\$\{([A-Za-z0-9_]+)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)", sub, value)
 
 
 # -- config -------------------------------------------------------------------------------------------------------
@@ -165,13 +157,6 @@ def _as_list(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
 
-def _mapped(value: str, mapping: Mapping[str, str]) -> str:
-    for src, dst in sorted(mapping.items(), key=lambda kv: -len(kv[0])):
-        if value == src or value.startswith(src.rstrip("/") + "/"):
-            return dst.rstrip("/") + value[len(src.rstrip("/")):]
-    return value
-
-
 def _int(value: Any, key: str, path: Path) -> int:
     try:
         number = int(str(value))
@@ -197,7 +182,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     for source in sources:
         if "#" in source:
             raise UsageError(f"{path}: --dataset {source}: sampling with '#N' is not modelled by vlmcheck")
-        file = Path(_mapped(os.path.expanduser(source), mapping))
+        file = Path(mapped(os.path.expanduser(source), mapping))
         if not file.is_absolute() and not file.exists() and (path.parent / file).exists():
             file = path.parent / file
         if not file.is_file():
@@ -219,11 +204,11 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         raise UsageError(f"{path}: --loss_scale {options['loss_scale']} is not modelled yet (default is)")
     system = options.get("system")
     if isinstance(system, str) and system.endswith(".txt"):
-        system = Path(_mapped(system, mapping)).read_text(encoding="utf-8")
+        system = Path(mapped(system, mapping)).read_text(encoding="utf-8")
     elif isinstance(system, str):
         system = system.replace("\\n", "\n")
     return Config(
-        path=path, model=_mapped(str(model_path), mapping), template=str(template or ""), datasets=tuple(files),
+        path=path, model=mapped(str(model_path), mapping), template=str(template or ""), datasets=tuple(files),
         max_length=_int(options["max_length"], "--max_length", path) if options.get("max_length") else None,
         truncation=truncation, system=system if isinstance(system, str) else None,
         max_pixels=_int(env["MAX_PIXELS"], "MAX_PIXELS", path) if env.get("MAX_PIXELS") else None,
@@ -254,13 +239,14 @@ class Unbuildable(Exception):
     """ms-swift raises on this row while encoding it."""
 
 
-class Run:
+class Run(ProcessorRun):
     """An ms-swift ``sft`` run with a Qwen-VL template."""
 
     name = NAME
     versions = VERSIONS
     length_key = "--max_length"
     pixels_key = "MAX_PIXELS"
+    config: Config
 
     def __init__(self, config: Config, spec: ModelSpec) -> None:
         template = config.template or MODEL_TYPES.get(spec.model_type, "")
@@ -271,11 +257,7 @@ class Run:
         spec.settings = replace(spec.settings, min_pixels=1, max_pixels=1 << 62)
         self.config = config
         self.template = template
-        self.spec = spec
-        self.family = spec.family
-        self.settings = spec.settings
-        self.tokenizer = spec.tokenizer
-        self.image_token_id = spec.token_id(self.family.image_token)
+        self.use_model(spec)
         self.max_length = config.max_length or _max_model_len(spec.path)
 
     def inputs(self) -> list[Path]:
@@ -286,17 +268,14 @@ class Run:
             for row in read_rows(file):
                 yield row, file
 
-    def shown_settings(self) -> Any:
-        return self.settings
-
-    def describe(self) -> dict[str, Any]:
+    def settings_shown(self) -> dict[str, Any]:
         cfg = self.config
         return {
-            "name": NAME, "versions": VERSIONS, "config": str(cfg.path), "template": self.template,
+            "template": self.template,
             "datasets": [str(d) for d in cfg.datasets], "max_length": self.max_length,
             "truncation_strategy": cfg.truncation, "train_type": cfg.train_type,
             "image_max_pixels": self.settings.pre_max_pixels, "image_min_pixels": self.settings.pre_min_pixels,
-            "media_dir": "paths as written in the data", "length_key": self.length_key, "pixels_key": self.pixels_key,
+            "media_dir": "paths as written in the data",
         }
 
     # -- one row --------------------------------------------------------------------------------------------------
@@ -366,22 +345,9 @@ class Run:
             result.id = str(row["id"])
         images = row.get("images") or []
         images = images if isinstance(images, list) else [images]
-        expansions: list[Expansion] = []
-        for k, image in enumerate(images, 1):
-            try:
-                width, height = self._size(image, source)
-            except ImageProblem as p:
-                found.append(F.make(p.code, f"image {k} of {len(images)}: {p.message}", image=k, **p.data))
-                continue
-            except (OSError, ValueError) as e:
-                found.append(F.make("VC102", f"image {k} of {len(images)}: cannot be opened: {str(e)[:200]}", image=k))
-                continue
-            issues = self.family.check_image(width, height, self.settings)
-            for issue in issues:
-                found.append(F.make(issue.code, f"image {k} of {len(images)}: {issue.message}", image=k, **issue.data))
-            if not any(F.CATALOGUE[i.code].severity >= F.Severity.ERROR for i in issues):
-                expansions.append(self.family.expand(width, height, self.settings))
-        if len(expansions) != len(images):
+        probed = self.probe(images, found, size=lambda image: self._size(image, source))
+        expansions = probed.expansions
+        if probed.refused:
             result.image_tokens = [None] * len(images)
             self._refused(result, "an image cannot be loaded or qwen-vl-utils refuses it")
             return result

@@ -43,10 +43,10 @@ from typing import Any
 from vlmcheck import findings as F
 from vlmcheck.chat import render_chat, render_chat_with_generation_spans
 from vlmcheck.data.images import ImageProblem, decode_data_url, probe_bytes, probe_path
-from vlmcheck.data.readers import BadRow
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.families import Expansion, Overrides
+from vlmcheck.frameworks._run import ProcessorRun, largest_budget
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS, UNSET
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.preview import Previewer, image_refs, token_spans
@@ -370,13 +370,14 @@ def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data:
     return Run(config, load_model(config.model, overrides=Overrides(resize="processor")), env=env)
 
 
-class Run:
+class Run(ProcessorRun):
     """A TRL run: judges rows the way ``trl sft``'s vision collator or ``trl grpo``'s prompt tokenization does."""
 
     name = NAME
     versions = VERSIONS
     length_key = "max_length"
     pixels_key = "max_pixels"
+    config: Config
 
     def __init__(self, config: Config, spec: ModelSpec, *, env: Mapping[str, str] | None = None) -> None:
         template = spec.chat_template
@@ -413,13 +414,10 @@ class Run:
             for row in read_rows(file):
                 yield row, file
 
-    def shown_settings(self) -> Any:
-        return self.settings
-
-    def describe(self) -> dict[str, Any]:
+    def settings_shown(self) -> dict[str, Any]:
         cfg = self.config
         return {
-            "name": NAME, "versions": VERSIONS, "config": str(cfg.path), "trainer": cfg.trainer,
+            "trainer": cfg.trainer,
             "template": "the checkpoint's chat template", "datasets": [str(s) for s in cfg.datasets],
             "split": cfg.split, "max_length": cfg.max_length, "truncation_mode": cfg.truncation_mode,
             "completion_only_loss": cfg.completion_only_loss, "num_generations": cfg.num_generations,
@@ -427,7 +425,7 @@ class Run:
             "vllm_max_model_length": cfg.vllm_max_model_length, "ignored_by_trl": cfg.ignored,
             "image_max_pixels": getattr(self.settings, "max_pixels", None),
             "image_min_pixels": getattr(self.settings, "min_pixels", None),
-            "media_dir": str(self.cwd), "length_key": self.length_key, "pixels_key": self.pixels_key,
+            "media_dir": str(self.cwd),
         }
 
     # -- images ---------------------------------------------------------------------------------------------------
@@ -460,28 +458,8 @@ class Run:
         return path
 
     def _expansions(self, images: list[Any], source: Path, found: list[F.Finding]) -> list[Expansion] | None:
-        out: list[Expansion] = []
-        ok = True
-        for k, image in enumerate(images, 1):
-            label = f"image {k} of {len(images)} ({image[:120] if isinstance(image, str) else 'bytes'})"
-            try:
-                width, height = self._size(image, source)
-            except ImageProblem as p:
-                found.append(F.make(p.code, f"{label}: {p.message}", image=k, **p.data))
-                ok = False
-                continue
-            except (OSError, ValueError) as e:
-                found.append(F.make("VC102", f"{label}: cannot be opened: {str(e)[:200]}", image=k))
-                ok = False
-                continue
-            issues = self.family.check_image(width, height, self.settings)
-            for issue in issues:
-                found.append(F.make(issue.code, f"{label}: {issue.message}", image=k, **issue.data))
-            if any(F.CATALOGUE[i.code].severity >= F.Severity.ERROR for i in issues):
-                ok = False
-                continue
-            out.append(self.family.expand(width, height, self.settings))
-        return out if ok else None
+        probed = self.probe(images, found, size=lambda image: self._size(image, source), label=_image_label)
+        return None if probed.refused else probed.expansions
 
     # -- tokens ---------------------------------------------------------------------------------------------------
     def _render(self, messages: list[dict[str, Any]], *, generation_prompt: bool = False,
@@ -593,20 +571,11 @@ class Run:
 
     # -- one row --------------------------------------------------------------------------------------------------
     def judge(self, index: int, row: Any, source: Path) -> SampleResult:
-        result = SampleResult(index=index, id=str(index), tokens=None, image_tokens=[], supervised_tokens=None)
+        result, frame = self.start(index, row, unloadable="datasets cannot load the file and the run stops",
+                                   trainer=self.config.trainer)
+        if frame["verdict"] != "ok":
+            return result
         found = result.findings
-        frame: dict[str, Any] = {"name": NAME, "trainer": self.config.trainer, "verdict": "ok"}
-        result.framework = frame
-        if isinstance(row, BadRow):
-            found.append(F.make("VC001", f"{row.reason}; datasets cannot load the file and the run stops"))
-            frame["verdict"] = "stops"
-            return result
-        if not isinstance(row, Mapping):
-            found.append(F.make("VC001", f"the row is a {type(row).__name__}, not an object"))
-            frame["verdict"] = "stops"
-            return result
-        if isinstance(row.get("id"), (str, int)):
-            result.id = str(row["id"])
         images = row.get("images") if "images" in row else ([row["image"]] if row.get("image") is not None else [])
         images = [] if images is None else images
         if not isinstance(images, list):
@@ -738,16 +707,11 @@ class Run:
                 return False
             return encoded.total <= limit
 
-        lo, hi = max(1, -(-min_pixels // unit)), max_pixels // unit
-        if hi < lo or not fits(lo * unit):
-            return None
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if fits(mid * unit):
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo * unit
+        return largest_budget(lo=max(1, -(-min_pixels // unit)), hi=max_pixels // unit, unit=unit, fits=fits)
+
+
+def _image_label(k: int, n: int, image: Any) -> str:
+    return f"image {k} of {n} ({image[:120] if isinstance(image, str) else 'bytes'})"
 
 
 # chat_template_utils.has_generation_markers (whitespace-trim variants included)

@@ -37,10 +37,10 @@ from typing import Any
 from vlmcheck import findings as F
 from vlmcheck.chat import render_chat
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
-from vlmcheck.data.readers import BadRow
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import UsageError
 from vlmcheck.families import Expansion, Overrides
+from vlmcheck.frameworks._run import ProcessorRun, expand_shell, mapped, section, truthy, whole_number
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.results import SampleResult
 
@@ -153,20 +153,6 @@ def launch_overrides(text: str, *, path: Path, entry_points: tuple[str, ...],
     return None
 
 
-def expand_shell(value: str, variables: Mapping[str, str], env: Mapping[str, str]) -> str:
-    """Shell expansion of ``$NAME``, ``${NAME}`` and ``${NAME:-default}`` (positional ``${1:-x}`` gives x), for
-    every launch script reader (verl's forks write the same shell)."""
-    def sub(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(3)
-        default = match.group(2)
-        found = variables.get(name, env.get(name))
-        if found:
-            return found
-        return default if default is not None else ""
-
-    return re.sub(r"\$\{([A-Za-z0-9_]+)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)", sub, value)
-
-
 # -- config -------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Config:
@@ -188,55 +174,26 @@ class Config:
     values: dict[str, Any] = field(default_factory=dict)
 
 
-def _section(raw: Mapping[str, Any], *keys: str) -> Mapping[str, Any]:
-    node: Any = raw
-    for key in keys:
-        node = node.get(key) if isinstance(node, Mapping) else None
-    return node if isinstance(node, Mapping) else {}
-
-
-def _int(value: Any, key: str, path: Path) -> int:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        return int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{path}: {key} must be a whole number, got {value!r}") from None
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "1", "yes")
-    return bool(value)
-
-
-def _mapped(value: str, mapping: Mapping[str, str]) -> str:
-    for src, dst in sorted(mapping.items(), key=lambda kv: -len(kv[0])):
-        if value == src or value.startswith(src.rstrip("/") + "/"):
-            return dst.rstrip("/") + value[len(src.rstrip("/")):]
-    return value
-
-
 def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, data: str | None = None,
                 path_map: Mapping[str, str] | None = None) -> Config:
     """The data settings verl runs with for ``raw`` (overrides or a Hydra YAML), defaults filled in."""
-    section = _section(raw, "data")
-    value = {k: section.get(k, d) for k, d in DEFAULTS.items()}
-    if _section(section, "custom_cls").get("path"):
+    written = section(raw, "data")
+    value = {k: written.get(k, d) for k, d in DEFAULTS.items()}
+    if section(written, "custom_cls").get("path"):
         raise UsageError(f"{path}: data.custom_cls replaces RLHFDataset with your own class, which vlmcheck "
                          "cannot model")
-    model_path = model or _section(raw, "actor_rollout_ref", "model").get("path")
+    model_path = model or section(raw, "actor_rollout_ref", "model").get("path")
     if not model_path:
         raise UsageError(f"{path}: actor_rollout_ref.model.path is not set (or pass --model)")
     mapping = dict(path_map or {})
-    sources: Any = [data] if data is not None else section.get("train_files")
+    sources: Any = [data] if data is not None else written.get("train_files")
     if isinstance(sources, str):
         sources = [sources]
     if not sources:
         raise UsageError(f"{path}: data.train_files is not set (or pass --data)")
     files = []
     for source in sources:
-        file = Path(_mapped(os.path.expanduser(str(source)), mapping))
+        file = Path(mapped(os.path.expanduser(str(source)), mapping))
         if not file.is_absolute() and not file.exists() and (path.parent / file).exists():
             file = path.parent / file
         if file.suffix not in (".parquet", ".json", ".jsonl"):
@@ -246,20 +203,20 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
             raise UsageError(f"{path}: data file {source} not found ({file}); pass --data FILE, or --path-map for a "
                              "config written on another machine")
         files.append(file)
-    max_prompt = _int(value["max_prompt_length"], "data.max_prompt_length", path)
-    rollout = _section(raw, "actor_rollout_ref", "rollout").get("prompt_length")
+    max_prompt = whole_number(value["max_prompt_length"], "data.max_prompt_length", path)
+    rollout = section(raw, "actor_rollout_ref", "rollout").get("prompt_length")
     rollout_key = "data.max_prompt_length"
     rollout_length = max_prompt
     if rollout is not None and not (isinstance(rollout, str) and rollout.startswith("${")):
-        rollout_length = _int(rollout, "actor_rollout_ref.rollout.prompt_length", path)
+        rollout_length = whole_number(rollout, "actor_rollout_ref.rollout.prompt_length", path)
         rollout_key = "actor_rollout_ref.rollout.prompt_length"
     return Config(
-        path=path, model=_mapped(str(model_path), mapping), files=tuple(files), prompt_key=str(value["prompt_key"]),
+        path=path, model=mapped(str(model_path), mapping), files=tuple(files), prompt_key=str(value["prompt_key"]),
         image_key=str(value["image_key"]), video_key=str(value["video_key"]), max_prompt_length=max_prompt,
         rollout_prompt_length=rollout_length, rollout_length_key=rollout_key,
-        filter_overlong_prompts=_bool(value["filter_overlong_prompts"]), truncation=str(value["truncation"]),
-        max_samples=_int(value["train_max_samples"], "data.train_max_samples", path),
-        image_patch_size=_int(value["image_patch_size"], "data.image_patch_size", path),
+        filter_overlong_prompts=truthy(value["filter_overlong_prompts"]), truncation=str(value["truncation"]),
+        max_samples=whole_number(value["train_max_samples"], "data.train_max_samples", path),
+        image_patch_size=whole_number(value["image_patch_size"], "data.image_patch_size", path),
         values={k: value[k] for k in ("prompt_key", "image_key", "max_prompt_length", "filter_overlong_prompts",
                                       "truncation", "shuffle")},
     )
@@ -285,13 +242,14 @@ class Unbuildable(Exception):
     """``RLHFDataset`` raises on this row while building its messages."""
 
 
-class Run:
+class Run(ProcessorRun):
     """A verl run: judges each prompt against the overlong filter and the rollout's prompt budget."""
 
     name = NAME
     versions = VERSIONS
     length_key = "data.max_prompt_length"
     pixels_key = "max_pixels"
+    config: Config
 
     def __init__(self, config: Config, spec: ModelSpec) -> None:
         if spec.model_type not in QWEN_FAMILIES:
@@ -303,11 +261,7 @@ class Run:
             raise UsageError(f"data.image_patch_size={config.image_patch_size} differs from the processor's "
                              f"patch size {spec.settings.patch_size}: not modelled")
         self.config = config
-        self.spec = spec
-        self.family = spec.family
-        self.settings = spec.settings
-        self.tokenizer = spec.tokenizer
-        self.image_token_id = spec.token_id(self.family.image_token)
+        self.use_model(spec)
         self.max_length = config.max_prompt_length
 
     def inputs(self) -> list[Path]:
@@ -322,19 +276,16 @@ class Run:
                 count += 1
                 yield row, file
 
-    def shown_settings(self) -> Any:
-        return self.settings
-
-    def describe(self) -> dict[str, Any]:
+    def settings_shown(self) -> dict[str, Any]:
         cfg = self.config
         return {
-            "name": NAME, "versions": VERSIONS, "config": str(cfg.path), "template": "the checkpoint's chat template",
+            "template": "the checkpoint's chat template",
             "datasets": [str(f) for f in cfg.files], "max_prompt_length": cfg.max_prompt_length,
             "rollout_prompt_length": cfg.rollout_prompt_length, "filter_overlong_prompts": cfg.filter_overlong_prompts,
             "truncation": cfg.truncation, "prompt_key": cfg.prompt_key, "image_key": cfg.image_key,
             "image_max_pixels": self.settings.pre_max_pixels, "image_min_pixels": self.settings.pre_min_pixels,
-            "media_dir": "inside the data files", "length_key": self.length_key, "pixels_key": self.pixels_key,
-            "train_max_samples_shuffled": cfg.max_samples > 0 and _bool(cfg.values.get("shuffle")),
+            "media_dir": "inside the data files",
+            "train_max_samples_shuffled": cfg.max_samples > 0 and truthy(cfg.values.get("shuffle")),
         }
 
     # -- one row --------------------------------------------------------------------------------------------------
@@ -388,11 +339,10 @@ class Run:
         return probe_path(Path(image.removeprefix("file://"))).size(exif_transpose=False)
 
     def _tokens(self, text: str, expansions: list[Expansion], *, special: bool) -> int:
-        pieces = text.split(self.family.placeholder)
-        if len(pieces) - 1 != len(expansions):
-            raise Unbuildable(f"the prompt holds {len(pieces) - 1} image token(s) for {len(expansions)} image(s)")
-        collapsed = pieces[0] + "".join(e.text + piece for e, piece in zip(expansions, pieces[1:]))
-        ids = self.tokenizer.encode(collapsed, add_special_tokens=special).ids
+        tags = text.count(self.family.placeholder)
+        if tags != len(expansions):
+            raise Unbuildable(f"the prompt holds {tags} image token(s) for {len(expansions)} image(s)")
+        ids = self.expanded_ids(text, expansions, special=special)
         runs = [n for e in expansions for n in e.runs]
         placeholders = sum(1 for t in ids if t == self.image_token_id)
         if placeholders != len(runs):
@@ -400,23 +350,14 @@ class Run:
         return len(ids) - placeholders + sum(runs)
 
     def judge(self, index: int, row: Any, source: Path) -> SampleResult:
-        result = SampleResult(index=index, id=str(index), tokens=None, image_tokens=[], supervised_tokens=None)
+        result, frame = self.start(index, row, unloadable="datasets cannot load the file and verl stops")
+        if frame["verdict"] != "ok":
+            return result
         found = result.findings
-        frame: dict[str, Any] = {"name": NAME, "verdict": "ok"}
-        result.framework = frame
         cfg = self.config
-        if isinstance(row, BadRow):
-            found.append(F.make("VC001", f"{row.reason}; datasets cannot load the file and verl stops"))
-            frame["verdict"] = "stops"
-            return result
-        if not isinstance(row, Mapping):
-            found.append(F.make("VC001", f"the row is a {type(row).__name__}, not an object"))
-            frame["verdict"] = "stops"
-            return result
         extra = row.get("extra_info")
-        if isinstance(row.get("id"), (str, int)):
-            result.id = str(row["id"])
-        elif isinstance(extra, Mapping) and isinstance(extra.get("index"), (str, int)):
+        if not isinstance(row.get("id"), (str, int)) and isinstance(extra, Mapping) and isinstance(
+                extra.get("index"), (str, int)):  # a row without an id of its own: verl's examples' index
             result.id = str(extra["index"])
         if row.get(cfg.video_key):
             found.append(F.make("VC114", "videos under verl are not counted by vlmcheck yet"))
@@ -482,28 +423,8 @@ class Run:
             frame["verdict"] = "stops"
 
     def _expansions(self, images: list[Any], found: list[F.Finding]) -> list[Expansion] | None:
-        out: list[Expansion] = []
-        ok = True
-        for k, image in enumerate(images, 1):
-            label = f"image {k} of {len(images)}"
-            try:
-                width, height = self._size(image)
-            except ImageProblem as p:
-                found.append(F.make(p.code, f"{label}: {p.message}", image=k, **p.data))
-                ok = False
-                continue
-            except (OSError, ValueError) as e:
-                found.append(F.make("VC102", f"{label}: cannot be opened: {str(e)[:200]}", image=k))
-                ok = False
-                continue
-            issues = self.family.check_image(width, height, self.settings)
-            for issue in issues:
-                found.append(F.make(issue.code, f"{label}: {issue.message}", image=k, **issue.data))
-            if any(F.CATALOGUE[i.code].severity >= F.Severity.ERROR for i in issues):
-                ok = False
-                continue
-            out.append(self.family.expand(width, height, self.settings))
-        return out if ok else None
+        probed = self.probe(images, found, size=self._size)
+        return None if probed.refused else probed.expansions
 
 
 def _setting(key: str, value: Any) -> str:

@@ -38,13 +38,12 @@ from typing import Any
 
 from vlmcheck import findings as F
 from vlmcheck.chat import render_chat
-from vlmcheck.data.images import ImageProblem, probe_path
-from vlmcheck.data.readers import BadRow
+from vlmcheck.data.images import probe_path
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import UsageError
-from vlmcheck.families import Expansion, Overrides
+from vlmcheck.families import Overrides
+from vlmcheck.frameworks._run import ProcessorRun, expand_shell, mapped, whole_number
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS
-from vlmcheck.frameworks.verl import expand_shell
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.results import SampleResult
 
@@ -155,26 +154,10 @@ class Config:
     question_template: str
 
 
-def _int(value: Any, key: str, path: Path) -> int:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        return int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{path}: --{key} must be a whole number, got {value!r}") from None
-
-
-def _mapped(value: str, mapping: Mapping[str, str]) -> str:
-    for src, dst in sorted(mapping.items(), key=lambda kv: -len(kv[0])):
-        if value == src or value.startswith(src.rstrip("/") + "/"):
-            return dst.rstrip("/") + value[len(src.rstrip("/")):]
-    return value
-
-
 def _local(value: str, *, near: Path, mapping: Mapping[str, str]) -> Path:
     """A path of the script, as found from here: as written, else beside the script and its parent folders
     (VLM-R1's scripts ``cd src/open-r1-multimodal`` first)."""
-    candidate = Path(os.path.expanduser(_mapped(value, mapping)))
+    candidate = Path(os.path.expanduser(mapped(value, mapping)))
     if candidate.is_absolute() or candidate.exists():
         return candidate
     for folder in list(near.resolve().parents)[:3]:
@@ -223,10 +206,10 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     task = raw.get("task_type")
     budget = raw.get("max_prompt_length", DEFAULTS["max_prompt_length"])
     return Config(
-        path=path, model=_mapped(str(model or name), mapping), model_name=name, files=tuple(pairs),
-        max_pixels=_int(value["max_pixels"], "max_pixels", path),
-        min_pixels=_int(value["min_pixels"], "min_pixels", path),
-        max_prompt_length=None if budget in (None, "None") else _int(budget, "max_prompt_length", path),
+        path=path, model=mapped(str(model or name), mapping), model_name=name, files=tuple(pairs),
+        max_pixels=whole_number(value["max_pixels"], "--max_pixels", path),
+        min_pixels=whole_number(value["min_pixels"], "--min_pixels", path),
+        max_prompt_length=None if budget in (None, "None") else whole_number(budget, "--max_prompt_length", path),
         task_type=None if task in (None, "None") else str(task),
         question_template=QUESTION_TEMPLATES.get(None if task in (None, "None") else str(task),
                                                  QUESTION_TEMPLATES[None]),
@@ -260,13 +243,14 @@ def scaled_up(width: int, height: int) -> tuple[int, int]:
     return int(width * (MIN_SIDE / height)), MIN_SIDE
 
 
-class Run:
+class Run(ProcessorRun):
     """A VLM-R1 run: each row's prompt as its trainer builds it."""
 
     name = NAME
     versions = VERSIONS
     length_key = "--max_prompt_length (not enforced)"  # the trainer sets it to None
     pixels_key = "--max_pixels"
+    config: Config
 
     def __init__(self, config: Config, spec: ModelSpec) -> None:
         if spec.model_type not in QWEN_FAMILIES:
@@ -274,11 +258,7 @@ class Run:
         if spec.chat_template is None:
             raise UsageError(f"{spec.path} has no chat template; VLM-R1 renders every prompt with it")
         self.config = config
-        self.spec = spec
-        self.family = spec.family
-        self.settings = spec.settings
-        self.tokenizer = spec.tokenizer
-        self.image_token_id = spec.token_id(self.family.image_token)
+        self.use_model(spec)
         self.max_length = None  # the trainer enforces no prompt budget
 
     def inputs(self) -> list[Path]:
@@ -289,19 +269,15 @@ class Run:
             for row in read_rows(file):
                 yield row, folder
 
-    def shown_settings(self) -> Any:
-        return self.settings
-
-    def describe(self) -> dict[str, Any]:
+    def settings_shown(self) -> dict[str, Any]:
         cfg = self.config
         return {
-            "name": NAME, "versions": VERSIONS, "config": str(cfg.path), "template": "the processor's chat template",
+            "template": "the processor's chat template",
             "datasets": [str(f) for f, _ in cfg.files], "media_dir": ", ".join(str(d) for _, d in cfg.files),
             "task_type": cfg.task_type, "question_template": cfg.question_template,
             "max_prompt_length": cfg.max_prompt_length,
             "notes": ["VLM-R1's trainer sets max_prompt_length to None: no prompt is cut or filtered"],
             "image_max_pixels": cfg.max_pixels, "image_min_pixels": cfg.min_pixels,
-            "length_key": self.length_key, "pixels_key": self.pixels_key,
         }
 
     def _images(self, row: Mapping[str, Any], folder: Path) -> list[Path]:
@@ -327,20 +303,10 @@ class Run:
         return self.config.question_template.format(Question=first.replace("<image>", ""))
 
     def judge(self, index: int, row: Any, folder: Path) -> SampleResult:
-        result = SampleResult(index=index, id=str(index), tokens=None, image_tokens=[], supervised_tokens=None)
+        result, frame = self.start(index, row, unloadable="json.loads raises and VLM-R1 stops while loading")
+        if frame["verdict"] != "ok":
+            return result
         found = result.findings
-        frame: dict[str, Any] = {"name": NAME, "verdict": "ok"}
-        result.framework = frame
-        if isinstance(row, BadRow):
-            found.append(F.make("VC001", f"{row.reason}; json.loads raises and VLM-R1 stops while loading"))
-            frame["verdict"] = "stops"
-            return result
-        if not isinstance(row, Mapping):
-            found.append(F.make("VC001", f"the row is a {type(row).__name__}, not an object"))
-            frame["verdict"] = "stops"
-            return result
-        if isinstance(row.get("id"), (str, int)):
-            result.id = str(row["id"])
         try:
             paths = self._images(row, folder)
             question = self._question(row)
@@ -356,30 +322,10 @@ class Run:
             frame["verdict"] = "stops"
             result.image_tokens = [None] * len(paths)
             return result
-        expansions: list[Expansion] = []
-        broken = False
-        for k, file in enumerate(paths, 1):
-            label = f"image {k} of {len(paths)}"
-            try:
-                width, height = probe_path(file).size(exif_transpose=False)
-            except ImageProblem as p:
-                found.append(F.make(p.code, f"{label}: {p.message}", image=k, **p.data))
-                broken = True
-                continue
-            except (OSError, ValueError) as e:
-                found.append(F.make("VC102", f"{label}: cannot be opened: {str(e)[:200]}", image=k))
-                broken = True
-                continue
-            width, height = scaled_up(width, height)
-            issues = self.family.check_image(width, height, self.settings)
-            for issue in issues:
-                found.append(F.make(issue.code, f"{label} (as the trainer scales it): {issue.message}; the processor "
-                                                 "raises in the training step", image=k, **issue.data))
-            if any(F.CATALOGUE[i.code].severity >= F.Severity.ERROR for i in issues):
-                broken = True
-                continue
-            expansions.append(self.family.expand(width, height, self.settings))
-        if broken:
+        probed = self.probe(paths, found, size=lambda file: scaled_up(*probe_path(file).size(exif_transpose=False)),
+                            seen=" (as the trainer scales it)", then="; the processor raises in the training step")
+        expansions = probed.expansions
+        if probed.refused:
             result.image_tokens = [None] * len(paths)
             frame["verdict"] = "crash"
             return result
@@ -387,9 +333,7 @@ class Run:
         parts.append({"type": "text", "text": question})
         text = render_chat(self.spec.chat_template or "", [{"role": "user", "content": parts}],
                            special_tokens=self.spec.special_tokens, add_generation_prompt=True)
-        pieces = text.split(self.family.placeholder)
-        collapsed = pieces[0] + "".join(e.text + piece for e, piece in zip(expansions, pieces[1:]))
-        ids = self.tokenizer.encode(collapsed, add_special_tokens=False).ids
+        ids = self.expanded_ids(text, expansions)
         runs = [n for e in expansions for n in e.runs]
         total = len(ids) - sum(1 for t in ids if t == self.image_token_id) + sum(runs)
         counts = [e.features for e in expansions]

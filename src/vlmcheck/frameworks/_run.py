@@ -1,0 +1,192 @@
+"""What the framework modules' runs do alike, written once: reading a launch config's values (path maps, nested
+sections, whole numbers, shell variables), starting a row's result, probing its images and expanding them with
+the family, and finding the largest pixel budget at which a sample fits.
+
+A framework's own facts (its messages, its defaults, its cut) stay in its module; this module holds only the
+mechanics that every run repeats. A run class inherits :class:`ProcessorRun` and keeps its own ``judge``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vlmcheck import findings as F
+from vlmcheck.data.images import ImageProblem
+from vlmcheck.data.readers import BadRow
+from vlmcheck.errors import UsageError
+from vlmcheck.families import Expansion, Family
+from vlmcheck.results import SampleResult
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+    from vlmcheck.model import ModelSpec
+
+
+# -- config values ------------------------------------------------------------------------------------------------
+def mapped(value: str, mapping: Mapping[str, str]) -> str:
+    """``value`` with its longest ``--path-map`` prefix rewritten (a config written on another machine)."""
+    for src, dst in sorted(mapping.items(), key=lambda kv: -len(kv[0])):
+        if value == src or value.startswith(src.rstrip("/") + "/"):
+            return dst.rstrip("/") + value[len(src.rstrip("/")):]
+    return value
+
+
+def section(raw: Mapping[str, Any], *keys: str) -> Mapping[str, Any]:
+    """The nested mapping at ``keys`` (``data``, ``worker.actor.model``); empty where any step is not one."""
+    node: Any = raw
+    for key in keys:
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node if isinstance(node, Mapping) else {}
+
+
+def whole_number(value: Any, key: str, path: Path) -> int:
+    """``int(value)`` as a config value; ``key`` is how the framework spells the setting in the message."""
+    if isinstance(value, bool):
+        raise UsageError(f"{path}: {key} must be a whole number, got {value!r}")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{path}: {key} must be a whole number, got {value!r}") from None
+
+
+def truthy(value: Any) -> bool:
+    """A boolean override as Hydra and OmegaConf read it (``true``, ``1``, ``yes``; a YAML boolean as it is)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
+
+
+def expand_shell(value: str, variables: Mapping[str, str], env: Mapping[str, str]) -> str:
+    """Shell expansion of ``$NAME``, ``${NAME}`` and ``${NAME:-default}`` (positional ``${1:-x}`` gives x), for
+    every launch script reader."""
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(3)
+        default = match.group(2)
+        found = variables.get(name, env.get(name))
+        if found:
+            return found
+        return default if default is not None else ""
+
+    return re.sub(r"\$\{([A-Za-z0-9_]+)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)", sub, value)
+
+
+# -- pixel budgets ------------------------------------------------------------------------------------------------
+def largest_budget(*, lo: int, hi: int, unit: int, fits: Callable[[int], bool]) -> int | None:
+    """The largest ``k * unit`` with ``lo <= k <= hi`` for which ``fits`` holds, when fitting shrinks as the budget
+    grows (the fix a finding suggests for ``max_pixels``); None when even ``lo * unit`` does not fit."""
+    if hi < lo or not fits(lo * unit):
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid * unit):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo * unit
+
+
+# -- the run ------------------------------------------------------------------------------------------------------
+@dataclass
+class Probed:
+    """A row's images as the family sees them: what each expands to, their sizes, and the labels of those that
+    cannot be opened or that the processor refuses (each has a finding)."""
+
+    expansions: list[Expansion] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+
+def image_label(k: int, n: int, image: Any) -> str:
+    return f"image {k} of {n}"
+
+
+class ProcessorRun:
+    """What every run that feeds a checkpoint's processor has alike: the model it binds, the settings it shows,
+    the settings it describes, the start of a row's result and the image probe. A subclass sets ``name``,
+    ``versions``, ``length_key``, ``pixels_key`` and ``config`` (whose ``path`` is the launch config) and writes
+    ``settings_shown``: what its ``describe()`` adds between the config and the keys."""
+
+    name: str
+    versions: str
+    length_key: str
+    pixels_key: str
+    config: Any
+    spec: ModelSpec
+    family: Family
+    settings: Any
+    tokenizer: Tokenizer
+    image_token_id: int
+
+    def use_model(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.family = spec.family
+        self.settings = spec.settings
+        self.tokenizer = spec.tokenizer
+        self.image_token_id = spec.token_id(self.family.image_token)
+
+    def shown_settings(self) -> Any:
+        return self.settings
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "versions": self.versions, "config": str(self.config.path),
+                **self.settings_shown(), "length_key": self.length_key, "pixels_key": self.pixels_key}
+
+    def settings_shown(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def start(self, index: int, row: Any, *, unloadable: str, **frame: Any) -> tuple[SampleResult, dict[str, Any]]:
+        """A row's result before its judging: ``frame`` is the framework's verdict record (``verdict`` ``ok``).
+        A row the reader could not load (``unloadable``: what the framework then does) or that is not an object
+        is judged already: its verdict is ``stops``. The row's ``id`` names it when it has one."""
+        result = SampleResult(index=index, id=str(index), tokens=None, image_tokens=[], supervised_tokens=None)
+        record: dict[str, Any] = {"name": self.name, **frame, "verdict": "ok"}
+        result.framework = record
+        if isinstance(row, BadRow):
+            result.findings.append(F.make("VC001", f"{row.reason}; {unloadable}"))
+            record["verdict"] = "stops"
+        elif not isinstance(row, Mapping):
+            result.findings.append(F.make("VC001", f"the row is a {type(row).__name__}, not an object"))
+            record["verdict"] = "stops"
+        elif isinstance(row.get("id"), (str, int)):
+            result.id = str(row["id"])
+        return result, record
+
+    def probe(self, images: Sequence[Any], found: list[F.Finding], *, size: Callable[[Any], tuple[int, int]],
+              label: Callable[[int, int, Any], str] = image_label, seen: str = "", then: str = "") -> Probed:
+        """Each image's size (``size``: the framework's own way of opening it) checked and expanded by the family;
+        a finding for each that cannot be opened or that the processor refuses. ``seen`` and ``then`` are put
+        around the family's message (``" (as the trainer scales it)"``, ``"; the processor raises ..."``)."""
+        out = Probed()
+        for k, image in enumerate(images, 1):
+            name = label(k, len(images), image)
+            try:
+                width, height = size(image)
+            except ImageProblem as p:
+                found.append(F.make(p.code, f"{name}: {p.message}", image=k, **p.data))
+                out.refused.append(name)
+                continue
+            except (OSError, ValueError) as e:
+                found.append(F.make("VC102", f"{name}: cannot be opened: {str(e)[:200]}", image=k))
+                out.refused.append(name)
+                continue
+            issues = self.family.check_image(width, height, self.settings)
+            for issue in issues:
+                found.append(F.make(issue.code, f"{name}{seen}: {issue.message}{then}", image=k, **issue.data))
+            if any(F.CATALOGUE[i.code].severity >= F.Severity.ERROR for i in issues):
+                out.refused.append(name)
+                continue
+            out.expansions.append(self.family.expand(width, height, self.settings))
+            out.sizes.append((width, height))
+        return out
+
+    def expanded_ids(self, text: str, expansions: Sequence[Expansion], *, special: bool = False) -> list[int]:
+        """The tokenizer's ids for ``text`` with the k-th placeholder written as image k's expansion (each run of
+        features written once: one image token per run, expanded by the caller)."""
+        pieces = text.split(self.family.placeholder)
+        collapsed = pieces[0] + "".join(e.text + piece for e, piece in zip(expansions, pieces[1:]))
+        return list(self.tokenizer.encode(collapsed, add_special_tokens=special).ids)
