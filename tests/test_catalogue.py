@@ -9,7 +9,18 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from vlmcheck.catalogue import Catalogue, Finding, Rule, Severity, catalogues, lookup, register, rule
+import vlmcheck.catalogue as registry
+from vlmcheck.catalogue import (
+    Catalogue,
+    Finding,
+    Rule,
+    Severity,
+    catalogues,
+    families,
+    lookup,
+    register,
+    rule,
+)
 from vlmcheck.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +46,25 @@ def test_every_code_is_anchored_on_its_page_and_explained(catalogue: Catalogue, 
     assert result.exit_code == 0
     assert result.output.startswith(f"{entry.code} {entry.name} ({entry.severity})\n")
     assert result.output.endswith(f"Docs: {catalogue.page}#{entry.anchor}\n")
+
+
+def test_explain_help_names_every_code_family_from_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The help (and docs/cli.md, generated from it) lists what the registry holds, so it cannot drift: a family
+    registered later is listed too."""
+    def help_text() -> str:
+        return " ".join(CliRunner().invoke(main, ["explain", "--help"]).output.split())
+
+    assert families() == ", ".join(f"{c.prefix} {c.reporter}" for c in catalogues())
+    assert f"({families()})" in help_text()
+    assert "VR runtime" in help_text()
+    later = Catalogue("VZ", "elsewhere", "docs/findings.md", (Rule("VZ001", "zz-test", Severity.INFO, "t", "w", "f"),))
+    monkeypatch.setitem(registry._CATALOGUES, "VZ", later)  # not register(): the registry is left as it was
+    assert "VZ elsewhere" in help_text()
+
+
+def test_the_readme_names_every_code_family_explain_reads() -> None:
+    line = next(x for x in (ROOT / "README.md").read_text(encoding="utf-8").splitlines() if "`vlmcheck explain CODE`" in x)
+    assert families() in line
 
 
 def test_a_code_taken_by_another_family_is_refused() -> None:

@@ -156,6 +156,12 @@ def catalogues() -> list[Catalogue]:
     return list(_CATALOGUES.values())
 
 
+def families() -> str:
+    """Every registered code family and what reports it, for help and docs text:
+    ``"VC scan, VL lint, VT template, VR runtime"``."""
+    return ", ".join(f"{c.prefix} {c.reporter}" for c in catalogues())
+
+
 def lookup(code: str) -> Entry:
     """The entry of a code (``VC201``, any case) or a name (``image-span-cut``) in any registered catalogue.
     Raises :class:`UsageError` for an unknown one, naming the codes of its family."""

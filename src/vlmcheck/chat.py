@@ -27,7 +27,10 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 class _GenerationBlock(Extension):
     """``{% generation %}...{% endgeneration %}`` marks assistant text in some templates
-    (transformers' ``return_assistant_tokens_mask``); rendering just emits the body."""
+    (transformers' ``return_assistant_tokens_mask``); rendering emits the body. While spans are tracked
+    (:func:`render_chat_with_generation_spans`), each block's span is recorded as transformers' AssistantTracker
+    records it: from the length of everything the template has yielded so far. Inside a macro, a ``{% set %}``
+    block or a filter that is not where the text lands, and transformers masks where the tracker says."""
 
     tags = {"generation"}
 
@@ -38,13 +41,21 @@ class _GenerationBlock(Extension):
 
     def _render(self, caller: Any) -> str:
         body = str(caller())
-        return f"{_GEN_OPEN}{body}{_GEN_CLOSE}" if _MARK_GENERATION.get() else body
+        tracking = _TRACKING.get()
+        if tracking is not None:
+            tracking.spans.append((tracking.yielded, tracking.yielded + len(body)))
+        return body
 
 
-# While set, generation blocks are wrapped in these private-use characters so their spans can be found
-# (transformers' AssistantTracker records the same spans while rendering).
-_GEN_OPEN, _GEN_CLOSE = "\U000F0000", "\U000F0001"
-_MARK_GENERATION: ContextVar[bool] = ContextVar("mark_generation", default=False)
+class _Tracking:
+    """One render's generation spans, and how many characters the template has yielded so far."""
+
+    def __init__(self) -> None:
+        self.yielded = 0
+        self.spans: list[tuple[int, int]] = []
+
+
+_TRACKING: ContextVar[_Tracking | None] = ContextVar("generation_tracking", default=None)
 
 
 def raise_exception(message: str) -> None:
@@ -159,6 +170,7 @@ def render_chat(
     compiled = compile_template(template)
     context = dict(messages=messages, tools=tools, documents=None, add_generation_prompt=add_generation_prompt,
                    **variables)
+    tracking = _TRACKING.get()
     with _time_bound():
         pieces: list[str] = []
         size = 0
@@ -167,6 +179,8 @@ def render_chat(
             if size > MAX_RENDER_CHARS:
                 raise RenderLimit(f"the rendered text passes {MAX_RENDER_CHARS:,} characters")
             pieces.append(piece)
+            if tracking is not None:
+                tracking.yielded = size
             _check_deadline()
         return "".join(pieces)
 
@@ -208,22 +222,11 @@ def render_chat_with_generation_spans(
     >>> render_chat_with_generation_spans("a{% generation %}b{% endgeneration %}c", [])
     ('abc', [(1, 2)])
     """
-    token = _MARK_GENERATION.set(True)
+    tracking = _Tracking()
+    token = _TRACKING.set(tracking)
     try:
-        marked = render_chat(template, messages, special_tokens=special_tokens,
-                             add_generation_prompt=add_generation_prompt, **template_kwargs)
+        text = render_chat(template, messages, special_tokens=special_tokens,
+                           add_generation_prompt=add_generation_prompt, **template_kwargs)
     finally:
-        _MARK_GENERATION.reset(token)
-    text: list[str] = []
-    spans: list[tuple[int, int]] = []
-    at = 0
-    start = 0
-    for char in marked:
-        if char == _GEN_OPEN:
-            start = at
-        elif char == _GEN_CLOSE:
-            spans.append((start, at))
-        else:
-            text.append(char)
-            at += 1
-    return "".join(text), spans
+        _TRACKING.reset(token)
+    return text, tracking.spans

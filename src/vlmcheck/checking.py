@@ -20,6 +20,7 @@ from typing import Any
 from vlmcheck.counting import unreadable_row
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.frameworks import detect, read_launch
+from vlmcheck.options import CheckOptions, from_keywords, keyword_signature
 from vlmcheck.pipeline import write_records
 from vlmcheck.report import CutAt, Report, ReportBuilder
 from vlmcheck.results import SampleResult
@@ -52,15 +53,15 @@ def read_config_file(path: Path) -> dict[str, Any]:
 def check(
     config: str | os.PathLike[str],
     *,
-    model: str | os.PathLike[str] | None = None,
-    data: str | os.PathLike[str] | None = None,
-    path_map: Mapping[str, str] | None = None,
-    limit: int | None = None,
-    output: str | os.PathLike[str] | None = None,
+    options: CheckOptions | None = None,
     progress: Callable[[int, int | None], None] | None = None,
     env: Mapping[str, str] | None = None,
+    **kwargs: Any,
 ) -> Report:
     """Judge every sample of a training run from the config it is launched with.
+
+    Every keyword but ``progress`` and ``env`` is a field of :class:`~vlmcheck.options.CheckOptions`, built once
+    from them (or pass one as ``options=``).
 
     Args:
         config: the framework's launch config (a LLaMA-Factory or ``trl sft`` / ``trl grpo`` YAML, a verl launch
@@ -72,21 +73,25 @@ def check(
         path_map: rewrites path prefixes in the config and the data, ``{"/mnt/data": "./data"}``.
         limit: judge only the first N rows.
         output: write one JSON record per sample to this .jsonl file (atomically).
+        progress: called as ``progress(done, None)`` while judging.
         env: the environment the framework reads (``USE_V1``, ``IMAGE_PLACEHOLDER``); default ``os.environ``.
     """
+    options = from_keywords(CheckOptions, options, kwargs, caller="check")
+    model, data, limit, output = options.model, options.data, options.limit, options.output
     path = Path(config)
     raw = read_config_file(path)
     module = detect(raw, path=path)
     run = module.open_run(raw, path=path, model=str(model) if model is not None else None,
-                          data=str(data) if data is not None else None, path_map=path_map, env=env)
+                          data=str(data) if data is not None else None, path_map=options.path_map, env=env)
     if output is not None:
         for file in run.inputs():
             if os.path.realpath(output) == os.path.realpath(file):
                 raise UsageError(f"output {output} is one of the run's inputs; vlmcheck never writes over its input")
     described = run.describe()
-    options = CutAt(max_length=run.max_length, truncation=run.name)
     builder = ReportBuilder(dataset=", ".join(described.get("datasets", [])), model=str(run.spec.path),
-                            model_type=run.spec.model_type, options=options, settings=run.shown_settings())
+                            model_type=run.spec.model_type, options=CutAt(max_length=run.max_length,
+                                                                          truncation=run.name),
+                            settings=run.shown_settings())
     started = time.perf_counter()
 
     def results() -> Iterator[SampleResult]:
@@ -112,3 +117,7 @@ def check(
     report.summary["command"] = "check"
     report.summary["framework"] = {**described, "verdicts": dict(sorted(builder.verdicts.items()))}
     return report
+
+
+# the config, then every option, as help() and editors show it
+check.__signature__ = keyword_signature(check, CheckOptions, after="config")  # type: ignore[attr-defined]

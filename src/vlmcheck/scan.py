@@ -12,8 +12,6 @@ always finishes.
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import os
 import re
 from collections.abc import Callable
@@ -47,7 +45,7 @@ from vlmcheck.families import Overrides
 from vlmcheck.families.base import Expansion, VideoFamily
 from vlmcheck.layout import Layout, build_layout
 from vlmcheck.model import ModelSpec, load_model
-from vlmcheck.options import ScanOptions
+from vlmcheck.options import ScanOptions, from_keywords, keyword_signature
 from vlmcheck.pipeline import Counter, run
 from vlmcheck.preview import Previewer
 from vlmcheck.renderfast import FastRender
@@ -486,16 +484,14 @@ def scan(dataset: Any, *, model: str | os.PathLike[str] | ModelSpec, options: Sc
         trust_remote_code: with ``exact``, run a checkpoint's own processor code (``auto_map``).
         framework: ``llamafactory``, ``trl`` or ``swift``: that framework's truncation, resize route and defaults
             (max length, pixel budgets) for every setting left unset, without a config (``vlmcheck check`` reads
-            the config itself, with the framework's own templates).        engine: ``local`` (this process, or ``workers`` processes) or ``ray``: the same per-sample counting on
+            the config itself, with the framework's own templates).
+        engine: ``local`` (this process, or ``workers`` processes) or ``ray``: the same per-sample counting on
             Ray Data actors, with the same records and summary (:mod:`vlmcheck.integrations.ray_engine`; needs
             ``vlmcheck[ray]``).
         ray_address: with ``engine="ray"``, the cluster to connect to (``ray.init(address=...)``); default: Ray's
             own (``RAY_ADDRESS``, else a local cluster).
     """
-    if options is None:
-        options = ScanOptions(**kwargs)
-    elif kwargs:
-        raise TypeError(f"scan() takes options= or keyword options, not both ({', '.join(sorted(kwargs))})")
+    options = from_keywords(ScanOptions, options, kwargs, caller="scan")
     if options.exact and not isinstance(dataset, (str, os.PathLike)):
         raise UsageError("exact=True scans one dataset file or folder; shard, resume and objects go with the "
                          "arithmetic scan")
@@ -520,18 +516,5 @@ def scan(dataset: Any, *, model: str | os.PathLike[str] | ModelSpec, options: Sc
                limit=options.limit, progress=progress, engine=engine)
 
 
-def _signature() -> inspect.Signature:
-    """``scan``'s signature as ``help()`` and editors show it: the data, the model, then every option."""
-    head = [inspect.Parameter("dataset", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="Any"),
-            inspect.Parameter("model", inspect.Parameter.KEYWORD_ONLY,
-                              annotation="str | os.PathLike[str] | ModelSpec")]
-    given = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
-             for f in dataclasses.fields(ScanOptions)]
-    tail = [inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=None,
-                              annotation="Callable[[int, int | None], None] | None"),
-            inspect.Parameter("options", inspect.Parameter.KEYWORD_ONLY, default=None,
-                              annotation="ScanOptions | None")]
-    return inspect.Signature([*head, *given, *tail], return_annotation="Report")
-
-
-scan.__signature__ = _signature()  # type: ignore[attr-defined]
+# the data, the model, then every option, as help() and editors show it
+scan.__signature__ = keyword_signature(scan, ScanOptions, after="model")  # type: ignore[attr-defined]

@@ -1,6 +1,8 @@
-"""`vlmcheck check`: parse, call :func:`vlmcheck.check`, format."""
+"""`vlmcheck check`: parse, build one :class:`~vlmcheck.options.CheckOptions`, call :func:`vlmcheck.check`, format."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import click
 
@@ -34,21 +36,22 @@ def _path_map(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
 @fail_on_option()
 @click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, help="Findings to print.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing; use the exit code.")
-def check_command(config: str, model: str | None, data: str | None, path_map: dict[str, str], limit: int | None,
-                  json_path: str | None, output: str | None, html_path: str | None, fail_on: Severity, show: int,
-                  quiet: bool) -> None:
+def check_command(config: str, json_path: str | None, html_path: str | None, fail_on: Severity, show: int,
+                  quiet: bool, **given: Any) -> None:
     """Judge every sample the way your training framework will, from the config you launch (LLaMA-Factory YAML)."""
     import sys
 
     from vlmcheck.checking import check
+    from vlmcheck.options import CheckOptions
 
+    # every other flag is the CheckOptions field of its name: an option is one field and its flag
+    output = given["output"]
     check_json_path(json_path, config, ("the --output records", output))
     check_json_path(html_path, config, ("the --output records", output), ("the --json summary", json_path),
                     option="--html")
     progress = Progress(enabled=not quiet and sys.stderr.isatty())
     try:
-        report = check(config, model=model, data=data, path_map=path_map, limit=limit, output=output,
-                       progress=progress)
+        report = check(config, options=CheckOptions(**given), progress=progress)
     except VlmcheckError as e:
         progress.close()
         raise click.UsageError(str(e)) from None

@@ -1,6 +1,9 @@
-"""``vlmcheck lint``: parses options, calls :func:`vlmcheck.lint.lint`, formats, owns the exit code."""
+"""``vlmcheck lint``: parses, builds one :class:`~vlmcheck.options.LintOptions`, calls :func:`vlmcheck.lint.lint`,
+formats, owns the exit code."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import click
 
@@ -20,22 +23,16 @@ from vlmcheck.lint.readers import FRAMEWORKS
               help="Processes the run is launched with, when the config does not say.")
 @fail_on_option()
 @json_option()
-def lint_command(
-    config: str,
-    data: str | None,
-    model: str | None,
-    framework: str | None,
-    num_processes: int | None,
-    fail_on: Severity,
-    json_path: str | None,
-) -> None:
+def lint_command(config: str, fail_on: Severity, json_path: str | None, **given: Any) -> None:
     """Lint a training CONFIG (YAML/JSON, launch script, or Python script) for settings that crash or
     silently ruin a vision-language run. Codes: docs/lint.md."""
     from vlmcheck.lint.api import lint
+    from vlmcheck.options import LintOptions
 
-    check_json_target(json_path, config=config, dataset=data)
+    # every other flag is the LintOptions field of its name: an option is one field and its flag
+    check_json_target(json_path, config=config, dataset=given["data"])
     try:
-        report = lint(config, data=data, model=model, framework=framework, num_processes=num_processes)
+        report = lint(config, options=LintOptions(**given))
     except VlmcheckError as exc:
         raise click.UsageError(str(exc)) from None
     finish(report, json_path=json_path, fail_on=fail_on)

@@ -1,13 +1,15 @@
-"""`vlmcheck template`: parse, call :func:`vlmcheck.templates.check_template`, format."""
+"""`vlmcheck template`: parse, build one :class:`~vlmcheck.options.TemplateOptions`, call
+:func:`vlmcheck.templates.check_template`, format."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
-from vlmcheck.cli.shared import check_json_target, fail_on_option, finish, json_option
+from vlmcheck.cli.shared import check_json_target, fail_on_option, finish, json_option, read_template
 from vlmcheck.errors import VlmcheckError
 from vlmcheck.findings import Severity
 
@@ -28,7 +30,7 @@ def _near(script: Path, value: str) -> str:
 @click.option("--tokenizer", "tokenizer", type=click.Path(exists=True),
               help="Checkpoint folder with tokenizer.model and/or tokenizer.json (+ tokenizer_config.json, chat "
                    "template). Default with --launch: its --model_name_or_path.")
-@click.option("--template", "templates", multiple=True, metavar="NAME",
+@click.option("--template", multiple=True, metavar="NAME",
               help="llamafactory / trl / unsloth / chat_template for a chat-template model, or a LLaVA --version "
                    "(any conv_templates name, v0, v0.5; an unknown one runs as vicuna_v1, as LLaVA does). Repeat "
                    "to compare frameworks. Default with --launch: its --version.")
@@ -50,10 +52,8 @@ def _near(script: Path, value: str) -> str:
 @click.option("--response-part", default=None, help="Unsloth's response_part (default: from the template).")
 @fail_on_option()
 @json_option()
-def template_command(dataset: str | None, tokenizer: str | None, templates: tuple[str, ...], launch: str | None,
-                     model_name_or_path: str | None, mm_use_im_start_end: bool | None, chat_template: str | None,
-                     legacy: bool | None, max_length: int | None, instruction_part: str | None,
-                     response_part: str | None, fail_on: Severity, json_path: str | None) -> None:
+def template_command(dataset: str | None, tokenizer: str | None, launch: str | None, fail_on: Severity,
+                     json_path: str | None, **given: Any) -> None:
     """Check that each framework's label masks fit the tokenizer (find the loss-0 samples).
 
     DATASET is a .json list or .jsonl of LLaVA `conversations` or `messages` rows (default with --launch: its
@@ -61,8 +61,11 @@ def template_command(dataset: str | None, tokenizer: str | None, templates: tupl
     a warning, exits 0 unless --fail-on warning).
     """
     from vlmcheck.frameworks.llava import launch_settings as read_launch
+    from vlmcheck.options import TemplateOptions
     from vlmcheck.templates import check_template
 
+    # every other flag is the TemplateOptions field of its name: an option is one field and its flag; a launch
+    # script fills in the ones left unset
     if launch is not None:
         try:
             settings = read_launch(launch)
@@ -73,14 +76,14 @@ def template_command(dataset: str | None, tokenizer: str | None, templates: tupl
         if tokenizer is None and settings.model_name_or_path:
             tokenizer = _near(script, settings.model_name_or_path)
         # LLaVA picks the fast tokenizer when "mpt" is in its --model_name_or_path, whatever folder is read here
-        model_name_or_path = model_name_or_path or settings.model_name_or_path
-        if not templates:
+        given["model_name_or_path"] = given["model_name_or_path"] or settings.model_name_or_path
+        if not given["template"]:
             if settings.version is None:
                 raise click.UsageError(settings.need("version") + "; pass --template")
-            templates = (settings.version,)
-        max_length = max_length or settings.model_max_length
-        if mm_use_im_start_end is None:
-            mm_use_im_start_end = settings.mm_use_im_start_end
+            given["template"] = (settings.version,)
+        given["max_length"] = given["max_length"] or settings.model_max_length
+        if given["mm_use_im_start_end"] is None:
+            given["mm_use_im_start_end"] = settings.mm_use_im_start_end
     if dataset is None and launch is not None:
         raise click.UsageError(settings.need("data_path") + "; pass DATASET")
     if dataset is None or not Path(dataset).is_file():
@@ -89,21 +92,19 @@ def template_command(dataset: str | None, tokenizer: str | None, templates: tupl
         why = settings.need("model_name_or_path") if launch is not None and tokenizer is None else \
             f"no tokenizer folder {tokenizer or ''}"
         raise click.UsageError(f"{why}: pass --tokenizer with a local copy of the checkpoint's tokenizer files")
-    if not templates:
+    if not given["template"]:
         raise click.UsageError("pass --template (or --launch with --version)")
-    check_json_target(json_path, dataset=dataset, launch_script=launch, chat_template=chat_template)
+    check_json_target(json_path, dataset=dataset, launch_script=launch, chat_template=given["chat_template"])
     text = Path(dataset).read_text(encoding="utf-8")
     try:
         rows = (json.loads(text) if text.lstrip().startswith("[")
                 else [json.loads(x) for x in text.splitlines() if x.strip()])
     except json.JSONDecodeError as e:
         raise click.UsageError(f"{dataset} is not a JSON list or JSON Lines file: {e}") from None
-    chat = Path(chat_template).read_text(encoding="utf-8") if chat_template else None
+    given["chat_template"] = read_template(given["chat_template"])
+    given["mm_use_im_start_end"] = bool(given["mm_use_im_start_end"])
     try:
-        report = check_template(rows, tokenizer=tokenizer, template=list(templates), legacy=legacy,
-                                chat_template=chat, max_length=max_length, instruction_part=instruction_part,
-                                response_part=response_part, model_name_or_path=model_name_or_path,
-                                mm_use_im_start_end=bool(mm_use_im_start_end))
+        report = check_template(rows, tokenizer=tokenizer, options=TemplateOptions(**given))
     except VlmcheckError as e:  # a usage error exits 2, never 1 (which means findings)
         raise click.UsageError(str(e)) from None
     finish(report, json_path=json_path, fail_on=fail_on)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -479,7 +479,7 @@ class Run(ProcessorRun):
                 spans: list[tuple[int, int]] | None = None, special: bool = False) -> Encoded:
         """The processor on ``text`` (``add_special_tokens=False``): the k-th placeholder becomes image k's
         expansion; each run of features is written once and expanded here. With ``spans`` (generation blocks),
-        a token is trained when it overlaps one (``_adjust_assistant_masks_indices``)."""
+        a token is trained when it overlaps one (:func:`processor_assistant_mask`)."""
         placeholder = self.family.placeholder
         pieces = text.split(placeholder)
         if len(pieces) - 1 != len(expansions):
@@ -496,11 +496,12 @@ class Run(ProcessorRun):
                 gained.append(gained[-1] + len(e.text) - len(placeholder))
             spans = [(a + gained[sum(1 for x in ends if x <= a)], b + gained[sum(1 for x in ends if x <= b)])
                      for a, b in spans]
+        assistant = None if spans is None else processor_assistant_mask(spans, encoding.offsets)
         image_of: list[int] = []
         marks: list[bool] = []
         j = 0
-        for token, (start, end) in zip(encoding.ids, encoding.offsets):
-            mark = trained if spans is None else any(start < b and end > a for a, b in spans)
+        for at, token in enumerate(encoding.ids):
+            mark = trained if assistant is None else assistant[at]
             if token == self.image_token_id:
                 if j >= len(runs):
                     raise Stops("the text holds an image token of its own beyond the images; the processor raises")
@@ -746,19 +747,72 @@ def _shipped(folders: tuple[str, ...]) -> dict[str, tuple[str, str]]:
     return out
 
 
-def training_template(template: str) -> str:
-    """The template TRL trains with when ``assistant_only_loss`` is on and the checkpoint's template has no
-    ``{% generation %}`` markers (``get_training_chat_template``): the ``<name>_training.jinja`` TRL ships beside the
-    ``<name>.jinja`` the template equals, read from the installed TRL (its templates are TRL's, not ours)."""
+@dataclass(frozen=True)
+class TrainingTemplate:
+    """The chat template ``SFTTrainer(assistant_only_loss=True)`` trains with, or why there is none."""
+
+    template: str | None
+    source: str  # "own markers" | "trl:<name>_training.jinja" | why there is none
+
+
+def find_training_template(template: str) -> TrainingTemplate:
+    """What ``SFTTrainer(assistant_only_loss=True)`` does with ``template`` at init (``get_training_chat_template``):
+    keeps it when it has ``{% generation %}`` markers, else swaps in the ``<name>_training.jinja`` TRL ships beside
+    the ``<name>.jinja`` it equals (read from the installed TRL: its templates are TRL's, not ours), else raises
+    ValueError ("The chat template is not training-compatible"). Without TRL installed the swap cannot be told,
+    and the answer says so."""
+    if has_generation_markers(template):
+        return TrainingTemplate(template, "own markers")
     shipped = shipped_training_templates()
     if shipped is None:
-        raise UsageError("assistant_only_loss with a chat template without {% generation %} markers: TRL swaps in a "
-                         "training template it ships; install trl so vlmcheck can read it")
-    if template not in shipped:
-        raise UsageError("assistant_only_loss: the chat template has no {% generation %} markers and is not one TRL "
-                         "ships a training variant of; TRL refuses it (set chat_template_path to a template with "
-                         "markers)")
-    return shipped[template][1]
+        return TrainingTemplate(None, "the chat template has no {% generation %} markers, and TRL is not installed "
+                                      "here to tell whether it ships a training variant of it")
+    if template in shipped:
+        name, text = shipped[template]
+        return TrainingTemplate(text, f"trl:{name}")
+    return TrainingTemplate(None, "the chat template has no {% generation %} markers and is not one TRL ships a "
+                                  "training variant of")
+
+
+def training_template(template: str) -> str:
+    """:func:`find_training_template`'s template, for a run that trains with it; a usage error naming the fix when
+    TRL refuses the template or is not installed to tell."""
+    found = find_training_template(template)
+    if found.template is not None:
+        return found.template
+    fix = ("install trl so vlmcheck can read the training template TRL would swap in"
+           if shipped_training_templates() is None else "TRL refuses it: set chat_template_path to a template with "
+           "{% generation %} markers")
+    raise UsageError(f"assistant_only_loss: {found.source}; {fix}")
+
+
+# -- which tokens assistant_only_loss trains ----------------------------------------------------------------------
+# Both routes mask the character spans of the template's {% generation %} blocks, as transformers' AssistantTracker
+# records them while rendering (vlmcheck.chat.render_chat_with_generation_spans), but they map characters to
+# tokens differently: TRL's dataset tokenization of text rows calls the tokenizer's apply_chat_template, its vision
+# collator the processor's. vlmcheck template models the first, vlmcheck check's TRL runs the second.
+
+
+def tokenizer_assistant_mask(spans: Sequence[tuple[int, int]], *, char_to_token: Callable[[int], int | None],
+                             length: int) -> list[bool]:
+    """``PreTrainedTokenizerBase.apply_chat_template(return_assistant_tokens_mask=True)``: each span is masked
+    from ``char_to_token(start)`` to ``char_to_token(end - 1)``; a span whose start has no token ends the loop
+    (every later span is left out), and one whose end has no token (or is token 0) runs to the end."""
+    mask = [False] * length
+    for start_char, end_char in spans:
+        start = char_to_token(start_char)
+        end = char_to_token(end_char - 1)
+        if start is None:
+            break
+        for t in range(start, end + 1 if end else length):
+            mask[t] = True
+    return mask
+
+
+def processor_assistant_mask(spans: Sequence[tuple[int, int]], offsets: Sequence[tuple[int, int]]) -> list[bool]:
+    """``ProcessorMixin._adjust_assistant_masks_indices``: a token is masked when its character offsets overlap a
+    span (spans given in the text the tokens were read from); zero-width tokens never are."""
+    return [any(start < b and end > a for a, b in spans) for start, end in offsets]
 
 
 def _setting(key: str, value: Any) -> str:

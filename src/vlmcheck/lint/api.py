@@ -15,6 +15,7 @@ from vlmcheck.lint.frameworks import View
 from vlmcheck.lint.readers import RunConfig, read_config
 from vlmcheck.lint.records import LintReport
 from vlmcheck.lint.rules import RULES, Context
+from vlmcheck.options import LintOptions, from_keywords, keyword_signature
 
 
 def _letters(text: str) -> str:
@@ -106,21 +107,20 @@ def _llamafactory_run(config: str | os.PathLike[str], data: str | os.PathLike[st
 def lint(
     config: str | os.PathLike[str],
     *,
-    data: str | os.PathLike[str] | None = None,
-    model: str | os.PathLike[str] | None = None,
-    framework: str | None = None,
-    num_processes: int | None = None,
+    options: LintOptions | None = None,
     device: DeviceInfo | None | Literal["auto"] = "auto",
+    **kwargs: Any,
 ) -> LintReport:
     """Lint a training config; problems are findings in the report, never exceptions.
 
     ``config`` is a LLaMA-Factory / TRL / verl / EasyR1 YAML or JSON file, a shell script or file
     holding the launch command (torchrun, accelerate launch, deepspeed, python, swift,
-    llamafactory-cli), or a Python training script. ``data`` (with ``model``, or the model the config
-    names when it is a local folder) checks the length options against a real scan of the dataset.
-    ``framework`` overrides detection; ``num_processes`` gives the launch's process count when the
-    config does not say it; ``device`` is the hardware to check against (``"auto"``: read it with
-    torch when importable, skipping the hardware rules when torch or a GPU is absent).
+    llamafactory-cli), or a Python training script. Every keyword but ``device`` is a field of
+    :class:`~vlmcheck.options.LintOptions`, built once from them (or pass one as ``options=``):
+    ``data`` (with ``model``, or the model the config names when it is a local folder) checks the length
+    options against a real scan of the dataset; ``framework`` overrides detection; ``num_processes`` gives the
+    launch's process count when the config does not say it. ``device`` is the hardware to check against
+    (``"auto"``: read it with torch when importable, skipping the hardware rules when torch or a GPU is absent).
 
     Raises :class:`vlmcheck.UsageError` only for misuse: a missing file, a config that cannot be
     parsed at all, an unknown framework, or ``data`` without a model.
@@ -130,6 +130,8 @@ def lint(
     >>> report.counts  # doctest: +SKIP
     {'VL101': 1, 'VL104': 1}
     """
+    options = from_keywords(LintOptions, options, kwargs, caller="lint")
+    data, model, framework = options.data, options.model, options.framework
     run: RunConfig = read_config(config, framework=framework)
     view = View(run)
     family: str | None = None
@@ -163,7 +165,7 @@ def lint(
         run=run,
         view=view,
         device=probe_device() if device == "auto" else device,
-        num_processes=num_processes,
+        num_processes=options.num_processes,
         family=family,
         model_max_pixels=model_max_pixels,
         data_summary=summary,
@@ -185,3 +187,7 @@ def lint(
     if summary is not None:
         report_summary["data"] = {"recommended_max_length": summary.get("recommended_max_length")}
     return LintReport(config=str(config), framework=run.framework, findings=findings, summary=report_summary)
+
+
+# the config, then every option, then the hardware, as help() and editors show it
+lint.__signature__ = keyword_signature(lint, LintOptions, after="config")  # type: ignore[attr-defined]

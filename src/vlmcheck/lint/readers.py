@@ -509,6 +509,13 @@ def _read_python(text: str, path: Path | None) -> RunConfig:
 # -- entry point -----------------------------------------------------------------------------------
 
 
+def known_framework(framework: str | None) -> str | None:
+    """``framework`` when lint reads it (one of :data:`FRAMEWORKS`) or None; anything else is a usage error."""
+    if framework is not None and framework not in FRAMEWORKS:
+        raise UsageError(f"unknown framework {framework!r}; use one of: {', '.join(FRAMEWORKS)}")
+    return framework
+
+
 def read_config(config: str | os.PathLike[str], *, framework: str | None = None) -> RunConfig:
     """Read ``config`` (a file path) into a :class:`RunConfig`.
 
@@ -518,8 +525,7 @@ def read_config(config: str | os.PathLike[str], *, framework: str | None = None)
     >>> run.framework, run.options["actor_rollout_ref.rollout.n"]  # doctest: +SKIP
     ('verl', 1)
     """
-    if framework is not None and framework not in FRAMEWORKS:
-        raise UsageError(f"unknown framework {framework!r}; use one of: {', '.join(FRAMEWORKS)}")
+    known_framework(framework)
     path = Path(config)
     if not path.is_file():
         raise UsageError(f"{path}: no such file")

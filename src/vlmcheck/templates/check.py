@@ -21,6 +21,7 @@ from vlmcheck.catalogue import Severity
 from vlmcheck.contract import ReportContract
 from vlmcheck.errors import UsageError
 from vlmcheck.frameworks import llamafactory, llava, unsloth
+from vlmcheck.options import TemplateOptions, from_keywords, keyword_signature
 from vlmcheck.templates import trl
 from vlmcheck.templates.catalogue import TemplateFinding
 from vlmcheck.templates.pieces import Pieces, generation_prompt, render_pieces, user_header
@@ -727,11 +728,12 @@ def _messages(sample: Any) -> tuple[list[tuple[str, str]], str | None, bool]:
     return out, None if sid is None else str(sid), has_image
 
 
-def check_template(dataset: Iterable[Any], *, tokenizer: str | Path | Tok, template: str | Sequence[str],
-                   legacy: bool | None = None, chat_template: str | None = None, max_length: int | None = None,
-                   instruction_part: str | None = None, response_part: str | None = None,
-                   model_name_or_path: str | None = None, mm_use_im_start_end: bool = False) -> TemplateReport:
+def check_template(dataset: Iterable[Any], *, tokenizer: str | Path | Tok, options: TemplateOptions | None = None,
+                   **kwargs: Any) -> TemplateReport:
     """Check that each framework's label mask covers exactly the assistant tokens of each sample.
+
+    Every keyword but ``tokenizer`` is a field of :class:`~vlmcheck.options.TemplateOptions`, built once from them
+    (or pass one as ``options=``).
 
     ``template`` is one framework or several: ``llamafactory`` (per-turn encoding), ``trl``
     (``assistant_only_loss=True``), ``unsloth`` (``train_on_responses_only``; markers from the chat template
@@ -750,14 +752,14 @@ def check_template(dataset: Iterable[Any], *, tokenizer: str | Path | Tok, templ
     >>> report.masked_away  # doctest: +SKIP
     {'v1': 0, 'mpt': 1}
     """
-    names = [template] if isinstance(template, str) else list(dict.fromkeys(template))
-    if not names:
-        raise UsageError("name at least one template")
+    options = from_keywords(TemplateOptions, options, kwargs, caller="check_template")
+    names = list(options.template)
+    max_length, instruction_part, response_part = options.max_length, options.instruction_part, options.response_part
     chat_names = [n for n in names if n in CHAT_ROUTES]
     tok: Tok | None = None
     if chat_names:
         tok = tokenizer if isinstance(tokenizer, Tok) else Tok.load(tokenizer)
-    chat = chat_template or (tok.chat_template if tok is not None else None)
+    chat = options.chat_template or (tok.chat_template if tok is not None else None)
     if chat is None and chat_names:
         raise UsageError("the chat-template frameworks need a chat template (none in the tokenizer folder; pass "
                          "chat_template)")
@@ -781,7 +783,8 @@ def check_template(dataset: Iterable[Any], *, tokenizer: str | Path | Tok, templ
         if not response or not instruction:
             raise UsageError("cannot find the chat template's markers; pass instruction_part and response_part")
         markers = (unsloth.marker(instruction, tok), unsloth.marker(response, tok))
-    setup = _LlavaSetup(tokenizer, max_length, legacy, model_name_or_path, mm_use_im_start_end)
+    setup = _LlavaSetup(tokenizer, max_length, options.legacy, options.model_name_or_path,
+                        options.mm_use_im_start_end)
     fixes: dict[tuple[str, str], list[str]] = {}
     for name in names:
         if name not in CHAT_ROUTES:
@@ -804,6 +807,7 @@ def check_template(dataset: Iterable[Any], *, tokenizer: str | Path | Tok, templ
     return report
 
 
+
 def _llava_row(row: Mapping[str, Any]) -> dict[str, Any]:
     """A LLaVA row: ``conversations`` as is; a ``messages`` row mapped to from/value (user -> human,
     assistant -> gpt), as a user converting a dataset for LLaVA would."""
@@ -812,3 +816,8 @@ def _llava_row(row: Mapping[str, Any]) -> dict[str, Any]:
     turns = [{"from": {"user": "human", "assistant": "gpt"}.get(m.get("role"), m.get("role")),
               "value": m.get("content")} for m in row.get("messages") or []]
     return {**{k: v for k, v in row.items() if k != "messages"}, "conversations": turns}
+
+
+# the rows, the tokenizer, then every option, as help() and editors show it
+check_template.__signature__ = keyword_signature(  # type: ignore[attr-defined]
+    check_template, TemplateOptions, after="tokenizer")
