@@ -68,7 +68,7 @@ class Script:
     calls: list[Call] = field(default_factory=list)
     functions: dict[str, ast.FunctionDef] = field(default_factory=dict)
     imports: set[str] = field(default_factory=set)  # top-level packages imported
-    assigned: dict[str, list[ast.AST]] = field(default_factory=dict)  # name -> the values assigned to it
+    assigned: dict[str, list[ast.expr]] = field(default_factory=dict)  # name -> the values assigned to it
 
     def calls_to(self, *names: str) -> list[Call]:
         """The calls to any of ``names``, as written or as the last part of a dotted name (``from_pretrained``
