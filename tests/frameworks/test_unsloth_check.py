@@ -79,31 +79,43 @@ def _golden_rows(tmp_path: Path) -> Path:
     return data
 
 
-def _notebook_with(tmp_path: Path, setting: dict[str, Any]) -> Path:
-    """The Gemma 3 notebook with the golden's collator arguments written into its collator call."""
+# the notebook each golden processor is checked through, and its collator call as the notebook writes it
+NOTEBOOKS = {"gemma3": ("gemma3_vision.ipynb", "UnslothVisionDataCollator(model, processor)"),
+             "qwen2_vl": ("qwen2_5_vl_vision.ipynb", "UnslothVisionDataCollator(model, tokenizer)")}
+
+
+def _notebook_with(tmp_path: Path, processor: str, setting: dict[str, Any]) -> Path:
+    """Unsloth's notebook with the golden's collator arguments written into its collator call."""
+    name, call = NOTEBOOKS[processor]
     args = []
     if setting["max_seq_length"] is not None:
         args.append(f"max_seq_length = {setting['max_seq_length']}")
     if setting["markers"]:
         args += ["train_on_responses_only = True", f"instruction_part = {setting['markers'][0]!r}",
                  f"response_part = {setting['markers'][1]!r}"]
-    text = (SCRIPTS / "gemma3_vision.ipynb").read_text()
-    call = json.dumps("UnslothVisionDataCollator(model, processor)")[1:-1]
-    assert call in text
-    written = json.dumps("UnslothVisionDataCollator(model, processor" + "".join(", " + a for a in args) + ")")
-    path = tmp_path / "gemma3_vision.ipynb"
-    path.write_text(text.replace(call, written[1:-1]))
+    text = (SCRIPTS / name).read_text()
+    assert json.dumps(call)[1:-1] in text
+    written = json.dumps(call[:-1] + "".join(", " + a for a in args) + ")")
+    path = tmp_path / name
+    path.write_text(text.replace(json.dumps(call)[1:-1], written[1:-1]))
     return path
 
 
-@pytest.mark.parametrize("setting", GOLDEN["settings"],
-                         ids=lambda s: f"{s['max_seq_length']}-{'responses' if s['markers'] else 'all'}")
-def test_every_sample_is_judged_as_unslotHs_collator_judged_it(setting: dict[str, Any], tmp_path: Path) -> None:
+CASES = [(processor, setting) for processor, settings in GOLDEN["processors"].items() for setting in settings]
+
+
+@pytest.mark.parametrize(("processor", "setting"), CASES, ids=[
+    f"{p}-{s['max_seq_length']}-{'responses' if s['markers'] else 'all'}" for p, s in CASES])
+def test_every_sample_is_judged_as_unsloths_collator_judged_it(processor: str, setting: dict[str, Any],
+                                                               tmp_path: Path) -> None:
     from gemma3_checkpoint import gemma3_checkpoint
 
+    from vlmcheck.demo.checkpoints import qwen_checkpoint
+
+    model = gemma3_checkpoint() if processor == "gemma3" else qwen_checkpoint("qwen2_vl")
     data = _golden_rows(tmp_path)
     out = tmp_path / "records.jsonl"
-    vlmcheck.check(_notebook_with(tmp_path, setting), data=data, model=gemma3_checkpoint(), output=out)
+    vlmcheck.check(_notebook_with(tmp_path, processor, setting), data=data, model=model, output=out)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == len(setting["results"])
     for record, want in zip(records, setting["results"]):
