@@ -201,3 +201,62 @@ def test_fetch_image_resize_follows_smart_resize() -> None:
     assert unsloth.fetch_size(3, 3, factor=28) == (56, 56)
     with pytest.raises(ValueError, match="smaller than 200"):
         unsloth.fetch_size(513, 2, factor=28)
+
+
+def test_the_static_reader_follows_a_script_as_python_runs_it(tmp_path: Path) -> None:
+    text = """\
+import unsloth
+N = 512
+M = N * 2
+if False:
+    M = 1
+def main():
+    local = M + 1
+    f(size = local, other = N)
+if __name__ == "__main__":
+    main()
+g(value = M)
+for x in range(3):
+    N = x
+h(value = N)
+"""
+    script = pyscript.read_source(text, path=tmp_path / "train.py")
+    assert script.calls_to("f")[0].kwargs == {"size": 1025, "other": 512}
+    assert script.calls_to("g")[0].kwargs == {"value": 1024}
+    assert isinstance(script.calls_to("h")[0].kwargs["value"], pyscript.Unresolved)
+
+
+def test_notebook_magics_and_foreign_cells_are_skipped(tmp_path: Path) -> None:
+    cells = [{"cell_type": "code", "source": ["%%capture\n", "if True:\n", "    !pip install unsloth\n", "x = 1\n"]},
+             {"cell_type": "code", "source": "%%bash\necho $((1+1))\n"},
+             {"cell_type": "markdown", "source": "f(x = 2)"},
+             {"cell_type": "code", "source": "f(x = x)\n"}]
+    script = pyscript.read_source(json.dumps({"cells": cells}), path=tmp_path / "nb.ipynb")
+    assert [c.kwargs for c in script.calls_to("f")] == [{"x": 1}]
+
+
+def test_responses_only_from_the_function_and_a_mapped_dataset(tmp_path: Path) -> None:
+    (tmp_path / "d.parquet").write_bytes(b"")
+    script = tmp_path / "train.py"
+    script.write_text("""\
+from unsloth import FastVisionModel
+from unsloth.trainer import UnslothVisionDataCollator
+from unsloth.chat_templates import train_on_responses_only
+from datasets import load_dataset
+from trl import SFTTrainer
+model, processor = FastVisionModel.from_pretrained(model_name = "m", max_seq_length = 4096)
+ds = load_dataset("parquet", data_files = {"train": "d.parquet"})["train"]
+def to_messages(row):
+    return {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": row["q"]}]},
+                         {"role": "assistant", "content": [{"type": "text", "text": row["a"]}]}]}
+ds = ds.map(to_messages)
+trainer = SFTTrainer(model = model, train_dataset = ds,
+                     data_collator = UnslothVisionDataCollator(model, processor, resize = "max"))
+trainer = train_on_responses_only(trainer, instruction_part = "<|im_start|>user\\n",
+                                  response_part = "<|im_start|>assistant\\n")
+""")
+    read = _read(script)
+    assert read.responses == ("<|im_start|>user\n", "<|im_start|>assistant\n")
+    assert read.cut() == (4096, "FastVisionModel.from_pretrained(max_seq_length = ...)")
+    assert read.collator["resize"] == "max" and read.mapping_merges and read.mapping_name == "to_messages"
+    assert read.files == (tmp_path / "d.parquet",)

@@ -176,9 +176,14 @@ def _dotted(node: ast.AST) -> str | None:
 
 
 def _constant_test(node: ast.AST) -> bool | None:
-    """A condition known without running (``if False:``, ``if 0:``, ``if True:``)."""
+    """A condition known without running (``if False:``, ``if 0:``, ``if True:``; ``if __name__ == "__main__":``
+    is true for a script that is launched)."""
     if isinstance(node, ast.Constant):
         return bool(node.value)
+    if (isinstance(node, ast.Compare) and isinstance(node.left, ast.Name) and node.left.id == "__name__"
+            and len(node.ops) == 1 and isinstance(node.ops[0], ast.Eq)
+            and isinstance(node.comparators[0], ast.Constant) and node.comparators[0].value == "__main__"):
+        return True
     return None
 
 
@@ -187,6 +192,7 @@ class _Walker:
 
     def __init__(self, script: Script) -> None:
         self.script = script
+        self.entered: set[str] = set()
 
     def block(self, body: list[ast.stmt], env: dict[str, Any], *, conditional: bool = False) -> None:
         for stmt in body:
@@ -249,6 +255,13 @@ class _Walker:
         for child in ast.iter_child_nodes(stmt):
             if isinstance(child, ast.expr):
                 self.calls(child, env, target=None)
+        # `main()`: a script's own function called without arguments runs its body here, once, its locals on top
+        # of the module's names
+        call = stmt.value if isinstance(stmt, ast.Expr) else None
+        if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and not call.args and not call.keywords
+                and call.func.id in self.script.functions and call.func.id not in self.entered):
+            self.entered.add(call.func.id)
+            self.block(self.script.functions[call.func.id].body, dict(env), conditional=conditional)
 
     def calls(self, node: ast.AST, env: dict[str, Any], *, target: str | None) -> None:
         """Every call in ``node`` (not inside a lambda or a comprehension's own function body), innermost last."""
