@@ -109,7 +109,6 @@ CASES = [(processor, setting) for processor, settings in GOLDEN["processors"].it
 def test_every_sample_is_judged_as_unsloths_collator_judged_it(processor: str, setting: dict[str, Any],
                                                                tmp_path: Path) -> None:
     from gemma3_checkpoint import gemma3_checkpoint
-
     from vlmcheck.demo.checkpoints import qwen_checkpoint
 
     model = gemma3_checkpoint() if processor == "gemma3" else qwen_checkpoint("qwen2_vl")
