@@ -1,7 +1,14 @@
-"""Unsloth: the one home of its facts. Unsloth users launch a Python script (``FastVisionModel.from_pretrained(...,
-max_seq_length=...)``, TRL's ``SFTTrainer`` with ``UnslothVisionDataCollator(model, processor, ...)``), so there is
-no config for ``vlmcheck check`` to read yet; what is known of its data path lives here, and ``vlmcheck template``
-and ``vlmcheck lint`` read it.
+"""Unsloth: the one home of its facts. Unsloth users launch a Python script or notebook
+(``FastVisionModel.from_pretrained(..., max_seq_length=...)``, TRL's ``SFTTrainer`` with
+``UnslothVisionDataCollator(model, processor, ...)``). ``vlmcheck check train.py`` reads it without running it
+(:mod:`vlmcheck.frameworks.pyscript`; :func:`read_script` says which calls and arguments) and judges every row as
+the collator builds its batch (:class:`Run`); ``vlmcheck template`` and ``vlmcheck lint`` read the facts here too.
+
+**The rows** (``UnslothVisionDataCollator.__call__``): the messages (``messages``, ``conversations`` or the example
+itself); the images of an ``images`` column, else every image part of the messages, each through ``fetch_image``
+(a smart resize to multiples of ``2 * patch_size`` between 4 and 16,384 units of 28x28 pixels; a ratio over 200
+raises ValueError); then the collator's resize (below) and the processor. Labels: every token but the placeholder
+tokens (``vlm_tokens.IMAGE_TOKENS``, the tokenizer's image token) and padding.
 
 **The vision collator** (unsloth_zoo 2026.10.9 ``vision_utils.UnslothVisionDataCollator``; proved by running that
 class, tests/assets/unsloth_golden/README.md):
@@ -12,8 +19,9 @@ class, tests/assets/unsloth_golden/README.md):
   ``min``) is over the size: both sides scale by ``size / side`` with rounding half up, at least 1 px (LANCZOS), so
   the other side may stay above the size. ``snap_to_patch_size`` (off by default) is not modelled.
 - ``max_seq_length`` is the collator's argument, else the model's ``max_seq_length`` (set by
-  ``FastVisionModel.from_pretrained``); when there is one, the processor is called with ``truncation=True,
-  max_length=max_seq_length`` (a cut from the right).
+  ``FastVisionModel.from_pretrained``, 2048 by default); when there is one, the processor is called with
+  ``truncation=True, max_length=max_seq_length`` (a cut from the right; a cut through an image's tokens raises
+  "Mismatch in `image` token count"). ``SFTConfig(max_length=...)`` does not cut the collator's batches.
 - On a machine without a GPU, ``import unsloth`` selects its CPU backend, whose ``UnslothVisionDataCollator`` raises
   NotImplementedError ("vision / audio models are not supported on the CPU backend yet").
 
