@@ -41,6 +41,12 @@ def read_config_file(path: Path) -> dict[str, Any]:
         if launched is None:
             raise UsageError(f"{path}: no training command vlmcheck reads was found in this script")
         return launched
+    if path.suffix.lower() in (".py", ".ipynb"):  # a training script or notebook, read without running it
+        launched = read_launch(text, path=path)
+        if launched is None:
+            raise UsageError(f"{path}: vlmcheck reads Python training scripts and notebooks of Unsloth (importing "
+                             "unsloth); for another framework pass its launch config")
+        return launched
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -66,7 +72,7 @@ def check(
     Args:
         config: the framework's launch config (a LLaMA-Factory or ``trl sft`` / ``trl grpo`` YAML, a verl launch
             script or Hydra YAML, an ms-swift or LLaVA launch script, an EasyR1 launch script or YAML, a VLM-R1
-            launch script).
+            launch script, an Unsloth training script or notebook).
         model: overrides the config's model (a local checkpoint folder or a cached Hugging Face id).
         data: overrides the config's data (LLaMA-Factory ``dataset_dir``, TRL ``dataset_name``, verl
             ``data.train_files``, LLaVA ``--data_path``).

@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from vlmcheck.errors import UsageError
-from vlmcheck.frameworks import easyr1, llamafactory, llava, swift, trl, verl, vlm_r1
+from vlmcheck.frameworks import easyr1, llamafactory, llava, swift, trl, unsloth, verl, vlm_r1
 from vlmcheck.model import ModelSpec
 from vlmcheck.results import SampleResult
 
@@ -46,8 +46,9 @@ class Run(Protocol):
 
 # The registry: one line per framework module. VLM-R1 first: its flags (model_name_or_path, dataset_name) look
 # like a TRL config, and it claims only what its own launch reader read. EasyR1 before verl: its configs look like
-# verl's, and it claims them by the keys only it has.
-MODULES: tuple[ModuleType, ...] = (vlm_r1, llamafactory, trl, easyr1, verl, swift, llava)
+# verl's, and it claims them by the keys only it has. Unsloth first: it reads only Python scripts and notebooks that
+# import unsloth, which no other module reads.
+MODULES: tuple[ModuleType, ...] = (unsloth, vlm_r1, llamafactory, trl, easyr1, verl, swift, llava)
 FRAMEWORKS = tuple(m.NAME for m in MODULES)
 
 
@@ -74,7 +75,8 @@ def detect(config: dict[str, Any], *, path: Path) -> ModuleType:
         "model_name_or_path with dataset_name / datasets; a verl config data.train_files (or a launch script); an "
         "ms-swift launch script a `swift sft` line; a LLaVA launch script a llava/train/train_mem.py line; an "
         "EasyR1 config worker.actor.model.model_path (or a script running verl.trainer.main config=...); a "
-        "VLM-R1 launch script a src/open_r1/grpo_jsonl.py line"
+        "VLM-R1 launch script a src/open_r1/grpo_jsonl.py line; an Unsloth script or notebook (.py, .ipynb) "
+        "imports unsloth"
     )
 
 
@@ -89,5 +91,5 @@ def scan_defaults(name: str) -> dict[str, Any]:
             return dict(defaults)
     else:
         raise UsageError(f"unknown framework {name!r} (known: {', '.join(FRAMEWORKS)})")
-    raise UsageError(f"{name} trains on prompts judged against its prompt budget, which a bare scan does not "
-                     f"model: run vlmcheck check on its launch config")
+    raise UsageError(getattr(module, "SCAN_REFUSAL", None) or f"{name} trains on prompts judged against its prompt "
+                     "budget, which a bare scan does not model: run vlmcheck check on its launch config")
