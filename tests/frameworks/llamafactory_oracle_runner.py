@@ -102,16 +102,81 @@ def main(argv: list[str]) -> None:
     out_path.write_text(json.dumps(results))
 
 
+QWEN_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+
+def _model_type(path: Any) -> str:
+    return str(json.loads(Path(path, "config.json").read_text())["model_type"])
+
+
 def _no_processor_load() -> None:
-    """Speed only: ``AutoProcessor`` fails at once with the ImportError it would raise after reading the tokenizer
-    a second time (seconds for a 151k-token vocabulary; no torchvision, see above), and ``load_tokenizer`` goes on
-    without a processor exactly as it does then."""
+    """Speed only: for Qwen-VL checkpoints ``AutoProcessor`` fails at once with the ImportError it would raise after
+    reading the tokenizer a second time (seconds for a 151k-token vocabulary; no torchvision, see above), and
+    ``load_tokenizer`` goes on without a processor exactly as it does then. Other processors (Gemma 3, LLaVA) build
+    without torchvision and load as LLaMA-Factory loads them."""
     import transformers
 
+    original = transformers.AutoProcessor.from_pretrained
+
     def processor(path: Any, *args: Any, **kwargs: Any) -> Any:
-        raise ImportError("the Qwen-VL video processors require torchvision, which this environment does not have")
+        if _model_type(path) in QWEN_TYPES:
+            raise ImportError("the Qwen-VL video processors require torchvision, which this environment does not "
+                              "have")
+        return original(path, *args, **kwargs)
 
     transformers.AutoProcessor.from_pretrained = processor  # type: ignore[method-assign]
+
+
+def _features(regular: list[Any], processor: Any, model_path: str) -> tuple[list[int], list[list[int]]]:
+    """Each image's feature count as the model computes it from the image processor's output (what
+    ``_get_mm_inputs``, the collator's path, gives the model), with the checkpoint's config.json; and the Qwen
+    grids (empty for the others)."""
+    model_type = _model_type(model_path)
+    config = json.loads(Path(model_path, "config.json").read_text())
+    if model_type in QWEN_TYPES:
+        merge = processor.image_processor.merge_size ** 2
+        grid = processor.image_processor(regular, return_tensors="pt")["image_grid_thw"]
+        grids = [[int(x) for x in g] for g in grid]
+        return [int(g[0] * g[1] * g[2]) // merge for g in grids], grids
+    if model_type == "gemma3":
+        # BasePlugin._get_mm_inputs: LLaMA-Factory's pan-and-scan kwargs; every crop and the original give
+        # mm_tokens_per_image features (Gemma3ForConditionalGeneration.get_image_features)
+        kwargs = {}
+        if getattr(processor, "image_do_pan_and_scan", False):
+            kwargs = {"do_pan_and_scan": True, "pan_and_scan_min_crop_size": 256, "pan_and_scan_max_num_crops": 4,
+                      "pan_and_scan_min_ratio_to_activate": 1.2}
+        out = processor.image_processor(regular, return_tensors="pt", **kwargs)
+        crops = [int(c) for c in _flat(out["num_crops"])]
+        assert out["pixel_values"].shape[0] == len(regular) + sum(crops)
+        return [(1 + c) * int(config["mm_tokens_per_image"]) for c in crops], []
+    if model_type == "llava":
+        # LlavaModel.get_image_features: one feature per patch, the CLS dropped by the "default" strategy
+        pixels = processor.image_processor(regular, return_tensors="pt")["pixel_values"]
+        patch = int(config["vision_config"]["patch_size"])
+        n = (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch)
+        if config.get("vision_feature_select_strategy", "default") != "default":
+            n += 1
+        return [n] * len(regular), []
+    if model_type == "llava_next":
+        # LlavaNextModel.pack_image_features: base patches plus the unpadded anyres grid and its newline column,
+        # as transformers' own processor counts them for the image size
+        out = processor.image_processor(regular, return_tensors="pt")
+        height, width = out["pixel_values"].shape[-2:]
+        counts = []
+        for orig_h, orig_w in out["image_sizes"].tolist():
+            n = processor._get_number_of_features(orig_h, orig_w, height, width)
+            counts.append(n - 1 if processor.vision_feature_select_strategy == "default" else n)
+        return counts, []
+    raise NotImplementedError(model_type)
+
+
+def _flat(values: Any) -> list[Any]:
+    if hasattr(values, "tolist"):
+        values = values.tolist()
+    out: list[Any] = []
+    for v in values:
+        out += _flat(v) if isinstance(v, (list, tuple)) or hasattr(v, "tolist") else [v]
+    return out
 
 
 def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
@@ -139,7 +204,6 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     plugin = template.mm_plugin
     image_token_id = tokenizer.convert_tokens_to_ids(plugin.image_token)
-    merge = processor.image_processor.merge_size ** 2
     cut_processor = _get_dataset_processor(data_args, "sft", template, tokenizer, processor, do_generate=False)
     whole_args = copy.copy(data_args)
     whole_args.cutoff_len = 10**9
@@ -173,9 +237,7 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
                                                         image_min_pixels=processor.image_min_pixels)["images"]
                     sizes = [list(im.size) for im in regular]
                     # what _get_mm_inputs (the collator's path) does after _regularize_images
-                    grid = processor.image_processor(regular, return_tensors="pt")["image_grid_thw"]
-                    grids = [[int(x) for x in g] for g in grid]
-                    features = [int(g[0] * g[1] * g[2]) // merge for g in grids]
+                    features, grids = _features(regular, processor, model_args.model_name_or_path)
             except Exception as e:  # LLaMA-Factory raises on this row: inside datasets.map the whole run stops
                 record["error"] = _error(e)
                 continue
@@ -208,7 +270,7 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
         "image_max_pixels": model_args.image_max_pixels, "image_min_pixels": model_args.image_min_pixels,
         "get_dataset": check, "rows": rows,
     }
-    if forward:
+    if forward and _model_type(model_args.model_name_or_path) in QWEN_TYPES:
         result["forward"] = _forward(model_args.model_name_or_path, rows, kept_rows, template, tokenizer, processor,
                                      forward)
     return result

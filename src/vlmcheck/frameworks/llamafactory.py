@@ -47,7 +47,7 @@ from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
 from vlmcheck.data.readers import BadRow
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import DatasetError, UsageError
-from vlmcheck.families import Overrides
+from vlmcheck.families import Expansion, Overrides
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS
 from vlmcheck.layout import infer_seqlen
 from vlmcheck.model import ModelSpec, load_model
@@ -67,6 +67,7 @@ DEFAULTS: dict[str, Any] = {
     "media_dir": None,  # -> dataset_dir
     "image_max_pixels": 768 * 768,
     "image_min_pixels": 32 * 32,
+    "image_do_pan_and_scan": False,
     "train_on_prompt": False,
     "mask_history": False,
     "enable_thinking": True,
@@ -114,7 +115,12 @@ def lint_run_kind(*, entry: str | None, calls: Mapping[str, Any], options: Mappi
 
 @dataclass(frozen=True)
 class Plugin:
-    """A multimodal plugin: the tokens an ``<image>`` becomes and the model types it serves."""
+    """A multimodal plugin: the tokens an ``<image>`` becomes and the model types it serves.
+
+    ``wrapped``: the Qwen-VL plugins write ``vision_bos`` + the image token per feature + ``vision_eos`` and stretch
+    or squash images the processor would refuse (``qwen_rules``). Otherwise the plugin writes what the model's own
+    processor writes for the pre-scaled image (the family's expansion): Gemma 3's ``full_image_sequence`` (and its
+    pan-and-scan crops), LLaVA's ``<image>`` per feature."""
 
     name: str
     image_token: str
@@ -122,12 +128,24 @@ class Plugin:
     vision_bos: str
     vision_eos: str
     model_types: tuple[str, ...]
+    wrapped: bool = True
+    qwen_rules: bool = True
 
 
 QWEN2_VL_PLUGIN = Plugin("qwen2_vl", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
                          ("qwen2_vl", "qwen2_5_vl"))
 QWEN3_VL_PLUGIN = Plugin("qwen3_vl", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
                          ("qwen3_vl",))
+# mm_plugin.py Gemma3Plugin.process_messages: processor.full_image_sequence per image, or with
+# image_do_pan_and_scan "Here is the original image ... and here are some crops ..." (the processor's own text)
+GEMMA3_PLUGIN = Plugin("gemma3", "<image_soft_token>", "", "", "", ("gemma3",), wrapped=False, qwen_rules=False)
+# mm_plugin.py LlavaPlugin / LlavaNextPlugin.process_messages: "<image>" once per feature (image_seqlen from the
+# processed pixel_values; LLaVA-NeXT: processor._get_number_of_features of each image's size)
+LLAVA_PLUGIN = Plugin("llava", "<image>", "", "", "", ("llava",), wrapped=False, qwen_rules=False)
+LLAVA_NEXT_PLUGIN = Plugin("llava_next", "<image>", "", "", "", ("llava_next",), wrapped=False, qwen_rules=False)
+# mm_plugin.py Gemma3Plugin: the image processor kwargs LLaMA-Factory passes with image_do_pan_and_scan (fixed)
+PAN_AND_SCAN = {"do_pan_and_scan": True, "pan_and_scan_min_crop_size": 256, "pan_and_scan_max_num_crops": 4,
+                "pan_and_scan_min_ratio_to_activate": 1.2}
 
 
 @dataclass(frozen=True)
@@ -145,11 +163,19 @@ class Template:
     reasoning: bool = False
     thought_words: tuple[str, str] = ("<think>\n", "\n</think>\n\n")
     efficient_eos: bool = False
+    # format_prefix {"bos_token"}: the tokenizer's BOS id opens the first turn
+    prefix_bos: bool = False
+    # the default assistant slots ["{{content}}", {"eos_token"}]: the tokenizer's EOS id closes every answer
+    answer_eos: bool = False
+    # Llama2Template: the formatted system prompt is written inside the first user message, not before it
+    system_in_user: bool = False
 
 
 _CHATML_USER = "<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n"
 _CHATML_ASSISTANT = "{content}<|im_end|>\n"
 _CHATML_SYSTEM = "<|im_start|>system\n{content}<|im_end|>\n"
+_VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                  "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 
 TEMPLATES: dict[str, Template] = {
     t.name: t
@@ -158,6 +184,16 @@ TEMPLATES: dict[str, Template] = {
                  default_system="You are a helpful assistant."),
         Template("qwen3_vl", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, QWEN3_VL_PLUGIN, reasoning=True),
         Template("qwen3_vl_nothink", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, QWEN3_VL_PLUGIN),
+        # template.py "gemma3": Llama2Template (system fused into the first user turn), BOS prefix, no default
+        # system; stop word / replaced EOS <end_of_turn> (already a special token of the Gemma 3 vocabulary)
+        Template("gemma3", "<start_of_turn>user\n{content}<end_of_turn>\n<start_of_turn>model\n",
+                 "{content}<end_of_turn>\n", "{content}\n\n", GEMMA3_PLUGIN, prefix_bos=True, system_in_user=True),
+        # template.py "llava" / "llava_next" (vicuna's strings): system and answer slots are the defaults
+        # ("{{content}}", and "{{content}}" + the EOS id)
+        Template("llava", "USER: {content} ASSISTANT:", "{content}", "{content}", LLAVA_PLUGIN,
+                 default_system=_VICUNA_SYSTEM, answer_eos=True),
+        Template("llava_next", "USER: {content} ASSISTANT:", "{content}", "{content}", LLAVA_NEXT_PLUGIN,
+                 default_system=_VICUNA_SYSTEM, answer_eos=True),
     )
 }
 
@@ -183,6 +219,7 @@ class Config:
     packing: bool
     default_system: str | None
     max_samples: int | None
+    pan_and_scan: bool = False
     image_placeholder: str = "<image>"
     video_placeholder: str = "<video>"
     v1: bool = False
@@ -261,12 +298,13 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         preserve_thinking=_flag(raw, "preserve_thinking"), packing=packing,
         default_system=raw.get("default_system"),
         max_samples=int(max_samples) if max_samples is not None else None,
+        pan_and_scan=_flag(raw, "image_do_pan_and_scan"),
         image_placeholder=env.get(IMAGE_PLACEHOLDER_ENV, "<image>"),
         video_placeholder=env.get(VIDEO_PLACEHOLDER_ENV, "<video>"),
         v1=env.get("USE_V1", "0").lower() in ("1", "true"),
         values={k: raw.get(k, DEFAULTS.get(k)) for k in (
             "template", "cutoff_len", "image_max_pixels", "image_min_pixels", "train_on_prompt", "mask_history",
-            "enable_thinking", "packing", "dataset", "dataset_dir")},
+            "enable_thinking", "packing", "dataset", "dataset_dir", "image_do_pan_and_scan")},
     )
 
 
@@ -544,7 +582,7 @@ def image_size(width: int, height: int, config: Config) -> tuple[int, int]:
         f = math.sqrt(config.image_min_pixels / (width * height))
         width, height = int(width * f), int(height * f)
         _check_side(width, height)
-    if config.template.plugin in (QWEN2_VL_PLUGIN, QWEN3_VL_PLUGIN):
+    if config.template.plugin.qwen_rules:
         if min(width, height) < QWEN_MIN_SIDE:
             width, height = max(width, QWEN_MIN_SIDE), max(height, QWEN_MIN_SIDE)
         if width / height > QWEN_MAX_RATIO:
@@ -561,11 +599,16 @@ def _check_side(width: int, height: int) -> None:
 
 
 # -- tokens ------------------------------------------------------------------------------------------------------
-def format_turns(example: Example, config: Config) -> list[list[str]]:
-    """The strings LLaMA-Factory tokenizes for ``example``: per turn (prompt and answer alternating), the
-    formatted elements, each tokenized on its own. Each ``<image>`` in a message is already
-    ``<|vision_start|><|image_pad|><|vision_end|>`` with a single pad: the encoder expands it to the image's
-    feature count (a special token, so its neighbours tokenize the same either way)."""
+Element = str | int  # a formatted string, tokenized on its own, or a token id (the BOS / EOS slots)
+
+
+def format_turns(example: Example, config: Config, *, images: Sequence[str] | None = None,
+                 bos: int | None = None, eos: int | None = None) -> list[list[Element]]:
+    """The elements LLaMA-Factory tokenizes for ``example``: per turn (prompt and answer alternating), the
+    formatted strings, each tokenized on its own, and the token ids of the BOS / EOS slots. The k-th ``<image>``
+    becomes ``images[k]`` (default: ``<|vision_start|><|image_pad|><|vision_end|>``) with the image token written
+    once per run of features: the encoder expands it to the run's length (a special token, so its neighbours
+    tokenize the same either way)."""
     t = config.template
     plugin = t.plugin
     system = example.system or (config.default_system if config.default_system is not None else t.default_system)
@@ -579,16 +622,30 @@ def format_turns(example: Example, config: Config) -> list[list[str]]:
         for m in messages[1:-2:2]:
             m[1] = _remove_thought(m[1], t)
     collapsed = f"{plugin.vision_bos}{plugin.image_token}{plugin.vision_eos}"
-    out: list[list[str]] = []
+    texts = iter(images if images is not None else ())
+    out: list[list[Element]] = []
     for i, (role, content) in enumerate(messages):
-        elements: list[str] = []
+        elements: list[Element] = []
+        system_text = ""
         if i == 0:
             if t.prefix:
                 elements.append(t.prefix)
+            if t.prefix_bos and bos is not None:
+                elements.append(bos)
             if system:
-                elements.append(t.system.replace("{content}", system))
-        content = content.replace(config.image_placeholder, collapsed)
-        elements.append((t.user if role == "user" else t.assistant).replace("{content}", content))
+                system_text = t.system.replace("{content}", system)
+                if not t.system_in_user:
+                    elements.append(system_text)
+                    system_text = ""
+        # mm_plugin.process_messages replaces each placeholder in turn, before the template formats the turn
+        parts = content.split(config.image_placeholder)
+        content = parts[0] + "".join(next(texts, collapsed) + part for part in parts[1:])
+        if role == "user":
+            elements.append(t.user.replace("{content}", system_text + content))
+        else:
+            elements.append(t.assistant.replace("{content}", content))
+            if t.answer_eos and eos is not None:
+                elements.append(eos)
         out.append(elements)
     if t.reasoning:  # ReasoningTemplate.encode_multiturn: an empty thought block where the answer has none
         empty = open_ + close
@@ -746,7 +803,12 @@ def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data:
     if config.v1:
         raise UsageError("USE_V1=1 (LLaMA-Factory's v1 engine) is not modelled by vlmcheck yet: it cuts from the "
                          "right and drops images whose span is cut; unset USE_V1 to check the default engine")
-    return Run(config, load_model(config.model, overrides=Overrides(resize="processor")))
+    extra: dict[str, Any] = {}
+    if config.pan_and_scan:
+        if config.template.plugin is not GEMMA3_PLUGIN:
+            raise UsageError(f"{path}: image_do_pan_and_scan is modelled for the gemma3 template only")
+        extra = dict(PAN_AND_SCAN)
+    return Run(config, load_model(config.model, overrides=Overrides(resize="processor", extra=extra)))
 
 
 class Run:
@@ -769,12 +831,19 @@ class Run:
         self.settings = spec.settings
         self.tokenizer = spec.tokenizer
         self.pad_id = spec.token_id(plugin.image_token)
+        # the BOS / EOS slots are the tokenizer's own ids (_convert_elements_to_ids); absent: nothing is written
+        self.bos_id = self._special_id("bos_token")
+        self.eos_id = self._special_id("eos_token")
         self.attrs = read_dataset_info(config)
         self._keys: dict[str, set[str]] = {}  # per dataset: the keys of all its rows (its table's columns)
         self.max_length = config.cutoff_len
         # LLaMA-Factory opens images with Image.open: paths as resolved by _media, no EXIF rotation
         self.previews = Previewer(local_path=lambda raw, _what: Path(raw), exif_transpose=False,
                                   max_length=config.cutoff_len, truncation=NAME)
+
+    def _special_id(self, key: str) -> int | None:
+        token = self.spec.special_tokens.get(key)
+        return None if token is None else self.tokenizer.token_to_id(str(token))
 
     # -- the run's inputs -------------------------------------------------------------------------------------
     def inputs(self) -> list[Path]:
@@ -829,7 +898,28 @@ class Run:
         return probe_path(Path(image)).size(exif_transpose=False)
 
     def image_tokens(self, sizes: list[tuple[int, int]], config: Config) -> list[int]:
-        return [self.family.image_tokens(*image_size(w, h, config), self.settings) for w, h in sizes]
+        return [e.features for e in self.expansions(sizes, config)]
+
+    def expansions(self, sizes: list[tuple[int, int]], config: Config) -> list[Expansion]:
+        """What each ``<image>`` becomes after LLaMA-Factory's pre-scaling: the Qwen-VL plugins' wrapped pad, or the
+        text the family's processor writes (its runs of image tokens: Gemma 3's pan-and-scan crops)."""
+        plugin = config.template.plugin
+        out = []
+        for w, h in sizes:
+            size = image_size(w, h, config)
+            if plugin.wrapped:
+                text = f"{plugin.vision_bos}{plugin.image_token}{plugin.vision_eos}"
+                out.append(Expansion(text, (self.family.image_tokens(*size, self.settings),)))
+            else:
+                out.append(self.family.expand(*size, self.settings))
+        return out
+
+    def _build(self, example: Example, sizes: list[tuple[int, int]], config: Config,
+               found: list[F.Finding]) -> tuple[list[Expansion], Encoded | None]:
+        expansions = self.expansions(sizes, config)
+        turns = format_turns(example, config, images=[e.text for e in expansions], bos=self.bos_id, eos=self.eos_id)
+        runs = [(k, n) for k, e in enumerate(expansions) for n in e.runs]
+        return expansions, self._encode(turns, runs, found, images=len(expansions))
 
     # -- one row ----------------------------------------------------------------------------------------------
     def _as_loaded(self, row: Any, attr: DatasetAttr) -> Any:
@@ -912,10 +1002,9 @@ class Run:
             if self.previews.wants(result):  # (preview: hook)
                 result.preview = self.previews.make(result, images=image_refs(example.images))
             return result
-        counts = self.image_tokens(sizes, self.config)
+        expansions, encoded = self._build(example, sizes, self.config, found)
+        counts = [e.features for e in expansions]
         result.image_tokens = list(counts)
-        pieces = format_turns(example, self.config)
-        encoded = self._encode(pieces, counts, found)
         if encoded is None:
             frame["verdict"] = "stops"
             return result
@@ -925,45 +1014,46 @@ class Run:
         result.text_only_tokens = encoded.total - sum(counts)
         cut = truncate(encoded, self.config, images=len(counts))
         frame.update(kept_tokens=cut.tokens, kept_supervised=cut.labels, kept_image_tokens=cut.image_tokens_kept)
-        self._verdict(result, encoded, cut, counts, sizes, pieces)
+        self._verdict(result, encoded, cut, counts, sizes, example)
         if result.findings and self.previews.wants(result):  # (preview: hook)
             result.preview = self.previews.make(result, images=image_refs(example.images),
                                                 spans=_layout_spans(encoded, full, cut, cutoff=self.config.cutoff_len))
         return result
 
-    def _encode(self, turns: list[list[str]], counts: list[int], found: list[F.Finding]) -> Encoded | None:
-        """Every element tokenized on its own (``add_special_tokens=False``); the k-th image pad expanded to image
-        k's feature count."""
-        flat = [element for elements in turns for element in elements]
-        encodings = self.tokenizer.encode_batch(flat, add_special_tokens=False) if flat else []
+    def _encode(self, turns: list[list[Element]], runs: list[tuple[int, int]], found: list[F.Finding], *,
+                images: int) -> Encoded | None:
+        """Every string element tokenized on its own (``add_special_tokens=False``), id elements kept as they are;
+        the k-th image token expanded to the k-th run of features ``runs[k]`` = (image, length)."""
+        texts = [element for elements in turns for element in elements if isinstance(element, str)]
+        encoded_texts = iter(self.tokenizer.encode_batch(texts, add_special_tokens=False) if texts else [])
         out_turns: list[list[int]] = []
         image_of: list[list[int]] = []
         k = 0
-        at = 0
         for elements in turns:
             ids: list[int] = []
             owner: list[int] = []
-            for enc in encodings[at:at + len(elements)]:
-                for token in enc.ids:
+            for element in elements:
+                tokens = next(encoded_texts).ids if isinstance(element, str) else [element]
+                for token in tokens:
                     if token == self.pad_id:
-                        if k >= len(counts):
+                        if k >= len(runs):
                             found.append(F.make("VC002", "the text holds an image token of its own beyond the "
-                                                         f"{len(counts)} image(s): the model sees more image "
+                                                         f"{images} image(s): the model sees more image "
                                                          "tokens than features and raises"))
                             return None
-                        ids += [token] * counts[k]
-                        owner += [k] * counts[k]
+                        image, n = runs[k]
+                        ids += [token] * n
+                        owner += [image] * n
                         k += 1
                     else:
                         ids.append(token)
                         owner.append(-1)
-            at += len(elements)
             out_turns.append(ids)
             image_of.append(owner)
         return Encoded(turns=out_turns, image_of=image_of)
 
     def _verdict(self, result: SampleResult, encoded: Encoded, cut: Cut, counts: list[int],
-                 sizes: list[tuple[int, int]], turns: list[list[str]]) -> None:
+                 sizes: list[tuple[int, int]], example: Example) -> None:
         config = self.config
         found = result.findings
         frame = result.framework or {}
@@ -980,7 +1070,7 @@ class Run:
             result.fits_max_pixels = config.image_max_pixels  # whole at the current budget
             return
         whole = self._whole_cutoff(encoded, counts)
-        fits = self._fit_pixels(sizes, turns) if counts else None
+        fits = self._fit_pixels(sizes, example) if counts else None
         result.fits_max_pixels = fits
         cut_images = [k for k, n in enumerate(counts) if cut.image_tokens_kept[k] < n]
         for k in cut_images:
@@ -1019,23 +1109,22 @@ class Run:
                 return cutoff
         return encoded.total + 64
 
-    def _fit_pixels(self, sizes: list[tuple[int, int]], turns: list[list[str]]) -> int | None:
+    def _fit_pixels(self, sizes: list[tuple[int, int]], example: Example) -> int | None:
         """The largest image_max_pixels (a multiple of 28*28 at or above image_min_pixels) at which the sample
         keeps every token at this cutoff_len."""
         unit = 28 * 28
 
         def fits(budget: int) -> bool:
             config = replace(self.config, image_max_pixels=budget)
-            try:
-                counts = self.image_tokens(sizes, config)
-            except (ZeroDivisionError, ValueError):
-                return False
             if any(min(image_size(w, h, config)) <= 0 for w, h in sizes):
                 return False
-            encoded = self._encode(turns, counts, [])
+            try:
+                _, encoded = self._build(example, sizes, config, [])
+            except (ZeroDivisionError, ValueError):
+                return False
             if encoded is None:
                 return False
-            return truncate(encoded, config, images=len(counts)).tokens >= encoded.total
+            return truncate(encoded, config, images=len(sizes)).tokens >= encoded.total
 
         lo = max(1, math.ceil(self.config.image_min_pixels / unit))
         hi = self.config.image_max_pixels // unit
