@@ -143,9 +143,12 @@ GEMMA3_PLUGIN = Plugin("gemma3", "<image_soft_token>", "", "", "", ("gemma3",), 
 # processed pixel_values; LLaVA-NeXT: processor._get_number_of_features of each image's size)
 LLAVA_PLUGIN = Plugin("llava", "<image>", "", "", "", ("llava",), wrapped=False, qwen_rules=False)
 LLAVA_NEXT_PLUGIN = Plugin("llava_next", "<image>", "", "", "", ("llava_next",), wrapped=False, qwen_rules=False)
-# mm_plugin.py Gemma3Plugin: the image processor kwargs LLaMA-Factory passes with image_do_pan_and_scan (fixed)
-PAN_AND_SCAN = {"do_pan_and_scan": True, "pan_and_scan_min_crop_size": 256, "pan_and_scan_max_num_crops": 4,
-                "pan_and_scan_min_ratio_to_activate": 1.2}
+# mm_plugin.py Gemma3Plugin.process_messages with image_do_pan_and_scan reads each image's crop count as
+# mm_inputs["num_crops"][0][k]; transformers 5.x's Gemma 3 image processor returns num_crops as a flat tensor, so
+# the second index raises IndexError on every row with an image (proved on 0.9.5 with transformers 5.6)
+PAN_AND_SCAN_RAISES = ("with image_do_pan_and_scan LLaMA-Factory's Gemma3Plugin raises 'IndexError: invalid index "
+                       "of a 0-dim tensor' on every row with an image (it indexes num_crops[0][k], a flat tensor under "
+                       "transformers 5.x)")
 
 
 @dataclass(frozen=True)
@@ -803,12 +806,9 @@ def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data:
     if config.v1:
         raise UsageError("USE_V1=1 (LLaMA-Factory's v1 engine) is not modelled by vlmcheck yet: it cuts from the "
                          "right and drops images whose span is cut; unset USE_V1 to check the default engine")
-    extra: dict[str, Any] = {}
-    if config.pan_and_scan:
-        if config.template.plugin is not GEMMA3_PLUGIN:
-            raise UsageError(f"{path}: image_do_pan_and_scan is modelled for the gemma3 template only")
-        extra = dict(PAN_AND_SCAN)
-    return Run(config, load_model(config.model, overrides=Overrides(resize="processor", extra=extra)))
+    if config.pan_and_scan and config.template.plugin is not GEMMA3_PLUGIN:
+        raise UsageError(f"{path}: image_do_pan_and_scan is modelled for the gemma3 template only")
+    return Run(config, load_model(config.model, overrides=Overrides(resize="processor")))
 
 
 class Run:
@@ -978,6 +978,11 @@ class Run:
                          f"{len(example.images)} image(s): LLaMA-Factory raises 'The number of images does not "
                          "match the number of <image> tokens' and the run stops",
                 placeholders=placeholders, images=len(example.images)))
+            frame["verdict"] = "stops"
+            return result
+        if self.config.pan_and_scan and example.images:
+            found.append(F.make("VC001", f"{PAN_AND_SCAN_RAISES}: the run stops while preparing the dataset",
+                                fix="set image_do_pan_and_scan: false"))
             frame["verdict"] = "stops"
             return result
         sizes: list[tuple[int, int]] = []
