@@ -41,7 +41,33 @@ from typing import Any
 IGNORE_INDEX = -100
 
 
+def _pixtral_processor(model_path: str, tokenizer: Any) -> Any:
+    """transformers' own PixtralProcessor with its PIL image processor: its module imports one helper from the
+    torchvision image processor's module, which the PIL module defines too (the import is pointed there)."""
+    import importlib
+    import types
+
+    from transformers.models.pixtral import image_processing_pil_pixtral as pil
+
+    name = "transformers.models.pixtral.image_processing_pixtral"
+    stub = types.ModuleType(name)
+    stub.get_resize_output_image_size = pil.get_resize_output_image_size  # type: ignore[attr-defined]
+    sys.modules[name] = stub
+    try:
+        processor_class = importlib.import_module("transformers.models.pixtral.processing_pixtral").PixtralProcessor
+    finally:
+        del sys.modules[name]
+    values = json.loads(Path(model_path, "preprocessor_config.json").read_text())
+    args = json.loads(Path(model_path, "processor_config.json").read_text())
+    for key in ("image_processor_type", "processor_class"):
+        values.pop(key, None)
+        args.pop(key, None)
+    return processor_class(image_processor=pil.PixtralImageProcessorPil(**values), tokenizer=tokenizer, **args)
+
+
 def _processor(model_path: str, tokenizer: Any) -> Any:
+    if _model_type(model_path) == "llava":  # a Pixtral checkpoint (its vision tower is pixtral)
+        return _pixtral_processor(model_path, tokenizer)
     from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen3VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     from transformers.processing_utils import ProcessorMixin
@@ -149,6 +175,11 @@ def _features(regular: list[Any], processor: Any, model_path: str) -> tuple[list
         crops = [int(c) for c in _flat(out["num_crops"])]
         assert out["pixel_values"].shape[0] == len(regular) + sum(crops)
         return [(1 + c) * int(config["mm_tokens_per_image"]) for c in crops], []
+    if model_type == "llava" and config["vision_config"].get("model_type") == "pixtral":
+        # PixtralVisionModel: one feature per patch of the resized image (image_sizes), merged spatial_merge_size^2
+        out = processor.image_processor(regular, return_tensors="pt")
+        step = int(processor.patch_size) * int(getattr(processor, "spatial_merge_size", 1))
+        return [(h // step) * (w // step) for h, w in out["image_sizes"].tolist()], []
     if model_type == "llava":
         # LlavaModel.get_image_features: one feature per patch, the CLS dropped by the "default" strategy
         pixels = processor.image_processor(regular, return_tensors="pt")["pixel_values"]

@@ -127,7 +127,7 @@ class Plugin:
     video_token: str
     vision_bos: str
     vision_eos: str
-    model_types: tuple[str, ...]
+    model_types: tuple[str, ...]  # the vlmcheck families (model types) it serves
     wrapped: bool = True
     qwen_rules: bool = True
 
@@ -143,6 +143,9 @@ GEMMA3_PLUGIN = Plugin("gemma3", "<image_soft_token>", "", "", "", ("gemma3",), 
 # processed pixel_values; LLaVA-NeXT: processor._get_number_of_features of each image's size)
 LLAVA_PLUGIN = Plugin("llava", "<image>", "", "", "", ("llava",), wrapped=False, qwen_rules=False)
 LLAVA_NEXT_PLUGIN = Plugin("llava_next", "<image>", "", "", "", ("llava_next",), wrapped=False, qwen_rules=False)
+# mm_plugin.py PixtralPlugin.process_messages: per row of patches [IMG] x columns then [IMG_BREAK], the last one
+# [IMG_END], from the image processor's image_sizes (the processor's own text)
+PIXTRAL_PLUGIN = Plugin("pixtral", "[IMG]", "", "", "", ("pixtral",), wrapped=False, qwen_rules=False)
 # mm_plugin.py Gemma3Plugin.process_messages with image_do_pan_and_scan reads each image's crop count as
 # mm_inputs["num_crops"][0][k]; transformers 5.x's Gemma 3 image processor returns num_crops as a flat tensor, so
 # the second index raises IndexError on every row with an image (proved on 0.9.5 with transformers 5.6)
@@ -197,6 +200,9 @@ TEMPLATES: dict[str, Template] = {
                  default_system=_VICUNA_SYSTEM, answer_eos=True),
         Template("llava_next", "USER: {content} ASSISTANT:", "{content}", "{content}", LLAVA_NEXT_PLUGIN,
                  default_system=_VICUNA_SYSTEM, answer_eos=True),
+        # template.py "pixtral" (ministral's strings): Llama2Template, BOS prefix, default answer slots
+        Template("pixtral", "[INST]{content}[/INST]", "{content}", "{content}\n\n", PIXTRAL_PLUGIN, prefix_bos=True,
+                 answer_eos=True, system_in_user=True),
     )
 }
 
@@ -821,10 +827,10 @@ class Run:
 
     def __init__(self, config: Config, spec: ModelSpec) -> None:
         plugin = config.template.plugin
-        if spec.model_type not in plugin.model_types:
+        if spec.family.name not in plugin.model_types:
             raise UsageError(
                 f"template {config.template.name} uses LLaMA-Factory's {plugin.name} plugin, made for "
-                f"{', '.join(plugin.model_types)}; the model is {spec.model_type}")
+                f"{', '.join(plugin.model_types)}; the model is {spec.family.name}")
         self.config = config
         self.spec = spec
         self.family = spec.family
@@ -999,6 +1005,12 @@ class Run:
                 continue
             except ImageRefused as e:
                 found.append(F.make("VC107", f"{label}: {e}", image=k))
+                continue
+            refused = [i for i in self.family.check_image(*image_size(*size, self.config), self.settings)
+                       if i.code == "VC107"]
+            if refused:  # the model's image processor raises on the pre-scaled image inside datasets.map
+                found.append(F.make("VC107", f"{label}: after LLaMA-Factory's pre-scaling, {refused[0].message}",
+                                    image=k, **refused[0].data))
                 continue
             sizes.append(size)
         if len(sizes) != len(example.images):
