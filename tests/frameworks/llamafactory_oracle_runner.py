@@ -65,9 +65,37 @@ def _pixtral_processor(model_path: str, tokenizer: Any) -> Any:
     return processor_class(image_processor=pil.PixtralImageProcessorPil(**values), tokenizer=tokenizer, **args)
 
 
+def _internvl_processor(model_path: str, tokenizer: Any) -> Any:
+    """transformers' own InternVLProcessor with the PIL GotOcr2 image processor and no video processor (its video
+    processor requires torchvision; the corpus has no videos): as for Qwen-VL, a subclass takes only the image
+    processor and tokenizer, and sets the attributes InternVLProcessor.__init__ sets."""
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+    from transformers.models.internvl.processing_internvl import InternVLProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    class WithoutVideo(InternVLProcessor):  # type: ignore[misc]
+        def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None,
+                     **kwargs: Any) -> None:
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+            self.image_seq_length = int(kwargs.get("image_seq_length", 256))
+            self.start_image_token, self.end_image_token = tokenizer.start_image_token, tokenizer.end_image_token
+            self.image_token, self.video_token = tokenizer.context_image_token, tokenizer.video_token
+            self.image_token_id = tokenizer.context_image_token_id
+
+    WithoutVideo.__name__ = "InternVLProcessor"
+    values = json.loads(Path(model_path, "preprocessor_config.json").read_text())
+    args = json.loads(Path(model_path, "processor_config.json").read_text())
+    for key in ("image_processor_type", "processor_class"):
+        values.pop(key, None)
+        args.pop(key, None)
+    return WithoutVideo(GotOcr2ImageProcessorPil(**values), tokenizer, **args)
+
+
 def _processor(model_path: str, tokenizer: Any) -> Any:
     if _model_type(model_path) == "llava":  # a Pixtral checkpoint (its vision tower is pixtral)
         return _pixtral_processor(model_path, tokenizer)
+    if _model_type(model_path) == "internvl":
+        return _internvl_processor(model_path, tokenizer)
     from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen3VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     from transformers.processing_utils import ProcessorMixin
@@ -198,7 +226,22 @@ def _features(regular: list[Any], processor: Any, model_path: str) -> tuple[list
             n = processor._get_number_of_features(orig_h, orig_w, height, width)
             counts.append(n - 1 if processor.vision_feature_select_strategy == "default" else n)
         return counts, []
+    if model_type == "internvl":
+        # InternVLPlugin._get_mm_inputs: the image processor called directly, crop_to_patches (12 / 1 tiles) when
+        # LLaMA-Factory's crop_to_patches is set; InternVLModel: (image_size / patch)^2 * downsample_ratio^2
+        # features per tile
+        kwargs = {"crop_to_patches": True, "max_patches": 12, "min_patches": 1} if getattr(
+            processor, "crop_to_patches", False) else {}
+        tiles = processor.image_processor(images=regular, return_tensors="pt", **kwargs)["num_patches"]
+        vision = config["vision_config"]
+        side = _first(vision["image_size"]) // _first(vision["patch_size"])
+        per_tile = int(side * side * float(config["downsample_ratio"]) ** 2)
+        return [int(t) * per_tile for t in _flat(tiles)], []
     raise NotImplementedError(model_type)
+
+
+def _first(value: Any) -> int:
+    return int(value[0] if isinstance(value, (list, tuple)) else value)
 
 
 def _flat(values: Any) -> list[Any]:
@@ -234,7 +277,9 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
         patch_processor(processor, tokenizer, model_args)
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     plugin = template.mm_plugin
-    image_token_id = tokenizer.convert_tokens_to_ids(plugin.image_token)
+    # the token the model counts against image features (config.json), not the plugin's own name for it
+    model_config = json.loads(Path(model_args.model_name_or_path, "config.json").read_text())
+    image_token_id = model_config.get("image_token_index", model_config.get("image_token_id"))
     cut_processor = _get_dataset_processor(data_args, "sft", template, tokenizer, processor, do_generate=False)
     whole_args = copy.copy(data_args)
     whole_args.cutoff_len = 10**9

@@ -48,6 +48,12 @@ def _llava_next() -> Path:
     return llava_next_checkpoint()
 
 
+def _internvl() -> Path:
+    from internvl_checkpoint import internvl_checkpoint
+
+    return internvl_checkpoint()
+
+
 def _pixtral() -> Path:
     from pixtral_checkpoint import pixtral_checkpoint
 
@@ -64,6 +70,13 @@ CASES: dict[str, tuple[Any, tuple[int, int, int], dict[str, dict[str, Any]]]] = 
     "llava": (_llava, (500, 900, 1600), {}),
     "llava_next": (_llava_next, (1000, 2000, 3000), {}),
     "pixtral": (_pixtral, (600, 1500, 3000), {}),
+    # the checkpoint's image processor does not crop (crop_to_patches false, as on the hub): 256 tokens an image;
+    # LLaMA-Factory's crop_to_patches tiles it (up to 12 + 1 tiles)
+    "intern_vl": (_internvl, (300, 700, 1400), {
+        "crop": {"dataset": "sg,oa", "crop_to_patches": True, "cutoff_len": 3000},
+        "crop_tight": {"dataset": "chat,alp", "crop_to_patches": True, "cutoff_len": 1500,
+                       "image_max_pixels": 2_000_000},
+    }),
 }
 
 
@@ -107,8 +120,9 @@ def test_the_per_row_oracle_is_get_dataset(proof: dict[str, Any]) -> None:
         else:
             assert check.get("same_as_rows") is True, f"{name}: {check}"
         assert result["llamafactory"] == "0.9.5"
-        # only Pixtral's processor cannot load without torchvision (the runner builds the real class)
-        assert result["built_processor"] == (proof["template"] == "pixtral")
+        # only Pixtral's and InternVL's processors cannot load without torchvision (the runner builds the real
+        # classes)
+        assert result["built_processor"] == (proof["template"] in ("pixtral", "intern_vl"))
 
 
 def test_the_corpus_reaches_every_case(proof: dict[str, Any]) -> None:

@@ -68,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "image_max_pixels": 768 * 768,
     "image_min_pixels": 32 * 32,
     "image_do_pan_and_scan": False,
+    "crop_to_patches": False,
     "train_on_prompt": False,
     "mask_history": False,
     "enable_thinking": True,
@@ -146,6 +147,12 @@ LLAVA_NEXT_PLUGIN = Plugin("llava_next", "<image>", "", "", "", ("llava_next",),
 # mm_plugin.py PixtralPlugin.process_messages: per row of patches [IMG] x columns then [IMG_BREAK], the last one
 # [IMG_END], from the image processor's image_sizes (the processor's own text)
 PIXTRAL_PLUGIN = Plugin("pixtral", "[IMG]", "", "", "", ("pixtral",), wrapped=False, qwen_rules=False)
+# mm_plugin.py InternVLPlugin.process_messages: "<img>" + "<IMG_CONTEXT>" x image_seq_length x tiles + "</img>"
+# (the template registers "<image>" as its image token, but the text it writes holds <IMG_CONTEXT>); the tiles
+# come from the image processor called directly: crop_to_patches (max 12, min 1 tiles) when LLaMA-Factory's own
+# crop_to_patches is set, else the image processor's own preprocessor_config.json value
+INTERN_VL_PLUGIN = Plugin("intern_vl", "<IMG_CONTEXT>", "", "", "", ("internvl",), wrapped=False, qwen_rules=False)
+INTERN_VL_CROP = {"crop_to_patches": True, "max_patches": 12, "min_patches": 1}
 # mm_plugin.py Gemma3Plugin.process_messages with image_do_pan_and_scan reads each image's crop count as
 # mm_inputs["num_crops"][0][k]; transformers 5.x's Gemma 3 image processor returns num_crops as a flat tensor, so
 # the second index raises IndexError on every row with an image (proved on 0.9.5 with transformers 5.6)
@@ -200,6 +207,11 @@ TEMPLATES: dict[str, Template] = {
                  default_system=_VICUNA_SYSTEM, answer_eos=True),
         Template("llava_next", "USER: {content} ASSISTANT:", "{content}", "{content}", LLAVA_NEXT_PLUGIN,
                  default_system=_VICUNA_SYSTEM, answer_eos=True),
+        # template.py "intern_vl": chatml strings, BOS prefix (InternVL's Qwen2 tokenizer has none: nothing), its
+        # own default system prompt
+        Template("intern_vl", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, INTERN_VL_PLUGIN, prefix_bos=True,
+                 default_system="你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的"
+                                "多模态大语言模型。"),
         # template.py "pixtral" (ministral's strings): Llama2Template, BOS prefix, default answer slots
         Template("pixtral", "[INST]{content}[/INST]", "{content}", "{content}\n\n", PIXTRAL_PLUGIN, prefix_bos=True,
                  answer_eos=True, system_in_user=True),
@@ -229,6 +241,7 @@ class Config:
     default_system: str | None
     max_samples: int | None
     pan_and_scan: bool = False
+    crop_to_patches: bool = False
     image_placeholder: str = "<image>"
     video_placeholder: str = "<video>"
     v1: bool = False
@@ -308,12 +321,13 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         default_system=raw.get("default_system"),
         max_samples=int(max_samples) if max_samples is not None else None,
         pan_and_scan=_flag(raw, "image_do_pan_and_scan"),
+        crop_to_patches=_flag(raw, "crop_to_patches"),
         image_placeholder=env.get(IMAGE_PLACEHOLDER_ENV, "<image>"),
         video_placeholder=env.get(VIDEO_PLACEHOLDER_ENV, "<video>"),
         v1=env.get("USE_V1", "0").lower() in ("1", "true"),
         values={k: raw.get(k, DEFAULTS.get(k)) for k in (
             "template", "cutoff_len", "image_max_pixels", "image_min_pixels", "train_on_prompt", "mask_history",
-            "enable_thinking", "packing", "dataset", "dataset_dir", "image_do_pan_and_scan")},
+            "enable_thinking", "packing", "dataset", "dataset_dir", "image_do_pan_and_scan", "crop_to_patches")},
     )
 
 
@@ -814,7 +828,24 @@ def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data:
                          "right and drops images whose span is cut; unset USE_V1 to check the default engine")
     if config.pan_and_scan and config.template.plugin is not GEMMA3_PLUGIN:
         raise UsageError(f"{path}: image_do_pan_and_scan is modelled for the gemma3 template only")
-    return Run(config, load_model(config.model, overrides=Overrides(resize="processor")))
+    spec = load_model(config.model, overrides=Overrides(resize="processor"))
+    if config.template.plugin is INTERN_VL_PLUGIN and spec.family.name == "internvl":
+        if config.crop_to_patches:
+            extra: dict[str, Any] = dict(INTERN_VL_CROP)
+        else:  # the image processor's own value (InternVLProcessor's call-time default is not in this path)
+            extra = {"crop_to_patches": bool(_read_json(spec.path / "preprocessor_config.json").get("crop_to_patches"))}
+        spec = load_model(config.model, overrides=Overrides(resize="processor", extra=extra))
+    return Run(config, spec)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 class Run:
