@@ -131,6 +131,7 @@ class Plugin:
     model_types: tuple[str, ...]  # the vlmcheck families (model types) it serves
     wrapped: bool = True
     qwen_rules: bool = True
+    prefix_images: bool = False
 
 
 QWEN2_VL_PLUGIN = Plugin("qwen2_vl", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
@@ -152,6 +153,10 @@ PIXTRAL_PLUGIN = Plugin("pixtral", "[IMG]", "", "", "", ("pixtral",), wrapped=Fa
 # come from the image processor called directly: crop_to_patches (max 12, min 1 tiles) when LLaMA-Factory's own
 # crop_to_patches is set, else the image processor's own preprocessor_config.json value
 INTERN_VL_PLUGIN = Plugin("intern_vl", "<IMG_CONTEXT>", "", "", "", ("internvl",), wrapped=False, qwen_rules=False)
+# mm_plugin.py PaliGemmaPlugin: each <image> is removed from the text, and process_token_ids puts
+# processor.image_seq_length image tokens per image before the whole sample (before BOS), unlabelled
+PALIGEMMA_PLUGIN = Plugin("paligemma", "<image>", "", "", "", ("paligemma",), wrapped=False, qwen_rules=False,
+                          prefix_images=True)
 INTERN_VL_CROP = {"crop_to_patches": True, "max_patches": 12, "min_patches": 1}
 # mm_plugin.py Gemma3Plugin.process_messages with image_do_pan_and_scan reads each image's crop count as
 # mm_inputs["num_crops"][0][k]; transformers 5.x's Gemma 3 image processor returns num_crops as a flat tensor, so
@@ -212,6 +217,9 @@ TEMPLATES: dict[str, Template] = {
         Template("intern_vl", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, INTERN_VL_PLUGIN, prefix_bos=True,
                  default_system="你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的"
                                 "多模态大语言模型。"),
+        # template.py "paligemma": Llama2Template, BOS prefix, user "{{content}}\n", default system and answer slots
+        Template("paligemma", "{content}\n", "{content}", "{content}", PALIGEMMA_PLUGIN, prefix_bos=True,
+                 answer_eos=True, system_in_user=True),
         # template.py "pixtral" (ministral's strings): Llama2Template, BOS prefix, default answer slots
         Template("pixtral", "[INST]{content}[/INST]", "{content}", "{content}\n\n", PIXTRAL_PLUGIN, prefix_bos=True,
                  answer_eos=True, system_in_user=True),
@@ -696,10 +704,13 @@ class Encoded:
 
     turns: list[list[int]]
     image_of: list[list[int]]  # per turn, per token: image index or -1
+    # PaliGemmaPlugin.process_token_ids: every image's tokens before the first turn, never labelled, never cut
+    # (they take their share of cutoff_len first); per token, its image
+    prefix: list[int] = field(default_factory=list)
 
     @property
     def total(self) -> int:
-        return sum(len(t) for t in self.turns)
+        return len(self.prefix) + sum(len(t) for t in self.turns)
 
 
 @dataclass
@@ -766,9 +777,11 @@ def truncate(encoded: Encoded, config: Config, *, images: int) -> Cut:
     pairs = [(i, i + 1) for i in range(0, len(encoded.turns), 2)]
     if config.mask_history:
         pairs = pairs[::-1]
-    total = 1 if config.template.efficient_eos else 0
+    total = len(encoded.prefix) + (1 if config.template.efficient_eos else 0)
     labels = 0
     kept = [0] * images
+    for k in encoded.prefix:
+        kept[k] += 1
     per_turn = [0] * len(encoded.turns)
     labelled = [False] * len(encoded.turns)
     budgets = pair_budgets([(len(encoded.turns[src]), len(encoded.turns[tgt])) for src, tgt in pairs], cutoff,
@@ -792,13 +805,13 @@ def truncate(encoded: Encoded, config: Config, *, images: int) -> Cut:
 def _layout_spans(encoded: Encoded, whole: Cut, cut: Cut, *, cutoff: int) -> dict[str, Any]:
     """The sample's token layout for the report: turns laid end to end, the labelled turns of the whole sample,
     and what the per-turn cut keeps of each turn."""
-    trained: list[bool] = []
-    kept: list[tuple[int, int]] = []
+    trained: list[bool] = [False] * len(encoded.prefix)
+    kept: list[tuple[int, int]] = [(0, len(encoded.prefix))] if encoded.prefix else []
     for t, ids in enumerate(encoded.turns):
         if t < len(cut.kept_per_turn) and cut.kept_per_turn[t]:
             kept.append((len(trained), len(trained) + cut.kept_per_turn[t]))
         trained += [t < len(whole.labelled) and whole.labelled[t]] * len(ids)
-    image_of = [k for owner in encoded.image_of for k in owner]
+    image_of = encoded.prefix + [k for owner in encoded.image_of for k in owner]
     return token_spans(image_of, trained, kept=kept, max_length=cutoff)
 
 
@@ -954,6 +967,12 @@ class Run:
     def _build(self, example: Example, sizes: list[tuple[int, int]], config: Config,
                found: list[F.Finding]) -> tuple[list[Expansion], Encoded | None]:
         expansions = self.expansions(sizes, config)
+        if config.template.plugin.prefix_images:  # the placeholders are removed, the tokens go before the turns
+            turns = format_turns(example, config, images=[""] * len(expansions), bos=self.bos_id, eos=self.eos_id)
+            encoded = self._encode(turns, [], found, images=len(expansions))
+            if encoded is not None:
+                encoded.prefix = [k for k, e in enumerate(expansions) for _ in range(e.features)]
+            return expansions, encoded
         turns = format_turns(example, config, images=[e.text for e in expansions], bos=self.bos_id, eos=self.eos_id)
         runs = [(k, n) for k, e in enumerate(expansions) for n in e.runs]
         return expansions, self._encode(turns, runs, found, images=len(expansions))
