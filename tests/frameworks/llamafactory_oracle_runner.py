@@ -226,6 +226,11 @@ def _features(regular: list[Any], processor: Any, model_path: str) -> tuple[list
             n = processor._get_number_of_features(orig_h, orig_w, height, width)
             counts.append(n - 1 if processor.vision_feature_select_strategy == "default" else n)
         return counts, []
+    if model_type == "paligemma":
+        # PaliGemmaModel.get_image_features: the SigLIP tower's num_image_tokens per image (one pixel_values row each)
+        pixels = processor.image_processor(regular, return_tensors="pt")["pixel_values"]
+        assert pixels.shape[0] == len(regular)
+        return [int(config["vision_config"]["num_image_tokens"])] * len(regular), []
     if model_type == "internvl":
         # InternVLPlugin._get_mm_inputs: the image processor called directly, crop_to_patches (12 / 1 tiles) when
         # LLaMA-Factory's crop_to_patches is set; InternVLModel: (image_size / patch)^2 * downsample_ratio^2

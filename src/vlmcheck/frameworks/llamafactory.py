@@ -26,7 +26,12 @@ Modelled on LLaMA-Factory 0.9.4-0.9.5, default (v0) engine, ``stage: sft``:
   sqrt(budget / pixels) with ``int`` truncation to ``image_max_pixels`` then ``image_min_pixels``; the Qwen-VL
   plugins then stretch a side under 28 px to 28 and squash a ratio over 200 to 180:1 before the processor's own
   ``smart_resize``. ``<image>`` becomes ``<|vision_start|>`` + one ``<|image_pad|>`` per feature +
-  ``<|vision_end|>`` *before* tokenization and truncation.
+  ``<|vision_end|>`` *before* tokenization and truncation. The other plugins write what the model's processor
+  writes for the pre-scaled image (the family module's expansion: Gemma 3's ``full_image_sequence``, LLaVA's and
+  LLaVA-NeXT's ``<image>`` run, Pixtral's ``[IMG]`` rows, InternVL's ``<IMG_CONTEXT>`` tiles), except PaliGemma's,
+  which removes ``<image>`` and puts every image's tokens before the sample, where the cut never reaches them.
+  Templates: ``qwen2_vl``, ``qwen3_vl``, ``qwen3_vl_nothink``, ``gemma3``, ``llava``, ``llava_next``,
+  ``intern_vl``, ``pixtral``, ``paligemma``; the others are refused.
 - **Truncation** (``data/processor/supervised.py``, ``processor_utils.infer_seqlen``): pair by pair, each
   (prompt, answer) gets a share of the remaining ``cutoff_len``. Nothing checks the image tokens afterwards: a cut
   through an image span leaves fewer ``<|image_pad|>`` ids than the image has features, and the model's forward
