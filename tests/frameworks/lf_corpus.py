@@ -180,6 +180,60 @@ def _bad_rows(rng: random.Random, names: dict[str, list[str]], n: int) -> list[d
 def write_corpus(root: Path, checkpoints: dict[str, Path], *, seed: int = 0, rows: int = 40) -> list[Path]:
     """Write images, datasets and configs under ``root``; return the config paths. ``checkpoints`` maps
     ``qwen2_vl`` / ``qwen3_vl`` to checkpoint folders; ``rows`` is the row count per dataset."""
+    data = write_data(root, seed=seed, rows=rows)
+    media = {"media_dir": str(data / "images")}
+    configs: dict[str, dict[str, Any]] = {
+        # LLaMA-Factory's defaults: cutoff_len 2048, image_max_pixels 768*768, image_min_pixels 32*32
+        "defaults": {"model_name_or_path": str(checkpoints["qwen2_vl"]), "template": "qwen2_vl", "dataset": "sg,alp"},
+        "tight": {"model_name_or_path": str(checkpoints["qwen2_vl"]), "template": "qwen2_vl", "dataset": "chat,oa",
+                  "cutoff_len": 384, "image_max_pixels": 1_003_520, **media},
+        "history": {"model_name_or_path": str(checkpoints["qwen2_vl"]), "template": "qwen2_vl",
+                    "dataset": "sg,alp", "cutoff_len": 700, "image_max_pixels": 262_144, "image_min_pixels": 4096,
+                    "mask_history": True},
+        "prompt": {"model_name_or_path": str(checkpoints["qwen2_vl"]), "template": "qwen2_vl", "dataset": "alp,sg",
+                   "cutoff_len": 256, "image_max_pixels": 50_176, "train_on_prompt": True,
+                   "default_system": "Answer in one short sentence.", "max_samples": 12},
+        "think": {"model_name_or_path": str(checkpoints["qwen3_vl"]), "template": "qwen3_vl", "dataset": "sg,oa",
+                  "cutoff_len": 600, **media},
+        "nothink": {"model_name_or_path": str(checkpoints["qwen3_vl"]), "template": "qwen3_vl", "dataset": "alp,sg",
+                    "cutoff_len": 900, "image_max_pixels": 2_000_000, "enable_thinking": False,
+                    "mask_history": True},
+        "broken": {"model_name_or_path": str(checkpoints["qwen2_vl"]), "template": "qwen2_vl", "dataset": "bad",
+                   "cutoff_len": 1024},
+        "qwen3_plain": {"model_name_or_path": str(checkpoints["qwen3_vl"]), "template": "qwen3_vl_nothink",
+                        "dataset": "chat,sg", **media},
+    }
+    return write_configs(root, data, configs)
+
+
+def write_template_corpus(root: Path, template: str, checkpoint: Path, *, seed: int = 0, rows: int = 40,
+                          cutoffs: tuple[int, int, int] = (384, 700, 1200),
+                          extra: dict[str, dict[str, Any]] | None = None) -> list[Path]:
+    """The same datasets under configs for one of LLaMA-Factory's templates on ``checkpoint``: its defaults (no
+    ``cutoff_len``, no pixel budget), three ``cutoff_len`` values (``cutoffs``, small to large for the model's
+    image sizes) with ``media_dir``, ``mask_history``, ``train_on_prompt`` + ``default_system`` + ``max_samples``,
+    pixel budgets, and the dataset on which LLaMA-Factory raises; ``extra`` adds configs of its own."""
+    data = write_data(root, seed=seed, rows=rows)
+    model = {"model_name_or_path": str(checkpoint), "template": template}
+    small, middle, large = cutoffs
+    configs: dict[str, dict[str, Any]] = {
+        f"{template}-defaults": {**model, "dataset": "sg,alp"},
+        f"{template}-tight": {**model, "dataset": "chat,oa", "cutoff_len": small, "image_max_pixels": 1_003_520,
+                              "media_dir": str(data / "images")},
+        f"{template}-history": {**model, "dataset": "sg,alp", "cutoff_len": middle, "image_max_pixels": 262_144,
+                                "image_min_pixels": 4096, "mask_history": True},
+        f"{template}-prompt": {**model, "dataset": "alp,oa", "cutoff_len": large, "image_max_pixels": 50_176,
+                               "train_on_prompt": True, "default_system": "Answer in one short sentence.",
+                               "max_samples": 12, "media_dir": str(data / "images")},
+        f"{template}-broken": {**model, "dataset": "bad", "cutoff_len": large},
+    }
+    for name, values in (extra or {}).items():
+        configs[f"{template}-{name}"] = {**model, "media_dir": str(data / "images"), **values}
+    return write_configs(root, data, configs)
+
+
+def write_data(root: Path, *, seed: int = 0, rows: int = 40) -> Path:
+    """Images, datasets and dataset_info.json under ``root/data`` (returned)."""
     rng = random.Random(seed)
     data = root / "data"
     names = _write_images(data / "images", rng)
@@ -210,33 +264,16 @@ def write_corpus(root: Path, checkpoints: dict[str, Path], *, seed: int = 0, row
                         "system_tag": "system"}},
     }
     (data / "dataset_info.json").write_text(json.dumps(info, indent=1))
-    base = {"stage": "sft", "do_train": True, "finetuning_type": "lora", "dataset_dir": str(data)}
-    media = {"media_dir": str(data / "images")}
-    configs: dict[str, dict[str, Any]] = {
-        # LLaMA-Factory's defaults: cutoff_len 2048, image_max_pixels 768*768, image_min_pixels 32*32
-        "defaults": {"model_name_or_path": str(checkpoints["qwen2_vl"]), "template": "qwen2_vl", "dataset": "sg,alp"},
-        "tight": {"model_name_or_path": str(checkpoints["qwen2_vl"]), "template": "qwen2_vl", "dataset": "chat,oa",
-                  "cutoff_len": 384, "image_max_pixels": 1_003_520, **media},
-        "history": {"model_name_or_path": str(checkpoints["qwen2_vl"]), "template": "qwen2_vl",
-                    "dataset": "sg,alp", "cutoff_len": 700, "image_max_pixels": 262_144, "image_min_pixels": 4096,
-                    "mask_history": True},
-        "prompt": {"model_name_or_path": str(checkpoints["qwen2_vl"]), "template": "qwen2_vl", "dataset": "alp,sg",
-                   "cutoff_len": 256, "image_max_pixels": 50_176, "train_on_prompt": True,
-                   "default_system": "Answer in one short sentence.", "max_samples": 12},
-        "think": {"model_name_or_path": str(checkpoints["qwen3_vl"]), "template": "qwen3_vl", "dataset": "sg,oa",
-                  "cutoff_len": 600, **media},
-        "nothink": {"model_name_or_path": str(checkpoints["qwen3_vl"]), "template": "qwen3_vl", "dataset": "alp,sg",
-                    "cutoff_len": 900, "image_max_pixels": 2_000_000, "enable_thinking": False,
-                    "mask_history": True},
-        "broken": {"model_name_or_path": str(checkpoints["qwen2_vl"]), "template": "qwen2_vl", "dataset": "bad",
-                   "cutoff_len": 1024},
-        "qwen3_plain": {"model_name_or_path": str(checkpoints["qwen3_vl"]), "template": "qwen3_vl_nothink",
-                        "dataset": "chat,sg", **media},
-    }
-    out = []
-    (root / "configs").mkdir(exist_ok=True)
+    return data
+
+
+def write_configs(root: Path, data: Path, configs: dict[str, dict[str, Any]]) -> list[Path]:
+    """One training YAML per entry of ``configs`` under ``root/configs`` (the paths, in order)."""
     import yaml
 
+    base = {"stage": "sft", "do_train": True, "finetuning_type": "lora", "dataset_dir": str(data)}
+    out = []
+    (root / "configs").mkdir(exist_ok=True)
     for name, values in configs.items():
         path = root / "configs" / f"{name}.yaml"
         path.write_text(yaml.safe_dump({**base, **values}, sort_keys=False))

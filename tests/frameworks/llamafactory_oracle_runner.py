@@ -41,7 +41,61 @@ from typing import Any
 IGNORE_INDEX = -100
 
 
+def _pixtral_processor(model_path: str, tokenizer: Any) -> Any:
+    """transformers' own PixtralProcessor with its PIL image processor: its module imports one helper from the
+    torchvision image processor's module, which the PIL module defines too (the import is pointed there)."""
+    import importlib
+    import types
+
+    from transformers.models.pixtral import image_processing_pil_pixtral as pil
+
+    name = "transformers.models.pixtral.image_processing_pixtral"
+    stub = types.ModuleType(name)
+    stub.get_resize_output_image_size = pil.get_resize_output_image_size  # type: ignore[attr-defined]
+    sys.modules[name] = stub
+    try:
+        processor_class = importlib.import_module("transformers.models.pixtral.processing_pixtral").PixtralProcessor
+    finally:
+        del sys.modules[name]
+    values = json.loads(Path(model_path, "preprocessor_config.json").read_text())
+    args = json.loads(Path(model_path, "processor_config.json").read_text())
+    for key in ("image_processor_type", "processor_class"):
+        values.pop(key, None)
+        args.pop(key, None)
+    return processor_class(image_processor=pil.PixtralImageProcessorPil(**values), tokenizer=tokenizer, **args)
+
+
+def _internvl_processor(model_path: str, tokenizer: Any) -> Any:
+    """transformers' own InternVLProcessor with the PIL GotOcr2 image processor and no video processor (its video
+    processor requires torchvision; the corpus has no videos): as for Qwen-VL, a subclass takes only the image
+    processor and tokenizer, and sets the attributes InternVLProcessor.__init__ sets."""
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+    from transformers.models.internvl.processing_internvl import InternVLProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    class WithoutVideo(InternVLProcessor):  # type: ignore[misc]
+        def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None,
+                     **kwargs: Any) -> None:
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+            self.image_seq_length = int(kwargs.get("image_seq_length", 256))
+            self.start_image_token, self.end_image_token = tokenizer.start_image_token, tokenizer.end_image_token
+            self.image_token, self.video_token = tokenizer.context_image_token, tokenizer.video_token
+            self.image_token_id = tokenizer.context_image_token_id
+
+    WithoutVideo.__name__ = "InternVLProcessor"
+    values = json.loads(Path(model_path, "preprocessor_config.json").read_text())
+    args = json.loads(Path(model_path, "processor_config.json").read_text())
+    for key in ("image_processor_type", "processor_class"):
+        values.pop(key, None)
+        args.pop(key, None)
+    return WithoutVideo(GotOcr2ImageProcessorPil(**values), tokenizer, **args)
+
+
 def _processor(model_path: str, tokenizer: Any) -> Any:
+    if _model_type(model_path) == "llava":  # a Pixtral checkpoint (its vision tower is pixtral)
+        return _pixtral_processor(model_path, tokenizer)
+    if _model_type(model_path) == "internvl":
+        return _internvl_processor(model_path, tokenizer)
     from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen3VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     from transformers.processing_utils import ProcessorMixin
@@ -102,16 +156,106 @@ def main(argv: list[str]) -> None:
     out_path.write_text(json.dumps(results))
 
 
+QWEN_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+
+def _model_type(path: Any) -> str:
+    return str(json.loads(Path(path, "config.json").read_text())["model_type"])
+
+
 def _no_processor_load() -> None:
-    """Speed only: ``AutoProcessor`` fails at once with the ImportError it would raise after reading the tokenizer
-    a second time (seconds for a 151k-token vocabulary; no torchvision, see above), and ``load_tokenizer`` goes on
-    without a processor exactly as it does then."""
+    """Speed only: for Qwen-VL checkpoints ``AutoProcessor`` fails at once with the ImportError it would raise after
+    reading the tokenizer a second time (seconds for a 151k-token vocabulary; no torchvision, see above), and
+    ``load_tokenizer`` goes on without a processor exactly as it does then. Other processors (Gemma 3, LLaVA) build
+    without torchvision and load as LLaMA-Factory loads them."""
     import transformers
 
+    original = transformers.AutoProcessor.from_pretrained
+
     def processor(path: Any, *args: Any, **kwargs: Any) -> Any:
-        raise ImportError("the Qwen-VL video processors require torchvision, which this environment does not have")
+        if _model_type(path) in QWEN_TYPES:
+            raise ImportError("the Qwen-VL video processors require torchvision, which this environment does not "
+                              "have")
+        return original(path, *args, **kwargs)
 
     transformers.AutoProcessor.from_pretrained = processor  # type: ignore[method-assign]
+
+
+def _features(regular: list[Any], processor: Any, model_path: str) -> tuple[list[int], list[list[int]]]:
+    """Each image's feature count as the model computes it from the image processor's output (what
+    ``_get_mm_inputs``, the collator's path, gives the model), with the checkpoint's config.json; and the Qwen
+    grids (empty for the others)."""
+    model_type = _model_type(model_path)
+    config = json.loads(Path(model_path, "config.json").read_text())
+    if model_type in QWEN_TYPES:
+        merge = processor.image_processor.merge_size ** 2
+        grid = processor.image_processor(regular, return_tensors="pt")["image_grid_thw"]
+        grids = [[int(x) for x in g] for g in grid]
+        return [int(g[0] * g[1] * g[2]) // merge for g in grids], grids
+    if model_type == "gemma3":
+        # BasePlugin._get_mm_inputs: LLaMA-Factory's pan-and-scan kwargs; every crop and the original give
+        # mm_tokens_per_image features (Gemma3ForConditionalGeneration.get_image_features)
+        kwargs = {}
+        if getattr(processor, "image_do_pan_and_scan", False):
+            kwargs = {"do_pan_and_scan": True, "pan_and_scan_min_crop_size": 256, "pan_and_scan_max_num_crops": 4,
+                      "pan_and_scan_min_ratio_to_activate": 1.2}
+        out = processor.image_processor(regular, return_tensors="pt", **kwargs)
+        crops = [int(c) for c in _flat(out["num_crops"])]
+        assert out["pixel_values"].shape[0] == len(regular) + sum(crops)
+        return [(1 + c) * int(config["mm_tokens_per_image"]) for c in crops], []
+    if model_type == "llava" and config["vision_config"].get("model_type") == "pixtral":
+        # PixtralVisionModel: one feature per patch of the resized image (image_sizes), merged spatial_merge_size^2
+        out = processor.image_processor(regular, return_tensors="pt")
+        step = int(processor.patch_size) * int(getattr(processor, "spatial_merge_size", 1))
+        return [(h // step) * (w // step) for h, w in out["image_sizes"].tolist()], []
+    if model_type == "llava":
+        # LlavaModel.get_image_features: one feature per patch, the CLS dropped by the "default" strategy
+        pixels = processor.image_processor(regular, return_tensors="pt")["pixel_values"]
+        patch = int(config["vision_config"]["patch_size"])
+        n = (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch)
+        if config.get("vision_feature_select_strategy", "default") != "default":
+            n += 1
+        return [n] * len(regular), []
+    if model_type == "llava_next":
+        # LlavaNextModel.pack_image_features: base patches plus the unpadded anyres grid and its newline column,
+        # as transformers' own processor counts them for the image size
+        out = processor.image_processor(regular, return_tensors="pt")
+        height, width = out["pixel_values"].shape[-2:]
+        counts = []
+        for orig_h, orig_w in out["image_sizes"].tolist():
+            n = processor._get_number_of_features(orig_h, orig_w, height, width)
+            counts.append(n - 1 if processor.vision_feature_select_strategy == "default" else n)
+        return counts, []
+    if model_type == "paligemma":
+        # PaliGemmaModel.get_image_features: the SigLIP tower's num_image_tokens per image (one pixel_values row each)
+        pixels = processor.image_processor(regular, return_tensors="pt")["pixel_values"]
+        assert pixels.shape[0] == len(regular)
+        return [int(config["vision_config"]["num_image_tokens"])] * len(regular), []
+    if model_type == "internvl":
+        # InternVLPlugin._get_mm_inputs: the image processor called directly, crop_to_patches (12 / 1 tiles) when
+        # LLaMA-Factory's crop_to_patches is set; InternVLModel: (image_size / patch)^2 * downsample_ratio^2
+        # features per tile
+        kwargs = {"crop_to_patches": True, "max_patches": 12, "min_patches": 1} if getattr(
+            processor, "crop_to_patches", False) else {}
+        tiles = processor.image_processor(images=regular, return_tensors="pt", **kwargs)["num_patches"]
+        vision = config["vision_config"]
+        side = _first(vision["image_size"]) // _first(vision["patch_size"])
+        per_tile = int(side * side * float(config["downsample_ratio"]) ** 2)
+        return [int(t) * per_tile for t in _flat(tiles)], []
+    raise NotImplementedError(model_type)
+
+
+def _first(value: Any) -> int:
+    return int(value[0] if isinstance(value, (list, tuple)) else value)
+
+
+def _flat(values: Any) -> list[Any]:
+    if hasattr(values, "tolist"):
+        values = values.tolist()
+    out: list[Any] = []
+    for v in values:
+        out += _flat(v) if isinstance(v, (list, tuple)) or hasattr(v, "tolist") else [v]
+    return out
 
 
 def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
@@ -138,8 +282,9 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
         patch_processor(processor, tokenizer, model_args)
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     plugin = template.mm_plugin
-    image_token_id = tokenizer.convert_tokens_to_ids(plugin.image_token)
-    merge = processor.image_processor.merge_size ** 2
+    # the token the model counts against image features (config.json), not the plugin's own name for it
+    model_config = json.loads(Path(model_args.model_name_or_path, "config.json").read_text())
+    image_token_id = model_config.get("image_token_index", model_config.get("image_token_id"))
     cut_processor = _get_dataset_processor(data_args, "sft", template, tokenizer, processor, do_generate=False)
     whole_args = copy.copy(data_args)
     whole_args.cutoff_len = 10**9
@@ -173,9 +318,7 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
                                                         image_min_pixels=processor.image_min_pixels)["images"]
                     sizes = [list(im.size) for im in regular]
                     # what _get_mm_inputs (the collator's path) does after _regularize_images
-                    grid = processor.image_processor(regular, return_tensors="pt")["image_grid_thw"]
-                    grids = [[int(x) for x in g] for g in grid]
-                    features = [int(g[0] * g[1] * g[2]) // merge for g in grids]
+                    features, grids = _features(regular, processor, model_args.model_name_or_path)
             except Exception as e:  # LLaMA-Factory raises on this row: inside datasets.map the whole run stops
                 record["error"] = _error(e)
                 continue
@@ -208,7 +351,7 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
         "image_max_pixels": model_args.image_max_pixels, "image_min_pixels": model_args.image_min_pixels,
         "get_dataset": check, "rows": rows,
     }
-    if forward:
+    if forward and _model_type(model_args.model_name_or_path) in QWEN_TYPES:
         result["forward"] = _forward(model_args.model_name_or_path, rows, kept_rows, template, tokenizer, processor,
                                      forward)
     return result

@@ -26,7 +26,12 @@ Modelled on LLaMA-Factory 0.9.4-0.9.5, default (v0) engine, ``stage: sft``:
   sqrt(budget / pixels) with ``int`` truncation to ``image_max_pixels`` then ``image_min_pixels``; the Qwen-VL
   plugins then stretch a side under 28 px to 28 and squash a ratio over 200 to 180:1 before the processor's own
   ``smart_resize``. ``<image>`` becomes ``<|vision_start|>`` + one ``<|image_pad|>`` per feature +
-  ``<|vision_end|>`` *before* tokenization and truncation.
+  ``<|vision_end|>`` *before* tokenization and truncation. The other plugins write what the model's processor
+  writes for the pre-scaled image (the family module's expansion: Gemma 3's ``full_image_sequence``, LLaVA's and
+  LLaVA-NeXT's ``<image>`` run, Pixtral's ``[IMG]`` rows, InternVL's ``<IMG_CONTEXT>`` tiles), except PaliGemma's,
+  which removes ``<image>`` and puts every image's tokens before the sample, where the cut never reaches them.
+  Templates: ``qwen2_vl``, ``qwen3_vl``, ``qwen3_vl_nothink``, ``gemma3``, ``llava``, ``llava_next``,
+  ``intern_vl``, ``pixtral``, ``paligemma``; the others are refused.
 - **Truncation** (``data/processor/supervised.py``, ``processor_utils.infer_seqlen``): pair by pair, each
   (prompt, answer) gets a share of the remaining ``cutoff_len``. Nothing checks the image tokens afterwards: a cut
   through an image span leaves fewer ``<|image_pad|>`` ids than the image has features, and the model's forward
@@ -47,7 +52,7 @@ from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
 from vlmcheck.data.readers import BadRow
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import DatasetError, UsageError
-from vlmcheck.families import Overrides
+from vlmcheck.families import Expansion, Overrides
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS
 from vlmcheck.layout import infer_seqlen
 from vlmcheck.model import ModelSpec, load_model
@@ -67,6 +72,8 @@ DEFAULTS: dict[str, Any] = {
     "media_dir": None,  # -> dataset_dir
     "image_max_pixels": 768 * 768,
     "image_min_pixels": 32 * 32,
+    "image_do_pan_and_scan": False,
+    "crop_to_patches": False,
     "train_on_prompt": False,
     "mask_history": False,
     "enable_thinking": True,
@@ -114,20 +121,54 @@ def lint_run_kind(*, entry: str | None, calls: Mapping[str, Any], options: Mappi
 
 @dataclass(frozen=True)
 class Plugin:
-    """A multimodal plugin: the tokens an ``<image>`` becomes and the model types it serves."""
+    """A multimodal plugin: the tokens an ``<image>`` becomes and the model types it serves.
+
+    ``wrapped``: the Qwen-VL plugins write ``vision_bos`` + the image token per feature + ``vision_eos`` and stretch
+    or squash images the processor would refuse (``qwen_rules``). Otherwise the plugin writes what the model's own
+    processor writes for the pre-scaled image (the family's expansion): Gemma 3's ``full_image_sequence`` (and its
+    pan-and-scan crops), LLaVA's ``<image>`` per feature."""
 
     name: str
     image_token: str
     video_token: str
     vision_bos: str
     vision_eos: str
-    model_types: tuple[str, ...]
+    model_types: tuple[str, ...]  # the vlmcheck families (model types) it serves
+    wrapped: bool = True
+    qwen_rules: bool = True
+    prefix_images: bool = False
 
 
 QWEN2_VL_PLUGIN = Plugin("qwen2_vl", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
                          ("qwen2_vl", "qwen2_5_vl"))
 QWEN3_VL_PLUGIN = Plugin("qwen3_vl", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
                          ("qwen3_vl",))
+# mm_plugin.py Gemma3Plugin.process_messages: processor.full_image_sequence per image, or with
+# image_do_pan_and_scan "Here is the original image ... and here are some crops ..." (the processor's own text)
+GEMMA3_PLUGIN = Plugin("gemma3", "<image_soft_token>", "", "", "", ("gemma3",), wrapped=False, qwen_rules=False)
+# mm_plugin.py LlavaPlugin / LlavaNextPlugin.process_messages: "<image>" once per feature (image_seqlen from the
+# processed pixel_values; LLaVA-NeXT: processor._get_number_of_features of each image's size)
+LLAVA_PLUGIN = Plugin("llava", "<image>", "", "", "", ("llava",), wrapped=False, qwen_rules=False)
+LLAVA_NEXT_PLUGIN = Plugin("llava_next", "<image>", "", "", "", ("llava_next",), wrapped=False, qwen_rules=False)
+# mm_plugin.py PixtralPlugin.process_messages: per row of patches [IMG] x columns then [IMG_BREAK], the last one
+# [IMG_END], from the image processor's image_sizes (the processor's own text)
+PIXTRAL_PLUGIN = Plugin("pixtral", "[IMG]", "", "", "", ("pixtral",), wrapped=False, qwen_rules=False)
+# mm_plugin.py InternVLPlugin.process_messages: "<img>" + "<IMG_CONTEXT>" x image_seq_length x tiles + "</img>"
+# (the template registers "<image>" as its image token, but the text it writes holds <IMG_CONTEXT>); the tiles
+# come from the image processor called directly: crop_to_patches (max 12, min 1 tiles) when LLaMA-Factory's own
+# crop_to_patches is set, else the image processor's own preprocessor_config.json value
+INTERN_VL_PLUGIN = Plugin("intern_vl", "<IMG_CONTEXT>", "", "", "", ("internvl",), wrapped=False, qwen_rules=False)
+# mm_plugin.py PaliGemmaPlugin: each <image> is removed from the text, and process_token_ids puts
+# processor.image_seq_length image tokens per image before the whole sample (before BOS), unlabelled
+PALIGEMMA_PLUGIN = Plugin("paligemma", "<image>", "", "", "", ("paligemma",), wrapped=False, qwen_rules=False,
+                          prefix_images=True)
+INTERN_VL_CROP = {"crop_to_patches": True, "max_patches": 12, "min_patches": 1}
+# mm_plugin.py Gemma3Plugin.process_messages with image_do_pan_and_scan reads each image's crop count as
+# mm_inputs["num_crops"][0][k]; transformers 5.x's Gemma 3 image processor returns num_crops as a flat tensor, so
+# the second index raises IndexError on every row with an image (proved on 0.9.5 with transformers 5.6)
+PAN_AND_SCAN_RAISES = ("with image_do_pan_and_scan LLaMA-Factory's Gemma3Plugin raises 'IndexError: invalid index "
+                       "of a 0-dim tensor' on every row with an image (it indexes num_crops[0][k], a flat tensor under "
+                       "transformers 5.x)")
 
 
 @dataclass(frozen=True)
@@ -145,11 +186,19 @@ class Template:
     reasoning: bool = False
     thought_words: tuple[str, str] = ("<think>\n", "\n</think>\n\n")
     efficient_eos: bool = False
+    # format_prefix {"bos_token"}: the tokenizer's BOS id opens the first turn
+    prefix_bos: bool = False
+    # the default assistant slots ["{{content}}", {"eos_token"}]: the tokenizer's EOS id closes every answer
+    answer_eos: bool = False
+    # Llama2Template: the formatted system prompt is written inside the first user message, not before it
+    system_in_user: bool = False
 
 
 _CHATML_USER = "<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n"
 _CHATML_ASSISTANT = "{content}<|im_end|>\n"
 _CHATML_SYSTEM = "<|im_start|>system\n{content}<|im_end|>\n"
+_VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                  "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 
 TEMPLATES: dict[str, Template] = {
     t.name: t
@@ -158,6 +207,27 @@ TEMPLATES: dict[str, Template] = {
                  default_system="You are a helpful assistant."),
         Template("qwen3_vl", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, QWEN3_VL_PLUGIN, reasoning=True),
         Template("qwen3_vl_nothink", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, QWEN3_VL_PLUGIN),
+        # template.py "gemma3": Llama2Template (system fused into the first user turn), BOS prefix, no default
+        # system; stop word / replaced EOS <end_of_turn> (already a special token of the Gemma 3 vocabulary)
+        Template("gemma3", "<start_of_turn>user\n{content}<end_of_turn>\n<start_of_turn>model\n",
+                 "{content}<end_of_turn>\n", "{content}\n\n", GEMMA3_PLUGIN, prefix_bos=True, system_in_user=True),
+        # template.py "llava" / "llava_next" (vicuna's strings): system and answer slots are the defaults
+        # ("{{content}}", and "{{content}}" + the EOS id)
+        Template("llava", "USER: {content} ASSISTANT:", "{content}", "{content}", LLAVA_PLUGIN,
+                 default_system=_VICUNA_SYSTEM, answer_eos=True),
+        Template("llava_next", "USER: {content} ASSISTANT:", "{content}", "{content}", LLAVA_NEXT_PLUGIN,
+                 default_system=_VICUNA_SYSTEM, answer_eos=True),
+        # template.py "intern_vl": chatml strings, BOS prefix (InternVL's Qwen2 tokenizer has none: nothing), its
+        # own default system prompt
+        Template("intern_vl", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, INTERN_VL_PLUGIN, prefix_bos=True,
+                 default_system="你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的"
+                                "多模态大语言模型。"),
+        # template.py "paligemma": Llama2Template, BOS prefix, user "{{content}}\n", default system and answer slots
+        Template("paligemma", "{content}\n", "{content}", "{content}", PALIGEMMA_PLUGIN, prefix_bos=True,
+                 answer_eos=True, system_in_user=True),
+        # template.py "pixtral" (ministral's strings): Llama2Template, BOS prefix, default answer slots
+        Template("pixtral", "[INST]{content}[/INST]", "{content}", "{content}\n\n", PIXTRAL_PLUGIN, prefix_bos=True,
+                 answer_eos=True, system_in_user=True),
     )
 }
 
@@ -183,6 +253,8 @@ class Config:
     packing: bool
     default_system: str | None
     max_samples: int | None
+    pan_and_scan: bool = False
+    crop_to_patches: bool = False
     image_placeholder: str = "<image>"
     video_placeholder: str = "<video>"
     v1: bool = False
@@ -261,12 +333,14 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         preserve_thinking=_flag(raw, "preserve_thinking"), packing=packing,
         default_system=raw.get("default_system"),
         max_samples=int(max_samples) if max_samples is not None else None,
+        pan_and_scan=_flag(raw, "image_do_pan_and_scan"),
+        crop_to_patches=_flag(raw, "crop_to_patches"),
         image_placeholder=env.get(IMAGE_PLACEHOLDER_ENV, "<image>"),
         video_placeholder=env.get(VIDEO_PLACEHOLDER_ENV, "<video>"),
         v1=env.get("USE_V1", "0").lower() in ("1", "true"),
         values={k: raw.get(k, DEFAULTS.get(k)) for k in (
             "template", "cutoff_len", "image_max_pixels", "image_min_pixels", "train_on_prompt", "mask_history",
-            "enable_thinking", "packing", "dataset", "dataset_dir")},
+            "enable_thinking", "packing", "dataset", "dataset_dir", "image_do_pan_and_scan", "crop_to_patches")},
     )
 
 
@@ -544,7 +618,7 @@ def image_size(width: int, height: int, config: Config) -> tuple[int, int]:
         f = math.sqrt(config.image_min_pixels / (width * height))
         width, height = int(width * f), int(height * f)
         _check_side(width, height)
-    if config.template.plugin in (QWEN2_VL_PLUGIN, QWEN3_VL_PLUGIN):
+    if config.template.plugin.qwen_rules:
         if min(width, height) < QWEN_MIN_SIDE:
             width, height = max(width, QWEN_MIN_SIDE), max(height, QWEN_MIN_SIDE)
         if width / height > QWEN_MAX_RATIO:
@@ -561,11 +635,16 @@ def _check_side(width: int, height: int) -> None:
 
 
 # -- tokens ------------------------------------------------------------------------------------------------------
-def format_turns(example: Example, config: Config) -> list[list[str]]:
-    """The strings LLaMA-Factory tokenizes for ``example``: per turn (prompt and answer alternating), the
-    formatted elements, each tokenized on its own. Each ``<image>`` in a message is already
-    ``<|vision_start|><|image_pad|><|vision_end|>`` with a single pad: the encoder expands it to the image's
-    feature count (a special token, so its neighbours tokenize the same either way)."""
+Element = str | int  # a formatted string, tokenized on its own, or a token id (the BOS / EOS slots)
+
+
+def format_turns(example: Example, config: Config, *, images: Sequence[str] | None = None,
+                 bos: int | None = None, eos: int | None = None) -> list[list[Element]]:
+    """The elements LLaMA-Factory tokenizes for ``example``: per turn (prompt and answer alternating), the
+    formatted strings, each tokenized on its own, and the token ids of the BOS / EOS slots. The k-th ``<image>``
+    becomes ``images[k]`` (default: ``<|vision_start|><|image_pad|><|vision_end|>``) with the image token written
+    once per run of features: the encoder expands it to the run's length (a special token, so its neighbours
+    tokenize the same either way)."""
     t = config.template
     plugin = t.plugin
     system = example.system or (config.default_system if config.default_system is not None else t.default_system)
@@ -579,16 +658,30 @@ def format_turns(example: Example, config: Config) -> list[list[str]]:
         for m in messages[1:-2:2]:
             m[1] = _remove_thought(m[1], t)
     collapsed = f"{plugin.vision_bos}{plugin.image_token}{plugin.vision_eos}"
-    out: list[list[str]] = []
+    texts = iter(images if images is not None else ())
+    out: list[list[Element]] = []
     for i, (role, content) in enumerate(messages):
-        elements: list[str] = []
+        elements: list[Element] = []
+        system_text = ""
         if i == 0:
             if t.prefix:
                 elements.append(t.prefix)
+            if t.prefix_bos and bos is not None:
+                elements.append(bos)
             if system:
-                elements.append(t.system.replace("{content}", system))
-        content = content.replace(config.image_placeholder, collapsed)
-        elements.append((t.user if role == "user" else t.assistant).replace("{content}", content))
+                system_text = t.system.replace("{content}", system)
+                if not t.system_in_user:
+                    elements.append(system_text)
+                    system_text = ""
+        # mm_plugin.process_messages replaces each placeholder in turn, before the template formats the turn
+        parts = content.split(config.image_placeholder)
+        content = parts[0] + "".join(next(texts, collapsed) + part for part in parts[1:])
+        if role == "user":
+            elements.append(t.user.replace("{content}", system_text + content))
+        else:
+            elements.append(t.assistant.replace("{content}", content))
+            if t.answer_eos and eos is not None:
+                elements.append(eos)
         out.append(elements)
     if t.reasoning:  # ReasoningTemplate.encode_multiturn: an empty thought block where the answer has none
         empty = open_ + close
@@ -616,10 +709,13 @@ class Encoded:
 
     turns: list[list[int]]
     image_of: list[list[int]]  # per turn, per token: image index or -1
+    # PaliGemmaPlugin.process_token_ids: every image's tokens before the first turn, never labelled, never cut
+    # (they take their share of cutoff_len first); per token, its image
+    prefix: list[int] = field(default_factory=list)
 
     @property
     def total(self) -> int:
-        return sum(len(t) for t in self.turns)
+        return len(self.prefix) + sum(len(t) for t in self.turns)
 
 
 @dataclass
@@ -686,9 +782,11 @@ def truncate(encoded: Encoded, config: Config, *, images: int) -> Cut:
     pairs = [(i, i + 1) for i in range(0, len(encoded.turns), 2)]
     if config.mask_history:
         pairs = pairs[::-1]
-    total = 1 if config.template.efficient_eos else 0
+    total = len(encoded.prefix) + (1 if config.template.efficient_eos else 0)
     labels = 0
     kept = [0] * images
+    for k in encoded.prefix:
+        kept[k] += 1
     per_turn = [0] * len(encoded.turns)
     labelled = [False] * len(encoded.turns)
     budgets = pair_budgets([(len(encoded.turns[src]), len(encoded.turns[tgt])) for src, tgt in pairs], cutoff,
@@ -712,13 +810,13 @@ def truncate(encoded: Encoded, config: Config, *, images: int) -> Cut:
 def _layout_spans(encoded: Encoded, whole: Cut, cut: Cut, *, cutoff: int) -> dict[str, Any]:
     """The sample's token layout for the report: turns laid end to end, the labelled turns of the whole sample,
     and what the per-turn cut keeps of each turn."""
-    trained: list[bool] = []
-    kept: list[tuple[int, int]] = []
+    trained: list[bool] = [False] * len(encoded.prefix)
+    kept: list[tuple[int, int]] = [(0, len(encoded.prefix))] if encoded.prefix else []
     for t, ids in enumerate(encoded.turns):
         if t < len(cut.kept_per_turn) and cut.kept_per_turn[t]:
             kept.append((len(trained), len(trained) + cut.kept_per_turn[t]))
         trained += [t < len(whole.labelled) and whole.labelled[t]] * len(ids)
-    image_of = [k for owner in encoded.image_of for k in owner]
+    image_of = encoded.prefix + [k for owner in encoded.image_of for k in owner]
     return token_spans(image_of, trained, kept=kept, max_length=cutoff)
 
 
@@ -746,7 +844,26 @@ def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data:
     if config.v1:
         raise UsageError("USE_V1=1 (LLaMA-Factory's v1 engine) is not modelled by vlmcheck yet: it cuts from the "
                          "right and drops images whose span is cut; unset USE_V1 to check the default engine")
-    return Run(config, load_model(config.model, overrides=Overrides(resize="processor")))
+    if config.pan_and_scan and config.template.plugin is not GEMMA3_PLUGIN:
+        raise UsageError(f"{path}: image_do_pan_and_scan is modelled for the gemma3 template only")
+    spec = load_model(config.model, overrides=Overrides(resize="processor"))
+    if config.template.plugin is INTERN_VL_PLUGIN and spec.family.name == "internvl":
+        if config.crop_to_patches:
+            extra: dict[str, Any] = dict(INTERN_VL_CROP)
+        else:  # the image processor's own value (InternVLProcessor's call-time default is not in this path)
+            extra = {"crop_to_patches": bool(_read_json(spec.path / "preprocessor_config.json").get("crop_to_patches"))}
+        spec = load_model(config.model, overrides=Overrides(resize="processor", extra=extra))
+    return Run(config, spec)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 class Run:
@@ -759,22 +876,29 @@ class Run:
 
     def __init__(self, config: Config, spec: ModelSpec) -> None:
         plugin = config.template.plugin
-        if spec.model_type not in plugin.model_types:
+        if spec.family.name not in plugin.model_types:
             raise UsageError(
                 f"template {config.template.name} uses LLaMA-Factory's {plugin.name} plugin, made for "
-                f"{', '.join(plugin.model_types)}; the model is {spec.model_type}")
+                f"{', '.join(plugin.model_types)}; the model is {spec.family.name}")
         self.config = config
         self.spec = spec
         self.family = spec.family
         self.settings = spec.settings
         self.tokenizer = spec.tokenizer
         self.pad_id = spec.token_id(plugin.image_token)
+        # the BOS / EOS slots are the tokenizer's own ids (_convert_elements_to_ids); absent: nothing is written
+        self.bos_id = self._special_id("bos_token")
+        self.eos_id = self._special_id("eos_token")
         self.attrs = read_dataset_info(config)
         self._keys: dict[str, set[str]] = {}  # per dataset: the keys of all its rows (its table's columns)
         self.max_length = config.cutoff_len
         # LLaMA-Factory opens images with Image.open: paths as resolved by _media, no EXIF rotation
         self.previews = Previewer(local_path=lambda raw, _what: Path(raw), exif_transpose=False,
                                   max_length=config.cutoff_len, truncation=NAME)
+
+    def _special_id(self, key: str) -> int | None:
+        token = self.spec.special_tokens.get(key)
+        return None if token is None else self.tokenizer.token_to_id(str(token))
 
     # -- the run's inputs -------------------------------------------------------------------------------------
     def inputs(self) -> list[Path]:
@@ -829,7 +953,34 @@ class Run:
         return probe_path(Path(image)).size(exif_transpose=False)
 
     def image_tokens(self, sizes: list[tuple[int, int]], config: Config) -> list[int]:
-        return [self.family.image_tokens(*image_size(w, h, config), self.settings) for w, h in sizes]
+        return [e.features for e in self.expansions(sizes, config)]
+
+    def expansions(self, sizes: list[tuple[int, int]], config: Config) -> list[Expansion]:
+        """What each ``<image>`` becomes after LLaMA-Factory's pre-scaling: the Qwen-VL plugins' wrapped pad, or the
+        text the family's processor writes (its runs of image tokens: Gemma 3's pan-and-scan crops)."""
+        plugin = config.template.plugin
+        out = []
+        for w, h in sizes:
+            size = image_size(w, h, config)
+            if plugin.wrapped:
+                text = f"{plugin.vision_bos}{plugin.image_token}{plugin.vision_eos}"
+                out.append(Expansion(text, (self.family.image_tokens(*size, self.settings),)))
+            else:
+                out.append(self.family.expand(*size, self.settings))
+        return out
+
+    def _build(self, example: Example, sizes: list[tuple[int, int]], config: Config,
+               found: list[F.Finding]) -> tuple[list[Expansion], Encoded | None]:
+        expansions = self.expansions(sizes, config)
+        if config.template.plugin.prefix_images:  # the placeholders are removed, the tokens go before the turns
+            turns = format_turns(example, config, images=[""] * len(expansions), bos=self.bos_id, eos=self.eos_id)
+            encoded = self._encode(turns, [], found, images=len(expansions))
+            if encoded is not None:
+                encoded.prefix = [k for k, e in enumerate(expansions) for _ in range(e.features)]
+            return expansions, encoded
+        turns = format_turns(example, config, images=[e.text for e in expansions], bos=self.bos_id, eos=self.eos_id)
+        runs = [(k, n) for k, e in enumerate(expansions) for n in e.runs]
+        return expansions, self._encode(turns, runs, found, images=len(expansions))
 
     # -- one row ----------------------------------------------------------------------------------------------
     def _as_loaded(self, row: Any, attr: DatasetAttr) -> Any:
@@ -890,6 +1041,11 @@ class Run:
                 placeholders=placeholders, images=len(example.images)))
             frame["verdict"] = "stops"
             return result
+        if self.config.pan_and_scan and example.images:
+            found.append(F.make("VC001", f"{PAN_AND_SCAN_RAISES}: the run stops while preparing the dataset",
+                                fix="set image_do_pan_and_scan: false"))
+            frame["verdict"] = "stops"
+            return result
         sizes: list[tuple[int, int]] = []
         for k, image in enumerate(example.images, 1):
             label = f"image {k} of {len(example.images)} ({str(image)[:120] if isinstance(image, str) else 'bytes'})"
@@ -905,6 +1061,12 @@ class Run:
             except ImageRefused as e:
                 found.append(F.make("VC107", f"{label}: {e}", image=k))
                 continue
+            refused = [i for i in self.family.check_image(*image_size(*size, self.config), self.settings)
+                       if i.code == "VC107"]
+            if refused:  # the model's image processor raises on the pre-scaled image inside datasets.map
+                found.append(F.make("VC107", f"{label}: after LLaMA-Factory's pre-scaling, {refused[0].message}",
+                                    image=k, **refused[0].data))
+                continue
             sizes.append(size)
         if len(sizes) != len(example.images):
             frame["verdict"] = "stops"  # LLaMA-Factory's Image.open / resize raise inside datasets.map
@@ -912,10 +1074,9 @@ class Run:
             if self.previews.wants(result):  # (preview: hook)
                 result.preview = self.previews.make(result, images=image_refs(example.images))
             return result
-        counts = self.image_tokens(sizes, self.config)
+        expansions, encoded = self._build(example, sizes, self.config, found)
+        counts = [e.features for e in expansions]
         result.image_tokens = list(counts)
-        pieces = format_turns(example, self.config)
-        encoded = self._encode(pieces, counts, found)
         if encoded is None:
             frame["verdict"] = "stops"
             return result
@@ -925,45 +1086,46 @@ class Run:
         result.text_only_tokens = encoded.total - sum(counts)
         cut = truncate(encoded, self.config, images=len(counts))
         frame.update(kept_tokens=cut.tokens, kept_supervised=cut.labels, kept_image_tokens=cut.image_tokens_kept)
-        self._verdict(result, encoded, cut, counts, sizes, pieces)
+        self._verdict(result, encoded, cut, counts, sizes, example)
         if result.findings and self.previews.wants(result):  # (preview: hook)
             result.preview = self.previews.make(result, images=image_refs(example.images),
                                                 spans=_layout_spans(encoded, full, cut, cutoff=self.config.cutoff_len))
         return result
 
-    def _encode(self, turns: list[list[str]], counts: list[int], found: list[F.Finding]) -> Encoded | None:
-        """Every element tokenized on its own (``add_special_tokens=False``); the k-th image pad expanded to image
-        k's feature count."""
-        flat = [element for elements in turns for element in elements]
-        encodings = self.tokenizer.encode_batch(flat, add_special_tokens=False) if flat else []
+    def _encode(self, turns: list[list[Element]], runs: list[tuple[int, int]], found: list[F.Finding], *,
+                images: int) -> Encoded | None:
+        """Every string element tokenized on its own (``add_special_tokens=False``), id elements kept as they are;
+        the k-th image token expanded to the k-th run of features ``runs[k]`` = (image, length)."""
+        texts = [element for elements in turns for element in elements if isinstance(element, str)]
+        encoded_texts = iter(self.tokenizer.encode_batch(texts, add_special_tokens=False) if texts else [])
         out_turns: list[list[int]] = []
         image_of: list[list[int]] = []
         k = 0
-        at = 0
         for elements in turns:
             ids: list[int] = []
             owner: list[int] = []
-            for enc in encodings[at:at + len(elements)]:
-                for token in enc.ids:
+            for element in elements:
+                tokens = next(encoded_texts).ids if isinstance(element, str) else [element]
+                for token in tokens:
                     if token == self.pad_id:
-                        if k >= len(counts):
+                        if k >= len(runs):
                             found.append(F.make("VC002", "the text holds an image token of its own beyond the "
-                                                         f"{len(counts)} image(s): the model sees more image "
+                                                         f"{images} image(s): the model sees more image "
                                                          "tokens than features and raises"))
                             return None
-                        ids += [token] * counts[k]
-                        owner += [k] * counts[k]
+                        image, n = runs[k]
+                        ids += [token] * n
+                        owner += [image] * n
                         k += 1
                     else:
                         ids.append(token)
                         owner.append(-1)
-            at += len(elements)
             out_turns.append(ids)
             image_of.append(owner)
         return Encoded(turns=out_turns, image_of=image_of)
 
     def _verdict(self, result: SampleResult, encoded: Encoded, cut: Cut, counts: list[int],
-                 sizes: list[tuple[int, int]], turns: list[list[str]]) -> None:
+                 sizes: list[tuple[int, int]], example: Example) -> None:
         config = self.config
         found = result.findings
         frame = result.framework or {}
@@ -980,7 +1142,7 @@ class Run:
             result.fits_max_pixels = config.image_max_pixels  # whole at the current budget
             return
         whole = self._whole_cutoff(encoded, counts)
-        fits = self._fit_pixels(sizes, turns) if counts else None
+        fits = self._fit_pixels(sizes, example) if counts else None
         result.fits_max_pixels = fits
         cut_images = [k for k, n in enumerate(counts) if cut.image_tokens_kept[k] < n]
         for k in cut_images:
@@ -1019,23 +1181,22 @@ class Run:
                 return cutoff
         return encoded.total + 64
 
-    def _fit_pixels(self, sizes: list[tuple[int, int]], turns: list[list[str]]) -> int | None:
+    def _fit_pixels(self, sizes: list[tuple[int, int]], example: Example) -> int | None:
         """The largest image_max_pixels (a multiple of 28*28 at or above image_min_pixels) at which the sample
         keeps every token at this cutoff_len."""
         unit = 28 * 28
 
         def fits(budget: int) -> bool:
             config = replace(self.config, image_max_pixels=budget)
-            try:
-                counts = self.image_tokens(sizes, config)
-            except (ZeroDivisionError, ValueError):
-                return False
             if any(min(image_size(w, h, config)) <= 0 for w, h in sizes):
                 return False
-            encoded = self._encode(turns, counts, [])
+            try:
+                _, encoded = self._build(example, sizes, config, [])
+            except (ZeroDivisionError, ValueError):
+                return False
             if encoded is None:
                 return False
-            return truncate(encoded, config, images=len(counts)).tokens >= encoded.total
+            return truncate(encoded, config, images=len(sizes)).tokens >= encoded.total
 
         lo = max(1, math.ceil(self.config.image_min_pixels / unit))
         hi = self.config.image_max_pixels // unit

@@ -1,0 +1,164 @@
+"""LLaMA-Factory's templates beyond Qwen-VL (``gemma3``, ``llava``, ``llava_next``), proved per sample against its own
+data pipeline, as test_llamafactory_check.py proves the Qwen-VL ones.
+
+For each template: the same generated corpus (lf_corpus.py: every image size class, multi-image multi-turn rows,
+empty / missing / leading-turn system prompts, answers starting with newlines, custom ``dataset_info.json``
+mappings, rows LLaMA-Factory drops and rows on which it raises) under its defaults (no ``cutoff_len``, no pixel
+budget) and three ``cutoff_len`` values with ``mask_history``, ``train_on_prompt``, ``default_system``,
+``max_samples`` and several pixel budgets, plus the template's own switches (Gemma 3's ``image_do_pan_and_scan``).
+LLaMA-Factory 0.9.5 runs them in its own environment (llamafactory_oracle_runner.py: ``get_train_args``,
+``load_tokenizer`` with the checkpoint's real processor class, the template and its mm_plugin, ``infer_seqlen``,
+then ``get_dataset`` on the whole config); every row must agree on kept / dropped / raising, the untruncated
+total, each image's feature count (from the image processor's output and the checkpoint's config, as the model
+computes it), the tokens and labels kept by the cut, and the image tokens left (the crash verdict).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lf_corpus import write_template_corpus
+from test_llamafactory_check import _compare, run_oracle
+
+import vlmcheck
+
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/*_checkpoint.py
+
+
+def _gemma3() -> Path:
+    from gemma3_checkpoint import gemma3_checkpoint
+
+    return gemma3_checkpoint()
+
+
+def _llava() -> Path:
+    from llava_checkpoint import llava_checkpoint
+
+    return llava_checkpoint()
+
+
+def _llava_next() -> Path:
+    from llava_next_checkpoint import llava_next_checkpoint
+
+    return llava_next_checkpoint()
+
+
+def _internvl() -> Path:
+    from internvl_checkpoint import internvl_checkpoint
+
+    return internvl_checkpoint()
+
+
+def _paligemma() -> Path:
+    from paligemma_checkpoint import paligemma_checkpoint
+
+    return paligemma_checkpoint()
+
+
+def _pixtral() -> Path:
+    from pixtral_checkpoint import pixtral_checkpoint
+
+    return pixtral_checkpoint()
+
+
+# template -> (checkpoint, cutoff_len values small to large for its image sizes, its own extra configs)
+CASES: dict[str, tuple[Any, tuple[int, int, int], dict[str, dict[str, Any]]]] = {
+    "gemma3": (_gemma3, (300, 700, 1400), {
+        "pan": {"dataset": "sg,oa", "image_do_pan_and_scan": True, "cutoff_len": 1500},
+        "pan_tight": {"dataset": "chat,alp", "image_do_pan_and_scan": True, "cutoff_len": 900,
+                      "image_max_pixels": 2_000_000},
+    }),
+    "llava": (_llava, (500, 900, 1600), {}),
+    "llava_next": (_llava_next, (1000, 2000, 3000), {}),
+    "pixtral": (_pixtral, (600, 1500, 3000), {}),
+    # every image's 256 tokens go before the sample and are never cut: no crash, but cutoff_len values below a
+    # sample's image tokens leave it no text at all
+    "paligemma": (_paligemma, (300, 600, 1200), {}),
+    # the checkpoint's image processor does not crop (crop_to_patches false, as on the hub): 256 tokens an image;
+    # LLaMA-Factory's crop_to_patches tiles it (up to 12 + 1 tiles)
+    "intern_vl": (_internvl, (300, 700, 1400), {
+        "crop": {"dataset": "sg,oa", "crop_to_patches": True, "cutoff_len": 3000},
+        "crop_tight": {"dataset": "chat,alp", "crop_to_patches": True, "cutoff_len": 1500,
+                       "image_max_pixels": 2_000_000},
+    }),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def proof(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+          llamafactory_python: Path) -> dict[str, Any]:
+    template = request.param
+    make, cutoffs, extra = CASES[template]
+    root = tmp_path_factory.mktemp(f"lf_{template}")
+    configs = write_template_corpus(root, template, make(), seed=31, rows=12, cutoffs=cutoffs, extra=extra)
+    data = root / "data"
+    oracle = run_oracle(llamafactory_python, configs, cwd=data)
+    mine: dict[str, list[dict[str, Any]]] = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(data)
+        for config in configs:
+            records = root / f"{config.stem}.jsonl"
+            vlmcheck.check(config, output=records)
+            mine[config.stem] = [json.loads(line) for line in records.read_text().splitlines()]
+    return {"template": template, "oracle": oracle, "mine": mine}
+
+
+def test_every_sample_agrees_with_llamafactory(proof: dict[str, Any]) -> None:
+    mismatches: list[str] = []
+    compared = 0
+    for name, result in proof["oracle"].items():
+        rows, records = result["rows"], proof["mine"][name]
+        assert len(rows) == len(records), f"{name}: LLaMA-Factory read {len(rows)} rows, vlmcheck {len(records)}"
+        for row, record in zip(rows, records):
+            mismatches += [f"{name}: {m}" for m in _compare(row, record)]
+            compared += 1
+    assert compared >= 100
+    assert not mismatches, f"{len(mismatches)} mismatches in {compared} samples:\n" + "\n".join(mismatches[:25])
+
+
+def test_the_per_row_oracle_is_get_dataset(proof: dict[str, Any]) -> None:
+    for name, result in proof["oracle"].items():
+        check = result["get_dataset"]
+        if any(r["error"] for r in result["rows"]):
+            assert "error" in check, f"{name}: rows raise but get_dataset does not"
+        else:
+            assert check.get("same_as_rows") is True, f"{name}: {check}"
+        assert result["llamafactory"] == "0.9.5"
+        # only Pixtral's and InternVL's processors cannot load without torchvision (the runner builds the real
+        # classes)
+        assert result["built_processor"] == (proof["template"] in ("pixtral", "intern_vl"))
+
+
+def test_the_corpus_reaches_every_case(proof: dict[str, Any]) -> None:
+    """Not vacuous: LLaMA-Factory crashes, drops, cuts text and keeps samples whole here, and multi-image rows and
+    several cutoff_len values (its default among them) are judged."""
+    oracle = proof["oracle"]
+    assert oracle[f"{proof['template']}-defaults"]["cutoff_len"] == 2048
+    outcomes: Counter[str] = Counter()
+    for result in oracle.values():
+        for r in result["rows"]:
+            if r["error"]:
+                outcomes["raises"] += 1
+            elif not r["kept"]:
+                outcomes["dropped"] += 1
+            else:
+                outcomes["multi-image"] += len(r["image_features"]) > 1
+                outcomes["no labels left"] += r["kept_supervised"] == 0 < r["supervised"]
+                if r["crash"]:
+                    outcomes["crash"] += 1
+                elif r["kept_tokens"] < r["tokens"]:
+                    outcomes["text cut"] += 1
+                else:
+                    outcomes["whole"] += 1
+    if proof["template"] == "paligemma":  # its image tokens are never cut: whole prompts and answers are
+        assert outcomes["crash"] == 0 and outcomes["no labels left"] >= 3, outcomes
+    else:
+        assert outcomes["crash"] >= 5, outcomes
+    assert outcomes["dropped"] >= 3 and outcomes["whole"] >= 40, outcomes
+    assert outcomes["text cut"] >= 1 and outcomes["raises"] >= 3 and outcomes["multi-image"] >= 10, outcomes
+    assert len({result["cutoff_len"] for result in oracle.values()}) >= 4
