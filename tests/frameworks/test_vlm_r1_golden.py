@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vlm_r1_corpus import write_corpus
+from vlm_r1_corpus import write_corpus, write_rec_corpus
 
 import vlmcheck
 from vlmcheck.frameworks import detect, read_launch, vlm_r1
@@ -30,6 +30,8 @@ SCENARIOS = GOLDEN["scenarios"]
 def corpus(tmp_path_factory: pytest.TempPathFactory, qwen2_vl_checkpoint: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("vlm_r1")
     files = write_corpus(root / "data")
+    rec = write_rec_corpus(root / "rec")
+    files = {**files, "rec_yaml": rec["rec_yaml"], "rec_images": rec["images"]}
     model = root / "Qwen2-VL-tiny"  # VLM-R1 picks its Qwen module from the model's name
     shutil.copytree(qwen2_vl_checkpoint, model)
     return {**files, "model": model}
@@ -95,7 +97,7 @@ def test_the_script_is_read_as_vlm_r1s(tmp_path: Path, corpus: dict[str, Path]) 
     assert raw["bf16"] == "true" and raw["num_generations"] == "8"
 
 
-@pytest.mark.parametrize("name", sorted(n for n in SCENARIOS if "rows" in SCENARIOS[n]))
+@pytest.mark.parametrize("name", sorted(n for n in SCENARIOS if "rows" in SCENARIOS[n] and n != "grpo_rec"))
 def test_prompt_and_image_counts_agree_with_vlm_r1(name: str, tmp_path: Path, corpus: dict[str, Path]) -> None:
     scenario = SCENARIOS[name]
     ours = records(script(tmp_path, corpus, scenario["flags"]), tmp_path)
@@ -120,3 +122,40 @@ def test_a_missing_image_stops_the_run(tmp_path: Path, corpus: dict[str, Path]) 
     assert scenario["stops"].startswith("AssertionError: Image paths do not exist")
     (record,) = records(script(tmp_path, corpus, scenario["flags"]), tmp_path)
     assert record["framework"]["verdict"] == "stops" and record["findings"] == ["VC101"]
+
+
+def test_grpo_rec_agrees_with_vlm_r1(tmp_path: Path, corpus: dict[str, Path]) -> None:
+    """run_grpo_rec.sh's launch of grpo_rec.py: its YAML datasets (``first:8`` of one file, all of another) and
+    --image_root, the rec question for every row, and what its __getitem__ and the trainer's prompt step did with
+    each row (golden scenario ``grpo_rec``): counts, the strip the processor refuses, and the text-only row whose
+    missing image fails the trainer's assertion."""
+    scenario = SCENARIOS["grpo_rec"]
+    path = tmp_path / "run_grpo_rec.sh"
+    path.write_text(f"""cd src/open-r1-multimodal
+export DEBUG_MODE="true"
+RUN_NAME="Qwen2.5-VL-3B-GRPO-REC"
+torchrun --nproc_per_node="8" \\
+    --nnodes="1" \\
+    src/open_r1/grpo_rec.py \\
+    --deepspeed local_scripts/zero3.json \\
+    --output_dir output/$RUN_NAME \\
+    --model_name_or_path {corpus['model']} \\
+    --dataset_name {corpus['rec_yaml']} \\
+    --image_root {corpus['rec_images']} \\
+    --max_prompt_length 1024 \\
+    --num_generations 8 \\
+    --per_device_train_batch_size 1 \\
+    --bf16 \\
+    --report_to wandb
+""")
+    ours = records(path, tmp_path)
+    assert len(ours) == len(scenario["rows"])  # first:8 of rec.json, then rec_more.jsonl
+    for record, golden in zip(ours, scenario["rows"]):
+        verdict = record["framework"]["verdict"]
+        if golden["error"] is None:
+            assert (record["tokens"], record["image_tokens"], verdict) == (golden["tokens"], golden["images"], "ok")
+        elif golden["error"].startswith("ValueError: absolute aspect ratio"):
+            assert verdict == "crash" and "VC107" in record["findings"], record
+        else:
+            assert golden["error"] == "AssertionError: The key image is not found in the input"
+            assert verdict == "crash" and record["findings"] == ["VC001"], record

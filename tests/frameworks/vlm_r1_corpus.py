@@ -73,3 +73,36 @@ def write_corpus(root: Path) -> dict[str, Path]:
     missing.write_text(json.dumps({"id": 200, "image": "nowhere.png", "conversations": [
         {"from": "human", "value": "<image>?"}, {"from": "gpt", "value": "x"}]}) + "\n")
     return {"train": train, "more": second, "missing": missing, "images": images, "more_images": more}
+
+
+def _rec_rows() -> list[dict[str, Any]]:
+    def row(image: Any, problem: str, solution: str = "[10, 20, 30, 40]") -> dict[str, Any]:
+        out: dict[str, Any] = {} if image is None else {"image": image}
+        return {**out, "problem": problem, "solution": solution}
+
+    return [
+        row("photo.png", "the dog on the left"),
+        row("big.png", "the {red} car"),
+        row("thin.png", "the thin line"),
+        row("narrow.png", "the pole"),
+        row("strip.png", "the strip"),
+        row("tiny.png", "the dot"),
+        row(None, "a text-only question 漢字 🙂"),
+        row("exif.jpg", "the upright one"),
+        row("odd.png", "the odd box " + "with many words " * 30),
+    ]
+
+
+def write_rec_corpus(root: Path) -> dict[str, Path]:
+    """``grpo_rec.py``'s layout beside ``write_corpus``'s images: ``rec.yaml`` (its ``--dataset_name``) naming
+    ``rec.json`` (a JSON list, ``sampling_strategy: first:8``) and ``rec_more.jsonl`` (one line); rows hold
+    ``image`` (a name under ``--image_root``, or absent), ``problem`` and ``solution``."""
+    paths = write_corpus(root)
+    rows = _rec_rows()
+    data = root / "rec.json"
+    data.write_text(json.dumps(rows, ensure_ascii=False))
+    more = root / "rec_more.jsonl"
+    more.write_text(json.dumps({"image": "wide.png", "problem": "the sky", "solution": "[0, 0, 5, 5]"}) + "\n")
+    config = root / "rec.yaml"
+    config.write_text(f"datasets:\n  - json_path: {data}\n    sampling_strategy: first:8\n  - json_path: {more}\n")
+    return {**paths, "rec_yaml": config, "rec_json": data, "rec_more": more}

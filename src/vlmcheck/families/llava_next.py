@@ -30,6 +30,7 @@ set 14, "default" and 1: a 336 x 336 image becomes 1176 tokens, 640 x 480 (W x H
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -134,19 +135,40 @@ def select_best_resolution(height: int, width: int,
     return best
 
 
+def unpadded_grid(height: int, width: int, current_h: int, current_w: int, *,
+                  rounded: bool = True) -> tuple[int, int]:
+    """(rows, columns) of a ``current_h`` x ``current_w`` feature grid once the padding rows or columns are
+    dropped. transformers' ``_get_unpadded_features`` rounds the scaled side to 7 digits before ``int()``;
+    LLaVA-NeXT's own ``unpad_image`` (llava/model/llava_arch.py) does not (``rounded=False``), so where the
+    product lands just under an odd integer (an 88 x 55 image on the 336 px pinpoints) it keeps one row or
+    column more. Float arithmetic in their order."""
+    if width / height > current_w / current_h:
+        scaled = height * (current_w / width)
+        new_h = int(round(scaled, 7)) if rounded else int(scaled)
+        current_h -= ((current_h - new_h) // 2) * 2
+    else:
+        scaled = width * (current_h / height)
+        new_w = int(round(scaled, 7)) if rounded else int(scaled)
+        current_w -= ((current_w - new_w) // 2) * 2
+    return current_h, current_w
+
+
 def unpadded_features(height: int, width: int, patches_h: int, patches_w: int,
                       scale_h: int, scale_w: int) -> tuple[int, int]:
     """``LlavaNextProcessor._get_unpadded_features``: (features, newline features) of the crop grid
-    once the padding rows or columns are dropped. Float arithmetic in the processor's order."""
-    current_h = patches_h * scale_h
-    current_w = patches_w * scale_w
-    if width / height > current_w / current_h:
-        new_h = int(round(height * (current_w / width), 7))
-        current_h -= ((current_h - new_h) // 2) * 2
-    else:
-        new_w = int(round(width * (current_h / height), 7))
-        current_w -= ((current_w - new_w) // 2) * 2
+    once the padding rows or columns are dropped."""
+    current_h, current_w = unpadded_grid(height, width, patches_h * scale_h, patches_w * scale_w)
     return current_h * current_w, current_h
+
+
+def max_patches_grid(rows: int, columns: int, *, max_num_patches: int, patches: int) -> tuple[int, int]:
+    """The ``anyres_max_N`` downscale of an unpadded grid (LLaVA-NeXT's llava_arch.py, as transformers'
+    LlavaOnevisionProcessor): over 1.1 times the area of N tiles of ``patches`` x ``patches``, both sides are
+    divided by that ratio's square root."""
+    times = math.sqrt(rows * columns / (max_num_patches * patches**2))
+    if times > 1.1:
+        return int(rows // times), int(columns // times)
+    return rows, columns
 
 
 def count_image_tokens(width: int, height: int, s: LlavaNextSettings) -> int:

@@ -22,6 +22,10 @@ from the code (docs/frameworks/llava.md says which).
   then skips that row's image); ``prepare_inputs_labels_for_multimodal`` puts the features where the ``<image>``
   id was and slices the embeddings and labels to ``tokenizer_model_max_length`` (= ``model_max_length``). LLaVA
   never raises there: a cut image is trained on in part, a cut answer is lost.
+- **LLaVA-NeXT** (LLaVA-VL/LLaVA-NeXT df17966, when a launch passes a flag only its train.py has): anyres tiles,
+  ``unpad_image`` and ``image_newline`` (``NextImages``; the grid arithmetic in ``families/llava_next.py``), its
+  ``preprocess_multimodal``, conversation table and ``preprocess_mpt`` start, and its ``__getitem__`` retry that
+  trains on the next row in place of one that fails (proved: tests/assets/llava_golden/produce_next.py).
 
 >>> run = simulate({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]},
 ...                tokenizer=tok, version="v1")  # doctest: +SKIP
@@ -135,9 +139,20 @@ SPECIAL_VERSIONS = ("v0", "v0.5")
 VERSIONS = sorted({*CONV_TEMPLATES, *SPECIAL_VERSIONS})
 
 
-def conversation_for(version: str) -> Conv:
+# LLaVA-NeXT's conversation.py (df17966): names it adds (not modelled: their own preprocess_* or system prompts),
+# the two c121f04 names it dropped (so they fall back to vicuna_v1 there), and its module default (conv_vicuna_v0)
+NEXT_ONLY_VERSIONS = ("gemma_instruct", "llava_llama_2_mmtag", "llava_llama_2_simple", "llava_llama_3",
+                      "llava_mistral_instruct", "llava_v0_mmtag", "llava_v1_mmtag", "mistral_orca", "mistral_zephyr",
+                      "qwen_1_5", "qwen_2", "qwen_2_5")
+_NEXT_DROPPED = ("v0_mmtag", "v1_mmtag")
+LLAVA, LLAVA_NEXT = "llava", "llava_next"
+
+
+def conversation_for(version: str, *, fork: str = LLAVA) -> Conv:
     """The conversation ``train()`` leaves in ``default_conversation`` for ``--version``."""
     if version in SPECIAL_VERSIONS:
+        return _VICUNA_V0 if fork == LLAVA_NEXT else _VICUNA_V1
+    if fork == LLAVA_NEXT and version in _NEXT_DROPPED:
         return _VICUNA_V1
     return CONV_TEMPLATES.get(version, _VICUNA_V1)
 
@@ -323,14 +338,23 @@ def load_tokenizer(folder: str | Path, *, version: str, model_max_length: int | 
 
 # -- rendering ---------------------------------------------------------------------------------------------
 
-def multimodal(value: str, *, conv: Conv, mm_use_im_start_end: bool) -> str:
-    """``preprocess_multimodal`` on one sentence (samples with an ``image`` only)."""
-    if IMAGE_TOKEN in value:
+def multimodal(value: str, *, conv: Conv, mm_use_im_start_end: bool, fork: str = LLAVA) -> str:
+    """``preprocess_multimodal`` on one sentence (samples with an ``image`` only). LLaVA-NeXT moves the
+    ``<image>`` to the front only when the sentence holds exactly one and does not start with it (c121f04 does it
+    to every sentence holding any, collapsing several into one), and deletes "QA_GT_caption_based_noisy"."""
+    if fork == LLAVA_NEXT:
+        if value.count(IMAGE_TOKEN) == 1 and not value.startswith(IMAGE_TOKEN):
+            value = (IMAGE_TOKEN + "\n" + value.replace(IMAGE_TOKEN, "").strip()).strip()
+        if IMAGE_TOKEN in value and "mmtag" in conv.version:
+            value = value.replace(IMAGE_TOKEN, "<Image>" + IMAGE_TOKEN + "</Image>")
+    elif IMAGE_TOKEN in value:
         value = (IMAGE_TOKEN + "\n" + value.replace(IMAGE_TOKEN, "").strip()).strip()
         if "mmtag" in conv.version:
             value = value.replace(IMAGE_TOKEN, "<Image>" + IMAGE_TOKEN + "</Image>")
     if mm_use_im_start_end:
         value = value.replace(IMAGE_TOKEN, IM_START + IMAGE_TOKEN + IM_END)
+    if fork == LLAVA_NEXT:
+        value = value.replace("QA_GT_caption_based_noisy", "")
     return value
 
 
@@ -463,21 +487,23 @@ def _roles_checked(conv: Conv, source: list[dict[str, Any]], function: str) -> l
 
 
 def simulate(row: Mapping[str, Any], *, tokenizer: LlavaTokenizer, version: str,
-             mm_use_im_start_end: bool = False, patch: tuple[int, int] = (0, 0)) -> LlavaRun:
+             mm_use_im_start_end: bool = False, patch: tuple[int, int] = (0, 0), fork: str = LLAVA) -> LlavaRun:
     """Run LLaVA's ``LazySupervisedDataset.__getitem__`` text side on one row (without opening its image).
 
     ``patch`` changes the round arithmetic on purpose, as users patch train.py: ``(start, step)`` adds
     ``start`` to the initial ``cur_len`` and ``step`` to ``round_len``/``instruction_len`` of each round after
-    the first. The counterfactual that names a fix.
+    the first. The counterfactual that names a fix. ``fork`` ``llava_next``: LLaVA-NeXT's train.py (df17966).
     """
-    conv = conversation_for(version)
+    conv = conversation_for(version, fork=fork)
+    if fork == LLAVA_NEXT and conv.style == "mpt":  # its preprocess_mpt starts at cur_len = 1, c121f04's at 0
+        patch = (patch[0] + 1, patch[1])
     has_image = "image" in row
     run = LlavaRun(version, conv, conv.function, has_image)
     source = copy.deepcopy(list(row.get("conversations") or []))
     if has_image:
         for sentence in source:
             sentence["value"] = multimodal(str(sentence.get("value", "")), conv=conv,
-                                           mm_use_im_start_end=mm_use_im_start_end)
+                                           mm_use_im_start_end=mm_use_im_start_end, fork=fork)
     try:
         if conv.style == "plain":
             _plain(run, source, tokenizer)
@@ -617,6 +643,21 @@ DEFAULT_VERSION = "v0"
 DEFAULT_MODEL_MAX_LENGTH = 512
 DEFAULT_ASPECT = "square"
 DEFAULT_SELECT_FEATURE = "patch"
+# LLaVA-VL/LLaVA-NeXT df17966 llava/train/train.py: TrainingArguments.model_max_length, ModelArguments.
+# mm_patch_merge_type; and the flags only its argument dataclasses have (HfArgumentParser refuses them in c121f04):
+# a launch that passes one runs LLaVA-NeXT's train.py
+NEXT_RELEASE = "LLaVA-VL/LLaVA-NeXT df17966"
+NEXT_DEFAULT_MODEL_MAX_LENGTH = 4096
+DEFAULT_MERGE = "flat"
+NEXT_ONLY_FLAGS = frozenset((
+    "add_faster_video", "add_time_instruction", "early_mix_text", "faster_token_stride", "force_sample",
+    "frames_upbound", "freeze_mm_vision_resampler", "group_by_modality_length_auto", "group_by_varlen",
+    "image_crop_resolution", "image_grid_pinpoints", "image_split_resolution", "mm_mask_drop_mode",
+    "mm_mask_drop_ratio", "mm_newline_position", "mm_resampler_type", "mm_spatial_pool_mode",
+    "mm_spatial_pool_stride", "mm_tunable_parts", "mm_vision_tower_lr", "model_class_name", "pos_skipping_range",
+    "rope_scaling_factor", "rope_scaling_type", "s2", "s2_scales", "tune_mm_vision_resampler",
+    "unfreeze_language_model", "unfreeze_mm_vision_tower", "use_pos_skipping", "video_folder", "video_fps",
+    "vision_tower_pretrained"))
 # `vlmcheck scan --framework llava` has no launch script to read: LLaVA's cut is not the processor's
 SCAN_DEFAULTS: dict[str, Any] | None = None
 _ENTRY = re.compile(r"(^|/)(train|train_mem|train_xformers)\.py$")
@@ -641,6 +682,9 @@ class LlavaLaunch:
     vision_tower: str | None = None
     mm_vision_select_feature: str = DEFAULT_SELECT_FEATURE
     values: dict[str, str | None] = field(default_factory=dict)  # every flag as written, for the report
+    fork: str = LLAVA  # LLAVA_NEXT when a flag only LLaVA-NeXT's train.py has is passed
+    mm_patch_merge_type: str = DEFAULT_MERGE
+    image_grid_pinpoints: str | None = None
 
     def need(self, name: str) -> str:
         """Why a setting is missing, for a usage error."""
@@ -745,8 +789,10 @@ def _settings(script: Path, args: list[str], env: Mapping[str, str]) -> LlavaLau
                 unresolved[name] = str(e)
         k += 1
     raw_length = values.get("model_max_length")
+    fork = LLAVA_NEXT if NEXT_ONLY_FLAGS & set(values) else LLAVA
     try:
-        length = int(raw_length) if raw_length is not None else DEFAULT_MODEL_MAX_LENGTH
+        length = int(raw_length) if raw_length is not None else (
+            NEXT_DEFAULT_MODEL_MAX_LENGTH if fork == LLAVA_NEXT else DEFAULT_MODEL_MAX_LENGTH)
     except ValueError:
         raise UsageError(f"{script}: --model_max_length {raw_length!r} is not an integer") from None
     if length <= 0:
@@ -759,7 +805,8 @@ def _settings(script: Path, args: list[str], env: Mapping[str, str]) -> LlavaLau
                        image_aspect_ratio=values.get("image_aspect_ratio") or DEFAULT_ASPECT,
                        vision_tower=values.get("vision_tower"),
                        mm_vision_select_feature=values.get("mm_vision_select_feature") or DEFAULT_SELECT_FEATURE,
-                       values=values)
+                       values=values, fork=fork, mm_patch_merge_type=values.get("mm_patch_merge_type") or DEFAULT_MERGE,
+                       image_grid_pinpoints=values.get("image_grid_pinpoints"))
 
 
 def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any] | None:
@@ -811,6 +858,114 @@ def tower_settings(vision_tower: str, *, select_feature: str = DEFAULT_SELECT_FE
     return LlavaSettings(patch_size=int(patch), vision_feature_select_strategy="default" if select_feature == "patch"
                          else "full", num_additional_image_tokens=1, do_center_crop=True, crop_height=int(size),
                          crop_width=int(size), shortest_edge=int(size), height=None, width=None)
+
+
+# -- LLaVA-NeXT's tiles ---------------------------------------------------------------------------------------
+
+# mm_utils.process_anyres_image / get_anyres_image_grid_shape: the "(1x1),...,(6x6)" form, scaled by the tower's size
+_PIN_RANGE = re.compile(r"\((\d+)x(\d+)\)")
+_RANGE_SIZES = (224, 336, 384, 448, 512)
+_ANYRES_MAX = re.compile(r"anyres_max_(\d+)")
+
+
+@dataclass(frozen=True)
+class NextImages:
+    """How LLaVA-NeXT's train.py (df17966) turns one image into features: ``process_image`` (anyres tiles or one
+    crop) and ``prepare_inputs_labels_for_multimodal``'s merge (llava_arch.py), for a CLIP tower of ``size`` px
+    and ``patch`` px patches whose one crop is ``base`` features."""
+
+    aspect: str
+    merge: str
+    pinpoints: tuple[tuple[int, int], ...]  # (height, width), as families.llava_next takes them
+    size: int
+    patch: int
+    base: int
+
+    @property
+    def anyres(self) -> bool:
+        return self.aspect == "anyres" or "anyres_max" in self.aspect
+
+    @property
+    def one_crop(self) -> int:
+        """One crop's features: the spatial merge's single-image branch appends ``image_newline``."""
+        return self.base + (1 if self.merge.startswith("spatial") and "unpad" in self.merge else 0)
+
+    def features(self, width: int, height: int) -> int:
+        from vlmcheck.families import llava_next as family
+
+        side = self.size // self.patch
+        if not self.anyres:
+            return self.one_crop
+        best_h, best_w = family.select_best_resolution(height, width, self.pinpoints)
+        tiles_h, tiles_w = best_h // self.size, best_w // self.size
+        if self.merge == "flat":  # every tile flattened, the base image first
+            return (1 + tiles_h * tiles_w) * self.base
+        if "unpad" in self.merge:
+            rows, cols = family.unpadded_grid(height, width, tiles_h * side, tiles_w * side, rounded=False)
+            m = _ANYRES_MAX.match(self.aspect)
+            if m is not None:
+                rows, cols = family.max_patches_grid(rows, cols, max_num_patches=int(m.group(1)), patches=side)
+            n = rows * (cols + 1)  # image_newline closes every row
+        else:
+            n = tiles_h * tiles_w * side * side
+        return n if "nobase" in self.merge else n + self.base
+
+
+def next_images(launch: LlavaLaunch, tower: LlavaSettings) -> NextImages:
+    """LLaVA-NeXT's image path for a launch, or a usage error where every image row would fail the same way."""
+    from vlmcheck.families import llava as family
+
+    size, patch = tower.crop_height, tower.patch_size
+    base = family.count_image_tokens(1, 1, tower)
+    aspect, merge = launch.image_aspect_ratio, launch.mm_patch_merge_type
+    if aspect in ("highres", "crop_split") or "maxpool2x2" in merge:
+        raise UsageError(f"--image_aspect_ratio {aspect} --mm_patch_merge_type {merge}: this LLaVA-NeXT path is "
+                         "not modelled by vlmcheck yet")
+    if merge != "flat" and not merge.startswith("spatial"):
+        raise UsageError(f"--mm_patch_merge_type {merge}: LLaVA-NeXT raises \"Unexpected mm_patch_merge_type\" "
+                         "in the first step with an image (flat, spatial, spatial_unpad, ...)")
+    pinpoints: tuple[tuple[int, int], ...] = ()
+    anyres = aspect == "anyres" or "anyres_max" in aspect
+    if anyres:
+        raw = launch.image_grid_pinpoints
+        if raw is None:
+            raise UsageError(f"--image_aspect_ratio {aspect} without --image_grid_pinpoints: LLaVA-NeXT's "
+                             "process_anyres_image raises on every image (ast.literal_eval(None))")
+        if "x" in raw:
+            if size not in _RANGE_SIZES:
+                raise UsageError(f"--image_grid_pinpoints {raw}: LLaVA-NeXT asserts the tower's size ({size}) is "
+                                 f"one of {', '.join(map(str, _RANGE_SIZES))}")
+            ends = _PIN_RANGE.findall(raw)
+            if not ends:
+                raise UsageError(f"--image_grid_pinpoints {raw}: LLaVA-NeXT finds no (AxB) in it")
+            (a0, b0), (a1, b1) = (tuple(map(int, ends[0])), tuple(map(int, ends[-1])))
+            wh = [(i * size, j * size) for i in range(a0, a1 + 1) for j in range(b0, b1 + 1)]
+        else:
+            import ast
+
+            try:
+                wh = [(int(w), int(h)) for w, h in ast.literal_eval(raw)]
+            except (ValueError, SyntaxError, TypeError) as e:
+                raise UsageError(f"--image_grid_pinpoints {raw}: LLaVA-NeXT cannot read it ({e})") from None
+        if not wh:
+            raise UsageError(f"--image_grid_pinpoints {raw}: no resolution in it")
+        pinpoints = tuple((h, w) for w, h in wh)  # LLaVA-NeXT writes (width, height)
+        if merge.startswith("spatial") and base != (size // patch) ** 2:
+            raise UsageError("--mm_vision_select_feature cls_patch with anyres: LLaVA-NeXT asserts that the base "
+                             "image has (size / patch)^2 features in the first step with an image")
+    return NextImages(aspect=aspect, merge=merge, pinpoints=pinpoints, size=size, patch=patch, base=base)
+
+
+def next_tokenizer_route(name: str) -> str | None:
+    """LLaVA-NeXT's ``train()`` picks the tokenizer from the model's name: the slow one (``use_fast=False``) for
+    vicuna / llama / yi / wizardlm-2 names; the fast one for mistral / mixtral / zephyr and qwen; None: no branch
+    matches and ``tokenizer`` is never assigned (UnboundLocalError)."""
+    low = name.lower()
+    if any(k in low for k in ("mistral", "mixtral", "zephyr", "qwen")):
+        return "fast"
+    if any(k in low for k in ("wizardlm-2", "vicuna", "llama", "yi")):
+        return "slow"
+    return None
 
 
 # -- the run -------------------------------------------------------------------------------------------------
@@ -884,6 +1039,8 @@ class Run:
 
     name = NAME
     versions = RELEASE
+    fork = LLAVA
+    next: NextImages | None = None
     length_key = "model_max_length"
     pixels_key = "image_aspect_ratio"
 
@@ -893,6 +1050,19 @@ class Run:
 
         launch = config.launch
         self.config = config
+        self.fork = launch.fork
+        if self.fork == LLAVA_NEXT:
+            if config.version in NEXT_ONLY_VERSIONS:
+                raise UsageError(f"--version {config.version}: LLaVA-NeXT's own conversation for it is not modelled "
+                                 "by vlmcheck yet (its --version names shared with LLaVA-1.5 are)")
+            route = next_tokenizer_route(config.model_name)
+            if route is None:
+                raise UsageError(f"--model_name_or_path {config.model_name}: LLaVA-NeXT's train() loads a tokenizer "
+                                 "only for names holding vicuna, llama, yi, wizardlm-2, mistral, mixtral, zephyr or "
+                                 "qwen; for this one it raises UnboundLocalError")
+            if route == "fast":
+                raise UsageError(f"--model_name_or_path {config.model_name}: LLaVA-NeXT loads the fast tokenizer "
+                                 "for this name, which vlmcheck does not model for LLaVA-NeXT yet")
         if not config.model.is_dir():
             raise UsageError(f"model {config.model} is not a local folder (vlmcheck reads the tokenizer LLaVA "
                              "loads from it; pass --model)")
@@ -908,6 +1078,8 @@ class Run:
         self.settings = (tower_settings(config.vision_tower, select_feature=launch.mm_vision_select_feature,
                                         base=config.path.parent) if config.vision_tower else None)
         self.features = family.count_image_tokens(1, 1, self.settings) if self.settings is not None else None
+        self.next = (next_images(launch, self.settings)
+                     if self.fork == LLAVA_NEXT and self.settings is not None else None)
         self._issues = family.image_issues
         self.spec = ModelSpec(path=config.model, model_type="llava", family=family.FAMILY, settings=self.settings,
                               chat_template=None, special_tokens={})
@@ -928,54 +1100,88 @@ class Run:
 
     def describe(self) -> dict[str, Any]:
         cfg, launch = self.config, self.config.launch
-        conv = conversation_for(cfg.version)
+        conv = conversation_for(cfg.version, fork=self.fork)
+        images = (f"image_aspect_ratio {launch.image_aspect_ratio}, vision tower {cfg.vision_tower}: "
+                  f"{self.features} features per image; media from {cfg.image_folder}"
+                  if self.settings is not None else "no --vision_tower: rows with an image stop the run")
+        if self.next is not None:
+            images = (f"LLaVA-NeXT: image_aspect_ratio {launch.image_aspect_ratio}, mm_patch_merge_type "
+                      f"{launch.mm_patch_merge_type}, vision tower {cfg.vision_tower}: features from each image's size"
+                      f"{' and the grid pinpoints' if self.next.anyres else ''}; media from {cfg.image_folder}")
         return {
-            "name": NAME, "versions": RELEASE, "config": str(cfg.path), "version": cfg.version,
+            "name": NAME, "versions": NEXT_RELEASE if self.fork == LLAVA_NEXT else RELEASE, "fork": self.fork,
+            "config": str(cfg.path), "version": cfg.version,
             "template": f"--version {cfg.version} ({conv.name}, {conv.function})", "conversation": conv.name,
             "preprocess": conv.function, "tokenizer": self.tokenizer.reason,
             "datasets": [str(cfg.data)], "image_folder": str(cfg.image_folder) if cfg.image_folder else None,
             "model_max_length": launch.model_max_length, "image_aspect_ratio": launch.image_aspect_ratio,
             "vision_tower": cfg.vision_tower, "features_per_image": self.features,
             "mm_use_im_start_end": launch.mm_use_im_start_end, "length_key": self.length_key,
-            "images": (f"image_aspect_ratio {launch.image_aspect_ratio}, vision tower {cfg.vision_tower}: "
-                       f"{self.features} features per image; media from {cfg.image_folder}"
-                       if self.settings is not None else "no --vision_tower: rows with an image stop the run"),
+            "images": images, "mm_patch_merge_type": launch.mm_patch_merge_type,
+            "image_grid_pinpoints": launch.image_grid_pinpoints,
             "pixels_key": self.pixels_key,
         }
 
-    def _image(self, value: Any, found: list[Any]) -> bool:
-        """``Image.open(os.path.join(image_folder, image_file)).convert('RGB')`` and the processor: whether it
-        loads (a finding where it does not)."""
+    def _image(self, value: Any, found: list[Any]) -> tuple[int, int] | None:
+        """``Image.open(os.path.join(image_folder, image_file)).convert('RGB')`` and the processor: its (width,
+        height) as opened when it loads, else None and a finding."""
         from vlmcheck import findings as F
         from vlmcheck.data.images import ImageProblem, probe_path
 
         if self.settings is None:
             found.append(F.make("VC001", "the row has an image but the launch sets no --vision_tower: train() "
                                          "builds no image processor and __getitem__ raises AttributeError"))
-            return False
+            return None
+        if self.fork == LLAVA_NEXT and isinstance(value, list):
+            found.append(F.make("VC001", "'image' is a list: LLaVA-NeXT's multi-image path (each image padded to "
+                                         "one crop) is not modelled by vlmcheck yet"))
+            return None
         if not isinstance(value, str):
             found.append(F.make("VC001", f"'image' is a {type(value).__name__}: this train.py takes one file name "
                                          "per row and os.path.join raises TypeError"))
-            return False
+            return None
         if self.config.image_folder is None:
             found.append(F.make("VC001", "the launch sets no --image_folder: os.path.join(None, ...) raises "
                                          "TypeError"))
-            return False
+            return None
         path = self.config.image_folder / value
         try:
             width, height = probe_path(path).size(exif_transpose=False)  # PIL's open: no EXIF rotation
         except ImageProblem as p:
             found.append(F.make(p.code, f"image {value}: {p.message}", image=1, **p.data))
-            return False
+            return None
         except (OSError, ValueError) as e:
             found.append(F.make("VC102", f"image {value}: cannot be opened: {str(e)[:200]}", image=1))
-            return False
+            return None
+        size = (width, height)
+        if self.next is not None and self.next.anyres:  # every tile and the base image are resized to the crop
+            return size
+        rows = max(width, height) if self.config.launch.image_aspect_ratio == "pad" else height
+        if self.next is not None and rows == 1:
+            # the CLIP processor of LLaVA-NeXT's pinned transformers (4.37.2) reads an (H, W, 3) array with H = 1 as
+            # channels-first (infer_channel_dimension_format) and raises; anyres resizes first and is spared
+            found.append(F.make("VC102", f"image {value}: {width}x{height}: the CLIP image processor takes its one "
+                                         "row for a channel and raises", image=1))
+            return None
         if self.config.launch.image_aspect_ratio == "pad":  # expand2square: a max(w, h) square canvas first
             width = height = max(width, height)
         issues = self._issues(width, height, self.settings)
         for issue in issues:
             found.append(F.make(issue.code, f"image {value}: {issue.message}", image=1, **issue.data))
-        return not issues
+        return None if issues else size
+
+    def _fails(self, frame: dict[str, Any], found: list[Any], index: int) -> None:
+        """Where ``__getitem__`` raises: c121f04's run stops; LLaVA-NeXT's retries the row three times, then
+        returns row ``index + 1`` in its place (and raises only if that one fails too)."""
+        from vlmcheck import findings as F
+
+        if self.fork != LLAVA_NEXT:
+            frame["verdict"] = "stops"
+            return
+        frame["verdict"] = "replaced"
+        found.append(F.make("VC001", f"LLaVA-NeXT's __getitem__ gives up on this row after three tries and trains "
+                                     f"on row {index + 1} in its place (the run stops only if that row fails too)",
+                            fix="fix or drop the row"))
 
     def judge(self, index: int, row: Any, source: Path) -> SampleResult:
         from vlmcheck import findings as F
@@ -997,21 +1203,30 @@ class Run:
         if isinstance(row.get("id"), (str, int)):
             result.id = str(row["id"])
         has_image = "image" in row
+        features = self.features or 0
+        if self.next is not None:  # a text row's stand-in image (zeros, one crop): its features if <image> is written
+            features = self.next.one_crop
         if has_image:
             result.image_tokens = [self.features]
-            if not self._image(row["image"], found):
-                frame["verdict"] = "stops"
+            size = self._image(row["image"], found)
+            if size is None:
+                self._fails(frame, found, index)
                 return result
+            if self.next is not None:
+                features = self.next.features(*size)
+                result.image_tokens = [features]
         run = simulate(row, tokenizer=self.tokenizer, version=self.config.version,
-                       mm_use_im_start_end=self.config.launch.mm_use_im_start_end)
+                       mm_use_im_start_end=self.config.launch.mm_use_im_start_end, fork=self.fork)
         if run.refused is not None:
             found.append(F.make("VC001", f"LLaVA's {run.function} raises {run.refused.what} "
-                                         f"({run.refused.where}); the run stops at the step that reaches it"))
-            frame["verdict"] = "stops"
+                                         f"({run.refused.where}); the run stops at the step that reaches it"
+                                if self.fork == LLAVA else
+                                f"LLaVA-NeXT's {run.function} raises {run.refused.what} ({run.refused.where})"))
+            self._fails(frame, found, index)
             return result
-        return self._cut(result, run, has_image)
+        return self._cut(result, run, has_image, features)
 
-    def _cut(self, result: SampleResult, run: LlavaRun, has_image: bool) -> SampleResult:
+    def _cut(self, result: SampleResult, run: LlavaRun, has_image: bool, features: int) -> SampleResult:
         """The collator's slice of the ids, the model's splice of the image features, and its slice of the
         embeddings and labels (``prepare_inputs_labels_for_multimodal``)."""
         from vlmcheck import findings as F
@@ -1024,8 +1239,12 @@ class Run:
         at = [k for k, t in enumerate(ids) if t == IMAGE_TOKEN_INDEX]
         sliced = ids[:limit]  # DataCollatorForSupervisedDataset's slice
         holes = sliced.count(IMAGE_TOKEN_INDEX)
-        features = self.features or 0
-        if holes > 1:
+        if holes > 1 and self.fork == LLAVA_NEXT:
+            found.append(F.make("VC002", f"{holes} <image> tokens in the text for the row's one image: LLaVA-NeXT "
+                                         "catches the IndexError and splices the previous image again (this row's "
+                                         "own image with a batch of one; in a larger batch another sample's)",
+                                images=1 if has_image else 0, placeholders=holes))
+        elif holes > 1:
             found.append(F.make("VC002", f"{holes} <image> tokens in the text (within model_max_length) for the "
                                          "row's one image: the model takes one image's features per <image> and "
                                          "runs past the batch's images (IndexError, or another sample's image)",

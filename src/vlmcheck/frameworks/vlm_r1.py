@@ -24,6 +24,13 @@ proof is tests/assets/vlm_r1_golden/:
   supported"): no prompt is cut or filtered, whatever the flag says.
 - **Images per prompt**: the trainer asserts one ``image_grid_thw`` per prompt of the batch: a row with several
   images fails it, and the run stops there.
+- **grpo_rec.py** (``run_grpo_rec.sh``): ``--dataset_name`` a YAML file whose ``datasets`` name JSON / JSON Lines
+  files (``sampling_strategy`` ``first:N``, ``end:N``, ``N%``; ``random`` is a shuffle); ``--image_root`` joined
+  to each row's ``image``; a row holds ``problem`` and ``solution``; the prompt is one user turn, the image then the
+  ``rec`` question template, for every row. ``__getitem__`` (in the training loop, not while loading) replaces a
+  row whose image file is missing by a random other row; a text-only row reaches the trainer with ``image`` None
+  and its assertion "The key image is not found in the input" fails; a row without ``problem`` / ``solution``
+  raises KeyError.
 """
 
 from __future__ import annotations
@@ -51,7 +58,9 @@ NAME = "vlm-r1"
 VERSIONS = "VLM-R1 at 90052f47 (grpo_jsonl.py, VLMGRPOTrainer; transformers 4.49.0, trl 0.17.0)"
 SCAN_DEFAULTS: dict[str, Any] | None = None  # its prompts are judged by its trainer: `vlmcheck check` only
 
-SCRIPTS = ("open_r1/grpo_jsonl.py",)
+SCRIPTS = ("open_r1/grpo_jsonl.py", "open_r1/grpo_rec.py")
+REC_SCRIPT = "grpo_rec.py"
+# grpo_rec.py: SYSTEM_PROMPT, the first message of a text-only row (which then fails the trainer's image assertion)
 # GRPOScriptArguments / GRPOConfig defaults
 DEFAULTS: dict[str, Any] = {"max_pixels": 12845056, "min_pixels": 3136, "max_prompt_length": 512,
                             "task_type": None}
@@ -152,6 +161,9 @@ class Config:
     max_prompt_length: int | None
     task_type: str | None
     question_template: str
+    rec: bool = False  # grpo_rec.py: the YAML datasets and --image_root below, instead of ``files``
+    rec_files: tuple[tuple[Path, str], ...] = ()  # (json / jsonl file, sampling_strategy)
+    image_root: Path | None = None
 
 
 def _local(value: str, *, near: Path, mapping: Mapping[str, str]) -> Path:
@@ -182,6 +194,8 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     if "Qwen2-VL" not in name and "Qwen2.5-VL" not in name:
         raise UsageError(f"{path}: VLM-R1's Qwen module loads a model whose name holds 'Qwen2-VL' or "
                          f"'Qwen2.5-VL', and raises 'Unsupported model' for {name!r}")
+    if str(raw.get("__script__", "")).endswith(REC_SCRIPT):
+        return _rec_config(raw, path=path, name=name, model=model, data=data, mapping=mapping)
     sources = data if data is not None else raw.get("data_file_paths")
     folders = raw.get("image_folders")
     if not sources:
@@ -214,6 +228,66 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         question_template=QUESTION_TEMPLATES.get(None if task in (None, "None") else str(task),
                                                  QUESTION_TEMPLATES[None]),
     )
+
+
+def _rec_config(raw: dict[str, Any], *, path: Path, name: str, model: str | None, data: str | None,
+                mapping: Mapping[str, str]) -> Config:
+    """grpo_rec.py: ``--dataset_name`` (a YAML of ``datasets``) and ``--image_root``."""
+    import yaml
+
+    source = data if data is not None else raw.get("dataset_name")
+    if not source:
+        raise UsageError(f"{path}: --dataset_name is not set (grpo_rec.py reads a YAML of datasets; or pass --data)")
+    found = _local(str(source), near=path, mapping=mapping)
+    if not str(source).endswith(".yaml"):
+        raise UsageError(f"{path}: --dataset_name {source}: grpo_rec.py raises 'Unsupported file type' for anything "
+                         "but a .yaml file")
+    try:
+        config = yaml.safe_load(found.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise UsageError(f"{path}: cannot read --dataset_name {found}: {e}") from None
+    entries = config.get("datasets") if isinstance(config, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise UsageError(f"{found}: no 'datasets' list (grpo_rec.py iterates yaml_data.get('datasets'))")
+    files = []
+    for entry in entries:
+        json_path = str((entry or {}).get("json_path") or "")
+        if not json_path.endswith((".json", ".jsonl")):
+            raise UsageError(f"{found}: json_path {json_path!r}: grpo_rec.py raises 'Unsupported file type'")
+        file = _local(json_path, near=found, mapping=mapping)
+        if not file.is_file():
+            raise UsageError(f"{found}: {json_path} not found ({file}); pass --path-map for a config written on "
+                             "another machine")
+        files.append((file, str(entry.get("sampling_strategy", "all"))))
+    root = raw.get("image_root")
+    budget = raw.get("max_prompt_length", DEFAULTS["max_prompt_length"])
+    value = {k: raw.get(k, d) for k, d in DEFAULTS.items()}
+    return Config(
+        path=path, model=mapped(str(model or name), mapping), model_name=name, files=(),
+        max_pixels=whole_number(value["max_pixels"], "--max_pixels", path),
+        min_pixels=whole_number(value["min_pixels"], "--min_pixels", path),
+        max_prompt_length=None if budget in (None, "None") else whole_number(budget, "--max_prompt_length", path),
+        task_type="rec", question_template=QUESTION_TEMPLATES["rec"], rec=True, rec_files=tuple(files),
+        image_root=None if root in (None, "None") else _local(str(root), near=path, mapping=mapping))
+
+
+def _sampled(rows: list[Any], strategy: str) -> list[Any]:
+    """grpo_rec.py's ``sampling_strategy``: ``first:N``, ``end:N`` (N or N%, rounded up); ``random:N`` shuffles
+    first, so which rows it keeps is not known ahead: every row is judged."""
+    import math
+
+    if ":" not in strategy:
+        return rows
+    kind, number = strategy.split(":", 1)
+    try:
+        n = math.ceil(int(number.split("%")[0]) * len(rows) / 100) if "%" in number else int(number)
+    except ValueError:
+        raise UsageError(f"sampling_strategy {strategy!r}: grpo_rec.py raises ValueError on {number!r}") from None
+    if kind == "first":
+        return rows[:n]
+    if kind == "end":
+        return rows[-n:] if n else rows[len(rows):]  # Python's [-0:] keeps every row
+    return rows
 
 
 # -- the run ------------------------------------------------------------------------------------------------------
@@ -262,9 +336,14 @@ class Run(ProcessorRun):
         self.max_length = None  # the trainer enforces no prompt budget
 
     def inputs(self) -> list[Path]:
-        return [self.config.path, *(f for f, _ in self.config.files)]
+        return [self.config.path, *(f for f, _ in self.config.files), *(f for f, _ in self.config.rec_files)]
 
     def rows(self) -> Iterator[tuple[Any, Path]]:
+        if self.config.rec:
+            for file, strategy in self.config.rec_files:
+                for row in _sampled(list(read_rows(file)), strategy):
+                    yield row, self.config.image_root or Path()
+            return
         for file, folder in self.config.files:
             for row in read_rows(file):
                 yield row, folder
@@ -273,7 +352,9 @@ class Run(ProcessorRun):
         cfg = self.config
         return {
             "template": "the processor's chat template",
-            "datasets": [str(f) for f, _ in cfg.files], "media_dir": ", ".join(str(d) for _, d in cfg.files),
+            "datasets": [str(f) for f, _ in cfg.files or cfg.rec_files],
+            "media_dir": str(cfg.image_root) if cfg.rec else ", ".join(str(d) for _, d in cfg.files),
+            "script": "grpo_rec.py" if cfg.rec else "grpo_jsonl.py",
             "task_type": cfg.task_type, "question_template": cfg.question_template,
             "max_prompt_length": cfg.max_prompt_length,
             "notes": ["VLM-R1's trainer sets max_prompt_length to None: no prompt is cut or filtered"],
@@ -307,6 +388,8 @@ class Run(ProcessorRun):
         if frame["verdict"] != "ok":
             return result
         found = result.findings
+        if self.config.rec:
+            return self._rec(result, row)
         try:
             paths = self._images(row, folder)
             question = self._question(row)
@@ -322,6 +405,46 @@ class Run(ProcessorRun):
             frame["verdict"] = "stops"
             result.image_tokens = [None] * len(paths)
             return result
+        return self._prompt(result, paths, question)
+
+    def _rec(self, result: SampleResult, row: Mapping[str, Any]) -> SampleResult:
+        """grpo_rec.py's ``LazySupervisedDataset.__getitem__``, in the training loop."""
+        found, frame = result.findings, result.framework
+        assert frame is not None
+        missing = [k for k in ("problem", "solution") if k not in row]
+        if missing:
+            found.append(F.make("VC001", f"no {' or '.join(repr(k) for k in missing)}: grpo_rec.py's __getitem__ "
+                                         "raises KeyError in the training step that reaches the row"))
+            frame["verdict"] = "crash"
+            return result
+        if "image" not in row:
+            found.append(F.make("VC001", "a text-only row: grpo_rec.py hands the trainer image None and its "
+                                         "assertion 'The key image is not found in the input' fails in the "
+                                         "training step", fix="give every row an image, or use grpo_jsonl.py"))
+            frame["verdict"] = "crash"
+            return result
+        image = row["image"]
+        if not isinstance(image, str) or self.config.image_root is None:
+            why = ("the launch sets no --image_root" if self.config.image_root is None else
+                   f"'image' is a {type(image).__name__}")
+            found.append(F.make("VC001", f"{why}: os.path.join raises TypeError in grpo_rec.py's __getitem__"))
+            frame["verdict"] = "crash"
+            return result
+        path = self.config.image_root / image
+        if not path.exists():
+            found.append(F.make("VC101", f"image {path} does not exist: grpo_rec.py's __getitem__ trains on a random "
+                                         "other row in its place (and loops for ever if no image exists)",
+                                path=str(path)))
+            frame["verdict"] = "replaced"
+            result.image_tokens = [None]
+            return result
+        question = self.config.question_template.format(Question=row["problem"])
+        return self._prompt(result, [path], question)
+
+    def _prompt(self, result: SampleResult, paths: list[Path], question: str) -> SampleResult:
+        """The trainer's prompt step: the 28 px scale-up, the processor's checks, the chat template's count."""
+        found, frame = result.findings, result.framework
+        assert frame is not None
         probed = self.probe(paths, found, size=lambda file: scaled_up(*probe_path(file).size(exif_transpose=False)),
                             seen=" (as the trainer scales it)", then="; the processor raises in the training step")
         expansions = probed.expansions

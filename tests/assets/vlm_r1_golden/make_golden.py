@@ -26,7 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent / "frameworks"))  # vlm_r1_corpus
 
-from vlm_r1_corpus import write_corpus  # noqa: E402
+from vlm_r1_corpus import write_corpus, write_rec_corpus  # noqa: E402
 
 checkout, checkpoint, commit = Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve(), sys.argv[3]
 source = checkout / "src" / "open-r1-multimodal" / "src"
@@ -65,6 +65,7 @@ stand_in("open_r1.vlm_modules.glm_module", GLMVModule=type("GLMVModule", (), {})
 
 
 import open_r1.grpo_jsonl as grpo  # noqa: E402
+import open_r1.grpo_rec as grpo_rec  # noqa: E402
 from open_r1.trainer.grpo_trainer import VLMGRPOTrainer  # noqa: E402
 
 
@@ -95,14 +96,15 @@ class NoModel:
 
 
 grpo.VLMGRPOTrainer = Recorder
+grpo_rec.VLMGRPOTrainer = Recorder
 MERGE = 4
 
 
-def run(flags: list[str]) -> dict:
-    parser = TrlParser((grpo.GRPOScriptArguments, grpo.GRPOConfig, grpo.GRPOModelConfig))
+def run(flags: list[str], script: types.ModuleType = grpo) -> dict:
+    parser = TrlParser((script.GRPOScriptArguments, script.GRPOConfig, script.GRPOModelConfig))
     script_args, training_args, model_args = parser.parse_args_and_config(args=flags)
     try:
-        grpo.main(script_args, training_args, model_args)
+        script.main(script_args, training_args, model_args)
     except Exception as e:  # main raises before training: the run stops
         return {"flags": flags, "stops": f"{type(e).__name__}: {str(e)[:200]}"}
     kwargs = Recorder.last
@@ -121,8 +123,17 @@ def run(flags: list[str]) -> dict:
         args=types.SimpleNamespace(device=torch.device("cpu"), past_index=-1), is_deepspeed_enabled=False,
         is_fsdp_enabled=False, vlm_module=module, processing_class=processor, generation_config=None)
     rows = []
-    for example in kwargs["train_dataset"]:
-        row = {"id": example["id"], "tokens": None, "images": None, "error": None}
+    dataset = kwargs["train_dataset"]
+    for k in range(len(dataset)):
+        try:
+            example = dataset[k]
+        except Exception as e:  # grpo_rec's __getitem__ raises in the training loop
+            rows.append({"id": k, "tokens": None, "images": None, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+            continue
+        # grpo_jsonl's rows carry an id; grpo_rec's carry their problem (which says where a row was replaced)
+        row = {"id": example.get("id", k), "tokens": None, "images": None, "error": None}
+        if "problem" in example and "id" not in example:
+            row["problem"] = example["problem"]
         try:
             VLMGRPOTrainer._generate_and_score_completions(trainer, [dict(example)], NoModel())
             row["error"] = "generate was not reached"
@@ -140,6 +151,7 @@ def run(flags: list[str]) -> dict:
 with tempfile.TemporaryDirectory() as tmp:
     root = Path(tmp)
     files = write_corpus(root / "data")
+    rec = write_rec_corpus(root / "rec")
     model = root / "Qwen2-VL-tiny"  # VLM-R1 picks its Qwen module from the model's name
     shutil.copytree(checkpoint, model)
     processor_files = json.loads((model / "chat_template.json").read_text())
@@ -164,6 +176,12 @@ with tempfile.TemporaryDirectory() as tmp:
             "two_files": run(flags(data=f"{files['train']}:{files['more']}",
                                    folders=f"{files['images']}:{files['more_images']}")),
             "missing_image": run(flags(data=str(files["missing"]))),
+            # grpo_rec.py: its YAML --dataset_name and --image_root (the launch of run_grpo_rec.sh)
+            "grpo_rec": run(["--output_dir", str(root / "out"), "--model_name_or_path", str(model),
+                             "--dataset_name", str(rec["rec_yaml"]), "--image_root", str(rec["images"]),
+                             "--max_prompt_length", "1024", "--num_generations", "8",
+                             "--per_device_train_batch_size", "8", "--report_to", "none", "--use_cpu", "true"],
+                            script=grpo_rec),
         },
     }
 (HERE / "golden.json").write_text(json.dumps(golden, indent=1, ensure_ascii=False) + "\n")
