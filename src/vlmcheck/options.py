@@ -48,7 +48,7 @@ class ScanOptions:
     chat_template: str | None = None
     split: str | None = None
     processor_options: Mapping[str, Any] | None = None
-    workers: int = 1
+    workers: int | None = None  # processes; None: one per core for a dataset of 4,096+ rows, else one
     limit: int | None = None
     output: str | os.PathLike[str] | None = None
     exact: bool = False
@@ -87,11 +87,11 @@ class ScanOptions:
         if self.trust_remote_code and not self.exact:
             raise UsageError("trust_remote_code only applies with exact=True (--exact): the arithmetic scan runs no "
                              "checkpoint code")
-        if self.workers < 1:
-            raise UsageError("workers must be at least 1")
+        if self.workers is not None and self.workers < 1:
+            raise UsageError("workers must be at least 1 (or None: picked for the data and the machine)")
         if self.engine not in ENGINES:
             raise UsageError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
-        if self.engine == "ray" and (self.exact or self.workers != 1):
+        if self.engine == "ray" and (self.exact or self.workers not in (None, 1)):
             raise UsageError("engine='ray' runs the arithmetic scan with one actor per CPU of the cluster; exact and "
                              "workers go with the local engine")
         if self.ray_address is not None and self.engine != "ray":

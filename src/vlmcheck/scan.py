@@ -489,7 +489,11 @@ def scan(dataset: Any, *, model: str | os.PathLike[str] | ModelSpec, options: Sc
         trust_remote_code: with ``exact``, run a checkpoint's own processor code (``auto_map``).
         framework: ``llamafactory``, ``trl`` or ``swift``: that framework's truncation, resize route and defaults
             (max length, pixel budgets) for every setting left unset, without a config (``vlmcheck check`` reads
-            the config itself, with the framework's own templates).        engine: ``local`` (this process, or ``workers`` processes) or ``ray``: the same per-sample counting on
+            the config itself, with the framework's own templates).
+        workers: processes that count the rows (forked; each tokenizes on one thread). None (the default): one
+            per core when the dataset has 4,096 rows or more (:data:`vlmcheck.pipeline.AUTO_MIN_ROWS`), else
+            this process alone; with ``exact``, this process alone. The records are the same for any number.
+        engine: ``local`` (this process, or ``workers`` processes) or ``ray``: the same per-sample counting on
             Ray Data actors, with the same records and summary (:mod:`vlmcheck.integrations.ray_engine`; needs
             ``vlmcheck[ray]``).
         ray_address: with ``engine="ray"``, the cluster to connect to (``ray.init(address=...)``); default: Ray's
@@ -519,7 +523,10 @@ def scan(dataset: Any, *, model: str | os.PathLike[str] | ModelSpec, options: Sc
         from vlmcheck.integrations.ray_engine import ray_engine
 
         engine = ray_engine(dataset, source, address=options.ray_address)
-    return run(counter, source, output=options.output, resume=options.resume, workers=options.workers,
+    workers = options.workers
+    if workers is None and options.exact:
+        workers = 1  # the processor scan: no pool unless asked (forking a loaded processor is the user's call)
+    return run(counter, source, output=options.output, resume=options.resume, workers=workers,
                limit=options.limit, progress=progress, engine=engine)
 
 
