@@ -26,6 +26,11 @@ def _path_map(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
 @click.option("--path-map", "path_map", multiple=True, metavar="FROM=TO", callback=_path_map,
               help="Rewrite a path prefix in the config and the data, e.g. /mnt/data=./data (repeatable).")
 @click.option("--limit", type=click.IntRange(min=1), help="Judge only the first N rows.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: judge the rows on Ray actors, one per CPU of the cluster; same records and summary "
+                   "(needs vlmcheck[ray]).")
+@click.option("--ray-address", metavar="ADDRESS",
+              help="With --engine ray: the Ray cluster to connect to (default: RAY_ADDRESS, else a local one).")
 @json_option("the summary")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str),
               help="Write one JSON record per sample (.jsonl), with the framework's verdict.")
@@ -35,7 +40,7 @@ def _path_map(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
 @click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, help="Findings to print.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing; use the exit code.")
 def check_command(config: str, model: str | None, data: str | None, path_map: dict[str, str], limit: int | None,
-                  json_path: str | None, output: str | None, html_path: str | None, fail_on: Severity, show: int,
+                  engine: str, ray_address: str | None, json_path: str | None, output: str | None, html_path: str | None, fail_on: Severity, show: int,
                   quiet: bool) -> None:
     """Judge every sample the way your training framework will, from the config you launch (LLaMA-Factory YAML)."""
     import sys
@@ -48,7 +53,7 @@ def check_command(config: str, model: str | None, data: str | None, path_map: di
     progress = Progress(enabled=not quiet and sys.stderr.isatty())
     try:
         report = check(config, model=model, data=data, path_map=path_map, limit=limit, output=output,
-                       progress=progress)
+                       progress=progress, engine=engine, ray_address=ray_address)
     except VlmcheckError as e:
         progress.close()
         raise click.UsageError(str(e)) from None
