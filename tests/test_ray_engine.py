@@ -1,6 +1,7 @@
 """``engine="ray"`` (``--engine ray``) on a real local Ray cluster: every record and the summary equal the local
-engine's on the same data, for JSON Lines, Parquet, a list of dicts and a pyarrow Table, bad rows included; and a
-cluster started with ``ray start --head`` is reached by its address."""
+engine's on the same data, for JSON Lines, Parquet, a list of dicts and a pyarrow Table, bad rows included, and a
+Parquet file damaged midway; ``vlmcheck check --engine ray`` gives the local check's records; and a cluster started
+with ``ray start --head`` is reached by its address."""
 
 from __future__ import annotations
 
@@ -173,6 +174,70 @@ def test_limit_and_shard(tmp_path: Path, cluster: Any, small_batches: None, qwen
                                 image_root=tmp_path, shard="1/3")
     assert remote == local and b == a
     assert [r["index"] for r in local] == list(range(1, 36, 3))
+
+
+def _damage(path: Path, group: int) -> None:
+    """Overwrite the page header of row group ``group``'s first column (the footer stays readable)."""
+    column = pq.ParquetFile(path).metadata.row_group(group).column(0)
+    at = column.dictionary_page_offset or column.data_page_offset
+    data = bytearray(path.read_bytes())
+    data[at:at + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_parquet_file_is_a_finding(tmp_path: Path, cluster: Any, small_batches: None,
+                                             qwen2_vl_checkpoint: Path):
+    """Two Parquet files, the first damaged midway: each engine ends that file with one VC001 row (at the start of
+    the reader's batch that holds the damage: here the first) and goes on with the next file, row for row the
+    same; a file whose footer is gone is the same DatasetError on both."""
+    rows = _rows(tmp_path, copies=8)
+    first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), first, row_group_size=8)
+    pq.write_table(pa.Table.from_pylist(rows[:20]), second, row_group_size=8)
+    _damage(first, 5)
+    local, remote, a, b = _both([first, second], tmp_path, model=qwen2_vl_checkpoint, max_length=MAX_LENGTH,
+                                image_root=tmp_path)
+    assert remote == local and b == a
+    damaged = [r for r in local if r["findings"] == ["VC001"]]
+    assert len(damaged) == 1 and damaged[0]["index"] < len(rows)  # the first file, cut short
+    assert len(local) == damaged[0]["index"] + 1 + 20  # then every row of the second file
+    assert "damaged past this point" in a["findings"][[f["index"] for f in a["findings"]].index(
+        damaged[0]["index"])]["message"]
+    broken = tmp_path / "c.parquet"
+    broken.write_bytes(first.read_bytes()[:-12])  # no footer: nothing in it can be read
+    errors = []
+    for engine in ("local", "ray"):
+        with pytest.raises(vlmcheck.DatasetError) as raised:
+            vlmcheck.scan(broken, model=qwen2_vl_checkpoint, max_length=MAX_LENGTH, image_root=tmp_path,
+                          engine=engine)
+        errors.append(type(raised.value))
+        assert "is not a readable Parquet file" in str(raised.value)
+    assert errors == [vlmcheck.DatasetError, vlmcheck.DatasetError]
+
+
+def test_check_through_the_cli(tmp_path: Path, cluster: Any, monkeypatch: pytest.MonkeyPatch,
+                               qwen2_vl_checkpoint: Path):
+    """``vlmcheck check CONFIG --engine ray`` on the bundled LLaMA-Factory run: LLaMA-Factory's verdicts, the records
+    and the summary are the local check's, in batches of 3 rows spread over both actors."""
+    from vlmcheck.checking import CheckCounter
+    from vlmcheck.demo.run import LLAMAFACTORY_CONFIG
+
+    monkeypatch.setattr(CheckCounter, "chunk_size", 3)
+    local = tmp_path / "local.jsonl"
+    expected = vlmcheck.check(LLAMAFACTORY_CONFIG, model=qwen2_vl_checkpoint, output=local)
+    result = CliRunner().invoke(main, [
+        "check", str(LLAMAFACTORY_CONFIG), "--model", str(qwen2_vl_checkpoint), "--engine", "ray",
+        "--output", str(tmp_path / "ray.jsonl"), "--json", str(tmp_path / "ray.json"), "--quiet"])
+    assert result.exit_code == expected.exit_code("error"), result.output
+    records = _records(local)
+    assert _records(tmp_path / "ray.jsonl") == records and len(records) > 6
+    assert {r["framework"]["verdict"] for r in records} >= {"ok"} and any(r["findings"] for r in records)
+    summary = json.loads((tmp_path / "ray.json").read_text())
+    for key in ("seconds", "samples_per_second"):
+        summary["summary"].pop(key, None)
+    assert summary == json.loads(json.dumps(_summary(expected)))
+    with pytest.raises(vlmcheck.UsageError, match="applies with engine='ray'"):
+        vlmcheck.check(LLAMAFACTORY_CONFIG, model=qwen2_vl_checkpoint, ray_address="127.0.0.1:6379")
 
 
 def test_a_cluster_at_an_address(tmp_path: Path, qwen2_vl_checkpoint: Path):

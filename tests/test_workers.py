@@ -1,4 +1,5 @@
-"""``workers=N`` uses N processes and gives exactly the single-process result, in order."""
+"""``workers=N`` uses N processes and gives exactly the single-process result, in order; the default (None) picks
+one process for small data and one per core otherwise, each pool worker tokenizing on one thread."""
 
 from __future__ import annotations
 
@@ -23,3 +24,79 @@ def test_two_workers_match_one(tmp_path, qwen2_vl_checkpoint):
         s1.pop(key), s2.pop(key)
     assert s1 == s2
     assert json.loads(one.read_text().splitlines()[0])["tokens"] > 0
+
+
+def test_auto_workers_counts_small_data_here_and_large_data_on_every_core(monkeypatch) -> None:
+    from vlmcheck import pipeline
+
+    chunks = [[(i, {"row": i}) for i in range(k, k + 100)] for k in range(0, 1000, 100)]
+    monkeypatch.setattr(pipeline, "AUTO_MIN_ROWS", 1001)
+    workers, again = pipeline.auto_workers(iter(chunks), chunk_size=100)
+    assert workers == 1 and list(again) == chunks  # read to the end to know: every chunk still there, in order
+    monkeypatch.setattr(pipeline, "AUTO_MIN_ROWS", 300)
+    monkeypatch.setattr(pipeline, "cores", lambda: 4)
+    workers, again = pipeline.auto_workers(iter(chunks), chunk_size=100)
+    assert workers == 3 and list(again) == chunks  # no more workers than the chunks read so far
+    monkeypatch.setattr(pipeline, "AUTO_MIN_ROWS", 500)
+    assert pipeline.auto_workers(iter(chunks), chunk_size=100)[0] == 4
+    monkeypatch.setattr(pipeline, "cores", lambda: 1)
+    assert pipeline.auto_workers(iter(chunks), chunk_size=100)[0] == 1
+
+
+def test_default_workers_give_the_one_process_records(tmp_path, qwen2_vl_checkpoint, monkeypatch) -> None:
+    from vlmcheck import pipeline
+
+    monkeypatch.setattr(pipeline, "AUTO_MIN_ROWS", 600)  # the demo rows x 60 pass it: a pool, if cores allow
+    used: list[int] = []
+    real = pipeline.auto_workers
+
+    def spy(chunks, *, chunk_size):
+        workers, chunks = real(chunks, chunk_size=chunk_size)
+        used.append(workers)
+        return workers, chunks
+
+    monkeypatch.setattr(pipeline, "auto_workers", spy)
+    rows = DATA.read_text().splitlines() * 60
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    one, auto = tmp_path / "one.jsonl", tmp_path / "auto.jsonl"
+    scan(data, model=qwen2_vl_checkpoint, max_length=4096, output=one, image_root=DATA.parent, workers=1)
+    scan(data, model=qwen2_vl_checkpoint, max_length=4096, output=auto, image_root=DATA.parent)
+    assert used == [min(pipeline.cores(), 2)]  # len(rows) // 512 chunks
+    assert one.read_text() == auto.read_text()
+
+
+class _Environ:
+    """A counter that answers each row with its process's tokenizer settings (what the pool worker sees)."""
+
+    chunk_size = 1
+    options = None
+    model_name = model_type = "environ"
+    settings = None
+
+    def count_chunk(self, rows):
+        import os
+
+        return [(os.getpid(), os.environ.get("RAYON_RS_NUM_CPUS"), os.environ.get("TOKENIZERS_PARALLELISM"))
+                for _ in rows]
+
+    def recipe(self):
+        return self
+
+    def build(self):
+        return self
+
+
+def test_each_pool_worker_tokenizes_on_one_thread(monkeypatch) -> None:
+    import os
+
+    from vlmcheck.pipeline import count_all
+
+    monkeypatch.delenv("RAYON_RS_NUM_CPUS", raising=False)
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    seen = list(count_all(_Environ(), iter([[(i, None)] for i in range(8)]), workers=2))
+    assert {s[1:] for s in seen} == {("1", "false")} and os.getpid() not in {s[0] for s in seen}
+    assert "RAYON_RS_NUM_CPUS" not in os.environ  # this process keeps the library's own threads
+    monkeypatch.setenv("RAYON_RS_NUM_CPUS", "3")  # a user's own choice stands
+    seen = list(count_all(_Environ(), iter([[(i, None)] for i in range(4)]), workers=2))
+    assert {s[1] for s in seen} == {"3"}

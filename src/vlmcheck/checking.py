@@ -14,12 +14,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vlmcheck.counting import unreadable_row
 from vlmcheck.errors import DatasetError, UsageError
-from vlmcheck.frameworks import detect, read_launch
+from vlmcheck.frameworks import Run, detect, read_launch
 from vlmcheck.options import CheckOptions, from_keywords, keyword_signature
 from vlmcheck.pipeline import write_records
 from vlmcheck.report import CutAt, Report, ReportBuilder
@@ -56,6 +57,71 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return raw
 
 
+def judge_row(run: Run, index: int, row: Any, source: Any) -> SampleResult:
+    """``run.judge`` of one row; a row of a shape no judge expected is a finding on it, and the check goes on."""
+    try:
+        return run.judge(index, row, source)
+    except (UsageError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:
+        result = unreadable_row(index, row, e)
+        result.framework = {"name": run.name, "verdict": "unknown"}
+        return result
+
+
+@dataclass(frozen=True)
+class CheckRecipe:
+    """How another process (a Ray actor or read task) opens the same run: the config and what ``check`` was given,
+    the environment the framework reads and the folder relative paths start from, as the caller had them."""
+
+    config: str
+    model: str | None
+    data: str | None
+    path_map: tuple[tuple[str, str], ...]
+    env: tuple[tuple[str, str], ...]
+    cwd: str
+
+    def open(self) -> Run:
+        if os.getcwd() != self.cwd:
+            # a framework reads relative paths (LLaMA-Factory's dataset_dir) from where it is launched: a Ray worker
+            # process of this machine may start elsewhere
+            os.chdir(self.cwd)
+        path = Path(self.config)
+        raw = read_config_file(path)
+        return detect(raw, path=path).open_run(raw, path=path, model=self.model, data=self.data,
+                                               path_map=dict(self.path_map), env=dict(self.env))
+
+    def build(self) -> CheckCounter:
+        return CheckCounter(self)
+
+    def rows(self, *, start: int = 0, limit: int | None = None) -> Iterator[tuple[int, Any]]:
+        """``(index, (row, source))`` of the run, below ``limit`` (the Ray engine's reader)."""
+        for index, item in enumerate(self.open().rows()):
+            if limit is not None and index >= limit:
+                return
+            if index >= start:
+                yield index, item
+
+    shard = None  # what the Ray engine asks of a source: a check has no shards
+
+
+class CheckCounter:
+    """The check's judge as the pipeline's counter (:class:`vlmcheck.pipeline.Counter`) for the Ray engine: one
+    run opened once per actor, each row judged by :func:`judge_row` as the local check does."""
+
+    chunk_size = 64
+
+    def __init__(self, recipe: CheckRecipe) -> None:
+        self._recipe = recipe
+        self.run = recipe.open()
+
+    def recipe(self) -> CheckRecipe:
+        return self._recipe
+
+    def count_chunk(self, rows: list[tuple[int, Any]]) -> list[SampleResult]:
+        return [judge_row(self.run, index, row, source) for index, (row, source) in rows]
+
+
 def check(
     config: str | os.PathLike[str],
     *,
@@ -81,9 +147,19 @@ def check(
         output: write one JSON record per sample to this .jsonl file (atomically).
         progress: called as ``progress(done, None)`` while judging.
         env: the environment the framework reads (``USE_V1``, ``IMAGE_PLACEHOLDER``); default ``os.environ``.
+        engine: ``local`` (this process) or ``ray``: each row judged on Ray actors (one per CPU of the cluster,
+            each opening the run once), the rows read by one Ray task; the records and the summary are the local
+            engine's (:mod:`vlmcheck.integrations.ray_engine`; needs ``vlmcheck[ray]``).
+        ray_address: with ``engine="ray"``, the cluster to connect to; default: Ray's own (``RAY_ADDRESS``, else
+            a local cluster). The config, model and data must be at the same paths on every node.
     """
     options = from_keywords(CheckOptions, options, kwargs, caller="check")
     model, data, limit, output = options.model, options.data, options.limit, options.output
+    engine, ray_address, path_map = options.engine, options.ray_address, options.path_map
+    if engine == "ray":
+        from vlmcheck.integrations.ray_engine import ray
+
+        ray()  # without Ray, the install hint before any work
     path = Path(config)
     raw = read_config_file(path)
     module = detect(raw, path=path)
@@ -100,19 +176,25 @@ def check(
                             settings=run.shown_settings())
     started = time.perf_counter()
 
-    def results() -> Iterator[SampleResult]:
+    def judged() -> Iterator[SampleResult]:
+        if engine == "ray":  # (ray: hook) the same judge on Ray actors, results back in row order
+            from vlmcheck.integrations.ray_engine import ray_results
+
+            recipe = CheckRecipe(
+                config=os.path.abspath(path), model=str(model) if model is not None else None,
+                data=str(data) if data is not None else None, path_map=tuple((path_map or {}).items()),
+                env=tuple((env if env is not None else os.environ).items()), cwd=os.getcwd())
+            yield from ray_results(None, recipe, recipe, limit=limit, address=ray_address, chunk=CheckCounter.chunk_size)
+            return
         for index, (row, source) in enumerate(run.rows()):
             if limit is not None and index >= limit:
                 return
-            try:
-                result = run.judge(index, row, source)
-            except (UsageError, KeyboardInterrupt, MemoryError):
-                raise
-            except Exception as e:  # a row of a shape no judge expected: a finding on it, and the check goes on
-                result = unreadable_row(index, row, e)
-                result.framework = {"name": run.name, "verdict": "unknown"}
+            yield judge_row(run, index, row, source)
+
+    def results() -> Iterator[SampleResult]:
+        for done, result in enumerate(judged(), 1):
             if progress is not None:
-                progress(index + 1, None)
+                progress(done, None)
             yield result
 
     try:

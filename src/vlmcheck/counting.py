@@ -183,6 +183,7 @@ class Media:
         self.real_root = os.path.realpath(root)
         self.url_root = url_root  # a dataset at an fsspec URL: its relative image paths are under that URL
         self._real_dirs: dict[str, str] = {}
+        self._joined: dict[str, Path] = {}  # a dataset's path text -> the path under the root (local_path)
         self.probes = ProbeCache()  # each image file version probed once (vlmcheck.data.probecache)
 
     def probe(self, ref: ImageRef) -> ImageInfo:
@@ -203,17 +204,24 @@ class Media:
 
     def local_path(self, raw: str, what: str) -> Path:
         """A dataset path, relative to the image root; with ``confine``, one that must resolve under it (VC104)."""
-        if not raw:
-            raise ImageProblem("VC101", f"empty {what} path")
-        try:
-            check_path_text(raw)
-        except FileProblem as p:
-            raise ImageProblem("VC101", p.message) from None
-        path = Path(raw)
-        if raw.startswith("~") and not self.options.confine:
-            path = path.expanduser()
-        if not path.is_absolute():
-            path = self.root / path
+        path = self._joined.get(raw)
+        if path is None:
+            if not raw:
+                raise ImageProblem("VC101", f"empty {what} path")
+            try:
+                check_path_text(raw)
+            except FileProblem as p:
+                raise ImageProblem("VC101", p.message) from None
+            path = Path(raw)
+            if raw.startswith("~") and not self.options.confine:
+                path = path.expanduser()  # reads $HOME: not kept below
+            if not path.is_absolute():
+                path = self.root / path
+            if not raw.startswith("~"):
+                # the same text gives the same path: datasets name each file many times (and Path() is slow)
+                if len(self._joined) >= _JOINED:
+                    self._joined.clear()
+                self._joined[raw] = path
         if self.options.confine:
             try:
                 real = self.realpath(path)
@@ -252,6 +260,10 @@ class Media:
             raise VideoProblem({"VC101": "VC111", "VC102": "VC112"}.get(p.code, p.code), p.message) from None
 
 
+_JOINED = 1 << 16  # path texts Media.local_path keeps (a few MiB); cleared when full
+_BUDGET_ENTRIES = 1 << 16  # answers kept by Judge's budget search (a few MiB); cleared when full
+
+
 # -- the cut ---------------------------------------------------------------------------------------------------
 class Judge:
     """What truncation at ``options.max_length`` does to a sample's layout (VC201-VC205), and, for a family
@@ -262,6 +274,10 @@ class Judge:
         self.spec = spec
         factor = getattr(spec.settings, "factor", None) if spec is not None else None
         self.budget_unit = int(factor) ** 2 if factor else None
+        self._cache_budgets = os.environ.get("VLMCHECK_BUDGET_CACHE", "1").strip().lower() not in (
+            "0", "false", "no", "off")
+        self._budget_settings: dict[int, Any] = {}  # pixel budget -> the settings with it
+        self._token_cache: dict[tuple[int, int, int], int | None] = {}  # (width, height, budget) -> tokens
 
     def truncation(self, result: SampleResult, layout: Layout, max_length: int, *,
                    kinds: list[str] | None = None) -> None:
@@ -327,18 +343,21 @@ class Judge:
         max_length = self.options.max_length
         if unit is None or max_length is None or not sizes or self.spec is None:
             return None
-        family, settings = self.spec.family, self.spec.settings
+        settings = self.spec.settings
         current = getattr(settings, "pre_max_pixels", None) or getattr(settings, "max_pixels", None)
         if current is None:
             return None
+        room = max_length - text_tokens
+        tokens = self._budget_tokens
 
         def fits(budget: int) -> bool:
-            s = family.with_max_pixels(settings, budget)
-            try:
-                return text_tokens + sum(family.image_tokens(w, h, s) for w, h in sizes) <= max_length
-            except (ZeroDivisionError, ValueError):
-                # the budget resizes a side to 0 px: the real pipeline fails there too
-                return False
+            total = 0
+            for w, h in sizes:
+                n = tokens(w, h, budget)
+                if n is None:  # the budget resizes a side to 0 px: the real pipeline fails there too
+                    return False
+                total += n
+            return total <= room
 
         hi = current // unit
         if fits(hi * unit):
@@ -355,3 +374,33 @@ class Judge:
             else:
                 hi = mid
         return lo * unit
+
+    def _budget_tokens(self, width: int, height: int, budget: int) -> int | None:
+        """One image's tokens under pixel budget ``budget`` (None: that budget gives a side of 0 px).
+
+        Kept per (size, budget): the search above asks the same few budgets of every sample (it always starts
+        from the same bounds) and datasets repeat image sizes, and each answer costs a settings copy and a
+        resize. The answer is a function of its key (the spec's settings are fixed), so kept answers are the
+        ones computing gives; ``VLMCHECK_BUDGET_CACHE=0`` computes every one (tests/test_fit_budget_cache.py).
+        """
+        key = (width, height, budget)
+        if key in self._token_cache:
+            return self._token_cache[key]
+        assert self.spec is not None
+        family = self.spec.family
+        settings = self._budget_settings.get(budget)
+        if settings is None:
+            settings = family.with_max_pixels(self.spec.settings, budget)
+            if self._cache_budgets:
+                if len(self._budget_settings) >= _BUDGET_ENTRIES:
+                    self._budget_settings.clear()
+                self._budget_settings[budget] = settings
+        try:
+            n: int | None = family.image_tokens(width, height, settings)
+        except (ZeroDivisionError, ValueError):
+            n = None
+        if self._cache_budgets:
+            if len(self._token_cache) >= _BUDGET_ENTRIES:
+                self._token_cache.clear()
+            self._token_cache[key] = n
+        return n

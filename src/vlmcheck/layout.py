@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 TRUNCATIONS = ("right", "left", "llamafactory", "delete")
 Range = tuple[int, int]  # [start, end) in full-sequence positions
+_START, _END = itemgetter(0), itemgetter(1)  # of a token's (start, end) character offsets
 
 
 @dataclass
@@ -40,6 +42,23 @@ def overlap(a: Range, ranges: list[Range]) -> int:
     return sum(max(0, min(a[1], e) - max(a[0], s)) for s, e in ranges)
 
 
+def _positions(ids: list[int], media: set[int]) -> list[int]:
+    """The positions of ``media`` tokens in ``ids``, in order: ``list.index`` finds each in C, where a loop in
+    Python would look at every token (a sample has a few media tokens among hundreds)."""
+    out: list[int] = []
+    for token in media:
+        at = -1
+        while True:
+            try:
+                at = ids.index(token, at + 1)
+            except ValueError:
+                break
+            out.append(at)
+    if len(media) > 1:
+        out.sort()
+    return out
+
+
 def build_layout(
     ids: list[int],
     offsets: list[tuple[int, int]],
@@ -57,7 +76,7 @@ def build_layout(
     (LLaMA-Factory's response slot is ``{{content}}<|im_end|>\n``). With ``video_token_id``, video
     runs are placeholders too: ``image_runs`` then holds images and videos in text order."""
     media = {image_token_id} if video_token_id is None else {image_token_id, video_token_id}
-    positions = [i for i, t in enumerate(ids) if t in media]
+    positions = _positions(ids, media)
     owner: list[int] = []  # which image each position belongs to
     lengths: list[int] = []
     for k, image in enumerate(image_runs):
@@ -81,13 +100,12 @@ def build_layout(
         k = bisect_left(positions, i)
         return i + (shifts[k - 1] if k else 0)
 
-    starts = [s for s, _ in offsets]
-    ends = [e for _, e in offsets]
     supervised: list[Range] = []
     targets: list[Range] = []
     for a, b in supervised_chars:
-        first = bisect_right(ends, a)  # first token ending after a
-        last = bisect_left(starts, b)  # first token starting at/after b
+        # searched through the offsets by key: a list of every start and end would cost a pass over the tokens
+        first = bisect_right(offsets, a, key=_END)  # first token ending after a
+        last = bisect_left(offsets, b, key=_START)  # first token starting at/after b
         if first < last:
             supervised.append((full(first), full(last - 1) + 1))
             while (text is not None and last < len(ids) and ids[last] not in media

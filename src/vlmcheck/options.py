@@ -56,7 +56,7 @@ class ScanOptions:
     chat_template: str | None = None
     split: str | None = None
     processor_options: Mapping[str, Any] | None = None
-    workers: int = 1
+    workers: int | None = None  # processes; None: one per core for a dataset of 4,096+ rows, else one
     limit: int | None = None
     output: str | os.PathLike[str] | None = None
     exact: bool = False
@@ -91,11 +91,11 @@ class ScanOptions:
         if self.trust_remote_code and not self.exact:
             raise UsageError("trust_remote_code only applies with exact=True (--exact): the arithmetic scan runs no "
                              "checkpoint code")
-        if self.workers < 1:
-            raise UsageError("workers must be at least 1")
+        if self.workers is not None and self.workers < 1:
+            raise UsageError("workers must be at least 1 (or None: picked for the data and the machine)")
         if self.engine not in ENGINES:
             raise UsageError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
-        if self.engine == "ray" and (self.exact or self.workers != 1):
+        if self.engine == "ray" and (self.exact or self.workers not in (None, 1)):
             raise UsageError("engine='ray' runs the arithmetic scan with one actor per CPU of the cluster; exact and "
                              "workers go with the local engine")
         if self.ray_address is not None and self.engine != "ray":
@@ -150,9 +150,15 @@ class CheckOptions:
     path_map: Mapping[str, str] | None = None
     limit: int | None = None
     output: str | os.PathLike[str] | None = None
+    engine: str = "local"
+    ray_address: str | None = None  # with engine="ray": ray.init(address=...); default RAY_ADDRESS, else local
 
     def __post_init__(self) -> None:
         _positive(self, "limit")
+        if self.engine not in ENGINES:
+            raise UsageError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+        if self.ray_address is not None and self.engine != "ray":
+            raise UsageError("ray_address (--ray-address) applies with engine='ray' (--engine ray)")
         for src, dst in (self.path_map or {}).items():
             if not src or not dst:  # an empty FROM is a prefix of every path: it would rewrite them all
                 raise UsageError(f"path_map {src!r} -> {dst!r}: both the prefix and its replacement must be given")

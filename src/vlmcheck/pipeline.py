@@ -81,8 +81,52 @@ def count_chunk(recipe: Recipe, rows: Rows) -> list[SampleResult]:
     return _WORKER[1].count_chunk(rows)
 
 
-def count_all(counter: Counter, chunks: Iterator[Rows], *, workers: int = 1) -> Iterator[SampleResult]:
-    """Every chunk's results, in order: in this process, or on ``workers`` processes."""
+AUTO_MIN_ROWS = 4096
+"""``workers=None`` counts a dataset of fewer rows in this process: starting a pool and handing rows to it costs
+more than a second core saves on them (docs/performance.md, issue 17)."""
+
+
+def cores() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def auto_workers(chunks: Iterator[Rows], *, chunk_size: int) -> tuple[int, Iterator[Rows]]:
+    """How many processes ``workers=None`` uses on ``chunks``, and the same chunks: one for fewer than
+    :data:`AUTO_MIN_ROWS` rows (the first rows are read to know), else one per core, and no more than there are
+    chunks to share."""
+    n = cores()
+    if n <= 1:
+        return 1, chunks
+    first: Rows = []
+    read: list[Rows] = []
+    for chunk in chunks:
+        read.append(chunk)
+        first += chunk
+        if len(first) >= AUTO_MIN_ROWS:
+            break
+    rows = len(first)
+    rest = itertools.chain(read, chunks)
+    if rows < AUTO_MIN_ROWS:
+        return 1, rest
+    return min(n, max(2, rows // max(1, chunk_size))), rest
+
+
+def _one_tokenizer_thread() -> None:
+    """A pool worker's start: each worker is one core's share, so the tokenizers library tokenizes on one thread
+    in it (its own threads would contend with the other workers) unless the user chose otherwise."""
+    os.environ.setdefault("RAYON_RS_NUM_CPUS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def count_all(counter: Counter, chunks: Iterator[Rows], *, workers: int | None = 1) -> Iterator[SampleResult]:
+    """Every chunk's results, in order: in this process, or on ``workers`` processes (None: as many as
+    :func:`auto_workers` picks)."""
+    if workers is None:
+        workers, chunks = auto_workers(chunks, chunk_size=counter.chunk_size)
     if workers <= 1:
         for chunk in chunks:
             yield from counter.count_chunk(chunk)
@@ -94,7 +138,7 @@ def count_all(counter: Counter, chunks: Iterator[Rows], *, workers: int = 1) -> 
     ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
     _WORKER = (recipe, counter)  # forked workers start with it instead of building their own
     try:
-        with ctx.Pool(workers) as pool:
+        with ctx.Pool(workers, initializer=_one_tokenizer_thread) as pool:
             # Bounded in-flight queue: Pool.imap would read the whole dataset ahead of the workers.
             inflight: deque[tuple[Rows, Any]] = deque()
 
@@ -124,12 +168,12 @@ row ``start`` (below ``limit``), in row order (:mod:`vlmcheck.integrations.ray_e
 
 # -- a whole scan ---------------------------------------------------------------------------------------------
 def run(counter: Counter, source: Source, *, output: str | os.PathLike[str] | None = None, resume: bool = False,
-        workers: int = 1, limit: int | None = None,
+        workers: int | None = 1, limit: int | None = None,
         progress: Callable[[int, int | None], None] | None = None,
         engine: Engine | None = None) -> Report:
-    """Count every row of ``source`` (below ``limit``) with ``counter``, on ``workers`` processes (or on
-    ``engine``); with ``output``, write one record per row, atomically (and resumably with ``resume``); return
-    the report."""
+    """Count every row of ``source`` (below ``limit``) with ``counter``, on ``workers`` processes (None: picked
+    for the data and the machine, :func:`auto_workers`) or on ``engine``; with ``output``, write one record per
+    row, atomically (and resumably with ``resume``); return the report."""
     if output is not None:
         source.check_output(output)
         output_target(output)  # a symlink or device is refused before the scan, not after it

@@ -28,6 +28,11 @@ def _path_map(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
 @click.option("--path-map", "path_map", multiple=True, metavar="FROM=TO", callback=_path_map,
               help="Rewrite a path prefix in the config and the data, e.g. /mnt/data=./data (repeatable).")
 @click.option("--limit", type=click.IntRange(min=1), help="Judge only the first N rows.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: judge the rows on Ray actors, one per CPU of the cluster; same records and summary "
+                   "(needs vlmcheck[ray]).")
+@click.option("--ray-address", metavar="ADDRESS",
+              help="With --engine ray: the Ray cluster to connect to (default: RAY_ADDRESS, else a local one).")
 @json_option("the summary")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str),
               help="Write one JSON record per sample (.jsonl), with the framework's verdict.")

@@ -27,7 +27,8 @@ from vlmcheck.findings import Severity
 @media_options
 @click.option("--qwen-vl-utils", is_flag=True, help="Images go through qwen-vl-utils first (= --resize qwen-vl-utils).")
 @click.option("--split", help="Split of a DatasetDict save_to_disk folder (default: train).")
-@click.option("--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True, help="Processes.")
+@click.option("--workers", "-j", type=click.IntRange(min=1),
+              help="Processes (default: one per core for a dataset of 4,096 rows or more, else 1).")
 @click.option("--limit", type=click.IntRange(min=1), help="Scan only the first N rows.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="ray: count the rows on Ray Data actors, one per CPU of the cluster; same records and summary "

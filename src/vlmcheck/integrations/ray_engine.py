@@ -1,18 +1,26 @@
-"""``scan(..., engine="ray")``: the pipeline's counter (:meth:`vlmcheck.scan.Scanner.count_chunk`) run on Ray Data.
+"""``scan(..., engine="ray")``: the pipeline's counter (:meth:`vlmcheck.scan.Scanner.count_chunk`) run on Ray Data;
+``check(..., engine="ray")``: the framework's judge of each row, the same way (:class:`vlmcheck.checking.CheckRecipe`).
 
 >>> report = vlmcheck.scan("train.parquet", model="ckpt/", max_length=4096, engine="ray")  # doctest: +SKIP
 
 Where the rows come from:
 
-- Parquet files: ``ray.data.read_parquet``; each batch's rows are ``Table.to_pylist()``, as vlmcheck's own
-  Parquet reader gives them;
+- data files named one by one (Parquet, JSON, JSON Lines, compressed, WebDataset ``.tar``): one Ray read task
+  per file, in file order, running vlmcheck's own reader (Ray's ``read_parquet`` would fail the whole scan on a
+  file damaged midway, where the local engine ends that file with one VC001 row and goes on);
 - a pyarrow Table: ``ray.data.from_arrow``; a list of dicts: ``ray.data.from_items`` (each row pickled, so that a
   row keeps the keys it has: Arrow would give every row every key);
-- everything else (JSON, JSON Lines, compressed, WebDataset, ``save_to_disk`` folders, URLs, pandas and
-  ``datasets`` objects), and any scan with ``shard`` or ``resume``: one Ray read task runs vlmcheck's own reader
-  (:mod:`vlmcheck.sources`). Ray's JSON reader infers one Arrow schema for all rows (a key one row lacks becomes
-  ``null``) and fails the whole read on one line that does not parse, where the local engine makes that line a
-  VC001 finding and goes on.
+- everything else (folders, globs, ``save_to_disk`` folders, URLs, pandas and ``datasets`` objects), and any
+  scan with ``shard`` or ``resume``: one Ray read task runs vlmcheck's own reader (:mod:`vlmcheck.sources`).
+
+Ray's JSON reader is not used: it infers one Arrow schema for all rows (a key one row lacks becomes ``null``) and
+fails the whole read on one line that does not parse, where the local engine makes that line a VC001 finding and
+goes on. So one JSON or JSON Lines file is read by one task (the analysis is spread over the actors, the reading
+is not): fine while one reader keeps ahead of the actors (it parses rows far faster than they count them), not
+for a cluster of many nodes, where the data is better given as several files (each its own read task).
+
+A dataset that cannot be read at all (a Parquet file without its footer) raises the local engine's
+:class:`~vlmcheck.errors.DatasetError`, not Ray's task error.
 
 ``map_batches`` runs a callable class, so each actor loads the tokenizer once; the batches come back in row
 order (``preserve_order``) and stream through the same :class:`~vlmcheck.records.RecordWriter` and
@@ -29,16 +37,37 @@ import pickle
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from vlmcheck.errors import MissingDependencyError, UsageError
-from vlmcheck.pipeline import Counter, Engine, Recipe
+from vlmcheck.errors import MissingDependencyError, UsageError, VlmcheckError
+from vlmcheck.pipeline import Counter, Engine
 from vlmcheck.results import SampleResult
 from vlmcheck.sources import Source
 
+
+class Rows(Protocol):
+    """Where the one read task gets its rows: a :class:`~vlmcheck.sources.Source`, or ``check``'s run."""
+
+    @property
+    def shard(self) -> tuple[int, int] | None: ...
+
+    def rows(self, *, start: int = 0, limit: int | None = None) -> Iterator[tuple[int, Any]]: ...
+
+
+class Judge(Protocol):
+    """What an actor runs: a counter's ``count_chunk`` (the scan's) or ``check``'s judge."""
+
+    def count_chunk(self, rows: list[tuple[int, Any]]) -> list[SampleResult]: ...
+
+
+class Builds(Protocol):
+    """How an actor builds its judge, once (a :class:`~vlmcheck.pipeline.Recipe`, or ``check``'s)."""
+
+    def build(self) -> Judge: ...
+
 _ROW = "__vlmcheck_row__"  # a pickled (index, row) pair
+_BARE = "__vlmcheck_bare_row__"  # a pickled row without its index (the driver numbers the rows in order)
 _RESULT = "__vlmcheck_result__"  # a pickled (SampleResult, whether its id is its index)
-_PARQUET = (".parquet", ".pq")
 _BLOCK = 4 * 1024 * 1024
 
 
@@ -55,7 +84,7 @@ def ray() -> Any:
 class _Analyzer:
     """One Ray actor: the counter built once from its recipe, as a local worker process builds it."""
 
-    def __init__(self, *, recipe: Recipe) -> None:
+    def __init__(self, *, recipe: Builds) -> None:
         self.counter = recipe.build()
         # Rows read by a Ray reader do not know their index: the driver numbers them in order. This mark stands
         # where the scan writes the index as the id of a row without one, so the driver can write the index there.
@@ -66,8 +95,12 @@ class _Analyzer:
             items = [pickle.loads(cell) for cell in batch.column(_ROW).to_pylist()]
             results = self.counter.count_chunk(items)
             return {_RESULT: [pickle.dumps((r, False)) for r in results]}
-        positions = [_Position(k, self.mark) for k in range(batch.num_rows)]
-        results = self.counter.count_chunk(list(zip(positions, batch.to_pylist())))
+        if _BARE in batch.column_names:
+            rows = [pickle.loads(cell) for cell in batch.column(_BARE).to_pylist()]
+        else:
+            rows = batch.to_pylist()
+        positions = [_Position(k, self.mark) for k in range(len(rows))]
+        results = self.counter.count_chunk(list(zip(positions, rows)))
         out = []
         for position, result in zip(positions, results):
             numbered = result.id == str(position)
@@ -90,7 +123,7 @@ class _Position(int):
         return f"{self.mark}{int(self)}"
 
 
-def _read_source(batch: Any, *, source: Source, start: int, limit: int | None, size: int) -> Iterator[Any]:
+def _read_source(batch: Any, *, source: Rows, start: int, limit: int | None, size: int) -> Iterator[Any]:
     """The Ray read task of the sources Ray has no reader for: vlmcheck's own reader, rows with their index."""
     import pyarrow as pa
 
@@ -104,17 +137,35 @@ def _read_source(batch: Any, *, source: Source, start: int, limit: int | None, s
         yield pa.table({_ROW: pa.array(chunk, pa.binary())})
 
 
-def _dataset(dataset: Any, source: Source, *, start: int, limit: int | None, chunk: int) -> tuple[Any, bool]:
+def _read_file(batch: Any, *, size: int) -> Iterator[Any]:
+    """The Ray read task of one data file: vlmcheck's own reader, so a Parquet file damaged midway ends with the
+    one VC001 row the local engine gives (Ray's reader would fail the whole scan); rows without their index."""
+    import pyarrow as pa
+
+    from vlmcheck.sources import open_source
+
+    (path,) = batch.column("file").to_pylist()
+    chunk: list[bytes] = []
+    for _, row in open_source(Path(path)).rows():
+        chunk.append(pickle.dumps(row))
+        if len(chunk) == size:
+            yield pa.table({_BARE: pa.array(chunk, pa.binary())})
+            chunk = []
+    if chunk:
+        yield pa.table({_BARE: pa.array(chunk, pa.binary())})
+
+
+def _dataset(dataset: Any, source: Rows, *, start: int, limit: int | None, chunk: int) -> tuple[Any, bool]:
     """The Ray Dataset of the rows, and whether its rows carry their index (else they are numbered in order)."""
     rd = ray().data
     direct = source.shard is None and start == 0
     files = [str(dataset)] if isinstance(dataset, (str, os.PathLike)) else dataset
     if direct and isinstance(files, list) and files and all(
-            isinstance(f, (str, os.PathLike)) and str(f).lower().endswith(_PARQUET) and Path(f).is_file()
-            for f in files):
-        # partitioning=None: a folder named key=value is no column the local reader would give
+            isinstance(f, (str, os.PathLike)) and Path(f).is_file() for f in files):
+        # one read task per file, in file order, each running vlmcheck's reader (see _read_file)
         # num_cpus=0, as the read task below: the actors hold the CPUs, and a read must never wait for one
-        ds = rd.read_parquet([str(f) for f in files], partitioning=None, file_extensions=None, num_cpus=0)
+        ds = rd.from_items([{"file": str(f)} for f in files], override_num_blocks=len(files)).map_batches(
+            _read_file, batch_size=1, batch_format="pyarrow", num_cpus=0, fn_kwargs={"size": chunk})
         return (ds.limit(limit) if limit is not None else ds), False
     kind = f"{type(dataset).__module__.split('.')[0]}.{type(dataset).__name__}"
     if direct and kind == "pyarrow.Table":
@@ -135,19 +186,19 @@ def ray_engine(dataset: Any, source: Source, *, address: str | None = None) -> E
     """The pipeline's engine (:data:`vlmcheck.pipeline.Engine`) for ``dataset`` on Ray: see :func:`ray_results`."""
 
     def engine(counter: Counter, start: int, limit: int | None) -> Iterator[SampleResult]:
-        return ray_results(dataset, source, counter, start=start, limit=limit, address=address,
+        return ray_results(dataset, source, counter.recipe(), start=start, limit=limit, address=address,
                            chunk=counter.chunk_size)
 
     return engine
 
 
-def ray_results(dataset: Any, source: Source, counter: Counter, *, start: int = 0, limit: int | None = None,
+def ray_results(dataset: Any, source: Rows, recipe: Builds, *, start: int = 0, limit: int | None = None,
                 address: str | None = None, chunk: int = 512) -> Iterator[SampleResult]:
-    """Every row's :class:`SampleResult`, in row order, counted by ``counter`` (rebuilt from its recipe) on Ray
-    actors.
+    """Every row's :class:`SampleResult`, in row order, counted on Ray actors by what ``recipe`` builds (once per
+    actor): a counter's recipe (the scan), or ``check``'s (:class:`vlmcheck.checking.CheckRecipe`).
 
-    ``dataset`` is the user's argument (its Ray reader is chosen from it) and ``source`` the same rows as
-    vlmcheck reads them; ``start`` is where a resumed scan goes on from. Connects (or starts Ray) now; the rows
+    ``dataset`` is the user's argument (its Ray reader is chosen from it; None: ``source`` is read by one task)
+    and ``source`` the same rows as vlmcheck reads them; ``start`` is where a resumed scan goes on from. Connects (or starts Ray) now; the rows
     are read and analyzed as the results are taken.
     """
     ray_ = ray()
@@ -162,7 +213,7 @@ def ray_results(dataset: Any, source: Source, counter: Counter, *, start: int = 
     analyzed = ds.map_batches(
         _Analyzer, batch_size=chunk, batch_format="pyarrow",
         compute=ray_.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(ray_.cluster_resources().get("CPU", 1)))),
-        fn_constructor_kwargs={"recipe": counter.recipe()})
+        fn_constructor_kwargs={"recipe": recipe})
     # this dataset's own context (a copy of the global one): the user's DataContext stays as it was
     analyzed.context.execution_options.preserve_order = True  # the results come back in row order
     analyzed.context.enable_progress_bars = False  # standard error is the CLI's; stdout may carry --json -
@@ -173,7 +224,7 @@ def ray_results(dataset: Any, source: Source, counter: Counter, *, start: int = 
 
 def _numbered(analyzed: Any, *, indexed: bool, start: int) -> Iterator[SampleResult]:
     index = start
-    for batch in analyzed.iter_batches(batch_size=None, batch_format="pyarrow"):
+    for batch in _batches(analyzed):
         for cell in batch.column(_RESULT).to_pylist():
             result, numbered = pickle.loads(cell)
             if not indexed:  # rows a Ray reader read: their index is their place in the stream
@@ -182,3 +233,21 @@ def _numbered(analyzed: Any, *, indexed: bool, start: int) -> Iterator[SampleRes
                     result.id = str(index)
             index += 1
             yield result
+
+
+def _batches(analyzed: Any) -> Iterator[Any]:
+    """The analyzed batches; an error of vlmcheck's raised in a Ray task (a dataset that cannot be read at all)
+    raised here as itself, as the local engine raises it, not wrapped in Ray's task error."""
+    try:
+        yield from analyzed.iter_batches(batch_size=None, batch_format="pyarrow")
+    except Exception as e:
+        cause: BaseException | None = e
+        seen = 0
+        while cause is not None and seen < 20:
+            # Ray's task error is a subclass of the error it wraps, made on the fly: vlmcheck's own class is the one
+            if isinstance(cause, VlmcheckError) and type(cause).__module__.startswith("vlmcheck"):
+                raise cause from None
+            inner = getattr(cause, "cause", None)
+            cause = inner if isinstance(inner, BaseException) else cause.__cause__
+            seen += 1
+        raise
