@@ -114,3 +114,12 @@ def test_runtime_codes_are_catalogued() -> None:
     assert codes == {"VR101", "VR102", "VR103"}
     for code in codes:
         assert rule(code).code == code
+
+
+def test_the_family_order_does_not_depend_on_what_was_imported_first() -> None:
+    import subprocess
+    import sys
+
+    code = "import vlmcheck.integrations.catalogue; from vlmcheck.catalogue import families; print(families())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == families() == "VC scan, VL lint, VT template, VR runtime"

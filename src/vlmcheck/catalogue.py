@@ -124,6 +124,7 @@ _BUILTIN = (
     "vlmcheck.templates.catalogue",
     "vlmcheck.integrations.catalogue",
 )
+_BUILTIN_PREFIXES = ("VC", "VL", "VT", "VR")  # the order help and docs list them in, whatever was imported first
 _CATALOGUES: dict[str, Catalogue] = {}
 _RULES: dict[str, Entry] = {}
 _NAMES: dict[str, Entry] = {}
@@ -151,9 +152,10 @@ def _load_builtin() -> None:
 
 
 def catalogues() -> list[Catalogue]:
-    """Every registered code family, built-in ones first."""
+    """Every registered code family: the built-in ones in a fixed order, then the others as registered."""
     _load_builtin()
-    return list(_CATALOGUES.values())
+    order = {p: i for i, p in enumerate(_BUILTIN_PREFIXES)}
+    return sorted(_CATALOGUES.values(), key=lambda c: order.get(c.prefix, len(order)))
 
 
 def families() -> str:
