@@ -6,6 +6,7 @@ launch scripts; device=None keeps the hardware rules out (tested separately with
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,20 @@ def test_temperature_zero_and_single_generation_in_trl(tmp_path: Path) -> None:
     cfg = tmp_path / "grpo.yaml"
     cfg.write_text("output_dir: x\nnum_generations: 1\ntemperature: 0.0\nper_device_train_batch_size: 4\n")
     assert codes(str(cfg)) == ["VL101", "VL103"]
+
+
+def test_a_script_setting_held_in_a_name_is_read(tmp_path: Path) -> None:
+    # the settings a script passes through a module-level name, in a script and in a notebook cell, are the
+    # ones the run uses (the lint reader once read only literals written inside the call)
+    source = ("from trl import GRPOConfig\nn = 1\ntemperature = 0.0\n"
+              "args = GRPOConfig(output_dir='x', num_generations=n, temperature=temperature,\n"
+              "                  per_device_train_batch_size=4)\n")
+    script = tmp_path / "grpo.py"
+    script.write_text(source)
+    notebook = tmp_path / "grpo.ipynb"
+    notebook.write_text(json.dumps({"cells": [{"cell_type": "code", "source": ["!pip install trl\n", source]}]}))
+    assert codes(str(script)) == codes(str(notebook)) == ["VL101", "VL103"]
+    assert read_config(script).options["num_generations"] == 1
 
 
 def test_usage_errors(tmp_path: Path) -> None:

@@ -100,8 +100,12 @@ def notebook_code(text: str, *, path: Path) -> str:
     return "\n\n".join(out) + "\n"
 
 
-def read_source(text: str, *, path: Path) -> Script:
-    """A script's (or a notebook's, given as JSON text when ``path`` ends in .ipynb) calls, statically."""
+def read_source(text: str, *, path: Path, every_function: bool = False) -> Script:
+    """A script's (or a notebook's, given as JSON text when ``path`` ends in .ipynb) calls, statically.
+
+    A module-level function's body is followed where the script calls it (``main()``); with ``every_function``
+    the bodies of functions never called that way are read too, after the module, their names unresolved (a lint
+    of settings wants every literal a script passes, wherever it passes it)."""
     if path.suffix == ".ipynb":
         text = notebook_code(text, path=path)
     try:
@@ -110,7 +114,13 @@ def read_source(text: str, *, path: Path) -> Script:
         raise UsageError(f"{path}: not valid Python ({e.msg}, line {e.lineno}); vlmcheck reads the script without "
                          "running it") from None
     script = Script(path=path)
-    _Walker(script).block(tree.body, {})
+    walker = _Walker(script)
+    walker.block(tree.body, {})
+    if every_function:
+        for name, function in list(script.functions.items()):
+            if name not in walker.entered:
+                walker.entered.add(name)
+                walker.block(function.body, {}, conditional=True)
     return script
 
 

@@ -21,7 +21,6 @@ form of their command-line overrides. Values are coerced the way the frameworks'
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmcheck.errors import UsageError
+from vlmcheck.frameworks.pyscript import Unresolved, read_source
 
 FRAMEWORKS = ("llamafactory", "trl", "unsloth", "swift", "easyr1", "verl", "vlm-r1")
 
@@ -458,52 +458,47 @@ def _read_mapping(text: str, path: Path | None, framework: str | None) -> RunCon
 # Constructors whose literal keyword arguments hold the run's settings.
 _CALLS = ("SFTConfig", "GRPOConfig", "DPOConfig", "TrainingArguments", "Seq2SeqTrainingArguments",
           "UnslothVisionDataCollator", "LoraConfig", "get_peft_model", "from_pretrained")
+_OWNED = ("from_pretrained", "get_peft_model")  # kept with their owner: FastVisionModel.from_pretrained
 
 
-def _call_name(node: ast.Call) -> str | None:
-    func = node.func
-    if isinstance(func, ast.Name):
-        return func.id
-    if isinstance(func, ast.Attribute):
-        owner = func.value
-        if func.attr in ("from_pretrained", "get_peft_model") and isinstance(owner, ast.Name):
-            return f"{owner.id}.{func.attr}"
-        return func.attr
-    return None
+def _call_key(name: str) -> str:
+    parts = name.split(".")
+    return ".".join(parts[-2:]) if parts[-1] in _OWNED and len(parts) > 1 else parts[-1]
 
 
-def _read_python(text: str, path: Path | None) -> RunConfig:
-    try:
-        tree = ast.parse(text)
-    except SyntaxError as exc:
-        raise UsageError(f"{path}: not valid Python ({exc.msg}, line {exc.lineno})") from None
+def _read_python(text: str, path: Path) -> RunConfig:
+    """A script's or notebook's settings: the keyword arguments of the calls above, read by the one static script
+    reader (:mod:`vlmcheck.frameworks.pyscript`); a value it cannot know without running the script is a note."""
+    script = read_source(text, path=path, every_function=True)
     calls: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
-    unsloth = False
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("unsloth", "unsloth_zoo"):
-            unsloth = True
-        if not isinstance(node, ast.Call):
+    for call in script.calls:
+        if call.name.split(".")[-1] not in _CALLS:
             continue
-        name = _call_name(node)
-        if name is None or name.split(".")[-1] not in _CALLS:
-            continue
-        kwargs: dict[str, Any] = {}
-        for kw in node.keywords:
-            if kw.arg is None:
-                continue
-            try:
-                kwargs[kw.arg] = ast.literal_eval(kw.value)
-            except (ValueError, SyntaxError, TypeError):
-                notes.append(f"{name}({kw.arg}=...) is not a literal; not checked")
-        calls.setdefault(name, {}).update(kwargs)
+        name = _call_key(call.name)
+        kwargs = calls.setdefault(name, {})
+        for key, value in call.kwargs.items():
+            if _holds_unresolved(value):
+                notes.append(f"{name}({key}=...) is not a literal; not checked")
+            else:
+                kwargs[key] = value
     options: dict[str, Any] = {}
     for name in ("TrainingArguments", "Seq2SeqTrainingArguments", "DPOConfig", "SFTConfig", "GRPOConfig"):
         options.update(calls.get(name, {}))
+    unsloth = bool(script.imports & {"unsloth", "unsloth_zoo"})
     framework = "unsloth" if unsloth or "UnslothVisionDataCollator" in calls else "trl"
-    return RunConfig(framework=framework, options=options, path=str(path) if path else None,
-                     launcher="python", entry=str(path) if path else None, calls=calls, notes=notes,
-                     style="python")
+    return RunConfig(framework=framework, options=options, path=str(path), launcher="python", entry=str(path),
+                     calls=calls, notes=notes, style="python")
+
+
+def _holds_unresolved(value: Any) -> bool:
+    if isinstance(value, Unresolved):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_unresolved(v) for v in value.values())
+    if isinstance(value, (list, tuple, set)):
+        return any(_holds_unresolved(v) for v in value)
+    return False
 
 
 # -- entry point -----------------------------------------------------------------------------------
@@ -533,7 +528,7 @@ def read_config(config: str | os.PathLike[str], *, framework: str | None = None)
     suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml", ".json"):
         run = _read_mapping(text, path, framework)
-    elif suffix == ".py":
+    elif suffix in (".py", ".ipynb"):
         run = _read_python(text, path)
     else:  # .sh, .txt, a file holding a command line
         run = _read_shell(text, path)
