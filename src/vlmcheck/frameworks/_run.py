@@ -36,6 +36,21 @@ def mapped(value: str, mapping: Mapping[str, str]) -> str:
     return value
 
 
+def locate(value: str, near: Path, mapping: Mapping[str, str], *, up: int = 0) -> Path:
+    """A path from a config or script as the framework opens it: after the ``--path-map`` rewrites, from the
+    working directory it is launched in, else beside ``near`` (the config file) or in one of the ``up`` folders
+    above that; as written when it is nowhere (the scan then reports it missing)."""
+    path = Path(mapped(value, mapping)).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    base = near.parent
+    for _ in range(up + 1):
+        if (base / path).exists():
+            return base / path
+        base = base.parent
+    return path
+
+
 def section(raw: Mapping[str, Any], *keys: str) -> Mapping[str, Any]:
     """The nested mapping at ``keys`` (``data``, ``worker.actor.model``); empty where any step is not one."""
     node: Any = raw

@@ -53,6 +53,7 @@ from vlmcheck.data.readers import BadRow
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.families import Expansion, Overrides
+from vlmcheck.frameworks._run import locate, mapped
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS
 from vlmcheck.layout import infer_seqlen
 from vlmcheck.model import ModelSpec, load_model
@@ -313,9 +314,9 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     if not names:
         raise UsageError(f"{path}: no dataset set")
     mapping = dict(path_map or {})
-    dataset_dir = _locate(data or str(raw.get("dataset_dir", DEFAULTS["dataset_dir"])), path, mapping)
+    dataset_dir = locate(data or str(raw.get("dataset_dir", DEFAULTS["dataset_dir"])), path, mapping)
     media_raw = raw.get("media_dir")
-    media_dir = _locate(str(media_raw), path, mapping) if media_raw else dataset_dir
+    media_dir = locate(str(media_raw), path, mapping) if media_raw else dataset_dir
     packing = _flag(raw, "neat_packing") or bool(raw.get("packing") or False)
     cutoff = _int(raw, "cutoff_len", path) - (1 if packing else 0)  # data_args.py: avoid pad_to_multiple_of
     max_pixels = _int(raw, "image_max_pixels", path)
@@ -326,7 +327,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         raise UsageError(f"{path}: mask_history is incompatible with train_on_prompt (LLaMA-Factory refuses)")
     max_samples = raw.get("max_samples")
     return Config(
-        path=path, model=str(_mapped(str(model_path), mapping)), template=TEMPLATES[name], datasets=names,
+        path=path, model=str(mapped(str(model_path), mapping)), template=TEMPLATES[name], datasets=names,
         dataset_dir=dataset_dir, media_dir=media_dir, cutoff_len=cutoff, image_max_pixels=max_pixels,
         image_min_pixels=min_pixels, train_on_prompt=_flag(raw, "train_on_prompt"),
         mask_history=_flag(raw, "mask_history"), enable_thinking=_flag(raw, "enable_thinking"),
@@ -344,20 +345,8 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     )
 
 
-def _mapped(value: str, mapping: Mapping[str, str]) -> str:
-    for src, dst in sorted(mapping.items(), key=lambda kv: -len(kv[0])):
-        if value == src or value.startswith(src.rstrip("/") + "/"):
-            return dst.rstrip("/") + value[len(src.rstrip("/")):]
-    return value
 
 
-def _locate(value: str, config_path: Path, mapping: Mapping[str, str]) -> Path:
-    """A config path as LLaMA-Factory opens it (relative to where it is launched), else next to the config."""
-    path = Path(_mapped(value, mapping)).expanduser()
-    if path.is_absolute() or path.exists():
-        return path
-    beside = config_path.parent / path
-    return beside if beside.exists() else path
 
 
 # -- datasets ----------------------------------------------------------------------------------------------------

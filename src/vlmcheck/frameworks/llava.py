@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from vlmcheck.errors import ModelError, UsageError
 from vlmcheck.families.llava import LlavaSettings
+from vlmcheck.frameworks._run import locate
 from vlmcheck.slow_llama import SlowLlamaTokenizer
 from vlmcheck.slow_llama import read_config as read_tokenizer_config
 from vlmcheck.tokenizer import Tok
@@ -984,23 +985,8 @@ class Config:
     vision_tower: str | None
 
 
-def _mapped(value: str, mapping: Mapping[str, str]) -> str:
-    for src, dst in sorted(mapping.items(), key=lambda kv: -len(kv[0])):
-        if value == src or value.startswith(src.rstrip("/") + "/"):
-            return dst.rstrip("/") + value[len(src.rstrip("/")):]
-    return value
 
 
-def _locate(value: str, config_path: Path, mapping: Mapping[str, str]) -> Path:
-    """A path as train.py opens it (relative to where it is launched: LLaVA's scripts run from the repository
-    root), else beside the script, else its parent (scripts/v1_5/ sits two levels down)."""
-    path = Path(_mapped(value, mapping)).expanduser()
-    if path.is_absolute() or path.exists():
-        return path
-    for base in (config_path.parent, config_path.parent.parent, config_path.parent.parent.parent):
-        if (base / path).exists():
-            return base / path
-    return path
 
 
 def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, data: str | None = None,
@@ -1021,9 +1007,9 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     if not source:
         raise UsageError(launch.need("data_path") + " (or pass --data)")
     folder = launch.image_folder
-    return Config(path=path, launch=launch, version=launch.version, model=_locate(name, path, mapping),
-                  model_name=launch.model_name_or_path or name, data=_locate(source, path, mapping),
-                  image_folder=_locate(folder, path, mapping) if folder is not None else None,
+    return Config(path=path, launch=launch, version=launch.version, model=locate(name, path, mapping, up=2),
+                  model_name=launch.model_name_or_path or name, data=locate(source, path, mapping, up=2),
+                  image_folder=locate(folder, path, mapping, up=2) if folder is not None else None,
                   vision_tower=launch.vision_tower)
 
 

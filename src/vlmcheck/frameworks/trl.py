@@ -46,7 +46,7 @@ from vlmcheck.data.images import ImageProblem, decode_data_url, probe_bytes, pro
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.families import Expansion, Overrides
-from vlmcheck.frameworks._run import ProcessorRun, largest_budget
+from vlmcheck.frameworks._run import ProcessorRun, largest_budget, locate, mapped
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS, UNSET
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.preview import Previewer, image_refs, token_spans
@@ -174,20 +174,8 @@ def _int(raw: Mapping[str, Any], key: str, default: int | None, path: Path) -> i
     return number
 
 
-def _mapped(value: str, mapping: Mapping[str, str]) -> str:
-    for src, dst in sorted(mapping.items(), key=lambda kv: -len(kv[0])):
-        if value == src or value.startswith(src.rstrip("/") + "/"):
-            return dst.rstrip("/") + value[len(src.rstrip("/")):]
-    return value
 
 
-def _locate(value: str, config_path: Path, mapping: Mapping[str, str]) -> Path:
-    """A path as ``trl`` opens it (relative to where it is launched), else next to the config."""
-    path = Path(_mapped(value, mapping)).expanduser()
-    if path.is_absolute() or path.exists():
-        return path
-    beside = config_path.parent / path
-    return beside if beside.exists() else path
 
 
 def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, data: str | None = None,
@@ -224,7 +212,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     if raw.get("dataset_config"):
         raise UsageError(f"{path}: dataset_config {raw['dataset_config']!r}: a dataset's named configuration is a "
                          "hub dataset feature; vlmcheck reads local files (point dataset_name at them)")
-    located = tuple(_locate(s, path, mapping) for s in sources)
+    located = tuple(locate(s, path, mapping) for s in sources)
     for source, where in zip(sources, located):
         if not where.exists():
             raise UsageError(f"{path}: dataset {source!r} is not a local file or folder ({where} not found); vlmcheck "
@@ -237,7 +225,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         raise UsageError(f"{path}: num_generations {generations}: GRPO compares completions of one prompt and TRL "
                          "refuses fewer than 2; set num_generations: 2 or more")
     return Config(
-        path=path, trainer=trainer, model=_mapped(str(model_path), mapping), datasets=located,
+        path=path, trainer=trainer, model=mapped(str(model_path), mapping), datasets=located,
         split=str(raw.get("dataset_train_split", defaults["dataset_train_split"])),
         max_length=_int(raw, "max_length", SFT_DEFAULTS["max_length"], path),
         truncation_mode=truncation_mode,
@@ -249,7 +237,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         max_completion_length=_int(raw, "max_completion_length", GRPO_DEFAULTS["max_completion_length"], path),
         use_vllm=bool(_flag(raw, "use_vllm", False)),
         vllm_max_model_length=_int(raw, "vllm_max_model_length", None, path),
-        chat_template_path=_locate(str(raw["chat_template_path"]), path, mapping) if raw.get("chat_template_path")
+        chat_template_path=locate(str(raw["chat_template_path"]), path, mapping) if raw.get("chat_template_path")
         else None,
         values={k: raw.get(k, defaults.get(k, SFT_DEFAULTS.get(k))) for k in (
             "max_length", "truncation_mode", "completion_only_loss", "assistant_only_loss", "dataset_name",

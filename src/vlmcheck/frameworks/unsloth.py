@@ -58,6 +58,7 @@ from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import UsageError
 from vlmcheck.families import Expansion, Overrides
 from vlmcheck.frameworks import pyscript, trl
+from vlmcheck.frameworks._run import locate
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS, UNSET
 from vlmcheck.frameworks.trl import SFT_DEFAULTS
 from vlmcheck.model import ModelSpec, load_model
@@ -536,7 +537,7 @@ def _data(script: pyscript.Script, trainer: pyscript.Call | None, *, data: str |
         _known(mapping, f"{mapping_name} (the row mapping)", path,
                "vlmcheck reads a mapping that returns messages built from the row's columns and literal text")
     if data is not None:
-        source = _locate(data, Path.cwd() / '-', dict(path_map or {}))
+        source = locate(data, Path.cwd() / '-', dict(path_map or {}))
         if not source.exists():
             raise UsageError(f"--data {data}: not found")
         return data, tuple(trl.dataset_files(source, "train")), "train", mapping, merges, mapping_name
@@ -564,7 +565,7 @@ def _load_dataset(load: pyscript.Call, path: Path,
         names = [files] if isinstance(files, str) else list(files or [])
         out: list[Path] = []
         for name in names:
-            located = _locate(str(name), path, mapping)
+            located = locate(str(name), path, mapping)
             matches = sorted(located.parent.glob(located.name)) if any(c in located.name for c in "*?[") else [located]
             for match in matches:
                 if not match.is_file():
@@ -575,7 +576,7 @@ def _load_dataset(load: pyscript.Call, path: Path,
             raise UsageError(f"{path}: {where}: no data_files given")
         return str(source), tuple(out), split
     if isinstance(source, str):
-        located = _locate(source, path, mapping)
+        located = locate(source, path, mapping)
         if located.exists():
             return source, tuple(trl.dataset_files(located, split)), split
         raise UsageError(f"{path}: {where}: dataset {source!r} is not a local file or folder; a Hugging Face Hub "
@@ -584,18 +585,6 @@ def _load_dataset(load: pyscript.Call, path: Path,
     raise UsageError(f"{path}: {where}: path {source!r} is not a dataset name or builder vlmcheck reads; pass --data")
 
 
-def _locate(value: str, script: Path, mapping: Mapping[str, str]) -> Path:
-    """A path as the script opens it (relative to where it runs, taken as its folder when not found from here),
-    after the ``--path-map`` prefix rewrites."""
-    for src, dst in sorted(mapping.items(), key=lambda kv: -len(kv[0])):
-        if value == src or value.startswith(src.rstrip("/") + "/"):
-            value = dst.rstrip("/") + value[len(src.rstrip("/")):]
-            break
-    path = Path(value).expanduser()
-    if path.is_absolute() or path.exists():
-        return path
-    beside = script.parent / path
-    return beside if beside.exists() else path
 
 
 def _mapping(script: pyscript.Script, func: ast.FunctionDef, call: pyscript.Call | None) -> Any:
