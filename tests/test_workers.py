@@ -100,3 +100,80 @@ def test_each_pool_worker_tokenizes_on_one_thread(monkeypatch) -> None:
     monkeypatch.setenv("RAYON_RS_NUM_CPUS", "3")  # a user's own choice stands
     seen = list(count_all(_Environ(), iter([[(i, None)] for i in range(4)]), workers=2))
     assert {s[1] for s in seen} == {"3"}
+
+
+_HELD = __import__("threading").Lock()
+
+
+class _Locking(_Environ):
+    """A counter whose rows take a lock this module holds while the pool runs (as a thread of the caller's may
+    hold the tokenizers library's, a logger's or an allocator's lock at the moment workers are made)."""
+
+    def count_chunk(self, rows):
+        got = _HELD.acquire(timeout=5)
+        if got:
+            _HELD.release()
+        return ["free" if got else "held" for _ in rows]
+
+
+def test_workers_do_not_inherit_a_lock_held_in_this_process() -> None:
+    # a forked worker starts with a copy of every lock this process holds, held, and with none of the threads
+    # that would release them: it hangs on the first one it takes. Workers come from a clean fork server.
+    from vlmcheck.pipeline import count_all
+
+    with _HELD:
+        seen = list(count_all(_Locking(), iter([[(i, None)] for i in range(4)]), workers=2))
+    assert seen == ["free"] * 4
+
+
+class _Dying(_Environ):
+    """A counter whose worker process dies (killed, out of memory) on the chunk holding row 5."""
+
+    def __init__(self) -> None:
+        import os
+
+        self.parent = os.getpid()
+
+    def count_chunk(self, rows):
+        import os
+
+        if os.getpid() != self.parent and any(index == 5 for index, _ in rows):
+            os._exit(9)
+        return [index for index, _ in rows]
+
+
+def test_a_worker_that_dies_loses_no_row_and_hangs_nothing() -> None:
+    import threading
+
+    from vlmcheck.pipeline import count_all
+
+    out: list = []
+    runner = threading.Thread(target=lambda: out.extend(count_all(_Dying(), iter([[(i, None)] for i in range(12)]),
+                                                                  workers=2)), daemon=True)
+    runner.start()
+    runner.join(timeout=120)
+    assert not runner.is_alive(), "the scan waited for a chunk of a dead worker"
+    assert out == list(range(12))
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_by_its_workers(tmp_path, qwen2_vl_checkpoint) -> None:
+    # the workers are not forks of the script; they must not import it as their __main__ either (the script
+    # would launch itself once per worker, and its scan again from there)
+    import subprocess
+    import sys
+
+    rows = DATA.read_text().splitlines() * 20
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    runs = tmp_path / "runs.txt"
+    script = tmp_path / "train_check.py"
+    script.write_text(
+        "import vlmcheck\n"
+        f"open({str(runs)!r}, 'a').write('run\\n')\n"
+        f"report = vlmcheck.scan({str(data)!r}, model={str(qwen2_vl_checkpoint)!r}, max_length=4096,\n"
+        f"                       image_root={str(DATA.parent)!r}, workers=2)\n"
+        "print(report.summary['samples'])\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [str(len(rows))]
+    assert runs.read_text() == "run\n"

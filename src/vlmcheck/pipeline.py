@@ -17,10 +17,15 @@ recipe and the rows, it counts them with the counter that recipe builds, built o
 from __future__ import annotations
 
 import itertools
+import multiprocessing.context as mpc
 import os
+import sys
 import time
+import types
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
 from vlmcheck.errors import DatasetError
@@ -73,7 +78,7 @@ _WORKER: tuple[Recipe, Counter] | None = None
 def count_chunk(recipe: Recipe, rows: Rows) -> list[SampleResult]:
     """Count ``rows`` with the counter ``recipe`` builds, built once per process and kept for the next chunk.
 
-    The task a worker process runs (a forked worker starts with its parent's counter instead of building one).
+    The task a worker process runs.
     """
     global _WORKER
     if _WORKER is None or _WORKER[0] != recipe:
@@ -115,11 +120,61 @@ def auto_workers(chunks: Iterator[Rows], *, chunk_size: int) -> tuple[int, Itera
     return min(n, max(2, rows // max(1, chunk_size))), rest
 
 
-def _one_tokenizer_thread() -> None:
-    """A pool worker's start: each worker is one core's share, so the tokenizers library tokenizes on one thread
-    in it (its own threads would contend with the other workers) unless the user chose otherwise."""
+def _start_worker(cwd: str, environ: dict[str, str]) -> None:
+    """A pool worker's start: the caller's working folder and environment as they are now (the fork server that
+    starts workers keeps those of when it was started), and one tokenizer thread: each worker is one core's share,
+    so the tokenizers library's own threads would contend with the other workers (unless the user chose
+    otherwise)."""
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(environ)
     os.environ.setdefault("RAYON_RS_NUM_CPUS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _pool_context(counter: Counter) -> Any:
+    """Where worker processes come from. Not a fork of this process: it may hold threads (the tokenizers
+    library's, Ray's, PyTorch's, a notebook's) whose locks a forked child would inherit held, and hang on. A fork
+    server (a clean process that imported vlmcheck and the counter's module once) forks the workers instead, and
+    each builds its counter from the recipe (Windows spawns them). Neither runs the caller's main script again:
+    a script that calls ``scan`` at its top level, without a ``__main__`` guard, must not be re-run by its own
+    workers (:func:`_without_main`)."""
+    if os.name == "nt":
+        return _SpawnContext()
+    ctx = _ForkServerContext()
+    ctx.set_forkserver_preload(["vlmcheck.pipeline", type(counter).__module__])
+    return ctx
+
+
+def _without_main(start: Callable[[Any], Any], process: Any) -> Any:
+    # a start method re-imports __main__ in the child when it has a file or a module name; for the time of the
+    # start it is a bare module (workers run vlmcheck's own functions, never the caller's)
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        return start(process)
+    finally:
+        sys.modules["__main__"] = main
+
+
+if sys.platform != "win32":  # no fork server there
+    class _ForkServerProcess(mpc.ForkServerProcess):
+        @staticmethod
+        def _Popen(process_obj: Any) -> Any:
+            return _without_main(mpc.ForkServerProcess._Popen, process_obj)
+
+    class _ForkServerContext(mpc.ForkServerContext):
+        Process = _ForkServerProcess
+
+
+class _SpawnProcess(mpc.SpawnProcess):
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        return _without_main(mpc.SpawnProcess._Popen, process_obj)
+
+
+class _SpawnContext(mpc.SpawnContext):
+    Process = _SpawnProcess
 
 
 def count_all(counter: Counter, chunks: Iterator[Rows], *, workers: int | None = 1) -> Iterator[SampleResult]:
@@ -131,35 +186,36 @@ def count_all(counter: Counter, chunks: Iterator[Rows], *, workers: int | None =
         for chunk in chunks:
             yield from counter.count_chunk(chunk)
         return
-    import multiprocessing as mp
-
-    global _WORKER
     recipe = counter.recipe()
-    ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
-    _WORKER = (recipe, counter)  # forked workers start with it instead of building their own
+    pool = ProcessPoolExecutor(workers, mp_context=_pool_context(counter), initializer=_start_worker,
+                               initargs=(os.getcwd(), dict(os.environ)))
+    # Bounded in-flight queue: mapping over the chunks would read the whole dataset ahead of the workers.
+    inflight: deque[tuple[Rows, Future[list[SampleResult]] | None]] = deque()
+    broken = False
+
+    def done() -> list[SampleResult]:
+        nonlocal broken
+        chunk, pending = inflight.popleft()
+        if pending is not None:
+            try:
+                return pending.result()
+            except BrokenProcessPool:
+                # a worker died (killed, out of memory): the pool cannot be trusted with more, and no chunk is
+                # lost or waited on forever: this one and the rest are counted here
+                broken = True
+            except Exception:
+                pass  # a chunk that cannot travel to a worker or back (a row nested too deeply to pickle)
+        return counter.count_chunk(chunk)  # this process counts it, where every row error is a finding
+
     try:
-        with ctx.Pool(workers, initializer=_one_tokenizer_thread) as pool:
-            # Bounded in-flight queue: Pool.imap would read the whole dataset ahead of the workers.
-            inflight: deque[tuple[Rows, Any]] = deque()
-
-            def done() -> list[SampleResult]:
-                chunk, pending = inflight.popleft()
-                try:
-                    return list(pending.get())
-                except Exception:
-                    # a chunk that cannot travel to a worker or back (a row nested too deeply to pickle): this
-                    # process counts it, where every row error is a finding
-                    return counter.count_chunk(chunk)
-
-            for chunk in chunks:
-                inflight.append((chunk, pool.apply_async(count_chunk, (recipe, chunk))))
-                if len(inflight) >= 4 * workers:
-                    yield from done()
-            while inflight:
+        for chunk in chunks:
+            inflight.append((chunk, None if broken else pool.submit(count_chunk, recipe, chunk)))
+            if len(inflight) >= 4 * workers:
                 yield from done()
+        while inflight:
+            yield from done()
     finally:
-        _WORKER = None
-
+        pool.shutdown(wait=not inflight, cancel_futures=True)
 
 Engine = Callable[[Counter, int, int | None], Iterator[SampleResult]]
 """An engine other than this machine's processes: ``engine(counter, start, limit)`` gives every row's result from
