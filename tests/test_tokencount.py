@@ -118,6 +118,27 @@ def test_one_text_at_a_time_equals_batches(tokenizer: Tokenizer) -> None:
         _same(tokenizer.encode_batch([text]), encoder.encode_batch([text]))
 
 
+def test_unrepeated_data_leaves_the_cache_alone_then_tries_it_again(tokenizer: Tokenizer) -> None:
+    """Data that repeats nothing skips the cache after a while (it costs more than it saves there); data that
+    repeats later is put together from it again; every text's ids and offsets are the whole text's throughout."""
+    from vlmcheck import tokencount
+
+    a = _specials(tokenizer)[0]
+    unique = [f"{a}user\nquestion {k} about picture {k * 7}{a}answer {k}\n" for k in range(tokencount._JUDGED)]
+    system = "You are a careful assistant. " * 20
+    repeated = [f"{a}{system}{a}user\nq {k % 3}{a}" for k in range(512)]
+    encoder = SegmentEncoder(tokenizer)
+    for start in range(0, len(unique), 512):
+        _same(tokenizer.encode_batch(unique[start:start + 512]), encoder.encode_batch(unique[start:start + 512]))
+    assert encoder._skip == tokencount._SKIPPED  # nothing was put together: the next calls skip the cache
+    for _ in range(tokencount._SKIPPED):
+        _same(tokenizer.encode_batch(repeated), encoder.encode_batch(repeated))
+    assert encoder._skip == 0
+    for _ in range(3):
+        _same(tokenizer.encode_batch(repeated), encoder.encode_batch(repeated))
+    assert encoder._cache and encoder._pieced  # tried again, and used
+
+
 def test_lone_surrogate_raises_as_the_tokenizer_does(tokenizer: Tokenizer) -> None:
     bad = "a\ud800b"
     with pytest.raises(Exception) as whole:  # noqa: B017 (the library raises a bare Exception here)

@@ -39,6 +39,12 @@ _PROCESSORS = {"ByteLevel", "TemplateProcessing", "Sequence"}  # BOS/EOS around 
 _MODELS = {"BPE", "WordPiece", "WordLevel", "Unigram"}
 _MAX_SEGMENT = 65_536  # characters; longer stretches are tokenized, never kept
 _SEEN = 1 << 16  # hashes of stretches seen once (about 4 MiB); cleared when full
+# Looking each stretch up costs Python time per text; on data that repeats little it costs more than it saves
+# (docs/performance.md). After every _JUDGED texts, when fewer than _WORTH of them were put together from the
+# cache, the next _SKIPPED calls tokenize whole texts straight away; then the cache is tried again.
+_JUDGED = 2048
+_WORTH = 0.05
+_SKIPPED = 15
 
 
 class Encoded:
@@ -116,6 +122,8 @@ class SegmentEncoder:
         self._cache: OrderedDict[str, tuple[array[int], array[int]]] = OrderedDict()
         self._seen: set[int] = set()  # hashes of stretches seen once: kept only when seen again
         self._bytes = 0
+        self._judged = self._pieced = 0  # texts since the last judgement, and how many were put together
+        self._skip = 0  # calls left that tokenize whole texts without looking at the cache
 
     def _frame(self, special: bool) -> tuple[list[int], list[tuple[int, int]], list[int], list[tuple[int, int]]]:
         """The ids/offsets the post-processor puts before and after the text (BOS, EOS)."""
@@ -130,7 +138,11 @@ class SegmentEncoder:
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[Any]:
         """As ``Tokenizer.encode_batch``: a text whose stretches are mostly new is tokenized whole (putting
         pieces together costs Python time per token); one that is mostly known is put together from the
-        cache and the tokenized new stretches."""
+        cache and the tokenized new stretches. On data where few texts are mostly known, the cache is left
+        alone for a while (:data:`_WORTH`)."""
+        if self._skip:
+            self._skip -= 1
+            return self.tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
         split = self._split
         cache, seen = self._cache, self._seen
         whole: list[int] = []  # indices of texts tokenized whole
@@ -168,6 +180,12 @@ class SegmentEncoder:
                         missing[parts[k]] = None
             else:
                 whole.append(i)
+        self._judged += len(texts)
+        self._pieced += len(pieced)
+        if self._judged >= _JUDGED:
+            if self._pieced < _WORTH * self._judged:
+                self._skip = _SKIPPED
+            self._judged = self._pieced = 0
         out: list[Any] = [None] * len(texts)
         if whole:
             encoded = self.tokenizer.encode_batch([texts[i] for i in whole], add_special_tokens=add_special_tokens)
