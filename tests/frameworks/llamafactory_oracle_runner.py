@@ -91,7 +91,28 @@ def _internvl_processor(model_path: str, tokenizer: Any) -> Any:
     return WithoutVideo(GotOcr2ImageProcessorPil(**values), tokenizer, **args)
 
 
+def _glm4v_processor(model_path: str, tokenizer: Any) -> Any:
+    """transformers' own Glm4vProcessor with its PIL image processor and no video processor (which requires
+    torchvision; the corpus has no videos)."""
+    from transformers import Glm4vProcessor
+    from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
+
+    class WithoutVideo(Glm4vProcessor):  # type: ignore[misc]
+        def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None,
+                     **kwargs: Any) -> None:
+            super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                             chat_template=chat_template, **kwargs)
+
+    WithoutVideo.__name__ = "Glm4vProcessor"
+    values = json.loads(Path(model_path, "preprocessor_config.json").read_text())
+    for key in ("image_processor_type", "processor_class"):
+        values.pop(key, None)
+    return WithoutVideo(Glm4vImageProcessorPil(**values), tokenizer)
+
+
 def _processor(model_path: str, tokenizer: Any) -> Any:
+    if _model_type(model_path) == "glm4v":
+        return _glm4v_processor(model_path, tokenizer)
     if _model_type(model_path) == "llava":  # a Pixtral checkpoint (its vision tower is pixtral)
         return _pixtral_processor(model_path, tokenizer)
     if _model_type(model_path) == "internvl":
@@ -187,7 +208,8 @@ def _features(regular: list[Any], processor: Any, model_path: str) -> tuple[list
     grids (empty for the others)."""
     model_type = _model_type(model_path)
     config = json.loads(Path(model_path, "config.json").read_text())
-    if model_type in QWEN_TYPES:
+    if model_type in (*QWEN_TYPES, "glm4v"):
+        # Glm4vModel.get_image_features: like Qwen-VL's, grid t * h * w / merge_size^2 (its own smart_resize)
         merge = processor.image_processor.merge_size ** 2
         grid = processor.image_processor(regular, return_tensors="pt")["image_grid_thw"]
         grids = [[int(x) for x in g] for g in grid]
@@ -226,6 +248,12 @@ def _features(regular: list[Any], processor: Any, model_path: str) -> tuple[list
             n = processor._get_number_of_features(orig_h, orig_w, height, width)
             counts.append(n - 1 if processor.vision_feature_select_strategy == "default" else n)
         return counts, []
+    if model_type == "mllama":
+        # MllamaForConditionalGeneration: the image's tiles reach the text through cross-attention; its one text
+        # token is <|image|> (processing_mllama.py), whatever pixel_values the image processor makes
+        out = processor.image_processor(regular, return_tensors="pt")
+        assert out["pixel_values"].shape[1] == len(regular)
+        return [1] * len(regular), []
     if model_type == "paligemma":
         # PaliGemmaModel.get_image_features: the SigLIP tower's num_image_tokens per image (one pixel_values row each)
         pixels = processor.image_processor(regular, return_tensors="pt")["pixel_values"]

@@ -60,6 +60,18 @@ def _paligemma() -> Path:
     return paligemma_checkpoint()
 
 
+def _mllama() -> Path:
+    from mllama_checkpoint import mllama_checkpoint
+
+    return mllama_checkpoint()
+
+
+def _glm4v() -> Path:
+    from glm4v_checkpoint import glm4v_checkpoint
+
+    return glm4v_checkpoint()
+
+
 def _pixtral() -> Path:
     from pixtral_checkpoint import pixtral_checkpoint
 
@@ -74,6 +86,15 @@ CASES: dict[str, tuple[Any, tuple[int, int, int], dict[str, dict[str, Any]]]] = 
                       "image_max_pixels": 2_000_000},
     }),
     "llava": (_llava, (500, 900, 1600), {}),
+    # one <|image|> an image: only the smallest cutoff_len values reach image tokens
+    "mllama": (_mllama, (40, 120, 400), {}),
+    # efficient_eos: LLaMA-Factory refuses train_on_prompt, so its prompt config trains on answers only; and the
+    # reasoning template without enable_thinking
+    "glm4v": (_glm4v, (300, 700, 1400), {
+        "prompt": {"dataset": "alp,oa", "cutoff_len": 1400, "image_max_pixels": 50_176,
+                   "default_system": "Answer in one short sentence.", "max_samples": 12},
+        "nothink": {"dataset": "sg,chat", "cutoff_len": 500, "enable_thinking": False, "mask_history": True},
+    }),
     "llava_next": (_llava_next, (1000, 2000, 3000), {}),
     "pixtral": (_pixtral, (600, 1500, 3000), {}),
     # every image's 256 tokens go before the sample and are never cut: no crash, but cutoff_len values below a
@@ -131,7 +152,7 @@ def test_the_per_row_oracle_is_get_dataset(proof: dict[str, Any]) -> None:
         assert result["llamafactory"] == "0.9.5"
         # only Pixtral's and InternVL's processors cannot load without torchvision (the runner builds the real
         # classes)
-        assert result["built_processor"] == (proof["template"] in ("pixtral", "intern_vl"))
+        assert result["built_processor"] == (proof["template"] in ("pixtral", "intern_vl", "glm4v"))
 
 
 def test_the_corpus_reaches_every_case(proof: dict[str, Any]) -> None:
