@@ -379,7 +379,9 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
         "image_max_pixels": model_args.image_max_pixels, "image_min_pixels": model_args.image_min_pixels,
         "get_dataset": check, "rows": rows,
     }
-    if forward and _model_type(model_args.model_name_or_path) in QWEN_TYPES:
+    if forward and _model_type(model_args.model_name_or_path) == "mllama":
+        result["forward"] = _forward_mllama(rows, kept_rows, template, tokenizer, processor, forward)
+    elif forward and _model_type(model_args.model_name_or_path) in QWEN_TYPES:
         result["forward"] = _forward(model_args.model_name_or_path, rows, kept_rows, template, tokenizer, processor,
                                      forward)
     return result
@@ -434,6 +436,64 @@ def _forward(model_path: str, rows: list[dict[str, Any]], kept_rows: list[dict[s
                 model(**{k: v for k, v in batch.items() if k != "labels"})
         except Exception as e:
             record["error"] = _error(e)
+        out.append(record)
+    return out
+
+
+def _forward_mllama(rows: list[dict[str, Any]], kept_rows: list[dict[str, Any]], template: Any, tokenizer: Any,
+                    processor: Any, n: int) -> list[dict[str, Any]]:
+    """A tiny randomly initialised MllamaForConditionalGeneration (built from a config, the real vocabulary size
+    and image token id) runs forward on cut and whole samples through LLaMA-Factory's own collator, which builds
+    cross_attention_mask from the <|image|> ids left in the sample (MllamaPlugin.get_mm_inputs). Only the tile
+    size is made small (56 px instead of 560: the text never depends on it)."""
+    import torch
+    from llamafactory.data.collator import SFTDataCollatorWith4DAttentionMask
+    from transformers import MllamaConfig, MllamaForConditionalGeneration
+
+    tile = 56
+    from transformers.image_utils import SizeDict
+
+    processor.image_processor.size = SizeDict(height=tile, width=tile)
+    torch.manual_seed(0)
+    config = MllamaConfig(
+        vision_config={"hidden_size": 16, "num_hidden_layers": 2, "num_global_layers": 1, "attention_heads": 2,
+                       "intermediate_size": 32, "vision_output_dim": 32, "image_size": tile, "patch_size": 14,
+                       "max_num_tiles": int(processor.image_processor.max_image_tiles),
+                       "intermediate_layers_indices": [0]},
+        text_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+                     "intermediate_size": 64, "cross_attention_layers": [1]},
+        image_token_index=processor.image_token_id,
+    )
+    model = MllamaForConditionalGeneration(config).eval()
+    collator = SFTDataCollatorWith4DAttentionMask(template=template, processor=processor, tokenizer=tokenizer,
+                                                  model=model, pad_to_multiple_of=None, label_pad_token_id=IGNORE_INDEX)
+    kept = [r for r in rows if r["kept"]]
+    chosen = [i for i, r in enumerate(kept) if r["crash"]][:n] + [i for i, r in enumerate(kept) if not r["crash"]
+                                                                  and r["image_features"]][:n]
+    def feature(i: int) -> dict[str, Any]:
+        sample = kept_rows[i]
+        return {"input_ids": sample["input_ids"], "attention_mask": [1] * len(sample["input_ids"]),
+                "labels": sample["labels"], "images": sample["images"], "videos": [], "audios": []}
+
+    def run(indices: list[int]) -> str | None:
+        try:
+            batch = collator([feature(i) for i in indices])
+            with torch.no_grad():
+                model(**{k: v for k, v in batch.items() if k != "labels"})
+        except Exception as e:
+            return _error(e)
+        return None
+
+    out = []
+    for i in chosen:
+        record = {"dataset": kept[i]["dataset"], "row": kept[i]["row"], "error": run([i]),
+                  "images": len(kept_rows[i]["images"]), "image_tokens_left": kept[i]["image_tokens_left"]}
+        # batched with a whole sample holding as many images: the batch's cross_attention_mask then has a slot
+        # for every image of this sample
+        partner = next((j for j, r in enumerate(kept) if not r["crash"] and j != i
+                        and len(kept_rows[j]["images"]) >= len(kept_rows[i]["images"])), None)
+        if kept[i]["crash"] and partner is not None:
+            record["batched_with_whole"] = {"error": run([i, partner])}
         out.append(record)
     return out
 

@@ -138,6 +138,8 @@ class Plugin:
     wrapped: bool = True
     qwen_rules: bool = True
     prefix_images: bool = False
+    # what training does with a sample whose image tokens were cut
+    cut_effect: str = "training stops with 'Image features and image tokens do not match'"
 
 
 QWEN2_VL_PLUGIN = Plugin("qwen2_vl", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
@@ -164,8 +166,17 @@ INTERN_VL_PLUGIN = Plugin("intern_vl", "<IMG_CONTEXT>", "", "", "", ("internvl",
 PALIGEMMA_PLUGIN = Plugin("paligemma", "<image>", "", "", "", ("paligemma",), wrapped=False, qwen_rules=False,
                           prefix_images=True)
 # mm_plugin.py MllamaPlugin.process_messages: each <image> becomes one "<|image|>" (the image reaches the model through
-# cross-attention); get_mm_inputs builds cross_attention_mask from the <|image|> ids left in the batch
-MLLAMA_PLUGIN = Plugin("mllama", "<|image|>", "", "", "", ("mllama",), wrapped=False, qwen_rules=False)
+# cross-attention); get_mm_inputs builds cross_attention_mask from the <|image|> ids left in the batch, with as many
+# image slots as the most <|image|> ids a sample of the batch holds, while pixel_values has a slot for every image:
+# when no sample of the batch keeps as many <|image|> ids as the batch's most images, the cross-attention raises a
+# size mismatch (proved on 0.9.5 with a tiny MllamaForConditionalGeneration through its collator); batched with a
+# whole sample holding as many images, nothing raises and no token attends the cut image
+MLLAMA_PLUGIN = Plugin(
+    "mllama", "<|image|>", "", "", "", ("mllama",), wrapped=False, qwen_rules=False,
+    cut_effect=("the cross_attention_mask LLaMA-Factory builds from the <|image|> ids left has fewer image slots "
+                "than pixel_values: training stops with 'RuntimeError: The size of tensor a must match the size of "
+                "tensor b' (always at batch size 1); only in a batch with a whole sample holding as many images "
+                "does it go on, the cut image then silently unattended"))
 # mm_plugin.py GLM4VPlugin(Qwen2VLPlugin): the Qwen-VL image rules (_preprocess_image is inherited), then
 # "<|begin_of_image|>" + "<|image|>" per feature (image_grid_thw.prod() // merge_size**2 of GLM's own image
 # processor) + "<|end_of_image|>"
@@ -1191,7 +1202,7 @@ class Run:
                 "VC201",
                 f"image {k + 1} of {len(counts)} needs {counts[k]:,} tokens, only {cut.image_tokens_kept[k]:,} "
                 f"survive LLaMA-Factory's per-turn cut at cutoff_len={cutoff:,}; the sample is {total:,} tokens: "
-                "training stops with 'Image features and image tokens do not match'",
+                f"{self.config.template.plugin.cut_effect}",
                 fix=fix + ", or drop the sample",
                 image=k + 1, image_tokens=counts[k], kept=cut.image_tokens_kept[k], tokens=total, max_length=cutoff))
         if cut_images:
