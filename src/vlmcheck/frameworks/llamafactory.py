@@ -30,12 +30,18 @@ Modelled on LLaMA-Factory 0.9.4-0.9.5, default (v0) engine, ``stage: sft``:
   writes for the pre-scaled image (the family module's expansion: Gemma 3's ``full_image_sequence``, LLaVA's and
   LLaVA-NeXT's ``<image>`` run, Pixtral's ``[IMG]`` rows, InternVL's ``<IMG_CONTEXT>`` tiles), except PaliGemma's,
   which removes ``<image>`` and puts every image's tokens before the sample, where the cut never reaches them.
+  Llama 3.2 Vision's writes one ``<|image|>`` per image; GLM-4.1V's is a Qwen-VL plugin (its rules, then GLM's own
+  ``smart_resize``) writing ``<|begin_of_image|>`` + ``<|image|>`` per feature + ``<|end_of_image|>``.
   Templates: ``qwen2_vl``, ``qwen3_vl``, ``qwen3_vl_nothink``, ``gemma3``, ``llava``, ``llava_next``,
-  ``intern_vl``, ``pixtral``, ``paligemma``; the others are refused.
+  ``intern_vl``, ``pixtral``, ``paligemma``, ``mllama``, ``glm4v`` (``efficient_eos``: one labelled EOS closes the
+  sample, each later prompt's first label is the EOS id; ``train_on_prompt`` refused); the others are refused.
 - **Truncation** (``data/processor/supervised.py``, ``processor_utils.infer_seqlen``): pair by pair, each
   (prompt, answer) gets a share of the remaining ``cutoff_len``. Nothing checks the image tokens afterwards: a cut
   through an image span leaves fewer ``<|image_pad|>`` ids than the image has features, and the model's forward
-  raises "Image features and image tokens do not match" at the step that reaches the sample.
+  raises "Image features and image tokens do not match" at the step that reaches the sample. Llama 3.2 Vision:
+  ``MllamaPlugin`` builds ``cross_attention_mask`` from the ``<|image|>`` ids left, fewer image slots than
+  ``pixel_values``: a size mismatch at batch size 1 (silently unattended when batched with a whole sample holding
+  as many images).
 """
 
 from __future__ import annotations
