@@ -91,7 +91,28 @@ def _internvl_processor(model_path: str, tokenizer: Any) -> Any:
     return WithoutVideo(GotOcr2ImageProcessorPil(**values), tokenizer, **args)
 
 
+def _glm4v_processor(model_path: str, tokenizer: Any) -> Any:
+    """transformers' own Glm4vProcessor with its PIL image processor and no video processor (which requires
+    torchvision; the corpus has no videos)."""
+    from transformers import Glm4vProcessor
+    from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
+
+    class WithoutVideo(Glm4vProcessor):  # type: ignore[misc]
+        def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None,
+                     **kwargs: Any) -> None:
+            super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                             chat_template=chat_template, **kwargs)
+
+    WithoutVideo.__name__ = "Glm4vProcessor"
+    values = json.loads(Path(model_path, "preprocessor_config.json").read_text())
+    for key in ("image_processor_type", "processor_class"):
+        values.pop(key, None)
+    return WithoutVideo(Glm4vImageProcessorPil(**values), tokenizer)
+
+
 def _processor(model_path: str, tokenizer: Any) -> Any:
+    if _model_type(model_path) == "glm4v":
+        return _glm4v_processor(model_path, tokenizer)
     if _model_type(model_path) == "llava":  # a Pixtral checkpoint (its vision tower is pixtral)
         return _pixtral_processor(model_path, tokenizer)
     if _model_type(model_path) == "internvl":
@@ -187,7 +208,8 @@ def _features(regular: list[Any], processor: Any, model_path: str) -> tuple[list
     grids (empty for the others)."""
     model_type = _model_type(model_path)
     config = json.loads(Path(model_path, "config.json").read_text())
-    if model_type in QWEN_TYPES:
+    if model_type in (*QWEN_TYPES, "glm4v"):
+        # Glm4vModel.get_image_features: like Qwen-VL's, grid t * h * w / merge_size^2 (its own smart_resize)
         merge = processor.image_processor.merge_size ** 2
         grid = processor.image_processor(regular, return_tensors="pt")["image_grid_thw"]
         grids = [[int(x) for x in g] for g in grid]
@@ -226,6 +248,12 @@ def _features(regular: list[Any], processor: Any, model_path: str) -> tuple[list
             n = processor._get_number_of_features(orig_h, orig_w, height, width)
             counts.append(n - 1 if processor.vision_feature_select_strategy == "default" else n)
         return counts, []
+    if model_type == "mllama":
+        # MllamaForConditionalGeneration: the image's tiles reach the text through cross-attention; its one text
+        # token is <|image|> (processing_mllama.py), whatever pixel_values the image processor makes
+        out = processor.image_processor(regular, return_tensors="pt")
+        assert out["pixel_values"].shape[1] == len(regular)
+        return [1] * len(regular), []
     if model_type == "paligemma":
         # PaliGemmaModel.get_image_features: the SigLIP tower's num_image_tokens per image (one pixel_values row each)
         pixels = processor.image_processor(regular, return_tensors="pt")["pixel_values"]
@@ -351,7 +379,9 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
         "image_max_pixels": model_args.image_max_pixels, "image_min_pixels": model_args.image_min_pixels,
         "get_dataset": check, "rows": rows,
     }
-    if forward and _model_type(model_args.model_name_or_path) in QWEN_TYPES:
+    if forward and _model_type(model_args.model_name_or_path) == "mllama":
+        result["forward"] = _forward_mllama(rows, kept_rows, template, tokenizer, processor, forward)
+    elif forward and _model_type(model_args.model_name_or_path) in QWEN_TYPES:
         result["forward"] = _forward(model_args.model_name_or_path, rows, kept_rows, template, tokenizer, processor,
                                      forward)
     return result
@@ -406,6 +436,64 @@ def _forward(model_path: str, rows: list[dict[str, Any]], kept_rows: list[dict[s
                 model(**{k: v for k, v in batch.items() if k != "labels"})
         except Exception as e:
             record["error"] = _error(e)
+        out.append(record)
+    return out
+
+
+def _forward_mllama(rows: list[dict[str, Any]], kept_rows: list[dict[str, Any]], template: Any, tokenizer: Any,
+                    processor: Any, n: int) -> list[dict[str, Any]]:
+    """A tiny randomly initialised MllamaForConditionalGeneration (built from a config, the real vocabulary size
+    and image token id) runs forward on cut and whole samples through LLaMA-Factory's own collator, which builds
+    cross_attention_mask from the <|image|> ids left in the sample (MllamaPlugin.get_mm_inputs). Only the tile
+    size is made small (56 px instead of 560: the text never depends on it)."""
+    import torch
+    from llamafactory.data.collator import SFTDataCollatorWith4DAttentionMask
+    from transformers import MllamaConfig, MllamaForConditionalGeneration
+
+    tile = 56
+    from transformers.image_utils import SizeDict
+
+    processor.image_processor.size = SizeDict(height=tile, width=tile)
+    torch.manual_seed(0)
+    config = MllamaConfig(
+        vision_config={"hidden_size": 16, "num_hidden_layers": 2, "num_global_layers": 1, "attention_heads": 2,
+                       "intermediate_size": 32, "vision_output_dim": 32, "image_size": tile, "patch_size": 14,
+                       "max_num_tiles": int(processor.image_processor.max_image_tiles),
+                       "intermediate_layers_indices": [0]},
+        text_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+                     "intermediate_size": 64, "cross_attention_layers": [1]},
+        image_token_index=processor.image_token_id,
+    )
+    model = MllamaForConditionalGeneration(config).eval()
+    collator = SFTDataCollatorWith4DAttentionMask(template=template, processor=processor, tokenizer=tokenizer,
+                                                  model=model, pad_to_multiple_of=None, label_pad_token_id=IGNORE_INDEX)
+    kept = [r for r in rows if r["kept"]]
+    chosen = [i for i, r in enumerate(kept) if r["crash"]][:n] + [i for i, r in enumerate(kept) if not r["crash"]
+                                                                  and r["image_features"]][:n]
+    def feature(i: int) -> dict[str, Any]:
+        sample = kept_rows[i]
+        return {"input_ids": sample["input_ids"], "attention_mask": [1] * len(sample["input_ids"]),
+                "labels": sample["labels"], "images": sample["images"], "videos": [], "audios": []}
+
+    def run(indices: list[int]) -> str | None:
+        try:
+            batch = collator([feature(i) for i in indices])
+            with torch.no_grad():
+                model(**{k: v for k, v in batch.items() if k != "labels"})
+        except Exception as e:
+            return _error(e)
+        return None
+
+    out = []
+    for i in chosen:
+        record = {"dataset": kept[i]["dataset"], "row": kept[i]["row"], "error": run([i]),
+                  "images": len(kept_rows[i]["images"]), "image_tokens_left": kept[i]["image_tokens_left"]}
+        # batched with a whole sample holding as many images: the batch's cross_attention_mask then has a slot
+        # for every image of this sample
+        partner = next((j for j, r in enumerate(kept) if not r["crash"] and j != i
+                        and len(kept_rows[j]["images"]) >= len(kept_rows[i]["images"])), None)
+        if kept[i]["crash"] and partner is not None:
+            record["batched_with_whole"] = {"error": run([i, partner])}
         out.append(record)
     return out
 

@@ -60,6 +60,18 @@ def _paligemma() -> Path:
     return paligemma_checkpoint()
 
 
+def _mllama() -> Path:
+    from mllama_checkpoint import mllama_checkpoint
+
+    return mllama_checkpoint()
+
+
+def _glm4v() -> Path:
+    from glm4v_checkpoint import glm4v_checkpoint
+
+    return glm4v_checkpoint()
+
+
 def _pixtral() -> Path:
     from pixtral_checkpoint import pixtral_checkpoint
 
@@ -74,6 +86,15 @@ CASES: dict[str, tuple[Any, tuple[int, int, int], dict[str, dict[str, Any]]]] = 
                       "image_max_pixels": 2_000_000},
     }),
     "llava": (_llava, (500, 900, 1600), {}),
+    # one <|image|> an image: only the smallest cutoff_len values reach image tokens
+    "mllama": (_mllama, (40, 120, 400), {}),
+    # efficient_eos: LLaMA-Factory refuses train_on_prompt, so its prompt config trains on answers only; and the
+    # reasoning template without enable_thinking
+    "glm4v": (_glm4v, (300, 700, 1400), {
+        "prompt": {"dataset": "alp,oa", "cutoff_len": 1400, "image_max_pixels": 50_176,
+                   "default_system": "Answer in one short sentence.", "max_samples": 12},
+        "nothink": {"dataset": "sg,chat", "cutoff_len": 500, "enable_thinking": False, "mask_history": True},
+    }),
     "llava_next": (_llava_next, (1000, 2000, 3000), {}),
     "pixtral": (_pixtral, (600, 1500, 3000), {}),
     # every image's 256 tokens go before the sample and are never cut: no crash, but cutoff_len values below a
@@ -97,15 +118,18 @@ def proof(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     root = tmp_path_factory.mktemp(f"lf_{template}")
     configs = write_template_corpus(root, template, make(), seed=31, rows=12, cutoffs=cutoffs, extra=extra)
     data = root / "data"
-    oracle = run_oracle(llamafactory_python, configs, cwd=data)
+    # Llama 3.2 Vision: a tiny real model runs forward on cut and whole samples through LLaMA-Factory's collator
+    oracle = run_oracle(llamafactory_python, configs, cwd=data, forward=3 if template == "mllama" else 0)
     mine: dict[str, list[dict[str, Any]]] = {}
+    cut_messages: dict[str, list[str]] = {}  # the VC201 findings' messages
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(data)
         for config in configs:
             records = root / f"{config.stem}.jsonl"
-            vlmcheck.check(config, output=records)
+            report = vlmcheck.check(config, output=records)
             mine[config.stem] = [json.loads(line) for line in records.read_text().splitlines()]
-    return {"template": template, "oracle": oracle, "mine": mine}
+            cut_messages[config.stem] = [f.message for f in report.findings if f.code == "VC201"]
+    return {"template": template, "oracle": oracle, "mine": mine, "cut_messages": cut_messages}
 
 
 def test_every_sample_agrees_with_llamafactory(proof: dict[str, Any]) -> None:
@@ -131,7 +155,7 @@ def test_the_per_row_oracle_is_get_dataset(proof: dict[str, Any]) -> None:
         assert result["llamafactory"] == "0.9.5"
         # only Pixtral's and InternVL's processors cannot load without torchvision (the runner builds the real
         # classes)
-        assert result["built_processor"] == (proof["template"] in ("pixtral", "intern_vl"))
+        assert result["built_processor"] == (proof["template"] in ("pixtral", "intern_vl", "glm4v"))
 
 
 def test_the_corpus_reaches_every_case(proof: dict[str, Any]) -> None:
@@ -162,3 +186,30 @@ def test_the_corpus_reaches_every_case(proof: dict[str, Any]) -> None:
     assert outcomes["dropped"] >= 3 and outcomes["whole"] >= 40, outcomes
     assert outcomes["text cut"] >= 1 and outcomes["raises"] >= 3 and outcomes["multi-image"] >= 10, outcomes
     assert len({result["cutoff_len"] for result in oracle.values()}) >= 4
+
+
+def test_a_cut_image_token_of_llama_vision_breaks_the_cross_attention(proof: dict[str, Any]) -> None:
+    """Llama 3.2 Vision has one <|image|> an image and no feature count to mismatch; what a cut does is LLaMA-Factory's
+    own: its MllamaPlugin builds cross_attention_mask from the <|image|> ids left. A tiny real
+    MllamaForConditionalGeneration, through LLaMA-Factory's collator: every sample vlmcheck calls a crash raises the
+    size mismatch alone and goes through batched with a whole sample holding as many images; the whole ones never
+    raise."""
+    if proof["template"] != "mllama":
+        pytest.skip("Llama 3.2 Vision only")
+    runs = batched = 0
+    for name, result in proof["oracle"].items():
+        positions = {(row["dataset"], row["row"]): k for k, row in enumerate(result["rows"])}
+        for run in result.get("forward", []):
+            record = proof["mine"][name][positions[(run["dataset"], run["row"])]]
+            if record["framework"]["verdict"] == "crash":
+                assert run["error"] and "must match the size of tensor b" in run["error"], (name, run)
+                if "batched_with_whole" in run:
+                    assert run["batched_with_whole"]["error"] is None, (name, run)
+                    batched += 1
+                assert "VC201" in record["findings"], (name, record)
+            else:
+                assert run["error"] is None, (name, run)
+            runs += 1
+    assert runs >= 10 and batched >= 5, (runs, batched)
+    messages = [m for found in proof["cut_messages"].values() for m in found]
+    assert messages and all("The size of tensor a must match the size of tensor b" in m for m in messages)

@@ -30,12 +30,18 @@ Modelled on LLaMA-Factory 0.9.4-0.9.5, default (v0) engine, ``stage: sft``:
   writes for the pre-scaled image (the family module's expansion: Gemma 3's ``full_image_sequence``, LLaVA's and
   LLaVA-NeXT's ``<image>`` run, Pixtral's ``[IMG]`` rows, InternVL's ``<IMG_CONTEXT>`` tiles), except PaliGemma's,
   which removes ``<image>`` and puts every image's tokens before the sample, where the cut never reaches them.
+  Llama 3.2 Vision's writes one ``<|image|>`` per image; GLM-4.1V's is a Qwen-VL plugin (its rules, then GLM's own
+  ``smart_resize``) writing ``<|begin_of_image|>`` + ``<|image|>`` per feature + ``<|end_of_image|>``.
   Templates: ``qwen2_vl``, ``qwen3_vl``, ``qwen3_vl_nothink``, ``gemma3``, ``llava``, ``llava_next``,
-  ``intern_vl``, ``pixtral``, ``paligemma``; the others are refused.
+  ``intern_vl``, ``pixtral``, ``paligemma``, ``mllama``, ``glm4v`` (``efficient_eos``: one labelled EOS closes the
+  sample, each later prompt's first label is the EOS id; ``train_on_prompt`` refused); the others are refused.
 - **Truncation** (``data/processor/supervised.py``, ``processor_utils.infer_seqlen``): pair by pair, each
   (prompt, answer) gets a share of the remaining ``cutoff_len``. Nothing checks the image tokens afterwards: a cut
   through an image span leaves fewer ``<|image_pad|>`` ids than the image has features, and the model's forward
-  raises "Image features and image tokens do not match" at the step that reaches the sample.
+  raises "Image features and image tokens do not match" at the step that reaches the sample. Llama 3.2 Vision:
+  ``MllamaPlugin`` builds ``cross_attention_mask`` from the ``<|image|>`` ids left, fewer image slots than
+  ``pixel_values``: a size mismatch at batch size 1 (silently unattended when batched with a whole sample holding
+  as many images).
 """
 
 from __future__ import annotations
@@ -138,6 +144,8 @@ class Plugin:
     wrapped: bool = True
     qwen_rules: bool = True
     prefix_images: bool = False
+    # what training does with a sample whose image tokens were cut
+    cut_effect: str = "training stops with 'Image features and image tokens do not match'"
 
 
 QWEN2_VL_PLUGIN = Plugin("qwen2_vl", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
@@ -163,6 +171,22 @@ INTERN_VL_PLUGIN = Plugin("intern_vl", "<IMG_CONTEXT>", "", "", "", ("internvl",
 # processor.image_seq_length image tokens per image before the whole sample (before BOS), unlabelled
 PALIGEMMA_PLUGIN = Plugin("paligemma", "<image>", "", "", "", ("paligemma",), wrapped=False, qwen_rules=False,
                           prefix_images=True)
+# mm_plugin.py MllamaPlugin.process_messages: each <image> becomes one "<|image|>" (the image reaches the model through
+# cross-attention); get_mm_inputs builds cross_attention_mask from the <|image|> ids left in the batch, with as many
+# image slots as the most <|image|> ids a sample of the batch holds, while pixel_values has a slot for every image:
+# when no sample of the batch keeps as many <|image|> ids as the batch's most images, the cross-attention raises a
+# size mismatch (proved on 0.9.5 with a tiny MllamaForConditionalGeneration through its collator); batched with a
+# whole sample holding as many images, nothing raises and no token attends the cut image
+MLLAMA_PLUGIN = Plugin(
+    "mllama", "<|image|>", "", "", "", ("mllama",), wrapped=False, qwen_rules=False,
+    cut_effect=("the cross_attention_mask LLaMA-Factory builds from the <|image|> ids left has fewer image slots "
+                "than pixel_values: training stops with 'RuntimeError: The size of tensor a must match the size of "
+                "tensor b' (always at batch size 1); only in a batch with a whole sample holding as many images "
+                "does it go on, the cut image then silently unattended"))
+# mm_plugin.py GLM4VPlugin(Qwen2VLPlugin): the Qwen-VL image rules (_preprocess_image is inherited), then
+# "<|begin_of_image|>" + "<|image|>" per feature (image_grid_thw.prod() // merge_size**2 of GLM's own image
+# processor) + "<|end_of_image|>"
+GLM4V_PLUGIN = Plugin("glm4v", "<|image|>", "<|video|>", "<|begin_of_image|>", "<|end_of_image|>", ("glm4v",))
 INTERN_VL_CROP = {"crop_to_patches": True, "max_patches": 12, "min_patches": 1}
 # mm_plugin.py Gemma3Plugin.process_messages with image_do_pan_and_scan reads each image's crop count as
 # mm_inputs["num_crops"][0][k]; transformers 5.x's Gemma 3 image processor returns num_crops as a flat tensor, so
@@ -193,6 +217,9 @@ class Template:
     answer_eos: bool = False
     # Llama2Template: the formatted system prompt is written inside the first user message, not before it
     system_in_user: bool = False
+    # Template.fix_special_tokens: the stop words (after the one that replaces EOS) are added to the tokenizer as
+    # special tokens, so text holding one tokenizes it as a single token
+    stop_words: tuple[str, ...] = ()
 
 
 _CHATML_USER = "<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n"
@@ -226,6 +253,17 @@ TEMPLATES: dict[str, Template] = {
         # template.py "paligemma": Llama2Template, BOS prefix, user "{{content}}\n", default system and answer slots
         Template("paligemma", "{content}\n", "{content}", "{content}", PALIGEMMA_PLUGIN, prefix_bos=True,
                  answer_eos=True, system_in_user=True),
+        # template.py "mllama" (llama3's strings): BOS prefix, no default system; replace_eos makes <|eot_id|> the
+        # EOS (no answer slot writes it), <|eom_id|> joins the special tokens
+        Template("mllama", "<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>"
+                           "<|start_header_id|>assistant<|end_header_id|>\n\n",
+                 "{content}<|eot_id|>", "<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
+                 MLLAMA_PLUGIN, prefix_bos=True, stop_words=("<|eom_id|>",)),
+        # template.py "glm4v" (glm4's strings): "[gMASK]<sop>" prefix, ReasoningTemplate, efficient_eos (answers
+        # carry no EOS: one EOS closes the sample, and each later prompt's first label is the EOS id)
+        Template("glm4v", "<|user|>\n{content}<|assistant|>", "\n{content}", "<|system|>\n{content}", GLM4V_PLUGIN,
+                 prefix="[gMASK]<sop>", reasoning=True, efficient_eos=True,
+                 stop_words=("<|user|>", "<|observation|>", "</answer>")),
         # template.py "pixtral" (ministral's strings): Llama2Template, BOS prefix, default answer slots
         Template("pixtral", "[INST]{content}[/INST]", "{content}", "{content}\n\n", PIXTRAL_PLUGIN, prefix_bos=True,
                  answer_eos=True, system_in_user=True),
@@ -325,6 +363,9 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         raise UsageError(f"{path}: image_max_pixels cannot be smaller than image_min_pixels (LLaMA-Factory refuses)")
     if _flag(raw, "mask_history") and _flag(raw, "train_on_prompt"):
         raise UsageError(f"{path}: mask_history is incompatible with train_on_prompt (LLaMA-Factory refuses)")
+    if _flag(raw, "train_on_prompt") and TEMPLATES[name].efficient_eos:
+        raise UsageError(f"{path}: template {name} does not support train_on_prompt (LLaMA-Factory refuses: "
+                         "'Current template does not support `train_on_prompt`')")
     max_samples = raw.get("max_samples")
     return Config(
         path=path, model=str(mapped(str(model_path), mapping)), template=TEMPLATES[name], datasets=names,
@@ -701,10 +742,12 @@ class Encoded:
     # PaliGemmaPlugin.process_token_ids: every image's tokens before the first turn, never labelled, never cut
     # (they take their share of cutoff_len first); per token, its image
     prefix: list[int] = field(default_factory=list)
+    # efficient_eos templates: the one EOS id after the last pair (always kept, always labelled)
+    suffix: int = 0
 
     @property
     def total(self) -> int:
-        return len(self.prefix) + sum(len(t) for t in self.turns)
+        return len(self.prefix) + sum(len(t) for t in self.turns) + self.suffix
 
 
 @dataclass
@@ -771,8 +814,9 @@ def truncate(encoded: Encoded, config: Config, *, images: int) -> Cut:
     pairs = [(i, i + 1) for i in range(0, len(encoded.turns), 2)]
     if config.mask_history:
         pairs = pairs[::-1]
-    total = len(encoded.prefix) + (1 if config.template.efficient_eos else 0)
-    labels = 0
+    efficient_eos = config.template.efficient_eos
+    total = len(encoded.prefix) + (1 if efficient_eos else 0)
+    labels = 1 if efficient_eos else 0  # the closing EOS is labelled
     kept = [0] * images
     for k in encoded.prefix:
         kept[k] += 1
@@ -787,6 +831,8 @@ def truncate(encoded: Encoded, config: Config, *, images: int) -> Cut:
         labelled[tgt] = not (config.mask_history and turn_idx != 0)
         if config.train_on_prompt:
             labels += s_len
+        elif efficient_eos and turn_idx != 0:  # the prompt's first label is the EOS id (even of an empty cut)
+            labels += 1
         if not (config.mask_history and turn_idx != 0):
             labels += t_len
         for turn, n in ((src, s_len), (tgt, t_len)):
@@ -805,7 +851,10 @@ def _layout_spans(encoded: Encoded, whole: Cut, cut: Cut, *, cutoff: int) -> dic
         if t < len(cut.kept_per_turn) and cut.kept_per_turn[t]:
             kept.append((len(trained), len(trained) + cut.kept_per_turn[t]))
         trained += [t < len(whole.labelled) and whole.labelled[t]] * len(ids)
-    image_of = encoded.prefix + [k for owner in encoded.image_of for k in owner]
+    if encoded.suffix:
+        kept.append((len(trained), len(trained) + encoded.suffix))
+        trained += [True] * encoded.suffix
+    image_of = encoded.prefix + [k for owner in encoded.image_of for k in owner] + [-1] * encoded.suffix
     return token_spans(image_of, trained, kept=kept, max_length=cutoff)
 
 
@@ -845,6 +894,20 @@ def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data:
     return Run(config, spec)
 
 
+def _with_stop_words(tokenizer: Any, words: Sequence[str]) -> Any:
+    """The tokenizer as ``Template.fix_special_tokens`` leaves it: the template's stop words added as special tokens
+    (a copy: the model's own tokenizer is shared)."""
+    added = {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special}
+    missing = [w for w in words if w not in added]
+    if not missing:
+        return tokenizer
+    from tokenizers import AddedToken, Tokenizer
+
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    copy.add_special_tokens([AddedToken(w, special=True, normalized=False) for w in missing])
+    return copy
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     import json
 
@@ -873,7 +936,7 @@ class Run:
         self.spec = spec
         self.family = spec.family
         self.settings = spec.settings
-        self.tokenizer = spec.tokenizer
+        self.tokenizer = _with_stop_words(spec.tokenizer, config.template.stop_words)
         self.pad_id = spec.token_id(plugin.image_token)
         # the BOS / EOS slots are the tokenizer's own ids (_convert_elements_to_ids); absent: nothing is written
         self.bos_id = self._special_id("bos_token")
@@ -969,7 +1032,10 @@ class Run:
             return expansions, encoded
         turns = format_turns(example, config, images=[e.text for e in expansions], bos=self.bos_id, eos=self.eos_id)
         runs = [(k, n) for k, e in enumerate(expansions) for n in e.runs]
-        return expansions, self._encode(turns, runs, found, images=len(expansions))
+        encoded = self._encode(turns, runs, found, images=len(expansions))
+        if encoded is not None and config.template.efficient_eos:
+            encoded.suffix = 1
+        return expansions, encoded
 
     # -- one row ----------------------------------------------------------------------------------------------
     def _as_loaded(self, row: Any, attr: DatasetAttr) -> Any:
@@ -1142,7 +1208,7 @@ class Run:
                 "VC201",
                 f"image {k + 1} of {len(counts)} needs {counts[k]:,} tokens, only {cut.image_tokens_kept[k]:,} "
                 f"survive LLaMA-Factory's per-turn cut at cutoff_len={cutoff:,}; the sample is {total:,} tokens: "
-                "training stops with 'Image features and image tokens do not match'",
+                f"{self.config.template.plugin.cut_effect}",
                 fix=fix + ", or drop the sample",
                 image=k + 1, image_tokens=counts[k], kept=cut.image_tokens_kept[k], tokens=total, max_length=cutoff))
         if cut_images:
