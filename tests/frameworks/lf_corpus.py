@@ -71,6 +71,8 @@ def _answer(rng: random.Random) -> str:
         text = "\n\n" + text + "\n"
     elif roll < 0.3:
         text = f"<think>\n{_text(rng, 1, 20)}\n</think>\n\n{text}"
+    elif roll < 0.35:
+        text = f"<answer>{text}</answer>"  # a stop word some templates add as a special token (glm4v)
     return text
 
 

@@ -16,13 +16,16 @@ computes it), the tokens and labels kept by the cut, and the image tokens left (
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from lf_corpus import write_template_corpus
+from llamafactory_env import oracle_env
 from test_llamafactory_check import _compare, run_oracle
 
 import vlmcheck
@@ -213,3 +216,46 @@ def test_a_cut_image_token_of_llama_vision_breaks_the_cross_attention(proof: dic
     assert runs >= 10 and batched >= 5, (runs, batched)
     messages = [m for found in proof["cut_messages"].values() for m in found]
     assert messages and all("The size of tensor a must match the size of tensor b" in m for m in messages)
+
+
+_REFUSES = """
+import sys, yaml
+from llamafactory.hparams import get_train_args
+from llamafactory.model import load_tokenizer
+from llamafactory.data import get_template_and_fix_tokenizer
+args = yaml.safe_load(open(sys.argv[1]))
+args.update(do_train=True, output_dir=sys.argv[2], report_to="none")
+model_args, data_args, *_ = get_train_args(args)
+try:
+    get_template_and_fix_tokenizer(load_tokenizer(model_args)["tokenizer"], data_args)
+except Exception as e:
+    print("REFUSED", e)
+else:
+    print("ACCEPTED")
+"""
+
+
+@pytest.mark.parametrize("train_on_prompt", [True, False])
+def test_glm4v_train_on_prompt_is_refused_where_llamafactory_refuses_it(
+        tmp_path: Path, llamafactory_python: Path, train_on_prompt: bool) -> None:
+    """glm4v's efficient_eos: LLaMA-Factory's own template loader refuses train_on_prompt; vlmcheck check refuses
+    the same config with the reason, and accepts it without the flag."""
+    config = write_template_corpus(tmp_path, "glm4v", _glm4v(), seed=5, rows=2, cutoffs=(300, 700, 1400))[1]
+    raw = yaml.safe_load(config.read_text())
+    raw.update(train_on_prompt=train_on_prompt, mask_history=False)
+    config.write_text(yaml.safe_dump(raw))
+    data = tmp_path / "data"
+    done = subprocess.run([str(llamafactory_python), "-c", _REFUSES, str(config), str(tmp_path / "out")], cwd=data,
+                          env=oracle_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    verdict = done.stdout.strip().splitlines()[-1]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(data)
+        if train_on_prompt:
+            assert verdict.startswith("REFUSED") and "train_on_prompt" in verdict, verdict
+            with pytest.raises(vlmcheck.UsageError, match="does not support train_on_prompt"):
+                vlmcheck.check(config)
+        else:
+            assert verdict == "ACCEPTED", verdict
+            records = list(vlmcheck.check(config).records())
+            assert records and all(r["framework"]["verdict"] for r in records)
