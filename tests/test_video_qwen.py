@@ -62,7 +62,8 @@ def pyav_truth(path: Path) -> dict[str, Any]:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         truth = {"width": stream.codec_context.width, "height": stream.codec_context.height,
-                 "fps": float(stream.average_rate)}
+                 "fps": float(stream.average_rate), "declared_frames": stream.frames,
+                 "duration": None if stream.duration is None else float(stream.duration * stream.time_base)}
         truth["frames"] = sum(1 for packet in container.demux(stream) if packet.size)
     with av.open(str(path)) as container:
         truth["rotation"] = int(next(container.decode(video=0)).rotation) % 360
@@ -107,6 +108,8 @@ def test_header_metadata_equals_pyav(videos: Path, case: tuple[Any, ...]) -> Non
     assert info.fps == truth["fps"]
     assert info.rotation == truth["rotation"]
     assert info.duration == pytest.approx(info.frames / info.fps)
+    # what LLaMA-Factory samples by: PyAV's stream.frames (0 for a fragmented MP4) and stream duration, exactly
+    assert (info.declared_frames, info.duration) == (truth["declared_frames"], truth["duration"])
     upright = truth["rotation"] % 180 == 0  # torchcodec decodes to the display size
     assert info.size() == ((truth["width"], truth["height"]) if upright else (truth["height"], truth["width"]))
     assert info.size(apply_rotation=False) == (truth["width"], truth["height"])

@@ -35,6 +35,8 @@ PACKAGES = (
     "pyyaml",
     "pillow",
     "numpy",
+    # videos: LLaMA-Factory reads their stream metadata and decodes them with PyAV (is_pyav_available)
+    "av>=14",
 )
 TORCHAUDIO_STAND_IN = '''"""Stand-in for torchaudio in vlmcheck's LLaMA-Factory oracle environment (tests/frameworks/llamafactory_env.py):
 LLaMA-Factory imports torchaudio at the top of mm_plugin.py for audio only, and none loads on this torch."""

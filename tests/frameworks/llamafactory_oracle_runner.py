@@ -17,8 +17,14 @@ output is compared with the rows, so the per-row path is checked against the rea
 
 One adaptation, of transformers and not of LLaMA-Factory: without torchvision, transformers 5.x cannot build the
 Qwen-VL processors (their video processor requires it). When ``load_tokenizer`` returns no processor, the real
-processor class is built with the real PIL image processor and no video processor, and LLaMA-Factory's own
-``patch_processor`` is applied to it.
+processor class is built with the real PIL image processor, and LLaMA-Factory's own ``patch_processor`` is applied to
+it. Qwen2-VL / Qwen2.5-VL get their real ``Qwen2VLVideoProcessor``, built by its own ``__init__`` from the dict
+transformers' ``get_video_processor_dict`` reads from the checkpoint (its source file imported beside empty
+torchvision modules, which are removed again); only its pixel interpolation (torchvision's) is replaced, by zeros of
+the size its own code chose, and its normalization (torchvision's too) returns the values as they are: neither changes
+a shape. Videos: LLaMA-Factory's ``process_messages`` counts the text (PyAV stream metadata, this environment has
+PyAV); the features come from the collator's path, ``Qwen2VLPlugin._get_mm_inputs`` itself (PyAV decode, frame
+choice, PIL pre-scaling, then the video processor's resize decision, temporal padding and patch grid).
 
 ``--forward N``: a tiny randomly initialised Qwen-VL model of the checkpoint's type (built from a config, no
 download) runs forward on up to N kept samples whose image tokens were cut, and on up to N whole ones, through
@@ -131,12 +137,81 @@ def _processor(model_path: str, tokenizer: Any) -> Any:
             self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
             self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
             self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-            # Qwen3VLPlugin.process_messages reads the video processor's merge size even without videos; the
-            # corpus has no videos, so the image processor's stands in for it
-            self.video_processor = SimpleNamespace(merge_size=image_processor.merge_size)
+            if model_type in ("qwen2_vl", "qwen2_5_vl"):
+                self.video_processor = _qwen2_video_processor(model_path)
+            else:
+                # Qwen3VLPlugin.process_messages reads the video processor's merge size even without videos; its
+                # corpus has no videos, so the image processor's stands in for it
+                self.video_processor = SimpleNamespace(merge_size=image_processor.merge_size)
 
     WithoutVideo.__name__ = base.__name__
     return WithoutVideo(Qwen2VLImageProcessorPil.from_pretrained(model_path), tokenizer)
+
+
+def _qwen2_video_processor(model_path: str) -> Any:
+    """transformers' Qwen2VLVideoProcessor, built by its own __init__ from the checkpoint's video processor dict; its
+    pixel interpolation returns zeros of the target size (no torchvision here; the size is its own code's)."""
+    import importlib.util
+    import types
+
+    import torch
+    import transformers
+    from transformers.video_processing_utils import BaseVideoProcessor
+
+    names = ["torchvision", "torchvision.io", "torchvision.transforms", "torchvision.transforms.v2",
+             "torchvision.transforms.v2.functional", "torchvision.transforms.functional"]
+    modules = {name: types.ModuleType(name) for name in names}
+    for name, module in modules.items():
+        if "." in name:
+            parent, _, child = name.rpartition(".")
+            setattr(modules[parent], child, module)
+    modules["torchvision"].__version__ = "0.0"  # type: ignore[attr-defined]
+    modules["torchvision.transforms"].InterpolationMode = SimpleNamespace(BICUBIC="bicubic")  # type: ignore[attr-defined]
+    package = "transformers.models.qwen2_vl"
+    path = Path(transformers.__file__).parent / "models/qwen2_vl/video_processing_qwen2_vl.py"
+    spec = importlib.util.spec_from_file_location(f"{package}.video_processing_qwen2_vl_oracle", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = package
+    sys.modules[spec.name] = module
+    sys.modules.update(modules)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        for name in modules:
+            sys.modules.pop(name, None)
+
+    class ZeroPixels(module.Qwen2VLVideoProcessor):  # type: ignore[misc, name-defined]
+        def resize(self, image: Any, size: Any, resample: Any = None, **kwargs: Any) -> Any:
+            return torch.zeros((*image.shape[:-2], size.height, size.width), dtype=torch.uint8)
+
+        def normalize(self, image: Any, mean: Any, std: Any, **kwargs: Any) -> Any:  # torchvision's too; values only
+            return image.to(torch.float32)
+
+    values, _ = BaseVideoProcessor.get_video_processor_dict(model_path)
+    return ZeroPixels(**values)
+
+
+def _video_features(plugin: Any, videos: list[Any], processor: Any) -> list[int]:
+    """Each video's feature count on the collator's path, Qwen2VLPlugin._get_mm_inputs itself: LLaMA-Factory decodes,
+    chooses and pre-scales the frames, the video processor sizes, pads and patches them (video_grid_thw)."""
+    grid = plugin._get_mm_inputs([], videos, [], processor)["video_grid_thw"]
+    merge = processor.video_processor.merge_size ** 2
+    return [int(t * h * w) // merge for t, h, w in grid.tolist()]
+
+
+def _runs(ids: list[int], token: int) -> list[int]:
+    """Lengths of the runs of ``token`` in ``ids``, in order (one per video: vision_end / vision_start part them)."""
+    runs: list[int] = []
+    previous = None
+    for t in ids:
+        if t == token:
+            if previous == token:
+                runs[-1] += 1
+            else:
+                runs.append(1)
+        previous = t
+    return runs
 
 
 def _error(e: BaseException) -> str:
@@ -313,6 +388,7 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
     # the token the model counts against image features (config.json), not the plugin's own name for it
     model_config = json.loads(Path(model_args.model_name_or_path, "config.json").read_text())
     image_token_id = model_config.get("image_token_index", model_config.get("image_token_id"))
+    video_token_id = model_config.get("video_token_id")
     cut_processor = _get_dataset_processor(data_args, "sft", template, tokenizer, processor, do_generate=False)
     whole_args = copy.copy(data_args)
     whole_args.cutoff_len = 10**9
@@ -347,6 +423,8 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
                     sizes = [list(im.size) for im in regular]
                     # what _get_mm_inputs (the collator's path) does after _regularize_images
                     features, grids = _features(regular, processor, model_args.model_name_or_path)
+                videos = example["_videos"] or []
+                video_features = _video_features(plugin, videos, processor) if videos else []
             except Exception as e:  # LLaMA-Factory raises on this row: inside datasets.map the whole run stops
                 record["error"] = _error(e)
                 continue
@@ -360,7 +438,12 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
                 image_stored=stored, image_sizes=sizes, image_grid_thw=grids, image_features=features, image_tokens_left=left,
                 crash=left != sum(features),
             )
-            kept_rows.append({"input_ids": ids, "labels": labels, "images": images})
+            if videos:
+                video_left = sum(1 for t in ids if t == video_token_id)
+                record.update(video_tokens=_runs(whole["input_ids"][0], video_token_id), video_features=video_features,
+                              video_tokens_left=video_left,
+                              crash=record["crash"] or video_left != sum(video_features))
+            kept_rows.append({"input_ids": ids, "labels": labels, "images": images, "videos": videos})
 
     # The real entry point on the whole config: it must give exactly the kept rows, or raise when a row raises.
     check: dict[str, Any] = {}
@@ -422,13 +505,19 @@ def _forward(model_path: str, rows: list[dict[str, Any]], kept_rows: list[dict[s
     collator = SFTDataCollatorWith4DAttentionMask(template=template, processor=processor, tokenizer=tokenizer,
                                                   model=model, pad_to_multiple_of=None, label_pad_token_id=IGNORE_INDEX)
     kept = [r for r in rows if r["kept"]]
-    chosen = [i for i, r in enumerate(kept) if r["crash"]][:n] + [i for i, r in enumerate(kept) if not r["crash"]
-                                                                  and r["image_features"]][:n]
+    def crash_kind(r: dict[str, Any]) -> str:  # with videos: uncut but more tokens than features, or cut
+        return "frames" if r.get("video_tokens") not in (None, r.get("video_features")) else "cut"
+
+    crashes = [i for i, r in enumerate(kept) if r["crash"]]
+    chosen = ([i for i in crashes if crash_kind(kept[i]) == "cut"][:n] + [
+        i for i in crashes if crash_kind(kept[i]) == "frames"][:n] + [
+        i for i, r in enumerate(kept) if not r["crash"] and (r["image_features"] or r.get("video_features"))][:n])
     out = []
     for i in chosen:
         sample = kept_rows[i]
         feature = {"input_ids": sample["input_ids"], "attention_mask": [1] * len(sample["input_ids"]),
-                   "labels": sample["labels"], "images": sample["images"], "videos": [], "audios": []}
+                   "labels": sample["labels"], "images": sample["images"], "videos": sample.get("videos") or [],
+                   "audios": []}
         record = {"dataset": kept[i]["dataset"], "row": kept[i]["row"], "error": None}
         try:
             batch = collator([feature])

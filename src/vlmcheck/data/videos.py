@@ -45,6 +45,14 @@ class VideoInfo:
     duration: float | None  # seconds
     rotation: int = 0  # display rotation in degrees, counter-clockwise (ffmpeg/PyAV ``frame.rotation``)
     container: str = "mp4"
+    # the frame count the container's index declares, as ffmpeg's ``nb_frames`` (PyAV ``stream.frames``): 0 for a
+    # fragmented MP4, whose samples are listed only in its moof boxes; None: the same as ``frames``
+    indexed_frames: int | None = None
+
+    @property
+    def declared_frames(self) -> int:
+        """What PyAV's ``stream.frames`` reports (LLaMA-Factory samples frames by it)."""
+        return self.frames if self.indexed_frames is None else self.indexed_frames
 
     def size(self, *, apply_rotation: bool = True) -> tuple[int, int]:
         """(width, height) of the frames a loader returns: rotated by the display matrix (torchcodec)
@@ -249,6 +257,7 @@ def _video_trak(buf: bytes, start: int, end: int, movie_matrix: list[float], tre
                 n, delta = struct.unpack_from(">II", buf, s + 8 + 8 * i)
                 frames += n
                 durations += n * delta
+    indexed = frames
     default_duration = trex.get(track_id, 0)
     for moof in moofs:
         f, d = _fragment_samples(moof, track_id, default_duration)
@@ -264,7 +273,7 @@ def _video_trak(buf: bytes, start: int, end: int, movie_matrix: list[float], tre
     seconds = durations if durations else media_duration
     duration = seconds / timescale if timescale and seconds else None
     return VideoInfo(width=width, height=height, frames=frames, fps=fps, duration=duration,
-                     rotation=rotation, container="mp4")
+                     rotation=rotation, container="mp4", indexed_frames=None if indexed == frames else indexed)
 
 
 def _fragment_samples(moof: bytes, track_id: int, trex_duration: int) -> tuple[int, int]:

@@ -57,8 +57,11 @@ from vlmcheck import findings as F
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
 from vlmcheck.data.readers import BadRow
 from vlmcheck.data.readers import iter_rows as read_rows
+from vlmcheck.data.videos import VideoInfo, VideoProblem, probe_video_path
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.families import Expansion, Overrides
+from vlmcheck.families.base import VideoFamily
+from vlmcheck.families.qwen2_vl import QwenVLSettings
 from vlmcheck.frameworks._run import locate, mapped
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS
 from vlmcheck.layout import infer_seqlen
@@ -79,6 +82,11 @@ DEFAULTS: dict[str, Any] = {
     "media_dir": None,  # -> dataset_dir
     "image_max_pixels": 768 * 768,
     "image_min_pixels": 32 * 32,
+    # hparams/model_args.py ProcessorArguments: how videos are sampled and pre-scaled
+    "video_max_pixels": 256 * 256,
+    "video_min_pixels": 16 * 16,
+    "video_fps": 2.0,
+    "video_maxlen": 128,
     "image_do_pan_and_scan": False,
     "crop_to_patches": False,
     "train_on_prompt": False,
@@ -95,6 +103,10 @@ DEFAULTS: dict[str, Any] = {
 IMAGE_PLACEHOLDER_ENV = "IMAGE_PLACEHOLDER"
 VIDEO_PLACEHOLDER_ENV = "VIDEO_PLACEHOLDER"
 
+# what the model does with a video whose tokens are not its features (measured on a tiny Qwen2-VL through LLaMA-Factory's
+# collator: the M-RoPE position step raises first)
+VIDEO_CRASH = ("training stops: the model raises 'shape mismatch: value tensor of shape [3, N] cannot be broadcast to "
+               "indexing result of shape [3, M]' (or 'Videos features and video tokens do not match')")
 # the Qwen-VL plugins' extra image rules (mm_plugin.py Qwen2VLPlugin._preprocess_image)
 QWEN_MIN_SIDE = 28
 QWEN_MAX_RATIO = 200
@@ -146,10 +158,12 @@ class Plugin:
     prefix_images: bool = False
     # what training does with a sample whose image tokens were cut
     cut_effect: str = "training stops with 'Image features and image tokens do not match'"
+    # whether vlmcheck counts this plugin's videos (Qwen2VLPlugin: frames sampled by PyAV stream metadata)
+    counts_videos: bool = False
 
 
 QWEN2_VL_PLUGIN = Plugin("qwen2_vl", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
-                         ("qwen2_vl", "qwen2_5_vl"))
+                         ("qwen2_vl", "qwen2_5_vl"), counts_videos=True)
 QWEN3_VL_PLUGIN = Plugin("qwen3_vl", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
                          ("qwen3_vl",))
 # mm_plugin.py Gemma3Plugin.process_messages: processor.full_image_sequence per image, or with
@@ -296,6 +310,10 @@ class Config:
     crop_to_patches: bool = False
     image_placeholder: str = "<image>"
     video_placeholder: str = "<video>"
+    video_max_pixels: int = DEFAULTS["video_max_pixels"]
+    video_min_pixels: int = DEFAULTS["video_min_pixels"]
+    video_fps: float = DEFAULTS["video_fps"]
+    video_maxlen: int = DEFAULTS["video_maxlen"]
     v1: bool = False
     values: dict[str, Any] = field(default_factory=dict)  # as read, for the report
 
@@ -361,6 +379,17 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     min_pixels = _int(raw, "image_min_pixels", path)
     if max_pixels < min_pixels:
         raise UsageError(f"{path}: image_max_pixels cannot be smaller than image_min_pixels (LLaMA-Factory refuses)")
+    video_max = _int(raw, "video_max_pixels", path)
+    video_min = _int(raw, "video_min_pixels", path)
+    if video_max < video_min:
+        raise UsageError(f"{path}: video_max_pixels cannot be smaller than video_min_pixels (LLaMA-Factory refuses)")
+    video_fps = raw.get("video_fps", DEFAULTS["video_fps"])
+    try:
+        video_fps = float(video_fps)
+    except (TypeError, ValueError):
+        raise UsageError(f"{path}: video_fps must be a number, got {video_fps!r}") from None
+    if not math.isfinite(video_fps) or video_fps <= 0:
+        raise UsageError(f"{path}: video_fps must be positive, got {video_fps}")
     if _flag(raw, "mask_history") and _flag(raw, "train_on_prompt"):
         raise UsageError(f"{path}: mask_history is incompatible with train_on_prompt (LLaMA-Factory refuses)")
     if _flag(raw, "train_on_prompt") and TEMPLATES[name].efficient_eos:
@@ -379,10 +408,13 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         crop_to_patches=_flag(raw, "crop_to_patches"),
         image_placeholder=env.get(IMAGE_PLACEHOLDER_ENV, "<image>"),
         video_placeholder=env.get(VIDEO_PLACEHOLDER_ENV, "<video>"),
+        video_max_pixels=video_max, video_min_pixels=video_min, video_fps=video_fps,
+        video_maxlen=_int(raw, "video_maxlen", path),
         v1=env.get("USE_V1", "0").lower() in ("1", "true"),
         values={k: raw.get(k, DEFAULTS.get(k)) for k in (
             "template", "cutoff_len", "image_max_pixels", "image_min_pixels", "train_on_prompt", "mask_history",
-            "enable_thinking", "packing", "dataset", "dataset_dir", "image_do_pan_and_scan", "crop_to_patches")},
+            "enable_thinking", "packing", "dataset", "dataset_dir", "image_do_pan_and_scan", "crop_to_patches",
+            "video_max_pixels", "video_min_pixels", "video_fps", "video_maxlen")},
     )
 
 
@@ -640,12 +672,23 @@ class ImageRefused(Exception):
 def image_size(width: int, height: int, config: Config) -> tuple[int, int]:
     """The (width, height) the processor receives from LLaMA-Factory for an image stored as width x height
     (``_preprocess_image``: budget scaling with int truncation, then the Qwen-VL plugin's side and ratio rules)."""
-    if width * height > config.image_max_pixels:
-        f = math.sqrt(config.image_max_pixels / (width * height))
+    return _prescaled(width, height, config.image_max_pixels, config.image_min_pixels, config)
+
+
+def frame_size(width: int, height: int, config: Config) -> tuple[int, int]:
+    """The (width, height) of a video's frames after LLaMA-Factory's pre-scaling: the image rules with the video
+    budgets (``_regularize_videos`` -> ``_regularize_images``; ``_get_qwen_video_size_after_regularization`` is
+    the same arithmetic on the stream's size)."""
+    return _prescaled(width, height, config.video_max_pixels, config.video_min_pixels, config)
+
+
+def _prescaled(width: int, height: int, max_pixels: int, min_pixels: int, config: Config) -> tuple[int, int]:
+    if width * height > max_pixels:
+        f = math.sqrt(max_pixels / (width * height))
         width, height = int(width * f), int(height * f)
         _check_side(width, height)
-    if width * height < config.image_min_pixels:
-        f = math.sqrt(config.image_min_pixels / (width * height))
+    if width * height < min_pixels:
+        f = math.sqrt(min_pixels / (width * height))
         width, height = int(width * f), int(height * f)
         _check_side(width, height)
     if config.template.plugin.qwen_rules:
@@ -668,8 +711,32 @@ def _check_side(width: int, height: int) -> None:
 Element = str | int  # a formatted string, tokenized on its own, or a token id (the BOS / EOS slots)
 
 
+def sampled_frames(info: VideoInfo, config: Config) -> tuple[int, int]:
+    """(frames the text is counted for, frames the collator decodes) of one video file under the Qwen2-VL plugin,
+    each made even (``_regularize_videos`` repeats the last frame of an odd count).
+
+    ``_get_video_sample_indices`` reads PyAV's ``stream.frames``: when it is 0 (a fragmented MP4) it takes indices
+    0 .. video_maxlen-1, else min(frames, video_maxlen, max(1, floor(duration x video_fps))) evenly spaced ones.
+    ``process_messages`` counts the text from those indices and the stream's size without decoding
+    (``_get_qwen_video_grid_metadata``, which needs a duration and a frame rate, else it decodes too); the collator
+    decodes the stream and keeps the frames whose index is among them, so a fragmented MP4 shorter than
+    video_maxlen frames gets more video tokens than features."""
+    decodable = info.frames
+    if info.declared_frames == 0:
+        decoded = min(decodable, config.video_maxlen)
+        text = config.video_maxlen if info.duration is not None and info.fps else decoded
+    else:
+        if info.duration is None:
+            raise VideoProblem("VC112", "the video stream declares no duration: LLaMA-Factory's frame sampling "
+                                        "multiplies by it and raises")
+        text = decoded = min(info.declared_frames, config.video_maxlen,
+                             max(1, math.floor(info.duration * config.video_fps)))
+    return text + text % 2, decoded + decoded % 2
+
+
 def format_turns(example: Example, config: Config, *, images: Sequence[str] | None = None,
-                 bos: int | None = None, eos: int | None = None) -> list[list[Element]]:
+                 bos: int | None = None, eos: int | None = None,
+                 videos: Sequence[str] | None = None) -> list[list[Element]]:
     """The elements LLaMA-Factory tokenizes for ``example``: per turn (prompt and answer alternating), the
     formatted strings, each tokenized on its own, and the token ids of the BOS / EOS slots. The k-th ``<image>``
     becomes ``images[k]`` (default: ``<|vision_start|><|image_pad|><|vision_end|>``) with the image token written
@@ -688,7 +755,9 @@ def format_turns(example: Example, config: Config, *, images: Sequence[str] | No
         for m in messages[1:-2:2]:
             m[1] = _remove_thought(m[1], t)
     collapsed = f"{plugin.vision_bos}{plugin.image_token}{plugin.vision_eos}"
+    collapsed_video = f"{plugin.vision_bos}{plugin.video_token}{plugin.vision_eos}"
     texts = iter(images if images is not None else ())
+    video_texts = iter(videos if videos is not None else ())
     out: list[list[Element]] = []
     for i, (role, content) in enumerate(messages):
         elements: list[Element] = []
@@ -703,9 +772,13 @@ def format_turns(example: Example, config: Config, *, images: Sequence[str] | No
                 if not t.system_in_user:
                     elements.append(system_text)
                     system_text = ""
-        # mm_plugin.process_messages replaces each placeholder in turn, before the template formats the turn
+        # mm_plugin.process_messages replaces each placeholder in turn (a message's images, then its videos),
+        # before the template formats the turn
         parts = content.split(config.image_placeholder)
         content = parts[0] + "".join(next(texts, collapsed) + part for part in parts[1:])
+        if plugin.counts_videos:
+            parts = content.split(config.video_placeholder)
+            content = parts[0] + "".join(next(video_texts, collapsed_video) + part for part in parts[1:])
         if role == "user":
             elements.append(t.user.replace("{content}", system_text + content))
         else:
@@ -938,6 +1011,7 @@ class Run:
         self.settings = spec.settings
         self.tokenizer = _with_stop_words(spec.tokenizer, config.template.stop_words)
         self.pad_id = spec.token_id(plugin.image_token)
+        self.video_pad_id = spec.token_id(plugin.video_token) if plugin.counts_videos else None
         # the BOS / EOS slots are the tokenizer's own ids (_convert_elements_to_ids); absent: nothing is written
         self.bos_id = self._special_id("bos_token")
         self.eos_id = self._special_id("eos_token")
@@ -1007,6 +1081,35 @@ class Run:
     def image_tokens(self, sizes: list[tuple[int, int]], config: Config) -> list[int]:
         return [e.features for e in self.expansions(sizes, config)]
 
+    # -- videos (the Qwen2-VL plugin) -------------------------------------------------------------------------
+    def _probe_video(self, video: Any) -> VideoInfo:
+        if isinstance(video, list):
+            raise VideoProblem("VC114", "a video given as a list of frames is not counted by vlmcheck yet")
+        if not isinstance(video, str):
+            raise VideoProblem("VC114", f"a video given as {type(video).__name__} is not counted by vlmcheck yet")
+        if video.startswith(("http://", "https://", "s3://", "gs://")):
+            raise VideoProblem("VC111", f"remote video {video} is not downloaded by vlmcheck")
+        return probe_video_path(Path(video))
+
+    def video_counts(self, info: VideoInfo) -> tuple[int, int]:
+        """(video tokens LLaMA-Factory writes, features its collator's frames give) for one video: the frames of
+        :func:`sampled_frames` at :func:`frame_size`, through the checkpoint's video processor (which gets
+        LLaMA-Factory's frames as they are: no sampling of its own, no display rotation)."""
+        family, settings = self.family, self.settings
+        if not isinstance(family, VideoFamily) or not isinstance(settings, QwenVLSettings) or settings.video is None:
+            raise VideoProblem("VC114", f"{family.name} videos are not counted under LLaMA-Factory")
+        if settings.video.do_sample_frames:
+            raise VideoProblem("VC114", "the checkpoint's video processor samples frames itself (do_sample_frames), "
+                                        "on top of LLaMA-Factory's sampling: not counted by vlmcheck yet")
+        try:
+            width, height = frame_size(*info.size(apply_rotation=False), self.config)
+        except ImageRefused as e:
+            raise VideoProblem("VC115", f"its frames: {e}") from None
+        plain = replace(settings, video=replace(settings.video, resize="processor", cap_pixels_per_frame=False))
+        text, decoded = sampled_frames(info, self.config)
+        return tuple(family.expand_video(VideoInfo(width, height, n, info.fps, None), plain, {}).features
+                     for n in (text, decoded))  # type: ignore[return-value]
+
     def expansions(self, sizes: list[tuple[int, int]], config: Config) -> list[Expansion]:
         """What each ``<image>`` becomes after LLaMA-Factory's pre-scaling: the Qwen-VL plugins' wrapped pad, or the
         text the family's processor writes (its runs of image tokens: Gemma 3's pan-and-scan crops)."""
@@ -1022,7 +1125,9 @@ class Run:
         return out
 
     def _build(self, example: Example, sizes: list[tuple[int, int]], config: Config,
-               found: list[F.Finding]) -> tuple[list[Expansion], Encoded | None]:
+               found: list[F.Finding], videos: Sequence[int] = ()) -> tuple[list[Expansion], Encoded | None]:
+        """The sample's turns with each image (and video: ``videos``, its token count) expanded; in ``image_of``
+        image k is owner k and video j owner len(sizes) + j."""
         expansions = self.expansions(sizes, config)
         if config.template.plugin.prefix_images:  # the placeholders are removed, the tokens go before the turns
             turns = format_turns(example, config, images=[""] * len(expansions), bos=self.bos_id, eos=self.eos_id)
@@ -1032,7 +1137,8 @@ class Run:
             return expansions, encoded
         turns = format_turns(example, config, images=[e.text for e in expansions], bos=self.bos_id, eos=self.eos_id)
         runs = [(k, n) for k, e in enumerate(expansions) for n in e.runs]
-        encoded = self._encode(turns, runs, found, images=len(expansions))
+        video_runs = [(len(expansions) + j, n) for j, n in enumerate(videos)]
+        encoded = self._encode(turns, runs, found, images=len(expansions), video_runs=video_runs)
         if encoded is not None and config.template.efficient_eos:
             encoded.suffix = 1
         return expansions, encoded
@@ -1083,8 +1189,10 @@ class Run:
                                          "LLaMA-Factory raises on it while preparing the dataset"))
             frame["verdict"] = "stops"
             return result
-        if example.videos:
-            found.append(F.make("VC114", "videos under LLaMA-Factory are not counted by vlmcheck yet"))
+        plugin = self.config.template.plugin
+        if example.videos and not plugin.counts_videos:
+            found.append(F.make("VC114", f"videos under LLaMA-Factory's {plugin.name} plugin are not counted by "
+                                         "vlmcheck yet"))
             frame["verdict"] = "unknown"
             return result
         placeholders = sum(content.count(self.config.image_placeholder) for _, content in example.messages)
@@ -1094,6 +1202,15 @@ class Run:
                          f"{len(example.images)} image(s): LLaMA-Factory raises 'The number of images does not "
                          "match the number of <image> tokens' and the run stops",
                 placeholders=placeholders, images=len(example.images)))
+            frame["verdict"] = "stops"
+            return result
+        video_placeholders = sum(content.count(self.config.video_placeholder) for _, content in example.messages)
+        if plugin.counts_videos and video_placeholders != len(example.videos):
+            found.append(F.make(
+                "VC002", f"{video_placeholders} {self.config.video_placeholder} placeholder(s) for "
+                         f"{len(example.videos)} video(s): LLaMA-Factory raises 'The number of videos does not "
+                         "match the number of <video> tokens' and the run stops",
+                placeholders=video_placeholders, videos=len(example.videos)))
             frame["verdict"] = "stops"
             return result
         if self.config.pan_and_scan and example.images:
@@ -1129,9 +1246,17 @@ class Run:
             if self.previews.wants(result):  # (preview: hook)
                 result.preview = self.previews.make(result, images=image_refs(example.images))
             return result
-        expansions, encoded = self._build(example, sizes, self.config, found)
-        counts = [e.features for e in expansions]
-        result.image_tokens = list(counts)
+        video_counts = self._videos(example, found)
+        if video_counts is None:
+            frame["verdict"] = "unknown" if {f.code for f in found} == {"VC114"} else "stops"
+            result.image_tokens = [None] * len(example.images)
+            result.video_tokens = [None] * len(example.videos)
+            return result
+        videos = [tokens for tokens, _ in video_counts]
+        expansions, encoded = self._build(example, sizes, self.config, found, videos)
+        counts = [e.features for e in expansions] + videos
+        result.image_tokens = list[int | None](counts[:len(expansions)])
+        result.video_tokens = list[int | None](videos)
         if encoded is None:
             frame["verdict"] = "stops"
             return result
@@ -1140,29 +1265,57 @@ class Run:
         result.supervised_tokens = full.labels
         result.text_only_tokens = encoded.total - sum(counts)
         cut = truncate(encoded, self.config, images=len(counts))
-        frame.update(kept_tokens=cut.tokens, kept_supervised=cut.labels, kept_image_tokens=cut.image_tokens_kept)
-        self._verdict(result, encoded, cut, counts, sizes, example)
+        frame.update(kept_tokens=cut.tokens, kept_supervised=cut.labels,
+                     kept_image_tokens=cut.image_tokens_kept[:len(expansions)])
+        if videos:
+            frame["kept_video_tokens"] = cut.image_tokens_kept[len(expansions):]
+            frame["video_features"] = [features for _, features in video_counts]
+        self._verdict(result, encoded, cut, counts, sizes, example, video_counts)
         if result.findings and self.previews.wants(result):  # (preview: hook)
             result.preview = self.previews.make(result, images=image_refs(example.images),
                                                 spans=_layout_spans(encoded, full, cut, cutoff=self.config.cutoff_len))
         return result
 
+    def _videos(self, example: Example, found: list[F.Finding]) -> list[tuple[int, int]] | None:
+        """Per video: (tokens written, features); None when one cannot be counted (its finding added)."""
+        out: list[tuple[int, int]] = []
+        for j, video in enumerate(example.videos, 1):
+            label = f"video {j} of {len(example.videos)} ({str(video)[:120] if isinstance(video, str) else 'frames'})"
+            try:
+                out.append(self.video_counts(self._probe_video(video)))
+            except VideoProblem as p:
+                found.append(F.make(p.code, f"{label}: {p.message}", video=j, **p.data))
+            except (OSError, ValueError) as e:  # a path the OS refuses (NUL byte, too long, a loop)
+                found.append(F.make("VC112", f"{label}: cannot be opened: {str(e)[:200]}", video=j))
+        return out if len(out) == len(example.videos) else None
+
     def _encode(self, turns: list[list[Element]], runs: list[tuple[int, int]], found: list[F.Finding], *,
-                images: int) -> Encoded | None:
+                images: int, video_runs: Sequence[tuple[int, int]] = ()) -> Encoded | None:
         """Every string element tokenized on its own (``add_special_tokens=False``), id elements kept as they are;
-        the k-th image token expanded to the k-th run of features ``runs[k]`` = (image, length)."""
+        the k-th image token expanded to the k-th run of features ``runs[k]`` = (owner, length), the j-th video
+        token (plugins that count videos) to ``video_runs[j]``."""
         texts = [element for elements in turns for element in elements if isinstance(element, str)]
         encoded_texts = iter(self.tokenizer.encode_batch(texts, add_special_tokens=False) if texts else [])
         out_turns: list[list[int]] = []
         image_of: list[list[int]] = []
-        k = 0
+        k = v = 0
         for elements in turns:
             ids: list[int] = []
             owner: list[int] = []
             for element in elements:
                 tokens = next(encoded_texts).ids if isinstance(element, str) else [element]
                 for token in tokens:
-                    if token == self.pad_id:
+                    if self.video_pad_id is not None and token == self.video_pad_id:
+                        if v >= len(video_runs):
+                            found.append(F.make("VC002", "the text holds a video token of its own beyond the "
+                                                         f"{len(video_runs)} video(s): the model sees more video "
+                                                         "tokens than features and raises"))
+                            return None
+                        video, n = video_runs[v]
+                        ids += [token] * n
+                        owner += [video] * n
+                        v += 1
+                    elif token == self.pad_id:
                         if k >= len(runs):
                             found.append(F.make("VC002", "the text holds an image token of its own beyond the "
                                                          f"{images} image(s): the model sees more image "
@@ -1180,12 +1333,14 @@ class Run:
         return Encoded(turns=out_turns, image_of=image_of)
 
     def _verdict(self, result: SampleResult, encoded: Encoded, cut: Cut, counts: list[int],
-                 sizes: list[tuple[int, int]], example: Example) -> None:
+                 sizes: list[tuple[int, int]], example: Example,
+                 video_counts: Sequence[tuple[int, int]] = ()) -> None:
         config = self.config
         found = result.findings
         frame = result.framework or {}
         total = encoded.total
         cutoff = config.cutoff_len
+        n_images = len(counts) - len(video_counts)
         if result.supervised_tokens == 0:
             found.append(F.make("VC003", "no answer tokens to learn from: every label is masked"))
         if config.packing and total > cutoff:
@@ -1193,15 +1348,37 @@ class Run:
                                          "the sample ('Dropped lengthy example')", tokens=total, max_length=cutoff))
             frame["verdict"] = "dropped"
             return
+        for j, (tokens, features) in enumerate(video_counts, 1):
+            if tokens != features:
+                found.append(F.make(
+                    "VC116",
+                    f"video {j} of {len(video_counts)}: LLaMA-Factory writes {tokens:,} video tokens (its stream "
+                    f"declares no frame count, so it samples video_maxlen={config.video_maxlen} frame indices) but "
+                    f"decodes frames for only {features:,} features: {VIDEO_CRASH}",
+                    fix="remux the file without fragmentation (ffmpeg -i IN -c copy -movflags +faststart OUT), or "
+                        "drop the sample", video=j, video_tokens=tokens, features=features))
+                frame["verdict"] = "crash"
         if cut.tokens >= total:
             result.fits_max_pixels = config.image_max_pixels  # whole at the current budget
             return
         whole = self._whole_cutoff(encoded, counts)
-        fits = self._fit_pixels(sizes, example) if counts else None
+        videos = [tokens for tokens, _ in video_counts]
+        fits = self._fit_pixels(sizes, example, videos) if sizes else None
         result.fits_max_pixels = fits
         cut_images = [k for k, n in enumerate(counts) if cut.image_tokens_kept[k] < n]
         for k in cut_images:
             fix = f"set {_setting('cutoff_len', whole)}"
+            if k >= n_images:
+                j = k - n_images
+                found.append(F.make(
+                    "VC205",
+                    f"video {j + 1} of {len(video_counts)} needs {counts[k]:,} tokens, only "
+                    f"{cut.image_tokens_kept[k]:,} survive LLaMA-Factory's per-turn cut at cutoff_len={cutoff:,}; the "
+                    f"sample is {total:,} tokens: {VIDEO_CRASH}",
+                    fix=fix + ", lower video_fps / video_maxlen / video_max_pixels, or drop the sample",
+                    video=j + 1, video_tokens=counts[k], kept=cut.image_tokens_kept[k], tokens=total,
+                    max_length=cutoff))
+                continue
             if fits is not None:
                 fix += f", or {_setting('image_max_pixels', fits)} (the sample then fits whole)"
             found.append(F.make(
@@ -1236,7 +1413,7 @@ class Run:
                 return cutoff
         return encoded.total + 64
 
-    def _fit_pixels(self, sizes: list[tuple[int, int]], example: Example) -> int | None:
+    def _fit_pixels(self, sizes: list[tuple[int, int]], example: Example, videos: Sequence[int] = ()) -> int | None:
         """The largest image_max_pixels (a multiple of 28*28 at or above image_min_pixels) at which the sample
         keeps every token at this cutoff_len."""
         unit = 28 * 28
@@ -1246,12 +1423,12 @@ class Run:
             if any(min(image_size(w, h, config)) <= 0 for w, h in sizes):
                 return False
             try:
-                _, encoded = self._build(example, sizes, config, [])
+                _, encoded = self._build(example, sizes, config, [], videos)
             except (ZeroDivisionError, ValueError):
                 return False
             if encoded is None:
                 return False
-            return truncate(encoded, config, images=len(sizes)).tokens >= encoded.total
+            return truncate(encoded, config, images=len(sizes) + len(videos)).tokens >= encoded.total
 
         lo = max(1, math.ceil(self.config.image_min_pixels / unit))
         hi = self.config.image_max_pixels // unit

@@ -1,0 +1,216 @@
+"""Videos under LLaMA-Factory's Qwen2-VL plugin (templates ``qwen2_vl``: Qwen2-VL and Qwen2.5-VL), proved per sample
+against LLaMA-Factory 0.9.5's own data pipeline, as test_llamafactory_check.py proves images.
+
+The corpus: real video files written with PyAV (MP4 with mpeg4 and with x264 B-frames and an edit list, MOV, AVI,
+a fragmented MP4, a 90-degree display matrix, a one-frame clip, a clip with a side under 28 px, a long clip), in
+multi-turn rows with one or two videos, with and without images, under LLaMA-Factory's video defaults
+(``video_fps`` 2, ``video_maxlen`` 128, ``video_max_pixels`` 256*256, ``video_min_pixels`` 16*16) and under other
+budgets and ``cutoff_len`` values; and rows on which LLaMA-Factory raises (a placeholder too many, a missing file, a
+file that is not a video). The oracle (llamafactory_oracle_runner.py) runs LLaMA-Factory's converter, template and
+mm_plugin (``process_messages`` counts each video's tokens from PyAV stream metadata) and the collator's path for
+the features (``_regularize_videos`` decodes and pre-scales the frames, the checkpoint's Qwen2VLVideoProcessor
+sizes and patches them). Every row must agree on kept / raising, the untruncated total, each video's token count,
+the video and image tokens left by the cut, and the crash verdict (tokens left != features), which for a
+fragmented MP4 is a crash even uncut: LLaMA-Factory counts ``video_maxlen`` frames for it and decodes fewer.
+"""
+
+from __future__ import annotations
+
+import fractions
+import json
+import random
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lf_corpus import write_configs
+from test_llamafactory_check import _compare, run_oracle
+
+import vlmcheck
+
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/test_video_qwen.py
+av = pytest.importorskip("av")
+
+# (file, width, height, rate, frames, write options)
+VIDEOS = [
+    ("a.mp4", 320, 240, 30, 45, {}),
+    ("b.mp4", 640, 360, fractions.Fraction(30000, 1001), 100, {}),
+    ("c.mov", 160, 96, 25, 30, {}),
+    ("d.avi", 160, 120, 25, 50, {}),
+    ("x264.mp4", 352, 288, 25, 40, {"codec": "libx264"}),
+    ("rot90.mp4", 320, 180, 30, 24, {"rotation": 90}),
+    ("one.mp4", 96, 64, 25, 1, {}),
+    ("thin.mp4", 24, 96, 10, 12, {}),  # a side under 28 px: the Qwen plugin stretches the frames
+    ("long.mp4", 64, 48, 30, 600, {}),  # 20 s: 40 frames at 2 fps, capped by a small video_maxlen
+    ("frag.mp4", 160, 120, 25, 60, {"movflags": "frag_keyframe+empty_moov"}),  # nb_frames 0
+]
+WORDS = "the a video shows what happens next frame scene person car moves quickly slowly left right".split()
+
+
+def _text(rng: random.Random, lo: int, hi: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
+
+
+def _row(rng: random.Random, videos: list[str], images: list[str]) -> dict[str, Any]:
+    """A multi-turn sharegpt row: each video and image placeholder in some user turn, in order."""
+    pairs = rng.choice((1, 1, 2, 3))
+    marks = ["<video>"] * len(videos) + ["<image>"] * len(images)
+    rng.shuffle(marks)
+    # the k-th <video> takes videos[k] and the k-th <image> images[k] whatever their turns: keep the lists in order
+    turns: list[list[str]] = [[] for _ in range(pairs)]
+    for mark in marks:
+        turns[rng.randrange(pairs)].append(mark)
+    conv = []
+    for marks_here in turns:
+        text = _text(rng, 1, 30)
+        conv.append({"from": "human", "value": ("".join(marks_here) + text) if rng.random() < 0.6
+                     else (text + "\n" + "".join(marks_here))})
+        answer = _text(rng, 1, 80)
+        conv.append({"from": "gpt", "value": ("\n" + answer) if rng.random() < 0.2 else answer})
+    row: dict[str, Any] = {"conversations": conv, "videos": [f"videos/{v}" for v in videos]}
+    if images:
+        row["images"] = [f"images/{i}" for i in images]
+    if rng.random() < 0.3:
+        row["system"] = _text(rng, 0, 10)
+    return row
+
+
+def write_video_corpus(root: Path, checkpoints: dict[str, Path], *, seed: int = 0, rows: int = 24) -> list[Path]:
+    from PIL import Image
+
+    from test_video_qwen import write_video
+
+    rng = random.Random(seed)
+    data = root / "data"
+    (data / "videos").mkdir(parents=True)
+    (data / "images").mkdir()
+    for name, w, h, rate, n, options in VIDEOS:
+        write_video(data / "videos" / name, w, h, rate, n, **options)
+    (data / "videos" / "garbage.mp4").write_bytes(bytes(rng.randrange(256) for _ in range(4096)))
+    Image.new("RGB", (640, 480), (20, 90, 160)).save(data / "images" / "photo.png")
+    Image.new("RGB", (300, 1200), (200, 30, 30)).save(data / "images" / "tall.png")
+    names = [v[0] for v in VIDEOS]
+    good = [_row(rng, rng.sample(names, rng.choice((1, 1, 2))),
+                 rng.sample(["photo.png", "tall.png"], rng.choice((0, 0, 1, 2)))) for _ in range(rows)]
+    bad = []
+    for i in range(8):
+        row = _row(rng, rng.sample(names, 1), [])
+        if i % 4 == 0:
+            row["conversations"][0]["value"] += "<video>"  # a placeholder more than videos
+        elif i % 4 == 1:
+            row["videos"] = ["videos/missing.mp4"]
+        elif i % 4 == 2:
+            row["videos"] = ["videos/garbage.mp4"]
+        bad.append(row)
+    (data / "vid.json").write_text(json.dumps(good, indent=1))
+    (data / "vbad.json").write_text(json.dumps(bad, indent=1))
+    columns = {"messages": "conversations", "images": "images", "videos": "videos", "system": "system"}
+    (data / "dataset_info.json").write_text(json.dumps({
+        "vid": {"file_name": "vid.json", "formatting": "sharegpt", "columns": columns},
+        "vbad": {"file_name": "vbad.json", "formatting": "sharegpt", "columns": columns},
+    }, indent=1))
+    q2 = {"model_name_or_path": str(checkpoints["qwen2_vl"]), "template": "qwen2_vl"}
+    configs: dict[str, dict[str, Any]] = {
+        # LLaMA-Factory's defaults: cutoff_len 2048, video_fps 2, video_maxlen 128, 256*256 frames
+        "v-defaults": {**q2, "dataset": "vid"},
+        "v-tight": {**q2, "dataset": "vid", "cutoff_len": 320, "video_max_pixels": 16_384},
+        "v-budget": {**q2, "dataset": "vid", "cutoff_len": 900, "video_fps": 1.0, "video_maxlen": 8,
+                     "video_max_pixels": 200_000, "video_min_pixels": 50_000, "mask_history": True},
+        "v-fast": {**q2, "dataset": "vid", "cutoff_len": 1200, "video_fps": 5.0, "video_maxlen": 64,
+                   "train_on_prompt": True},
+        "v-bad": {**q2, "dataset": "vbad"},
+        "v25": {"model_name_or_path": str(checkpoints["qwen2_5_vl"]), "template": "qwen2_vl", "dataset": "vid",
+                "cutoff_len": 700},
+    }
+    return write_configs(root, data, configs)
+
+
+@pytest.fixture(scope="module")
+def proof(tmp_path_factory: pytest.TempPathFactory, llamafactory_python: Path) -> dict[str, Any]:
+    from vlmcheck.demo.checkpoints import qwen_checkpoint
+
+    root = tmp_path_factory.mktemp("lf_videos")
+    configs = write_video_corpus(root, {"qwen2_vl": qwen_checkpoint("qwen2_vl"),
+                                        "qwen2_5_vl": qwen_checkpoint("qwen2_5_vl")}, seed=7)
+    data = root / "data"
+    # a tiny random Qwen2-VL model runs forward on cut, frame-mismatched and whole samples through the collator
+    oracle = run_oracle(llamafactory_python, configs, cwd=data, forward=2)
+    mine: dict[str, list[dict[str, Any]]] = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(data)
+        for config in configs:
+            records = root / f"{config.stem}.jsonl"
+            vlmcheck.check(config, output=records)
+            mine[config.stem] = [json.loads(line) for line in records.read_text().splitlines()]
+    return {"oracle": oracle, "mine": mine}
+
+
+def _compare_videos(row: dict[str, Any], record: dict[str, Any]) -> list[str]:
+    where = f"{row['dataset']}[{row['row']}]"
+    if not row["kept"] or row["error"] or "video_tokens" not in row:
+        return []
+    frame = record["framework"]
+    pairs = {
+        "tokens per video": (row["video_tokens"], record.get("video_tokens")),
+        "features per video": (row["video_features"], frame.get("video_features")),
+        "video tokens left": (row["video_tokens_left"], sum(frame.get("kept_video_tokens") or [])),
+    }
+    return [f"{where}: {what}: LLaMA-Factory {a}, vlmcheck {b}" for what, (a, b) in pairs.items() if a != b]
+
+
+def test_every_video_sample_is_judged_as_llamafactory_prepares_it(proof: dict[str, Any]) -> None:
+    mismatches: list[str] = []
+    compared = 0
+    for name, result in proof["oracle"].items():
+        rows, records = result["rows"], proof["mine"][name]
+        assert len(rows) == len(records), f"{name}: LLaMA-Factory read {len(rows)} rows, vlmcheck {len(records)}"
+        for row, record in zip(rows, records):
+            found = _compare(row, record) + _compare_videos(row, record)
+            mismatches += [f"{name}: {m}" for m in found]
+            compared += 1
+    assert compared >= 100
+    assert not mismatches, f"{len(mismatches)} mismatches in {compared} samples:\n" + "\n".join(mismatches[:25])
+
+
+def test_the_video_corpus_reaches_every_case(proof: dict[str, Any]) -> None:
+    """LLaMA-Factory itself cuts through videos, keeps them whole, raises on broken rows, and writes more tokens
+    than features for the fragmented MP4 (vlmcheck's VC116)."""
+    outcomes: Counter[str] = Counter()
+    for name, result in proof["oracle"].items():
+        for row, record in zip(result["rows"], proof["mine"][name]):
+            if row["error"]:
+                outcomes["raises"] += 1
+                continue
+            if "video_tokens" not in row:
+                continue
+            if row["video_tokens"] != row["video_features"]:
+                outcomes["frames mismatch"] += 1
+                assert "VC116" in record["findings"], (name, row, record)
+            elif row["video_tokens_left"] < sum(row["video_features"]):
+                outcomes["video cut"] += 1
+                assert "VC205" in record["findings"], (name, row, record)
+            else:
+                outcomes["whole"] += 1
+    assert outcomes["frames mismatch"] >= 3 and outcomes["video cut"] >= 5, outcomes
+    assert outcomes["whole"] >= 30 and outcomes["raises"] >= 6, outcomes
+
+
+def test_a_tiny_real_model_crashes_on_the_crash_verdicts_only(proof: dict[str, Any]) -> None:
+    """LLaMA-Factory's collator (its video processor's real __call__, pixel values zeros) and a random-weight model
+    of the checkpoint's type: every sample vlmcheck calls a crash (a cut video, a fragmented MP4) raises, every whole
+    one runs. (With transformers 5.6 the first to raise is the M-RoPE position step, "shape mismatch: value tensor
+    of shape [3, N] cannot be broadcast to indexing result of shape [3, M]", before the features check.)"""
+    ran = Counter[str]()
+    for name, result in proof["oracle"].items():
+        verdicts = {(r["dataset"], r["row"]): record["framework"]["verdict"]
+                    for r, record in zip(result["rows"], proof["mine"][name])}
+        for run in result.get("forward", []):
+            if verdicts[(run["dataset"], run["row"])] == "crash":
+                assert run["error"] and ("do not match" in run["error"] or "shape mismatch" in run["error"]), (name, run)
+                ran["crash"] += 1
+            else:
+                assert run["error"] is None, (name, run)
+                ran["whole"] += 1
+    assert ran["crash"] >= 4 and ran["whole"] >= 4, ran
