@@ -98,10 +98,12 @@ _RULES = [
          "The framework writes a different number of video tokens than the video has features",
          "LLaMA-Factory counts a video's tokens from its container's frame count without decoding it, and its "
          "collator then decodes the frames: a fragmented MP4 declares no frame count (ffmpeg's nb_frames is 0), "
-         "so the text gets video_maxlen frames' tokens while only the frames the file has are decoded. The model "
-         "raises \"Videos features and video tokens do not match\" at the step that reaches the sample.",
-         "Remux the file without fragmentation (`ffmpeg -i in.mp4 -c copy -movflags +faststart out.mp4`), or "
-         "drop the sample."),
+         "so the text gets video_maxlen frames' tokens while only the frames the file has are decoded; and its "
+         "Qwen3-VL plugin writes every video of a sample with the first video's frame-group count. The model "
+         "raises (\"Videos features and video tokens do not match\", or a shape mismatch computing positions) at "
+         "the step that reaches the sample.",
+         "Remux a fragmented file (`ffmpeg -i in.mp4 -c copy -movflags +faststart out.mp4`); under Qwen3-VL keep "
+         "one video per sample or equal frame counts; or drop the sample."),
     # -- length -------------------------------------------------------------------------------
     Rule("VC201", "image-span-cut", Severity.ERROR, "Truncation cuts through an image's placeholder span",
          "The text keeps fewer image tokens than the image has features: the model raises \"Image "

@@ -137,20 +137,16 @@ def _processor(model_path: str, tokenizer: Any) -> Any:
             self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
             self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
             self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-            if model_type in ("qwen2_vl", "qwen2_5_vl"):
-                self.video_processor = _qwen2_video_processor(model_path)
-            else:
-                # Qwen3VLPlugin.process_messages reads the video processor's merge size even without videos; its
-                # corpus has no videos, so the image processor's stands in for it
-                self.video_processor = SimpleNamespace(merge_size=image_processor.merge_size)
+            self.video_processor = _qwen_video_processor(model_path, model_type)
 
     WithoutVideo.__name__ = base.__name__
     return WithoutVideo(Qwen2VLImageProcessorPil.from_pretrained(model_path), tokenizer)
 
 
-def _qwen2_video_processor(model_path: str) -> Any:
-    """transformers' Qwen2VLVideoProcessor, built by its own __init__ from the checkpoint's video processor dict; its
-    pixel interpolation returns zeros of the target size (no torchvision here; the size is its own code's)."""
+def _qwen_video_processor(model_path: str, model_type: str) -> Any:
+    """transformers' Qwen2VLVideoProcessor (Qwen2-VL, Qwen2.5-VL) or Qwen3VLVideoProcessor, built by its own __init__
+    from the checkpoint's video processor dict; its pixel interpolation returns zeros of the target size and its
+    normalization the values as they are (both torchvision's, absent here; the sizes are its own code's)."""
     import importlib.util
     import types
 
@@ -167,9 +163,10 @@ def _qwen2_video_processor(model_path: str) -> Any:
             setattr(modules[parent], child, module)
     modules["torchvision"].__version__ = "0.0"  # type: ignore[attr-defined]
     modules["torchvision.transforms"].InterpolationMode = SimpleNamespace(BICUBIC="bicubic")  # type: ignore[attr-defined]
-    package = "transformers.models.qwen2_vl"
-    path = Path(transformers.__file__).parent / "models/qwen2_vl/video_processing_qwen2_vl.py"
-    spec = importlib.util.spec_from_file_location(f"{package}.video_processing_qwen2_vl_oracle", path)
+    folder = "qwen3_vl" if model_type == "qwen3_vl" else "qwen2_vl"
+    package = f"transformers.models.{folder}"
+    path = Path(transformers.__file__).parent / f"models/{folder}/video_processing_{folder}.py"
+    spec = importlib.util.spec_from_file_location(f"{package}.video_processing_{folder}_oracle", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     module.__package__ = package
@@ -181,7 +178,9 @@ def _qwen2_video_processor(model_path: str) -> Any:
         for name in modules:
             sys.modules.pop(name, None)
 
-    class ZeroPixels(module.Qwen2VLVideoProcessor):  # type: ignore[misc, name-defined]
+    base = module.Qwen3VLVideoProcessor if model_type == "qwen3_vl" else module.Qwen2VLVideoProcessor
+
+    class ZeroPixels(base):  # type: ignore[misc, valid-type]
         def resize(self, image: Any, size: Any, resample: Any = None, **kwargs: Any) -> Any:
             return torch.zeros((*image.shape[:-2], size.height, size.width), dtype=torch.uint8)
 

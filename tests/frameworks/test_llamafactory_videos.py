@@ -97,6 +97,11 @@ def write_video_corpus(root: Path, checkpoints: dict[str, Path], *, seed: int = 
     bad = []
     for i in range(8):
         row = _row(rng, rng.sample(names, 1), [])
+        # a column that no row of the file has stops LLaMA-Factory on every row (KeyError)
+        row["system"] = _text(rng, 0, 6)
+        row["images"] = ["images/photo.png"] if i == 3 else []
+        if i == 3:
+            row["conversations"][0]["value"] += "<image>"
         if i % 4 == 0:
             row["conversations"][0]["value"] += "<video>"  # a placeholder more than videos
         elif i % 4 == 1:
@@ -123,17 +128,25 @@ def write_video_corpus(root: Path, checkpoints: dict[str, Path], *, seed: int = 
         "v-bad": {**q2, "dataset": "vbad"},
         "v25": {"model_name_or_path": str(checkpoints["qwen2_5_vl"]), "template": "qwen2_vl", "dataset": "vid",
                 "cutoff_len": 700},
+        # Qwen3VLPlugin: frame groups with timestamps, the first video's group count for every video, the timestamps
+        # of video_metadata[message index]
+        "v3": {"model_name_or_path": str(checkpoints["qwen3_vl"]), "template": "qwen3_vl_nothink", "dataset": "vid"},
+        "v3-think": {"model_name_or_path": str(checkpoints["qwen3_vl_think"]), "template": "qwen3_vl",
+                     "dataset": "vid", "cutoff_len": 600, "video_fps": 1.0, "video_max_pixels": 40_000},
     }
     return write_configs(root, data, configs)
 
 
 @pytest.fixture(scope="module")
-def proof(tmp_path_factory: pytest.TempPathFactory, llamafactory_python: Path) -> dict[str, Any]:
+def proof(tmp_path_factory: pytest.TempPathFactory, llamafactory_python: Path,
+          qwen3_vl_think_checkpoint: Path) -> dict[str, Any]:
     from vlmcheck.demo.checkpoints import qwen_checkpoint
 
     root = tmp_path_factory.mktemp("lf_videos")
     configs = write_video_corpus(root, {"qwen2_vl": qwen_checkpoint("qwen2_vl"),
-                                        "qwen2_5_vl": qwen_checkpoint("qwen2_5_vl")}, seed=7)
+                                        "qwen2_5_vl": qwen_checkpoint("qwen2_5_vl"),
+                                        "qwen3_vl": qwen_checkpoint("qwen3_vl"),
+                                        "qwen3_vl_think": qwen3_vl_think_checkpoint}, seed=7)
     data = root / "data"
     # a tiny random Qwen2-VL model runs forward on cut, frame-mismatched and whole samples through the collator
     oracle = run_oracle(llamafactory_python, configs, cwd=data, forward=2)
@@ -153,7 +166,10 @@ def _compare_videos(row: dict[str, Any], record: dict[str, Any]) -> list[str]:
         return []
     frame = record["framework"]
     pairs = {
-        "tokens per video": (row["video_tokens"], record.get("video_tokens")),
+        # the runs of video tokens in input_ids: one a video (Qwen2-VL), one a frame group (Qwen3-VL)
+        "video token runs": (row["video_tokens"], [n for runs in frame["video_runs"] for n in runs]
+                             if "video_runs" in frame else record.get("video_tokens")),
+        "tokens per video": (sum(row["video_tokens"]), sum(record.get("video_tokens") or [])),
         "features per video": (row["video_features"], frame.get("video_features")),
         "video tokens left": (row["video_tokens_left"], sum(frame.get("kept_video_tokens") or [])),
     }
@@ -178,14 +194,19 @@ def test_the_video_corpus_reaches_every_case(proof: dict[str, Any]) -> None:
     """LLaMA-Factory itself cuts through videos, keeps them whole, raises on broken rows, and writes more tokens
     than features for the fragmented MP4 (vlmcheck's VC116)."""
     outcomes: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
     for name, result in proof["oracle"].items():
         for row, record in zip(result["rows"], proof["mine"][name]):
             if row["error"]:
                 outcomes["raises"] += 1
+                errors[row["error"]] += 1
                 continue
+            if name.startswith("v3") and "VC116" in record["findings"] and len(record["video_tokens"]) > 1:
+                outcomes["qwen3 first video's groups"] += 1
             if "video_tokens" not in row:
                 continue
-            if row["video_tokens"] != row["video_features"]:
+            if sum(row["video_tokens"]) != sum(row["video_features"]) or (
+                    "video_runs" not in record["framework"] and row["video_tokens"] != row["video_features"]):
                 outcomes["frames mismatch"] += 1
                 assert "VC116" in record["findings"], (name, row, record)
             elif row["video_tokens_left"] < sum(row["video_features"]):
@@ -194,7 +215,18 @@ def test_the_video_corpus_reaches_every_case(proof: dict[str, Any]) -> None:
             else:
                 outcomes["whole"] += 1
     assert outcomes["frames mismatch"] >= 3 and outcomes["video cut"] >= 5, outcomes
+    assert outcomes["qwen3 first video's groups"] >= 2, outcomes
+    # LLaMA-Factory's own errors: a <video> too many, a missing file, a file that is not a video (vbad); Qwen3-VL's
+    # timestamps read by message index; transformers 5.6's Qwen3-VL video resize refusing a side under 32 px
+    for fragment in ("does not match the number of <video>", "No such file", "IndexError", "must be larger than factor"):
+        assert any(fragment in e for e in errors), (fragment, errors)
     assert outcomes["whole"] >= 30 and outcomes["raises"] >= 6, outcomes
+
+
+# what the model raises first, by case (transformers 5.6): the M-RoPE position step's shape mismatch (a cut video, a
+# fragmented MP4 under Qwen2-VL), Qwen3-VL's own features check (the first video's frame-group count), and its
+# position step running out of video grids (StopIteration: a fragmented MP4 under Qwen3-VL)
+RAISES = ("shape mismatch", "Video features and video tokens do not match", "StopIteration")
 
 
 def test_a_tiny_real_model_crashes_on_the_crash_verdicts_only(proof: dict[str, Any]) -> None:
@@ -208,7 +240,7 @@ def test_a_tiny_real_model_crashes_on_the_crash_verdicts_only(proof: dict[str, A
                     for r, record in zip(result["rows"], proof["mine"][name])}
         for run in result.get("forward", []):
             if verdicts[(run["dataset"], run["row"])] == "crash":
-                assert run["error"] and ("do not match" in run["error"] or "shape mismatch" in run["error"]), (name, run)
+                assert run["error"] and any(m in run["error"] for m in RAISES), (name, run)
                 ran["crash"] += 1
             else:
                 assert run["error"] is None, (name, run)

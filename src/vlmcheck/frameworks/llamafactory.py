@@ -160,12 +160,14 @@ class Plugin:
     cut_effect: str = "training stops with 'Image features and image tokens do not match'"
     # whether vlmcheck counts this plugin's videos (Qwen2VLPlugin: frames sampled by PyAV stream metadata)
     counts_videos: bool = False
+    # Qwen3VLPlugin: each video written frame group by frame group, "<t seconds>" before each
+    video_timestamps: bool = False
 
 
 QWEN2_VL_PLUGIN = Plugin("qwen2_vl", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
                          ("qwen2_vl", "qwen2_5_vl"), counts_videos=True)
 QWEN3_VL_PLUGIN = Plugin("qwen3_vl", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
-                         ("qwen3_vl",))
+                         ("qwen3_vl",), counts_videos=True, video_timestamps=True)
 # mm_plugin.py Gemma3Plugin.process_messages: processor.full_image_sequence per image, or with
 # image_do_pan_and_scan "Here is the original image ... and here are some crops ..." (the processor's own text)
 GEMMA3_PLUGIN = Plugin("gemma3", "<image_soft_token>", "", "", "", ("gemma3",), wrapped=False, qwen_rules=False)
@@ -711,27 +713,34 @@ def _check_side(width: int, height: int) -> None:
 Element = str | int  # a formatted string, tokenized on its own, or a token id (the BOS / EOS slots)
 
 
-def sampled_frames(info: VideoInfo, config: Config) -> tuple[int, int]:
-    """(frames the text is counted for, frames the collator decodes) of one video file under the Qwen2-VL plugin,
-    each made even (``_regularize_videos`` repeats the last frame of an odd count).
+def sampled_frames(info: VideoInfo, config: Config) -> tuple[list[int], int]:
+    """(the frame indices the text is counted for, the number of frames the collator decodes) of one video file
+    under the Qwen-VL plugins, before ``_regularize_videos`` makes the count even (it repeats the last frame).
 
     ``_get_video_sample_indices`` reads PyAV's ``stream.frames``: when it is 0 (a fragmented MP4) it takes indices
-    0 .. video_maxlen-1, else min(frames, video_maxlen, max(1, floor(duration x video_fps))) evenly spaced ones.
-    ``process_messages`` counts the text from those indices and the stream's size without decoding
-    (``_get_qwen_video_grid_metadata``, which needs a duration and a frame rate, else it decodes too); the collator
-    decodes the stream and keeps the frames whose index is among them, so a fragmented MP4 shorter than
-    video_maxlen frames gets more video tokens than features."""
+    0 .. video_maxlen-1, else ``np.linspace(0, frames - 1, n).astype(int32)`` with n = min(frames, video_maxlen,
+    max(1, floor(duration x video_fps))). ``process_messages`` counts the text from those indices and the stream's
+    size without decoding (``_get_qwen_video_grid_metadata``, which needs a duration and a frame rate, else it
+    decodes too); the collator decodes the stream and keeps the frames whose index is among them, so a fragmented
+    MP4 shorter than video_maxlen frames gets more video tokens than features."""
     decodable = info.frames
     if info.declared_frames == 0:
         decoded = min(decodable, config.video_maxlen)
-        text = config.video_maxlen if info.duration is not None and info.fps else decoded
-    else:
-        if info.duration is None:
-            raise VideoProblem("VC112", "the video stream declares no duration: LLaMA-Factory's frame sampling "
-                                        "multiplies by it and raises")
-        text = decoded = min(info.declared_frames, config.video_maxlen,
-                             max(1, math.floor(info.duration * config.video_fps)))
-    return text + text % 2, decoded + decoded % 2
+        n = config.video_maxlen if info.duration is not None and info.fps else decoded
+        return list(range(n)), decoded
+    if info.duration is None:
+        raise VideoProblem("VC112", "the video stream declares no duration: LLaMA-Factory's frame sampling "
+                                    "multiplies by it and raises")
+    n = min(info.declared_frames, config.video_maxlen, max(1, math.floor(info.duration * config.video_fps)))
+    return _linspace_int(info.declared_frames - 1, n), n
+
+
+def _linspace_int(stop: int, num: int) -> list[int]:
+    """``np.linspace(0, stop, num).astype(np.int32)``: i x step truncated, the last exactly ``stop``."""
+    if num == 1:
+        return [0]
+    step = stop / (num - 1)
+    return [int(i * step) for i in range(num - 1)] + [stop]
 
 
 def format_turns(example: Example, config: Config, *, images: Sequence[str] | None = None,
@@ -991,6 +1000,22 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+@dataclass(frozen=True)
+class VideoCount:
+    """One video under a Qwen-VL plugin: ``groups`` runs of ``per_group`` video tokens on the path that writes the
+    text (one run under Qwen2-VL; Qwen3-VL writes each frame group apart, after its timestamp ``stamps``), and the
+    features its collator's frames give."""
+
+    groups: int
+    per_group: int
+    features: int
+    stamps: tuple[float, ...] = ()
+
+    @property
+    def tokens(self) -> int:
+        return self.groups * self.per_group
+
+
 class Run:
     """A LLaMA-Factory run: judges rows the way its default engine prepares them for ``stage: sft``."""
 
@@ -1091,24 +1116,51 @@ class Run:
             raise VideoProblem("VC111", f"remote video {video} is not downloaded by vlmcheck")
         return probe_video_path(Path(video))
 
-    def video_counts(self, info: VideoInfo) -> tuple[int, int]:
-        """(video tokens LLaMA-Factory writes, features its collator's frames give) for one video: the frames of
-        :func:`sampled_frames` at :func:`frame_size`, through the checkpoint's video processor (which gets
-        LLaMA-Factory's frames as they are: no sampling of its own, no display rotation)."""
+    def video_count(self, info: VideoInfo) -> VideoCount:
+        """One video: its frame groups and tokens per group on ``process_messages``' path, its features on the
+        collator's (the frames of :func:`sampled_frames` at :func:`frame_size`, through the checkpoint's video
+        processor, which gets LLaMA-Factory's frames as they are: no sampling of its own, no display rotation)."""
         family, settings = self.family, self.settings
+        plugin = self.config.template.plugin
         if not isinstance(family, VideoFamily) or not isinstance(settings, QwenVLSettings) or settings.video is None:
             raise VideoProblem("VC114", f"{family.name} videos are not counted under LLaMA-Factory")
-        if settings.video.do_sample_frames:
+        if settings.video.do_sample_frames and not plugin.video_timestamps:
+            # Qwen2VLPlugin calls the video processor without do_sample_frames (Qwen3VLPlugin passes False)
             raise VideoProblem("VC114", "the checkpoint's video processor samples frames itself (do_sample_frames), "
                                         "on top of LLaMA-Factory's sampling: not counted by vlmcheck yet")
         try:
             width, height = frame_size(*info.size(apply_rotation=False), self.config)
         except ImageRefused as e:
             raise VideoProblem("VC115", f"its frames: {e}") from None
-        plain = replace(settings, video=replace(settings.video, resize="processor", cap_pixels_per_frame=False))
-        text, decoded = sampled_frames(info, self.config)
-        return tuple(family.expand_video(VideoInfo(width, height, n, info.fps, None), plain, {}).features
-                     for n in (text, decoded))  # type: ignore[return-value]
+        plain = replace(settings, video=replace(settings.video, resize="processor", cap_pixels_per_frame=False,
+                                                do_sample_frames=False))
+        factor = settings.video.factor
+        if plugin.video_timestamps and min(width, height) < factor:
+            # LLaMA-Factory 0.9.5 accepts transformers <= 5.6, whose Qwen3-VL video smart_resize raises on a side
+            # under the factor (later versions scale it up)
+            raise VideoProblem("VC115", f"frames of {width}x{height} after LLaMA-Factory's pre-scaling: the Qwen3-VL "
+                                        f"video resize raises 'height:{height} or width:{width} must be larger than "
+                                        f"factor:{factor}' (transformers <= 5.6, which LLaMA-Factory 0.9.5 needs)")
+        indices, decoded = sampled_frames(info, self.config)
+
+        def runs(n: int) -> tuple[int, ...]:  # the processor's runs for n frames (made even): per frame group
+            return family.expand_video(VideoInfo(width, height, n + n % 2, info.fps, None), plain, {}).runs
+
+        text = runs(len(indices))
+        per_group = sum(text) // len(text) if plugin.video_timestamps else sum(text)
+        stamps: tuple[float, ...] = ()
+        if plugin.video_timestamps and info.fps:
+            # frames_indices = idx / average_fps * video_fps ("hack usage"), then the processor's
+            # _calculate_timestamps(frames_indices, video_fps, merge_size): last index repeated to a whole group,
+            # each group the mean of its first and last time
+            fps = self.config.video_fps
+            times = [i / info.fps * fps for i in indices]
+            merge = plain.video.merge_size if plain.video else 2
+            times += [times[-1]] * (-len(times) % merge)
+            seconds = [t / fps for t in times]
+            stamps = tuple((seconds[i] + seconds[i + merge - 1]) / 2 for i in range(0, len(seconds), merge))
+        return VideoCount(groups=len(text) if plugin.video_timestamps else 1, per_group=per_group,
+                          features=sum(runs(decoded)), stamps=stamps)
 
     def expansions(self, sizes: list[tuple[int, int]], config: Config) -> list[Expansion]:
         """What each ``<image>`` becomes after LLaMA-Factory's pre-scaling: the Qwen-VL plugins' wrapped pad, or the
@@ -1125,9 +1177,10 @@ class Run:
         return out
 
     def _build(self, example: Example, sizes: list[tuple[int, int]], config: Config,
-               found: list[F.Finding], videos: Sequence[int] = ()) -> tuple[list[Expansion], Encoded | None]:
-        """The sample's turns with each image (and video: ``videos``, its token count) expanded; in ``image_of``
-        image k is owner k and video j owner len(sizes) + j."""
+               found: list[F.Finding], videos: Sequence[tuple[str, tuple[int, ...]]] = ()
+               ) -> tuple[list[Expansion], Encoded | None]:
+        """The sample's turns with each image and video (``videos``: its text, one video token per run, and its
+        runs) expanded; in ``image_of`` image k is owner k and video j owner len(sizes) + j."""
         expansions = self.expansions(sizes, config)
         if config.template.plugin.prefix_images:  # the placeholders are removed, the tokens go before the turns
             turns = format_turns(example, config, images=[""] * len(expansions), bos=self.bos_id, eos=self.eos_id)
@@ -1135,9 +1188,10 @@ class Run:
             if encoded is not None:
                 encoded.prefix = [k for k, e in enumerate(expansions) for _ in range(e.features)]
             return expansions, encoded
-        turns = format_turns(example, config, images=[e.text for e in expansions], bos=self.bos_id, eos=self.eos_id)
+        turns = format_turns(example, config, images=[e.text for e in expansions], bos=self.bos_id, eos=self.eos_id,
+                             videos=[text for text, _ in videos])
         runs = [(k, n) for k, e in enumerate(expansions) for n in e.runs]
-        video_runs = [(len(expansions) + j, n) for j, n in enumerate(videos)]
+        video_runs = [(len(expansions) + j, n) for j, (_, video) in enumerate(videos) for n in video]
         encoded = self._encode(turns, runs, found, images=len(expansions), video_runs=video_runs)
         if encoded is not None and config.template.efficient_eos:
             encoded.suffix = 1
@@ -1252,8 +1306,14 @@ class Run:
             result.image_tokens = [None] * len(example.images)
             result.video_tokens = [None] * len(example.videos)
             return result
-        videos = [tokens for tokens, _ in video_counts]
-        expansions, encoded = self._build(example, sizes, self.config, found, videos)
+        try:
+            video_texts = self._video_texts(example, video_counts)
+        except Stops as e:
+            found.append(F.make("VC001", f"{e}; LLaMA-Factory stops while preparing the dataset"))
+            frame["verdict"] = "stops"
+            return result
+        videos = [sum(runs) for _, runs in video_texts]
+        expansions, encoded = self._build(example, sizes, self.config, found, video_texts)
         counts = [e.features for e in expansions] + videos
         result.image_tokens = list[int | None](counts[:len(expansions)])
         result.video_tokens = list[int | None](videos)
@@ -1269,25 +1329,55 @@ class Run:
                      kept_image_tokens=cut.image_tokens_kept[:len(expansions)])
         if videos:
             frame["kept_video_tokens"] = cut.image_tokens_kept[len(expansions):]
-            frame["video_features"] = [features for _, features in video_counts]
-        self._verdict(result, encoded, cut, counts, sizes, example, video_counts)
+            frame["video_features"] = [c.features for c in video_counts]
+            if self.config.template.plugin.video_timestamps:  # the frame groups as written
+                frame["video_runs"] = [list(runs) for _, runs in video_texts]
+        self._verdict(result, encoded, cut, counts, sizes, example, video_counts, video_texts)
         if result.findings and self.previews.wants(result):  # (preview: hook)
             result.preview = self.previews.make(result, images=image_refs(example.images),
                                                 spans=_layout_spans(encoded, full, cut, cutoff=self.config.cutoff_len))
         return result
 
-    def _videos(self, example: Example, found: list[F.Finding]) -> list[tuple[int, int]] | None:
-        """Per video: (tokens written, features); None when one cannot be counted (its finding added)."""
-        out: list[tuple[int, int]] = []
+    def _videos(self, example: Example, found: list[F.Finding]) -> list[VideoCount] | None:
+        """Per video, what the text and the collator make of it; None when one cannot be counted (its finding
+        added)."""
+        out: list[VideoCount] = []
         for j, video in enumerate(example.videos, 1):
             label = f"video {j} of {len(example.videos)} ({str(video)[:120] if isinstance(video, str) else 'frames'})"
             try:
-                out.append(self.video_counts(self._probe_video(video)))
+                out.append(self.video_count(self._probe_video(video)))
             except VideoProblem as p:
                 found.append(F.make(p.code, f"{label}: {p.message}", video=j, **p.data))
             except (OSError, ValueError) as e:  # a path the OS refuses (NUL byte, too long, a loop)
                 found.append(F.make("VC112", f"{label}: cannot be opened: {str(e)[:200]}", video=j))
         return out if len(out) == len(example.videos) else None
+
+    def _video_texts(self, example: Example, counts: list[VideoCount]) -> list[tuple[str, tuple[int, ...]]]:
+        """What each ``<video>`` becomes, in placeholder order: the text (one video token per run) and its runs.
+
+        Qwen3VLPlugin.process_messages writes every video with the *first* video's frame-group count
+        (``video_grid_thw[0][0]``) and the timestamps of ``video_metadata[i]``, i the index of the message that
+        holds the placeholder: a later video with more or fewer frame groups gets tokens that are not its features,
+        and a video in a message whose index is past the last video raises IndexError."""
+        plugin = self.config.template.plugin
+        wrap = f"{plugin.vision_bos}{plugin.video_token}{plugin.vision_eos}"
+        if not plugin.video_timestamps:
+            return [(wrap, (c.tokens,)) for c in counts]
+        first = counts[0].groups if counts else 0
+        out: list[tuple[str, tuple[int, ...]]] = []
+        for m, (_, content) in enumerate(example.messages):
+            for _ in range(content.count(self.config.video_placeholder)):
+                if m >= len(counts):
+                    raise Stops(f"a video in message {m + 1}: LLaMA-Factory's Qwen3VLPlugin reads the timestamps of "
+                                f"video_metadata[{m}] (indexed by message) of {len(counts)} video(s) and raises "
+                                "IndexError")
+                stamps = counts[m].stamps
+                if first > len(stamps):
+                    raise Stops(f"LLaMA-Factory's Qwen3VLPlugin writes {first} frame groups (the first video's) with "
+                                f"the {len(stamps)} timestamps of video {m + 1} and raises IndexError")
+                text = "".join(f"<{stamps[f]:.1f} seconds>{wrap}" for f in range(first))
+                out.append((text, (counts[len(out)].per_group,) * first))
+        return out
 
     def _encode(self, turns: list[list[Element]], runs: list[tuple[int, int]], found: list[F.Finding], *,
                 images: int, video_runs: Sequence[tuple[int, int]] = ()) -> Encoded | None:
@@ -1334,7 +1424,8 @@ class Run:
 
     def _verdict(self, result: SampleResult, encoded: Encoded, cut: Cut, counts: list[int],
                  sizes: list[tuple[int, int]], example: Example,
-                 video_counts: Sequence[tuple[int, int]] = ()) -> None:
+                 video_counts: Sequence[VideoCount] = (),
+                 video_texts: Sequence[tuple[str, tuple[int, ...]]] = ()) -> None:
         config = self.config
         found = result.findings
         frame = result.framework or {}
@@ -1348,22 +1439,28 @@ class Run:
                                          "the sample ('Dropped lengthy example')", tokens=total, max_length=cutoff))
             frame["verdict"] = "dropped"
             return
-        for j, (tokens, features) in enumerate(video_counts, 1):
-            if tokens != features:
-                found.append(F.make(
-                    "VC116",
-                    f"video {j} of {len(video_counts)}: LLaMA-Factory writes {tokens:,} video tokens (its stream "
-                    f"declares no frame count, so it samples video_maxlen={config.video_maxlen} frame indices) but "
-                    f"decodes frames for only {features:,} features: {VIDEO_CRASH}",
-                    fix="remux the file without fragmentation (ffmpeg -i IN -c copy -movflags +faststart OUT), or "
-                        "drop the sample", video=j, video_tokens=tokens, features=features))
-                frame["verdict"] = "crash"
+        for j, (count, (_, runs)) in enumerate(zip(video_counts, video_texts), 1):
+            tokens, features = sum(runs), count.features
+            if tokens == features:
+                continue
+            if count.tokens != features:  # its own frames: the stream declares no frame count
+                why = (f"its stream declares no frame count, so LLaMA-Factory samples video_maxlen="
+                       f"{config.video_maxlen} frame indices for the text but decodes fewer frames")
+                fix = "remux the file without fragmentation (ffmpeg -i IN -c copy -movflags +faststart OUT)"
+            else:  # Qwen3VLPlugin: the first video's frame-group count
+                why = (f"LLaMA-Factory's Qwen3-VL plugin writes every video with the first video's {len(runs)} frame "
+                       f"groups, and this one has {count.groups}")
+                fix = "keep one video per sample, or give every video of a sample the same sampled frame count"
+            found.append(F.make(
+                "VC116", f"video {j} of {len(video_counts)}: {tokens:,} video tokens in the text for {features:,} "
+                         f"features ({why}): {VIDEO_CRASH}",
+                fix=fix + ", or drop the sample", video=j, video_tokens=tokens, features=features))
+            frame["verdict"] = "crash"
         if cut.tokens >= total:
             result.fits_max_pixels = config.image_max_pixels  # whole at the current budget
             return
         whole = self._whole_cutoff(encoded, counts)
-        videos = [tokens for tokens, _ in video_counts]
-        fits = self._fit_pixels(sizes, example, videos) if sizes else None
+        fits = self._fit_pixels(sizes, example, video_texts) if sizes else None
         result.fits_max_pixels = fits
         cut_images = [k for k, n in enumerate(counts) if cut.image_tokens_kept[k] < n]
         for k in cut_images:
@@ -1413,7 +1510,8 @@ class Run:
                 return cutoff
         return encoded.total + 64
 
-    def _fit_pixels(self, sizes: list[tuple[int, int]], example: Example, videos: Sequence[int] = ()) -> int | None:
+    def _fit_pixels(self, sizes: list[tuple[int, int]], example: Example,
+                    videos: Sequence[tuple[str, tuple[int, ...]]] = ()) -> int | None:
         """The largest image_max_pixels (a multiple of 28*28 at or above image_min_pixels) at which the sample
         keeps every token at this cutoff_len."""
         unit = 28 * 28
