@@ -35,6 +35,11 @@ _RULES = [
          "it.",
          "Write the content in the shape the template renders (typed text parts for processor templates, "
          "as TRL's prepare_multimodal_messages does), or fix the template."),
+    Rule("VC007", "not-counted", Severity.WARNING, "vlmcheck does not model what the framework does with this row",
+         "The row uses something of the framework's data path that vlmcheck does not simulate yet (LLaMA-Factory: "
+         "tools and tool turns under a template without the qwen tool format, or in an openai-format dataset): "
+         "its length and its verdict are unknown, never guessed.",
+         "Check the row with the framework itself, or with `vlmcheck scan --exact` on the rendered text."),
     Rule("VC006", "dropped-by-framework", Severity.WARNING, "The training framework skips this row",
          "The framework's own converter rejects the row (roles that do not alternate, an odd number of turns, no "
          "answer) and trains without it, logging one line among thousands: the data you count on is not trained "

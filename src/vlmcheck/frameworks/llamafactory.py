@@ -46,6 +46,7 @@ Modelled on LLaMA-Factory 0.9.4-0.9.5, default (v0) engine, ``stage: sft``:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -236,11 +237,29 @@ class Template:
     # Template.fix_special_tokens: the stop words (after the one that replaces EOS) are added to the tokenizer as
     # special tokens, so text holding one tokenizes it as a single token
     stop_words: tuple[str, ...] = ()
+    # tool use: format_observation / format_function slots and the tool format of format_tools / FunctionFormatter
+    # ("qwen" is modelled; rows with tools or tool turns under any other template are not counted: VC007)
+    observation: str = ""
+    function: str = ""
+    tool_format: str = ""
+    tool_call_words: tuple[str, str] = ("<tool_call>", "</tool_call>")
 
 
 _CHATML_USER = "<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n"
 _CHATML_ASSISTANT = "{content}<|im_end|>\n"
 _CHATML_SYSTEM = "<|im_start|>system\n{content}<|im_end|>\n"
+# template.py "qwen2_vl" / "qwen3_vl" / "qwen3_vl_nothink": tool results are a user turn, calls an answer
+_QWEN_OBSERVATION = ("<|im_start|>user\n<tool_response>\n{content}\n</tool_response><|im_end|>\n"
+                     "<|im_start|>assistant\n")
+_QWEN_FUNCTION = "{content}<|im_end|>\n"
+# tool_utils.py QWEN_TOOL_PROMPT: joined to the system prompt, the tools one JSON object a line
+QWEN_TOOL_PROMPT = (
+    "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>{tool_text}"
+    "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags:\n<tool_call>\n{{\"name\": <function-name>, "
+    "\"arguments\": <args-json-object>}}\n</tool_call>"
+)
 _VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
                   "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 
@@ -248,9 +267,12 @@ TEMPLATES: dict[str, Template] = {
     t.name: t
     for t in (
         Template("qwen2_vl", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, QWEN2_VL_PLUGIN,
-                 default_system="You are a helpful assistant."),
-        Template("qwen3_vl", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, QWEN3_VL_PLUGIN, reasoning=True),
-        Template("qwen3_vl_nothink", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, QWEN3_VL_PLUGIN),
+                 default_system="You are a helpful assistant.", observation=_QWEN_OBSERVATION,
+                 function=_QWEN_FUNCTION, tool_format="qwen"),
+        Template("qwen3_vl", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, QWEN3_VL_PLUGIN, reasoning=True,
+                 observation=_QWEN_OBSERVATION, function=_QWEN_FUNCTION, tool_format="qwen"),
+        Template("qwen3_vl_nothink", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, QWEN3_VL_PLUGIN,
+                 observation=_QWEN_OBSERVATION, function=_QWEN_FUNCTION, tool_format="qwen"),
         # template.py "gemma3": Llama2Template (system fused into the first user turn), BOS prefix, no default
         # system; stop word / replaced EOS <end_of_turn> (already a special token of the Gemma 3 vocabulary)
         Template("gemma3", "<start_of_turn>user\n{content}<end_of_turn>\n<start_of_turn>model\n",
@@ -518,6 +540,11 @@ class Example:
     system: str
     images: list[Any]
     videos: list[Any]
+    tools: Any = ""  # the row's tools value as loaded (a JSON string when usable)
+
+
+class NotCounted(Exception):
+    """vlmcheck does not model what LLaMA-Factory does with this row (VC007, verdict unknown)."""
 
 
 class Dropped(Exception):
@@ -607,14 +634,17 @@ def convert(row: Any, attr: DatasetAttr, config: Config) -> Example:
             raise Dropped(f"{len(messages)} turns after the system prompt: LLaMA-Factory needs user/assistant "
                           "pairs and skips the row ('Invalid message count')")
     for role, content in messages:
-        if role in ("observation", "function"):
-            raise UsageError("tool turns (observation / function_call) are not modelled by vlmcheck yet")
         if not isinstance(content, str):
             raise Stops(f"a {role} turn's content is a {type(content).__name__}, not text")
+    tools = _get(row, cols["tools"]) if cols["tools"] else ""
+    has_tools = bool(tools) or any(role in ("observation", "function") for role, _ in messages)
+    if has_tools and config.template.tool_format != "qwen":
+        raise NotCounted(f"tools and tool turns under template {config.template.name} are not counted by vlmcheck "
+                         "yet (it models the qwen tool format of the Qwen-VL templates)")
     images = _media(_get(row, cols["images"]), config) if cols["images"] else []
     videos = _media(_get(row, cols["videos"]), config) if cols["videos"] else []
     return Example(messages=messages, system=system if isinstance(system, str) else "", images=images,
-                   videos=videos)
+                   videos=videos, tools=tools or "")
 
 
 # converter.py OpenAIDatasetConverter: without tools, "detailed thinking off" joins the system prompt (or is the
@@ -639,7 +669,8 @@ def _convert_openai(row: Mapping[str, Any], turns: list[Any], attr: DatasetAttr,
         role = turn[role_tag]
         if role in (tags["observation_tag"], tags["function_tag"]) or (
                 role == tags["assistant_tag"] and isinstance(turn, Mapping) and turn.get("tool_calls")):
-            raise UsageError("tool turns (observation / function_call / tool_calls) are not modelled by vlmcheck yet")
+            raise NotCounted("tool turns (observation / function_call / tool_calls) in an openai-format dataset are "
+                             "not counted by vlmcheck yet")
         if role not in roles:
             raise Stops(f"role {role!r} is none of the dataset's tags; LLaMA-Factory's openai converter raises "
                         "KeyError")
@@ -656,7 +687,7 @@ def _convert_openai(row: Mapping[str, Any], turns: list[Any], attr: DatasetAttr,
             raise Stops(f"a {role} turn's content is a {type(content).__name__}, not text")
     tools = row.get(cols["tools"], "") if cols["tools"] else ""
     if tools:
-        raise UsageError("tools in an openai-format dataset are not modelled by vlmcheck yet")
+        raise NotCounted("tools in an openai-format dataset are not counted by vlmcheck yet")
     system = system if isinstance(system, str) else ""
     if not system:
         system = OPENAI_THINKING_OFF
@@ -765,6 +796,7 @@ def format_turns(example: Example, config: Config, *, images: Sequence[str] | No
             m[1] = _remove_thought(m[1], t)
     collapsed = f"{plugin.vision_bos}{plugin.image_token}{plugin.vision_eos}"
     collapsed_video = f"{plugin.vision_bos}{plugin.video_token}{plugin.vision_eos}"
+    tools = tool_prompt(example.tools) if example.tools else ""
     texts = iter(images if images is not None else ())
     video_texts = iter(videos if videos is not None else ())
     out: list[list[Element]] = []
@@ -776,8 +808,8 @@ def format_turns(example: Example, config: Config, *, images: Sequence[str] | No
                 elements.append(t.prefix)
             if t.prefix_bos and bos is not None:
                 elements.append(bos)
-            if system:
-                system_text = t.system.replace("{content}", system)
+            if system or example.tools:  # Template._encode: a tools value writes the system slot even when empty
+                system_text = t.system.replace("{content}", system + tools)
                 if not t.system_in_user:
                     elements.append(system_text)
                     system_text = ""
@@ -790,6 +822,10 @@ def format_turns(example: Example, config: Config, *, images: Sequence[str] | No
             content = parts[0] + "".join(next(video_texts, collapsed_video) + part for part in parts[1:])
         if role == "user":
             elements.append(t.user.replace("{content}", system_text + content))
+        elif role == "observation":  # a tool's result, on the prompt side of its pair
+            elements.append(t.observation.replace("{content}", content))
+        elif role == "function":  # a tool call, the answer of its pair
+            elements.append(t.function.replace("{content}", function_call_text(content, t)))
         else:
             elements.append(t.assistant.replace("{content}", content))
             if t.answer_eos and eos is not None:
@@ -805,6 +841,52 @@ def format_turns(example: Example, config: Config, *, images: Sequence[str] | No
                 else:  # not trained: it closes the prompt
                     out[i].append(empty)
     return out
+
+
+def tool_prompt(tools: Any) -> str:
+    """``ToolFormatter(tool_format="qwen")``: the row's tools (a JSON string of a list of functions) as the text
+    joined to the system prompt, each tool wrapped as ``{"type": "function", "function": ...}`` unless it already is
+    one; an empty list adds nothing. Whatever LLaMA-Factory's parsing raises on stops the run."""
+    try:
+        parsed = json.loads(tools)  # a list or dict column (not a string) raises TypeError here too
+        if len(parsed) == 0:
+            return ""
+        lines = ""
+        for tool in parsed:
+            wrapped = tool if tool.get("type") == "function" else {"type": "function", "function": tool}
+            lines += "\n" + json.dumps(wrapped, ensure_ascii=False)
+    except Exception as e:  # JSONDecodeError ("Invalid JSON format in tool description"), TypeError, AttributeError
+        raise Stops(f"the tools value cannot be read as LLaMA-Factory's tool formatter reads it "
+                    f"({type(e).__name__}: {str(e)[:120]})") from None
+    return QWEN_TOOL_PROMPT.format(tool_text=lines)
+
+
+def function_call_text(content: str, t: Template) -> str:
+    """``FunctionFormatter(tool_format="qwen")``: a function-call turn's JSON (one call or a list) written as
+    ``<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>`` blocks. Text around a ``<tool_call>...</tool_call>``
+    span in the content is kept before the calls; else a thought block is moved before them."""
+    import re
+
+    def calls(text: str) -> str:
+        try:
+            parsed = json.loads(text)
+            items = parsed if isinstance(parsed, list) else [parsed]
+            pairs = [(item["name"], json.dumps(item["arguments"], ensure_ascii=False)) for item in items]
+            blocks = [json.dumps({"name": name, "arguments": json.loads(arguments)}, ensure_ascii=False)
+                      for name, arguments in pairs]
+        except Exception as e:  # JSONDecodeError ("Invalid JSON format in function message"), KeyError, TypeError
+            raise Stops(f"a function-call turn cannot be read as LLaMA-Factory's function formatter reads it "
+                        f"({type(e).__name__}: {str(e)[:120]})") from None
+        return "\n".join(f"<tool_call>\n{block}\n</tool_call>" for block in blocks)
+
+    opening, closing = t.tool_call_words
+    call = re.search(f"{re.escape(opening)}(.*?){re.escape(closing)}", content, re.DOTALL)
+    if call is not None:
+        return content.replace(call.group(0), "") + calls(call.group(1))
+    thought = re.search(f"{re.escape(t.thought_words[0])}(.*?){re.escape(t.thought_words[1])}", content, re.DOTALL)
+    if thought is None:
+        return calls(content)
+    return thought.group(0) + calls(content.replace(thought.group(0), ""))
 
 
 def _remove_thought(content: str, t: Template) -> str:
@@ -1234,6 +1316,10 @@ class Run:
             found.append(F.make("VC006", f"LLaMA-Factory skips this row: {e}"))
             frame["verdict"] = "dropped"
             return result
+        except NotCounted as e:
+            found.append(F.make("VC007", str(e)))
+            frame["verdict"] = "unknown"
+            return result
         except Stops as e:
             found.append(F.make("VC001", f"{e}; LLaMA-Factory stops while preparing the dataset"))
             frame["verdict"] = "stops"
@@ -1313,7 +1399,12 @@ class Run:
             frame["verdict"] = "stops"
             return result
         videos = [sum(runs) for _, runs in video_texts]
-        expansions, encoded = self._build(example, sizes, self.config, found, video_texts)
+        try:
+            expansions, encoded = self._build(example, sizes, self.config, found, video_texts)
+        except Stops as e:  # a tools value or a function call LLaMA-Factory's formatters cannot read
+            found.append(F.make("VC001", f"{e}; LLaMA-Factory stops while preparing the dataset"))
+            frame["verdict"] = "stops"
+            return result
         counts = [e.features for e in expansions] + videos
         result.image_tokens = list[int | None](counts[:len(expansions)])
         result.video_tokens = list[int | None](videos)
