@@ -246,3 +246,36 @@ def test_a_tiny_real_model_crashes_on_the_crash_verdicts_only(proof: dict[str, A
                 assert run["error"] is None, (name, run)
                 ran["whole"] += 1
     assert ran["crash"] >= 4 and ran["whole"] >= 4, ran
+
+
+def test_the_frame_indices_are_numpys() -> None:
+    """LLaMA-Factory's indices are ``np.linspace(0, frames - 1, n).astype(np.int32)``; Qwen3-VL's timestamps read
+    them, so every index must be numpy's."""
+    import numpy as np
+
+    from vlmcheck.frameworks.llamafactory import _linspace_int
+
+    for stop in range(0, 400, 7):
+        for num in range(1, min(stop + 1, 140) + 1):
+            assert _linspace_int(stop, num) == np.linspace(0, stop, num).astype(np.int32).tolist(), (stop, num)
+
+
+def test_hostile_video_settings_are_bounded(tmp_path: Path) -> None:
+    """A huge video_maxlen or video_fps, or a header declaring billions of frames, is a finding for the row, in
+    bounded time and memory, never a hang, an overflow or a silent count."""
+    from vlmcheck.data.videos import VideoInfo, VideoProblem
+    from vlmcheck.frameworks import llamafactory as lf
+
+    def config(**values: Any) -> lf.Config:
+        raw = {"template": "qwen2_vl", "model_name_or_path": "m", "dataset": "d", **values}
+        return lf.read_config(raw, path=tmp_path / "train.yaml")
+
+    normal = VideoInfo(64, 48, 60, 25.0, 2.4)
+    # 2.4 s at 2 fps: floor(4.8) = 4 frames, 59 / 3 = 19.67 apart, truncated
+    assert lf.sampled_frames(normal, config()) == ([0, 19, 39, 59], 4)
+    hostile = config(video_maxlen=10**12, video_fps=1e308)
+    for info in (VideoInfo(64, 48, 4 * 10**9, 30.0, 1.4e8), VideoInfo(64, 48, 60, 25.0, 2.4, indexed_frames=0)):
+        with pytest.raises(VideoProblem) as problem:
+            lf.sampled_frames(info, hostile)
+        assert problem.value.code == "VC114"
+    assert lf.sampled_frames(normal, config(video_fps=1e308)) == (lf._linspace_int(59, 60), 60)

@@ -758,12 +758,26 @@ def sampled_frames(info: VideoInfo, config: Config) -> tuple[list[int], int]:
     if info.declared_frames == 0:
         decoded = min(decodable, config.video_maxlen)
         n = config.video_maxlen if info.duration is not None and info.fps else decoded
+        _bounded(n)
         return list(range(n)), decoded
     if info.duration is None:
         raise VideoProblem("VC112", "the video stream declares no duration: LLaMA-Factory's frame sampling "
                                     "multiplies by it and raises")
-    n = min(info.declared_frames, config.video_maxlen, max(1, math.floor(info.duration * config.video_fps)))
+    cap = min(info.declared_frames, config.video_maxlen)
+    wanted = info.duration * config.video_fps  # may overflow to inf for a hostile video_fps: then the cap holds
+    n = cap if wanted >= cap else min(cap, max(1, math.floor(wanted)))
+    _bounded(n)
     return _linspace_int(info.declared_frames - 1, n), n
+
+
+# more sampled frames than this are not counted (a hostile video_maxlen or header must not exhaust memory)
+MAX_COUNTED_FRAMES = 100_000
+
+
+def _bounded(frames: int) -> None:
+    if frames > MAX_COUNTED_FRAMES:
+        raise VideoProblem("VC114", f"LLaMA-Factory would sample {frames:,} frames of this video (video_maxlen, "
+                                    f"video_fps and its header): more than vlmcheck counts ({MAX_COUNTED_FRAMES:,})")
 
 
 def _linspace_int(stop: int, num: int) -> list[int]:
