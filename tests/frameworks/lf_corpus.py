@@ -204,6 +204,11 @@ def write_corpus(root: Path, checkpoints: dict[str, Path], *, seed: int = 0, row
                    "cutoff_len": 1024},
         "qwen3_plain": {"model_name_or_path": str(checkpoints["qwen3_vl"]), "template": "qwen3_vl_nothink",
                         "dataset": "chat,sg", **media},
+        # packing: each sample cut as without it (cutoff_len - 1), then packed; neat_packing the same
+        "packed": {"model_name_or_path": str(checkpoints["qwen2_vl"]), "template": "qwen2_vl", "dataset": "sg,alp",
+                   "cutoff_len": 500, "packing": True},
+        "neat": {"model_name_or_path": str(checkpoints["qwen2_vl"]), "template": "qwen2_vl", "dataset": "chat,oa",
+                 "cutoff_len": 900, "neat_packing": True, "image_max_pixels": 262_144, **media},
     }
     return write_configs(root, data, configs)
 

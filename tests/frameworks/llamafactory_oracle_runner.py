@@ -199,6 +199,22 @@ def _video_features(plugin: Any, videos: list[Any], processor: Any) -> list[int]
     return [int(t * h * w) // merge for t, h, w in grid.tolist()]
 
 
+def _unpacked(packed: dict[str, Any]) -> dict[str, Any]:
+    """The one sample a packed sequence of one row holds: its positions count 0, 1, ... until the padding."""
+    positions = packed["position_ids"][0]
+    n = next((i for i, p in enumerate(positions) if p != i), len(positions))
+    return {"input_ids": [packed["input_ids"][0][:n]], "labels": [packed["labels"][0][:n]]}
+
+
+def _segments(sequence: dict[str, Any]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """The samples of one packed sequence: position_ids restart at 0 for each, and the padding after the last one
+    sits at position 0 throughout (every sample here is longer than one token, so it ends at a position above 0)."""
+    positions = sequence["position_ids"]
+    end = max((i for i, p in enumerate(positions) if p != 0), default=-1) + 1
+    starts = [i for i in range(end) if positions[i] == 0] + [end]
+    return [(tuple(sequence["input_ids"][a:b]), tuple(sequence["labels"][a:b])) for a, b in zip(starts, starts[1:])]
+
+
 def _runs(ids: list[int], token: int) -> list[int]:
     """Lengths of the runs of ``token`` in ``ids``, in order (one per video: vision_end / vision_start part them)."""
     runs: list[int] = []
@@ -389,8 +405,10 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
     image_token_id = model_config.get("image_token_index", model_config.get("image_token_id"))
     video_token_id = model_config.get("video_token_id")
     cut_processor = _get_dataset_processor(data_args, "sft", template, tokenizer, processor, do_generate=False)
+    packing = bool(data_args.packing)  # PackedSupervisedDatasetProcessor: each row packed alone, then unpacked
     whole_args = copy.copy(data_args)
     whole_args.cutoff_len = 10**9
+    whole_args.packing = whole_args.neat_packing = False
     whole_processor = _get_dataset_processor(whole_args, "sft", template, tokenizer, processor, do_generate=False)
 
     rows: list[dict[str, Any]] = []
@@ -411,7 +429,9 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
                 batch = {k: [v] for k, v in example.items()}
                 cut = cut_processor.preprocess_dataset(batch)
                 if not cut.get("input_ids"):
-                    continue  # "Dropped invalid example"
+                    continue  # "Dropped invalid example" (with packing also "Dropped lengthy example")
+                if packing:
+                    cut = _unpacked(cut)
                 whole = whole_processor.preprocess_dataset(batch)
                 images = example["_images"] or []
                 sizes, features, grids = [], [], []
@@ -450,8 +470,12 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
         module = get_dataset(template, model_args, data_args, training_args, "sft", tokenizer, processor)
         train = module["train_dataset"]
         check["rows"] = len(train)
-        check["same_as_rows"] = len(train) == len(kept_rows) and all(
-            a["input_ids"] == b["input_ids"] and a["labels"] == b["labels"] for a, b in zip(train, kept_rows))
+        if packing:  # packed sequences: the samples they hold (split where position_ids restart), in any order
+            packed = sorted(s for seq in train for s in _segments(seq))
+            check["same_as_rows"] = packed == sorted((tuple(r["input_ids"]), tuple(r["labels"])) for r in kept_rows)
+        else:
+            check["same_as_rows"] = len(train) == len(kept_rows) and all(
+                a["input_ids"] == b["input_ids"] and a["labels"] == b["labels"] for a, b in zip(train, kept_rows))
     except Exception as e:
         check["error"] = _error(e)
 

@@ -169,3 +169,15 @@ def test_a_tiny_real_model_crashes_on_the_cut_samples_only(proof: dict[str, Any]
                 assert f["error"] is None, f"{name}: {f}"
                 ran["whole"] += 1
     assert ran["crash"] >= 3 and ran["whole"] >= 3, ran
+
+
+def test_packing_cuts_as_without_it(proof: dict[str, Any]) -> None:
+    """packing / neat_packing: LLaMA-Factory cuts every sample pair by pair before packing it (cutoff_len - 1), so a
+    cut image still crashes and nothing is dropped for its length (vlmcheck said "dropped" here before)."""
+    for name in ("packed", "neat"):
+        result, records = proof["oracle"][name], proof["mine"][name]
+        assert result["cutoff_len"] == {"packed": 499, "neat": 899}[name]
+        crashes = [r for r in result["rows"] if r["kept"] and r["crash"]]
+        assert crashes, name
+        assert not any("VC204" in record["findings"] for record in records), name
+        assert result["get_dataset"].get("same_as_rows") is True, result["get_dataset"]

@@ -102,7 +102,10 @@ CASES: dict[str, tuple[Any, tuple[int, int, int], dict[str, dict[str, Any]]]] = 
     "pixtral": (_pixtral, (600, 1500, 3000), {}),
     # every image's 256 tokens go before the sample and are never cut: no crash, but cutoff_len values below a
     # sample's image tokens leave it no text at all
-    "paligemma": (_paligemma, (300, 600, 1200), {}),
+    "paligemma": (_paligemma, (300, 600, 1200), {
+        # packing drops what the cut cannot take: a sample whose image prefix alone is over cutoff_len - 1
+        "pack": {"dataset": "sg,alp", "cutoff_len": 500, "packing": True},
+    }),
     # the checkpoint's image processor does not crop (crop_to_patches false, as on the hub): 256 tokens an image;
     # LLaMA-Factory's crop_to_patches tiles it (up to 12 + 1 tiles)
     "intern_vl": (_internvl, (300, 700, 1400), {
@@ -259,3 +262,16 @@ def test_glm4v_train_on_prompt_is_refused_where_llamafactory_refuses_it(
             assert verdict == "ACCEPTED", verdict
             records = list(vlmcheck.check(config).records())
             assert records and all(r["framework"]["verdict"] for r in records)
+
+
+def test_packing_drops_only_what_the_cut_cannot_take(proof: dict[str, Any]) -> None:
+    """With packing LLaMA-Factory still cuts each sample pair by pair; PackedSupervisedDatasetProcessor then drops
+    only a sample longer than cutoff_len after the cut: PaliGemma's image prefix, which the cut never takes."""
+    if proof["template"] != "paligemma":
+        pytest.skip("PaliGemma only")
+    oracle, mine = proof["oracle"]["paligemma-pack"], proof["mine"]["paligemma-pack"]
+    dropped = [(row, record) for row, record in zip(oracle["rows"], mine) if "VC204" in record["findings"]]
+    assert len(dropped) >= 2, [r["findings"] for r in mine]
+    assert all(not row["kept"] and not row["error"] for row, _ in dropped)
+    kept_cut = [row for row in oracle["rows"] if row["kept"] and row["kept_tokens"] < row["tokens"]]
+    assert kept_cut, "no sample was cut and kept under packing"

@@ -5,8 +5,9 @@ Modelled on LLaMA-Factory 0.9.4-0.9.5, default (v0) engine, ``stage: sft``:
 
 - **Config** (``hparams/data_args.py``, ``hparams/model_args.py``): ``cutoff_len`` 2048, ``dataset_dir`` ``data``,
   ``media_dir`` = ``dataset_dir``, ``image_max_pixels`` 768*768, ``image_min_pixels`` 32*32, ``train_on_prompt``
-  and ``mask_history`` off, ``enable_thinking`` on, ``packing`` off (on: ``cutoff_len`` - 1 and over-long samples
-  dropped).
+  and ``mask_history`` off, ``enable_thinking`` on, ``packing`` off (on: ``cutoff_len`` - 1;
+  each sample is still cut pair by pair as without packing, and dropped only when what the cut cannot take, an
+  image prefix, is over ``cutoff_len``).
 - **Datasets** (``data/parser.py``): ``dataset_info.json`` entries with ``file_name``, ``formatting``
   (``alpaca`` by default, ``sharegpt``, ``openai``), ``columns`` and ``tags``. A ``columns`` or ``tags`` object
   replaces *every* default of its kind: a key it leaves out becomes unset. ``images`` is read only when
@@ -1539,9 +1540,11 @@ class Run:
         n_images = len(counts) - len(video_counts)
         if result.supervised_tokens == 0:
             found.append(F.make("VC003", "no answer tokens to learn from: every label is masked"))
-        if config.packing and total > cutoff:
-            found.append(F.make("VC204", f"{total:,} tokens > cutoff_len={cutoff:,}: with packing LLaMA-Factory drops "
-                                         "the sample ('Dropped lengthy example')", tokens=total, max_length=cutoff))
+        if config.packing and cut.tokens > cutoff:  # only tokens the cut never takes (PaliGemma's image prefix)
+            found.append(F.make("VC204", f"{cut.tokens:,} tokens are left after LLaMA-Factory's cut (its image tokens "
+                                         f"go before the turns and are never cut) > cutoff_len={cutoff:,}: with packing "
+                                         "it drops the sample ('Dropped lengthy example')",
+                                tokens=cut.tokens, max_length=cutoff))
             frame["verdict"] = "dropped"
             return
         for j, (count, (_, runs)) in enumerate(zip(video_counts, video_texts), 1):
