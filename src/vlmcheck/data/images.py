@@ -72,7 +72,8 @@ def _size_of(fp: IO[bytes]) -> int:
 def _jpeg_complete(fp: IO[bytes], size: int) -> bool | None:
     """Walk the JPEG's segments by their lengths (so an end marker inside an EXIF thumbnail is skipped) to
     the first scan, then look for the end marker after it; trailing bytes (motion photos) do not matter.
-    None when the walk cannot tell."""
+    None when the walk cannot tell, and when the end marker is missing (the caller decodes: PIL loads a file
+    whose cut took only bytes the decoder does not need)."""
     fp.seek(2)
     for _ in range(_MAX_STEPS):
         head = fp.read(4)
@@ -103,7 +104,9 @@ def _jpeg_complete(fp: IO[bytes], size: int) -> bool | None:
             while True:
                 block = fp.read(1 << 20)
                 if not block:
-                    return False
+                    # no end marker: cut, but libjpeg may have every coded unit it needs (a file cut inside
+                    # its last bytes still loads in PIL): decode to tell
+                    return None
                 if b"\xff\xd9" in carry + block:
                     return True
                 carry = block[-1:]
