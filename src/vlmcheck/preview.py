@@ -70,12 +70,15 @@ def layout_spans(layout: Layout, *, kinds: Sequence[str], max_length: int | None
 
 
 def token_spans(image_of: Sequence[int], trained: Sequence[bool], *, kept: Sequence[tuple[int, int]] | None,
-                max_length: int | None) -> dict[str, Any]:
+                max_length: int | None, first_video: int | None = None) -> dict[str, Any]:
     """The layout of a sample a framework built token by token: ``image_of`` is each token's image (0-based, -1 for
-    text), ``trained`` whether it carries a label, ``kept`` the positions that survive the cut (None: dropped).
+    text; from ``first_video`` on, videos), ``trained`` whether it carries a label, ``kept`` the positions that
+    survive the cut (None: dropped).
 
     >>> token_spans([-1, 0, 0, -1, -1], [False, False, False, True, True], kept=[(0, 4)], max_length=4)["media"]
     [[1, 3, 'image', 1]]
+    >>> token_spans([0, -1, 1, 1], [False] * 4, kept=None, max_length=None, first_video=1)["media"]
+    [[0, 1, 'image', 1], [2, 4, 'video', 1]]
     """
     media: list[list[Any]] = []
     supervised: list[list[int]] = []
@@ -86,7 +89,11 @@ def token_spans(image_of: Sequence[int], trained: Sequence[bool], *, kept: Seque
             while j < len(values) and values[j] == values[i]:
                 j += 1
             if out is media and values[i] >= 0:
-                media.append([i, j, "image", int(values[i]) + 1])
+                k = int(values[i])
+                if first_video is not None and k >= first_video:
+                    media.append([i, j, "video", k - first_video + 1])
+                else:
+                    media.append([i, j, "image", k + 1])
             elif out is supervised and values[i]:
                 supervised.append([i, j])
             i = j

@@ -1021,7 +1021,8 @@ def truncate(encoded: Encoded, config: Config, *, images: int) -> Cut:
     return Cut(tokens=total, labels=labels, image_tokens_kept=kept, kept_per_turn=per_turn, labelled=labelled)
 
 
-def _layout_spans(encoded: Encoded, whole: Cut, cut: Cut, *, cutoff: int) -> dict[str, Any]:
+def _layout_spans(encoded: Encoded, whole: Cut, cut: Cut, *, cutoff: int, first_video: int | None = None
+                  ) -> dict[str, Any]:
     """The sample's token layout for the report: turns laid end to end, the labelled turns of the whole sample,
     and what the per-turn cut keeps of each turn."""
     trained: list[bool] = [False] * len(encoded.prefix)
@@ -1034,7 +1035,7 @@ def _layout_spans(encoded: Encoded, whole: Cut, cut: Cut, *, cutoff: int) -> dic
         kept.append((len(trained), len(trained) + encoded.suffix))
         trained += [True] * encoded.suffix
     image_of = encoded.prefix + [k for owner in encoded.image_of for k in owner] + [-1] * encoded.suffix
-    return token_spans(image_of, trained, kept=kept, max_length=cutoff)
+    return token_spans(image_of, trained, kept=kept, max_length=cutoff, first_video=first_video)
 
 
 def iter_rows(files: list[Path]) -> Iterator[Any]:
@@ -1441,7 +1442,8 @@ class Run:
         self._verdict(result, encoded, cut, counts, sizes, example, video_counts, video_texts)
         if result.findings and self.previews.wants(result):  # (preview: hook)
             result.preview = self.previews.make(result, images=image_refs(example.images),
-                                                spans=_layout_spans(encoded, full, cut, cutoff=self.config.cutoff_len))
+                                                spans=_layout_spans(encoded, full, cut, cutoff=self.config.cutoff_len,
+                                                                    first_video=len(expansions)))
         return result
 
     def _videos(self, example: Example, found: list[F.Finding]) -> list[VideoCount] | None:
