@@ -209,6 +209,16 @@ def write_corpus(root: Path, checkpoints: dict[str, Path], *, seed: int = 0, row
                    "cutoff_len": 500, "packing": True},
         "neat": {"model_name_or_path": str(checkpoints["qwen2_vl"]), "template": "qwen2_vl", "dataset": "chat,oa",
                  "cutoff_len": 900, "neat_packing": True, "image_max_pixels": 262_144, **media},
+        # which rows: num_samples draws (a name listed twice is drawn twice, kept once), eval_dataset prepared too,
+        # max_samples after the draw, val_size (split before preprocessing: every row is prepared)
+        "sampled": {"model_name_or_path": str(checkpoints["qwen2_vl"]), "template": "qwen2_vl",
+                    "dataset": "sg_few,alp_many,sg_few", "eval_dataset": "chat", "seed": 7, "cutoff_len": 600,
+                    **media},
+        "evaluated": {"model_name_or_path": str(checkpoints["qwen2_vl"]), "template": "qwen2_vl",
+                      "dataset": "alp_many", "eval_dataset": "sg_few,oa", "max_samples": 9, "cutoff_len": 450,
+                      **media},
+        "split": {"model_name_or_path": str(checkpoints["qwen2_vl"]), "template": "qwen2_vl", "dataset": "sg,oa",
+                  "val_size": 0.25, "cutoff_len": 800, **media},
     }
     return write_configs(root, data, configs)
 
@@ -264,6 +274,12 @@ def write_data(root: Path, *, seed: int = 0, rows: int = 40) -> Path:
                  "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "q", "assistant_tag": "a"}},
         "alp": {"file_name": "alp.json", "columns": {"prompt": "instruction", "query": "input", "response": "output",
                                                      "history": "history", "system": "system", "images": "images"}},
+        # dataset_info num_samples: fewer rows than the file (a seeded draw), and more (rows repeated)
+        "sg_few": {"file_name": "sg.json", "formatting": "sharegpt", "num_samples": max(1, rows // 2),
+                   "columns": {"messages": "conversations", "images": "images", "system": "system"}},
+        "alp_many": {"file_name": "alp.json", "num_samples": rows + 5,
+                     "columns": {"prompt": "instruction", "query": "input", "response": "output",
+                                 "history": "history", "system": "system", "images": "images"}},
         "bad": {"file_name": "bad.json", "formatting": "sharegpt", "columns": {"messages": "conversations",
                                                                              "images": "images"}},
         "oa": {"file_name": "oa.json", "formatting": "openai", "columns": {"messages": "messages", "images": "images"},

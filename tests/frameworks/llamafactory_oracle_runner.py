@@ -378,6 +378,7 @@ def _flat(values: Any) -> list[Any]:
 
 def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
     import datasets
+    import numpy as np
     import yaml
     from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
     from llamafactory.data.converter import get_dataset_converter
@@ -413,16 +414,33 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
 
     rows: list[dict[str, Any]] = []
     kept_rows: list[dict[str, Any]] = []
-    for name, attr in zip(data_args.dataset, get_dataset_list(data_args.dataset, data_args.dataset_dir)):
-        local = os.path.join(data_args.dataset_dir, attr.dataset_name)
-        files = [os.path.join(local, f) for f in os.listdir(local)] if os.path.isdir(local) else [local]
-        raw = datasets.load_dataset(FILEEXT2TYPE[os.path.splitext(files[0])[-1][1:]], data_files=files, split="train",
-                                    cache_dir=str(work / "raw"))
-        if data_args.max_samples is not None:
-            raw = raw.select(range(min(data_args.max_samples, len(raw))))
+    # get_train_args seeded numpy's global generator; the rows are drawn here as _load_single_dataset draws them
+    # (num_samples) and the state put back, so that get_dataset below draws the same rows again and its output
+    # proves these selections
+    seeded = np.random.get_state()
+    loads: list[tuple[str, str, Any, list[int]]] = []  # (split, name, attr, row numbers) of each load
+    for split, names in (("train", data_args.dataset or []), ("eval", data_args.eval_dataset or [])):
+        chosen: dict[str, tuple[Any, list[int]]] = {}  # _get_merged_dataset keeps a dict by name
+        for name, attr in zip(names, get_dataset_list(names, data_args.dataset_dir)):
+            local = os.path.join(data_args.dataset_dir, attr.dataset_name)
+            files = [os.path.join(local, f) for f in os.listdir(local)] if os.path.isdir(local) else [local]
+            raw = datasets.load_dataset(FILEEXT2TYPE[os.path.splitext(files[0])[-1][1:]], data_files=files,
+                                        split="train", cache_dir=str(work / "raw"))
+            numbers = list(range(len(raw)))
+            if attr.num_samples is not None and not data_args.streaming:
+                numbers = [int(i) for i in np.random.permutation(len(raw))[:attr.num_samples]]
+                if attr.num_samples > len(numbers):
+                    numbers += [int(i) for i in np.random.choice(len(raw), attr.num_samples - len(numbers))]
+            if data_args.max_samples is not None:
+                numbers = numbers[:data_args.max_samples]
+            chosen[name] = (attr, raw, numbers)
+        loads += [(split, name, attr, raw, numbers) for name, (attr, raw, numbers) in chosen.items()]
+    np.random.set_state(seeded)
+    for split, name, attr, raw, numbers in loads:
         converter = get_dataset_converter(attr.formatting, attr, data_args)
-        for row_index, row in enumerate(raw):
-            record: dict[str, Any] = {"dataset": name, "row": row_index, "kept": False, "error": None}
+        for row_index in numbers:
+            row = raw[row_index]
+            record: dict[str, Any] = {"dataset": name, "row": row_index, "split": split, "kept": False, "error": None}
             rows.append(record)
             try:
                 example = converter(row)
@@ -462,7 +480,7 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
                 record.update(video_tokens=_runs(whole["input_ids"][0], video_token_id), video_features=video_features,
                               video_tokens_left=video_left,
                               crash=record["crash"] or video_left != sum(video_features))
-            kept_rows.append({"input_ids": ids, "labels": labels, "images": images, "videos": videos})
+            kept_rows.append({"input_ids": ids, "labels": labels, "images": images, "videos": videos, "split": split})
 
     # The real entry point on the whole config: it must give exactly the kept rows, or raise when a row raises.
     check: dict[str, Any] = {}
@@ -470,12 +488,27 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
         module = get_dataset(template, model_args, data_args, training_args, "sft", tokenizer, processor)
         train = module["train_dataset"]
         check["rows"] = len(train)
-        if packing:  # packed sequences: the samples they hold (split where position_ids restart), in any order
-            packed = sorted(s for seq in train for s in _segments(seq))
-            check["same_as_rows"] = packed == sorted((tuple(r["input_ids"]), tuple(r["labels"])) for r in kept_rows)
+        evals = module.get("eval_dataset")
+        evals = list(evals.values()) if isinstance(evals, dict) else [evals] if evals is not None else []
+        if data_args.val_size > 1e-6:  # split at random before preprocessing: together they hold the kept rows
+            train = [r for part in (train, *evals) for r in part]
+            kept_train = kept_rows
+            kept_eval: list[dict[str, Any]] = []
+            evals = []
         else:
-            check["same_as_rows"] = len(train) == len(kept_rows) and all(
-                a["input_ids"] == b["input_ids"] and a["labels"] == b["labels"] for a, b in zip(train, kept_rows))
+            kept_train = [r for r in kept_rows if r["split"] == "train"]
+            kept_eval = [r for r in kept_rows if r["split"] == "eval"]
+        if packing:  # packed sequences: the samples they hold (split where position_ids restart), in any order
+            for got, want, key in ((train, kept_train, "same_as_rows"),
+                                   ([r for part in evals for r in part], kept_eval, "same_as_eval_rows")):
+                packed = sorted(s for seq in got for s in _segments(seq))
+                check[key] = packed == sorted((tuple(r["input_ids"]), tuple(r["labels"])) for r in want)
+        elif data_args.val_size > 1e-6:
+            check["same_as_rows"] = sorted((tuple(r["input_ids"]), tuple(r["labels"])) for r in train) == sorted(
+                (tuple(r["input_ids"]), tuple(r["labels"])) for r in kept_train)
+        else:
+            check["same_as_rows"] = _same(train, kept_train)
+            check["same_as_eval_rows"] = _same([r for part in evals for r in part], kept_eval)
     except Exception as e:
         check["error"] = _error(e)
 
@@ -491,6 +524,13 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
         result["forward"] = _forward(model_args.model_name_or_path, rows, kept_rows, template, tokenizer, processor,
                                      forward)
     return result
+
+
+def _same(got: Any, want: list[dict[str, Any]]) -> bool:
+    """The dataset's rows are the kept rows, in order."""
+    got = list(got)
+    return len(got) == len(want) and all(
+        a["input_ids"] == b["input_ids"] and a["labels"] == b["labels"] for a, b in zip(got, want))
 
 
 def _version(name: str) -> str:

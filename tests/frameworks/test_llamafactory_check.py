@@ -69,6 +69,10 @@ def _compare(oracle_row: dict[str, Any], record: dict[str, Any]) -> list[str]:
     """What differs between LLaMA-Factory's result for a row and vlmcheck's record of it."""
     frame = record["framework"]
     where = f"{oracle_row['dataset']}[{oracle_row['row']}]"
+    if (frame["dataset"], frame["row"], frame.get("split", "train")) != (
+            oracle_row["dataset"], oracle_row["row"], oracle_row.get("split", "train")):
+        return [f"{where} ({oracle_row.get('split', 'train')}): vlmcheck judged {frame['dataset']}[{frame['row']}] "
+                f"({frame.get('split', 'train')}) in its place"]
     if oracle_row["error"]:
         return [] if frame["verdict"] == "stops" else [f"{where}: LLaMA-Factory raises ({oracle_row['error']}), "
                                                        f"vlmcheck says {frame['verdict']}"]
@@ -112,6 +116,7 @@ def test_the_per_row_oracle_is_llamafactory_get_dataset(proof: dict[str, Any]) -
             assert "error" in check, f"{name}: rows raise but get_dataset does not"
         else:
             assert check.get("same_as_rows") is True, f"{name}: {check}"
+            assert check.get("same_as_eval_rows", True) is True, f"{name}: {check}"
         assert result["llamafactory"] == "0.9.5"
 
 
@@ -181,3 +186,56 @@ def test_packing_cuts_as_without_it(proof: dict[str, Any]) -> None:
         assert crashes, name
         assert not any("VC204" in record["findings"] for record in records), name
         assert result["get_dataset"].get("same_as_rows") is True, result["get_dataset"]
+
+
+def test_which_rows_llamafactory_prepares(proof: dict[str, Any]) -> None:
+    """dataset_info ``num_samples`` (a seeded draw, rows repeated past the file's length), a dataset listed twice,
+    ``eval_dataset``, ``max_samples`` after the draw and ``val_size``: the rows, their order and their split are
+    LLaMA-Factory's (get_dataset's output, train and eval, equals the runner's rows; vlmcheck judged the same row
+    at every place, checked in the comparison above)."""
+    oracle = proof["oracle"]
+    for name in ("sampled", "evaluated", "split"):
+        assert oracle[name]["get_dataset"].get("same_as_rows") is True, (name, oracle[name]["get_dataset"])
+    sampled = oracle["sampled"]["rows"]
+    by_dataset = Counter((r["dataset"], r["split"]) for r in sampled)
+    assert by_dataset == {("sg_few", "train"): 8, ("alp_many", "train"): 21, ("chat", "eval"): 16}, by_dataset
+    drawn = [r["row"] for r in sampled if r["dataset"] == "sg_few"]
+    assert drawn != sorted(drawn) and len(set(drawn)) == 8  # a permutation's head, not the first rows
+    many = Counter(r["row"] for r in sampled if r["dataset"] == "alp_many")
+    assert len(many) == 16 and max(many.values()) >= 2  # every row once, then 5 drawn again
+    assert oracle["sampled"]["get_dataset"].get("same_as_eval_rows") is True
+    evaluated = Counter((r["dataset"], r["split"]) for r in oracle["evaluated"]["rows"])
+    assert evaluated == {("alp_many", "train"): 9, ("sg_few", "eval"): 8, ("oa", "eval"): 9}, evaluated
+    mine = proof["mine"]["sampled"]
+    assert [(r["framework"]["dataset"], r["framework"]["row"]) for r in mine] == [
+        (r["dataset"], r["row"]) for r in sampled]
+
+
+def test_settings_that_change_which_rows_are_read_or_refused(tmp_path: Path) -> None:
+    """What LLaMA-Factory refuses is refused, and what vlmcheck does not model is said, not guessed."""
+    base = {"model_name_or_path": "m", "template": "qwen2_vl", "dataset": "a,b"}
+    with pytest.raises(vlmcheck.UsageError, match="val_size"):
+        lf.read_config({**base, "eval_dataset": "c", "val_size": 0.1}, path=tmp_path / "x.yaml")
+    with pytest.raises(vlmcheck.UsageError, match="interleave"):
+        lf.read_config({**base, "mix_strategy": "interleave_under"}, path=tmp_path / "x.yaml")
+    lf.read_config({**base, "dataset": "a", "mix_strategy": "interleave_over"}, path=tmp_path / "x.yaml")  # one dataset
+    saved = tmp_path / "tokenized"
+    lf.read_config({**base, "tokenized_path": str(saved)}, path=tmp_path / "x.yaml")  # not saved yet: rows prepared
+    saved.mkdir()
+    (saved / "dataset_dict.json").write_text("{}")
+    with pytest.raises(vlmcheck.UsageError, match="tokenized_path"):
+        lf.read_config({**base, "tokenized_path": str(saved)}, path=tmp_path / "x.yaml")
+    with pytest.raises(vlmcheck.UsageError, match="num_samples"):
+        lf.DatasetAttr.read("a", {"file_name": "a.json", "num_samples": "ten"})
+    config = lf.read_config({**base, "tool_format": "qwen"}, path=tmp_path / "x.yaml")
+    assert config.template.function == "{content}" and config.template.function_eos
+
+
+def test_the_draw_is_numpys() -> None:
+    """num_samples: numpy's legacy generator, permutation then choice, as LLaMA-Factory calls them."""
+    np = pytest.importorskip("numpy")
+    np.random.seed(42)
+    want = list(np.random.permutation(7)[:10]) + list(np.random.choice(7, 3))
+    assert lf.draw_samples(7, 10, np.random.RandomState(42)) == [int(i) for i in want]
+    with pytest.raises(vlmcheck.DatasetError):
+        lf.draw_samples(0, 1, np.random.RandomState(42))

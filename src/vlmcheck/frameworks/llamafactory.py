@@ -99,7 +99,11 @@ DEFAULTS: dict[str, Any] = {
     "neat_packing": False,
     "default_system": None,
     "max_samples": None,
+    "streaming": False,
     "stage": "sft",
+    "seed": 42,  # TrainingArguments.seed: get_train_args seeds numpy with it (dataset_info num_samples draws)
+    "mix_strategy": "concat",
+    "val_size": 0.0,
 }
 # extras/constants.py: the placeholders in dataset text (overridable by environment, as LLaMA-Factory reads them)
 IMAGE_PLACEHOLDER_ENV = "IMAGE_PLACEHOLDER"
@@ -243,6 +247,9 @@ class Template:
     observation: str = ""
     function: str = ""
     tool_format: str = ""
+    # the default function slots ["{{content}}", {"eos_token"}] (a config's tool_format sets them): the tokenizer's
+    # EOS id closes every function-call turn
+    function_eos: bool = False
     tool_call_words: tuple[str, str] = ("<tool_call>", "</tool_call>")
 
 
@@ -341,6 +348,13 @@ class Config:
     video_maxlen: int = DEFAULTS["video_maxlen"]
     v1: bool = False
     values: dict[str, Any] = field(default_factory=dict)  # as read, for the report
+    # eval_dataset: prepared by the same processor as the training rows (a crash there stops the run at its first
+    # evaluation); seed: numpy's global generator for dataset_info's num_samples; streaming: num_samples unused
+    eval_datasets: tuple[str, ...] = ()
+    seed: int = DEFAULTS["seed"]
+    streaming: bool = False
+    # data_args.tool_format: replaces the template's tool and function-call formatters (None: the template's own)
+    tool_format: str | None = None
 
 
 
@@ -385,15 +399,32 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     model_path = model or raw.get("model_name_or_path")
     if not model_path:
         raise UsageError(f"{path}: model_name_or_path is not set (or pass --model)")
-    datasets = raw.get("dataset")
-    if isinstance(datasets, str):
-        names = tuple(d.strip() for d in datasets.split(",") if d.strip())
-    elif isinstance(datasets, list):
-        names = tuple(str(d).strip() for d in datasets)
-    else:
-        names = ()
+    names = _names(raw.get("dataset"))
     if not names:
         raise UsageError(f"{path}: no dataset set")
+    eval_names = _names(raw.get("eval_dataset"))
+    try:
+        val_size = float(raw.get("val_size") or 0.0)
+    except (TypeError, ValueError):
+        raise UsageError(f"{path}: val_size must be a number, got {raw.get('val_size')!r}") from None
+    if eval_names and val_size > 1e-6:
+        raise UsageError(f"{path}: val_size and eval_dataset together (LLaMA-Factory refuses: 'Cannot specify "
+                         "`val_size` if `eval_dataset` is not None')")
+    mix = str(raw.get("mix_strategy") or DEFAULTS["mix_strategy"])
+    if mix != "concat" and (len(names) > 1 or len(eval_names) > 1):
+        # datasets.interleave_datasets picks rows by the seed and stopping strategy: which rows train is not modelled
+        raise UsageError(f"{path}: mix_strategy {mix!r} interleaves the datasets, which vlmcheck does not model "
+                         "(it models concat, the default)")
+    tokenized = raw.get("tokenized_path")
+    if tokenized and _saved_dataset(locate(str(tokenized), path, dict(path_map or {}))):
+        raise UsageError(f"{path}: tokenized_path {tokenized} holds a saved dataset: LLaMA-Factory trains on it and "
+                         "reads none of the rows or data settings; vlmcheck judges rows (unset tokenized_path to "
+                         "check the rows it was made from)")
+    template = TEMPLATES[name]
+    tool_format = raw.get("tool_format")
+    if tool_format:  # get_template_and_fix_tokenizer: the config's tool format, with the default function slots
+        template = replace(template, tool_format=str(tool_format), function="{content}",
+                           function_eos=not template.efficient_eos)
     mapping = dict(path_map or {})
     dataset_dir = locate(data or str(raw.get("dataset_dir", DEFAULTS["dataset_dir"])), path, mapping)
     media_raw = raw.get("media_dir")
@@ -422,7 +453,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
                          "'Current template does not support `train_on_prompt`')")
     max_samples = raw.get("max_samples")
     return Config(
-        path=path, model=str(mapped(str(model_path), mapping)), template=TEMPLATES[name], datasets=names,
+        path=path, model=str(mapped(str(model_path), mapping)), template=template, datasets=names,
         dataset_dir=dataset_dir, media_dir=media_dir, cutoff_len=cutoff, image_max_pixels=max_pixels,
         image_min_pixels=min_pixels, train_on_prompt=_flag(raw, "train_on_prompt"),
         mask_history=_flag(raw, "mask_history"), enable_thinking=_flag(raw, "enable_thinking"),
@@ -436,11 +467,41 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         video_max_pixels=video_max, video_min_pixels=video_min, video_fps=video_fps,
         video_maxlen=_int(raw, "video_maxlen", path),
         v1=env.get("USE_V1", "0").lower() in ("1", "true"),
+        eval_datasets=eval_names, seed=_seed(raw, path), streaming=_flag(raw, "streaming"),
+        tool_format=str(tool_format) if tool_format else None,
         values={k: raw.get(k, DEFAULTS.get(k)) for k in (
             "template", "cutoff_len", "image_max_pixels", "image_min_pixels", "train_on_prompt", "mask_history",
             "enable_thinking", "packing", "dataset", "dataset_dir", "image_do_pan_and_scan", "crop_to_patches",
-            "video_max_pixels", "video_min_pixels", "video_fps", "video_maxlen")},
+            "video_max_pixels", "video_min_pixels", "video_fps", "video_maxlen", "eval_dataset", "seed",
+            "tool_format")},
     )
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """``dataset`` / ``eval_dataset`` as ``split_arg`` reads them: a comma-separated string or a list."""
+    if isinstance(value, str):
+        return tuple(d.strip() for d in value.split(",") if d.strip())
+    if isinstance(value, list):
+        return tuple(str(d).strip() for d in value)
+    return ()
+
+
+def _seed(raw: dict[str, Any], path: Path) -> int:
+    value = raw.get("seed", DEFAULTS["seed"])
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise UsageError(f"{path}: seed must be a whole number, got {value!r}")
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"{path}: seed must be a whole number, got {value!r}") from None
+
+
+def _saved_dataset(path: Path) -> bool:
+    """``has_tokenized_data``: a folder that exists and is not empty."""
+    try:
+        return path.is_dir() and any(path.iterdir())
+    except OSError:
+        return False
 
 
 
@@ -472,6 +533,7 @@ class DatasetAttr:
     ranking: bool
     columns: dict[str, str | None]
     tags: dict[str, str | None]
+    num_samples: int | None = None  # rows drawn (numpy, seeded) before max_samples; more than the file repeats rows
 
     @classmethod
     def read(cls, name: str, entry: dict[str, Any]) -> DatasetAttr:
@@ -489,11 +551,16 @@ class DatasetAttr:
         if "tags" in entry:
             given = entry["tags"] or {}
             tags = {k: given.get(k) for k in _TAGS}
+        num = entry.get("num_samples")
+        if num is not None and (isinstance(num, bool) or not isinstance(num, int) or num < 0):
+            raise UsageError(f"dataset {name!r}: num_samples must be a whole number of rows, got {num!r}")
         return cls(name=name, file_name=str(entry["file_name"]), formatting=str(entry.get("formatting", "alpaca")),
-                   ranking=bool(entry.get("ranking", False)), columns=columns, tags=tags)
+                   ranking=bool(entry.get("ranking", False)), columns=columns, tags=tags, num_samples=num)
 
 
-def read_dataset_info(config: Config) -> list[DatasetAttr]:
+def read_dataset_info(config: Config, names: Sequence[str] | None = None) -> list[DatasetAttr]:
+    """The ``dataset_info.json`` entries of ``names`` (default: the config's training datasets), in order."""
+    names = config.datasets if names is None else names
     info_path = config.dataset_dir / "dataset_info.json"
     import json
 
@@ -507,7 +574,7 @@ def read_dataset_info(config: Config) -> list[DatasetAttr]:
     if not isinstance(info, dict):
         raise DatasetError(f"{info_path} must hold a JSON object")
     attrs = []
-    for name in config.datasets:
+    for name in names:
         if name not in info or not isinstance(info[name], dict):
             raise UsageError(f"dataset {name!r} is not defined in {info_path} (LLaMA-Factory: 'Undefined dataset')")
         attr = DatasetAttr.read(name, info[name])
@@ -530,6 +597,38 @@ def dataset_files(config: Config, attr: DatasetAttr) -> list[Path]:
     if not path.is_file():
         raise DatasetError(f"dataset {attr.name!r}: {path} not found")
     return [path]
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a judged row comes from: its dataset, its row number in that dataset's files, and the split it is
+    prepared for (``train``, or ``eval`` for ``eval_dataset``: the same processor, used at each evaluation)."""
+
+    attr: DatasetAttr
+    row: int
+    split: str = "train"
+
+
+def draw_samples(rows: int, wanted: int, rng: Any) -> list[int]:
+    """``_load_single_dataset``'s ``num_samples`` draw on numpy's global generator (``rng``, seeded as
+    ``transformers.set_seed`` seeds it): a permutation of the rows cut to ``wanted``, topped up with draws with
+    replacement when ``wanted`` is more than the rows."""
+    chosen = [int(i) for i in rng.permutation(rows)[:wanted]]
+    if wanted > len(chosen):
+        if rows == 0:
+            raise DatasetError(f"num_samples {wanted} of a dataset with no rows: LLaMA-Factory's np.random.choice "
+                               "raises ('a must be greater than 0')")
+        chosen += [int(i) for i in rng.choice(rows, wanted - len(chosen))]
+    return chosen
+
+
+def _seeded(seed: int) -> Any:
+    try:
+        import numpy
+    except ImportError:  # LLaMA-Factory itself needs numpy: a machine that runs it has it
+        raise UsageError("dataset_info.json num_samples: vlmcheck draws the rows with numpy, as LLaMA-Factory does; "
+                         "install numpy") from None
+    return numpy.random.RandomState(seed)
 
 
 # -- rows --------------------------------------------------------------------------------------------------------
@@ -841,6 +940,8 @@ def format_turns(example: Example, config: Config, *, images: Sequence[str] | No
             elements.append(t.observation.replace("{content}", content))
         elif role == "function":  # a tool call, the answer of its pair
             elements.append(t.function.replace("{content}", function_call_text(content, t)))
+            if t.function_eos and eos is not None:
+                elements.append(eos)
         else:
             elements.append(t.assistant.replace("{content}", content))
             if t.answer_eos and eos is not None:
@@ -1139,6 +1240,7 @@ class Run:
         self.bos_id = self._special_id("bos_token")
         self.eos_id = self._special_id("eos_token")
         self.attrs = read_dataset_info(config)
+        self.eval_attrs = read_dataset_info(config, config.eval_datasets)
         self._keys: dict[str, set[str]] = {}  # per dataset: the keys of all its rows (its table's columns)
         self.max_length = config.cutoff_len
         # LLaMA-Factory opens images with Image.open: paths as resolved by _media, no EXIF rotation
@@ -1152,17 +1254,50 @@ class Run:
     # -- the run's inputs -------------------------------------------------------------------------------------
     def inputs(self) -> list[Path]:
         """Every file the run reads (never to be written over)."""
-        return [self.config.path, *(f for a in self.attrs for f in dataset_files(self.config, a))]
+        return [self.config.path, *(f for a in (*self.attrs, *self.eval_attrs) for f in dataset_files(self.config, a))]
 
-    def rows(self) -> Iterator[tuple[Any, DatasetAttr]]:
-        """Rows of the joined datasets in LLaMA-Factory's order (``max_samples`` per dataset)."""
-        for attr in self.attrs:
-            count = 0
-            for row in iter_rows(dataset_files(self.config, attr)):
-                if self.config.max_samples is not None and count >= self.config.max_samples:
-                    break
-                count += 1
-                yield row, attr
+    def rows(self) -> Iterator[tuple[Any, Origin]]:
+        """Rows in LLaMA-Factory's order: the training datasets joined, then ``eval_dataset``'s. Each dataset is read
+        as ``_load_single_dataset`` reads it: ``num_samples`` drawn (seeded, in the order the datasets load), then
+        the first ``max_samples``. A name listed twice is loaded twice (two draws) and kept once, at its first
+        place, as the last load left it (``_get_merged_dataset`` keeps a dict by name)."""
+        rng = None
+        for split, attrs in (("train", self.attrs), ("eval", self.eval_attrs)):
+            picks: dict[str, tuple[DatasetAttr, list[int] | None]] = {}
+            for attr in attrs:
+                chosen = None
+                if attr.num_samples is not None and not self.config.streaming:
+                    loaded = self._loaded_rows(attr)
+                    if loaded is not None:
+                        rng = rng if rng is not None else _seeded(self.config.seed)
+                        chosen = draw_samples(loaded, attr.num_samples, rng)
+                picks[attr.name] = (attr, chosen)  # a later load of the same name replaces the earlier
+            for attr, chosen in picks.values():
+                yield from self._dataset_rows(attr, chosen, split)
+
+    def _loaded_rows(self, attr: DatasetAttr) -> int | None:
+        """How many rows ``datasets`` loads from the dataset's files; None when one cannot be read (the load fails:
+        the rows are judged as read, and the first bad one stops the run)."""
+        count = 0
+        for row in iter_rows(dataset_files(self.config, attr)):
+            if isinstance(row, BadRow):
+                return None
+            count += 1
+        return count
+
+    def _dataset_rows(self, attr: DatasetAttr, chosen: list[int] | None, split: str) -> Iterator[tuple[Any, Origin]]:
+        limit = self.config.max_samples
+        if chosen is None:
+            for number, row in enumerate(iter_rows(dataset_files(self.config, attr))):
+                if limit is not None and number >= limit:
+                    return
+                yield row, Origin(attr, number, split)
+            return
+        chosen = chosen if limit is None else chosen[:limit]
+        wanted = set(chosen)
+        held = {n: row for n, row in enumerate(iter_rows(dataset_files(self.config, attr))) if n in wanted}
+        for number in chosen:
+            yield held[number], Origin(attr, number, split)
 
     def shown_settings(self) -> Any:
         """The processor settings with LLaMA-Factory's pre-scaling, for the report header."""
@@ -1177,6 +1312,7 @@ class Run:
         return {
             "name": NAME, "versions": VERSIONS, "config": str(cfg.path), "template": cfg.template.name,
             "datasets": [a.name for a in self.attrs], "cutoff_len": cfg.cutoff_len,
+            **({"eval_datasets": [a.name for a in self.eval_attrs]} if self.eval_attrs else {}),
             "image_max_pixels": cfg.image_max_pixels, "image_min_pixels": cfg.image_min_pixels,
             "dataset_dir": str(cfg.dataset_dir), "media_dir": str(cfg.media_dir), "packing": cfg.packing,
             "train_on_prompt": cfg.train_on_prompt, "mask_history": cfg.mask_history,
@@ -1314,11 +1450,14 @@ class Run:
         filled = {key: None for key in missing if key in self._keys[attr.name]}
         return {**row, **filled} if filled else row
 
-    def judge(self, index: int, row: Any, attr: DatasetAttr) -> SampleResult:
+    def judge(self, index: int, row: Any, origin: Origin) -> SampleResult:
+        attr = origin.attr
         result = SampleResult(index=index, id=f"{attr.name}:{index}", tokens=None, image_tokens=[],
                               supervised_tokens=None)
         found = result.findings
-        frame: dict[str, Any] = {"name": NAME, "dataset": attr.name, "verdict": "ok"}
+        frame: dict[str, Any] = {"name": NAME, "dataset": attr.name, "row": origin.row, "verdict": "ok"}
+        if origin.split != "train":
+            frame["split"] = origin.split
         result.framework = frame
         if isinstance(row, BadRow):
             found.append(F.make("VC001", f"{row.reason}; LLaMA-Factory's loader fails on the file"))
