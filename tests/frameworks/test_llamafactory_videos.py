@@ -111,10 +111,41 @@ def write_video_corpus(root: Path, checkpoints: dict[str, Path], *, seed: int = 
         bad.append(row)
     (data / "vid.json").write_text(json.dumps(good, indent=1))
     (data / "vbad.json").write_text(json.dumps(bad, indent=1))
+    # openai rows read their videos too; media the template has no token for, and placeholders without media,
+    # stop LLaMA-Factory before anything is tokenized (process_messages' _validate_input / _validate_messages)
+    openai = []
+    for _ in range(10):
+        row = _row(rng, rng.sample(names[:6], rng.choice((1, 1, 2))), rng.sample(["photo.png"], rng.choice((0, 1))))
+        roles = {"human": "user", "gpt": "assistant"}
+        openai.append({"messages": [{"role": roles[t["from"]], "content": t["value"]} for t in row["conversations"]],
+                       "videos": row["videos"], "images": row.get("images", [])})
+    mixed = []
+    for i in range(12):
+        row = _row(rng, rng.sample(names[:6], 1) if i % 6 in (2, 3) else [], ["photo.png"] if i % 6 == 4 else [])
+        row.setdefault("images", [])
+        row["audios"] = []
+        row.setdefault("system", "")
+        if i % 6 == 0:
+            row["conversations"][0]["value"] += " <audio>"  # a placeholder with no audio
+        elif i % 6 == 1:
+            row["audios"] = ["sounds/missing.wav"]  # an audio: no modelled template takes one
+            row["conversations"][0]["value"] = "<audio>" + row["conversations"][0]["value"]
+        elif i % 6 == 3:
+            row["conversations"][-2]["value"] += "<video>"  # a <video> too many
+        elif i % 6 == 5:
+            row["conversations"][0]["value"] += " what is <video> here?"  # a placeholder with no video
+        mixed.append(row)
+    (data / "voa.json").write_text(json.dumps(openai, indent=1))
+    (data / "vmix.json").write_text(json.dumps(mixed, indent=1))
     columns = {"messages": "conversations", "images": "images", "videos": "videos", "system": "system"}
     (data / "dataset_info.json").write_text(json.dumps({
         "vid": {"file_name": "vid.json", "formatting": "sharegpt", "columns": columns},
         "vbad": {"file_name": "vbad.json", "formatting": "sharegpt", "columns": columns},
+        "voa": {"file_name": "voa.json", "formatting": "openai",
+                "columns": {"messages": "messages", "images": "images", "videos": "videos"},
+                "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                         "assistant_tag": "assistant", "system_tag": "system"}},
+        "vmix": {"file_name": "vmix.json", "formatting": "sharegpt", "columns": {**columns, "audios": "audios"}},
     }, indent=1))
     q2 = {"model_name_or_path": str(checkpoints["qwen2_vl"]), "template": "qwen2_vl"}
     configs: dict[str, dict[str, Any]] = {
@@ -133,6 +164,10 @@ def write_video_corpus(root: Path, checkpoints: dict[str, Path], *, seed: int = 
         "v3": {"model_name_or_path": str(checkpoints["qwen3_vl"]), "template": "qwen3_vl_nothink", "dataset": "vid"},
         "v3-think": {"model_name_or_path": str(checkpoints["qwen3_vl_think"]), "template": "qwen3_vl",
                      "dataset": "vid", "cutoff_len": 600, "video_fps": 1.0, "video_max_pixels": 40_000},
+        "v-openai": {**q2, "dataset": "voa", "cutoff_len": 900},
+        "v-mix": {**q2, "dataset": "vmix"},
+        # LlavaPlugin has no video token: any video stops the run, as any audio does under every template here
+        "v-mix-llava": {"model_name_or_path": str(checkpoints["llava"]), "template": "llava", "dataset": "vmix"},
     }
     return write_configs(root, data, configs)
 
@@ -140,10 +175,11 @@ def write_video_corpus(root: Path, checkpoints: dict[str, Path], *, seed: int = 
 @pytest.fixture(scope="module")
 def proof(tmp_path_factory: pytest.TempPathFactory, llamafactory_python: Path,
           qwen3_vl_think_checkpoint: Path) -> dict[str, Any]:
+    from llava_checkpoint import llava_checkpoint
     from vlmcheck.demo.checkpoints import qwen_checkpoint
 
     root = tmp_path_factory.mktemp("lf_videos")
-    configs = write_video_corpus(root, {"qwen2_vl": qwen_checkpoint("qwen2_vl"),
+    configs = write_video_corpus(root, {"qwen2_vl": qwen_checkpoint("qwen2_vl"), "llava": llava_checkpoint(),
                                         "qwen2_5_vl": qwen_checkpoint("qwen2_5_vl"),
                                         "qwen3_vl": qwen_checkpoint("qwen3_vl"),
                                         "qwen3_vl_think": qwen3_vl_think_checkpoint}, seed=7)
@@ -218,7 +254,9 @@ def test_the_video_corpus_reaches_every_case(proof: dict[str, Any]) -> None:
     assert outcomes["qwen3 first video's groups"] >= 2, outcomes
     # LLaMA-Factory's own errors: a <video> too many, a missing file, a file that is not a video (vbad); Qwen3-VL's
     # timestamps read by message index; transformers 5.6's Qwen3-VL video resize refusing a side under 32 px
-    for fragment in ("does not match the number of <video>", "No such file", "IndexError", "must be larger than factor"):
+    for fragment in ("does not match the number of <video>", "No such file", "IndexError", "must be larger than factor",
+                     "does not match the number of <audio>", "does not support audio input",
+                     "does not support video input"):
         assert any(fragment in e for e in errors), (fragment, errors)
     assert outcomes["whole"] >= 30 and outcomes["raises"] >= 6, outcomes
 

@@ -108,6 +108,7 @@ DEFAULTS: dict[str, Any] = {
 # extras/constants.py: the placeholders in dataset text (overridable by environment, as LLaMA-Factory reads them)
 IMAGE_PLACEHOLDER_ENV = "IMAGE_PLACEHOLDER"
 VIDEO_PLACEHOLDER_ENV = "VIDEO_PLACEHOLDER"
+AUDIO_PLACEHOLDER_ENV = "AUDIO_PLACEHOLDER"
 
 # what the model does with a video whose tokens are not its features (measured on a tiny Qwen2-VL through LLaMA-Factory's
 # collator: the M-RoPE position step raises first)
@@ -166,14 +167,16 @@ class Plugin:
     cut_effect: str = "training stops with 'Image features and image tokens do not match'"
     # whether vlmcheck counts this plugin's videos (Qwen2VLPlugin: frames sampled by PyAV stream metadata)
     counts_videos: bool = False
+    # whether LLaMA-Factory registers a video token for it (without one, _validate_input raises on any video)
+    takes_videos: bool = False
     # Qwen3VLPlugin: each video written frame group by frame group, "<t seconds>" before each
     video_timestamps: bool = False
 
 
 QWEN2_VL_PLUGIN = Plugin("qwen2_vl", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
-                         ("qwen2_vl", "qwen2_5_vl"), counts_videos=True)
+                         ("qwen2_vl", "qwen2_5_vl"), counts_videos=True, takes_videos=True)
 QWEN3_VL_PLUGIN = Plugin("qwen3_vl", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
-                         ("qwen3_vl",), counts_videos=True, video_timestamps=True)
+                         ("qwen3_vl",), counts_videos=True, takes_videos=True, video_timestamps=True)
 # mm_plugin.py Gemma3Plugin.process_messages: processor.full_image_sequence per image, or with
 # image_do_pan_and_scan "Here is the original image ... and here are some crops ..." (the processor's own text)
 GEMMA3_PLUGIN = Plugin("gemma3", "<image_soft_token>", "", "", "", ("gemma3",), wrapped=False, qwen_rules=False)
@@ -188,7 +191,8 @@ PIXTRAL_PLUGIN = Plugin("pixtral", "[IMG]", "", "", "", ("pixtral",), wrapped=Fa
 # (the template registers "<image>" as its image token, but the text it writes holds <IMG_CONTEXT>); the tiles
 # come from the image processor called directly: crop_to_patches (max 12, min 1 tiles) when LLaMA-Factory's own
 # crop_to_patches is set, else the image processor's own preprocessor_config.json value
-INTERN_VL_PLUGIN = Plugin("intern_vl", "<IMG_CONTEXT>", "", "", "", ("internvl",), wrapped=False, qwen_rules=False)
+INTERN_VL_PLUGIN = Plugin("intern_vl", "<IMG_CONTEXT>", "", "", "", ("internvl",), wrapped=False, qwen_rules=False,
+                          takes_videos=True)
 # mm_plugin.py PaliGemmaPlugin: each <image> is removed from the text, and process_token_ids puts
 # processor.image_seq_length image tokens per image before the whole sample (before BOS), unlabelled
 PALIGEMMA_PLUGIN = Plugin("paligemma", "<image>", "", "", "", ("paligemma",), wrapped=False, qwen_rules=False,
@@ -208,7 +212,8 @@ MLLAMA_PLUGIN = Plugin(
 # mm_plugin.py GLM4VPlugin(Qwen2VLPlugin): the Qwen-VL image rules (_preprocess_image is inherited), then
 # "<|begin_of_image|>" + "<|image|>" per feature (image_grid_thw.prod() // merge_size**2 of GLM's own image
 # processor) + "<|end_of_image|>"
-GLM4V_PLUGIN = Plugin("glm4v", "<|image|>", "<|video|>", "<|begin_of_image|>", "<|end_of_image|>", ("glm4v",))
+GLM4V_PLUGIN = Plugin("glm4v", "<|image|>", "<|video|>", "<|begin_of_image|>", "<|end_of_image|>", ("glm4v",),
+                      takes_videos=True)
 INTERN_VL_CROP = {"crop_to_patches": True, "max_patches": 12, "min_patches": 1}
 # mm_plugin.py Gemma3Plugin.process_messages with image_do_pan_and_scan reads each image's crop count as
 # mm_inputs["num_crops"][0][k]; transformers 5.x's Gemma 3 image processor returns num_crops as a flat tensor, so
@@ -342,6 +347,7 @@ class Config:
     crop_to_patches: bool = False
     image_placeholder: str = "<image>"
     video_placeholder: str = "<video>"
+    audio_placeholder: str = "<audio>"
     video_max_pixels: int = DEFAULTS["video_max_pixels"]
     video_min_pixels: int = DEFAULTS["video_min_pixels"]
     video_fps: float = DEFAULTS["video_fps"]
@@ -464,6 +470,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         crop_to_patches=_flag(raw, "crop_to_patches"),
         image_placeholder=env.get(IMAGE_PLACEHOLDER_ENV, "<image>"),
         video_placeholder=env.get(VIDEO_PLACEHOLDER_ENV, "<video>"),
+        audio_placeholder=env.get(AUDIO_PLACEHOLDER_ENV, "<audio>"),
         video_max_pixels=video_max, video_min_pixels=video_min, video_fps=video_fps,
         video_maxlen=_int(raw, "video_maxlen", path),
         v1=env.get("USE_V1", "0").lower() in ("1", "true"),
@@ -641,6 +648,7 @@ class Example:
     images: list[Any]
     videos: list[Any]
     tools: Any = ""  # the row's tools value as loaded (a JSON string when usable)
+    audios: list[Any] = field(default_factory=list)  # no modelled plugin takes audio: any stops the run
 
 
 class NotCounted(Exception):
@@ -741,10 +749,16 @@ def convert(row: Any, attr: DatasetAttr, config: Config) -> Example:
     if has_tools and config.template.tool_format != "qwen":
         raise NotCounted(f"tools and tool turns under template {config.template.name} are not counted by vlmcheck "
                          "yet (it models the qwen tool format of the Qwen-VL templates)")
-    images = _media(_get(row, cols["images"]), config) if cols["images"] else []
-    videos = _media(_get(row, cols["videos"]), config) if cols["videos"] else []
+    images, videos, audios = _medias(row, cols, config)
     return Example(messages=messages, system=system if isinstance(system, str) else "", images=images,
-                   videos=videos, tools=tools or "")
+                   videos=videos, tools=tools or "", audios=audios)
+
+
+def _medias(row: Mapping[str, Any], cols: Mapping[str, str | None], config: Config
+            ) -> tuple[list[Any], list[Any], list[Any]]:
+    """The row's images, videos and audios as every converter finds them (``_find_medias`` of each column)."""
+    return tuple(  # type: ignore[return-value]
+        _media(_get(row, cols[key]), config) if cols[key] else [] for key in ("images", "videos", "audios"))
 
 
 # converter.py OpenAIDatasetConverter: without tools, "detailed thinking off" joins the system prompt (or is the
@@ -793,8 +807,8 @@ def _convert_openai(row: Mapping[str, Any], turns: list[Any], attr: DatasetAttr,
         system = OPENAI_THINKING_OFF
     elif "detailed thinking on" not in system and OPENAI_THINKING_OFF not in system:
         system += "\n" + OPENAI_THINKING_OFF
-    images = _media(_get(row, cols["images"]), config) if cols["images"] else []
-    return Example(messages=messages, system=system, images=images, videos=[])
+    images, videos, audios = _medias(row, cols, config)
+    return Example(messages=messages, system=system, images=images, videos=videos, audios=audios)
 
 
 # -- images ------------------------------------------------------------------------------------------------------
@@ -1485,28 +1499,15 @@ class Run:
             frame["verdict"] = "stops"
             return result
         plugin = self.config.template.plugin
+        invalid = self._refused_media(example, plugin)
+        if invalid is not None:
+            found.append(invalid)
+            frame["verdict"] = "stops"
+            return result
         if example.videos and not plugin.counts_videos:
             found.append(F.make("VC114", f"videos under LLaMA-Factory's {plugin.name} plugin are not counted by "
                                          "vlmcheck yet"))
             frame["verdict"] = "unknown"
-            return result
-        placeholders = sum(content.count(self.config.image_placeholder) for _, content in example.messages)
-        if placeholders != len(example.images):
-            found.append(F.make(
-                "VC002", f"{placeholders} {self.config.image_placeholder} placeholder(s) for "
-                         f"{len(example.images)} image(s): LLaMA-Factory raises 'The number of images does not "
-                         "match the number of <image> tokens' and the run stops",
-                placeholders=placeholders, images=len(example.images)))
-            frame["verdict"] = "stops"
-            return result
-        video_placeholders = sum(content.count(self.config.video_placeholder) for _, content in example.messages)
-        if plugin.counts_videos and video_placeholders != len(example.videos):
-            found.append(F.make(
-                "VC002", f"{video_placeholders} {self.config.video_placeholder} placeholder(s) for "
-                         f"{len(example.videos)} video(s): LLaMA-Factory raises 'The number of videos does not "
-                         "match the number of <video> tokens' and the run stops",
-                placeholders=video_placeholders, videos=len(example.videos)))
-            frame["verdict"] = "stops"
             return result
         if self.config.pan_and_scan and example.images:
             found.append(F.make("VC001", f"{PAN_AND_SCAN_RAISES}: the run stops while preparing the dataset",
@@ -1584,6 +1585,29 @@ class Run:
                                                 spans=_layout_spans(encoded, full, cut, cutoff=self.config.cutoff_len,
                                                                     first_video=len(expansions)))
         return result
+
+    def _refused_media(self, example: Example, plugin: Plugin) -> F.Finding | None:
+        """``process_messages``' checks before anything is tokenized (``_validate_input``: media of a kind the
+        template has no token for; ``_validate_messages``: as many placeholders as media, for images, videos and
+        audios): each raises, and the run stops."""
+        cfg = self.config
+        if example.videos and not plugin.takes_videos:
+            return F.make("VC001", f"{len(example.videos)} video(s) under template {cfg.template.name}: LLaMA-Factory "
+                                   "raises 'This model does not support video input' and the run stops")
+        if example.audios:  # no modelled template has an audio token
+            return F.make("VC001", f"{len(example.audios)} audio(s) under template {cfg.template.name}: LLaMA-Factory "
+                                   "raises 'This model does not support audio input' and the run stops")
+        for kind, placeholder, media in (("images", cfg.image_placeholder, example.images),
+                                         ("videos", cfg.video_placeholder, example.videos),
+                                         ("audios", cfg.audio_placeholder, example.audios)):
+            count = sum(content.count(placeholder) for _, content in example.messages)
+            if count != len(media):
+                data: dict[str, Any] = {"placeholders": count, kind: len(media)}
+                return F.make(
+                    "VC002", f"{count} {placeholder} placeholder(s) for {len(media)} {kind[:-1]}(s): LLaMA-Factory "
+                             f"raises 'The number of {kind} does not match the number of {placeholder} tokens' and "
+                             "the run stops", **data)
+        return None
 
     def _videos(self, example: Example, found: list[F.Finding]) -> list[VideoCount] | None:
         """Per video, what the text and the collator make of it; None when one cannot be counted (its finding
