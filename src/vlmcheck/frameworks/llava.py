@@ -92,7 +92,7 @@ class Conv:
     """One ``Conversation`` of LLaVA's conversation.py."""
 
     name: str  # the conv_* object
-    style: str  # SeparatorStyle: "single" | "two" | "mpt" | "llama_2" | "plain"
+    style: str  # SeparatorStyle: "single" | "two" | "mpt" | "llama_2" | "plain" | "chatml" (LLaVA-NeXT's Qwen)
     system: str
     roles: tuple[str, str]
     sep: str
@@ -110,6 +110,8 @@ class Conv:
             return "preprocess_v1"
         if self.version == "mpt":
             return "preprocess_mpt"
+        if self.version == "qwen":
+            return "preprocess_qwen"
         return "preprocess"
 
 
@@ -140,11 +142,18 @@ SPECIAL_VERSIONS = ("v0", "v0.5")
 VERSIONS = sorted({*CONV_TEMPLATES, *SPECIAL_VERSIONS})
 
 
-# LLaVA-NeXT's conversation.py (df17966): names it adds (not modelled: their own preprocess_* or system prompts),
-# the two c121f04 names it dropped (so they fall back to vicuna_v1 there), and its module default (conv_vicuna_v0)
+# LLaVA-NeXT's conversation.py (df17966): conv_qwen / conv_qwen_2_5 (version "qwen": preprocess_qwen, which writes
+# its own system message, "You are a helpful assistant.", whatever the conversation's)
+_QWEN = Conv("conv_qwen", "chatml", "<|im_start|>system\nYou are a helpful assistant.",
+             ("<|im_start|>user", "<|im_start|>assistant"), "<|im_end|>", None, "qwen")
+_QWEN_2_5 = Conv("conv_qwen_2_5", "chatml",
+                 "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+                 ("<|im_start|>user", "<|im_start|>assistant"), "<|im_end|>", None, "qwen")
+NEXT_CONV_TEMPLATES: dict[str, Conv] = {"qwen_1_5": _QWEN, "qwen_2": _QWEN, "qwen_2_5": _QWEN_2_5}
+# names it adds that are not modelled (their own preprocess_* or system prompts), the two c121f04 names it dropped
+# (so they fall back to vicuna_v1 there), and its module default (conv_vicuna_v0)
 NEXT_ONLY_VERSIONS = ("gemma_instruct", "llava_llama_2_mmtag", "llava_llama_2_simple", "llava_llama_3",
-                      "llava_mistral_instruct", "llava_v0_mmtag", "llava_v1_mmtag", "mistral_orca", "mistral_zephyr",
-                      "qwen_1_5", "qwen_2", "qwen_2_5")
+                      "llava_mistral_instruct", "llava_v0_mmtag", "llava_v1_mmtag", "mistral_orca", "mistral_zephyr")
 _NEXT_DROPPED = ("v0_mmtag", "v1_mmtag")
 LLAVA, LLAVA_NEXT = "llava", "llava_next"
 
@@ -155,6 +164,8 @@ def conversation_for(version: str, *, fork: str = LLAVA) -> Conv:
         return _VICUNA_V0 if fork == LLAVA_NEXT else _VICUNA_V1
     if fork == LLAVA_NEXT and version in _NEXT_DROPPED:
         return _VICUNA_V1
+    if fork == LLAVA_NEXT and version in NEXT_CONV_TEMPLATES:
+        return NEXT_CONV_TEMPLATES[version]
     return CONV_TEMPLATES.get(version, _VICUNA_V1)
 
 
@@ -188,6 +199,7 @@ class LlavaTokenizer:
     pad_id: int | None = None
     class_name: str = "PreTrainedTokenizerFast"
     owned: bool = False  # a fast backend is shared until a token is added to it (copy on write)
+    with_image: LlavaTokenizer | None = None  # preprocess_qwen's copy with <image> added, made once
 
     def encode(self, text: str, *, max_length: int | None = None) -> Any:
         """``tokenizer(text)`` with ids, offsets and sequence ids."""
@@ -271,12 +283,15 @@ def _load_fast(folder: str, mtime: int) -> Tok:
 
 def load_tokenizer(folder: str | Path, *, version: str, model_max_length: int | None = None,
                    model_name_or_path: str | None = None, mm_use_im_start_end: bool = False,
-                   legacy: bool | None = None) -> LlavaTokenizer:
+                   legacy: bool | None = None, fork: str = LLAVA, use_fast: bool = False) -> LlavaTokenizer:
     """The tokenizer ``train()`` builds for ``--version``: ``AutoTokenizer.from_pretrained(model_name_or_path,
     model_max_length=..., use_fast=False)`` (the default fast route when "mpt" is in the model path), then the
     pad token, then ``initialize_vision_tokenizer``'s ``<im_start>``/``<im_end>`` when ``mm_use_im_start_end``.
     ``legacy`` stands for ``"legacy"`` in tokenizer_config.json: the slow tokenizer tokenizes by it; a fast one
     only gets the attribute (transformers 4.37.2's fast tokenizers have none).
+
+    ``fork`` ``llava_next`` with ``use_fast``: LLaVA-NeXT's load for a qwen / mistral name (``AutoTokenizer``'s
+    default fast class); there the pad token becomes unk only when the tokenizer has one.
 
     Raises :class:`Refused` where LLaVA's own load raises (a slow Llama class without ``tokenizer.model``).
     """
@@ -286,7 +301,7 @@ def load_tokenizer(folder: str | Path, *, version: str, model_max_length: int | 
         config["legacy"] = legacy
     cls = str(config.get("tokenizer_class") or "LlamaTokenizer")
     name = model_name_or_path if model_name_or_path is not None else str(folder)
-    use_fast = "mpt" in name
+    use_fast = use_fast or "mpt" in name
     has_model, has_json = (folder / "tokenizer.model").is_file(), (folder / "tokenizer.json").is_file()
     if not has_model and not has_json:
         raise ModelError(f"no tokenizer.model or tokenizer.json at {folder}")
@@ -308,7 +323,8 @@ def load_tokenizer(folder: str | Path, *, version: str, model_max_length: int | 
         if not has_json:
             raise ModelError(f"the fast route needs tokenizer.json at {folder} (vlmcheck does not convert "
                              "tokenizer.model)")
-        why = ("'mpt' is in the model path, so train() loads the default fast tokenizer" if use_fast
+        why = ("LLaVA-NeXT's train() loads the default fast tokenizer for this name" if fork == LLAVA_NEXT and use_fast
+               else "'mpt' is in the model path, so train() loads the default fast tokenizer" if use_fast
                else f"tokenizer_config.json names the fast class {cls}")
         tok = LlavaTokenizer(Tok(_load_fast(str(folder), _mtime(folder)).backend, config), "fast",
                              f"{why} (tokenizer.json; no `legacy` attribute)", limit, None, class_name=fast_cls)
@@ -329,6 +345,8 @@ def load_tokenizer(folder: str | Path, *, version: str, model_max_length: int | 
             tok.pad_id = tok.add_special("[PAD]")
         else:
             tok.pad_id = tok.token_id(pad)
+    elif fork == LLAVA_NEXT and version != "v0.5" and tok.special("unk_token") is None:
+        tok.pad_id = tok.token_id(pad)  # LLaVA-NeXT sets pad = unk only when there is an unk token
     else:  # v0.5 and every other version: pad = unk
         tok.pad_id = tok.token_id(tok.special("unk_token"))
     if mm_use_im_start_end:
@@ -506,7 +524,9 @@ def simulate(row: Mapping[str, Any], *, tokenizer: LlavaTokenizer, version: str,
             sentence["value"] = multimodal(str(sentence.get("value", "")), conv=conv,
                                            mm_use_im_start_end=mm_use_im_start_end, fork=fork)
     try:
-        if conv.style == "plain":
+        if conv.style == "chatml":
+            _qwen(run, source, tokenizer)
+        elif conv.style == "plain":
             _plain(run, source, tokenizer)
         elif conv.style == "single":
             _generic(run, source, tokenizer)
@@ -515,6 +535,87 @@ def simulate(row: Mapping[str, Any], *, tokenizer: LlavaTokenizer, version: str,
     except Refused as e:
         run.refused = e
     return run
+
+
+# preprocess_qwen: the chat template it sets on its copy of the tokenizer (each message rendered and tokenized on
+# its own), the system message it always writes, and the ids it labels wherever they stand ("\n" is 198 in Qwen's
+# vocabulary, hard-coded there, with <|im_start|> and <|im_end|> read from additional_special_tokens_ids)
+QWEN_TURN = "<|im_start|>{role}\n{content}<|im_end|>\n"
+QWEN_SYSTEM_MESSAGE = "You are a helpful assistant."
+QWEN_NEWLINE_ID = 198
+
+
+def _qwen(run: LlavaRun, source: list[dict[str, Any]], tok: LlavaTokenizer) -> None:
+    """LLaVA-NeXT's preprocess_qwen: on a copy of the tokenizer (``<image>`` added as a special token when the row
+    has an image), the system message and then each sentence through ``apply_chat_template`` one at a time;
+    user and system turns unlabelled, every other role labelled whole (its ``<|im_start|>role\n`` header too);
+    then ids 198, ``<|im_start|>`` and ``<|im_end|>`` labelled wherever they stand, and the ``<image>`` id becomes
+    IMAGE_TOKEN_INDEX. No length check, no truncation (the collator cuts)."""
+    fn = run.function
+    specials = tok.backend.config.get("additional_special_tokens") or []
+    specials = [t.get("content") if isinstance(t, Mapping) else t for t in specials]
+    if len(specials) != 2:
+        why = ("too many values to unpack (expected 2)" if len(specials) > 2
+               else f"not enough values to unpack (expected 2, got {len(specials)})")
+        raise Refused(f"ValueError: {why}", f"{fn}: im_start, im_end = tokenizer.additional_special_tokens_ids "
+                                            f"({len(specials)} additional special tokens)")
+    image_id = None
+    if run.has_image:  # preprocess_qwen deep-copies the tokenizer before adding <image>: one copy kept per tokenizer
+        if tok.with_image is None:
+            copied = copy.copy(tok)
+            copied.owned = False
+            copied.add_special(IMAGE_TOKEN)
+            tok.with_image = copied
+        tok = tok.with_image
+        image_id = tok.token_id(IMAGE_TOKEN)
+    im_start, im_end = (tok.token_id(str(t)) for t in specials)
+    unmask = {QWEN_NEWLINE_ID, im_start, im_end}
+    roles = {"human": "user", "gpt": "assistant"}
+    if not source:
+        raise Refused("IndexError: list index out of range", f'{fn}: if roles[source[0]["from"]] != roles["human"]:')
+    where = f'{fn}: if roles[source[0]["from"]] != roles["human"]:'
+    if not isinstance(source[0], Mapping) or "from" not in source[0]:
+        raise Refused("KeyError: 'from'", where)
+    first = source[0]["from"]
+    if not isinstance(first, str) or first not in roles:
+        raise Refused(f"KeyError: {first!r}", where)
+    if roles[first] != "user":
+        source = source[1:]
+    pieces: list[tuple[str, bool]] = [(QWEN_TURN.format(role="system", content=QWEN_SYSTEM_MESSAGE), False)]
+    for conv in source:
+        if not isinstance(conv, Mapping):
+            raise Refused("TypeError: string indices must be integers", f'{fn}: role = conv["from"]')
+        if "role" in conv and "content" in conv:
+            role, content = conv["role"], conv["content"]
+        elif "from" in conv and "value" in conv:
+            role, content = conv["from"], conv["value"]
+        else:
+            missing = "from" if "from" not in conv else "value"
+            raise Refused(f"KeyError: {missing!r}", f'{fn}: role = conv["from"]; content = conv["value"]')
+        role = roles.get(role, role) if isinstance(role, str) else role
+        if not isinstance(role, str) or not isinstance(content, str):
+            bad = role if not isinstance(role, str) else content
+            raise Refused(f'TypeError: can only concatenate str (not "{type(bad).__name__}") to str',
+                          f"{fn}: tokenizer.apply_chat_template(conv)")
+        pieces.append((QWEN_TURN.format(role=role, content=content), role not in ("user", "system")))
+    ids: list[int] = []
+    sup: list[bool] = []
+    offsets: list[tuple[int, int]] = []
+    prompt = ""
+    for text, labelled in pieces:
+        enc = tok.encode(text)
+        ids += enc.ids
+        offsets += [(len(prompt) + a, len(prompt) + b) for a, b in enc.offsets]
+        sup += [labelled] * len(enc.ids)
+        if labelled:
+            run.spans.append((len(prompt), len(prompt) + len(text)))
+        prompt += text
+    for k, t in enumerate(ids):
+        if t in unmask:
+            sup[k] = True
+        if image_id is not None and t == image_id:
+            ids[k] = IMAGE_TOKEN_INDEX
+    run.prompt, run.input_ids, run.supervised, run.offsets = prompt, ids, sup, offsets
 
 
 def _whole(run: LlavaRun, tok: LlavaTokenizer) -> None:
@@ -832,13 +933,39 @@ _CLIP_NAME = re.compile(r"patch(\d+)(?:-(\d+))?(?:$|[^0-9])")
 _CLIP_DEFAULT_SIZE = 224
 
 
+# LLaVA-NeXT's siglip_encoder.py: SigLipVisionTower keeps the default SigLipVisionConfig (384 px, 14 px patches)
+# whatever checkpoint it loads, its SigLipImageProcessor resizes every image (and every anyres tile) to 384 x 384
+# without keeping the aspect ratio, and forward asserts 729 features a crop
+SIGLIP_SIZE, SIGLIP_PATCH = 384, 14
+
+
+def siglip_settings() -> LlavaSettings:
+    return LlavaSettings(patch_size=SIGLIP_PATCH, vision_feature_select_strategy="full", num_additional_image_tokens=0,
+                         do_center_crop=False, crop_height=SIGLIP_SIZE, crop_width=SIGLIP_SIZE, shortest_edge=None,
+                         height=SIGLIP_SIZE, width=SIGLIP_SIZE)
+
+
 def tower_settings(vision_tower: str, *, select_feature: str = DEFAULT_SELECT_FEATURE,
-                   base: Path | None = None) -> LlavaSettings:
+                   base: Path | None = None, fork: str = LLAVA) -> LlavaSettings:
     """The CLIP image processor and feature count of ``--vision_tower``: from its config.json when it is a local
-    folder, else from the OpenAI CLIP name (``...-patch14-336``)."""
+    folder, else from the OpenAI CLIP name (``...-patch14-336``). ``build_vision_tower`` loads an existing path or
+    an openai / laion / ShareGPT4V name as CLIP; LLaVA-NeXT loads any other name holding "siglip" with its
+    SigLipVisionTower (384 px, 729 features); another name raises 'Unknown vision tower'."""
     folder = Path(vision_tower).expanduser()
     if not folder.is_absolute() and base is not None and not folder.exists() and (base / folder).exists():
         folder = base / folder
+    clip = folder.exists() or vision_tower.startswith(("openai", "laion")) or "ShareGPT4V" in vision_tower
+    if not clip and fork == LLAVA_NEXT and "siglip" in vision_tower:
+        m = _CLIP_NAME.search(vision_tower)
+        if m is not None and (int(m.group(1)), int(m.group(2) or 0)) != (SIGLIP_PATCH, SIGLIP_SIZE):
+            raise UsageError(f"--vision_tower {vision_tower}: LLaVA-NeXT's SigLipVisionTower sizes images for "
+                             f"{SIGLIP_SIZE} px with {SIGLIP_PATCH} px patches and asserts 729 features a crop, which "
+                             "this checkpoint's patches do not give: the first step with an image raises")
+        return siglip_settings()
+    if not clip:
+        raise UsageError(f"--vision_tower {vision_tower}: LLaVA's build_vision_tower raises 'Unknown vision tower' "
+                         "(it loads an existing folder, or an openai / laion / ShareGPT4V name"
+                         f"{', or a siglip name under LLaVA-NeXT' if fork == LLAVA_NEXT else ''})")
     size = patch = None
     if (folder / "config.json").is_file():
         import json
@@ -1046,9 +1173,14 @@ class Run:
                 raise UsageError(f"--model_name_or_path {config.model_name}: LLaVA-NeXT's train() loads a tokenizer "
                                  "only for names holding vicuna, llama, yi, wizardlm-2, mistral, mixtral, zephyr or "
                                  "qwen; for this one it raises UnboundLocalError")
-            if route == "fast":
+            if route == "fast" and config.version not in NEXT_CONV_TEMPLATES:
                 raise UsageError(f"--model_name_or_path {config.model_name}: LLaVA-NeXT loads the fast tokenizer "
-                                 "for this name, which vlmcheck does not model for LLaVA-NeXT yet")
+                                 "for this name, which vlmcheck models with the qwen versions only "
+                                 f"({', '.join(NEXT_CONV_TEMPLATES)}), not --version {config.version}")
+            if route == "slow" and config.version in NEXT_CONV_TEMPLATES:
+                raise UsageError(f"--version {config.version} with --model_name_or_path {config.model_name}: "
+                                 "preprocess_qwen on LLaVA-NeXT's slow-tokenizer route is not modelled by vlmcheck "
+                                 "(it hard-codes Qwen's ids)")
         if not config.model.is_dir():
             raise UsageError(f"model {config.model} is not a local folder (vlmcheck reads the tokenizer LLaVA "
                              "loads from it; pass --model)")
@@ -1056,13 +1188,15 @@ class Run:
             self.tokenizer = load_tokenizer(config.model, version=config.version,
                                             model_max_length=launch.model_max_length,
                                             model_name_or_path=config.model_name,
-                                            mm_use_im_start_end=launch.mm_use_im_start_end)
+                                            mm_use_im_start_end=launch.mm_use_im_start_end, fork=self.fork,
+                                            use_fast=self.fork == LLAVA_NEXT
+                                            and next_tokenizer_route(config.model_name) == "fast")
         except Refused as e:
             raise UsageError(f"LLaVA's train() raises while loading the tokenizer of {config.model}: {e.what} "
                              f"({e.where})") from None
         self.max_length = launch.model_max_length
         self.settings = (tower_settings(config.vision_tower, select_feature=launch.mm_vision_select_feature,
-                                        base=config.path.parent) if config.vision_tower else None)
+                                        base=config.path.parent, fork=self.fork) if config.vision_tower else None)
         self.features = family.count_image_tokens(1, 1, self.settings) if self.settings is not None else None
         self.next = (next_images(launch, self.settings)
                      if self.fork == LLAVA_NEXT and self.settings is not None else None)

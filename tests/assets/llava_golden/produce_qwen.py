@@ -1,0 +1,259 @@
+"""Produce qwen_golden.jsonl: what LLaVA-NeXT's own train.py data path and model splice keep of each row under
+``--version qwen_1_5`` / ``qwen_2`` / ``qwen_2_5`` (``preprocess_qwen``, LLaVA-OneVision's recipe) with a CLIP or
+a SigLIP vision tower (see README.md). Not run by the tests. A sibling of produce_next.py.
+
+LLaVA-VL/LLaVA-NeXT at commit df17966 runs in LLaVA's pinned stack (the scratch environment of produce.py step 2:
+transformers 4.37.2, tokenizers 0.15.1, sentencepiece 0.1.99, torch, pillow). Its modules are imported from the
+checkout unmodified; only what they import and this data path does not use is stubbed in ``sys.modules``
+(``deepspeed``, ``llava/__init__``, ``llava/model/__init__``, ``llava.train.llava_trainer`` and the encoder,
+resampler and projector builders, which import open_clip, imagebind and the like). ``time.sleep`` as train.py
+sees it (the 1 s pause of each of ``__getitem__``'s first three retries) is a no-op: it changes nothing but the
+wall time. LLaVA-NeXT's own prints (the retry messages) go to stderr; stdout holds only the JSON lines.
+
+For each case (tokenizer folder, ``--version``, vision tower, ``--image_aspect_ratio``, ``--mm_patch_merge_type``,
+``--image_grid_pinpoints``, ``model_max_length``) and each row of conversations.json (``produce_next.next_rows``:
+one image file per image row, the same sizes, the same missing file):
+
+- the tokenizer is loaded and set up as LLaVA-NeXT's ``train()`` does for a name holding "qwen":
+  ``AutoTokenizer.from_pretrained(folder, model_max_length=..., padding_side="right")`` (the fast tokenizer), pad
+  set to unk only when there is an unk token (there is none: pad stays ``<|endoftext|>``),
+  ``conversation_lib.default_conversation = conv_templates[version]``; ``--image_grid_pinpoints`` is turned into
+  a list as ``train()`` does (``"(1x1),...,(6x6)"`` times the processor's size);
+- the vision tower is a real tiny one: ``CLIPVisionTower`` (clip_encoder.py, image_size 336, patch_size 14, as in
+  produce_next.py) or ``SigLipVisionTower`` (siglip_encoder.py, built from a ``SigLipVisionConfig`` of that module
+  with image_size 384, patch_size 14, hidden_size 8, 2 layers, saved with its ``SigLipVisionModel`` into a folder
+  named ``siglip-tiny-patch14-384``; its processor is that module's ``SigLipImageProcessor``, 729 features a crop);
+- ``LazySupervisedDataset.__getitem__`` (its retries included) opens the row's image, runs
+  ``process_anyres_image`` / ``expand2square`` / the tower's processor, ``preprocess_multimodal`` and
+  ``preprocess`` (-> ``preprocess_qwen``);
+- ``DataCollatorForSupervisedDataset`` slices to ``model_max_length`` and masks pad ids;
+- ``LlavaMetaForCausalLM.prepare_inputs_labels_for_multimodal`` (llava_arch.py) merges the tiles and slices to
+  ``tokenizer_model_max_length``. Only ``embed_tokens`` (zeros), the projector (ones) and ``image_newline`` (ones)
+  stand in for the language model, so every image feature position, newlines included, can be counted.
+
+Each entry is null where LLaVA-NeXT raises (``dataset[k]`` after its retries, or the collator / splice), else
+``[kept_tokens, kept_image_features, kept_labels, id, n_input_ids, n_supervised, ids_sha, labels_sha]``: the
+first four as in produce_next.py (``id``: the row ``__getitem__`` returned, another row's where it gave up on this
+one); then ``len(item["input_ids"])`` as ``__getitem__`` returned it (text ids, the image as one -200), how many of
+``item["labels"]`` are not -100, and the first 16 hex digits of the SHA-1 of ``json.dumps(input_ids)`` and of the
+labels as a "0"/"1" string (1: not -100). Commands:
+
+1. project environment: ``python tests/assets/llava_golden/produce_qwen.py folders OUT`` (the two Qwen LLM
+   tokenizer folders of ``tests/qwen_llm_checkpoint.py``, copied to ``OUT/qwen2-7b-instruct`` and
+   ``OUT/qwen2.5-7b-instruct``)
+2. LLaVA's environment: ``python tests/assets/llava_golden/produce_qwen.py run LLAVA_NEXT_CHECKOUT OUT >
+   tests/assets/llava_golden/qwen_golden.jsonl`` (and ``... facts LLAVA_NEXT_CHECKOUT OUT`` prints the tokenizer
+   facts README.md quotes). Nothing of LLaVA-NeXT is copied here.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import hashlib
+import json
+import re
+import shutil
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from produce_next import LIST_PINPOINTS, RANGE_PINPOINTS, _stub, next_rows  # noqa: E402
+
+QWEN2, QWEN25 = "qwen2-7b-instruct", "qwen2.5-7b-instruct"
+# (tokenizer folder, version, vision tower, image_aspect_ratio, mm_patch_merge_type, image_grid_pinpoints,
+#  model_max_length)
+CASES = [(QWEN2, "qwen_1_5", "siglip-384", "anyres_max_9", "spatial_unpad", RANGE_PINPOINTS, 32768),
+         (QWEN2, "qwen_1_5", "siglip-384", "anyres_max_9", "spatial_unpad", RANGE_PINPOINTS, 3000),
+         (QWEN2, "qwen_2", "siglip-384", "pad", "flat", None, 1200),
+         (QWEN2, "qwen_2_5", "clip-336", "anyres", "spatial_unpad", LIST_PINPOINTS, 8192),
+         (QWEN2, "qwen_1_5", "clip-336", "square", "flat", None, 700),
+         (QWEN25, "qwen_2_5", "siglip-384", "anyres_max_9", "spatial_unpad", RANGE_PINPOINTS, 32768)]
+
+
+def folders(out: Path) -> None:
+    sys.path.insert(0, str(HERE.parent.parent))
+    from qwen_llm_checkpoint import qwen_llm_tokenizer
+
+    for qwen25 in (False, True):
+        src = Path(qwen_llm_tokenizer(qwen25=qwen25))
+        shutil.copytree(src, out / src.name, dirs_exist_ok=True)
+
+
+def _import_llava(checkout: Path) -> types.SimpleNamespace:
+    sys.path.insert(0, str(checkout))
+    _stub("deepspeed")
+    _stub("llava", __path__=[str(checkout / "llava")])
+    _stub("llava.model", __path__=[str(checkout / "llava" / "model")])
+    _stub("llava.train.llava_trainer", LLaVATrainer=type("LLaVATrainer", (), {}))
+    for part in ("multimodal_encoder", "multimodal_resampler", "multimodal_projector"):
+        _stub(f"llava.model.{part}.builder", build_vision_tower=None, build_vision_resampler=None,
+              build_vision_projector=None)
+    from llava import conversation as conversation_lib
+    from llava.model import llava_arch
+    from llava.model.multimodal_encoder import siglip_encoder
+    from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+    from llava.train import train as next_train
+
+    return types.SimpleNamespace(conversation_lib=conversation_lib, llava_arch=llava_arch, siglip=siglip_encoder,
+                                 CLIPVisionTower=CLIPVisionTower, train=next_train)
+
+
+def _load_tokenizer(llava: types.SimpleNamespace, folder: Path, version: str, limit: int) -> Any:
+    """train()'s lines for a model name holding "qwen" and a version other than v0 / v0.5."""
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), model_max_length=limit, padding_side="right")
+    if tokenizer.unk_token is not None:
+        tokenizer.pad_token = tokenizer.unk_token
+    if version in llava.conversation_lib.conv_templates:
+        llava.conversation_lib.default_conversation = llava.conversation_lib.conv_templates[version]
+    else:
+        llava.conversation_lib.default_conversation = llava.conversation_lib.conv_templates["vicuna_v1"]
+    return tokenizer
+
+
+def _pinpoints(pinpoints: Any, image_processor: Any) -> Any:
+    """train()'s handling of --image_grid_pinpoints."""
+    if pinpoints is not None:
+        if isinstance(pinpoints, str) and "x" in pinpoints:
+            try:
+                patch_size = image_processor.size[0]
+            except Exception:
+                patch_size = image_processor.size["shortest_edge"]
+            assert patch_size in [224, 336, 384, 448, 512], "patch_size should be in [224, 336, 384, 448, 512]"
+            matches = re.findall(r"\((\d+)x(\d+)\)", pinpoints)
+            range_start = tuple(map(int, matches[0]))
+            range_end = tuple(map(int, matches[-1]))
+            grid = [(i, j) for i in range(range_start[0], range_end[0] + 1)
+                    for j in range(range_start[1], range_end[1] + 1)]
+            pinpoints = [[dim * patch_size for dim in pair] for pair in grid]
+        elif isinstance(pinpoints, str):
+            pinpoints = ast.literal_eval(pinpoints)
+    return pinpoints
+
+
+def facts(checkout: Path, work: Path) -> None:  # pragma: no cover - a producer, run by hand
+    llava = _import_llava(checkout)
+    tok = _load_tokenizer(llava, work / QWEN2, "qwen_1_5", 32768)
+    info: dict[str, Any] = {"class": type(tok).__name__, "additional_special_tokens": tok.additional_special_tokens,
+                            "additional_special_tokens_ids": tok.additional_special_tokens_ids,
+                            "pad_token": tok.pad_token, "pad_token_id": tok.pad_token_id,
+                            "unk_token": tok.unk_token, "eos_token_id": tok.eos_token_id, "len": len(tok),
+                            "newline_ids": tok("\n").input_ids}
+    tok.add_tokens(["<image>"], special_tokens=True)
+    info["image_token_id"] = tok.convert_tokens_to_ids("<image>")
+    info["len_after_image"] = len(tok)
+    tok25 = _load_tokenizer(llava, work / QWEN25, "qwen_2_5", 32768)
+    info["qwen25_additional_special_tokens_ids"] = tok25.additional_special_tokens_ids
+    print(json.dumps(info))
+
+
+def run(checkout: Path, work: Path) -> None:  # pragma: no cover - a producer, run by hand
+    import torch
+    import transformers
+    from PIL import Image
+
+    llava = _import_llava(checkout)
+    llava.train.time = types.SimpleNamespace(**{**vars(llava.train.time), "sleep": lambda seconds: None})
+    conversation_lib, llava_arch, next_train = llava.conversation_lib, llava.llava_arch, llava.train
+
+    towers = {}
+    clip_dir = work / "clip-vit-tiny-patch14-336"
+    torch.manual_seed(0)
+    transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
+        image_size=336, patch_size=14, hidden_size=8, intermediate_size=8, num_hidden_layers=2,
+        num_attention_heads=2)).save_pretrained(clip_dir)
+    transformers.CLIPImageProcessor(size={"shortest_edge": 336},
+                                    crop_size={"height": 336, "width": 336}).save_pretrained(clip_dir)
+    towers["clip-336"] = llava.CLIPVisionTower(str(clip_dir), args=types.SimpleNamespace(
+        mm_vision_select_layer=-2, mm_vision_select_feature="patch"))
+    siglip_dir = work / "siglip-tiny-patch14-384"
+    torch.manual_seed(0)
+    llava.siglip.SigLipVisionModel(llava.siglip.SigLipVisionConfig(
+        hidden_size=8, intermediate_size=8, num_hidden_layers=2, num_attention_heads=2, image_size=384,
+        patch_size=14)).save_pretrained(siglip_dir)
+    towers["siglip-384"] = llava.siglip.SigLipVisionTower(str(siglip_dir), vision_tower_cfg=types.SimpleNamespace())
+
+    rows, sizes = next_rows(json.loads((HERE / "conversations.json").read_text(encoding="utf-8")))
+    images = work / "next-images"
+    images.mkdir(parents=True, exist_ok=True)
+    for name, size in sizes.items():
+        Image.new("RGB", size, "white").save(images / name)
+    data = work / "next-rows.json"
+    data.write_text(json.dumps(rows), encoding="utf-8")
+
+    class Model(llava_arch.LlavaMetaForCausalLM):
+        device = torch.device("cpu")
+
+        def __init__(self, config: Any, tower: Any) -> None:
+            self.config = config
+            self.tower = tower
+            embed = torch.nn.Embedding(152064, 4)
+            torch.nn.init.zeros_(embed.weight)
+            self.model = types.SimpleNamespace(embed_tokens=embed, image_newline=torch.ones(4))
+
+        def get_model(self) -> Any:
+            return self.model
+
+        def get_vision_tower(self) -> Any:
+            return self.tower
+
+        def encode_images(self, pixels: Any) -> Any:
+            features = self.tower(pixels)
+            return torch.ones(features.shape[0], features.shape[1], 4)
+
+    def sha(text: str) -> str:
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+    for setup, version, tower_name, aspect, merge, pinpoints, limit in CASES:
+        tower = towers[tower_name]
+        tok = _load_tokenizer(llava, work / setup, version, limit)
+        grid = _pinpoints(pinpoints, tower.image_processor)
+        args = types.SimpleNamespace(image_folder=str(images), image_processor=tower.image_processor,
+                                     image_aspect_ratio=aspect, image_grid_pinpoints=grid, is_multimodal=True,
+                                     mm_use_im_start_end=False, early_mix_text=False)
+        dataset = next_train.LazySupervisedDataset(str(data), tok, args)
+        collate = next_train.DataCollatorForSupervisedDataset(tokenizer=tok)
+        model = Model(types.SimpleNamespace(
+            image_aspect_ratio=aspect, mm_patch_merge_type=merge, image_grid_pinpoints=grid,
+            tokenizer_model_max_length=tok.model_max_length, tokenizer_padding_side=tok.padding_side,
+            mm_newline_position="grid", tune_mm_mlp_adapter=False, mm_use_im_start_end=False,
+            use_pos_skipping=False), tower)
+        out: list[Any] = []
+        for k in range(len(rows)):
+            with contextlib.redirect_stdout(sys.stderr):
+                try:
+                    item = dataset[k]
+                except Exception:
+                    out.append(None)
+                    continue
+                try:
+                    batch = collate([item])
+                    _, _, mask, _, embeds, labels = model.prepare_inputs_labels_for_multimodal(
+                        batch["input_ids"], None, batch["attention_mask"], None, batch["labels"], batch["images"],
+                        batch["modalities"], batch["image_sizes"])
+                except Exception:
+                    out.append(None)
+                    continue
+            n = int(mask[0].sum())
+            ids, item_labels = item["input_ids"].tolist(), item["labels"].tolist()
+            out.append([n, int((embeds[0][:n] == 1).all(dim=-1).sum()), int((labels[0][:n] != -100).sum()),
+                        item["id"], len(ids), sum(x != -100 for x in item_labels), sha(json.dumps(ids)),
+                        sha("".join("0" if x == -100 else "1" for x in item_labels))])
+        print(json.dumps({"setup": setup, "version": version, "vision_tower": tower_name, "image_aspect_ratio": aspect,
+                          "mm_patch_merge_type": merge, "image_grid_pinpoints": pinpoints, "model_max_length": limit,
+                          "cases": out}, separators=(",", ":")), flush=True)
+
+
+if __name__ == "__main__":
+    command, rest = sys.argv[1], [Path(a) for a in sys.argv[2:]]
+    if command == "folders":
+        folders(rest[0])
+    elif command == "facts":
+        facts(rest[0], rest[1] if len(rest) > 1 else Path("/tmp/llava-qwen-golden"))
+    else:
+        run(rest[0], rest[1] if len(rest) > 1 else Path("/tmp/llava-qwen-golden"))
