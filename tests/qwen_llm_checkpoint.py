@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from vlmcheck.demo.checkpoints import cache_dir
-from vlmcheck.demo.qwen_tokenizer import QWEN2_SPECIAL_TOKENS, QWEN25_EXTRA_TOKENS, find_qwen_tiktoken
+from vlmcheck.demo.qwen_tokenizer import QWEN2_SPECIAL_TOKENS, find_qwen_tiktoken
 
 
 def write_qwen_llm_tokenizer(dest: Path, *, qwen25: bool = False) -> Path:

@@ -1242,19 +1242,18 @@ class Run:
             "pixels_key": self.pixels_key,
         }
 
-    def _image(self, value: Any, found: list[Any]) -> tuple[int, int] | None:
+    def _image(self, value: Any, found: list[Any], *, aspect: str | None = None, image: int = 1
+               ) -> tuple[int, int] | None:
         """``Image.open(os.path.join(image_folder, image_file)).convert('RGB')`` and the processor: its (width,
-        height) as opened when it loads, else None and a finding."""
+        height) as opened when it loads, else None and a finding. ``aspect``: ``process_image``'s override (LLaVA-NeXT
+        pads each image of a multi-image row)."""
+        aspect = aspect or self.config.launch.image_aspect_ratio
         from vlmcheck import findings as F
         from vlmcheck.data.images import ImageProblem, probe_path
 
         if self.settings is None:
             found.append(F.make("VC001", "the row has an image but the launch sets no --vision_tower: train() "
                                          "builds no image processor and __getitem__ raises AttributeError"))
-            return None
-        if self.fork == LLAVA_NEXT and isinstance(value, list):
-            found.append(F.make("VC001", "'image' is a list: LLaVA-NeXT's multi-image path (each image padded to "
-                                         "one crop) is not modelled by vlmcheck yet"))
             return None
         if not isinstance(value, str):
             found.append(F.make("VC001", f"'image' is a {type(value).__name__}: this train.py takes one file name "
@@ -1268,26 +1267,26 @@ class Run:
         try:
             width, height = probe_path(path).size(exif_transpose=False)  # PIL's open: no EXIF rotation
         except ImageProblem as p:
-            found.append(F.make(p.code, f"image {value}: {p.message}", image=1, **p.data))
+            found.append(F.make(p.code, f"image {value}: {p.message}", image=image, **p.data))
             return None
         except (OSError, ValueError) as e:
-            found.append(F.make("VC102", f"image {value}: cannot be opened: {str(e)[:200]}", image=1))
+            found.append(F.make("VC102", f"image {value}: cannot be opened: {str(e)[:200]}", image=image))
             return None
         size = (width, height)
-        if self.next is not None and self.next.anyres:  # every tile and the base image are resized to the crop
+        if self.next is not None and (aspect == "anyres" or "anyres_max" in aspect):  # tiles resized to the crop
             return size
-        rows = max(width, height) if self.config.launch.image_aspect_ratio == "pad" else height
+        rows = max(width, height) if aspect == "pad" else height
         if self.next is not None and rows == 1:
             # the CLIP processor of LLaVA-NeXT's pinned transformers (4.37.2) reads an (H, W, 3) array with H = 1 as
             # channels-first (infer_channel_dimension_format) and raises; anyres resizes first and is spared
             found.append(F.make("VC102", f"image {value}: {width}x{height}: the CLIP image processor takes its one "
-                                         "row for a channel and raises", image=1))
+                                         "row for a channel and raises", image=image))
             return None
-        if self.config.launch.image_aspect_ratio == "pad":  # expand2square: a max(w, h) square canvas first
+        if aspect == "pad":  # expand2square: a max(w, h) square canvas first
             width = height = max(width, height)
         issues = self._issues(width, height, self.settings)
         for issue in issues:
-            found.append(F.make(issue.code, f"image {value}: {issue.message}", image=1, **issue.data))
+            found.append(F.make(issue.code, f"image {value}: {issue.message}", image=image, **issue.data))
         return None if issues else size
 
     def _fails(self, frame: dict[str, Any], found: list[Any], index: int) -> None:
@@ -1323,18 +1322,30 @@ class Run:
         if isinstance(row.get("id"), (str, int)):
             result.id = str(row["id"])
         has_image = "image" in row
-        features = self.features or 0
-        if self.next is not None:  # a text row's stand-in image (zeros, one crop): its features if <image> is written
-            features = self.next.one_crop
+        # the features each image gives, in order; a text row's stand-in image (zeros, one crop) when none
+        features = [self.next.one_crop if self.next is not None else self.features or 0]
         if has_image:
-            result.image_tokens = [self.features]
-            size = self._image(row["image"], found)
-            if size is None:
-                self._fails(frame, found, index)
+            value = row["image"]
+            listed = self.fork == LLAVA_NEXT and isinstance(value, list)
+            if listed and not value:
+                found.append(F.make("VC001", "'image' is an empty list: the model's splice concatenates no images "
+                                             "(torch.cat of an empty list raises) and the run stops"))
+                frame["verdict"] = "stops"
                 return result
-            if self.next is not None:
-                features = self.next.features(*size)
-                result.image_tokens = [features]
+            # LLaVA-NeXT's _get_item: a list of more than one image is processed again, each padded to one crop
+            multi = listed and len(value) > 1
+            features = []
+            for k, item in enumerate(value if listed else [value], 1):
+                size = self._image(item, found, aspect="pad" if multi else None, image=k)
+                if size is None:
+                    self._fails(frame, found, index)
+                    result.image_tokens = [self.features] if not listed else []
+                    return result
+                if self.next is None:
+                    features.append(self.features or 0)
+                else:
+                    features.append(self.next.one_crop if multi else self.next.features(*size))
+            result.image_tokens = [*features]
         run = simulate(row, tokenizer=self.tokenizer, version=self.config.version,
                        mm_use_im_start_end=self.config.launch.mm_use_im_start_end, fork=self.fork)
         if run.refused is not None:
@@ -1346,9 +1357,10 @@ class Run:
             return result
         return self._cut(result, run, has_image, features)
 
-    def _cut(self, result: SampleResult, run: LlavaRun, has_image: bool, features: int) -> SampleResult:
+    def _cut(self, result: SampleResult, run: LlavaRun, has_image: bool, features: list[int]) -> SampleResult:
         """The collator's slice of the ids, the model's splice of the image features, and its slice of the
-        embeddings and labels (``prepare_inputs_labels_for_multimodal``)."""
+        embeddings and labels (``prepare_inputs_labels_for_multimodal``). ``features``: each image's, in order (a
+        text row: the stand-in image's). The k-th ``<image>`` id takes image k (batch of one)."""
         from vlmcheck import findings as F
 
         found, frame = result.findings, result.framework
@@ -1359,12 +1371,21 @@ class Run:
         at = [k for k, t in enumerate(ids) if t == IMAGE_TOKEN_INDEX]
         sliced = ids[:limit]  # DataCollatorForSupervisedDataset's slice
         holes = sliced.count(IMAGE_TOKEN_INDEX)
-        if holes > 1 and self.fork == LLAVA_NEXT:
-            found.append(F.make("VC002", f"{holes} <image> tokens in the text for the row's one image: LLaVA-NeXT "
-                                         "catches the IndexError and splices the previous image again (this row's "
-                                         "own image with a batch of one; in a larger batch another sample's)",
-                                images=1 if has_image else 0, placeholders=holes))
-        elif holes > 1:
+        n = len(features) if has_image else 1
+        images = len(features) if has_image else 0
+        if holes > n and self.fork == LLAVA_NEXT:
+            if holes > n + 1:  # image_features[k] and then image_features[k - 1] both past the end: IndexError
+                found.append(F.make("VC002", f"{holes} <image> tokens in the text for the row's {images} image(s): "
+                                             "LLaVA-NeXT's splice runs past the batch's images (IndexError; with a "
+                                             "larger batch another sample's images) and the run stops",
+                                    images=images, placeholders=holes))
+                frame["verdict"] = "stops"
+                return result
+            found.append(F.make("VC002", f"{holes} <image> tokens in the text for the row's {images} image(s): "
+                                         "LLaVA-NeXT catches the IndexError and splices the previous image again "
+                                         "(this row's own last image with a batch of one; in a larger batch "
+                                         "another sample's)", images=images, placeholders=holes))
+        elif holes > 1 and self.fork != LLAVA_NEXT:
             found.append(F.make("VC002", f"{holes} <image> tokens in the text (within model_max_length) for the "
                                          "row's one image: the model takes one image's features per <image> and "
                                          "runs past the batch's images (IndexError, or another sample's image)",
@@ -1374,28 +1395,39 @@ class Run:
         if has_image and not at:
             found.append(F.make("VC002", "the row has an image but no <image> in its text: preprocess_multimodal "
                                          "places none and the model skips the image without a word",
-                                images=1, placeholders=0))
+                                images=images, placeholders=0))
             frame["verdict"] = "image_dropped"
-        # per position of the spliced sequence: (image feature?, labelled?). The collator's attention mask is
-        # ids != pad id, and the model drops the masked positions before splicing: a pad string written in the
-        # text (pad = unk for every --version but v0) is not in the sequence the model trains on.
-        layout: list[tuple[bool, bool]] = []
+        elif has_image and len(at) < images:
+            found.append(F.make("VC002", f"{images} images but {len(at)} <image> tokens: the model splices the first "
+                                         f"{len(at)} and skips the rest without a word",
+                                images=images, placeholders=len(at)))
+            frame["verdict"] = "image_dropped"
+        # the features the j-th <image> id takes: image j, and past the last image the last one again
+        taken = [features[min(j, n - 1)] for j in range(len(at))]
+        # per position of the spliced sequence: (which <image> it belongs to or None, labelled?). The collator's
+        # attention mask is ids != pad id, and the model drops the masked positions before splicing: a pad string
+        # written in the text (pad = unk for every --version but v0) is not in the sequence the model trains on.
+        layout: list[tuple[int | None, bool]] = []
+        j = 0
         for token, label in zip(sliced, sup[:limit]):
             if token == IMAGE_TOKEN_INDEX:
-                layout += [(True, False)] * features
+                layout += [(j, False)] * taken[j]
+                j += 1
             elif token != pad:
-                layout.append((False, label))
+                layout.append((None, label))
         whole = self.tokenizer.ids(run.prompt) if run.truncated else ids  # a text row: before preprocess's cut
-        total = sum(1 for t in whole if t != pad and t != IMAGE_TOKEN_INDEX) + len(at) * features
+        total = sum(1 for t in whole if t != pad and t != IMAGE_TOKEN_INDEX) + sum(taken)
         kept = min(len(layout), limit)
-        kept_features = sum(1 for image, _ in layout[:kept] if image)
+        kept_each = [0] * len(at)
+        for image, _ in layout[:kept]:
+            if image is not None:
+                kept_each[image] += 1
         supervised = sum(1 for t, s in zip(ids, sup) if s and t != IMAGE_TOKEN_INDEX and t != pad)
         labels = sum(1 for _, s in layout[:kept] if s)
         result.tokens = total
-        result.text_only_tokens = total - len(at) * features
+        result.text_only_tokens = total - sum(taken)
         result.supervised_tokens = supervised
-        frame.update(kept_tokens=kept, kept_supervised=labels, kept_image_tokens=[kept_features] if at else [],
-                     preprocess=run.function)
+        frame.update(kept_tokens=kept, kept_supervised=labels, kept_image_tokens=kept_each, preprocess=run.function)
         if run.mismatch is not None:
             cur, counted = run.mismatch
             found.append(F.make("VC003", f"LLaVA prints \"WARNING: tokenization mismatch: {cur} vs. {counted}. "
@@ -1409,23 +1441,27 @@ class Run:
         if total <= limit:
             return result
         fix = f"set {_setting('model_max_length', total)}"
-        if at and kept_features < features:
-            where = ("the collator slices the ids first and cuts the <image> id itself, so the model skips the "
-                     "image" if kept_features == 0 else
-                     "LLaVA does not raise: it slices the spliced embeddings, and the model trains on part of the "
-                     "image")
+        cut = [k for k in range(len(at)) if kept_each[k] < taken[k]]
+        if cut:
+            first = cut[0]
+            partly = any(0 < kept_each[k] < taken[k] for k in cut)
+            where = ("LLaVA does not raise: it slices the spliced embeddings, and the model trains on part of the "
+                     "image" if kept_each[first] else
+                     "the collator slices the ids first and cuts the <image> id itself, so the model skips the image"
+                     if at[first] >= limit else "LLaVA does not raise: the model trains on none of it")
+            named = f"image {first + 1}" if len(at) > 1 else "the image"
             found.append(F.make(
-                "VC201", f"the image needs {features:,} features, only {kept_features:,} survive LLaVA's cut at "
+                "VC201", f"{named} needs {taken[first]:,} features, only {kept_each[first]:,} survive LLaVA's cut at "
                          f"model_max_length={limit:,}; the sample is {total:,} tokens: {where}",
-                fix=fix + ", or drop the sample", image=1, image_tokens=features, kept=kept_features, tokens=total,
-                max_length=limit))
-            frame["verdict"] = "image_dropped" if kept_features == 0 else "image_cut"
+                fix=fix + ", or drop the sample", image=first + 1, image_tokens=taken[first], kept=kept_each[first],
+                tokens=total, max_length=limit))
+            frame["verdict"] = "image_cut" if partly else "image_dropped"
         if supervised and not labels:
             found.append(F.make(
                 "VC202", f"all {supervised:,} supervised tokens are cut at model_max_length={limit:,} (sample is "
                          f"{total:,} tokens)", fix=f"{fix}, shorten the prompt, or drop the sample",
                 supervised=supervised, tokens=total, max_length=limit))
-        elif not (at and kept_features < features):
+        elif not cut:
             found.append(F.make(
                 "VC203", f"{total:,} tokens > model_max_length={limit:,}: {total - kept:,} tokens cut, "
                          f"{supervised - labels:,} of {supervised:,} trained tokens lost",
