@@ -521,6 +521,12 @@ def simulate(row: Mapping[str, Any], *, tokenizer: LlavaTokenizer, version: str,
     source = copy.deepcopy(list(row.get("conversations") or []))
     if has_image:
         for sentence in source:
+            if fork == LLAVA_NEXT and not (isinstance(sentence, Mapping) and isinstance(sentence.get("value"), str)):
+                # preprocess_multimodal: re.findall(DEFAULT_IMAGE_TOKEN, sentence["value"]) of every sentence
+                what = ("KeyError: 'value'" if not isinstance(sentence, Mapping) or "value" not in sentence
+                        else "TypeError: expected string or bytes-like object")
+                run.refused = Refused(what, 'preprocess_multimodal: re.findall(DEFAULT_IMAGE_TOKEN, sentence["value"])')
+                return run
             sentence["value"] = multimodal(str(sentence.get("value", "")), conv=conv,
                                            mm_use_im_start_end=mm_use_im_start_end, fork=fork)
     try:

@@ -49,9 +49,9 @@ labels as a "0"/"1" string (1: not -100). Commands:
 from __future__ import annotations
 
 import ast
-import contextlib
 import hashlib
 import json
+import os
 import re
 import shutil
 import sys
@@ -59,7 +59,12 @@ import types
 from pathlib import Path
 from typing import Any
 
+# set before transformers is imported: LLaVA-NeXT's conversation.py asks the hub for
+# meta-llama/Meta-Llama-3-8B-Instruct's tokenizer at import (it takes None when that fails); nothing is fetched
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 HERE = Path(__file__).parent
+stdout = sys.stdout  # where the JSON lines go; __main__ points sys.stdout itself at stderr
 sys.path.insert(0, str(HERE))
 from produce_next import LIST_PINPOINTS, RANGE_PINPOINTS, _stub, next_rows  # noqa: E402
 
@@ -72,15 +77,66 @@ CASES = [(QWEN2, "qwen_1_5", "siglip-384", "anyres_max_9", "spatial_unpad", RANG
          (QWEN2, "qwen_2_5", "clip-336", "anyres", "spatial_unpad", LIST_PINPOINTS, 8192),
          (QWEN2, "qwen_1_5", "clip-336", "square", "flat", None, 700),
          (QWEN25, "qwen_2_5", "siglip-384", "anyres_max_9", "spatial_unpad", RANGE_PINPOINTS, 32768)]
+# the same on multi_rows(): lists of images (each padded to one crop when there are several)
+MULTI_CASES = [(QWEN2, "qwen_1_5", "siglip-384", "anyres_max_9", "spatial_unpad", RANGE_PINPOINTS, 32768),
+               (QWEN2, "qwen_1_5", "siglip-384", "anyres_max_9", "spatial_unpad", RANGE_PINPOINTS, 1600),
+               (QWEN2, "qwen_2", "clip-336", "pad", "flat", None, 4096)]
+_MULTI_SIZES = [(640, 480), (120, 900), (1000, 300), (3000, 2000), (50, 20), (336, 336), (700, 2100)]
+
+
+def multi_rows() -> tuple[list[dict[str, Any]], dict[str, tuple[int, int]]]:
+    """Rows whose ``image`` is a list (LLaVA-OneVision's multi-image data): as many ``<image>`` as images, fewer,
+    one more, two more, a one-image list, an empty list, a missing file, a 1 x 1 image, ``<image>`` in an answer,
+    long rows to cut; with each file's size (``m{k}_{j}.png``; ``m7_1.png`` is not written)."""
+    words = "the first second image shows a chart table person street sign with more detail than".split()
+
+    def text(k: int, n: int) -> str:
+        return " ".join(words[(k * 7 + i * 3) % len(words)] for i in range(n))
+
+    specs = [  # (images, first human turn, answer, more turns)
+        (2, "<image>\n<image>\nCompare the two pictures.", text(0, 12), []),
+        (3, "Look at <image> first.", text(1, 9), [("<image><image> and these two?", text(2, 30))]),
+        (2, "<image>\nWhat is in the picture?", text(3, 8), []),
+        (2, "<image>\n<image>\n<image>\nThree marks, two images.", text(4, 6), []),
+        (2, "<image><image><image><image> four marks.", text(5, 6), []),
+        (1, "<image>\nOne image in a list.", text(6, 15), []),
+        (0, "No image at all in an empty list.", text(7, 5), []),
+        (2, "<image>\n<image>\nThe second file is missing.", text(8, 5), []),
+        (2, "<image>\n<image>\nThe second one is a single pixel.", text(9, 5), []),
+        (2, "<image>\nDescribe it.", "Here: <image> " + text(10, 10), []),
+        (3, "<image>\n<image>\n<image>\n" + text(11, 400), text(12, 300), [("Again?", text(13, 200))]),
+        (2, "<image>\n" + text(14, 50) + " <image> " + text(15, 20), text(16, 250), []),
+    ]
+    rows, sizes = [], {}
+    for k, (n, first, answer, more) in enumerate(specs):
+        files = [f"m{k}_{j}.png" for j in range(n)]
+        for j, name in enumerate(files):
+            if name == "m7_1.png":
+                continue
+            sizes[name] = (1, 1) if name == "m8_1.png" else _MULTI_SIZES[(k + j) % len(_MULTI_SIZES)]
+        conv = [{"from": "human", "value": first}, {"from": "gpt", "value": answer}]
+        for q, a in more:
+            conv += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+        rows.append({"id": f"m{k}", "image": files, "conversations": conv})
+    return rows, sizes
 
 
 def folders(out: Path) -> None:
+    """The two tokenizer folders, their tokenizer.json in the format the hub files have (merges as "a b"
+    strings, no ``ignore_merges``), the one tokenizers 0.15.1 reads; the same vocabulary and merges."""
     sys.path.insert(0, str(HERE.parent.parent))
     from qwen_llm_checkpoint import qwen_llm_tokenizer
 
     for qwen25 in (False, True):
         src = Path(qwen_llm_tokenizer(qwen25=qwen25))
         shutil.copytree(src, out / src.name, dirs_exist_ok=True)
+        data = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
+        model = data["model"]
+        assert model.pop("ignore_merges", False) is False
+        assert not any(" " in part for pair in model["merges"] if isinstance(pair, list) for part in pair)
+        model["merges"] = [" ".join(pair) if isinstance(pair, list) else pair for pair in model["merges"]]
+        (out / src.name / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n",
+                                                       encoding="utf-8")
 
 
 def _import_llava(checkout: Path) -> types.SimpleNamespace:
@@ -149,17 +205,17 @@ def facts(checkout: Path, work: Path) -> None:  # pragma: no cover - a producer,
     info["len_after_image"] = len(tok)
     tok25 = _load_tokenizer(llava, work / QWEN25, "qwen_2_5", 32768)
     info["qwen25_additional_special_tokens_ids"] = tok25.additional_special_tokens_ids
-    print(json.dumps(info))
+    print(json.dumps(info), file=stdout)
 
 
-def run(checkout: Path, work: Path) -> None:  # pragma: no cover - a producer, run by hand
+def run(checkout: Path, work: Path, only: str | None = None) -> None:  # pragma: no cover - run by hand
     import torch
     import transformers
     from PIL import Image
 
     llava = _import_llava(checkout)
     llava.train.time = types.SimpleNamespace(**{**vars(llava.train.time), "sleep": lambda seconds: None})
-    conversation_lib, llava_arch, next_train = llava.conversation_lib, llava.llava_arch, llava.train
+    llava_arch, next_train = llava.llava_arch, llava.train
 
     towers = {}
     clip_dir = work / "clip-vit-tiny-patch14-336"
@@ -179,12 +235,15 @@ def run(checkout: Path, work: Path) -> None:  # pragma: no cover - a producer, r
     towers["siglip-384"] = llava.siglip.SigLipVisionTower(str(siglip_dir), vision_tower_cfg=types.SimpleNamespace())
 
     rows, sizes = next_rows(json.loads((HERE / "conversations.json").read_text(encoding="utf-8")))
+    multi, multi_sizes = multi_rows()
     images = work / "next-images"
     images.mkdir(parents=True, exist_ok=True)
-    for name, size in sizes.items():
+    for name, size in {**sizes, **multi_sizes}.items():
         Image.new("RGB", size, "white").save(images / name)
     data = work / "next-rows.json"
     data.write_text(json.dumps(rows), encoding="utf-8")
+    multi_data = work / "multi-rows.json"
+    multi_data.write_text(json.dumps(multi), encoding="utf-8")
 
     class Model(llava_arch.LlavaMetaForCausalLM):
         device = torch.device("cpu")
@@ -209,14 +268,17 @@ def run(checkout: Path, work: Path) -> None:  # pragma: no cover - a producer, r
     def sha(text: str) -> str:
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
-    for setup, version, tower_name, aspect, merge, pinpoints, limit in CASES:
+    plan = [(case, rows, data, None) for case in CASES] + [(case, multi, multi_data, "multi") for case in MULTI_CASES]
+    for (setup, version, tower_name, aspect, merge, pinpoints, limit), case_rows, case_data, kind in plan:
+        if only is not None and kind != only:
+            continue
         tower = towers[tower_name]
         tok = _load_tokenizer(llava, work / setup, version, limit)
         grid = _pinpoints(pinpoints, tower.image_processor)
         args = types.SimpleNamespace(image_folder=str(images), image_processor=tower.image_processor,
                                      image_aspect_ratio=aspect, image_grid_pinpoints=grid, is_multimodal=True,
                                      mm_use_im_start_end=False, early_mix_text=False)
-        dataset = next_train.LazySupervisedDataset(str(data), tok, args)
+        dataset = next_train.LazySupervisedDataset(str(case_data), tok, args)
         collate = next_train.DataCollatorForSupervisedDataset(tokenizer=tok)
         model = Model(types.SimpleNamespace(
             image_aspect_ratio=aspect, mm_patch_merge_type=merge, image_grid_pinpoints=grid,
@@ -224,36 +286,40 @@ def run(checkout: Path, work: Path) -> None:  # pragma: no cover - a producer, r
             mm_newline_position="grid", tune_mm_mlp_adapter=False, mm_use_im_start_end=False,
             use_pos_skipping=False), tower)
         out: list[Any] = []
-        for k in range(len(rows)):
-            with contextlib.redirect_stdout(sys.stderr):
-                try:
-                    item = dataset[k]
-                except Exception:
-                    out.append(None)
-                    continue
-                try:
-                    batch = collate([item])
-                    _, _, mask, _, embeds, labels = model.prepare_inputs_labels_for_multimodal(
-                        batch["input_ids"], None, batch["attention_mask"], None, batch["labels"], batch["images"],
-                        batch["modalities"], batch["image_sizes"])
-                except Exception:
-                    out.append(None)
-                    continue
+        for k in range(len(case_rows)):
+            try:
+                item = dataset[k]
+            except Exception:
+                out.append(None)
+                continue
+            try:
+                batch = collate([item])
+                _, _, mask, _, embeds, labels = model.prepare_inputs_labels_for_multimodal(
+                    batch["input_ids"], None, batch["attention_mask"], None, batch["labels"], batch["images"],
+                    batch["modalities"], batch["image_sizes"])
+            except Exception as e:  # the training step raises (the multi-image lines say so apart)
+                out.append(None if kind is None else f"raises: {type(e).__name__}")
+                continue
             n = int(mask[0].sum())
             ids, item_labels = item["input_ids"].tolist(), item["labels"].tolist()
             out.append([n, int((embeds[0][:n] == 1).all(dim=-1).sum()), int((labels[0][:n] != -100).sum()),
                         item["id"], len(ids), sum(x != -100 for x in item_labels), sha(json.dumps(ids)),
                         sha("".join("0" if x == -100 else "1" for x in item_labels))])
-        print(json.dumps({"setup": setup, "version": version, "vision_tower": tower_name, "image_aspect_ratio": aspect,
-                          "mm_patch_merge_type": merge, "image_grid_pinpoints": pinpoints, "model_max_length": limit,
-                          "cases": out}, separators=(",", ":")), flush=True)
+        line = {"setup": setup, "version": version, "vision_tower": tower_name, "image_aspect_ratio": aspect,
+                "mm_patch_merge_type": merge, "image_grid_pinpoints": pinpoints, "model_max_length": limit,
+                "cases": out}
+        if kind is not None:
+            line = {"rows": kind, **line}
+        print(json.dumps(line, separators=(",", ":")), file=stdout, flush=True)
 
 
 if __name__ == "__main__":
     command, rest = sys.argv[1], [Path(a) for a in sys.argv[2:]]
+    stdout, sys.stdout = sys.stdout, sys.stderr  # LLaVA-NeXT's prints (loading, retries) go to stderr
     if command == "folders":
         folders(rest[0])
     elif command == "facts":
         facts(rest[0], rest[1] if len(rest) > 1 else Path("/tmp/llava-qwen-golden"))
-    else:
-        run(rest[0], rest[1] if len(rest) > 1 else Path("/tmp/llava-qwen-golden"))
+    else:  # run CHECKOUT [OUT [multi]]: every line, or only the multi-image lines
+        run(rest[0], rest[1] if len(rest) > 1 else Path("/tmp/llava-qwen-golden"),
+            str(rest[2]) if len(rest) > 2 else None)

@@ -1,0 +1,155 @@
+"""`vlmcheck check` on LLaVA-NeXT / LLaVA-OneVision launches with ``--version qwen_1_5`` / ``qwen_2`` / ``qwen_2_5``
+(its ``preprocess_qwen``, the fast Qwen2 tokenizer it loads for a qwen name) and SigLIP or CLIP towers, against
+qwen_golden.jsonl: what LLaVA-NeXT df17966's own ``__getitem__``, collator and ``prepare_inputs_labels_for_multimodal``
+did with each row (tests/assets/llava_golden/produce_qwen.py, README.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1]))  # qwen_llm_checkpoint.py
+sys.path.insert(0, str(Path(__file__).parents[1] / "assets" / "llava_golden"))  # produce_next.next_rows
+
+from produce_next import next_rows  # noqa: E402
+from produce_qwen import multi_rows  # noqa: E402
+
+from qwen_llm_checkpoint import qwen_llm_tokenizer  # noqa: E402
+from vlmcheck import check  # noqa: E402
+from vlmcheck.errors import UsageError  # noqa: E402
+from vlmcheck.frameworks import llava  # noqa: E402
+
+ASSETS = Path(__file__).parents[1] / "assets" / "llava_golden"
+ROWS, SIZES = next_rows(json.loads((ASSETS / "conversations.json").read_text(encoding="utf-8")))
+MULTI, MULTI_SIZES = multi_rows()
+GOLDEN = ASSETS / "qwen_golden.jsonl"
+QWEN = [json.loads(line) for line in GOLDEN.read_text(encoding="utf-8").splitlines()] if GOLDEN.is_file() else []
+TOWERS = {"clip-336": "openai/clip-vit-large-patch14-336", "siglip-384": "google/siglip-so400m-patch14-384"}
+
+# the shape of LLaVA-NeXT's scripts/train/finetune_ov.sh (LLaVA-OneVision)
+SCRIPT = """#!/bin/bash
+LLM_VERSION="{model}"
+VISION_MODEL_VERSION="{tower}"
+PROMPT_VERSION="{version}"
+ACCELERATE_CPU_AFFINITY=1 torchrun --nproc_per_node="${{NUM_GPUS:-8}}" \\
+    llava/train/train_mem.py \\
+    --deepspeed scripts/zero3.json \\
+    --model_name_or_path ${{LLM_VERSION}} \\
+    --version ${{PROMPT_VERSION}} \\
+    --data_path ./data/rows.json \\
+    --image_folder ./data/images \\
+    --mm_tunable_parts="mm_vision_tower,mm_mlp_adapter,mm_language_model" \\
+    --mm_vision_tower_lr=2e-6 \\
+    --vision_tower ${{VISION_MODEL_VERSION}} \\
+    --mm_projector_type mlp2x_gelu \\
+    --mm_vision_select_layer -2 \\
+    --mm_use_im_start_end False \\
+    --mm_use_im_patch_token False \\
+    --group_by_modality_length True \\
+    --image_aspect_ratio {aspect} {pinpoints}\\
+    --mm_patch_merge_type {merge} \\
+    --bf16 True \\
+    --model_max_length {length} \\
+    --lazy_preprocess True
+"""
+
+
+def _project(root: Path, case: dict[str, Any]) -> Path:
+    import shutil
+
+    from PIL import Image
+
+    model = root / "checkpoints" / case["setup"]  # the name holds "qwen": LLaVA-NeXT's fast-tokenizer branch
+    shutil.copytree(qwen_llm_tokenizer(qwen25="2.5" in case["setup"]), model)
+    images = root / "data" / "images"
+    images.mkdir(parents=True)
+    rows, sizes = (MULTI, MULTI_SIZES) if case.get("rows") == "multi" else (ROWS, SIZES)
+    (root / "data" / "rows.json").write_text(json.dumps(rows), encoding="utf-8")
+    for name, size in sizes.items():
+        Image.new("RGB", size, "white").save(images / name)
+    pins = case["image_grid_pinpoints"]
+    script = root / "scripts" / "train" / "finetune_ov.sh"
+    script.parent.mkdir(parents=True)
+    script.write_text(SCRIPT.format(model=model, tower=TOWERS[case["vision_tower"]], version=case["version"],
+                                    aspect=case["image_aspect_ratio"],
+                                    pinpoints=f'--image_grid_pinpoints "{pins}" ' if pins else "",
+                                    merge=case["mm_patch_merge_type"], length=case["model_max_length"]),
+                      encoding="utf-8")
+    return script
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("case", QWEN, ids=lambda c: f"{c.get('rows', 'rows')}-{c['setup']}-{c['version']}-"
+                                                     f"{c['vision_tower']}-{c['image_aspect_ratio']}-"
+                                                     f"{c['model_max_length']}")
+def test_every_row_is_kept_as_llava_next_keeps_it(tmp_path: Path, case: dict[str, Any]) -> None:
+    """Kept tokens, kept image features (newlines included) and kept labels per row, as LLaVA-NeXT's own
+    __getitem__, collator and prepare_inputs_labels_for_multimodal left them; a row it gave up on is `replaced`,
+    and where it raises on every row, every row is. Multi-image rows: a training step that raises (the splice runs
+    past the images, or has none to concatenate) is `stops`."""
+    out = tmp_path / "records.jsonl"
+    check(_project(tmp_path, case), output=out)
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    rows = MULTI if case.get("rows") == "multi" else ROWS
+    assert len(records) == len(rows) == len(case["cases"])
+    wrong = []
+    for row, record, want in zip(rows, records, case["cases"]):
+        frame = record["framework"]
+        if isinstance(want, str):  # "raises: ...": the training step with this sample raises
+            got: object = frame["verdict"]
+            expect: object = "stops"
+        elif want is None or want[3] != row["id"]:
+            got, expect = frame["verdict"], "replaced"
+        else:
+            got = [frame.get("kept_tokens"), sum(frame.get("kept_image_tokens") or [0]), frame.get("kept_supervised")]
+            expect = want[:3]
+            if record["tokens"] <= case["model_max_length"] and got == expect:  # nothing cut: the same total
+                got = got if record["tokens"] == want[0] else ("total", record["tokens"])
+        if got != expect:
+            wrong.append((row["id"], got, expect))
+    assert not wrong, f"{len(wrong)} rows differ from LLaVA-NeXT's, first: {wrong[:5]}"
+
+
+@pytest.mark.parametrize("case", [c for c in QWEN if any(c["cases"]) and "rows" not in c][:2]
+                         + [c for c in QWEN if c.get("rows") == "multi"][:1],
+                         ids=lambda c: f"{c.get('rows', 'rows')}-{c['setup']}-{c['version']}")
+def test_ids_and_labels_are_preprocess_qwens(case: dict[str, Any]) -> None:
+    """The ids preprocess_qwen returns (the image as one -200) and which of them carry labels, by hash."""
+    folder = qwen_llm_tokenizer(qwen25="2.5" in case["setup"])
+    tok = llava.load_tokenizer(folder, version=case["version"], model_max_length=case["model_max_length"],
+                               model_name_or_path=str(folder), fork=llava.LLAVA_NEXT, use_fast=True)
+    compared = 0
+    rows = MULTI if case.get("rows") == "multi" else ROWS
+    for row, want in zip(rows, case["cases"]):
+        if not isinstance(want, list) or want[3] != row["id"]:
+            continue
+        run = llava.simulate(row, tokenizer=tok, version=case["version"], fork=llava.LLAVA_NEXT)
+        assert run.refused is None, (row["id"], run.refused)
+        got = [len(run.input_ids), sum(run.supervised), _sha(json.dumps(run.input_ids)),
+               _sha("".join("1" if s else "0" for s in run.supervised))]
+        assert got == want[4:8], (row["id"], got, want[4:8])
+        compared += 1
+    assert compared >= (6 if rows is MULTI else 30)
+
+
+def test_a_qwen_version_needs_the_fast_qwen_route(tmp_path: Path) -> None:
+    case = {"setup": "qwen2-7b-instruct", "version": "qwen_1_5", "vision_tower": "siglip-384",
+            "image_aspect_ratio": "pad", "mm_patch_merge_type": "flat", "image_grid_pinpoints": None,
+            "model_max_length": 2048}
+    script = _project(tmp_path, case)
+    text = script.read_text(encoding="utf-8")
+    script.write_text(text.replace("google/siglip-so400m-patch14-384", "google/siglip-base-patch16-224"),
+                      encoding="utf-8")
+    with pytest.raises(UsageError, match="729"):
+        check(script)
+    script.write_text(text.replace("google/siglip-so400m-patch14-384", "facebook/dinov2-large"), encoding="utf-8")
+    with pytest.raises(UsageError, match="Unknown vision tower"):
+        check(script)
