@@ -153,3 +153,32 @@ def test_a_qwen_version_needs_the_fast_qwen_route(tmp_path: Path) -> None:
     script.write_text(text.replace("google/siglip-so400m-patch14-384", "facebook/dinov2-large"), encoding="utf-8")
     with pytest.raises(UsageError, match="Unknown vision tower"):
         check(script)
+
+
+def test_the_rows_are_those_llava_next_reads_for_its_data_path(tmp_path: Path) -> None:
+    """--data_path as a YAML list of json_path entries with sampling strategies (all, first:N, end:N, N%, end:0,
+    an unknown strategy, random:N) and as base{a,c}.json: the rows and their order are those LLaVA-NeXT's own
+    LazySupervisedDataset held (data_paths_golden.json, produce_qwen.py data). random:N draws with an unseeded
+    shuffle: every row of that file is judged and says so."""
+    from produce_qwen import DATA_PATHS, data_files
+
+    golden = json.loads((ASSETS / "data_paths_golden.json").read_text(encoding="utf-8"))
+    case = {"setup": "qwen2-7b-instruct", "version": "qwen_1_5", "vision_tower": "siglip-384",
+            "image_aspect_ratio": "pad", "mm_patch_merge_type": "flat", "image_grid_pinpoints": None,
+            "model_max_length": 2048}
+    script = _project(tmp_path, case)
+    folder = tmp_path / "data-paths"
+    data_files(folder)
+    text = script.read_text(encoding="utf-8")
+    for name, path, _ in DATA_PATHS:
+        script.write_text(text.replace("./data/rows.json", str(folder / path)), encoding="utf-8")
+        out = tmp_path / f"{name}.jsonl"
+        check(script, output=out)
+        records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+        ids = [r["id"] for r in records]
+        if name != "random":
+            assert ids == golden[name], (name, ids, golden[name])
+            continue
+        drawn = [r["id"] for r in records if r["framework"].get("sampling") == "random:2"]
+        assert [i for i in ids if i not in drawn] == [i for i in golden[name] if i.startswith("c")]
+        assert drawn == [f"b{k}" for k in range(7)] and set(golden[name]) - {"c0"} <= set(drawn)

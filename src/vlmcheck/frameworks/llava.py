@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import os
 import re
 import shlex
@@ -1105,6 +1106,32 @@ def next_tokenizer_route(name: str) -> str | None:
 # -- the run -------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class DataPart:
+    """One file of ``--data_path`` and its YAML ``sampling_strategy`` (None: a plain JSON path)."""
+
+    file: Path
+    sampling: str | None = None
+
+    def chosen(self, rows: int) -> tuple[str, slice]:
+        """LLaVA-NeXT's sampling: ``first:N`` / ``end:N`` (N or N% of the rows, rounded up) and ``random:N``
+        (an unseeded shuffle: which rows is not known before the run); anything else keeps every row."""
+        strategy, number = self.sampling or "all", None
+        if ":" in strategy:
+            strategy, count = strategy.split(":", 1)
+            try:
+                number = (math.ceil(int(count.split("%")[0]) * rows / 100) if "%" in count else int(count))
+            except ValueError:
+                raise UsageError(f"{self.file}: sampling_strategy {self.sampling!r}: LLaVA-NeXT's int() raises on "
+                                 "its number") from None
+        if number is None or strategy not in ("first", "end", "random"):
+            return "all", slice(None)
+        if strategy == "first":
+            return strategy, slice(None, number)
+        if strategy == "end":
+            return strategy, slice(-number, None)  # end:0 keeps every row, as [-0:] does
+        return strategy, slice(None, number)
+
+@dataclass(frozen=True)
 class Config:
     """A LLaVA launch with LLaVA's defaults filled in."""
 
@@ -1116,6 +1143,7 @@ class Config:
     data: Path
     image_folder: Path | None
     vision_tower: str | None
+    path_map: tuple[tuple[str, str], ...] = ()  # --path-map, for the files a LLaVA-NeXT YAML names
 
 
 
@@ -1143,7 +1171,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     return Config(path=path, launch=launch, version=launch.version, model=locate(name, path, mapping, up=2),
                   model_name=launch.model_name_or_path or name, data=locate(source, path, mapping, up=2),
                   image_folder=locate(folder, path, mapping, up=2) if folder is not None else None,
-                  vision_tower=launch.vision_tower)
+                  vision_tower=launch.vision_tower, path_map=tuple(mapping.items()))
 
 
 def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data: str | None = None,
@@ -1211,15 +1239,64 @@ class Run:
                               chat_template=None, special_tokens={})
 
     def inputs(self) -> list[Path]:
-        return [self.config.path, self.config.data]
+        return [self.config.path, self.config.data, *(part.file for part in self.data_parts())]
 
-    def rows(self) -> Iterator[tuple[Any, Path]]:
+    def data_parts(self) -> list[DataPart]:
+        """The files ``LazySupervisedDataset`` reads for ``--data_path``, in order: the one JSON file; under
+        LLaVA-NeXT also ``base{a,b}.json`` (each ``base{name}.json``) and a YAML list of ``json_path`` entries with
+        their ``sampling_strategy``."""
+        data = self.config.data
+        text = str(data)
+        if self.fork == LLAVA_NEXT and "{" in text and "}" in text:
+            m = re.match(r"^(.*)\{(.*)\}\.json$", text)
+            if m is None:  # re.match(...).groups() of None
+                raise UsageError(f"--data_path {text}: LLaVA-NeXT reads base{{a,b}}.json here and raises "
+                                 "AttributeError on any other name with braces")
+            return [DataPart(Path(f"{m.group(1)}{name}.json")) for name in m.group(2).split(",")]
+        if self.fork == LLAVA_NEXT and text.endswith(".yaml"):
+            return self._yaml_parts(data)
+        return [DataPart(data)]
+
+    def _yaml_parts(self, data: Path) -> list[DataPart]:
+        import yaml
+
+        try:
+            spec = yaml.safe_load(data.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as e:
+            raise UsageError(f"--data_path {data}: LLaVA-NeXT cannot read it ({e})") from None
+        datasets = spec.get("datasets") if isinstance(spec, dict) else None
+        if not isinstance(datasets, list) or not all(isinstance(d, dict) for d in datasets):
+            raise UsageError(f"--data_path {data}: LLaVA-NeXT reads a `datasets:` list of json_path entries here")
+        parts = []
+        for entry in datasets:
+            raw = entry.get("json_path")
+            if not isinstance(raw, str) or not raw.endswith((".json", ".jsonl")):
+                raise UsageError(f"--data_path {data}: json_path {raw!r}: LLaVA-NeXT raises 'Unsupported file type'")
+            strategy = str(entry.get("sampling_strategy", "all"))
+            parts.append(DataPart(locate(raw, self.config.path, dict(self.config.path_map), up=2), strategy))
+        return parts
+
+    def rows(self) -> Iterator[tuple[Any, DataPart]]:
         from vlmcheck.data.readers import iter_rows
 
-        if not self.config.data.is_file():
+        parts = self.data_parts()
+        if parts == [DataPart(self.config.data)] and not self.config.data.is_file():
             raise UsageError(f"--data_path {self.config.data} does not exist (LLaVA json.load()s it)")
-        for row in iter_rows(self.config.data):
-            yield row, self.config.data
+        for part in parts:
+            if not part.file.is_file():
+                raise UsageError(f"{part.file} (from --data_path {self.config.data}) does not exist: LLaVA-NeXT "
+                                 "raises while building the dataset")
+            if part.sampling in (None, "all"):
+                for row in iter_rows(part.file):
+                    yield row, part
+                continue
+            rows = list(iter_rows(part.file))  # LLaVA-NeXT holds every file's rows too
+            kind, chosen = part.chosen(len(rows))
+            if kind == "random":  # random.shuffle, unseeded when the dataset is built: every row is judged
+                for row in rows:
+                    yield row, part
+            else:
+                yield from ((row, part) for row in rows[chosen])
 
     def shown_settings(self) -> Any:
         return self.settings
@@ -1239,7 +1316,9 @@ class Run:
             "config": str(cfg.path), "version": cfg.version,
             "template": f"--version {cfg.version} ({conv.name}, {conv.function})", "conversation": conv.name,
             "preprocess": conv.function, "tokenizer": self.tokenizer.reason,
-            "datasets": [str(cfg.data)], "image_folder": str(cfg.image_folder) if cfg.image_folder else None,
+            "datasets": [str(cfg.data)] if self.data_parts() == [DataPart(cfg.data)] else [
+                f"{part.file}" + (f" ({part.sampling})" if part.sampling not in (None, "all") else "")
+                for part in self.data_parts()], "image_folder": str(cfg.image_folder) if cfg.image_folder else None,
             "model_max_length": launch.model_max_length, "image_aspect_ratio": launch.image_aspect_ratio,
             "vision_tower": cfg.vision_tower, "features_per_image": self.features,
             "mm_use_im_start_end": launch.mm_use_im_start_end, "length_key": self.length_key,
@@ -1308,7 +1387,7 @@ class Run:
                                      f"on row {index + 1} in its place (the run stops only if that row fails too)",
                             fix="fix or drop the row"))
 
-    def judge(self, index: int, row: Any, source: Path) -> SampleResult:
+    def judge(self, index: int, row: Any, source: DataPart | Path) -> SampleResult:
         from vlmcheck import findings as F
         from vlmcheck.data.readers import BadRow
         from vlmcheck.results import SampleResult
@@ -1316,6 +1395,10 @@ class Run:
         result = SampleResult(index=index, id=str(index), tokens=None, image_tokens=[], supervised_tokens=None)
         found = result.findings
         frame: dict[str, Any] = {"name": NAME, "version": self.config.version, "verdict": "ok"}
+        if isinstance(source, DataPart) and source.file != self.config.data:  # a file the --data_path names
+            frame["data"] = str(source.file)
+            if source.sampling is not None and source.sampling.startswith("random:"):
+                frame["sampling"] = source.sampling  # judged, though only some rows of the file are drawn
         result.framework = frame
         if isinstance(row, BadRow):
             found.append(F.make("VC001", f"{row.reason}; json.load() of --data_path raises and the run stops"))

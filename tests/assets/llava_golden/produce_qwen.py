@@ -313,11 +313,51 @@ def run(checkout: Path, work: Path, only: str | None = None) -> None:  # pragma:
         print(json.dumps(line, separators=(",", ":")), file=stdout, flush=True)
 
 
+# --data_path forms LLaVA-NeXT's LazySupervisedDataset reads: (name, data_path relative to the data folder, YAML)
+DATA_PATHS = [
+    ("plain-yaml", "mix.yaml", [("a.json", None), ("b.jsonl", "first:3"), ("c.json", "end:2")]),
+    ("percent", "pct.yaml", [("a.json", "first:25%"), ("b.jsonl", "end:50%"), ("c.json", "first:0")]),
+    ("end-zero", "zero.yaml", [("a.json", "end:0"), ("c.json", "all"), ("b.jsonl", "middle:2")]),
+    ("random", "rand.yaml", [("c.json", "first:1"), ("b.jsonl", "random:2")]),
+    ("braces", "{a,c}.json", None),
+]
+
+
+def data_files(folder: Path) -> None:
+    """The data files DATA_PATHS reads (rows with ids only: LazySupervisedDataset.__init__ reads no further)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = {name: [{"id": f"{name[0]}{k}", "conversations": []} for k in range(n)]
+            for name, n in (("a.json", 10), ("b.jsonl", 7), ("c.json", 5))}
+    for name, content in rows.items():
+        text = ("".join(json.dumps(r) + "\n" for r in content) if name.endswith(".jsonl")
+                else json.dumps(content))
+        (folder / name).write_text(text, encoding="utf-8")
+    for _, path, entries in DATA_PATHS:
+        if entries is not None:
+            spec = [{"json_path": str(folder / f), **({"sampling_strategy": st} if st else {})} for f, st in entries]
+            (folder / path).write_text(json.dumps({"datasets": spec}), encoding="utf-8")  # JSON is YAML
+
+
+def data(checkout: Path, work: Path) -> None:  # pragma: no cover - a producer, run by hand
+    """Print, per DATA_PATHS entry, the ids of the rows LLaVA-NeXT's LazySupervisedDataset holds, in order."""
+    llava = _import_llava(checkout)
+    folder = work / "data-paths"
+    data_files(folder)
+    out = {}
+    for name, path, _ in DATA_PATHS:
+        args = types.SimpleNamespace()
+        dataset = llava.train.LazySupervisedDataset(str(folder / path), None, args)
+        out[name] = [row["id"] for row in dataset.list_data_dict]
+    print(json.dumps(out, separators=(",", ":")), file=stdout, flush=True)
+
+
 if __name__ == "__main__":
     command, rest = sys.argv[1], [Path(a) for a in sys.argv[2:]]
     stdout, sys.stdout = sys.stdout, sys.stderr  # LLaVA-NeXT's prints (loading, retries) go to stderr
     if command == "folders":
         folders(rest[0])
+    elif command == "data":  # data CHECKOUT OUT > data_paths_golden.json
+        data(rest[0], rest[1] if len(rest) > 1 else Path("/tmp/llava-qwen-golden"))
     elif command == "facts":
         facts(rest[0], rest[1] if len(rest) > 1 else Path("/tmp/llava-qwen-golden"))
     else:  # run CHECKOUT [OUT [multi]]: every line, or only the multi-image lines
