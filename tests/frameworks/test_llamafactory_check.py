@@ -239,3 +239,9 @@ def test_the_draw_is_numpys() -> None:
     assert lf.draw_samples(7, 10, np.random.RandomState(42)) == [int(i) for i in want]
     with pytest.raises(vlmcheck.DatasetError):
         lf.draw_samples(0, 1, np.random.RandomState(42))
+
+
+def test_a_hostile_num_samples_is_refused_not_drawn() -> None:
+    np = pytest.importorskip("numpy")
+    with pytest.raises(vlmcheck.DatasetError, match="num_samples"):
+        lf.draw_samples(3, 10**12, np.random.RandomState(0))

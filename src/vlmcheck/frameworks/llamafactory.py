@@ -616,10 +616,16 @@ class Origin:
     split: str = "train"
 
 
+# more drawn rows than this are not judged (a hostile num_samples must not exhaust memory)
+MAX_DRAWN_ROWS = 10_000_000
+
+
 def draw_samples(rows: int, wanted: int, rng: Any) -> list[int]:
     """``_load_single_dataset``'s ``num_samples`` draw on numpy's global generator (``rng``, seeded as
     ``transformers.set_seed`` seeds it): a permutation of the rows cut to ``wanted``, topped up with draws with
     replacement when ``wanted`` is more than the rows."""
+    if wanted > MAX_DRAWN_ROWS:
+        raise DatasetError(f"num_samples {wanted:,}: more rows than vlmcheck judges ({MAX_DRAWN_ROWS:,})")
     chosen = [int(i) for i in rng.permutation(rows)[:wanted]]
     if wanted > len(chosen):
         if rows == 0:
