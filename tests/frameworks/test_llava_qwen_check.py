@@ -182,3 +182,19 @@ def test_the_rows_are_those_llava_next_reads_for_its_data_path(tmp_path: Path) -
         drawn = [r["id"] for r in records if r["framework"].get("sampling") == "random:2"]
         assert [i for i in ids if i not in drawn] == [i for i in golden[name] if i.startswith("c")]
         assert drawn == [f"b{k}" for k in range(7)] and set(golden[name]) - {"c0"} <= set(drawn)
+
+
+def test_a_video_row_is_said_to_be_not_counted(tmp_path: Path) -> None:
+    """LLaVA-NeXT's _get_item takes a "video" row down its own path (frames, pooling): not a text row."""
+    case = {"setup": "qwen2-7b-instruct", "version": "qwen_1_5", "vision_tower": "siglip-384",
+            "image_aspect_ratio": "pad", "mm_patch_merge_type": "flat", "image_grid_pinpoints": None,
+            "model_max_length": 2048}
+    script = _project(tmp_path, case)
+    video = {"id": "v", "video": "clip.mp4", "conversations": [{"from": "human", "value": "<image>\nWhat happens?"},
+                                                                {"from": "gpt", "value": "A dog runs."}]}
+    (tmp_path / "data" / "rows.json").write_text(json.dumps([video, ROWS[0]]), encoding="utf-8")
+    out = tmp_path / "records.jsonl"
+    check(script, output=out)
+    first, second = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert first["framework"]["verdict"] == "unknown" and "VC007" in first["findings"]
+    assert second["framework"]["verdict"] != "unknown"

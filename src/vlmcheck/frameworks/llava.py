@@ -1410,6 +1410,11 @@ class Run:
             return result
         if isinstance(row.get("id"), (str, int)):
             result.id = str(row["id"])
+        if self.fork == LLAVA_NEXT and "video" in row and "image" not in row:
+            found.append(F.make("VC007", "a 'video' row: LLaVA-NeXT samples its frames (decord, --frames_upbound) and "
+                                         "pools them; vlmcheck does not count videos yet"))
+            frame["verdict"] = "unknown"
+            return result
         has_image = "image" in row
         # the features each image gives, in order; a text row's stand-in image (zeros, one crop) when none
         features = [self.next.one_crop if self.next is not None else self.features or 0]
