@@ -201,8 +201,11 @@ class TemplateOptions:
     response_part: str | None = None
     model_name_or_path: str | None = None
     mm_use_im_start_end: bool = False
+    llava_fork: str = "llava"  # "llava_next": LLaVA-NeXT's train.py (its tokenizer routes and conversations)
 
     def __post_init__(self) -> None:
+        if self.llava_fork not in ("llava", "llava_next"):
+            raise UsageError(f"llava_fork must be llava or llava_next, not {self.llava_fork!r}")
         names = (self.template,) if isinstance(self.template, str) else tuple(dict.fromkeys(self.template))
         if not names:
             raise UsageError("name at least one template")

@@ -198,3 +198,36 @@ def test_a_video_row_is_said_to_be_not_counted(tmp_path: Path) -> None:
     first, second = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert first["framework"]["verdict"] == "unknown" and "VC007" in first["findings"]
     assert second["framework"]["verdict"] != "unknown"
+
+
+def test_template_reads_the_fork_and_agrees_with_llava_next(tmp_path: Path) -> None:
+    """`vlmcheck template --launch` on a LLaVA-OneVision script: LLaVA-NeXT's preprocess_qwen with the fast Qwen
+    tokenizer (c121f04 has no qwen_1_5 and would fall back to vicuna_v1's separators: every sample masked). Every
+    row LLaVA-NeXT prepared is exact; the Qwen2.5 tokenizer is refused as LLaVA-NeXT raises on it."""
+    from click.testing import CliRunner
+
+    from vlmcheck.cli import main
+    from vlmcheck.options import TemplateOptions
+    from vlmcheck.templates import check_template
+
+    case = next(c for c in QWEN if c["setup"] == "qwen2-7b-instruct" and "rows" not in c)
+    script = _project(tmp_path, case)
+    folder = tmp_path / "checkpoints" / case["setup"]
+    report = check_template(ROWS, tokenizer=folder, options=TemplateOptions(
+        template="qwen_1_5", llava_fork="llava_next", model_name_or_path=str(folder)))
+    prepared = {row["id"] for row, want in zip(ROWS, case["cases"]) if isinstance(want, list) and want[3] == row["id"]}
+    verdicts = {ROWS[v.index]["id"]: v.verdict for v in report.verdicts}
+    assert {i for i in prepared if verdicts[i] != "exact"} == set()
+    assert len(prepared) >= 80
+    c121 = check_template(ROWS, tokenizer=folder, options=TemplateOptions(template="qwen_1_5",
+                                                                          model_name_or_path=str(folder)))
+    assert sum(v.verdict == "exact" for v in c121.verdicts) < 10  # vicuna_v1's round arithmetic on Qwen
+    result = CliRunner().invoke(main, ["template", "--launch", str(script), "--tokenizer", str(folder)])
+    assert "preprocess_qwen with conv_qwen" in result.output, result.output
+    qwen25 = tmp_path / "qwen2.5-7b-instruct"
+    import shutil
+
+    shutil.copytree(qwen_llm_tokenizer(qwen25=True), qwen25)
+    refused = check_template(ROWS[:3], tokenizer=qwen25, options=TemplateOptions(
+        template="qwen_2_5", llava_fork="llava_next", model_name_or_path=str(qwen25)))
+    assert {v.verdict for v in refused.verdicts} == {"refused"}

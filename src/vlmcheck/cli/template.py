@@ -42,6 +42,9 @@ def _near(script: Path, value: str) -> str:
                    "tokenizer).")
 @click.option("--mm-use-im-start-end/--no-mm-use-im-start-end", default=None,
               help="LLaVA's --mm_use_im_start_end (default: False, or the launch script's).")
+@click.option("--llava-fork", type=click.Choice(["llava", "llava_next"]), default=None,
+              help="Which LLaVA train.py: llava (haotian-liu/LLaVA, the default) or llava_next (LLaVA-VL/LLaVA-NeXT: "
+                   "its qwen versions and tokenizer routes). Default with --launch: the fork its flags name.")
 @click.option("--chat-template", type=click.Path(exists=True, dir_okay=False, path_type=str),
               help="A Jinja chat template file to use instead of the tokenizer folder's.")
 @click.option("--legacy/--no-legacy", default=None, help="Override tokenizer.legacy as LLaVA reads it.")
@@ -82,6 +85,7 @@ def template_command(dataset: str | None, tokenizer: str | None, launch: str | N
                 raise click.UsageError(settings.need("version") + "; pass --template")
             given["template"] = (settings.version,)
         given["max_length"] = given["max_length"] or settings.model_max_length
+        given["llava_fork"] = given["llava_fork"] or settings.fork
         if given["mm_use_im_start_end"] is None:
             given["mm_use_im_start_end"] = settings.mm_use_im_start_end
     if dataset is None and launch is not None:
@@ -102,6 +106,7 @@ def template_command(dataset: str | None, tokenizer: str | None, launch: str | N
     except json.JSONDecodeError as e:
         raise click.UsageError(f"{dataset} is not a JSON list or JSON Lines file: {e}") from None
     given["chat_template"] = read_template(given["chat_template"])
+    given["llava_fork"] = given["llava_fork"] or "llava"
     given["mm_use_im_start_end"] = bool(given["mm_use_im_start_end"])
     try:
         report = check_template(rows, tokenizer=tokenizer, options=TemplateOptions(**given))

@@ -284,7 +284,8 @@ def _drift_cause(tok: Tok, fw_ids: list[int], truth_ids: list[int], first: int) 
 # -- LLaVA --------------------------------------------------------------------------------------------------
 
 def _llava_tokenizer(tokenizer: str | Path | Tok, *, version: str, max_length: int | None, legacy: bool | None,
-                     model_name_or_path: str | None, mm_use_im_start_end: bool) -> llava.LlavaTokenizer:
+                     model_name_or_path: str | None, mm_use_im_start_end: bool,
+                     fork: str = llava.LLAVA) -> llava.LlavaTokenizer:
     """The tokenizer LLaVA's ``train()`` builds (a folder: its own route choice; a ``Tok``: the fast route)."""
     if isinstance(tokenizer, Tok):
         # shared with the caller until train()'s [PAD] / <im_start> are added: LlavaTokenizer copies it first
@@ -302,9 +303,11 @@ def _llava_tokenizer(tokenizer: str | Path | Tok, *, version: str, max_length: i
             tok.add_special(llava.IM_START)
             tok.add_special(llava.IM_END)
     else:
+        name = model_name_or_path if model_name_or_path is not None else str(tokenizer)
         tok = llava.load_tokenizer(tokenizer, version=version, model_max_length=max_length,
                                    model_name_or_path=model_name_or_path, mm_use_im_start_end=mm_use_im_start_end,
-                                   legacy=legacy)
+                                   legacy=legacy, fork=fork,
+                                   use_fast=fork == llava.LLAVA_NEXT and llava.next_tokenizer_route(name) == "fast")
     if legacy is not None:
         tok.legacy = legacy
     return tok
@@ -312,9 +315,16 @@ def _llava_tokenizer(tokenizer: str | Path | Tok, *, version: str, max_length: i
 
 def _llava_truth(run: llava.LlavaRun) -> list[bool]:
     """A token should carry a label when its characters overlap an assistant message or the separator that
-    closes it."""
-    return [t != llava.IMAGE_TOKEN_INDEX and b > a and any(a < e and b > s for s, e in run.spans)
-            for t, (a, b) in zip(run.input_ids, run.offsets)]
+    closes it. LLaVA-NeXT's preprocess_qwen labels whole assistant turns and, by design, its newline and turn
+    markers wherever they stand: those are what it means to train on."""
+    truth = [t != llava.IMAGE_TOKEN_INDEX and b > a and any(a < e and b > s for s, e in run.spans)
+             for t, (a, b) in zip(run.input_ids, run.offsets)]
+    if run.conv.style == "chatml":  # an <image> in an answer keeps its label there, which the splice drops
+        marks = {"<|im_start|>", "<|im_end|>"}
+        truth = [want or t == llava.QWEN_NEWLINE_ID or run.prompt[a:b] in marks
+                 or (t == llava.IMAGE_TOKEN_INDEX and s)
+                 for want, t, (a, b), s in zip(truth, run.input_ids, run.offsets, run.supervised)]
+    return truth
 
 
 def _exact(run: llava.LlavaRun) -> bool:
@@ -331,6 +341,7 @@ class _LlavaSetup:
     legacy: bool | None
     model_name_or_path: str | None
     mm_use_im_start_end: bool
+    fork: str = llava.LLAVA
     cache: dict[tuple[str, bool | None], llava.LlavaTokenizer | llava.Refused] = field(default_factory=dict)
 
     def tokenizer(self, version: str, legacy: bool | None = None) -> llava.LlavaTokenizer | llava.Refused:
@@ -340,7 +351,7 @@ class _LlavaSetup:
             try:
                 self.cache[key] = _llava_tokenizer(self.source, version=version, max_length=self.max_length,
                                                    legacy=flag, model_name_or_path=self.model_name_or_path,
-                                                   mm_use_im_start_end=self.mm_use_im_start_end)
+                                                   mm_use_im_start_end=self.mm_use_im_start_end, fork=self.fork)
             except llava.Refused as e:
                 self.cache[key] = e
         return self.cache[key]
@@ -348,9 +359,10 @@ class _LlavaSetup:
     def run(self, row: Mapping[str, Any], version: str, legacy: bool | None = None) -> llava.LlavaRun:
         tok = self.tokenizer(version, legacy)
         if isinstance(tok, llava.Refused):
-            conv = llava.conversation_for(version)
+            conv = llava.conversation_for(version, fork=self.fork)
             return llava.LlavaRun(version, conv, conv.function, "image" in row, refused=tok)
-        return llava.simulate(row, tokenizer=tok, version=version, mm_use_im_start_end=self.mm_use_im_start_end)
+        return llava.simulate(row, tokenizer=tok, version=version, mm_use_im_start_end=self.mm_use_im_start_end,
+                              fork=self.fork)
 
 
 def _split_strings(conv: llava.Conv) -> list[str]:
@@ -423,19 +435,19 @@ def _llava_fix(setup: _LlavaSetup, row: Mapping[str, Any], run: llava.LlavaRun, 
     if rounds > 1 and (total - cur) % rounds == 0:
         step = (total - cur) // rounds
         patched = llava.simulate(row, tokenizer=tok_run, version=run.version, patch=(step, step),
-                                 mm_use_im_start_end=setup.mm_use_im_start_end)
+                                 mm_use_im_start_end=setup.mm_use_im_start_end, fork=setup.fork)
         if _exact(patched):
             return (f"no registered version is exact: patch {run.function} to count {step:+d} token per round, "
                     f"the first included ({cur} {step:+d}x{rounds} = {total})")
     if later > 0 and (total - cur) % later == 0:
         step = (total - cur) // later
         patched = llava.simulate(row, tokenizer=tok_run, version=run.version, patch=(0, step),
-                                 mm_use_im_start_end=setup.mm_use_im_start_end)
+                                 mm_use_im_start_end=setup.mm_use_im_start_end, fork=setup.fork)
         if _exact(patched):
             return (f"no registered version is exact: patch {run.function} to add {step:+d} to round_len and "
                     f"instruction_len of each round after the first ({cur} {step:+d}x{later} = {total})")
     patched = llava.simulate(row, tokenizer=tok_run, version=run.version, patch=(total - cur, 0),
-                             mm_use_im_start_end=setup.mm_use_im_start_end)
+                             mm_use_im_start_end=setup.mm_use_im_start_end, fork=setup.fork)
     if _exact(patched):
         return (f"no registered version is exact: patch {run.function} to start cur_len at {start + total - cur} "
                 f"instead of {start} ({cur} vs. {total}; the labels then fall on the answers)")
@@ -784,13 +796,14 @@ def check_template(dataset: Iterable[Any], *, tokenizer: str | Path | Tok, optio
             raise UsageError("cannot find the chat template's markers; pass instruction_part and response_part")
         markers = (unsloth.marker(instruction, tok), unsloth.marker(response, tok))
     setup = _LlavaSetup(tokenizer, max_length, options.legacy, options.model_name_or_path,
-                        options.mm_use_im_start_end)
+                        options.mm_use_im_start_end, options.llava_fork)
     fixes: dict[tuple[str, str], list[str]] = {}
     for name in names:
         if name not in CHAT_ROUTES:
             built = setup.tokenizer(name)
-            conv = llava.conversation_for(name)
-            fallback = "" if name in llava.VERSIONS else " (not registered: train() falls back to vicuna_v1)"
+            conv = llava.conversation_for(name, fork=setup.fork)
+            known = name in llava.VERSIONS or (setup.fork == llava.LLAVA_NEXT and name in llava.NEXT_CONV_TEMPLATES)
+            fallback = "" if known else " (not registered: train() falls back to vicuna_v1)"
             route = (f"LLaVA raises while loading it: {built.what}" if isinstance(built, llava.Refused)
                      else f"{built.route} ({built.reason})")
             report.routes[name] = f"{route}; {conv.function} with {conv.name}{fallback}"
