@@ -170,7 +170,8 @@ def check(
             if os.path.realpath(output) == os.path.realpath(file):
                 raise UsageError(f"output {output} is one of the run's inputs; vlmcheck never writes over its input")
     described = run.describe()
-    builder = ReportBuilder(dataset=", ".join(described.get("datasets", [])), model=str(run.spec.path),
+    sources = [*described.get("datasets", []), *(f"{d} (eval)" for d in described.get("eval_datasets", []))]
+    builder = ReportBuilder(dataset=", ".join(sources), model=str(run.spec.path),
                             model_type=run.spec.model_type, options=CutAt(max_length=run.max_length,
                                                                           truncation=run.name),
                             settings=run.shown_settings())
