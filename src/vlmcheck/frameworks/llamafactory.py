@@ -416,7 +416,17 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     if eval_names and val_size > 1e-6:
         raise UsageError(f"{path}: val_size and eval_dataset together (LLaMA-Factory refuses: 'Cannot specify "
                          "`val_size` if `eval_dataset` is not None')")
+    streaming = _flag(raw, "streaming")
+    if streaming and raw.get("max_samples") is not None:
+        raise UsageError(f"{path}: max_samples with streaming (LLaMA-Factory refuses: '`max_samples` is "
+                         "incompatible with `streaming`')")
+    if streaming and 1e-6 < val_size < 1:
+        raise UsageError(f"{path}: a fractional val_size with streaming (LLaMA-Factory refuses: 'Streaming mode "
+                         "should have an integer val size')")
     mix = str(raw.get("mix_strategy") or DEFAULTS["mix_strategy"])
+    if raw.get("interleave_probs") is not None and mix == "concat":
+        raise UsageError(f"{path}: interleave_probs with mix_strategy concat (LLaMA-Factory refuses: "
+                         "'`interleave_probs` is only valid for interleaved mixing')")
     if mix != "concat" and (len(names) > 1 or len(eval_names) > 1):
         # datasets.interleave_datasets picks rows by the seed and stopping strategy: which rows train is not modelled
         raise UsageError(f"{path}: mix_strategy {mix!r} interleaves the datasets, which vlmcheck does not model "
@@ -474,7 +484,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         video_max_pixels=video_max, video_min_pixels=video_min, video_fps=video_fps,
         video_maxlen=_int(raw, "video_maxlen", path),
         v1=env.get("USE_V1", "0").lower() in ("1", "true"),
-        eval_datasets=eval_names, seed=_seed(raw, path), streaming=_flag(raw, "streaming"),
+        eval_datasets=eval_names, seed=_seed(raw, path), streaming=streaming,
         tool_format=str(tool_format) if tool_format else None,
         values={k: raw.get(k, DEFAULTS.get(k)) for k in (
             "template", "cutoff_len", "image_max_pixels", "image_min_pixels", "train_on_prompt", "mask_history",
