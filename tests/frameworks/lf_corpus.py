@@ -219,6 +219,9 @@ def write_corpus(root: Path, checkpoints: dict[str, Path], *, seed: int = 0, row
                       **media},
         "split": {"model_name_or_path": str(checkpoints["qwen2_vl"]), "template": "qwen2_vl", "dataset": "sg,oa",
                   "val_size": 0.25, "cutoff_len": 800, **media},
+        # a folder of JSON Lines files: rows in os.listdir order, max_samples and a num_samples draw over them
+        "folder": {"model_name_or_path": str(checkpoints["qwen2_vl"]), "template": "qwen2_vl",
+                   "dataset": "sgdir,sgdir_few", "max_samples": 11, "cutoff_len": 700, "seed": 3},
     }
     return write_configs(root, data, configs)
 
@@ -262,6 +265,15 @@ def write_data(root: Path, *, seed: int = 0, rows: int = 40) -> Path:
         "oa.json": _openai_rows(rng, names, rows, ""),
         "bad.json": _bad_rows(rng, names, 12),
     }
+    # a folder dataset: its files in os.listdir order (not sorted), as LLaMA-Factory lists them
+    (data / "sgdir").mkdir(exist_ok=True)
+    # (datasets loads each file as a table of its own: every file has the same columns, and each a row with images)
+    sg = [{"conversations": r["conversations"], "images": r.get("images") or [], "system": r.get("system") or ""}
+          for r in files["sg.json"]]
+    sg = [r for r in sg if r["images"]] + [r for r in sg if not r["images"]]
+    for k, name in enumerate(("part-c.jsonl", "part-a.jsonl", "part-b.jsonl", "part-d.jsonl")):
+        chunk = sg[k::4]
+        (data / "sgdir" / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chunk))
     for file, content in files.items():
         if file.endswith(".jsonl"):
             (data / file).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in content))
@@ -280,6 +292,10 @@ def write_data(root: Path, *, seed: int = 0, rows: int = 40) -> Path:
         "alp_many": {"file_name": "alp.json", "num_samples": rows + 5,
                      "columns": {"prompt": "instruction", "query": "input", "response": "output",
                                  "history": "history", "system": "system", "images": "images"}},
+        "sgdir": {"file_name": "sgdir", "formatting": "sharegpt",
+                  "columns": {"messages": "conversations", "images": "images", "system": "system"}},
+        "sgdir_few": {"file_name": "sgdir", "formatting": "sharegpt", "num_samples": max(1, rows // 3),
+                      "columns": {"messages": "conversations", "images": "images", "system": "system"}},
         "bad": {"file_name": "bad.json", "formatting": "sharegpt", "columns": {"messages": "conversations",
                                                                              "images": "images"}},
         "oa": {"file_name": "oa.json", "formatting": "openai", "columns": {"messages": "messages", "images": "images"},

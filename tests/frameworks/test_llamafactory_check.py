@@ -194,7 +194,7 @@ def test_which_rows_llamafactory_prepares(proof: dict[str, Any]) -> None:
     LLaMA-Factory's (get_dataset's output, train and eval, equals the runner's rows; vlmcheck judged the same row
     at every place, checked in the comparison above)."""
     oracle = proof["oracle"]
-    for name in ("sampled", "evaluated", "split"):
+    for name in ("sampled", "evaluated", "split", "folder"):
         assert oracle[name]["get_dataset"].get("same_as_rows") is True, (name, oracle[name]["get_dataset"])
     sampled = oracle["sampled"]["rows"]
     by_dataset = Counter((r["dataset"], r["split"]) for r in sampled)
@@ -204,6 +204,9 @@ def test_which_rows_llamafactory_prepares(proof: dict[str, Any]) -> None:
     many = Counter(r["row"] for r in sampled if r["dataset"] == "alp_many")
     assert len(many) == 16 and max(many.values()) >= 2  # every row once, then 5 drawn again
     assert oracle["sampled"]["get_dataset"].get("same_as_eval_rows") is True
+    folder = oracle["folder"]
+    assert folder["get_dataset"].get("same_as_rows") is True, folder["get_dataset"]
+    assert Counter(r["dataset"] for r in folder["rows"]) == {"sgdir": 11, "sgdir_few": 5}
     evaluated = Counter((r["dataset"], r["split"]) for r in oracle["evaluated"]["rows"])
     assert evaluated == {("alp_many", "train"): 9, ("sg_few", "eval"): 8, ("oa", "eval"): 9}, evaluated
     mine = proof["mine"]["sampled"]
@@ -236,6 +239,20 @@ def test_settings_that_change_which_rows_are_read_or_refused(tmp_path: Path) -> 
         lf.DatasetAttr.read("a", {"file_name": "a.json", "num_samples": "ten"})
     config = lf.read_config({**base, "tool_format": "qwen"}, path=tmp_path / "x.yaml")
     assert config.template.function == "{content}" and config.template.function_eos
+    for bad in ("foo", ""):  # LLaMA-Factory: 'Tool utils ... not found'
+        with pytest.raises(vlmcheck.UsageError, match="tool_format"):
+            lf.read_config({**base, "tool_format": bad}, path=tmp_path / "x.yaml")
+    # a template without an observation slot of its own: tool rows are not counted (never a dropped tool result)
+    llava = lf.read_config({**base, "template": "llava", "tool_format": "qwen"}, path=tmp_path / "x.yaml")
+    assert llava.template.tool_format != "qwen"
+    for seed in (-1, 2**32):  # numpy's seed range: set_seed raises at startup
+        with pytest.raises(vlmcheck.UsageError, match="seed"):
+            lf.read_config({**base, "seed": seed}, path=tmp_path / "x.yaml")
+    assert lf.read_config({**base, "dataset": "a,"}, path=tmp_path / "x.yaml").datasets == ("a", "")
+    with pytest.raises(vlmcheck.UsageError, match="predict_with_generate"):
+        lf.read_config({**base, "eval_dataset": "c", "predict_with_generate": True}, path=tmp_path / "x.yaml")
+    with pytest.raises(vlmcheck.UsageError, match="streaming"):
+        lf.read_config({**base, "streaming": True, "tokenized_path": str(tmp_path / "new")}, path=tmp_path / "x.yaml")
 
 
 def test_the_draw_is_numpys() -> None:
@@ -252,3 +269,23 @@ def test_a_hostile_num_samples_is_refused_not_drawn() -> None:
     np = pytest.importorskip("numpy")
     with pytest.raises(vlmcheck.DatasetError, match="num_samples"):
         lf.draw_samples(3, 10**12, np.random.RandomState(0))
+
+
+def test_a_folder_whose_files_have_other_columns_stops_the_run(tmp_path: Path) -> None:
+    """datasets loads each file of a folder dataset as its own table and casts the rest to the first one's columns:
+    a file with other keys fails the load (LLaMA-Factory stops before step 1), said so, never judged row by row."""
+    from vlmcheck.demo.checkpoints import qwen_checkpoint
+
+    data = tmp_path / "data"
+    (data / "parts").mkdir(parents=True)
+    row = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}
+    (data / "parts" / "a.jsonl").write_text(json.dumps(row) + "\n")
+    (data / "parts" / "b.jsonl").write_text(json.dumps({**row, "system": "be brief"}) + "\n")
+    (data / "dataset_info.json").write_text(json.dumps({"p": {"file_name": "parts", "formatting": "sharegpt"}}))
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({"model_name_or_path": str(qwen_checkpoint("qwen2_vl")), "template": "qwen2_vl",
+                                      "dataset": "p", "dataset_dir": str(data), "stage": "sft"}))
+    with pytest.raises(vlmcheck.DatasetError, match="column names"):
+        vlmcheck.check(config)
+    (data / "parts" / "b.jsonl").write_text(json.dumps(row) + "\n")
+    assert vlmcheck.check(config).summary["samples"] == 2

@@ -100,6 +100,7 @@ DEFAULTS: dict[str, Any] = {
     "default_system": None,
     "max_samples": None,
     "streaming": False,
+    "predict_with_generate": False,
     "stage": "sft",
     "seed": 42,  # TrainingArguments.seed: get_train_args seeds numpy with it (dataset_info num_samples draws)
     "mix_strategy": "concat",
@@ -265,6 +266,9 @@ _CHATML_SYSTEM = "<|im_start|>system\n{content}<|im_end|>\n"
 _QWEN_OBSERVATION = ("<|im_start|>user\n<tool_response>\n{content}\n</tool_response><|im_end|>\n"
                      "<|im_start|>assistant\n")
 _QWEN_FUNCTION = "{content}<|im_end|>\n"
+# tool_utils.py TOOLS: the tool formats a config's tool_format may name (vlmcheck models qwen's)
+TOOL_FORMATS = ("default", "gemma4", "glm4", "llama3", "lfm2", "minimax1", "minimax2", "mistral", "qwen", "qwen3_5",
+                "glm4_moe", "seed_oss", "ling")
 # tool_utils.py QWEN_TOOL_PROMPT: joined to the system prompt, the tools one JSON object a line
 QWEN_TOOL_PROMPT = (
     "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
@@ -431,15 +435,27 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         # datasets.interleave_datasets picks rows by the seed and stopping strategy: which rows train is not modelled
         raise UsageError(f"{path}: mix_strategy {mix!r} interleaves the datasets, which vlmcheck does not model "
                          "(it models concat, the default)")
+    if eval_names and _flag(raw, "predict_with_generate"):
+        raise UsageError(f"{path}: predict_with_generate prepares eval_dataset's rows without labels (its "
+                         "unsupervised processor), which vlmcheck does not model; check without it")
     tokenized = raw.get("tokenized_path")
+    if tokenized and streaming and not _saved_dataset(locate(str(tokenized), path, dict(path_map or {}))):
+        raise UsageError(f"{path}: tokenized_path with streaming (LLaMA-Factory refuses: 'Turn off `streaming` "
+                         "when saving dataset to disk')")
     if tokenized and _saved_dataset(locate(str(tokenized), path, dict(path_map or {}))):
         raise UsageError(f"{path}: tokenized_path {tokenized} holds a saved dataset: LLaMA-Factory trains on it and "
                          "reads none of the rows or data settings; vlmcheck judges rows (unset tokenized_path to "
                          "check the rows it was made from)")
     template = TEMPLATES[name]
     tool_format = raw.get("tool_format")
-    if tool_format:  # get_template_and_fix_tokenizer: the config's tool format, with the default function slots
-        template = replace(template, tool_format=str(tool_format), function="{content}",
+    if tool_format is not None:  # get_template_and_fix_tokenizer: the config's format, the default function slots
+        if str(tool_format) not in TOOL_FORMATS:
+            raise UsageError(f"{path}: tool_format {tool_format!r}: LLaMA-Factory raises 'Tool utils not found' "
+                             f"(it has {', '.join(TOOL_FORMATS)})")
+        # only a template with an observation slot of its own is modelled with tools; elsewhere the tool rows are
+        # VC007 (format_observation falls back to the template's own user slot there)
+        modelled = str(tool_format) if template.observation else f"{tool_format} (not modelled here)"
+        template = replace(template, tool_format=modelled, function="{content}",
                            function_eos=not template.efficient_eos)
     mapping = dict(path_map or {})
     dataset_dir = locate(data or str(raw.get("dataset_dir", DEFAULTS["dataset_dir"])), path, mapping)
@@ -495,9 +511,10 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
 
 
 def _names(value: Any) -> tuple[str, ...]:
-    """``dataset`` / ``eval_dataset`` as ``split_arg`` reads them: a comma-separated string or a list."""
+    """``dataset`` / ``eval_dataset`` as ``split_arg`` reads them: a comma-separated string (an empty name kept:
+    LLaMA-Factory then finds no such dataset) or a list."""
     if isinstance(value, str):
-        return tuple(d.strip() for d in value.split(",") if d.strip())
+        return tuple(d.strip() for d in value.split(","))
     if isinstance(value, list):
         return tuple(str(d).strip() for d in value)
     return ()
@@ -508,9 +525,13 @@ def _seed(raw: dict[str, Any], path: Path) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise UsageError(f"{path}: seed must be a whole number, got {value!r}")
     try:
-        return int(value)
+        seed = int(value)
     except ValueError:
         raise UsageError(f"{path}: seed must be a whole number, got {value!r}") from None
+    if not 0 <= seed < 2**32:  # transformers.set_seed -> np.random.seed raises at startup
+        raise UsageError(f"{path}: seed {seed}: numpy's seed must be between 0 and 2**32 - 1 (LLaMA-Factory's "
+                         "set_seed raises)")
+    return seed
 
 
 def _saved_dataset(path: Path) -> bool:
@@ -603,13 +624,22 @@ def read_dataset_info(config: Config, names: Sequence[str] | None = None) -> lis
     return attrs
 
 
+# extras/constants.py FILEEXT2TYPE: the file types a folder dataset may hold (one type per dataset)
+FILE_TYPES = {"arrow": "arrow", "csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet", "txt": "text"}
+
+
 def dataset_files(config: Config, attr: DatasetAttr) -> list[Path]:
-    """The files of one dataset: ``file_name`` under ``dataset_dir``, a folder meaning every file in it."""
+    """The files of one dataset: ``file_name`` under ``dataset_dir``, a folder meaning every entry in it in
+    ``os.listdir`` order (as ``_load_single_dataset`` lists them: its rows come in that order), all of one type."""
     path = config.dataset_dir / attr.file_name
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        files = [path / name for name in os.listdir(path)]
         if not files:
             raise DatasetError(f"dataset {attr.name!r}: {path} holds no files")
+        kinds = {FILE_TYPES.get(f.suffix[1:]) for f in files}
+        if None in kinds or len(kinds) > 1:
+            raise DatasetError(f"dataset {attr.name!r}: {path} holds {', '.join(sorted(f.name for f in files))}: "
+                               "LLaMA-Factory raises ('Allowed file types' / 'File types should be identical')")
         return files
     if not path.is_file():
         raise DatasetError(f"dataset {attr.name!r}: {path} not found")
@@ -1272,6 +1302,7 @@ class Run:
         self.attrs = read_dataset_info(config)
         self.eval_attrs = read_dataset_info(config, config.eval_datasets)
         self._keys: dict[str, set[str]] = {}  # per dataset: the keys of all its rows (its table's columns)
+        self._checked: set[str] = set()  # folder datasets whose files' columns were compared
         self.max_length = config.cutoff_len
         # LLaMA-Factory opens images with Image.open: paths as resolved by _media, no EXIF rotation
         self.previews = Previewer(local_path=lambda raw, _what: Path(raw), exif_transpose=False,
@@ -1295,6 +1326,7 @@ class Run:
         for split, attrs in (("train", self.attrs), ("eval", self.eval_attrs)):
             picks: dict[str, tuple[DatasetAttr, list[int] | None]] = {}
             for attr in attrs:
+                self._same_columns(attr)
                 chosen = None
                 if attr.num_samples is not None and not self.config.streaming:
                     loaded = self._loaded_rows(attr)
@@ -1304,6 +1336,26 @@ class Run:
                 picks[attr.name] = (attr, chosen)  # a later load of the same name replaces the earlier
             for attr, chosen in picks.values():
                 yield from self._dataset_rows(attr, chosen, split)
+
+    def _same_columns(self, attr: DatasetAttr) -> None:
+        """``datasets`` loads each file of a folder dataset as a table of its own and casts the others to the
+        first one's columns: files whose rows have other keys fail the load (the run stops before step 1)."""
+        files = dataset_files(self.config, attr)
+        if len(files) < 2 or attr.name in self._checked:
+            return
+        self._checked.add(attr.name)
+        columns = []
+        for file in files:
+            keys: set[str] = set()
+            for row in read_rows(file):
+                if isinstance(row, Mapping):
+                    keys.update(row)
+            columns.append(keys)
+        if any(keys != columns[0] for keys in columns[1:]):
+            odd = next(f for f, keys in zip(files, columns) if keys != columns[0])
+            raise DatasetError(f"dataset {attr.name!r}: {odd.name} has columns {sorted(columns[files.index(odd)])}, "
+                               f"{files[0].name} has {sorted(columns[0])}: LLaMA-Factory's loader raises "
+                               "(datasets: 'column names don't match') and the run stops before step 1")
 
     def _loaded_rows(self, attr: DatasetAttr) -> int | None:
         """How many rows ``datasets`` loads from the dataset's files; None when one cannot be read (the load fails:
@@ -1323,7 +1375,7 @@ class Run:
                     return
                 yield row, Origin(attr, number, split)
             return
-        chosen = chosen if limit is None else chosen[:limit]
+        chosen = chosen if limit is None else chosen[:max(limit, 0)]
         wanted = set(chosen)
         held = {n: row for n, row in enumerate(iter_rows(dataset_files(self.config, attr))) if n in wanted}
         for number in chosen:
