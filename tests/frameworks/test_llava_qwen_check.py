@@ -29,6 +29,8 @@ ROWS, SIZES = next_rows(json.loads((ASSETS / "conversations.json").read_text(enc
 MULTI, MULTI_SIZES = multi_rows()
 GOLDEN = ASSETS / "qwen_golden.jsonl"
 QWEN = [json.loads(line) for line in GOLDEN.read_text(encoding="utf-8").splitlines()] if GOLDEN.is_file() else []
+# what modality_lengths (the sampler of --group_by_modality_length, in every script here) raises on, per row
+MODALITY = json.loads((ASSETS / "modality_golden.json").read_text(encoding="utf-8"))
 TOWERS = {"clip-336": "openai/clip-vit-large-patch14-336", "siglip-384": "google/siglip-so400m-patch14-384"}
 
 # the shape of LLaVA-NeXT's scripts/train/finetune_ov.sh (LLaVA-OneVision)
@@ -101,9 +103,12 @@ def test_every_row_is_kept_as_llava_next_keeps_it(tmp_path: Path, case: dict[str
     rows = MULTI if case.get("rows") == "multi" else ROWS
     assert len(records) == len(rows) == len(case["cases"])
     wrong = []
-    for row, record, want in zip(rows, records, case["cases"]):
+    modality = MODALITY[case.get("rows", "rows")]
+    for row, record, want, sampler in zip(rows, records, case["cases"], modality):
         frame = record["framework"]
-        if isinstance(want, str):  # "raises: ...": the training step with this sample raises
+        if sampler is not None:  # the sampler raises before step 1 (--group_by_modality_length True)
+            got, expect = frame["verdict"], "stops"
+        elif isinstance(want, str):  # "raises: ...": the training step with this sample raises
             got: object = frame["verdict"]
             expect: object = "stops"
         elif want is None or want[3] != row["id"]:
@@ -231,3 +236,58 @@ def test_template_reads_the_fork_and_agrees_with_llava_next(tmp_path: Path) -> N
     refused = check_template(ROWS[:3], tokenizer=qwen25, options=TemplateOptions(
         template="qwen_2_5", llava_fork="llava_next", model_name_or_path=str(qwen25)))
     assert {v.verdict for v in refused.verdicts} == {"refused"}
+
+
+def test_what_llava_cannot_load_is_said(tmp_path: Path) -> None:
+    """A --data_path that json.load cannot read as one list (JSON Lines named .json), a YAML .jsonl with a blank
+    line (LLaVA-NeXT's json.loads of every line), and a SigLIP checkpoint given as a local folder (build_vision_tower
+    loads any folder as CLIP): the run stops or is refused, never judged as if it loaded."""
+    case = {"setup": "qwen2-7b-instruct", "version": "qwen_1_5", "vision_tower": "siglip-384",
+            "image_aspect_ratio": "pad", "mm_patch_merge_type": "flat", "image_grid_pinpoints": None,
+            "model_max_length": 2048}
+    script = _project(tmp_path, case)
+    rows = tmp_path / "data" / "rows.json"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in ROWS[:3]), encoding="utf-8")  # JSON Lines
+    out = tmp_path / "out.jsonl"
+    check(script, output=out)
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["framework"]["verdict"] for r in records] == ["stops"] and "VC001" in records[0]["findings"]
+    part = tmp_path / "data" / "part.jsonl"
+    part.write_text(json.dumps(ROWS[0]) + "\n\n" + json.dumps(ROWS[1]) + "\n", encoding="utf-8")
+    (tmp_path / "data" / "mix.yaml").write_text(f"datasets:\n  - json_path: {part}\n    sampling_strategy: first:1\n")
+    text = script.read_text(encoding="utf-8")
+    script.write_text(text.replace("./data/rows.json", str(tmp_path / "data" / "mix.yaml")), encoding="utf-8")
+    check(script, output=out)
+    verdicts = [json.loads(line)["framework"]["verdict"] for line in out.read_text(encoding="utf-8").splitlines()]
+    assert verdicts[-1] == "stops"  # the blank line: the load raises before first:1 is applied
+    siglip = tmp_path / "siglip-so400m-patch14-384"
+    siglip.mkdir()
+    (siglip / "config.json").write_text(json.dumps({"model_type": "siglip", "vision_config": {
+        "model_type": "siglip_vision_model", "image_size": 384, "patch_size": 14}}))
+    script.write_text(text.replace("google/siglip-so400m-patch14-384", str(siglip)), encoding="utf-8")
+    with pytest.raises(UsageError, match="SigLIP"):
+        check(script)
+
+
+def test_a_multi_image_row_is_processed_as_configured_first(tmp_path: Path) -> None:
+    """LLaVA-NeXT processes each image of a list with the launch's aspect ratio before padding them all: an image
+    only the first pass refuses (one row high under square: the CLIP processor reads it as a channel) fails the
+    row, which is replaced."""
+    from PIL import Image
+
+    case = {"setup": "qwen2-7b-instruct", "version": "qwen_1_5", "vision_tower": "clip-336",
+            "image_aspect_ratio": "square", "mm_patch_merge_type": "flat", "image_grid_pinpoints": None,
+            "model_max_length": 4096}
+    script = _project(tmp_path, case)
+    images = tmp_path / "data" / "images"
+    Image.new("RGB", (500, 1), "white").save(images / "flat.png")
+    Image.new("RGB", (64, 64), "white").save(images / "ok.png")
+    conv = [{"from": "human", "value": "<image>\n<image>\nBoth?"}, {"from": "gpt", "value": "Yes."}]
+    (tmp_path / "data" / "rows.json").write_text(json.dumps([
+        {"id": "a", "image": ["ok.png", "flat.png"], "conversations": conv},
+        {"id": "b", "image": ["ok.png", "ok.png"], "conversations": conv}]), encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    check(script, output=out)
+    first, second = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert first["framework"]["verdict"] == "replaced"
+    assert second["framework"]["verdict"] == "ok" and second["image_tokens"] == [576, 576]

@@ -350,6 +350,8 @@ def load_tokenizer(folder: str | Path, *, version: str, model_max_length: int | 
         tok.pad_id = tok.token_id(pad)  # LLaVA-NeXT sets pad = unk only when there is an unk token
     else:  # v0.5 and every other version: pad = unk
         tok.pad_id = tok.token_id(tok.special("unk_token"))
+    if fork == LLAVA_NEXT and tok.pad_id is None:
+        tok.pad_id = 0  # its collator: "pad_token_id = 0 # This gets the best result."
     if mm_use_im_start_end:
         tok.add_special(IM_START)
         tok.add_special(IM_END)
@@ -566,7 +568,7 @@ def _qwen(run: LlavaRun, source: list[dict[str, Any]], tok: LlavaTokenizer) -> N
                else f"not enough values to unpack (expected 2, got {len(specials)})")
         raise Refused(f"ValueError: {why}", f"{fn}: im_start, im_end = tokenizer.additional_special_tokens_ids "
                                             f"({len(specials)} additional special tokens)")
-    image_id = None
+    image_id = tok.token_id(IMAGE_TOKEN)  # convert_tokens_to_ids: None unless the vocabulary has it already
     if run.has_image:  # preprocess_qwen deep-copies the tokenizer before adding <image>: one copy kept per tokenizer
         if tok.with_image is None:
             copied = copy.copy(tok)
@@ -946,6 +948,21 @@ _CLIP_DEFAULT_SIZE = 224
 SIGLIP_SIZE, SIGLIP_PATCH = 384, 14
 
 
+def _model_type(folder: Path) -> str:
+    """config.json's model_type (the vision config's when nested), or "" where there is none."""
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(config, dict):
+        return ""
+    vision = config.get("vision_config")
+    value = (vision.get("model_type") if isinstance(vision, dict) else None) or config.get("model_type")
+    return str(value or "")
+
+
 def siglip_settings() -> LlavaSettings:
     return LlavaSettings(patch_size=SIGLIP_PATCH, vision_feature_select_strategy="full", num_additional_image_tokens=0,
                          do_center_crop=False, crop_height=SIGLIP_SIZE, crop_width=SIGLIP_SIZE, shortest_edge=None,
@@ -962,6 +979,11 @@ def tower_settings(vision_tower: str, *, select_feature: str = DEFAULT_SELECT_FE
     if not folder.is_absolute() and base is not None and not folder.exists() and (base / folder).exists():
         folder = base / folder
     clip = folder.exists() or vision_tower.startswith(("openai", "laion")) or "ShareGPT4V" in vision_tower
+    if folder.exists() and "siglip" in _model_type(folder):
+        raise UsageError(f"--vision_tower {vision_tower}: build_vision_tower loads any existing folder with "
+                         "CLIPVisionTower, and this one holds a SigLIP checkpoint; vlmcheck does not guess what "
+                         "that loads into (LLaVA-OneVision's scripts pass the hub name, which LLaVA-NeXT loads "
+                         "with its SigLipVisionTower)")
     if not clip and fork == LLAVA_NEXT and "siglip" in vision_tower:
         m = _CLIP_NAME.search(vision_tower)
         if m is not None and (int(m.group(1)), int(m.group(2) or 0)) != (SIGLIP_PATCH, SIGLIP_SIZE):
@@ -1105,6 +1127,63 @@ def next_tokenizer_route(name: str) -> str | None:
 
 # -- the run -------------------------------------------------------------------------------------------------
 
+def _json_load_rows(file: Path) -> Iterator[Any]:
+    """``json.load`` of a --data_path file, streamed: a JSON list of rows. Anything else (JSON Lines, whatever the
+    file's name, or one object) makes LLaVA's load raise or take a dict's keys for rows: one BadRow."""
+    from vlmcheck.data.readers import BadRow, iter_rows
+
+    try:
+        with file.open("rb") as f:
+            head = b""
+            while not head:  # the first byte that is not whitespace
+                chunk = f.read(65536)
+                if not chunk:
+                    break
+                head = chunk.lstrip()
+    except OSError as e:
+        yield BadRow(f"{file.name}: {e}", terminal=True)
+        return
+    if head.startswith(b"\xef\xbb\xbf"):
+        yield BadRow(f"{file.name} starts with a UTF-8 byte order mark: LLaVA's json.load raises ('Unexpected UTF-8 "
+                     "BOM') and the run stops while building the dataset", terminal=True)
+        return
+    if not head.startswith(b"["):
+        yield BadRow(f"{file.name} is not one JSON list (JSON Lines or an object): LLaVA's json.load raises "
+                     "('Extra data') or reads a dict, and the run stops while building the dataset", terminal=True)
+        return
+    yield from iter_rows(file)
+
+
+def _yaml_part_rows(file: Path) -> Iterator[Any]:
+    """A YAML ``json_path`` file as LLaVA-NeXT reads it: ``json.loads(line.strip())`` of every line of a .jsonl (a
+    blank line raises), ``json.load`` of a .json (one document). What raises is a BadRow, then nothing more."""
+    import json
+
+    from vlmcheck.data.readers import BadRow
+
+    try:
+        if file.suffix == ".jsonl":
+            with file.open(encoding="utf-8") as f:
+                for number, line in enumerate(f, 1):
+                    try:
+                        yield json.loads(line.strip())
+                    except ValueError as e:
+                        yield BadRow(f"line {number}: {e}: LLaVA-NeXT's json.loads raises while building the "
+                                     "dataset", line=number, terminal=True)
+                        return
+            return
+        with file.open(encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError) as e:
+        yield BadRow(f"{file.name}: {e}: LLaVA-NeXT's json.load raises while building the dataset", terminal=True)
+        return
+    if not isinstance(value, list):
+        yield BadRow(f"{file.name} holds a {type(value).__name__}, not a list of rows: LLaVA-NeXT's extend() "
+                     "takes its keys", terminal=True)
+        return
+    yield from value
+
+
 @dataclass(frozen=True)
 class DataPart:
     """One file of ``--data_path`` and its YAML ``sampling_strategy`` (None: a plain JSON path)."""
@@ -1120,7 +1199,7 @@ class DataPart:
             strategy, count = strategy.split(":", 1)
             try:
                 number = (math.ceil(int(count.split("%")[0]) * rows / 100) if "%" in count else int(count))
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise UsageError(f"{self.file}: sampling_strategy {self.sampling!r}: LLaVA-NeXT's int() raises on "
                                  "its number") from None
         if number is None or strategy not in ("first", "end", "random"):
@@ -1272,12 +1351,15 @@ class Run:
             raw = entry.get("json_path")
             if not isinstance(raw, str) or not raw.endswith((".json", ".jsonl")):
                 raise UsageError(f"--data_path {data}: json_path {raw!r}: LLaVA-NeXT raises 'Unsupported file type'")
-            strategy = str(entry.get("sampling_strategy", "all"))
+            strategy = entry.get("sampling_strategy", "all")
+            if not isinstance(strategy, str):  # `":" in sampling_strategy` raises TypeError
+                raise UsageError(f"--data_path {data}: sampling_strategy {strategy!r} of {raw}: LLaVA-NeXT raises "
+                                 "TypeError (a string such as all, first:1000, end:10%)")
             parts.append(DataPart(locate(raw, self.config.path, dict(self.config.path_map), up=2), strategy))
         return parts
 
     def rows(self) -> Iterator[tuple[Any, DataPart]]:
-        from vlmcheck.data.readers import iter_rows
+        from vlmcheck.data.readers import BadRow
 
         parts = self.data_parts()
         if parts == [DataPart(self.config.data)] and not self.config.data.is_file():
@@ -1286,11 +1368,14 @@ class Run:
             if not part.file.is_file():
                 raise UsageError(f"{part.file} (from --data_path {self.config.data}) does not exist: LLaVA-NeXT "
                                  "raises while building the dataset")
-            if part.sampling in (None, "all"):
-                for row in iter_rows(part.file):
+            if part.sampling is None:  # the plain --data_path (json.load) or a base{a,b}.json file
+                for row in _json_load_rows(part.file):
                     yield row, part
                 continue
-            rows = list(iter_rows(part.file))  # LLaVA-NeXT holds every file's rows too
+            rows = list(_yaml_part_rows(part.file))  # LLaVA-NeXT holds every file's rows too
+            if any(isinstance(row, BadRow) for row in rows):  # the load raises before any sampling
+                yield from ((row, part) for row in rows)
+                continue
             kind, chosen = part.chosen(len(rows))
             if kind == "random":  # random.shuffle, unseeded when the dataset is built: every row is judged
                 for row in rows:
@@ -1374,6 +1459,29 @@ class Run:
             found.append(F.make(issue.code, f"image {value}: {issue.message}", image=image, **issue.data))
         return None if issues else size
 
+    def _modality_words(self, row: Mapping[str, Any]) -> str | None:
+        """With ``--group_by_modality_length`` (LLaVA-NeXT: or ``_auto``), ``modality_lengths`` runs
+        ``len(conv["value"].split())`` over every turn of every row when the sampler is built; LLaVA-NeXT also
+        asserts the total is positive. What raises on ``row``, or None."""
+        values = self.config.launch.values
+        keys = ("group_by_modality_length",) + (("group_by_modality_length_auto",) if self.fork == LLAVA_NEXT else ())
+        if not any(k in values and _bool_flag(k, values[k]) for k in keys):
+            return None
+        convs = row.get("conversations")
+        if convs is None:
+            return "KeyError: 'conversations'"
+        total = 0
+        try:
+            for conv in convs:
+                total += len(conv["value"].split())
+        except KeyError as e:
+            return f"KeyError: {e}"
+        except (TypeError, AttributeError) as e:
+            return f"{type(e).__name__}: {e}"
+        if self.fork == LLAVA_NEXT and total <= 0:
+            return "AssertionError: Conversation length is 0"
+        return None
+
     def _fails(self, frame: dict[str, Any], found: list[Any], index: int) -> None:
         """Where ``__getitem__`` raises: c121f04's run stops; LLaVA-NeXT's retries the row three times, then
         returns row ``index + 1`` in its place (and raises only if that one fails too)."""
@@ -1410,6 +1518,13 @@ class Run:
             return result
         if isinstance(row.get("id"), (str, int)):
             result.id = str(row["id"])
+        words = self._modality_words(row)
+        if words is not None:
+            found.append(F.make("VC001", f"--group_by_modality_length: the trainer's sampler counts every row's "
+                                         f"words before step 1 (modality_lengths) and raises on this one ({words}): "
+                                         "the run stops", fix="fix or drop the row"))
+            frame["verdict"] = "stops"
+            return result
         if self.fork == LLAVA_NEXT and "video" in row and "image" not in row:
             found.append(F.make("VC007", "a 'video' row: LLaVA-NeXT samples its frames (decord, --frames_upbound) and "
                                          "pools them; vlmcheck does not count videos yet"))
@@ -1430,7 +1545,9 @@ class Run:
             multi = listed and len(value) > 1
             features = []
             for k, item in enumerate(value if listed else [value], 1):
-                size = self._image(item, found, aspect="pad" if multi else None, image=k)
+                size = self._image(item, found, image=k)
+                if size is not None and multi:  # processed once as configured, then again padded to one crop
+                    size = self._image(item, found, aspect="pad", image=k)
                 if size is None:
                     self._fails(frame, found, index)
                     result.image_tokens = [self.features] if not listed else []

@@ -351,11 +351,35 @@ def data(checkout: Path, work: Path) -> None:  # pragma: no cover - a producer, 
     print(json.dumps(out, separators=(",", ":")), file=stdout, flush=True)
 
 
+def modality(checkout: Path, work: Path) -> None:  # pragma: no cover - a producer, run by hand
+    """Print, for each row of next_rows and multi_rows, what LLaVA-NeXT's ``modality_lengths`` (read by the
+    trainer's sampler under --group_by_modality_length, before step 1) does with it alone: null, or the exception."""
+    llava = _import_llava(checkout)
+    rows, _ = next_rows(json.loads((HERE / "conversations.json").read_text(encoding="utf-8")))
+    multi, _ = multi_rows()
+    out = {}
+    for name, group in (("rows", rows), ("multi", multi)):
+        results = []
+        for row in group:
+            dataset = llava.train.LazySupervisedDataset.__new__(llava.train.LazySupervisedDataset)
+            dataset.list_data_dict = [row]
+            dataset.data_args = types.SimpleNamespace(early_mix_text=False)
+            try:
+                dataset.modality_lengths  # noqa: B018 - the property is the code under test
+                results.append(None)
+            except Exception as e:
+                results.append(f"{type(e).__name__}: {e}"[:200])
+        out[name] = results
+    print(json.dumps(out, separators=(",", ":")), file=stdout, flush=True)
+
+
 if __name__ == "__main__":
     command, rest = sys.argv[1], [Path(a) for a in sys.argv[2:]]
     stdout, sys.stdout = sys.stdout, sys.stderr  # LLaVA-NeXT's prints (loading, retries) go to stderr
     if command == "folders":
         folders(rest[0])
+    elif command == "modality":  # modality CHECKOUT OUT > modality_golden.json
+        modality(rest[0], rest[1] if len(rest) > 1 else Path("/tmp/llava-qwen-golden"))
     elif command == "data":  # data CHECKOUT OUT > data_paths_golden.json
         data(rest[0], rest[1] if len(rest) > 1 else Path("/tmp/llava-qwen-golden"))
     elif command == "facts":
