@@ -291,3 +291,18 @@ def test_a_multi_image_row_is_processed_as_configured_first(tmp_path: Path) -> N
     first, second = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert first["framework"]["verdict"] == "replaced"
     assert second["framework"]["verdict"] == "ok" and second["image_tokens"] == [576, 576]
+
+
+def test_template_refuses_what_check_refuses_for_llava_next() -> None:
+    """One home for LLaVA-NeXT's unmodelled paths: template says what check says (llava_llama_3's own
+    preprocess_llama3, a fast-route name with a vicuna version, a name with no tokenizer branch)."""
+    from vlmcheck.options import TemplateOptions
+    from vlmcheck.templates import check_template
+
+    folder = qwen_llm_tokenizer()
+    for template, name, message in (("llava_llama_3", str(folder), "llava_llama_3"),
+                                    ("v1", str(folder), "qwen versions only"),
+                                    ("qwen_1_5", "/models/base-7b", "UnboundLocalError")):
+        with pytest.raises(UsageError, match=message):
+            check_template(ROWS[:2], tokenizer=folder, options=TemplateOptions(
+                template=template, llava_fork="llava_next", model_name_or_path=name))

@@ -155,7 +155,7 @@ NEXT_CONV_TEMPLATES: dict[str, Conv] = {"qwen_1_5": _QWEN, "qwen_2": _QWEN, "qwe
 # (so they fall back to vicuna_v1 there), and its module default (conv_vicuna_v0)
 NEXT_ONLY_VERSIONS = ("gemma_instruct", "llava_llama_2_mmtag", "llava_llama_2_simple", "llava_llama_3",
                       "llava_mistral_instruct", "llava_v0_mmtag", "llava_v1_mmtag", "mistral_orca", "mistral_zephyr")
-_NEXT_DROPPED = ("v0_mmtag", "v1_mmtag")
+NEXT_DROPPED_VERSIONS = ("v0_mmtag", "v1_mmtag")
 LLAVA, LLAVA_NEXT = "llava", "llava_next"
 
 
@@ -163,7 +163,7 @@ def conversation_for(version: str, *, fork: str = LLAVA) -> Conv:
     """The conversation ``train()`` leaves in ``default_conversation`` for ``--version``."""
     if version in SPECIAL_VERSIONS:
         return _VICUNA_V0 if fork == LLAVA_NEXT else _VICUNA_V1
-    if fork == LLAVA_NEXT and version in _NEXT_DROPPED:
+    if fork == LLAVA_NEXT and version in NEXT_DROPPED_VERSIONS:
         return _VICUNA_V1
     if fork == LLAVA_NEXT and version in NEXT_CONV_TEMPLATES:
         return NEXT_CONV_TEMPLATES[version]
@@ -1113,6 +1113,27 @@ def next_images(launch: LlavaLaunch, tower: LlavaSettings) -> NextImages:
     return NextImages(aspect=aspect, merge=merge, pinpoints=pinpoints, size=size, patch=patch, base=base)
 
 
+def next_unmodelled(version: str, model_name: str) -> str | None:
+    """Why LLaVA-NeXT's train() with ``--version`` and ``--model_name_or_path`` is not judged by vlmcheck (it raises,
+    or its path is not modelled), or None."""
+    if version in NEXT_ONLY_VERSIONS:
+        return (f"--version {version}: LLaVA-NeXT's own conversation for it is not modelled by vlmcheck yet (its "
+                "--version names shared with LLaVA-1.5, and its qwen versions, are)")
+    route = next_tokenizer_route(model_name)
+    if route is None:
+        return (f"--model_name_or_path {model_name}: LLaVA-NeXT's train() loads a tokenizer only for names holding "
+                "vicuna, llama, yi, wizardlm-2, mistral, mixtral, zephyr or qwen; for this one it raises "
+                "UnboundLocalError")
+    if route == "fast" and version not in NEXT_CONV_TEMPLATES:
+        return (f"--model_name_or_path {model_name}: LLaVA-NeXT loads the fast tokenizer for this name, which "
+                f"vlmcheck models with the qwen versions only ({', '.join(NEXT_CONV_TEMPLATES)}), not --version "
+                f"{version}")
+    if route == "slow" and version in NEXT_CONV_TEMPLATES:
+        return (f"--version {version} with --model_name_or_path {model_name}: preprocess_qwen on LLaVA-NeXT's "
+                "slow-tokenizer route is not modelled by vlmcheck (it hard-codes Qwen's ids)")
+    return None
+
+
 def next_tokenizer_route(name: str) -> str | None:
     """LLaVA-NeXT's ``train()`` picks the tokenizer from the model's name: the slow one (``use_fast=False``) for
     vicuna / llama / yi / wizardlm-2 names; the fast one for mistral / mixtral / zephyr and qwen; None: no branch
@@ -1278,22 +1299,9 @@ class Run:
         self.config = config
         self.fork = launch.fork
         if self.fork == LLAVA_NEXT:
-            if config.version in NEXT_ONLY_VERSIONS:
-                raise UsageError(f"--version {config.version}: LLaVA-NeXT's own conversation for it is not modelled "
-                                 "by vlmcheck yet (its --version names shared with LLaVA-1.5 are)")
-            route = next_tokenizer_route(config.model_name)
-            if route is None:
-                raise UsageError(f"--model_name_or_path {config.model_name}: LLaVA-NeXT's train() loads a tokenizer "
-                                 "only for names holding vicuna, llama, yi, wizardlm-2, mistral, mixtral, zephyr or "
-                                 "qwen; for this one it raises UnboundLocalError")
-            if route == "fast" and config.version not in NEXT_CONV_TEMPLATES:
-                raise UsageError(f"--model_name_or_path {config.model_name}: LLaVA-NeXT loads the fast tokenizer "
-                                 "for this name, which vlmcheck models with the qwen versions only "
-                                 f"({', '.join(NEXT_CONV_TEMPLATES)}), not --version {config.version}")
-            if route == "slow" and config.version in NEXT_CONV_TEMPLATES:
-                raise UsageError(f"--version {config.version} with --model_name_or_path {config.model_name}: "
-                                 "preprocess_qwen on LLaVA-NeXT's slow-tokenizer route is not modelled by vlmcheck "
-                                 "(it hard-codes Qwen's ids)")
+            refused = next_unmodelled(config.version, config.model_name)
+            if refused is not None:
+                raise UsageError(refused)
         if not config.model.is_dir():
             raise UsageError(f"model {config.model} is not a local folder (vlmcheck reads the tokenizer LLaVA "
                              "loads from it; pass --model)")

@@ -797,12 +797,23 @@ def check_template(dataset: Iterable[Any], *, tokenizer: str | Path | Tok, optio
         markers = (unsloth.marker(instruction, tok), unsloth.marker(response, tok))
     setup = _LlavaSetup(tokenizer, max_length, options.legacy, options.model_name_or_path,
                         options.mm_use_im_start_end, options.llava_fork)
+    if options.llava_fork == llava.LLAVA_NEXT:
+        for name in names:
+            if name not in CHAT_ROUTES:
+                model = options.model_name_or_path or (str(tokenizer) if not isinstance(tokenizer, Tok) else "")
+                refused = llava.next_unmodelled(name, model)
+                if refused is not None:
+                    raise UsageError(refused)
     fixes: dict[tuple[str, str], list[str]] = {}
     for name in names:
         if name not in CHAT_ROUTES:
             built = setup.tokenizer(name)
             conv = llava.conversation_for(name, fork=setup.fork)
-            known = name in llava.VERSIONS or (setup.fork == llava.LLAVA_NEXT and name in llava.NEXT_CONV_TEMPLATES)
+            if setup.fork == llava.LLAVA_NEXT:  # its table: the shared names but two, and its qwen versions
+                known = name in llava.NEXT_CONV_TEMPLATES or (name in llava.VERSIONS
+                                                               and name not in llava.NEXT_DROPPED_VERSIONS)
+            else:
+                known = name in llava.VERSIONS
             fallback = "" if known else " (not registered: train() falls back to vicuna_v1)"
             route = (f"LLaVA raises while loading it: {built.what}" if isinstance(built, llava.Refused)
                      else f"{built.route} ({built.reason})")
