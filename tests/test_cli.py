@@ -71,7 +71,7 @@ def test_clean_dataset_exits_0(folder: Path, qwen2_vl_checkpoint: Path) -> None:
         "max_pixels that keeps samples whole at max_length=4,096: 100% -> 12,845,056, 99.9% -> 12,845,056, "
         "99% -> 12,845,056\n"
         "\n"
-        "Result: clean in 0 of 2 samples (T s, N samples/s)\n"
+        "Result: clean, no findings in 2 samples (T s, N samples/s)\n"
     )
 
 

@@ -426,8 +426,7 @@ def render_text(report: Report, *, show: int = 20) -> str:
     sev = s["severity"]
     verdict = ", ".join(f"{sev[k]:,} {k}{'s' if sev[k] != 1 else ''}" for k in ("error", "warning", "info") if k in sev)
     lines.append("")
-    lines.append(
-        f"Result: {verdict or 'clean'} in {s['samples_with_findings']:,} of {s['samples']:,} samples "
-        f"({s['seconds']:.2f} s, {_n(s['samples_per_second'])} samples/s)"
-    )
+    outcome = (f"{verdict} in {s['samples_with_findings']:,} of {s['samples']:,} samples" if verdict
+               else f"clean, no findings in {s['samples']:,} samples")
+    lines.append(f"Result: {outcome} ({s['seconds']:.2f} s, {_n(s['samples_per_second'])} samples/s)")
     return "\n".join(lines) + "\n"
