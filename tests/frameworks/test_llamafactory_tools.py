@@ -126,6 +126,7 @@ def write_tool_corpus(root: Path, checkpoints: dict[str, Path], *, seed: int = 0
         "t-plain3": {"model_name_or_path": str(checkpoints["qwen3_vl"]), "template": "qwen3_vl_nothink",
                      "dataset": "tools"},
         "t-bad": {**q2, "dataset": "tbad"},
+        # the default tool format: Action / Action Input calls, the tools in prose, tool results as user turns
         "t-llava": {"model_name_or_path": str(checkpoints["llava"]), "template": "llava", "dataset": "tools"},
         # a config's tool_format replaces the template's formatters: the function slots become the default ones
         # (content + EOS id, no "\n"); qwen is modelled, another format is said to be not counted
@@ -158,7 +159,7 @@ def proof(tmp_path_factory: pytest.TempPathFactory, llamafactory_python: Path,
     return {"oracle": oracle, "mine": mine, "rows": rows}
 
 
-NOT_COUNTED = ("t-llava", "t-glm4fmt")  # tool formats vlmcheck does not model: VC007 on every row using tools
+NOT_COUNTED = ("t-glm4fmt",)  # tool formats vlmcheck does not model: VC007 on every row using tools
 
 
 def _uses_tools(row: dict[str, Any]) -> bool:
@@ -202,5 +203,9 @@ def test_the_tool_corpus_reaches_every_case(proof: dict[str, Any]) -> None:
             elif source is not None and _uses_tools(source) and row["kept"]:
                 outcomes["cut" if row["kept_tokens"] < row["tokens"] else "whole"] += 1
     assert outcomes["whole"] >= 60 and outcomes["cut"] >= 5 and outcomes["raises"] >= 6, outcomes
+    # the default tool format (llava): tool rows prepared by LLaMA-Factory, compared above
+    llava = [r for r in proof["oracle"]["t-llava"]["rows"]
+             if r["dataset"] == "tools" and _uses_tools(proof["rows"][r["row"]]) and r["kept"]]
+    assert len(llava) >= 15, len(llava)
     for fragment in ("Invalid JSON format in function message", "KeyError", "Invalid JSON format in tool"):
         assert any(fragment in e for e in errors), (fragment, errors)

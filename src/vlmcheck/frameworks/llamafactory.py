@@ -269,6 +269,7 @@ _QWEN_FUNCTION = "{content}<|im_end|>\n"
 # tool_utils.py TOOLS: the tool formats a config's tool_format may name (vlmcheck models qwen's)
 TOOL_FORMATS = ("default", "gemma4", "glm4", "llama3", "lfm2", "minimax1", "minimax2", "mistral", "qwen", "qwen3_5",
                 "glm4_moe", "seed_oss", "ling")
+MODELLED_TOOL_FORMATS = ("qwen", "default")
 # tool_utils.py QWEN_TOOL_PROMPT: joined to the system prompt, the tools one JSON object a line
 QWEN_TOOL_PROMPT = (
     "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
@@ -297,9 +298,11 @@ TEMPLATES: dict[str, Template] = {
         # template.py "llava" / "llava_next" (vicuna's strings): system and answer slots are the defaults
         # ("{{content}}", and "{{content}}" + the EOS id)
         Template("llava", "USER: {content} ASSISTANT:", "{content}", "{content}", LLAVA_PLUGIN,
-                 default_system=_VICUNA_SYSTEM, answer_eos=True),
+                 default_system=_VICUNA_SYSTEM, answer_eos=True, observation="USER: {content} ASSISTANT:",
+                 function="{content}", function_eos=True, tool_format="default"),
         Template("llava_next", "USER: {content} ASSISTANT:", "{content}", "{content}", LLAVA_NEXT_PLUGIN,
-                 default_system=_VICUNA_SYSTEM, answer_eos=True),
+                 default_system=_VICUNA_SYSTEM, answer_eos=True, observation="USER: {content} ASSISTANT:",
+                 function="{content}", function_eos=True, tool_format="default"),
         # template.py "intern_vl": chatml strings, BOS prefix (InternVL's Qwen2 tokenizer has none: nothing), its
         # own default system prompt
         Template("intern_vl", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, INTERN_VL_PLUGIN, prefix_bos=True,
@@ -792,9 +795,10 @@ def convert(row: Any, attr: DatasetAttr, config: Config) -> Example:
             raise Stops(f"a {role} turn's content is a {type(content).__name__}, not text")
     tools = _get(row, cols["tools"]) if cols["tools"] else ""
     has_tools = bool(tools) or any(role in ("observation", "function") for role, _ in messages)
-    if has_tools and config.template.tool_format != "qwen":
-        raise NotCounted(f"tools and tool turns under template {config.template.name} are not counted by vlmcheck "
-                         "yet (it models the qwen tool format of the Qwen-VL templates)")
+    if has_tools and config.template.tool_format not in MODELLED_TOOL_FORMATS:
+        raise NotCounted(f"tools and tool turns under template {config.template.name} (tool format "
+                         f"{config.template.tool_format or 'its own'}) are not counted by vlmcheck yet (it models "
+                         "the qwen format of the Qwen-VL templates and the default format of llava / llava_next)")
     images, videos, audios = _medias(row, cols, config)
     return Example(messages=messages, system=system if isinstance(system, str) else "", images=images,
                    videos=videos, tools=tools or "", audios=audios)
@@ -970,7 +974,7 @@ def format_turns(example: Example, config: Config, *, images: Sequence[str] | No
             m[1] = _remove_thought(m[1], t)
     collapsed = f"{plugin.vision_bos}{plugin.image_token}{plugin.vision_eos}"
     collapsed_video = f"{plugin.vision_bos}{plugin.video_token}{plugin.vision_eos}"
-    tools = tool_prompt(example.tools) if example.tools else ""
+    tools = tool_prompt(example.tools, t.tool_format) if example.tools else ""
     texts = iter(images if images is not None else ())
     video_texts = iter(videos if videos is not None else ())
     out: list[list[Element]] = []
@@ -1019,14 +1023,18 @@ def format_turns(example: Example, config: Config, *, images: Sequence[str] | No
     return out
 
 
-def tool_prompt(tools: Any) -> str:
-    """``ToolFormatter(tool_format="qwen")``: the row's tools (a JSON string of a list of functions) as the text
-    joined to the system prompt, each tool wrapped as ``{"type": "function", "function": ...}`` unless it already is
-    one; an empty list adds nothing. Whatever LLaMA-Factory's parsing raises on stops the run."""
+def tool_prompt(tools: Any, tool_format: str = "qwen") -> str:
+    """``ToolFormatter(tool_format=...)``: the row's tools (a JSON string of a list of functions) as the text joined
+    to the system prompt; an empty list adds nothing. ``qwen``: each tool one JSON line, wrapped as
+    ``{"type": "function", "function": ...}`` unless it already is one. ``default``: each tool's name,
+    description and parameters in prose, then the Action / Action Input instructions. Whatever LLaMA-Factory's
+    parsing raises on stops the run."""
     try:
         parsed = json.loads(tools)  # a list or dict column (not a string) raises TypeError here too
         if len(parsed) == 0:
             return ""
+        if tool_format == "default":
+            return _default_tool_prompt(parsed)
         lines = ""
         for tool in parsed:
             wrapped = tool if tool.get("type") == "function" else {"type": "function", "function": tool}
@@ -1035,6 +1043,35 @@ def tool_prompt(tools: Any) -> str:
         raise Stops(f"the tools value cannot be read as LLaMA-Factory's tool formatter reads it "
                     f"({type(e).__name__}: {str(e)[:120]})") from None
     return QWEN_TOOL_PROMPT.format(tool_text=lines)
+
+
+# tool_utils.py DEFAULT_TOOL_PROMPT (the "default" tool format)
+DEFAULT_TOOL_PROMPT = (
+    "You have access to the following tools:\n{tool_text}"
+    "Use the following format if using a tool:\n"
+    "```\n"
+    "Action: tool name (one of [{tool_names}])\n"
+    "Action Input: the input to the tool, in a JSON format representing the kwargs "
+    """(e.g. ```{{"input": "hello world", "num_beams": 5}}```)\n"""
+    "```\n"
+)
+
+
+def _default_tool_prompt(tools: list[Any]) -> str:
+    """``DefaultToolUtils.tool_formatter``: per tool its name, description and each parameter's line."""
+    text, names = "", []
+    for tool in tools:
+        tool = tool.get("function", "") if tool.get("type") == "function" else tool
+        params = ""
+        for name, param in tool["parameters"]["properties"].items():
+            required = ", required" if name in tool["parameters"].get("required", []) else ""
+            enum = f", should be one of [{', '.join(param['enum'])}]" if param.get("enum", None) else ""
+            items = f", where each item should be {param['items'].get('type', '')}" if param.get("items", None) else ""
+            params += (f"  - {name} ({param.get('type', '')}{required}): {param.get('description', '')}"
+                       f"{enum}{items}\n")
+        text += f"> Tool Name: {tool['name']}\nTool Description: {tool.get('description', '')}\nTool Args:\n{params}\n"
+        names.append(tool["name"])
+    return DEFAULT_TOOL_PROMPT.format(tool_text=text, tool_names=", ".join(names))
 
 
 def function_call_text(content: str, t: Template) -> str:
@@ -1053,6 +1090,8 @@ def function_call_text(content: str, t: Template) -> str:
         except Exception as e:  # JSONDecodeError ("Invalid JSON format in function message"), KeyError, TypeError
             raise Stops(f"a function-call turn cannot be read as LLaMA-Factory's function formatter reads it "
                         f"({type(e).__name__}: {str(e)[:120]})") from None
+        if t.tool_format == "default":  # DefaultToolUtils.function_formatter
+            return "\n".join(f"Action: {name}\nAction Input: {arguments}" for name, arguments in pairs)
         return "\n".join(f"<tool_call>\n{block}\n</tool_call>" for block in blocks)
 
     opening, closing = t.tool_call_words
