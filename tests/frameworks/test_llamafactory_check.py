@@ -249,8 +249,9 @@ def test_settings_that_change_which_rows_are_read_or_refused(tmp_path: Path) -> 
         with pytest.raises(vlmcheck.UsageError, match="seed"):
             lf.read_config({**base, "seed": seed}, path=tmp_path / "x.yaml")
     assert lf.read_config({**base, "dataset": "a,"}, path=tmp_path / "x.yaml").datasets == ("a", "")
-    with pytest.raises(vlmcheck.UsageError, match="predict_with_generate"):
-        lf.read_config({**base, "eval_dataset": "c", "predict_with_generate": True}, path=tmp_path / "x.yaml")
+    for split in ({"eval_dataset": "c"}, {"val_size": 0.1}):  # evaluation rows prepared without labels
+        with pytest.raises(vlmcheck.UsageError, match="predict_with_generate"):
+            lf.read_config({**base, **split, "predict_with_generate": True}, path=tmp_path / "x.yaml")
     with pytest.raises(vlmcheck.UsageError, match="streaming"):
         lf.read_config({**base, "streaming": True, "tokenized_path": str(tmp_path / "new")}, path=tmp_path / "x.yaml")
 

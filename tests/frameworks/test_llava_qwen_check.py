@@ -306,3 +306,24 @@ def test_template_refuses_what_check_refuses_for_llava_next() -> None:
         with pytest.raises(UsageError, match=message):
             check_template(ROWS[:2], tokenizer=folder, options=TemplateOptions(
                 template=template, llava_fork="llava_next", model_name_or_path=name))
+
+
+def test_the_length_grouped_sampler_is_read_as_llava_next_reads_it(tmp_path: Path) -> None:
+    """LLaVA-NeXT's _get_train_sampler takes --group_by_length first (its ``lengths``: no zero-word assert), then
+    --group_by_modality_length (``modality_lengths``: the assert); a turn without value raises in both."""
+    case = {"setup": "qwen2-7b-instruct", "version": "qwen_1_5", "vision_tower": "siglip-384",
+            "image_aspect_ratio": "pad", "mm_patch_merge_type": "flat", "image_grid_pinpoints": None,
+            "model_max_length": 2048}
+    script = _project(tmp_path, case)
+    empty = {"id": "e", "conversations": [{"from": "human", "value": ""}, {"from": "gpt", "value": ""}]}
+    keyless = {"id": "k", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt"}]}
+    (tmp_path / "data" / "rows.json").write_text(json.dumps([empty, keyless]), encoding="utf-8")
+    text = script.read_text(encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    for flags, want in (("--group_by_modality_length True", ["stops", "stops"]),
+                        ("--group_by_length True --group_by_modality_length True", ["ok", "stops"]),
+                        ("--group_by_modality_length False", ["ok", "replaced"])):
+        script.write_text(text.replace("--group_by_modality_length True", flags), encoding="utf-8")
+        check(script, output=out)
+        got = [json.loads(line)["framework"]["verdict"] for line in out.read_text(encoding="utf-8").splitlines()]
+        assert got == want, (flags, got)

@@ -438,9 +438,10 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         # datasets.interleave_datasets picks rows by the seed and stopping strategy: which rows train is not modelled
         raise UsageError(f"{path}: mix_strategy {mix!r} interleaves the datasets, which vlmcheck does not model "
                          "(it models concat, the default)")
-    if eval_names and _flag(raw, "predict_with_generate"):
-        raise UsageError(f"{path}: predict_with_generate prepares eval_dataset's rows without labels (its "
-                         "unsupervised processor), which vlmcheck does not model; check without it")
+    if (eval_names or val_size > 1e-6) and _flag(raw, "predict_with_generate"):
+        raise UsageError(f"{path}: predict_with_generate prepares the evaluation rows (eval_dataset, val_size) "
+                         "without labels (its unsupervised processor), which vlmcheck does not model; check without "
+                         "it")
     tokenized = raw.get("tokenized_path")
     if tokenized and streaming and not _saved_dataset(locate(str(tokenized), path, dict(path_map or {}))):
         raise UsageError(f"{path}: tokenized_path with streaming (LLaMA-Factory refuses: 'Turn off `streaming` "

@@ -350,8 +350,6 @@ def load_tokenizer(folder: str | Path, *, version: str, model_max_length: int | 
         tok.pad_id = tok.token_id(pad)  # LLaVA-NeXT sets pad = unk only when there is an unk token
     else:  # v0.5 and every other version: pad = unk
         tok.pad_id = tok.token_id(tok.special("unk_token"))
-    if fork == LLAVA_NEXT and tok.pad_id is None:
-        tok.pad_id = 0  # its collator: "pad_token_id = 0 # This gets the best result."
     if mm_use_im_start_end:
         tok.add_special(IM_START)
         tok.add_special(IM_END)
@@ -1188,15 +1186,16 @@ def _yaml_part_rows(file: Path) -> Iterator[Any]:
                 for number, line in enumerate(f, 1):
                     try:
                         yield json.loads(line.strip())
-                    except ValueError as e:
+                    except (ValueError, RecursionError) as e:
                         yield BadRow(f"line {number}: {e}: LLaVA-NeXT's json.loads raises while building the "
                                      "dataset", line=number, terminal=True)
                         return
             return
         with file.open(encoding="utf-8") as f:
             value = json.load(f)
-    except (OSError, ValueError) as e:
-        yield BadRow(f"{file.name}: {e}: LLaVA-NeXT's json.load raises while building the dataset", terminal=True)
+    except (OSError, ValueError, RecursionError) as e:
+        yield BadRow(f"{file.name}: {str(e)[:200]}: LLaVA-NeXT's json.load raises while building the dataset",
+                     terminal=True)
         return
     if not isinstance(value, list):
         yield BadRow(f"{file.name} holds a {type(value).__name__}, not a list of rows: LLaVA-NeXT's extend() "
@@ -1468,12 +1467,22 @@ class Run:
         return None if issues else size
 
     def _modality_words(self, row: Mapping[str, Any]) -> str | None:
-        """With ``--group_by_modality_length`` (LLaVA-NeXT: or ``_auto``), ``modality_lengths`` runs
-        ``len(conv["value"].split())`` over every turn of every row when the sampler is built; LLaVA-NeXT also
-        asserts the total is positive. What raises on ``row``, or None."""
+        """With ``--group_by_modality_length`` (LLaVA-NeXT: also ``_auto``, and ``--group_by_length``, which its
+        sampler reads first), ``modality_lengths`` / ``lengths`` run ``len(conv["value"].split())`` over every turn
+        of every row when the sampler is built; LLaVA-NeXT's ``modality_lengths`` also asserts the total is
+        positive. What raises on ``row``, or None."""
         values = self.config.launch.values
-        keys = ("group_by_modality_length",) + (("group_by_modality_length_auto",) if self.fork == LLAVA_NEXT else ())
-        if not any(k in values and _bool_flag(k, values[k]) for k in keys):
+
+        def on(key: str) -> bool:
+            return key in values and _bool_flag(key, values[key])
+
+        if self.fork == LLAVA_NEXT:  # its sampler: group_by_length first (``lengths``: no assert), then modality
+            by_length = on("group_by_length")
+            if not (by_length or on("group_by_modality_length") or on("group_by_modality_length_auto")):
+                return None
+        elif on("group_by_modality_length"):
+            by_length = False
+        else:
             return None
         convs = row.get("conversations")
         if convs is None:
@@ -1486,7 +1495,7 @@ class Run:
             return f"KeyError: {e}"
         except (TypeError, AttributeError) as e:
             return f"{type(e).__name__}: {e}"
-        if self.fork == LLAVA_NEXT and total <= 0:
+        if self.fork == LLAVA_NEXT and not by_length and total <= 0:
             return "AssertionError: Conversation length is 0"
         return None
 
@@ -1528,9 +1537,9 @@ class Run:
             result.id = str(row["id"])
         words = self._modality_words(row)
         if words is not None:
-            found.append(F.make("VC001", f"--group_by_modality_length: the trainer's sampler counts every row's "
-                                         f"words before step 1 (modality_lengths) and raises on this one ({words}): "
-                                         "the run stops", fix="fix or drop the row"))
+            found.append(F.make("VC001", f"the trainer's length-grouped sampler (--group_by_modality_length, or "
+                                         f"LLaVA-NeXT's --group_by_length) counts every row's words before step 1 "
+                                         f"and raises on this one ({words}): the run stops", fix="fix or drop the row"))
             frame["verdict"] = "stops"
             return result
         if self.fork == LLAVA_NEXT and "video" in row and "image" not in row:
@@ -1587,6 +1596,8 @@ class Run:
         limit = self.max_length
         ids, sup = run.input_ids, run.supervised
         pad = self.tokenizer.pad_id
+        if pad is None and self.fork == LLAVA_NEXT:
+            pad = 0  # its collator, with no pad token: "pad_token_id = 0 # This gets the best result."
         at = [k for k, t in enumerate(ids) if t == IMAGE_TOKEN_INDEX]
         sliced = ids[:limit]  # DataCollatorForSupervisedDataset's slice
         holes = sliced.count(IMAGE_TOKEN_INDEX)
