@@ -242,9 +242,12 @@ def test_settings_that_change_which_rows_are_read_or_refused(tmp_path: Path) -> 
     for bad in ("foo", ""):  # LLaMA-Factory: 'Tool utils ... not found'
         with pytest.raises(vlmcheck.UsageError, match="tool_format"):
             lf.read_config({**base, "tool_format": bad}, path=tmp_path / "x.yaml")
-    # a template without an observation slot of its own: tool rows are not counted (never a dropped tool result)
+    # a template whose observation slot vlmcheck does not have: tool rows are not counted (never a dropped tool
+    # result); llava's observation is its user slot, as LLaMA-Factory's format_observation falls back to it
+    gemma = lf.read_config({**base, "template": "gemma3", "tool_format": "qwen"}, path=tmp_path / "x.yaml")
+    assert gemma.template.tool_format != "qwen"
     llava = lf.read_config({**base, "template": "llava", "tool_format": "qwen"}, path=tmp_path / "x.yaml")
-    assert llava.template.tool_format != "qwen"
+    assert llava.template.tool_format == "qwen" and llava.template.observation == llava.template.user
     for seed in (-1, 2**32):  # numpy's seed range: set_seed raises at startup
         with pytest.raises(vlmcheck.UsageError, match="seed"):
             lf.read_config({**base, "seed": seed}, path=tmp_path / "x.yaml")
