@@ -26,7 +26,8 @@ import pytest
 import yaml
 from lf_corpus import write_template_corpus
 from llamafactory_env import oracle_env
-from test_llamafactory_check import _compare, run_oracle
+from test_llamafactory_check import mismatches as compare_all
+from test_llamafactory_check import run_oracle
 
 import vlmcheck
 
@@ -139,14 +140,7 @@ def proof(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 def test_every_sample_agrees_with_llamafactory(proof: dict[str, Any]) -> None:
-    mismatches: list[str] = []
-    compared = 0
-    for name, result in proof["oracle"].items():
-        rows, records = result["rows"], proof["mine"][name]
-        assert len(rows) == len(records), f"{name}: LLaMA-Factory read {len(rows)} rows, vlmcheck {len(records)}"
-        for row, record in zip(rows, records):
-            mismatches += [f"{name}: {m}" for m in _compare(row, record)]
-            compared += 1
+    mismatches, compared = compare_all(proof)
     assert compared >= 100
     assert not mismatches, f"{len(mismatches)} mismatches in {compared} samples:\n" + "\n".join(mismatches[:25])
 

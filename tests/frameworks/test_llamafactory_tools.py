@@ -20,9 +20,7 @@ from typing import Any
 
 import pytest
 from lf_corpus import write_configs
-from test_llamafactory_check import _compare, run_oracle
-
-import vlmcheck
+from test_llamafactory_check import _compare, check_configs, run_oracle
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/*_checkpoint.py
 
@@ -148,15 +146,8 @@ def proof(tmp_path_factory: pytest.TempPathFactory, llamafactory_python: Path,
                                 seed=3)
     data = root / "data"
     oracle = run_oracle(llamafactory_python, configs, cwd=data)
-    mine: dict[str, list[dict[str, Any]]] = {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(data)
-        for config in configs:
-            records = root / f"{config.stem}.jsonl"
-            vlmcheck.check(config, output=records)
-            mine[config.stem] = [json.loads(line) for line in records.read_text().splitlines()]
     rows = json.loads((data / "tools.json").read_text())
-    return {"oracle": oracle, "mine": mine, "rows": rows}
+    return {"oracle": oracle, "mine": check_configs(configs, data), "rows": rows}
 
 
 NOT_COUNTED = ("t-glm4fmt",)  # tool formats vlmcheck does not model: VC007 on every row using tools

@@ -26,9 +26,7 @@ from typing import Any
 
 import pytest
 from lf_corpus import write_configs
-from test_llamafactory_check import _compare, run_oracle
-
-import vlmcheck
+from test_llamafactory_check import _compare, check_configs, mismatches, run_oracle
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/test_video_qwen.py
 av = pytest.importorskip("av")
@@ -186,14 +184,7 @@ def proof(tmp_path_factory: pytest.TempPathFactory, llamafactory_python: Path,
     data = root / "data"
     # a tiny random Qwen2-VL model runs forward on cut, frame-mismatched and whole samples through the collator
     oracle = run_oracle(llamafactory_python, configs, cwd=data, forward=2)
-    mine: dict[str, list[dict[str, Any]]] = {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(data)
-        for config in configs:
-            records = root / f"{config.stem}.jsonl"
-            vlmcheck.check(config, output=records)
-            mine[config.stem] = [json.loads(line) for line in records.read_text().splitlines()]
-    return {"oracle": oracle, "mine": mine}
+    return {"oracle": oracle, "mine": check_configs(configs, data)}
 
 
 def _compare_videos(row: dict[str, Any], record: dict[str, Any]) -> list[str]:
@@ -213,17 +204,9 @@ def _compare_videos(row: dict[str, Any], record: dict[str, Any]) -> list[str]:
 
 
 def test_every_video_sample_is_judged_as_llamafactory_prepares_it(proof: dict[str, Any]) -> None:
-    mismatches: list[str] = []
-    compared = 0
-    for name, result in proof["oracle"].items():
-        rows, records = result["rows"], proof["mine"][name]
-        assert len(rows) == len(records), f"{name}: LLaMA-Factory read {len(rows)} rows, vlmcheck {len(records)}"
-        for row, record in zip(rows, records):
-            found = _compare(row, record) + _compare_videos(row, record)
-            mismatches += [f"{name}: {m}" for m in found]
-            compared += 1
+    found, compared = mismatches(proof, lambda row, record: _compare(row, record) + _compare_videos(row, record))
     assert compared >= 100
-    assert not mismatches, f"{len(mismatches)} mismatches in {compared} samples:\n" + "\n".join(mismatches[:25])
+    assert not found, f"{len(found)} mismatches in {compared} samples:\n" + "\n".join(found[:25])
 
 
 def test_the_video_corpus_reaches_every_case(proof: dict[str, Any]) -> None:
