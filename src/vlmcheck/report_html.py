@@ -111,7 +111,8 @@ def _settings(s: dict[str, Any]) -> str:
     framework = s.get("framework")
     rows: list[tuple[str, str]] = []
     if framework:
-        rows.append(("framework", f"{framework.get('name')} ({framework.get('versions')}), template "
+        stage = f"stage {framework['stage']}, " if framework.get("stage") not in (None, "sft") else ""
+        rows.append(("framework", f"{framework.get('name')} ({framework.get('versions')}), {stage}template "
                                   f"{framework.get('template')}"))
         rows.append(("config", str(framework.get("config"))))
     rows.append(("dataset", str(s.get("dataset"))))
