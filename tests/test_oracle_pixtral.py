@@ -188,3 +188,27 @@ def test_a_llava_checkpoint_with_a_pixtral_tower_is_counted_as_pixtral(tmp_path)
     assert load_model(llava_checkpoint()).family.name == "llava"
     spec = load_model(pixtral_checkpoint("pixtral-12b"))
     assert spec.model_type == "llava" and spec.family.name == "pixtral"
+
+
+@pytest.mark.parametrize("name", ["pixtral-12b", "mistral-small-3.1"])
+def test_image_processor_called_on_its_own(name, pool):
+    """``image_processor_size`` is what the image processor returns when a framework calls it directly, without
+    the processor's patch_size (LLaMA-Factory's Pixtral plugin): rounded to its own patch, 14 px for
+    Mistral-Small-3.1 against the processor's 28."""
+    from vlmcheck.families import pixtral
+
+    spec = load_model(pixtral_checkpoint(name))
+    image_processor = pixtral_processor(pixtral_checkpoint(name)).image_processor
+    differ, compared = [], 0
+    for path in pool:
+        w, h = _load(path).size
+        if pixtral.grid(w, h, spec.settings)[0] <= 0 or pixtral.grid(w, h, spec.settings)[1] <= 0:
+            continue  # the processor refuses it (the counting test proves VC107 there)
+        got = tuple(int(v) for v in image_processor(_load(path), return_tensors="pt")["image_sizes"][0].tolist())
+        compared += 1
+        if got != pixtral.image_processor_size(w, h, spec.settings):
+            differ.append((path.name, got, pixtral.image_processor_size(w, h, spec.settings)))
+    assert compared >= 100 and not differ, differ[:5]
+    if name == "mistral-small-3.1":  # finer than the processor's 28 px grid: not the same sizes
+        assert any(pixtral.image_processor_size(w, h, spec.settings) != (r * 28, c * 28)
+                   for w, h in ((100, 100), (57, 29)) for r, c in [pixtral.grid(w, h, spec.settings)])

@@ -162,6 +162,45 @@ def _openai_rows(rng: random.Random, names: dict[str, list[str]], n: int, prefix
     return rows
 
 
+def _preference_rows(rng: random.Random, names: dict[str, list[str]], n: int, prefix: str, formatting: str
+                     ) -> list[dict[str, Any]]:
+    """Ranking rows (``ranking: true``): a prompt of one to three user turns with the history's answers, a chosen and
+    a rejected answer (either may be the longer), in LLaMA-Factory's three layouts; among them rows its converter
+    or pairwise processor drops (a prompt ending with an answer, answers that are not turn objects, a missing
+    rejected answer) and a chosen turn with the user's role, which it only warns about. (A column must hold one
+    type throughout: datasets cannot load a file whose chosen answers are objects in some rows and strings in
+    others.)"""
+    rows = []
+    roles = {"sharegpt": ("from", "value", "human", "gpt"), "openai": ("role", "content", "user", "assistant")}
+    for i in range(n):
+        images = _pick_images(rng, names)
+        conv = _conversation(rng, images)
+        prompt, chosen, rejected = conv[:-1], conv[-1][1], _answer(rng)
+        paths = [prefix + p for p in images]
+        if formatting == "alpaca":
+            history = [[prompt[k][1], prompt[k + 1][1]] for k in range(0, len(prompt) - 1, 2)]
+            row: dict[str, Any] = {"instruction": prompt[-1][1], "history": history, "chosen": chosen,
+                                   "rejected": rejected, "images": paths, "system": rng.choice(("", _text(rng, 1, 9)))}
+            if i % 9 == 4:
+                row["rejected"] = None  # one answer: dropped
+            rows.append(row)
+            continue
+        role, content, user, assistant = roles[formatting]
+        turns = [{role: {"user": user, "assistant": assistant}[r], content: c} for r, c in prompt]
+        if rng.random() < 0.25:
+            turns = [{role: "system", content: rng.choice(("", _text(rng, 1, 12)))}, *turns]
+        row = {"messages": turns, "chosen": {role: assistant, content: chosen},
+               "rejected": {role: assistant, content: rejected}, "images": paths}
+        if i % 9 == 2:
+            row["messages"] = turns + [{role: assistant, content: _answer(rng)}]  # even prompt: dropped
+        elif i % 9 == 5:
+            row["rejected"] = None  # no turn object: read as one answer, dropped
+        elif i % 9 == 7:
+            row["chosen"] = {role: user, content: chosen}  # warned, kept as a user turn
+        rows.append(row)
+    return rows
+
+
 def _bad_rows(rng: random.Random, names: dict[str, list[str]], n: int) -> list[dict[str, Any]]:
     """Rows on which LLaMA-Factory raises (the whole run stops), among ordinary ones."""
     rows = []
@@ -264,6 +303,9 @@ def write_data(root: Path, *, seed: int = 0, rows: int = 40) -> Path:
         "alp.json": _alpaca_rows(rng, names, rows, "images/"),
         "oa.json": _openai_rows(rng, names, rows, ""),
         "bad.json": _bad_rows(rng, names, 12),
+        "sg_pref.json": _preference_rows(rng, names, rows, "images/", "sharegpt"),
+        "alp_pref.json": _preference_rows(rng, names, rows, "images/", "alpaca"),
+        "oa_pref.jsonl": _preference_rows(rng, names, rows, "", "openai"),
     }
     # a folder dataset: its files in os.listdir order (not sorted), as LLaMA-Factory lists them
     (data / "sgdir").mkdir(exist_ok=True)
@@ -298,6 +340,16 @@ def write_data(root: Path, *, seed: int = 0, rows: int = 40) -> Path:
                       "columns": {"messages": "conversations", "images": "images", "system": "system"}},
         "bad": {"file_name": "bad.json", "formatting": "sharegpt", "columns": {"messages": "conversations",
                                                                              "images": "images"}},
+        "sg_pref": {"file_name": "sg_pref.json", "formatting": "sharegpt", "ranking": True,
+                    "columns": {"messages": "messages", "chosen": "chosen", "rejected": "rejected", "images": "images"}},
+        "alp_pref": {"file_name": "alp_pref.json", "ranking": True,
+                     "columns": {"prompt": "instruction", "history": "history", "chosen": "chosen",
+                                 "rejected": "rejected", "system": "system", "images": "images"}},
+        "oa_pref": {"file_name": "oa_pref.jsonl", "formatting": "openai", "ranking": True,
+                    "columns": {"messages": "messages", "chosen": "chosen", "rejected": "rejected",
+                                "images": "images"},
+                    "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                             "assistant_tag": "assistant", "system_tag": "system"}},
         "oa": {"file_name": "oa.json", "formatting": "openai", "columns": {"messages": "messages", "images": "images"},
                "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
                         "system_tag": "system"}},

@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -119,7 +120,7 @@ def _glm4v_processor(model_path: str, tokenizer: Any) -> Any:
 def _processor(model_path: str, tokenizer: Any) -> Any:
     if _model_type(model_path) == "glm4v":
         return _glm4v_processor(model_path, tokenizer)
-    if _model_type(model_path) == "llava":  # a Pixtral checkpoint (its vision tower is pixtral)
+    if _model_type(model_path) in ("llava", "mistral3"):  # Pixtral / Mistral Small 3.1: the PixtralProcessor
         return _pixtral_processor(model_path, tokenizer)
     if _model_type(model_path) == "internvl":
         return _internvl_processor(model_path, tokenizer)
@@ -241,6 +242,13 @@ def main(argv: list[str]) -> None:
         argv = argv[:at] + argv[at + 2:]
     out_path, configs = Path(argv[0]), [Path(a) for a in argv[1:]]
     work = Path(tempfile.mkdtemp(prefix="lf-oracle-"))
+    try:
+        _main(out_path, configs, work, forward)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _main(out_path: Path, configs: list[Path], work: Path, forward: int) -> None:
     os.environ.setdefault("HF_DATASETS_CACHE", str(work / "datasets"))
     import datasets
     from llamafactory.data import template as lf_templates
@@ -315,8 +323,9 @@ def _features(regular: list[Any], processor: Any, model_path: str) -> tuple[list
         crops = [int(c) for c in _flat(out["num_crops"])]
         assert out["pixel_values"].shape[0] == len(regular) + sum(crops)
         return [(1 + c) * int(config["mm_tokens_per_image"]) for c in crops], []
-    if model_type == "llava" and config["vision_config"].get("model_type") == "pixtral":
+    if model_type == "mistral3" or (model_type == "llava" and config["vision_config"].get("model_type") == "pixtral"):
         # PixtralVisionModel: one feature per patch of the resized image (image_sizes), merged spatial_merge_size^2
+        # (Mistral3's patch merger)
         out = processor.image_processor(regular, return_tensors="pt")
         step = int(processor.patch_size) * int(getattr(processor, "spatial_merge_size", 1))
         return [(h // step) * (w // step) for h, w in out["image_sizes"].tolist()], []
@@ -392,7 +401,10 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
 
     args = yaml.safe_load(config_path.read_text())
     args.update(do_train=True, output_dir=str(work / "out"), overwrite_cache=True, report_to="none")
-    model_args, data_args, training_args, _, _ = get_train_args(args)
+    model_args, data_args, training_args, finetuning_args, _ = get_train_args(args)
+    # train/dpo and train/rm workflows: get_dataset(stage="rm"), the pairwise processor
+    stage = "rm" if finetuning_args.stage in ("dpo", "rm") else "sft"
+    pairwise = stage == "rm"
     loaded = load_tokenizer(model_args)
     tokenizer, processor = loaded["tokenizer"], loaded["processor"]
     built_processor = processor is None
@@ -405,12 +417,12 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
     model_config = json.loads(Path(model_args.model_name_or_path, "config.json").read_text())
     image_token_id = model_config.get("image_token_index", model_config.get("image_token_id"))
     video_token_id = model_config.get("video_token_id")
-    cut_processor = _get_dataset_processor(data_args, "sft", template, tokenizer, processor, do_generate=False)
-    packing = bool(data_args.packing)  # PackedSupervisedDatasetProcessor: each row packed alone, then unpacked
+    cut_processor = _get_dataset_processor(data_args, stage, template, tokenizer, processor, do_generate=False)
+    packing = bool(data_args.packing) and not pairwise  # PackedSupervisedDatasetProcessor: each row packed alone, then unpacked
     whole_args = copy.copy(data_args)
     whole_args.cutoff_len = 10**9
     whole_args.packing = whole_args.neat_packing = False
-    whole_processor = _get_dataset_processor(whole_args, "sft", template, tokenizer, processor, do_generate=False)
+    whole_processor = _get_dataset_processor(whole_args, stage, template, tokenizer, processor, do_generate=False)
 
     rows: list[dict[str, Any]] = []
     kept_rows: list[dict[str, Any]] = []
@@ -446,7 +458,7 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
                 example = converter(row)
                 batch = {k: [v] for k, v in example.items()}
                 cut = cut_processor.preprocess_dataset(batch)
-                if not cut.get("input_ids"):
+                if not cut.get("chosen_input_ids" if pairwise else "input_ids"):
                     continue  # "Dropped invalid example" (with packing also "Dropped lengthy example")
                 if packing:
                     cut = _unpacked(cut)
@@ -464,6 +476,12 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
                 video_features = _video_features(plugin, videos, processor) if videos else []
             except Exception as e:  # LLaMA-Factory raises on this row: inside datasets.map the whole run stops
                 record["error"] = _error(e)
+                continue
+            if pairwise:
+                _pair_record(record, cut, whole, image_token_id, features)
+                record.update(image_stored=stored, image_sizes=sizes, image_grid_thw=grids, image_features=features)
+                kept_rows.append({**{f"{side}_{key}": cut[f"{side}_{key}"][0] for side in ("chosen", "rejected")
+                                     for key in ("input_ids", "labels")}, "images": images, "split": split})
                 continue
             ids, labels = cut["input_ids"][0], cut["labels"][0]
             left = sum(1 for t in ids if t == image_token_id)
@@ -485,7 +503,7 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
     # The real entry point on the whole config: it must give exactly the kept rows, or raise when a row raises.
     check: dict[str, Any] = {}
     try:
-        module = get_dataset(template, model_args, data_args, training_args, "sft", tokenizer, processor)
+        module = get_dataset(template, model_args, data_args, training_args, stage, tokenizer, processor)
         train = module["train_dataset"]
         check["rows"] = len(train)
         evals = module.get("eval_dataset")
@@ -522,15 +540,35 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
         result["forward"] = _forward_mllama(rows, kept_rows, template, tokenizer, processor, forward)
     elif forward and _model_type(model_args.model_name_or_path) in QWEN_TYPES:
         result["forward"] = _forward(model_args.model_name_or_path, rows, kept_rows, template, tokenizer, processor,
-                                     forward)
+                                     forward, pairwise=pairwise)
     return result
 
 
 def _same(got: Any, want: list[dict[str, Any]]) -> bool:
-    """The dataset's rows are the kept rows, in order."""
+    """The dataset's rows are the kept rows, in order (a pairwise dataset's: chosen and rejected ids and labels)."""
     got = list(got)
-    return len(got) == len(want) and all(
-        a["input_ids"] == b["input_ids"] and a["labels"] == b["labels"] for a, b in zip(got, want))
+    keys = [k for k in (want[0] if want else {}) if k.endswith(("input_ids", "labels"))]
+    return len(got) == len(want) and all(a[k] == b[k] for a, b in zip(got, want) for k in keys)
+
+
+def _pair_record(record: dict[str, Any], cut: dict[str, Any], whole: dict[str, Any], image_token_id: int,
+                 features: list[int]) -> None:
+    """A ranking row through the pairwise processor: the chosen sequence's counts, the longer sequence's length, the
+    rejected answer's kept labels; image tokens left in each sequence (the collator batches both, each with the
+    images: either one short of the features crashes)."""
+    def labelled(labels: list[int]) -> int:
+        return sum(1 for t in labels if t != IGNORE_INDEX)
+
+    chosen, rejected = cut["chosen_input_ids"][0], cut["rejected_input_ids"][0]
+    left = [sum(1 for t in ids if t == image_token_id) for ids in (chosen, rejected)]
+    record.update(
+        kept=True, tokens=max(len(whole["chosen_input_ids"][0]), len(whole["rejected_input_ids"][0])),
+        chosen_tokens=len(whole["chosen_input_ids"][0]), rejected_tokens=len(whole["rejected_input_ids"][0]),
+        supervised=labelled(whole["chosen_labels"][0]), kept_tokens=max(len(chosen), len(rejected)),
+        kept_supervised=labelled(cut["chosen_labels"][0]),
+        kept_rejected_supervised=labelled(cut["rejected_labels"][0]),
+        image_tokens_left=min(left), crash=any(n != sum(features) for n in left),
+    )
 
 
 def _version(name: str) -> str:
@@ -540,11 +578,12 @@ def _version(name: str) -> str:
 
 
 def _forward(model_path: str, rows: list[dict[str, Any]], kept_rows: list[dict[str, Any]], template: Any,
-             tokenizer: Any, processor: Any, n: int) -> list[dict[str, Any]]:
+             tokenizer: Any, processor: Any, n: int, *, pairwise: bool = False) -> list[dict[str, Any]]:
     """A tiny random Qwen-VL model of the checkpoint's type runs forward on cut and whole samples, batched by
-    LLaMA-Factory's own collator (it computes pixel_values and image_grid_thw from the images)."""
+    LLaMA-Factory's own collator (it computes pixel_values and image_grid_thw from the images); a ranking row's
+    chosen and rejected sequences go through its pairwise collator together, as the dpo / rm workflows batch them."""
     import torch
-    from llamafactory.data.collator import SFTDataCollatorWith4DAttentionMask
+    from llamafactory.data.collator import PairwiseDataCollatorWithPadding, SFTDataCollatorWith4DAttentionMask
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     config = AutoConfig.from_pretrained(model_path)
@@ -565,8 +604,9 @@ def _forward(model_path: str, rows: list[dict[str, Any]], kept_rows: list[dict[s
         vision.deepstack_visual_indexes = [0]
     torch.manual_seed(0)
     model = AutoModelForImageTextToText.from_config(config).eval()
-    collator = SFTDataCollatorWith4DAttentionMask(template=template, processor=processor, tokenizer=tokenizer,
-                                                  model=model, pad_to_multiple_of=None, label_pad_token_id=IGNORE_INDEX)
+    collator_class = PairwiseDataCollatorWithPadding if pairwise else SFTDataCollatorWith4DAttentionMask
+    collator = collator_class(template=template, processor=processor, tokenizer=tokenizer, model=model,
+                              pad_to_multiple_of=8 if pairwise else None, label_pad_token_id=IGNORE_INDEX)
     kept = [r for r in rows if r["kept"]]
     def crash_kind(r: dict[str, Any]) -> str:  # with videos: uncut but more tokens than features, or cut
         return "frames" if r.get("video_tokens") not in (None, r.get("video_features")) else "cut"
@@ -578,9 +618,15 @@ def _forward(model_path: str, rows: list[dict[str, Any]], kept_rows: list[dict[s
     out = []
     for i in chosen:
         sample = kept_rows[i]
-        feature = {"input_ids": sample["input_ids"], "attention_mask": [1] * len(sample["input_ids"]),
-                   "labels": sample["labels"], "images": sample["images"], "videos": sample.get("videos") or [],
-                   "audios": []}
+        if pairwise:
+            feature = {**{k: v for k, v in sample.items() if k.endswith(("input_ids", "labels"))},
+                       "chosen_attention_mask": [1] * len(sample["chosen_input_ids"]),
+                       "rejected_attention_mask": [1] * len(sample["rejected_input_ids"]),
+                       "images": sample["images"], "videos": [], "audios": []}
+        else:
+            feature = {"input_ids": sample["input_ids"], "attention_mask": [1] * len(sample["input_ids"]),
+                       "labels": sample["labels"], "images": sample["images"], "videos": sample.get("videos") or [],
+                       "audios": []}
         record = {"dataset": kept[i]["dataset"], "row": kept[i]["row"], "error": None}
         try:
             batch = collator([feature])

@@ -43,8 +43,10 @@ IMAGE_END = "[IMG_END]"
 # processing_pixtral.py: PixtralProcessor(patch_size=16, spatial_merge_size=1) class defaults.
 DEFAULT_PATCH_SIZE = 16
 DEFAULT_MERGE_SIZE = 1
-# image_processing_pil_pixtral.py: PixtralImageProcessorPil.size = {"longest_edge": 1024}, do_resize = True.
+# image_processing_pil_pixtral.py: PixtralImageProcessorPil.size = {"longest_edge": 1024}, do_resize = True,
+# patch_size = {"height": 16, "width": 16} (what it rounds to when called without the processor's patch_size).
 DEFAULT_LONGEST_EDGE = 1024
+DEFAULT_IMAGE_PATCH = 16
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class PixtralSettings:
     max_height: int
     max_width: int
     do_resize: bool = True
+    # the image processor's own patch size (preprocessor_config.json), used when it is called directly
+    image_patch_size: int = DEFAULT_IMAGE_PATCH
 
     @property
     def step(self) -> int:
@@ -72,12 +76,16 @@ def read_settings(preprocessor: dict[str, Any]) -> PixtralSettings:
         max_h = max_w = int(size["longest_edge"])
     else:  # PixtralImageProcessorPil.resize also takes a height x width box
         max_h, max_w = int(size["height"]), int(size["width"])
+    image_patch = preprocessor.get("patch_size") or DEFAULT_IMAGE_PATCH
+    if isinstance(image_patch, Mapping):  # {"height": 16, "width": 16}
+        image_patch = image_patch.get("height") or DEFAULT_IMAGE_PATCH
     return PixtralSettings(
         patch_size=int(processor.get("patch_size") or DEFAULT_PATCH_SIZE),
         spatial_merge_size=int(processor.get("spatial_merge_size") or DEFAULT_MERGE_SIZE),
         max_height=max_h,
         max_width=max_w,
         do_resize=bool(preprocessor.get("do_resize", True)),
+        image_patch_size=int(image_patch),
     )
 
 
@@ -99,8 +107,22 @@ def grid(width: int, height: int, s: PixtralSettings) -> tuple[int, int]:
     return (h - 1) // p + 1, (w - 1) // p + 1
 
 
+def image_processor_size(width: int, height: int, s: PixtralSettings) -> tuple[int, int]:
+    """(height, width) the image processor returns when it is called on its own, with its own patch size (what
+    ``image_sizes`` holds when a framework calls ``processor.image_processor`` directly)."""
+    if not s.do_resize:
+        return height, width
+    h, w = _scaled(width, height, s)
+    p = s.image_patch_size
+    return ((h - 1) // p + 1) * p, ((w - 1) // p + 1) * p
+
+
 def expand(width: int, height: int, s: PixtralSettings) -> Expansion:
-    rows, cols = grid(width, height, s)
+    return expand_grid(*grid(width, height, s))
+
+
+def expand_grid(rows: int, cols: int) -> Expansion:
+    """The processor's text for ``rows`` x ``cols`` patches (``replace_image_token``)."""
     if rows <= 0 or cols <= 0:  # the processor raises (check_image says why); count one placeholder
         return Expansion(IMAGE_TOKEN, (1,))
     text = (IMAGE_TOKEN + IMAGE_BREAK) * (rows - 1) + IMAGE_TOKEN + IMAGE_END

@@ -1,7 +1,8 @@
 """LLaMA-Factory: the one home of its facts (config keys and defaults, ``dataset_info.json``, its own chat templates,
 per-turn tokenization, image pre-scaling, ``cutoff_len`` truncation and what happens at the cut).
 
-Modelled on LLaMA-Factory 0.9.4-0.9.5, default (v0) engine, ``stage: sft``:
+Modelled on LLaMA-Factory 0.9.4-0.9.5, default (v0) engine, ``stage: sft``, and ``stage: dpo`` / ``rm`` (the
+pairwise processor, see **Preference stages** below):
 
 - **Config** (``hparams/data_args.py``, ``hparams/model_args.py``): ``cutoff_len`` 2048, ``dataset_dir`` ``data``,
   ``media_dir`` = ``dataset_dir``, ``image_max_pixels`` 768*768, ``image_min_pixels`` 32*32, ``train_on_prompt``
@@ -35,7 +36,10 @@ Modelled on LLaMA-Factory 0.9.4-0.9.5, default (v0) engine, ``stage: sft``:
   ``smart_resize``) writing ``<|begin_of_image|>`` + ``<|image|>`` per feature + ``<|end_of_image|>``.
   Templates: ``qwen2_vl``, ``qwen3_vl``, ``qwen3_vl_nothink``, ``gemma3``, ``llava``, ``llava_next``,
   ``intern_vl``, ``pixtral``, ``paligemma``, ``mllama``, ``glm4v`` (``efficient_eos``: one labelled EOS closes the
-  sample, each later prompt's first label is the EOS id; ``train_on_prompt`` refused); the others are refused.
+  sample, each later prompt's first label is the EOS id; ``train_on_prompt`` refused), and the templates that put
+  other strings on those plugins (``glm4_5v``, ``llava_next_llama3`` / ``_mistral`` / ``_qwen`` / ``_yi``,
+  ``granite3_vision``, ``yi_vl``, ``paligemma_chat``, ``mimo_vl``, ``mistral_small``; ``replace_eos`` makes their
+  first stop word the EOS); the others are refused.
 - **Truncation** (``data/processor/supervised.py``, ``processor_utils.infer_seqlen``): pair by pair, each
   (prompt, answer) gets a share of the remaining ``cutoff_len``. Nothing checks the image tokens afterwards: a cut
   through an image span leaves fewer ``<|image_pad|>`` ids than the image has features, and the model's forward
@@ -43,6 +47,17 @@ Modelled on LLaMA-Factory 0.9.4-0.9.5, default (v0) engine, ``stage: sft``:
   ``MllamaPlugin`` builds ``cross_attention_mask`` from the ``<|image|>`` ids left, fewer image slots than
   ``pixel_values``: a size mismatch at batch size 1 (silently unattended when batched with a whole sample holding
   as many images).
+- **Preference stages** (``stage: dpo`` / ``rm``: ``get_dataset(stage="rm")``, ``data/processor/pairwise.py``):
+  ``ranking: true`` datasets only (an sft run refuses them, a preference run refuses the others); a row is a
+  prompt (an odd number of turns, ending with the user's) and a chosen and a rejected answer (alpaca: two strings;
+  sharegpt / openai: two turn objects). ``encode_oneturn``: the whole prompt is one piece, the answer the other;
+  reasoning templates strip the history's thoughts unless ``preserve_thinking`` and the answer's when
+  ``enable_thinking`` is off, with one empty thought block for the last answer; an ``efficient_eos`` template's EOS
+  joins each answer. One cut: ``infer_seqlen(prompt, the longer answer, cutoff_len)``, the same share for both
+  answers; PaliGemma's image tokens join the prompt there and can be cut. Chosen and rejected go through the
+  collator together, each with the images: a cut image span crashes as in sft. ``packing`` is not applied
+  (``cutoff_len`` still loses 1 when it is set); ``train_on_prompt``, ``mask_history``, ``neat_packing`` and
+  ``predict_with_generate`` are refused, as LLaMA-Factory refuses them outside sft.
 """
 
 from __future__ import annotations
@@ -61,7 +76,7 @@ from vlmcheck.data.readers import BadRow
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.data.videos import VideoInfo, VideoProblem, probe_video_path
 from vlmcheck.errors import DatasetError, UsageError
-from vlmcheck.families import Expansion, Overrides
+from vlmcheck.families import Expansion, Overrides, pixtral
 from vlmcheck.families.base import VideoFamily
 from vlmcheck.families.qwen2_vl import QwenVLSettings
 from vlmcheck.frameworks._run import locate, mapped
@@ -186,8 +201,9 @@ GEMMA3_PLUGIN = Plugin("gemma3", "<image_soft_token>", "", "", "", ("gemma3",), 
 LLAVA_PLUGIN = Plugin("llava", "<image>", "", "", "", ("llava",), wrapped=False, qwen_rules=False)
 LLAVA_NEXT_PLUGIN = Plugin("llava_next", "<image>", "", "", "", ("llava_next",), wrapped=False, qwen_rules=False)
 # mm_plugin.py PixtralPlugin.process_messages: per row of patches [IMG] x columns then [IMG_BREAK], the last one
-# [IMG_END], from the image processor's image_sizes (the processor's own text)
-PIXTRAL_PLUGIN = Plugin("pixtral", "[IMG]", "", "", "", ("pixtral",), wrapped=False, qwen_rules=False)
+# [IMG_END], from the image_sizes of the image processor called directly (rounded to its own patch size, 14 for
+# Mistral-Small-3.1) divided, floored, by the processor's patch_size x spatial_merge_size (28): see pixtral_grid
+PIXTRAL_PLUGIN = Plugin("pixtral", "[IMG]", "", "", "", ("pixtral", "mistral3"), wrapped=False, qwen_rules=False)
 # mm_plugin.py InternVLPlugin.process_messages: "<img>" + "<IMG_CONTEXT>" x image_seq_length x tiles + "</img>"
 # (the template registers "<image>" as its image token, but the text it writes holds <IMG_CONTEXT>); the tiles
 # come from the image processor called directly: crop_to_patches (max 12, min 1 tiles) when LLaMA-Factory's own
@@ -213,7 +229,7 @@ MLLAMA_PLUGIN = Plugin(
 # mm_plugin.py GLM4VPlugin(Qwen2VLPlugin): the Qwen-VL image rules (_preprocess_image is inherited), then
 # "<|begin_of_image|>" + "<|image|>" per feature (image_grid_thw.prod() // merge_size**2 of GLM's own image
 # processor) + "<|end_of_image|>"
-GLM4V_PLUGIN = Plugin("glm4v", "<|image|>", "<|video|>", "<|begin_of_image|>", "<|end_of_image|>", ("glm4v",),
+GLM4V_PLUGIN = Plugin("glm4v", "<|image|>", "<|video|>", "<|begin_of_image|>", "<|end_of_image|>", ("glm4v", "glm4v_moe"),
                       takes_videos=True)
 INTERN_VL_CROP = {"crop_to_patches": True, "max_patches": 12, "min_patches": 1}
 # mm_plugin.py Gemma3Plugin.process_messages with image_do_pan_and_scan reads each image's crop count as
@@ -248,6 +264,9 @@ class Template:
     # Template.fix_special_tokens: the stop words (after the one that replaces EOS) are added to the tokenizer as
     # special tokens, so text holding one tokenizes it as a single token
     stop_words: tuple[str, ...] = ()
+    # replace_eos: this stop word becomes the tokenizer's EOS (added as a special token when it is not one): every
+    # EOS slot writes its id
+    eos_word: str = ""
     # tool use: format_observation / format_function slots and the tool format of format_tools / FunctionFormatter
     # ("qwen" is modelled; rows with tools or tool turns under any other template are not counted: VC007)
     observation: str = ""
@@ -278,6 +297,14 @@ QWEN_TOOL_PROMPT = (
     "<tool_call></tool_call> XML tags:\n<tool_call>\n{{\"name\": <function-name>, "
     "\"arguments\": <args-json-object>}}\n</tool_call>"
 )
+_LLAMA3_USER = ("<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>"
+                "<|start_header_id|>assistant<|end_header_id|>\n\n")
+_LLAMA3_SYSTEM = "<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>"
+YI_VL_SYSTEM = (
+    "This is a chat between an inquisitive human and an AI assistant. Assume the role of the AI assistant. Read all "
+    "the images carefully, and respond to the human's questions with informative, helpful, detailed and polite "
+    "answers. 这是一个好奇的人类和一个人工智能助手之间的对话。假设你扮演这个AI助手的角色。"
+    "仔细阅读所有的图像，并对人类的问题做出信息丰富、有帮助、详细的和礼貌的回答。\n\n")
 _VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
                   "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 
@@ -313,10 +340,8 @@ TEMPLATES: dict[str, Template] = {
                  answer_eos=True, system_in_user=True),
         # template.py "mllama" (llama3's strings): BOS prefix, no default system; replace_eos makes <|eot_id|> the
         # EOS (no answer slot writes it), <|eom_id|> joins the special tokens
-        Template("mllama", "<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>"
-                           "<|start_header_id|>assistant<|end_header_id|>\n\n",
-                 "{content}<|eot_id|>", "<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
-                 MLLAMA_PLUGIN, prefix_bos=True, stop_words=("<|eom_id|>",)),
+        Template("mllama", _LLAMA3_USER, "{content}<|eot_id|>", _LLAMA3_SYSTEM, MLLAMA_PLUGIN, prefix_bos=True,
+                 stop_words=("<|eom_id|>",), eos_word="<|eot_id|>"),
         # template.py "glm4v" (glm4's strings): "[gMASK]<sop>" prefix, ReasoningTemplate, efficient_eos (answers
         # carry no EOS: one EOS closes the sample, and each later prompt's first label is the EOS id)
         Template("glm4v", "<|user|>\n{content}<|assistant|>", "\n{content}", "<|system|>\n{content}", GLM4V_PLUGIN,
@@ -325,6 +350,44 @@ TEMPLATES: dict[str, Template] = {
         # template.py "pixtral" (ministral's strings): Llama2Template, BOS prefix, default answer slots
         Template("pixtral", "[INST]{content}[/INST]", "{content}", "{content}\n\n", PIXTRAL_PLUGIN, prefix_bos=True,
                  answer_eos=True, system_in_user=True),
+        # -- other models' strings on the same plugins (tools: VC007 unless the format is qwen or default) --
+        # template.py "glm4_5v": glm4v's strings and plugin (GLM-4.5V, model_type glm4v_moe); tool format glm4_moe
+        Template("glm4_5v", "<|user|>\n{content}<|assistant|>", "\n{content}", "<|system|>\n{content}",
+                 GLM4V_PLUGIN, prefix="[gMASK]<sop>", reasoning=True, efficient_eos=True,
+                 stop_words=("<|user|>", "<|observation|>", "</answer>")),
+        # template.py "llava_next_llama3": llama3's strings, BOS prefix, replace_eos <|eot_id|>; tool format llama3
+        Template("llava_next_llama3", _LLAMA3_USER, "{content}<|eot_id|>", _LLAMA3_SYSTEM, LLAVA_NEXT_PLUGIN,
+                 prefix_bos=True, stop_words=("<|eom_id|>",), eos_word="<|eot_id|>"),
+        # template.py "llava_next_mistral": Llama2Template, BOS prefix, " {content}" + EOS; tool format mistral
+        Template("llava_next_mistral", "[INST] {content}[/INST]", " {content}", "{content}\n\n", LLAVA_NEXT_PLUGIN,
+                 prefix_bos=True, answer_eos=True, system_in_user=True),
+        # template.py "llava_next_qwen": qwen's chatml strings and default system, replace_eos <|im_end|>, qwen tools
+        Template("llava_next_qwen", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, LLAVA_NEXT_PLUGIN,
+                 default_system="You are a helpful assistant.", eos_word="<|im_end|>", observation=_QWEN_OBSERVATION,
+                 function=_QWEN_FUNCTION, tool_format="qwen"),
+        # template.py "llava_next_yi": chatml strings, <|im_end|> a stop word (no replace_eos), no tool slots
+        Template("llava_next_yi", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, LLAVA_NEXT_PLUGIN,
+                 stop_words=("<|im_end|>",)),
+        # template.py "granite3_vision": its own strings, vicuna's default system, default answer / tool slots
+        Template("granite3_vision", "<|user|>\n{content}\n<|assistant|>\n", "{content}", "<|system|>\n{content}\n",
+                 LLAVA_NEXT_PLUGIN, default_system=_VICUNA_SYSTEM, answer_eos=True,
+                 observation="<|user|>\n{content}\n<|assistant|>\n", function="{content}", function_eos=True,
+                 tool_format="default"),
+        # template.py "yi_vl": "### Human: ... ### Assistant:", its default system, efficient_eos, stop word "###"
+        Template("yi_vl", "### Human: {content}\n### Assistant:", "{content}\n", "{content}", LLAVA_PLUGIN,
+                 default_system=YI_VL_SYSTEM, efficient_eos=True, stop_words=("###",)),
+        # template.py "paligemma_chat": Llama2Template, gemma's turns, BOS prefix, replace_eos <end_of_turn>
+        Template("paligemma_chat", "<start_of_turn>user\n{content}<end_of_turn>\n<start_of_turn>model\n",
+                 "{content}<end_of_turn>\n", "{content}", PALIGEMMA_PLUGIN, prefix_bos=True, system_in_user=True,
+                 eos_word="<end_of_turn>"),
+        # template.py "mimo_vl": chatml, its default system, ReasoningTemplate, replace_eos <|im_end|>, qwen tools
+        Template("mimo_vl", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, QWEN2_VL_PLUGIN, reasoning=True,
+                 default_system="You are MiMo, an AI assistant developed by Xiaomi.", eos_word="<|im_end|>",
+                 observation=_QWEN_OBSERVATION, function=_QWEN_FUNCTION, tool_format="qwen"),
+        # template.py "mistral_small": [INST] turns, [SYSTEM_PROMPT] system before them, BOS prefix, default answer
+        # slots (Mistral Small 3.1: model_type mistral3, the Pixtral plugin); tool format mistral
+        Template("mistral_small", "[INST]{content}[/INST]", "{content}", "[SYSTEM_PROMPT]{content}[/SYSTEM_PROMPT]",
+                 PIXTRAL_PLUGIN, prefix_bos=True, answer_eos=True),
     )
 }
 
@@ -368,7 +431,19 @@ class Config:
     streaming: bool = False
     # data_args.tool_format: replaces the template's tool and function-call formatters (None: the template's own)
     tool_format: str | None = None
+    # finetuning_args.stage: sft, or dpo / rm (both prepare their data with the pairwise processor)
+    stage: str = "sft"
 
+    @property
+    def pairwise(self) -> bool:
+        """The preference stages: ``get_dataset(stage="rm")``, chosen and rejected answers to one prompt."""
+        return self.stage in PAIRWISE_STAGES
+
+
+
+# train/dpo/workflow.py and train/rm/workflow.py: get_dataset(stage="rm"), the PairwiseDatasetProcessor
+PAIRWISE_STAGES = ("dpo", "rm")
+STAGES = ("sft", *PAIRWISE_STAGES)
 
 
 def _flag(raw: dict[str, Any], key: str) -> bool:
@@ -400,8 +475,17 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     """
     env = os.environ if env is None else env
     stage = str(raw.get("stage", DEFAULTS["stage"]))
-    if stage != "sft":
-        raise UsageError(f"{path}: stage {stage!r}: vlmcheck models LLaMA-Factory's sft stage only")
+    if stage not in STAGES:
+        raise UsageError(f"{path}: stage {stage!r}: vlmcheck models LLaMA-Factory's {', '.join(STAGES)} stages (its "
+                         "pt, kto and ppo data paths are not modelled)")
+    if stage != "sft":  # hparams/parser.py get_train_args: refused outside sft
+        for key in ("predict_with_generate", "neat_packing"):
+            if _flag(raw, key):
+                raise UsageError(f"{path}: {key} with stage {stage} (LLaMA-Factory refuses: '`{key}` cannot be "
+                                 "set as True except SFT')")
+        if _flag(raw, "train_on_prompt") or _flag(raw, "mask_history"):
+            raise UsageError(f"{path}: train_on_prompt / mask_history with stage {stage} (LLaMA-Factory refuses: "
+                             "'`train_on_prompt` or `mask_history` cannot be set as True except SFT')")
     name = raw.get("template")
     if name is None:
         raise UsageError(f"{path}: no template set; LLaMA-Factory then parses the tokenizer's chat template, which "
@@ -493,7 +577,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         dataset_dir=dataset_dir, media_dir=media_dir, cutoff_len=cutoff, image_max_pixels=max_pixels,
         image_min_pixels=min_pixels, train_on_prompt=_flag(raw, "train_on_prompt"),
         mask_history=_flag(raw, "mask_history"), enable_thinking=_flag(raw, "enable_thinking"),
-        preserve_thinking=_flag(raw, "preserve_thinking"), packing=packing,
+        preserve_thinking=_flag(raw, "preserve_thinking"),
         default_system=raw.get("default_system"),
         max_samples=int(max_samples) if max_samples is not None else None,
         pan_and_scan=_flag(raw, "image_do_pan_and_scan"),
@@ -506,8 +590,10 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         v1=env.get("USE_V1", "0").lower() in ("1", "true"),
         eval_datasets=eval_names, seed=_seed(raw, path), streaming=streaming,
         tool_format=str(tool_format) if tool_format else None,
+        # the pairwise processor never packs (the cutoff_len - 1 of data_args still applies)
+        stage=stage, packing=packing and stage == "sft",
         values={k: raw.get(k, DEFAULTS.get(k)) for k in (
-            "template", "cutoff_len", "image_max_pixels", "image_min_pixels", "train_on_prompt", "mask_history",
+            "stage", "template", "cutoff_len", "image_max_pixels", "image_min_pixels", "train_on_prompt", "mask_history",
             "enable_thinking", "packing", "dataset", "dataset_dir", "image_do_pan_and_scan", "crop_to_patches",
             "video_max_pixels", "video_min_pixels", "video_fps", "video_maxlen", "eval_dataset", "seed",
             "tool_format")},
@@ -622,8 +708,10 @@ def read_dataset_info(config: Config, names: Sequence[str] | None = None) -> lis
         attr = DatasetAttr.read(name, info[name])
         if attr.formatting not in ("alpaca", "sharegpt", "openai"):
             raise UsageError(f"dataset {name!r}: formatting {attr.formatting!r} is not one LLaMA-Factory reads")
-        if attr.ranking:
-            raise UsageError(f"dataset {name!r} is a ranking (preference) dataset; vlmcheck models the sft stage")
+        if attr.ranking != config.pairwise:  # _get_merged_dataset
+            kind = "a ranking (preference)" if attr.ranking else "not a ranking (preference)"
+            raise UsageError(f"dataset {name!r} is {kind} dataset and the stage is {config.stage} (LLaMA-Factory "
+                             "raises 'The dataset is not applicable in the current training stage')")
         attrs.append(attr)
     return attrs
 
@@ -699,6 +787,14 @@ class Example:
     videos: list[Any]
     tools: Any = ""  # the row's tools value as loaded (a JSON string when usable)
     audios: list[Any] = field(default_factory=list)  # no modelled plugin takes audio: any stops the run
+    # a ranking row: messages end with the chosen answer, this is the rejected one (role, content)
+    rejected: tuple[str, str] | None = None
+
+    @property
+    def rejected_messages(self) -> list[tuple[str, str]]:
+        """The prompt with the rejected answer (a ranking row)."""
+        assert self.rejected is not None
+        return [*self.messages[:-1], self.rejected]
 
 
 class NotCounted(Exception):
@@ -757,10 +853,21 @@ def convert(row: Any, attr: DatasetAttr, config: Config) -> Example:
                 if value:
                     query.append(value)
         messages.append(("user", "\n".join(str(q) for q in query)))
-        response = _get(row, cols["response"]) if cols["response"] else None
-        if not isinstance(response, str):
-            raise Dropped("no response: LLaMA-Factory treats the row as unsupervised and drops it for sft")
-        messages.append(("assistant", response))
+        rejected = None
+        if attr.ranking:  # AlpacaDatasetConverter: two strings are a pair; anything else is one answer or none
+            chosen, rejected_text = _ranked(row, cols["chosen"]), None
+            if isinstance(chosen, str):
+                rejected_text = _ranked(row, cols["rejected"])
+            if not (isinstance(chosen, str) and isinstance(rejected_text, str)):
+                raise Dropped("no chosen and rejected strings: LLaMA-Factory's pairwise processor drops the row "
+                              "('Dropped invalid example')")
+            messages.append(("assistant", chosen))
+            rejected = ("assistant", rejected_text)
+        else:
+            response = _get(row, cols["response"]) if cols["response"] else None
+            if not isinstance(response, str):
+                raise Dropped("no response: LLaMA-Factory treats the row as unsupervised and drops it for sft")
+            messages.append(("assistant", response))
         system = _get(row, cols["system"]) if cols["system"] else ""
     else:
         turns = _get(row, cols["messages"])
@@ -788,21 +895,62 @@ def convert(row: Any, attr: DatasetAttr, config: Config) -> Example:
                               f"{' or '.join(repr(t) for t in accept[i % 2] if t)}; it skips the row "
                               "('Invalid role tag')")
             messages.append((roles[turn[role_tag]], turn[content_tag]))
-        if len(messages) % 2 != 0 or not messages:
+        rejected = None
+        if attr.ranking:
+            rejected = _ranked_pair(row, messages, attr, {**roles, tags["system_tag"]: "system"})
+        elif len(messages) % 2 != 0 or not messages:
             raise Dropped(f"{len(messages)} turns after the system prompt: LLaMA-Factory needs user/assistant "
                           "pairs and skips the row ('Invalid message count')")
-    for role, content in messages:
+    answers = [*messages, *([rejected] if rejected else [])]
+    for role, content in answers:
         if not isinstance(content, str):
             raise Stops(f"a {role} turn's content is a {type(content).__name__}, not text")
     tools = _get(row, cols["tools"]) if cols["tools"] else ""
-    has_tools = bool(tools) or any(role in ("observation", "function") for role, _ in messages)
+    has_tools = bool(tools) or any(role in ("observation", "function") for role, _ in answers)
     if has_tools and config.template.tool_format not in MODELLED_TOOL_FORMATS:
         raise NotCounted(f"tools and tool turns under template {config.template.name} (tool format "
                          f"{config.template.tool_format or 'its own'}) are not counted by vlmcheck yet (it models "
                          "the qwen format of the Qwen-VL templates and the default format of llava / llava_next)")
     images, videos, audios = _medias(row, cols, config)
     return Example(messages=messages, system=system if isinstance(system, str) else "", images=images,
-                   videos=videos, tools=tools or "", audios=audios)
+                   videos=videos, tools=tools or "", audios=audios, rejected=rejected)
+
+
+def _ranked(row: Mapping[str, Any], key: str | None) -> Any:
+    """``example[dataset_attr.chosen]`` (or ``rejected``): an unset column is ``example[None]``, a KeyError."""
+    if key is None:
+        raise Stops("the ranking dataset names no chosen / rejected column; LLaMA-Factory raises KeyError")
+    return _get(row, key)
+
+
+def _ranked_pair(row: Mapping[str, Any], messages: list[tuple[str, str]], attr: DatasetAttr,
+                 roles: Mapping[str | None, str]) -> tuple[str, str]:
+    """A sharegpt / openai ranking row (``messages``: the prompt, appended the chosen answer): the rejected
+    answer. The prompt must be an odd number of turns, and chosen / rejected turn objects; a role outside the
+    answer tags is only warned about ("Invalid role tag") and the turn kept with that role."""
+    if len(messages) % 2 == 0:
+        raise Dropped(f"{len(messages)} prompt turns: a ranking row's prompt ends with the user's turn; LLaMA-Factory "
+                      "skips the row ('Invalid message count')")
+    chosen, rejected = _ranked(row, attr.columns["chosen"]), _ranked(row, attr.columns["rejected"])
+    if not (isinstance(chosen, Mapping) and isinstance(rejected, Mapping)):
+        raise Dropped("chosen / rejected are not turn objects: LLaMA-Factory reads the row as one answer and its "
+                      "pairwise processor drops it ('Dropped invalid example')")
+    role_tag, content_tag = attr.tags["role_tag"], attr.tags["content_tag"]
+    out = []
+    for answer in (chosen, rejected):
+        if role_tag not in answer or content_tag not in answer:
+            raise Stops(f"a chosen / rejected turn has no {role_tag!r}/{content_tag!r} field; LLaMA-Factory "
+                        "raises KeyError")
+        role = answer[role_tag]
+        if role not in roles:
+            raise Stops(f"a chosen / rejected turn's role {role!r} is none of the dataset's tags; LLaMA-Factory "
+                        "raises KeyError")
+        if roles[role] == "system":
+            raise Stops("a chosen / rejected turn has the system role: LLaMA-Factory's template raises "
+                        "'Unexpected role'")
+        out.append((roles[role], answer[content_tag]))
+    messages.append(out[0])
+    return out[1]
 
 
 def _medias(row: Mapping[str, Any], cols: Mapping[str, str | None], config: Config
@@ -845,9 +993,12 @@ def _convert_openai(row: Mapping[str, Any], turns: list[Any], attr: DatasetAttr,
         if role != expected:
             raise Dropped(f"turn {i + 1} has role {role!r} where LLaMA-Factory expects the {expected}; "
                           "it skips the row ('Invalid role tag')")
-    if len(messages) % 2 != 0 or not messages:
+    rejected = None
+    if attr.ranking:
+        rejected = _ranked_pair(row, messages, attr, roles)
+    elif len(messages) % 2 != 0 or not messages:
         raise Dropped(f"{len(messages)} turns: LLaMA-Factory needs user/assistant pairs and skips the row")
-    for role, content in messages:
+    for role, content in [*messages, *([rejected] if rejected else [])]:
         if not isinstance(content, str):
             raise Stops(f"a {role} turn's content is a {type(content).__name__}, not text")
     tools = row.get(cols["tools"], "") if cols["tools"] else ""
@@ -859,7 +1010,7 @@ def _convert_openai(row: Mapping[str, Any], turns: list[Any], attr: DatasetAttr,
     elif "detailed thinking on" not in system and OPENAI_THINKING_OFF not in system:
         system += "\n" + OPENAI_THINKING_OFF
     images, videos, audios = _medias(row, cols, config)
-    return Example(messages=messages, system=system, images=images, videos=videos, audios=audios)
+    return Example(messages=messages, system=system, images=images, videos=videos, audios=audios, rejected=rejected)
 
 
 # -- images ------------------------------------------------------------------------------------------------------
@@ -897,6 +1048,30 @@ def _prescaled(width: int, height: int, max_pixels: int, min_pixels: int, config
         if height / width > QWEN_MAX_RATIO:
             width, height = width, width * QWEN_SQUASHED_RATIO
     return width, height
+
+
+def pixtral_grid(width: int, height: int, settings: pixtral.PixtralSettings) -> tuple[int, int]:
+    """(rows, columns) of ``[IMG]`` the Pixtral plugin writes for a pre-scaled image. It calls the image processor
+    directly, which rounds each side up to its own patch size, and floors that by the processor's patch size x
+    spatial merge: the same grid as the processor's where the two agree (Pixtral-12B), fewer rows and columns where
+    the image processor's patch is finer (Mistral-Small-3.1: 14 px against 28; the model's patch merger floors the
+    same way, so text and features still agree). No row at all: the plugin's ``replace_tokens[-1]`` raises
+    IndexError."""
+    h, w = pixtral.image_processor_size(width, height, settings)
+    rows, cols = h // settings.step, w // settings.step
+    if rows <= 0:
+        raise ImageRefused(f"the image processor makes it {w}x{h}, under one {settings.step} px row of patches: "
+                           "LLaMA-Factory's Pixtral plugin writes no [IMG] row and raises IndexError "
+                           "('list assignment index out of range')")
+    return rows, cols
+
+
+def pixtral_expansion(rows: int, cols: int) -> Expansion:
+    """The Pixtral plugin's text for a grid; with no column, its rows are bare [IMG_BREAK]s closed by [IMG_END]
+    (no image token: the patch merger gives the image no feature either)."""
+    if cols <= 0:
+        return Expansion(pixtral.IMAGE_BREAK * (rows - 1) + pixtral.IMAGE_END, ())
+    return pixtral.expand_grid(rows, cols)
 
 
 def _check_side(width: int, height: int) -> None:
@@ -966,12 +1141,16 @@ def format_turns(example: Example, config: Config, *, images: Sequence[str] | No
     system = example.system or (config.default_system if config.default_system is not None else t.default_system)
     messages = [list(m) for m in example.messages]
     open_, close = t.thought_words
-    if t.reasoning and not config.enable_thinking:  # every thought removed
-        for m in messages[1::2]:
-            m[1] = _remove_thought(m[1], t)
-    discard_history = t.reasoning and config.mask_history and not config.preserve_thinking
-    if discard_history:  # all but the last answer's thought removed
-        for m in messages[1:-2:2]:
+    if config.pairwise:  # ReasoningTemplate.encode_oneturn: the history's thoughts unless preserved, the answer's
+        stripped = messages[1:-2:2] if not config.preserve_thinking else []
+        if not config.enable_thinking:
+            stripped.append(messages[-1])
+        discard_history = True  # the empty thought block for the last answer only
+    else:  # encode_multiturn: every thought without enable_thinking, the history's with mask_history
+        discard_history = config.mask_history and not config.preserve_thinking
+        stripped = messages[1::2] if not config.enable_thinking else messages[1:-2:2] if discard_history else []
+    if t.reasoning:
+        for m in stripped:
             m[1] = _remove_thought(m[1], t)
     collapsed = f"{plugin.vision_bos}{plugin.image_token}{plugin.vision_eos}"
     collapsed_video = f"{plugin.vision_bos}{plugin.video_token}{plugin.vision_eos}"
@@ -1124,10 +1303,28 @@ class Encoded:
     prefix: list[int] = field(default_factory=list)
     # efficient_eos templates: the one EOS id after the last pair (always kept, always labelled)
     suffix: int = 0
+    # a ranking row (see pairwise): turns are [the prompt, the chosen answer]; this is the rejected answer's ids'
+    # owners (image index or -1), the same shape as an image_of entry
+    rival: list[int] | None = None
 
     @property
     def total(self) -> int:
+        """The sample's tokens; a ranking row's are its longer sequence (prompt and the longer answer)."""
+        if self.rival is not None:
+            return len(self.turns[0]) + max(len(self.turns[1]), len(self.rival))
         return len(self.prefix) + sum(len(t) for t in self.turns) + self.suffix
+
+
+def pairwise(chosen: Encoded, rejected: Encoded, *, eos: int | None, image_id: int) -> Encoded:
+    """``PairwiseDatasetProcessor._encode_data_example``'s two sequences as one Encoded: the prompt (the chosen
+    encoding's turns but the last, after the image prefix of ``process_token_ids``: PaliGemma's, which joins the
+    prompt here and can be cut) and the chosen answer, the rejected answer as ``rival``; ``eos``: the EOS id an
+    efficient_eos template appends to each answer; ``image_id``: the prefix's token."""
+    prompt = [*chosen.prefix, *(k for owner in chosen.image_of[:-1] for k in owner)]
+    ids = [image_id] * len(chosen.prefix) + [t for turn in chosen.turns[:-1] for t in turn]
+    tail = [] if eos is None else [eos]
+    return Encoded(turns=[ids, chosen.turns[-1] + tail], image_of=[prompt, chosen.image_of[-1] + [-1] * len(tail)],
+                   rival=rejected.image_of[-1] + [-1] * len(tail))
 
 
 @dataclass
@@ -1191,6 +1388,8 @@ def encode_pairs(pairs: Sequence[tuple[str, str]], tok: Tok, *, cutoff_len: int 
 def truncate(encoded: Encoded, config: Config, *, images: int) -> Cut:
     """``SupervisedDatasetProcessor._encode_data_example``: pair by pair (last pair first with mask_history)."""
     cutoff = config.cutoff_len
+    if encoded.rival is not None:
+        return _truncate_pair(encoded, cutoff, images=images)
     pairs = [(i, i + 1) for i in range(0, len(encoded.turns), 2)]
     if config.mask_history:
         pairs = pairs[::-1]
@@ -1220,6 +1419,24 @@ def truncate(encoded: Encoded, config: Config, *, images: int) -> Cut:
                 if k >= 0:
                     kept[k] += 1
     return Cut(tokens=total, labels=labels, image_tokens_kept=kept, kept_per_turn=per_turn, labelled=labelled)
+
+
+def _truncate_pair(encoded: Encoded, cutoff: int, *, images: int) -> Cut:
+    """``PairwiseDatasetProcessor``'s cut: ``infer_seqlen(prompt, the longer answer, cutoff_len)``, the answers'
+    share the same for both. The counts are the chosen sequence's (``tokens``: the longer sequence's); an image
+    token counts as kept only when both sequences keep it (the collator batches the two, each with the images)."""
+    prompt, chosen = encoded.image_of
+    rival = encoded.rival or []
+    s_len, t_len = infer_seqlen(len(prompt), max(len(chosen), len(rival)), cutoff)
+    kept = [0] * images
+    for k in prompt[:s_len]:
+        if k >= 0:
+            kept[k] += 1
+    for k in range(images):
+        kept[k] += min(chosen[:t_len].count(k), rival[:t_len].count(k))
+    labels = min(t_len, len(chosen))
+    return Cut(tokens=s_len + t_len, labels=labels, image_tokens_kept=kept, kept_per_turn=[s_len, labels],
+               labelled=[False, True])
 
 
 def _layout_spans(encoded: Encoded, whole: Cut, cut: Cut, *, cutoff: int, first_video: int | None = None
@@ -1333,12 +1550,14 @@ class Run:
         self.spec = spec
         self.family = spec.family
         self.settings = spec.settings
-        self.tokenizer = _with_stop_words(spec.tokenizer, config.template.stop_words)
+        words = config.template.stop_words + ((config.template.eos_word,) if config.template.eos_word else ())
+        self.tokenizer = _with_stop_words(spec.tokenizer, words)
         self.pad_id = spec.token_id(plugin.image_token)
         self.video_pad_id = spec.token_id(plugin.video_token) if plugin.counts_videos else None
         # the BOS / EOS slots are the tokenizer's own ids (_convert_elements_to_ids); absent: nothing is written
         self.bos_id = self._special_id("bos_token")
-        self.eos_id = self._special_id("eos_token")
+        self.eos_id = (self.tokenizer.token_to_id(config.template.eos_word) if config.template.eos_word
+                       else self._special_id("eos_token"))
         self.attrs = read_dataset_info(config)
         self.eval_attrs = read_dataset_info(config, config.eval_datasets)
         self._keys: dict[str, set[str]] = {}  # per dataset: the keys of all its rows (its table's columns)
@@ -1432,7 +1651,8 @@ class Run:
         """The settings the verdicts rest on, for the report."""
         cfg = self.config
         return {
-            "name": NAME, "versions": VERSIONS, "config": str(cfg.path), "template": cfg.template.name,
+            "name": NAME, "versions": VERSIONS, "config": str(cfg.path), "stage": cfg.stage,
+            "template": cfg.template.name,
             "datasets": [a.name for a in self.attrs], "cutoff_len": cfg.cutoff_len,
             **({"eval_datasets": [a.name for a in self.eval_attrs]} if self.eval_attrs else {}),
             "image_max_pixels": cfg.image_max_pixels, "image_min_pixels": cfg.image_min_pixels,
@@ -1528,6 +1748,8 @@ class Run:
             if plugin.wrapped:
                 text = f"{plugin.vision_bos}{plugin.image_token}{plugin.vision_eos}"
                 out.append(Expansion(text, (self.family.image_tokens(*size, self.settings),)))
+            elif plugin is PIXTRAL_PLUGIN and isinstance(self.settings, pixtral.PixtralSettings):
+                out.append(pixtral_expansion(*pixtral_grid(*size, self.settings)))
             else:
                 out.append(self.family.expand(*size, self.settings))
         return out
@@ -1538,20 +1760,34 @@ class Run:
         """The sample's turns with each image and video (``videos``: its text, one video token per run, and its
         runs) expanded; in ``image_of`` image k is owner k and video j owner len(sizes) + j."""
         expansions = self.expansions(sizes, config)
+        if example.rejected is not None:  # a ranking row: both sequences, then the pairwise processor's shape
+            chosen = self._encode_example(example, expansions, config, found, videos)
+            if chosen is None:
+                return expansions, None
+            rejected = self._encode_example(replace(example, messages=example.rejected_messages, rejected=None),
+                                            expansions, config, found, videos)
+            if rejected is None:
+                return expansions, None
+            eos = self.eos_id if config.template.efficient_eos else None
+            return expansions, pairwise(chosen, rejected, eos=eos, image_id=-1 if self.pad_id is None else self.pad_id)
+        encoded = self._encode_example(example, expansions, config, found, videos)
+        if encoded is not None and config.template.efficient_eos:
+            encoded.suffix = 1
+        return expansions, encoded
+
+    def _encode_example(self, example: Example, expansions: list[Expansion], config: Config,
+                        found: list[F.Finding], videos: Sequence[tuple[str, tuple[int, ...]]]) -> Encoded | None:
         if config.template.plugin.prefix_images:  # the placeholders are removed, the tokens go before the turns
             turns = format_turns(example, config, images=[""] * len(expansions), bos=self.bos_id, eos=self.eos_id)
             encoded = self._encode(turns, [], found, images=len(expansions))
             if encoded is not None:
                 encoded.prefix = [k for k, e in enumerate(expansions) for _ in range(e.features)]
-            return expansions, encoded
+            return encoded
         turns = format_turns(example, config, images=[e.text for e in expansions], bos=self.bos_id, eos=self.eos_id,
                              videos=[text for text, _ in videos])
         runs = [(k, n) for k, e in enumerate(expansions) for n in e.runs]
         video_runs = [(len(expansions) + j, n) for j, (_, video) in enumerate(videos) for n in video]
-        encoded = self._encode(turns, runs, found, images=len(expansions), video_runs=video_runs)
-        if encoded is not None and config.template.efficient_eos:
-            encoded.suffix = 1
-        return expansions, encoded
+        return self._encode(turns, runs, found, images=len(expansions), video_runs=video_runs)
 
     # -- one row ----------------------------------------------------------------------------------------------
     def _as_loaded(self, row: Any, attr: DatasetAttr) -> Any:
@@ -1608,6 +1844,8 @@ class Run:
             return result
         plugin = self.config.template.plugin
         invalid = self._refused_media(example, plugin)
+        if invalid is None and example.rejected is not None:  # process_messages runs on each sequence
+            invalid = self._refused_media(replace(example, messages=example.rejected_messages), plugin)
         if invalid is not None:
             found.append(invalid)
             frame["verdict"] = "stops"
@@ -1643,6 +1881,12 @@ class Run:
                 found.append(F.make("VC107", f"{label}: after LLaMA-Factory's pre-scaling, {refused[0].message}",
                                     image=k, **refused[0].data))
                 continue
+            if self.config.template.plugin is PIXTRAL_PLUGIN and isinstance(self.settings, pixtral.PixtralSettings):
+                try:
+                    pixtral_grid(*image_size(*size, self.config), self.settings)
+                except ImageRefused as e:
+                    found.append(F.make("VC107", f"{label}: {e}", image=k))
+                    continue
             sizes.append(size)
         if len(sizes) != len(example.images):
             frame["verdict"] = "stops"  # LLaMA-Factory's Image.open / resize raise inside datasets.map
@@ -1682,6 +1926,10 @@ class Run:
         cut = truncate(encoded, self.config, images=len(counts))
         frame.update(kept_tokens=cut.tokens, kept_supervised=cut.labels,
                      kept_image_tokens=cut.image_tokens_kept[:len(expansions)])
+        if encoded.rival is not None:  # a ranking row: the counts above are the chosen sequence's
+            prompt, rival = len(encoded.turns[0]), len(encoded.rival)
+            frame["pair"] = {"chosen_tokens": prompt + len(encoded.turns[1]), "rejected_tokens": prompt + rival,
+                             "kept_rejected_supervised": min(cut.tokens - cut.kept_per_turn[0], rival)}
         if videos:
             frame["kept_video_tokens"] = cut.image_tokens_kept[len(expansions):]
             frame["video_features"] = [c.features for c in video_counts]
@@ -1844,6 +2092,7 @@ class Run:
         fits = self._fit_pixels(sizes, example, video_texts) if sizes else None
         result.fits_max_pixels = fits
         cut_images = [k for k, n in enumerate(counts) if cut.image_tokens_kept[k] < n]
+        cut_name = f"prompt / answer cut ({config.stage})" if config.pairwise else "per-turn cut"
         for k in cut_images:
             fix = f"set {_setting('cutoff_len', whole)}"
             if k >= n_images:
@@ -1851,7 +2100,7 @@ class Run:
                 found.append(F.make(
                     "VC205",
                     f"video {j + 1} of {len(video_counts)} needs {counts[k]:,} tokens, only "
-                    f"{cut.image_tokens_kept[k]:,} survive LLaMA-Factory's per-turn cut at cutoff_len={cutoff:,}; the "
+                    f"{cut.image_tokens_kept[k]:,} survive LLaMA-Factory's {cut_name} at cutoff_len={cutoff:,}; the "
                     f"sample is {total:,} tokens: {VIDEO_CRASH}",
                     fix=fix + ", lower video_fps / video_maxlen / video_max_pixels, or drop the sample",
                     video=j + 1, video_tokens=counts[k], kept=cut.image_tokens_kept[k], tokens=total,
@@ -1862,7 +2111,7 @@ class Run:
             found.append(F.make(
                 "VC201",
                 f"image {k + 1} of {len(counts)} needs {counts[k]:,} tokens, only {cut.image_tokens_kept[k]:,} "
-                f"survive LLaMA-Factory's per-turn cut at cutoff_len={cutoff:,}; the sample is {total:,} tokens: "
+                f"survive LLaMA-Factory's {cut_name} at cutoff_len={cutoff:,}; the sample is {total:,} tokens: "
                 f"{self.config.template.plugin.cut_effect}",
                 fix=fix + ", or drop the sample",
                 image=k + 1, image_tokens=counts[k], kept=cut.image_tokens_kept[k], tokens=total, max_length=cutoff))
