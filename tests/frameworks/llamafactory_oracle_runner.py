@@ -270,7 +270,10 @@ def _main(out_path: Path, configs: list[Path], work: Path, forward: int) -> None
         lf_templates.TEMPLATES.clear()
         lf_templates.TEMPLATES.update(copy.deepcopy(pristine))
         started = time.perf_counter()
-        results[config.stem] = run_config(config, work / config.stem, forward)
+        try:
+            results[config.stem] = run_config(config, work / config.stem, forward)
+        except Exception as e:  # LLaMA-Factory refuses the config itself (or its datasets' merge)
+            results[config.stem] = {"config_error": _error(e), "rows": []}
         results[config.stem]["seconds"] = round(time.perf_counter() - started, 1)
     out_path.write_text(json.dumps(results))
 
@@ -391,6 +394,7 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
     import yaml
     from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
     from llamafactory.data.converter import get_dataset_converter
+    from llamafactory.data.data_utils import merge_dataset
     from llamafactory.data.loader import _get_dataset_processor
     from llamafactory.data.parser import get_dataset_list
     from llamafactory.extras.constants import FILEEXT2TYPE
@@ -430,9 +434,9 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
     # (num_samples) and the state put back, so that get_dataset below draws the same rows again and its output
     # proves these selections
     seeded = np.random.get_state()
-    loads: list[tuple[str, str, Any, list[int]]] = []  # (split, name, attr, row numbers) of each load
+    loads: list[tuple[str, str, Any, Any, int]] = []  # (split, name, attr, table, row number) per row
     for split, names in (("train", data_args.dataset or []), ("eval", data_args.eval_dataset or [])):
-        chosen: dict[str, tuple[Any, list[int]]] = {}  # _get_merged_dataset keeps a dict by name
+        chosen: dict[str, tuple[Any, Any, list[int]]] = {}  # _get_merged_dataset keeps a dict by name
         for name, attr in zip(names, get_dataset_list(names, data_args.dataset_dir)):
             local = os.path.join(data_args.dataset_dir, attr.dataset_name)
             files = [os.path.join(local, f) for f in os.listdir(local)] if os.path.isdir(local) else [local]
@@ -446,59 +450,68 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
             if data_args.max_samples is not None:
                 numbers = numbers[:data_args.max_samples]
             chosen[name] = (attr, raw, numbers)
-        loads += [(split, name, attr, raw, numbers) for name, (attr, raw, numbers) in chosen.items()]
+        order = [(name, attr, raw, number) for name, (attr, raw, numbers) in chosen.items() for number in numbers]
+        if len(chosen) > 1 and (split == "train" or not data_args.eval_on_each_dataset):
+            # the order merge_dataset gives (concat, or datasets.interleave_datasets with the run's seed): LLaMA-Factory's
+            # own function on stand-in datasets holding each row's place
+            stand_ins = [datasets.Dataset.from_dict({"source": [k] * len(numbers), "number": numbers})
+                         for k, (_, _, numbers) in enumerate(chosen.values())]
+            merged = merge_dataset(stand_ins, data_args, seed=training_args.seed)
+            sources = list(chosen.items())
+            order = [(sources[r["source"]][0], sources[r["source"]][1][0], sources[r["source"]][1][1], r["number"])
+                     for r in merged]
+        loads += [(split, *item) for item in order]
     np.random.set_state(seeded)
-    for split, name, attr, raw, numbers in loads:
+    for split, name, attr, raw, row_index in loads:
         converter = get_dataset_converter(attr.formatting, attr, data_args)
-        for row_index in numbers:
-            row = raw[row_index]
-            record: dict[str, Any] = {"dataset": name, "row": row_index, "split": split, "kept": False, "error": None}
-            rows.append(record)
-            try:
-                example = converter(row)
-                batch = {k: [v] for k, v in example.items()}
-                cut = cut_processor.preprocess_dataset(batch)
-                if not cut.get("chosen_input_ids" if pairwise else "input_ids"):
-                    continue  # "Dropped invalid example" (with packing also "Dropped lengthy example")
-                if packing:
-                    cut = _unpacked(cut)
-                whole = whole_processor.preprocess_dataset(batch)
-                images = example["_images"] or []
-                sizes, features, grids = [], [], []
-                stored = [list(Image.open(im).size) for im in images if isinstance(im, str)]
-                if images:
-                    regular = plugin._regularize_images(images, image_max_pixels=processor.image_max_pixels,
-                                                        image_min_pixels=processor.image_min_pixels)["images"]
-                    sizes = [list(im.size) for im in regular]
-                    # what _get_mm_inputs (the collator's path) does after _regularize_images
-                    features, grids = _features(regular, processor, model_args.model_name_or_path)
-                videos = example["_videos"] or []
-                video_features = _video_features(plugin, videos, processor) if videos else []
-            except Exception as e:  # LLaMA-Factory raises on this row: inside datasets.map the whole run stops
-                record["error"] = _error(e)
-                continue
-            if pairwise:
-                _pair_record(record, cut, whole, image_token_id, features)
-                record.update(image_stored=stored, image_sizes=sizes, image_grid_thw=grids, image_features=features)
-                kept_rows.append({**{f"{side}_{key}": cut[f"{side}_{key}"][0] for side in ("chosen", "rejected")
-                                     for key in ("input_ids", "labels")}, "images": images, "split": split})
-                continue
-            ids, labels = cut["input_ids"][0], cut["labels"][0]
-            left = sum(1 for t in ids if t == image_token_id)
-            record.update(
-                kept=True, tokens=len(whole["input_ids"][0]),
-                supervised=sum(1 for t in whole["labels"][0] if t != IGNORE_INDEX),
-                input_ids=ids, labels=labels, kept_tokens=len(ids),
-                kept_supervised=sum(1 for t in labels if t != IGNORE_INDEX),
-                image_stored=stored, image_sizes=sizes, image_grid_thw=grids, image_features=features, image_tokens_left=left,
-                crash=left != sum(features),
-            )
-            if videos:
-                video_left = sum(1 for t in ids if t == video_token_id)
-                record.update(video_tokens=_runs(whole["input_ids"][0], video_token_id), video_features=video_features,
-                              video_tokens_left=video_left,
-                              crash=record["crash"] or video_left != sum(video_features))
-            kept_rows.append({"input_ids": ids, "labels": labels, "images": images, "videos": videos, "split": split})
+        row = raw[row_index]
+        record: dict[str, Any] = {"dataset": name, "row": row_index, "split": split, "kept": False, "error": None}
+        rows.append(record)
+        try:
+            example = converter(row)
+            batch = {k: [v] for k, v in example.items()}
+            cut = cut_processor.preprocess_dataset(batch)
+            if not cut.get("chosen_input_ids" if pairwise else "input_ids"):
+                continue  # "Dropped invalid example" (with packing also "Dropped lengthy example")
+            if packing:
+                cut = _unpacked(cut)
+            whole = whole_processor.preprocess_dataset(batch)
+            images = example["_images"] or []
+            sizes, features, grids = [], [], []
+            stored = [list(Image.open(im).size) for im in images if isinstance(im, str)]
+            if images:
+                regular = plugin._regularize_images(images, image_max_pixels=processor.image_max_pixels,
+                                                    image_min_pixels=processor.image_min_pixels)["images"]
+                sizes = [list(im.size) for im in regular]
+                # what _get_mm_inputs (the collator's path) does after _regularize_images
+                features, grids = _features(regular, processor, model_args.model_name_or_path)
+            videos = example["_videos"] or []
+            video_features = _video_features(plugin, videos, processor) if videos else []
+        except Exception as e:  # LLaMA-Factory raises on this row: inside datasets.map the whole run stops
+            record["error"] = _error(e)
+            continue
+        if pairwise:
+            _pair_record(record, cut, whole, image_token_id, features)
+            record.update(image_stored=stored, image_sizes=sizes, image_grid_thw=grids, image_features=features)
+            kept_rows.append({**{f"{side}_{key}": cut[f"{side}_{key}"][0] for side in ("chosen", "rejected")
+                                 for key in ("input_ids", "labels")}, "images": images, "split": split})
+            continue
+        ids, labels = cut["input_ids"][0], cut["labels"][0]
+        left = sum(1 for t in ids if t == image_token_id)
+        record.update(
+            kept=True, tokens=len(whole["input_ids"][0]),
+            supervised=sum(1 for t in whole["labels"][0] if t != IGNORE_INDEX),
+            input_ids=ids, labels=labels, kept_tokens=len(ids),
+            kept_supervised=sum(1 for t in labels if t != IGNORE_INDEX),
+            image_stored=stored, image_sizes=sizes, image_grid_thw=grids, image_features=features, image_tokens_left=left,
+            crash=left != sum(features),
+        )
+        if videos:
+            video_left = sum(1 for t in ids if t == video_token_id)
+            record.update(video_tokens=_runs(whole["input_ids"][0], video_token_id), video_features=video_features,
+                          video_tokens_left=video_left,
+                          crash=record["crash"] or video_left != sum(video_features))
+        kept_rows.append({"input_ids": ids, "labels": labels, "images": images, "videos": videos, "split": split})
 
     # The real entry point on the whole config: it must give exactly the kept rows, or raise when a row raises.
     check: dict[str, Any] = {}

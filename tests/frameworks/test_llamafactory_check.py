@@ -234,8 +234,15 @@ def test_settings_that_change_which_rows_are_read_or_refused(tmp_path: Path) -> 
     base = {"model_name_or_path": "m", "template": "qwen2_vl", "dataset": "a,b"}
     with pytest.raises(vlmcheck.UsageError, match="val_size"):
         lf.read_config({**base, "eval_dataset": "c", "val_size": 0.1}, path=tmp_path / "x.yaml")
-    with pytest.raises(vlmcheck.UsageError, match="interleave"):
-        lf.read_config({**base, "mix_strategy": "interleave_under"}, path=tmp_path / "x.yaml")
+    with pytest.raises(vlmcheck.UsageError, match="interleave_once.*is not supported"):
+        lf.read_config({**base, "mix_strategy": "interleave_once"}, path=tmp_path / "x.yaml")
+    with pytest.raises(vlmcheck.UsageError, match="streaming"):
+        lf.read_config({**base, "mix_strategy": "interleave_under", "streaming": True}, path=tmp_path / "x.yaml")
+    with pytest.raises(vlmcheck.UsageError, match="3 values for 2 datasets"):
+        lf.read_config({**base, "mix_strategy": "interleave_under", "interleave_probs": "0.2,0.3,0.5"},
+                       path=tmp_path / "x.yaml")
+    with pytest.raises(vlmcheck.UsageError, match="takes concat"):
+        lf.read_config({**base, "mix_strategy": "interleave"}, path=tmp_path / "x.yaml")
     with pytest.raises(vlmcheck.UsageError, match="interleave_probs"):
         lf.read_config({**base, "interleave_probs": "0.5,0.5"}, path=tmp_path / "x.yaml")
     with pytest.raises(vlmcheck.UsageError, match="streaming"):
@@ -243,7 +250,7 @@ def test_settings_that_change_which_rows_are_read_or_refused(tmp_path: Path) -> 
     with pytest.raises(vlmcheck.UsageError, match="streaming"):
         lf.read_config({**base, "streaming": True, "val_size": 0.1}, path=tmp_path / "x.yaml")
     assert lf.read_config({**base, "streaming": True, "val_size": 100}, path=tmp_path / "x.yaml").streaming
-    lf.read_config({**base, "dataset": "a", "mix_strategy": "interleave_over"}, path=tmp_path / "x.yaml")  # one dataset
+    lf.read_config({**base, "dataset": "a", "mix_strategy": "interleave_once"}, path=tmp_path / "x.yaml")  # one dataset
     saved = tmp_path / "tokenized"
     lf.read_config({**base, "tokenized_path": str(saved)}, path=tmp_path / "x.yaml")  # not saved yet: rows prepared
     saved.mkdir()

@@ -119,6 +119,8 @@ DEFAULTS: dict[str, Any] = {
     "stage": "sft",
     "seed": 42,  # TrainingArguments.seed: get_train_args seeds numpy with it (dataset_info num_samples draws)
     "mix_strategy": "concat",
+    "interleave_probs": None,
+    "eval_on_each_dataset": False,
     "val_size": 0.0,
 }
 # extras/constants.py: the placeholders in dataset text (overridable by environment, as LLaMA-Factory reads them)
@@ -433,6 +435,11 @@ class Config:
     tool_format: str | None = None
     # finetuning_args.stage: sft, or dpo / rm (both prepare their data with the pairwise processor)
     stage: str = "sft"
+    # data_args.mix_strategy / interleave_probs: how merge_dataset joins several datasets (see interleaved_sources);
+    # eval_on_each_dataset: the evaluation datasets are kept apart (a dict), never merged
+    mix_strategy: str = "concat"
+    interleave_probs: tuple[float, ...] | None = None
+    eval_on_each_dataset: bool = False
 
     @property
     def pairwise(self) -> bool:
@@ -514,14 +521,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     if streaming and 1e-6 < val_size < 1:
         raise UsageError(f"{path}: a fractional val_size with streaming (LLaMA-Factory refuses: 'Streaming mode "
                          "should have an integer val size')")
-    mix = str(raw.get("mix_strategy") or DEFAULTS["mix_strategy"])
-    if raw.get("interleave_probs") is not None and mix == "concat":
-        raise UsageError(f"{path}: interleave_probs with mix_strategy concat (LLaMA-Factory refuses: "
-                         "'`interleave_probs` is only valid for interleaved mixing')")
-    if mix != "concat" and (len(names) > 1 or len(eval_names) > 1):
-        # datasets.interleave_datasets picks rows by the seed and stopping strategy: which rows train is not modelled
-        raise UsageError(f"{path}: mix_strategy {mix!r} interleaves the datasets, which vlmcheck does not model "
-                         "(it models concat, the default)")
+    mix, probs = _mixing(raw, path, names, eval_names, streaming)
     if (eval_names or val_size > 1e-6) and _flag(raw, "predict_with_generate"):
         raise UsageError(f"{path}: predict_with_generate prepares the evaluation rows (eval_dataset, val_size) "
                          "without labels (its unsupervised processor), which vlmcheck does not model; check without "
@@ -588,7 +588,8 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         video_max_pixels=video_max, video_min_pixels=video_min, video_fps=video_fps,
         video_maxlen=_int(raw, "video_maxlen", path),
         v1=env.get("USE_V1", "0").lower() in ("1", "true"),
-        eval_datasets=eval_names, seed=_seed(raw, path), streaming=streaming,
+        eval_datasets=eval_names, seed=_seed(raw, path), streaming=streaming, mix_strategy=mix,
+        interleave_probs=probs, eval_on_each_dataset=_flag(raw, "eval_on_each_dataset"),
         tool_format=str(tool_format) if tool_format else None,
         # the pairwise processor never packs (the cutoff_len - 1 of data_args still applies)
         stage=stage, packing=packing and stage == "sft",
@@ -596,7 +597,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
             "stage", "template", "cutoff_len", "image_max_pixels", "image_min_pixels", "train_on_prompt", "mask_history",
             "enable_thinking", "packing", "dataset", "dataset_dir", "image_do_pan_and_scan", "crop_to_patches",
             "video_max_pixels", "video_min_pixels", "video_fps", "video_maxlen", "eval_dataset", "seed",
-            "tool_format")},
+            "tool_format", "mix_strategy", "interleave_probs")},
     )
 
 
@@ -622,6 +623,96 @@ def _seed(raw: dict[str, Any], path: Path) -> int:
         raise UsageError(f"{path}: seed {seed}: numpy's seed must be between 0 and 2**32 - 1 (LLaMA-Factory's "
                          "set_seed raises)")
     return seed
+
+
+# data_utils.py merge_dataset: mix_strategy -> datasets.interleave_datasets' stopping_strategy
+MIX_STRATEGIES = {"concat": None, "interleave_under": "first_exhausted", "interleave_over": "all_exhausted",
+                  "interleave_once": "all_exhausted_without_replacement"}
+# the stopping strategies datasets <= 4.0.0 (LLaMA-Factory 0.9.5's pin) implements for map-style datasets
+DATASETS_STRATEGIES = ("first_exhausted", "all_exhausted")
+
+
+def _mixing(raw: dict[str, Any], path: Path, names: tuple[str, ...], eval_names: tuple[str, ...],
+            streaming: bool) -> tuple[str, tuple[float, ...] | None]:
+    """``mix_strategy`` and ``interleave_probs`` as DataArguments.__post_init__ checks them."""
+    mix = str(raw.get("mix_strategy") or DEFAULTS["mix_strategy"])
+    if mix not in MIX_STRATEGIES:
+        raise UsageError(f"{path}: mix_strategy {mix!r}: LLaMA-Factory takes {', '.join(MIX_STRATEGIES)}")
+    value = raw.get("interleave_probs")
+    if value is None:
+        probs = None
+    else:
+        if mix == "concat":
+            raise UsageError(f"{path}: interleave_probs with mix_strategy concat (LLaMA-Factory refuses: "
+                             "'`interleave_probs` is only valid for interleaved mixing')")
+        items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+        try:
+            if not isinstance(items, list):
+                raise TypeError
+            probs = tuple(float(v) for v in items)
+        except (TypeError, ValueError):
+            raise UsageError(f"{path}: interleave_probs must be comma-separated numbers or a list, got "
+                             f"{value!r} (LLaMA-Factory's float() raises)") from None
+        for label, listed in (("dataset", names), ("eval dataset", eval_names)):
+            if listed and len(listed) != len(probs):
+                raise UsageError(f"{path}: interleave_probs has {len(probs)} values for {len(listed)} datasets "
+                                 f"(LLaMA-Factory refuses: 'The length of {label} and interleave probs should be "
+                                 "identical.')")
+    interleaved = [n for n in (names, eval_names) if len(set(n)) > 1]
+    if mix != "concat" and interleaved:
+        if MIX_STRATEGIES[mix] not in DATASETS_STRATEGIES:
+            raise UsageError(f"{path}: mix_strategy {mix}: datasets <= 4.0.0 (what LLaMA-Factory 0.9.5 installs "
+                             f"with) raises '{MIX_STRATEGIES[mix]} is not supported' when it joins the datasets")
+        if streaming:
+            raise UsageError(f"{path}: mix_strategy {mix} with streaming interleaves iterable datasets, which "
+                             "vlmcheck does not model (it models interleaving without streaming)")
+        if probs is not None:
+            _check_probabilities(probs, path)
+    return mix, probs
+
+
+def _check_probabilities(probs: tuple[float, ...], path: Path) -> None:
+    """What numpy's ``Generator.choice(p=...)`` refuses: datasets.interleave_datasets raises on the first draw."""
+    try:
+        import numpy
+    except ImportError:
+        raise UsageError("mix_strategy with interleave_probs: vlmcheck draws the sources with numpy, as datasets "
+                         "does; install numpy") from None
+    try:
+        numpy.random.default_rng(0).choice(len(probs), size=1, p=list(probs))
+    except ValueError as e:
+        raise UsageError(f"{path}: interleave_probs {list(probs)}: numpy raises '{e}' when datasets interleaves "
+                         "the datasets (LLaMA-Factory stops)") from None
+
+
+def interleaved_sources(lengths: Sequence[int], strategy: str, probabilities: Sequence[float] | None,
+                        seed: int) -> Iterator[int]:
+    """The source of each row of ``datasets.interleave_datasets`` on map-style datasets of these lengths (each
+    source's rows are taken in order, from its first again once it is exhausted): ``first_exhausted`` stops when
+    one source runs out, ``all_exhausted`` when every one has. Without probabilities the sources take turns (a
+    whole round per row index: the shortest's length in rounds, or the longest's); with them a seeded
+    ``numpy.random.default_rng`` draws the source 1,000 at a time, and the stop is checked before each row."""
+    n = len(lengths)
+    if probabilities is None:
+        rounds = min(lengths) if strategy == "first_exhausted" else max(lengths)
+        for _ in range(rounds):
+            yield from range(n)
+        return
+    import numpy
+
+    rng = numpy.random.default_rng(seed)
+    taken = [0] * n
+    exhausted = [False] * n
+    stop = all if strategy == "all_exhausted" else any
+    while True:
+        for source in rng.choice(n, size=1000, p=list(probabilities)):
+            if stop(exhausted):
+                return
+            k = int(source)
+            yield k
+            taken[k] += 1
+            if taken[k] >= lengths[k]:
+                exhausted[k], taken[k] = True, 0
 
 
 def _saved_dataset(path: Path) -> bool:
@@ -1593,8 +1684,49 @@ class Run:
                         rng = rng if rng is not None else _seeded(self.config.seed)
                         chosen = draw_samples(loaded, attr.num_samples, rng)
                 picks[attr.name] = (attr, chosen)  # a later load of the same name replaces the earlier
-            for attr, chosen in picks.values():
-                yield from self._dataset_rows(attr, chosen, split)
+            sources = list(picks.values())
+            merged = split == "train" or not self.config.eval_on_each_dataset
+            if self.config.mix_strategy == "concat" or len(sources) < 2 or not merged:
+                for attr, chosen in sources:
+                    yield from self._dataset_rows(attr, chosen, split)
+            else:
+                yield from self._interleaved(sources, split)
+
+    def _interleaved(self, sources: list[tuple[DatasetAttr, list[int] | None]], split: str
+                     ) -> Iterator[tuple[Any, Origin]]:
+        """The datasets' rows in ``merge_dataset``'s interleaved order, each source read again from its start
+        whenever the order wraps around it (oversampling)."""
+        lengths = []
+        for attr, chosen in sources:
+            loaded = len(chosen) if chosen is not None else self._loaded_rows(attr)
+            if loaded is None:  # datasets cannot load it: the run stops before the merge; judge the rows as read
+                for a, c in sources:
+                    yield from self._dataset_rows(a, c, split)
+                return
+            limit = self.config.max_samples
+            lengths.append(loaded if limit is None else min(loaded, max(limit, 0)))
+        strategy = MIX_STRATEGIES[self.config.mix_strategy] or "first_exhausted"
+        if 0 in lengths and (strategy != "first_exhausted" or self.config.interleave_probs is not None):
+            empty = sources[lengths.index(0)][0].name
+            raise DatasetError(f"dataset {empty!r} has no rows: datasets' interleaving of an empty dataset (which "
+                               "then takes rows of its neighbour) is not modelled by vlmcheck")
+        if self.config.interleave_probs is not None and len(self.config.interleave_probs) != len(sources):
+            raise DatasetError(f"{len(sources)} distinct datasets for {len(self.config.interleave_probs)} "
+                               "interleave_probs: numpy raises ('a and p must have same size') and the run stops")
+        readers: list[Iterator[tuple[Any, Origin]] | None] = [None] * len(sources)
+        read = [0] * len(sources)
+        total = 0
+        for k in interleaved_sources(lengths, strategy, self.config.interleave_probs, self.config.seed):
+            total += 1
+            if total > MAX_DRAWN_ROWS:
+                raise DatasetError(f"mix_strategy {self.config.mix_strategy} makes more than {MAX_DRAWN_ROWS:,} "
+                                   "rows, more than vlmcheck judges")
+            reader = readers[k]
+            if reader is None or read[k] >= lengths[k]:
+                reader = readers[k] = self._dataset_rows(*sources[k], split)
+                read[k] = 0
+            read[k] += 1
+            yield next(reader)
 
     def _same_columns(self, attr: DatasetAttr) -> None:
         """``datasets`` loads each file of a folder dataset as a table of its own and casts the others to the
@@ -1653,7 +1785,8 @@ class Run:
         return {
             "name": NAME, "versions": VERSIONS, "config": str(cfg.path), "stage": cfg.stage,
             "template": cfg.template.name,
-            "datasets": [a.name for a in self.attrs], "cutoff_len": cfg.cutoff_len,
+            "datasets": [a.name for a in self.attrs], "cutoff_len": cfg.cutoff_len, "mix_strategy": cfg.mix_strategy,
+            **({"interleave_probs": list(cfg.interleave_probs)} if cfg.interleave_probs is not None else {}),
             **({"eval_datasets": [a.name for a in self.eval_attrs]} if self.eval_attrs else {}),
             "image_max_pixels": cfg.image_max_pixels, "image_min_pixels": cfg.image_min_pixels,
             "dataset_dir": str(cfg.dataset_dir), "media_dir": str(cfg.media_dir), "packing": cfg.packing,
