@@ -96,3 +96,16 @@ def test_what_llamafactory_refuses_vlmcheck_refuses(proof: dict[str, Any]) -> No
             mp.chdir(proof["data"])
             with pytest.raises(vlmcheck.UsageError, match=f"(?i){errors[config.stem]}"):
                 vlmcheck.check(config)
+
+
+def test_a_source_that_is_never_drawn_is_said_not_scanned_forever(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:
+    """interleave_over with probability 0 for a dataset: datasets draws forever waiting for it to be exhausted
+    (its ``interleave_datasets`` never returns: LLaMA-Factory hangs before step 1). vlmcheck says so at once."""
+    data = write_data(tmp_path, seed=3, rows=4)
+    [config] = write_configs(tmp_path, data, {"never": {
+        "model_name_or_path": str(qwen2_vl_checkpoint), "template": "qwen2_vl", "dataset": "chat,alp",
+        "mix_strategy": "interleave_over", "interleave_probs": "1.0,0.0"}})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(data)
+        with pytest.raises(vlmcheck.DatasetError, match="never drawn"):
+            vlmcheck.check(config)

@@ -1710,9 +1710,14 @@ class Run:
             empty = sources[lengths.index(0)][0].name
             raise DatasetError(f"dataset {empty!r} has no rows: datasets' interleaving of an empty dataset (which "
                                "then takes rows of its neighbour) is not modelled by vlmcheck")
-        if self.config.interleave_probs is not None and len(self.config.interleave_probs) != len(sources):
-            raise DatasetError(f"{len(sources)} distinct datasets for {len(self.config.interleave_probs)} "
+        probs = self.config.interleave_probs
+        if probs is not None and len(probs) != len(sources):
+            raise DatasetError(f"{len(sources)} distinct datasets for {len(probs)} "
                                "interleave_probs: numpy raises ('a and p must have same size') and the run stops")
+        if probs is not None and strategy == "all_exhausted" and 0 in probs:
+            never = sources[probs.index(0)][0].name
+            raise DatasetError(f"interleave_over with probability 0 for dataset {never!r}: it is never drawn, so never "
+                               "exhausted, and datasets' interleaving never ends (LLaMA-Factory hangs before step 1)")
         readers: list[Iterator[tuple[Any, Origin]] | None] = [None] * len(sources)
         read = [0] * len(sources)
         total = 0
