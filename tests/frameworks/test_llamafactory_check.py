@@ -109,7 +109,9 @@ def _compare(oracle_row: dict[str, Any], record: dict[str, Any]) -> list[str]:
         "supervised tokens": (oracle_row["supervised"], record["supervised_tokens"]),
         "kept tokens": (oracle_row["kept_tokens"], frame["kept_tokens"]),
         "kept labels": (oracle_row["kept_supervised"], frame["kept_supervised"]),
-        "image tokens left": (oracle_row["image_tokens_left"], sum(frame["kept_image_tokens"])),
+        # the image tokens the cut keeps: the images' and those the row's own text holds (a literal token)
+        "image tokens left": (oracle_row["image_tokens_left"],
+                              sum(frame["kept_image_tokens"]) + frame.get("kept_literal_image_tokens", 0)),
         "crash": (oracle_row["crash"], frame["verdict"] == "crash"),
     }
     return [f"{where}: {what}: LLaMA-Factory {a}, vlmcheck {b}" for what, (a, b) in pairs.items() if a != b]

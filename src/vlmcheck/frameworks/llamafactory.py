@@ -1382,6 +1382,12 @@ def _remove_thought(content: str, t: Template) -> str:
     return re.sub(pattern, "", content).lstrip("\n")
 
 
+# owners (Encoded.image_of) of an image or video token that the row's own text holds: the tokenizer makes the
+# model's image token of the string, but no image is behind it
+LITERAL_IMAGE = -2
+LITERAL_VIDEO = -3
+
+
 @dataclass
 class Encoded:
     """A sample as LLaMA-Factory builds it: per-turn token ids, ``True`` where an id is an image feature slot,
@@ -1427,6 +1433,9 @@ class Cut:
     image_tokens_kept: list[int]
     kept_per_turn: list[int] = field(default_factory=list)  # tokens kept of each turn (the report's layout bar)
     labelled: list[bool] = field(default_factory=list)  # whether each turn's kept tokens are labels
+    # image / video tokens written literally in the row's text (no media behind them) that the cut keeps
+    literal_images: int = 0
+    literal_videos: int = 0
 
 
 def pair_budgets(lengths: Sequence[tuple[int, int]], cutoff: int, *, used: int = 0) -> list[tuple[int, int]]:
@@ -1509,7 +1518,9 @@ def truncate(encoded: Encoded, config: Config, *, images: int) -> Cut:
             for k in encoded.image_of[turn][:n]:
                 if k >= 0:
                     kept[k] += 1
-    return Cut(tokens=total, labels=labels, image_tokens_kept=kept, kept_per_turn=per_turn, labelled=labelled)
+    kept_owners = [k for turn, n in enumerate(per_turn) for k in encoded.image_of[turn][:n]]
+    return Cut(tokens=total, labels=labels, image_tokens_kept=kept, kept_per_turn=per_turn, labelled=labelled,
+               literal_images=kept_owners.count(LITERAL_IMAGE), literal_videos=kept_owners.count(LITERAL_VIDEO))
 
 
 def _truncate_pair(encoded: Encoded, cutoff: int, *, images: int) -> Cut:
@@ -1526,8 +1537,11 @@ def _truncate_pair(encoded: Encoded, cutoff: int, *, images: int) -> Cut:
     for k in range(images):
         kept[k] += min(chosen[:t_len].count(k), rival[:t_len].count(k))
     labels = min(t_len, len(chosen))
+    # a literal token left in either sequence: that sequence has more image tokens than features
+    literal = [max(prompt[:s_len].count(m) + chosen[:t_len].count(m), prompt[:s_len].count(m) + rival[:t_len].count(m))
+               for m in (LITERAL_IMAGE, LITERAL_VIDEO)]
     return Cut(tokens=s_len + t_len, labels=labels, image_tokens_kept=kept, kept_per_turn=[s_len, labels],
-               labelled=[False, True])
+               labelled=[False, True], literal_images=literal[0], literal_videos=literal[1])
 
 
 def _layout_spans(encoded: Encoded, whole: Cut, cut: Cut, *, cutoff: int, first_video: int | None = None
@@ -1543,7 +1557,7 @@ def _layout_spans(encoded: Encoded, whole: Cut, cut: Cut, *, cutoff: int, first_
     if encoded.suffix:
         kept.append((len(trained), len(trained) + encoded.suffix))
         trained += [True] * encoded.suffix
-    image_of = encoded.prefix + [k for owner in encoded.image_of for k in owner] + [-1] * encoded.suffix
+    image_of = encoded.prefix + [max(k, -1) for owner in encoded.image_of for k in owner] + [-1] * encoded.suffix
     return token_spans(image_of, trained, kept=kept, max_length=cutoff, first_video=first_video)
 
 
@@ -1581,6 +1595,31 @@ def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data:
             extra = {"crop_to_patches": bool(_read_json(spec.path / "preprocessor_config.json").get("crop_to_patches"))}
         spec = load_model(config.model, overrides=Overrides(resize="processor", extra=extra))
     return Run(config, spec)
+
+
+# stand-ins for the model's image and video tokens in the text vlmcheck writes for media, so that after
+# tokenization a token written by an expansion is told apart from the same token written in the row's own text
+IMAGE_MARK = "<|vlmcheck-image-mark|>"
+VIDEO_MARK = "<|vlmcheck-video-mark|>"
+
+
+def _with_marks(tokenizer: Any, marks: Mapping[str, str]) -> tuple[Any, dict[str, int]]:
+    """A copy of the tokenizer with a stand-in special token for each of the model's media tokens (``marks``: the
+    token's string -> its stand-in's), added with the token's own flags (strip, single word, normalized) so that
+    text around a stand-in is split as around the token; and the stand-ins' ids by the token's string. A media token
+    that is not an added token of the tokenizer gets no stand-in (its expansions are then told apart by order)."""
+    own = {t.content: t for t in tokenizer.get_added_tokens_decoder().values()}
+    wanted = {token: mark for token, mark in marks.items() if token in own}
+    if not wanted:
+        return tokenizer, {}
+    from tokenizers import AddedToken, Tokenizer
+
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    copy.add_special_tokens([AddedToken(mark, single_word=own[token].single_word, lstrip=own[token].lstrip,
+                                        rstrip=own[token].rstrip, normalized=own[token].normalized, special=True)
+                             for token, mark in wanted.items()])
+    ids = {token: copy.token_to_id(mark) for token, mark in wanted.items()}
+    return copy, {token: i for token, i in ids.items() if i is not None}
 
 
 def _with_stop_words(tokenizer: Any, words: Sequence[str]) -> Any:
@@ -1642,9 +1681,10 @@ class Run:
         self.family = spec.family
         self.settings = spec.settings
         words = config.template.stop_words + ((config.template.eos_word,) if config.template.eos_word else ())
-        self.tokenizer = _with_stop_words(spec.tokenizer, words)
         self.pad_id = spec.token_id(plugin.image_token)
         self.video_pad_id = spec.token_id(plugin.video_token) if plugin.counts_videos else None
+        self.tokenizer, self.marks = _with_marks(_with_stop_words(spec.tokenizer, words), {
+            plugin.image_token: IMAGE_MARK, **({plugin.video_token: VIDEO_MARK} if plugin.counts_videos else {})})
         # the BOS / EOS slots are the tokenizer's own ids (_convert_elements_to_ids); absent: nothing is written
         self.bos_id = self._special_id("bos_token")
         self.eos_id = (self.tokenizer.token_to_id(config.template.eos_word) if config.template.eos_word
@@ -1921,11 +1961,18 @@ class Run:
             if encoded is not None:
                 encoded.prefix = [k for k, e in enumerate(expansions) for _ in range(e.features)]
             return encoded
-        turns = format_turns(example, config, images=[e.text for e in expansions], bos=self.bos_id, eos=self.eos_id,
-                             videos=[text for text, _ in videos])
+        plugin = config.template.plugin
+        turns = format_turns(example, config, images=[self._marked(e.text, plugin.image_token) for e in expansions],
+                             bos=self.bos_id, eos=self.eos_id,
+                             videos=[self._marked(text, plugin.video_token) for text, _ in videos])
         runs = [(k, n) for k, e in enumerate(expansions) for n in e.runs]
         video_runs = [(len(expansions) + j, n) for j, (_, video) in enumerate(videos) for n in video]
         return self._encode(turns, runs, found, images=len(expansions), video_runs=video_runs)
+
+    def _marked(self, text: str, token: str) -> str:
+        """An expansion's text with the media token written as its stand-in (see _with_marks)."""
+        return text.replace(token, IMAGE_MARK if token == self.config.template.plugin.image_token else VIDEO_MARK) \
+            if token and token in self.marks else text
 
     # -- one row ----------------------------------------------------------------------------------------------
     def _as_loaded(self, row: Any, attr: DatasetAttr) -> Any:
@@ -2064,6 +2111,8 @@ class Run:
         cut = truncate(encoded, self.config, images=len(counts))
         frame.update(kept_tokens=cut.tokens, kept_supervised=cut.labels,
                      kept_image_tokens=cut.image_tokens_kept[:len(expansions)])
+        if cut.literal_images or cut.literal_videos:  # media tokens the row's own text holds, kept by the cut
+            frame.update(kept_literal_image_tokens=cut.literal_images, kept_literal_video_tokens=cut.literal_videos)
         if encoded.rival is not None:  # a ranking row: the counts above are the chosen sequence's
             prompt, rival = len(encoded.turns[0]), len(encoded.rival)
             frame["pair"] = {"chosen_tokens": prompt + len(encoded.turns[1]), "rejected_tokens": prompt + rival,
@@ -2150,6 +2199,15 @@ class Run:
         the k-th image token expanded to the k-th run of features ``runs[k]`` = (owner, length), the j-th video
         token (plugins that count videos) to ``video_runs[j]``."""
         texts = [element for elements in turns for element in elements if isinstance(element, str)]
+        # with stand-ins (see _with_marks): a stand-in is an expansion's media token, the token itself a literal one
+        plugin = self.config.template.plugin
+        unmark: dict[int, int] = {}
+        literal: dict[int, tuple[int, int]] = {}
+        for token_id, mark_of, owner_kind in ((self.pad_id, plugin.image_token, LITERAL_IMAGE),
+                                              (self.video_pad_id, plugin.video_token, LITERAL_VIDEO)):
+            if token_id is not None and mark_of in self.marks:
+                unmark[self.marks[mark_of]] = token_id
+                literal[token_id] = (token_id, owner_kind)
         encoded_texts = iter(self.tokenizer.encode_batch(texts, add_special_tokens=False) if texts else [])
         out_turns: list[list[int]] = []
         image_of: list[list[int]] = []
@@ -2160,6 +2218,11 @@ class Run:
             for element in elements:
                 tokens = next(encoded_texts).ids if isinstance(element, str) else [element]
                 for token in tokens:
+                    if token in literal:  # the row's own text holds the model's media token
+                        ids.append(literal[token][0])
+                        owner.append(literal[token][1])
+                        continue
+                    token = unmark.get(token, token)
                     if self.video_pad_id is not None and token == self.video_pad_id:
                         if v >= len(video_runs):
                             found.append(F.make("VC002", "the text holds a video token of its own beyond the "
@@ -2206,6 +2269,19 @@ class Run:
                                 tokens=cut.tokens, max_length=cutoff))
             frame["verdict"] = "dropped"
             return
+        plugin = config.template.plugin
+        for kind, left, token, media in (("image", cut.literal_images, plugin.image_token, n_images),
+                                         ("video", cut.literal_videos, plugin.video_token, len(video_counts))):
+            if left:
+                found.append(F.make(
+                    "VC002", f"the row's text holds {left} {token} of its own (the model's {kind} token written "
+                             f"as text, not a placeholder): LLaMA-Factory tokenizes it as a {kind} token, so the model "
+                             f"sees {left} more {kind} token(s) than the features of the sample's {media} {kind}(s) "
+                             "and raises ('Image features and image tokens do not match')",
+                    fix=f"remove {token} from the row's text (LLaMA-Factory expands only {config.image_placeholder} / "
+                        f"{config.video_placeholder} placeholders in the messages)",
+                    literal_tokens=left))
+                frame["verdict"] = "crash"
         for j, (count, (_, runs)) in enumerate(zip(video_counts, video_texts), 1):
             tokens, features = sum(runs), count.features
             if tokens == features:
