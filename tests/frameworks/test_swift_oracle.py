@@ -47,14 +47,14 @@ ORACLE = QWEN_IMAGES_PRELUDE + textwrap.dedent('''
     from swift.model import get_processor
     from swift.template import MaxLengthError, get_template
 
-    processor = get_processor(folder, model_type="qwen2_vl")
+    processor = get_processor(folder, model_type=job["template"])
     merge = processor.image_processor.merge_size ** 2
     pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     rows = [json.loads(line) for line in open(job["data"])]
 
     def encode(row, max_length, strategy):
         template = get_template(processor, max_length=max_length, truncation_strategy=strategy,
-                                template_type="qwen2_vl")
+                                template_type=job["template"])
         template.set_mode("train")
         try:
             enc = template.encode(json.loads(json.dumps(row)))
@@ -87,6 +87,9 @@ def corpus(folder: Path) -> Path:
 
     photo, big, thin, strip = (image("photo", (640, 480)), image("big", (1280, 960)), image("thin", (300, 12)),
                                image("strip", (6000, 20)))
+    # 14.4 million pixels: over qwen-vl-utils' default budget for patch 14 (16,384 x 28**2 = 12.8 M), under the
+    # one for patch 16 (16,384 x 32**2 = 16.8 M)
+    huge = image("huge", (4500, 3200))
     qa = [{"role": "user", "content": "<image>What is shown?"}, {"role": "assistant", "content": "A purple field."}]
     rows = [
         {"messages": qa, "images": [photo]},
@@ -99,6 +102,7 @@ def corpus(folder: Path) -> Path:
          "images": [photo]},
         {"messages": qa, "images": [strip]},  # ratio 300: qwen-vl-utils raises, ms-swift skips the row
         {"messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]},
+        {"messages": qa, "images": [huge]},
         {"messages": [*qa[:1], {"role": "assistant", "content": "Not trained.", "loss": False},
                       {"role": "user", "content": "Again?"}, {"role": "assistant", "content": "Trained."}],
          "images": [photo]},
@@ -108,22 +112,32 @@ def corpus(folder: Path) -> Path:
     return data
 
 
-@pytest.fixture(scope="module")
-def swift_oracle(tmp_path_factory: pytest.TempPathFactory, qwen2_vl_checkpoint: Path) -> dict[str, Any]:
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen3_vl"])
+def swift_oracle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                 checkpoint_for: Any) -> dict[str, Any]:
+    """ms-swift's encode of the corpus for one template, on the demo checkpoint of its model type (Qwen3-VL: patch
+    16, so MAX_PIXELS is divided by 32**2, and no default system prompt)."""
     python = oracle_python()
     data = corpus(tmp_path_factory.mktemp("swift"))
-    job = {"checkpoint": str(qwen2_vl_checkpoint), "data": str(data), "limits": LIMITS}
+    checkpoint = checkpoint_for(request.param)
+    job = {"checkpoint": str(checkpoint), "data": str(data), "limits": LIMITS, "template": request.param}
+    # Qwen2-VL under MAX_PIXELS; Qwen3-VL under qwen-vl-utils' own budgets (in tokens of 32 x 32 px)
+    max_pixels = MAX_PIXELS if request.param == "qwen2_vl" else None
+    env = {k: v for k, v in os.environ.items() if k not in ("MAX_PIXELS", "MIN_PIXELS")}
     done = subprocess.run([str(python), "-c", ORACLE, json.dumps(job)], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "MAX_PIXELS": str(MAX_PIXELS)})
+                          env={**env, **({"MAX_PIXELS": str(max_pixels)} if max_pixels else {})})
     lines = [line for line in done.stdout.splitlines() if line.startswith("ORACLE")]
     assert done.returncode == 0 and lines, done.stderr[-4000:]
-    return {"data": data, **json.loads(lines[-1][len("ORACLE"):])}
+    return {"data": data, "checkpoint": checkpoint, "max_pixels": max_pixels,
+            **json.loads(lines[-1][len("ORACLE"):])}
 
 
-def launch(tmp_path: Path, checkpoint: Path, data: Path, *options: str) -> Path:
+def launch(tmp_path: Path, oracle: dict[str, Any], *options: str) -> Path:
     """A launch script in the shape of ms-swift's examples/train/multimodal scripts."""
     script = tmp_path / "sft.sh"
-    lines = ["# 22GiB", f"MAX_PIXELS={MAX_PIXELS} \\", "CUDA_VISIBLE_DEVICES=0 \\", "swift sft \\",
+    checkpoint, data = oracle["checkpoint"], oracle["data"]
+    pixels = [f"MAX_PIXELS={oracle['max_pixels']} \\"] if oracle["max_pixels"] else []
+    lines = ["# 22GiB", *pixels, "CUDA_VISIBLE_DEVICES=0 \\", "swift sft \\",
              f"    --model {checkpoint} \\", f"    --dataset {data} \\", "    --split_dataset_ratio 0.01 \\",
              "    --train_type lora \\", "    --torch_dtype bfloat16 \\", "    --num_train_epochs 1 \\",
              "    --learning_rate 1e-4 \\", "    --lora_rank 8 \\", "    --target_modules all-linear \\",
@@ -138,9 +152,8 @@ def records(script: Path, tmp_path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
-def test_totals_images_and_labels_agree_with_swifts_encode(tmp_path: Path, qwen2_vl_checkpoint: Path,
-                                                           swift_oracle: dict[str, Any]) -> None:
-    ours = records(launch(tmp_path, qwen2_vl_checkpoint, swift_oracle["data"]), tmp_path)
+def test_totals_images_and_labels_agree_with_swifts_encode(tmp_path: Path, swift_oracle: dict[str, Any]) -> None:
+    ours = records(launch(tmp_path, swift_oracle), tmp_path)
     assert len(ours) == len(swift_oracle["whole"])
     for record, whole in zip(ours, swift_oracle["whole"]):
         if whole["verdict"] == "error":
@@ -154,9 +167,9 @@ def test_totals_images_and_labels_agree_with_swifts_encode(tmp_path: Path, qwen2
 
 @pytest.mark.parametrize("limit", LIMITS)
 @pytest.mark.parametrize("strategy", ["delete", "left", "right"])
-def test_the_cut_agrees_with_swifts_encode(tmp_path: Path, qwen2_vl_checkpoint: Path, swift_oracle: dict[str, Any],
-                                           limit: int, strategy: str) -> None:
-    ours = records(launch(tmp_path, qwen2_vl_checkpoint, swift_oracle["data"], f"--max_length {limit}",
+def test_the_cut_agrees_with_swifts_encode(tmp_path: Path, swift_oracle: dict[str, Any], limit: int,
+                                           strategy: str) -> None:
+    ours = records(launch(tmp_path, swift_oracle, f"--max_length {limit}",
                           f"--truncation_strategy {strategy}"), tmp_path)
     theirs = swift_oracle["cut"][f"{limit}-{'raise' if strategy == 'delete' else strategy}"]
     for record, after in zip(ours, theirs):

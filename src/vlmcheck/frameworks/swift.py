@@ -3,15 +3,15 @@
 and ``--truncation_strategy``).
 
 Modelled on ms-swift 4.6 (``swift/template/base.py``, ``template/templates/qwen.py``,
-``arguments/base_args/template_args.py``, ``model/models/qwen.py``) for its ``qwen2_vl`` / ``qwen2_5_vl``
-templates:
+``arguments/base_args/template_args.py``, ``model/models/qwen.py``) for its ``qwen2_vl`` / ``qwen2_5_vl`` /
+``qwen3_vl`` templates:
 
 - **Launch**: a shell line ``[VAR=value ...] swift sft --model ... --dataset a.jsonl ... --max_length 2048``
   (``export VAR=...`` lines and earlier ``VAR=...`` assignments count too). ``--max_length`` unset: the model's
   ``max_position_embeddings``; ``--truncation_strategy`` ``delete`` (the template raises ``MaxLengthError`` and the
   row is skipped); ``--system`` unset: the template's default system prompt.
-- **Images**: ``MAX_PIXELS`` / ``MIN_PIXELS`` become qwen-vl-utils' token budgets (``value // 28**2``);
-  ``fetch_image`` resizes, and the processor then runs with ``do_resize=False``.
+- **Images**: ``MAX_PIXELS`` / ``MIN_PIXELS`` become qwen-vl-utils' token budgets (``value // 28**2``, Qwen3-VL
+  ``value // 32**2``); ``fetch_image`` resizes, and the processor then runs with ``do_resize=False``.
 - **Rows**: ``messages`` with an optional leading system turn (an empty one means no system block) and
   ``images``; missing ``<image>`` tags are put at the start of the first turn.
 - **Tokens**: ``<|im_start|>user\\n{query}<|im_end|>\\n<|im_start|>assistant\\n`` before each response; the
@@ -36,15 +36,15 @@ from vlmcheck import findings as F
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
 from vlmcheck.data.readers import BadRow
 from vlmcheck.data.readers import iter_rows as read_rows
-from vlmcheck.errors import UsageError
+from vlmcheck.errors import UsageError, VlmcheckError
 from vlmcheck.families import Overrides
 from vlmcheck.frameworks._run import ProcessorRun, expand_shell, mapped
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS, UNSET
-from vlmcheck.model import ModelSpec, load_model
+from vlmcheck.model import ModelSpec, load_model, resolve_model_path
 from vlmcheck.results import SampleResult
 
 NAME = "swift"
-VERSIONS = "4.6, qwen2_vl / qwen2_5_vl templates"
+VERSIONS = "4.6, qwen2_vl / qwen2_5_vl / qwen3_vl templates"
 # `vlmcheck scan --framework swift`: its default truncation_strategy and the qwen-vl-utils resize MAX_PIXELS feeds
 SCAN_DEFAULTS: dict[str, Any] = {"truncation": "delete", "resize": "qwen-vl-utils"}
 # `vlmcheck lint`: concept -> (ms-swift's option name, its default). ms-swift 4.x: swift/trainers/arguments.py
@@ -73,12 +73,20 @@ def lint_run_kind(*, entry: str | None, calls: Mapping[str, Any], options: Mappi
     return "grpo" if entry == "rlhf" and str(options.get("rlhf_type", "")).lower() == "grpo" else None
 
 
-# template/templates/qwen.py: QwenTemplateMeta (DEFAULT_SYSTEM) and Qwen2_5TemplateMeta
-TEMPLATES: dict[str, str] = {
+# template/templates/qwen.py: the default system prompt of each template (QwenTemplateMeta's DEFAULT_SYSTEM;
+# qwen3_vl registers default_system=None: no system block unless the row or --system gives one). The qwen3_vl
+# template's thinking_prefix is written only with enable_thinking, which is off for it (is_thinking False), and
+# with thinking off history thoughts are kept (preserve_thinking): its text is the qwen2_vl template's.
+TEMPLATES: dict[str, str | None] = {
     "qwen2_vl": "You are a helpful assistant.",
     "qwen2_5_vl": "You are a helpful assistant.",
+    "qwen3_vl": None,
 }
-MODEL_TYPES = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl"}
+MODEL_TYPES = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl"}
+# model/models/qwen.py: the image_patch_size each loader passes compat_qwen_vl_utils (Qwen2VLLoader 14,
+# Qwen3VLLoader 16); with SPATIAL_MERGE_SIZE 2 the factor MAX_PIXELS is divided by, squared
+IMAGE_PATCH = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
+SPATIAL_MERGE = 2
 # template/utils.py ChatmlTemplateMeta
 SYSTEM_BLOCK = "<|im_start|>system\n{system}<|im_end|>\n"
 PROMPT = "<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n"
@@ -89,7 +97,6 @@ IMAGE_TEXT = "<|vision_start|><|image_pad|><|vision_end|>"  # Qwen2VLTemplate.re
 TRUNCATIONS = ("delete", "left", "right")
 # qwen-vl-utils' budgets in merged tokens (vision_process.py IMAGE_MIN_TOKEN_NUM / IMAGE_MAX_TOKEN_NUM)
 UTILS_MIN_TOKENS, UTILS_MAX_TOKENS = 4, 16384
-FACTOR = 28  # image_patch_size 14 * SPATIAL_MERGE_SIZE 2 (model/models/qwen.py compat_qwen_vl_utils)
 
 
 # -- launch lines ---------------------------------------------------------------------------------------------------
@@ -227,8 +234,9 @@ def claims(raw: dict[str, Any]) -> bool:
 def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data: str | None = None,
              path_map: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None) -> Run:
     config = read_config(raw, path=path, model=model, data=data, path_map=path_map)
-    f2 = FACTOR * FACTOR
-    # compat_qwen_vl_utils: MAX_PIXELS // 28**2 tokens, then qwen-vl-utils' budget is tokens * 28**2
+    factor = IMAGE_PATCH.get(_model_type(config.model), IMAGE_PATCH["qwen2_vl"]) * SPATIAL_MERGE
+    f2 = factor * factor
+    # compat_qwen_vl_utils: MAX_PIXELS // factor**2 tokens, then qwen-vl-utils' budget is tokens * factor**2
     hi = (config.max_pixels // f2 if config.max_pixels else UTILS_MAX_TOKENS) * f2
     lo = (config.min_pixels // f2 if config.min_pixels else UTILS_MIN_TOKENS) * f2
     spec = load_model(config.model, overrides=Overrides(resize="qwen-vl-utils", max_pixels=hi, min_pixels=lo))
@@ -291,7 +299,7 @@ class Run(ProcessorRun):
             system = messages[0]["content"]
             messages = messages[1:]
         if system is None:
-            system = TEMPLATES[self.template]
+            system = TEMPLATES[self.template] or ""
         turns = [dict(m) for m in messages]
         if len(turns) % 2 or any(m.get("role") != ("user", "assistant")[i % 2] for i, m in enumerate(turns)):
             raise Unbuildable("the turns are not user/assistant pairs")
@@ -426,6 +434,17 @@ class Run(ProcessorRun):
                     ids.append(token)
                     trained.append(mark)
         return ids, trained
+
+
+def _model_type(model: str) -> str:
+    """The checkpoint's model_type (config.json), which picks ms-swift's model loader; '' when unreadable (the
+    model load that follows says why)."""
+    import json
+
+    try:
+        return str(json.loads((resolve_model_path(model) / "config.json").read_text()).get("model_type") or "")
+    except (OSError, ValueError, VlmcheckError, AttributeError):
+        return ""
 
 
 def _max_model_len(folder: Path) -> int:
