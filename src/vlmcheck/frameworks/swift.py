@@ -24,9 +24,12 @@ Modelled on ms-swift 4.6 (``swift/template/base.py``, ``template/templates/qwen.
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 import re
 import shlex
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -226,6 +229,112 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     )
 
 
+# -- rows -----------------------------------------------------------------------------------------------------------
+# dataset/preprocessor/core.py: the columns AutoPreprocessor maps (case-insensitively) and the preprocessor it picks
+MESSAGE_COLUMNS = ("messages", "conversation", "conversations")
+SYSTEM_COLUMNS = ("system", "system_prompt")
+QUERY_COLUMNS = ("query", "prompt", "input", "instruction", "question", "problem")
+RESPONSE_COLUMNS = ("response", "answer", "output", "targets", "target", "answer_key", "answers", "solution", "text",
+                    "completion", "content")
+IMAGE_COLUMNS = ("images", "image")
+USER_ROLES = ("user", "human")
+ASSISTANT_ROLES = ("assistant", "gpt", "bot")
+ROLES = ("system", "user", "tool_call", "tool_response", "tool", "assistant")  # _check_messages
+MESSAGE_KEYS = ("role", "content", "loss", "loss_scale")
+
+
+def _renamed(row: Mapping[str, Any], mapping: Mapping[str, str]) -> dict[str, Any]:
+    """``safe_rename_columns`` on a row's keys: matched without case; two columns bound for one name are both left
+    as they are."""
+    lower = {k.lower(): k for k in row}
+    safe = {lower[src.lower()]: dst for src, dst in mapping.items() if src.lower() in lower}
+    bound = Counter(safe.values())
+    safe = {k: dst for k, dst in safe.items() if bound[dst] == 1 and k != dst}
+    return {safe.get(k, k): v for k, v in row.items()}
+
+
+def standard_row(row: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A dataset row as ms-swift's ``AutoPreprocessor`` standardizes it while loading (``messages`` with roles
+    user / assistant / system, ``images`` a list): the ``messages`` / ``conversation(s)`` layout (keys role or from,
+    content or value; roles human, gpt, bot; a ``system`` / ``system_prompt`` column put first), alpaca's
+    ``instruction`` / ``input`` / ``output``, or ``query`` / ``response`` / ``history`` and their other names. None:
+    ms-swift keeps no row for it. Raises ValueError (or KeyError, TypeError) where its preprocessor raises: the row
+    is deleted from the dataset (the run stops with ``--strict true``)."""
+    keys = set(row)
+    mapping = {k: "images" for k in IMAGE_COLUMNS}
+    if keys & set(MESSAGE_COLUMNS):
+        mapping.update({k: "messages" for k in MESSAGE_COLUMNS})
+        mapping.update({k: "system" for k in SYSTEM_COLUMNS})
+        out = _renamed(row, mapping)
+        messages = out["messages"]
+        if isinstance(messages, str):  # default_repair_messages
+            try:
+                messages = json.loads(messages)
+            except json.JSONDecodeError:
+                messages = ast.literal_eval(messages)
+        if not messages or isinstance(messages, str):
+            return None
+        messages = [dict(m) for m in messages]
+        if any(m.get("tool_calls") or isinstance(m.get("content"), list) for m in messages):
+            raise NotImplementedError("OpenAI / Anthropic tool or content-block messages are not modelled")
+        for m in messages:
+            for std, names in (("role", ("role", "from")), ("content", ("content", "value"))):
+                for name in names:
+                    if name in m:
+                        m[std] = m.pop(name)
+        system = out.pop("system", None)
+        if "role" not in messages[0] and "content" not in messages[0]:  # [{"user": ..., "assistant": ...}] pairs
+            raise NotImplementedError("the user / assistant pair layout is not modelled")
+        if messages[0]["role"] == "system":
+            pass
+        elif system is not None:
+            messages.insert(0, {"role": "system", "content": system})
+        for m in messages:
+            if m["role"] in USER_ROLES:
+                m["role"] = "user"
+            elif m["role"] in ASSISTANT_ROLES:
+                m["role"] = "assistant"
+    else:
+        alpaca = "instruction" in keys and "input" in keys
+        mapping.update({k: "system" for k in SYSTEM_COLUMNS})
+        mapping.update({k: "query" for k in QUERY_COLUMNS})
+        mapping.update({k: "response" for k in RESPONSE_COLUMNS})
+        out = _renamed(row, mapping)
+        if alpaca:  # AlpacaPreprocessor.concat_inst_input
+            instruction, input_ = out.pop("instruction", None), out.pop("input", None)
+            output = out.pop("output", None)
+            if output is not None:
+                out["response"] = output
+            out["query"] = f"{instruction}\n{input_}" if instruction and input_ else instruction or input_
+            if not isinstance(out["query"], str):
+                raise ValueError("neither instruction nor input is text")
+        response = out.pop("response", None)
+        if isinstance(response, (list, tuple)):
+            response = response[0]
+        history = out.pop("history", None) or []
+        if isinstance(history, str):
+            history = ast.literal_eval(history)
+        history = [*history, [out.pop("query", None), response]]
+        system = out.pop("system", None)
+        messages = [{"role": "system", "content": system}] if system is not None else []
+        for pair in history:  # history_to_messages
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise ValueError("a history entry that is not a (query, response) pair")
+            messages += [{"role": r, "content": c} for r, c in zip(("user", "assistant"), pair) if c is not None]
+    if not messages:
+        raise ValueError("no messages")
+    for m in messages:  # _check_messages
+        for key in set(m) - set(MESSAGE_KEYS):
+            m.pop(key)
+        if m.get("role") not in ROLES or m.get("content") is None:
+            raise ValueError(f"a message with role {m.get('role')!r} and content {str(m.get('content'))[:40]!r}")
+    out["messages"] = messages
+    images = out.get("images")
+    if isinstance(images, (str, Mapping)):  # _cast_mm_data
+        out["images"] = [images]
+    return out
+
+
 # -- the run ------------------------------------------------------------------------------------------------------
 def claims(raw: dict[str, Any]) -> bool:
     return raw.get("__launch__") == NAME
@@ -351,6 +460,21 @@ class Run(ProcessorRun):
             return result
         if isinstance(row.get("id"), (str, int)):
             result.id = str(row["id"])
+        try:
+            standard = standard_row(row)
+        except NotImplementedError as e:
+            found.append(F.make("VC007", f"{e} by vlmcheck yet: the row is not counted"))
+            frame["verdict"] = "unknown"
+            return result
+        except (ValueError, KeyError, TypeError, IndexError, SyntaxError, MemoryError, RecursionError) as e:
+            self._refused(result, f"ms-swift's dataset preprocessor raises on this row ({type(e).__name__}: "
+                                  f"{str(e)[:120]}) and deletes it from the dataset")
+            return result
+        if standard is None:
+            found.append(F.make("VC006", "ms-swift's dataset preprocessor keeps no row for it (empty messages)"))
+            frame["verdict"] = "dropped"
+            return result
+        row = standard
         images = row.get("images") or []
         images = images if isinstance(images, list) else [images]
         probed = self.probe(images, found, size=lambda image: self._size(image, source))
