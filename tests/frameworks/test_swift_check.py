@@ -59,7 +59,7 @@ def test_the_fix_is_a_swift_option_and_applying_it_clears_the_run(script: Path) 
 
 
 @pytest.mark.parametrize(("extra", "words"), [
-    ("--max_pixels 1000", "--max_pixels"),
+    ("--max_pixels many", "--max_pixels"),
     ("--template llava1_5_hf", "not modelled"),
     ("--truncation_strategy split", "pre-training"),
     ("--loss_scale last_round", "--loss_scale"),

@@ -62,11 +62,28 @@ ORACLE = QWEN_IMAGES_PRELUDE + textwrap.dedent('''
         by_id = {r["id"]: {k: v for k, v in r.items() if v is not None} for r in loaded}
         rows += [by_id.get(i) for i in wanted]
 
+    if job["max_pixels"]:
+        # --max_pixels: the template's rescale_image resizes with torchvision's Resize((h, w)), which has no CPU
+        # build here; a stand-in makes an image of exactly that size (the size is all the counts depend on)
+        import types
+
+        class Resize:
+            def __init__(self, size):
+                self.size = size
+
+            def __call__(self, image):
+                height, width = self.size
+                return image.resize((width, height))
+
+        tv, tvt = types.ModuleType("torchvision"), types.ModuleType("torchvision.transforms")
+        tvt.Resize, tv.transforms = Resize, tvt
+        sys.modules.update({"torchvision": tv, "torchvision.transforms": tvt})
+
     def encode(row, max_length, strategy):
         if row is None:
             return {"verdict": "deleted"}
         template = get_template(processor, max_length=max_length, truncation_strategy=strategy,
-                                template_type=job["template"])
+                                template_type=job["template"], max_pixels=job["max_pixels"])
         template.set_mode("train")
         try:
             enc = template.encode(json.loads(json.dumps(row)))
@@ -154,23 +171,29 @@ def corpus(folder: Path) -> list[Path]:
     return files
 
 
-@pytest.fixture(scope="module", params=["qwen2_vl", "qwen3_vl"])
+RESCALE = 150_000  # --max_pixels: the template's rescale_image before qwen-vl-utils
+
+
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen3_vl", "qwen2_vl --max_pixels"])
 def swift_oracle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                  checkpoint_for: Any) -> dict[str, Any]:
     """ms-swift's encode of the corpus for one template, on the demo checkpoint of its model type (Qwen3-VL: patch
     16, so MAX_PIXELS is divided by 32**2, and no default system prompt)."""
     python = oracle_python()
     data = corpus(tmp_path_factory.mktemp("swift"))
-    checkpoint = checkpoint_for(request.param)
-    job = {"checkpoint": str(checkpoint), "data": [str(d) for d in data], "limits": LIMITS, "template": request.param}
+    template = request.param.split()[0]
+    rescale = RESCALE if "--max_pixels" in request.param else None
+    checkpoint = checkpoint_for(template)
+    job = {"checkpoint": str(checkpoint), "data": [str(d) for d in data], "limits": LIMITS, "template": template,
+           "max_pixels": rescale}
     # Qwen2-VL under MAX_PIXELS; Qwen3-VL under qwen-vl-utils' own budgets (in tokens of 32 x 32 px)
-    max_pixels = MAX_PIXELS if request.param == "qwen2_vl" else None
+    max_pixels = MAX_PIXELS if template == "qwen2_vl" else None
     env = {k: v for k, v in os.environ.items() if k not in ("MAX_PIXELS", "MIN_PIXELS")}
     done = subprocess.run([str(python), "-c", ORACLE, json.dumps(job)], capture_output=True, text=True, timeout=600,
                           env={**env, **({"MAX_PIXELS": str(max_pixels)} if max_pixels else {})})
     lines = [line for line in done.stdout.splitlines() if line.startswith("ORACLE")]
     assert done.returncode == 0 and lines, done.stderr[-4000:]
-    return {"data": data, "checkpoint": checkpoint, "max_pixels": max_pixels,
+    return {"data": data, "checkpoint": checkpoint, "max_pixels": max_pixels, "rescale": rescale,
             **json.loads(lines[-1][len("ORACLE"):])}
 
 
@@ -184,7 +207,8 @@ def launch(tmp_path: Path, oracle: dict[str, Any], *options: str) -> Path:
              "    --split_dataset_ratio 0.01 \\",
              "    --train_type lora \\", "    --torch_dtype bfloat16 \\", "    --num_train_epochs 1 \\",
              "    --learning_rate 1e-4 \\", "    --lora_rank 8 \\", "    --target_modules all-linear \\",
-             "    --freeze_vit true \\", *(f"    {o} \\" for o in options), "    --output_dir output", ""]
+             "    --freeze_vit true \\", *(f"    {o} \\" for o in options),
+             *([f"    --max_pixels {oracle['rescale']} \\"] if oracle["rescale"] else []), "    --output_dir output", ""]
     script.write_text("\n".join(lines))
     return script
 

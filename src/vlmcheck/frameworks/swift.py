@@ -11,7 +11,8 @@ Modelled on ms-swift 4.6 (``swift/template/base.py``, ``template/templates/qwen.
   ``max_position_embeddings``; ``--truncation_strategy`` ``delete`` (the template raises ``MaxLengthError`` and the
   row is skipped); ``--system`` unset: the template's default system prompt.
 - **Images**: ``MAX_PIXELS`` / ``MIN_PIXELS`` become qwen-vl-utils' token budgets (``value // 28**2``, Qwen3-VL
-  ``value // 32**2``); ``fetch_image`` resizes, and the processor then runs with ``do_resize=False``.
+  ``value // 32**2``); ``--max_pixels`` first rescales an image over it (``rescale_image``); ``fetch_image``
+  resizes, and the processor then runs with ``do_resize=False``.
 - **Rows**: ``messages`` with an optional leading system turn (an empty one means no system block) and
   ``images``; missing ``<image>`` tags are put at the start of the first turn.
 - **Tokens**: ``<|im_start|>user\\n{query}<|im_end|>\\n<|im_start|>assistant\\n`` before each response; the
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 import re
 import shlex
@@ -158,6 +160,7 @@ class Config:
     min_pixels: int | None
     train_type: str
     strict: bool = False
+    rescale: int | None = None  # --max_pixels: the template's own rescale before qwen-vl-utils (see rescaled)
     values: dict[str, Any] = field(default_factory=dict)
 
 
@@ -207,9 +210,6 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     if template is not None and template not in TEMPLATES:
         raise UsageError(f"{path}: --template {template} is not modelled by vlmcheck yet (it models "
                          f"{', '.join(TEMPLATES)})")
-    if options.get("max_pixels") is not None:
-        raise UsageError(f"{path}: --max_pixels (ms-swift's own pre-resize) is not modelled yet; for Qwen-VL use the "
-                         "MAX_PIXELS environment variable ms-swift documents")
     if options.get("loss_scale") not in (None, "default"):
         raise UsageError(f"{path}: --loss_scale {options['loss_scale']} is not modelled yet (default is)")
     system = options.get("system")
@@ -222,10 +222,12 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         max_length=_int(options["max_length"], "--max_length", path) if options.get("max_length") else None,
         truncation=truncation, system=system if isinstance(system, str) else None,
         max_pixels=_int(env["MAX_PIXELS"], "MAX_PIXELS", path) if env.get("MAX_PIXELS") else None,
+        rescale=_int(options["max_pixels"], "--max_pixels", path) if options.get("max_pixels") else None,
         min_pixels=_int(env["MIN_PIXELS"], "MIN_PIXELS", path) if env.get("MIN_PIXELS") else None,
         train_type=str(options.get("train_type") or "lora"),
         strict=str(options.get("strict") or "false").lower() in ("true", "1"),
-        values={k: options.get(k) for k in ("max_length", "truncation_strategy", "train_type", "system")},
+        values={k: options.get(k) for k in ("max_length", "truncation_strategy", "train_type", "system",
+                                            "max_pixels")},
     )
 
 
@@ -352,6 +354,21 @@ def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data:
     return Run(config, spec)
 
 
+def rescaled(width: int, height: int, max_pixels: int | None) -> tuple[int, int]:
+    """``--max_pixels``: the template loads the image (``Image.open``, no EXIF rotation) and ``rescale_image`` scales
+    one over the budget to ``h = int(sqrt(max_pixels / (W / H)))`` and ``w = int(h' x W / H)`` (h' unrounded)
+    before qwen-vl-utils sees it; a side of 0 px makes the resize raise."""
+    if not max_pixels or max_pixels <= 0 or width * height <= max_pixels:
+        return width, height
+    ratio = width / height
+    scaled = math.sqrt(max_pixels / ratio)
+    w, h = int(scaled * ratio), int(scaled)
+    if w <= 0 or h <= 0:
+        raise ImageProblem("VC107", f"{width}x{height} scaled to --max_pixels {max_pixels:,} is {w}x{h}: ms-swift's "
+                                    "rescale_image raises on a side of 0 px")
+    return w, h
+
+
 class Unbuildable(Exception):
     """ms-swift raises on this row while encoding it."""
 
@@ -392,6 +409,7 @@ class Run(ProcessorRun):
             "datasets": [str(d) for d in cfg.datasets], "max_length": self.max_length,
             "truncation_strategy": cfg.truncation, "train_type": cfg.train_type,
             "image_max_pixels": self.settings.pre_max_pixels, "image_min_pixels": self.settings.pre_min_pixels,
+            **({"max_pixels": cfg.rescale} if cfg.rescale else {}),
             "media_dir": "paths as written in the data",
         }
 
@@ -437,7 +455,7 @@ class Run(ProcessorRun):
         if isinstance(image, Mapping):
             data, where = image.get("bytes"), image.get("path")
             if data:
-                return probe_bytes(bytes(data)).size(exif_transpose=False)
+                return rescaled(*probe_bytes(bytes(data)).size(exif_transpose=False), self.config.rescale)
             image = where
         if not isinstance(image, str) or not image:
             raise ImageProblem("VC102", f"an image given as {type(image).__name__}, which ms-swift cannot open")
@@ -446,7 +464,7 @@ class Run(ProcessorRun):
         path = Path(image)
         if not path.is_absolute() and not path.exists() and (source.parent / path).exists():
             path = source.parent / path
-        return probe_path(path).size(exif_transpose=False)
+        return rescaled(*probe_path(path).size(exif_transpose=False), self.config.rescale)
 
     def judge(self, index: int, row: Any, source: Path) -> SampleResult:
         result = SampleResult(index=index, id=str(index), tokens=None, image_tokens=[], supervised_tokens=None)
