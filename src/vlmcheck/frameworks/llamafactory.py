@@ -1450,7 +1450,7 @@ class Encoded:
     and which image each slot belongs to."""
 
     turns: list[list[int]]
-    image_of: list[list[int]]  # per turn, per token: image index or -1
+    image_of: list[list[int]]  # per turn, per token: image index, -1 (text), or LITERAL_IMAGE / LITERAL_VIDEO
     # PaliGemmaPlugin.process_token_ids: every image's tokens before the first turn, never labelled, never cut
     # (they take their share of cutoff_len first); per token, its image
     prefix: list[int] = field(default_factory=list)
