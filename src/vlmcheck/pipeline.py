@@ -207,9 +207,18 @@ def count_all(counter: Counter, chunks: Iterator[Rows], *, workers: int | None =
                 pass  # a chunk that cannot travel to a worker or back (a row nested too deeply to pickle)
         return counter.count_chunk(chunk)  # this process counts it, where every row error is a finding
 
+    def submit(chunk: Rows) -> Future[list[SampleResult]] | None:
+        nonlocal broken
+        if not broken:
+            try:
+                return pool.submit(count_chunk, recipe, chunk)
+            except BrokenProcessPool:
+                broken = True  # the pool saw a worker die before any result of ours did: count here from now
+        return None
+
     try:
         for chunk in chunks:
-            inflight.append((chunk, None if broken else pool.submit(count_chunk, recipe, chunk)))
+            inflight.append((chunk, submit(chunk)))
             if len(inflight) >= 4 * workers:
                 yield from done()
         while inflight:
