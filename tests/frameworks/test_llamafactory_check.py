@@ -69,6 +69,38 @@ def mismatches(proof: dict[str, Any], compare: Any = None, *, skip: Any = None) 
     return found, compared
 
 
+def assert_agreement(proof: dict[str, Any], *, at_least: int, compare: Any = None) -> None:
+    """Every sample agrees (``mismatches``), and at least ``at_least`` were compared."""
+    found, compared = mismatches(proof, compare)
+    assert compared >= at_least, compared
+    assert not found, f"{len(found)} mismatches in {compared} samples:\n" + "\n".join(found[:25])
+
+
+def outcome(row: dict[str, Any]) -> str:
+    """What LLaMA-Factory did with an oracle row: raises, dropped, crash, text cut or whole."""
+    if row["error"]:
+        return "raises"
+    if not row["kept"]:
+        return "dropped"
+    return "crash" if row["crash"] else "text cut" if row["kept_tokens"] < row["tokens"] else "whole"
+
+
+def forward_outcomes(proof: dict[str, Any]) -> Counter[str]:
+    """The tiny model's runs (the runner's ``forward``): each row LLaMA-Factory's data calls a crash must raise
+    there and each other row must run. How many of each ran."""
+    ran = Counter[str]()
+    for name, result in proof["oracle"].items():
+        for f in result.get("forward", []):
+            row = next(r for r in result["rows"] if r["kept"] and (r["dataset"], r["row"]) == (f["dataset"], f["row"]))
+            if row["crash"]:
+                assert f["error"], f"{name}: {f}"
+                ran["crash"] += 1
+            else:
+                assert f["error"] is None, f"{name}: {f}"
+                ran["whole"] += 1
+    return ran
+
+
 def run_oracle(python: Path, configs: list[Path], *, cwd: Path, forward: int = 0, processes: int = 2) -> dict[str, Any]:
     """LLaMA-Factory's results for every config, the configs shared between a few runner processes."""
     procs = []
@@ -118,9 +150,7 @@ def _compare(oracle_row: dict[str, Any], record: dict[str, Any]) -> list[str]:
 
 
 def test_every_sample_is_judged_as_llamafactory_prepares_it(proof: dict[str, Any]) -> None:
-    found, compared = mismatches(proof)
-    assert compared >= 200
-    assert not found, f"{len(found)} mismatches in {compared} samples:\n" + "\n".join(found[:25])
+    assert_agreement(proof, at_least=200)
 
 
 def test_the_per_row_oracle_is_llamafactory_get_dataset(proof: dict[str, Any]) -> None:
@@ -142,19 +172,7 @@ def test_the_corpus_reaches_every_case(proof: dict[str, Any]) -> None:
     its defaults too, and every size class reaches its resize rules."""
     oracle = proof["oracle"]
     assert oracle["defaults"]["cutoff_len"] == 2048 and oracle["defaults"]["image_max_pixels"] == 768 * 768
-    outcomes: Counter[str] = Counter()
-    for result in oracle.values():
-        for r in result["rows"]:
-            if r["error"]:
-                outcomes["raises"] += 1
-            elif not r["kept"]:
-                outcomes["dropped"] += 1
-            elif r["crash"]:
-                outcomes["crash"] += 1
-            elif r["kept_tokens"] < r["tokens"]:
-                outcomes["text cut"] += 1
-            else:
-                outcomes["whole"] += 1
+    outcomes = Counter(outcome(r) for result in oracle.values() for r in result["rows"])
     assert outcomes["crash"] >= 10 and outcomes["dropped"] >= 5 and outcomes["whole"] >= 100, outcomes
     assert outcomes["text cut"] >= 5 and outcomes["raises"] >= 6, outcomes
     stored = {tuple(s) for result in oracle.values() for r in result["rows"] if r["kept"] for s in r["image_stored"]}
@@ -180,16 +198,7 @@ def test_resized_sizes_are_llamafactorys(proof: dict[str, Any]) -> None:
 def test_a_tiny_real_model_crashes_on_the_cut_samples_only(proof: dict[str, Any]) -> None:
     """LLaMA-Factory's collator and a random-weight Qwen-VL model of the checkpoint's type: every sample judged a
     crash raises, every whole one runs."""
-    ran = Counter[str]()
-    for name, result in proof["oracle"].items():
-        crash = {(r["dataset"], r["row"]): r["crash"] for r in result["rows"] if r["kept"]}
-        for f in result["forward"]:
-            if crash[(f["dataset"], f["row"])]:
-                assert f["error"], f"{name}: {f}"
-                ran["crash"] += 1
-            else:
-                assert f["error"] is None, f"{name}: {f}"
-                ran["whole"] += 1
+    ran = forward_outcomes(proof)
     assert ran["crash"] >= 3 and ran["whole"] >= 3, ran
 
 

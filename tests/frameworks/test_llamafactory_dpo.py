@@ -24,7 +24,14 @@ from typing import Any
 
 import pytest
 from lf_corpus import write_configs, write_data
-from test_llamafactory_check import _compare, check_configs, mismatches, run_oracle
+from test_llamafactory_check import (
+    _compare,
+    assert_agreement,
+    check_configs,
+    forward_outcomes,
+    outcome,
+    run_oracle,
+)
 
 import vlmcheck
 from vlmcheck.frameworks import llamafactory as lf
@@ -81,9 +88,7 @@ def _compare_pair(oracle_row: dict[str, Any], record: dict[str, Any]) -> list[st
 
 
 def test_every_preference_sample_is_judged_as_llamafactory_prepares_it(proof: dict[str, Any]) -> None:
-    found, compared = mismatches(proof, _compare_pair)
-    assert compared >= 300
-    assert not found, f"{len(found)} mismatches in {compared} samples:\n" + "\n".join(found[:25])
+    assert_agreement(proof, at_least=300, compare=_compare_pair)
 
 
 def test_the_per_row_oracle_is_get_dataset(proof: dict[str, Any]) -> None:
@@ -108,15 +113,11 @@ def test_the_corpus_reaches_every_case(proof: dict[str, Any]) -> None:
     outcomes: Counter[str] = Counter()
     for name, result in proof["oracle"].items():
         for r in result["rows"]:
-            if r["error"]:
-                outcomes["raises"] += 1
-            elif not r["kept"]:
-                outcomes["dropped"] += 1
-            else:
+            outcomes[outcome(r)] += 1
+            if r["kept"] and not r["error"]:
                 outcomes["multi-image"] += len(r["image_features"]) > 1
                 outcomes["rejected longer"] += r["rejected_tokens"] > r["chosen_tokens"]
                 outcomes[f"{name.split('-')[-1]} crash"] += r["crash"]
-                outcomes["crash" if r["crash"] else "text cut" if r["kept_tokens"] < r["tokens"] else "whole"] += 1
     assert outcomes["crash"] >= 10 and outcomes["dropped"] >= 10 and outcomes["whole"] >= 60, outcomes
     assert outcomes["text cut"] >= 5 and outcomes["multi-image"] >= 20 and outcomes["rejected longer"] >= 30, outcomes
     assert outcomes["paligemma crash"] >= 1 and outcomes["glm4v crash"] >= 1, outcomes
@@ -125,17 +126,7 @@ def test_the_corpus_reaches_every_case(proof: dict[str, Any]) -> None:
 def test_a_tiny_real_model_crashes_on_the_cut_pairs_only(proof: dict[str, Any]) -> None:
     """LLaMA-Factory's pairwise collator (chosen and rejected together, each with the images) and a random-weight
     Qwen-VL model: every pair judged a crash raises, every whole one runs."""
-    ran = Counter[str]()
-    for name, result in proof["oracle"].items():
-        crash = {(r["dataset"], r["row"], r["split"]): r["crash"] for r in result["rows"] if r["kept"]}
-        for f in result.get("forward", []):
-            split = next(r["split"] for r in result["rows"] if (r["dataset"], r["row"]) == (f["dataset"], f["row"]))
-            if crash[(f["dataset"], f["row"], split)]:
-                assert f["error"], f"{name}: {f}"
-                ran["crash"] += 1
-            else:
-                assert f["error"] is None, f"{name}: {f}"
-                ran["whole"] += 1
+    ran = forward_outcomes(proof)
     assert ran["crash"] >= 6 and ran["whole"] >= 6, ran
 
 

@@ -26,8 +26,7 @@ import pytest
 import yaml
 from lf_corpus import write_template_corpus
 from llamafactory_env import oracle_env
-from test_llamafactory_check import mismatches as compare_all
-from test_llamafactory_check import run_oracle
+from test_llamafactory_check import assert_agreement, outcome, run_oracle
 
 import vlmcheck
 
@@ -140,9 +139,7 @@ def proof(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 def test_every_sample_agrees_with_llamafactory(proof: dict[str, Any]) -> None:
-    mismatches, compared = compare_all(proof)
-    assert compared >= 100
-    assert not mismatches, f"{len(mismatches)} mismatches in {compared} samples:\n" + "\n".join(mismatches[:25])
+    assert_agreement(proof, at_least=100)
 
 
 def test_the_per_row_oracle_is_get_dataset(proof: dict[str, Any]) -> None:
@@ -166,19 +163,10 @@ def test_the_corpus_reaches_every_case(proof: dict[str, Any]) -> None:
     outcomes: Counter[str] = Counter()
     for result in oracle.values():
         for r in result["rows"]:
-            if r["error"]:
-                outcomes["raises"] += 1
-            elif not r["kept"]:
-                outcomes["dropped"] += 1
-            else:
+            outcomes[outcome(r)] += 1
+            if r["kept"] and not r["error"]:
                 outcomes["multi-image"] += len(r["image_features"]) > 1
                 outcomes["no labels left"] += r["kept_supervised"] == 0 < r["supervised"]
-                if r["crash"]:
-                    outcomes["crash"] += 1
-                elif r["kept_tokens"] < r["tokens"]:
-                    outcomes["text cut"] += 1
-                else:
-                    outcomes["whole"] += 1
     if proof["template"] == "paligemma":  # its image tokens are never cut: whole prompts and answers are
         assert outcomes["crash"] == 0 and outcomes["no labels left"] >= 3, outcomes
     else:
