@@ -1653,43 +1653,37 @@ def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data:
     return Run(config, spec)
 
 
+# cli.py: extras/misc.py is_env_enabled("USE_V1") picks the v1 launcher
+V1_SWITCH = ("true", "y", "1")
+
+
 # stand-ins for the model's image and video tokens in the text vlmcheck writes for media, so that after
 # tokenization a token written by an expansion is told apart from the same token written in the row's own text
 IMAGE_MARK = "<|vlmcheck-image-mark|>"
 VIDEO_MARK = "<|vlmcheck-video-mark|>"
 
 
-def _with_marks(tokenizer: Any, marks: Mapping[str, str]) -> tuple[Any, dict[str, int]]:
-    """A copy of the tokenizer with a stand-in special token for each of the model's media tokens (``marks``: the
-    token's string -> its stand-in's), added with the token's own flags (strip, single word, normalized) so that
-    text around a stand-in is split as around the token; and the stand-ins' ids by the token's string. A media token
-    that is not an added token of the tokenizer gets no stand-in (its expansions are then told apart by order)."""
+def _run_tokenizer(tokenizer: Any, words: Sequence[str], marks: Mapping[str, str]) -> tuple[Any, dict[str, int]]:
+    """The tokenizer as ``Template.fix_special_tokens`` leaves it (the template's stop ``words`` added as special
+    tokens), plus a stand-in special token for each of the model's media tokens (``marks``: the token's string -> its
+    stand-in's), added with the token's own flags (strip, single word, normalized) so that text around a stand-in is
+    split as around the token; and the stand-ins' ids by the token's string. One copy when anything is added (the
+    model's own tokenizer is shared). A media token that is not an added token of the tokenizer gets no stand-in
+    (its expansions are then told apart by order)."""
     own = {t.content: t for t in tokenizer.get_added_tokens_decoder().values()}
+    missing = [w for w in words if not (w in own and own[w].special)]
     wanted = {token: mark for token, mark in marks.items() if token in own}
-    if not wanted:
+    if not missing and not wanted:
         return tokenizer, {}
     from tokenizers import AddedToken, Tokenizer
 
     copy = Tokenizer.from_str(tokenizer.to_str())
+    copy.add_special_tokens([AddedToken(w, special=True, normalized=False) for w in missing])
     copy.add_special_tokens([AddedToken(mark, single_word=own[token].single_word, lstrip=own[token].lstrip,
                                         rstrip=own[token].rstrip, normalized=own[token].normalized, special=True)
                              for token, mark in wanted.items()])
     ids = {token: copy.token_to_id(mark) for token, mark in wanted.items()}
     return copy, {token: i for token, i in ids.items() if i is not None}
-
-
-def _with_stop_words(tokenizer: Any, words: Sequence[str]) -> Any:
-    """The tokenizer as ``Template.fix_special_tokens`` leaves it: the template's stop words added as special tokens
-    (a copy: the model's own tokenizer is shared)."""
-    added = {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special}
-    missing = [w for w in words if w not in added]
-    if not missing:
-        return tokenizer
-    from tokenizers import AddedToken, Tokenizer
-
-    copy = Tokenizer.from_str(tokenizer.to_str())
-    copy.add_special_tokens([AddedToken(w, special=True, normalized=False) for w in missing])
-    return copy
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -1739,7 +1733,7 @@ class Run:
         words = config.template.stop_words + ((config.template.eos_word,) if config.template.eos_word else ())
         self.pad_id = spec.token_id(plugin.image_token)
         self.video_pad_id = spec.token_id(plugin.video_token) if plugin.counts_videos else None
-        self.tokenizer, self.marks = _with_marks(_with_stop_words(spec.tokenizer, words), {
+        self.tokenizer, self.marks = _run_tokenizer(spec.tokenizer, words, {
             plugin.image_token: IMAGE_MARK, **({plugin.video_token: VIDEO_MARK} if plugin.counts_videos else {})})
         # the BOS / EOS slots are the tokenizer's own ids (_convert_elements_to_ids); absent: nothing is written
         self.bos_id = self._special_id("bos_token")
@@ -2049,7 +2043,7 @@ class Run:
         return self._encode(turns, runs, found, images=len(expansions), video_runs=video_runs)
 
     def _marked(self, text: str, token: str) -> str:
-        """An expansion's text with the media token written as its stand-in (see _with_marks)."""
+        """An expansion's text with the media token written as its stand-in (see _run_tokenizer)."""
         return text.replace(token, IMAGE_MARK if token == self.config.template.plugin.image_token else VIDEO_MARK) \
             if token and token in self.marks else text
 
@@ -2278,7 +2272,7 @@ class Run:
         the k-th image token expanded to the k-th run of features ``runs[k]`` = (owner, length), the j-th video
         token (plugins that count videos) to ``video_runs[j]``."""
         texts = [element for elements in turns for element in elements if isinstance(element, str)]
-        # with stand-ins (see _with_marks): a stand-in is an expansion's media token, the token itself a literal one
+        # with stand-ins (see _run_tokenizer): a stand-in is an expansion's media token, the token itself a literal one
         plugin = self.config.template.plugin
         unmark: dict[int, int] = {}
         literal: dict[int, tuple[int, int]] = {}
