@@ -75,6 +75,12 @@ _RULES = [
          "processor resizes the shortest edge first, so a 1x100,000 banner becomes 336x33,600,000 pixels and "
          "exhausts memory.",
          "Crop or pad the image, or drop the sample."),
+    Rule("VC108", "image-dropped", Severity.ERROR, "The framework trains on this row without its images",
+         "The framework never loads the row's images (LLaMA-Factory's v1 engine in 0.9.5 has no image path: its "
+         "converters read the text only), or drops an image instead of failing: the model learns from the text "
+         "alone, its image tags read as plain text, and nothing in the training log says so.",
+         "Train the data on a path that loads images (LLaMA-Factory's default engine: unset USE_V1), or drop the "
+         "images from the rows if text-only training is meant."),
     # -- videos -------------------------------------------------------------------------------
     Rule("VC111", "video-missing", Severity.ERROR, "A video file does not exist",
          "The video loader (torchcodec, decord) raises at the step that reaches this sample. Remote URLs are "

@@ -2,7 +2,8 @@
 per-turn tokenization, image pre-scaling, ``cutoff_len`` truncation and what happens at the cut).
 
 Modelled on LLaMA-Factory 0.9.4-0.9.5, default (v0) engine, ``stage: sft``, and ``stage: dpo`` / ``rm`` (the
-pairwise processor, see **Preference stages** below):
+pairwise processor, see **Preference stages** below); its v1 engine (``USE_V1=1``) is
+:mod:`vlmcheck.frameworks._llamafactory_v1`, which ``open_run`` hands such runs to:
 
 - **Config** (``hparams/data_args.py``, ``hparams/model_args.py``): ``cutoff_len`` 2048, ``dataset_dir`` ``data``,
   ``media_dir`` = ``dataset_dir``, ``image_max_pixels`` 768*768, ``image_min_pixels`` 32*32, ``train_on_prompt``
@@ -87,6 +88,7 @@ from vlmcheck.preview import Previewer, image_refs, token_spans
 from vlmcheck.results import SampleResult
 
 if TYPE_CHECKING:
+    from vlmcheck.frameworks._llamafactory_v1 import Run as V1Run
     from vlmcheck.tokenizer import Tok
 
 NAME = "llamafactory"
@@ -424,7 +426,6 @@ class Config:
     video_min_pixels: int = DEFAULTS["video_min_pixels"]
     video_fps: float = DEFAULTS["video_fps"]
     video_maxlen: int = DEFAULTS["video_maxlen"]
-    v1: bool = False
     values: dict[str, Any] = field(default_factory=dict)  # as read, for the report
     # eval_dataset: prepared by the same processor as the training rows (a crash there stops the run at its first
     # evaluation); seed: numpy's global generator for dataset_info's num_samples; streaming: num_samples unused
@@ -587,7 +588,6 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         audio_placeholder=env.get(AUDIO_PLACEHOLDER_ENV, "<audio>"),
         video_max_pixels=video_max, video_min_pixels=video_min, video_fps=video_fps,
         video_maxlen=_int(raw, "video_maxlen", path),
-        v1=env.get("USE_V1", "0").lower() in ("1", "true"),
         eval_datasets=eval_names, seed=_seed(raw, path), streaming=streaming, mix_strategy=mix,
         interleave_probs=probs, eval_on_each_dataset=_flag(raw, "eval_on_each_dataset"),
         tool_format=str(tool_format) if tool_format else None,
@@ -1629,18 +1629,25 @@ def _setting(key: str, value: Any) -> str:
 
 # -- the run -----------------------------------------------------------------------------------------------------
 def claims(raw: dict[str, Any]) -> bool:
-    """A LLaMA-Factory training YAML: ``model_name_or_path`` with its own data keys."""
-    return "model_name_or_path" in raw and any(
+    """A LLaMA-Factory training YAML: ``model_name_or_path`` with its own data keys, or a v1 engine config."""
+    # the v1 module imports this one: imported late, on use
+    from vlmcheck.frameworks._llamafactory_v1 import claims as v1_claims
+
+    return v1_claims(raw) or "model_name_or_path" in raw and any(
         key in raw for key in ("cutoff_len", "template", "dataset_dir", "image_max_pixels", "finetuning_type"))
 
 
 def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data: str | None = None,
-             path_map: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None) -> Run:
-    """The run a LLaMA-Factory config launches, ready to judge its rows."""
+             path_map: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None) -> Run | V1Run:
+    """The run a LLaMA-Factory config launches, ready to judge its rows: the v1 engine's for a v1 config or under
+    ``USE_V1`` (as ``llamafactory-cli`` picks its launcher), else the default engine's."""
+    from vlmcheck.frameworks._llamafactory_v1 import claims as v1_claims
+    from vlmcheck.frameworks._llamafactory_v1 import open_run as v1_open_run
+
+    env = os.environ if env is None else env
+    if v1_claims(raw) or env.get("USE_V1", "0").lower() in V1_SWITCH:
+        return v1_open_run(raw, path=path, model=model, data=data, path_map=path_map, env=env)
     config = read_config(raw, path=path, model=model, data=data, path_map=path_map, env=env)
-    if config.v1:
-        raise UsageError("USE_V1=1 (LLaMA-Factory's v1 engine) is not modelled by vlmcheck yet: it cuts from the "
-                         "right and drops images whose span is cut; unset USE_V1 to check the default engine")
     if config.pan_and_scan and config.template.plugin is not GEMMA3_PLUGIN:
         raise UsageError(f"{path}: image_do_pan_and_scan is modelled for the gemma3 template only")
     spec = load_model(config.model, overrides=Overrides(resize="processor"))
