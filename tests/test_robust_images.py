@@ -107,6 +107,10 @@ def test_llava_banner_size_check() -> None:
     assert issue.code == "VC107" and "336x33,600,000" in issue.message
     assert image_issues(640, 480, settings) == []
     assert image_issues(20, 4000, settings) == []  # 336 x 67,200: large, but it fits
+    # measured: 3x5000 (336 x 560,000, 2.1 GB) and 1x5000 (336 x 1,680,000, 5.7 GB) resize on a 24 GiB machine
+    assert image_issues(3, 5000, settings) == [] and image_issues(5000, 1, settings) == []
+    (issue,) = image_issues(1, 20_000, settings)  # 336 x 6,720,000: about 20 GiB
+    assert "about 20 GiB" in issue.message
 
 
 def test_a_jpeg_cut_inside_its_last_bytes_is_judged_by_decoding() -> None:

@@ -107,9 +107,14 @@ def processed_size(width: int, height: int, s: LlavaSettings) -> tuple[int, int]
 
 
 # CLIPImageProcessor resizes the shortest edge to size["shortest_edge"] *before* the center crop, keeping the
-# aspect ratio with no cap on the long side: a 1x100,000 banner becomes 336x33,600,000 px first. Past PIL's
-# decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS, the bound VC105 uses) that resize exhausts memory.
-RESIZE_PIXEL_LIMIT = 2 * 89_478_485
+# aspect ratio with no cap on the long side: a 1x100,000 banner becomes 336x33,600,000 px first. Measured with
+# transformers' CLIPImageProcessorPil (5.6, the LLaMA-Factory 0.9.5 stack) on one image: the peak memory is about
+# 0.35 GB + 9.6 bytes per resized pixel (188M px: 2.1 GB, 564M px: 5.7 GB, 2.26G px: 21.9 GB). A resize needing
+# more than 16 GiB in one data-loader process is judged out of memory; below that it runs (slowly) on a training
+# machine, and the 336x336 crop that follows is all the model sees.
+RESIZE_BYTES_PER_PIXEL = 9.6
+RESIZE_MEMORY_LIMIT = 16 * 2**30
+RESIZE_PIXEL_LIMIT = int(RESIZE_MEMORY_LIMIT / RESIZE_BYTES_PER_PIXEL)
 
 
 def image_issues(width: int, height: int, s: LlavaSettings) -> list[ImageIssue]:
@@ -121,8 +126,10 @@ def image_issues(width: int, height: int, s: LlavaSettings) -> list[ImageIssue]:
     if s.shortest_edge * new_long <= RESIZE_PIXEL_LIMIT:
         return []
     w, h = (s.shortest_edge, new_long) if width <= height else (new_long, s.shortest_edge)
+    gib = w * h * RESIZE_BYTES_PER_PIXEL / 2**30
     return [ImageIssue("VC107", f"the processor first resizes it ({width}x{height}) to {w:,}x{h:,} px (shortest "
-                                f"edge {s.shortest_edge}), {w * h:,} pixels: out of memory before the crop",
+                                f"edge {s.shortest_edge}), {w * h:,} pixels, about {gib:,.0f} GiB: out of memory "
+                                "before the crop",
                        {"width": width, "height": height, "resized": [w, h]})]
 
 
