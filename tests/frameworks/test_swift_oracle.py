@@ -21,19 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from oracle_env import QWEN_IMAGES_PRELUDE, OracleEnv
+from oracle_env import QWEN_IMAGES_PRELUDE
 from PIL import Image
+from swift_env import oracle_python
 
 import vlmcheck
 
-REQUIREMENTS = ("ms-swift==4.6.0",)
-NO_DEPS = ("qwen-vl-utils==0.0.14",)
 MAX_PIXELS = 200704  # 256 * 28 * 28
 LIMITS = [120, 300]
-
-
-ENV = OracleEnv("swift", packages=REQUIREMENTS, no_deps=NO_DEPS)
-oracle_python = ENV.python
 
 
 ORACLE = QWEN_IMAGES_PRELUDE + textwrap.dedent('''
@@ -136,6 +131,11 @@ def corpus(folder: Path) -> list[Path]:
         {"messages": [*qa[:1], {"role": "assistant", "content": "Not trained.", "loss": False},
                       {"role": "user", "content": "Again?"}, {"role": "assistant", "content": "Trained."}],
          "images": [photo]},
+        # the last answer untrained: its suffix is still trained (a SUFFIX context)
+        {"messages": [*qa[:1], {"role": "assistant", "content": "Not trained.", "loss": False}], "images": [photo]},
+        # a tag more than the images: the first is the image, the other stays text
+        {"messages": [{"role": "user", "content": "<image> and <image>?"}, qa[1]], "images": [photo]},
+        {"messages": [{"role": "system", "content": "See <image>."}, *qa], "images": [photo, thin]},
     ]
     conversations = [  # sharegpt: from / value, human / gpt / bot, one image as a string, a system column
         {"conversations": [{"from": "human", "value": "<image>What?"}, {"from": "gpt", "value": "A field."}],

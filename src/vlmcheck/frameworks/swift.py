@@ -2,9 +2,11 @@
 ``messages`` dataset layout with absolute image paths, its own ChatML template encode, which tokens are trained,
 and ``--truncation_strategy``).
 
-Modelled on ms-swift 4.6 (``swift/template/base.py``, ``template/templates/qwen.py``,
+Modelled on ms-swift 4.6 (``swift/template/base.py``, ``template/templates/qwen.py``, ``templates/gemma.py``,
 ``arguments/base_args/template_args.py``, ``model/models/qwen.py``) for its ``qwen2_vl`` / ``qwen2_5_vl`` /
-``qwen3_vl`` templates:
+``qwen3_vl`` templates and Gemma 3's ``gemma3_vision`` (see ``GEMMA3_VISION``: its own strings, the system prompt
+folded into the first question, answers stripped of newlines, 260 tokens per image, and a cut that can take the
+soft image tokens under transformers 5.15+, a crash):
 
 - **Launch**: a shell line ``[VAR=value ...] swift sft --model ... --dataset a.jsonl ... --max_length 2048``
   (``export VAR=...`` lines and earlier ``VAR=...`` assignments count too). ``--max_length`` unset: the model's
@@ -19,7 +21,7 @@ Modelled on ms-swift 4.6 (``swift/template/base.py``, ``template/templates/qwen.
   pieces with the same loss are joined and each joined piece is tokenized on its own (``add_special_tokens=False``).
   Every response and the ``<|im_end|>\\n`` after it are trained (``loss_scale`` ``default``), unless a message sets
   ``loss: false``.
-- **Cut**: ``left`` / ``right`` keep every image token and cut text only (the first label is then masked);
+- **Cut**: ``left`` / ``right`` keep every (Qwen) image token and cut text only (the first label is then masked);
   ``delete`` drops the row.
 """
 
@@ -42,14 +44,14 @@ from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
 from vlmcheck.data.readers import BadRow
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import UsageError, VlmcheckError
-from vlmcheck.families import Overrides
+from vlmcheck.families import Expansion, Overrides, gemma3
 from vlmcheck.frameworks._run import ProcessorRun, expand_shell, mapped
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS, UNSET
 from vlmcheck.model import ModelSpec, load_model, resolve_model_path
 from vlmcheck.results import SampleResult
 
 NAME = "swift"
-VERSIONS = "4.6, qwen2_vl / qwen2_5_vl / qwen3_vl templates"
+VERSIONS = "4.6, qwen2_vl / qwen2_5_vl / qwen3_vl / gemma3_vision templates"
 # `vlmcheck scan --framework swift`: its default truncation_strategy and the qwen-vl-utils resize MAX_PIXELS feeds
 SCAN_DEFAULTS: dict[str, Any] = {"truncation": "delete", "resize": "qwen-vl-utils"}
 # `vlmcheck lint`: concept -> (ms-swift's option name, its default). ms-swift 4.x: swift/trainers/arguments.py
@@ -82,22 +84,62 @@ def lint_run_kind(*, entry: str | None, calls: Mapping[str, Any], options: Mappi
 # qwen3_vl registers default_system=None: no system block unless the row or --system gives one). The qwen3_vl
 # template's thinking_prefix is written only with enable_thinking, which is off for it (is_thinking False), and
 # with thinking off history thoughts are kept (preserve_thinking): its text is the qwen2_vl template's.
-TEMPLATES: dict[str, str | None] = {
-    "qwen2_vl": "You are a helpful assistant.",
-    "qwen2_5_vl": "You are a helpful assistant.",
-    "qwen3_vl": None,
+@dataclass(frozen=True)
+class ChatTemplate:
+    """One ms-swift template as ``Template._swift_encode`` writes it: its TemplateMeta strings and the rules of its
+    template class. Each round is ``prompt`` (``{query}``) then the answer; ``chat_sep`` follows every answer but
+    the last (untrained, but ``_add_dynamic_eos`` trains its first ``suffix`` tokens after a trained answer),
+    ``suffix`` follows the last one (trained: a SUFFIX context)."""
+
+    name: str
+    model_types: tuple[str, ...]
+    default_system: str | None
+    prefix: str
+    system_prefix: str  # {system}: replaces the prefix when there is a system prompt
+    prompt: str
+    chat_sep: str
+    suffix: str
+    image_text: str  # what replace_tag writes for <image>
+    fold_system: bool = False  # Gemma3Template: the row's system prompt opens the first query ("{system}\n\n")
+    strip_answers: bool = False  # Gemma3Template: answers lose their leading and trailing newlines
+    qwen_vl_utils: bool = True  # images sized by qwen-vl-utils (MAX_PIXELS); else one fixed crop per image
+
+
+def _chatml(name: str, default_system: str | None) -> ChatTemplate:
+    """template/templates/utils.py ChatmlTemplateMeta, with Qwen2VLTemplate.replace_tag (templates/qwen.py)."""
+    return ChatTemplate(name=name, model_types=(name,), default_system=default_system, prefix="",
+                        system_prefix="<|im_start|>system\n{system}<|im_end|>\n",
+                        prompt="<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n",
+                        chat_sep="<|im_end|>\n", suffix="<|im_end|>\n",
+                        image_text="<|vision_start|><|image_pad|><|vision_end|>")
+
+
+# template/templates/gemma.py: GemmaTemplateMeta with Gemma3VisionTemplate (a Gemma3Template): <image> becomes
+# <start_of_image>, which _encode replaces with the processor's full_image_sequence (256 soft tokens, no pan and scan)
+GEMMA3_VISION = ChatTemplate(
+    name="gemma3_vision", model_types=("gemma3",), default_system=None, prefix="<bos>",
+    system_prefix="<bos><start_of_turn>system\n{system}<end_of_turn>\n",
+    prompt="<start_of_turn>user\n{query}<end_of_turn>\n<start_of_turn>model\n", chat_sep="<end_of_turn>\n",
+    suffix="<end_of_turn>", image_text="<start_of_image>", fold_system=True, strip_answers=True, qwen_vl_utils=False)
+TEMPLATES: dict[str, ChatTemplate] = {
+    "qwen2_vl": _chatml("qwen2_vl", "You are a helpful assistant."),
+    "qwen2_5_vl": _chatml("qwen2_5_vl", "You are a helpful assistant."),
+    "qwen3_vl": _chatml("qwen3_vl", None),
+    "gemma3_vision": GEMMA3_VISION,
 }
-MODEL_TYPES = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl"}
+# model_type -> the template ms-swift's model registry gives it
+MODEL_TYPES = {t: name for name, template in TEMPLATES.items() for t in template.model_types}
 # model/models/qwen.py: the image_patch_size each loader passes compat_qwen_vl_utils (Qwen2VLLoader 14,
 # Qwen3VLLoader 16); with SPATIAL_MERGE_SIZE 2 the factor MAX_PIXELS is divided by, squared
 IMAGE_PATCH = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
 SPATIAL_MERGE = 2
-# template/utils.py ChatmlTemplateMeta
-SYSTEM_BLOCK = "<|im_start|>system\n{system}<|im_end|>\n"
-PROMPT = "<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n"
-SUFFIX = "<|im_end|>\n"
 IMAGE_TAG = "<image>"
-IMAGE_TEXT = "<|vision_start|><|image_pad|><|vision_end|>"  # Qwen2VLTemplate.replace_tag
+# Template._truncate keeps the ids of the processor's image_token_id (and the template's placeholder_tokens): for
+# Gemma 3 that is <start_of_image> alone from transformers 5.15 on (Gemma3Processor.image_token_id became the BOI
+# id there; before, the soft image token), so the cut takes soft image tokens like text
+GEMMA3_SOFT_TOKEN_PROTECTED_BEFORE = (5, 15)
+# the newest transformers ms-swift 4.6 accepts (its requirement: transformers<5.20): what pip installs beside it
+SWIFT_TRANSFORMERS = "5.19.0"
 # arguments/base_args/template_args.py
 TRUNCATIONS = ("delete", "left", "right")
 # qwen-vl-utils' budgets in merged tokens (vision_process.py IMAGE_MIN_TOKEN_NUM / IMAGE_MAX_TOKEN_NUM)
@@ -345,7 +387,15 @@ def claims(raw: dict[str, Any]) -> bool:
 def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data: str | None = None,
              path_map: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None) -> Run:
     config = read_config(raw, path=path, model=model, data=data, path_map=path_map)
-    factor = IMAGE_PATCH.get(_model_type(config.model), IMAGE_PATCH["qwen2_vl"]) * SPATIAL_MERGE
+    model_type = _model_type(config.model)
+    template = TEMPLATES.get(config.template or MODEL_TYPES.get(model_type, ""))
+    if template is not None and not template.qwen_vl_utils:
+        if config.system is not None:
+            raise UsageError(f"{path}: --system with the {template.name} template is not modelled by vlmcheck yet "
+                             "(its template folds a row's own system prompt into the first question)")
+        # the template calls the image processor with the processor's call-time defaults: no pan and scan
+        return Run(config, load_model(config.model, overrides=Overrides(extra={"do_pan_and_scan": False})))
+    factor = IMAGE_PATCH.get(model_type, IMAGE_PATCH["qwen2_vl"]) * SPATIAL_MERGE
     f2 = factor * factor
     # compat_qwen_vl_utils: MAX_PIXELS // factor**2 tokens, then qwen-vl-utils' budget is tokens * factor**2
     hi = (config.max_pixels // f2 if config.max_pixels else UTILS_MAX_TOKENS) * f2
@@ -373,8 +423,12 @@ class Unbuildable(Exception):
     """ms-swift raises on this row while encoding it."""
 
 
+class NotModelled(Exception):
+    """What ms-swift does with this row is not modelled by vlmcheck: the row is not counted (VC007)."""
+
+
 class Run(ProcessorRun):
-    """An ms-swift ``sft`` run with a Qwen-VL template."""
+    """An ms-swift ``sft`` run with a modelled template (Qwen-VL's, Gemma 3's)."""
 
     name = NAME
     versions = VERSIONS
@@ -383,16 +437,29 @@ class Run(ProcessorRun):
     config: Config
 
     def __init__(self, config: Config, spec: ModelSpec) -> None:
-        template = config.template or MODEL_TYPES.get(spec.model_type, "")
-        if template not in TEMPLATES or spec.model_type not in MODEL_TYPES:
+        chat = TEMPLATES.get(config.template or MODEL_TYPES.get(spec.model_type, ""))
+        if chat is None or spec.model_type not in MODEL_TYPES or (
+                chat.qwen_vl_utils != TEMPLATES[MODEL_TYPES[spec.model_type]].qwen_vl_utils):
             raise UsageError(f"ms-swift's template for {spec.model_type} is not modelled by vlmcheck yet (it models "
-                             f"{', '.join(TEMPLATES)})")
-        # the processor runs with do_resize=False: qwen-vl-utils' size is final
-        spec.settings = replace(spec.settings, min_pixels=1, max_pixels=1 << 62)
+                             f"{', '.join(TEMPLATES)}, each on its own models)")
+        if chat.qwen_vl_utils:  # the processor runs with do_resize=False: qwen-vl-utils' size is final
+            spec.settings = replace(spec.settings, min_pixels=1, max_pixels=1 << 62)
         self.config = config
-        self.template = template
+        self.chat = chat
+        self.template = chat.name
         self.use_model(spec)
         self.max_length = config.max_length or _max_model_len(spec.path)
+        # the id each image's text is spliced in at: Qwen's one <|image_pad|> (repeated per feature), Gemma 3's
+        # <start_of_image> (replaced by the tokenized full_image_sequence)
+        self.anchor_id = self.image_token_id if chat.qwen_vl_utils else spec.token_id(gemma3.BOI_TOKEN)
+        self.suffix_ids = list(self.tokenizer.encode(chat.suffix, add_special_tokens=False).ids)
+        self.transformers, self.transformers_assumed = _transformers_version()
+        # Template._truncate's protected ids (see GEMMA3_SOFT_TOKEN_PROTECTED_BEFORE)
+        self.protected = {self.image_token_id}
+        if not chat.qwen_vl_utils:
+            self.protected = {self.anchor_id}
+            if _version_tuple(self.transformers) < GEMMA3_SOFT_TOKEN_PROTECTED_BEFORE:
+                self.protected.add(self.image_token_id)
 
     def inputs(self) -> list[Path]:
         return [self.config.path, *self.config.datasets]
@@ -404,44 +471,71 @@ class Run(ProcessorRun):
 
     def settings_shown(self) -> dict[str, Any]:
         cfg = self.config
-        return {
+        shown: dict[str, Any] = {
             "template": self.template,
             "datasets": [str(d) for d in cfg.datasets], "max_length": self.max_length,
             "truncation_strategy": cfg.truncation, "train_type": cfg.train_type,
-            "image_max_pixels": self.settings.pre_max_pixels, "image_min_pixels": self.settings.pre_min_pixels,
-            **({"max_pixels": cfg.rescale} if cfg.rescale else {}),
-            "media_dir": "paths as written in the data",
         }
+        if self.chat.qwen_vl_utils:
+            shown.update({"image_max_pixels": self.settings.pre_max_pixels,
+                          "image_min_pixels": self.settings.pre_min_pixels})
+        else:
+            shown.update({"images": "each one 896x896 image of 256 tokens (the processor's defaults: no pan and scan)",
+                          "transformers": self.transformers + (" (assumed: the newest ms-swift 4.6 accepts)"
+                                                               if self.transformers_assumed else " (installed here)"),
+                          "image_tokens_protected_at_the_cut": self.image_token_id in self.protected})
+        return {**shown, **({"max_pixels": cfg.rescale} if cfg.rescale else {}),
+                "media_dir": "paths as written in the data"}
 
     # -- one row --------------------------------------------------------------------------------------------------
     def segments(self, row: Mapping[str, Any], n_images: int) -> list[tuple[str, bool]]:
-        """The pieces ms-swift tokenizes one by one, and whether each is trained."""
+        """The pieces ms-swift tokenizes one by one, and whether each is trained (``Template._swift_encode``)."""
+        chat = self.chat
         messages = row.get("messages")
         if not isinstance(messages, list) or not messages:
             raise Unbuildable("no 'messages' list (vlmcheck reads ms-swift's messages layout)")
         if not all(isinstance(m, Mapping) and isinstance(m.get("content"), str) for m in messages):
             raise Unbuildable("a message without text content")
         system: str | None = self.config.system
+        own: str | None = None  # the row's own system prompt
         if messages[0].get("role") == "system":
-            system = messages[0]["content"]
+            system = own = messages[0]["content"]
             messages = messages[1:]
         if system is None:
-            system = TEMPLATES[self.template] or ""
+            system = chat.default_system or ""
         turns = [dict(m) for m in messages]
         if len(turns) % 2 or any(m.get("role") != ("user", "assistant")[i % 2] for i, m in enumerate(turns)):
             raise Unbuildable("the turns are not user/assistant pairs")
-        tags = sum(m["content"].count(IMAGE_TAG) for m in turns if m["role"] == "user") + system.count(IMAGE_TAG)
-        if n_images > tags:  # _add_default_tags: missing tags go to the start of the first turn
+        if any(IMAGE_TAG in m["content"] for m in turns if m["role"] == "assistant"):
+            raise NotModelled("an <image> tag in an answer (ms-swift gives it an image in order) is not modelled")
+        # _add_default_tags: the tags of the system prompt and every message counted, missing ones put at the start
+        # of the first turn; tags past the images stay text (_pre_tokenize_images replaces the first ones only)
+        tags = sum(m["content"].count(IMAGE_TAG) for m in turns) + system.count(IMAGE_TAG)
+        if n_images > tags:
             turns[0]["content"] = IMAGE_TAG * (n_images - tags) + turns[0]["content"]
-        elif n_images < tags:
-            raise Unbuildable(f"{tags} <image> tags for {n_images} image(s)")
-        pieces: list[tuple[str, bool]] = [(SYSTEM_BLOCK.format(system=system) if system else "", False)]
+        if chat.fold_system:  # Gemma3Template: a system prompt given (even empty) opens the first question
+            if own is not None:
+                turns[0]["content"] = own + "\n\n" + turns[0]["content"]
+            system = ""
+        pieces: list[tuple[str, bool]] = [(chat.system_prefix.format(system=system) if system else chat.prefix,
+                                           False)]
         for i in range(0, len(turns), 2):
             query, answer = turns[i]["content"], turns[i + 1]
-            trained = answer.get("loss") is not False
-            pieces.append((PROMPT.format(query=query.replace(IMAGE_TAG, IMAGE_TEXT)), False))
-            pieces.append((answer["content"], trained))
-            pieces.append((SUFFIX, trained))
+            text = answer["content"].strip("\n") if chat.strip_answers else answer["content"]
+            pieces.append((chat.prompt.format(query=query), False))
+            pieces.append((text, answer.get("loss") is not False))
+            # the last answer's suffix is a SUFFIX context (trained); the others' chat_sep is not (see _encode)
+            pieces.append((chat.suffix, True) if i == len(turns) - 2 else (chat.chat_sep, False))
+        left = n_images  # the first tags, in order, become the images' text
+        for j, (text, trained) in enumerate(pieces):
+            parts = text.split(IMAGE_TAG)
+            if trained or len(parts) == 1 or not left:
+                continue
+            out = parts[0]
+            for part in parts[1:]:
+                out += (chat.image_text if left else IMAGE_TAG) + part
+                left = max(left - 1, 0)
+            pieces[j] = (out, trained)
         merged: list[tuple[str, bool]] = []  # _simplify_context_list: pieces of the same loss are joined
         for text, trained in pieces:
             if merged and merged[-1][1] == trained:
@@ -504,19 +598,27 @@ class Run(ProcessorRun):
         counts = [e.features for e in expansions]
         result.image_tokens = list(counts)
         try:
-            ids, trained = self._encode(self.segments(row, len(images)), counts)
+            ids, trained, owner = self._encode(self.segments(row, len(images)), expansions)
         except Unbuildable as e:
             self._refused(result, str(e))
+            return result
+        except NotModelled as e:
+            found.append(F.make("VC007", f"{e} by vlmcheck yet: the row is not counted"))
+            frame["verdict"] = "unknown"
             return result
         total = len(ids)
         result.tokens = total
         result.supervised_tokens = sum(trained)
-        result.text_only_tokens = total - sum(counts)
+        result.text_only_tokens = total - sum(1 for o in owner if o >= 0)
         if result.supervised_tokens == 0:
             found.append(F.make("VC003", "no answer tokens to learn from: every label is masked"))
         limit = self.max_length
         if total <= limit:
-            frame.update(kept_tokens=total, kept_supervised=sum(trained), kept_image_tokens=counts)
+            frame.update(kept_tokens=total, kept_supervised=sum(trained), kept_image_tokens=self._per_image(owner, counts))
+            literal = sum(1 for o in owner if o == len(counts))
+            if literal:
+                frame["kept_literal_image_tokens"] = literal
+            self._literal_images(result, owner, counts)
             return result
         fix = f"set {_setting('--max_length', total)}"
         if self.config.truncation == "delete":
@@ -525,7 +627,7 @@ class Run(ProcessorRun):
                                 tokens=total, max_length=limit))
             frame["verdict"] = "dropped"
             return result
-        protected = [t == self.image_token_id for t in ids]  # Template._truncate keeps every placeholder
+        protected = [t in self.protected for t in ids]  # Template._truncate keeps these ids, cuts around them
         room = limit - sum(protected)
         if room > 0:
             text = [i for i, p in enumerate(protected) if not p]
@@ -535,8 +637,25 @@ class Run(ProcessorRun):
         labels = [trained[i] for i in kept]
         if labels:
             labels[0] = False
-        frame.update(kept_tokens=len(kept), kept_supervised=sum(labels), kept_image_tokens=counts)
-        if result.supervised_tokens and not any(labels):
+        kept_owner = [owner[i] for i in kept]
+        kept_images = self._per_image(kept_owner, counts)
+        frame.update(kept_tokens=len(kept), kept_supervised=sum(labels), kept_image_tokens=kept_images)
+        literal = sum(1 for o in kept_owner if o == len(counts))
+        if literal:
+            frame["kept_literal_image_tokens"] = literal
+        cut = [k for k, (n, left) in enumerate(zip(counts, kept_images)) if left < n]
+        for k in cut:
+            found.append(F.make(
+                "VC201", f"image {k + 1} of {len(counts)} needs {counts[k]:,} tokens, only {kept_images[k]:,} survive "
+                         f"ms-swift's {self.config.truncation} cut at --max_length {limit:,} (the sample is {total:,} "
+                         f"tokens; its Template._truncate keeps only <start_of_image> under transformers "
+                         f"{self.transformers}): the model raises 'Image features and image tokens do not match' at "
+                         "the step that reaches it",
+                fix=fix + " or drop the sample", image=k + 1, image_tokens=counts[k], kept=kept_images[k],
+                tokens=total, max_length=limit))
+        if cut:
+            frame["verdict"] = "crash"
+        elif result.supervised_tokens and not any(labels):
             found.append(F.make("VC202", f"all {result.supervised_tokens:,} supervised tokens are cut at --max_length "
                                          f"{limit:,}", fix=fix, supervised=result.supervised_tokens, tokens=total,
                                 max_length=limit))
@@ -545,8 +664,29 @@ class Run(ProcessorRun):
                                          f"and cuts {total - len(kept):,} text tokens from the "
                                          f"{self.config.truncation}", fix=fix + " to keep it whole", tokens=total,
                                 max_length=limit, supervised_lost=result.supervised_tokens - sum(labels)))
-        frame["verdict"] = "cut"
+        if not cut:
+            frame["verdict"] = "cut"
+        self._literal_images(result, kept_owner, counts)
         return result
+
+    @staticmethod
+    def _per_image(owner: list[int], counts: list[int]) -> list[int]:
+        """The image tokens of each image among ``owner`` (each position's image, -1 for text)."""
+        held = Counter(o for o in owner if o >= 0)
+        return [held.get(k, 0) for k in range(len(counts))]
+
+    def _literal_images(self, result: SampleResult, owner: list[int], counts: list[int]) -> None:
+        """Gemma 3: a <start_of_image> the row writes itself is expanded like the images' own when the row has
+        images (Gemma3VisionTemplate._encode splices every one): more image tokens than features, a crash."""
+        extra = sum(1 for o in owner if o == len(counts))
+        if not extra:
+            return
+        result.findings.append(F.make(
+            "VC002", f"the row's text holds {gemma3.BOI_TOKEN} of its own: ms-swift's Gemma 3 template expands it like "
+                     f"an image, so the model sees {extra:,} image tokens more than the features of the sample's "
+                     f"{len(counts)} image(s) and raises ('Image features and image tokens do not match')",
+            fix=f"remove {gemma3.BOI_TOKEN} from the row's text", literal_tokens=extra))
+        (result.framework or {})["verdict"] = "crash"
 
     def _refused(self, result: SampleResult, reason: str) -> None:
         """``template.encode`` raises: with ``--strict false`` (the default) ms-swift skips the row and fetches
@@ -560,22 +700,63 @@ class Run(ProcessorRun):
                                                    "(--strict false)"))
             frame["verdict"] = "dropped"
 
-    def _encode(self, segments: list[tuple[str, bool]], counts: list[int]) -> tuple[list[int], list[bool]]:
+    def _encode(self, segments: list[tuple[str, bool]], expansions: list[Expansion]
+                ) -> tuple[list[int], list[bool], list[int]]:
+        """The ids, whether each is trained, and which image each image token belongs to (-1: text; one past the
+        last image: a Gemma 3 literal expanded all the same). ``_add_dynamic_eos`` then trains the ``suffix`` ids
+        that open an untrained run after a trained one (the separator after each answer but the last)."""
         ids: list[int] = []
         trained: list[bool] = []
+        owner: list[int] = []
         k = 0
         for text, mark in segments:
             for token in self.tokenizer.encode(text, add_special_tokens=False).ids:
-                if token == self.image_token_id:
-                    if k >= len(counts):
-                        raise Unbuildable("the text holds an image token of its own")
-                    ids += [token] * counts[k]
-                    trained += [mark] * counts[k]
-                    k += 1
-                else:
+                if token != self.anchor_id:
                     ids.append(token)
                     trained.append(mark)
-        return ids, trained
+                    owner.append(-1)
+                    continue
+                if self.chat.qwen_vl_utils:
+                    if k >= len(expansions):
+                        raise Unbuildable("the text holds an image token of its own")
+                    piece = [token] * expansions[k].features
+                    mine = [k] * len(piece)
+                elif not expansions:  # no images: Gemma3VisionTemplate._encode expands nothing
+                    piece, mine = [token], [-1]
+                else:  # the processor's sequence (each run of image tokens written once in Expansion.text)
+                    expansion = expansions[min(k, len(expansions) - 1)]
+                    runs = iter(expansion.runs)
+                    piece = []
+                    for t in self.tokenizer.encode(expansion.text, add_special_tokens=False).ids:
+                        piece += [t] * next(runs) if t == self.image_token_id else [t]
+                    mine = [min(k, len(expansions)) if t == self.image_token_id else -1 for t in piece]
+                ids += piece
+                trained += [False] * len(piece)
+                owner += mine
+                k += 1
+        n, before = len(self.suffix_ids), list(trained)
+        for start in range(1, len(ids)):  # each untrained run after a trained one, as the labels were
+            if before[start - 1] and not before[start] and ids[start:start + n] == self.suffix_ids \
+                    and not any(before[start:start + n]):
+                trained[start:start + n] = [True] * n
+        if trained:
+            trained[0] = False  # Template._encode: labels[0] = -100
+        return ids, trained, owner
+
+
+def _transformers_version() -> tuple[str, bool]:
+    """The transformers the run has: the one installed beside vlmcheck (the run's own, when both share an
+    environment), else the newest ms-swift 4.6 accepts (what pip installs with it); and whether it was assumed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transformers"), False
+    except PackageNotFoundError:
+        return SWIFT_TRANSFORMERS, True
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text)[:2])
 
 
 def _model_type(model: str) -> str:
