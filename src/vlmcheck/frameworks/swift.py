@@ -4,9 +4,9 @@ and ``--truncation_strategy``).
 
 Modelled on ms-swift 4.6 (``swift/template/base.py``, ``template/templates/qwen.py``, ``templates/gemma.py``,
 ``arguments/base_args/template_args.py``, ``model/models/qwen.py``) for its ``qwen2_vl`` / ``qwen2_5_vl`` /
-``qwen3_vl`` templates and Gemma 3's ``gemma3_vision`` (see ``GEMMA3_VISION``: its own strings, the system prompt
+``qwen3_vl`` templates, Gemma 3's ``gemma3_vision`` (see ``GEMMA3_VISION``: its own strings, the system prompt
 folded into the first question, answers stripped of newlines, 260 tokens per image, and a cut that can take the
-soft image tokens under transformers 5.15+, a crash):
+soft image tokens under transformers 5.15+, a crash) and LLaVA-1.5's ``llava1_5_hf`` (``LLAVA1_5_HF``):
 
 - **Launch**: a shell line ``[VAR=value ...] swift sft --model ... --dataset a.jsonl ... --max_length 2048``
   (``export VAR=...`` lines and earlier ``VAR=...`` assignments count too). ``--max_length`` unset: the model's
@@ -51,7 +51,7 @@ from vlmcheck.model import ModelSpec, load_model, resolve_model_path
 from vlmcheck.results import SampleResult
 
 NAME = "swift"
-VERSIONS = "4.6, qwen2_vl / qwen2_5_vl / qwen3_vl / gemma3_vision templates"
+VERSIONS = "4.6, qwen2_vl / qwen2_5_vl / qwen3_vl / gemma3_vision / llava1_5_hf templates"
 # `vlmcheck scan --framework swift`: its default truncation_strategy and the qwen-vl-utils resize MAX_PIXELS feeds
 SCAN_DEFAULTS: dict[str, Any] = {"truncation": "delete", "resize": "qwen-vl-utils"}
 # `vlmcheck lint`: concept -> (ms-swift's option name, its default). ms-swift 4.x: swift/trainers/arguments.py
@@ -102,7 +102,13 @@ class ChatTemplate:
     image_text: str  # what replace_tag writes for <image>
     fold_system: bool = False  # Gemma3Template: the row's system prompt opens the first query ("{system}\n\n")
     strip_answers: bool = False  # Gemma3Template: answers lose their leading and trailing newlines
-    qwen_vl_utils: bool = True  # images sized by qwen-vl-utils (MAX_PIXELS); else one fixed crop per image
+    qwen_vl_utils: bool = True  # images sized by qwen-vl-utils (MAX_PIXELS); else by the model's image processor
+    # the token each image's text is spliced in at: None, the model's image token, repeated once per feature (Qwen,
+    # LLaVA); else this token, replaced by the processor's whole image sequence (Gemma 3's <start_of_image>)
+    anchor: str | None = None
+    # Template._truncate keeps the processor's image_token_id: the image token itself, except under transformers from
+    # this version on, where it is the anchor (Gemma 3); None: always the image token
+    image_token_protected_before: tuple[int, int] | None = None
 
 
 def _chatml(name: str, default_system: str | None) -> ChatTemplate:
@@ -120,12 +126,19 @@ GEMMA3_VISION = ChatTemplate(
     name="gemma3_vision", model_types=("gemma3",), default_system=None, prefix="<bos>",
     system_prefix="<bos><start_of_turn>system\n{system}<end_of_turn>\n",
     prompt="<start_of_turn>user\n{query}<end_of_turn>\n<start_of_turn>model\n", chat_sep="<end_of_turn>\n",
-    suffix="<end_of_turn>", image_text="<start_of_image>", fold_system=True, strip_answers=True, qwen_vl_utils=False)
+    suffix="<end_of_turn>", image_text="<start_of_image>", fold_system=True, strip_answers=True, qwen_vl_utils=False,
+    anchor=gemma3.BOI_TOKEN, image_token_protected_before=(5, 15))
+# template/templates/llava.py: TemplateMeta llava1_5_hf with LlavaHfTemplate (transformers >= 4.47: each <image> id
+# repeated to the processor's feature count, from the image processor's output size)
+LLAVA1_5_HF = ChatTemplate(
+    name="llava1_5_hf", model_types=("llava",), default_system=None, prefix="<s>", system_prefix="<s>{system}\n",
+    prompt="USER: {query}\nASSISTANT:", chat_sep="</s>", suffix="</s>", image_text="<image>\n", qwen_vl_utils=False)
 TEMPLATES: dict[str, ChatTemplate] = {
     "qwen2_vl": _chatml("qwen2_vl", "You are a helpful assistant."),
     "qwen2_5_vl": _chatml("qwen2_5_vl", "You are a helpful assistant."),
     "qwen3_vl": _chatml("qwen3_vl", None),
     "gemma3_vision": GEMMA3_VISION,
+    "llava1_5_hf": LLAVA1_5_HF,
 }
 # model_type -> the template ms-swift's model registry gives it
 MODEL_TYPES = {t: name for name, template in TEMPLATES.items() for t in template.model_types}
@@ -136,8 +149,10 @@ SPATIAL_MERGE = 2
 IMAGE_TAG = "<image>"
 # Template._truncate keeps the ids of the processor's image_token_id (and the template's placeholder_tokens): for
 # Gemma 3 that is <start_of_image> alone from transformers 5.15 on (Gemma3Processor.image_token_id became the BOI
-# id there; before, the soft image token), so the cut takes soft image tokens like text
-GEMMA3_SOFT_TOKEN_PROTECTED_BEFORE = (5, 15)
+# id there; before, the soft image token), so the cut takes soft image tokens like text (GEMMA3_VISION)
+# transformers' config classes: max_position_embeddings when config.json leaves it out (LlamaConfig,
+# Gemma3TextConfig, Qwen2VLTextConfig)
+CONFIG_DEFAULT_POSITIONS = {"llama": 2048, "gemma3_text": 131072, "qwen2_vl": 32768}
 # the newest transformers ms-swift 4.6 accepts (its requirement: transformers<5.20): what pip installs beside it
 SWIFT_TRANSFORMERS = "5.19.0"
 # arguments/base_args/template_args.py
@@ -389,12 +404,13 @@ def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data:
     config = read_config(raw, path=path, model=model, data=data, path_map=path_map)
     model_type = _model_type(config.model)
     template = TEMPLATES.get(config.template or MODEL_TYPES.get(model_type, ""))
-    if template is not None and not template.qwen_vl_utils:
-        if config.system is not None:
-            raise UsageError(f"{path}: --system with the {template.name} template is not modelled by vlmcheck yet "
-                             "(its template folds a row's own system prompt into the first question)")
-        # the template calls the image processor with the processor's call-time defaults: no pan and scan
+    if template is not None and template.fold_system and config.system is not None:
+        raise UsageError(f"{path}: --system with the {template.name} template is not modelled by vlmcheck yet "
+                         "(its template folds a row's own system prompt into the first question)")
+    if template is GEMMA3_VISION:  # the image processor called with the processor's defaults: no pan and scan
         return Run(config, load_model(config.model, overrides=Overrides(extra={"do_pan_and_scan": False})))
+    if template is not None and not template.qwen_vl_utils:
+        return Run(config, load_model(config.model))
     factor = IMAGE_PATCH.get(model_type, IMAGE_PATCH["qwen2_vl"]) * SPATIAL_MERGE
     f2 = factor * factor
     # compat_qwen_vl_utils: MAX_PIXELS // factor**2 tokens, then qwen-vl-utils' budget is tokens * factor**2
@@ -438,8 +454,9 @@ class Run(ProcessorRun):
 
     def __init__(self, config: Config, spec: ModelSpec) -> None:
         chat = TEMPLATES.get(config.template or MODEL_TYPES.get(spec.model_type, ""))
-        if chat is None or spec.model_type not in MODEL_TYPES or (
-                chat.qwen_vl_utils != TEMPLATES[MODEL_TYPES[spec.model_type]].qwen_vl_utils):
+        # the Qwen-VL templates on any Qwen-VL model; the others on their own model types only
+        qwen = TEMPLATES[MODEL_TYPES[spec.model_type]].qwen_vl_utils if spec.model_type in MODEL_TYPES else False
+        if chat is None or not (spec.model_type in chat.model_types or (chat.qwen_vl_utils and qwen)):
             raise UsageError(f"ms-swift's template for {spec.model_type} is not modelled by vlmcheck yet (it models "
                              f"{', '.join(TEMPLATES)}, each on its own models)")
         if chat.qwen_vl_utils:  # the processor runs with do_resize=False: qwen-vl-utils' size is final
@@ -451,14 +468,14 @@ class Run(ProcessorRun):
         self.max_length = config.max_length or _max_model_len(spec.path)
         # the id each image's text is spliced in at: Qwen's one <|image_pad|> (repeated per feature), Gemma 3's
         # <start_of_image> (replaced by the tokenized full_image_sequence)
-        self.anchor_id = self.image_token_id if chat.qwen_vl_utils else spec.token_id(gemma3.BOI_TOKEN)
+        self.anchor_id = self.image_token_id if chat.anchor is None else spec.token_id(chat.anchor)
         self.suffix_ids = list(self.tokenizer.encode(chat.suffix, add_special_tokens=False).ids)
         self.transformers, self.transformers_assumed = _transformers_version()
-        # Template._truncate's protected ids (see GEMMA3_SOFT_TOKEN_PROTECTED_BEFORE)
+        # Template._truncate's protected ids (see ChatTemplate.image_token_protected_before)
         self.protected = {self.image_token_id}
-        if not chat.qwen_vl_utils:
+        if chat.image_token_protected_before is not None:
             self.protected = {self.anchor_id}
-            if _version_tuple(self.transformers) < GEMMA3_SOFT_TOKEN_PROTECTED_BEFORE:
+            if _version_tuple(self.transformers) < chat.image_token_protected_before:
                 self.protected.add(self.image_token_id)
 
     def inputs(self) -> list[Path]:
@@ -480,7 +497,7 @@ class Run(ProcessorRun):
             shown.update({"image_max_pixels": self.settings.pre_max_pixels,
                           "image_min_pixels": self.settings.pre_min_pixels})
         else:
-            shown.update({"images": "each one 896x896 image of 256 tokens (the processor's defaults: no pan and scan)",
+            shown.update({"images": "sized by the model's image processor, as ms-swift calls it",
                           "transformers": self.transformers + (" (assumed: the newest ms-swift 4.6 accepts)"
                                                                if self.transformers_assumed else " (installed here)"),
                           "image_tokens_protected_at_the_cut": self.image_token_id in self.protected})
@@ -676,16 +693,19 @@ class Run(ProcessorRun):
         return [held.get(k, 0) for k in range(len(counts))]
 
     def _literal_images(self, result: SampleResult, owner: list[int], counts: list[int]) -> None:
-        """Gemma 3: a <start_of_image> the row writes itself is expanded like the images' own when the row has
-        images (Gemma3VisionTemplate._encode splices every one): more image tokens than features, a crash."""
+        """An image token the row's text holds (Gemma 3's <start_of_image>; LLaVA's <image>, also a tag past the
+        images, which stays text) is expanded like the images' own when the row has images (the template splices
+        every one): more image tokens than features, a crash."""
         extra = sum(1 for o in owner if o == len(counts))
         if not extra:
             return
+        token = self.chat.anchor or self.family.image_token
         result.findings.append(F.make(
-            "VC002", f"the row's text holds {gemma3.BOI_TOKEN} of its own: ms-swift's Gemma 3 template expands it like "
-                     f"an image, so the model sees {extra:,} image tokens more than the features of the sample's "
-                     f"{len(counts)} image(s) and raises ('Image features and image tokens do not match')",
-            fix=f"remove {gemma3.BOI_TOKEN} from the row's text", literal_tokens=extra))
+            "VC002", f"the row's text holds {token} beyond its {len(counts)} image(s) (written as text, or an <image> "
+                     f"tag past the images): ms-swift's {self.template} template expands it like an image, so the "
+                     f"model sees {extra:,} image tokens more than the features and raises ('Image features and "
+                     "image tokens do not match')",
+            fix=f"remove {token} from the row's text, or give each <image> tag its image", literal_tokens=extra))
         (result.framework or {})["verdict"] = "crash"
 
     def _refused(self, result: SampleResult, reason: str) -> None:
@@ -716,11 +736,12 @@ class Run(ProcessorRun):
                     trained.append(mark)
                     owner.append(-1)
                     continue
-                if self.chat.qwen_vl_utils:
-                    if k >= len(expansions):
+                if self.chat.anchor is None:
+                    if k >= len(expansions) and (self.chat.qwen_vl_utils or not expansions):
                         raise Unbuildable("the text holds an image token of its own")
-                    piece = [token] * expansions[k].features
-                    mine = [k] * len(piece)
+                    # LlavaHfTemplate._encode repeats every image token of the text, one written as text too
+                    piece = [token] * expansions[min(k, len(expansions) - 1)].features
+                    mine = [min(k, len(expansions))] * len(piece)
                 elif not expansions:  # no images: Gemma3VisionTemplate._encode expands nothing
                     piece, mine = [token], [-1]
                 else:  # the processor's sequence (each run of image tokens written once in Expansion.text)
@@ -777,6 +798,8 @@ def _max_model_len(folder: Path) -> int:
     config = json.loads((folder / "config.json").read_text())
     text = config.get("text_config") or {}
     value = text.get("max_position_embeddings") or config.get("max_position_embeddings")
+    if not value:  # ms-swift reads the loaded config: the config class's default for a key the file leaves out
+        value = CONFIG_DEFAULT_POSITIONS.get(str(text.get("model_type") or config.get("model_type")))
     return int(value) if value else 1 << 31
 
 

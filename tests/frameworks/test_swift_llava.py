@@ -1,0 +1,154 @@
+"""``vlmcheck check`` on ``swift sft`` with LLaVA-1.5 (ms-swift's ``llava1_5_hf`` template), proved against
+ms-swift 4.6's own ``load_dataset`` and encode in its environment (swift_env.py).
+
+The template: ``<s>`` (or ``<s>{system}\\n``), ``USER: {query}\\nASSISTANT:`` per round, the answer, ``</s>`` after
+every answer (trained); each ``<image>`` written ``<image>\\n`` and its image token repeated to the processor's
+feature count (576 for CLIP's 336 px crop). ``Template._truncate`` protects the image token: a cut takes text only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from swift_env import oracle_python
+
+import vlmcheck
+
+SETTINGS = [(None, "raise"), (200, "raise"), (200, "left"), (200, "right"), (650, "left"), (650, "right")]
+IMAGE_ID = 32000  # <image>
+
+ORACLE = textwrap.dedent('''
+    import json, sys
+    from swift.dataset import load_dataset
+    from swift.model import get_processor
+    from swift.template import MaxLengthError, get_template
+
+    job = json.loads(sys.argv[1])
+    processor = get_processor(job["checkpoint"], model_type="llava1_5_hf")
+    wanted = [json.loads(line)["id"] for line in open(job["data"])]
+    loaded, _ = load_dataset([job["data"]], split_dataset_ratio=0, remove_unused_columns=False, strict=False,
+                             load_from_cache_file=False)
+    by_id = {r["id"]: {k: v for k, v in r.items() if v is not None} for r in loaded}
+    rows = [by_id.get(i) for i in wanted]
+    out = {}
+    for max_length, strategy in job["settings"]:
+        t = get_template(processor, max_length=max_length, truncation_strategy=strategy, template_type="llava1_5_hf",
+                         default_system=job["system"])
+        t.set_mode("train")
+        results = []
+        for row in rows:
+            if row is None:
+                results.append({"verdict": "deleted"})
+                continue
+            try:
+                enc = t.encode(json.loads(json.dumps(row)))
+            except MaxLengthError:
+                results.append({"verdict": "dropped"})
+                continue
+            except Exception as e:
+                results.append({"verdict": "error", "error": repr(e)[:200]})
+                continue
+            ids = list(enc["input_ids"])
+            results.append({"verdict": "ok", "tokens": len(ids), "labels": sum(1 for x in enc["labels"] if x != -100),
+                            "image_tokens": ids.count(job["image_id"])})
+        out[f"{max_length}-{strategy}"] = results
+    print("ORACLE" + json.dumps(out))
+''')
+
+
+def corpus(folder: Path) -> Path:
+    def image(name: str, size: tuple[int, int]) -> str:
+        path = folder / f"{name}.png"
+        Image.new("RGB", size, (20, 160, 90)).save(path)
+        return str(path)
+
+    photo, tall, small = image("photo", (640, 480)), image("tall", (200, 900)), image("small", (20, 20))
+    long = " ".join(f"word{i}" for i in range(120))
+    user = lambda text: {"role": "user", "content": text}  # noqa: E731
+    bot = lambda text, **kw: {"role": "assistant", "content": text, **kw}  # noqa: E731
+    rows = [
+        {"messages": [user("<image>What is shown?"), bot("A green field.")], "images": [photo]},
+        {"messages": [user("Describe."), bot("\nTall.\n")], "images": [tall]},  # the tag is added
+        {"messages": [{"role": "system", "content": "Be brief."}, user("<image>\nand <image>"), bot("Two."),
+                      user("Sure?"), bot("Yes.")], "images": [photo, small]},
+        {"messages": [user("Hi."), bot("Hello.")]},
+        {"messages": [{"role": "system", "content": ""}, user("<image>" + long), bot(long)], "images": [photo]},
+        {"messages": [user(long), bot(long), user("<image> again"), bot(long)], "images": [tall]},
+        {"messages": [user("<image>Q"), bot("no", loss=False), user("Q2"), bot("yes")], "images": [photo]},
+        {"messages": [user("<image>Q"), bot("untrained last", loss=False)], "images": [small]},
+        {"messages": [user("<image><image> two tags"), bot("one image")], "images": [photo]},
+        {"messages": [{"role": "system", "content": "See <image>."}, user("this"), bot("ok")], "images": [tall]},
+        {"messages": [user("unicode 漢字 ✓ <image>"), bot("  spaced  ")], "images": [small]},
+        {"messages": [user("<image>" * 3 + long), bot(long)], "images": [photo, tall, small]},
+    ]
+    data = folder / "train.jsonl"
+    data.write_text("".join(json.dumps({"id": k, **r}, ensure_ascii=False) + "\n" for k, r in enumerate(rows)))
+    return data
+
+
+@pytest.fixture(scope="module", params=[None, "You are a careful assistant."], ids=["no-system", "system"])
+def oracle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from llava_checkpoint import llava_checkpoint
+
+    folder = tmp_path_factory.mktemp("swift_llava")
+    data = corpus(folder)
+    checkpoint = llava_checkpoint()
+    job = {"checkpoint": str(checkpoint), "data": str(data), "settings": SETTINGS, "image_id": IMAGE_ID,
+           "system": request.param}
+    done = subprocess.run([str(oracle_python()), "-c", ORACLE, json.dumps(job)], capture_output=True, text=True,
+                          timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    lines = [line for line in done.stdout.splitlines() if line.startswith("ORACLE")]
+    assert done.returncode == 0 and lines, done.stderr[-4000:]
+    return {"data": data, "checkpoint": checkpoint, "system": request.param,
+            "results": json.loads(lines[-1][len("ORACLE"):])}
+
+
+def records(tmp_path: Path, oracle: dict[str, Any], max_length: int | None, strategy: str) -> list[dict[str, Any]]:
+    options = ([f"--max_length {max_length}"] if max_length else []) + \
+        [f"--truncation_strategy {'delete' if strategy == 'raise' else strategy}"] + \
+        ([f"--system '{oracle['system']}'"] if oracle["system"] else [])
+    script = tmp_path / "sft.sh"
+    script.write_text("\n".join(["swift sft \\", f"    --model {oracle['checkpoint']} \\",
+                                 f"    --dataset {oracle['data']} \\", *(f"    {o} \\" for o in options),
+                                 "    --output_dir output", ""]))
+    out = tmp_path / "records.jsonl"
+    vlmcheck.check(script, output=out)
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+@pytest.mark.parametrize(("max_length", "strategy"), SETTINGS)
+def test_each_row_is_judged_as_swifts_llava_template_encodes_it(tmp_path: Path, oracle: dict[str, Any],
+                                                                 max_length: int | None, strategy: str) -> None:
+    ours = records(tmp_path, oracle, max_length, strategy)
+    theirs = oracle["results"][f"{max_length}-{strategy}"]
+    assert len(ours) == len(theirs)
+    for k, (record, row) in enumerate(zip(ours, theirs)):
+        frame = record["framework"]
+        if row["verdict"] in ("deleted", "error", "dropped"):
+            assert frame["verdict"] == "dropped", (k, record, row)
+            continue
+        kept = (frame["kept_tokens"], frame["kept_supervised"],
+                sum(frame["kept_image_tokens"]) + frame.get("kept_literal_image_tokens", 0))
+        assert kept == (row["tokens"], row["labels"], row["image_tokens"]), (k, record, row)
+        # the image tokens are never cut; a tag past the images is expanded all the same (more tokens than features)
+        literal = frame.get("kept_literal_image_tokens", 0)
+        assert (frame["verdict"] == "crash") == (literal > 0), (k, record, row)
+
+
+def test_the_corpus_reaches_each_outcome(oracle: dict[str, Any]) -> None:
+    whole = oracle["results"]["None-raise"]
+    cut = 0
+    for key, results in oracle["results"].items():
+        limit, strategy = key.split("-")
+        if strategy in ("left", "right"):
+            cut += sum(1 for w, r in zip(whole, results)
+                       if r["verdict"] == "ok" and w["verdict"] == "ok" and w["tokens"] > int(limit))
+    assert cut >= 10
+    assert sum(1 for r in oracle["results"]["200-raise"] if r["verdict"] == "dropped") >= 5
