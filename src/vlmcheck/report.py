@@ -366,7 +366,8 @@ def render_text(report: Report, *, show: int = 20) -> str:
     if framework:
         stage = f"stage {framework['stage']}, " if framework.get("stage") not in (None, "sft") else ""
         lines.append(f"vlmcheck check: {framework['config']}: {framework['name']} ({framework['versions']}), "
-                     f"{stage}template {framework['template']}, {_n(s['samples'])} samples of {s['dataset']}, "
+                     f"{stage}template {framework['template']}, {_n(s['samples'])} "
+                     f"sample{'s' if s['samples'] != 1 else ''} of {s['dataset']}, "
                      f"{s['model_type']} at {length_key}={_n(s['max_length'])}")
         # the framework's own names for its pixel settings (LLaMA-Factory's image_max_pixels, ms-swift's MAX_PIXELS)
         max_key = framework.get("max_pixels_key", pixels_key)
