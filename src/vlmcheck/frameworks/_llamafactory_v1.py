@@ -211,10 +211,6 @@ def _sources(value: str, config: Path, mapping: Mapping[str, str]) -> tuple[Sour
 
 
 # -- rows ---------------------------------------------------------------------------------------------------------
-class Raises(Exception):
-    """The engine raises on this row (the converter or the template), at the step that reaches it."""
-
-
 def as_loaded(value: Any, kind: Any) -> Any:
     """``value`` as ``datasets`` gives it from a table whose column type is ``kind`` (json_type's): an object
     holds every field of its struct, None where this row lacks it."""
