@@ -39,13 +39,13 @@ def run(config: Path) -> dict:
     for index in range(len(engine)):
         name, number = engine.data_index[index]
         row = {"dataset": name, "row": number, "error": None}
-        try:
+        try:  # the data loader (converter, renderer) and the collation: the step that reaches the sample
             sample = renderer.process_samples([engine[index]])[0]
-        except Exception as e:  # raised by the data loader at the step that reaches the sample
+            batch = pad_and_truncate([sample], training_args.cutoff_len)[0]
+        except Exception as e:
             row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
             rows.append(row)
             continue
-        batch = pad_and_truncate([sample], training_args.cutoff_len)[0]
         row.update(tokens=len(sample["input_ids"]),
                    supervised=sum(1 for label in sample["labels"] if label != IGNORE_INDEX),
                    kept_tokens=int(batch["input_ids"].shape[-1]),

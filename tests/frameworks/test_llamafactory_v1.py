@@ -21,7 +21,7 @@ import yaml
 from llamafactory_env import oracle_env
 
 import vlmcheck
-from vlmcheck.errors import UsageError
+from vlmcheck.errors import DatasetError, UsageError
 
 RUNNER = Path(__file__).with_name("llamafactory_v1_runner.py")
 WORDS = ("the", "cat", "sat", "on", "a", "mat", "and", "looked", "at", "図", "表", "😀", "<image>", "\n", "  ",
@@ -125,12 +125,27 @@ def write_corpus(root: Path, model: Path) -> list[Path]:
     (data / "alpaca.json").write_text(json.dumps(alpaca_rows(rng, 24), ensure_ascii=False))
     (data / "native.jsonl").write_text("".join(json.dumps(r) + "\n" for r in native_rows(rng, 24, weights=False)))
     (data / "weighted.jsonl").write_text("".join(json.dumps(r) + "\n" for r in native_rows(rng, 16, weights=True)))
+    # extra_info goes into the model input: a string or numbers collate, an object or None (a row without it) raise
+    plain = {"messages": [{"role": "user", "content": [{"type": "text", "value": "hi"}]},
+                          {"role": "assistant", "content": [{"type": "text", "value": "ok"}]}]}
+    for name, values in (("extra_obj", [{"k": "v"}, {"k": "w"}, None]), ("extra_str", ["a", "b", None]),
+                         ("extra_num", [[1, 2.5], [], [3]])):
+        (data / f"{name}.jsonl").write_text("".join(
+            json.dumps({**plain, **({} if v is None else {"extra_info": v})}) + "\n" for v in values))
     (data / "datasets.yaml").write_text(yaml.safe_dump({
         "chat": {"path": str(data / "chat.jsonl"), "source": "local", "converter": "sharegpt"},
         "alpaca": {"path": "alpaca.json", "source": "local", "converter": "alpaca"},  # relative: the launch folder
         "native": {"path": str(data / "native.jsonl"), "source": "local"},
         "weighted": {"path": str(data / "weighted.jsonl"), "source": "local"},
+        **{n: {"path": str(data / f"{n}.jsonl"), "source": "local"} for n in ("extra_obj", "extra_str", "extra_num")},
     }, sort_keys=False))
+    # datasets cannot load these: LLaMA-Factory stops before step 1, and so does the check
+    (data / "empty.jsonl").write_text("")
+    (data / "clash.jsonl").write_text('{"instruction": "a", "output": "b"}\n{"instruction": 5, "output": "c"}\n')
+    for name in ("empty", "clash"):
+        (data / f"{name}.yaml").write_text(yaml.safe_dump({
+            "chat": {"path": str(data / "chat.jsonl"), "source": "local", "converter": "sharegpt"},
+            name: {"path": str(data / f"{name}.jsonl"), "source": "local", "converter": "alpaca"}}))
     configs = []
     for template in ("chatml", "qwen3_nothink", "qwen3"):
         for cutoff in (None, 24, 90):
@@ -143,7 +158,11 @@ def write_corpus(root: Path, model: Path) -> list[Path]:
     bare = root / "v1_bare_file.yaml"  # a data file as train_dataset, the template by default (qwen3_nothink)
     bare.write_text(yaml.safe_dump({"model": str(model), "train_dataset": str(data / "native.jsonl"),
                                     "cutoff_len": 60}))
-    return [*configs, bare]
+    stops = []
+    for name in ("empty", "clash"):
+        stops.append(root / f"stops_{name}.yaml")
+        stops[-1].write_text(yaml.safe_dump({"model": str(model), "train_dataset": str(data / f"{name}.yaml")}))
+    return [*configs, bare, *stops]
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +180,11 @@ def proof(tmp_path_factory: pytest.TempPathFactory, llamafactory_python: Path, q
         mp.chdir(data)
         for config in configs:
             records = root / f"{config.stem}.jsonl"
-            vlmcheck.check(config, output=records, env={})
+            try:
+                vlmcheck.check(config, output=records, env={})
+            except DatasetError as e:
+                mine[config.stem] = str(e)
+                continue
             mine[config.stem] = [json.loads(line) for line in records.read_text().splitlines()]
     return {"oracle": json.loads(out.read_text()), "mine": mine}
 
@@ -184,6 +207,8 @@ def _compare(row: dict[str, Any], record: dict[str, Any]) -> list[str]:
 def test_every_sample_is_judged_as_the_v1_engine_prepares_it(proof: dict[str, Any]) -> None:
     found, compared, outcomes = [], 0, {"raises": 0, "cut": 0, "whole": 0}
     for name, result in proof["oracle"].items():
+        if name.startswith("stops_"):
+            continue
         assert result["error"] is None, f"{name}: {result['error']}"
         rows, records = result["rows"], proof["mine"][name]
         assert len(rows) == len(records), f"{name}: the engine indexed {len(rows)} rows, vlmcheck {len(records)}"
@@ -248,3 +273,29 @@ def test_another_installed_llamafactory_is_not_judged_as_0_9_5(tmp_path: Path, q
     (tmp_path / "rows.jsonl").write_text('{"messages": []}\n')
     with pytest.raises(UsageError, match="LLaMA-Factory 0.9.6.dev0 is installed here"):
         _check(tmp_path, {"model": str(qwen2_vl_checkpoint), "train_dataset": str(tmp_path / "rows.jsonl")})
+
+
+def test_a_file_datasets_cannot_load_stops_the_check_as_it_stops_the_engine(proof: dict[str, Any]) -> None:
+    for name, why in (("stops_empty", "holds no rows"), ("stops_clash", "instruction is a number here")):
+        assert proof["oracle"][name]["error"], name  # LLaMA-Factory's DataEngine raises
+        assert why in proof["mine"][name], proof["mine"][name]
+
+
+def test_extra_info_that_cannot_be_collated_is_a_crash(proof: dict[str, Any]) -> None:
+    records = [r for r in proof["mine"]["v1_chatml_default"] if r["framework"]["dataset"].startswith("extra_")]
+    verdicts = [(r["framework"]["dataset"], r["framework"]["verdict"]) for r in records]
+    assert verdicts == [("extra_obj", "crash")] * 3 + [("extra_str", "ok")] * 2 + [("extra_str", "crash")] + \
+        [("extra_num", "ok")] * 3
+
+
+def test_cutoff_len_and_split_values_the_engine_mishandles_are_refused(tmp_path: Path,
+                                                                       qwen2_vl_checkpoint: Path) -> None:
+    (tmp_path / "rows.jsonl").write_text('{"messages": []}\n')
+    base = {"model": str(qwen2_vl_checkpoint), "train_dataset": str(tmp_path / "rows.jsonl")}
+    for value in ("128", 5.0, 0, -5, True):
+        with pytest.raises(UsageError, match="cutoff_len"):
+            _check(tmp_path, {**base, "cutoff_len": value})
+    (tmp_path / "list.yaml").write_text(yaml.safe_dump({"d": {"path": "rows.jsonl", "source": "local",
+                                                              "split": "train[:1]"}}))
+    with pytest.raises(UsageError, match="slice"):
+        _check(tmp_path, {**base, "train_dataset": str(tmp_path / "list.yaml")})

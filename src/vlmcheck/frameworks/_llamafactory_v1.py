@@ -41,7 +41,7 @@ from vlmcheck import findings as F
 from vlmcheck.data.readers import BadRow, dataset_kind
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import DatasetError, UsageError
-from vlmcheck.frameworks._run import ProcessorRun, locate, mapped, whole_number
+from vlmcheck.frameworks._run import ProcessorRun, locate, mapped
 from vlmcheck.frameworks.llamafactory import NAME, TypeClash, json_type, unify_types
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.results import SampleResult
@@ -134,9 +134,13 @@ def read_config(raw: Mapping[str, Any], *, path: Path, model: str | None = None,
     batching = str(raw.get("batching_strategy", DEFAULTS["batching_strategy"]))
     if batching not in BATCHING:
         raise UsageError(f"{path}: batching_strategy {batching!r} is not one of LLaMA-Factory's ({', '.join(BATCHING)})")
-    cutoff = whole_number(raw.get("cutoff_len", DEFAULTS["cutoff_len"]), "cutoff_len", path)
-    if cutoff < 1:
-        raise UsageError(f"{path}: cutoff_len must be at least 1, got {cutoff}")
+    cutoff = raw.get("cutoff_len", DEFAULTS["cutoff_len"])
+    if isinstance(cutoff, bool) or not isinstance(cutoff, int) or cutoff < 1:
+        # parse_dict converts nothing: pad_and_truncate slices each sample with the value as written (a string
+        # raises at the first step, a decimal on every sample as long, 0 keeps nothing, -5 all but the last 5)
+        raise UsageError(f"{path}: cutoff_len {cutoff!r}: LLaMA-Factory's v1 engine slices each sample with the value "
+                         "as written, which raises or keeps the wrong tokens; write a whole number of tokens, at "
+                         "least 1")
     dataset = data or raw.get("train_dataset")
     if not dataset:
         raise UsageError(f"{path}: no train_dataset set (or pass --data)")
@@ -188,6 +192,9 @@ def _sources(value: str, config: Path, mapping: Mapping[str, str]) -> tuple[Sour
             raise UsageError(f"dataset {name!r}: source {source!r} is no loader of the v1 engine (its plugin raises "
                              "'not registered')")
         split = str(info.get("split", "train"))
+        if split.startswith("train["):
+            raise UsageError(f"dataset {name!r}: split {split!r} (a slice of the file's rows) is not modelled by "
+                             "vlmcheck yet")
         if split != "train":
             raise UsageError(f"dataset {name!r}: split {split!r} of a local file (datasets gives it a train split "
                              "only, and raises)")
@@ -415,6 +422,21 @@ def _last_query(messages: Sequence[Mapping[str, Any]]) -> int:
     return len(messages) - 1
 
 
+def _collatable(value: Any) -> bool:
+    """A sample's ``extra_info`` that ``pad_and_truncate`` takes: a string (passed through) or a list of numbers
+    (a tensor it pads); an object, None, a single number or strings make ``torch.tensor`` or the slice raise."""
+    if isinstance(value, str):
+        return True
+
+    def numbers(v: Any) -> bool:
+        return isinstance(v, (int, float)) or isinstance(v, list) and all(numbers(x) for x in v)
+
+    try:
+        return isinstance(value, list) and numbers(value)
+    except RecursionError:
+        return False
+
+
 def media(row: Mapping[str, Any]) -> list[str]:
     """The media columns of a row that hold something: what the v1 engine never loads."""
     return [key for key in MEDIA_KEYS if row.get(key) not in (None, "", [], {})]
@@ -445,7 +467,14 @@ class Run(ProcessorRun):
         return [self.config.path, *(s.path for s in self.config.sources)]
 
     def rows(self) -> Iterator[tuple[Any, Origin]]:
-        """The datasets' rows in the order of the dataset list (the data index before sampling)."""
+        """The datasets' rows in the order of the dataset list (the data index before sampling). Every file is
+        loaded before the first step: one that datasets cannot load as a table, or that holds no row, stops the
+        run (a DatasetError here, as for the default engine)."""
+        for source in self.config.sources:
+            self._kind(source.path)
+            if next(iter(read_rows(source.path)), None) is None:
+                raise DatasetError(f"dataset {source.name!r}: {source.path} holds no rows: datasets' loader raises "
+                                   "and LLaMA-Factory's v1 engine stops before step 1")
         for source in self.config.sources:
             for number, row in enumerate(read_rows(source.path)):
                 yield row, Origin(source, number)
@@ -495,7 +524,7 @@ class Run(ProcessorRun):
         loaded = as_loaded(row, self._kind(source.path))
         try:
             pieces = render(convert(loaded, source.converter), self.config.template)
-        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError) as e:
             result.findings.append(F.make(
                 "VC001", f"LLaMA-Factory's v1 engine raises on this row ({type(e).__name__}: {str(e)[:200]}) in its "
                          f"{'converter ' + source.converter + ' or ' if source.converter else ''}template "
@@ -503,6 +532,14 @@ class Run(ProcessorRun):
             frame["verdict"] = "crash"
             return result
         self._count(result, frame, pieces)
+        if source.converter is None and "extra_info" in loaded and not _collatable(loaded["extra_info"]):
+            result.findings.append(F.make(
+                "VC001", f"the row's extra_info ({type(loaded['extra_info']).__name__}) goes into the model input, "
+                         "where pad_and_truncate makes a tensor of every value that is not a string and raises: the "
+                         "run stops at the step that reaches it",
+                fix="write extra_info as a string (or leave the column out)"))
+            frame["verdict"] = "crash"
+            return result
         dropped = media(loaded)
         if dropped:
             result.findings.append(F.make(
