@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from llamafactory_env import oracle_env
 
-from vlmcheck.frameworks.llamafactory import TypeClash, json_type, unify_types
+from vlmcheck.frameworks.llamafactory import TypeClash, json_schema, json_type, unify_types
 
 POOL: list[Any] = [None, True, 3, 2.5, "a", ["a"], [1], [{"x": 1}], {"x": 1}, {"y": "s"}, [], [None], {},
                    {"x": "s"}, [["a"]], [[1]], [{"x": 1}, {"y": 2}], [{"x": 1}, {"x": "s"}], [1, "a"], [1, 2.5],
@@ -100,3 +100,59 @@ def test_check_stops_on_a_dataset_datasets_cannot_load(tmp_path: Path, qwen2_vl_
                       f"dataset_dir: {data}\n")
     with pytest.raises(DatasetError, match="row 1: images is a string here and a list in an earlier row"):
         vlmcheck.check(config)
+
+
+# files past datasets' 10 MiB JSON chunk: (the rows filling the first chunk, the rows after it)
+MESSAGE = {"from": "human", "value": "q"}
+CHUNKED = {
+    "a new column": ({"q": "a"}, {"q": "a", "system": "s"}),
+    "a new nested field": ({"c": [MESSAGE]}, {"c": [{**MESSAGE, "weight": 1}]}),
+    "a column missing later": ({"q": "a", "system": "s"}, {"q": "a"}),
+    "a nested field missing later": ({"c": [{**MESSAGE, "weight": 1}]}, {"c": [MESSAGE]}),
+    "decimals after whole numbers": ({"q": 1}, {"q": 2.5}),
+    "whole numbers after decimals": ({"q": 1.5}, {"q": 2}),
+    "strings after nulls": ({"q": None}, {"q": "s"}),
+    "nulls after strings": ({"q": "s"}, {"q": None}),
+    "numbers after strings": ({"q": "s"}, {"q": 5}),
+    "list items after empty lists": ({"q": []}, {"q": ["s"]}),
+    "same columns": ({"q": "a", "n": 1}, {"q": "b", "n": 2}),
+}
+
+
+@pytest.fixture(scope="module")
+def chunked(tmp_path_factory: pytest.TempPathFactory, llamafactory_python: Path) -> dict[str, tuple[Path, bool]]:
+    folder = tmp_path_factory.mktemp("json_chunks")
+    pad = "x" * 900  # rows of about 1 KB: some 10,300 fill the first chunk
+    files = {}
+    for k, (name, (first, later)) in enumerate(CHUNKED.items()):
+        path = folder / f"chunked{k}.jsonl"
+        with path.open("w") as f:
+            size = 0
+            while size <= (10 << 20) + 2048:
+                line = json.dumps({**first, "pad": pad}) + "\n"
+                f.write(line)
+                size += len(line)
+            f.writelines(json.dumps({**later, "pad": pad}) + "\n" for _ in range(20))
+        files[name] = path
+    listing = folder / "files.json"
+    listing.write_text(json.dumps([str(p) for p in files.values()]))
+    done = subprocess.run([str(llamafactory_python), "-c", LOADER, str(listing)], capture_output=True, text=True,
+                          timeout=900, env=oracle_env())
+    lines = [line for line in done.stdout.splitlines() if line.startswith("LOADED")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    loaded = json.loads(lines[-1][len("LOADED"):])
+    return {name: (path, loaded[str(path)]) for name, path in files.items()}
+
+
+def test_past_the_first_10_mib_the_chunk_rules_of_datasets_hold(chunked: dict[str, tuple[Path, bool]]) -> None:
+    differ = []
+    for name, (path, ok) in chunked.items():
+        try:
+            json_schema([path])
+            mine = True
+        except TypeClash:
+            mine = False
+        if mine != ok:
+            differ.append(f"{name}: datasets {'loads' if ok else 'fails'}, vlmcheck {'loads' if mine else 'fails'}")
+    assert not differ, differ
+    assert {ok for _, ok in chunked.values()} == {True, False}

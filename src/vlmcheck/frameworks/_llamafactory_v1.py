@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from vlmcheck import findings as F
-from vlmcheck.data.readers import BadRow, dataset_kind
+from vlmcheck.data.readers import dataset_kind
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.frameworks._run import ProcessorRun, locate, mapped
-from vlmcheck.frameworks.llamafactory import NAME, TypeClash, json_type, unify_types
+from vlmcheck.frameworks.llamafactory import NAME, TypeClash, json_schema
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.results import SampleResult
 
@@ -495,21 +495,17 @@ class Run(ProcessorRun):
         }
 
     def _kind(self, path: Path) -> Any:
-        """The unified column types of a JSON file (DatasetError where datasets cannot load it)."""
+        """The column types of the table datasets makes of a JSON file (DatasetError where it cannot load it)."""
         if path not in self._kinds:
             kind: Any = None
             if dataset_kind(path) in ("json", "jsonl"):
-                for number, row in enumerate(read_rows(path)):
-                    if isinstance(row, BadRow):
-                        break  # judged as it comes: the load stops there
-                    try:
-                        kind = unify_types(kind, json_type(row), "")
-                    except RecursionError:
-                        kind = None
-                        break
-                    except TypeClash as e:
-                        raise DatasetError(f"{path}, row {number}: {e}: datasets cannot load the file as one table, "
-                                           "so LLaMA-Factory's loader raises and the run stops before step 1") from None
+                try:
+                    kind = json_schema([path])
+                except RecursionError:  # nested past what vlmcheck follows: rows judged as they come
+                    kind = None
+                except TypeClash as e:
+                    raise DatasetError(f"{path}, {e}: datasets cannot load the file as one table, so LLaMA-Factory's "
+                                       "loader raises and the run stops before step 1") from None
             self._kinds[path] = kind
         return self._kinds[path]
 

@@ -73,7 +73,7 @@ from typing import TYPE_CHECKING, Any
 
 from vlmcheck import findings as F
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
-from vlmcheck.data.readers import BadRow
+from vlmcheck.data.readers import BadRow, dataset_kind
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.data.videos import VideoInfo, VideoProblem, probe_video_path
 from vlmcheck.errors import DatasetError, UsageError
@@ -883,6 +883,75 @@ def unify_types(a: Any, b: Any, where: str) -> Any:
     if isinstance(a, dict) and isinstance(b, dict):
         return {k: unify_types(a.get(k), b.get(k), f"{where}.{k}" if where else k) for k in {**a, **b}}
     raise TypeClash(f"{where or 'a column'} is {_kind(b)} here and {_kind(a)} in an earlier row")
+
+
+# datasets' Json builder (packaged_modules/json/json.py): a JSON Lines file is read in chunks of 10 MiB, each
+# finished at the end of its line, and each chunk becomes a pyarrow table cast to the first table's schema
+# (ArrowWriter.write_table); a JSON array is read whole (pandas). Measured on datasets 4.0.0 with files past 10 MiB:
+# a later chunk may lack fields (nulls) and give whole numbers for decimals, but a field the first chunk lacks
+# (top level or nested), values where the first has only nulls, decimals where it has whole numbers, or another
+# kind stop the load.
+DATASETS_JSON_CHUNK = 10 << 20
+
+
+def cast_problem(first: Any, later: Any, where: str = "") -> str | None:
+    """Why a later chunk's type cannot be cast to the first chunk's (None: it can)."""
+    if later is None or first == later or (first == "float" and later == "int"):
+        return None
+    name = where or "a column"
+    if isinstance(first, dict) and isinstance(later, dict):
+        for key, kind in later.items():
+            inner = f"{where}.{key}" if where else key
+            if key not in first:
+                return f"{inner} first appears after the first 10 MiB of the file"
+            problem = cast_problem(first[key], kind, inner)
+            if problem:
+                return problem
+        return None
+    if isinstance(first, tuple) and isinstance(later, tuple):
+        return cast_problem(first[1], later[1], where + "[]")
+    if first is None:
+        return f"{name} is {_kind(later)} here and only null in the first 10 MiB of the file"
+    return f"{name} is {_kind(later)} here and {_kind(first)} in the first 10 MiB of the file"
+
+
+def json_schema(files: Sequence[Path]) -> Any:
+    """The column types (json_type's) of the table ``datasets.load_dataset("json")`` makes of ``files``: the
+    first chunk's, every later chunk checked against it (see DATASETS_JSON_CHUNK). TypeClash, with the row
+    number across the files, where the load fails; rows that are not objects are left to the row judge."""
+    schema: Any = None
+    started = False
+    number = -1
+    for file in files:
+        spans: list[tuple[int, int]] = []
+        lines = dataset_kind(file) == "jsonl"
+        chunk: Any = None
+        rows = 0
+        limit = DATASETS_JSON_CHUNK
+        for row in read_rows(file, spans=spans):
+            number += 1
+            if lines and rows and spans[-1][0] > limit:  # this row opens the next chunk
+                schema, started = _next_table(schema, started, chunk, number)
+                limit = spans[-2][1] + DATASETS_JSON_CHUNK
+                chunk, rows = None, 0
+            rows += 1
+            if isinstance(row, Mapping):
+                try:
+                    chunk = unify_types(chunk, json_type(row), "")
+                except TypeClash as e:
+                    raise TypeClash(f"row {number}: {e}") from None
+        if rows:
+            schema, started = _next_table(schema, started, chunk, number + 1)
+    return schema
+
+
+def _next_table(schema: Any, started: bool, table: Any, number: int) -> tuple[Any, bool]:
+    if not started:
+        return table, True
+    problem = cast_problem(schema, table)
+    if problem:
+        raise TypeClash(f"rows before {number}: {problem}")
+    return schema, True
 
 
 @dataclass(frozen=True)
@@ -1859,19 +1928,14 @@ class Run:
         if attr.name in self._typed or FILE_TYPES.get(files[0].suffix[1:]) != "json":
             return
         self._typed.add(attr.name)
-        columns: dict[str, Any] = {}
-        for number, row in enumerate(iter_rows(files)):
-            if not isinstance(row, Mapping):
-                continue  # a row that is not an object: judged (and refused) as it comes
-            try:
-                for key, value in row.items():
-                    columns[key] = unify_types(columns.get(key), json_type(value, str(key)), str(key))
-            except RecursionError:  # nested past what vlmcheck follows: not judged here
-                return
-            except TypeClash as e:
-                raise DatasetError(f"dataset {attr.name!r}, row {number}: {e}: datasets cannot load the file as one "
-                                   "table, so LLaMA-Factory's loader raises (DatasetGenerationError) and the run stops "
-                                   "before step 1") from None
+        try:
+            json_schema(files)
+        except RecursionError:  # nested past what vlmcheck follows: not judged here
+            return
+        except TypeClash as e:
+            raise DatasetError(f"dataset {attr.name!r}, {e}: datasets cannot load the file as one table, so "
+                               "LLaMA-Factory's loader raises (DatasetGenerationError) and the run stops before "
+                               "step 1") from None
 
     def _loaded_rows(self, attr: DatasetAttr) -> int | None:
         """How many rows ``datasets`` loads from the dataset's files; None when one cannot be read (the load fails:
