@@ -311,18 +311,27 @@ def test_a_hostile_num_samples_is_refused_not_drawn() -> None:
 def test_a_folder_whose_files_have_other_columns_stops_the_run(tmp_path: Path) -> None:
     """datasets loads each file of a folder dataset as its own table and casts the rest to the first one's columns:
     a file with other keys fails the load (LLaMA-Factory stops before step 1), said so, never judged row by row."""
+    import os
+
     from vlmcheck.demo.checkpoints import qwen_checkpoint
 
     data = tmp_path / "data"
     (data / "parts").mkdir(parents=True)
     row = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}
-    (data / "parts" / "a.jsonl").write_text(json.dumps(row) + "\n")
-    (data / "parts" / "b.jsonl").write_text(json.dumps({**row, "system": "be brief"}) + "\n")
+    for name in ("a.jsonl", "b.jsonl"):
+        (data / "parts" / name).write_text(json.dumps(row) + "\n")
+    first, second = (data / "parts" / name for name in os.listdir(data / "parts"))  # the order datasets reads
+    second.write_text(json.dumps({**row, "system": "be brief"}) + "\n")  # a column the first file has not
     (data / "dataset_info.json").write_text(json.dumps({"p": {"file_name": "parts", "formatting": "sharegpt"}}))
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({"model_name_or_path": str(qwen_checkpoint("qwen2_vl")), "template": "qwen2_vl",
                                       "dataset": "p", "dataset_dir": str(data), "stage": "sft"}))
     with pytest.raises(vlmcheck.DatasetError, match="column names"):
         vlmcheck.check(config)
-    (data / "parts" / "b.jsonl").write_text(json.dumps(row) + "\n")
+    # the other way round the later file lacks a column: datasets fills it with null (measured on datasets 4.0.0)
+    first.write_text(json.dumps({**row, "system": "be brief"}) + "\n")
+    second.write_text(json.dumps(row) + "\n")
+    assert vlmcheck.check(config).summary["samples"] == 2
+    second.write_text(json.dumps(row) + "\n")
+    first.write_text(json.dumps(row) + "\n")
     assert vlmcheck.check(config).summary["samples"] == 2

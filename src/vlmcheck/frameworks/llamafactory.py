@@ -1902,8 +1902,9 @@ class Run:
             yield next(reader)
 
     def _same_columns(self, attr: DatasetAttr) -> None:
-        """``datasets`` loads each file of a folder dataset as a table of its own and casts the others to the
-        first one's columns: files whose rows have other keys fail the load (the run stops before step 1)."""
+        """``datasets`` loads each file of a folder dataset as a table of its own and casts the later ones to the
+        first one's columns: a later file may lack some (nulls), but one with a column the first lacks fails the
+        load (the run stops before step 1)."""
         files = dataset_files(self.config, attr)
         if len(files) < 2 or attr.name in self._checked:
             return
@@ -1915,11 +1916,12 @@ class Run:
                 if isinstance(row, Mapping):
                     keys.update(row)
             columns.append(keys)
-        if any(keys != columns[0] for keys in columns[1:]):
-            odd = next(f for f, keys in zip(files, columns) if keys != columns[0])
-            raise DatasetError(f"dataset {attr.name!r}: {odd.name} has columns {sorted(columns[files.index(odd)])}, "
-                               f"{files[0].name} has {sorted(columns[0])}: LLaMA-Factory's loader raises "
-                               "(datasets: 'column names don't match') and the run stops before step 1")
+        for file, keys in zip(files[1:], columns[1:]):
+            new = sorted(keys - columns[0])
+            if new:
+                raise DatasetError(f"dataset {attr.name!r}: {file.name} has columns {new} that {files[0].name} (read "
+                                   "first) has not: LLaMA-Factory's loader raises (datasets: 'column names don't "
+                                   "match') and the run stops before step 1")
 
     def _same_types(self, attr: DatasetAttr) -> None:
         """A JSON dataset's rows must give each column one type datasets can infer (see json_type): else its loader
