@@ -265,3 +265,17 @@ def test_records_are_json_lines(tmp_path: Path, qwen2_vl_checkpoint: Path) -> No
     out = tmp_path / "records.jsonl"
     vlmcheck.scan(dataset, model=spec(qwen2_vl_checkpoint), output=out)
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["s"]
+
+
+def test_a_json_array_saved_as_jsonl_is_read_as_its_rows(tmp_path: Path) -> None:
+    # datasets' JSON loader reads such a file whole (its pandas fallback), as json.load does; a first line that is a
+    # whole JSON value is a JSON Lines row (a list: not an object, a finding of its own)
+    from vlmcheck.data.readers import iter_rows
+
+    rows = [{"id": "a", "messages": tagged()}, {"id": "b", "messages": tagged()}]
+    pretty = tmp_path / "pretty.jsonl"
+    pretty.write_text(json.dumps(rows, indent=2))
+    assert list(iter_rows(pretty)) == rows
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text('["a list row"]\n' + json.dumps(rows[0]) + "\n")
+    assert list(iter_rows(lines)) == [["a list row"], rows[0]]

@@ -335,17 +335,30 @@ def dataset_kind(path: Path) -> str:
     if path.exists() and not path.is_file():  # a FIFO or device would block the read forever
         raise DatasetError(f"{path} is not a regular file or a folder (a FIFO, socket or device)")
     suffix = data_suffix(path)
-    if suffix in (".jsonl", ".ndjson"):
-        return "jsonl"
-    if suffix == ".json":
+    if suffix in (".jsonl", ".ndjson", ".json"):
         with open_binary(path) as fp:
             head = fp.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
-        # JSON Lines saved as .json is common (HF `to_json` writes lines by default).
-        return "json" if head.startswith(b"[") else "jsonl"
+        # JSON Lines saved as .json is common (HF `to_json` writes lines by default)
+        if suffix == ".json":
+            return "json" if head.startswith(b"[") else "jsonl"
+        # a JSON array written over several lines and saved as .jsonl is read whole by datasets (its pandas
+        # fallback) and by json.load; a first line that is a whole JSON value is a row of JSON Lines
+        first = head.split(b"\n", 1)[0].strip()
+        if head.startswith(b"[") and (first == b"[" or not _whole_json(first)):
+            return "json"
+        return "jsonl"
     if suffix in (".parquet", ".pq") and path.suffix.lower() == suffix:
         return "parquet"
     raise DatasetError(f"{path}: unknown dataset file type {path.name!r} (use .json, .jsonl (plain or .gz, .bz2, "
                        ".xz, .zst), .parquet or a save_to_disk folder)")
+
+
+def _whole_json(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:  # not JSON, or not UTF-8
+        return False
+    return True
 
 
 def iter_rows(path: str | os.PathLike[str], *, split: str | None = None,
