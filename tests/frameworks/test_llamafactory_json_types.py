@@ -102,7 +102,7 @@ def test_check_stops_on_a_dataset_datasets_cannot_load(tmp_path: Path, qwen2_vl_
         vlmcheck.check(config)
 
 
-# files past datasets' 10 MiB JSON chunk: (the rows filling the first chunk, the rows after it)
+# files past datasets' 10 MiB JSON chunk: (the rows filling the first chunk, the rows after it, alone in the second)
 MESSAGE = {"from": "human", "value": "q"}
 CHUNKED = {
     "a new column": ({"q": "a"}, {"q": "a", "system": "s"}),
@@ -110,10 +110,16 @@ CHUNKED = {
     "a column missing later": ({"q": "a", "system": "s"}, {"q": "a"}),
     "a nested field missing later": ({"c": [{**MESSAGE, "weight": 1}]}, {"c": [MESSAGE]}),
     "decimals after whole numbers": ({"q": 1}, {"q": 2.5}),
+    "whole decimals after whole numbers": ({"q": 1}, {"q": 2.0}),
     "whole numbers after decimals": ({"q": 1.5}, {"q": 2}),
     "strings after nulls": ({"q": None}, {"q": "s"}),
     "nulls after strings": ({"q": "s"}, {"q": None}),
     "numbers after strings": ({"q": "s"}, {"q": 5}),
+    "true/false after strings": ({"q": "s"}, {"q": True}),
+    "true/false after numbers": ({"q": 1}, {"q": False}),
+    "numbers after true/false": ({"q": True}, {"q": 3}),
+    "words after numbers": ({"q": 1}, {"q": "x"}),
+    "a list after strings": ({"q": "s"}, {"q": ["s"]}),
     "list items after empty lists": ({"q": []}, {"q": ["s"]}),
     "same columns": ({"q": "a", "n": 1}, {"q": "b", "n": 2}),
 }
@@ -128,7 +134,7 @@ def chunked(tmp_path_factory: pytest.TempPathFactory, llamafactory_python: Path)
         path = folder / f"chunked{k}.jsonl"
         with path.open("w") as f:
             size = 0
-            while size <= (10 << 20) + 2048:
+            while size <= 10 << 20:  # the last of these starts within the first 10 MiB, the next row past it
                 line = json.dumps({**first, "pad": pad}) + "\n"
                 f.write(line)
                 size += len(line)

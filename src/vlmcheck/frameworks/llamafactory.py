@@ -846,8 +846,8 @@ def json_type(value: Any, where: str = "") -> Any:
         return "bool"
     if isinstance(value, int):
         return "int"
-    if isinstance(value, float):
-        return "float"
+    if isinstance(value, float):  # both typed double; only a whole one casts to an earlier table's integers
+        return "float" if value.is_integer() else "decimal"
     if isinstance(value, str):
         return "str"
     if isinstance(value, list):
@@ -867,7 +867,12 @@ def _kind(t: Any) -> str:
         return "an object"
     if isinstance(t, tuple):
         return "a list"
-    return {"str": "a string", "int": "a number", "float": "a number", "bool": "true/false"}.get(t, t)
+    return {"str": "a string", "int": "a number", "float": "a number", "decimal": "a number",
+            "bool": "true/false"}.get(t, t)
+
+
+# json_type's numbers, narrowest first: pyarrow merges them into the widest
+NUMBERS = ("int", "float", "decimal")
 
 
 def unify_types(a: Any, b: Any, where: str) -> Any:
@@ -876,8 +881,8 @@ def unify_types(a: Any, b: Any, where: str) -> Any:
         return b
     if b is None:
         return a
-    if isinstance(a, str) and isinstance(b, str) and {a, b} == {"int", "float"}:
-        return "float"
+    if a in NUMBERS and b in NUMBERS:
+        return max(a, b, key=NUMBERS.index)
     if isinstance(a, tuple) and isinstance(b, tuple):
         return ("list", unify_types(a[1], b[1], where + "[]"))
     if isinstance(a, dict) and isinstance(b, dict):
@@ -888,22 +893,29 @@ def unify_types(a: Any, b: Any, where: str) -> Any:
 # datasets' Json builder (packaged_modules/json/json.py): a JSON Lines file is read in chunks of 10 MiB, each
 # finished at the end of its line, and each chunk becomes a pyarrow table cast to the first table's schema
 # (ArrowWriter.write_table); a JSON array is read whole (pandas). Measured on datasets 4.0.0 with files past 10 MiB:
-# a later chunk may lack fields (nulls) and give whole numbers for decimals, but a field the first chunk lacks
-# (top level or nested), values where the first has only nulls, decimals where it has whole numbers, or another
-# kind stop the load.
+# a later chunk may lack fields (nulls), give numbers or true/false where the first has strings (cast to strings),
+# whole numbers or true/false where it has numbers, but a field the first chunk lacks (top level or nested), values
+# where it has only nulls, decimals where it has whole numbers, strings where it has numbers (unless they read as
+# numbers: judged a stop here) or another kind (a list after strings) stop the load.
 DATASETS_JSON_CHUNK = 10 << 20
 
 
 def cast_problem(first: Any, later: Any, where: str = "") -> str | None:
-    """Why a later chunk's type cannot be cast to the first chunk's (None: it can)."""
-    if later is None or first == later or (first == "float" and later == "int"):
+    """Why a later chunk's type cannot be cast to the first chunk's (None: it can), as datasets' table_cast casts
+    it (allow_primitive_to_str)."""
+    if later is None or first == later:
+        return None
+    if first == "str" and later in (*NUMBERS, "bool"):
+        return None
+    if first in (*NUMBERS, "bool") and later in (*NUMBERS, "bool") and not (
+            later == "decimal" and first in ("int", "bool")):
         return None
     name = where or "a column"
     if isinstance(first, dict) and isinstance(later, dict):
         for key, kind in later.items():
             inner = f"{where}.{key}" if where else key
             if key not in first:
-                return f"{inner} first appears after the first 10 MiB of the file"
+                return f"{inner} is here and not in the first table"
             problem = cast_problem(first[key], kind, inner)
             if problem:
                 return problem
@@ -911,47 +923,50 @@ def cast_problem(first: Any, later: Any, where: str = "") -> str | None:
     if isinstance(first, tuple) and isinstance(later, tuple):
         return cast_problem(first[1], later[1], where + "[]")
     if first is None:
-        return f"{name} is {_kind(later)} here and only null in the first 10 MiB of the file"
-    return f"{name} is {_kind(later)} here and {_kind(first)} in the first 10 MiB of the file"
+        return f"{name} is {_kind(later)} here and only null in the first table"
+    return f"{name} is {_kind(later)} here and {_kind(first)} in the first table"
 
 
 def json_schema(files: Sequence[Path]) -> Any:
     """The column types (json_type's) of the table ``datasets.load_dataset("json")`` makes of ``files``: the
-    first chunk's, every later chunk checked against it (see DATASETS_JSON_CHUNK). TypeClash, with the row
-    number across the files, where the load fails; rows that are not objects are left to the row judge."""
-    schema: Any = None
-    started = False
-    number = -1
+    first table's (a JSON Lines file's first chunk, a JSON array whole), every later table checked against it (see
+    DATASETS_JSON_CHUNK). TypeClash naming the file and row where the load fails; rows that are not objects are
+    left to the row judge."""
+    first: tuple[Any, str] | None = None  # the first table's type, and where it comes from
+    mib = DATASETS_JSON_CHUNK >> 20
     for file in files:
         spans: list[tuple[int, int]] = []
         lines = dataset_kind(file) == "jsonl"
-        chunk: Any = None
-        rows = 0
+        table: Any = None
+        rows = opened = 0  # rows of the current table, and its first row's number in the file
         limit = DATASETS_JSON_CHUNK
-        for row in read_rows(file, spans=spans):
-            number += 1
+        for number, row in enumerate(read_rows(file, spans=spans if lines else None)):
             if lines and rows and spans[-1][0] > limit:  # this row opens the next chunk
-                schema, started = _next_table(schema, started, chunk, number)
+                first = _next_table(first, table, f"{file.name}, rows {opened}-{number - 1}",
+                                    f"the first {mib} MiB of {file.name}")
                 limit = spans[-2][1] + DATASETS_JSON_CHUNK
-                chunk, rows = None, 0
+                table, rows, opened = None, 0, number
+            del spans[:-2]  # only the last two rows' places are needed
             rows += 1
             if isinstance(row, Mapping):
                 try:
-                    chunk = unify_types(chunk, json_type(row), "")
+                    table = unify_types(table, json_type(row), "")
                 except TypeClash as e:
-                    raise TypeClash(f"row {number}: {e}") from None
+                    raise TypeClash(f"{file.name}, row {number}: {e}") from None
         if rows:
-            schema, started = _next_table(schema, started, chunk, number + 1)
-    return schema
+            first = _next_table(first, table, f"{file.name}, rows {opened}-{opened + rows - 1}", file.name)
+    return first[0] if first else None
 
 
-def _next_table(schema: Any, started: bool, table: Any, number: int) -> tuple[Any, bool]:
-    if not started:
-        return table, True
-    problem = cast_problem(schema, table)
+def _next_table(first: tuple[Any, str] | None, table: Any, here: str, place: str) -> tuple[Any, str]:
+    """The first table (``table`` and its ``place`` when there is none yet); TypeClash where ``table`` cannot be
+    cast to it."""
+    if first is None:
+        return table, place
+    problem = cast_problem(first[0], table)
     if problem:
-        raise TypeClash(f"rows before {number}: {problem}")
-    return schema, True
+        raise TypeClash(f"{here}: {problem.replace('the first table', first[1])}")
+    return first
 
 
 @dataclass(frozen=True)
