@@ -276,6 +276,10 @@ def test_a_json_array_saved_as_jsonl_is_read_as_its_rows(tmp_path: Path) -> None
     pretty = tmp_path / "pretty.jsonl"
     pretty.write_text(json.dumps(rows, indent=2))
     assert list(iter_rows(pretty)) == rows
+    for count in (2, 200):  # json.dump on one line, shorter and longer than the 4 KiB vlmcheck looks at first
+        one_line = tmp_path / f"one_line{count}.jsonl"
+        one_line.write_text(json.dumps(rows * (count // 2)))
+        assert list(iter_rows(one_line)) == rows * (count // 2)
     lines = tmp_path / "lines.jsonl"
     lines.write_text('["a list row"]\n' + json.dumps(rows[0]) + "\n")
     assert list(iter_rows(lines)) == [["a list row"], rows[0]]

@@ -341,24 +341,29 @@ def dataset_kind(path: Path) -> str:
         # JSON Lines saved as .json is common (HF `to_json` writes lines by default)
         if suffix == ".json":
             return "json" if head.startswith(b"[") else "jsonl"
-        # a JSON array written over several lines and saved as .jsonl is read whole by datasets (its pandas
-        # fallback) and by json.load; a first line that is a whole JSON value is a row of JSON Lines
-        first = head.split(b"\n", 1)[0].strip()
-        if head.startswith(b"[") and (first == b"[" or not _whole_json(first)):
+        # a JSON array saved as .jsonl is read whole by datasets (its pandas fallback) and by json.load: one
+        # written over several lines, or on its only line; a whole JSON value on a line with others after it is a
+        # row of JSON Lines (a list: not an object)
+        if not head.startswith(b"["):
+            return "jsonl"
+        first, _, rest = head.partition(b"\n")
+        value = _whole_json(first.strip())
+        if value is None:
             return "json"
-        return "jsonl"
+        rows = isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+        return "json" if rows and len(head) < 4096 and not rest.strip() else "jsonl"
     if suffix in (".parquet", ".pq") and path.suffix.lower() == suffix:
         return "parquet"
     raise DatasetError(f"{path}: unknown dataset file type {path.name!r} (use .json, .jsonl (plain or .gz, .bz2, "
                        ".xz, .zst), .parquet or a save_to_disk folder)")
 
 
-def _whole_json(line: bytes) -> bool:
+def _whole_json(line: bytes) -> Any:
+    """The JSON value ``line`` holds whole; None when it is not one (cut, not JSON, not UTF-8)."""
     try:
-        json.loads(line)
-    except ValueError:  # not JSON, or not UTF-8
-        return False
-    return True
+        return json.loads(line)
+    except ValueError:
+        return None
 
 
 def iter_rows(path: str | os.PathLike[str], *, split: str | None = None,
