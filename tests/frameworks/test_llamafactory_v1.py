@@ -239,7 +239,7 @@ def test_a_default_engine_config_under_use_v1_is_refused_as_the_v1_parser_refuse
         tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:
     config = {"model_name_or_path": str(qwen2_vl_checkpoint), "template": "qwen2_vl", "dataset": "demo",
               "cutoff_len": 1024}
-    with pytest.raises(UsageError, match="parser refuses the keys dataset, model_name_or_path"):
+    with pytest.raises(UsageError, match="refuses the keys dataset, model_name_or_path"):
         _check(tmp_path, config, {"USE_V1": "1"})
     with pytest.raises(UsageError, match="no train_dataset"):
         _check(tmp_path, config, {"USE_V1": "1", "ALLOW_EXTRA_KEYS": "yes"})

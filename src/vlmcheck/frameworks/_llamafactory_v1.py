@@ -94,8 +94,10 @@ def _env_on(env: Mapping[str, str], name: str) -> bool:
 
 
 def claims(raw: Mapping[str, Any]) -> bool:
-    """A v1 config: ``train_dataset`` and none of the default engine's model key."""
-    return "train_dataset" in raw and "model_name_or_path" not in raw
+    """A v1 config: ``train_dataset`` with the v1 engine's ``model`` key or its keys only, not the default engine's
+    ``model_name_or_path`` (other keys are then refused as the engine's parser refuses them)."""
+    return "train_dataset" in raw and "model_name_or_path" not in raw and (
+        "model" in raw or all(key in KEYS for key in raw))
 
 
 # -- config -------------------------------------------------------------------------------------------------------
@@ -127,7 +129,7 @@ def read_config(raw: Mapping[str, Any], *, path: Path, model: str | None = None,
     if extra and not _env_on(env, "ALLOW_EXTRA_KEYS"):
         shape = (" (a default-engine config: unset USE_V1, or write the v1 keys model, template, train_dataset, "
                  "cutoff_len)" if "model_name_or_path" in raw else "")
-        raise UsageError(f"{path}: USE_V1=1 runs LLaMA-Factory's v1 engine, whose parser refuses the keys "
+        raise UsageError(f"{path}: LLaMA-Factory's v1 engine (USE_V1=1) parses this config and refuses the keys "
                          f"{', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''} ('Some keys are not used by the "
                          f"HfArgumentParser'){shape}")
     mapping = dict(path_map or {})
@@ -428,11 +430,19 @@ def _collatable(value: Any) -> bool:
     if isinstance(value, str):
         return True
 
-    def numbers(v: Any) -> bool:
-        return isinstance(v, (int, float)) or isinstance(v, list) and all(numbers(x) for x in v)
+    def shape(v: Any) -> tuple[int, ...] | None:  # a rectangular list of numbers torch can hold, else None
+        if isinstance(v, bool) or isinstance(v, float) or isinstance(v, int) and -2**63 <= v < 2**63:
+            return ()
+        if not isinstance(v, list):
+            return None
+        inner = {shape(x) for x in v}
+        if None in inner or len(inner) > 1:
+            return None
+        each = inner.pop() if inner else ()
+        return None if each is None else (len(v), *each)
 
     try:
-        return isinstance(value, list) and numbers(value)
+        return isinstance(value, list) and shape(value) is not None
     except RecursionError:
         return False
 
@@ -490,6 +500,8 @@ class Run(ProcessorRun):
             "datasets": [s.name for s in cfg.sources], "cutoff_len": cfg.cutoff_len,
             "batching_strategy": cfg.batching,
             "images": "never loaded: the v1 engine's converters and templates read text only",
+            "launch": "USE_V1=1 llamafactory-cli train CONFIG (without USE_V1 the default engine runs, and refuses "
+                      "these keys)",
             **({"resampled": resampled} if resampled else {}),
             "length_key": self.length_key, "pixels_key": self.pixels_key,
         }
@@ -514,11 +526,12 @@ class Run(ProcessorRun):
         result, frame = self.start(index, row, unloadable="the v1 engine's loader fails on the file",
                                    engine="v1", dataset=source.name)
         frame["row"] = origin.row
-        result.id = f"{source.name}:{origin.row}" if result.id == str(index) else result.id
         if frame["verdict"] != "ok":
             return result
-        loaded = as_loaded(row, self._kind(source.path))
+        if not isinstance(row.get("id"), (str, int)):
+            result.id = f"{source.name}:{origin.row}"
         try:
+            loaded = as_loaded(row, self._kind(source.path))
             pieces = render(convert(loaded, source.converter), self.config.template)
         except (TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError) as e:
             result.findings.append(F.make(
