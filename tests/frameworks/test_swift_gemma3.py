@@ -196,3 +196,16 @@ def test_the_corpus_reaches_each_outcome(oracle: dict[str, Any]) -> None:
     forwarded = [r for r in rows if "raised" in r]
     assert sum(1 for r in forwarded if r["raised"]) >= 3 and sum(1 for r in forwarded if not r["raised"]) >= 3
     assert all("do not match" in r["raised"] for r in forwarded if r["raised"])
+
+
+def test_before_transformers_5_15_the_cut_keeps_gemma3s_image_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       oracle: dict[str, Any]) -> None:
+    # Gemma3Processor.image_token_id was the soft token until transformers 5.15 (read in 4.57.1 and 5.14.0): then
+    # Template._truncate protects the 256 soft tokens as it protects Qwen's, and a left or right cut takes text only
+    from vlmcheck.frameworks import swift
+
+    monkeypatch.setattr(swift, "_transformers_version", lambda: ("4.57.1", False))
+    ours = records(tmp_path, oracle, 300, "left")
+    judged = [r for r in ours if r["framework"]["verdict"] in ("ok", "cut", "crash")]
+    assert judged and all(r["framework"]["verdict"] != "crash" or "VC002" in r["findings"] for r in judged)
+    assert all(sum(r["framework"]["kept_image_tokens"]) == sum(r["image_tokens"]) for r in judged)

@@ -23,6 +23,7 @@ import vlmcheck
 
 SETTINGS = [(None, "raise"), (200, "raise"), (200, "left"), (200, "right"), (650, "left"), (650, "right")]
 IMAGE_ID = 32000  # <image>
+FEATURES = 576  # CLIP's 336 px crop: 24 x 24 patches
 
 ORACLE = textwrap.dedent('''
     import json, sys
@@ -57,7 +58,7 @@ ORACLE = textwrap.dedent('''
                 continue
             ids = list(enc["input_ids"])
             results.append({"verdict": "ok", "tokens": len(ids), "labels": sum(1 for x in enc["labels"] if x != -100),
-                            "image_tokens": ids.count(job["image_id"])})
+                            "image_tokens": ids.count(job["image_id"]), "images": len(row.get("images") or [])})
         out[f"{max_length}-{strategy}"] = results
     print("ORACLE" + json.dumps(out))
 ''')
@@ -87,6 +88,7 @@ def corpus(folder: Path) -> Path:
         {"messages": [{"role": "system", "content": "See <image>."}, user("this"), bot("ok")], "images": [tall]},
         {"messages": [user("unicode 漢字 ✓ <image>"), bot("  spaced  ")], "images": [small]},
         {"messages": [user("<image>" * 3 + long), bot(long)], "images": [photo, tall, small]},
+        {"messages": [user("a literal <image> and no image"), bot("ok")]},
     ]
     data = folder / "train.jsonl"
     data.write_text("".join(json.dumps({"id": k, **r}, ensure_ascii=False) + "\n" for k, r in enumerate(rows)))
@@ -136,10 +138,12 @@ def test_each_row_is_judged_as_swifts_llava_template_encodes_it(tmp_path: Path, 
             continue
         kept = (frame["kept_tokens"], frame["kept_supervised"],
                 sum(frame["kept_image_tokens"]) + frame.get("kept_literal_image_tokens", 0))
-        assert kept == (row["tokens"], row["labels"], row["image_tokens"]), (k, record, row)
-        # the image tokens are never cut; a tag past the images is expanded all the same (more tokens than features)
-        literal = frame.get("kept_literal_image_tokens", 0)
-        assert (frame["verdict"] == "crash") == (literal > 0), (k, record, row)
+        # a row without images keeps its literal <image> as text (no features to match: the model runs)
+        assert kept == (row["tokens"], row["labels"], row["image_tokens"] if row["images"] else 0), (k, record, row)
+        # the image tokens are never cut; a tag past the images is expanded all the same (more tokens than features:
+        # the model's count check raises); a literal <image> in a row without images is left as one token
+        crash = row["images"] > 0 and row["image_tokens"] != row["images"] * FEATURES
+        assert (frame["verdict"] == "crash") == crash, (k, record, row)
 
 
 def test_the_corpus_reaches_each_outcome(oracle: dict[str, Any]) -> None:

@@ -147,14 +147,12 @@ MODEL_TYPES = {t: name for name, template in TEMPLATES.items() for t in template
 IMAGE_PATCH = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
 SPATIAL_MERGE = 2
 IMAGE_TAG = "<image>"
-# Template._truncate keeps the ids of the processor's image_token_id (and the template's placeholder_tokens): for
-# Gemma 3 that is <start_of_image> alone from transformers 5.15 on (Gemma3Processor.image_token_id became the BOI
-# id there; before, the soft image token), so the cut takes soft image tokens like text (GEMMA3_VISION)
 # transformers' config classes: max_position_embeddings when config.json leaves it out (LlamaConfig,
 # Gemma3TextConfig, Qwen2VLTextConfig)
 CONFIG_DEFAULT_POSITIONS = {"llama": 2048, "gemma3_text": 131072, "qwen2_vl": 32768}
-# the newest transformers ms-swift 4.6 accepts (its requirement: transformers<5.20): what pip installs beside it
+# the transformers ms-swift 4.6 accepts (its requirement: >=4.33,<5.20); the newest is what pip installs with it
 SWIFT_TRANSFORMERS = "5.19.0"
+SWIFT_TRANSFORMERS_BELOW = (5, 20)
 # arguments/base_args/template_args.py
 TRUNCATIONS = ("delete", "left", "right")
 # qwen-vl-utils' budgets in merged tokens (vision_process.py IMAGE_MIN_TOKEN_NUM / IMAGE_MAX_TOKEN_NUM)
@@ -444,7 +442,7 @@ class NotModelled(Exception):
 
 
 class Run(ProcessorRun):
-    """An ms-swift ``sft`` run with a modelled template (Qwen-VL's, Gemma 3's)."""
+    """An ms-swift ``sft`` run with a modelled template (Qwen-VL's, Gemma 3's, LLaVA-1.5's: ``TEMPLATES``)."""
 
     name = NAME
     versions = VERSIONS
@@ -610,7 +608,11 @@ class Run(ProcessorRun):
         expansions = probed.expansions
         if probed.refused:
             result.image_tokens = [None] * len(images)
-            self._refused(result, "an image cannot be loaded or qwen-vl-utils refuses it")
+            if not self.chat.qwen_vl_utils and any(f.code == "VC107" for f in found):
+                frame["verdict"] = "crash"  # the processor's resize runs out of memory: the data loader dies
+                return result
+            self._refused(result, "an image cannot be loaded" + (" or qwen-vl-utils refuses it"
+                                                                 if self.chat.qwen_vl_utils else ""))
             return result
         counts = [e.features for e in expansions]
         result.image_tokens = list(counts)
@@ -665,7 +667,7 @@ class Run(ProcessorRun):
             found.append(F.make(
                 "VC201", f"image {k + 1} of {len(counts)} needs {counts[k]:,} tokens, only {kept_images[k]:,} survive "
                          f"ms-swift's {self.config.truncation} cut at --max_length {limit:,} (the sample is {total:,} "
-                         f"tokens; its Template._truncate keeps only <start_of_image> under transformers "
+                         f"tokens; its Template._truncate keeps only {self.chat.anchor} under transformers "
                          f"{self.transformers}): the model raises 'Image features and image tokens do not match' at "
                          "the step that reaches it",
                 fix=fix + " or drop the sample", image=k + 1, image_tokens=counts[k], kept=kept_images[k],
@@ -736,8 +738,10 @@ class Run(ProcessorRun):
                     trained.append(mark)
                     owner.append(-1)
                     continue
-                if self.chat.anchor is None:
-                    if k >= len(expansions) and (self.chat.qwen_vl_utils or not expansions):
+                if self.chat.anchor is None and not self.chat.qwen_vl_utils and not expansions:
+                    piece, mine = [token], [-1]  # LlavaHfTemplate._encode expands only when the row has images
+                elif self.chat.anchor is None:
+                    if k >= len(expansions) and self.chat.qwen_vl_utils:
                         raise Unbuildable("the text holds an image token of its own")
                     # LlavaHfTemplate._encode repeats every image token of the text, one written as text too
                     piece = [token] * expansions[min(k, len(expansions) - 1)].features
@@ -766,14 +770,18 @@ class Run(ProcessorRun):
 
 
 def _transformers_version() -> tuple[str, bool]:
-    """The transformers the run has: the one installed beside vlmcheck (the run's own, when both share an
-    environment), else the newest ms-swift 4.6 accepts (what pip installs with it); and whether it was assumed."""
+    """The transformers the run has: the one installed beside vlmcheck when ms-swift 4.6 accepts it (the run's own,
+    when both share an environment), else the newest it accepts (what pip installs with it); and whether it was
+    assumed."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("transformers"), False
+        installed = version("transformers")
     except PackageNotFoundError:
         return SWIFT_TRANSFORMERS, True
+    if _version_tuple(installed) >= SWIFT_TRANSFORMERS_BELOW:  # not the run's: ms-swift 4.6 cannot run with it
+        return SWIFT_TRANSFORMERS, True
+    return installed, False
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
