@@ -336,8 +336,7 @@ def dataset_kind(path: Path) -> str:
         raise DatasetError(f"{path} is not a regular file or a folder (a FIFO, socket or device)")
     suffix = data_suffix(path)
     if suffix in (".jsonl", ".ndjson", ".json"):
-        with open_binary(path) as fp:
-            head = fp.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        head = _head(path)
         # JSON Lines saved as .json is common (HF `to_json` writes lines by default)
         if suffix == ".json":
             return "json" if head.startswith(b"[") else "jsonl"
@@ -356,6 +355,23 @@ def dataset_kind(path: Path) -> str:
         return "parquet"
     raise DatasetError(f"{path}: unknown dataset file type {path.name!r} (use .json, .jsonl (plain or .gz, .bz2, "
                        ".xz, .zst), .parquet or a save_to_disk folder)")
+
+
+def _head(path: Path) -> bytes:
+    """The first 4 KiB of the file's text, past a byte order mark and blanks: what decides its layout. A file damaged
+    within them (a cut or corrupt compressed stream) gives what could be read: the row reader then reports the
+    damage where it is."""
+    out = b""
+    try:
+        with open_binary(path) as fp:
+            while len(out) < 4096:
+                piece = fp.read(4096 - len(out))
+                if not piece:
+                    break
+                out += piece
+    except Exception:  # noqa: BLE001 - any decompressor's error: the layout is decided on what was read
+        pass
+    return out.lstrip(b"\xef\xbb\xbf \t\r\n")
 
 
 def _whole_json(line: bytes) -> Any:
