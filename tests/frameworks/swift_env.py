@@ -8,6 +8,10 @@ kept at 2.13.0). qwen-vl-utils comes without its dependencies (it would pull tor
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 from oracle_env import OracleEnv
 
 REQUIREMENTS = ("ms-swift==4.6.0",)
@@ -15,3 +19,20 @@ NO_DEPS = ("qwen-vl-utils==0.0.14",)
 
 ENV = OracleEnv("swift", packages=REQUIREMENTS, no_deps=NO_DEPS)
 oracle_python = ENV.python
+
+
+def check_launch(tmp_path: Path, oracle: dict[str, Any], max_length: int | None, strategy: str,
+                 *extra: str) -> list[dict[str, Any]]:
+    """vlmcheck's records for a ``swift sft`` script on the oracle's checkpoint and data, at ``max_length`` with
+    ``strategy`` (ms-swift's ``raise`` is the script's ``delete``), plus ``extra`` options."""
+    import vlmcheck
+
+    options = ([f"--max_length {max_length}"] if max_length else []) + \
+        [f"--truncation_strategy {'delete' if strategy == 'raise' else strategy}", *extra]
+    script = tmp_path / "sft.sh"
+    script.write_text("\n".join(["swift sft \\", f"    --model {oracle['checkpoint']} \\",
+                                 f"    --dataset {oracle['data']} \\", *(f"    {o} \\" for o in options),
+                                 "    --output_dir output", ""]))
+    out = tmp_path / "records.jsonl"
+    vlmcheck.check(script, output=out)
+    return [json.loads(line) for line in out.read_text().splitlines()]

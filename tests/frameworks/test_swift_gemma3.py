@@ -20,9 +20,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from swift_env import oracle_python
-
-import vlmcheck
+from swift_env import check_launch, oracle_python
 
 SETTINGS = [(None, "raise"), (300, "raise"), (300, "left"), (300, "right"), (700, "left"), (700, "right")]
 SOFT, FEATURES = 262144, 256  # <image_soft_token>, Gemma 3's tokens per image
@@ -157,15 +155,7 @@ def oracle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def records(tmp_path: Path, oracle: dict[str, Any], max_length: int | None, strategy: str) -> list[dict[str, Any]]:
-    script = tmp_path / "sft.sh"
-    options = ([f"--max_length {max_length}"] if max_length else []) + \
-        [f"--truncation_strategy {'delete' if strategy == 'raise' else strategy}"]
-    script.write_text("\n".join(["swift sft \\", f"    --model {oracle['checkpoint']} \\",
-                                 f"    --dataset {oracle['data']} \\", "    --train_type lora \\",
-                                 *(f"    {o} \\" for o in options), "    --output_dir output", ""]))
-    out = tmp_path / "records.jsonl"
-    vlmcheck.check(script, output=out)
-    return [json.loads(line) for line in out.read_text().splitlines()]
+    return check_launch(tmp_path, oracle, max_length, strategy, "--train_type lora")
 
 
 @pytest.mark.parametrize(("max_length", "strategy"), SETTINGS)

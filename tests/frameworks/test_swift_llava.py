@@ -17,9 +17,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from swift_env import oracle_python
-
-import vlmcheck
+from swift_env import check_launch, oracle_python
 
 SETTINGS = [(None, "raise"), (200, "raise"), (200, "left"), (200, "right"), (650, "left"), (650, "right")]
 IMAGE_ID = 32000  # <image>
@@ -113,16 +111,8 @@ def oracle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 
 def records(tmp_path: Path, oracle: dict[str, Any], max_length: int | None, strategy: str) -> list[dict[str, Any]]:
-    options = ([f"--max_length {max_length}"] if max_length else []) + \
-        [f"--truncation_strategy {'delete' if strategy == 'raise' else strategy}"] + \
-        ([f"--system '{oracle['system']}'"] if oracle["system"] else [])
-    script = tmp_path / "sft.sh"
-    script.write_text("\n".join(["swift sft \\", f"    --model {oracle['checkpoint']} \\",
-                                 f"    --dataset {oracle['data']} \\", *(f"    {o} \\" for o in options),
-                                 "    --output_dir output", ""]))
-    out = tmp_path / "records.jsonl"
-    vlmcheck.check(script, output=out)
-    return [json.loads(line) for line in out.read_text().splitlines()]
+    return check_launch(tmp_path, oracle, max_length, strategy,
+                        *([f"--system '{oracle['system']}'"] if oracle["system"] else []))
 
 
 @pytest.mark.parametrize(("max_length", "strategy"), SETTINGS)
