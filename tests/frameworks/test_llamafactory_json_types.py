@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from llamafactory_env import oracle_env
 
-from vlmcheck.frameworks.llamafactory import TypeClash, json_schema, json_type, unify_types
+from vlmcheck.data.hfjson import TypeClash, json_schema, json_type, unify_types
 
 POOL: list[Any] = [None, True, 3, 2.5, "a", ["a"], [1], [{"x": 1}], {"x": 1}, {"y": "s"}, [], [None], {},
                    {"x": "s"}, [["a"]], [[1]], [{"x": 1}, {"y": 2}], [{"x": 1}, {"x": "s"}], [1, "a"], [1, 2.5],

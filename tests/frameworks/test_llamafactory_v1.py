@@ -276,7 +276,7 @@ def test_another_installed_llamafactory_is_not_judged_as_0_9_5(tmp_path: Path, q
 
 
 def test_a_file_datasets_cannot_load_stops_the_check_as_it_stops_the_engine(proof: dict[str, Any]) -> None:
-    for name, why in (("stops_empty", "holds no rows"), ("stops_clash", "instruction is a number here")):
+    for name, why in (("stops_empty", "holds no rows"), ("stops_clash", "instruction is a whole number here")):
         assert proof["oracle"][name]["error"], name  # LLaMA-Factory's DataEngine raises
         assert why in proof["mine"][name], proof["mine"][name]
 

@@ -38,11 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from vlmcheck import findings as F
+from vlmcheck.data.hfjson import TypeClash, json_schema
 from vlmcheck.data.readers import dataset_kind
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.frameworks._run import ProcessorRun, locate, mapped
-from vlmcheck.frameworks.llamafactory import NAME, TypeClash, json_schema
+from vlmcheck.frameworks.llamafactory import NAME
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.results import SampleResult
 

@@ -72,8 +72,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlmcheck import findings as F
+from vlmcheck.data.hfjson import TypeClash, json_schema, new_columns
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
-from vlmcheck.data.readers import BadRow, dataset_kind
+from vlmcheck.data.readers import BadRow
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.data.videos import VideoInfo, VideoProblem, probe_video_path
 from vlmcheck.errors import DatasetError, UsageError
@@ -827,146 +828,6 @@ def dataset_files(config: Config, attr: DatasetAttr) -> list[Path]:
     if not path.is_file():
         raise DatasetError(f"dataset {attr.name!r}: {path} not found")
     return [path]
-
-
-class TypeClash(Exception):
-    """Two rows of a JSON dataset give one column types ``datasets`` cannot put in one Arrow table."""
-
-
-# the JSON kinds as datasets (pyarrow) infers a column's type from them: null goes with anything, int with float;
-# a list's items and an object's fields must agree in turn (an object's fields are the union of its rows');
-# anything else (a string and a list, a number and a string, a bool and a number, an object and a list) makes
-# load_dataset raise (DatasetGenerationError), for .json and .jsonl alike (measured on datasets 4.0.0)
-def json_type(value: Any, where: str = "") -> Any:
-    """A JSON value's inferred type: None (null), "bool", "int", "float", "str", ("list", item type) or a dict of
-    field types (an object)."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):  # both typed double; only a whole one casts to an earlier table's integers
-        return "float" if value.is_integer() else "decimal"
-    if isinstance(value, str):
-        return "str"
-    if isinstance(value, list):
-        item: Any = None
-        for v in value:
-            item = unify_types(item, json_type(v, where + "[]"), where + "[]")
-        return ("list", item)
-    if isinstance(value, Mapping):
-        return {str(k): json_type(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
-    return type(value).__name__
-
-
-def _kind(t: Any) -> str:
-    if t is None:
-        return "null"
-    if isinstance(t, dict):
-        return "an object"
-    if isinstance(t, tuple):
-        return "a list"
-    return {"str": "a string", "int": "a number", "float": "a number", "decimal": "a number",
-            "bool": "true/false"}.get(t, t)
-
-
-# json_type's numbers, narrowest first: pyarrow merges them into the widest
-NUMBERS = ("int", "float", "decimal")
-
-
-def unify_types(a: Any, b: Any, where: str) -> Any:
-    """The type both fit, as pyarrow's inference merges them; TypeClash where there is none."""
-    if a is None or a == b:
-        return b
-    if b is None:
-        return a
-    if a in NUMBERS and b in NUMBERS:
-        return max(a, b, key=NUMBERS.index)
-    if isinstance(a, tuple) and isinstance(b, tuple):
-        return ("list", unify_types(a[1], b[1], where + "[]"))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return {k: unify_types(a.get(k), b.get(k), f"{where}.{k}" if where else k) for k in {**a, **b}}
-    raise TypeClash(f"{where or 'a column'} is {_kind(b)} here and {_kind(a)} in an earlier row")
-
-
-# datasets' Json builder (packaged_modules/json/json.py): a JSON Lines file is read in chunks of 10 MiB, each
-# finished at the end of its line, and each chunk becomes a pyarrow table cast to the first table's schema
-# (ArrowWriter.write_table); a JSON array is read whole (pandas). Measured on datasets 4.0.0 with files past 10 MiB:
-# a later chunk may lack fields (nulls), give numbers or true/false where the first has strings (cast to strings),
-# whole numbers or true/false where it has numbers, but a field the first chunk lacks (top level or nested), values
-# where it has only nulls, decimals where it has whole numbers, strings where it has numbers (unless they read as
-# numbers: judged a stop here) or another kind (a list after strings) stop the load.
-DATASETS_JSON_CHUNK = 10 << 20
-
-
-def cast_problem(first: Any, later: Any, where: str = "") -> str | None:
-    """Why a later chunk's type cannot be cast to the first chunk's (None: it can), as datasets' table_cast casts
-    it (allow_primitive_to_str)."""
-    if later is None or first == later:
-        return None
-    if first == "str" and later in (*NUMBERS, "bool"):
-        return None
-    if first in (*NUMBERS, "bool") and later in (*NUMBERS, "bool") and not (
-            later == "decimal" and first in ("int", "bool")):
-        return None
-    name = where or "a column"
-    if isinstance(first, dict) and isinstance(later, dict):
-        for key, kind in later.items():
-            inner = f"{where}.{key}" if where else key
-            if key not in first:
-                return f"{inner} is here and not in the first table"
-            problem = cast_problem(first[key], kind, inner)
-            if problem:
-                return problem
-        return None
-    if isinstance(first, tuple) and isinstance(later, tuple):
-        return cast_problem(first[1], later[1], where + "[]")
-    if first is None:
-        return f"{name} is {_kind(later)} here and only null in the first table"
-    return f"{name} is {_kind(later)} here and {_kind(first)} in the first table"
-
-
-def json_schema(files: Sequence[Path]) -> Any:
-    """The column types (json_type's) of the table ``datasets.load_dataset("json")`` makes of ``files``: the
-    first table's (a JSON Lines file's first chunk, a JSON array whole), every later table checked against it (see
-    DATASETS_JSON_CHUNK). TypeClash naming the file and row where the load fails; rows that are not objects are
-    left to the row judge."""
-    first: tuple[Any, str] | None = None  # the first table's type, and where it comes from
-    mib = DATASETS_JSON_CHUNK >> 20
-    for file in files:
-        spans: list[tuple[int, int]] = []
-        lines = dataset_kind(file) == "jsonl"
-        table: Any = None
-        rows = opened = 0  # rows of the current table, and its first row's number in the file
-        limit = DATASETS_JSON_CHUNK
-        for number, row in enumerate(read_rows(file, spans=spans if lines else None)):
-            if lines and rows and spans[-1][0] > limit:  # this row opens the next chunk
-                first = _next_table(first, table, f"{file.name}, rows {opened}-{number - 1}",
-                                    f"the first {mib} MiB of {file.name}")
-                limit = spans[-2][1] + DATASETS_JSON_CHUNK
-                table, rows, opened = None, 0, number
-            del spans[:-2]  # only the last two rows' places are needed
-            rows += 1
-            if isinstance(row, Mapping):
-                try:
-                    table = unify_types(table, json_type(row), "")
-                except TypeClash as e:
-                    raise TypeClash(f"{file.name}, row {number}: {e}") from None
-        if rows:
-            first = _next_table(first, table, f"{file.name}, rows {opened}-{opened + rows - 1}", file.name)
-    return first[0] if first else None
-
-
-def _next_table(first: tuple[Any, str] | None, table: Any, here: str, place: str) -> tuple[Any, str]:
-    """The first table (``table`` and its ``place`` when there is none yet); TypeClash where ``table`` cannot be
-    cast to it."""
-    if first is None:
-        return table, place
-    problem = cast_problem(first[0], table)
-    if problem:
-        raise TypeClash(f"{here}: {problem.replace('the first table', first[1])}")
-    return first
 
 
 @dataclass(frozen=True)
@@ -1924,19 +1785,12 @@ class Run:
         if len(files) < 2 or attr.name in self._checked:
             return
         self._checked.add(attr.name)
-        columns = []
-        for file in files:
-            keys: set[str] = set()
-            for row in read_rows(file):
-                if isinstance(row, Mapping):
-                    keys.update(row)
-            columns.append(keys)
-        for file, keys in zip(files[1:], columns[1:]):
-            new = sorted(keys - columns[0])
-            if new:
-                raise DatasetError(f"dataset {attr.name!r}: {file.name} has columns {new} that {files[0].name} (read "
-                                   "first) has not: LLaMA-Factory's loader raises (datasets: 'column names don't "
-                                   "match') and the run stops before step 1")
+        clash = new_columns(files)
+        if clash:
+            file, new = clash
+            raise DatasetError(f"dataset {attr.name!r}: {file.name} has columns {new} that {files[0].name} (read "
+                               "first) has not: LLaMA-Factory's loader raises (datasets: 'column names don't "
+                               "match') and the run stops before step 1")
 
     def _same_types(self, attr: DatasetAttr) -> None:
         """A JSON dataset's rows must give each column one type datasets can infer (see json_type): else its loader

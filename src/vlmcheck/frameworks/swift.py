@@ -40,10 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from vlmcheck import findings as F
+from vlmcheck.data.hfjson import MIXED_AS_JSON, TypeClash, json_schema
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
-from vlmcheck.data.readers import BadRow
+from vlmcheck.data.readers import BadRow, dataset_kind
 from vlmcheck.data.readers import iter_rows as read_rows
-from vlmcheck.errors import UsageError, VlmcheckError
+from vlmcheck.errors import DatasetError, UsageError, VlmcheckError
 from vlmcheck.families import Expansion, Overrides, gemma3
 from vlmcheck.frameworks._run import ProcessorRun, expand_shell, mapped
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS, UNSET
@@ -153,6 +154,10 @@ CONFIG_DEFAULT_POSITIONS = {"llama": 2048, "gemma3_text": 131072, "qwen2_vl": 32
 # the transformers ms-swift 4.6 accepts (its requirement: >=4.33,<5.20); the newest is what pip installs with it
 SWIFT_TRANSFORMERS = "5.19.0"
 SWIFT_TRANSFORMERS_BELOW = (5, 20)
+# ms-swift 4.6 requires datasets >= 4.0, < 4.8.5; from 4.7 a JSON field of mixed types loads (see data.hfjson)
+SWIFT_DATASETS = "4.8.4"
+SWIFT_DATASETS_FROM = (4, 0)
+SWIFT_DATASETS_BELOW = (4, 8, 5)
 # arguments/base_args/template_args.py
 TRUNCATIONS = ("delete", "left", "right")
 # qwen-vl-utils' budgets in merged tokens (vision_process.py IMAGE_MIN_TOKEN_NUM / IMAGE_MAX_TOKEN_NUM)
@@ -469,6 +474,7 @@ class Run(ProcessorRun):
         self.anchor_id = self.image_token_id if chat.anchor is None else spec.token_id(chat.anchor)
         self.suffix_ids = list(self.tokenizer.encode(chat.suffix, add_special_tokens=False).ids)
         self.transformers, self.transformers_assumed = _transformers_version()
+        self.hf_datasets, self.hf_datasets_assumed = _datasets_version()
         # Template._truncate's protected ids (see ChatTemplate.image_token_protected_before)
         self.protected = {self.image_token_id}
         if chat.image_token_protected_before is not None:
@@ -481,6 +487,7 @@ class Run(ProcessorRun):
 
     def rows(self) -> Iterator[tuple[Any, Path]]:
         for file in self.config.datasets:
+            _loadable(file, _version_tuple(self.hf_datasets) >= MIXED_AS_JSON)
             for row in read_rows(file):
                 yield row, file
 
@@ -499,6 +506,8 @@ class Run(ProcessorRun):
                           "transformers": self.transformers + (" (assumed: the newest ms-swift 4.6 accepts)"
                                                                if self.transformers_assumed else " (installed here)"),
                           "image_tokens_protected_at_the_cut": self.image_token_id in self.protected})
+        shown["datasets_library"] = self.hf_datasets + (" (assumed: the newest ms-swift 4.6 accepts)"
+                                                      if self.hf_datasets_assumed else " (installed here)")
         return {**shown, **({"max_pixels": cfg.rescale} if cfg.rescale else {}),
                 "media_dir": "paths as written in the data"}
 
@@ -769,23 +778,48 @@ class Run(ProcessorRun):
         return ids, trained, owner
 
 
+def _loadable(file: Path, mixed_as_json: bool) -> None:
+    """DatasetLoader._load_dataset_path reads a .json / .jsonl file with ``datasets.load_dataset("json")``: rows
+    whose column types datasets cannot put in one table (see vlmcheck.data.hfjson) make the load raise, and the run
+    stops before step 1."""
+    if file.suffix.lower() not in (".json", ".jsonl") or dataset_kind(file) not in ("json", "jsonl"):
+        return
+    try:
+        json_schema([file], mixed_as_json)
+    except RecursionError:  # nested past what vlmcheck follows: not judged here
+        return
+    except TypeClash as e:
+        raise DatasetError(f"{file}, {e}: datasets cannot load the file as one table, so ms-swift's load_dataset "
+                           "raises and the run stops before step 1") from None
+
+
 def _transformers_version() -> tuple[str, bool]:
-    """The transformers the run has: the one installed beside vlmcheck when ms-swift 4.6 accepts it (the run's own,
-    when both share an environment), else the newest it accepts (what pip installs with it); and whether it was
-    assumed."""
+    """The transformers the run has (see _run_version)."""
+    return _run_version("transformers", SWIFT_TRANSFORMERS, SWIFT_TRANSFORMERS_BELOW)
+
+
+def _datasets_version() -> tuple[str, bool]:
+    """The datasets the run loads its files with (see _run_version)."""
+    return _run_version("datasets", SWIFT_DATASETS, SWIFT_DATASETS_BELOW, SWIFT_DATASETS_FROM)
+
+
+def _run_version(package: str, newest: str, below: tuple[int, ...], low: tuple[int, ...] = ()) -> tuple[str, bool]:
+    """A package's version in the run: the one installed beside vlmcheck when ms-swift 4.6 accepts it (the run's
+    own, when both share an environment), else ``newest``, the newest it accepts (what pip installs with it); and
+    whether it was assumed."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        installed = version("transformers")
+        installed = version(package)
     except PackageNotFoundError:
-        return SWIFT_TRANSFORMERS, True
-    if _version_tuple(installed) >= SWIFT_TRANSFORMERS_BELOW:  # not the run's: ms-swift 4.6 cannot run with it
-        return SWIFT_TRANSFORMERS, True
+        return newest, True
+    if not low <= _version_tuple(installed) < below:  # not the run's: ms-swift 4.6 cannot run with it
+        return newest, True
     return installed, False
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", text)[:2])
+    return tuple(int(x) for x in re.findall(r"\d+", text)[:3])
 
 
 def _model_type(model: str) -> str:
