@@ -45,6 +45,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from stand_in_processors import internvl_processor
+
 IGNORE_INDEX = -100
 
 
@@ -72,32 +74,6 @@ def _pixtral_processor(model_path: str, tokenizer: Any) -> Any:
     return processor_class(image_processor=pil.PixtralImageProcessorPil(**values), tokenizer=tokenizer, **args)
 
 
-def _internvl_processor(model_path: str, tokenizer: Any) -> Any:
-    """transformers' own InternVLProcessor with the PIL GotOcr2 image processor and no video processor (its video
-    processor requires torchvision; the corpus has no videos): as for Qwen-VL, a subclass takes only the image
-    processor and tokenizer, and sets the attributes InternVLProcessor.__init__ sets."""
-    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
-    from transformers.models.internvl.processing_internvl import InternVLProcessor
-    from transformers.processing_utils import ProcessorMixin
-
-    class WithoutVideo(InternVLProcessor):  # type: ignore[misc]
-        def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None,
-                     **kwargs: Any) -> None:
-            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
-            self.image_seq_length = int(kwargs.get("image_seq_length", 256))
-            self.start_image_token, self.end_image_token = tokenizer.start_image_token, tokenizer.end_image_token
-            self.image_token, self.video_token = tokenizer.context_image_token, tokenizer.video_token
-            self.image_token_id = tokenizer.context_image_token_id
-
-    WithoutVideo.__name__ = "InternVLProcessor"
-    values = json.loads(Path(model_path, "preprocessor_config.json").read_text())
-    args = json.loads(Path(model_path, "processor_config.json").read_text())
-    for key in ("image_processor_type", "processor_class"):
-        values.pop(key, None)
-        args.pop(key, None)
-    return WithoutVideo(GotOcr2ImageProcessorPil(**values), tokenizer, **args)
-
-
 def _glm4v_processor(model_path: str, tokenizer: Any) -> Any:
     """transformers' own Glm4vProcessor with its PIL image processor and no video processor (which requires
     torchvision; the corpus has no videos)."""
@@ -123,7 +99,7 @@ def _processor(model_path: str, tokenizer: Any) -> Any:
     if _model_type(model_path) in ("llava", "mistral3"):  # Pixtral / Mistral Small 3.1: the PixtralProcessor
         return _pixtral_processor(model_path, tokenizer)
     if _model_type(model_path) == "internvl":
-        return _internvl_processor(model_path, tokenizer)
+        return internvl_processor(model_path, tokenizer)
     from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen3VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     from transformers.processing_utils import ProcessorMixin

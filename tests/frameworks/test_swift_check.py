@@ -75,3 +75,17 @@ def test_hub_datasets_and_sampling_are_refused(script: Path) -> None:
     script.write_text(re.sub(r"--dataset \S+", "--dataset AI-ModelScope/LaTeX_OCR#20000", text))
     result = CliRunner().invoke(main, ["check", str(script)])
     assert result.exit_code == 2 and "#N" in result.output
+
+
+def test_a_row_with_videos_or_audio_is_not_counted(script: Path, tmp_path: Path) -> None:
+    """ms-swift writes a video's or an audio's tokens too, which vlmcheck does not model: such a row is VC007 and
+    no count, never a count without them."""
+    import vlmcheck
+
+    rows = [{"messages": [{"role": "user", "content": f"<{kind}>What is it?"}, {"role": "assistant", "content": "A."}],
+             f"{kind}s": [str(tmp_path / f"a.{ext}")]} for kind, ext in (("video", "mp4"), ("audio", "wav"))]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "records.jsonl"
+    vlmcheck.check(script, output=out)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["tokens"], r["framework"]["verdict"], r["findings"]) for r in records] == [(None, "unknown", ["VC007"])] * 2

@@ -45,14 +45,14 @@ from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
 from vlmcheck.data.readers import BadRow, dataset_kind
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import DatasetError, UsageError, VlmcheckError
-from vlmcheck.families import Expansion, Overrides, gemma3
+from vlmcheck.families import Expansion, Overrides, gemma3, internvl
 from vlmcheck.frameworks._run import ProcessorRun, expand_shell, mapped
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS, UNSET
 from vlmcheck.model import ModelSpec, load_model, resolve_model_path
 from vlmcheck.results import SampleResult
 
 NAME = "swift"
-VERSIONS = "4.6, qwen2_vl / qwen2_5_vl / qwen3_vl / gemma3_vision / llava1_5_hf templates"
+VERSIONS = "4.6, qwen2_vl / qwen2_5_vl / qwen3_vl / gemma3_vision / llava1_5_hf / internvl_hf templates"
 # `vlmcheck scan --framework swift`: its default truncation_strategy and the qwen-vl-utils resize MAX_PIXELS feeds
 SCAN_DEFAULTS: dict[str, Any] = {"truncation": "delete", "resize": "qwen-vl-utils"}
 # `vlmcheck lint`: concept -> (ms-swift's option name, its default). ms-swift 4.x: swift/trainers/arguments.py
@@ -110,6 +110,8 @@ class ChatTemplate:
     # Template._truncate keeps the processor's image_token_id: the image token itself, except under transformers from
     # this version on, where it is the anchor (Gemma 3); None: always the image token
     image_token_protected_before: tuple[int, int] | None = None
+    # options the template passes the image processor on every call (Overrides.extra: they win over the checkpoint's)
+    processor_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _chatml(name: str, default_system: str | None) -> ChatTemplate:
@@ -122,24 +124,40 @@ def _chatml(name: str, default_system: str | None) -> ChatTemplate:
 
 
 # template/templates/gemma.py: GemmaTemplateMeta with Gemma3VisionTemplate (a Gemma3Template): <image> becomes
-# <start_of_image>, which _encode replaces with the processor's full_image_sequence (256 soft tokens, no pan and scan)
+# <start_of_image>, which _encode replaces with the processor's full_image_sequence (256 soft tokens; the image
+# processor called with the processor's defaults: no pan and scan)
 GEMMA3_VISION = ChatTemplate(
     name="gemma3_vision", model_types=("gemma3",), default_system=None, prefix="<bos>",
     system_prefix="<bos><start_of_turn>system\n{system}<end_of_turn>\n",
     prompt="<start_of_turn>user\n{query}<end_of_turn>\n<start_of_turn>model\n", chat_sep="<end_of_turn>\n",
     suffix="<end_of_turn>", image_text="<start_of_image>", fold_system=True, strip_answers=True, qwen_vl_utils=False,
-    anchor=gemma3.BOI_TOKEN, image_token_protected_before=(5, 15))
+    anchor=gemma3.BOI_TOKEN, image_token_protected_before=(5, 15), processor_options={"do_pan_and_scan": False})
 # template/templates/llava.py: TemplateMeta llava1_5_hf with LlavaHfTemplate (transformers >= 4.47: each <image> id
 # repeated to the processor's feature count, from the image processor's output size)
 LLAVA1_5_HF = ChatTemplate(
     name="llava1_5_hf", model_types=("llava",), default_system=None, prefix="<s>", system_prefix="<s>{system}\n",
     prompt="USER: {query}\nASSISTANT:", chat_sep="</s>", suffix="</s>", image_text="<image>\n", qwen_vl_utils=False)
+# where replace_tag puts a list of ids ([-100]) that _encode replaces by the image's feature tokens: the text on
+# either side is tokenized apart, and an image token the row's own text holds stays one token (a private-use
+# character: a row holding it is not counted)
+SPLICE = "\ue000"
+# template/templates/internvl.py: ChatmlTemplateMeta internvl_hf (no default system) with InternvlhfTemplate: <image>
+# becomes "<img>", the processor's image_seq_length <IMG_CONTEXT> per tile, "</img>\n"; the tiles from the image
+# processor called with crop_to_patches=True (its min_patches / max_patches from preprocessor_config.json), whatever
+# the checkpoint's crop_to_patches; InternvlTemplate.placeholder_tokens (<IMG_CONTEXT>) protected at the cut
+INTERNVL_HF = ChatTemplate(
+    name="internvl_hf", model_types=("internvl",), default_system=None, prefix="",
+    system_prefix="<|im_start|>system\n{system}<|im_end|>\n",
+    prompt="<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n", chat_sep="<|im_end|>\n",
+    suffix="<|im_end|>\n", image_text=f"{internvl.START_TOKEN}{SPLICE}{internvl.END_TOKEN}\n",
+    qwen_vl_utils=False, processor_options={"crop_to_patches": True})
 TEMPLATES: dict[str, ChatTemplate] = {
     "qwen2_vl": _chatml("qwen2_vl", "You are a helpful assistant."),
     "qwen2_5_vl": _chatml("qwen2_5_vl", "You are a helpful assistant."),
     "qwen3_vl": _chatml("qwen3_vl", None),
     "gemma3_vision": GEMMA3_VISION,
     "llava1_5_hf": LLAVA1_5_HF,
+    "internvl_hf": INTERNVL_HF,
 }
 # model_type -> the template ms-swift's model registry gives it
 MODEL_TYPES = {t: name for name, template in TEMPLATES.items() for t in template.model_types}
@@ -150,7 +168,7 @@ SPATIAL_MERGE = 2
 IMAGE_TAG = "<image>"
 # transformers' config classes: max_position_embeddings when config.json leaves it out (LlamaConfig,
 # Gemma3TextConfig, Qwen2VLTextConfig)
-CONFIG_DEFAULT_POSITIONS = {"llama": 2048, "gemma3_text": 131072, "qwen2_vl": 32768}
+CONFIG_DEFAULT_POSITIONS = {"llama": 2048, "gemma3_text": 131072, "qwen2_vl": 32768, "qwen2": 32768}
 # the transformers ms-swift 4.6 accepts (its requirement: >=4.33,<5.20); the newest is what pip installs with it
 SWIFT_TRANSFORMERS = "5.19.0"
 SWIFT_TRANSFORMERS_BELOW = (5, 20)
@@ -410,10 +428,8 @@ def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data:
     if template is not None and template.fold_system and config.system is not None:
         raise UsageError(f"{path}: --system with the {template.name} template is not modelled by vlmcheck yet "
                          "(its template folds a row's own system prompt into the first question)")
-    if template is GEMMA3_VISION:  # the image processor called with the processor's defaults: no pan and scan
-        return Run(config, load_model(config.model, overrides=Overrides(extra={"do_pan_and_scan": False})))
     if template is not None and not template.qwen_vl_utils:
-        return Run(config, load_model(config.model))
+        return Run(config, load_model(config.model, overrides=Overrides(extra=dict(template.processor_options))))
     factor = IMAGE_PATCH.get(model_type, IMAGE_PATCH["qwen2_vl"]) * SPATIAL_MERGE
     f2 = factor * factor
     # compat_qwen_vl_utils: MAX_PIXELS // factor**2 tokens, then qwen-vl-utils' budget is tokens * factor**2
@@ -530,6 +546,8 @@ class Run(ProcessorRun):
         turns = [dict(m) for m in messages]
         if len(turns) % 2 or any(m.get("role") != ("user", "assistant")[i % 2] for i, m in enumerate(turns)):
             raise Unbuildable("the turns are not user/assistant pairs")
+        if any(SPLICE in m["content"] for m in turns) or SPLICE in system:
+            raise NotModelled("a row holding the character U+E000 (vlmcheck's own marker)")
         if any(IMAGE_TAG in m["content"] for m in turns if m["role"] == "assistant"):
             raise NotModelled("an <image> tag in an answer (ms-swift gives it an image in order) is not modelled")
         # _add_default_tags: the tags of the system prompt and every message counted, missing ones put at the start
@@ -611,6 +629,12 @@ class Run(ProcessorRun):
             frame["verdict"] = "dropped"
             return result
         row = standard
+        media = [key for key in ("videos", "video", "audios", "audio") if row.get(key)]
+        if media:
+            found.append(F.make("VC007", f"the row's {media[0]} are not modelled by vlmcheck yet (ms-swift would "
+                                         "write their tokens too): the row is not counted"))
+            frame["verdict"] = "unknown"
+            return result
         images = row.get("images") or []
         images = images if isinstance(images, list) else [images]
         probed = self.probe(images, found, size=lambda image: self._size(image, source))
@@ -741,33 +765,15 @@ class Run(ProcessorRun):
         owner: list[int] = []
         k = 0
         for text, mark in segments:
-            for token in self.tokenizer.encode(text, add_special_tokens=False).ids:
-                if token != self.anchor_id:
-                    ids.append(token)
-                    trained.append(mark)
-                    owner.append(-1)
-                    continue
-                if self.chat.anchor is None and not self.chat.qwen_vl_utils and not expansions:
-                    piece, mine = [token], [-1]  # LlavaHfTemplate._encode expands only when the row has images
-                elif self.chat.anchor is None:
-                    if k >= len(expansions) and self.chat.qwen_vl_utils:
-                        raise Unbuildable("the text holds an image token of its own")
-                    # LlavaHfTemplate._encode repeats every image token of the text, one written as text too
-                    piece = [token] * expansions[min(k, len(expansions) - 1)].features
-                    mine = [min(k, len(expansions))] * len(piece)
-                elif not expansions:  # no images: Gemma3VisionTemplate._encode expands nothing
-                    piece, mine = [token], [-1]
-                else:  # the processor's sequence (each run of image tokens written once in Expansion.text)
-                    expansion = expansions[min(k, len(expansions) - 1)]
-                    runs = iter(expansion.runs)
-                    piece = []
-                    for t in self.tokenizer.encode(expansion.text, add_special_tokens=False).ids:
-                        piece += [t] * next(runs) if t == self.image_token_id else [t]
-                    mine = [min(k, len(expansions)) if t == self.image_token_id else -1 for t in piece]
-                ids += piece
-                trained += [False] * len(piece)
-                owner += mine
-                k += 1
+            parts = text.split(SPLICE)
+            for j, part in enumerate(parts):
+                if j:  # InternvlhfTemplate: the image's feature tokens, spliced in as ids
+                    n = expansions[k].features
+                    ids += [self.image_token_id] * n
+                    trained += [False] * n
+                    owner += [k] * n
+                    k += 1
+                k = self._encode_text(part, mark, expansions, k, ids, trained, owner)
         n, before = len(self.suffix_ids), list(trained)
         for start in range(1, len(ids)):  # each untrained run after a trained one, as the labels were
             if before[start - 1] and not before[start] and ids[start:start + n] == self.suffix_ids \
@@ -776,6 +782,42 @@ class Run(ProcessorRun):
         if trained:
             trained[0] = False  # Template._encode: labels[0] = -100
         return ids, trained, owner
+
+    def _encode_text(self, text: str, mark: bool, expansions: list[Expansion], k: int, ids: list[int],
+                     trained: list[bool], owner: list[int]) -> int:
+        """One piece of text tokenized onto ``ids``, ``trained`` and ``owner``, its image tokens expanded as the
+        template expands them; the images spent so far (``k`` before)."""
+        for token in self.tokenizer.encode(text, add_special_tokens=False).ids:
+            if token != self.anchor_id:
+                ids.append(token)
+                trained.append(mark)
+                owner.append(-1)
+                continue
+            if SPLICE in self.chat.image_text:  # InternvlhfTemplate: the row's own image token stays one token
+                piece, mine = [token], [len(expansions) if expansions else -1]
+            elif self.chat.anchor is None and not self.chat.qwen_vl_utils and not expansions:
+                piece, mine = [token], [-1]  # LlavaHfTemplate._encode expands only when the row has images
+            elif self.chat.anchor is None:
+                if k >= len(expansions) and self.chat.qwen_vl_utils:
+                    raise Unbuildable("the text holds an image token of its own")
+                # LlavaHfTemplate._encode repeats every image token of the text, one written as text too
+                piece = [token] * expansions[min(k, len(expansions) - 1)].features
+                mine = [min(k, len(expansions))] * len(piece)
+            elif not expansions:  # no images: Gemma3VisionTemplate._encode expands nothing
+                piece, mine = [token], [-1]
+            else:  # the processor's sequence (each run of image tokens written once in Expansion.text)
+                expansion = expansions[min(k, len(expansions) - 1)]
+                runs = iter(expansion.runs)
+                piece = []
+                for t in self.tokenizer.encode(expansion.text, add_special_tokens=False).ids:
+                    piece += [t] * next(runs) if t == self.image_token_id else [t]
+                mine = [min(k, len(expansions)) if t == self.image_token_id else -1 for t in piece]
+            ids += piece
+            trained += [False] * len(piece)
+            owner += mine
+            if SPLICE not in self.chat.image_text:
+                k += 1
+        return k
 
 
 def _loadable(file: Path, mixed_as_json: bool) -> None:
