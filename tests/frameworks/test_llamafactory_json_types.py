@@ -162,3 +162,32 @@ def test_past_the_first_10_mib_the_chunk_rules_of_datasets_hold(chunked: dict[st
             differ.append(f"{name}: datasets {'loads' if ok else 'fails'}, vlmcheck {'loads' if mine else 'fails'}")
     assert not differ, differ
     assert {ok for _, ok in chunked.values()} == {True, False}
+
+
+def test_a_chunk_ends_where_datasets_readline_ends_it(tmp_path: Path, llamafactory_python: Path) -> None:
+    """Blank lines across the 10 MiB mark: datasets' chunk ends at the first line end past it, not at the last
+    row's end, and every later chunk is shifted by as much. Here the first 10 MiB ends inside 150,000 blank
+    lines; the last row (true, after whole numbers) starts past the old estimate of the second chunk's end but
+    inside the real second chunk, where true/false beside numbers stops the load (alone in a third chunk it would
+    be cast and load)."""
+    pad = "x" * 900
+    path = tmp_path / "blank.jsonl"
+    with path.open("w") as f:
+        at = 0
+        while at < (10 << 20) - 100_000:
+            at += f.write(json.dumps({"q": 1, "pad": pad}) + "\n")
+        row_end = at
+        at += f.write("\n" * 150_000)
+        while at <= row_end + (10 << 20):  # the last row starts past row_end + 10 MiB, before 20 MiB + 1
+            at += f.write(json.dumps({"q": 2, "pad": pad}) + "\n")
+        assert row_end + (10 << 20) < at <= (20 << 20)
+        f.write(json.dumps({"q": True, "pad": pad}) + "\n")
+    listing = tmp_path / "files.json"
+    listing.write_text(json.dumps([str(path)]))
+    done = subprocess.run([str(llamafactory_python), "-c", LOADER, str(listing)], capture_output=True, text=True,
+                          timeout=900, env=oracle_env())
+    lines = [line for line in done.stdout.splitlines() if line.startswith("LOADED")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    assert json.loads(lines[-1][len("LOADED"):])[str(path)] is False
+    with pytest.raises(TypeClash, match="q is true/false here and a whole number in an earlier row"):
+        json_schema([path])

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from vlmcheck.data.compressed import compression
 from vlmcheck.data.readers import dataset_kind
 from vlmcheck.data.readers import iter_rows as read_rows
 
@@ -155,7 +156,7 @@ def json_schema(files: Sequence[Path], mixed_as_json: bool = False) -> Any:
             if lines and rows and spans[-1][0] > limit:  # this row opens the next chunk
                 first = _close(first, table, search, marked, f"{file.name}, rows {opened}-{number - 1}",
                                f"the first {mib} MiB of {file.name}")
-                limit = spans[-2][1] + DATASETS_JSON_CHUNK
+                limit = _chunk_end(file, limit, spans[-2][1], spans[-1][0]) + DATASETS_JSON_CHUNK
                 table, rows, opened, search = None, 0, number, None
             if search is not None and lines and spans[-1][0] > (spans[-2][1] if len(spans) > 1 else 0):
                 search.blank = True  # a blank line before this row (the first line too)
@@ -172,6 +173,20 @@ def json_schema(files: Sequence[Path], mixed_as_json: bool = False) -> Any:
             first = _close(first, table, search, marked, f"{file.name}, rows {opened}-{opened + rows - 1}",
                            file.name)
     return first[0] if first else None
+
+
+def _chunk_end(file: Path, limit: int, row_end: int, next_start: int) -> int:
+    """Where a chunk ends: datasets reads ``limit``'s bytes, then ``readline`` finishes the line, so the chunk ends
+    at the first line end past ``limit``: the last row's end when it straddles ``limit``, else the end of the blank
+    line that does (read from the file: only blank lines lie between ``row_end`` and ``next_start``; in a
+    compressed file, where that means decompressing again, the row's end is taken)."""
+    if row_end > limit or compression(file) is not None:
+        return row_end
+    with open(file, "rb") as f:
+        f.seek(row_end)
+        gap = f.read(next_start - row_end)
+    at = gap.find(b"\n", limit - row_end)
+    return row_end + at + 1 if at >= 0 else next_start
 
 
 def _close(first: tuple[Any, str] | None, table: Any, search: _StructSearch | None, marked: list[tuple[str, ...]],
