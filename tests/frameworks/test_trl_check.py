@@ -123,3 +123,45 @@ def test_packing_with_images_is_refused_as_sfttrainer_refuses_it(run: Path) -> N
     run.write_text(run.read_text() + "packing: true\n")
     result = CliRunner().invoke(main, ["check", str(run)])
     assert result.exit_code == 2 and "packing: false" in result.output
+
+
+# JSON sources as datasets (>= 4.7, which TRL 1.x requires) loads them: {file name: its rows' extra fields}
+JSON_SOURCES = {
+    "a new column in a later file": {"train-00000.jsonl": [{"q": "a"}], "train-00001.jsonl": [{"q": "a", "n": 1}]},
+    "a column missing in a later file": {"train-00000.jsonl": [{"q": "a", "n": 1}], "train-00001.jsonl": [{"q": "b"}]},
+    "mixed types in one file": {"train.jsonl": [{"q": "a"}, {"q": ["a"]}, {"q": {"k": 1}}]},
+    "a list in a later file after strings": {"train-00000.jsonl": [{"q": "a"}], "train-00001.jsonl": [{"q": ["a"]}]},
+    "anything in a later file after mixed types": {"train-00000.jsonl": [{"q": 1}, {"q": "a"}],
+                                                    "train-00001.jsonl": [{"q": [1]}]},
+    "a JSON array of mixed objects": {"train.json": [{"q": {"a": 1}}, {"q": {"b": "s"}}]},
+}
+
+
+@pytest.mark.parametrize("case", JSON_SOURCES)
+def test_a_json_source_stops_the_check_exactly_where_load_dataset_raises(tmp_path: Path, case: str,
+                                                                          qwen2_vl_checkpoint: Path) -> None:
+    import datasets
+
+    from vlmcheck.errors import DatasetError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    chat = [{"role": "user", "content": "What is it?"}, {"role": "assistant", "content": "A cat."}]
+    for name, extras in JSON_SOURCES[case].items():
+        rows = [{"messages": chat, "images": [], **extra} for extra in extras]
+        text = json.dumps(rows) if name.endswith(".json") else "".join(json.dumps(r) + "\n" for r in rows)
+        (data / name).write_text(text)
+    try:
+        datasets.load_dataset(str(data), split="train", cache_dir=str(tmp_path / "cache"))
+        loads = True
+    except Exception:  # DatasetGenerationError, or the cast's own error
+        loads = False
+    config = tmp_path / "sft.yaml"
+    config.write_text(RECIPE.format(model=qwen2_vl_checkpoint, data=data, max_length=4096))
+    try:
+        vlmcheck.check(config)
+        mine = True
+    except DatasetError as e:
+        assert "before step 1" in str(e)
+        mine = False
+    assert mine == loads, f"{case}: datasets {'loads' if loads else 'fails'}, vlmcheck {'loads' if mine else 'stops'}"

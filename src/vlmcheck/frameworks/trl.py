@@ -42,6 +42,7 @@ from typing import Any
 
 from vlmcheck import findings as F
 from vlmcheck.chat import render_chat, render_chat_with_generation_spans
+from vlmcheck.data.hfjson import MIXED_AS_JSON, TypeClash, json_schema
 from vlmcheck.data.images import ImageProblem, decode_data_url, probe_bytes, probe_path
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import DatasetError, UsageError
@@ -88,6 +89,8 @@ IGNORED_KEYS = {
 # datasets' split names in file names (data_files patterns): train.jsonl, train-00000-of-00001.parquet, ...
 SPLITS = ("train", "test", "validation", "valid", "dev", "eval")
 DATA_SUFFIXES = (".json", ".jsonl", ".ndjson", ".parquet", ".pq")
+# TRL 1.x requires datasets >= 4.7.0: its JSON loader keeps a field of mixed types as JSON text (data.hfjson)
+DATASETS_FROM = (4, 7)
 # `vlmcheck scan --framework trl`: SFT's default max_length and right cut, the processor's own resize
 SCAN_DEFAULTS: dict[str, Any] = {"max_length": SFT_DEFAULTS["max_length"], "truncation": "right",
                                  "resize": "processor"}
@@ -345,6 +348,21 @@ class Encoded:
         return len(self.image_of)
 
 
+def _loadable(files: list[Path]) -> None:
+    """``load_dataset`` of a local JSON / JSON Lines source makes one table of its files (see vlmcheck.data.hfjson):
+    where it cannot, it raises and the run stops before step 1."""
+    files = [f for f in files if f.suffix.lower() in (".json", ".jsonl")]
+    if not files:
+        return
+    try:
+        json_schema(files, DATASETS_FROM >= MIXED_AS_JSON)
+    except RecursionError:  # nested past what vlmcheck follows: not judged here
+        return
+    except TypeClash as e:
+        raise DatasetError(f"{files[0].parent}, {e}: datasets cannot load the files as one table, so the script's "
+                           "load_dataset raises and the run stops before step 1") from None
+
+
 # -- the run ------------------------------------------------------------------------------------------------------
 def claims(raw: dict[str, Any]) -> bool:
     """A ``trl sft`` / ``trl grpo`` config: ``model_name_or_path`` with TRL's ``dataset_name`` or ``datasets``."""
@@ -398,6 +416,8 @@ class Run(ProcessorRun):
         return [self.config.path, *self.files]
 
     def rows(self) -> Iterator[tuple[Any, Path]]:
+        for source in self.config.datasets:
+            _loadable(dataset_files(source, self.config.split))
         for file in self.files:
             for row in read_rows(file):
                 yield row, file
