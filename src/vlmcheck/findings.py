@@ -138,6 +138,14 @@ _RULES = [
          "and video tokens do not match\" at the step that reaches this sample.",
          "Raise the max length, sample fewer frames (fps / max_frames) or fewer pixels per frame, or drop the "
          "sample."),
+    Rule("VC207", "cross-attention-misaligned", Severity.ERROR,
+         "After the cut, the image cross-attention mask no longer lines up with the text",
+         "The framework builds Llama 3.2 Vision's cross_attention_mask from the whole sample and cuts only the "
+         "tokens (ms-swift's llama3_2_vision template); the model reads the mask's first rows for the tokens left, "
+         "so after a left cut, or a right cut that keeps an image token from past it, some text tokens attend the "
+         "wrong image or none. Nothing raises: the sample trains with its text and images mismatched.",
+         "Raise the max length so the sample is not cut, cut from the right with every image before the cut, or "
+         "drop the sample."),
     Rule("VC206", "prompt-over-budget", Severity.ERROR, "An RL prompt is longer than the run's prompt budget",
          "RL frameworks generate from the prompt alone: a prompt over the budget (verl's max_prompt_length with "
          "truncation='error', vLLM's max model length) stops the run at the step that reaches it.",

@@ -126,3 +126,21 @@ class MllamaFamily:
 
 
 FAMILY = MllamaFamily()
+
+
+def attended_images(ids: Sequence[int], image_token_id: int) -> list[frozenset[int]]:
+    """The images each position of ``ids`` cross-attends, as ``get_cross_attention_token_mask`` (processing_mllama.py)
+    spans them: from an image's ``<|image|>`` to the next one (the last: to the end); a run of consecutive
+    ``<|image|>`` all attend from their place to where the run's last one stops."""
+    places = [i for i, token in enumerate(ids) if token == image_token_id]
+    spans = [[a, b] for a, b in zip(places, places[1:])] + ([[places[-1], len(ids)]] if places else [])
+    end = len(ids)
+    for span in reversed(spans):
+        if span[0] == span[1] - 1:
+            span[1] = end
+        end = span[1]
+    rows: list[set[int]] = [set() for _ in ids]
+    for k, (start, stop) in enumerate(spans):
+        for i in range(start, min(stop, len(ids))):
+            rows[i].add(k)
+    return [frozenset(r) for r in rows]

@@ -6,7 +6,10 @@ Modelled on ms-swift 4.6 (``swift/template/base.py``, ``template/templates/qwen.
 ``arguments/base_args/template_args.py``, ``model/models/qwen.py``) for its ``qwen2_vl`` / ``qwen2_5_vl`` /
 ``qwen3_vl`` templates, Gemma 3's ``gemma3_vision`` (see ``GEMMA3_VISION``: its own strings, the system prompt
 folded into the first question, answers stripped of newlines, 260 tokens per image, and a cut that can take the
-soft image tokens under transformers 5.15+, a crash) and LLaVA-1.5's ``llava1_5_hf`` (``LLAVA1_5_HF``):
+soft image tokens under transformers 5.15+, a crash), LLaVA-1.5's ``llava1_5_hf`` (``LLAVA1_5_HF``), InternVL -hf's
+``internvl_hf`` (``INTERNVL_HF``: tiles of the image processor called with ``crop_to_patches=True``) and Llama 3.2
+Vision's ``llama3_2_vision`` (``LLAMA3_2_VISION``: a dated system block, and a cross-attention mask not cut with
+the ids, VC207). Each ``.json`` / ``.jsonl`` dataset first loads as ``datasets`` loads it (``data.hfjson``):
 
 - **Launch**: a shell line ``[VAR=value ...] swift sft --model ... --dataset a.jsonl ... --max_length 2048``
   (``export VAR=...`` lines and earlier ``VAR=...`` assignments count too). ``--max_length`` unset: the model's
@@ -36,6 +39,7 @@ import shlex
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +49,14 @@ from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
 from vlmcheck.data.readers import BadRow, dataset_kind
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import DatasetError, UsageError, VlmcheckError
-from vlmcheck.families import Expansion, Overrides, gemma3, internvl
+from vlmcheck.families import Expansion, Overrides, gemma3, internvl, mllama
 from vlmcheck.frameworks._run import ProcessorRun, expand_shell, mapped
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS, UNSET
 from vlmcheck.model import ModelSpec, load_model, resolve_model_path
 from vlmcheck.results import SampleResult
 
 NAME = "swift"
-VERSIONS = "4.6, qwen2_vl / qwen2_5_vl / qwen3_vl / gemma3_vision / llava1_5_hf / internvl_hf templates"
+VERSIONS = "4.6, qwen2_vl / qwen2_5_vl / qwen3_vl / gemma3_vision / llava1_5_hf / internvl_hf / llama3_2_vision templates"
 # `vlmcheck scan --framework swift`: its default truncation_strategy and the qwen-vl-utils resize MAX_PIXELS feeds
 SCAN_DEFAULTS: dict[str, Any] = {"truncation": "delete", "resize": "qwen-vl-utils"}
 # `vlmcheck lint`: concept -> (ms-swift's option name, its default). ms-swift 4.x: swift/trainers/arguments.py
@@ -112,6 +116,8 @@ class ChatTemplate:
     image_token_protected_before: tuple[int, int] | None = None
     # options the template passes the image processor on every call (Overrides.extra: they win over the checkpoint's)
     processor_options: Mapping[str, Any] = field(default_factory=dict)
+    # Llama3_2VisionTemplate: cross_attention_mask is built from the whole sample and not cut with the ids
+    cross_attention: bool = False
 
 
 def _chatml(name: str, default_system: str | None) -> ChatTemplate:
@@ -151,6 +157,18 @@ INTERNVL_HF = ChatTemplate(
     prompt="<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n", chat_sep="<|im_end|>\n",
     suffix="<|im_end|>\n", image_text=f"{internvl.START_TOKEN}{SPLICE}{internvl.END_TOKEN}\n",
     qwen_vl_utils=False, processor_options={"crop_to_patches": True})
+# template/templates/llama.py: Llama3_2TemplateMeta llama3_2_vision with Llama3_2VisionTemplate: a system block
+# dated the day the template is built (_get_llama3_2_prefix: "%d %b %Y", so the day training starts) even without a
+# system prompt; <image> becomes one <|image|>, the image reaching the text through cross-attention; the
+# processor's image_token_id (<|image|>) protected at the cut
+_LLAMA3_2_SYSTEM = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: "
+                    "December 2023\nToday Date: {date}\n\n{system}<|eot_id|>")
+LLAMA3_2_VISION = ChatTemplate(
+    name="llama3_2_vision", model_types=("mllama",), default_system=None,
+    prefix=_LLAMA3_2_SYSTEM.replace("{system}", ""), system_prefix=_LLAMA3_2_SYSTEM,
+    prompt="<|start_header_id|>user<|end_header_id|>\n\n{query}<|eot_id|><|start_header_id|>assistant"
+           "<|end_header_id|>\n\n", chat_sep="<|eot_id|>", suffix="<|eot_id|>", image_text=mllama.IMAGE_TOKEN,
+    qwen_vl_utils=False, cross_attention=True)
 TEMPLATES: dict[str, ChatTemplate] = {
     "qwen2_vl": _chatml("qwen2_vl", "You are a helpful assistant."),
     "qwen2_5_vl": _chatml("qwen2_5_vl", "You are a helpful assistant."),
@@ -158,6 +176,7 @@ TEMPLATES: dict[str, ChatTemplate] = {
     "gemma3_vision": GEMMA3_VISION,
     "llava1_5_hf": LLAVA1_5_HF,
     "internvl_hf": INTERNVL_HF,
+    "llama3_2_vision": LLAMA3_2_VISION,
 }
 # model_type -> the template ms-swift's model registry gives it
 MODEL_TYPES = {t: name for name, template in TEMPLATES.items() for t in template.model_types}
@@ -463,7 +482,8 @@ class NotModelled(Exception):
 
 
 class Run(ProcessorRun):
-    """An ms-swift ``sft`` run with a modelled template (Qwen-VL's, Gemma 3's, LLaVA-1.5's: ``TEMPLATES``)."""
+    """An ms-swift ``sft`` run with a modelled template (``TEMPLATES``: Qwen-VL's, Gemma 3's, LLaVA-1.5's, InternVL's,
+    Llama 3.2 Vision's)."""
 
     name = NAME
     versions = VERSIONS
@@ -491,6 +511,8 @@ class Run(ProcessorRun):
         self.suffix_ids = list(self.tokenizer.encode(chat.suffix, add_special_tokens=False).ids)
         self.transformers, self.transformers_assumed = _transformers_version()
         self.hf_datasets, self.hf_datasets_assumed = _datasets_version()
+        # the day the template is built: today, for a run started today
+        self.date = datetime.now().strftime("%d %b %Y")
         # Template._truncate's protected ids (see ChatTemplate.image_token_protected_before)
         self.protected = {self.image_token_id}
         if chat.image_token_protected_before is not None:
@@ -522,6 +544,8 @@ class Run(ProcessorRun):
                           "transformers": self.transformers + (" (assumed: the newest ms-swift 4.6 accepts)"
                                                                if self.transformers_assumed else " (installed here)"),
                           "image_tokens_protected_at_the_cut": self.image_token_id in self.protected})
+        if "{date}" in self.chat.prefix:
+            shown["system_block_date"] = f"{self.date} (ms-swift writes the day the run starts)"
         shown["datasets_library"] = self.hf_datasets + (" (assumed: the newest ms-swift 4.6 accepts)"
                                                       if self.hf_datasets_assumed else " (installed here)")
         return {**shown, **({"max_pixels": cfg.rescale} if cfg.rescale else {}),
@@ -559,8 +583,8 @@ class Run(ProcessorRun):
             if own is not None:
                 turns[0]["content"] = own + "\n\n" + turns[0]["content"]
             system = ""
-        pieces: list[tuple[str, bool]] = [(chat.system_prefix.format(system=system) if system else chat.prefix,
-                                           False)]
+        pieces: list[tuple[str, bool]] = [(chat.system_prefix.format(system=system, date=self.date) if system
+                                           else chat.prefix.format(date=self.date), False)]
         for i in range(0, len(turns), 2):
             query, answer = turns[i]["content"], turns[i + 1]
             text = answer["content"].strip("\n") if chat.strip_answers else answer["content"]
@@ -705,6 +729,8 @@ class Run(ProcessorRun):
                          "the step that reaches it",
                 fix=fix + " or drop the sample", image=k + 1, image_tokens=counts[k], kept=kept_images[k],
                 tokens=total, max_length=limit))
+        if self.chat.cross_attention and counts:
+            self._cross_attention(result, ids, kept, limit)
         if cut:
             frame["verdict"] = "crash"
         elif result.supervised_tokens and not any(labels):
@@ -720,6 +746,24 @@ class Run(ProcessorRun):
             frame["verdict"] = "cut"
         self._literal_images(result, kept_owner, counts)
         return result
+
+    def _cross_attention(self, result: SampleResult, ids: list[int], kept: list[int], limit: int) -> None:
+        """Llama3_2VisionTemplate builds cross_attention_mask from the whole sample, and Template._truncate cuts only
+        the ids: the model reads the mask's first rows for the ids left (MllamaModel slices it by position), so a
+        kept token whose row is another token's attends the wrong images (VC207)."""
+        before = mllama.attended_images(ids, self.image_token_id)
+        after = mllama.attended_images([ids[i] for i in kept], self.image_token_id)
+        wrong = sum(1 for j, images in enumerate(after) if before[j] != images)
+        if not wrong:
+            return
+        (result.framework or {})["misaligned_tokens"] = wrong
+        result.findings.append(F.make(
+            "VC207", f"{wrong:,} of the {len(kept):,} tokens left after ms-swift's {self.config.truncation} cut at "
+                     f"--max_length {limit:,} attend the wrong images (or none): its llama3_2_vision template builds "
+                     "cross_attention_mask from the whole sample and cuts only the tokens, and the model reads the "
+                     "mask's first rows; nothing raises",
+            fix=f"set {_setting('--max_length', len(ids))}, or drop the sample", misaligned=wrong, tokens=len(ids),
+            max_length=limit))
 
     @staticmethod
     def _per_image(owner: list[int], counts: list[int]) -> list[int]:
