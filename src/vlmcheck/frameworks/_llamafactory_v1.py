@@ -482,7 +482,7 @@ class Run(ProcessorRun):
         loaded before the first step: one that datasets cannot load as a table, or that holds no row, stops the
         run (a DatasetError here, as for the default engine)."""
         for source in self.config.sources:
-            self._kind(source.path)
+            self._column_types(source.path)
             if next(iter(read_rows(source.path)), None) is None:
                 raise DatasetError(f"dataset {source.name!r}: {source.path} holds no rows: datasets' loader raises "
                                    "and LLaMA-Factory's v1 engine stops before step 1")
@@ -507,7 +507,7 @@ class Run(ProcessorRun):
             "length_key": self.length_key, "pixels_key": self.pixels_key,
         }
 
-    def _kind(self, path: Path) -> Any:
+    def _column_types(self, path: Path) -> Any:
         """The column types of the table datasets makes of a JSON file (DatasetError where it cannot load it)."""
         if path not in self._kinds:
             kind: Any = None
@@ -532,7 +532,7 @@ class Run(ProcessorRun):
         if not isinstance(row.get("id"), (str, int)):
             result.id = f"{source.name}:{origin.row}"
         try:
-            loaded = as_loaded(row, self._kind(source.path))
+            loaded = as_loaded(row, self._column_types(source.path))
             pieces = render(convert(loaded, source.converter), self.config.template)
         except (TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError) as e:
             result.findings.append(F.make(

@@ -56,7 +56,6 @@ from vlmcheck.model import ModelSpec, load_model, resolve_model_path
 from vlmcheck.results import SampleResult
 
 NAME = "swift"
-VERSIONS = "4.6, qwen2_vl / qwen2_5_vl / qwen3_vl / gemma3_vision / llava1_5_hf / internvl_hf / llama3_2_vision templates"
 # `vlmcheck scan --framework swift`: its default truncation_strategy and the qwen-vl-utils resize MAX_PIXELS feeds
 SCAN_DEFAULTS: dict[str, Any] = {"truncation": "delete", "resize": "qwen-vl-utils"}
 # `vlmcheck lint`: concept -> (ms-swift's option name, its default). ms-swift 4.x: swift/trainers/arguments.py
@@ -178,6 +177,7 @@ TEMPLATES: dict[str, ChatTemplate] = {
     "internvl_hf": INTERNVL_HF,
     "llama3_2_vision": LLAMA3_2_VISION,
 }
+VERSIONS = f"4.6, {' / '.join(TEMPLATES)} templates"
 # model_type -> the template ms-swift's model registry gives it
 MODEL_TYPES = {t: name for name, template in TEMPLATES.items() for t in template.model_types}
 # model/models/qwen.py: the image_patch_size each loader passes compat_qwen_vl_utils (Qwen2VLLoader 14,
@@ -448,14 +448,15 @@ def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data:
         raise UsageError(f"{path}: --system with the {template.name} template is not modelled by vlmcheck yet "
                          "(its template folds a row's own system prompt into the first question)")
     if template is not None and not template.qwen_vl_utils:
-        return Run(config, load_model(config.model, overrides=Overrides(extra=dict(template.processor_options))))
+        return Run(config, load_model(config.model, overrides=Overrides(extra=dict(template.processor_options))),
+                   template)
     factor = IMAGE_PATCH.get(model_type, IMAGE_PATCH["qwen2_vl"]) * SPATIAL_MERGE
     f2 = factor * factor
     # compat_qwen_vl_utils: MAX_PIXELS // factor**2 tokens, then qwen-vl-utils' budget is tokens * factor**2
     hi = (config.max_pixels // f2 if config.max_pixels else UTILS_MAX_TOKENS) * f2
     lo = (config.min_pixels // f2 if config.min_pixels else UTILS_MIN_TOKENS) * f2
     spec = load_model(config.model, overrides=Overrides(resize="qwen-vl-utils", max_pixels=hi, min_pixels=lo))
-    return Run(config, spec)
+    return Run(config, spec, template)
 
 
 def rescaled(width: int, height: int, max_pixels: int | None) -> tuple[int, int]:
@@ -491,8 +492,8 @@ class Run(ProcessorRun):
     pixels_key = "MAX_PIXELS"
     config: Config
 
-    def __init__(self, config: Config, spec: ModelSpec) -> None:
-        chat = TEMPLATES.get(config.template or MODEL_TYPES.get(spec.model_type, ""))
+    def __init__(self, config: Config, spec: ModelSpec, chat: ChatTemplate | None) -> None:
+        """``chat``: the template ``--template`` names, else the model type's (None: none modelled)."""
         # the Qwen-VL templates on any Qwen-VL model; the others on their own model types only
         qwen = TEMPLATES[MODEL_TYPES[spec.model_type]].qwen_vl_utils if spec.model_type in MODEL_TYPES else False
         if chat is None or not (spec.model_type in chat.model_types or (chat.qwen_vl_utils and qwen)):
