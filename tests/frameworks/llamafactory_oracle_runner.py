@@ -616,7 +616,7 @@ def _forward(model_path: str, rows: list[dict[str, Any]], kept_rows: list[dict[s
             feature = {"input_ids": sample["input_ids"], "attention_mask": [1] * len(sample["input_ids"]),
                        "labels": sample["labels"], "images": sample["images"], "videos": sample.get("videos") or [],
                        "audios": []}
-        record = {"dataset": kept[i]["dataset"], "row": kept[i]["row"], "error": None}
+        record = {"dataset": kept[i]["dataset"], "row": kept[i]["row"], "split": kept[i]["split"], "error": None}
         try:
             batch = collator([feature])
             with torch.no_grad():
@@ -673,7 +673,7 @@ def _forward_mllama(rows: list[dict[str, Any]], kept_rows: list[dict[str, Any]],
 
     out = []
     for i in chosen:
-        record = {"dataset": kept[i]["dataset"], "row": kept[i]["row"], "error": run([i]),
+        record = {"dataset": kept[i]["dataset"], "row": kept[i]["row"], "split": kept[i]["split"], "error": run([i]),
                   "images": len(kept_rows[i]["images"]), "image_tokens_left": kept[i]["image_tokens_left"]}
         # batched with a whole sample holding as many images: the batch's cross_attention_mask then has a slot
         # for every image of this sample

@@ -91,7 +91,8 @@ def forward_outcomes(proof: dict[str, Any]) -> Counter[str]:
     ran = Counter[str]()
     for name, result in proof["oracle"].items():
         for f in result.get("forward", []):
-            row = next(r for r in result["rows"] if r["kept"] and (r["dataset"], r["row"]) == (f["dataset"], f["row"]))
+            row = next(r for r in result["rows"] if r["kept"] and (r["dataset"], r["row"], r["split"])
+                       == (f["dataset"], f["row"], f["split"]))
             if row["crash"]:
                 assert f["error"], f"{name}: {f}"
                 ran["crash"] += 1
