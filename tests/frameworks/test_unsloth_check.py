@@ -259,3 +259,79 @@ trainer = train_on_responses_only(trainer, instruction_part = "<|im_start|>user\
     assert read.cut() == (4096, "FastVisionModel.from_pretrained(max_seq_length = ...)")
     assert read.collator["resize"] == "max" and read.mapping_merges and read.mapping_name == "to_messages"
     assert read.files == (tmp_path / "d.parquet",)
+
+
+UNSLOTH_JSON = """\
+from unsloth import FastVisionModel
+from unsloth.trainer import UnslothVisionDataCollator
+from datasets import load_dataset
+from trl import SFTTrainer, SFTConfig
+
+model, tokenizer = FastVisionModel.from_pretrained({model!r}, load_in_4bit = True)
+dataset = load_dataset("json", data_files = {files!r}, split = "train")
+
+def convert_to_conversation(sample):
+    conversation = [
+        {{"role": "user", "content": [{{"type": "text", "text": "Read it."}},
+                                      {{"type": "image", "image": sample["image"]}}]}},
+        {{"role": "assistant", "content": [{{"type": "text", "text": sample["text"]}}]}},
+    ]
+    return {{"messages": conversation}}
+
+converted_dataset = [convert_to_conversation(sample) for sample in dataset]
+trainer = SFTTrainer(model = model, tokenizer = tokenizer,
+                     data_collator = UnslothVisionDataCollator(model, tokenizer, max_seq_length = 4096),
+                     train_dataset = converted_dataset,
+                     args = SFTConfig(remove_unused_columns = False, dataset_text_field = "",
+                                      dataset_kwargs = {{"skip_prepare_dataset": True}}))
+"""
+# the rows' extra fields per data file: datasets 4.8 keeps mixed types within a file as JSON text, but casts a later
+# file to the first one's columns
+UNSLOTH_SOURCES = {
+    "mixed types in one file": {"a.jsonl": [{"meta": "x"}, {"meta": ["x"]}]},
+    "a new column in a later file": {"a.jsonl": [{"meta": "x"}], "b.jsonl": [{"meta": "x", "n": 1}]},
+    "a column missing in a later file": {"a.jsonl": [{"meta": "x", "n": 1}], "b.jsonl": [{"meta": "y"}]},
+}
+
+
+@pytest.mark.slow
+def test_a_json_source_stops_the_check_where_datasets_4_8_cannot_load_it(tmp_path: Path,
+                                                                          qwen2_vl_checkpoint: Path) -> None:
+    """Unsloth's pin (datasets >= 3.4.1, < 5.0) installs datasets 4.8.5 with it, assumed when the datasets beside
+    vlmcheck is outside that range. The oracle is datasets 4.8.4's own load_dataset, in ms-swift's oracle
+    environment (the same JSON loader: 4.8.5 changed nothing in it)."""
+    import subprocess
+
+    from swift_env import oracle_python
+
+    from vlmcheck.errors import DatasetError
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    outcomes = {}
+    for k, (case, files) in enumerate(UNSLOTH_SOURCES.items()):
+        folder = tmp_path / f"case{k}"
+        folder.mkdir()
+        for name, extras in files.items():
+            rows = [{"image": str(tmp_path / "a.png"), "text": "x", **extra} for extra in extras]
+            (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        paths = [str(folder / name) for name in files]
+        done = subprocess.run([str(oracle_python()), "-c", (
+            "import sys, json, datasets\n"
+            "try:\n"
+            f"    datasets.load_dataset('json', data_files={paths!r}, split='train', cache_dir={str(folder / 'c')!r})\n"
+            "    print('LOADS')\n"
+            "except Exception as e:\n"
+            "    print('FAILS', type(e).__name__)\n")], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        theirs = "LOADS" in done.stdout
+        script = folder / "train.py"
+        script.write_text(UNSLOTH_JSON.format(model=str(qwen2_vl_checkpoint), files=paths))
+        try:
+            vlmcheck.check(script)
+            mine = True
+        except DatasetError as e:
+            assert "before step 1" in str(e)
+            mine = False
+        outcomes[case] = (theirs, mine)
+    assert all(theirs == mine for theirs, mine in outcomes.values()), outcomes
+    assert {theirs for theirs, _ in outcomes.values()} == {True, False}

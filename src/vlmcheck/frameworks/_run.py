@@ -1,6 +1,7 @@
 """What the framework modules' runs do alike, written once: reading a launch config's values (path maps, nested
-sections, whole numbers, shell variables), starting a row's result, probing its images and expanding them with
-the family, and finding the largest pixel budget at which a sample fits.
+sections, whole numbers, shell variables), the version of a library the run will have, whether ``datasets`` can
+load a JSON source, starting a row's result, probing its images and expanding them with the family, and finding
+the largest pixel budget at which a sample fits.
 
 A framework's own facts (its messages, its defaults, its cut) stay in its module; this module holds only the
 mechanics that every run repeats. A run class inherits :class:`ProcessorRun` and keeps its own ``judge``.
@@ -15,9 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlmcheck import findings as F
+from vlmcheck.data.hfjson import MIXED_AS_JSON, TypeClash, json_schema
 from vlmcheck.data.images import ImageProblem
-from vlmcheck.data.readers import BadRow
-from vlmcheck.errors import UsageError
+from vlmcheck.data.readers import BadRow, dataset_kind
+from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.families import Expansion, Family
 from vlmcheck.results import SampleResult
 
@@ -25,6 +27,43 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
     from vlmcheck.model import ModelSpec
+
+
+# -- the libraries of the run ------------------------------------------------------------------------------------
+def version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text)[:3])
+
+
+def run_version(package: str, *, newest: str, below: tuple[int, ...], low: tuple[int, ...] = ()) -> tuple[str, bool]:
+    """A library's version in the run: the one installed beside vlmcheck when the framework accepts it (``low`` <=
+    it < ``below``: the run's own, when both share an environment), else ``newest``, the newest the framework
+    accepts (what pip installs with it); and whether it was assumed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version(package)
+    except PackageNotFoundError:
+        return newest, True
+    if not low <= version_tuple(installed) < below:  # not the run's: the framework cannot run with it
+        return newest, True
+    return installed, False
+
+
+def json_loadable(files: Sequence[Path], *, datasets_version: str, loader: str) -> None:
+    """``datasets.load_dataset("json")`` of ``files`` (one source: one table), as ``datasets_version`` loads it
+    (see vlmcheck.data.hfjson): where it cannot, DatasetError (``loader`` raises and the run stops before step
+    1). Files that are not JSON are left out."""
+    files = [f for f in files if f.suffix.lower() in (".json", ".jsonl") and dataset_kind(f) in ("json", "jsonl")]
+    if not files:
+        return
+    try:
+        json_schema(files, version_tuple(datasets_version) >= MIXED_AS_JSON)
+    except RecursionError:  # nested past what vlmcheck follows: not judged here
+        return
+    except TypeClash as e:
+        where = files[0] if len(files) == 1 else files[0].parent
+        raise DatasetError(f"{where}, {e}: datasets {datasets_version} cannot load it as one table, so {loader} "
+                           "raises and the run stops before step 1") from None
 
 
 # -- config values ------------------------------------------------------------------------------------------------

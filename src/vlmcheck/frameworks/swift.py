@@ -44,13 +44,19 @@ from pathlib import Path
 from typing import Any
 
 from vlmcheck import findings as F
-from vlmcheck.data.hfjson import MIXED_AS_JSON, TypeClash, json_schema
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
-from vlmcheck.data.readers import BadRow, dataset_kind
+from vlmcheck.data.readers import BadRow
 from vlmcheck.data.readers import iter_rows as read_rows
-from vlmcheck.errors import DatasetError, UsageError, VlmcheckError
+from vlmcheck.errors import UsageError, VlmcheckError
 from vlmcheck.families import Expansion, Overrides, gemma3, internvl, mllama
-from vlmcheck.frameworks._run import ProcessorRun, expand_shell, mapped
+from vlmcheck.frameworks._run import (
+    ProcessorRun,
+    expand_shell,
+    json_loadable,
+    mapped,
+    run_version,
+    version_tuple,
+)
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS, UNSET
 from vlmcheck.model import ModelSpec, load_model, resolve_model_path
 from vlmcheck.results import SampleResult
@@ -518,7 +524,7 @@ class Run(ProcessorRun):
         self.protected = {self.image_token_id}
         if chat.image_token_protected_before is not None:
             self.protected = {self.anchor_id}
-            if _version_tuple(self.transformers) < chat.image_token_protected_before:
+            if version_tuple(self.transformers) < chat.image_token_protected_before:
                 self.protected.add(self.image_token_id)
 
     def inputs(self) -> list[Path]:
@@ -526,7 +532,7 @@ class Run(ProcessorRun):
 
     def rows(self) -> Iterator[tuple[Any, Path]]:
         for file in self.config.datasets:
-            _loadable(file, _version_tuple(self.hf_datasets) >= MIXED_AS_JSON)
+            json_loadable([file], datasets_version=self.hf_datasets, loader="ms-swift's load_dataset")
             for row in read_rows(file):
                 yield row, file
 
@@ -865,48 +871,14 @@ class Run(ProcessorRun):
         return k
 
 
-def _loadable(file: Path, mixed_as_json: bool) -> None:
-    """DatasetLoader._load_dataset_path reads a .json / .jsonl file with ``datasets.load_dataset("json")``: rows
-    whose column types datasets cannot put in one table (see vlmcheck.data.hfjson) make the load raise, and the run
-    stops before step 1."""
-    if file.suffix.lower() not in (".json", ".jsonl") or dataset_kind(file) not in ("json", "jsonl"):
-        return
-    try:
-        json_schema([file], mixed_as_json)
-    except RecursionError:  # nested past what vlmcheck follows: not judged here
-        return
-    except TypeClash as e:
-        raise DatasetError(f"{file}, {e}: datasets cannot load the file as one table, so ms-swift's load_dataset "
-                           "raises and the run stops before step 1") from None
-
-
 def _transformers_version() -> tuple[str, bool]:
-    """The transformers the run has (see _run_version)."""
-    return _run_version("transformers", SWIFT_TRANSFORMERS, SWIFT_TRANSFORMERS_BELOW)
+    """The transformers the run has (see _run.run_version)."""
+    return run_version("transformers", newest=SWIFT_TRANSFORMERS, below=SWIFT_TRANSFORMERS_BELOW)
 
 
 def _datasets_version() -> tuple[str, bool]:
-    """The datasets the run loads its files with (see _run_version)."""
-    return _run_version("datasets", SWIFT_DATASETS, SWIFT_DATASETS_BELOW, SWIFT_DATASETS_FROM)
-
-
-def _run_version(package: str, newest: str, below: tuple[int, ...], low: tuple[int, ...] = ()) -> tuple[str, bool]:
-    """A package's version in the run: the one installed beside vlmcheck when ms-swift 4.6 accepts it (the run's
-    own, when both share an environment), else ``newest``, the newest it accepts (what pip installs with it); and
-    whether it was assumed."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        installed = version(package)
-    except PackageNotFoundError:
-        return newest, True
-    if not low <= _version_tuple(installed) < below:  # not the run's: ms-swift 4.6 cannot run with it
-        return newest, True
-    return installed, False
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", text)[:3])
+    """The datasets the run loads its files with (see _run.run_version)."""
+    return run_version("datasets", newest=SWIFT_DATASETS, below=SWIFT_DATASETS_BELOW, low=SWIFT_DATASETS_FROM)
 
 
 def _model_type(model: str) -> str:

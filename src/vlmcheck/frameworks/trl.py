@@ -42,12 +42,11 @@ from typing import Any
 
 from vlmcheck import findings as F
 from vlmcheck.chat import render_chat, render_chat_with_generation_spans
-from vlmcheck.data.hfjson import MIXED_AS_JSON, TypeClash, json_schema
 from vlmcheck.data.images import ImageProblem, decode_data_url, probe_bytes, probe_path
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.families import Expansion, Overrides
-from vlmcheck.frameworks._run import ProcessorRun, largest_budget, locate, mapped
+from vlmcheck.frameworks._run import ProcessorRun, json_loadable, largest_budget, locate, mapped
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS, UNSET
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.preview import Previewer, image_refs, token_spans
@@ -89,8 +88,9 @@ IGNORED_KEYS = {
 # datasets' split names in file names (data_files patterns): train.jsonl, train-00000-of-00001.parquet, ...
 SPLITS = ("train", "test", "validation", "valid", "dev", "eval")
 DATA_SUFFIXES = (".json", ".jsonl", ".ndjson", ".parquet", ".pq")
-# TRL 1.x requires datasets >= 4.7.0: its JSON loader keeps a field of mixed types as JSON text (data.hfjson)
-DATASETS_FROM = (4, 7)
+# TRL 1.x requires datasets >= 4.7.0, whose JSON loader keeps a field of mixed types as JSON text (data.hfjson):
+# every datasets a TRL run can have loads JSON as 4.7.0 does
+DATASETS_ASSUMED = "4.7.0"
 # `vlmcheck scan --framework trl`: SFT's default max_length and right cut, the processor's own resize
 SCAN_DEFAULTS: dict[str, Any] = {"max_length": SFT_DEFAULTS["max_length"], "truncation": "right",
                                  "resize": "processor"}
@@ -348,21 +348,6 @@ class Encoded:
         return len(self.image_of)
 
 
-def _loadable(files: list[Path]) -> None:
-    """``load_dataset`` of a local JSON / JSON Lines source makes one table of its files (see vlmcheck.data.hfjson):
-    where it cannot, it raises and the run stops before step 1."""
-    files = [f for f in files if f.suffix.lower() in (".json", ".jsonl")]
-    if not files:
-        return
-    try:
-        json_schema(files, DATASETS_FROM >= MIXED_AS_JSON)
-    except RecursionError:  # nested past what vlmcheck follows: not judged here
-        return
-    except TypeClash as e:
-        raise DatasetError(f"{files[0].parent}, {e}: datasets cannot load the files as one table, so the script's "
-                           "load_dataset raises and the run stops before step 1") from None
-
-
 # -- the run ------------------------------------------------------------------------------------------------------
 def claims(raw: dict[str, Any]) -> bool:
     """A ``trl sft`` / ``trl grpo`` config: ``model_name_or_path`` with TRL's ``dataset_name`` or ``datasets``."""
@@ -417,7 +402,8 @@ class Run(ProcessorRun):
 
     def rows(self) -> Iterator[tuple[Any, Path]]:
         for source in self.config.datasets:
-            _loadable(dataset_files(source, self.config.split))
+            json_loadable(dataset_files(source, self.config.split), datasets_version=DATASETS_ASSUMED,
+                          loader="the script's load_dataset")
         for file in self.files:
             for row in read_rows(file):
                 yield row, file

@@ -58,7 +58,7 @@ from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import UsageError
 from vlmcheck.families import Expansion, Overrides
 from vlmcheck.frameworks import pyscript, trl
-from vlmcheck.frameworks._run import locate
+from vlmcheck.frameworks._run import json_loadable, locate, run_version
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS, UNSET
 from vlmcheck.frameworks.trl import SFT_DEFAULTS
 from vlmcheck.model import ModelSpec, load_model
@@ -239,6 +239,11 @@ def resized(width: int, height: int, *, size: int | tuple[int, int] | None,
 # -- vlmcheck check train.py: the script, read without running it --------------------------------------------------
 
 VERSIONS = "unsloth / unsloth_zoo 2026.10.9, transformers 5.x processors"
+# unsloth 2026.10.9 requires datasets >= 3.4.1, < 5.0 (some releases excluded); the newest it accepts, 4.8.5, is
+# what pip installs with it
+UNSLOTH_DATASETS = "4.8.5"
+UNSLOTH_DATASETS_FROM = (3, 4, 1)
+UNSLOTH_DATASETS_BELOW = (5, 0)
 SCRIPT_SUFFIXES = (".py", ".ipynb")
 # `vlmcheck scan --framework unsloth` has no config: the collator's resizes and cut come from the script
 SCAN_DEFAULTS: dict[str, Any] | None = None
@@ -699,11 +704,14 @@ class Run:
             self.tok = tok
             self.markers = (marker(script.responses[0], tok), marker(script.responses[1], tok))
         self.files = list(script.files)
+        self.hf_datasets, self.hf_datasets_assumed = run_version(
+            "datasets", newest=UNSLOTH_DATASETS, below=UNSLOTH_DATASETS_BELOW, low=UNSLOTH_DATASETS_FROM)
 
     def inputs(self) -> list[Path]:
         return [self.script.path, *self.files]
 
     def rows(self) -> Iterator[tuple[Any, Path]]:
+        json_loadable(self.files, datasets_version=self.hf_datasets, loader="the script's load_dataset")
         for file in self.files:
             for row in read_rows(file):
                 yield row, file
@@ -726,6 +734,8 @@ class Run:
             "responses_from": s.responses_from, "sft_config": {k: v for k, v in s.sft.items()
                                                                if not isinstance(v, pyscript.Unresolved)},
             "length_key": self.length_key, "pixels_key": self.pixels_key, "images": self._images_said(),
+            "datasets_library": self.hf_datasets + (" (assumed: the newest Unsloth accepts)" if self.hf_datasets_assumed
+                                                    else " (installed here)"),
         }
 
     def _images_said(self) -> str:
