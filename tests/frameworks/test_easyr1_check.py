@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from easyr1_corpus import write_corpus
 
@@ -176,3 +177,41 @@ def test_the_max_pixels_fix_is_the_largest_budget_that_keeps_the_row(tmp_path: P
         vlmcheck.check(write(tmp_path, raw), limit=3, output=out)
         record = [json.loads(line) for line in out.read_text().splitlines()][2]
         assert record["framework"]["verdict"] == verdict, (pixels, record)
+
+
+# a folder's JSON files (RLHFDataset: load_dataset("json", data_dir=folder)): their rows' extra fields
+EASYR1_SOURCES = {
+    "mixed types in one file": {"a.jsonl": [{"meta": "x"}, {"meta": ["x"]}]},
+    "a new column in a later file": {"a.jsonl": [{"meta": "x"}], "b.jsonl": [{"meta": "x", "n": 1}]},
+    "a column missing in a later file": {"a.jsonl": [{"meta": "x", "n": 1}], "b.jsonl": [{"meta": "y"}]},
+}
+
+
+@pytest.mark.parametrize("case", EASYR1_SOURCES)
+def test_a_json_folder_stops_the_check_where_load_dataset_cannot_load_it(tmp_path: Path, case: str,
+                                                                          qwen2_vl_checkpoint: Path) -> None:
+    """EasyR1 leaves datasets unpinned: the one installed here is taken for the run's, and its load_dataset is the
+    oracle."""
+    import datasets
+
+    from vlmcheck.errors import DatasetError
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name, extras in EASYR1_SOURCES[case].items():
+        rows = [{"prompt": "What is 1+1?", "answer": "2", **extra} for extra in extras]
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    try:
+        datasets.load_dataset("json", data_dir=str(folder), split="train", cache_dir=str(tmp_path / "cache"))
+        theirs = True
+    except Exception:
+        theirs = False
+    raw = {"data": {"train_files": str(folder)}, "worker": {"actor": {"model": {
+        "model_path": str(qwen2_vl_checkpoint)}}}}
+    try:
+        vlmcheck.check(write(tmp_path, raw))
+        mine = True
+    except DatasetError as e:
+        assert "before step 1" in str(e)
+        mine = False
+    assert mine == theirs, f"{case}: datasets {'loads' if theirs else 'fails'}"

@@ -42,13 +42,24 @@ from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import UsageError
 from vlmcheck.families import Expansion, Overrides
-from vlmcheck.frameworks._run import ProcessorRun, largest_budget, mapped, section, truthy, whole_number
+from vlmcheck.frameworks._run import (
+    ProcessorRun,
+    json_loadable,
+    largest_budget,
+    mapped,
+    run_version,
+    section,
+    truthy,
+    whole_number,
+)
 from vlmcheck.frameworks.verl import GROUP_ESTIMATORS, launch_overrides
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.results import SampleResult
 
 NAME = "easyr1"
 VERSIONS = "EasyR1 at b44b311b (0.3.3.dev0), RLHFDataset"
+# EasyR1's requirements leave datasets unpinned: the one installed beside vlmcheck, else the newest (5.2.0)
+EASYR1_DATASETS = "5.2.0"
 SCAN_DEFAULTS: dict[str, Any] | None = None  # prompts are judged against max_prompt_length: `vlmcheck check` only
 
 # verl/trainer/config.py DataConfig
@@ -295,11 +306,14 @@ class Run(ProcessorRun):
         self.use_model(spec)
         self.max_length = config.max_prompt_length
         self._decoded: dict[Path, bool] = {}
+        self.hf_datasets, self.hf_datasets_assumed = run_version("datasets", newest=EASYR1_DATASETS, below=(1 << 30,))
 
     def inputs(self) -> list[Path]:
         return [self.config.path, *self.config.files]
 
     def rows(self) -> Iterator[tuple[Any, Path]]:
+        # RLHFDataset: load_dataset(type, data_files=file) or (a folder) load_dataset(type, data_dir=folder)
+        json_loadable(self.config.files, datasets_version=self.hf_datasets, loader="RLHFDataset's load_dataset")
         for file in self.config.files:
             for row in read_rows(file):
                 yield row, file
@@ -314,6 +328,8 @@ class Run(ProcessorRun):
             "prompt_key": cfg.prompt_key, "image_key": cfg.image_key, "image_max_pixels": cfg.max_pixels,
             "image_min_pixels": cfg.min_pixels, "media_dir": str(cfg.image_dir) if cfg.image_dir else None,
             "notes": list(cfg.notes),
+            "datasets_library": self.hf_datasets + (" (assumed: the newest)" if self.hf_datasets_assumed
+                                                    else " (installed here)"),
         }
 
     # -- one row --------------------------------------------------------------------------------------------------
