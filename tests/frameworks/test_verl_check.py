@@ -107,3 +107,39 @@ def test_a_script_that_launches_nothing_known_is_exit_2(tmp_path: Path, text: st
     script.write_text(text)
     result = CliRunner().invoke(main, ["check", str(script)])
     assert result.exit_code == 2 and "no training command" in result.output
+
+
+@pytest.mark.parametrize("case", ["mixed types in the file", "a new column past 10 MiB"])
+def test_a_json_file_stops_the_check_where_load_dataset_cannot_load_it(tmp_path: Path, case: str,
+                                                                        qwen2_vl_checkpoint: Path) -> None:
+    """verl loads each .json / .jsonl file with load_dataset("json") and leaves datasets unpinned: the one installed
+    here is taken for the run's, and its load_dataset is the oracle."""
+    import datasets
+
+    from vlmcheck.errors import DatasetError
+
+    row = {"prompt": [{"role": "user", "content": "What is 1+1?"}], "data_source": "x"}
+    path = tmp_path / "train.jsonl"
+    with path.open("w") as f:
+        if case == "mixed types in the file":
+            f.write(json.dumps({**row, "meta": "a"}) + "\n" + json.dumps({**row, "meta": ["a"]}) + "\n")
+        else:
+            size = 0
+            while size <= 10 << 20:
+                size += f.write(json.dumps({**row, "pad": "x" * 900}) + "\n")
+            f.write(json.dumps({**row, "pad": "x", "meta": "new"}) + "\n")
+    try:
+        datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=str(tmp_path / "cache"))
+        theirs = True
+    except Exception:
+        theirs = False
+    script = tmp_path / "run.sh"
+    script.write_text(f"python3 -m verl.trainer.main_ppo data.train_files={path} data.max_prompt_length=4096 "
+                      f"actor_rollout_ref.model.path={qwen2_vl_checkpoint}\n")
+    try:
+        vlmcheck.check(script)
+        mine = True
+    except DatasetError as e:
+        assert "before step 1" in str(e)
+        mine = False
+    assert (mine, theirs) == ((True, True) if case == "mixed types in the file" else (False, False))

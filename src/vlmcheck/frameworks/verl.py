@@ -40,12 +40,23 @@ from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import UsageError
 from vlmcheck.families import Expansion, Overrides
-from vlmcheck.frameworks._run import ProcessorRun, expand_shell, mapped, section, truthy, whole_number
+from vlmcheck.frameworks._run import (
+    ProcessorRun,
+    expand_shell,
+    json_loadable,
+    mapped,
+    run_version,
+    section,
+    truthy,
+    whole_number,
+)
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.results import SampleResult
 
 NAME = "verl"
 VERSIONS = "0.9.1, RLHFDataset + agent-loop rollout"
+# verl leaves datasets unpinned: the one installed beside vlmcheck, else the newest (5.2.0)
+VERL_DATASETS = "5.2.0"
 # no `vlmcheck scan --framework verl`: its prompts are judged against max_prompt_length, which a scan does not model
 SCAN_DEFAULTS: dict[str, Any] | None = None
 
@@ -263,11 +274,14 @@ class Run(ProcessorRun):
         self.config = config
         self.use_model(spec)
         self.max_length = config.max_prompt_length
+        self.hf_datasets, self.hf_datasets_assumed = run_version("datasets", newest=VERL_DATASETS, below=(1 << 30,))
 
     def inputs(self) -> list[Path]:
         return [self.config.path, *self.config.files]
 
     def rows(self) -> Iterator[tuple[Any, Path]]:
+        for file in self.config.files:  # _read_files_and_tokenize: load_dataset("json", data_files=file) each
+            json_loadable([file], datasets_version=self.hf_datasets, loader="RLHFDataset's load_dataset")
         count = 0
         for file in self.config.files:
             for row in read_rows(file):
@@ -286,6 +300,8 @@ class Run(ProcessorRun):
             "image_max_pixels": self.settings.pre_max_pixels, "image_min_pixels": self.settings.pre_min_pixels,
             "media_dir": "inside the data files",
             "train_max_samples_shuffled": cfg.max_samples > 0 and truthy(cfg.values.get("shuffle")),
+            "datasets_library": self.hf_datasets + (" (assumed: the newest)" if self.hf_datasets_assumed
+                                                    else " (installed here)"),
         }
 
     # -- one row --------------------------------------------------------------------------------------------------
