@@ -3,10 +3,11 @@ JSON Lines file is read in, the casts between chunks and between the files of on
 ``load_dataset`` fail before training starts.
 
 Every framework that reads a local .json / .jsonl dataset through ``datasets.load_dataset("json", ...)`` shares
-these rules (LLaMA-Factory's engines, ms-swift, TRL's scripts); each framework module says what its loader does when
-they fail. Measured on datasets 4.0.0 (LLaMA-Factory 0.9.5 pins <= 4.0.0) and 4.8.4 (ms-swift 4.6 takes 4.0 to
-4.8.4): from 4.7.0 the loader keeps a field of mixed types as JSON text (``on_mixed_types="use_json"``, a ``Json``
-feature decoded back to the row's own values) instead of failing, see ``json_schema(mixed_as_json=True)``.
+these rules (LLaMA-Factory's engines, ms-swift, TRL's scripts, Unsloth's, EasyR1's and verl's RLHFDataset); each
+framework module says which datasets its run has and what its loader does when they fail. Measured on datasets
+4.0.0 (LLaMA-Factory 0.9.5 pins <= 4.0.0), 4.8.4 (ms-swift 4.6 takes 4.0 to 4.8.4) and 5.1: from 4.7.0 the loader
+keeps a field of mixed types as JSON text (``on_mixed_types="use_json"``, a ``Json`` feature decoded back to the
+row's own values) instead of failing, see ``json_schema(mixed_as_json=True)``.
 """
 
 from __future__ import annotations
