@@ -20,6 +20,8 @@ def qwen2_vl_checkpoint() -> Path:
 
 @pytest.fixture(scope="session")
 def checkpoint_for():
+    """The offline checkpoint folder of a Qwen-VL model type (those sharing Qwen3-VL's processor included)."""
+    from qwen3_sharing_checkpoint import ARCHITECTURES, sharing_checkpoint
     from vlmcheck.demo.checkpoints import qwen_checkpoint
 
-    return qwen_checkpoint
+    return lambda model_type: (sharing_checkpoint if model_type in ARCHITECTURES else qwen_checkpoint)(model_type)

@@ -30,7 +30,7 @@ def qwen_processor(model_type: str = "qwen2_vl", **overrides: Any):
         from transformers import Qwen2VLProcessor as Base
     elif model_type == "qwen2_5_vl":
         from transformers import Qwen2_5_VLProcessor as Base
-    elif model_type == "qwen3_vl":
+    elif model_type in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"):
         from transformers import Qwen3VLProcessor as Base
     else:
         raise ValueError(model_type)
@@ -42,7 +42,12 @@ def qwen_processor(model_type: str = "qwen2_vl", **overrides: Any):
                 chat_template=chat_template, **kwargs,
             )
 
-    folder = qwen_checkpoint(model_type)
+    if model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+        folder = qwen_checkpoint(model_type)
+    else:
+        from qwen3_sharing_checkpoint import sharing_checkpoint
+
+        folder = sharing_checkpoint(model_type)
     kwargs = _preprocessor_kwargs(folder)
     kwargs.update(overrides)
     image_processor = Qwen2VLImageProcessorPil(**kwargs)

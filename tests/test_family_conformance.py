@@ -24,6 +24,15 @@ from vlmcheck.families.base import (
 from vlmcheck.families.base import Family as FamilyProtocol
 
 
+def _sharing(model_type: str) -> Callable[[], Path]:
+    def build() -> Path:
+        from qwen3_sharing_checkpoint import sharing_checkpoint
+
+        return sharing_checkpoint(model_type)
+
+    return build
+
+
 def _qwen(model_type: str) -> Callable[[], Path]:
     def build() -> Path:
         from vlmcheck.demo.checkpoints import qwen_checkpoint
@@ -104,6 +113,9 @@ CHECKPOINTS: dict[str, Callable[[], Path]] = {
     "qwen2_vl": _qwen("qwen2_vl"),
     "qwen2_5_vl": _qwen("qwen2_5_vl"),
     "qwen3_vl": _qwen("qwen3_vl"),
+    "qwen3_vl_moe": _sharing("qwen3_vl_moe"),
+    "qwen3_5": _sharing("qwen3_5"),
+    "qwen3_5_moe": _sharing("qwen3_5_moe"),
     "llava": _llava,
     "gemma3": _gemma3,
     "llava_next": _llava_next,

@@ -1,4 +1,5 @@
-"""Counts proved against transformers' own Qwen2-VL / Qwen2.5-VL / Qwen3-VL processors.
+"""Counts proved against transformers' own Qwen2-VL / Qwen2.5-VL / Qwen3-VL processors (Qwen3-VL's also as
+transformers builds it for Qwen3-VL MoE and Qwen3.5 checkpoints).
 
 For every sample the processor is the oracle: its ``input_ids`` length must equal vlmcheck's
 ``tokens``, and each run of ``<|image_pad|>`` ids must equal the per-image ``image_tokens``.
@@ -118,6 +119,9 @@ def _oracle(processor, row: dict, folder: Path) -> tuple[int, list[int]]:
         ("qwen2_vl", {}),
         ("qwen2_5_vl", {}),
         ("qwen3_vl", {}),
+        # model types transformers gives Qwen3VLProcessor too
+        ("qwen3_vl_moe", {}),
+        ("qwen3_5", {}),
         # the class-default budget LLaMA-Factory-style users pass as processor kwargs
         ("qwen2_vl", {"max_pixels": 1003520, "min_pixels": 200704}),
     ],

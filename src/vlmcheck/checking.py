@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlmcheck import findings as F
 from vlmcheck.counting import unreadable_row
+from vlmcheck.data.hfjson import NotFollowed, Rewritten
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.frameworks import Run, detect, read_launch
 from vlmcheck.options import CheckOptions, from_keywords, keyword_signature
@@ -58,15 +60,29 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def judge_row(run: Run, index: int, row: Any, source: Any) -> SampleResult:
-    """``run.judge`` of one row; a row of a shape no judge expected is a finding on it, and the check goes on."""
+    """``run.judge`` of one row; a row of a shape no judge expected is a finding on it, and the check goes on. A
+    row the load changes (hfjson.as_loaded) is judged as loaded and says so (VC008); one it changes in a way
+    vlmcheck does not follow is not counted (VC007)."""
+    if isinstance(row, NotFollowed):
+        result = SampleResult(index=index, id=str(index), tokens=None, image_tokens=[], supervised_tokens=None)
+        result.findings.append(F.make("VC007", f"{row.reason}, which vlmcheck does not follow: the row is not "
+                                               "counted"))
+        result.framework = {"name": run.name, "verdict": "unknown"}
+        return result
     try:
-        return run.judge(index, row, source)
+        result = run.judge(index, row, source)
     except (UsageError, KeyboardInterrupt, MemoryError):
         raise
     except Exception as e:
         result = unreadable_row(index, row, e)
         result.framework = {"name": run.name, "verdict": "unknown"}
         return result
+    if isinstance(row, Rewritten):
+        result.findings.append(F.make(
+            "VC008", f"datasets returns this row's {', '.join(row.fields)} otherwise than the file writes "
+                     "it (a field of mixed types, kept as JSON text): the framework trains on what datasets returns, "
+                     "and vlmcheck counted that", fields=row.fields))
+    return result
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,18 @@ _RULES = [
          "Write the content in the shape the template renders (typed text parts for processor templates, "
          "as TRL's prepare_multimodal_messages does), or fix the template."),
     Rule("VC007", "not-counted", Severity.WARNING, "vlmcheck does not model what the framework does with this row",
-         "The row uses something of the framework's data path that vlmcheck does not simulate yet (LLaMA-Factory: "
-         "tools and tool turns under a template without the qwen tool format, or in an openai-format dataset): "
-         "its length and its verdict are unknown, never guessed.",
+         "The row uses something of the framework's data path that vlmcheck does not simulate yet (for instance "
+         "LLaMA-Factory's tools under a template without the qwen tool format, ms-swift's videos, or a value "
+         "datasets rewrites in a way vlmcheck does not follow): its length and its verdict are unknown, never "
+         "guessed.",
          "Check the row with the framework itself, or with `vlmcheck scan --exact` on the rendered text."),
+    Rule("VC008", "rewritten-by-loader", Severity.WARNING, "The data loader returns this row otherwise than the file writes it",
+         "datasets (4.7 and later) keeps a field whose values have mixed types (a string in one row, a list in "
+         "another; objects with other fields) as JSON text: a string of it that reads as JSON (\"2\", \"true\", "
+         "\"null\", quoted text, an object) comes back as that value, and a field that was text in the first 10 "
+         "MiB (or the first file) is written as JSON text from the chunk where it mixes, quotes and escapes "
+         "included. The framework trains on what datasets returns: vlmcheck counts that, and names the fields.",
+         "Give the field one type in every row (content always a string, or always a list of parts)."),
     Rule("VC006", "dropped-by-framework", Severity.WARNING, "The training framework skips this row",
          "The framework's own converter rejects the row (roles that do not alternate, an odd number of turns, no "
          "answer) and trains without it, logging one line among thousands: the data you count on is not trained "
@@ -138,6 +146,10 @@ _RULES = [
          "and video tokens do not match\" at the step that reaches this sample.",
          "Raise the max length, sample fewer frames (fps / max_frames) or fewer pixels per frame, or drop the "
          "sample."),
+    Rule("VC206", "prompt-over-budget", Severity.ERROR, "An RL prompt is longer than the run's prompt budget",
+         "RL frameworks generate from the prompt alone: a prompt over the budget (verl's max_prompt_length with "
+         "truncation='error', vLLM's max model length) stops the run at the step that reaches it.",
+         "Raise the prompt budget, cap the image pixels, or drop the sample."),
     Rule("VC207", "cross-attention-misaligned", Severity.ERROR,
          "After the cut, the image cross-attention mask no longer lines up with the text",
          "The framework builds Llama 3.2 Vision's cross_attention_mask from the whole sample and cuts only the "
@@ -146,10 +158,6 @@ _RULES = [
          "wrong image or none. Nothing raises: the sample trains with its text and images mismatched.",
          "Raise the max length so the sample is not cut, cut from the right with every image before the cut, or "
          "drop the sample."),
-    Rule("VC206", "prompt-over-budget", Severity.ERROR, "An RL prompt is longer than the run's prompt budget",
-         "RL frameworks generate from the prompt alone: a prompt over the budget (verl's max_prompt_length with "
-         "truncation='error', vLLM's max model length) stops the run at the step that reaches it.",
-         "Raise the prompt budget, cap the image pixels, or drop the sample."),
 ]
 
 SCAN_CODES = register(Catalogue("VC", "scan", "docs/findings.md", tuple(_RULES)))

@@ -6,17 +6,22 @@ Every framework that reads a local .json / .jsonl dataset through ``datasets.loa
 these rules (LLaMA-Factory's engines, ms-swift, TRL's scripts, Unsloth's, EasyR1's and verl's RLHFDataset); each
 framework module says which datasets its run has and what its loader does when they fail. Measured on datasets
 4.0.0 (LLaMA-Factory 0.9.5 pins <= 4.0.0), 4.8.4 (ms-swift 4.6 takes 4.0 to 4.8.4) and 5.1: from 4.7.0 the loader
-keeps a field of mixed types as JSON text (``on_mixed_types="use_json"``, a ``Json`` feature decoded back to the
-row's own values) instead of failing, see ``json_schema(mixed_as_json=True)``.
+keeps a field of mixed types as JSON text (``on_mixed_types="use_json"``) instead of failing, see
+``json_schema(mixed_as_json=True)``, and what that does to the rows' values: ``as_loaded`` (a ``Json`` feature
+reads a string that is valid JSON as that value; a text field that mixes only after the first table is written as
+JSON text from there on).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import copy
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmcheck.data.compressed import compression
+from vlmcheck.data.compressed import compression, open_binary
 from vlmcheck.data.readers import dataset_kind
 from vlmcheck.data.readers import iter_rows as read_rows
 
@@ -85,9 +90,10 @@ def unify_types(a: Any, b: Any, where: str, mixed_as_json: bool = False) -> Any:
         return max(a, b, key=NUMBERS.index)
     if isinstance(a, tuple) and isinstance(b, tuple):
         return ("list", unify_types(a[1], b[1], where + "[]", mixed_as_json))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return {k: unify_types(a.get(k), b.get(k), f"{where}.{k}" if where else k, mixed_as_json)
-                for k in {**a, **b}}
+    if isinstance(a, dict) and isinstance(b, dict):  # merged into ``a`` (a fresh type of json_type's): the new keys
+        for k, v in b.items():
+            a[k] = unify_types(a.get(k), v, f"{where}.{k}" if where else k, mixed_as_json)
+        return a
     if mixed_as_json and where:
         return JSON
     raise TypeClash(f"{where or 'a column'} is {_kind(b)} here and {_kind(a)} in an earlier row")
@@ -132,7 +138,26 @@ def cast_problem(first: Any, later: Any, where: str = "") -> str | None:
     return f"{name} is {_kind(later)} here and {_kind(first)} in the first table"
 
 
-def json_schema(files: Sequence[Path], mixed_as_json: bool = False) -> Any:
+Path_ = tuple[str, ...]  # a field: its keys, "[]" for a list's items
+
+
+@dataclass
+class LoadPlan:
+    """What datasets >= 4.7 does to the values of the rows it loads (see ``as_loaded``): ``decoded``, the fields
+    that are JSON in the first table (a ``Json`` feature: every value comes back through ``json.loads``, so a string
+    that reads as JSON comes back as that value); ``encoded``, per field that was text in the first table and
+    mixed in a later one, the (file index, row) it is written as JSON text from (every string that does not read as
+    JSON is quoted); ``unmodelled``, the same for fields written some way vlmcheck does not follow."""
+
+    decoded: list[Path_] = field(default_factory=list)
+    encoded: list[tuple[int, int, Path_]] = field(default_factory=list)
+    unmodelled: list[tuple[int, int, Path_]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.decoded or self.encoded or self.unmodelled)
+
+
+def json_schema(files: Sequence[Path], mixed_as_json: bool = False, plan: LoadPlan | None = None) -> Any:
     """The column types (json_type's) of the table ``datasets.load_dataset("json")`` makes of ``files``: the
     first table's (a JSON Lines file's first chunk, a JSON array whole), every later table checked against it (see
     DATASETS_JSON_CHUNK). TypeClash naming the file and row where the load fails; rows that are not objects are
@@ -140,27 +165,37 @@ def json_schema(files: Sequence[Path], mixed_as_json: bool = False) -> Any:
 
     ``mixed_as_json`` (datasets >= 4.7): a field whose values clash within a table becomes JSON text instead of
     failing, and so does, in the first table, an object field whose objects have other field sets (or none) and a
-    field mixing objects or lists with other values (read only when every line of that chunk parses: a blank line
-    turns the search off, as there); a field once JSON stays JSON in every later table. The casts between tables
-    are the same."""
+    field mixing objects or lists with other values (searched only when every line of that chunk parses: a blank
+    line, a byte order mark, an unreadable line or an integer past 64 bits turns the search off, as there); a field
+    once JSON stays JSON in every later table. The casts between tables are the same, but for a top-level object
+    after text when the first file is JSON Lines (written as text). ``plan`` gets what the load does to values."""
     first: tuple[Any, str] | None = None  # the first table's type, and where it comes from
     mib = DATASETS_JSON_CHUNK >> 20
-    marked: list[tuple[str, ...]] = []  # the fields written as JSON text so far
-    for file in files:
+    marked: list[Path_] = []  # the fields written as JSON text so far
+    plan = plan if plan is not None else LoadPlan()
+    first_lines = False
+    for k, file in enumerate(files):
         spans: list[tuple[int, int]] = []
         lines = dataset_kind(file) == "jsonl"
         table: Any = None
         rows = opened = 0  # rows of the current table, and its first row's number in the file
         limit = DATASETS_JSON_CHUNK
         search = _StructSearch() if mixed_as_json and first is None else None
+        if first is None:
+            first_lines = lines
+        if search is not None and _has_bom(file):
+            search.off = True
         for number, row in enumerate(read_rows(file, spans=spans if lines else None)):
             if lines and rows and spans[-1][0] > limit:  # this row opens the next chunk
-                first = _close(first, table, search, marked, f"{file.name}, rows {opened}-{number - 1}",
-                               f"the first {mib} MiB of {file.name}")
-                limit = _chunk_end(file, limit, spans[-2][1], spans[-1][0]) + DATASETS_JSON_CHUNK
+                end = _chunk_end(file, limit, spans[-2][1], spans[-1][0])
+                if search is not None and end > spans[-2][1]:
+                    search.off = True  # a blank line closes the first chunk
+                first = _close(first, table, search, marked, plan, (k, opened), first_lines,
+                               f"{file.name}, rows {opened}-{number - 1}", f"the first {mib} MiB of {file.name}")
+                limit = end + DATASETS_JSON_CHUNK
                 table, rows, opened, search = None, 0, number, None
             if search is not None and lines and spans[-1][0] > (spans[-2][1] if len(spans) > 1 else 0):
-                search.blank = True  # a blank line before this row (the first line too)
+                search.off = True  # a blank line before this row (the first line too)
             del spans[:-2]  # only the last two rows' places are needed
             rows += 1
             if isinstance(row, Mapping):
@@ -170,10 +205,23 @@ def json_schema(files: Sequence[Path], mixed_as_json: bool = False) -> Any:
                     table = unify_types(table, json_type(row, "", mixed_as_json), "", mixed_as_json)
                 except TypeClash as e:
                     raise TypeClash(f"{file.name}, row {number}: {e}") from None
+            elif search is not None:
+                search.off = True  # a line ujson cannot read
         if rows:
-            first = _close(first, table, search, marked, f"{file.name}, rows {opened}-{opened + rows - 1}",
-                           file.name)
+            if search is not None and lines and spans and _size(file) not in (None, spans[-1][1]):
+                search.off = True  # blank lines after the last row
+            first = _close(first, table, search, marked, plan, (k, opened), first_lines,
+                           f"{file.name}, rows {opened}-{opened + rows - 1}", file.name)
     return first[0] if first else None
+
+
+def _has_bom(file: Path) -> bool:
+    with open_binary(file) as f:
+        return f.read(3) == b"\xef\xbb\xbf"
+
+
+def _size(file: Path) -> int | None:
+    return None if compression(file) is not None else file.stat().st_size
 
 
 def _chunk_end(file: Path, limit: int, row_end: int, next_start: int) -> int:
@@ -190,16 +238,28 @@ def _chunk_end(file: Path, limit: int, row_end: int, next_start: int) -> int:
     return row_end + at + 1 if at >= 0 else next_start
 
 
-def _close(first: tuple[Any, str] | None, table: Any, search: _StructSearch | None, marked: list[tuple[str, ...]],
-           here: str, place: str) -> tuple[Any, str]:
-    """A finished table: its JSON fields (the mixed objects of the first one's search, the fields marked before)
-    set, the fields newly JSON remembered, then _next_table."""
-    if search is not None and not search.blank:
+def _close(first: tuple[Any, str] | None, table: Any, search: _StructSearch | None, marked: list[Path_],
+           plan: LoadPlan, at: tuple[int, int], first_lines: bool, here: str, place: str) -> tuple[Any, str]:
+    """A finished table (its first row ``at``: file index, row): its JSON fields (the mixed objects of the first
+    one's search, the fields marked before) set, the fields newly JSON remembered (in ``plan`` too), then
+    _next_table."""
+    if search is not None and not search.off:
         for path in search.mixed():
             table = _set_json(table, path)
     for path in marked:
         table = _set_json(table, path)
-    marked.extend(p for p in _json_paths(table, ()) if p not in marked)
+    new = [p for p in _json_paths(table, ()) if p not in marked]
+    marked.extend(new)
+    if first is None:
+        plan.decoded.extend(new)
+    else:
+        plan.encoded.extend((*at, p) for p in new if p not in plan.decoded)
+        if first_lines and isinstance(first[0], dict) and isinstance(table, dict):
+            # ``_cast_table``: a top-level object where the first table has text is written as JSON text (pandas)
+            plan.unmodelled.extend((*at, (key,)) for key, kind in table.items()
+                                   if first[0].get(key) == "str" and isinstance(kind, dict))
+            table = {key: "str" if first[0].get(key) == "str" and isinstance(kind, dict) else kind
+                     for key, kind in table.items()}
     return _next_table(first, table, here, place)
 
 
@@ -209,14 +269,16 @@ class _StructSearch:
     whether another object has other keys."""
 
     def __init__(self) -> None:
-        self.kinds: dict[tuple[str, ...], set[str]] = {}
-        self.keys: dict[tuple[str, ...], frozenset[str]] = {}
-        self.other: set[tuple[str, ...]] = set()
-        self.blank = False
+        self.kinds: dict[Path_, set[str]] = {}
+        self.keys: dict[Path_, frozenset[str]] = {}
+        self.other: set[Path_] = set()
+        self.off = False
 
-    def add(self, value: Any, path: tuple[str, ...] = (), depth: int = 0) -> None:
+    def add(self, value: Any, path: Path_ = (), depth: int = 0) -> None:
         if value is None or depth > 64:
             return
+        if isinstance(value, int) and not isinstance(value, bool) and not -(1 << 63) <= value < (1 << 64):
+            self.off = True  # past what ujson reads: the search raises and is skipped
         kind = "dict" if isinstance(value, Mapping) else "list" if isinstance(value, list) else "value"
         self.kinds.setdefault(path, set()).add(kind)
         if kind == "dict":
@@ -229,21 +291,21 @@ class _StructSearch:
             for v in value:
                 self.add(v, (*path, "[]"), depth + 1)
 
-    def mixed(self) -> list[tuple[str, ...]]:
-        found: list[tuple[str, ...]] = []
+    def mixed(self) -> list[Path_]:
+        found: set[Path_] = set()
         for path in sorted(self.kinds, key=len):
             if any(path[:n] in found for n in range(len(path))):
                 continue  # inside a field already written as JSON
             kinds = self.kinds[path]
             if kinds == {"dict"}:
                 if path and (path in self.other or not self.keys[path]):
-                    found.append(path)
+                    found.add(path)
             elif len(kinds) > 1 and kinds & {"dict", "list"}:
-                found.append(path)
-        return found
+                found.add(path)
+        return sorted(found)
 
 
-def _set_json(t: Any, path: tuple[str, ...]) -> Any:
+def _set_json(t: Any, path: Path_) -> Any:
     """``t`` with the field at ``path`` JSON (unchanged where ``t`` has no such field)."""
     if not path:
         return JSON
@@ -255,7 +317,7 @@ def _set_json(t: Any, path: tuple[str, ...]) -> Any:
     return t
 
 
-def _json_paths(t: Any, path: tuple[str, ...]) -> list[tuple[str, ...]]:
+def _json_paths(t: Any, path: Path_) -> list[Path_]:
     if t == JSON:
         return [path]
     if isinstance(t, tuple):
@@ -275,6 +337,129 @@ def _next_table(first: tuple[Any, str] | None, table: Any, here: str, place: str
         raise TypeClash(f"{here}: {problem.replace('the first table', first[1])}")
     return first
 
+
+# -- the values the load returns ----------------------------------------------------------------------------------
+class Rewritten(dict[str, Any]):
+    """A row as datasets returns it, changed from the file's (``fields``: the fields whose values changed)."""
+
+    fields: list[str]
+
+
+class NotFollowed:
+    """A row whose values datasets changes in a way vlmcheck does not follow (``reason``): not counted."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def as_loaded(row: Any, plan: LoadPlan, at: tuple[int, int]) -> Any:
+    """``row`` (file index and row number ``at``) as datasets >= 4.7 returns it under ``plan``: a Rewritten copy
+    when a value changes, a NotFollowed when vlmcheck cannot say how, else the row itself."""
+    if not plan or not isinstance(row, Mapping):
+        return row
+    for file, start, path in plan.unmodelled:
+        if (file, start) <= at and _has(row, path):
+            return NotFollowed(f"datasets writes {'.'.join(path)} as JSON text with pandas (an object where the "
+                               "first table has text)")
+    out = copy.deepcopy(dict(row))
+    changed: list[str] = []
+    try:
+        for path in plan.decoded:
+            out = _change(out, path, _decode, changed, ".".join(path))
+        for file, start, path in plan.encoded:
+            if (file, start) <= at:
+                out = _change(out, path, _encode, changed, ".".join(path))
+    except _Unfollowed as e:
+        return NotFollowed(str(e))
+    if not changed:
+        return row
+    result = Rewritten(out)
+    result.fields = sorted(set(changed))
+    return result
+
+
+class _Unfollowed(Exception):
+    pass
+
+
+def _has(value: Any, path: Path_) -> bool:
+    if not path:
+        return value is not None
+    head, rest = path[0], path[1:]
+    if head == "[]":
+        return isinstance(value, list) and any(_has(v, rest) for v in value)
+    return isinstance(value, Mapping) and _has(value.get(head), rest)
+
+
+def _change(value: Any, path: Path_, how: Callable[[Any], Any], changed: list[str], name: str) -> Any:
+    if not path:
+        if value is None:
+            return None
+        new = how(value)
+        if type(new) is not type(value) or new != value:
+            changed.append(name)
+        return new
+    head, rest = path[0], path[1:]
+    if head == "[]":
+        return [_change(v, rest, how, changed, name) for v in value] if isinstance(value, list) else value
+    if isinstance(value, dict) and head in value:
+        value[head] = _change(value[head], rest, how, changed, name)
+    return value
+
+
+def _reads_as_json(text: str) -> tuple[bool, Any]:
+    try:
+        return True, json.loads(text)
+    except ValueError:
+        return False, None
+
+
+def _decode(value: Any) -> Any:
+    """A ``Json`` feature's value: written as it is when it is a string that reads as JSON, else as its JSON
+    text, then read back with ujson: a string that reads as JSON comes back as that value."""
+    if isinstance(value, str):
+        ok, parsed = _reads_as_json(value)
+        return parsed if ok else value
+    if _has_float(value):
+        raise _Unfollowed("datasets writes a decimal number of a JSON-text field with 10 digits")
+    return value
+
+
+def _encode(value: Any) -> Any:
+    """A text field's value once the field is JSON text: a string that reads as JSON as it is, anything else as
+    ujson writes it (ASCII only, "/" escaped, no spaces)."""
+    if isinstance(value, str) and _reads_as_json(value)[0]:
+        return value
+    if _has_float(value):
+        raise _Unfollowed("datasets writes a decimal number of a JSON-text field with 10 digits")
+    return ujson_text(value)
+
+
+def ujson_text(value: Any) -> str:
+    """``value`` as datasets' ujson_dumps writes it: no spaces, "/" escaped, every character past ASCII escaped
+    (astral ones as surrogate pairs), DEL left as it is; decimal numbers are not written here."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":")).replace("/", "\\/")
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if code < 0x80:
+            out.append(ch)
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            code -= 0x10000
+            out.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}")
+    return "".join(out)
+
+
+def _has_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, list):
+        return any(_has_float(v) for v in value)
+    if isinstance(value, Mapping):
+        return any(_has_float(v) for v in value.values())
+    return False
 
 
 def new_columns(files: Sequence[Path]) -> tuple[Path, list[str]] | None:

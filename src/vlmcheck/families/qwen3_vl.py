@@ -178,4 +178,19 @@ class Qwen3VLFamily(Qwen2VLFamily):
                            ("pixel_values_videos",), ("video_grid_thw",))
 
 
-FAMILY = Qwen3VLFamily()
+# transformers' models/auto/processing_auto.py gives these model types the same Qwen3VLProcessor (and
+# image_processing_auto.py the same Qwen2VLImageProcessor): Qwen3-VL MoE (Qwen3-VL-30B-A3B, 235B-A22B) and Qwen3.5
+# (dense and MoE), whose vision tower is Qwen3-VL's
+def _sharing(name: str, title: str) -> Qwen3VLFamily:
+    return Qwen3VLFamily(
+        name=name, title=title,
+        exactness=(f"exact: Qwen3-VL's processor (Qwen3VLProcessor, the class transformers builds for {name}), "
+                   f"proved on 200+ images with a {name} checkpoint folder"))
+
+
+FAMILIES = (
+    Qwen3VLFamily(),
+    _sharing("qwen3_vl_moe", "Qwen3-VL MoE"),
+    _sharing("qwen3_5", "Qwen3.5"),
+    _sharing("qwen3_5_moe", "Qwen3.5 MoE"),
+)

@@ -10,15 +10,17 @@ mechanics that every run repeats. A run class inherits :class:`ProcessorRun` and
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlmcheck import findings as F
-from vlmcheck.data.hfjson import MIXED_AS_JSON, TypeClash, json_schema
+from vlmcheck.data.compressed import data_suffix
+from vlmcheck.data.hfjson import MIXED_AS_JSON, LoadPlan, TypeClash, as_loaded, json_schema
 from vlmcheck.data.images import ImageProblem
 from vlmcheck.data.readers import BadRow, dataset_kind
+from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.families import Expansion, Family
 from vlmcheck.results import SampleResult
@@ -30,6 +32,9 @@ if TYPE_CHECKING:
 
 
 # -- the libraries of the run ------------------------------------------------------------------------------------
+# the suffixes datasets' load_dataset reads with its JSON builder (packaged_modules _EXTENSION_TO_MODULE)
+JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
+
 def version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", text)[:3])
 
@@ -49,21 +54,30 @@ def run_version(package: str, *, newest: str, below: tuple[int, ...], low: tuple
     return installed, False
 
 
-def json_loadable(files: Sequence[Path], *, datasets_version: str, loader: str) -> None:
+def json_loadable(files: Sequence[Path], *, datasets_version: str, loader: str) -> LoadPlan:
     """``datasets.load_dataset("json")`` of ``files`` (one source: one table), as ``datasets_version`` loads it
     (see vlmcheck.data.hfjson): where it cannot, DatasetError (``loader`` raises and the run stops before step
-    1). Files that are not JSON are left out."""
-    files = [f for f in files if f.suffix.lower() in (".json", ".jsonl") and dataset_kind(f) in ("json", "jsonl")]
+    1); else what the load does to the rows' values (read them with ``loaded_rows``). Files that are not JSON are
+    left out."""
+    plan = LoadPlan()
+    files = [f for f in files if data_suffix(f) in JSON_SUFFIXES and dataset_kind(f) in ("json", "jsonl")]
     if not files:
-        return
+        return plan
     try:
-        json_schema(files, version_tuple(datasets_version) >= MIXED_AS_JSON)
+        json_schema(files, version_tuple(datasets_version) >= MIXED_AS_JSON, plan)
     except RecursionError:  # nested past what vlmcheck follows: not judged here
-        return
+        return LoadPlan()
     except TypeClash as e:
         where = files[0] if len(files) == 1 else files[0].parent
         raise DatasetError(f"{where}, {e}: datasets {datasets_version} cannot load it as one table, so {loader} "
                            "raises and the run stops before step 1") from None
+    return plan
+
+
+def loaded_rows(file: Path, plan: LoadPlan, index: int = 0) -> Iterator[Any]:
+    """The rows of ``file`` (the ``index``-th file of its source) as the load returns them (hfjson.as_loaded)."""
+    for number, row in enumerate(read_rows(file)):
+        yield as_loaded(row, plan, (index, number)) if plan else row
 
 
 # -- config values ------------------------------------------------------------------------------------------------

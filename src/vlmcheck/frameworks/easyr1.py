@@ -39,13 +39,13 @@ from typing import Any
 from vlmcheck import findings as F
 from vlmcheck.chat import render_chat
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
-from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import UsageError
 from vlmcheck.families import Expansion, Overrides
 from vlmcheck.frameworks._run import (
     ProcessorRun,
     json_loadable,
     largest_budget,
+    loaded_rows,
     mapped,
     run_version,
     section,
@@ -313,9 +313,9 @@ class Run(ProcessorRun):
 
     def rows(self) -> Iterator[tuple[Any, Path]]:
         # RLHFDataset: load_dataset(type, data_files=file) or (a folder) load_dataset(type, data_dir=folder)
-        json_loadable(self.config.files, datasets_version=self.hf_datasets, loader="RLHFDataset's load_dataset")
-        for file in self.config.files:
-            for row in read_rows(file):
+        plan = json_loadable(self.config.files, datasets_version=self.hf_datasets, loader="RLHFDataset's load_dataset")
+        for k, file in enumerate(self.config.files):
+            for row in loaded_rows(file, plan, k):
                 yield row, file
 
     def settings_shown(self) -> dict[str, Any]:

@@ -46,13 +46,13 @@ from typing import Any
 from vlmcheck import findings as F
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
 from vlmcheck.data.readers import BadRow
-from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import UsageError, VlmcheckError
 from vlmcheck.families import Expansion, Overrides, gemma3, internvl, mllama
 from vlmcheck.frameworks._run import (
     ProcessorRun,
     expand_shell,
     json_loadable,
+    loaded_rows,
     mapped,
     run_version,
     version_tuple,
@@ -193,7 +193,8 @@ SPATIAL_MERGE = 2
 IMAGE_TAG = "<image>"
 # transformers' config classes: max_position_embeddings when config.json leaves it out (LlamaConfig,
 # Gemma3TextConfig, Qwen2VLTextConfig)
-CONFIG_DEFAULT_POSITIONS = {"llama": 2048, "gemma3_text": 131072, "qwen2_vl": 32768, "qwen2": 32768}
+CONFIG_DEFAULT_POSITIONS = {"llama": 2048, "gemma3_text": 131072, "qwen2_vl": 32768, "qwen2": 32768, "qwen3": 32768,
+                            "mllama_text_model": 131072}
 # the transformers ms-swift 4.6 accepts (its requirement: >=4.33,<5.20); the newest is what pip installs with it
 SWIFT_TRANSFORMERS = "5.19.0"
 SWIFT_TRANSFORMERS_BELOW = (5, 20)
@@ -532,8 +533,8 @@ class Run(ProcessorRun):
 
     def rows(self) -> Iterator[tuple[Any, Path]]:
         for file in self.config.datasets:
-            json_loadable([file], datasets_version=self.hf_datasets, loader="ms-swift's load_dataset")
-            for row in read_rows(file):
+            plan = json_loadable([file], datasets_version=self.hf_datasets, loader="ms-swift's load_dataset")
+            for row in loaded_rows(file, plan):
                 yield row, file
 
     def settings_shown(self) -> dict[str, Any]:
@@ -577,7 +578,7 @@ class Run(ProcessorRun):
         turns = [dict(m) for m in messages]
         if len(turns) % 2 or any(m.get("role") != ("user", "assistant")[i % 2] for i, m in enumerate(turns)):
             raise Unbuildable("the turns are not user/assistant pairs")
-        if any(SPLICE in m["content"] for m in turns) or SPLICE in system:
+        if SPLICE in chat.image_text and (any(SPLICE in m["content"] for m in turns) or SPLICE in system):
             raise NotModelled("a row holding the character U+E000 (vlmcheck's own marker)")
         if any(IMAGE_TAG in m["content"] for m in turns if m["role"] == "assistant"):
             raise NotModelled("an <image> tag in an answer (ms-swift gives it an image in order) is not modelled")

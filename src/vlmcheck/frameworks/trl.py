@@ -43,10 +43,9 @@ from typing import Any
 from vlmcheck import findings as F
 from vlmcheck.chat import render_chat, render_chat_with_generation_spans
 from vlmcheck.data.images import ImageProblem, decode_data_url, probe_bytes, probe_path
-from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.families import Expansion, Overrides
-from vlmcheck.frameworks._run import ProcessorRun, json_loadable, largest_budget, locate, mapped
+from vlmcheck.frameworks._run import ProcessorRun, json_loadable, largest_budget, loaded_rows, locate, mapped
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS, UNSET
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.preview import Previewer, image_refs, token_spans
@@ -401,12 +400,12 @@ class Run(ProcessorRun):
         return [self.config.path, *self.files]
 
     def rows(self) -> Iterator[tuple[Any, Path]]:
-        for source in self.config.datasets:
-            json_loadable(dataset_files(source, self.config.split), datasets_version=DATASETS_ASSUMED,
-                          loader="the script's load_dataset")
-        for file in self.files:
-            for row in read_rows(file):
-                yield row, file
+        plans = [(files, json_loadable(files, datasets_version=DATASETS_ASSUMED, loader="the script's load_dataset"))
+                 for files in (dataset_files(source, self.config.split) for source in self.config.datasets)]
+        for files, plan in plans:  # self.files, source by source
+            for k, file in enumerate(files):
+                for row in loaded_rows(file, plan, k):
+                    yield row, file
 
     def settings_shown(self) -> dict[str, Any]:
         cfg = self.config

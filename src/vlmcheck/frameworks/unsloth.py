@@ -54,11 +54,10 @@ from vlmcheck import findings as F
 from vlmcheck.chat import render_chat
 from vlmcheck.data.images import ImageProblem, decode_data_url, probe_bytes, probe_path
 from vlmcheck.data.readers import BadRow
-from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import UsageError
 from vlmcheck.families import Expansion, Overrides
 from vlmcheck.frameworks import pyscript, trl
-from vlmcheck.frameworks._run import json_loadable, locate, run_version
+from vlmcheck.frameworks._run import json_loadable, loaded_rows, locate, run_version
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS, UNSET
 from vlmcheck.frameworks.trl import SFT_DEFAULTS
 from vlmcheck.model import ModelSpec, load_model
@@ -711,9 +710,9 @@ class Run:
         return [self.script.path, *self.files]
 
     def rows(self) -> Iterator[tuple[Any, Path]]:
-        json_loadable(self.files, datasets_version=self.hf_datasets, loader="the script's load_dataset")
-        for file in self.files:
-            for row in read_rows(file):
+        plan = json_loadable(self.files, datasets_version=self.hf_datasets, loader="the script's load_dataset")
+        for k, file in enumerate(self.files):
+            for row in loaded_rows(file, plan, k):
                 yield row, file
 
     def shown_settings(self) -> Any:

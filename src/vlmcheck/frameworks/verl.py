@@ -37,13 +37,13 @@ from typing import Any
 from vlmcheck import findings as F
 from vlmcheck.chat import render_chat
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
-from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import UsageError
 from vlmcheck.families import Expansion, Overrides
 from vlmcheck.frameworks._run import (
     ProcessorRun,
     expand_shell,
     json_loadable,
+    loaded_rows,
     mapped,
     run_version,
     section,
@@ -280,11 +280,12 @@ class Run(ProcessorRun):
         return [self.config.path, *self.config.files]
 
     def rows(self) -> Iterator[tuple[Any, Path]]:
-        for file in self.config.files:  # _read_files_and_tokenize: load_dataset("json", data_files=file) each
-            json_loadable([file], datasets_version=self.hf_datasets, loader="RLHFDataset's load_dataset")
+        # _read_files_and_tokenize: load_dataset("json", data_files=file), file by file
+        plans = [json_loadable([file], datasets_version=self.hf_datasets, loader="RLHFDataset's load_dataset")
+                 for file in self.config.files]
         count = 0
-        for file in self.config.files:
-            for row in read_rows(file):
+        for file, plan in zip(self.config.files, plans):
+            for row in loaded_rows(file, plan):
                 if self.config.max_samples > 0 and count >= self.config.max_samples:
                     return
                 count += 1
