@@ -105,6 +105,8 @@ def _processor(model_path: str, tokenizer: Any) -> Any:
     from transformers.processing_utils import ProcessorMixin
 
     model_type = json.loads(Path(model_path, "config.json").read_text())["model_type"]
+    # transformers gives Qwen3-VL MoE and Qwen3.5 (dense, MoE) Qwen3-VL's processor
+    model_type = {"qwen3_vl_moe": "qwen3_vl", "qwen3_5": "qwen3_vl", "qwen3_5_moe": "qwen3_vl"}.get(model_type, model_type)
     base = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor, "qwen3_vl": Qwen3VLProcessor}[model_type]
 
     class WithoutVideo(base):  # type: ignore[misc, valid-type]
@@ -254,7 +256,7 @@ def _main(out_path: Path, configs: list[Path], work: Path, forward: int) -> None
     out_path.write_text(json.dumps(results))
 
 
-QWEN_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+QWEN_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
 
 
 def _model_type(path: Any) -> str:

@@ -1,6 +1,7 @@
 """LLaMA-Factory's templates that put other models' chat strings on a modelled plugin (``glm4_5v``,
 ``llava_next_llama3`` / ``_mistral`` / ``_qwen`` / ``_yi``, ``granite3_vision``, ``yi_vl``, ``paligemma_chat``,
-``mimo_vl``, ``mistral_small``), proved per sample against LLaMA-Factory 0.9.5's own pipeline as
+``mimo_vl``, ``mistral_small``; Qwen3.5's ``qwen3_5`` / ``qwen3_5_nothink`` / ``qwen3_6`` and ``qwen3_vl`` on a Qwen3-VL
+MoE checkpoint: Qwen3-VL's plugin on the model types that share its processor), proved per sample against LLaMA-Factory 0.9.5's own pipeline as
 test_llamafactory_templates.py proves the base templates.
 
 What differs from the base templates is text and tokenizer handling: each template's own strings and default system
@@ -34,9 +35,11 @@ def _checkpoints(qwen2_vl: Path) -> dict[str, Path]:
     from llava_next_checkpoint import llava_next_checkpoint
     from paligemma_checkpoint import paligemma_checkpoint
     from pixtral_checkpoint import pixtral_checkpoint
+    from qwen3_sharing_checkpoint import sharing_checkpoint
 
     return {"llava_next": llava_next_checkpoint(), "llava": llava_checkpoint(), "paligemma": paligemma_checkpoint(),
-            "glm4v": glm4v_checkpoint(), "mistral3": pixtral_checkpoint("mistral-small-3.1"), "qwen2_vl": qwen2_vl}
+            "glm4v": glm4v_checkpoint(), "mistral3": pixtral_checkpoint("mistral-small-3.1"), "qwen2_vl": qwen2_vl,
+            "qwen3_5": sharing_checkpoint("qwen3_5"), "qwen3_vl_moe": sharing_checkpoint("qwen3_vl_moe")}
 
 
 # template -> (checkpoint kind, a cutoff_len that cuts some images, a larger one)
@@ -51,8 +54,13 @@ VARIANTS: dict[str, tuple[str, int, int]] = {
     "paligemma_chat": ("paligemma", 300, 700),
     "mimo_vl": ("qwen2_vl", 400, 900),
     "mistral_small": ("mistral3", 800, 2000),
+    # Qwen3.5's templates (Qwen3-VL's plugin) on a qwen3_5 checkpoint; Qwen3-VL's own on its MoE's
+    "qwen3_5": ("qwen3_5", 400, 900),
+    "qwen3_5_nothink": ("qwen3_5", 400, 900),
+    "qwen3_6": ("qwen3_5", 400, 900),
+    "qwen3_vl": ("qwen3_vl_moe", 400, 900),
 }
-REASONING = ("glm4_5v", "mimo_vl")
+REASONING = ("glm4_5v", "mimo_vl", "qwen3_5", "qwen3_6", "qwen3_vl")
 
 
 @pytest.fixture(scope="module")

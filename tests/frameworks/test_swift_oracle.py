@@ -42,7 +42,7 @@ ORACLE = QWEN_IMAGES_PRELUDE + textwrap.dedent('''
     from swift.model import get_processor
     from swift.template import MaxLengthError, get_template
 
-    processor = get_processor(folder, model_type=job["template"])
+    processor = get_processor(folder, model_type=job["model_type"])
     merge = processor.image_processor.merge_size ** 2
     pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     from swift.dataset import load_dataset
@@ -174,17 +174,19 @@ def corpus(folder: Path) -> list[Path]:
 RESCALE = 150_000  # --max_pixels: the template's rescale_image before qwen-vl-utils
 
 
-@pytest.fixture(scope="module", params=["qwen2_vl", "qwen3_vl", "qwen2_vl --max_pixels"])
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen3_vl", "qwen2_vl --max_pixels", "qwen3_vl_moe"])
 def swift_oracle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                  checkpoint_for: Any) -> dict[str, Any]:
     """ms-swift's encode of the corpus for one template, on the demo checkpoint of its model type (Qwen3-VL: patch
     16, so MAX_PIXELS is divided by 32**2, and no default system prompt)."""
     python = oracle_python()
     data = corpus(tmp_path_factory.mktemp("swift"))
-    template = request.param.split()[0]
+    model_type = request.param.split()[0]
+    template = "qwen3_vl" if model_type == "qwen3_vl_moe" else model_type  # ms-swift's registry: qwen3_vl for both
     rescale = RESCALE if "--max_pixels" in request.param else None
-    checkpoint = checkpoint_for(template)
+    checkpoint = checkpoint_for(model_type)
     job = {"checkpoint": str(checkpoint), "data": [str(d) for d in data], "limits": LIMITS, "template": template,
+           "model_type": model_type,
            "max_pixels": rescale}
     # Qwen2-VL under MAX_PIXELS; Qwen3-VL under qwen-vl-utils' own budgets (in tokens of 32 x 32 px)
     max_pixels = MAX_PIXELS if template == "qwen2_vl" else None

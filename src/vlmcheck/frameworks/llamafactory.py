@@ -196,8 +196,10 @@ class Plugin:
 
 QWEN2_VL_PLUGIN = Plugin("qwen2_vl", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
                          ("qwen2_vl", "qwen2_5_vl"), counts_videos=True, takes_videos=True)
+# Qwen3VLPlugin serves Qwen3-VL and its MoE, and Qwen3.5 (the qwen3_5 / qwen3_6 templates): one processor class
 QWEN3_VL_PLUGIN = Plugin("qwen3_vl", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
-                         ("qwen3_vl",), counts_videos=True, takes_videos=True, video_timestamps=True)
+                         ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"), counts_videos=True,
+                         takes_videos=True, video_timestamps=True)
 # mm_plugin.py Gemma3Plugin.process_messages: processor.full_image_sequence per image, or with
 # image_do_pan_and_scan "Here is the original image ... and here are some crops ..." (the processor's own text)
 GEMMA3_PLUGIN = Plugin("gemma3", "<image_soft_token>", "", "", "", ("gemma3",), wrapped=False, qwen_rules=False)
@@ -323,6 +325,14 @@ TEMPLATES: dict[str, Template] = {
                  observation=_QWEN_OBSERVATION, function=_QWEN_FUNCTION, tool_format="qwen"),
         Template("qwen3_vl_nothink", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, QWEN3_VL_PLUGIN,
                  observation=_QWEN_OBSERVATION, function=_QWEN_FUNCTION, tool_format="qwen"),
+        # template.py "qwen3_5" / "qwen3_5_nothink" / "qwen3_6" (Qwen3.5): qwen3_vl's strings and plugin, its own tool
+        # format (qwen3_5: not modelled, rows with tools are VC007)
+        Template("qwen3_5", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, QWEN3_VL_PLUGIN, reasoning=True,
+                 observation=_QWEN_OBSERVATION, function=_QWEN_FUNCTION, tool_format="qwen3_5"),
+        Template("qwen3_5_nothink", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, QWEN3_VL_PLUGIN,
+                 observation=_QWEN_OBSERVATION, function=_QWEN_FUNCTION, tool_format="qwen3_5"),
+        Template("qwen3_6", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, QWEN3_VL_PLUGIN, reasoning=True,
+                 observation=_QWEN_OBSERVATION, function=_QWEN_FUNCTION, tool_format="qwen3_5"),
         # template.py "gemma3": Llama2Template (system fused into the first user turn), BOS prefix, no default
         # system; stop word / replaced EOS <end_of_turn> (already a special token of the Gemma 3 vocabulary)
         Template("gemma3", "<start_of_turn>user\n{content}<end_of_turn>\n<start_of_turn>model\n",

@@ -125,9 +125,10 @@ class ChatTemplate:
     cross_attention: bool = False
 
 
-def _chatml(name: str, default_system: str | None) -> ChatTemplate:
-    """template/templates/utils.py ChatmlTemplateMeta, with Qwen2VLTemplate.replace_tag (templates/qwen.py)."""
-    return ChatTemplate(name=name, model_types=(name,), default_system=default_system, prefix="",
+def _chatml(name: str, default_system: str | None, *also: str) -> ChatTemplate:
+    """template/templates/utils.py ChatmlTemplateMeta, with Qwen2VLTemplate.replace_tag (templates/qwen.py); the
+    model's own type and ``also`` those ms-swift's registry gives it too."""
+    return ChatTemplate(name=name, model_types=(name, *also), default_system=default_system, prefix="",
                         system_prefix="<|im_start|>system\n{system}<|im_end|>\n",
                         prompt="<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n",
                         chat_sep="<|im_end|>\n", suffix="<|im_end|>\n",
@@ -177,7 +178,7 @@ LLAMA3_2_VISION = ChatTemplate(
 TEMPLATES: dict[str, ChatTemplate] = {
     "qwen2_vl": _chatml("qwen2_vl", "You are a helpful assistant."),
     "qwen2_5_vl": _chatml("qwen2_5_vl", "You are a helpful assistant."),
-    "qwen3_vl": _chatml("qwen3_vl", None),
+    "qwen3_vl": _chatml("qwen3_vl", None, "qwen3_vl_moe"),  # model/models/qwen.py: Qwen3-VL MoE gets qwen3_vl
     "gemma3_vision": GEMMA3_VISION,
     "llava1_5_hf": LLAVA1_5_HF,
     "internvl_hf": INTERNVL_HF,
@@ -188,7 +189,7 @@ VERSIONS = f"4.6, {' / '.join(TEMPLATES)} templates"
 MODEL_TYPES = {t: name for name, template in TEMPLATES.items() for t in template.model_types}
 # model/models/qwen.py: the image_patch_size each loader passes compat_qwen_vl_utils (Qwen2VLLoader 14,
 # Qwen3VLLoader 16); with SPATIAL_MERGE_SIZE 2 the factor MAX_PIXELS is divided by, squared
-IMAGE_PATCH = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
+IMAGE_PATCH = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16, "qwen3_vl_moe": 16}  # Qwen3VLMoeLoader: Qwen3VLLoader's
 SPATIAL_MERGE = 2
 IMAGE_TAG = "<image>"
 # transformers' config classes: max_position_embeddings when config.json leaves it out (LlamaConfig,
