@@ -48,6 +48,13 @@ def _rows(token: str, placeholder_is_token: bool) -> list[dict[str, Any]]:
                  row(f"<image>What is {token} this?", "Nothing.", ["images/wide.png"]),
                  row("<image>Describe.", f"{LONG} {token}", ["images/sq56.png"]),  # the cut takes the literal
                  row(f"No image, just {token}.", "Fine.", [])]
+    # a literal "{{idx}}" in a question: Template._encode formats each user turn with idx=str(i // 2), and the
+    # formatter replaces the first "{{idx}}" of the formatted slot, the user's own (Llama2Template passes no idx);
+    # the same text in an answer or a system prompt stays
+    rows += [row("<image>Turn {{idx}}: {{idx}} what?", "Answer {{idx}}.", ["images/sq56.png"], system="S {{idx}}"),
+             {"conversations": [{"from": "human", "value": "<image>first"}, {"from": "gpt", "value": "one"},
+                                {"from": "human", "value": "second {{idx}}"}, {"from": "gpt", "value": "two"}],
+              "images": ["images/wide.png"], "system": ""}]
     return rows
 
 
@@ -81,7 +88,7 @@ def proof(tmp_path_factory: pytest.TempPathFactory, llamafactory_python: Path,
 
 
 def test_every_sample_agrees_with_llamafactory(proof: dict[str, Any]) -> None:
-    assert_agreement(proof, at_least=60)
+    assert_agreement(proof, at_least=80)
 
 
 def test_a_literal_left_by_the_cut_is_a_crash_and_one_cut_away_is_not(proof: dict[str, Any]) -> None:

@@ -1281,7 +1281,13 @@ def format_turns(example: Example, config: Config, *, images: Sequence[str] | No
             parts = content.split(config.video_placeholder)
             content = parts[0] + "".join(next(video_texts, collapsed_video) + part for part in parts[1:])
         if role == "user":
-            elements.append(t.user.replace("{content}", system_text + content))
+            text = t.user.replace("{content}", system_text + content)
+            if not t.system_in_user:
+                # Template._encode: format_user.apply(content=..., idx=str(i // 2)), and StringFormatter replaces
+                # the first "{{idx}}" of the formatted slot: one the user wrote becomes the turn's number
+                # (Llama2Template passes no idx)
+                text = text.replace("{{idx}}", str(i // 2), 1)
+            elements.append(text)
         elif role == "observation":  # a tool's result, on the prompt side of its pair
             elements.append(t.observation.replace("{content}", content))
         elif role == "function":  # a tool call, the answer of its pair
