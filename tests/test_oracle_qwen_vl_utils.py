@@ -80,3 +80,32 @@ def test_qwen_vl_utils_counts(fetch_image, model_type, patch, budget, checkpoint
         ids = list(processor(text=[text], images=[image])["input_ids"][0])
         runs = [len(list(g)) for k, g in groupby(ids) if k == 151655]
         assert (len(ids), runs) == (rec["tokens"], rec["image_tokens"]), (name, image.size)
+
+
+@pytest.mark.parametrize(("size", "budget"), [
+    ((3000, 20), (3136, 50176)),  # the shrinking branch floors the 20 px side to 0
+    ((1270, 166), (3136, 3136)),
+    ((640, 480), (200704, 50176)),  # min_pixels over max_pixels
+    ((640, 480), (3136, 3000)),  # under 4 tokens: ms-swift's compat hands qwen-vl-utils max < min
+    ((3000, 20), (3136, 200704)),  # a budget that keeps the side: no problem
+])
+def test_an_image_qwen_vl_utils_raises_on_is_vc107(fetch_image, size, budget, checkpoint_for, tmp_path):
+    """Where qwen-vl-utils' own fetch_image raises (a side floored to 0 px, or min_pixels over max_pixels), vlmcheck
+    reports VC107 for the image and counts nothing; where it does not, no VC107."""
+    Image.new("RGB", size, (9, 9, 9)).save(tmp_path / "im.png")
+    try:
+        fetch_image({"image": str(tmp_path / "im.png"), "min_pixels": budget[0], "max_pixels": budget[1]},
+                    image_patch_size=14)
+        raises = False
+    except (ValueError, AssertionError, ZeroDivisionError):
+        raises = True
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"messages": [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "That."}]}], "images": ["im.png"]}) + "\n")
+    out = tmp_path / "out.jsonl"
+    scan(data, model=checkpoint_for("qwen2_vl"), resize="qwen-vl-utils", output=out, min_pixels=budget[0],
+         max_pixels=budget[1])
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert ("VC107" in record["findings"]) == raises, (size, budget, record)
+    assert raises == ((size, budget) != ((3000, 20), (3136, 200704)))  # the cases are what they say

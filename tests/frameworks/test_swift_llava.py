@@ -87,13 +87,22 @@ def corpus(folder: Path) -> Path:
         {"messages": [user("unicode 漢字 ✓ <image>"), bot("  spaced  ")], "images": [small]},
         {"messages": [user("<image>" * 3 + long), bot(long)], "images": [photo, tall, small]},
         {"messages": [user("a literal <image> and no image"), bot("ok")]},
+        # turns ms-swift repairs (_swift_prepare_inputs, _get_std_messages) and loss keys it reads
+        {"messages": [user("<image>first "), user("second"), bot("merged questions")], "images": [photo]},
+        {"messages": [user("<image>Q"), bot("one "), bot("two", loss=False)], "images": [small]},
+        {"messages": [user("<image>Q"), bot("A"), user("a question left unanswered")], "images": [tall]},
+        {"messages": [bot("an answer first"), user("<image>then"), bot("B")], "images": [small]},
+        {"messages": [user("<image>Q"), bot("zero", loss=0), user("Q2"), bot("scaled", loss_scale=0)],
+         "images": [photo]},
+        {"messages": [user("<image>Q"), bot("ends with its own stop word</s>")], "images": [small]},
     ]
     data = folder / "train.jsonl"
     data.write_text("".join(json.dumps({"id": k, **r}, ensure_ascii=False) + "\n" for k, r in enumerate(rows)))
     return data
 
 
-@pytest.fixture(scope="module", params=[None, "You are a careful assistant."], ids=["no-system", "system"])
+@pytest.fixture(scope="module", params=[None, "You are a careful assistant.", "First see <image>."],
+                ids=["no-system", "system", "image-in-system"])
 def oracle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from llava_checkpoint import llava_checkpoint
 

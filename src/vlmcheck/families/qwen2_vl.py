@@ -462,6 +462,20 @@ def image_issues(width: int, height: int, s: QwenVLSettings) -> list[ImageIssue]
             f"{width}x{height} is below {s.factor} px on a side; the processor upsamples it",
             {"width": width, "height": height, "min_side": s.factor},
         ))
+    if s.resize == "qwen-vl-utils" and ratio <= MAX_ASPECT_RATIO:
+        assert s.pre_min_pixels is not None and s.pre_max_pixels is not None
+        if s.pre_max_pixels < s.pre_min_pixels:  # vision_process.smart_resize asserts max_pixels >= min_pixels
+            issues.append(ImageIssue(
+                "VC107", f"qwen-vl-utils' pixel budget is {s.pre_min_pixels:,} to {s.pre_max_pixels:,}: its "
+                         "smart_resize raises on every image ('The max_pixels of image must be greater than or equal "
+                         "to min_pixels')",
+                {"min_pixels": s.pre_min_pixels, "max_pixels": s.pre_max_pixels}))
+        elif 0 in utils_smart_resize(height, width, s.factor, s.pre_min_pixels, s.pre_max_pixels):
+            # the shrinking branch floors a thin side to 0: fetch_image's resize raises
+            issues.append(ImageIssue(
+                "VC107", f"qwen-vl-utils scales {width}x{height} into {s.pre_max_pixels:,} pixels and floors a side "
+                         "to 0 px: its resize raises ('height and width must be > 0')",
+                {"width": width, "height": height, "max_pixels": s.pre_max_pixels}))
     return issues
 
 

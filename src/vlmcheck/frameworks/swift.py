@@ -123,6 +123,10 @@ class ChatTemplate:
     processor_options: Mapping[str, Any] = field(default_factory=dict)
     # Llama3_2VisionTemplate: cross_attention_mask is built from the whole sample and not cut with the ids
     cross_attention: bool = False
+    # TemplateMeta.stop_words (QwenTemplateMeta: <|endoftext|>)
+    stop_words: tuple[str, ...] = ()
+    # the processor's video token, which Template._init_placeholder_tokens protects at the cut too
+    video_token: str | None = None
 
 
 def _chatml(name: str, default_system: str | None, *also: str) -> ChatTemplate:
@@ -132,7 +136,8 @@ def _chatml(name: str, default_system: str | None, *also: str) -> ChatTemplate:
                         system_prefix="<|im_start|>system\n{system}<|im_end|>\n",
                         prompt="<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n",
                         chat_sep="<|im_end|>\n", suffix="<|im_end|>\n",
-                        image_text="<|vision_start|><|image_pad|><|vision_end|>")
+                        image_text="<|vision_start|><|image_pad|><|vision_end|>", stop_words=("<|endoftext|>",),
+                        video_token="<|video_pad|>")
 
 
 # template/templates/gemma.py: GemmaTemplateMeta with Gemma3VisionTemplate (a Gemma3Template): <image> becomes
@@ -162,7 +167,7 @@ INTERNVL_HF = ChatTemplate(
     system_prefix="<|im_start|>system\n{system}<|im_end|>\n",
     prompt="<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n", chat_sep="<|im_end|>\n",
     suffix="<|im_end|>\n", image_text=f"{internvl.START_TOKEN}{SPLICE}{internvl.END_TOKEN}\n",
-    qwen_vl_utils=False, processor_options={"crop_to_patches": True})
+    qwen_vl_utils=False, processor_options={"crop_to_patches": True}, video_token="<video>")
 # template/templates/llama.py: Llama3_2TemplateMeta llama3_2_vision with Llama3_2VisionTemplate: a system block
 # dated the day the template is built (_get_llama3_2_prefix: "%d %b %Y", so the day training starts) even without a
 # system prompt; <image> becomes one <|image|>, the image reaching the text through cross-attention; the
@@ -518,6 +523,11 @@ class Run(ProcessorRun):
         # <start_of_image> (replaced by the tokenized full_image_sequence)
         self.anchor_id = self.image_token_id if chat.anchor is None else spec.token_id(chat.anchor)
         self.suffix_ids = list(self.tokenizer.encode(chat.suffix, add_special_tokens=False).ids)
+        # TemplateMeta.init: the template's stop words, its suffix's last word and the tokenizer's EOS; a last answer
+        # ending with one gets no suffix (_swift_encode's endswith_stop_words)
+        eos = spec.special_tokens.get("eos_token")
+        self.stop_words = {w for w in (*chat.stop_words, chat.suffix.strip(), eos if isinstance(eos, str) else "")
+                           if w}
         self.transformers, self.transformers_assumed = _transformers_version()
         self.hf_datasets, self.hf_datasets_assumed = _datasets_version()
         # the day the template is built: today, for a run started today
@@ -528,6 +538,9 @@ class Run(ProcessorRun):
             self.protected = {self.anchor_id}
             if version_tuple(self.transformers) < chat.image_token_protected_before:
                 self.protected.add(self.image_token_id)
+        video = self.tokenizer.token_to_id(chat.video_token) if chat.video_token else None
+        if video is not None:
+            self.protected.add(video)
 
     def inputs(self) -> list[Path]:
         return [self.config.path, *self.config.datasets]
@@ -577,30 +590,55 @@ class Run(ProcessorRun):
         if system is None:
             system = chat.default_system or ""
         turns = [dict(m) for m in messages]
-        if len(turns) % 2 or any(m.get("role") != ("user", "assistant")[i % 2] for i, m in enumerate(turns)):
-            raise Unbuildable("the turns are not user/assistant pairs")
+        roles = {m.get("role") for m in turns}
+        if roles & {"tool", "tool_response", "tool_call"}:
+            raise NotModelled("tool calls and results (ms-swift's agent template) are not modelled")
+        if not roles <= {"user", "assistant"}:  # a late system turn: _swift_encode asserts on its role
+            raise Unbuildable("a turn that is neither user nor assistant after the first")
         if SPLICE in chat.image_text and (any(SPLICE in m["content"] for m in turns) or SPLICE in system):
             raise NotModelled("a row holding the character U+E000 (vlmcheck's own marker)")
-        if any(IMAGE_TAG in m["content"] for m in turns if m["role"] == "assistant"):
-            raise NotModelled("an <image> tag in an answer (ms-swift gives it an image in order) is not modelled")
-        # _add_default_tags: the tags of the system prompt and every message counted, missing ones put at the start
-        # of the first turn; tags past the images stay text (_pre_tokenize_images replaces the first ones only)
-        tags = sum(m["content"].count(IMAGE_TAG) for m in turns) + system.count(IMAGE_TAG)
+        # _add_default_tags (before any turn is merged or added): the tags of the row's own system prompt (not
+        # --system's, applied later) and of every message counted, missing ones put at the start of the first
+        # message; tags past the images stay text (_pre_tokenize_images replaces the first ones, in order)
+        tags = sum(m["content"].count(IMAGE_TAG) for m in turns) + (own or "").count(IMAGE_TAG)
         if n_images > tags:
             turns[0]["content"] = IMAGE_TAG * (n_images - tags) + turns[0]["content"]
+        if any(IMAGE_TAG in m["content"] for m in turns if m["role"] == "assistant"):
+            raise NotModelled("an <image> tag in an answer (ms-swift gives it an image in order) is not modelled")
+        # _swift_prepare_inputs: consecutive user turns are one (their texts joined), consecutive answers one of
+        # several parts (each with its own loss); _get_std_messages: an empty question before a leading answer, no
+        # answer after a trailing question (its prompt is written, nothing after it)
+        queries: list[str] = []
+        answers: list[list[tuple[str, bool]] | None] = []  # per round its answer's parts (None: no answer)
+        for m in turns:
+            if m["role"] == "user":
+                if queries and answers[-1] is None:
+                    queries[-1] += m["content"]
+                else:
+                    queries.append(m["content"])
+                    answers.append(None)
+                continue
+            if not queries:
+                queries.append("")
+                answers.append(None)
+            answer = answers[-1] if answers[-1] is not None else []
+            answer.append((m["content"].strip("\n") if chat.strip_answers else m["content"], _trained(m)))
+            answers[-1] = answer
         if chat.fold_system:  # Gemma3Template: a system prompt given (even empty) opens the first question
             if own is not None:
-                turns[0]["content"] = own + "\n\n" + turns[0]["content"]
+                queries[0] = own + "\n\n" + queries[0]
             system = ""
         pieces: list[tuple[str, bool]] = [(chat.system_prefix.format(system=system, date=self.date) if system
                                            else chat.prefix.format(date=self.date), False)]
-        for i in range(0, len(turns), 2):
-            query, answer = turns[i]["content"], turns[i + 1]
-            text = answer["content"].strip("\n") if chat.strip_answers else answer["content"]
+        for i, (query, said) in enumerate(zip(queries, answers)):
             pieces.append((chat.prompt.format(query=query), False))
-            pieces.append((text, answer.get("loss") is not False))
-            # the last answer's suffix is a SUFFIX context (trained); the others' chat_sep is not (see _encode)
-            pieces.append((chat.suffix, True) if i == len(turns) - 2 else (chat.chat_sep, False))
+            if said is None:  # a trailing question: nothing is written after its prompt
+                continue
+            pieces += said
+            if i < len(queries) - 1:  # chat_sep after every answer but the last (untrained; see _encode)
+                pieces.append((chat.chat_sep, False))
+            elif not any(said[-1][0].endswith(word) for word in self.stop_words):
+                pieces.append((chat.suffix, True))  # the last answer's suffix: a SUFFIX context (trained)
         left = n_images  # the first tags, in order, become the images' text
         for j, (text, trained) in enumerate(pieces):
             parts = text.split(IMAGE_TAG)
@@ -668,6 +706,7 @@ class Run(ProcessorRun):
                                          "write their tokens too): the row is not counted"))
             frame["verdict"] = "unknown"
             return result
+        row = _image_path_tags(row)
         images = row.get("images") or []
         images = images if isinstance(images, list) else [images]
         probed = self.probe(images, found, size=lambda image: self._size(image, source))
@@ -840,24 +879,29 @@ class Run(ProcessorRun):
                      trained: list[bool], owner: list[int]) -> int:
         """One piece of text tokenized onto ``ids``, ``trained`` and ``owner``, its image tokens expanded as the
         template expands them; the images spent so far (``k`` before)."""
+        literal = [len(expansions) if expansions else -1]  # an image token left as written: one more than features
         for token in self.tokenizer.encode(text, add_special_tokens=False).ids:
             if token != self.anchor_id:
                 ids.append(token)
                 trained.append(mark)
-                owner.append(-1)
+                # Gemma 3: a <image_soft_token> written as text is one image token more for the model
+                owner += literal if token == self.image_token_id else [-1]
                 continue
+            # a token no template expands keeps its label (_extend_tokens masks only the tokens it replaces)
             if SPLICE in self.chat.image_text:  # InternvlhfTemplate: the row's own image token stays one token
-                piece, mine = [token], [len(expansions) if expansions else -1]
+                piece, mine, labels = [token], literal, [mark]
             elif self.chat.anchor is None and not self.chat.qwen_vl_utils and not expansions:
-                piece, mine = [token], [-1]  # LlavaHfTemplate._encode expands only when the row has images
+                piece, mine, labels = [token], [-1], [mark]  # LlavaHfTemplate._encode expands only with images
+            elif self.chat.anchor is None and self.chat.qwen_vl_utils and k >= len(expansions):
+                # Qwen2VLTemplate._encode: _extend_tokens gives the features to the first image tokens in order; one
+                # past the images stays (its IndexError is caught)
+                piece, mine, labels = [token], literal, [mark]
             elif self.chat.anchor is None:
-                if k >= len(expansions) and self.chat.qwen_vl_utils:
-                    raise Unbuildable("the text holds an image token of its own")
                 # LlavaHfTemplate._encode repeats every image token of the text, one written as text too
                 piece = [token] * expansions[min(k, len(expansions) - 1)].features
-                mine = [min(k, len(expansions))] * len(piece)
+                mine, labels = [min(k, len(expansions))] * len(piece), [False] * len(piece)
             elif not expansions:  # no images: Gemma3VisionTemplate._encode expands nothing
-                piece, mine = [token], [-1]
+                piece, mine, labels = [token], [-1], [mark]
             else:  # the processor's sequence (each run of image tokens written once in Expansion.text)
                 expansion = expansions[min(k, len(expansions) - 1)]
                 runs = iter(expansion.runs)
@@ -865,12 +909,41 @@ class Run(ProcessorRun):
                 for t in self.tokenizer.encode(expansion.text, add_special_tokens=False).ids:
                     piece += [t] * next(runs) if t == self.image_token_id else [t]
                 mine = [min(k, len(expansions)) if t == self.image_token_id else -1 for t in piece]
+                labels = [False] * len(piece)
             ids += piece
-            trained += [False] * len(piece)
+            trained += labels
             owner += mine
             if SPLICE not in self.chat.image_text:
                 k += 1
         return k
+
+
+# Template._replace_image_tags (compat): in a row without images, each <img>PATH</img> of a message (not the system
+# prompt) becomes <image>, and PATH, when it is a file, one of the row's images
+IMAGE_PATH_TAG = re.compile(r"<img>(.+?)</img>")
+
+
+def _image_path_tags(row: dict[str, Any]) -> dict[str, Any]:
+    messages = row.get("messages")
+    if row.get("images") or not isinstance(messages, list):
+        return row
+    images: list[str] = []
+    out = []
+    for k, m in enumerate(messages):
+        content = m.get("content") if isinstance(m, Mapping) else None
+        if not isinstance(content, str) or (k == 0 and m.get("role") == "system") or "<img>" not in content:
+            out.append(m)
+            continue
+        images += [p for p in IMAGE_PATH_TAG.findall(content) if os.path.isfile(p)]
+        out.append({**m, "content": IMAGE_PATH_TAG.sub(IMAGE_TAG, content)})
+    return {**row, "messages": out, "images": images} if out != messages else row
+
+
+def _trained(message: Mapping[str, Any]) -> bool:
+    """Whether ms-swift trains an answer (loss_scale ``default``): not when its ``loss`` is false (False, 0) or its
+    ``loss_scale`` is 0."""
+    loss, scale = message.get("loss"), message.get("loss_scale")
+    return not (loss is not None and not loss) and not (scale is not None and not scale)
 
 
 def _transformers_version() -> tuple[str, bool]:
