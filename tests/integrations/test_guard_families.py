@@ -57,6 +57,10 @@ PROCESSORS: dict[str, Callable[[], Any]] = {
     "qwen2_vl": _qwen("qwen2_vl"),
     "qwen2_5_vl": _qwen("qwen2_5_vl"),
     "qwen3_vl": _qwen("qwen3_vl"),
+    # the model types transformers gives Qwen3VLProcessor (tests/qwen3_sharing_checkpoint.py)
+    "qwen3_vl_moe": _qwen("qwen3_vl_moe"),
+    "qwen3_5": _qwen("qwen3_5"),
+    "qwen3_5_moe": _qwen("qwen3_5_moe"),
     "llava": _from("llava_checkpoint", "llava_checkpoint", "llava_processor"),
     "gemma3": _from("gemma3_checkpoint", "gemma3_checkpoint", "gemma3_processor"),
     "llava_next": _from("llava_next_checkpoint", "llava_next_checkpoint", "llava_next_processor"),

@@ -49,7 +49,7 @@ def _lint(tmp_path: Path, model: str, max_pixels: int) -> list[str]:
 
 def test_pixel_cap_rule_covers_every_pixel_budget_family(tmp_path: Path) -> None:
     budget = sorted(name for name, f in known_families().items() if isinstance(f, PixelBudgetFamily))
-    assert budget == ["glm4v", "glm4v_moe", "qwen2_5_vl", "qwen2_vl", "qwen3_vl"]
+    assert budget == ["glm4v", "glm4v_moe", "qwen2_5_vl", "qwen2_vl", "qwen3_5", "qwen3_5_moe", "qwen3_vl", "qwen3_vl_moe"]
     # GLM-4.1V: one token per 28x28 px, so 1,003,520 px is 1,280 + 2 tokens, over cutoff_len 1,024
     assert _lint(tmp_path, "zai-org/GLM-4.1V-9B-Thinking", 1003520) == ["VL202"]
     assert _lint(tmp_path, "zai-org/GLM-4.1V-9B-Thinking", 501760) == []
