@@ -21,6 +21,47 @@ ENV = OracleEnv("swift", packages=REQUIREMENTS, no_deps=NO_DEPS)
 oracle_python = ENV.python
 
 
+# The start of an oracle script (after ``import json``): the rows of a file as ms-swift's own load_dataset
+# standardizes them, and each setting's train-mode encode of each row (``measure(template, encoded, row)`` says
+# what to record of an encode that succeeds).
+ENCODE_ROWS = """
+def loaded_rows(data):
+    from swift.dataset import load_dataset
+
+    wanted = [json.loads(line)["id"] for line in open(data)]  # a row the loader deletes is missing: None
+    loaded, _ = load_dataset([data], split_dataset_ratio=0, remove_unused_columns=False, strict=False,
+                             load_from_cache_file=False)
+    by_id = {r["id"]: {k: v for k, v in r.items() if v is not None} for r in loaded}
+    return [by_id.get(i) for i in wanted]
+
+
+def encode_all(processor, template_type, rows, settings, system, measure):
+    from swift.template import MaxLengthError, get_template
+
+    out = {}
+    for max_length, strategy in settings:
+        t = get_template(processor, max_length=max_length, truncation_strategy=strategy, template_type=template_type,
+                         default_system=system)
+        t.set_mode("train")
+        results = []
+        for row in rows:
+            if row is None:
+                results.append({"verdict": "deleted"})
+                continue
+            try:
+                enc = t.encode(json.loads(json.dumps(row)))
+            except MaxLengthError:
+                results.append({"verdict": "dropped"})
+                continue
+            except Exception as e:
+                results.append({"verdict": "error", "error": repr(e)[:200]})
+                continue
+            results.append({"verdict": "ok", **measure(t, enc, row)})
+        out[f"{max_length}-{strategy}"] = results
+    return out
+"""
+
+
 def check_launch(tmp_path: Path, oracle: dict[str, Any], max_length: int | None, strategy: str,
                  *extra: str) -> list[dict[str, Any]]:
     """vlmcheck's records for a ``swift sft`` script on the oracle's checkpoint and data, at ``max_length`` with

@@ -21,21 +21,18 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from swift_env import check_launch, oracle_python
+from swift_env import ENCODE_ROWS, check_launch, oracle_python
 
 pytestmark = pytest.mark.slow
 
 SETTINGS = [(None, "raise"), (70, "raise"), (70, "left"), (70, "right"), (160, "left"), (160, "right")]
 IMAGE_ID = 128256  # <|image|>
 
-ORACLE = textwrap.dedent('''
-    import json, sys
+ORACLE = "import json, sys\n" + ENCODE_ROWS + textwrap.dedent('''
     import numpy as np
     import torch
     from PIL import Image
-    from swift.dataset import load_dataset
     from swift.model import get_processor
-    from swift.template import MaxLengthError, get_template
     from transformers import MllamaConfig, MllamaForConditionalGeneration
     from transformers.image_utils import SizeDict
     from transformers.models.mllama.processing_mllama import (convert_sparse_cross_attention_mask_to_dense,
@@ -44,11 +41,6 @@ ORACLE = textwrap.dedent('''
     job = json.loads(sys.argv[1])
     image_id = job["image_id"]
     processor = get_processor(job["checkpoint"], model_type="llama3_2_vision")
-    wanted = [json.loads(line)["id"] for line in open(job["data"])]
-    loaded, _ = load_dataset([job["data"]], split_dataset_ratio=0, remove_unused_columns=False, strict=False,
-                             load_from_cache_file=False)
-    by_id = {r["id"]: {k: v for k, v in r.items() if v is not None} for r in loaded}
-    rows = [by_id.get(i) for i in wanted]
     # a tiny real model over 56 px tiles: the text never depends on the tile size, pixel_values are remade small
     torch.manual_seed(0)
     model = MllamaForConditionalGeneration(MllamaConfig(
@@ -67,51 +59,37 @@ ORACLE = textwrap.dedent('''
         finally:
             processor.image_processor.size = SizeDict(height=560, width=560)
 
-    out = {}
-    for max_length, strategy in job["settings"]:
-        t = get_template(processor, max_length=max_length, truncation_strategy=strategy,
-                         template_type="llama3_2_vision", default_system=job["system"])
-        t.set_mode("train")
-        results = []
-        for row in rows:
-            if row is None:
-                results.append({"verdict": "deleted"})
-                continue
+    def measure(t, enc, row):
+        ids = list(enc["input_ids"])
+        result = {"tokens": len(ids), "labels": sum(1 for x in enc["labels"] if x != -100),
+                  "image_tokens": ids.count(image_id), "images": len(row.get("images") or [])}
+        if result["images"]:
+            # the mask the model reads (its first rows) against the one the ids left would make
+            tiles = images_of(row, 560)["num_tiles"]
+            right = np.asarray(convert_sparse_cross_attention_mask_to_dense(
+                [get_cross_attention_token_mask(ids, image_id)], num_tiles=tiles, max_num_tiles=4,
+                length=len(ids))[0])
+            read = enc["cross_attention_mask"][0, :len(ids)].numpy()
+            if right.shape[1] == read.shape[1]:
+                result["misaligned"] = int((right != read).any(axis=(1, 2)).sum())
+            sample = dict(enc)
+            sample.update({k: v for k, v in images_of(row, 56).items() if k != "num_tiles"})
             try:
-                enc = t.encode(json.loads(json.dumps(row)))
-            except MaxLengthError:
-                results.append({"verdict": "dropped"})
-                continue
+                batch = t.data_collator([sample])
+                with torch.no_grad():
+                    model(**{k: v for k, v in batch.items() if k in (
+                        "input_ids", "attention_mask", "pixel_values", "aspect_ratio_ids", "aspect_ratio_mask",
+                        "cross_attention_mask")})
+                result["forward"] = None
             except Exception as e:
-                results.append({"verdict": "error", "error": repr(e)[:200]})
-                continue
-            ids = list(enc["input_ids"])
-            result = {"verdict": "ok", "tokens": len(ids), "labels": sum(1 for x in enc["labels"] if x != -100),
-                      "image_tokens": ids.count(image_id), "images": len(row.get("images") or [])}
-            if result["images"]:
-                # the mask the model reads (its first rows) against the one the ids left would make
-                tiles = images_of(row, 560)["num_tiles"]
-                right = np.asarray(convert_sparse_cross_attention_mask_to_dense(
-                    [get_cross_attention_token_mask(ids, image_id)], num_tiles=tiles, max_num_tiles=4,
-                    length=len(ids))[0])
-                read = enc["cross_attention_mask"][0, :len(ids)].numpy()
-                if right.shape[1] == read.shape[1]:
-                    result["misaligned"] = int((right != read).any(axis=(1, 2)).sum())
-                sample = dict(enc)
-                sample.update({k: v for k, v in images_of(row, 56).items() if k != "num_tiles"})
-                try:
-                    batch = t.data_collator([sample])
-                    with torch.no_grad():
-                        model(**{k: v for k, v in batch.items() if k in (
-                            "input_ids", "attention_mask", "pixel_values", "aspect_ratio_ids", "aspect_ratio_mask",
-                            "cross_attention_mask")})
-                    result["forward"] = None
-                except Exception as e:
-                    result["forward"] = f"{type(e).__name__}: {str(e)[:160]}"
-            results.append(result)
-        out[f"{max_length}-{strategy}"] = results
+                result["forward"] = f"{type(e).__name__}: {str(e)[:160]}"
+        return result
+
+    out = encode_all(processor, "llama3_2_vision", loaded_rows(job["data"]), job["settings"], job["system"],
+                     measure)
     print("ORACLE" + json.dumps(out))
 ''')
+
 
 
 def corpus(folder: Path) -> Path:

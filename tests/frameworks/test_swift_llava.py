@@ -17,49 +17,27 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from swift_env import check_launch, oracle_python
+from swift_env import ENCODE_ROWS, check_launch, oracle_python
 
 SETTINGS = [(None, "raise"), (200, "raise"), (200, "left"), (200, "right"), (650, "left"), (650, "right")]
 IMAGE_ID = 32000  # <image>
 FEATURES = 576  # CLIP's 336 px crop: 24 x 24 patches
 
-ORACLE = textwrap.dedent('''
-    import json, sys
-    from swift.dataset import load_dataset
+ORACLE = "import json, sys\n" + ENCODE_ROWS + textwrap.dedent('''
     from swift.model import get_processor
-    from swift.template import MaxLengthError, get_template
 
     job = json.loads(sys.argv[1])
     processor = get_processor(job["checkpoint"], model_type="llava1_5_hf")
-    wanted = [json.loads(line)["id"] for line in open(job["data"])]
-    loaded, _ = load_dataset([job["data"]], split_dataset_ratio=0, remove_unused_columns=False, strict=False,
-                             load_from_cache_file=False)
-    by_id = {r["id"]: {k: v for k, v in r.items() if v is not None} for r in loaded}
-    rows = [by_id.get(i) for i in wanted]
-    out = {}
-    for max_length, strategy in job["settings"]:
-        t = get_template(processor, max_length=max_length, truncation_strategy=strategy, template_type="llava1_5_hf",
-                         default_system=job["system"])
-        t.set_mode("train")
-        results = []
-        for row in rows:
-            if row is None:
-                results.append({"verdict": "deleted"})
-                continue
-            try:
-                enc = t.encode(json.loads(json.dumps(row)))
-            except MaxLengthError:
-                results.append({"verdict": "dropped"})
-                continue
-            except Exception as e:
-                results.append({"verdict": "error", "error": repr(e)[:200]})
-                continue
-            ids = list(enc["input_ids"])
-            results.append({"verdict": "ok", "tokens": len(ids), "labels": sum(1 for x in enc["labels"] if x != -100),
-                            "image_tokens": ids.count(job["image_id"]), "images": len(row.get("images") or [])})
-        out[f"{max_length}-{strategy}"] = results
+
+    def measure(template, enc, row):
+        ids = list(enc["input_ids"])
+        return {"tokens": len(ids), "labels": sum(1 for x in enc["labels"] if x != -100),
+                "image_tokens": ids.count(job["image_id"]), "images": len(row.get("images") or [])}
+
+    out = encode_all(processor, "llava1_5_hf", loaded_rows(job["data"]), job["settings"], job["system"], measure)
     print("ORACLE" + json.dumps(out))
 ''')
+
 
 
 def corpus(folder: Path) -> Path:
