@@ -136,6 +136,11 @@ def corpus(folder: Path) -> list[Path]:
         # a tag more than the images: the first is the image, the other stays text
         {"messages": [{"role": "user", "content": "<image> and <image>?"}, qa[1]], "images": [photo]},
         {"messages": [{"role": "system", "content": "See <image>."}, *qa], "images": [photo, thin]},
+        # an answer's tag: its image is placed there, untrained; the text either side trained
+        {"messages": [{"role": "user", "content": "Describe."}, {"role": "assistant", "content": "Here <image> it is."}],
+         "images": [photo]},
+        {"messages": [*qa[:1], {"role": "assistant", "content": "<image>The second."}, {"role": "user", "content": "And?"},
+                      {"role": "assistant", "content": "Done <image>"}], "images": [photo, thin]},
     ]
     conversations = [  # sharegpt: from / value, human / gpt / bot, one image as a string, a system column
         {"conversations": [{"from": "human", "value": "<image>What?"}, {"from": "gpt", "value": "A field."}],
@@ -162,9 +167,19 @@ def corpus(folder: Path) -> list[Path]:
         {"query": "Hello", "response": "Hi", "history": [], "system": None, "images": []},
     ]
     question = [{"question": "<image>Which colour?", "answer": "Purple.", "image": photo}]
+    # ms-swift maps columns and picks its preprocessor per file, from the file's columns: where two columns are
+    # bound for one name (image / images, messages / conversations, query / question) neither is renamed
+    mixed = [
+        {"messages": qa, "images": [photo]},
+        {"messages": qa, "image": photo},  # 'image' is not renamed: the row has no image, its tag stays text
+        {"query": "<image>Q?", "response": "A.", "images": [photo]},  # a messages file: no row
+        {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]},  # not renamed: no row
+    ]
+    questions = [{"query": "<image>What?", "response": "Blue.", "images": [photo]},
+                 {"question": "<image>Which?", "response": "Red.", "images": [photo]}]  # an answer alone
     files = []
     for name, content in (("train", rows), ("conv", conversations), ("alpaca", alpaca), ("query", query),
-                          ("question", question)):
+                          ("question", question), ("mixed", mixed), ("questions", questions)):
         data = folder / f"{name}.jsonl"
         data.write_text("\n".join(json.dumps({"id": f"{name}-{k}", **r}) for k, r in enumerate(content)))
         files.append(data)
@@ -235,9 +250,9 @@ def test_totals_images_and_labels_agree_with_swifts_encode(tmp_path: Path, swift
         assert record["image_tokens"] == whole["images"], (record, whole)
         assert record["supervised_tokens"] == whole["labels"], (record, whole)
     # the 300:1 strip (qwen-vl-utils raises at encode); deleted while loading: the empty answer, the empty
-    # conversation, the unknown role
+    # conversation, the unknown role, the mixed file's query and conversations rows
     verdicts = [w["verdict"] for w in swift_oracle["whole"]]
-    assert (verdicts.count("error"), verdicts.count("deleted")) == (1, 3), verdicts
+    assert (verdicts.count("error"), verdicts.count("deleted")) == (1, 5), verdicts
 
 
 @pytest.mark.parametrize("limit", LIMITS)

@@ -152,6 +152,8 @@ class LoadPlan:
     decoded: list[Path_] = field(default_factory=list)
     encoded: list[tuple[int, int, Path_]] = field(default_factory=list)
     unmodelled: list[tuple[int, int, Path_]] = field(default_factory=list)
+    # the table's columns, in datasets' order (None: not known); a row's missing column loads as None
+    columns: tuple[str, ...] | None = None
 
     def __bool__(self) -> bool:
         return bool(self.decoded or self.encoded or self.unmodelled)

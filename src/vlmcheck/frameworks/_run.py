@@ -64,13 +64,14 @@ def json_loadable(files: Sequence[Path], *, datasets_version: str, loader: str) 
     if not files:
         return plan
     try:
-        json_schema(files, version_tuple(datasets_version) >= MIXED_AS_JSON, plan)
+        schema = json_schema(files, version_tuple(datasets_version) >= MIXED_AS_JSON, plan)
     except RecursionError:  # nested past what vlmcheck follows: not judged here
         return LoadPlan()
     except TypeClash as e:
         where = files[0] if len(files) == 1 else files[0].parent
         raise DatasetError(f"{where}, {e}: datasets {datasets_version} cannot load it as one table, so {loader} "
                            "raises and the run stops before step 1") from None
+    plan.columns = tuple(schema) if isinstance(schema, dict) else None
     return plan
 
 

@@ -549,6 +549,10 @@ class Run(ProcessorRun):
         for file in self.config.datasets:
             plan = json_loadable([file], datasets_version=self.hf_datasets, loader="ms-swift's load_dataset")
             for row in loaded_rows(file, plan):
+                if plan.columns and isinstance(row, dict):
+                    # the file's table has every column: ms-swift maps and picks its preprocessor per file
+                    for column in plan.columns:
+                        row.setdefault(column, None)
                 yield row, file
 
     def settings_shown(self) -> dict[str, Any]:
@@ -603,8 +607,6 @@ class Run(ProcessorRun):
         tags = sum(m["content"].count(IMAGE_TAG) for m in turns) + (own or "").count(IMAGE_TAG)
         if n_images > tags:
             turns[0]["content"] = IMAGE_TAG * (n_images - tags) + turns[0]["content"]
-        if any(IMAGE_TAG in m["content"] for m in turns if m["role"] == "assistant"):
-            raise NotModelled("an <image> tag in an answer (ms-swift gives it an image in order) is not modelled")
         # _swift_prepare_inputs: consecutive user turns are one (their texts joined), consecutive answers one of
         # several parts (each with its own loss); _get_std_messages: an empty question before a leading answer, no
         # answer after a trailing question (its prompt is written, nothing after it)
@@ -639,18 +641,23 @@ class Run(ProcessorRun):
                 pieces.append((chat.chat_sep, False))
             elif not any(said[-1][0].endswith(word) for word in self.stop_words):
                 pieces.append((chat.suffix, True))  # the last answer's suffix: a SUFFIX context (trained)
-        left = n_images  # the first tags, in order, become the images' text
-        for j, (text, trained) in enumerate(pieces):
+        left = n_images  # the first tags, in order, become the images' text (_pre_tokenize_images)
+        placed: list[tuple[str, bool]] = []
+        for text, trained in pieces:
             parts = text.split(IMAGE_TAG)
-            if trained or len(parts) == 1 or not left:
-                continue
             out = parts[0]
             for part in parts[1:]:
-                out += (chat.image_text if left else IMAGE_TAG) + part
+                if not left:
+                    out += IMAGE_TAG + part
+                elif trained:  # an answer's image is a context of its own, untrained (loss_scale 0)
+                    placed += [(out, True), (chat.image_text, False)]
+                    out = part
+                else:
+                    out += chat.image_text + part
                 left = max(left - 1, 0)
-            pieces[j] = (out, trained)
+            placed.append((out, trained))
         merged: list[tuple[str, bool]] = []  # _simplify_context_list: pieces of the same loss are joined
-        for text, trained in pieces:
+        for text, trained in placed:
             if merged and merged[-1][1] == trained:
                 merged[-1] = (merged[-1][0] + text, trained)
             elif text:
