@@ -25,12 +25,13 @@ oracle_python = ENV.python
 # standardizes them, and each setting's train-mode encode of each row (``measure(template, encoded, row)`` says
 # what to record of an encode that succeeds).
 ENCODE_ROWS = """
-def loaded_rows(data):
+def loaded_rows(data, **options):  # more of load_dataset's options (columns, disable_auto_column_mapping, ...)
     from swift.dataset import load_dataset
 
     wanted = [json.loads(line)["id"] for line in open(data)]  # a row the loader deletes is missing: None
-    loaded, _ = load_dataset([data], split_dataset_ratio=0, remove_unused_columns=False, strict=False,
-                             load_from_cache_file=False)
+    options = {"split_dataset_ratio": 0, **options}
+    loaded, _ = load_dataset([data], remove_unused_columns=False, strict=False, load_from_cache_file=False,
+                             **options)
     by_id = {r["id"]: {k: v for k, v in r.items() if v is not None} for r in loaded}
     return [by_id.get(i) for i in wanted]
 

@@ -89,3 +89,22 @@ def test_a_row_with_videos_or_audio_is_not_counted(script: Path, tmp_path: Path)
     vlmcheck.check(script, output=out)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["tokens"], r["framework"]["verdict"], r["findings"]) for r in records] == [(None, "unknown", ["VC007"])] * 2
+
+
+def test_val_dataset_rows_are_judged_and_turn_the_split_off(script: Path, tmp_path: Path) -> None:
+    """--val_dataset's rows go through the same template (evaluation) and set --split_dataset_ratio to 0
+    (DataArguments.__post_init__), so a one-row training file no longer has a row held out of it."""
+    import vlmcheck
+
+    short = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
+    (tmp_path / "val.jsonl").write_text(json.dumps(short) + "\n")
+    script.write_text(script.read_text().replace("--max_length 100", "--max_length 100 --split_dataset_ratio 0.01"))
+    with pytest.raises(vlmcheck.DatasetError, match="holds it out"):
+        vlmcheck.check(script)
+    script.write_text(script.read_text().replace("--split_dataset_ratio", f"--val_dataset {tmp_path / 'val.jsonl'} "
+                                                 "--split_dataset_ratio"))
+    out = tmp_path / "records.jsonl"
+    report = vlmcheck.check(script, output=out)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["framework"]["verdict"] for r in records] == ["dropped", "ok"]  # the image row is over 100 tokens
+    assert report.summary["framework"]["eval_datasets"] == [str(tmp_path / "val.jsonl")]

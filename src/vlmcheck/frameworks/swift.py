@@ -44,9 +44,10 @@ from pathlib import Path
 from typing import Any
 
 from vlmcheck import findings as F
+from vlmcheck.data.hfjson import LoadPlan
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
 from vlmcheck.data.readers import BadRow
-from vlmcheck.errors import UsageError, VlmcheckError
+from vlmcheck.errors import DatasetError, UsageError, VlmcheckError
 from vlmcheck.families import Expansion, Overrides, gemma3, internvl, mllama
 from vlmcheck.frameworks._run import (
     ProcessorRun,
@@ -270,6 +271,12 @@ class Config:
     min_pixels: int | None
     train_type: str
     strict: bool = False
+    # --val_dataset: encoded by the same template for evaluation; --split_dataset_ratio (0 with --val_dataset)
+    val_datasets: tuple[Path, ...] = ()
+    split: float = 0.0
+    # --columns (renames before ms-swift's own: a JSON object, or a JSON file); --disable_auto_column_mapping
+    columns: dict[str, str] = field(default_factory=dict)
+    auto_columns: bool = True
     rescale: int | None = None  # --max_pixels: the template's own rescale before qwen-vl-utils (see rescaled)
     values: dict[str, Any] = field(default_factory=dict)
 
@@ -301,17 +308,15 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     sources = [data] if data is not None else _as_list(options.get("dataset"))
     if not sources:
         raise UsageError(f"{path}: --dataset is not set (or pass --data)")
-    files = []
-    for source in sources:
-        if "#" in source:
-            raise UsageError(f"{path}: --dataset {source}: sampling with '#N' is not modelled by vlmcheck")
-        file = Path(mapped(os.path.expanduser(source), mapping))
-        if not file.is_absolute() and not file.exists() and (path.parent / file).exists():
-            file = path.parent / file
-        if not file.is_file():
-            raise UsageError(f"{path}: --dataset {source} is not a local file ({file}); vlmcheck reads local "
-                             ".jsonl/.json/.parquet files (pass --data, or --path-map)")
-        files.append(file)
+    files = _dataset_files(sources, "--dataset", path, mapping)
+    val_files = _dataset_files(_as_list(options.get("val_dataset")), "--val_dataset", path, mapping)
+    try:
+        split = float(str(options.get("split_dataset_ratio") or 0))
+    except ValueError:
+        raise UsageError(f"{path}: --split_dataset_ratio must be a number, got "
+                         f"{options['split_dataset_ratio']!r}") from None
+    if not 0 <= split <= 1:
+        raise UsageError(f"{path}: --split_dataset_ratio must be between 0 and 1, got {split}")
     truncation = str(options.get("truncation_strategy") or "delete")
     if truncation not in TRUNCATIONS:
         raise UsageError(f"{path}: --truncation_strategy {truncation}: vlmcheck models {', '.join(TRUNCATIONS)} "
@@ -322,6 +327,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
                          f"{', '.join(TEMPLATES)})")
     if options.get("loss_scale") not in (None, "default"):
         raise UsageError(f"{path}: --loss_scale {options['loss_scale']} is not modelled yet (default is)")
+    columns = _columns(options.get("columns"), path, mapping)
     system = options.get("system")
     if isinstance(system, str) and system.endswith(".txt"):
         system = Path(mapped(system, mapping)).read_text(encoding="utf-8")
@@ -329,6 +335,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         system = system.replace("\\n", "\n")
     return Config(
         path=path, model=mapped(str(model_path), mapping), template=str(template or ""), datasets=tuple(files),
+        val_datasets=tuple(val_files), split=0.0 if val_files else split,
         max_length=_int(options["max_length"], "--max_length", path) if options.get("max_length") else None,
         truncation=truncation, system=system if isinstance(system, str) else None,
         max_pixels=_int(env["MAX_PIXELS"], "MAX_PIXELS", path) if env.get("MAX_PIXELS") else None,
@@ -336,9 +343,45 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         min_pixels=_int(env["MIN_PIXELS"], "MIN_PIXELS", path) if env.get("MIN_PIXELS") else None,
         train_type=str(options.get("train_type") or "lora"),
         strict=str(options.get("strict") or "false").lower() in ("true", "1"),
+        columns=columns,
+        auto_columns=str(options.get("disable_auto_column_mapping") or "false").lower() not in ("true", "1"),
         values={k: options.get(k) for k in ("max_length", "truncation_strategy", "train_type", "system",
-                                            "max_pixels")},
+                                            "max_pixels", "columns", "disable_auto_column_mapping",
+                                            "val_dataset", "split_dataset_ratio")},
     )
+
+
+def _dataset_files(sources: list[str], key: str, path: Path, mapping: Mapping[str, str]) -> list[Path]:
+    files = []
+    for source in sources:
+        if "#" in source:
+            raise UsageError(f"{path}: {key} {source}: sampling with '#N' is not modelled by vlmcheck")
+        file = Path(mapped(os.path.expanduser(source), mapping))
+        if not file.is_absolute() and not file.exists() and (path.parent / file).exists():
+            file = path.parent / file
+        if not file.is_file():
+            raise UsageError(f"{path}: {key} {source} is not a local file ({file}); vlmcheck reads local "
+                             ".jsonl/.json/.parquet files (pass --data, or --path-map)")
+        files.append(file)
+    return files
+
+
+def _columns(value: Any, path: Path, mapping: Mapping[str, str]) -> dict[str, str]:
+    """``--columns`` as ``json_parse_to_dict`` reads it: a JSON object, or the path of a JSON file holding one
+    (ms-swift tries to repair other text; vlmcheck does not guess)."""
+    if value is None:
+        return {}
+    text = str(value)
+    file = Path(mapped(os.path.expanduser(text), mapping))
+    try:
+        if not text.lstrip().startswith("{") and file.is_file():
+            text = file.read_text(encoding="utf-8")
+        parsed = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path}: --columns {value!r} is not a JSON object or a JSON file ({e})") from None
+    if not isinstance(parsed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()):
+        raise UsageError(f"{path}: --columns must map column names to names, got {value!r}")
+    return parsed
 
 
 # -- rows -----------------------------------------------------------------------------------------------------------
@@ -365,19 +408,26 @@ def _renamed(row: Mapping[str, Any], mapping: Mapping[str, str]) -> dict[str, An
     return {safe.get(k, k): v for k, v in row.items()}
 
 
-def standard_row(row: Mapping[str, Any]) -> dict[str, Any] | None:
+def standard_row(row: Mapping[str, Any], columns: Mapping[str, str] | None = None,
+                 auto: bool = True) -> dict[str, Any] | None:
     """A dataset row as ms-swift's ``AutoPreprocessor`` standardizes it while loading (``messages`` with roles
     user / assistant / system, ``images`` a list): the ``messages`` / ``conversation(s)`` layout (keys role or from,
     content or value; roles human, gpt, bot; a ``system`` / ``system_prompt`` column put first), alpaca's
     ``instruction`` / ``input`` / ``output``, or ``query`` / ``response`` / ``history`` and their other names. None:
     ms-swift keeps no row for it. Raises ValueError (or KeyError, TypeError) where its preprocessor raises: the row
-    is deleted from the dataset (the run stops with ``--strict true``)."""
+    is deleted from the dataset (the run stops with ``--strict true``).
+
+    ``row`` holds every column of its file (datasets loads a missing one as None): the renames and the
+    preprocessor are the file's. ``columns``: ``--columns``, renamed first (``DatasetLoader``); ``auto`` false
+    (``--disable_auto_column_mapping``): the preprocessor's own renames are not made."""
+    if columns:
+        row = _renamed(row, columns)
     keys = set(row)
     mapping = {k: "images" for k in IMAGE_COLUMNS}
     if keys & set(MESSAGE_COLUMNS):
         mapping.update({k: "messages" for k in MESSAGE_COLUMNS})
         mapping.update({k: "system" for k in SYSTEM_COLUMNS})
-        out = _renamed(row, mapping)
+        out = _renamed(row, mapping if auto else {})
         messages = out["messages"]
         if isinstance(messages, str):  # default_repair_messages
             try:
@@ -411,7 +461,7 @@ def standard_row(row: Mapping[str, Any]) -> dict[str, Any] | None:
         mapping.update({k: "system" for k in SYSTEM_COLUMNS})
         mapping.update({k: "query" for k in QUERY_COLUMNS})
         mapping.update({k: "response" for k in RESPONSE_COLUMNS})
-        out = _renamed(row, mapping)
+        out = _renamed(row, mapping if auto else {})
         if alpaca:  # AlpacaPreprocessor.concat_inst_input
             instruction, input_ = out.pop("instruction", None), out.pop("input", None)
             output = out.pop("output", None)
@@ -445,6 +495,10 @@ def standard_row(row: Mapping[str, Any]) -> dict[str, Any] | None:
     if isinstance(images, (str, Mapping)):  # _cast_mm_data
         out["images"] = [images]
     return out
+
+
+# what ms-swift's dataset preprocessor raising on a row looks like in standard_row: the row is deleted
+DELETED = (ValueError, KeyError, TypeError, IndexError, SyntaxError, MemoryError, RecursionError)
 
 
 # -- the run ------------------------------------------------------------------------------------------------------
@@ -543,17 +597,43 @@ class Run(ProcessorRun):
             self.protected.add(video)
 
     def inputs(self) -> list[Path]:
-        return [self.config.path, *self.config.datasets]
+        return [self.config.path, *self.config.datasets, *self.config.val_datasets]
 
     def rows(self) -> Iterator[tuple[Any, Path]]:
-        for file in self.config.datasets:
-            plan = json_loadable([file], datasets_version=self.hf_datasets, loader="ms-swift's load_dataset")
-            for row in loaded_rows(file, plan):
-                if plan.columns and isinstance(row, dict):
-                    # the file's table has every column: ms-swift maps and picks its preprocessor per file
-                    for column in plan.columns:
-                        row.setdefault(column, None)
+        cfg = self.config
+        files = [(file, False) for file in cfg.datasets] + [(file, True) for file in cfg.val_datasets]
+        plans = [json_loadable([f], datasets_version=self.hf_datasets, loader="ms-swift's load_dataset")
+                 for f, _ in files]
+        for (file, val), plan in zip(files, plans):  # load_dataset loads and samples every file before step 1
+            # DatasetLoader.post_process samples each file after its preprocessor: none kept, it divides by zero;
+            # a split (0 < --split_dataset_ratio < 1) asserts a training row is left after the one it holds out
+            need = 2 if 0 < cfg.split < 1 and not val else 1
+            kept = self._kept(_full_rows(file, plan), need)
+            if kept < need:
+                raise DatasetError(
+                    f"{file}: ms-swift's dataset preprocessor keeps " + ("no row of it (each is deleted while "
+                    "loading), and load_dataset raises sampling the empty dataset" if not kept else
+                    f"one row of it, and --split_dataset_ratio {cfg.split} holds it out: load_dataset's split "
+                    "asserts a training row is left") + "; the run stops before step 1")
+        for (file, _), plan in zip(files, plans):
+            for row in _full_rows(file, plan):
                 yield row, file
+
+    def _kept(self, rows: Iterator[Any], need: int) -> int:
+        """How many of ``rows`` (up to ``need``) ms-swift's dataset preprocessor keeps."""
+        kept = 0
+        for row in rows:
+            if not isinstance(row, Mapping):
+                continue
+            try:
+                kept += standard_row(row, self.config.columns, self.config.auto_columns) is not None
+            except NotImplementedError:
+                kept += 1  # a layout vlmcheck does not follow (VC007): not known to be deleted
+            except DELETED:
+                continue
+            if kept >= need:
+                break
+        return kept
 
     def settings_shown(self) -> dict[str, Any]:
         cfg = self.config
@@ -562,6 +642,14 @@ class Run(ProcessorRun):
             "datasets": [str(d) for d in cfg.datasets], "max_length": self.max_length,
             "truncation_strategy": cfg.truncation, "train_type": cfg.train_type,
         }
+        if cfg.val_datasets:
+            shown["eval_datasets"] = [str(d) for d in cfg.val_datasets]
+        if cfg.split:
+            shown["split_dataset_ratio"] = cfg.split
+        if cfg.columns:
+            shown["columns"] = cfg.columns
+        if not cfg.auto_columns:
+            shown["disable_auto_column_mapping"] = True
         if self.chat.qwen_vl_utils:
             shown.update({"image_max_pixels": self.settings.pre_max_pixels,
                           "image_min_pixels": self.settings.pre_min_pixels})
@@ -693,12 +781,12 @@ class Run(ProcessorRun):
         if isinstance(row.get("id"), (str, int)):
             result.id = str(row["id"])
         try:
-            standard = standard_row(row)
+            standard = standard_row(row, self.config.columns, self.config.auto_columns)
         except NotImplementedError as e:
             found.append(F.make("VC007", f"{e} by vlmcheck yet: the row is not counted"))
             frame["verdict"] = "unknown"
             return result
-        except (ValueError, KeyError, TypeError, IndexError, SyntaxError, MemoryError, RecursionError) as e:
+        except DELETED as e:
             self._refused(result, f"ms-swift's dataset preprocessor raises on this row ({type(e).__name__}: "
                                   f"{str(e)[:120]}) and deletes it from the dataset")
             return result
@@ -928,6 +1016,16 @@ class Run(ProcessorRun):
 # Template._replace_image_tags (compat): in a row without images, each <img>PATH</img> of a message (not the system
 # prompt) becomes <image>, and PATH, when it is a file, one of the row's images
 IMAGE_PATH_TAG = re.compile(r"<img>(.+?)</img>")
+
+
+def _full_rows(file: Path, plan: LoadPlan) -> Iterator[Any]:
+    """The rows of ``file`` as datasets loads them: every row holds every column of the file's table (a missing
+    one None), so ms-swift maps the columns and picks its preprocessor per file (``standard_row``)."""
+    for row in loaded_rows(file, plan):
+        if plan.columns and isinstance(row, dict):
+            for column in plan.columns:
+                row.setdefault(column, None)
+        yield row
 
 
 def _image_path_tags(row: dict[str, Any]) -> dict[str, Any]:
