@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from cache_lock import serialized
 from gemma3_vocab import _cache, gemma3_tokenizer_dir
 
 CHAT_TEMPLATE = (
@@ -97,6 +98,7 @@ TOKENIZER_CONFIG: dict[str, Any] = {
 }
 
 
+@serialized
 def gemma3_checkpoint(*, preprocessor: dict[str, Any] | None = None, processor: dict[str, Any] | None = None,
                       name: str = "gemma-3-4b-it") -> Path:
     """The checkpoint folder; ``preprocessor``/``processor`` replace values of the JSON files (a variant)."""
@@ -148,6 +150,7 @@ def gemma3_processor(folder: Path):
 SMALL_VISION = {"size": {"height": 224, "width": 224}}
 
 
+@serialized
 def gemma3_small_checkpoint() -> Path:
     """gemma3_checkpoint with the preprocessor resizing to 224 x 224 (for the tiny model)."""
     return gemma3_checkpoint(preprocessor=SMALL_VISION, name="gemma-3-4b-it-224")

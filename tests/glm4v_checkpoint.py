@@ -30,6 +30,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from cache_lock import serialized
 from llama_vocab import _cache
 
 # GLM-4 tokenizer (tokenization_chatglm.py of the GLM-4 checkpoints): the split pattern of its tiktoken encoding
@@ -84,6 +85,7 @@ CONFIG: dict[str, Any] = {
 }
 
 
+@serialized
 def glm4v_tokenizer_dir() -> Path:
     dest = _cache() / "glm4v-tokenizer"
     if (dest / "tokenizer.json").is_file():
@@ -113,6 +115,7 @@ def glm4v_tokenizer_dir() -> Path:
     return dest
 
 
+@serialized
 def glm4v_checkpoint(*, preprocessor: dict[str, Any] | None = None, name: str = "glm-4.1v-9b-thinking") -> Path:
     """The checkpoint folder; ``preprocessor`` replaces preprocessor_config.json values (a variant)."""
     dest = _cache() / f"checkpoint-{name}"

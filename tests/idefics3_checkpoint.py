@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from cache_lock import serialized
 from idefics3_vocab import idefics3_tokenizer_dir, smolvlm_tokenizer_dir
 from llama_vocab import _cache
 
@@ -87,6 +88,7 @@ def _tokenizer_dir(kind: str) -> Path:
     return smolvlm_tokenizer_dir(full=kind == "smolvlm")
 
 
+@serialized
 def checkpoint(name: str, *, preprocessor: dict[str, Any] | None = None, variant: str = "") -> Path:
     """The folder of checkpoint ``name``; ``preprocessor`` replaces preprocessor_config.json values."""
     spec = CHECKPOINTS[name]

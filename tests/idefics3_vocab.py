@@ -35,6 +35,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from cache_lock import serialized
 from llama_vocab import MEMBER_DIR, _cache, _sdist
 
 LLAMA3 = "ggml-vocab-llama-bpe"
@@ -52,6 +53,7 @@ SMOLVLM_ADDED = (  # from 49152
 SMOLVLM_2B_ADDED = ["<fake_token_around_image>", "<image>", "<end_of_utterance>"]  # from 49152
 
 
+@serialized
 def gguf_files() -> Path:
     """Folder holding the two GGUFs and their reference .inp/.out files."""
     dest = _cache() / "idefics3-gguf"
@@ -125,6 +127,7 @@ def _write(dest: Path, tok: Any, added: list[str], first_id: int, config: dict[s
     return dest
 
 
+@serialized
 def idefics3_tokenizer_dir() -> Path:
     """Llama-3 + Idefics3's three added tokens (HuggingFaceM4/Idefics3-8B-Llama3)."""
     dest = _cache() / "idefics3-llama3-tokenizer"
@@ -148,6 +151,7 @@ def idefics3_tokenizer_dir() -> Path:
     })
 
 
+@serialized
 def smolvlm_tokenizer_dir(*, full: bool = True) -> Path:
     """The SmolLM2 stand-in with SmolVLM's added tokens: the 128 of SmolVLM-256M/500M and SmolVLM2
     (``full``), or the three of SmolVLM-Instruct (2B)."""

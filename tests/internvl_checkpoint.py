@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from cache_lock import serialized
 from vlmcheck.demo.checkpoints import cache_dir
 
 # convert_internvl_weights_to_hf.py: chat_template
@@ -109,6 +110,7 @@ def _write_tokenizer(dest: Path) -> None:
     (dest / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
+@serialized
 def internvl_checkpoint(*, preprocessor: dict[str, Any] | None = None, processor: dict[str, Any] | None = None,
                         name: str = "internvl3-1b-hf") -> Path:
     """The checkpoint folder; ``preprocessor``/``processor`` replace values (a variant), built once."""

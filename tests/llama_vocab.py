@@ -14,6 +14,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+from cache_lock import serialized
+
 SDIST = "llama_cpp_python-0.3.36.tar.gz"
 MEMBER_DIR = "vendor/llama.cpp/models/"
 NAME = "ggml-vocab-llama-spm"
@@ -23,6 +25,7 @@ def _cache() -> Path:
     return Path(os.environ.get("VLMCHECK_CACHE") or Path.home() / ".cache" / "vlmcheck")
 
 
+@serialized
 def _sdist() -> Path:
     folder = _cache() / "sdist"
     path = folder / SDIST
@@ -36,6 +39,7 @@ def _sdist() -> Path:
     return path
 
 
+@serialized
 def gguf_files() -> Path:
     """Folder holding the GGUF and its reference .inp/.out files."""
     dest = _cache() / "llama-spm-gguf"
@@ -51,6 +55,7 @@ def gguf_files() -> Path:
     return dest
 
 
+@serialized
 def llama2_tokenizer_dir(*, image_token: bool = True) -> Path:
     """A folder with tokenizer.json / tokenizer_config.json of the Llama-2 vocabulary."""
     dest = _cache() / ("llama2-tokenizer-image" if image_token else "llama2-tokenizer")
@@ -82,6 +87,7 @@ def reference_cases() -> list[tuple[str, list[int]]]:
     return [(t, [int(x) for x in line.split()]) for t, line in zip(texts, ids)]
 
 
+@serialized
 def sentencepiece_model() -> Path:
     """The Llama-2 vocabulary as the ``tokenizer.model`` a Llama / Vicuna / LLaVA checkpoint ships.
 

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from cache_lock import serialized
 from llama_vocab import _cache, llama2_tokenizer_dir
 
 # chat_template.json of llava-hf/llava-1.5-7b-hf (images first, then text, "ASSISTANT:" prompt)
@@ -69,6 +70,7 @@ PROCESSOR: dict[str, Any] = {
 }
 
 
+@serialized
 def llava_checkpoint(*, preprocessor: dict[str, Any] | None = None, name: str = "llava-1.5-7b") -> Path:
     """The checkpoint folder; ``preprocessor`` replaces preprocessor_config.json values (a variant)."""
     dest = _cache() / f"checkpoint-{name}"

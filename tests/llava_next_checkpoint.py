@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from cache_lock import serialized
 from llama_vocab import _cache, llama2_tokenizer_dir
 
 # transformers' convert_llava_next_*_weights_to_hf.py ``chat_vicuna``
@@ -77,6 +78,7 @@ PROCESSOR: dict[str, Any] = {
 }
 
 
+@serialized
 def llava_next_checkpoint(*, preprocessor: dict[str, Any] | None = None, processor: dict[str, Any] | None = None,
                           name: str = "llava-v1.6-vicuna-7b") -> Path:
     """The checkpoint folder; ``preprocessor``/``processor`` replace values (a variant, give it a ``name``)."""

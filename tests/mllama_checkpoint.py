@@ -24,6 +24,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from cache_lock import serialized
 from llama_vocab import MEMBER_DIR, _sdist
 from vlmcheck.demo.checkpoints import cache_dir
 
@@ -142,6 +143,7 @@ def llama3_special_name(token_id: int) -> str:
     return named.get(token_id) or f"<|reserved_special_token_{token_id - 128008}|>"
 
 
+@serialized
 def llama_bpe_files() -> Path:
     """Folder with the Llama 3 vocab GGUF and its reference .inp/.out, extracted once."""
     dest = cache_dir() / "llama-bpe-gguf"
@@ -199,6 +201,7 @@ def write_tokenizer(dest: Path) -> None:
     (dest / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2) + "\n")
 
 
+@serialized
 def mllama_checkpoint() -> Path:
     """The checkpoint folder, built once."""
     dest = cache_dir() / "checkpoint-llama-3.2-11b-vision-instruct"

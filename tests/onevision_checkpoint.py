@@ -25,6 +25,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from cache_lock import serialized
 from llama_vocab import _cache
 
 CHAT_TEMPLATE = (
@@ -121,6 +122,7 @@ def onevision_tokenizer_files(dest: Path) -> None:
     (dest / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
+@serialized
 def onevision_checkpoint(*, name: str = "llava-onevision-qwen2-7b-ov") -> Path:
     dest = _cache() / f"checkpoint-{name}"
     if (dest / "chat_template.json").is_file():

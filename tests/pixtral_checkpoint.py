@@ -34,6 +34,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from cache_lock import serialized
 from tekken_vocab import _cache, tekken_tokenizer_dir
 
 # mistral-community/pixtral-12b chat_template.json (text chunks as "content" or "text")
@@ -131,6 +132,7 @@ CHECKPOINTS: dict[str, dict[str, Any]] = {
 }
 
 
+@serialized
 def pixtral_checkpoint(name: str = "pixtral-12b") -> Path:
     """The checkpoint folder (weightless), built once."""
     spec = CHECKPOINTS[name]

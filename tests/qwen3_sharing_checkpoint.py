@@ -14,6 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
+from cache_lock import serialized
 from vlmcheck.demo.checkpoints import cache_dir, qwen_checkpoint
 
 ARCHITECTURES = {
@@ -23,6 +24,7 @@ ARCHITECTURES = {
 }
 
 
+@serialized
 def sharing_checkpoint(model_type: str) -> Path:
     """The cached folder for ``model_type`` (one of ARCHITECTURES), built on first use."""
     dest = cache_dir() / "checkpoints" / model_type

@@ -14,10 +14,12 @@ import os
 import tempfile
 from pathlib import Path
 
+from cache_lock import serialized
 from vlmcheck.demo.checkpoints import cache_dir
 from vlmcheck.demo.qwen_tokenizer import QWEN2_SPECIAL_TOKENS, find_qwen_tiktoken
 
 
+@serialized
 def write_qwen_llm_tokenizer(dest: Path, *, qwen25: bool = False) -> Path:
     """Write tokenizer.json, tokenizer_config.json and config.json of a Qwen2 (or Qwen2.5) Instruct LLM to ``dest``."""
     from tokenizers import Tokenizer
@@ -67,6 +69,7 @@ def write_qwen_llm_tokenizer(dest: Path, *, qwen25: bool = False) -> Path:
     return dest
 
 
+@serialized
 def qwen_llm_tokenizer(*, qwen25: bool = False) -> Path:
     """The cached folder (built on first use): ``qwen2-7b-instruct`` or ``qwen2.5-7b-instruct``."""
     dest = cache_dir() / "checkpoints" / ("qwen2.5-7b-instruct" if qwen25 else "qwen2-7b-instruct")

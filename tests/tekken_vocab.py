@@ -25,6 +25,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from cache_lock import serialized
+
 WHEEL_VERSION = "1.13.1"
 MEMBER = "mistral_common/data/tekken_240911.json"
 
@@ -46,6 +48,7 @@ def _cache() -> Path:
     return Path(os.environ.get("VLMCHECK_CACHE") or Path.home() / ".cache" / "vlmcheck")
 
 
+@serialized
 def _wheel() -> Path:
     folder = _cache() / "wheels"
     found = sorted(folder.glob(f"mistral_common-{WHEEL_VERSION}-*.whl"))
@@ -60,6 +63,7 @@ def _wheel() -> Path:
     return sorted(folder.glob(f"mistral_common-{WHEEL_VERSION}-*.whl"))[0]
 
 
+@serialized
 def tekken_tokenizer_dir(*, add_bos: bool) -> Path:
     """A folder with tokenizer.json / tokenizer_config.json of the Tekken vocabulary.
 

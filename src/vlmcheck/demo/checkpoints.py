@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -115,16 +116,28 @@ def write_qwen_checkpoint(dest: Path, model_type: str = "qwen2_vl", *, wheel: st
         json.dumps({"chat_template": QWEN2_VL_CHAT_TEMPLATE}, indent=2) + "\n"
     )
     if dest.exists():
-        import shutil
-
         shutil.rmtree(dest)
     os.replace(tmp, dest)
     return dest
 
 
 def qwen_checkpoint(model_type: str = "qwen2_vl", *, wheel: str | None = None) -> Path:
-    """The cached checkpoint folder for ``model_type``, built on first use."""
+    """The cached checkpoint folder for ``model_type``, built on first use. Safe when several processes ask at
+    once: each builds in a folder of its own and the first to rename it into place wins; the others discard
+    theirs (a folder left without its tokenizer by an older build is replaced)."""
     dest = cache_dir() / "checkpoints" / model_type
-    if not (dest / "tokenizer.json").is_file():
-        write_qwen_checkpoint(dest, model_type, wheel=wheel)
+    if (dest / "tokenizer.json").is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{model_type}-", dir=dest.parent))
+    try:
+        built = write_qwen_checkpoint(staging / model_type, model_type, wheel=wheel)
+        try:
+            os.rename(built, dest)  # refused while another process's complete folder is there
+        except OSError:
+            if not (dest / "tokenizer.json").is_file():
+                shutil.rmtree(dest, ignore_errors=True)
+                os.replace(built, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return dest
