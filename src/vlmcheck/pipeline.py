@@ -216,6 +216,7 @@ def count_all(counter: Counter, chunks: Iterator[Rows], *, workers: int | None =
                 broken = True  # the pool saw a worker die before any result of ours did: count here from now
         return None
 
+    finished = False
     try:
         for chunk in chunks:
             inflight.append((chunk, submit(chunk)))
@@ -223,8 +224,23 @@ def count_all(counter: Counter, chunks: Iterator[Rows], *, workers: int | None =
                 yield from done()
         while inflight:
             yield from done()
+        finished = True
     finally:
-        pool.shutdown(wait=not inflight, cancel_futures=True)
+        if not finished:  # Ctrl-C, SIGTERM, an error, or the caller stopped reading: nothing more is wanted
+            _stop_workers(pool)
+        pool.shutdown(wait=finished, cancel_futures=True)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """End the pool's workers now: a chunk they are counting (or a worker still starting) would otherwise hold
+    the exit until it is done, as the interpreter joins the pool before it exits."""
+    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        if process.is_alive():
+            process.terminate()
 
 Engine = Callable[[Counter, int, int | None], Iterator[SampleResult]]
 """An engine other than this machine's processes: ``engine(counter, start, limit)`` gives every row's result from

@@ -221,7 +221,7 @@ def launch(tmp_path: Path, oracle: dict[str, Any], *options: str) -> Path:
     pixels = [f"MAX_PIXELS={oracle['max_pixels']} \\"] if oracle["max_pixels"] else []
     lines = ["# 22GiB", *pixels, "CUDA_VISIBLE_DEVICES=0 \\", "swift sft \\",
              f"    --model {checkpoint} \\", f"    --dataset {' '.join(map(str, data))} \\",
-             "    --split_dataset_ratio 0.01 \\",
+             "    --split_dataset_ratio 0 \\",  # the oracle loads without a split (a one-row file would stop)
              "    --train_type lora \\", "    --torch_dtype bfloat16 \\", "    --num_train_epochs 1 \\",
              "    --learning_rate 1e-4 \\", "    --lora_rank 8 \\", "    --target_modules all-linear \\",
              "    --freeze_vit true \\", *(f"    {o} \\" for o in options),
@@ -276,3 +276,19 @@ def test_the_cut_agrees_with_swifts_encode(tmp_path: Path, swift_oracle: dict[st
             assert sum(frame["kept_image_tokens"]) == after["pads"], (record, after)
     verdicts = {r["framework"]["verdict"] for r in ours}
     assert ("dropped" if strategy == "delete" else "cut") in verdicts
+
+
+def test_model_kwargs_set_the_pixel_budget_as_the_environment_does(tmp_path: Path,
+                                                                  swift_oracle: dict[str, Any]) -> None:
+    """``--model_kwargs '{"max_pixels": N}'`` puts MAX_PIXELS=N in the environment (BaseArguments
+    ._init_model_kwargs, over the script's own): the same counts as the oracle's run under MAX_PIXELS."""
+    if not swift_oracle["max_pixels"]:
+        pytest.skip("this template runs under qwen-vl-utils' own budget")
+    budget = swift_oracle["max_pixels"]
+    bare = {**swift_oracle, "max_pixels": None}
+    script = launch(tmp_path, bare, f"--model_kwargs '{{\"max_pixels\": {budget}}}'")
+    script.write_text(script.read_text().replace("swift sft", "MAX_PIXELS=1000000 swift sft"))  # overridden
+    ours = records(script, tmp_path)
+    whole = swift_oracle["whole"]
+    assert [r["image_tokens"] for r, w in zip(ours, whole) if w["verdict"] == "ok"] == \
+        [w["images"] for w in whole if w["verdict"] == "ok"]

@@ -52,7 +52,8 @@ ORACLE = QWEN_IMAGES_PRELUDE + textwrap.dedent('''
                           chat_template=template)
 
     def dataset(**data):
-        config = OmegaConf.create({"cache_dir": job["cache"], "filter_overlong_prompts_workers": 1, **data})
+        config = OmegaConf.create({"cache_dir": job["cache"], "filter_overlong_prompts_workers": 1,
+                                   "image_patch_size": job["patch"], **data})
         return RLHFDataset(data_files=[job["parquet"]], tokenizer=tokenizer, config=config, processor=processor)
 
     class Threshold:
@@ -124,8 +125,12 @@ def geo3k_rows() -> list[dict[str, Any]]:
     ]
 
 
-@pytest.fixture(scope="module")
-def verl_oracle(tmp_path_factory: pytest.TempPathFactory, qwen2_vl_checkpoint: Path) -> dict[str, Any]:
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen3_vl_moe"])
+def verl_oracle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                checkpoint_for: Any) -> dict[str, Any]:
+    """verl's RLHFDataset on the corpus, on the test checkpoint of a model type: Qwen2-VL (patch 14, verl's
+    default data.image_patch_size) and Qwen3-VL MoE (Qwen3-VL's processor: patch 16, which verl's Qwen3-VL
+    examples set as data.image_patch_size=16)."""
     import datasets
 
     python = oracle_python()
@@ -133,20 +138,25 @@ def verl_oracle(tmp_path_factory: pytest.TempPathFactory, qwen2_vl_checkpoint: P
     parquet = root / "train.parquet"
     ds = datasets.Dataset.from_list(geo3k_rows()).cast_column("images", datasets.List(datasets.Image()))
     ds.to_parquet(str(parquet))
-    job = {"checkpoint": str(qwen2_vl_checkpoint), "parquet": str(parquet), "cache": str(root / "cache"),
-           "limits": LIMITS}
+    checkpoint = checkpoint_for(request.param)
+    patch = json.loads((checkpoint / "preprocessor_config.json").read_text())["patch_size"]
+    job = {"checkpoint": str(checkpoint), "parquet": str(parquet), "cache": str(root / "cache"),
+           "limits": LIMITS, "patch": patch}
     done = subprocess.run([str(python), "-c", ORACLE, json.dumps(job)], capture_output=True, text=True,
                           timeout=600, env={**os.environ, "RAY_DISABLE_IMPORT_WARNING": "1"})
     lines = [line for line in done.stdout.splitlines() if line.startswith("ORACLE")]
     assert done.returncode == 0 and lines, done.stderr[-4000:]
-    return {"parquet": parquet, **json.loads(lines[-1][len("ORACLE"):])}
+    return {"parquet": parquet, "checkpoint": checkpoint, "patch": patch, **json.loads(lines[-1][len("ORACLE"):])}
 
 
 LIMITS = [1024]
 
 
-def launch(tmp_path: Path, checkpoint: Path, parquet: Path, *overrides: str) -> Path:
+def launch(tmp_path: Path, oracle: dict[str, Any], *overrides: str) -> Path:
     """A launch script in the shape of verl's examples/grpo_trainer/run_qwen2_5_vl-7b.sh."""
+    checkpoint, parquet = oracle["checkpoint"], oracle["parquet"]
+    if oracle["patch"] != 14:
+        overrides = (f"data.image_patch_size={oracle['patch']}", *overrides)
     script = tmp_path / "run_qwen2_vl.sh"
     lines = ["set -x", "ENGINE=${1:-vllm}", f"DATA={parquet.parent}", "", "python3 -m verl.trainer.main_ppo \\",
              "    algorithm.adv_estimator=grpo \\", f"    data.train_files=$DATA/{parquet.name} \\",
@@ -170,10 +180,8 @@ def checked(script: Path, tmp_path: Path) -> tuple[list[dict[str, Any]], Any]:
     return [json.loads(line) for line in out.read_text().splitlines()], report
 
 
-def test_prompt_lengths_and_image_counts_agree_with_rlhfdataset(tmp_path: Path, qwen2_vl_checkpoint: Path,
-                                                                verl_oracle: dict[str, Any]) -> None:
-    ours = records(launch(tmp_path, qwen2_vl_checkpoint, verl_oracle["parquet"], "data.max_prompt_length=100000"),
-                   tmp_path)
+def test_prompt_lengths_and_image_counts_agree_with_rlhfdataset(tmp_path: Path, verl_oracle: dict[str, Any]) -> None:
+    ours = records(launch(tmp_path, verl_oracle, "data.max_prompt_length=100000"), tmp_path)
     assert len(ours) == len(verl_oracle["lengths"]) == len(geo3k_rows())
     for record, length, images in zip(ours, verl_oracle["lengths"], verl_oracle["images"]):
         assert record["tokens"] == length, (record, length)  # None: verl cannot measure the row
@@ -184,10 +192,10 @@ def test_prompt_lengths_and_image_counts_agree_with_rlhfdataset(tmp_path: Path, 
 
 
 @pytest.mark.parametrize("limit", LIMITS)
-def test_the_overlong_filter_keeps_what_rlhfdataset_keeps(tmp_path: Path, qwen2_vl_checkpoint: Path,
-                                                          verl_oracle: dict[str, Any], limit: int) -> None:
-    ours, report = checked(launch(tmp_path, qwen2_vl_checkpoint, verl_oracle["parquet"],
-                                  f"data.max_prompt_length={limit}", "data.filter_overlong_prompts=True"), tmp_path)
+def test_the_overlong_filter_keeps_what_rlhfdataset_keeps(tmp_path: Path, verl_oracle: dict[str, Any],
+                                                          limit: int) -> None:
+    ours, report = checked(launch(tmp_path, verl_oracle, f"data.max_prompt_length={limit}",
+                                  "data.filter_overlong_prompts=True"), tmp_path)
     kept = [i for i, r in enumerate(ours) if r["framework"]["verdict"] != "filtered"]
     assert kept == verl_oracle["survivors"][str(limit)]
     assert len(kept) < len(ours)
@@ -198,19 +206,18 @@ def test_the_overlong_filter_keeps_what_rlhfdataset_keeps(tmp_path: Path, qwen2_
             assert fixes[record["index"]].startswith(f"set data.max_prompt_length={record['tokens']} ")
 
 
-def test_the_filter_boundary_is_verls(tmp_path: Path, qwen2_vl_checkpoint: Path,
-                                      verl_oracle: dict[str, Any]) -> None:
+def test_the_filter_boundary_is_verls(tmp_path: Path, verl_oracle: dict[str, Any]) -> None:
     for limit in (verl_oracle["boundary"], verl_oracle["boundary"] - 1):  # a prompt of exactly the limit is kept
-        ours = records(launch(tmp_path, qwen2_vl_checkpoint, verl_oracle["parquet"], f"data.max_prompt_length={limit}",
+        ours = records(launch(tmp_path, verl_oracle, f"data.max_prompt_length={limit}",
                               "data.filter_overlong_prompts=True"), tmp_path)
         kept = [i for i, r in enumerate(ours) if r["framework"]["verdict"] != "filtered"]
         assert kept == verl_oracle["survivors"][str(limit)]
 
 
-def test_without_the_filter_an_image_prompt_over_budget_stops_the_rollout(tmp_path: Path, qwen2_vl_checkpoint: Path,
+def test_without_the_filter_an_image_prompt_over_budget_stops_the_rollout(tmp_path: Path,
                                                                           verl_oracle: dict[str, Any]) -> None:
-    ours = records(launch(tmp_path, qwen2_vl_checkpoint, verl_oracle["parquet"], "data.max_prompt_length=1024"),
-                   tmp_path)  # data.filter_overlong_prompts is False by default
+    # data.filter_overlong_prompts is False by default
+    ours = records(launch(tmp_path, verl_oracle, "data.max_prompt_length=1024"), tmp_path)
     verdicts = {r["index"]: (r["framework"]["verdict"], r["findings"]) for r in ours}
     lengths = verl_oracle["lengths"]
     assert verdicts[1] == ("crash", ["VC206"]) and lengths[1] > 1024  # the 1.2-megapixel image

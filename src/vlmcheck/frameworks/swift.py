@@ -302,6 +302,9 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     options: dict[str, Any] = raw.get("options") or {}
     env: dict[str, str] = raw.get("env") or {}
     mapping = dict(path_map or {})
+    # --model_kwargs: each key, upper-cased, is set in the environment (over the script's): MAX_PIXELS, ...
+    env = {**env, **{k.upper(): str(v) for k, v in _json_object(options.get("model_kwargs"), "--model_kwargs", path,
+                                                                 mapping).items()}}
     model_path = model or options.get("model")
     if not model_path or isinstance(model_path, list):
         raise UsageError(f"{path}: --model is not set (or pass --model)")
@@ -327,7 +330,9 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
                          f"{', '.join(TEMPLATES)})")
     if options.get("loss_scale") not in (None, "default"):
         raise UsageError(f"{path}: --loss_scale {options['loss_scale']} is not modelled yet (default is)")
-    columns = _columns(options.get("columns"), path, mapping)
+    columns = _json_object(options.get("columns"), "--columns", path, mapping)
+    if not all(isinstance(v, str) for v in columns.values()):
+        raise UsageError(f"{path}: --columns must map column names to names, got {options['columns']!r}")
     system = options.get("system")
     if isinstance(system, str) and system.endswith(".txt"):
         system = Path(mapped(system, mapping)).read_text(encoding="utf-8")
@@ -347,7 +352,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         auto_columns=str(options.get("disable_auto_column_mapping") or "false").lower() not in ("true", "1"),
         values={k: options.get(k) for k in ("max_length", "truncation_strategy", "train_type", "system",
                                             "max_pixels", "columns", "disable_auto_column_mapping",
-                                            "val_dataset", "split_dataset_ratio")},
+                                            "val_dataset", "split_dataset_ratio", "model_kwargs")},
     )
 
 
@@ -366,9 +371,9 @@ def _dataset_files(sources: list[str], key: str, path: Path, mapping: Mapping[st
     return files
 
 
-def _columns(value: Any, path: Path, mapping: Mapping[str, str]) -> dict[str, str]:
-    """``--columns`` as ``json_parse_to_dict`` reads it: a JSON object, or the path of a JSON file holding one
-    (ms-swift tries to repair other text; vlmcheck does not guess)."""
+def _json_object(value: Any, key: str, path: Path, mapping: Mapping[str, str]) -> dict[str, Any]:
+    """An option ms-swift reads with ``json_parse_to_dict`` (``--columns``, ``--model_kwargs``): a JSON object,
+    or the path of a JSON file holding one (ms-swift tries to repair other text; vlmcheck does not guess)."""
     if value is None:
         return {}
     text = str(value)
@@ -378,9 +383,9 @@ def _columns(value: Any, path: Path, mapping: Mapping[str, str]) -> dict[str, st
             text = file.read_text(encoding="utf-8")
         parsed = json.loads(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"{path}: --columns {value!r} is not a JSON object or a JSON file ({e})") from None
-    if not isinstance(parsed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()):
-        raise UsageError(f"{path}: --columns must map column names to names, got {value!r}")
+        raise UsageError(f"{path}: {key} {value!r} is not a JSON object or a JSON file ({e})") from None
+    if not isinstance(parsed, dict):
+        raise UsageError(f"{path}: {key} must be a JSON object, got {value!r}")
     return parsed
 
 

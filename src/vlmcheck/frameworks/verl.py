@@ -39,6 +39,7 @@ from vlmcheck.chat import render_chat
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
 from vlmcheck.errors import UsageError
 from vlmcheck.families import Expansion, Overrides
+from vlmcheck.families.qwen2_vl import Qwen2VLFamily
 from vlmcheck.frameworks._run import (
     ProcessorRun,
     expand_shell,
@@ -99,8 +100,6 @@ def lint_run_kind(*, entry: str | None, calls: Mapping[str, Any], options: Mappi
 ENTRY_POINTS = ("verl.trainer.main_ppo", "verl.trainer.main_dapo", "verl/trainer/main_ppo.py")
 # RLHFDataset._build_messages splits string contents on these
 MEDIA_TAGS = re.compile("(<image>|<video>|<audio>)")
-# the Qwen-VL families: verl resizes every image with qwen-vl-utils, whose factor is theirs
-QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 
 # -- launch scripts -------------------------------------------------------------------------------------------------
@@ -263,9 +262,9 @@ class Run(ProcessorRun):
     config: Config
 
     def __init__(self, config: Config, spec: ModelSpec) -> None:
-        if spec.model_type not in QWEN_FAMILIES:
+        if not isinstance(spec.family, Qwen2VLFamily):  # the Qwen-VL processors: qwen-vl-utils' factor is theirs
             raise UsageError(f"verl resizes every image with qwen-vl-utils before the processor; vlmcheck models "
-                             f"that route for {', '.join(QWEN_FAMILIES)}, not {spec.model_type}")
+                             f"that route for the Qwen-VL processors (Qwen2-VL to Qwen3.5), not {spec.model_type}")
         if spec.chat_template is None:
             raise UsageError(f"{spec.path} has no chat template; verl renders every prompt with it")
         if config.image_patch_size != spec.settings.patch_size:
