@@ -283,7 +283,12 @@ def run(counter: Counter, source: Source, *, output: str | os.PathLike[str] | No
             if progress is not None:
                 progress(builder.scanned, total)
 
-    writer.write(tick(results), started=started)
+    try:
+        writer.write(tick(results), started=started)
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:  # stopped anywhere (Ctrl-C in the writer too): count_all ends its workers now
+            close()
     report = builder.build(seconds=writer.seconds(time.perf_counter()))
     if source.shard is not None:
         report.summary["shard"] = shard_label(source.shard)

@@ -108,3 +108,52 @@ def test_val_dataset_rows_are_judged_and_turn_the_split_off(script: Path, tmp_pa
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["framework"]["verdict"] for r in records] == ["dropped", "ok"]  # the image row is over 100 tokens
     assert report.summary["framework"]["eval_datasets"] == [str(tmp_path / "val.jsonl")]
+
+
+@pytest.mark.parametrize(("flags", "stops"), [
+    ("--split_dataset_ratio 0.01", True),
+    ("--split_dataset_ratio 0.01 --eval_strategy no", False),  # no evaluation: no split (SftArguments)
+    ("--split_dataset_ratio 0.01 --save_strategy no", False),  # --eval_strategy follows --save_strategy
+    ("--split_dataset_ratio 0.01 --streaming", False),  # a bare flag is true; streaming never splits
+    ("--split_dataset_ratio 0.01 --streaming false", True),
+])
+def test_the_split_is_the_one_swift_makes(script: Path, flags: str, stops: bool) -> None:
+    """A one-row file under a split stops the run (the held-out row leaves no training row); ms-swift turns the
+    split off without evaluation or when streaming."""
+    import vlmcheck
+
+    script.write_text(script.read_text().replace("--max_length 100", f"--max_length 100 {flags}"))
+    if stops:
+        with pytest.raises(vlmcheck.DatasetError, match="holds it out"):
+            vlmcheck.check(script)
+    else:
+        assert vlmcheck.check(script).summary["framework"]["verdicts"] == {"dropped": 1}
+
+
+@pytest.mark.parametrize(("flags", "words"), [
+    ("--split_dataset_ratio 1", "no training rows"),
+    ("--strict maybe", "not a boolean"),
+    ("--columns '[1, 2]'", "JSON object"),
+])
+def test_settings_swift_cannot_train_with_are_refused(script: Path, flags: str, words: str) -> None:
+    script.write_text(script.read_text().replace("--max_length 100", f"--max_length 100 {flags}"))
+    result = CliRunner().invoke(main, ["check", str(script)])
+    assert result.exit_code == 2 and words in result.output, result.output
+
+
+def test_a_bare_boolean_flag_is_true(script: Path, tmp_path: Path) -> None:
+    """``--disable_auto_column_mapping`` alone turns ms-swift's renames off: the 'image' column is not renamed and
+    the row has no image (as with ``true``)."""
+    import vlmcheck
+
+    row = {"messages": [{"role": "user", "content": "What is it?"}, {"role": "assistant", "content": "A cat."}],
+           "image": str(tmp_path / "a.png")}
+    (tmp_path / "train.jsonl").write_text(json.dumps(row) + "\n")
+    counts = {}
+    for flag in ("", "--disable_auto_column_mapping", "--disable_auto_column_mapping true"):
+        script.write_text(re.sub(r"--max_length 100.*", f"--max_length 1000 {flag}", script.read_text()))
+        out = tmp_path / "records.jsonl"
+        vlmcheck.check(script, output=out)
+        counts[flag] = json.loads(out.read_text())["image_tokens"]
+    assert counts["--disable_auto_column_mapping"] == counts["--disable_auto_column_mapping true"] == []
+    assert len(counts[""]) == 1  # renamed to images: one image

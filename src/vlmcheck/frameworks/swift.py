@@ -274,6 +274,7 @@ class Config:
     # --val_dataset: encoded by the same template for evaluation; --split_dataset_ratio (0 with --val_dataset)
     val_datasets: tuple[Path, ...] = ()
     split: float = 0.0
+    streaming: bool = False  # --streaming: nothing is sampled (an empty file does not raise)
     # --columns (renames before ms-swift's own: a JSON object, or a JSON file); --disable_auto_column_mapping
     columns: dict[str, str] = field(default_factory=dict)
     auto_columns: bool = True
@@ -320,6 +321,15 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
                          f"{options['split_dataset_ratio']!r}") from None
     if not 0 <= split <= 1:
         raise UsageError(f"{path}: --split_dataset_ratio must be between 0 and 1, got {split}")
+    streaming = _flag(options, "streaming", path)
+    # no split with --val_dataset or --streaming (DataArguments), nor without evaluation (SftArguments:
+    # --eval_strategy, by default --save_strategy, 'no')
+    evaluation = str(options.get("eval_strategy") or options.get("save_strategy") or "steps")
+    if val_files or streaming or evaluation == "no":
+        split = 0.0
+    if split == 1:
+        raise UsageError(f"{path}: --split_dataset_ratio 1 puts every row into the evaluation set: ms-swift has no "
+                         "training rows and its trainer raises")
     truncation = str(options.get("truncation_strategy") or "delete")
     if truncation not in TRUNCATIONS:
         raise UsageError(f"{path}: --truncation_strategy {truncation}: vlmcheck models {', '.join(TRUNCATIONS)} "
@@ -340,19 +350,19 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         system = system.replace("\\n", "\n")
     return Config(
         path=path, model=mapped(str(model_path), mapping), template=str(template or ""), datasets=tuple(files),
-        val_datasets=tuple(val_files), split=0.0 if val_files else split,
+        val_datasets=tuple(val_files), split=split, streaming=streaming,
         max_length=_int(options["max_length"], "--max_length", path) if options.get("max_length") else None,
         truncation=truncation, system=system if isinstance(system, str) else None,
         max_pixels=_int(env["MAX_PIXELS"], "MAX_PIXELS", path) if env.get("MAX_PIXELS") else None,
         rescale=_int(options["max_pixels"], "--max_pixels", path) if options.get("max_pixels") else None,
         min_pixels=_int(env["MIN_PIXELS"], "MIN_PIXELS", path) if env.get("MIN_PIXELS") else None,
         train_type=str(options.get("train_type") or "lora"),
-        strict=str(options.get("strict") or "false").lower() in ("true", "1"),
-        columns=columns,
-        auto_columns=str(options.get("disable_auto_column_mapping") or "false").lower() not in ("true", "1"),
+        strict=_flag(options, "strict", path), columns=columns,
+        auto_columns=not _flag(options, "disable_auto_column_mapping", path),
         values={k: options.get(k) for k in ("max_length", "truncation_strategy", "train_type", "system",
                                             "max_pixels", "columns", "disable_auto_column_mapping",
-                                            "val_dataset", "split_dataset_ratio", "model_kwargs")},
+                                            "val_dataset", "split_dataset_ratio", "model_kwargs", "streaming",
+                                            "eval_strategy")},
     )
 
 
@@ -371,6 +381,22 @@ def _dataset_files(sources: list[str], key: str, path: Path, mapping: Mapping[st
     return files
 
 
+def _flag(options: Mapping[str, Any], key: str, path: Path) -> bool:
+    """A boolean option as ms-swift's argument parser reads it: ``--key`` alone is true; true / false, yes / no,
+    t / f, y / n, 1 / 0 in any case."""
+    if key not in options:
+        return False
+    value = options[key]
+    if value is None:
+        return True
+    word = str(value).strip().lower()
+    if word in ("true", "t", "yes", "y", "1", "on"):
+        return True
+    if word in ("false", "f", "no", "n", "0", "off"):
+        return False
+    raise UsageError(f"{path}: --{key} {value!r} is not a boolean")
+
+
 def _json_object(value: Any, key: str, path: Path, mapping: Mapping[str, str]) -> dict[str, Any]:
     """An option ms-swift reads with ``json_parse_to_dict`` (``--columns``, ``--model_kwargs``): a JSON object,
     or the path of a JSON file holding one (ms-swift tries to repair other text; vlmcheck does not guess)."""
@@ -378,6 +404,8 @@ def _json_object(value: Any, key: str, path: Path, mapping: Mapping[str, str]) -
         return {}
     text = str(value)
     file = Path(mapped(os.path.expanduser(text), mapping))
+    if not file.is_absolute() and not file.exists() and (path.parent / file).exists():
+        file = path.parent / file
     try:
         if not text.lstrip().startswith("{") and file.is_file():
             text = file.read_text(encoding="utf-8")
@@ -612,8 +640,8 @@ class Run(ProcessorRun):
         for (file, val), plan in zip(files, plans):  # load_dataset loads and samples every file before step 1
             # DatasetLoader.post_process samples each file after its preprocessor: none kept, it divides by zero;
             # a split (0 < --split_dataset_ratio < 1) asserts a training row is left after the one it holds out
-            need = 2 if 0 < cfg.split < 1 and not val else 1
-            kept = self._kept(_full_rows(file, plan), need)
+            need = 0 if cfg.streaming else 2 if 0 < cfg.split < 1 and not val else 1
+            kept = self._kept(_full_rows(file, plan), need) if need else 0
             if kept < need:
                 raise DatasetError(
                     f"{file}: ms-swift's dataset preprocessor keeps " + ("no row of it (each is deleted while "
@@ -625,17 +653,22 @@ class Run(ProcessorRun):
                 yield row, file
 
     def _kept(self, rows: Iterator[Any], need: int) -> int:
-        """How many of ``rows`` (up to ``need``) ms-swift's dataset preprocessor keeps."""
+        """How many of ``rows`` (up to ``need``) ms-swift's dataset preprocessor keeps: a row vlmcheck does not
+        follow (a layout, a value datasets rewrites) counts as kept, as nothing says it is deleted (the row's own
+        judge reports it); a row datasets cannot read stops the load anyway (that row's judge says so)."""
         kept = 0
         for row in rows:
+            if isinstance(row, BadRow):
+                continue
             if not isinstance(row, Mapping):
-                continue
-            try:
-                kept += standard_row(row, self.config.columns, self.config.auto_columns) is not None
-            except NotImplementedError:
-                kept += 1  # a layout vlmcheck does not follow (VC007): not known to be deleted
-            except DELETED:
-                continue
+                kept += 1
+            else:
+                try:
+                    kept += standard_row(row, self.config.columns, self.config.auto_columns) is not None
+                except DELETED:
+                    continue
+                except Exception:  # noqa: BLE001 - NotImplementedError (VC007) and anything the judge reports
+                    kept += 1
             if kept >= need:
                 break
         return kept
