@@ -438,6 +438,9 @@ def _renamed(row: Mapping[str, Any], mapping: Mapping[str, str]) -> dict[str, An
     safe = {lower[src.lower()]: dst for src, dst in mapping.items() if src.lower() in lower}
     bound = Counter(safe.values())
     safe = {k: dst for k, dst in safe.items() if bound[dst] == 1 and k != dst}
+    clash = [dst for dst in safe.values() if dst in row and dst not in safe]
+    if clash:  # datasets would hold two columns of one name (only --columns can ask for it)
+        raise NotImplementedError(f"a rename onto the file's own column {clash[0]!r} is not modelled")
     return {safe.get(k, k): v for k, v in row.items()}
 
 
