@@ -107,6 +107,7 @@ def test_val_dataset_rows_are_judged_and_turn_the_split_off(script: Path, tmp_pa
     report = vlmcheck.check(script, output=out)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["framework"]["verdict"] for r in records] == ["dropped", "ok"]  # the image row is over 100 tokens
+    assert [r["framework"].get("split") for r in records] == [None, "eval"]
     assert report.summary["framework"]["eval_datasets"] == [str(tmp_path / "val.jsonl")]
 
 

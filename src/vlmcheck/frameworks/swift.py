@@ -813,6 +813,8 @@ class Run(ProcessorRun):
         result = SampleResult(index=index, id=str(index), tokens=None, image_tokens=[], supervised_tokens=None)
         found = result.findings
         frame: dict[str, Any] = {"name": NAME, "verdict": "ok"}
+        if source in self.config.val_datasets and source not in self.config.datasets:
+            frame["split"] = "eval"  # --val_dataset: encoded the same way, for evaluation
         result.framework = frame
         if isinstance(row, BadRow) or not isinstance(row, Mapping):
             found.append(F.make("VC001", f"{row.reason if isinstance(row, BadRow) else 'not an object'}; ms-swift "
