@@ -158,3 +158,18 @@ def test_a_bare_boolean_flag_is_true(script: Path, tmp_path: Path) -> None:
         counts[flag] = json.loads(out.read_text())["image_tokens"]
     assert counts["--disable_auto_column_mapping"] == counts["--disable_auto_column_mapping true"] == []
     assert len(counts[""]) == 1  # renamed to images: one image
+
+
+@pytest.mark.parametrize("name", ["train.jsonl.gz", "train.JSONL", "train.ndjson"])
+def test_a_file_swift_has_no_loader_for_stops_the_run(script: Path, tmp_path: Path, name: str) -> None:
+    """ms-swift names the datasets builder after the extension as written (jsonl -> json): a compressed file, an
+    upper-case extension or .ndjson has none, and the load raises."""
+    import gzip
+
+    import vlmcheck
+
+    text = (tmp_path / "train.jsonl").read_text()
+    (tmp_path / name).write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+    script.write_text(script.read_text().replace(str(tmp_path / "train.jsonl"), str(tmp_path / name)))
+    with pytest.raises(vlmcheck.DatasetError, match="no"):
+        vlmcheck.check(script)

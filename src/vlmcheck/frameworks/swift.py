@@ -377,6 +377,16 @@ def _dataset_files(sources: list[str], key: str, path: Path, mapping: Mapping[st
         if not file.is_file():
             raise UsageError(f"{path}: {key} {source} is not a local file ({file}); vlmcheck reads local "
                              ".jsonl/.json/.parquet files (pass --data, or --path-map)")
+        # DatasetLoader._load_dataset_path: the datasets builder is named by the extension as written
+        ext = os.path.splitext(file.name)[1].lstrip(".")
+        builder = {"jsonl": "json", "txt": "text"}.get(ext) or ext
+        if builder in ("csv", "text"):
+            raise UsageError(f"{path}: {key} {source}: ms-swift reads it with datasets' {builder} builder, which "
+                             "vlmcheck does not model yet (it reads .jsonl/.json/.parquet)")
+        if builder not in ("json", "parquet"):
+            raise DatasetError(f"{path}: {key} {source}: ms-swift loads a local file with the datasets builder its "
+                               f"extension names ({ext or 'none'!r}), and there is none of that name: the run stops "
+                               "before step 1 (compressed files are not opened; write .jsonl, .json or .parquet)")
         files.append(file)
     return files
 
