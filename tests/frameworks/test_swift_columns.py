@@ -83,6 +83,21 @@ def cases(folder: Path) -> dict[str, dict[str, Any]]:
             {"messages": [{"role": "user", "content": "<image>Q"}, {"role": "assistant", "content": "A"}],
              "images": [pic]},
         ]),
+        # history entries: a list's first two items; fewer is an IndexError (the row is deleted)
+        "history": ({}, [
+            {"query": "<image>Now?", "response": "Yes.", "history": [["Before?", "No.", "a third item"]],
+             "images": [pic]},
+            {"query": "<image>Now?", "response": "Yes.", "history": [["Only a question"]], "images": [pic]},
+        ]),
+        # a rejected_response column: a row with none (null), or the same as its answer, is deleted while loading
+        "rejected": ({}, [
+            {"messages": [{"role": "user", "content": "<image>Q"}, {"role": "assistant", "content": "A"}],
+             "rejected_response": "B", "images": [pic]},
+            {"messages": [{"role": "user", "content": "<image>Q"}, {"role": "assistant", "content": "A"}],
+             "images": [pic]},
+            {"messages": [{"role": "user", "content": "<image>Q"}, {"role": "assistant", "content": "A"}],
+             "rejected_response": "A", "images": [pic]},
+        ]),
         # every row deleted: ms-swift's load raises (sampling an empty dataset) and the run stops
         "no row kept": ({"disable_auto_column_mapping": True}, [
             {"conversations": turn, "images": [pic]},
@@ -137,7 +152,7 @@ def oracle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("name", ["renamed", "dialog", "bound twice", "no auto, image", "no auto, conversations",
-                                  "no auto, renamed by --columns"])
+                                  "no auto, renamed by --columns", "history", "rejected"])
 def test_columns_are_mapped_as_swift_maps_them(tmp_path: Path, oracle: dict[str, Any], name: str) -> None:
     case = oracle["cases"][name]
     ours = check_launch(tmp_path, {"checkpoint": oracle["checkpoint"], "data": case["data"]}, None, "raise",
@@ -178,5 +193,7 @@ def test_the_cases_reach_each_outcome(oracle: dict[str, Any]) -> None:
     assert [r["verdict"] for r in results["dialog"]] == ["ok", "deleted"]
     assert [r["verdict"] for r in results["no auto, conversations"]] == ["deleted", "ok"]
     assert "raises" in results["no row kept"]
+    assert [r["verdict"] for r in results["history"]] == ["ok", "deleted"]
+    assert [r["verdict"] for r in results["rejected"]] == ["ok", "deleted", "deleted"]
     assert [r["images"] for r in results["no auto, image"]] == [0, 0]  # 'image' not renamed: no image
     assert [r["images"] for r in results["renamed"]] == [1, 1, 0]

@@ -525,12 +525,16 @@ def standard_row(row: Mapping[str, Any], columns: Mapping[str, str] | None = Non
         history = [*history, [out.pop("query", None), response]]
         system = out.pop("system", None)
         messages = [{"role": "system", "content": system}] if system is not None else []
-        for pair in history:  # history_to_messages
-            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+        for pair in history:  # history_to_messages: a list's first two items (IndexError on fewer)
+            if not isinstance(pair, (list, tuple)) or len(pair) < 2:
                 raise ValueError("a history entry that is not a (query, response) pair")
-            messages += [{"role": r, "content": c} for r, c in zip(("user", "assistant"), pair) if c is not None]
+            messages += [{"role": r, "content": c} for r, c in zip(("user", "assistant"), pair[:2]) if c is not None]
     if not messages:
         raise ValueError("no messages")
+    if "rejected_response" in out:  # _check_rejected_response: a column of the file, so null where a row lacks it
+        rejected = out["rejected_response"]
+        if rejected is None or (isinstance(rejected, str) and rejected == messages[-1].get("content")):
+            raise ValueError("its rejected_response is null or the same as its last answer")
     for m in messages:  # _check_messages
         for key in set(m) - set(MESSAGE_KEYS):
             m.pop(key)
