@@ -77,6 +77,24 @@ def test_hub_datasets_and_sampling_are_refused(script: Path) -> None:
     assert result.exit_code == 2 and "#N" in result.output
 
 
+def test_a_row_with_grounding_objects_is_not_counted(script: Path, tmp_path: Path) -> None:
+    """ms-swift writes a row's objects into its <ref-object> / <bbox> tags (boxes rescaled per template), which
+    vlmcheck does not model: VC007, never the tags counted as text."""
+    import vlmcheck
+
+    row = {"messages": [{"role": "user", "content": "<image>Find <ref-object>"},
+                        {"role": "assistant", "content": "<bbox>"}],
+           "images": [str(tmp_path / "a.png")], "objects": {"ref": ["the cat"], "bbox": [[10, 20, 30, 40]]}}
+    plain = {"messages": [{"role": "user", "content": "<image>Hi"}, {"role": "assistant", "content": "Yo"}],
+             "images": [str(tmp_path / "a.png")]}
+    (tmp_path / "train.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(plain) + "\n")
+    script.write_text(script.read_text().replace("--max_length 100", "--max_length 1000"))
+    out = tmp_path / "records.jsonl"
+    vlmcheck.check(script, output=out)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["framework"]["verdict"], r["findings"]) for r in records] == [("unknown", ["VC007"]), ("ok", [])]
+
+
 def test_a_row_with_videos_or_audio_is_not_counted(script: Path, tmp_path: Path) -> None:
     """ms-swift writes a video's or an audio's tokens too, which vlmcheck does not model: such a row is VC007 and
     no count, never a count without them."""

@@ -852,6 +852,11 @@ class Run(ProcessorRun):
             frame["verdict"] = "dropped"
             return result
         row = standard
+        if row.get("objects"):  # _pre_tokenize: <ref-object> / <bbox> tags written from the objects, boxes rescaled
+            found.append(F.make("VC007", "grounding objects (<ref-object> / <bbox> written from the row's objects) "
+                                         "are not modelled by vlmcheck yet: the row is not counted"))
+            frame["verdict"] = "unknown"
+            return result
         media = [key for key in ("videos", "video", "audios", "audio") if row.get(key)]
         if media:
             found.append(F.make("VC007", f"the row's {media[0]} are not modelled by vlmcheck yet (ms-swift would "
