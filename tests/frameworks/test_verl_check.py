@@ -82,7 +82,8 @@ def test_what_verl_refuses_or_vlmcheck_does_not_model_is_exit_2(tmp_path: Path, 
     parquet = write_parquet(tmp_path / "train.parquet")
     base = f"data:\n  train_files: {parquet}\nactor_rollout_ref:\n  model:\n    path: {qwen2_vl_checkpoint}\n"
     config = tmp_path / "c.yaml"
-    for extra, words in (("  custom_cls:\n    path: my.py\n", "custom_cls"),):
+    for extra, words in (("  custom_cls:\n    path: my.py\n", "custom_cls"),
+                         ("  mm_processor_kwargs:\n    max_pixels: 200704\n", "mm_processor_kwargs")):
         config.write_text(base.replace("data:\n", "data:\n" + extra))
         result = CliRunner().invoke(main, ["check", str(config)])
         assert result.exit_code == 2 and words in result.output

@@ -192,6 +192,9 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     if section(written, "custom_cls").get("path"):
         raise UsageError(f"{path}: data.custom_cls replaces RLHFDataset with your own class, which vlmcheck "
                          "cannot model")
+    if section(written, "mm_processor_kwargs"):  # passed to the processor call, which resizes again after
+        raise UsageError(f"{path}: data.mm_processor_kwargs (the processor's own resize after qwen-vl-utils, with "
+                         "these settings) is not modelled by vlmcheck yet")
     model_path = model or section(raw, "actor_rollout_ref", "model").get("path")
     if not model_path:
         raise UsageError(f"{path}: actor_rollout_ref.model.path is not set (or pass --model)")
