@@ -1,20 +1,23 @@
 """One lock for the fixtures built into ``$VLMCHECK_CACHE`` (checkpoint folders, vocabularies assembled from
 registry packages): the tests run in several processes (pytest-xdist), and two of them must not build, or clear, the
 same folder at once. ``serialized`` builders take an exclusive ``flock`` on ``$VLMCHECK_CACHE/.build.lock`` for the
-call; a builder called from inside another (a checkpoint needing its vocabulary) already holds it."""
+call; a builder called from inside another (a checkpoint needing its vocabulary) already holds it. The depth is kept
+per thread (a second thread waits for the lock like another process). A builder must not start a Python process that
+calls a builder itself: the child would wait for the lock its parent holds."""
 
 from __future__ import annotations
 
 import fcntl
 import functools
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
-_held = 0  # how deep this process is inside the lock
+_depth = threading.local()  # how deep this thread is inside the lock
 
 
 def cache_root() -> Path:
@@ -23,23 +26,23 @@ def cache_root() -> Path:
 
 @contextmanager
 def cache_lock() -> Iterator[None]:
-    global _held
-    if _held:
-        _held += 1
+    held = getattr(_depth, "n", 0)
+    if held:
+        _depth.n = held + 1
         try:
             yield
         finally:
-            _held -= 1
+            _depth.n = held
         return
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        _held = 1
+        _depth.n = 1
         try:
             yield
         finally:
-            _held = 0
+            _depth.n = 0
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
