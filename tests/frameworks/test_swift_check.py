@@ -38,6 +38,18 @@ swift sft \\
     assert swift.read_launch("swift infer --model x\n", path=tmp_path / "x.sh") is None
 
 
+@pytest.mark.parametrize(("command", "named"), [
+    ("swift rlhf --rlhf_type dpo --model m --dataset d.jsonl", "swift rlhf --rlhf_type dpo"),
+    ("NPROC_PER_NODE=8 swift rlhf \\\n  --rlhf_type grpo --num_generations 8", "swift rlhf --rlhf_type grpo"),
+    ("swift pt --model m --dataset d.jsonl", "swift pt"),
+])
+def test_a_stage_other_than_sft_is_named_in_the_refusal(tmp_path: Path, command: str, named: str) -> None:
+    path = tmp_path / "train.sh"
+    path.write_text(command + "\n")
+    result = CliRunner().invoke(main, ["check", str(path)])
+    assert result.exit_code == 2 and f"`{named}` is not modelled" in result.output, result.output
+
+
 @pytest.fixture()
 def script(tmp_path: Path, qwen2_vl_checkpoint: Path) -> Path:
     Image.new("RGB", (640, 480)).save(tmp_path / "a.png")

@@ -24,7 +24,8 @@ def _path_map(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
 @click.command("check")
 @click.argument("config", type=click.Path(path_type=str))
 @click.option("--model", "-m", help="Use this checkpoint instead of the config's model (a config from another machine).")
-@click.option("--data", help="Use this dataset folder instead of the config's (LLaMA-Factory dataset_dir).")
+@click.option("--data", help="Use this data instead of the config's: LLaMA-Factory's dataset_dir, or the dataset file(s) of "
+                   "the other frameworks.")
 @click.option("--path-map", "path_map", multiple=True, metavar="FROM=TO", callback=_path_map,
               help="Rewrite a path prefix in the config and the data, e.g. /mnt/data=./data (repeatable).")
 @click.option("--limit", type=click.IntRange(min=1), help="Judge only the first N rows.")
@@ -43,7 +44,10 @@ def _path_map(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing; use the exit code.")
 def check_command(config: str, json_path: str | None, html_path: str | None, fail_on: Severity, show: int,
                   quiet: bool, **given: Any) -> None:
-    """Judge every sample the way your training framework will, from the config you launch (LLaMA-Factory YAML)."""
+    """Judge every sample the way your training framework will, from the config you launch.
+
+    CONFIG is what you start training with: a LLaMA-Factory, TRL, verl or EasyR1 YAML, a launch script (swift sft, verl,
+    EasyR1, VLM-R1, LLaVA's train.py), or an Unsloth script or notebook."""
     import sys
 
     from vlmcheck.checking import check

@@ -216,11 +216,16 @@ UTILS_MIN_TOKENS, UTILS_MAX_TOKENS = 4, 16384
 
 
 # -- launch lines ---------------------------------------------------------------------------------------------------
+# ms-swift's training commands besides `swift sft` (pretraining, and DPO / KTO / GRPO / GKD under `swift rlhf`)
+UNMODELLED_COMMANDS = ("rlhf", "pt")
+
+
 def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any] | None:
     """The options of a ``swift sft`` line in a shell script, with the environment it sets; None without one."""
     env = os.environ if env is None else env
     joined = re.sub(r"\\\r?\n", " ", text)
     variables: dict[str, str] = {}
+    unmodelled = ""
     for line in joined.splitlines():
         stripped = line.strip()
         assignment = re.fullmatch(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(\S*)", stripped)
@@ -233,6 +238,11 @@ def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) 
             continue
         words = words[:next((i for i, w in enumerate(words) if w.startswith("#")), len(words))]  # a comment
         if "swift" not in words or words.index("swift") + 1 >= len(words) or words[words.index("swift") + 1] != "sft":
+            if "swift" in words and words.index("swift") + 1 < len(words):
+                command = words[words.index("swift") + 1]
+                if command in UNMODELLED_COMMANDS:
+                    unmodelled = unmodelled or f"swift {command}" + "".join(
+                        f" --rlhf_type {words[i + 1]}" for i, w in enumerate(words[:-1]) if w == "--rlhf_type")
             continue
         at = words.index("swift")
         launch_env = dict(variables)
@@ -252,6 +262,9 @@ def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) 
                 options[key] = value if current is None else (current if isinstance(current, list) else [current]) + [
                     value]
         return {"__launch__": NAME, "options": options, "env": launch_env}
+    if unmodelled:
+        raise UsageError(f"{path}: `{unmodelled}` is not modelled by vlmcheck yet (it models `swift sft`); its "
+                         "preference and RL stages encode rows their own way")
     return None
 
 
