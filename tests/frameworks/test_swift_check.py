@@ -203,3 +203,11 @@ def test_a_file_swift_has_no_loader_for_stops_the_run(script: Path, tmp_path: Pa
     script.write_text(script.read_text().replace(str(tmp_path / "train.jsonl"), str(tmp_path / name)))
     with pytest.raises(vlmcheck.DatasetError, match="no"):
         vlmcheck.check(script)
+
+
+@pytest.mark.parametrize(("flag", "shown"), [("--tuner_type full", "full"), ("--train_type full", "full"), ("", "lora")])
+def test_the_tuner_type_is_read_under_its_new_and_old_names(script: Path, flag: str, shown: str) -> None:
+    script.write_text(script.read_text().replace("--max_length 100", f"--max_length 100 {flag}"))
+    result = CliRunner().invoke(main, ["check", str(script), "--json", "-", "--fail-on", "error"])
+    framework = json.loads(result.output)["summary"]["framework"]
+    assert framework["tuner_type"] == shown, framework

@@ -326,7 +326,8 @@ class Run(ProcessorRun):
             "datasets": [str(f) for f in cfg.files], "max_prompt_length": cfg.max_prompt_length,
             "filter_overlong_prompts": cfg.filter_overlong_prompts, "truncation": "right",
             "prompt_key": cfg.prompt_key, "image_key": cfg.image_key, "image_max_pixels": cfg.max_pixels,
-            "image_min_pixels": cfg.min_pixels, "media_dir": str(cfg.image_dir) if cfg.image_dir else None,
+            "image_min_pixels": cfg.min_pixels,
+            "media_dir": str(cfg.image_dir) if cfg.image_dir else "the data (bytes, or paths as written)",
             "notes": list(cfg.notes),
             "datasets_library": self.hf_datasets + (" (assumed: the newest)" if self.hf_datasets_assumed
                                                     else " (installed here)"),

@@ -369,10 +369,10 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         max_pixels=_int(env["MAX_PIXELS"], "MAX_PIXELS", path) if env.get("MAX_PIXELS") else None,
         rescale=_int(options["max_pixels"], "--max_pixels", path) if options.get("max_pixels") else None,
         min_pixels=_int(env["MIN_PIXELS"], "MIN_PIXELS", path) if env.get("MIN_PIXELS") else None,
-        train_type=str(options.get("train_type") or "lora"),
+        train_type=str(options.get("tuner_type") or options.get("train_type") or "lora"),
         strict=_flag(options, "strict", path), columns=columns,
         auto_columns=not _flag(options, "disable_auto_column_mapping", path),
-        values={k: options.get(k) for k in ("max_length", "truncation_strategy", "train_type", "system",
+        values={k: options.get(k) for k in ("max_length", "truncation_strategy", "tuner_type", "train_type", "system",
                                             "max_pixels", "columns", "disable_auto_column_mapping",
                                             "val_dataset", "split_dataset_ratio", "model_kwargs", "streaming",
                                             "eval_strategy")},
@@ -708,7 +708,7 @@ class Run(ProcessorRun):
         shown: dict[str, Any] = {
             "template": self.template,
             "datasets": [str(d) for d in cfg.datasets], "max_length": self.max_length,
-            "truncation_strategy": cfg.truncation, "train_type": cfg.train_type,
+            "truncation_strategy": cfg.truncation, "tuner_type": cfg.train_type,
         }
         if cfg.val_datasets:
             shown["eval_datasets"] = [str(d) for d in cfg.val_datasets]
