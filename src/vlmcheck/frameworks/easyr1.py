@@ -107,7 +107,10 @@ ENTRY_POINTS = ("verl.trainer.main", "verl/trainer/main.py")
 # keys only EasyR1's config has (verl's is data.train_batch_size / actor_rollout_ref)
 DISTINCT_DATA_KEYS = ("answer_key", "rollout_batch_size", "mini_rollout_batch_size", "format_prompt",
                       "override_chat_template")
-QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+# the checkpoints EasyR1 trains whose processor transformers 4.x (EasyR1 pins transformers<5) gives: Qwen3-VL MoE has
+# Qwen3-VL's processor there (processing_auto, 4.57); Qwen3.5 (qwen3_5, qwen3_5_moe) came with transformers 5
+QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+NEEDS_TRANSFORMERS_5 = ("qwen3_5", "qwen3_5_moe")
 
 
 # -- config -------------------------------------------------------------------------------------------------------
@@ -297,6 +300,9 @@ class Run(ProcessorRun):
     config: Config
 
     def __init__(self, config: Config, spec: ModelSpec) -> None:
+        if spec.model_type in NEEDS_TRANSFORMERS_5:
+            raise UsageError(f"EasyR1 pins transformers<5, which has no {spec.model_type} model; vlmcheck models "
+                             f"EasyR1 for {', '.join(QWEN_FAMILIES)} checkpoints")
         if spec.model_type not in QWEN_FAMILIES:
             raise UsageError(f"vlmcheck models EasyR1 for {', '.join(QWEN_FAMILIES)} checkpoints, not "
                              f"{spec.model_type}")
