@@ -714,11 +714,12 @@ def _png(source: Path | bytes, size: tuple[int, int], *, exif_transpose: bool) -
     return buf.getvalue()
 
 
-# The ScanOptions fields repair takes: what decides how a sample is read and counted. The others do not apply to
-# writing one fixed copy (split, workers, limit, exact, trust_remote_code, shard, resume, engine, ray_address,
-# framework), and scan's ``output`` (its records) is not repair's ``output`` (the fixed dataset).
+# The ScanOptions fields repair takes: what decides how a sample is read and counted (``framework``: that framework's
+# truncation, resize route and defaults, as for scan). The others do not apply to writing one fixed copy (split,
+# workers, limit, exact, trust_remote_code, shard, resume, engine, ray_address), and scan's ``output`` (its records)
+# is not repair's ``output`` (the fixed dataset).
 SCAN_FIELDS = ("max_length", "truncation", "format", "image_root", "max_pixels", "min_pixels", "resize",
-               "exif_transpose", "allow_outside_root", "confine", "chat_template", "processor_options")
+               "exif_transpose", "allow_outside_root", "confine", "chat_template", "processor_options", "framework")
 
 
 def _options(options: ScanOptions | None, kwargs: Mapping[str, Any]) -> ScanOptions:

@@ -59,3 +59,26 @@ def test_cli_twin(data: Path, qwen2_vl_checkpoint: Path, tmp_path: Path):
     assert result.exit_code == 0, result.output
     summary = json.loads(out.read_text())["summary"]
     assert summary["truncation"] == "delete" and summary["settings"]["resize"] == "qwen-vl-utils"
+
+
+def test_repair_applies_the_framework_as_scan_does(data: Path, qwen2_vl_checkpoint: Path, tmp_path: Path):
+    """At a max length the image fits once LLaMA-Factory has pre-scaled it to its default 768*768 budget, but not
+    at the processor's own budget: `repair --framework llamafactory` keeps the row, a bare repair changes it, and
+    the framework's settings are the ones spelled out."""
+    framed = vlmcheck.scan(data, model=qwen2_vl_checkpoint, framework="llamafactory")
+    bare = vlmcheck.scan(data, model=qwen2_vl_checkpoint)
+    fits = list(framed.records())[0]["tokens"] + 8
+    assert list(bare.records())[0]["tokens"] > fits
+
+    def outcomes(*flags: str) -> list[str]:
+        out = tmp_path / f"r{len(flags)}.json"
+        result = CliRunner().invoke(main, ["repair", str(data), "--model", str(qwen2_vl_checkpoint), "--max-length",
+                                           str(fits), "--dry-run", "--json", str(out), "--fail-on", "error", *flags])
+        assert result.exit_code in (0, 1), result.output
+        counts = json.loads(out.read_text())["counts"]
+        return [k for k, v in sorted(counts.items()) if v]
+
+    assert outcomes("--framework", "llamafactory") == ["kept"]
+    assert outcomes("--truncation", "llamafactory", "--resize", "prescale", "--max-pixels", str(768 * 768),
+                    "--min-pixels", str(32 * 32), "--no-exif") == ["kept"]
+    assert outcomes() == ["changed"]

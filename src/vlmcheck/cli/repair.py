@@ -10,6 +10,7 @@ from vlmcheck.cli.shared import (
     check_json_path,
     fail_on_option,
     finish,
+    framework_option,
     json_option,
     media_options,
     read_template,
@@ -42,6 +43,7 @@ from vlmcheck.findings import Severity
               help="cap-pixels records the budget in the sample under KEY (e.g. max_pixels: on inline image "
                    "parts, where qwen-vl-utils reads it, else on the row) instead of writing resized images.")
 @media_options
+@framework_option()
 @json_option("the summary")
 @fail_on_option("a sample changed (warning), dropped or held (error)")
 def repair_command(dataset: str, model: str, max_length: int, output: str | None, dry_run: bool, on_overlong: str,

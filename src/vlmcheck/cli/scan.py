@@ -10,6 +10,7 @@ from vlmcheck.cli.shared import (
     Progress,
     check_json_path,
     fail_on_option,
+    framework_option,
     json_option,
     media_options,
     read_template,
@@ -51,9 +52,7 @@ from vlmcheck.findings import Severity
               help="Write one JSON record per sample (.jsonl).")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str),
               help="Write the report as one self-contained HTML page (charts, previews; needs matplotlib).")
-@click.option("--framework", type=click.Choice(["llamafactory", "trl", "swift"]),
-              help="Apply this framework's truncation, resize route and defaults to every setting left unset "
-                   "(vlmcheck check reads the framework's config instead).")
+@framework_option()
 @fail_on_option()
 @click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, help="Findings to print.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing; use the exit code.")

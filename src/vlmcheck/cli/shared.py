@@ -34,6 +34,16 @@ def json_option(what: str = "the report") -> Callable[[F], F]:
     )
 
 
+def framework_option() -> Callable[[F], F]:
+    """``--framework NAME``: that framework's truncation, resize route and defaults for every setting left unset
+    (the ScanOptions field of that name; the frameworks a bare dataset can be judged for)."""
+    return click.option(
+        "--framework", type=click.Choice(["llamafactory", "trl", "swift"]),
+        help="Apply this framework's truncation, resize route and defaults to every setting left unset "
+             "(vlmcheck check reads the framework's config instead).",
+    )
+
+
 def _parse_fail_on(_ctx: click.Context, _param: click.Parameter, value: str) -> Severity:
     return Severity.parse(value)
 
