@@ -113,6 +113,18 @@ def cases(folder: Path) -> dict[str, dict[str, Any]]:
              "images": [pic]},
             {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "B"}]},
         ]),
+        # columns differing only in case: the last one is renamed for the whole file (QUERY), onto a column the
+        # file has (query): two columns of one name, and the load raises
+        "case": ({}, [
+            {"Query": "<image>Upper?", "response": "A", "images": [pic]},
+            {"query": "<image>Lower, and longer?", "response": "B", "images": [pic]},
+            {"QUERY": "<image>Both", "query": "<image>of them, and longer", "response": "C", "images": [pic]},
+        ]),
+        # --columns matched without case: the last of q / Q is renamed
+        "case, columns first": ({"columns": {"Q": "query"}}, [
+            {"q": "<image>Upper?", "response": "A", "images": [pic]},
+            {"Q": "<image>Lower, and longer?", "response": "B", "images": [pic]},
+        ]),
         "no auto, renamed by --columns": ({"columns": {"conversations": "messages"},
                                           "disable_auto_column_mapping": True}, [
             {"conversations": [{"role": "user", "content": "<image>Q"}, {"role": "assistant", "content": "A"}],
@@ -152,7 +164,7 @@ def oracle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("name", ["renamed", "dialog", "bound twice", "no auto, image", "no auto, conversations",
-                                  "no auto, renamed by --columns", "history", "rejected"])
+                                  "no auto, renamed by --columns", "history", "rejected", "case, columns first"])
 def test_columns_are_mapped_as_swift_maps_them(tmp_path: Path, oracle: dict[str, Any], name: str) -> None:
     case = oracle["cases"][name]
     ours = check_launch(tmp_path, {"checkpoint": oracle["checkpoint"], "data": case["data"]}, None, "raise",
@@ -170,7 +182,8 @@ def test_columns_are_mapped_as_swift_maps_them(tmp_path: Path, oracle: dict[str,
         assert kept == (row["tokens"], row["labels"], row["image_tokens"] if row["images"] else 0), (k, record, row)
 
 
-@pytest.mark.parametrize(("name", "why"), [("no row kept", "keeps no row"), ("split, one row kept", "holds it out")])
+@pytest.mark.parametrize(("name", "why"), [("no row kept", "keeps no row"), ("split, one row kept", "holds it out"),
+                                           ("case", "which the file also has")])
 def test_a_file_that_keeps_too_few_rows_stops_the_run(tmp_path: Path, oracle: dict[str, Any], name: str,
                                                       why: str) -> None:
     case = oracle["cases"][name]

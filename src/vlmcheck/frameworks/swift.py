@@ -454,16 +454,22 @@ ROLES = ("system", "user", "tool_call", "tool_response", "tool", "assistant")  #
 MESSAGE_KEYS = ("role", "content", "loss", "loss_scale")
 
 
+class RenameClash(Exception):
+    """ms-swift renames a column onto a name the file already has: the table holds two columns of one name and its
+    load raises (KeyError 'Field "query" exists 2 times in schema'), for the whole file."""
+
+
 def _renamed(row: Mapping[str, Any], mapping: Mapping[str, str]) -> dict[str, Any]:
-    """``safe_rename_columns`` on a row's keys: matched without case; two columns bound for one name are both left
-    as they are."""
+    """``safe_rename_columns`` on a row's keys (every column of its file, in the table's order): matched without
+    case, the last of the columns differing only in case taken; two columns bound for one name are both left as
+    they are; a rename onto a column the file keeps raises RenameClash."""
     lower = {k.lower(): k for k in row}
     safe = {lower[src.lower()]: dst for src, dst in mapping.items() if src.lower() in lower}
     bound = Counter(safe.values())
     safe = {k: dst for k, dst in safe.items() if bound[dst] == 1 and k != dst}
-    clash = [dst for dst in safe.values() if dst in row and dst not in safe]
-    if clash:  # datasets would hold two columns of one name (only --columns can ask for it)
-        raise NotImplementedError(f"a rename onto the file's own column {clash[0]!r} is not modelled")
+    clash = [(k, dst) for k, dst in safe.items() if dst in row and dst not in safe]
+    if clash:
+        raise RenameClash(f"ms-swift renames its column {clash[0][0]!r} to {clash[0][1]!r}, which the file also has")
     return {safe.get(k, k): v for k, v in row.items()}
 
 
@@ -671,6 +677,7 @@ class Run(ProcessorRun):
             # DatasetLoader.post_process samples each file after its preprocessor: none kept, it divides by zero;
             # a split (0 < --split_dataset_ratio < 1) asserts a training row is left after the one it holds out
             need = 0 if cfg.streaming else 2 if 0 < cfg.split < 1 and not val else 1
+            self._columns_load(file, plan)
             kept = self._kept(_full_rows(file, plan), need) if need else 0
             if kept < need:
                 raise DatasetError(
@@ -681,6 +688,21 @@ class Run(ProcessorRun):
         for (file, _), plan in zip(files, plans):
             for row in _full_rows(file, plan):
                 yield row, file
+
+    def _columns_load(self, file: Path, plan: LoadPlan) -> None:
+        """The renames are the file's (every row holds every column): one that lands on a column the file keeps
+        stops the load, which the first row shows."""
+        for row in _full_rows(file, plan):
+            if isinstance(row, Mapping):
+                try:
+                    standard_row(row, self.config.columns, self.config.auto_columns)
+                except RenameClash as e:
+                    raise DatasetError(f"{file}: {e}: the table holds two columns of one name and load_dataset "
+                                       "raises (KeyError: the field exists 2 times in the schema); the run stops "
+                                       "before step 1") from None
+                except Exception:  # noqa: BLE001 - the row's own judge reports anything else
+                    pass
+                return
 
     def _kept(self, rows: Iterator[Any], need: int) -> int:
         """How many of ``rows`` (up to ``need``) ms-swift's dataset preprocessor keeps: a row vlmcheck does not
@@ -1095,11 +1117,13 @@ IMAGE_PATH_TAG = re.compile(r"<img>(.+?)</img>")
 
 def _full_rows(file: Path, plan: LoadPlan) -> Iterator[Any]:
     """The rows of ``file`` as datasets loads them: every row holds every column of the file's table (a missing
-    one None), so ms-swift maps the columns and picks its preprocessor per file (``standard_row``)."""
+    one None), in the table's column order (two columns differing only in case map to the later one, for the whole
+    file), so ms-swift maps the columns and picks its preprocessor per file (``standard_row``)."""
     for row in loaded_rows(file, plan):
         if plan.columns and isinstance(row, dict):
-            for column in plan.columns:
-                row.setdefault(column, None)
+            ordered = {column: row.get(column) for column in plan.columns}
+            ordered.update(row)  # a key the table does not list (none expected) stays, after them
+            row = ordered
         yield row
 
 
