@@ -106,9 +106,10 @@ def processor() -> Any:
 
 
 def trl_sft(processor: Any, folder: Path, max_length: int | None, *,
-            assistant_only: bool = False) -> list[dict[str, Any]]:
+            assistant_only: bool = False, model: Any = None) -> list[dict[str, Any]]:
     """Each sample of ``load_dataset(folder)['train']`` alone through TRL's vision collator, built as SFTTrainer
-    builds it (with assistant_only_loss, the training template TRL's own get_training_chat_template picks)."""
+    builds it (with assistant_only_loss, the training template TRL's own get_training_chat_template picks); with
+    ``model``, the collated batch through its forward too (``raised``: its error, or None)."""
     import datasets
     from trl.chat_template_utils import get_training_chat_template
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
@@ -135,6 +136,15 @@ def trl_sft(processor: Any, folder: Path, max_length: int | None, *,
         crash = bool(features) and ids.count(pad) < sum(features)  # the model raises on the forward
         out.append({"verdict": "crash" if crash else "ok", "tokens": len(ids), "image_tokens": features,
                     "labels": int((batch["labels"][0] != -100).sum()), "kept_pads": kept_images})
+        if model is not None:
+            import torch
+
+            try:
+                with torch.no_grad():
+                    model(**batch)
+                out[-1]["raised"] = None
+            except ValueError as e:
+                out[-1]["raised"] = str(e)
     return out
 
 
@@ -182,6 +192,28 @@ def test_sft_messages_agree_with_trls_collator(tmp_path: Path, qwen2_vl_checkpoi
     assert "stops" in verdicts  # the 6000x20 strip: the processor refuses it
     if max_length == 64:
         assert "crash" in verdicts
+
+
+def test_a_tiny_real_model_raises_on_the_crash_verdicts_only(tmp_path: Path, qwen2_vl_checkpoint: Path,
+                                                             processor: Any) -> None:
+    """Each sample at a max_length that cuts some image spans, through TRL's collator and then a real (tiny)
+    Qwen2VLForConditionalGeneration: the step raises (TRL's collator checks the image tokens left itself, else the
+    model's forward) exactly where vlmcheck says crash, and the forward runs on every sample it calls ok."""
+    from realparts import tiny_qwen2_vl_model
+
+    folder = write(tmp_path / "messages", [r for r in messages_rows() if r["id"] not in ("m5", "m8")])  # small
+    ours = check(tmp_path, qwen2_vl_checkpoint, folder, "max_length: 64\n")
+    theirs = trl_sft(processor, folder, 64, model=tiny_qwen2_vl_model())
+    seen = {"crash": 0, "ok": 0}
+    for record, run in zip(ours, theirs, strict=True):
+        verdict = record["framework"]["verdict"]
+        if "raised" not in run:  # the collator itself raised: its image-token check (crash), or the 6000x20 strip
+            assert verdict == run["verdict"], (record, run)
+        else:
+            assert (run["raised"] is not None) == (verdict == "crash"), (record, run)
+            assert run["raised"] is None or "do not match" in run["raised"], run
+        seen[verdict] = seen.get(verdict, 0) + 1
+    assert seen["crash"] >= 2 and seen["ok"] >= 2, seen
 
 
 @pytest.mark.parametrize("max_length", [64, 300])
