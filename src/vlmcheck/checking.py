@@ -20,6 +20,7 @@ from typing import Any
 
 from vlmcheck import findings as F
 from vlmcheck.counting import unreadable_row
+from vlmcheck.data.files import not_a_file
 from vlmcheck.data.hfjson import NotFollowed, Rewritten
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.frameworks import Run, detect, read_launch
@@ -33,6 +34,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
     """A launch config (YAML or JSON) as a dict."""
     import yaml
 
+    problem = not_a_file(path)
+    if problem == "not found":
+        raise UsageError(f"config not found: {path}")
+    if problem:  # a FIFO or device would block the read forever
+        raise UsageError(f"config {path}: {problem}")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -135,3 +135,20 @@ def test_a_row_the_judge_cannot_take_is_a_finding_and_the_check_goes_on(monkeypa
     assert len(records) == len(whole)
     assert records[1]["findings"] == ["VC001"] and records[1]["framework"]["verdict"] == "unknown"
     assert records[:1] + records[2:] == whole[:1] + whole[2:]
+
+
+def test_a_fifo_config_or_dataset_is_refused_not_read(run: Path, tmp_path: Path) -> None:
+    """A FIFO blocks a read forever: named as the config (check and lint) or as a dataset file, it is refused by
+    what it is, not read and not called missing."""
+    import os
+
+    fifo_config = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo_config)
+    for command in ("check", "lint"):
+        result = CliRunner().invoke(main, [command, str(fifo_config)])
+        assert result.exit_code == 2 and "not a regular file" in result.output, (command, result.output)
+    data = Path(run.read_text().split("dataset_dir: ")[1].split("\n")[0])
+    (data / "train.json").unlink()
+    os.mkfifo(data / "train.json")
+    result = CliRunner().invoke(main, ["check", str(run)])
+    assert result.exit_code == 2 and "not a regular file" in result.output, result.output

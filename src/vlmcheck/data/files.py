@@ -67,3 +67,17 @@ def open_regular(path: Path) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def not_a_file(path: Path) -> str | None:
+    """Why ``path`` is not a file a run could read (None when it is one): for messages that name a config's or a
+    dataset's file, where a FIFO or device would block the read forever and must not be called missing."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return "not found"
+    if stat.S_ISDIR(st.st_mode):
+        return "a folder, not a file"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (a FIFO, socket or device)"
+    return None

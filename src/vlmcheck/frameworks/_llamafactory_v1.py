@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmcheck import findings as F
+from vlmcheck.data.files import not_a_file
 from vlmcheck.data.hfjson import TypeClash, json_schema
 from vlmcheck.data.readers import dataset_kind
 from vlmcheck.data.readers import iter_rows as read_rows
@@ -212,7 +213,7 @@ def _sources(value: str, config: Path, mapping: Mapping[str, str]) -> tuple[Sour
             raise UsageError(f"dataset {name!r}: {file} is a folder; vlmcheck reads the v1 engine's single-file "
                              "datasets")
         if not file.is_file():
-            raise DatasetError(f"dataset {name!r}: {file} not found")
+            raise DatasetError(f"dataset {name!r}: {file} {not_a_file(file)}")
         if FILE_TYPES.get(file.suffix[1:]) is None:
             raise UsageError(f"dataset {name!r}: {file.name}: vlmcheck reads .json, .jsonl and .parquet datasets")
         sources.append(Source(name=name, path=file, converter=None if converter is None else str(converter),

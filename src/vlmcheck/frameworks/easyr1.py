@@ -38,6 +38,7 @@ from typing import Any
 
 from vlmcheck import findings as F
 from vlmcheck.chat import render_chat
+from vlmcheck.data.files import not_a_file
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
 from vlmcheck.errors import UsageError
 from vlmcheck.families import Expansion, Overrides
@@ -125,8 +126,8 @@ def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) 
     if named is not None:
         found = locate(str(named), near=path)
         if found is None or not found.is_file():
-            raise UsageError(f"{path}: config={named} not found (looked in the working directory and beside the "
-                             "script)")
+            raise UsageError(f"{path}: config={named} " + (not_a_file(found) if found else "not found") +
+                             " (looked in the working directory and beside the script)")
         base = _yaml(found)
     merged = _merge(base, overrides)
     merged["__launch__"] = NAME

@@ -72,6 +72,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlmcheck import findings as F
+from vlmcheck.data.files import not_a_file
 from vlmcheck.data.hfjson import TypeClash, json_schema, new_columns
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
 from vlmcheck.data.readers import BadRow
@@ -836,7 +837,7 @@ def dataset_files(config: Config, attr: DatasetAttr) -> list[Path]:
                                "LLaMA-Factory raises ('Allowed file types' / 'File types should be identical')")
         return files
     if not path.is_file():
-        raise DatasetError(f"dataset {attr.name!r}: {path} not found")
+        raise DatasetError(f"dataset {attr.name!r}: {path} {not_a_file(path)}")
     return [path]
 
 

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vlmcheck.data.files import not_a_file
 from vlmcheck.errors import ModelError, UsageError
 from vlmcheck.families.llava import LlavaSettings
 from vlmcheck.frameworks._run import locate
@@ -1370,10 +1371,10 @@ class Run:
 
         parts = self.data_parts()
         if parts == [DataPart(self.config.data)] and not self.config.data.is_file():
-            raise UsageError(f"--data_path {self.config.data} does not exist (LLaVA json.load()s it)")
+            raise UsageError(f"--data_path {self.config.data}: {not_a_file(self.config.data)} (LLaVA json.load()s it)")
         for part in parts:
             if not part.file.is_file():
-                raise UsageError(f"{part.file} (from --data_path {self.config.data}) does not exist: LLaVA-NeXT "
+                raise UsageError(f"{part.file} (from --data_path {self.config.data}): {not_a_file(part.file)}: LLaVA-NeXT "
                                  "raises while building the dataset")
             if part.sampling is None:  # the plain --data_path (json.load) or a base{a,b}.json file
                 for row in _json_load_rows(part.file):

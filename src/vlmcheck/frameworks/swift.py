@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmcheck import findings as F
+from vlmcheck.data.files import not_a_file
 from vlmcheck.data.hfjson import LoadPlan
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
 from vlmcheck.data.readers import BadRow
@@ -388,7 +389,7 @@ def _dataset_files(sources: list[str], key: str, path: Path, mapping: Mapping[st
         if not file.is_absolute() and not file.exists() and (path.parent / file).exists():
             file = path.parent / file
         if not file.is_file():
-            raise UsageError(f"{path}: {key} {source} is not a local file ({file}); vlmcheck reads local "
+            raise UsageError(f"{path}: {key} {source} is not a local file ({file}: {not_a_file(file)}); vlmcheck reads local "
                              ".jsonl/.json/.parquet files (pass --data, or --path-map)")
         # DatasetLoader._load_dataset_path: the datasets builder is named by the extension as written
         ext = os.path.splitext(file.name)[1].lstrip(".")

@@ -52,6 +52,7 @@ from typing import Any
 
 from vlmcheck import findings as F
 from vlmcheck.chat import render_chat
+from vlmcheck.data.files import not_a_file
 from vlmcheck.data.images import ImageProblem, decode_data_url, probe_bytes, probe_path
 from vlmcheck.data.readers import BadRow
 from vlmcheck.errors import UsageError
@@ -573,7 +574,7 @@ def _load_dataset(load: pyscript.Call, path: Path,
             matches = sorted(located.parent.glob(located.name)) if any(c in located.name for c in "*?[") else [located]
             for match in matches:
                 if not match.is_file():
-                    raise UsageError(f"{path}: {where}: data file {name!r} not found ({match}); pass --data PATH, or "
+                    raise UsageError(f"{path}: {where}: data file {name!r} {not_a_file(match)} ({match}); pass --data PATH, or "
                                      "--path-map for a script from another machine")
                 out.append(match)
         if not out:

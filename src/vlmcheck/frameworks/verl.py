@@ -36,6 +36,7 @@ from typing import Any
 
 from vlmcheck import findings as F
 from vlmcheck.chat import render_chat
+from vlmcheck.data.files import not_a_file
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
 from vlmcheck.errors import UsageError
 from vlmcheck.families import Expansion, Overrides
@@ -213,7 +214,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
             raise UsageError(f"{path}: {source}: verl reads .parquet, .json and .jsonl files only "
                              "('Unsupported file format')")
         if not file.is_file():
-            raise UsageError(f"{path}: data file {source} not found ({file}); pass --data FILE, or --path-map for a "
+            raise UsageError(f"{path}: data file {source} {not_a_file(file)} ({file}); pass --data FILE, or --path-map for a "
                              "config written on another machine")
         files.append(file)
     max_prompt = whole_number(value["max_prompt_length"], "data.max_prompt_length", path)

@@ -45,6 +45,7 @@ from typing import Any
 
 from vlmcheck import findings as F
 from vlmcheck.chat import render_chat
+from vlmcheck.data.files import not_a_file
 from vlmcheck.data.images import probe_path
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import UsageError
@@ -214,7 +215,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     for file, folder in zip(files, dirs):
         found = _local(file, near=path, mapping=mapping)
         if not found.is_file():
-            raise UsageError(f"{path}: data file {file} not found ({found}); pass --data FILE, or --path-map for a "
+            raise UsageError(f"{path}: data file {file} {not_a_file(found)} ({found}); pass --data FILE, or --path-map for a "
                              "script written on another machine")
         pairs.append((found, _local(folder, near=path, mapping=mapping)))
     task = raw.get("task_type")
@@ -256,7 +257,7 @@ def _rec_config(raw: dict[str, Any], *, path: Path, name: str, model: str | None
             raise UsageError(f"{found}: json_path {json_path!r}: grpo_rec.py raises 'Unsupported file type'")
         file = _local(json_path, near=found, mapping=mapping)
         if not file.is_file():
-            raise UsageError(f"{found}: {json_path} not found ({file}); pass --path-map for a config written on "
+            raise UsageError(f"{found}: {json_path} {not_a_file(file)} ({file}); pass --path-map for a config written on "
                              "another machine")
         files.append((file, str(entry.get("sampling_strategy", "all"))))
     root = raw.get("image_root")

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlmcheck.data.files import not_a_file
 from vlmcheck.errors import UsageError
 from vlmcheck.frameworks.pyscript import Unresolved, read_source
 
@@ -522,8 +523,9 @@ def read_config(config: str | os.PathLike[str], *, framework: str | None = None)
     """
     known_framework(framework)
     path = Path(config)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file")
+    problem = not_a_file(path)
+    if problem:
+        raise UsageError(f"{path}: {'no such file' if problem == 'not found' else problem}")
     text = path.read_text(encoding="utf-8", errors="replace")
     suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml", ".json"):
