@@ -211,3 +211,26 @@ def test_the_tuner_type_is_read_under_its_new_and_old_names(script: Path, flag: 
     result = CliRunner().invoke(main, ["check", str(script), "--json", "-", "--fail-on", "error"])
     framework = json.loads(result.output)["summary"]["framework"]
     assert framework["tuner_type"] == shown, framework
+
+
+@pytest.mark.parametrize("agent", ["", "--agent_template react_en"])
+def test_tools_and_tool_turns_are_not_counted_on_a_template_that_writes_them(script: Path, tmp_path: Path,
+                                                                              agent: str) -> None:
+    """Qwen's templates write a row's tools into the system prompt (the hermes agent template), and ms-swift maps
+    observation / function_response turns to tool results: vlmcheck models neither, so both are VC007 (a template
+    without an agent template skips a row with tools: test_swift_columns.py, against ms-swift)."""
+    import vlmcheck
+
+    qa = [{"role": "user", "content": "<image>Hi"}, {"role": "assistant", "content": "Yo"}]
+    image = [str(tmp_path / "a.png")]
+    rows = [{"messages": qa, "images": image, "tools": '[{"type": "function", "function": {"name": "zoom"}}]'},
+            {"messages": [*qa, {"role": "observation", "content": "zoomed"}, {"role": "assistant", "content": "Ok"}],
+             "images": image, "tools": None},
+            {"messages": qa, "images": image, "tools": "[]"}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    script.write_text(script.read_text().replace("--max_length 100", f"--max_length 1000 {agent}"))
+    out = tmp_path / "records.jsonl"
+    vlmcheck.check(script, output=out)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["framework"]["verdict"], r["findings"]) for r in records] == [
+        ("unknown", ["VC007"]), ("unknown", ["VC007"]), ("ok", [])]

@@ -125,6 +125,16 @@ def cases(folder: Path) -> dict[str, dict[str, Any]]:
             {"q": "<image>Upper?", "response": "A", "images": [pic]},
             {"Q": "<image>Lower, and longer?", "response": "B", "images": [pic]},
         ]),
+        # a row with tools: llava1_5_hf has no agent template to write them, so encode raises and the row is
+        # skipped; "[]" decodes to no tools, a null is none
+        "tools": ({}, [
+            {"messages": [{"role": "user", "content": "<image>Q"}, {"role": "assistant", "content": "A"}],
+             "images": [pic], "tools": json.dumps([{"type": "function", "function": {"name": "zoom"}}])},
+            {"messages": [{"role": "user", "content": "<image>Q"}, {"role": "assistant", "content": "A"}],
+             "images": [pic], "tools": "[]"},
+            {"messages": [{"role": "user", "content": "<image>Q"}, {"role": "assistant", "content": "A"}],
+             "images": [pic], "tools": None},
+        ]),
         "no auto, renamed by --columns": ({"columns": {"conversations": "messages"},
                                           "disable_auto_column_mapping": True}, [
             {"conversations": [{"role": "user", "content": "<image>Q"}, {"role": "assistant", "content": "A"}],
@@ -164,7 +174,8 @@ def oracle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("name", ["renamed", "dialog", "bound twice", "no auto, image", "no auto, conversations",
-                                  "no auto, renamed by --columns", "history", "rejected", "case, columns first"])
+                                  "no auto, renamed by --columns", "history", "rejected", "case, columns first",
+                                  "tools"])
 def test_columns_are_mapped_as_swift_maps_them(tmp_path: Path, oracle: dict[str, Any], name: str) -> None:
     case = oracle["cases"][name]
     ours = check_launch(tmp_path, {"checkpoint": oracle["checkpoint"], "data": case["data"]}, None, "raise",
@@ -208,5 +219,6 @@ def test_the_cases_reach_each_outcome(oracle: dict[str, Any]) -> None:
     assert "raises" in results["no row kept"]
     assert [r["verdict"] for r in results["history"]] == ["ok", "deleted"]
     assert [r["verdict"] for r in results["rejected"]] == ["ok", "deleted", "deleted"]
+    assert [r["verdict"] for r in results["tools"]] == ["error", "ok", "ok"]
     assert [r["images"] for r in results["no auto, image"]] == [0, 0]  # 'image' not renamed: no image
     assert [r["images"] for r in results["renamed"]] == [1, 1, 0]

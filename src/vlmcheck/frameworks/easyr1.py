@@ -126,7 +126,7 @@ def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) 
     if named is not None:
         found = locate(str(named), near=path)
         if found is None or not found.is_file():
-            raise UsageError(f"{path}: config={named} " + (not_a_file(found) if found else "not found") +
+            raise UsageError(f"{path}: config={named} " + ((not_a_file(found) or "not found") if found else "not found") +
                              " (looked in the working directory and beside the script)")
         base = _yaml(found)
     merged = _merge(base, overrides)

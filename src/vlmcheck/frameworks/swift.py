@@ -129,6 +129,10 @@ class ChatTemplate:
     stop_words: tuple[str, ...] = ()
     # the processor's video token, which Template._init_placeholder_tokens protects at the cut too
     video_token: str | None = None
+    # TemplateMeta.agent_template: what writes a row's tools into the system prompt (QwenTemplateMeta: hermes,
+    # Llama3TemplateMeta: llama3); None: a row with tools makes encode raise ('Failed to automatically match an
+    # agent_template') unless --agent_template names one
+    agent_template: str | None = None
 
 
 def _chatml(name: str, default_system: str | None, *also: str) -> ChatTemplate:
@@ -139,7 +143,7 @@ def _chatml(name: str, default_system: str | None, *also: str) -> ChatTemplate:
                         prompt="<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n",
                         chat_sep="<|im_end|>\n", suffix="<|im_end|>\n",
                         image_text="<|vision_start|><|image_pad|><|vision_end|>", stop_words=("<|endoftext|>",),
-                        video_token="<|video_pad|>")
+                        video_token="<|video_pad|>", agent_template="hermes")
 
 
 # template/templates/gemma.py: GemmaTemplateMeta with Gemma3VisionTemplate (a Gemma3Template): <image> becomes
@@ -181,7 +185,7 @@ LLAMA3_2_VISION = ChatTemplate(
     prefix=_LLAMA3_2_SYSTEM.replace("{system}", ""), system_prefix=_LLAMA3_2_SYSTEM,
     prompt="<|start_header_id|>user<|end_header_id|>\n\n{query}<|eot_id|><|start_header_id|>assistant"
            "<|end_header_id|>\n\n", chat_sep="<|eot_id|>", suffix="<|eot_id|>", image_text=mllama.IMAGE_TOKEN,
-    qwen_vl_utils=False, cross_attention=True)
+    qwen_vl_utils=False, cross_attention=True, agent_template="llama3")
 TEMPLATES: dict[str, ChatTemplate] = {
     "qwen2_vl": _chatml("qwen2_vl", "You are a helpful assistant."),
     "qwen2_5_vl": _chatml("qwen2_5_vl", "You are a helpful assistant."),
@@ -289,6 +293,7 @@ class Config:
     val_datasets: tuple[Path, ...] = ()
     split: float = 0.0
     streaming: bool = False  # --streaming: nothing is sampled (an empty file does not raise)
+    agent_template: str | None = None  # --agent_template: over the template's own
     # --columns (renames before ms-swift's own: a JSON object, or a JSON file); --disable_auto_column_mapping
     columns: dict[str, str] = field(default_factory=dict)
     auto_columns: bool = True
@@ -365,6 +370,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     return Config(
         path=path, model=mapped(str(model_path), mapping), template=str(template or ""), datasets=tuple(files),
         val_datasets=tuple(val_files), split=split, streaming=streaming,
+        agent_template=str(options["agent_template"]) if options.get("agent_template") else None,
         max_length=_int(options["max_length"], "--max_length", path) if options.get("max_length") else None,
         truncation=truncation, system=system if isinstance(system, str) else None,
         max_pixels=_int(env["MAX_PIXELS"], "MAX_PIXELS", path) if env.get("MAX_PIXELS") else None,
@@ -376,7 +382,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         values={k: options.get(k) for k in ("max_length", "truncation_strategy", "tuner_type", "train_type", "system",
                                             "max_pixels", "columns", "disable_auto_column_mapping",
                                             "val_dataset", "split_dataset_ratio", "model_kwargs", "streaming",
-                                            "eval_strategy")},
+                                            "eval_strategy", "agent_template")},
     )
 
 
@@ -451,6 +457,8 @@ RESPONSE_COLUMNS = ("response", "answer", "output", "targets", "target", "answer
 IMAGE_COLUMNS = ("images", "image")
 USER_ROLES = ("user", "human")
 ASSISTANT_ROLES = ("assistant", "gpt", "bot")
+TOOL_CALL_ROLES = ("function_call",)  # MessagesPreprocessor: -> tool_call ('-' read as '_')
+TOOL_RESPONSE_ROLES = ("function_response", "observation", "observations")  # -> tool_response
 ROLES = ("system", "user", "tool_call", "tool_response", "tool", "assistant")  # _check_messages
 MESSAGE_KEYS = ("role", "content", "loss", "loss_scale")
 
@@ -522,6 +530,10 @@ def standard_row(row: Mapping[str, Any], columns: Mapping[str, str] | None = Non
                 m["role"] = "user"
             elif m["role"] in ASSISTANT_ROLES:
                 m["role"] = "assistant"
+            elif isinstance(m["role"], str) and m["role"].replace("-", "_") in TOOL_CALL_ROLES:
+                m["role"] = "tool_call"
+            elif isinstance(m["role"], str) and m["role"].replace("-", "_") in TOOL_RESPONSE_ROLES:
+                m["role"] = "tool_response"
     else:
         alpaca = "instruction" in keys and "input" in keys
         mapping.update({k: "system" for k in SYSTEM_COLUMNS})
@@ -893,6 +905,16 @@ class Run(ProcessorRun):
                                          "are not modelled by vlmcheck yet: the row is not counted"))
             frame["verdict"] = "unknown"
             return result
+        if _tools(row.get("tools")):  # Template._preprocess_tools: the agent template writes them into the system
+            agent = self.config.agent_template or self.chat.agent_template
+            if agent is None:
+                self._refused(result, f"the row has tools and template {self.template} has no agent template "
+                                      "('Failed to automatically match an agent_template'; --agent_template names one)")
+            else:
+                found.append(F.make("VC007", f"tools written into the system prompt by the {agent} agent template "
+                                             "are not modelled by vlmcheck yet: the row is not counted"))
+                frame["verdict"] = "unknown"
+            return result
         media = [key for key in ("videos", "video", "audios", "audio") if row.get(key)]
         if media:
             found.append(F.make("VC007", f"the row's {media[0]} are not modelled by vlmcheck yet (ms-swift would "
@@ -1142,6 +1164,19 @@ def _image_path_tags(row: dict[str, Any]) -> dict[str, Any]:
         images += [p for p in IMAGE_PATH_TAG.findall(content) if os.path.isfile(p)]
         out.append({**m, "content": IMAGE_PATH_TAG.sub(IMAGE_TAG, content)})
     return {**row, "messages": out, "images": images} if out != messages else row
+
+
+def _tools(value: Any) -> list[Any]:
+    """A row's ``tools`` as RowPreprocessor._normalize_tools leaves them: JSON text decoded (other text is one
+    tool), a single value made a list; what Template._preprocess_tools tests for truth."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _trained(message: Mapping[str, Any]) -> bool:
