@@ -141,6 +141,10 @@ def corpus(folder: Path) -> list[Path]:
          "images": [photo]},
         {"messages": [*qa[:1], {"role": "assistant", "content": "<image>The second."}, {"role": "user", "content": "And?"},
                       {"role": "assistant", "content": "Done <image>"}], "images": [photo, thin]},
+        # a trailing question ending with <start-image> loses the tag (_replace_start_image_tags); an earlier one
+        # keeps it as text
+        {"messages": [*qa, {"role": "user", "content": "More<start-image>"}], "images": [photo]},
+        {"messages": [{"role": "user", "content": "<image>Q<start-image>"}, qa[1]], "images": [photo]},
     ]
     conversations = [  # sharegpt: from / value, human / gpt / bot, one image as a string, a system column
         {"conversations": [{"from": "human", "value": "<image>What?"}, {"from": "gpt", "value": "A field."}],

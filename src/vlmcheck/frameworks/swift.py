@@ -921,7 +921,7 @@ class Run(ProcessorRun):
                                          "write their tokens too): the row is not counted"))
             frame["verdict"] = "unknown"
             return result
-        row = _image_path_tags(row)
+        row = _start_image_tag(_image_path_tags(row))
         images = row.get("images") or []
         images = images if isinstance(images, list) else [images]
         probed = self.probe(images, found, size=lambda image: self._size(image, source))
@@ -1148,6 +1148,22 @@ def _full_rows(file: Path, plan: LoadPlan) -> Iterator[Any]:
             ordered.update(row)  # a key the table does not list (none expected) stays, after them
             row = ordered
         yield row
+
+
+START_IMAGE_TAG = "<start-image>"
+
+
+def _start_image_tag(row: dict[str, Any]) -> dict[str, Any]:
+    """Template._replace_start_image_tags (compat): a last message that is a question ending with <start-image>
+    loses that tag (generate mode)."""
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], Mapping):
+        return row
+    last = messages[-1]
+    content = last.get("content")
+    if last.get("role") != "user" or not isinstance(content, str) or not content.endswith(START_IMAGE_TAG):
+        return row
+    return {**row, "messages": [*messages[:-1], {**last, "content": content[:-len(START_IMAGE_TAG)]}]}
 
 
 def _image_path_tags(row: dict[str, Any]) -> dict[str, Any]:
