@@ -124,6 +124,8 @@ def corpus(folder: Path) -> Path:
          "images": [square]},
         {"messages": [user(long + " <image>"), bot("  spaced \n")], "images": [big]},
         {"messages": [user("<image>" * 2 + long), bot(long + long)], "images": [photo, photo]},
+        # consecutive answers are merged into parts before Gemma3Template strips newlines: none are stripped
+        {"messages": [user("<image>Q"), bot("one\n"), bot("\ntwo\n")], "images": [square]},
     ]
     data = folder / "train.jsonl"
     data.write_text("".join(json.dumps({"id": k, **r}) + "\n" for k, r in enumerate(rows)))

@@ -815,8 +815,12 @@ class Run(ProcessorRun):
                 queries.append("")
                 answers.append(None)
             answer = answers[-1] if answers[-1] is not None else []
-            answer.append((m["content"].strip("\n") if chat.strip_answers else m["content"], _trained(m)))
+            answer.append((m["content"], _trained(m)))
             answers[-1] = answer
+        if chat.strip_answers:  # Gemma3Template._swift_encode: an answer lone in its round loses its leading and
+            # trailing newlines; one merged from several (a list of parts by then) keeps them
+            answers = [[(said[0][0].strip("\n"), said[0][1])] if said is not None and len(said) == 1 else said
+                       for said in answers]
         if chat.fold_system:  # Gemma3Template: a system prompt given (even empty) opens the first question
             if own is not None:
                 queries[0] = own + "\n\n" + queries[0]
