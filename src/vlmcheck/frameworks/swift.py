@@ -1150,7 +1150,8 @@ def _full_rows(file: Path, plan: LoadPlan) -> Iterator[Any]:
         if plan.columns and isinstance(row, dict):
             ordered = {column: row.get(column) for column in plan.columns}
             ordered.update(row)  # a key the table does not list (none expected) stays, after them
-            row = ordered
+            row.clear()  # the same object, reordered: a Rewritten row keeps what datasets changed in it
+            row.update(ordered)
         yield row
 
 
