@@ -63,7 +63,9 @@ def test_a_long_enough_cutoff_len_is_clean_but_for_the_dropped_row(run: Path) ->
     (("stage: sft", "stage: kto"), "pt, kto and ppo"),
     (("stage: sft", "stage: dpo"), "not applicable in the current training stage"),
     (("dataset: mm", "dataset: nope"), "not defined"),
-    (("cutoff_len: 300", "cutoff_len: many"), "whole number"),
+    (("cutoff_len: 300", "cutoff_len: many"), "is the text"),
+    (("cutoff_len: 300", "cutoff_len: 300.0"), "is the float"),
+    (("cutoff_len: 300", "cutoff_len: 300\nimage_resolution: 512"), "image_resolution is image_max_pixels now"),
 ])
 def test_what_vlmcheck_does_not_model_is_refused_with_exit_2(run: Path, edit: tuple[str, str], message: str) -> None:
     run.write_text(run.read_text().replace(*edit))

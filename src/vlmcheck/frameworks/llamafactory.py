@@ -424,7 +424,7 @@ class Config:
     image_min_pixels: int
     train_on_prompt: bool
     mask_history: bool
-    enable_thinking: bool
+    enable_thinking: bool | None  # None: written thoughts kept, a missing one an untrained empty block
     preserve_thinking: bool
     packing: bool
     default_system: str | None
@@ -444,6 +444,7 @@ class Config:
     eval_datasets: tuple[str, ...] = ()
     seed: int = DEFAULTS["seed"]
     streaming: bool = False
+    stream_shards: int = 1  # with streaming: dataloader_num_workers, the shards a local dataset is streamed in
     # data_args.tool_format: replaces the template's tool and function-call formatters (None: the template's own)
     tool_format: str | None = None
     # finetuning_args.stage: sft, or dpo / rm (both prepare their data with the pairwise processor)
@@ -467,23 +468,95 @@ STAGES = ("sft", *PAIRWISE_STAGES)
 
 
 def _flag(raw: dict[str, Any], key: str) -> bool:
+    """A boolean setting as LLaMA-Factory tests it: ``parse_dict`` passes the YAML value to its field unconverted
+    and the code tests its truth, so the text "false" is true (and a null false)."""
+    return bool(raw.get(key, DEFAULTS[key]))
+
+
+def _unconverted(key: str, value: Any, path: Path) -> UsageError:
+    return UsageError(f"{path}: {key} is the text {value!r}: LLaMA-Factory passes a config's values to its settings "
+                      "unconverted, and the first comparison with it raises (TypeError) before step 1; write it "
+                      "without quotes")
+
+
+def _int(raw: dict[str, Any], key: str, path: Path, *, floats: bool = False) -> int:
+    """A whole-number setting as LLaMA-Factory gets it: text raises there (see _unconverted); a float stays a float
+    (``floats``: a pixel budget, compared as it is, so a whole one such as 1e5 is that number; elsewhere refused:
+    it raises where LLaMA-Factory slices or seeds with it)."""
     value = raw.get(key, DEFAULTS[key])
     if isinstance(value, str):
-        return value.strip().lower() in ("true", "1", "yes")
-    return bool(value)
+        raise _unconverted(key, value, path)
+    if isinstance(value, float):
+        if not floats or not value.is_integer():
+            why = ("LLaMA-Factory raises on every sample it has to cut (slice indices must be integers)"
+                   if key == "cutoff_len" else "vlmcheck models whole numbers of pixels" if floats else
+                   "LLaMA-Factory raises where it uses it (an integer is required)")
+            raise UsageError(f"{path}: {key} is the float {value!r}: {why}; write it as a whole number")
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"{path}: {key} must be a whole number, got {value!r}")
+    if value <= 0:
+        raise UsageError(f"{path}: {key} must be positive, got {value}")
+    return value
 
 
-def _int(raw: dict[str, Any], key: str, path: Path) -> int:
-    value = raw.get(key, DEFAULTS[key])
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{path}: {key} must be a whole number, got {value!r}") from None
-    if number <= 0:
-        raise UsageError(f"{path}: {key} must be positive, got {number}")
-    return number
+def _thinking(raw: dict[str, Any]) -> bool | None:
+    """enable_thinking (a ``bool | None`` field): None is a mode of its own in ReasoningTemplate: written thoughts
+    are kept (only ``is False`` removes them), and a missing one gets an untrained empty block (``not`` it)."""
+    value = raw.get("enable_thinking", DEFAULTS["enable_thinking"])
+    return None if value is None else bool(value)
+
+
+# extras/misc.py is_env_enabled: ALLOW_EXTRA_ARGS lets get_train_args ignore keys it does not know
+ALLOW_EXTRA_ARGS_ENV = "ALLOW_EXTRA_ARGS"
+# keys LLaMA-Factory once read under other names, for the message that refuses them
+RENAMED_KEYS = {"image_resolution": "image_max_pixels", "video_resolution": "video_max_pixels",
+                "image_max_resolution": "image_max_pixels", "image_min_resolution": "image_min_pixels",
+                "video_max_resolution": "video_max_pixels", "video_min_resolution": "video_min_pixels"}
+
+
+def read_yaml(text: str) -> Any:
+    """A YAML config as LLaMA-Factory's ``read_args`` loads it (``OmegaConf.load``): PyYAML's safe loading, except
+    that a key written twice in one mapping raises, a number with an exponent is a float without needing a dot or a
+    sign (``1e5``, ``3.5e2``) and a date stays text."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def flatten_mapping(self, node: Any) -> None:
+            seen: set[str] = set()
+            for key, _ in node.value:
+                if key.tag != "tag:yaml.org,2002:str" or not isinstance(key.value, str):
+                    continue
+                if key.value in seen:
+                    raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                            f"found duplicate key {key.value}", key.start_mark)
+                seen.add(key.value)
+            super().flatten_mapping(node)
+
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+|\.[0-9][0-9_]*[eE][-+]?[0-9]+)$"),
+        list("-+0123456789."))
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _known_keys(raw: dict[str, Any], path: Path, env: Mapping[str, str]) -> None:
+    """get_train_args: a key none of LLaMA-Factory's argument classes has stops the run before step 1."""
+    from vlmcheck.frameworks._llamafactory_keys import TRAIN_ARGUMENTS
+
+    if env.get(ALLOW_EXTRA_ARGS_ENV, "0").lower() in ("true", "y", "1"):
+        return
+    unknown = sorted(str(k) for k in raw if str(k) not in TRAIN_ARGUMENTS)
+    if unknown:
+        hints = [f"{k} is {RENAMED_KEYS[k]} now" for k in unknown if k in RENAMED_KEYS]
+        raise UsageError(f"{path}: {', '.join(unknown)}: LLaMA-Factory 0.9.5 knows no such setting and stops before "
+                         "step 1 ('Some keys are not used by the HfArgumentParser'; ALLOW_EXTRA_ARGS=1 lets it "
+                         "run)" + (f"; {'; '.join(hints)}" if hints else ""))
 
 
 def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, data: str | None = None,
@@ -494,6 +567,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     ``path_map`` rewrites path prefixes in the config and the data's media paths.
     """
     env = os.environ if env is None else env
+    _known_keys(raw, path, env)
     stage = str(raw.get("stage", DEFAULTS["stage"]))
     if stage not in STAGES:
         raise UsageError(f"{path}: stage {stage!r}: vlmcheck models LLaMA-Factory's {', '.join(STAGES)} stages (its "
@@ -520,14 +594,22 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     if not names:
         raise UsageError(f"{path}: no dataset set")
     eval_names = _names(raw.get("eval_dataset"))
-    try:
-        val_size = float(raw.get("val_size") or 0.0)
-    except (TypeError, ValueError):
-        raise UsageError(f"{path}: val_size must be a number, got {raw.get('val_size')!r}") from None
+    val_size = raw.get("val_size") or 0.0
+    if isinstance(val_size, str):
+        raise _unconverted("val_size", val_size, path)
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, float)):
+        raise UsageError(f"{path}: val_size must be a number, got {val_size!r}")
     if eval_names and val_size > 1e-6:
         raise UsageError(f"{path}: val_size and eval_dataset together (LLaMA-Factory refuses: 'Cannot specify "
                          "`val_size` if `eval_dataset` is not None')")
     streaming = _flag(raw, "streaming")
+    workers = raw.get("dataloader_num_workers", 0)
+    if streaming and (isinstance(workers, bool) or not isinstance(workers, int) or workers <= 0):
+        # loader.py: a local file streamed is to_iterable_dataset(num_shards=dataloader_num_workers): with 0 it
+        # yields no row, and align_dataset's first next() raises StopIteration
+        raise UsageError(f"{path}: streaming with dataloader_num_workers {workers!r}: LLaMA-Factory streams a local "
+                         "file in that many shards, none yields a row, and it stops before step 1 (StopIteration); "
+                         "set dataloader_num_workers to 1 or more")
     if streaming and raw.get("max_samples") is not None:
         raise UsageError(f"{path}: max_samples with streaming (LLaMA-Factory refuses: '`max_samples` is "
                          "incompatible with `streaming`')")
@@ -564,19 +646,20 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     media_dir = locate(str(media_raw), path, mapping) if media_raw else dataset_dir
     packing = _flag(raw, "neat_packing") or bool(raw.get("packing") or False)
     cutoff = _int(raw, "cutoff_len", path) - (1 if packing else 0)  # data_args.py: avoid pad_to_multiple_of
-    max_pixels = _int(raw, "image_max_pixels", path)
-    min_pixels = _int(raw, "image_min_pixels", path)
+    max_pixels = _int(raw, "image_max_pixels", path, floats=True)
+    min_pixels = _int(raw, "image_min_pixels", path, floats=True)
     if max_pixels < min_pixels:
         raise UsageError(f"{path}: image_max_pixels cannot be smaller than image_min_pixels (LLaMA-Factory refuses)")
-    video_max = _int(raw, "video_max_pixels", path)
-    video_min = _int(raw, "video_min_pixels", path)
+    video_max = _int(raw, "video_max_pixels", path, floats=True)
+    video_min = _int(raw, "video_min_pixels", path, floats=True)
     if video_max < video_min:
         raise UsageError(f"{path}: video_max_pixels cannot be smaller than video_min_pixels (LLaMA-Factory refuses)")
     video_fps = raw.get("video_fps", DEFAULTS["video_fps"])
-    try:
-        video_fps = float(video_fps)
-    except (TypeError, ValueError):
-        raise UsageError(f"{path}: video_fps must be a number, got {video_fps!r}") from None
+    if isinstance(video_fps, str):
+        raise _unconverted("video_fps", video_fps, path)
+    if isinstance(video_fps, bool) or not isinstance(video_fps, (int, float)):
+        raise UsageError(f"{path}: video_fps must be a number, got {video_fps!r}")
+    video_fps = float(video_fps)
     if not math.isfinite(video_fps) or video_fps <= 0:
         raise UsageError(f"{path}: video_fps must be positive, got {video_fps}")
     if _flag(raw, "mask_history") and _flag(raw, "train_on_prompt"):
@@ -584,15 +667,15 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     if _flag(raw, "train_on_prompt") and TEMPLATES[name].efficient_eos:
         raise UsageError(f"{path}: template {name} does not support train_on_prompt (LLaMA-Factory refuses: "
                          "'Current template does not support `train_on_prompt`')")
-    max_samples = raw.get("max_samples")
+    max_samples = _int(raw, "max_samples", path) if raw.get("max_samples") is not None else None
     return Config(
         path=path, model=str(mapped(str(model_path), mapping)), template=template, datasets=names,
         dataset_dir=dataset_dir, media_dir=media_dir, cutoff_len=cutoff, image_max_pixels=max_pixels,
         image_min_pixels=min_pixels, train_on_prompt=_flag(raw, "train_on_prompt"),
-        mask_history=_flag(raw, "mask_history"), enable_thinking=_flag(raw, "enable_thinking"),
+        mask_history=_flag(raw, "mask_history"), enable_thinking=_thinking(raw),
         preserve_thinking=_flag(raw, "preserve_thinking"),
         default_system=raw.get("default_system"),
-        max_samples=int(max_samples) if max_samples is not None else None,
+        max_samples=max_samples,
         pan_and_scan=_flag(raw, "image_do_pan_and_scan"),
         crop_to_patches=_flag(raw, "crop_to_patches"),
         image_placeholder=env.get(IMAGE_PLACEHOLDER_ENV, "<image>"),
@@ -601,6 +684,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         video_max_pixels=video_max, video_min_pixels=video_min, video_fps=video_fps,
         video_maxlen=_int(raw, "video_maxlen", path),
         eval_datasets=eval_names, seed=_seed(raw, path), streaming=streaming, mix_strategy=mix,
+        stream_shards=workers if streaming else 1,
         interleave_probs=probs, eval_on_each_dataset=_flag(raw, "eval_on_each_dataset"),
         tool_format=str(tool_format) if tool_format else None,
         # the pairwise processor never packs (the cutoff_len - 1 of data_args still applies)
@@ -625,12 +709,11 @@ def _names(value: Any) -> tuple[str, ...]:
 
 def _seed(raw: dict[str, Any], path: Path) -> int:
     value = raw.get("seed", DEFAULTS["seed"])
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise UsageError(f"{path}: seed must be a whole number, got {value!r}")
-    try:
-        seed = int(value)
-    except ValueError:
-        raise UsageError(f"{path}: seed must be a whole number, got {value!r}") from None
+    if isinstance(value, str):
+        raise _unconverted("seed", value, path)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"{path}: seed must be a whole number, got {value!r} (transformers' set_seed raises)")
+    seed = value
     if not 0 <= seed < 2**32:  # transformers.set_seed -> np.random.seed raises at startup
         raise UsageError(f"{path}: seed {seed}: numpy's seed must be between 0 and 2**32 - 1 (LLaMA-Factory's "
                          "set_seed raises)")
@@ -1246,12 +1329,13 @@ def format_turns(example: Example, config: Config, *, images: Sequence[str] | No
     open_, close = t.thought_words
     if config.pairwise:  # ReasoningTemplate.encode_oneturn: the history's thoughts unless preserved, the answer's
         stripped = messages[1:-2:2] if not config.preserve_thinking else []
-        if not config.enable_thinking:
+        if config.enable_thinking is False:
             stripped.append(messages[-1])
         discard_history = True  # the empty thought block for the last answer only
     else:  # encode_multiturn: every thought without enable_thinking, the history's with mask_history
         discard_history = config.mask_history and not config.preserve_thinking
-        stripped = messages[1::2] if not config.enable_thinking else messages[1:-2:2] if discard_history else []
+        stripped = (messages[1::2] if config.enable_thinking is False else messages[1:-2:2] if discard_history
+                    else [])
     if t.reasoning:
         for m in stripped:
             m[1] = _remove_thought(m[1], t)
@@ -1609,6 +1693,13 @@ def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data:
     env = os.environ if env is None else env
     if v1_claims(raw) or env.get("USE_V1", "0").lower() in V1_SWITCH:
         return v1_open_run(raw, path=path, model=model, data=data, path_map=path_map, env=env)
+    if path.suffix.lower() in (".yaml", ".yml") and path.is_file():  # read_args: OmegaConf.load
+        import yaml
+
+        try:
+            raw = read_yaml(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise UsageError(f"{path}: LLaMA-Factory's config loader (OmegaConf) refuses it: {e}") from None
     config = read_config(raw, path=path, model=model, data=data, path_map=path_map, env=env)
     if config.pan_and_scan and config.template.plugin is not GEMMA3_PLUGIN:
         raise UsageError(f"{path}: image_do_pan_and_scan is modelled for the gemma3 template only")
@@ -1738,6 +1829,8 @@ class Run:
             for attr in attrs:
                 self._same_columns(attr)
                 self._same_types(attr)
+                if self.config.streaming:
+                    self._shards(attr)
                 chosen = None
                 if attr.num_samples is not None and not self.config.streaming:
                     loaded = self._loaded_rows(attr)
@@ -1808,6 +1901,16 @@ class Run:
             raise DatasetError(f"dataset {attr.name!r}: {file.name} has columns {new} that {files[0].name} (read "
                                "first) has not: LLaMA-Factory's loader raises (datasets: 'column names don't "
                                "match') and the run stops before step 1")
+
+    def _shards(self, attr: DatasetAttr) -> None:
+        """_load_single_dataset streams a local dataset as to_iterable_dataset(num_shards=dataloader_num_workers),
+        which raises for more shards than rows: the run stops before step 1."""
+        loaded = self._loaded_rows(attr)
+        if loaded is not None and loaded < self.config.stream_shards:
+            raise DatasetError(f"dataset {attr.name!r}: {loaded} rows streamed in dataloader_num_workers="
+                               f"{self.config.stream_shards} shards: datasets raises ('Unable to shard a dataset of "
+                               f"size {loaded} into {self.config.stream_shards} shards') and the run stops before "
+                               "step 1")
 
     def _same_types(self, attr: DatasetAttr) -> None:
         """A JSON dataset's rows must give each column one type datasets can infer (see json_type): else its loader
