@@ -261,7 +261,10 @@ def test_settings_that_change_which_rows_are_read_or_refused(tmp_path: Path) -> 
         lf.read_config({**base, "streaming": True, "max_samples": 10}, path=tmp_path / "x.yaml")
     with pytest.raises(vlmcheck.UsageError, match="streaming"):
         lf.read_config({**base, "streaming": True, "val_size": 0.1}, path=tmp_path / "x.yaml")
-    assert lf.read_config({**base, "streaming": True, "val_size": 100}, path=tmp_path / "x.yaml").streaming
+    assert lf.read_config({**base, "streaming": True, "val_size": 100, "dataloader_num_workers": 2},
+                          path=tmp_path / "x.yaml").streaming
+    with pytest.raises(vlmcheck.UsageError, match="dataloader_num_workers 0"):
+        lf.read_config({**base, "streaming": True, "val_size": 100}, path=tmp_path / "x.yaml")
     lf.read_config({**base, "dataset": "a", "mix_strategy": "interleave_once"}, path=tmp_path / "x.yaml")  # one dataset
     saved = tmp_path / "tokenized"
     lf.read_config({**base, "tokenized_path": str(saved)}, path=tmp_path / "x.yaml")  # not saved yet: rows prepared

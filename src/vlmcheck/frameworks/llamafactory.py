@@ -603,13 +603,6 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         raise UsageError(f"{path}: val_size and eval_dataset together (LLaMA-Factory refuses: 'Cannot specify "
                          "`val_size` if `eval_dataset` is not None')")
     streaming = _flag(raw, "streaming")
-    workers = raw.get("dataloader_num_workers", 0)
-    if streaming and (isinstance(workers, bool) or not isinstance(workers, int) or workers <= 0):
-        # loader.py: a local file streamed is to_iterable_dataset(num_shards=dataloader_num_workers): with 0 it
-        # yields no row, and align_dataset's first next() raises StopIteration
-        raise UsageError(f"{path}: streaming with dataloader_num_workers {workers!r}: LLaMA-Factory streams a local "
-                         "file in that many shards, none yields a row, and it stops before step 1 (StopIteration); "
-                         "set dataloader_num_workers to 1 or more")
     if streaming and raw.get("max_samples") is not None:
         raise UsageError(f"{path}: max_samples with streaming (LLaMA-Factory refuses: '`max_samples` is "
                          "incompatible with `streaming`')")
@@ -667,6 +660,13 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     if _flag(raw, "train_on_prompt") and TEMPLATES[name].efficient_eos:
         raise UsageError(f"{path}: template {name} does not support train_on_prompt (LLaMA-Factory refuses: "
                          "'Current template does not support `train_on_prompt`')")
+    workers = raw.get("dataloader_num_workers", 0)
+    if streaming and (isinstance(workers, bool) or not isinstance(workers, int) or workers <= 0):
+        # loader.py: a local file streamed is to_iterable_dataset(num_shards=dataloader_num_workers): with 0 it
+        # yields no row, and align_dataset's first next() raises StopIteration
+        raise UsageError(f"{path}: streaming with dataloader_num_workers {workers!r}: LLaMA-Factory streams a local "
+                         "file in that many shards, none yields a row, and it stops before step 1 (StopIteration); "
+                         "set dataloader_num_workers to 1 or more")
     max_samples = _int(raw, "max_samples", path) if raw.get("max_samples") is not None else None
     return Config(
         path=path, model=str(mapped(str(model_path), mapping)), template=template, datasets=names,
