@@ -8,7 +8,7 @@ unknown key or a duplicated one stops the run, ``1e5`` is a float (OmegaConf's l
 null`` is a mode of its own, and streaming a local file needs 1 to (rows) ``dataloader_num_workers``. For each
 case: where LLaMA-Factory stops before step 1, vlmcheck refuses the config (exit 2); where it runs, every prepared
 sample's length and trained-token count equal vlmcheck's, in order. The list of settings LLaMA-Factory knows
-(_llamafactory_keys.py) is checked against its argument classes there too.
+(frameworks/options.py) is checked against its argument classes there too.
 """
 
 from __future__ import annotations
@@ -136,9 +136,9 @@ def entry(tmp_path_factory: pytest.TempPathFactory, qwen2_vl_checkpoint: Path,
 
 
 def test_the_settings_llamafactory_knows_are_its_argument_fields(entry: dict[str, Any]) -> None:
-    from vlmcheck.frameworks._llamafactory_keys import TRAIN_ARGUMENTS
+    from vlmcheck.frameworks.options import LLAMAFACTORY_0_9_5
 
-    assert sorted(TRAIN_ARGUMENTS) == entry["keys"]
+    assert sorted(LLAMAFACTORY_0_9_5) == entry["keys"]
 
 
 @pytest.mark.parametrize("name", list(CASES))

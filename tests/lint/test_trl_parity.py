@@ -18,8 +18,8 @@ import yaml
 trl = pytest.importorskip("trl")
 
 from vlmcheck.frameworks import options as known  # noqa: E402
+from vlmcheck.frameworks.options import TRANSFORMERS_4_ONLY  # noqa: E402
 from vlmcheck.lint import lint  # noqa: E402
-from vlmcheck.lint.frameworks import TRANSFORMERS_4_ONLY  # noqa: E402
 
 CONFIGS = Path(__file__).parent / "configs"
 

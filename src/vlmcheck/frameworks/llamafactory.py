@@ -547,11 +547,12 @@ def read_yaml(text: str) -> Any:
 
 def _known_keys(raw: dict[str, Any], path: Path, env: Mapping[str, str]) -> None:
     """get_train_args: a key none of LLaMA-Factory's argument classes has stops the run before step 1."""
-    from vlmcheck.frameworks._llamafactory_keys import TRAIN_ARGUMENTS
+    from vlmcheck.frameworks.options import LLAMAFACTORY_0_9_5, TRANSFORMERS_4_ONLY
 
     if env.get(ALLOW_EXTRA_ARGS_ENV, "0").lower() in ("true", "y", "1"):
         return
-    unknown = sorted(str(k) for k in raw if str(k) not in TRAIN_ARGUMENTS)
+    # with transformers 4.55-4.57, which LLaMA-Factory 0.9.5 also accepts, TrainingArguments has a few more
+    unknown = sorted(str(k) for k in raw if str(k) not in LLAMAFACTORY_0_9_5 | TRANSFORMERS_4_ONLY)
     if unknown:
         hints = [f"{k} is {RENAMED_KEYS[k]} now" for k in unknown if k in RENAMED_KEYS]
         raise UsageError(f"{path}: {', '.join(unknown)}: LLaMA-Factory 0.9.5 knows no such setting and stops before "

@@ -43,18 +43,10 @@ RUN_KINDS: dict[str, Callable[..., str | None]] = {m.NAME: m.lint_run_kind for m
 ALIASES: dict[str, dict[str, tuple[str, ...]]] = {"swift": swift.LINT_ALIASES, "trl": trl.LINT_ALIASES}
 
 
-# TrainingArguments options of transformers 4.x that 5.x dropped; LLaMA-Factory, VLM-R1 and ms-swift
-# run on 4.x, so they are still valid there.
-TRANSFORMERS_4_ONLY = frozenset({
-    "warmup_ratio", "overwrite_output_dir", "logging_dir", "evaluation_strategy", "no_cuda", "use_mps_device",
-    "per_gpu_train_batch_size", "per_gpu_eval_batch_size", "save_safetensors", "fp16_backend",
-    "half_precision_backend", "include_tokens_per_second", "include_inputs_for_metrics", "use_ipex",
-})
-
 
 def known_options(framework: str) -> Callable[[str], bool] | None:
     """A predicate telling whether an option name is one the framework accepts (None: not checked)."""
-    ta = known.TRANSFORMERS_TRAINING_ARGUMENTS | TRANSFORMERS_4_ONLY
+    ta = known.TRANSFORMERS_TRAINING_ARGUMENTS | known.TRANSFORMERS_4_ONLY
     if framework in ("trl", "unsloth"):
         names = ta | known.TRL
         return names.__contains__
@@ -62,7 +54,7 @@ def known_options(framework: str) -> Callable[[str], bool] | None:
         names = ta | known.TRL | known.VLM_R1
         return names.__contains__
     if framework == "llamafactory":
-        names = ta | known.LLAMAFACTORY
+        names = ta | known.LLAMAFACTORY | known.LLAMAFACTORY_0_9_5
         return names.__contains__
     if framework == "swift":
         names = ta | known.TRL | known.SWIFT

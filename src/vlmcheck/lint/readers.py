@@ -449,6 +449,17 @@ def detect_framework(options: Mapping[str, Any]) -> str:
 def _read_mapping(text: str, path: Path | None, framework: str | None) -> RunConfig:
     options = _parse_mapping(text, path)
     framework = framework or detect_framework(options)
+    if framework == "llamafactory" and path is not None and path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        from vlmcheck.frameworks.llamafactory import read_yaml
+
+        try:  # read as llamafactory-cli reads it (OmegaConf's loader: 1e5 is a number, a duplicate key an error)
+            loaded = read_yaml(text)
+        except yaml.YAMLError as e:
+            raise UsageError(f"{path}: LLaMA-Factory's config loader (OmegaConf) refuses it: {e}") from None
+        if isinstance(loaded, dict):
+            options = loaded
     if framework in ("easyr1", "verl"):
         options = flatten(options)
     return RunConfig(framework=framework, options=options, path=str(path) if path else None)
