@@ -147,8 +147,10 @@ def unknown_options(ctx: Context) -> list[LintFinding]:
     for name in ctx.run.options:
         if name in ctx.run.added or accepts(name):
             continue
+        stops = (": LLaMA-Factory stops before step 1 on a key it does not know (ALLOW_EXTRA_ARGS=1 lets it run)"
+                 if ctx.view.framework == "llamafactory" else "")
         out.append(make(
-            "VL001", f"{name!r} is not an option of {ctx.view.framework} (as of the versions in the docs)",
+            "VL001", f"{name!r} is not an option of {ctx.view.framework} (as of the versions in the docs){stops}",
             option=name, value=ctx.run.options[name],
         ))
     return out
