@@ -142,23 +142,11 @@ def phase_check(args: argparse.Namespace) -> dict[str, Any]:
 FRAMEWORK = textwrap.dedent('''
     import json, sys, time
     import yaml
-    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
-    from llamafactory.hparams import get_train_args
-    from llamafactory.model import load_tokenizer
-    from llamafactory.model.patcher import patch_processor
-    from llamafactory_oracle_runner import _processor
+    from llamafactory_oracle_runner import entry_train_dataset
 
     args = yaml.safe_load(open(sys.argv[1]).read())
     started = time.perf_counter()
-    model_args, data_args, training_args, finetuning_args, _ = get_train_args(args)
-    loaded = load_tokenizer(model_args)
-    tokenizer, processor = loaded["tokenizer"], loaded["processor"]
-    if processor is None:  # no torchvision: the real processor class, as the oracle runner builds it
-        processor = _processor(model_args.model_name_or_path, tokenizer)
-        patch_processor(processor, tokenizer, model_args)
-    template = get_template_and_fix_tokenizer(tokenizer, data_args)
-    module = get_dataset(template, model_args, data_args, training_args, "sft", tokenizer, processor)
-    train = module["train_dataset"]
+    train = entry_train_dataset(args)  # get_train_args ... get_dataset, LLaMA-Factory's own
     lengths = [len(ids) for ids in train["input_ids"]]
     wall = time.perf_counter() - started
     print("RESULT" + json.dumps({"wall_s": round(wall, 3), "rows": len(lengths), "kept_lengths": lengths}))

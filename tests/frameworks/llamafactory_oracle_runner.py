@@ -212,6 +212,26 @@ def _error(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e)[:300]}"
 
 
+def entry_train_dataset(args: dict[str, Any]) -> Any:
+    """LLaMA-Factory's own path from a config's settings to its training dataset, as its sft / dpo / rm workflows
+    take it: get_train_args, load_tokenizer (the real processor class built when transformers gives none, see
+    above), get_template_and_fix_tokenizer, get_dataset."""
+    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
+    from llamafactory.hparams import get_train_args
+    from llamafactory.model import load_tokenizer
+    from llamafactory.model.patcher import patch_processor
+
+    model_args, data_args, training_args, finetuning_args, _ = get_train_args(args)
+    loaded = load_tokenizer(model_args)
+    tokenizer, processor = loaded["tokenizer"], loaded["processor"]
+    if processor is None:
+        processor = _processor(model_args.model_name_or_path, tokenizer)
+        patch_processor(processor, tokenizer, model_args)
+    template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    stage = "rm" if finetuning_args.stage in ("dpo", "rm") else "sft"
+    return get_dataset(template, model_args, data_args, training_args, stage, tokenizer, processor)["train_dataset"]
+
+
 def main(argv: list[str]) -> None:
     forward = 0
     if "--forward" in argv:

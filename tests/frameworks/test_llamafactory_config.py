@@ -34,12 +34,8 @@ HERE = Path(__file__).parent
 ENTRY = textwrap.dedent('''
     import dataclasses, json, sys, tempfile
     import datasets
-    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
-    from llamafactory.hparams import get_train_args
     from llamafactory.hparams.parser import _TRAIN_ARGS, read_args
-    from llamafactory.model import load_tokenizer
-    from llamafactory.model.patcher import patch_processor
-    from llamafactory_oracle_runner import _processor
+    from llamafactory_oracle_runner import entry_train_dataset
 
     datasets.disable_caching()
     out = {"keys": sorted({f.name for cls in _TRAIN_ARGS for f in dataclasses.fields(cls) if f.init}), "runs": {}}
@@ -48,16 +44,8 @@ ENTRY = textwrap.dedent('''
         try:
             args = read_args()
             args.update(output_dir=tempfile.mkdtemp(), overwrite_cache=True, report_to="none")
-            model_args, data_args, training_args, finetuning_args, _ = get_train_args(args)
-            loaded = load_tokenizer(model_args)
-            tokenizer, processor = loaded["tokenizer"], loaded["processor"]
-            if processor is None:  # no torchvision: the real processor class, as the oracle runner builds it
-                processor = _processor(model_args.model_name_or_path, tokenizer)
-                patch_processor(processor, tokenizer, model_args)
-            template = get_template_and_fix_tokenizer(tokenizer, data_args)
-            train = get_dataset(template, model_args, data_args, training_args, "sft", tokenizer, processor)
-            rows = [[len(r["input_ids"]), sum(1 for x in r["labels"] if x != -100)]
-                    for r in train["train_dataset"]]
+            train = entry_train_dataset(args)
+            rows = [[len(r["input_ids"]), sum(1 for x in r["labels"] if x != -100)] for r in train]
             out["runs"][config] = {"rows": rows}
         except BaseException as e:  # StopIteration included: the run stops before step 1
             out["runs"][config] = {"raises": f"{type(e).__name__}: {str(e)[:200]}"}
