@@ -61,8 +61,11 @@ model_name_or_path: {model}
 template: {template}
 output_dir: saves/x
 """
-# case: (template, extra YAML lines, whether LLaMA-Factory runs)
-CASES: dict[str, tuple[str, str, bool]] = {
+SPLITS = {"train[:1]": True, "train[-2:]+train[:1]": True, "train[:50%]": True, "train[10%:90%]+train[2:1]": True,
+          "test": False, "train[:0]": False, "train[:150%]": False, "train[ :2]": False}
+# case: (template, extra YAML lines (a `dataset:` line replaces BASE's), whether LLaMA-Factory runs, or
+# "stops:CODE:WORDS": it stops preparing a row, which vlmcheck judges `stops` with finding CODE saying WORDS)
+CASES: dict[str, tuple[str, str, bool | str]] = {
     "plain": ("qwen2_vl", "cutoff_len: 350\n", True),
     "quoted false is true": ("qwen2_vl", 'train_on_prompt: "false"\n', True),
     "quoted false, mask_history": ("qwen2_vl", 'mask_history: "false"\ncutoff_len: 60\n', True),
@@ -81,6 +84,32 @@ CASES: dict[str, tuple[str, str, bool]] = {
     "streaming, no workers": ("qwen2_vl", "streaming: true\nmax_steps: 10\n", False),
     "streaming, more workers than rows": ("qwen2_vl", "streaming: true\nmax_steps: 10\ndataloader_num_workers: 4\n",
                                           False),
+    # JSON Lines fields whose every value is an ISO date load as timestamps (datasets / pyarrow): an alpaca answer
+    # that is not text makes the row unsupervised (dropped), a turn's content that is not text stops the run
+    "dated turns stop": ("qwen2_vl", "dataset: dated_sg\n", "stops:VC001:timestamp"),
+    "dated system stops": ("qwen2_vl", "dataset: sg, dated_system\n", "stops:VC001:timestamp"),
+    "dates in a JSON array are text": ("qwen2_vl", "dataset: sg, dated_array\n", True),
+    # a dataset none of whose rows has an answer: alone, every row dropped ('Cannot find valid samples'); beside
+    # others, its converted `_response` (a list of nulls) cannot be merged with theirs
+    "no answers": ("qwen2_vl", "dataset: dated_alpaca\n", False),
+    "no answers beside answers": ("qwen2_vl", "dataset: sg, dated_alpaca\n", False),
+    "no answers interleaved": ("qwen2_vl", "dataset: dated_alpaca, sg\nmix_strategy: interleave_under\n", False),
+    "no answers in the eval dataset": ("qwen2_vl", "eval_dataset: dated_alpaca\n", False),
+    "no answers in one of each eval dataset": ("qwen2_vl", "eval_dataset: dated_array, dated_alpaca\n"
+                                               "eval_on_each_dataset: true\n", False),
+    # images given as paths in one dataset and as Parquet bytes (an Image feature, or plain structs) in another:
+    # the converted datasets' `_images` cannot be aligned; alone, or beside a dataset without images, each runs
+    "paths beside an Image feature": ("qwen2_vl", "dataset: sg, pq_image\n", False),
+    "paths beside structs": ("qwen2_vl", "dataset: sg, pq_struct\n", False),
+    "an Image feature beside structs, interleaved": ("qwen2_vl", "dataset: pq_image, pq_struct\n"
+                                                     "mix_strategy: interleave_over\n", False),
+    "an Image feature beside no images": ("qwen2_vl", "dataset: pq_image, dated_array\n", True),
+    "structs": ("qwen2_vl", "dataset: pq_struct\n", True),
+    # image objects in JSON: {"path": ...} alone (no row has "bytes") raise KeyError; with "bytes" null, the path
+    "image objects without bytes": ("qwen2_vl", "dataset: path_objects\n", "stops:VC102:KeyError"),
+    "image objects with null bytes": ("qwen2_vl", "dataset: null_bytes\n", True),
+    # dataset_info.json's `split`, load_dataset's split of a local dataset (whose only split is "train")
+    **{f"split {split}": ("qwen2_vl", f"dataset: split{k}\n", runs) for k, (split, runs) in enumerate(SPLITS.items())},
 }
 
 
@@ -97,6 +126,27 @@ def _rows(image: str) -> list[dict[str, Any]]:
     ]
 
 
+def _parquet_images(data: Path) -> None:
+    """The same rows as Parquet, images as bytes: written by `datasets` with its Image feature (image.parquet:
+    decoded on load), and by pyarrow as plain structs of bytes and a null path (struct.parquet)."""
+    import io
+
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 200), (10, 120, 40)).save(buf, "PNG")
+    rows = [r for r in _rows("") if "images" in r]
+    images = [[{"bytes": buf.getvalue(), "path": None}] for _ in rows]
+    turn = {"from": datasets.Value("string"), "value": datasets.Value("string")}
+    features = datasets.Features({"conversations": datasets.List(turn), "images": datasets.List(datasets.Image())})
+    datasets.Dataset.from_dict({"conversations": [r["conversations"] for r in rows], "images": images},
+                               features=features).to_parquet(str(data / "image.parquet"))
+    pq.write_table(pa.table({"conversations": [r["conversations"] for r in rows], "images": images}),
+                   data / "struct.parquet")
+
+
 @pytest.fixture(scope="module")
 def entry(tmp_path_factory: pytest.TempPathFactory, qwen2_vl_checkpoint: Path,
           qwen3_vl_think_checkpoint: Path) -> dict[str, Any]:
@@ -105,13 +155,40 @@ def entry(tmp_path_factory: pytest.TempPathFactory, qwen2_vl_checkpoint: Path,
     (data / "images").mkdir(parents=True)
     Image.new("RGB", (640, 480), (120, 40, 160)).save(data / "images" / "photo.png")
     (data / "sg.json").write_text(json.dumps(_rows("images/photo.png")))
-    (data / "dataset_info.json").write_text(json.dumps({"sg": {
-        "file_name": "sg.json", "formatting": "sharegpt", "columns": {"messages": "conversations", "images": "images"}}}))
+    dated = [{"instruction": "<image>When was it taken?", "output": "2021-03-04", "images": ["images/photo.png"]},
+             {"instruction": "And the next one?", "output": "2021-03-05 10:20:30+02:00"}]
+    (data / "dated_alpaca.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dated))
+    (data / "dated_array.json").write_text(json.dumps([
+        {"conversations": [{"from": "human", "value": "2021-03-04"}, {"from": "gpt", "value": "2021-03-05"}]}]))
+    (data / "dated_sg.jsonl").write_text(json.dumps(
+        {"conversations": [{"from": "human", "value": "2021-03-04"}, {"from": "gpt", "value": "2021-03-05"}]}) + "\n")
+    (data / "dated_system.jsonl").write_text("".join(json.dumps(
+        {"conversations": [{"from": "human", "value": "Which day?"}, {"from": "gpt", "value": "Monday."}],
+         "system": day}) + "\n" for day in ("2021-03-04", "2021-03-05")))
+    _parquet_images(data)
+    for name, image in (("path_objects", {"path": "images/photo.png"}),
+                        ("null_bytes", {"bytes": None, "path": str(data / "images" / "photo.png")})):
+        (data / f"{name}.json").write_text(json.dumps([{**r, "images": [image]} for r in _rows("") if "images" in r]))
+    sharegpt = {"formatting": "sharegpt", "columns": {"messages": "conversations", "images": "images"}}
+    (data / "dataset_info.json").write_text(json.dumps({
+        "sg": {"file_name": "sg.json", **sharegpt},
+        **{f"split{k}": {"file_name": "sg.json", "split": split, **sharegpt} for k, split in enumerate(SPLITS)},
+        "path_objects": {"file_name": "path_objects.json", **sharegpt},
+        "null_bytes": {"file_name": "null_bytes.json", **sharegpt},
+        "pq_image": {"file_name": "image.parquet", **sharegpt}, "pq_struct": {"file_name": "struct.parquet", **sharegpt},
+        "dated_sg": {"file_name": "dated_sg.jsonl", "formatting": "sharegpt", "columns": {"messages": "conversations"}},
+        "dated_array": {"file_name": "dated_array.json", "formatting": "sharegpt",
+                        "columns": {"messages": "conversations"}},
+        "dated_system": {"file_name": "dated_system.jsonl", "formatting": "sharegpt",
+                         "columns": {"messages": "conversations", "system": "system"}},
+        "dated_alpaca": {"file_name": "dated_alpaca.jsonl", "columns": {
+            "prompt": "instruction", "response": "output", "images": "images"}}}))
     models = {"qwen2_vl": qwen2_vl_checkpoint, "qwen3_vl": qwen3_vl_think_checkpoint}
     configs = {}
     for k, (name, (template, extra, _)) in enumerate(CASES.items()):
         config = folder / f"case{k}.yaml"
-        config.write_text(BASE.format(data=data, model=models[template], template=template) + extra)
+        base = BASE.format(data=data, model=models[template], template=template)
+        config.write_text((base.replace("dataset: sg\n", "") if "\ndataset:" in "\n" + extra else base) + extra)
         configs[name] = config
     done = subprocess.run([str(oracle_python()), "-c", ENTRY, *map(str, configs.values())], capture_output=True,
                           text=True, timeout=1500, cwd=data,
@@ -133,15 +210,20 @@ def test_the_settings_llamafactory_knows_are_its_argument_fields(entry: dict[str
 def test_a_config_is_read_as_llamafactory_reads_it(entry: dict[str, Any], tmp_path: Path, name: str) -> None:
     theirs = entry["runs"][name]
     runs = CASES[name][2]
-    assert ("rows" in theirs) == runs, theirs  # the case is what it says (LLaMA-Factory runs it, or stops)
+    assert ("rows" in theirs) == (runs is True), theirs  # the case is what it says (LLaMA-Factory runs it, or stops)
     config = entry["configs"][name]
     if not runs:
         with pytest.raises(VlmcheckError):
             vlmcheck.check(config)
         return
     out = tmp_path / "records.jsonl"
-    vlmcheck.check(config, output=out)
+    report = vlmcheck.check(config, output=out)
     ours = [json.loads(line)["framework"] for line in out.read_text().splitlines()]
+    if isinstance(runs, str):  # a row stops the run, for the reason the case is about
+        _, code, words = runs.split(":")
+        assert "stops" in [r["verdict"] for r in ours], ours
+        assert [f for f in report.findings if f.code == code and words in f.message], report.findings
+        return
     kept = [[r["kept_tokens"], r["kept_supervised"]] for r in ours if r["verdict"] != "dropped"]
     if "streaming" in name:  # a stream is shuffled through a buffer (get_dataset): the same samples, reordered
         kept, theirs["rows"] = sorted(kept), sorted(theirs["rows"])
@@ -153,3 +235,51 @@ def test_the_cases_differ_where_they_should(entry: dict[str, Any]) -> None:
     runs = entry["runs"]
     assert [r[1] for r in runs["quoted false is true"]["rows"]] == [r[0] for r in runs["quoted false is true"]["rows"]]
     assert runs["thinking null"]["rows"][2] != runs["thinking off"]["rows"][2]
+
+
+SPLIT_FORMS = ["train[2:1]", "train[5:2]", "train[:3]+train[2:1]", "train[0%:90%]+train[2:1]", "train[1:0]",
+               "train[3:1]", "train[-1:-3]", "train[-2:]", "train[:50%]", "train[10%:90%]", "train[:35%]",
+               "train[:-50%]", "train[-100%:]", "train[:100]", "train+train", "train[:20%](closest)", "train[7:]",
+               "train[:0%]", "train[:101%]", "test", "TRAIN", "train[3]", "train[ :2]", "train[:1]+ train[2:]"]
+SPLITTER = textwrap.dedent('''
+    import json, sys, datasets
+    datasets.disable_progress_bars(); datasets.disable_caching()
+    out = {}
+    for n in (3, 7):
+        path = f"{sys.argv[1]}/r{n}.json"
+        json.dump([{"i": i} for i in range(n)], open(path, "w"))
+        for split in json.loads(sys.argv[2]):
+            try:
+                ds = datasets.load_dataset("json", data_files=path, split=split, cache_dir=sys.argv[1] + "/c")
+                out[f"{n} {split}"] = [r["i"] for r in ds]
+            except Exception as e:
+                out[f"{n} {split}"] = type(e).__name__
+    print("SPLITS" + json.dumps(out))
+''')
+
+
+def test_the_rows_a_split_keeps_are_the_ones_datasets_keeps(tmp_path: Path) -> None:
+    """dataset_info.json's `split` on a local dataset, against datasets 4.0.0's own load_dataset in LLaMA-Factory's
+    environment, on 3 and 7 rows: the rows kept and their order, and where it raises."""
+    from vlmcheck.errors import DatasetError, UsageError
+    from vlmcheck.frameworks.llamafactory import split_positions
+
+    done = subprocess.run([str(oracle_python()), "-c", SPLITTER, str(tmp_path), json.dumps(SPLIT_FORMS)],
+                          capture_output=True, text=True, timeout=600)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("SPLITS")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    theirs = json.loads(lines[-1][len("SPLITS"):])
+    differ = []
+    for key, rows in theirs.items():
+        n, split = key.split(" ", 1)
+        try:
+            positions = split_positions(split, int(n), "x")
+            mine: Any = list(range(int(n))) if positions is None else positions
+        except DatasetError:
+            mine = "raises"
+        except UsageError:
+            continue  # a form vlmcheck refuses as not modelled
+        if mine != rows and not (mine == "raises" and isinstance(rows, str)):
+            differ.append(f"{key}: datasets {rows}, vlmcheck {mine}")
+    assert not differ, differ
+    assert any(isinstance(r, str) for r in theirs.values()) and any(isinstance(r, list) for r in theirs.values())

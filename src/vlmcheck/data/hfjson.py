@@ -14,10 +14,13 @@ JSON text from there on).
 
 from __future__ import annotations
 
+import bisect
 import copy
 import json
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +33,68 @@ class TypeClash(Exception):
     """Two rows of a JSON dataset give one column types ``datasets`` cannot put in one Arrow table."""
 
 
-# the JSON kinds as datasets (pyarrow) infers a column's type from them: null goes with anything, int with float;
-# a list's items and an object's fields must agree in turn (an object's fields are the union of its rows');
-# anything else (a string and a list, a number and a string, a bool and a number, an object and a list) makes
-# load_dataset raise (DatasetGenerationError), for .json and .jsonl alike (measured on datasets 4.0.0)
-def json_type(value: Any, where: str = "", mixed_as_json: bool = False) -> Any:
-    """A JSON value's inferred type: None (null), "bool", "int", "float", "str", ("list", item type), a dict of
-    field types (an object), or JSON (mixed items, with ``mixed_as_json``)."""
+# -- ISO dates: pyarrow's JSON reader (JSON Lines; a JSON array only from datasets 4.7, which hands it to pyarrow as
+# lines: pandas read it before, see json_schema) reads a string field as timestamp[s] when every
+# value of it in the table is one of these (measured on pyarrow 26 under datasets 4.0.0, 4.8.4 and 5.1): a date
+# YYYY-MM-DD, optionally "T" or " " and hh, hh:mm or hh:mm:ss, then optionally "Z" or an offset +hh, +hhmm, +hh:mm
+# (only after a time); every field in range (a real calendar day, year 0 included; no second 60, no fraction)
+_ISO = re.compile(r"(\d{4})-(\d\d)-(\d\d)(?:[T ](\d\d)(?::(\d\d)(?::(\d\d))?)?(Z|([+-])(\d\d)(?::?(\d\d))?)?)?",
+                  re.ASCII)
+_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _iso_fields(text: str) -> tuple[int, ...] | None:
+    """(year, month, day, hour, minute, second, offset in minutes) of a string pyarrow reads as a timestamp."""
+    m = _ISO.fullmatch(text)
+    if m is None:
+        return None
+    year, month, day = int(m[1]), int(m[2]), int(m[3])
+    hour, minute, second = (int(g) if g else 0 for g in (m[4], m[5], m[6]))
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if not 1 <= month <= 12 or not 1 <= day <= _MONTH_DAYS[month - 1] + (month == 2 and leap):
+        return None
+    offset = 0
+    if m[8]:
+        oh, om = int(m[9]), int(m[10] or 0)
+        if oh > 23 or om > 59:
+            return None
+        offset = (oh * 60 + om) * (1 if m[8] == "+" else -1)
+    if hour > 23 or minute > 59 or second > 59:
+        return None
+    return year, month, day, hour, minute, second, offset
+
+
+def arrow_timestamp(text: str) -> bool:
+    """Whether pyarrow's JSON reader takes ``text`` for a timestamp (see _ISO)."""
+    return _iso_fields(text) is not None
+
+
+def as_timestamp(text: str) -> datetime | None:
+    """The value datasets returns for ``text`` in a timestamp[s] field: a naive datetime in UTC (the offset
+    applied); None where Python's datetime cannot hold it (year 0, or past 9999 once the offset is applied:
+    reading the row raises there)."""
+    fields = _iso_fields(text)
+    if fields is None:
+        raise ValueError(f"{text!r} is not a timestamp to pyarrow")
+    year, month, day, hour, minute, second, offset = fields
+    try:
+        return datetime(year, month, day, hour, minute, second) - timedelta(minutes=offset)
+    except (ValueError, OverflowError):
+        return None
+
+
+# the JSON kinds as datasets (pyarrow) infers a column's type from them: null goes with anything, int with float,
+# an ISO date (JSON Lines only) with text; a list's items and an object's fields must agree in turn (an object's
+# fields are the union of its rows'); anything else (a string and a list, a number and a string, a bool and a
+# number, an object and a list) makes load_dataset raise (DatasetGenerationError), for .json and .jsonl alike
+# (measured on datasets 4.0.0)
+DATE = "date"
+
+
+def json_type(value: Any, where: str = "", mixed_as_json: bool = False, dates: bool = False) -> Any:
+    """A JSON value's inferred type: None (null), "bool", "int", "float", "str", DATE (with ``dates``: a string
+    pyarrow's JSON Lines reader takes for a timestamp), ("list", item type), a dict of field types (an object), or
+    JSON (mixed items, with ``mixed_as_json``)."""
     if value is None:
         return None
     if isinstance(value, bool):
@@ -46,14 +104,15 @@ def json_type(value: Any, where: str = "", mixed_as_json: bool = False) -> Any:
     if isinstance(value, float):  # both typed double; only a whole one casts to an earlier table's integers
         return "float" if value.is_integer() else "decimal"
     if isinstance(value, str):
-        return "str"
+        return DATE if dates and arrow_timestamp(value) else "str"
     if isinstance(value, list):
         item: Any = None
         for v in value:
-            item = unify_types(item, json_type(v, where + "[]", mixed_as_json), where + "[]", mixed_as_json)
+            item = unify_types(item, json_type(v, where + "[]", mixed_as_json, dates), where + "[]", mixed_as_json)
         return ("list", item)
     if isinstance(value, Mapping):
-        return {str(k): json_type(v, f"{where}.{k}" if where else str(k), mixed_as_json) for k, v in value.items()}
+        return {str(k): json_type(v, f"{where}.{k}" if where else str(k), mixed_as_json, dates)
+                for k, v in value.items()}
     return type(value).__name__
 
 
@@ -65,7 +124,7 @@ def _kind(t: Any) -> str:
     if isinstance(t, tuple):
         return "a list"
     return {"str": "a string", "int": "a whole number", "float": "a whole number", "decimal": "a decimal number",
-            "bool": "true/false"}.get(t, t)
+            "bool": "true/false", DATE: "ISO dates (a timestamp to pyarrow)"}.get(t, t)
 
 
 # json_type's numbers, narrowest first: pyarrow merges them into the widest
@@ -88,6 +147,8 @@ def unify_types(a: Any, b: Any, where: str, mixed_as_json: bool = False) -> Any:
         return a
     if a in NUMBERS and b in NUMBERS:
         return max(a, b, key=NUMBERS.index)
+    if a in ("str", DATE) and b in ("str", DATE):  # a string that is not a date makes the field text
+        return "str"
     if isinstance(a, tuple) and isinstance(b, tuple):
         return ("list", unify_types(a[1], b[1], where + "[]", mixed_as_json))
     if isinstance(a, dict) and isinstance(b, dict):  # merged into ``a`` (a fresh type of json_type's): the new keys
@@ -116,7 +177,9 @@ def cast_problem(first: Any, later: Any, where: str = "") -> str | None:
         later = "str"
     if later is None or first == later or first == JSON:
         return None
-    if first == "str" and later in (*NUMBERS, "bool"):
+    if first == "str" and later in (*NUMBERS, "bool", DATE):  # a later chunk's dates cast to text (see RECASTS)
+        return None
+    if isinstance(first, str) and isinstance(later, str) and (first, later) in RECASTS:
         return None
     if first in (*NUMBERS, "bool") and later in (*NUMBERS, "bool") and not (
             later == "decimal" and first in ("int", "bool")):
@@ -140,6 +203,26 @@ def cast_problem(first: Any, later: Any, where: str = "") -> str | None:
 
 Path_ = tuple[str, ...]  # a field: its keys, "[]" for a list's items
 
+# the casts between a later table's timestamps and the first table's field that load and change the values: to
+# text "YYYY-MM-DD hh:mm:ss" (UTC), to whole seconds since 1970, and whole numbers to timestamps (measured on
+# datasets 4.0.0, 4.8.4 and 5.1; decimals, true/false and text after timestamps, timestamps after anything else,
+# fail)
+RECASTS = {("str", DATE): "text", ("int", DATE): "seconds", (DATE, "int"): "timestamp"}
+
+
+def _recasts(first: Any, later: Any, path: Path_ = ()) -> Iterator[tuple[Path_, str]]:
+    """The fields of a later table that cast to the first's with RECASTS, and how."""
+    if isinstance(first, str) and isinstance(later, str) and (first, later) in RECASTS:
+        yield path, RECASTS[first, later]
+    elif isinstance(first, dict) and isinstance(later, dict):
+        for key, kind in later.items():
+            if key in first:
+                yield from _recasts(first[key], kind, (*path, key))
+    elif isinstance(first, tuple) and isinstance(later, tuple):
+        yield from _recasts(first[1], later[1], (*path, "[]"))
+
+
+
 
 @dataclass
 class LoadPlan:
@@ -152,11 +235,23 @@ class LoadPlan:
     decoded: list[Path_] = field(default_factory=list)
     encoded: list[tuple[int, int, Path_]] = field(default_factory=list)
     unmodelled: list[tuple[int, int, Path_]] = field(default_factory=list)
+    # the fields the first table types timestamp[s] (every value an ISO date: see DATE): every row's value there
+    # comes back as a datetime (any datasets version)
+    timestamps: list[Path_] = field(default_factory=list)
+    # per later table whose field casts by RECASTS: (file index, its first and last row, the field, how)
+    recast: list[tuple[int, int, int, Path_, str]] = field(default_factory=list)
     # the table's columns, in datasets' order (None: not known); a row's missing column loads as None
     columns: tuple[str, ...] | None = None
+    # each file's first row, numbered over all the files (see place)
+    starts: list[int] = field(default_factory=list)
+
+    def place(self, number: int) -> tuple[int, int]:
+        """A row's (file index, row number in its file) from its number over all the files."""
+        k = max(bisect.bisect_right(self.starts, number) - 1, 0)
+        return k, number - (self.starts[k] if self.starts else 0)
 
     def __bool__(self) -> bool:
-        return bool(self.decoded or self.encoded or self.unmodelled)
+        return bool(self.decoded or self.encoded or self.unmodelled or self.timestamps or self.recast)
 
 
 def json_schema(files: Sequence[Path], mixed_as_json: bool = False, plan: LoadPlan | None = None) -> Any:
@@ -176,9 +271,14 @@ def json_schema(files: Sequence[Path], mixed_as_json: bool = False, plan: LoadPl
     marked: list[Path_] = []  # the fields written as JSON text so far
     plan = plan if plan is not None else LoadPlan()
     first_lines = False
+    seen = 0  # rows of the files before this one
     for k, file in enumerate(files):
+        plan.starts.append(seen)
         spans: list[tuple[int, int]] = []
         lines = dataset_kind(file) == "jsonl"
+        # pyarrow reads ISO dates as timestamps: JSON Lines always, a JSON array from datasets 4.7 (it turns the
+        # array into lines for pyarrow; before, pandas read it, and kept them text)
+        dates = lines or mixed_as_json
         table: Any = None
         rows = opened = 0  # rows of the current table, and its first row's number in the file
         limit = DATASETS_JSON_CHUNK
@@ -192,7 +292,7 @@ def json_schema(files: Sequence[Path], mixed_as_json: bool = False, plan: LoadPl
                 end = _chunk_end(file, limit, spans[-2][1], spans[-1][0])
                 if search is not None and end > spans[-2][1]:
                     search.off = True  # a blank line closes the first chunk
-                first = _close(first, table, search, marked, plan, (k, opened), first_lines,
+                first = _close(first, table, search, marked, plan, (k, opened, number - 1), first_lines,
                                f"{file.name}, rows {opened}-{number - 1}", f"the first {mib} MiB of {file.name}")
                 limit = end + DATASETS_JSON_CHUNK
                 table, rows, opened, search = None, 0, number, None
@@ -200,11 +300,15 @@ def json_schema(files: Sequence[Path], mixed_as_json: bool = False, plan: LoadPl
                 search.off = True  # a blank line before this row (the first line too)
             del spans[:-2]  # only the last two rows' places are needed
             rows += 1
+            seen += 1
+            if not lines and _past_64_bits(row):  # ujson reads a JSON array (any datasets version) and refuses it
+                raise TypeClash(f"{file.name}, row {number}: a whole number past 64 bits, which ujson (datasets' "
+                                "reader of a JSON array) refuses ('Value is too big')")
             if isinstance(row, Mapping):
                 if search is not None:
                     search.add(row)
                 try:
-                    table = unify_types(table, json_type(row, "", mixed_as_json), "", mixed_as_json)
+                    table = unify_types(table, json_type(row, "", mixed_as_json, dates), "", mixed_as_json)
                 except TypeClash as e:
                     raise TypeClash(f"{file.name}, row {number}: {e}") from None
             elif search is not None:
@@ -212,9 +316,22 @@ def json_schema(files: Sequence[Path], mixed_as_json: bool = False, plan: LoadPl
         if rows:
             if search is not None and lines and spans and _size(file) not in (None, spans[-1][1]):
                 search.off = True  # blank lines after the last row
-            first = _close(first, table, search, marked, plan, (k, opened), first_lines,
+            first = _close(first, table, search, marked, plan, (k, opened, opened + rows - 1), first_lines,
                            f"{file.name}, rows {opened}-{opened + rows - 1}", file.name)
     return first[0] if first else None
+
+
+def _past_64_bits(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` holds a whole number outside [-2**63, 2**64), which ujson cannot read."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return not -(1 << 63) <= value < (1 << 64)
+    if depth > 64:
+        return False
+    if isinstance(value, list):
+        return any(_past_64_bits(v, depth + 1) for v in value)
+    if isinstance(value, Mapping):
+        return any(_past_64_bits(v, depth + 1) for v in value.values())
+    return False
 
 
 def _has_bom(file: Path) -> bool:
@@ -241,10 +358,11 @@ def _chunk_end(file: Path, limit: int, row_end: int, next_start: int) -> int:
 
 
 def _close(first: tuple[Any, str] | None, table: Any, search: _StructSearch | None, marked: list[Path_],
-           plan: LoadPlan, at: tuple[int, int], first_lines: bool, here: str, place: str) -> tuple[Any, str]:
-    """A finished table (its first row ``at``: file index, row): its JSON fields (the mixed objects of the first
-    one's search, the fields marked before) set, the fields newly JSON remembered (in ``plan`` too), then
-    _next_table."""
+           plan: LoadPlan, rows: tuple[int, int, int], first_lines: bool, here: str, place: str) -> tuple[Any, str]:
+    """A finished table (``rows``: file index, its first and last row): its JSON fields (the mixed objects of the
+    first one's search, the fields marked before) set, the fields newly JSON remembered (in ``plan`` too, with
+    the casts of its timestamps), then _next_table."""
+    at = rows[:2]
     if search is not None and not search.off:
         for path in search.mixed():
             table = _set_json(table, path)
@@ -254,6 +372,7 @@ def _close(first: tuple[Any, str] | None, table: Any, search: _StructSearch | No
     marked.extend(new)
     if first is None:
         plan.decoded.extend(new)
+        plan.timestamps.extend(_kind_paths(table, (), DATE))
     else:
         plan.encoded.extend((*at, p) for p in new if p not in plan.decoded)
         if first_lines and isinstance(first[0], dict) and isinstance(table, dict):
@@ -262,6 +381,7 @@ def _close(first: tuple[Any, str] | None, table: Any, search: _StructSearch | No
                                    if first[0].get(key) == "str" and isinstance(kind, dict))
             table = {key: "str" if first[0].get(key) == "str" and isinstance(kind, dict) else kind
                      for key, kind in table.items()}
+        plan.recast.extend((*rows, path, how) for path, how in _recasts(first[0], table))
     return _next_table(first, table, here, place)
 
 
@@ -320,12 +440,17 @@ def _set_json(t: Any, path: Path_) -> Any:
 
 
 def _json_paths(t: Any, path: Path_) -> list[Path_]:
-    if t == JSON:
+    return _kind_paths(t, path, JSON)
+
+
+def _kind_paths(t: Any, path: Path_, kind: str) -> list[Path_]:
+    """The fields of type ``t`` (json_type's) whose type is ``kind``."""
+    if t == kind:
         return [path]
     if isinstance(t, tuple):
-        return _json_paths(t[1], (*path, "[]"))
+        return _kind_paths(t[1], (*path, "[]"), kind)
     if isinstance(t, dict):
-        return [p for k, v in t.items() for p in _json_paths(v, (*path, k))]
+        return [p for k, v in t.items() for p in _kind_paths(v, (*path, k), kind)]
     return []
 
 
@@ -342,9 +467,11 @@ def _next_table(first: tuple[Any, str] | None, table: Any, here: str, place: str
 
 # -- the values the load returns ----------------------------------------------------------------------------------
 class Rewritten(dict[str, Any]):
-    """A row as datasets returns it, changed from the file's (``fields``: the fields whose values changed)."""
+    """A row as datasets returns it, changed from the file's (``fields``: the fields whose values changed;
+    ``why``: how the load changed them)."""
 
     fields: list[str]
+    why: str
 
 
 class NotFollowed:
@@ -354,18 +481,33 @@ class NotFollowed:
         self.reason = reason
 
 
-def as_loaded(row: Any, plan: LoadPlan, at: tuple[int, int]) -> Any:
-    """``row`` (file index and row number ``at``) as datasets >= 4.7 returns it under ``plan``: a Rewritten copy
-    when a value changes, a NotFollowed when vlmcheck cannot say how, else the row itself."""
+def as_loaded(row: Any, plan: LoadPlan, at: tuple[int, int], *, timestamps: bool = False) -> Any:
+    """``row`` (file index and row number ``at``) as datasets returns it under ``plan``: a Rewritten copy when a
+    value changes, a NotFollowed when vlmcheck cannot say how, else the row itself. A value of a timestamp field
+    (``plan.timestamps``) is a datetime with ``timestamps`` (for a framework module that follows what its code does
+    with one), else the row is NotFollowed."""
     if not plan or not isinstance(row, Mapping):
         return row
     for file, start, path in plan.unmodelled:
         if (file, start) <= at and _has(row, path):
             return NotFollowed(f"datasets writes {'.'.join(path)} as JSON text with pandas (an object where the "
                                "first table has text)")
+    for path in plan.timestamps:
+        if not timestamps and _has(row, path):
+            return NotFollowed(f"datasets loads {'.'.join(path)} as a timestamp, not text (pyarrow reads a JSON "
+                               "field whose every value in the first table is an ISO date so)")
+    recast = [(path, how) for file, start, last, path, how in plan.recast if (file, start) <= at <= (file, last)]
+    for path, how in recast:
+        if how == "timestamp" and not timestamps and _has(row, path):
+            return NotFollowed(f"datasets loads {'.'.join(path)} as timestamps, not numbers (pyarrow casts this "
+                               "part of the file to the first 10 MiB's timestamps)")
     out = copy.deepcopy(dict(row))
     changed: list[str] = []
     try:
+        for path in plan.timestamps:
+            out = _change(out, path, _timestamp, changed, ".".join(path))
+        for path, how in recast:
+            out = _change(out, path, _RECAST[how], changed, ".".join(path))
         for path in plan.decoded:
             out = _change(out, path, _decode, changed, ".".join(path))
         for file, start, path in plan.encoded:
@@ -377,6 +519,13 @@ def as_loaded(row: Any, plan: LoadPlan, at: tuple[int, int]) -> Any:
         return row
     result = Rewritten(out)
     result.fields = sorted(set(changed))
+    fields = set(result.fields)
+    whys = [why for why, named in (
+        ("an ISO date read as a timestamp", {".".join(p) for p in plan.timestamps}),
+        ("timestamps cast to the file's first table", {".".join(p) for p, _ in recast}),
+        ("a field of mixed types, kept as JSON text", {".".join(p) for p in plan.decoded}
+         | {".".join(p) for *_, p in plan.encoded})) if fields & named]
+    result.why = "; ".join(whys)
     return result
 
 
@@ -407,6 +556,42 @@ def _change(value: Any, path: Path_, how: Callable[[Any], Any], changed: list[st
     if isinstance(value, dict) and head in value:
         value[head] = _change(value[head], rest, how, changed, name)
     return value
+
+
+def _timestamp(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    stamp = as_timestamp(value)
+    if stamp is None:
+        raise _Unfollowed(f"datasets cannot return the timestamp {value!r} (Python's datetime cannot hold it)")
+    return stamp
+
+
+def _stamp_text(value: Any) -> Any:
+    """A timestamp cast to text: "YYYY-MM-DD hh:mm:ss", in UTC."""
+    stamp = _timestamp(value)
+    return stamp if not isinstance(stamp, datetime) else \
+        f"{stamp.year:04d}-{stamp.month:02d}-{stamp.day:02d} {stamp.hour:02d}:{stamp.minute:02d}:{stamp.second:02d}"
+
+
+def _stamp_seconds(value: Any) -> Any:
+    """A timestamp cast to a whole number: seconds since 1970-01-01 00:00 UTC."""
+    stamp = _timestamp(value)
+    return stamp if not isinstance(stamp, datetime) else int((stamp - datetime(1970, 1, 1)).total_seconds())
+
+
+def _seconds_stamp(value: Any) -> Any:
+    """A whole number cast to a timestamp: that many seconds from 1970-01-01 00:00."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return value
+    try:
+        return datetime(1970, 1, 1) + timedelta(seconds=value)
+    except OverflowError:
+        raise _Unfollowed(f"datasets cannot return the timestamp of {value} seconds (Python's datetime cannot "
+                          "hold it)") from None
+
+
+_RECAST = {"text": _stamp_text, "seconds": _stamp_seconds, "timestamp": _seconds_stamp}
 
 
 def _reads_as_json(text: str) -> tuple[bool, Any]:

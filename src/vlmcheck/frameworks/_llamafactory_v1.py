@@ -39,7 +39,7 @@ from typing import Any
 
 from vlmcheck import findings as F
 from vlmcheck.data.files import not_a_file
-from vlmcheck.data.hfjson import TypeClash, json_schema
+from vlmcheck.data.hfjson import DATE, TypeClash, json_schema
 from vlmcheck.data.readers import dataset_kind
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import DatasetError, UsageError
@@ -222,13 +222,20 @@ def _sources(value: str, config: Path, mapping: Mapping[str, str]) -> tuple[Sour
 
 
 # -- rows ---------------------------------------------------------------------------------------------------------
-def as_loaded(value: Any, kind: Any) -> Any:
+class Timestamp(Exception):
+    """A value datasets returns as a datetime (an ISO-date field): what the v1 engine does with it is not followed."""
+
+
+def as_loaded(value: Any, kind: Any, where: str = "") -> Any:
     """``value`` as ``datasets`` gives it from a table whose column type is ``kind`` (json_type's): an object
-    holds every field of its struct, None where this row lacks it."""
+    holds every field of its struct, None where this row lacks it; a value of an ISO-date field raises
+    Timestamp."""
+    if kind == DATE and value is not None:
+        raise Timestamp(where)
     if isinstance(kind, dict) and isinstance(value, Mapping):
-        return {k: as_loaded(value.get(k), t) for k, t in kind.items()}
+        return {k: as_loaded(value.get(k), t, f"{where}.{k}" if where else k) for k, t in kind.items()}
     if isinstance(kind, tuple) and isinstance(value, list):
-        return [as_loaded(v, kind[1]) for v in value]
+        return [as_loaded(v, kind[1], where + "[]") for v in value]
     return value
 
 
@@ -535,6 +542,13 @@ class Run(ProcessorRun):
         try:
             loaded = as_loaded(row, self._column_types(source.path))
             pieces = render(convert(loaded, source.converter), self.config.template)
+        except Timestamp as e:
+            result.findings.append(F.make(
+                "VC007", f"datasets loads {e} as a timestamp, not text (pyarrow reads a JSON Lines field whose every "
+                         "value in its first 10 MiB is an ISO date so), which vlmcheck does not follow for the v1 "
+                         "engine: the row is not counted"))
+            frame["verdict"] = "unknown"
+            return result
         except (TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError) as e:
             result.findings.append(F.make(
                 "VC001", f"LLaMA-Factory's v1 engine raises on this row ({type(e).__name__}: {str(e)[:200]}) in its "

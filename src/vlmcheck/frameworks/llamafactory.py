@@ -66,16 +66,27 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlmcheck import findings as F
 from vlmcheck.data.files import not_a_file
-from vlmcheck.data.hfjson import TypeClash, json_schema, new_columns
+from vlmcheck.data.hfjson import (
+    LoadPlan,
+    NotFollowed,
+    TypeClash,
+    as_loaded,
+    json_schema,
+    json_type,
+    new_columns,
+    unify_types,
+)
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
-from vlmcheck.data.readers import BadRow
+from vlmcheck.data.readers import BadRow, parquet_item_type
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.data.videos import VideoInfo, VideoProblem, probe_video_path
 from vlmcheck.errors import DatasetError, UsageError
@@ -849,6 +860,7 @@ class DatasetAttr:
     columns: dict[str, str | None]
     tags: dict[str, str | None]
     num_samples: int | None = None  # rows drawn (numpy, seeded) before max_samples; more than the file repeats rows
+    split: str = "train"  # load_dataset's split: "train", or slices of it (split_positions)
 
     @classmethod
     def read(cls, name: str, entry: dict[str, Any]) -> DatasetAttr:
@@ -858,6 +870,10 @@ class DatasetAttr:
         if "file_name" not in entry:
             raise UsageError(f"dataset {name!r} has no file_name in dataset_info.json")
         # a "columns"/"tags" object replaces every default of its kind (DatasetAttr.join sets absent keys to None)
+        for key in ("columns", "tags"):
+            if entry.get(key) and not isinstance(entry[key], dict):  # set_attr calls .get on it: AttributeError
+                raise UsageError(f"dataset {name!r}: {key} must be a JSON object in dataset_info.json; LLaMA-Factory "
+                                 f"raises reading {entry[key]!r}")
         columns = dict(_COLUMN_DEFAULTS)
         if "columns" in entry:
             given = entry["columns"] or {}
@@ -866,11 +882,73 @@ class DatasetAttr:
         if "tags" in entry:
             given = entry["tags"] or {}
             tags = {k: given.get(k) for k in _TAGS}
+        split = entry.get("split", "train")
+        if not isinstance(split, str):
+            raise UsageError(f"dataset {name!r}: split must be text (a split name), got {split!r}")
         num = entry.get("num_samples")
         if num is not None and (isinstance(num, bool) or not isinstance(num, int) or num < 0):
             raise UsageError(f"dataset {name!r}: num_samples must be a whole number of rows, got {num!r}")
         return cls(name=name, file_name=str(entry["file_name"]), formatting=str(entry.get("formatting", "alpaca")),
-                   ranking=bool(entry.get("ranking", False)), columns=columns, tags=tags, num_samples=num)
+                   ranking=bool(entry.get("ranking", False)), columns=columns, tags=tags, num_samples=num,
+                   split=split)
+
+
+# datasets' split syntax (arrow_reader.py): a name, optionally a slice of it, optionally a rounding; "+" joins parts
+_SPLIT_PART = re.compile(r"(?P<name>\w+(?:\.\w+)*)(?:\[(?P<start>-?\d+)?(?P<start_pct>%)?:(?P<stop>-?\d+)?"
+                         r"(?P<stop_pct>%)?\])?(?:\((?P<rounding>[^)]*)\))?")
+
+
+def split_positions(split: str, total: int, where: str) -> list[int] | None:
+    """The rows (numbers in the files, in order) ``load_dataset(split=...)`` keeps of a local dataset of ``total``
+    rows, whose only split is "train": None for "train" itself (every row). A slice counts as a Python slice
+    clamped to the rows (a negative bound from the end; percent bounds rounded to the closest row, as
+    ``datasets.ReadInstruction`` rounds them), but for a stop one below the start, which reads from the start to
+    the end; parts joined by "+" follow each other. datasets raises (the run stops
+    before step 1: DatasetError) for another split name, a malformed part, a percent past 100, and an instruction
+    all of whose parts are empty slices; a form vlmcheck does not follow (mixed percent and absolute bounds, a
+    rounding other than "closest") is refused."""
+    if split == "train":
+        return None
+    rows: list[int] = []
+    some = False
+    for part in split.split("+"):
+        m = _SPLIT_PART.fullmatch(part)
+        if m is None:
+            raise DatasetError(f"{where}: split {split!r} is not one datasets reads ('Unrecognized instruction "
+                               "format'): the run stops before step 1")
+        if m["name"] != "train":
+            raise DatasetError(f"{where}: split {m['name']!r} of a local dataset (its only split is 'train'): "
+                               "datasets raises ('Unknown split') and the run stops before step 1")
+        percent = bool(m["start_pct"] or m["stop_pct"])
+        if m["rounding"] is not None and (not percent or m["rounding"] != "closest"):
+            raise UsageError(f"{where}: split {split!r}: a rounding other than percent slices' default (closest) is "
+                             "not modelled by vlmcheck")
+        if percent and not (m["start"] is None or m["start_pct"]) or percent and not (m["stop"] is None or
+                                                                                       m["stop_pct"]):
+            raise UsageError(f"{where}: split {split!r} mixes percent and row bounds, which vlmcheck does not "
+                             "model")
+        bounds = []
+        for value, default in ((m["start"], 0), (m["stop"], total)):
+            if value is None:
+                bounds.append(default)
+                continue
+            n = int(value)
+            if percent:
+                if abs(n) > 100:
+                    raise DatasetError(f"{where}: split {split!r}: datasets raises ('Percent slice boundaries must "
+                                       "be > -100 and < 100') and the run stops before step 1")
+                n = int(round(n * total / 100.0))
+            bounds.append(n)
+        start, stop = (min(max(total + b, 0) if b < 0 else b, total) for b in bounds)
+        # datasets reads `take = stop - start` rows from start: none is no data, -1 reads to the end (a table
+        # slice of length -1), less than -1 reads nothing
+        take = stop - start
+        some = some or take != 0
+        rows.extend(range(start, total if take == -1 else stop))
+    if not some:
+        raise DatasetError(f"{where}: split {split!r} keeps no row of {total}: datasets raises ('corresponds to no "
+                           "data') and the run stops before step 1")
+    return rows
 
 
 def read_dataset_info(config: Config, names: Sequence[str] | None = None) -> list[DatasetAttr]:
@@ -988,8 +1066,26 @@ class NotCounted(Exception):
     """vlmcheck does not model what LLaMA-Factory does with this row (VC007, verdict unknown)."""
 
 
+# how a dataset's media are typed when vlmcheck cannot say (Run._media_kind): no merge verdict rests on it
+UNKNOWN_KIND = "unknown"
+
+
+def _kind_text(kind: Any) -> str:
+    """A media type of Run._media_kind, for a message."""
+    if kind == "str":
+        return "paths"
+    if isinstance(kind, dict):
+        return "structs of " + ", ".join(f"{k} ({'null' if v is None else v})" for k, v in kind.items())
+    return str(kind)
+
+
 class Dropped(Exception):
-    """LLaMA-Factory skips this row with a warning (the run goes on without it)."""
+    """LLaMA-Factory skips this row with a warning (the run goes on without it). ``unanswered``: its converter gave
+    the row no answer (an empty ``_response``: the run's rule in ``Run._answers``); else a processor drops it."""
+
+    def __init__(self, message: str, *, unanswered: bool = True) -> None:
+        super().__init__(message)
+        self.unanswered = unanswered
 
 
 class Stops(Exception):
@@ -1038,16 +1134,20 @@ def convert(row: Any, attr: DatasetAttr, config: Config) -> Example:
             if key:
                 value = _get(row, key)
                 if value:
+                    if not isinstance(value, str):  # "\n".join(query) raises TypeError
+                        raise Stops(f"the {key!r} value is {_what(value)}, not text; LLaMA-Factory's alpaca "
+                                    "converter raises joining it")
                     query.append(value)
-        messages.append(("user", "\n".join(str(q) for q in query)))
+        messages.append(("user", "\n".join(query)))
         rejected = None
         if attr.ranking:  # AlpacaDatasetConverter: two strings are a pair; anything else is one answer or none
             chosen, rejected_text = _ranked(row, cols["chosen"]), None
             if isinstance(chosen, str):
                 rejected_text = _ranked(row, cols["rejected"])
             if not (isinstance(chosen, str) and isinstance(rejected_text, str)):
+                answer = row.get(cols["response"]) if cols["response"] else None  # then read as one answer
                 raise Dropped("no chosen and rejected strings: LLaMA-Factory's pairwise processor drops the row "
-                              "('Dropped invalid example')")
+                              "('Dropped invalid example')", unanswered=not isinstance(answer, str))
             messages.append(("assistant", chosen))
             rejected = ("assistant", rejected_text)
         else:
@@ -1091,7 +1191,10 @@ def convert(row: Any, attr: DatasetAttr, config: Config) -> Example:
     answers = [*messages, *([rejected] if rejected else [])]
     for role, content in answers:
         if not isinstance(content, str):
-            raise Stops(f"a {role} turn's content is a {type(content).__name__}, not text")
+            raise Stops(f"a {role} turn's content is {_what(content)}, not text")
+    if system and not isinstance(system, str):  # Template._encode: system + tool_text raises TypeError
+        raise Stops(f"the system prompt is {_what(system)}, not text; LLaMA-Factory's template raises adding "
+                    "the tools' text to it")
     tools = _get(row, cols["tools"]) if cols["tools"] else ""
     has_tools = bool(tools) or any(role in ("observation", "function") for role, _ in answers)
     if has_tools and config.template.tool_format not in MODELLED_TOOL_FORMATS:
@@ -1101,6 +1204,14 @@ def convert(row: Any, attr: DatasetAttr, config: Config) -> Example:
     images, videos, audios = _medias(row, cols, config)
     return Example(messages=messages, system=system if isinstance(system, str) else "", images=images,
                    videos=videos, tools=tools or "", audios=audios, rejected=rejected)
+
+
+def _what(value: Any) -> str:
+    """A value that is not text, named for a message (a datetime: datasets read an ISO date as a timestamp)."""
+    if isinstance(value, datetime):
+        return ("a timestamp (datasets loads a JSON Lines field as one when every value of it in the first 10 MiB "
+                "is an ISO date)")
+    return f"a {type(value).__name__}"
 
 
 def _ranked(row: Mapping[str, Any], key: str | None) -> Any:
@@ -1121,7 +1232,7 @@ def _ranked_pair(row: Mapping[str, Any], messages: list[tuple[str, str]], attr: 
     chosen, rejected = _ranked(row, attr.columns["chosen"]), _ranked(row, attr.columns["rejected"])
     if not (isinstance(chosen, Mapping) and isinstance(rejected, Mapping)):
         raise Dropped("chosen / rejected are not turn objects: LLaMA-Factory reads the row as one answer and its "
-                      "pairwise processor drops it ('Dropped invalid example')")
+                      "pairwise processor drops it ('Dropped invalid example')", unanswered=False)
     role_tag, content_tag = attr.tags["role_tag"], attr.tags["content_tag"]
     out = []
     for answer in (chosen, rejected):
@@ -1160,6 +1271,9 @@ def _convert_openai(row: Mapping[str, Any], turns: list[Any], attr: DatasetAttr,
         turns = turns[1:]
     else:
         system = row.get(cols["system"], "") if cols["system"] else ""
+    if system and not isinstance(system, (str, list)):  # `"detailed thinking on" in system` raises TypeError
+        raise Stops(f"the system prompt is {_what(system)}, not text; LLaMA-Factory's openai converter raises "
+                    "reading it")
     # every role tag maps to a role (an unknown one raises KeyError: the run stops); the system tag maps to
     # "system", which then fails the alternation below
     roles = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["observation_tag"]: "observation",
@@ -1187,7 +1301,9 @@ def _convert_openai(row: Mapping[str, Any], turns: list[Any], attr: DatasetAttr,
         raise Dropped(f"{len(messages)} turns: LLaMA-Factory needs user/assistant pairs and skips the row")
     for role, content in [*messages, *([rejected] if rejected else [])]:
         if not isinstance(content, str):
-            raise Stops(f"a {role} turn's content is a {type(content).__name__}, not text")
+            raise Stops(f"a {role} turn's content is {_what(content)}, not text")
+    if system and not isinstance(system, str):  # a list: the converter extends it, the template raises
+        raise Stops(f"the system prompt is {_what(system)}, not text; LLaMA-Factory's template raises reading it")
     tools = row.get(cols["tools"], "") if cols["tools"] else ""
     if tools:
         raise NotCounted("tools in an openai-format dataset are not counted by vlmcheck yet")
@@ -1805,6 +1921,9 @@ class Run:
         self._keys: dict[str, set[str]] = {}  # per dataset: the keys of all its rows (its table's columns)
         self._checked: set[str] = set()  # folder datasets whose files' columns were compared
         self._typed: set[str] = set()  # JSON datasets whose columns' types were checked
+        self._plans: dict[str, LoadPlan] = {}  # and what their load does to values (timestamps)
+        self._splits: dict[str, list[int] | None] = {}  # the file rows each dataset's split keeps
+        self._schemas: dict[str, Any] = {}  # a JSON dataset's column types (hfjson.json_type's)
         self.max_length = config.cutoff_len
         # LLaMA-Factory opens images with Image.open: paths as resolved by _media, no EXIF rotation
         self.previews = Previewer(local_path=lambda raw, _what: Path(raw), exif_transpose=False,
@@ -1841,11 +1960,94 @@ class Run:
                 picks[attr.name] = (attr, chosen)  # a later load of the same name replaces the earlier
             sources = list(picks.values())
             merged = split == "train" or not self.config.eval_on_each_dataset
+            self._merged_features(sources, split, merged)
             if self.config.mix_strategy == "concat" or len(sources) < 2 or not merged:
                 for attr, chosen in sources:
                     yield from self._dataset_rows(attr, chosen, split)
             else:
                 yield from self._interleaved(sources, split)
+
+    def _merged_features(self, sources: list[tuple[DatasetAttr, list[int] | None]], split: str, merged: bool
+                         ) -> None:
+        """The run-level rules of the converted datasets' features, before the first row. ``concatenate_datasets``
+        and ``interleave_datasets`` raise ("The features can't be aligned") where two datasets give a column
+        different types (null goes with any): a dataset none of whose rows has an answer types its ``_response`` as
+        a list of nulls, beside others' lists of turns; media given one way in one dataset (paths) and another in
+        the next (a Parquet column of images as an ``Image`` feature, or as structs of bytes and path) type
+        ``_images`` (``_videos``, ``_audios``) differently. And a dataset (the merged one, or each with
+        ``eval_on_each_dataset``) whose every row is dropped makes ``_get_preprocessed_dataset`` raise ('Cannot find
+        valid samples'). Each stops the run before step 1: DatasetError."""
+        answered = [(attr.name, self._answered(attr, chosen, split)) for attr, chosen in sources]
+        what = "eval dataset" if split == "eval" else "dataset"
+        if merged and len(sources) > 1 and not self.config.streaming:  # a stream's features are not aligned
+            for key in ("images", "videos", "audios"):
+                kinds = [(attr.name, self._media_kind(attr, key)) for attr, _ in sources]
+                given = [(name, kind) for name, kind in kinds if kind is not None]
+                other = next(((name, kind) for name, kind in given if kind != given[0][1]), None)
+                if other is not None and UNKNOWN_KIND not in (given[0][1], other[1]):
+                    raise DatasetError(
+                        f"{what}s {given[0][0]!r} and {other[0]!r} give their {key} as {_kind_text(given[0][1])} "
+                        f"and as {_kind_text(other[1])}: LLaMA-Factory's merge of the converted datasets raises ('The "
+                        f"features can't be aligned' on _{key}) and the run stops before step 1")
+            none = [name for name, a in answered if a is False]
+            if none and any(a for _, a in answered):
+                raise DatasetError(
+                    f"{what} {none[0]!r}: no row has an answer (every row is unsupervised or skipped), so datasets "
+                    f"types its converted `_response` as a list of nulls, which cannot be merged with the other "
+                    f"datasets' answers: LLaMA-Factory's merge raises ('The features can't be aligned') and the run "
+                    "stops before step 1")
+        for group in ([answered] if merged else [[a] for a in answered]):
+            if group and all(a is False for _, a in group):
+                names = ", ".join(repr(name) for name, _ in group)
+                raise DatasetError(f"{what} {names}: every row is dropped (none has an answer), so LLaMA-Factory raises "
+                                   "('Cannot find valid samples') and the run stops before step 1")
+
+    def _media_kind(self, attr: DatasetAttr, key: str) -> Any:
+        """How ``datasets`` types the items of the converted dataset's ``_images`` (``_videos``, ``_audios``:
+        ``key``), inferred from every row's values as its ``map`` infers them (hfjson.json_type: "str" for paths,
+        a dict of field types for structs of bytes and path), or the feature a Parquet file's metadata gives the
+        column (``Image``: the values are decoded); UNKNOWN_KIND where vlmcheck does not say; None when no row has
+        one (a column of nulls aligns with any)."""
+        column = attr.columns.get(key)
+        if not column:
+            return None
+        files = dataset_files(self.config, attr)
+        feature = parquet_item_type(files[0], column) if FILE_TYPES.get(files[0].suffix[1:]) == "parquet" else None
+        kind: Any = None
+        for row in iter_rows(files):
+            value = row.get(column) if isinstance(row, Mapping) else None
+            if value is None or value == []:  # _find_medias: no media
+                continue
+            if feature in ("Image", "Video", "Audio"):
+                return f"an {feature} feature"
+            try:
+                for item in value if isinstance(value, list) else [value]:
+                    kind = unify_types(kind, json_type(item, column), column)
+            except (TypeClash, RecursionError):
+                return UNKNOWN_KIND
+        return kind
+
+    def _answered(self, attr: DatasetAttr, chosen: list[int] | None, split: str) -> bool | None:
+        """Whether a row of the dataset (as the run selects them) has an answer after the converter: True at the
+        first that has; False when none has (each row unsupervised or skipped by the converter); None when that is
+        not known (no rows, or a row the converter stops on or vlmcheck does not follow: judged as it comes)."""
+        seen = False
+        for row, origin in self._dataset_rows(attr, chosen, split):
+            if isinstance(row, BadRow):
+                return None
+            try:
+                convert(self._as_loaded(row, attr, origin.row), attr, self.config)
+            except Dropped as e:
+                if not e.unanswered:
+                    return True
+                seen = True
+                continue
+            except (Stops, NotCounted):
+                return None
+            except Exception:  # a shape the judge reports on the row itself
+                return None
+            return True
+        return False if seen else None
 
     def _interleaved(self, sources: list[tuple[DatasetAttr, list[int] | None]], split: str
                      ) -> Iterator[tuple[Any, Origin]]:
@@ -1920,8 +2122,10 @@ class Run:
         if attr.name in self._typed or FILE_TYPES.get(files[0].suffix[1:]) != "json":
             return
         self._typed.add(attr.name)
+        plan = LoadPlan()
         try:
-            json_schema(files)
+            self._schemas[attr.name] = json_schema(files, plan=plan)
+            self._plans[attr.name] = plan
         except RecursionError:  # nested past what vlmcheck follows: not judged here
             return
         except TypeClash as e:
@@ -1930,8 +2134,16 @@ class Run:
                                "step 1") from None
 
     def _loaded_rows(self, attr: DatasetAttr) -> int | None:
-        """How many rows ``datasets`` loads from the dataset's files; None when one cannot be read (the load fails:
-        the rows are judged as read, and the first bad one stops the run)."""
+        """How many rows ``datasets`` loads from the dataset's files (its ``split``); None when one cannot be read
+        (the load fails: the rows are judged as read, and the first bad one stops the run)."""
+        count = self._file_rows(attr)
+        if count is None:
+            return None
+        positions = self._split_positions(attr)
+        return count if positions is None else len(positions)
+
+    def _file_rows(self, attr: DatasetAttr) -> int | None:
+        """How many rows the dataset's files hold; None when one cannot be read."""
         count = 0
         for row in iter_rows(dataset_files(self.config, attr)):
             if isinstance(row, BadRow):
@@ -1939,8 +2151,24 @@ class Run:
             count += 1
         return count
 
+    def _split_positions(self, attr: DatasetAttr) -> list[int] | None:
+        """The file rows the dataset's ``split`` keeps, in order (split_positions); None: every row."""
+        if attr.split == "train":
+            return None
+        if self.config.streaming:
+            raise UsageError(f"dataset {attr.name!r}: split {attr.split!r} while streaming is not modelled by vlmcheck")
+        if attr.name not in self._splits:
+            total = self._file_rows(attr)
+            if total is None:  # the load fails before the split: the rows are judged as read
+                return None
+            self._splits[attr.name] = split_positions(attr.split, total, f"dataset {attr.name!r}")
+        return self._splits[attr.name]
+
     def _dataset_rows(self, attr: DatasetAttr, chosen: list[int] | None, split: str) -> Iterator[tuple[Any, Origin]]:
         limit = self.config.max_samples
+        positions = self._split_positions(attr)
+        if positions is not None:  # the drawn rows are places in the split's rows
+            chosen = positions if chosen is None else [positions[k] for k in chosen]
         if chosen is None:
             for number, row in enumerate(iter_rows(dataset_files(self.config, attr))):
                 if limit is not None and number >= limit:
@@ -1978,13 +2206,16 @@ class Run:
     # -- images -----------------------------------------------------------------------------------------------
     def _size(self, image: Any) -> tuple[int, int]:
         """The stored (width, height): LLaMA-Factory opens images with ``Image.open``, no EXIF rotation."""
-        if isinstance(image, Mapping):
-            data, path = image.get("bytes"), image.get("path")
-            if data:
-                return probe_bytes(bytes(data)).size(exif_transpose=False)
-            if not path:
+        if isinstance(image, Mapping):  # _regularize_images: image["bytes"], else image["path"]
+            for key in ("bytes", "path"):
+                if key not in image:
+                    raise ImageProblem("VC102", f"an image object without a {key!r} field (no row of the dataset has "
+                                                f"one): LLaMA-Factory raises KeyError reading it")
+                if key == "bytes" and image["bytes"] is not None:
+                    return probe_bytes(bytes(image["bytes"])).size(exif_transpose=False)
+            if not image["path"]:
                 raise ImageProblem("VC101", "an image struct with neither bytes nor a path")
-            image = path
+            image = image["path"]
         if isinstance(image, (bytes, bytearray)):
             return probe_bytes(bytes(image)).size(exif_transpose=False)
         if not isinstance(image, str):
@@ -2111,12 +2342,30 @@ class Run:
             if token and token in self.marks else text
 
     # -- one row ----------------------------------------------------------------------------------------------
-    def _as_loaded(self, row: Any, attr: DatasetAttr) -> Any:
-        """The row as LLaMA-Factory sees it after ``datasets.load_dataset``: one table per dataset, so a key that
-        this row lacks but other rows have is there as None (a key no row has is missing: KeyError, the run
-        stops)."""
+    def _as_loaded(self, row: Any, attr: DatasetAttr, number: int = 0) -> Any:
+        """The row (``number`` over the dataset's files) as LLaMA-Factory sees it after ``datasets.load_dataset``:
+        one table per dataset, so a key that this row lacks but other rows have is there as None (a key no row has
+        is missing: KeyError, the run stops), an object of a media column holds every field other rows' objects
+        have (None where it lacks one), and a field pyarrow types as a timestamp (hfjson.DATE) holds datetimes
+        (cast to text past the first 10 MiB where that chunk's are text)."""
         if not isinstance(row, Mapping):
             return row
+        plan = self._plans.get(attr.name)
+        if plan:  # ISO-date fields (under datasets 4.0.0 nothing else changes a value)
+            row = as_loaded(row, plan, plan.place(number), timestamps=True)
+            if isinstance(row, NotFollowed):
+                raise NotCounted(f"{row.reason}, which vlmcheck does not follow: the row is not counted")
+        schema = self._schemas.get(attr.name)
+        if isinstance(schema, dict):
+            for key in ("images", "videos", "audios"):
+                column = attr.columns.get(key)
+                kind = schema.get(column) if column else None
+                fields = kind[1] if isinstance(kind, tuple) else kind
+                value = row.get(column) if column else None
+                if isinstance(fields, dict) and value is not None:
+                    items = [{**{f: None for f in fields}, **v} if isinstance(v, Mapping) else v
+                             for v in (value if isinstance(value, list) else [value])]
+                    row = {**row, column: items if isinstance(value, list) else items[0]}
         missing = [key for key in attr.columns.values() if key and key not in row]
         if not missing:
             return row
@@ -2145,7 +2394,7 @@ class Run:
         if isinstance(row, Mapping) and isinstance(row.get("id"), (str, int)):
             result.id = str(row["id"])
         try:
-            example = convert(self._as_loaded(row, attr), attr, self.config)
+            example = convert(self._as_loaded(row, attr, origin.row), attr, self.config)
         except Dropped as e:
             found.append(F.make("VC006", f"LLaMA-Factory skips this row: {e}"))
             frame["verdict"] = "dropped"
