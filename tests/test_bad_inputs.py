@@ -253,3 +253,323 @@ def test_scan_output_never_replaces_the_dataset(tmp_path, qwen2_vl_checkpoint):
     with pytest.raises(UsageError, match="never writes over its input"):
         vlmcheck.scan(data, model=qwen2_vl_checkpoint, output=tmp_path / "." / "d.jsonl")
     assert data.read_bytes() == before
+
+
+# -- hostile inputs outside the dataset rows: refused with exit 2 and a message, never a traceback (exit 3) ---------
+DEEP = "[" * 5000 + "]" * 5000  # past every parser's recursion
+NESTED = "nested deeper than vlmcheck reads"
+
+
+def cli(*args: str | Path) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from vlmcheck.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def qa_rows(path: Path, n: int = 2) -> Path:
+    path.write_text("".join(json.dumps({"messages": turns("Hi", "Hello.")}) + "\n" for _ in range(n)))
+    return path
+
+
+@pytest.fixture
+def hostile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, qwen2_vl_checkpoint: Path) -> Path:
+    """A folder holding a small dataset and the checkpoint's path in ``ck``; the working folder."""
+    monkeypatch.chdir(tmp_path)
+    qa_rows(tmp_path / "train.jsonl")
+    (tmp_path / "ck").write_text(str(qwen2_vl_checkpoint))
+    return tmp_path
+
+
+def _verl(folder: Path, *overrides: str) -> Path:
+    model = (folder / "ck").read_text()
+    script = folder / "run.sh"
+    script.write_text("python3 -m verl.trainer.main_ppo data.train_files=train.jsonl "
+                      f"actor_rollout_ref.model.path={model} {' '.join(overrides)}\n")
+    return script
+
+
+@pytest.mark.parametrize("case", ["config", "lint-config", "json-config", "verl-override", "lint-override",
+                                  "notebook", "lint-notebook", "script", "lint-script", "template",
+                                  "processor-option", "merge"])
+def test_deep_nesting_is_refused_naming_the_input(hostile: Path, case: str) -> None:
+    model = (hostile / "ck").read_text()
+    deep_script = "from unsloth import FastVisionModel\nx = " + "-" * 50_000 + "1\n"
+    files = {
+        "config": ("train.yaml", f"model_name_or_path: {model}\ncutoff_len: 4096\nx: {DEEP}\n"),
+        "json-config": ("train.json", '{"actor_rollout_ref": {"x": 1}, "data": {"train_files": "t.parquet"}, "d": '
+                        + '{"a": ' * 960 + "1" + "}" * 960 + "}"),
+        "notebook": ("nb.ipynb", '{"cells": ' + DEEP + "}"),
+        "script": ("train.py", deep_script),
+        "template": ("x.json", DEEP),
+        "merge": ("deep.json", DEEP),
+    }
+    name, text = files.get(case.removeprefix("lint-"), (None, None))
+    if name is not None:
+        (hostile / name).write_text(text)
+    args: list[str | Path] = {
+        "config": ["check", "train.yaml"], "lint-config": ["lint", "train.yaml"],
+        "json-config": ["check", "train.json"],
+        "verl-override": ["check", _verl(hostile, f"data.max_prompt_length={DEEP}")],
+        "lint-override": ["lint", _verl(hostile, f"data.max_prompt_length={DEEP}")],
+        "notebook": ["check", "nb.ipynb"], "lint-notebook": ["lint", "nb.ipynb"],
+        "script": ["check", "train.py"], "lint-script": ["lint", "train.py"],
+        "template": ["template", "x.json", "--tokenizer", model, "--template", "trl"],
+        "processor-option": ["scan", "train.jsonl", "-m", model, "--processor-option", f"fps={DEEP}"],
+        "merge": ["merge", "deep.json"],
+    }[case]
+    code, output = cli(*args)
+    assert code == 2, output
+    assert NESTED in output
+    assert "Traceback" not in output
+
+
+def test_the_nesting_walk_is_linear_and_ends_on_a_value_that_holds_itself() -> None:
+    import yaml
+
+    from vlmcheck.data.nesting import DEPTH_LIMIT, too_deep
+
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi"))
+    assert not too_deep(yaml.safe_load(laughs))  # 9**9 leaves, 10 containers: each walked once
+    chain = "a0: &a0 [1]\n" + "".join(f"a{i}: &a{i} [*a{i - 1}]\n" for i in range(1, DEPTH_LIMIT + 1))
+    assert too_deep(yaml.safe_load(chain))  # deep through aliases, not through brackets
+    loop: list[Any] = []
+    loop.append(loop)
+    assert too_deep(loop)
+    assert not too_deep(json.loads("[" * DEPTH_LIMIT + "]" * DEPTH_LIMIT))
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "1e400"])
+def test_a_non_finite_number_setting_is_refused(hostile: Path, value: str) -> None:
+    code, output = cli("check", _verl(hostile, f"data.max_prompt_length={value}"))
+    assert code == 2, output
+    assert "data.max_prompt_length must be a whole number" in output
+
+
+def test_a_non_finite_trl_max_length_is_refused(hostile: Path) -> None:
+    (hostile / "sft.yaml").write_text(f"model_name_or_path: {(hostile / 'ck').read_text()}\n"
+                                      "dataset_name: train.jsonl\noutput_dir: out\nmax_length: .inf\n")
+    code, output = cli("check", "sft.yaml")
+    assert code == 2, output
+    assert "max_length must be a whole number, got inf" in output
+
+
+@pytest.mark.parametrize("files", ["5", "{a: b.jsonl}", "[5]"])
+def test_verl_train_files_of_another_type_is_refused(hostile: Path, files: str) -> None:
+    script = _verl(hostile)
+    script.write_text(script.read_text().replace("data.train_files=train.jsonl", f"'data.train_files={files}'"))
+    code, output = cli("check", script)
+    assert code == 2, output
+    assert "data.train_files must be a file path or a list of file paths" in output
+
+
+@pytest.mark.parametrize(("notebook", "says"), [
+    ('{"cells": 5}', "its cells are int, not a list"),
+    ('{"cells": [{"cell_type": "code", "source": [1]}]}', "cell 1's source is not text"),
+    ('{"cells": [{"cell_type": "code", "source": {"a": 1}}]}', "cell 1's source is not text"),
+])
+@pytest.mark.parametrize("command", ["check", "lint"])
+def test_a_malformed_notebook_is_refused(hostile: Path, notebook: str, says: str, command: str) -> None:
+    (hostile / "nb.ipynb").write_text(notebook)
+    code, output = cli(command, "nb.ipynb")
+    assert code == 2, output
+    assert says in output
+
+
+def test_a_damaged_zstd_dataset_is_a_finding(hostile: Path) -> None:
+    zstandard = pytest.importorskip("zstandard")
+    (hostile / "garbage.jsonl.zst").write_bytes(bytes(range(256)) * 4)
+    code, output = cli("scan", "garbage.jsonl.zst", "-m", (hostile / "ck").read_text())
+    assert code == 1, output
+    assert "garbage.jsonl.zst is damaged past this point (OSError: not a valid Zstandard stream" in output
+    good = zstandard.ZstdCompressor().compress((hostile / "train.jsonl").read_bytes())
+    (hostile / "good.jsonl.zst").write_bytes(good)
+    code, output = cli("scan", "good.jsonl.zst", "-m", (hostile / "ck").read_text())
+    assert code == 0 and "clean, no findings in 2 samples" in output, output
+
+
+@pytest.mark.parametrize("path", ["", " ", "out/"])
+def test_an_empty_or_folder_output_path_is_refused_up_front(hostile: Path, path: str) -> None:
+    code, output = cli("scan", "train.jsonl", "-m", (hostile / "ck").read_text(), "--json", path)
+    assert code == 2, output
+    assert "the output path is empty" in output or "names a folder" in output
+    assert sorted(p.name for p in hostile.iterdir()) == ["ck", "train.jsonl"]
+
+
+def test_a_failed_rename_leaves_no_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from vlmcheck import util
+    from vlmcheck.util import AtomicOutput, atomic_write_text
+
+    target = tmp_path / "summary.json"
+    with pytest.raises(IsADirectoryError):
+        with AtomicOutput(target) as out:
+            out.write("{}\n")
+            target.mkdir()  # a folder appears under the name before the rename: os.replace fails
+            (target / "x").write_text("")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+    writer = AtomicOutput(tmp_path / "other.json")
+    (tmp_path / "other.json").mkdir()
+    with pytest.raises(IsADirectoryError):
+        writer.commit()  # a caller that commits by hand
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.json", "summary.json"]
+
+    def disk_full() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        with AtomicOutput(tmp_path / "full.json") as out:
+            out.write("{}\n")
+            out.fp.flush = disk_full  # type: ignore[method-assign]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.json", "summary.json"]
+
+    def cross_device(src: str, dst: str) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(util.os, "replace", cross_device)
+    with pytest.raises(OSError, match="cross-device"):
+        atomic_write_text(tmp_path / "third.json", "{}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.json", "summary.json"]
+
+
+def test_template_refuses_a_chat_template_the_sandbox_refuses(hostile: Path) -> None:
+    model = (hostile / "ck").read_text()
+    (hostile / "range.jinja").write_text("{% for i in range(10**9) %}x{% endfor %}")
+    code, output = cli("template", "train.jsonl", "--tokenizer", model, "--template", "chat_template",
+                       "--chat-template", "range.jinja")
+    assert code == 2, output
+    assert "fails on a plain two-turn conversation (OverflowError: Range too big" in output
+    (hostile / "attr.jinja").write_text("{{ ''.__class__.__mro__ }}")
+    code, output = cli("template", "train.jsonl", "--tokenizer", model, "--template", "chat_template",
+                       "--chat-template", "attr.jinja")
+    assert code == 2, output
+    assert "does something the sandbox refuses" in output
+
+
+def test_template_judges_a_row_the_chat_template_raises_on(hostile: Path) -> None:
+    from vlmcheck.model import load_model
+
+    model = (hostile / "ck").read_text()
+    chat = load_model(model).chat_template
+    assert chat is not None
+    raising = "{% if messages[0]['content'] == 'Stop' %}{{ 1 / 0 }}{% endif %}" + chat
+    rows = [{"messages": turns("Hi", "Hello.")}, {"messages": turns("Stop", "Hello.")}]
+    report = vlmcheck.check_template(rows, tokenizer=model, template=["chat_template", "llamafactory"],
+                                     chat_template=raising)
+    verdicts = {(v.framework, v.index): v.verdict for v in report.verdicts}
+    assert verdicts == {("chat_template", 0): "exact", ("chat_template", 1): "refused",
+                        ("llamafactory", 0): "exact", ("llamafactory", 1): "refused"}
+    refused = next(v for v in report.verdicts if v.verdict == "refused")
+    assert refused.findings[0].code == "VT007"
+    assert "the chat template raises on this conversation (ZeroDivisionError: division by zero)" in \
+        refused.findings[0].message
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    ({"counts": {"VC999": 5}}, "summary.counts has 'VC999': 5"),
+    ({"counts": {"VC001": "x"}}, "summary.counts has 'VC001': 'x'"),
+    ({"histograms": {"tokens": {"abc": 1}, "fits_max_pixels": {}}}, "summary.histograms.tokens has 'abc': 1"),
+    ({"histograms": {"tokens": {"12": 1}}}, "summary.histograms.fits_max_pixels is missing"),
+    ({"shard": {"index": 0}}, "summary.shard is {'index': 0}, not I/N"),
+    ({"shard": "x"}, "summary.shard is 'x', not I/N"),
+    ({"shard": "3/2"}, "summary.shard is '3/2', not I/N"),
+    ({"samples": -5}, "summary.samples is -5, not a whole number >= 0"),
+    ({"samples": float("nan")}, "summary.samples is nan, not a whole number >= 0"),
+    ({"samples": True}, "summary.samples is True, not a whole number >= 0"),
+    ({"samples_with_findings": 99}, "more samples with findings or without a length than the 2 samples"),
+    ({"image_tokens": None}, "summary.image_tokens is None"),
+    ({"dataset": ["a"]}, "summary.dataset is ['a'], not a string"),
+    ({"seconds": "abc"}, "summary.seconds is 'abc'"),
+    ({"max_length": -1}, "summary.max_length is -1"),
+])
+def test_merge_refuses_a_summary_vlmcheck_did_not_write(hostile: Path, change: dict[str, Any], says: str) -> None:
+    code, output = cli("scan", "train.jsonl", "-m", (hostile / "ck").read_text(), "--json", "s0.json")
+    assert code == 0, output
+    summary = json.loads((hostile / "s0.json").read_text())
+    summary["summary"].update(change)
+    (hostile / "s1.json").write_text(json.dumps(summary))
+    code, output = cli("merge", "s0.json", "s1.json")
+    assert code == 2, output
+    assert f"s1.json is not a summary vlmcheck wrote: {says}" in output
+    summary = json.loads((hostile / "s0.json").read_text())
+    summary["findings"] = [{"code": "VC999", "message": "m", "fix": "f", "index": 0, "id": "0"}]
+    (hostile / "s2.json").write_text(json.dumps(summary))
+    code, output = cli("merge", "s0.json", "s2.json")
+    assert code == 2 and "s2.json is not a summary vlmcheck wrote: a finding is" in output, output
+    code, output = cli("merge", "s0.json", "s0.json")
+    assert code == 0 and "clean, no findings in 4 samples" in output, output
+
+
+def test_a_fifo_chat_template_is_refused_not_read(hostile: Path) -> None:
+    os.mkfifo(hostile / "t.jinja")  # opening it for reading would block until a writer comes: forever
+    code, output = cli("scan", "train.jsonl", "-m", (hostile / "ck").read_text(), "--chat-template", "t.jinja")
+    assert code == 2, output
+    assert "--chat-template cannot be read: not a regular file (a FIFO, socket or device)" in output
+
+
+@pytest.mark.parametrize("command", ["check", "lint"])
+def test_a_config_over_the_size_bound_is_refused_before_it_is_read(hostile: Path, command: str) -> None:
+    config = hostile / "big.yaml"
+    config.write_text(f"model_name_or_path: {(hostile / 'ck').read_text()}\ncutoff_len: 4096\n# ")
+    os.truncate(config, (64 << 20) + 1)  # sparse: no disk used
+    code, output = cli(command, config)
+    assert code == 2, output
+    assert "big.yaml is 67,108,865 bytes, over the 64 MiB vlmcheck reads of a file it reads whole" in output
+
+
+def _checkpoint_copy(source: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(source, dest)
+    return dest
+
+
+def test_a_fifo_processor_file_is_refused_not_taken_for_absent(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:
+    from vlmcheck.errors import ModelError
+    from vlmcheck.model import load_model
+
+    folder = _checkpoint_copy(qwen2_vl_checkpoint, tmp_path / "ck")
+    for name in ("preprocessor_config.json", "tokenizer_config.json"):
+        saved = (folder / name).read_bytes()
+        (folder / name).unlink()
+        os.mkfifo(folder / name)
+        with pytest.raises(ModelError, match=f"the checkpoint's {name} cannot be read \\(not a regular file"):
+            load_model(folder)
+        (folder / name).unlink()
+        (folder / name).write_bytes(saved)
+    assert load_model(folder).settings.max_pixels == 12_845_056
+
+
+def test_a_checkpoint_without_an_image_processor_config_is_refused(tmp_path: Path,
+                                                                    qwen2_vl_checkpoint: Path) -> None:
+    from vlmcheck.errors import ModelError
+    from vlmcheck.model import load_model
+
+    folder = _checkpoint_copy(qwen2_vl_checkpoint, tmp_path / "ck")
+    values = json.loads((folder / "preprocessor_config.json").read_text())
+    (folder / "preprocessor_config.json").unlink()
+    # transformers' AutoProcessor.from_pretrained raises OSError ("Can't load image processor"): no defaults
+    with pytest.raises(ModelError, match="has no preprocessor_config.json"):
+        load_model(folder)
+    # transformers (4.56+) also reads the image processor nested in processor_config.json
+    processor = json.loads((folder / "processor_config.json").read_text()) \
+        if (folder / "processor_config.json").is_file() else {}
+    (folder / "processor_config.json").write_text(json.dumps({**processor, "image_processor": values}))
+    assert load_model(folder).settings.max_pixels == values["max_pixels"]
+
+
+def test_a_script_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    from vlmcheck.checking import read_config_file
+    from vlmcheck.lint.readers import read_config
+
+    script = tmp_path / "train.py"
+    script.write_text("\ufefffrom unsloth import FastVisionModel\nMAX_LEN = 100\n"
+                      "UnslothVisionDataCollator(None, None, max_seq_length = MAX_LEN)\n", encoding="utf-8")
+    assert "unsloth_script" in read_config_file(script)
+    run = read_config(script)
+    assert run.framework == "unsloth"
+    assert run.calls["UnslothVisionDataCollator"] == {"max_seq_length": 100}

@@ -209,3 +209,30 @@ def test_a_lone_surrogate_in_an_id_is_printable(folder: Path, qwen2_vl_checkpoin
     (record,) = [json.loads(x) for x in (folder / "r.jsonl").read_text().splitlines()]
     assert record["id"] == "\\ud800x" and record["findings"] == ["VC001"]
     assert "lone surrogate" in result.output
+
+
+def test_an_output_never_replaces_a_file_vlmcheck_did_not_write(folder: Path, qwen2_vl_checkpoint: Path) -> None:
+    """-o, --json and --html pointed at a dataset, an image, a checkpoint's file or any other file vlmcheck did not
+    write are refused and leave it as it was; each command's own earlier output is replaced."""
+    data = write_jsonl(folder / "d.jsonl", [row("a")])
+    array = write_json(folder / "array.json", [row("b")])
+    notes = folder / "notes.txt"
+    notes.write_text("my notes\n")
+    theirs = [data, array, folder / "good.png", notes, qwen2_vl_checkpoint / "preprocessor_config.json"]
+    before = {p: p.read_bytes() for p in theirs}
+    scan = ["scan", str(data), "--model", str(qwen2_vl_checkpoint)]
+    for target in theirs:
+        for flag in ("-o", "--json", "--html"):
+            result = CliRunner().invoke(main, [*scan, flag, str(target)])
+            said = ("never writes over", "would replace")  # the dataset itself is named as such
+            assert result.exit_code == 2 and any(w in result.output for w in said), (flag, target, result.output)
+        with pytest.raises(UsageError, match="never writes over"):
+            vlmcheck.scan(data, model=spec(qwen2_vl_checkpoint), output=target)
+    assert {p: p.read_bytes() for p in theirs} == before
+    outputs = {"-o": folder / "r.jsonl", "--json": folder / "r.json", "--html": folder / "r.html"}
+    for _ in range(2):  # the second run replaces the first run's outputs
+        args = [a for flag, path in outputs.items() for a in (flag, str(path))]
+        result = CliRunner().invoke(main, [*scan, *args])
+        assert result.exit_code == 0, result.output
+    lint = CliRunner().invoke(main, ["lint", str(folder / "x.yaml"), "--json", str(folder / "r.json")])
+    assert "not a vlmcheck output" not in lint.output

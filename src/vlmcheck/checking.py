@@ -28,11 +28,15 @@ from vlmcheck.options import CheckOptions, from_keywords, keyword_signature
 from vlmcheck.pipeline import write_records
 from vlmcheck.report import CutAt, Report, ReportBuilder
 from vlmcheck.results import SampleResult
+from vlmcheck.util import report_target
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """A launch config (YAML or JSON) as a dict."""
     import yaml
+
+    from vlmcheck.data.files import FileProblem, read_text
+    from vlmcheck.data.nesting import parse
 
     problem = not_a_file(path)
     if problem == "not found":
@@ -40,9 +44,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
     if problem:  # a FIFO or device would block the read forever
         raise UsageError(f"config {path}: {problem}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)  # refused above 64 MiB: no config is, and a sparse one would fill memory
     except FileNotFoundError:
         raise UsageError(f"config not found: {path}") from None
+    except FileProblem as e:
+        raise UsageError(f"cannot read the config: {e.message}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot read config {path}: {e}") from None
     if path.suffix in (".sh", ".bash"):  # a launch script: the framework module reads its overrides
@@ -57,7 +63,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
                              "unsloth); for another framework pass its launch config")
         return launched
     try:
-        raw = yaml.safe_load(text)
+        raw = parse(yaml.safe_load, text, where=str(path))
     except yaml.YAMLError as e:
         raise UsageError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
@@ -86,7 +92,7 @@ def judge_row(run: Run, index: int, row: Any, source: Any) -> SampleResult:
     if isinstance(row, Rewritten):
         result.findings.append(F.make(
             "VC008", f"datasets returns this row's {', '.join(row.fields)} otherwise than the file writes "
-                     "it (a field of mixed types, kept as JSON text): the framework trains on what datasets returns, "
+                     f"it ({row.why}): the framework trains on what datasets returns, "
                      "and vlmcheck counted that", fields=row.fields))
     return result
 
@@ -188,6 +194,7 @@ def check(
     run = module.open_run(raw, path=path, model=str(model) if model is not None else None,
                           data=str(data) if data is not None else None, path_map=options.path_map, env=env)
     if output is not None:
+        report_target(output)  # an existing file must be a vlmcheck output (not a dataset, image or checkpoint file)
         for file in run.inputs():
             if os.path.realpath(output) == os.path.realpath(file):
                 raise UsageError(f"output {output} is one of the run's inputs; vlmcheck never writes over its input")

@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vlmcheck.data.files import FileProblem, not_a_file, read_text
 from vlmcheck.errors import ModelError, UsageError
 from vlmcheck.families import Family, Overrides, get_family
 
@@ -30,10 +31,18 @@ PROCESSOR_FILES = (
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    """A processor file's object; {} where the checkpoint has no such file. One that is there but is not a regular
+    file (a FIFO, a device: transformers would block or fail on it) is a ModelError, never read as absent."""
+    problem = not_a_file(path)
+    if problem == "not found":
         return {}
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        if problem:
+            raise FileProblem("unreadable", f"{problem}: {path}")
+        value = json.loads(read_text(path))
+    except FileProblem as e:
+        raise ModelError(f"the checkpoint's {path.name} cannot be read ({e.message}); transformers could not load "
+                         "it either") from None
     except (OSError, ValueError, RecursionError) as e:
         raise ModelError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(value, dict):
@@ -143,11 +152,13 @@ def _chat_template(folder: Path, tokenizer_config: dict[str, Any]) -> str | None
     """The template ``processor.apply_chat_template`` uses: the processor's own first
     (chat_template.jinja, chat_template.json, processor_config.json), then the tokenizer's."""
     jinja = folder / "chat_template.jinja"
-    if jinja.is_file():
+    if not_a_file(jinja) != "not found":  # a FIFO there is refused, not taken for no template
         try:
-            return jinja.read_text(encoding="utf-8")
+            return read_text(jinja)
         except UnicodeDecodeError as e:
             raise ModelError(f"{jinja} is not UTF-8 text ({e}); re-save it as UTF-8") from None
+        except FileProblem as e:
+            raise ModelError(f"the checkpoint's chat_template.jinja cannot be read ({e.message})") from None
         except OSError as e:
             raise ModelError(f"{jinja} cannot be read: {e}") from None
     for name in ("chat_template.json", "processor_config.json"):
@@ -258,6 +269,16 @@ def _load(folder: Path, *, overrides: Overrides, chat_template: str | None) -> M
         )
     preprocessor = _read_json(folder / "preprocessor_config.json")
     processor_config = _read_json(folder / "processor_config.json")
+    if (not_a_file(folder / "preprocessor_config.json") == "not found"
+            and not isinstance(processor_config.get("image_processor"), dict)):
+        # transformers reads the image processor from processor_config.json's "image_processor", else from
+        # preprocessor_config.json; with neither, AutoProcessor.from_pretrained raises OSError ("Can't load image
+        # processor"): the run never starts, and the class defaults are not what it would use
+        raise ModelError(
+            f"{folder} has no preprocessor_config.json (nor an image_processor in processor_config.json): "
+            "transformers cannot load this checkpoint's image processor (AutoProcessor.from_pretrained raises "
+            "\"Can't load image processor\"); copy preprocessor_config.json from the base model, or save the "
+            "processor with `AutoProcessor.from_pretrained(base).save_pretrained(folder)`")
     preprocessor.update(processor_config.get("image_processor", {}) or {})
     # The processor's own arguments (LlavaProcessor's patch_size, num_additional_image_tokens, ...)
     # ride along under one key, so they never shadow an image processor value of the same name.

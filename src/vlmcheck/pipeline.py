@@ -34,7 +34,7 @@ from vlmcheck.records import RecordWriter
 from vlmcheck.report import Report, ReportBuilder
 from vlmcheck.results import SampleResult
 from vlmcheck.sources import Source, shard_label
-from vlmcheck.util import output_target
+from vlmcheck.util import report_target
 
 Rows = list[tuple[int, Any]]  # (row index, row) of one chunk, in order
 
@@ -257,7 +257,7 @@ def run(counter: Counter, source: Source, *, output: str | os.PathLike[str] | No
     row, atomically (and resumably with ``resume``); return the report."""
     if output is not None:
         source.check_output(output)
-        output_target(output)  # a symlink or device is refused before the scan, not after it
+        report_target(output)  # a symlink, a device or a file vlmcheck did not write: refused before the scan
     total = source.count(limit=limit) if progress else None
     options = counter.options
     builder = ReportBuilder(dataset=source.name, model=counter.model_name, model_type=counter.model_type,

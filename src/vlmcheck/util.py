@@ -60,6 +60,10 @@ def output_target(path: str | os.PathLike[str]) -> str | None:
     text = os.fspath(path)
     if text == STDOUT:
         return None
+    if not text.strip():  # '' resolves to the working folder, which a rename over it cannot replace
+        raise UsageError("the output path is empty: name a file, or '-' for standard output")
+    if text.endswith(("/", os.sep)):
+        raise UsageError(f"the output {text} names a folder: name a file in it")
     if os.path.islink(text) or (os.path.exists(text) and not os.path.isfile(text)):
         if _is_stdout(text):
             return None
@@ -71,6 +75,44 @@ def output_target(path: str | os.PathLike[str]) -> str | None:
     return text
 
 
+# what an existing file must begin with for a report output to replace it: vlmcheck replaces only its own outputs
+# (records, JSON reports, HTML pages), never a file it did not write (a dataset, an image, a config)
+_OWN_OUTPUTS = (b'{"index": ', b'{\n  "summary": ', b'{\n  "config": ', b'{\n  "frameworks": ',
+                b'{\n  "dataset": ', b'[\n  {\n    "model_type": ')
+
+
+def report_target(path: str | os.PathLike[str]) -> str | None:
+    """:func:`output_target` for a report (``--output`` records, ``--json``, ``--html``): an existing file there
+    must be one vlmcheck wrote (or empty), else a :class:`UsageError` names what it holds."""
+    target = output_target(path)
+    if target is None or not os.path.isfile(target):
+        return target
+    try:
+        with open(target, "rb") as fp:
+            head = fp.read(4096)
+    except OSError as e:
+        raise UsageError(f"the output {target} cannot be read to see what it holds ({e.strerror}): name another "
+                         "file") from None
+    if not head.strip():
+        return target
+    if head.startswith(_OWN_OUTPUTS) or (head[:15].lower() == b"<!doctype html>" and b"<title>vlmcheck" in head):
+        return target
+    raise UsageError(f"the output {target} exists and is not a vlmcheck output (it holds {_holds(head)}); "
+                     "vlmcheck never writes over a file it did not write: name another file, or delete it first")
+
+
+def _holds(head: bytes) -> str:
+    """What a file's first bytes say it is, for a message."""
+    if head.startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")) or (
+            head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return "an image"
+    if head.startswith((b"PAR1", b"ARROW1", b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"BZh", b"\xfd7zXZ", b"PK")):
+        return "a data file or an archive"
+    if head.lstrip()[:1] in (b"[", b"{"):
+        return "JSON data"
+    return "text vlmcheck did not write"
+
+
 class AtomicOutput:
     """A text or binary output that appears complete or not at all (see the module docstring)."""
 
@@ -80,6 +122,7 @@ class AtomicOutput:
         (``append``: go on from what it holds)."""
         target = output_target(path)
         self.binary = binary
+        self.staged = staging is not None  # a named staging file: its caller decides whether it stays
         self.done = False
         self.tmp: Path | None = None
         self.path: Path | None = None
@@ -111,20 +154,28 @@ class AtomicOutput:
         self.fp.write(data)
 
     def commit(self) -> None:
-        self.fp.flush()
-        if self.tmp is None or self.path is None:
-            self.done = True
-            return
-        os.fsync(self.fp.fileno())
-        self.fp.close()
-        os.replace(self.tmp, self.path)
+        try:
+            self.fp.flush()
+            if self.tmp is None or self.path is None:
+                self.done = True
+                return
+            os.fsync(self.fp.fileno())
+            self.fp.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            if not self.staged:  # the hidden temporary file never outlives a failed commit (EBUSY, EXDEV, ...)
+                self.discard()
+            raise
         self.done = True
 
     def discard(self) -> None:
         if self.done or self.tmp is None:
             return
-        if not self.fp.closed:
-            self.fp.close()
+        try:
+            if not self.fp.closed:
+                self.fp.close()
+        except OSError:  # a write that failed (a full disk) fails again as the file closes: it goes all the same
+            pass
         self.tmp.unlink(missing_ok=True)
 
     def keep(self) -> None:
@@ -138,9 +189,11 @@ class AtomicOutput:
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  traceback: TracebackType | None) -> None:
-        if kind is None:
-            self.commit()
-        self.discard()
+        try:
+            if kind is None:
+                self.commit()
+        finally:
+            self.discard()
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

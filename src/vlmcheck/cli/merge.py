@@ -28,6 +28,13 @@ def merge_command(summaries: tuple[str, ...], output: str | None, fail_on: Sever
 
     if output is not None and any(Path(output).resolve() == Path(s).resolve() for s in summaries):
         raise click.UsageError(f"--output would replace a summary being merged ({output}): name another file")
+    if output is not None:
+        from vlmcheck.util import report_target
+
+        try:
+            report_target(output)
+        except VlmcheckError as e:
+            raise click.UsageError(str(e)) from None
     try:
         report = merge(list(summaries))
     except VlmcheckError as e:

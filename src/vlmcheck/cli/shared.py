@@ -64,7 +64,7 @@ def check_json_target(json_path: str | None, **inputs: str | None) -> None:
     from pathlib import Path
 
     from vlmcheck.errors import UsageError
-    from vlmcheck.util import output_target
+    from vlmcheck.util import output_target, report_target
 
     try:
         output_target(json_path)
@@ -75,6 +75,10 @@ def check_json_target(json_path: str | None, **inputs: str | None) -> None:
         if path is not None and Path(path).resolve() == target:
             raise click.UsageError(f"--json would replace the {what.replace('_', ' ')} ({path}): name another "
                                    "file, or - for standard output")
+    try:
+        report_target(json_path)  # nor any other file vlmcheck did not write
+    except UsageError as e:
+        raise click.UsageError(str(e)) from None
 
 
 def write_json(data: Any, json_path: str | None) -> None:
@@ -135,28 +139,38 @@ class Progress:
 def parse_key_values(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
     import json
 
+    from vlmcheck.data.nesting import parse
+    from vlmcheck.errors import UsageError
+
     options: dict[str, Any] = {}
     for item in values:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", ctx=ctx, param=param)
         try:
-            options[key.strip()] = json.loads(raw)
+            options[key.strip()] = parse(json.loads, raw, where=f"the value of {key.strip()}")
+        except UsageError as e:  # nested deeper than vlmcheck reads
+            raise click.BadParameter(str(e), ctx=ctx, param=param) from None
         except ValueError:
             options[key.strip()] = raw
     return options
 
 
 def read_template(path: str | None) -> str | None:
-    """The ``--chat-template`` file, as UTF-8 text; anything else is a usage error."""
+    """The ``--chat-template`` file, as UTF-8 text; anything else is a usage error (a FIFO or device is never
+    opened: it would block the read forever)."""
     if path is None:
         return None
     from pathlib import Path
 
+    from vlmcheck.data.files import FileProblem, read_text
+
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return read_text(Path(path))
     except UnicodeDecodeError as e:
         raise click.UsageError(f"--chat-template {path} is not UTF-8 text ({e}); re-save it as UTF-8") from None
+    except FileProblem as e:
+        raise click.UsageError(f"--chat-template cannot be read: {e.message}") from None
     except OSError as e:
         raise click.UsageError(f"--chat-template {path} cannot be read: {e}") from None
 
@@ -169,7 +183,7 @@ def check_json_path(json_path: str | None, dataset: str, *others: tuple[str, str
     if json_path is None:
         return
     from vlmcheck.errors import UsageError
-    from vlmcheck.util import STDOUT, output_target
+    from vlmcheck.util import STDOUT, output_target, report_target
 
     try:
         for path in (json_path, *(other for _, other in others)):
@@ -185,6 +199,10 @@ def check_json_path(json_path: str | None, dataset: str, *others: tuple[str, str
     for what, other in (("the dataset", dataset), *others):
         if other is not None and Path(other).resolve() == target:
             raise click.UsageError(f"{option} would replace {what} ({other}): name another file")
+    try:
+        report_target(json_path)  # nor any other file vlmcheck did not write
+    except UsageError as e:
+        raise click.UsageError(str(e)) from None
 
 
 def write_html(report: Any, html_path: str | None) -> None:

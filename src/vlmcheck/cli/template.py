@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from vlmcheck.cli.shared import check_json_target, fail_on_option, finish, json_option, read_template
+from vlmcheck.data.nesting import parse
 from vlmcheck.errors import VlmcheckError
 from vlmcheck.findings import Severity
 
@@ -99,12 +100,18 @@ def template_command(dataset: str | None, tokenizer: str | None, launch: str | N
     if not given["template"]:
         raise click.UsageError("pass --template (or --launch with --version)")
     check_json_target(json_path, dataset=dataset, launch_script=launch, chat_template=given["chat_template"])
-    text = Path(dataset).read_text(encoding="utf-8")
     try:
-        rows = (json.loads(text) if text.lstrip().startswith("[")
-                else [json.loads(x) for x in text.splitlines() if x.strip()])
+        text = Path(dataset).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise click.UsageError(f"cannot read {dataset}: {e}") from None
+    try:
+        rows = (parse(json.loads, text, where=dataset) if text.lstrip().startswith("[")
+                else [parse(json.loads, x, where=f"{dataset} line {n}")
+                      for n, x in enumerate(text.splitlines(), 1) if x.strip()])
     except json.JSONDecodeError as e:
         raise click.UsageError(f"{dataset} is not a JSON list or JSON Lines file: {e}") from None
+    except VlmcheckError as e:  # nested deeper than vlmcheck reads
+        raise click.UsageError(str(e)) from None
     given["chat_template"] = read_template(given["chat_template"])
     given["llava_fork"] = given["llava_fork"] or "llava"
     given["mm_use_im_start_end"] = bool(given["mm_use_im_start_end"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from vlmcheck.errors import MissingDependencyError
 
@@ -55,7 +55,33 @@ def open_binary(path: str | os.PathLike[str]) -> BinaryIO:
     raw = open(path, "rb")
     try:
         # buffered: the reader alone cannot be iterated by line
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+        return io.BufferedReader(_ZstdStream(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True),
+                                             zstandard.ZstdError))
     except BaseException:
         raw.close()
         raise
+
+
+class _ZstdStream(io.RawIOBase):
+    """zstandard's stream reader, its ZstdError (a damaged or cut-short file) raised as the OSError that gzip,
+    bz2 and lzma raise for theirs, so every reader handles a damaged ``.zst`` as it handles a damaged ``.gz``."""
+
+    def __init__(self, reader: Any, error: type[Exception]) -> None:
+        self.reader = reader
+        self.error = error
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self.reader.read(len(buffer))
+        except self.error as e:
+            raise OSError(f"not a valid Zstandard stream ({e})") from None
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.reader.close()
+        super().close()

@@ -5,6 +5,9 @@ A dataset names its files itself, so a path can hold a NUL byte, a lone surrogat
 name, a component that is a file (``a.png/x.png``), a symlink loop, or name a FIFO or a device that
 blocks forever when opened for reading. The path is checked and ``stat``-ed first; only a regular file
 is opened, with ``O_NONBLOCK`` so that one swapped for a FIFO between the two calls still cannot block.
+
+A file vlmcheck reads whole (a launch config, a chat template, a summary, a checkpoint's JSON) is read the same
+way by :func:`read_text`, and refused above :data:`TEXT_LIMIT` before it is read: a 20 GB "config" is not one.
 """
 
 from __future__ import annotations
@@ -81,3 +84,22 @@ def not_a_file(path: Path) -> str | None:
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file (a FIFO, socket or device)"
     return None
+
+
+# A config, chat template, summary or processor file a person or a framework writes is kilobytes; this bounds what
+# is read whole (and parsed: a 300 MB YAML takes minutes), so that a wrong or sparse file is refused, not loaded.
+TEXT_LIMIT = 64 << 20
+
+
+def read_text(path: Path, *, limit: int = TEXT_LIMIT, errors: str = "strict") -> str:
+    """The UTF-8 text of a regular file of at most ``limit`` bytes, with universal newlines (as
+    ``Path.read_text``); anything else is a :class:`FileProblem` (a FIFO or a device is never opened, a larger file
+    never read). A file that is not UTF-8 raises UnicodeDecodeError unless ``errors`` says otherwise."""
+    with open_regular(path) as fp:
+        size = os.fstat(fp.fileno()).st_size
+        data = fp.read(limit + 1) if size <= limit else b""
+    if size > limit or len(data) > limit:
+        size = max(size, len(data))
+        raise FileProblem("unreadable", f"{path} is {size:,} bytes, over the {limit >> 20} MiB vlmcheck reads "
+                                        "of a file it reads whole")
+    return data.decode("utf-8", errors).replace("\r\n", "\n").replace("\r", "\n")

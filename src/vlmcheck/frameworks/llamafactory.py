@@ -74,7 +74,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlmcheck import findings as F
-from vlmcheck.data.files import not_a_file
+from vlmcheck.data.files import FileProblem, not_a_file, read_text
 from vlmcheck.data.hfjson import (
     LoadPlan,
     NotFollowed,
@@ -86,6 +86,7 @@ from vlmcheck.data.hfjson import (
     unify_types,
 )
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
+from vlmcheck.data.nesting import parse
 from vlmcheck.data.readers import BadRow, parquet_item_type
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.data.videos import VideoInfo, VideoProblem, probe_video_path
@@ -955,14 +956,14 @@ def read_dataset_info(config: Config, names: Sequence[str] | None = None) -> lis
     """The ``dataset_info.json`` entries of ``names`` (default: the config's training datasets), in order."""
     names = config.datasets if names is None else names
     info_path = config.dataset_dir / "dataset_info.json"
-    import json
-
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DatasetError(f"{info_path} not found (dataset_dir: {config.dataset_dir}; pass --data DIR for a "
-                           "config written on another machine)") from None
-    except (OSError, ValueError) as e:
+    try:  # a regular file of at most 64 MiB (a FIFO would block), nested no deeper than vlmcheck reads
+        info = parse(json.loads, read_text(info_path), where=str(info_path), error=DatasetError)
+    except FileProblem as e:
+        if e.kind == "missing":
+            raise DatasetError(f"{info_path} not found (dataset_dir: {config.dataset_dir}; pass --data DIR for a "
+                               "config written on another machine)") from None
+        raise DatasetError(f"cannot read {info_path}: {e.message}") from None
+    except ValueError as e:
         raise DatasetError(f"cannot read {info_path}: {e}") from None
     if not isinstance(info, dict):
         raise DatasetError(f"{info_path} must hold a JSON object")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlmcheck.data.nesting import parse
 from vlmcheck.errors import UsageError
 
 
@@ -80,16 +81,24 @@ def notebook_code(text: str, *, path: Path) -> str:
     """The code cells of a Jupyter notebook, joined; IPython's shell and magic lines (``!pip``, ``%%capture``)
     are dropped, and a cell run by another interpreter (``%%bash``, ``%%writefile``) is dropped whole."""
     try:
-        notebook = json.loads(text)
+        notebook = parse(json.loads, text, where=str(path))
         cells = notebook["cells"]
     except (ValueError, KeyError, TypeError):
         raise UsageError(f"{path}: not a Jupyter notebook (no cells)") from None
+    # nbformat's schema: cells is a list, a cell's source a string or a list of strings; Jupyter refuses to open
+    # a notebook that breaks it
+    if not isinstance(cells, list):
+        raise UsageError(f"{path}: not a Jupyter notebook (its cells are {type(cells).__name__}, not a list)")
     out: list[str] = []
-    for cell in cells:
+    for number, cell in enumerate(cells, 1):
         if not isinstance(cell, Mapping) or cell.get("cell_type") != "code":
             continue
         source = cell.get("source", "")
-        source = "".join(source) if isinstance(source, list) else str(source)
+        if isinstance(source, list) and all(isinstance(line, str) for line in source):
+            source = "".join(source)
+        elif not isinstance(source, str):
+            raise UsageError(f"{path}: cell {number}'s source is not text (a string or a list of strings), so "
+                             "Jupyter cannot open this notebook")
         lines = source.splitlines()
         head = lines[0].strip() if lines else ""
         if head.startswith("%%") and not head.startswith(("%%capture", "%%time")):
@@ -108,19 +117,28 @@ def read_source(text: str, *, path: Path, every_function: bool = False) -> Scrip
     of settings wants every literal a script passes, wherever it passes it)."""
     if path.suffix == ".ipynb":
         text = notebook_code(text, path=path)
+    else:  # a UTF-8 byte order mark (Windows editors write one): Python reads past it
+        text = text.removeprefix("\ufeff")
+    deep = UsageError(f"{path} is nested deeper than vlmcheck reads (an expression or block too deep to follow "
+                      "without running it)")
     try:
         tree = ast.parse(text)
     except SyntaxError as e:
         raise UsageError(f"{path}: not valid Python ({e.msg}, line {e.lineno}); vlmcheck reads the script without "
                          "running it") from None
+    except (RecursionError, MemoryError):  # the parser's own limits on nesting (`x = ------...1`)
+        raise deep from None
     script = Script(path=path)
     walker = _Walker(script)
-    walker.block(tree.body, {})
-    if every_function:
-        for name, function in list(script.functions.items()):
-            if name not in walker.entered:
-                walker.entered.add(name)
-                walker.block(function.body, {}, conditional=True)
+    try:
+        walker.block(tree.body, {})
+        if every_function:
+            for name, function in list(script.functions.items()):
+                if name not in walker.entered:
+                    walker.entered.add(name)
+                    walker.block(function.body, {}, conditional=True)
+    except RecursionError:
+        raise deep from None
     return script
 
 

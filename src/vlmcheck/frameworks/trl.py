@@ -169,7 +169,7 @@ def _int(raw: Mapping[str, Any], key: str, default: int | None, path: Path) -> i
         if isinstance(value, bool):
             raise ValueError
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: YAML's .inf (nan is a ValueError)
         raise UsageError(f"{path}: {key} must be a whole number, got {value!r}") from None
     if number <= 0:
         raise UsageError(f"{path}: {key} must be positive, got {number}")

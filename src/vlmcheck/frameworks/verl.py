@@ -38,6 +38,7 @@ from vlmcheck import findings as F
 from vlmcheck.chat import render_chat
 from vlmcheck.data.files import not_a_file
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
+from vlmcheck.data.nesting import nested_message, parse, too_deep
 from vlmcheck.errors import UsageError
 from vlmcheck.families import Expansion, Overrides
 from vlmcheck.families.qwen2_vl import Qwen2VLFamily
@@ -150,7 +151,7 @@ def launch_overrides(text: str, *, path: Path, entry_points: tuple[str, ...],
                 continue
             expanded = expand_shell(value, variables, env)
             try:
-                parsed = yaml.safe_load(expanded) if expanded else None
+                parsed = parse(yaml.safe_load, expanded, where=f"{path}: override {key}") if expanded else None
             except yaml.YAMLError:
                 parsed = expanded
             node = config
@@ -160,6 +161,8 @@ def launch_overrides(text: str, *, path: Path, entry_points: tuple[str, ...],
                 if not isinstance(node, dict):
                     raise UsageError(f"{path}: override {key} sets inside a value")
             node[parts[-1]] = parsed
+        if too_deep(config):  # a key of hundreds of dotted parts
+            raise UsageError(nested_message(f"{path}: the overrides"))
         return config
     return None
 
@@ -205,6 +208,10 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         sources = [sources]
     if not sources:
         raise UsageError(f"{path}: data.train_files is not set (or pass --data)")
+    if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+        # RLHFDataset takes a path or a list of paths; anything else fails in verl's copy_to_local
+        raise UsageError(f"{path}: data.train_files must be a file path or a list of file paths, got "
+                         f"{sources!r:.80}")
     files = []
     for source in sources:
         file = Path(mapped(os.path.expanduser(str(source)), mapping))

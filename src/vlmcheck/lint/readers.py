@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmcheck.data.files import not_a_file
+from vlmcheck.data.files import FileProblem, not_a_file, read_text
+from vlmcheck.data.nesting import parse
 from vlmcheck.errors import UsageError
 from vlmcheck.frameworks.pyscript import Unresolved, read_source
 
@@ -86,15 +87,19 @@ def coerce(text: str) -> Any:
     except ValueError:
         pass
     if text.strip().startswith(("{", "[")):
+        where = f"the value {text[:40]}..." if len(text) > 40 else f"the value {text}"
         try:
-            return json.loads(text)
+            return parse(json.loads, text, where=where)
         except ValueError:
-            try:
-                import yaml
+            pass
+        try:
+            import yaml
 
-                return yaml.safe_load(text)
-            except Exception:
-                return text
+            return parse(yaml.safe_load, text, where=where)
+        except UsageError:  # nested deeper than vlmcheck reads
+            raise
+        except Exception:
+            return text
     return text
 
 
@@ -394,8 +399,11 @@ def _load_yaml_file(name: str, base: Path, run: RunConfig) -> dict[str, Any] | N
     # as given (relative to the working directory), next to the script, then by file name next to it
     for candidate in (Path(name), base / name, base / Path(name).name):
         if candidate.is_file():
-            data = _parse_mapping(candidate.read_text(encoding="utf-8"), candidate)
-            return data
+            try:
+                text = read_text(candidate)
+            except (FileProblem, OSError, UnicodeDecodeError) as e:
+                raise UsageError(f"cannot read {candidate}: {getattr(e, 'message', e)}") from None
+            return _parse_mapping(text, candidate)
     run.notes.append(f"config file {name} referenced by the command was not found; read the overrides only")
     return None
 
@@ -406,7 +414,7 @@ def _load_yaml_file(name: str, base: Path, run: RunConfig) -> dict[str, Any] | N
 def _parse_mapping(text: str, path: Path | None) -> dict[str, Any]:
     if path is not None and path.suffix == ".json":
         try:
-            data = json.loads(text)
+            data = parse(json.loads, text, where=str(path))
         except ValueError as exc:
             raise UsageError(f"{path}: not valid JSON ({exc})") from None
     else:
@@ -417,7 +425,7 @@ def _parse_mapping(text: str, path: Path | None) -> dict[str, Any]:
 
             raise MissingDependencyError("pyyaml", "lint", "Reading YAML configs") from None
         try:
-            data = yaml.safe_load(text)
+            data = parse(yaml.safe_load, text, where=str(path))
         except yaml.YAMLError as exc:
             raise UsageError(f"{path}: not valid YAML ({exc})") from None
     if data is None:
@@ -455,7 +463,7 @@ def _read_mapping(text: str, path: Path | None, framework: str | None) -> RunCon
         from vlmcheck.frameworks.llamafactory import read_yaml
 
         try:  # read as llamafactory-cli reads it (OmegaConf's loader: 1e5 is a number, a duplicate key an error)
-            loaded = read_yaml(text)
+            loaded = parse(read_yaml, text, where=str(path))
         except yaml.YAMLError as e:
             raise UsageError(f"{path}: LLaMA-Factory's config loader (OmegaConf) refuses it: {e}") from None
         if isinstance(loaded, dict):
@@ -537,7 +545,12 @@ def read_config(config: str | os.PathLike[str], *, framework: str | None = None)
     problem = not_a_file(path)
     if problem:
         raise UsageError(f"{path}: {'no such file' if problem == 'not found' else problem}")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    try:  # refused above 64 MiB: no config is, and a sparse one would fill memory
+        text = read_text(path, errors="replace")
+    except FileProblem as e:
+        raise UsageError(f"cannot read the config: {e.message}") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
     suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml", ".json"):
         run = _read_mapping(text, path, framework)

@@ -18,13 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from vlmcheck.catalogue import Severity
+from vlmcheck.chat import render_chat
 from vlmcheck.contract import ReportContract
 from vlmcheck.errors import UsageError
 from vlmcheck.frameworks import llamafactory, llava, unsloth
 from vlmcheck.options import TemplateOptions, from_keywords, keyword_signature
 from vlmcheck.templates import trl
 from vlmcheck.templates.catalogue import TemplateFinding
-from vlmcheck.templates.pieces import Pieces, generation_prompt, render_pieces, user_header
+from vlmcheck.templates.pieces import (
+    Pieces,
+    TemplateRaises,
+    describe,
+    dicts,
+    generation_prompt,
+    render_pieces,
+    user_header,
+)
 from vlmcheck.tokenizer import Tok
 
 CHAT_TEMPLATE = "chat_template"  # the reference: whole conversation, masked by offsets
@@ -778,6 +787,11 @@ def check_template(dataset: Iterable[Any], *, tokenizer: str | Path | Tok, optio
     samples = list(dataset)
     rows = [_messages(sample) for sample in samples]
     report = TemplateReport(names, [])
+    if chat is not None and chat_names:
+        assert tok is not None
+        _probe(chat, tok, "the chat template given (chat_template, --chat-template)" if options.chat_template
+               else "the tokenizer's chat template" if isinstance(tokenizer, Tok)
+               else f"the chat template of {tokenizer}")
     training = markers = None
     if TRL in names and chat is not None:
         training = trl.training_template(chat)
@@ -790,8 +804,12 @@ def check_template(dataset: Iterable[Any], *, tokenizer: str | Path | Tok, optio
     if UNSLOTH in names and chat is not None and tok is not None:
         special = tok.special_map()
         probe = [("user", "a"), ("assistant", "b"), ("user", "c")]
-        response = response_part if response_part is not None else generation_prompt(chat, probe[:1], special)
-        instruction = instruction_part if instruction_part is not None else user_header(chat, special)
+        try:
+            response = response_part if response_part is not None else generation_prompt(chat, probe[:1], special)
+            instruction = instruction_part if instruction_part is not None else user_header(chat, special)
+        except TemplateRaises as e:
+            raise UsageError(f"the chat template raises on the conversation that finds its markers ({e}); pass "
+                             "instruction_part and response_part") from None
         if not response or not instruction:
             raise UsageError("cannot find the chat template's markers; pass instruction_part and response_part")
         markers = (unsloth.marker(instruction, tok), unsloth.marker(response, tok))
@@ -826,9 +844,47 @@ def check_template(dataset: Iterable[Any], *, tokenizer: str | Path | Tok, optio
                 report.verdicts.append(SampleVerdict(index, sid, name, "refused", 0, 0, 0, 0))
             else:
                 assert chat is not None and tok is not None
-                report.verdicts.append(_check_chat(name, index, sid, msgs, tok, chat, max_length=max_length,
-                                                   training=training, markers=markers))
+                try:
+                    verdict = _check_chat(name, index, sid, msgs, tok, chat, max_length=max_length,
+                                          training=training, markers=markers)
+                except TemplateRaises as e:
+                    verdict = SampleVerdict(index, sid, name, "refused", 0, 0, 0, 0, cause="the chat template raises")
+                    verdict.findings.append(TemplateFinding(
+                        "VT007", f"{name}: the chat template raises on this conversation ({e}): apply_chat_template "
+                        "raises the same and the run stops", "fix the sample or the chat template", index, sid,
+                        {"error": str(e)}))
+                report.verdicts.append(verdict)
     return report
+
+
+def _probe(chat: str, tok: Tok, where: str) -> None:
+    """The template must render a plain two-turn conversation: one that cannot (a syntax error, ``1/0``, a bound
+    of the sandbox such as a range past 100,000) is broken for every sample, refused before any is judged, as
+    ``scan`` refuses it. A ``raise_exception`` is left to the samples: a template may rightly refuse this one."""
+    import jinja2
+    from jinja2.sandbox import SecurityError
+
+    from vlmcheck.chat import RenderLimit, compile_template
+
+    try:
+        compile_template(chat)
+    except Exception as e:
+        line = f", line {e.lineno}" if isinstance(e, jinja2.TemplateSyntaxError) else ""
+        raise UsageError(f"{where} does not compile ({type(e).__name__}: {str(e)[:200]}{line}); fix it or pass "
+                         "another chat template") from None
+    probe = dicts([("user", "Hi"), ("assistant", "Hello")])
+    try:
+        render_chat(chat, probe, special_tokens=tok.special_map())
+    except RenderLimit as e:
+        raise UsageError(f"{where} does not finish on a two-turn conversation: {e}") from None
+    except SecurityError as e:
+        raise UsageError(f"{where} does something the sandbox refuses ({e}); fix it or pass another chat "
+                         "template") from None
+    except jinja2.TemplateError:
+        pass
+    except Exception as e:
+        raise UsageError(f"{where} fails on a plain two-turn conversation ({describe(e)}); fix it or pass "
+                         "another chat template") from None
 
 
 

@@ -19,6 +19,26 @@ from vlmcheck.chat import render_chat
 from vlmcheck.errors import UsageError
 
 
+class TemplateRaises(Exception):
+    """The chat template raises while rendering a conversation (``raise_exception``, a type error, a bound of the
+    sandbox): ``apply_chat_template`` raises the same, and the run stops."""
+
+
+def describe(error: BaseException) -> str:
+    """What a template's error says, for a message."""
+    if isinstance(error, RecursionError):
+        return "RecursionError"
+    return f"{type(error).__name__}: {str(error)[:200]}"
+
+
+def render(template: str, messages: list[dict[str, Any]], **kwargs: Any) -> str:
+    """:func:`vlmcheck.chat.render_chat`; whatever the template raises is :class:`TemplateRaises`."""
+    try:
+        return render_chat(template, messages, **kwargs)
+    except Exception as e:  # the template's own code runs here: any error is the template's
+        raise TemplateRaises(describe(e)) from None
+
+
 @dataclass
 class Pieces:
     """The rendered text, as consecutive (text, is-assistant-turn) pieces."""
@@ -61,11 +81,11 @@ def render_pieces(template: str, messages: list[tuple[str, str]], special: dict[
     done = ""
     for k, (role, _) in enumerate(messages):
         if role == "assistant":
-            prompt = render_chat(template, rows[:k], special_tokens=special, add_generation_prompt=True)
+            prompt = render(template, rows[:k], special_tokens=special, add_generation_prompt=True)
             if prompt.startswith(done) and len(prompt) > len(done):
                 pieces.append((prompt[len(done):], False))
                 done = prompt
-        full = render_chat(template, rows[: k + 1], special_tokens=special)
+        full = render(template, rows[: k + 1], special_tokens=special)
         if not full.startswith(done):
             raise UsageError("the chat template does not render conversations as growing prefixes")
         pieces.append((full[len(done):], role == "assistant"))
@@ -76,8 +96,8 @@ def render_pieces(template: str, messages: list[tuple[str, str]], special: dict[
 def generation_prompt(template: str, messages: list[tuple[str, str]], special: dict[str, Any]) -> str:
     """The text ``add_generation_prompt=True`` adds after ``messages`` (e.g. ``"<|im_start|>assistant\\n"``)."""
     rows = dicts(messages)
-    with_prompt = render_chat(template, rows, special_tokens=special, add_generation_prompt=True)
-    without = render_chat(template, rows, special_tokens=special)
+    with_prompt = render(template, rows, special_tokens=special, add_generation_prompt=True)
+    without = render(template, rows, special_tokens=special)
     return with_prompt[len(without):] if with_prompt.startswith(without) else ""
 
 
@@ -86,8 +106,8 @@ def user_header(template: str, special: dict[str, Any]) -> str:
     found by rendering a probe conversation."""
     probe = "\u2060vlmcheck-user-probe\u2060"
     msgs = [("user", "a"), ("assistant", "b"), ("user", probe)]
-    before = render_chat(template, dicts(msgs[:2]), special_tokens=special)
-    full = render_chat(template, dicts(msgs), special_tokens=special)
+    before = render(template, dicts(msgs[:2]), special_tokens=special)
+    full = render(template, dicts(msgs), special_tokens=special)
     at = full.find(probe)
     if not full.startswith(before) or at < len(before):
         raise UsageError("cannot find the user header of this chat template; pass instruction_part")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from vlmcheck.chat import render_chat_with_generation_spans
 from vlmcheck.frameworks.trl import TrainingTemplate, find_training_template, tokenizer_assistant_mask
-from vlmcheck.templates.pieces import dicts
+from vlmcheck.templates.pieces import TemplateRaises, describe, dicts
 from vlmcheck.tokenizer import Tok
 
 __all__ = ["TrainingTemplate", "TrlLabels", "assistant_mask", "training_template"]
@@ -47,7 +47,11 @@ def assistant_mask(template: str, messages: list[tuple[str, str]], tok: Tok) -> 
     """``apply_chat_template(..., return_assistant_tokens_mask=True)`` on a tokenizer (fact 2 above): the
     rendering and its generation spans from :mod:`vlmcheck.chat`, the tokens they mask from the framework module
     (:func:`vlmcheck.frameworks.trl.tokenizer_assistant_mask`)."""
-    text, blocks = render_chat_with_generation_spans(template, dicts(messages), special_tokens=tok.special_map())
+    try:
+        text, blocks = render_chat_with_generation_spans(template, dicts(messages),
+                                                         special_tokens=tok.special_map())
+    except Exception as e:  # the template's own code runs here: any error is the template's
+        raise TemplateRaises(describe(e)) from None
     enc = tok.encode(text, add_special_tokens=False)
     mask = tokenizer_assistant_mask(blocks, char_to_token=enc.char_to_token, length=len(enc.ids))
     return TrlLabels(text, list(enc.ids), mask, blocks)
