@@ -236,12 +236,13 @@ def test_a_scan_that_raises_leaves_no_partial_output(bad_dataset, qwen2_vl_check
         vlmcheck.scan(dataset, model=spec(qwen2_vl_checkpoint), output=out / "r.jsonl", progress=progress)
     assert os.listdir(out) == []
 
-    # an earlier complete output survives a failed re-run untouched
-    (out / "r.jsonl").write_text("previous\n")
+    # an earlier complete output (vlmcheck's records) survives a failed re-run untouched
+    previous = '{"index": 0, "id": "earlier run"}\n'
+    (out / "r.jsonl").write_text(previous)
     with pytest.raises(Interrupted):
         vlmcheck.scan(dataset, model=spec(qwen2_vl_checkpoint), output=out / "r.jsonl", progress=progress)
     assert os.listdir(out) == ["r.jsonl"]
-    assert (out / "r.jsonl").read_text() == "previous\n"
+    assert (out / "r.jsonl").read_text() == previous
 
 
 def test_scan_output_never_replaces_the_dataset(tmp_path, qwen2_vl_checkpoint):

@@ -23,6 +23,7 @@ from vlmcheck.data.readers import BadRow, dataset_kind
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.families import Expansion, Family
+from vlmcheck.frameworks._shell import SHELL_EXPANSION_LIMIT, too_large
 from vlmcheck.results import SampleResult
 
 if TYPE_CHECKING:
@@ -119,7 +120,7 @@ def whole_number(value: Any, key: str, path: Path) -> int:
         raise UsageError(f"{path}: {key} must be a whole number, got {value!r}")
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: YAML's .inf (nan is a ValueError)
         raise UsageError(f"{path}: {key} must be a whole number, got {value!r}") from None
 
 
@@ -132,7 +133,9 @@ def truthy(value: Any) -> bool:
 
 def expand_shell(value: str, variables: Mapping[str, str], env: Mapping[str, str]) -> str:
     """Shell expansion of ``$NAME``, ``${NAME}`` and ``${NAME:-default}`` (positional ``${1:-x}`` gives x), for
-    every launch script reader."""
+    the launch script readers that take a line word by word (:func:`vlmcheck.frameworks._shell.shell_commands`
+    reads a script as bash does).
+    A value past ``SHELL_EXPANSION_LIMIT`` characters is refused (UsageError), as a doubling script grows."""
     def sub(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(3)
         default = match.group(2)
@@ -141,7 +144,10 @@ def expand_shell(value: str, variables: Mapping[str, str], env: Mapping[str, str
             return found
         return default if default is not None else ""
 
-    return re.sub(r"\$\{([A-Za-z0-9_]+)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)", sub, value)
+    expanded = re.sub(r"\$\{([A-Za-z0-9_]+)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)", sub, value)
+    if len(expanded) > SHELL_EXPANSION_LIMIT:
+        raise UsageError(too_large(f"the launch script's value {value[:60]!r}{'...' if len(value) > 60 else ''}"))
+    return expanded
 
 
 # -- pixel budgets ------------------------------------------------------------------------------------------------

@@ -11,8 +11,10 @@ soft image tokens under transformers 5.15+, a crash), LLaVA-1.5's ``llava1_5_hf`
 Vision's ``llama3_2_vision`` (``LLAMA3_2_VISION``: a dated system block, and a cross-attention mask not cut with
 the ids, VC207). Each ``.json`` / ``.jsonl`` dataset first loads as ``datasets`` loads it (``data.hfjson``):
 
-- **Launch**: a shell line ``[VAR=value ...] swift sft --model ... --dataset a.jsonl ... --max_length 2048``
-  (``export VAR=...`` lines and earlier ``VAR=...`` assignments count too). ``--max_length`` unset: the model's
+- **Launch**: a shell command ``[VAR=value ...] swift sft --model ... --dataset a.jsonl ... --max_length 2048``,
+  read as bash runs it (``_shell.shell_commands``: quotes, comments, variables, pipes, redirections; ``export
+  VAR=...`` lines and earlier ``VAR=...`` assignments count too), its options as ms-swift's argparse parser reads
+  them (``--key=value``; an option given no value stops it). ``--max_length`` unset: the model's
   ``max_position_embeddings``; ``--truncation_strategy`` ``delete`` (the template raises ``MaxLengthError`` and the
   row is skipped); ``--system`` unset: the template's default system prompt.
 - **Images**: ``MAX_PIXELS`` / ``MIN_PIXELS`` become qwen-vl-utils' token budgets (``value // 28**2``, Qwen3-VL
@@ -35,9 +37,8 @@ import json
 import math
 import os
 import re
-import shlex
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -52,12 +53,18 @@ from vlmcheck.errors import DatasetError, UsageError, VlmcheckError
 from vlmcheck.families import Expansion, Overrides, gemma3, internvl, mllama
 from vlmcheck.frameworks._run import (
     ProcessorRun,
-    expand_shell,
     json_loadable,
     loaded_rows,
     mapped,
     run_version,
     version_tuple,
+)
+from vlmcheck.frameworks._shell import (
+    MAX_ARG_STRLEN,
+    ShellCommand,
+    ShellError,
+    ShellSyntaxError,
+    shell_commands,
 )
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS, UNSET
 from vlmcheck.model import ModelSpec, load_model, resolve_model_path
@@ -225,52 +232,118 @@ UTILS_MIN_TOKENS, UTILS_MAX_TOKENS = 4, 16384
 UNMODELLED_COMMANDS = ("rlhf", "pt")
 
 
+# the options of `swift sft` vlmcheck reads that take a value (arguments/: their types): given none (last, or
+# before another option, or as an unset `$VAR`, which bash drops), ms-swift's argument parser stops ("argument
+# --max_length: expected one argument"); its booleans (--streaming, --strict, --disable_auto_column_mapping,
+# --ignore_args_error) alone are true
+VALUE_OPTIONS = ("model", "dataset", "val_dataset", "split_dataset_ratio", "eval_strategy", "save_strategy",
+                 "truncation_strategy", "template", "loss_scale", "columns", "model_kwargs", "system", "agent_template",
+                 "max_length", "max_pixels", "tuner_type", "train_type")
+LIST_OPTIONS = ("dataset", "val_dataset")  # nargs="+": "expected at least one argument"
+FLAG_OPTIONS = ("streaming", "strict", "disable_auto_column_mapping", "ignore_args_error")
+# ms-swift's options whose names start one of those (of the 356 of SftArguments): not abbreviations
+PREFIX_OPTIONS = ("stream",)
+
+
 def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any] | None:
-    """The options of a ``swift sft`` line in a shell script, with the environment it sets; None without one."""
+    """The options of the first ``swift sft`` command of a shell script, read as bash runs it (quotes, comments,
+    variables, pipes and redirections: see ``_shell.shell_commands``), with the environment it sets; None without
+    one. ``--key=value`` is ``--key value``, as ms-swift's argparse reads it; a word that follows no option is kept
+    in ``stray`` (ms-swift stops on it), the words as swift gets them in ``argv``."""
+    if not re.search(r"\bswift\b", text):  # not a script of this framework: not read further
+        return None
     env = os.environ if env is None else env
-    joined = re.sub(r"\\\r?\n", " ", text)
-    variables: dict[str, str] = {}
     unmodelled = ""
-    for line in joined.splitlines():
-        stripped = line.strip()
-        assignment = re.fullmatch(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(\S*)", stripped)
-        if assignment:
-            variables[assignment.group(1)] = expand_shell(assignment.group(2).strip("'\""), variables, env)
-            continue
-        try:
-            words = shlex.split(stripped)
-        except ValueError:
-            continue
-        words = words[:next((i for i, w in enumerate(words) if w.startswith("#")), len(words))]  # a comment
-        if "swift" not in words or words.index("swift") + 1 >= len(words) or words[words.index("swift") + 1] != "sft":
-            if "swift" in words and words.index("swift") + 1 < len(words):
-                command = words[words.index("swift") + 1]
-                if command in UNMODELLED_COMMANDS:
-                    unmodelled = unmodelled or f"swift {command}" + "".join(
-                        f" --rlhf_type {words[i + 1]}" for i, w in enumerate(words[:-1]) if w == "--rlhf_type")
-            continue
-        at = words.index("swift")
-        launch_env = dict(variables)
-        for word in words[:at]:
-            if "=" in word:
-                name, value = word.split("=", 1)
-                launch_env[name] = expand_shell(value, variables, env)
-        options: dict[str, Any] = {}
-        key: str | None = None
-        for word in words[at + 2:]:
-            if word.startswith("--"):
-                key = word[2:].replace("-", "_")
-                options[key] = None
-            elif key is not None:
-                value = expand_shell(word, variables, env)
-                current = options[key]
-                options[key] = value if current is None else (current if isinstance(current, list) else [current]) + [
-                    value]
-        return {"__launch__": NAME, "options": options, "env": launch_env}
+    try:
+        for command in shell_commands(text, env=env):
+            words = command.words
+            if "swift" not in words[:-1]:
+                continue
+            at = words.index("swift")
+            if words[at + 1] != "sft":
+                if words[at + 1] in UNMODELLED_COMMANDS:
+                    options = _options(words[at + 2:])[0]
+                    rlhf_type = options.get("rlhf_type")
+                    unmodelled = unmodelled or f"swift {words[at + 1]}" + (
+                        f" --rlhf_type {rlhf_type}" if isinstance(rlhf_type, str) else "")
+                continue
+            return _launch(command, at + 2, path)
+    except ShellSyntaxError as e:  # bash runs the commands before it, then stops
+        if re.search(r"\bswift\s+(sft|rlhf|pt)\b", "\n".join(text.splitlines()[e.line - 1:])):
+            raise UsageError(f"{path}: line {e.line}: {e}: bash stops there with a syntax error, and does not run "
+                             "the `swift` command") from None
+    except ShellError as e:
+        raise UsageError(f"{path}: line {e.line}: {e}") from None
     if unmodelled:
         raise UsageError(f"{path}: `{unmodelled}` is not modelled by vlmcheck yet (it models `swift sft`); its "
                          "preference and RL stages encode rows their own way")
     return None
+
+
+def _options(argv: Sequence[str]) -> tuple[dict[str, Any], list[tuple[int, str | None]]]:
+    """ms-swift's options of ``argv`` as its argparse parser reads them: ``--key value...`` (several values: a
+    list; none: None) or ``--key=value`` (that one value), the last of a repeated key winning, dashes in names read
+    as underscores; and (index in argv, the option it gives a value to, None for a stray word) of each word."""
+    options: dict[str, Any] = {}
+    owners: list[tuple[int, str | None]] = []
+    key: str | None = None
+    for i, word in enumerate(argv):
+        if word.startswith("--") and len(word) > 2:
+            name, eq, value = word[2:].partition("=")
+            name = name.replace("-", "_")
+            options[name] = value if eq else None
+            key = None if eq else name
+            owners.append((i, name))
+        elif key is None:
+            owners.append((i, None))
+        else:
+            current = options[key]
+            options[key] = word if current is None else [*(current if isinstance(current, list) else [current]), word]
+            owners.append((i, key))
+    return options, owners
+
+
+def _launch(command: ShellCommand, first: int, path: Path) -> dict[str, Any]:
+    """The raw settings of the ``swift sft`` command whose options start at word ``first``."""
+    words = command.words
+    argv = words[first:]
+    for word in argv:
+        if len(word.encode("utf-8", "surrogateescape")) >= MAX_ARG_STRLEN:
+            raise UsageError(f"{path}: line {command.line}: an argument of `swift sft` ({word[:40]!r}...) is "
+                             f"{len(word.encode('utf-8', 'surrogateescape')):,} bytes long: Linux takes at most "
+                             f"{MAX_ARG_STRLEN - 1:,} (MAX_ARG_STRLEN), so bash cannot start swift ('Argument list "
+                             "too long')")
+    launch_env = dict(command.variables)
+    launch_env.update(command.assignments)
+    for word in words[:first - 2]:  # env A=1 swift sft ..., nohup, ...
+        if "=" in word:
+            name, value = word.split("=", 1)
+            launch_env[name] = value
+    options, owners = _options(argv)
+    owner = dict(owners)
+    unset: dict[str, list[str]] = {}
+    unexpanded: dict[str, list[str]] = {}
+    reading: str | None = None  # the option whose values are being read
+    vanished: dict[int, list[str]] = {}
+    for at, names in command.vanished:
+        vanished.setdefault(at, []).extend(names)
+    for i in range(len(argv) + 1):
+        if first + i in vanished and reading is not None:  # a word bash dropped: it was the option's value
+            unset.setdefault(reading, []).extend(vanished[first + i])
+        if i == len(argv):
+            break
+        key = owner[i]
+        if argv[i].startswith("--") and len(argv[i]) > 2:
+            reading = None if "=" in argv[i] else key
+        elif key is None:
+            reading = None
+        if key is not None:
+            unset.setdefault(key, []).extend(command.unset.get(first + i, ()))
+            unexpanded.setdefault(key, []).extend(command.unexpanded.get(first + i, ()))
+    return {"__launch__": NAME, "options": options, "env": launch_env, "argv": list(argv),
+            "stray": [argv[i] for i, key in owners if key is None],
+            "unset": {k: v for k, v in unset.items() if v}, "unexpanded": {k: v for k, v in unexpanded.items() if v},
+            "line": command.line}
 
 
 # -- config -------------------------------------------------------------------------------------------------------
@@ -307,11 +380,11 @@ def _as_list(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
 
-def _int(value: Any, key: str, path: Path) -> int:
+def _int(value: Any, key: str, path: Path, note: str = "") -> int:
     try:
         number = int(str(value))
     except (TypeError, ValueError):
-        raise UsageError(f"{path}: {key} must be a whole number, got {value!r}") from None
+        raise UsageError(f"{path}: {key} must be a whole number, got {value!r}{note}") from None
     if number <= 0:
         raise UsageError(f"{path}: {key} must be positive, got {number}")
     return number
@@ -322,6 +395,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     options: dict[str, Any] = raw.get("options") or {}
     env: dict[str, str] = raw.get("env") or {}
     mapping = dict(path_map or {})
+    _check_command(raw, path, overridden=(("model",) if model else ()) + (("dataset",) if data is not None else ()))
     # --model_kwargs: each key, upper-cased, is set in the environment (over the script's): MAX_PIXELS, ...
     env = {**env, **{k.upper(): str(v) for k, v in _json_object(options.get("model_kwargs"), "--model_kwargs", path,
                                                                  mapping).items()}}
@@ -334,7 +408,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     files = _dataset_files(sources, "--dataset", path, mapping)
     val_files = _dataset_files(_as_list(options.get("val_dataset")), "--val_dataset", path, mapping)
     try:
-        split = float(str(options.get("split_dataset_ratio") or 0))
+        split = float(str(options.get("split_dataset_ratio", 0)))
     except ValueError:
         raise UsageError(f"{path}: --split_dataset_ratio must be a number, got "
                          f"{options['split_dataset_ratio']!r}") from None
@@ -349,7 +423,10 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     if split == 1:
         raise UsageError(f"{path}: --split_dataset_ratio 1 puts every row into the evaluation set: ms-swift has no "
                          "training rows and its trainer raises")
-    truncation = str(options.get("truncation_strategy") or "delete")
+    truncation = options.get("truncation_strategy", "delete")
+    if truncation not in (*TRUNCATIONS, "split"):
+        raise UsageError(f"{path}: --truncation_strategy {truncation!r}{_unset_note(raw, 'truncation_strategy')} is "
+                         "not one of ms-swift's choices (delete, left, right, split): its argument parser stops")
     if truncation not in TRUNCATIONS:
         raise UsageError(f"{path}: --truncation_strategy {truncation}: vlmcheck models {', '.join(TRUNCATIONS)} "
                          "('split' is for pre-training)")
@@ -371,10 +448,12 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         path=path, model=mapped(str(model_path), mapping), template=str(template or ""), datasets=tuple(files),
         val_datasets=tuple(val_files), split=split, streaming=streaming,
         agent_template=str(options["agent_template"]) if options.get("agent_template") else None,
-        max_length=_int(options["max_length"], "--max_length", path) if options.get("max_length") else None,
+        max_length=_int(options["max_length"], "--max_length", path, _unset_note(raw, "max_length"))
+        if options.get("max_length") is not None else None,
         truncation=truncation, system=system if isinstance(system, str) else None,
         max_pixels=_int(env["MAX_PIXELS"], "MAX_PIXELS", path) if env.get("MAX_PIXELS") else None,
-        rescale=_int(options["max_pixels"], "--max_pixels", path) if options.get("max_pixels") else None,
+        rescale=_int(options["max_pixels"], "--max_pixels", path, _unset_note(raw, "max_pixels"))
+        if options.get("max_pixels") is not None else None,
         min_pixels=_int(env["MIN_PIXELS"], "MIN_PIXELS", path) if env.get("MIN_PIXELS") else None,
         train_type=str(options.get("tuner_type") or options.get("train_type") or "lora"),
         strict=_flag(options, "strict", path), columns=columns,
@@ -384,6 +463,58 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
                                             "val_dataset", "split_dataset_ratio", "model_kwargs", "streaming",
                                             "eval_strategy", "agent_template")},
     )
+
+
+def _unset_note(raw: Mapping[str, Any], key: str) -> str:
+    names = (raw.get("unset") or {}).get(key)
+    return (f" (${names[0]} is empty or not set, in the script or in the environment vlmcheck runs in)" if names
+            else "")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_command(raw: Mapping[str, Any], path: Path, *, overridden: tuple[str, ...]) -> None:
+    """Refuses what ms-swift's argument parser stops on, or what vlmcheck cannot read, in the options it reads:
+    a word that follows no option, an option given no value, an abbreviated option name, a value vlmcheck does not
+    expand (a command substitution). ``overridden``: options vlmcheck's own flags replace (given a value, or one
+    from a variable vlmcheck's environment lacks)."""
+    options: Mapping[str, Any] = raw.get("options") or {}
+    line = f"line {raw['line']}: " if raw.get("line") else ""
+    stray = raw.get("stray") or []
+    argv = raw.get("argv") or []
+    if argv and stray and argv[0] == stray[0] and argv[0].endswith((".json", ".yaml", ".yml")):
+        raise UsageError(f"{path}: {line}`swift sft {argv[0]}`: ms-swift reads its options from that file, which "
+                         "vlmcheck does not model yet; write them on the command line")
+    if stray and not _flag(options, "ignore_args_error", path):
+        raise UsageError(f"{path}: {line}{_short(stray[0])} follows no option that takes it (an option written "
+                         f"--key=value takes that one value only): ms-swift stops with 'ValueError: remaining_argv: "
+                         f"{_short(stray)}'")
+    known = (*VALUE_OPTIONS, *FLAG_OPTIONS)
+    for key in options:
+        full = [k for k in known if k.startswith(key) and k != key]
+        if key not in known and key not in PREFIX_OPTIONS and full:
+            raise UsageError(f"{path}: {line}--{key}: ms-swift's parser takes an abbreviated option for the one it "
+                             f"starts (--{full[0]}); vlmcheck reads options written in full: write --{full[0]}")
+    for key in VALUE_OPTIONS:
+        if key not in options:
+            continue
+        names = (raw.get("unset") or {}).get(key)
+        if key in overridden and (names or options[key] is not None):
+            continue  # `--model $MODEL`, MODEL set at launch only, and vlmcheck's own --model
+        if options[key] is None:
+            hint = (f"; set it where vlmcheck runs (`{names[0]}=... vlmcheck check {path.name}`) or in the script"
+                    if names else "")
+            raise UsageError(f"{path}: {line}--{key} is given no value{_unset_note(raw, key)}: ms-swift's argument "
+                             f"parser stops ('argument --{key}: expected "
+                             f"{'at least one argument' if key in LIST_OPTIONS else 'one argument'}'){hint}")
+        forms = (raw.get("unexpanded") or {}).get(key)
+        if forms:
+            raise UsageError(f"{path}: {line}--{key} {_short(options[key])}: vlmcheck does not run or expand "
+                             f"{_short(forms[0])} (command substitutions, ${{NAME%...}} and the like); write the "
+                             "value in the script")
 
 
 def _dataset_files(sources: list[str], key: str, path: Path, mapping: Mapping[str, str]) -> list[Path]:
