@@ -414,29 +414,14 @@ def count_rows(path: str | os.PathLike[str], *, split: str | None = None) -> int
     return None
 
 
-def parquet_item_type(path: Path, column: str) -> str | None:
-    """The type of a Parquet column's values (of its list's items, for a list column) as ``datasets`` types them:
-    ``Image`` / ``Video`` / ``Audio`` where the file's ``datasets`` metadata makes the column that feature (its
-    values are then decoded), else pyarrow's type (``string``, ``struct<bytes: binary, path: string>``); None when
-    the file has no such column or cannot be read."""
+def parquet_feature(path: Path, column: str) -> str | None:
+    """The media feature (``Image``, ``Video``, ``Audio``) a Parquet file's ``datasets`` metadata gives a column
+    (or its list's items): ``datasets`` then decodes its values. None for any other column, or a file it cannot
+    read."""
     try:
-        schema = pyarrow().parquet.read_schema(path)
+        meta = (pyarrow().parquet.read_schema(path).metadata or {}).get(b"huggingface")
+        feature = json.loads(meta).get("info", {}).get("features", {}).get(column) if meta else None
     except Exception:
         return None
-    if column not in schema.names:
-        return None
-    meta = (schema.metadata or {}).get(b"huggingface")
-    if meta:
-        try:
-            feature = json.loads(meta).get("info", {}).get("features", {}).get(column)
-        except (ValueError, AttributeError):
-            feature = None
-        text = json.dumps(feature)
-        for name in ("Image", "Video", "Audio"):
-            if f'"_type": "{name}"' in text:
-                return name
-    kind = schema.field(column).type
-    types = pyarrow().types
-    if types.is_list(kind) or types.is_large_list(kind) or types.is_fixed_size_list(kind):
-        kind = kind.value_type  # a lone value is taken as a list of one (LLaMA-Factory's _find_medias)
-    return str(kind)
+    text = json.dumps(feature)
+    return next((name for name in ("Image", "Video", "Audio") if f'"_type": "{name}"' in text), None)

@@ -87,7 +87,7 @@ from vlmcheck.data.hfjson import (
 )
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
 from vlmcheck.data.nesting import parse
-from vlmcheck.data.readers import BadRow, parquet_item_type
+from vlmcheck.data.readers import BadRow, parquet_feature
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.data.videos import VideoInfo, VideoProblem, probe_video_path
 from vlmcheck.errors import DatasetError, UsageError
@@ -2013,19 +2013,21 @@ class Run:
         if not column:
             return None
         files = dataset_files(self.config, attr)
-        feature = parquet_item_type(files[0], column) if FILE_TYPES.get(files[0].suffix[1:]) == "parquet" else None
+        feature = parquet_feature(files[0], column) if FILE_TYPES.get(files[0].suffix[1:]) == "parquet" else None
         kind: Any = None
         for row in iter_rows(files):
             value = row.get(column) if isinstance(row, Mapping) else None
             if value is None or value == []:  # _find_medias: no media
                 continue
-            if feature in ("Image", "Video", "Audio"):
+            if feature is not None:
                 return f"an {feature} feature"
             try:
                 for item in value if isinstance(value, list) else [value]:
                     kind = unify_types(kind, json_type(item, column), column)
             except (TypeClash, RecursionError):
                 return UNKNOWN_KIND
+            if kind == "str":  # paths: one type for the whole table (a struct elsewhere fails the load first)
+                return kind
         return kind
 
     def _answered(self, attr: DatasetAttr, chosen: list[int] | None, split: str) -> bool | None:
