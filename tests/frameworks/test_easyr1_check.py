@@ -220,15 +220,17 @@ def test_a_json_folder_stops_the_check_where_load_dataset_cannot_load_it(tmp_pat
 def test_qwen3_vl_moe_is_counted_as_qwen3_vl_and_qwen3_5_is_refused(tmp_path: Path) -> None:
     """EasyR1 runs on transformers 4.x (its requirements: <5), where a Qwen3-VL MoE checkpoint gets Qwen3-VL's
     processor class (processing_auto maps qwen3_vl_moe to Qwen3VLProcessor) and Qwen3.5 has no model at all."""
+    from qwen3_sharing_checkpoint import sharing_checkpoint
     from vlmcheck.demo.checkpoints import qwen_checkpoint
 
     per_model = {}
-    for model in ("qwen3_vl", "qwen3_vl_moe"):
-        script, _ = repo(tmp_path / model, qwen_checkpoint(model))
+    for model, checkpoint in (("qwen3_vl", qwen_checkpoint("qwen3_vl")), ("qwen3_vl_moe",
+                                                                         sharing_checkpoint("qwen3_vl_moe"))):
+        script, _ = repo(tmp_path / model, checkpoint)
         out = tmp_path / f"{model}.jsonl"
         vlmcheck.check(script, output=out)
         per_model[model] = [(r["tokens"], r["image_tokens"]) for r in map(json.loads, out.read_text().splitlines())]
     assert per_model["qwen3_vl_moe"] == per_model["qwen3_vl"] and any(i for _, i in per_model["qwen3_vl"])
-    script, _ = repo(tmp_path / "qwen3_5", qwen_checkpoint("qwen3_5"))
+    script, _ = repo(tmp_path / "qwen3_5", sharing_checkpoint("qwen3_5"))
     result = CliRunner().invoke(main, ["check", str(script)])
     assert result.exit_code == 2 and "transformers<5" in result.output

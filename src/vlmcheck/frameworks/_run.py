@@ -1,5 +1,5 @@
 """What the framework modules' runs do alike, written once: reading a launch config's values (path maps, nested
-sections, whole numbers, shell variables), the version of a library the run will have, whether ``datasets`` can
+sections, whole numbers), the version of a library the run will have, whether ``datasets`` can
 load a JSON source, starting a row's result, probing its images and expanding them with the family, and finding
 the largest pixel budget at which a sample fits.
 
@@ -23,7 +23,6 @@ from vlmcheck.data.readers import BadRow, dataset_kind
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.families import Expansion, Family
-from vlmcheck.frameworks._shell import SHELL_EXPANSION_LIMIT, too_large
 from vlmcheck.results import SampleResult
 
 if TYPE_CHECKING:
@@ -129,25 +128,6 @@ def truthy(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("true", "1", "yes")
     return bool(value)
-
-
-def expand_shell(value: str, variables: Mapping[str, str], env: Mapping[str, str]) -> str:
-    """Shell expansion of ``$NAME``, ``${NAME}`` and ``${NAME:-default}`` (positional ``${1:-x}`` gives x), for
-    the launch script readers that take a line word by word (:func:`vlmcheck.frameworks._shell.shell_commands`
-    reads a script as bash does).
-    A value past ``SHELL_EXPANSION_LIMIT`` characters is refused (UsageError), as a doubling script grows."""
-    def sub(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(3)
-        default = match.group(2)
-        found = variables.get(name, env.get(name))
-        if found:
-            return found
-        return default if default is not None else ""
-
-    expanded = re.sub(r"\$\{([A-Za-z0-9_]+)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)", sub, value)
-    if len(expanded) > SHELL_EXPANSION_LIMIT:
-        raise UsageError(too_large(f"the launch script's value {value[:60]!r}{'...' if len(value) > 60 else ''}"))
-    return expanded
 
 
 # -- pixel budgets ------------------------------------------------------------------------------------------------

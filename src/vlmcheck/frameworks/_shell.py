@@ -1,6 +1,7 @@
 """Reading a launch script as bash runs it, without running anything: its words, quotes, comments, variables and
-assignments, arithmetic, pipes, lists and redirections, here-documents (:func:`shell_commands`). The framework
-modules that take their settings from a launch script's command line (ms-swift's ``swift sft``) read it here.
+assignments, arithmetic, pipes, lists and redirections, here-documents (:func:`shell_commands`). Every reader of a
+launch script reads it here (:func:`launch_commands`): the framework modules that take their settings from its
+command line (``swift sft``, verl's and EasyR1's overrides, VLM-R1's and LLaVA's flags) and ``vlmcheck lint``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ import bisect
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from vlmcheck.errors import UsageError
 
 # -- launch scripts -----------------------------------------------------------------------------------------------
 # The most characters a shell variable or one expanded word may hold while a script is read: a script that doubles
@@ -669,3 +673,37 @@ def _command(raw: list[list[_Piece]], line: int, expander: _Expander) -> Iterato
                 expander.tainted.pop(name, None)
     yield ShellCommand(line=line, words=tuple(words), assignments=tuple(assignments), variables=variables,
                        vanished=tuple(vanished), unset=unset, unexpanded=unexpanded)
+
+
+def launch_commands(text: str, *, env: Mapping[str, str], path: Path | str | None,
+                    program: str) -> Iterator[ShellCommand]:
+    """:func:`shell_commands` of a launch script that should run ``program`` (a regular expression naming it, as
+    ``swift sft`` or ``grpo_jsonl[.]py``), for a reader that takes the first command running it. Where bash stops before such a
+    command (a syntax error, a ``${NAME:?}`` of an unset variable) or vlmcheck does not read on (a value past the
+    expansion limit), and ``program`` is written after that line, the run never starts: a UsageError naming the
+    line. A script that does not mention ``program`` at all is not lexed."""
+    mention = re.compile(program)
+    if not mention.search(text):
+        return
+    try:
+        yield from shell_commands(text, env=env)
+    except ShellError as e:
+        if not mention.search("\n".join(text.replace("\r\n", "\n").split("\n")[e.line - 1:])):
+            return
+        where = f"{path}: line {e.line}" if path is not None else f"line {e.line}"
+        if isinstance(e, ShellSyntaxError):
+            raise UsageError(f"{where}: {e}: bash stops there with a syntax error, and does not run the training "
+                             "command after it") from None
+        raise UsageError(f"{where}: {e}") from None
+
+
+def startable(command: ShellCommand, first: int, *, path: Path | str | None, program: str) -> None:
+    """Refuse a command bash cannot start: an argument (from word ``first`` on) of ``MAX_ARG_STRLEN`` bytes or
+    more ('Argument list too long')."""
+    for word in command.words[first:]:
+        size = len(word.encode("utf-8", "surrogateescape"))
+        if size >= MAX_ARG_STRLEN:
+            where = f"{path}: line {command.line}" if path is not None else f"line {command.line}"
+            raise UsageError(f"{where}: an argument of `{program}` ({word[:40]!r}...) is {size:,} bytes long: Linux "
+                             f"takes at most {MAX_ARG_STRLEN - 1:,} (MAX_ARG_STRLEN), so bash cannot start it "
+                             "('Argument list too long')")

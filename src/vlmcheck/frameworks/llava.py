@@ -40,16 +40,16 @@ import functools
 import math
 import os
 import re
-import shlex
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlmcheck.data.files import not_a_file
+from vlmcheck.data.files import FileProblem, not_a_file, read_text
 from vlmcheck.errors import ModelError, UsageError
 from vlmcheck.families.llava import LlavaSettings
 from vlmcheck.frameworks._run import locate
+from vlmcheck.frameworks._shell import ShellCommand, launch_commands, startable
 from vlmcheck.slow_llama import SlowLlamaTokenizer
 from vlmcheck.slow_llama import read_config as read_tokenizer_config
 from vlmcheck.tokenizer import Tok
@@ -773,7 +773,6 @@ SCAN_DEFAULTS: dict[str, Any] | None = None
 _ENTRY = re.compile(r"(^|/)(train|train_mem|train_xformers)\.py$")
 _MODULE_ENTRY = re.compile(r"^llava\.train\.(train|train_mem|train_xformers)$")
 _TRUE, _FALSE = {"true", "yes", "1", "t", "y"}, {"false", "no", "0", "f", "n"}
-_VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 
 
 @dataclass(frozen=True)
@@ -799,8 +798,8 @@ class LlavaLaunch:
     def need(self, name: str) -> str:
         """Why a setting is missing, for a usage error."""
         if name in self.unresolved:
-            return (f"{self.script} sets --{name} from ${self.unresolved[name]}, which is not set in the script "
-                    "or the environment")
+            return (f"{self.script} sets --{name} from ${self.unresolved[name]}, which is empty or not set in the "
+                    "script or the environment")
         return f"{self.script} has no --{name}"
 
 
@@ -813,55 +812,25 @@ def _bool_flag(name: str, value: str | None) -> bool:
     raise UsageError(f"--{name} {value!r} is not a boolean (HfArgumentParser reads True/False)")
 
 
-class _Unset(Exception):
-    pass
-
-
-def _expand(text: str, env: Mapping[str, str]) -> str:
-    def sub(m: re.Match[str]) -> str:
-        name = m.group(1) or m.group(2)
-        if name not in env:
-            raise _Unset(name)
-        return env[name]
-
-    return _VAR.sub(sub, text)
-
-
 def _command(text: str, *, script: Path, env: Mapping[str, str] | None = None,
              strict: bool = False) -> LlavaLaunch | None:
-    """The settings of the first command in ``text`` that runs LLaVA's ``llava/train/train*.py``. Shell variables
-    set in the script (``MODEL=...``) or in ``env`` are expanded; a setting that needs one that is not set is left
-    out and named in ``unresolved`` (LLaVA's own scripts leave ``$PROMPT_VERSION`` for the user to set). With
-    ``strict`` a bare ``train.py`` counts only with LLaVA's own ``--data_path`` (other frameworks have train.py
-    scripts too)."""
-    variables = dict(os.environ if env is None else env)
-    joined = re.sub(r"\\\r?\n", " ", text)
-    for line in joined.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        try:
-            words = shlex.split(line, comments=True)
-        except ValueError as e:
-            if strict:
-                continue
-            raise UsageError(f"{script}: cannot split {line[:60]!r}: {e}") from None
-        if words[:1] == ["export"]:
-            words = words[1:]
-        assign = re.fullmatch(r"(?:export\s+)?(\w+)=(.*)", line)
-        if assign and len(words) == 1:
-            try:
-                variables[assign.group(1)] = _expand(words[0].split("=", 1)[1], variables)
-            except _Unset:
-                variables.pop(assign.group(1), None)
-            continue
+    """The settings of the first command in ``text`` that runs LLaVA's ``llava/train/train*.py``, read as bash runs
+    the script (see ``_shell.launch_commands``): variables set in the script (``MODEL=...``) or in ``env`` are
+    expanded; a setting that needs one that is empty or not set is left out and named in ``unresolved`` (LLaVA's
+    own scripts leave ``$PROMPT_VERSION`` for the user to set). With ``strict`` a bare ``train.py`` counts only
+    with LLaVA's own ``--data_path`` (other frameworks have train.py scripts too)."""
+    env = os.environ if env is None else env
+    program = r"llava[./]train|train(_mem|_xformers)?\.py"
+    for command in launch_commands(text, env=env, path=script, program=program):
+        words = command.words
         at = next((k for k, w in enumerate(words) if _ENTRY.search(w) or _MODULE_ENTRY.match(w)), None)
         if at is None:
             continue
         if strict and "llava/train/" not in words[at] and not _MODULE_ENTRY.match(words[at]) \
                 and not any(w == "--data_path" or w.startswith("--data_path=") for w in words[at + 1:]):
             continue
-        return _settings(script, words[at + 1:], variables)
+        startable(command, at + 1, path=script, program=words[at])
+        return _launch(script, *_flags(command, at + 1))
     return None
 
 
@@ -870,8 +839,10 @@ def launch_settings(path: str | os.PathLike[str]) -> LlavaLaunch:
     --launch``)."""
     script = Path(path)
     try:
-        text = script.read_text(encoding="utf-8")
-    except OSError as e:
+        text = read_text(script)  # a regular file of at most 64 MiB: a FIFO would block the read
+    except FileProblem as e:
+        raise UsageError(f"cannot read the launch script: {e.message}") from None
+    except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot read the launch script {script}: {e}") from None
     launch = _command(text, script=script)
     if launch is None:
@@ -879,7 +850,12 @@ def launch_settings(path: str | os.PathLike[str]) -> LlavaLaunch:
     return launch
 
 
-def _settings(script: Path, args: list[str], env: Mapping[str, str]) -> LlavaLaunch:
+def _flags(command: ShellCommand, first: int) -> tuple[dict[str, str | None], dict[str, str]]:
+    """The ``--flag value`` / ``--flag=value`` / bare ``--flag`` (None) settings of ``command`` from word ``first``,
+    as train.py's HfArgumentParser gets them, and (setting -> variable) those whose value came from an empty or
+    unset shell variable."""
+    args = command.words[first:]
+    dropped = {at - first: names for at, names in command.vanished}  # words bash dropped, by the index after them
     values: dict[str, str | None] = {}
     unresolved: dict[str, str] = {}
     k = 0
@@ -888,16 +864,26 @@ def _settings(script: Path, args: list[str], env: Mapping[str, str]) -> LlavaLau
         if word.startswith("--"):
             name, eq, value = word[2:].partition("=")
             raw: str | None = None
+            names = command.unset.get(first + k, ())
             if eq:
                 raw = value
-            elif k + 1 < len(args) and not args[k + 1].startswith("--"):
-                raw = args[k + 1]
-                k += 1
-            try:
-                values[name] = None if raw is None else _expand(raw, env)
-            except _Unset as e:
-                unresolved[name] = str(e)
+            else:
+                names += dropped.get(k + 1, ())  # `--version $PROMPT_VERSION` with it unset: no word at all
+                if k + 1 < len(args) and not args[k + 1].startswith("--"):
+                    raw = args[k + 1]
+                    names += command.unset.get(first + k + 1, ())
+                    k += 1
+            if names:
+                unresolved[name] = names[0]
+                values.pop(name, None)
+            else:
+                values[name] = raw
         k += 1
+    return values, unresolved
+
+
+def _launch(script: Path, values: dict[str, str | None], unresolved: dict[str, str]) -> LlavaLaunch:
+    """The settings LLaVA's ``train()`` gets from the flags ``values`` (defaults filled in)."""
     raw_length = values.get("model_max_length")
     fork = LLAVA_NEXT if NEXT_ONLY_FLAGS & set(values) else LLAVA
     try:
@@ -1246,19 +1232,13 @@ class Config:
     path_map: tuple[tuple[str, str], ...] = ()  # --path-map, for the files a LLaVA-NeXT YAML names
 
 
-
-
-
-
 def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, data: str | None = None,
                 path_map: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None) -> Config:
     """The settings LLaVA's ``train()`` runs with for the flags in ``raw`` (from :func:`read_launch`)."""
     mapping = dict(path_map or {})
     values = {k: v for k, v in raw.items() if not k.startswith("__")}
-    launch = _settings(path, [w for k, v in values.items() for w in ([f"--{k}"] if v is None else [f"--{k}={v}"])],
-                       env if env is not None else os.environ)
     unresolved = dict(raw.get("__unresolved__") or {})
-    launch = LlavaLaunch(**{**launch.__dict__, "unresolved": unresolved})
+    launch = _launch(path, values, unresolved)
     if launch.version is None or "version" in unresolved:
         raise UsageError(launch.need("version"))
     name = model or launch.model_name_or_path

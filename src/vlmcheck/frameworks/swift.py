@@ -59,13 +59,7 @@ from vlmcheck.frameworks._run import (
     run_version,
     version_tuple,
 )
-from vlmcheck.frameworks._shell import (
-    MAX_ARG_STRLEN,
-    ShellCommand,
-    ShellError,
-    ShellSyntaxError,
-    shell_commands,
-)
+from vlmcheck.frameworks._shell import ShellCommand, launch_commands, startable
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS, UNSET
 from vlmcheck.model import ModelSpec, load_model, resolve_model_path
 from vlmcheck.results import SampleResult
@@ -250,30 +244,21 @@ def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) 
     variables, pipes and redirections: see ``_shell.shell_commands``), with the environment it sets; None without
     one. ``--key=value`` is ``--key value``, as ms-swift's argparse reads it; a word that follows no option is kept
     in ``stray`` (ms-swift stops on it), the words as swift gets them in ``argv``."""
-    if not re.search(r"\bswift\b", text):  # not a script of this framework: not read further
-        return None
     env = os.environ if env is None else env
     unmodelled = ""
-    try:
-        for command in shell_commands(text, env=env):
-            words = command.words
-            if "swift" not in words[:-1]:
-                continue
-            at = words.index("swift")
-            if words[at + 1] != "sft":
-                if words[at + 1] in UNMODELLED_COMMANDS:
-                    options = _options(words[at + 2:])[0]
-                    rlhf_type = options.get("rlhf_type")
-                    unmodelled = unmodelled or f"swift {words[at + 1]}" + (
-                        f" --rlhf_type {rlhf_type}" if isinstance(rlhf_type, str) else "")
-                continue
-            return _launch(command, at + 2, path)
-    except ShellSyntaxError as e:  # bash runs the commands before it, then stops
-        if re.search(r"\bswift\s+(sft|rlhf|pt)\b", "\n".join(text.splitlines()[e.line - 1:])):
-            raise UsageError(f"{path}: line {e.line}: {e}: bash stops there with a syntax error, and does not run "
-                             "the `swift` command") from None
-    except ShellError as e:
-        raise UsageError(f"{path}: line {e.line}: {e}") from None
+    for command in launch_commands(text, env=env, path=path, program=r"\bswift\b"):
+        words = command.words
+        if "swift" not in words[:-1]:
+            continue
+        at = words.index("swift")
+        if words[at + 1] != "sft":
+            if words[at + 1] in UNMODELLED_COMMANDS:
+                options = _options(words[at + 2:])[0]
+                rlhf_type = options.get("rlhf_type")
+                unmodelled = unmodelled or f"swift {words[at + 1]}" + (
+                    f" --rlhf_type {rlhf_type}" if isinstance(rlhf_type, str) else "")
+            continue
+        return _launch(command, at + 2, path)
     if unmodelled:
         raise UsageError(f"{path}: `{unmodelled}` is not modelled by vlmcheck yet (it models `swift sft`); its "
                          "preference and RL stages encode rows their own way")
@@ -307,12 +292,7 @@ def _launch(command: ShellCommand, first: int, path: Path) -> dict[str, Any]:
     """The raw settings of the ``swift sft`` command whose options start at word ``first``."""
     words = command.words
     argv = words[first:]
-    for word in argv:
-        if len(word.encode("utf-8", "surrogateescape")) >= MAX_ARG_STRLEN:
-            raise UsageError(f"{path}: line {command.line}: an argument of `swift sft` ({word[:40]!r}...) is "
-                             f"{len(word.encode('utf-8', 'surrogateescape')):,} bytes long: Linux takes at most "
-                             f"{MAX_ARG_STRLEN - 1:,} (MAX_ARG_STRLEN), so bash cannot start swift ('Argument list "
-                             "too long')")
+    startable(command, first, path=path, program="swift sft")
     launch_env = dict(command.variables)
     launch_env.update(command.assignments)
     for word in words[:first - 2]:  # env A=1 swift sft ..., nohup, ...

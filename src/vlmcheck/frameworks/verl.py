@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,6 @@ from vlmcheck.families import Expansion, Overrides
 from vlmcheck.families.qwen2_vl import Qwen2VLFamily
 from vlmcheck.frameworks._run import (
     ProcessorRun,
-    expand_shell,
     json_loadable,
     loaded_rows,
     mapped,
@@ -53,6 +51,7 @@ from vlmcheck.frameworks._run import (
     truthy,
     whole_number,
 )
+from vlmcheck.frameworks._shell import launch_commands, startable
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.results import SampleResult
 
@@ -122,34 +121,21 @@ def launch_overrides(text: str, *, path: Path, entry_points: tuple[str, ...],
     import yaml
 
     env = os.environ if env is None else env
-    joined = re.sub(r"\\\r?\n", " ", text)
-    variables: dict[str, str] = {}
-    for line in joined.splitlines():
-        stripped = line.strip()
-        # `MODEL_PATH=Qwen/Qwen2.5-VL-7B-Instruct  # replace it ...`, as EasyR1's examples write it
-        assignment = re.fullmatch(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(\S*)(?:\s+#.*)?", stripped)
-        if assignment:
-            variables[assignment.group(1)] = expand_shell(assignment.group(2), variables, env)
-            continue
-        if not any(entry in stripped for entry in entry_points):
-            continue
-        try:
-            words = shlex.split(stripped)
-        except ValueError as e:
-            raise UsageError(f"{path}: cannot split the command line: {e}") from None
-        words = words[:next((i for i, w in enumerate(words) if w.startswith("#")), len(words))]  # a comment
+    program = "|".join(re.escape(entry) for entry in entry_points)
+    for command in launch_commands(text, env=env, path=path, program=program):
+        words = command.words
         at = next((i for i, w in enumerate(words) if any(w.endswith(entry) for entry in entry_points)), None)
         if at is None:  # the name is part of another word (verl.trainer.main in verl.trainer.main_ppo)
             continue
+        startable(command, at + 1, path=path, program=words[at])
         config: dict[str, Any] = {}
         for word in words[at + 1:]:
-            if word in ("$@", "$*") or "=" not in word or word.startswith("-"):
+            if "=" not in word or word.startswith("-"):
                 continue
-            key, value = word.split("=", 1)
+            key, expanded = word.split("=", 1)
             key = key.lstrip("+")
             if key.startswith("~"):
                 continue
-            expanded = expand_shell(value, variables, env)
             try:
                 parsed = parse(yaml.safe_load, expanded, where=f"{path}: override {key}") if expanded else None
             except yaml.YAMLError:

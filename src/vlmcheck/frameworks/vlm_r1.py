@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +49,8 @@ from vlmcheck.data.images import probe_path
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import UsageError
 from vlmcheck.families import Overrides
-from vlmcheck.frameworks._run import ProcessorRun, expand_shell, mapped, whole_number
+from vlmcheck.frameworks._run import ProcessorRun, mapped, whole_number
+from vlmcheck.frameworks._shell import launch_commands, startable
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS
 from vlmcheck.model import ModelSpec, load_model
 from vlmcheck.results import SampleResult
@@ -104,48 +104,53 @@ QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 
 # -- launch scripts -------------------------------------------------------------------------------------------------
 def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any] | None:
-    """The flags a launch script passes to ``grpo_jsonl.py``, as ``{flag: value}``; None when it runs no such
-    script."""
+    """The flags a launch script passes to ``grpo_jsonl.py`` / ``grpo_rec.py``, read as bash runs the script (see
+    ``_shell.launch_commands``), as ``{flag: value}``; None when it runs no such script. A flag whose value was an
+    empty or unset variable is named in ``__unset__`` with the variables."""
     env = os.environ if env is None else env
-    joined = re.sub(r"\\\r?\n", " ", text)
-    variables: dict[str, str] = {}
-    for line in joined.splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        try:
-            words = shlex.split(stripped, comments=True)
-        except ValueError:
-            continue
-        if not words:
-            continue
-        body = words[1:] if words[0] == "export" else words
-        assignment = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)", body[0]) if len(body) == 1 else None
-        if assignment:  # `data_paths="a.jsonl:b.jsonl"`, `export DEBUG_MODE="true"`
-            variables[assignment.group(1)] = expand_shell(assignment.group(2), variables, env)
-            continue
+    for command in launch_commands(text, env=env, path=path, program="|".join(re.escape(s) for s in SCRIPTS)):
+        words = command.words
         at = next((i for i, w in enumerate(words) if w.endswith(SCRIPTS)), None)
         if at is None:
             continue
-        flags: dict[str, Any] = {"__launch__": NAME, "__script__": words[at]}
-        rest = [expand_shell(w, variables, env) for w in words[at + 1:]]
-        i = 0
-        while i < len(rest):
-            word = rest[i]
+        startable(command, at + 1, path=path, program=words[at])
+        dropped = {i: names for i, names in command.vanished}
+        flags: dict[str, Any] = {"__launch__": NAME, "__script__": words[at], "__line__": command.line}
+        unset: dict[str, tuple[str, ...]] = {}
+        i = at + 1
+        while i < len(words):
+            word = words[i]
             i += 1
             if not word.startswith("--"):
                 continue
             key, eq, value = word[2:].partition("=")
             key = key.replace("-", "_")
+            names = command.unset.get(i - 1, ())
             if not eq:
-                if i < len(rest) and not rest[i].startswith("--"):
-                    value = rest[i]
+                if i in dropped:  # `--max_pixels $UNSET`: bash dropped the value's word
+                    names = names + dropped[i]
+                if i < len(words) and not words[i].startswith("--"):
+                    value = words[i]
+                    names = names + command.unset.get(i, ())
                     i += 1
                 else:
                     value = "true"  # a bare flag such as --bf16
             flags[key] = value
+            if names:
+                unset[key] = names
+        flags["__unset__"] = unset
         return flags
     return None
+
+
+def _unset(raw: Mapping[str, Any], key: str, path: Path) -> None:
+    """Refuse a flag vlmcheck reads whose value came from an empty or unset shell variable."""
+    names = (raw.get("__unset__") or {}).get(key)
+    if names:
+        raise UsageError(f"{path}: line {raw.get('__line__')}: --{key} takes its value from "
+                         f"{', '.join('$' + n for n in names)}, which the script and the environment leave empty or "
+                         "unset: bash passes an empty value or none (HfArgumentParser stops on a flag without its "
+                         "value); set it, or pass the setting another way")
 
 
 # -- config -------------------------------------------------------------------------------------------------------
@@ -183,6 +188,8 @@ def _local(value: str, *, near: Path, mapping: Mapping[str, str]) -> Path:
 def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, data: str | None = None,
                 path_map: Mapping[str, str] | None = None) -> Config:
     mapping = dict(path_map or {})
+    for key in ("model_name_or_path", "data_file_paths", "image_folders", "dataset_name", "image_root", *DEFAULTS):
+        _unset(raw, key, path)
     value = {k: raw.get(k, d) for k, d in DEFAULTS.items()}
     name = raw.get("model_name_or_path")
     if not name and not model:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 from vlmcheck.data.files import FileProblem, not_a_file, read_text
 from vlmcheck.data.nesting import parse
 from vlmcheck.errors import UsageError
+from vlmcheck.frameworks._shell import launch_commands
 from vlmcheck.frameworks.pyscript import Unresolved, read_source
 
 FRAMEWORKS = ("llamafactory", "trl", "unsloth", "swift", "easyr1", "verl", "vlm-r1")
@@ -163,46 +163,9 @@ def parse_dotted(tokens: Iterable[str], added: set[str] | None = None) -> dict[s
 
 # -- shell scripts --------------------------------------------------------------------------------
 
-_ASSIGN = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
-
-
-def _logical_lines(text: str) -> list[str]:
-    lines: list[str] = []
-    buf = ""
-    for raw in text.splitlines():
-        stripped = raw.rstrip()
-        if not buf and stripped.lstrip().startswith("#"):
-            continue
-        if stripped.endswith("\\"):
-            buf += stripped[:-1] + " "
-            continue
-        buf += stripped
-        if buf.strip():
-            lines.append(buf.strip())
-        buf = ""
-    if buf.strip():
-        lines.append(buf.strip())
-    return lines
-
-
-def _substitute(text: str, env: Mapping[str, str]) -> str:
-    def repl(m: re.Match[str]) -> str:
-        name = m.group(1) or m.group(2)
-        default = None
-        if m.group(1) and ":-" in m.group(0):
-            default = m.group(0).split(":-", 1)[1][:-1]
-        value = env.get(name, default)
-        return value if value is not None else m.group(0)
-
-    return _VAR.sub(repl, text)
-
-
-def _split(line: str) -> list[str]:
-    try:
-        return shlex.split(line, comments=True)
-    except ValueError:  # an unbalanced quote: read what we can
-        return line.split()
+_ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+# a word naming a launcher lint reads: a script mentioning none of them is not lexed
+_LAUNCHERS = r"torchrun|torch\.distributed|accelerate|deepspeed|python|swift|llamafactory-cli"
 
 
 _PYTHON = re.compile(r"^(?:.*/)?python[0-9.]*$")
@@ -330,23 +293,17 @@ def _framework_of_command(cmd: _Command) -> str:
 
 
 def _read_shell(text: str, path: Path | None) -> RunConfig:
-    env: dict[str, str] = {}
+    """The first launch command of a script, read as bash runs it (``_shell.launch_commands``: quotes, comments,
+    variables from the script and the environment, pipes, redirections), as the check's own readers read it."""
     found: _Command | None = None
-    for line in _logical_lines(text):
-        line = _substitute(line, env)
-        tokens = _split(line)
-        if not tokens:
-            continue
-        if tokens[0] == "export":
+    for command in launch_commands(text, env=os.environ, path=path, program=_LAUNCHERS):
+        tokens = list(command.words)
+        env = {**command.variables, **dict(command.assignments)}
+        if tokens and tokens[0] == "env":  # env A=1 torchrun ...
             tokens = tokens[1:]
-        if len(tokens) == 1 and _ASSIGN.match(tokens[0]):
-            m = _ASSIGN.match(tokens[0])
-            assert m is not None
-            env[m.group(1)] = m.group(2)
-            continue
-        cmd = _parse_command(tokens, env)
-        if cmd is not None and found is None:
-            found = cmd
+        found = _parse_command(tokens, env)
+        if found is not None:
+            break
     if found is None:
         raise UsageError(
             f"{path or 'the command'}: no training command found (looked for torchrun, accelerate launch, "
