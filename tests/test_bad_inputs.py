@@ -392,6 +392,52 @@ def test_a_damaged_zstd_dataset_is_a_finding(hostile: Path) -> None:
     assert code == 0 and "clean, no findings in 2 samples" in output, output
 
 
+CUT_SHORT = "is damaged past this point (EOFError: Compressed file ended before the end-of-stream marker was reached)"
+
+
+def test_a_zstd_dataset_cut_short_is_a_finding_as_a_cut_gzip_is(hostile: Path) -> None:
+    import gzip
+
+    zstandard = pytest.importorskip("zstandard")
+    qa_rows(hostile / "many.jsonl", 3000)
+    plain = (hostile / "many.jsonl").read_bytes()
+    packed = {".gz": gzip.compress(plain), ".zst": zstandard.ZstdCompressor(write_checksum=True).compress(plain)}
+    for suffix, data in packed.items():
+        for cut in (len(data) // 2, len(data) - 2, 6):  # mid-stream, inside the checksum, inside the header
+            (hostile / f"cut.jsonl{suffix}").write_bytes(data[:cut])
+            code, output = cli("scan", f"cut.jsonl{suffix}", "-m", (hostile / "ck").read_text())
+            assert code == 1, (suffix, cut, output)
+            assert f"cut.jsonl{suffix} {CUT_SHORT}" in output, (suffix, cut, output)
+
+
+def test_a_zstd_dataset_of_several_frames_is_read_whole(hostile: Path) -> None:
+    import shutil
+    import subprocess
+
+    from vlmcheck.data.compressed import open_binary
+
+    zstandard = pytest.importorskip("zstandard")
+    rows = qa_rows(hostile / "many.jsonl", 3000).read_bytes()
+    frames = [zstandard.ZstdCompressor().compress(rows), zstandard.ZstdCompressor(write_checksum=True).compress(rows),
+              b"\x5f\x2a\x4d\x18\x03\x00\x00\x00abc",  # a skippable frame (pzstd writes them)
+              zstandard.ZstdCompressor(write_content_size=False).compress(rows)]
+    (hostile / "frames.jsonl.zst").write_bytes(b"".join(frames))
+    with open_binary(hostile / "frames.jsonl.zst") as fp:
+        assert fp.read() == rows * 3
+    if shutil.which("zstd"):  # the reference decoder agrees, and on files it wrote: `cat a.zst b.zst`
+        made = subprocess.run(["zstd", "-q", "-c", "many.jsonl"], capture_output=True, check=True).stdout
+        (hostile / "cat.jsonl.zst").write_bytes(made + made)
+        assert subprocess.run(["zstd", "-d", "-c", "cat.jsonl.zst"], capture_output=True).stdout == rows * 2
+        with open_binary(hostile / "cat.jsonl.zst") as fp:
+            assert fp.read() == rows * 2
+        (hostile / "cut.jsonl.zst").write_bytes(made[:-1])
+        assert subprocess.run(["zstd", "-t", "-q", "cut.jsonl.zst"], capture_output=True).returncode != 0
+        with open_binary(hostile / "cut.jsonl.zst") as fp, pytest.raises(EOFError):
+            fp.read()
+    code, output = cli("scan", "frames.jsonl.zst", "-m", (hostile / "ck").read_text())
+    assert code == 0 and "clean, no findings in 9,000 samples" in output, output
+
+
 @pytest.mark.parametrize("path", ["", " ", "out/"])
 def test_an_empty_or_folder_output_path_is_refused_up_front(hostile: Path, path: str) -> None:
     code, output = cli("scan", "train.jsonl", "-m", (hostile / "ck").read_text(), "--json", path)
@@ -522,6 +568,88 @@ def test_a_config_over_the_size_bound_is_refused_before_it_is_read(hostile: Path
     assert "big.yaml is 67,108,865 bytes, over the 64 MiB vlmcheck reads of a file it reads whole" in output
 
 
+HOSTILE_FILE = {  # what each hostile file is refused for, never read (a FIFO blocks, 100 GiB fills memory)
+    "fifo": "not a regular file (a FIFO, socket or device)",
+    "huge": "is 107,374,182,400 bytes, over the 64 MiB vlmcheck reads of a file it reads whole",
+    "deep": NESTED,
+}
+
+
+def _hostile_file(path: Path, kind: str, *, prefix: str = "") -> None:
+    path.unlink(missing_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "huge":
+        path.write_text(prefix + "{}\n")
+        os.truncate(path, 100 << 30)  # sparse: no disk used
+    else:
+        path.write_text(prefix + "[" * 100_000)
+
+
+def _checkpoint_with(folder: Path, checkpoint: Path, name: str, kind: str) -> Path:
+    """The checkpoint's files linked into ``folder``, with ``name`` a hostile file of ``kind``."""
+    folder.mkdir()
+    for file in checkpoint.iterdir():
+        (folder / file.name).symlink_to(file)
+    _hostile_file(folder / name, kind)
+    return folder
+
+
+LLAVA_NEXT = """torchrun --nproc_per_node=8 llava/train/train_mem.py \\
+    --model_name_or_path {model} --version qwen_1_5 --data_path {data} --image_folder ./images \\
+    --mm_tunable_parts="mm_vision_tower,mm_mlp_adapter,mm_language_model" --vision_tower {tower} \\
+    --mm_projector_type mlp2x_gelu --mm_vision_select_layer -2 --mm_use_im_start_end False \\
+    --mm_use_im_patch_token False --image_aspect_ratio pad --mm_patch_merge_type flat --bf16 True \\
+    --model_max_length 2048
+"""
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("kind", ["fifo", "huge", "deep"])
+@pytest.mark.parametrize("case", ["easyr1", "lint-easyr1", "vlm-r1", "llamafactory-v1", "llava-data", "llava-tower",
+                                  "lint-checkpoint", "lint-preprocessor", "tokenizer-config", "chat-template"])
+def test_a_file_a_run_names_is_refused_when_hostile(hostile: Path, case: str, kind: str) -> None:
+    """The YAML and JSON files a config or checkpoint names, read whole: a FIFO, a sparse 100 GiB file and one
+    nested 100,000 levels deep are each refused naming the file (exit 2), never a hang or a crash (exit 3)."""
+    model = Path((hostile / "ck").read_text())
+    (hostile / "Qwen2.5-VL-3B").symlink_to(model)  # VLM-R1 runs Qwen2(.5)-VL names only
+    named, args = {
+        "easyr1": ("cfg.yaml", ["check", "e.sh"]),
+        "lint-easyr1": ("cfg.yaml", ["lint", "e.sh"]),
+        "vlm-r1": ("rec.yaml", ["check", "r.sh"]),
+        "llamafactory-v1": ("list.yaml", ["check", "v1.yaml"]),
+        "llava-data": ("mix.yaml", ["check", "next.sh"]),
+        "llava-tower": ("clip-vit-large-patch14-336/config.json", ["check", "tower.sh"]),
+        "lint-checkpoint": ("bad/config.json", ["lint", "sft.yaml", "--model", "bad"]),
+        "lint-preprocessor": ("bad/preprocessor_config.json", ["lint", "sft.yaml", "--model", "bad"]),
+        "tokenizer-config": ("bad/tokenizer_config.json", ["template", "train.jsonl", "--tokenizer", "bad",
+                                                           "--template", "trl"]),
+        "chat-template": (f"bad/chat_template.{'json' if kind == 'deep' else 'jinja'}",  # deep text is a template
+                          ["template", "train.jsonl", "--tokenizer", "bad", "--template", "trl"]),
+    }[case]
+    (hostile / "e.sh").write_text("python3 -m verl.trainer.main config=cfg.yaml data.train_files=train.jsonl "
+                                  f"worker.actor.model.model_path={model}\n")
+    (hostile / "r.sh").write_text("torchrun --nproc_per_node=8 src/open_r1/grpo_rec.py --dataset_name rec.yaml "
+                                  f"--image_root . --model_name_or_path {hostile / 'Qwen2.5-VL-3B'} --output_dir o\n")
+    (hostile / "v1.yaml").write_text(f"model: {model}\ntrain_dataset: list.yaml\n")
+    (hostile / "next.sh").write_text(LLAVA_NEXT.format(model=model, data="./mix.yaml",
+                                                       tower="google/siglip-so400m-patch14-384"))
+    (hostile / "tower.sh").write_text(LLAVA_NEXT.format(model=model, data="./rows.json",
+                                                        tower=hostile / "clip-vit-large-patch14-336"))
+    (hostile / "rows.json").write_text(json.dumps([{"id": "1", "conversations": [
+        {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]}]))
+    (hostile / "clip-vit-large-patch14-336").mkdir()
+    (hostile / "sft.yaml").write_text("output_dir: x\nmax_length: 2048\n")
+    if named.startswith("bad/"):
+        _checkpoint_with(hostile / "bad", model, named.removeprefix("bad/"), kind)
+    else:
+        _hostile_file(hostile / named, kind, prefix="x: " if named.endswith(".yaml") else "")
+    code, output = cli(*args)
+    assert code == 2, output
+    assert HOSTILE_FILE[kind] in output, output
+    assert Path(named).name in output, output
+
+
 def _checkpoint_copy(source: Path, dest: Path) -> Path:
     import shutil
 
@@ -574,3 +702,107 @@ def test_a_script_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
     run = read_config(script)
     assert run.framework == "unsloth"
     assert run.calls["UnslothVisionDataCollator"] == {"max_seq_length": 100}
+
+
+# -- lint says what check says; names, outputs and interrupted runs --------------------------------------------------
+def test_lint_data_refuses_a_fifo_dataset_info_as_check_does(hostile: Path) -> None:
+    model = (hostile / "ck").read_text()
+    config = hostile / "lf.yaml"
+    config.write_text(f"model_name_or_path: {model}\nstage: sft\ndo_train: true\nfinetuning_type: lora\n"
+                      "dataset: demo\ntemplate: qwen2_vl\ncutoff_len: 4096\noutput_dir: out\n")
+    (hostile / "d").mkdir()
+    qa_rows(hostile / "d" / "train.jsonl")
+    os.mkfifo(hostile / "d" / "dataset_info.json")  # never opened: it would block forever
+    for command in ("check", "lint"):
+        code, output = cli(command, config, "--data", "d", "--model", model)
+        assert code == 2, (command, output)
+        assert "d/dataset_info.json: not a regular file (a FIFO, socket or device)" in output, (command, output)
+
+
+@pytest.mark.parametrize("text", ["", " \n\n", "# a comment, no settings\n", "{}\n", "null\n"])
+@pytest.mark.parametrize("command", ["check", "lint"])
+def test_a_config_without_settings_is_refused(hostile: Path, command: str, text: str) -> None:
+    (hostile / "empty.yaml").write_text(text)
+    code, output = cli(command, "empty.yaml")
+    assert code == 2, output
+    assert f"empty.yaml holds no settings: there is nothing to {command}" in output
+
+
+@pytest.mark.parametrize("name", ["empty.json", "empty.py"])
+def test_lint_refuses_an_empty_json_or_python_config(hostile: Path, name: str) -> None:
+    (hostile / name).write_text("\n# nothing\n" if name.endswith(".py") else "\n")
+    code, output = cli("lint", name)
+    assert code == 2, output
+    assert f"{name} holds no settings: there is nothing to lint" in output
+
+
+@pytest.mark.parametrize("command", ["check", "lint"])
+def test_a_config_that_is_a_symlink_loop_is_called_one(hostile: Path, command: str) -> None:
+    (hostile / "loop.yaml").symlink_to("loop.yaml")
+    code, output = cli(command, "loop.yaml")
+    assert code == 2, output
+    assert "loop.yaml: a symbolic link loop" in output
+    assert "not found" not in output
+
+
+def test_a_long_output_name_the_file_system_takes_is_written(hostile: Path) -> None:
+    model = (hostile / "ck").read_text()
+    records, summary = "r" * 244 + ".jsonl", "s" * 245 + ".json"  # 250 bytes: NAME_MAX is 255
+    code, output = cli("scan", "train.jsonl", "-m", model, "-o", records, "--json", summary)
+    assert code == 0, output
+    assert sorted(p.name for p in hostile.iterdir()) == sorted(["ck", "train.jsonl", records, summary])
+    assert json.loads((hostile / summary).read_text())["summary"]["samples"] == 2
+    too_long = "t" * 252 + ".json"
+    code, output = cli("scan", "train.jsonl", "-m", model, "--json", too_long)
+    assert code == 2, output
+    assert "is 257 bytes, longer than a file name can be (255 bytes)" in output
+    code, output = cli("scan", "train.jsonl", "-m", model, "-o", "u" * 245 + ".jsonl", "--resume")
+    assert code == 2, output  # OUTPUT.partial.json, the resumable scan's snapshot, is past 255 bytes
+    assert ".jsonl.partial.json is 264 bytes, longer than a file name can be" in output
+    assert sorted(p.name for p in hostile.iterdir()) == sorted(["ck", "train.jsonl", records, summary])
+
+
+def _trl_config(folder: Path) -> Path:
+    config = folder / "sft.yaml"
+    config.write_text(f"model_name_or_path: {(folder / 'ck').read_text()}\ndataset_name: train.jsonl\n"
+                      "output_dir: out\nmax_length: 4096\n")
+    return config
+
+
+def test_an_interrupted_check_leaves_no_folder_it_made(hostile: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vlmcheck import checking
+
+    config = _trl_config(hostile)
+    (hostile / "kept").mkdir()
+    code, output = cli("check", config, "-o", "kept/new/r.jsonl")
+    assert code == 0 and (hostile / "kept" / "new" / "r.jsonl").is_file(), output
+    (hostile / "kept" / "new" / "r.jsonl").unlink()
+    (hostile / "kept" / "new").rmdir()
+
+    def interrupt(*args: Any) -> Any:
+        raise KeyboardInterrupt  # Ctrl-C while the rows are judged
+
+    monkeypatch.setattr(checking, "judge_row", interrupt)
+    for output_path in ("out/report.jsonl", "a/b/c/report.jsonl", "kept/new/report.jsonl"):
+        code, output = cli("check", config, "-o", output_path)
+        assert code == 130, output
+    # what vlmcheck made and left empty is gone; the folder that was there stays, as it was
+    assert sorted(p.name for p in hostile.iterdir()) == ["ck", "kept", "sft.yaml", "train.jsonl"]
+    assert list((hostile / "kept").iterdir()) == []
+
+
+def test_a_failed_write_of_the_records_is_not_called_a_dataset_error(hostile: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from vlmcheck import util
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(util.os, "fsync", disk_full)
+    code, output = cli("check", _trl_config(hostile), "-o", "out/r.jsonl")
+    assert code == 2, output
+    assert "cannot write the --output records out/r.jsonl: [Errno 28] No space left on device" in output
+    assert "reading the datasets" not in output
+    assert not (hostile / "out").exists()

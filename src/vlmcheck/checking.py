@@ -66,9 +66,20 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raw = parse(yaml.safe_load, text, where=str(path))
     except yaml.YAMLError as e:
         raise UsageError(f"{path} is not valid YAML: {e}") from None
+    if raw is None or raw == {}:  # empty, only comments, `{}`: no run is launched from it
+        raise UsageError(f"{path} holds no settings: there is nothing to check")
     if not isinstance(raw, dict):
         raise UsageError(f"{path} must hold a mapping of settings")
     return raw
+
+
+def _reading(rows: Iterator[Any], path: Path) -> Iterator[Any]:
+    """``rows``; what stops reading them (a dataset file that fails mid-read) is a DatasetError naming the config
+    whose datasets they are, told apart from an error writing the output."""
+    try:
+        yield from rows
+    except (OSError, DatasetError) as e:
+        raise DatasetError(f"reading the datasets of {path}: {e}") from e
 
 
 def judge_row(run: Run, index: int, row: Any, source: Any) -> SampleResult:
@@ -214,9 +225,10 @@ def check(
                 config=os.path.abspath(path), model=str(model) if model is not None else None,
                 data=str(data) if data is not None else None, path_map=tuple((path_map or {}).items()),
                 env=tuple((env if env is not None else os.environ).items()), cwd=os.getcwd())
-            yield from ray_results(None, recipe, recipe, limit=limit, address=ray_address, chunk=CheckCounter.chunk_size)
+            yield from _reading(ray_results(None, recipe, recipe, limit=limit, address=ray_address,
+                                            chunk=CheckCounter.chunk_size), path)
             return
-        for index, (row, source) in enumerate(run.rows()):
+        for index, (row, source) in enumerate(_reading(run.rows(), path)):
             if limit is not None and index >= limit:
                 return
             yield judge_row(run, index, row, source)
@@ -229,8 +241,9 @@ def check(
 
     try:
         write_records(results(), builder, output)
-    except (OSError, DatasetError) as e:
-        raise DatasetError(f"reading the datasets of {path}: {e}") from e
+    except OSError as e:  # what is left is the records' file: a full disk, a folder that cannot be written
+        where = f"the --output records {output}" if output is not None else "the records' temporary file"
+        raise UsageError(f"cannot write {where}: {e}") from e
     report = builder.build(seconds=time.perf_counter() - started)
     report.summary["command"] = "check"
     report.summary["framework"] = {**described, "verdicts": dict(sorted(builder.verdicts.items()))}

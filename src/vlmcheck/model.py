@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlmcheck.data.files import FileProblem, not_a_file, read_text
+from vlmcheck.data.nesting import parse
 from vlmcheck.errors import ModelError, UsageError
 from vlmcheck.families import Family, Overrides, get_family
 
@@ -30,24 +31,45 @@ PROCESSOR_FILES = (
 )
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    """A processor file's object; {} where the checkpoint has no such file. One that is there but is not a regular
-    file (a FIFO, a device: transformers would block or fail on it) is a ModelError, never read as absent."""
-    problem = not_a_file(path)
-    if problem == "not found":
+def read_checkpoint_json(path: Path) -> dict[str, Any]:
+    """A checkpoint's JSON file (config, processor or tokenizer file) as its object; {} where the checkpoint has no
+    such file. One that is there but is not a regular file (a FIFO, a device: transformers would block or fail on
+    it), is over the size vlmcheck reads whole, nests deeper than it reads or is not a JSON object is a ModelError,
+    never read as absent.
+
+    >>> read_checkpoint_json(Path("no/such/folder/config.json"))
+    {}
+    """
+    text = read_checkpoint_text(path)
+    if text is None:
         return {}
     try:
-        if problem:
-            raise FileProblem("unreadable", f"{problem}: {path}")
-        value = json.loads(read_text(path))
-    except FileProblem as e:
-        raise ModelError(f"the checkpoint's {path.name} cannot be read ({e.message}); transformers could not load "
-                         "it either") from None
-    except (OSError, ValueError, RecursionError) as e:
-        raise ModelError(f"{path} is not valid JSON: {e}") from e
+        value = parse(json.loads, text, where=str(path), error=ModelError)
+    except ValueError as e:
+        raise ModelError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(value, dict):
         raise ModelError(f"{path} must hold a JSON object")
     return value
+
+
+def read_checkpoint_text(path: Path) -> str | None:
+    """The UTF-8 text of a checkpoint's file (``chat_template.jinja``, a JSON file); None where there is none. One
+    that is there but cannot be read whole (a FIFO, a device, a file over the size vlmcheck reads, not UTF-8) is a
+    ModelError: transformers could not load it either."""
+    problem = not_a_file(path)
+    if problem == "not found":
+        return None
+    try:
+        if problem:
+            raise FileProblem("unreadable", f"{problem}: {path}")
+        return read_text(path)
+    except FileProblem as e:
+        raise ModelError(f"the checkpoint's {path.name} cannot be read ({e.message}); transformers could not load "
+                         "it either") from None
+    except UnicodeDecodeError as e:
+        raise ModelError(f"{path} is not UTF-8 text ({e}); re-save it as UTF-8") from None
+    except OSError as e:
+        raise ModelError(f"{path} cannot be read: {e}") from None
 
 
 # Processor values that count something (pixels, patches, tiles, tokens): each must be a finite number > 0.
@@ -151,18 +173,11 @@ def resolve_model_path(model: str | os.PathLike[str], *, revision: str | None = 
 def _chat_template(folder: Path, tokenizer_config: dict[str, Any]) -> str | None:
     """The template ``processor.apply_chat_template`` uses: the processor's own first
     (chat_template.jinja, chat_template.json, processor_config.json), then the tokenizer's."""
-    jinja = folder / "chat_template.jinja"
-    if not_a_file(jinja) != "not found":  # a FIFO there is refused, not taken for no template
-        try:
-            return read_text(jinja)
-        except UnicodeDecodeError as e:
-            raise ModelError(f"{jinja} is not UTF-8 text ({e}); re-save it as UTF-8") from None
-        except FileProblem as e:
-            raise ModelError(f"the checkpoint's chat_template.jinja cannot be read ({e.message})") from None
-        except OSError as e:
-            raise ModelError(f"{jinja} cannot be read: {e}") from None
+    template = read_checkpoint_text(folder / "chat_template.jinja")  # a FIFO there is refused, not taken for none
+    if template is not None:
+        return template
     for name in ("chat_template.json", "processor_config.json"):
-        value = _read_json(folder / name).get("chat_template")
+        value = read_checkpoint_json(folder / name).get("chat_template")
         if isinstance(value, str):
             return value
     value = tokenizer_config.get("chat_template")
@@ -256,7 +271,7 @@ def load_model(
 
 
 def _load(folder: Path, *, overrides: Overrides, chat_template: str | None) -> ModelSpec:
-    config = _read_json(folder / "config.json")
+    config = read_checkpoint_json(folder / "config.json")
     model_type = config.get("model_type")
     if not isinstance(model_type, str):
         raise ModelError(f"{folder / 'config.json'} is missing or has no model_type")
@@ -267,8 +282,8 @@ def _load(folder: Path, *, overrides: Overrides, chat_template: str | None) -> M
             f"{folder} has no tokenizer.json; vlmcheck reads the fast tokenizer file "
             "(save one with `AutoTokenizer.from_pretrained(...).save_pretrained(folder)`)"
         )
-    preprocessor = _read_json(folder / "preprocessor_config.json")
-    processor_config = _read_json(folder / "processor_config.json")
+    preprocessor = read_checkpoint_json(folder / "preprocessor_config.json")
+    processor_config = read_checkpoint_json(folder / "processor_config.json")
     if (not_a_file(folder / "preprocessor_config.json") == "not found"
             and not isinstance(processor_config.get("image_processor"), dict)):
         # transformers reads the image processor from processor_config.json's "image_processor", else from
@@ -286,10 +301,10 @@ def _load(folder: Path, *, overrides: Overrides, chat_template: str | None) -> M
         k: v for k, v in processor_config.items() if k not in ("image_processor", "chat_template")
     }
     # The video processor's own file (read by families that count videos), under its own key too.
-    preprocessor["video_preprocessor_config"] = _read_json(folder / "video_preprocessor_config.json")
-    tokenizer_config = _read_json(folder / "tokenizer_config.json")
+    preprocessor["video_preprocessor_config"] = read_checkpoint_json(folder / "video_preprocessor_config.json")
+    tokenizer_config = read_checkpoint_json(folder / "tokenizer_config.json")
     special: dict[str, Any] = {}
-    specials_map = _read_json(folder / "special_tokens_map.json")
+    specials_map = read_checkpoint_json(folder / "special_tokens_map.json")
     for key in ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token"):
         value = _token_content(tokenizer_config.get(key, specials_map.get(key)))
         if value is not None:

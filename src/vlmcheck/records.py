@@ -102,6 +102,7 @@ class RecordWriter:
         if not resume:  # a hidden file, gone if the scan stops early
             self.sink = AtomicOutput(self.output)
         else:  # OUTPUT.partial, kept when the scan stops early
+            output_target(self.snapshot)  # OUTPUT.partial.json: a name the file system takes, or said now
             partial = partial_path(self.output)
             going_on = partial.is_file() and self.snapshot.is_file()
             if going_on:

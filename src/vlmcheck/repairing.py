@@ -56,7 +56,7 @@ from vlmcheck.options import ScanOptions
 from vlmcheck.pipeline import nonempty
 from vlmcheck.results import SampleResult
 from vlmcheck.scan import Scanner, build_scanner
-from vlmcheck.util import honour_umask, output_target
+from vlmcheck.util import hidden_prefix, honour_umask, make_folders, output_target, remove_made
 
 # What can be done with a sample over max_length, in the order tried by default.
 ON_OVERLONG = ("cap-pixels", "split", "truncate-turns", "drop")
@@ -844,6 +844,7 @@ def repair(
                           manifest=str(manifest_path(out)) if writing and out else None, dry_run=dry_run,
                           review=str(review_path(out)) if writing and out and held_for else None)
     writer = None
+    made = make_folders(out.parent) if writing and out is not None else []  # gone again if nothing lands in them
     if writing and out is not None:
         review = open_sink(review_path(out), source=path, kind=kind) if held_for else None
         writer = _Writer(out, open_sink(out, source=path, kind=kind, int_column=pixel_cap_key), review)
@@ -944,6 +945,7 @@ def repair(
             source.close()
         if writer is not None:
             writer.discard()
+        remove_made(made)  # only folders left empty: an interrupted or failed repair
     report.counts = {k: counts.get(k, 0) for k in OUTCOMES}
     report.changed_by = {s: changed_by[s] for s in ON_OVERLONG if changed_by.get(s)}
     report.dropped_codes = dict(sorted(dropped.items()))
@@ -1028,10 +1030,11 @@ class _Writer:
         self.images_dir = images_dir(out)
         self.images = 0
         self.remainder: tuple[Path, Path] | None = None
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.manifest.name}.", suffix=".tmp", dir=out.parent)
+        fd, tmp = tempfile.mkstemp(prefix=hidden_prefix(self.manifest), suffix=".tmp", dir=out.parent)
         honour_umask(fd)
         self.log, self.log_tmp = os.fdopen(fd, "wb"), Path(tmp)
-        self.image_tmp = Path(tempfile.mkdtemp(prefix=f".{self.images_dir.name}.", suffix=".tmp", dir=out.parent))
+        self.image_tmp = Path(tempfile.mkdtemp(prefix=hidden_prefix(self.images_dir), suffix=".tmp",
+                                                   dir=out.parent))
         honour_umask(self.image_tmp, folder=True)
         self.done = False
 

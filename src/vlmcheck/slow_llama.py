@@ -21,14 +21,15 @@ Needs the optional ``sentencepiece`` package (``pip install vlmcheck[llava]``).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlmcheck.data.files import not_a_file
 from vlmcheck.errors import ModelError, UsageError
+from vlmcheck.model import read_checkpoint_json
 
 _UNDERLINE = "▁"  # SentencePiece's whitespace symbol (SPIECE_UNDERLINE)
 
@@ -54,18 +55,17 @@ def read_config(folder: Path) -> dict[str, Any]:
     """tokenizer_config.json as transformers 4.37.2's ``from_pretrained`` sees it: a folder saved in the older
     format (no ``added_tokens_decoder``, as liuhaotian/llava-v1.5-7b) also takes special_tokens_map.json (its
     values win: llava-v1.5's ``pad_token`` "<unk>" comes from there) and added_tokens.json."""
-    path = folder / "tokenizer_config.json"
-    config: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    # read as the checkpoint reader reads them: a FIFO, a file too large or too deep is refused, never skipped
+    config = read_checkpoint_json(folder / "tokenizer_config.json")
     if "added_tokens_decoder" in config:
         return config
-    if (folder / "special_tokens_map.json").is_file():
-        for key, value in json.loads((folder / "special_tokens_map.json").read_text(encoding="utf-8")).items():
-            if key == "additional_special_tokens" and isinstance(value, list):
-                known = list(config.get(key) or [])
-                value = known + [t for t in value if t not in known]
-            config[key] = value
-    if (folder / "added_tokens.json").is_file():
-        added = json.loads((folder / "added_tokens.json").read_text(encoding="utf-8"))
+    for key, value in read_checkpoint_json(folder / "special_tokens_map.json").items():
+        if key == "additional_special_tokens" and isinstance(value, list):
+            known = list(config.get(key) or [])
+            value = known + [t for t in value if t not in known]
+        config[key] = value
+    if not_a_file(folder / "added_tokens.json") != "not found":
+        added = read_checkpoint_json(folder / "added_tokens.json")
         config["added_tokens_decoder"] = {str(i): {"content": t} for t, i in added.items()}
     return config
 

@@ -9,12 +9,12 @@ No transformers import: the template check runs on the Rust tokenizer, as the sc
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from vlmcheck.errors import ModelError
+from vlmcheck.model import read_checkpoint_json, read_checkpoint_text
 
 # transformers' LlamaTokenizer (LLaVA pins 4.3x) has a `legacy` attribute, True when unset; other classes have none.
 _LEGACY_CLASSES = ("LlamaTokenizer", "LlamaTokenizerFast", "CodeLlamaTokenizer", "CodeLlamaTokenizerFast")
@@ -43,16 +43,16 @@ class Tok:
         if not file.is_file():
             raise ModelError(f"no tokenizer.json at {path}")
         folder = file.parent
-        config: dict[str, Any] = {}
-        if (folder / "tokenizer_config.json").is_file():
-            config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        # read as the checkpoint reader reads them: a FIFO, a file too large or too deep is refused, never skipped
+        config = read_checkpoint_json(folder / "tokenizer_config.json")
         chat = config.get("chat_template")
-        if (folder / "chat_template.jinja").is_file():
-            chat = (folder / "chat_template.jinja").read_text(encoding="utf-8")
-        elif (folder / "chat_template.json").is_file():
-            chat = json.loads((folder / "chat_template.json").read_text(encoding="utf-8"))["chat_template"]
+        jinja = read_checkpoint_text(folder / "chat_template.jinja")
+        if jinja is not None:
+            chat = jinja
+        else:
+            chat = read_checkpoint_json(folder / "chat_template.json").get("chat_template", chat)
         if isinstance(chat, list):  # named templates: the default one
-            chat = next((c.get("template") for c in chat if c.get("name") == "default"), None)
+            chat = next((c.get("template") for c in chat if isinstance(c, dict) and c.get("name") == "default"), None)
         return cls(Tokenizer.from_file(str(file)), config, chat if isinstance(chat, str) else None)
 
     @property

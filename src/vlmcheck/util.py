@@ -43,6 +43,28 @@ def honour_umask(path: str | os.PathLike[str] | int, *, folder: bool = False) ->
     os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
 
 
+# the bytes of one folder entry's name (NAME_MAX on Linux and macOS file systems; NTFS and FAT allow 255 characters)
+NAME_MAX = 255
+
+
+def hidden_prefix(path: Path, tag: str = "") -> str:
+    """The prefix of a temporary file or folder made beside ``path`` with ``mkstemp`` / ``mkdtemp`` (8 random
+    characters and ``.tmp`` follow): hidden, and named after ``path`` so that a leftover says whose it was, cut
+    short where ``path``'s name is long so that the temporary name fits in a folder entry whenever ``path``'s own
+    name does (a legal 250-byte output name must not fail on its temporary file's).
+
+    >>> hidden_prefix(Path("out/report.html"))
+    '.report.html.'
+    >>> len(hidden_prefix(Path("x" * 250 + ".json")) + "12345678.tmp")
+    255
+    """
+    room = NAME_MAX - len(".") - len(tag.encode()) - len(".") - 8 - len(".tmp")
+    name = path.name
+    while len(os.fsencode(name)) > room:
+        name = name[:-1]
+    return f".{name}.{tag}"
+
+
 def _is_stdout(path: str) -> bool:
     """Whether ``path`` names this process's standard output (``/dev/stdout``, ``/proc/self/fd/1``, a
     symlink to the terminal or pipe fd 1 is)."""
@@ -64,6 +86,10 @@ def output_target(path: str | os.PathLike[str]) -> str | None:
         raise UsageError("the output path is empty: name a file, or '-' for standard output")
     if text.endswith(("/", os.sep)):
         raise UsageError(f"the output {text} names a folder: name a file in it")
+    name = os.path.basename(text)
+    if len(os.fsencode(name)) > NAME_MAX:  # the file system refuses it (ENAMETOOLONG): said now, not after the run
+        raise UsageError(f"the output name {name[:30]}...{name[-30:]} is {len(os.fsencode(name))} bytes, longer "
+                         f"than a file name can be ({NAME_MAX} bytes): name the output shorter")
     if os.path.islink(text) or (os.path.exists(text) and not os.path.isfile(text)):
         if _is_stdout(text):
             return None
@@ -113,6 +139,28 @@ def _holds(head: bytes) -> str:
     return "text vlmcheck did not write"
 
 
+def make_folders(folder: Path) -> list[Path]:
+    """``folder.mkdir(parents=True, exist_ok=True)``; returns the folders it made, deepest first, for
+    :func:`remove_made` to take away again when nothing was written into them (an interrupted run)."""
+    missing: list[Path] = []
+    here = folder
+    while not here.exists() and here != here.parent:
+        missing.append(here)
+        here = here.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_made(folders: list[Path]) -> None:
+    """Remove the folders :func:`make_folders` made, deepest first, each only while it is empty: never one that
+    holds anything, whoever put it there."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): it and the folders above it stay
+            return
+
+
 class AtomicOutput:
     """A text or binary output that appears complete or not at all (see the module docstring)."""
 
@@ -126,17 +174,22 @@ class AtomicOutput:
         self.done = False
         self.tmp: Path | None = None
         self.path: Path | None = None
+        self.made: list[Path] = []  # the folders it made for the output
         if target is None:
             self.fp: IO[Any] = sys.stdout.buffer if binary else sys.stdout
             return
         self.path = Path(target)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.made = make_folders(self.path.parent)  # removed again if the output never appears in them
         mode = ("a" if append else "w") + ("b" if binary else "")
         if staging is not None:  # a plain create: the mode the umask gives
             self.tmp = staging
             self.fp = open(staging, mode, encoding=None if binary else "utf-8")
             return
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=hidden_prefix(self.path), suffix=".tmp", dir=self.path.parent)
+        except BaseException:
+            remove_made(self.made)
+            raise
         self.tmp = Path(tmp)
         try:
             honour_umask(fd)
@@ -177,6 +230,7 @@ class AtomicOutput:
         except OSError:  # a write that failed (a full disk) fails again as the file closes: it goes all the same
             pass
         self.tmp.unlink(missing_ok=True)
+        remove_made(self.made)
 
     def keep(self) -> None:
         """Leave the output unpublished but its staged file in place (a resumable writer that stopped early)."""

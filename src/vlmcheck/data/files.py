@@ -15,8 +15,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+from vlmcheck.data.nesting import parse
+from vlmcheck.errors import UsageError, VlmcheckError
 
 
 class FileProblem(Exception):
@@ -48,7 +52,8 @@ def open_regular(path: Path) -> BinaryIO:
         st = os.stat(path)
     except OSError as e:
         if e.errno in _MISSING or isinstance(e, FileNotFoundError):
-            reason = "file not found" if e.errno == errno.ENOENT else (e.strerror or "cannot be resolved").lower()
+            reason = {errno.ENOENT: "file not found", errno.ELOOP: "a symbolic link loop"}.get(
+                e.errno or 0, (e.strerror or "cannot be resolved").lower())
             raise FileProblem("missing", f"{reason}: {path}") from None
         raise FileProblem("unreadable", f"{(e.strerror or str(e)).lower()}: {path}") from None
     except ValueError as e:  # embedded NUL on some platforms
@@ -74,10 +79,13 @@ def open_regular(path: Path) -> BinaryIO:
 
 def not_a_file(path: Path) -> str | None:
     """Why ``path`` is not a file a run could read (None when it is one): for messages that name a config's or a
-    dataset's file, where a FIFO or device would block the read forever and must not be called missing."""
+    dataset's file, where a FIFO or device would block the read forever and must not be called missing, and a
+    symbolic link that leads back to itself is said to be one."""
     try:
         st = os.stat(path)
-    except (OSError, ValueError):
+    except OSError as e:
+        return "a symbolic link loop" if e.errno == errno.ELOOP else "not found"
+    except ValueError:
         return "not found"
     if stat.S_ISDIR(st.st_mode):
         return "a folder, not a file"
@@ -103,3 +111,27 @@ def read_text(path: Path, *, limit: int = TEXT_LIMIT, errors: str = "strict") ->
         raise FileProblem("unreadable", f"{path} is {size:,} bytes, over the {limit >> 20} MiB vlmcheck reads "
                                         "of a file it reads whole")
     return data.decode("utf-8", errors).replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_parsed(path: Path, load: Callable[[str], Any], *, what: str,
+                error: type[VlmcheckError] = UsageError) -> Any:
+    """``load`` of a file read whole (a YAML or JSON file a config names): :func:`read_text`'s bounds (a regular
+    file of at most :data:`TEXT_LIMIT`; a FIFO or a device never opened) and nested no deeper than vlmcheck reads
+    (:func:`vlmcheck.data.nesting.parse`). Anything else is ``error`` saying ``what`` the file is and why; the
+    parser's own errors (invalid YAML or JSON) are left to the caller.
+
+    >>> import json
+    >>> read_parsed(Path("no/such.json"), json.loads, what="the dataset list")
+    Traceback (most recent call last):
+    ...
+    vlmcheck.errors.UsageError: cannot read the dataset list: file not found: no/such.json
+    """
+    try:
+        text = read_text(path)
+    except FileProblem as e:
+        raise error(f"cannot read {what}: {e.message}") from None
+    except UnicodeDecodeError as e:
+        raise error(f"cannot read {what}: {path} is not UTF-8 text ({e})") from None
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e}") from None
+    return parse(load, text, where=str(path), error=error)

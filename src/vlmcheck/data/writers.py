@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from vlmcheck.data.readers import arrow_files, pyarrow
 from vlmcheck.errors import DatasetError
-from vlmcheck.util import honour_umask
+from vlmcheck.util import hidden_prefix, honour_umask
 
 _BATCH = 256  # rows per Parquet row group / Arrow record batch (rows may hold image bytes)
 ARROW_FILE = "data-00000-of-00001.arrow"  # the name save_to_disk gives a one-shard dataset
@@ -46,7 +46,7 @@ class Sink(Protocol):
 
 
 def _temp_file(path: Path) -> tuple[Any, Path]:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=hidden_prefix(path), suffix=".tmp", dir=path.parent)
     honour_umask(fd)
     return os.fdopen(fd, "wb"), Path(tmp)
 
@@ -208,7 +208,7 @@ class ArrowFolderSink(_ArrowRows):
         super().__init__(schema)
         self.path = path
         self.source = source
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        self.tmp = Path(tempfile.mkdtemp(prefix=hidden_prefix(path), suffix=".tmp", dir=path.parent))
         honour_umask(self.tmp, folder=True)
         self.stream = self.pa.OSFile(str(self.tmp / ARROW_FILE), "wb")
         self.writer = self.pa.ipc.new_stream(self.stream, schema)
@@ -257,7 +257,7 @@ class ArrowFolderSink(_ArrowRows):
         # A folder cannot replace a non-empty folder in one rename: move the old one aside first.
         old = None
         if self.path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old.", dir=self.path.parent))
+            old = Path(tempfile.mkdtemp(prefix=hidden_prefix(self.path, "old."), dir=self.path.parent))
             os.replace(self.path, old / self.path.name)
         os.replace(self.tmp, self.path)
         self.published = True

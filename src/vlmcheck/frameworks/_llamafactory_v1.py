@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmcheck import findings as F
-from vlmcheck.data.files import not_a_file
+from vlmcheck.data.files import not_a_file, read_parsed
 from vlmcheck.data.hfjson import DATE, TypeClash, json_schema
 from vlmcheck.data.readers import dataset_kind
 from vlmcheck.data.readers import iter_rows as read_rows
@@ -163,12 +163,12 @@ def read_config(raw: Mapping[str, Any], *, path: Path, model: str | None = None,
 def _sources(value: str, config: Path, mapping: Mapping[str, str]) -> tuple[Source, ...]:
     """DataEngine._get_dataset_info and _load_dataset, for what vlmcheck can read."""
     where = locate(value, config, mapping)
-    if value.endswith(".yaml") and where.is_file():
+    if value.endswith(".yaml") and not_a_file(where) != "not found":  # a FIFO there is refused, not sought on the Hub
         import yaml
 
-        try:
-            infos = yaml.safe_load(where.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        try:  # at most 64 MiB, a regular file (a FIFO would block), nested no deeper than vlmcheck reads
+            infos = read_parsed(where, yaml.safe_load, what="the dataset list (train_dataset)")
+        except yaml.YAMLError as e:
             raise UsageError(f"cannot read the dataset list {where}: {e}") from None
         if not isinstance(infos, dict) or not infos:
             raise UsageError(f"{where}: the dataset list must map dataset names to their entries")

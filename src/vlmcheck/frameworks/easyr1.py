@@ -38,7 +38,7 @@ from typing import Any
 
 from vlmcheck import findings as F
 from vlmcheck.chat import render_chat
-from vlmcheck.data.files import not_a_file
+from vlmcheck.data.files import not_a_file, read_parsed
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
 from vlmcheck.errors import UsageError
 from vlmcheck.families import Expansion, Overrides
@@ -137,9 +137,9 @@ def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) 
 def _yaml(file: Path) -> dict[str, Any]:
     import yaml
 
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+    try:  # at most 64 MiB, a regular file (a FIFO would block), nested no deeper than vlmcheck reads
+        raw = read_parsed(file, yaml.safe_load, what=f"the config={file.name} YAML")
+    except yaml.YAMLError as e:
         raise UsageError(f"cannot read {file}: {e}") from None
     if not isinstance(raw, dict):
         raise UsageError(f"{file} must hold a mapping of settings")

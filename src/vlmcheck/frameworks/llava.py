@@ -45,11 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlmcheck.data.files import FileProblem, not_a_file, read_text
+from vlmcheck.data.files import FileProblem, not_a_file, read_parsed, read_text
 from vlmcheck.errors import ModelError, UsageError
 from vlmcheck.families.llava import LlavaSettings
 from vlmcheck.frameworks._run import locate
 from vlmcheck.frameworks._shell import ShellCommand, launch_commands, startable
+from vlmcheck.model import read_checkpoint_json
 from vlmcheck.slow_llama import SlowLlamaTokenizer
 from vlmcheck.slow_llama import read_config as read_tokenizer_config
 from vlmcheck.tokenizer import Tok
@@ -934,15 +935,9 @@ SIGLIP_SIZE, SIGLIP_PATCH = 384, 14
 
 
 def _model_type(folder: Path) -> str:
-    """config.json's model_type (the vision config's when nested), or "" where there is none."""
-    import json
-
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return ""
-    if not isinstance(config, dict):
-        return ""
+    """config.json's model_type (the vision config's when nested), or "" where there is none. A config.json that
+    cannot be read (a FIFO, over the size read whole, nested too deep, not a JSON object) is a ModelError."""
+    config = read_checkpoint_json(folder / "config.json")
     vision = config.get("vision_config")
     value = (vision.get("model_type") if isinstance(vision, dict) else None) or config.get("model_type")
     return str(value or "")
@@ -981,11 +976,10 @@ def tower_settings(vision_tower: str, *, select_feature: str = DEFAULT_SELECT_FE
                          "(it loads an existing folder, or an openai / laion / ShareGPT4V name"
                          f"{', or a siglip name under LLaVA-NeXT' if fork == LLAVA_NEXT else ''})")
     size = patch = None
-    if (folder / "config.json").is_file():
-        import json
-
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        vision = config.get("vision_config") if isinstance(config.get("vision_config"), dict) else config
+    if folder.is_dir():  # what build_vision_tower loads from a folder: its config.json, read as the checkpoint's
+        config = read_checkpoint_json(folder / "config.json")
+        nested = config.get("vision_config")
+        vision = nested if isinstance(nested, dict) else config
         size, patch = vision.get("image_size"), vision.get("patch_size")
     if size is None or patch is None:
         m = _CLIP_NAME.search(vision_tower)
@@ -1327,9 +1321,9 @@ class Run:
     def _yaml_parts(self, data: Path) -> list[DataPart]:
         import yaml
 
-        try:
-            spec = yaml.safe_load(data.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as e:
+        try:  # at most 64 MiB, a regular file (a FIFO would block), nested no deeper than vlmcheck reads
+            spec = read_parsed(data, yaml.safe_load, what="--data_path")
+        except yaml.YAMLError as e:
             raise UsageError(f"--data_path {data}: LLaVA-NeXT cannot read it ({e})") from None
         datasets = spec.get("datasets") if isinstance(spec, dict) else None
         if not isinstance(datasets, list) or not all(isinstance(d, dict) for d in datasets):

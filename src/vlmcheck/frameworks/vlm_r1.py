@@ -44,7 +44,7 @@ from typing import Any
 
 from vlmcheck import findings as F
 from vlmcheck.chat import render_chat
-from vlmcheck.data.files import not_a_file
+from vlmcheck.data.files import not_a_file, read_parsed
 from vlmcheck.data.images import probe_path
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import UsageError
@@ -250,9 +250,9 @@ def _rec_config(raw: dict[str, Any], *, path: Path, name: str, model: str | None
     if not str(source).endswith(".yaml"):
         raise UsageError(f"{path}: --dataset_name {source}: grpo_rec.py raises 'Unsupported file type' for anything "
                          "but a .yaml file")
-    try:
-        config = yaml.safe_load(found.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+    try:  # at most 64 MiB, a regular file (a FIFO would block), nested no deeper than vlmcheck reads
+        config = read_parsed(found, yaml.safe_load, what=f"--dataset_name of {path}")
+    except yaml.YAMLError as e:
         raise UsageError(f"{path}: cannot read --dataset_name {found}: {e}") from None
     entries = config.get("datasets") if isinstance(config, dict) else None
     if not isinstance(entries, list) or not entries:

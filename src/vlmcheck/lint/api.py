@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
+from vlmcheck.data.files import not_a_file
 from vlmcheck.errors import UsageError, VlmcheckError
 from vlmcheck.families import known_families
 from vlmcheck.lint.device import DeviceInfo, probe_device
@@ -15,6 +15,7 @@ from vlmcheck.lint.frameworks import View
 from vlmcheck.lint.readers import RunConfig, read_config
 from vlmcheck.lint.records import LintReport
 from vlmcheck.lint.rules import RULES, Context
+from vlmcheck.model import read_checkpoint_json
 from vlmcheck.options import LintOptions, from_keywords, keyword_signature
 
 
@@ -36,19 +37,19 @@ def family_from_name(name: str) -> str | None:
 
 
 def _read_checkpoint(model: str | os.PathLike[str]) -> tuple[str | None, int | None]:
-    """model_type and the image processor's max_pixels of a local checkpoint folder."""
+    """model_type and the image processor's max_pixels of a local checkpoint folder, read by the checkpoint reader
+    (a FIFO, an oversized, too deeply nested or malformed file is a ModelError, as ``check`` says it)."""
     folder = Path(model)
     family: str | None = None
     max_pixels: int | None = None
-    if (folder / "config.json").is_file():
-        family = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
-    pre = folder / "preprocessor_config.json"
-    if pre.is_file():
-        values = json.loads(pre.read_text(encoding="utf-8"))
-        if isinstance(values.get("max_pixels"), int):
-            max_pixels = values["max_pixels"]
-        elif isinstance(values.get("size"), dict) and isinstance(values["size"].get("longest_edge"), int):
-            max_pixels = values["size"]["longest_edge"]  # Qwen3-VL spells the pixel cap this way
+    model_type = read_checkpoint_json(folder / "config.json").get("model_type")
+    if isinstance(model_type, str):
+        family = model_type
+    values = read_checkpoint_json(folder / "preprocessor_config.json")
+    if isinstance(values.get("max_pixels"), int):
+        max_pixels = values["max_pixels"]
+    elif isinstance(values.get("size"), dict) and isinstance(values["size"].get("longest_edge"), int):
+        max_pixels = values["size"]["longest_edge"]  # Qwen3-VL spells the pixel cap this way
     if family is None and not folder.exists():
         family = family_from_name(str(model))
     return family, max_pixels
@@ -62,7 +63,7 @@ def _config_family(view: View) -> str | None:
             names.append(opt.value)
     for name in names:
         folder = Path(name)
-        if (folder / "config.json").is_file():
+        if not_a_file(folder / "config.json") != "not found":  # a FIFO there is refused, not taken for no folder
             family, _ = _read_checkpoint(folder)
             if family:
                 return family
@@ -100,8 +101,11 @@ def _scan_summary(
 
 
 def _llamafactory_run(config: str | os.PathLike[str], data: str | os.PathLike[str]) -> bool:
-    """A LLaMA-Factory YAML with a dataset folder (holding dataset_info.json) that check() can read whole."""
-    return Path(config).suffix in (".yaml", ".yml", ".json") and (Path(data) / "dataset_info.json").is_file()
+    """A LLaMA-Factory YAML with a dataset folder (holding dataset_info.json) that check() can read whole. Whatever
+    is at dataset_info.json goes to check(), which refuses it as it refuses it there when it is not a file to read
+    (a FIFO, a device, a folder), never scanned past as a plain folder of data."""
+    info = Path(data) / "dataset_info.json"
+    return Path(config).suffix in (".yaml", ".yml", ".json") and not_a_file(info) != "not found"
 
 
 def lint(

@@ -355,12 +355,16 @@ def env_true(value: str | None) -> bool:
 def _load_yaml_file(name: str, base: Path, run: RunConfig) -> dict[str, Any] | None:
     # as given (relative to the working directory), next to the script, then by file name next to it
     for candidate in (Path(name), base / name, base / Path(name).name):
-        if candidate.is_file():
-            try:
-                text = read_text(candidate)
-            except (FileProblem, OSError, UnicodeDecodeError) as e:
-                raise UsageError(f"cannot read {candidate}: {getattr(e, 'message', e)}") from None
-            return _parse_mapping(text, candidate)
+        problem = not_a_file(candidate)
+        if problem == "not found":
+            continue
+        if problem:  # a FIFO or a device is refused, as check refuses it, never taken for no file
+            raise UsageError(f"{candidate} (config file {name} of the command): {problem}")
+        try:
+            text = read_text(candidate)
+        except (FileProblem, OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read {candidate}: {getattr(e, 'message', e)}") from None
+        return _parse_mapping(text, candidate)
     run.notes.append(f"config file {name} referenced by the command was not found; read the overrides only")
     return None
 
@@ -413,6 +417,8 @@ def detect_framework(options: Mapping[str, Any]) -> str:
 
 def _read_mapping(text: str, path: Path | None, framework: str | None) -> RunConfig:
     options = _parse_mapping(text, path)
+    if not options:  # empty, only comments, `{}` or `null`: check refuses it too, and no setting is a clean one
+        raise UsageError(f"{path} holds no settings: there is nothing to lint")
     framework = framework or detect_framework(options)
     if framework == "llamafactory" and path is not None and path.suffix.lower() in (".yaml", ".yml"):
         import yaml
@@ -509,6 +515,9 @@ def read_config(config: str | os.PathLike[str], *, framework: str | None = None)
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e}") from None
     suffix = path.suffix.lower()
+    if suffix in (".json", ".py") and all(not line.strip() or (suffix == ".py" and line.lstrip().startswith("#"))
+                                          for line in text.splitlines()):
+        raise UsageError(f"{path} holds no settings: there is nothing to lint")
     if suffix in (".yaml", ".yml", ".json"):
         run = _read_mapping(text, path, framework)
     elif suffix in (".py", ".ipynb"):
