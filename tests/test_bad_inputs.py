@@ -650,6 +650,25 @@ def test_a_file_a_run_names_is_refused_when_hostile(hostile: Path, case: str, ki
     assert Path(named).name in output, output
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["fifo", "huge"])
+@pytest.mark.parametrize("command", ["scan", "template"])
+def test_a_hostile_tokenizer_json_is_refused_before_the_tokenizers_library_reads_it(hostile: Path, kind: str,
+                                                                                    command: str) -> None:
+    """The tokenizers library reads tokenizer.json whole (a FIFO blocks it forever, a sparse 100 GiB one fills
+    memory): refused naming it, never called missing."""
+    model = Path((hostile / "ck").read_text())
+    folder = _checkpoint_with(hostile / "bad", model, "tokenizer.json", "fifo" if kind == "fifo" else "deep")
+    if kind == "huge":
+        os.truncate(folder / "tokenizer.json", 100 << 30)  # sparse: no disk used
+    args = ["scan", "train.jsonl", "--model", str(folder)] if command == "scan" else \
+        ["template", "train.jsonl", "--tokenizer", str(folder), "--template", "trl"]
+    code, output = cli(*args)
+    assert code == 2, output
+    assert "tokenizer.json" in output and "has no tokenizer.json" not in output, output
+    assert ("not a regular file (a FIFO" if kind == "fifo" else "is 107,374,182,400 bytes, over the 1 GiB") in output
+
+
 def _checkpoint_copy(source: Path, dest: Path) -> Path:
     import shutil
 

@@ -52,6 +52,28 @@ def read_checkpoint_json(path: Path) -> dict[str, Any]:
     return value
 
 
+# The largest tokenizer.json read: real ones are megabytes (Qwen2 7 MB, Gemma 3 33 MB); the tokenizers library reads
+# the file whole, so a wrong or sparse one over this is refused before it is handed over.
+TOKENIZER_LIMIT = 1 << 30
+
+
+def tokenizer_file(path: Path) -> Path:
+    """``path`` (a checkpoint's tokenizer.json) when the tokenizers library can be handed it: a regular file of at
+    most ``TOKENIZER_LIMIT`` bytes. Missing, a FIFO or device (the library would block on it), a folder or a file
+    over the limit is a ModelError saying which."""
+    problem = not_a_file(path)
+    if problem == "not found":
+        raise ModelError(f"{path.parent} has no tokenizer.json; vlmcheck reads the fast tokenizer file (save one with "
+                         "`AutoTokenizer.from_pretrained(...).save_pretrained(folder)`)")
+    if problem:
+        raise ModelError(f"the checkpoint's tokenizer.json is {problem}: {path}")
+    size = path.stat().st_size
+    if size > TOKENIZER_LIMIT:
+        raise ModelError(f"{path} is {size:,} bytes, over the {TOKENIZER_LIMIT >> 30} GiB vlmcheck hands to the "
+                         "tokenizers library (a real tokenizer.json is megabytes)")
+    return path
+
+
 def read_checkpoint_text(path: Path) -> str | None:
     """The UTF-8 text of a checkpoint's file (``chat_template.jinja``, a JSON file); None where there is none. One
     that is there but cannot be read whole (a FIFO, a device, a file over the size vlmcheck reads, not UTF-8) is a
@@ -221,7 +243,9 @@ class ModelSpec:
         from tokenizers import Tokenizer
 
         try:
-            tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+            tokenizer = Tokenizer.from_file(str(tokenizer_file(self.path / "tokenizer.json")))
+        except ModelError:
+            raise
         except Exception as e:  # the tokenizers library raises a bare Exception for a corrupt file
             raise ModelError(f"{self.path / 'tokenizer.json'} cannot be read by the tokenizers library: "
                              f"{str(e)[:300]}") from None
@@ -277,11 +301,7 @@ def _load(folder: Path, *, overrides: Overrides, chat_template: str | None) -> M
         raise ModelError(f"{folder / 'config.json'} is missing or has no model_type")
     family = get_family(family_name(config))
     check_options(family, overrides.extra)
-    if not (folder / "tokenizer.json").is_file():
-        raise ModelError(
-            f"{folder} has no tokenizer.json; vlmcheck reads the fast tokenizer file "
-            "(save one with `AutoTokenizer.from_pretrained(...).save_pretrained(folder)`)"
-        )
+    tokenizer_file(folder / "tokenizer.json")
     preprocessor = read_checkpoint_json(folder / "preprocessor_config.json")
     processor_config = read_checkpoint_json(folder / "processor_config.json")
     if (not_a_file(folder / "preprocessor_config.json") == "not found"

@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vlmcheck.data.files import not_a_file
 from vlmcheck.errors import ModelError
-from vlmcheck.model import read_checkpoint_json, read_checkpoint_text
+from vlmcheck.model import read_checkpoint_json, read_checkpoint_text, tokenizer_file
 
 # transformers' LlamaTokenizer (LLaVA pins 4.3x) has a `legacy` attribute, True when unset; other classes have none.
 _LEGACY_CLASSES = ("LlamaTokenizer", "LlamaTokenizerFast", "CodeLlamaTokenizer", "CodeLlamaTokenizerFast")
@@ -40,8 +41,9 @@ class Tok:
 
         folder = Path(path)
         file = folder if folder.is_file() else folder / "tokenizer.json"
-        if not file.is_file():
+        if not_a_file(file) == "not found":
             raise ModelError(f"no tokenizer.json at {path}")
+        file = tokenizer_file(file)  # a FIFO or a sparse giant is refused before the tokenizers library reads it
         folder = file.parent
         # read as the checkpoint reader reads them: a FIFO, a file too large or too deep is refused, never skipped
         config = read_checkpoint_json(folder / "tokenizer_config.json")
