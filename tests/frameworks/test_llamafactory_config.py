@@ -8,7 +8,9 @@ unknown key or a duplicated one stops the run, ``1e5`` is a float (OmegaConf's l
 null`` is a mode of its own, and streaming a local file needs 1 to (rows) ``dataloader_num_workers``. For each
 case: where LLaMA-Factory stops before step 1, vlmcheck refuses the config (exit 2); where it runs, every prepared
 sample's length and trained-token count equal vlmcheck's, in order. The list of settings LLaMA-Factory knows
-(frameworks/options.py) is checked against its argument classes there too.
+(frameworks/options.py) is checked against its argument classes there too. So are the datasets its loader reads or
+refuses: a lone surrogate escape in JSON, the file types it picks a ``datasets`` builder for by extension (CSV,
+Arrow, text), and Parquet shards whose outcome follows ``os.listdir``'s order (refused by vlmcheck, naming both).
 """
 
 from __future__ import annotations
@@ -110,6 +112,23 @@ CASES: dict[str, tuple[str, str, bool | str]] = {
     "image objects with null bytes": ("qwen2_vl", "dataset: null_bytes\n", True),
     # dataset_info.json's `split`, load_dataset's split of a local dataset (whose only split is "train")
     **{f"split {split}": ("qwen2_vl", f"dataset: split{k}\n", runs) for k, (split, runs) in enumerate(SPLITS.items())},
+    # a lone UTF-16 surrogate escape ("\ud800" as written): a JSON array loads without it (ujson drops it), a JSON
+    # Lines file does not load (pyarrow refuses it)
+    "a lone surrogate in a JSON array is dropped": ("qwen2_vl", "dataset: surrogate_array\n", True),
+    "a lone surrogate in JSON Lines stops": ("qwen2_vl", "dataset: surrogate_lines\n", False),
+    # the builders LLaMA-Factory picks by extension (FILEEXT2TYPE): CSV read by pandas (NA strings missing, a column
+    # of numbers numbers, one path a string), Arrow streams (save_to_disk's shards, an Image feature), text lines;
+    # any other extension stops the run
+    "csv": ("qwen2_vl", "dataset: csv\n", True),
+    "csv answers read as numbers": ("qwen2_vl", "dataset: csv_numbers\n", False),
+    "arrow shards": ("qwen2_vl", "dataset: arrow_parts\n", True),
+    "arrow with an Image feature": ("qwen2_vl", "dataset: arrow_image\n", True),
+    "txt": ("qwen2_vl", "dataset: txt\n", True),
+    "another extension": ("qwen2_vl", "dataset: gz\n", False),
+    # Parquet shards of one folder, an Image feature in one and paths in the other: every file is cast to the one
+    # os.listdir lists first, so the run goes on with the Image file first and stops with the paths first
+    "shards, the Image feature listed first": ("qwen2_vl", "dataset: shards_image_first\n", "listing"),
+    "shards, the paths listed first": ("qwen2_vl", "dataset: shards_paths_first\n", "listing"),
 }
 
 
@@ -147,6 +166,66 @@ def _parquet_images(data: Path) -> None:
                    data / "struct.parquet")
 
 
+def _file_types(data: Path) -> dict[str, Any]:
+    """The datasets of the surrogate, file-type and listing-order cases, and their dataset_info.json entries."""
+    import csv
+    import gzip
+
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = _rows("images/photo.png")
+    lone = json.dumps(rows).replace("What is it?", "What is \\ud800it?")  # the escape as written, six characters
+    assert "\\ud800" in lone
+    (data / "surrogate.json").write_text(lone)
+    (data / "surrogate.jsonl").write_text("".join(json.dumps(r).replace("What is it?", "What is \\ud800it?") + "\n"
+                                                  for r in rows))
+    with open(data / "alpaca.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["instruction", "input", "output", "images"])
+        writer.writerows([["<image>What is it?", "", "A purple field.", "images/photo.png"],
+                          ["<image>Say None.", "", "None", "images/photo.png"], ["Say NA.", "", "NA", ""],
+                          ["Say nothing.", "", "", ""], ["Say True.", "", "True", ""], ["Say 42.", "", "42", ""],
+                          ["A question\nover two lines", "and an input", "An answer,\n\"quoted\".", ""]])
+    with open(data / "numbers.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["instruction", "output"], ["Six times seven?", "42"], ["Two and two?", "4"]])
+    saved = data / "saved"
+    datasets.Dataset.from_list(rows).save_to_disk(str(saved), num_shards=2)
+    (data / "arrow_parts").mkdir()
+    for shard in saved.glob("*.arrow"):
+        (data / "arrow_parts" / shard.name).write_bytes(shard.read_bytes())
+    datasets.load_dataset("parquet", data_files=str(data / "image.parquet"), split="train",
+                          cache_dir=str(data.parent / "pq_cache")).save_to_disk(str(data / "saved_image"))
+    (data / "image.arrow").write_bytes(next((data / "saved_image").glob("*.arrow")).read_bytes())
+    (data / "lines.txt").write_text("First line.\r\nSecond line.\n\nA fourth\x0bwith a vertical tab.\n")
+    with gzip.open(data / "sg.jsonl.gz", "wt") as g:
+        g.write("".join(json.dumps(r) + "\n" for r in rows))
+    for folder, image_first in (("shards_image_first", True), ("shards_paths_first", False)):
+        (data / folder).mkdir()
+        for name in ("a.parquet", "b.parquet"):
+            (data / folder / name).write_bytes(b"")
+        first, second = (data / folder / name for name in os.listdir(data / folder))  # the order datasets reads
+        image, paths = (first, second) if image_first else (second, first)
+        image.write_bytes((data / "image.parquet").read_bytes())
+        picked = [r for r in rows if "images" in r]
+        pq.write_table(pa.table({"conversations": [r["conversations"] for r in picked],
+                                 "images": [r["images"] for r in picked]}), paths)
+    sharegpt = {"formatting": "sharegpt", "columns": {"messages": "conversations", "images": "images"}}
+    return {
+        "surrogate_array": {"file_name": "surrogate.json", **sharegpt},
+        "surrogate_lines": {"file_name": "surrogate.jsonl", **sharegpt},
+        "csv": {"file_name": "alpaca.csv", "columns": {"prompt": "instruction", "query": "input", "response": "output",
+                                                       "images": "images"}},
+        "csv_numbers": {"file_name": "numbers.csv", "columns": {"prompt": "instruction", "response": "output"}},
+        "arrow_parts": {"file_name": "arrow_parts", **sharegpt},
+        "arrow_image": {"file_name": "image.arrow", **sharegpt},
+        "txt": {"file_name": "lines.txt", "columns": {"prompt": "text", "response": "text"}},
+        "gz": {"file_name": "sg.jsonl.gz", **sharegpt},
+        **{name: {"file_name": name, **sharegpt} for name in ("shards_image_first", "shards_paths_first")},
+    }
+
+
 @pytest.fixture(scope="module")
 def entry(tmp_path_factory: pytest.TempPathFactory, qwen2_vl_checkpoint: Path,
           qwen3_vl_think_checkpoint: Path) -> dict[str, Any]:
@@ -166,6 +245,7 @@ def entry(tmp_path_factory: pytest.TempPathFactory, qwen2_vl_checkpoint: Path,
         {"conversations": [{"from": "human", "value": "Which day?"}, {"from": "gpt", "value": "Monday."}],
          "system": day}) + "\n" for day in ("2021-03-04", "2021-03-05")))
     _parquet_images(data)
+    more = _file_types(data)
     for name, image in (("path_objects", {"path": "images/photo.png"}),
                         ("null_bytes", {"bytes": None, "path": str(data / "images" / "photo.png")})):
         (data / f"{name}.json").write_text(json.dumps([{**r, "images": [image]} for r in _rows("") if "images" in r]))
@@ -182,7 +262,7 @@ def entry(tmp_path_factory: pytest.TempPathFactory, qwen2_vl_checkpoint: Path,
         "dated_system": {"file_name": "dated_system.jsonl", "formatting": "sharegpt",
                          "columns": {"messages": "conversations", "system": "system"}},
         "dated_alpaca": {"file_name": "dated_alpaca.jsonl", "columns": {
-            "prompt": "instruction", "response": "output", "images": "images"}}}))
+            "prompt": "instruction", "response": "output", "images": "images"}}, **more}))
     models = {"qwen2_vl": qwen2_vl_checkpoint, "qwen3_vl": qwen3_vl_think_checkpoint}
     configs = {}
     for k, (name, (template, extra, _)) in enumerate(CASES.items()):
@@ -210,8 +290,13 @@ def test_the_settings_llamafactory_knows_are_its_argument_fields(entry: dict[str
 def test_a_config_is_read_as_llamafactory_reads_it(entry: dict[str, Any], tmp_path: Path, name: str) -> None:
     theirs = entry["runs"][name]
     runs = CASES[name][2]
-    assert ("rows" in theirs) == (runs is True), theirs  # the case is what it says (LLaMA-Factory runs it, or stops)
     config = entry["configs"][name]
+    if runs == "listing":  # the outcome follows os.listdir's order (test_an_outcome_that_follows_the_listing_...)
+        with pytest.raises(VlmcheckError, match="os.listdir") as refused:
+            vlmcheck.check(config)
+        assert "a.parquet" in str(refused.value) and "b.parquet" in str(refused.value), refused.value
+        return
+    assert ("rows" in theirs) == (runs is True), theirs  # the case is what it says (LLaMA-Factory runs it, or stops)
     if not runs:
         with pytest.raises(VlmcheckError):
             vlmcheck.check(config)
@@ -235,6 +320,31 @@ def test_the_cases_differ_where_they_should(entry: dict[str, Any]) -> None:
     runs = entry["runs"]
     assert [r[1] for r in runs["quoted false is true"]["rows"]] == [r[0] for r in runs["quoted false is true"]["rows"]]
     assert runs["thinking null"]["rows"][2] != runs["thinking off"]["rows"][2]
+
+
+def test_an_outcome_that_follows_the_listing_order_is_what_llamafactory_does(entry: dict[str, Any]) -> None:
+    """Guard of the listing cases: the same two Parquet files run with one listed first and stop with the other."""
+    runs = entry["runs"]
+    assert "rows" in runs["shards, the Image feature listed first"], runs["shards, the Image feature listed first"]
+    assert "raises" in runs["shards, the paths listed first"], runs["shards, the paths listed first"]
+
+
+def test_datasets_4_loads_surrogates_and_tables_as_vlmcheck_says(tmp_path: Path) -> None:
+    """The lone-surrogate and table-cast cases (hfjson_cases.py) through datasets 4.0.0, LLaMA-Factory's: a JSON
+    array drops a lone high half, JSON Lines fails; Parquet / Arrow / CSV tables cast to the first one's types,
+    CSV files of other columns or types included (datasets 5 refuses those outright)."""
+    from hfjson_cases import judge_surrogates, judge_tables, load, surrogate_cases, table_cases
+
+    (tmp_path / "s").mkdir()
+    (tmp_path / "t").mkdir()
+    lone, tables = surrogate_cases(tmp_path / "s"), table_cases(tmp_path / "t")
+    theirs = load({**lone, **tables}, tmp_path / "cache", oracle_python())
+    differ, counts = judge_surrogates(lone, theirs, mixed_as_json=False)
+    assert not differ, differ
+    assert counts["loads"] >= 8 and counts["fails"] >= 15 and counts["dropped"] >= 3, counts
+    differ, reached = judge_tables(tables, theirs)
+    assert not differ, differ
+    assert reached == {"loads", "fails", "order"}, reached
 
 
 SPLIT_FORMS = ["train[2:1]", "train[5:2]", "train[:3]+train[2:1]", "train[0%:90%]+train[2:1]", "train[1:0]",

@@ -10,6 +10,10 @@ keeps a field of mixed types as JSON text (``on_mixed_types="use_json"``) instea
 ``json_schema(mixed_as_json=True)``, and what that does to the rows' values: ``as_loaded`` (a ``Json`` feature
 reads a string that is valid JSON as that value; a text field that mixes only after the first table is written as
 JSON text from there on).
+
+Also here, as ``datasets`` does them for every framework that loads through it: what a lone UTF-16 surrogate escape
+in JSON text does to the load (``surrogate_field``, ``ujson_surrogates``), and how the tables of the other builders
+(Parquet, Arrow, CSV) are cast to the first one's types (``tables_problem``).
 """
 
 from __future__ import annotations
@@ -25,12 +29,19 @@ from pathlib import Path
 from typing import Any
 
 from vlmcheck.data.compressed import compression, open_binary
-from vlmcheck.data.readers import dataset_kind
+from vlmcheck.data.readers import CSV_CHUNK_ROWS, dataset_kind, pyarrow, schema_features
 from vlmcheck.data.readers import iter_rows as read_rows
+from vlmcheck.errors import UsageError
 
 
 class TypeClash(Exception):
-    """Two rows of a JSON dataset give one column types ``datasets`` cannot put in one Arrow table."""
+    """Two rows of a JSON dataset give one column types ``datasets`` cannot put in one Arrow table (or anything
+    else that makes ``load_dataset`` fail on the files: a lone surrogate, a table that cannot be cast)."""
+
+
+class Unmodelled(UsageError):
+    """A load whose outcome vlmcheck does not follow (the message names the file and why): refused, never
+    guessed."""
 
 
 # -- ISO dates: pyarrow's JSON reader (JSON Lines; a JSON array only from datasets 4.7, which hands it to pyarrow as
@@ -91,10 +102,12 @@ def as_timestamp(text: str) -> datetime | None:
 DATE = "date"
 
 
-def json_type(value: Any, where: str = "", mixed_as_json: bool = False, dates: bool = False) -> Any:
+def json_type(value: Any, where: str = "", mixed_as_json: bool = False, dates: bool = False,
+              lone: list[str] | None = None) -> Any:
     """A JSON value's inferred type: None (null), "bool", "int", "float", "str", DATE (with ``dates``: a string
     pyarrow's JSON Lines reader takes for a timestamp), ("list", item type), a dict of field types (an object), or
-    JSON (mixed items, with ``mixed_as_json``)."""
+    JSON (mixed items, with ``mixed_as_json``). ``lone`` (a list) gets the fields whose string or key holds a lone
+    surrogate (see ujson_surrogates)."""
     if value is None:
         return None
     if isinstance(value, bool):
@@ -104,14 +117,20 @@ def json_type(value: Any, where: str = "", mixed_as_json: bool = False, dates: b
     if isinstance(value, float):  # both typed double; only a whole one casts to an earlier table's integers
         return "float" if value.is_integer() else "decimal"
     if isinstance(value, str):
+        if lone is not None and not value.isascii() and _LONE.search(value):
+            lone.append(where or "a value")
         return DATE if dates and arrow_timestamp(value) else "str"
     if isinstance(value, list):
         item: Any = None
         for v in value:
-            item = unify_types(item, json_type(v, where + "[]", mixed_as_json, dates), where + "[]", mixed_as_json)
+            item = unify_types(item, json_type(v, where + "[]", mixed_as_json, dates, lone), where + "[]",
+                               mixed_as_json)
         return ("list", item)
     if isinstance(value, Mapping):
-        return {str(k): json_type(v, f"{where}.{k}" if where else str(k), mixed_as_json, dates)
+        if lone is not None:
+            lone.extend(_key_name(f"{where}.{k}" if where else str(k)) for k in value
+                        if not str(k).isascii() and _LONE.search(str(k)))
+        return {str(k): json_type(v, f"{where}.{k}" if where else str(k), mixed_as_json, dates, lone)
                 for k, v in value.items()}
     return type(value).__name__
 
@@ -122,7 +141,7 @@ def _kind(t: Any) -> str:
     if isinstance(t, dict):
         return "an object"
     if isinstance(t, tuple):
-        return "a list"
+        return f"an {t[1]} feature" if t[0] == FEATURE else "a list"
     return {"str": "a string", "int": "a whole number", "float": "a whole number", "decimal": "a decimal number",
             "bool": "true/false", DATE: "ISO dates (a timestamp to pyarrow)"}.get(t, t)
 
@@ -177,6 +196,13 @@ def cast_problem(first: Any, later: Any, where: str = "") -> str | None:
         later = "str"
     if later is None or first == later or first == JSON:
         return None
+    if isinstance(later, tuple) and later[0] == FEATURE:  # as a later table, a media feature is its storage
+        later = {"bytes": "binary", "path": "str"}
+    if isinstance(first, tuple) and first[0] == FEATURE:  # a media feature takes paths, and structs of them
+        if later == "str" or isinstance(later, dict) and set(later) <= {"bytes", "path"} and \
+                later.get("bytes") in (None, "binary") and later.get("path") in (None, "str"):
+            return None
+        return f"{where or 'a column'} is {_kind(later)} here and an {first[1]} feature in the first table"
     if first == "str" and later in (*NUMBERS, "bool", DATE):  # a later chunk's dates cast to text (see RECASTS)
         return None
     if isinstance(first, str) and isinstance(later, str) and (first, later) in RECASTS:
@@ -224,6 +250,112 @@ def _recasts(first: Any, later: Any, path: Path_ = ()) -> Iterator[tuple[Path_, 
 
 
 
+# -- lone UTF-16 surrogates: JSON text can escape one half of a surrogate pair alone ("\ud800"). Python's json reads
+# it as a lone surrogate; datasets never hands one over (measured on datasets 4.0.0, 4.8.4 and 5.1 with pandas 3.1
+# and pyarrow 26, in keys and values alike): pyarrow's JSON reader (a JSON Lines file) refuses the file ("The
+# surrogate pair in string is invalid"), and its fallback, pandas reading the whole file as one JSON value, fails
+# too unless the file is one line (then pandas makes a table of its columns: not followed here); ujson (datasets'
+# reader of a JSON array: pandas.read_json, and from 4.7 the array's conversion to lines; from 4.7 also every
+# line of a JSON Lines chunk once a field is kept as JSON text) drops a high surrogate that no "\u" escape
+# follows, fails on one that another "\u" escape follows that is not its low half ("Unpaired high surrogate"), and
+# keeps a lone low one, which pandas or pyarrow then cannot encode (the load fails).
+_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|.)", re.S)
+_LONE = re.compile("[\ud800-\udfff]")
+
+
+def _key_name(name: str) -> str:
+    return f"the key '{name.encode('utf-8', 'backslashreplace').decode()}'"
+
+
+def surrogate_field(value: Any) -> str | None:
+    """The field (``conversations[].value``, or a key) of the first string or object key of ``value`` that holds a
+    lone surrogate (one Python's json read from a lone escape), or None."""
+    lone: list[str] = []
+    try:
+        json_type(value, lone=lone)
+    except (TypeClash, RecursionError):
+        return None
+    return lone[0] if lone else None
+
+
+def _as_ujson_reads(file: Path, span: tuple[int, int], where: str, lines: bool) -> Any:
+    """A row holding a lone surrogate (in ``where``) as ujson reads it from the file's bytes ``span``; TypeClash
+    where even ujson (or pandas after it) fails on it, as then every reader of datasets does."""
+    try:
+        return json.loads(ujson_surrogates(_raw_text(file, span)))
+    except ValueError as e:
+        why = (f", which pyarrow's JSON reader refuses ('The surrogate pair in string is invalid'), and so does "
+               f"every fallback ({e})") if lines else f": {e}"
+        raise TypeClash(f"{where} holds a lone UTF-16 surrogate escape{why}") from None
+
+
+def ujson_surrogates(text: str) -> str:
+    """``text`` (JSON) with its surrogate escapes as ujson reads them: a high one that no "\\u" escape follows is
+    dropped, a pair is kept; ValueError (the load fails) for a high one followed by another "\\u" escape that is
+    not its low half, or a lone low one."""
+    escapes = list(_ESCAPE.finditer(text))
+    out, last, skip = [], 0, False
+    for i, m in enumerate(escapes):
+        if skip or m[1] is None:
+            skip = False
+            continue
+        code = int(m[1], 16)
+        if 0xD800 <= code <= 0xDBFF:
+            after = escapes[i + 1] if i + 1 < len(escapes) else None
+            if after is not None and after.start() == m.end() and after[1] is not None:
+                if not 0xDC00 <= int(after[1], 16) <= 0xDFFF:
+                    raise ValueError(f"{m[0]} before {after[0]} is a high surrogate without its low half, which "
+                                     "ujson refuses ('Unpaired high surrogate')")
+                skip = True  # a pair
+                continue
+            out.append(text[last:m.start()])
+            last = m.end()
+        elif 0xDC00 <= code <= 0xDFFF:
+            raise ValueError(f"{m[0]} is a lone low surrogate, which ujson keeps and pandas / pyarrow cannot "
+                             "encode (UnicodeEncodeError)")
+    out.append(text[last:])
+    return "".join(out)
+
+
+def _raw_text(file: Path, span: tuple[int, int]) -> str:
+    """The text of the file between two byte offsets (of its decompressed stream)."""
+    with open_binary(file) as f:
+        if compression(file) is None:
+            f.seek(span[0])
+        else:
+            left = span[0]
+            while left > 0:
+                got = f.read(min(left, 1 << 20))
+                if not got:
+                    break
+                left -= len(got)
+        return f.read(span[1] - span[0]).decode("utf-8").lstrip("\ufeff")
+
+
+def _lone_in_lines(pending: list[tuple[int, Any, str]], plan: LoadPlan, k: int, file: Path, *, mixed_as_json: bool,
+                   before: bool, grew: bool, only_row: bool) -> None:
+    """What becomes of the JSON Lines rows of one chunk that hold a lone surrogate (``pending``: row number, the
+    row as ujson reads it, the field): from datasets 4.7 a chunk whose lines are written again with ujson
+    (``before``: some field was already kept as JSON text) loads them as ujson reads them; one where a field
+    becomes JSON text only in this chunk (``grew``) depends on which error pyarrow meets first (not followed);
+    otherwise pyarrow reads the chunk and refuses it."""
+    for number, read, where in pending:
+        if mixed_as_json and before:
+            plan.surrogates[k, number] = read
+        elif mixed_as_json and grew:
+            plan.surrogates[k, number] = None
+        elif only_row:
+            raise Unmodelled(f"{file.name}, row {number}: {where} holds a lone UTF-16 surrogate escape, which "
+                             "pyarrow's JSON reader refuses; datasets then reads the one-line file with pandas as a "
+                             "table of its columns, which vlmcheck does not follow")
+        else:
+            raise TypeClash(f"{file.name}, row {number}: {where} holds a lone UTF-16 surrogate escape (\\ud800 to "
+                            "\\udfff without its other half), which pyarrow's JSON reader refuses ('The surrogate "
+                            "pair in string is invalid'; its fallback, pandas reading the whole file as one JSON "
+                            "value, fails too)")
+    pending.clear()
+
+
 @dataclass
 class LoadPlan:
     """What datasets >= 4.7 does to the values of the rows it loads (see ``as_loaded``): ``decoded``, the fields
@@ -244,6 +376,9 @@ class LoadPlan:
     columns: tuple[str, ...] | None = None
     # each file's first row, numbered over all the files (see place)
     starts: list[int] = field(default_factory=list)
+    # per row holding a lone surrogate escape that loads (file index, row number in its file): the row as ujson
+    # reads it (see ujson_surrogates), or None where vlmcheck does not follow which reader reads it
+    surrogates: dict[tuple[int, int], Any] = field(default_factory=dict)
 
     def place(self, number: int) -> tuple[int, int]:
         """A row's (file index, row number in its file) from its number over all the files."""
@@ -251,7 +386,8 @@ class LoadPlan:
         return k, number - (self.starts[k] if self.starts else 0)
 
     def __bool__(self) -> bool:
-        return bool(self.decoded or self.encoded or self.unmodelled or self.timestamps or self.recast)
+        return bool(self.decoded or self.encoded or self.unmodelled or self.timestamps or self.recast
+                    or self.surrogates)
 
 
 def json_schema(files: Sequence[Path], mixed_as_json: bool = False, plan: LoadPlan | None = None) -> Any:
@@ -287,13 +423,17 @@ def json_schema(files: Sequence[Path], mixed_as_json: bool = False, plan: LoadPl
             first_lines = lines
         if search is not None and _has_bom(file):
             search.off = True
-        for number, row in enumerate(read_rows(file, spans=spans if lines else None)):
+        pending: list[tuple[int, Any, str]] = []  # this chunk's rows with a lone surrogate (_lone_in_lines)
+        for number, row in enumerate(read_rows(file, spans=spans)):
             if lines and rows and spans[-1][0] > limit:  # this row opens the next chunk
                 end = _chunk_end(file, limit, spans[-2][1], spans[-1][0])
                 if search is not None and end > spans[-2][1]:
                     search.off = True  # a blank line closes the first chunk
+                before, count = _json_before(marked, search), len(marked)
                 first = _close(first, table, search, marked, plan, (k, opened, number - 1), first_lines,
                                f"{file.name}, rows {opened}-{number - 1}", f"the first {mib} MiB of {file.name}")
+                _lone_in_lines(pending, plan, k, file, mixed_as_json=mixed_as_json, before=before,
+                               grew=len(marked) > count, only_row=False)
                 limit = end + DATASETS_JSON_CHUNK
                 table, rows, opened, search = None, 0, number, None
             if search is not None and lines and spans[-1][0] > (spans[-2][1] if len(spans) > 1 else 0):
@@ -305,20 +445,38 @@ def json_schema(files: Sequence[Path], mixed_as_json: bool = False, plan: LoadPl
                 raise TypeClash(f"{file.name}, row {number}: a whole number past 64 bits, which ujson (datasets' "
                                 "reader of a JSON array) refuses ('Value is too big')")
             if isinstance(row, Mapping):
-                if search is not None:
-                    search.add(row)
+                lone: list[str] = []
                 try:
-                    table = unify_types(table, json_type(row, "", mixed_as_json, dates), "", mixed_as_json)
+                    kind = json_type(row, "", mixed_as_json, dates, lone)
+                    if lone:  # read again as ujson reads it (the escape as written decides)
+                        row = _as_ujson_reads(file, spans[-1], lone[0], lines)
+                        if lines:
+                            pending.append((number, row, lone[0]))
+                        else:  # ujson reads every JSON array
+                            plan.surrogates[k, number] = row
+                        kind = json_type(row, "", mixed_as_json, dates)
+                    table = unify_types(table, kind, "", mixed_as_json)
                 except TypeClash as e:
                     raise TypeClash(f"{file.name}, row {number}: {e}") from None
+                if search is not None:
+                    search.add(row)
             elif search is not None:
                 search.off = True  # a line ujson cannot read
         if rows:
             if search is not None and lines and spans and _size(file) not in (None, spans[-1][1]):
                 search.off = True  # blank lines after the last row
+            before, count = _json_before(marked, search), len(marked)
             first = _close(first, table, search, marked, plan, (k, opened, opened + rows - 1), first_lines,
                            f"{file.name}, rows {opened}-{opened + rows - 1}", file.name)
+            _lone_in_lines(pending, plan, k, file, mixed_as_json=mixed_as_json, before=before,
+                           grew=len(marked) > count, only_row=opened == 0 and rows == 1)
     return first[0] if first else None
+
+
+def _json_before(marked: list[Path_], search: _StructSearch | None) -> bool:
+    """Whether datasets >= 4.7 writes a JSON Lines chunk's lines again with ujson before pyarrow reads them: some
+    field is JSON text already (an earlier chunk's), or the first chunk's search finds one."""
+    return bool(marked) or (search is not None and not search.off and bool(search.mixed()))
 
 
 def _past_64_bits(value: Any, depth: int = 0) -> bool:
@@ -472,6 +630,7 @@ class Rewritten(dict[str, Any]):
 
     fields: list[str]
     why: str
+    surrogates: list[str] = []  # the fields a lone surrogate escape was dropped from (see ujson_surrogates)
 
 
 class NotFollowed:
@@ -488,6 +647,15 @@ def as_loaded(row: Any, plan: LoadPlan, at: tuple[int, int], *, timestamps: bool
     with one), else the row is NotFollowed."""
     if not plan or not isinstance(row, Mapping):
         return row
+    lone: list[str] = []
+    if at in plan.surrogates:
+        read = plan.surrogates[at]
+        if read is None:
+            return NotFollowed(f"this row holds a lone UTF-16 surrogate escape in {surrogate_field(row)}, and whether "
+                               "datasets reads its chunk with pyarrow (which refuses it) or ujson (which drops it) "
+                               "depends on which error pyarrow meets first")
+        lone = sorted({str(k) for k in (*row, *read) if k not in row or k not in read or row[k] != read[k]})
+        row = read
     for file, start, path in plan.unmodelled:
         if (file, start) <= at and _has(row, path):
             return NotFollowed(f"datasets writes {'.'.join(path)} as JSON text with pandas (an object where the "
@@ -502,7 +670,7 @@ def as_loaded(row: Any, plan: LoadPlan, at: tuple[int, int], *, timestamps: bool
             return NotFollowed(f"datasets loads {'.'.join(path)} as timestamps, not numbers (pyarrow casts this "
                                "part of the file to the first 10 MiB's timestamps)")
     out = copy.deepcopy(dict(row))
-    changed: list[str] = []
+    changed: list[str] = list(lone)
     try:
         for path in plan.timestamps:
             out = _change(out, path, _timestamp, changed, ".".join(path))
@@ -519,8 +687,10 @@ def as_loaded(row: Any, plan: LoadPlan, at: tuple[int, int], *, timestamps: bool
         return row
     result = Rewritten(out)
     result.fields = sorted(set(changed))
+    result.surrogates = lone
     fields = set(result.fields)
     whys = [why for why, named in (
+        ("a lone UTF-16 surrogate escape, which ujson drops", set(lone)),
         ("an ISO date read as a timestamp", {".".join(p) for p in plan.timestamps}),
         ("timestamps cast to the file's first table", {".".join(p) for p, _ in recast}),
         ("a field of mixed types, kept as JSON text", {".".join(p) for p in plan.decoded}
@@ -665,3 +835,114 @@ def new_columns(files: Sequence[Path]) -> tuple[Path, list[str]] | None:
         if new:
             return file, new
     return None
+
+
+# -- the other builders: Parquet, Arrow and CSV tables -------------------------------------------------------------
+# datasets' "parquet" and "arrow" builders take the features of the first file's schema (its `huggingface` metadata
+# included: an Image column is decoded) and cast every table of every file to them; the "csv" builder has no
+# features, and each table (one per 10,000-row chunk) is cast to the first one's schema. Measured on datasets 4.0.0:
+# a later table may lack a column (nulls) but not add one ("column names don't match"); whole numbers and true/false
+# cast to text, text does not cast to numbers ("Failed to parse string"), a column the first table holds only
+# nulls in takes nothing else (a CSV chunk's empty column is decimals: text after it fails too); an Image (Video,
+# Audio) feature takes paths and structs of bytes and path, but as a later table is such a struct, which casts to
+# neither paths nor a struct whose path is null. So with a folder, which file os.listdir lists first can decide
+# whether the load fails (tables_problem).
+FEATURE = "feature"
+_MEDIA = ("Image", "Video", "Audio")
+
+
+def arrow_kind(t: Any, feature: Any = None) -> Any:
+    """json_type's kind of an Arrow type, given the ``datasets`` feature the first table's metadata gives it (an
+    Image / Video / Audio feature is (FEATURE, its name)); types json_type has no kind for keep their name."""
+    pa = pyarrow()
+    if isinstance(feature, Mapping) and feature.get("_type") in _MEDIA:
+        return (FEATURE, feature["_type"])
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        item = feature.get("feature") if isinstance(feature, Mapping) else (
+            feature[0] if isinstance(feature, list) and feature else None)
+        return ("list", arrow_kind(t.value_type, item))
+    if pa.types.is_struct(t):
+        fields = feature if isinstance(feature, Mapping) and "_type" not in feature else {}
+        return {t.field(i).name: arrow_kind(t.field(i).type, fields.get(t.field(i).name)) for i in range(t.num_fields)}
+    for kind, test in (("str", (pa.types.is_string, pa.types.is_large_string)), ("int", (pa.types.is_integer,)),
+                       ("decimal", (pa.types.is_floating,)), ("bool", (pa.types.is_boolean,)),
+                       ("binary", (pa.types.is_binary, pa.types.is_large_binary))):
+        if any(f(t) for f in test):
+            return kind
+    return None if pa.types.is_null(t) else str(t)
+
+
+def schema_kinds(schema: Any, *, features: bool) -> dict[str, Any]:
+    """A table's columns and their kinds (arrow_kind), read with the ``datasets`` features of the schema's
+    metadata when ``features`` (the first table's: what every later one is cast to)."""
+    given = schema_features(schema) if features else {}
+    return {f.name: arrow_kind(f.type, given.get(f.name)) for f in schema}
+
+
+class ListingOrder(Exception):
+    """The load of a folder's files succeeds with one file listed first and fails with another: what
+    ``os.listdir`` lists first (which differs between machines and file systems) decides."""
+
+
+def _whole_then_decimal(first: Any, later: Any) -> bool:
+    """Whether a later table has decimals (doubles) where the first has whole numbers or true/false: whether
+    datasets casts them depends on the values (a whole-valued double casts), which vlmcheck does not read."""
+    if first in ("int", "bool") and later == "decimal":
+        return True
+    if isinstance(first, dict) and isinstance(later, dict):
+        return any(_whole_then_decimal(first[k], v) for k, v in later.items() if k in first)
+    if isinstance(first, tuple) and isinstance(later, tuple) and first[0] == later[0] == "list":
+        return _whole_then_decimal(first[1], later[1])
+    return False
+
+
+def table_problem(first: dict[str, Any], later: dict[str, Any]) -> str | None:
+    """Why a later table (its columns' kinds) cannot be cast to the first table's (None: it can)."""
+    new = sorted(set(later) - set(first))
+    if new:
+        return f"columns {new} are not in the first table (datasets: 'column names don't match')"
+    for column, kind in later.items():
+        problem = cast_problem(first[column], kind, column)
+        if problem and _whole_then_decimal(first[column], kind):
+            raise Unmodelled(f"{column} holds decimals in one table and whole numbers in the first: whether datasets "
+                             "casts them depends on their values, which vlmcheck does not follow")
+        if problem:
+            return problem
+    return None
+
+
+def tables_problem(files: Sequence[tuple[str, Sequence[Any]]]) -> None:
+    """The load of tables (``files``: each file's name and its tables' Arrow schemas, in the order datasets reads
+    the files) by a builder that casts every table to the first one's types (see FEATURE): TypeClash where it fails
+    whichever file is listed first, ListingOrder where the outcome depends on that, None where it loads."""
+    later: dict[str, tuple[str, dict[str, Any]]] = {}  # each distinct table (by its kinds), where it is first seen
+    firsts: dict[str, tuple[str, dict[str, Any]]] = {}  # each file's first table, as the first one of the load
+    for name, schemas in files:
+        for n, schema in enumerate(schemas):
+            kinds = schema_kinds(schema, features=False)
+            label = name if len(schemas) == 1 else f"{name}, rows from {n * CSV_CHUNK_ROWS}"
+            later.setdefault(repr(kinds), (label, kinds))
+            if n == 0:
+                firsts.setdefault(name, (name, schema_kinds(schema, features=True)))
+    known: dict[str, str | None] = {}  # per distinct first table: the first problem of the load
+    outcomes: dict[str, str | None] = {}  # per file listed first: the same
+    for name, (_, target) in firsts.items():
+        key = repr(target)
+        if key not in known:
+            known[key] = next((f"{label}: {problem}" for label, kinds in later.values()
+                               if (problem := table_problem(target, kinds))), None)
+        outcomes[name] = known[key]
+    if not files:
+        return
+    listed = files[0][0]
+    here = outcomes[listed]
+    other = next((name for name in firsts if (outcomes[name] is None) != (here is None)), None)
+    if other is None:
+        if here is not None:
+            raise TypeClash(f"{here} (every table is cast to the types of {listed}, read first)")
+        return
+    if here is not None:
+        raise ListingOrder(f"{listed} is listed first here and every table is cast to its types, which fails ({here});"
+                           f" with {other} listed first the files load")
+    raise ListingOrder(f"{listed} is listed first here and every table is cast to its types, which loads; with "
+                       f"{other} listed first it fails ({outcomes[other]})")

@@ -76,19 +76,21 @@ from typing import TYPE_CHECKING, Any
 from vlmcheck import findings as F
 from vlmcheck.data.files import FileProblem, not_a_file, read_text
 from vlmcheck.data.hfjson import (
+    ListingOrder,
     LoadPlan,
     NotFollowed,
+    Rewritten,
     TypeClash,
     as_loaded,
     json_schema,
     json_type,
     new_columns,
+    tables_problem,
     unify_types,
 )
 from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
 from vlmcheck.data.nesting import parse
-from vlmcheck.data.readers import BadRow, parquet_feature
-from vlmcheck.data.readers import iter_rows as read_rows
+from vlmcheck.data.readers import BadRow, builder_rows, column_feature, table_schemas
 from vlmcheck.data.videos import VideoInfo, VideoProblem, probe_video_path
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.families import Expansion, Overrides, pixtral
@@ -982,25 +984,36 @@ def read_dataset_info(config: Config, names: Sequence[str] | None = None) -> lis
     return attrs
 
 
-# extras/constants.py FILEEXT2TYPE: the file types a folder dataset may hold (one type per dataset)
+# extras/constants.py FILEEXT2TYPE: the datasets builder _load_single_dataset loads a file with, by its extension
+# (os.path.splitext, as written: ".JSON", ".jsonl.gz" and ".ndjson" are none); one type per dataset
 FILE_TYPES = {"arrow": "arrow", "csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet", "txt": "text"}
+
+
+def builder(file: Path) -> str | None:
+    """The ``datasets`` builder LLaMA-Factory loads ``file`` with (FILE_TYPES), or None."""
+    return FILE_TYPES.get(os.path.splitext(file)[1][1:])
 
 
 def dataset_files(config: Config, attr: DatasetAttr) -> list[Path]:
     """The files of one dataset: ``file_name`` under ``dataset_dir``, a folder meaning every entry in it in
-    ``os.listdir`` order (as ``_load_single_dataset`` lists them: its rows come in that order), all of one type."""
+    ``os.listdir`` order (as ``_load_single_dataset`` lists them: its rows come in that order), all of one type
+    that FILE_TYPES names (else it raises before loading)."""
     path = config.dataset_dir / attr.file_name
     if path.is_dir():
         files = [path / name for name in os.listdir(path)]
         if not files:
             raise DatasetError(f"dataset {attr.name!r}: {path} holds no files")
-        kinds = {FILE_TYPES.get(f.suffix[1:]) for f in files}
+        kinds = {builder(f) for f in files}
         if None in kinds or len(kinds) > 1:
             raise DatasetError(f"dataset {attr.name!r}: {path} holds {', '.join(sorted(f.name for f in files))}: "
                                "LLaMA-Factory raises ('Allowed file types' / 'File types should be identical')")
         return files
     if not path.is_file():
         raise DatasetError(f"dataset {attr.name!r}: {path} {not_a_file(path)}")
+    if builder(path) is None:
+        raise DatasetError(f"dataset {attr.name!r}: {path.name} is not a file type LLaMA-Factory loads (it takes "
+                           f"the extensions {', '.join('.' + k for k in FILE_TYPES)}, as written): it raises "
+                           "('Allowed file types') and the run stops before step 1")
     return [path]
 
 
@@ -1782,8 +1795,9 @@ def _layout_spans(encoded: Encoded, whole: Cut, cut: Cut, *, cutoff: int, first_
 
 
 def iter_rows(files: list[Path]) -> Iterator[Any]:
+    """The rows of a dataset's files, each read as the ``datasets`` builder LLaMA-Factory picks for it reads it."""
     for file in files:
-        yield from read_rows(file)
+        yield from builder_rows(file, builder(file) or "json")
 
 
 def _setting(key: str, value: Any) -> str:
@@ -2006,14 +2020,16 @@ class Run:
     def _media_kind(self, attr: DatasetAttr, key: str) -> Any:
         """How ``datasets`` types the items of the converted dataset's ``_images`` (``_videos``, ``_audios``:
         ``key``), inferred from every row's values as its ``map`` infers them (hfjson.json_type: "str" for paths,
-        a dict of field types for structs of bytes and path), or the feature a Parquet file's metadata gives the
-        column (``Image``: the values are decoded); UNKNOWN_KIND where vlmcheck does not say; None when no row has
-        one (a column of nulls aligns with any)."""
+        a dict of field types for structs of bytes and path), or the feature a Parquet or Arrow file's metadata gives
+        the column (``Image``: the values are decoded); UNKNOWN_KIND where vlmcheck does not say; None when no row
+        has one (a column of nulls aligns with any)."""
         column = attr.columns.get(key)
         if not column:
             return None
         files = dataset_files(self.config, attr)
-        feature = parquet_feature(files[0], column) if FILE_TYPES.get(files[0].suffix[1:]) == "parquet" else None
+        loader = builder(files[0])
+        schema = next(table_schemas(files[0], loader), None) if loader in ("parquet", "arrow") else None
+        feature = column_feature(schema, column) if schema is not None else None
         kind: Any = None
         for row in iter_rows(files):
             value = row.get(column) if isinstance(row, Mapping) else None
@@ -2095,12 +2111,33 @@ class Run:
 
     def _same_columns(self, attr: DatasetAttr) -> None:
         """``datasets`` loads each file of a folder dataset as a table of its own and casts the later ones to the
-        first one's columns: a later file may lack some (nulls), but one with a column the first lacks fails the
-        load (the run stops before step 1)."""
+        first one's columns: a later JSON file may lack some (nulls), but one with a column the first lacks fails the
+        load (the run stops before step 1). The tables of the other builders (Parquet, Arrow, CSV: each chunk of
+        10,000 rows) are cast to the first one's types too (hfjson.tables_problem): where that fails the run stops,
+        and where it depends on which file ``os.listdir`` lists first, which differs between machines, the check is
+        refused naming the two files."""
         files = dataset_files(self.config, attr)
-        if len(files) < 2 or attr.name in self._checked:
+        kind = builder(files[0])
+        if (len(files) < 2 and kind != "csv") or attr.name in self._checked:
             return
         self._checked.add(attr.name)
+        if kind in ("parquet", "arrow", "csv"):
+            tables = [(f.name, list(table_schemas(f, kind))) for f in files]
+            if sum(len(t) for _, t in tables) < 2:
+                return
+            try:
+                tables_problem(tables)
+            except TypeClash as e:
+                raise DatasetError(f"dataset {attr.name!r}, {e}: datasets cannot load the files, so LLaMA-Factory's "
+                                   "loader raises (DatasetGenerationError) and the run stops before step 1") from None
+            except ListingOrder as e:
+                raise DatasetError(
+                    f"dataset {attr.name!r}: whether LLaMA-Factory can load {attr.file_name} depends on the order "
+                    f"os.listdir lists its files, which differs between machines and file systems: {e}. vlmcheck "
+                    "does not guess: give every file the same columns and types (or merge them into one)") from None
+            return
+        if len(files) < 2:
+            return
         clash = new_columns(files)
         if clash:
             file, new = clash
@@ -2122,7 +2159,7 @@ class Run:
         """A JSON dataset's rows must give each column one type datasets can infer (see json_type): else its loader
         raises and the run stops before step 1."""
         files = dataset_files(self.config, attr)
-        if attr.name in self._typed or FILE_TYPES.get(files[0].suffix[1:]) != "json":
+        if attr.name in self._typed or builder(files[0]) != "json":
             return
         self._typed.add(attr.name)
         plan = LoadPlan()
@@ -2132,9 +2169,8 @@ class Run:
         except RecursionError:  # nested past what vlmcheck follows: not judged here
             return
         except TypeClash as e:
-            raise DatasetError(f"dataset {attr.name!r}, {e}: datasets cannot load the file as one table, so "
-                               "LLaMA-Factory's loader raises (DatasetGenerationError) and the run stops before "
-                               "step 1") from None
+            raise DatasetError(f"dataset {attr.name!r}, {e}: datasets cannot load the file, so LLaMA-Factory's "
+                               "loader raises (DatasetGenerationError) and the run stops before step 1") from None
 
     def _loaded_rows(self, attr: DatasetAttr) -> int | None:
         """How many rows ``datasets`` loads from the dataset's files (its ``split``); None when one cannot be read
@@ -2397,7 +2433,8 @@ class Run:
         if isinstance(row, Mapping) and isinstance(row.get("id"), (str, int)):
             result.id = str(row["id"])
         try:
-            example = convert(self._as_loaded(row, attr, origin.row), attr, self.config)
+            loaded = self._as_loaded(row, attr, origin.row)
+            example = convert(loaded, attr, self.config)
         except Dropped as e:
             found.append(F.make("VC006", f"LLaMA-Factory skips this row: {e}"))
             frame["verdict"] = "dropped"
@@ -2415,6 +2452,13 @@ class Run:
                                          "LLaMA-Factory raises on it while preparing the dataset"))
             frame["verdict"] = "stops"
             return result
+        if isinstance(loaded, Rewritten) and loaded.surrogates:
+            found.append(F.make("VC008", f"datasets returns this row's {', '.join(loaded.surrogates)} without the "
+                                         "lone UTF-16 surrogate escape the file writes (ujson, its JSON array "
+                                         "reader, drops it): LLaMA-Factory trains on what datasets returns, and "
+                                         "vlmcheck counted that", fields=loaded.surrogates,
+                                fix="Write the character whole (both halves of the pair, or the character "
+                                    "itself), or remove the stray escape."))
         plugin = self.config.template.plugin
         invalid = self._refused_media(example, plugin)
         if invalid is None and example.rejected is not None:  # process_messages runs on each sequence
