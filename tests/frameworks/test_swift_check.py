@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from vlmcheck.cli import main
+from vlmcheck.errors import UsageError
 from vlmcheck.frameworks import detect, swift
 
 
@@ -40,14 +41,107 @@ swift sft \\
 
 @pytest.mark.parametrize(("command", "named"), [
     ("swift rlhf --rlhf_type dpo --model m --dataset d.jsonl", "swift rlhf --rlhf_type dpo"),
-    ("NPROC_PER_NODE=8 swift rlhf \\\n  --rlhf_type grpo --num_generations 8", "swift rlhf --rlhf_type grpo"),
+    ("NPROC_PER_NODE=8 swift rlhf \\\n  --rlhf_type=kto --model m", "swift rlhf --rlhf_type kto"),
+    ("swift rlhf --model m --dataset d.jsonl", "swift rlhf (--rlhf_type dpo, its default)"),
     ("swift pt --model m --dataset d.jsonl", "swift pt"),
 ])
-def test_a_stage_other_than_sft_is_named_in_the_refusal(tmp_path: Path, command: str, named: str) -> None:
+def test_a_stage_other_than_sft_and_grpo_is_named_in_the_refusal(tmp_path: Path, command: str, named: str) -> None:
     path = tmp_path / "train.sh"
     path.write_text(command + "\n")
     result = CliRunner().invoke(main, ["check", str(path)])
     assert result.exit_code == 2 and f"`{named}` is not modelled" in result.output, result.output
+
+
+def test_a_grpo_command_is_read_after_an_unmodelled_one(tmp_path: Path) -> None:
+    """The first command vlmcheck models is the run: `swift rlhf --rlhf_type grpo` (ms-swift's examples write
+    ``--rlhf_type grpo`` among the other options), after a DPO line it skips."""
+    script = ("swift rlhf --rlhf_type dpo --model m --dataset d.jsonl\n"
+              "NPROC_PER_NODE=4 swift rlhf --model Qwen/Qwen2.5-VL-7B-Instruct --dataset a.jsonl --rlhf_type=grpo "
+              "--num_generations 8 --reward_funcs accuracy format\n")
+    raw = swift.read_launch(script, path=tmp_path / "train.sh", env={})
+    assert raw is not None and raw["stage"] == "grpo" and raw["env"]["NPROC_PER_NODE"] == "4"
+    assert raw["options"]["reward_funcs"] == ["accuracy", "format"]
+
+
+@pytest.fixture()
+def grpo(tmp_path: Path, qwen2_vl_checkpoint: Path) -> Path:
+    """A GRPO script whose settings ms-swift takes (test_swift_grpo.py proves them against its argument checks)."""
+    Image.new("RGB", (640, 480)).save(tmp_path / "a.png")
+    row = {"messages": [{"role": "user", "content": "<image>What is it?"}], "images": [str(tmp_path / "a.png")],
+           "solution": "a cat"}
+    (tmp_path / "train.jsonl").write_text(json.dumps(row) + "\n")
+    path = tmp_path / "grpo.sh"
+    path.write_text(f"swift rlhf --rlhf_type grpo --model {qwen2_vl_checkpoint} --dataset {tmp_path / 'train.jsonl'} "
+                    "--reward_funcs accuracy --num_generations 4 --per_device_train_batch_size 4\n")
+    return path
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    ("--use_vllm true --vllm_mode colocate", "--use_vllm true is not modelled"),
+    ("--use_vllm", "--use_vllm true is not modelled"),  # a bare boolean is true
+    ("--multi_turn_scheduler thinking_tips_scheduler", "--multi_turn_scheduler is not modelled"),
+    ("--num_generations 0", "GRPO needs 2 or more"),
+    ("--template gemma3_vision", "with the gemma3_vision template is not modelled"),
+    ("--loss_scale all", "--loss_scale all is not modelled"),
+    ("--system 'Look at <image> first.'", "--system holding <image> under GRPO"),
+    ("--num_generations", "--num_generations is given no value"),
+    ("--num_gen 4", "write --num_generations"),  # ms-swift's parser expands an abbreviation; vlmcheck refuses it
+])
+def test_what_vlmcheck_does_not_model_under_grpo_is_refused_with_exit_2(grpo: Path, extra: str, words: str) -> None:
+    grpo.write_text(grpo.read_text().rstrip("\n") + f" {extra}\n")
+    result = CliRunner().invoke(main, ["check", str(grpo)])
+    assert result.exit_code == 2 and words in result.output, result.output
+
+
+def test_a_grpo_run_without_a_reward_is_refused(grpo: Path) -> None:
+    """GRPOTrainer.__init__ raises 'You must specify reward_funcs or reward_model' when no reward function, reward
+    model or teacher is given (a teacher makes GRPO on-policy distillation, which needs none)."""
+    grpo.write_text(grpo.read_text().replace("--reward_funcs accuracy ", ""))
+    result = CliRunner().invoke(main, ["check", str(grpo)])
+    assert result.exit_code == 2 and "You must specify reward_funcs or reward_model" in result.output, result.output
+    for source in ("--reward_model my/rm", "--teacher_model my/teacher"):
+        grpo.write_text(grpo.read_text().rstrip("\n").split(" --reward_model")[0].split(" --teacher_model")[0]
+                        + f" {source}\n")
+        assert CliRunner().invoke(main, ["check", str(grpo), "--fail-on", "error"]).exit_code == 0
+
+
+@pytest.mark.parametrize(("nproc", "nnodes", "refused"), [("", "", True), ("2", "", False), ("3", "", True),
+                                                           ("", "2", False), ("3", "2", False)])
+def test_the_generation_batch_counts_every_process_torchrun_starts(grpo: Path, nproc: str, nnodes: str,
+                                                                   refused: bool) -> None:
+    """GRPOConfig's generation batch is per_device_train_batch_size x world size x steps per generation, the world
+    being NPROC_PER_NODE x NNODES (cli/main.py starts torchrun with them): 4 x 1 and 4 x 3 are no multiples of 8."""
+    prefix = "".join(f"{k}={v} " for k, v in (("NPROC_PER_NODE", nproc), ("NNODES", nnodes)) if v)
+    grpo.write_text(prefix + grpo.read_text().replace("--num_generations 4", "--num_generations 8"))
+    raw = swift.read_launch(grpo.read_text(), path=grpo, env={})
+    assert raw is not None
+    world = int(nproc or 1) * int(nnodes or 1)
+    if refused:
+        with pytest.raises(UsageError, match=rf"generation_batch_size \({4 * world}\) must be evenly divisible by "
+                                             r"num_generations \(8\)"):
+            swift.read_config(raw, path=grpo)
+    else:
+        config = swift.read_config(raw, path=grpo)
+        assert config.grpo is not None and (config.grpo.world_size, config.grpo.generation_batch_size) == (
+            world, 4 * world)
+
+
+def test_a_grpo_prompt_is_judged_without_its_answer(grpo: Path, tmp_path: Path) -> None:
+    """The rollout generates the answer: the last assistant message is removed, the prompt ends with the
+    generation prompt, nothing is supervised; the solution column stays for the reward function."""
+    import vlmcheck
+
+    row = json.loads((tmp_path / "train.jsonl").read_text())
+    answered = {**row, "messages": [*row["messages"], {"role": "assistant", "content": "A cat " * 50}]}
+    (tmp_path / "train.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(answered) + "\n")
+    out = tmp_path / "records.jsonl"
+    report = vlmcheck.check(grpo, output=out)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert records[0]["tokens"] == records[1]["tokens"] and records[0]["supervised_tokens"] is None
+    assert [r["framework"]["verdict"] for r in records] == ["ok", "ok"]
+    framework = report.summary["framework"]
+    assert (framework["truncation_strategy"], framework["loss_scale"], framework["generation_batch_size"]) == (
+        "left", "last_round", 4)
 
 
 @pytest.fixture()

@@ -1,6 +1,6 @@
-"""ms-swift: the one home of its facts (``swift sft`` launch lines and the ``MAX_PIXELS`` environment, its
-``messages`` dataset layout with absolute image paths, its own ChatML template encode, which tokens are trained,
-and ``--truncation_strategy``).
+"""ms-swift: the one home of its facts (``swift sft`` and ``swift rlhf --rlhf_type grpo`` launch lines and the
+``MAX_PIXELS`` environment, its ``messages`` dataset layout with absolute image paths, its own ChatML template
+encode, which tokens are trained, ``--truncation_strategy``, and what GRPO does with each row's prompt).
 
 Modelled on ms-swift 4.6 (``swift/template/base.py``, ``template/templates/qwen.py``, ``templates/gemma.py``,
 ``arguments/base_args/template_args.py``, ``model/models/qwen.py``) for its ``qwen2_vl`` / ``qwen2_5_vl`` /
@@ -28,6 +28,12 @@ the ids, VC207). Each ``.json`` / ``.jsonl`` dataset first loads as ``datasets``
   ``loss: false``.
 - **Cut**: ``left`` / ``right`` keep every (Qwen) image token and cut text only (the first label is then masked);
   ``delete`` drops the row.
+- **GRPO** (``swift rlhf --rlhf_type grpo``, templates ``GRPO_TEMPLATES``): the rows load as under ``swift sft``; the
+  last answer is removed (``remove_response``) and the prompt is judged as the rollout encodes it, earlier answers
+  untrained (loss scale ``last_round``). ``--truncation_strategy`` ``left`` (its default: the rollout's prompt cut
+  from the left, the training step on the whole prompt) or ``delete`` (the length check before the rollout replaces
+  the row); a raise in the rollout stops the run. The run-level checks RLHFArguments, GRPOConfig and GRPOTrainer make
+  before step 1 (``_grpo``: generation batch vs ``--num_generations``, the eval batch, a reward source) are refusals.
 """
 
 from __future__ import annotations
@@ -197,6 +203,9 @@ TEMPLATES: dict[str, ChatTemplate] = {
     "llama3_2_vision": LLAMA3_2_VISION,
 }
 VERSIONS = f"4.6, {' / '.join(TEMPLATES)} templates"
+# the templates `swift rlhf --rlhf_type grpo` is modelled with (proved against ms-swift's GRPO path in
+# tests/frameworks/test_swift_grpo.py); the others are refused under GRPO
+GRPO_TEMPLATES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava1_5_hf")
 # model_type -> the template ms-swift's model registry gives it
 MODEL_TYPES = {t: name for name, template in TEMPLATES.items() for t in template.model_types}
 # model/models/qwen.py: the image_patch_size each loader passes compat_qwen_vl_utils (Qwen2VLLoader 14,
@@ -222,8 +231,12 @@ UTILS_MIN_TOKENS, UTILS_MAX_TOKENS = 4, 16384
 
 
 # -- launch lines ---------------------------------------------------------------------------------------------------
-# ms-swift's training commands besides `swift sft` (pretraining, and DPO / KTO / GRPO / GKD under `swift rlhf`)
+# ms-swift's training commands besides `swift sft` and `swift rlhf --rlhf_type grpo`: pretraining, and the other
+# `swift rlhf` types (RLHFArguments.rlhf_type: dpo, its default, orpo, simpo, kto, cpo, rm, ppo, gkd), which encode
+# rows their own way (pairs, desirability labels, a value model, a teacher)
 UNMODELLED_COMMANDS = ("rlhf", "pt")
+GRPO = "grpo"
+RLHF_DEFAULT_TYPE = "dpo"  # arguments/rlhf_args.py RLHFArguments.rlhf_type
 
 
 # the options of `swift sft` vlmcheck reads that take a value (arguments/: their types): given none (last, or
@@ -233,17 +246,27 @@ UNMODELLED_COMMANDS = ("rlhf", "pt")
 VALUE_OPTIONS = ("model", "dataset", "val_dataset", "split_dataset_ratio", "eval_strategy", "save_strategy",
                  "truncation_strategy", "template", "loss_scale", "columns", "model_kwargs", "system", "agent_template",
                  "max_length", "max_pixels", "tuner_type", "train_type")
-LIST_OPTIONS = ("dataset", "val_dataset")  # nargs="+": "expected at least one argument"
+LIST_OPTIONS = ("dataset", "val_dataset", "reward_funcs", "reward_model")  # nargs="+": "expected at least one argument"
 FLAG_OPTIONS = ("streaming", "strict", "disable_auto_column_mapping", "ignore_args_error")
-# ms-swift's options whose names start one of those (of the 356 of SftArguments): not abbreviations
+# ms-swift's options whose names start one of those (of SftArguments' and RLHFArguments' options besides those
+# read: RLHFArguments' num_generations and teacher_model are read under GRPO): not abbreviations
 PREFIX_OPTIONS = ("stream",)
+# the options of `swift rlhf --rlhf_type grpo` vlmcheck reads besides those (arguments/rlhf_args.py,
+# rlhf_trainers/args_mixin.py, trainers/arguments.py): the batch sizes GRPOConfig checks, the reward sources the
+# trainer needs, what is refused as not modelled (vLLM rollouts, multi-turn schedulers)
+GRPO_VALUE_OPTIONS = ("rlhf_type", "num_generations", "num_generations_eval", "per_device_train_batch_size",
+                      "per_device_eval_batch_size", "gradient_accumulation_steps", "generation_batch_size",
+                      "steps_per_generation", "max_completion_length", "reward_funcs", "reward_model",
+                      "teacher_model", "teacher_model_server", "vllm_mode", "multi_turn_scheduler")
+GRPO_FLAG_OPTIONS = ("use_vllm",)
 
 
 def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any] | None:
-    """The options of the first ``swift sft`` command of a shell script, read as bash runs it (quotes, comments,
-    variables, pipes and redirections: see ``_shell.shell_commands``), with the environment it sets; None without
-    one. ``--key=value`` is ``--key value``, as ms-swift's argparse reads it; a word that follows no option is kept
-    in ``stray`` (ms-swift stops on it), the words as swift gets them in ``argv``."""
+    """The options of the first ``swift sft`` or ``swift rlhf --rlhf_type grpo`` command of a shell script, read as
+    bash runs it (quotes, comments, variables, pipes and redirections: see ``_shell.shell_commands``), with the
+    environment it sets; None without one. ``--key=value`` is ``--key value``, as ms-swift's argparse reads it; a
+    word that follows no option is kept in ``stray`` (ms-swift stops on it), the words as swift gets them in
+    ``argv``; ``stage`` is ``sft`` or ``grpo``."""
     env = os.environ if env is None else env
     unmodelled = ""
     for command in launch_commands(text, env=env, path=path, program=r"\bswift\b"):
@@ -251,17 +274,22 @@ def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) 
         if "swift" not in words[:-1]:
             continue
         at = words.index("swift")
-        if words[at + 1] != "sft":
-            if words[at + 1] in UNMODELLED_COMMANDS:
-                options = _options(words[at + 2:])[0]
-                rlhf_type = options.get("rlhf_type")
-                unmodelled = unmodelled or f"swift {words[at + 1]}" + (
-                    f" --rlhf_type {rlhf_type}" if isinstance(rlhf_type, str) else "")
-            continue
-        return _launch(command, at + 2, path)
+        if words[at + 1] == "sft":
+            return _launch(command, at + 2, path, stage="sft")
+        if words[at + 1] == "rlhf":
+            rlhf_type = _options(words[at + 2:])[0].get("rlhf_type", RLHF_DEFAULT_TYPE)
+            if rlhf_type == GRPO:
+                return _launch(command, at + 2, path, stage=GRPO)
+        if words[at + 1] in UNMODELLED_COMMANDS:
+            options = _options(words[at + 2:])[0]
+            named = options.get("rlhf_type")
+            unmodelled = unmodelled or f"swift {words[at + 1]}" + (
+                f" --rlhf_type {named}" if isinstance(named, str) else
+                f" (--rlhf_type {RLHF_DEFAULT_TYPE}, its default)" if words[at + 1] == "rlhf" else "")
     if unmodelled:
-        raise UsageError(f"{path}: `{unmodelled}` is not modelled by vlmcheck yet (it models `swift sft`); its "
-                         "preference and RL stages encode rows their own way")
+        raise UsageError(f"{path}: `{unmodelled}` is not modelled by vlmcheck yet (it models `swift sft` and `swift "
+                         "rlhf --rlhf_type grpo`); ms-swift's pre-training and its other preference and RL stages "
+                         "encode rows their own way")
     return None
 
 
@@ -288,11 +316,12 @@ def _options(argv: Sequence[str]) -> tuple[dict[str, Any], list[tuple[int, str |
     return options, owners
 
 
-def _launch(command: ShellCommand, first: int, path: Path) -> dict[str, Any]:
-    """The raw settings of the ``swift sft`` command whose options start at word ``first``."""
+def _launch(command: ShellCommand, first: int, path: Path, *, stage: str) -> dict[str, Any]:
+    """The raw settings of the ``swift sft`` (``stage`` sft) or ``swift rlhf`` (grpo) command whose options start at
+    word ``first``."""
     words = command.words
     argv = words[first:]
-    startable(command, first, path=path, program="swift sft")
+    startable(command, first, path=path, program="swift sft" if stage == "sft" else "swift rlhf")
     launch_env = dict(command.variables)
     launch_env.update(command.assignments)
     for word in words[:first - 2]:  # env A=1 swift sft ..., nohup, ...
@@ -320,7 +349,7 @@ def _launch(command: ShellCommand, first: int, path: Path) -> dict[str, Any]:
         if key is not None:
             unset.setdefault(key, []).extend(command.unset.get(first + i, ()))
             unexpanded.setdefault(key, []).extend(command.unexpanded.get(first + i, ()))
-    return {"__launch__": NAME, "options": options, "env": launch_env, "argv": list(argv),
+    return {"__launch__": NAME, "stage": stage, "options": options, "env": launch_env, "argv": list(argv),
             "stray": [argv[i] for i, key in owners if key is None],
             "unset": {k: v for k, v in unset.items() if v}, "unexpanded": {k: v for k, v in unexpanded.items() if v},
             "line": command.line}
@@ -328,8 +357,22 @@ def _launch(command: ShellCommand, first: int, path: Path) -> dict[str, Any]:
 
 # -- config -------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class Grpo:
+    """What ``swift rlhf --rlhf_type grpo`` adds to a run's settings (RLHFArguments, GRPOConfig), as checked."""
+
+    num_generations: int
+    generation_batch_size: int
+    steps_per_generation: int
+    world_size: int  # torchrun's processes: NPROC_PER_NODE x NNODES (1 without them)
+    # the loss scale the template groups the prompt's pieces by: RLHFArguments._set_loss_scale makes it last_round
+    # (earlier answers untrained, so tokenized with the text around them); --loss_scale default trains them
+    loss_scale: str
+    max_completion_length: int
+
+
+@dataclass(frozen=True)
 class Config:
-    """A ``swift sft`` run's settings with ms-swift's defaults filled in."""
+    """A ``swift sft`` or ``swift rlhf --rlhf_type grpo`` run's settings with ms-swift's defaults filled in."""
 
     path: Path
     model: str
@@ -352,6 +395,7 @@ class Config:
     auto_columns: bool = True
     rescale: int | None = None  # --max_pixels: the template's own rescale before qwen-vl-utils (see rescaled)
     values: dict[str, Any] = field(default_factory=dict)
+    grpo: Grpo | None = None  # `swift rlhf --rlhf_type grpo`; None: `swift sft`
 
 
 def _as_list(value: Any) -> list[str]:
@@ -375,7 +419,9 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     options: dict[str, Any] = raw.get("options") or {}
     env: dict[str, str] = raw.get("env") or {}
     mapping = dict(path_map or {})
-    _check_command(raw, path, overridden=(("model",) if model else ()) + (("dataset",) if data is not None else ()))
+    grpo = raw.get("stage") == GRPO
+    _check_command(raw, path, overridden=(("model",) if model else ()) + (("dataset",) if data is not None else ()),
+                   grpo=grpo)
     # --model_kwargs: each key, upper-cased, is set in the environment (over the script's): MAX_PIXELS, ...
     env = {**env, **{k.upper(): str(v) for k, v in _json_object(options.get("model_kwargs"), "--model_kwargs", path,
                                                                  mapping).items()}}
@@ -403,10 +449,16 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     if split == 1:
         raise UsageError(f"{path}: --split_dataset_ratio 1 puts every row into the evaluation set: ms-swift has no "
                          "training rows and its trainer raises")
-    truncation = options.get("truncation_strategy", "delete")
+    # RLHFArguments._init_grpo: GRPO's default is left, and it raises on anything but left or delete
+    truncation = options.get("truncation_strategy", "left" if grpo else "delete")
     if truncation not in (*TRUNCATIONS, "split"):
         raise UsageError(f"{path}: --truncation_strategy {truncation!r}{_unset_note(raw, 'truncation_strategy')} is "
                          "not one of ms-swift's choices (delete, left, right, split): its argument parser stops")
+    if grpo and truncation not in GRPO_TRUNCATIONS:
+        raise UsageError(f"{path}: --truncation_strategy {truncation}: ms-swift's GRPO raises before training "
+                         "(RLHFArguments._init_grpo: \"GRPO requires `truncation_strategy 'left' or 'delete'`, Current "
+                         f"value: `truncation_strategy='{truncation}'`.\"); set --truncation_strategy left (its "
+                         "default) or delete")
     if truncation not in TRUNCATIONS:
         raise UsageError(f"{path}: --truncation_strategy {truncation}: vlmcheck models {', '.join(TRUNCATIONS)} "
                          "('split' is for pre-training)")
@@ -414,8 +466,10 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     if template is not None and template not in TEMPLATES:
         raise UsageError(f"{path}: --template {template} is not modelled by vlmcheck yet (it models "
                          f"{', '.join(TEMPLATES)})")
-    if options.get("loss_scale") not in (None, "default"):
-        raise UsageError(f"{path}: --loss_scale {options['loss_scale']} is not modelled yet (default is)")
+    loss_scales = (None, "default", "last_round") if grpo else (None, "default")
+    if options.get("loss_scale") not in loss_scales:
+        raise UsageError(f"{path}: --loss_scale {options['loss_scale']} is not modelled yet "
+                         f"({' and '.join(str(v) for v in loss_scales[1:])} are)")
     columns = _json_object(options.get("columns"), "--columns", path, mapping)
     if not all(isinstance(v, str) for v in columns.values()):
         raise UsageError(f"{path}: --columns must map column names to names, got {options['columns']!r}")
@@ -442,7 +496,115 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
                                             "max_pixels", "columns", "disable_auto_column_mapping",
                                             "val_dataset", "split_dataset_ratio", "model_kwargs", "streaming",
                                             "eval_strategy", "agent_template")},
+        grpo=_grpo(options, env, path, raw, evaluates=bool(val_files or split)) if grpo else None,
     )
+
+
+# RLHFArguments._init_grpo: the truncation strategies GRPO takes
+GRPO_TRUNCATIONS = ("left", "delete")
+
+
+def _grpo(options: Mapping[str, Any], env: Mapping[str, str], path: Path, raw: Mapping[str, Any], *,
+          evaluates: bool) -> Grpo:
+    """The settings ``swift rlhf --rlhf_type grpo`` adds, refused where ms-swift 4.6 raises before step 1, in the order
+    it checks them: RLHFArguments.__post_init__ (_init_rollout, then GRPOConfig's _init_generation_batch_params from
+    SftArguments, then _check_teacher), then GRPOTrainer.__init__ (a reward source). ``evaluates``: a validation set
+    is loaded (--val_dataset, or a split), so the eval batch is checked too unless --eval_strategy is no."""
+    where = f"{path}: " + (f"line {raw['line']}: " if raw.get("line") else "")
+    use_vllm = _flag(options, "use_vllm", path)
+    if use_vllm:
+        raise UsageError(f"{where}--use_vllm true is not modelled by vlmcheck yet: ms-swift's vLLM rollout encodes the "
+                         "prompt in its vllm mode (one token per image, expanded by vLLM with its own processor) "
+                         "and vLLM checks its own max_model_len; without --use_vllm the prompt is what vlmcheck "
+                         "judges")
+    if options.get("vllm_mode") is not None:  # RLHFArguments._init_rollout
+        raise UsageError(f"{where}--vllm_mode {options['vllm_mode']} without --use_vllm true: ms-swift raises before "
+                         "training ('vllm_mode is not supported when use_vllm is false')")
+    if options.get("multi_turn_scheduler") is not None:
+        raise UsageError(f"{where}--multi_turn_scheduler is not modelled by vlmcheck yet (each turn's prompt is "
+                         "written by the scheduler, and the loss scale becomes default)")
+    def number(key: str, default: int | None, *, positive: bool = True) -> int | None:
+        if options.get(key) is None:
+            return default
+        return (_int if positive else _count)(options[key], f"--{key}", path, _unset_note(raw, key))
+
+    generations = number("num_generations", 8, positive=False) or 0
+    if generations <= 0:
+        raise UsageError(f"{where}--num_generations {generations}: ms-swift's argument checks let it pass (they "
+                         "refuse 1), and what its trainer then does is not modelled by vlmcheck; GRPO needs 2 or more")
+    world = 1
+    for key in ("NPROC_PER_NODE", "NNODES"):  # cli/main.py: torchrun --nproc_per_node / --nnodes
+        value = env.get(key)
+        if value is not None:
+            world *= _int(value, key, path, " (vlmcheck needs the number of processes torchrun starts)")
+    per_device = number("per_device_train_batch_size", 1) or 1
+    accumulation = number("gradient_accumulation_steps", 1) or 1  # RLHFArguments._set_default: 1 for GRPO
+    given_batch = number("generation_batch_size", None, positive=False)
+    given_steps = number("steps_per_generation", None, positive=False)
+    # GRPOArgumentsMixin._init_generation_batch_params (GRPOConfig.__post_init__)
+    global_batch = per_device * world
+    shape = (f"per_device_train_batch_size {per_device} x {world} process(es)")
+    if given_batch is None:
+        steps = accumulation if given_steps is None else given_steps
+        batch = global_batch * steps
+    elif given_steps is None:
+        batch = given_batch
+        if batch % global_batch:
+            raise UsageError(f"{where}--generation_batch_size {batch} is not a multiple of the global batch size "
+                             f"({shape} = {global_batch}): ms-swift raises before training ('generation_batch_size "
+                             f"({batch}) must be divisible by the global batch size ({global_batch}).')")
+        steps = batch // global_batch
+    else:
+        batch, steps = given_batch, given_steps
+        if batch != global_batch * steps:
+            raise UsageError(f"{where}--generation_batch_size {batch} with --steps_per_generation {steps}: ms-swift "
+                             f"raises before training ('generation_batch_size ({batch}) must equal "
+                             "per_device_train_batch_size * world_size * steps_per_generation = "
+                             f"{global_batch * steps}.')")
+    if steps <= 0:
+        raise UsageError(f"{where}{steps} steps per generation: ms-swift raises before training "
+                         f"('steps_per_generation must be > 0, got {steps}.')")
+    if generations > 1 and batch % generations:
+        fits = [n for n in range(2, batch + 1) if batch % n == 0]
+        made = (f"--generation_batch_size {batch}" if options.get("generation_batch_size") is not None else
+                f"the generation batch ({shape} x {steps} step(s) per generation = {batch})")
+        raise UsageError(f"{where}{made} is not a multiple of --num_generations {generations}: ms-swift raises before "
+                         f"training ('generation_batch_size ({batch}) must be evenly divisible by num_generations "
+                         f"({generations}). Valid values: {fits}.'); raise --per_device_train_batch_size or "
+                         f"--gradient_accumulation_steps (or --generation_batch_size) to a multiple of {generations}, "
+                         "or lower --num_generations")
+    evaluation = str(options.get("eval_strategy") or options.get("save_strategy") or "steps")
+    if generations > 1 and evaluates and evaluation != "no":
+        eval_generations = number("num_generations_eval", None, positive=False) or generations
+        eval_batch = (number("per_device_eval_batch_size", 1) or 1) * world
+        if eval_batch % eval_generations:
+            fits = [n for n in range(1, eval_batch + 1) if eval_batch % n == 0]
+            raise UsageError(f"{where}the eval batch (per_device_eval_batch_size x {world} process(es) = "
+                             f"{eval_batch}) is not a multiple of {eval_generations} generations: ms-swift raises "
+                             f"before training ('The global eval batch size ({world} x {eval_batch // world}) must be "
+                             f"evenly divisible by num_generations_eval ({eval_generations}). Valid values: {fits}.'); "
+                             "set --per_device_eval_batch_size or --num_generations_eval to fit, or --eval_strategy no")
+    teacher = options.get("teacher_model") is not None or options.get("teacher_model_server") is not None
+    if generations == 1 and not teacher:  # RLHFArguments._check_teacher
+        raise UsageError(f"{where}--num_generations 1: ms-swift raises before training ('num_generations must be "
+                         "greater than 1 for GRPO'): GRPO compares the completions of one prompt")
+    if not options.get("reward_funcs") and options.get("reward_model") is None and not teacher:
+        raise UsageError(f"{where}no --reward_funcs, --reward_model or --teacher_model: ms-swift's GRPOTrainer raises "
+                         "before training ('You must specify reward_funcs or reward_model')")
+    completion = next((options[k] for k in ("response_length", "max_new_tokens") if options.get(k) is not None),
+                      options.get("max_completion_length"))  # RLHFArguments._init_max_completion_length
+    return Grpo(num_generations=generations, generation_batch_size=batch, steps_per_generation=steps,
+                world_size=world, loss_scale=str(options.get("loss_scale") or "last_round"),
+                max_completion_length=_count(completion, "--max_completion_length", path) if completion is not None
+                else 512)
+
+
+def _count(value: Any, key: str, path: Path, note: str = "") -> int:
+    """A whole number as ms-swift's parser reads it (``int``): zero and negative numbers too."""
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        raise UsageError(f"{path}: {key} must be a whole number, got {value!r}{note}") from None
 
 
 def _unset_note(raw: Mapping[str, Any], key: str) -> str:
@@ -456,29 +618,31 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _check_command(raw: Mapping[str, Any], path: Path, *, overridden: tuple[str, ...]) -> None:
+def _check_command(raw: Mapping[str, Any], path: Path, *, overridden: tuple[str, ...], grpo: bool = False) -> None:
     """Refuses what ms-swift's argument parser stops on, or what vlmcheck cannot read, in the options it reads:
     a word that follows no option, an option given no value, an abbreviated option name, a value vlmcheck does not
     expand (a command substitution). ``overridden``: options vlmcheck's own flags replace (given a value, or one
-    from a variable vlmcheck's environment lacks)."""
+    from a variable vlmcheck's environment lacks); ``grpo``: a ``swift rlhf --rlhf_type grpo`` command, whose GRPO
+    options are read too."""
     options: Mapping[str, Any] = raw.get("options") or {}
     line = f"line {raw['line']}: " if raw.get("line") else ""
     stray = raw.get("stray") or []
     argv = raw.get("argv") or []
     if argv and stray and argv[0] == stray[0] and argv[0].endswith((".json", ".yaml", ".yml")):
-        raise UsageError(f"{path}: {line}`swift sft {argv[0]}`: ms-swift reads its options from that file, which "
-                         "vlmcheck does not model yet; write them on the command line")
+        raise UsageError(f"{path}: {line}`swift {'rlhf' if grpo else 'sft'} {argv[0]}`: ms-swift reads its options "
+                         "from that file, which vlmcheck does not model yet; write them on the command line")
     if stray and not _flag(options, "ignore_args_error", path):
         raise UsageError(f"{path}: {line}{_short(stray[0])} follows no option that takes it (an option written "
                          f"--key=value takes that one value only): ms-swift stops with 'ValueError: remaining_argv: "
                          f"{_short(stray)}'")
-    known = (*VALUE_OPTIONS, *FLAG_OPTIONS)
+    values = (*VALUE_OPTIONS, *(GRPO_VALUE_OPTIONS if grpo else ()))
+    known = (*values, *FLAG_OPTIONS, *(GRPO_FLAG_OPTIONS if grpo else ()))
     for key in options:
         full = [k for k in known if k.startswith(key) and k != key]
         if key not in known and key not in PREFIX_OPTIONS and full:
             raise UsageError(f"{path}: {line}--{key}: ms-swift's parser takes an abbreviated option for the one it "
                              f"starts (--{full[0]}); vlmcheck reads options written in full: write --{full[0]}")
-    for key in VALUE_OPTIONS:
+    for key in values:
         if key not in options:
             continue
         names = (raw.get("unset") or {}).get(key)
@@ -707,6 +871,14 @@ def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data:
     if template is not None and template.fold_system and config.system is not None:
         raise UsageError(f"{path}: --system with the {template.name} template is not modelled by vlmcheck yet "
                          "(its template folds a row's own system prompt into the first question)")
+    if config.grpo is not None and template is not None and template.name not in GRPO_TEMPLATES:
+        raise UsageError(f"{path}: `swift rlhf --rlhf_type grpo` with the {template.name} template is not modelled by "
+                         f"vlmcheck yet (it models GRPO with {', '.join(GRPO_TEMPLATES)}; {template.name} under "
+                         "`swift sft`)")
+    if config.grpo is not None and IMAGE_TAG in (config.system or ""):
+        raise UsageError(f"{path}: --system holding {IMAGE_TAG} under GRPO is not modelled by vlmcheck yet (the "
+                         "rollout writes it into each row as the row's own system prompt, whose tags take images; "
+                         "the length check before it does not)")
     if template is not None and not template.qwen_vl_utils:
         return Run(config, load_model(config.model, overrides=Overrides(extra=dict(template.processor_options))),
                    template)
@@ -744,7 +916,7 @@ class NotModelled(Exception):
 
 class Run(ProcessorRun):
     """An ms-swift ``sft`` run with a modelled template (``TEMPLATES``: Qwen-VL's, Gemma 3's, LLaVA-1.5's, InternVL's,
-    Llama 3.2 Vision's)."""
+    Llama 3.2 Vision's), or a GRPO run (``Config.grpo``) with one of ``GRPO_TEMPLATES``: each row's prompt judged."""
 
     name = NAME
     versions = VERSIONS
@@ -764,8 +936,12 @@ class Run(ProcessorRun):
         self.config = config
         self.chat = chat
         self.template = chat.name
+        if config.grpo is not None:  # the report's first line names the command
+            self.versions = f"{VERSIONS}; swift rlhf --rlhf_type grpo, truncation_strategy {config.truncation}"
         self.use_model(spec)
-        self.max_length = config.max_length or _max_model_len(spec.path)
+        # ModelInfo.max_model_len: the default --max_length, and under GRPO the rollout engine's budget
+        self.model_len = _max_model_len(spec.path)
+        self.max_length = config.max_length or self.model_len
         # the id each image's text is spliced in at: Qwen's one <|image_pad|> (repeated per feature), Gemma 3's
         # <start_of_image> (replaced by the tokenized full_image_sequence)
         self.anchor_id = self.image_token_id if chat.anchor is None else spec.token_id(chat.anchor)
@@ -876,6 +1052,14 @@ class Run(ProcessorRun):
             shown["system_block_date"] = f"{self.date} (ms-swift writes the day the run starts)"
         shown["datasets_library"] = self.hf_datasets + (" (assumed: the newest ms-swift 4.6 accepts)"
                                                       if self.hf_datasets_assumed else " (installed here)")
+        if cfg.grpo is not None:
+            shown.update({"command": "swift rlhf --rlhf_type grpo",
+                          "judged": "each row's prompt (its last answer removed), as the rollout encodes it",
+                          "loss_scale": cfg.grpo.loss_scale, "num_generations": cfg.grpo.num_generations,
+                          "generation_batch_size": cfg.grpo.generation_batch_size,
+                          "steps_per_generation": cfg.grpo.steps_per_generation, "world_size": cfg.grpo.world_size,
+                          "max_completion_length": cfg.grpo.max_completion_length,
+                          "rollout_max_model_len": self.model_len})
         return {**shown, **({"max_pixels": cfg.rescale} if cfg.rescale else {}),
                 "media_dir": "paths as written in the data"}
 
@@ -896,6 +1080,8 @@ class Run(ProcessorRun):
         if system is None:
             system = chat.default_system or ""
         turns = [dict(m) for m in messages]
+        if not turns:  # _swift_encode indexes the first question: IndexError
+            raise Unbuildable("no message after the system prompt")
         roles = {m.get("role") for m in turns}
         if roles & {"tool", "tool_response", "tool_call"}:
             raise NotModelled("tool calls and results (ms-swift's agent template) are not modelled")
@@ -926,7 +1112,7 @@ class Run(ProcessorRun):
                 queries.append("")
                 answers.append(None)
             answer = answers[-1] if answers[-1] is not None else []
-            answer.append((m["content"], _trained(m)))
+            answer.append((m["content"], self._answer_trained(m)))
             answers[-1] = answer
         if chat.strip_answers:  # Gemma3Template._swift_encode: an answer lone in its round loses its leading and
             # trailing newlines; one merged from several (a list of parts by then) keeps them
@@ -969,6 +1155,16 @@ class Run(ProcessorRun):
             elif text:
                 merged.append((text, trained))
         return merged
+
+    def _answer_trained(self, message: Mapping[str, Any]) -> bool:
+        """Whether the loss scale trains an answer (LossScale._inner_call), which decides how the pieces are joined
+        for tokenizing: under ``default`` (swift sft's) unless its ``loss`` is false or its ``loss_scale`` 0; under
+        ``last_round`` (GRPO's) an answer before the last question only when its ``loss`` is true, and every answer
+        of a prompt is before its last question."""
+        if self.config.grpo is None or self.config.grpo.loss_scale == "default":
+            return _trained(message)
+        scale = message.get("loss_scale")
+        return bool(message.get("loss")) and not (scale is not None and not scale)
 
     def _size(self, image: Any, source: Path) -> tuple[int, int]:
         """qwen-vl-utils' ``fetch_image`` opens images with ``Image.open``: no EXIF rotation."""
@@ -1023,8 +1219,9 @@ class Run(ProcessorRun):
         if _tools(row.get("tools")):  # Template._preprocess_tools: the agent template writes them into the system
             agent = self.config.agent_template or self.chat.agent_template
             if agent is None:
-                self._refused(result, f"the row has tools and template {self.template} has no agent template "
-                                      "('Failed to automatically match an agent_template'; --agent_template names one)")
+                self._encode_failed(result, f"the row has tools and template {self.template} has no agent template "
+                                            "('Failed to automatically match an agent_template'; --agent_template "
+                                            "names one)")
             else:
                 found.append(F.make("VC007", f"tools written into the system prompt by the {agent} agent template "
                                              "are not modelled by vlmcheck yet: the row is not counted"))
@@ -1036,6 +1233,14 @@ class Run(ProcessorRun):
                                          "write their tokens too): the row is not counted"))
             frame["verdict"] = "unknown"
             return result
+        if self.config.grpo is not None:  # the rollout generates the answer: remove_response takes the last one
+            row = _prompt_only(row)
+            if _ends_with_answer(row):
+                found.append(F.make("VC007", "a prompt that still ends with an answer once the last one is removed "
+                                             "(ms-swift continues that answer, and its length check writes it "
+                                             "otherwise) is not modelled by vlmcheck yet: the row is not counted"))
+                frame["verdict"] = "unknown"
+                return result
         row = _start_image_tag(_image_path_tags(row))
         images = row.get("images") or []
         images = images if isinstance(images, list) else [images]
@@ -1046,20 +1251,22 @@ class Run(ProcessorRun):
             if not self.chat.qwen_vl_utils and any(f.code == "VC107" for f in found):
                 frame["verdict"] = "crash"  # the processor's resize runs out of memory: the data loader dies
                 return result
-            self._refused(result, "an image cannot be loaded" + (" or qwen-vl-utils refuses it"
-                                                                 if self.chat.qwen_vl_utils else ""))
+            self._encode_failed(result, "an image cannot be loaded" + (" or qwen-vl-utils refuses it"
+                                                                       if self.chat.qwen_vl_utils else ""))
             return result
         counts = [e.features for e in expansions]
         result.image_tokens = list(counts)
         try:
             ids, trained, owner = self._encode(self.segments(row, len(images)), expansions)
         except Unbuildable as e:
-            self._refused(result, str(e))
+            self._encode_failed(result, str(e))
             return result
         except NotModelled as e:
             found.append(F.make("VC007", f"{e} by vlmcheck yet: the row is not counted"))
             frame["verdict"] = "unknown"
             return result
+        if self.config.grpo is not None:
+            return self._judge_prompt(result, row, ids, owner, counts)
         total = len(ids)
         result.tokens = total
         result.supervised_tokens = sum(trained)
@@ -1081,13 +1288,7 @@ class Run(ProcessorRun):
                                 tokens=total, max_length=limit))
             frame["verdict"] = "dropped"
             return result
-        protected = [t in self.protected for t in ids]  # Template._truncate keeps these ids, cuts around them
-        room = limit - sum(protected)
-        if room > 0:
-            text = [i for i, p in enumerate(protected) if not p]
-            for i in (text[-room:] if self.config.truncation == "left" else text[:room]):
-                protected[i] = True
-        kept = [i for i, p in enumerate(protected) if p]
+        kept = self._cut(ids, limit)
         labels = [trained[i] for i in kept]
         if labels:
             labels[0] = False
@@ -1124,6 +1325,98 @@ class Run(ProcessorRun):
             frame["verdict"] = "cut"
         self._literal_images(result, kept_owner, counts)
         return result
+
+    def _cut(self, ids: list[int], limit: int) -> list[int]:
+        """The positions ``Template._truncate`` keeps (``left`` / ``right``): every protected id, and the text on its
+        side of the cut that fits beside them."""
+        protected = [t in self.protected for t in ids]  # Template._truncate keeps these ids, cuts around them
+        room = limit - sum(protected)
+        if room > 0:
+            text = [i for i, p in enumerate(protected) if not p]
+            for i in (text[-room:] if self.config.truncation == "left" else text[:room]):
+                protected[i] = True
+        return [i for i, p in enumerate(protected) if p]
+
+    def _judge_prompt(self, result: SampleResult, row: Mapping[str, Any], ids: list[int], owner: list[int],
+                      counts: list[int]) -> SampleResult:
+        """GRPO: the row's prompt as ms-swift's rollout encodes it (no answer, so nothing is supervised). Under
+        ``delete`` GRPOTrainer._rollout_samples first encodes each prompt in training mode
+        (rl_core/resample.py resample_encode_failed_inputs): one over --max_length raises MaxLengthError and is
+        replaced by another row. The rollout then builds a request of the prompt's messages
+        (OnPolicySample.to_infer_request) and TransformersEngine encodes it (strict: a raise stops the run), cut
+        from the left under ``left``; set_default_max_tokens raises when it leaves the model's max_model_len no
+        room. The training step encodes the whole prompt with the completion, without max_length
+        (GRPOTrainer._prepare_batch_inputs under _template_context)."""
+        found = result.findings
+        frame = result.framework or {}
+        total, limit = len(ids), self.max_length
+        result.tokens = total
+        result.text_only_tokens = total - sum(1 for o in owner if o >= 0)
+        frame["prompt_tokens"] = total
+        if total > limit and self.config.truncation == "delete":
+            found.append(F.make(
+                "VC204", f"the prompt is {total:,} tokens > --max_length {limit:,}: ms-swift's GRPO trainer encodes "
+                         "each prompt before its rollout (resample_encode_failed_inputs), its template raises "
+                         "MaxLengthError and the row is replaced by another row of the dataset (truncation_strategy "
+                         "delete)", fix=f"set {_setting('--max_length', total)} to keep it", tokens=total,
+                max_length=limit))
+            frame["verdict"] = "dropped"
+            return result
+        # the request's messages are Dict[str, str | list | None]: a loss key of another type makes dacite raise
+        typed = [(k, key, m[key]) for k, m in enumerate(row.get("messages") or [], 1) if isinstance(m, Mapping)
+                 for key in ("loss", "loss_scale") if m.get(key) is not None and not isinstance(m[key], str)]
+        if typed:
+            k, key, value = typed[0]
+            found.append(F.make(
+                "VC001", f"message {k} of the prompt has {key} {value!r}: ms-swift's rollout builds its request from "
+                         "the prompt's messages (OnPolicySample.to_infer_request), whose values must be text, and "
+                         "dacite raises UnionMatchError; the run stops at the step that reaches this row",
+                fix=f"drop the {key} keys of the messages before the last answer (GRPO generates the answer)"))
+            frame["verdict"] = "stops"
+            return result
+        kept = list(range(total)) if total <= limit else self._cut(ids, limit)
+        kept_owner = [owner[i] for i in kept]
+        frame.update(kept_tokens=len(kept), kept_image_tokens=self._per_image(kept_owner, counts))
+        literal = sum(1 for o in kept_owner if o == len(counts))
+        if literal:
+            frame["kept_literal_image_tokens"] = literal
+        if total > limit:
+            found.append(F.make(
+                "VC203", f"the prompt is {total:,} tokens > --max_length {limit:,}: ms-swift's rollout generates from "
+                         f"it cut from the left ({total - len(kept):,} text tokens cut, every image token kept), and "
+                         "its training step encodes the whole prompt with the completion (the template runs without "
+                         "max_length there)", fix=f"set {_setting('--max_length', total)} to keep it whole",
+                tokens=total, max_length=limit))
+            frame["verdict"] = "cut"
+        if len(kept) >= self.model_len:
+            found.append(F.make(
+                "VC206", f"the prompt the rollout generates from is {len(kept):,} tokens, and the model's "
+                         f"max_model_len is {self.model_len:,}: ms-swift's TransformersEngine raises ('Input length "
+                         f"({len(kept)}) leaves no room for generation') and the run stops at the step that reaches "
+                         "this row", fix=f"set {_setting('--max_length', self.model_len - 1)} or lower",
+                tokens=len(kept), max_length=self.model_len))
+            frame["verdict"] = "crash"
+        self._literal_images(result, kept_owner, counts)
+        return result
+
+    def _encode_failed(self, result: SampleResult, reason: str) -> None:
+        """The template's encode raises on the row: under ``swift sft`` skipped or the run stops (``_refused``);
+        under GRPO the row is replaced by another (``delete``: the length check before the rollout encodes it
+        first) or the rollout's own encode raises and the run stops (``left``)."""
+        if self.config.grpo is None:
+            self._refused(result, reason)
+            return
+        frame = result.framework or {}
+        if self.config.truncation == "delete":
+            result.findings.append(F.make(
+                "VC006", f"{reason}; ms-swift's GRPO trainer encodes each prompt before its rollout "
+                         "(resample_encode_failed_inputs) and replaces a row whose encode raises with another one"))
+            frame["verdict"] = "dropped"
+        else:
+            result.findings.append(F.make(
+                "VC001", f"{reason}; ms-swift's rollout encodes the prompt (TransformersEngine, which raises on an "
+                         "encode error) and the run stops at the step that reaches this row"))
+            frame["verdict"] = "stops"
 
     def _cross_attention(self, result: SampleResult, ids: list[int], kept: list[int], limit: int) -> None:
         """Llama3_2VisionTemplate builds cross_attention_mask from the whole sample, and Template._truncate cuts only
@@ -1267,6 +1560,22 @@ def _full_rows(file: Path, plan: LoadPlan) -> Iterator[Any]:
 
 
 START_IMAGE_TAG = "<start-image>"
+
+
+def _prompt_only(row: dict[str, Any]) -> dict[str, Any]:
+    """utils.remove_response, as GRPO's rollout and its length check apply it: the last message goes when it is an
+    answer (the solution a reward function reads is its own column)."""
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], Mapping) \
+            or messages[-1].get("role") != "assistant":
+        return row
+    return {**row, "messages": messages[:-1]}
+
+
+def _ends_with_answer(row: Mapping[str, Any]) -> bool:
+    messages = row.get("messages")
+    return (isinstance(messages, list) and bool(messages) and isinstance(messages[-1], Mapping)
+            and messages[-1].get("role") == "assistant")
 
 
 def _start_image_tag(row: dict[str, Any]) -> dict[str, Any]:
