@@ -825,3 +825,27 @@ def test_a_failed_write_of_the_records_is_not_called_a_dataset_error(hostile: Pa
     assert "cannot write the --output records out/r.jsonl: [Errno 28] No space left on device" in output
     assert "reading the datasets" not in output
     assert not (hostile / "out").exists()
+
+
+def test_a_row_whose_judging_raises_keeps_where_it_came_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             qwen2_vl_checkpoint: Path) -> None:
+    """A row a framework's judge raises on unexpectedly is VC001 with verdict unknown, and its record still names
+    the dataset and row it came from (it lost them: a lone surrogate once did this)."""
+    import shutil
+
+    import vlmcheck
+    from vlmcheck.frameworks import llamafactory as lf
+
+    demo = Path(vlmcheck.__file__).parent / "demo" / "llamafactory"
+    shutil.copytree(demo, tmp_path / "run")
+
+    def boom(self: Any, image: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(lf.Run, "_size", boom)  # a fault injected into the run's judge, after it knows the row
+    out = tmp_path / "records.jsonl"
+    vlmcheck.check(tmp_path / "run" / "train.yaml", model=qwen2_vl_checkpoint, output=out)  # in this process
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    hit = [r for r in records if r["framework"]["verdict"] == "unknown"]
+    assert hit and all(r["findings"] == ["VC001"] for r in hit)
+    assert all(r["framework"]["dataset"] and isinstance(r["framework"]["row"], int) for r in hit), hit[0]

@@ -98,7 +98,9 @@ def judge_row(run: Run, index: int, row: Any, source: Any) -> SampleResult:
         raise
     except Exception as e:
         result = unreadable_row(index, row, e)
-        result.framework = {"name": run.name, "verdict": "unknown"}
+        where = getattr(run, "frame", None)  # the dataset and row it came from, where the run names them
+        result.framework = {"name": run.name, **(where(index, source) if where is not None else {}),
+                            "verdict": "unknown"}
         return result
     if isinstance(row, Rewritten):
         result.findings.append(F.make(

@@ -46,8 +46,11 @@ _RULES = [
          "another; objects with other fields) as JSON text: a string of it that reads as JSON (\"2\", \"true\", "
          "\"null\", quoted text, an object) comes back as that value, and a field that was text in the first 10 "
          "MiB (or the first file) is written as JSON text from the chunk where it mixes, quotes and escapes "
-         "included. The framework trains on what datasets returns: vlmcheck counts that, and names the fields.",
-         "Give the field one type in every row (content always a string, or always a list of parts)."),
+         "included. A JSON array's lone UTF-16 surrogate escape (\\ud800 with no low half after it) is dropped by "
+         "the JSON reader datasets uses for arrays. The framework trains on what datasets returns: vlmcheck counts "
+         "that, and names the fields.",
+         "Give the field one type in every row (content always a string, or always a list of parts); write text "
+         "as valid UTF-8 (no lone surrogate escapes)."),
     Rule("VC006", "dropped-by-framework", Severity.WARNING, "The training framework skips this row",
          "The framework's own converter rejects the row (roles that do not alternate, an odd number of turns, no "
          "answer) and trains without it, logging one line among thousands: the data you count on is not trained "

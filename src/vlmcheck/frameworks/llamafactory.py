@@ -2417,14 +2417,19 @@ class Run:
         filled = {key: None for key in missing if key in self._keys[attr.name]}
         return {**row, **filled} if filled else row
 
+    def frame(self, index: int, origin: Origin) -> dict[str, Any]:
+        """Where the row comes from, for its verdict record (also when judging it raises unexpectedly)."""
+        frame: dict[str, Any] = {"name": NAME, "dataset": origin.attr.name, "row": origin.row}
+        if origin.split != "train":
+            frame["split"] = origin.split
+        return frame
+
     def judge(self, index: int, row: Any, origin: Origin) -> SampleResult:
         attr = origin.attr
         result = SampleResult(index=index, id=f"{attr.name}:{index}", tokens=None, image_tokens=[],
                               supervised_tokens=None)
         found = result.findings
-        frame: dict[str, Any] = {"name": NAME, "dataset": attr.name, "row": origin.row, "verdict": "ok"}
-        if origin.split != "train":
-            frame["split"] = origin.split
+        frame: dict[str, Any] = {**self.frame(index, origin), "verdict": "ok"}
         result.framework = frame
         if isinstance(row, BadRow):
             found.append(F.make("VC001", f"{row.reason}; LLaMA-Factory's loader fails on the file"))
