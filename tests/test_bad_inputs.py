@@ -438,6 +438,79 @@ def test_a_zstd_dataset_of_several_frames_is_read_whole(hostile: Path) -> None:
     assert code == 0 and "clean, no findings in 9,000 samples" in output, output
 
 
+def _gzip_of(path: Path, *pieces: bytes | int) -> Path:
+    """A .gz file of ``pieces``, each bytes or a count of NUL bytes (written 16 MiB at a time: never held)."""
+    import gzip
+
+    with gzip.open(path, "wb", compresslevel=1) as out:
+        for piece in pieces:
+            if isinstance(piece, bytes):
+                out.write(piece)
+                continue
+            for _ in range(piece >> 24):
+                out.write(bytes(1 << 24))
+    return path
+
+
+QA_ROW = json.dumps({"messages": turns("Hi", "Hello.")}).encode()
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("case", ["sparse", "gzip", "deep"])
+def test_a_json_array_that_cannot_end_is_a_finding_within_bounds(hostile: Path, case: str) -> None:
+    """A .json array whose second element is 100 GiB of NUL bytes (a sparse file), 256 MiB of them compressed, or
+    100 MiB of opening brackets: the first row is counted and the rest is one finding naming the file, in bounded
+    time and memory (the whole rest was read into the buffer, again and again: 15 s and 440 MB for 200 MB)."""
+    name = {"sparse": "big.json", "gzip": "big.json.gz", "deep": "deep.json.gz"}[case]
+    head = b"[" + QA_ROW + b", "
+    if case == "sparse":
+        (hostile / name).write_bytes(head)
+        os.truncate(hostile / name, 100 << 30)  # sparse: no disk used
+    elif case == "gzip":
+        _gzip_of(hostile / name, head, 256 << 20)
+    else:
+        _gzip_of(hostile / name, head + b"[" * (100 << 20))
+    code, output = cli("scan", name, "-m", (hostile / "ck").read_text())
+    assert code == 1, output
+    assert "1 error in 1 of 2 samples" in output, output
+    assert (f"the element at byte {len(head):,} is not complete within 64 MiB" if case == "deep" else
+            f"invalid JSON at byte {len(head)}: Expecting value (a NUL byte: {name} is not JSON text from here)") \
+        in output, output
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("case", ["sparse", "gzip"])
+def test_a_json_lines_line_over_the_row_bound_is_a_finding_and_the_next_lines_are_read(hostile: Path,
+                                                                                       case: str) -> None:
+    """One line of 100 GiB (sparse) or 256 MiB (compressed) of NUL bytes between good rows is a finding for its row,
+    passed over without being held (it was read whole: 4.3 GB of memory for 2 GB); the rows after it are read."""
+    from vlmcheck.data.readers import BadRow, iter_rows
+
+    name = f"big.jsonl{'.gz' if case == 'gzip' else ''}"
+    if case == "sparse":
+        (hostile / name).write_bytes(QA_ROW + b"\n")
+        os.truncate(hostile / name, 100 << 30)  # sparse: no disk used
+        with open(hostile / name, "ab") as f:
+            f.write(b"\n" + QA_ROW + b"\n")
+        size = (100 << 30) - len(QA_ROW)
+    else:
+        _gzip_of(hostile / name, QA_ROW + b"\n", 256 << 20, b"\n" + QA_ROW + b"\n")
+        size = (256 << 20) + 1
+    tracemalloc.start()
+    try:
+        rows = list(iter_rows(hostile / name))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 200 << 20, peak  # the 64 MiB read of the line's start, never the line
+    assert [type(r).__name__ for r in rows] == ["dict", "BadRow", "dict"]
+    assert isinstance(rows[1], BadRow) and rows[1].line == 2 and not rows[1].terminal
+    code, output = cli("scan", name, "-m", (hostile / "ck").read_text())
+    assert code == 1, output
+    assert "1 error in 1 of 3 samples" in output, output
+    assert f"line 2 of {name} is {size:,} bytes, over the 64 MiB vlmcheck reads of one row" in output, output
+
+
 @pytest.mark.parametrize("path", ["", " ", "out/"])
 def test_an_empty_or_folder_output_path_is_refused_up_front(hostile: Path, path: str) -> None:
     code, output = cli("scan", "train.jsonl", "-m", (hostile / "ck").read_text(), "--json", path)
@@ -762,6 +835,20 @@ def test_a_config_that_is_a_symlink_loop_is_called_one(hostile: Path, command: s
     assert code == 2, output
     assert "loop.yaml: a symbolic link loop" in output
     assert "not found" not in output
+
+
+@pytest.mark.parametrize("command", ["check", "lint"])
+def test_a_dataset_info_that_is_a_symlink_loop_is_called_one(hostile: Path, command: str) -> None:
+    model = (hostile / "ck").read_text()
+    config = hostile / "lf.yaml"
+    config.write_text(f"model_name_or_path: {model}\nstage: sft\ndo_train: true\nfinetuning_type: lora\n"
+                      "dataset: demo\ntemplate: qwen2_vl\ncutoff_len: 4096\noutput_dir: out\n")
+    (hostile / "d").mkdir()
+    (hostile / "d" / "dataset_info.json").symlink_to("dataset_info.json")
+    code, output = cli(command, config, "--data", "d", "--model", model)
+    assert code == 2, output
+    assert "d/dataset_info.json: a symbolic link loop" in output, output
+    assert "not found" not in output, output
 
 
 def test_a_long_output_name_the_file_system_takes_is_written(hostile: Path) -> None:

@@ -9,18 +9,28 @@ the scan can record it and go on.
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from vlmcheck.data.compressed import data_suffix, open_binary
 from vlmcheck.errors import DatasetError, MissingDependencyError
 
 _CHUNK = 1 << 20
 _BATCH = 512
+# A dataset row is kilobytes, a few MB with its images inline as base64. A JSON Lines line or a JSON array element
+# longer than this is a finding for that row, never held whole: a file of NUL bytes, or a sparse 100 GiB one, costs at
+# most this much memory and is passed over in chunks (docs/data.md).
+MAX_ROW_BYTES = 64 << 20
+# a JSON error this close to the end of what was read may be a value cut at the read's edge: read more first
+_TAIL = 32
+_BLANKS = re.compile(r"[ \t\r\n,]*")
 
 
 @dataclass
@@ -52,45 +62,74 @@ def _loads(text: str) -> Any:
         raise json.JSONDecodeError("nested too deeply to read (RecursionError)", text, 0) from None
 
 
-def _skip_value(buf: str, pos: int) -> int:
+_STRING_STOP = re.compile(r'["\\]')
+_BLOCK = 4096
+
+
+def _skip_value(buf: str, pos: int, resume: tuple[int, int] = (0, 0)) -> tuple[int, tuple[int, int]]:
     """The end of the JSON value starting at ``buf[pos]``, found without recursion (for values nested too
-    deeply to decode); -1 when the buffer ends first."""
-    depth, i, n = 0, pos, len(buf)
+    deeply to decode); -1 when the buffer ends first, with where to go on from once more is read (``resume``:
+    the offset from ``pos``, outside any string, and the depth there), so that a value read in many pieces is
+    scanned once. Runs of brackets go a block at a time."""
+    off, depth = resume
+    i, n = pos + off, len(buf)
+    whole = i  # where a block may next be taken whole (one that cannot be is read a character at a time)
     while i < n:
+        if depth > 0 and i >= whole:  # a block without strings that cannot close the value: only its depth changes
+            block = buf[i:i + _BLOCK]
+            closes = block.count("]") + block.count("}")
+            if len(block) == _BLOCK and depth > closes and '"' not in block:
+                depth += block.count("[") + block.count("{") - closes
+                i += _BLOCK
+                continue
+            whole = i + _BLOCK
         c = buf[i]
         if c == '"':
-            i += 1
-            while i < n and buf[i] != '"':
-                i += 2 if buf[i] == "\\" else 1
-            if i >= n:
-                return -1
-        elif c in "[{":
+            start, i = i, i + 1
+            while True:
+                stop = _STRING_STOP.search(buf, i)
+                if stop is None or stop.end() >= n:
+                    return -1, (start - pos, depth)
+                i = stop.end() + (1 if stop.group() == "\\" else 0)
+                if stop.group() == '"':
+                    break
+            continue
+        if c in "[{":
             depth += 1
         elif c in "]}":
             depth -= 1
             if depth <= 0:
-                return i + 1
+                return i + 1, (0, 0)
         elif c == "," and depth == 0:
-            return i
+            return i, (0, 0)
         i += 1
-    return -1
+    return -1, (n - pos, depth)
+
+
+def _cut_at_edge(e: json.JSONDecodeError, read: int) -> bool:
+    """Whether the error may be a value cut where reading stopped (more text could complete it): a string still
+    open, or an error within _TAIL characters of the end (a literal, a number, an escape, blanks up to it).
+    Anywhere else the error is there whatever follows (a NUL byte, a stray character)."""
+    return e.msg.startswith("Unterminated string") or e.pos >= read - _TAIL
 
 
 def _json_array(path: Path, spans: list[tuple[int, int]] | None = None) -> Iterator[Any]:
     """Elements of a top-level JSON array, decoded one at a time from a sliding buffer. With ``spans``, the
     byte range of each element yielded is appended to it (for a terminal :class:`BadRow`: from where
-    reading stopped to the end of the file)."""
+    reading stopped to the end of the file). Memory is bounded by MAX_ROW_BYTES: an element not complete
+    within it ends the file with a terminal :class:`BadRow`, as an error that more text cannot mend does
+    at once."""
     decoder = _DECODER
     size = os.path.getsize(path)
     with open_binary(path) as fp:
         buf, pos, pending, eof = "", 0, b"", False
         at = 0  # the byte offset of buf[pos] in the file
 
-        def refill() -> bool:
+        def refill(want: int = _CHUNK) -> bool:
             nonlocal buf, pos, pending, eof
             if eof:
                 return False
-            chunk = fp.read(_CHUNK)
+            chunk = fp.read(max(want, _CHUNK))
             if not chunk:
                 eof = True
                 return False
@@ -116,6 +155,16 @@ def _json_array(path: Path, spans: list[tuple[int, int]] | None = None) -> Itera
                 spans.append((at, size))
             return BadRow(reason, terminal=True)
 
+        def longer() -> bool:
+            """Read as much again as the element so far (each retry's decode is then linear overall); False at
+            the end of the file. Raises UnicodeDecodeError."""
+            return refill(len(buf) - pos)
+
+        def too_long() -> BadRow:
+            return stop(f"the element at byte {at:,} is not complete within {MAX_ROW_BYTES >> 20} MiB, the most "
+                        f"vlmcheck reads of one row (a string or bracket never closed?); the rest of {path.name} "
+                        "is unreadable")
+
         try:
             refill()
         except UnicodeDecodeError:
@@ -130,10 +179,10 @@ def _json_array(path: Path, spans: list[tuple[int, int]] | None = None) -> Itera
             raise DatasetError(f"{path}: expected a JSON array (or use .jsonl for JSON Lines)")
         move(pos + 1)
 
+        resume = (0, 0)  # how far _skip_value got into an element too deep to decode, read in pieces
         while True:
-            skip = pos
-            while skip < len(buf) and buf[skip] in " \t\r\n,":
-                skip += 1
+            blanks = _BLANKS.match(buf, pos)
+            skip = blanks.end() if blanks else pos
             at += skip - pos
             pos = skip
             if pos >= len(buf):
@@ -151,32 +200,47 @@ def _json_array(path: Path, spans: list[tuple[int, int]] | None = None) -> Itera
             try:
                 value, end = decoder.raw_decode(buf, pos)
             except RecursionError:
-                end = _skip_value(buf, pos)
+                end, resume = _skip_value(buf, pos, resume)
                 if end < 0:
-                    if refill():
-                        continue
+                    if len(buf) - pos > MAX_ROW_BYTES:
+                        yield too_long()
+                        return
+                    try:
+                        if longer():
+                            continue
+                    except UnicodeDecodeError:
+                        yield stop("the file is not UTF-8 text past this point")
+                        return
                     yield stop("the JSON array is not closed (file cut short?)")
                     return
                 start = at
                 move(end)
+                resume = (0, 0)
                 if spans is not None:
                     spans.append((start, at))
                 yield BadRow("this element is nested too deeply to read (RecursionError in any JSON parser "
                              "built on recursion)")
                 continue
             except json.JSONDecodeError as e:
-                try:
-                    more = refill()
-                except UnicodeDecodeError:
-                    yield stop("the file is not UTF-8 text past this point")
-                    return
+                more = False
+                if _cut_at_edge(e, len(buf)):
+                    if len(buf) - pos > MAX_ROW_BYTES:
+                        yield too_long()
+                        return
+                    try:
+                        more = longer()
+                    except UnicodeDecodeError:
+                        yield stop("the file is not UTF-8 text past this point")
+                        return
                 if more:
                     continue
+                # a NUL byte: a file preallocated, or cut short while being written (often sparse, any size)
+                nul = f" (a NUL byte: {path.name} is not JSON text from here)" if buf[e.pos:e.pos + 1] == "\0" else ""
                 yield stop(f"invalid JSON at byte {at + len(buf[pos:e.pos].encode('utf-8', 'surrogatepass'))}: "
-                           f"{e.msg}; the rest of the file is unreadable")
+                           f"{e.msg}{nul}; the rest of the file is unreadable")
                 return
-            # A value that ends exactly at the buffer end may be a cut-off number: read more first.
-            if end == len(buf) and not eof and refill():
+            # A value that ends at the buffer's edge may be a number cut there (``1.`` of ``1.5``): read more first.
+            if len(buf) - end < _TAIL and not eof and refill():
                 continue
             start = at
             move(end)
@@ -187,11 +251,59 @@ def _json_array(path: Path, spans: list[tuple[int, int]] | None = None) -> Itera
                 buf, pos = buf[pos:], 0
 
 
+def _past_hole(fp: BinaryIO) -> int:
+    """Move a plain file past the hole of a sparse file it stands in (NUL bytes the file system keeps unwritten):
+    the bytes passed over. 0 for a compressed stream or where the file system cannot say."""
+    raw = getattr(fp, "raw", None)
+    if not isinstance(raw, io.FileIO) or not hasattr(os, "SEEK_DATA"):
+        return 0
+    fd, here = raw.fileno(), fp.tell()
+    kept = os.lseek(fd, 0, os.SEEK_CUR)  # the buffered reader's own position in the file, put back below
+    try:
+        data = os.lseek(fd, here, os.SEEK_DATA)
+    except OSError as e:
+        data = os.fstat(fd).st_size if e.errno == errno.ENXIO else here  # ENXIO: a hole up to the end
+    finally:
+        os.lseek(fd, kept, os.SEEK_SET)
+    if data <= here:
+        return 0
+    fp.seek(data)
+    return data - here
+
+
+def _lines(fp: BinaryIO) -> Iterator[tuple[bytes | None, int]]:
+    """Each line of ``fp`` and its length in bytes, its newline included. A line over MAX_ROW_BYTES comes as
+    None, passed over in chunks up to its newline, never held whole (the holes of a sparse file skipped unread:
+    they hold NUL bytes, never a newline)."""
+    while True:
+        raw = fp.readline(MAX_ROW_BYTES + 1)
+        if not raw:
+            return
+        if len(raw) <= MAX_ROW_BYTES or raw.endswith(b"\n"):
+            yield raw, len(raw)
+            continue
+        size, raw = len(raw), b""
+        while True:
+            size += _past_hole(fp)
+            piece = fp.readline(_CHUNK)
+            size += len(piece)
+            if not piece or piece.endswith(b"\n"):
+                break
+        yield None, size
+
+
 def _json_lines(path: Path, spans: list[tuple[int, int]] | None = None) -> Iterator[Any]:
     at = 0
     with open_binary(path) as fp:
-        for lineno, raw in enumerate(fp, 1):
-            start, at = at, at + len(raw)
+        for lineno, (raw, length) in enumerate(_lines(fp), 1):
+            start, at = at, at + length
+            if raw is None:
+                if spans is not None:
+                    spans.append((start, at))
+                yield BadRow(f"line {lineno} of {path.name} is {length:,} bytes, over the {MAX_ROW_BYTES >> 20} MiB "
+                             "vlmcheck reads of one row: passed over unread (a row is kilobytes; is this a JSON "
+                             "Lines file?)", lineno)
+                continue
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]  # a UTF-8 byte order mark (Windows editors write one): not part of row 0
             if not raw.strip():
@@ -207,7 +319,8 @@ def _json_lines(path: Path, spans: list[tuple[int, int]] | None = None) -> Itera
             try:
                 value = _loads(text)
             except json.JSONDecodeError as e:
-                yield BadRow(f"line {lineno} is not valid JSON: {e.msg} at column {e.colno}", lineno)
+                nul = " (a NUL byte: not JSON text)" if text[e.pos:e.pos + 1] == "\0" else ""
+                yield BadRow(f"line {lineno} is not valid JSON: {e.msg} at column {e.colno}{nul}", lineno)
                 continue
             yield value
 
@@ -410,7 +523,7 @@ def count_rows(path: str | os.PathLike[str], *, split: str | None = None) -> int
             return int(pyarrow().parquet.ParquetFile(path).metadata.num_rows)
         if kind == "jsonl":
             with open_binary(path) as fp:
-                return sum(1 for line in fp if line.strip())
+                return sum(1 for line, _ in _lines(fp) if line is None or line.strip())
     except Exception:
         return None
     return None

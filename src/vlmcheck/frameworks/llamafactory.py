@@ -961,6 +961,9 @@ def read_dataset_info(config: Config, names: Sequence[str] | None = None) -> lis
     try:  # a regular file of at most 64 MiB (a FIFO would block), nested no deeper than vlmcheck reads
         info = parse(json.loads, read_text(info_path), where=str(info_path), error=DatasetError)
     except FileProblem as e:
+        why = not_a_file(info_path) if e.kind == "missing" else None
+        if why == "a symbolic link loop":
+            raise DatasetError(f"{info_path}: {why}") from None
         if e.kind == "missing":
             raise DatasetError(f"{info_path} not found (dataset_dir: {config.dataset_dir}; pass --data DIR for a "
                                "config written on another machine)") from None
