@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import inspect
 import io
-import json
 import os
 import warnings
 from bisect import bisect_right
@@ -56,7 +55,7 @@ from vlmcheck.errors import (
 from vlmcheck.families import Overrides
 from vlmcheck.families.qwen2_vl import prescale
 from vlmcheck.layout import Layout, build_layout
-from vlmcheck.model import ModelSpec, load_model, resolve_model_path
+from vlmcheck.model import ModelSpec, load_model, read_checkpoint_json, resolve_model_path
 from vlmcheck.options import ScanOptions
 from vlmcheck.results import SampleResult
 from vlmcheck.sources import Source
@@ -233,13 +232,7 @@ def _mentions(value: Any, wanted: int) -> bool:
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
-    try:
-        value = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{folder / 'config.json'} is not valid JSON: {e}") from e
-    return value if isinstance(value, dict) else {}
+    return read_checkpoint_json(folder / "config.json")  # the one checkpoint reader: {} where there is none
 
 
 def _feature_token_id(config: dict[str, Any], processor: Any) -> int:

@@ -99,7 +99,7 @@ from vlmcheck.families.qwen2_vl import QwenVLSettings
 from vlmcheck.frameworks._run import locate, mapped
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS
 from vlmcheck.layout import infer_seqlen
-from vlmcheck.model import ModelSpec, load_model
+from vlmcheck.model import ModelSpec, load_model, read_checkpoint_json
 from vlmcheck.preview import Previewer, image_refs, token_spans
 from vlmcheck.results import SampleResult
 
@@ -1843,7 +1843,8 @@ def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data:
         if config.crop_to_patches:
             extra: dict[str, Any] = dict(INTERN_VL_CROP)
         else:  # the image processor's own value (InternVLProcessor's call-time default is not in this path)
-            extra = {"crop_to_patches": bool(_read_json(spec.path / "preprocessor_config.json").get("crop_to_patches"))}
+            values = read_checkpoint_json(spec.path / "preprocessor_config.json")
+            extra = {"crop_to_patches": bool(values.get("crop_to_patches"))}
         spec = load_model(config.model, overrides=Overrides(resize="processor", extra=extra))
     return Run(config, spec)
 
@@ -1879,16 +1880,6 @@ def _run_tokenizer(tokenizer: Any, words: Sequence[str], marks: Mapping[str, str
                              for token, mark in wanted.items()])
     ids = {token: copy.token_to_id(mark) for token, mark in wanted.items()}
     return copy, {token: i for token, i in ids.items() if i is not None}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 @dataclass(frozen=True)

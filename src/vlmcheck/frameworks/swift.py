@@ -67,7 +67,7 @@ from vlmcheck.frameworks._run import (
 )
 from vlmcheck.frameworks._shell import ShellCommand, launch_commands, startable
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS, UNSET
-from vlmcheck.model import ModelSpec, load_model, resolve_model_path
+from vlmcheck.model import ModelSpec, load_model, read_checkpoint_json, resolve_model_path
 from vlmcheck.results import SampleResult
 
 NAME = "swift"
@@ -1640,19 +1640,15 @@ def _datasets_version() -> tuple[str, bool]:
 def _model_type(model: str) -> str:
     """The checkpoint's model_type (config.json), which picks ms-swift's model loader; '' when unreadable (the
     model load that follows says why)."""
-    import json
-
     try:
-        return str(json.loads((resolve_model_path(model) / "config.json").read_text()).get("model_type") or "")
-    except (OSError, ValueError, VlmcheckError, AttributeError):
+        return str(read_checkpoint_json(resolve_model_path(model) / "config.json").get("model_type") or "")
+    except VlmcheckError:
         return ""
 
 
 def _max_model_len(folder: Path) -> int:
     """ms-swift's default --max_length: the model's max_position_embeddings."""
-    import json
-
-    config = json.loads((folder / "config.json").read_text())
+    config = read_checkpoint_json(folder / "config.json")
     text = config.get("text_config") or {}
     value = text.get("max_position_embeddings") or config.get("max_position_embeddings")
     if not value:  # ms-swift reads the loaded config: the config class's default for a key the file leaves out

@@ -61,7 +61,7 @@ from vlmcheck.frameworks import pyscript, trl
 from vlmcheck.frameworks._run import json_loadable, loaded_rows, locate, run_version
 from vlmcheck.frameworks.options import TRAINING_ARGUMENTS_OPTIONS, UNSET
 from vlmcheck.frameworks.trl import SFT_DEFAULTS
-from vlmcheck.model import ModelSpec, load_model
+from vlmcheck.model import ModelSpec, load_model, read_checkpoint_json
 from vlmcheck.results import SampleResult
 from vlmcheck.tokenizer import Tok
 
@@ -665,7 +665,6 @@ class Run:
     pixels_key = "resize"
 
     def __init__(self, script: Script, spec: ModelSpec) -> None:
-        import json
 
         self.script = script
         self.spec = spec
@@ -674,11 +673,9 @@ class Run:
         if spec.chat_template is None:
             raise UsageError(f"{spec.path} has no chat template; the collator renders every row with it")
         self.template = spec.chat_template
-        try:
-            config = json.loads((spec.path / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            config = {}
-        vision = config.get("vision_config") if isinstance(config.get("vision_config"), Mapping) else {}
+        config = read_checkpoint_json(spec.path / "config.json")  # read already by load_model
+        nested = config.get("vision_config")
+        vision: Mapping[str, Any] = nested if isinstance(nested, Mapping) else {}
         collator = script.collator
         self.resize = collator.get("resize", "min")
         self.resize_dimension = collator.get("resize_dimension", 0)
