@@ -329,3 +329,46 @@ def test_a_save_to_disk_review_folder_never_replaces_a_users_folder(folder: Path
     with pytest.raises(UsageError, match="not a save_to_disk dataset"):
         vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=folder / "fixed", hold="all")
     assert fingerprint(folder) == before
+
+
+@pytest.mark.parametrize("compress", [".gz", ".zst"])
+def test_a_compressed_json_lines_dataset_is_copied_as_its_text_not_its_compressed_bytes(
+        compress: str, folder: Path, model: Any) -> None:
+    """Kept rows are the input's lines, byte for byte, from the decompressed text (it once wrote slices of the
+    compressed file at the text's offsets: binary garbage, reported as samples written)."""
+    plain = write(folder, "messages")
+    data = plain.with_name(plain.name + compress)
+    if compress == ".gz":
+        import gzip
+
+        data.write_bytes(gzip.compress(plain.read_bytes()))
+    else:
+        zstandard = pytest.importorskip("zstandard")
+        data.write_bytes(zstandard.ZstdCompressor().compress(plain.read_bytes()))
+    out = folder / "fixed.jsonl"
+    report = vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=out)
+    lines = plain.read_bytes().splitlines(keepends=True)
+    records = [json.loads(line) for line in manifest_path(out).read_text().splitlines()]
+    written = out.read_bytes().splitlines(keepends=True)
+    kept = [r for r in records if r["outcome"] == "kept"]
+    assert len(kept) == report.counts["kept"] == 2
+    assert all(written[r["output_index"]] == lines[r["index"]] for r in kept)
+
+
+@pytest.mark.timeout(30)
+def test_a_line_over_the_row_bound_is_dropped_unread_and_the_rest_repaired(folder: Path, model: Any) -> None:
+    """A JSON Lines line of 100 GiB (sparse) is passed over unread by the reader and by repair's copy of the
+    lines: dropped with its reason, the lines around it kept verbatim, in bounded time."""
+    import os
+
+    plain = write(folder, "messages")
+    lines = plain.read_bytes().splitlines(keepends=True)
+    data = folder / "huge.jsonl"
+    with open(data, "wb") as f:
+        f.write(lines[0] + b'{"messages": "')
+        f.seek(100 << 30, os.SEEK_CUR)  # a sparse hole: NULs the file system does not store
+        f.write(b'"}\n' + lines[4])
+    out = folder / "fixed.jsonl"
+    report = vlmcheck.repair(data, model=model, max_length=MAX_LENGTH, output=out)
+    assert report.counts["kept"] == 2 and report.counts["dropped"] == 1, report.render()
+    assert out.read_bytes() == lines[0] + lines[4]

@@ -46,9 +46,10 @@ from typing import Any
 
 from vlmcheck import findings as F
 from vlmcheck.contract import ReportContract
+from vlmcheck.data.compressed import compression, open_binary
 from vlmcheck.data.formats import Conversation, RowError, detect_format, to_conversation
 from vlmcheck.data.images import ImageProblem, decode_data_url
-from vlmcheck.data.readers import BadRow, dataset_kind, iter_rows
+from vlmcheck.data.readers import MAX_ROW_BYTES, BadRow, dataset_kind, iter_rows
 from vlmcheck.data.writers import Sink, open_sink
 from vlmcheck.errors import DatasetError, UsageError
 from vlmcheck.model import ModelSpec
@@ -854,7 +855,7 @@ def repair(
     held: Counter[str] = Counter()
     written = in_review = 0
     spans: list[tuple[int, int]] | None = [] if kind in ("json", "jsonl") else None
-    source = open(path, "rb") if spans is not None else None
+    source = _Bytes(path) if spans is not None else None
     try:
         for chunk in _chunks(nonempty(iter_rows(path, spans=spans), path), spans, source, lines=kind == "jsonl"):
             results = analyzer.analyze([(i, row) for i, row, _, _ in chunk])
@@ -1006,8 +1007,8 @@ def _chunks(rows: Iterator[Any], spans: list[tuple[int, int]] | None, source: An
         span = spans.pop(0) if spans else None
         raw = None
         if span is not None and source is not None and (lines or (isinstance(row, BadRow) and not row.terminal)):
-            source.seek(span[0])
-            raw = source.read(span[1] - span[0])
+            raw = source.read(span)
+        if raw is not None and span is not None:
             if lines:
                 raw = raw.removeprefix(b"\xef\xbb\xbf") if span[0] == 0 else raw
                 raw = raw if raw.endswith(b"\n") else raw + b"\n"
@@ -1017,6 +1018,36 @@ def _chunks(rows: Iterator[Any], spans: list[tuple[int, int]] | None, source: An
             chunk = []
     if chunk:
         yield chunk
+
+
+class _Bytes:
+    """The bytes of a dataset file by the ranges its reader reports: offsets in the text as read, so in the
+    decompressed stream of a compressed file (read forward, as the ranges come in order), never the file's own
+    bytes. A range over ``MAX_ROW_BYTES`` is not read (None): the reader passed that row over unread."""
+
+    def __init__(self, path: Path) -> None:
+        self.stream = open_binary(path)
+        self.seekable = compression(path) is None
+        self.pos = 0
+
+    def read(self, span: tuple[int, int]) -> bytes | None:
+        start, end = span
+        if end - start > MAX_ROW_BYTES:
+            return None
+        if self.seekable or start < self.pos:
+            self.stream.seek(start)
+        else:
+            while self.pos < start:  # a decompressed stream: forward, in bounded pieces
+                got = self.stream.read(min(start - self.pos, 1 << 20))
+                if not got:
+                    return None
+                self.pos += len(got)
+        data = self.stream.read(end - start)
+        self.pos = start + len(data)
+        return data
+
+    def close(self) -> None:
+        self.stream.close()
 
 
 class _Writer:
