@@ -936,3 +936,23 @@ def test_a_row_whose_judging_raises_keeps_where_it_came_from(tmp_path: Path, mon
     hit = [r for r in records if r["framework"]["verdict"] == "unknown"]
     assert hit and all(r["findings"] == ["VC001"] for r in hit)
     assert all(r["framework"]["dataset"] and isinstance(r["framework"]["row"], int) for r in hit), hit[0]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("part", ["jsonl", "json"])
+def test_a_llava_next_data_part_too_large_to_hold_is_read_within_bounds(hostile: Path, part: str) -> None:
+    """LLaVA-NeXT's YAML data parts are read with its own json.load / json.loads rules, within bounded memory: a
+    100 GiB line (sparse) or a 100 GiB array that cannot be JSON is one finding saying LLaVA-NeXT raises, fast."""
+    model = Path((hostile / "ck").read_text())
+    (hostile / "mix.yaml").write_text(f"datasets:\n  - json_path: part.{part}\n    sampling_strategy: all\n")
+    good = json.dumps({"id": "1", "conversations": [{"from": "human", "value": "Hi"},
+                                                    {"from": "gpt", "value": "Hello."}]})
+    with open(hostile / f"part.{part}", "wb") as f:
+        f.write((good + "\n" + '{"id": "') .encode() if part == "jsonl" else ("[" + good + ", ").encode())
+        f.seek(100 << 30, os.SEEK_CUR)  # a sparse hole: NULs the file system does not store
+        f.write(b'"}\n' if part == "jsonl" else b"]")
+    (hostile / "next.sh").write_text(LLAVA_NEXT.format(model=model, data="./mix.yaml",
+                                                       tower="google/siglip-so400m-patch14-384"))
+    code, output = cli("check", "next.sh")
+    assert code in (1, 2), output
+    assert "LLaVA-NeXT" in output and ("over the 64 MiB" in output if part == "jsonl" else "json.load raises" in output)

@@ -271,7 +271,7 @@ def _past_hole(fp: BinaryIO) -> int:
     return data - here
 
 
-def _lines(fp: BinaryIO) -> Iterator[tuple[bytes | None, int]]:
+def bounded_lines(fp: BinaryIO) -> Iterator[tuple[bytes | None, int]]:
     """Each line of ``fp`` and its length in bytes, its newline included. A line over MAX_ROW_BYTES comes as
     None, passed over in chunks up to its newline, never held whole (the holes of a sparse file skipped unread:
     they hold NUL bytes, never a newline)."""
@@ -295,7 +295,7 @@ def _lines(fp: BinaryIO) -> Iterator[tuple[bytes | None, int]]:
 def _json_lines(path: Path, spans: list[tuple[int, int]] | None = None) -> Iterator[Any]:
     at = 0
     with open_binary(path) as fp:
-        for lineno, (raw, length) in enumerate(_lines(fp), 1):
+        for lineno, (raw, length) in enumerate(bounded_lines(fp), 1):
             start, at = at, at + length
             if raw is None:
                 if spans is not None:
@@ -523,7 +523,7 @@ def count_rows(path: str | os.PathLike[str], *, split: str | None = None) -> int
             return int(pyarrow().parquet.ParquetFile(path).metadata.num_rows)
         if kind == "jsonl":
             with open_binary(path) as fp:
-                return sum(1 for line, _ in _lines(fp) if line is None or line.strip())
+                return sum(1 for line, _ in bounded_lines(fp) if line is None or line.strip())
     except Exception:
         return None
     return None

@@ -1155,34 +1155,60 @@ def _json_load_rows(file: Path) -> Iterator[Any]:
 
 
 def _yaml_part_rows(file: Path) -> Iterator[Any]:
-    """A YAML ``json_path`` file as LLaVA-NeXT reads it: ``json.loads(line.strip())`` of every line of a .jsonl (a
-    blank line raises), ``json.load`` of a .json (one document). What raises is a BadRow, then nothing more."""
+    """A YAML ``json_path`` file as LLaVA-NeXT reads it: ``json.loads(line.strip())`` of every line of a .jsonl
+    (lines as text mode splits them: at ``\\n``, ``\\r\\n`` and a lone ``\\r``; a blank line raises), ``json.load``
+    of a .json (one document). What raises is a BadRow, then nothing more. Read within bounded memory: a line
+    over ``MAX_ROW_BYTES`` is not read (a BadRow), and a .json document is streamed twice (once to find whether
+    json.load would raise on any of it, then its rows) instead of held whole."""
     import json
 
-    from vlmcheck.data.readers import BadRow
+    from vlmcheck.data.compressed import open_binary
+    from vlmcheck.data.readers import MAX_ROW_BYTES, BadRow, bounded_lines, iter_rows
+
+    def raised(e: BaseException | str) -> BadRow:
+        return BadRow(f"{file.name}: {str(e)[:200]}: LLaVA-NeXT's json.load raises while building the dataset",
+                      terminal=True)
 
     try:
         if file.suffix == ".jsonl":
-            with file.open(encoding="utf-8") as f:
-                for number, line in enumerate(f, 1):
-                    try:
-                        yield json.loads(line.strip())
-                    except (ValueError, RecursionError) as e:
-                        yield BadRow(f"line {number}: {e}: LLaVA-NeXT's json.loads raises while building the "
-                                     "dataset", line=number, terminal=True)
+            number = 0
+            with open_binary(file) as f:
+                for raw, size in bounded_lines(f):
+                    if raw is None:
+                        yield BadRow(f"line {number + 1} is {size:,} bytes, over the {MAX_ROW_BYTES >> 20} MiB "
+                                     "vlmcheck reads of one row (LLaVA-NeXT's json.loads of it raises or fills "
+                                     "memory)", line=number + 1, terminal=True)
                         return
+                    for line in raw.decode("utf-8").replace("\r\n", "\n").split("\r") if b"\r" in raw else \
+                            [raw.decode("utf-8")]:
+                        if not line:
+                            continue
+                        number += 1
+                        try:
+                            yield json.loads(line.strip())
+                        except (ValueError, RecursionError) as e:
+                            yield BadRow(f"line {number}: {e}: LLaVA-NeXT's json.loads raises while building the "
+                                         "dataset", line=number, terminal=True)
+                            return
             return
-        with file.open(encoding="utf-8") as f:
-            value = json.load(f)
-    except (OSError, ValueError, RecursionError) as e:
-        yield BadRow(f"{file.name}: {str(e)[:200]}: LLaVA-NeXT's json.load raises while building the dataset",
-                     terminal=True)
-        return
-    if not isinstance(value, list):
-        yield BadRow(f"{file.name} holds a {type(value).__name__}, not a list of rows: LLaVA-NeXT's extend() "
-                     "takes its keys", terminal=True)
-        return
-    yield from value
+        with open_binary(file) as f:
+            head = f.read(4096).decode("utf-8", "replace").lstrip("\ufeff \t\r\n")
+        if not head.startswith("["):  # an object (extend() takes its keys) or not JSON: json.load of it is read
+            if len(head) < 4096 or file.stat().st_size <= MAX_ROW_BYTES:
+                with file.open(encoding="utf-8") as g:
+                    value = json.load(g)
+                yield BadRow(f"{file.name} holds a {type(value).__name__}, not a list of rows: LLaVA-NeXT's extend() "
+                             "takes its keys", terminal=True)
+            else:
+                yield raised(f"not a JSON list (it starts {head[:20]!r})")
+            return
+        for row in iter_rows(file):  # json.load raises on any flaw: then no row is trained
+            if isinstance(row, BadRow):
+                yield raised(row.reason)
+                return
+        yield from iter_rows(file)
+    except (OSError, ValueError, RecursionError, EOFError) as e:
+        yield raised(e)
 
 
 @dataclass(frozen=True)
