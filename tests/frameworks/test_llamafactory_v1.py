@@ -299,3 +299,28 @@ def test_cutoff_len_and_split_values_the_engine_mishandles_are_refused(tmp_path:
                                                               "split": "train[:1]"}}))
     with pytest.raises(UsageError, match="slice"):
         _check(tmp_path, {**base, "train_dataset": str(tmp_path / "list.yaml")})
+
+
+def test_a_lone_surrogate_escape_is_counted_as_datasets_returns_it(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:
+    """The v1 engine loads through datasets too: a JSON array's lone high surrogate escape is dropped (ujson; proved
+    against datasets in tests/test_hfjson_loads.py), so the row counts as the row without it, with VC008; in JSON
+    Lines the load fails and the check stops. (It reached the tokenizer: VC001, verdict unknown.)"""
+    def rows(text: str) -> str:
+        return ('[{"messages": [{"role": "user", "content": [{"type": "text", "value": "' + text + '"}]}, '
+                '{"role": "assistant", "content": [{"type": "text", "value": "Fine."}]}]}]')
+
+    counted = {}
+    for name, text in (("clean", "Hi there"), ("lone", "Hi \\ud800there")):
+        (tmp_path / f"{name}.json").write_text(rows(text))
+        out = tmp_path / f"{name}.jsonl"
+        config = {"model": str(qwen2_vl_checkpoint), "train_dataset": str(tmp_path / f"{name}.json")}
+        (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
+        vlmcheck.check(tmp_path / "train.yaml", env={}, output=out)
+        (counted[name],) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert counted["lone"]["framework"]["verdict"] == "ok" and counted["lone"]["findings"] == ["VC008"]
+    assert counted["lone"]["tokens"] == counted["clean"]["tokens"]
+    (tmp_path / "lines.jsonl").write_text(rows("Hi \\ud800there")[1:-1] + "\n")
+    config = {"model": str(qwen2_vl_checkpoint), "train_dataset": str(tmp_path / "lines.jsonl")}
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(vlmcheck.errors.VlmcheckError, match="surrogate"):
+        vlmcheck.check(tmp_path / "train.yaml", env={})

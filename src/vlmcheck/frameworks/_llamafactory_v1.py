@@ -39,7 +39,8 @@ from typing import Any
 
 from vlmcheck import findings as F
 from vlmcheck.data.files import not_a_file, read_parsed
-from vlmcheck.data.hfjson import DATE, TypeClash, json_schema
+from vlmcheck.data.hfjson import DATE, LoadPlan, TypeClash, json_schema
+from vlmcheck.data.hfjson import as_loaded as hfjson_loaded
 from vlmcheck.data.readers import dataset_kind
 from vlmcheck.data.readers import iter_rows as read_rows
 from vlmcheck.errors import DatasetError, UsageError
@@ -481,6 +482,7 @@ class Run(ProcessorRun):
         self.use_model(spec)
         self.max_length = config.cutoff_len
         self._kinds: dict[Path, Any] = {}  # per JSON file: its columns' unified types
+        self._plans: dict[Path, LoadPlan] = {}  # and what datasets' load does to its rows
 
     def inputs(self) -> list[Path]:
         return [self.config.path, *(s.path for s in self.config.sources)]
@@ -495,8 +497,11 @@ class Run(ProcessorRun):
                 raise DatasetError(f"dataset {source.name!r}: {source.path} holds no rows: datasets' loader raises "
                                    "and LLaMA-Factory's v1 engine stops before step 1")
         for source in self.config.sources:
+            plan = self._plans.get(source.path)
             for number, row in enumerate(read_rows(source.path)):
-                yield row, Origin(source, number)
+                # as datasets returns it (hfjson: a lone surrogate escape an array drops); dates stay datetimes,
+                # which the judge reports as not followed
+                yield (hfjson_loaded(row, plan, (0, number), timestamps=True) if plan else row), Origin(source, number)
 
     def settings_shown(self) -> dict[str, Any]:
         return {}
@@ -520,8 +525,10 @@ class Run(ProcessorRun):
         if path not in self._kinds:
             kind: Any = None
             if dataset_kind(path) in ("json", "jsonl"):
+                plan = LoadPlan()
                 try:
-                    kind = json_schema([path])
+                    kind = json_schema([path], plan=plan)
+                    self._plans[path] = plan
                 except RecursionError:  # nested past what vlmcheck follows: rows judged as they come
                     kind = None
                 except TypeClash as e:
