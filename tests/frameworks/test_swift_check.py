@@ -40,12 +40,12 @@ swift sft \\
 
 
 @pytest.mark.parametrize(("command", "named"), [
-    ("swift rlhf --rlhf_type dpo --model m --dataset d.jsonl", "swift rlhf --rlhf_type dpo"),
+    ("swift rlhf --rlhf_type orpo --model m --dataset d.jsonl", "swift rlhf --rlhf_type orpo"),
     ("NPROC_PER_NODE=8 swift rlhf \\\n  --rlhf_type=kto --model m", "swift rlhf --rlhf_type kto"),
-    ("swift rlhf --model m --dataset d.jsonl", "swift rlhf (--rlhf_type dpo, its default)"),
+    ("swift rlhf --rlhf_type simpo --model m --dataset d.jsonl", "swift rlhf --rlhf_type simpo"),
     ("swift pt --model m --dataset d.jsonl", "swift pt"),
 ])
-def test_a_stage_other_than_sft_and_grpo_is_named_in_the_refusal(tmp_path: Path, command: str, named: str) -> None:
+def test_a_stage_other_than_sft_grpo_and_dpo_is_named_in_the_refusal(tmp_path: Path, command: str, named: str) -> None:
     path = tmp_path / "train.sh"
     path.write_text(command + "\n")
     result = CliRunner().invoke(main, ["check", str(path)])
@@ -54,8 +54,8 @@ def test_a_stage_other_than_sft_and_grpo_is_named_in_the_refusal(tmp_path: Path,
 
 def test_a_grpo_command_is_read_after_an_unmodelled_one(tmp_path: Path) -> None:
     """The first command vlmcheck models is the run: `swift rlhf --rlhf_type grpo` (ms-swift's examples write
-    ``--rlhf_type grpo`` among the other options), after a DPO line it skips."""
-    script = ("swift rlhf --rlhf_type dpo --model m --dataset d.jsonl\n"
+    ``--rlhf_type grpo`` among the other options), after a KTO line it skips."""
+    script = ("swift rlhf --rlhf_type kto --model m --dataset d.jsonl\n"
               "NPROC_PER_NODE=4 swift rlhf --model Qwen/Qwen2.5-VL-7B-Instruct --dataset a.jsonl --rlhf_type=grpo "
               "--num_generations 8 --reward_funcs accuracy format\n")
     raw = swift.read_launch(script, path=tmp_path / "train.sh", env={})

@@ -1,6 +1,7 @@
-"""ms-swift: the one home of its facts (``swift sft`` and ``swift rlhf --rlhf_type grpo`` launch lines and the
-``MAX_PIXELS`` environment, its ``messages`` dataset layout with absolute image paths, its own ChatML template
-encode, which tokens are trained, ``--truncation_strategy``, and what GRPO does with each row's prompt).
+"""ms-swift: the one home of its facts (``swift sft``, ``swift rlhf --rlhf_type grpo`` and ``--rlhf_type dpo`` launch
+lines and the ``MAX_PIXELS`` environment, its ``messages`` dataset layout with absolute image paths, its own ChatML
+template encode, which tokens are trained, ``--truncation_strategy``, what GRPO does with each row's prompt and DPO
+with each row's pair).
 
 Modelled on ms-swift 4.6 (``swift/template/base.py``, ``template/templates/qwen.py``, ``templates/gemma.py``,
 ``arguments/base_args/template_args.py``, ``model/models/qwen.py``) for its ``qwen2_vl`` / ``qwen2_5_vl`` /
@@ -34,6 +35,13 @@ the ids, VC207). Each ``.json`` / ``.jsonl`` dataset first loads as ``datasets``
   from the left, the training step on the whole prompt) or ``delete`` (the length check before the rollout replaces
   the row); a raise in the rollout stops the run. The run-level checks RLHFArguments, GRPOConfig and GRPOTrainer make
   before step 1 (``_grpo``: generation batch vs ``--num_generations``, the eval batch, a reward source) are refusals.
+- **DPO** (``swift rlhf``, ``--rlhf_type dpo`` its default; templates ``DPO_TEMPLATES``): the rows load as under
+  ``swift sft`` (a ``rejected_response`` that is null or the same as the answer deletes the row); the template's
+  ``rlhf`` encode makes two sequences, the chosen (the row) and the rejected (the messages up to the last question,
+  then the ``rejected_response``; the same images), each encoded and cut on its own (``_encode_truncated``): a
+  ``MaxLengthError`` on either deletes the row. Loss scale ``last_round``: earlier answers untrained. The record's
+  counts are the chosen sequence's, the rejected's in ``framework.pair``. A ``--ref_model`` under LoRA and
+  ``--precompute_ref_log_probs`` are refusals (``_dpo``).
 """
 
 from __future__ import annotations
@@ -206,6 +214,9 @@ VERSIONS = f"4.6, {' / '.join(TEMPLATES)} templates"
 # the templates `swift rlhf --rlhf_type grpo` is modelled with (proved against ms-swift's GRPO path in
 # tests/frameworks/test_swift_grpo.py); the others are refused under GRPO
 GRPO_TEMPLATES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava1_5_hf")
+# the templates `swift rlhf --rlhf_type dpo` is modelled with (its 'rlhf' encode proved against ms-swift's in
+# tests/frameworks/test_swift_dpo.py); the others are refused under DPO
+DPO_TEMPLATES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava1_5_hf")
 # model_type -> the template ms-swift's model registry gives it
 MODEL_TYPES = {t: name for name, template in TEMPLATES.items() for t in template.model_types}
 # model/models/qwen.py: the image_patch_size each loader passes compat_qwen_vl_utils (Qwen2VLLoader 14,
@@ -231,12 +242,14 @@ UTILS_MIN_TOKENS, UTILS_MAX_TOKENS = 4, 16384
 
 
 # -- launch lines ---------------------------------------------------------------------------------------------------
-# ms-swift's training commands besides `swift sft` and `swift rlhf --rlhf_type grpo`: pretraining, and the other
-# `swift rlhf` types (RLHFArguments.rlhf_type: dpo, its default, orpo, simpo, kto, cpo, rm, ppo, gkd), which encode
-# rows their own way (pairs, desirability labels, a value model, a teacher)
+# ms-swift's training commands besides `swift sft`, `swift rlhf --rlhf_type grpo` and `--rlhf_type dpo` (its
+# default): pretraining, and the other `swift rlhf` types (RLHFArguments.rlhf_type: orpo, simpo, kto, cpo, rm, ppo,
+# gkd), which encode rows their own way (desirability labels, a value model, a teacher) or are not proved yet (orpo,
+# simpo and cpo encode pairs as dpo does, but their loss scale and trainers differ)
 UNMODELLED_COMMANDS = ("rlhf", "pt")
 GRPO = "grpo"
-RLHF_DEFAULT_TYPE = "dpo"  # arguments/rlhf_args.py RLHFArguments.rlhf_type
+DPO = "dpo"
+RLHF_DEFAULT_TYPE = DPO  # arguments/rlhf_args.py RLHFArguments.rlhf_type
 
 
 # the options of `swift sft` vlmcheck reads that take a value (arguments/: their types): given none (last, or
@@ -259,6 +272,10 @@ GRPO_VALUE_OPTIONS = ("rlhf_type", "num_generations", "num_generations_eval", "p
                       "steps_per_generation", "max_completion_length", "reward_funcs", "reward_model",
                       "teacher_model", "teacher_model_server", "vllm_mode", "multi_turn_scheduler")
 GRPO_FLAG_OPTIONS = ("use_vllm",)
+# the options of `swift rlhf --rlhf_type dpo` vlmcheck reads besides VALUE_OPTIONS: the checks RLHFArguments and
+# DPOTrainer make before step 1 (a reference model under LoRA, precomputed reference log-probabilities)
+DPO_VALUE_OPTIONS = ("rlhf_type", "ref_model")
+DPO_FLAG_OPTIONS = ("precompute_ref_log_probs",)
 
 
 def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any] | None:
@@ -278,8 +295,8 @@ def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) 
             return _launch(command, at + 2, path, stage="sft")
         if words[at + 1] == "rlhf":
             rlhf_type = _options(words[at + 2:])[0].get("rlhf_type", RLHF_DEFAULT_TYPE)
-            if rlhf_type == GRPO:
-                return _launch(command, at + 2, path, stage=GRPO)
+            if rlhf_type in (GRPO, DPO):
+                return _launch(command, at + 2, path, stage=rlhf_type)
         if words[at + 1] in UNMODELLED_COMMANDS:
             options = _options(words[at + 2:])[0]
             named = options.get("rlhf_type")
@@ -287,9 +304,9 @@ def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) 
                 f" --rlhf_type {named}" if isinstance(named, str) else
                 f" (--rlhf_type {RLHF_DEFAULT_TYPE}, its default)" if words[at + 1] == "rlhf" else "")
     if unmodelled:
-        raise UsageError(f"{path}: `{unmodelled}` is not modelled by vlmcheck yet (it models `swift sft` and `swift "
-                         "rlhf --rlhf_type grpo`); ms-swift's pre-training and its other preference and RL stages "
-                         "encode rows their own way")
+        raise UsageError(f"{path}: `{unmodelled}` is not modelled by vlmcheck yet (it models `swift sft`, `swift "
+                         "rlhf --rlhf_type grpo` and `swift rlhf --rlhf_type dpo`); ms-swift's pre-training and its "
+                         "other preference and RL stages encode rows their own way")
     return None
 
 
@@ -371,8 +388,18 @@ class Grpo:
 
 
 @dataclass(frozen=True)
+class Dpo:
+    """What ``swift rlhf --rlhf_type dpo`` (RLHFArguments' default type) adds to a run's settings, as checked."""
+
+    # RLHFArguments._set_loss_scale: last_round (an earlier answer untrained unless its loss is true, so tokenized
+    # with the text around it); --loss_scale default trains every answer
+    loss_scale: str
+
+
+@dataclass(frozen=True)
 class Config:
-    """A ``swift sft`` or ``swift rlhf --rlhf_type grpo`` run's settings with ms-swift's defaults filled in."""
+    """A ``swift sft``, ``swift rlhf --rlhf_type grpo`` or ``--rlhf_type dpo`` run's settings with ms-swift's defaults
+    filled in."""
 
     path: Path
     model: str
@@ -396,6 +423,7 @@ class Config:
     rescale: int | None = None  # --max_pixels: the template's own rescale before qwen-vl-utils (see rescaled)
     values: dict[str, Any] = field(default_factory=dict)
     grpo: Grpo | None = None  # `swift rlhf --rlhf_type grpo`; None: `swift sft`
+    dpo: Dpo | None = None  # `swift rlhf --rlhf_type dpo`: each row a chosen and a rejected sequence
 
 
 def _as_list(value: Any) -> list[str]:
@@ -420,8 +448,9 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     env: dict[str, str] = raw.get("env") or {}
     mapping = dict(path_map or {})
     grpo = raw.get("stage") == GRPO
+    dpo = raw.get("stage") == DPO
     _check_command(raw, path, overridden=(("model",) if model else ()) + (("dataset",) if data is not None else ()),
-                   grpo=grpo)
+                   grpo=grpo, dpo=dpo)
     # --model_kwargs: each key, upper-cased, is set in the environment (over the script's): MAX_PIXELS, ...
     env = {**env, **{k.upper(): str(v) for k, v in _json_object(options.get("model_kwargs"), "--model_kwargs", path,
                                                                  mapping).items()}}
@@ -466,7 +495,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     if template is not None and template not in TEMPLATES:
         raise UsageError(f"{path}: --template {template} is not modelled by vlmcheck yet (it models "
                          f"{', '.join(TEMPLATES)})")
-    loss_scales = (None, "default", "last_round") if grpo else (None, "default")
+    loss_scales = (None, "default", "last_round") if grpo or dpo else (None, "default")
     if options.get("loss_scale") not in loss_scales:
         raise UsageError(f"{path}: --loss_scale {options['loss_scale']} is not modelled yet "
                          f"({' and '.join(str(v) for v in loss_scales[1:])} are)")
@@ -497,7 +526,24 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
                                             "val_dataset", "split_dataset_ratio", "model_kwargs", "streaming",
                                             "eval_strategy", "agent_template")},
         grpo=_grpo(options, env, path, raw, evaluates=bool(val_files or split)) if grpo else None,
+        dpo=_dpo(options, path, raw) if dpo else None,
     )
+
+
+def _dpo(options: Mapping[str, Any], path: Path, raw: Mapping[str, Any]) -> Dpo:
+    """The settings ``swift rlhf --rlhf_type dpo`` adds, refused where ms-swift 4.6 raises before step 1:
+    RLHFArguments.__post_init__ (a --ref_model under LoRA or another tuner but full) and DPOTrainer.__init__
+    (--precompute_ref_log_probs)."""
+    where = f"{path}: " + (f"line {raw['line']}: " if raw.get("line") else "")
+    tuner = str(options.get("tuner_type") or options.get("train_type") or "lora")
+    if options.get("ref_model") is not None and tuner != "full":
+        raise UsageError(f"{where}--ref_model with --tuner_type {tuner}: ms-swift raises before training ('CPO/ORPO or "
+                         "LoRA training does not require a ref_model to be passed in.'); drop --ref_model (the "
+                         "model without its adapter is the reference) or train with --tuner_type full")
+    if _flag(options, "precompute_ref_log_probs", path):
+        raise UsageError(f"{where}--precompute_ref_log_probs true: ms-swift's DPOTrainer raises before training "
+                         "('precompute_ref_log_probs=True is not supported by Swift DPOTrainer.'); drop it")
+    return Dpo(loss_scale=str(options.get("loss_scale") or "last_round"))
 
 
 # RLHFArguments._init_grpo: the truncation strategies GRPO takes
@@ -618,25 +664,26 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _check_command(raw: Mapping[str, Any], path: Path, *, overridden: tuple[str, ...], grpo: bool = False) -> None:
+def _check_command(raw: Mapping[str, Any], path: Path, *, overridden: tuple[str, ...], grpo: bool = False,
+                   dpo: bool = False) -> None:
     """Refuses what ms-swift's argument parser stops on, or what vlmcheck cannot read, in the options it reads:
     a word that follows no option, an option given no value, an abbreviated option name, a value vlmcheck does not
     expand (a command substitution). ``overridden``: options vlmcheck's own flags replace (given a value, or one
-    from a variable vlmcheck's environment lacks); ``grpo``: a ``swift rlhf --rlhf_type grpo`` command, whose GRPO
-    options are read too."""
+    from a variable vlmcheck's environment lacks); ``grpo`` / ``dpo``: a ``swift rlhf --rlhf_type grpo`` (``dpo``)
+    command, whose GRPO (DPO) options are read too."""
     options: Mapping[str, Any] = raw.get("options") or {}
     line = f"line {raw['line']}: " if raw.get("line") else ""
     stray = raw.get("stray") or []
     argv = raw.get("argv") or []
     if argv and stray and argv[0] == stray[0] and argv[0].endswith((".json", ".yaml", ".yml")):
-        raise UsageError(f"{path}: {line}`swift {'rlhf' if grpo else 'sft'} {argv[0]}`: ms-swift reads its options "
+        raise UsageError(f"{path}: {line}`swift {'rlhf' if grpo or dpo else 'sft'} {argv[0]}`: ms-swift reads its options "
                          "from that file, which vlmcheck does not model yet; write them on the command line")
     if stray and not _flag(options, "ignore_args_error", path):
         raise UsageError(f"{path}: {line}{_short(stray[0])} follows no option that takes it (an option written "
                          f"--key=value takes that one value only): ms-swift stops with 'ValueError: remaining_argv: "
                          f"{_short(stray)}'")
-    values = (*VALUE_OPTIONS, *(GRPO_VALUE_OPTIONS if grpo else ()))
-    known = (*values, *FLAG_OPTIONS, *(GRPO_FLAG_OPTIONS if grpo else ()))
+    values = (*VALUE_OPTIONS, *(GRPO_VALUE_OPTIONS if grpo else ()), *(DPO_VALUE_OPTIONS if dpo else ()))
+    known = (*values, *FLAG_OPTIONS, *(GRPO_FLAG_OPTIONS if grpo else ()), *(DPO_FLAG_OPTIONS if dpo else ()))
     for key in options:
         full = [k for k in known if k.startswith(key) and k != key]
         if key not in known and key not in PREFIX_OPTIONS and full:
@@ -875,6 +922,10 @@ def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data:
         raise UsageError(f"{path}: `swift rlhf --rlhf_type grpo` with the {template.name} template is not modelled by "
                          f"vlmcheck yet (it models GRPO with {', '.join(GRPO_TEMPLATES)}; {template.name} under "
                          "`swift sft`)")
+    if config.dpo is not None and template is not None and template.name not in DPO_TEMPLATES:
+        raise UsageError(f"{path}: `swift rlhf --rlhf_type dpo` with the {template.name} template is not modelled by "
+                         f"vlmcheck yet (it models DPO with {', '.join(DPO_TEMPLATES)}; {template.name} under "
+                         "`swift sft`)")
     if config.grpo is not None and IMAGE_TAG in (config.system or ""):
         raise UsageError(f"{path}: --system holding {IMAGE_TAG} under GRPO is not modelled by vlmcheck yet (the "
                          "rollout writes it into each row as the row's own system prompt, whose tags take images; "
@@ -916,7 +967,8 @@ class NotModelled(Exception):
 
 class Run(ProcessorRun):
     """An ms-swift ``sft`` run with a modelled template (``TEMPLATES``: Qwen-VL's, Gemma 3's, LLaVA-1.5's, InternVL's,
-    Llama 3.2 Vision's), or a GRPO run (``Config.grpo``) with one of ``GRPO_TEMPLATES``: each row's prompt judged."""
+    Llama 3.2 Vision's), a GRPO run (``Config.grpo``) with one of ``GRPO_TEMPLATES``: each row's prompt judged, or a
+    DPO run (``Config.dpo``) with one of ``DPO_TEMPLATES``: each row's chosen and rejected sequences judged."""
 
     name = NAME
     versions = VERSIONS
@@ -938,6 +990,8 @@ class Run(ProcessorRun):
         self.template = chat.name
         if config.grpo is not None:  # the report's first line names the command
             self.versions = f"{VERSIONS}; swift rlhf --rlhf_type grpo, truncation_strategy {config.truncation}"
+        if config.dpo is not None:
+            self.versions = f"{VERSIONS}; swift rlhf --rlhf_type dpo, truncation_strategy {config.truncation}"
         self.use_model(spec)
         # ModelInfo.max_model_len: the default --max_length, and under GRPO the rollout engine's budget
         self.model_len = _max_model_len(spec.path)
@@ -1060,6 +1114,10 @@ class Run(ProcessorRun):
                           "steps_per_generation": cfg.grpo.steps_per_generation, "world_size": cfg.grpo.world_size,
                           "max_completion_length": cfg.grpo.max_completion_length,
                           "rollout_max_model_len": self.model_len})
+        if cfg.dpo is not None:
+            shown.update({"command": "swift rlhf --rlhf_type dpo", "loss_scale": cfg.dpo.loss_scale,
+                          "judged": "each row's chosen and rejected sequences (the rejected_response in place of "
+                                    "the answers after the last question), each cut or checked on its own"})
         return {**shown, **({"max_pixels": cfg.rescale} if cfg.rescale else {}),
                 "media_dir": "paths as written in the data"}
 
@@ -1100,7 +1158,9 @@ class Run(ProcessorRun):
         # answer after a trailing question (its prompt is written, nothing after it)
         queries: list[str] = []
         answers: list[list[tuple[str, bool]] | None] = []  # per round its answer's parts (None: no answer)
-        for m in turns:
+        # LossScale.__call__'s is_last_round: the answers after the last question (all of them without one)
+        last_user = max((j for j, m in enumerate(turns) if m["role"] == "user"), default=-1)
+        for j, m in enumerate(turns):
             if m["role"] == "user":
                 if queries and answers[-1] is None:
                     queries[-1] += m["content"]
@@ -1112,7 +1172,7 @@ class Run(ProcessorRun):
                 queries.append("")
                 answers.append(None)
             answer = answers[-1] if answers[-1] is not None else []
-            answer.append((m["content"], self._answer_trained(m)))
+            answer.append((m["content"], self._answer_trained(m, last_round=j > last_user)))
             answers[-1] = answer
         if chat.strip_answers:  # Gemma3Template._swift_encode: an answer lone in its round loses its leading and
             # trailing newlines; one merged from several (a list of parts by then) keeps them
@@ -1156,12 +1216,13 @@ class Run(ProcessorRun):
                 merged.append((text, trained))
         return merged
 
-    def _answer_trained(self, message: Mapping[str, Any]) -> bool:
+    def _answer_trained(self, message: Mapping[str, Any], *, last_round: bool) -> bool:
         """Whether the loss scale trains an answer (LossScale._inner_call), which decides how the pieces are joined
         for tokenizing: under ``default`` (swift sft's) unless its ``loss`` is false or its ``loss_scale`` 0; under
-        ``last_round`` (GRPO's) an answer before the last question only when its ``loss`` is true, and every answer
-        of a prompt is before its last question."""
-        if self.config.grpo is None or self.config.grpo.loss_scale == "default":
+        ``last_round`` (GRPO's and DPO's) an answer of the last round as under ``default``, and one before the last
+        question only when its ``loss`` is true (every answer of a GRPO prompt is before its last question)."""
+        rlhf = self.config.grpo or self.config.dpo
+        if rlhf is None or rlhf.loss_scale == "default" or last_round:
             return _trained(message)
         scale = message.get("loss_scale")
         return bool(message.get("loss")) and not (scale is not None and not scale)
@@ -1241,8 +1302,25 @@ class Run(ProcessorRun):
                                              "otherwise) is not modelled by vlmcheck yet: the row is not counted"))
                 frame["verdict"] = "unknown"
                 return result
+        rejected: dict[str, Any] | None = None
+        if self.config.dpo is not None:  # TemplateInputs.from_dict: the pair, sharing the images
+            try:
+                rejected = _rejected_row(row)
+            except Unbuildable as e:
+                self._refused(result, str(e))
+                return result
+            except NotModelled as e:
+                found.append(F.make("VC007", f"{e} by vlmcheck yet: the row is not counted"))
+                frame["verdict"] = "unknown"
+                return result
+            rejected = _start_image_tag(_image_path_tags(rejected))  # _preprocess_inputs, on each of the pair
         row = _start_image_tag(_image_path_tags(row))
         images = row.get("images") or []
+        if rejected is not None and (rejected.get("images") or []) != images:
+            found.append(F.make("VC007", "<img>PATH</img> tags that give the chosen and the rejected sequence "
+                                         "different images are not modelled by vlmcheck yet: the row is not counted"))
+            frame["verdict"] = "unknown"
+            return result
         images = images if isinstance(images, list) else [images]
         probed = self.probe(images, found, size=lambda image: self._size(image, source))
         expansions = probed.expansions
@@ -1267,6 +1345,48 @@ class Run(ProcessorRun):
             return result
         if self.config.grpo is not None:
             return self._judge_prompt(result, row, ids, owner, counts)
+        self._judge_sequence(result, ids, trained, owner, counts)
+        if rejected is None or frame["verdict"] == "dropped":  # MaxLengthError on the chosen: never reaches rejected
+            return result
+        try:
+            other = self._encode(self.segments(rejected, len(images)), expansions)
+        except Unbuildable as e:
+            self._refused(result, f"the rejected sequence: {e}")
+            return result
+        except NotModelled as e:
+            result.findings[:] = [F.make("VC007", f"the rejected sequence: {e} by vlmcheck yet: the row is not "
+                                                  "counted")]
+            frame["verdict"] = "unknown"
+            return result
+        self._judge_rejected(result, *other, counts)
+        return result
+
+    def _judge_rejected(self, result: SampleResult, ids: list[int], trained: list[bool], owner: list[int],
+                        counts: list[int]) -> None:
+        """DPO: the rejected sequence, encoded and cut on its own as the chosen (Template._rlhf_encode runs
+        _encode_truncated on each); its numbers go in ``framework.pair`` (the record's own are the chosen's), its
+        findings are the row's, and the row's verdict the worse of the two (a MaxLengthError on either deletes it)."""
+        frame = result.framework or {}
+        mine = SampleResult(index=result.index, id=result.id, tokens=None, image_tokens=list(counts),
+                            supervised_tokens=None, framework={"name": NAME, "verdict": "ok"})
+        self._judge_sequence(mine, ids, trained, owner, counts)
+        theirs = mine.framework or {}
+        frame["pair"] = {"chosen_tokens": result.tokens, "rejected_tokens": mine.tokens,
+                         "rejected_supervised": mine.supervised_tokens,
+                         **{f"kept_rejected_{k[len('kept_'):]}": v for k, v in theirs.items()
+                            if k.startswith("kept_")}}
+        for finding in mine.findings:
+            finding.message = f"the rejected sequence: {finding.message}"
+            result.findings.append(finding)
+        if VERDICT_RANK[theirs["verdict"]] > VERDICT_RANK[frame["verdict"]]:
+            frame["verdict"] = theirs["verdict"]
+
+    def _judge_sequence(self, result: SampleResult, ids: list[int], trained: list[bool], owner: list[int],
+                        counts: list[int]) -> SampleResult:
+        """One encoded sequence against --max_length as ``Template._encode_truncated`` meets it (``swift sft``'s
+        sample, a DPO pair's chosen or rejected sequence): kept whole, dropped (``delete``) or cut."""
+        found = result.findings
+        frame = result.framework or {}
         total = len(ids)
         result.tokens = total
         result.supervised_tokens = sum(trained)
@@ -1560,6 +1680,39 @@ def _full_rows(file: Path, plan: LoadPlan) -> Iterator[Any]:
 
 
 START_IMAGE_TAG = "<start-image>"
+# a DPO row's verdict: the worse of its two sequences' (a dropped sequence deletes the pair before the model sees it)
+VERDICT_RANK = {"ok": 0, "cut": 1, "crash": 2, "dropped": 3}
+# the pair columns vlmcheck does not follow yet: a rejected conversation of its own (RowPreprocessor's
+# rejected_messages, which takes no images but rejected_images), the rejected sequence's own media
+REJECTED_COLUMNS = ("rejected_messages", "rejected_images", "rejected_videos", "rejected_audios", "rejected_tools",
+                    "rejected_objects")
+
+
+def _rejected_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """TemplateInputs._compat_rejected_response: the rejected sequence of a DPO row, the messages up to its last
+    question (its system prompt with them) and the ``rejected_response`` as the answer, with the row's images
+    (from_dict fills the rejected inputs' unset keys from the chosen's). Raises Unbuildable where ms-swift's encode
+    raises (no rejected_response: 'inputs.rejected is None'; one that is neither text nor a list), NotModelled for
+    what vlmcheck does not follow (a list of rejected messages, the rejected_* columns, a row without a question)."""
+    given = [k for k in REJECTED_COLUMNS if row.get(k) is not None]
+    if given:
+        raise NotModelled(f"a {given[0]} column (the rejected sequence's own) is not modelled")
+    if "rejected_response" not in row:
+        raise Unbuildable("the row has no rejected_response: ms-swift's rlhf encode raises ('inputs.rejected is "
+                          "None'; beside a file that has the column, its rows load with it null: 'rejected_response "
+                          "must be a str or list')")
+    answer = row["rejected_response"]
+    if isinstance(answer, list):
+        raise NotModelled("a rejected_response given as a list of messages is not modelled")
+    if not isinstance(answer, str):
+        raise Unbuildable(f"its rejected_response is {type(answer).__name__}, not text: ms-swift's rlhf encode raises "
+                          "('rejected_response must be a str or list')")
+    messages = row["messages"]
+    last = max((j for j, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    if last < 0:
+        raise NotModelled("a DPO row without a question (its rejected sequence drops the system prompt) is not "
+                          "modelled")
+    return {**row, "messages": [*messages[:last + 1], {"role": "assistant", "content": answer}]}
 
 
 def _prompt_only(row: dict[str, Any]) -> dict[str, Any]:
