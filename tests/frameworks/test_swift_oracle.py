@@ -96,6 +96,24 @@ ORACLE = QWEN_IMAGES_PRELUDE + textwrap.dedent('''
     for limit in job["limits"]:
         for strategy in ("raise", "left", "right"):
             out["cut"][f"{limit}-{strategy}"] = [encode(r, limit, strategy) for r in rows]
+    # --strict true: the training dataset (LazyLLMDataset, ms-swift's lazy tokenization of a multimodal model)
+    # fetching each loaded row at the first limit under delete: what raises out of it stops the run
+    from swift.dataset.utils import LazyLLMDataset
+
+    template = get_template(processor, max_length=job["limits"][0], truncation_strategy="raise",
+                            template_type=job["template"], max_pixels=job["max_pixels"])
+    template.set_mode("train")
+    loaded = [json.loads(json.dumps(r)) for r in rows if r is not None]
+    lazy = LazyLLMDataset(loaded, template.encode, strict=True)
+    out["strict"] = []
+    for k in range(len(loaded)):
+        try:
+            lazy[k]
+            out["strict"].append("ok")
+        except MaxLengthError:
+            out["strict"].append("MaxLengthError")
+        except Exception as e:
+            out["strict"].append(type(e).__name__)
     print("ORACLE" + json.dumps(out))
 ''')
 
@@ -296,3 +314,15 @@ def test_model_kwargs_set_the_pixel_budget_as_the_environment_does(tmp_path: Pat
     whole = swift_oracle["whole"]
     assert [r["image_tokens"] for r, w in zip(ours, whole) if w["verdict"] == "ok"] == \
         [w["images"] for w in whole if w["verdict"] == "ok"]
+
+
+def test_with_strict_true_a_row_over_max_length_stops_the_run(tmp_path: Path, swift_oracle: dict[str, Any]) -> None:
+    """--strict true: ms-swift's training dataset re-raises whatever the encode raises, MaxLengthError included (under
+    the default, the row is skipped and another fetched)."""
+    limit = LIMITS[0]
+    ours = [r for r in records(launch(tmp_path, swift_oracle, f"--max_length {limit}", "--truncation_strategy delete",
+                                      "--strict true"), tmp_path) if "VC204" in r["findings"] or
+            r["framework"]["verdict"] in ("ok", "cut")]
+    theirs = [s for s in swift_oracle["strict"] if s in ("ok", "MaxLengthError")]
+    assert "MaxLengthError" in theirs and len(ours) == len(theirs)
+    assert [("MaxLengthError" if r["framework"]["verdict"] == "stops" else "ok") for r in ours] == theirs

@@ -1403,6 +1403,13 @@ class Run(ProcessorRun):
             return result
         fix = f"set {_setting('--max_length', total)}"
         if self.config.truncation == "delete":
+            if self.config.strict:  # LazyLLMDataset re-raises every encode error under --strict, this one too
+                found.append(F.make("VC204", f"{total:,} tokens > --max_length {limit:,}: ms-swift raises "
+                                             "MaxLengthError, and with --strict true its dataset re-raises it: the run "
+                                             "stops at the step that reaches the row", fix=fix,
+                                    tokens=total, max_length=limit))
+                frame["verdict"] = "stops"
+                return result
             found.append(F.make("VC204", f"{total:,} tokens > --max_length {limit:,}: ms-swift raises MaxLengthError "
                                          "and skips the row (truncation_strategy delete)", fix=fix + " to keep it",
                                 tokens=total, max_length=limit))
