@@ -1260,9 +1260,7 @@ class Run(ProcessorRun):
         try:
             standard = standard_row(row, self.config.columns, self.config.auto_columns)
         except NotImplementedError as e:
-            found.append(F.make("VC007", f"{e} by vlmcheck yet: the row is not counted"))
-            frame["verdict"] = "unknown"
-            return result
+            return self._not_counted(result, e)
         except DELETED as e:
             self._refused(result, f"ms-swift's dataset preprocessor raises on this row ({type(e).__name__}: "
                                   f"{str(e)[:120]}) and deletes it from the dataset")
@@ -1310,9 +1308,7 @@ class Run(ProcessorRun):
                 self._refused(result, str(e))
                 return result
             except NotModelled as e:
-                found.append(F.make("VC007", f"{e} by vlmcheck yet: the row is not counted"))
-                frame["verdict"] = "unknown"
-                return result
+                return self._not_counted(result, e)
             rejected = _start_image_tag(_image_path_tags(rejected))  # _preprocess_inputs, on each of the pair
         row = _start_image_tag(_image_path_tags(row))
         images = row.get("images") or []
@@ -1340,9 +1336,7 @@ class Run(ProcessorRun):
             self._encode_failed(result, str(e))
             return result
         except NotModelled as e:
-            found.append(F.make("VC007", f"{e} by vlmcheck yet: the row is not counted"))
-            frame["verdict"] = "unknown"
-            return result
+            return self._not_counted(result, e)
         if self.config.grpo is not None:
             return self._judge_prompt(result, row, ids, owner, counts)
         self._judge_sequence(result, ids, trained, owner, counts)
@@ -1584,6 +1578,12 @@ class Run(ProcessorRun):
                      "image tokens do not match')",
             fix=f"remove {token} from the row's text, or give each <image> tag its image", literal_tokens=extra))
         (result.framework or {})["verdict"] = "crash"
+
+    def _not_counted(self, result: SampleResult, e: Exception) -> SampleResult:
+        """A row whose ``e`` says what in it vlmcheck does not model ("... are not modelled"): VC007, not counted."""
+        result.findings.append(F.make("VC007", f"{e} by vlmcheck yet: the row is not counted"))
+        (result.framework or {})["verdict"] = "unknown"
+        return result
 
     def _refused(self, result: SampleResult, reason: str) -> None:
         """``template.encode`` raises: with ``--strict false`` (the default) ms-swift skips the row and fetches
