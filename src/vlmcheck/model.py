@@ -240,6 +240,20 @@ class ModelSpec:
 
     @cached_property
     def tokenizer(self) -> Tokenizer:
+        """The checkpoint's tokenizer, shared by whoever reads this spec: not to be changed (see own_tokenizer)."""
+        return self._read_tokenizer()
+
+    def own_tokenizer(self) -> Tokenizer:
+        """A tokenizer of the checkpoint that the caller may change (add tokens to, as a framework's template
+        does): a copy of the shared one when that has been read, else read from the file without being shared
+        (a copy and a read cost about the same; one of them, not both)."""
+        if "tokenizer" in self.__dict__:
+            from tokenizers import Tokenizer
+
+            return Tokenizer.from_str(self.tokenizer.to_str())
+        return self._read_tokenizer()
+
+    def _read_tokenizer(self) -> Tokenizer:
         from tokenizers import Tokenizer
 
         try:

@@ -92,7 +92,7 @@ from vlmcheck.data.images import ImageProblem, probe_bytes, probe_path
 from vlmcheck.data.nesting import parse
 from vlmcheck.data.readers import BadRow, builder_rows, column_feature, table_schemas
 from vlmcheck.data.videos import VideoInfo, VideoProblem, probe_video_path
-from vlmcheck.errors import DatasetError, UsageError
+from vlmcheck.errors import DatasetError, ModelError, UsageError
 from vlmcheck.families import Expansion, Overrides, pixtral
 from vlmcheck.families.base import VideoFamily
 from vlmcheck.families.qwen2_vl import QwenVLSettings
@@ -956,6 +956,8 @@ def split_positions(split: str, total: int, where: str) -> list[int] | None:
 
 def read_dataset_info(config: Config, names: Sequence[str] | None = None) -> list[DatasetAttr]:
     """The ``dataset_info.json`` entries of ``names`` (default: the config's training datasets), in order."""
+    if names is not None and not names:  # get_dataset_list: no names, no file read (no eval_dataset)
+        return []
     names = config.datasets if names is None else names
     info_path = config.dataset_dir / "dataset_info.json"
     try:  # a regular file of at most 64 MiB (a FIFO would block), nested no deeper than vlmcheck reads
@@ -1859,27 +1861,27 @@ IMAGE_MARK = "<|vlmcheck-image-mark|>"
 VIDEO_MARK = "<|vlmcheck-video-mark|>"
 
 
-def _run_tokenizer(tokenizer: Any, words: Sequence[str], marks: Mapping[str, str]) -> tuple[Any, dict[str, int]]:
-    """The tokenizer as ``Template.fix_special_tokens`` leaves it (the template's stop ``words`` added as special
-    tokens), plus a stand-in special token for each of the model's media tokens (``marks``: the token's string -> its
-    stand-in's), added with the token's own flags (strip, single word, normalized) so that text around a stand-in is
-    split as around the token; and the stand-ins' ids by the token's string. One copy when anything is added (the
-    model's own tokenizer is shared). A media token that is not an added token of the tokenizer gets no stand-in
-    (its expansions are then told apart by order)."""
+def _run_tokenizer(tokenizer: Any, words: Sequence[str], marks: Mapping[str, str]) -> dict[str, int]:
+    """Makes ``tokenizer`` (the run's own, not shared) what ``Template.fix_special_tokens`` leaves (the template's
+    stop ``words`` added as special tokens), plus a stand-in special token for each of the model's media tokens
+    (``marks``: the token's string -> its stand-in's), added with the token's own flags (strip, single word,
+    normalized) so that text around a stand-in is split as around the token; returns the stand-ins' ids by the
+    token's string. A media token that is not an added token of the tokenizer gets no stand-in (its expansions are
+    then told apart by order)."""
     own = {t.content: t for t in tokenizer.get_added_tokens_decoder().values()}
     missing = [w for w in words if not (w in own and own[w].special)]
     wanted = {token: mark for token, mark in marks.items() if token in own}
-    if not missing and not wanted:
-        return tokenizer, {}
-    from tokenizers import AddedToken, Tokenizer
+    from tokenizers import AddedToken
 
-    copy = Tokenizer.from_str(tokenizer.to_str())
-    copy.add_special_tokens([AddedToken(w, special=True, normalized=False) for w in missing])
-    copy.add_special_tokens([AddedToken(mark, single_word=own[token].single_word, lstrip=own[token].lstrip,
-                                        rstrip=own[token].rstrip, normalized=own[token].normalized, special=True)
-                             for token, mark in wanted.items()])
-    ids = {token: copy.token_to_id(mark) for token, mark in wanted.items()}
-    return copy, {token: i for token, i in ids.items() if i is not None}
+    if missing:
+        tokenizer.add_special_tokens([AddedToken(w, special=True, normalized=False) for w in missing])
+    if wanted:
+        tokenizer.add_special_tokens([AddedToken(mark, single_word=own[token].single_word, lstrip=own[token].lstrip,
+                                                 rstrip=own[token].rstrip, normalized=own[token].normalized,
+                                                 special=True)
+                                      for token, mark in wanted.items()])
+    ids = {token: tokenizer.token_to_id(mark) for token, mark in wanted.items()}
+    return {token: i for token, i in ids.items() if i is not None}
 
 
 @dataclass(frozen=True)
@@ -1917,9 +1919,11 @@ class Run:
         self.family = spec.family
         self.settings = spec.settings
         words = config.template.stop_words + ((config.template.eos_word,) if config.template.eos_word else ())
-        self.pad_id = spec.token_id(plugin.image_token)
-        self.video_pad_id = spec.token_id(plugin.video_token) if plugin.counts_videos else None
-        self.tokenizer, self.marks = _run_tokenizer(spec.tokenizer, words, {
+        # the run's own tokenizer (one read of the file): the template's words and the stand-ins are added to it
+        self.tokenizer = spec.own_tokenizer()
+        self.pad_id = self._token_id(plugin.image_token)
+        self.video_pad_id = self._token_id(plugin.video_token) if plugin.counts_videos else None
+        self.marks = _run_tokenizer(self.tokenizer, words, {
             plugin.image_token: IMAGE_MARK, **({plugin.video_token: VIDEO_MARK} if plugin.counts_videos else {})})
         # the BOS / EOS slots are the tokenizer's own ids (_convert_elements_to_ids); absent: nothing is written
         self.bos_id = self._special_id("bos_token")
@@ -1937,6 +1941,12 @@ class Run:
         # LLaMA-Factory opens images with Image.open: paths as resolved by _media, no EXIF rotation
         self.previews = Previewer(local_path=lambda raw, _what: Path(raw), exif_transpose=False,
                                   max_length=config.cutoff_len, truncation=NAME)
+
+    def _token_id(self, token: str) -> int:
+        token_id = self.tokenizer.token_to_id(token)
+        if token_id is None:
+            raise ModelError(f"the tokenizer in {self.spec.path} has no token {token!r}")
+        return int(token_id)
 
     def _special_id(self, key: str) -> int | None:
         token = self.spec.special_tokens.get(key)
@@ -2402,6 +2412,8 @@ class Run:
         missing = [key for key in attr.columns.values() if key and key not in row]
         if not missing:
             return row
+        if attr.name not in self._keys and isinstance(schema, dict):  # the columns of the load: known already
+            self._keys[attr.name] = set(schema)
         if attr.name not in self._keys:
             keys: set[str] = set()
             for other in iter_rows(dataset_files(self.config, attr)):
