@@ -956,3 +956,28 @@ def test_a_llava_next_data_part_too_large_to_hold_is_read_within_bounds(hostile:
     code, output = cli("check", "next.sh")
     assert code in (1, 2), output
     assert "LLaVA-NeXT" in output and ("over the 64 MiB" in output if part == "jsonl" else "json.load raises" in output)
+
+
+@pytest.mark.parametrize("where", ["yaml part", "data_path"])
+@pytest.mark.parametrize("digits", [4300, 4301])
+def test_a_llava_json_file_with_a_whole_number_python_cannot_convert_stops_the_load(hostile: Path, where: str,
+                                                                                   digits: int) -> None:
+    """LLaVA and LLaVA-NeXT json.load their data files: a whole number of more than 4,300 digits makes Python's
+    json raise (ValueError, int_max_str_digits), so the dataset is never built; 4,300 digits load. vlmcheck read it
+    as a float (as datasets does) and judged the rows."""
+    model = Path((hostile / "ck").read_text())
+    rows = [{"id": str(i), "big": "BIG" if i == 1 else 0,
+             "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]}
+            for i in range(3)]
+    (hostile / "part.json").write_text(json.dumps(rows).replace('"BIG"', "9" * digits))
+    if where == "yaml part":
+        (hostile / "mix.yaml").write_text("datasets:\n  - json_path: part.json\n    sampling_strategy: all\n")
+    (hostile / "next.sh").write_text(LLAVA_NEXT.format(model=model, tower="google/siglip-so400m-patch14-384",
+                                                       data="./mix.yaml" if where == "yaml part" else "./part.json"))
+    code, output = cli("check", "next.sh", "-o", "r.jsonl")
+    if digits == 4300:  # the rows are read and judged (this checkpoint is not one preprocess_qwen can use)
+        assert "Exceeds the limit" not in output, output
+        assert len((hostile / "r.jsonl").read_text().splitlines()) == 3
+    else:
+        assert code in (1, 2), output
+        assert "Exceeds the limit (4300 digits)" in output, output

@@ -51,6 +51,8 @@ def _parse_int(text: str) -> Any:
 
 
 _DECODER = json.JSONDecoder(parse_int=_parse_int)
+# json.load's own: int() of a whole number over sys.get_int_max_str_digits() (4,300) digits raises ValueError
+_PYTHON_DECODER = json.JSONDecoder()
 
 
 def _loads(text: str) -> Any:
@@ -113,13 +115,14 @@ def _cut_at_edge(e: json.JSONDecodeError, read: int) -> bool:
     return e.msg.startswith("Unterminated string") or e.pos >= read - _TAIL
 
 
-def _json_array(path: Path, spans: list[tuple[int, int]] | None = None) -> Iterator[Any]:
+def _json_array(path: Path, spans: list[tuple[int, int]] | None = None, python_ints: bool = False) -> Iterator[Any]:
     """Elements of a top-level JSON array, decoded one at a time from a sliding buffer. With ``spans``, the
     byte range of each element yielded is appended to it (for a terminal :class:`BadRow`: from where
     reading stopped to the end of the file). Memory is bounded by MAX_ROW_BYTES: an element not complete
     within it ends the file with a terminal :class:`BadRow`, as an error that more text cannot mend does
-    at once."""
-    decoder = _DECODER
+    at once. ``python_ints``: whole numbers as Python's json reads them (one too long to convert ends the file,
+    as ``json.load`` raises), not as ``datasets`` does."""
+    decoder = _PYTHON_DECODER if python_ints else _DECODER
     size = os.path.getsize(path)
     with open_binary(path) as fp:
         buf, pos, pending, eof = "", 0, b"", False
@@ -238,6 +241,10 @@ def _json_array(path: Path, spans: list[tuple[int, int]] | None = None) -> Itera
                 nul = f" (a NUL byte: {path.name} is not JSON text from here)" if buf[e.pos:e.pos + 1] == "\0" else ""
                 yield stop(f"invalid JSON at byte {at + len(buf[pos:e.pos].encode('utf-8', 'surrogatepass'))}: "
                            f"{e.msg}{nul}; the rest of the file is unreadable")
+                return
+            except ValueError as e:  # python_ints: int() refuses a whole number of too many digits
+                yield stop(f"the element at byte {at:,}: {str(e)[:120]} (Python's json raises); the rest of "
+                           f"{path.name} is not read")
                 return
             # A value that ends at the buffer's edge may be a number cut there (``1.`` of ``1.5``): read more first.
             if len(buf) - end < _TAIL and not eof and refill():
@@ -498,15 +505,17 @@ def _whole_json(line: bytes) -> Any:
 
 
 def iter_rows(path: str | os.PathLike[str], *, split: str | None = None,
-              spans: list[tuple[int, int]] | None = None) -> Iterator[Any]:
+              spans: list[tuple[int, int]] | None = None, python_ints: bool = False) -> Iterator[Any]:
     """Rows of the dataset at ``path``, streamed. Unparseable rows come as :class:`BadRow`. For JSON and JSON
-    Lines, ``spans`` (a list) gets each row's byte range in the file as the row is yielded."""
+    Lines, ``spans`` (a list) gets each row's byte range in the file as the row is yielded. A JSON array's whole
+    numbers are read as ``datasets`` reads them (one past Python's 4,300 digits as a float), or with
+    ``python_ints`` as ``json.load`` does (it raises: a terminal BadRow)."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"dataset not found: {path}")
     kind = dataset_kind(path)
     if kind == "json":
-        return _json_array(path, spans)
+        return _json_array(path, spans, python_ints)
     if kind == "jsonl":
         return _json_lines(path, spans)
     if kind == "parquet":

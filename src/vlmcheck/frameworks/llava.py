@@ -1151,7 +1151,7 @@ def _json_load_rows(file: Path) -> Iterator[Any]:
         yield BadRow(f"{file.name} is not one JSON list (JSON Lines or an object): LLaVA's json.load raises "
                      "('Extra data') or reads a dict, and the run stops while building the dataset", terminal=True)
         return
-    yield from iter_rows(file)
+    yield from iter_rows(file, python_ints=True)
 
 
 def _yaml_part_rows(file: Path) -> Iterator[Any]:
@@ -1202,11 +1202,11 @@ def _yaml_part_rows(file: Path) -> Iterator[Any]:
             else:
                 yield raised(f"not a JSON list (it starts {head[:20]!r})")
             return
-        for row in iter_rows(file):  # json.load raises on any flaw: then no row is trained
+        for row in iter_rows(file, python_ints=True):  # json.load raises on any flaw: then no row is trained
             if isinstance(row, BadRow):
                 yield raised(row.reason)
                 return
-        yield from iter_rows(file)
+        yield from iter_rows(file, python_ints=True)
     except (OSError, ValueError, RecursionError, EOFError) as e:
         yield raised(e)
 
