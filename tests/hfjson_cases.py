@@ -5,7 +5,8 @@ through LLaMA-Factory's (datasets 4.0.0: tests/frameworks/test_llamafactory_conf
 - A lone UTF-16 surrogate escape (``"\\ud800"`` as written in the file) in JSON text: ``hfjson.json_schema`` /
   ``as_loaded`` against ``load_dataset("json")``.
 - Parquet, Arrow and CSV tables whose types differ: ``hfjson.tables_problem`` against ``load_dataset`` of each pair
-  of files in both orders, and of CSV files past one 10,000-row chunk.
+  of files in both orders, and of CSV files past one 10,000-row chunk; JSON and JSON Lines files whose columns
+  differ: ``hfjson.json_columns_problem``, the same way.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from vlmcheck.data.hfjson import (
     TypeClash,
     Unmodelled,
     as_loaded,
+    json_columns_problem,
     json_schema,
     tables_problem,
 )
@@ -177,10 +179,21 @@ def table_cases(folder: Path) -> dict[str, tuple[str, list[Path]]]:
     pq.write_table(pa.table({"q": ["q"], "img": [[image]]}), folder / "struct.parquet")
     groups["parquet"] = {"feature": folder / "f.parquet", "paths": folder / "paths.parquet",
                          "struct": folder / "struct.parquet"}
+    # JSON files whose columns differ (their types are json_schema's, judged in the listing order: not here)
+    for ext in ("json", "jsonl"):
+        group = {}
+        for name, row in (("full", {"q": "q", "a": "a"}), ("less", {"q": "q"}), ("other", {"q": "q", "x": "x"}),
+                          ("reorder", {"a": "a", "q": "q"})):
+            rows = [row, {"q": "r"}] if name == "less" else [row]
+            text = json.dumps(rows) if ext == "json" else "".join(json.dumps(r) + "\n" for r in rows)
+            (folder / f"{name}.{ext}").write_text(text)
+            group[name] = folder / f"{name}.{ext}"
+        groups[ext] = group
     cases: dict[str, tuple[str, list[Path]]] = {}
-    for builder, group in groups.items():
+    for kind, group in groups.items():
+        builder = "json" if kind == "jsonl" else kind
         for a, b in itertools.permutations(group, 2):
-            cases[f"{builder} {a}, {b}"] = (builder, [group[a], group[b]])
+            cases[f"{kind} {a}, {b}"] = (builder, [group[a], group[b]])
     for name, first, then in (("numbers then text", "1", "t"), ("text then numbers", "t", "1"),
                               ("empty then text", "", "t"), ("text then empty", "t", "")):
         rows = [["q", first]] * CSV_CHUNK_ROWS + [["q", then]]
@@ -202,7 +215,10 @@ def judge_tables(cases: dict[str, tuple[str, list[Path]]], theirs: dict[str, Any
         want = "loads" if rows is not None and other is not None else (
             "fails" if rows is None and other is None else "order")
         try:
-            tables_problem([(f.name, list(table_schemas(f, builder))) for f in files])
+            if builder == "json":
+                json_columns_problem(files)
+            else:
+                tables_problem([(f.name, list(table_schemas(f, builder))) for f in files])
             ours = "loads"
         except TypeClash:
             ours = "fails"

@@ -47,12 +47,14 @@ def test_ujson_reads_surrogate_escapes_as_vlmcheck_says() -> None:
 
 
 def test_tables_are_cast_to_the_first_as_datasets_casts_them(tmp_path: Path) -> None:
-    """Each pair of files in both orders, and CSV files past one chunk. From datasets 5 the csv builder refuses
-    files whose schemas differ at all (measured on 5.1), which vlmcheck does not model (its only caller,
+    """Each pair of files in both orders, and CSV files past one chunk. From datasets 5 the csv builder, and the
+    json builder on JSON arrays, refuse files whose schemas differ at all (measured on 5.1: a JSON array's files
+    must even list their columns in the same order), which vlmcheck does not model (its only caller of folders,
     LLaMA-Factory 0.9.5, loads with 4.0.0): those pairs are left to the 4.0.0 test."""
     cases = table_cases(tmp_path)
     if VERSION >= (5, 0):
-        cases = {name: case for name, case in cases.items() if not (case[0] == "csv" and len(case[1]) > 1)}
+        cases = {name: case for name, case in cases.items()
+                 if not (name.split(" ")[0] in ("csv", "json") and len(case[1]) > 1)}
     differ, reached = judge_tables(cases, load(cases, tmp_path / "cache"))
     assert not differ, differ
     assert reached == {"loads", "fails", "order"}, reached

@@ -312,9 +312,12 @@ def test_a_hostile_num_samples_is_refused_not_drawn() -> None:
         lf.draw_samples(3, 10**12, np.random.RandomState(0))
 
 
-def test_a_folder_whose_files_have_other_columns_stops_the_run(tmp_path: Path) -> None:
+def test_a_folder_whose_files_have_other_columns_stops_the_run_or_is_refused(tmp_path: Path) -> None:
     """datasets loads each file of a folder dataset as its own table and casts the rest to the first one's columns:
-    a file with other keys fails the load (LLaMA-Factory stops before step 1), said so, never judged row by row."""
+    a later file with a column the first lacks fails the load (LLaMA-Factory stops before step 1), one lacking a
+    column loads (nulls). So where the files' columns differ, os.listdir's order decides (refused, naming the
+    files), unless no file has every column (it fails in every order); never judged row by row. The rule is proved
+    on datasets 4.0.0 in hfjson_cases.py (JSON and JSON Lines pairs in both orders)."""
     import os
 
     from vlmcheck.demo.checkpoints import qwen_checkpoint
@@ -325,17 +328,18 @@ def test_a_folder_whose_files_have_other_columns_stops_the_run(tmp_path: Path) -
     for name in ("a.jsonl", "b.jsonl"):
         (data / "parts" / name).write_text(json.dumps(row) + "\n")
     first, second = (data / "parts" / name for name in os.listdir(data / "parts"))  # the order datasets reads
-    second.write_text(json.dumps({**row, "system": "be brief"}) + "\n")  # a column the first file has not
     (data / "dataset_info.json").write_text(json.dumps({"p": {"file_name": "parts", "formatting": "sharegpt"}}))
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({"model_name_or_path": str(qwen_checkpoint("qwen2_vl")), "template": "qwen2_vl",
                                       "dataset": "p", "dataset_dir": str(data), "stage": "sft"}))
-    with pytest.raises(vlmcheck.DatasetError, match="column names"):
+    assert vlmcheck.check(config).summary["samples"] == 2  # the same columns: it loads
+    second.write_text(json.dumps({**row, "system": "be brief"}) + "\n")  # a column the first file has not
+    with pytest.raises(vlmcheck.DatasetError, match=f"os.listdir.*{first.name} is listed first here and lacks"):
         vlmcheck.check(config)
-    # the other way round the later file lacks a column: datasets fills it with null (measured on datasets 4.0.0)
-    first.write_text(json.dumps({**row, "system": "be brief"}) + "\n")
+    first.write_text(json.dumps({**row, "system": "be brief"}) + "\n")  # now the later one lacks it: loads here
     second.write_text(json.dumps(row) + "\n")
-    assert vlmcheck.check(config).summary["samples"] == 2
-    second.write_text(json.dumps(row) + "\n")
-    first.write_text(json.dumps(row) + "\n")
-    assert vlmcheck.check(config).summary["samples"] == 2
+    with pytest.raises(vlmcheck.DatasetError, match=f"os.listdir.*with {second.name} listed first it fails"):
+        vlmcheck.check(config)
+    second.write_text(json.dumps({**row, "tools": "[]"}) + "\n")  # each has a column the other lacks
+    with pytest.raises(vlmcheck.DatasetError, match="no file has every column"):
+        vlmcheck.check(config)

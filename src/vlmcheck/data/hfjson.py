@@ -819,22 +819,41 @@ def _has_float(value: Any) -> bool:
     return False
 
 
-def new_columns(files: Sequence[Path]) -> tuple[Path, list[str]] | None:
-    """``datasets`` loads each file of a many-file dataset as a table of its own and casts the later ones to the
-    first one's columns: a later file may lack some (nulls), but one with a column the first lacks fails the load
-    ('column names don't match'). That file and its new columns, or None."""
-    columns = []
+def json_columns_problem(files: Sequence[Path]) -> None:
+    """The columns of a many-file JSON dataset as ``datasets`` 4.0.0 loads it (``files`` in the order it reads
+    them): each file is a table of its own, cast to the first one's columns. A later file may lack some (nulls), but
+    one with a column the first lacks fails the load ('column names don't match'); so it loads only with a file
+    holding every column listed first. TypeClash where no file does (it fails whatever the order), ListingOrder
+    where it depends on which file ``os.listdir`` lists first, None where every file has the same columns. Files
+    without rows make no table and are passed over. Measured on datasets 4.0.0, JSON arrays and JSON Lines alike
+    (from 5.0 a JSON array's files must have the very same columns, in the same order)."""
+    columns: list[tuple[Path, set[str]]] = []
     for file in files:
         keys: set[str] = set()
+        rows = 0
         for row in read_rows(file):
+            rows += 1
             if isinstance(row, Mapping):
                 keys.update(row)
-        columns.append(keys)
-    for file, keys in zip(files[1:], columns[1:]):
-        new = sorted(keys - columns[0])
-        if new:
-            return file, new
-    return None
+        if rows:
+            columns.append((file, keys))
+    if not columns or all(keys == columns[0][1] for _, keys in columns):
+        return
+    (listed, first), everything = columns[0], set().union(*(keys for _, keys in columns))
+    full = next((file for file, keys in columns if keys == everything), None)
+    later = next(((file, sorted(keys - first)) for file, keys in columns[1:] if keys - first), None)
+    if full is None:
+        assert later is not None
+        raise TypeClash(f"{later[0].name} has columns {later[1]} that {listed.name} (read first) has not (datasets: "
+                        "'column names don't match'), and no file has every column: the load fails whichever file "
+                        "is listed first")
+    if later is None:
+        lacking = next(file for file, keys in columns if keys != everything)
+        raise ListingOrder(f"{listed.name} is listed first here and has every column, which loads; with "
+                           f"{lacking.name} listed first it fails (it lacks {sorted(everything - dict(columns)[lacking])}"
+                           ": 'column names don't match')")
+    raise ListingOrder(f"{listed.name} is listed first here and lacks columns {later[1]} that {later[0].name} has, "
+                       f"which fails ('column names don't match'); with {full.name} listed first the files load")
 
 
 # -- the other builders: Parquet, Arrow and CSV tables -------------------------------------------------------------

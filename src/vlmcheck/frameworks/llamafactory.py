@@ -82,9 +82,9 @@ from vlmcheck.data.hfjson import (
     Rewritten,
     TypeClash,
     as_loaded,
+    json_columns_problem,
     json_schema,
     json_type,
-    new_columns,
     tables_problem,
     unify_types,
 )
@@ -2116,21 +2116,24 @@ class Run:
     def _same_columns(self, attr: DatasetAttr) -> None:
         """``datasets`` loads each file of a folder dataset as a table of its own and casts the later ones to the
         first one's columns: a later JSON file may lack some (nulls), but one with a column the first lacks fails the
-        load (the run stops before step 1). The tables of the other builders (Parquet, Arrow, CSV: each chunk of
-        10,000 rows) are cast to the first one's types too (hfjson.tables_problem): where that fails the run stops,
-        and where it depends on which file ``os.listdir`` lists first, which differs between machines, the check is
-        refused naming the two files."""
+        load (hfjson.json_columns_problem). The tables of the other builders (Parquet, Arrow, CSV: each chunk of
+        10,000 rows) are cast to the first one's types too (hfjson.tables_problem). Where that fails the run stops
+        before step 1, and where it depends on which file ``os.listdir`` lists first, which differs between machines,
+        the check is refused naming the two files."""
         files = dataset_files(self.config, attr)
         kind = builder(files[0])
         if (len(files) < 2 and kind != "csv") or attr.name in self._checked:
             return
         self._checked.add(attr.name)
-        if kind in ("parquet", "arrow", "csv"):
-            tables = [(f.name, list(table_schemas(f, kind))) for f in files]
-            if sum(len(t) for _, t in tables) < 2:
-                return
+        if kind in ("parquet", "arrow", "csv", "json"):
             try:
-                tables_problem(tables)
+                if kind == "json":
+                    json_columns_problem(files)
+                else:
+                    tables = [(f.name, list(table_schemas(f, kind))) for f in files]
+                    if sum(len(t) for _, t in tables) < 2:
+                        return
+                    tables_problem(tables)
             except TypeClash as e:
                 raise DatasetError(f"dataset {attr.name!r}, {e}: datasets cannot load the files, so LLaMA-Factory's "
                                    "loader raises (DatasetGenerationError) and the run stops before step 1") from None
@@ -2139,15 +2142,6 @@ class Run:
                     f"dataset {attr.name!r}: whether LLaMA-Factory can load {attr.file_name} depends on the order "
                     f"os.listdir lists its files, which differs between machines and file systems: {e}. vlmcheck "
                     "does not guess: give every file the same columns and types (or merge them into one)") from None
-            return
-        if len(files) < 2:
-            return
-        clash = new_columns(files)
-        if clash:
-            file, new = clash
-            raise DatasetError(f"dataset {attr.name!r}: {file.name} has columns {new} that {files[0].name} (read "
-                               "first) has not: LLaMA-Factory's loader raises (datasets: 'column names don't "
-                               "match') and the run stops before step 1")
 
     def _shards(self, attr: DatasetAttr) -> None:
         """_load_single_dataset streams a local dataset as to_iterable_dataset(num_shards=dataloader_num_workers),
