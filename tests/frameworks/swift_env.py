@@ -1,5 +1,5 @@
 """ms-swift's own environment, the oracle for ``vlmcheck check`` on ``swift sft`` scripts (test_swift_oracle.py,
-test_swift_gemma3.py).
+test_swift_gemma3.py) and ``swift rlhf`` scripts (test_swift_grpo.py, test_swift_dpo.py).
 
 ms-swift 4.6 pins ``trl<1.0`` and ``datasets<4.8.5``, which clash with the test extras: it gets a virtual environment
 of its own (oracle_env.py: built once by the test setup, cached in ``$VLMCHECK_CACHE/oracles/swift-<hash>``, torch
@@ -60,6 +60,55 @@ def encode_all(processor, template_type, rows, settings, system, measure):
             results.append({"verdict": "ok", **measure(t, enc, row)})
         out[f"{max_length}-{strategy}"] = results
     return out
+"""
+
+
+# The row loop of a `swift rlhf` oracle script (GRPO's, the paired types'), after its imports: the run's arguments
+# through ms-swift's own parser, the template as its pipeline prepares it, and each wanted row of the loaded dataset
+# through ``judge(wanted, row)`` (what to record of the row), with what ms-swift's data path does on a raise.
+RLHF_ROWS = """
+LOADED = {}
+
+
+def rlhf_arguments(argv):  # `swift rlhf ARGV`: SwiftPipeline._parse_args (remaining_argv raises) builds RLHFArguments
+    from swift.pipelines.train.rlhf import SwiftRLHF
+
+    return SwiftRLHF._parse_args(object.__new__(SwiftRLHF), argv)
+
+
+def rlhf_template(args, processor):  # SwiftRLHF._prepare_template: get_template, and the mode of the rlhf_type
+    from swift.pipelines.train.rlhf import SwiftRLHF
+
+    pipeline = object.__new__(SwiftRLHF)
+    pipeline.args, pipeline.processor, pipeline.model = args, processor, None
+    pipeline._prepare_template()
+    return pipeline.template
+
+
+def judged_rows(args, ids, skip, judge):
+    # each of ids (but skip) as ms-swift meets it: 'deleted' when the rows args.load_dataset() keeps have none with
+    # that id (loaded once: every run reads the same files with the same load options); else judge(wanted, row)'s
+    # record, 'encoded', or 'max_length' where it raises MaxLengthError (the training dataset skips the row), or
+    # 'error' with any other raise
+    from swift.template import MaxLengthError
+
+    if not LOADED:
+        LOADED.update({r["id"]: r for r in args.load_dataset()[0]})
+    rows = {}
+    for wanted in ids:
+        if wanted in skip:
+            continue
+        row = LOADED.get(wanted)
+        if row is None:
+            rows[wanted] = {"verdict": "deleted"}
+            continue
+        try:
+            rows[wanted] = {"verdict": "encoded", **judge(wanted, row)}
+        except MaxLengthError:
+            rows[wanted] = {"verdict": "max_length"}
+        except Exception as e:
+            rows[wanted] = {"verdict": "error", "error": repr(e)[:200]}
+    return rows
 """
 
 

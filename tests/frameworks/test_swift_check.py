@@ -40,12 +40,12 @@ swift sft \\
 
 
 @pytest.mark.parametrize(("command", "named"), [
-    ("swift rlhf --rlhf_type orpo --model m --dataset d.jsonl", "swift rlhf --rlhf_type orpo"),
+    ("swift rlhf --rlhf_type rm --model m --dataset d.jsonl", "swift rlhf --rlhf_type rm"),
     ("NPROC_PER_NODE=8 swift rlhf \\\n  --rlhf_type=kto --model m", "swift rlhf --rlhf_type kto"),
-    ("swift rlhf --rlhf_type simpo --model m --dataset d.jsonl", "swift rlhf --rlhf_type simpo"),
+    ("swift rlhf --rlhf_type ppo --model m --dataset d.jsonl", "swift rlhf --rlhf_type ppo"),
     ("swift pt --model m --dataset d.jsonl", "swift pt"),
 ])
-def test_a_stage_other_than_sft_grpo_and_dpo_is_named_in_the_refusal(tmp_path: Path, command: str, named: str) -> None:
+def test_a_stage_vlmcheck_does_not_model_is_named_in_the_refusal(tmp_path: Path, command: str, named: str) -> None:
     path = tmp_path / "train.sh"
     path.write_text(command + "\n")
     result = CliRunner().invoke(main, ["check", str(path)])

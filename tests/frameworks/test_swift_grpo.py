@@ -4,11 +4,11 @@ its environment (swift_env.py), one subprocess for every case:
 - the run-level checks: ``RLHFArguments`` built from each setting (``_init_grpo``, ``_init_rollout``, GRPOConfig's
   ``_init_generation_batch_params``, ``_check_teacher``): vlmcheck refuses exactly the settings ms-swift raises on,
   quoting its message, and finds the same generation batch for the others;
-- each row as the GRPO trainer meets it: the dataset from ``args.load_dataset()``, the template from
-  ``args.get_template`` in the mode ``SwiftRLHF._prepare_template`` sets (train); under ``delete`` the length check
-  before the rollout (``rl_core.resample.resample_encode_failed_inputs``); the rollout's request
-  (``GRPOSample.from_row``, ``remove_response``, ``to_infer_request``) encoded by a copy of the template in the mode
-  ``TransformersEngine`` sets (transformers), as ``_prepare_vllm`` makes it; the engine's budget
+- each row as the GRPO trainer meets it (swift_env.RLHF_ROWS): the dataset from ``args.load_dataset()``, the
+  template from ``SwiftRLHF._prepare_template`` (``args.get_template`` in the mode it sets for grpo, train); under
+  ``delete`` the length check before the rollout (``rl_core.resample.resample_encode_failed_inputs``); the rollout's
+  request (``GRPOSample.from_row``, ``remove_response``, ``to_infer_request``) encoded by a copy of the template in
+  the mode ``TransformersEngine`` sets (transformers), as ``_prepare_vllm`` makes it; the engine's budget
   (``InferEngine.set_default_max_tokens``, on an attribute holder with the ``max_model_len`` and offset its
   ``__init__`` sets); and the training step's encode of the prompt with a completion (``encode_sample`` under
   ``_template_context``, as ``_prepare_batch_inputs`` runs it).
@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from oracle_env import QWEN_IMAGES_PRELUDE
 from PIL import Image
-from swift_env import oracle_python
+from swift_env import RLHF_ROWS, oracle_python
 
 import vlmcheck
 from vlmcheck.errors import UsageError
@@ -73,7 +73,7 @@ CHECKS: list[dict[str, Any]] = [
     {"num_generations": 2, "per_device_train_batch_size": 2, "split_dataset_ratio": 0.5},
 ]
 
-ORACLE = QWEN_IMAGES_PRELUDE + textwrap.dedent('''
+ORACLE = QWEN_IMAGES_PRELUDE + RLHF_ROWS + textwrap.dedent('''
     import types
     from copy import copy
 
@@ -112,7 +112,6 @@ ORACLE = QWEN_IMAGES_PRELUDE + textwrap.dedent('''
         except Exception as e:
             out["checks"].append({"raises": str(e)})
 
-    by_id = None  # the same files and options for every run: loaded once
     for run in job["runs"]:
         transformers.AutoProcessor.from_pretrained = staticmethod(load) if run["qwen"] else auto
         processor = get_processor(run["checkpoint"], model_type=run["model_type"])
@@ -123,18 +122,10 @@ ORACLE = QWEN_IMAGES_PRELUDE + textwrap.dedent('''
         for max_length, strategy, more in run["settings"]:
             args = arguments(run, max_length=max_length, truncation_strategy=strategy, split_dataset_ratio=0,
                              **{**job["base"], **more})
-            template = args.get_template(processor)
-            template.set_mode("train")  # SwiftRLHF._prepare_template: grpo encodes in 'train' mode
-            if by_id is None:
-                by_id = {r["id"]: r for r in args.load_dataset()[0]}
-            rows = {}
-            for wanted in job["ids"]:
-                if wanted in run["skip"]:
-                    continue
-                row = by_id.get(wanted)
-                if row is None:
-                    rows[wanted] = {"verdict": "deleted"}
-                    continue
+            template = rlhf_template(args, processor)  # SwiftRLHF._prepare_template: grpo encodes in 'train' mode
+            assert template.mode == "train", template.mode
+
+            def judge(wanted, row):
                 key = (wanted, json.dumps(more, sort_keys=True))
                 if key not in whole_prompts:
                     whole = copy(template)
@@ -178,7 +169,9 @@ ORACLE = QWEN_IMAGES_PRELUDE + textwrap.dedent('''
                                                 "images": row.get("images") or []})
                     with RolloutTrainerMixin._template_context(types.SimpleNamespace(), template):
                         res["trained_tokens"] = len(encode_sample(done, template)["input_ids"])
-                rows[wanted] = res
+                return res
+
+            rows = judged_rows(args, job["ids"], run["skip"], judge)
             results[f"{max_length}-{strategy}-{json.dumps(more, sort_keys=True)}"] = rows
         out["runs"][run["template"]] = results
     print("ORACLE" + json.dumps(out))
@@ -315,6 +308,10 @@ def test_each_prompt_is_judged_as_swifts_grpo_rollout_encodes_it(tmp_path: Path,
         if row is None:
             continue
         frame, verdict = record["framework"], record["framework"]["verdict"]
+        if row["verdict"] == "deleted":  # ms-swift's preprocessor deletes it while loading
+            assert (verdict, record["findings"]) == ("dropped", ["VC006"]), (k, record, row)
+            continue
+        assert row["verdict"] == "encoded", (k, row)  # the oracle's judge records each raise it expects
         assert record["supervised_tokens"] is None, (k, record)  # the completion is generated, not supervised
         if verdict == "unknown":  # a prompt still ending with an answer: not modelled
             assert record["findings"] == ["VC007"] and "train_tokens" in row, (k, record, row)

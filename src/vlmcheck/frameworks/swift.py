@@ -1,7 +1,7 @@
-"""ms-swift: the one home of its facts (``swift sft``, ``swift rlhf --rlhf_type grpo`` and ``--rlhf_type dpo`` launch
+"""ms-swift: the one home of its facts (``swift sft``, ``swift rlhf --rlhf_type grpo`` and the paired types' launch
 lines and the ``MAX_PIXELS`` environment, its ``messages`` dataset layout with absolute image paths, its own ChatML
-template encode, which tokens are trained, ``--truncation_strategy``, what GRPO does with each row's prompt and DPO
-with each row's pair).
+template encode, which tokens are trained, ``--truncation_strategy``, what GRPO does with each row's prompt and the
+paired types with each row's pair).
 
 Modelled on ms-swift 4.6 (``swift/template/base.py``, ``template/templates/qwen.py``, ``templates/gemma.py``,
 ``arguments/base_args/template_args.py``, ``model/models/qwen.py``) for its ``qwen2_vl`` / ``qwen2_5_vl`` /
@@ -35,13 +35,15 @@ the ids, VC207). Each ``.json`` / ``.jsonl`` dataset first loads as ``datasets``
   from the left, the training step on the whole prompt) or ``delete`` (the length check before the rollout replaces
   the row); a raise in the rollout stops the run. The run-level checks RLHFArguments, GRPOConfig and GRPOTrainer make
   before step 1 (``_grpo``: generation batch vs ``--num_generations``, the eval batch, a reward source) are refusals.
-- **DPO** (``swift rlhf``, ``--rlhf_type dpo`` its default; templates ``DPO_TEMPLATES``): the rows load as under
+- **DPO, ORPO, SimPO, CPO** (``swift rlhf``, ``--rlhf_type dpo`` its default, and ``PAIRED_TYPES``; templates
+  ``DPO_TEMPLATES``): the rows load as under
   ``swift sft`` (a ``rejected_response`` that is null or the same as the answer deletes the row); the template's
   ``rlhf`` encode makes two sequences, the chosen (the row) and the rejected (the messages up to the last question,
   then the ``rejected_response``; the same images), each encoded and cut on its own (``_encode_truncated``): a
   ``MaxLengthError`` on either deletes the row. Loss scale ``last_round``: earlier answers untrained. The record's
-  counts are the chosen sequence's, the rejected's in ``framework.pair``. A ``--ref_model`` under LoRA and
-  ``--precompute_ref_log_probs`` are refusals (``_dpo``).
+  counts are the chosen sequence's, the rejected's in ``framework.pair``. The four types share that encode (the
+  template's ``rlhf`` mode); they differ in the run-level checks (``_pairs``: a ``--ref_model``, several
+  ``--loss_type`` values, ``--sequence_parallel_size``), which are refusals.
 """
 
 from __future__ import annotations
@@ -214,8 +216,8 @@ VERSIONS = f"4.6, {' / '.join(TEMPLATES)} templates"
 # the templates `swift rlhf --rlhf_type grpo` is modelled with (proved against ms-swift's GRPO path in
 # tests/frameworks/test_swift_grpo.py); the others are refused under GRPO
 GRPO_TEMPLATES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava1_5_hf")
-# the templates `swift rlhf --rlhf_type dpo` is modelled with (its 'rlhf' encode proved against ms-swift's in
-# tests/frameworks/test_swift_dpo.py); the others are refused under DPO
+# the templates the paired `swift rlhf` types (PAIRED_TYPES) are modelled with (their 'rlhf' encode proved against
+# ms-swift's in tests/frameworks/test_swift_dpo.py); the others are refused under them
 DPO_TEMPLATES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava1_5_hf")
 # model_type -> the template ms-swift's model registry gives it
 MODEL_TYPES = {t: name for name, template in TEMPLATES.items() for t in template.model_types}
@@ -242,14 +244,17 @@ UTILS_MIN_TOKENS, UTILS_MAX_TOKENS = 4, 16384
 
 
 # -- launch lines ---------------------------------------------------------------------------------------------------
-# ms-swift's training commands besides `swift sft`, `swift rlhf --rlhf_type grpo` and `--rlhf_type dpo` (its
-# default): pretraining, and the other `swift rlhf` types (RLHFArguments.rlhf_type: orpo, simpo, kto, cpo, rm, ppo,
-# gkd), which encode rows their own way (desirability labels, a value model, a teacher) or are not proved yet (orpo,
-# simpo and cpo encode pairs as dpo does, but their loss scale and trainers differ)
+# ms-swift's training commands besides `swift sft`, `swift rlhf --rlhf_type grpo` and the paired types: pretraining,
+# and the other `swift rlhf` types (RLHFArguments.rlhf_type: kto, rm, ppo, gkd), which encode rows their own way
+# (KTO's KL completions drawn from a shuffled batch, a value model, a teacher)
 UNMODELLED_COMMANDS = ("rlhf", "pt")
 GRPO = "grpo"
 DPO = "dpo"
 RLHF_DEFAULT_TYPE = DPO  # arguments/rlhf_args.py RLHFArguments.rlhf_type
+# the `swift rlhf` types whose rows are a chosen and a rejected sequence: pipelines/train/rlhf.py
+# SwiftRLHF._prepare_template sets the template's 'rlhf' mode for every type but kto, gkd, ppo and grpo (rm's
+# seq_cls encode drops the labels); RLHFArguments._init_simpo runs simpo as cpo with loss_type simpo
+PAIRED_TYPES = (DPO, "orpo", "simpo", "cpo")
 
 
 # the options of `swift sft` vlmcheck reads that take a value (arguments/: their types): given none (last, or
@@ -259,7 +264,8 @@ RLHF_DEFAULT_TYPE = DPO  # arguments/rlhf_args.py RLHFArguments.rlhf_type
 VALUE_OPTIONS = ("model", "dataset", "val_dataset", "split_dataset_ratio", "eval_strategy", "save_strategy",
                  "truncation_strategy", "template", "loss_scale", "columns", "model_kwargs", "system", "agent_template",
                  "max_length", "max_pixels", "tuner_type", "train_type")
-LIST_OPTIONS = ("dataset", "val_dataset", "reward_funcs", "reward_model")  # nargs="+": "expected at least one argument"
+# nargs="+": "expected at least one argument"
+LIST_OPTIONS = ("dataset", "val_dataset", "reward_funcs", "reward_model", "loss_type")
 FLAG_OPTIONS = ("streaming", "strict", "disable_auto_column_mapping", "ignore_args_error")
 # ms-swift's options whose names start one of those (of SftArguments' and RLHFArguments' options besides those
 # read: RLHFArguments' num_generations and teacher_model are read under GRPO): not abbreviations
@@ -272,10 +278,11 @@ GRPO_VALUE_OPTIONS = ("rlhf_type", "num_generations", "num_generations_eval", "p
                       "steps_per_generation", "max_completion_length", "reward_funcs", "reward_model",
                       "teacher_model", "teacher_model_server", "vllm_mode", "multi_turn_scheduler")
 GRPO_FLAG_OPTIONS = ("use_vllm",)
-# the options of `swift rlhf --rlhf_type dpo` vlmcheck reads besides VALUE_OPTIONS: the checks RLHFArguments and
-# DPOTrainer make before step 1 (a reference model under LoRA, precomputed reference log-probabilities)
-DPO_VALUE_OPTIONS = ("rlhf_type", "ref_model")
-DPO_FLAG_OPTIONS = ("precompute_ref_log_probs",)
+# the options of the paired `swift rlhf` types vlmcheck reads besides VALUE_OPTIONS: what RLHFArguments checks
+# before step 1 (a reference model, several loss types, sequence parallelism)
+PAIRED_VALUE_OPTIONS = ("rlhf_type", "ref_model", "loss_type", "sequence_parallel_size")
+# trl's DPOConfig option that RLHFArguments (ms-swift 4.6) does not have: its parser leaves it in remaining_argv
+NOT_AN_OPTION = "precompute_ref_log_probs"
 
 
 def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any] | None:
@@ -283,7 +290,7 @@ def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) 
     bash runs it (quotes, comments, variables, pipes and redirections: see ``_shell.shell_commands``), with the
     environment it sets; None without one. ``--key=value`` is ``--key value``, as ms-swift's argparse reads it; a
     word that follows no option is kept in ``stray`` (ms-swift stops on it), the words as swift gets them in
-    ``argv``; ``stage`` is ``sft`` or ``grpo``."""
+    ``argv``; ``stage`` is ``sft``, ``grpo`` or one of ``PAIRED_TYPES``."""
     env = os.environ if env is None else env
     unmodelled = ""
     for command in launch_commands(text, env=env, path=path, program=r"\bswift\b"):
@@ -295,7 +302,7 @@ def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) 
             return _launch(command, at + 2, path, stage="sft")
         if words[at + 1] == "rlhf":
             rlhf_type = _options(words[at + 2:])[0].get("rlhf_type", RLHF_DEFAULT_TYPE)
-            if rlhf_type in (GRPO, DPO):
+            if rlhf_type == GRPO or rlhf_type in PAIRED_TYPES:
                 return _launch(command, at + 2, path, stage=rlhf_type)
         if words[at + 1] in UNMODELLED_COMMANDS:
             options = _options(words[at + 2:])[0]
@@ -304,8 +311,8 @@ def read_launch(text: str, *, path: Path, env: Mapping[str, str] | None = None) 
                 f" --rlhf_type {named}" if isinstance(named, str) else
                 f" (--rlhf_type {RLHF_DEFAULT_TYPE}, its default)" if words[at + 1] == "rlhf" else "")
     if unmodelled:
-        raise UsageError(f"{path}: `{unmodelled}` is not modelled by vlmcheck yet (it models `swift sft`, `swift "
-                         "rlhf --rlhf_type grpo` and `swift rlhf --rlhf_type dpo`); ms-swift's pre-training and its "
+        raise UsageError(f"{path}: `{unmodelled}` is not modelled by vlmcheck yet (it models `swift sft` and `swift "
+                         f"rlhf --rlhf_type` {', '.join((GRPO, *PAIRED_TYPES))}); ms-swift's pre-training and its "
                          "other preference and RL stages encode rows their own way")
     return None
 
@@ -388,18 +395,22 @@ class Grpo:
 
 
 @dataclass(frozen=True)
-class Dpo:
-    """What ``swift rlhf --rlhf_type dpo`` (RLHFArguments' default type) adds to a run's settings, as checked."""
+class Pairs:
+    """What a paired ``swift rlhf`` type (``PAIRED_TYPES``: dpo, RLHFArguments' default, orpo, simpo, cpo) adds to
+    a run's settings, as checked."""
 
     # RLHFArguments._set_loss_scale: last_round (an earlier answer untrained unless its loss is true, so tokenized
-    # with the text around it); --loss_scale default trains every answer
+    # with the text around it); --loss_scale default trains every answer. (ORPO gets default on a model that is not
+    # multimodal; every template modelled here is.)
     loss_scale: str
+    rlhf_type: str = DPO  # as given (--rlhf_type)
+    trainer: str = DPO  # the trainer that runs it (TrainerFactory): simpo runs cpo's, loss_type simpo
 
 
 @dataclass(frozen=True)
 class Config:
-    """A ``swift sft``, ``swift rlhf --rlhf_type grpo`` or ``--rlhf_type dpo`` run's settings with ms-swift's defaults
-    filled in."""
+    """A ``swift sft``, ``swift rlhf --rlhf_type grpo`` or paired ``swift rlhf`` run's settings with ms-swift's
+    defaults filled in."""
 
     path: Path
     model: str
@@ -423,7 +434,7 @@ class Config:
     rescale: int | None = None  # --max_pixels: the template's own rescale before qwen-vl-utils (see rescaled)
     values: dict[str, Any] = field(default_factory=dict)
     grpo: Grpo | None = None  # `swift rlhf --rlhf_type grpo`; None: `swift sft`
-    dpo: Dpo | None = None  # `swift rlhf --rlhf_type dpo`: each row a chosen and a rejected sequence
+    pairs: Pairs | None = None  # `swift rlhf --rlhf_type dpo` (orpo, simpo, cpo): a chosen and a rejected sequence
 
 
 def _as_list(value: Any) -> list[str]:
@@ -448,9 +459,9 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     env: dict[str, str] = raw.get("env") or {}
     mapping = dict(path_map or {})
     grpo = raw.get("stage") == GRPO
-    dpo = raw.get("stage") == DPO
+    paired = raw.get("stage") in PAIRED_TYPES
     _check_command(raw, path, overridden=(("model",) if model else ()) + (("dataset",) if data is not None else ()),
-                   grpo=grpo, dpo=dpo)
+                   grpo=grpo, paired=paired)
     # --model_kwargs: each key, upper-cased, is set in the environment (over the script's): MAX_PIXELS, ...
     env = {**env, **{k.upper(): str(v) for k, v in _json_object(options.get("model_kwargs"), "--model_kwargs", path,
                                                                  mapping).items()}}
@@ -495,7 +506,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     if template is not None and template not in TEMPLATES:
         raise UsageError(f"{path}: --template {template} is not modelled by vlmcheck yet (it models "
                          f"{', '.join(TEMPLATES)})")
-    loss_scales = (None, "default", "last_round") if grpo or dpo else (None, "default")
+    loss_scales = (None, "default", "last_round") if grpo or paired else (None, "default")
     if options.get("loss_scale") not in loss_scales:
         raise UsageError(f"{path}: --loss_scale {options['loss_scale']} is not modelled yet "
                          f"({' and '.join(str(v) for v in loss_scales[1:])} are)")
@@ -526,24 +537,41 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
                                             "val_dataset", "split_dataset_ratio", "model_kwargs", "streaming",
                                             "eval_strategy", "agent_template")},
         grpo=_grpo(options, env, path, raw, evaluates=bool(val_files or split)) if grpo else None,
-        dpo=_dpo(options, path, raw) if dpo else None,
+        pairs=_pairs(options, path, raw) if paired else None,
     )
 
 
-def _dpo(options: Mapping[str, Any], path: Path, raw: Mapping[str, Any]) -> Dpo:
-    """The settings ``swift rlhf --rlhf_type dpo`` adds, refused where ms-swift 4.6 raises before step 1:
-    RLHFArguments.__post_init__ (a --ref_model under LoRA or another tuner but full) and DPOTrainer.__init__
-    (--precompute_ref_log_probs)."""
+def _pairs(options: Mapping[str, Any], path: Path, raw: Mapping[str, Any]) -> Pairs:
+    """The settings a paired ``swift rlhf`` type adds, refused where ms-swift 4.6 raises before step 1, in its order:
+    the parser (SwiftPipeline._parse_args: an option RLHFArguments lacks), then RLHFArguments.__post_init__
+    (_process_loss_type, _check_sequence_parallel, and last the reference model)."""
     where = f"{path}: " + (f"line {raw['line']}: " if raw.get("line") else "")
+    given = str(raw.get("stage") or DPO)
+    trainer = "cpo" if given == "simpo" else given  # RLHFArguments._init_simpo
+    if NOT_AN_OPTION in options and not _flag(options, "ignore_args_error", path):
+        argv = raw.get("argv") or []
+        left = [argv[i] for i, key in _options(argv)[1] if key == NOT_AN_OPTION]
+        raise UsageError(f"{where}--{NOT_AN_OPTION}: ms-swift 4.6's RLHFArguments has no such option and its parser "
+                         f"stops ('remaining_argv: {left!r}'); drop it (the reference log-probabilities are computed "
+                         "during training)")
+    losses = _as_list(options.get("loss_type"))
+    if len(losses) > 1 and given != DPO:  # _process_loss_type, before _init_simpo renames the type
+        raise UsageError(f"{where}--loss_type {' '.join(losses)}: ms-swift raises before training ('Multiple loss "
+                         f"types ({losses!r}) are only supported for DPO. Current rlhf_type: {given}.'); give one")
+    parallel = options.get("sequence_parallel_size")
+    if parallel is not None and trainer != DPO and _int(parallel, "--sequence_parallel_size", path) > 1:
+        raise UsageError(f"{where}--sequence_parallel_size {parallel}: ms-swift raises before training ('The current "
+                         f"rlhf_type '{trainer}' does not support sequence_parallel. Please set "
+                         "--sequence_parallel_size to 1.')")
+    # RLHFArguments.__post_init__: only dpo (kto, ppo, grpo) under full training takes a reference model
     tuner = str(options.get("tuner_type") or options.get("train_type") or "lora")
-    if options.get("ref_model") is not None and tuner != "full":
-        raise UsageError(f"{where}--ref_model with --tuner_type {tuner}: ms-swift raises before training ('CPO/ORPO or "
-                         "LoRA training does not require a ref_model to be passed in.'); drop --ref_model (the "
-                         "model without its adapter is the reference) or train with --tuner_type full")
-    if _flag(options, "precompute_ref_log_probs", path):
-        raise UsageError(f"{where}--precompute_ref_log_probs true: ms-swift's DPOTrainer raises before training "
-                         "('precompute_ref_log_probs=True is not supported by Swift DPOTrainer.'); drop it")
-    return Dpo(loss_scale=str(options.get("loss_scale") or "last_round"))
+    if options.get("ref_model") is not None and (given != DPO or tuner != "full"):
+        fix = ("drop --ref_model (the model without its adapter is the reference) or train with --tuner_type full"
+               if given == DPO else f"drop --ref_model ({given} trains without a reference model)")
+        raise UsageError(f"{where}--ref_model with --rlhf_type {given} and --tuner_type {tuner}: ms-swift raises "
+                         "before training ('CPO/ORPO or LoRA training does not require a ref_model to be passed "
+                         f"in.'); {fix}")
+    return Pairs(loss_scale=str(options.get("loss_scale") or "last_round"), rlhf_type=given, trainer=trainer)
 
 
 # RLHFArguments._init_grpo: the truncation strategies GRPO takes
@@ -665,25 +693,25 @@ def _short(value: Any) -> str:
 
 
 def _check_command(raw: Mapping[str, Any], path: Path, *, overridden: tuple[str, ...], grpo: bool = False,
-                   dpo: bool = False) -> None:
+                   paired: bool = False) -> None:
     """Refuses what ms-swift's argument parser stops on, or what vlmcheck cannot read, in the options it reads:
     a word that follows no option, an option given no value, an abbreviated option name, a value vlmcheck does not
     expand (a command substitution). ``overridden``: options vlmcheck's own flags replace (given a value, or one
-    from a variable vlmcheck's environment lacks); ``grpo`` / ``dpo``: a ``swift rlhf --rlhf_type grpo`` (``dpo``)
-    command, whose GRPO (DPO) options are read too."""
+    from a variable vlmcheck's environment lacks); ``grpo`` / ``paired``: a ``swift rlhf --rlhf_type grpo`` (or
+    paired type's) command, whose GRPO (pair) options are read too."""
     options: Mapping[str, Any] = raw.get("options") or {}
     line = f"line {raw['line']}: " if raw.get("line") else ""
     stray = raw.get("stray") or []
     argv = raw.get("argv") or []
     if argv and stray and argv[0] == stray[0] and argv[0].endswith((".json", ".yaml", ".yml")):
-        raise UsageError(f"{path}: {line}`swift {'rlhf' if grpo or dpo else 'sft'} {argv[0]}`: ms-swift reads its options "
-                         "from that file, which vlmcheck does not model yet; write them on the command line")
+        raise UsageError(f"{path}: {line}`swift {'rlhf' if grpo or paired else 'sft'} {argv[0]}`: ms-swift reads its "
+                         "options from that file, which vlmcheck does not model yet; write them on the command line")
     if stray and not _flag(options, "ignore_args_error", path):
         raise UsageError(f"{path}: {line}{_short(stray[0])} follows no option that takes it (an option written "
                          f"--key=value takes that one value only): ms-swift stops with 'ValueError: remaining_argv: "
                          f"{_short(stray)}'")
-    values = (*VALUE_OPTIONS, *(GRPO_VALUE_OPTIONS if grpo else ()), *(DPO_VALUE_OPTIONS if dpo else ()))
-    known = (*values, *FLAG_OPTIONS, *(GRPO_FLAG_OPTIONS if grpo else ()), *(DPO_FLAG_OPTIONS if dpo else ()))
+    values = (*VALUE_OPTIONS, *(GRPO_VALUE_OPTIONS if grpo else ()), *(PAIRED_VALUE_OPTIONS if paired else ()))
+    known = (*values, *FLAG_OPTIONS, *(GRPO_FLAG_OPTIONS if grpo else ()))
     for key in options:
         full = [k for k in known if k.startswith(key) and k != key]
         if key not in known and key not in PREFIX_OPTIONS and full:
@@ -922,9 +950,10 @@ def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data:
         raise UsageError(f"{path}: `swift rlhf --rlhf_type grpo` with the {template.name} template is not modelled by "
                          f"vlmcheck yet (it models GRPO with {', '.join(GRPO_TEMPLATES)}; {template.name} under "
                          "`swift sft`)")
-    if config.dpo is not None and template is not None and template.name not in DPO_TEMPLATES:
-        raise UsageError(f"{path}: `swift rlhf --rlhf_type dpo` with the {template.name} template is not modelled by "
-                         f"vlmcheck yet (it models DPO with {', '.join(DPO_TEMPLATES)}; {template.name} under "
+    if config.pairs is not None and template is not None and template.name not in DPO_TEMPLATES:
+        kind = config.pairs.rlhf_type
+        raise UsageError(f"{path}: `swift rlhf --rlhf_type {kind}` with the {template.name} template is not modelled "
+                         f"by vlmcheck yet (it models {kind} with {', '.join(DPO_TEMPLATES)}; {template.name} under "
                          "`swift sft`)")
     if config.grpo is not None and IMAGE_TAG in (config.system or ""):
         raise UsageError(f"{path}: --system holding {IMAGE_TAG} under GRPO is not modelled by vlmcheck yet (the "
@@ -968,7 +997,8 @@ class NotModelled(Exception):
 class Run(ProcessorRun):
     """An ms-swift ``sft`` run with a modelled template (``TEMPLATES``: Qwen-VL's, Gemma 3's, LLaVA-1.5's, InternVL's,
     Llama 3.2 Vision's), a GRPO run (``Config.grpo``) with one of ``GRPO_TEMPLATES``: each row's prompt judged, or a
-    DPO run (``Config.dpo``) with one of ``DPO_TEMPLATES``: each row's chosen and rejected sequences judged."""
+    paired run (``Config.pairs``: DPO, ORPO, SimPO, CPO) with one of ``DPO_TEMPLATES``: each row's chosen and
+    rejected sequences judged."""
 
     name = NAME
     versions = VERSIONS
@@ -990,8 +1020,9 @@ class Run(ProcessorRun):
         self.template = chat.name
         if config.grpo is not None:  # the report's first line names the command
             self.versions = f"{VERSIONS}; swift rlhf --rlhf_type grpo, truncation_strategy {config.truncation}"
-        if config.dpo is not None:
-            self.versions = f"{VERSIONS}; swift rlhf --rlhf_type dpo, truncation_strategy {config.truncation}"
+        if config.pairs is not None:
+            self.versions = (f"{VERSIONS}; swift rlhf --rlhf_type {config.pairs.rlhf_type}, truncation_strategy "
+                             f"{config.truncation}")
         self.use_model(spec)
         # ModelInfo.max_model_len: the default --max_length, and under GRPO the rollout engine's budget
         self.model_len = _max_model_len(spec.path)
@@ -1114,8 +1145,11 @@ class Run(ProcessorRun):
                           "steps_per_generation": cfg.grpo.steps_per_generation, "world_size": cfg.grpo.world_size,
                           "max_completion_length": cfg.grpo.max_completion_length,
                           "rollout_max_model_len": self.model_len})
-        if cfg.dpo is not None:
-            shown.update({"command": "swift rlhf --rlhf_type dpo", "loss_scale": cfg.dpo.loss_scale,
+        if cfg.pairs is not None:
+            shown.update({"command": f"swift rlhf --rlhf_type {cfg.pairs.rlhf_type}",
+                          "loss_scale": cfg.pairs.loss_scale,
+                          **({"trainer": f"{cfg.pairs.trainer} (loss_type simpo)"}
+                             if cfg.pairs.trainer != cfg.pairs.rlhf_type else {}),
                           "judged": "each row's chosen and rejected sequences (the rejected_response in place of "
                                     "the answers after the last question), each cut or checked on its own"})
         return {**shown, **({"max_pixels": cfg.rescale} if cfg.rescale else {}),
@@ -1219,9 +1253,10 @@ class Run(ProcessorRun):
     def _answer_trained(self, message: Mapping[str, Any], *, last_round: bool) -> bool:
         """Whether the loss scale trains an answer (LossScale._inner_call), which decides how the pieces are joined
         for tokenizing: under ``default`` (swift sft's) unless its ``loss`` is false or its ``loss_scale`` 0; under
-        ``last_round`` (GRPO's and DPO's) an answer of the last round as under ``default``, and one before the last
-        question only when its ``loss`` is true (every answer of a GRPO prompt is before its last question)."""
-        rlhf = self.config.grpo or self.config.dpo
+        ``last_round`` (GRPO's and the paired types') an answer of the last round as under ``default``, and one
+        before the last question only when its ``loss`` is true (every answer of a GRPO prompt is before its last
+        question)."""
+        rlhf = self.config.grpo or self.config.pairs
         if rlhf is None or rlhf.loss_scale == "default" or last_round:
             return _trained(message)
         scale = message.get("loss_scale")
@@ -1301,7 +1336,7 @@ class Run(ProcessorRun):
                 frame["verdict"] = "unknown"
                 return result
         rejected: dict[str, Any] | None = None
-        if self.config.dpo is not None:  # TemplateInputs.from_dict: the pair, sharing the images
+        if self.config.pairs is not None:  # TemplateInputs.from_dict: the pair, sharing the images
             try:
                 rejected = _rejected_row(row)
             except Unbuildable as e:
