@@ -177,7 +177,7 @@ def check(
     from them (or pass one as ``options=``).
 
     Args:
-        config: the framework's launch config (a LLaMA-Factory or ``trl sft`` / ``trl grpo`` YAML, a verl launch
+        config: the framework's launch config (a LLaMA-Factory or ``trl sft`` / ``trl grpo`` / ``trl dpo`` YAML, a verl launch
             script or Hydra YAML, an ms-swift or LLaVA launch script, an EasyR1 launch script or YAML, a VLM-R1
             launch script, an Unsloth training script or notebook).
         model: overrides the config's model (a local checkpoint folder or a cached Hugging Face id).

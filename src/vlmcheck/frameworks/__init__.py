@@ -71,9 +71,9 @@ def detect(config: dict[str, Any], *, path: Path) -> ModuleType:
             return module
     raise UsageError(
         f"{path}: cannot tell which framework this config is for (known: {', '.join(FRAMEWORKS)}); "
-        "a LLaMA-Factory config has model_name_or_path with template / cutoff_len / dataset_dir; a TRL config "
-        "model_name_or_path with dataset_name / datasets; a verl config data.train_files (or a launch script); an "
-        "ms-swift launch script a `swift sft` line; a LLaVA launch script a llava/train/train_mem.py line; an "
+        "a LLaMA-Factory config has model_name_or_path with template / cutoff_len / dataset_dir; a TRL (`trl sft` "
+        "/ `grpo` / `dpo`) config model_name_or_path with dataset_name / datasets; a verl config data.train_files "
+        "(or a launch script); an ms-swift launch script a `swift sft` line; a LLaVA launch script a llava/train/train_mem.py line; an "
         "EasyR1 config worker.actor.model.model_path (or a script running verl.trainer.main config=...); a "
         "VLM-R1 launch script a src/open_r1/grpo_jsonl.py line; an Unsloth script or notebook (.py, .ipynb) "
         "imports unsloth"

@@ -1,5 +1,5 @@
-"""TRL: the one home of its facts (``trl sft`` / ``trl grpo`` config keys and defaults, where the data comes from,
-the vision collator's route from a row to tokens, which tokens are trained, and what happens at the cut).
+"""TRL: the one home of its facts (``trl sft`` / ``trl grpo`` / ``trl dpo`` config keys and defaults, where the data
+comes from, the vision collator's route from a row to tokens, which tokens are trained, and what happens at the cut).
 
 Modelled on TRL 1.16 with transformers 5.x processors:
 
@@ -28,6 +28,13 @@ Modelled on TRL 1.16 with transformers 5.x processors:
 - **GRPO** (``grpo_trainer._tokenize_prompts``): rows are prompts only (``prompt``, images), rendered with the
   generation prompt and tokenized by the processor; TRL 1.16 never cuts a prompt. With vLLM
   (``use_vllm: true``) a prompt must fit ``vllm_max_model_length``.
+- **DPO** (``dpo_config.py``, ``dpo_trainer.DataCollatorForVisionPreference``): a dataset with an ``image`` /
+  ``images`` column is not prepared ahead; per row the prompt is processed with the images, the chosen and the
+  rejected answer each on its own (``add_special_tokens=False``), and each sequence (prompt + answer) is sliced to
+  ``max_length`` (1024) keeping its start; only the answer is trained. The prompt is shared, so a cut through its
+  image tokens is in both sequences and the model raises "Image features and image tokens do not match"
+  (``DPOTrainer.compute_loss`` re-raises it as "The current `max_length` (N) is too short ..."). Refused for a
+  vision dataset: ``truncation_mode: keep_end``, ``precompute_ref_log_probs``, ``pad_to_multiple_of``.
 """
 
 from __future__ import annotations
@@ -78,11 +85,39 @@ GRPO_DEFAULTS: dict[str, Any] = {
 # keys only GRPOConfig has: a config holding one is launched with `trl grpo`
 GRPO_KEYS = ("num_generations", "max_completion_length", "reward_funcs", "reward_model_name_or_path", "beta",
              "use_vllm", "vllm_mode", "vllm_max_model_length", "num_iterations", "reward_weights", "epsilon")
+# trainer/dpo_config.py (DPOConfig) defaults; pad_to_multiple_of "auto" is None off AWS Neuron (__post_init__)
+DPO_DEFAULTS: dict[str, Any] = {
+    "max_length": 1024,
+    "truncation_mode": "keep_start",
+    "padding_free": False,
+    "pad_to_multiple_of": None,
+    "precompute_ref_log_probs": False,
+    "loss_type": ["sigmoid"],
+    "dataset_train_split": "train",
+    "dataset_config": None,
+}
+# keys only DPOConfig has (not SFTConfig, not GRPOConfig): a config holding one is launched with `trl dpo`
+DPO_KEYS = ("precompute_ref_log_probs", "precompute_ref_batch_size", "ld_alpha", "f_divergence_type",
+            "f_alpha_divergence_coef", "label_smoothing", "use_weighting", "discopop_tau", "loss_weights")
+# DPOConfig.loss_type's values (GRPOConfig's loss_type takes others: grpo, dapo, dr_grpo, ...)
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+# GRPO keys DPOConfig shares (beta) or older DPOConfigs had (max_completion_length): not GRPO when the data is pairs
+GRPO_WEAK_KEYS = ("beta", "max_completion_length")
 # keys of older TRL releases that TRL 1.16 no longer has: ``trl sft`` / ``trl grpo`` parse the config with
 # ``fail_with_unknown_args=False``, so they are ignored without a word and TRL's own defaults apply
 IGNORED_KEYS = {
     "max_prompt_length": "TRL 1.16 never cuts a GRPO prompt",
     "max_seq_length": "renamed max_length in TRL 0.20; max_length's default (1024) applies",
+}
+# the same for `trl dpo`: DPOConfig's keys of TRL 0.x that 1.16 no longer has
+DPO_IGNORED_KEYS = {
+    "max_prompt_length": "TRL 1.16's DPO does not cut the prompt on its own: max_length cuts prompt and answer "
+                         "together, keeping their start",
+    "max_completion_length": "TRL 1.16's DPO does not cut the answer on its own: max_length cuts prompt and answer "
+                             "together, keeping their start",
+    "max_seq_length": "not a DPOConfig key; max_length's default (1024) applies",
+    "rpo_alpha": "removed in TRL 1.x (RPO is loss_type [sigmoid, sft]); ignored",
 }
 # datasets' split names in file names (data_files patterns): train.jsonl, train-00000-of-00001.parquet, ...
 SPLITS = ("train", "test", "validation", "valid", "dev", "eval")
@@ -118,21 +153,22 @@ LINT_ALIASES: dict[str, tuple[str, ...]] = {
 
 
 def lint_run_kind(*, entry: str | None, calls: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:
-    """The kind of run ``vlmcheck lint`` reads (``grpo``, ``sft``, None: another): ``trl grpo``, a GRPOConfig or
-    num_generations make it GRPO; anything but DPO else is SFT."""
+    """The kind of run ``vlmcheck lint`` reads (``grpo``, ``dpo``, ``sft``): ``trl grpo``, a GRPOConfig or
+    num_generations make it GRPO; ``trl dpo`` or a DPOConfig DPO (lint has no DPO rules: neither GRPO nor SFT);
+    anything else SFT."""
     name = (entry or "").lower()
     if "grpo" in name or "GRPOConfig" in calls or "num_generations" in options:
         return "grpo"
-    return None if "dpo" in name else "sft"
+    return "dpo" if "dpo" in name or "DPOConfig" in calls else "sft"
 
 
 # -- config -------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Config:
-    """A ``trl sft`` / ``trl grpo`` config with TRL's defaults filled in."""
+    """A ``trl sft`` / ``trl grpo`` / ``trl dpo`` config with TRL's defaults filled in."""
 
     path: Path
-    trainer: str  # "sft" or "grpo"
+    trainer: str  # "sft", "grpo" or "dpo"
     model: str
     datasets: tuple[Path, ...]
     split: str
@@ -148,6 +184,9 @@ class Config:
     use_vllm: bool
     vllm_max_model_length: int | None
     chat_template_path: Path | None = None
+    precompute_ref_log_probs: bool = False  # DPO
+    pad_to_multiple_of: int | None = None  # DPO ("auto": None off AWS Neuron)
+    trainer_from: str = ""  # what told the trainer apart, for the report
     values: dict[str, Any] = field(default_factory=dict)  # as read, for the report
     ignored: dict[str, str] = field(default_factory=dict)  # keys TRL 1.16 ignores, and what applies instead
 
@@ -182,12 +221,10 @@ def _int(raw: Mapping[str, Any], key: str, default: int | None, path: Path) -> i
 
 def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, data: str | None = None,
                 path_map: Mapping[str, str] | None = None) -> Config:
-    """The settings ``trl sft`` / ``trl grpo`` runs with for ``raw``, TRL's defaults filled in.
+    """The settings ``trl sft`` / ``trl grpo`` / ``trl dpo`` runs with for ``raw``, TRL's defaults filled in.
 
     ``model`` / ``data`` override ``model_name_or_path`` / ``dataset_name``; ``path_map`` rewrites path prefixes.
     """
-    trainer = "grpo" if any(k in raw for k in GRPO_KEYS) else "sft"
-    defaults = GRPO_DEFAULTS if trainer == "grpo" else SFT_DEFAULTS
     model_path = model or raw.get("model_name_or_path")
     if not model_path:
         raise UsageError(f"{path}: model_name_or_path is not set (or pass --model)")
@@ -219,6 +256,8 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         if not where.exists():
             raise UsageError(f"{path}: dataset {source!r} is not a local file or folder ({where} not found); vlmcheck "
                              "reads local data (pass --data PATH, or --path-map for a config from another machine)")
+    trainer, why = _trainer_of(raw, located, str(raw.get("dataset_train_split", "train")))
+    defaults = {"grpo": GRPO_DEFAULTS, "dpo": DPO_DEFAULTS}.get(trainer, SFT_DEFAULTS)
     truncation_mode = str(raw.get("truncation_mode", SFT_DEFAULTS["truncation_mode"]))
     if truncation_mode not in ("keep_start", "keep_end"):
         raise UsageError(f"{path}: truncation_mode {truncation_mode!r}: TRL accepts keep_start or keep_end")
@@ -241,11 +280,59 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         vllm_max_model_length=_int(raw, "vllm_max_model_length", None, path),
         chat_template_path=locate(str(raw["chat_template_path"]), path, mapping) if raw.get("chat_template_path")
         else None,
+        precompute_ref_log_probs=bool(_flag(raw, "precompute_ref_log_probs", False)),
+        pad_to_multiple_of=_pad_multiple(raw, path),
+        trainer_from=why,
         values={k: raw.get(k, defaults.get(k, SFT_DEFAULTS.get(k))) for k in (
             "max_length", "truncation_mode", "completion_only_loss", "assistant_only_loss", "dataset_name",
-            "dataset_train_split", "num_generations", "max_completion_length", "use_vllm") if k in raw or k in defaults},
-        ignored={k: why for k, why in IGNORED_KEYS.items() if k in raw},
+            "dataset_train_split", "num_generations", "max_completion_length", "use_vllm", "precompute_ref_log_probs",
+            "pad_to_multiple_of", "loss_type") if k in raw or k in defaults},
+        ignored={k: why for k, why in (DPO_IGNORED_KEYS if trainer == "dpo" else IGNORED_KEYS).items() if k in raw},
     )
+
+
+def _pad_multiple(raw: Mapping[str, Any], path: Path) -> int | None:
+    """DPOConfig.pad_to_multiple_of: "auto" (the default) is None off AWS Neuron, "none" / null is None."""
+    value = raw.get("pad_to_multiple_of", "auto")
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("auto", "none", "null")):
+        return None
+    return _int(raw, "pad_to_multiple_of", None, path)
+
+
+def _trainer_of(raw: Mapping[str, Any], sources: Sequence[Path], split: str) -> tuple[str, str]:
+    """Which of ``trl sft`` / ``trl grpo`` / ``trl dpo`` the config is launched with, and what told: a key only
+    DPOConfig has or a DPO loss_type, else a key only GRPOConfig has, else the data (a first row with ``chosen``
+    and ``rejected`` is a preference dataset, which only ``trl dpo`` trains on), else ``beta`` /
+    ``max_completion_length`` (GRPO's), else SFT."""
+    dpo_keys = [k for k in DPO_KEYS if k in raw]
+    if dpo_keys:
+        return "dpo", f"{dpo_keys[0]} (a DPOConfig key)"
+    losses = raw.get("loss_type")
+    losses = [losses] if isinstance(losses, str) else losses
+    if isinstance(losses, list) and losses and all(str(x) in DPO_LOSS_TYPES for x in losses):
+        return "dpo", f"loss_type {losses[0]} (a DPO loss)"
+    grpo_keys = [k for k in GRPO_KEYS if k in raw and k not in GRPO_WEAK_KEYS]
+    if grpo_keys:
+        return "grpo", f"{grpo_keys[0]} (a GRPOConfig key)"
+    if _first_row_is_pair(sources, split):
+        return "dpo", "the dataset's chosen / rejected columns"
+    weak = [k for k in GRPO_WEAK_KEYS if k in raw]
+    if weak:
+        return "grpo", f"{weak[0]} (a GRPOConfig key)"
+    return "sft", "no DPO or GRPO key"
+
+
+def _first_row_is_pair(sources: Sequence[Path], split: str) -> bool:
+    """Whether the first row of the data holds ``chosen`` and ``rejected`` (a preference dataset)."""
+    from vlmcheck.data.readers import iter_rows
+
+    try:
+        files = dataset_files(sources[0], split)
+        for row in iter_rows(files[0]):
+            return isinstance(row, Mapping) and "chosen" in row and "rejected" in row
+    except Exception:  # unreadable here: the run's own reading of it says why
+        return False
+    return False
 
 
 # -- data ---------------------------------------------------------------------------------------------------------
@@ -388,7 +475,7 @@ class Run(ProcessorRun):
         self.tokenizer = spec.tokenizer
         self.image_token_id = spec.token_id(self.family.image_token)
         self.files = [f for s in config.datasets for f in dataset_files(s, config.split)]
-        self.max_length = config.max_length if config.trainer == "sft" else config.vllm_max_model_length
+        self.max_length = config.vllm_max_model_length if config.trainer == "grpo" else config.max_length
         self.cwd = Path(os.getcwd())
         self._vision_checked = False
         # datasets' Image feature and transformers' load_image apply the EXIF orientation
@@ -409,8 +496,10 @@ class Run(ProcessorRun):
 
     def settings_shown(self) -> dict[str, Any]:
         cfg = self.config
+        dpo = {"precompute_ref_log_probs": cfg.precompute_ref_log_probs,
+               "pad_to_multiple_of": cfg.pad_to_multiple_of} if cfg.trainer == "dpo" else {}
         return {
-            "trainer": cfg.trainer,
+            "trainer": cfg.trainer, "trainer_from": cfg.trainer_from, **dpo,
             "template": "the checkpoint's chat template", "datasets": [str(s) for s in cfg.datasets],
             "split": cfg.split, "max_length": cfg.max_length, "truncation_mode": cfg.truncation_mode,
             "completion_only_loss": cfg.completion_only_loss, "num_generations": cfg.num_generations,
@@ -569,6 +658,8 @@ class Run(ProcessorRun):
                                    trainer=self.config.trainer)
         if frame["verdict"] != "ok":
             return result
+        if self.config.trainer == "dpo":
+            return self._judge_pair(result, frame, row, source)
         found = result.findings
         images = row.get("images") if "images" in row else ([row["image"]] if row.get("image") is not None else [])
         images = [] if images is None else images
@@ -639,10 +730,163 @@ class Run(ProcessorRun):
                 supervised_lost=supervised - labels))
         return self._preview(result, images, encoded, kept=kept)
 
+    # -- DPO: a row's chosen and rejected sequences -----------------------------------------------------------------
+    def encode_pair(self, row: Mapping[str, Any], expansions: list[Expansion]) -> tuple[Encoded, Encoded, Encoded]:
+        """``DataCollatorForVisionPreference``: the prompt, the chosen and the rejected answer, each processed on its
+        own (``add_special_tokens=False``), the images with the prompt only. A conversational row's prompt is
+        rendered with the generation prompt (or continuing a last assistant turn), and cut back to the common
+        prefix of its rendering and of the prompt+chosen and prompt+rejected renderings (``apply_chat_template``);
+        each answer is the rest of its rendering. A standard row's texts are used as written (no EOS is added: a
+        vision dataset is not prepared ahead)."""
+        n = len(expansions)
+        if "prompt" not in row:  # the collator reads example["prompt"]: no implicit prompt for vision datasets
+            raise Stops("the row has no 'prompt': TRL's vision preference collator raises KeyError: 'prompt' (it "
+                        "extracts no implicit prompt from chosen / rejected for vision datasets)")
+        for key in ("chosen", "rejected"):
+            if key not in row:
+                raise Stops(f"the row has no {key!r}: TRL's vision preference collator raises KeyError: {key!r}")
+        prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+        if _is_conversation(prompt):
+            messages = prepare_multimodal_messages(prompt, n)
+            answers = [prepare_multimodal_messages(a, 0) for a in (chosen, rejected)]
+            last = messages[-1]["role"]
+            if last not in ("user", "tool", "assistant"):
+                raise Stops(f"the prompt ends with a {last} turn: TRL raises 'Invalid role in the last message'")
+            text = self._render(messages, generation_prompt=last != "assistant", continue_final=last == "assistant")
+            wholes = [self._render(messages + a) for a in answers]
+            for whole in wholes:  # data_utils.apply_chat_template: the prompt is the common prefix of all three
+                common = 0
+                for a, b in zip(text, whole):
+                    if a != b:
+                        break
+                    common += 1
+                text = text[:common]
+            prompt, chosen, rejected = text, wholes[0][len(text):], wholes[1][len(text):]
+        if not all(isinstance(x, str) for x in (prompt, chosen, rejected)):
+            raise Stops("prompt, chosen and rejected must all be text or all be conversations")
+        return (self._tokens(prompt, expansions, trained=False), self._tokens(chosen, [], trained=True),
+                self._tokens(rejected, [], trained=True))
+
+    def _pair_images(self, row: Mapping[str, Any]) -> list[Any]:
+        """The collator's images: a single ``image`` (even null) becomes a list of one; ``images`` as given."""
+        if "image" in row:
+            return [row["image"]]
+        images = row.get("images", [])
+        if images is None:
+            raise Stops("'images' is null: TRL's collator hands None to the processor, which raises TypeError ('only "
+                        "a single or a list of entries is supported')")
+        return list(images) if isinstance(images, (list, tuple)) else [images]
+
+    def _judge_pair(self, result: SampleResult, frame: dict[str, Any], row: Mapping[str, Any],
+                    source: Path) -> SampleResult:
+        """A DPO row: the chosen (prompt + chosen) and rejected (prompt + rejected) sequences, each cut to
+        ``max_length`` keeping its start. The record's own counts are the chosen sequence's, the rejected's are
+        in ``framework.pair``; both share the prompt, so an image the cut reaches is cut in both, and the model's
+        forward raises. The verdict is the worse of the two."""
+        found = result.findings
+        self._check_pair_run("image" in row or "images" in row)
+        try:
+            images = self._pair_images(row)
+        except Stops as e:
+            found.append(F.make("VC001", f"{e}; the run stops at the step that reaches this sample"))
+            frame["verdict"] = "stops"
+            return result
+        expansions = self._expansions(images, source, found)
+        if expansions is None:
+            frame["verdict"] = "stops"  # the processor cannot load or refuses an image
+            result.image_tokens = [None] * len(images)
+            return result
+        counts = [e.features for e in expansions]
+        result.image_tokens = list(counts)
+        try:
+            prompt, chosen, rejected = self.encode_pair(row, expansions)
+        except Stops as e:
+            code = "VC002" if "image" in str(e) and "placeholder" in str(e) else "VC001"
+            found.append(F.make(code, f"{e}; the run stops at the step that reaches this sample"))
+            frame["verdict"] = "stops"
+            return result
+        limit = self.config.max_length
+        cuts = [_cut(prompt, answer, limit, len(counts)) for answer in (chosen, rejected)]
+        mine, theirs = cuts
+        result.tokens = mine.total
+        result.text_only_tokens = mine.total - sum(counts)
+        result.supervised_tokens = mine.trained
+        frame.update(prompt_tokens=prompt.total, kept_tokens=mine.kept, kept_supervised=mine.kept_trained,
+                     kept_image_tokens=mine.kept_images)
+        frame["pair"] = {"chosen_tokens": mine.total, "rejected_tokens": theirs.total,
+                         "rejected_supervised": theirs.trained, "kept_rejected_tokens": theirs.kept,
+                         "kept_rejected_supervised": theirs.kept_trained,
+                         "kept_rejected_image_tokens": theirs.kept_images}
+        for name, cut in (("chosen", mine), ("rejected", theirs)):
+            if not cut.trained:
+                found.append(F.make("VC003", f"the {name} answer has no tokens: nothing to learn from"))
+        longest = max(mine.total, theirs.total)
+        whole = f"set {_setting('max_length', longest)}"
+        if limit is None or longest <= limit:
+            return self._preview(result, images, Encoded(prompt.image_of + chosen.image_of,
+                                                         prompt.trained + chosen.trained), kept=mine.kept)
+        result.fits_max_pixels = self._fit_pixels(row, images, source, limit) if counts else None
+        cut_images = [k for k, c in enumerate(counts) if mine.kept_images[k] < c]
+        for k in cut_images:
+            fix = whole
+            if result.fits_max_pixels is not None:
+                fix += f", or cap the processor's max_pixels at {result.fits_max_pixels:,} (the pair then fits whole)"
+            found.append(F.make(
+                "VC201", f"image {k + 1} of {len(counts)} needs {counts[k]:,} tokens, only {mine.kept_images[k]:,} "
+                         f"survive TRL's cut at max_length={limit:,}; the prompt is {prompt.total:,} tokens, shared by "
+                         "the chosen and rejected sequences: the model raises \"Image features and image tokens do "
+                         f"not match\", which DPOTrainer re-raises as \"The current `max_length` ({limit}) is too "
+                         "short and causes image placeholder tokens in `input_ids` to be truncated\", and training "
+                         "stops", fix=fix + ", or drop the sample",
+                image=k + 1, image_tokens=counts[k], kept=mine.kept_images[k], tokens=mine.total, max_length=limit))
+        if cut_images:
+            frame["verdict"] = "crash"
+        for name, cut in (("chosen", mine), ("rejected", theirs)):
+            if cut.total <= limit:
+                continue
+            if cut.trained and not cut.kept_trained:
+                found.append(F.make(
+                    "VC202", f"the {name} sequence: all {cut.trained:,} answer tokens are cut at max_length="
+                             f"{limit:,} (the prompt alone is {prompt.total:,} tokens): the pair gives DPO nothing to "
+                             "compare", fix=f"{whole}, shorten the prompt, or drop the sample",
+                    supervised=cut.trained, tokens=cut.total, max_length=limit))
+            elif not cut_images:
+                found.append(F.make(
+                    "VC203", f"the {name} sequence: {cut.total:,} tokens > max_length={limit:,}: "
+                             f"{cut.total - cut.kept:,} tokens cut, {cut.trained - cut.kept_trained:,} of "
+                             f"{cut.trained:,} answer tokens lost", fix=f"{whole} to keep the pair whole",
+                    tokens=cut.total, max_length=limit, supervised_lost=cut.trained - cut.kept_trained))
+        return self._preview(result, images, Encoded(prompt.image_of + chosen.image_of,
+                                                     prompt.trained + chosen.trained), kept=mine.kept)
+
+    def _check_pair_run(self, vision: bool) -> None:
+        """DPOTrainer's refusals (decided on the first row: a dataset with an ``image`` or ``images`` column is a
+        vision dataset), quoting TRL."""
+        if self._vision_checked:
+            return
+        self._vision_checked = True
+        cfg = self.config
+        if not vision:
+            raise UsageError(f"{cfg.path}: the dataset has no image / images column, so DPOTrainer tokenizes it "
+                             "ahead as text (_prepare_dataset, DataCollatorForPreference), a route vlmcheck does not "
+                             "model yet")
+        if cfg.truncation_mode == "keep_end" and cfg.max_length is not None:
+            raise UsageError(f"{cfg.path}: TRL refuses truncation_mode keep_end for vision datasets ("
+                             "\"truncation_mode='keep_end' is not supported for vision-language models\"); set "
+                             "truncation_mode: keep_start")
+        if cfg.precompute_ref_log_probs:
+            raise UsageError(f"{cfg.path}: TRL refuses precompute_ref_log_probs for vision datasets "
+                             "(\"`precompute_ref_log_probs=True` is not supported for vision datasets\"); set "
+                             "precompute_ref_log_probs: false")
+        if cfg.pad_to_multiple_of is not None:
+            raise UsageError(f"{cfg.path}: pad_to_multiple_of {cfg.pad_to_multiple_of}: TRL's vision preference "
+                             "collator raises at the first step (\"Padding to a multiple of a value is not yet "
+                             "implemented for vision-language modeling\"); remove pad_to_multiple_of")
+
     def _preview(self, result: SampleResult, images: list[Any], encoded: Encoded, *, kept: int) -> SampleResult:
         """The HTML report's picture of the first samples of each finding: their images and token layout."""
         if result.findings and self.previews.wants(result):  # (preview: hook)
-            limit = self.config.max_length if self.config.trainer == "sft" else None
+            limit = None if self.config.trainer == "grpo" else self.config.max_length
             result.preview = self.previews.make(result, images=image_refs(images), spans=token_spans(
                 encoded.image_of, encoded.trained, kept=[(0, kept)], max_length=limit))
         return result
@@ -696,12 +940,45 @@ class Run(ProcessorRun):
                 return False
             expansions = [self.family.expand(w, h, settings) for w, h in sizes]
             try:
+                if self.config.trainer == "dpo":  # both sequences whole
+                    prompt, chosen, rejected = self.encode_pair(row, expansions)
+                    return prompt.total + max(chosen.total, rejected.total) <= limit
                 encoded, _ = self.encode(row, expansions)
             except Stops:
                 return False
             return encoded.total <= limit
 
         return largest_budget(lo=max(1, -(-min_pixels // unit)), hi=max_pixels // unit, unit=unit, fits=fits)
+
+
+def _is_conversation(value: Any) -> bool:
+    """``data_utils.is_conversational`` on one field: a list whose first item is a message with a role."""
+    return isinstance(value, list) and bool(value) and isinstance(value[0], Mapping) and "role" in value[0]
+
+
+@dataclass(frozen=True)
+class PairCut:
+    """One DPO sequence (the prompt, then an answer) and what survives ``max_length`` (its start is kept)."""
+
+    total: int
+    trained: int
+    kept: int
+    kept_trained: int
+    kept_images: list[int]
+
+
+def _cut(prompt: Encoded, answer: Encoded, limit: int | None, n_images: int) -> PairCut:
+    """DataCollatorForVisionPreference's slice ``[:max_length]`` of prompt + answer; only the answer is trained
+    (its completion_mask)."""
+    total = prompt.total + answer.total
+    kept = total if limit is None else min(total, limit)
+    kept_images = [0] * n_images
+    for k in prompt.image_of[:kept]:
+        if k >= 0:
+            kept_images[k] += 1
+    trained = sum(answer.trained)
+    return PairCut(total=total, trained=trained, kept=kept,
+                   kept_trained=sum(answer.trained[:max(0, kept - prompt.total)]), kept_images=kept_images)
 
 
 def _image_label(k: int, n: int, image: Any) -> str:
