@@ -20,8 +20,9 @@ Modelled on verl 0.9.1 (``verl.trainer.main_ppo``, ``utils/dataset/rl_dataset.py
 - **Filter** (``maybe_filter_out_long_prompts``, ``filter_overlong_prompts=True``): prompts longer than
   ``max_prompt_length`` are dropped, and so are rows whose length cannot be computed (the exception is printed
   and the row counted as too long).
-- **Rollout** (``AgentLoopWorker``): a prompt with images over ``rollout.prompt_length`` raises "Multimodal prompt
-  produced N tokens, exceeding rollout.prompt_length" and the run stops; a text-only one is cut from the left.
+- **Rollout** (``AgentLoopWorker``, ``AgentLoopBase.ct_build_initial_tokens``): a prompt with images over
+  ``rollout.prompt_length`` raises "Multimodal prompt produced N tokens, exceeding rollout.prompt_length" and the run
+  stops; a text-only one is cut from the left (its last ``rollout.prompt_length`` tokens go to the server).
 """
 
 from __future__ import annotations
@@ -420,6 +421,7 @@ class Run(ProcessorRun):
                              f"rollout keeps its last {budget:,} tokens", tokens=total, max_length=budget,
                     fix=f"set {_setting(cfg.rollout_length_key, total)} to keep it whole"))
                 frame["verdict"] = "cut"
+                frame["prompt_tokens_kept"] = [total - budget, total]  # _cap_text_prompt_length: ids[-budget:]
         return result
 
     def _unbuildable(self, result: SampleResult, reason: str, images: list[Any]) -> None:
