@@ -16,6 +16,7 @@ computes it), the tokens and labels kept by the cut, and the image tokens left (
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -81,6 +82,37 @@ def _pixtral() -> Path:
     return pixtral_checkpoint()
 
 
+# mistralai/Ministral-3-3B-Instruct-2512 config.json: a Mistral3ForConditionalGeneration (model_type "mistral3")
+# whose text model is transformers 5's "ministral3" (Ministral3Config), with Mistral Small 3.1's Pixtral vision tower
+# settings (patch 14, image size 1540, spatial merge 2) and the same PixtralProcessor files; only the model types and
+# the vision values reach the counts, the text sizes are the 3B's
+MINISTRAL3_TEXT = {"model_type": "ministral3", "hidden_size": 3072, "head_dim": 128, "intermediate_size": 9216,
+                   "num_hidden_layers": 26, "num_attention_heads": 32, "num_key_value_heads": 8,
+                   "max_position_embeddings": 262144, "vocab_size": 131072, "tie_word_embeddings": True}
+
+
+def _ministral3() -> Path:
+    """A Ministral 3 checkpoint folder (weightless): the Mistral Small 3.1 fixture's tokenizer (Tekken, BOS) and
+    processor files, its config.json's text model a ministral3; no chat template (LLaMA-Factory's ``ministral3``
+    template writes the text)."""
+    import shutil
+
+    from pixtral_checkpoint import CHECKPOINTS, pixtral_checkpoint
+    from tekken_vocab import _cache
+
+    dest = _cache() / "checkpoint-ministral-3-3b"
+    if not (dest / "config.json").is_file():
+        source = pixtral_checkpoint("mistral-small-3.1")
+        tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("chat_template.jinja", "config.json"))
+        config = {**CHECKPOINTS["mistral-small-3.1"]["config"], "text_config": MINISTRAL3_TEXT}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+    return dest
+
+
 # template -> (checkpoint, cutoff_len values small to large for its image sizes, its own extra configs)
 CASES: dict[str, tuple[Any, tuple[int, int, int], dict[str, dict[str, Any]]]] = {
     "gemma3": (_gemma3, (300, 700, 1400), {
@@ -100,6 +132,12 @@ CASES: dict[str, tuple[Any, tuple[int, int, int], dict[str, dict[str, Any]]]] = 
     }),
     "llava_next": (_llava_next, (1000, 2000, 3000), {}),
     "pixtral": (_pixtral, (600, 1500, 3000), {}),
+    # pixtral's strings on a Ministral 3 checkpoint (Mistral Small 3.1's image grid: 28 px a token); a budget that
+    # keeps images whole at a cutoff_len that still cuts some, and a system prompt on every row
+    "ministral3": (_ministral3, (500, 1200, 2500), {
+        "system": {"dataset": "sg,alp", "cutoff_len": 900, "image_max_pixels": 100_000,
+                   "default_system": "Describe what you see."},
+    }),
     # every image's 256 tokens go before the sample and are never cut: no crash, but cutoff_len values below a
     # sample's image tokens leave it no text at all
     "paligemma": (_paligemma, (300, 600, 1200), {
@@ -152,7 +190,7 @@ def test_the_per_row_oracle_is_get_dataset(proof: dict[str, Any]) -> None:
         assert result["llamafactory"] == "0.9.5"
         # only Pixtral's and InternVL's processors cannot load without torchvision (the runner builds the real
         # classes)
-        assert result["built_processor"] == (proof["template"] in ("pixtral", "intern_vl", "glm4v"))
+        assert result["built_processor"] == (proof["template"] in ("pixtral", "ministral3", "intern_vl", "glm4v"))
 
 
 def test_the_corpus_reaches_every_case(proof: dict[str, Any]) -> None:

@@ -20,7 +20,9 @@ pairwise processor, see **Preference stages** below); its v1 engine (``USE_V1=1`
   a key is missing only when no row of the dataset has it (``datasets`` loads one table per dataset: a row without
   a key other rows have reads None). The ``openai`` converter adds "detailed thinking off" to the system prompt of
   rows without tools.
-  Relative media paths are joined to ``media_dir`` when that file exists.
+  Relative media paths are joined to ``media_dir`` when that file exists. A dataset none of whose rows the
+  converter and the processor keep stops the run in ``get_dataset`` ("Cannot find valid samples"; see
+  ``Run._merged_features``).
 - **Template** (``data/template.py``): each turn is formatted with the template's own strings and every formatted
   piece is tokenized on its own with ``add_special_tokens=False``; an empty system prompt becomes the template's
   ``default_system``; reasoning templates (``qwen3_vl``) put an empty ``<think>`` block before answers without
@@ -39,8 +41,8 @@ pairwise processor, see **Preference stages** below); its v1 engine (``USE_V1=1`
   ``intern_vl``, ``pixtral``, ``paligemma``, ``mllama``, ``glm4v`` (``efficient_eos``: one labelled EOS closes the
   sample, each later prompt's first label is the EOS id; ``train_on_prompt`` refused), and the templates that put
   other strings on those plugins (``glm4_5v``, ``llava_next_llama3`` / ``_mistral`` / ``_qwen`` / ``_yi``,
-  ``granite3_vision``, ``yi_vl``, ``paligemma_chat``, ``mimo_vl``, ``mistral_small``; ``replace_eos`` makes their
-  first stop word the EOS); the others are refused.
+  ``granite3_vision``, ``yi_vl``, ``paligemma_chat``, ``mimo_vl``, ``mistral_small``, ``ministral3``; ``replace_eos``
+  makes their first stop word the EOS); the others are refused.
 - **Truncation** (``data/processor/supervised.py``, ``processor_utils.infer_seqlen``): pair by pair, each
   (prompt, answer) gets a share of the remaining ``cutoff_len``. Nothing checks the image tokens afterwards: a cut
   through an image span leaves fewer ``<|image_pad|>`` ids than the image has features, and the model's forward
@@ -418,6 +420,11 @@ TEMPLATES: dict[str, Template] = {
         # slots (Mistral Small 3.1: model_type mistral3, the Pixtral plugin); tool format mistral
         Template("mistral_small", "[INST]{content}[/INST]", "{content}", "[SYSTEM_PROMPT]{content}[/SYSTEM_PROMPT]",
                  PIXTRAL_PLUGIN, prefix_bos=True, answer_eos=True),
+        # template.py "ministral3" (Ministral 3, model_type mistral3 with a ministral3 text model): pixtral's strings
+        # (Llama2Template, the system prompt + "\n\n" inside the first [INST], BOS prefix, default answer slots, no
+        # default system, no stop words, no thinking), the Pixtral plugin; tool format mistral
+        Template("ministral3", "[INST]{content}[/INST]", "{content}", "{content}\n\n", PIXTRAL_PLUGIN,
+                 prefix_bos=True, answer_eos=True, system_in_user=True),
     )
 }
 
@@ -1100,15 +1107,34 @@ def _kind_text(kind: Any) -> str:
 
 class Dropped(Exception):
     """LLaMA-Factory skips this row with a warning (the run goes on without it). ``unanswered``: its converter gave
-    the row no answer (an empty ``_response``: the run's rule in ``Run._answers``); else a processor drops it."""
+    the row no answer (an empty ``_response``); else a processor drops it. The run-level rules: ``Run._prepared``."""
 
-    def __init__(self, message: str, *, unanswered: bool = True) -> None:
+    def __init__(self, message: str, *, unanswered: bool = True, prompted: bool = False) -> None:
         super().__init__(message)
         self.unanswered = unanswered
+        self.prompted = prompted  # its converted ``_prompt`` holds a turn (see Prepared)
 
 
 class Stops(Exception):
     """LLaMA-Factory raises on this row while preparing the dataset: the whole run stops before step 1."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A dataset's rows through LLaMA-Factory's converter and dataset processor, as far as the run-level rules
+    need them. ``answered``: a row has an answer after the converter (True), none has (False: datasets types
+    ``_response`` as a list of nulls); ``prompted``: the same of ``_prompt`` (empty for a row the converter skips,
+    and for a ranking row it misreads as one answer to a one-turn prompt); ``kept``: the processor keeps a row
+    (True), none (False: 'Cannot find valid samples'); None where a row vlmcheck does not follow (or one the run
+    stops on) comes first, or there are no rows. ``origin`` and ``reason``: where and why the first row is dropped,
+    for the message."""
+
+    answered: bool | None
+    prompted: bool | None
+    kept: bool | None
+    rows: int
+    origin: str = ""
+    reason: str = ""
 
 
 def _media(value: Any, config: Config) -> list[Any]:
@@ -1166,13 +1192,14 @@ def convert(row: Any, attr: DatasetAttr, config: Config) -> Example:
             if not (isinstance(chosen, str) and isinstance(rejected_text, str)):
                 answer = row.get(cols["response"]) if cols["response"] else None  # then read as one answer
                 raise Dropped("no chosen and rejected strings: LLaMA-Factory's pairwise processor drops the row "
-                              "('Dropped invalid example')", unanswered=not isinstance(answer, str))
+                              "('Dropped invalid example')", unanswered=not isinstance(answer, str), prompted=True)
             messages.append(("assistant", chosen))
             rejected = ("assistant", rejected_text)
         else:
             response = _get(row, cols["response"]) if cols["response"] else None
             if not isinstance(response, str):
-                raise Dropped("no response: LLaMA-Factory treats the row as unsupervised and drops it for sft")
+                raise Dropped("no response: LLaMA-Factory treats the row as unsupervised and drops it for sft",
+                              prompted=True)
             messages.append(("assistant", response))
         system = _get(row, cols["system"]) if cols["system"] else ""
     else:
@@ -1251,7 +1278,8 @@ def _ranked_pair(row: Mapping[str, Any], messages: list[tuple[str, str]], attr: 
     chosen, rejected = _ranked(row, attr.columns["chosen"]), _ranked(row, attr.columns["rejected"])
     if not (isinstance(chosen, Mapping) and isinstance(rejected, Mapping)):
         raise Dropped("chosen / rejected are not turn objects: LLaMA-Factory reads the row as one answer and its "
-                      "pairwise processor drops it ('Dropped invalid example')", unanswered=False)
+                      "pairwise processor drops it ('Dropped invalid example')", unanswered=False,
+                      prompted=len(messages) > 1)  # the converter's prompt: all turns but the last
     role_tag, content_tag = attr.tags["role_tag"], attr.tags["content_tag"]
     out = []
     for answer in (chosen, rejected):
@@ -1994,9 +2022,12 @@ class Run:
         a list of nulls, beside others' lists of turns; media given one way in one dataset (paths) and another in
         the next (a Parquet column of images as an ``Image`` feature, or as structs of bytes and path) type
         ``_images`` (``_videos``, ``_audios``) differently. And a dataset (the merged one, or each with
-        ``eval_on_each_dataset``) whose every row is dropped makes ``_get_preprocessed_dataset`` raise ('Cannot find
-        valid samples'). Each stops the run before step 1: DatasetError."""
-        answered = [(attr.name, self._answered(attr, chosen, split)) for attr, chosen in sources]
+        ``eval_on_each_dataset``) whose every row is dropped, by the converter or by the dataset processor (a
+        ranking row without a chosen / rejected pair, a packed sample over ``cutoff_len``), leaves
+        ``_get_preprocessed_dataset`` no sample to print, and it raises ('Cannot find valid samples'). Each stops
+        the run before step 1: DatasetError."""
+        prepared = {attr.name: self._prepared(attr, chosen, split) for attr, chosen in sources}
+        answered = [(name, p.answered) for name, p in prepared.items()]
         what = "eval dataset" if split == "eval" else "dataset"
         if merged and len(sources) > 1 and not self.config.streaming:  # a stream's features are not aligned
             for key in ("images", "videos", "audios"):
@@ -2008,6 +2039,14 @@ class Run:
                         f"{what}s {given[0][0]!r} and {other[0]!r} give their {key} as {_kind_text(given[0][1])} "
                         f"and as {_kind_text(other[1])}: LLaMA-Factory's merge of the converted datasets raises ('The "
                         f"features can't be aligned' on _{key}) and the run stops before step 1")
+            unprompted = [name for name, p in prepared.items() if p.prompted is False]
+            if unprompted and any(p.prompted for p in prepared.values()):
+                raise DatasetError(
+                    f"{what} {unprompted[0]!r}: no row has a prompt after LLaMA-Factory's converter (each is skipped, "
+                    "or a ranking row without chosen / rejected turn objects read as one answer to its one user "
+                    "turn), so datasets types its converted `_prompt` as a list of nulls, which cannot be merged "
+                    "with the other datasets' prompts: LLaMA-Factory's merge raises ('The features can't be "
+                    "aligned') and the run stops before step 1")
             none = [name for name, a in answered if a is False]
             if none and any(a for _, a in answered):
                 raise DatasetError(
@@ -2015,10 +2054,17 @@ class Run:
                     f"types its converted `_response` as a list of nulls, which cannot be merged with the other "
                     f"datasets' answers: LLaMA-Factory's merge raises ('The features can't be aligned') and the run "
                     "stops before step 1")
-        for group in ([answered] if merged else [[a] for a in answered]):
-            if group and all(a is False for _, a in group):
-                names = ", ".join(repr(name) for name, _ in group)
-                raise DatasetError(f"{what} {names}: every row is dropped (none has an answer), so LLaMA-Factory raises "
+        names = list(prepared)
+        for group in ([names] if merged else [[name] for name in names]):
+            if group and all(prepared[name].kept is False for name in group):
+                listed = ", ".join(repr(name) for name in group)
+                if all(prepared[name].answered is False for name in group):
+                    why = "none has an answer"
+                else:
+                    first = prepared[group[0]]
+                    why = f"{sum(prepared[n].rows for n in group):,} rows; {first.origin}: {first.reason}"
+                what = f"{what}s" if len(group) > 1 else what
+                raise DatasetError(f"{what} {listed}: every row is dropped ({why}), so LLaMA-Factory raises "
                                    "('Cannot find valid samples') and the run stops before step 1")
 
     def _media_kind(self, attr: DatasetAttr, key: str) -> Any:
@@ -2050,27 +2096,50 @@ class Run:
                 return kind
         return kind
 
-    def _answered(self, attr: DatasetAttr, chosen: list[int] | None, split: str) -> bool | None:
-        """Whether a row of the dataset (as the run selects them) has an answer after the converter: True at the
-        first that has; False when none has (each row unsupervised or skipped by the converter); None when that is
-        not known (no rows, or a row the converter stops on or vlmcheck does not follow: judged as it comes)."""
-        seen = False
+    def _prepared(self, attr: DatasetAttr, chosen: list[int] | None, split: str) -> Prepared:
+        """What LLaMA-Factory's converter and dataset processor make of the dataset's rows (as the run selects them),
+        read until the first row the processor keeps (see :class:`Prepared`)."""
+        answered = prompted = False
+        rows, first = 0, None
         for row, origin in self._dataset_rows(attr, chosen, split):
+            rows += 1
             if isinstance(row, BadRow):
-                return None
+                return Prepared(answered or None, prompted or None, None, rows)
             try:
                 convert(self._as_loaded(row, attr, origin.row), attr, self.config)
             except Dropped as e:
-                if not e.unanswered:
-                    return True
-                seen = True
+                answered, prompted = answered or not e.unanswered, prompted or e.prompted
+                first = first or (origin, str(e))
                 continue
             except (Stops, NotCounted):
-                return None
+                return Prepared(answered or None, prompted or None, None, rows)
             except Exception:  # a shape the judge reports on the row itself
-                return None
-            return True
-        return False if seen else None
+                return Prepared(answered or None, prompted or None, None, rows)
+            # packing: PackedSupervisedDatasetProcessor drops a sample longer than cutoff_len after the cut
+            survives, why = self._survives(row, origin) if self.config.packing else (True, "")
+            if survives is not False:
+                return Prepared(True, True, survives, rows)
+            answered = prompted = True
+            first = first or (origin, why)
+        if not rows:
+            return Prepared(None, None, None, 0)
+        where = f"row {first[0].row} of {first[0].attr.name!r}" if first else ""
+        return Prepared(answered, prompted, False, rows, where, first[1] if first else "")
+
+    def _survives(self, row: Any, origin: Origin) -> tuple[bool | None, str]:
+        """Whether the packing processor keeps the converted row, judged as it will be (no preview: those are left
+        to that judgement), and why not: None where vlmcheck does not count it, True where the run stops on it (the
+        row's own verdict says so)."""
+        previews = self.previews
+        self.previews = Previewer(local_path=previews.local_path, exif_transpose=False, max_length=None,
+                                  truncation=NAME, per_code=0)
+        try:
+            result = self.judge(0, row, origin)
+        finally:
+            self.previews = previews
+        verdict = (result.framework or {}).get("verdict")
+        why = next((f.message for f in result.findings if f.code == "VC204"), "")
+        return (None if verdict == "unknown" else verdict != "dropped"), why
 
     def _interleaved(self, sources: list[tuple[DatasetAttr, list[int] | None]], split: str
                      ) -> Iterator[tuple[Any, Origin]]:
