@@ -209,6 +209,9 @@ class Plugin:
     takes_videos: bool = False
     # Qwen3VLPlugin: each video written frame group by frame group, "<t seconds>" before each
     video_timestamps: bool = False
+    # whether process_messages opens every image (its text depends on it): else an image that cannot be opened
+    # passes get_dataset, and the collator's get_mm_inputs raises on it at the training step that reaches the row
+    opens_images: bool = True
 
 
 QWEN2_VL_PLUGIN = Plugin("qwen2_vl", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
@@ -219,7 +222,9 @@ QWEN3_VL_PLUGIN = Plugin("qwen3_vl", "<|image_pad|>", "<|video_pad|>", "<|vision
                          takes_videos=True, video_timestamps=True)
 # mm_plugin.py Gemma3Plugin.process_messages: processor.full_image_sequence per image, or with
 # image_do_pan_and_scan "Here is the original image ... and here are some crops ..." (the processor's own text)
-GEMMA3_PLUGIN = Plugin("gemma3", "<image_soft_token>", "", "", "", ("gemma3",), wrapped=False, qwen_rules=False)
+# (it opens the images only with image_do_pan_and_scan, for the crop counts: see PAN_AND_SCAN_RAISES)
+GEMMA3_PLUGIN = Plugin("gemma3", "<image_soft_token>", "", "", "", ("gemma3",), wrapped=False, qwen_rules=False,
+                       opens_images=False)
 # mm_plugin.py LlavaPlugin / LlavaNextPlugin.process_messages: "<image>" once per feature (image_seqlen from the
 # processed pixel_values; LLaVA-NeXT: processor._get_number_of_features of each image's size)
 LLAVA_PLUGIN = Plugin("llava", "<image>", "", "", "", ("llava",), wrapped=False, qwen_rules=False)
@@ -237,7 +242,7 @@ INTERN_VL_PLUGIN = Plugin("intern_vl", "<IMG_CONTEXT>", "", "", "", ("internvl",
 # mm_plugin.py PaliGemmaPlugin: each <image> is removed from the text, and process_token_ids puts
 # processor.image_seq_length image tokens per image before the whole sample (before BOS), unlabelled
 PALIGEMMA_PLUGIN = Plugin("paligemma", "<image>", "", "", "", ("paligemma",), wrapped=False, qwen_rules=False,
-                          prefix_images=True)
+                          prefix_images=True, opens_images=False)
 # mm_plugin.py MllamaPlugin.process_messages: each <image> becomes one "<|image|>" (the image reaches the model through
 # cross-attention); get_mm_inputs builds cross_attention_mask from the <|image|> ids left in the batch, with as many
 # image slots as the most <|image|> ids a sample of the batch holds, while pixel_values has a slot for every image:
@@ -245,7 +250,7 @@ PALIGEMMA_PLUGIN = Plugin("paligemma", "<image>", "", "", "", ("paligemma",), wr
 # size mismatch (proved on 0.9.5 with a tiny MllamaForConditionalGeneration through its collator); batched with a
 # whole sample holding as many images, nothing raises and no token attends the cut image
 MLLAMA_PLUGIN = Plugin(
-    "mllama", "<|image|>", "", "", "", ("mllama",), wrapped=False, qwen_rules=False,
+    "mllama", "<|image|>", "", "", "", ("mllama",), wrapped=False, qwen_rules=False, opens_images=False,
     cut_effect=("the cross_attention_mask LLaMA-Factory builds from the <|image|> ids left has fewer image slots "
                 "than pixel_values: training stops with 'RuntimeError: The size of tensor a must match the size of "
                 "tensor b' (always at batch size 1); only in a batch with a whole sample holding as many images "
@@ -2580,7 +2585,9 @@ class Run:
                     continue
             sizes.append(size)
         if len(sizes) != len(example.images):
-            frame["verdict"] = "stops"  # LLaMA-Factory's Image.open / resize raise inside datasets.map
+            # LLaMA-Factory's Image.open / resize raise inside datasets.map; where the plugin's text does not depend
+            # on the image, it is first opened by the collator, at the training step that reaches the row
+            frame["verdict"] = "stops" if self.config.template.plugin.opens_images else "crash"
             result.image_tokens = [None] * len(example.images)
             if self.previews.wants(result):  # (preview: hook)
                 result.preview = self.previews.make(result, images=image_refs(example.images))
