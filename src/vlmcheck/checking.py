@@ -23,7 +23,7 @@ from vlmcheck.counting import unreadable_row
 from vlmcheck.data.files import not_a_file
 from vlmcheck.data.hfjson import NotFollowed, Rewritten
 from vlmcheck.errors import DatasetError, UsageError
-from vlmcheck.frameworks import Run, detect, read_launch
+from vlmcheck.frameworks import Concludes, Run, detect, read_launch
 from vlmcheck.options import CheckOptions, from_keywords, keyword_signature
 from vlmcheck.pipeline import write_records
 from vlmcheck.report import CutAt, Report, ReportBuilder
@@ -246,6 +246,9 @@ def check(
     except OSError as e:  # what is left is the records' file: a full disk, a folder that cannot be written
         where = f"the --output records {output}" if output is not None else "the records' temporary file"
         raise UsageError(f"cannot write {where}: {e}") from e
+    if limit is None and isinstance(run, Concludes) and builder.store is not None:  # it rests on every row
+        for finding in run.conclude(iter(builder.store)):
+            builder.add_run_finding(finding)
     report = builder.build(seconds=time.perf_counter() - started)
     report.summary["command"] = "check"
     report.summary["framework"] = {**described, "verdicts": dict(sorted(builder.verdicts.items()))}

@@ -161,6 +161,14 @@ _RULES = [
          "wrong image or none. Nothing raises: the sample trains with its text and images mismatched.",
          "Raise the max length so the sample is not cut, cut from the right with every image before the cut, or "
          "drop the sample."),
+    Rule("VC208", "skipped-rows-stop-run", Severity.ERROR,
+         "The framework skips so many rows that its data loader gives up and the run stops",
+         "A finding of the whole run, not of one sample. ms-swift (--strict false, the default) replaces a row it "
+         "cannot encode (over --max_length under truncation_strategy delete, or an encode error) by drawing others, "
+         "at most 10 tries per fetch, then raises 'Failed to retrieve the dataset'. When every row is skipped the "
+         "first fetch raises; when many are, some fetch during the epochs is likely to draw only skipped rows.",
+         "Make the skipped rows trainable (raise the max length, cap the image pixels), or remove them from the "
+         "dataset (`vlmcheck repair`)."),
 ]
 
 SCAN_CODES = register(Catalogue("VC", "scan", "docs/findings.md", tuple(_RULES)))

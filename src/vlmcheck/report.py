@@ -216,6 +216,12 @@ class ReportBuilder:
             else:
                 self.budgets[_NEVER] += 1
 
+    def add_run_finding(self, finding: Finding) -> None:
+        """A finding of the whole run (``index`` None), judged from all the samples' verdicts."""
+        finding.index = finding.id = None
+        self.counts[finding.code] += 1
+        self.findings.insert(0, finding)
+
     def _preview(self, result: SampleResult) -> None:
         """Keep the first few samples of each finding code; a scan's own preview (thumbnails, token layout)
         when it made one, else what the result says."""
@@ -398,7 +404,8 @@ def render_text(report: Report, *, show: int = 20) -> str:
             lines.append(f"First {min(show, len(report.findings))} of {sum(s['counts'].values()):,} findings")
         ordered = sorted(report.findings, key=lambda f: (-f.severity, f.index if f.index is not None else -1))
         for f in ordered[:show]:
-            where = f"sample {f.index}" + (f" (id {f.id!r})" if f.id is not None and f.id != str(f.index) else "")
+            where = "the run" if f.index is None else (
+                f"sample {f.index}" + (f" (id {f.id!r})" if f.id is not None and f.id != str(f.index) else ""))
             lines.append(f"  {f.code} {where}: {f.message}")
             lines.append(f"        fix: {f.fix}")
         lines.append("")

@@ -114,6 +114,16 @@ ORACLE = QWEN_IMAGES_PRELUDE + textwrap.dedent('''
             out["strict"].append("MaxLengthError")
         except Exception as e:
             out["strict"].append(type(e).__name__)
+    # --strict false (the default): a fetch whose row's encode raises draws others, at most 10 tries, then raises;
+    # at a --max_length no row fits, the first fetch
+    template = get_template(processor, max_length=8, truncation_strategy="raise", template_type=job["template"],
+                            max_pixels=job["max_pixels"])
+    template.set_mode("train")
+    try:
+        LazyLLMDataset(loaded, template.encode, strict=False, random_state=42)[0]
+        out["every_row_skipped"] = "ok"
+    except Exception as e:
+        out["every_row_skipped"] = f"{type(e).__name__}: {e}"
     print("ORACLE" + json.dumps(out))
 ''')
 
@@ -326,3 +336,26 @@ def test_with_strict_true_a_row_over_max_length_stops_the_run(tmp_path: Path, sw
     theirs = [s for s in swift_oracle["strict"] if s in ("ok", "MaxLengthError")]
     assert "MaxLengthError" in theirs and len(ours) == len(theirs)
     assert [("MaxLengthError" if r["framework"]["verdict"] == "stops" else "ok") for r in ours] == theirs
+
+
+def test_the_rows_the_training_dataset_skips_are_the_records_dropped_at_encode(tmp_path: Path,
+                                                                              swift_oracle: dict[str, Any]) -> None:
+    """What VC208 adds up: the training rows (those the loader keeps) and, among them, the ones whose encode raises
+    at --max_length under delete (LazyLLMDataset skips them at fetch), as ms-swift's own encode says of each."""
+    limit = LIMITS[0]
+    ours = records(launch(tmp_path, swift_oracle, f"--max_length {limit}", "--truncation_strategy delete"), tmp_path)
+    training = [r for r in ours if r["framework"].get("dropped_at") != "preprocess"]
+    skipped = [r for r in training if r["framework"].get("dropped_at") == "encode"]
+    assert len(training) == len(swift_oracle["strict"])
+    assert len(skipped) == sum(s != "ok" for s in swift_oracle["strict"]) > 0
+
+
+def test_when_the_encode_skips_every_row_the_first_fetch_stops_the_run(tmp_path: Path,
+                                                                       swift_oracle: dict[str, Any]) -> None:
+    """LazyLLMDataset (--strict false) raises 'Failed to retrieve the dataset' when every row's encode raises: a
+    finding of the whole run (VC208, no sample), not only each row's VC204."""
+    assert "Failed to retrieve the dataset" in swift_oracle["every_row_skipped"], swift_oracle["every_row_skipped"]
+    report = vlmcheck.check(launch(tmp_path, swift_oracle, "--max_length 8", "--truncation_strategy delete"))
+    run = [f for f in report.findings if f.code == "VC208"]
+    assert len(run) == 1 and run[0].index is None and "every row" in run[0].message, run
+    assert report.summary["counts"]["VC208"] == 1 and "VC208 the run: ms-swift's encode skips" in report.render()

@@ -12,12 +12,13 @@ reads a family's counting, not the other way round (an import-linter contract in
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from vlmcheck.errors import UsageError
+from vlmcheck.findings import Finding
 from vlmcheck.frameworks import easyr1, llamafactory, llava, swift, trl, unsloth, verl, vlm_r1
 from vlmcheck.model import ModelSpec
 from vlmcheck.results import SampleResult
@@ -42,6 +43,15 @@ class Run(Protocol):
     def shown_settings(self) -> Any: ...
 
     def describe(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Concludes(Protocol):
+    """A run whose framework stops as a whole on what its rows add up to (ms-swift's data loader giving up on
+    skipped rows): ``conclude`` reads every row's record once (in row order) and returns findings of the whole
+    run."""
+
+    def conclude(self, records: Iterable[Mapping[str, Any]]) -> list[Finding]: ...
 
 
 # The registry: one line per framework module. VLM-R1 first: its flags (model_name_or_path, dataset_name) look

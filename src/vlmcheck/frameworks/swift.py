@@ -54,7 +54,7 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -1298,11 +1298,11 @@ class Run(ProcessorRun):
             return self._not_counted(result, e)
         except DELETED as e:
             self._refused(result, f"ms-swift's dataset preprocessor raises on this row ({type(e).__name__}: "
-                                  f"{str(e)[:120]}) and deletes it from the dataset")
+                                  f"{str(e)[:120]}) and deletes it from the dataset", at="preprocess")
             return result
         if standard is None:
             found.append(F.make("VC006", "ms-swift's dataset preprocessor keeps no row for it (empty messages)"))
-            frame["verdict"] = "dropped"
+            frame.update(verdict="dropped", dropped_at="preprocess")
             return result
         row = standard
         if row.get("objects"):  # _pre_tokenize: <ref-object> / <bbox> tags written from the objects, boxes rescaled
@@ -1409,6 +1409,8 @@ class Run(ProcessorRun):
             result.findings.append(finding)
         if VERDICT_RANK[theirs["verdict"]] > VERDICT_RANK[frame["verdict"]]:
             frame["verdict"] = theirs["verdict"]
+            if "dropped_at" in theirs:
+                frame["dropped_at"] = theirs["dropped_at"]
 
     def _judge_sequence(self, result: SampleResult, ids: list[int], trained: list[bool], owner: list[int],
                         counts: list[int]) -> SampleResult:
@@ -1442,7 +1444,7 @@ class Run(ProcessorRun):
             found.append(F.make("VC204", f"{total:,} tokens > --max_length {limit:,}: ms-swift raises MaxLengthError "
                                          "and skips the row (truncation_strategy delete)", fix=fix + " to keep it",
                                 tokens=total, max_length=limit))
-            frame["verdict"] = "dropped"
+            frame.update(verdict="dropped", dropped_at="encode")
             return result
         kept = self._cut(ids, limit)
         labels = [trained[i] for i in kept]
@@ -1620,17 +1622,59 @@ class Run(ProcessorRun):
         (result.framework or {})["verdict"] = "unknown"
         return result
 
-    def _refused(self, result: SampleResult, reason: str) -> None:
-        """``template.encode`` raises: with ``--strict false`` (the default) ms-swift skips the row and fetches
-        another; with ``--strict true`` the run stops."""
+    def _refused(self, result: SampleResult, reason: str, *, at: str = "encode") -> None:
+        """``template.encode`` raises (``at`` ``encode``), or the dataset preprocessor does (``preprocess``): with
+        ``--strict false`` (the default) ms-swift skips the row (the data loader draws another in its place) or
+        deletes it from the dataset; with ``--strict true`` the run stops. The record's ``dropped_at`` says which."""
         frame = result.framework or {}
         if self.config.strict:
             result.findings.append(F.make("VC001", f"{reason}; with --strict true ms-swift stops"))
             frame["verdict"] = "stops"
+        elif at == "preprocess":
+            result.findings.append(F.make("VC006", f"{reason} (--strict false)"))
+            frame.update(verdict="dropped", dropped_at=at)
         else:
             result.findings.append(F.make("VC006", f"{reason}; ms-swift's encode raises and it skips the row "
                                                    "(--strict false)"))
-            frame["verdict"] = "dropped"
+            frame.update(verdict="dropped", dropped_at=at)
+
+    def conclude(self, records: Iterable[Mapping[str, Any]]) -> list[F.Finding]:
+        """VC208: ``swift sft`` and the paired ``swift rlhf`` types wrap the training dataset in LazyLLMDataset,
+        which (``--strict false``) meets a row whose encode raises by drawing others from a seeded permutation, at
+        most 10 tries per fetch (``n_try_fetch``, fewer for a smaller dataset), then raises 'Failed to retrieve the
+        dataset' and the run stops. From the training rows' records: every row skipped, the first fetch raises;
+        else the expected number of fetches per epoch whose every try meets a skipped row (fetch_failures)."""
+        if self.config.grpo is not None or self.config.streaming or self.config.strict:
+            return []
+        rows = skipped = unknown = 0
+        for record in records:
+            frame = record.get("framework") or {}
+            if frame.get("split") == "eval" or frame.get("dropped_at") == "preprocess":
+                continue  # not in the training LazyLLMDataset
+            rows += 1
+            skipped += frame.get("dropped_at") == "encode"
+            unknown += frame.get("verdict") == "unknown"
+        if not skipped:
+            return []
+        expected = fetch_failures(rows, skipped)
+        share = f"ms-swift's encode skips {skipped:,} of the {rows:,} training rows"
+        said = "Failed to retrieve the dataset. You can avoid this issue by increasing `max_length` or ..."
+        if skipped == rows:
+            return [F.make("VC208", f"{share}: every row, so LazyLLMDataset's first fetch tries {min(10, rows)} "
+                                    f"rows, each skipped, and raises ('{said}'): the run stops at step 1",
+                           fix="make the rows fit (raise --max_length, cap --max_pixels) or fix what their encode "
+                               "raises on", rows=rows, skipped=skipped)]
+        chance = 1 - math.exp(-expected)
+        if chance < FETCH_FAILURE_SHOWN:
+            return []
+        note = (f" ({unknown:,} rows vlmcheck does not count are taken as encoded, so the risk may be higher)"
+                if unknown else "")
+        return [F.make("VC208", f"{share} ({skipped / rows:.0%}); LazyLLMDataset replaces a skipped row by "
+                                f"drawing others, at most {min(10, rows)} tries per fetch, then raises ('{said}'): "
+                                f"expected {expected:,.2f} such fetches per epoch, a {chance:.0%} chance that an "
+                                f"epoch stops the run{note}",
+                       fix="make the skipped rows fit (raise --max_length, cap --max_pixels) or remove them from the "
+                           "dataset", rows=rows, skipped=skipped, expected_per_epoch=round(expected, 3))]
 
     def _encode(self, segments: list[tuple[str, bool]], expansions: list[Expansion]
                 ) -> tuple[list[int], list[bool], list[int]]:
@@ -1706,6 +1750,24 @@ class Run(ProcessorRun):
 # Template._replace_image_tags (compat): in a row without images, each <img>PATH</img> of a message (not the system
 # prompt) becomes <image>, and PATH, when it is a file, one of the row's images
 IMAGE_PATH_TAG = re.compile(r"<img>(.+?)</img>")
+
+
+# a VC208 for a run some of whose rows are skipped is shown from this chance that one epoch stops (1%)
+FETCH_FAILURE_SHOWN = 0.01
+# swift/dataset/utils.py LazyLLMDataset: n_try_fetch 10 (min with the dataset's length)
+N_TRY_FETCH = 10
+
+
+def fetch_failures(rows: int, skipped: int, tries: int = N_TRY_FETCH) -> float:
+    """The expected number of LazyLLMDataset fetches in one epoch that raise 'Failed to retrieve the dataset':
+    each of the ``skipped`` rows is fetched once, and fails when the next ``tries - 1`` rows drawn from the
+    permutation (the fetched row left out) are all skipped ones too, drawn without replacement. Measured against
+    LazyLLMDataset itself in tests/frameworks/test_swift_resample.py."""
+    tries = min(tries, rows)
+    chance = 1.0
+    for j in range(tries - 1):
+        chance *= max(skipped - 1 - j, 0) / max(rows - 1 - j, 1)
+    return skipped * chance
 
 
 def _full_rows(file: Path, plan: LoadPlan) -> Iterator[Any]:
