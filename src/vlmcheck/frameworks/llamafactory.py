@@ -2323,7 +2323,13 @@ class Run:
                     raise ImageProblem("VC102", f"an image object without a {key!r} field (no row of the dataset has "
                                                 f"one): LLaMA-Factory raises KeyError reading it")
                 if key == "bytes" and image["bytes"] is not None:
-                    return probe_bytes(bytes(image["bytes"])).size(exif_transpose=False)
+                    data = image["bytes"]
+                    if not isinstance(data, (bytes, bytearray, memoryview)):  # Image.open(BytesIO(data)) raises
+                        held = "text (base64 left encoded?)" if isinstance(data, str) else f"a {type(data).__name__}"
+                        raise ImageProblem("VC102", f"an image object whose 'bytes' field holds {held}, not bytes: "
+                                                    f"LLaMA-Factory's Image.open(BytesIO(image['bytes'])) raises "
+                                                    f"TypeError; store the decoded bytes, or give the image as a path")
+                    return probe_bytes(bytes(data)).size(exif_transpose=False)
             if not image["path"]:
                 raise ImageProblem("VC101", "an image struct with neither bytes nor a path")
             image = image["path"]
