@@ -465,6 +465,8 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
         row = raw[row_index]
         record: dict[str, Any] = {"dataset": name, "row": row_index, "split": split, "kept": False, "error": None}
         rows.append(record)
+        # where a raise comes from: get_dataset's map (the run stops before step 1), or the collator
+        raised_in = "dataset"
         try:
             example = converter(row)
             batch = {k: [v] for k, v in example.items()}
@@ -476,6 +478,8 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
             whole = whole_processor.preprocess_dataset(batch)
             images = example["_images"] or []
             sizes, features, grids = [], [], []
+            raised_in = "collator"  # get_mm_inputs opens the images again at the training step (a plugin whose text
+            # does not depend on them opens them only there)
             stored = [list(Image.open(im).size) for im in images if isinstance(im, str)]
             if images:
                 regular = plugin._regularize_images(images, image_max_pixels=processor.image_max_pixels,
@@ -487,6 +491,7 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
             video_features = _video_features(plugin, videos, processor) if videos else []
         except Exception as e:  # LLaMA-Factory raises on this row: inside datasets.map the whole run stops
             record["error"] = _error(e)
+            record["stage"] = raised_in
             continue
         if pairwise:
             _pair_record(record, cut, whole, image_token_id, features)
