@@ -45,7 +45,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from vlmcheck import findings as F
 from vlmcheck.chat import render_chat, render_chat_with_generation_spans
@@ -373,6 +373,9 @@ def dataset_files(source: Path, split: str) -> list[Path]:
 
 
 # -- rows ---------------------------------------------------------------------------------------------------------
+_Encoding = TypeVar("_Encoding")  # what a trainer's encode of a row gives
+
+
 class Stops(Exception):
     """TRL raises on this row: the run stops at the step whose batch holds it."""
 
@@ -666,20 +669,10 @@ class Run(ProcessorRun):
         if not isinstance(images, list):
             images = [images]
         self._check_vision(bool(images) or "images" in row or "image" in row)
-        expansions = self._expansions(images, source, found)
-        if expansions is None:
-            frame["verdict"] = "stops"  # the processor cannot load or refuses an image
-            result.image_tokens = [None] * len(images)
+        encoding = self._encoded(result, frame, images, source, lambda expansions: self.encode(row, expansions))
+        if encoding is None:
             return result
-        counts = [e.features for e in expansions]
-        result.image_tokens = list(counts)
-        try:
-            encoded, checked = self.encode(row, expansions)
-        except Stops as e:
-            code = "VC002" if "image" in str(e) and "placeholder" in str(e) else "VC001"
-            found.append(F.make(code, f"{e}; the run stops at the step that reaches this sample"))
-            frame["verdict"] = "stops"
-            return result
+        counts, (encoded, checked) = encoding
         total = encoded.total
         result.tokens = total
         result.text_only_tokens = total - sum(counts)
@@ -729,6 +722,27 @@ class Run(ProcessorRun):
                 fix=f"set {_setting('max_length', total)} to keep it whole", tokens=total, max_length=limit,
                 supervised_lost=supervised - labels))
         return self._preview(result, images, encoded, kept=kept)
+
+    def _encoded(self, result: SampleResult, frame: dict[str, Any], images: list[Any], source: Path,
+                 encode: Callable[[list[Expansion]], _Encoding]) -> tuple[list[int], _Encoding] | None:
+        """The row's images sized and expanded, then ``encode`` run on them: each image's tokens and what ``encode``
+        gives, or None when TRL raises on the row (an image the processor cannot load or refuses, a prompt it cannot
+        build): the verdict is then ``stops``, the run stops at the step that reaches it."""
+        found = result.findings
+        expansions = self._expansions(images, source, found)
+        if expansions is None:
+            frame["verdict"] = "stops"
+            result.image_tokens = [None] * len(images)
+            return None
+        counts = [e.features for e in expansions]
+        result.image_tokens = list(counts)
+        try:
+            return counts, encode(expansions)
+        except Stops as e:
+            code = "VC002" if "image" in str(e) and "placeholder" in str(e) else "VC001"
+            found.append(F.make(code, f"{e}; the run stops at the step that reaches this sample"))
+            frame["verdict"] = "stops"
+            return None
 
     # -- DPO: a row's chosen and rejected sequences -----------------------------------------------------------------
     def encode_pair(self, row: Mapping[str, Any], expansions: list[Expansion]) -> tuple[Encoded, Encoded, Encoded]:
@@ -791,20 +805,10 @@ class Run(ProcessorRun):
             found.append(F.make("VC001", f"{e}; the run stops at the step that reaches this sample"))
             frame["verdict"] = "stops"
             return result
-        expansions = self._expansions(images, source, found)
-        if expansions is None:
-            frame["verdict"] = "stops"  # the processor cannot load or refuses an image
-            result.image_tokens = [None] * len(images)
+        encoding = self._encoded(result, frame, images, source, lambda expansions: self.encode_pair(row, expansions))
+        if encoding is None:
             return result
-        counts = [e.features for e in expansions]
-        result.image_tokens = list(counts)
-        try:
-            prompt, chosen, rejected = self.encode_pair(row, expansions)
-        except Stops as e:
-            code = "VC002" if "image" in str(e) and "placeholder" in str(e) else "VC001"
-            found.append(F.make(code, f"{e}; the run stops at the step that reaches this sample"))
-            frame["verdict"] = "stops"
-            return result
+        counts, (prompt, chosen, rejected) = encoding
         limit = self.config.max_length
         cuts = [_cut(prompt, answer, limit, len(counts)) for answer in (chosen, rejected)]
         mine, theirs = cuts
