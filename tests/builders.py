@@ -3,8 +3,10 @@ users have, and the per-sample records of a scan (``--output``)."""
 
 from __future__ import annotations
 
+import io
 import json
 import struct
+import warnings
 import zlib
 from functools import cache
 from pathlib import Path
@@ -14,6 +16,7 @@ from PIL import Image
 from tokenizers import Tokenizer
 
 import vlmcheck
+from vlmcheck.data.images import ImageProblem, probe_bytes
 from vlmcheck.families import Overrides
 from vlmcheck.model import ModelSpec, load_model
 
@@ -88,3 +91,33 @@ def scan_rows(rows: list[dict[str, Any]], *, model: Any, image_root: Path, tmp_p
 
 def by_id(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {r["id"]: r for r in rows}
+
+
+def pil_decodes(data: bytes, *, convert: bool = False) -> bool:
+    """The oracle for image files: PIL opens them and decodes every pixel (``load()``, what transformers'
+    ``load_image`` calls; ``convert``: ``convert("RGB")``, what LLaMA-Factory's ``_regularize_images`` does)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                im.convert("RGB") if convert else im.load()
+        return True
+    except Exception:
+        return False
+
+
+def vlmcheck_passes(data: bytes) -> bool:
+    """vlmcheck's probe takes the file as whole (a cut or unreadable one raises VC103 / VC102)."""
+    try:
+        probe_bytes(data)
+        return True
+    except ImageProblem as p:
+        assert p.code in ("VC102", "VC103"), p.code
+        return False
+
+
+def noise_image(fmt: str, options: dict[str, object], mode: str, size: tuple[int, int] = (97, 61)) -> bytes:
+    """A noise picture in ``mode`` saved by PIL as ``fmt`` with ``options``."""
+    out = io.BytesIO()
+    Image.effect_noise(size, 64).convert("RGB").convert(mode).save(out, format=fmt, **options)
+    return out.getvalue()

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import io
 import random
-import warnings
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 import vlmcheck
-from builders import png_header_only, write_jsonl
-from vlmcheck.data.images import ImageProblem, probe_bytes
+from builders import noise_image, pil_decodes, png_header_only, vlmcheck_passes, write_jsonl
 
 FORMATS = [("JPEG", {}, "RGB"), ("JPEG", {"progressive": True}, "RGB"), ("JPEG", {}, "L"), ("PNG", {}, "RGB"),
            ("PNG", {}, "P"), ("PNG", {"interlace": 1}, "RGB"), ("GIF", {}, "RGB"), ("TIFF", {}, "RGB"),
@@ -22,36 +20,9 @@ FORMATS = [("JPEG", {}, "RGB"), ("JPEG", {"progressive": True}, "RGB"), ("JPEG",
            ("PPM", {}, "RGB"), ("TGA", {}, "RGB"), ("ICO", {}, "RGB")]
 
 
-def pil_loads(data: bytes) -> bool:
-    """The oracle: PIL decodes every pixel."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-        return True
-    except Exception:
-        return False
-
-
-def vlmcheck_passes(data: bytes) -> bool:
-    try:
-        probe_bytes(data)
-        return True
-    except ImageProblem as p:
-        assert p.code in ("VC102", "VC103"), p.code
-        return False
-
-
-def encoded(fmt: str, options: dict[str, object], mode: str, size: tuple[int, int] = (97, 61)) -> bytes:
-    out = io.BytesIO()
-    Image.effect_noise(size, 64).convert(mode).save(out, format=fmt, **options)
-    return out.getvalue()
-
-
 @pytest.mark.parametrize("fmt, options, mode", FORMATS, ids=lambda x: str(x))
 def test_integrity_agrees_with_pil(fmt: str, options: dict[str, object], mode: str) -> None:
-    data = encoded(fmt, options, mode)
+    data = noise_image(fmt, options, mode)
     rng = random.Random(f"{fmt}{options}{mode}")
     cuts = sorted({len(data) - k for k in range(40)} | {rng.randrange(1, len(data)) for _ in range(40)})
     for cut in cuts:
@@ -59,29 +30,29 @@ def test_integrity_agrees_with_pil(fmt: str, options: dict[str, object], mode: s
         if cut == len(data):  # a complete file with bytes after it: zeros, noise (phone motion photos)
             cases += [data + b"\0" * 3000, data + rng.randbytes(5000)]
         for case in cases:
-            assert vlmcheck_passes(case) == pil_loads(case), (fmt, options, mode, cut, len(case) - cut)
+            assert vlmcheck_passes(case) == pil_decodes(case), (fmt, options, mode, cut, len(case) - cut)
 
 
 def test_a_jpeg_whose_exif_thumbnail_holds_an_end_marker() -> None:
-    data = encoded("JPEG", {}, "RGB", (40, 30))
-    thumb = encoded("JPEG", {}, "RGB", (8, 8))  # SOI ... EOI, inside APP1 as EXIF thumbnails are
+    data = noise_image("JPEG", {}, "RGB", (40, 30))
+    thumb = noise_image("JPEG", {}, "RGB", (8, 8))  # SOI ... EOI, inside APP1 as EXIF thumbnails are
     app1 = b"\xff\xe1" + (len(thumb) + 8).to_bytes(2, "big") + b"Exif\0\0" + thumb
     with_thumb = data[:2] + app1 + data[2:]
-    assert pil_loads(with_thumb) and vlmcheck_passes(with_thumb)
+    assert pil_decodes(with_thumb) and vlmcheck_passes(with_thumb)
     cut = with_thumb[: len(app1) + 2 + (len(data) - 2) // 2]
-    assert not pil_loads(cut)
+    assert not pil_decodes(cut)
     assert not vlmcheck_passes(cut)
 
 
 def test_a_motion_photo_passes() -> None:
-    data = encoded("JPEG", {}, "RGB", (320, 240)) + b"\0\0\0\x18ftypmp42" + random.Random(1).randbytes(200_000)
-    assert pil_loads(data) and vlmcheck_passes(data)
+    data = noise_image("JPEG", {}, "RGB", (320, 240)) + b"\0\0\0\x18ftypmp42" + random.Random(1).randbytes(200_000)
+    assert pil_decodes(data) and vlmcheck_passes(data)
 
 
 def test_a_png_without_iend_loads_and_passes() -> None:
-    data = encoded("PNG", {}, "RGB")
+    data = noise_image("PNG", {}, "RGB")
     assert data.endswith(b"IEND\xaeB`\x82")
-    assert pil_loads(data[:-12]) and vlmcheck_passes(data[:-12])
+    assert pil_decodes(data[:-12]) and vlmcheck_passes(data[:-12])
 
 
 def test_a_banner_on_llava_is_a_finding(tmp_path: Path) -> None:
@@ -124,6 +95,6 @@ def test_a_jpeg_cut_inside_its_last_bytes_is_judged_by_decoding() -> None:
         data = out.getvalue()
         for k in (1, 2, 3):
             case = data[:-k]
-            assert vlmcheck_passes(case) == pil_loads(case), (seed, k)
-            loads += pil_loads(case)
+            assert vlmcheck_passes(case) == pil_decodes(case), (seed, k)
+            loads += pil_decodes(case)
     assert loads >= 5  # PIL does load some of them: the case is reached
