@@ -329,14 +329,16 @@ def test_implicit_prompt_rows_stop_as_trls_collator_stops(tmp_path: Path, qwen2_
     assert ours[0]["framework"]["verdict"] == "stops" and ours[0]["findings"] == ["VC001"]
 
 
-def test_a_text_only_dataset_is_refused_as_not_modelled(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:
+def test_a_text_only_dataset_takes_trls_text_route(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:
+    """No image column: DPOTrainer prepares the dataset ahead as text (proved in test_trl_dpo_text.py); the vision
+    route's refusals (keep_end here) do not apply, and no image is counted."""
     folder = tmp_path / "text"
     folder.mkdir()
     (folder / "train.jsonl").write_text(json.dumps({"prompt": conversation("user", "Hi"),
                                                     "chosen": conversation("assistant", "Hello"),
                                                     "rejected": conversation("assistant", "Go")}) + "\n")
-    with pytest.raises(vlmcheck.UsageError, match="does not model"):
-        vlmcheck.check(config(tmp_path, qwen2_vl_checkpoint, folder, ""))
+    records = check(config(tmp_path, qwen2_vl_checkpoint, folder, "truncation_mode: keep_end\n"))
+    assert records[0]["framework"]["verdict"] == "ok" and records[0]["image_tokens"] == []
 
 
 # -- which trainer a config is for --------------------------------------------------------------------------------

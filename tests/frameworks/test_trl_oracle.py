@@ -317,6 +317,25 @@ def test_keys_trl_no_longer_has_are_ignored_as_trl_ignores_them(tmp_path: Path, 
     assert mid["framework"]["kept_tokens"] == 1024 and mid["framework"]["verdict"] == "crash"
 
 
+def test_chat_template_path_is_no_grpo_key(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:
+    from trl import GRPOConfig, TrlParser
+    from trl.scripts.utils import ScriptArguments
+
+    template = tmp_path / "other.jinja"  # renders every prompt with a long preamble: any use of it shows in the counts
+    template.write_text("{{ 'a preamble that the checkpoint template does not write ' * 20 }}"
+                        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] if m['content'] is string else "
+                        "'' }}\n{% endfor %}")
+    config = tmp_path / "grpo.yaml"
+    config.write_text(f"chat_template_path: {template}\noutput_dir: {tmp_path / 'out'}\nuse_cpu: true\n")
+    _, args = TrlParser((ScriptArguments, GRPOConfig)).parse_args_and_config(
+        ["--config", str(config)], fail_with_unknown_args=False)
+    assert not hasattr(args, "chat_template_path")  # TRL's own parser drops it: the checkpoint's template applies
+    folder = write(tmp_path / "prompts", prompt_rows())
+    plain = check(tmp_path, qwen2_vl_checkpoint, folder, "num_generations: 2\n")
+    given = check(tmp_path, qwen2_vl_checkpoint, folder, f"num_generations: 2\nchat_template_path: {template}\n")
+    assert [r["tokens"] for r in given] == [r["tokens"] for r in plain]
+
+
 def test_grpo_prompt_over_vllm_model_length(tmp_path: Path, qwen2_vl_checkpoint: Path) -> None:
     folder = write(tmp_path / "prompts", prompt_rows())
     ours = check(tmp_path, qwen2_vl_checkpoint, folder,

@@ -35,11 +35,18 @@ Modelled on TRL 1.16 with transformers 5.x processors:
   image tokens is in both sequences and the model raises "Image features and image tokens do not match"
   (``DPOTrainer.compute_loss`` re-raises it as "The current `max_length` (N) is too short ..."). Refused for a
   vision dataset: ``truncation_mode: keep_end``, ``precompute_ref_log_probs``, ``pad_to_multiple_of``.
+- **DPO, text dataset** (no ``image`` / ``images`` in the first row; ``DPOTrainer._prepare_dataset``,
+  ``DataCollatorForPreference``): tokenized ahead with the processor: ``extract_prompt`` when there is no
+  ``prompt`` column, the EOS appended to a standard dataset's answers, prompt / prompt+chosen / prompt+rejected
+  tokenized whole (``apply_chat_template`` with ``tools`` and ``chat_template_kwargs``, or ``processor(text=...)``)
+  and the prompt cut back to their common prefix; a row whose prompt alone is ``max_length`` or more is dropped
+  (``keep_start`` only); each sequence is cut to ``max_length`` keeping its start or its end (``keep_end`` allowed).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -110,6 +117,11 @@ IGNORED_KEYS = {
     "max_prompt_length": "TRL 1.16 never cuts a GRPO prompt",
     "max_seq_length": "renamed max_length in TRL 0.20; max_length's default (1024) applies",
 }
+# SFTConfig's chat_template_path is no GRPOConfig key: `trl grpo` renders with the checkpoint's chat template
+GRPO_IGNORED_KEYS = {
+    **IGNORED_KEYS,
+    "chat_template_path": "not a GRPOConfig key (SFTConfig's): the checkpoint's chat template applies",
+}
 # the same for `trl dpo`: DPOConfig's keys of TRL 0.x that 1.16 no longer has
 DPO_IGNORED_KEYS = {
     "max_prompt_length": "TRL 1.16's DPO does not cut the prompt on its own: max_length cuts prompt and answer "
@@ -118,6 +130,7 @@ DPO_IGNORED_KEYS = {
                              "together, keeping their start",
     "max_seq_length": "not a DPOConfig key; max_length's default (1024) applies",
     "rpo_alpha": "removed in TRL 1.x (RPO is loss_type [sigmoid, sft]); ignored",
+    "chat_template_path": "not a DPOConfig key (SFTConfig's): the checkpoint's chat template applies",
 }
 # datasets' split names in file names (data_files patterns): train.jsonl, train-00000-of-00001.parquet, ...
 SPLITS = ("train", "test", "validation", "valid", "dev", "eval")
@@ -287,7 +300,8 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
             "max_length", "truncation_mode", "completion_only_loss", "assistant_only_loss", "dataset_name",
             "dataset_train_split", "num_generations", "max_completion_length", "use_vllm", "precompute_ref_log_probs",
             "pad_to_multiple_of", "loss_type") if k in raw or k in defaults},
-        ignored={k: why for k, why in (DPO_IGNORED_KEYS if trainer == "dpo" else IGNORED_KEYS).items() if k in raw},
+        ignored={k: why for k, why in {"dpo": DPO_IGNORED_KEYS, "grpo": GRPO_IGNORED_KEYS}.get(
+            trainer, IGNORED_KEYS).items() if k in raw},
     )
 
 
@@ -461,7 +475,7 @@ class Run(ProcessorRun):
 
     def __init__(self, config: Config, spec: ModelSpec, *, env: Mapping[str, str] | None = None) -> None:
         template = spec.chat_template
-        if config.chat_template_path is not None:
+        if config.chat_template_path is not None and config.trainer == "sft":  # only SFTConfig has the key
             if config.chat_template_path.suffix != ".jinja" or not config.chat_template_path.is_file():
                 raise UsageError(f"chat_template_path {config.chat_template_path}: vlmcheck reads a .jinja file")
             template = config.chat_template_path.read_text(encoding="utf-8")
@@ -481,6 +495,8 @@ class Run(ProcessorRun):
         self.max_length = config.vllm_max_model_length if config.trainer == "grpo" else config.max_length
         self.cwd = Path(os.getcwd())
         self._vision_checked = False
+        self._first: Mapping[str, Any] | None = None  # the dataset's first row (DPO decides its route on it)
+        self._conversational: bool | None = None  # DPO, text dataset: is its first example conversational
         # datasets' Image feature and transformers' load_image apply the EXIF orientation
         self.previews = Previewer(local_path=lambda raw, _what: self._path(raw), exif_transpose=True,
                                   max_length=self.max_length, truncation="right")
@@ -798,7 +814,9 @@ class Run(ProcessorRun):
         in ``framework.pair``; both share the prompt, so an image the cut reaches is cut in both, and the model's
         forward raises. The verdict is the worse of the two."""
         found = result.findings
-        self._check_pair_run("image" in row or "images" in row)
+        if not self._vision_dataset():
+            return self._judge_text_pair(result, frame, row)
+        self._check_pair_run()
         try:
             images = self._pair_images(row)
         except Stops as e:
@@ -863,17 +881,13 @@ class Run(ProcessorRun):
         return self._preview(result, images, Encoded(prompt.image_of + chosen.image_of,
                                                      prompt.trained + chosen.trained), kept=mine.kept)
 
-    def _check_pair_run(self, vision: bool) -> None:
-        """DPOTrainer's refusals (decided on the first row: a dataset with an ``image`` or ``images`` column is a
-        vision dataset), quoting TRL."""
+    def _check_pair_run(self) -> None:
+        """DPOTrainer's refusals for a vision dataset, quoting TRL (a text dataset's route refuses none of these
+        options: keep_end, precompute_ref_log_probs and pad_to_multiple_of run, padding_free warns and pads)."""
         if self._vision_checked:
             return
         self._vision_checked = True
         cfg = self.config
-        if not vision:
-            raise UsageError(f"{cfg.path}: the dataset has no image / images column, so DPOTrainer tokenizes it "
-                             "ahead as text (_prepare_dataset, DataCollatorForPreference), a route vlmcheck does not "
-                             "model yet")
         if cfg.truncation_mode == "keep_end" and cfg.max_length is not None:
             raise UsageError(f"{cfg.path}: TRL refuses truncation_mode keep_end for vision datasets ("
                              "\"truncation_mode='keep_end' is not supported for vision-language models\"); set "
@@ -887,12 +901,181 @@ class Run(ProcessorRun):
                              "collator raises at the first step (\"Padding to a multiple of a value is not yet "
                              "implemented for vision-language modeling\"); remove pad_to_multiple_of")
 
-    def _preview(self, result: SampleResult, images: list[Any], encoded: Encoded, *, kept: int) -> SampleResult:
-        """The HTML report's picture of the first samples of each finding: their images and token layout."""
+    # -- DPO on a text dataset: DPOTrainer._prepare_dataset, then DataCollatorForPreference ------------------------
+    def _first_row(self) -> Mapping[str, Any]:
+        """The dataset's first row (``next(iter(train_dataset))``: DPOTrainer decides its route on it)."""
+        if self._first is None:
+            first: Any = next((row for row, _ in self.rows()), None)
+            self._first = first if isinstance(first, Mapping) else {}
+        return self._first
+
+    def _vision_dataset(self) -> bool:
+        """``DPOTrainer._is_vision_dataset``: the first row has an ``image`` or ``images`` key."""
+        first = self._first_row()
+        return "image" in first or "images" in first
+
+    def _text_form(self) -> bool:
+        """Whether ``_prepare_dataset`` sees a conversational dataset (``is_conversational`` of its first example
+        after ``extract_prompt``): if not, it appends the EOS token to every row's chosen and rejected."""
+        if self._conversational is None:
+            try:
+                self._conversational = is_conversational(self._text_example(self._first_row()))
+            except (Stops, NotModelled):  # that row stops the run (or is not counted): say so on it
+                self._conversational = False
+        return self._conversational
+
+    def _text_example(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """The row as ``tokenize_fn`` gets it: ``extract_prompt`` applied when the dataset has no ``prompt``."""
+        example = dict(row)
+        if "prompt" not in self._first_row():
+            example.update(extract_prompt(example))
+        return example
+
+    def _ids(self, text: str, *, chat: bool) -> list[int]:
+        """The processor's ids of ``text``: ``processor(text=...)`` (the tokenizer's special tokens added), or the
+        tokenization of ``processor.apply_chat_template(tokenize=True)``, which adds none when the rendering starts
+        with the BOS token."""
+        bos = self.spec.special_tokens.get("bos_token")
+        special = not (chat and bos and text.startswith(bos))
+        return list(self.tokenizer.encode(text, add_special_tokens=special).ids)
+
+    def _chat_ids(self, messages: Any, example: Mapping[str, Any], *, generation_prompt: bool) -> list[int]:
+        """``data_utils._tokenize`` with a processor on a conversation: ``prepare_multimodal_messages`` (no
+        images), then ``apply_chat_template`` with the row's ``tools`` (JSON text is parsed) and
+        ``chat_template_kwargs``."""
+        tools = example.get("tools")
+        if isinstance(tools, str):
+            try:
+                tools = json.loads(tools)
+            except ValueError as e:
+                raise Stops(f"'tools' is not valid JSON: TRL's json.loads raises ({e})") from None
+        if tools is not None and not (isinstance(tools, list) and all(isinstance(t, Mapping) for t in tools)):
+            raise Stops("'tools' is not a list of JSON schemas: transformers raises 'Tools should either be a JSON "
+                        "schema, or a callable function'")
+        kwargs = example.get("chat_template_kwargs", {})
+        if not isinstance(kwargs, Mapping):
+            raise Stops(f"'chat_template_kwargs' is {type(kwargs).__name__}, not a mapping: TRL's ** raises TypeError")
+        text = render_chat(self.template, prepare_multimodal_messages(messages, 0),
+                           special_tokens=self.spec.special_tokens, add_generation_prompt=generation_prompt,
+                           tools=tools, **{str(k): v for k, v in kwargs.items()})
+        return self._ids(text, chat=True)
+
+    def encode_text_pair(self, row: Mapping[str, Any]) -> tuple[list[int], list[int], list[int]]:
+        """``DPOTrainer._prepare_dataset`` on a text row: the implicit prompt extracted (no ``prompt`` column), the
+        EOS appended to the answers of a standard dataset, then ``tokenize_fn``: the prompt (with the generation
+        prompt), prompt + chosen and prompt + rejected each tokenized whole, and the prompt cut back to where its ids
+        and each whole's ids diverge (``common_prefix_length``). Gives ``prompt_ids``, ``chosen_ids``,
+        ``rejected_ids`` as the prepared dataset holds them."""
+        example = self._text_example(row)
+        conversational = self._text_form()
+        for key in ("prompt", "chosen", "rejected"):
+            if key not in example:
+                raise Stops(f"the row has no {key!r}: TRL raises KeyError: {key!r}")
+        prompt, chosen, rejected = example["prompt"], example["chosen"], example["rejected"]
+        if not conversational:  # add_eos, decided on the dataset's first row
+            eos = self.spec.special_tokens.get("eos_token")
+            if not isinstance(chosen, str) or not isinstance(rejected, str) or not isinstance(eos, str):
+                raise Stops("chosen and rejected must be text in a standard dataset (TRL's add_eos calls "
+                            "str.endswith on them with the tokenizer's EOS)")
+            chosen = chosen if chosen.endswith(eos) else chosen + eos
+            rejected = rejected if rejected.endswith(eos) else rejected + eos
+        if is_conversational({**example, "chosen": chosen, "rejected": rejected}):
+            if not all(isinstance(x, list) for x in (prompt, chosen, rejected)):
+                raise Stops("prompt, chosen and rejected must all be conversations (TRL concatenates prompt + "
+                            "answer)")
+            ids = [self._chat_ids(prompt, example, generation_prompt=True),
+                   self._chat_ids(prompt + chosen, example, generation_prompt=False),
+                   self._chat_ids(prompt + rejected, example, generation_prompt=False)]
+        else:
+            if not all(isinstance(x, str) for x in (prompt, chosen, rejected)):
+                raise Stops("prompt, chosen and rejected must all be text (TRL concatenates prompt + answer)")
+            ids = [self._ids(prompt, chat=False), self._ids(prompt + chosen, chat=False),
+                   self._ids(prompt + rejected, chat=False)]
+        alone, with_chosen, with_rejected = ids
+        common = min(common_prefix_length(alone, with_chosen), common_prefix_length(alone, with_rejected))
+        return alone[:common], with_chosen[common:], with_rejected[common:]
+
+    def _judge_text_pair(self, result: SampleResult, frame: dict[str, Any], row: Mapping[str, Any]) -> SampleResult:
+        """A DPO row of a text dataset (no ``image`` / ``images`` column): ``_prepare_dataset`` tokenizes it ahead
+        and drops it when its prompt alone fills ``max_length`` (``keep_start``); the survivors are cut per sequence
+        by ``DataCollatorForPreference`` (``keep_start``: the first ``max_length`` tokens; ``keep_end``: the last)
+        and only the answer is trained (``completion_mask``). Same record shape as the vision route."""
+        found = result.findings
+        try:
+            prompt, chosen, rejected = self.encode_text_pair(row)
+        except Stops as e:
+            found.append(F.make("VC001", f"{e}; DPOTrainer raises while preparing the dataset (_prepare_dataset), "
+                                         "so the run stops before training"))
+            frame["verdict"] = "stops"
+            return result
+        except NotModelled as e:
+            found.append(F.make("VC007", f"{e}: the row is not counted"))
+            frame["verdict"] = "unknown"
+            return result
+        cfg = self.config
+        limit, mode = cfg.max_length, cfg.truncation_mode
+        cuts = [_text_cut(len(prompt), len(answer), limit, mode) for answer in (chosen, rejected)]
+        mine, theirs = cuts
+        result.image_tokens = []
+        result.tokens = result.text_only_tokens = mine.total
+        result.supervised_tokens = mine.trained
+        frame["prompt_tokens"] = len(prompt)
+        longest = max(mine.total, theirs.total)
+        whole = f"set {_setting('max_length', longest)}"
+        layout = Encoded(image_of=[-1] * mine.total, trained=[False] * len(prompt) + [True] * len(chosen))
+        for name, cut in (("chosen", mine), ("rejected", theirs)):
+            if not cut.trained:
+                found.append(F.make("VC003", f"the {name} answer has no tokens: nothing to learn from"))
+        if limit is not None and mode == "keep_start" and len(prompt) >= limit:
+            frame.update(kept_tokens=0, kept_supervised=0, kept_image_tokens=[])
+            frame["pair"] = {"chosen_tokens": mine.total, "rejected_tokens": theirs.total,
+                             "rejected_supervised": theirs.trained, "kept_rejected_tokens": 0,
+                             "kept_rejected_supervised": 0, "kept_rejected_image_tokens": []}
+            found.append(F.make(
+                "VC204", f"the prompt alone is {len(prompt):,} tokens >= max_length={limit:,}: DPOTrainer's "
+                         "_prepare_dataset drops the row before training (\"Dropping fully truncated examples\"): "
+                         "it is not trained on", fix=f"{whole} to keep the pair whole (max_length: {len(prompt) + 1} "
+                                                     "keeps the row), or shorten the prompt",
+                tokens=len(prompt), max_length=limit))
+            frame["verdict"] = "dropped"
+            return self._preview(result, [], layout, kept=0)
+        frame.update(kept_tokens=mine.kept, kept_supervised=mine.kept_trained, kept_image_tokens=[])
+        frame["pair"] = {"chosen_tokens": mine.total, "rejected_tokens": theirs.total,
+                         "rejected_supervised": theirs.trained, "kept_rejected_tokens": theirs.kept,
+                         "kept_rejected_supervised": theirs.kept_trained, "kept_rejected_image_tokens": []}
+        if limit is not None and longest > limit:
+            for name, cut in (("chosen", mine), ("rejected", theirs)):
+                if cut.total <= limit:
+                    continue
+                if cut.trained and not cut.kept_trained:  # unreachable in TRL 1.16 (the filter, keep_end): kept
+                    found.append(F.make(
+                        "VC202", f"the {name} sequence: all {cut.trained:,} answer tokens are cut at max_length="
+                                 f"{limit:,}: the pair gives DPO nothing to compare",
+                        fix=f"{whole}, shorten the prompt, or drop the sample", supervised=cut.trained,
+                        tokens=cut.total, max_length=limit))
+                    continue
+                where = "its end" if mode == "keep_start" else "its start (keep_end)"
+                lost_prompt = "" if mode == "keep_start" else (
+                    f", {min(len(prompt), cut.total - cut.kept):,} of the prompt's {len(prompt):,} tokens lost"
+                    + (": the answer is trained without its prompt" if cut.total - cut.kept >= len(prompt) else ""))
+                found.append(F.make(
+                    "VC203", f"the {name} sequence: {cut.total:,} tokens > max_length={limit:,}: "
+                             f"{cut.total - cut.kept:,} tokens cut from {where}, {cut.trained - cut.kept_trained:,} "
+                             f"of {cut.trained:,} answer tokens lost{lost_prompt}",
+                    fix=f"{whole} to keep the pair whole", tokens=cut.total, max_length=limit,
+                    supervised_lost=cut.trained - cut.kept_trained))
+        start = mine.total - mine.kept if mode == "keep_end" else 0
+        return self._preview(result, [], layout, kept=mine.kept, start=start)
+
+    def _preview(self, result: SampleResult, images: list[Any], encoded: Encoded, *, kept: int,
+                 start: int = 0) -> SampleResult:
+        """The HTML report's picture of the first samples of each finding: their images and token layout (``kept``
+        tokens from ``start`` survive the cut; none when ``kept`` is 0 and the sample is dropped)."""
         if result.findings and self.previews.wants(result):  # (preview: hook)
             limit = None if self.config.trainer == "grpo" else self.config.max_length
             result.preview = self.previews.make(result, images=image_refs(images), spans=token_spans(
-                encoded.image_of, encoded.trained, kept=[(0, kept)], max_length=limit))
+                encoded.image_of, encoded.trained, kept=[(start, start + kept)] if kept else None,
+                max_length=limit))
         return result
 
     def _check_vision(self, vision: bool) -> None:
@@ -983,6 +1166,80 @@ def _cut(prompt: Encoded, answer: Encoded, limit: int | None, n_images: int) -> 
     trained = sum(answer.trained)
     return PairCut(total=total, trained=trained, kept=kept,
                    kept_trained=sum(answer.trained[:max(0, kept - prompt.total)]), kept_images=kept_images)
+
+
+class NotModelled(Exception):
+    """What TRL does with this row is not decided by the row alone: vlmcheck does not count it (VC007)."""
+
+
+# data_utils.is_conversational: the keys it looks at
+_CONVERSATION_KEYS = ("prompt", "chosen", "rejected", "completion", "messages")
+
+
+def is_conversational(example: Mapping[str, Any]) -> bool:
+    """``data_utils.is_conversational``: the value of one of the supported keys (the one ``set.pop`` gives: it
+    depends on Python's string hashes) is a list whose first item is a message with a role. When the keys disagree,
+    the outcome depends on that hash order: :class:`NotModelled`; an empty list makes TRL raise IndexError."""
+    outcomes: set[bool | None] = set()
+    for key in _CONVERSATION_KEYS:
+        if key in example:
+            value = example[key]
+            if isinstance(value, list):
+                outcomes.add(None if not value else isinstance(value[0], Mapping) and "role" in value[0])
+            else:
+                outcomes.add(False)
+    if not outcomes:
+        return False
+    if len(outcomes) > 1:
+        raise NotModelled("its prompt / chosen / rejected are not all conversations (or one is empty), and TRL's "
+                          "is_conversational reads one of them picked by Python's string-hash order")
+    outcome = outcomes.pop()
+    if outcome is None:
+        raise Stops("prompt, chosen and rejected are empty lists: TRL's is_conversational raises IndexError")
+    return outcome
+
+
+def extract_prompt(example: Mapping[str, Any]) -> dict[str, Any]:
+    """``data_utils.extract_prompt``, as written: the prompt is the common start of chosen and rejected (turns, or
+    characters with a space before the first difference moved to the answers). Its quirks kept: when one is a
+    prefix of the other (or they are equal) the loop ends without a break and the last common item goes to the
+    answers; when they differ at once and chosen ends with a space, ``idx - 1`` reads chosen's last character and
+    the prompt becomes all of chosen but it."""
+    if "chosen" not in example or "rejected" not in example:
+        raise Stops(f"the row has no {'chosen' if 'chosen' not in example else 'rejected'!r}: TRL's extract_prompt "
+                    "raises KeyError")
+    chosen, rejected = example["chosen"], example["rejected"]
+    if not isinstance(chosen, (str, list)) or not isinstance(rejected, (str, list)):
+        raise Stops("chosen and rejected must be text or conversations: TRL's extract_prompt raises TypeError")
+    if not min(len(chosen), len(rejected)):
+        raise Stops("chosen or rejected is empty: TRL's extract_prompt raises UnboundLocalError (no prompt column, "
+                    "so it extracts one)")
+    idx = 0
+    for idx in range(min(len(chosen), len(rejected))):  # noqa: B007 (idx is read after the loop, as TRL reads it)
+        if chosen[idx] != rejected[idx]:
+            if chosen[idx - 1] == " ":  # remove space before the prompt
+                idx -= 1
+            break
+    return {"prompt": chosen[:idx], "chosen": chosen[idx:], "rejected": rejected[idx:]}
+
+
+def common_prefix_length(ids: Sequence[int], other: Sequence[int]) -> int:
+    """``data_utils.common_prefix_length``: how many leading ids the two have in common."""
+    length = 0
+    for a, b in zip(ids, other):
+        if a != b:
+            break
+        length += 1
+    return length
+
+
+def _text_cut(prompt: int, answer: int, limit: int | None, mode: str) -> PairCut:
+    """DataCollatorForPreference's per-sequence slice of prompt + answer: ``[:max_length]`` (keep_start) or
+    ``[-max_length:]`` (keep_end); the answer is the completion_mask."""
+    total = prompt + answer
+    kept = total if limit is None else min(total, limit)
+    kept_trained = max(0, kept - prompt) if mode == "keep_start" else min(answer, kept)
+    return PairCut(total=total, trained=answer, kept=kept, kept_trained=kept_trained, kept_images=[])
 
 
 def _image_label(k: int, n: int, image: Any) -> str:
