@@ -141,8 +141,9 @@ _RULES = [
          "learned.",
          "Raise the max length if the tail matters."),
     Rule("VC204", "sample-dropped", Severity.WARNING, "The framework will drop this over-length sample",
-         "ms-swift's truncation_strategy=delete skips samples over max_length: they are silently not "
-         "trained on.",
+         "The framework removes a sample over its length limit before training (ms-swift's "
+         "truncation_strategy=delete, verl's and EasyR1's overlong prompt filter, TRL's DPO filter on a prompt "
+         "filling max_length, LLaMA-Factory's packing): it is silently not trained on.",
          "Raise the max length, or accept the loss of the sample."),
     Rule("VC205", "video-span-cut", Severity.ERROR, "Truncation cuts through a video's placeholder span",
          "The text keeps fewer video tokens than the video has features: the model raises \"Videos features "
