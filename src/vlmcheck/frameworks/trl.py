@@ -1200,10 +1200,10 @@ def is_conversational(example: Mapping[str, Any]) -> bool:
 
 
 def extract_prompt(example: Mapping[str, Any]) -> dict[str, Any]:
-    """``data_utils.extract_prompt``, as written: the prompt is the common start of chosen and rejected (turns, or
+    """What ``data_utils.extract_prompt`` gives: the prompt is the common start of chosen and rejected (turns, or
     characters with a space before the first difference moved to the answers). Its quirks kept: when one is a
     prefix of the other (or they are equal) the loop ends without a break and the last common item goes to the
-    answers; when they differ at once and chosen ends with a space, ``idx - 1`` reads chosen's last character and
+    answers; when they differ at once and chosen ends with a space, the item before index 0 is chosen's last and
     the prompt becomes all of chosen but it."""
     if "chosen" not in example or "rejected" not in example:
         raise Stops(f"the row has no {'chosen' if 'chosen' not in example else 'rejected'!r}: TRL's extract_prompt "
@@ -1214,13 +1214,13 @@ def extract_prompt(example: Mapping[str, Any]) -> dict[str, Any]:
     if not min(len(chosen), len(rejected)):
         raise Stops("chosen or rejected is empty: TRL's extract_prompt raises UnboundLocalError (no prompt column, "
                     "so it extracts one)")
-    idx = 0
-    for idx in range(min(len(chosen), len(rejected))):  # noqa: B007 (idx is read after the loop, as TRL reads it)
-        if chosen[idx] != rejected[idx]:
-            if chosen[idx - 1] == " ":  # remove space before the prompt
-                idx -= 1
-            break
-    return {"prompt": chosen[:idx], "chosen": chosen[idx:], "rejected": rejected[idx:]}
+    shared = min(len(chosen), len(rejected))
+    first = next((i for i in range(shared) if chosen[i] != rejected[i]), None)
+    if first is None:  # no difference: TRL's loop ends on the last shared item, which goes to the answers
+        cut = shared - 1
+    else:  # a space just before the difference goes to the answers; at 0, index -1 is chosen's last item
+        cut = first - 1 if chosen[first - 1] == " " else first
+    return {"prompt": chosen[:cut], "chosen": chosen[cut:], "rejected": rejected[cut:]}
 
 
 def common_prefix_length(ids: Sequence[int], other: Sequence[int]) -> int:
