@@ -167,7 +167,9 @@ _RULES = [
          "A finding of the whole run, not of one sample. ms-swift (--strict false, the default) replaces a row it "
          "cannot encode (over --max_length under truncation_strategy delete, or an encode error) by drawing others, "
          "at most 10 tries per fetch, then raises 'Failed to retrieve the dataset'. When every row is skipped the "
-         "first fetch raises; when many are, some fetch during the epochs is likely to draw only skipped rows.",
+         "first fetch raises; when many are, some fetch during the epochs is likely to draw only skipped rows. "
+         "ms-swift's GRPO trainer (truncation_strategy delete) replaces the prompts of a generation batch it cannot "
+         "encode with at most ten times the batch's rows drawn again, then raises 'resample: only collected ...'.",
          "Make the skipped rows trainable (raise the max length, cap the image pixels), or remove them from the "
          "dataset (`vlmcheck repair`)."),
 ]

@@ -33,8 +33,9 @@ the ids, VC207). Each ``.json`` / ``.jsonl`` dataset first loads as ``datasets``
   last answer is removed (``remove_response``) and the prompt is judged as the rollout encodes it, earlier answers
   untrained (loss scale ``last_round``). ``--truncation_strategy`` ``left`` (its default: the rollout's prompt cut
   from the left, the training step on the whole prompt) or ``delete`` (the length check before the rollout replaces
-  the row); a raise in the rollout stops the run. The run-level checks RLHFArguments, GRPOConfig and GRPOTrainer make
-  before step 1 (``_grpo``: generation batch vs ``--num_generations``, the eval batch, a reward source) are refusals.
+  the row; too many replaced rows stop the run, VC208: ``resample_failures``); a raise in the rollout stops the run.
+  The run-level checks RLHFArguments, GRPOConfig and GRPOTrainer make before step 1 (``_grpo``: generation batch vs
+  ``--num_generations``, the eval batch, a reward source) are refusals.
 - **DPO, ORPO, SimPO, CPO** (``swift rlhf``, ``--rlhf_type dpo`` its default, and ``PAIRED_TYPES``; templates
   ``DPO_TEMPLATES``): the rows load as under
   ``swift sft`` (a ``rejected_response`` that is null or the same as the answer deletes the row); the template's
@@ -276,8 +277,9 @@ PREFIX_OPTIONS = ("stream",)
 GRPO_VALUE_OPTIONS = ("rlhf_type", "num_generations", "num_generations_eval", "per_device_train_batch_size",
                       "per_device_eval_batch_size", "gradient_accumulation_steps", "generation_batch_size",
                       "steps_per_generation", "max_completion_length", "reward_funcs", "reward_model",
-                      "teacher_model", "teacher_model_server", "vllm_mode", "multi_turn_scheduler")
-GRPO_FLAG_OPTIONS = ("use_vllm",)
+                      "teacher_model", "teacher_model_server", "vllm_mode", "multi_turn_scheduler", "num_iterations")
+# --dynamic_sample and --dataset_shuffle change how the rows a delete run replaces add up (VC208)
+GRPO_FLAG_OPTIONS = ("use_vllm", "dynamic_sample", "dataset_shuffle")
 # the options of the paired `swift rlhf` types vlmcheck reads besides VALUE_OPTIONS: what RLHFArguments checks
 # before step 1 (a reference model, several loss types, sequence parallelism)
 PAIRED_VALUE_OPTIONS = ("rlhf_type", "ref_model", "loss_type", "sequence_parallel_size")
@@ -392,6 +394,10 @@ class Grpo:
     # (earlier answers untrained, so tokenized with the text around them); --loss_scale default trains them
     loss_scale: str
     max_completion_length: int
+    iterations: int = 1  # --num_iterations: the resample iterator yields each row that many times in a row
+    # --dynamic_sample: DAPO's resampling rounds encode more batches the same way (resample_encode_failed_inputs)
+    dynamic_sample: bool = False
+    shuffle: bool = True  # --dataset_shuffle: RepeatSampler's shuffle, the main and the resample iterators'
 
 
 @dataclass(frozen=True)
@@ -670,7 +676,9 @@ def _grpo(options: Mapping[str, Any], env: Mapping[str, str], path: Path, raw: M
     return Grpo(num_generations=generations, generation_batch_size=batch, steps_per_generation=steps,
                 world_size=world, loss_scale=str(options.get("loss_scale") or "last_round"),
                 max_completion_length=_count(completion, "--max_completion_length", path) if completion is not None
-                else 512)
+                else 512, iterations=number("num_iterations", 1) or 1,
+                dynamic_sample=_flag(options, "dynamic_sample", path),
+                shuffle=_flag(options, "dataset_shuffle", path) if "dataset_shuffle" in options else True)
 
 
 def _count(value: Any, key: str, path: Path, note: str = "") -> int:
@@ -1643,8 +1651,11 @@ class Run(ProcessorRun):
         which (``--strict false``) meets a row whose encode raises by drawing others from a seeded permutation, at
         most 10 tries per fetch (``n_try_fetch``, fewer for a smaller dataset), then raises 'Failed to retrieve the
         dataset' and the run stops. From the training rows' records: every row skipped, the first fetch raises;
-        else the expected number of fetches per epoch whose every try meets a skipped row (fetch_failures)."""
-        if self.config.grpo is not None or self.config.streaming or self.config.strict:
+        else the expected number of fetches per epoch whose every try meets a skipped row (fetch_failures). GRPO
+        replaces rows its own way: ``_conclude_grpo``."""
+        if self.config.grpo is not None:
+            return self._conclude_grpo(records, self.config.grpo)
+        if self.config.streaming or self.config.strict:
             return []
         rows = skipped = unknown = 0
         for record in records:
@@ -1675,6 +1686,57 @@ class Run(ProcessorRun):
                                 f"epoch stops the run{note}",
                        fix="make the skipped rows fit (raise --max_length, cap --max_pixels) or remove them from the "
                            "dataset", rows=rows, skipped=skipped, expected_per_epoch=round(expected, 3))]
+
+    def _conclude_grpo(self, records: Iterable[Mapping[str, Any]], grpo: Grpo) -> list[F.Finding]:
+        """VC208 under GRPO with ``delete``: GRPOTrainer._rollout_samples hands each generation batch to
+        resample_encode_failed_inputs (rl_core/resample.py), which replaces the prompts whose encode raises by
+        drawing others from its resample iterator, at most ``required x 10`` draws (``required``: the process's rows
+        of the batch, each prompt ``--num_generations`` times), then raises 'resample: only collected ...' and the
+        run stops (``--strict`` plays no part). Every training row replaced: the first batch raises; else the
+        generation batches of an epoch that are expected to raise, and the chance that an epoch stops
+        (resample_failures)."""
+        if self.config.truncation != "delete" or self.config.streaming:
+            return []
+        rows = skipped = unknown = 0
+        for record in records:
+            frame = record.get("framework") or {}
+            if frame.get("split") == "eval" or frame.get("dropped_at") == "preprocess":
+                continue  # not in the training dataset
+            rows += 1
+            skipped += frame.get("verdict") == "dropped"
+            unknown += frame.get("verdict") == "unknown"
+        batches, chance = resample_failures(rows, skipped, generations=grpo.num_generations,
+                                            batch=grpo.generation_batch_size, world=grpo.world_size,
+                                            iterations=grpo.iterations)
+        if not skipped or not batches:
+            return []
+        share = grpo.generation_batch_size // grpo.world_size
+        required = f"{share:,} rows of a generation batch" + (" on each process" if grpo.world_size > 1 else "")
+        replaced = f"ms-swift's GRPO trainer replaces {skipped:,} of the {rows:,} training prompts"
+        said = f"resample: only collected .../{share} valid samples after ... attempts"
+        fix = ("make the replaced prompts fit (raise --max_length, cap --max_pixels) or fix what their encode raises "
+               "on, or remove them from the dataset; or --truncation_strategy left (the rollout cuts them instead)")
+        if skipped == rows:
+            return [F.make("VC208", f"{replaced}: every one, so resample_encode_failed_inputs draws "
+                                    f"{share * RESAMPLE_ROUNDS:,} replacements for the {required}, each replaced "
+                                    f"too, and raises ('{said}'): the run stops at step 1", fix=fix, rows=rows,
+                           skipped=skipped)]
+        if not grpo.shuffle:  # a fixed order: which batches fail is not a chance (not modelled yet)
+            return []
+        expected = batches * chance
+        epoch = 1 - (1 - chance) ** batches
+        if epoch < FETCH_FAILURE_SHOWN:
+            return []
+        notes = [f"{unknown:,} rows vlmcheck does not count are taken as encoded"] if unknown else []
+        if grpo.dynamic_sample:
+            notes.append("--dynamic_sample true replaces more batches the same way")
+        note = f" ({'; '.join(notes)}: the risk may be higher)" if notes else ""
+        return [F.make("VC208", f"{replaced} ({skipped / rows:.0%}) before each rollout (their encode raises): "
+                                f"resample_encode_failed_inputs draws at most {share * RESAMPLE_ROUNDS:,} others for "
+                                f"the {required}, then raises ('{said}'): expected {expected:,.2f} such batches of "
+                                f"the {batches:,} per epoch, a {epoch:.0%} chance that an epoch stops the run{note}",
+                       fix=fix, rows=rows, skipped=skipped, batches_per_epoch=batches,
+                       expected_per_epoch=round(expected, 3))]
 
     def _encode(self, segments: list[tuple[str, bool]], expansions: list[Expansion]
                 ) -> tuple[list[int], list[bool], list[int]]:
@@ -1768,6 +1830,102 @@ def fetch_failures(rows: int, skipped: int, tries: int = N_TRY_FETCH) -> float:
     for j in range(tries - 1):
         chance *= max(skipped - 1 - j, 0) / max(rows - 1 - j, 1)
     return skipped * chance
+
+
+# rl_core/resample.py resample_encode_failed_inputs: max_resample_rounds, 10 as GRPOTrainer._rollout_samples calls it
+# (RolloutTrainerMixin.resample_encode_failed_inputs' default; no option sets it): required x (10 + 1) attempts
+RESAMPLE_ROUNDS = 10
+# the most window starts resample_failures sums over (evenly spaced) where a window crosses a pass of the dataset
+RESAMPLE_STARTS = 64
+
+
+def resample_failures(rows: int, skipped: int, *, generations: int, batch: int, world: int = 1, iterations: int = 1,
+                      rounds: int = RESAMPLE_ROUNDS) -> tuple[int, float]:
+    """GRPO under ``delete``: the generation batches of one epoch and the chance that one of them stops the run.
+
+    GRPOTrainer._rollout_samples hands each process's share of a generation batch (``batch`` rows over ``world``
+    processes: each of the ``batch // generations`` prompts drawn without replacement from the dataset's shuffled
+    epoch, repeated ``generations`` times) to resample_encode_failed_inputs, which replaces the rows whose encode
+    raises from the trainer's resample iterator (_prepare_resample_data_iterator: the training dataset reshuffled
+    pass after pass, seed + 1, each row ``iterations`` times in a row) and raises 'resample: only collected ...' when
+    its ``share x rounds`` draws hold fewer valid rows than it replaces. The draws are taken as a window of that
+    stream starting anywhere in a pass, each process's independently. Measured against ms-swift's own trainer code
+    in tests/frameworks/test_swift_grpo_resample.py."""
+    prompts = batch // generations
+    batches = rows // prompts  # RepeatSampler drops the last, incomplete generation batch
+    if not batches or not skipped:
+        return batches, 0.0
+    share = batch // world
+    slices = Counter(tuple(min((j + 1) * generations, (p + 1) * share) - max(j * generations, p * share)
+                           for j in range(prompts)
+                           if j * generations < (p + 1) * share and (j + 1) * generations > p * share)
+                     for p in range(world))
+    kept = 1.0
+    for copies, processes in slices.items():
+        failing = _failing_rows(rows, skipped, copies)
+        needs = {f: -(-f // iterations) for f in failing if f}
+        short = _short_of(rows, rows - skipped, share * rounds // iterations, max(needs.values(), default=0))
+        kept *= (1 - sum(failing[f] * short[need] for f, need in needs.items())) ** processes
+    return batches, 1 - kept
+
+
+def _failing_rows(rows: int, skipped: int, copies: tuple[int, ...]) -> dict[int, float]:
+    """The chance of each number of rows of one process's share whose encode raises: its prompts (``copies`` of
+    each) drawn one after another without replacement from ``rows`` holding ``skipped``."""
+    chances: dict[tuple[int, int], float] = {(0, 0): 1.0}  # (skipped prompts drawn, failing rows): chance
+    for drawn, count in enumerate(copies):
+        after: dict[tuple[int, int], float] = {}
+        for (bad, failing), chance in chances.items():
+            hit = max(skipped - bad, 0) / max(rows - drawn, 1)
+            for state, p in (((bad + 1, failing + count), chance * hit), ((bad, failing), chance * (1 - hit))):
+                after[state] = after.get(state, 0.0) + p
+        chances = after
+    out: dict[int, float] = {}
+    for (_, failing), chance in chances.items():
+        out[failing] = out.get(failing, 0.0) + chance
+    return out
+
+
+def _short_of(rows: int, valid: int, drawn: int, most: int) -> list[float]:
+    """For each ``need`` up to ``most``, the chance that ``drawn`` rows in a row of the resample stream (shuffled
+    passes over ``rows`` holding ``valid``) hold fewer than ``need`` valid ones: the window starts with ``left`` rows
+    of its pass to go, each of 1..rows alike; it takes a hypergeometric draw from that pass, every row of the full
+    passes after it, and a hypergeometric draw from the next."""
+    def below(left: int) -> list[float]:  # P(valid rows < v) for v in 0..most
+        first = _hypergeometric(rows, valid, min(drawn, left), most)
+        if drawn <= left:
+            rest = [1.0] + [0.0] * most
+        else:
+            full, tail = divmod(drawn - left, rows)
+            head = _hypergeometric(rows, valid, tail, most)
+            rest = [0.0] * (most + 1)
+            for v in range(most + 1 - valid * full):
+                rest[v + valid * full] = head[v]
+        total = [0.0] * (most + 1)
+        for a, p in enumerate(first):
+            if p:
+                for b in range(most + 1 - a):
+                    total[a + b] += p * rest[b]
+        return [sum(total[:v]) for v in range(most + 1)]
+
+    inside = max(rows - max(drawn, 1) + 1, 0)  # the starts whose window stays in its pass
+    parts = [(inside / rows, below(rows))] if inside else []
+    crossing = list(range(1, min(drawn, rows + 1)))
+    step = max(1, -(-len(crossing) // RESAMPLE_STARTS))
+    for k in range(0, len(crossing), step):
+        starts = crossing[k:k + step]
+        parts.append((len(starts) / rows, below(starts[len(starts) // 2])))
+    return [sum(weight * chances[v] for weight, chances in parts) for v in range(most + 1)]
+
+
+def _hypergeometric(rows: int, valid: int, drawn: int, most: int) -> list[float]:
+    """P(X = x) for x in 0..most, X the valid rows among ``drawn`` taken without replacement from ``rows``."""
+    def log_choose(n: int, k: int) -> float:
+        return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+    total = log_choose(rows, drawn)
+    return [math.exp(log_choose(valid, x) + log_choose(rows - valid, drawn - x) - total)
+            if x <= valid and 0 <= drawn - x <= rows - valid else 0.0 for x in range(most + 1)]
 
 
 def _full_rows(file: Path, plan: LoadPlan) -> Iterator[Any]:
