@@ -403,6 +403,8 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
 
     args = yaml.safe_load(config_path.read_text())
     args.update(do_train=True, output_dir=str(work / "out"), overwrite_cache=True, report_to="none")
+    if args.get("stage") == "kto":  # its rows depend on their map batch: run_kto_config
+        return run_kto_config(args, work, forward)
     model_args, data_args, training_args, finetuning_args, _ = get_train_args(args)
     # train/dpo and train/rm workflows: get_dataset(stage="rm"), the pairwise processor
     stage = "rm" if finetuning_args.stage in ("dpo", "rm") else "sft"
@@ -585,6 +587,276 @@ def _pair_record(record: dict[str, Any], cut: dict[str, Any], whole: dict[str, A
         kept_rejected_supervised=labelled(cut["rejected_labels"][0]),
         image_tokens_left=min(left), crash=any(n != sum(features) for n in left),
     )
+
+
+# -- stage kto ---------------------------------------------------------------------------------------------------
+# What the spies below see, per process (datasets.map's workers are forked: they inherit these, and write to the
+# side file, which the main process reads back).
+_KTO: dict[str, Any] = {}
+
+
+def _spy_loads() -> None:
+    """Identity only, no change to what LLaMA-Factory computes: each loaded row carries its number in the dataset's
+    files (``_num``, through num_samples / max_samples selections), each converted row its dataset's name (``_src``),
+    each row of a map its place in the dataset the map runs over (``_pos``); ``FeedbackDatasetProcessor`` reports,
+    per map batch, the places it was handed, which rows ``_encode_data_example`` encoded with which ``kl_response``
+    (found by object identity in the batch), and each row's untruncated sequences (a second
+    ``_encode_data_example`` of LLaMA-Factory's, at an unlimited cutoff_len). A row whose encoding raises is
+    recorded and left out of the batch's output (so that the other rows can be compared); get_dataset is then run
+    again without that (see run_kto_config)."""
+    import llamafactory.data.loader as loader
+    from llamafactory.data.processor.feedback import FeedbackDatasetProcessor
+
+    if _KTO.get("patched"):
+        return
+    _KTO["patched"] = True
+    load, align, listing = loader.load_dataset, loader.align_dataset, loader.get_dataset_list
+    prepare, preprocess = loader._get_preprocessed_dataset, FeedbackDatasetProcessor.preprocess_dataset
+
+    def load_dataset(*args: Any, **kwargs: Any) -> Any:
+        dataset = load(*args, **kwargs)
+        return dataset.add_column("_num", list(range(len(dataset))))
+
+    def get_dataset_list(names: Any, *args: Any, **kwargs: Any) -> Any:
+        attrs = listing(names, *args, **kwargs)
+        for name, attr in zip(names or [], attrs):
+            attr.vc_name = name
+        return attrs
+
+    def align_dataset(dataset: Any, attr: Any, *args: Any, **kwargs: Any) -> Any:
+        numbers = dataset["_num"]
+        aligned = align(dataset, attr, *args, **kwargs)
+        return aligned.add_column("_num", numbers).add_column("_src", [attr.vc_name] * len(numbers))
+
+    def get_preprocessed(dataset: Any, *args: Any, is_eval: bool = False, **kwargs: Any) -> Any:
+        if dataset is None:
+            return None
+        _KTO["unit"] = f"eval:{dataset[0]['_src']}" if is_eval else "train"
+        return prepare(dataset.add_column("_pos", list(range(len(dataset)))), *args, is_eval=is_eval, **kwargs)
+
+    def preprocess_dataset(self: Any, examples: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        calls: list[dict[str, Any]] = []
+        encode = self._encode_data_example
+        whole = _KTO["whole"]
+
+        def spy(**kw: Any) -> Any:
+            call = {"prompt": id(kw["prompt"]), "kl": id(kw["kl_response"]), "error": None}
+            calls.append(call)
+            try:
+                out = encode(**kw)
+                full = whole._encode_data_example(**kw)
+            except Exception as e:
+                if _KTO.get("strict"):
+                    raise
+                call["error"] = _error(e)
+                return [], [], [], [], False
+            call["whole"] = [len(full[0]), sum(1 for t in full[1] if t != IGNORE_INDEX), len(full[2]),
+                             sum(1 for t in full[3] if t != IGNORE_INDEX)]
+            return out
+
+        self._encode_data_example = spy
+        try:
+            out = preprocess(self, examples)
+        finally:
+            del self._encode_data_example
+        places = {id(p): i for i, p in enumerate(examples["_prompt"])}
+        answers = {id(r): i for i, r in enumerate(examples["_response"])}
+        positions = examples["_pos"]
+        encoded = [{"pos": positions[places[c["prompt"]]], "kl_pos": positions[answers[c["kl"]]],
+                    "error": c["error"], "whole": c.get("whole")} for c in calls]
+        with open(_KTO["side"], "a") as f:
+            f.write(json.dumps({"unit": _KTO["unit"], "positions": positions, "encoded": encoded,
+                                "sources": examples["_src"], "numbers": examples["_num"]}) + "\n")
+        good = [i for i, c in enumerate(calls) if c["error"] is None]
+        out = {k: [v[i] for i in good] for k, v in out.items()}
+        out["_pos"] = [encoded[i]["pos"] for i in good]
+        return out
+
+    loader.load_dataset, loader.align_dataset, loader.get_dataset_list = load_dataset, align_dataset, get_dataset_list
+    loader._get_preprocessed_dataset = get_preprocessed
+    FeedbackDatasetProcessor.preprocess_dataset = preprocess_dataset
+
+
+def run_kto_config(args: dict[str, Any], work: Path, forward: int) -> dict[str, Any]:
+    """``stage: kto``: LLaMA-Factory's get_dataset(stage="kto") on the whole config (the map, its batches and shards
+    as the config sets them), its rows told apart by the spies of :func:`_spy_loads`. Per row of each map (training
+    rows, evaluation rows), in the map's order: dropped, raising, or kept with its target sequence (``input_ids``,
+    ``labels``) and KL sequence (``kl_input_ids``, ``kl_labels``) as get_dataset returns them, the row whose answer
+    the KL sequence borrows, both untruncated lengths, each image's features, and the image tokens left in each."""
+    import copy as copy_
+
+    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
+    from llamafactory.data.loader import _get_dataset_processor
+    from llamafactory.hparams import get_train_args
+    from llamafactory.model import load_tokenizer
+    from llamafactory.model.patcher import patch_processor
+
+    _spy_loads()
+    model_args, data_args, training_args, finetuning_args, _ = get_train_args(args)
+    loaded = load_tokenizer(model_args)
+    tokenizer, processor = loaded["tokenizer"], loaded["processor"]
+    if processor is None:
+        processor = _processor(model_args.model_name_or_path, tokenizer)
+        patch_processor(processor, tokenizer, model_args)
+    template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    model_config = json.loads(Path(model_args.model_name_or_path, "config.json").read_text())
+    image_token_id = model_config.get("image_token_index", model_config.get("image_token_id"))
+    whole_args = copy_.copy(data_args)
+    whole_args.cutoff_len = 10**9
+    _KTO["whole"] = _get_dataset_processor(whole_args, "kto", template, tokenizer, processor)
+    _KTO["side"] = str(work / "kto-batches.jsonl")
+    work.mkdir(parents=True, exist_ok=True)
+    Path(_KTO["side"]).write_text("")
+    module = get_dataset(template, model_args, data_args, training_args, "kto", tokenizer, processor)
+    batches = [json.loads(line) for line in Path(_KTO["side"]).read_text().splitlines()]
+    outputs: dict[str, Any] = {"train": module["train_dataset"]}
+    evals = module.get("eval_dataset")
+    eval_units = [u for u in dict.fromkeys(b["unit"] for b in batches) if u != "train"]  # in map order
+    for unit, part in zip(eval_units, evals.values() if isinstance(evals, dict) else [evals] if evals else []):
+        outputs[unit] = part
+    rows: list[dict[str, Any]] = []
+    kept_rows: list[dict[str, Any]] = []
+    check: dict[str, Any] = {}
+    for unit in dict.fromkeys(b["unit"] for b in batches):
+        mine = [b for b in batches if b["unit"] == unit]
+        mine.sort(key=lambda b: b["positions"][0])
+        output = {r["_pos"]: r for r in (outputs[unit] if unit in outputs else [])}
+        identity = {pos: (src, num) for b in mine for pos, src, num in zip(b["positions"], b["sources"], b["numbers"])}
+        encoded = {e["pos"]: e for b in mine for e in b["encoded"]}
+        for b in mine:
+            for pos in b["positions"]:
+                src, num = identity.get(pos, ("?", -1))
+                record: dict[str, Any] = {"dataset": src, "row": num, "split": "train" if unit == "train" else "eval",
+                                          "kept": False, "error": None, "pos": pos, "batch": len(b["positions"]),
+                                          "batch_start": b["positions"][0]}
+                rows.append(record)
+                e = encoded.get(pos)
+                if e is None:
+                    continue  # "Dropped invalid example"
+                record["kl_dataset"], record["kl_row"] = identity.get(e["kl_pos"], ("?", -1))
+                if e["error"]:
+                    record.update(error=e["error"], stage="dataset")
+                    continue
+                r = output[pos]
+                _kto_record(record, r, e["whole"], image_token_id, processor, model_args.model_name_or_path)
+                kept_rows.append({**{k: r[k] for k in ("input_ids", "labels", "kl_input_ids", "kl_labels",
+                                                       "kto_tags", "images")},
+                                  "target_crash": record["image_tokens_left"] != sum(record["image_features"]),
+                                  "kl_crash": record["kl_crash"], "dataset": record["dataset"], "row": record["row"],
+                                  "split": record["split"]})
+    check["rows"] = {unit: len(part) for unit, part in outputs.items()}
+    if any(r["error"] for r in rows):  # the same config without the spy's leniency: get_dataset must raise
+        _KTO["strict"] = True
+        try:
+            get_dataset(template, model_args, data_args, training_args, "kto", tokenizer, processor)
+            check["error"] = None
+        except Exception as e:
+            check["error"] = _error(e)
+        finally:
+            _KTO["strict"] = False
+    result: dict[str, Any] = {
+        "llamafactory": _version("llamafactory"), "cutoff_len": data_args.cutoff_len,
+        "preprocessing_batch_size": data_args.preprocessing_batch_size,
+        "preprocessing_num_workers": data_args.preprocessing_num_workers, "get_dataset": check, "rows": rows,
+    }
+    if forward:
+        result["forward"] = _forward_kto(model_args.model_name_or_path, rows, kept_rows, template, tokenizer,
+                                         processor, forward)
+    return result
+
+
+def _kto_record(record: dict[str, Any], row: dict[str, Any], whole: list[int], image_token_id: int, processor: Any,
+                model_path: str) -> None:
+    """A kept KTO row: both sequences as get_dataset returns them, their untruncated lengths and labels, each
+    image's features (the collator's path: _regularize_images, then the image processor), the image tokens left in
+    each sequence and so the crash verdicts (the KTO collator gives both sequences the row's images)."""
+    def labelled(labels: list[int]) -> int:
+        return sum(1 for t in labels if t != IGNORE_INDEX)
+
+    features: list[int] = []
+    images = row["images"] or []
+    if images:
+        plugin = _KTO["whole"].template.mm_plugin
+        regular = plugin._regularize_images(images, image_max_pixels=processor.image_max_pixels,
+                                            image_min_pixels=processor.image_min_pixels)["images"]
+        features, _ = _features(regular, processor, model_path)
+    left = sum(1 for t in row["input_ids"] if t == image_token_id)
+    kl_left = sum(1 for t in row["kl_input_ids"] if t == image_token_id)
+    record.update(
+        kept=True, kto_tag=bool(row["kto_tags"]), tokens=whole[0], supervised=whole[1], kl_tokens=whole[2],
+        kl_supervised=whole[3], kept_tokens=len(row["input_ids"]), kept_supervised=labelled(row["labels"]),
+        kl_kept_tokens=len(row["kl_input_ids"]), kl_kept_supervised=labelled(row["kl_labels"]),
+        image_features=features, image_tokens_left=left, kl_image_tokens_left=kl_left,
+        crash=left != sum(features) or kl_left != sum(features), kl_crash=kl_left != sum(features),
+    )
+
+
+def _forward_kto(model_path: str, rows: list[dict[str, Any]], kept_rows: list[dict[str, Any]], template: Any,
+                 tokenizer: Any, processor: Any, n: int) -> list[dict[str, Any]]:
+    """A tiny random Qwen-VL model (as _forward builds it) behind LLaMA-Factory's KTODataCollatorWithPadding (as its
+    kto workflow builds it) and CustomKTOTrainer's own concatenated_forward (the target forward, then the KL one):
+    up to n rows whose target is cut through an image, n whose KL sequence only is, n whole ones. Records where
+    each raises: collator, target or kl."""
+    import torch
+    from llamafactory.data.collator import KTODataCollatorWithPadding
+    from llamafactory.train.kto.trainer import CustomKTOTrainer
+
+    model = _tiny_qwen(model_path)
+    collator = KTODataCollatorWithPadding(template=template, processor=processor, tokenizer=tokenizer, model=model,
+                                          pad_to_multiple_of=8, label_pad_token_id=IGNORE_INDEX)
+    phase = {"now": "collator"}
+
+    class Trainer:  # what concatenated_forward reads of self: its forward
+        def forward(self, model: Any, batch: Any, prefix: str = "") -> Any:
+            phase["now"] = "kl" if prefix else "target"
+            return CustomKTOTrainer.forward(self, model, batch, prefix)
+
+    target_cut = [i for i, r in enumerate(kept_rows) if r["target_crash"] and not r["kl_crash"]]
+    both_cut = [i for i, r in enumerate(kept_rows) if r["target_crash"] and r["kl_crash"]]
+    kl_cut = [i for i, r in enumerate(kept_rows) if r["kl_crash"] and not r["target_crash"]]
+    whole = [i for i, r in enumerate(kept_rows) if not r["target_crash"] and not r["kl_crash"] and r["images"]]
+    out = []
+    for i in target_cut[:n] + kl_cut[:n] + both_cut[:n] + whole[:n]:
+        sample = kept_rows[i]
+        feature = {"input_ids": sample["input_ids"], "attention_mask": [1] * len(sample["input_ids"]),
+                   "labels": sample["labels"], "kl_input_ids": sample["kl_input_ids"],
+                   "kl_attention_mask": [1] * len(sample["kl_input_ids"]), "kl_labels": sample["kl_labels"],
+                   "kto_tags": sample["kto_tags"], "images": sample["images"], "videos": [], "audios": []}
+        record = {"dataset": sample["dataset"], "row": sample["row"], "split": sample["split"], "error": None,
+                  "raised_in": None}
+        phase["now"] = "collator"
+        try:
+            batch = collator([feature])
+            with torch.no_grad():
+                CustomKTOTrainer.concatenated_forward(Trainer(), model, batch)
+        except Exception as e:
+            record.update(error=_error(e), raised_in=phase["now"])
+        out.append(record)
+    return out
+
+
+def _tiny_qwen(model_path: str) -> Any:
+    """The tiny random Qwen-VL model of :func:`_forward` (the same sizes, built from the checkpoint's config)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(model_path)
+    text = getattr(config, "text_config", config)
+    for key, value in {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                       "num_key_value_heads": 2, "head_dim": 16}.items():
+        setattr(text, key, value)
+    rope = getattr(text, "rope_parameters", None) or {}
+    text.rope_parameters = {"rope_type": "default", "rope_theta": 1e6, **rope, "mrope_section": [2, 3, 3]}
+    vision = config.vision_config
+    width = {"embed_dim": 32, "hidden_size": 32, "out_hidden_size": 64} if hasattr(vision, "out_hidden_size") else {
+        "embed_dim": 32, "hidden_size": 64}
+    for key, value in {"depth": 1, "num_heads": 2, "intermediate_size": 64, **width}.items():
+        if hasattr(vision, key):
+            setattr(vision, key, value)
+    if hasattr(vision, "deepstack_visual_indexes"):
+        vision.deepstack_visual_indexes = [0]
+    torch.manual_seed(0)
+    return AutoModelForImageTextToText.from_config(config).eval()
 
 
 def _version(name: str) -> str:

@@ -137,7 +137,7 @@ def test_what_llamafactory_refuses_outside_sft_is_refused(tmp_path: Path) -> Non
     for key in ("train_on_prompt", "mask_history", "neat_packing", "predict_with_generate"):
         with pytest.raises(vlmcheck.UsageError, match=key):
             lf.read_config({**base, key: True}, path=tmp_path / "x.yaml")
-    for stage in ("kto", "pt", "ppo"):
+    for stage in ("pt", "ppo"):
         with pytest.raises(vlmcheck.UsageError, match="stage"):
             lf.read_config({**base, "stage": stage}, path=tmp_path / "x.yaml")
     data = write_data(tmp_path, seed=1, rows=2)

@@ -1,8 +1,8 @@
 """LLaMA-Factory: the one home of its facts (config keys and defaults, ``dataset_info.json``, its own chat templates,
 per-turn tokenization, image pre-scaling, ``cutoff_len`` truncation and what happens at the cut).
 
-Modelled on LLaMA-Factory 0.9.4-0.9.5, default (v0) engine, ``stage: sft``, and ``stage: dpo`` / ``rm`` (the
-pairwise processor, see **Preference stages** below); its v1 engine (``USE_V1=1``) is
+Modelled on LLaMA-Factory 0.9.4-0.9.5, default (v0) engine, ``stage: sft``, ``stage: dpo`` / ``rm`` (the
+pairwise processor, see **Preference stages** below) and ``stage: kto`` (**KTO**); its v1 engine (``USE_V1=1``) is
 :mod:`vlmcheck.frameworks._llamafactory_v1`, which ``open_run`` hands such runs to:
 
 - **Config** (``hparams/data_args.py``, ``hparams/model_args.py``): ``cutoff_len`` 2048, ``dataset_dir`` ``data``,
@@ -61,6 +61,12 @@ pairwise processor, see **Preference stages** below); its v1 engine (``USE_V1=1`
   collator together, each with the images: a cut image span crashes as in sft. ``packing`` is not applied
   (``cutoff_len`` still loses 1 when it is set); ``train_on_prompt``, ``mask_history``, ``neat_packing`` and
   ``predict_with_generate`` are refused, as LLaMA-Factory refuses them outside sft.
+- **KTO** (``stage: kto``: ``get_dataset(stage="kto")``, ``data/processor/feedback.py``): rows whose ``kto_tag``
+  is a boolean (others are dropped); each gives a target sequence (its prompt and answer) and a KL sequence (its
+  prompt with the answer of the row before it in its ``datasets.map`` batch, the batch's first row the last's:
+  ``map_batches``, ``Run.rows``), each ``encode_oneturn`` and cut by its own ``infer_seqlen``. Both go through the
+  KTO collator with the row's images: a cut image span in either crashes (the target forward, then the KL one).
+  ``streaming`` and ``val_size`` are refused (batches vlmcheck does not follow).
 """
 
 from __future__ import annotations
@@ -469,6 +475,9 @@ class Config:
     # evaluation); seed: numpy's global generator for dataset_info's num_samples; streaming: num_samples unused
     eval_datasets: tuple[str, ...] = ()
     seed: int = DEFAULTS["seed"]
+    # val_size: the share (a fraction) or number (over 1) of the merged training rows split off for evaluation,
+    # as written (a whole number stays one: datasets reads an int test_size as a count)
+    val_size: float = 0.0
     streaming: bool = False
     stream_shards: int = 1  # with streaming: dataloader_num_workers, the shards a local dataset is streamed in
     # data_args.tool_format: replaces the template's tool and function-call formatters (None: the template's own)
@@ -480,17 +489,31 @@ class Config:
     mix_strategy: str = "concat"
     interleave_probs: tuple[float, ...] | None = None
     eval_on_each_dataset: bool = False
+    # stage kto (FeedbackDatasetProcessor): each row's KL sequence borrows the answer of the row before it in its
+    # datasets.map batch (preprocessing_batch_size rows of one of preprocessing_num_workers contiguous shards)
+    preprocessing_batch_size: int = 1000
+    preprocessing_num_workers: int | None = None
 
     @property
     def pairwise(self) -> bool:
         """The preference stages: ``get_dataset(stage="rm")``, chosen and rejected answers to one prompt."""
         return self.stage in PAIRWISE_STAGES
 
+    @property
+    def feedback(self) -> bool:
+        """``stage: kto``: ``get_dataset(stage="kto")``, the FeedbackDatasetProcessor (one answer, a KL sequence)."""
+        return self.stage == "kto"
+
+    @property
+    def oneturn(self) -> bool:
+        """The stages whose processor encodes a row with ``Template.encode_oneturn`` (the prompt one piece)."""
+        return self.pairwise or self.feedback
+
 
 
 # train/dpo/workflow.py and train/rm/workflow.py: get_dataset(stage="rm"), the PairwiseDatasetProcessor
 PAIRWISE_STAGES = ("dpo", "rm")
-STAGES = ("sft", *PAIRWISE_STAGES)
+STAGES = ("sft", *PAIRWISE_STAGES, "kto")
 
 
 def _flag(raw: dict[str, Any], key: str) -> bool:
@@ -598,7 +621,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
     stage = str(raw.get("stage", DEFAULTS["stage"]))
     if stage not in STAGES:
         raise UsageError(f"{path}: stage {stage!r}: vlmcheck models LLaMA-Factory's {', '.join(STAGES)} stages (its "
-                         "pt, kto and ppo data paths are not modelled)")
+                         "pt and ppo data paths are not modelled)")
     if stage != "sft":  # hparams/parser.py get_train_args: refused outside sft
         for key in ("predict_with_generate", "neat_packing"):
             if _flag(raw, key):
@@ -695,6 +718,7 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
                          "file in that many shards, none yields a row, and it stops before step 1 (StopIteration); "
                          "set dataloader_num_workers to 1 or more")
     max_samples = _int(raw, "max_samples", path) if raw.get("max_samples") is not None else None
+    batch_size, workers_ = _feedback_batching(raw, path, stage, streaming, val_size)
     return Config(
         path=path, model=str(mapped(str(model_path), mapping)), template=template, datasets=names,
         dataset_dir=dataset_dir, media_dir=media_dir, cutoff_len=cutoff, image_max_pixels=max_pixels,
@@ -710,18 +734,49 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         audio_placeholder=env.get(AUDIO_PLACEHOLDER_ENV, "<audio>"),
         video_max_pixels=video_max, video_min_pixels=video_min, video_fps=video_fps,
         video_maxlen=_int(raw, "video_maxlen", path),
-        eval_datasets=eval_names, seed=_seed(raw, path), streaming=streaming, mix_strategy=mix,
+        eval_datasets=eval_names, seed=_seed(raw, path), val_size=val_size, streaming=streaming, mix_strategy=mix,
         stream_shards=workers if streaming else 1,
         interleave_probs=probs, eval_on_each_dataset=_flag(raw, "eval_on_each_dataset"),
         tool_format=str(tool_format) if tool_format else None,
         # the pairwise processor never packs (the cutoff_len - 1 of data_args still applies)
         stage=stage, packing=packing and stage == "sft",
+        preprocessing_batch_size=batch_size, preprocessing_num_workers=workers_,
         values={k: raw.get(k, DEFAULTS.get(k)) for k in (
             "stage", "template", "cutoff_len", "image_max_pixels", "image_min_pixels", "train_on_prompt", "mask_history",
             "enable_thinking", "packing", "dataset", "dataset_dir", "image_do_pan_and_scan", "crop_to_patches",
             "video_max_pixels", "video_min_pixels", "video_fps", "video_maxlen", "eval_dataset", "seed",
             "tool_format", "mix_strategy", "interleave_probs")},
     )
+
+
+def _feedback_batching(raw: dict[str, Any], path: Path, stage: str, streaming: bool, val_size: float
+                       ) -> tuple[int, int | None]:
+    """``preprocessing_batch_size`` / ``preprocessing_num_workers`` as ``stage: kto`` needs them (they decide which
+    row's answer each KL sequence borrows; other stages' samples do not depend on them): ``datasets.map`` cuts the
+    dataset into ``num_proc`` contiguous shards and each shard into batches (a size of 0 or less: the whole
+    shard). What vlmcheck does not follow for kto is refused: ``streaming`` (an iterable map) and ``val_size``
+    (a shuffled split before the map)."""
+    size, workers = raw.get("preprocessing_batch_size", 1000), raw.get("preprocessing_num_workers")
+    if stage != "kto":
+        return 1000, None
+    for key, value in (("preprocessing_batch_size", size), ("preprocessing_num_workers", workers)):
+        if value is None and key == "preprocessing_num_workers":
+            continue
+        if isinstance(value, str):
+            raise _unconverted(key, value, path)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(f"{path}: {key} must be a whole number, got {value!r}")
+    if workers is not None and workers <= 0:
+        raise UsageError(f"{path}: preprocessing_num_workers {workers}: datasets' map raises ('num_proc must be an "
+                         "integer > 0') and the run stops before step 1")
+    if streaming:
+        raise UsageError(f"{path}: streaming with stage kto: the KL sequences are made over an iterable dataset's "
+                         "batches, which vlmcheck does not model; check without streaming")
+    if val_size > 1e-6:
+        raise UsageError(f"{path}: val_size with stage kto: LLaMA-Factory splits the rows at random before the map "
+                         "whose batches pair each row with another row's answer (its KL sequence), which vlmcheck "
+                         "does not follow; check with the evaluation rows in an eval_dataset")
+    return size, workers
 
 
 def _names(value: Any) -> tuple[str, ...]:
@@ -1042,10 +1097,31 @@ class Origin:
     attr: DatasetAttr
     row: int
     split: str = "train"
+    # stage kto: the (row, Origin) whose converted answer this row's KL sequence borrows (Run.rows sets it)
+    partner: Any = field(default=None, compare=False, hash=False, repr=False)
 
 
 # more drawn rows than this are not judged (a hostile num_samples must not exhaust memory)
 MAX_DRAWN_ROWS = 10_000_000
+
+
+def split_refused(val_size: float, rows: int) -> str | None:
+    """Why ``split_dataset`` raises on a merged training dataset of ``rows`` rows, or None: it hands
+    ``train_test_split`` ``test_size=int(val_size)`` over 1, else ``val_size`` as written, and datasets refuses a
+    count that is not under the rows, a fraction not under 1, or a split that leaves no training row (the test share
+    rounded up). An empty dataset is not split."""
+    if rows == 0 or val_size <= 1e-6:
+        return None
+    test = int(val_size) if val_size > 1 else val_size
+    if isinstance(test, int):
+        if test >= rows:
+            return f"test_size={test} should be either positive and smaller than the number of samples {rows}"
+        return None
+    if test >= 1:
+        return f"test_size={test} should be ... a float in the (0, 1) range"
+    if rows - math.ceil(test * rows) == 0:
+        return f"With n_samples={rows}, test_size={test} and train_size=None, the resulting train set will be empty"
+    return None
 
 
 def draw_samples(rows: int, wanted: int, rng: Any) -> list[int]:
@@ -1085,12 +1161,22 @@ class Example:
     audios: list[Any] = field(default_factory=list)  # no modelled plugin takes audio: any stops the run
     # a ranking row: messages end with the chosen answer, this is the rejected one (role, content)
     rejected: tuple[str, str] | None = None
+    # a KTO row (stage kto): whether its answer is the desirable one, and its KL sequence's answer (role, content):
+    # the answer of the row before it in its datasets.map batch (see Run.rows)
+    desirable: bool | None = None
+    kl: tuple[str, str] | None = None
 
     @property
     def rejected_messages(self) -> list[tuple[str, str]]:
         """The prompt with the rejected answer (a ranking row)."""
         assert self.rejected is not None
         return [*self.messages[:-1], self.rejected]
+
+    @property
+    def kl_messages(self) -> list[tuple[str, str]]:
+        """The prompt with the KL sequence's answer (a KTO row)."""
+        assert self.kl is not None
+        return [*self.messages[:-1], self.kl]
 
 
 class NotCounted(Exception):
@@ -1255,6 +1341,110 @@ def convert(row: Any, attr: DatasetAttr, config: Config) -> Example:
     images, videos, audios = _medias(row, cols, config)
     return Example(messages=messages, system=system if isinstance(system, str) else "", images=images,
                    videos=videos, tools=tools or "", audios=audios, rejected=rejected)
+
+
+def _kto_tag(row: Mapping[str, Any], attr: DatasetAttr) -> bool | None:
+    """``example[dataset_attr.kto_tag]`` when it is a boolean (the converters then make a KTO example of the row:
+    ``_response`` is [answer, empty] when true, [empty, answer] when false), else None (an sft example)."""
+    key = attr.columns.get("kto_tag")
+    if not key:
+        return None
+    value = _get(row, key)
+    return value if isinstance(value, bool) else None
+
+
+def convert_feedback(row: Any, attr: DatasetAttr, config: Config) -> Example:
+    """One row as ``stage: kto`` prepares it: the converter (its kto_tag branch), then
+    ``FeedbackDatasetProcessor``: a row that is no KTO example (kto_tag not a boolean: one answer) is dropped
+    ('Dropped invalid example'); ``response[0]["content"]`` decides: a true tag with an empty answer is an
+    undesirable example with an empty answer."""
+    answer: Any = None
+    tag = None
+    cols = attr.columns
+    if attr.formatting == "alpaca" and isinstance(row, Mapping):  # AlpacaDatasetConverter reads the tag first
+        tag = _kto_tag(row, attr)
+        if tag is not None:
+            if not cols["response"]:
+                raise Stops("the dataset names no response column: LLaMA-Factory's alpaca converter reads a KTO "
+                            "row's answer as example[None] and raises KeyError")
+            answer = _get(row, cols["response"])
+            if not isinstance(answer, str):  # the converter keeps any value; judged below
+                row = {**row, cols["response"]: ""}
+    example = convert(row, attr, config)
+    role, content = example.messages[-1]
+    if attr.formatting != "alpaca":  # the sharegpt / openai converters read it for rows they do not skip
+        tag = _kto_tag(row, attr)
+    elif tag is not None:
+        content = answer
+    if tag is None:
+        raise Dropped("its kto_tag is not a boolean, so LLaMA-Factory's converter makes it an sft example (one "
+                      "answer) and the KTO (feedback) processor drops it ('Dropped invalid example')",
+                      unanswered=False, prompted=True)
+    if tag and not content:  # response[0] is empty: response[1], the empty turn, is the answer
+        role, content = "assistant", ""
+    if not isinstance(content, str):
+        raise Stops(f"the answer is {_what(content)}, not text; LLaMA-Factory's template raises formatting it")
+    example.messages[-1] = (role, content)
+    example.desirable = bool(tag and content)
+    return example
+
+
+def feedback_response(row: Any, attr: DatasetAttr, config: Config) -> list[tuple[str, Any]]:
+    """The row's converted ``_response`` under ``stage: kto``, as the next row's KL sequence reads it
+    (``kl_response``): a KTO row's [answer, empty] / [empty, answer], an sft row's one answer, [] for a row the
+    converter skips (or an alpaca row without a text answer)."""
+    if not isinstance(row, Mapping):
+        raise Stops(f"the row is a {type(row).__name__}, not an object")
+    cols = attr.columns
+    if attr.formatting == "alpaca":
+        tag = _kto_tag(row, attr)
+        if tag is None:
+            answer = _get(row, cols["response"]) if cols["response"] else None
+            return [("assistant", answer)] if isinstance(answer, str) else []
+        if not cols["response"]:
+            raise Stops("the dataset names no response column: LLaMA-Factory's alpaca converter raises KeyError")
+        last: tuple[str, Any] = ("assistant", _get(row, cols["response"]))
+    else:
+        try:
+            last = convert(row, attr, config).messages[-1]
+        except Dropped:  # skipped by the converter ("Invalid message count / role tag"), or no turn at all
+            return []
+        tag = _kto_tag(row, attr)
+        if tag is None:
+            return [last]
+    empty = ("assistant", "")
+    return [last, empty] if tag else [empty, last]
+
+
+def kl_turn(response: Sequence[tuple[str, Any]], where: str) -> tuple[str, str]:
+    """``FeedbackDatasetProcessor._encode_data_example``'s KL answer: ``kl_response[0]`` when its content is not
+    empty, else ``kl_response[1]`` (IndexError when there is none: the run stops)."""
+    if response and response[0][1]:
+        turn = response[0]
+    elif len(response) >= 2:
+        turn = response[1]
+    else:
+        raise Stops(f"its KL sequence borrows the answer of {where}, which has "
+                    f"{'an empty answer and no other' if response else 'no answer after the converter'}: "
+                    "LLaMA-Factory's feedback processor raises IndexError (kl_response[1])")
+    if not isinstance(turn[1], str):
+        raise Stops(f"its KL sequence borrows the answer of {where}, {_what(turn[1])}, not text; LLaMA-Factory's "
+                    "template raises formatting it")
+    return turn[0], turn[1]
+
+
+def map_batches(rows: int, workers: int | None, size: int) -> list[int]:
+    """The batches ``datasets.map(batched=True, batch_size=size, num_proc=workers)`` hands the function, as row
+    counts in order: ``num_proc`` (at most one per row) contiguous shards, the first ``rows % num_proc`` one row
+    longer, each cut into batches of ``size`` from its start (0 or less: the whole shard)."""
+    shards = max(1, min(workers or 1, rows))
+    div, mod = divmod(rows, shards)
+    out: list[int] = []
+    for index in range(shards):
+        length = div + (1 if index < mod else 0)
+        step = size if size > 0 else max(length, 1)
+        out += [min(step, length - start) for start in range(0, length, step)]
+    return out
 
 
 def _what(value: Any) -> str:
@@ -1496,7 +1686,7 @@ def format_turns(example: Example, config: Config, *, images: Sequence[str] | No
     system = example.system or (config.default_system if config.default_system is not None else t.default_system)
     messages = [list(m) for m in example.messages]
     open_, close = t.thought_words
-    if config.pairwise:  # ReasoningTemplate.encode_oneturn: the history's thoughts unless preserved, the answer's
+    if config.oneturn:  # ReasoningTemplate.encode_oneturn: the history's thoughts unless preserved, the answer's
         stripped = messages[1:-2:2] if not config.preserve_thinking else []
         if config.enable_thinking is False:
             stripped.append(messages[-1])
@@ -1674,6 +1864,10 @@ class Encoded:
     # a ranking row (see pairwise): turns are [the prompt, the chosen answer]; this is the rejected answer's ids'
     # owners (image index or -1), the same shape as an image_of entry
     rival: list[int] | None = None
+    # a KTO row's sequence (see oneturn): [the prompt, the answer], cut by one infer_seqlen(prompt, answer)
+    oneturn: bool = False
+    # a KTO row: its KL sequence (the same prompt and images, the borrowed answer), a oneturn Encoded of its own
+    kl: Encoded | None = None
 
     @property
     def total(self) -> int:
@@ -1693,6 +1887,13 @@ def pairwise(chosen: Encoded, rejected: Encoded, *, eos: int | None, image_id: i
     tail = [] if eos is None else [eos]
     return Encoded(turns=[ids, chosen.turns[-1] + tail], image_of=[prompt, chosen.image_of[-1] + [-1] * len(tail)],
                    rival=rejected.image_of[-1] + [-1] * len(tail))
+
+
+def oneturn(encoded: Encoded, *, eos: int | None, image_id: int) -> Encoded:
+    """One of ``FeedbackDatasetProcessor._encode_data_example``'s sequences (the target or the KL one):
+    ``encode_oneturn``'s prompt (after PaliGemma's prefix, which joins it and can be cut) and answer (with an
+    efficient_eos template's EOS), the shape :func:`pairwise` gives a chosen answer, cut on its own."""
+    return replace(pairwise(encoded, encoded, eos=eos, image_id=image_id), rival=None, oneturn=True)
 
 
 @dataclass
@@ -1759,7 +1960,7 @@ def encode_pairs(pairs: Sequence[tuple[str, str]], tok: Tok, *, cutoff_len: int 
 def truncate(encoded: Encoded, config: Config, *, images: int) -> Cut:
     """``SupervisedDatasetProcessor._encode_data_example``: pair by pair (last pair first with mask_history)."""
     cutoff = config.cutoff_len
-    if encoded.rival is not None:
+    if encoded.rival is not None or encoded.oneturn:
         return _truncate_pair(encoded, cutoff, images=images)
     pairs = [(i, i + 1) for i in range(0, len(encoded.turns), 2)]
     if config.mask_history:
@@ -1799,7 +2000,7 @@ def _truncate_pair(encoded: Encoded, cutoff: int, *, images: int) -> Cut:
     share the same for both. The counts are the chosen sequence's (``tokens``: the longer sequence's); an image
     token counts as kept only when both sequences keep it (the collator batches the two, each with the images)."""
     prompt, chosen = encoded.image_of
-    rival = encoded.rival or []
+    rival = chosen if encoded.rival is None else encoded.rival  # a oneturn sequence: its own answer
     s_len, t_len = infer_seqlen(len(prompt), max(len(chosen), len(rival)), cutoff)
     kept = [0] * images
     for k in prompt[:s_len]:
@@ -1991,6 +2192,48 @@ class Run:
         return [self.config.path, *(f for a in (*self.attrs, *self.eval_attrs) for f in dataset_files(self.config, a))]
 
     def rows(self) -> Iterator[tuple[Any, Origin]]:
+        """Rows in LLaMA-Factory's order (:meth:`_rows`); under ``stage: kto`` each Origin names its KL partner:
+        ``preprocess_dataset`` pairs each row with the answer of the row before it in its map batch, the batch's
+        first row with its last one's (:func:`map_batches`; the training rows are one map, the evaluation rows
+        another, or one per dataset with ``eval_on_each_dataset``). The rows of a batch are read before the first is
+        handed on."""
+        rows = self._rows()
+        if not self.config.feedback:
+            yield from rows
+            return
+        cfg = self.config
+        counts: dict[tuple[str, str | None], int] = {}
+        if (cfg.preprocessing_num_workers or 1) > 1 or cfg.preprocessing_batch_size <= 0:  # the shards need the size
+            for _, origin in self._rows():
+                counts[self._map_unit(origin)] = counts.get(self._map_unit(origin), 0) + 1
+        batch: list[tuple[Any, Origin]] = []
+        sizes: list[int] = []
+        unit: tuple[str, str | None] | None = None
+        for row, origin in rows:
+            if self._map_unit(origin) != unit:
+                yield from self._paired(batch)
+                batch, unit = [], self._map_unit(origin)
+                sizes = (map_batches(counts[unit], cfg.preprocessing_num_workers, cfg.preprocessing_batch_size)
+                         if counts else [])
+            batch.append((row, origin))
+            if len(batch) == (sizes[0] if sizes else cfg.preprocessing_batch_size):
+                yield from self._paired(batch)
+                batch, sizes = [], sizes[1:]
+        yield from self._paired(batch)
+
+    def _map_unit(self, origin: Origin) -> tuple[str, str | None]:
+        """The ``datasets.map`` call a row is prepared in: the training rows', or the evaluation rows' (one per
+        dataset with ``eval_on_each_dataset``)."""
+        each = origin.split == "eval" and self.config.eval_on_each_dataset
+        return origin.split, origin.attr.name if each else None
+
+    @staticmethod
+    def _paired(batch: list[tuple[Any, Origin]]) -> Iterator[tuple[Any, Origin]]:
+        """One map batch: row i's KL partner is row i - 1, the first row's the last (``kl_response``)."""
+        for i, (row, origin) in enumerate(batch):
+            yield row, replace(origin, partner=batch[i - 1])
+
+    def _rows(self) -> Iterator[tuple[Any, Origin]]:
         """Rows in LLaMA-Factory's order: the training datasets joined, then ``eval_dataset``'s. Each dataset is read
         as ``_load_single_dataset`` reads it: ``num_samples`` drawn (seeded, in the order the datasets load), then
         the first ``max_samples``. A name listed twice is loaded twice (two draws) and kept once, at its first
@@ -2013,11 +2256,29 @@ class Run:
             sources = list(picks.values())
             merged = split == "train" or not self.config.eval_on_each_dataset
             self._merged_features(sources, split, merged)
-            if self.config.mix_strategy == "concat" or len(sources) < 2 or not merged:
-                for attr, chosen in sources:
-                    yield from self._dataset_rows(attr, chosen, split)
-            else:
-                yield from self._interleaved(sources, split)
+            if split == "train" and self.config.val_size > 1e-6 and not self.config.streaming:
+                self._split(sources)
+            yield from self._merged_rows(sources, split, merged)
+
+    def _merged_rows(self, sources: list[tuple[DatasetAttr, list[int] | None]], split: str, merged: bool
+                     ) -> Iterator[tuple[Any, Origin]]:
+        """The rows of the merged dataset (or of each with ``eval_on_each_dataset``), as ``merge_dataset`` joins them."""
+        if self.config.mix_strategy == "concat" or len(sources) < 2 or not merged:
+            for attr, chosen in sources:
+                yield from self._dataset_rows(attr, chosen, split)
+        else:
+            yield from self._interleaved(sources, split)
+
+    def _split(self, sources: list[tuple[DatasetAttr, list[int] | None]]) -> None:
+        """``val_size``: ``split_dataset`` splits the merged training rows before any is prepared; where datasets'
+        ``train_test_split`` refuses the split the run stops before step 1 (DatasetError). Counts the rows, so
+        read only when a val_size is set."""
+        rows = sum(1 for _ in self._merged_rows(sources, "train", True))
+        why = split_refused(self.config.val_size, rows)
+        if why is not None:
+            raise DatasetError(f"{self.config.path}: val_size {self.config.val_size!r} on {rows:,} training rows: "
+                               f"LLaMA-Factory's split_dataset hands it to datasets' train_test_split, which raises "
+                               f"('{why}') and the run stops before step 1")
 
     def _merged_features(self, sources: list[tuple[DatasetAttr, list[int] | None]], split: str, merged: bool
                          ) -> None:
@@ -2111,7 +2372,8 @@ class Run:
             if isinstance(row, BadRow):
                 return Prepared(answered or None, prompted or None, None, rows)
             try:
-                convert(self._as_loaded(row, attr, origin.row), attr, self.config)
+                (convert_feedback if self.config.feedback else convert)(
+                    self._as_loaded(row, attr, origin.row), attr, self.config)
             except Dropped as e:
                 answered, prompted = answered or not e.unanswered, prompted or e.prompted
                 first = first or (origin, str(e))
@@ -2422,6 +2684,16 @@ class Run:
         """The sample's turns with each image and video (``videos``: its text, one video token per run, and its
         runs) expanded; in ``image_of`` image k is owner k and video j owner len(sizes) + j."""
         expansions = self.expansions(sizes, config)
+        if example.kl is not None:  # a KTO row: the target and the KL sequence, each cut on its own
+            target = self._encode_example(example, expansions, config, found, videos)
+            kl = None if target is None else self._encode_example(
+                replace(example, messages=example.kl_messages, kl=None), expansions, config, found, videos)
+            if target is None or kl is None:
+                return expansions, None
+            eos = self.eos_id if config.template.efficient_eos else None
+            image_id = -1 if self.pad_id is None else self.pad_id
+            return expansions, replace(oneturn(target, eos=eos, image_id=image_id),
+                                       kl=oneturn(kl, eos=eos, image_id=image_id))
         if example.rejected is not None:  # a ranking row: both sequences, then the pairwise processor's shape
             chosen = self._encode_example(example, expansions, config, found, videos)
             if chosen is None:
@@ -2519,7 +2791,9 @@ class Run:
             result.id = str(row["id"])
         try:
             loaded = self._as_loaded(row, attr, origin.row)
-            example = convert(loaded, attr, self.config)
+            example = (convert_feedback if self.config.feedback else convert)(loaded, attr, self.config)
+            if self.config.feedback:  # after the drop: preprocess_dataset skips an invalid row before its KL
+                example.kl = self._kl_answer(origin)
         except Dropped as e:
             found.append(F.make("VC006", f"LLaMA-Factory skips this row: {e}"))
             frame["verdict"] = "dropped"
@@ -2548,6 +2822,8 @@ class Run:
         invalid = self._refused_media(example, plugin)
         if invalid is None and example.rejected is not None:  # process_messages runs on each sequence
             invalid = self._refused_media(replace(example, messages=example.rejected_messages), plugin)
+        if invalid is None and example.kl is not None:  # and on a KTO row's KL sequence
+            invalid = self._refused_media(replace(example, messages=example.kl_messages), plugin)
         if invalid is not None:
             found.append(invalid)
             frame["verdict"] = "stops"
@@ -2642,6 +2918,9 @@ class Run:
             if self.config.template.plugin.video_timestamps:  # the frame groups as written
                 frame["video_runs"] = [list(runs) for _, runs in video_texts]
         self._verdict(result, encoded, cut, counts, sizes, example, video_counts, video_texts)
+        if encoded.kl is not None:
+            frame["kto_tag"] = example.desirable
+            self._kl_verdict(result, encoded, counts, len(expansions), origin)
         if result.findings and self.previews.wants(result):  # (preview: hook)
             result.preview = self.previews.make(result, images=image_refs(example.images),
                                                 spans=_layout_spans(encoded, full, cut, cutoff=self.config.cutoff_len,
@@ -2820,12 +3099,14 @@ class Run:
             frame["verdict"] = "crash"
         if cut.tokens >= total:
             result.fits_max_pixels = config.image_max_pixels  # whole at the current budget
+            if encoded.kl is not None and truncate(encoded.kl, config, images=len(counts)).tokens < encoded.kl.total:
+                result.fits_max_pixels = self._fit_pixels(sizes, example, video_texts) if sizes else None
             return
         whole = self._whole_cutoff(encoded, counts)
         fits = self._fit_pixels(sizes, example, video_texts) if sizes else None
         result.fits_max_pixels = fits
         cut_images = [k for k, n in enumerate(counts) if cut.image_tokens_kept[k] < n]
-        cut_name = f"prompt / answer cut ({config.stage})" if config.pairwise else "per-turn cut"
+        cut_name = f"prompt / answer cut ({config.stage})" if config.oneturn else "per-turn cut"
         for k in cut_images:
             fix = f"set {_setting('cutoff_len', whole)}"
             if k >= n_images:
@@ -2864,9 +3145,80 @@ class Run:
                 fix=f"set {_setting('cutoff_len', whole)} to keep it whole",
                 tokens=total, max_length=cutoff, supervised_lost=supervised - cut.labels))
 
+    def _kl_answer(self, origin: Origin) -> tuple[str, str]:
+        """A KTO row's KL answer: the converted answer of its partner in the map batch (see rows)."""
+        if origin.partner is None:
+            raise NotCounted("a KTO row judged outside Run.rows: the row whose answer its KL sequence borrows is "
+                             "not known")
+        row, where = origin.partner
+        name = f"row {where.row} of {where.attr.name!r}"
+        if isinstance(row, BadRow):
+            raise Stops(f"its KL sequence borrows the answer of {name}, which LLaMA-Factory's loader cannot read")
+        try:
+            response = feedback_response(self._as_loaded(row, where.attr, where.row), where.attr, self.config)
+        except Stops as e:
+            raise Stops(f"its KL sequence borrows the answer of {name}, on which LLaMA-Factory stops: {e}") from None
+        except (TypeError, ValueError, AttributeError) as e:
+            raise Stops(f"its KL sequence borrows the answer of {name}, which cannot be converted "
+                        f"({type(e).__name__}: {str(e)[:200]})") from None
+        return kl_turn(response, name)
+
+    def _kl_verdict(self, result: SampleResult, encoded: Encoded, counts: list[int], n_images: int,
+                    origin: Origin) -> None:
+        """A KTO row's KL sequence (``kl_input_ids``): the same prompt and images with another row's answer, cut by
+        its own ``infer_seqlen``. KTODataCollatorWithPadding batches it with the row's images, and the trainer's
+        KL forward (after the target's) gives the model the target's pixel values with the KL ids: an image span
+        cut there crashes as in the target (VC201 / VC205, or the literal tokens of VC002)."""
+        kl = encoded.kl
+        assert kl is not None and origin.partner is not None
+        config, found = self.config, result.findings
+        frame = result.framework if result.framework is not None else {}
+        cut = truncate(kl, config, images=len(counts))
+        full = truncate(kl, replace(config, cutoff_len=kl.total + 1), images=len(counts))
+        where = origin.partner[1]
+        frame["kl"] = {"dataset": where.attr.name, "row": where.row, "tokens": kl.total,
+                       "supervised_tokens": full.labels, "kept_tokens": cut.tokens, "kept_supervised": cut.labels,
+                       "kept_image_tokens": cut.image_tokens_kept[:n_images]}
+        if len(counts) > n_images:
+            frame["kl"]["kept_video_tokens"] = cut.image_tokens_kept[n_images:]
+        name = f"the KL sequence (this prompt with the answer of row {where.row} of {where.attr.name!r})"
+        plugin = config.template.plugin
+        target = truncate(encoded, config, images=len(counts))
+        if (cut.literal_images > target.literal_images) or (cut.literal_videos > target.literal_videos):
+            found.append(F.make(
+                "VC002", f"{name} holds {cut.literal_images + cut.literal_videos} image / video token(s) written as "
+                         f"text ({plugin.image_token}): the model sees more media tokens than features and raises at "
+                         "the KL forward ('Image features and image tokens do not match')",
+                fix=f"remove {plugin.image_token} from that row's answer", literal_tokens=cut.literal_images))
+            frame["verdict"] = "crash"
+        cutoff = config.cutoff_len
+        cut_here = [k for k, n in enumerate(counts) if cut.image_tokens_kept[k] < n <= target.image_tokens_kept[k]]
+        if not cut_here:
+            return
+        fix = f"set {_setting('cutoff_len', self._whole_cutoff(encoded, counts))}"
+        if result.fits_max_pixels is not None:
+            fix += f", or {_setting('image_max_pixels', result.fits_max_pixels)} (both sequences then fit whole)"
+        for k in cut_here:
+            video = k >= n_images
+            what = f"video {k - n_images + 1} of {len(counts) - n_images}" if video else f"image {k + 1} of {n_images}"
+            effect = VIDEO_CRASH if video else plugin.cut_effect
+            found.append(F.make(
+                "VC205" if video else "VC201",
+                f"{what} needs {counts[k]:,} tokens, only {cut.image_tokens_kept[k]:,} survive LLaMA-Factory's prompt / "
+                f"answer cut (kto) of {name} at cutoff_len={cutoff:,} (that sequence is {kl.total:,} tokens; the "
+                f"target keeps the image whole); the KL forward runs after the target's at every step that reaches "
+                f"the row: {effect}",
+                fix=fix + ", or drop the sample",
+                **({"video": k - n_images + 1, "video_tokens": counts[k]} if video else
+                   {"image": k + 1, "image_tokens": counts[k]}),
+                kept=cut.image_tokens_kept[k], tokens=kl.total, max_length=cutoff))
+        frame["verdict"] = "crash"
+
     def _whole_cutoff(self, encoded: Encoded, counts: list[int]) -> int:
         """The smallest cutoff_len that keeps the sample whole (infer_seqlen's float share can cut one token
-        of a pair that fits exactly)."""
+        of a pair that fits exactly); a KTO row's: both of its sequences."""
+        if encoded.kl is not None:
+            return max(self._whole_cutoff(replace(encoded, kl=None), counts), self._whole_cutoff(encoded.kl, counts))
         for cutoff in range(encoded.total, encoded.total + 64):
             cut = truncate(encoded, replace(self.config, cutoff_len=cutoff), images=len(counts))
             if cut.tokens >= encoded.total:
@@ -2889,7 +3241,8 @@ class Run:
                 return False
             if encoded is None:
                 return False
-            return truncate(encoded, config, images=len(sizes) + len(videos)).tokens >= encoded.total
+            return all(truncate(e, config, images=len(sizes) + len(videos)).tokens >= e.total
+                       for e in (encoded, encoded.kl) if e is not None)
 
         lo = max(1, math.ceil(self.config.image_min_pixels / unit))
         hi = self.config.image_max_pixels // unit
