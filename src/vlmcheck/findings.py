@@ -106,7 +106,8 @@ _RULES = [
          "its media data fails or returns fewer frames mid-training.",
          "Re-download or re-encode the file."),
     Rule("VC114", "video-not-counted", Severity.WARNING, "A video vlmcheck cannot count from its headers",
-         "WebM/Matroska keep the frame count out of their headers, a video given as a list of frame images "
+         "WebM/Matroska keep the frame count out of their headers, an image file given as a video (a GIF, "
+         "a PNG: FFmpeg opens it as a video of its frames) and a video given as a list of frame images "
          "is not counted yet, and only the Qwen VL families count videos (under --resize prescale they do "
          "not either): the sample's length is unknown.",
          "Remux to MP4 (`ffmpeg -i in.webm -c copy out.mp4` where the codec allows, else re-encode), or "

@@ -10,7 +10,8 @@ average frame rate, and what they resize on the (display) frame size. All three 
   the ``tkhd`` (x ``mvhd``) display matrix. ``mdat`` is skipped with a seek, so ``moov`` may be at the
   end; 64-bit box sizes are read.
 - AVI: the ``avih``/``strh``/``strf`` headers (and ``dmlh`` for OpenDML files over 1 GB).
-- WebM / Matroska: not read (their frame count is not in the header); a finding says so.
+- WebM / Matroska: not read (their frame count is not in the header); a finding says so. Nor an image file
+  given as a video (FFmpeg demuxes a GIF's or PNG's frames): a finding says so.
 
 A 90-degree display matrix swaps width and height: torchcodec (transformers' and qwen-vl-utils'
 default decoder) rotates frames by it; decord and PyAV's ``to_ndarray`` do not (``size(apply_rotation=False)``).
@@ -105,7 +106,23 @@ def probe_video_stream(fp: IO[bytes]) -> VideoInfo:
     if head[:4] == b"\x1a\x45\xdf\xa3":
         raise VideoProblem("VC114", "WebM/Matroska: the frame count is not in its header, so vlmcheck cannot count "
                                     "this video without decoding it", container="matroska")
+    fp.seek(0)
+    image = _image_format(fp)
+    if image is not None:  # FFmpeg (PyAV, decord) demuxes image files as videos of their frames
+        raise VideoProblem("VC114", f"a {image} image given as a video: FFmpeg opens it as a video of its frames, "
+                                    "which vlmcheck does not count", container="image")
     raise VideoProblem("VC112", "not a video vlmcheck can read (MP4, MOV or AVI): unknown file signature")
+
+
+def _image_format(fp: IO[bytes]) -> str | None:
+    """The image format PIL reads in the file's header (an animated GIF, a PNG), or None."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(fp) as im:
+            return str(im.format)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error):
+        return None
 
 
 # -- ISO BMFF (MP4, MOV, M4V, 3GP) ---------------------------------------------------------------------

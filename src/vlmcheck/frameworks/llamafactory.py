@@ -18,7 +18,8 @@ pairwise processor, see **Preference stages** below) and ``stage: kto`` (**KTO**
   ``system_tag``; roles must alternate user/assistant; an odd number of turns or a bad role drops the row (LLaMA-
   Factory logs "Skipping this abnormal example"). A missing key raises inside ``datasets.map``: the run stops; but
   a key is missing only when no row of the dataset has it (``datasets`` loads one table per dataset: a row without
-  a key other rows have reads None). The ``openai`` converter adds "detailed thinking off" to the system prompt of
+  a key other rows have reads None, and so does a turn without a key other turns have). The media and tools
+  columns (and alpaca's system) are read for every row, the skipped ones too. The ``openai`` converter adds "detailed thinking off" to the system prompt of
   rows without tools.
   Relative media paths are joined to ``media_dir`` when that file exists. A dataset none of whose rows the
   converter and the processor keep stops the run in ``get_dataset`` ("Cannot find valid samples"; see
@@ -75,9 +76,10 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -1244,6 +1246,43 @@ def _media(value: Any, config: Config) -> list[Any]:
     return out
 
 
+def _filled_turns(turns: list[Any], role_tag: str | None, content_tag: str | None,
+                  fields: Callable[[], frozenset[str]]) -> list[Any]:
+    """The turns as ``datasets`` hands them to the converter: it types a column's turns as one struct, so a turn
+    without a key other turns of the dataset have reads None (``fields``: every key a turn of the dataset has). A
+    key no turn has raises KeyError; a turn that is no object raises reading its role."""
+    filled = []
+    for turn in turns:
+        if not isinstance(turn, Mapping):
+            raise Stops(f"a turn is {_what(turn)}, not an object; LLaMA-Factory raises reading its role")
+        missing = [key for key in (role_tag, content_tag) if key not in turn]
+        if missing:
+            absent = [key for key in missing if key not in fields()]
+            if absent:
+                raise Stops(f"no turn of the dataset has a {absent[0]!r} field; LLaMA-Factory raises KeyError")
+            turn = {**turn, **dict.fromkeys(missing)}
+        filled.append(turn)
+    return filled
+
+
+def _turn_fields(config: Config, attr: DatasetAttr) -> frozenset[str]:
+    """Every key a turn of the dataset's messages column has, in any row (read once per dataset, and only for a
+    dataset where a turn lacks a key)."""
+    files = tuple((str(f), f.stat().st_mtime_ns) for f in dataset_files(config, attr))
+    return _turn_fields_of(files, attr.columns["messages"] or "")
+
+
+@lru_cache(maxsize=16)
+def _turn_fields_of(files: tuple[tuple[str, int], ...], column: str) -> frozenset[str]:
+    keys: set[str] = set()
+    for row in iter_rows([Path(name) for name, _ in files]):
+        turns = row.get(column) if isinstance(row, Mapping) else None
+        for turn in turns if isinstance(turns, list) else ():
+            if isinstance(turn, Mapping):
+                keys.update(k for k in turn if isinstance(k, str))
+    return frozenset(keys)
+
+
 def _get(row: Mapping[str, Any], key: str | None) -> Any:
     if key is None:
         return None
@@ -1252,19 +1291,30 @@ def _get(row: Mapping[str, Any], key: str | None) -> Any:
     return row[key]
 
 
+# the columns each converter reads for every row, the rows it skips too (when dataset_info names them): a column
+# the dataset lacks raises KeyError there
+READ_FOR_EVERY_ROW = {"alpaca": ("images", "videos", "audios", "tools", "system"),
+                      "sharegpt": ("images", "videos", "audios", "tools"),
+                      "openai": ("images", "videos", "audios", "tools")}
+
+
 def convert(row: Any, attr: DatasetAttr, config: Config) -> Example:
     """One row through LLaMA-Factory's converter for ``attr.formatting``."""
     if not isinstance(row, Mapping):
         raise Stops(f"the row is a {type(row).__name__}, not an object")
     cols, tags = attr.columns, attr.tags
+    for column in READ_FOR_EVERY_ROW.get(attr.formatting, ()):
+        _get(row, cols[column])
     if attr.formatting == "alpaca":
         messages: list[tuple[str, str]] = []
         history = _get(row, cols["history"]) if cols["history"] else None
         if isinstance(history, list):
-            for turn in history:
-                if not isinstance(turn, (list, tuple)) or len(turn) != 2:
-                    raise Stops("a history entry is not a [prompt, response] pair")
-                messages += [("user", turn[0]), ("assistant", turn[1])]
+            for turn in history:  # `for old_prompt, old_response in history` unpacks any two items
+                if not isinstance(turn, (list, tuple, str, dict)) or len(turn) != 2:
+                    raise Stops("a history entry is not a [prompt, response] pair: LLaMA-Factory's alpaca converter "
+                                "raises unpacking it")
+                prompt, answer = list(turn)  # a two-letter text, or an object's two keys, as LLaMA-Factory reads them
+                messages += [("user", prompt), ("assistant", answer)]
         query = []
         for key in (cols["prompt"], cols["query"]):
             if key:
@@ -1298,9 +1348,7 @@ def convert(row: Any, attr: DatasetAttr, config: Config) -> Example:
         if not isinstance(turns, list):
             raise Stops(f"{cols['messages']!r} is not a list of turns")
         role_tag, content_tag = tags["role_tag"], tags["content_tag"]
-        for turn in turns:
-            if not isinstance(turn, Mapping) or role_tag not in turn or content_tag not in turn:
-                raise Stops(f"a turn has no {role_tag!r}/{content_tag!r} field; LLaMA-Factory raises KeyError")
+        turns = _filled_turns(turns, role_tag, content_tag, lambda: _turn_fields(config, attr))
         if attr.formatting == "openai":
             return _convert_openai(row, turns, attr, config)
         system_tag = tags["system_tag"]
