@@ -497,9 +497,15 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
             continue
         if pairwise:
             _pair_record(record, cut, whole, image_token_id, features)
+            if videos:  # the collator batches both sequences with the videos too: either one short crashes
+                video_left = [sum(1 for t in cut[f"{side}_input_ids"][0] if t == video_token_id)
+                              for side in ("chosen", "rejected")]
+                record.update(video_features=video_features, video_tokens_left=min(video_left),
+                              crash=record["crash"] or any(n != sum(video_features) for n in video_left))
             record.update(image_stored=stored, image_sizes=sizes, image_grid_thw=grids, image_features=features)
             kept_rows.append({**{f"{side}_{key}": cut[f"{side}_{key}"][0] for side in ("chosen", "rejected")
-                                 for key in ("input_ids", "labels")}, "images": images, "split": split})
+                                 for key in ("input_ids", "labels")}, "images": images, "videos": videos,
+                              "split": split})
             continue
         ids, labels = cut["input_ids"][0], cut["labels"][0]
         left = sum(1 for t in ids if t == image_token_id)
@@ -539,9 +545,10 @@ def run_config(config_path: Path, work: Path, forward: int) -> dict[str, Any]:
                                    ([r for part in evals for r in part], kept_eval, "same_as_eval_rows")):
                 packed = sorted(s for seq in got for s in _segments(seq))
                 check[key] = packed == sorted((tuple(r["input_ids"]), tuple(r["labels"])) for r in want)
-        elif data_args.val_size > 1e-6:
-            check["same_as_rows"] = sorted((tuple(r["input_ids"]), tuple(r["labels"])) for r in train) == sorted(
-                (tuple(r["input_ids"]), tuple(r["labels"])) for r in kept_train)
+        elif data_args.val_size > 1e-6:  # in any order; a pairwise row by its chosen and rejected ids and labels
+            keys = [k for k in (kept_train[0] if kept_train else {}) if k.endswith(("input_ids", "labels"))]
+            check["same_as_rows"] = sorted(tuple(tuple(r[k]) for k in keys) for r in train) == sorted(
+                tuple(tuple(r[k]) for k in keys) for r in kept_train)
         else:
             check["same_as_rows"] = _same(train, kept_train)
             check["same_as_eval_rows"] = _same([r for part in evals for r in part], kept_eval)
@@ -910,7 +917,7 @@ def _forward(model_path: str, rows: list[dict[str, Any]], kept_rows: list[dict[s
             feature = {**{k: v for k, v in sample.items() if k.endswith(("input_ids", "labels"))},
                        "chosen_attention_mask": [1] * len(sample["chosen_input_ids"]),
                        "rejected_attention_mask": [1] * len(sample["rejected_input_ids"]),
-                       "images": sample["images"], "videos": [], "audios": []}
+                       "images": sample["images"], "videos": sample.get("videos") or [], "audios": []}
         else:
             feature = {"input_ids": sample["input_ids"], "attention_mask": [1] * len(sample["input_ids"]),
                        "labels": sample["labels"], "images": sample["images"], "videos": sample.get("videos") or [],

@@ -56,6 +56,8 @@ def proof(tmp_path_factory: pytest.TempPathFactory, llamafactory_python: Path, q
                       **media},
         "rm-mid": {**qwen2, "stage": "rm", "dataset": "alp_pref,oa_pref", "cutoff_len": 700,
                    "image_max_pixels": 262_144, "image_min_pixels": 4096, **media},
+        # val_size: split at random before preprocessing; together the parts hold every kept pair
+        "rm-val": {**qwen2, "stage": "rm", "dataset": "sg_pref,alp_pref", "val_size": 0.25, "cutoff_len": 1000},
         # packing is not the pairwise processor's, but data_args still takes one from cutoff_len
         "dpo-packed": {**qwen2, "dataset": "sg_pref,alp_pref", "eval_dataset": "oa_pref", "packing": True,
                        "cutoff_len": 513, "max_samples": 12, **media},

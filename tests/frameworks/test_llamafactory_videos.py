@@ -133,6 +133,12 @@ def write_video_corpus(root: Path, checkpoints: dict[str, Path], *, seed: int = 
         elif i % 6 == 5:
             row["conversations"][0]["value"] += " what is <video> here?"  # a placeholder with no video
         mixed.append(row)
+    # ranking rows (stage dpo): a one-turn prompt with the videos, chosen and rejected answers; the collator batches
+    # both sequences with the videos, so a cut through the video span in either crashes
+    pref = [{"conversations": row["conversations"][:1], "videos": row["videos"], "images": row.get("images", []),
+             "chosen": {"from": "gpt", "value": _text(rng, 1, 60)}, "rejected": {"from": "gpt", "value": _text(rng, 1, 9)}}
+            for row in good[:12]]
+    (data / "vpref.json").write_text(json.dumps(pref, indent=1))
     (data / "voa.json").write_text(json.dumps(openai, indent=1))
     (data / "vmix.json").write_text(json.dumps(mixed, indent=1))
     columns = {"messages": "conversations", "images": "images", "videos": "videos", "system": "system"}
@@ -144,6 +150,9 @@ def write_video_corpus(root: Path, checkpoints: dict[str, Path], *, seed: int = 
                 "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
                          "assistant_tag": "assistant", "system_tag": "system"}},
         "vmix": {"file_name": "vmix.json", "formatting": "sharegpt", "columns": {**columns, "audios": "audios"}},
+        "vpref": {"file_name": "vpref.json", "formatting": "sharegpt", "ranking": True,
+                  "columns": {"messages": "conversations", "images": "images", "videos": "videos",
+                              "chosen": "chosen", "rejected": "rejected"}},
     }, indent=1))
     q2 = {"model_name_or_path": str(checkpoints["qwen2_vl"]), "template": "qwen2_vl"}
     configs: dict[str, dict[str, Any]] = {
@@ -164,6 +173,8 @@ def write_video_corpus(root: Path, checkpoints: dict[str, Path], *, seed: int = 
                      "dataset": "vid", "cutoff_len": 600, "video_fps": 1.0, "video_max_pixels": 40_000},
         "v-openai": {**q2, "dataset": "voa", "cutoff_len": 900},
         "v-mix": {**q2, "dataset": "vmix"},
+        "v-dpo": {**q2, "stage": "dpo", "dataset": "vpref", "cutoff_len": 1500},
+        "v-dpo-tight": {**q2, "stage": "dpo", "dataset": "vpref", "cutoff_len": 300, "video_max_pixels": 16_384},
         # LlavaPlugin has no video token: any video stops the run, as any audio does under every template here
         "v-mix-llava": {"model_name_or_path": str(checkpoints["llava"]), "template": "llava", "dataset": "vmix"},
     }
@@ -242,6 +253,18 @@ def test_the_video_corpus_reaches_every_case(proof: dict[str, Any]) -> None:
                      "does not support video input"):
         assert any(fragment in e for e in errors), (fragment, errors)
     assert outcomes["whole"] >= 30 and outcomes["raises"] >= 6, outcomes
+
+
+def test_a_preference_pair_cut_through_its_video_crashes(proof: dict[str, Any]) -> None:
+    """stage dpo: the pairwise collator batches the chosen and the rejected sequence, each with the row's videos; a
+    cut through the video span in either leaves fewer video tokens than features (LLaMA-Factory's own sequences),
+    and vlmcheck says VC205, crash."""
+    cut = [(row, record) for name in ("v-dpo", "v-dpo-tight")
+           for row, record in zip(proof["oracle"][name]["rows"], proof["mine"][name])
+           if row["kept"] and not row["error"] and row.get("video_features")
+           and row["video_tokens_left"] < sum(row["video_features"])]
+    assert cut, "no pair is cut through its video"
+    assert all(row["crash"] and "VC205" in record["findings"] for row, record in cut), cut
 
 
 # what the model raises first, by case (transformers 5.6): the M-RoPE position step's shape mismatch (a cut video, a
