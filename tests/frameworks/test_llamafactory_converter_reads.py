@@ -9,6 +9,8 @@ LLaMA-Factory in its environment (the project's oracle runner, then get_dataset)
   first.
 - alpaca's ``history`` is unpacked ``for old_prompt, old_response in history``: any two items, a two-letter text or
   an object's two keys, become a turn pair; three items raise. vlmcheck stopped on the first.
+- Under ``stage: sft`` a row whose ``kto_tag`` is a boolean becomes a KTO example (its answer and an empty one),
+  which the supervised processor drops. vlmcheck judged it as an sft row.
 - FFmpeg demuxes an animated GIF or a PNG given as a video (PyAV opens it): LLaMA-Factory keeps the row. vlmcheck
   does not count such a video: VC114, not a stop (it said VC112, the run stops).
 """
@@ -62,6 +64,9 @@ DATASETS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
     "history_texts": ([_history("ab"), _history("abc")], HISTORY),
     "history_object": ([_history({"user": "u", "assistant": "v"})], HISTORY),
     "history_lists": ([_history(["Before?", "Yes."]), _history(["only one"])], HISTORY),
+    # under sft, a boolean kto_tag makes a KTO example (two answers) the supervised processor drops; null: kept
+    "kto_tagged_sft": ([{**GOOD, "label": True}, {**GOOD, "label": False}, {**GOOD, "label": None}],
+                       {**SHAREGPT, "columns": {"messages": "conversations", "kto_tag": "label"}}),
     "image_files_as_videos": ([{**_sg(("human", "<video>What moves?"), ("gpt", "A square.")),
                                 "videos": ["media/moving.gif"]},
                                {**_sg(("human", "<video>And this?"), ("gpt", "Nothing.")),
@@ -106,6 +111,7 @@ def test_the_cases_are_what_they_say(proof: dict[str, Any]) -> None:
     assert all("KeyError" in (r["error"] or "") for r in rows["alpaca_system_missing"] + rows["turn_key_absent"])
     assert [r["kept"] for r in rows["turn_keys_filled"]] == [True, False, False, False]
     assert not any(r["error"] for r in rows["turn_keys_filled"][:3])  # the last: a None answer raises when read
+    assert [r["kept"] for r in rows["kto_tagged_sft"]] == [False, False, True]
     history = rows["history_texts"] + rows["history_object"] + rows["history_lists"]
     assert [bool(r["error"]) for r in history] == [False, True, False, False, True]
     assert all(r["kept"] for r in history if not r["error"])

@@ -1401,6 +1401,18 @@ def _kto_tag(row: Mapping[str, Any], attr: DatasetAttr) -> bool | None:
     return value if isinstance(value, bool) else None
 
 
+def convert_supervised(row: Any, attr: DatasetAttr, config: Config) -> Example:
+    """One row as ``stage: sft`` (or dpo / rm) prepares it: the converter, then, under sft, the supervised
+    processor, which drops a row with other than one answer: a row whose ``kto_tag`` is a boolean is a KTO example
+    (its answer and an empty one) and is dropped ('Dropped invalid example')."""
+    example = convert(row, attr, config)
+    if not config.pairwise and isinstance(row, Mapping) and _kto_tag(row, attr) is not None:
+        raise Dropped("its kto_tag is a boolean, so LLaMA-Factory's converter makes it a KTO example (two answers), "
+                      "which the supervised processor drops ('Dropped invalid example')", unanswered=False,
+                      prompted=True)
+    return example
+
+
 def convert_feedback(row: Any, attr: DatasetAttr, config: Config) -> Example:
     """One row as ``stage: kto`` prepares it: the converter (its kto_tag branch), then
     ``FeedbackDatasetProcessor``: a row that is no KTO example (kto_tag not a boolean: one answer) is dropped
@@ -2420,7 +2432,7 @@ class Run:
             if isinstance(row, BadRow):
                 return Prepared(answered or None, prompted or None, None, rows)
             try:
-                (convert_feedback if self.config.feedback else convert)(
+                (convert_feedback if self.config.feedback else convert_supervised)(
                     self._as_loaded(row, attr, origin.row), attr, self.config)
             except Dropped as e:
                 answered, prompted = answered or not e.unanswered, prompted or e.prompted
@@ -2839,7 +2851,7 @@ class Run:
             result.id = str(row["id"])
         try:
             loaded = self._as_loaded(row, attr, origin.row)
-            example = (convert_feedback if self.config.feedback else convert)(loaded, attr, self.config)
+            example = (convert_feedback if self.config.feedback else convert_supervised)(loaded, attr, self.config)
             if self.config.feedback:  # after the drop: preprocess_dataset skips an invalid row before its KL
                 example.kl = self._kl_answer(origin)
         except Dropped as e:
