@@ -107,7 +107,8 @@ _RULES = [
          "Re-download or re-encode the file."),
     Rule("VC114", "video-not-counted", Severity.WARNING, "A video vlmcheck cannot count from its headers",
          "WebM/Matroska keep the frame count out of their headers, an image file given as a video (a GIF, "
-         "a PNG: FFmpeg opens it as a video of its frames) and a video given as a list of frame images "
+         "a PNG: FFmpeg opens it as a video of its frames) and a video given as a list of frame images (outside "
+         "LLaMA-Factory's Qwen-VL templates, which count it) "
          "is not counted yet, and only the Qwen VL families count videos (under --resize prescale they do "
          "not either): the sample's length is unknown.",
          "Remux to MP4 (`ffmpeg -i in.webm -c copy out.mp4` where the codec allows, else re-encode), or "

@@ -1232,18 +1232,19 @@ class Prepared:
 
 def _media(value: Any, config: Config) -> list[Any]:
     """``DatasetConverter._find_medias``: a value or a list; relative paths joined to media_dir when that file
-    exists (otherwise kept as written, relative to the launch folder)."""
+    exists (otherwise kept as written, relative to the launch folder); a list of lists (videos given as their
+    frames) has each frame joined so."""
     if value is None:
         return []
     items = value if isinstance(value, list) else [value]
-    out: list[Any] = []
-    for item in items:
-        if isinstance(item, str):
-            joined = os.path.join(config.media_dir, item)
-            out.append(joined if os.path.isfile(joined) else item)
-        else:
-            out.append(item)
-    return out
+
+    def found(path: Any) -> Any:
+        joined = os.path.join(config.media_dir, path) if isinstance(path, str) else None
+        return joined if joined is not None and os.path.isfile(joined) else path
+
+    if items and isinstance(items[0], list):  # "for processed video frames": each frame of each list joined
+        return [[found(frame) for frame in item] if isinstance(item, list) else item for item in items]
+    return [found(item) for item in items]
 
 
 def _filled_turns(turns: list[Any], role_tag: str | None, content_tag: str | None,
@@ -2179,6 +2180,14 @@ def _run_tokenizer(tokenizer: Any, words: Sequence[str], marks: Mapping[str, str
 
 
 @dataclass(frozen=True)
+class FrameList:
+    """A video given as a list of frame images (``_check_video_is_nested_images``): each frame's stored
+    (width, height), read from its image header."""
+
+    sizes: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
 class VideoCount:
     """One video under a Qwen-VL plugin: ``groups`` runs of ``per_group`` video tokens on the path that writes the
     text (one run under Qwen2-VL; Qwen3-VL writes each frame group apart, after its timestamp ``stamps``), and the
@@ -2667,19 +2676,48 @@ class Run:
         return [e.features for e in self.expansions(sizes, config)]
 
     # -- videos (the Qwen2-VL plugin) -------------------------------------------------------------------------
-    def _probe_video(self, video: Any) -> VideoInfo:
+    def _probe_video(self, video: Any) -> VideoInfo | FrameList:
         if isinstance(video, list):
-            raise VideoProblem("VC114", "a video given as a list of frames is not counted by vlmcheck yet")
+            return self._probe_frames(video)
         if not isinstance(video, str):
             raise VideoProblem("VC114", f"a video given as {type(video).__name__} is not counted by vlmcheck yet")
         if video.startswith(("http://", "https://", "s3://", "gs://")):
             raise VideoProblem("VC111", f"remote video {video} is not downloaded by vlmcheck")
         return probe_video_path(Path(video))
 
-    def video_count(self, info: VideoInfo) -> VideoCount:
+    def _probe_frames(self, video: list[Any]) -> FrameList:
+        """A video given as a list of frame images (mm_plugin ``_check_video_is_nested_images``: a list of paths).
+        ``_regularize_videos`` raises ValueError('Invalid image found in video frames.') on a path
+        ``os.path.exists`` denies (a remote one too), then ``Image.open``s each frame; sizes from the headers."""
+        odd = next((frame for frame in video if not isinstance(frame, str)), None)
+        if not video or odd is not None:
+            what = "no frame" if not video else f"frames given as {type(odd).__name__}"
+            raise VideoProblem("VC114", f"a video given as a list of {what} is not counted by vlmcheck yet")
+        if len(video) > MAX_COUNTED_FRAMES:
+            raise VideoProblem("VC114", f"a list of {len(video):,} frames: more than vlmcheck counts "
+                                        f"({MAX_COUNTED_FRAMES:,})")
+        sizes = []
+        for k, frame in enumerate(video, 1):
+            where = f"frame {k} of {len(video)} ({frame[:120]})"
+            if not os.path.exists(frame):  # False for a NUL byte, a remote URL, a path too long
+                raise VideoProblem("VC111", f"{where} does not exist: LLaMA-Factory's _regularize_videos raises "
+                                            "'Invalid image found in video frames.'")
+            try:
+                sizes.append(self._size(frame))
+            except ImageProblem as p:
+                raise VideoProblem("VC112", f"{where}: {p.message}") from None
+        return FrameList(tuple(sizes))
+
+    def video_count(self, info: VideoInfo | FrameList, *, decoded: bool = False) -> VideoCount:
         """One video: its frame groups and tokens per group on ``process_messages``' path, its features on the
         collator's (the frames of :func:`sampled_frames` at :func:`frame_size`, through the checkpoint's video
-        processor, which gets LLaMA-Factory's frames as they are: no sampling of its own, no display rotation)."""
+        processor, which gets LLaMA-Factory's frames as they are: no sampling of its own, no display rotation).
+
+        A list of frames is taken as sampled already (``_regularize_videos``): every frame, whatever video_fps and
+        video_maxlen say, the last repeated to an even count, each pre-scaled as an image; Qwen3-VL's timestamps
+        are frame indices 0 .. n-1 at video_fps. ``process_messages``' shortcut (stream metadata) returns None
+        for a list, so the whole row is counted on the collator's path (``decoded``: a video file's text counts
+        the frames decoded)."""
         family, settings = self.family, self.settings
         plugin = self.config.template.plugin
         if not isinstance(family, VideoFamily) or not isinstance(settings, QwenVLSettings) or settings.video is None:
@@ -2688,10 +2726,19 @@ class Run:
             # Qwen2VLPlugin calls the video processor without do_sample_frames (Qwen3VLPlugin passes False)
             raise VideoProblem("VC114", "the checkpoint's video processor samples frames itself (do_sample_frames), "
                                         "on top of LLaMA-Factory's sampling: not counted by vlmcheck yet")
-        try:
-            width, height = frame_size(*info.size(apply_rotation=False), self.config)
-        except ImageRefused as e:
-            raise VideoProblem("VC115", f"its frames: {e}") from None
+        times: list[float] = []  # Qwen3-VL: each frame's index in video_fps units (frames_indices)
+        if isinstance(info, FrameList):
+            width, height = self._frame_list_size(info)
+            fps: float | None = self.config.video_fps  # fps_per_video: video_fps
+            n = len(info.sizes)
+            indices, frames, times = list(range(n)), n, [float(i) for i in range(n)]
+            decoded = True
+        else:
+            try:
+                width, height = frame_size(*info.size(apply_rotation=False), self.config)
+            except ImageRefused as e:
+                raise VideoProblem("VC115", f"its frames: {e}") from None
+            fps = info.fps
         plain = replace(settings, video=replace(settings.video, resize="processor", cap_pixels_per_frame=False,
                                                 do_sample_frames=False))
         factor = settings.video.factor
@@ -2701,26 +2748,45 @@ class Run:
             raise VideoProblem("VC115", f"frames of {width}x{height} after LLaMA-Factory's pre-scaling: the Qwen3-VL "
                                         f"video resize raises 'height:{height} or width:{width} must be larger than "
                                         f"factor:{factor}' (transformers <= 5.6, which LLaMA-Factory 0.9.5 needs)")
-        indices, decoded = sampled_frames(info, self.config)
+        if isinstance(info, VideoInfo):
+            indices, frames = sampled_frames(info, self.config)
+            if info.fps:
+                # frames_indices = idx / average_fps * video_fps ("hack usage")
+                times = [i / info.fps * self.config.video_fps for i in indices]
 
         def runs(n: int) -> tuple[int, ...]:  # the processor's runs for n frames (made even): per frame group
-            return family.expand_video(VideoInfo(width, height, n + n % 2, info.fps, None), plain, {}).runs
+            return family.expand_video(VideoInfo(width, height, n + n % 2, fps, None), plain, {}).runs
 
-        text = runs(len(indices))
+        # on the collator's path the text is counted from the frames decoded, else from the indices
+        text = runs(frames if decoded else len(indices))
         per_group = sum(text) // len(text) if plugin.video_timestamps else sum(text)
         stamps: tuple[float, ...] = ()
-        if plugin.video_timestamps and info.fps:
-            # frames_indices = idx / average_fps * video_fps ("hack usage"), then the processor's
-            # _calculate_timestamps(frames_indices, video_fps, merge_size): last index repeated to a whole group,
-            # each group the mean of its first and last time
+        if plugin.video_timestamps and times:
+            # the processor's _calculate_timestamps(frames_indices, video_fps, merge_size): last index repeated
+            # to a whole group, each group the mean of its first and last time
             fps = self.config.video_fps
-            times = [i / info.fps * fps for i in indices]
             merge = plain.video.merge_size if plain.video else 2
             times += [times[-1]] * (-len(times) % merge)
             seconds = [t / fps for t in times]
             stamps = tuple((seconds[i] + seconds[i + merge - 1]) / 2 for i in range(0, len(seconds), merge))
         return VideoCount(groups=len(text) if plugin.video_timestamps else 1, per_group=per_group,
-                          features=sum(runs(decoded)), stamps=stamps)
+                          features=sum(runs(frames)), stamps=stamps)
+
+    def _frame_list_size(self, info: FrameList) -> tuple[int, int]:
+        """The one (width, height) of a frame list's frames after LLaMA-Factory's pre-scaling (each frame an image
+        of the video budgets); frames of different sizes there make the video processor's ``np.stack`` raise."""
+        sizes: dict[tuple[int, int], int] = {}
+        for k, stored in enumerate(info.sizes, 1):
+            try:
+                sizes.setdefault(frame_size(*stored, self.config), k)
+            except ImageRefused as e:
+                raise VideoProblem("VC115", f"frame {k}: {e}") from None
+        if len(sizes) > 1:
+            (a, j), (b, k) = list(sizes.items())[:2]
+            raise VideoProblem("VC115", f"frame {j} is {a[0]}x{a[1]} after LLaMA-Factory's pre-scaling and frame {k} "
+                                        f"{b[0]}x{b[1]}: the video processor stacks the frames (np.stack) and raises "
+                                        "'all input arrays must have the same shape'")
+        return next(iter(sizes))
 
     def expansions(self, sizes: list[tuple[int, int]], config: Config) -> list[Expansion]:
         """What each ``<image>`` becomes after LLaMA-Factory's pre-scaling: the Qwen-VL plugins' wrapped pad, or the
@@ -3014,14 +3080,28 @@ class Run:
         """Per video, what the text and the collator make of it; None when one cannot be counted (its finding
         added)."""
         out: list[VideoCount] = []
+        probed: list[tuple[int, str, VideoInfo | FrameList]] = []
         for j, video in enumerate(example.videos, 1):
-            label = f"video {j} of {len(example.videos)} ({str(video)[:120] if isinstance(video, str) else 'frames'})"
+            if isinstance(video, str):
+                what = video[:120]
+            elif isinstance(video, list) and video and isinstance(video[0], str):
+                what = f"{len(video)} frames: {video[0][:100]}, ..."
+            else:
+                what = "frames"
+            label = f"video {j} of {len(example.videos)} ({what})"
             try:
-                out.append(self.video_count(self._probe_video(video)))
+                probed.append((j, label, self._probe_video(video)))
             except VideoProblem as p:
                 found.append(F.make(p.code, f"{label}: {p.message}", video=j, **p.data))
             except (OSError, ValueError) as e:  # a path the OS refuses (NUL byte, too long, a loop)
                 found.append(F.make("VC112", f"{label}: cannot be opened: {str(e)[:200]}", video=j))
+        # a frame list has no stream metadata: process_messages counts the whole row on the collator's path
+        decoded = any(isinstance(info, FrameList) for _, _, info in probed)
+        for j, label, info in probed:
+            try:
+                out.append(self.video_count(info, decoded=decoded))
+            except VideoProblem as p:
+                found.append(F.make(p.code, f"{label}: {p.message}", video=j, **p.data))
         return out if len(out) == len(example.videos) else None
 
     def _video_texts(self, example: Example, counts: list[VideoCount]) -> list[tuple[str, tuple[int, ...]]]:
