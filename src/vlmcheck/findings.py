@@ -171,7 +171,9 @@ _RULES = [
          "at most 10 tries per fetch, then raises 'Failed to retrieve the dataset'. When every row is skipped the "
          "first fetch raises; when many are, some fetch during the epochs is likely to draw only skipped rows. "
          "ms-swift's GRPO trainer (truncation_strategy delete) replaces the prompts of a generation batch it cannot "
-         "encode with at most ten times the batch's rows drawn again, then raises 'resample: only collected ...'.",
+         "encode with at most ten times the batch's rows drawn again, then raises 'resample: only collected ...'. "
+         "Where ms-swift encodes every row while loading (--lazy_tokenize false, --packing, --group_by_length) it "
+         "deletes those rows instead, and only a dataset left empty stops the run.",
          "Make the skipped rows trainable (raise the max length, cap the image pixels), or remove them from the "
          "dataset (`vlmcheck repair`)."),
 ]

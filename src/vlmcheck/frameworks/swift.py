@@ -29,6 +29,11 @@ the ids, VC207). Each ``.json`` / ``.jsonl`` dataset first loads as ``datasets``
   ``loss: false``.
 - **Cut**: ``left`` / ``right`` keep every (Qwen) image token and cut text only (the first label is then masked);
   ``delete`` drops the row.
+- **Encoding while loading** (``Tokenize``, ``_tokenize``): ``--lazy_tokenize`` false (its default with
+  ``--packing``, ``--streaming``, ``--group_by_length``) encodes every row before training, so a row whose encode
+  raises is deleted there (``dropped_at`` ``preprocess``; VC208 only when every training row is), not skipped at
+  fetch; ``--packing`` / ``--padding_free`` refused where ms-swift raises (flash attention, the template, the rlhf
+  type).
 - **GRPO** (``swift rlhf --rlhf_type grpo``, templates ``GRPO_TEMPLATES``): the rows load as under ``swift sft``; the
   last answer is removed (``remove_response``) and the prompt is judged as the rollout encodes it, earlier answers
   untrained (loss scale ``last_round``). ``--truncation_strategy`` ``left`` (its default: the rollout's prompt cut
@@ -264,10 +269,11 @@ PAIRED_TYPES = (DPO, "orpo", "simpo", "cpo")
 # --ignore_args_error) alone are true
 VALUE_OPTIONS = ("model", "dataset", "val_dataset", "split_dataset_ratio", "eval_strategy", "save_strategy",
                  "truncation_strategy", "template", "loss_scale", "columns", "model_kwargs", "system", "agent_template",
-                 "max_length", "max_pixels", "tuner_type", "train_type")
+                 "max_length", "max_pixels", "tuner_type", "train_type", "packing_length", "attn_impl")
 # nargs="+": "expected at least one argument"
 LIST_OPTIONS = ("dataset", "val_dataset", "reward_funcs", "reward_model", "loss_type")
-FLAG_OPTIONS = ("streaming", "strict", "disable_auto_column_mapping", "ignore_args_error")
+FLAG_OPTIONS = ("streaming", "strict", "disable_auto_column_mapping", "ignore_args_error", "lazy_tokenize", "packing",
+                "padding_free", "group_by_length")
 # ms-swift's options whose names start one of those (of SftArguments' and RLHFArguments' options besides those
 # read: RLHFArguments' num_generations and teacher_model are read under GRPO): not abbreviations
 PREFIX_OPTIONS = ("stream",)
@@ -283,6 +289,13 @@ GRPO_FLAG_OPTIONS = ("use_vllm", "dynamic_sample", "dataset_shuffle")
 # the options of the paired `swift rlhf` types vlmcheck reads besides VALUE_OPTIONS: what RLHFArguments checks
 # before step 1 (a reference model, several loss types, sequence parallelism)
 PAIRED_VALUE_OPTIONS = ("rlhf_type", "ref_model", "loss_type", "sequence_parallel_size")
+# SftArguments._check_padding_free: the attention implementations --packing and --padding_free need
+FLASH_ATTENTION = ("flash_attn", "flash_attention_2", "flash_attention_3", "flash_attention_4")
+# the modelled templates whose class sets support_padding_free (Qwen2VLTemplate, InternvlTemplate); the others leave it
+# None, which SwiftSft._prepare_template reads as false for a multimodal model: --packing / --padding_free raise
+PADDING_FREE_TEMPLATES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl_hf")
+# RLHFArguments._check_padding_free: the rlhf types that take --packing / --padding_free
+PADDING_FREE_TYPES = ("grpo", "dpo", "kto", "gkd")
 # trl's DPOConfig option that RLHFArguments (ms-swift 4.6) does not have: its parser leaves it in remaining_argv
 NOT_AN_OPTION = "precompute_ref_log_probs"
 
@@ -414,6 +427,23 @@ class Pairs:
 
 
 @dataclass(frozen=True)
+class Tokenize:
+    """How ms-swift 4.6 encodes the training rows (BaseArguments._init_lazy_tokenize, SwiftSft._encode_dataset and
+    _post_process_datasets), as checked: ``lazy`` (``--lazy_tokenize``, by default true for a multimodal model unless
+    --streaming, --packing or --group_by_length) encodes each row when the training dataset fetches it
+    (LazyLLMDataset, which skips a row whose encode raises); otherwise every row is encoded while loading
+    (AddLengthPreprocessor; EncodePreprocessor on a --streaming dataset) and one whose encode raises is deleted
+    (``--strict false``) or stops the run. ``packing``: the encoded rows are packed by their lengths into
+    ``packing_length`` bins (None: --max_length)."""
+
+    lazy: bool = True
+    why: str = ""  # the option that makes a run encode its rows while loading (--lazy_tokenize false, --packing, ...)
+    packing: bool = False
+    packing_length: int | None = None
+    padding_free: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     """A ``swift sft``, ``swift rlhf --rlhf_type grpo`` or paired ``swift rlhf`` run's settings with ms-swift's
     defaults filled in."""
@@ -441,6 +471,14 @@ class Config:
     values: dict[str, Any] = field(default_factory=dict)
     grpo: Grpo | None = None  # `swift rlhf --rlhf_type grpo`; None: `swift sft`
     pairs: Pairs | None = None  # `swift rlhf --rlhf_type dpo` (orpo, simpo, cpo): a chosen and a rejected sequence
+    tokenize: Tokenize = field(default_factory=Tokenize)  # --lazy_tokenize, --packing, --padding_free
+
+    @property
+    def preencoded(self) -> bool:
+        """Every training row is encoded while loading (``--lazy_tokenize false``, as --packing, --streaming and
+        --group_by_length make it), so a row whose encode raises is deleted there (or the run stops before step 1),
+        not skipped at fetch. Never under GRPO: SwiftSft._prepare_dataset encodes nothing for it."""
+        return self.grpo is None and not self.tokenize.lazy
 
 
 def _as_list(value: Any) -> list[str]:
@@ -541,9 +579,11 @@ def read_config(raw: dict[str, Any], *, path: Path, model: str | None = None, da
         values={k: options.get(k) for k in ("max_length", "truncation_strategy", "tuner_type", "train_type", "system",
                                             "max_pixels", "columns", "disable_auto_column_mapping",
                                             "val_dataset", "split_dataset_ratio", "model_kwargs", "streaming",
-                                            "eval_strategy", "agent_template")},
+                                            "eval_strategy", "agent_template", "lazy_tokenize", "packing",
+                                            "packing_length", "padding_free", "group_by_length", "attn_impl")},
         grpo=_grpo(options, env, path, raw, evaluates=bool(val_files or split)) if grpo else None,
         pairs=_pairs(options, path, raw) if paired else None,
+        tokenize=_tokenize(options, path, raw, streaming=streaming),
     )
 
 
@@ -564,6 +604,7 @@ def _pairs(options: Mapping[str, Any], path: Path, raw: Mapping[str, Any]) -> Pa
     if len(losses) > 1 and given != DPO:  # _process_loss_type, before _init_simpo renames the type
         raise UsageError(f"{where}--loss_type {' '.join(losses)}: ms-swift raises before training ('Multiple loss "
                          f"types ({losses!r}) are only supported for DPO. Current rlhf_type: {given}.'); give one")
+    _tokenize(options, path, raw, streaming=_flag(options, "streaming", path), rlhf_type=trainer)
     parallel = options.get("sequence_parallel_size")
     if parallel is not None and trainer != DPO and _int(parallel, "--sequence_parallel_size", path) > 1:
         raise UsageError(f"{where}--sequence_parallel_size {parallel}: ms-swift raises before training ('The current "
@@ -603,6 +644,8 @@ def _grpo(options: Mapping[str, Any], env: Mapping[str, str], path: Path, raw: M
     if options.get("multi_turn_scheduler") is not None:
         raise UsageError(f"{where}--multi_turn_scheduler is not modelled by vlmcheck yet (each turn's prompt is "
                          "written by the scheduler, and the loss scale becomes default)")
+    _tokenize(options, path, raw, streaming=_flag(options, "streaming", path), rlhf_type=GRPO)
+
     def number(key: str, default: int | None, *, positive: bool = True) -> int | None:
         if options.get(key) is None:
             return default
@@ -679,6 +722,49 @@ def _grpo(options: Mapping[str, Any], env: Mapping[str, str], path: Path, raw: M
                 else 512, iterations=number("num_iterations", 1) or 1,
                 dynamic_sample=_flag(options, "dynamic_sample", path),
                 shuffle=_flag(options, "dataset_shuffle", path) if "dataset_shuffle" in options else True)
+
+
+def _tokenize(options: Mapping[str, Any], path: Path, raw: Mapping[str, Any], *, streaming: bool,
+              rlhf_type: str | None = None) -> Tokenize:
+    """--lazy_tokenize, --packing, --padding_free as ms-swift 4.6 resolves them, refused where it raises, in its
+    order: BaseArguments._init_lazy_tokenize (lazy by default for a multimodal model, which every modelled template
+    is, unless --streaming, --packing or --group_by_length; lazy with --packing or --streaming raises), then
+    SftArguments._check_padding_free (a flash attention implementation) and RLHFArguments'
+    (``rlhf_type``, as RLHFArguments._init_simpo leaves it: the types that take them). The template's own support is
+    checked by open_run (SwiftSft._prepare_template)."""
+    where = f"{path}: " + (f"line {raw['line']}: " if raw.get("line") else "")
+    packing = _flag(options, "packing", path)
+    padding_free = _flag(options, "padding_free", path)
+    grouped = _flag(options, "group_by_length", path)
+    if "lazy_tokenize" in options:
+        lazy = _flag(options, "lazy_tokenize", path)
+    else:
+        lazy = not (streaming or packing or grouped)
+    why = ("" if lazy else "--streaming" if streaming else "--lazy_tokenize false" if "lazy_tokenize" in options
+           else "--packing" if packing else "--group_by_length")
+    if lazy and packing:
+        raise UsageError(f"{where}--lazy_tokenize true with --packing: ms-swift raises before training ('Packing and "
+                         "lazy_tokenize are incompatible.'); drop --lazy_tokenize (packing encodes every row while "
+                         "loading)")
+    if lazy and streaming:
+        raise UsageError(f"{where}--lazy_tokenize true with --streaming: ms-swift raises before training ('Streaming "
+                         "and lazy_tokenize are incompatible.'); drop --lazy_tokenize")
+    if packing or padding_free:
+        feature = "packing" if packing else "padding_free"
+        attn = options.get("attn_impl")
+        if attn not in FLASH_ATTENTION:
+            impls = ", ".join(f'"{impl}"' for impl in FLASH_ATTENTION)
+            raise UsageError(f"{where}--{feature} with --attn_impl {attn if attn is not None else '(unset)'}: ms-swift "
+                             f"raises before training ('The \"{feature}\" feature requires a flash attention "
+                             f"implementation. Please use one of: {impls}.'); set --attn_impl flash_attn")
+        if rlhf_type is not None and rlhf_type not in PADDING_FREE_TYPES:
+            raise UsageError(f"{where}--{feature} with --rlhf_type {rlhf_type}: ms-swift raises before training "
+                             f"(\"The current rlhf_type '{rlhf_type}' does not support padding_free/packing. Please "
+                             "set --padding_free/packing to false.\")")
+    length = options.get("packing_length")
+    return Tokenize(lazy=lazy, why=why, packing=packing, padding_free=padding_free or packing,
+                    packing_length=_int(length, "--packing_length", path, _unset_note(raw, "packing_length"))
+                    if packing and length is not None else None)
 
 
 def _count(value: Any, key: str, path: Path, note: str = "") -> int:
@@ -951,6 +1037,12 @@ def open_run(raw: dict[str, Any], *, path: Path, model: str | None = None, data:
     config = read_config(raw, path=path, model=model, data=data, path_map=path_map)
     model_type = _model_type(config.model)
     template = TEMPLATES.get(config.template or MODEL_TYPES.get(model_type, ""))
+    packs = config.tokenize.packing or config.tokenize.padding_free
+    if template is not None and packs and template.name not in PADDING_FREE_TEMPLATES:  # SwiftSft._prepare_template
+        raise UsageError(f"{path}: --{'packing' if config.tokenize.packing else 'padding_free'} with the "
+                         f"{template.name} template: ms-swift raises before training ('Template `{template.name}` "
+                         "does not support padding free or packing.'); drop it (ms-swift packs the "
+                         f"{', '.join(PADDING_FREE_TEMPLATES)} templates)")
     if template is not None and template.fold_system and config.system is not None:
         raise UsageError(f"{path}: --system with the {template.name} template is not modelled by vlmcheck yet "
                          "(its template folds a row's own system prompt into the first question)")
@@ -1129,6 +1221,10 @@ class Run(ProcessorRun):
             shown["eval_datasets"] = [str(d) for d in cfg.val_datasets]
         if cfg.split:
             shown["split_dataset_ratio"] = cfg.split
+        if cfg.grpo is None:  # GRPO encodes nothing while loading, whatever --lazy_tokenize
+            shown["lazy_tokenize"] = cfg.tokenize.lazy if cfg.tokenize.lazy else f"false ({cfg.tokenize.why})"
+        if cfg.tokenize.packing:
+            shown["packing_length"] = cfg.tokenize.packing_length or self.max_length
         if cfg.columns:
             shown["columns"] = cfg.columns
         if not cfg.auto_columns:
@@ -1442,12 +1538,20 @@ class Run(ProcessorRun):
             return result
         fix = f"set {_setting('--max_length', total)}"
         if self.config.truncation == "delete":
-            if self.config.strict:  # LazyLLMDataset re-raises every encode error under --strict, this one too
+            # LazyLLMDataset (and AddLengthPreprocessor, EncodePreprocessor) re-raise every encode error under
+            # --strict, this one too; IterablePackingDataset (--streaming --packing) skips a MaxLengthError all the same
+            if self.config.strict and not (self.config.streaming and self.config.tokenize.packing):
                 found.append(F.make("VC204", f"{total:,} tokens > --max_length {limit:,}: ms-swift raises "
-                                             "MaxLengthError, and with --strict true its dataset re-raises it: the run "
-                                             "stops at the step that reaches the row", fix=fix,
+                                             f"MaxLengthError, and with --strict true {self._stops}", fix=fix,
                                     tokens=total, max_length=limit))
                 frame["verdict"] = "stops"
+                return result
+            if self.config.preencoded:
+                found.append(F.make("VC204", f"{total:,} tokens > --max_length {limit:,}: ms-swift raises "
+                                             f"MaxLengthError while {self._loading} and deletes the row "
+                                             "(truncation_strategy delete)", fix=fix + " to keep it",
+                                    tokens=total, max_length=limit))
+                frame.update(verdict="dropped", dropped_at="preprocess")
                 return result
             found.append(F.make("VC204", f"{total:,} tokens > --max_length {limit:,}: ms-swift raises MaxLengthError "
                                          "and skips the row (truncation_strategy delete)", fix=fix + " to keep it",
@@ -1636,15 +1740,39 @@ class Run(ProcessorRun):
         deletes it from the dataset; with ``--strict true`` the run stops. The record's ``dropped_at`` says which."""
         frame = result.framework or {}
         if self.config.strict:
-            result.findings.append(F.make("VC001", f"{reason}; with --strict true ms-swift stops"))
+            stops = self._stops if at == "encode" and self.config.preencoded else "ms-swift stops"
+            result.findings.append(F.make("VC001", f"{reason}; with --strict true {stops}"))
             frame["verdict"] = "stops"
         elif at == "preprocess":
             result.findings.append(F.make("VC006", f"{reason} (--strict false)"))
             frame.update(verdict="dropped", dropped_at=at)
+        elif self.config.preencoded:
+            result.findings.append(F.make("VC006", f"{reason}; ms-swift's encode raises while {self._loading} and "
+                                                   "it deletes the row (--strict false)"))
+            frame.update(verdict="dropped", dropped_at="preprocess")
         else:
             result.findings.append(F.make("VC006", f"{reason}; ms-swift's encode raises and it skips the row "
                                                    "(--strict false)"))
             frame.update(verdict="dropped", dropped_at=at)
+
+    @property
+    def _loading(self) -> str:
+        """Where a pre-encoded run (Config.preencoded) encodes its rows."""
+        if self.config.streaming:
+            return "the stream yields it (under --streaming each row is encoded there)"
+        return (f"loading (under {self.config.tokenize.why} it encodes every row before training: "
+                "AddLengthPreprocessor)")
+
+    @property
+    def _stops(self) -> str:
+        """What --strict true does with a row whose encode raises: its training dataset re-raises at the fetch
+        (LazyLLMDataset), or the encode while loading does (a pre-encoded run: before step 1)."""
+        if self.config.grpo is None and self.config.streaming:
+            return "the stream's encode re-raises it: the run stops when the stream reaches the row"
+        if self.config.preencoded:
+            return (f"the encode while loading re-raises it (under {self.config.tokenize.why} every row is encoded "
+                    "before training: AddLengthPreprocessor): the run stops before step 1")
+        return "its dataset re-raises it: the run stops at the step that reaches the row"
 
     def conclude(self, records: Iterable[Mapping[str, Any]]) -> list[F.Finding]:
         """VC208: ``swift sft`` and the paired ``swift rlhf`` types wrap the training dataset in LazyLLMDataset,
@@ -1655,8 +1783,10 @@ class Run(ProcessorRun):
         replaces rows its own way: ``_conclude_grpo``."""
         if self.config.grpo is not None:
             return self._conclude_grpo(records, self.config.grpo)
-        if self.config.streaming or self.config.strict:
+        if self.config.streaming or self.config.strict:  # an empty stream's raise is not modelled
             return []
+        if self.config.preencoded:  # nothing is skipped at fetch: LazyLLMDataset's retries never run out
+            return self._conclude_deleted(records)
         rows = skipped = unknown = 0
         for record in records:
             frame = record.get("framework") or {}
@@ -1686,6 +1816,28 @@ class Run(ProcessorRun):
                                 f"epoch stops the run{note}",
                        fix="make the skipped rows fit (raise --max_length, cap --max_pixels) or remove them from the "
                            "dataset", rows=rows, skipped=skipped, expected_per_epoch=round(expected, 3))]
+
+    def _conclude_deleted(self, records: Iterable[Mapping[str, Any]]) -> list[F.Finding]:
+        """VC208 of a run that encodes its rows while loading (Config.preencoded, ``--strict false``): a row whose
+        encode raises is deleted there, so what LazyLLMDataset later fetches always encodes. When every training
+        row is deleted, SwiftSft._encode_dataset leaves no training dataset (None) and _show_dataset, reading its
+        first row before training, raises: the run stops before step 1."""
+        rows = deleted = 0
+        for record in records:
+            frame = record.get("framework") or {}
+            if frame.get("split") == "eval":
+                continue
+            rows += 1
+            deleted += frame.get("verdict") == "dropped"
+        if not rows or deleted < rows:
+            return []
+        said = "TypeError: 'NoneType' object is not iterable"
+        where = f"its encode while loading (under {self.config.tokenize.why} every row is encoded before training)"
+        return [F.make("VC208", f"ms-swift deletes every one of the {rows:,} training rows, {where} or its dataset "
+                                f"preprocessor deleting each, so no training row is left and SwiftSft._show_dataset "
+                                f"raises reading the first ('{said}'): the run stops before step 1",
+                       fix="make the rows fit (raise --max_length, cap --max_pixels) or fix what their encode raises "
+                           "on", rows=rows, skipped=deleted)]
 
     def _conclude_grpo(self, records: Iterable[Mapping[str, Any]], grpo: Grpo) -> list[F.Finding]:
         """VC208 under GRPO with ``delete``: GRPOTrainer._rollout_samples hands each generation batch to
