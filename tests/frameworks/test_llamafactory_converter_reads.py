@@ -37,6 +37,10 @@ GOOD = _sg(("human", "What is it?"), ("gpt", "A red square."))
 BAD_ORDER = _sg(("gpt", "An answer first."), ("human", "Then a question?"))
 ODD = _sg(("human", "A question alone?"))
 SHAREGPT = {"formatting": "sharegpt", "columns": {"messages": "conversations"}}
+OPENAI = {"formatting": "openai", "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                                         "assistant_tag": "assistant", "system_tag": "system"}}
+OA_GOOD = {"messages": [{"role": "user", "content": "What is it?"}, {"role": "assistant", "content": "A square."}]}
+OA_BAD_ORDER = {"messages": [{"role": "assistant", "content": "First."}, {"role": "user", "content": "Then?"}]}
 HISTORY = {"columns": {"prompt": "instruction", "response": "output", "history": "history"}}
 
 
@@ -64,6 +68,10 @@ DATASETS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
     "history_texts": ([_history("ab"), _history("abc")], HISTORY),
     "history_object": ([_history({"user": "u", "assistant": "v"})], HISTORY),
     "history_lists": ([_history(["Before?", "Yes."]), _history(["only one"])], HISTORY),
+    # the openai converter reads its tools with .get (a missing column is no tools), its media columns as above
+    "openai_tools_missing": ([OA_GOOD, OA_BAD_ORDER], {**OPENAI, "columns": {"messages": "messages", "tools": "fns"}}),
+    "openai_images_missing": ([OA_GOOD, OA_BAD_ORDER], {**OPENAI, "columns": {"messages": "messages",
+                                                                              "images": "pics"}}),
     # under sft, a boolean kto_tag makes a KTO example (two answers) the supervised processor drops; null: kept
     "kto_tagged_sft": ([{**GOOD, "label": True}, {**GOOD, "label": False}, {**GOOD, "label": None}],
                        {**SHAREGPT, "columns": {"messages": "conversations", "kto_tag": "label"}}),
@@ -112,6 +120,8 @@ def test_the_cases_are_what_they_say(proof: dict[str, Any]) -> None:
     assert [r["kept"] for r in rows["turn_keys_filled"]] == [True, False, False, False]
     assert not any(r["error"] for r in rows["turn_keys_filled"][:3])  # the last: a None answer raises when read
     assert [r["kept"] for r in rows["kto_tagged_sft"]] == [False, False, True]
+    assert [(r["kept"], r["error"]) for r in rows["openai_tools_missing"]] == [(True, None), (False, None)]
+    assert all("KeyError" in (r["error"] or "") for r in rows["openai_images_missing"])
     history = rows["history_texts"] + rows["history_object"] + rows["history_lists"]
     assert [bool(r["error"]) for r in history] == [False, True, False, False, True]
     assert all(r["kept"] for r in history if not r["error"])

@@ -72,6 +72,7 @@ pairwise processor, see **Preference stages** below) and ``stage: kto`` (**KTO**
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -305,7 +306,7 @@ class Template:
     # EOS slot writes its id
     eos_word: str = ""
     # tool use: format_observation / format_function slots and the tool format of format_tools / FunctionFormatter
-    # ("qwen" is modelled; rows with tools or tool turns under any other template are not counted: VC007)
+    # (MODELLED_TOOL_FORMATS: qwen, qwen3_5, default; rows with tools or tool turns under another are VC007)
     observation: str = ""
     function: str = ""
     tool_format: str = ""
@@ -322,10 +323,10 @@ _CHATML_SYSTEM = "<|im_start|>system\n{content}<|im_end|>\n"
 _QWEN_OBSERVATION = ("<|im_start|>user\n<tool_response>\n{content}\n</tool_response><|im_end|>\n"
                      "<|im_start|>assistant\n")
 _QWEN_FUNCTION = "{content}<|im_end|>\n"
-# tool_utils.py TOOLS: the tool formats a config's tool_format may name (vlmcheck models qwen's)
+# tool_utils.py TOOLS: the tool formats a config's tool_format may name (vlmcheck models MODELLED_TOOL_FORMATS)
 TOOL_FORMATS = ("default", "gemma4", "glm4", "llama3", "lfm2", "minimax1", "minimax2", "mistral", "qwen", "qwen3_5",
                 "glm4_moe", "seed_oss", "ling")
-MODELLED_TOOL_FORMATS = ("qwen", "default")
+MODELLED_TOOL_FORMATS = ("qwen", "qwen3_5", "default")
 # tool_utils.py QWEN_TOOL_PROMPT: joined to the system prompt, the tools one JSON object a line
 QWEN_TOOL_PROMPT = (
     "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
@@ -333,6 +334,22 @@ QWEN_TOOL_PROMPT = (
     "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
     "<tool_call></tool_call> XML tags:\n<tool_call>\n{{\"name\": <function-name>, "
     "\"arguments\": <args-json-object>}}\n</tool_call>"
+)
+# tool_utils.py QWEN35_TOOL_PROMPT (the "qwen3_5" format): the tools one JSON object a line (unwrapped from
+# {"type": "function", "function": ...}), then how to write an XML-style call
+QWEN35_TOOL_PROMPT = (
+    "\n\n# Tools\n\nYou have access to the following functions:\n\n<tools>{tool_text}"
+    "\n</tools>\n\nIf you choose to call a function ONLY reply in the following format with NO suffix:\n\n"
+    "<tool_call>\n<function=example_function_name>\n<parameter=example_parameter_1>\nvalue_1\n</parameter>\n"
+    "<parameter=example_parameter_2>\nThis is the value for the second parameter\nthat can span\nmultiple lines\n"
+    "</parameter>\n</function>\n</tool_call>\n\n<IMPORTANT>\nReminder:\n"
+    "- Function calls MUST follow the specified format: "
+    "an inner <function=...></function> block must be nested within <tool_call></tool_call> XML tags\n"
+    "- Required parameters MUST be specified\n"
+    "- You may provide optional reasoning for your function call in natural language "
+    "BEFORE the function call, but NOT after\n"
+    "- If there is no function call available, answer the question like normal with your current knowledge "
+    "and do not tell the user about function calls\n</IMPORTANT>"
 )
 _LLAMA3_USER = ("<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>"
                 "<|start_header_id|>assistant<|end_header_id|>\n\n")
@@ -356,7 +373,7 @@ TEMPLATES: dict[str, Template] = {
         Template("qwen3_vl_nothink", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, QWEN3_VL_PLUGIN,
                  observation=_QWEN_OBSERVATION, function=_QWEN_FUNCTION, tool_format="qwen"),
         # template.py "qwen3_5" / "qwen3_5_nothink" / "qwen3_6" (Qwen3.5): qwen3_vl's strings and plugin, its own tool
-        # format (qwen3_5: not modelled, rows with tools are VC007)
+        # format (qwen3_5: the tools unwrapped in the system prompt, calls as <function=...> / <parameter=...> blocks)
         Template("qwen3_5", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, QWEN3_VL_PLUGIN, reasoning=True,
                  observation=_QWEN_OBSERVATION, function=_QWEN_FUNCTION, tool_format="qwen3_5"),
         Template("qwen3_5_nothink", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM, QWEN3_VL_PLUGIN,
@@ -1293,10 +1310,10 @@ def _get(row: Mapping[str, Any], key: str | None) -> Any:
 
 
 # the columns each converter reads for every row, the rows it skips too (when dataset_info names them): a column
-# the dataset lacks raises KeyError there
+# the dataset lacks raises KeyError there (the openai converter reads its tools and system with .get: no raise)
 READ_FOR_EVERY_ROW = {"alpaca": ("images", "videos", "audios", "tools", "system"),
                       "sharegpt": ("images", "videos", "audios", "tools"),
-                      "openai": ("images", "videos", "audios", "tools")}
+                      "openai": ("images", "videos", "audios")}
 
 
 def convert(row: Any, attr: DatasetAttr, config: Config) -> Example:
@@ -1581,42 +1598,129 @@ def _convert_openai(row: Mapping[str, Any], turns: list[Any], attr: DatasetAttr,
     # "system", which then fails the alternation below
     roles = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["observation_tag"]: "observation",
              tags["function_tag"]: "function", tags["system_tag"]: "system"}
-    messages = []
+    messages: list[tuple[str, Any]] = []
+    replies: list[Any] = []  # tool replies (observation-tag turns) waiting for the next other turn
     for turn in turns:
-        role = turn[role_tag]
-        if role in (tags["observation_tag"], tags["function_tag"]) or (
-                role == tags["assistant_tag"] and isinstance(turn, Mapping) and turn.get("tool_calls")):
-            raise NotCounted("tool turns (observation / function_call / tool_calls) in an openai-format dataset are "
-                             "not counted by vlmcheck yet")
+        role, content = turn[role_tag], turn[content_tag]
+        if role in (tags["assistant_tag"], tags["function_tag"]) and turn.get("tool_calls"):
+            # an assistant / function turn with tool_calls: a function turn of its calls' "function" objects as a
+            # JSON list (its own content is not read)
+            content, role = _openai_calls(turn["tool_calls"]), tags["function_tag"]
+        if role == tags["observation_tag"]:
+            replies.append(content)
+            continue
+        if replies:  # consecutive replies: one observation turn, joined as separate <tool_response> blocks
+            if not all(isinstance(reply, str) for reply in replies):
+                raise Stops(f"a tool reply is {_what(next(r for r in replies if not isinstance(r, str)))}, not text; "
+                            "LLaMA-Factory's openai converter raises joining the replies (TypeError)")
+            messages.append(("observation", OPENAI_TOOL_REPLY_JOIN.join(replies)))
+            replies = []
         if role not in roles:
             raise Stops(f"role {role!r} is none of the dataset's tags; LLaMA-Factory's openai converter raises "
                         "KeyError")
-        messages.append((roles[role], turn[content_tag]))
+        messages.append((roles[role], content))
+    # replies after the last other turn are never joined: the converter leaves them out of the row
     for i, (role, _) in enumerate(messages):
-        expected = ("user", "assistant")[i % 2]
-        if role != expected:
-            raise Dropped(f"turn {i + 1} has role {role!r} where LLaMA-Factory expects the {expected}; "
-                          "it skips the row ('Invalid role tag')")
+        expected = (("user", "observation"), ("assistant", "function"))[i % 2]
+        if role not in expected:
+            raise Dropped(f"turn {i + 1} (tool replies joined, tool calls as function turns) has role {role!r} where "
+                          f"LLaMA-Factory expects the {' or '.join(expected)}; it skips the row ('Invalid role tag')")
     rejected = None
     if attr.ranking:
         rejected = _ranked_pair(row, messages, attr, roles)
     elif len(messages) % 2 != 0 or not messages:
         raise Dropped(f"{len(messages)} turns: LLaMA-Factory needs user/assistant pairs and skips the row")
-    for role, content in [*messages, *([rejected] if rejected else [])]:
+    answers = [*messages, *([rejected] if rejected else [])]
+    for role, content in answers:
         if not isinstance(content, str):
             raise Stops(f"a {role} turn's content is {_what(content)}, not text")
     if system and not isinstance(system, str):  # a list: the converter extends it, the template raises
         raise Stops(f"the system prompt is {_what(system)}, not text; LLaMA-Factory's template raises reading it")
     tools = row.get(cols["tools"], "") if cols["tools"] else ""
-    if tools:
-        raise NotCounted("tools in an openai-format dataset are not counted by vlmcheck yet")
+    if isinstance(tools, (dict, list)):  # a list / object column: written back as JSON text
+        try:
+            tools = json.dumps(tools, ensure_ascii=False)
+        except (TypeError, ValueError) as e:
+            raise Stops(f"the tools value cannot be written as JSON by LLaMA-Factory's openai converter "
+                        f"({type(e).__name__}: {str(e)[:120]})") from None
+    has_tools = bool(tools) or any(role in ("observation", "function") for role, _ in answers)
+    if has_tools and config.template.tool_format not in MODELLED_TOOL_FORMATS:
+        raise NotCounted(f"tools and tool turns under template {config.template.name} (tool format "
+                         f"{config.template.tool_format or 'its own'}) are not counted by vlmcheck yet (it models "
+                         f"the {', '.join(MODELLED_TOOL_FORMATS)} tool formats)")
     system = system if isinstance(system, str) else ""
-    if not system:
+    if tools:  # with tools the system prompt (when there is one) gets a newline, never the thinking switch
+        system += "\n" if system else ""
+    elif not system:
         system = OPENAI_THINKING_OFF
     elif "detailed thinking on" not in system and OPENAI_THINKING_OFF not in system:
         system += "\n" + OPENAI_THINKING_OFF
     images, videos, audios = _medias(row, cols, config)
-    return Example(messages=messages, system=system, images=images, videos=videos, audios=audios, rejected=rejected)
+    return Example(messages=messages, system=system, images=images, videos=videos, tools=tools or "",
+                   audios=audios, rejected=rejected)
+
+
+def _as_typed(value: Any, kind: Any) -> Any:
+    """``value`` as datasets returns it from the Arrow table whose type for it is ``kind`` (_table_kinds_of's): an
+    object holds every field of the type, in the type's order, None where it lacks one; a whole number where the
+    type is a decimal one is a float."""
+    if isinstance(kind, dict) and isinstance(value, Mapping):
+        return {k: _as_typed(value.get(k), v) for k, v in kind.items()}
+    if isinstance(kind, tuple) and kind[0] == "list" and isinstance(value, list):
+        return [_as_typed(v, kind[1]) for v in value]
+    if kind in ("float", "decimal") and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+@lru_cache(maxsize=16)
+def _table_kinds_of(files: tuple[tuple[str, int], ...], columns: tuple[str, ...]) -> dict[str, Any]:
+    """The types pyarrow infers for ``columns`` of a JSON dataset (one table, as datasets loads a file up to its
+    first 10 MiB chunk): per object its fields in the order they are first met over the rows (in file order, a
+    list's items in order), per field number "float" once any of its values is a decimal. Measured on datasets
+    4.0.0 (pandas, then pyarrow): rows [{"b": 1, "a": 1}] and [{"a": 2.5, "c": 0}] read back as [{"b": 1, "a": 1.0,
+    "c": None}] and [{"b": None, "a": 2.5, "c": 0}]."""
+    kinds: dict[str, Any] = {}
+    for row in iter_rows([Path(name) for name, _ in files]):
+        if isinstance(row, Mapping):
+            for column in columns:
+                if column in row:
+                    kinds[column] = _merged_kind(kinds.get(column), row[column])
+    return kinds
+
+
+def _merged_kind(kind: Any, value: Any) -> Any:
+    """``kind`` (None, "float", "value", ("list", item kind) or a dict of field kinds) widened by ``value``."""
+    if isinstance(value, Mapping):
+        fields = dict(kind) if isinstance(kind, dict) else {}
+        for key, item in value.items():
+            fields[key] = _merged_kind(fields.get(key), item)
+        return fields
+    if isinstance(value, list):
+        item_kind = kind[1] if isinstance(kind, tuple) else None
+        for item in value:
+            item_kind = _merged_kind(item_kind, item)
+        return ("list", item_kind)
+    if isinstance(value, float):
+        return "float"
+    if value is None or kind is not None:  # a clash of other kinds fails the load before any row is read
+        return kind
+    return "value"
+
+
+# converter.py OpenAIDatasetConverter: consecutive tool replies become one observation turn, joined so
+OPENAI_TOOL_REPLY_JOIN = "\n</tool_response>\n<tool_response>\n"
+
+
+def _openai_calls(tool_calls: Any) -> str:
+    """An openai turn's ``tool_calls`` as the converter writes them: ``json.dumps([call["function"] for call in
+    tool_calls], ensure_ascii=False)`` (every field of each function object, the Arrow-loaded row's nulls too); what
+    that raises on (a call without ``function``, a value of no list) stops the run."""
+    try:
+        return json.dumps([call["function"] for call in tool_calls], ensure_ascii=False)
+    except Exception as e:  # KeyError, TypeError
+        raise Stops(f"a turn's tool_calls cannot be read as LLaMA-Factory's openai converter reads them "
+                    f"({type(e).__name__}: {str(e)[:120]})") from None
 
 
 # -- images ------------------------------------------------------------------------------------------------------
@@ -1819,9 +1923,10 @@ def format_turns(example: Example, config: Config, *, images: Sequence[str] | No
 def tool_prompt(tools: Any, tool_format: str = "qwen") -> str:
     """``ToolFormatter(tool_format=...)``: the row's tools (a JSON string of a list of functions) as the text joined
     to the system prompt; an empty list adds nothing. ``qwen``: each tool one JSON line, wrapped as
-    ``{"type": "function", "function": ...}`` unless it already is one. ``default``: each tool's name,
-    description and parameters in prose, then the Action / Action Input instructions. Whatever LLaMA-Factory's
-    parsing raises on stops the run."""
+    ``{"type": "function", "function": ...}`` unless it already is one. ``qwen3_5`` (Qwen35ToolUtils): each tool
+    one JSON line, a wrapped one unwrapped to its ``function`` (the tool itself when it has none), under
+    QWEN35_TOOL_PROMPT's text. ``default``: each tool's name, description and parameters in prose, then the
+    Action / Action Input instructions. Whatever LLaMA-Factory's parsing raises on stops the run."""
     try:
         parsed = json.loads(tools)  # a list or dict column (not a string) raises TypeError here too
         if len(parsed) == 0:
@@ -1830,12 +1935,15 @@ def tool_prompt(tools: Any, tool_format: str = "qwen") -> str:
             return _default_tool_prompt(parsed)
         lines = ""
         for tool in parsed:
-            wrapped = tool if tool.get("type") == "function" else {"type": "function", "function": tool}
-            lines += "\n" + json.dumps(wrapped, ensure_ascii=False)
+            if tool_format == "qwen3_5":
+                shown = tool.get("function", tool) if tool.get("type") == "function" else tool
+            else:
+                shown = tool if tool.get("type") == "function" else {"type": "function", "function": tool}
+            lines += "\n" + json.dumps(shown, ensure_ascii=False)
     except Exception as e:  # JSONDecodeError ("Invalid JSON format in tool description"), TypeError, AttributeError
         raise Stops(f"the tools value cannot be read as LLaMA-Factory's tool formatter reads it "
                     f"({type(e).__name__}: {str(e)[:120]})") from None
-    return QWEN_TOOL_PROMPT.format(tool_text=lines)
+    return (QWEN35_TOOL_PROMPT if tool_format == "qwen3_5" else QWEN_TOOL_PROMPT).format(tool_text=lines)
 
 
 # tool_utils.py DEFAULT_TOOL_PROMPT (the "default" tool format)
@@ -1868,23 +1976,30 @@ def _default_tool_prompt(tools: list[Any]) -> str:
 
 
 def function_call_text(content: str, t: Template) -> str:
-    """``FunctionFormatter(tool_format="qwen")``: a function-call turn's JSON (one call or a list) written as
-    ``<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>`` blocks. Text around a ``<tool_call>...</tool_call>``
-    span in the content is kept before the calls; else a thought block is moved before them."""
+    """``FunctionFormatter(tool_format=...)``: a function-call turn's JSON (one call or a list) as the format writes
+    calls: ``qwen``: ``<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>`` blocks; ``qwen3_5``:
+    ``<tool_call>\n<function=NAME>`` then per argument ``\n<parameter=KEY>\nVALUE\n</parameter>`` (a string as is,
+    anything else as JSON), then ``\n</function>\n</tool_call>``; ``default``: ``Action:`` / ``Action Input:``
+    lines. Text around a ``<tool_call>...</tool_call>`` span in the content is kept before the calls; else a
+    thought block is moved before them."""
     import re
 
     def calls(text: str) -> str:
         try:
             parsed = json.loads(text)
             items = parsed if isinstance(parsed, list) else [parsed]
+            # FunctionCall(name, arguments as JSON text): what every tool format's function_formatter reads
             pairs = [(item["name"], json.dumps(item["arguments"], ensure_ascii=False)) for item in items]
+            if t.tool_format == "default":  # DefaultToolUtils.function_formatter
+                return "\n".join(f"Action: {name}\nAction Input: {arguments}" for name, arguments in pairs)
+            if t.tool_format == "qwen3_5":  # Qwen35ToolUtils.function_formatter: the arguments must be an object
+                return "\n".join(_qwen35_call(name, json.loads(arguments)) for name, arguments in pairs)
             blocks = [json.dumps({"name": name, "arguments": json.loads(arguments)}, ensure_ascii=False)
                       for name, arguments in pairs]
-        except Exception as e:  # JSONDecodeError ("Invalid JSON format in function message"), KeyError, TypeError
+        except Exception as e:  # JSONDecodeError ("Invalid JSON format in function message"), KeyError, TypeError,
+            # AttributeError (qwen3_5: arguments that are no object)
             raise Stops(f"a function-call turn cannot be read as LLaMA-Factory's function formatter reads it "
                         f"({type(e).__name__}: {str(e)[:120]})") from None
-        if t.tool_format == "default":  # DefaultToolUtils.function_formatter
-            return "\n".join(f"Action: {name}\nAction Input: {arguments}" for name, arguments in pairs)
         return "\n".join(f"<tool_call>\n{block}\n</tool_call>" for block in blocks)
 
     opening, closing = t.tool_call_words
@@ -1895,6 +2010,14 @@ def function_call_text(content: str, t: Template) -> str:
     if thought is None:
         return calls(content)
     return thought.group(0) + calls(content.replace(thought.group(0), ""))
+
+
+def _qwen35_call(name: Any, arguments: Any) -> str:
+    """One call as Qwen35ToolUtils writes it (``arguments.items()``: an AttributeError on anything but an object,
+    which the caller turns into a stop)."""
+    params = "".join(f"\n<parameter={key}>\n{value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)}"
+                     "\n</parameter>" for key, value in arguments.items())
+    return f"<tool_call>\n<function={name}>{params}\n</function>\n</tool_call>"
 
 
 def _remove_thought(content: str, t: Template) -> str:
@@ -2881,6 +3004,16 @@ class Run:
                     items = [{**{f: None for f in fields}, **v} if isinstance(v, Mapping) else v
                              for v in (value if isinstance(value, list) else [value])]
                     row = {**row, column: items if isinstance(value, list) else items[0]}
+            if attr.formatting == "openai":  # the turns' tool_calls and a list / object tools column are dumped
+                # back to JSON text: every field as the table types it (see _as_typed)
+                columns = tuple(c for c in (attr.columns.get("messages"), attr.columns.get("tools")) if c)
+                files = tuple((str(f), f.stat().st_mtime_ns) for f in dataset_files(self.config, attr))
+                kinds = _table_kinds_of(files, columns)
+                typed = copy.copy(row)
+                for column in columns:
+                    if column in kinds and row.get(column) is not None:
+                        typed[column] = _as_typed(row[column], kinds[column])
+                row = typed
         missing = [key for key in attr.columns.values() if key and key not in row]
         if not missing:
             return row
