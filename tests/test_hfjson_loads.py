@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from hfjson_cases import ESCAPES, judge_surrogates, judge_tables, load, surrogate_cases, table_cases
-from vlmcheck.data.hfjson import ujson_surrogates
+from vlmcheck.data.hfjson import json_schema, ujson_surrogates
 
 datasets = pytest.importorskip("datasets")
 VERSION = tuple(int(p) for p in datasets.__version__.split(".")[:2])
@@ -58,3 +58,17 @@ def test_tables_are_cast_to_the_first_as_datasets_casts_them(tmp_path: Path) -> 
     differ, reached = judge_tables(cases, load(cases, tmp_path / "cache"))
     assert not differ, differ
     assert reached == {"loads", "fails", "order"}, reached
+
+
+def test_a_struct_keeps_its_first_rows_field_order(tmp_path: Path) -> None:
+    """Objects of one column listing their fields in other orders: datasets (pyarrow) types the struct in the order
+    the first row gives; vlmcheck's schema says the same (a struct written back
+    as JSON text, as LLaMA-Factory's openai converter writes tool calls, keeps that order)."""
+    datasets = pytest.importorskip("datasets")
+    rows = [{"s": {"a": 1, "b": "x"}}, {"s": {"b": "y", "a": 2}}, {"s": {"b": "z", "a": None}}]
+    for name, text in (("lines.jsonl", "\n".join(json.dumps(r) for r in rows)), ("array.json", json.dumps(rows))):
+        file = tmp_path / name
+        file.write_text(text)
+        loaded = datasets.load_dataset("json", data_files=str(file), split="train", cache_dir=str(tmp_path / "c"))
+        theirs = list(loaded.features["s"])
+        assert list(json_schema([file])["s"]) == theirs == ["a", "b"], (name, theirs)

@@ -160,8 +160,10 @@ def unify_types(a: Any, b: Any, where: str, mixed_as_json: bool = False) -> Any:
     ``mixed_as_json`` JSON at the deepest field that clashes (the one pyarrow's parse error names)."""
     if JSON in (a, b):
         return JSON
-    if a is None or a == b:
+    if a is None:
         return b
+    if a == b:  # equal structs may list their fields in another order: pyarrow keeps the first row's
+        return a
     if b is None:
         return a
     if a in NUMBERS and b in NUMBERS:
