@@ -60,7 +60,7 @@ def test_a_long_enough_cutoff_len_is_clean_but_for_the_dropped_row(run: Path) ->
 
 @pytest.mark.parametrize(("edit", "message"), [
     (("template: qwen2_vl", "template: llama3"), "not modelled"),
-    (("stage: sft", "stage: kto"), "pt, kto and ppo"),
+    (("stage: sft", "stage: pt"), "pt and ppo"),
     (("stage: sft", "stage: dpo"), "not applicable in the current training stage"),
     (("dataset: mm", "dataset: nope"), "not defined"),
     (("cutoff_len: 300", "cutoff_len: many"), "is the text"),
