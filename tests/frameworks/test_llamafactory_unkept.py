@@ -57,6 +57,19 @@ ENTRY = textwrap.dedent('''
 ''')
 
 
+def run_entry(configs: dict[str, Path], data: Path, cache: Path) -> dict[str, Any]:
+    """LLaMA-Factory's entry point (ENTRY) on each config, launched from ``data``: its training samples' lengths, or
+    what it raises."""
+    done = subprocess.run([str(oracle_python()), "-c", ENTRY, *map(str, configs.values())], capture_output=True,
+                          text=True, timeout=1500, cwd=data,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1",
+                               "PYTHONPATH": str(HERE), "HF_DATASETS_CACHE": str(cache)})
+    lines = [line for line in done.stdout.splitlines() if line.startswith("ENTRY")]
+    assert done.returncode == 0 and lines, done.stderr[-4000:]
+    result = json.loads(lines[-1][len("ENTRY"):])
+    return {name: result[str(config)] for name, config in configs.items()}
+
+
 def _turn(who: str, text: str) -> dict[str, str]:
     return {"from": who, "value": text}
 
@@ -167,14 +180,7 @@ def entry(tmp_path_factory: pytest.TempPathFactory, qwen2_vl_checkpoint: Path) -
                                           "model_name_or_path": str(path), "template": template,
                                           "dataset_dir": str(data), "output_dir": "saves/x", **settings}))
         configs[name] = config
-    done = subprocess.run([str(oracle_python()), "-c", ENTRY, *map(str, configs.values())], capture_output=True,
-                          text=True, timeout=1500, cwd=data,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1",
-                               "PYTHONPATH": str(HERE), "HF_DATASETS_CACHE": str(folder / "cache")})
-    lines = [line for line in done.stdout.splitlines() if line.startswith("ENTRY")]
-    assert done.returncode == 0 and lines, done.stderr[-4000:]
-    result = json.loads(lines[-1][len("ENTRY"):])
-    return {"configs": configs, "data": data, "runs": {n: result[str(c)] for n, c in configs.items()}}
+    return {"configs": configs, "data": data, "runs": run_entry(configs, data, folder / "cache")}
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -12,22 +12,18 @@ applied, several datasets joined or interleaved). Found by differential campaign
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from llamafactory_env import oracle_python
-from test_llamafactory_unkept import ENTRY
+from test_llamafactory_unkept import run_entry
 
 import vlmcheck
 from vlmcheck.errors import DatasetError
 
 pytestmark = pytest.mark.slow
 
-HERE = Path(__file__).parent
 SPLIT = "train_test_split"  # the words of vlmcheck's refusal; LLaMA-Factory's error is datasets' ValueError
 
 
@@ -73,14 +69,7 @@ def entry(tmp_path_factory: pytest.TempPathFactory, qwen2_vl_checkpoint: Path) -
                                           "model_name_or_path": str(qwen2_vl_checkpoint), "template": "qwen2_vl",
                                           "dataset_dir": str(data), "output_dir": "saves/x", **settings}))
         configs[name] = config
-    done = subprocess.run([str(oracle_python()), "-c", ENTRY, *map(str, configs.values())], capture_output=True,
-                          text=True, timeout=1500, cwd=data,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1",
-                               "PYTHONPATH": str(HERE), "HF_DATASETS_CACHE": str(folder / "cache")})
-    lines = [line for line in done.stdout.splitlines() if line.startswith("ENTRY")]
-    assert done.returncode == 0 and lines, done.stderr[-4000:]
-    result = json.loads(lines[-1][len("ENTRY"):])
-    return {"configs": configs, "data": data, "runs": {n: result[str(c)] for n, c in configs.items()}}
+    return {"configs": configs, "data": data, "runs": run_entry(configs, data, folder / "cache")}
 
 
 @pytest.mark.parametrize("name", list(CASES))
