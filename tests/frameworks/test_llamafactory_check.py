@@ -102,6 +102,23 @@ def forward_outcomes(proof: dict[str, Any]) -> Counter[str]:
     return ran
 
 
+def verdicts_in_forward(proof: dict[str, Any], raises: tuple[str, ...]) -> Counter[str]:
+    """The tiny model's runs (the runner's ``forward``) against vlmcheck's verdicts: each sample vlmcheck calls a
+    crash raises there, with one of ``raises`` in the error, and each other sample runs. How many of each ran."""
+    ran = Counter[str]()
+    for name, result in proof["oracle"].items():
+        verdicts = {(r["dataset"], r["row"]): record["framework"]["verdict"]
+                    for r, record in zip(result["rows"], proof["mine"][name])}
+        for run in result.get("forward", []):
+            if verdicts[(run["dataset"], run["row"])] == "crash":
+                assert run["error"] and any(m in run["error"] for m in raises), (name, run)
+                ran["crash"] += 1
+            else:
+                assert run["error"] is None, (name, run)
+                ran["whole"] += 1
+    return ran
+
+
 def run_oracle(python: Path, configs: list[Path], *, cwd: Path, forward: int = 0, processes: int = 2) -> dict[str, Any]:
     """LLaMA-Factory's results for every config, the configs shared between a few runner processes."""
     procs = []

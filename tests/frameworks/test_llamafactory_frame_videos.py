@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 from lf_corpus import write_configs
-from test_llamafactory_check import _compare, check_configs, mismatches, run_oracle
+from test_llamafactory_check import _compare, check_configs, mismatches, run_oracle, verdicts_in_forward
 from test_llamafactory_videos import _compare_videos
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/test_video_qwen.py
@@ -205,17 +205,7 @@ def test_a_tiny_real_model_crashes_on_the_crash_verdicts_only(proof: dict[str, A
     """LLaMA-Factory's collator (frames opened and pre-scaled by its plugin, the video processor's real __call__,
     pixel values zeros) and a random-weight model of the checkpoint's type: every sample vlmcheck calls a crash
     raises, every whole one runs."""
-    ran = Counter[str]()
-    for name, result in proof["oracle"].items():
-        verdicts = {(r["dataset"], r["row"]): record["framework"]["verdict"]
-                    for r, record in zip(result["rows"], proof["mine"][name])}
-        for run in result.get("forward", []):
-            if verdicts[(run["dataset"], run["row"])] == "crash":
-                assert run["error"] and any(m in run["error"] for m in RAISES), (name, run)
-                ran["crash"] += 1
-            else:
-                assert run["error"] is None, (name, run)
-                ran["whole"] += 1
+    ran = verdicts_in_forward(proof, RAISES)
     assert ran["crash"] >= 3 and ran["whole"] >= 4, ran
 
 

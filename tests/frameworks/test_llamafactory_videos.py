@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 from lf_corpus import write_configs
-from test_llamafactory_check import _compare, check_configs, mismatches, run_oracle
+from test_llamafactory_check import _compare, check_configs, mismatches, run_oracle, verdicts_in_forward
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/test_video_qwen.py
 av = pytest.importorskip("av")
@@ -278,17 +278,7 @@ def test_a_tiny_real_model_crashes_on_the_crash_verdicts_only(proof: dict[str, A
     of the checkpoint's type: every sample vlmcheck calls a crash (a cut video, a fragmented MP4) raises, every whole
     one runs. (With transformers 5.6 the first to raise is the M-RoPE position step, "shape mismatch: value tensor
     of shape [3, N] cannot be broadcast to indexing result of shape [3, M]", before the features check.)"""
-    ran = Counter[str]()
-    for name, result in proof["oracle"].items():
-        verdicts = {(r["dataset"], r["row"]): record["framework"]["verdict"]
-                    for r, record in zip(result["rows"], proof["mine"][name])}
-        for run in result.get("forward", []):
-            if verdicts[(run["dataset"], run["row"])] == "crash":
-                assert run["error"] and any(m in run["error"] for m in RAISES), (name, run)
-                ran["crash"] += 1
-            else:
-                assert run["error"] is None, (name, run)
-                ran["whole"] += 1
+    ran = verdicts_in_forward(proof, RAISES)
     assert ran["crash"] >= 4 and ran["whole"] >= 4, ran
 
 
